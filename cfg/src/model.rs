@@ -1,0 +1,265 @@
+//! The validated configuration model. Everything here has passed
+//! validation: addresses parse, ports are in range, names are unique, every
+//! real server and route gateway is reachable through some interface.
+//! Workers receive it wrapped in an `Arc` as an immutable snapshot.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub engine: Engine,
+    pub interfaces: Vec<Interface>,
+    pub neighbors: Vec<Neighbor>,
+    pub routes: Vec<Route>,
+    pub services: Vec<Service>,
+    /// File the config was read from, if any.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    AfPacket,
+    Memory,
+    Dpdk,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Engine {
+    /// Number of poll-mode workers (default 1).
+    pub workers: usize,
+    pub backend: Backend,
+    /// CPU cores to pin workers to, in worker order (default: 0, 1, ...).
+    pub cores: Option<Vec<usize>>,
+    /// DPDK EAL arguments (backend = "dpdk").
+    pub eal_args: Vec<String>,
+    /// mbufs per DPDK pool (default 8192).
+    pub mbufs: u32,
+    /// Flow table capacity per worker, in connections (default 1 048 576).
+    pub flow_table_size: usize,
+    /// Control socket path (default /run/ferrovs/ferrovs.sock).
+    pub control_socket: PathBuf,
+    /// Optional Prometheus listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Connection timeouts in seconds (ipvsadm --set).
+    pub timeouts: Timeouts,
+}
+
+/// Protocol timeouts in seconds. Defaults are the IPVS defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: u32, // 900
+    pub tcp_syn_sent: u32,    // 120
+    pub tcp_syn_recv: u32,    // 60
+    pub tcp_fin_wait: u32,    // 120
+    pub tcp_time_wait: u32,   // 120
+    pub tcp_close: u32,       // 10
+    pub tcp_close_wait: u32,  // 60
+    pub tcp_last_ack: u32,    // 30
+    pub tcp_listen: u32,      // 120
+    pub tcp_synack: u32,      // 120
+    pub udp: u32,             // 300
+    pub icmp: u32,            // 60
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: 900,
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_fin_wait: 120,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_listen: 120,
+            tcp_synack: 120,
+            udp: 300,
+            icmp: 60,
+        }
+    }
+}
+
+/// An address with a prefix length, e.g. `10.0.1.1/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Does this network contain `ip`? (Same family only.)
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let m = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
+                (u32::from(a) & m) == (u32::from(b) & m)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let m = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix as u32) };
+                (u128::from(a) & m) == (u128::from(b) & m)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interface {
+    pub name: String,
+    /// Kernel interface (af_packet), vdev spec or PCI address (dpdk), or
+    /// any label (memory).
+    pub device: String,
+    /// MAC to use; `None` means the device's own.
+    pub mac: Option<[u8; 6]>,
+    /// Addresses the engine owns on this interface (answers ARP/ND, and
+    /// uses as source of its own packets).
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbor {
+    pub address: IpAddr,
+    pub mac: [u8; 6],
+    /// Interface name the neighbour is on; `None`: found by route lookup.
+    pub interface: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub prefix: IpNet,
+    /// Gateway; `None` for an on-link route (needs `interface`).
+    pub via: Option<IpAddr>,
+    /// Outgoing interface; `None`: the interface whose subnet holds `via`.
+    pub interface: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Forward {
+    /// Masquerading: destination rewritten to the real server, replies come
+    /// back through the balancer and get the VIP as source.
+    Nat,
+    /// Direct routing: only the destination MAC changes.
+    Dr,
+    /// IPIP tunnel to the real server.
+    Tunnel,
+}
+
+/// An inclusive port range; a single port is `lo == hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// Seconds a template outlives its last connection (default 300).
+    pub timeout: u32,
+    /// Client netmask as a prefix length (default 32 for IPv4, 128 for IPv6).
+    pub netmask: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FtpOptions {
+    /// Ports whose connections are FTP control channels (default [21]).
+    pub control_ports: Vec<u16>,
+    /// Let PORT/EPRT name an address other than the client's.
+    pub allow_foreign_port_address: bool,
+    /// Seconds an expected data connection waits to be opened (default 60).
+    pub pinhole_timeout: u32,
+}
+
+impl Default for FtpOptions {
+    fn default() -> Self {
+        FtpOptions { control_ports: vec![21], allow_foreign_port_address: false, pinhole_timeout: 60 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub protocol: Protocol,
+    /// Ports and ranges served as ONE virtual service (like an LVS fwmark).
+    /// Empty means every port (a fwmark service with no port in ipvsadm).
+    pub ports: Vec<PortRange>,
+    /// ipvsadm scheduler name (default "wlc"); validated against
+    /// `ferrovs_sched::NAMES` by the engine-facing validation.
+    pub scheduler: String,
+    pub forward: Forward,
+    pub persistence: Option<Persistence>,
+    pub ftp: Option<FtpOptions>,
+    /// Firewall mark this service was imported from (ipvsadm -f), if any.
+    pub fwmark: Option<u32>,
+    pub real_servers: Vec<RealServer>,
+    /// Health check for the real servers of this service.
+    pub health_check: Option<HealthCheck>,
+}
+
+impl Service {
+    pub fn has_port(&self, p: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|r| r.contains(p))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RealServer {
+    pub address: IpAddr,
+    /// Destination port; `None`: the port the client used.
+    pub port: Option<u16>,
+    /// 0..=65535; 0 is quiescent (no new connections).
+    pub weight: u32,
+    /// Connection thresholds (ipvsadm -x / -y); 0 = none.
+    pub upper: u32,
+    pub lower: u32,
+    /// Per-server forwarding method (ipvsadm -g/-m/-i); `None`: the service's.
+    pub forward: Option<Forward>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// TCP connect to the real server's port (or `port`).
+    Tcp,
+    /// Connect, send `send`, expect a reply starting with `expect`.
+    SendExpect,
+    /// FTP: expect a 220 banner, send USER anonymous / QUIT.
+    Ftp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub port: Option<u16>,
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    /// Seconds between checks (default 5).
+    pub interval: f64,
+    /// Seconds a check may take (default 3).
+    pub timeout: f64,
+    /// Successes in a row to mark a server up (default 2).
+    pub rise: u32,
+    /// Failures in a row to mark it down (default 3).
+    pub fall: u32,
+    /// On failure set weight 0 (true, default) or remove the server (false).
+    pub quiesce: bool,
+}

@@ -1,0 +1,1 @@
+//! DPDK bindings (placeholder until build.rs lands).

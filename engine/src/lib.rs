@@ -1,0 +1,2 @@
+//! ferrovs engine.
+pub mod port;

@@ -1,0 +1,97 @@
+//! The port abstraction: every I/O backend (in-memory, pcap, AF_PACKET, DPDK)
+//! hands the pipeline fixed-size bursts of packets through [`PortQueue`].
+//!
+//! A *port* is one network interface; a *queue* is the share of that port a
+//! single worker polls. A worker owns exactly one queue of every port, so a
+//! queue is `Send` but never shared: no locks on the fast path.
+
+pub mod memory;
+
+/// Packets per rx/tx burst. Every backend fills at most this many per call.
+pub const BURST: usize = 32;
+
+/// Bytes of headroom every backend leaves in front of a received frame, so
+/// the pipeline can prepend an outer header (IPIP) without copying.
+pub const HEADROOM: usize = 128;
+
+/// Largest frame a buffer holds (without headroom): 1500-byte MTU, Ethernet
+/// header, one VLAN tag, with room to spare for a rewrite that grows a line.
+pub const MAX_FRAME: usize = 2048;
+
+/// A packet buffer owned by the pipeline. Backends implement it over their
+/// own memory (a heap buffer, a DPDK mbuf); the pipeline only sees bytes.
+pub trait Packet: Send + 'static {
+    /// The frame, starting at the Ethernet header.
+    fn data(&self) -> &[u8];
+    /// The frame, mutable.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Set the frame length (grow into tailroom or shrink). Returns false,
+    /// leaving the packet unchanged, if `len` does not fit.
+    fn set_len(&mut self, len: usize) -> bool;
+    /// Grow the frame at the front by `n` bytes (from headroom).
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Remove `n` bytes from the front of the frame.
+    fn adj(&mut self, n: usize) -> bool;
+    /// Bytes the frame may grow to.
+    fn capacity(&self) -> usize;
+    #[inline]
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.data().is_empty()
+    }
+}
+
+/// What a port can do; reported by the backend once at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortCaps {
+    /// Interface name as configured.
+    pub name: String,
+    /// The port's MAC address.
+    pub mac: [u8; 6],
+    /// Number of rx/tx queue pairs (one per worker).
+    pub queues: u16,
+    /// The NIC verifies IPv4/L4 checksums on receive.
+    pub rx_csum_offload: bool,
+    /// The NIC computes IPv4/L4 checksums on transmit.
+    pub tx_csum_offload: bool,
+    /// Largest IP packet the port carries.
+    pub mtu: u16,
+}
+
+/// One worker's queue of one port.
+pub trait PortQueue: Send {
+    type Buf: Packet;
+    /// Receive up to `BURST - out.len()` packets, appended to `out`.
+    /// Never blocks; returns the number received.
+    fn rx_burst(&mut self, out: &mut Vec<Self::Buf>) -> usize;
+    /// Transmit the packets in `pkts`, draining it. Packets the backend could
+    /// not queue are freed and counted in the returned `TxResult::dropped`.
+    fn tx_burst(&mut self, pkts: &mut Vec<Self::Buf>) -> TxResult;
+    /// A fresh, empty buffer (len 0, with headroom) for a packet the engine
+    /// originates (ARP reply, ICMP, a grown FTP segment). `None` if the pool
+    /// is exhausted.
+    fn alloc(&mut self) -> Option<Self::Buf>;
+    /// Capabilities of the port this queue belongs to.
+    fn caps(&self) -> &PortCaps;
+    /// Backend-specific periodic work (flush a tx ring, poll link). Called
+    /// once per poll-loop iteration even when idle.
+    fn flush(&mut self) {}
+}
+
+/// Outcome of a tx burst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxResult {
+    pub sent: usize,
+    pub bytes: u64,
+    pub dropped: usize,
+}
+
+/// A backend: opens every configured interface and splits it into one queue
+/// per worker. `queues()[w][i]` is worker `w`'s queue of interface `i`.
+pub trait Backend {
+    type Queue: PortQueue;
+    fn take_queues(&mut self) -> Vec<Vec<Self::Queue>>;
+}
