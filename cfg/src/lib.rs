@@ -1,3 +1,48 @@
 //! ferrovs configuration: TOML text -> validated, immutable [`Config`].
+//!
+//! ```no_run
+//! let cfg = ferrovs_cfg::Config::from_file(std::path::Path::new("/etc/ferrovs.toml")).unwrap();
+//! println!("{} services", cfg.services.len());
+//! ```
 pub mod model;
 pub use model::*;
+
+mod error;
+mod raw;
+mod render;
+mod validate;
+
+pub use error::ConfigError;
+
+/// Scheduler names accepted in `service.scheduler` (the ipvsadm `-s` names).
+pub const SCHEDULERS: &[&str] =
+    &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos"];
+
+impl Config {
+    /// Parse and validate TOML text. `origin` names the text in error messages
+    /// (usually the file name). `source` of the result is `None`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        validate::parse(text, origin)
+    }
+
+    /// Read, parse and validate a config file; sets `Config::source`.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: origin.clone(),
+            line: None,
+            column: None,
+            message: format!("cannot read config: {e}"),
+        })?;
+        let mut cfg = Config::from_str(&text, &origin)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Canonical TOML that [`Config::from_str`] parses back to an equal
+    /// `Config` (except `source`, which is not part of the text).
+    pub fn to_toml(&self) -> String {
+        render::config(self)
+    }
+}

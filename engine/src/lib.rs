@@ -1,2 +1,50 @@
-//! ferrovs engine.
+//! # ferrovs engine
+//!
+//! The data plane of ferrovs, a kernel-bypass L4 load balancer in the LVS
+//! tradition, plus its I/O backends, daemon and command-line tools.
+//!
+//! ## Layers
+//! - [`port`]: the I/O boundary. A backend (in-memory, pcap, AF_PACKET,
+//!   DPDK) opens every configured interface and gives each worker one queue
+//!   of each. The pipeline sees only [`port::Packet`] buffers.
+//! - [`parse`]: etherparse-based parsing into offsets and flow fields.
+//! - [`flow`], [`tcpstate`]: the per-worker connection table and IPVS TCP
+//!   states with timeouts driven by a clock passed in.
+//! - [`snapshot`]: the configuration compiled for lookups, shared as an
+//!   immutable `Arc` and replaced wholesale on reload.
+//! - [`worker`]: the poll-mode pipeline: classification, scheduling, NAT /
+//!   DR / tunnel forwarding, ICMP error translation, ARP/ND, the FTP gateway.
+//! - [`daemon`], [`replay`]: running the workers on threads or offline.
+//!
+//! ## Flow ownership (shared-nothing)
+//! Every connection belongs to exactly one worker, chosen by hashing the
+//! **client address** ([`snapshot::owner_of`]). The client is the source
+//! of a packet addressed to a VIP and the destination of anything else
+//! (replies from real servers, active FTP data connections opened by a
+//! real server towards the client); for an ICMP error sent to a VIP it is
+//! the destination of the quoted packet. So both directions of a NAT
+//! connection, and the FTP control connection of a client together with
+//! all its data connections, land on the same worker: the FTP gateway's
+//! expectations live in that worker's table and are found without any
+//! sharing.
+//!
+//! NICs (RSS, AF_PACKET fanout) spread packets by their own hash, which
+//! does not follow this rule. A worker that receives a packet it does not
+//! own pushes it, buffer and all, onto the owner's lock-free handoff ring
+//! (`crossbeam_queue::ArrayQueue`); the owner drains its ring every poll
+//! iteration. Neighbour updates and new config snapshots travel on a
+//! second ring per worker. No lock is taken on the packet path; a full
+//! ring is a counted drop (`handoff_full`).
+
+pub mod counters;
+pub mod csum;
+pub mod daemon;
+pub mod replay;
+pub mod flow;
+pub mod neigh;
+pub mod parse;
 pub mod port;
+pub mod snapshot;
+pub mod tcpstate;
+pub mod testpkt;
+pub mod worker;

@@ -1,1 +1,143 @@
-fn main() {}
+//! `ferrovs`: the daemon (`run`), offline `replay`, `config` tools.
+
+use clap::{Parser, Subcommand};
+use ferrovs_cfg::Config;
+use ferrovs_engine::{daemon, replay};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "ferrovs", version, about = "Kernel-bypass L4 load balancer with an FTP gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the data plane in the foreground until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replay pcap files through the engine offline (deterministic).
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// IN.pcap (first interface) or NAME=IN.pcap; repeatable.
+        #[arg(long, required = true)]
+        input: Vec<String>,
+        /// OUT.pcap (everything) or NAME=OUT.pcap; repeatable.
+        #[arg(long, required = true)]
+        output: Vec<String>,
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Print counters as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file; errors name the file and line.
+    Check { file: PathBuf },
+}
+
+fn split_named(s: &str) -> (Option<String>, PathBuf) {
+    match s.split_once('=') {
+        Some((n, f)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), PathBuf::from(f)),
+        _ => (None, PathBuf::from(s)),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, String> {
+    Config::from_file(path).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERROVS_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrovs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = Arc::new(load(&config)?);
+            daemon::install_signal_handlers();
+            let running = daemon::open_and_start(cfg.clone())?;
+            tracing::info!(
+                workers = cfg.engine.workers,
+                interfaces = cfg.interfaces.len(),
+                services = cfg.services.len(),
+                "ferrovs running"
+            );
+            let mut snapshot = running.snapshot.clone();
+            let mut hups = daemon::hup_count();
+            while !daemon::stop_requested() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if daemon::hup_count() != hups {
+                    hups = daemon::hup_count();
+                    match load(&config) {
+                        Ok(new) => {
+                            snapshot = (running.apply)(Arc::new(new));
+                            tracing::info!("configuration reloaded");
+                        }
+                        Err(e) => tracing::error!("reload failed, keeping the running config: {e}"),
+                    }
+                }
+            }
+            let report = daemon::format_counters(running.view.as_ref(), &snapshot);
+            running.stop();
+            print!("{report}");
+            Ok(())
+        }
+        Cmd::Replay { config, input, output, workers, json } => {
+            let cfg = load(&config)?;
+            let args = replay::ReplayArgs {
+                config: cfg,
+                inputs: input.iter().map(|s| split_named(s)).collect(),
+                outputs: output.iter().map(|s| split_named(s)).collect(),
+                workers,
+            };
+            let r = replay::replay(args).map_err(|e| e.to_string())?;
+            if json {
+                let c = r.engine.counters();
+                println!("{}", serde_json::json!({"packets_in": r.packets_in, "packets_out": r.packets_out, "counters": c}));
+            } else {
+                eprintln!("replayed {} packets, transmitted {}", r.packets_in, r.packets_out);
+                eprint!("{}", daemon::format_counters(r.engine.fabric.as_ref(), &r.engine.snapshot));
+            }
+            Ok(())
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            let cfg = load(&file)?;
+            println!(
+                "{}: OK ({} interfaces, {} services, {} real servers)",
+                file.display(),
+                cfg.interfaces.len(),
+                cfg.services.len(),
+                cfg.services.iter().map(|s| s.real_servers.len()).sum::<usize>()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `Config` -> canonical TOML.
+
+use std::fmt::Write;
+
+use crate::model::*;
+use crate::validate::{fmt_range, proto_name};
+
+/// TOML basic string with escapes.
+pub(crate) fn q(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(o, "\\u{:04X}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn float(f: f64) -> String {
+    if f.is_nan() {
+        "nan".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "inf".into() } else { "-inf".into() }
+    } else {
+        // `{:?}` is the shortest round-tripping form and always has a `.` or `e`.
+        format!("{f:?}")
+    }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+fn forward(f: Forward) -> &'static str {
+    match f {
+        Forward::Nat => "nat",
+        Forward::Dr => "dr",
+        Forward::Tunnel => "tunnel",
+    }
+}
+
+fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
+    let v: Vec<String> = items.iter().map(f).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Render a port list the way the TOML format spells it.
+pub(crate) fn ports(p: &[PortRange]) -> String {
+    list(p, |r| if r.lo == r.hi { r.lo.to_string() } else { q(&fmt_range(*r)) })
+}
+
+pub(crate) fn config(c: &Config) -> String {
+    let mut o = String::new();
+    let e = &c.engine;
+    o.push_str("[engine]\n");
+    let _ = writeln!(o, "workers = {}", e.workers);
+    let backend = match e.backend {
+        Backend::AfPacket => "af_packet",
+        Backend::Memory => "memory",
+        Backend::Dpdk => "dpdk",
+    };
+    let _ = writeln!(o, "backend = {}", q(backend));
+    if let Some(cores) = &e.cores {
+        let _ = writeln!(o, "cores = {}", list(cores, |c| c.to_string()));
+    }
+    let _ = writeln!(o, "eal_args = {}", list(&e.eal_args, |s| q(s)));
+    let _ = writeln!(o, "mbufs = {}", e.mbufs);
+    let _ = writeln!(o, "flow_table_size = {}", e.flow_table_size);
+    let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
+    if let Some(m) = e.metrics_listen {
+        let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));
+    }
+    let t = &e.timeouts;
+    o.push_str("\n[engine.timeouts]\n");
+    for (k, v) in [
+        ("tcp_established", t.tcp_established),
+        ("tcp_syn_sent", t.tcp_syn_sent),
+        ("tcp_syn_recv", t.tcp_syn_recv),
+        ("tcp_fin_wait", t.tcp_fin_wait),
+        ("tcp_time_wait", t.tcp_time_wait),
+        ("tcp_close", t.tcp_close),
+        ("tcp_close_wait", t.tcp_close_wait),
+        ("tcp_last_ack", t.tcp_last_ack),
+        ("tcp_listen", t.tcp_listen),
+        ("tcp_synack", t.tcp_synack),
+        ("udp", t.udp),
+        ("icmp", t.icmp),
+    ] {
+        let _ = writeln!(o, "{k} = {v}");
+    }
+
+    for i in &c.interfaces {
+        o.push_str("\n[[interface]]\n");
+        let _ = writeln!(o, "name = {}", q(&i.name));
+        let _ = writeln!(o, "device = {}", q(&i.device));
+        if let Some(m) = &i.mac {
+            let _ = writeln!(o, "mac = {}", q(&mac(m)));
+        }
+        let _ = writeln!(o, "addresses = {}", list(&i.addresses, |a| q(&a.to_string())));
+    }
+    for n in &c.neighbors {
+        o.push_str("\n[[neighbor]]\n");
+        let _ = writeln!(o, "address = {}", q(&n.address.to_string()));
+        let _ = writeln!(o, "mac = {}", q(&mac(&n.mac)));
+        if let Some(i) = &n.interface {
+            let _ = writeln!(o, "interface = {}", q(i));
+        }
+    }
+    for r in &c.routes {
+        o.push_str("\n[[route]]\n");
+        let _ = writeln!(o, "prefix = {}", q(&r.prefix.to_string()));
+        if let Some(v) = r.via {
+            let _ = writeln!(o, "via = {}", q(&v.to_string()));
+        }
+        if let Some(i) = &r.interface {
+            let _ = writeln!(o, "interface = {}", q(i));
+        }
+    }
+    for s in &c.services {
+        o.push('\n');
+        o.push_str(&service(s));
+    }
+    o
+}
+
+/// One `[[service]]` block, with its health check and real servers.
+pub(crate) fn service(s: &Service) -> String {
+    let mut o = String::new();
+    o.push_str("[[service]]\n");
+    let _ = writeln!(o, "name = {}", q(&s.name));
+    let _ = writeln!(o, "vip = {}", q(&s.vip.to_string()));
+    let _ = writeln!(o, "protocol = {}", q(proto_name(s.protocol)));
+    if !s.ports.is_empty() {
+        let _ = writeln!(o, "ports = {}", ports(&s.ports));
+    }
+    let _ = writeln!(o, "scheduler = {}", q(&s.scheduler));
+    let _ = writeln!(o, "forward = {}", q(forward(s.forward)));
+    if let Some(p) = &s.persistence {
+        let _ = writeln!(o, "persistence = {{ timeout = {}, netmask = {} }}", p.timeout, p.netmask);
+    }
+    if let Some(f) = &s.ftp {
+        let _ = writeln!(
+            o,
+            "ftp = {{ control_ports = {}, allow_foreign_port_address = {}, pinhole_timeout = {} }}",
+            list(&f.control_ports, |p| p.to_string()),
+            f.allow_foreign_port_address,
+            f.pinhole_timeout
+        );
+    }
+    if let Some(m) = s.fwmark {
+        let _ = writeln!(o, "fwmark = {m}");
+    }
+    if let Some(h) = &s.health_check {
+        o.push_str("\n[service.health_check]\n");
+        let kind = match h.kind {
+            HealthCheckKind::Tcp => "tcp",
+            HealthCheckKind::SendExpect => "send_expect",
+            HealthCheckKind::Ftp => "ftp",
+        };
+        let _ = writeln!(o, "type = {}", q(kind));
+        if let Some(p) = h.port {
+            let _ = writeln!(o, "port = {p}");
+        }
+        if let Some(s) = &h.send {
+            let _ = writeln!(o, "send = {}", q(s));
+        }
+        if let Some(s) = &h.expect {
+            let _ = writeln!(o, "expect = {}", q(s));
+        }
+        let _ = writeln!(o, "interval = {}", float(h.interval));
+        let _ = writeln!(o, "timeout = {}", float(h.timeout));
+        let _ = writeln!(o, "rise = {}", h.rise);
+        let _ = writeln!(o, "fall = {}", h.fall);
+        let _ = writeln!(o, "on_fail = {}", q(if h.quiesce { "quiesce" } else { "remove" }));
+    }
+    for r in &s.real_servers {
+        o.push_str("\n[[service.real_server]]\n");
+        let _ = writeln!(o, "address = {}", q(&r.address.to_string()));
+        if let Some(p) = r.port {
+            let _ = writeln!(o, "port = {p}");
+        }
+        let _ = writeln!(o, "weight = {}", r.weight);
+        if r.upper != 0 {
+            let _ = writeln!(o, "upper = {}", r.upper);
+        }
+        if r.lower != 0 {
+            let _ = writeln!(o, "lower = {}", r.lower);
+        }
+        if let Some(f) = r.forward {
+            let _ = writeln!(o, "forward = {}", q(forward(f)));
+        }
+    }
+    o
+}

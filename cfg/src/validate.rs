@@ -1,0 +1,549 @@
+//! Raw serde structs -> validated model, with positioned errors.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use crate::error::{ConfigError, Ctx};
+use crate::model::*;
+use crate::raw::*;
+use crate::SCHEDULERS;
+
+type R<T> = Result<T, ConfigError>;
+
+pub(crate) fn parse(text: &str, origin: &str) -> R<Config> {
+    let cx = Ctx { text, origin };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml(e))?;
+    Validator { cx }.config(raw)
+}
+
+struct Validator<'a> {
+    cx: Ctx<'a>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
+    s.span()
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
+        self.cx.at(span, msg)
+    }
+
+    fn int(&self, v: &Spanned<i64>, lo: i64, hi: i64, what: &str) -> R<i64> {
+        let x = *v.get_ref();
+        if x < lo || x > hi {
+            return Err(self.err(span_of(v), format!("{what} must be between {lo} and {hi}, got {x}")));
+        }
+        Ok(x)
+    }
+
+    fn opt_int(&self, v: &Option<Spanned<i64>>, lo: i64, hi: i64, what: &str, default: i64) -> R<i64> {
+        match v {
+            Some(v) => self.int(v, lo, hi, what),
+            None => Ok(default),
+        }
+    }
+
+    fn choice<T: Copy>(&self, v: &Spanned<String>, what: &str, opts: &[(&str, T)]) -> R<T> {
+        let s = v.get_ref().as_str();
+        opts.iter().find(|(n, _)| *n == s).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<String> = opts.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            self.err(span_of(v), format!("invalid {what} {s:?}: expected one of {}", names.join(", ")))
+        })
+    }
+
+    fn non_empty(&self, v: &Spanned<String>, what: &str) -> R<String> {
+        if v.get_ref().trim().is_empty() {
+            return Err(self.err(span_of(v), format!("{what} must not be empty")));
+        }
+        Ok(v.get_ref().clone())
+    }
+
+    fn config(&self, raw: RawConfig) -> R<Config> {
+        let (engine, backend_span) = self.engine(raw.engine)?;
+
+        // Interfaces.
+        let mut interfaces = Vec::new();
+        let mut names: HashMap<String, Range<usize>> = HashMap::new();
+        let mut addrs: HashMap<IpAddr, ()> = HashMap::new();
+        for ri in &raw.interface {
+            let ri = ri.get_ref();
+            let name = self.non_empty(&ri.name, "interface name")?;
+            if names.insert(name.clone(), span_of(&ri.name)).is_some() {
+                return Err(self.err(span_of(&ri.name), format!("duplicate interface name {name:?}")));
+            }
+            let device = self.non_empty(&ri.device, "interface device")?;
+            let mut addresses = Vec::new();
+            for a in &ri.addresses {
+                let net = a.get_ref().0;
+                if addrs.insert(net.addr, ()).is_some() {
+                    return Err(self.err(span_of(a), format!("duplicate interface address {}", net.addr)));
+                }
+                addresses.push(net);
+            }
+            interfaces.push(Interface { name, device, mac: ri.mac.map(|m| m.0), addresses });
+        }
+        if interfaces.is_empty() && engine.backend != Backend::Memory {
+            let msg = "at least one [[interface]] is required unless backend = \"memory\"";
+            return Err(match backend_span {
+                Some(s) => self.err(s, msg),
+                None => self.cx.nowhere(msg),
+            });
+        }
+        let iface_exists = |n: &Spanned<String>| -> R<String> {
+            if names.contains_key(n.get_ref()) {
+                Ok(n.get_ref().clone())
+            } else {
+                Err(self.err(span_of(n), format!("unknown interface {:?}", n.get_ref())))
+            }
+        };
+        let on_link = |ip: IpAddr| interfaces.iter().any(|i| i.addresses.iter().any(|n| n.contains(ip)));
+
+        // Neighbours.
+        let mut neighbors = Vec::new();
+        for rn in &raw.neighbor {
+            let rn = rn.get_ref();
+            let interface = rn.interface.as_ref().map(iface_exists).transpose()?;
+            neighbors.push(Neighbor { address: rn.address.get_ref().0, mac: rn.mac.0, interface });
+        }
+
+        // Routes.
+        let mut routes = Vec::new();
+        for rr in &raw.route {
+            let rr_ref = rr.get_ref();
+            let prefix = rr_ref.prefix.get_ref().0;
+            let interface = rr_ref.interface.as_ref().map(iface_exists).transpose()?;
+            let via = rr_ref.via.as_ref().map(|v| v.get_ref().0);
+            if let Some(v) = &rr_ref.via {
+                if v.get_ref().0.is_ipv4() != prefix.addr.is_ipv4() {
+                    return Err(self.err(span_of(v), format!("route gateway {} is not in the address family of {prefix}", v.get_ref().0)));
+                }
+            }
+            match (&rr_ref.via, &interface) {
+                (None, None) => {
+                    return Err(self.err(span_of(&rr_ref.prefix), format!("route {prefix} needs `via` or `interface`")));
+                }
+                (Some(v), None) if !on_link(v.get_ref().0) => {
+                    return Err(self.err(
+                        span_of(v),
+                        format!("route gateway {} is not reachable through any interface subnet", v.get_ref().0),
+                    ));
+                }
+                _ => {}
+            }
+            routes.push(Route { prefix, via, interface });
+        }
+
+        let check_reach = !(interfaces.is_empty() && engine.backend == Backend::Memory);
+        let reachable = |ip: IpAddr| on_link(ip) || routes.iter().any(|r| r.prefix.contains(ip));
+
+        // Services.
+        let mut services: Vec<Service> = Vec::new();
+        let mut svc_names: HashSet<String> = HashSet::new();
+        let mut port_spans: Vec<Option<Range<usize>>> = Vec::new();
+        for rs in &raw.service {
+            let rs_ref = rs.get_ref();
+            let name = self.non_empty(&rs_ref.name, "service name")?;
+            if !svc_names.insert(name.clone()) {
+                return Err(self.err(span_of(&rs_ref.name), format!("duplicate service name {name:?}")));
+            }
+            let svc = self.service(rs_ref, name, &reachable, check_reach)?;
+            // Overlap with earlier services on the same vip + protocol.
+            for (i, other) in services.iter().enumerate() {
+                if other.vip == svc.vip && other.protocol == svc.protocol {
+                    if let Some(p) = ports_overlap(&other.ports, &svc.ports) {
+                        let where_ = rs_ref.ports.as_ref().map(span_of).or(port_spans[i].clone()).unwrap_or(span_of(&rs_ref.vip));
+                        return Err(self.err(
+                            where_,
+                            format!(
+                                "service {:?} overlaps service {:?} on {} {} port {}",
+                                svc.name,
+                                other.name,
+                                proto_name(svc.protocol),
+                                svc.vip,
+                                p
+                            ),
+                        ));
+                    }
+                }
+            }
+            port_spans.push(rs_ref.ports.as_ref().map(span_of));
+            services.push(svc);
+        }
+
+        Ok(Config { engine, interfaces, neighbors, routes, services, source: None })
+    }
+
+    fn engine(&self, raw: Option<Spanned<RawEngine>>) -> R<(Engine, Option<Range<usize>>)> {
+        let Some(raw) = raw else {
+            return Ok((default_engine(), None));
+        };
+        let e = raw.into_inner();
+        let workers = self.opt_int(&e.workers, 1, 64, "workers", 1)? as usize;
+        let backend = match &e.backend {
+            Some(b) => self.choice(
+                b,
+                "backend",
+                &[("af_packet", Backend::AfPacket), ("memory", Backend::Memory), ("dpdk", Backend::Dpdk)],
+            )?,
+            None => Backend::AfPacket,
+        };
+        let cores = match &e.cores {
+            None => None,
+            Some(c) => {
+                let mut v = Vec::new();
+                let mut seen = HashSet::new();
+                for x in c.get_ref() {
+                    let n = self.int(x, 0, 4095, "core number")? as usize;
+                    if !seen.insert(n) {
+                        return Err(self.err(span_of(x), format!("core {n} listed twice")));
+                    }
+                    v.push(n);
+                }
+                if v.len() != workers {
+                    return Err(self.err(
+                        span_of(c),
+                        format!("cores lists {} cores but workers = {workers}", v.len()),
+                    ));
+                }
+                Some(v)
+            }
+        };
+        let mbufs = self.opt_int(&e.mbufs, 1, u32::MAX as i64, "mbufs", 8192)? as u32;
+        let flow_table_size =
+            self.opt_int(&e.flow_table_size, 1, 1 << 32, "flow_table_size", 1_048_576)? as usize;
+        let control_socket = match &e.control_socket {
+            Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        };
+        let metrics_listen = match &e.metrics_listen {
+            None => None,
+            Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                self.err(span_of(s), format!("invalid metrics_listen {:?}: expected ADDRESS:PORT", s.get_ref()))
+            })?),
+        };
+        let timeouts = self.timeouts(e.timeouts.unwrap_or_default())?;
+        let backend_span = e.backend.as_ref().map(span_of);
+        Ok((
+            Engine {
+                workers,
+                backend,
+                cores,
+                eal_args: e.eal_args.unwrap_or_default(),
+                mbufs,
+                flow_table_size,
+                control_socket,
+                metrics_listen,
+                timeouts,
+            },
+            backend_span,
+        ))
+    }
+
+    fn timeouts(&self, t: RawTimeouts) -> R<Timeouts> {
+        let d = Timeouts::default();
+        let f = |v: &Option<Spanned<i64>>, name: &str, def: u32| -> R<u32> {
+            Ok(self.opt_int(v, 1, u32::MAX as i64, &format!("timeout {name}"), def as i64)? as u32)
+        };
+        Ok(Timeouts {
+            tcp_established: f(&t.tcp_established, "tcp_established", d.tcp_established)?,
+            tcp_syn_sent: f(&t.tcp_syn_sent, "tcp_syn_sent", d.tcp_syn_sent)?,
+            tcp_syn_recv: f(&t.tcp_syn_recv, "tcp_syn_recv", d.tcp_syn_recv)?,
+            tcp_fin_wait: f(&t.tcp_fin_wait, "tcp_fin_wait", d.tcp_fin_wait)?,
+            tcp_time_wait: f(&t.tcp_time_wait, "tcp_time_wait", d.tcp_time_wait)?,
+            tcp_close: f(&t.tcp_close, "tcp_close", d.tcp_close)?,
+            tcp_close_wait: f(&t.tcp_close_wait, "tcp_close_wait", d.tcp_close_wait)?,
+            tcp_last_ack: f(&t.tcp_last_ack, "tcp_last_ack", d.tcp_last_ack)?,
+            tcp_listen: f(&t.tcp_listen, "tcp_listen", d.tcp_listen)?,
+            tcp_synack: f(&t.tcp_synack, "tcp_synack", d.tcp_synack)?,
+            udp: f(&t.udp, "udp", d.udp)?,
+            icmp: f(&t.icmp, "icmp", d.icmp)?,
+        })
+    }
+
+    fn forward(&self, v: &Spanned<String>) -> R<Forward> {
+        self.choice(v, "forward", &[("nat", Forward::Nat), ("dr", Forward::Dr), ("tunnel", Forward::Tunnel)])
+    }
+
+    fn service(
+        &self,
+        rs: &RawService,
+        name: String,
+        reachable: &dyn Fn(IpAddr) -> bool,
+        check_reach: bool,
+    ) -> R<Service> {
+        let vip = rs.vip.get_ref().0;
+        let protocol = match &rs.protocol {
+            Some(p) => self.choice(p, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)])?,
+            None => Protocol::Tcp,
+        };
+
+        // Ports: no duplicates or overlaps within the service.
+        let mut ports: Vec<PortRange> = Vec::new();
+        if let Some(ps) = &rs.ports {
+            for p in ps.get_ref() {
+                let r = p.get_ref().0;
+                if let Some(q) = ports.iter().find(|q| q.lo <= r.hi && r.lo <= q.hi) {
+                    return Err(self.err(
+                        span_of(p),
+                        format!("port {} overlaps {} already listed in service {name:?}", fmt_range(r), fmt_range(*q)),
+                    ));
+                }
+                ports.push(r);
+            }
+        }
+
+        let scheduler = match &rs.scheduler {
+            Some(s) => {
+                if !SCHEDULERS.contains(&s.get_ref().as_str()) {
+                    return Err(self.err(
+                        span_of(s),
+                        format!("unknown scheduler {:?}: expected one of {}", s.get_ref(), SCHEDULERS.join(", ")),
+                    ));
+                }
+                s.get_ref().clone()
+            }
+            None => "wlc".to_string(),
+        };
+        let forward = match &rs.forward {
+            Some(f) => self.forward(f)?,
+            None => Forward::Nat,
+        };
+
+        let max_prefix: i64 = if vip.is_ipv4() { 32 } else { 128 };
+        let persistence = match &rs.persistence {
+            None => None,
+            Some(p) => {
+                let (timeout, netmask) = match p.get_ref() {
+                    RawPersistence::Secs(s) => {
+                        (self.int(&Spanned::new(span_of(p), *s), 1, u32::MAX as i64, "persistence timeout")?, None)
+                    }
+                    RawPersistence::Table(t) => (
+                        self.opt_int(&t.timeout, 1, u32::MAX as i64, "persistence timeout", 300)?,
+                        t.netmask.as_ref(),
+                    ),
+                };
+                let netmask = match netmask {
+                    None => max_prefix as u8,
+                    Some(m) => match m.get_ref() {
+                        NetmaskDe::Prefix(n) => {
+                            self.int(&Spanned::new(span_of(m), *n), 0, max_prefix, "persistence netmask")? as u8
+                        }
+                        NetmaskDe::Dotted(d) => {
+                            if !vip.is_ipv4() {
+                                return Err(self.err(
+                                    span_of(m),
+                                    "a dotted persistence netmask needs an IPv4 vip; use a prefix length",
+                                ));
+                            }
+                            mask_to_prefix(*d).ok_or_else(|| {
+                                self.err(span_of(m), format!("persistence netmask {d} is not contiguous"))
+                            })?
+                        }
+                    },
+                };
+                Some(Persistence { timeout: timeout as u32, netmask })
+            }
+        };
+
+        let ftp = match &rs.ftp {
+            None => None,
+            Some(f) if matches!(f.get_ref(), RawFtp::Bool(false)) => None,
+            Some(f) => {
+                if protocol != Protocol::Tcp {
+                    return Err(self.err(span_of(f), "ftp needs protocol = \"tcp\""));
+                }
+                let mut o = FtpOptions::default();
+                let mut cp_spans = vec![span_of(f); 1];
+                if let RawFtp::Table(t) = f.get_ref() {
+                    if let Some(cp) = &t.control_ports {
+                        o.control_ports.clear();
+                        cp_spans.clear();
+                        for p in cp.get_ref() {
+                            let v = self.int(p, 1, 65535, "ftp control port")? as u16;
+                            if o.control_ports.contains(&v) {
+                                return Err(self.err(span_of(p), format!("ftp control port {v} listed twice")));
+                            }
+                            o.control_ports.push(v);
+                            cp_spans.push(span_of(p));
+                        }
+                        if o.control_ports.is_empty() {
+                            return Err(self.err(span_of(cp), "ftp control_ports must not be empty"));
+                        }
+                    }
+                    if let Some(a) = t.allow_foreign_port_address {
+                        o.allow_foreign_port_address = a;
+                    }
+                    o.pinhole_timeout =
+                        self.opt_int(&t.pinhole_timeout, 1, u32::MAX as i64, "ftp pinhole_timeout", 60)? as u32;
+                }
+                if !ports.is_empty() {
+                    for (p, sp) in o.control_ports.iter().zip(cp_spans.iter().cycle()) {
+                        if !ports.iter().any(|r| r.contains(*p)) {
+                            return Err(self.err(
+                                sp.clone(),
+                                format!("ftp control port {p} is not one of the ports of service {name:?}"),
+                            ));
+                        }
+                    }
+                }
+                Some(o)
+            }
+        };
+
+        let fwmark = match &rs.fwmark {
+            Some(m) => Some(self.int(m, 0, u32::MAX as i64, "fwmark")? as u32),
+            None => None,
+        };
+
+        let health_check = match &rs.health_check {
+            None => None,
+            Some(h) => Some(self.health_check(h)?),
+        };
+
+        let mut real_servers = Vec::new();
+        let mut seen_rs: HashSet<(IpAddr, Option<u16>)> = HashSet::new();
+        for rr in &rs.real_server {
+            let r = rr.get_ref();
+            let address = r.address.get_ref().0;
+            if address.is_ipv4() != vip.is_ipv4() {
+                return Err(self.err(
+                    span_of(&r.address),
+                    format!("real server {address} is not in the address family of vip {vip}"),
+                ));
+            }
+            let port = match &r.port {
+                Some(p) => Some(self.int(p, 1, 65535, "real server port")? as u16),
+                None => None,
+            };
+            if !seen_rs.insert((address, port)) {
+                return Err(self.err(span_of(&r.address), format!("duplicate real server {address} in service {name:?}")));
+            }
+            let weight = self.opt_int(&r.weight, 0, 65535, "weight", 1)? as u32;
+            let upper = self.opt_int(&r.upper, 0, u32::MAX as i64, "upper", 0)? as u32;
+            let lower = self.opt_int(&r.lower, 0, u32::MAX as i64, "lower", 0)? as u32;
+            if upper != 0 && lower != 0 && upper < lower {
+                let sp = r.lower.as_ref().map(span_of).unwrap_or(span_of(&r.address));
+                return Err(self.err(sp, format!("lower threshold {lower} is above upper threshold {upper}")));
+            }
+            let rforward = match &r.forward {
+                Some(f) => Some(self.forward(f)?),
+                None => None,
+            };
+            if check_reach && !reachable(address) {
+                return Err(self.err(
+                    span_of(&r.address),
+                    format!("real server {address} is not reachable through any interface or route"),
+                ));
+            }
+            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward });
+        }
+
+        Ok(Service {
+            name,
+            vip,
+            protocol,
+            ports,
+            scheduler,
+            forward,
+            persistence,
+            ftp,
+            fwmark,
+            real_servers,
+            health_check,
+        })
+    }
+
+    fn health_check(&self, h: &Spanned<RawHealthCheck>) -> R<HealthCheck> {
+        let r = h.get_ref();
+        let kind = self.choice(
+            &r.kind,
+            "health check type",
+            &[("tcp", HealthCheckKind::Tcp), ("send_expect", HealthCheckKind::SendExpect), ("ftp", HealthCheckKind::Ftp)],
+        )?;
+        let port = match &r.port {
+            Some(p) => Some(self.int(p, 1, 65535, "health check port")? as u16),
+            None => None,
+        };
+        let secs = |v: &Option<Spanned<f64>>, what: &str, def: f64| -> R<f64> {
+            match v {
+                None => Ok(def),
+                Some(x) => {
+                    let f = *x.get_ref();
+                    if !(f.is_finite() && f > 0.0 && f <= 86400.0) {
+                        return Err(self.err(span_of(x), format!("health check {what} must be > 0 and <= 86400 seconds, got {f}")));
+                    }
+                    Ok(f)
+                }
+            }
+        };
+        let interval = secs(&r.interval, "interval", 5.0)?;
+        let timeout = secs(&r.timeout, "timeout", 3.0)?;
+        let rise = self.opt_int(&r.rise, 1, 1000, "health check rise", 2)? as u32;
+        let fall = self.opt_int(&r.fall, 1, 1000, "health check fall", 3)? as u32;
+        let quiesce = match &r.on_fail {
+            Some(s) => self.choice(s, "on_fail", &[("quiesce", true), ("remove", false)])?,
+            None => true,
+        };
+        let expect = r.expect.as_ref().map(|e| e.get_ref().clone());
+        if kind == HealthCheckKind::SendExpect && expect.as_deref().map_or(true, str::is_empty) {
+            let sp = r.expect.as_ref().map(span_of).unwrap_or(span_of(&r.kind));
+            return Err(self.err(sp, "health check type \"send_expect\" needs a non-empty `expect`"));
+        }
+        Ok(HealthCheck { kind, port, send: r.send.clone(), expect, interval, timeout, rise, fall, quiesce })
+    }
+}
+
+pub(crate) const DEFAULT_SOCKET: &str = "/run/ferrovs/ferrovs.sock";
+
+pub(crate) fn default_engine() -> Engine {
+    Engine {
+        workers: 1,
+        backend: Backend::AfPacket,
+        cores: None,
+        eal_args: Vec::new(),
+        mbufs: 8192,
+        flow_table_size: 1_048_576,
+        control_socket: PathBuf::from(DEFAULT_SOCKET),
+        metrics_listen: None,
+        timeouts: Timeouts::default(),
+    }
+}
+
+pub(crate) fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+pub(crate) fn fmt_range(r: PortRange) -> String {
+    if r.lo == r.hi {
+        r.lo.to_string()
+    } else {
+        format!("{}-{}", r.lo, r.hi)
+    }
+}
+
+/// First port two port sets share (empty = all ports), if any.
+pub(crate) fn ports_overlap(a: &[PortRange], b: &[PortRange]) -> Option<String> {
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => Some("(all ports)".into()),
+        (true, false) => Some(fmt_range(b[0])),
+        (false, true) => Some(fmt_range(a[0])),
+        (false, false) => {
+            for x in a {
+                for y in b {
+                    if x.lo <= y.hi && y.lo <= x.hi {
+                        return Some(x.lo.max(y.lo).to_string());
+                    }
+                }
+            }
+            None
+        }
+    }
+}

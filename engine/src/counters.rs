@@ -1,0 +1,156 @@
+//! Per-worker counters. Each counter block is written by exactly one worker
+//! (load + store, no read-modify-write bus lock) and read by anyone with
+//! relaxed loads: the control plane sums the blocks of all workers.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! drop_reasons {
+    ($($name:ident => $label:literal : $doc:literal,)*) => {
+        /// Why a packet was dropped. Every drop is counted under one reason.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $(#[doc = $doc] $name,)* }
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            pub fn label(self) -> &'static str {
+                match self { $(DropReason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Malformed => "malformed": "Truncated headers, bad lengths, bad IHL, garbage.",
+    Unsupported => "unsupported": "A protocol or EtherType the engine does not forward.",
+    Fragment => "fragment": "An IP fragment (no reassembly).",
+    NoService => "no_service": "Addressed to a VIP/port with no service.",
+    NoRealServer => "no_real_server": "The scheduler found no available real server.",
+    NoFlow => "no_flow": "A non-SYN TCP segment or reply with no tracked connection.",
+    TableFull => "table_full": "The flow table is at capacity.",
+    NoRoute => "no_route": "No route to the destination.",
+    NoNeighbor => "no_neighbor": "The next hop's MAC could not be resolved in time.",
+    TtlExceeded => "ttl_exceeded": "TTL or hop limit ran out.",
+    NotForUs => "not_for_us": "Addressed to a MAC or IP the engine does not own.",
+    HandoffFull => "handoff_full": "The ring to the owning worker was full.",
+    TxFull => "tx_full": "The port's transmit queue was full.",
+    NoBuffer => "no_buffer": "No free buffer to build a packet.",
+    TooBig => "too_big": "A rewritten packet would not fit the buffer or MTU.",
+    AlgHold => "alg_hold": "An FTP segment held back by the gateway until its line completes.",
+    BadChecksum => "bad_checksum": "Checksum verification failed (when checked).",
+}
+
+pub const N_DROPS: usize = DropReason::ALL.len();
+
+/// Counters of one worker.
+#[derive(Default)]
+pub struct WorkerCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub flows_created: AtomicU64,
+    pub flows_expired: AtomicU64,
+    pub flows_active: AtomicU64,
+    pub handoff_out: AtomicU64,
+    pub handoff_in: AtomicU64,
+    pub arp_replies: AtomicU64,
+    pub nd_replies: AtomicU64,
+    pub icmp_translated: AtomicU64,
+    pub icmp_echo_replies: AtomicU64,
+    pub drops: [AtomicU64; N_DROPS],
+}
+
+/// Add `n` to a single-writer counter.
+#[inline(always)]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl WorkerCounters {
+    #[inline(always)]
+    pub fn drop(&self, r: DropReason) {
+        bump(&self.drops[r as usize], 1);
+    }
+    pub fn drops_of(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].load(Relaxed)
+    }
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            flows_created: self.flows_created.load(Relaxed),
+            flows_expired: self.flows_expired.load(Relaxed),
+            flows_active: self.flows_active.load(Relaxed),
+            handoff_out: self.handoff_out.load(Relaxed),
+            handoff_in: self.handoff_in.load(Relaxed),
+            arp_replies: self.arp_replies.load(Relaxed),
+            nd_replies: self.nd_replies.load(Relaxed),
+            icmp_translated: self.icmp_translated.load(Relaxed),
+            icmp_echo_replies: self.icmp_echo_replies.load(Relaxed),
+            drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
+        }
+    }
+}
+
+/// A plain copy of a worker's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub flows_created: u64,
+    pub flows_expired: u64,
+    pub flows_active: u64,
+    pub handoff_out: u64,
+    pub handoff_in: u64,
+    pub arp_replies: u64,
+    pub nd_replies: u64,
+    pub icmp_translated: u64,
+    pub icmp_echo_replies: u64,
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+/// Per real server counters (one block per worker, per service).
+#[derive(Default)]
+pub struct DestCounters {
+    pub conns: AtomicU64,
+    pub in_packets: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_packets: AtomicU64,
+    pub out_bytes: AtomicU64,
+}
+
+/// FTP gateway counters of one service on one worker.
+#[derive(Default)]
+pub struct FtpCounters {
+    pub control_sessions: AtomicU64,
+    pub expectations_created: AtomicU64,
+    pub expectations_used: AtomicU64,
+    pub expectations_expired: AtomicU64,
+    pub rewrites: AtomicU64,
+    pub bounce_refused: AtomicU64,
+    pub tls_fallbacks: AtomicU64,
+    pub oversized_lines: AtomicU64,
+    pub held_segments: AtomicU64,
+}
+
+/// Per service counters of one worker.
+#[derive(Default)]
+pub struct ServiceCounters {
+    pub conns: AtomicU64,
+    pub in_packets: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_packets: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub dests: Vec<DestCounters>,
+    pub ftp: FtpCounters,
+}
+
+impl ServiceCounters {
+    pub fn new(dests: usize) -> Self {
+        ServiceCounters { dests: (0..dests).map(|_| DestCounters::default()).collect(), ..Default::default() }
+    }
+}

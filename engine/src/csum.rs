@@ -1,0 +1,119 @@
+//! Internet checksum helpers: full computation for packets the engine builds
+//! and RFC 1624 incremental updates for packets it rewrites.
+//!
+//! An incremental update is kept as a ones-complement *delta*: the sum of
+//! `~old + new` over every 16-bit word that changes. A flow precomputes its
+//! delta once, so the per-packet cost is one add and one fold
+//! (`HC' = ~(~HC + delta)`, RFC 1624 eqn. 3).
+
+/// Fold a 32-bit ones-complement accumulator to 16 bits.
+#[inline(always)]
+pub fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Ones-complement sum of `data` (big-endian 16-bit words), added to `init`.
+pub fn sum(data: &[u8], init: u32) -> u32 {
+    let mut s: u64 = init as u64;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        s += u16::from_be_bytes([c[0], c[1]]) as u64;
+    }
+    if let [b] = chunks.remainder() {
+        s += (*b as u64) << 8;
+    }
+    while s >> 32 != 0 {
+        s = (s & 0xffff_ffff) + (s >> 32);
+    }
+    s as u32
+}
+
+/// Final checksum of `data` starting from accumulator `init`.
+#[inline]
+pub fn finish(data: &[u8], init: u32) -> u16 {
+    !fold(sum(data, init))
+}
+
+/// Delta accumulator for replacing the 16-bit words of `old` by `new`
+/// (equal lengths, even).
+#[inline]
+pub fn delta(old: &[u8], new: &[u8]) -> u32 {
+    debug_assert_eq!(old.len(), new.len());
+    let mut d: u32 = 0;
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        d += (!u16::from_be_bytes([o[0], o[1]])) as u32;
+        d += u16::from_be_bytes([n[0], n[1]]) as u32;
+    }
+    fold(d) as u32
+}
+
+/// Delta for one 16-bit word.
+#[inline(always)]
+pub fn delta16(old: u16, new: u16) -> u32 {
+    (!old) as u32 + new as u32
+}
+
+/// Combine two deltas.
+#[inline(always)]
+pub fn add(a: u32, b: u32) -> u32 {
+    fold(a + b) as u32
+}
+
+/// Apply a delta to a checksum field value (RFC 1624 eqn. 3).
+#[inline(always)]
+pub fn apply(check: u16, delta: u32) -> u16 {
+    !fold((!check) as u32 + delta)
+}
+
+/// Apply a delta to the checksum stored big-endian at `buf[off..off+2]`.
+#[inline(always)]
+pub fn apply_at(buf: &mut [u8], off: usize, delta: u32) {
+    let c = u16::from_be_bytes([buf[off], buf[off + 1]]);
+    let n = apply(c, delta);
+    buf[off..off + 2].copy_from_slice(&n.to_be_bytes());
+}
+
+/// Pseudo-header sum for IPv4 TCP/UDP.
+pub fn pseudo_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
+    let mut s = sum(&src, 0);
+    s = sum(&dst, s);
+    s + proto as u32 + len as u32
+}
+
+/// Pseudo-header sum for IPv6 upper layers.
+pub fn pseudo_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u32) -> u32 {
+    let mut s = sum(src, 0);
+    s = sum(dst, s);
+    fold(s + (len >> 16) + (len & 0xffff) + proto as u32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3 example words: 0001 f203 f4f5 f6f7 -> sum ddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&d, 0)), 0xddf2);
+        assert_eq!(finish(&d, 0), !0xddf2);
+    }
+
+    #[test]
+    fn incremental_equals_recompute() {
+        let mut data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37)).collect();
+        let check = finish(&data, 0);
+        let old = data[10..14].to_vec();
+        let new = [0xc0, 0xa8, 0x01, 0x02];
+        data[10..14].copy_from_slice(&new);
+        let inc = apply(check, delta(&old, &new));
+        assert_eq!(inc, finish(&data, 0));
+    }
+
+    #[test]
+    fn odd_length() {
+        assert_eq!(fold(sum(&[0xab], 0)), 0xab00);
+    }
+}

@@ -1,0 +1,349 @@
+//! `ferrovs run`: open the backend, start one pinned poll-mode worker
+//! thread per queue, run until SIGINT/SIGTERM, print counters on exit.
+
+use crate::counters::{CounterSnapshot, ServiceCounters, WorkerCounters};
+use crate::port::memory::MemQueue;
+use crate::port::{PortCaps, PortQueue};
+use crate::snapshot::Snapshot;
+use crate::worker::{Ctrl, Fabric, Worker};
+use ferrovs_cfg::{Backend, Config};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static HUP: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        HUP.fetch_add(1, Ordering::Relaxed);
+    } else {
+        STOP.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Install SIGINT/SIGTERM (stop) and SIGHUP (reload) handlers.
+pub fn install_signal_handlers() {
+    // SAFETY: `on_signal` is async-signal-safe (it only touches atomics),
+    // and the handler pointer is valid for the life of the process.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+pub fn request_stop() {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Number of SIGHUPs received so far.
+pub fn hup_count() -> u32 {
+    HUP.load(Ordering::Relaxed)
+}
+
+/// What the control plane needs from running workers, whatever the
+/// backend's buffer type.
+pub trait EngineView: Send + Sync {
+    fn workers(&self) -> usize;
+    fn counters(&self) -> Vec<Arc<WorkerCounters>>;
+    fn service_counters(&self) -> Vec<Arc<Vec<ServiceCounters>>>;
+    fn post(&self, worker: usize, msg: Ctrl) -> bool;
+}
+
+impl<B: Send> EngineView for Fabric<B> {
+    fn workers(&self) -> usize {
+        self.workers
+    }
+    fn counters(&self) -> Vec<Arc<WorkerCounters>> {
+        self.counters.clone()
+    }
+    fn service_counters(&self) -> Vec<Arc<Vec<ServiceCounters>>> {
+        self.services.iter().map(|m| m.lock().map(|g| g.clone()).unwrap_or_default()).collect()
+    }
+    fn post(&self, worker: usize, msg: Ctrl) -> bool {
+        self.ctrl.get(worker).is_some_and(|q| q.push(msg).is_ok())
+    }
+}
+
+pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
+    let mut total = CounterSnapshot::default();
+    for w in c {
+        let s = w.snapshot();
+        total.rx_packets += s.rx_packets;
+        total.rx_bytes += s.rx_bytes;
+        total.tx_packets += s.tx_packets;
+        total.tx_bytes += s.tx_bytes;
+        total.flows_created += s.flows_created;
+        total.flows_expired += s.flows_expired;
+        total.flows_active = total.flows_active.wrapping_add(s.flows_active);
+        total.handoff_out += s.handoff_out;
+        total.handoff_in += s.handoff_in;
+        total.arp_replies += s.arp_replies;
+        total.nd_replies += s.nd_replies;
+        total.icmp_translated += s.icmp_translated;
+        total.icmp_echo_replies += s.icmp_echo_replies;
+        if total.drops.is_empty() {
+            total.drops = s.drops.clone();
+        } else {
+            for (t, (_, v)) in total.drops.iter_mut().zip(s.drops.iter()) {
+                t.1 += v;
+            }
+        }
+    }
+    total
+}
+
+/// Human-readable counters of a running or finished engine.
+pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut s = String::new();
+    let counters = view.counters();
+    for (w, c) in counters.iter().enumerate() {
+        let c = c.snapshot();
+        let _ = writeln!(
+            s,
+            "worker {w}: rx {} pkts {} bytes, tx {} pkts {} bytes, flows created {} expired {} active {}, handoff out {} in {}",
+            c.rx_packets,
+            c.rx_bytes,
+            c.tx_packets,
+            c.tx_bytes,
+            c.flows_created,
+            c.flows_expired,
+            c.flows_active as i64,
+            c.handoff_out,
+            c.handoff_in
+        );
+        let drops: Vec<String> = c.drops.iter().filter(|d| d.1 > 0).map(|(n, v)| format!("{n}={v}")).collect();
+        let _ = writeln!(s, "worker {w}: drops {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
+    }
+    let per = view.service_counters();
+    for (i, svc) in snap.services.iter().enumerate() {
+        let sum = |f: &dyn Fn(&ServiceCounters) -> u64| -> u64 { per.iter().filter_map(|v| v.get(i)).map(f).sum() };
+        let _ = writeln!(
+            s,
+            "service {}: conns {} in {} pkts {} bytes, out {} pkts {} bytes",
+            svc.name,
+            sum(&|c| c.conns.load(Relaxed)),
+            sum(&|c| c.in_packets.load(Relaxed)),
+            sum(&|c| c.in_bytes.load(Relaxed)),
+            sum(&|c| c.out_packets.load(Relaxed)),
+            sum(&|c| c.out_bytes.load(Relaxed)),
+        );
+        for (d, dest) in svc.dests.iter().enumerate() {
+            let ds = |f: &dyn Fn(&crate::counters::DestCounters) -> u64| -> u64 {
+                per.iter().filter_map(|v| v.get(i)).filter_map(|c| c.dests.get(d)).map(f).sum()
+            };
+            let _ = writeln!(
+                s,
+                "  real server {}: conns {} in {} pkts, out {} pkts",
+                crate::parse::addr_to_ip(dest.addr),
+                ds(&|c| c.conns.load(Relaxed)),
+                ds(&|c| c.in_packets.load(Relaxed)),
+                ds(&|c| c.out_packets.load(Relaxed)),
+            );
+        }
+        if svc.ftp.is_some() {
+            let f = |g: &dyn Fn(&crate::counters::FtpCounters) -> u64| sum(&|c| g(&c.ftp));
+            let _ = writeln!(
+                s,
+                "  ftp: control sessions {}, expectations created {} used {} expired {}, rewrites {}, bounce refused {}, tls fallbacks {}, oversized lines {}, held segments {}",
+                f(&|c| c.control_sessions.load(Relaxed)),
+                f(&|c| c.expectations_created.load(Relaxed)),
+                f(&|c| c.expectations_used.load(Relaxed)),
+                f(&|c| c.expectations_expired.load(Relaxed)),
+                f(&|c| c.rewrites.load(Relaxed)),
+                f(&|c| c.bounce_refused.load(Relaxed)),
+                f(&|c| c.tls_fallbacks.load(Relaxed)),
+                f(&|c| c.oversized_lines.load(Relaxed)),
+                f(&|c| c.held_segments.load(Relaxed)),
+            );
+        }
+    }
+    s
+}
+
+/// A monotonic nanosecond clock.
+pub fn clock() -> impl Fn() -> u64 {
+    let t0 = Instant::now();
+    move || t0.elapsed().as_nanos() as u64
+}
+
+/// Running workers of one backend.
+pub struct Running {
+    pub view: Arc<dyn EngineView>,
+    pub snapshot: Arc<Snapshot>,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// Post a new config to all workers.
+    pub apply: Box<dyn Fn(Arc<Config>) -> Arc<Snapshot> + Send + Sync>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start workers on `queues[w][i]` (worker w, interface i).
+pub fn start<Q: PortQueue + 'static>(
+    config: Arc<Config>,
+    queues: Vec<Vec<Q>>,
+    on_thread_start: Arc<dyn Fn(usize) + Send + Sync>,
+) -> Running {
+    let n = queues.len();
+    let macs: Vec<[u8; 6]> = queues.first().map(|qs| qs.iter().map(|q| q.caps().mac).collect()).unwrap_or_default();
+    let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
+    let fabric: Arc<Fabric<Q::Buf>> = Fabric::new(n);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (w, qs) in queues.into_iter().enumerate() {
+        let snap = snapshot.clone();
+        let fab = fabric.clone();
+        let stop = stop.clone();
+        let core = match &config.engine.cores {
+            Some(list) => list.get(w).and_then(|c| cores.iter().find(|x| x.id == *c).copied()),
+            None => cores.get(w % cores.len().max(1)).copied(),
+        };
+        let start_hook = on_thread_start.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("fvs-worker-{w}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        if !core_affinity::set_for_current(c) {
+                            tracing::warn!(worker = w, core = c.id, "could not pin worker");
+                        }
+                    }
+                    start_hook(w);
+                    let mut worker = Worker::new(w, qs, snap, fab);
+                    let now = clock();
+                    let mut idle = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let work = worker.poll(now());
+                        if work == 0 {
+                            idle += 1;
+                            // Poll mode with a back-off when idle, so a lab
+                            // on two shared vCPUs still leaves CPU to its
+                            // servers and clients.
+                            if idle > 256 {
+                                std::thread::sleep(Duration::from_micros(50));
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        } else {
+                            idle = 0;
+                        }
+                    }
+                    worker.flush_tx();
+                })
+                .expect("spawn worker thread"),
+        );
+    }
+    let fab2 = fabric.clone();
+    let macs2 = macs.clone();
+    let apply = Box::new(move |cfg: Arc<Config>| {
+        let s = Arc::new(Snapshot::build(cfg, &macs2));
+        for w in 0..fab2.workers {
+            // Retry briefly if a ring is full; snapshots must arrive.
+            let mut msg = Ctrl::Snapshot(s.clone());
+            for _ in 0..1000 {
+                match fab2.ctrl[w].push(msg) {
+                    Ok(()) => break,
+                    Err(m) => {
+                        msg = m;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        s
+    });
+    Running { view: fabric, snapshot, threads, stop, apply }
+}
+
+/// Open the configured backend and start the workers.
+pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
+    let workers = config.engine.workers.max(1);
+    match config.engine.backend {
+        Backend::Memory => {
+            let queues: Vec<Vec<MemQueue>> = (0..workers)
+                .map(|_| {
+                    config
+                        .interfaces
+                        .iter()
+                        .enumerate()
+                        .map(|(i, itf)| {
+                            let mut q = MemQueue::new(PortCaps {
+                                name: itf.name.clone(),
+                                mac: itf.mac.unwrap_or(crate::replay::default_mac(i)),
+                                queues: workers as u16,
+                                rx_csum_offload: false,
+                                tx_csum_offload: false,
+                                mtu: 1500,
+                            });
+                            q.capture = false;
+                            q
+                        })
+                        .collect()
+                })
+                .collect();
+            Ok(start(config, queues, Arc::new(|_| {})))
+        }
+        Backend::AfPacket => {
+            let mut per_iface = Vec::new();
+            for itf in &config.interfaces {
+                let qs = crate::port::afpacket::open(&itf.device, workers, itf.mac, &itf.name)
+                    .map_err(|e| format!("interface {:?} (device {}): {e}", itf.name, itf.device))?;
+                per_iface.push(qs);
+            }
+            let queues = transpose(per_iface, workers);
+            Ok(start(config, queues, Arc::new(|_| {})))
+        }
+        Backend::Dpdk => open_dpdk(config),
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn open_dpdk(config: Arc<Config>) -> Result<Running, String> {
+    use crate::port::Backend as _;
+    let mut be = crate::port::dpdk::DpdkBackend::open(&config).map_err(|e| e.to_string())?;
+    let queues = be.take_queues();
+    // The backend must outlive the workers: leak it into the process (it
+    // is torn down by EAL cleanup at exit).
+    let be = Box::leak(Box::new(be));
+    let _ = be;
+    Ok(start(
+        config,
+        queues,
+        Arc::new(|w| {
+            if let Err(e) = crate::port::dpdk::register_thread() {
+                tracing::warn!(worker = w, "DPDK thread registration failed: {e}");
+            }
+        }),
+    ))
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(_config: Arc<Config>) -> Result<Running, String> {
+    Err("backend = \"dpdk\" needs a ferrovs built with `--features dpdk` (see README)".into())
+}
+
+fn transpose<Q>(per_iface: Vec<Vec<Q>>, workers: usize) -> Vec<Vec<Q>> {
+    let mut out: Vec<Vec<Q>> = (0..workers).map(|_| Vec::new()).collect();
+    for qs in per_iface {
+        for (w, q) in qs.into_iter().enumerate() {
+            out[w].push(q);
+        }
+    }
+    out
+}

@@ -1,0 +1,162 @@
+//! Neighbour resolution (ARP for IPv4, neighbour discovery for IPv6).
+//!
+//! Every worker keeps its own cache. A worker that learns a MAC (from an
+//! ARP reply or request, or a neighbour advertisement or solicitation)
+//! updates its cache and posts the update to every other worker through
+//! their control rings, so no cache is shared and no lock is taken.
+//! Static `[[neighbor]]` entries are loaded first and never overwritten.
+
+use crate::csum;
+use crate::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, Addr};
+use hashbrown::HashMap;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    mac: [u8; 6],
+    is_static: bool,
+}
+
+pub struct NeighCache {
+    map: HashMap<Addr, Entry>,
+    /// Last time (ns) a request was sent per address (rate limit: 1/s).
+    asked: HashMap<Addr, u64>,
+    /// Bumped on every change; flows cache MACs against it.
+    pub gen: u32,
+}
+
+impl Default for NeighCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NeighCache {
+    pub fn new() -> Self {
+        NeighCache { map: HashMap::with_capacity(1024), asked: HashMap::new(), gen: 1 }
+    }
+    pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
+        self.map.insert(a, Entry { mac, is_static: true });
+        self.gen = self.gen.wrapping_add(1);
+    }
+    /// Learn a dynamic entry; returns true if it changed anything.
+    pub fn learn(&mut self, a: Addr, mac: [u8; 6]) -> bool {
+        if mac == [0; 6] || mac[0] & 1 == 1 {
+            return false;
+        }
+        match self.map.get(&a) {
+            Some(e) if e.is_static || e.mac == mac => false,
+            _ => {
+                self.map.insert(a, Entry { mac, is_static: false });
+                self.asked.remove(&a);
+                self.gen = self.gen.wrapping_add(1);
+                true
+            }
+        }
+    }
+    #[inline]
+    pub fn get(&self, a: Addr) -> Option<[u8; 6]> {
+        self.map.get(&a).map(|e| e.mac)
+    }
+    /// Should a request for `a` go out now? (At most one per second.)
+    pub fn should_ask(&mut self, a: Addr, now: u64) -> bool {
+        match self.asked.get(&a) {
+            Some(&t) if now.saturating_sub(t) < 1_000_000_000 => false,
+            _ => {
+                if self.asked.len() > 4096 {
+                    self.asked.clear();
+                }
+                self.asked.insert(a, now);
+                true
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Write an ARP packet (request if `target_mac` is None) into `out`;
+/// returns its length (42).
+pub fn build_arp(out: &mut [u8], op: u16, src_mac: [u8; 6], src: Addr, target_mac: Option<[u8; 6]>, target: Addr) -> usize {
+    let dst_mac = target_mac.unwrap_or([0xff; 6]);
+    out[0..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&src_mac);
+    out[12..14].copy_from_slice(&[0x08, 0x06]);
+    out[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4]);
+    out[20..22].copy_from_slice(&op.to_be_bytes());
+    out[22..28].copy_from_slice(&src_mac);
+    out[28..32].copy_from_slice(&addr_v4_bytes(src));
+    out[32..38].copy_from_slice(&target_mac.unwrap_or([0; 6]));
+    out[38..42].copy_from_slice(&addr_v4_bytes(target));
+    42
+}
+
+/// Solicited-node multicast address and MAC for `target`.
+pub fn solicited_node(target: Addr) -> ([u8; 16], [u8; 6]) {
+    let t = addr_v6_bytes(target);
+    let ip = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15]];
+    (ip, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+}
+
+/// Write a neighbour solicitation (ty 135) or advertisement (ty 136) into
+/// `out`; returns its length.
+#[allow(clippy::too_many_arguments)]
+pub fn build_nd(
+    out: &mut [u8],
+    ty: u8,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    target: [u8; 16],
+    flags: u8,
+) -> usize {
+    let icmp_len = 8 + 16 + 8;
+    out[0..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&src_mac);
+    out[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let ip = &mut out[14..54];
+    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
+    ip[6] = 58;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..40].copy_from_slice(&dst);
+    let m = &mut out[54..54 + icmp_len];
+    m.fill(0);
+    m[0] = ty;
+    m[4] = flags;
+    m[8..24].copy_from_slice(&target);
+    // Option: source (1) or target (2) link-layer address.
+    m[24] = if ty == 135 { 1 } else { 2 };
+    m[25] = 1;
+    m[26..32].copy_from_slice(&src_mac);
+    let ck = csum::finish(m, csum::pseudo_v6(&src, &dst, 58, icmp_len as u32));
+    m[2..4].copy_from_slice(&ck.to_be_bytes());
+    54 + icmp_len
+}
+
+/// Find the link-layer address option of type `want` in ND options.
+pub fn nd_lladdr(opts: &[u8], want: u8) -> Option<[u8; 6]> {
+    let mut o = opts;
+    while o.len() >= 8 {
+        let len = o[1] as usize * 8;
+        if len == 0 || len > o.len() {
+            return None;
+        }
+        if o[0] == want && len >= 8 {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&o[2..8]);
+            return Some(m);
+        }
+        o = &o[len..];
+    }
+    None
+}
+
+pub fn is_v4(a: Addr) -> bool {
+    addr_is_v4(a)
+}

@@ -1,0 +1,372 @@
+//! Packet parsing with etherparse: Ethernet, one optional 802.1Q tag, IPv4,
+//! IPv6, TCP, UDP, ICMP/ICMPv6 and ARP.
+//!
+//! The parser validates once and returns byte offsets plus the fields the
+//! pipeline needs ([`Parsed`]); after a successful parse the pipeline may
+//! index the frame at those offsets without further bounds surprises.
+//! Errors are a small `Copy` enum that maps onto drop counters.
+
+use etherparse::{
+    EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice,
+    SingleVlanHeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
+};
+
+/// An address in the engine's internal form: IPv4 is IPv4-mapped IPv6.
+pub type Addr = u128;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+pub fn v4_to_addr(a: [u8; 4]) -> Addr {
+    0xffff_0000_0000u128 | u32::from_be_bytes(a) as u128
+}
+
+#[inline(always)]
+pub fn v6_to_addr(a: [u8; 16]) -> Addr {
+    u128::from_be_bytes(a)
+}
+
+#[inline(always)]
+pub fn addr_is_v4(a: Addr) -> bool {
+    (a >> 32) == 0xffff
+}
+
+#[inline(always)]
+pub fn addr_v4_bytes(a: Addr) -> [u8; 4] {
+    (a as u32).to_be_bytes()
+}
+
+#[inline(always)]
+pub fn addr_v6_bytes(a: Addr) -> [u8; 16] {
+    a.to_be_bytes()
+}
+
+pub fn ip_to_addr(ip: std::net::IpAddr) -> Addr {
+    match ip {
+        std::net::IpAddr::V4(v) => v4_to_addr(v.octets()),
+        std::net::IpAddr::V6(v) => v6_to_addr(v.octets()),
+    }
+}
+
+pub fn addr_to_ip(a: Addr) -> std::net::IpAddr {
+    if addr_is_v4(a) {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::from(addr_v4_bytes(a)))
+    } else {
+        std::net::IpAddr::V6(std::net::Ipv6Addr::from(addr_v6_bytes(a)))
+    }
+}
+
+/// Why a frame could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than its headers claim, bad IHL/version, bad lengths.
+    Malformed,
+    /// An EtherType or IP protocol the engine does not handle.
+    Unsupported,
+    /// An IP fragment (the engine does not reassemble).
+    Fragment,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L3 {
+    Ipv4,
+    Ipv6,
+    Arp,
+}
+
+/// The result of parsing one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// Offset of the network header (after Ethernet and any VLAN tag).
+    pub l3: usize,
+    /// Offset of the transport header (ICMP for ICMP).
+    pub l4: usize,
+    /// Offset of the transport payload.
+    pub payload: usize,
+    /// End of the IP packet (frames may carry Ethernet padding after it).
+    pub end: usize,
+    pub v6: bool,
+    pub arp: bool,
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// TCP/UDP ports; for ICMP echo the identifier in both; for ICMP
+    /// errors 0.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type and code.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+impl Parsed {
+    #[inline]
+    pub fn payload_len(&self) -> usize {
+        self.end - self.payload
+    }
+}
+
+/// Parse an Ethernet frame.
+#[inline]
+pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| ParseError::Malformed)?;
+    let mut off = 14;
+    let mut et = eth.ether_type();
+    if et == EtherType::VLAN_TAGGED_FRAME {
+        let v = SingleVlanHeaderSlice::from_slice(&frame[off..]).map_err(|_| ParseError::Malformed)?;
+        et = v.ether_type();
+        off += 4;
+    }
+    match et {
+        EtherType::IPV4 => parse_ipv4(frame, off),
+        EtherType::IPV6 => parse_ipv6(frame, off),
+        EtherType::ARP => {
+            if frame.len() < off + 28 {
+                return Err(ParseError::Malformed);
+            }
+            Ok(Parsed { l3: off, l4: off, payload: off, end: off + 28, arp: true, ..Default::default() })
+        }
+        _ => Err(ParseError::Unsupported),
+    }
+}
+
+fn parse_ipv4(frame: &[u8], off: usize) -> Result<Parsed, ParseError> {
+    let ip = Ipv4HeaderSlice::from_slice(&frame[off..]).map_err(|_| ParseError::Malformed)?;
+    let hlen = ip.ihl() as usize * 4;
+    let total = ip.total_len() as usize;
+    if total < hlen || off + total > frame.len() {
+        return Err(ParseError::Malformed);
+    }
+    if ip.is_fragmenting_payload() {
+        return Err(ParseError::Fragment);
+    }
+    let mut p = Parsed {
+        l3: off,
+        l4: off + hlen,
+        end: off + total,
+        v6: false,
+        proto: ip.protocol().0,
+        src: v4_to_addr(ip.source()),
+        dst: v4_to_addr(ip.destination()),
+        ..Default::default()
+    };
+    parse_l4(frame, &mut p)?;
+    Ok(p)
+}
+
+fn parse_ipv6(frame: &[u8], off: usize) -> Result<Parsed, ParseError> {
+    let ip = Ipv6HeaderSlice::from_slice(&frame[off..]).map_err(|_| ParseError::Malformed)?;
+    let end = off + 40 + ip.payload_length() as usize;
+    if end > frame.len() {
+        return Err(ParseError::Malformed);
+    }
+    let nh = ip.next_header();
+    if nh == IpNumber::IPV6_FRAGMENTATION_HEADER {
+        return Err(ParseError::Fragment);
+    }
+    let mut p = Parsed {
+        l3: off,
+        l4: off + 40,
+        end,
+        v6: true,
+        proto: nh.0,
+        src: v6_to_addr(ip.source()),
+        dst: v6_to_addr(ip.destination()),
+        ..Default::default()
+    };
+    parse_l4(frame, &mut p)?;
+    Ok(p)
+}
+
+#[inline]
+fn parse_l4(frame: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
+    let l4 = &frame[p.l4..p.end];
+    match p.proto {
+        PROTO_TCP => {
+            let t = TcpHeaderSlice::from_slice(l4).map_err(|_| ParseError::Malformed)?;
+            p.sport = t.source_port();
+            p.dport = t.destination_port();
+            p.payload = p.l4 + t.data_offset() as usize * 4;
+            p.tcp_flags = l4[13] & 0x3f;
+        }
+        PROTO_UDP => {
+            let u = UdpHeaderSlice::from_slice(l4).map_err(|_| ParseError::Malformed)?;
+            if (u.length() as usize) < 8 || u.length() as usize > l4.len() {
+                return Err(ParseError::Malformed);
+            }
+            p.sport = u.source_port();
+            p.dport = u.destination_port();
+            p.payload = p.l4 + 8;
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            if (p.proto == PROTO_ICMP) == p.v6 {
+                return Err(ParseError::Unsupported);
+            }
+            if l4.len() < 8 {
+                return Err(ParseError::Malformed);
+            }
+            p.icmp_type = l4[0];
+            p.icmp_code = l4[1];
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            if icmp_is_echo(p.v6, p.icmp_type) {
+                p.sport = id;
+                p.dport = id;
+            }
+            p.payload = p.l4 + 8;
+        }
+        _ => return Err(ParseError::Unsupported),
+    }
+    if p.payload > p.end {
+        return Err(ParseError::Malformed);
+    }
+    Ok(())
+}
+
+/// Echo request/reply?
+#[inline]
+pub fn icmp_is_echo(v6: bool, ty: u8) -> bool {
+    if v6 {
+        ty == 128 || ty == 129
+    } else {
+        ty == 8 || ty == 0
+    }
+}
+
+/// ICMP error types the engine translates: destination unreachable (incl.
+/// fragmentation needed / packet too big), time exceeded, parameter problem.
+#[inline]
+pub fn icmp_is_error(v6: bool, ty: u8) -> bool {
+    if v6 {
+        matches!(ty, 1..=4)
+    } else {
+        matches!(ty, 3 | 11 | 12)
+    }
+}
+
+/// The packet quoted inside an ICMP error: IP header plus at least the
+/// first 8 bytes of the transport header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inner {
+    /// Offset of the inner IP header in the frame.
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Parse the packet quoted in the ICMP error of `p`.
+pub fn parse_inner(frame: &[u8], p: &Parsed) -> Result<Inner, ParseError> {
+    let start = p.l4 + 8;
+    let q = &frame[start..p.end];
+    let (l4, proto, src, dst) = if !p.v6 {
+        if q.len() < 20 || q[0] >> 4 != 4 {
+            return Err(ParseError::Malformed);
+        }
+        let ihl = (q[0] & 0xf) as usize * 4;
+        if ihl < 20 || q.len() < ihl + 8 {
+            return Err(ParseError::Malformed);
+        }
+        let src = v4_to_addr([q[12], q[13], q[14], q[15]]);
+        let dst = v4_to_addr([q[16], q[17], q[18], q[19]]);
+        (start + ihl, q[9], src, dst)
+    } else {
+        if q.len() < 48 || q[0] >> 4 != 6 {
+            return Err(ParseError::Malformed);
+        }
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&q[8..24]);
+        d.copy_from_slice(&q[24..40]);
+        (start + 40, q[6], v6_to_addr(s), v6_to_addr(d))
+    };
+    let ports = &frame[l4..l4 + 8];
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]])),
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let id = u16::from_be_bytes([ports[4], ports[5]]);
+            (id, id)
+        }
+        _ => return Err(ParseError::Unsupported),
+    };
+    Ok(Inner { l3: start, l4, proto, src, dst, sport, dport })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testpkt::*;
+
+    #[test]
+    fn fixture_table() {
+        struct Case {
+            what: &'static str,
+            frame: Vec<u8>,
+            want: Result<(u8, u16, u16), ParseError>,
+        }
+        let tcp = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN, 1, 0, b"");
+        let mut bad_ihl = tcp.clone();
+        bad_ihl[14] = 0x44;
+        let mut long_total = tcp.clone();
+        long_total[16] = 0x05;
+        let mut frag = tcp.clone();
+        frag[20] = 0x20; // MF
+        let cases = vec![
+            Case { what: "tcp v4", frame: tcp.clone(), want: Ok((PROTO_TCP, 40000, 80)) },
+            Case { what: "udp v4", frame: udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"hello"), want: Ok((PROTO_UDP, 5353, 53)) },
+            Case { what: "tcp v6", frame: tcp6(V6A, 1234, V6B, 21, TCP_ACK, 5, 6, b"x"), want: Ok((PROTO_TCP, 1234, 21)) },
+            Case { what: "vlan", frame: vlan(&tcp, 7), want: Ok((PROTO_TCP, 40000, 80)) },
+            Case { what: "truncated eth", frame: tcp[..10].to_vec(), want: Err(ParseError::Malformed) },
+            Case { what: "truncated ip", frame: tcp[..30].to_vec(), want: Err(ParseError::Malformed) },
+            Case { what: "truncated tcp", frame: tcp[..40].to_vec(), want: Err(ParseError::Malformed) },
+            Case { what: "bad ihl", frame: bad_ihl, want: Err(ParseError::Malformed) },
+            Case { what: "total len beyond frame", frame: long_total, want: Err(ParseError::Malformed) },
+            Case { what: "fragment", frame: frag, want: Err(ParseError::Fragment) },
+            Case { what: "unknown ethertype", frame: { let mut f = tcp.clone(); f[12] = 0x88; f[13] = 0xcc; f }, want: Err(ParseError::Unsupported) },
+        ];
+        for c in cases {
+            let got = parse(&c.frame).map(|p| (p.proto, p.sport, p.dport));
+            assert_eq!(got, c.want, "{}", c.what);
+        }
+    }
+
+    #[test]
+    fn padding_is_not_payload() {
+        let mut f = tcp4([10, 0, 1, 2], 1, [10, 0, 1, 3], 2, TCP_ACK, 0, 0, b"");
+        f.extend_from_slice(&[0u8; 6]);
+        let p = parse(&f).unwrap();
+        assert_eq!(p.payload_len(), 0);
+        assert_eq!(p.end, f.len() - 6);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(&data);
+        }
+        #[test]
+        fn mutated_packets_never_panic(i in 0usize..74, b in proptest::num::u8::ANY, cut in 0usize..80) {
+            let mut f = tcp4([10, 0, 1, 2], 1, [10, 0, 1, 3], 2, TCP_ACK, 0, 0, b"abcdefgh");
+            let i = i % f.len();
+            f[i] = b;
+            f.truncate(cut.max(1).min(f.len()));
+            if let Ok(p) = parse(&f) {
+                if icmp_is_error(p.v6, p.icmp_type) && (p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6) {
+                    let _ = parse_inner(&f, &p);
+                }
+            }
+        }
+    }
+}

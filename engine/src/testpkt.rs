@@ -1,0 +1,213 @@
+//! Small packet builders for fixture tables, benches and fuzz seeds.
+//! Frames carry correct checksums; MACs default to [`SRC_MAC`]/[`DST_MAC`]
+//! and can be changed with [`with_macs`].
+
+use etherparse::PacketBuilder;
+
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+pub const V6A: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const V6B: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64);
+    let mut t = b.tcp(sport, dport, seq, 64240);
+    t = tcp_flags(t, flags, ack);
+    let mut v = Vec::with_capacity(t.size(payload.len()));
+    t.write(&mut v, payload).expect("build tcp4");
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64);
+    let mut t = b.tcp(sport, dport, seq, 64240);
+    t = tcp_flags(t, flags, ack);
+    let mut v = Vec::with_capacity(t.size(payload.len()));
+    t.write(&mut v, payload).expect("build tcp6");
+    v
+}
+
+fn tcp_flags(
+    mut t: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    flags: u8,
+    ack: u32,
+) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
+    if flags & crate::parse::TCP_SYN != 0 {
+        t = t.syn();
+    }
+    if flags & crate::parse::TCP_FIN != 0 {
+        t = t.fin();
+    }
+    if flags & crate::parse::TCP_RST != 0 {
+        t = t.rst();
+    }
+    if flags & crate::parse::TCP_PSH != 0 {
+        t = t.psh();
+    }
+    if flags & crate::parse::TCP_ACK != 0 {
+        t = t.ack(ack);
+    }
+    t
+}
+
+pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, payload).expect("build udp4");
+    v
+}
+
+pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64).udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, payload).expect("build udp6");
+    v
+}
+
+/// An ICMPv4 error (`ty`/`code`) from `src` to `dst` quoting `quoted` (an
+/// Ethernet frame whose IP packet is quoted: header + first 8 bytes of L4).
+pub fn icmp4_error(src: [u8; 4], dst: [u8; 4], ty: u8, code: u8, rest: u32, quoted: &[u8]) -> Vec<u8> {
+    let ihl = (quoted[14] & 0xf) as usize * 4;
+    let q = &quoted[14..(14 + ihl + 8).min(quoted.len())];
+    let t = match ty {
+        3 => etherparse::Icmpv4Type::Unknown { type_u8: 3, code_u8: code, bytes5to8: rest.to_be_bytes() },
+        _ => etherparse::Icmpv4Type::Unknown { type_u8: ty, code_u8: code, bytes5to8: rest.to_be_bytes() },
+    };
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).icmpv4(t);
+    let mut v = Vec::new();
+    b.write(&mut v, q).expect("build icmp4");
+    v
+}
+
+/// An ICMPv6 error quoting the IPv6 packet of `quoted` (header + 8 bytes).
+pub fn icmp6_error(src: [u8; 16], dst: [u8; 16], ty: u8, code: u8, rest: u32, quoted: &[u8]) -> Vec<u8> {
+    let q = &quoted[14..(14 + 48).min(quoted.len())];
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: ty, code_u8: code, bytes5to8: rest.to_be_bytes() };
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, q).expect("build icmp6");
+    v
+}
+
+/// An ICMPv4 echo request.
+pub fn ping4(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).icmpv4_echo_request(id, seq);
+    let mut v = Vec::new();
+    b.write(&mut v, b"ping").expect("build ping");
+    v
+}
+
+/// An ARP request "who has `target`? tell `sender`".
+pub fn arp_request(sender_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42);
+    v.extend_from_slice(&[0xff; 6]);
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&sender);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&target);
+    v
+}
+
+/// An ARP reply from `sender` to `target`.
+pub fn arp_reply(sender_mac: [u8; 6], sender: [u8; 4], target_mac: [u8; 6], target: [u8; 4]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42);
+    v.extend_from_slice(&target_mac);
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&sender);
+    v.extend_from_slice(&target_mac);
+    v.extend_from_slice(&target);
+    v
+}
+
+/// An IPv6 neighbour solicitation for `target` from `src` (with a source
+/// link-layer address option).
+pub fn neighbor_solicit(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut dst = [0xffu8, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    dst[13..16].copy_from_slice(&target[13..16]);
+    let mut body = Vec::new();
+    body.extend_from_slice(&target);
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&src_mac);
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] };
+    let dmac = [0x33, 0x33, dst[12], dst[13], dst[14], dst[15]];
+    let b = PacketBuilder::ethernet2(src_mac, dmac).ipv6(src, dst, 255).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &body).expect("build ns");
+    v
+}
+
+/// Add an 802.1Q tag to a frame.
+pub fn vlan(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut v = Vec::with_capacity(frame.len() + 4);
+    v.extend_from_slice(&frame[..12]);
+    v.extend_from_slice(&[0x81, 0x00]);
+    v.extend_from_slice(&(vid & 0xfff).to_be_bytes());
+    v.extend_from_slice(&frame[12..]);
+    v
+}
+
+/// Replace the MAC addresses of a frame.
+pub fn with_macs(mut frame: Vec<u8>, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
+
+/// Verify every checksum of a frame (IPv4 header, TCP/UDP/ICMP). Returns a
+/// description of the first wrong one.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    use crate::csum;
+    let p = crate::parse::parse(frame).map_err(|e| format!("parse: {e:?}"))?;
+    if p.arp {
+        return Ok(());
+    }
+    if !p.v6 {
+        let ihl = (frame[p.l3] & 0xf) as usize * 4;
+        if csum::finish(&frame[p.l3..p.l3 + ihl], 0) != 0 {
+            return Err("ipv4 header checksum".into());
+        }
+    }
+    let l4 = &frame[p.l4..p.end];
+    let len = l4.len();
+    let pseudo = if p.v6 {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&frame[p.l3 + 8..p.l3 + 24]);
+        d.copy_from_slice(&frame[p.l3 + 24..p.l3 + 40]);
+        csum::pseudo_v6(&s, &d, p.proto, len as u32)
+    } else {
+        let s = [frame[p.l3 + 12], frame[p.l3 + 13], frame[p.l3 + 14], frame[p.l3 + 15]];
+        let d = [frame[p.l3 + 16], frame[p.l3 + 17], frame[p.l3 + 18], frame[p.l3 + 19]];
+        csum::pseudo_v4(s, d, p.proto, len as u16)
+    };
+    let ok = match p.proto {
+        crate::parse::PROTO_TCP => csum::finish(l4, pseudo) == 0,
+        crate::parse::PROTO_UDP => (!p.v6 && l4[6] == 0 && l4[7] == 0) || csum::finish(l4, pseudo) == 0,
+        crate::parse::PROTO_ICMP => csum::finish(l4, 0) == 0,
+        crate::parse::PROTO_ICMPV6 => csum::finish(l4, pseudo) == 0,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("L4 checksum of protocol {}", p.proto))
+    }
+}
+
+/// Set the IPv4 TTL (or IPv6 hop limit) of a frame without VLAN tag,
+/// fixing the IPv4 header checksum.
+pub fn set_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    if frame[12..14] == [0x08, 0x00] {
+        frame[22] = ttl;
+        crate::worker::fix_ipv4_csum(&mut frame, 14);
+    } else if frame[12..14] == [0x86, 0xdd] {
+        frame[21] = ttl;
+    }
+    frame
+}

@@ -1,0 +1,1497 @@
+//! The poll-mode worker: one per queue, owning its flow table, neighbour
+//! cache, schedulers, persistence templates and FTP expectations.
+//!
+//! `poll(now)` receives a burst from every port queue, classifies each
+//! packet, hands packets it does not own to their owner through a
+//! lock-free ring, forwards the rest and transmits. It never blocks, and
+//! in steady state it does not allocate (buffers are recycled, tables are
+//! sized at start; an FTP control session allocates its gateway state once).
+
+use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
+use crate::csum;
+use crate::flow::{self, Conn, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_COUNTED, F_DATA, NONE};
+use crate::neigh::{self, NeighCache};
+use crate::parse::{
+    self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
+};
+use crate::port::{Packet, PortQueue};
+use crate::snapshot::{owner_of, Snapshot};
+use crate::tcpstate::{self, Direction, TcpState};
+use crossbeam_queue::ArrayQueue;
+use ferrovs_cfg::Forward;
+use ferrovs_ftp_alg as alg;
+use ferrovs_sched as sched;
+use hashbrown::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Messages to a worker's control ring.
+pub enum Ctrl {
+    /// A neighbour learnt by another worker.
+    Neigh(Addr, [u8; 6]),
+    /// A new configuration snapshot.
+    Snapshot(Arc<Snapshot>),
+    /// Send a listing of the worker's connections.
+    ListConns(crossbeam_channel::Sender<Vec<ConnInfo>>),
+}
+
+/// A connection as shown by `ferrovsadm -L -c`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnInfo {
+    pub worker: usize,
+    pub id: u32,
+    pub proto: &'static str,
+    pub client: String,
+    pub vip: String,
+    pub real: String,
+    pub state: &'static str,
+    pub expires_in_s: u64,
+    pub service: String,
+    pub ftp_control: bool,
+    /// For an FTP data connection: the id of its control connection.
+    pub parent: Option<u32>,
+    pub children: u32,
+    pub pkts_in: u64,
+    pub pkts_out: u64,
+}
+
+/// Everything workers share: rings and counters. Built once at start.
+pub struct Fabric<B> {
+    pub workers: usize,
+    pub handoff: Vec<ArrayQueue<(u8, B)>>,
+    pub ctrl: Vec<ArrayQueue<Ctrl>>,
+    pub counters: Vec<Arc<WorkerCounters>>,
+    /// Per worker: the per-service counters of its current snapshot.
+    pub services: Vec<Mutex<Arc<Vec<ServiceCounters>>>>,
+    pub stop: AtomicBool,
+}
+
+impl<B> Fabric<B> {
+    pub fn new(workers: usize) -> Arc<Self> {
+        Arc::new(Fabric {
+            workers,
+            handoff: (0..workers).map(|_| ArrayQueue::new(8192)).collect(),
+            ctrl: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
+            counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            services: (0..workers).map(|_| Mutex::new(Arc::new(Vec::new()))).collect(),
+            stop: AtomicBool::new(false),
+        })
+    }
+    /// Post a control message to every worker (best effort: a full ring
+    /// drops the message, which for neighbours only delays resolution).
+    pub fn broadcast(&self, mut make: impl FnMut() -> Ctrl) {
+        for q in &self.ctrl {
+            let _ = q.push(make());
+        }
+    }
+}
+
+/// Keys of the expectation table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ExpKey {
+    /// client -> vip:port (NAT passive).
+    Passive(Addr, Addr, u16),
+    /// client -> vip:any (DR passive).
+    PassiveAny(Addr, Addr),
+    /// rs -> client:port (NAT active).
+    Active(Addr, Addr, u16),
+    /// client -> vip:any for the life of a control connection (FTPS).
+    Session(Addr, Addr),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ExpVal {
+    svc: u16,
+    dest: u16,
+    rs: Addr,
+    rport: Option<u16>,
+    vip: Addr,
+    parent: u32,
+    parent_gen: u32,
+    expires: u64,
+}
+
+struct Pending<B> {
+    nh: Addr,
+    iface: u8,
+    buf: B,
+    deadline: u64,
+}
+
+const MAX_PENDING: usize = 256;
+const PENDING_NS: u64 = 3_000_000_000;
+const SWEEP_PER_POLL: usize = 64;
+const MAX_EXPECT: usize = 65536;
+
+/// Per-service worker state rebuilt with each snapshot.
+struct SvcState {
+    sched: Box<dyn sched::Scheduler>,
+    persist: Option<sched::PersistTable>,
+}
+
+pub struct Worker<Q: PortQueue> {
+    pub id: usize,
+    queues: Vec<Q>,
+    snap: Arc<Snapshot>,
+    snap_gen: u32,
+    svcs: Vec<SvcState>,
+    svc_counters: Arc<Vec<ServiceCounters>>,
+    pub flows: FlowTable,
+    neigh: NeighCache,
+    expect: HashMap<ExpKey, ExpVal>,
+    fabric: Arc<Fabric<Q::Buf>>,
+    counters: Arc<WorkerCounters>,
+    rx: Vec<Q::Buf>,
+    tx: Vec<Vec<Q::Buf>>,
+    pending: Vec<Pending<Q::Buf>>,
+    actions: alg::Actions,
+    sweep_pos: usize,
+    now: u64,
+}
+
+/// What to do with a packet after classification.
+enum Next {
+    Tx(usize),
+    Drop(DropReason),
+    /// Hold until the next hop (iface, address) resolves.
+    Park(usize, Addr),
+    Done,
+}
+
+fn sched_dests(s: &crate::snapshot::Svc) -> Vec<sched::Dest> {
+    s.dests
+        .iter()
+        .map(|d| sched::Dest {
+            addr: addr_to_ip(d.addr),
+            port: d.port.unwrap_or(0),
+            weight: d.weight,
+            upper: d.upper,
+            lower: d.lower,
+        })
+        .collect()
+}
+
+impl<Q: PortQueue> Worker<Q> {
+    pub fn new(id: usize, queues: Vec<Q>, snap: Arc<Snapshot>, fabric: Arc<Fabric<Q::Buf>>) -> Self {
+        let cap = snap.config.engine.flow_table_size;
+        let ifaces = queues.len();
+        let mut w = Worker {
+            id,
+            counters: fabric.counters[id].clone(),
+            queues,
+            snap: snap.clone(),
+            snap_gen: 0,
+            svcs: Vec::new(),
+            svc_counters: Arc::new(Vec::new()),
+            flows: FlowTable::new(cap),
+            neigh: NeighCache::new(),
+            expect: HashMap::with_capacity(1024),
+            fabric,
+            rx: Vec::with_capacity(crate::port::BURST),
+            tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
+            pending: Vec::with_capacity(MAX_PENDING),
+            actions: alg::Actions::default(),
+            sweep_pos: 0,
+            now: 0,
+        };
+        w.apply_snapshot(snap);
+        w
+    }
+
+    pub fn queues_mut(&mut self) -> &mut [Q] {
+        &mut self.queues
+    }
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.counters
+    }
+    pub fn service_counters(&self) -> &Arc<Vec<ServiceCounters>> {
+        &self.svc_counters
+    }
+
+    /// Install a new configuration. Existing connections keep flowing as
+    /// long as their service (by name) and real server (by address and
+    /// port) still exist; others are removed.
+    fn apply_snapshot(&mut self, snap: Arc<Snapshot>) {
+        let old = std::mem::replace(&mut self.snap, snap.clone());
+        self.snap_gen = self.snap_gen.wrapping_add(1);
+        let seed = 0x5eed_0000 + self.id as u64;
+        self.svcs = snap
+            .services
+            .iter()
+            .map(|s| {
+                let dests = sched_dests(s);
+                let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                    .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                let persist = s.persistence.map(|(t, p)| {
+                    let v4 = p.saturating_sub(96);
+                    sched::PersistTable::new(t, v4.min(32), p.min(128))
+                });
+                SvcState { sched, persist }
+            })
+            .collect();
+        // Keep counters of services that survive (by name) so stats do not reset.
+        let old_counters = std::mem::take(&mut self.svc_counters);
+        let counters: Vec<ServiceCounters> = snap.services.iter().map(|s| ServiceCounters::new(s.dests.len())).collect();
+        for (i, s) in snap.services.iter().enumerate() {
+            if let Some(j) = old.services.iter().position(|o| o.name == s.name) {
+                if let Some(oc) = old_counters.get(j) {
+                    carry_counters(oc, &counters[i], &old.services[j], s);
+                }
+            }
+        }
+        self.svc_counters = Arc::new(counters);
+        if let Ok(mut g) = self.fabric.services[self.id].lock() {
+            *g = self.svc_counters.clone();
+        }
+        for &(a, m) in &snap.static_neighbors {
+            self.neigh.add_static(a, m);
+        }
+        if Arc::ptr_eq(&old, &snap) {
+            return;
+        }
+        // Remap live connections to the new service/dest indices.
+        for i in 0..self.flows.slots() as u32 {
+            let (live, svc, dest) = {
+                let c = self.flows.get(i);
+                (c.live, c.svc as usize, c.dest as usize)
+            };
+            if !live {
+                continue;
+            }
+            let remap = old.services.get(svc).and_then(|os| {
+                let d = os.dests.get(dest)?;
+                let ni = snap.services.iter().position(|s| s.name == os.name)?;
+                let nd = snap.services[ni].dests.iter().position(|x| x.addr == d.addr && x.port == d.port)?;
+                Some((ni, nd))
+            });
+            match remap {
+                Some((ni, nd)) => {
+                    let c = self.flows.get_mut(i);
+                    c.svc = ni as u16;
+                    c.dest = nd as u16;
+                    c.snap_gen = self.snap_gen;
+                    c.flags &= !(F_ACTIVE_COUNTED | F_COUNTED);
+                    let active = c.state.is_active();
+                    let counts = &snap.conn_counts[ni];
+                    if active {
+                        counts.inc_active(self.id, nd);
+                    } else {
+                        counts.inc_inactive(self.id, nd);
+                    }
+                    c.flags |= F_COUNTED | if active { F_ACTIVE_COUNTED } else { 0 };
+                }
+                None => self.remove_conn(i, false),
+            }
+        }
+        self.expect.clear();
+    }
+
+    /// One iteration of the poll loop at time `now` (ns). Returns the number
+    /// of packets handled.
+    pub fn poll(&mut self, now: u64) -> usize {
+        self.now = now;
+        let mut work = 0;
+        // Control messages first: a new snapshot applies before new packets.
+        while let Some(m) = self.fabric.ctrl[self.id].pop() {
+            self.handle_ctrl(m);
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        for i in 0..self.queues.len() {
+            self.queues[i].rx_burst(&mut rx);
+            for pkt in rx.drain(..) {
+                work += 1;
+                bump(&self.counters.rx_packets, 1);
+                bump(&self.counters.rx_bytes, pkt.len() as u64);
+                self.process(i, pkt, false);
+            }
+        }
+        self.rx = rx;
+        for _ in 0..crate::port::BURST * 4 {
+            match self.fabric.handoff[self.id].pop() {
+                Some((i, pkt)) => {
+                    work += 1;
+                    bump(&self.counters.handoff_in, 1);
+                    self.process(i as usize, pkt, true);
+                }
+                None => break,
+            }
+        }
+        self.flush_tx();
+        self.housekeeping(now);
+        work
+    }
+
+    fn handle_ctrl(&mut self, m: Ctrl) {
+        match m {
+            Ctrl::Neigh(a, mac) => {
+                if self.neigh.learn(a, mac) {
+                    self.release_pending(a, mac);
+                }
+            }
+            Ctrl::Snapshot(s) => self.apply_snapshot(s),
+            Ctrl::ListConns(tx) => {
+                let _ = tx.send(self.list_conns());
+            }
+        }
+    }
+
+    /// Transmit everything queued.
+    pub fn flush_tx(&mut self) {
+        for i in 0..self.queues.len() {
+            if !self.tx[i].is_empty() {
+                let r = self.queues[i].tx_burst(&mut self.tx[i]);
+                bump(&self.counters.tx_packets, r.sent as u64);
+                bump(&self.counters.tx_bytes, r.bytes);
+                if r.dropped > 0 {
+                    bump(&self.counters.drops[DropReason::TxFull as usize], r.dropped as u64);
+                }
+            }
+            self.queues[i].flush();
+        }
+    }
+
+    fn housekeeping(&mut self, now: u64) {
+        // Incremental expiry sweep.
+        let slots = self.flows.slots();
+        if slots > 0 {
+            for _ in 0..SWEEP_PER_POLL.min(slots) {
+                if self.sweep_pos >= slots {
+                    self.sweep_pos = 0;
+                }
+                let i = self.sweep_pos as u32;
+                self.sweep_pos += 1;
+                let c = self.flows.get(i);
+                if c.live && c.expires <= now {
+                    self.expire(i, now);
+                }
+            }
+        }
+        // Pending packets waiting for a neighbour.
+        if !self.pending.is_empty() {
+            let mut k = 0;
+            while k < self.pending.len() {
+                if self.pending[k].deadline <= now {
+                    let p = self.pending.swap_remove(k);
+                    drop(p.buf);
+                    self.counters.drop(DropReason::NoNeighbor);
+                } else {
+                    k += 1;
+                }
+            }
+        }
+        if self.expect.len() > 64 && (now >> 20) & 0xff == 0 {
+            self.sweep_expectations(now);
+        }
+    }
+
+    /// Remove expired expectations and count them.
+    pub fn sweep_expectations(&mut self, now: u64) {
+        let mut expired: Vec<u16> = Vec::new();
+        self.expect.retain(|k, v| {
+            let keep = match k {
+                ExpKey::Session(..) => true,
+                _ => v.expires > now,
+            };
+            if !keep {
+                expired.push(v.svc);
+            }
+            keep
+        });
+        for s in expired {
+            if let Some(c) = self.svc_counters.get(s as usize) {
+                bump(&c.ftp.expectations_expired, 1);
+            }
+        }
+    }
+
+    /// Run a full expiry pass now (tests, replay end, shutdown).
+    pub fn expire_all(&mut self, now: u64) {
+        for i in 0..self.flows.slots() as u32 {
+            let c = self.flows.get(i);
+            if c.live && c.expires <= now {
+                self.expire(i, now);
+            }
+        }
+        self.sweep_expectations(now);
+    }
+
+    /// Connection `i` reached its expiry time.
+    fn expire(&mut self, i: u32, now: u64) {
+        let c = self.flows.get_mut(i);
+        if c.children > 0 {
+            // A control connection lives as long as its data connections.
+            let t = self.snap.timeouts[c.state as usize].max(1_000_000_000);
+            c.expires = now + t;
+            return;
+        }
+        self.remove_conn(i, true);
+    }
+
+    fn remove_conn(&mut self, i: u32, expired: bool) {
+        let (parent, parent_gen, svc, dest, flags, gen_ok, alg) = {
+            let c = self.flows.get(i);
+            (
+                c.parent,
+                c.parent_gen,
+                c.svc as usize,
+                c.dest as usize,
+                c.flags,
+                c.snap_gen == self.snap_gen,
+                c.alg.is_some(),
+            )
+        };
+        if gen_ok && flags & F_COUNTED != 0 {
+            if let Some(counts) = self.snap.conn_counts.get(svc) {
+                if flags & F_ACTIVE_COUNTED != 0 {
+                    counts.dec_active(self.id, dest);
+                } else {
+                    counts.dec_inactive(self.id, dest);
+                }
+            }
+        }
+        if parent != NONE {
+            if let Some(p) = self.flows.try_get(parent) {
+                if p.gen == parent_gen && p.children > 0 {
+                    self.flows.get_mut(parent).children -= 1;
+                }
+            }
+        }
+        if alg {
+            // Its session pins die with it.
+            let gen = self.flows.get(i).gen;
+            self.expect.retain(|k, v| !(matches!(k, ExpKey::Session(..)) && v.parent == i && v.parent_gen == gen));
+        }
+        self.flows.remove(i);
+        bump(&self.counters.flows_active, u64::MAX); // -1
+        if expired {
+            bump(&self.counters.flows_expired, 1);
+        }
+    }
+
+    #[inline]
+    fn drop_pkt(&self, r: DropReason) {
+        self.counters.drop(r);
+    }
+
+    /// Classify and forward one packet received on interface `iface`.
+    pub fn process(&mut self, iface: usize, mut pkt: Q::Buf, handed: bool) {
+        let p = match parse::parse(pkt.data()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.drop_pkt(match e {
+                    parse::ParseError::Malformed => DropReason::Malformed,
+                    parse::ParseError::Unsupported => DropReason::Unsupported,
+                    parse::ParseError::Fragment => DropReason::Fragment,
+                });
+                return;
+            }
+        };
+        // Frames for other hosts (flooded by a switch) are not ours.
+        let dmac = &pkt.data()[0..6];
+        let ours = dmac[0] & 1 == 1 || self.snap.ifaces.get(iface).is_some_and(|i| i.mac == dmac);
+        if !ours {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        if p.arp {
+            return self.handle_arp(iface, pkt, &p);
+        }
+        if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
+            return self.handle_nd(iface, pkt, &p);
+        }
+        let snap = &self.snap;
+        let dst_vip = snap.vips.contains(&p.dst);
+        let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
+        let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
+        let local = snap.local.contains(&p.dst);
+        if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
+            return self.echo_reply(iface, pkt, &p);
+        }
+        if local && !dst_vip {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        let inner = if icmp_err {
+            match parse::parse_inner(pkt.data(), &p) {
+                Ok(i) => Some(i),
+                Err(_) => {
+                    self.drop_pkt(DropReason::Malformed);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        // The client this packet belongs to decides the owning worker.
+        let client = match (&inner, dst_vip) {
+            (Some(i), true) => i.dst,
+            (None, true) => p.src,
+            (_, false) => p.dst,
+        };
+        if !handed && self.fabric.workers > 1 {
+            let owner = owner_of(client, self.fabric.workers);
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
+                    self.drop_pkt(DropReason::HandoffFull);
+                }
+                return;
+            }
+        }
+        if let Some(inner) = inner {
+            return self.icmp_error(pkt, &p, &inner, dst_vip);
+        }
+        if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+            self.drop_pkt(DropReason::Unsupported);
+            return;
+        }
+        let key = FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto };
+        let next = match self.flows.lookup(&key) {
+            Some((idx, dir)) => {
+                let c = self.flows.get(idx);
+                if c.expires <= self.now {
+                    self.expire(idx, self.now);
+                    if self.flows.try_get(idx).is_some_and(|c| c.live) {
+                        self.forward(idx, dir, &mut pkt, &p)
+                    } else if dst_vip {
+                        self.new_inbound(&mut pkt, &p)
+                    } else {
+                        self.new_outbound(&mut pkt, &p)
+                    }
+                } else {
+                    self.forward(idx, dir, &mut pkt, &p)
+                }
+            }
+            None if dst_vip => self.new_inbound(&mut pkt, &p),
+            None => self.new_outbound(&mut pkt, &p),
+        };
+        self.finish(pkt, next);
+    }
+
+    /// Pick a real server and create a connection for a first packet to a VIP.
+    fn new_inbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        if p.proto == PROTO_TCP && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0) {
+            return Next::Drop(DropReason::NoFlow);
+        }
+        let now = self.now;
+        // 1. FTP expectations and session pins.
+        let mut chosen: Option<(usize, usize, Addr, u16, u32, u32, bool)> = None; // svc, dest, rs, rport, parent, gen, data
+        for k in [ExpKey::Passive(p.src, p.dst, p.dport), ExpKey::PassiveAny(p.src, p.dst), ExpKey::Session(p.src, p.dst)] {
+            if p.proto != PROTO_TCP {
+                break;
+            }
+            let Some(v) = self.expect.get(&k).copied() else { continue };
+            let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
+            let is_session = matches!(k, ExpKey::Session(..));
+            if !parent_ok || (!is_session && v.expires <= now) {
+                self.expect.remove(&k);
+                if let Some(c) = self.svc_counters.get(v.svc as usize) {
+                    bump(&c.ftp.expectations_expired, 1);
+                }
+                continue;
+            }
+            if !is_session {
+                self.expect.remove(&k);
+                if let Some(c) = self.svc_counters.get(v.svc as usize) {
+                    bump(&c.ftp.expectations_used, 1);
+                }
+            }
+            chosen = Some((v.svc as usize, v.dest as usize, v.rs, v.rport.unwrap_or(p.dport), v.parent, v.parent_gen, true));
+            break;
+        }
+        // 2. The service and its scheduler.
+        if chosen.is_none() {
+            let Some(si) = self.snap.service(p.dst, p.proto, p.dport) else {
+                return Next::Drop(DropReason::NoService);
+            };
+            let Some(di) = self.schedule(si, p) else {
+                return Next::Drop(DropReason::NoRealServer);
+            };
+            let d = &self.snap.services[si].dests[di];
+            chosen = Some((si, di, d.addr, d.port.unwrap_or(p.dport), NONE, 0, false));
+        }
+        let (si, di, rs, rport, parent, parent_gen, data) = chosen.expect("set above");
+        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport) {
+            Ok(i) => i,
+            Err(r) => return Next::Drop(r),
+        };
+        if data {
+            self.link_parent(idx, parent, parent_gen);
+        }
+        // An FTP control connection gets its gateway.
+        let svc = &self.snap.services[si];
+        if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
+            let opts = svc.ftp.clone().unwrap_or_default();
+            let mode = if svc.dests[di].forward == Forward::Nat { alg::Mode::Nat } else { alg::Mode::Dr };
+            let params = alg::SessionParams {
+                mode,
+                client: std::net::SocketAddr::new(addr_to_ip(p.src), p.sport),
+                vip: std::net::SocketAddr::new(addr_to_ip(p.dst), p.dport),
+                real: std::net::SocketAddr::new(addr_to_ip(rs), rport),
+                allow_foreign_port_address: opts.allow_foreign_port_address,
+                pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
+            };
+            self.flows.get_mut(idx).alg = Some(Box::new(alg::FtpSession::new(params)));
+            bump(&self.svc_counters[si].ftp.control_sessions, 1);
+        }
+        self.forward(idx, Dir::In, pkt, p)
+    }
+
+    /// A packet from a real server with no connection: an active FTP data
+    /// connection the gateway expects, or a stray.
+    fn new_outbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        if p.proto != PROTO_TCP || p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0 {
+            return Next::Drop(DropReason::NoFlow);
+        }
+        let k = ExpKey::Active(p.src, p.dst, p.dport);
+        let Some(v) = self.expect.get(&k).copied() else {
+            return Next::Drop(DropReason::NoFlow);
+        };
+        self.expect.remove(&k);
+        let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
+        if !parent_ok || v.expires <= self.now {
+            if let Some(c) = self.svc_counters.get(v.svc as usize) {
+                bump(&c.ftp.expectations_expired, 1);
+            }
+            return Next::Drop(DropReason::NoFlow);
+        }
+        if let Some(c) = self.svc_counters.get(v.svc as usize) {
+            bump(&c.ftp.expectations_used, 1);
+        }
+        // The client sees the data connection come from VIP:20.
+        let vport = if p.sport == 20 { 20 } else { 20 };
+        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.dst, p.dport, v.vip, vport, p.src, p.sport) {
+            Ok(i) => i,
+            Err(r) => return Next::Drop(r),
+        };
+        self.link_parent(idx, v.parent, v.parent_gen);
+        self.forward(idx, Dir::Out, pkt, p)
+    }
+
+    fn link_parent(&mut self, idx: u32, parent: u32, parent_gen: u32) {
+        if parent == NONE {
+            return;
+        }
+        if self.flows.try_get(parent).is_some_and(|c| c.gen == parent_gen) {
+            self.flows.get_mut(parent).children += 1;
+            let c = self.flows.get_mut(idx);
+            c.parent = parent;
+            c.parent_gen = parent_gen;
+            c.flags |= F_DATA;
+        }
+    }
+
+    /// Scheduler (with persistence) for service `si`.
+    fn schedule(&mut self, si: usize, p: &Parsed) -> Option<usize> {
+        let snap = &self.snap;
+        let svc = &snap.services[si];
+        if svc.dests.is_empty() {
+            return None;
+        }
+        let dests = sched_dests(svc);
+        let st = &mut self.svcs[si];
+        let client_ip = addr_to_ip(p.src);
+        if let Some(pt) = st.persist.as_mut() {
+            if let Some(d) = pt.lookup(client_ip, self.now, &dests) {
+                pt.touch(client_ip, self.now);
+                return Some(d);
+            }
+        }
+        let key = sched::FlowKey {
+            client: client_ip,
+            client_port: p.sport,
+            vip: addr_to_ip(p.dst),
+            vport: p.dport,
+            proto: p.proto,
+        };
+        let d = st.sched.pick(&key, &dests, &snap.conn_counts[si])?;
+        if let Some(pt) = st.persist.as_mut() {
+            pt.insert(client_ip, d, self.now);
+        }
+        Some(d)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_conn(
+        &mut self,
+        si: usize,
+        di: usize,
+        client: Addr,
+        cport: u16,
+        vip: Addr,
+        vport: u16,
+        rs: Addr,
+        rport: u16,
+    ) -> Result<u32, DropReason> {
+        let snap = &self.snap;
+        let svc = &snap.services[si];
+        let fwd = svc.dests[di].forward;
+        let proto = svc.proto;
+        let mut c = flow::new_conn(proto, fwd, client, cport, vip, vport, rs, rport);
+        c.svc = si as u16;
+        c.dest = di as u16;
+        c.snap_gen = self.snap_gen;
+        // Routes towards the real server and back to the client.
+        let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
+        c.if_in = if_in as u8;
+        c.nh_in = nh_in;
+        if fwd == Forward::Nat {
+            let Some((if_out, nh_out)) = snap.route(client) else { return Err(DropReason::NoRoute) };
+            c.if_out = if_out as u8;
+            c.nh_out = nh_out;
+        }
+        // Checksum deltas: address words, port word, and (NAT) TTL.
+        let v4 = addr_is_v4(client);
+        let (va, ra): (Vec<u8>, Vec<u8>) = if v4 {
+            (addr_v4_bytes(vip).to_vec(), addr_v4_bytes(rs).to_vec())
+        } else {
+            (addr_v6_bytes(vip).to_vec(), addr_v6_bytes(rs).to_vec())
+        };
+        let a_in = csum::delta(&va, &ra);
+        let a_out = csum::delta(&ra, &va);
+        let ttl = if v4 { TTL_DELTA } else { 0 };
+        c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
+        c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
+        c.l4_in = csum::add(a_in, csum::delta16(vport, rport));
+        c.l4_out = csum::add(a_out, csum::delta16(rport, vport));
+        c.expires = self.now + snap.timeouts[c.state as usize];
+        let idx = match self.flows.insert(c) {
+            Ok(i) => i,
+            Err(_) => {
+                return Err(DropReason::TableFull);
+            }
+        };
+        let counts = &snap.conn_counts[si];
+        counts.inc_inactive(self.id, di);
+        self.flows.get_mut(idx).flags |= F_COUNTED;
+        bump(&self.counters.flows_created, 1);
+        bump(&self.counters.flows_active, 1);
+        let sc = &self.svc_counters[si];
+        bump(&sc.conns, 1);
+        bump(&sc.dests[di].conns, 1);
+        Ok(idx)
+    }
+
+    /// Forward a packet of connection `idx` travelling in `dir`.
+    fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        let now = self.now;
+        let snap_gen = self.snap_gen;
+        let id = self.id;
+        let len = pkt.len() as u64;
+        // State, timeout, counters.
+        {
+            let snap = &self.snap;
+            let c = self.flows.get_mut(idx);
+            if p.proto == PROTO_TCP {
+                let d = match (dir, c.fwd) {
+                    (Dir::Out, _) => Direction::Output,
+                    (Dir::In, Forward::Nat) => Direction::Input,
+                    (Dir::In, _) => Direction::InputOnly,
+                };
+                let old = c.state;
+                let new = tcpstate::next(old, d, p.tcp_flags);
+                if new != old {
+                    c.state = new;
+                    if c.snap_gen == snap_gen && c.flags & F_COUNTED != 0 {
+                        let counts = &snap.conn_counts[c.svc as usize];
+                        let was = c.flags & F_ACTIVE_COUNTED != 0;
+                        let is = new.is_active();
+                        if was && !is {
+                            counts.dec_active(id, c.dest as usize);
+                            counts.inc_inactive(id, c.dest as usize);
+                            c.flags &= !F_ACTIVE_COUNTED;
+                        } else if !was && is {
+                            counts.dec_inactive(id, c.dest as usize);
+                            counts.inc_active(id, c.dest as usize);
+                            c.flags |= F_ACTIVE_COUNTED;
+                        }
+                    }
+                }
+            }
+            c.expires = now + snap.timeouts[c.state as usize];
+            let sc = &self.svc_counters[c.svc as usize];
+            match dir {
+                Dir::In => {
+                    c.pkts_in += 1;
+                    c.bytes_in += len;
+                    bump(&sc.in_packets, 1);
+                    bump(&sc.in_bytes, len);
+                    if let Some(d) = sc.dests.get(c.dest as usize) {
+                        bump(&d.in_packets, 1);
+                        bump(&d.in_bytes, len);
+                    }
+                }
+                Dir::Out => {
+                    c.pkts_out += 1;
+                    c.bytes_out += len;
+                    bump(&sc.out_packets, 1);
+                    bump(&sc.out_bytes, len);
+                    if let Some(d) = sc.dests.get(c.dest as usize) {
+                        bump(&d.out_packets, 1);
+                        bump(&d.out_bytes, len);
+                    }
+                }
+            }
+        }
+        // FTP gateway on control connections.
+        let mut p = *p;
+        if self.flows.get(idx).alg.is_some() {
+            match self.ftp_segment(idx, dir, pkt, &mut p) {
+                Ok(()) => {}
+                Err(Next::Done) => return Next::Done,
+                Err(n) => return n,
+            }
+        }
+        let c = self.flows.get(idx);
+        let fwd = c.fwd;
+        match (fwd, dir) {
+            (Forward::Nat, Dir::In) => {
+                if !rewrite_nat(pkt.data_mut(), &p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
+                    return Next::Drop(DropReason::TtlExceeded);
+                }
+                self.l2_out(idx, true, pkt)
+            }
+            (Forward::Nat, Dir::Out) => {
+                if !rewrite_nat(pkt.data_mut(), &p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
+                    return Next::Drop(DropReason::TtlExceeded);
+                }
+                self.l2_out(idx, false, pkt)
+            }
+            (Forward::Dr, _) => self.l2_out(idx, true, pkt),
+            (Forward::Tunnel, _) => {
+                let iface = c.if_in as usize;
+                let rs = c.rs;
+                let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
+                    return Next::Drop(DropReason::NoRoute);
+                };
+                if !encap_ipip(pkt, &p, src, rs, self.queues[iface].caps().mtu) {
+                    return Next::Drop(DropReason::TooBig);
+                }
+                self.l2_out(idx, true, pkt)
+            }
+        }
+    }
+
+    /// Set MACs towards the real server (`to_rs`) or the client; holds the
+    /// packet while the next hop is resolved.
+    fn l2_out(&mut self, idx: u32, to_rs: bool, pkt: &mut Q::Buf) -> Next {
+        let gen = self.neigh.gen;
+        let c = self.flows.get_mut(idx);
+        if c.mac_gen != gen {
+            c.mac_in = self.neigh.get(c.nh_in).unwrap_or([0; 6]);
+            c.mac_out = if c.fwd == Forward::Nat { self.neigh.get(c.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
+            c.mac_gen = gen;
+        }
+        let (iface, nh, mac) = if to_rs {
+            (c.if_in as usize, c.nh_in, c.mac_in)
+        } else {
+            (c.if_out as usize, c.nh_out, c.mac_out)
+        };
+        let src_mac = self.snap.ifaces[iface].mac;
+        let d = pkt.data_mut();
+        d[6..12].copy_from_slice(&src_mac);
+        if mac != [0; 6] {
+            d[0..6].copy_from_slice(&mac);
+            return Next::Tx(iface);
+        }
+        // Force a re-resolve on the next packet.
+        self.flows.get_mut(idx).mac_gen = gen.wrapping_sub(1);
+        self.solicit(iface, nh);
+        Next::Park(iface, nh)
+    }
+
+    /// Send an ARP request / neighbour solicitation for `nh` (rate limited).
+    fn solicit(&mut self, iface: usize, nh: Addr) {
+        if !self.neigh.should_ask(nh, self.now) {
+            return;
+        }
+        let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return };
+        let mac = self.snap.ifaces[iface].mac;
+        let Some(mut b) = self.queues[iface].alloc() else {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        };
+        if !b.set_len(86) {
+            return;
+        }
+        let n = if addr_is_v4(nh) {
+            neigh::build_arp(b.data_mut(), 1, mac, src, None, nh)
+        } else {
+            let (dst, dmac) = neigh::solicited_node(nh);
+            neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), dst, addr_v6_bytes(nh), 0)
+        };
+        b.set_len(n);
+        self.tx[iface].push(b);
+    }
+
+    fn release_pending(&mut self, a: Addr, mac: [u8; 6]) {
+        let mut k = 0;
+        while k < self.pending.len() {
+            if self.pending[k].nh == a {
+                let mut p = self.pending.swap_remove(k);
+                p.buf.data_mut()[0..6].copy_from_slice(&mac);
+                self.tx[p.iface as usize].push(p.buf);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
+        if self.neigh.learn(a, mac) {
+            self.release_pending(a, mac);
+            let id = self.id;
+            for (w, q) in self.fabric.ctrl.iter().enumerate() {
+                if w != id {
+                    let _ = q.push(Ctrl::Neigh(a, mac));
+                }
+            }
+        }
+    }
+
+    fn handle_arp(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        let d = pkt.data();
+        let a = &d[p.l3..p.l3 + 28];
+        if a[0..2] != [0, 1] || a[2..4] != [0x08, 0] || a[4] != 6 || a[5] != 4 {
+            self.drop_pkt(DropReason::Unsupported);
+            return;
+        }
+        let op = u16::from_be_bytes([a[6], a[7]]);
+        let mut smac = [0u8; 6];
+        smac.copy_from_slice(&a[8..14]);
+        let sip = parse::v4_to_addr([a[14], a[15], a[16], a[17]]);
+        let tip = parse::v4_to_addr([a[24], a[25], a[26], a[27]]);
+        let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip);
+        // Learn senders on our subnets (requests to us and replies).
+        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == 2) {
+            self.learn_neighbor(sip, smac);
+        }
+        if op == 1 && for_us {
+            let mac = self.snap.ifaces[iface].mac;
+            let n = {
+                let buf = pkt.data_mut();
+                let l3 = p.l3;
+                // Turn the request into a reply in place.
+                buf[0..6].copy_from_slice(&smac);
+                buf[6..12].copy_from_slice(&mac);
+                buf[l3 + 6..l3 + 8].copy_from_slice(&2u16.to_be_bytes());
+                buf[l3 + 18..l3 + 24].copy_from_slice(&smac);
+                buf[l3 + 24..l3 + 28].copy_from_slice(&addr_v4_bytes(sip));
+                buf[l3 + 8..l3 + 14].copy_from_slice(&mac);
+                buf[l3 + 14..l3 + 18].copy_from_slice(&addr_v4_bytes(tip));
+                l3 + 28
+            };
+            pkt.set_len(n.max(60));
+            bump(&self.counters.arp_replies, 1);
+            self.tx[iface].push(pkt);
+            return;
+        }
+        self.drop_pkt(DropReason::NotForUs);
+    }
+
+    fn handle_nd(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        let d = pkt.data();
+        let m = &d[p.l4..p.end];
+        if m.len() < 24 || d[p.l3 + 7] != 255 {
+            self.drop_pkt(DropReason::Malformed);
+            return;
+        }
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&m[8..24]);
+        let target = parse::v6_to_addr(t);
+        let opts = &m[24..];
+        if p.icmp_type == 136 {
+            if let Some(mac) = neigh::nd_lladdr(opts, 2) {
+                self.learn_neighbor(target, mac);
+            }
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        // Solicitation.
+        let for_us = self.snap.local.contains(&target) || self.snap.vips.contains(&target);
+        let smac = neigh::nd_lladdr(opts, 1);
+        if p.src != 0 {
+            if let Some(mac) = smac {
+                if for_us {
+                    self.learn_neighbor(p.src, mac);
+                }
+            }
+        }
+        if !for_us {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        let mac = self.snap.ifaces[iface].mac;
+        let mut src6 = [0u8; 16];
+        src6.copy_from_slice(&d[p.l3 + 8..p.l3 + 24]);
+        let unspecified = p.src == 0;
+        let (dst, dmac) = if unspecified {
+            ([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1])
+        } else {
+            (src6, smac.unwrap_or_else(|| {
+                let mut s = [0u8; 6];
+                s.copy_from_slice(&d[6..12]);
+                s
+            }))
+        };
+        // Flags: solicited (unless unspecified source) + override.
+        let flags = if unspecified { 0x20 } else { 0x60 };
+        if !pkt.set_len(86) {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        }
+        let n = neigh::build_nd(pkt.data_mut(), 136, mac, dmac, t, dst, t, flags);
+        pkt.set_len(n);
+        bump(&self.counters.nd_replies, 1);
+        self.tx[iface].push(pkt);
+    }
+
+    /// Answer an echo request to a VIP or an interface address.
+    fn echo_reply(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        let req = if p.v6 { 128 } else { 8 };
+        if p.icmp_type != req {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        let d = pkt.data_mut();
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&d[6..12]);
+        d.copy_within(0..6, 6);
+        d[0..6].copy_from_slice(&mac);
+        let l3 = p.l3;
+        if p.v6 {
+            let mut s = [0u8; 16];
+            s.copy_from_slice(&d[l3 + 8..l3 + 24]);
+            d.copy_within(l3 + 24..l3 + 40, l3 + 8);
+            d[l3 + 24..l3 + 40].copy_from_slice(&s);
+            d[l3 + 7] = 64;
+            d[p.l4] = 129;
+        } else {
+            let mut s = [0u8; 4];
+            s.copy_from_slice(&d[l3 + 12..l3 + 16]);
+            d.copy_within(l3 + 16..l3 + 20, l3 + 12);
+            d[l3 + 16..l3 + 20].copy_from_slice(&s);
+            d[l3 + 8] = 64;
+            d[p.l4] = 0;
+            fix_ipv4_csum(d, l3);
+        }
+        fix_l4_csum(d, p);
+        bump(&self.counters.icmp_echo_replies, 1);
+        self.tx[iface].push(pkt);
+    }
+
+    /// Translate an ICMP error about a tracked connection.
+    fn icmp_error(&mut self, mut pkt: Q::Buf, p: &Parsed, inner: &parse::Inner, to_vip: bool) {
+        // The quoted packet travelled the other way: reverse it to find
+        // the connection key as this side sees it.
+        let key = FlowKey { src: inner.dst, dst: inner.src, sport: inner.dport, dport: inner.sport, proto: inner.proto };
+        let Some((idx, dir)) = self.flows.lookup(&key) else {
+            self.drop_pkt(DropReason::NoFlow);
+            return;
+        };
+        let c = self.flows.get(idx);
+        let (fwd, rs, rport, vip, vport) = (c.fwd, c.rs, c.rport, c.vip, c.vport);
+        let d = pkt.data_mut();
+        let v6 = p.v6;
+        match (dir, to_vip) {
+            (Dir::In, true) => {
+                // Error from the client side about our VIP->client packet.
+                if fwd == Forward::Nat {
+                    set_addr(d, p.l3, v6, false, rs); // outer dst
+                    set_addr(d, inner.l3, v6, true, rs); // quoted src
+                    d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
+                }
+            }
+            (Dir::Out, false) => {
+                // Error from the real-server side about client->RS packet.
+                let outer_src = if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
+                if outer_src == rs {
+                    set_addr(d, p.l3, v6, true, vip);
+                }
+                set_addr(d, inner.l3, v6, false, vip); // quoted dst
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+            }
+            _ => {
+                self.drop_pkt(DropReason::NoFlow);
+                return;
+            }
+        }
+        // Quoted IPv4 header checksum; quoted L4 checksums are left as they
+        // are (the quote is usually truncated, receivers do not verify it).
+        if !v6 {
+            let ihl = (d[inner.l3] & 0xf) as usize * 4;
+            if inner.l3 + ihl <= p.end {
+                fix_ipv4_csum(d, inner.l3);
+            }
+            if d[p.l3 + 8] <= 1 {
+                self.drop_pkt(DropReason::TtlExceeded);
+                return;
+            }
+            d[p.l3 + 8] -= 1;
+            fix_ipv4_csum(d, p.l3);
+        }
+        fix_l4_csum(d, p);
+        bump(&self.counters.icmp_translated, 1);
+        let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
+        self.finish(pkt, next);
+    }
+
+    fn finish(&mut self, pkt: Q::Buf, next: Next) {
+        match next {
+            Next::Tx(i) => self.tx[i].push(pkt),
+            Next::Drop(r) => self.drop_pkt(r),
+            Next::Park(i, nh) => self.park(i, nh, pkt),
+            Next::Done => {}
+        }
+    }
+
+    /// Run the FTP gateway on a control-connection segment. Returns
+    /// `Err(next)` when the segment must not be forwarded as is.
+    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &mut Parsed) -> Result<(), Next> {
+        if p.proto != PROTO_TCP {
+            return Ok(());
+        }
+        let now = self.now;
+        let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
+        let (seq, ack) = {
+            let d = pkt.data();
+            (
+                u32::from_be_bytes([d[p.l4 + 4], d[p.l4 + 5], d[p.l4 + 6], d[p.l4 + 7]]),
+                u32::from_be_bytes([d[p.l4 + 8], d[p.l4 + 9], d[p.l4 + 10], d[p.l4 + 11]]),
+            )
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.expectations.clear();
+        actions.events.clear();
+        let (verdict, new_seq, new_ack, svc) = {
+            let c = self.flows.get_mut(idx);
+            let svc = c.svc as usize;
+            let s = c.alg.as_mut().expect("checked by caller");
+            if p.tcp_flags & TCP_SYN != 0 {
+                s.set_isn(adir, seq);
+            }
+            let verdict = if p.payload_len() > 0 {
+                s.on_segment(now, adir, seq, &pkt.data()[p.payload..p.end], &mut actions)
+            } else {
+                alg::Verdict::Forward
+            };
+            let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
+            let new_seq = match &verdict {
+                alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq),
+                _ => s.map_seq(adir, seq),
+            };
+            (verdict, new_seq, new_ack, svc)
+        };
+        self.ftp_actions(idx, svc, &actions);
+        self.actions = actions;
+        match verdict {
+            alg::Verdict::Hold => {
+                bump(&self.svc_counters[svc].ftp.held_segments, 1);
+                Err(Next::Drop(DropReason::AlgHold))
+            }
+            alg::Verdict::Forward => {
+                if new_seq != seq || new_ack != ack {
+                    let d = pkt.data_mut();
+                    let l4 = p.l4;
+                    let mut delta = 0u32;
+                    let old = [seq.to_be_bytes(), ack.to_be_bytes()].concat();
+                    d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
+                    d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
+                    delta = csum::add(delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
+                    csum::apply_at(d, l4 + 16, delta);
+                }
+                Ok(())
+            }
+            alg::Verdict::Replace { payload, .. } => {
+                let new_end = p.payload + payload.len();
+                let ip_len = new_end - p.l3;
+                let mtu = self.queues[self.flows.get(idx).if_in as usize].caps().mtu as usize;
+                if new_end > pkt.capacity() || ip_len > mtu.max(576) {
+                    return Err(Next::Drop(DropReason::TooBig));
+                }
+                if !pkt.set_len(new_end) {
+                    return Err(Next::Drop(DropReason::TooBig));
+                }
+                let d = pkt.data_mut();
+                d[p.payload..new_end].copy_from_slice(&payload);
+                let l4 = p.l4;
+                d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
+                d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
+                if p.v6 {
+                    let pl = (new_end - p.l3 - 40) as u16;
+                    d[p.l3 + 4..p.l3 + 6].copy_from_slice(&pl.to_be_bytes());
+                } else {
+                    d[p.l3 + 2..p.l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+                    fix_ipv4_csum(d, p.l3);
+                }
+                p.end = new_end;
+                fix_l4_csum(d, p);
+                bump(&self.svc_counters[svc].ftp.rewrites, 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn ftp_actions(&mut self, idx: u32, svc: usize, actions: &alg::Actions) {
+        let (gen, dest, client, vip) = {
+            let c = self.flows.get(idx);
+            (c.gen, c.dest, c.client, c.vip)
+        };
+        let counters = &self.svc_counters[svc].ftp;
+        for ev in &actions.events {
+            match ev {
+                alg::Event::Rewrite => {}
+                alg::Event::BounceRefused { named, port } => {
+                    bump(&counters.bounce_refused, 1);
+                    tracing::warn!(client = %addr_to_ip(client), %named, port, "FTP PORT/EPRT bounce attempt refused");
+                }
+                alg::Event::TlsFallback => {
+                    bump(&counters.tls_fallbacks, 1);
+                    let rs = self.flows.get(idx).rs;
+                    self.expect.insert(
+                        ExpKey::Session(client, vip),
+                        ExpVal { svc: svc as u16, dest, rs, rport: None, vip, parent: idx, parent_gen: gen, expires: u64::MAX },
+                    );
+                }
+                alg::Event::Oversized => bump(&counters.oversized_lines, 1),
+                alg::Event::Malformed => {}
+            }
+        }
+        for e in &actions.expectations {
+            if self.expect.len() >= MAX_EXPECT {
+                self.sweep_expectations(self.now);
+                if self.expect.len() >= MAX_EXPECT {
+                    break;
+                }
+            }
+            let eclient = parse::ip_to_addr(e.client);
+            let evip = parse::ip_to_addr(e.vip);
+            let ers = parse::ip_to_addr(e.real);
+            let (k, rport) = match e.kind {
+                alg::ExpectKind::Passive { vip_port: Some(p), real_port } => (ExpKey::Passive(eclient, evip, p), real_port),
+                alg::ExpectKind::Passive { vip_port: None, real_port } => (ExpKey::PassiveAny(eclient, evip), real_port),
+                alg::ExpectKind::Active { client_port, .. } => (ExpKey::Active(ers, eclient, client_port), None),
+            };
+            self.expect.insert(
+                k,
+                ExpVal { svc: svc as u16, dest, rs: ers, rport, vip: evip, parent: idx, parent_gen: gen, expires: e.expires },
+            );
+            bump(&counters.expectations_created, 1);
+        }
+    }
+
+    fn list_conns(&self) -> Vec<ConnInfo> {
+        let mut v = Vec::new();
+        for i in 0..self.flows.slots() as u32 {
+            let Some(c) = self.flows.try_get(i) else { continue };
+            let proto = match c.proto {
+                PROTO_TCP => "TCP",
+                PROTO_UDP => "UDP",
+                _ => "?",
+            };
+            let sa = |a: Addr, p: u16| std::net::SocketAddr::new(addr_to_ip(a), p).to_string();
+            v.push(ConnInfo {
+                worker: self.id,
+                id: i,
+                proto,
+                client: sa(c.client, c.cport),
+                vip: sa(c.vip, c.vport),
+                real: sa(c.rs, c.rport),
+                state: c.state.name(),
+                expires_in_s: c.expires.saturating_sub(self.now) / 1_000_000_000,
+                service: self.snap.services.get(c.svc as usize).map(|s| s.name.clone()).unwrap_or_default(),
+                ftp_control: c.alg.is_some(),
+                parent: (c.parent != NONE).then_some(c.parent),
+                children: c.children,
+                pkts_in: c.pkts_in,
+                pkts_out: c.pkts_out,
+            });
+        }
+        v
+    }
+
+    /// Park a packet until its next hop resolves (bounded).
+    fn park(&mut self, iface: usize, nh: Addr, pkt: Q::Buf) {
+        if self.pending.len() >= MAX_PENDING {
+            self.drop_pkt(DropReason::NoNeighbor);
+            return;
+        }
+        self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+    }
+}
+
+/// RFC 1624 delta of decrementing the IPv4 TTL by one (the TTL/protocol
+/// word loses 0x0100): ~old + new = ~0x0100 = 0xfeff.
+const TTL_DELTA: u32 = 0xfeff;
+
+/// NAT rewrite: inbound sets destination (addr, port), outbound sets
+/// source. Decrements TTL/hop limit; false if it ran out.
+#[inline(always)]
+fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u16, l3d: u32, l4d: u32) -> bool {
+    let l3 = p.l3;
+    let l4 = p.l4;
+    if !p.v6 {
+        if d[l3 + 8] <= 1 {
+            return false;
+        }
+        d[l3 + 8] -= 1;
+        let off = if inbound { l3 + 16 } else { l3 + 12 };
+        d[off..off + 4].copy_from_slice(&addr_v4_bytes(addr));
+        csum::apply_at(d, l3 + 10, l3d);
+    } else {
+        if d[l3 + 7] <= 1 {
+            return false;
+        }
+        d[l3 + 7] -= 1;
+        let off = if inbound { l3 + 24 } else { l3 + 8 };
+        d[off..off + 16].copy_from_slice(&addr_v6_bytes(addr));
+    }
+    let poff = if inbound { l4 + 2 } else { l4 };
+    d[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+    match p.proto {
+        PROTO_TCP => csum::apply_at(d, l4 + 16, l4d),
+        PROTO_UDP => {
+            let c = u16::from_be_bytes([d[l4 + 6], d[l4 + 7]]);
+            if c != 0 || p.v6 {
+                let mut n = csum::apply(c, l4d);
+                if n == 0 {
+                    n = 0xffff;
+                }
+                d[l4 + 6..l4 + 8].copy_from_slice(&n.to_be_bytes());
+            }
+        }
+        _ => {}
+    }
+    true
+}
+
+/// Write `a` as the source (`src`) or destination address of the IP header
+/// at `l3`.
+fn set_addr(d: &mut [u8], l3: usize, v6: bool, src: bool, a: Addr) {
+    if v6 {
+        let off = if src { l3 + 8 } else { l3 + 24 };
+        d[off..off + 16].copy_from_slice(&addr_v6_bytes(a));
+    } else {
+        let off = if src { l3 + 12 } else { l3 + 16 };
+        d[off..off + 4].copy_from_slice(&addr_v4_bytes(a));
+    }
+}
+
+/// Recompute the IPv4 header checksum at `l3`.
+pub fn fix_ipv4_csum(d: &mut [u8], l3: usize) {
+    let ihl = (d[l3] & 0xf) as usize * 4;
+    d[l3 + 10] = 0;
+    d[l3 + 11] = 0;
+    let c = csum::finish(&d[l3..l3 + ihl], 0);
+    d[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Recompute the transport checksum (TCP, UDP, ICMP, ICMPv6) from scratch.
+pub fn fix_l4_csum(d: &mut [u8], p: &Parsed) {
+    let l3 = p.l3;
+    let l4 = p.l4;
+    let len = p.end - l4;
+    let off = match p.proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        PROTO_ICMP | PROTO_ICMPV6 => 2,
+        _ => return,
+    };
+    d[l4 + off] = 0;
+    d[l4 + off + 1] = 0;
+    let pseudo = if p.proto == PROTO_ICMP {
+        0
+    } else if p.v6 {
+        let s: [u8; 16] = d[l3 + 8..l3 + 24].try_into().expect("16");
+        let t: [u8; 16] = d[l3 + 24..l3 + 40].try_into().expect("16");
+        csum::pseudo_v6(&s, &t, p.proto, len as u32)
+    } else {
+        let s: [u8; 4] = d[l3 + 12..l3 + 16].try_into().expect("4");
+        let t: [u8; 4] = d[l3 + 16..l3 + 20].try_into().expect("4");
+        csum::pseudo_v4(s, t, p.proto, len as u16)
+    };
+    let mut c = csum::finish(&d[l4..p.end], pseudo);
+    if p.proto == PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    d[l4 + off..l4 + off + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Encapsulate the IP packet in an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6)
+/// header from `src` to `rs`. False if it would exceed the MTU.
+fn encap_ipip<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, rs: Addr, mtu: u16) -> bool {
+    let inner_len = p.end - p.l3;
+    let v4 = addr_is_v4(rs);
+    let hdr = if v4 { 20 } else { 40 };
+    if inner_len + hdr > mtu as usize || !pkt.set_len(p.end) || !pkt.prepend(hdr) {
+        return false;
+    }
+    let d = pkt.data_mut();
+    // Move the L2 header to the front, then write the outer header.
+    d.copy_within(hdr..hdr + p.l3, 0);
+    let o = p.l3;
+    if v4 {
+        d[o - 2..o].copy_from_slice(&[0x08, 0x00]);
+        let h = &mut d[o..o + 20];
+        h.fill(0);
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&((inner_len + 20) as u16).to_be_bytes());
+        h[6] = 0x40; // DF
+        h[8] = 64;
+        h[9] = if p.v6 { 41 } else { 4 };
+        h[12..16].copy_from_slice(&addr_v4_bytes(src));
+        h[16..20].copy_from_slice(&addr_v4_bytes(rs));
+        fix_ipv4_csum(d, o);
+    } else {
+        d[o - 2..o].copy_from_slice(&[0x86, 0xdd]);
+        let h = &mut d[o..o + 40];
+        h.fill(0);
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
+        h[6] = if p.v6 { 41 } else { 4 };
+        h[7] = 64;
+        h[8..24].copy_from_slice(&addr_v6_bytes(src));
+        h[24..40].copy_from_slice(&addr_v6_bytes(rs));
+    }
+    true
+}
+
+fn carry_counters(
+    old: &ServiceCounters,
+    new: &ServiceCounters,
+    os: &crate::snapshot::Svc,
+    ns: &crate::snapshot::Svc,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mv = |a: &std::sync::atomic::AtomicU64, b: &std::sync::atomic::AtomicU64| b.store(a.load(Relaxed), Relaxed);
+    mv(&old.conns, &new.conns);
+    mv(&old.in_packets, &new.in_packets);
+    mv(&old.in_bytes, &new.in_bytes);
+    mv(&old.out_packets, &new.out_packets);
+    mv(&old.out_bytes, &new.out_bytes);
+    let (o, n) = (&old.ftp, &new.ftp);
+    mv(&o.control_sessions, &n.control_sessions);
+    mv(&o.expectations_created, &n.expectations_created);
+    mv(&o.expectations_used, &n.expectations_used);
+    mv(&o.expectations_expired, &n.expectations_expired);
+    mv(&o.rewrites, &n.rewrites);
+    mv(&o.bounce_refused, &n.bounce_refused);
+    mv(&o.tls_fallbacks, &n.tls_fallbacks);
+    mv(&o.oversized_lines, &n.oversized_lines);
+    mv(&o.held_segments, &n.held_segments);
+    for (i, d) in ns.dests.iter().enumerate() {
+        if let Some(j) = os.dests.iter().position(|x| x.addr == d.addr && x.port == d.port) {
+            let (a, b) = (&old.dests[j], &new.dests[i]);
+            mv(&a.conns, &b.conns);
+            mv(&a.in_packets, &b.in_packets);
+            mv(&a.in_bytes, &b.in_bytes);
+            mv(&a.out_packets, &b.out_packets);
+            mv(&a.out_bytes, &b.out_bytes);
+        }
+    }
+}
+

@@ -1,0 +1,452 @@
+//! Fixture tables through the in-memory port: input packet from a builder,
+//! expected output packet(s) or verdict (counted drop).
+
+use ferrovs_cfg::Config;
+use ferrovs_engine::counters::DropReason;
+use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
+const RS1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+const RS2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 3];
+const CLIENT: [u8; 4] = [10, 0, 1, 2];
+const VIP: [u8; 4] = [10, 0, 1, 100];
+const VIP_DR: [u8; 4] = [10, 0, 1, 101];
+const RS1: [u8; 4] = [10, 0, 2, 2];
+const RS2: [u8; 4] = [10, 0, 2, 3];
+const C6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const VIP6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const RS6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const EXT: usize = 0;
+const INT: usize = 1;
+const S: u64 = 1_000_000_000;
+
+pub const CONFIG: &str = r#"
+[engine]
+workers = 1
+backend = "memory"
+flow_table_size = 4096
+
+[[interface]]
+name = "ext"
+device = "mem0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24", "fd00:1::1/64"]
+
+[[interface]]
+name = "int"
+device = "mem1"
+mac = "02:00:00:00:02:01"
+addresses = ["10.0.2.1/24", "fd00:2::1/64"]
+
+[[neighbor]]
+address = "10.0.2.2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "10.0.2.3"
+mac = "02:00:00:00:02:03"
+
+[[neighbor]]
+address = "10.0.1.2"
+mac = "02:00:00:00:01:02"
+
+[[neighbor]]
+address = "fd00:2::2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "fd00:1::2"
+mac = "02:00:00:00:01:02"
+
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80, "8000-8100"]
+scheduler = "rr"
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service.real_server]]
+address = "10.0.2.3"
+
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+scheduler = "rr"
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "dr"
+vip = "10.0.1.101"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "dr"
+
+[[service.real_server]]
+address = "10.0.2.2"
+"#;
+
+pub fn engine(workers: usize) -> MemEngine {
+    let cfg = Config::from_str(CONFIG, "pipeline-test.toml").expect("test config parses");
+    MemEngine::new(cfg, workers)
+}
+
+fn from_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, CLIENT_MAC, LB_EXT)
+}
+fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    with_macs(f, mac, LB_INT)
+}
+
+/// One fixture: frames in (iface, frame, time), expected frames out.
+struct Case {
+    what: &'static str,
+    input: Vec<(usize, Vec<u8>, u64)>,
+    /// Expected transmissions after the LAST input, exactly.
+    want: Vec<(usize, Vec<u8>)>,
+    /// A drop reason that must have been counted (after all inputs).
+    drop: Option<DropReason>,
+}
+
+fn run_cases(cases: Vec<Case>, workers: usize) {
+    for c in cases {
+        let mut e = engine(workers);
+        let mut last = Vec::new();
+        for (iface, f, t) in &c.input {
+            last = e.inject(*iface, f, *t);
+        }
+        for (_, f) in &last {
+            verify_checksums(f).unwrap_or_else(|err| panic!("{}: bad checksum in output: {err}", c.what));
+        }
+        assert_eq!(last.len(), c.want.len(), "{}: number of output packets (got {:?})", c.what, last);
+        for (i, ((gi, gf), (wi, wf))) in last.iter().zip(c.want.iter()).enumerate() {
+            assert_eq!(gi, wi, "{}: output {i} interface", c.what);
+            assert_eq!(gf, wf, "{}: output {i} bytes", c.what);
+        }
+        if let Some(r) = c.drop {
+            let n: u64 = e.fabric.counters.iter().map(|w| w.drops_of(r)).sum();
+            assert!(n > 0, "{}: expected a counted drop {:?}", c.what, r);
+        }
+    }
+}
+
+fn syn(sport: u16, dport: u16) -> Vec<u8> {
+    from_client(tcp4(CLIENT, sport, VIP, dport, TCP_SYN, 1000, 0, b""))
+}
+
+#[test]
+fn nat_fixtures() {
+    let synack_rs = from_rs(tcp4(RS1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC);
+    let cases = vec![
+        Case {
+            what: "NAT SYN to VIP:80 goes to rs1:8080 (rr first), TTL-1, MACs rewritten",
+            input: vec![(EXT, syn(40000, 80), S)],
+            want: vec![(INT, set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_SYN, 1000, 0, b""), LB_INT, RS1_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "NAT reply from rs1 gets VIP:80 as source",
+            input: vec![(EXT, syn(40000, 80), S), (INT, synack_rs.clone(), S + 1)],
+            want: vec![(EXT, set_ttl(with_macs(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), LB_EXT, CLIENT_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "second connection goes to rs2, port kept (no port in config)",
+            input: vec![(EXT, syn(40000, 80), S), (EXT, syn(40001, 8050), S)],
+            want: vec![(INT, set_ttl(with_macs(tcp4(CLIENT, 40001, RS2, 8050, TCP_SYN, 1000, 0, b""), LB_INT, RS2_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "data with payload both ways keeps checksums right",
+            input: vec![
+                (EXT, syn(40000, 80), S),
+                (EXT, from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n")), S),
+            ],
+            want: vec![(INT, set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n"), LB_INT, RS1_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "UDP NAT",
+            input: vec![(EXT, from_client(udp4(CLIENT, 5353, VIP, 53, b"query")), S)],
+            want: vec![(INT, set_ttl(with_macs(udp4(CLIENT, 5353, RS1, 53, b"query"), LB_INT, RS1_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "UDP reply",
+            input: vec![
+                (EXT, from_client(udp4(CLIENT, 5353, VIP, 53, b"query")), S),
+                (INT, from_rs(udp4(RS1, 53, CLIENT, 5353, b"answer"), RS1_MAC), S),
+            ],
+            want: vec![(EXT, set_ttl(with_macs(udp4(VIP, 53, CLIENT, 5353, b"answer"), LB_EXT, CLIENT_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "IPv6 NAT",
+            input: vec![(EXT, from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S)],
+            want: vec![(INT, set_ttl(with_macs(tcp6(C6, 40000, RS6, 80, TCP_SYN, 7, 0, b""), LB_INT, RS1_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "IPv6 NAT reply",
+            input: vec![
+                (EXT, from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S),
+                (INT, from_rs(tcp6(RS6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 8, b""), RS1_MAC), S),
+            ],
+            want: vec![(EXT, set_ttl(with_macs(tcp6(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 8, b""), LB_EXT, CLIENT_MAC), 63))],
+            drop: None,
+        },
+        Case {
+            what: "DR rewrites only MACs",
+            input: vec![(EXT, from_client(tcp4(CLIENT, 40000, VIP_DR, 80, TCP_SYN, 1, 0, b"")), S)],
+            want: vec![(INT, with_macs(tcp4(CLIENT, 40000, VIP_DR, 80, TCP_SYN, 1, 0, b""), LB_INT, RS1_MAC))],
+            drop: None,
+        },
+        Case {
+            what: "no service on port 81",
+            input: vec![(EXT, syn(40000, 81), S)],
+            want: vec![],
+            drop: Some(DropReason::NoService),
+        },
+        Case {
+            what: "ACK without connection is dropped",
+            input: vec![(EXT, from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1, 1, b"")), S)],
+            want: vec![],
+            drop: Some(DropReason::NoFlow),
+        },
+        Case {
+            what: "stray packet from a real server",
+            input: vec![(INT, synack_rs.clone(), S)],
+            want: vec![],
+            drop: Some(DropReason::NoFlow),
+        },
+        Case {
+            what: "frame for another MAC",
+            input: vec![(EXT, with_macs(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b""), CLIENT_MAC, [2, 9, 9, 9, 9, 9]), S)],
+            want: vec![],
+            drop: Some(DropReason::NotForUs),
+        },
+        Case {
+            what: "truncated frame",
+            input: vec![(EXT, syn(40000, 80)[..30].to_vec(), S)],
+            want: vec![],
+            drop: Some(DropReason::Malformed),
+        },
+        Case {
+            what: "TTL 1 is not forwarded",
+            input: vec![(EXT, set_ttl(syn(40000, 80), 1), S)],
+            want: vec![],
+            drop: Some(DropReason::TtlExceeded),
+        },
+    ];
+    run_cases(cases, 1);
+}
+
+#[test]
+fn arp_and_nd_replies() {
+    let mut e = engine(1);
+    // ARP for the VIP and for the interface address.
+    for target in [VIP, [10, 0, 1, 1]] {
+        let out = e.inject(EXT, &arp_request(CLIENT_MAC, CLIENT, target), S);
+        assert_eq!(out.len(), 1);
+        let (i, f) = &out[0];
+        assert_eq!(*i, EXT);
+        let mut want = arp_reply(LB_EXT, target, CLIENT_MAC, CLIENT);
+        want.resize(60, 0);
+        assert_eq!(&f[..42], &want[..42], "ARP reply for {target:?}");
+    }
+    // Not ours: silence.
+    assert!(e.inject(EXT, &arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 77]), S).is_empty());
+    // Neighbour solicitation for the IPv6 VIP.
+    let out = e.inject(EXT, &neighbor_solicit(CLIENT_MAC, C6, VIP6), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(f[54], 136, "neighbour advertisement");
+    assert_eq!(&f[62..78], &VIP6, "target");
+    assert_eq!(&f[80..86], &LB_EXT, "target link-layer address");
+}
+
+#[test]
+fn arp_resolution_of_unknown_neighbor() {
+    // The client 10.0.1.9 is not in [[neighbor]]: the reply is held, an ARP
+    // request goes out, and the ARP reply releases the held packet.
+    let mut e = engine(1);
+    let c9 = [10, 0, 1, 9];
+    let c9mac = [2, 0, 0, 0, 1, 9];
+    let out = e.inject(EXT, &with_macs(tcp4(c9, 5555, VIP, 80, TCP_SYN, 1, 0, b""), c9mac, LB_EXT), S);
+    assert_eq!(out.len(), 1, "SYN forwarded to rs1 (static neighbour)");
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, c9, 5555, TCP_SYN | TCP_ACK, 1, 2, b""), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "an ARP request");
+    assert_eq!(&out[0].1[12..14], &[0x08, 0x06]);
+    assert_eq!(&out[0].1[38..42], &c9, "asks for the client");
+    let out = e.inject(EXT, &arp_reply(c9mac, c9, LB_EXT, [10, 0, 1, 1]), S);
+    assert_eq!(out.len(), 1, "held SYN-ACK released");
+    assert_eq!(&out[0].1[0..6], &c9mac);
+    verify_checksums(&out[0].1).unwrap();
+}
+
+#[test]
+fn icmp_errors_are_translated() {
+    let mut e = engine(1);
+    e.inject(EXT, &syn(40000, 80), S);
+    // Real server says "port unreachable" about client->rs1:8080.
+    let quoted = tcp4(CLIENT, 40000, RS1, 8080, TCP_SYN, 1000, 0, b"");
+    let err = from_rs(icmp4_error(RS1, CLIENT, 3, 3, 0, &quoted), RS1_MAC);
+    let out = e.inject(INT, &err, S);
+    assert_eq!(out.len(), 1, "forwarded to the client");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(&f[26..30], &VIP, "outer source is the VIP");
+    let inner = 14 + 20 + 8;
+    assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination is the VIP");
+    assert_eq!(&f[inner + 22..inner + 24], &80u16.to_be_bytes(), "quoted port is the VIP port");
+    assert_eq!(ferrovs_engine::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
+    // Fragmentation needed from the client side about VIP->client reply.
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 1, 1, b"");
+    let err = from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted));
+    let out = e.inject(EXT, &err, S);
+    assert_eq!(out.len(), 1, "forwarded to the real server");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &RS1_MAC);
+    assert_eq!(&f[30..34], &RS1, "outer destination is rs1");
+    assert_eq!(&f[inner + 12..inner + 16], &RS1, "quoted source is rs1");
+    assert_eq!(&f[inner + 20..inner + 22], &8080u16.to_be_bytes());
+    // IPv6: packet too big about the reply.
+    let mut e = engine(1);
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S);
+    let quoted = tcp6(VIP6, 80, C6, 40000, TCP_ACK, 1, 1, b"");
+    let out = e.inject(EXT, &from_client(icmp6_error(C6, VIP6, 2, 0, 1280, &quoted)), S);
+    assert_eq!(out.len(), 1);
+    verify_checksums(&out[0].1).unwrap();
+    assert_eq!(&out[0].1[38..54], &RS6, "outer destination is the v6 real server");
+    // An error about no connection is dropped.
+    let quoted = tcp4(VIP, 80, CLIENT, 1, TCP_ACK, 1, 1, b"");
+    assert!(e.inject(EXT, &from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted)), S).is_empty());
+}
+
+#[test]
+fn ping_the_vip() {
+    let mut e = engine(1);
+    let out = e.inject(EXT, &from_client(ping4(CLIENT, VIP, 7, 1)), S);
+    assert_eq!(out.len(), 1);
+    verify_checksums(&out[0].1).unwrap();
+    assert_eq!(&out[0].1[30..34], &CLIENT);
+    assert_eq!(out[0].1[34], 0, "echo reply");
+}
+
+#[test]
+fn tcp_states_and_expiry_follow_the_clock() {
+    let mut e = engine(1);
+    e.inject(EXT, &syn(40000, 80), S);
+    let conns = |e: &MemEngine| e.workers[0].flows.len();
+    assert_eq!(conns(&e), 1);
+    // SYN_RECV lasts 60 s: at 59 s the ACK still passes and establishes.
+    let ack = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, b""));
+    assert_eq!(e.inject(EXT, &ack, 59 * S).len(), 1);
+    // ESTABLISHED lasts 900 s.
+    assert_eq!(e.inject(EXT, &ack, 958 * S).len(), 1, "still there after 899 s idle");
+    e.workers[0].expire_all(1859 * S);
+    assert_eq!(conns(&e), 0, "expired after 900 s idle");
+    // FIN from client -> CLOSE_WAIT (60 s), RST -> CLOSE (10 s).
+    let mut e = engine(1);
+    e.inject(EXT, &syn(40001, 80), S);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP, 80, TCP_ACK, 1001, 1, b"")), S);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP, 80, TCP_RST, 1001, 0, b"")), S);
+    e.workers[0].expire_all(S + 9 * S);
+    assert_eq!(conns(&e), 1, "CLOSE lasts 10 s");
+    e.workers[0].expire_all(S + 10 * S);
+    assert_eq!(conns(&e), 0);
+    let mut e = engine(1);
+    e.inject(EXT, &syn(40002, 80), S);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40002, VIP, 80, TCP_ACK, 1001, 1, b"")), S);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40002, VIP, 80, TCP_FIN | TCP_ACK, 1001, 1, b"")), S);
+    e.workers[0].expire_all(S + 59 * S);
+    assert_eq!(conns(&e), 1, "CLOSE_WAIT lasts 60 s");
+    e.workers[0].expire_all(S + 60 * S);
+    assert_eq!(conns(&e), 0);
+    // UDP lasts 300 s.
+    let mut e = engine(1);
+    e.inject(EXT, &from_client(udp4(CLIENT, 5353, VIP, 53, b"q")), S);
+    e.workers[0].expire_all(300 * S);
+    assert_eq!(conns(&e), 1);
+    e.workers[0].expire_all(301 * S);
+    assert_eq!(conns(&e), 0);
+}
+
+#[test]
+fn cross_worker_handoff_keeps_one_owner() {
+    // Two workers; many clients. Every connection must be handled by the
+    // owner of its client, whichever worker the "NIC" delivered it to, and
+    // replies must find the connection.
+    let mut e = engine(2);
+    let mut handed = 0;
+    for i in 0..64u8 {
+        let c = [10, 0, 1, 10 + i];
+        let cmac = [2, 0, 0, 0, 1, 10 + i];
+        let out = e.inject(EXT, &with_macs(tcp4(c, 30000 + i as u16, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
+        assert_eq!(out.len(), 1, "SYN {i} forwarded");
+        let (rs, rmac, rport) = if out[0].1[30..34] == RS1 { (RS1, RS1_MAC, 8080) } else { (RS2, RS2_MAC, 80) };
+        // Learn the client's MAC through ARP so the reply can go out.
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+        let out = e.inject(INT, &from_rs(tcp4(rs, rport, c, 30000 + i as u16, TCP_SYN | TCP_ACK, 9, 2, b""), rmac), S);
+        assert_eq!(out.len(), 1, "reply {i} forwarded");
+        assert_eq!(&out[0].1[26..30], &VIP);
+    }
+    for w in &e.fabric.counters {
+        handed += w.handoff_out.load(std::sync::atomic::Ordering::Relaxed);
+    }
+    assert!(handed > 0, "some packets arrived on the non-owner and were handed over");
+    let total: usize = e.workers.iter().map(|w| w.flows.len()).sum();
+    assert_eq!(total, 64);
+    assert!(e.workers.iter().all(|w| w.flows.len() > 0), "both workers own connections");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+    #[test]
+    fn random_frames_are_counted_drops_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300), iface in 0usize..2) {
+        let mut e = engine(2);
+        let mut f = data;
+        if f.len() >= 12 {
+            f[0..6].copy_from_slice(&LB_EXT);
+        }
+        let _ = e.inject(iface, &f, S);
+    }
+
+    #[test]
+    fn mutated_session_never_panics(pos in 0usize..80, val in proptest::num::u8::ANY) {
+        let mut e = engine(1);
+        e.inject(EXT, &syn(40000, 80), S);
+        let mut f = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 1, b"payload"));
+        let p = pos % f.len();
+        f[p] = val;
+        let _ = e.inject(EXT, &f, S);
+    }
+}
