@@ -8,6 +8,7 @@ pub mod model;
 pub use model::*;
 
 mod error;
+pub mod import;
 mod raw;
 mod render;
 mod validate;
@@ -15,8 +16,9 @@ mod validate;
 pub use error::ConfigError;
 
 /// Scheduler names accepted in `service.scheduler` (the ipvsadm `-s` names).
-pub const SCHEDULERS: &[&str] =
-    &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos"];
+pub const SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos",
+];
 
 impl Config {
     /// Parse and validate TOML text. `origin` names the text in error messages

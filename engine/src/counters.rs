@@ -68,7 +68,7 @@ pub fn bump(c: &AtomicU64, n: u64) {
 
 impl WorkerCounters {
     #[inline(always)]
-    pub fn drop(&self, r: DropReason) {
+    pub fn count_drop(&self, r: DropReason) {
         bump(&self.drops[r as usize], 1);
     }
     pub fn drops_of(&self, r: DropReason) -> u64 {

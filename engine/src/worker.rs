@@ -9,7 +9,7 @@
 
 use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
-use crate::flow::{self, Conn, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_COUNTED, F_DATA, NONE};
+use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_COUNTED, F_DATA, NONE};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
     self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed,
@@ -17,13 +17,13 @@ use crate::parse::{
 };
 use crate::port::{Packet, PortQueue};
 use crate::snapshot::{owner_of, Snapshot};
-use crate::tcpstate::{self, Direction, TcpState};
+use crate::tcpstate::{self, Direction};
 use crossbeam_queue::ArrayQueue;
 use ferrovs_cfg::Forward;
 use ferrovs_ftp_alg as alg;
 use ferrovs_sched as sched;
 use hashbrown::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// Messages to a worker's control ring.
@@ -377,7 +377,7 @@ impl<Q: PortQueue> Worker<Q> {
                 if self.pending[k].deadline <= now {
                     let p = self.pending.swap_remove(k);
                     drop(p.buf);
-                    self.counters.drop(DropReason::NoNeighbor);
+                    self.counters.count_drop(DropReason::NoNeighbor);
                 } else {
                     k += 1;
                 }
@@ -474,7 +474,7 @@ impl<Q: PortQueue> Worker<Q> {
 
     #[inline]
     fn drop_pkt(&self, r: DropReason) {
-        self.counters.drop(r);
+        self.counters.count_drop(r);
     }
 
     /// Classify and forward one packet received on interface `iface`.
@@ -710,7 +710,7 @@ impl<Q: PortQueue> Worker<Q> {
         };
         let d = st.sched.pick(&key, &dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
-            pt.insert(client_ip, d, self.now);
+            pt.insert(client_ip, d, self.now, &dests);
         }
         Some(d)
     }
@@ -1241,7 +1241,8 @@ impl<Q: PortQueue> Worker<Q> {
             let c = self.flows.get(idx);
             (c.gen, c.dest, c.client, c.vip)
         };
-        let counters = &self.svc_counters[svc].ftp;
+        let sc = self.svc_counters.clone();
+        let counters = &sc[svc].ftp;
         for ev in &actions.events {
             match ev {
                 alg::Event::Rewrite => {}

@@ -1,1 +1,266 @@
-//! FTP ALG.
+//! Sans-IO FTP application-layer gateway (ALG) for ferrovs.
+//!
+//! The crate does no I/O and reads no clock: the engine feeds it the payload of every segment of
+//! an FTP control connection together with `now` (nanoseconds, any monotonic origin), the
+//! direction and the TCP sequence number, and gets back a [`Verdict`] plus [`Actions`]
+//! (expectations for data connections, events for counters/logs). Only `std` is used.
+//!
+//! # Layers
+//!
+//! * [`parse`] — pure, allocation-free parsers for `PORT`, `EPRT`, `227`, `229` and the command
+//!   verbs the gateway cares about, and the formatter for the rewritten `227` address.
+//! * `seq` (private) — serial-number arithmetic (RFC 1982) and the per-direction history of
+//!   length-changing rewrites that drives [`FtpSession::map_seq`] / [`FtpSession::map_ack`].
+//! * [`FtpSession`] — the state machine of one control connection.
+//!
+//! # What the gateway does
+//!
+//! | mode | sees | on | does |
+//! |------|------|----|------|
+//! | NAT | both directions | `227 (h1,..,p2)` from the RS | rewrites the address to the VIP, [`ExpectKind::Passive`] `vip:p -> real:p` |
+//! | NAT | | `229 (\|\|\|p\|)` | [`ExpectKind::Passive`] `vip:p -> real:p`, no rewrite |
+//! | NAT | | `PORT` / `EPRT` | [`ExpectKind::Active`] `real:* -> client:p`, to be sourced from `vip:20` |
+//! | DR | client -> server only | `PASV` / `EPSV` | [`ExpectKind::Passive`] with any VIP port, pinned to the RS |
+//! | DR | | `PORT` / `EPRT` | nothing (the RS reaches the client directly) except the bounce check |
+//! | both | | `AUTH TLS`/`SSL` accepted (`234` in NAT, the command itself in DR) | [`Event::TlsFallback`]; parsing stops for good |
+//!
+//! A `PORT`/`EPRT` naming another address than the client's (FTP bounce), or a port below 1024,
+//! opens nothing and yields [`Event::BounceRefused`] (the foreign-address part can be switched
+//! off with [`SessionParams::allow_foreign_port_address`]; the port check cannot). `227`/`PORT`
+//! on an IPv6 session are ignored; `EPRT |2|` and `229` work as for IPv4.
+//!
+//! # The state machine
+//!
+//! Each direction is a byte stream cut into lines (CRLF or bare LF). Per direction the session
+//! keeps `next`, the original sequence number of the first byte it has not processed, and the
+//! bytes of the incomplete last line (at most [`MAX_LINE`] = 1024; a longer line is skipped up
+//! to its end and counted as [`Event::Oversized`]). A segment `[seq, seq+len)` is split into
+//!
+//! * an **old** part before `next`: a retransmission. It is never parsed again (so no duplicate
+//!   expectation and no second delta); its bytes are sent with the remembered rewrites applied,
+//!   so a retransmitted `227` segment yields the very same `Replace` as the first time;
+//! * a **new** part from `next`: parsed line by line. Commands (client -> server) are parsed
+//!   when their line is complete and are never held or changed.
+//!
+//! A segment that starts after `next` (a hole, out-of-order data) is forwarded; the partial line
+//! is dropped and parsing resumes after the next line end. The first segment seen (or
+//! [`FtpSession::set_isn`] from the SYN) fixes the initial `next`.
+//!
+//! # Hold and Replace
+//!
+//! In NAT a `227` reply line may be cut across segments, and its rewrite changes its length, so
+//! the gateway cannot let the first half go out unchanged. When, at the end of a reply segment,
+//! the incomplete line could still be a final `227 ` line (it is a prefix of, or starts with,
+//! `"227 "`), its bytes are **held**:
+//!
+//! * if the line started at the beginning of the segment the verdict is [`Verdict::Hold`]: the
+//!   engine drops the segment, the gateway keeps its bytes;
+//! * otherwise the verdict is a [`Verdict::Replace`] carrying only the bytes *before* that line
+//!   (the rest is held) — a `Replace` may thus be shorter than the segment.
+//!
+//! When the line completes, the verdict is `Replace { seq: <start of held line>, payload:
+//! <held bytes + new bytes, rewritten> }`. A retransmission that falls inside the held bytes gets
+//! `Hold` again (nothing is stored twice); a line that turns out not to be a `227` is released
+//! unchanged; more than 1024 held bytes make the gateway give up and send them unchanged. A
+//! hole in sequence space while holding is answered with `Hold` (the segment is dropped, the
+//! sender retransmits it once the hole is filled). Lines that need no rewriting are never held.
+//!
+//! # The delta rule
+//!
+//! A rewrite of a field of `n` bytes by `m` bytes at original sequence number `s` changes the
+//! direction's cumulative delta from `d` to `d + m - n`. Like IPVS (`ip_vs_app.c`), the session
+//! remembers where the current delta starts and the delta before it, so a segment starting at
+//! or before `s` (an old retransmission) is mapped with the previous delta and a segment after it
+//! with the new one; we keep the last 8 rewrites per direction instead of one, so even an old
+//! retransmission from two rewrites back maps exactly (older than that falls back to the oldest
+//! known delta, the IPVS behaviour). [`FtpSession::map_seq`] maps a segment's sequence number
+//! (`seq' = seq + delta(seq)`); [`FtpSession::map_ack`] maps the acknowledgement of the other
+//! direction back (`ack = ack' - delta`). An ack that points inside a rewritten field is clamped
+//! to the field's start. All arithmetic wraps and compares as serial numbers.
+//!
+//! # Engine checklist
+//!
+//! 1. On SYN / SYN-ACK call [`FtpSession::set_isn`] (optional but recommended).
+//!    Optionally [`FtpSession::set_max_payload`] with the path MSS, so a released hold plus a
+//!    full-sized segment never yields a `Replace` larger than the MTU.
+//! 2. For each control segment with payload: `on_segment(now, dir, seq_on_wire, payload, &mut
+//!    actions)`, then act on the verdict: `Forward` (keep payload), `Replace` (send `payload`
+//!    with sequence `map_seq(dir, seq)`), `Hold` (drop the segment).
+//! 3. For *every* segment (with or without payload): `seq = map_seq(dir, seq)`,
+//!    `ack = map_ack(dir, ack)`, fix checksums. SACK blocks would need the same `map_ack`.
+//! 4. Install `actions.expectations`, count `actions.events`, clear `actions`.
+//! 5. If [`FtpSession::is_tls`] turned true: pin new connections from the client IP to the VIP
+//!    to this real server for the life of the control connection.
+//!
+//! ```
+//! use ferrovs_ftp_alg::*;
+//! let p = SessionParams {
+//!     mode: Mode::Nat,
+//!     client: "192.0.2.7:40000".parse().unwrap(),
+//!     vip: "10.0.0.100:21".parse().unwrap(),
+//!     real: "10.0.2.2:21".parse().unwrap(),
+//!     allow_foreign_port_address: false,
+//!     pinhole_timeout: 60_000_000_000,
+//! };
+//! let mut s = FtpSession::new(p);
+//! let mut out = Actions::default();
+//! let v = s.on_segment(0, Dir::Reply, 1000, b"227 Entering Passive Mode (10,0,2,2,4,1)\r\n", &mut out);
+//! assert_eq!(v, Verdict::Replace { seq: 1000, payload: b"227 Entering Passive Mode (10,0,0,100,4,1)\r\n".to_vec() });
+//! assert_eq!(out.expectations[0].kind, ExpectKind::Passive { vip_port: Some(1025), real_port: Some(1025) });
+//! // Later reply bytes are shifted by the 2 extra bytes; client acks are shifted back.
+//! assert_eq!(s.map_seq(Dir::Reply, 1044), 1046);
+//! assert_eq!(s.map_ack(Dir::Original, 1046), 1044);
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::{IpAddr, SocketAddr};
+
+pub mod parse;
+mod seq;
+mod session;
+
+pub use session::{FtpSession, Stats, MAX_LINE};
+
+/// How the virtual service forwards packets to the real server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The balancer sees both directions and rewrites addresses.
+    Nat,
+    /// Direct routing: the balancer sees only client -> server.
+    Dr,
+}
+
+/// Direction of a segment on the control connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// Client -> server (commands).
+    Original,
+    /// Server -> client (replies).
+    Reply,
+}
+
+impl Dir {
+    /// The other direction.
+    pub fn reverse(self) -> Dir {
+        match self {
+            Dir::Original => Dir::Reply,
+            Dir::Reply => Dir::Original,
+        }
+    }
+}
+
+/// What the session needs to know about its control connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionParams {
+    /// NAT or DR.
+    pub mode: Mode,
+    /// The client's address and port of the control connection.
+    pub client: SocketAddr,
+    /// The virtual service address (port 21 normally).
+    pub vip: SocketAddr,
+    /// The real server the control connection was balanced to.
+    pub real: SocketAddr,
+    /// Allow `PORT`/`EPRT` to name another address than the client's (FXP); off by default in
+    /// any sane configuration because it enables FTP bounce attacks.
+    pub allow_foreign_port_address: bool,
+    /// Lifetime of an expectation, in nanoseconds.
+    pub pinhole_timeout: u64,
+}
+
+/// Output of [`FtpSession::on_segment`]. The caller clears it between calls (or not: the session
+/// only appends).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Data connections to expect.
+    pub expectations: Vec<Expectation>,
+    /// Things worth counting or logging.
+    pub events: Vec<Event>,
+}
+
+impl Actions {
+    /// Empties both lists, keeping their capacity.
+    pub fn clear(&mut self) {
+        self.expectations.clear();
+        self.events.clear();
+    }
+}
+
+/// What to do with the segment just fed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Send the segment with its payload unchanged (seq/ack still go through `map_seq` /
+    /// `map_ack`).
+    Forward,
+    /// Send, instead of the received payload, `payload` at original-space sequence number `seq`
+    /// (map it with [`FtpSession::map_seq`]). It may start before the segment (held bytes are
+    /// released) and may cover less than the segment (the rest is held).
+    Replace {
+        /// Original-space sequence number of `payload[0]`.
+        seq: u32,
+        /// The bytes to send.
+        payload: Vec<u8>,
+    },
+    /// Drop the segment. Its bytes are either kept inside the gateway (a `227` line waiting for
+    /// its end) or were already held, or it follows a hole while bytes are held.
+    Hold,
+}
+
+/// A data connection the engine should let through and translate.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Expectation {
+    /// Which connection.
+    pub kind: ExpectKind,
+    /// The client address: the data connection's source (passive) or destination (active). For
+    /// an allowed foreign `PORT` this is the named address.
+    pub client: IpAddr,
+    /// The virtual service address.
+    pub vip: IpAddr,
+    /// The real server address.
+    pub real: IpAddr,
+    /// `now + pinhole_timeout`, in the caller's clock.
+    pub expires: u64,
+}
+
+/// The two kinds of FTP data connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpectKind {
+    /// `client_ip:* -> vip:vip_port` (`None` = any port, DR) goes to `real:real_port` (`None` =
+    /// the same port the client used).
+    Passive {
+        /// VIP port the client will connect to; `None` in DR.
+        vip_port: Option<u16>,
+        /// Real server port to send it to; `None` = the port the client used.
+        real_port: Option<u16>,
+    },
+    /// `real:rs_src_port` (`None` = any) -> `client:client_port`, translated to come from
+    /// `vip:20` (NAT). The gateway always sets `rs_src_port: None` (vsftpd uses 20, pyftpdlib
+    /// only when root): match on `(real, client, client_port)`.
+    Active {
+        /// Port the client listens on.
+        client_port: u16,
+        /// Source port the real server will use, if known.
+        rs_src_port: Option<u16>,
+    },
+}
+
+/// Things the engine may count or log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A `227` address was rewritten to the VIP.
+    Rewrite,
+    /// A `PORT`/`EPRT` was refused: foreign address (bounce) or port below 1024.
+    BounceRefused {
+        /// Address the command named.
+        named: IpAddr,
+        /// Port the command named.
+        port: u16,
+    },
+    /// `AUTH TLS` accepted: the session is no longer parsed; pin the client to this RS.
+    TlsFallback,
+    /// A line longer than [`MAX_LINE`] was skipped.
+    Oversized,
+    /// A `PORT`/`EPRT`/`227`/`229` line that does not parse (e.g. pure-ftpd's `227 Logout.`).
+    Malformed,
+}

@@ -1,0 +1,405 @@
+//! `keepalived.conf`: the `virtual_server` blocks (LVS part). VRRP and
+//! global settings are reported as not imported.
+
+use std::net::IpAddr;
+
+use super::tokens::{tokenize, Tok};
+use super::*;
+
+const ORIGIN: &str = "keepalived.conf";
+
+/// `key args... [{ children }]`; a statement ends at the end of its line.
+struct Node {
+    key: String,
+    args: Vec<String>,
+    line: usize,
+    children: Option<Vec<Node>>,
+}
+
+fn parse(toks: &[Tok], i: &mut usize, open: Option<usize>) -> Result<Vec<Node>, ConfigError> {
+    let mut out = Vec::new();
+    loop {
+        let Some(t) = toks.get(*i) else {
+            return match open {
+                Some(l) => Err(err(ORIGIN, l, "block opened here is not closed with `}`")),
+                None => Ok(out),
+            };
+        };
+        if t.is("}") {
+            *i += 1;
+            return match open {
+                Some(_) => Ok(out),
+                None => Err(err(ORIGIN, t.line, "unexpected `}`")),
+            };
+        }
+        if t.is("{") {
+            // An anonymous block: keepalived allows none; skip it with its contents.
+            return Err(err(ORIGIN, t.line, "`{` without a keyword"));
+        }
+        let line = t.line;
+        let key = t.text.clone();
+        *i += 1;
+        let mut args = Vec::new();
+        while let Some(a) = toks.get(*i) {
+            if a.line != line || a.is("{") || a.is("}") {
+                break;
+            }
+            args.push(a.text.clone());
+            *i += 1;
+        }
+        let children = if toks.get(*i).is_some_and(|b| b.is("{")) {
+            *i += 1;
+            Some(parse(toks, i, Some(line))?)
+        } else {
+            None
+        };
+        out.push(Node {
+            key,
+            args,
+            line,
+            children,
+        });
+    }
+}
+
+fn arg(n: &Node) -> Result<&str, ConfigError> {
+    n.args
+        .first()
+        .map(String::as_str)
+        .ok_or_else(|| err(ORIGIN, n.line, format!("{} needs a value", n.key)))
+}
+
+fn num(n: &Node, max: u64) -> Result<u64, ConfigError> {
+    let v = arg(n)?;
+    match v.parse::<u64>() {
+        Ok(x) if x <= max => Ok(x),
+        _ => Err(err(ORIGIN, n.line, format!("invalid {} {v:?}", n.key))),
+    }
+}
+
+fn secs(n: &Node) -> Result<f64, ConfigError> {
+    let v = arg(n)?;
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= 86400.0 => Ok(x),
+        _ => Err(err(ORIGIN, n.line, format!("invalid {} {v:?}", n.key))),
+    }
+}
+
+fn method(n: &Node) -> Result<Forward, ConfigError> {
+    match arg(n)?.to_ascii_uppercase().as_str() {
+        "NAT" => Ok(Forward::Nat),
+        "DR" => Ok(Forward::Dr),
+        "TUN" => Ok(Forward::Tunnel),
+        v => Err(err(
+            ORIGIN,
+            n.line,
+            format!("invalid {} {v:?}: expected NAT, DR or TUN", n.key),
+        )),
+    }
+}
+
+pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
+    let toks = tokenize(text, &['#', '!'], &['{', '}']).map_err(|(l, m)| err(ORIGIN, l, m))?;
+    let mut i = 0;
+    let nodes = parse(&toks, &mut i, None)?;
+    let mut warnings = Vec::new();
+    let mut services: Vec<Service> = Vec::new();
+    for n in &nodes {
+        match n.key.as_str() {
+            "virtual_server" => {
+                if let Some(s) = virtual_server(n, marks, &mut warnings)? {
+                    if services.iter().any(|o| o.name == s.name) {
+                        return Err(err(
+                            ORIGIN,
+                            n.line,
+                            format!("virtual_server {} defined twice", n.args.join(" ")),
+                        ));
+                    }
+                    services.push(s);
+                }
+            }
+            "global_defs"
+            | "vrrp_instance"
+            | "vrrp_sync_group"
+            | "vrrp_script"
+            | "static_ipaddress"
+            | "static_routes"
+            | "static_rules"
+            | "linkbeat_use_polling"
+            | "track_file"
+            | "garp_group" => warnings.push(format!(
+                "line {}: {} is not part of load balancing, not imported",
+                n.line, n.key
+            )),
+            k => warnings.push(format!("line {}: {k} is not supported, ignored", n.line)),
+        }
+    }
+    Ok(Import { services, warnings })
+}
+
+struct Check {
+    port: Option<u16>,
+    timeout: Option<f64>,
+    fall: Option<u32>,
+    line: usize,
+}
+
+fn virtual_server(
+    vs: &Node,
+    marks: &MarkMap,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Service>, ConfigError> {
+    let l = vs.line;
+    let body = vs
+        .children
+        .as_deref()
+        .ok_or_else(|| err(ORIGIN, l, "virtual_server needs a { ... } block"))?;
+    // virtual_server IP PORT | virtual_server fwmark N | virtual_server group NAME
+    let (vip, port, mark): (IpAddr, Option<u16>, Option<u32>) = match vs.args.as_slice() {
+        [f, m] if f == "fwmark" => {
+            let m: u32 = m
+                .parse()
+                .map_err(|_| err(ORIGIN, l, format!("invalid firewall mark {m:?}")))?;
+            (unspecified(false), None, Some(m))
+        }
+        [g, name] if g == "group" => {
+            warnings.push(format!(
+                "line {l}: virtual_server group {name} not imported: write one [[service]] per virtual_server_group entry"
+            ));
+            return Ok(None);
+        }
+        [ip, p] => {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| err(ORIGIN, l, format!("invalid virtual_server address {ip:?}")))?;
+            let p: u16 = p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err(ORIGIN, l, format!("invalid virtual_server port {p:?}")))?;
+            (ip, Some(p), None)
+        }
+        _ => {
+            return Err(err(
+                ORIGIN,
+                l,
+                "expected `virtual_server ADDRESS PORT` or `virtual_server fwmark MARK`",
+            ))
+        }
+    };
+
+    let mut protocol = Protocol::Tcp;
+    let mut scheduler: Option<String> = None;
+    let mut forward = Forward::Nat;
+    let mut persist: Option<u32> = None;
+    let mut granularity: Option<&Node> = None;
+    let mut interval = 60.0; // keepalived's default delay_loop
+    let mut v6 = false;
+    let mut reals: Vec<&Node> = Vec::new();
+    for n in body {
+        match n.key.as_str() {
+            "real_server" => reals.push(n),
+            "delay_loop" => interval = secs(n)?,
+            "lb_algo" | "lvs_sched" => {
+                let s = arg(n)?;
+                if !crate::SCHEDULERS.contains(&s) {
+                    return Err(err(
+                        ORIGIN,
+                        n.line,
+                        format!(
+                            "unknown scheduler {s:?}: expected one of {}",
+                            crate::SCHEDULERS.join(", ")
+                        ),
+                    ));
+                }
+                scheduler = Some(s.to_string());
+            }
+            "lb_kind" | "lvs_method" => forward = method(n)?,
+            "persistence_timeout" => persist = Some(num(n, u32::MAX as u64)? as u32),
+            "persistence_granularity" => granularity = Some(n),
+            "protocol" => {
+                protocol = match arg(n)?.to_ascii_uppercase().as_str() {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    v => {
+                        warnings.push(format!(
+                            "line {}: protocol {v} is not supported, virtual_server skipped",
+                            n.line
+                        ));
+                        return Ok(None);
+                    }
+                }
+            }
+            "ip_family" => v6 = arg(n)? == "inet6",
+            k => warnings.push(format!(
+                "line {}: virtual_server option {k} is not supported, ignored",
+                n.line
+            )),
+        }
+    }
+
+    let (vip, ports) = match (mark, port) {
+        (Some(m), _) => match marks.get(&m) {
+            Some((ip, ports)) => (*ip, ports.clone()),
+            None => {
+                warnings.push(format!(
+                    "line {l}: firewall mark {m}: the addresses and ports it selects are set by iptables/nftables \
+                     rules, not by keepalived; imported with vip {} and all ports: set vip and ports by hand",
+                    unspecified(v6)
+                ));
+                (unspecified(v6), Vec::new())
+            }
+        },
+        (None, Some(p)) => (vip, vec![PortRange { lo: p, hi: p }]),
+        (None, None) => unreachable!(),
+    };
+    let name = match mark {
+        Some(m) => format!("fwm{m}"),
+        None => service_name(protocol, vip, port.unwrap()),
+    };
+    let mut svc = blank_service(name, vip, protocol, ports);
+    svc.fwmark = mark;
+    svc.forward = forward;
+    if let Some(s) = scheduler {
+        svc.scheduler = s;
+    }
+    if let Some(t) = persist {
+        let nm = match granularity {
+            Some(n) => netmask(arg(n)?, vip).map_err(|e| err(ORIGIN, n.line, e))?,
+            None => max_prefix(vip),
+        };
+        svc.persistence = Some(Persistence {
+            timeout: t,
+            netmask: nm,
+        });
+    } else if let Some(n) = granularity {
+        warnings.push(format!(
+            "line {}: persistence_granularity without persistence_timeout has no effect",
+            n.line
+        ));
+    }
+
+    let mut check: Option<Check> = None;
+    let mut check_differs = false;
+    let mut inhibit = false;
+    let mut ftp_hint = false;
+    for rs in reals {
+        let rl = rs.line;
+        let (addr, rport) = match rs.args.as_slice() {
+            [a, p] => (a, Some(p)),
+            [a] => (a, None),
+            _ => return Err(err(ORIGIN, rl, "expected `real_server ADDRESS PORT`")),
+        };
+        let address: IpAddr = addr
+            .parse()
+            .map_err(|_| err(ORIGIN, rl, format!("invalid real_server address {addr:?}")))?;
+        let rport = match rport {
+            None => None,
+            Some(p) => {
+                let p: u16 = p
+                    .parse()
+                    .map_err(|_| err(ORIGIN, rl, format!("invalid real_server port {p:?}")))?;
+                (p != 0).then_some(p)
+            }
+        };
+        ftp_hint |= rport == Some(21);
+        let mut r = RealServer {
+            address,
+            port: rport,
+            weight: 1,
+            upper: 0,
+            lower: 0,
+            forward: None,
+        };
+        for n in rs.children.as_deref().unwrap_or(&[]) {
+            match n.key.as_str() {
+                "weight" => r.weight = num(n, 65535)? as u32,
+                "uthreshold" => r.upper = num(n, u32::MAX as u64)? as u32,
+                "lthreshold" => r.lower = num(n, u32::MAX as u64)? as u32,
+                "inhibit_on_failure" => inhibit = true,
+                "lvs_method" | "lb_kind" => {
+                    let f = method(n)?;
+                    r.forward = (f != svc.forward).then_some(f);
+                }
+                "TCP_CHECK" => {
+                    let mut c = Check {
+                        port: None,
+                        timeout: None,
+                        fall: None,
+                        line: n.line,
+                    };
+                    for o in n.children.as_deref().unwrap_or(&[]) {
+                        match o.key.as_str() {
+                            "connect_timeout" => c.timeout = Some(secs(o)?),
+                            "connect_port" => {
+                                let p = num(o, 65535)? as u16;
+                                c.port = (p != 0).then_some(p);
+                            }
+                            "retry" | "nb_get_retry" => {
+                                c.fall = Some((num(o, 1000)? as u32).max(1))
+                            }
+                            k => warnings.push(format!(
+                                "line {}: TCP_CHECK option {k} is not supported, ignored",
+                                o.line
+                            )),
+                        }
+                    }
+                    ftp_hint |= c.port == Some(21);
+                    match &check {
+                        None => check = Some(c),
+                        Some(p) => {
+                            if p.port != c.port || p.timeout != c.timeout || p.fall != c.fall {
+                                check_differs = true;
+                            }
+                        }
+                    }
+                }
+                k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
+                    "line {}: {k} is not supported (only TCP_CHECK is imported), ignored",
+                    n.line
+                )),
+                k => warnings.push(format!(
+                    "line {}: real_server option {k} is not supported, ignored",
+                    n.line
+                )),
+            }
+        }
+        if r.address.is_ipv4() != svc.vip.is_ipv4()
+            && mark.is_some()
+            && !marks.contains_key(&mark.unwrap())
+        {
+            // fwmark service without a mapping: take the family from the real servers.
+            svc.vip = unspecified(r.address.is_ipv6());
+        }
+        svc.real_servers.push(r);
+    }
+    if let Some(c) = check {
+        if check_differs {
+            warnings.push(format!(
+                "line {}: real servers of {} have different TCP_CHECK settings: the first one is used for all",
+                c.line, svc.name
+            ));
+        }
+        svc.health_check = Some(HealthCheck {
+            kind: HealthCheckKind::Tcp,
+            port: c.port,
+            send: None,
+            expect: None,
+            interval,
+            timeout: c.timeout.unwrap_or(5.0),
+            rise: 1,
+            fall: c.fall.unwrap_or(1),
+            quiesce: inhibit,
+        });
+    }
+    if svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {
+        svc.ftp = Some(FtpOptions::default());
+        warnings.push(format!(
+            "line {l}: service {:?}: firewall mark with real servers or checks on port 21: enabled the FTP helper (ftp = true)",
+            svc.name
+        ));
+    } else {
+        maybe_ftp(&mut svc, l, warnings, "TCP port 21 (ip_vs_ftp)");
+    }
+    Ok(Some(svc))
+}

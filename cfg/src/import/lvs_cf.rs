@@ -1,0 +1,452 @@
+//! Red Hat Piranha `lvs.cf`.
+//!
+//! ```text
+//! network = nat
+//! virtual ftp {
+//!     active = 1
+//!     address = 10.0.0.100 eth0:1
+//!     port = 21
+//!     ...
+//!     server ftp1 {
+//!         address = 10.0.2.2
+//!         active = 1
+//!         weight = 1
+//!     }
+//! }
+//! ```
+
+use std::net::IpAddr;
+
+use super::tokens::{tokenize, Tok};
+use super::*;
+
+const ORIGIN: &str = "lvs.cf";
+
+/// One `key = value...` statement or `kind NAME { ... }` block.
+struct Item {
+    key: String,
+    line: usize,
+    values: Vec<Tok>,
+    block: Option<(String, Vec<Item>)>,
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    i: usize,
+}
+
+impl Parser {
+    fn peek(&self, k: usize) -> Option<&Tok> {
+        self.toks.get(self.i + k)
+    }
+
+    fn items(&mut self, nested: Option<usize>) -> Result<Vec<Item>, ConfigError> {
+        let mut out = Vec::new();
+        loop {
+            let Some(t) = self.peek(0).cloned() else {
+                if let Some(l) = nested {
+                    return Err(err(ORIGIN, l, "block opened here is not closed with `}`"));
+                }
+                return Ok(out);
+            };
+            if t.is("}") {
+                if nested.is_none() {
+                    return Err(err(ORIGIN, t.line, "unexpected `}`"));
+                }
+                self.i += 1;
+                return Ok(out);
+            }
+            if t.quoted || t.is("{") || t.is("=") {
+                return Err(err(
+                    ORIGIN,
+                    t.line,
+                    format!("expected a key, found {:?}", t.text),
+                ));
+            }
+            // Block: KIND NAME {
+            if self
+                .peek(1)
+                .is_some_and(|n| !n.is("=") && !n.is("{") && !n.is("}"))
+                && self.peek(2).is_some_and(|b| b.is("{"))
+            {
+                let name = self.peek(1).unwrap().text.clone();
+                self.i += 3;
+                let inner = self.items(Some(t.line))?;
+                out.push(Item {
+                    key: t.text.clone(),
+                    line: t.line,
+                    values: Vec::new(),
+                    block: Some((name, inner)),
+                });
+                continue;
+            }
+            if !self.peek(1).is_some_and(|n| n.is("=")) {
+                return Err(err(
+                    ORIGIN,
+                    t.line,
+                    format!("expected `=` after {:?}", t.text),
+                ));
+            }
+            self.i += 2;
+            let mut values = Vec::new();
+            while let Some(v) = self.peek(0) {
+                if v.line != t.line
+                    || v.is("}")
+                    || v.is("{")
+                    || self.peek(1).is_some_and(|n| n.is("="))
+                {
+                    break;
+                }
+                if v.is("=") {
+                    return Err(err(ORIGIN, v.line, "unexpected `=`"));
+                }
+                values.push(v.clone());
+                self.i += 1;
+            }
+            out.push(Item {
+                key: t.text.clone(),
+                line: t.line,
+                values,
+                block: None,
+            });
+        }
+    }
+}
+
+fn value(it: &Item) -> Result<&str, ConfigError> {
+    it.values
+        .first()
+        .map(|t| t.text.as_str())
+        .ok_or_else(|| err(ORIGIN, it.line, format!("{} has no value", it.key)))
+}
+
+fn num(it: &Item, max: u64) -> Result<u64, ConfigError> {
+    let v = value(it)?;
+    match v.parse::<u64>() {
+        Ok(x) if x <= max => Ok(x),
+        _ => Err(err(ORIGIN, it.line, format!("invalid {} {v:?}", it.key))),
+    }
+}
+
+fn secs(it: &Item) -> Result<f64, ConfigError> {
+    let v = value(it)?;
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= 86400.0 => Ok(x),
+        _ => Err(err(ORIGIN, it.line, format!("invalid {} {v:?}", it.key))),
+    }
+}
+
+fn forward(it: &Item) -> Result<Forward, ConfigError> {
+    match value(it)? {
+        "nat" => Ok(Forward::Nat),
+        "direct" => Ok(Forward::Dr),
+        "tunnel" => Ok(Forward::Tunnel),
+        v => Err(err(
+            ORIGIN,
+            it.line,
+            format!("invalid network {v:?}: expected nat, direct or tunnel"),
+        )),
+    }
+}
+
+pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
+    let toks = tokenize(text, &['#'], &['{', '}', '=']).map_err(|(l, m)| err(ORIGIN, l, m))?;
+    let items = Parser { toks, i: 0 }.items(None)?;
+    let mut warnings = Vec::new();
+    let mut default_forward = Forward::Nat;
+    for it in items.iter().filter(|it| it.block.is_none()) {
+        match it.key.as_str() {
+            "network" => default_forward = forward(it)?,
+            "tcp_timeout" | "tcpfin_timeout" | "udp_timeout" => warnings.push(format!(
+                "line {}: {} = {} not imported: set [engine.timeouts] by hand",
+                it.line,
+                it.key,
+                value(it).unwrap_or("")
+            )),
+            k => warnings.push(format!(
+                "line {}: global setting {k} is not used by ferrovs, ignored",
+                it.line
+            )),
+        }
+    }
+
+    let mut services: Vec<Service> = Vec::new();
+    for it in &items {
+        let Some((name, body)) = &it.block else {
+            continue;
+        };
+        if it.key != "virtual" {
+            warnings.push(format!(
+                "line {}: block {} {name} is not supported, ignored",
+                it.line, it.key
+            ));
+            continue;
+        }
+        if let Some(s) = virtual_block(it.line, name, body, default_forward, &mut warnings)? {
+            if services.iter().any(|o| o.name == s.name) {
+                return Err(err(
+                    ORIGIN,
+                    it.line,
+                    format!("virtual {name} defined twice"),
+                ));
+            }
+            services.push(s);
+        }
+    }
+    Ok(Import { services, warnings })
+}
+
+fn virtual_block(
+    line: usize,
+    name: &str,
+    body: &[Item],
+    default_forward: Forward,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Service>, ConfigError> {
+    let mut vip: Option<IpAddr> = None;
+    let mut port: Option<u16> = None;
+    let mut protocol = Protocol::Tcp;
+    let mut scheduler: Option<String> = None;
+    let mut persistent: Option<u32> = None;
+    let mut pmask: Option<&Item> = None;
+    let mut fwmark: Option<u32> = None;
+    let mut send: Option<String> = None;
+    let mut expect: Option<String> = None;
+    let mut timeout: Option<f64> = None;
+    let mut quiesce = false;
+    let mut forward = default_forward;
+    let mut servers: Vec<&Item> = Vec::new();
+
+    for it in body {
+        if let Some((sname, _)) = &it.block {
+            if it.key == "server" {
+                servers.push(it);
+            } else {
+                warnings.push(format!(
+                    "line {}: block {} {sname} in virtual {name} is not supported, ignored",
+                    it.line, it.key
+                ));
+            }
+            continue;
+        }
+        let l = it.line;
+        match it.key.as_str() {
+            "active" => {
+                if num(it, 1)? == 0 {
+                    warnings.push(format!(
+                        "line {l}: virtual {name} is inactive (active = 0), skipped"
+                    ));
+                    return Ok(None);
+                }
+            }
+            "address" => {
+                let v = value(it)?;
+                vip = Some(
+                    v.parse()
+                        .map_err(|_| err(ORIGIN, l, format!("invalid address {v:?}")))?,
+                );
+                if let Some(dev) = it.values.get(1) {
+                    warnings.push(format!(
+                        "line {l}: virtual {name}: VIP device {} not imported: put the VIP's subnet on an [[interface]]",
+                        dev.text
+                    ));
+                }
+            }
+            "port" => {
+                let p = num(it, 65535)? as u16;
+                if p == 0 {
+                    return Err(err(ORIGIN, l, "port must be 1..=65535"));
+                }
+                port = Some(p);
+            }
+            "protocol" => {
+                protocol = match value(it)? {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    v => {
+                        return Err(err(
+                            ORIGIN,
+                            l,
+                            format!("invalid protocol {v:?}: expected tcp or udp"),
+                        ))
+                    }
+                }
+            }
+            "scheduler" => {
+                let s = value(it)?;
+                if !crate::SCHEDULERS.contains(&s) {
+                    return Err(err(
+                        ORIGIN,
+                        l,
+                        format!(
+                            "unknown scheduler {s:?}: expected one of {}",
+                            crate::SCHEDULERS.join(", ")
+                        ),
+                    ));
+                }
+                scheduler = Some(s.to_string());
+            }
+            "persistent" => {
+                let t = num(it, u32::MAX as u64)? as u32;
+                persistent = (t > 0).then_some(t);
+            }
+            "pmask" => pmask = Some(it),
+            "fwmark" => fwmark = Some(num(it, u32::MAX as u64)? as u32),
+            "send" => send = Some(value(it)?.to_string()),
+            "expect" => expect = Some(value(it)?.to_string()),
+            "timeout" => timeout = Some(secs(it)?),
+            "quiesce_server" => quiesce = num(it, 1)? == 1,
+            "network" => forward = super::lvs_cf::forward(it)?,
+            "use_regex" => {
+                if num(it, 1)? == 1 {
+                    warnings.push(format!(
+                        "line {l}: use_regex = 1 not supported: expect is matched as a prefix"
+                    ));
+                }
+            }
+            "load_monitor" => {
+                if value(it)? != "none" {
+                    warnings.push(format!(
+                        "line {l}: load_monitor {} not supported, ignored",
+                        value(it)?
+                    ));
+                }
+            }
+            "vip_nmask" => {} // netmask of the VIP alias: covered by the interface warning on `address`
+            k => warnings.push(format!(
+                "line {l}: virtual {name}: {k} is not supported, ignored"
+            )),
+        }
+    }
+
+    let vip = vip.ok_or_else(|| err(ORIGIN, line, format!("virtual {name} has no address")))?;
+    let mut ports = Vec::new();
+    match port {
+        Some(p) => ports.push(PortRange { lo: p, hi: p }),
+        None if fwmark.is_none() => {
+            return Err(err(ORIGIN, line, format!("virtual {name} has no port")))
+        }
+        None => {}
+    }
+    let mut svc = blank_service(name.to_string(), vip, protocol, ports);
+    svc.forward = forward;
+    svc.fwmark = fwmark;
+    if let Some(s) = scheduler {
+        svc.scheduler = s;
+    }
+    if let Some(t) = persistent {
+        let nm = match pmask {
+            Some(it) => netmask(value(it)?, vip).map_err(|e| err(ORIGIN, it.line, e))?,
+            None => max_prefix(vip),
+        };
+        svc.persistence = Some(Persistence {
+            timeout: t,
+            netmask: nm,
+        });
+    }
+    if let Some(m) = fwmark {
+        if port == Some(21) && protocol == Protocol::Tcp {
+            svc.ftp = Some(FtpOptions::default());
+            let note = if forward == Forward::Nat {
+                "in NAT the FTP helper follows the data connections, so the passive port range the mark also \
+                 selected is normally not needed"
+            } else {
+                "in direct/tunnel mode the balancer does not see the servers' PASV replies: add the passive data \
+                 port range the mark selected to `ports` (persistence keeps a client on one server)"
+            };
+            warnings.push(format!(
+                "line {line}: virtual {name}: fwmark {m} with port 21 imported as an FTP service \
+                 (ports = [21], ftp = true); {note}"
+            ));
+        } else {
+            warnings.push(format!(
+                "line {line}: virtual {name}: fwmark {m}: the other ports the mark selects are set by iptables rules \
+                 not in lvs.cf: add them to `ports` by hand"
+            ));
+        }
+    } else {
+        maybe_ftp(&mut svc, line, warnings, "TCP port 21 (ip_vs_ftp)");
+    }
+
+    // Piranha's nanny always connects to the port; send/expect add a
+    // payload check.
+    let kind = if expect.is_some() {
+        HealthCheckKind::SendExpect
+    } else {
+        HealthCheckKind::Tcp
+    };
+    if send.is_some() && expect.is_none() {
+        warnings.push(format!(
+            "line {line}: virtual {name}: send without expect: checked by TCP connect only"
+        ));
+    }
+    svc.health_check = Some(HealthCheck {
+        kind,
+        port: None,
+        send: if kind == HealthCheckKind::SendExpect {
+            send
+        } else {
+            None
+        },
+        expect,
+        interval: 5.0,
+        timeout: timeout.unwrap_or(3.0),
+        rise: 2,
+        fall: 3,
+        quiesce,
+    });
+
+    for it in servers {
+        let (sname, body) = it.block.as_ref().unwrap();
+        let mut address: Option<IpAddr> = None;
+        let mut weight = 1;
+        let mut sport: Option<u16> = None;
+        let mut active = true;
+        for kv in body {
+            if kv.block.is_some() {
+                warnings.push(format!(
+                    "line {}: nested block in server {sname} ignored",
+                    kv.line
+                ));
+                continue;
+            }
+            match kv.key.as_str() {
+                "address" => {
+                    let v = value(kv)?;
+                    address = Some(
+                        v.parse()
+                            .map_err(|_| err(ORIGIN, kv.line, format!("invalid address {v:?}")))?,
+                    );
+                }
+                "active" => active = num(kv, 1)? == 1,
+                "weight" => weight = num(kv, 65535)? as u32,
+                "port" => {
+                    let p = num(kv, 65535)? as u16;
+                    sport = (p != 0).then_some(p);
+                }
+                k => warnings.push(format!(
+                    "line {}: server {sname}: {k} is not supported, ignored",
+                    kv.line
+                )),
+            }
+        }
+        let address = address
+            .ok_or_else(|| err(ORIGIN, it.line, format!("server {sname} has no address")))?;
+        if !active {
+            warnings.push(format!(
+                "line {}: server {sname} is inactive (active = 0), skipped",
+                it.line
+            ));
+            continue;
+        }
+        svc.real_servers.push(RealServer {
+            address,
+            port: sport,
+            weight,
+            upper: 0,
+            lower: 0,
+            forward: None,
+        });
+    }
+    Ok(Some(svc))
+}

@@ -1,0 +1,207 @@
+//! Importers for existing LVS configurations: `ipvsadm-save` output,
+//! Red Hat Piranha `lvs.cf` and `keepalived.conf`.
+//!
+//! Each returns the services it understood plus warnings (with line
+//! numbers) for everything it did not import, so that nothing is dropped
+//! silently. Render the result with [`Import::to_toml`] and add the
+//! `[engine]`, `[[interface]]` and `[[route]]` sections by hand.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::error::ConfigError;
+use crate::model::*;
+
+mod ipvsadm;
+mod keepalived;
+mod lvs_cf;
+mod tokens;
+
+/// Services imported from another tool's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Import {
+    pub services: Vec<Service>,
+    /// Everything not imported, or imported with a guess, as
+    /// `"line N: ..."` messages.
+    pub warnings: Vec<String>,
+}
+
+/// Firewall mark -> (VIP, ports) of the traffic the mark selects (the
+/// iptables/nftables rules that set the mark are not part of the LVS
+/// configuration, so the caller supplies them).
+pub type MarkMap = HashMap<u32, (IpAddr, Vec<PortRange>)>;
+
+impl Import {
+    /// The services as `[[service]]` TOML blocks, preceded by the warnings
+    /// as comments. Prepend `[engine]` and `[[interface]]` sections to get
+    /// a complete config.
+    pub fn to_toml(&self) -> String {
+        let mut o = String::new();
+        for w in &self.warnings {
+            o.push_str("# import warning: ");
+            o.push_str(&w.replace('\n', " "));
+            o.push('\n');
+        }
+        for s in &self.services {
+            if !o.is_empty() {
+                o.push('\n');
+            }
+            o.push_str(&crate::render::service(s));
+        }
+        o
+    }
+}
+
+/// Import `ipvsadm-save` (or `ipvsadm -S -n`) output. Firewall-mark
+/// services get vip 0.0.0.0 and no ports, with a warning; use
+/// [`from_ipvsadm_with_marks`] to give them addresses.
+pub fn from_ipvsadm(text: &str) -> Result<Import, ConfigError> {
+    ipvsadm::import(text, &MarkMap::new())
+}
+
+/// [`from_ipvsadm`] with a firewall mark -> (vip, ports) mapping.
+pub fn from_ipvsadm_with_marks(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
+    ipvsadm::import(text, marks)
+}
+
+/// Import a Red Hat Piranha `lvs.cf`.
+pub fn from_lvs_cf(text: &str) -> Result<Import, ConfigError> {
+    lvs_cf::import(text)
+}
+
+/// Import the `virtual_server` blocks of a `keepalived.conf`.
+pub fn from_keepalived(text: &str) -> Result<Import, ConfigError> {
+    keepalived::import(text, &MarkMap::new())
+}
+
+/// [`from_keepalived`] with a firewall mark -> (vip, ports) mapping for
+/// `virtual_server fwmark N` blocks.
+pub fn from_keepalived_with_marks(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
+    keepalived::import(text, marks)
+}
+
+// ---------------------------------------------------------------------------
+// Shared helpers.
+
+pub(crate) fn err(origin: &str, line: usize, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: origin.to_string(),
+        line: Some(line),
+        column: None,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn service_name(proto: Protocol, vip: IpAddr, port: u16) -> String {
+    format!("{}-{}-{}", crate::validate::proto_name(proto), vip, port)
+}
+
+pub(crate) fn unspecified(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+pub(crate) fn blank_service(
+    name: String,
+    vip: IpAddr,
+    protocol: Protocol,
+    ports: Vec<PortRange>,
+) -> Service {
+    Service {
+        name,
+        vip,
+        protocol,
+        ports,
+        scheduler: "wlc".into(),
+        forward: Forward::Nat,
+        persistence: None,
+        ftp: None,
+        fwmark: None,
+        real_servers: Vec::new(),
+        health_check: None,
+    }
+}
+
+pub(crate) fn max_prefix(vip: IpAddr) -> u8 {
+    if vip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// Persistence netmask: a dotted IPv4 mask or a prefix length.
+pub(crate) fn netmask(s: &str, vip: IpAddr) -> Result<u8, String> {
+    if let Ok(p) = s.parse::<u8>() {
+        if p <= max_prefix(vip) {
+            return Ok(p);
+        }
+        return Err(format!("netmask /{p} out of range for {vip}"));
+    }
+    match s.parse::<std::net::Ipv4Addr>() {
+        Ok(m) if vip.is_ipv4() => {
+            crate::raw::mask_to_prefix(m).ok_or_else(|| format!("netmask {s} is not contiguous"))
+        }
+        _ => Err(format!("invalid netmask {s:?}")),
+    }
+}
+
+/// Well-known port names that `ipvsadm-save` without `-n` prints.
+pub(crate) fn port_number(s: &str) -> Option<u16> {
+    if let Ok(p) = s.parse::<u16>() {
+        return Some(p);
+    }
+    Some(match s {
+        "ftp-data" => 20,
+        "ftp" => 21,
+        "ssh" => 22,
+        "telnet" => 23,
+        "smtp" => 25,
+        "domain" => 53,
+        "http" | "www" => 80,
+        "pop3" => 110,
+        "imap" | "imap2" => 143,
+        "https" => 443,
+        "smtps" | "submissions" => 465,
+        "submission" => 587,
+        "ftps" => 990,
+        "imaps" => 993,
+        "pop3s" => 995,
+        "mysql" => 3306,
+        "http-alt" | "webcache" => 8080,
+        _ => return None,
+    })
+}
+
+/// Enable the FTP helper when a TCP service covers port 21, as the kernel's
+/// ip_vs_ftp module does (its default `ports=21`).
+pub(crate) fn maybe_ftp(s: &mut Service, line: usize, warnings: &mut Vec<String>, why: &str) {
+    if s.protocol == Protocol::Tcp && s.ftp.is_none() && s.has_port(21) && !s.ports.is_empty() {
+        s.ftp = Some(FtpOptions::default());
+        warnings.push(format!(
+            "line {line}: service {:?}: {why}: enabled the FTP helper (ftp = true)",
+            s.name
+        ));
+    }
+}
+
+/// Split `ADDR:PORT` / `[V6]:PORT` / bare `ADDR`.
+pub(crate) fn split_host_port(s: &str) -> Option<(IpAddr, Option<&str>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (a, p) = rest.split_once(']')?;
+        let ip = a.parse().ok()?;
+        return match p.strip_prefix(':') {
+            Some(port) => Some((ip, Some(port))),
+            None if p.is_empty() => Some((ip, None)),
+            None => None,
+        };
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    let (a, p) = s.rsplit_once(':')?;
+    Some((a.parse().ok()?, Some(p)))
+}

@@ -1,0 +1,564 @@
+//! TOML -> model: good configs give the expected model, bad ones an error
+//! naming the line and the problem.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ferrovs_cfg::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const GOOD: &str = r#"[engine]
+workers = 2
+backend = "af_packet"
+cores = [0, 1]
+eal_args = ["--no-huge"]
+mbufs = 4096
+flow_table_size = 65536
+control_socket = "/tmp/fvs.sock"
+metrics_listen = "127.0.0.1:9610"
+
+[engine.timeouts]
+tcp = 901
+tcp_fin = 121
+udp = 301
+tcp_close = 11
+
+[[interface]]
+name = "ext"
+device = "fvs-lb0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24", "fd00:1::1/64"]
+
+[[interface]]
+name = "int"
+device = "fvs-lb1"
+addresses = ["10.0.2.1/24"]
+
+[[neighbor]]
+address = "10.0.2.2"
+mac = "02-00-00-00-02-0A"
+interface = "int"
+
+[[route]]
+prefix = "0.0.0.0/0"
+via = "10.0.1.254"
+
+[[route]]
+prefix = "192.168.0.0/16"
+interface = "int"
+
+[[service]]
+name = "ftp"
+vip = "10.0.0.100"
+ports = [21, "8000-8100"]
+scheduler = "rr"
+forward = "dr"
+persistence = { timeout = 600, netmask = "255.255.255.0" }
+ftp = { control_ports = [21], allow_foreign_port_address = true, pinhole_timeout = 30 }
+fwmark = 21
+
+[service.health_check]
+type = "send_expect"
+port = 21
+send = "QUIT\r\n"
+expect = "220"
+interval = 2
+timeout = 1.5
+rise = 1
+fall = 2
+on_fail = "remove"
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 21
+weight = 3
+upper = 100
+lower = 50
+forward = "nat"
+
+[[service.real_server]]
+address = "192.168.7.7"
+weight = 0
+
+[[service]]
+name = "dns"
+vip = "10.0.0.100"
+protocol = "udp"
+ports = [53]
+persistence = 120
+"#;
+
+#[test]
+fn good_config_parses_into_expected_model() {
+    let c = Config::from_str(GOOD, "good.toml").unwrap();
+    let e = &c.engine;
+    assert_eq!(e.workers, 2);
+    assert_eq!(e.backend, Backend::AfPacket);
+    assert_eq!(e.cores, Some(vec![0, 1]));
+    assert_eq!(e.eal_args, vec!["--no-huge".to_string()]);
+    assert_eq!(e.mbufs, 4096);
+    assert_eq!(e.flow_table_size, 65536);
+    assert_eq!(e.control_socket, PathBuf::from("/tmp/fvs.sock"));
+    assert_eq!(e.metrics_listen, Some("127.0.0.1:9610".parse().unwrap()));
+    let t = e.timeouts;
+    assert_eq!(
+        (t.tcp_established, t.tcp_fin_wait, t.udp, t.tcp_close),
+        (901, 121, 301, 11)
+    );
+    assert_eq!(t.tcp_syn_recv, Timeouts::default().tcp_syn_recv);
+
+    assert_eq!(
+        c.interfaces[0],
+        Interface {
+            name: "ext".into(),
+            device: "fvs-lb0".into(),
+            mac: Some([2, 0, 0, 0, 1, 1]),
+            addresses: vec![
+                IpNet {
+                    addr: ip("10.0.1.1"),
+                    prefix: 24
+                },
+                IpNet {
+                    addr: ip("fd00:1::1"),
+                    prefix: 64
+                }
+            ],
+        }
+    );
+    assert_eq!(c.interfaces[1].mac, None);
+    assert_eq!(
+        c.neighbors,
+        vec![Neighbor {
+            address: ip("10.0.2.2"),
+            mac: [2, 0, 0, 0, 2, 0x0a],
+            interface: Some("int".into())
+        }]
+    );
+    assert_eq!(
+        c.routes,
+        vec![
+            Route {
+                prefix: IpNet {
+                    addr: ip("0.0.0.0"),
+                    prefix: 0
+                },
+                via: Some(ip("10.0.1.254")),
+                interface: None
+            },
+            Route {
+                prefix: IpNet {
+                    addr: ip("192.168.0.0"),
+                    prefix: 16
+                },
+                via: None,
+                interface: Some("int".into())
+            },
+        ]
+    );
+
+    let s = &c.services[0];
+    assert_eq!(
+        *s,
+        Service {
+            name: "ftp".into(),
+            vip: ip("10.0.0.100"),
+            protocol: Protocol::Tcp,
+            ports: vec![
+                PortRange { lo: 21, hi: 21 },
+                PortRange { lo: 8000, hi: 8100 }
+            ],
+            scheduler: "rr".into(),
+            forward: Forward::Dr,
+            persistence: Some(Persistence {
+                timeout: 600,
+                netmask: 24
+            }),
+            ftp: Some(FtpOptions {
+                control_ports: vec![21],
+                allow_foreign_port_address: true,
+                pinhole_timeout: 30
+            }),
+            fwmark: Some(21),
+            real_servers: vec![
+                RealServer {
+                    address: ip("10.0.2.2"),
+                    port: Some(21),
+                    weight: 3,
+                    upper: 100,
+                    lower: 50,
+                    forward: Some(Forward::Nat)
+                },
+                RealServer {
+                    address: ip("192.168.7.7"),
+                    port: None,
+                    weight: 0,
+                    upper: 0,
+                    lower: 0,
+                    forward: None
+                },
+            ],
+            health_check: Some(HealthCheck {
+                kind: HealthCheckKind::SendExpect,
+                port: Some(21),
+                send: Some("QUIT\r\n".into()),
+                expect: Some("220".into()),
+                interval: 2.0,
+                timeout: 1.5,
+                rise: 1,
+                fall: 2,
+                quiesce: false,
+            }),
+        }
+    );
+    let d = &c.services[1];
+    assert_eq!(d.protocol, Protocol::Udp);
+    assert_eq!(d.scheduler, "wlc");
+    assert_eq!(d.forward, Forward::Nat);
+    assert_eq!(
+        d.persistence,
+        Some(Persistence {
+            timeout: 120,
+            netmask: 32
+        })
+    );
+    assert!(d.real_servers.is_empty());
+    assert_eq!(c.source, None);
+}
+
+#[test]
+fn defaults() {
+    let c = Config::from_str("[engine]\nbackend = \"memory\"\n", "d.toml").unwrap();
+    assert_eq!(c.engine.workers, 1);
+    assert_eq!(c.engine.cores, None);
+    assert_eq!(c.engine.mbufs, 8192);
+    assert_eq!(c.engine.flow_table_size, 1_048_576);
+    assert_eq!(
+        c.engine.control_socket,
+        PathBuf::from("/run/ferrovs/ferrovs.sock")
+    );
+    assert_eq!(c.engine.metrics_listen, None);
+    assert_eq!(c.engine.timeouts, Timeouts::default());
+    assert!(c.interfaces.is_empty() && c.services.is_empty());
+
+    let c = Config::from_str(
+        "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"fd00::1\"\npersistence = { timeout = 5 }\nftp = true\n[service.health_check]\ntype = \"tcp\"\n",
+        "d.toml",
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert!(s.ports.is_empty() && s.has_port(1) && s.has_port(65535));
+    assert_eq!(
+        s.persistence,
+        Some(Persistence {
+            timeout: 5,
+            netmask: 128
+        })
+    );
+    assert_eq!(s.ftp, Some(FtpOptions::default()));
+    let h = s.health_check.as_ref().unwrap();
+    assert_eq!(
+        (h.interval, h.timeout, h.rise, h.fall, h.quiesce),
+        (5.0, 3.0, 2, 3, true)
+    );
+
+    // `ftp = false` is the same as no ftp key.
+    let c = Config::from_str("[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nftp = false\n", "d").unwrap();
+    assert_eq!(c.services[0].ftp, None);
+}
+
+#[test]
+fn from_file_sets_source_and_reports_missing_file() {
+    let dir = std::env::temp_dir().join(format!("ferrovs-cfg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("lb.toml");
+    std::fs::write(&p, GOOD).unwrap();
+    let c = Config::from_file(&p).unwrap();
+    assert_eq!(c.source.as_deref(), Some(p.as_path()));
+    std::fs::write(&p, "[engine]\nworkers = 0\n").unwrap();
+    let e = Config::from_file(&p).unwrap_err();
+    assert_eq!(e.file, p.display().to_string());
+    assert_eq!(e.line, Some(2));
+    let e = Config::from_file(&dir.join("missing.toml")).unwrap_err();
+    assert_eq!(e.line, None);
+    assert!(e.message.contains("cannot read"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn error_display() {
+    let e = ConfigError {
+        file: "a.toml".into(),
+        line: Some(7),
+        column: Some(3),
+        message: "bad".into(),
+    };
+    assert_eq!(e.to_string(), "a.toml:7:3: bad");
+    let e = ConfigError {
+        file: "a.toml".into(),
+        line: None,
+        column: None,
+        message: "bad".into(),
+    };
+    assert_eq!(e.to_string(), "a.toml: bad");
+    let _: &dyn std::error::Error = &e;
+}
+
+/// Lines 1-9 of every bad case below are this prefix.
+const PRE: &str = r#"[engine]
+backend = "af_packet"
+
+[[interface]]
+name = "ext"
+device = "veth0"
+addresses = ["10.0.1.1/24"]
+
+# --- case ---
+"#;
+
+/// (case text starting at line 10, expected line, expected message part)
+const BAD: &[(&str, usize, &str)] = &[
+    // syntax and unknown keys
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nbogus = 1\n", 13, "unknown field `bogus`"),
+    ("[engine2]\n", 10, "unknown field `engine2`"),
+    ("[[service]]\nname = \"a\"\nvip = 10.0.0.1\n", 12, ""),
+    ("[[service]]\nname = \"a\"\n", 10, "missing field `vip`"),
+    // addresses, MACs, CIDRs
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.0.300\"\n", 12, "invalid IP address \"10.0.0.300\""),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\nmac = \"02:00:00:00:01\"\n", 13, "invalid MAC address"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\nmac = \"02:00:00:00:01:zz\"\n", 13, "invalid MAC address"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"10.0.2.1/33\"]\n", 13, "prefix length must be 0..=32"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"fd00::1/129\"]\n", 13, "0..=128"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"10.0.2.1\"]\n", 13, "invalid CIDR"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"10.0.1.1/16\"]\n", 13, "duplicate interface address 10.0.1.1"),
+    ("[[interface]]\nname = \"ext\"\ndevice = \"x\"\n", 11, "duplicate interface name \"ext\""),
+    ("[[interface]]\nname = \"\"\ndevice = \"x\"\n", 11, "interface name must not be empty"),
+    // engine
+    ("[engine.timeouts]\n", 10, ""), // redefining [engine] parts after it is fine for toml; keep as smoke
+    ("[[neighbor]]\naddress = \"10.0.1.9\"\nmac = \"02:00:00:00:01:09\"\ninterface = \"nope\"\n", 13, "unknown interface \"nope\""),
+    ("[[neighbor]]\naddress = \"10.0.1.x\"\nmac = \"02:00:00:00:01:09\"\n", 11, "invalid IP address"),
+    // routes
+    ("[[route]]\nprefix = \"10.9.0.0/16\"\n", 11, "needs `via` or `interface`"),
+    ("[[route]]\nprefix = \"10.9.0.0/40\"\nvia = \"10.0.1.254\"\n", 11, "invalid CIDR"),
+    ("[[route]]\nprefix = \"10.9.0.0/16\"\nvia = \"10.0.9.254\"\n", 12, "route gateway 10.0.9.254 is not reachable"),
+    ("[[route]]\nprefix = \"10.9.0.0/16\"\ninterface = \"int\"\n", 12, "unknown interface \"int\""),
+    ("[[route]]\nprefix = \"fd00::/8\"\nvia = \"10.0.1.254\"\n", 12, "address family"),
+    // services
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"sctp\"\n", 13, "invalid protocol \"sctp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80, 0]\n", 13, "port 0 out of range"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [\"90-80\"]\n", 13, "90 > 80"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [\"80-70000\"]\n", 13, "1..=65535"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [\"8000-8100\",\n  8050]\n", 14, "overlaps 8000-8100"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80, 80]\n", 13, "overlaps 80"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [1.5]\n", 13, "expected a port number"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nscheduler = \"fifo\"\n", 13, "unknown scheduler \"fifo\": expected one of rr, wrr"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nforward = \"fullnat\"\n", 13, "invalid forward \"fullnat\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service]]\nname = \"a\"\nvip = \"10.0.1.101\"\n", 14, "duplicate service name \"a\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80]\n[[service]]\nname = \"b\"\nvip = \"10.0.1.100\"\nports = [\"1-100\"]\n", 17, "overlaps service \"a\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service]]\nname = \"b\"\nvip = \"10.0.1.100\"\nports = [443]\n", 16, "overlaps service \"a\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\npersistence = { timeout = 60, netmask = 33 }\n", 13, "persistence netmask must be between 0 and 32"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\npersistence = { timeout = 60, netmask = \"255.0.255.0\" }\n", 13, "not contiguous"),
+    ("[[service]]\nname = \"a\"\nvip = \"fd00::1\"\npersistence = { netmask = \"255.255.0.0\" }\n", 13, "IPv4 vip"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\npersistence = 0\n", 13, "persistence timeout must be between 1"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\npersistence = \"long\"\n", 13, "a timeout in seconds or a table"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\nftp = true\n", 14, "ftp needs protocol = \"tcp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80]\nftp = true\n", 14, "ftp control port 21 is not one of the ports"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [21]\nftp = { control_ports = [21, 2121] }\n", 14, "ftp control port 2121"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nftp = { pasv = true }\n", 13, "unknown field `pasv`"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nfwmark = -1\n", 13, "fwmark must be between 0"),
+    // health checks
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"icmp\"\n", 14, "invalid health check type \"icmp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ninterval = 0\n", 15, "interval must be > 0"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ntimeout = -1.0\n", 15, "timeout must be > 0"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nrise = 0\n", 15, "rise must be between 1"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nfall = 0\n", 15, "fall must be between 1"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"send_expect\"\nsend = \"x\"\n", 14, "needs a non-empty `expect`"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\non_fail = \"panic\"\n", 15, "invalid on_fail \"panic\""),
+    // real servers
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.9.9.9\"\n", 14, "real server 10.9.9.9 is not reachable through any interface or route"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"fd00::2\"\n", 14, "address family of vip"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nweight = 65536\n", 15, "weight must be between 0 and 65535"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nupper = 10\nlower = 20\n", 16, "lower threshold 20 is above upper threshold 10"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nport = 0\n", 15, "real server port must be between 1"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nforward = \"masq\"\n", 15, "invalid forward \"masq\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\n", 16, "duplicate real server 10.0.1.2"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nwieght = 1\n", 15, "unknown field `wieght`"),
+];
+
+#[test]
+fn bad_configs_report_line_and_problem() {
+    let mut failures = Vec::new();
+    for (i, (case, line, needle)) in BAD.iter().enumerate() {
+        let text = format!("{PRE}{case}");
+        match Config::from_str(&text, "bad.toml") {
+            Ok(_) if needle.is_empty() => {}
+            Ok(_) => failures.push(format!(
+                "case {i}: parsed but expected error {needle:?}\n{case}"
+            )),
+            Err(e) => {
+                if needle.is_empty() && i != 2 {
+                    failures.push(format!("case {i}: unexpected error {e}"));
+                    continue;
+                }
+                if e.file != "bad.toml"
+                    || e.line != Some(*line)
+                    || !e.message.contains(needle)
+                    || e.column.is_none()
+                {
+                    failures.push(format!(
+                        "case {i}: want line {line} containing {needle:?}, got {e}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Engine-level errors (lines in the `[engine]` table itself).
+#[test]
+fn bad_engine() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[engine]\nworkers = 0\nbackend = \"memory\"\n",
+            2,
+            "workers must be between 1 and 64, got 0",
+        ),
+        (
+            "[engine]\nworkers = 65\nbackend = \"memory\"\n",
+            2,
+            "workers must be between 1 and 64",
+        ),
+        (
+            "[engine]\nworkers = 2\ncores = [0]\nbackend = \"memory\"\n",
+            3,
+            "cores lists 1 cores but workers = 2",
+        ),
+        (
+            "[engine]\nworkers = 2\ncores = [1, 1]\nbackend = \"memory\"\n",
+            3,
+            "core 1 listed twice",
+        ),
+        (
+            "[engine]\nbackend = \"xdp\"\n",
+            2,
+            "invalid backend \"xdp\"",
+        ),
+        (
+            "[engine]\nbackend = \"af_packet\"\n",
+            2,
+            "at least one [[interface]] is required",
+        ),
+        (
+            "[engine]\nbackend = \"memory\"\nmetrics_listen = \"localhost\"\n",
+            3,
+            "invalid metrics_listen",
+        ),
+        (
+            "[engine]\nbackend = \"memory\"\nmbufs = 0\n",
+            3,
+            "mbufs must be between 1",
+        ),
+        (
+            "[engine]\nbackend = \"memory\"\n\n[engine.timeouts]\ntcp = 0\n",
+            5,
+            "timeout tcp_established must be between 1",
+        ),
+        (
+            "[engine]\nbackend = \"memory\"\n\n[engine.timeouts]\nsctp = 5\n",
+            5,
+            "unknown field `sctp`",
+        ),
+        (
+            "[engine]\nbackend = \"memory\"\ncontrol_socket = \"\"\n",
+            3,
+            "control_socket must not be empty",
+        ),
+        (
+            "[engine]\nbackend = \"memory\"\nworkers = \"two\"\n",
+            3,
+            "invalid type",
+        ),
+        ("[engine]\nbackend = \"memory\"\n[engine]\n", 3, "duplicate"),
+        ("[engine\n", 1, ""),
+    ];
+    for (text, line, needle) in cases {
+        let e = Config::from_str(text, "e.toml").expect_err(text);
+        assert_eq!(e.line, Some(*line), "{text:?}: {e}");
+        assert!(e.message.contains(needle), "{text:?}: {e}");
+    }
+    // No [engine] at all: af_packet by default, so interfaces are required,
+    // and the error has no position.
+    let e = Config::from_str("", "empty.toml").unwrap_err();
+    assert_eq!(e.line, None);
+    assert!(e.message.contains("interface"));
+    // eal_args with a non-dpdk backend are allowed (ignored by the engine).
+    Config::from_str(
+        "[engine]\nbackend = \"memory\"\neal_args = [\"--no-huge\"]\n",
+        "x",
+    )
+    .unwrap();
+}
+
+#[test]
+fn reachability_rules() {
+    let base = "[engine]\nbackend = \"af_packet\"\n[[interface]]\nname = \"ext\"\ndevice = \"x\"\naddresses = [\"10.0.1.1/24\", \"fd00:1::1/64\"]\n";
+    let rs = |a: &str, extra: &str| {
+        format!("{base}{extra}[[service]]\nname = \"s\"\nvip = \"{}\"\n[[service.real_server]]\naddress = \"{a}\"\n", if a.contains(':') { "fd00::100" } else { "10.0.0.100" })
+    };
+    // on-link
+    Config::from_str(&rs("10.0.1.7", ""), "r").unwrap();
+    Config::from_str(&rs("fd00:1::7", ""), "r").unwrap();
+    // through a route
+    Config::from_str(
+        &rs(
+            "10.5.0.7",
+            "[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.1.254\"\n",
+        ),
+        "r",
+    )
+    .unwrap();
+    Config::from_str(
+        &rs(
+            "10.5.0.7",
+            "[[route]]\nprefix = \"0.0.0.0/0\"\ninterface = \"ext\"\n",
+        ),
+        "r",
+    )
+    .unwrap();
+    // not reachable
+    let e = Config::from_str(
+        &rs(
+            "10.6.0.7",
+            "[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.1.254\"\n",
+        ),
+        "r",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("not reachable"), "{e}");
+    let e = Config::from_str(&rs("fd00:9::7", ""), "r").unwrap_err();
+    assert!(e.message.contains("not reachable"), "{e}");
+    // a memory backend without interfaces skips the reachability check
+    Config::from_str("[engine]\nbackend = \"memory\"\n[[service]]\nname = \"s\"\nvip = \"10.0.0.100\"\n[[service.real_server]]\naddress = \"10.9.9.9\"\n", "r").unwrap();
+}
+
+#[test]
+fn schedulers_are_all_accepted() {
+    assert_eq!(SCHEDULERS.len(), 14);
+    for s in SCHEDULERS {
+        let t = format!("[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nscheduler = \"{s}\"\n");
+        assert_eq!(Config::from_str(&t, "s").unwrap().services[0].scheduler, *s);
+    }
+}
+
+#[test]
+fn same_ports_on_different_protocol_or_vip_are_fine() {
+    let t = "[engine]\nbackend = \"memory\"\n\
+        [[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nports = [53]\n\
+        [[service]]\nname = \"b\"\nvip = \"10.0.0.1\"\nports = [53]\nprotocol = \"udp\"\n\
+        [[service]]\nname = \"c\"\nvip = \"10.0.0.2\"\nports = [53]\n\
+        [[service]]\nname = \"d\"\nvip = \"10.0.0.1\"\nports = [\"54-60\"]\n";
+    assert_eq!(Config::from_str(t, "p").unwrap().services.len(), 4);
+}

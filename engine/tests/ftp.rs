@@ -1,0 +1,277 @@
+//! Whole FTP sessions through the engine (NAT and DR): 227/229 rewrites,
+//! expectations for passive and active data connections, seq/ack
+//! continuity after a length-changing rewrite, checksums, bounce refusal.
+
+use ferrovs_cfg::Config;
+use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
+const RS1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+const CLIENT: [u8; 4] = [10, 0, 1, 2];
+const VIP: [u8; 4] = [10, 0, 1, 100];
+const RS1: [u8; 4] = [10, 0, 2, 2];
+const EXT: usize = 0;
+const INT: usize = 1;
+const S: u64 = 1_000_000_000;
+
+fn config(forward: &str) -> Config {
+    let text = format!(
+        r#"
+[engine]
+workers = 1
+backend = "memory"
+flow_table_size = 4096
+
+[[interface]]
+name = "ext"
+device = "mem0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24"]
+
+[[interface]]
+name = "int"
+device = "mem1"
+mac = "02:00:00:00:02:01"
+addresses = ["10.0.2.1/24"]
+
+[[neighbor]]
+address = "10.0.2.2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "10.0.1.2"
+mac = "02:00:00:00:01:02"
+
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [21]
+scheduler = "rr"
+forward = "{forward}"
+ftp = true
+
+[[service.real_server]]
+address = "10.0.2.2"
+"#
+    );
+    Config::from_str(&text, "ftp-test.toml").expect("config")
+}
+
+struct Tcp {
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: Vec<u8>,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+}
+
+fn tcp_of(f: &[u8]) -> Tcp {
+    verify_checksums(f).expect("checksums of an output frame");
+    let p = parse(f).expect("parse output");
+    let l4 = p.l4;
+    Tcp {
+        seq: u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
+        ack: u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
+        flags: f[l4 + 13],
+        payload: f[p.payload..p.end].to_vec(),
+        src: f[p.l3 + 12..p.l3 + 16].try_into().unwrap(),
+        dst: f[p.l3 + 16..p.l3 + 20].try_into().unwrap(),
+        sport: u16::from_be_bytes([f[l4], f[l4 + 1]]),
+        dport: u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
+    }
+}
+
+/// A control connection with the handshake done. Client seq starts at
+/// 1000, server at 5000.
+struct Session {
+    e: MemEngine,
+    cseq: u32,
+    sseq: u32,
+    t: u64,
+}
+
+impl Session {
+    fn new(forward: &str) -> Session {
+        let mut e = MemEngine::new(config(forward), 1);
+        let out = e.inject(EXT, &with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_SYN, 999, 0, b""), CLIENT_MAC, LB_EXT), S);
+        assert_eq!(out.len(), 1);
+        let mut s = Session { e, cseq: 1000, sseq: 5000, t: S };
+        if forward == "nat" {
+            let out = s.server(TCP_SYN | TCP_ACK, b"", 4999);
+            assert_eq!(out.len(), 1);
+        }
+        s.client(b"");
+        s
+    }
+    /// Client sends `data`; returns frames out.
+    fn client(&mut self, data: &[u8]) -> Vec<(usize, Vec<u8>)> {
+        let f = with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_ACK | TCP_PSH, self.cseq, self.sseq, data), CLIENT_MAC, LB_EXT);
+        self.cseq = self.cseq.wrapping_add(data.len() as u32);
+        self.t += 1000;
+        self.e.inject(EXT, &f, self.t)
+    }
+    fn server(&mut self, flags: u8, data: &[u8], seq: u32) -> Vec<(usize, Vec<u8>)> {
+        let f = with_macs(tcp4(RS1, 21, CLIENT, 40000, flags, seq, self.cseq, data), RS1_MAC, LB_INT);
+        self.t += 1000;
+        self.e.inject(INT, &f, self.t)
+    }
+    fn reply(&mut self, data: &[u8]) -> Vec<(usize, Vec<u8>)> {
+        let seq = self.sseq;
+        self.sseq = self.sseq.wrapping_add(data.len() as u32);
+        self.server(TCP_ACK | TCP_PSH, data, seq)
+    }
+    fn ftp_counter(&self, f: impl Fn(&ferrovs_engine::counters::FtpCounters) -> u64) -> u64 {
+        self.e.workers.iter().map(|w| f(&w.service_counters()[0].ftp)).sum()
+    }
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn nat_passive_227_rewrite_and_data_connection() {
+    let mut s = Session::new("nat");
+    let out = s.reply(b"220 (vsFTPd 3.0.3)\r\n");
+    assert_eq!(tcp_of(&out[0].1).payload, b"220 (vsFTPd 3.0.3)\r\n");
+    s.client(b"PASV\r\n");
+    // The real server names its own address; the client must see the VIP.
+    let out = s.reply(b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n");
+    assert_eq!(out.len(), 1);
+    let t = tcp_of(&out[0].1);
+    assert_eq!(t.payload, b"227 Entering Passive Mode (10,0,1,100,117,48).\r\n");
+    assert_eq!(t.src, VIP);
+    assert_eq!(t.seq, 5000 + 20, "seq of the rewritten segment is unchanged");
+    assert_eq!(s.ftp_counter(|c| load(&c.rewrites)), 1);
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
+    // The rewrite grew the payload by 2: later server segments shift by +2
+    // and the client's acks shift back by -2 on their way to the server.
+    let out = s.reply(b"150 Here comes the directory listing.\r\n");
+    let t = tcp_of(&out[0].1);
+    assert_eq!(t.seq, 5000 + 20 + 47 + 2);
+    let acked = s.sseq.wrapping_add(2); // what the client acknowledges
+    let f = with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_ACK, s.cseq, acked, b""), CLIENT_MAC, LB_EXT);
+    let out = s.e.inject(EXT, &f, s.t + 1);
+    let t = tcp_of(&out[0].1);
+    assert_eq!(t.ack, s.sseq, "ack mapped back into the server's sequence space");
+    // The passive data connection to VIP:30000 reaches rs1:30000.
+    let f = with_macs(tcp4(CLIENT, 40001, VIP, 30000, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    let out = s.e.inject(EXT, &f, s.t + 2);
+    assert_eq!(out.len(), 1, "data SYN forwarded");
+    let t = tcp_of(&out[0].1);
+    assert_eq!((t.dst, t.dport), (RS1, 30000));
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_used)), 1);
+    // Reply from rs1:30000 goes back as VIP:30000.
+    let f = with_macs(tcp4(RS1, 30000, CLIENT, 40001, TCP_SYN | TCP_ACK, 1, 78, b""), RS1_MAC, LB_INT);
+    let out = s.e.inject(INT, &f, s.t + 3);
+    let t = tcp_of(&out[0].1);
+    assert_eq!((t.src, t.sport), (VIP, 30000));
+    // A second SYN to the same port is not an expectation any more.
+    let f = with_macs(tcp4(CLIENT, 40002, VIP, 30000, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    assert!(s.e.inject(EXT, &f, s.t + 4).is_empty(), "pinholes are single use");
+}
+
+#[test]
+fn nat_epsv_229_needs_no_rewrite() {
+    let mut s = Session::new("nat");
+    s.client(b"EPSV\r\n");
+    let out = s.reply(b"229 Entering Extended Passive Mode (|||30042|)\r\n");
+    assert_eq!(tcp_of(&out[0].1).payload, b"229 Entering Extended Passive Mode (|||30042|)\r\n");
+    let f = with_macs(tcp4(CLIENT, 40001, VIP, 30042, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    let out = s.e.inject(EXT, &f, s.t + 1);
+    let t = tcp_of(&out[0].1);
+    assert_eq!((t.dst, t.dport), (RS1, 30042));
+}
+
+#[test]
+fn nat_active_port_data_connection_comes_from_vip_20() {
+    let mut s = Session::new("nat");
+    s.client(b"PORT 10,0,1,2,156,64\r\n"); // port 40000 + 0? 156*256+64 = 40000
+    let out = s.reply(b"200 PORT command successful.\r\n");
+    assert_eq!(out.len(), 1);
+    // rs1:20 opens to client:40000 ... use the port the client named.
+    let f = with_macs(tcp4(RS1, 20, CLIENT, 40000 + 0, TCP_SYN, 9, 0, b""), RS1_MAC, LB_INT);
+    // (The control connection also uses client port 40000 towards VIP:21,
+    // a different tuple from rs1:20 -> client:40000.)
+    let out = s.e.inject(INT, &f, s.t + 1);
+    assert_eq!(out.len(), 1, "active data SYN forwarded to the client");
+    let t = tcp_of(&out[0].1);
+    assert_eq!((t.src, t.sport, t.dst, t.dport), (VIP, 20, CLIENT, 40000));
+    // Client answers VIP:20, reaching rs1:20.
+    let f = with_macs(tcp4(CLIENT, 40000, VIP, 20, TCP_SYN | TCP_ACK, 50, 10, b""), CLIENT_MAC, LB_EXT);
+    let out = s.e.inject(EXT, &f, s.t + 2);
+    let t = tcp_of(&out[0].1);
+    assert_eq!((t.dst, t.dport), (RS1, 20));
+}
+
+#[test]
+fn eprt_and_bounce_refusal() {
+    let mut s = Session::new("nat");
+    s.client(b"EPRT |1|10.0.1.2|41000|\r\n");
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
+    // A PORT naming a third party opens nothing and is counted.
+    s.client(b"PORT 192,168,7,7,0,25\r\n");
+    assert_eq!(s.ftp_counter(|c| load(&c.bounce_refused)), 1);
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
+    let f = with_macs(tcp4(RS1, 20, [192, 168, 7, 7], 25, TCP_SYN, 9, 0, b""), RS1_MAC, LB_INT);
+    assert!(s.e.inject(INT, &f, s.t + 1).is_empty());
+}
+
+#[test]
+fn dr_passive_pins_data_to_the_session_server() {
+    let mut s = Session::new("dr");
+    s.client(b"PASV\r\n");
+    // DR sees no reply; the next connection from this client to any VIP
+    // port goes to the control connection's real server.
+    let f = with_macs(tcp4(CLIENT, 40001, VIP, 30077, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    let out = s.e.inject(EXT, &f, s.t + 1);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    assert_eq!(&f[0..6], &RS1_MAC, "DR: only the MAC changes");
+    let t = tcp_of(f);
+    assert_eq!((t.dst, t.dport), (VIP, 30077));
+    // Without a PASV first, a random port on the VIP is no service.
+    let f = with_macs(tcp4(CLIENT, 40002, VIP, 30078, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    assert!(s.e.inject(EXT, &f, s.t + 2).is_empty());
+}
+
+#[test]
+fn pinholes_expire() {
+    let mut s = Session::new("nat");
+    s.client(b"PASV\r\n");
+    s.reply(b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n");
+    let f = with_macs(tcp4(CLIENT, 40001, VIP, 30000, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    assert!(s.e.inject(EXT, &f, s.t + 61 * S).is_empty(), "60 s pinhole timeout");
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_expired)), 1);
+}
+
+#[test]
+fn control_connection_lives_while_data_flows() {
+    let mut s = Session::new("nat");
+    s.client(b"PASV\r\n");
+    s.reply(b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n");
+    let f = with_macs(tcp4(CLIENT, 40001, VIP, 30000, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
+    s.e.inject(EXT, &f, s.t);
+    let data_ack = with_macs(tcp4(CLIENT, 40001, VIP, 30000, TCP_ACK, 78, 1, b""), CLIENT_MAC, LB_EXT);
+    s.e.inject(EXT, &data_ack, s.t);
+    // Keep the data connection busy past the control connection's 900 s.
+    let mut t = s.t;
+    for _ in 0..4 {
+        t += 400 * S;
+        assert_eq!(s.e.inject(EXT, &data_ack, t).len(), 1);
+        s.e.workers[0].expire_all(t);
+    }
+    assert_eq!(s.e.workers[0].flows.len(), 2, "control connection kept while its data connection lives");
+    let out = s.client(b"NOOP\r\n");
+    assert_eq!(out.len(), 1);
+    let _ = out;
+    let _ = TCP_PSH;
+}

@@ -1,0 +1,89 @@
+//! Round robin (`rr`), IPVS `ip_vs_rr.c`: the next server after the last one picked that has a
+//! weight and is not overloaded.
+
+use crate::{ConnStats, Dest, DestId, FlowKey, Overload, Scheduler};
+
+/// Round robin.
+#[derive(Clone, Debug)]
+pub struct Rr {
+    ov: Overload,
+    /// Last picked index; `None` = start of the list.
+    last: Option<usize>,
+    last_id: Option<DestId>,
+}
+
+impl Rr {
+    /// A scheduler for `dests`.
+    pub fn new(dests: &[Dest]) -> Self {
+        Rr {
+            ov: Overload::new(dests),
+            last: None,
+            last_id: None,
+        }
+    }
+}
+
+impl Scheduler for Rr {
+    fn name(&self) -> &'static str {
+        "rr"
+    }
+
+    fn pick(&mut self, _key: &FlowKey, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
+        if dests.len() != self.ov.len() {
+            self.update(dests);
+        }
+        let n = dests.len();
+        let start = self.last.map_or(0, |l| l + 1);
+        for k in 0..n {
+            let i = (start + k) % n;
+            if self.ov.usable(i, &dests[i], stats) {
+                self.last = Some(i);
+                self.last_id = Some(dests[i].id());
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn update(&mut self, dests: &[Dest]) {
+        self.ov.update(dests);
+        // Keep the cursor on the same server (IPVS moves it only when that server is deleted).
+        self.last = self
+            .last_id
+            .and_then(|id| dests.iter().position(|d| d.id() == id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn cycles_and_skips_quiescent() {
+        let ds = dests(&[1, 0, 5, 1]);
+        let mut s = Rr::new(&ds);
+        let got: Vec<_> = seq(&mut s, &ds, 6)
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(got, vec![0, 2, 3, 0, 2, 3]);
+    }
+
+    #[test]
+    fn skips_overloaded_and_keeps_cursor_across_update() {
+        let mut ds = dests(&[1, 1, 1]);
+        ds[1] = ds[1].with_thresholds(2, 0);
+        let st = counts(&[0, 2, 0], &[0, 0, 0]);
+        let mut s = Rr::new(&ds);
+        assert_eq!(s.pick(&key(0), &ds, &st), Some(0));
+        assert_eq!(s.pick(&key(0), &ds, &st), Some(2));
+        let ds2 = vec![ds[2], ds[0], ds[1]];
+        s.update(&ds2);
+        assert_eq!(
+            s.pick(&key(0), &ds2, &NoConns),
+            Some(1),
+            "after old #2 comes old #0"
+        );
+    }
+}
