@@ -85,7 +85,7 @@ pub fn build_arp(out: &mut [u8], op: u16, src_mac: [u8; 6], src: Addr, target_ma
     out[0..6].copy_from_slice(&dst_mac);
     out[6..12].copy_from_slice(&src_mac);
     out[12..14].copy_from_slice(&[0x08, 0x06]);
-    out[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4]);
+    out[14..20].copy_from_slice(&[0, 1, 0x08, 0, 6, 4]);
     out[20..22].copy_from_slice(&op.to_be_bytes());
     out[22..28].copy_from_slice(&src_mac);
     out[28..32].copy_from_slice(&addr_v4_bytes(src));

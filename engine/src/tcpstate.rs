@@ -61,7 +61,6 @@ pub enum Direction {
 }
 
 use TcpState::*;
-const NO: TcpState = None;
 const ES: TcpState = Established;
 const SS: TcpState = SynSent;
 const SR: TcpState = SynRecv;

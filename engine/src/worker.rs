@@ -156,7 +156,6 @@ enum Next {
     Drop(DropReason),
     /// Hold until the next hop (iface, address) resolves.
     Park(usize, Addr),
-    Done,
 }
 
 fn sched_dests(s: &crate::snapshot::Svc) -> Vec<sched::Dest> {
@@ -635,7 +634,12 @@ impl<Q: PortQueue> Worker<Q> {
                 allow_foreign_port_address: opts.allow_foreign_port_address,
                 pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
             };
-            self.flows.get_mut(idx).alg = Some(Box::new(alg::FtpSession::new(params)));
+            let mut session = alg::FtpSession::new(params);
+            // A released held line plus a full segment must still fit the
+            // MTU (IPv6 header + TCP with options, conservatively).
+            let mtu = self.queues[iface_in_of(&self.snap, rs)].caps().mtu as usize;
+            session.set_max_payload(mtu.saturating_sub(40 + 60).max(512));
+            self.flows.get_mut(idx).alg = Some(Box::new(session));
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
         }
         self.forward(idx, Dir::In, pkt, p)
@@ -842,7 +846,6 @@ impl<Q: PortQueue> Worker<Q> {
         if self.flows.get(idx).alg.is_some() {
             match self.ftp_segment(idx, dir, pkt, &mut p) {
                 Ok(()) => {}
-                Err(Next::Done) => return Next::Done,
                 Err(n) => return n,
             }
         }
@@ -1145,7 +1148,6 @@ impl<Q: PortQueue> Worker<Q> {
             Next::Tx(i) => self.tx[i].push(pkt),
             Next::Drop(r) => self.drop_pkt(r),
             Next::Park(i, nh) => self.park(i, nh, pkt),
-            Next::Done => {}
         }
     }
 
@@ -1323,6 +1325,11 @@ impl<Q: PortQueue> Worker<Q> {
         }
         self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
     }
+}
+
+/// The interface a real server is reached through (0 if unrouted).
+fn iface_in_of(snap: &Snapshot, rs: Addr) -> usize {
+    snap.route(rs).map(|r| r.0).unwrap_or(0)
 }
 
 /// RFC 1624 delta of decrementing the IPv4 TTL by one (the TTL/protocol

@@ -156,7 +156,7 @@ fn nat_passive_227_rewrite_and_data_connection() {
     // and the client's acks shift back by -2 on their way to the server.
     let out = s.reply(b"150 Here comes the directory listing.\r\n");
     let t = tcp_of(&out[0].1);
-    assert_eq!(t.seq, 5000 + 20 + 47 + 2);
+    assert_eq!(t.seq, 5000 + 20 + 46 + 2);
     let acked = s.sseq.wrapping_add(2); // what the client acknowledges
     let f = with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_ACK, s.cseq, acked, b""), CLIENT_MAC, LB_EXT);
     let out = s.e.inject(EXT, &f, s.t + 1);
@@ -168,6 +168,7 @@ fn nat_passive_227_rewrite_and_data_connection() {
     assert_eq!(out.len(), 1, "data SYN forwarded");
     let t = tcp_of(&out[0].1);
     assert_eq!((t.dst, t.dport), (RS1, 30000));
+    assert_eq!(t.flags & 0x12, 0x02, "still a SYN");
     assert_eq!(s.ftp_counter(|c| load(&c.expectations_used)), 1);
     // Reply from rs1:30000 goes back as VIP:30000.
     let f = with_macs(tcp4(RS1, 30000, CLIENT, 40001, TCP_SYN | TCP_ACK, 1, 78, b""), RS1_MAC, LB_INT);

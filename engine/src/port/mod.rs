@@ -5,7 +5,9 @@
 //! single worker polls. A worker owns exactly one queue of every port, so a
 //! queue is `Send` but never shared: no locks on the fast path.
 
+pub mod afpacket;
 pub mod memory;
+pub mod pcap;
 
 /// Packets per rx/tx burst. Every backend fills at most this many per call.
 pub const BURST: usize = 32;
