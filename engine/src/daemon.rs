@@ -182,14 +182,18 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     /// Post a new config to all workers.
     pub apply: Box<dyn Fn(Arc<Config>) -> Arc<Snapshot> + Send + Sync>,
+    /// Backend state that must outlive the workers (DPDK ports, EAL); it
+    /// is dropped after the worker threads have joined.
+    pub backend: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Running {
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
+        drop(self.backend.take());
     }
 }
 
@@ -268,7 +272,7 @@ pub fn start<Q: PortQueue + 'static>(
         }
         s
     });
-    Running { view: fabric, snapshot, threads, stop, apply }
+    Running { view: fabric, snapshot, threads, stop, apply, backend: None }
 }
 
 /// Open the configured backend and start the workers.
@@ -318,11 +322,7 @@ fn open_dpdk(config: Arc<Config>) -> Result<Running, String> {
     use crate::port::Backend as _;
     let mut be = crate::port::dpdk::DpdkBackend::open(&config).map_err(|e| e.to_string())?;
     let queues = be.take_queues();
-    // The backend must outlive the workers: leak it into the process (it
-    // is torn down by EAL cleanup at exit).
-    let be = Box::leak(Box::new(be));
-    let _ = be;
-    Ok(start(
+    let mut running = start(
         config,
         queues,
         Arc::new(|w| {
@@ -330,7 +330,9 @@ fn open_dpdk(config: Arc<Config>) -> Result<Running, String> {
                 tracing::warn!(worker = w, "DPDK thread registration failed: {e}");
             }
         }),
-    ))
+    );
+    running.backend = Some(Box::new(be));
+    Ok(running)
 }
 
 #[cfg(not(feature = "dpdk"))]

@@ -48,6 +48,15 @@ enum Cmd {
 enum ConfigCmd {
     /// Validate a config file; errors name the file and line.
     Check { file: PathBuf },
+    /// Translate an ipvsadm-save file, a Piranha lvs.cf or a keepalived.conf
+    /// into ferrovs TOML services (printed on stdout; unsupported keys are
+    /// reported as comments and on stderr).
+    Import {
+        /// Source format.
+        #[arg(long, value_parser = ["ipvsadm", "lvs.cf", "keepalived"])]
+        from: String,
+        file: PathBuf,
+    },
 }
 
 fn split_named(s: &str) -> (Option<String>, PathBuf) {
@@ -126,6 +135,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 eprintln!("replayed {} packets, transmitted {}", r.packets_in, r.packets_out);
                 eprint!("{}", daemon::format_counters(r.engine.fabric.as_ref(), &r.engine.snapshot));
             }
+            Ok(())
+        }
+        Cmd::Config { cmd: ConfigCmd::Import { from, file } } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let r = match from.as_str() {
+                "ipvsadm" => ferrovs_cfg::import::from_ipvsadm(&text),
+                "lvs.cf" => ferrovs_cfg::import::from_lvs_cf(&text),
+                _ => ferrovs_cfg::import::from_keepalived(&text),
+            };
+            let imp = r.map_err(|mut e| {
+                e.file = file.display().to_string();
+                e.to_string()
+            })?;
+            for w in &imp.warnings {
+                eprintln!("{}: warning: {w}", file.display());
+            }
+            print!("{}", imp.to_toml());
             Ok(())
         }
         Cmd::Config { cmd: ConfigCmd::Check { file } } => {
