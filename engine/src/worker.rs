@@ -96,6 +96,9 @@ enum ExpKey {
     PassiveAny(Addr, Addr),
     /// rs -> client:port (NAT active).
     Active(Addr, Addr, u16),
+    /// client:port -> vip (DR active: the client's side of a data
+    /// connection the real server opened directly).
+    DrActive(Addr, u16, Addr),
     /// client -> vip:any for the life of a control connection (FTPS).
     Session(Addr, Addr),
 }
@@ -143,6 +146,8 @@ pub struct Worker<Q: PortQueue> {
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
     rx: Vec<Q::Buf>,
+    /// Per rx burst: parse result and flow hash of each packet.
+    pre: Vec<(Result<Parsed, parse::ParseError>, u64)>,
     tx: Vec<Vec<Q::Buf>>,
     pending: Vec<Pending<Q::Buf>>,
     actions: alg::Actions,
@@ -188,6 +193,7 @@ impl<Q: PortQueue> Worker<Q> {
             expect: HashMap::with_capacity(1024),
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),
+            pre: Vec::with_capacity(crate::port::BURST),
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
             pending: Vec::with_capacity(MAX_PENDING),
             actions: alg::Actions::default(),
@@ -299,16 +305,48 @@ impl<Q: PortQueue> Worker<Q> {
             self.handle_ctrl(m);
         }
         let mut rx = std::mem::take(&mut self.rx);
+        let mut pre = std::mem::take(&mut self.pre);
         for i in 0..self.queues.len() {
             self.queues[i].rx_burst(&mut rx);
-            for pkt in rx.drain(..) {
-                work += 1;
-                bump(&self.counters.rx_packets, 1);
-                bump(&self.counters.rx_bytes, pkt.len() as u64);
-                self.process(i, pkt, false);
+            if rx.is_empty() {
+                continue;
+            }
+            // Burst in three passes so the flow table's cache misses
+            // overlap instead of serialising: (1) parse, hash the 5-tuple,
+            // prefetch its index line; (2) find the connection slot and
+            // prefetch it; (3) process. Pass 3 looks up again (now cached),
+            // so a connection created or removed by an earlier packet of
+            // the same burst is seen correctly.
+            let mut bytes = 0u64;
+            for pkt in rx.iter() {
+                bytes += pkt.len() as u64;
+                let r = parse::parse(pkt.data());
+                let h = match &r {
+                    Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
+                        let h = self.flows.hash(&flow_key(p));
+                        self.flows.prefetch(h);
+                        h
+                    }
+                    _ => 0,
+                };
+                pre.push((r, h));
+            }
+            for (r, h) in pre.iter() {
+                if let (Ok(p), true) = (r, *h != 0) {
+                    if let Some((idx, _)) = self.flows.lookup_hashed(&flow_key(p), *h) {
+                        self.flows.prefetch_conn(idx);
+                    }
+                }
+            }
+            work += rx.len();
+            bump(&self.counters.rx_packets, rx.len() as u64);
+            bump(&self.counters.rx_bytes, bytes);
+            for (pkt, (r, h)) in rx.drain(..).zip(pre.drain(..)) {
+                self.process_parsed(i, pkt, false, r, h);
             }
         }
         self.rx = rx;
+        self.pre = pre;
         for _ in 0..crate::port::BURST * 4 {
             match self.fabric.handoff[self.id].pop() {
                 Some((i, pkt)) => {
@@ -477,8 +515,23 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Classify and forward one packet received on interface `iface`.
-    pub fn process(&mut self, iface: usize, mut pkt: Q::Buf, handed: bool) {
-        let p = match parse::parse(pkt.data()) {
+    pub fn process(&mut self, iface: usize, pkt: Q::Buf, handed: bool) {
+        let r = parse::parse(pkt.data());
+        self.process_parsed(iface, pkt, handed, r, 0)
+    }
+
+    /// [`Worker::process`] with the parse result and the flow hash (0: not
+    /// computed) from the burst's first pass.
+    #[inline]
+    fn process_parsed(
+        &mut self,
+        iface: usize,
+        mut pkt: Q::Buf,
+        handed: bool,
+        parsed: Result<Parsed, parse::ParseError>,
+        hash: u64,
+    ) {
+        let p = match parsed {
             Ok(p) => p,
             Err(e) => {
                 self.drop_pkt(match e {
@@ -548,8 +601,9 @@ impl<Q: PortQueue> Worker<Q> {
             self.drop_pkt(DropReason::Unsupported);
             return;
         }
-        let key = FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto };
-        let next = match self.flows.lookup(&key) {
+        let key = flow_key(&p);
+        let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
+        let next = match self.flows.lookup_hashed(&key, hash) {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
                 if c.expires <= self.now {
@@ -574,7 +628,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// Pick a real server and create a connection for a first packet to a VIP.
     fn new_inbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         if p.proto == PROTO_TCP && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0) {
-            return Next::Drop(DropReason::NoFlow);
+            return self.dr_active_data(pkt, p);
         }
         let now = self.now;
         // 1. FTP expectations and session pins.
@@ -642,6 +696,33 @@ impl<Q: PortQueue> Worker<Q> {
             self.flows.get_mut(idx).alg = Some(Box::new(session));
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
         }
+        self.forward(idx, Dir::In, pkt, p)
+    }
+
+    /// DR active FTP: the real server opened the data connection straight
+    /// to the client; the client's first packet we see (its SYN-ACK to the
+    /// VIP) must reach that real server.
+    fn dr_active_data(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        let k = ExpKey::DrActive(p.src, p.sport, p.dst);
+        let Some(v) = self.expect.get(&k).copied() else {
+            return Next::Drop(DropReason::NoFlow);
+        };
+        self.expect.remove(&k);
+        let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
+        if !parent_ok || v.expires <= self.now || p.tcp_flags & TCP_SYN == 0 {
+            if let Some(c) = self.svc_counters.get(v.svc as usize) {
+                bump(&c.ftp.expectations_expired, 1);
+            }
+            return Next::Drop(DropReason::NoFlow);
+        }
+        if let Some(c) = self.svc_counters.get(v.svc as usize) {
+            bump(&c.ftp.expectations_used, 1);
+        }
+        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport) {
+            Ok(i) => i,
+            Err(r) => return Next::Drop(r),
+        };
+        self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::In, pkt, p)
     }
 
@@ -1239,9 +1320,9 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     fn ftp_actions(&mut self, idx: u32, svc: usize, actions: &alg::Actions) {
-        let (gen, dest, client, vip) = {
+        let (gen, dest, client, vip, fwd) = {
             let c = self.flows.get(idx);
-            (c.gen, c.dest, c.client, c.vip)
+            (c.gen, c.dest, c.client, c.vip, c.fwd)
         };
         let sc = self.svc_counters.clone();
         let counters = &sc[svc].ftp;
@@ -1277,7 +1358,10 @@ impl<Q: PortQueue> Worker<Q> {
             let (k, rport) = match e.kind {
                 alg::ExpectKind::Passive { vip_port: Some(p), real_port } => (ExpKey::Passive(eclient, evip, p), real_port),
                 alg::ExpectKind::Passive { vip_port: None, real_port } => (ExpKey::PassiveAny(eclient, evip), real_port),
-                alg::ExpectKind::Active { client_port, .. } => (ExpKey::Active(ers, eclient, client_port), None),
+                alg::ExpectKind::Active { client_port, .. } if fwd == Forward::Nat => {
+                    (ExpKey::Active(ers, eclient, client_port), None)
+                }
+                alg::ExpectKind::Active { client_port, .. } => (ExpKey::DrActive(eclient, client_port, evip), None),
             };
             self.expect.insert(
                 k,
@@ -1327,6 +1411,12 @@ impl<Q: PortQueue> Worker<Q> {
     }
 }
 
+/// The flow-table key of a parsed packet, as received.
+#[inline(always)]
+fn flow_key(p: &Parsed) -> FlowKey {
+    FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto }
+}
+
 /// The interface a real server is reached through (0 if unrouted).
 fn iface_in_of(snap: &Snapshot, rs: Addr) -> usize {
     snap.route(rs).map(|r| r.0).unwrap_or(0)
@@ -1339,7 +1429,7 @@ const TTL_DELTA: u32 = 0xfeff;
 /// NAT rewrite: inbound sets destination (addr, port), outbound sets
 /// source. Decrements TTL/hop limit; false if it ran out.
 #[inline(always)]
-fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u16, l3d: u32, l4d: u32) -> bool {
+pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u16, l3d: u32, l4d: u32) -> bool {
     let l3 = p.l3;
     let l4 = p.l4;
     if !p.v6 {

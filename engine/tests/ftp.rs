@@ -276,3 +276,21 @@ fn control_connection_lives_while_data_flows() {
     let _ = out;
     let _ = TCP_PSH;
 }
+
+#[test]
+fn dr_active_client_answers_reach_the_session_server() {
+    let mut s = Session::new("dr");
+    s.client(b"PORT 10,0,1,2,156,100\r\n"); // port 40036
+    // The real server connects straight to the client (not seen here); the
+    // client's SYN-ACK to VIP:20 comes to the balancer.
+    let f = with_macs(tcp4(CLIENT, 40036, VIP, 20, TCP_SYN | TCP_ACK, 50, 10, b""), CLIENT_MAC, LB_EXT);
+    let out = s.e.inject(EXT, &f, s.t + 1);
+    assert_eq!(out.len(), 1, "forwarded to the control connection's server");
+    assert_eq!(&out[0].1[0..6], &RS1_MAC);
+    // And the rest of that data connection follows.
+    let f = with_macs(tcp4(CLIENT, 40036, VIP, 20, TCP_ACK, 51, 11, b""), CLIENT_MAC, LB_EXT);
+    assert_eq!(s.e.inject(EXT, &f, s.t + 2).len(), 1);
+    // Another port the client did not name: dropped.
+    let f = with_macs(tcp4(CLIENT, 40037, VIP, 20, TCP_SYN | TCP_ACK, 50, 10, b""), CLIENT_MAC, LB_EXT);
+    assert!(s.e.inject(EXT, &f, s.t + 3).is_empty());
+}

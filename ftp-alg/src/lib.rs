@@ -21,7 +21,7 @@
 //! | NAT | | `229 (\|\|\|p\|)` | [`ExpectKind::Passive`] `vip:p -> real:p`, no rewrite |
 //! | NAT | | `PORT` / `EPRT` | [`ExpectKind::Active`] `real:* -> client:p`, to be sourced from `vip:20` |
 //! | DR | client -> server only | `PASV` / `EPSV` | [`ExpectKind::Passive`] with any VIP port, pinned to the RS |
-//! | DR | | `PORT` / `EPRT` | nothing (the RS reaches the client directly) except the bounce check |
+//! | DR | | `PORT` / `EPRT` | [`ExpectKind::Active`]: the RS reaches the client directly, but the client's answers to the VIP from port `p` must reach the same RS |
 //! | both | | `AUTH TLS`/`SSL` accepted (`234` in NAT, the command itself in DR) | [`Event::TlsFallback`]; parsing stops for good |
 //!
 //! A `PORT`/`EPRT` naming another address than the client's (FTP bounce), or a port below 1024,

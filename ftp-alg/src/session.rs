@@ -554,13 +554,15 @@ impl FtpSession {
             self.malformed(acts);
             return;
         }
-        if self.p.mode == Mode::Nat {
-            let kind = ExpectKind::Active {
-                client_port: a.port(),
-                rs_src_port: None,
-            };
-            acts.expectations.push(self.expect(now, kind, a.ip()));
-        }
+        // NAT: the real server's connection to the client is translated to
+        // come from the VIP. DR: it goes to the client directly, but the
+        // client answers the VIP, so its packets to VIP (from the named port)
+        // must reach the same real server: the engine uses the same kind.
+        let kind = ExpectKind::Active {
+            client_port: a.port(),
+            rs_src_port: None,
+        };
+        acts.expectations.push(self.expect(now, kind, a.ip()));
     }
 
     fn enter_tls(&mut self, acts: &mut Actions) {

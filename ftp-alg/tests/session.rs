@@ -501,8 +501,19 @@ fn dr_mode() {
     assert_eq!(t.a.expectations[0].kind, any);
     cmd(&mut t, b"EPSV 1\r\n");
     assert_eq!(t.a.expectations.len(), 1);
+    // DR: the real server connects to the client directly, but the client
+    // answers the VIP from the named port: an Active expectation pins those
+    // packets to the control connection's server.
     cmd(&mut t, b"PORT 192,0,2,7,4,1\r\n");
-    assert!(t.a.expectations.is_empty() && t.a.events.is_empty());
+    assert!(t.a.events.is_empty());
+    assert_eq!(t.a.expectations.len(), 1);
+    assert_eq!(
+        t.a.expectations[0].kind,
+        ExpectKind::Active {
+            client_port: 1025,
+            rs_src_port: None
+        }
+    );
     cmd(&mut t, b"PORT 198,51,100,1,4,1\r\n");
     assert!(t.a.expectations.is_empty());
     assert_eq!(

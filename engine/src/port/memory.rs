@@ -33,6 +33,17 @@ impl HeapBuf {
         self.len = n;
         self.buf[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
     }
+    /// Cheap recycle for benchmarks: make the frame `len` bytes long at the
+    /// default headroom and overwrite only its first `head.len()` bytes
+    /// (the headers the pipeline rewrites); the rest keeps whatever an
+    /// earlier `fill` put there. `len` is clamped to `MAX_FRAME`.
+    #[inline]
+    pub fn restore(&mut self, head: &[u8], len: usize) {
+        let n = head.len().min(MAX_FRAME);
+        self.off = HEADROOM;
+        self.len = len.min(MAX_FRAME);
+        self.buf[HEADROOM..HEADROOM + n].copy_from_slice(&head[..n]);
+    }
     /// Reset to an empty buffer with full headroom.
     pub fn reset(&mut self) {
         self.off = HEADROOM;

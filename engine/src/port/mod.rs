@@ -6,6 +6,8 @@
 //! queue is `Send` but never shared: no locks on the fast path.
 
 pub mod afpacket;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod memory;
 pub mod pcap;
 

@@ -320,6 +320,9 @@ pub struct PcapQueueStats {
     pub tx_dropped: u64,
 }
 
+/// What [`PcapQueue::finish`] hands back.
+pub type ReaderWriter<R, W> = (Option<PcapReader<R>>, Option<PcapWriter<W>>);
+
 /// A port queue that receives the packets of a pcap reader (as fast as the
 /// pipeline polls) and writes what the pipeline transmits to a pcap writer,
 /// stamped with the time set by [`PcapQueue::set_time`].
@@ -344,7 +347,11 @@ impl<R: Read + Send, W: Write + Send> PcapQueue<R, W> {
     /// A queue over an optional reader (no reader: never receives) and an
     /// optional writer (no writer: transmitted packets are counted as
     /// dropped).
-    pub fn new(caps: PortCaps, reader: Option<PcapReader<R>>, writer: Option<PcapWriter<W>>) -> Self {
+    pub fn new(
+        caps: PortCaps,
+        reader: Option<PcapReader<R>>,
+        writer: Option<PcapWriter<W>>,
+    ) -> Self {
         let eof = reader.is_none();
         PcapQueue {
             caps,
@@ -390,7 +397,7 @@ impl<R: Read + Send, W: Write + Send> PcapQueue<R, W> {
         self.free.push(b);
     }
     /// Flush the writer and hand back reader and writer.
-    pub fn finish(mut self) -> Result<(Option<PcapReader<R>>, Option<PcapWriter<W>>), PcapError> {
+    pub fn finish(mut self) -> Result<ReaderWriter<R, W>, PcapError> {
         if let Some(w) = self.writer.as_mut() {
             w.flush()?;
         }
@@ -662,7 +669,8 @@ mod tests {
         q.tx_burst(&mut v);
         let mut b = q.alloc().unwrap();
         assert!(b.is_empty());
-        b.set_len(14);
+        assert!(b.set_len(14));
+        b.data_mut().fill(0);
         q.tx_burst(&mut vec![b]);
         PortQueue::flush(&mut q);
         let s = q.stats();
