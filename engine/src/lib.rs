@@ -36,11 +36,13 @@
 //! second ring per worker. No lock is taken on the packet path; a full
 //! ring is a counted drop (`handoff_full`).
 
+pub mod bench;
 pub mod counters;
 pub mod csum;
 pub mod daemon;
 pub mod replay;
 pub mod flow;
+pub mod frame;
 pub mod neigh;
 pub mod parse;
 pub mod port;
@@ -48,3 +50,7 @@ pub mod snapshot;
 pub mod tcpstate;
 pub mod testpkt;
 pub mod worker;
+pub mod ipvsadm;
+pub mod control;
+pub mod health;
+pub mod metrics;

@@ -37,6 +37,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the pipeline on in-memory ports with synthetic traffic.
+    Bench {
+        #[arg(long, value_enum, default_value = "established")]
+        scenario: ferrovs_engine::bench::Scenario,
+        /// Connections in the tables (total over workers).
+        #[arg(long, default_value_t = 100_000)]
+        flows: usize,
+        /// Measured packets (total over workers).
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Frame size including FCS (64..=1518).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Do not pin workers to cores.
+        #[arg(long)]
+        no_pin: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -93,27 +114,32 @@ fn run(cli: Cli) -> Result<(), String> {
             let cfg = Arc::new(load(&config)?);
             daemon::install_signal_handlers();
             let running = daemon::open_and_start(cfg.clone())?;
+            let control = match ferrovs_engine::control::spawn(Some(config.clone()), cfg.clone(), &running) {
+                Ok(c) => c,
+                Err(e) => {
+                    running.stop();
+                    return Err(format!("control socket {}: {e}", cfg.engine.control_socket.display()));
+                }
+            };
             tracing::info!(
                 workers = cfg.engine.workers,
                 interfaces = cfg.interfaces.len(),
                 services = cfg.services.len(),
                 "ferrovs running"
             );
-            let mut snapshot = running.snapshot.clone();
             let mut hups = daemon::hup_count();
             while !daemon::stop_requested() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 if daemon::hup_count() != hups {
                     hups = daemon::hup_count();
-                    match load(&config) {
-                        Ok(new) => {
-                            snapshot = (running.apply)(Arc::new(new));
-                            tracing::info!("configuration reloaded");
-                        }
+                    match control.reload() {
+                        Ok(_) => tracing::info!("configuration reloaded"),
                         Err(e) => tracing::error!("reload failed, keeping the running config: {e}"),
                     }
                 }
             }
+            let snapshot = control.snapshot();
+            control.shutdown();
             let report = daemon::format_counters(running.view.as_ref(), &snapshot);
             running.stop();
             print!("{report}");
@@ -152,6 +178,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 eprintln!("{}: warning: {w}", file.display());
             }
             print!("{}", imp.to_toml());
+            Ok(())
+        }
+        Cmd::Bench { scenario, flows, packets, workers, size, no_pin, json } => {
+            let args = ferrovs_engine::bench::BenchArgs { scenario, flows, packets, workers, size, pin: !no_pin };
+            let r = ferrovs_engine::bench::run(&args)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", ferrovs_engine::bench::format(&r));
+            }
             Ok(())
         }
         Cmd::Config { cmd: ConfigCmd::Check { file } } => {

@@ -1,0 +1,178 @@
+//! Prometheus text exposition over a tiny HTTP/1.0 server
+//! (`[engine] metrics_listen = "127.0.0.1:9610"`, `GET /metrics`).
+//! It runs on its own thread with std::net; a client gets 2 s to send
+//! its request.
+
+use crate::control::State;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The exposition text.
+pub fn render(state: &State) -> String {
+    let mut o = String::new();
+    let list = state.list();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    type F = fn(&crate::ipvsadm::Stats) -> u64;
+    let series: [(&str, &str, &str, F); 10] = [
+        ("connections_total", "counter", "Connections scheduled.", |s| s.conns),
+        ("in_packets_total", "counter", "Packets from clients.", |s| s.inpkts),
+        ("out_packets_total", "counter", "Packets to clients.", |s| s.outpkts),
+        ("in_bytes_total", "counter", "Bytes from clients.", |s| s.inbytes),
+        ("out_bytes_total", "counter", "Bytes to clients.", |s| s.outbytes),
+        ("connections_per_second", "gauge", "Connection rate (2 s EWMA, as ipvsadm --rate).", |s| s.cps),
+        ("in_packets_per_second", "gauge", "Inbound packet rate.", |s| s.inpps),
+        ("out_packets_per_second", "gauge", "Outbound packet rate.", |s| s.outpps),
+        ("in_bits_per_second", "gauge", "Inbound bit rate.", |s| s.inbps),
+        ("out_bits_per_second", "gauge", "Outbound bit rate.", |s| s.outbps),
+    ];
+    for (suffix, kind, help, f) in series {
+        let name = format!("ferrovs_service_{suffix}");
+        family(&mut o, &name, kind, help);
+        for s in &list.services {
+            let _ = writeln!(o, "{name}{{service=\"{}\",proto=\"{}\",vip=\"{}\"}} {}", esc(&s.name), s.proto, s.vip, f(&s.stats));
+        }
+        let name = format!("ferrovs_real_server_{suffix}");
+        family(&mut o, &name, kind, help);
+        for s in &list.services {
+            for d in &s.dests {
+                let _ = writeln!(
+                    o,
+                    "{name}{{service=\"{}\",server=\"{}\"}} {}",
+                    esc(&s.name),
+                    crate::ipvsadm::addrport(d.addr, d.port),
+                    f(&d.stats)
+                );
+            }
+        }
+    }
+    type G = fn(&crate::ipvsadm::DestView) -> u64;
+    let gauges: [(&str, &str, G); 5] = [
+        ("active_connections", "ActiveConn as ipvsadm -L.", |d| d.active as u64),
+        ("inactive_connections", "InActConn as ipvsadm -L.", |d| d.inactive as u64),
+        ("weight", "Weight in use (0 when quiesced by a health check).", |d| d.weight as u64),
+        ("configured_weight", "Weight in the configuration.", |d| d.config_weight as u64),
+        ("up", "1 if the health check passes (or there is none).", |d| (d.health.as_deref() != Some("down")) as u64),
+    ];
+    for (suffix, help, f) in gauges {
+        let name = format!("ferrovs_real_server_{suffix}");
+        family(&mut o, &name, "gauge", help);
+        for s in &list.services {
+            for d in &s.dests {
+                let _ = writeln!(o, "{name}{{service=\"{}\",server=\"{}\"}} {}", esc(&s.name), crate::ipvsadm::addrport(d.addr, d.port), f(d));
+            }
+        }
+    }
+    let counters = state.view.counters();
+    family(&mut o, "ferrovs_worker_drops_total", "counter", "Packets dropped, by worker and reason.");
+    for (w, c) in counters.iter().enumerate() {
+        for r in crate::counters::DropReason::ALL {
+            let _ = writeln!(o, "ferrovs_worker_drops_total{{worker=\"{w}\",reason=\"{}\"}} {}", r.label(), c.drops_of(*r));
+        }
+    }
+    type W = fn(&crate::counters::CounterSnapshot) -> u64;
+    let wk: [(&str, &str, &str, W); 7] = [
+        ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
+        ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
+        ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
+        ("tx_bytes_total", "counter", "Bytes transmitted.", |s| s.tx_bytes),
+        ("flows_active", "gauge", "Connections in the flow table.", |s| s.flows_active),
+        ("handoff_out_total", "counter", "Packets handed to the owning worker.", |s| s.handoff_out),
+        ("handoff_in_total", "counter", "Packets received from other workers.", |s| s.handoff_in),
+    ];
+    let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
+    for (suffix, kind, help, f) in wk {
+        let name = format!("ferrovs_worker_{suffix}");
+        family(&mut o, &name, kind, help);
+        for (w, s) in snaps.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{worker=\"{w}\"}} {}", f(s));
+        }
+    }
+    // FTP gateway counters per service.
+    let snap = state.snapshot();
+    let per = state.view.service_counters();
+    type Ft = fn(&crate::counters::FtpCounters) -> &std::sync::atomic::AtomicU64;
+    let ftp: [(&str, Ft); 9] = [
+        ("control_sessions", |c| &c.control_sessions),
+        ("expectations_created", |c| &c.expectations_created),
+        ("expectations_used", |c| &c.expectations_used),
+        ("expectations_expired", |c| &c.expectations_expired),
+        ("rewrites", |c| &c.rewrites),
+        ("bounce_refused", |c| &c.bounce_refused),
+        ("tls_fallbacks", |c| &c.tls_fallbacks),
+        ("oversized_lines", |c| &c.oversized_lines),
+        ("held_segments", |c| &c.held_segments),
+    ];
+    for (suffix, f) in ftp {
+        let name = format!("ferrovs_ftp_{suffix}_total");
+        family(&mut o, &name, "counter", "FTP gateway counter.");
+        for (i, s) in snap.services.iter().enumerate() {
+            if s.ftp.is_none() {
+                continue;
+            }
+            let v: u64 = per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp).load(std::sync::atomic::Ordering::Relaxed)).sum();
+            let _ = writeln!(o, "{name}{{service=\"{}\"}} {v}", esc(&s.name));
+        }
+    }
+    o
+}
+
+fn serve(state: &State, mut s: TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") && req.len() < 8192 {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+            Err(_) => return,
+        }
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" && method != "HEAD" {
+        ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+    } else if path == "/metrics" || path.starts_with("/metrics?") {
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(state))
+    } else if path == "/" {
+        ("200 OK", "text/html", "<html><body><a href=\"/metrics\">metrics</a></body></html>\n".to_string())
+    } else {
+        ("404 Not Found", "text/plain", "not found\n".to_string())
+    };
+    let head = format!("HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = s.write_all(head.as_bytes());
+    if method != "HEAD" {
+        let _ = s.write_all(body.as_bytes());
+    }
+}
+
+/// Start the exporter thread.
+pub fn spawn(addr: SocketAddr, state: Arc<State>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    tracing::info!(%addr, "metrics listening");
+    std::thread::Builder::new().name("fvs-metrics".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    serve(&state, s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+}
