@@ -131,6 +131,8 @@ const MAX_EXPECT: usize = 65536;
 struct SvcState {
     sched: Box<dyn sched::Scheduler>,
     persist: Option<sched::PersistTable>,
+    /// The real servers in the scheduler's form, built once per snapshot.
+    dests: Vec<sched::Dest>,
 }
 
 pub struct Worker<Q: PortQueue> {
@@ -153,6 +155,7 @@ pub struct Worker<Q: PortQueue> {
     actions: alg::Actions,
     sweep_pos: usize,
     now: u64,
+    last_tick: u64,
 }
 
 /// What to do with a packet after classification.
@@ -199,6 +202,7 @@ impl<Q: PortQueue> Worker<Q> {
             actions: alg::Actions::default(),
             sweep_pos: 0,
             now: 0,
+            last_tick: 0,
         };
         w.apply_snapshot(snap);
         w
@@ -235,7 +239,7 @@ impl<Q: PortQueue> Worker<Q> {
                     let v4 = p.saturating_sub(96);
                     sched::PersistTable::new(t, v4.min(32), p.min(128))
                 });
-                SvcState { sched, persist }
+                SvcState { sched, persist, dests }
             })
             .collect();
         // Keep counters of services that survive (by name) so stats do not reset.
@@ -392,6 +396,17 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     fn housekeeping(&mut self, now: u64) {
+        // About once a second: let time-based schedulers (lblc, lblcr) age
+        // their tables and persistence templates expire.
+        if now >> 30 != self.last_tick {
+            self.last_tick = now >> 30;
+            for st in self.svcs.iter_mut() {
+                st.sched.tick(now);
+                if let Some(pt) = st.persist.as_mut() {
+                    pt.expire(now);
+                }
+            }
+        }
         // Incremental expiry sweep.
         let slots = self.flows.slots();
         if slots > 0 {
@@ -777,11 +792,11 @@ impl<Q: PortQueue> Worker<Q> {
         if svc.dests.is_empty() {
             return None;
         }
-        let dests = sched_dests(svc);
         let st = &mut self.svcs[si];
+        let dests = &st.dests;
         let client_ip = addr_to_ip(p.src);
         if let Some(pt) = st.persist.as_mut() {
-            if let Some(d) = pt.lookup(client_ip, self.now, &dests) {
+            if let Some(d) = pt.lookup(client_ip, self.now, dests) {
                 pt.touch(client_ip, self.now);
                 return Some(d);
             }
@@ -793,9 +808,9 @@ impl<Q: PortQueue> Worker<Q> {
             vport: p.dport,
             proto: p.proto,
         };
-        let d = st.sched.pick(&key, &dests, &snap.conn_counts[si])?;
+        let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
-            pt.insert(client_ip, d, self.now, &dests);
+            pt.insert(client_ip, d, self.now, dests);
         }
         Some(d)
     }
@@ -831,13 +846,11 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
-        let (va, ra): (Vec<u8>, Vec<u8>) = if v4 {
-            (addr_v4_bytes(vip).to_vec(), addr_v4_bytes(rs).to_vec())
-        } else {
-            (addr_v6_bytes(vip).to_vec(), addr_v6_bytes(rs).to_vec())
-        };
-        let a_in = csum::delta(&va, &ra);
-        let a_out = csum::delta(&ra, &va);
+        // (No allocation: both forms as 16-byte arrays, IPv4 in the last 4.)
+        let (vb, rb) = (addr_v6_bytes(vip), addr_v6_bytes(rs));
+        let from = if v4 { 12 } else { 0 };
+        let a_in = csum::delta(&vb[from..], &rb[from..]);
+        let a_out = csum::delta(&rb[from..], &vb[from..]);
         let ttl = if v4 { TTL_DELTA } else { 0 };
         c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
         c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
@@ -1281,7 +1294,8 @@ impl<Q: PortQueue> Worker<Q> {
                     let d = pkt.data_mut();
                     let l4 = p.l4;
                     let mut delta = 0u32;
-                    let old = [seq.to_be_bytes(), ack.to_be_bytes()].concat();
+                    let mut old = [0u8; 8];
+                    old.copy_from_slice(&d[l4 + 4..l4 + 12]);
                     d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
                     d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
                     delta = csum::add(delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
