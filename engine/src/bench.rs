@@ -404,86 +404,92 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
             Ok((t, per_pkt * BURST as u64))
         }
         Scenario::Ftp => {
-            let sessions = (flows / 3).max(1);
-            let cl = clients(w, workers, sessions);
-            let ctl = |c: ([u8; 4], u16)| (c.0, c.1);
-            let step = |rig: &mut Rig, iface: u8, v: Vec<Vec<u8>>| rig.batch(iface, &v);
-            // 1. SYN; learn the real server of each session.
-            let out = step(rig, EXT, cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, ctl(c), (VIP_FTP, 21), TCP_SYN, 999, 0), len)).collect())?;
-            let rs: Vec<[u8; 4]> = out.iter().map(|f| dst_of(f).map(|d| d.0)).collect::<Result<_, _>>()?;
-            // 2. SYN-ACK, 3. ACK.
-            step(rig, INT, cl.iter().zip(&rs).map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_SYN | TCP_ACK, 4999, 1000), len)).collect())?;
-            step(rig, EXT, cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, 1000, 5000), len)).collect())?;
-            // 4. PASV, 5. 227 from the server (rewritten to the VIP).
-            let pasv = b"PASV\r\n";
-            step(rig, EXT, cl.iter().map(|&c| frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, 1000, 5000), pasv)).collect())?;
-            let cseq = 1000 + pasv.len() as u32;
-            let rports: Vec<u16> = (0..sessions).map(|i| 30000 + (i % 20000) as u16).collect();
-            let out = step(
-                rig,
-                INT,
-                cl.iter()
-                    .zip(&rs)
-                    .zip(&rports)
-                    .map(|((&c, &r), &p)| {
-                        let line = format!(
-                            "227 Entering Passive Mode ({},{},{},{},{},{}).\r\n",
-                            r[0], r[1], r[2], r[3], p >> 8, p & 0xff
-                        );
-                        frame_payload(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_ACK | TCP_PSH, 5000, cseq), line.as_bytes())
-                    })
-                    .collect(),
-            )?;
-            let mut vports = Vec::with_capacity(sessions);
-            for f in &out {
-                let p = parse::parse(f).map_err(|e| format!("227 output: {e:?}"))?;
-                let (sa, _) = ferrovs_ftp_alg::parse::parse_227(&f[p.payload..p.end])
-                    .ok_or_else(|| "227 reply was not rewritten into a parsable line".to_string())?;
-                if sa.ip().octets() != VIP_FTP {
-                    return Err(format!("227 names {} instead of the VIP", sa.ip()));
+            let all = clients(w, workers, (flows / 3).max(1));
+            let mut t = Templates::new(len, all.len() * 4);
+            // In chunks: the gateway keeps at most 65536 pending
+            // expectations per worker; each chunk's are used before the next.
+            for (ci, chunk) in all.chunks(16384).enumerate() {
+                let base = ci * 16384;
+                let cl = chunk.to_vec();
+                let sessions = cl.len();
+                let ctl = |c: ([u8; 4], u16)| (c.0, c.1);
+                let step = |rig: &mut Rig, iface: u8, v: Vec<Vec<u8>>| rig.batch(iface, &v);
+                // 1. SYN; learn the real server of each session.
+                let out = step(rig, EXT, cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, ctl(c), (VIP_FTP, 21), TCP_SYN, 999, 0), len)).collect())?;
+                let rs: Vec<[u8; 4]> = out.iter().map(|f| dst_of(f).map(|d| d.0)).collect::<Result<_, _>>()?;
+                // 2. SYN-ACK, 3. ACK.
+                step(rig, INT, cl.iter().zip(&rs).map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_SYN | TCP_ACK, 4999, 1000), len)).collect())?;
+                step(rig, EXT, cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, 1000, 5000), len)).collect())?;
+                // 4. PASV, 5. 227 from the server (rewritten to the VIP).
+                let pasv = b"PASV\r\n";
+                step(rig, EXT, cl.iter().map(|&c| frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, 1000, 5000), pasv)).collect())?;
+                let cseq = 1000 + pasv.len() as u32;
+                let rports: Vec<u16> = (0..sessions).map(|i| 30000 + ((base + i) % 20000) as u16).collect();
+                let out = step(
+                    rig,
+                    INT,
+                    cl.iter()
+                        .zip(&rs)
+                        .zip(&rports)
+                        .map(|((&c, &r), &p)| {
+                            let line = format!(
+                                "227 Entering Passive Mode ({},{},{},{},{},{}).\r\n",
+                                r[0], r[1], r[2], r[3], p >> 8, p & 0xff
+                            );
+                            frame_payload(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_ACK | TCP_PSH, 5000, cseq), line.as_bytes())
+                        })
+                        .collect(),
+                )?;
+                let mut vports = Vec::with_capacity(sessions);
+                for f in &out {
+                    let p = parse::parse(f).map_err(|e| format!("227 output: {e:?}"))?;
+                    let (sa, _) = ferrovs_ftp_alg::parse::parse_227(&f[p.payload..p.end])
+                        .ok_or_else(|| "227 reply was not rewritten into a parsable line".to_string())?;
+                    if sa.ip().octets() != VIP_FTP {
+                        return Err(format!("227 names {} instead of the VIP", sa.ip()));
+                    }
+                    vports.push(sa.port());
                 }
-                vports.push(sa.port());
-            }
-            let sseq_ctl = 5000 + out.first().map(|f| {
-                let p = parse::parse(f).expect("parsed above");
-                p.payload_len() as u32
-            }).unwrap_or(0);
-            drop(out);
-            // 6. Passive data connection from the client.
-            let pdata = |c: ([u8; 4], u16)| (c.0, c.1.wrapping_add(1));
-            let out = step(rig, EXT, cl.iter().zip(&vports).map(|(&c, &vp)| frame(&tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_SYN, 1, 0), len)).collect())?;
-            let pdst: Vec<([u8; 4], u16)> = out.iter().map(|f| dst_of(f)).collect::<Result<_, _>>()?;
-            for (d, (&r, &p)) in pdst.iter().zip(rs.iter().zip(&rports)) {
-                if *d != (r, p) {
-                    return Err(format!("passive data connection went to {d:?}, expected {r:?}:{p}"));
+                let sseq_ctl = 5000 + out.first().map(|f| {
+                    let p = parse::parse(f).expect("parsed above");
+                    p.payload_len() as u32
+                }).unwrap_or(0);
+                drop(out);
+                // 6. Passive data connection from the client.
+                let pdata = |c: ([u8; 4], u16)| (c.0, c.1.wrapping_add(1));
+                let out = step(rig, EXT, cl.iter().zip(&vports).map(|(&c, &vp)| frame(&tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_SYN, 1, 0), len)).collect())?;
+                let pdst: Vec<([u8; 4], u16)> = out.iter().map(|f| dst_of(f)).collect::<Result<_, _>>()?;
+                for (d, (&r, &p)) in pdst.iter().zip(rs.iter().zip(&rports)) {
+                    if *d != (r, p) {
+                        return Err(format!("passive data connection went to {d:?}, expected {r:?}:{p}"));
+                    }
                 }
-            }
-            // 7. PORT from the client, 8. the server's active data SYN.
-            let adata = |c: ([u8; 4], u16)| (c.0, c.1.wrapping_add(2));
-            step(
-                rig,
-                EXT,
-                cl.iter()
-                    .map(|&c| {
-                        let a = adata(c);
-                        let line = format!("PORT {},{},{},{},{},{}\r\n", a.0[0], a.0[1], a.0[2], a.0[3], a.1 >> 8, a.1 & 0xff);
-                        frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, cseq, sseq_ctl), line.as_bytes())
-                    })
-                    .collect(),
-            )?;
-            let out = step(rig, INT, cl.iter().zip(&rs).map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_SYN, 7, 0), len)).collect())?;
-            for f in &out {
-                if src_of(f)?.0 != VIP_FTP {
-                    return Err("active data connection not translated to the VIP".into());
+                // 7. PORT from the client, 8. the server's active data SYN.
+                let adata = |c: ([u8; 4], u16)| (c.0, c.1.wrapping_add(2));
+                step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .map(|&c| {
+                            let a = adata(c);
+                            let line = format!("PORT {},{},{},{},{},{}\r\n", a.0[0], a.0[1], a.0[2], a.0[3], a.1 >> 8, a.1 & 0xff);
+                            frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, cseq, sseq_ctl), line.as_bytes())
+                        })
+                        .collect(),
+                )?;
+                let out = step(rig, INT, cl.iter().zip(&rs).map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_SYN, 7, 0), len)).collect())?;
+                for f in &out {
+                    if src_of(f)?.0 != VIP_FTP {
+                        return Err("active data connection not translated to the VIP".into());
+                    }
                 }
-            }
-            drop(out);
-            let mut t = Templates::new(len, sessions * 4);
-            for ((&c, &r), (&vp, &rp)) in cl.iter().zip(&rs).zip(vports.iter().zip(&rports)) {
-                t.push(INT, &tcp(rs_mac(r), LB_INT, (r, rp), pdata(c), TCP_ACK, 8, 2));
-                t.push(EXT, &tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_ACK, 2, 8));
-                t.push(INT, &tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_ACK, 8, 2));
-                t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, cseq + 40, sseq_ctl));
+                drop(out);
+                for ((&c, &r), (&vp, &rp)) in cl.iter().zip(&rs).zip(vports.iter().zip(&rports)) {
+                    t.push(INT, &tcp(rs_mac(r), LB_INT, (r, rp), pdata(c), TCP_ACK, 8, 2));
+                    t.push(EXT, &tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_ACK, 2, 8));
+                    t.push(INT, &tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_ACK, 8, 2));
+                    t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, cseq + 40, sseq_ctl));
+                }
             }
             t.shuffle(rng);
             Ok((t, 1_000))

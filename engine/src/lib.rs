@@ -43,6 +43,7 @@ pub mod daemon;
 pub mod replay;
 pub mod flow;
 pub mod frame;
+pub mod gen;
 pub mod neigh;
 pub mod parse;
 pub mod port;

@@ -58,6 +58,45 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Traffic generator (pktgen-style) on AF_PACKET: send on --tx, count
+    /// what comes back on --rx.
+    Gen {
+        /// Device to send on.
+        #[arg(long)]
+        tx: String,
+        /// Device to count returning packets on.
+        #[arg(long)]
+        rx: Option<String>,
+        /// Packets per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Frame size including FCS (64..=1518).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Source addresses: A or A-B.
+        #[arg(long, default_value = "100.64.0.1-100.64.0.254")]
+        src: ferrovs_engine::gen::Span<std::net::Ipv4Addr>,
+        /// Destination addresses: A or A-B.
+        #[arg(long)]
+        dst: ferrovs_engine::gen::Span<std::net::Ipv4Addr>,
+        #[arg(long, default_value = "1024-65535")]
+        sport: ferrovs_engine::gen::Span<u16>,
+        #[arg(long, default_value = "80")]
+        dport: ferrovs_engine::gen::Span<u16>,
+        #[arg(long, value_enum, default_value = "udp")]
+        proto: ferrovs_engine::gen::GenProto,
+        /// Destination MAC (the balancer's port), aa:bb:cc:dd:ee:ff.
+        #[arg(long)]
+        dst_mac: String,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many packets (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -85,6 +124,11 @@ fn split_named(s: &str) -> (Option<String>, PathBuf) {
         Some((n, f)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), PathBuf::from(f)),
         _ => (None, PathBuf::from(s)),
     }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().map_err(|_| format!("bad MAC {s:?}"))?;
+    v.try_into().map_err(|_| format!("bad MAC {s:?}"))
 }
 
 fn load(path: &PathBuf) -> Result<Config, String> {
@@ -187,6 +231,29 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", ferrovs_engine::bench::format(&r));
+            }
+            Ok(())
+        }
+        Cmd::Gen { tx, rx, rate, size, src, dst, sport, dport, proto, dst_mac, duration, count, json } => {
+            let mac = parse_mac(&dst_mac)?;
+            let args = ferrovs_engine::gen::GenArgs {
+                rate,
+                size,
+                src,
+                dst,
+                sport,
+                dport,
+                proto,
+                dst_mac: mac,
+                duration: std::time::Duration::from_secs_f64(duration.max(0.0)),
+                count,
+                live: true,
+            };
+            let r = ferrovs_engine::gen::run_afpacket(&tx, rx.as_deref(), &args)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", ferrovs_engine::gen::format(&r));
             }
             Ok(())
         }
