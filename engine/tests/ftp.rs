@@ -2,50 +2,16 @@
 //! expectations for passive and active data connections, seq/ack
 //! continuity after a length-changing rewrite, checksums, bounce refusal.
 
-use ferrovs_cfg::Config;
+mod common;
+use common::*;
 use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
-const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const RS1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
-const CLIENT: [u8; 4] = [10, 0, 1, 2];
-const VIP: [u8; 4] = [10, 0, 1, 100];
-const RS1: [u8; 4] = [10, 0, 2, 2];
-const EXT: usize = 0;
-const INT: usize = 1;
-const S: u64 = 1_000_000_000;
 
-fn config(forward: &str) -> Config {
-    let text = format!(
+fn ftp_config(forward: &str) -> ferrovs_cfg::Config {
+    config(&format!(
         r#"
-[engine]
-workers = 1
-backend = "memory"
-flow_table_size = 4096
-
-[[interface]]
-name = "ext"
-device = "mem0"
-mac = "02:00:00:00:01:01"
-addresses = ["10.0.1.1/24"]
-
-[[interface]]
-name = "int"
-device = "mem1"
-mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24"]
-
-[[neighbor]]
-address = "10.0.2.2"
-mac = "02:00:00:00:02:02"
-
-[[neighbor]]
-address = "10.0.1.2"
-mac = "02:00:00:00:01:02"
-
 [[service]]
 name = "ftp"
 vip = "10.0.1.100"
@@ -58,8 +24,7 @@ ftp = true
 [[service.real_server]]
 address = "10.0.2.2"
 "#
-    );
-    Config::from_str(&text, "ftp-test.toml").expect("config")
+    ))
 }
 
 struct Tcp {
@@ -100,7 +65,7 @@ struct Session {
 
 impl Session {
     fn new(forward: &str) -> Session {
-        let mut e = MemEngine::new(config(forward), 1);
+        let mut e = MemEngine::new(ftp_config(forward), 1);
         let out = e.inject(EXT, &with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_SYN, 999, 0, b""), CLIENT_MAC, LB_EXT), S);
         assert_eq!(out.len(), 1);
         let mut s = Session { e, cseq: 1000, sseq: 5000, t: S };

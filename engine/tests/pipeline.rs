@@ -1,67 +1,15 @@
 //! Fixture tables through the in-memory port: input packet from a builder,
 //! expected output packet(s) or verdict (counted drop).
 
-use ferrovs_cfg::Config;
+mod common;
+use common::*;
 use ferrovs_engine::counters::DropReason;
 use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
-const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const RS1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
-const RS2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 3];
-const CLIENT: [u8; 4] = [10, 0, 1, 2];
-const VIP: [u8; 4] = [10, 0, 1, 100];
-const VIP_DR: [u8; 4] = [10, 0, 1, 101];
-const RS1: [u8; 4] = [10, 0, 2, 2];
-const RS2: [u8; 4] = [10, 0, 2, 3];
-const C6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const VIP6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-const RS6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const EXT: usize = 0;
-const INT: usize = 1;
-const S: u64 = 1_000_000_000;
 
-pub const CONFIG: &str = r#"
-[engine]
-workers = 1
-backend = "memory"
-flow_table_size = 4096
-
-[[interface]]
-name = "ext"
-device = "mem0"
-mac = "02:00:00:00:01:01"
-addresses = ["10.0.1.1/24", "fd00:1::1/64"]
-
-[[interface]]
-name = "int"
-device = "mem1"
-mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24", "fd00:2::1/64"]
-
-[[neighbor]]
-address = "10.0.2.2"
-mac = "02:00:00:00:02:02"
-
-[[neighbor]]
-address = "10.0.2.3"
-mac = "02:00:00:00:02:03"
-
-[[neighbor]]
-address = "10.0.1.2"
-mac = "02:00:00:00:01:02"
-
-[[neighbor]]
-address = "fd00:2::2"
-mac = "02:00:00:00:02:02"
-
-[[neighbor]]
-address = "fd00:1::2"
-mac = "02:00:00:00:01:02"
-
+const SERVICES: &str = r#"
 [[service]]
 name = "web"
 vip = "10.0.1.100"
@@ -111,8 +59,7 @@ address = "10.0.2.2"
 "#;
 
 pub fn engine(workers: usize) -> MemEngine {
-    let cfg = Config::from_str(CONFIG, "pipeline-test.toml").expect("test config parses");
-    MemEngine::new(cfg, workers)
+    MemEngine::new(config(SERVICES), workers)
 }
 
 fn from_client(f: Vec<u8>) -> Vec<u8> {

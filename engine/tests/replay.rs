@@ -3,46 +3,16 @@
 //! the binary with 1 and 2 workers; the output is checked for the 227
 //! rewrite, checksums, and seq/ack continuity; two runs give identical bytes.
 
+mod common;
+use common::*;
 use ferrovs_engine::parse::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ferrovs_engine::port::pcap::{PcapReader, PcapWriter};
 use ferrovs_engine::testpkt::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const RS1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
-const CLIENT: [u8; 4] = [10, 0, 1, 2];
-const VIP: [u8; 4] = [10, 0, 1, 100];
-const RS1: [u8; 4] = [10, 0, 2, 2];
 
-const CONFIG: &str = r#"
-[engine]
-workers = 1
-backend = "memory"
-flow_table_size = 4096
-
-[[interface]]
-name = "ext"
-device = "mem0"
-mac = "02:00:00:00:01:01"
-addresses = ["10.0.1.1/24"]
-
-[[interface]]
-name = "int"
-device = "mem1"
-mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24"]
-
-[[neighbor]]
-address = "10.0.2.2"
-mac = "02:00:00:00:02:02"
-
-[[neighbor]]
-address = "10.0.1.2"
-mac = "02:00:00:00:01:02"
-
+const SERVICES: &str = r#"
 [[service]]
 name = "ftp"
 vip = "10.0.1.100"
@@ -127,7 +97,7 @@ fn read_all(p: &Path) -> Vec<Vec<u8>> {
 
 fn replay(workers: usize, out: &Path) -> Vec<Vec<u8>> {
     let cfg = tmp("lb.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config_text(SERVICES)).unwrap();
     let (ext, int) = (tmp("ext.pcap"), tmp("int.pcap"));
     write_inputs(&ext, &int);
     let st = Command::new(env!("CARGO_BIN_EXE_ferrovs"))

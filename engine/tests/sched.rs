@@ -3,46 +3,16 @@
 //! IPVS order; with persistence every connection of one client reaches one
 //! server, across the ports of a port group.
 
-use ferrovs_cfg::Config;
+mod common;
+use common::*;
 use ferrovs_engine::parse::TCP_SYN;
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
-const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const VIP: [u8; 4] = [10, 0, 1, 100];
 
-fn config(extra: &str) -> Config {
-    let text = format!(
+fn wrr_config(extra: &str) -> ferrovs_cfg::Config {
+    config(&format!(
         r#"
-[engine]
-workers = 1
-backend = "memory"
-flow_table_size = 4096
-
-[[interface]]
-name = "ext"
-device = "mem0"
-mac = "02:00:00:00:01:01"
-addresses = ["10.0.1.1/24"]
-
-[[interface]]
-name = "int"
-device = "mem1"
-mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24"]
-
-[[neighbor]]
-address = "10.0.2.2"
-mac = "02:00:00:00:02:02"
-
-[[neighbor]]
-address = "10.0.2.3"
-mac = "02:00:00:00:02:03"
-
-[[neighbor]]
-address = "10.0.2.4"
-mac = "02:00:00:00:02:04"
-
 [[service]]
 name = "web"
 vip = "10.0.1.100"
@@ -63,8 +33,7 @@ weight = 2
 address = "10.0.2.4"
 weight = 1
 "#
-    );
-    Config::from_str(&text, "sched-test.toml").expect("config")
+    ))
 }
 
 /// Send a SYN and return the last octet of the real server it reached.
@@ -78,7 +47,7 @@ fn syn(e: &mut MemEngine, client: [u8; 4], sport: u16, dport: u16) -> u8 {
 #[test]
 fn wrr_3_2_1_in_ipvs_order() {
     for workers in [1, 2] {
-        let mut e = MemEngine::new(config(""), workers);
+        let mut e = MemEngine::new(wrr_config(""), workers);
         let mut seq = Vec::new();
         for i in 0..60u16 {
             // One client: with 2 workers every SYN is owned by the same worker,
@@ -96,7 +65,7 @@ fn wrr_3_2_1_in_ipvs_order() {
 
 #[test]
 fn persistence_keeps_a_client_on_one_server_across_the_port_group() {
-    let mut e = MemEngine::new(config("persistence = { timeout = 300 }"), 1);
+    let mut e = MemEngine::new(wrr_config("persistence = { timeout = 300 }"), 1);
     for c in 2..20u8 {
         let client = [10, 0, 1, c];
         let first = syn(&mut e, client, 40000, 21);

@@ -1,0 +1,77 @@
+//! The lab every engine test uses: a client segment (ext, 10.0.1.0/24,
+//! fd00:1::/64) and a real-server segment (int, 10.0.2.0/24, fd00:2::/64),
+//! MACs and static neighbours, so fixtures can spell expected frames exactly.
+#![allow(dead_code)]
+
+pub const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
+pub const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
+pub const RS1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+pub const RS2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 3];
+pub const CLIENT: [u8; 4] = [10, 0, 1, 2];
+pub const VIP: [u8; 4] = [10, 0, 1, 100];
+pub const VIP_DR: [u8; 4] = [10, 0, 1, 101];
+pub const RS1: [u8; 4] = [10, 0, 2, 2];
+pub const RS2: [u8; 4] = [10, 0, 2, 3];
+pub const C6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const VIP6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+pub const RS6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+/// Interface indices.
+pub const EXT: usize = 0;
+pub const INT: usize = 1;
+/// One second in the engine's clock.
+pub const S: u64 = 1_000_000_000;
+
+/// Engine, interfaces and static neighbours; append `[[service]]` blocks.
+pub const TOPOLOGY: &str = r#"
+[engine]
+workers = 1
+backend = "memory"
+flow_table_size = 4096
+
+[[interface]]
+name = "ext"
+device = "mem0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24", "fd00:1::1/64"]
+
+[[interface]]
+name = "int"
+device = "mem1"
+mac = "02:00:00:00:02:01"
+addresses = ["10.0.2.1/24", "fd00:2::1/64"]
+
+[[neighbor]]
+address = "10.0.2.2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "10.0.2.3"
+mac = "02:00:00:00:02:03"
+
+[[neighbor]]
+address = "10.0.2.4"
+mac = "02:00:00:00:02:04"
+
+[[neighbor]]
+address = "10.0.1.2"
+mac = "02:00:00:00:01:02"
+
+[[neighbor]]
+address = "fd00:2::2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "fd00:1::2"
+mac = "02:00:00:00:01:02"
+"#;
+
+/// The topology plus `services`, as config text.
+pub fn config_text(services: &str) -> String {
+    format!("{TOPOLOGY}\n{services}")
+}
+
+/// The topology plus `services`, parsed.
+pub fn config(services: &str) -> ferrovs_cfg::Config {
+    ferrovs_cfg::Config::from_str(&config_text(services), "engine-test.toml").expect("test config parses")
+}
