@@ -4,9 +4,9 @@
 //! (so RSS / packet fanout spreads them), and counts what comes back on a
 //! second port. It prints live rates every second and a summary (`--json`).
 //!
-//! Backends: AF_PACKET (`crate::port::afpacket::open`). A DPDK backend
-//! (feature "dpdk") is not wired in yet: `crate::port::dpdk` had not landed
-//! when this was written.
+//! Backends: AF_PACKET (`crate::port::afpacket::open`) and, in a build
+//! with the `dpdk` feature, DPDK (`--backend dpdk`: the devices are vdev
+//! specs or PCI addresses, EAL arguments come from `--eal-args`).
 
 use crate::frame::{write4, Frame4};
 use crate::parse::{self, PROTO_TCP, PROTO_UDP, TCP_SYN};
@@ -273,6 +273,31 @@ pub fn run_afpacket(tx_dev: &str, rx_dev: Option<&str>, a: &GenArgs) -> Result<G
         None => None,
     };
     run(tx, rx, a, "af_packet")
+}
+
+/// Open DPDK ports for `tx_dev` (and `rx_dev`: vdev specs or PCI
+/// addresses) with `eal_args`, and run on one queue of each.
+#[cfg(feature = "dpdk")]
+pub fn run_dpdk(tx_dev: &str, rx_dev: Option<&str>, eal_args: &[String], a: &GenArgs) -> Result<GenReport, String> {
+    use crate::port::Backend as _;
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut text = String::from("[engine]\nworkers = 1\nbackend = \"dpdk\"\nmbufs = 8192\n");
+    text += &format!("eal_args = [{}]\n", eal_args.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
+    for (name, dev) in [("gen-tx", Some(tx_dev)), ("gen-rx", rx_dev)] {
+        if let Some(dev) = dev {
+            text += &format!("\n[[interface]]\nname = \"{name}\"\ndevice = {}\naddresses = []\n", q(dev));
+        }
+    }
+    let cfg = ferrovs_cfg::Config::from_str(&text, "ferrovs gen").map_err(|e| e.to_string())?;
+    let mut be = crate::port::dpdk::DpdkBackend::open(&cfg).map_err(|e| e.to_string())?;
+    crate::port::dpdk::register_thread().map_err(|e| e.to_string())?;
+    let mut queues = be.take_queues().pop().ok_or("DPDK gave no queues")?;
+    let rx = if rx_dev.is_some() { queues.pop() } else { None };
+    let tx = queues.pop().ok_or("DPDK gave no tx queue")?;
+    let r = run(tx, rx, a, "dpdk");
+    // Queues (and their mbufs) are gone before the backend tears EAL down.
+    drop(be);
+    r
 }
 
 /// Human-readable summary.

@@ -61,7 +61,13 @@ enum Cmd {
     /// Traffic generator (pktgen-style) on AF_PACKET: send on --tx, count
     /// what comes back on --rx.
     Gen {
-        /// Device to send on.
+        /// Port backend: af_packet, or dpdk (a build with --features dpdk).
+        #[arg(long, default_value = "af_packet", value_parser = ["af_packet", "dpdk"])]
+        backend: String,
+        /// EAL arguments for --backend dpdk, space-separated.
+        #[arg(long, default_value = "--no-huge -m 512 --no-pci --no-shconf --file-prefix fvs-gen")]
+        eal_args: String,
+        /// Device to send on (kernel interface, or DPDK vdev spec / PCI address).
         #[arg(long)]
         tx: String,
         /// Device to count returning packets on.
@@ -234,7 +240,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Gen { tx, rx, rate, size, src, dst, sport, dport, proto, dst_mac, duration, count, json } => {
+        Cmd::Gen { backend, eal_args, tx, rx, rate, size, src, dst, sport, dport, proto, dst_mac, duration, count, json } => {
             let mac = parse_mac(&dst_mac)?;
             let args = ferrovs_engine::gen::GenArgs {
                 rate,
@@ -249,7 +255,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 count,
                 live: true,
             };
-            let r = ferrovs_engine::gen::run_afpacket(&tx, rx.as_deref(), &args)?;
+            let r = if backend == "dpdk" {
+                run_gen_dpdk(&tx, rx.as_deref(), &eal_args, &args)?
+            } else {
+                let _ = &eal_args;
+                ferrovs_engine::gen::run_afpacket(&tx, rx.as_deref(), &args)?
+            };
             if json {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             } else {
@@ -269,4 +280,25 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "dpdk")]
+fn run_gen_dpdk(
+    tx: &str,
+    rx: Option<&str>,
+    eal_args: &str,
+    a: &ferrovs_engine::gen::GenArgs,
+) -> Result<ferrovs_engine::gen::GenReport, String> {
+    let eal: Vec<String> = eal_args.split_whitespace().map(String::from).collect();
+    ferrovs_engine::gen::run_dpdk(tx, rx, &eal, a)
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn run_gen_dpdk(
+    _tx: &str,
+    _rx: Option<&str>,
+    _eal_args: &str,
+    _a: &ferrovs_engine::gen::GenArgs,
+) -> Result<ferrovs_engine::gen::GenReport, String> {
+    Err("--backend dpdk needs a ferrovs built with `--features dpdk`".into())
 }
