@@ -137,7 +137,11 @@ pub struct FtpCounters {
     pub held_segments: AtomicU64,
 }
 
-/// Per service counters of one worker.
+/// Per service counters of one worker. `conns` and the FTP counters are
+/// updated as events happen; the packet and byte counters (service and
+/// real server) are accumulated worker-locally per packet and folded in at
+/// the end of every `Worker::poll` (`Worker::flush_svc_counters`), so
+/// readers see them at most one poll iteration late.
 #[derive(Default)]
 pub struct ServiceCounters {
     pub conns: AtomicU64,

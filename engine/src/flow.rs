@@ -33,8 +33,12 @@ pub const NONE: u32 = u32::MAX;
 pub const F_DATA: u8 = 1; // an FTP data connection (created from an expectation)
 pub const F_ACTIVE_COUNTED: u8 = 2; // counted as active in the scheduler counts
 pub const F_COUNTED: u8 = 4; // counted at all (active or inactive)
+pub const F_ALG: u8 = 8; // an FTP control connection: `ConnCold::alg` is set
 
-/// One tracked connection.
+/// One tracked connection: the fields the established fast path reads and
+/// writes, in two cache lines (128 bytes, aligned). Everything else lives
+/// in [`ConnCold`], a parallel array touched only on the slow paths.
+#[repr(align(64))]
 pub struct Conn {
     pub live: bool,
     pub gen: u32,
@@ -58,26 +62,42 @@ pub struct Conn {
     pub l4_in: u32,
     pub l3_out: u32,
     pub l4_out: u32,
-    /// Egress interface and next hop towards the real server / the client.
+    /// Egress interface towards the real server / the client (next hops
+    /// in [`ConnCold`]).
     pub if_in: u8,
     pub if_out: u8,
-    pub nh_in: Addr,
-    pub nh_out: Addr,
     /// Cached next-hop MACs, valid while `mac_gen` equals the worker's
     /// neighbour generation.
     pub mac_in: [u8; 6],
     pub mac_out: [u8; 6],
     pub mac_gen: u32,
+    /// Packets per direction, low 32 bits (`ferrovsadm -L -c`); a wrap
+    /// carries into [`ConnCold`] (see [`FlowTable::count_pkt`]). Byte and
+    /// per-service counts are kept by the worker (`Worker::flush_svc_counters`).
+    pub pkts_in: u32,
+    pub pkts_out: u32,
+}
+
+/// The rarely used part of a connection, same slot number as its [`Conn`].
+pub struct ConnCold {
+    /// Next hop towards the real server / the client.
+    pub nh_in: Addr,
+    pub nh_out: Addr,
     /// FTP: the control connection of a data connection.
     pub parent: u32,
     pub parent_gen: u32,
     /// FTP: live data connections of a control connection.
     pub children: u32,
     pub alg: Option<Box<ferrovs_ftp_alg::FtpSession>>,
-    pub pkts_in: u64,
-    pub bytes_in: u64,
-    pub pkts_out: u64,
-    pub bytes_out: u64,
+    /// High 32 bits of the packet counts.
+    pub pkts_in_hi: u32,
+    pub pkts_out_hi: u32,
+}
+
+impl Default for ConnCold {
+    fn default() -> Self {
+        ConnCold { nh_in: 0, nh_out: 0, parent: NONE, parent_gen: 0, children: 0, alg: None, pkts_in_hi: 0, pkts_out_hi: 0 }
+    }
 }
 
 impl Conn {
@@ -116,9 +136,14 @@ pub struct FlowTable {
     shift: u32,
     seed: u64,
     slab: Vec<Conn>,
+    /// The cold halves, indexed like `slab`.
+    cold: Vec<ConnCold>,
     free: Vec<u32>,
     cap: usize,
     live: usize,
+    /// Bumped by every insert and remove: index words looked up at one
+    /// version stay exact while it is unchanged.
+    version: u64,
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -173,6 +198,7 @@ impl FlowTable {
         index.resize(slots, EMPTY);
         let slab = Vec::with_capacity(cap);
         advise_huge(&slab);
+        let cold = Vec::with_capacity(cap);
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -185,10 +211,19 @@ impl FlowTable {
             shift: 64 - slots.trailing_zeros(),
             seed,
             slab,
+            cold,
             free: Vec::with_capacity(cap),
             cap,
             live: 0,
+            version: 0,
         }
+    }
+
+    /// See the `version` field: unchanged means no connection was
+    /// inserted or removed since.
+    #[inline(always)]
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn len(&self) -> usize {
@@ -231,12 +266,10 @@ impl FlowTable {
     /// Prefetch both cache lines of connection `i`.
     #[inline(always)]
     pub fn prefetch_conn(&self, i: u32) {
+        const _: () = assert!(std::mem::size_of::<Conn>() == 128, "hot Conn is two cache lines");
         let p = self.slab.as_ptr().wrapping_add(i as usize) as *const u8;
         prefetch_ptr(p);
         prefetch_ptr(p.wrapping_add(64));
-        if std::mem::size_of::<Conn>() > 128 {
-            prefetch_ptr(p.wrapping_add(128));
-        }
     }
 
     #[inline(always)]
@@ -282,6 +315,21 @@ impl FlowTable {
         })
     }
 
+    /// Like [`FlowTable::lookup_hashed`], but returns the raw index word
+    /// `slot << 1 | dir` (dir 1: reply direction).
+    #[inline(always)]
+    pub fn lookup_word(&self, k: &FlowKey, h: u64) -> Option<u32> {
+        self.find(k, h).map(|i| self.index[i] as u32)
+    }
+
+    /// Does index word `v` (from [`FlowTable::lookup_word`]) still denote a
+    /// live connection with key `k`? Keys are unique among live
+    /// connections, so a match is exactly what a fresh lookup would return.
+    #[inline(always)]
+    pub fn word_matches(&self, v: u32, k: &FlowKey) -> bool {
+        self.slab.get((v >> 1) as usize).is_some_and(|c| c.live) && self.matches(v, k)
+    }
+
     #[inline(always)]
     pub fn get(&self, i: u32) -> &Conn {
         &self.slab[i as usize]
@@ -292,6 +340,68 @@ impl FlowTable {
     }
     pub fn try_get(&self, i: u32) -> Option<&Conn> {
         self.slab.get(i as usize).filter(|c| c.live)
+    }
+    /// The cold half of connection `i`.
+    #[inline]
+    pub fn cold(&self, i: u32) -> &ConnCold {
+        &self.cold[i as usize]
+    }
+    #[inline]
+    pub fn cold_mut(&mut self, i: u32) -> &mut ConnCold {
+        &mut self.cold[i as usize]
+    }
+    /// Incremental expiry scan: look at up to `*budget` slots from `*pos`
+    /// (wrapping), consuming budget; returns the first live connection that
+    /// expired at `now`, with `*pos` just past it.
+    #[inline]
+    pub fn scan_expired(&self, pos: &mut usize, budget: &mut usize, now: u64) -> Option<u32> {
+        let n = self.slab.len();
+        while *budget > 0 {
+            if *pos >= n {
+                *pos = 0;
+            }
+            let end = n.min(*pos + *budget);
+            let start = *pos;
+            for (k, c) in self.slab[start..end].iter().enumerate() {
+                if c.expires <= now && c.live {
+                    *budget -= k + 1;
+                    *pos = start + k + 1;
+                    return Some((start + k) as u32);
+                }
+            }
+            *budget -= end - start;
+            *pos = end;
+        }
+        None
+    }
+    /// Both halves of connection `i`.
+    #[inline(always)]
+    pub fn both_mut(&mut self, i: u32) -> (&mut Conn, &mut ConnCold) {
+        (&mut self.slab[i as usize], &mut self.cold[i as usize])
+    }
+    /// Count a packet of connection `i` (`inbound`: client to server).
+    #[inline(always)]
+    pub fn count_pkt(&mut self, i: u32, inbound: bool) {
+        let c = &mut self.slab[i as usize];
+        let n = if inbound { &mut c.pkts_in } else { &mut c.pkts_out };
+        *n = n.wrapping_add(1);
+        if *n == 0 {
+            self.carry_pkt(i, inbound);
+        }
+    }
+    #[cold]
+    fn carry_pkt(&mut self, i: u32, inbound: bool) {
+        let k = &mut self.cold[i as usize];
+        if inbound {
+            k.pkts_in_hi += 1;
+        } else {
+            k.pkts_out_hi += 1;
+        }
+    }
+    /// Packets (in, out) of connection `i`.
+    pub fn pkts(&self, i: u32) -> (u64, u64) {
+        let (c, k) = (&self.slab[i as usize], &self.cold[i as usize]);
+        ((k.pkts_in_hi as u64) << 32 | c.pkts_in as u64, (k.pkts_out_hi as u64) << 32 | c.pkts_out as u64)
     }
 
     fn index_insert(&mut self, h: u64, v: u32) {
@@ -338,15 +448,18 @@ impl FlowTable {
             return Err(c);
         }
         c.live = true;
+        self.version += 1;
         let idx = match self.free.pop() {
             Some(i) => {
                 c.gen = self.slab[i as usize].gen.wrapping_add(1);
                 self.slab[i as usize] = c;
+                self.cold[i as usize] = ConnCold::default();
                 i
             }
             None => {
                 c.gen = 1;
                 self.slab.push(c);
+                self.cold.push(ConnCold::default());
                 (self.slab.len() - 1) as u32
             }
         };
@@ -360,11 +473,12 @@ impl FlowTable {
 
     /// Remove connection `i` (drops its FTP session).
     pub fn remove(&mut self, i: u32) {
-        let c = &mut self.slab[i as usize];
-        if !c.live {
+        if !self.slab[i as usize].live {
             return;
         }
-        c.alg = None;
+        self.cold[i as usize].alg = None;
+        self.version += 1;
+        let c = &self.slab[i as usize];
         let kin = c.key_in();
         let kout = c.key_out();
         let out = c.has_out_key();
@@ -385,18 +499,21 @@ impl FlowTable {
 
     /// Bytes reserved by the table (slab, index, free list).
     pub fn memory_bytes(&self) -> usize {
-        self.index.capacity() * 8 + self.slab.capacity() * std::mem::size_of::<Conn>() + self.free.capacity() * 4
+        self.index.capacity() * 8
+            + self.slab.capacity() * std::mem::size_of::<Conn>()
+            + self.cold.capacity() * std::mem::size_of::<ConnCold>()
+            + self.free.capacity() * 4
     }
 
-    /// Size of one connection slot.
+    /// Size of one connection slot (hot and cold halves).
     pub fn conn_slot_bytes() -> usize {
-        std::mem::size_of::<Conn>()
+        std::mem::size_of::<Conn>() + std::mem::size_of::<ConnCold>()
     }
 
     /// Approximate bytes of memory per connection slot (slab entry plus
     /// its index words).
     pub fn bytes_per_flow(&self) -> usize {
-        std::mem::size_of::<Conn>() + 8 * self.index.len() / self.cap.max(1)
+        Self::conn_slot_bytes() + 8 * self.index.len() / self.cap.max(1)
     }
 }
 
@@ -434,19 +551,11 @@ pub fn new_conn(
         l4_out: 0,
         if_in: 0,
         if_out: 0,
-        nh_in: 0,
-        nh_out: 0,
         mac_in: [0; 6],
         mac_out: [0; 6],
         mac_gen: u32::MAX,
-        parent: NONE,
-        parent_gen: 0,
-        children: 0,
-        alg: None,
         pkts_in: 0,
-        bytes_in: 0,
         pkts_out: 0,
-        bytes_out: 0,
     }
 }
 

@@ -7,13 +7,18 @@
 //! - [`port`]: the I/O boundary. A backend (in-memory, pcap, AF_PACKET,
 //!   DPDK) opens every configured interface and gives each worker one queue
 //!   of each. The pipeline sees only [`port::Packet`] buffers.
-//! - [`parse`]: etherparse-based parsing into offsets and flow fields.
+//! - [`parse`]: parsing into offsets and flow fields: a hand-written fast
+//!   parser for the common TCP/UDP case, etherparse (the reference) for
+//!   everything else.
 //! - [`flow`], [`tcpstate`]: the per-worker connection table and IPVS TCP
 //!   states with timeouts driven by a clock passed in.
 //! - [`snapshot`]: the configuration compiled for lookups, shared as an
 //!   immutable `Arc` and replaced wholesale on reload.
 //! - [`worker`]: the poll-mode pipeline: classification, scheduling, NAT /
 //!   DR / tunnel forwarding, ICMP error translation, ARP/ND, the FTP gateway.
+//!   An established connection's packet is looked up in the flow table
+//!   first and forwarded without any VIP/local classification (a hit also
+//!   proves this worker owns the flow); only misses are classified.
 //! - [`daemon`], [`replay`]: running the workers on threads or offline.
 //!
 //! ## Flow ownership (shared-nothing)

@@ -1,5 +1,18 @@
-//! Packet parsing with etherparse: Ethernet, one optional 802.1Q tag, IPv4,
-//! IPv6, TCP, UDP, ICMP/ICMPv6 and ARP.
+//! Packet parsing: Ethernet, one optional 802.1Q tag, IPv4, IPv6, TCP, UDP,
+//! ICMP/ICMPv6 and ARP.
+//!
+//! Two parsers produce the same [`Parsed`]:
+//! - [`parse_fast`], hand-written, for the common case only: Ethernet
+//!   [+ one 802.1Q tag], IPv4 without options or IPv6 without extension
+//!   headers, carrying TCP or UDP. It returns `None` for anything else
+//!   (including anything malformed), never an error.
+//! - [`parse_etherparse`], built on etherparse: the reference parser and
+//!   the fallback for everything `parse_fast` declines (options, ICMP,
+//!   ARP, fragments, errors...).
+//!
+//! [`parse`] tries the first and falls back to the second. A property test
+//! checks that whenever `parse_fast` accepts a frame, etherparse parses it
+//! to the identical `Parsed`.
 //!
 //! The parser validates once and returns byte offsets plus the fields the
 //! pipeline needs ([`Parsed`]); after a successful parse the pipeline may
@@ -116,9 +129,102 @@ impl Parsed {
     }
 }
 
-/// Parse an Ethernet frame.
-#[inline]
+/// Parse an Ethernet frame: [`parse_fast`], else [`parse_etherparse`].
+#[inline(always)]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    match parse_fast(frame) {
+        Some(p) => Ok(p),
+        None => parse_etherparse(frame),
+    }
+}
+
+/// The hand-written parser for the common case (see the module docs).
+/// `None` means "not the common case": ask [`parse_etherparse`].
+#[inline(always)]
+pub fn parse_fast(frame: &[u8]) -> Option<Parsed> {
+    // Ethernet header, then at most one 802.1Q tag.
+    let eth: &[u8; 18] = frame.get(..18)?.try_into().ok()?;
+    let (off, et) = match [eth[12], eth[13]] {
+        [0x81, 0x00] => (18, u16::from_be_bytes([eth[16], eth[17]])),
+        et => (14, u16::from_be_bytes(et)),
+    };
+    let mut p = match et {
+        0x0800 => {
+            let h: &[u8; 20] = frame.get(off..off + 20)?.try_into().ok()?;
+            // Version 4, IHL 5 (no options); no fragment (MF or offset).
+            if h[0] != 0x45 || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+            if total < 20 || off + total > frame.len() {
+                return None;
+            }
+            Parsed {
+                l3: off,
+                l4: off + 20,
+                end: off + total,
+                proto: h[9],
+                src: v4_to_addr([h[12], h[13], h[14], h[15]]),
+                dst: v4_to_addr([h[16], h[17], h[18], h[19]]),
+                ..Default::default()
+            }
+        }
+        0x86dd => {
+            let h: &[u8; 40] = frame.get(off..off + 40)?.try_into().ok()?;
+            if h[0] >> 4 != 6 {
+                return None;
+            }
+            let end = off + 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
+            if end > frame.len() {
+                return None;
+            }
+            let s: [u8; 16] = h[8..24].try_into().ok()?;
+            let d: [u8; 16] = h[24..40].try_into().ok()?;
+            Parsed {
+                l3: off,
+                l4: off + 40,
+                end,
+                v6: true,
+                proto: h[6],
+                src: v6_to_addr(s),
+                dst: v6_to_addr(d),
+                ..Default::default()
+            }
+        }
+        _ => return None,
+    };
+    // `end <= frame.len()` was checked above.
+    let l4 = frame.get(p.l4..p.end)?;
+    match p.proto {
+        PROTO_TCP => {
+            let t: &[u8; 20] = l4.get(..20)?.try_into().ok()?;
+            let hl = (t[12] >> 4) as usize * 4;
+            if hl < 20 || hl > l4.len() {
+                return None;
+            }
+            p.sport = u16::from_be_bytes([t[0], t[1]]);
+            p.dport = u16::from_be_bytes([t[2], t[3]]);
+            p.tcp_flags = t[13] & 0x3f;
+            p.payload = p.l4 + hl;
+        }
+        PROTO_UDP => {
+            let u: &[u8; 8] = l4.get(..8)?.try_into().ok()?;
+            let ul = u16::from_be_bytes([u[4], u[5]]) as usize;
+            if ul < 8 || ul > l4.len() {
+                return None;
+            }
+            p.sport = u16::from_be_bytes([u[0], u[1]]);
+            p.dport = u16::from_be_bytes([u[2], u[3]]);
+            p.payload = p.l4 + 8;
+        }
+        _ => return None,
+    }
+    Some(p)
+}
+
+/// The etherparse-based reference parser (every frame type the engine
+/// handles; the slow path and the fallback of [`parse`]).
+pub fn parse_etherparse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| ParseError::Malformed)?;
     let mut off = 14;
     let mut et = eth.ether_type();
@@ -351,7 +457,64 @@ mod tests {
         assert_eq!(p.end, f.len() - 6);
     }
 
+    /// Frames of every kind the fast parser may see, plus ones it must decline.
+    fn corpus() -> Vec<Vec<u8>> {
+        let tcp = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN | TCP_ACK, 1, 2, b"hello world");
+        let mut opts = tcp.clone();
+        opts[14] = 0x46;
+        vec![
+            tcp.clone(),
+            udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"hello"),
+            tcp6(V6A, 1234, V6B, 21, TCP_ACK, 5, 6, b"xyz"),
+            udp6(V6A, 1234, V6B, 53, b"q"),
+            vlan(&tcp, 7),
+            vlan(&udp6(V6A, 1, V6B, 2, b""), 9),
+            vlan(&vlan(&tcp, 3), 4),
+            ping4([10, 0, 1, 2], [10, 0, 1, 100], 7, 1),
+            icmp4_error([10, 0, 2, 2], [10, 0, 1, 100], 3, 4, 1400, &tcp[14..]),
+            arp_request([2, 0, 0, 0, 0, 1], [10, 0, 1, 2], [10, 0, 1, 100]),
+            opts,
+        ]
+    }
+
+    #[test]
+    fn fast_parser_takes_the_common_case() {
+        let c = corpus();
+        for f in &c[..6] {
+            assert!(parse_fast(f).is_some());
+            assert_eq!(parse_fast(f).map(Ok), Some(parse_etherparse(f)));
+        }
+        for f in &c[6..] {
+            assert_eq!(parse_fast(f), None, "declined: left to etherparse");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn fast_parser_agrees_with_etherparse(
+            which in 0usize..11,
+            muts in proptest::collection::vec((0usize..128, proptest::num::u8::ANY), 0..4),
+            cut in 0usize..160,
+            extra in 0usize..8,
+        ) {
+            let mut f = corpus()[which].clone();
+            for (i, b) in muts {
+                let i = i % f.len();
+                f[i] = b;
+            }
+            f.extend(std::iter::repeat(0u8).take(extra));
+            f.truncate(cut.max(1));
+            if let Some(p) = parse_fast(&f) {
+                proptest::prop_assert_eq!(Ok(p), parse_etherparse(&f));
+            }
+            proptest::prop_assert_eq!(parse(&f), parse_etherparse(&f));
+        }
+        #[test]
+        fn fast_parser_agrees_on_random_bytes(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Some(p) = parse_fast(&data) {
+                proptest::prop_assert_eq!(Ok(p), parse_etherparse(&data));
+            }
+        }
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = parse(&data);

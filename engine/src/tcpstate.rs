@@ -97,9 +97,14 @@ const TABLE: [[[TcpState; 11]; 4]; 3] = [
 ];
 
 /// Next state for a segment with TCP `flags` travelling in `dir`.
-#[inline]
+#[inline(always)]
 pub fn next(cur: TcpState, dir: Direction, flags: u8) -> TcpState {
     use crate::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+    // The established fast path: ACK or no flag keeps ES in every
+    // direction (see TABLE; checked by `established_shortcut_matches_table`).
+    if cur == TcpState::Established && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return cur;
+    }
     let ev = if flags & TCP_RST != 0 {
         3
     } else if flags & TCP_SYN != 0 {
@@ -140,6 +145,16 @@ pub fn timeouts_ns(t: &ferrovs_cfg::Timeouts) -> [u64; N_STATES] {
 mod tests {
     use super::*;
     use crate::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+    #[test]
+    fn established_shortcut_matches_table() {
+        for dir in [Direction::Input, Direction::Output, Direction::InputOnly] {
+            assert_eq!(TABLE[dir as usize][2][TcpState::Established as usize], TcpState::Established);
+            for flags in [0, TCP_ACK, TCP_ACK | 0x08, 0x08, 0x20, 0x08 | 0x20] {
+                assert_eq!(next(TcpState::Established, dir, flags), TcpState::Established);
+            }
+        }
+    }
 
     #[test]
     fn transitions_table() {

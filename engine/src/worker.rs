@@ -9,7 +9,7 @@
 
 use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
-use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_COUNTED, F_DATA, NONE};
+use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, NONE};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
     self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed,
@@ -148,14 +148,37 @@ pub struct Worker<Q: PortQueue> {
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
     rx: Vec<Q::Buf>,
-    /// Per rx burst: parse result and flow hash of each packet.
-    pre: Vec<(Result<Parsed, parse::ParseError>, u64)>,
+    /// Per rx burst: parse result, flow hash (0: none) and the index word
+    /// found by the burst's second pass (`NONE`: missed / not looked up).
+    pre: Vec<(Result<Parsed, parse::ParseError>, u64, u32)>,
+    /// Per (service, real server) packet/byte deltas not yet folded into
+    /// the shared `ServiceCounters` (see [`Worker::flush_svc_counters`]).
+    acc: Vec<SvcAcc>,
+    /// First `acc` slot of each service.
+    acc_base: Vec<u32>,
+    /// `acc` slots with pending deltas.
+    acc_dirty: Vec<u32>,
+    /// Copies from the snapshot for the fast path: interface MACs and
+    /// TCP/UDP state timeouts.
+    if_macs: Vec<[u8; 6]>,
+    /// Flow table version when the current burst's hints were looked up.
+    hint_ver: u64,
+    timeouts: [u64; crate::tcpstate::N_STATES],
     tx: Vec<Vec<Q::Buf>>,
     pending: Vec<Pending<Q::Buf>>,
     actions: alg::Actions,
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
+}
+
+/// Unfolded per (service, real server) traffic of one worker.
+#[derive(Clone, Copy, Default)]
+struct SvcAcc {
+    in_packets: u64,
+    in_bytes: u64,
+    out_packets: u64,
+    out_bytes: u64,
 }
 
 /// What to do with a packet after classification.
@@ -197,6 +220,12 @@ impl<Q: PortQueue> Worker<Q> {
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),
             pre: Vec::with_capacity(crate::port::BURST),
+            acc: Vec::new(),
+            acc_base: Vec::new(),
+            acc_dirty: Vec::new(),
+            if_macs: Vec::new(),
+            hint_ver: u64::MAX,
+            timeouts: [0; crate::tcpstate::N_STATES],
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
             pending: Vec::with_capacity(MAX_PENDING),
             actions: alg::Actions::default(),
@@ -225,6 +254,8 @@ impl<Q: PortQueue> Worker<Q> {
     /// long as their service (by name) and real server (by address and
     /// port) still exist; others are removed.
     fn apply_snapshot(&mut self, snap: Arc<Snapshot>) {
+        // Fold pending traffic into the old counters before they are carried.
+        self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
         self.snap_gen = self.snap_gen.wrapping_add(1);
         let seed = 0x5eed_0000 + self.id as u64;
@@ -253,6 +284,16 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         self.svc_counters = Arc::new(counters);
+        self.acc_base.clear();
+        let mut n = 0u32;
+        for s in snap.services.iter() {
+            self.acc_base.push(n);
+            n += s.dests.len() as u32;
+        }
+        self.acc = vec![SvcAcc::default(); n as usize];
+        self.acc_dirty = Vec::with_capacity(n as usize);
+        self.if_macs = snap.ifaces.iter().map(|i| i.mac).collect();
+        self.timeouts = snap.timeouts;
         if let Ok(mut g) = self.fabric.services[self.id].lock() {
             *g = self.svc_counters.clone();
         }
@@ -318,9 +359,11 @@ impl<Q: PortQueue> Worker<Q> {
             // Burst in three passes so the flow table's cache misses
             // overlap instead of serialising: (1) parse, hash the 5-tuple,
             // prefetch its index line; (2) find the connection slot and
-            // prefetch it; (3) process. Pass 3 looks up again (now cached),
-            // so a connection created or removed by an earlier packet of
-            // the same burst is seen correctly.
+            // prefetch it; (3) process. Pass 3 reuses the index word found
+            // by pass 2 while the table's version is unchanged (nothing
+            // inserted or removed since); otherwise it re-checks / looks
+            // up again, so a connection created or removed by an earlier
+            // packet of the same burst is seen correctly.
             let mut bytes = 0u64;
             for pkt in rx.iter() {
                 bytes += pkt.len() as u64;
@@ -333,21 +376,25 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                     _ => 0,
                 };
-                pre.push((r, h));
+                pre.push((r, h, NONE));
             }
-            for (r, h) in pre.iter() {
-                if let (Ok(p), true) = (r, *h != 0) {
-                    if let Some((idx, _)) = self.flows.lookup_hashed(&flow_key(p), *h) {
-                        self.flows.prefetch_conn(idx);
+            for (r, h, hint) in pre.iter_mut() {
+                if let (Ok(p), true) = (&*r, *h != 0) {
+                    if let Some(v) = self.flows.lookup_word(&flow_key(p), *h) {
+                        self.flows.prefetch_conn(v >> 1);
+                        *hint = v;
                     }
                 }
             }
+            self.hint_ver = self.flows.version();
             work += rx.len();
             bump(&self.counters.rx_packets, rx.len() as u64);
             bump(&self.counters.rx_bytes, bytes);
-            for (pkt, (r, h)) in rx.drain(..).zip(pre.drain(..)) {
-                self.process_parsed(i, pkt, false, r, h);
+            // By reference: the parse results stay where pass 1 wrote them.
+            for (pkt, (r, h, hint)) in rx.drain(..).zip(pre.iter()) {
+                self.process_parsed(i, pkt, false, r, *h, *hint);
             }
+            pre.clear();
         }
         self.rx = rx;
         self.pre = pre;
@@ -356,11 +403,13 @@ impl<Q: PortQueue> Worker<Q> {
                 Some((i, pkt)) => {
                     work += 1;
                     bump(&self.counters.handoff_in, 1);
-                    self.process(i as usize, pkt, true);
+                    let r = parse::parse(pkt.data());
+                    self.process_parsed(i as usize, pkt, true, &r, 0, NONE);
                 }
                 None => break,
             }
         }
+        self.flush_svc_counters();
         self.flush_tx();
         self.housekeeping(now);
         work
@@ -408,20 +457,12 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         // Incremental expiry sweep.
-        let slots = self.flows.slots();
-        if slots > 0 {
-            for _ in 0..SWEEP_PER_POLL.min(slots) {
-                if self.sweep_pos >= slots {
-                    self.sweep_pos = 0;
-                }
-                let i = self.sweep_pos as u32;
-                self.sweep_pos += 1;
-                let c = self.flows.get(i);
-                if c.live && c.expires <= now {
-                    self.expire(i, now);
-                }
-            }
+        let mut budget = SWEEP_PER_POLL.min(self.flows.slots());
+        let mut pos = self.sweep_pos;
+        while let Some(i) = self.flows.scan_expired(&mut pos, &mut budget, now) {
+            self.expire(i, now);
         }
+        self.sweep_pos = pos;
         // Pending packets waiting for a neighbour.
         if !self.pending.is_empty() {
             let mut k = 0;
@@ -473,8 +514,9 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Connection `i` reached its expiry time.
     fn expire(&mut self, i: u32, now: u64) {
+        let children = self.flows.cold(i).children;
         let c = self.flows.get_mut(i);
-        if c.children > 0 {
+        if children > 0 {
             // A control connection lives as long as its data connections.
             let t = self.snap.timeouts[c.state as usize].max(1_000_000_000);
             c.expires = now + t;
@@ -486,14 +528,15 @@ impl<Q: PortQueue> Worker<Q> {
     fn remove_conn(&mut self, i: u32, expired: bool) {
         let (parent, parent_gen, svc, dest, flags, gen_ok, alg) = {
             let c = self.flows.get(i);
+            let k = self.flows.cold(i);
             (
-                c.parent,
-                c.parent_gen,
+                k.parent,
+                k.parent_gen,
                 c.svc as usize,
                 c.dest as usize,
                 c.flags,
                 c.snap_gen == self.snap_gen,
-                c.alg.is_some(),
+                k.alg.is_some(),
             )
         };
         if gen_ok && flags & F_COUNTED != 0 {
@@ -507,8 +550,8 @@ impl<Q: PortQueue> Worker<Q> {
         }
         if parent != NONE {
             if let Some(p) = self.flows.try_get(parent) {
-                if p.gen == parent_gen && p.children > 0 {
-                    self.flows.get_mut(parent).children -= 1;
+                if p.gen == parent_gen && self.flows.cold(parent).children > 0 {
+                    self.flows.cold_mut(parent).children -= 1;
                 }
             }
         }
@@ -532,24 +575,107 @@ impl<Q: PortQueue> Worker<Q> {
     /// Classify and forward one packet received on interface `iface`.
     pub fn process(&mut self, iface: usize, pkt: Q::Buf, handed: bool) {
         let r = parse::parse(pkt.data());
-        self.process_parsed(iface, pkt, handed, r, 0)
+        self.process_parsed(iface, pkt, handed, &r, 0, NONE);
+        self.flush_svc_counters();
     }
 
-    /// [`Worker::process`] with the parse result and the flow hash (0: not
-    /// computed) from the burst's first pass.
+    /// Fold the per-(service, real server) packet and byte deltas gathered
+    /// by `forward` into the shared [`ServiceCounters`]. Called at the end
+    /// of every `poll` (so once per burst: stats read by `ferrovsadm
+    /// --stats` / metrics lag by at most one poll iteration), after
+    /// [`Worker::process`] and before a snapshot replaces the counters.
+    pub fn flush_svc_counters(&mut self) {
+        if self.acc_dirty.is_empty() {
+            return;
+        }
+        for &w in &self.acc_dirty {
+            let (si, di) = ((w >> 16) as usize, (w & 0xffff) as usize);
+            let slot = self.acc_base.get(si).map_or(usize::MAX, |&b| b as usize + di);
+            let Some(a) = self.acc.get_mut(slot) else { continue };
+            let a = std::mem::take(a);
+            let Some(sc) = self.svc_counters.get(si) else { continue };
+            bump(&sc.in_packets, a.in_packets);
+            bump(&sc.in_bytes, a.in_bytes);
+            bump(&sc.out_packets, a.out_packets);
+            bump(&sc.out_bytes, a.out_bytes);
+            if let Some(d) = sc.dests.get(di) {
+                bump(&d.in_packets, a.in_packets);
+                bump(&d.in_bytes, a.in_bytes);
+                bump(&d.out_packets, a.out_packets);
+                bump(&d.out_bytes, a.out_bytes);
+            }
+        }
+        self.acc_dirty.clear();
+    }
+
+    /// [`Worker::process`] with the parse result, the flow hash (0: not
+    /// computed) and the index word found earlier in the burst (`NONE`:
+    /// none) from the burst's first passes.
     #[inline]
     fn process_parsed(
         &mut self,
         iface: usize,
         mut pkt: Q::Buf,
         handed: bool,
-        parsed: Result<Parsed, parse::ParseError>,
+        parsed: &Result<Parsed, parse::ParseError>,
+        hash: u64,
+        hint: u32,
+    ) {
+        // Fast path: an established TCP/UDP connection of this worker's
+        // table. Only the owner of a connection ever creates it, so a hit
+        // also settles ownership (no VIP/local classification, no handoff
+        // check). Everything else (misses, expired entries, ARP/ND, ICMP)
+        // takes the classification path below, as before.
+        if let Ok(p) = parsed {
+            if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
+                // The hint from the burst's second pass is exact while no
+                // connection was inserted or removed since (the common
+                // case); otherwise it is re-checked against the slot, and
+                // a miss is looked up again (an earlier packet of the burst
+                // may have created the connection).
+                let found = if hint != NONE && self.hint_ver == self.flows.version() {
+                    Some(hint)
+                } else {
+                    let key = flow_key(p);
+                    if hint != NONE && self.flows.word_matches(hint, &key) {
+                        Some(hint)
+                    } else {
+                        let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
+                        self.flows.lookup_word(&key, hash)
+                    }
+                };
+                if let Some(v) = found {
+                    let idx = v >> 1;
+                    let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
+                    let d = pkt.data();
+                    let ours = d[0] & 1 == 1 || self.if_macs.get(iface).is_some_and(|m| *m == d[0..6]);
+                    if ours && self.flows.get(idx).expires > self.now {
+                        let next = self.forward(idx, dir, &mut pkt, p);
+                        self.finish(pkt, next);
+                        return;
+                    }
+                }
+            }
+        }
+        self.process_slow(iface, pkt, handed, parsed, hash)
+    }
+
+    /// Everything but an established connection's packet: classification
+    /// (VIP, local address, ARP/ND, ICMP), handoff to the owner, new
+    /// connections, expired entries.
+    #[inline(never)]
+    fn process_slow(
+        &mut self,
+        iface: usize,
+        mut pkt: Q::Buf,
+        handed: bool,
+        parsed: &Result<Parsed, parse::ParseError>,
         hash: u64,
     ) {
         let p = match parsed {
-            Ok(p) => p,
+            Ok(p) => *p,
             Err(e) => {
-                self.drop_pkt(match e {
+                self.drop_pkt(match *e {
                     parse::ParseError::Malformed => DropReason::Malformed,
                     parse::ParseError::Unsupported => DropReason::Unsupported,
                     parse::ParseError::Fragment => DropReason::Fragment,
@@ -708,7 +834,8 @@ impl<Q: PortQueue> Worker<Q> {
             // MTU (IPv6 header + TCP with options, conservatively).
             let mtu = self.queues[iface_in_of(&self.snap, rs)].caps().mtu as usize;
             session.set_max_payload(mtu.saturating_sub(40 + 60).max(512));
-            self.flows.get_mut(idx).alg = Some(Box::new(session));
+            self.flows.cold_mut(idx).alg = Some(Box::new(session));
+            self.flows.get_mut(idx).flags |= F_ALG;
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
         }
         self.forward(idx, Dir::In, pkt, p)
@@ -777,11 +904,11 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         if self.flows.try_get(parent).is_some_and(|c| c.gen == parent_gen) {
-            self.flows.get_mut(parent).children += 1;
-            let c = self.flows.get_mut(idx);
-            c.parent = parent;
-            c.parent_gen = parent_gen;
-            c.flags |= F_DATA;
+            self.flows.cold_mut(parent).children += 1;
+            let k = self.flows.cold_mut(idx);
+            k.parent = parent;
+            k.parent_gen = parent_gen;
+            self.flows.get_mut(idx).flags |= F_DATA;
         }
     }
 
@@ -838,11 +965,11 @@ impl<Q: PortQueue> Worker<Q> {
         // Routes towards the real server and back to the client.
         let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
         c.if_in = if_in as u8;
-        c.nh_in = nh_in;
+        let mut nh_out = 0;
         if fwd == Forward::Nat {
-            let Some((if_out, nh_out)) = snap.route(client) else { return Err(DropReason::NoRoute) };
+            let Some((if_out, nh)) = snap.route(client) else { return Err(DropReason::NoRoute) };
             c.if_out = if_out as u8;
-            c.nh_out = nh_out;
+            nh_out = nh;
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
@@ -863,6 +990,9 @@ impl<Q: PortQueue> Worker<Q> {
                 return Err(DropReason::TableFull);
             }
         };
+        let k = self.flows.cold_mut(idx);
+        k.nh_in = nh_in;
+        k.nh_out = nh_out;
         let counts = &snap.conn_counts[si];
         counts.inc_inactive(self.id, di);
         self.flows.get_mut(idx).flags |= F_COUNTED;
@@ -875,6 +1005,7 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Forward a packet of connection `idx` travelling in `dir`.
+    #[inline(always)]
     fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let now = self.now;
         let snap_gen = self.snap_gen;
@@ -910,53 +1041,54 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                 }
             }
-            c.expires = now + snap.timeouts[c.state as usize];
-            let sc = &self.svc_counters[c.svc as usize];
-            match dir {
-                Dir::In => {
-                    c.pkts_in += 1;
-                    c.bytes_in += len;
-                    bump(&sc.in_packets, 1);
-                    bump(&sc.in_bytes, len);
-                    if let Some(d) = sc.dests.get(c.dest as usize) {
-                        bump(&d.in_packets, 1);
-                        bump(&d.in_bytes, len);
-                    }
+            c.expires = now + self.timeouts[c.state as usize];
+            // Service / real-server traffic: worker-local deltas, folded
+            // into the shared counters once per poll.
+            let slot = self.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
+            if let Some(a) = self.acc.get_mut(slot as usize) {
+                if a.in_packets | a.out_packets == 0 {
+                    self.acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
                 }
-                Dir::Out => {
-                    c.pkts_out += 1;
-                    c.bytes_out += len;
-                    bump(&sc.out_packets, 1);
-                    bump(&sc.out_bytes, len);
-                    if let Some(d) = sc.dests.get(c.dest as usize) {
-                        bump(&d.out_packets, 1);
-                        bump(&d.out_bytes, len);
+                match dir {
+                    Dir::In => {
+                        a.in_packets += 1;
+                        a.in_bytes += len;
+                    }
+                    Dir::Out => {
+                        a.out_packets += 1;
+                        a.out_bytes += len;
                     }
                 }
             }
         }
-        // FTP gateway on control connections.
-        let mut p = *p;
-        if self.flows.get(idx).alg.is_some() {
-            match self.ftp_segment(idx, dir, pkt, &mut p) {
-                Ok(()) => {}
-                Err(n) => return n,
+        self.flows.count_pkt(idx, dir == Dir::In);
+        // FTP gateway on control connections (may resize the payload).
+        let mut ftp_p;
+        let p = if self.flows.get(idx).flags & F_ALG != 0 {
+            ftp_p = *p;
+            if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
+                return n;
             }
-        }
+            &ftp_p
+        } else {
+            p
+        };
         let c = self.flows.get(idx);
         let fwd = c.fwd;
         match (fwd, dir) {
             (Forward::Nat, Dir::In) => {
-                if !rewrite_nat(pkt.data_mut(), &p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
+                let d = pkt.data_mut();
+                if !rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
                     return Next::Drop(DropReason::TtlExceeded);
                 }
-                self.l2_out(idx, true, pkt)
+                self.l2_write(idx, true, d)
             }
             (Forward::Nat, Dir::Out) => {
-                if !rewrite_nat(pkt.data_mut(), &p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
+                let d = pkt.data_mut();
+                if !rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
                     return Next::Drop(DropReason::TtlExceeded);
                 }
-                self.l2_out(idx, false, pkt)
+                self.l2_write(idx, false, d)
             }
             (Forward::Dr, _) => self.l2_out(idx, true, pkt),
             (Forward::Tunnel, _) => {
@@ -965,7 +1097,7 @@ impl<Q: PortQueue> Worker<Q> {
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };
-                if !encap_ipip(pkt, &p, src, rs, self.queues[iface].caps().mtu) {
+                if !encap_ipip(pkt, p, src, rs, self.queues[iface].caps().mtu) {
                     return Next::Drop(DropReason::TooBig);
                 }
                 self.l2_out(idx, true, pkt)
@@ -975,28 +1107,36 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Set MACs towards the real server (`to_rs`) or the client; holds the
     /// packet while the next hop is resolved.
+    #[inline(always)]
     fn l2_out(&mut self, idx: u32, to_rs: bool, pkt: &mut Q::Buf) -> Next {
+        self.l2_write(idx, to_rs, pkt.data_mut())
+    }
+
+    /// [`Worker::l2_out`] on the frame's bytes.
+    #[inline(always)]
+    fn l2_write(&mut self, idx: u32, to_rs: bool, frame: &mut [u8]) -> Next {
         let gen = self.neigh.gen;
-        let c = self.flows.get_mut(idx);
+        let (c, k) = self.flows.both_mut(idx);
         if c.mac_gen != gen {
-            c.mac_in = self.neigh.get(c.nh_in).unwrap_or([0; 6]);
-            c.mac_out = if c.fwd == Forward::Nat { self.neigh.get(c.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
+            c.mac_in = self.neigh.get(k.nh_in).unwrap_or([0; 6]);
+            c.mac_out = if c.fwd == Forward::Nat { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
             c.mac_gen = gen;
         }
-        let (iface, nh, mac) = if to_rs {
-            (c.if_in as usize, c.nh_in, c.mac_in)
-        } else {
-            (c.if_out as usize, c.nh_out, c.mac_out)
+        let (iface, mac) = if to_rs { (c.if_in as usize, c.mac_in) } else { (c.if_out as usize, c.mac_out) };
+        let src_mac = self.if_macs[iface];
+        // Parsed frames hold at least an Ethernet header.
+        let Some(Ok::<&mut [u8; 12], _>(eth)) = frame.get_mut(..12).map(|s| s.try_into()) else {
+            return Next::Drop(DropReason::Malformed);
         };
-        let src_mac = self.snap.ifaces[iface].mac;
-        let d = pkt.data_mut();
-        d[6..12].copy_from_slice(&src_mac);
+        eth[6..12].copy_from_slice(&src_mac);
         if mac != [0; 6] {
-            d[0..6].copy_from_slice(&mac);
+            eth[0..6].copy_from_slice(&mac);
             return Next::Tx(iface);
         }
         // Force a re-resolve on the next packet.
         self.flows.get_mut(idx).mac_gen = gen.wrapping_sub(1);
+        let k = self.flows.cold(idx);
+        let nh = if to_rs { k.nh_in } else { k.nh_out };
         self.solicit(iface, nh);
         Next::Park(iface, nh)
     }
@@ -1237,6 +1377,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.finish(pkt, next);
     }
 
+    #[inline(always)]
     fn finish(&mut self, pkt: Q::Buf, next: Next) {
         match next {
             Next::Tx(i) => self.tx[i].push(pkt),
@@ -1264,9 +1405,8 @@ impl<Q: PortQueue> Worker<Q> {
         actions.expectations.clear();
         actions.events.clear();
         let (verdict, new_seq, new_ack, svc) = {
-            let c = self.flows.get_mut(idx);
-            let svc = c.svc as usize;
-            let s = c.alg.as_mut().expect("checked by caller");
+            let svc = self.flows.get(idx).svc as usize;
+            let s = self.flows.cold_mut(idx).alg.as_mut().expect("checked by caller");
             if p.tcp_flags & TCP_SYN != 0 {
                 s.set_isn(adir, seq);
             }
@@ -1389,6 +1529,8 @@ impl<Q: PortQueue> Worker<Q> {
         let mut v = Vec::new();
         for i in 0..self.flows.slots() as u32 {
             let Some(c) = self.flows.try_get(i) else { continue };
+            let k = self.flows.cold(i);
+            let (pkts_in, pkts_out) = self.flows.pkts(i);
             let proto = match c.proto {
                 PROTO_TCP => "TCP",
                 PROTO_UDP => "UDP",
@@ -1405,11 +1547,11 @@ impl<Q: PortQueue> Worker<Q> {
                 state: c.state.name(),
                 expires_in_s: c.expires.saturating_sub(self.now) / 1_000_000_000,
                 service: self.snap.services.get(c.svc as usize).map(|s| s.name.clone()).unwrap_or_default(),
-                ftp_control: c.alg.is_some(),
-                parent: (c.parent != NONE).then_some(c.parent),
-                children: c.children,
-                pkts_in: c.pkts_in,
-                pkts_out: c.pkts_out,
+                ftp_control: k.alg.is_some(),
+                parent: (k.parent != NONE).then_some(k.parent),
+                children: k.children,
+                pkts_in,
+                pkts_out,
             });
         }
         v
@@ -1444,39 +1586,77 @@ const TTL_DELTA: u32 = 0xfeff;
 /// source. Decrements TTL/hop limit; false if it ran out.
 #[inline(always)]
 pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u16, l3d: u32, l4d: u32) -> bool {
-    let l3 = p.l3;
-    let l4 = p.l4;
+    // One bounds check per header: the parser guaranteed the IP header and
+    // the TCP (20) / UDP (8) header lie inside the frame, so these slices
+    // always succeed; constant offsets into fixed-size arrays need no
+    // further checks.
+    let (l3, l4) = (p.l3, p.l4);
     if !p.v6 {
-        if d[l3 + 8] <= 1 {
+        let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
+            return false;
+        };
+        if h[8] <= 1 {
             return false;
         }
-        d[l3 + 8] -= 1;
-        let off = if inbound { l3 + 16 } else { l3 + 12 };
-        d[off..off + 4].copy_from_slice(&addr_v4_bytes(addr));
-        csum::apply_at(d, l3 + 10, l3d);
+        h[8] -= 1;
+        let a = addr_v4_bytes(addr);
+        if inbound {
+            h[16..20].copy_from_slice(&a);
+        } else {
+            h[12..16].copy_from_slice(&a);
+        }
+        let c = csum::apply(u16::from_be_bytes([h[10], h[11]]), l3d);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
     } else {
-        if d[l3 + 7] <= 1 {
+        let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {
+            return false;
+        };
+        if h[7] <= 1 {
             return false;
         }
-        d[l3 + 7] -= 1;
-        let off = if inbound { l3 + 24 } else { l3 + 8 };
-        d[off..off + 16].copy_from_slice(&addr_v6_bytes(addr));
+        h[7] -= 1;
+        let a = addr_v6_bytes(addr);
+        if inbound {
+            h[24..40].copy_from_slice(&a);
+        } else {
+            h[8..24].copy_from_slice(&a);
+        }
     }
-    let poff = if inbound { l4 + 2 } else { l4 };
-    d[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
     match p.proto {
-        PROTO_TCP => csum::apply_at(d, l4 + 16, l4d),
+        PROTO_TCP => {
+            let Some(Ok::<&mut [u8; 20], _>(t)) = d.get_mut(l4..l4 + 20).map(|s| s.try_into()) else {
+                return false;
+            };
+            if inbound {
+                t[2..4].copy_from_slice(&port.to_be_bytes());
+            } else {
+                t[0..2].copy_from_slice(&port.to_be_bytes());
+            }
+            let c = csum::apply(u16::from_be_bytes([t[16], t[17]]), l4d);
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+        }
         PROTO_UDP => {
-            let c = u16::from_be_bytes([d[l4 + 6], d[l4 + 7]]);
+            let Some(Ok::<&mut [u8; 8], _>(u)) = d.get_mut(l4..l4 + 8).map(|s| s.try_into()) else {
+                return false;
+            };
+            if inbound {
+                u[2..4].copy_from_slice(&port.to_be_bytes());
+            } else {
+                u[0..2].copy_from_slice(&port.to_be_bytes());
+            }
+            let c = u16::from_be_bytes([u[6], u[7]]);
             if c != 0 || p.v6 {
                 let mut n = csum::apply(c, l4d);
                 if n == 0 {
                     n = 0xffff;
                 }
-                d[l4 + 6..l4 + 8].copy_from_slice(&n.to_be_bytes());
+                u[6..8].copy_from_slice(&n.to_be_bytes());
             }
         }
-        _ => {}
+        _ => {
+            let poff = if inbound { l4 + 2 } else { l4 };
+            d[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+        }
     }
     true
 }
