@@ -37,7 +37,16 @@ fn table(n: usize) -> (FlowTable, Vec<FlowKey>) {
     for i in 0..n as u32 {
         let client = v4_to_addr((0x6440_0000 + (i >> 6)).to_be_bytes());
         let cport = 1024 + (i & 63) as u16;
-        let c = new_conn(6, Forward::Nat, client, cport, v4_to_addr([10, 0, 1, 100]), 80, v4_to_addr([10, 0, 2, 2 + (i % 8) as u8]), 80);
+        let c = new_conn(
+            6,
+            Forward::Nat,
+            client,
+            cport,
+            v4_to_addr([10, 0, 1, 100]),
+            80,
+            v4_to_addr([10, 0, 2, 2 + (i % 8) as u8]),
+            80,
+        );
         let k = c.key_in();
         if t.insert(c).is_ok() {
             keys.push(k);
@@ -121,7 +130,9 @@ fn bench_alg(c: &mut Criterion) {
         allow_foreign_port_address: false,
         pinhole_timeout: 60_000_000_000,
     };
-    for (name, dir, line) in [("on_segment_client_retr", alg::Dir::Original, retr), ("on_segment_server_150", alg::Dir::Reply, reply)] {
+    for (name, dir, line) in
+        [("on_segment_client_retr", alg::Dir::Original, retr), ("on_segment_server_150", alg::Dir::Reply, reply)]
+    {
         let mut s = alg::FtpSession::new(params.clone());
         s.set_isn(alg::Dir::Original, 999);
         s.set_isn(alg::Dir::Reply, 4999);

@@ -44,21 +44,11 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     pub fn at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let (l, c) = line_col(self.text, span.start);
-        ConfigError {
-            file: self.origin.to_string(),
-            line: Some(l),
-            column: Some(c),
-            message: message.into(),
-        }
+        ConfigError { file: self.origin.to_string(), line: Some(l), column: Some(c), message: message.into() }
     }
 
     pub fn nowhere(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.origin.to_string(),
-            line: None,
-            column: None,
-            message: message.into(),
-        }
+        ConfigError { file: self.origin.to_string(), line: None, column: None, message: message.into() }
     }
 
     pub fn toml(&self, e: toml::de::Error) -> ConfigError {

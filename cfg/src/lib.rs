@@ -16,9 +16,8 @@ mod validate;
 pub use error::ConfigError;
 
 /// Scheduler names accepted in `service.scheduler` (the ipvsadm `-s` names).
-pub const SCHEDULERS: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos",
-];
+pub const SCHEDULERS: &[&str] =
+    &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos"];
 
 impl Config {
     /// Parse and validate TOML text. `origin` names the text in error messages

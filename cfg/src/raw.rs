@@ -167,13 +167,8 @@ pub(crate) struct RawRealServer {
 // Scalar syntax, shared with the importers.
 
 pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad =
-        || format!("invalid MAC address {s:?} (expected six hex octets like 02:00:00:00:01:01)");
-    let parts: Vec<&str> = if s.contains(':') {
-        s.split(':').collect()
-    } else {
-        s.split('-').collect()
-    };
+    let bad = || format!("invalid MAC address {s:?} (expected six hex octets like 02:00:00:00:01:01)");
+    let parts: Vec<&str> = if s.contains(':') { s.split(':').collect() } else { s.split('-').collect() };
     if parts.len() != 6 {
         return Err(bad());
     }
@@ -188,26 +183,17 @@ pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.trim()
-        .parse::<IpAddr>()
-        .map_err(|_| format!("invalid IP address {s:?}"))
+    s.trim().parse::<IpAddr>().map_err(|_| format!("invalid IP address {s:?}"))
 }
 
 pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or_else(|| format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 10.0.1.1/24"))?;
-    let addr: IpAddr = a
-        .parse()
-        .map_err(|_| format!("invalid CIDR {s:?}: bad address {a:?}"))?;
+    let (a, p) =
+        s.split_once('/').ok_or_else(|| format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 10.0.1.1/24"))?;
+    let addr: IpAddr = a.parse().map_err(|_| format!("invalid CIDR {s:?}: bad address {a:?}"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = match p.parse::<u32>() {
         Ok(v) if v <= max && !p.starts_with('+') => v as u8,
-        _ => {
-            return Err(format!(
-                "invalid CIDR {s:?}: prefix length must be 0..={max}"
-            ))
-        }
+        _ => return Err(format!("invalid CIDR {s:?}: prefix length must be 0..={max}")),
     };
     Ok(IpNet { addr, prefix })
 }
@@ -239,10 +225,7 @@ pub(crate) fn port_range_str(s: &str) -> Result<PortRange, String> {
 
 pub(crate) fn port_range_int(v: i64) -> Result<PortRange, String> {
     if (1..=65535).contains(&v) {
-        Ok(PortRange {
-            lo: v as u16,
-            hi: v as u16,
-        })
+        Ok(PortRange { lo: v as u16, hi: v as u16 })
     } else {
         Err(format!("port {v} out of range 1..=65535"))
     }
@@ -282,18 +265,8 @@ macro_rules! str_newtype {
 }
 
 str_newtype!(IpDe, IpAddr, parse_ip, "an IP address string");
-str_newtype!(
-    NetDe,
-    IpNet,
-    parse_net,
-    "a CIDR string like \"10.0.1.1/24\""
-);
-str_newtype!(
-    MacDe,
-    [u8; 6],
-    parse_mac,
-    "a MAC address string like \"02:00:00:00:01:01\""
-);
+str_newtype!(NetDe, IpNet, parse_net, "a CIDR string like \"10.0.1.1/24\"");
+str_newtype!(MacDe, [u8; 6], parse_mac, "a MAC address string like \"02:00:00:00:01:01\"");
 
 /// A port or a port range: `80` or `"8000-8100"`.
 #[derive(Debug, Clone, Copy)]
@@ -339,9 +312,7 @@ impl<'de> de::Deserialize<'de> for NetmaskDe {
                 if let Ok(p) = s.parse::<u8>() {
                     return Ok(NetmaskDe::Prefix(p as i64));
                 }
-                let m: Ipv4Addr = s
-                    .parse()
-                    .map_err(|_| E::custom(format!("invalid netmask {s:?}")))?;
+                let m: Ipv4Addr = s.parse().map_err(|_| E::custom(format!("invalid netmask {s:?}")))?;
                 Ok(NetmaskDe::Dotted(m))
             }
         }
@@ -364,8 +335,7 @@ impl<'de> de::Deserialize<'de> for RawPersistence {
                 Ok(RawPersistence::Secs(v.min(i64::MAX as u64) as i64))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawPersistence, A::Error> {
-                RawPersistenceTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawPersistence::Table)
+                RawPersistenceTable::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawPersistence::Table)
             }
         }
         d.deserialize_any(V)
@@ -384,8 +354,7 @@ impl<'de> de::Deserialize<'de> for RawFtp {
                 Ok(RawFtp::Bool(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawFtp, A::Error> {
-                RawFtpTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawFtp::Table)
+                RawFtpTable::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawFtp::Table)
             }
         }
         d.deserialize_any(V)

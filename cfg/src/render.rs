@@ -42,10 +42,7 @@ fn float(f: f64) -> String {
 }
 
 fn mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 fn forward(f: Forward) -> &'static str {
@@ -63,13 +60,7 @@ fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
 
 /// Render a port list the way the TOML format spells it.
 pub(crate) fn ports(p: &[PortRange]) -> String {
-    list(p, |r| {
-        if r.lo == r.hi {
-            r.lo.to_string()
-        } else {
-            q(&fmt_range(*r))
-        }
-    })
+    list(p, |r| if r.lo == r.hi { r.lo.to_string() } else { q(&fmt_range(*r)) })
 }
 
 pub(crate) fn config(c: &Config) -> String {
@@ -89,11 +80,7 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "eal_args = {}", list(&e.eal_args, |s| q(s)));
     let _ = writeln!(o, "mbufs = {}", e.mbufs);
     let _ = writeln!(o, "flow_table_size = {}", e.flow_table_size);
-    let _ = writeln!(
-        o,
-        "control_socket = {}",
-        q(&e.control_socket.to_string_lossy())
-    );
+    let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));
     }
@@ -123,11 +110,7 @@ pub(crate) fn config(c: &Config) -> String {
         if let Some(m) = &i.mac {
             let _ = writeln!(o, "mac = {}", q(&mac(m)));
         }
-        let _ = writeln!(
-            o,
-            "addresses = {}",
-            list(&i.addresses, |a| q(&a.to_string()))
-        );
+        let _ = writeln!(o, "addresses = {}", list(&i.addresses, |a| q(&a.to_string())));
     }
     for n in &c.neighbors {
         o.push_str("\n[[neighbor]]\n");
@@ -167,11 +150,7 @@ pub(crate) fn service(s: &Service) -> String {
     let _ = writeln!(o, "scheduler = {}", q(&s.scheduler));
     let _ = writeln!(o, "forward = {}", q(forward(s.forward)));
     if let Some(p) = &s.persistence {
-        let _ = writeln!(
-            o,
-            "persistence = {{ timeout = {}, netmask = {} }}",
-            p.timeout, p.netmask
-        );
+        let _ = writeln!(o, "persistence = {{ timeout = {}, netmask = {} }}", p.timeout, p.netmask);
     }
     if let Some(f) = &s.ftp {
         let _ = writeln!(
@@ -206,11 +185,7 @@ pub(crate) fn service(s: &Service) -> String {
         let _ = writeln!(o, "timeout = {}", float(h.timeout));
         let _ = writeln!(o, "rise = {}", h.rise);
         let _ = writeln!(o, "fall = {}", h.fall);
-        let _ = writeln!(
-            o,
-            "on_fail = {}",
-            q(if h.quiesce { "quiesce" } else { "remove" })
-        );
+        let _ = writeln!(o, "on_fail = {}", q(if h.quiesce { "quiesce" } else { "remove" }));
     }
     for r in &s.real_servers {
         o.push_str("\n[[service.real_server]]\n");

@@ -36,22 +36,12 @@ impl Validator<'_> {
     fn int(&self, v: &Spanned<i64>, lo: i64, hi: i64, what: &str) -> R<i64> {
         let x = *v.get_ref();
         if x < lo || x > hi {
-            return Err(self.err(
-                span_of(v),
-                format!("{what} must be between {lo} and {hi}, got {x}"),
-            ));
+            return Err(self.err(span_of(v), format!("{what} must be between {lo} and {hi}, got {x}")));
         }
         Ok(x)
     }
 
-    fn opt_int(
-        &self,
-        v: &Option<Spanned<i64>>,
-        lo: i64,
-        hi: i64,
-        what: &str,
-        default: i64,
-    ) -> R<i64> {
+    fn opt_int(&self, v: &Option<Spanned<i64>>, lo: i64, hi: i64, what: &str, default: i64) -> R<i64> {
         match v {
             Some(v) => self.int(v, lo, hi, what),
             None => Ok(default),
@@ -60,16 +50,10 @@ impl Validator<'_> {
 
     fn choice<T: Copy>(&self, v: &Spanned<String>, what: &str, opts: &[(&str, T)]) -> R<T> {
         let s = v.get_ref().as_str();
-        opts.iter()
-            .find(|(n, _)| *n == s)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| {
-                let names: Vec<String> = opts.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-                self.err(
-                    span_of(v),
-                    format!("invalid {what} {s:?}: expected one of {}", names.join(", ")),
-                )
-            })
+        opts.iter().find(|(n, _)| *n == s).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<String> = opts.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            self.err(span_of(v), format!("invalid {what} {s:?}: expected one of {}", names.join(", ")))
+        })
     }
 
     fn non_empty(&self, v: &Spanned<String>, what: &str) -> R<String> {
@@ -90,29 +74,18 @@ impl Validator<'_> {
             let ri = ri.get_ref();
             let name = self.non_empty(&ri.name, "interface name")?;
             if names.insert(name.clone(), span_of(&ri.name)).is_some() {
-                return Err(self.err(
-                    span_of(&ri.name),
-                    format!("duplicate interface name {name:?}"),
-                ));
+                return Err(self.err(span_of(&ri.name), format!("duplicate interface name {name:?}")));
             }
             let device = self.non_empty(&ri.device, "interface device")?;
             let mut addresses = Vec::new();
             for a in &ri.addresses {
                 let net = a.get_ref().0;
                 if addrs.insert(net.addr, ()).is_some() {
-                    return Err(self.err(
-                        span_of(a),
-                        format!("duplicate interface address {}", net.addr),
-                    ));
+                    return Err(self.err(span_of(a), format!("duplicate interface address {}", net.addr)));
                 }
                 addresses.push(net);
             }
-            interfaces.push(Interface {
-                name,
-                device,
-                mac: ri.mac.map(|m| m.0),
-                addresses,
-            });
+            interfaces.push(Interface { name, device, mac: ri.mac.map(|m| m.0), addresses });
         }
         if interfaces.is_empty() && engine.backend != Backend::Memory {
             let msg = "at least one [[interface]] is required unless backend = \"memory\"";
@@ -128,22 +101,14 @@ impl Validator<'_> {
                 Err(self.err(span_of(n), format!("unknown interface {:?}", n.get_ref())))
             }
         };
-        let on_link = |ip: IpAddr| {
-            interfaces
-                .iter()
-                .any(|i| i.addresses.iter().any(|n| n.contains(ip)))
-        };
+        let on_link = |ip: IpAddr| interfaces.iter().any(|i| i.addresses.iter().any(|n| n.contains(ip)));
 
         // Neighbours.
         let mut neighbors = Vec::new();
         for rn in &raw.neighbor {
             let rn = rn.get_ref();
             let interface = rn.interface.as_ref().map(iface_exists).transpose()?;
-            neighbors.push(Neighbor {
-                address: rn.address.get_ref().0,
-                mac: rn.mac.0,
-                interface,
-            });
+            neighbors.push(Neighbor { address: rn.address.get_ref().0, mac: rn.mac.0, interface });
         }
 
         // Routes.
@@ -157,36 +122,23 @@ impl Validator<'_> {
                 if v.get_ref().0.is_ipv4() != prefix.addr.is_ipv4() {
                     return Err(self.err(
                         span_of(v),
-                        format!(
-                            "route gateway {} is not in the address family of {prefix}",
-                            v.get_ref().0
-                        ),
+                        format!("route gateway {} is not in the address family of {prefix}", v.get_ref().0),
                     ));
                 }
             }
             match (&rr_ref.via, &interface) {
                 (None, None) => {
-                    return Err(self.err(
-                        span_of(&rr_ref.prefix),
-                        format!("route {prefix} needs `via` or `interface`"),
-                    ));
+                    return Err(self.err(span_of(&rr_ref.prefix), format!("route {prefix} needs `via` or `interface`")));
                 }
                 (Some(v), None) if !on_link(v.get_ref().0) => {
                     return Err(self.err(
                         span_of(v),
-                        format!(
-                            "route gateway {} is not reachable through any interface subnet",
-                            v.get_ref().0
-                        ),
+                        format!("route gateway {} is not reachable through any interface subnet", v.get_ref().0),
                     ));
                 }
                 _ => {}
             }
-            routes.push(Route {
-                prefix,
-                via,
-                interface,
-            });
+            routes.push(Route { prefix, via, interface });
         }
 
         let check_reach = !(interfaces.is_empty() && engine.backend == Backend::Memory);
@@ -200,10 +152,7 @@ impl Validator<'_> {
             let rs_ref = rs.get_ref();
             let name = self.non_empty(&rs_ref.name, "service name")?;
             if !svc_names.insert(name.clone()) {
-                return Err(self.err(
-                    span_of(&rs_ref.name),
-                    format!("duplicate service name {name:?}"),
-                ));
+                return Err(self.err(span_of(&rs_ref.name), format!("duplicate service name {name:?}")));
             }
             let svc = self.service(rs_ref, name, &reachable, check_reach)?;
             // Overlap with earlier services on the same vip + protocol.
@@ -234,14 +183,7 @@ impl Validator<'_> {
             services.push(svc);
         }
 
-        Ok(Config {
-            engine,
-            interfaces,
-            neighbors,
-            routes,
-            services,
-            source: None,
-        })
+        Ok(Config { engine, interfaces, neighbors, routes, services, source: None })
     }
 
     fn engine(&self, raw: Option<Spanned<RawEngine>>) -> R<(Engine, Option<Range<usize>>)> {
@@ -254,11 +196,7 @@ impl Validator<'_> {
             Some(b) => self.choice(
                 b,
                 "backend",
-                &[
-                    ("af_packet", Backend::AfPacket),
-                    ("memory", Backend::Memory),
-                    ("dpdk", Backend::Dpdk),
-                ],
+                &[("af_packet", Backend::AfPacket), ("memory", Backend::Memory), ("dpdk", Backend::Dpdk)],
             )?,
             None => Backend::AfPacket,
         };
@@ -275,17 +213,13 @@ impl Validator<'_> {
                     v.push(n);
                 }
                 if v.len() != workers {
-                    return Err(self.err(
-                        span_of(c),
-                        format!("cores lists {} cores but workers = {workers}", v.len()),
-                    ));
+                    return Err(self.err(span_of(c), format!("cores lists {} cores but workers = {workers}", v.len())));
                 }
                 Some(v)
             }
         };
         let mbufs = self.opt_int(&e.mbufs, 1, u32::MAX as i64, "mbufs", 8192)? as u32;
-        let flow_table_size =
-            self.opt_int(&e.flow_table_size, 1, 1 << 32, "flow_table_size", 1_048_576)? as usize;
+        let flow_table_size = self.opt_int(&e.flow_table_size, 1, 1 << 32, "flow_table_size", 1_048_576)? as usize;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -293,13 +227,7 @@ impl Validator<'_> {
         let metrics_listen = match &e.metrics_listen {
             None => None,
             Some(s) => Some(s.get_ref().parse().map_err(|_| {
-                self.err(
-                    span_of(s),
-                    format!(
-                        "invalid metrics_listen {:?}: expected ADDRESS:PORT",
-                        s.get_ref()
-                    ),
-                )
+                self.err(span_of(s), format!("invalid metrics_listen {:?}: expected ADDRESS:PORT", s.get_ref()))
             })?),
         };
         let timeouts = self.timeouts(e.timeouts.unwrap_or_default())?;
@@ -323,13 +251,7 @@ impl Validator<'_> {
     fn timeouts(&self, t: RawTimeouts) -> R<Timeouts> {
         let d = Timeouts::default();
         let f = |v: &Option<Spanned<i64>>, name: &str, def: u32| -> R<u32> {
-            Ok(self.opt_int(
-                v,
-                1,
-                u32::MAX as i64,
-                &format!("timeout {name}"),
-                def as i64,
-            )? as u32)
+            Ok(self.opt_int(v, 1, u32::MAX as i64, &format!("timeout {name}"), def as i64)? as u32)
         };
         Ok(Timeouts {
             tcp_established: f(&t.tcp_established, "tcp_established", d.tcp_established)?,
@@ -348,15 +270,7 @@ impl Validator<'_> {
     }
 
     fn forward(&self, v: &Spanned<String>) -> R<Forward> {
-        self.choice(
-            v,
-            "forward",
-            &[
-                ("nat", Forward::Nat),
-                ("dr", Forward::Dr),
-                ("tunnel", Forward::Tunnel),
-            ],
-        )
+        self.choice(v, "forward", &[("nat", Forward::Nat), ("dr", Forward::Dr), ("tunnel", Forward::Tunnel)])
     }
 
     fn service(
@@ -368,11 +282,7 @@ impl Validator<'_> {
     ) -> R<Service> {
         let vip = rs.vip.get_ref().0;
         let protocol = match &rs.protocol {
-            Some(p) => self.choice(
-                p,
-                "protocol",
-                &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)],
-            )?,
+            Some(p) => self.choice(p, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)])?,
             None => Protocol::Tcp,
         };
 
@@ -384,11 +294,7 @@ impl Validator<'_> {
                 if let Some(q) = ports.iter().find(|q| q.lo <= r.hi && r.lo <= q.hi) {
                     return Err(self.err(
                         span_of(p),
-                        format!(
-                            "port {} overlaps {} already listed in service {name:?}",
-                            fmt_range(r),
-                            fmt_range(*q)
-                        ),
+                        format!("port {} overlaps {} already listed in service {name:?}", fmt_range(r), fmt_range(*q)),
                     ));
                 }
                 ports.push(r);
@@ -400,11 +306,7 @@ impl Validator<'_> {
                 if !SCHEDULERS.contains(&s.get_ref().as_str()) {
                     return Err(self.err(
                         span_of(s),
-                        format!(
-                            "unknown scheduler {:?}: expected one of {}",
-                            s.get_ref(),
-                            SCHEDULERS.join(", ")
-                        ),
+                        format!("unknown scheduler {:?}: expected one of {}", s.get_ref(), SCHEDULERS.join(", ")),
                     ));
                 }
                 s.get_ref().clone()
@@ -421,29 +323,19 @@ impl Validator<'_> {
             None => None,
             Some(p) => {
                 let (timeout, netmask) = match p.get_ref() {
-                    RawPersistence::Secs(s) => (
-                        self.int(
-                            &Spanned::new(span_of(p), *s),
-                            1,
-                            u32::MAX as i64,
-                            "persistence timeout",
-                        )?,
-                        None,
-                    ),
-                    RawPersistence::Table(t) => (
-                        self.opt_int(&t.timeout, 1, u32::MAX as i64, "persistence timeout", 300)?,
-                        t.netmask.as_ref(),
-                    ),
+                    RawPersistence::Secs(s) => {
+                        (self.int(&Spanned::new(span_of(p), *s), 1, u32::MAX as i64, "persistence timeout")?, None)
+                    }
+                    RawPersistence::Table(t) => {
+                        (self.opt_int(&t.timeout, 1, u32::MAX as i64, "persistence timeout", 300)?, t.netmask.as_ref())
+                    }
                 };
                 let netmask = match netmask {
                     None => max_prefix as u8,
                     Some(m) => match m.get_ref() {
-                        NetmaskDe::Prefix(n) => self.int(
-                            &Spanned::new(span_of(m), *n),
-                            0,
-                            max_prefix,
-                            "persistence netmask",
-                        )? as u8,
+                        NetmaskDe::Prefix(n) => {
+                            self.int(&Spanned::new(span_of(m), *n), 0, max_prefix, "persistence netmask")? as u8
+                        }
                         NetmaskDe::Dotted(d) => {
                             if !vip.is_ipv4() {
                                 return Err(self.err(
@@ -452,18 +344,12 @@ impl Validator<'_> {
                                 ));
                             }
                             mask_to_prefix(*d).ok_or_else(|| {
-                                self.err(
-                                    span_of(m),
-                                    format!("persistence netmask {d} is not contiguous"),
-                                )
+                                self.err(span_of(m), format!("persistence netmask {d} is not contiguous"))
                             })?
                         }
                     },
                 };
-                Some(Persistence {
-                    timeout: timeout as u32,
-                    netmask,
-                })
+                Some(Persistence { timeout: timeout as u32, netmask })
             }
         };
 
@@ -483,30 +369,20 @@ impl Validator<'_> {
                         for p in cp.get_ref() {
                             let v = self.int(p, 1, 65535, "ftp control port")? as u16;
                             if o.control_ports.contains(&v) {
-                                return Err(self.err(
-                                    span_of(p),
-                                    format!("ftp control port {v} listed twice"),
-                                ));
+                                return Err(self.err(span_of(p), format!("ftp control port {v} listed twice")));
                             }
                             o.control_ports.push(v);
                             cp_spans.push(span_of(p));
                         }
                         if o.control_ports.is_empty() {
-                            return Err(
-                                self.err(span_of(cp), "ftp control_ports must not be empty")
-                            );
+                            return Err(self.err(span_of(cp), "ftp control_ports must not be empty"));
                         }
                     }
                     if let Some(a) = t.allow_foreign_port_address {
                         o.allow_foreign_port_address = a;
                     }
-                    o.pinhole_timeout = self.opt_int(
-                        &t.pinhole_timeout,
-                        1,
-                        u32::MAX as i64,
-                        "ftp pinhole_timeout",
-                        60,
-                    )? as u32;
+                    o.pinhole_timeout =
+                        self.opt_int(&t.pinhole_timeout, 1, u32::MAX as i64, "ftp pinhole_timeout", 60)? as u32;
                 }
                 if !ports.is_empty() {
                     for (p, sp) in o.control_ports.iter().zip(cp_spans.iter().cycle()) {
@@ -548,20 +424,16 @@ impl Validator<'_> {
                 None => None,
             };
             if !seen_rs.insert((address, port)) {
-                return Err(self.err(
-                    span_of(&r.address),
-                    format!("duplicate real server {address} in service {name:?}"),
-                ));
+                return Err(
+                    self.err(span_of(&r.address), format!("duplicate real server {address} in service {name:?}"))
+                );
             }
             let weight = self.opt_int(&r.weight, 0, 65535, "weight", 1)? as u32;
             let upper = self.opt_int(&r.upper, 0, u32::MAX as i64, "upper", 0)? as u32;
             let lower = self.opt_int(&r.lower, 0, u32::MAX as i64, "lower", 0)? as u32;
             if upper != 0 && lower != 0 && upper < lower {
                 let sp = r.lower.as_ref().map(span_of).unwrap_or(span_of(&r.address));
-                return Err(self.err(
-                    sp,
-                    format!("lower threshold {lower} is above upper threshold {upper}"),
-                ));
+                return Err(self.err(sp, format!("lower threshold {lower} is above upper threshold {upper}")));
             }
             let rforward = match &r.forward {
                 Some(f) => Some(self.forward(f)?),
@@ -570,19 +442,10 @@ impl Validator<'_> {
             if check_reach && !reachable(address) {
                 return Err(self.err(
                     span_of(&r.address),
-                    format!(
-                        "real server {address} is not reachable through any interface or route"
-                    ),
+                    format!("real server {address} is not reachable through any interface or route"),
                 ));
             }
-            real_servers.push(RealServer {
-                address,
-                port,
-                weight,
-                upper,
-                lower,
-                forward: rforward,
-            });
+            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward });
         }
 
         Ok(Service {
@@ -623,9 +486,7 @@ impl Validator<'_> {
                     if !(f.is_finite() && f > 0.0 && f <= 86400.0) {
                         return Err(self.err(
                             span_of(x),
-                            format!(
-                                "health check {what} must be > 0 and <= 86400 seconds, got {f}"
-                            ),
+                            format!("health check {what} must be > 0 and <= 86400 seconds, got {f}"),
                         ));
                     }
                     Ok(f)
@@ -641,26 +502,11 @@ impl Validator<'_> {
             None => true,
         };
         let expect = r.expect.as_ref().map(|e| e.get_ref().clone());
-        if kind == HealthCheckKind::SendExpect
-            && !matches!(expect.as_deref(), Some(e) if !e.is_empty())
-        {
+        if kind == HealthCheckKind::SendExpect && !matches!(expect.as_deref(), Some(e) if !e.is_empty()) {
             let sp = r.expect.as_ref().map(span_of).unwrap_or(span_of(&r.kind));
-            return Err(self.err(
-                sp,
-                "health check type \"send_expect\" needs a non-empty `expect`",
-            ));
+            return Err(self.err(sp, "health check type \"send_expect\" needs a non-empty `expect`"));
         }
-        Ok(HealthCheck {
-            kind,
-            port,
-            send: r.send.clone(),
-            expect,
-            interval,
-            timeout,
-            rise,
-            fall,
-            quiesce,
-        })
+        Ok(HealthCheck { kind, port, send: r.send.clone(), expect, interval, timeout, rise, fall, quiesce })
     }
 }
 

@@ -25,10 +25,7 @@ fn every_example_parses_and_round_trips() {
             n += 1;
         }
     }
-    assert!(
-        n >= 2,
-        "expected nat-ftp.toml and dr-ftp.toml, found {n} examples"
-    );
+    assert!(n >= 2, "expected nat-ftp.toml and dr-ftp.toml, found {n} examples");
 }
 
 #[test]

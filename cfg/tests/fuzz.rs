@@ -114,20 +114,14 @@ fn check_config(text: &str) {
         Err(e) => {
             let _ = e.to_string();
             if let Some(l) = e.line {
-                assert!(
-                    l >= 1 && l <= text.split('\n').count().max(1),
-                    "line {l} out of range: {e}"
-                );
+                assert!(l >= 1 && l <= text.split('\n').count().max(1), "line {l} out of range: {e}");
             }
         }
     }
 }
 
 fn check_imports(text: &str) {
-    for imp in [from_ipvsadm(text), from_lvs_cf(text), from_keepalived(text)]
-        .into_iter()
-        .flatten()
-    {
+    for imp in [from_ipvsadm(text), from_lvs_cf(text), from_keepalived(text)].into_iter().flatten() {
         let _ = imp.to_toml();
     }
 }

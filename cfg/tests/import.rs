@@ -8,12 +8,7 @@ use ferrovs_cfg::import::*;
 use ferrovs_cfg::*;
 
 fn data(f: &str) -> String {
-    std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data")
-            .join(f),
-    )
-    .unwrap()
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(f)).unwrap()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -29,9 +24,7 @@ fn roundtrip(imp: &Import) -> Config {
 }
 
 fn warned(imp: &Import, line: usize, part: &str) -> bool {
-    imp.warnings
-        .iter()
-        .any(|w| w.starts_with(&format!("line {line}:")) && w.contains(part))
+    imp.warnings.iter().any(|w| w.starts_with(&format!("line {line}:")) && w.contains(part))
 }
 
 #[test]
@@ -47,13 +40,7 @@ fn redhat_ftp_lvs_cf() {
     assert_eq!(ftp.ftp, Some(FtpOptions::default()));
     assert_eq!(ftp.forward, Forward::Nat);
     assert_eq!(ftp.scheduler, "wlc");
-    assert_eq!(
-        ftp.persistence,
-        Some(Persistence {
-            timeout: 300,
-            netmask: 32
-        })
-    );
+    assert_eq!(ftp.persistence, Some(Persistence { timeout: 300, netmask: 32 }));
     let h = ftp.health_check.as_ref().unwrap();
     assert_eq!(h.kind, HealthCheckKind::SendExpect);
     assert_eq!(h.send.as_deref(), Some("quit\r\n"));
@@ -63,24 +50,13 @@ fn redhat_ftp_lvs_cf() {
     assert_eq!(ftp.real_servers.len(), 2, "inactive server skipped");
     assert_eq!(
         ftp.real_servers[1],
-        RealServer {
-            address: ip("10.0.2.3"),
-            port: None,
-            weight: 2,
-            upper: 0,
-            lower: 0,
-            forward: None
-        }
+        RealServer { address: ip("10.0.2.3"), port: None, weight: 2, upper: 0, lower: 0, forward: None }
     );
     let http = &imp.services[1];
     assert_eq!(http.ftp, None);
     assert!(!http.health_check.as_ref().unwrap().quiesce);
 
-    assert!(
-        warned(&imp, 20, "fwmark 21 with port 21"),
-        "{:#?}",
-        imp.warnings
-    );
+    assert!(warned(&imp, 20, "fwmark 21 with port 21"), "{:#?}", imp.warnings);
     assert!(warned(&imp, 47, "server ftp3 is inactive"));
     assert!(warned(&imp, 74, "virtual old is inactive"));
     assert!(warned(&imp, 35, "reentry"));
@@ -98,9 +74,7 @@ fn lvs_cf_direct_routing_and_errors() {
     assert!(warned(&imp, 5, "frobnicate"));
     roundtrip(&imp);
 
-    let e =
-        from_lvs_cf("virtual web {\n  address = 10.0.0.1\n  port = 80\n  scheduler = fifo\n}\n")
-            .unwrap_err();
+    let e = from_lvs_cf("virtual web {\n  address = 10.0.0.1\n  port = 80\n  scheduler = fifo\n}\n").unwrap_err();
     assert_eq!(e.line, Some(4));
     assert!(e.message.contains("unknown scheduler"));
     let e = from_lvs_cf("virtual web {\n  address = 10.0.0.300\n}\n").unwrap_err();
@@ -122,19 +96,10 @@ fn keepalived_ftp_fwmark() {
     assert_eq!(s.vip, ip("0.0.0.0"));
     assert!(s.ports.is_empty());
     assert_eq!(s.forward, Forward::Dr);
-    assert_eq!(
-        s.persistence,
-        Some(Persistence {
-            timeout: 300,
-            netmask: 24
-        })
-    );
+    assert_eq!(s.persistence, Some(Persistence { timeout: 300, netmask: 24 }));
     assert!(s.ftp.is_some());
     let h = s.health_check.as_ref().unwrap();
-    assert_eq!(
-        (h.kind, h.port, h.timeout, h.interval, h.fall),
-        (HealthCheckKind::Tcp, Some(21), 3.0, 6.0, 3)
-    );
+    assert_eq!((h.kind, h.port, h.timeout, h.interval, h.fall), (HealthCheckKind::Tcp, Some(21), 3.0, 6.0, 3));
     assert!(!h.quiesce);
     assert_eq!(s.real_servers.len(), 2);
     assert!(warned(&imp, 23, "firewall mark 21"));
@@ -144,19 +109,7 @@ fn keepalived_ftp_fwmark() {
 
     // With a mark mapping the service gets its VIP and ports.
     let mut marks = HashMap::new();
-    marks.insert(
-        21,
-        (
-            ip("10.0.0.100"),
-            vec![
-                PortRange { lo: 21, hi: 21 },
-                PortRange {
-                    lo: 10000,
-                    hi: 10100,
-                },
-            ],
-        ),
-    );
+    marks.insert(21, (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 10100 }]));
     let imp = from_keepalived_with_marks(&data("keepalived-ftp-fwmark.conf"), &marks).unwrap();
     let s = &imp.services[0];
     assert_eq!(s.vip, ip("10.0.0.100"));
@@ -171,51 +124,33 @@ fn keepalived_nat() {
     let imp = from_keepalived(&data("keepalived-ftp-nat.conf")).unwrap();
     roundtrip(&imp);
     let names: Vec<&str> = imp.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "tcp-10.0.0.100-21",
-            "tcp-10.0.0.100-80",
-            "udp-10.0.0.100-53"
-        ]
-    );
+    assert_eq!(names, ["tcp-10.0.0.100-21", "tcp-10.0.0.100-80", "udp-10.0.0.100-53"]);
     let ftp = &imp.services[0];
     assert!(ftp.ftp.is_some());
-    assert!(
-        ftp.health_check.as_ref().unwrap().quiesce,
-        "inhibit_on_failure"
-    );
+    assert!(ftp.health_check.as_ref().unwrap().quiesce, "inhibit_on_failure");
     assert_eq!(ftp.real_servers[1].weight, 2);
     let web = &imp.services[1];
     assert_eq!(web.scheduler, "rr");
     assert_eq!(web.health_check, None, "HTTP_GET not imported");
-    assert_eq!(
-        (web.real_servers[0].upper, web.real_servers[0].lower),
-        (1000, 800)
-    );
+    assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
     assert!(warned(&imp, 39, "HTTP_GET"));
     assert!(warned(&imp, 33, "sorry_server"));
     let dns = &imp.services[2];
-    assert_eq!(
-        (dns.protocol, dns.forward, dns.scheduler.as_str()),
-        (Protocol::Udp, Forward::Dr, "sh")
-    );
+    assert_eq!((dns.protocol, dns.forward, dns.scheduler.as_str()), (Protocol::Udp, Forward::Dr, "sh"));
 }
 
 #[test]
 fn keepalived_errors() {
     let e = from_keepalived("virtual_server 10.0.0.1 80 {\n  lb_kind FULLNAT\n}\n").unwrap_err();
     assert_eq!(e.line, Some(2));
-    let e = from_keepalived("virtual_server 10.0.0.1 80 {\n  real_server 10.0.0.x 80 {\n  }\n}\n")
-        .unwrap_err();
+    let e = from_keepalived("virtual_server 10.0.0.1 80 {\n  real_server 10.0.0.x 80 {\n  }\n}\n").unwrap_err();
     assert_eq!(e.line, Some(2));
     let e = from_keepalived("virtual_server 10.0.0.1 80 {\n  lb_algo rr\n").unwrap_err();
     assert_eq!(e.line, Some(1));
     let e = from_keepalived("}\n").unwrap_err();
     assert_eq!(e.line, Some(1));
     // comments with # and !
-    let imp =
-        from_keepalived("! c\nvirtual_server 10.0.0.1 80 { # c\n  lb_algo rr ! c\n}\n").unwrap();
+    let imp = from_keepalived("! c\nvirtual_server 10.0.0.1 80 { # c\n  lb_algo rr ! c\n}\n").unwrap();
     assert_eq!(imp.services[0].scheduler, "rr");
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
 }
@@ -227,46 +162,21 @@ fn ipvsadm_save() {
     assert_eq!(imp.services.len(), 4);
     let ftp = &imp.services[0];
     assert_eq!(ftp.name, "tcp-10.0.0.100-21");
-    assert_eq!(
-        ftp.persistence,
-        Some(Persistence {
-            timeout: 300,
-            netmask: 32
-        })
-    );
+    assert_eq!(ftp.persistence, Some(Persistence { timeout: 300, netmask: 32 }));
     assert!(ftp.ftp.is_some());
     assert_eq!(ftp.forward, Forward::Nat);
     assert_eq!(
         ftp.real_servers[1],
-        RealServer {
-            address: ip("10.0.2.3"),
-            port: Some(21),
-            weight: 2,
-            upper: 0,
-            lower: 0,
-            forward: None
-        }
+        RealServer { address: ip("10.0.2.3"), port: Some(21), weight: 2, upper: 0, lower: 0, forward: None }
     );
     let web = &imp.services[1];
     assert_eq!(web.ftp, None);
-    assert_eq!(
-        (web.real_servers[0].upper, web.real_servers[0].lower),
-        (1000, 800)
-    );
+    assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
     let dns = &imp.services[2];
-    assert_eq!(
-        (dns.protocol, dns.forward, dns.scheduler.as_str()),
-        (Protocol::Udp, Forward::Dr, "sh")
-    );
+    assert_eq!((dns.protocol, dns.forward, dns.scheduler.as_str()), (Protocol::Udp, Forward::Dr, "sh"));
     let v6 = &imp.services[3];
     assert_eq!(v6.vip, ip("fd00::100"));
-    assert_eq!(
-        v6.persistence,
-        Some(Persistence {
-            timeout: 600,
-            netmask: 64
-        })
-    );
+    assert_eq!(v6.persistence, Some(Persistence { timeout: 600, netmask: 64 }));
     assert_eq!(v6.real_servers[0].address, ip("fd00:2::2"));
 }
 
@@ -275,43 +185,18 @@ fn ipvsadm_fwmark() {
     let imp = from_ipvsadm(&data("ipvsadm-save-fwmark.txt")).unwrap();
     roundtrip(&imp);
     let fw = &imp.services[0];
-    assert_eq!(
-        (fw.name.as_str(), fw.fwmark, fw.vip),
-        ("fwm21", Some(21), ip("0.0.0.0"))
-    );
+    assert_eq!((fw.name.as_str(), fw.fwmark, fw.vip), ("fwm21", Some(21), ip("0.0.0.0")));
     assert!(fw.ports.is_empty());
     assert_eq!(fw.forward, Forward::Dr);
     assert_eq!(fw.real_servers[0].port, None, ":0 means the client's port");
     assert!(warned(&imp, 1, "firewall mark 21"));
     let tun = &imp.services[1];
-    assert_eq!(
-        tun.persistence,
-        Some(Persistence {
-            timeout: 3600,
-            netmask: 24
-        })
-    );
+    assert_eq!(tun.persistence, Some(Persistence { timeout: 3600, netmask: 24 }));
     assert_eq!(tun.forward, Forward::Tunnel);
-    assert_eq!(
-        tun.real_servers[1].forward,
-        Some(Forward::Dr),
-        "per-server method kept"
-    );
+    assert_eq!(tun.real_servers[1].forward, Some(Forward::Dr), "per-server method kept");
 
     let mut marks = HashMap::new();
-    marks.insert(
-        21,
-        (
-            ip("10.0.0.100"),
-            vec![
-                PortRange { lo: 21, hi: 21 },
-                PortRange {
-                    lo: 10000,
-                    hi: 20000,
-                },
-            ],
-        ),
-    );
+    marks.insert(21, (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 20000 }]));
     let imp = from_ipvsadm_with_marks(&data("ipvsadm-save-fwmark.txt"), &marks).unwrap();
     let fw = &imp.services[0];
     assert_eq!(fw.vip, ip("10.0.0.100"));
@@ -328,45 +213,19 @@ fn ipvsadm_details_and_errors() {
     )
     .unwrap();
     assert_eq!(imp.services[0].ports, vec![PortRange { lo: 80, hi: 80 }]);
-    assert_eq!(
-        imp.services[0].persistence,
-        Some(Persistence {
-            timeout: 300,
-            netmask: 32
-        })
-    );
+    assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 300, netmask: 32 }));
     assert_eq!(imp.services[0].real_servers[0].port, None);
     assert!(warned(&imp, 3, "-o"));
 
     let cases: &[(&str, usize, &str)] = &[
-        (
-            "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.2:80 -r 10.0.2.2:80 -m\n",
-            2,
-            "not defined before",
-        ),
-        (
-            "-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n",
-            2,
-            "defined twice",
-        ),
+        ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.2:80 -r 10.0.2.2:80 -m\n", 2, "not defined before"),
+        ("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n", 2, "defined twice"),
         ("\n-A -t 10.0.0.1 -s rr\n", 2, "needs a port"),
         ("-A -t 10.0.0.1:80 -s nope\n", 1, "unknown scheduler"),
-        (
-            "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.2.2:80 -w 70000\n",
-            2,
-            "invalid weight",
-        ),
+        ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.2.2:80 -w 70000\n", 2, "invalid weight"),
         ("-A -t 10.0.0.1:80 -s\n", 1, "needs an argument"),
-        (
-            "-A -t 10.0.0.1:80 -p 60 -M 255.0.255.0\n",
-            1,
-            "not contiguous",
-        ),
-        (
-            "-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80\n",
-            2,
-            "needs a real server",
-        ),
+        ("-A -t 10.0.0.1:80 -p 60 -M 255.0.255.0\n", 1, "not contiguous"),
+        ("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80\n", 2, "needs a real server"),
     ];
     for (t, line, part) in cases {
         let e = from_ipvsadm(t).expect_err(t);

@@ -104,10 +104,7 @@ fn good_config_parses_into_expected_model() {
     assert_eq!(e.control_socket, PathBuf::from("/tmp/fvs.sock"));
     assert_eq!(e.metrics_listen, Some("127.0.0.1:9610".parse().unwrap()));
     let t = e.timeouts;
-    assert_eq!(
-        (t.tcp_established, t.tcp_fin_wait, t.udp, t.tcp_close),
-        (901, 121, 301, 11)
-    );
+    assert_eq!((t.tcp_established, t.tcp_fin_wait, t.udp, t.tcp_close), (901, 121, 301, 11));
     assert_eq!(t.tcp_syn_recv, Timeouts::default().tcp_syn_recv);
 
     assert_eq!(
@@ -116,46 +113,19 @@ fn good_config_parses_into_expected_model() {
             name: "ext".into(),
             device: "fvs-lb0".into(),
             mac: Some([2, 0, 0, 0, 1, 1]),
-            addresses: vec![
-                IpNet {
-                    addr: ip("10.0.1.1"),
-                    prefix: 24
-                },
-                IpNet {
-                    addr: ip("fd00:1::1"),
-                    prefix: 64
-                }
-            ],
+            addresses: vec![IpNet { addr: ip("10.0.1.1"), prefix: 24 }, IpNet { addr: ip("fd00:1::1"), prefix: 64 }],
         }
     );
     assert_eq!(c.interfaces[1].mac, None);
     assert_eq!(
         c.neighbors,
-        vec![Neighbor {
-            address: ip("10.0.2.2"),
-            mac: [2, 0, 0, 0, 2, 0x0a],
-            interface: Some("int".into())
-        }]
+        vec![Neighbor { address: ip("10.0.2.2"), mac: [2, 0, 0, 0, 2, 0x0a], interface: Some("int".into()) }]
     );
     assert_eq!(
         c.routes,
         vec![
-            Route {
-                prefix: IpNet {
-                    addr: ip("0.0.0.0"),
-                    prefix: 0
-                },
-                via: Some(ip("10.0.1.254")),
-                interface: None
-            },
-            Route {
-                prefix: IpNet {
-                    addr: ip("192.168.0.0"),
-                    prefix: 16
-                },
-                via: None,
-                interface: Some("int".into())
-            },
+            Route { prefix: IpNet { addr: ip("0.0.0.0"), prefix: 0 }, via: Some(ip("10.0.1.254")), interface: None },
+            Route { prefix: IpNet { addr: ip("192.168.0.0"), prefix: 16 }, via: None, interface: Some("int".into()) },
         ]
     );
 
@@ -166,21 +136,11 @@ fn good_config_parses_into_expected_model() {
             name: "ftp".into(),
             vip: ip("10.0.0.100"),
             protocol: Protocol::Tcp,
-            ports: vec![
-                PortRange { lo: 21, hi: 21 },
-                PortRange { lo: 8000, hi: 8100 }
-            ],
+            ports: vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 8000, hi: 8100 }],
             scheduler: "rr".into(),
             forward: Forward::Dr,
-            persistence: Some(Persistence {
-                timeout: 600,
-                netmask: 24
-            }),
-            ftp: Some(FtpOptions {
-                control_ports: vec![21],
-                allow_foreign_port_address: true,
-                pinhole_timeout: 30
-            }),
+            persistence: Some(Persistence { timeout: 600, netmask: 24 }),
+            ftp: Some(FtpOptions { control_ports: vec![21], allow_foreign_port_address: true, pinhole_timeout: 30 }),
             fwmark: Some(21),
             real_servers: vec![
                 RealServer {
@@ -191,14 +151,7 @@ fn good_config_parses_into_expected_model() {
                     lower: 50,
                     forward: Some(Forward::Nat)
                 },
-                RealServer {
-                    address: ip("192.168.7.7"),
-                    port: None,
-                    weight: 0,
-                    upper: 0,
-                    lower: 0,
-                    forward: None
-                },
+                RealServer { address: ip("192.168.7.7"), port: None, weight: 0, upper: 0, lower: 0, forward: None },
             ],
             health_check: Some(HealthCheck {
                 kind: HealthCheckKind::SendExpect,
@@ -217,13 +170,7 @@ fn good_config_parses_into_expected_model() {
     assert_eq!(d.protocol, Protocol::Udp);
     assert_eq!(d.scheduler, "wlc");
     assert_eq!(d.forward, Forward::Nat);
-    assert_eq!(
-        d.persistence,
-        Some(Persistence {
-            timeout: 120,
-            netmask: 32
-        })
-    );
+    assert_eq!(d.persistence, Some(Persistence { timeout: 120, netmask: 32 }));
     assert!(d.real_servers.is_empty());
     assert_eq!(c.source, None);
 }
@@ -235,10 +182,7 @@ fn defaults() {
     assert_eq!(c.engine.cores, None);
     assert_eq!(c.engine.mbufs, 8192);
     assert_eq!(c.engine.flow_table_size, 1_048_576);
-    assert_eq!(
-        c.engine.control_socket,
-        PathBuf::from("/run/ferrovs/ferrovs.sock")
-    );
+    assert_eq!(c.engine.control_socket, PathBuf::from("/run/ferrovs/ferrovs.sock"));
     assert_eq!(c.engine.metrics_listen, None);
     assert_eq!(c.engine.timeouts, Timeouts::default());
     assert!(c.interfaces.is_empty() && c.services.is_empty());
@@ -250,22 +194,17 @@ fn defaults() {
     .unwrap();
     let s = &c.services[0];
     assert!(s.ports.is_empty() && s.has_port(1) && s.has_port(65535));
-    assert_eq!(
-        s.persistence,
-        Some(Persistence {
-            timeout: 5,
-            netmask: 128
-        })
-    );
+    assert_eq!(s.persistence, Some(Persistence { timeout: 5, netmask: 128 }));
     assert_eq!(s.ftp, Some(FtpOptions::default()));
     let h = s.health_check.as_ref().unwrap();
-    assert_eq!(
-        (h.interval, h.timeout, h.rise, h.fall, h.quiesce),
-        (5.0, 3.0, 2, 3, true)
-    );
+    assert_eq!((h.interval, h.timeout, h.rise, h.fall, h.quiesce), (5.0, 3.0, 2, 3, true));
 
     // `ftp = false` is the same as no ftp key.
-    let c = Config::from_str("[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nftp = false\n", "d").unwrap();
+    let c = Config::from_str(
+        "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nftp = false\n",
+        "d",
+    )
+    .unwrap();
     assert_eq!(c.services[0].ftp, None);
 }
 
@@ -289,19 +228,9 @@ fn from_file_sets_source_and_reports_missing_file() {
 
 #[test]
 fn error_display() {
-    let e = ConfigError {
-        file: "a.toml".into(),
-        line: Some(7),
-        column: Some(3),
-        message: "bad".into(),
-    };
+    let e = ConfigError { file: "a.toml".into(), line: Some(7), column: Some(3), message: "bad".into() };
     assert_eq!(e.to_string(), "a.toml:7:3: bad");
-    let e = ConfigError {
-        file: "a.toml".into(),
-        line: None,
-        column: None,
-        message: "bad".into(),
-    };
+    let e = ConfigError { file: "a.toml".into(), line: None, column: None, message: "bad".into() };
     assert_eq!(e.to_string(), "a.toml: bad");
     let _: &dyn std::error::Error = &e;
 }
@@ -394,22 +323,14 @@ fn bad_configs_report_line_and_problem() {
         let text = format!("{PRE}{case}");
         match Config::from_str(&text, "bad.toml") {
             Ok(_) if needle.is_empty() => {}
-            Ok(_) => failures.push(format!(
-                "case {i}: parsed but expected error {needle:?}\n{case}"
-            )),
+            Ok(_) => failures.push(format!("case {i}: parsed but expected error {needle:?}\n{case}")),
             Err(e) => {
                 if needle.is_empty() && i != 2 {
                     failures.push(format!("case {i}: unexpected error {e}"));
                     continue;
                 }
-                if e.file != "bad.toml"
-                    || e.line != Some(*line)
-                    || !e.message.contains(needle)
-                    || e.column.is_none()
-                {
-                    failures.push(format!(
-                        "case {i}: want line {line} containing {needle:?}, got {e}"
-                    ));
+                if e.file != "bad.toml" || e.line != Some(*line) || !e.message.contains(needle) || e.column.is_none() {
+                    failures.push(format!("case {i}: want line {line} containing {needle:?}, got {e}"));
                 }
             }
         }
@@ -421,66 +342,22 @@ fn bad_configs_report_line_and_problem() {
 #[test]
 fn bad_engine() {
     let cases: &[(&str, usize, &str)] = &[
-        (
-            "[engine]\nworkers = 0\nbackend = \"memory\"\n",
-            2,
-            "workers must be between 1 and 64, got 0",
-        ),
-        (
-            "[engine]\nworkers = 65\nbackend = \"memory\"\n",
-            2,
-            "workers must be between 1 and 64",
-        ),
-        (
-            "[engine]\nworkers = 2\ncores = [0]\nbackend = \"memory\"\n",
-            3,
-            "cores lists 1 cores but workers = 2",
-        ),
-        (
-            "[engine]\nworkers = 2\ncores = [1, 1]\nbackend = \"memory\"\n",
-            3,
-            "core 1 listed twice",
-        ),
-        (
-            "[engine]\nbackend = \"xdp\"\n",
-            2,
-            "invalid backend \"xdp\"",
-        ),
-        (
-            "[engine]\nbackend = \"af_packet\"\n",
-            2,
-            "at least one [[interface]] is required",
-        ),
-        (
-            "[engine]\nbackend = \"memory\"\nmetrics_listen = \"localhost\"\n",
-            3,
-            "invalid metrics_listen",
-        ),
-        (
-            "[engine]\nbackend = \"memory\"\nmbufs = 0\n",
-            3,
-            "mbufs must be between 1",
-        ),
+        ("[engine]\nworkers = 0\nbackend = \"memory\"\n", 2, "workers must be between 1 and 64, got 0"),
+        ("[engine]\nworkers = 65\nbackend = \"memory\"\n", 2, "workers must be between 1 and 64"),
+        ("[engine]\nworkers = 2\ncores = [0]\nbackend = \"memory\"\n", 3, "cores lists 1 cores but workers = 2"),
+        ("[engine]\nworkers = 2\ncores = [1, 1]\nbackend = \"memory\"\n", 3, "core 1 listed twice"),
+        ("[engine]\nbackend = \"xdp\"\n", 2, "invalid backend \"xdp\""),
+        ("[engine]\nbackend = \"af_packet\"\n", 2, "at least one [[interface]] is required"),
+        ("[engine]\nbackend = \"memory\"\nmetrics_listen = \"localhost\"\n", 3, "invalid metrics_listen"),
+        ("[engine]\nbackend = \"memory\"\nmbufs = 0\n", 3, "mbufs must be between 1"),
         (
             "[engine]\nbackend = \"memory\"\n\n[engine.timeouts]\ntcp = 0\n",
             5,
             "timeout tcp_established must be between 1",
         ),
-        (
-            "[engine]\nbackend = \"memory\"\n\n[engine.timeouts]\nsctp = 5\n",
-            5,
-            "unknown field `sctp`",
-        ),
-        (
-            "[engine]\nbackend = \"memory\"\ncontrol_socket = \"\"\n",
-            3,
-            "control_socket must not be empty",
-        ),
-        (
-            "[engine]\nbackend = \"memory\"\nworkers = \"two\"\n",
-            3,
-            "invalid type",
-        ),
+        ("[engine]\nbackend = \"memory\"\n\n[engine.timeouts]\nsctp = 5\n", 5, "unknown field `sctp`"),
+        ("[engine]\nbackend = \"memory\"\ncontrol_socket = \"\"\n", 3, "control_socket must not be empty"),
+        ("[engine]\nbackend = \"memory\"\nworkers = \"two\"\n", 3, "invalid type"),
         ("[engine]\nbackend = \"memory\"\n[engine]\n", 3, "duplicate"),
         ("[engine\n", 1, ""),
     ];
@@ -495,48 +372,27 @@ fn bad_engine() {
     assert_eq!(e.line, None);
     assert!(e.message.contains("interface"));
     // eal_args with a non-dpdk backend are allowed (ignored by the engine).
-    Config::from_str(
-        "[engine]\nbackend = \"memory\"\neal_args = [\"--no-huge\"]\n",
-        "x",
-    )
-    .unwrap();
+    Config::from_str("[engine]\nbackend = \"memory\"\neal_args = [\"--no-huge\"]\n", "x").unwrap();
 }
 
 #[test]
 fn reachability_rules() {
     let base = "[engine]\nbackend = \"af_packet\"\n[[interface]]\nname = \"ext\"\ndevice = \"x\"\naddresses = [\"10.0.1.1/24\", \"fd00:1::1/64\"]\n";
     let rs = |a: &str, extra: &str| {
-        format!("{base}{extra}[[service]]\nname = \"s\"\nvip = \"{}\"\n[[service.real_server]]\naddress = \"{a}\"\n", if a.contains(':') { "fd00::100" } else { "10.0.0.100" })
+        format!(
+            "{base}{extra}[[service]]\nname = \"s\"\nvip = \"{}\"\n[[service.real_server]]\naddress = \"{a}\"\n",
+            if a.contains(':') { "fd00::100" } else { "10.0.0.100" }
+        )
     };
     // on-link
     Config::from_str(&rs("10.0.1.7", ""), "r").unwrap();
     Config::from_str(&rs("fd00:1::7", ""), "r").unwrap();
     // through a route
-    Config::from_str(
-        &rs(
-            "10.5.0.7",
-            "[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.1.254\"\n",
-        ),
-        "r",
-    )
-    .unwrap();
-    Config::from_str(
-        &rs(
-            "10.5.0.7",
-            "[[route]]\nprefix = \"0.0.0.0/0\"\ninterface = \"ext\"\n",
-        ),
-        "r",
-    )
-    .unwrap();
+    Config::from_str(&rs("10.5.0.7", "[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.1.254\"\n"), "r").unwrap();
+    Config::from_str(&rs("10.5.0.7", "[[route]]\nprefix = \"0.0.0.0/0\"\ninterface = \"ext\"\n"), "r").unwrap();
     // not reachable
-    let e = Config::from_str(
-        &rs(
-            "10.6.0.7",
-            "[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.1.254\"\n",
-        ),
-        "r",
-    )
-    .unwrap_err();
+    let e = Config::from_str(&rs("10.6.0.7", "[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.1.254\"\n"), "r")
+        .unwrap_err();
     assert!(e.message.contains("not reachable"), "{e}");
     let e = Config::from_str(&rs("fd00:9::7", ""), "r").unwrap_err();
     assert!(e.message.contains("not reachable"), "{e}");
@@ -548,7 +404,9 @@ fn reachability_rules() {
 fn schedulers_are_all_accepted() {
     assert_eq!(SCHEDULERS.len(), 14);
     for s in SCHEDULERS {
-        let t = format!("[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nscheduler = \"{s}\"\n");
+        let t = format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nscheduler = \"{s}\"\n"
+        );
         assert_eq!(Config::from_str(&t, "s").unwrap().services[0].scheduler, *s);
     }
 }

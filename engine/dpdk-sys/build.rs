@@ -12,18 +12,10 @@ use std::process::Command;
 
 fn pkg_config(args: &[&str]) -> Result<String, String> {
     let pc = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
-    let out = Command::new(&pc)
-        .args(args)
-        .arg("libdpdk")
-        .output()
-        .map_err(|e| format!("cannot run {pc}: {e}"))?;
+    let out = Command::new(&pc).args(args).arg("libdpdk").output().map_err(|e| format!("cannot run {pc}: {e}"))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        let msg = if msg.is_empty() {
-            out.status.to_string()
-        } else {
-            msg
-        };
+        let msg = if msg.is_empty() { out.status.to_string() } else { msg };
         return Err(format!("`{pc} {} libdpdk` failed: {msg}", args.join(" ")));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -37,33 +29,24 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PKG_CONFIG");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let require = env::var("DPDK_SYS_REQUIRE")
-        .map(|v| v == "1")
-        .unwrap_or(false);
-    let (cflags, libs, version) = match (
-        pkg_config(&["--cflags"]),
-        pkg_config(&["--libs"]),
-        pkg_config(&["--modversion"]),
-    ) {
-        (Ok(c), Ok(l), Ok(v)) => (c, l, v),
-        (c, l, v) => {
-            let why = [c.err(), l.err(), v.err()]
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or_default();
-            if require {
-                panic!("DPDK_SYS_REQUIRE=1 but libdpdk was not found: {why}");
-            }
-            println!(
-                "cargo:warning=libdpdk not found ({why}); dpdk-sys is built empty. \
+    let require = env::var("DPDK_SYS_REQUIRE").map(|v| v == "1").unwrap_or(false);
+    let (cflags, libs, version) =
+        match (pkg_config(&["--cflags"]), pkg_config(&["--libs"]), pkg_config(&["--modversion"])) {
+            (Ok(c), Ok(l), Ok(v)) => (c, l, v),
+            (c, l, v) => {
+                let why = [c.err(), l.err(), v.err()].into_iter().flatten().next().unwrap_or_default();
+                if require {
+                    panic!("DPDK_SYS_REQUIRE=1 but libdpdk was not found: {why}");
+                }
+                println!(
+                    "cargo:warning=libdpdk not found ({why}); dpdk-sys is built empty. \
                  Install libdpdk-dev (Debian) for the DPDK backend."
-            );
-            println!("cargo:rustc-cfg=dpdk_missing");
-            println!("cargo:missing=1");
-            return;
-        }
-    };
+                );
+                println!("cargo:rustc-cfg=dpdk_missing");
+                println!("cargo:missing=1");
+                return;
+            }
+        };
     println!("cargo:version={version}");
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
@@ -92,19 +75,13 @@ fn main() {
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
         .generate()
         .unwrap_or_else(|e| panic!("bindgen failed on DPDK {version} headers: {e}"));
-    bindings
-        .write_to_file(out.join("bindings.rs"))
-        .expect("write bindings.rs");
+    bindings.write_to_file(out.join("bindings.rs")).expect("write bindings.rs");
 
     // The C wrappers for static inline functions, built with DPDK's own
     // cflags (-include rte_config.h, -march=...). cc prints its link lines
     // now, so the archive comes before the -lrte_* below on the link line.
     let mut build = cc::Build::new();
-    build
-        .file(out.join("extern.c"))
-        .include(&manifest)
-        .warnings(false)
-        .opt_level(2);
+    build.file(out.join("extern.c")).include(&manifest).warnings(false).opt_level(2);
     for f in &cflags {
         build.flag(f);
     }

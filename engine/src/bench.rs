@@ -63,7 +63,14 @@ pub struct BenchArgs {
 
 impl Default for BenchArgs {
     fn default() -> Self {
-        BenchArgs { scenario: Scenario::Established, flows: 100_000, packets: 10_000_000, workers: 1, size: 64, pin: true }
+        BenchArgs {
+            scenario: Scenario::Established,
+            flows: 100_000,
+            packets: 10_000_000,
+            workers: 1,
+            size: 64,
+            pin: true,
+        }
     }
 }
 
@@ -199,7 +206,15 @@ fn clients(w: usize, workers: usize, n: usize) -> Vec<([u8; 4], u16)> {
     v
 }
 
-fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8, seq: u32, ack: u32) -> Frame4 {
+fn tcp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Frame4 {
     Frame4 {
         src_mac,
         dst_mac,
@@ -356,7 +371,14 @@ fn dst_of(f: &[u8]) -> Result<([u8; 4], u16), String> {
 
 /// Build the connections of a scenario through the pipeline and return
 /// the measured packet set, and the virtual time per burst.
-fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rng: &mut Rng) -> Result<(Templates, u64), String> {
+fn setup(
+    rig: &mut Rig,
+    sc: Scenario,
+    w: usize,
+    workers: usize,
+    flows: usize,
+    rng: &mut Rng,
+) -> Result<(Templates, u64), String> {
     let len = rig.len;
     match sc {
         Scenario::Established | Scenario::Dr => {
@@ -415,14 +437,41 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                 let ctl = |c: ([u8; 4], u16)| (c.0, c.1);
                 let step = |rig: &mut Rig, iface: u8, v: Vec<Vec<u8>>| rig.batch(iface, &v);
                 // 1. SYN; learn the real server of each session.
-                let out = step(rig, EXT, cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, ctl(c), (VIP_FTP, 21), TCP_SYN, 999, 0), len)).collect())?;
+                let out = step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .map(|&c| frame(&tcp(GW_MAC, LB_EXT, ctl(c), (VIP_FTP, 21), TCP_SYN, 999, 0), len))
+                        .collect(),
+                )?;
                 let rs: Vec<[u8; 4]> = out.iter().map(|f| dst_of(f).map(|d| d.0)).collect::<Result<_, _>>()?;
                 // 2. SYN-ACK, 3. ACK.
-                step(rig, INT, cl.iter().zip(&rs).map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_SYN | TCP_ACK, 4999, 1000), len)).collect())?;
-                step(rig, EXT, cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, 1000, 5000), len)).collect())?;
+                step(
+                    rig,
+                    INT,
+                    cl.iter()
+                        .zip(&rs)
+                        .map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_SYN | TCP_ACK, 4999, 1000), len))
+                        .collect(),
+                )?;
+                step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, 1000, 5000), len))
+                        .collect(),
+                )?;
                 // 4. PASV, 5. 227 from the server (rewritten to the VIP).
                 let pasv = b"PASV\r\n";
-                step(rig, EXT, cl.iter().map(|&c| frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, 1000, 5000), pasv)).collect())?;
+                step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .map(|&c| {
+                            frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, 1000, 5000), pasv)
+                        })
+                        .collect(),
+                )?;
                 let cseq = 1000 + pasv.len() as u32;
                 let rports: Vec<u16> = (0..sessions).map(|i| 30000 + ((base + i) % 20000) as u16).collect();
                 let out = step(
@@ -434,9 +483,17 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                         .map(|((&c, &r), &p)| {
                             let line = format!(
                                 "227 Entering Passive Mode ({},{},{},{},{},{}).\r\n",
-                                r[0], r[1], r[2], r[3], p >> 8, p & 0xff
+                                r[0],
+                                r[1],
+                                r[2],
+                                r[3],
+                                p >> 8,
+                                p & 0xff
                             );
-                            frame_payload(&tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_ACK | TCP_PSH, 5000, cseq), line.as_bytes())
+                            frame_payload(
+                                &tcp(rs_mac(r), LB_INT, (r, 21), c, TCP_ACK | TCP_PSH, 5000, cseq),
+                                line.as_bytes(),
+                            )
                         })
                         .collect(),
                 )?;
@@ -450,14 +507,25 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                     }
                     vports.push(sa.port());
                 }
-                let sseq_ctl = 5000 + out.first().map(|f| {
-                    let p = parse::parse(f).expect("parsed above");
-                    p.payload_len() as u32
-                }).unwrap_or(0);
+                let sseq_ctl = 5000
+                    + out
+                        .first()
+                        .map(|f| {
+                            let p = parse::parse(f).expect("parsed above");
+                            p.payload_len() as u32
+                        })
+                        .unwrap_or(0);
                 drop(out);
                 // 6. Passive data connection from the client.
                 let pdata = |c: ([u8; 4], u16)| (c.0, c.1.wrapping_add(1));
-                let out = step(rig, EXT, cl.iter().zip(&vports).map(|(&c, &vp)| frame(&tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_SYN, 1, 0), len)).collect())?;
+                let out = step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .zip(&vports)
+                        .map(|(&c, &vp)| frame(&tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_SYN, 1, 0), len))
+                        .collect(),
+                )?;
                 let pdst: Vec<([u8; 4], u16)> = out.iter().map(|f| dst_of(f)).collect::<Result<_, _>>()?;
                 for (d, (&r, &p)) in pdst.iter().zip(rs.iter().zip(&rports)) {
                     if *d != (r, p) {
@@ -472,12 +540,30 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                     cl.iter()
                         .map(|&c| {
                             let a = adata(c);
-                            let line = format!("PORT {},{},{},{},{},{}\r\n", a.0[0], a.0[1], a.0[2], a.0[3], a.1 >> 8, a.1 & 0xff);
-                            frame_payload(&tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, cseq, sseq_ctl), line.as_bytes())
+                            let line = format!(
+                                "PORT {},{},{},{},{},{}\r\n",
+                                a.0[0],
+                                a.0[1],
+                                a.0[2],
+                                a.0[3],
+                                a.1 >> 8,
+                                a.1 & 0xff
+                            );
+                            frame_payload(
+                                &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK | TCP_PSH, cseq, sseq_ctl),
+                                line.as_bytes(),
+                            )
                         })
                         .collect(),
                 )?;
-                let out = step(rig, INT, cl.iter().zip(&rs).map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_SYN, 7, 0), len)).collect())?;
+                let out = step(
+                    rig,
+                    INT,
+                    cl.iter()
+                        .zip(&rs)
+                        .map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_SYN, 7, 0), len))
+                        .collect(),
+                )?;
                 for f in &out {
                     if src_of(f)?.0 != VIP_FTP {
                         return Err("active data connection not translated to the VIP".into());

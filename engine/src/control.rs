@@ -197,7 +197,13 @@ pub fn validate(cfg: &Config) -> Result<Config, String> {
 }
 
 impl State {
-    pub fn new(view: Arc<dyn EngineView>, apply: Applier, config_path: Option<PathBuf>, config: Arc<Config>, snap: Arc<Snapshot>) -> Arc<State> {
+    pub fn new(
+        view: Arc<dyn EngineView>,
+        apply: Applier,
+        config_path: Option<PathBuf>,
+        config: Arc<Config>,
+        snap: Arc<Snapshot>,
+    ) -> Arc<State> {
         Arc::new(State {
             view,
             apply,
@@ -267,7 +273,8 @@ impl State {
         let mut g = self.lock();
         let mut cfg = (*g.admin).clone();
         for (i, c) in cmds.iter().enumerate() {
-            ipvsadm::apply(&mut cfg, c).map_err(|e| if cmds.len() > 1 { format!("command {}: {e}", i + 1) } else { e })?;
+            ipvsadm::apply(&mut cfg, c)
+                .map_err(|e| if cmds.len() > 1 { format!("command {}: {e}", i + 1) } else { e })?;
         }
         let cfg = validate(&cfg)?;
         let n = cfg.services.len();
@@ -362,9 +369,10 @@ impl State {
         let snap = self.snapshot();
         let only = match key {
             Some(k) => Some(
-                snap.config.services[ipvsadm::find_service(&snap.config, k).ok_or_else(|| format!("no such service {k:?}"))?]
-                    .name
-                    .clone(),
+                snap.config.services
+                    [ipvsadm::find_service(&snap.config, k).ok_or_else(|| format!("no such service {k:?}"))?]
+                .name
+                .clone(),
             ),
             None => None,
         };
@@ -391,7 +399,14 @@ impl State {
         };
         let stats = |k: &CounterKey| -> Stats {
             let r = raw.get(k).copied().unwrap_or_default().minus(g.zero.get(k).copied().unwrap_or_default());
-            let mut s = Stats { conns: r.conns, inpkts: r.inpkts, outpkts: r.outpkts, inbytes: r.inbytes, outbytes: r.outbytes, ..Default::default() };
+            let mut s = Stats {
+                conns: r.conns,
+                inpkts: r.inpkts,
+                outpkts: r.outpkts,
+                inbytes: r.inbytes,
+                outbytes: r.outbytes,
+                ..Default::default()
+            };
             if let Some(rt) = g.rates.get(k) {
                 rt.apply(&mut s);
             }
@@ -484,7 +499,9 @@ impl State {
             if s.ftp.is_none() {
                 continue;
             }
-            let sum = |f: &dyn Fn(&crate::counters::FtpCounters) -> u64| -> u64 { per.iter().filter_map(|v| v.get(i)).map(|c| f(&c.ftp)).sum() };
+            let sum = |f: &dyn Fn(&crate::counters::FtpCounters) -> u64| -> u64 {
+                per.iter().filter_map(|v| v.get(i)).map(|c| f(&c.ftp)).sum()
+            };
             out.push(json!({
                 "service": s.name,
                 "control_sessions": sum(&|c| c.control_sessions.load(Relaxed)),
@@ -555,7 +572,9 @@ impl State {
             }
             match req.get("v").and_then(|v| v.as_u64()) {
                 Some(PROTOCOL_VERSION) => {}
-                Some(v) => return Err(format!("unsupported protocol version {v} (this daemon speaks {PROTOCOL_VERSION})")),
+                Some(v) => {
+                    return Err(format!("unsupported protocol version {v} (this daemon speaks {PROTOCOL_VERSION})"))
+                }
                 None => return Err("missing protocol version \"v\"".into()),
             }
             self.handle(&req)
@@ -646,7 +665,13 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: valid fd, and `cred`/`len` describe a writable ucred buffer.
     let r = unsafe {
-        libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
     };
     (r == 0).then_some(cred.uid)
 }
@@ -686,7 +711,8 @@ fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
         }
         if buf.last() != Some(&b'\n') {
             if buf.len() > MAX_REQUEST {
-                let _ = write_reply(&mut stream, &error_reply(&format!("request too large (limit {MAX_REQUEST} bytes)")));
+                let _ =
+                    write_reply(&mut stream, &error_reply(&format!("request too large (limit {MAX_REQUEST} bytes)")));
                 // Let the client read the reply: stop writing, then discard
                 // (a bounded amount of) what it is still sending.
                 let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -717,7 +743,8 @@ fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
 ///
 /// `config_path` is the file `--reload` re-reads.
 pub fn spawn(config_path: Option<PathBuf>, config: Arc<Config>, running: &Running) -> std::io::Result<ControlHandle> {
-    let state = State::new(running.view.clone(), applier_of(running), config_path, config.clone(), running.snapshot.clone());
+    let state =
+        State::new(running.view.clone(), applier_of(running), config_path, config.clone(), running.snapshot.clone());
     spawn_with(state, &config)
 }
 
@@ -740,38 +767,38 @@ pub fn spawn_with(state: Arc<State>, config: &Config) -> std::io::Result<Control
         // SAFETY: getuid has no preconditions.
         let my_uid = unsafe { libc::getuid() };
         let clients = Arc::new(AtomicUsize::new(0));
-        threads.push(
-            std::thread::Builder::new().name("fvs-control".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((s, _)) => {
-                            let _ = s.set_nonblocking(false);
-                            if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
-                                let mut s = s;
-                                let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-                                let _ = write_reply(&mut s, &error_reply("too many control clients, try again"));
-                                continue;
-                            }
-                            clients.fetch_add(1, Ordering::Relaxed);
-                            let st = state.clone();
-                            let cl = clients.clone();
-                            let r = std::thread::Builder::new().name("fvs-control-client".into()).spawn(move || {
-                                serve_client(&st, s, my_uid);
-                                cl.fetch_sub(1, Ordering::Relaxed);
-                            });
-                            if r.is_err() {
-                                clients.fetch_sub(1, Ordering::Relaxed);
-                            }
+        threads.push(std::thread::Builder::new().name("fvs-control".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+                            let mut s = s;
+                            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                            let _ = write_reply(&mut s, &error_reply("too many control clients, try again"));
+                            continue;
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                        Err(e) => {
-                            tracing::warn!("control: accept failed: {e}");
-                            std::thread::sleep(Duration::from_millis(100));
+                        clients.fetch_add(1, Ordering::Relaxed);
+                        let st = state.clone();
+                        let cl = clients.clone();
+                        let r = std::thread::Builder::new().name("fvs-control-client".into()).spawn(move || {
+                            serve_client(&st, s, my_uid);
+                            cl.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        if r.is_err() {
+                            clients.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => {
+                        tracing::warn!("control: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
-            })?,
-        );
+            }
+        })?);
     }
 
     {
@@ -802,7 +829,8 @@ pub fn spawn_with(state: Arc<State>, config: &Config) -> std::io::Result<Control
 
 /// Send one request and read one reply line.
 pub fn request(socket: &Path, req: &Value) -> Result<Value, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| format!("cannot connect to {}: {e} (is ferrovs running? use --socket)", socket.display()))?;
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e} (is ferrovs running? use --socket)", socket.display()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');

@@ -96,7 +96,16 @@ pub struct ConnCold {
 
 impl Default for ConnCold {
     fn default() -> Self {
-        ConnCold { nh_in: 0, nh_out: 0, parent: NONE, parent_gen: 0, children: 0, alg: None, pkts_in_hi: 0, pkts_out_hi: 0 }
+        ConnCold {
+            nh_in: 0,
+            nh_out: 0,
+            parent: NONE,
+            parent_gen: 0,
+            children: 0,
+            alg: None,
+            pkts_in_hi: 0,
+            pkts_out_hi: 0,
+        }
     }
 }
 
@@ -565,7 +574,16 @@ mod tests {
     use crate::parse::v4_to_addr;
 
     fn conn(c: u8, fwd: Forward) -> Conn {
-        new_conn(6, fwd, v4_to_addr([10, 0, 1, c]), 1000, v4_to_addr([10, 0, 1, 100]), 80, v4_to_addr([10, 0, 2, 2]), 80)
+        new_conn(
+            6,
+            fwd,
+            v4_to_addr([10, 0, 1, c]),
+            1000,
+            v4_to_addr([10, 0, 1, 100]),
+            80,
+            v4_to_addr([10, 0, 2, 2]),
+            80,
+        )
     }
 
     #[test]

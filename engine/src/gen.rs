@@ -136,7 +136,12 @@ impl Tuples {
 }
 
 /// Run the generator: send on `tx`, count what arrives on `rx`.
-pub fn run<Q: PortQueue>(mut tx: Q, mut rx: Option<Q>, a: &GenArgs, backend: &'static str) -> Result<GenReport, String> {
+pub fn run<Q: PortQueue>(
+    mut tx: Q,
+    mut rx: Option<Q>,
+    a: &GenArgs,
+    backend: &'static str,
+) -> Result<GenReport, String> {
     if a.size < 64 || a.size > 1518 {
         return Err("--size must be 64..=1518 (frame size with FCS)".into());
     }
@@ -326,7 +331,14 @@ mod tests {
 
     #[test]
     fn generates_the_ranges_on_a_memory_port() {
-        let caps = PortCaps { name: "g".into(), mac: [2, 0, 0, 0, 0, 9], queues: 1, rx_csum_offload: false, tx_csum_offload: false, mtu: 1500 };
+        let caps = PortCaps {
+            name: "g".into(),
+            mac: [2, 0, 0, 0, 0, 9],
+            queues: 1,
+            rx_csum_offload: false,
+            tx_csum_offload: false,
+            mtu: 1500,
+        };
         let tx = MemQueue::new(caps.clone());
         let mut rxq = MemQueue::new(caps);
         rxq.inject(&crate::testpkt::udp4([1, 1, 1, 1], 1, [2, 2, 2, 2], 2, b"x"));

@@ -34,7 +34,7 @@
 //! - A new TCP service on port 21 gets the FTP gateway, as with the
 //!   kernel's ip_vs_ftp module loaded (its default `ports=21`).
 
-use ferrovs_cfg::{Config, Forward, FtpOptions, PortRange, Persistence, Protocol, RealServer, Service};
+use ferrovs_cfg::{Config, Forward, FtpOptions, Persistence, PortRange, Protocol, RealServer, Service};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -94,8 +94,15 @@ pub enum Command {
         #[serde(default)]
         ext: Option<ServiceExt>,
     },
-    EditService { key: SvcKey, scheduler: Option<String>, persistent: Option<u32>, netmask: Option<String> },
-    DeleteService { key: SvcKey },
+    EditService {
+        key: SvcKey,
+        scheduler: Option<String>,
+        persistent: Option<u32>,
+        netmask: Option<String>,
+    },
+    DeleteService {
+        key: SvcKey,
+    },
     Clear,
     AddServer {
         key: SvcKey,
@@ -115,9 +122,17 @@ pub enum Command {
         upper: Option<u32>,
         lower: Option<u32>,
     },
-    DeleteServer { key: SvcKey, addr: IpAddr, port: Option<u16> },
+    DeleteServer {
+        key: SvcKey,
+        addr: IpAddr,
+        port: Option<u16>,
+    },
     /// `--set TCP TCPFIN UDP` (0 leaves a value unchanged).
-    SetTimeouts { tcp: u32, tcpfin: u32, udp: u32 },
+    SetTimeouts {
+        tcp: u32,
+        tcpfin: u32,
+        udp: u32,
+    },
 }
 
 /// Options of `-L`.
@@ -319,7 +334,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "--json" => json = true,
             "-t" | "--tcp-service" | "-u" | "--udp-service" => {
                 let a = next(t)?;
-                let (vip, port) = split_addr(&a).ok_or_else(|| format!("illegal virtual server address[:port] specified: {a:?}"))?;
+                let (vip, port) =
+                    split_addr(&a).ok_or_else(|| format!("illegal virtual server address[:port] specified: {a:?}"))?;
                 let port = port.unwrap_or(0);
                 key = Some(if t == "-t" || t == "--tcp-service" {
                     SvcKey::Tcp { vip, port }
@@ -361,7 +377,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "-M" | "--netmask" => netmask = Some(next(t)?),
             "-r" | "--real-server" => {
                 let a = next(t)?;
-                real = Some(split_addr(&a).ok_or_else(|| format!("illegal real server address[:port] specified: {a:?}"))?);
+                real =
+                    Some(split_addr(&a).ok_or_else(|| format!("illegal real server address[:port] specified: {a:?}"))?);
             }
             "-g" | "--gatewaying" => fwd = Some('g'),
             "-m" | "--masquerading" => fwd = Some('m'),
@@ -528,7 +545,12 @@ pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
                 }
                 out.push(c);
             }
-            _ => return Err(format!("line {}: only edit commands (-A, -a, -E, -e, -D, -d, -C, --set) can be restored", n + 1)),
+            _ => {
+                return Err(format!(
+                    "line {}: only edit commands (-A, -a, -E, -e, -D, -d, -C, --set) can be restored",
+                    n + 1
+                ))
+            }
         }
     }
     Ok(out)
@@ -571,7 +593,10 @@ fn fmt_ports(p: &[PortRange]) -> String {
     if p.is_empty() {
         return "*".into();
     }
-    p.iter().map(|r| if r.lo == r.hi { r.lo.to_string() } else { format!("{}-{}", r.lo, r.hi) }).collect::<Vec<_>>().join(",")
+    p.iter()
+        .map(|r| if r.lo == r.hi { r.lo.to_string() } else { format!("{}-{}", r.lo, r.hi) })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 // ---------------------------------------------------------------------------
@@ -821,9 +846,9 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
 
 fn no_such_service(k: &SvcKey) -> String {
     match k {
-        SvcKey::Fwmark { mark, .. } => format!(
-            "no service with fwmark {mark} (declare the port group in the config with fwmark = {mark})"
-        ),
+        SvcKey::Fwmark { mark, .. } => {
+            format!("no service with fwmark {mark} (declare the port group in the config with fwmark = {mark})")
+        }
         _ => format!("no such service {}", k.describe()),
     }
 }
@@ -1040,16 +1065,25 @@ pub fn format_list(d: &ListData, o: &ListOpts) -> String {
     let _ = writeln!(out, "IP Virtual Server version {IPVS_VERSION} (size={})", d.size);
     let title = "Prot LocalAddress:Port";
     if o.stats {
-        let _ = writeln!(out, "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes");
+        let _ = writeln!(
+            out,
+            "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+        );
         out.push_str("  -> RemoteAddress:Port\n");
     } else if o.rate {
         let _ = writeln!(out, "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS");
         out.push_str("  -> RemoteAddress:Port\n");
     } else if o.thresholds {
-        let _ = writeln!(out, "{title:<33} {:<10} {:<10} {:<10} {:<10}", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn");
+        let _ = writeln!(
+            out,
+            "{title:<33} {:<10} {:<10} {:<10} {:<10}",
+            "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+        );
         out.push_str("  -> RemoteAddress:Port\n");
     } else if o.persistent_conn {
-        let _ = writeln!(out, "{title:<33} {:<9} {:<11} {:<10} {:<10}", "Weight", "PersistConn", "ActiveConn", "InActConn");
+        let _ =
+            writeln!(out, "{title:<33} {:<9} {:<11} {:<10} {:<10}", "Weight", "PersistConn", "ActiveConn", "InActConn");
         out.push_str("  -> RemoteAddress:Port\n");
     } else {
         out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
@@ -1096,7 +1130,11 @@ pub fn format_list(d: &ListData, o: &ListOpts) -> String {
                 largenum(&mut out, ds.outbps, o.exact);
                 out.push('\n');
             } else if o.thresholds {
-                let _ = writeln!(out, "  -> {dn:<28} {:<10} {:<10} {:<10} {:<10}", dv.upper, dv.lower, dv.active, dv.inactive);
+                let _ = writeln!(
+                    out,
+                    "  -> {dn:<28} {:<10} {:<10} {:<10} {:<10}",
+                    dv.upper, dv.lower, dv.active, dv.inactive
+                );
             } else if o.persistent_conn {
                 let _ = writeln!(out, "  -> {dn:<28} {:<9} {:<11} {:<10} {:<10}", dv.weight, 0, dv.active, dv.inactive);
             } else {
@@ -1195,10 +1233,7 @@ pub fn format_conns_ftp(conns: &[ConnRow]) -> String {
 fn needs_ext(s: &Service) -> bool {
     let single = matches!(s.ports.as_slice(), [r] if r.lo == r.hi);
     let default_ftp = (s.protocol == Protocol::Tcp && s.ports.iter().any(|r| r.contains(21))).then(FtpOptions::default);
-    s.fwmark.is_some()
-        || !single
-        || s.name != default_name(s.protocol, s.vip, service_port(s))
-        || s.ftp != default_ftp
+    s.fwmark.is_some() || !single || s.name != default_name(s.protocol, s.vip, service_port(s)) || s.ftp != default_ftp
 }
 
 /// `ipvsadm -S -n` output for `cfg` (with `# ferrovs-service` comments
@@ -1208,7 +1243,13 @@ pub fn format_save(cfg: &Config) -> String {
     let mut svcs: Vec<&Service> = cfg.services.iter().collect();
     svcs.sort_by(|a, b| {
         let k = |s: &Service| {
-            (s.fwmark.unwrap_or(0), af(&s.vip), if s.protocol == Protocol::Tcp { 6 } else { 17 }, ip_bytes(&s.vip), service_port(s))
+            (
+                s.fwmark.unwrap_or(0),
+                af(&s.vip),
+                if s.protocol == Protocol::Tcp { 6 } else { 17 },
+                ip_bytes(&s.vip),
+                service_port(s),
+            )
         };
         k(a).cmp(&k(b))
     });
@@ -1240,7 +1281,11 @@ pub fn format_save(cfg: &Config) -> String {
         let name = match s.fwmark {
             Some(m) if s.vip.is_ipv4() => format!("-f {m}"),
             Some(m) => format!("-f {m} -6"),
-            None => format!("{} {}", if s.protocol == Protocol::Tcp { "-t" } else { "-u" }, addrport(s.vip, service_port(s))),
+            None => format!(
+                "{} {}",
+                if s.protocol == Protocol::Tcp { "-t" } else { "-u" },
+                addrport(s.vip, service_port(s))
+            ),
         };
         let _ = write!(out, "-A {name} -s {}", s.scheduler);
         if let Some(p) = s.persistence {
@@ -1253,7 +1298,9 @@ pub fn format_save(cfg: &Config) -> String {
         }
         out.push('\n');
         let mut rs: Vec<&RealServer> = s.real_servers.iter().collect();
-        rs.sort_by(|a, b| (ip_bytes(&a.address), shown_port(s, a.port)).cmp(&(ip_bytes(&b.address), shown_port(s, b.port))));
+        rs.sort_by(|a, b| {
+            (ip_bytes(&a.address), shown_port(s, a.port)).cmp(&(ip_bytes(&b.address), shown_port(s, b.port)))
+        });
         for r in rs {
             let _ = write!(
                 out,
@@ -1363,8 +1410,10 @@ TCP  [2001:db8::1]:443 sh persistent 600 mask 64\n\
         run(&mut c, "-A -t 10.0.0.1:80 -s wrr");
         run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.2 -m -w 2");
         let mut d = list_of_config(&c);
-        d.services[0].stats = Stats { conns: 12, inpkts: 345, outpkts: 300, inbytes: 123_456_789_012, outbytes: 5, ..Default::default() };
-        d.services[0].dests[0].stats = Stats { conns: 12, cps: 3, inpps: 40, outpps: 30, inbps: 2000, outbps: 100, ..Default::default() };
+        d.services[0].stats =
+            Stats { conns: 12, inpkts: 345, outpkts: 300, inbytes: 123_456_789_012, outbytes: 5, ..Default::default() };
+        d.services[0].dests[0].stats =
+            Stats { conns: 12, cps: 3, inpps: 40, outpps: 30, inbps: 2000, outbps: 100, ..Default::default() };
         let s = format_list(&d, &ListOpts { stats: true, sort: true, ..Default::default() });
         assert_eq!(
             s,
@@ -1459,7 +1508,17 @@ FWM  21 rr persistent 300\n\
 \x20 -> 10.0.2.2:0                   Masq    1      0          0         \n"
         );
         // -A -f for an unknown mark explains.
-        let e = apply(&mut c, &Command::AddService { key: SvcKey::Fwmark { mark: 99, v6: false }, scheduler: None, persistent: None, netmask: None, ext: None }).unwrap_err();
+        let e = apply(
+            &mut c,
+            &Command::AddService {
+                key: SvcKey::Fwmark { mark: 99, v6: false },
+                scheduler: None,
+                persistent: None,
+                netmask: None,
+                ext: None,
+            },
+        )
+        .unwrap_err();
         assert!(e.contains("declare the port group"), "{e}");
         // -E -f edits the existing one.
         run(&mut c, "-E -f 21 -s wlc -p 600");

@@ -42,21 +42,21 @@
 //! ring is a counted drop (`handoff_full`).
 
 pub mod bench;
+pub mod control;
 pub mod counters;
 pub mod csum;
 pub mod daemon;
-pub mod replay;
 pub mod flow;
 pub mod frame;
 pub mod gen;
+pub mod health;
+pub mod ipvsadm;
+pub mod metrics;
 pub mod neigh;
 pub mod parse;
 pub mod port;
+pub mod replay;
 pub mod snapshot;
 pub mod tcpstate;
 pub mod testpkt;
 pub mod worker;
-pub mod ipvsadm;
-pub mod control;
-pub mod health;
-pub mod metrics;

@@ -40,7 +40,14 @@ pub fn render(state: &State) -> String {
         let name = format!("ferrovs_service_{suffix}");
         family(&mut o, &name, kind, help);
         for s in &list.services {
-            let _ = writeln!(o, "{name}{{service=\"{}\",proto=\"{}\",vip=\"{}\"}} {}", esc(&s.name), s.proto, s.vip, f(&s.stats));
+            let _ = writeln!(
+                o,
+                "{name}{{service=\"{}\",proto=\"{}\",vip=\"{}\"}} {}",
+                esc(&s.name),
+                s.proto,
+                s.vip,
+                f(&s.stats)
+            );
         }
         let name = format!("ferrovs_real_server_{suffix}");
         family(&mut o, &name, kind, help);
@@ -69,7 +76,13 @@ pub fn render(state: &State) -> String {
         family(&mut o, &name, "gauge", help);
         for s in &list.services {
             for d in &s.dests {
-                let _ = writeln!(o, "{name}{{service=\"{}\",server=\"{}\"}} {}", esc(&s.name), crate::ipvsadm::addrport(d.addr, d.port), f(d));
+                let _ = writeln!(
+                    o,
+                    "{name}{{service=\"{}\",server=\"{}\"}} {}",
+                    esc(&s.name),
+                    crate::ipvsadm::addrport(d.addr, d.port),
+                    f(d)
+                );
             }
         }
     }
@@ -77,7 +90,8 @@ pub fn render(state: &State) -> String {
     family(&mut o, "ferrovs_worker_drops_total", "counter", "Packets dropped, by worker and reason.");
     for (w, c) in counters.iter().enumerate() {
         for r in crate::counters::DropReason::ALL {
-            let _ = writeln!(o, "ferrovs_worker_drops_total{{worker=\"{w}\",reason=\"{}\"}} {}", r.label(), c.drops_of(*r));
+            let _ =
+                writeln!(o, "ferrovs_worker_drops_total{{worker=\"{w}\",reason=\"{}\"}} {}", r.label(), c.drops_of(*r));
         }
     }
     type W = fn(&crate::counters::CounterSnapshot) -> u64;
@@ -120,7 +134,8 @@ pub fn render(state: &State) -> String {
             if s.ftp.is_none() {
                 continue;
             }
-            let v: u64 = per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp).load(std::sync::atomic::Ordering::Relaxed)).sum();
+            let v: u64 =
+                per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp).load(std::sync::atomic::Ordering::Relaxed)).sum();
             let _ = writeln!(o, "{name}{{service=\"{}\"}} {v}", esc(&s.name));
         }
     }
@@ -151,7 +166,10 @@ fn serve(state: &State, mut s: TcpStream) {
     } else {
         ("404 Not Found", "text/plain", "not found\n".to_string())
     };
-    let head = format!("HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     let _ = s.write_all(head.as_bytes());
     if method != "HEAD" {
         let _ = s.write_all(body.as_bytes());

@@ -80,7 +80,14 @@ impl NeighCache {
 
 /// Write an ARP packet (request if `target_mac` is None) into `out`;
 /// returns its length (42).
-pub fn build_arp(out: &mut [u8], op: u16, src_mac: [u8; 6], src: Addr, target_mac: Option<[u8; 6]>, target: Addr) -> usize {
+pub fn build_arp(
+    out: &mut [u8],
+    op: u16,
+    src_mac: [u8; 6],
+    src: Addr,
+    target_mac: Option<[u8; 6]>,
+    target: Addr,
+) -> usize {
     let dst_mac = target_mac.unwrap_or([0xff; 6]);
     out[0..6].copy_from_slice(&dst_mac);
     out[6..12].copy_from_slice(&src_mac);

@@ -20,8 +20,8 @@
 //! Errors are a small `Copy` enum that maps onto drop counters.
 
 use etherparse::{
-    EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice,
-    SingleVlanHeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
+    EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice,
+    UdpHeaderSlice,
 };
 
 /// An address in the engine's internal form: IPv4 is IPv4-mapped IPv6.
@@ -431,8 +431,16 @@ mod tests {
         frag[20] = 0x20; // MF
         let cases = vec![
             Case { what: "tcp v4", frame: tcp.clone(), want: Ok((PROTO_TCP, 40000, 80)) },
-            Case { what: "udp v4", frame: udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"hello"), want: Ok((PROTO_UDP, 5353, 53)) },
-            Case { what: "tcp v6", frame: tcp6(V6A, 1234, V6B, 21, TCP_ACK, 5, 6, b"x"), want: Ok((PROTO_TCP, 1234, 21)) },
+            Case {
+                what: "udp v4",
+                frame: udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"hello"),
+                want: Ok((PROTO_UDP, 5353, 53)),
+            },
+            Case {
+                what: "tcp v6",
+                frame: tcp6(V6A, 1234, V6B, 21, TCP_ACK, 5, 6, b"x"),
+                want: Ok((PROTO_TCP, 1234, 21)),
+            },
             Case { what: "vlan", frame: vlan(&tcp, 7), want: Ok((PROTO_TCP, 40000, 80)) },
             Case { what: "truncated eth", frame: tcp[..10].to_vec(), want: Err(ParseError::Malformed) },
             Case { what: "truncated ip", frame: tcp[..30].to_vec(), want: Err(ParseError::Malformed) },
@@ -440,7 +448,16 @@ mod tests {
             Case { what: "bad ihl", frame: bad_ihl, want: Err(ParseError::Malformed) },
             Case { what: "total len beyond frame", frame: long_total, want: Err(ParseError::Malformed) },
             Case { what: "fragment", frame: frag, want: Err(ParseError::Fragment) },
-            Case { what: "unknown ethertype", frame: { let mut f = tcp.clone(); f[12] = 0x88; f[13] = 0xcc; f }, want: Err(ParseError::Unsupported) },
+            Case {
+                what: "unknown ethertype",
+                frame: {
+                    let mut f = tcp.clone();
+                    f[12] = 0x88;
+                    f[13] = 0xcc;
+                    f
+                },
+                want: Err(ParseError::Unsupported),
+            },
         ];
         for c in cases {
             let got = parse(&c.frame).map(|p| (p.proto, p.sport, p.dport));

@@ -163,7 +163,9 @@ pub fn replay(args: ReplayArgs) -> Result<ReplayReport, ReplayError> {
     let mut readers = Vec::new();
     for (name, path) in &args.inputs {
         let iface = match name {
-            Some(n) => engine.iface(n).ok_or_else(|| ReplayError(format!("--input {n}=...: no interface named {n:?}")))?,
+            Some(n) => {
+                engine.iface(n).ok_or_else(|| ReplayError(format!("--input {n}=...: no interface named {n:?}")))?
+            }
             None => 0,
         };
         let r = PcapReader::open(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;
@@ -172,9 +174,9 @@ pub fn replay(args: ReplayArgs) -> Result<ReplayReport, ReplayError> {
     let mut writers: Vec<(Option<usize>, PcapWriter<std::io::BufWriter<std::fs::File>>)> = Vec::new();
     for (name, path) in &args.outputs {
         let iface = match name {
-            Some(n) => {
-                Some(engine.iface(n).ok_or_else(|| ReplayError(format!("--output {n}=...: no interface named {n:?}")))?)
-            }
+            Some(n) => Some(
+                engine.iface(n).ok_or_else(|| ReplayError(format!("--output {n}=...: no interface named {n:?}")))?,
+            ),
             None => None,
         };
         let w = PcapWriter::create(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;

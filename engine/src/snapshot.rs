@@ -172,9 +172,7 @@ impl Snapshot {
                     .collect(),
                 scheduler: s.scheduler.clone(),
                 ftp: s.ftp.clone(),
-                persistence: s.persistence.map(|p| {
-                    (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))
-                }),
+                persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
             });
         }
         let static_neighbors = config.neighbors.iter().map(|n| (ip_to_addr(n.address), n.mac)).collect();

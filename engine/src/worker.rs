@@ -12,8 +12,8 @@ use crate::csum;
 use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, NONE};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
-    self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
+    self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
 };
 use crate::port::{Packet, PortQueue};
 use crate::snapshot::{owner_of, Snapshot};
@@ -275,7 +275,8 @@ impl<Q: PortQueue> Worker<Q> {
             .collect();
         // Keep counters of services that survive (by name) so stats do not reset.
         let old_counters = std::mem::take(&mut self.svc_counters);
-        let counters: Vec<ServiceCounters> = snap.services.iter().map(|s| ServiceCounters::new(s.dests.len())).collect();
+        let counters: Vec<ServiceCounters> =
+            snap.services.iter().map(|s| ServiceCounters::new(s.dests.len())).collect();
         for (i, s) in snap.services.iter().enumerate() {
             if let Some(j) = old.services.iter().position(|o| o.name == s.name) {
                 if let Some(oc) = old_counters.get(j) {
@@ -774,7 +775,9 @@ impl<Q: PortQueue> Worker<Q> {
         let now = self.now;
         // 1. FTP expectations and session pins.
         let mut chosen: Option<(usize, usize, Addr, u16, u32, u32, bool)> = None; // svc, dest, rs, rport, parent, gen, data
-        for k in [ExpKey::Passive(p.src, p.dst, p.dport), ExpKey::PassiveAny(p.src, p.dst), ExpKey::Session(p.src, p.dst)] {
+        for k in
+            [ExpKey::Passive(p.src, p.dst, p.dport), ExpKey::PassiveAny(p.src, p.dst), ExpKey::Session(p.src, p.dst)]
+        {
             if p.proto != PROTO_TCP {
                 break;
             }
@@ -794,7 +797,8 @@ impl<Q: PortQueue> Worker<Q> {
                     bump(&c.ftp.expectations_used, 1);
                 }
             }
-            chosen = Some((v.svc as usize, v.dest as usize, v.rs, v.rport.unwrap_or(p.dport), v.parent, v.parent_gen, true));
+            chosen =
+                Some((v.svc as usize, v.dest as usize, v.rs, v.rport.unwrap_or(p.dport), v.parent, v.parent_gen, true));
             break;
         }
         // 2. The service and its scheduler.
@@ -860,7 +864,8 @@ impl<Q: PortQueue> Worker<Q> {
         if let Some(c) = self.svc_counters.get(v.svc as usize) {
             bump(&c.ftp.expectations_used, 1);
         }
-        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport) {
+        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport)
+        {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -891,7 +896,8 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // The client sees the data connection come from VIP:20.
         let vport = if p.sport == 20 { 20 } else { 20 };
-        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.dst, p.dport, v.vip, vport, p.src, p.sport) {
+        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.dst, p.dport, v.vip, vport, p.src, p.sport)
+        {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -1269,11 +1275,14 @@ impl<Q: PortQueue> Worker<Q> {
         let (dst, dmac) = if unspecified {
             ([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1])
         } else {
-            (src6, smac.unwrap_or_else(|| {
-                let mut s = [0u8; 6];
-                s.copy_from_slice(&d[6..12]);
-                s
-            }))
+            (
+                src6,
+                smac.unwrap_or_else(|| {
+                    let mut s = [0u8; 6];
+                    s.copy_from_slice(&d[6..12]);
+                    s
+                }),
+            )
         };
         // Flags: solicited (unless unspecified source) + override.
         let flags = if unspecified { 0x20 } else { 0x60 };
@@ -1325,7 +1334,8 @@ impl<Q: PortQueue> Worker<Q> {
     fn icmp_error(&mut self, mut pkt: Q::Buf, p: &Parsed, inner: &parse::Inner, to_vip: bool) {
         // The quoted packet travelled the other way: reverse it to find
         // the connection key as this side sees it.
-        let key = FlowKey { src: inner.dst, dst: inner.src, sport: inner.dport, dport: inner.sport, proto: inner.proto };
+        let key =
+            FlowKey { src: inner.dst, dst: inner.src, sport: inner.dport, dport: inner.sport, proto: inner.proto };
         let Some((idx, dir)) = self.flows.lookup(&key) else {
             self.drop_pkt(DropReason::NoFlow);
             return;
@@ -1345,7 +1355,8 @@ impl<Q: PortQueue> Worker<Q> {
             }
             (Dir::Out, false) => {
                 // Error from the real-server side about client->RS packet.
-                let outer_src = if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
+                let outer_src =
+                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
                 if outer_src == rs {
                     set_addr(d, p.l3, v6, true, vip);
                 }
@@ -1492,7 +1503,16 @@ impl<Q: PortQueue> Worker<Q> {
                     let rs = self.flows.get(idx).rs;
                     self.expect.insert(
                         ExpKey::Session(client, vip),
-                        ExpVal { svc: svc as u16, dest, rs, rport: None, vip, parent: idx, parent_gen: gen, expires: u64::MAX },
+                        ExpVal {
+                            svc: svc as u16,
+                            dest,
+                            rs,
+                            rport: None,
+                            vip,
+                            parent: idx,
+                            parent_gen: gen,
+                            expires: u64::MAX,
+                        },
                     );
                 }
                 alg::Event::Oversized => bump(&counters.oversized_lines, 1),
@@ -1510,8 +1530,12 @@ impl<Q: PortQueue> Worker<Q> {
             let evip = parse::ip_to_addr(e.vip);
             let ers = parse::ip_to_addr(e.real);
             let (k, rport) = match e.kind {
-                alg::ExpectKind::Passive { vip_port: Some(p), real_port } => (ExpKey::Passive(eclient, evip, p), real_port),
-                alg::ExpectKind::Passive { vip_port: None, real_port } => (ExpKey::PassiveAny(eclient, evip), real_port),
+                alg::ExpectKind::Passive { vip_port: Some(p), real_port } => {
+                    (ExpKey::Passive(eclient, evip, p), real_port)
+                }
+                alg::ExpectKind::Passive { vip_port: None, real_port } => {
+                    (ExpKey::PassiveAny(eclient, evip), real_port)
+                }
                 alg::ExpectKind::Active { client_port, .. } if fwd == Forward::Nat => {
                     (ExpKey::Active(ers, eclient, client_port), None)
                 }
@@ -1519,7 +1543,16 @@ impl<Q: PortQueue> Worker<Q> {
             };
             self.expect.insert(
                 k,
-                ExpVal { svc: svc as u16, dest, rs: ers, rport, vip: evip, parent: idx, parent_gen: gen, expires: e.expires },
+                ExpVal {
+                    svc: svc as u16,
+                    dest,
+                    rs: ers,
+                    rport,
+                    vip: evip,
+                    parent: idx,
+                    parent_gen: gen,
+                    expires: e.expires,
+                },
             );
             bump(&counters.expectations_created, 1);
         }
@@ -1752,12 +1785,7 @@ fn encap_ipip<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, rs: Addr, mtu: u16)
     true
 }
 
-fn carry_counters(
-    old: &ServiceCounters,
-    new: &ServiceCounters,
-    os: &crate::snapshot::Svc,
-    ns: &crate::snapshot::Svc,
-) {
+fn carry_counters(old: &ServiceCounters, new: &ServiceCounters, os: &crate::snapshot::Svc, ns: &crate::snapshot::Svc) {
     use std::sync::atomic::Ordering::Relaxed;
     let mv = |a: &std::sync::atomic::AtomicU64, b: &std::sync::atomic::AtomicU64| b.store(a.load(Relaxed), Relaxed);
     mv(&old.conns, &new.conns);
@@ -1786,4 +1814,3 @@ fn carry_counters(
         }
     }
 }
-

@@ -252,8 +252,7 @@ fn fanout_spreads_flows_over_two_workers() {
         assert_eq!(bs.len(), 2);
         assert_eq!(bs[1].caps().queues, 2);
         let (flows, per) = (64u32, 20u32);
-        let frames: Vec<Vec<u8>> =
-            (0..per).flat_map(|s| (0..flows).map(move |fl| udp_frame(fl, s))).collect();
+        let frames: Vec<Vec<u8>> = (0..per).flat_map(|s| (0..flows).map(move |fl| udp_frame(fl, s))).collect();
         let mut got: Vec<Vec<(u32, u32, Vec<u8>)>> = vec![Vec::new(), Vec::new()];
         let collect = |bs: &mut Vec<AfPacketQueue>, got: &mut Vec<Vec<(u32, u32, Vec<u8>)>>| {
             let mut v = Vec::new();
@@ -325,10 +324,7 @@ fn tx_burst_larger_than_ring_counts_drops() {
         let t = Instant::now();
         let r = a.tx_burst(&mut bufs(&frames));
         assert!(t.elapsed() < Duration::from_secs(5), "tx_burst took {:?}", t.elapsed());
-        eprintln!(
-            "overflow: {n} frames into a {ring}-frame ring: sent {}, dropped {}",
-            r.sent, r.dropped
-        );
+        eprintln!("overflow: {n} frames into a {ring}-frame ring: sent {}, dropped {}", r.sent, r.dropped);
         assert_eq!(r.sent + r.dropped, n);
         assert!(r.sent > 0 && r.sent <= ring);
         assert!(r.dropped >= n - ring);
@@ -353,8 +349,7 @@ fn tx_burst_larger_than_ring_counts_drops() {
         receive(&mut b, 1, &mut got);
         assert_eq!(got, vec![test_frame(MAC_B, 8, 1518, Some(5))]);
         // The ring recovers: the next burst goes through in full.
-        let more: Vec<Vec<u8>> =
-            (0..BURST as u32).map(|i| test_frame(MAC_B, 100_000 + i, 64, None)).collect();
+        let more: Vec<Vec<u8>> = (0..BURST as u32).map(|i| test_frame(MAC_B, 100_000 + i, 64, None)).collect();
         let mut r2 = a.tx_burst(&mut bufs(&more));
         let end = Instant::now() + Duration::from_secs(2);
         while r2.sent < BURST && Instant::now() < end {
@@ -377,8 +372,7 @@ fn send_fallback_works() {
         let mut a = afpacket::open_with("fvsa", 1, None, "fvsa", &cfg).unwrap().pop().unwrap();
         let mut b = open1("fvsb");
         assert_eq!((a.tx_mode(), a.tx_ring_frames()), (TxMode::Send, 0));
-        let frames: Vec<Vec<u8>> =
-            (0..200u32).map(|i| test_frame(MAC_B, i, 60 + i as usize, None)).collect();
+        let frames: Vec<Vec<u8>> = (0..200u32).map(|i| test_frame(MAC_B, i, 60 + i as usize, None)).collect();
         let mut got = Vec::new();
         for c in frames.chunks(BURST) {
             let r = a.tx_burst(&mut bufs(c));
@@ -454,8 +448,7 @@ fn rough_throughput() {
             a_rx as f64 / secs
         );
         assert!(b_rx > 0 && a_rx > 0);
-        let allocs =
-            (a.stats().pool_allocs - allocs_before.0, b.stats().pool_allocs - allocs_before.1);
+        let allocs = (a.stats().pool_allocs - allocs_before.0, b.stats().pool_allocs - allocs_before.1);
         assert_eq!(allocs, (0, 0), "pool allocations in steady state");
     });
 }

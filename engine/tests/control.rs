@@ -80,7 +80,8 @@ fn golden(name: &str, got: &str) {
     if std::env::var_os("FERROVS_BLESS").is_some() {
         std::fs::write(&p, got).unwrap();
     }
-    let want = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (FERROVS_BLESS=1 writes it)", p.display()));
+    let want =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (FERROVS_BLESS=1 writes it)", p.display()));
     assert_eq!(got, want, "output differs from {}", p.display());
 }
 
@@ -135,7 +136,9 @@ fn howto_sequence_list_save_restore() {
     assert!(e.ok(&["conns"]).starts_with("pro "));
     assert!(e.ok(&["drops"]).contains("no_service"));
     assert!(e.ok(&["--ftp"]).contains("service tcp-10.0.1.100-21"));
-    assert!(e.ok(&["metrics"]).contains("ferrovs_real_server_weight{service=\"tcp-192.168.1.110-80\",server=\"10.1.1.4:80\"} 3"));
+    assert!(e
+        .ok(&["metrics"])
+        .contains("ferrovs_real_server_weight{service=\"tcp-192.168.1.110-80\",server=\"10.1.1.4:80\"} 3"));
     assert!(e.ok(&["-Z"]).is_empty());
     let v: serde_json::Value = serde_json::from_str(&e.ok(&["-L", "-n", "--json"])).unwrap();
     assert_eq!(v["list"]["services"].as_array().unwrap().len(), 4);
@@ -200,7 +203,10 @@ address = "10.0.2.3"
     e.ok(&["-E", "-f", "21", "-s", "wlc", "-p", "600"]);
     e.ok(&["-a", "-t", "10.0.0.100:8080", "-r", "10.0.2.4", "-m", "-w", "2"]);
     let save = e.ok(&["-S"]);
-    assert!(save.contains("# ferrovs-service name=ftp proto=tcp vip=10.0.0.100 ports=21,10000-10100 fwmark=21"), "{save}");
+    assert!(
+        save.contains("# ferrovs-service name=ftp proto=tcp vip=10.0.0.100 ports=21,10000-10100 fwmark=21"),
+        "{save}"
+    );
     e.ok(&["-C"]);
     let (ok, _, err) = adm_stdin(&e.sock, &["-R"], Some(&save));
     assert!(ok, "{err}");
@@ -344,7 +350,9 @@ fn metrics_over_http() {
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.0 200 OK\r\n"), "{body}");
     assert!(body.contains("# TYPE ferrovs_service_connections_total counter"));
-    assert!(body.contains("ferrovs_real_server_active_connections{service=\"tcp-10.0.0.1-80\",server=\"10.0.2.2:80\"} 0"));
+    assert!(
+        body.contains("ferrovs_real_server_active_connections{service=\"tcp-10.0.0.1-80\",server=\"10.0.2.2:80\"} 0")
+    );
     assert!(body.contains("ferrovs_worker_drops_total{worker=\"1\",reason=\"no_service\"} 0"));
 }
 

@@ -80,10 +80,7 @@ fn run_child(scenario: &str, netns: Option<&str>) {
         None => panic!("child {scenario} hung for {CHILD_DEADLINE:?} and was killed"),
         Some(st) => assert!(st.success(), "child {scenario} failed: {st}"),
     }
-    assert!(
-        log.contains("CHILD-OK"),
-        "child {scenario} did not run its scenario"
-    );
+    assert!(log.contains("CHILD-OK"), "child {scenario} did not run its scenario");
 }
 
 #[test]
@@ -144,10 +141,7 @@ impl Netns {
         match Command::new("ip").args(["netns", "add", &name]).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                eprintln!(
-                    "SKIP: ip netns add failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
+                eprintln!("SKIP: ip netns add failed: {}", String::from_utf8_lossy(&o.stderr));
                 return None;
             }
             Err(e) => {
@@ -156,9 +150,7 @@ impl Netns {
             }
         }
         let ns = Netns { name };
-        ns.ip(&[
-            "link", "add", "fvsa", "type", "veth", "peer", "name", "fvsb",
-        ]);
+        ns.ip(&["link", "add", "fvsa", "type", "veth", "peer", "name", "fvsb"]);
         let _ = Command::new("ip")
             .args(["netns", "exec", &ns.name, "sh", "-c"])
             .arg("echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6")
@@ -168,24 +160,14 @@ impl Netns {
         Some(ns)
     }
     fn ip(&self, args: &[&str]) {
-        let o = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = Command::new("ip").args(["-n", &self.name]).args(args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -193,21 +175,12 @@ impl Drop for Netns {
 // Child side
 
 fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str]) -> Config {
-    let prefix =
-        std::env::var(PREFIX_ENV).unwrap_or_else(|_| format!("fvs-test-{}", std::process::id()));
-    let mut eal_args: Vec<String> = [
-        "--no-huge",
-        "-m",
-        "512",
-        "--no-pci",
-        "--no-shconf",
-        "--no-telemetry",
-        "--file-prefix",
-        &prefix,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let prefix = std::env::var(PREFIX_ENV).unwrap_or_else(|_| format!("fvs-test-{}", std::process::id()));
+    let mut eal_args: Vec<String> =
+        ["--no-huge", "-m", "512", "--no-pci", "--no-shconf", "--no-telemetry", "--file-prefix", &prefix]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     eal_args.extend(extra_eal.iter().map(|s| s.to_string()));
     Config {
         engine: Engine {
@@ -283,10 +256,7 @@ fn cpu_count() -> i32 {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-            0
-        );
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
         libc::CPU_COUNT(&set)
     }
 }
@@ -298,11 +268,7 @@ fn scenario_ring() {
     let mut be = DpdkBackend::open(&cfg).unwrap_or_else(|e| panic!("open: {e}"));
     println!("opened: {}", dpdk::version());
     // EAL pinned this thread to the main lcore; open() restored it.
-    assert_eq!(
-        cpu_count(),
-        cpus_before,
-        "affinity of the opening thread restored"
-    );
+    assert_eq!(cpu_count(), cpus_before, "affinity of the opening thread restored");
     // The main thread is EAL's main lcore already.
     dpdk::register_thread().unwrap();
     assert_eq!(dpdk::lcore_id(), Some(0));
@@ -324,10 +290,7 @@ fn scenario_ring() {
         assert!(m.capacity() >= MAX_FRAME);
         assert!(!m.set_len(m.capacity() + 1));
         assert!(m.set_len(100));
-        m.data_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = i as u8);
+        m.data_mut().iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
         assert!(m.prepend(20), "headroom for an outer header");
         assert_eq!(m.len(), 120);
         assert_eq!(m.data()[20], 0);
@@ -344,9 +307,7 @@ fn scenario_ring() {
     // Each worker's queue loops back on itself: tx -> ring -> rx.
     for (w, wq) in qs.iter_mut().enumerate() {
         let q = &mut wq[0];
-        let frames: Vec<Vec<u8>> = (0..BURST as u16)
-            .map(|i| frame(w as u8, i, 60 + i as usize * 13))
-            .collect();
+        let frames: Vec<Vec<u8>> = (0..BURST as u16).map(|i| frame(w as u8, i, 60 + i as usize * 13)).collect();
         let mut burst: Vec<Mbuf> = frames.iter().map(|f| fill(q, f)).collect();
         let ptrs: Vec<*const u8> = burst.iter().map(|m| m.data().as_ptr()).collect();
         let r = q.tx_burst(&mut burst);
@@ -392,9 +353,7 @@ fn scenario_ring() {
     let before = be.stats()[0].pool_free;
     let (mut sent, mut dropped) = (0, 0);
     for i in 0..40u16 {
-        let mut b: Vec<Mbuf> = (0..BURST as u16)
-            .map(|j| fill(q, &frame(1, i * 32 + j, 64)))
-            .collect();
+        let mut b: Vec<Mbuf> = (0..BURST as u16).map(|j| fill(q, &frame(1, i * 32 + j, 64))).collect();
         let r = q.tx_burst(&mut b);
         assert!(b.is_empty());
         sent += r.sent;
@@ -422,9 +381,7 @@ fn scenario_ring() {
     drop(qs);
     drop(be);
     // EAL is gone now and cannot come back in this process.
-    let e = DpdkBackend::open(&cfg)
-        .err()
-        .expect("second EAL init must fail");
+    let e = DpdkBackend::open(&cfg).err().expect("second EAL init must fail");
     assert_eq!(e, DpdkError::EalUsed);
     println!("second open: {e}");
 }
@@ -437,39 +394,27 @@ fn scenario_errors_pre() {
     assert!(matches!(e, DpdkError::EalArgs(_)) && e.to_string().contains("--help"));
 
     for args in [&["--log-level=help"][..], &["--log-level", "help"]] {
-        let e = DpdkBackend::open(&config(&[("net_ring0", None)], 1, args))
-            .err()
-            .unwrap();
+        let e = DpdkBackend::open(&config(&[("net_ring0", None)], 1, args)).err().unwrap();
         assert!(matches!(e, DpdkError::EalArgs(_)), "{e:?}");
     }
 
     let cfg = config(&[("eth0", None)], 1, &[]);
     let e = DpdkBackend::open(&cfg).err().unwrap();
     println!("{e}");
-    assert!(
-        e.to_string().starts_with("device eth0: not a DPDK device"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("device eth0: not a DPDK device"), "{e}");
 
     let mut cfg = config(&[("net_ring0", None)], 1, &[]);
     cfg.interfaces.clear();
     assert!(matches!(DpdkBackend::open(&cfg), Err(DpdkError::Config(_))));
 
     // An option EAL does not know: EAL returns an error (EINVAL).
-    let cfg = config(
-        &[("net_ring0", None)],
-        1,
-        &["--definitely-not-an-eal-option"],
-    );
+    let cfg = config(&[("net_ring0", None)], 1, &["--definitely-not-an-eal-option"]);
     let e = DpdkBackend::open(&cfg).err().unwrap();
     println!("{e}");
     assert!(matches!(e, DpdkError::EalInit { .. }), "{e:?}");
     assert!(e.to_string().starts_with("EAL init failed: "), "{e}");
     assert!(e.to_string().contains("check eal_args"), "{e}");
-    assert!(matches!(
-        dpdk::register_thread(),
-        Err(DpdkError::EalNotRunning)
-    ));
+    assert!(matches!(dpdk::register_thread(), Err(DpdkError::EalNotRunning)));
 }
 
 fn scenario_errors_eal() {
@@ -478,16 +423,9 @@ fn scenario_errors_eal() {
     let cfg = config(&[(dev, None)], 1, &[]);
     let e = DpdkBackend::open(&cfg).err().unwrap();
     println!("{e}");
-    assert!(
-        e.to_string()
-            .starts_with(&format!("device {dev}: probe failed")),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&format!("device {dev}: probe failed")), "{e}");
     // The failed open cleaned EAL up; DPDK cannot initialise it again.
-    assert_eq!(
-        DpdkBackend::open(&config(&[("net_ring0", None)], 1, &[])).err(),
-        Some(DpdkError::EalUsed)
-    );
+    assert_eq!(DpdkBackend::open(&config(&[("net_ring0", None)], 1, &[])).err(), Some(DpdkError::EalUsed));
 }
 
 fn scenario_af_packet() {
@@ -495,10 +433,7 @@ fn scenario_af_packet() {
     let cfg = config(
         &[
             ("net_af_packet0,iface=fvsa,qpairs=2", None),
-            (
-                "net_af_packet1,iface=fvsb,qpairs=2",
-                Some([2, 0, 0, 0, 0, 0xb]),
-            ),
+            ("net_af_packet1,iface=fvsb,qpairs=2", Some([2, 0, 0, 0, 0, 0xb])),
         ],
         2,
         &[],
@@ -507,11 +442,7 @@ fn scenario_af_packet() {
     let mut qs = be.take_queues();
     assert_eq!(qs.len(), 2);
     let caps_a = qs[0][0].caps().clone();
-    let mac_a: Vec<u8> = mac_a
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
+    let mac_a: Vec<u8> = mac_a.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
     assert_eq!(&caps_a.mac[..], &mac_a[..], "MAC read from the device");
     assert_eq!(qs[0][1].caps().mac, [2, 0, 0, 0, 0, 0xb]);
 
@@ -519,9 +450,7 @@ fn scenario_af_packet() {
     // received on any worker's queue (the kernel's fanout picks it).
     for (from, to, tag) in [(0usize, 1usize, 0xa1u8), (1, 0, 0xb2)] {
         let n = 64u16;
-        let frames: Vec<Vec<u8>> = (0..n)
-            .map(|i| frame(tag, i, 60 + i as usize * 11))
-            .collect();
+        let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(tag, i, 60 + i as usize * 11)).collect();
         let mut sent = 0;
         for chunk in frames.chunks(BURST) {
             let mut b: Vec<Mbuf> = chunk.iter().map(|f| fill(&mut qs[0][from], f)).collect();
@@ -531,18 +460,10 @@ fn scenario_af_packet() {
         }
         assert_eq!(sent, n as usize);
         let (w0, w1) = qs.split_at_mut(1);
-        let got = receive(
-            &mut [&mut w0[0][to], &mut w1[0][to]],
-            n as usize,
-            Duration::from_secs(10),
-        );
+        let got = receive(&mut [&mut w0[0][to], &mut w1[0][to]], n as usize, Duration::from_secs(10));
         let mut got: Vec<Vec<u8>> = got.into_iter().filter(|f| f[14] == tag).collect();
         got.sort_by_key(|f| u16::from_be_bytes([f[15], f[16]]));
-        assert_eq!(
-            got.len(),
-            n as usize,
-            "frames across the veth {from} -> {to}"
-        );
+        assert_eq!(got.len(), n as usize, "frames across the veth {from} -> {to}");
         assert_eq!(got, frames);
     }
     let st = be.stats();
@@ -559,10 +480,7 @@ fn scenario_af_packet_noqpairs() {
     let e = DpdkBackend::open(&cfg).err().unwrap();
     println!("{e}");
     let s = e.to_string();
-    assert!(
-        s.starts_with("device net_af_packet0,iface=fvsa: net_af_packet supports 1 rx"),
-        "{s}"
-    );
+    assert!(s.starts_with("device net_af_packet0,iface=fvsa: net_af_packet supports 1 rx"), "{s}");
     assert!(s.contains("qpairs=2"), "{s}");
 }
 

@@ -8,7 +8,6 @@ use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
-
 fn ftp_config(forward: &str) -> ferrovs_cfg::Config {
     config(&format!(
         r#"
@@ -78,7 +77,8 @@ impl Session {
     }
     /// Client sends `data`; returns frames out.
     fn client(&mut self, data: &[u8]) -> Vec<(usize, Vec<u8>)> {
-        let f = with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_ACK | TCP_PSH, self.cseq, self.sseq, data), CLIENT_MAC, LB_EXT);
+        let f =
+            with_macs(tcp4(CLIENT, 40000, VIP, 21, TCP_ACK | TCP_PSH, self.cseq, self.sseq, data), CLIENT_MAC, LB_EXT);
         self.cseq = self.cseq.wrapping_add(data.len() as u32);
         self.t += 1000;
         self.e.inject(EXT, &f, self.t)
@@ -246,8 +246,8 @@ fn control_connection_lives_while_data_flows() {
 fn dr_active_client_answers_reach_the_session_server() {
     let mut s = Session::new("dr");
     s.client(b"PORT 10,0,1,2,156,100\r\n"); // port 40036
-    // The real server connects straight to the client (not seen here); the
-    // client's SYN-ACK to VIP:20 comes to the balancer.
+                                            // The real server connects straight to the client (not seen here); the
+                                            // client's SYN-ACK to VIP:20 comes to the balancer.
     let f = with_macs(tcp4(CLIENT, 40036, VIP, 20, TCP_SYN | TCP_ACK, 50, 10, b""), CLIENT_MAC, LB_EXT);
     let out = s.e.inject(EXT, &f, s.t + 1);
     assert_eq!(out.len(), 1, "forwarded to the control connection's server");

@@ -8,7 +8,6 @@ use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
-
 const SERVICES: &str = r#"
 [[service]]
 name = "web"
@@ -112,28 +111,54 @@ fn nat_fixtures() {
         Case {
             what: "NAT SYN to VIP:80 goes to rs1:8080 (rr first), TTL-1, MACs rewritten",
             input: vec![(EXT, syn(40000, 80), S)],
-            want: vec![(INT, set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_SYN, 1000, 0, b""), LB_INT, RS1_MAC), 63))],
+            want: vec![(
+                INT,
+                set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_SYN, 1000, 0, b""), LB_INT, RS1_MAC), 63),
+            )],
             drop: None,
         },
         Case {
             what: "NAT reply from rs1 gets VIP:80 as source",
             input: vec![(EXT, syn(40000, 80), S), (INT, synack_rs.clone(), S + 1)],
-            want: vec![(EXT, set_ttl(with_macs(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), LB_EXT, CLIENT_MAC), 63))],
+            want: vec![(
+                EXT,
+                set_ttl(
+                    with_macs(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), LB_EXT, CLIENT_MAC),
+                    63,
+                ),
+            )],
             drop: None,
         },
         Case {
             what: "second connection goes to rs2, port kept (no port in config)",
             input: vec![(EXT, syn(40000, 80), S), (EXT, syn(40001, 8050), S)],
-            want: vec![(INT, set_ttl(with_macs(tcp4(CLIENT, 40001, RS2, 8050, TCP_SYN, 1000, 0, b""), LB_INT, RS2_MAC), 63))],
+            want: vec![(
+                INT,
+                set_ttl(with_macs(tcp4(CLIENT, 40001, RS2, 8050, TCP_SYN, 1000, 0, b""), LB_INT, RS2_MAC), 63),
+            )],
             drop: None,
         },
         Case {
             what: "data with payload both ways keeps checksums right",
             input: vec![
                 (EXT, syn(40000, 80), S),
-                (EXT, from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n")), S),
+                (
+                    EXT,
+                    from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n")),
+                    S,
+                ),
             ],
-            want: vec![(INT, set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n"), LB_INT, RS1_MAC), 63))],
+            want: vec![(
+                INT,
+                set_ttl(
+                    with_macs(
+                        tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n"),
+                        LB_INT,
+                        RS1_MAC,
+                    ),
+                    63,
+                ),
+            )],
             drop: None,
         },
         Case {
@@ -163,7 +188,10 @@ fn nat_fixtures() {
                 (EXT, from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S),
                 (INT, from_rs(tcp6(RS6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 8, b""), RS1_MAC), S),
             ],
-            want: vec![(EXT, set_ttl(with_macs(tcp6(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 8, b""), LB_EXT, CLIENT_MAC), 63))],
+            want: vec![(
+                EXT,
+                set_ttl(with_macs(tcp6(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 8, b""), LB_EXT, CLIENT_MAC), 63),
+            )],
             drop: None,
         },
         Case {
@@ -192,7 +220,11 @@ fn nat_fixtures() {
         },
         Case {
             what: "frame for another MAC",
-            input: vec![(EXT, with_macs(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b""), CLIENT_MAC, [2, 9, 9, 9, 9, 9]), S)],
+            input: vec![(
+                EXT,
+                with_macs(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b""), CLIENT_MAC, [2, 9, 9, 9, 9, 9]),
+                S,
+            )],
             want: vec![],
             drop: Some(DropReason::NotForUs),
         },

@@ -11,7 +11,6 @@ use ferrovs_engine::testpkt::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-
 const SERVICES: &str = r#"
 [[service]]
 name = "ftp"
@@ -33,8 +32,12 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A scripted session: (from client?, frame).
 fn session() -> Vec<(bool, Vec<u8>)> {
-    let c = |flags, seq, ack, data: &[u8]| (true, with_macs(tcp4(CLIENT, 40000, VIP, 21, flags, seq, ack, data), CLIENT_MAC, LB_EXT));
-    let s = |flags, seq, ack, data: &[u8]| (false, with_macs(tcp4(RS1, 21, CLIENT, 40000, flags, seq, ack, data), RS1_MAC, LB_INT));
+    let c = |flags, seq, ack, data: &[u8]| {
+        (true, with_macs(tcp4(CLIENT, 40000, VIP, 21, flags, seq, ack, data), CLIENT_MAC, LB_EXT))
+    };
+    let s = |flags, seq, ack, data: &[u8]| {
+        (false, with_macs(tcp4(RS1, 21, CLIENT, 40000, flags, seq, ack, data), RS1_MAC, LB_INT))
+    };
     let mut v = Vec::new();
     let (mut cs, mut ss) = (1000u32, 5000u32);
     v.push(c(TCP_SYN, cs - 1, 0, b""));
@@ -58,7 +61,10 @@ fn session() -> Vec<(bool, Vec<u8>)> {
     v.push((true, with_macs(tcp4(CLIENT, 40100, VIP, 30002, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT)));
     v.push((false, with_macs(tcp4(RS1, 30002, CLIENT, 40100, TCP_SYN | TCP_ACK, 9, 2, b""), RS1_MAC, LB_INT)));
     talk(true, b"RETR f\r\n", &mut v);
-    v.push((false, with_macs(tcp4(RS1, 30002, CLIENT, 40100, TCP_ACK | TCP_PSH, 10, 2, b"file data"), RS1_MAC, LB_INT)));
+    v.push((
+        false,
+        with_macs(tcp4(RS1, 30002, CLIENT, 40100, TCP_ACK | TCP_PSH, 10, 2, b"file data"), RS1_MAC, LB_INT),
+    ));
     talk(false, b"226 Transfer complete.\r\n", &mut v);
     talk(true, b"PORT 10,0,1,2,157,0\r\n", &mut v);
     talk(false, b"200 PORT command successful.\r\n", &mut v);
@@ -156,7 +162,17 @@ fn ftp_session_replays_with_rewrites_and_continuity() {
         let fin = out.iter().find(|f| f[0..6] == RS1_MAC && parse(f).unwrap().tcp_flags & TCP_FIN != 0).unwrap();
         let l4 = parse(fin).unwrap().l4;
         let ack = u32::from_be_bytes(fin[l4 + 8..l4 + 12].try_into().unwrap());
-        let server_bytes: u32 = [&b"220 ready\r\n"[..], b"230 Login successful.\r\n", b"227 Entering Passive Mode (10,0,2,2,117,50).\r\n", b"226 Transfer complete.\r\n", b"200 PORT command successful.\r\n", b"221 Goodbye.\r\n"].iter().map(|l| l.len() as u32).sum();
+        let server_bytes: u32 = [
+            &b"220 ready\r\n"[..],
+            b"230 Login successful.\r\n",
+            b"227 Entering Passive Mode (10,0,2,2,117,50).\r\n",
+            b"226 Transfer complete.\r\n",
+            b"200 PORT command successful.\r\n",
+            b"221 Goodbye.\r\n",
+        ]
+        .iter()
+        .map(|l| l.len() as u32)
+        .sum();
         assert_eq!(ack, 5000 + server_bytes, "ack mapped back");
     }
     // Deterministic: the same input gives the same bytes.
@@ -168,7 +184,8 @@ fn ftp_session_replays_with_rewrites_and_continuity() {
 #[test]
 fn bad_config_names_file_and_line() {
     let cfg = tmp("bad.toml");
-    std::fs::write(&cfg, "[engine]\nbackend = \"memory\"\n\n[[service]]\nname = \"x\"\nvip = \"10.0.0.300\"\n").unwrap();
+    std::fs::write(&cfg, "[engine]\nbackend = \"memory\"\n\n[[service]]\nname = \"x\"\nvip = \"10.0.0.300\"\n")
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrovs")).args(["config", "check"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -9,7 +9,6 @@ use ferrovs_engine::parse::TCP_SYN;
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
-
 fn wrr_config(extra: &str) -> ferrovs_cfg::Config {
     config(&format!(
         r#"

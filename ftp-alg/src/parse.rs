@@ -82,9 +82,7 @@ pub fn classify_command(line: &[u8]) -> Command {
             _ => Command::Other,
         }
     } else if verb.eq_ignore_ascii_case(b"AUTH") {
-        let tls = [&b"TLS"[..], b"SSL", b"TLS-C", b"TLS-P"]
-            .iter()
-            .any(|m| arg.eq_ignore_ascii_case(m));
+        let tls = [&b"TLS"[..], b"SSL", b"TLS-C", b"TLS-P"].iter().any(|m| arg.eq_ignore_ascii_case(m));
         if tls {
             Command::AuthTls
         } else {
@@ -226,11 +224,7 @@ pub fn parse_229(line: &[u8]) -> Option<u16> {
     let open = body.iter().position(|&b| b == b'(')?;
     let s = &body[open + 1..];
     let d = *s.first()?;
-    if !(33..=126).contains(&d)
-        || d.is_ascii_digit()
-        || s.get(1) != Some(&d)
-        || s.get(2) != Some(&d)
-    {
+    if !(33..=126).contains(&d) || d.is_ascii_digit() || s.get(1) != Some(&d) || s.get(2) != Some(&d) {
         return None;
     }
     let (p, len) = number(&s[3..], 5)?;
@@ -307,12 +301,7 @@ mod tests {
             (b"\xff\xfe PORT", None),
         ];
         for (line, want) in cases {
-            assert_eq!(
-                parse_port(line),
-                want.map(v4),
-                "{:?}",
-                String::from_utf8_lossy(line)
-            );
+            assert_eq!(parse_port(line), want.map(v4), "{:?}", String::from_utf8_lossy(line));
         }
     }
 
@@ -320,10 +309,7 @@ mod tests {
     fn eprt_table() {
         let cases: &[(&[u8], Option<&str>)] = &[
             (b"EPRT |1|132.235.1.2|6275|\r\n", Some("132.235.1.2:6275")),
-            (
-                b"eprt |2|1080::8:800:200C:417A|5282|\r\n",
-                Some("[1080::8:800:200c:417a]:5282"),
-            ),
+            (b"eprt |2|1080::8:800:200C:417A|5282|\r\n", Some("[1080::8:800:200c:417a]:5282")),
             (b"EPRT !1!10.0.0.1!21!", Some("10.0.0.1:21")),
             (b"EPRT |2|::1|65535|", Some("[::1]:65535")),
             (b"EPRT |1|::1|5282|", None),
@@ -342,12 +328,7 @@ mod tests {
         ];
         for (line, want) in cases {
             let want = want.map(|s| s.parse::<SocketAddr>().unwrap());
-            assert_eq!(
-                parse_eprt(line),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(line)
-            );
+            assert_eq!(parse_eprt(line), want, "{:?}", String::from_utf8_lossy(line));
         }
     }
 
@@ -355,26 +336,11 @@ mod tests {
     fn reply_227_table() {
         type Case<'a> = (&'a [u8], Option<(&'a str, &'a str)>);
         let cases: &[Case] = &[
-            (
-                b"227 Entering Passive Mode (10,0,2,2,4,1)\r\n",
-                Some(("10.0.2.2:1025", "10,0,2,2,4,1")),
-            ),
-            (
-                b"227 Entering Passive Mode 10,0,2,2,4,1\r\n",
-                Some(("10.0.2.2:1025", "10,0,2,2,4,1")),
-            ),
-            (
-                b"227 =192,168,100,200,195,80\n",
-                Some(("192.168.100.200:50000", "192,168,100,200,195,80")),
-            ),
-            (
-                b"227 Entering Passive Mode (10,0,2,2,4,1).",
-                Some(("10.0.2.2:1025", "10,0,2,2,4,1")),
-            ),
-            (
-                b"227 1 thing (10,0,2,2,4,1)\r\n",
-                Some(("10.0.2.2:1025", "10,0,2,2,4,1")),
-            ),
+            (b"227 Entering Passive Mode (10,0,2,2,4,1)\r\n", Some(("10.0.2.2:1025", "10,0,2,2,4,1"))),
+            (b"227 Entering Passive Mode 10,0,2,2,4,1\r\n", Some(("10.0.2.2:1025", "10,0,2,2,4,1"))),
+            (b"227 =192,168,100,200,195,80\n", Some(("192.168.100.200:50000", "192,168,100,200,195,80"))),
+            (b"227 Entering Passive Mode (10,0,2,2,4,1).", Some(("10.0.2.2:1025", "10,0,2,2,4,1"))),
+            (b"227 1 thing (10,0,2,2,4,1)\r\n", Some(("10.0.2.2:1025", "10,0,2,2,4,1"))),
             (b"227 Logout.\r\n", None),
             (b"227-Entering Passive Mode (10,0,2,2,4,1)\r\n", None),
             (b"227 Entering Passive Mode (10,0,2,2,4,256)\r\n", None),
@@ -396,14 +362,8 @@ mod tests {
     #[test]
     fn reply_229_table() {
         let cases: &[(&[u8], Option<u16>)] = &[
-            (
-                b"229 Entering Extended Passive Mode (|||6446|)\r\n",
-                Some(6446),
-            ),
-            (
-                b"229 Entering Extended Passive Mode (!!!6446!)\r\n",
-                Some(6446),
-            ),
+            (b"229 Entering Extended Passive Mode (|||6446|)\r\n", Some(6446)),
+            (b"229 Entering Extended Passive Mode (!!!6446!)\r\n", Some(6446)),
             (b"229 EPSV ok (###65535#)", Some(65535)),
             (b"229 (|||1|)\n", Some(1)),
             (b"229 Entering Extended Passive Mode (|||6446!)\r\n", None),
@@ -417,12 +377,7 @@ mod tests {
             (b"229 (", None),
         ];
         for (line, want) in cases {
-            assert_eq!(
-                parse_229(line),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(line)
-            );
+            assert_eq!(parse_229(line), *want, "{:?}", String::from_utf8_lossy(line));
         }
     }
 
@@ -452,12 +407,7 @@ mod tests {
             (b"\x00\xff", Other),
         ];
         for (line, want) in cases {
-            assert_eq!(
-                classify_command(line),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(line)
-            );
+            assert_eq!(classify_command(line), *want, "{:?}", String::from_utf8_lossy(line));
         }
     }
 
@@ -477,30 +427,17 @@ mod tests {
         let mut buf = [0u8; MAX_227_ADDR_LEN];
         for (ip, port, text) in [
             (Ipv4Addr::new(10, 0, 0, 100), 1025, "10,0,0,100,4,1"),
-            (
-                Ipv4Addr::new(255, 255, 255, 255),
-                65535,
-                "255,255,255,255,255,255",
-            ),
+            (Ipv4Addr::new(255, 255, 255, 255), 65535, "255,255,255,255,255,255"),
             (Ipv4Addr::new(0, 0, 0, 0), 0, "0,0,0,0,0,0"),
         ] {
             let n = format_227_addr(ip, port, &mut buf);
             assert_eq!(&buf[..n], text.as_bytes());
             let line = format!("227 ok ({text})");
             if port != 0 {
-                assert_eq!(
-                    parse_227(line.as_bytes()).unwrap().0,
-                    SocketAddrV4::new(ip, port)
-                );
+                assert_eq!(parse_227(line.as_bytes()).unwrap().0, SocketAddrV4::new(ip, port));
             }
         }
-        assert_eq!(
-            format_227_addr(Ipv4Addr::new(1, 2, 3, 4), 5, &mut [0u8; 10]),
-            0
-        );
-        assert_eq!(
-            format_227_addr(Ipv4Addr::new(1, 2, 3, 4), 5, &mut [0u8; 11]),
-            11
-        );
+        assert_eq!(format_227_addr(Ipv4Addr::new(1, 2, 3, 4), 5, &mut [0u8; 10]), 0);
+        assert_eq!(format_227_addr(Ipv4Addr::new(1, 2, 3, 4), 5, &mut [0u8; 11]), 11);
     }
 }

@@ -191,14 +191,7 @@ impl FtpSession {
     /// sequence number `seq`. Expectations and events are appended to `out`. Empty payloads
     /// are forwarded and change nothing.
     #[must_use]
-    pub fn on_segment(
-        &mut self,
-        now: u64,
-        dir: Dir,
-        seq: u32,
-        payload: &[u8],
-        out: &mut Actions,
-    ) -> Verdict {
+    pub fn on_segment(&mut self, now: u64, dir: Dir, seq: u32, payload: &[u8], out: &mut Actions) -> Verdict {
         if payload.is_empty() {
             return Verdict::Forward;
         }
@@ -229,15 +222,11 @@ impl FtpSession {
         if old_len > 0 {
             self.stats.retransmits += 1;
         }
-        let old = if old_len > 0 {
-            self.emit_old(dir, seq, &payload[..old_len])
-        } else {
-            Emit::Nothing
-        };
+        let old = if old_len > 0 { self.emit_old(dir, seq, &payload[..old_len]) } else { Emit::Nothing };
         // A modified old part plus new data could exceed the payload limit: then leave the new
         // part for its retransmission.
-        let too_big = !matches!(old, Emit::Raw | Emit::Nothing)
-            && payload.len().saturating_add(MAX_GROWTH) > self.max_payload;
+        let too_big =
+            !matches!(old, Emit::Raw | Emit::Nothing) && payload.len().saturating_add(MAX_GROWTH) > self.max_payload;
         let new = if old_len < payload.len() && !too_big {
             self.stream_mut(dir).has_data = true;
             self.process_new(now, dir, &payload[old_len..], out)
@@ -266,20 +255,12 @@ impl FtpSession {
             len = to_limit;
         }
         let end = seq.wrapping_add(len as u32);
-        let overlapping = st
-            .shifts
-            .as_slice()
-            .iter()
-            .filter(|s| seq::before(s.start, end) && seq::after(s.end(), seq));
+        let overlapping = st.shifts.as_slice().iter().filter(|s| seq::before(s.start, end) && seq::after(s.end(), seq));
         let mut out: Option<(u32, Vec<u8>)> = None;
         let mut pos = seq; // next original byte to copy
         for s in overlapping {
             let (_, buf) = out.get_or_insert_with(|| {
-                let start = if seq::before(s.start, seq) {
-                    s.start
-                } else {
-                    seq
-                };
+                let start = if seq::before(s.start, seq) { s.start } else { seq };
                 pos = start;
                 (start, Vec::with_capacity(len + 16))
             });
@@ -307,11 +288,7 @@ impl FtpSession {
     fn process_new(&mut self, now: u64, dir: Dir, data: &[u8], acts: &mut Actions) -> Emit {
         let base = self.stream(dir).next;
         let was_held = self.stream(dir).held;
-        let emit_start = if was_held {
-            self.stream(dir).line_start
-        } else {
-            base
-        };
+        let emit_start = if was_held { self.stream(dir).line_start } else { base };
         // Emitted bytes from `emit_start`, materialised only once they differ from the raw data.
         let mut out: Option<Vec<u8>> = if was_held { Some(Vec::new()) } else { None };
         let mut copied = 0usize; // data[..copied] is accounted for in `out`
@@ -436,11 +413,7 @@ impl FtpSession {
         }
         // Lines that started in an earlier segment were either held or already sent unchanged.
         let whole_here = line.is_empty();
-        let line_seq = if whole_here {
-            base.wrapping_add(i as u32)
-        } else {
-            self.stream(dir).line_start
-        };
+        let line_seq = if whole_here { base.wrapping_add(i as u32) } else { self.stream(dir).line_start };
         if !whole_here {
             line.extend_from_slice(piece);
         }
@@ -465,9 +438,7 @@ impl FtpSession {
         if let Some(r) = rw {
             let field_seq = line_seq.wrapping_add(r.range.start as u32);
             let orig_len = r.range.len();
-            self.stream_mut(dir)
-                .shifts
-                .push(field_seq, orig_len, &r.text[..r.len]);
+            self.stream_mut(dir).shifts.push(field_seq, orig_len, &r.text[..r.len]);
             self.stats.rewrites += 1;
         }
         line.clear();
@@ -490,13 +461,7 @@ impl FtpSession {
     }
 
     /// Parses one complete line; returns the rewrite it needs, if any.
-    fn handle_line(
-        &mut self,
-        now: u64,
-        dir: Dir,
-        line: &[u8],
-        acts: &mut Actions,
-    ) -> Option<Rewrite> {
+    fn handle_line(&mut self, now: u64, dir: Dir, line: &[u8], acts: &mut Actions) -> Option<Rewrite> {
         match dir {
             Dir::Original => {
                 self.handle_command(now, line, acts);
@@ -521,15 +486,9 @@ impl FtpSession {
                 None => self.malformed(acts),
             },
             // PASV is IPv4-only (RFC 2428): on an IPv6 session it opens nothing.
-            c @ (Command::Pasv | Command::Epsv)
-                if self.p.mode == Mode::Dr && (v4 || c == Command::Epsv) =>
-            {
-                let kind = ExpectKind::Passive {
-                    vip_port: None,
-                    real_port: None,
-                };
-                acts.expectations
-                    .push(self.expect(now, kind, self.p.client.ip()));
+            c @ (Command::Pasv | Command::Epsv) if self.p.mode == Mode::Dr && (v4 || c == Command::Epsv) => {
+                let kind = ExpectKind::Passive { vip_port: None, real_port: None };
+                acts.expectations.push(self.expect(now, kind, self.p.client.ip()));
             }
             Command::AuthTls => match self.p.mode {
                 Mode::Nat => self.auth_pending = true,
@@ -543,10 +502,7 @@ impl FtpSession {
     fn active(&mut self, now: u64, a: SocketAddr, acts: &mut Actions) {
         let foreign = a.ip() != self.p.client.ip();
         if a.port() < 1024 || (foreign && !self.p.allow_foreign_port_address) {
-            acts.events.push(Event::BounceRefused {
-                named: a.ip(),
-                port: a.port(),
-            });
+            acts.events.push(Event::BounceRefused { named: a.ip(), port: a.port() });
             return;
         }
         if a.is_ipv4() != self.p.vip.is_ipv4() {
@@ -558,10 +514,7 @@ impl FtpSession {
         // come from the VIP. DR: it goes to the client directly, but the
         // client answers the VIP, so its packets to VIP (from the named port)
         // must reach the same real server: the engine uses the same kind.
-        let kind = ExpectKind::Active {
-            client_port: a.port(),
-            rs_src_port: None,
-        };
+        let kind = ExpectKind::Active { client_port: a.port(), rs_src_port: None };
         acts.expectations.push(self.expect(now, kind, a.ip()));
     }
 
@@ -586,12 +539,8 @@ impl FtpSession {
                     return None;
                 };
                 let port = addr.port();
-                let kind = ExpectKind::Passive {
-                    vip_port: Some(port),
-                    real_port: Some(port),
-                };
-                acts.expectations
-                    .push(self.expect(now, kind, self.p.client.ip()));
+                let kind = ExpectKind::Passive { vip_port: Some(port), real_port: Some(port) };
+                acts.expectations.push(self.expect(now, kind, self.p.client.ip()));
                 let mut text = [0u8; parse::MAX_227_ADDR_LEN];
                 let len = parse::format_227_addr(vip, port, &mut text);
                 if line[range.clone()] == text[..len] {
@@ -603,12 +552,8 @@ impl FtpSession {
             229 => {
                 match parse::parse_229(line) {
                     Some(port) => {
-                        let kind = ExpectKind::Passive {
-                            vip_port: Some(port),
-                            real_port: Some(port),
-                        };
-                        acts.expectations
-                            .push(self.expect(now, kind, self.p.client.ip()));
+                        let kind = ExpectKind::Passive { vip_port: Some(port), real_port: Some(port) };
+                        acts.expectations.push(self.expect(now, kind, self.p.client.ip()));
                     }
                     None => self.malformed(acts),
                 }
@@ -651,14 +596,10 @@ fn compose(seq: u32, payload: &[u8], old_len: usize, old: Emit, new: Emit) -> Ve
         Emit::Nothing => {
             return match new {
                 Emit::Raw if old_len == 0 => Verdict::Forward,
-                Emit::Raw => Verdict::Replace {
-                    seq: new_seq,
-                    payload: payload[old_len..].to_vec(),
-                },
-                Emit::RawPrefix(n) => Verdict::Replace {
-                    seq: new_seq,
-                    payload: payload[old_len..old_len + n].to_vec(),
-                },
+                Emit::Raw => Verdict::Replace { seq: new_seq, payload: payload[old_len..].to_vec() },
+                Emit::RawPrefix(n) => {
+                    Verdict::Replace { seq: new_seq, payload: payload[old_len..old_len + n].to_vec() }
+                }
                 Emit::Bytes(s, b) => Verdict::Replace { seq: s, payload: b },
                 Emit::Nothing => Verdict::Hold,
             }
@@ -675,9 +616,6 @@ fn compose(seq: u32, payload: &[u8], old_len: usize, old: Emit, new: Emit) -> Ve
     if buf.is_empty() {
         Verdict::Hold
     } else {
-        Verdict::Replace {
-            seq: first_seq,
-            payload: buf,
-        }
+        Verdict::Replace { seq: first_seq, payload: buf }
     }
 }

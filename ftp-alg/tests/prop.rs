@@ -50,12 +50,11 @@ struct Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (
-        any::<bool>(),
-        prop_oneof![Just(0i32), -200i32..50, any::<i32>()],
-        ftpish(),
-    )
-        .prop_map(|(reply, rel, data)| Op { reply, rel, data })
+    (any::<bool>(), prop_oneof![Just(0i32), -200i32..50, any::<i32>()], ftpish()).prop_map(|(reply, rel, data)| Op {
+        reply,
+        rel,
+        data,
+    })
 }
 
 proptest! {

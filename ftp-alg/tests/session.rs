@@ -33,10 +33,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn passive(port: u16, expires: u64) -> Expectation {
     Expectation {
-        kind: ExpectKind::Passive {
-            vip_port: Some(port),
-            real_port: Some(port),
-        },
+        kind: ExpectKind::Passive { vip_port: Some(port), real_port: Some(port) },
         client: ip("192.0.2.7"),
         vip: ip("10.0.0.100"),
         real: ip("10.0.2.2"),
@@ -45,10 +42,7 @@ fn passive(port: u16, expires: u64) -> Expectation {
 }
 
 fn replace(seq: u32, payload: &[u8]) -> Verdict {
-    Verdict::Replace {
-        seq,
-        payload: payload.to_vec(),
-    }
+    Verdict::Replace { seq, payload: payload.to_vec() }
 }
 
 struct T {
@@ -58,10 +52,7 @@ struct T {
 
 impl T {
     fn new(p: SessionParams) -> Self {
-        T {
-            s: FtpSession::new(p),
-            a: Actions::default(),
-        }
+        T { s: FtpSession::new(p), a: Actions::default() }
     }
     fn feed(&mut self, now: u64, dir: Dir, seq: u32, data: &[u8]) -> Verdict {
         self.a.clear();
@@ -79,10 +70,7 @@ fn nat_227_rewrite_and_mapping() {
     t.s.set_isn(Dir::Original, 4999);
     let banner = b"220 hello\r\n";
     assert_eq!(t.feed(0, Dir::Reply, 1000, banner), Verdict::Forward);
-    assert_eq!(
-        t.feed(1, Dir::Original, 5000, b"PASV\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(1, Dir::Original, 5000, b"PASV\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
     let s227 = 1000 + banner.len() as u32;
     assert_eq!(t.feed(2, Dir::Reply, s227, R227), replace(s227, R227_NEW));
@@ -101,10 +89,7 @@ fn nat_227_rewrite_and_mapping() {
     assert_eq!(t.s.map_seq(Dir::Original, 5006), 5006);
     assert_eq!(t.s.map_ack(Dir::Reply, 5006), 5006);
     // Next reply is forwarded unchanged (the engine shifts its seq).
-    assert_eq!(
-        t.feed(3, Dir::Reply, after, b"150 go\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(3, Dir::Reply, after, b"150 go\r\n"), Verdict::Forward);
     assert_eq!(t.s.stats().rewrites, 1);
 }
 
@@ -150,18 +135,12 @@ fn split_227_is_held_then_replaced() {
     assert_eq!(v, replace(8, b"200 ok\r\n"));
     assert_eq!(t.s.held_len(Dir::Reply), 17);
     // Retransmission of that segment: same thing again, nothing duplicated.
-    assert_eq!(
-        t.feed(2, Dir::Reply, 8, b"200 ok\r\n227 Entering Pass"),
-        replace(8, b"200 ok\r\n")
-    );
+    assert_eq!(t.feed(2, Dir::Reply, 8, b"200 ok\r\n227 Entering Pass"), replace(8, b"200 ok\r\n"));
     assert_eq!(t.s.held_len(Dir::Reply), 17);
     // Retransmission of only held bytes: hold again.
     assert_eq!(t.feed(2, Dir::Reply, 16, b"227 Ent"), Verdict::Hold);
     // More of the line, still incomplete: hold.
-    assert_eq!(
-        t.feed(3, Dir::Reply, 33, b"ive Mode (10,0,2"),
-        Verdict::Hold
-    );
+    assert_eq!(t.feed(3, Dir::Reply, 33, b"ive Mode (10,0,2"), Verdict::Hold);
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.s.held_len(Dir::Reply), 33);
     // Completion: held bytes + new bytes, rewritten, from the held start.
@@ -185,20 +164,11 @@ fn split_227_is_held_then_replaced() {
 fn held_line_that_is_not_227_is_released() {
     let mut t = T::new(params(Mode::Nat));
     assert_eq!(t.feed(0, Dir::Reply, 0, b"22"), Verdict::Hold);
-    assert_eq!(
-        t.feed(0, Dir::Reply, 2, b"6 Transfer"),
-        replace(0, b"226 Transfer")
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 2, b"6 Transfer"), replace(0, b"226 Transfer"));
     assert_eq!(t.s.held_len(Dir::Reply), 0);
-    assert_eq!(
-        t.feed(0, Dir::Reply, 12, b" complete\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 12, b" complete\r\n"), Verdict::Forward);
     // Continuation lines of a multi-line 227 are not held and not rewritten.
-    assert_eq!(
-        t.feed(0, Dir::Reply, 23, b"227-Entering (10,0,2,2,4,1)\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 23, b"227-Entering (10,0,2,2,4,1)\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
 }
 
@@ -213,11 +183,7 @@ fn old_retransmission_uses_previous_delta_and_two_rewrites() {
     assert_eq!(t.a.expectations, vec![passive(50000, 1 + 30 * SEC)]);
     let end = l + r2.len() as u32;
     assert_eq!(t.s.map_seq(Dir::Reply, 0), 0);
-    assert_eq!(
-        t.s.map_seq(Dir::Reply, l),
-        l + 2,
-        "segment of 2nd rewrite: previous delta"
-    );
+    assert_eq!(t.s.map_seq(Dir::Reply, l), l + 2, "segment of 2nd rewrite: previous delta");
     assert_eq!(t.s.map_seq(Dir::Reply, end), end + 4);
     assert_eq!(t.s.map_ack(Dir::Original, end + 4), end);
     assert_eq!(t.s.map_ack(Dir::Original, l + 2), l);
@@ -225,10 +191,7 @@ fn old_retransmission_uses_previous_delta_and_two_rewrites() {
     // Old retransmissions replay their own rewrite and map with their own delta.
     assert_eq!(t.feed(2, Dir::Reply, 0, R227), replace(0, R227_NEW));
     assert_eq!(t.s.map_seq(Dir::Reply, 0), 0);
-    assert_eq!(
-        t.feed(2, Dir::Reply, l, r2),
-        replace(l, b"227 =10,0,0,100,195,80\r\n")
-    );
+    assert_eq!(t.feed(2, Dir::Reply, l, r2), replace(l, b"227 =10,0,0,100,195,80\r\n"));
     assert!(t.a.expectations.is_empty());
     // Two rewrites in one segment.
     let mut two = R227.to_vec();
@@ -244,17 +207,11 @@ fn old_retransmission_uses_previous_delta_and_two_rewrites() {
 
 #[test]
 fn shrinking_rewrite_and_sequence_wrap() {
-    let mut t = T::new(SessionParams {
-        vip: "10.0.0.1:21".parse().unwrap(),
-        ..params(Mode::Nat)
-    });
+    let mut t = T::new(SessionParams { vip: "10.0.0.1:21".parse().unwrap(), ..params(Mode::Nat) });
     let line = b"227 Entering Passive Mode (192,168,100,200,4,1)\r\n";
     let start = u32::MAX - 10; // the field straddles the wrap
     let v = t.feed(0, Dir::Reply, start, line);
-    assert_eq!(
-        v,
-        replace(start, b"227 Entering Passive Mode (10,0,0,1,4,1)\r\n")
-    );
+    assert_eq!(v, replace(start, b"227 Entering Passive Mode (10,0,0,1,4,1)\r\n"));
     let end = start.wrapping_add(line.len() as u32);
     assert_eq!(t.s.map_seq(Dir::Reply, end), end.wrapping_sub(7));
     assert_eq!(t.s.map_ack(Dir::Original, end.wrapping_sub(7)), end);
@@ -265,12 +222,7 @@ fn shrinking_rewrite_and_sequence_wrap() {
 #[test]
 fn pasv_address_other_than_rs_and_already_vip() {
     let mut t = T::new(params(Mode::Nat));
-    let v = t.feed(
-        0,
-        Dir::Reply,
-        0,
-        b"227 Entering Passive Mode (203,0,113,9,4,1)\r\n",
-    );
+    let v = t.feed(0, Dir::Reply, 0, b"227 Entering Passive Mode (203,0,113,9,4,1)\r\n");
     assert_eq!(v, replace(0, R227_NEW));
     assert_eq!(t.a.expectations, vec![passive(1025, 30 * SEC)]);
     // Already the VIP: nothing to rewrite, still an expectation.
@@ -283,18 +235,10 @@ fn pasv_address_other_than_rs_and_already_vip() {
 #[test]
 fn nat_229_and_malformed_227() {
     let mut t = T::new(params(Mode::Nat));
-    let v = t.feed(
-        0,
-        Dir::Reply,
-        0,
-        b"229 Entering Extended Passive Mode (!!!6446!)\r\n",
-    );
+    let v = t.feed(0, Dir::Reply, 0, b"229 Entering Extended Passive Mode (!!!6446!)\r\n");
     assert_eq!(v, Verdict::Forward);
     assert_eq!(t.a.expectations, vec![passive(6446, 30 * SEC)]);
-    assert_eq!(
-        t.feed(0, Dir::Reply, 47, b"227 Logout.\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 47, b"227 Logout.\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.a.events, vec![Event::Malformed]);
 }
@@ -303,10 +247,7 @@ fn nat_229_and_malformed_227() {
 fn nat_port_eprt_and_bounce() {
     let mut t = T::new(params(Mode::Nat));
     let active = |c: &str, port: u16| Expectation {
-        kind: ExpectKind::Active {
-            client_port: port,
-            rs_src_port: None,
-        },
+        kind: ExpectKind::Active { client_port: port, rs_src_port: None },
         client: ip(c),
         vip: ip("10.0.0.100"),
         real: ip("10.0.2.2"),
@@ -324,42 +265,18 @@ fn nat_port_eprt_and_bounce() {
     assert_eq!(t.a.expectations, vec![active("192.0.2.7", 5000)]);
     feed(&mut t, b"PORT 198,51,100,1,4,1\r\n");
     assert!(t.a.expectations.is_empty());
-    assert_eq!(
-        t.a.events,
-        vec![Event::BounceRefused {
-            named: ip("198.51.100.1"),
-            port: 1025
-        }]
-    );
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 1025 }]);
     feed(&mut t, b"PORT 192,0,2,7,0,25\r\n");
     assert!(t.a.expectations.is_empty());
-    assert_eq!(
-        t.a.events,
-        vec![Event::BounceRefused {
-            named: ip("192.0.2.7"),
-            port: 25
-        }]
-    );
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("192.0.2.7"), port: 25 }]);
     feed(&mut t, b"EPRT |2|2001:db8::1|5000|\r\n");
-    assert_eq!(
-        t.a.events,
-        vec![Event::BounceRefused {
-            named: ip("2001:db8::1"),
-            port: 5000
-        }]
-    );
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("2001:db8::1"), port: 5000 }]);
     feed(&mut t, b"PORT 192,0,2,7,4,256\r\n");
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.a.events, vec![Event::Malformed]);
 
-    let mut t = T::new(SessionParams {
-        allow_foreign_port_address: true,
-        ..params(Mode::Nat)
-    });
-    assert_eq!(
-        t.feed(0, Dir::Original, 0, b"PORT 198,51,100,1,4,1\r\n"),
-        Verdict::Forward
-    );
+    let mut t = T::new(SessionParams { allow_foreign_port_address: true, ..params(Mode::Nat) });
+    assert_eq!(t.feed(0, Dir::Original, 0, b"PORT 198,51,100,1,4,1\r\n"), Verdict::Forward);
     assert_eq!(t.a.expectations, vec![active("198.51.100.1", 1025)]);
     assert!(t.a.events.is_empty());
     // Low ports stay refused even then.
@@ -372,17 +289,11 @@ fn nat_port_eprt_and_bounce() {
 fn commands_split_and_retransmitted_once() {
     let mut t = T::new(params(Mode::Nat));
     assert_eq!(t.feed(0, Dir::Original, 0, b"PO"), Verdict::Forward);
-    assert_eq!(
-        t.feed(0, Dir::Original, 2, b"RT 192,0,2,7,"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 2, b"RT 192,0,2,7,"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.feed(0, Dir::Original, 15, b"4,1\r\n"), Verdict::Forward);
     assert_eq!(t.a.expectations.len(), 1);
-    assert_eq!(
-        t.feed(0, Dir::Original, 0, b"PORT 192,0,2,7,4,1\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 0, b"PORT 192,0,2,7,4,1\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.s.held_len(Dir::Original), 0);
 }
@@ -390,41 +301,17 @@ fn commands_split_and_retransmitted_once() {
 #[test]
 fn ipv6_session() {
     let mut t = T::new(params6(Mode::Nat));
-    assert_eq!(
-        t.feed(0, Dir::Original, 0, b"EPRT |2|2001:db8::7|5282|\r\n"),
-        Verdict::Forward
-    );
-    assert_eq!(
-        t.a.expectations[0].kind,
-        ExpectKind::Active {
-            client_port: 5282,
-            rs_src_port: None
-        }
-    );
+    assert_eq!(t.feed(0, Dir::Original, 0, b"EPRT |2|2001:db8::7|5282|\r\n"), Verdict::Forward);
+    assert_eq!(t.a.expectations[0].kind, ExpectKind::Active { client_port: 5282, rs_src_port: None });
     assert_eq!(t.a.expectations[0].real, ip("fd00::2"));
-    assert_eq!(
-        t.feed(0, Dir::Original, 27, b"PORT 192,0,2,7,4,1\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 27, b"PORT 192,0,2,7,4,1\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty() && t.a.events.is_empty());
     // 227 on IPv6 is ignored and never held.
     assert_eq!(t.feed(0, Dir::Reply, 0, b"227 Ent"), Verdict::Forward);
-    assert_eq!(
-        t.feed(0, Dir::Reply, 7, b"ering (10,0,2,2,4,1)\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 7, b"ering (10,0,2,2,4,1)\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
-    assert_eq!(
-        t.feed(0, Dir::Reply, 29, b"229 ok (|||6446|)\r\n"),
-        Verdict::Forward
-    );
-    assert_eq!(
-        t.a.expectations[0].kind,
-        ExpectKind::Passive {
-            vip_port: Some(6446),
-            real_port: Some(6446)
-        }
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 29, b"229 ok (|||6446|)\r\n"), Verdict::Forward);
+    assert_eq!(t.a.expectations[0].kind, ExpectKind::Passive { vip_port: Some(6446), real_port: Some(6446) });
     assert_eq!(t.a.expectations[0].vip, ip("2001:db8:1::100"));
 }
 
@@ -445,10 +332,7 @@ fn auth_tls_nat_fallback_then_no_parsing() {
     assert_eq!(t.feed(0, Dir::Reply, 25, b"227 Ent"), Verdict::Forward);
     assert_eq!(t.feed(0, Dir::Reply, 32, &R227[7..]), Verdict::Forward);
     assert_eq!(t.feed(0, Dir::Reply, 100, R227), Verdict::Forward);
-    assert_eq!(
-        t.feed(0, Dir::Original, 20, b"PORT 198,51,100,1,4,1\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 20, b"PORT 198,51,100,1,4,1\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty() && t.a.events.is_empty());
 }
 
@@ -460,10 +344,7 @@ fn auth_tls_after_rewrite_keeps_mapping() {
     let _ = t.feed(0, Dir::Original, 0, b"AUTH TLS\r\n");
     let _ = t.feed(0, Dir::Reply, l, b"234 go\r\n");
     assert!(t.s.is_tls());
-    assert_eq!(
-        t.feed(0, Dir::Reply, l + 8, b"\x16\x03\x01tls"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Reply, l + 8, b"\x16\x03\x01tls"), Verdict::Forward);
     assert_eq!(t.s.map_seq(Dir::Reply, l + 8), l + 10);
     // A retransmitted old 227 is still replayed rewritten.
     assert_eq!(t.feed(0, Dir::Reply, 0, R227), replace(0, R227_NEW));
@@ -472,10 +353,7 @@ fn auth_tls_after_rewrite_keeps_mapping() {
 #[test]
 fn dr_mode() {
     let mut t = T::new(params(Mode::Dr));
-    let any = ExpectKind::Passive {
-        vip_port: None,
-        real_port: None,
-    };
+    let any = ExpectKind::Passive { vip_port: None, real_port: None };
     let mut seq = 0u32;
     let mut cmd = |t: &mut T, l: &[u8]| {
         let v = t.feed(7, Dir::Original, seq, l);
@@ -486,15 +364,7 @@ fn dr_mode() {
     assert_eq!(t.a.expectations.len(), 1);
     let e = &t.a.expectations[0];
     assert_eq!(e.kind, any);
-    assert_eq!(
-        (e.client, e.vip, e.real, e.expires),
-        (
-            ip("192.0.2.7"),
-            ip("10.0.0.100"),
-            ip("10.0.2.2"),
-            7 + 30 * SEC
-        )
-    );
+    assert_eq!((e.client, e.vip, e.real, e.expires), (ip("192.0.2.7"), ip("10.0.0.100"), ip("10.0.2.2"), 7 + 30 * SEC));
     cmd(&mut t, b"EPSV ALL\r\n");
     assert!(t.a.expectations.is_empty());
     cmd(&mut t, b"epsv\r\n");
@@ -507,22 +377,10 @@ fn dr_mode() {
     cmd(&mut t, b"PORT 192,0,2,7,4,1\r\n");
     assert!(t.a.events.is_empty());
     assert_eq!(t.a.expectations.len(), 1);
-    assert_eq!(
-        t.a.expectations[0].kind,
-        ExpectKind::Active {
-            client_port: 1025,
-            rs_src_port: None
-        }
-    );
+    assert_eq!(t.a.expectations[0].kind, ExpectKind::Active { client_port: 1025, rs_src_port: None });
     cmd(&mut t, b"PORT 198,51,100,1,4,1\r\n");
     assert!(t.a.expectations.is_empty());
-    assert_eq!(
-        t.a.events,
-        vec![Event::BounceRefused {
-            named: ip("198.51.100.1"),
-            port: 1025
-        }]
-    );
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 1025 }]);
     cmd(&mut t, b"AUTH TLS\r\n");
     assert!(t.s.is_tls());
     assert_eq!(t.a.events, vec![Event::TlsFallback]);
@@ -533,29 +391,14 @@ fn dr_mode() {
 #[test]
 fn gap_resyncs_at_next_line() {
     let mut t = T::new(params(Mode::Nat));
-    assert_eq!(
-        t.feed(0, Dir::Original, 0, b"USER a\r\nPORT 192,0,2"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 0, b"USER a\r\nPORT 192,0,2"), Verdict::Forward);
     // 10 bytes missing; this segment starts mid-line.
-    assert_eq!(
-        t.feed(0, Dir::Original, 30, b",7,4,1\r\nPORT 192,0,2,7,4,2\r\n"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 30, b",7,4,1\r\nPORT 192,0,2,7,4,2\r\n"), Verdict::Forward);
     assert_eq!(t.a.expectations.len(), 1);
-    assert_eq!(
-        t.a.expectations[0].kind,
-        ExpectKind::Active {
-            client_port: 1026,
-            rs_src_port: None
-        }
-    );
+    assert_eq!(t.a.expectations[0].kind, ExpectKind::Active { client_port: 1026, rs_src_port: None });
     assert_eq!(t.s.stats().gaps, 1);
     // The late segment is old now: forwarded, not parsed.
-    assert_eq!(
-        t.feed(0, Dir::Original, 20, b",7,4,1\r\nPO"),
-        Verdict::Forward
-    );
+    assert_eq!(t.feed(0, Dir::Original, 20, b",7,4,1\r\nPO"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
     // Replies: a gap while holding drops the segment.
     assert_eq!(t.feed(0, Dir::Reply, 0, b"227 Ent"), Verdict::Hold);
@@ -583,10 +426,7 @@ fn oversized_lines_are_skipped() {
     // Held until it is clearly too long, then given up and sent unchanged.
     assert_eq!(t.feed(0, Dir::Reply, 0, &long[..1000]), Verdict::Hold);
     assert_eq!(t.s.held_len(Dir::Reply), 1000);
-    assert_eq!(
-        t.feed(0, Dir::Reply, 1000, &long[1000..1100]),
-        replace(0, &long[..1100])
-    );
+    assert_eq!(t.feed(0, Dir::Reply, 1000, &long[1000..1100]), replace(0, &long[..1100]));
     assert_eq!(t.a.events, vec![Event::Oversized]);
     assert_eq!(t.s.held_len(Dir::Reply), 0);
     assert_eq!(t.feed(0, Dir::Reply, 1100, &long[1100..]), Verdict::Forward);
@@ -610,16 +450,8 @@ fn oversized_lines_are_skipped() {
 fn bare_lf_and_empty_payload() {
     let mut t = T::new(params(Mode::Nat));
     assert_eq!(t.feed(0, Dir::Reply, 0, b""), Verdict::Forward);
-    let v = t.feed(
-        0,
-        Dir::Reply,
-        0,
-        b"227 Entering Passive Mode (10,0,2,2,4,1)\n",
-    );
-    assert_eq!(
-        v,
-        replace(0, b"227 Entering Passive Mode (10,0,0,100,4,1)\n")
-    );
+    let v = t.feed(0, Dir::Reply, 0, b"227 Entering Passive Mode (10,0,2,2,4,1)\n");
+    assert_eq!(v, replace(0, b"227 Entering Passive Mode (10,0,0,100,4,1)\n"));
 }
 
 #[test]

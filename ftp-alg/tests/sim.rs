@@ -38,27 +38,18 @@ const SCRIPT: &[(Dir, &str)] = &[
     (O, "PASV\r\n"),
     (R, "227 Entering Passive Mode (10,0,2,2,195,80).\r\n"),
     (O, "RETR file.bin\r\n"),
-    (
-        R,
-        "150 Opening BINARY mode data connection for file.bin (1234 bytes).\r\n",
-    ),
+    (R, "150 Opening BINARY mode data connection for file.bin (1234 bytes).\r\n"),
     (R, "226 Transfer complete.\r\n"),
     (O, "PORT 192,0,2,7,4,1\r\n"),
     (R, "200 PORT command successful. Consider using PASV.\r\n"),
     (O, "LIST\r\n"),
-    (
-        R,
-        "150 Here comes the directory listing.\r\n226 Directory send OK.\r\n",
-    ),
+    (R, "150 Here comes the directory listing.\r\n226 Directory send OK.\r\n"),
     (O, "EPRT |1|192.0.2.7|50001|\r\n"),
     (R, "200 EPRT command successful.\r\n"),
     (O, "epsv\r\n"),
     (R, "229 Entering Extended Passive Mode (|||50002|)\r\n"),
     (O, "PASV\r\n"),
-    (
-        R,
-        "227-Here it comes\r\n227 Entering Passive Mode (10,0,2,2,195,81)\r\n",
-    ),
+    (R, "227-Here it comes\r\n227 Entering Passive Mode (10,0,2,2,195,81)\r\n"),
     (O, "PORT 198,51,100,1,4,1\r\n"),
     (R, "500 Illegal PORT command.\r\n"),
     (O, "PASV\r\n"),
@@ -109,11 +100,7 @@ fn segments(mode: Mode, cuts: impl Fn(usize, usize) -> Vec<usize>) -> Vec<Seg> {
         points.dedup();
         let mut from = 0;
         for p in points.into_iter().chain([b.len()]) {
-            out.push(Seg {
-                dir: *dir,
-                seq: *n,
-                data: b[from..p].to_vec(),
-            });
+            out.push(Seg { dir: *dir, seq: *n, data: b[from..p].to_vec() });
             *n = n.wrapping_add((p - from) as u32);
             from = p;
         }
@@ -129,23 +116,11 @@ fn two_segment_streams(mode: Mode, dir_cut: Dir, k: usize) -> Vec<Seg> {
         if mode == Mode::Dr && d == R {
             continue;
         }
-        let all: Vec<u8> = SCRIPT
-            .iter()
-            .filter(|m| m.0 == d)
-            .flat_map(|m| m.1.bytes())
-            .collect();
-        let k = if d == dir_cut {
-            k.min(all.len())
-        } else {
-            all.len()
-        };
+        let all: Vec<u8> = SCRIPT.iter().filter(|m| m.0 == d).flat_map(|m| m.1.bytes()).collect();
+        let k = if d == dir_cut { k.min(all.len()) } else { all.len() };
         for (from, to) in [(0, k), (k, all.len())] {
             if from < to {
-                out.push(Seg {
-                    dir: d,
-                    seq: isn(d).wrapping_add(from as u32),
-                    data: all[from..to].to_vec(),
-                });
+                out.push(Seg { dir: d, seq: isn(d).wrapping_add(from as u32), data: all[from..to].to_vec() });
             }
         }
     }
@@ -184,25 +159,14 @@ fn run(mode: Mode, segs: &[Seg], retrans: Option<u64>) -> Outcome {
         for (j, &b) in payload.iter().enumerate() {
             let slot = &mut wire[d][off + j];
             if let Some(old) = *slot {
-                assert_eq!(
-                    old,
-                    b,
-                    "byte {} of {:?} changed on resend",
-                    off + j,
-                    seg.dir
-                );
+                assert_eq!(old, b, "byte {} of {:?} changed on resend", off + j, seg.dir);
             }
             *slot = Some(b);
         }
         if matches!(v, Verdict::Forward) {
             // The peer's ack of this segment maps back to its original end.
-            let t_end = s
-                .map_seq(seg.dir, seg.seq)
-                .wrapping_add(seg.data.len() as u32);
-            assert_eq!(
-                s.map_ack(seg.dir.reverse(), t_end),
-                seg.seq.wrapping_add(seg.data.len() as u32)
-            );
+            let t_end = s.map_seq(seg.dir, seg.seq).wrapping_add(seg.data.len() as u32);
+            assert_eq!(s.map_ack(seg.dir.reverse(), t_end), seg.seq.wrapping_add(seg.data.len() as u32));
         }
     };
 
@@ -225,10 +189,7 @@ fn run(mode: Mode, segs: &[Seg], retrans: Option<u64>) -> Outcome {
                     }
                 }
                 feed(&r, &mut s, &mut a, now);
-                assert!(
-                    a.expectations.is_empty(),
-                    "retransmission opened an expectation"
-                );
+                assert!(a.expectations.is_empty(), "retransmission opened an expectation");
                 assert!(a.events.is_empty(), "retransmission raised {:?}", a.events);
             }
         }
@@ -238,32 +199,19 @@ fn run(mode: Mode, segs: &[Seg], retrans: Option<u64>) -> Outcome {
     let streams = [0, 1].map(|d| {
         let w = &wire[d];
         let len = w.iter().position(Option::is_none).unwrap();
-        assert!(
-            w[len..].iter().all(Option::is_none),
-            "hole in reassembled stream"
-        );
+        assert!(w[len..].iter().all(Option::is_none), "hole in reassembled stream");
         w[..len].iter().map(|b| b.unwrap()).collect::<Vec<u8>>()
     });
     // Acks for the complete translated streams map back to the complete original streams.
     for d in [O, R] {
-        let orig_len: usize = SCRIPT
-            .iter()
-            .filter(|m| m.0 == d && !(mode == Mode::Dr && d == R))
-            .map(|m| m.1.len())
-            .sum();
+        let orig_len: usize =
+            SCRIPT.iter().filter(|m| m.0 == d && !(mode == Mode::Dr && d == R)).map(|m| m.1.len()).sum();
         let t_end = isn(d).wrapping_add(streams[d as usize].len() as u32);
-        assert_eq!(
-            s.map_ack(d.reverse(), t_end),
-            isn(d).wrapping_add(orig_len as u32)
-        );
+        assert_eq!(s.map_ack(d.reverse(), t_end), isn(d).wrapping_add(orig_len as u32));
     }
     exps.sort();
     events.sort();
-    Outcome {
-        streams,
-        expectations: exps,
-        events,
-    }
+    Outcome { streams, expectations: exps, events }
 }
 
 fn reference(mode: Mode) -> Outcome {
@@ -283,19 +231,9 @@ fn reference(mode: Mode) -> Outcome {
             assert_eq!(out.expectations.len(), 6, "{:#?}", out.expectations);
         }
     }
-    assert_eq!(
-        out.events
-            .iter()
-            .filter(|e| e.starts_with("Bounce"))
-            .count(),
-        1
-    );
+    assert_eq!(out.events.iter().filter(|e| e.starts_with("Bounce")).count(), 1);
     let orig: String = SCRIPT.iter().filter(|m| m.0 == O).map(|m| m.1).collect();
-    assert_eq!(
-        out.streams[0],
-        orig.as_bytes(),
-        "commands are never changed"
-    );
+    assert_eq!(out.streams[0], orig.as_bytes(), "commands are never changed");
     out
 }
 
@@ -308,11 +246,7 @@ fn every_two_segment_split_of_every_message() {
                 let segs = segments(mode, |m, _| if m == i { vec![k] } else { vec![] });
                 assert_eq!(run(mode, &segs, None), want, "{mode:?} msg {i} cut at {k}");
                 let seed = (i * 1000 + k) as u64;
-                assert_eq!(
-                    run(mode, &segs, Some(seed)),
-                    want,
-                    "{mode:?} msg {i} cut at {k} retrans"
-                );
+                assert_eq!(run(mode, &segs, Some(seed)), want, "{mode:?} msg {i} cut at {k} retrans");
             }
         }
     }
@@ -339,11 +273,7 @@ fn whole_streams_in_two_segments_at_every_offset() {
             for k in 0..=len {
                 let segs = two_segment_streams(mode, d, k);
                 assert_eq!(run(mode, &segs, None), want, "{mode:?} {d:?} k={k}");
-                assert_eq!(
-                    run(mode, &segs, Some(k as u64)),
-                    want,
-                    "{mode:?} {d:?} k={k} retrans"
-                );
+                assert_eq!(run(mode, &segs, Some(k as u64)), want, "{mode:?} {d:?} k={k} retrans");
             }
         }
     }
@@ -355,10 +285,8 @@ fn random_cuts_with_retransmissions() {
         let want = reference(mode);
         for seed in 0..300u64 {
             let mut rng = Rng::new(seed + 77);
-            let cuts: Vec<Vec<usize>> = SCRIPT
-                .iter()
-                .map(|(_, t)| (0..rng.below(4)).map(|_| rng.below(t.len())).collect())
-                .collect();
+            let cuts: Vec<Vec<usize>> =
+                SCRIPT.iter().map(|(_, t)| (0..rng.below(4)).map(|_| rng.below(t.len())).collect()).collect();
             let segs = segments(mode, |i, _| cuts[i].clone());
             assert_eq!(run(mode, &segs, Some(seed)), want, "{mode:?} seed {seed}");
         }

@@ -41,12 +41,7 @@ impl SharedCounts {
     pub fn new(workers: usize, dests: usize) -> Self {
         let lines_per_row = (dests * 2).div_ceil(CELLS_PER_LINE).max(1);
         let lines = (0..workers * lines_per_row).map(|_| Line::new()).collect();
-        SharedCounts {
-            workers,
-            dests,
-            lines_per_row,
-            lines,
-        }
+        SharedCounts { workers, dests, lines_per_row, lines }
     }
 
     /// Number of worker rows.
@@ -61,10 +56,7 @@ impl SharedCounts {
 
     #[inline]
     fn cell(&self, worker: usize, dest: usize, which: usize) -> &AtomicU32 {
-        assert!(
-            worker < self.workers && dest < self.dests,
-            "counter index out of range"
-        );
+        assert!(worker < self.workers && dest < self.dests, "counter index out of range");
         let slot = dest * 2 + which;
         &self.lines[worker * self.lines_per_row + slot / CELLS_PER_LINE].0[slot % CELLS_PER_LINE]
     }
@@ -73,11 +65,7 @@ impl SharedCounts {
     fn add(&self, worker: usize, dest: usize, which: usize, delta: i8) {
         let c = self.cell(worker, dest, which);
         let v = c.load(Relaxed);
-        let n = if delta >= 0 {
-            v.saturating_add(1)
-        } else {
-            v.saturating_sub(1)
-        };
+        let n = if delta >= 0 { v.saturating_add(1) } else { v.saturating_sub(1) };
         c.store(n, Relaxed);
     }
 
@@ -184,10 +172,7 @@ pub struct StaticCounts {
 impl StaticCounts {
     /// Zeroed counts for `n` destinations.
     pub fn new(n: usize) -> Self {
-        StaticCounts {
-            active: vec![0; n],
-            inactive: vec![0; n],
-        }
+        StaticCounts { active: vec![0; n], inactive: vec![0; n] }
     }
 }
 

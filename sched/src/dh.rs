@@ -23,10 +23,7 @@ impl Dh {
     /// A scheduler for `dests`; uses `table_bits`.
     pub fn with_options(dests: &[Dest], opts: &SchedOptions) -> Self {
         let size = 1usize << opts.table_bits.clamp(1, 20);
-        let mut s = Dh {
-            ov: Overload::new(dests),
-            buckets: vec![NONE; size],
-        };
+        let mut s = Dh { ov: Overload::new(dests), buckets: vec![NONE; size] };
         s.update(dests);
         s
     }
@@ -54,11 +51,7 @@ impl Scheduler for Dh {
         self.ov.update(dests);
         let order = sorted_order(dests);
         for (k, b) in self.buckets.iter_mut().enumerate() {
-            *b = if order.is_empty() {
-                NONE
-            } else {
-                order[k % order.len()] as u32
-            };
+            *b = if order.is_empty() { NONE } else { order[k % order.len()] as u32 };
         }
     }
 }
@@ -74,10 +67,7 @@ mod tests {
         let ds = dests(&[1, 1, 1, 1]);
         let mut s = Dh::new(&ds);
         let picks = seq(&mut s, &ds, 50);
-        assert!(
-            picks.iter().all(|p| *p == picks[0] && p.is_some()),
-            "one VIP, one server"
-        );
+        assert!(picks.iter().all(|p| *p == picks[0] && p.is_some()), "one VIP, one server");
         let mut seen = std::collections::HashSet::new();
         for v in 0..64u8 {
             let mut k = key(1);

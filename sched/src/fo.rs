@@ -12,9 +12,7 @@ pub struct Fo {
 impl Fo {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Fo {
-            ov: Overload::new(dests),
-        }
+        Fo { ov: Overload::new(dests) }
     }
 }
 
@@ -52,14 +50,8 @@ mod tests {
         let mut s = Fo::new(&ds);
         assert_eq!(s.pick(&key(0), &ds, &NoConns), Some(1));
         ds[1] = ds[1].with_thresholds(3, 0);
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[0, 3, 50, 0], &[0; 4])),
-            Some(2)
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 3, 50, 0], &[0; 4])), Some(2));
         ds[2].weight = 0;
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[0, 3, 0, 0], &[0; 4])),
-            Some(0)
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 3, 0, 0], &[0; 4])), Some(0));
     }
 }

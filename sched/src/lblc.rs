@@ -23,10 +23,7 @@ pub struct Lblc {
 impl Lblc {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Lblc {
-            ov: Overload::new(dests),
-            tab: Locality::default(),
-        }
+        Lblc { ov: Overload::new(dests), tab: Locality::default() }
     }
 
     /// Number of cached destination addresses.
@@ -56,14 +53,13 @@ impl Scheduler for Lblc {
 
     fn update(&mut self, dests: &[Dest]) {
         self.ov.update(dests);
-        self.tab
-            .retain(|(id, i)| match dests.iter().position(|d| d.id() == *id) {
-                Some(n) => {
-                    *i = n;
-                    true
-                }
-                None => false,
-            });
+        self.tab.retain(|(id, i)| match dests.iter().position(|d| d.id() == *id) {
+            Some(n) => {
+                *i = n;
+                true
+            }
+            None => false,
+        });
     }
 
     fn tick(&mut self, now_ns: u64) {
@@ -89,11 +85,7 @@ mod tests {
         assert_eq!(s.pick(&key(3), &ds, &NoConns), Some(1));
         let mut k = key(4);
         k.vip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
-        assert_eq!(
-            s.pick(&k, &ds, &counts(&[0, 1], &[0, 0])),
-            Some(0),
-            "other VIP: wlc"
-        );
+        assert_eq!(s.pick(&k, &ds, &counts(&[0, 1], &[0, 0])), Some(0), "other VIP: wlc");
         assert_eq!(s.entries(), 2);
     }
 
@@ -104,11 +96,7 @@ mod tests {
         assert_eq!(s.pick(&key(0), &ds, &counts(&[5, 5, 0], &[0; 3])), Some(2));
         let ds2 = vec![ds[2], ds[0], ds[1]];
         s.update(&ds2);
-        assert_eq!(
-            s.pick(&key(0), &ds2, &NoConns),
-            Some(0),
-            "same server, new index"
-        );
+        assert_eq!(s.pick(&key(0), &ds2, &NoConns), Some(0), "same server, new index");
         s.tick(crate::locality::EXPIRATION_NS + 1);
         assert_eq!(s.entries(), 0);
         s.update(&ds2[1..]);

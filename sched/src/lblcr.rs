@@ -7,9 +7,7 @@
 //! Per worker, like `lblc`; time comes from [`Scheduler::tick`].
 
 use crate::locality::{lb_overloaded, Locality, EXPIRATION_NS};
-use crate::{
-    overhead, weighted_least, worse, ConnStats, Dest, DestId, FlowKey, Overload, Scheduler,
-};
+use crate::{overhead, weighted_least, worse, ConnStats, Dest, DestId, FlowKey, Overload, Scheduler};
 
 #[derive(Clone, Debug)]
 struct Set {
@@ -27,18 +25,12 @@ pub struct Lblcr {
 impl Lblcr {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Lblcr {
-            ov: Overload::new(dests),
-            tab: Locality::default(),
-        }
+        Lblcr { ov: Overload::new(dests), tab: Locality::default() }
     }
 
     /// Servers currently in the set of destination address `vip` (indices into the last `dests`).
     pub fn set_of(&mut self, vip: &std::net::IpAddr) -> Vec<usize> {
-        self.tab
-            .get(vip)
-            .map(|s| s.members.iter().map(|m| m.1).collect())
-            .unwrap_or_default()
+        self.tab.get(vip).map(|s| s.members.iter().map(|m| m.1).collect()).unwrap_or_default()
     }
 }
 
@@ -50,9 +42,7 @@ fn set_min(set: &Set, dests: &[Dest], stats: &dyn ConnStats, ov: &mut Overload) 
             continue;
         }
         let doh = overhead(stats, i);
-        if least.map_or(true, |(l, loh)| {
-            worse(loh, dests[l].weight, doh, dests[i].weight)
-        }) {
+        if least.map_or(true, |(l, loh)| worse(loh, dests[l].weight, doh, dests[i].weight)) {
             least = Some((i, doh));
         }
     }
@@ -67,9 +57,7 @@ fn set_max(set: &Set, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
             continue;
         }
         let doh = overhead(stats, i);
-        if most.map_or(true, |(m, moh)| {
-            worse(doh, dests[i].weight, moh, dests[m].weight)
-        }) {
+        if most.map_or(true, |(m, moh)| worse(doh, dests[i].weight, moh, dests[m].weight)) {
             most = Some((i, doh));
         }
     }
@@ -108,27 +96,20 @@ impl Scheduler for Lblcr {
             return Some(i);
         }
         let i = weighted_least(dests, stats, ov, overhead)?;
-        tab.insert(
-            key.vip,
-            Set {
-                members: vec![(dests[i].id(), i)],
-                lastmod: now,
-            },
-        );
+        tab.insert(key.vip, Set { members: vec![(dests[i].id(), i)], lastmod: now });
         Some(i)
     }
 
     fn update(&mut self, dests: &[Dest]) {
         self.ov.update(dests);
         self.tab.retain(|set| {
-            set.members
-                .retain_mut(|(id, i)| match dests.iter().position(|d| d.id() == *id) {
-                    Some(n) => {
-                        *i = n;
-                        true
-                    }
-                    None => false,
-                });
+            set.members.retain_mut(|(id, i)| match dests.iter().position(|d| d.id() == *id) {
+                Some(n) => {
+                    *i = n;
+                    true
+                }
+                None => false,
+            });
             true
         });
     }
@@ -149,22 +130,10 @@ mod tests {
         let vip = key(0).vip;
         let mut s = Lblcr::new(&ds);
         assert_eq!(s.pick(&key(0), &ds, &NoConns), Some(0));
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[2, 0, 0], &[0; 3])),
-            Some(0),
-            "not overloaded"
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[3, 0, 1], &[0; 3])),
-            Some(1),
-            "replicate"
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[2, 0, 0], &[0; 3])), Some(0), "not overloaded");
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[3, 0, 1], &[0; 3])), Some(1), "replicate");
         assert_eq!(s.set_of(&vip), vec![1, 0]);
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 2, 0], &[0; 3])),
-            Some(0),
-            "least member"
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 2, 0], &[0; 3])), Some(0), "least member");
         // an entry unused for 24 h is swept by tick
         s.tick(EXPIRATION_NS + 1);
         assert!(s.set_of(&vip).is_empty());
@@ -183,10 +152,6 @@ mod tests {
             s.tick(h * 3600 * 1_000_000_000);
             s.pick(&key(0), &ds, &counts(&[1, 1, 0], &[0, 1, 0]));
         }
-        assert_eq!(
-            s.set_of(&vip),
-            vec![0],
-            "most loaded (1) removed after 24 h"
-        );
+        assert_eq!(s.set_of(&vip), vec![0], "most loaded (1) removed after 24 h");
     }
 }

@@ -12,9 +12,7 @@ pub struct Lc {
 impl Lc {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Lc {
-            ov: Overload::new(dests),
-        }
+        Lc { ov: Overload::new(dests) }
     }
 }
 
@@ -58,10 +56,6 @@ mod tests {
         let st = counts(&[1, 1, 0, 0], &[3, 3, 300, 0]);
         assert_eq!(s.pick(&key(0), &ds, &st), Some(0));
         let st = counts(&[1, 1, 0, 0], &[3, 3, 200, 0]);
-        assert_eq!(
-            s.pick(&key(0), &ds, &st),
-            Some(2),
-            "1 active outweighs 200 inactive"
-        );
+        assert_eq!(s.pick(&key(0), &ds, &st), Some(2), "1 active outweighs 200 inactive");
     }
 }

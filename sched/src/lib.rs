@@ -178,22 +178,12 @@ pub struct Dest {
 impl Dest {
     /// A server with the given weight and no thresholds.
     pub fn new(addr: IpAddr, port: u16, weight: u32) -> Self {
-        Dest {
-            addr,
-            port,
-            weight,
-            upper: 0,
-            lower: 0,
-        }
+        Dest { addr, port, weight, upper: 0, lower: 0 }
     }
 
     /// The same server with upper/lower connection thresholds.
     pub fn with_thresholds(self, upper: u32, lower: u32) -> Self {
-        Dest {
-            upper,
-            lower,
-            ..self
-        }
+        Dest { upper, lower, ..self }
     }
 
     /// `(addr, port)` identity.
@@ -241,9 +231,8 @@ pub trait Scheduler: Send {
 }
 
 /// All scheduler names, in ipvsadm's order of the issue.
-pub const NAMES: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos",
-];
+pub const NAMES: &[&str] =
+    &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos"];
 
 /// The default scheduler, as in ipvsadm.
 pub const DEFAULT: &str = "wlc";
@@ -264,12 +253,7 @@ pub struct SchedOptions {
 
 impl Default for SchedOptions {
     fn default() -> Self {
-        SchedOptions {
-            fallback: false,
-            port: false,
-            mh_table_size: MhTableSize::DEFAULT,
-            table_bits: 8,
-        }
+        SchedOptions { fallback: false, port: false, mh_table_size: MhTableSize::DEFAULT, table_bits: 8 }
     }
 }
 
@@ -279,12 +263,7 @@ pub struct UnknownScheduler(pub String);
 
 impl fmt::Display for UnknownScheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown scheduler {:?}; valid: {}",
-            self.0,
-            NAMES.join(", ")
-        )
+        write!(f, "unknown scheduler {:?}; valid: {}", self.0, NAMES.join(", "))
     }
 }
 
@@ -292,11 +271,7 @@ impl std::error::Error for UnknownScheduler {}
 
 /// A scheduler by IPVS name with default options. `seed` feeds `twos`'s RNG (use a different seed
 /// per worker); the others ignore it.
-pub fn new_scheduler(
-    name: &str,
-    dests: &[Dest],
-    seed: u64,
-) -> Result<Box<dyn Scheduler>, UnknownScheduler> {
+pub fn new_scheduler(name: &str, dests: &[Dest], seed: u64) -> Result<Box<dyn Scheduler>, UnknownScheduler> {
     new_scheduler_with(name, dests, seed, &SchedOptions::default())
 }
 
@@ -328,9 +303,7 @@ pub fn new_scheduler_with(
 
 /// For each old destination index, its index in `new` (by `(addr, port)`), or None if removed.
 pub fn index_map(old: &[Dest], new: &[Dest]) -> Vec<Option<usize>> {
-    old.iter()
-        .map(|o| new.iter().position(|n| n.id() == o.id()))
-        .collect()
+    old.iter().map(|o| new.iter().position(|n| n.id() == o.id())).collect()
 }
 
 /// IPVS connection overhead for lc/wlc/lblc/twos: `active * 256 + inactive`.
@@ -390,10 +363,7 @@ pub(crate) mod testutil {
     }
 
     pub fn dests(ws: &[u32]) -> Vec<Dest> {
-        ws.iter()
-            .enumerate()
-            .map(|(i, &w)| d(i as u8 + 1, w))
-            .collect()
+        ws.iter().enumerate().map(|(i, &w)| d(i as u8 + 1, w)).collect()
     }
 
     pub fn key(c: u32) -> FlowKey {
@@ -407,16 +377,11 @@ pub(crate) mod testutil {
     }
 
     pub fn counts(active: &[u32], inactive: &[u32]) -> StaticCounts {
-        StaticCounts {
-            active: active.to_vec(),
-            inactive: inactive.to_vec(),
-        }
+        StaticCounts { active: active.to_vec(), inactive: inactive.to_vec() }
     }
 
     pub fn seq(s: &mut dyn Scheduler, dests: &[Dest], n: usize) -> Vec<Option<usize>> {
-        (0..n as u32)
-            .map(|c| s.pick(&key(c), dests, &NoConns))
-            .collect()
+        (0..n as u32).map(|c| s.pick(&key(c), dests, &NoConns)).collect()
     }
 }
 
@@ -459,10 +424,7 @@ mod tests {
 
     #[test]
     fn all_overloaded_means_none() {
-        let ds: Vec<Dest> = dests(&[1, 2])
-            .into_iter()
-            .map(|d| d.with_thresholds(5, 0))
-            .collect();
+        let ds: Vec<Dest> = dests(&[1, 2]).into_iter().map(|d| d.with_thresholds(5, 0)).collect();
         let st = counts(&[3, 4], &[2, 1]);
         for &n in NAMES {
             let mut s = new_scheduler(n, &ds, 1).unwrap();

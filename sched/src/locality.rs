@@ -27,11 +27,7 @@ pub(crate) struct Locality<V> {
 
 impl<V> Default for Locality<V> {
     fn default() -> Self {
-        Locality {
-            map: HashMap::new(),
-            now: 0,
-            last_check: 0,
-        }
+        Locality { map: HashMap::new(), now: 0, last_check: 0 }
     }
 }
 
@@ -41,8 +37,7 @@ impl<V> Locality<V> {
         if self.now - self.last_check >= CHECK_INTERVAL_NS {
             self.last_check = self.now;
             let now = self.now;
-            self.map
-                .retain(|_, e| e.lastuse.saturating_add(EXPIRATION_NS) > now);
+            self.map.retain(|_, e| e.lastuse.saturating_add(EXPIRATION_NS) > now);
         }
     }
 
@@ -58,8 +53,7 @@ impl<V> Locality<V> {
     pub(crate) fn insert(&mut self, addr: IpAddr, v: V) {
         if self.map.len() >= MAX_ENTRIES && !self.map.contains_key(&addr) {
             let now = self.now;
-            self.map
-                .retain(|_, e| e.lastuse.saturating_add(ENTRY_TIMEOUT_NS) > now);
+            self.map.retain(|_, e| e.lastuse.saturating_add(ENTRY_TIMEOUT_NS) > now);
             if self.map.len() >= MAX_ENTRIES {
                 // Still full: drop the least recently used half.
                 let mut ages: Vec<u64> = self.map.values().map(|e| e.lastuse).collect();
@@ -68,13 +62,7 @@ impl<V> Locality<V> {
                 self.map.retain(|_, e| e.lastuse > t);
             }
         }
-        self.map.insert(
-            addr,
-            Entry {
-                v,
-                lastuse: self.now,
-            },
-        );
+        self.map.insert(addr, Entry { v, lastuse: self.now });
     }
 
     pub(crate) fn retain(&mut self, mut f: impl FnMut(&mut V) -> bool) {
@@ -89,8 +77,7 @@ impl<V> Locality<V> {
 /// IPVS lblc/lblcr `is_overloaded`: the server has more active connections than its weight
 /// while some server is below half of its weight.
 pub(crate) fn lb_overloaded(i: usize, dests: &[crate::Dest], stats: &dyn crate::ConnStats) -> bool {
-    stats.active(i) > dests[i].weight
-        && (0..dests.len()).any(|j| (stats.active(j) as u64) * 2 < dests[j].weight as u64)
+    stats.active(i) > dests[i].weight && (0..dests.len()).any(|j| (stats.active(j) as u64) * 2 < dests[j].weight as u64)
 }
 
 #[cfg(test)]

@@ -46,8 +46,7 @@ impl MhTableSize {
 
     /// Validate `n`.
     pub fn new(n: u64) -> Result<Self, InvalidTableSize> {
-        let ok = (2..=Self::MAX as u64).contains(&n)
-            && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let ok = (2..=Self::MAX as u64).contains(&n) && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
         if ok {
             Ok(MhTableSize(n as u32))
         } else {
@@ -85,12 +84,7 @@ impl Mh {
     /// A scheduler for `dests`; uses `mh_table_size`, `fallback` and `port`.
     pub fn with_options(dests: &[Dest], opts: &SchedOptions) -> Self {
         let m = opts.mh_table_size.get() as usize;
-        let mut s = Mh {
-            ov: Overload::new(dests),
-            opts: *opts,
-            last: LastWeights::default(),
-            lookup: vec![NONE; m],
-        };
+        let mut s = Mh { ov: Overload::new(dests), opts: *opts, last: LastWeights::default(), lookup: vec![NONE; m] };
         s.update(dests);
         s
     }
@@ -207,10 +201,7 @@ mod tests {
     use crate::testutil::*;
 
     fn small(n: u64) -> SchedOptions {
-        SchedOptions {
-            mh_table_size: MhTableSize::new(n).unwrap(),
-            ..Default::default()
-        }
+        SchedOptions { mh_table_size: MhTableSize::new(n).unwrap(), ..Default::default() }
     }
 
     #[test]
@@ -243,10 +234,7 @@ mod tests {
     fn huge_weights_are_shifted_not_starving() {
         let ds = dests(&[65535, 1]);
         let s = Mh::with_options(&ds, &small(251));
-        assert!(
-            s.table().contains(&1),
-            "a weight-1 server still gets a slot"
-        );
+        assert!(s.table().contains(&1), "a weight-1 server still gets a slot");
         assert!(s.table().iter().filter(|&&b| b == 0).count() > 200);
     }
 
@@ -254,13 +242,7 @@ mod tests {
     fn quiesce_keeps_slots_fallback_reroutes() {
         let mut ds = dests(&[1, 1, 1]);
         let before = Mh::with_options(&ds, &small(251)).table().to_vec();
-        let mut s = Mh::with_options(
-            &ds,
-            &SchedOptions {
-                fallback: true,
-                ..small(251)
-            },
-        );
+        let mut s = Mh::with_options(&ds, &SchedOptions { fallback: true, ..small(251) });
         ds[0].weight = 0;
         s.update(&ds);
         assert_eq!(s.table(), &before[..], "draining does not reshuffle");

@@ -13,9 +13,7 @@ pub struct Nq {
 impl Nq {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Nq {
-            ov: Overload::new(dests),
-        }
+        Nq { ov: Overload::new(dests) }
     }
 }
 
@@ -58,19 +56,8 @@ mod tests {
     fn idle_first_then_sed() {
         let ds = dests(&[1, 5, 1]);
         let mut s = Nq::new(&ds);
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 1, 0], &[0, 0, 0])),
-            Some(2),
-            "idle wins"
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 9, 1], &[0, 0, 0])),
-            Some(0),
-            "2/1 vs 10/5"
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[2, 9, 2], &[0, 0, 0])),
-            Some(1)
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 1, 0], &[0, 0, 0])), Some(2), "idle wins");
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 9, 1], &[0, 0, 0])), Some(0), "2/1 vs 10/5");
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[2, 9, 2], &[0, 0, 0])), Some(1));
     }
 }

@@ -16,27 +16,14 @@ pub struct Overload {
 impl Overload {
     /// No server overloaded.
     pub fn new(dests: &[Dest]) -> Self {
-        Overload {
-            ids: dests.iter().map(Dest::id).collect(),
-            flags: vec![false; dests.len()],
-        }
+        Overload { ids: dests.iter().map(Dest::id).collect(), flags: vec![false; dests.len()] }
     }
 
     /// New destination list: flags follow servers by `(addr, port)`.
     pub fn update(&mut self, dests: &[Dest]) {
-        let flags = dests
-            .iter()
-            .map(|d| {
-                self.ids
-                    .iter()
-                    .position(|&id| id == d.id())
-                    .is_some_and(|i| self.flags[i])
-            })
-            .collect();
-        *self = Overload {
-            ids: dests.iter().map(Dest::id).collect(),
-            flags,
-        };
+        let flags =
+            dests.iter().map(|d| self.ids.iter().position(|&id| id == d.id()).is_some_and(|i| self.flags[i])).collect();
+        *self = Overload { ids: dests.iter().map(Dest::id).collect(), flags };
     }
 
     /// Number of destinations tracked.
@@ -65,11 +52,7 @@ impl Overload {
         if total >= d.upper as u64 {
             *flag = true;
         } else if *flag {
-            let clear = if d.lower != 0 {
-                total < d.lower as u64
-            } else {
-                total * 4 < d.upper as u64 * 3
-            };
+            let clear = if d.lower != 0 { total < d.lower as u64 } else { total * 4 < d.upper as u64 * 3 };
             if clear {
                 *flag = false;
             }
@@ -98,15 +81,9 @@ mod tests {
         let ds = vec![d(1, 1).with_thresholds(10, 5)];
         let mut o = Overload::new(&ds);
         assert!(!o.check(0, &ds[0], &total(9)));
-        assert!(
-            o.check(0, &ds[0], &counts(&[6], &[4])),
-            "active+inactive >= upper"
-        );
+        assert!(o.check(0, &ds[0], &counts(&[6], &[4])), "active+inactive >= upper");
         assert!(o.check(0, &ds[0], &total(9)));
-        assert!(
-            o.check(0, &ds[0], &total(5)),
-            "IPVS clears only below lower"
-        );
+        assert!(o.check(0, &ds[0], &total(5)), "IPVS clears only below lower");
         assert!(!o.check(0, &ds[0], &total(4)));
         assert!(!o.check(0, &ds[0], &total(9)));
     }

@@ -16,9 +16,7 @@ pub struct Ovf {
 impl Ovf {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Ovf {
-            ov: Overload::new(dests),
-        }
+        Ovf { ov: Overload::new(dests) }
     }
 }
 
@@ -57,11 +55,7 @@ mod tests {
     fn overflows_when_active_exceeds_weight() {
         let ds = dests(&[2, 4, 1]);
         let mut s = Ovf::new(&ds);
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[0, 4, 0], &[0; 3])),
-            Some(1),
-            "4 <= 4"
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 4, 0], &[0; 3])), Some(1), "4 <= 4");
         assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 5, 0], &[0; 3])), Some(0));
         assert_eq!(s.pick(&key(0), &ds, &counts(&[3, 5, 1], &[0; 3])), Some(2));
         assert_eq!(s.pick(&key(0), &ds, &counts(&[3, 5, 2], &[9; 3])), None);

@@ -99,11 +99,7 @@ impl PersistTable {
     /// `now + timeout`. Ignored if `dest_idx` is out of range.
     pub fn insert(&mut self, client: IpAddr, dest_idx: usize, now: u64, dests: &[Dest]) {
         let Some(d) = dests.get(dest_idx) else { return };
-        let t = Template {
-            dest: d.id(),
-            hint: dest_idx,
-            expires: now.saturating_add(self.timeout_ns),
-        };
+        let t = Template { dest: d.id(), hint: dest_idx, expires: now.saturating_add(self.timeout_ns) };
         self.map.insert(self.mask(client), t);
     }
 
@@ -167,17 +163,9 @@ mod tests {
         assert_eq!(t.lookup(ip("198.51.100.200"), S, &ds), Some(2), "same /24");
         assert_eq!(t.lookup(ip("198.51.101.7"), S, &ds), None);
         ds.swap(0, 2);
-        assert_eq!(
-            t.lookup(ip("198.51.100.7"), S, &ds),
-            Some(0),
-            "reordered config"
-        );
+        assert_eq!(t.lookup(ip("198.51.100.7"), S, &ds), Some(0), "reordered config");
         t.insert(ip("2001:db8:0:1:aaaa::1"), 1, 0, &ds);
-        assert_eq!(
-            t.lookup(ip("2001:db8:0:1:bbbb::9"), S, &ds),
-            Some(1),
-            "same /64"
-        );
+        assert_eq!(t.lookup(ip("2001:db8:0:1:bbbb::9"), S, &ds), Some(1), "same /64");
         assert_eq!(t.len(), 2);
     }
 
@@ -218,17 +206,9 @@ mod tests {
         assert!(!t.touch(ip("203.0.113.3"), 8 * S));
         assert_eq!(t.expire(9 * S), 0);
         assert_eq!(t.expire(10 * S), 1, "untouched one expires at 10 s");
-        assert_eq!(
-            t.lookup(ip("203.0.113.1"), 17 * S, &ds),
-            Some(0),
-            "lookup refreshes"
-        );
+        assert_eq!(t.lookup(ip("203.0.113.1"), 17 * S, &ds), Some(0), "lookup refreshes");
         assert_eq!(t.lookup(ip("203.0.113.1"), 27 * S - 1, &ds), Some(0));
-        assert_eq!(
-            t.lookup(ip("203.0.113.1"), 37 * S, &ds),
-            None,
-            "expired on lookup"
-        );
+        assert_eq!(t.lookup(ip("203.0.113.1"), 37 * S, &ds), None, "expired on lookup");
         assert_eq!(t.len(), 0);
     }
 }

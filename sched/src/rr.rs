@@ -15,11 +15,7 @@ pub struct Rr {
 impl Rr {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Rr {
-            ov: Overload::new(dests),
-            last: None,
-            last_id: None,
-        }
+        Rr { ov: Overload::new(dests), last: None, last_id: None }
     }
 }
 
@@ -48,9 +44,7 @@ impl Scheduler for Rr {
     fn update(&mut self, dests: &[Dest]) {
         self.ov.update(dests);
         // Keep the cursor on the same server (IPVS moves it only when that server is deleted).
-        self.last = self
-            .last_id
-            .and_then(|id| dests.iter().position(|d| d.id() == id));
+        self.last = self.last_id.and_then(|id| dests.iter().position(|d| d.id() == id));
     }
 }
 
@@ -63,10 +57,7 @@ mod tests {
     fn cycles_and_skips_quiescent() {
         let ds = dests(&[1, 0, 5, 1]);
         let mut s = Rr::new(&ds);
-        let got: Vec<_> = seq(&mut s, &ds, 6)
-            .into_iter()
-            .map(Option::unwrap)
-            .collect();
+        let got: Vec<_> = seq(&mut s, &ds, 6).into_iter().map(Option::unwrap).collect();
         assert_eq!(got, vec![0, 2, 3, 0, 2, 3]);
     }
 
@@ -80,10 +71,6 @@ mod tests {
         assert_eq!(s.pick(&key(0), &ds, &st), Some(2));
         let ds2 = vec![ds[2], ds[0], ds[1]];
         s.update(&ds2);
-        assert_eq!(
-            s.pick(&key(0), &ds2, &NoConns),
-            Some(1),
-            "after old #2 comes old #0"
-        );
+        assert_eq!(s.pick(&key(0), &ds2, &NoConns), Some(1), "after old #2 comes old #0");
     }
 }

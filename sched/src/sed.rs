@@ -12,9 +12,7 @@ pub struct Sed {
 impl Sed {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Sed {
-            ov: Overload::new(dests),
-        }
+        Sed { ov: Overload::new(dests) }
     }
 }
 
@@ -51,24 +49,9 @@ mod tests {
         let ds = dests(&[1, 2]);
         let mut s = Sed::new(&ds);
         assert_eq!(s.pick(&key(0), &ds, &NoConns), Some(1), "1/1 > 1/2");
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[0, 1], &[0, 0])),
-            Some(0),
-            "1/1 == 2/2: first"
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[0, 1], &[0, 0]).clone()),
-            Some(0)
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 2], &[0, 0])),
-            Some(1),
-            "2/1 > 3/2"
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[0, 0], &[0, 99])),
-            Some(1),
-            "inactive ignored"
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 1], &[0, 0])), Some(0), "1/1 == 2/2: first");
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 1], &[0, 0]).clone()), Some(0));
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 2], &[0, 0])), Some(1), "2/1 > 3/2");
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[0, 0], &[0, 99])), Some(1), "inactive ignored");
     }
 }

@@ -27,20 +27,9 @@ impl LastWeights {
     pub(crate) fn effective(&mut self, dests: &[Dest]) -> Vec<u32> {
         let ws: Vec<u32> = dests
             .iter()
-            .map(|d| {
-                if d.weight > 0 {
-                    d.weight
-                } else {
-                    self.0.get(&d.id()).copied().unwrap_or(0)
-                }
-            })
+            .map(|d| if d.weight > 0 { d.weight } else { self.0.get(&d.id()).copied().unwrap_or(0) })
             .collect();
-        self.0 = dests
-            .iter()
-            .zip(&ws)
-            .filter(|(_, &w)| w > 0)
-            .map(|(d, &w)| (d.id(), w))
-            .collect();
+        self.0 = dests.iter().zip(&ws).filter(|(_, &w)| w > 0).map(|(d, &w)| (d.id(), w)).collect();
         ws
     }
 }
@@ -70,12 +59,8 @@ impl Sh {
     /// A scheduler for `dests`; uses `fallback`, `port` and `table_bits`.
     pub fn with_options(dests: &[Dest], opts: &SchedOptions) -> Self {
         let size = 1usize << opts.table_bits.clamp(1, 20);
-        let mut s = Sh {
-            ov: Overload::new(dests),
-            opts: *opts,
-            last: LastWeights::default(),
-            buckets: vec![NONE; size],
-        };
+        let mut s =
+            Sh { ov: Overload::new(dests), opts: *opts, last: LastWeights::default(), buckets: vec![NONE; size] };
         s.update(dests);
         s
     }
@@ -131,11 +116,8 @@ impl Scheduler for Sh {
         self.ov.update(dests);
         let ws = self.last.effective(dests);
         let g = ws.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-        let order: Vec<(usize, u32)> = sorted_order(dests)
-            .into_iter()
-            .map(|i| (i, ws[i] / g))
-            .filter(|&(_, t)| t > 0)
-            .collect();
+        let order: Vec<(usize, u32)> =
+            sorted_order(dests).into_iter().map(|i| (i, ws[i] / g)).filter(|&(_, t)| t > 0).collect();
         self.buckets.fill(NONE);
         if order.is_empty() {
             return;
@@ -164,11 +146,7 @@ mod tests {
         assert_eq!(&s.buckets[..6], &[0, 0, 1, 0, 0, 1]);
         let rev = vec![ds[1], ds[0]];
         let s2 = Sh::new(&rev);
-        assert_eq!(
-            &s2.buckets[..3],
-            &[1, 1, 0],
-            "same servers, same table by identity"
-        );
+        assert_eq!(&s2.buckets[..3], &[1, 1, 0], "same servers, same table by identity");
     }
 
     #[test]
@@ -188,13 +166,7 @@ mod tests {
                 assert_eq!(a, b, "others unmoved");
             }
         }
-        let mut f = Sh::with_options(
-            &ds,
-            &SchedOptions {
-                fallback: true,
-                ..Default::default()
-            },
-        );
+        let mut f = Sh::with_options(&ds, &SchedOptions { fallback: true, ..Default::default() });
         f.last = s.last.clone();
         f.update(&ds);
         for (b, a) in before.iter().zip(seq(&mut f, &ds, 200)) {
@@ -208,13 +180,7 @@ mod tests {
     #[test]
     fn port_option_spreads_one_client() {
         let ds = dests(&[1; 8]);
-        let mut s = Sh::with_options(
-            &ds,
-            &SchedOptions {
-                port: true,
-                ..Default::default()
-            },
-        );
+        let mut s = Sh::with_options(&ds, &SchedOptions { port: true, ..Default::default() });
         let mut k = key(5);
         let mut seen = std::collections::HashSet::new();
         for p in 0..200 {

@@ -24,10 +24,7 @@ impl Twos {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
-        Twos {
-            ov: Overload::new(dests),
-            rng: if z == 0 { 1 } else { z },
-        }
+        Twos { ov: Overload::new(dests), rng: if z == 0 { 1 } else { z } }
     }
 
     #[inline]
@@ -92,12 +89,7 @@ impl Scheduler for Twos {
             }
         }
         let (a, b) = (c1?, c2?);
-        if worse(
-            overhead(stats, a),
-            dests[a].weight,
-            overhead(stats, b),
-            dests[b].weight,
-        ) {
+        if worse(overhead(stats, a), dests[a].weight, overhead(stats, b), dests[b].weight) {
             Some(b)
         } else {
             Some(a)

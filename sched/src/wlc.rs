@@ -12,9 +12,7 @@ pub struct Wlc {
 impl Wlc {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Wlc {
-            ov: Overload::new(dests),
-        }
+        Wlc { ov: Overload::new(dests) }
     }
 }
 
@@ -46,17 +44,8 @@ mod tests {
         let mut s = Wlc::new(&ds);
         assert_eq!(s.pick(&key(0), &ds, &NoConns), Some(0), "all idle: first");
         // 256/1 vs 768/3: equal ratio, first wins
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 3, 0], &[0, 0, 0])),
-            Some(0)
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 2, 0], &[0, 1, 0])),
-            Some(1)
-        );
-        assert_eq!(
-            s.pick(&key(0), &ds, &counts(&[1, 3, 0], &[0, 1, 0])),
-            Some(0)
-        );
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 3, 0], &[0, 0, 0])), Some(0));
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 2, 0], &[0, 1, 0])), Some(1));
+        assert_eq!(s.pick(&key(0), &ds, &counts(&[1, 3, 0], &[0, 1, 0])), Some(0));
     }
 }

@@ -24,13 +24,7 @@ pub struct Wrr {
 impl Wrr {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        let mut s = Wrr {
-            ov: Overload::new(dests),
-            cl: None,
-            cw: 0,
-            mw: 0,
-            di: 1,
-        };
+        let mut s = Wrr { ov: Overload::new(dests), cl: None, cw: 0, mw: 0, di: 1 };
         s.update(dests);
         s
     }
@@ -67,11 +61,7 @@ impl Scheduler for Wrr {
             if best == 0 {
                 return None;
             }
-            self.cw = if self.cw <= self.di {
-                self.mw
-            } else {
-                self.cw - self.di
-            };
+            self.cw = if self.cw <= self.di { self.mw } else { self.cw - self.di };
             self.cw = self.cw.min(best);
             self.cl = None;
         }
@@ -98,9 +88,7 @@ mod tests {
     use crate::testutil::*;
 
     fn letters(v: Vec<Option<usize>>) -> String {
-        v.into_iter()
-            .map(|i| (b'A' + i.unwrap() as u8) as char)
-            .collect()
+        v.into_iter().map(|i| (b'A' + i.unwrap() as u8) as char).collect()
     }
 
     #[test]
@@ -123,9 +111,7 @@ mod tests {
         ds[0] = ds[0].with_thresholds(1, 0);
         let st = counts(&[1, 0, 0], &[0, 0, 0]);
         let mut s = Wrr::new(&ds);
-        let got: String = (0..5)
-            .map(|c| (b'A' + s.pick(&key(c), &ds, &st).unwrap() as u8) as char)
-            .collect();
+        let got: String = (0..5).map(|c| (b'A' + s.pick(&key(c), &ds, &st).unwrap() as u8) as char).collect();
         assert_eq!(got, "BBCBC");
     }
 }

@@ -6,21 +6,11 @@ use ferrovs_sched::*;
 use proptest::prelude::*;
 
 fn dest(i: usize, w: u32) -> Dest {
-    Dest::new(
-        IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)),
-        8080,
-        w,
-    )
+    Dest::new(IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)), 8080, w)
 }
 
 fn key(client: IpAddr, port: u16) -> FlowKey {
-    FlowKey {
-        client,
-        client_port: port,
-        vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-        vport: 443,
-        proto: 6,
-    }
+    FlowKey { client, client_port: port, vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), vport: 443, proto: 6 }
 }
 
 fn v4(n: u32) -> IpAddr {

@@ -50,9 +50,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
         let mut j = 0;
         let arg = |j: &mut usize, opt: &str| -> Result<&str, ConfigError> {
             *j += 1;
-            toks.get(*j)
-                .copied()
-                .ok_or_else(|| err(ORIGIN, n, format!("option {opt} needs an argument")))
+            toks.get(*j).copied().ok_or_else(|| err(ORIGIN, n, format!("option {opt} needs an argument")))
         };
         let num = |s: &str, what: &str, max: u64| -> Result<u64, ConfigError> {
             match s.parse::<u64>() {
@@ -69,37 +67,20 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                 "-e" | "--edit-server" => cmd = Some('a'),
                 "-C" | "--clear" => cmd = Some('C'),
                 "-t" | "--tcp-service" | "-u" | "--udp-service" => {
-                    let proto = if t == "-t" || t == "--tcp-service" {
-                        Protocol::Tcp
-                    } else {
-                        Protocol::Udp
-                    };
+                    let proto = if t == "-t" || t == "--tcp-service" { Protocol::Tcp } else { Protocol::Udp };
                     let a = arg(&mut j, t)?;
                     let (ip, port) = split_host_port(a).ok_or_else(|| {
-                        err(
-                            ORIGIN,
-                            n,
-                            format!("invalid service address {a:?} (expected ADDRESS:PORT)"),
-                        )
+                        err(ORIGIN, n, format!("invalid service address {a:?} (expected ADDRESS:PORT)"))
                     })?;
                     let port = port
                         .and_then(port_number)
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| {
-                            err(
-                                ORIGIN,
-                                n,
-                                format!("service address {a:?} needs a port 1..=65535"),
-                            )
-                        })?;
+                        .ok_or_else(|| err(ORIGIN, n, format!("service address {a:?} needs a port 1..=65535")))?;
                     key = Some(Key::Addr(proto, ip, port));
                 }
                 "-f" | "--fwmark-service" => {
                     let a = arg(&mut j, t)?;
-                    key = Some(Key::Mark(
-                        num(a, "firewall mark", u32::MAX as u64)? as u32,
-                        false,
-                    ));
+                    key = Some(Key::Mark(num(a, "firewall mark", u32::MAX as u64)? as u32, false));
                 }
                 "-6" | "--ipv6" => v6 = true,
                 "-s" | "--scheduler" => sched = Some(arg(&mut j, t)?.to_string()),
@@ -108,8 +89,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                     match toks.get(j + 1) {
                         Some(v) if !v.starts_with('-') => {
                             j += 1;
-                            persistent =
-                                Some(num(v, "persistence timeout", u32::MAX as u64)? as u32);
+                            persistent = Some(num(v, "persistence timeout", u32::MAX as u64)? as u32);
                         }
                         _ => persistent = Some(300),
                     }
@@ -117,15 +97,13 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                 "-M" | "--netmask" => mask = Some(arg(&mut j, t)?),
                 "-r" | "--real-server" => {
                     let a = arg(&mut j, t)?;
-                    let (ip, port) = split_host_port(a).ok_or_else(|| {
-                        err(ORIGIN, n, format!("invalid real server address {a:?}"))
-                    })?;
+                    let (ip, port) = split_host_port(a)
+                        .ok_or_else(|| err(ORIGIN, n, format!("invalid real server address {a:?}")))?;
                     let port = match port {
                         None => None,
                         Some(p) => {
-                            let p = port_number(p).ok_or_else(|| {
-                                err(ORIGIN, n, format!("invalid real server port {p:?}"))
-                            })?;
+                            let p = port_number(p)
+                                .ok_or_else(|| err(ORIGIN, n, format!("invalid real server port {p:?}")))?;
                             (p != 0).then_some(p)
                         }
                     };
@@ -135,23 +113,17 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                 "-m" | "--masquerading" => method = Some(Forward::Nat),
                 "-i" | "--ipip" => method = Some(Forward::Tunnel),
                 "-w" | "--weight" => weight = Some(num(arg(&mut j, t)?, "weight", 65535)? as u32),
-                "-x" | "--u-threshold" => {
-                    upper = num(arg(&mut j, t)?, "upper threshold", u32::MAX as u64)? as u32
-                }
-                "-y" | "--l-threshold" => {
-                    lower = num(arg(&mut j, t)?, "lower threshold", u32::MAX as u64)? as u32
-                }
-                "-b" | "--sched-flags" | "--pe" | "--tun-type" | "--tun-port" | "--tun-nocsum"
-                | "--tun-csum" | "--tun-remcsum" => {
+                "-x" | "--u-threshold" => upper = num(arg(&mut j, t)?, "upper threshold", u32::MAX as u64)? as u32,
+                "-y" | "--l-threshold" => lower = num(arg(&mut j, t)?, "lower threshold", u32::MAX as u64)? as u32,
+                "-b" | "--sched-flags" | "--pe" | "--tun-type" | "--tun-port" | "--tun-nocsum" | "--tun-csum"
+                | "--tun-remcsum" => {
                     let takes_arg = !matches!(t, "--tun-nocsum" | "--tun-csum" | "--tun-remcsum");
                     let v = if takes_arg { arg(&mut j, t)? } else { "" };
-                    warnings.push(format!(
-                        "line {n}: option {t} {v} is not supported, ignored"
-                    ));
+                    warnings.push(format!("line {n}: option {t} {v} is not supported, ignored"));
                 }
-                "-o" | "--ops" => warnings.push(format!(
-                    "line {n}: option {t} (one-packet scheduling) is not supported, ignored"
-                )),
+                "-o" | "--ops" => {
+                    warnings.push(format!("line {n}: option {t} (one-packet scheduling) is not supported, ignored"))
+                }
                 other => warnings.push(format!("line {n}: unknown option {other:?} ignored")),
             }
             j += 1;
@@ -172,21 +144,14 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
 
         if cmd == Some('A') {
             if let Some((_, _, l)) = services.iter().find(|(k, _, _)| k.same(&key)) {
-                return Err(err(
-                    ORIGIN,
-                    n,
-                    format!("service defined twice (first on line {l})"),
-                ));
+                return Err(err(ORIGIN, n, format!("service defined twice (first on line {l})")));
             }
             let mut svc = match &key {
                 Key::Addr(proto, ip, port) => blank_service(
                     service_name(*proto, *ip, *port),
                     *ip,
                     *proto,
-                    vec![PortRange {
-                        lo: *port,
-                        hi: *port,
-                    }],
+                    vec![PortRange { lo: *port, hi: *port }],
                 ),
                 Key::Mark(m, v6) => {
                     let (vip, ports) = match marks.get(m) {
@@ -214,10 +179,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                     return Err(err(
                         ORIGIN,
                         n,
-                        format!(
-                            "unknown scheduler {s:?}: expected one of {}",
-                            crate::SCHEDULERS.join(", ")
-                        ),
+                        format!("unknown scheduler {s:?}: expected one of {}", crate::SCHEDULERS.join(", ")),
                     ));
                 }
                 svc.scheduler = s;
@@ -227,10 +189,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                     Some(m) => netmask(m, svc.vip).map_err(|e| err(ORIGIN, n, e))?,
                     None => max_prefix(svc.vip),
                 };
-                svc.persistence = Some(Persistence {
-                    timeout: t,
-                    netmask: nm,
-                });
+                svc.persistence = Some(Persistence { timeout: t, netmask: nm });
             } else if mask.is_some() {
                 warnings.push(format!("line {n}: -M without -p has no effect, ignored"));
             }
@@ -238,14 +197,9 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
             services.push((key, svc, n));
         } else {
             let Some((_, svc, _)) = services.iter_mut().find(|(k, _, _)| k.same(&key)) else {
-                return Err(err(
-                    ORIGIN,
-                    n,
-                    "real server added to a service that was not defined before (-A)",
-                ));
+                return Err(err(ORIGIN, n, "real server added to a service that was not defined before (-A)"));
             };
-            let (address, port) =
-                real.ok_or_else(|| err(ORIGIN, n, "-a needs a real server (-r)"))?;
+            let (address, port) = real.ok_or_else(|| err(ORIGIN, n, "-a needs a real server (-r)"))?;
             // ipvsadm's default forwarding method is gatewaying (DR).
             let fwd = method.unwrap_or(Forward::Dr);
             if svc.real_servers.is_empty() {
@@ -261,8 +215,5 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
             });
         }
     }
-    Ok(Import {
-        services: services.into_iter().map(|(_, s, _)| s).collect(),
-        warnings,
-    })
+    Ok(Import { services: services.into_iter().map(|(_, s, _)| s).collect(), warnings })
 }

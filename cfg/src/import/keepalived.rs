@@ -53,20 +53,12 @@ fn parse(toks: &[Tok], i: &mut usize, open: Option<usize>) -> Result<Vec<Node>, 
         } else {
             None
         };
-        out.push(Node {
-            key,
-            args,
-            line,
-            children,
-        });
+        out.push(Node { key, args, line, children });
     }
 }
 
 fn arg(n: &Node) -> Result<&str, ConfigError> {
-    n.args
-        .first()
-        .map(String::as_str)
-        .ok_or_else(|| err(ORIGIN, n.line, format!("{} needs a value", n.key)))
+    n.args.first().map(String::as_str).ok_or_else(|| err(ORIGIN, n.line, format!("{} needs a value", n.key)))
 }
 
 fn num(n: &Node, max: u64) -> Result<u64, ConfigError> {
@@ -90,11 +82,7 @@ fn method(n: &Node) -> Result<Forward, ConfigError> {
         "NAT" => Ok(Forward::Nat),
         "DR" => Ok(Forward::Dr),
         "TUN" => Ok(Forward::Tunnel),
-        v => Err(err(
-            ORIGIN,
-            n.line,
-            format!("invalid {} {v:?}: expected NAT, DR or TUN", n.key),
-        )),
+        v => Err(err(ORIGIN, n.line, format!("invalid {} {v:?}: expected NAT, DR or TUN", n.key))),
     }
 }
 
@@ -109,11 +97,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
             "virtual_server" => {
                 if let Some(s) = virtual_server(n, marks, &mut warnings)? {
                     if services.iter().any(|o| o.name == s.name) {
-                        return Err(err(
-                            ORIGIN,
-                            n.line,
-                            format!("virtual_server {} defined twice", n.args.join(" ")),
-                        ));
+                        return Err(err(ORIGIN, n.line, format!("virtual_server {} defined twice", n.args.join(" "))));
                     }
                     services.push(s);
                 }
@@ -127,10 +111,9 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
             | "static_rules"
             | "linkbeat_use_polling"
             | "track_file"
-            | "garp_group" => warnings.push(format!(
-                "line {}: {} is not part of load balancing, not imported",
-                n.line, n.key
-            )),
+            | "garp_group" => {
+                warnings.push(format!("line {}: {} is not part of load balancing, not imported", n.line, n.key))
+            }
             k => warnings.push(format!("line {}: {k} is not supported, ignored", n.line)),
         }
     }
@@ -144,22 +127,13 @@ struct Check {
     line: usize,
 }
 
-fn virtual_server(
-    vs: &Node,
-    marks: &MarkMap,
-    warnings: &mut Vec<String>,
-) -> Result<Option<Service>, ConfigError> {
+fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Result<Option<Service>, ConfigError> {
     let l = vs.line;
-    let body = vs
-        .children
-        .as_deref()
-        .ok_or_else(|| err(ORIGIN, l, "virtual_server needs a { ... } block"))?;
+    let body = vs.children.as_deref().ok_or_else(|| err(ORIGIN, l, "virtual_server needs a { ... } block"))?;
     // virtual_server IP PORT | virtual_server fwmark N | virtual_server group NAME
     let (vip, port, mark): (IpAddr, Option<u16>, Option<u32>) = match vs.args.as_slice() {
         [f, m] if f == "fwmark" => {
-            let m: u32 = m
-                .parse()
-                .map_err(|_| err(ORIGIN, l, format!("invalid firewall mark {m:?}")))?;
+            let m: u32 = m.parse().map_err(|_| err(ORIGIN, l, format!("invalid firewall mark {m:?}")))?;
             (unspecified(false), None, Some(m))
         }
         [g, name] if g == "group" => {
@@ -169,9 +143,8 @@ fn virtual_server(
             return Ok(None);
         }
         [ip, p] => {
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| err(ORIGIN, l, format!("invalid virtual_server address {ip:?}")))?;
+            let ip: IpAddr =
+                ip.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server address {ip:?}")))?;
             let p: u16 = p
                 .parse()
                 .ok()
@@ -179,13 +152,7 @@ fn virtual_server(
                 .ok_or_else(|| err(ORIGIN, l, format!("invalid virtual_server port {p:?}")))?;
             (ip, Some(p), None)
         }
-        _ => {
-            return Err(err(
-                ORIGIN,
-                l,
-                "expected `virtual_server ADDRESS PORT` or `virtual_server fwmark MARK`",
-            ))
-        }
+        _ => return Err(err(ORIGIN, l, "expected `virtual_server ADDRESS PORT` or `virtual_server fwmark MARK`")),
     };
 
     let mut protocol = Protocol::Tcp;
@@ -206,10 +173,7 @@ fn virtual_server(
                     return Err(err(
                         ORIGIN,
                         n.line,
-                        format!(
-                            "unknown scheduler {s:?}: expected one of {}",
-                            crate::SCHEDULERS.join(", ")
-                        ),
+                        format!("unknown scheduler {s:?}: expected one of {}", crate::SCHEDULERS.join(", ")),
                     ));
                 }
                 scheduler = Some(s.to_string());
@@ -222,19 +186,14 @@ fn virtual_server(
                     "TCP" => Protocol::Tcp,
                     "UDP" => Protocol::Udp,
                     v => {
-                        warnings.push(format!(
-                            "line {}: protocol {v} is not supported, virtual_server skipped",
-                            n.line
-                        ));
+                        warnings
+                            .push(format!("line {}: protocol {v} is not supported, virtual_server skipped", n.line));
                         return Ok(None);
                     }
                 }
             }
             "ip_family" => v6 = arg(n)? == "inet6",
-            k => warnings.push(format!(
-                "line {}: virtual_server option {k} is not supported, ignored",
-                n.line
-            )),
+            k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
 
@@ -268,15 +227,9 @@ fn virtual_server(
             Some(n) => netmask(arg(n)?, vip).map_err(|e| err(ORIGIN, n.line, e))?,
             None => max_prefix(vip),
         };
-        svc.persistence = Some(Persistence {
-            timeout: t,
-            netmask: nm,
-        });
+        svc.persistence = Some(Persistence { timeout: t, netmask: nm });
     } else if let Some(n) = granularity {
-        warnings.push(format!(
-            "line {}: persistence_granularity without persistence_timeout has no effect",
-            n.line
-        ));
+        warnings.push(format!("line {}: persistence_granularity without persistence_timeout has no effect", n.line));
     }
 
     let mut check: Option<Check> = None;
@@ -290,27 +243,17 @@ fn virtual_server(
             [a] => (a, None),
             _ => return Err(err(ORIGIN, rl, "expected `real_server ADDRESS PORT`")),
         };
-        let address: IpAddr = addr
-            .parse()
-            .map_err(|_| err(ORIGIN, rl, format!("invalid real_server address {addr:?}")))?;
+        let address: IpAddr =
+            addr.parse().map_err(|_| err(ORIGIN, rl, format!("invalid real_server address {addr:?}")))?;
         let rport = match rport {
             None => None,
             Some(p) => {
-                let p: u16 = p
-                    .parse()
-                    .map_err(|_| err(ORIGIN, rl, format!("invalid real_server port {p:?}")))?;
+                let p: u16 = p.parse().map_err(|_| err(ORIGIN, rl, format!("invalid real_server port {p:?}")))?;
                 (p != 0).then_some(p)
             }
         };
         ftp_hint |= rport == Some(21);
-        let mut r = RealServer {
-            address,
-            port: rport,
-            weight: 1,
-            upper: 0,
-            lower: 0,
-            forward: None,
-        };
+        let mut r = RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None };
         for n in rs.children.as_deref().unwrap_or(&[]) {
             match n.key.as_str() {
                 "weight" => r.weight = num(n, 65535)? as u32,
@@ -322,12 +265,7 @@ fn virtual_server(
                     r.forward = (f != svc.forward).then_some(f);
                 }
                 "TCP_CHECK" => {
-                    let mut c = Check {
-                        port: None,
-                        timeout: None,
-                        fall: None,
-                        line: n.line,
-                    };
+                    let mut c = Check { port: None, timeout: None, fall: None, line: n.line };
                     for o in n.children.as_deref().unwrap_or(&[]) {
                         match o.key.as_str() {
                             "connect_timeout" => c.timeout = Some(secs(o)?),
@@ -335,13 +273,9 @@ fn virtual_server(
                                 let p = num(o, 65535)? as u16;
                                 c.port = (p != 0).then_some(p);
                             }
-                            "retry" | "nb_get_retry" => {
-                                c.fall = Some((num(o, 1000)? as u32).max(1))
-                            }
-                            k => warnings.push(format!(
-                                "line {}: TCP_CHECK option {k} is not supported, ignored",
-                                o.line
-                            )),
+                            "retry" | "nb_get_retry" => c.fall = Some((num(o, 1000)? as u32).max(1)),
+                            k => warnings
+                                .push(format!("line {}: TCP_CHECK option {k} is not supported, ignored", o.line)),
                         }
                     }
                     ftp_hint |= c.port == Some(21);
@@ -354,20 +288,12 @@ fn virtual_server(
                         }
                     }
                 }
-                k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
-                    "line {}: {k} is not supported (only TCP_CHECK is imported), ignored",
-                    n.line
-                )),
-                k => warnings.push(format!(
-                    "line {}: real_server option {k} is not supported, ignored",
-                    n.line
-                )),
+                k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings
+                    .push(format!("line {}: {k} is not supported (only TCP_CHECK is imported), ignored", n.line)),
+                k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
             }
         }
-        if r.address.is_ipv4() != svc.vip.is_ipv4()
-            && mark.is_some()
-            && !marks.contains_key(&mark.unwrap())
-        {
+        if r.address.is_ipv4() != svc.vip.is_ipv4() && mark.is_some() && !marks.contains_key(&mark.unwrap()) {
             // fwmark service without a mapping: take the family from the real servers.
             svc.vip = unspecified(r.address.is_ipv6());
         }

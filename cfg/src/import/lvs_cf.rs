@@ -57,44 +57,25 @@ impl Parser {
                 return Ok(out);
             }
             if t.quoted || t.is("{") || t.is("=") {
-                return Err(err(
-                    ORIGIN,
-                    t.line,
-                    format!("expected a key, found {:?}", t.text),
-                ));
+                return Err(err(ORIGIN, t.line, format!("expected a key, found {:?}", t.text)));
             }
             // Block: KIND NAME {
-            if self
-                .peek(1)
-                .is_some_and(|n| !n.is("=") && !n.is("{") && !n.is("}"))
+            if self.peek(1).is_some_and(|n| !n.is("=") && !n.is("{") && !n.is("}"))
                 && self.peek(2).is_some_and(|b| b.is("{"))
             {
                 let name = self.peek(1).unwrap().text.clone();
                 self.i += 3;
                 let inner = self.items(Some(t.line))?;
-                out.push(Item {
-                    key: t.text.clone(),
-                    line: t.line,
-                    values: Vec::new(),
-                    block: Some((name, inner)),
-                });
+                out.push(Item { key: t.text.clone(), line: t.line, values: Vec::new(), block: Some((name, inner)) });
                 continue;
             }
             if !self.peek(1).is_some_and(|n| n.is("=")) {
-                return Err(err(
-                    ORIGIN,
-                    t.line,
-                    format!("expected `=` after {:?}", t.text),
-                ));
+                return Err(err(ORIGIN, t.line, format!("expected `=` after {:?}", t.text)));
             }
             self.i += 2;
             let mut values = Vec::new();
             while let Some(v) = self.peek(0) {
-                if v.line != t.line
-                    || v.is("}")
-                    || v.is("{")
-                    || self.peek(1).is_some_and(|n| n.is("="))
-                {
+                if v.line != t.line || v.is("}") || v.is("{") || self.peek(1).is_some_and(|n| n.is("=")) {
                     break;
                 }
                 if v.is("=") {
@@ -103,21 +84,13 @@ impl Parser {
                 values.push(v.clone());
                 self.i += 1;
             }
-            out.push(Item {
-                key: t.text.clone(),
-                line: t.line,
-                values,
-                block: None,
-            });
+            out.push(Item { key: t.text.clone(), line: t.line, values, block: None });
         }
     }
 }
 
 fn value(it: &Item) -> Result<&str, ConfigError> {
-    it.values
-        .first()
-        .map(|t| t.text.as_str())
-        .ok_or_else(|| err(ORIGIN, it.line, format!("{} has no value", it.key)))
+    it.values.first().map(|t| t.text.as_str()).ok_or_else(|| err(ORIGIN, it.line, format!("{} has no value", it.key)))
 }
 
 fn num(it: &Item, max: u64) -> Result<u64, ConfigError> {
@@ -141,11 +114,7 @@ fn forward(it: &Item) -> Result<Forward, ConfigError> {
         "nat" => Ok(Forward::Nat),
         "direct" => Ok(Forward::Dr),
         "tunnel" => Ok(Forward::Tunnel),
-        v => Err(err(
-            ORIGIN,
-            it.line,
-            format!("invalid network {v:?}: expected nat, direct or tunnel"),
-        )),
+        v => Err(err(ORIGIN, it.line, format!("invalid network {v:?}: expected nat, direct or tunnel"))),
     }
 }
 
@@ -163,10 +132,7 @@ pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
                 it.key,
                 value(it).unwrap_or("")
             )),
-            k => warnings.push(format!(
-                "line {}: global setting {k} is not used by ferrovs, ignored",
-                it.line
-            )),
+            k => warnings.push(format!("line {}: global setting {k} is not used by ferrovs, ignored", it.line)),
         }
     }
 
@@ -176,19 +142,12 @@ pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
             continue;
         };
         if it.key != "virtual" {
-            warnings.push(format!(
-                "line {}: block {} {name} is not supported, ignored",
-                it.line, it.key
-            ));
+            warnings.push(format!("line {}: block {} {name} is not supported, ignored", it.line, it.key));
             continue;
         }
         if let Some(s) = virtual_block(it.line, name, body, default_forward, &mut warnings)? {
             if services.iter().any(|o| o.name == s.name) {
-                return Err(err(
-                    ORIGIN,
-                    it.line,
-                    format!("virtual {name} defined twice"),
-                ));
+                return Err(err(ORIGIN, it.line, format!("virtual {name} defined twice")));
             }
             services.push(s);
         }
@@ -233,18 +192,13 @@ fn virtual_block(
         match it.key.as_str() {
             "active" => {
                 if num(it, 1)? == 0 {
-                    warnings.push(format!(
-                        "line {l}: virtual {name} is inactive (active = 0), skipped"
-                    ));
+                    warnings.push(format!("line {l}: virtual {name} is inactive (active = 0), skipped"));
                     return Ok(None);
                 }
             }
             "address" => {
                 let v = value(it)?;
-                vip = Some(
-                    v.parse()
-                        .map_err(|_| err(ORIGIN, l, format!("invalid address {v:?}")))?,
-                );
+                vip = Some(v.parse().map_err(|_| err(ORIGIN, l, format!("invalid address {v:?}")))?);
                 if let Some(dev) = it.values.get(1) {
                     warnings.push(format!(
                         "line {l}: virtual {name}: VIP device {} not imported: put the VIP's subnet on an [[interface]]",
@@ -263,13 +217,7 @@ fn virtual_block(
                 protocol = match value(it)? {
                     "tcp" => Protocol::Tcp,
                     "udp" => Protocol::Udp,
-                    v => {
-                        return Err(err(
-                            ORIGIN,
-                            l,
-                            format!("invalid protocol {v:?}: expected tcp or udp"),
-                        ))
-                    }
+                    v => return Err(err(ORIGIN, l, format!("invalid protocol {v:?}: expected tcp or udp"))),
                 }
             }
             "scheduler" => {
@@ -278,10 +226,7 @@ fn virtual_block(
                     return Err(err(
                         ORIGIN,
                         l,
-                        format!(
-                            "unknown scheduler {s:?}: expected one of {}",
-                            crate::SCHEDULERS.join(", ")
-                        ),
+                        format!("unknown scheduler {s:?}: expected one of {}", crate::SCHEDULERS.join(", ")),
                     ));
                 }
                 scheduler = Some(s.to_string());
@@ -299,23 +244,16 @@ fn virtual_block(
             "network" => forward = super::lvs_cf::forward(it)?,
             "use_regex" => {
                 if num(it, 1)? == 1 {
-                    warnings.push(format!(
-                        "line {l}: use_regex = 1 not supported: expect is matched as a prefix"
-                    ));
+                    warnings.push(format!("line {l}: use_regex = 1 not supported: expect is matched as a prefix"));
                 }
             }
             "load_monitor" => {
                 if value(it)? != "none" {
-                    warnings.push(format!(
-                        "line {l}: load_monitor {} not supported, ignored",
-                        value(it)?
-                    ));
+                    warnings.push(format!("line {l}: load_monitor {} not supported, ignored", value(it)?));
                 }
             }
             "vip_nmask" => {} // netmask of the VIP alias: covered by the interface warning on `address`
-            k => warnings.push(format!(
-                "line {l}: virtual {name}: {k} is not supported, ignored"
-            )),
+            k => warnings.push(format!("line {l}: virtual {name}: {k} is not supported, ignored")),
         }
     }
 
@@ -323,9 +261,7 @@ fn virtual_block(
     let mut ports = Vec::new();
     match port {
         Some(p) => ports.push(PortRange { lo: p, hi: p }),
-        None if fwmark.is_none() => {
-            return Err(err(ORIGIN, line, format!("virtual {name} has no port")))
-        }
+        None if fwmark.is_none() => return Err(err(ORIGIN, line, format!("virtual {name} has no port"))),
         None => {}
     }
     let mut svc = blank_service(name.to_string(), vip, protocol, ports);
@@ -339,10 +275,7 @@ fn virtual_block(
             Some(it) => netmask(value(it)?, vip).map_err(|e| err(ORIGIN, it.line, e))?,
             None => max_prefix(vip),
         };
-        svc.persistence = Some(Persistence {
-            timeout: t,
-            netmask: nm,
-        });
+        svc.persistence = Some(Persistence { timeout: t, netmask: nm });
     }
     if let Some(m) = fwmark {
         if port == Some(21) && protocol == Protocol::Tcp {
@@ -370,24 +303,14 @@ fn virtual_block(
 
     // Piranha's nanny always connects to the port; send/expect add a
     // payload check.
-    let kind = if expect.is_some() {
-        HealthCheckKind::SendExpect
-    } else {
-        HealthCheckKind::Tcp
-    };
+    let kind = if expect.is_some() { HealthCheckKind::SendExpect } else { HealthCheckKind::Tcp };
     if send.is_some() && expect.is_none() {
-        warnings.push(format!(
-            "line {line}: virtual {name}: send without expect: checked by TCP connect only"
-        ));
+        warnings.push(format!("line {line}: virtual {name}: send without expect: checked by TCP connect only"));
     }
     svc.health_check = Some(HealthCheck {
         kind,
         port: None,
-        send: if kind == HealthCheckKind::SendExpect {
-            send
-        } else {
-            None
-        },
+        send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,
         interval: 5.0,
         timeout: timeout.unwrap_or(3.0),
@@ -404,19 +327,13 @@ fn virtual_block(
         let mut active = true;
         for kv in body {
             if kv.block.is_some() {
-                warnings.push(format!(
-                    "line {}: nested block in server {sname} ignored",
-                    kv.line
-                ));
+                warnings.push(format!("line {}: nested block in server {sname} ignored", kv.line));
                 continue;
             }
             match kv.key.as_str() {
                 "address" => {
                     let v = value(kv)?;
-                    address = Some(
-                        v.parse()
-                            .map_err(|_| err(ORIGIN, kv.line, format!("invalid address {v:?}")))?,
-                    );
+                    address = Some(v.parse().map_err(|_| err(ORIGIN, kv.line, format!("invalid address {v:?}")))?);
                 }
                 "active" => active = num(kv, 1)? == 1,
                 "weight" => weight = num(kv, 65535)? as u32,
@@ -424,29 +341,15 @@ fn virtual_block(
                     let p = num(kv, 65535)? as u16;
                     sport = (p != 0).then_some(p);
                 }
-                k => warnings.push(format!(
-                    "line {}: server {sname}: {k} is not supported, ignored",
-                    kv.line
-                )),
+                k => warnings.push(format!("line {}: server {sname}: {k} is not supported, ignored", kv.line)),
             }
         }
-        let address = address
-            .ok_or_else(|| err(ORIGIN, it.line, format!("server {sname} has no address")))?;
+        let address = address.ok_or_else(|| err(ORIGIN, it.line, format!("server {sname} has no address")))?;
         if !active {
-            warnings.push(format!(
-                "line {}: server {sname} is inactive (active = 0), skipped",
-                it.line
-            ));
+            warnings.push(format!("line {}: server {sname} is inactive (active = 0), skipped", it.line));
             continue;
         }
-        svc.real_servers.push(RealServer {
-            address,
-            port: sport,
-            weight,
-            upper: 0,
-            lower: 0,
-            forward: None,
-        });
+        svc.real_servers.push(RealServer { address, port: sport, weight, upper: 0, lower: 0, forward: None });
     }
     Ok(Some(svc))
 }

@@ -84,12 +84,7 @@ pub fn from_keepalived_with_marks(text: &str, marks: &MarkMap) -> Result<Import,
 // Shared helpers.
 
 pub(crate) fn err(origin: &str, line: usize, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        file: origin.to_string(),
-        line: Some(line),
-        column: None,
-        message: message.into(),
-    }
+    ConfigError { file: origin.to_string(), line: Some(line), column: None, message: message.into() }
 }
 
 pub(crate) fn service_name(proto: Protocol, vip: IpAddr, port: u16) -> String {
@@ -104,12 +99,7 @@ pub(crate) fn unspecified(v6: bool) -> IpAddr {
     }
 }
 
-pub(crate) fn blank_service(
-    name: String,
-    vip: IpAddr,
-    protocol: Protocol,
-    ports: Vec<PortRange>,
-) -> Service {
+pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports: Vec<PortRange>) -> Service {
     Service {
         name,
         vip,
@@ -142,9 +132,7 @@ pub(crate) fn netmask(s: &str, vip: IpAddr) -> Result<u8, String> {
         return Err(format!("netmask /{p} out of range for {vip}"));
     }
     match s.parse::<std::net::Ipv4Addr>() {
-        Ok(m) if vip.is_ipv4() => {
-            crate::raw::mask_to_prefix(m).ok_or_else(|| format!("netmask {s} is not contiguous"))
-        }
+        Ok(m) if vip.is_ipv4() => crate::raw::mask_to_prefix(m).ok_or_else(|| format!("netmask {s} is not contiguous")),
         _ => Err(format!("invalid netmask {s:?}")),
     }
 }
@@ -181,10 +169,7 @@ pub(crate) fn port_number(s: &str) -> Option<u16> {
 pub(crate) fn maybe_ftp(s: &mut Service, line: usize, warnings: &mut Vec<String>, why: &str) {
     if s.protocol == Protocol::Tcp && s.ftp.is_none() && s.has_port(21) && !s.ports.is_empty() {
         s.ftp = Some(FtpOptions::default());
-        warnings.push(format!(
-            "line {line}: service {:?}: {why}: enabled the FTP helper (ftp = true)",
-            s.name
-        ));
+        warnings.push(format!("line {line}: service {:?}: {why}: enabled the FTP helper (ftp = true)", s.name));
     }
 }
 

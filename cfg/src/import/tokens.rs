@@ -16,11 +16,7 @@ impl Tok {
 /// Split into tokens: words, quoted strings (with `\` escapes: `\n`, `\r`,
 /// `\t`, `\\`, `\"`), and the punctuation in `punct` as separate tokens.
 /// Text after an unquoted comment character is skipped.
-pub(crate) fn tokenize(
-    text: &str,
-    comments: &[char],
-    punct: &[char],
-) -> Result<Vec<Tok>, (usize, String)> {
+pub(crate) fn tokenize(text: &str, comments: &[char], punct: &[char]) -> Result<Vec<Tok>, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -28,11 +24,7 @@ pub(crate) fn tokenize(
         let mut cur = String::new();
         let flush = |cur: &mut String, out: &mut Vec<Tok>| {
             if !cur.is_empty() {
-                out.push(Tok {
-                    text: std::mem::take(cur),
-                    line: n,
-                    quoted: false,
-                });
+                out.push(Tok { text: std::mem::take(cur), line: n, quoted: false });
             }
         };
         while let Some(c) = chars.next() {
@@ -42,11 +34,7 @@ pub(crate) fn tokenize(
                 flush(&mut cur, &mut out);
             } else if punct.contains(&c) {
                 flush(&mut cur, &mut out);
-                out.push(Tok {
-                    text: c.to_string(),
-                    line: n,
-                    quoted: false,
-                });
+                out.push(Tok { text: c.to_string(), line: n, quoted: false });
             } else if c == '"' && cur.is_empty() {
                 let mut s = String::new();
                 let mut closed = false;
@@ -69,11 +57,7 @@ pub(crate) fn tokenize(
                 if !closed {
                     return Err((n, "unterminated quoted string".into()));
                 }
-                out.push(Tok {
-                    text: s,
-                    line: n,
-                    quoted: true,
-                });
+                out.push(Tok { text: s, line: n, quoted: true });
             } else {
                 cur.push(c);
             }

@@ -133,7 +133,11 @@ fn split_named(s: &str) -> (Option<String>, PathBuf) {
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().map_err(|_| format!("bad MAC {s:?}"))?;
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad MAC {s:?}"))?;
     v.try_into().map_err(|_| format!("bad MAC {s:?}"))
 }
 
@@ -143,9 +147,7 @@ fn load(path: &PathBuf) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERROVS_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERROVS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -206,7 +208,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = replay::replay(args).map_err(|e| e.to_string())?;
             if json {
                 let c = r.engine.counters();
-                println!("{}", serde_json::json!({"packets_in": r.packets_in, "packets_out": r.packets_out, "counters": c}));
+                println!(
+                    "{}",
+                    serde_json::json!({"packets_in": r.packets_in, "packets_out": r.packets_out, "counters": c})
+                );
             } else {
                 eprintln!("replayed {} packets, transmitted {}", r.packets_in, r.packets_out);
                 eprint!("{}", daemon::format_counters(r.engine.fabric.as_ref(), &r.engine.snapshot));
@@ -240,7 +245,23 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Gen { backend, eal_args, tx, rx, rate, size, src, dst, sport, dport, proto, dst_mac, duration, count, json } => {
+        Cmd::Gen {
+            backend,
+            eal_args,
+            tx,
+            rx,
+            rate,
+            size,
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            dst_mac,
+            duration,
+            count,
+            json,
+        } => {
             let mac = parse_mac(&dst_mac)?;
             let args = ferrovs_engine::gen::GenArgs {
                 rate,

@@ -55,11 +55,9 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
     let print_json = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match inv.action {
         Action::Help => print!("{}", ipvsadm::USAGE),
-        Action::Version => println!(
-            "ferrovsadm {} (ipvsadm-compatible, IPVS v{})",
-            env!("CARGO_PKG_VERSION"),
-            ipvsadm::IPVS_VERSION
-        ),
+        Action::Version => {
+            println!("ferrovsadm {} (ipvsadm-compatible, IPVS v{})", env!("CARGO_PKG_VERSION"), ipvsadm::IPVS_VERSION)
+        }
         Action::Edit(cmd) => {
             let r = call(&socket, "edit", json!({"cmds": [cmd]}))?;
             if json_out {
@@ -88,9 +86,9 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                 let r = call(&socket, "conns", json!({}))?;
                 if json_out {
                     {
-                    print_json(&r);
-                    return Ok(());
-                }
+                        print_json(&r);
+                        return Ok(());
+                    }
                 }
                 let conns: Vec<ConnRow> = field(&r, "conns")?;
                 print!("{}", ipvsadm::format_conns(&conns));
@@ -98,9 +96,9 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                 let r = call(&socket, "list", json!({}))?;
                 if json_out {
                     {
-                    print_json(&r);
-                    return Ok(());
-                }
+                        print_json(&r);
+                        return Ok(());
+                    }
                 }
                 let l: ListData = field(&r, "list")?;
                 if let Some(k) = &lo.service {
@@ -196,9 +194,9 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
             let l = call(&socket, "list", json!({}))?;
             if json_out {
                 {
-                print_json(&json!({"status": r, "list": l["list"]}));
-                return Ok(());
-            }
+                    print_json(&json!({"status": r, "list": l["list"]}));
+                    return Ok(());
+                }
             }
             println!(
                 "ferrovs {} (protocol {}), {} workers, up {} s, config {}",

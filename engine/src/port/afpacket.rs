@@ -229,10 +229,9 @@ impl fmt::Display for AfPacketError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AfPacketError::NoSuchInterface { device } => write!(f, "{device}: no such interface"),
-            AfPacketError::PermissionDenied { device } => write!(
-                f,
-                "{device}: opening an AF_PACKET socket needs root/CAP_NET_RAW (permission denied)"
-            ),
+            AfPacketError::PermissionDenied { device } => {
+                write!(f, "{device}: opening an AF_PACKET socket needs root/CAP_NET_RAW (permission denied)")
+            }
             AfPacketError::NotEthernet { device, hw_type } => {
                 write!(f, "{device}: not an Ethernet interface (ARPHRD type {hw_type})")
             }
@@ -358,13 +357,7 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: `val` is a valid, initialised T for the duration of the call and
     // its exact size is passed; the kernel only reads it.
     let r = unsafe {
-        libc::setsockopt(
-            fd,
-            SOL_PACKET,
-            opt,
-            val as *const T as *const libc::c_void,
-            size_of::<T>() as libc::socklen_t,
-        )
+        libc::setsockopt(fd, SOL_PACKET, opt, val as *const T as *const libc::c_void, size_of::<T>() as libc::socklen_t)
     };
     if r == 0 {
         Ok(())
@@ -443,9 +436,7 @@ fn new_socket(device: &str) -> Result<OwnedFd, AfPacketError> {
     if fd < 0 {
         let err = io::Error::last_os_error();
         return Err(match err.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                AfPacketError::PermissionDenied { device: device.into() }
-            }
+            Some(libc::EPERM) | Some(libc::EACCES) => AfPacketError::PermissionDenied { device: device.into() },
             _ => AfPacketError::Sys { device: device.into(), what: "socket(AF_PACKET)", err },
         });
     }
@@ -480,8 +471,7 @@ pub fn open_with(
     if device.is_empty() || device.len() >= libc::IFNAMSIZ || device.contains(['\0', '/']) {
         return Err(AfPacketError::NoSuchInterface { device: device.into() });
     }
-    let cname = CString::new(device)
-        .map_err(|_| AfPacketError::NoSuchInterface { device: device.into() })?;
+    let cname = CString::new(device).map_err(|_| AfPacketError::NoSuchInterface { device: device.into() })?;
     // SAFETY: cname is a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex == 0 {
@@ -546,8 +536,7 @@ impl AfPacketQueue {
     ) -> Result<AfPacketQueue, AfPacketError> {
         let raw = fd.as_raw_fd();
         let err = |what| sys_err(device, what);
-        setsockopt(raw, PACKET_VERSION, &TPACKET_V3)
-            .map_err(|_| err("PACKET_VERSION(TPACKET_V3)"))?;
+        setsockopt(raw, PACKET_VERSION, &TPACKET_V3).map_err(|_| err("PACKET_VERSION(TPACKET_V3)"))?;
         // Skip (rather than stall on) a TX frame the kernel cannot send.
         let _ = setsockopt(raw, PACKET_LOSS, &1 as &libc::c_int);
 
@@ -623,11 +612,7 @@ impl AfPacketQueue {
             tx_block_size: cfg.tx_block_size as usize,
             tx_frame_size: cfg.tx_frame_size as usize,
             tx_frames_per_block: tx_fpb,
-            tx_frame_nr: if tx_mode == TxMode::Ring {
-                tx_fpb * cfg.tx_block_nr as usize
-            } else {
-                0
-            },
+            tx_frame_nr: if tx_mode == TxMode::Ring { tx_fpb * cfg.tx_block_nr as usize } else { 0 },
             tx_head: 0,
             tx_mtu_frame: mtu as usize + 14,
             tx_retry: false,
@@ -639,10 +624,7 @@ impl AfPacketQueue {
             tracing::debug!(device, "PACKET_QDISC_BYPASS not set: {e}");
         }
         if let Err(e) = setsockopt(raw, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int) {
-            tracing::warn!(
-                device,
-                "PACKET_IGNORE_OUTGOING not set, own frames will be received: {e}"
-            );
+            tracing::warn!(device, "PACKET_IGNORE_OUTGOING not set, own frames will be received: {e}");
         }
         // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -670,18 +652,12 @@ impl AfPacketQueue {
             mr_alen: 0,
             mr_address: [0; 8],
         };
-        setsockopt(raw, PACKET_ADD_MEMBERSHIP, &mreq)
-            .map_err(|_| err("PACKET_ADD_MEMBERSHIP(PROMISC)"))?;
+        setsockopt(raw, PACKET_ADD_MEMBERSHIP, &mreq).map_err(|_| err("PACKET_ADD_MEMBERSHIP(PROMISC)"))?;
         Ok(q)
     }
 
     /// Join the interface's fanout group; the first socket picks the id.
-    fn join_fanout(
-        &mut self,
-        ifindex: u32,
-        seq: u32,
-        arg: &mut Option<u32>,
-    ) -> Result<(), AfPacketError> {
+    fn join_fanout(&mut self, ifindex: u32, seq: u32, arg: &mut Option<u32>) -> Result<(), AfPacketError> {
         let raw = self.fd.as_raw_fd();
         if let Some(a) = *arg {
             return setsockopt(raw, PACKET_FANOUT, &a)
@@ -703,13 +679,7 @@ impl AfPacketQueue {
         let mut len = size_of::<u32>() as libc::socklen_t;
         // SAFETY: `got` is a valid u32 of the size passed in `len`.
         let r = unsafe {
-            libc::getsockopt(
-                raw,
-                SOL_PACKET,
-                PACKET_FANOUT,
-                &mut got as *mut u32 as *mut libc::c_void,
-                &mut len,
-            )
+            libc::getsockopt(raw, SOL_PACKET, PACKET_FANOUT, &mut got as *mut u32 as *mut libc::c_void, &mut len)
         };
         if r < 0 {
             return Err(sys_err(&self.device, "getsockopt(PACKET_FANOUT)"));
@@ -770,11 +740,7 @@ impl AfPacketQueue {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(KernelStats {
-            packets: s.tp_packets,
-            drops: s.tp_drops,
-            freeze_q_cnt: s.tp_freeze_q_cnt,
-        })
+        Ok(KernelStats { packets: s.tp_packets, drops: s.tp_drops, freeze_q_cnt: s.tp_freeze_q_cnt })
     }
 
     /// The frame is too long for the device (tagged frames may carry 4
@@ -843,8 +809,8 @@ impl AfPacketQueue {
 
     #[inline]
     fn tx_frame_ptr(&self, i: usize) -> *mut u8 {
-        let off = (i / self.tx_frames_per_block) * self.tx_block_size
-            + (i % self.tx_frames_per_block) * self.tx_frame_size;
+        let off =
+            (i / self.tx_frames_per_block) * self.tx_block_size + (i % self.tx_frames_per_block) * self.tx_frame_size;
         // SAFETY (of the arithmetic): i < tx_frame_nr, so the frame lies
         // inside the TX ring part of the mapping.
         unsafe { self.tx_ring.add(off) }
@@ -862,17 +828,13 @@ impl AfPacketQueue {
         // SAFETY: a NULL/0 send on a packet socket with a TX ring asks the
         // kernel to transmit the frames marked SEND_REQUEST; no user memory
         // is passed.
-        let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0)
-        };
+        let r = unsafe { libc::sendto(self.fd.as_raw_fd(), ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0) };
         self.tx_retry = false;
         if r < 0 {
             match io::Error::last_os_error().raw_os_error() {
                 // Device queue busy / out of buffers: frames not sent stay
                 // SEND_REQUEST; try again from flush().
-                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => {
-                    self.tx_retry = true
-                }
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => self.tx_retry = true,
                 _ => self.stats.tx_errors += 1,
             }
         }
@@ -939,12 +901,7 @@ impl AfPacketQueue {
             // SAFETY: `d` is a valid slice for the duration of the call; the
             // socket is bound, so no destination address is needed.
             let r = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    d.as_ptr() as *const libc::c_void,
-                    d.len(),
-                    libc::MSG_DONTWAIT,
-                )
+                libc::send(self.fd.as_raw_fd(), d.as_ptr() as *const libc::c_void, d.len(), libc::MSG_DONTWAIT)
             };
             if r == d.len() as isize {
                 res.sent += 1;
@@ -974,12 +931,8 @@ impl PortQueue for AfPacketQueue {
                 let bd = self.rx_block_ptr(self.rx_block) as *const TpacketBlockDesc;
                 // SAFETY: the block belongs to user space (status acquired
                 // above), so its descriptor is stable; bd is aligned.
-                let (num, first) = unsafe {
-                    (
-                        ptr::addr_of!((*bd).num_pkts).read(),
-                        ptr::addr_of!((*bd).offset_to_first_pkt).read(),
-                    )
-                };
+                let (num, first) =
+                    unsafe { (ptr::addr_of!((*bd).num_pkts).read(), ptr::addr_of!((*bd).offset_to_first_pkt).read()) };
                 self.rx_holding = true;
                 self.rx_left = num;
                 self.rx_off = first as usize;
@@ -998,13 +951,8 @@ impl PortQueue for AfPacketQueue {
             // SAFETY: rx_off is 4-aligned and the header lies inside the
             // block, which we own until release_block.
             let h = unsafe { &*(block.add(self.rx_off) as *const Tpacket3Hdr) };
-            let (next, snap, len, status, mac) = (
-                h.tp_next_offset as usize,
-                h.tp_snaplen as usize,
-                h.tp_len as usize,
-                h.tp_status,
-                h.tp_mac as usize,
-            );
+            let (next, snap, len, status, mac) =
+                (h.tp_next_offset as usize, h.tp_snaplen as usize, h.tp_len as usize, h.tp_status, h.tp_mac as usize);
             let (tci, tpid) = (h.tp_vlan_tci as u16, h.tp_vlan_tpid);
             let vlan = status & TP_STATUS_VLAN_VALID != 0;
             let extra = if vlan { 4 } else { 0 };
@@ -1017,15 +965,10 @@ impl PortQueue for AfPacketQueue {
             } else {
                 // SAFETY: checked above that [rx_off+mac, +snap) lies inside
                 // the block we own.
-                let frame =
-                    unsafe { std::slice::from_raw_parts(block.add(self.rx_off + mac), snap) };
+                let frame = unsafe { std::slice::from_raw_parts(block.add(self.rx_off + mac), snap) };
                 let mut b = self.get_buf();
                 if vlan {
-                    let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 && tpid != 0 {
-                        tpid
-                    } else {
-                        ETH_P_8021Q
-                    };
+                    let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 && tpid != 0 { tpid } else { ETH_P_8021Q };
                     if fill_with_vlan(&mut b, frame, tpid, tci) {
                         self.stats.rx_vlan_reinserted += 1;
                     } else {

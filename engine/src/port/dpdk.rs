@@ -95,10 +95,9 @@ impl fmt::Display for DpdkError {
                 rte_strerror(*errno),
                 args
             ),
-            DpdkError::EalUsed => write!(
-                f,
-                "EAL was already initialised in this process (DPDK allows one rte_eal_init per process)"
-            ),
+            DpdkError::EalUsed => {
+                write!(f, "EAL was already initialised in this process (DPDK allows one rte_eal_init per process)")
+            }
             DpdkError::EalNotRunning => write!(f, "EAL is not running (open the DPDK backend first)"),
             DpdkError::Device { device, reason } => write!(f, "device {device}: {reason}"),
             DpdkError::Thread { errno } => {
@@ -113,9 +112,7 @@ impl std::error::Error for DpdkError {}
 fn rte_strerror(errno: i32) -> String {
     // SAFETY: rte_strerror accepts any value and returns a pointer to a
     // NUL-terminated static or thread-local string, copied out at once.
-    unsafe { CStr::from_ptr(ffi::rte_strerror(errno)) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(ffi::rte_strerror(errno)) }.to_string_lossy().into_owned()
 }
 
 fn last_errno() -> i32 {
@@ -126,10 +123,7 @@ fn last_errno() -> i32 {
 /// Negative return codes of ethdev calls are `-errno`.
 fn check(device: &str, what: &str, rc: c_int) -> Result<(), DpdkError> {
     if rc < 0 {
-        Err(DpdkError::Device {
-            device: device.into(),
-            reason: format!("{what} failed: {}", rte_strerror(-rc)),
-        })
+        Err(DpdkError::Device { device: device.into(), reason: format!("{what} failed: {}", rte_strerror(-rc)) })
     } else {
         Ok(())
     }
@@ -161,9 +155,7 @@ fn pci_name(dev: &str) -> Option<String> {
         _ => return None,
     };
     let (devno, func) = rest.split_once('.')?;
-    let hex = |s: &str, max: usize| {
-        !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_hexdigit())
-    };
+    let hex = |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_hexdigit());
     if !(hex(dom, 8) && hex(bus, 2) && hex(devno, 2) && hex(func, 1)) {
         return None;
     }
@@ -201,17 +193,14 @@ fn eal_argv(cfg: &ferrovs_cfg::Config, main_cpu: usize) -> Result<(Vec<String>, 
         let prev = if i > 0 { user[i - 1].as_str() } else { "" };
         if a == "--log-level=help" || (prev == "--log-level" && a == "help") {
             return Err(DpdkError::EalArgs(
-                "`--log-level=help` makes EAL list log types and exit the process; remove it"
-                    .into(),
+                "`--log-level=help` makes EAL list log types and exit the process; remove it".into(),
             ));
         }
         if a.contains('\0') {
             return Err(DpdkError::EalArgs(format!("{a:?} contains a NUL byte")));
         }
         if a == "-h" || a == "--help" || a.starts_with("--help=") {
-            return Err(DpdkError::EalArgs(format!(
-                "`{a}` makes EAL print its usage and exit the process; remove it"
-            )));
+            return Err(DpdkError::EalArgs(format!("`{a}` makes EAL print its usage and exit the process; remove it")));
         }
         if a == "--" {
             return Err(DpdkError::EalArgs(
@@ -219,9 +208,7 @@ fn eal_argv(cfg: &ferrovs_cfg::Config, main_cpu: usize) -> Result<(Vec<String>, 
             ));
         }
         if a.starts_with("--proc-type") {
-            return Err(DpdkError::EalArgs(
-                "ferrovs runs as a DPDK primary process only".into(),
-            ));
+            return Err(DpdkError::EalArgs("ferrovs runs as a DPDK primary process only".into()));
         }
     }
     let mut argv = vec!["ferrovs".to_string()];
@@ -241,10 +228,9 @@ fn eal_argv(cfg: &ferrovs_cfg::Config, main_cpu: usize) -> Result<(Vec<String>, 
         } else {
             return Err(DpdkError::Device {
                 device: iface.device.clone(),
-                reason:
-                    "not a DPDK device: expected a vdev spec (net_af_packet0,iface=eth1) or a PCI \
+                reason: "not a DPDK device: expected a vdev spec (net_af_packet0,iface=eth1) or a PCI \
                          address (0000:01:00.0)"
-                        .into(),
+                    .into(),
             });
         }
     }
@@ -257,16 +243,13 @@ fn current_affinity() -> Option<libc::cpu_set_t> {
     // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
-            .then_some(set)
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
     }
 }
 
 fn first_cpu(set: &libc::cpu_set_t) -> usize {
     // SAFETY: CPU_ISSET only reads the set; the index is below CPU_SETSIZE.
-    (0..libc::CPU_SETSIZE as usize)
-        .find(|&c| unsafe { libc::CPU_ISSET(c, set) })
-        .unwrap_or(0)
+    (0..libc::CPU_SETSIZE as usize).find(|&c| unsafe { libc::CPU_ISSET(c, set) }).unwrap_or(0)
 }
 
 /// Initialise EAL with `argv`. Returns Err without touching EAL for the
@@ -278,14 +261,8 @@ fn eal_init(argv: &[String], restore: Option<libc::cpu_set_t>) -> Result<(), Dpd
     }
     // EAL may keep pointers into argv (and getopt permutes it): give it
     // strings that live for the rest of the process. This happens once.
-    let cstrs: Vec<*mut c_char> = argv
-        .iter()
-        .map(|a| {
-            CString::new(a.as_str())
-                .expect("NUL checked in eal_argv")
-                .into_raw()
-        })
-        .collect();
+    let cstrs: Vec<*mut c_char> =
+        argv.iter().map(|a| CString::new(a.as_str()).expect("NUL checked in eal_argv").into_raw()).collect();
     let argv_ptrs: &'static mut [*mut c_char] = Box::leak(cstrs.into_boxed_slice());
     // SAFETY: argc matches the array, every element is a valid
     // NUL-terminated string leaked for 'static, and EAL_STATE (held) makes
@@ -300,10 +277,7 @@ fn eal_init(argv: &[String], restore: Option<libc::cpu_set_t>) -> Result<(), Dpd
         }
         // Argument errors leave EAL re-initialisable (DPDK clears its
         // run-once flag); other failures make the next call return EALREADY.
-        return Err(DpdkError::EalInit {
-            errno,
-            args: argv.to_vec(),
-        });
+        return Err(DpdkError::EalInit { errno, args: argv.to_vec() });
     }
     *state = EalState::Running;
     EAL_ALIVE.store(true, Ordering::Release);
@@ -329,9 +303,7 @@ pub fn register_thread() -> Result<(), DpdkError> {
     // SAFETY: EAL is running (checked above); registering the calling
     // thread has no other precondition.
     if unsafe { ffi::rte_thread_register() } < 0 {
-        return Err(DpdkError::Thread {
-            errno: last_errno(),
-        });
+        return Err(DpdkError::Thread { errno: last_errno() });
     }
     Ok(())
 }
@@ -361,9 +333,7 @@ fn lcore_id_any() -> u32 {
 /// The linked DPDK's version string, e.g. "DPDK 22.11.11".
 pub fn version() -> String {
     // SAFETY: rte_version returns a static NUL-terminated string.
-    unsafe { CStr::from_ptr(ffi::ferrovs_rte_version()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(ffi::ferrovs_rte_version()) }.to_string_lossy().into_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -444,23 +414,13 @@ impl Packet for Mbuf {
         // SAFETY: a single-segment mbuf's data lies in its buffer at
         // buf_addr + data_off for data_len bytes (DPDK invariant, kept by
         // set_len/prepend/adj below); the bytes are ours while self lives.
-        unsafe {
-            std::slice::from_raw_parts(
-                (m.buf_addr as *const u8).add(m.data_off as usize),
-                m.data_len as usize,
-            )
-        }
+        unsafe { std::slice::from_raw_parts((m.buf_addr as *const u8).add(m.data_off as usize), m.data_len as usize) }
     }
     #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         let m = self.m_mut();
         // SAFETY: as in data(); &mut self makes the access exclusive.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                (m.buf_addr as *mut u8).add(m.data_off as usize),
-                m.data_len as usize,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(m.data_off as usize), m.data_len as usize) }
     }
     #[inline]
     fn set_len(&mut self, len: usize) -> bool {
@@ -510,13 +470,7 @@ impl Drop for Mbuf {
 
 impl fmt::Debug for Mbuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Mbuf({} bytes, headroom {}, port {})",
-            self.m().data_len,
-            self.headroom(),
-            self.m().port
-        )
+        write!(f, "Mbuf({} bytes, headroom {}, port {})", self.m().data_len, self.headroom(), self.m().port)
     }
 }
 
@@ -712,13 +666,8 @@ fn xstats(port: u16) -> Vec<XStat> {
             let name = names.get(v.id as usize)?;
             // SAFETY: DPDK NUL-terminates names within the 64-byte array
             // (snprintf); the array was zeroed, so a terminator exists.
-            let s = unsafe { CStr::from_ptr(name.name.as_ptr()) }
-                .to_string_lossy()
-                .into_owned();
-            Some(XStat {
-                name: s,
-                value: v.value,
-            })
+            let s = unsafe { CStr::from_ptr(name.name.as_ptr()) }.to_string_lossy().into_owned();
+            Some(XStat { name: s, value: v.value })
         })
         .collect()
 }
@@ -855,11 +804,7 @@ impl PortQueue for DpdkQueue {
         // SAFETY: ...and forget the ones it took: they belong to the PMD now
         // and must not be dropped (freed) by us.
         unsafe { pkts.set_len(0) };
-        TxResult {
-            sent,
-            bytes: bytes_all - unsent_bytes,
-            dropped: total - sent,
-        }
+        TxResult { sent, bytes: bytes_all - unsent_bytes, dropped: total - sent }
     }
 
     #[inline]
@@ -913,10 +858,7 @@ impl DpdkBackend {
 
         // From here on, dropping `shared` (on any error) closes what was
         // opened and cleans up EAL.
-        let mut shared = Shared {
-            ports: Vec::new(),
-            ctl: Mutex::new(()),
-        };
+        let mut shared = Shared { ports: Vec::new(), ctl: Mutex::new(()) };
         for iface in &cfg.interfaces {
             let port = open_port(cfg, iface, workers as u16)?;
             shared.ports.push(port);
@@ -978,36 +920,23 @@ fn find_port(device: &str) -> Option<u16> {
 }
 
 /// Create the pool, configure the port and set up its queues (not started).
-fn open_port(
-    cfg: &ferrovs_cfg::Config,
-    iface: &ferrovs_cfg::model::Interface,
-    nq: u16,
-) -> Result<Port, DpdkError> {
+fn open_port(cfg: &ferrovs_cfg::Config, iface: &ferrovs_cfg::model::Interface, nq: u16) -> Result<Port, DpdkError> {
     let dev = iface.device.trim();
-    let err = |reason: String| DpdkError::Device {
-        device: iface.device.clone(),
-        reason,
-    };
+    let err = |reason: String| DpdkError::Device { device: iface.device.clone(), reason };
     let id = find_port(dev).ok_or_else(|| {
-        err(
-            "probe failed: EAL created no port for it (wrong iface/PCI address, device not bound \
+        err("probe failed: EAL created no port for it (wrong iface/PCI address, device not bound \
                             to a DPDK driver, or PMD missing; see the EAL log above)"
-                .into(),
-        )
+            .into())
     })?;
 
     // SAFETY: plain-data struct, filled by rte_eth_dev_info_get for a valid port.
     let mut info: ffi::rte_eth_dev_info = unsafe { std::mem::zeroed() };
-    check(dev, "rte_eth_dev_info_get", unsafe {
-        ffi::rte_eth_dev_info_get(id, &mut info)
-    })?;
+    check(dev, "rte_eth_dev_info_get", unsafe { ffi::rte_eth_dev_info_get(id, &mut info) })?;
     let driver = if info.driver_name.is_null() {
         String::new()
     } else {
         // SAFETY: driver_name is a static NUL-terminated string of the PMD.
-        unsafe { CStr::from_ptr(info.driver_name) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
     };
     if info.max_rx_queues < nq || info.max_tx_queues < nq {
         return Err(err(format!(
@@ -1027,16 +956,10 @@ fn open_port(
         conf.rxmode.mq_mode = ffi::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf = rss;
     } else if nq > 1 {
-        tracing::warn!(
-            device = dev,
-            driver,
-            "no RSS hash types: the PMD spreads flows its own way"
-        );
+        tracing::warn!(device = dev, driver, "no RSS hash types: the PMD spreads flows its own way");
     }
     // SAFETY: valid port, not started; conf lives across the call.
-    check(dev, "rte_eth_dev_configure", unsafe {
-        ffi::rte_eth_dev_configure(id, nq, nq, &conf)
-    })?;
+    check(dev, "rte_eth_dev_configure", unsafe { ffi::rte_eth_dev_configure(id, nq, nq, &conf) })?;
 
     let mbufs = cfg.engine.mbufs.max(64);
     let mut nb_desc = DEFAULT_DESC;
@@ -1052,19 +975,13 @@ fn open_port(
 
     // SAFETY: valid port id.
     let socket = unsafe { ffi::rte_eth_dev_socket_id(id) };
-    let socket = if socket < 0 {
-        ffi::SOCKET_ID_ANY
-    } else {
-        socket
-    };
+    let socket = if socket < 0 { ffi::SOCKET_ID_ANY } else { socket };
     // Per-lcore cache: at most 256, and small enough that the caches of all
     // workers cannot hold most of the pool (mempool needs cache*1.5 <= n).
     let cache = (mbufs / (4 * (nq as u32 + 1))).min(256);
     let pool_name = CString::new(format!("fvs_mp_{id}")).unwrap();
     // SAFETY: valid name; DPDK copies it. Returns NULL with rte_errno set.
-    let pool = unsafe {
-        ffi::rte_pktmbuf_pool_create(pool_name.as_ptr(), mbufs, cache, 0, DATA_ROOM, socket)
-    };
+    let pool = unsafe { ffi::rte_pktmbuf_pool_create(pool_name.as_ptr(), mbufs, cache, 0, DATA_ROOM, socket) };
     let pool = NonNull::new(pool).ok_or_else(|| {
         err(format!(
             "cannot create a pool of {mbufs} mbufs: {} (lower engine.mbufs or give EAL more memory, -m / hugepages)",
@@ -1086,31 +1003,11 @@ fn open_port(
     for q in 0..nq {
         // SAFETY: valid port, configured with nq queues; NULL conf selects
         // the PMD's defaults; the pool outlives the port (freed after close).
-        let rc = unsafe {
-            ffi::rte_eth_rx_queue_setup(
-                id,
-                q,
-                nb_rxd,
-                socket as u32,
-                std::ptr::null(),
-                pool.as_ptr(),
-            )
-        };
-        check(
-            dev,
-            &format!("rx queue {q} setup ({nb_rxd} descriptors)"),
-            rc,
-        )
-        .map_err(fail)?;
+        let rc = unsafe { ffi::rte_eth_rx_queue_setup(id, q, nb_rxd, socket as u32, std::ptr::null(), pool.as_ptr()) };
+        check(dev, &format!("rx queue {q} setup ({nb_rxd} descriptors)"), rc).map_err(fail)?;
         // SAFETY: as above.
-        let rc =
-            unsafe { ffi::rte_eth_tx_queue_setup(id, q, nb_txd, socket as u32, std::ptr::null()) };
-        check(
-            dev,
-            &format!("tx queue {q} setup ({nb_txd} descriptors)"),
-            rc,
-        )
-        .map_err(fail)?;
+        let rc = unsafe { ffi::rte_eth_tx_queue_setup(id, q, nb_txd, socket as u32, std::ptr::null()) };
+        check(dev, &format!("tx queue {q} setup ({nb_txd} descriptors)"), rc).map_err(fail)?;
     }
 
     let mut mtu = 1500u16;
@@ -1136,15 +1033,7 @@ fn open_port(
         rss = format!("{rss:#x}"),
         "port configured"
     );
-    Ok(Port {
-        name: iface.name.clone(),
-        device: iface.device.clone(),
-        id,
-        pool,
-        caps,
-        driver,
-        started: false,
-    })
+    Ok(Port { name: iface.name.clone(), device: iface.device.clone(), id, pool, caps, driver, started: false })
 }
 
 /// MAC address, start, promiscuous mode.
@@ -1162,15 +1051,11 @@ fn start_port(p: &mut Port, mac: Option<[u8; 6]>) -> Result<(), DpdkError> {
     } else {
         let mut a = ffi::rte_ether_addr::default();
         // SAFETY: valid port; writes 6 bytes into `a`.
-        check(&dev, "rte_eth_macaddr_get", unsafe {
-            ffi::rte_eth_macaddr_get(p.id, &mut a)
-        })?;
+        check(&dev, "rte_eth_macaddr_get", unsafe { ffi::rte_eth_macaddr_get(p.id, &mut a) })?;
         p.caps.mac = a.addr_bytes;
     }
     // SAFETY: valid, configured port with all queues set up.
-    check(&dev, "rte_eth_dev_start", unsafe {
-        ffi::rte_eth_dev_start(p.id)
-    })?;
+    check(&dev, "rte_eth_dev_start", unsafe { ffi::rte_eth_dev_start(p.id) })?;
     p.started = true;
     // SAFETY: valid, started port.
     let rc = unsafe { ffi::rte_eth_promiscuous_enable(p.id) };
@@ -1190,10 +1075,7 @@ mod tests {
     fn pci_names() {
         assert_eq!(pci_name("0000:01:00.0").as_deref(), Some("0000:01:00.0"));
         assert_eq!(pci_name("01:00.1").as_deref(), Some("0000:01:00.1"));
-        assert_eq!(
-            pci_name("0000:AF:00.0,rxq_cqe_comp_en=0").as_deref(),
-            Some("0000:af:00.0")
-        );
+        assert_eq!(pci_name("0000:AF:00.0,rxq_cqe_comp_en=0").as_deref(), Some("0000:af:00.0"));
         assert_eq!(pci_name("net_ring0"), None);
         assert_eq!(pci_name("eth0"), None);
         assert_eq!(pci_name("01:00"), None);

@@ -63,10 +63,9 @@ impl fmt::Display for PcapError {
             PcapError::Truncated { what, record } => {
                 write!(f, "truncated pcap file: {what} of record {record} is cut short")
             }
-            PcapError::RecordTooLarge { record, incl_len } => write!(
-                f,
-                "corrupt pcap file: record {record} claims {incl_len} bytes (limit {MAX_RECORD})"
-            ),
+            PcapError::RecordTooLarge { record, incl_len } => {
+                write!(f, "corrupt pcap file: record {record} claims {incl_len} bytes (limit {MAX_RECORD})")
+            }
         }
     }
 }
@@ -127,9 +126,7 @@ impl<R: Read> PcapReader<R> {
         if n >= 4 {
             // Report a bad magic even for a short file: it is the better hint.
             let m = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-            if ![MAGIC_USEC, MAGIC_NSEC, MAGIC_USEC.swap_bytes(), MAGIC_NSEC.swap_bytes()]
-                .contains(&m)
-            {
+            if ![MAGIC_USEC, MAGIC_NSEC, MAGIC_USEC.swap_bytes(), MAGIC_NSEC.swap_bytes()].contains(&m) {
                 return Err(PcapError::BadMagic(u32::from_be_bytes([h[0], h[1], h[2], h[3]])));
             }
         }
@@ -347,11 +344,7 @@ impl<R: Read + Send, W: Write + Send> PcapQueue<R, W> {
     /// A queue over an optional reader (no reader: never receives) and an
     /// optional writer (no writer: transmitted packets are counted as
     /// dropped).
-    pub fn new(
-        caps: PortCaps,
-        reader: Option<PcapReader<R>>,
-        writer: Option<PcapWriter<W>>,
-    ) -> Self {
+    pub fn new(caps: PortCaps, reader: Option<PcapReader<R>>, writer: Option<PcapWriter<W>>) -> Self {
         let eof = reader.is_none();
         PcapQueue {
             caps,
@@ -518,12 +511,8 @@ mod tests {
 
     /// A hand-built pcap file: `be` byte order, `nanos` resolution.
     fn file(be: bool, nanos: bool, link: u32, recs: &[(u32, u32, &[u8])]) -> Vec<u8> {
-        let w32 = |v: &mut Vec<u8>, x: u32| {
-            v.extend_from_slice(&if be { x.to_be_bytes() } else { x.to_le_bytes() })
-        };
-        let w16 = |v: &mut Vec<u8>, x: u16| {
-            v.extend_from_slice(&if be { x.to_be_bytes() } else { x.to_le_bytes() })
-        };
+        let w32 = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&if be { x.to_be_bytes() } else { x.to_le_bytes() });
+        let w16 = |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&if be { x.to_be_bytes() } else { x.to_le_bytes() });
         let mut v = Vec::new();
         w32(&mut v, if nanos { MAGIC_NSEC } else { MAGIC_USEC });
         w16(&mut v, 2);
@@ -647,10 +636,8 @@ mod tests {
 
     #[test]
     fn queue_replays_and_captures() {
-        let recs: Vec<(u32, u32, Vec<u8>)> =
-            (0..40u32).map(|i| (100 + i, 0, vec![i as u8; 60])).collect();
-        let mut recs_ref: Vec<(u32, u32, &[u8])> =
-            recs.iter().map(|(a, b, c)| (*a, *b, c.as_slice())).collect();
+        let recs: Vec<(u32, u32, Vec<u8>)> = (0..40u32).map(|i| (100 + i, 0, vec![i as u8; 60])).collect();
+        let mut recs_ref: Vec<(u32, u32, &[u8])> = recs.iter().map(|(a, b, c)| (*a, *b, c.as_slice())).collect();
         let big = vec![7u8; MAX_FRAME + 1];
         recs_ref.insert(5, (0, 0, &big));
         let r = PcapReader::new(Cursor::new(file(true, false, 1, &recs_ref))).unwrap();
@@ -677,10 +664,8 @@ mod tests {
         assert_eq!((s.rx_packets, s.rx_oversize, s.tx_packets), (40, 1, 41));
         assert!(q.take_error().is_none());
         let (_, w) = q.finish().unwrap();
-        let out: Vec<_> = PcapReader::new(Cursor::new(w.unwrap().into_inner().unwrap()))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let out: Vec<_> =
+            PcapReader::new(Cursor::new(w.unwrap().into_inner().unwrap())).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(out.len(), 41);
         assert!(out.iter().all(|(ts, _)| *ts == 42_000));
         assert_eq!(out[3].1, vec![3u8; 60]);
