@@ -895,7 +895,9 @@ impl<Q: PortQueue> Worker<Q> {
             bump(&c.ftp.expectations_used, 1);
         }
         // The client sees the data connection come from VIP:20.
-        let vport = if p.sport == 20 { 20 } else { 20 };
+        // Whatever port the real server used (20 with vsftpd; pyftpdlib
+        // picks another when not root), the client sees FTP data from VIP:20.
+        let vport = 20;
         let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.dst, p.dport, v.vip, vport, p.src, p.sport)
         {
             Ok(i) => i,

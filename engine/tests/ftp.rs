@@ -160,11 +160,11 @@ fn nat_epsv_229_needs_no_rewrite() {
 #[test]
 fn nat_active_port_data_connection_comes_from_vip_20() {
     let mut s = Session::new("nat");
-    s.client(b"PORT 10,0,1,2,156,64\r\n"); // port 40000 + 0? 156*256+64 = 40000
+    s.client(b"PORT 10,0,1,2,156,64\r\n"); // 156 * 256 + 64 = 40000
     let out = s.reply(b"200 PORT command successful.\r\n");
     assert_eq!(out.len(), 1);
-    // rs1:20 opens to client:40000 ... use the port the client named.
-    let f = with_macs(tcp4(RS1, 20, CLIENT, 40000 + 0, TCP_SYN, 9, 0, b""), RS1_MAC, LB_INT);
+    // rs1:20 opens to the port the client named.
+    let f = with_macs(tcp4(RS1, 20, CLIENT, 40000, TCP_SYN, 9, 0, b""), RS1_MAC, LB_INT);
     // (The control connection also uses client port 40000 towards VIP:21,
     // a different tuple from rs1:20 -> client:40000.)
     let out = s.e.inject(INT, &f, s.t + 1);
