@@ -216,28 +216,10 @@ pub fn split_addr(s: &str) -> Option<(IpAddr, Option<u16>)> {
     Some((IpAddr::V4(ip), Some(port_num(p)?)))
 }
 
+/// Numbers and the service names ipvsadm prints without `-n` (shared with
+/// the ipvsadm-save importer).
 fn port_num(s: &str) -> Option<u16> {
-    if let Ok(p) = s.parse::<u16>() {
-        return Some(p);
-    }
-    Some(match s {
-        "ftp-data" => 20,
-        "ftp" => 21,
-        "ssh" => 22,
-        "telnet" => 23,
-        "smtp" => 25,
-        "domain" => 53,
-        "http" | "www" => 80,
-        "pop3" => 110,
-        "imap" | "imap2" => 143,
-        "https" => 443,
-        "ftps" => 990,
-        "imaps" => 993,
-        "pop3s" => 995,
-        "mysql" => 3306,
-        "http-alt" | "webcache" => 8080,
-        _ => return None,
-    })
+    ferrovs_cfg::import::port_number(s)
 }
 
 /// Parse a `ferrovsadm` command line (without the program name).

@@ -138,7 +138,7 @@ pub(crate) fn netmask(s: &str, vip: IpAddr) -> Result<u8, String> {
 }
 
 /// Well-known port names that `ipvsadm-save` without `-n` prints.
-pub(crate) fn port_number(s: &str) -> Option<u16> {
+pub fn port_number(s: &str) -> Option<u16> {
     if let Ok(p) = s.parse::<u16>() {
         return Some(p);
     }
