@@ -596,7 +596,9 @@ fn measure(rig: &mut Rig, t: &Templates, packets: u64, dt_burst: u64, pos: &mut 
         let burst = (BURST as u64).min(packets - done) as usize;
         for _ in 0..burst {
             let mut b = rig.buf();
-            b.restore(&head[k * HEAD..k * HEAD + HEAD.min(len)], len);
+            // The whole template (bytes past `len` are zero and lie past the
+            // frame's end): a fixed 64-byte copy.
+            b.restore(&head[k * HEAD..k * HEAD + HEAD], len);
             rig.w.queues_mut()[ifaces[k] as usize].rx.push_back(b);
             k += 1;
             if k == n {

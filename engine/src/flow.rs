@@ -398,8 +398,9 @@ impl FlowTable {
             self.carry_pkt(i, inbound);
         }
     }
+    /// The low half of a packet count of connection `i` wrapped: carry.
     #[cold]
-    fn carry_pkt(&mut self, i: u32, inbound: bool) {
+    pub fn carry_pkt(&mut self, i: u32, inbound: bool) {
         let k = &mut self.cold[i as usize];
         if inbound {
             k.pkts_in_hi += 1;

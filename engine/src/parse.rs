@@ -142,13 +142,36 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
 /// `None` means "not the common case": ask [`parse_etherparse`].
 #[inline(always)]
 pub fn parse_fast(frame: &[u8]) -> Option<Parsed> {
+    let mut p = Parsed::default();
+    fast_into(frame, &mut p).map(|()| p)
+}
+
+/// [`parse`] writing into `out` in place (the worker's per-burst array):
+/// no `Parsed` is built elsewhere and copied.
+#[inline(always)]
+pub fn parse_into(frame: &[u8], out: &mut Result<Parsed, ParseError>) {
+    if out.is_err() {
+        *out = Ok(Parsed::default());
+    }
+    if let Ok(p) = out {
+        if fast_into(frame, p).is_some() {
+            return;
+        }
+    }
+    *out = parse_etherparse(frame);
+}
+
+/// [`parse_fast`] into `p`: on success every field of `p` is written (the
+/// same values `parse_fast` returns); on `None`, `p` holds garbage.
+#[inline(always)]
+fn fast_into(frame: &[u8], p: &mut Parsed) -> Option<()> {
     // Ethernet header, then at most one 802.1Q tag.
     let eth: &[u8; 18] = frame.get(..18)?.try_into().ok()?;
     let (off, et) = match [eth[12], eth[13]] {
         [0x81, 0x00] => (18, u16::from_be_bytes([eth[16], eth[17]])),
         et => (14, u16::from_be_bytes(et)),
     };
-    let mut p = match et {
+    match et {
         0x0800 => {
             let h: &[u8; 20] = frame.get(off..off + 20)?.try_into().ok()?;
             // Version 4, IHL 5 (no options); no fragment (MF or offset).
@@ -159,15 +182,13 @@ pub fn parse_fast(frame: &[u8]) -> Option<Parsed> {
             if total < 20 || off + total > frame.len() {
                 return None;
             }
-            Parsed {
-                l3: off,
-                l4: off + 20,
-                end: off + total,
-                proto: h[9],
-                src: v4_to_addr([h[12], h[13], h[14], h[15]]),
-                dst: v4_to_addr([h[16], h[17], h[18], h[19]]),
-                ..Default::default()
-            }
+            p.l3 = off;
+            p.l4 = off + 20;
+            p.end = off + total;
+            p.v6 = false;
+            p.proto = h[9];
+            p.src = v4_to_addr([h[12], h[13], h[14], h[15]]);
+            p.dst = v4_to_addr([h[16], h[17], h[18], h[19]]);
         }
         0x86dd => {
             let h: &[u8; 40] = frame.get(off..off + 40)?.try_into().ok()?;
@@ -180,19 +201,19 @@ pub fn parse_fast(frame: &[u8]) -> Option<Parsed> {
             }
             let s: [u8; 16] = h[8..24].try_into().ok()?;
             let d: [u8; 16] = h[24..40].try_into().ok()?;
-            Parsed {
-                l3: off,
-                l4: off + 40,
-                end,
-                v6: true,
-                proto: h[6],
-                src: v6_to_addr(s),
-                dst: v6_to_addr(d),
-                ..Default::default()
-            }
+            p.l3 = off;
+            p.l4 = off + 40;
+            p.end = end;
+            p.v6 = true;
+            p.proto = h[6];
+            p.src = v6_to_addr(s);
+            p.dst = v6_to_addr(d);
         }
         _ => return None,
     };
+    p.arp = false;
+    p.icmp_type = 0;
+    p.icmp_code = 0;
     // `end <= frame.len()` was checked above.
     let l4 = frame.get(p.l4..p.end)?;
     match p.proto {
@@ -215,11 +236,12 @@ pub fn parse_fast(frame: &[u8]) -> Option<Parsed> {
             }
             p.sport = u16::from_be_bytes([u[0], u[1]]);
             p.dport = u16::from_be_bytes([u[2], u[3]]);
+            p.tcp_flags = 0;
             p.payload = p.l4 + 8;
         }
         _ => return None,
     }
-    Some(p)
+    Some(())
 }
 
 /// The etherparse-based reference parser (every frame type the engine

@@ -126,6 +126,9 @@ const MAX_PENDING: usize = 256;
 const PENDING_NS: u64 = 3_000_000_000;
 const SWEEP_PER_POLL: usize = 64;
 const MAX_EXPECT: usize = 65536;
+/// Longest time (ns) per-worker service/real-server traffic deltas wait
+/// before `poll` folds them into the shared counters.
+const SVC_FLUSH_NS: u64 = 100_000_000;
 
 /// Per-service worker state rebuilt with each snapshot.
 struct SvcState {
@@ -150,6 +153,8 @@ pub struct Worker<Q: PortQueue> {
     rx: Vec<Q::Buf>,
     /// Per rx burst: parse result, flow hash (0: none) and the index word
     /// found by the burst's second pass (`NONE`: missed / not looked up).
+    /// Kept at (at least) the largest burst's length and overwritten in
+    /// place by each burst (entries past the burst are stale).
     pre: Vec<(Result<Parsed, parse::ParseError>, u64, u32)>,
     /// Per (service, real server) packet/byte deltas not yet folded into
     /// the shared `ServiceCounters` (see [`Worker::flush_svc_counters`]).
@@ -170,6 +175,8 @@ pub struct Worker<Q: PortQueue> {
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
+    /// `now` of the last service-counter flush from `poll`.
+    last_svc_flush: u64,
 }
 
 /// Unfolded per (service, real server) traffic of one worker.
@@ -232,6 +239,7 @@ impl<Q: PortQueue> Worker<Q> {
             sweep_pos: 0,
             now: 0,
             last_tick: 0,
+            last_svc_flush: 0,
         };
         w.apply_snapshot(snap);
         w
@@ -365,11 +373,17 @@ impl<Q: PortQueue> Worker<Q> {
             // inserted or removed since); otherwise it re-checks / looks
             // up again, so a connection created or removed by an earlier
             // packet of the same burst is seen correctly.
+            let n = rx.len();
+            if pre.len() < n {
+                pre.resize(n, (Ok(Parsed::default()), 0, NONE));
+            }
             let mut bytes = 0u64;
-            for pkt in rx.iter() {
+            // Parse straight into the burst array (no `Parsed` copies).
+            for (pkt, (r, h, hint)) in rx.iter().zip(pre.iter_mut()) {
                 bytes += pkt.len() as u64;
-                let r = parse::parse(pkt.data());
-                let h = match &r {
+                parse::parse_into(pkt.data(), r);
+                *hint = NONE;
+                *h = match &*r {
                     Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
                         let h = self.flows.hash(&flow_key(p));
                         self.flows.prefetch(h);
@@ -377,9 +391,8 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                     _ => 0,
                 };
-                pre.push((r, h, NONE));
             }
-            for (r, h, hint) in pre.iter_mut() {
+            for (r, h, hint) in pre[..n].iter_mut() {
                 if let (Ok(p), true) = (&*r, *h != 0) {
                     if let Some(v) = self.flows.lookup_word(&flow_key(p), *h) {
                         self.flows.prefetch_conn(v >> 1);
@@ -388,14 +401,13 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
             self.hint_ver = self.flows.version();
-            work += rx.len();
-            bump(&self.counters.rx_packets, rx.len() as u64);
+            work += n;
+            bump(&self.counters.rx_packets, n as u64);
             bump(&self.counters.rx_bytes, bytes);
             // By reference: the parse results stay where pass 1 wrote them.
             for (pkt, (r, h, hint)) in rx.drain(..).zip(pre.iter()) {
                 self.process_parsed(i, pkt, false, r, *h, *hint);
             }
-            pre.clear();
         }
         self.rx = rx;
         self.pre = pre;
@@ -410,7 +422,13 @@ impl<Q: PortQueue> Worker<Q> {
                 None => break,
             }
         }
-        self.flush_svc_counters();
+        // Service counters: folded at most every SVC_FLUSH_NS of traffic,
+        // and at once when a poll finds nothing to do, so statistics lag
+        // by at most ~100 ms while busy and not at all once idle.
+        if work == 0 || now.wrapping_sub(self.last_svc_flush) >= SVC_FLUSH_NS {
+            self.last_svc_flush = now;
+            self.flush_svc_counters();
+        }
         self.flush_tx();
         self.housekeeping(now);
         work
@@ -581,10 +599,11 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Fold the per-(service, real server) packet and byte deltas gathered
-    /// by `forward` into the shared [`ServiceCounters`]. Called at the end
-    /// of every `poll` (so once per burst: stats read by `ferrovsadm
-    /// --stats` / metrics lag by at most one poll iteration), after
-    /// [`Worker::process`] and before a snapshot replaces the counters.
+    /// by `forward` into the shared [`ServiceCounters`]. `poll` calls it
+    /// at most every `SVC_FLUSH_NS` (100 ms) while traffic flows and on
+    /// every idle poll, so stats read by `ferrovsadm --stats` / metrics lag
+    /// by at most ~100 ms under load; also after [`Worker::process`] and
+    /// before a snapshot replaces the counters.
     pub fn flush_svc_counters(&mut self) {
         if self.acc_dirty.is_empty() {
             return;
@@ -612,7 +631,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// [`Worker::process`] with the parse result, the flow hash (0: not
     /// computed) and the index word found earlier in the burst (`NONE`:
     /// none) from the burst's first passes.
-    #[inline]
+    #[inline(always)]
     fn process_parsed(
         &mut self,
         iface: usize,
@@ -1020,6 +1039,7 @@ impl<Q: PortQueue> Worker<Q> {
         let id = self.id;
         let len = pkt.len() as u64;
         // State, timeout, counters.
+        let wrapped;
         {
             let snap = &self.snap;
             let c = self.flows.get_mut(idx);
@@ -1050,8 +1070,12 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
             c.expires = now + self.timeouts[c.state as usize];
+            // Packet count (the high halves live in the cold array).
+            let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
+            *n = n.wrapping_add(1);
+            wrapped = *n == 0;
             // Service / real-server traffic: worker-local deltas, folded
-            // into the shared counters once per poll.
+            // into the shared counters every ~100 ms (see `flush_svc_counters`).
             let slot = self.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
             if let Some(a) = self.acc.get_mut(slot as usize) {
                 if a.in_packets | a.out_packets == 0 {
@@ -1069,10 +1093,25 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
         }
-        self.flows.count_pkt(idx, dir == Dir::In);
+        if wrapped {
+            self.flows.carry_pkt(idx, dir == Dir::In);
+        }
         // FTP gateway on control connections (may resize the payload).
+        let c = self.flows.get(idx);
+        if c.flags & F_ALG == 0 && c.fwd == Forward::Nat {
+            // The common case: NAT without the gateway.
+            let d = pkt.data_mut();
+            let ok = match dir {
+                Dir::In => rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in),
+                Dir::Out => rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out),
+            };
+            if !ok {
+                return Next::Drop(DropReason::TtlExceeded);
+            }
+            return self.l2_write(idx, dir == Dir::In, d);
+        }
         let mut ftp_p;
-        let p = if self.flows.get(idx).flags & F_ALG != 0 {
+        let p = if c.flags & F_ALG != 0 {
             ftp_p = *p;
             if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
                 return n;
