@@ -6,11 +6,12 @@
 //! `fvsa`/`fvsb`, runs its body on a thread that entered the namespace with
 //! setns(2), and deletes the namespace in a Drop guard, even on panic.
 
+mod common;
+use common::netns::VethNs;
 use ferrovs_engine::port::afpacket::{self, AfPacketConfig, AfPacketQueue, TxMode};
 use ferrovs_engine::port::memory::HeapBuf;
 use ferrovs_engine::port::{Packet, PortQueue, BURST};
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -19,81 +20,6 @@ const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 const MAC_OTHER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 /// IEEE local experimental ethertype: the kernel stack ignores it.
 const ETH_TEST: u16 = 0x88b5;
-
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Create the namespace and the veth pair, or explain why not.
-    fn new(tag: &str) -> Option<Netns> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: AF_PACKET tests need root (network namespaces, CAP_NET_RAW)");
-            return None;
-        }
-        let name = format!("fvs-t-{}-{tag}", std::process::id());
-        match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                eprintln!("SKIP: ip netns add failed: {}", String::from_utf8_lossy(&o.stderr));
-                return None;
-            }
-            Err(e) => {
-                eprintln!("SKIP: cannot run ip(8): {e}");
-                return None;
-            }
-        }
-        let ns = Netns { name };
-        ns.ip(&["link", "add", "fvsa", "type", "veth", "peer", "name", "fvsb"]);
-        ns.ip(&["link", "set", "fvsa", "address", &mac_str(MAC_A)]);
-        ns.ip(&["link", "set", "fvsb", "address", &mac_str(MAC_B)]);
-        // Less noise (router solicitations, MLD); tests filter anyway.
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sh", "-c"])
-            .arg("echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6")
-            .output();
-        ns.ip(&["link", "set", "fvsa", "up"]);
-        ns.ip(&["link", "set", "fvsb", "up"]);
-        Some(ns)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let o = Command::new("ip").arg("-n").arg(&self.name).args(args).output().expect("run ip");
-        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-
-    /// Run `f` on a thread inside the namespace; a panic propagates here
-    /// (after which the guard still deletes the namespace).
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            let h = s.spawn(move || {
-                let file = std::fs::File::open(&path).expect("open netns");
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns on a valid namespace fd only changes this
-                // thread's network namespace.
-                let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            });
-            match h.join() {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
 
 /// A test frame: ethertype ETH_TEST (optionally behind an 802.1Q tag),
 /// a 4-byte sequence number, then a pattern.
@@ -164,7 +90,7 @@ fn open1(dev: &str) -> AfPacketQueue {
 
 #[test]
 fn frames_cross_veth_intact_with_vlan_tags() {
-    let Some(ns) = Netns::new("intact") else { return };
+    let Some(ns) = VethNs::new("fvs-t", "intact", Some((MAC_A, MAC_B))) else { return };
     ns.run(|| {
         let mut a = open1("fvsa");
         let mut b = open1("fvsb");
@@ -245,7 +171,7 @@ fn udp_frame(flow: u32, seq: u32) -> Vec<u8> {
 
 #[test]
 fn fanout_spreads_flows_over_two_workers() {
-    let Some(ns) = Netns::new("fanout") else { return };
+    let Some(ns) = VethNs::new("fvs-t", "fanout", Some((MAC_A, MAC_B))) else { return };
     ns.run(|| {
         let mut a = open1("fvsa");
         let mut bs = afpacket::open("fvsb", 2, None, "fvsb").unwrap();
@@ -313,7 +239,7 @@ fn fanout_spreads_flows_over_two_workers() {
 
 #[test]
 fn tx_burst_larger_than_ring_counts_drops() {
-    let Some(ns) = Netns::new("overflow") else { return };
+    let Some(ns) = VethNs::new("fvs-t", "overflow", Some((MAC_A, MAC_B))) else { return };
     ns.run(|| {
         let mut a = open1("fvsa");
         let mut b = open1("fvsb");
@@ -366,7 +292,7 @@ fn tx_burst_larger_than_ring_counts_drops() {
 
 #[test]
 fn send_fallback_works() {
-    let Some(ns) = Netns::new("sendfb") else { return };
+    let Some(ns) = VethNs::new("fvs-t", "sendfb", Some((MAC_A, MAC_B))) else { return };
     ns.run(|| {
         let cfg = AfPacketConfig { tx_ring: false, ..Default::default() };
         let mut a = afpacket::open_with("fvsa", 1, None, "fvsa", &cfg).unwrap().pop().unwrap();
@@ -386,7 +312,7 @@ fn send_fallback_works() {
 
 #[test]
 fn rough_throughput() {
-    let Some(ns) = Netns::new("tput") else { return };
+    let Some(ns) = VethNs::new("fvs-t", "tput", Some((MAC_A, MAC_B))) else { return };
     ns.run(|| {
         let mut a = open1("fvsa");
         let mut b = open1("fvsb");

@@ -22,6 +22,8 @@
 //!   without `qpairs=2` is a clear error.
 #![cfg(feature = "dpdk")]
 
+mod common;
+use common::netns::VethNs;
 use ferrovs_cfg::{Backend as CfgBackend, Config, Engine, Interface, Timeouts};
 use ferrovs_engine::port::dpdk::{self, DpdkBackend, DpdkError, Mbuf};
 use ferrovs_engine::port::{Backend, Packet, PortQueue, BURST, HEADROOM, MAX_FRAME};
@@ -101,7 +103,7 @@ fn errors() {
 
 #[test]
 fn af_packet_veth() {
-    let Some(ns) = Netns::new("afp") else { return };
+    let Some(ns) = VethNs::new("fvs-dt", "afp", None) else { return };
     run_child("af_packet", Some(&ns.name));
     run_child("af_packet_noqpairs", Some(&ns.name));
 }
@@ -124,51 +126,6 @@ fn child() {
     let prefix = std::env::var(PREFIX_ENV).unwrap();
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
     println!("CHILD-OK {scenario}");
-}
-
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Option<Netns> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: the af_packet DPDK test needs root (network namespaces, raw sockets)");
-            return None;
-        }
-        let name = format!("fvs-dt-{}-{tag}", std::process::id());
-        match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                eprintln!("SKIP: ip netns add failed: {}", String::from_utf8_lossy(&o.stderr));
-                return None;
-            }
-            Err(e) => {
-                eprintln!("SKIP: cannot run ip(8): {e}");
-                return None;
-            }
-        }
-        let ns = Netns { name };
-        ns.ip(&["link", "add", "fvsa", "type", "veth", "peer", "name", "fvsb"]);
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sh", "-c"])
-            .arg("echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6")
-            .output();
-        ns.ip(&["link", "set", "fvsa", "up"]);
-        ns.ip(&["link", "set", "fvsb", "up"]);
-        Some(ns)
-    }
-    fn ip(&self, args: &[&str]) {
-        let o = Command::new("ip").args(["-n", &self.name]).args(args).output().unwrap();
-        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
 }
 
 // ---------------------------------------------------------------------------

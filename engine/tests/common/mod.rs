@@ -3,6 +3,8 @@
 //! MACs and static neighbours, so fixtures can spell expected frames exactly.
 #![allow(dead_code)]
 
+pub mod netns;
+
 pub const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
 pub const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
