@@ -17,12 +17,31 @@
 //!
 //! | mode | sees | on | does |
 //! |------|------|----|------|
-//! | NAT | both directions | `227 (h1,..,p2)` from the RS | rewrites the address to the VIP, [`ExpectKind::Passive`] `vip:p -> real:p` |
-//! | NAT | | `229 (\|\|\|p\|)` | [`ExpectKind::Passive`] `vip:p -> real:p`, no rewrite |
+//! | NAT | both directions | `227 (h1,..,p2)` from the RS answering a `PASV` | rewrites the address to the VIP, [`ExpectKind::Passive`] `vip:p -> real:p` (or `vip:q`, see below) |
+//! | NAT | | `229 (\|\|\|p\|)` answering an `EPSV` | [`ExpectKind::Passive`] `vip:p -> real:p`, rewritten only if moved to `q` |
 //! | NAT | | `PORT` / `EPRT` | [`ExpectKind::Active`] `real:* -> client:p`, to be sourced from `vip:20` |
 //! | DR | client -> server only | `PASV` / `EPSV` | [`ExpectKind::Passive`] with any VIP port, pinned to the RS |
 //! | DR | | `PORT` / `EPRT` | [`ExpectKind::Active`]: the RS reaches the client directly, but the client's answers to the VIP from port `p` must reach the same RS |
-//! | both | | `AUTH TLS`/`SSL` accepted (`234` in NAT, the command itself in DR) | [`Event::TlsFallback`]; parsing stops for good |
+//! | both | | `AUTH TLS`/`SSL` accepted (`234` in NAT; in DR, where replies are not seen, a TLS record as the client's next bytes) | [`Event::TlsFallback`]; parsing stops for good. Refused (`4xx`/`5xx`, or a plain command next in DR): [`Event::TlsRefused`], parsing goes on |
+//!
+//! # Only real replies open pinholes (NAT)
+//!
+//! The session keeps the client's commands in order until their final reply (a small fixed
+//! queue) and follows multi-line replies (`ddd-` ... `ddd `). A `227`/`229` is honoured only as
+//! a single-line final reply to a pending `PASV`/`EPSV`, at a line start; lines inside a
+//! multi-line reply (where servers echo client text: `STAT`, `HELP`, `SITE`) and replies to
+//! other commands are never acted on ([`Event::Unsolicited`]). The greeting (`220`) answers
+//! no command. After a hole in sequence space the order may be lost; then a `227`/`229` answers
+//! the oldest pending `PASV`/`EPSV` anywhere in the queue until the queue drains. Data ports
+//! below 1024 open nothing ([`Event::LowPort`]) unless
+//! [`FtpSession::set_allow_low_data_ports`].
+//!
+//! # Collisions: the engine decides
+//!
+//! Every data connection is asked of the engine's [`Pinholes`] before it is announced
+//! ([`FtpSession::on_segment_with`]). The engine may move a NAT passive one to another VIP port
+//! when another session already expects that port ([`Grant::OpenAt`]; the `227`/`229` is then
+//! rewritten to announce it, as Linux's nf_nat_ftp does) or refuse it ([`Grant::Refused`]).
 //!
 //! A `PORT`/`EPRT` naming another address than the client's (FTP bounce), or a port below 1024,
 //! opens nothing and yields [`Event::BounceRefused`] (the foreign-address part can be switched
@@ -104,6 +123,8 @@
 //! };
 //! let mut s = FtpSession::new(p);
 //! let mut out = Actions::default();
+//! // A 227 counts only as the answer to the client's PASV.
+//! assert_eq!(s.on_segment(0, Dir::Original, 500, b"PASV\r\n", &mut out), Verdict::Forward);
 //! let v = s.on_segment(0, Dir::Reply, 1000, b"227 Entering Passive Mode (10,0,2,2,4,1)\r\n", &mut out);
 //! assert_eq!(v, Verdict::Replace { seq: 1000, payload: b"227 Entering Passive Mode (10,0,0,100,4,1)\r\n".to_vec() });
 //! assert_eq!(out.expectations[0].kind, ExpectKind::Passive { vip_port: Some(1025), real_port: Some(1025) });
@@ -245,6 +266,40 @@ pub enum ExpectKind {
     },
 }
 
+/// The engine's answer when the session asks to open a data connection (see [`Pinholes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// Opened as asked.
+    Open,
+    /// NAT passive only: the VIP port asked for is taken by another session's expectation (or
+    /// by another service), so the engine opened `vip:port -> real:real_port` on this other VIP
+    /// port instead; the session rewrites the `227`/`229` reply to announce it. This is what
+    /// Linux's nf_nat_ftp does when `nf_ct_expect_related` reports a clash: it tries the next
+    /// port. Any other kind answered with `OpenAt` is treated as [`Grant::Refused`].
+    OpenAt(u16),
+    /// Not opened (a clash that cannot be moved, or a limit). The session still rewrites the
+    /// reply's address to the VIP (never leaking the real server's address) and counts it.
+    Refused,
+}
+
+/// Where the session's expectations go. The engine implements it over its expectation table
+/// and passes it to [`FtpSession::on_segment_with`]; the answer arrives synchronously because
+/// a moved passive port has to be written into the very reply being processed.
+pub trait Pinholes {
+    /// Open (or refuse, or move) the data connection `e`.
+    fn open(&mut self, e: &Expectation) -> Grant;
+}
+
+/// A [`Pinholes`] that opens everything as asked ([`FtpSession::on_segment`] uses it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenAll;
+
+impl Pinholes for OpenAll {
+    fn open(&mut self, _e: &Expectation) -> Grant {
+        Grant::Open
+    }
+}
+
 /// Things the engine may count or log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
@@ -263,4 +318,24 @@ pub enum Event {
     Oversized,
     /// A `PORT`/`EPRT`/`227`/`229` line that does not parse (e.g. pure-ftpd's `227 Logout.`).
     Malformed,
+    /// A `227`/`229` that does not answer a pending `PASV`/`EPSV` of this session (unsolicited,
+    /// inside a multi-line reply, or answering another command): nothing was opened.
+    Unsolicited,
+    /// A data port below 1024 was announced or named: nothing was opened (see
+    /// [`FtpSession::set_allow_low_data_ports`]).
+    LowPort {
+        /// The port.
+        port: u16,
+    },
+    /// The engine refused an expectation ([`Grant::Refused`]).
+    Refused,
+    /// The engine moved a passive expectation to another VIP port ([`Grant::OpenAt`]).
+    Moved {
+        /// The port the real server announced.
+        from: u16,
+        /// The VIP port announced to the client instead.
+        to: u16,
+    },
+    /// `AUTH TLS` was refused: the client went on in plain text, parsing continues.
+    TlsRefused,
 }

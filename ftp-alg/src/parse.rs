@@ -217,6 +217,12 @@ pub fn parse_227(line: &[u8]) -> Option<(SocketAddrV4, Range<usize>)> {
 /// Parses a final `229` reply: `229 text (<d><d><d>port<d>)`. The three leading delimiters and
 /// the closing one must be the same printable, non-digit character.
 pub fn parse_229(line: &[u8]) -> Option<u16> {
+    parse_229_field(line).map(|(p, _)| p)
+}
+
+/// [`parse_229`] with the byte range of the port's digits inside `line` (what the gateway
+/// replaces when it moves a clashing expectation to another VIP port).
+pub fn parse_229_field(line: &[u8]) -> Option<(u16, Range<usize>)> {
     if reply_code(line)? != (229, true) {
         return None;
     }
@@ -231,7 +237,28 @@ pub fn parse_229(line: &[u8]) -> Option<u16> {
     if s.get(3 + len) != Some(&d) || s.get(4 + len) != Some(&b')') || p == 0 || p > 65535 {
         return None;
     }
-    Some(p as u16)
+    let start = open + 1 + 3;
+    Some((p as u16, start..start + len))
+}
+
+/// Writes the decimal text of `port` into `out` (at least 5 bytes) and returns its length.
+pub fn format_port(port: u16, out: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 5];
+    let mut v = port;
+    let mut n = 0;
+    loop {
+        tmp[4 - n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        n += 1;
+        if v == 0 {
+            break;
+        }
+    }
+    if out.len() < n {
+        return 0;
+    }
+    out[..n].copy_from_slice(&tmp[5 - n..]);
+    n
 }
 
 /// Writes `h1,h2,h3,h4,p1,p2` for `ip:port` into `out` and returns its length, or returns 0 and

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::parse::{self, Command};
 use crate::seq::{self, Shifts};
-use crate::{Actions, Dir, Event, ExpectKind, Expectation, Mode, SessionParams, Verdict};
+use crate::{Actions, Dir, Event, ExpectKind, Expectation, Grant, Mode, OpenAll, Pinholes, SessionParams, Verdict};
 
 /// Longest line the gateway reassembles (without being "oversized"), and so also the most bytes
 /// it ever holds per direction.
@@ -25,6 +25,87 @@ pub struct Stats {
     pub oversized: u64,
     /// Lines that looked like PORT/EPRT/227/229 but did not parse.
     pub malformed: u64,
+    /// `227`/`229` lines that answered no pending `PASV`/`EPSV` (or sat inside a multi-line
+    /// reply): not acted on.
+    pub unsolicited: u64,
+    /// Expectations the engine refused.
+    pub refused: u64,
+    /// Passive expectations the engine moved to another VIP port.
+    pub moved: u64,
+}
+
+/// What a client command waiting for its final reply was, as far as the gateway cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Pending {
+    #[default]
+    Other,
+    Pasv,
+    Epsv,
+    Auth,
+}
+
+/// The client commands (NAT) whose final reply has not been seen yet, oldest first. Fixed size:
+/// a client that pipelines more than [`CmdQueue::CAP`] commands gets the overflow counted as
+/// `Other` commands at the tail (so the order of replies stays exact; a PASV among them is
+/// simply not honoured).
+#[derive(Clone, Debug, Default)]
+struct CmdQueue {
+    items: [Pending; CmdQueue::CAP],
+    head: usize,
+    len: usize,
+    /// Commands after `items` that did not fit (all treated as `Other`).
+    overflow: u32,
+}
+
+impl CmdQueue {
+    const CAP: usize = 16;
+
+    fn push(&mut self, c: Pending) {
+        if self.overflow == 0 && self.len < Self::CAP {
+            self.items[(self.head + self.len) % Self::CAP] = c;
+            self.len += 1;
+        } else {
+            self.overflow = self.overflow.saturating_add(1);
+        }
+    }
+
+    /// The command the next final reply answers.
+    fn front(&self) -> Option<Pending> {
+        if self.len > 0 {
+            Some(self.items[self.head])
+        } else if self.overflow > 0 {
+            Some(Pending::Other)
+        } else {
+            None
+        }
+    }
+
+    fn contains(&self, c: Pending) -> bool {
+        (0..self.len).any(|k| self.items[(self.head + k) % Self::CAP] == c)
+    }
+
+    /// Pops everything up to and including the oldest `c` (which must be queued).
+    fn pop_through(&mut self, c: Pending) {
+        while let Some(x) = self.pop() {
+            if x == c {
+                return;
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.len > 0 {
+            let c = self.items[self.head];
+            self.head = (self.head + 1) % Self::CAP;
+            self.len -= 1;
+            Some(c)
+        } else if self.overflow > 0 {
+            self.overflow -= 1;
+            Some(Pending::Other)
+        } else {
+            None
+        }
+    }
 }
 
 /// One direction of the control connection.
@@ -44,6 +125,9 @@ struct Stream {
     held: bool,
     /// Discarding bytes up to the next LF (oversized line, or resync after a gap).
     skipping: bool,
+    /// The line being skipped is an oversized one whose start was seen: its first bytes, so
+    /// its end still counts as a command or reply (the reply order stays in step).
+    skip_head: Option<[u8; 4]>,
     /// Rewrites done in this direction, for seq/ack mapping and for replaying retransmissions.
     shifts: Shifts,
 }
@@ -86,12 +170,27 @@ pub struct FtpSession {
     p: SessionParams,
     orig: Stream,
     reply: Stream,
-    /// `AUTH TLS` sent, waiting for the reply (NAT).
+    /// `AUTH TLS` sent: waiting for the reply (NAT) or for the client's next bytes (DR, where
+    /// the balancer sees no replies: a TLS record means TLS began, a plain command means the
+    /// server refused it).
     auth_pending: bool,
     tls: bool,
     stats: Stats,
     /// Largest `Replace` payload wanted (see `set_max_payload`).
     max_payload: usize,
+    /// NAT: client commands awaiting their final reply.
+    cmds: CmdQueue,
+    /// NAT: inside a multi-line reply (`ddd-` ... `ddd `) with this code.
+    multiline: Option<u16>,
+    /// NAT: the server's greeting (the first final reply, answering no command) was seen.
+    greeted: bool,
+    /// NAT: a hole in either direction may have hidden commands or replies, so replies and
+    /// commands may be out of step: a `227`/`229` then answers the oldest pending
+    /// `PASV`/`EPSV` wherever it is in the queue (still only as a single-line final reply).
+    /// Cleared when the queue drains.
+    desync: bool,
+    /// Data ports below 1024 may be opened.
+    allow_low_ports: bool,
 }
 
 impl FtpSession {
@@ -105,7 +204,19 @@ impl FtpSession {
             tls: false,
             stats: Stats::default(),
             max_payload: usize::MAX,
+            cmds: CmdQueue::default(),
+            multiline: None,
+            greeted: false,
+            desync: false,
+            allow_low_ports: false,
         }
+    }
+
+    /// Lets `227`/`229`/`PORT`/`EPRT` open data connections on ports below 1024 (off by
+    /// default: a privileged port as a data port is a classic bounce/port-scan vector; Linux's
+    /// nf_conntrack_ftp does not check it, IPVS's ip_vs_ftp neither — we are stricter).
+    pub fn set_allow_low_data_ports(&mut self, allow: bool) {
+        self.allow_low_ports = allow;
     }
 
     /// The parameters the session was created with.
@@ -182,9 +293,34 @@ impl FtpSession {
         }
     }
 
-    /// Only NAT replies on an IPv4 session can need a rewrite (and so a hold).
+    /// Only NAT replies can need a rewrite (and so a hold): a `227` address, or a `229` port the
+    /// engine moved.
     fn may_rewrite(&self, dir: Dir) -> bool {
-        dir == Dir::Reply && self.p.mode == Mode::Nat && self.p.vip.is_ipv4() && !self.tls
+        dir == Dir::Reply && self.p.mode == Mode::Nat && !self.tls
+    }
+
+    /// The prefix a reply line must start with to be held for a possible rewrite: only a final
+    /// reply answering a pending `PASV` (`227 `, IPv4) or `EPSV` (`229 `), outside a multi-line
+    /// reply.
+    fn hold_prefix(&self) -> Option<&'static [u8]> {
+        if self.multiline.is_some() {
+            return None;
+        }
+        let v4 = self.p.vip.is_ipv4();
+        if self.desync {
+            return if v4 && self.cmds.contains(Pending::Pasv) {
+                Some(b"227 ")
+            } else if self.cmds.contains(Pending::Epsv) {
+                Some(b"229 ")
+            } else {
+                None
+            };
+        }
+        match self.cmds.front()? {
+            Pending::Pasv if v4 => Some(b"227 "),
+            Pending::Epsv => Some(b"229 "),
+            _ => None,
+        }
     }
 
     /// Processes one segment travelling in `dir` whose first payload byte has (untranslated)
@@ -192,6 +328,23 @@ impl FtpSession {
     /// are forwarded and change nothing.
     #[must_use]
     pub fn on_segment(&mut self, now: u64, dir: Dir, seq: u32, payload: &[u8], out: &mut Actions) -> Verdict {
+        self.on_segment_with(now, dir, seq, payload, out, &mut OpenAll)
+    }
+
+    /// [`FtpSession::on_segment`] asking `pins` for every data connection before announcing
+    /// it: the engine may move a passive one to another VIP port (the reply is rewritten to
+    /// say so) or refuse it. Granted expectations are also appended to `out.expectations`
+    /// (with the port actually opened).
+    #[must_use]
+    pub fn on_segment_with(
+        &mut self,
+        now: u64,
+        dir: Dir,
+        seq: u32,
+        payload: &[u8],
+        out: &mut Actions,
+        pins: &mut dyn Pinholes,
+    ) -> Verdict {
         if payload.is_empty() {
             return Verdict::Forward;
         }
@@ -205,6 +358,7 @@ impl FtpSession {
         let gap = seq::after(seq, self.stream(dir).next);
         if gap {
             self.stats.gaps += 1;
+            self.desync = true;
             let st = self.stream_mut(dir);
             if st.held {
                 // The engine dropped the held bytes; data after a hole cannot be sent with a
@@ -229,7 +383,7 @@ impl FtpSession {
             !matches!(old, Emit::Raw | Emit::Nothing) && payload.len().saturating_add(MAX_GROWTH) > self.max_payload;
         let new = if old_len < payload.len() && !too_big {
             self.stream_mut(dir).has_data = true;
-            self.process_new(now, dir, &payload[old_len..], out)
+            self.process_new(now, dir, &payload[old_len..], out, pins)
         } else {
             Emit::Nothing
         };
@@ -285,8 +439,24 @@ impl FtpSession {
     }
 
     /// Processes bytes never seen before; they start at `stream.next`.
-    fn process_new(&mut self, now: u64, dir: Dir, data: &[u8], acts: &mut Actions) -> Emit {
+    fn process_new(&mut self, now: u64, dir: Dir, data: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) -> Emit {
         let base = self.stream(dir).next;
+        if dir == Dir::Original && self.auth_pending && !self.tls {
+            let st = self.stream(dir);
+            if st.line.is_empty() && !st.skipping {
+                if data[0] == 0x16 {
+                    // A TLS handshake record where a command would start: TLS began.
+                    self.enter_tls(acts);
+                    self.stream_mut(dir).next = base.wrapping_add(data.len() as u32);
+                    return Emit::Raw;
+                }
+                if self.p.mode == Mode::Dr {
+                    // DR sees no replies: a plain command after AUTH means it was refused.
+                    self.auth_pending = false;
+                    acts.events.push(Event::TlsRefused);
+                }
+            }
+        }
         let was_held = self.stream(dir).held;
         let emit_start = if was_held { self.stream(dir).line_start } else { base };
         // Emitted bytes from `emit_start`, materialised only once they differ from the raw data.
@@ -300,7 +470,7 @@ impl FtpSession {
             match data[i..].iter().position(|&b| b == b'\n') {
                 Some(k) => {
                     let end = i + k + 1;
-                    self.complete_line(now, dir, data, i, end, &mut out, &mut copied, acts);
+                    self.complete_line(now, dir, data, i, end, &mut out, &mut copied, acts, pins);
                     i = end;
                     if let Some(o) = &out {
                         if !o.is_empty() && o.len() + (data.len() - end) > self.max_payload {
@@ -312,6 +482,7 @@ impl FtpSession {
                 }
                 None => {
                     let piece = &data[i..];
+                    let prefix = if may_rewrite { self.hold_prefix() } else { None };
                     let st = self.stream_mut(dir);
                     if st.skipping {
                         break;
@@ -321,6 +492,7 @@ impl FtpSession {
                         acts.events.push(Event::Oversized);
                         let st = self.stream_mut(dir);
                         st.skipping = true;
+                        st.skip_head = Some(head4(&st.line, piece));
                         if st.held {
                             // Give up holding: send the held bytes as they are.
                             out.get_or_insert_with(Vec::new).extend_from_slice(&st.line);
@@ -335,7 +507,7 @@ impl FtpSession {
                     }
                     let fresh = !st.held && st.line.is_empty();
                     st.line.extend_from_slice(piece);
-                    if may_rewrite && (fresh || st.held) && may_be_227(&st.line) {
+                    if (fresh || st.held) && prefix.is_some_and(|p| may_start_with(&st.line, p)) {
                         if !st.held {
                             st.held = true;
                             stop = Some(i);
@@ -385,6 +557,7 @@ impl FtpSession {
         out: &mut Option<Vec<u8>>,
         copied: &mut usize,
         acts: &mut Actions,
+        pins: &mut dyn Pinholes,
     ) {
         let base = self.stream(dir).next;
         let piece = &data[i..end];
@@ -394,13 +567,18 @@ impl FtpSession {
         st.held = false;
         if st.skipping {
             st.skipping = false;
+            let head = st.skip_head.take();
             line.clear();
             st.line = line;
+            if let Some(h) = head {
+                self.unparsed_line(dir, &h);
+            }
             return;
         }
         if line.len() + piece.len() > MAX_LINE {
             self.stats.oversized += 1;
             acts.events.push(Event::Oversized);
+            self.unparsed_line(dir, &head4(&line, piece));
             if held {
                 let o = out.get_or_insert_with(Vec::new);
                 o.extend_from_slice(&line);
@@ -418,7 +596,7 @@ impl FtpSession {
             line.extend_from_slice(piece);
         }
         let full: &[u8] = if whole_here { piece } else { &line };
-        let rw = self.handle_line(now, dir, full, acts);
+        let rw = self.handle_line(now, dir, full, acts, pins);
         let rw = rw.filter(|_| whole_here || held);
         if held || rw.is_some() {
             let o = out.get_or_insert_with(Vec::new);
@@ -461,47 +639,108 @@ impl FtpSession {
     }
 
     /// Parses one complete line; returns the rewrite it needs, if any.
-    fn handle_line(&mut self, now: u64, dir: Dir, line: &[u8], acts: &mut Actions) -> Option<Rewrite> {
+    fn handle_line(
+        &mut self,
+        now: u64,
+        dir: Dir,
+        line: &[u8],
+        acts: &mut Actions,
+        pins: &mut dyn Pinholes,
+    ) -> Option<Rewrite> {
         match dir {
             Dir::Original => {
-                self.handle_command(now, line, acts);
+                self.handle_command(now, line, acts, pins);
                 None
             }
-            Dir::Reply if self.p.mode == Mode::Nat => self.handle_reply(now, line, acts),
+            Dir::Reply if self.p.mode == Mode::Nat => self.handle_reply(now, line, acts, pins),
             // In DR replies do not pass the balancer; if the engine feeds some anyway they are
             // only sequence-tracked.
             Dir::Reply => None,
         }
     }
 
-    fn handle_command(&mut self, now: u64, line: &[u8], acts: &mut Actions) {
-        let v4 = self.p.client.is_ipv4();
-        match parse::classify_command(line) {
-            Command::Port if v4 => match parse::parse_port(line) {
-                Some(a) => self.active(now, SocketAddr::V4(a), acts),
-                None => self.malformed(acts),
-            },
-            Command::Eprt => match parse::parse_eprt(line) {
-                Some(a) => self.active(now, a, acts),
-                None => self.malformed(acts),
-            },
-            // PASV is IPv4-only (RFC 2428): on an IPv6 session it opens nothing.
-            c @ (Command::Pasv | Command::Epsv) if self.p.mode == Mode::Dr && (v4 || c == Command::Epsv) => {
-                let kind = ExpectKind::Passive { vip_port: None, real_port: None };
-                acts.expectations.push(self.expect(now, kind, self.p.client.ip()));
+    /// An oversized line starting with `head` ended: it still is a command or a reply.
+    fn unparsed_line(&mut self, dir: Dir, head: &[u8]) {
+        match dir {
+            Dir::Original => self.queue(Pending::Other),
+            Dir::Reply if self.p.mode == Mode::Nat => {
+                let _ = self.track_reply(parse::reply_code(head));
             }
-            Command::AuthTls => match self.p.mode {
-                Mode::Nat => self.auth_pending = true,
-                Mode::Dr => self.enter_tls(acts),
-            },
-            _ => {}
+            Dir::Reply => {}
         }
     }
 
+    /// Remembers a NAT command until its final reply (DR sees no replies).
+    fn queue(&mut self, c: Pending) {
+        if self.p.mode == Mode::Nat {
+            self.cmds.push(c);
+        }
+    }
+
+    fn handle_command(&mut self, now: u64, line: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) {
+        let v4 = self.p.client.is_ipv4();
+        match parse::classify_command(line) {
+            Command::Port if v4 => {
+                self.queue(Pending::Other);
+                match parse::parse_port(line) {
+                    Some(a) => self.active(now, SocketAddr::V4(a), acts, pins),
+                    None => self.malformed(acts),
+                }
+            }
+            Command::Eprt => {
+                self.queue(Pending::Other);
+                match parse::parse_eprt(line) {
+                    Some(a) => self.active(now, a, acts, pins),
+                    None => self.malformed(acts),
+                }
+            }
+            // PASV is IPv4-only (RFC 2428): on an IPv6 session it opens nothing.
+            c @ (Command::Pasv | Command::Epsv) if self.p.mode == Mode::Dr => {
+                if v4 || c == Command::Epsv {
+                    let kind = ExpectKind::Passive { vip_port: None, real_port: None };
+                    let e = self.expect(now, kind, self.p.client.ip());
+                    self.request(e, acts, pins);
+                }
+            }
+            Command::Pasv => self.queue(Pending::Pasv),
+            Command::Epsv => self.queue(Pending::Epsv),
+            Command::AuthTls => {
+                self.queue(Pending::Auth);
+                self.auth_pending = true;
+            }
+            _ => self.queue(Pending::Other),
+        }
+    }
+
+    /// Asks the engine for `e`; records a granted one in `acts`. Returns the grant.
+    fn request(&mut self, mut e: Expectation, acts: &mut Actions, pins: &mut dyn Pinholes) -> Grant {
+        let g = match (pins.open(&e), e.kind) {
+            (Grant::OpenAt(p), ExpectKind::Passive { vip_port: Some(from), real_port }) if p != 0 => {
+                e.kind = ExpectKind::Passive { vip_port: Some(p), real_port };
+                self.stats.moved += 1;
+                acts.events.push(Event::Moved { from, to: p });
+                Grant::OpenAt(p)
+            }
+            (Grant::Open, _) => Grant::Open,
+            _ => Grant::Refused,
+        };
+        if g == Grant::Refused {
+            self.stats.refused += 1;
+            acts.events.push(Event::Refused);
+        } else {
+            acts.expectations.push(e);
+        }
+        g
+    }
+
     /// A PORT/EPRT naming `a`.
-    fn active(&mut self, now: u64, a: SocketAddr, acts: &mut Actions) {
+    fn active(&mut self, now: u64, a: SocketAddr, acts: &mut Actions, pins: &mut dyn Pinholes) {
         let foreign = a.ip() != self.p.client.ip();
-        if a.port() < 1024 || (foreign && !self.p.allow_foreign_port_address) {
+        if a.port() < 1024 && !self.allow_low_ports {
+            acts.events.push(Event::LowPort { port: a.port() });
+            return;
+        }
+        if foreign && !self.p.allow_foreign_port_address {
             acts.events.push(Event::BounceRefused { named: a.ip(), port: a.port() });
             return;
         }
@@ -515,7 +754,8 @@ impl FtpSession {
         // client answers the VIP, so its packets to VIP (from the named port)
         // must reach the same real server: the engine uses the same kind.
         let kind = ExpectKind::Active { client_port: a.port(), rs_src_port: None };
-        acts.expectations.push(self.expect(now, kind, a.ip()));
+        let e = self.expect(now, kind, a.ip());
+        self.request(e, acts, pins);
     }
 
     fn enter_tls(&mut self, acts: &mut Actions) {
@@ -524,51 +764,143 @@ impl FtpSession {
         acts.events.push(Event::TlsFallback);
     }
 
-    fn handle_reply(&mut self, now: u64, line: &[u8], acts: &mut Actions) -> Option<Rewrite> {
-        let (code, last) = parse::reply_code(line)?;
-        if !last {
-            return None;
-        }
-        match code {
-            227 => {
-                let IpAddr::V4(vip) = self.p.vip.ip() else {
-                    return None;
-                };
-                let Some((addr, range)) = parse::parse_227(line) else {
-                    self.malformed(acts);
-                    return None;
-                };
-                let port = addr.port();
-                let kind = ExpectKind::Passive { vip_port: Some(port), real_port: Some(port) };
-                acts.expectations.push(self.expect(now, kind, self.p.client.ip()));
-                let mut text = [0u8; parse::MAX_227_ADDR_LEN];
-                let len = parse::format_227_addr(vip, port, &mut text);
-                if line[range.clone()] == text[..len] {
-                    return None;
-                }
-                acts.events.push(Event::Rewrite);
-                Some(Rewrite { range, text, len })
+    /// A reply line (NAT). Multi-line replies are tracked and never acted on; a `227`/`229`
+    /// counts only as the final reply to a pending `PASV`/`EPSV`, at a line start (lines are
+    /// parsed whole, so text a server echoes inside a line can never match). Linux's
+    /// nf_conntrack_ftp searches any reply segment for the pattern; IPVS's ip_vs_ftp looks at
+    /// the start of a segment only: both can be fooled by echoed client text, this cannot.
+    fn handle_reply(&mut self, now: u64, line: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) -> Option<Rewrite> {
+        let parsed = parse::reply_code(line);
+        let inside = self.multiline.is_some();
+        let Some((code, answers)) = self.track_reply(parsed) else {
+            if inside && matches!(parsed, Some((227 | 229, true))) {
+                self.unsolicited(acts);
             }
-            229 => {
-                match parse::parse_229(line) {
-                    Some(port) => {
-                        let kind = ExpectKind::Passive { vip_port: Some(port), real_port: Some(port) };
-                        acts.expectations.push(self.expect(now, kind, self.p.client.ip()));
-                    }
-                    None => self.malformed(acts),
-                }
+            return None;
+        };
+        match (code, answers) {
+            (227, Some(Pending::Pasv)) => self.passive_227(now, line, acts, pins),
+            (229, Some(Pending::Epsv)) => self.passive_229(now, line, acts, pins),
+            (227 | 229, _) => {
+                self.unsolicited(acts);
                 None
             }
-            234 if self.auth_pending => {
+            (234, Some(Pending::Auth)) => {
                 self.enter_tls(acts);
                 None
             }
-            400..=599 => {
+            (400..=599, Some(Pending::Auth)) => {
                 self.auth_pending = false;
+                acts.events.push(Event::TlsRefused);
                 None
             }
             _ => None,
         }
+    }
+
+    /// Follows the reply structure for a line whose reply code is `parsed`. Returns the code
+    /// and the command answered (if any) only for a single-line reply, the only kind acted on:
+    /// lines of a multi-line reply (`ddd-` ... `ddd `), including its last, give `None`.
+    fn track_reply(&mut self, parsed: Option<(u16, bool)>) -> Option<(u16, Option<Pending>)> {
+        if let Some(code) = self.multiline {
+            // Only `code SP` (or the bare code) ends it; every other line is text.
+            if parsed == Some((code, true)) {
+                self.multiline = None;
+                let _ = self.final_reply(code);
+            }
+            return None;
+        }
+        let (code, last) = parsed?;
+        if !last {
+            self.multiline = Some(code);
+            return None;
+        }
+        Some((code, self.final_reply(code)))
+    }
+
+    /// A final reply with `code` was read: returns the command it answers (`None` for the
+    /// greeting, a preliminary `1xx` reply, or a reply nobody asked for).
+    fn final_reply(&mut self, code: u16) -> Option<Pending> {
+        if code < 200 {
+            return None;
+        }
+        if !self.greeted {
+            self.greeted = true;
+            if code == 220 {
+                return None;
+            }
+        }
+        if self.desync {
+            let want = match code {
+                227 => Some(Pending::Pasv),
+                229 => Some(Pending::Epsv),
+                _ => None,
+            };
+            if let Some(w) = want.filter(|&w| self.cmds.contains(w)) {
+                self.cmds.pop_through(w);
+                return Some(w);
+            }
+        }
+        let c = self.cmds.pop();
+        if self.cmds.front().is_none() {
+            self.desync = false;
+        }
+        c
+    }
+
+    fn unsolicited(&mut self, acts: &mut Actions) {
+        self.stats.unsolicited += 1;
+        acts.events.push(Event::Unsolicited);
+    }
+
+    /// The `227` answering our client's `PASV`: the address always becomes the VIP (the real
+    /// server's address never reaches the client), the port is the one opened.
+    fn passive_227(&mut self, now: u64, line: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) -> Option<Rewrite> {
+        let IpAddr::V4(vip) = self.p.vip.ip() else {
+            return None;
+        };
+        let Some((addr, range)) = parse::parse_227(line) else {
+            self.malformed(acts);
+            return None;
+        };
+        let port = addr.port();
+        let announce = match self.passive(now, port, acts, pins) {
+            Grant::OpenAt(p) => p,
+            _ => port,
+        };
+        let mut text = [0u8; parse::MAX_227_ADDR_LEN];
+        let len = parse::format_227_addr(vip, announce, &mut text);
+        if line[range.clone()] == text[..len] {
+            return None;
+        }
+        acts.events.push(Event::Rewrite);
+        Some(Rewrite { range, text, len })
+    }
+
+    /// The `229` answering our client's `EPSV`: rewritten only if the port was moved.
+    fn passive_229(&mut self, now: u64, line: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) -> Option<Rewrite> {
+        let Some((port, range)) = parse::parse_229_field(line) else {
+            self.malformed(acts);
+            return None;
+        };
+        let Grant::OpenAt(to) = self.passive(now, port, acts, pins) else {
+            return None;
+        };
+        let mut text = [0u8; parse::MAX_227_ADDR_LEN];
+        let len = parse::format_port(to, &mut text);
+        acts.events.push(Event::Rewrite);
+        Some(Rewrite { range, text, len })
+    }
+
+    /// Opens `client -> vip:port -> real:port` (NAT passive), unless `port` is privileged.
+    fn passive(&mut self, now: u64, port: u16, acts: &mut Actions, pins: &mut dyn Pinholes) -> Grant {
+        if port < 1024 && !self.allow_low_ports {
+            acts.events.push(Event::LowPort { port });
+            return Grant::Refused;
+        }
+        let kind = ExpectKind::Passive { vip_port: Some(port), real_port: Some(port) };
+        let e = self.expect(now, kind, self.p.client.ip());
+        self.request(e, acts, pins)
     }
 }
 
@@ -576,11 +908,19 @@ impl FtpSession {
 /// the longest text 23), used with a few fields of slack for the payload limit check.
 const MAX_GROWTH: usize = 64;
 
-/// Could this incomplete line still become a final `227 ` reply?
-fn may_be_227(line: &[u8]) -> bool {
-    const P: &[u8] = b"227 ";
-    let n = line.len().min(P.len());
-    line[..n] == P[..n]
+/// The first (up to) four bytes of the line made of `a` then `b`.
+fn head4(a: &[u8], b: &[u8]) -> [u8; 4] {
+    let mut h = [b' '; 4];
+    for (d, s) in h.iter_mut().zip(a.iter().chain(b.iter())) {
+        *d = *s;
+    }
+    h
+}
+
+/// Could this incomplete line still start with `prefix`?
+fn may_start_with(line: &[u8], prefix: &[u8]) -> bool {
+    let n = line.len().min(prefix.len());
+    line[..n] == prefix[..n]
 }
 
 /// Joins what the already-processed part (`payload[..old_len]`, from `seq`) and the new part

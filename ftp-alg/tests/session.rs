@@ -48,15 +48,34 @@ fn replace(seq: u32, payload: &[u8]) -> Verdict {
 struct T {
     s: FtpSession,
     a: Actions,
+    /// Next client-to-server sequence number (for `cmd`).
+    o: u32,
+    /// Next server-to-client sequence number (for `reply`).
+    r: u32,
 }
 
 impl T {
     fn new(p: SessionParams) -> Self {
-        T { s: FtpSession::new(p), a: Actions::default() }
+        T { s: FtpSession::new(p), a: Actions::default(), o: 0, r: 0 }
     }
     fn feed(&mut self, now: u64, dir: Dir, seq: u32, data: &[u8]) -> Verdict {
         self.a.clear();
+        if dir == Dir::Original {
+            self.o = self.o.max(seq.wrapping_add(data.len() as u32));
+        }
         self.s.on_segment(now, dir, seq, data, &mut self.a)
+    }
+    /// The server sends `data` at the next server sequence number.
+    fn reply(&mut self, data: &[u8]) -> Verdict {
+        let r = self.r;
+        self.r = r.wrapping_add(data.len() as u32);
+        self.feed(0, Dir::Reply, r, data)
+    }
+    /// The client sends `line` (CRLF added) at the next client sequence number. A 227/229 is
+    /// only honoured as the answer to a PASV/EPSV the client sent.
+    fn cmd(&mut self, line: &str) -> Verdict {
+        let l = format!("{line}\r\n");
+        self.feed(0, Dir::Original, self.o, l.as_bytes())
     }
 }
 
@@ -96,6 +115,7 @@ fn nat_227_rewrite_and_mapping() {
 #[test]
 fn retransmitted_227_same_replace_no_duplicate() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     let v1 = t.feed(0, Dir::Reply, 100, R227);
     assert_eq!(t.a.expectations.len(), 1);
     let end = 100 + R227.len() as u32;
@@ -118,6 +138,7 @@ fn retransmitted_227_same_replace_no_duplicate() {
 #[test]
 fn retransmission_starting_inside_rewritten_field_is_widened() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     let _ = t.feed(0, Dir::Reply, 100, R227);
     // Field "10,0,2,2,4,1" starts at offset 27. A retransmission starting 3 bytes into it.
     let field = 100 + 27;
@@ -129,6 +150,8 @@ fn retransmission_starting_inside_rewritten_field_is_widened() {
 #[test]
 fn split_227_is_held_then_replaced() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("TYPE I");
+    t.cmd("PASV");
     assert_eq!(t.feed(0, Dir::Reply, 0, b"220 hi\r\n"), Verdict::Forward);
     // Segment ends with the start of a 227 line: the prefix goes, the 227 part is held.
     let v = t.feed(1, Dir::Reply, 8, b"200 ok\r\n227 Entering Pass");
@@ -163,6 +186,7 @@ fn split_227_is_held_then_replaced() {
 #[test]
 fn held_line_that_is_not_227_is_released() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     assert_eq!(t.feed(0, Dir::Reply, 0, b"22"), Verdict::Hold);
     assert_eq!(t.feed(0, Dir::Reply, 2, b"6 Transfer"), replace(0, b"226 Transfer"));
     assert_eq!(t.s.held_len(Dir::Reply), 0);
@@ -175,6 +199,9 @@ fn held_line_that_is_not_227_is_released() {
 #[test]
 fn old_retransmission_uses_previous_delta_and_two_rewrites() {
     let mut t = T::new(params(Mode::Nat));
+    for _ in 0..4 {
+        t.cmd("PASV");
+    }
     let l = R227.len() as u32;
     assert_eq!(t.feed(0, Dir::Reply, 0, R227), replace(0, R227_NEW));
     let r2 = b"227 =10,0,2,2,195,80\r\n"; // "10,0,2,2,195,80" -> "10,0,0,100,195,80": +2
@@ -208,6 +235,7 @@ fn old_retransmission_uses_previous_delta_and_two_rewrites() {
 #[test]
 fn shrinking_rewrite_and_sequence_wrap() {
     let mut t = T::new(SessionParams { vip: "10.0.0.1:21".parse().unwrap(), ..params(Mode::Nat) });
+    t.cmd("PASV");
     let line = b"227 Entering Passive Mode (192,168,100,200,4,1)\r\n";
     let start = u32::MAX - 10; // the field straddles the wrap
     let v = t.feed(0, Dir::Reply, start, line);
@@ -222,6 +250,8 @@ fn shrinking_rewrite_and_sequence_wrap() {
 #[test]
 fn pasv_address_other_than_rs_and_already_vip() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
+    t.cmd("PASV");
     let v = t.feed(0, Dir::Reply, 0, b"227 Entering Passive Mode (203,0,113,9,4,1)\r\n");
     assert_eq!(v, replace(0, R227_NEW));
     assert_eq!(t.a.expectations, vec![passive(1025, 30 * SEC)]);
@@ -235,6 +265,8 @@ fn pasv_address_other_than_rs_and_already_vip() {
 #[test]
 fn nat_229_and_malformed_227() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("EPSV");
+    t.cmd("PASV");
     let v = t.feed(0, Dir::Reply, 0, b"229 Entering Extended Passive Mode (!!!6446!)\r\n");
     assert_eq!(v, Verdict::Forward);
     assert_eq!(t.a.expectations, vec![passive(6446, 30 * SEC)]);
@@ -268,7 +300,7 @@ fn nat_port_eprt_and_bounce() {
     assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 1025 }]);
     feed(&mut t, b"PORT 192,0,2,7,0,25\r\n");
     assert!(t.a.expectations.is_empty());
-    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("192.0.2.7"), port: 25 }]);
+    assert_eq!(t.a.events, vec![Event::LowPort { port: 25 }]);
     feed(&mut t, b"EPRT |2|2001:db8::1|5000|\r\n");
     assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("2001:db8::1"), port: 5000 }]);
     feed(&mut t, b"PORT 192,0,2,7,4,256\r\n");
@@ -306,11 +338,14 @@ fn ipv6_session() {
     assert_eq!(t.a.expectations[0].real, ip("fd00::2"));
     assert_eq!(t.feed(0, Dir::Original, 27, b"PORT 192,0,2,7,4,1\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty() && t.a.events.is_empty());
+    t.cmd("PASV");
+    t.cmd("EPSV");
+    assert_eq!(t.feed(0, Dir::Reply, 0, b"200 EPRT ok\r\n500 no\r\n"), Verdict::Forward);
     // 227 on IPv6 is ignored and never held.
-    assert_eq!(t.feed(0, Dir::Reply, 0, b"227 Ent"), Verdict::Forward);
-    assert_eq!(t.feed(0, Dir::Reply, 7, b"ering (10,0,2,2,4,1)\r\n"), Verdict::Forward);
+    assert_eq!(t.feed(0, Dir::Reply, 21, b"227 Ent"), Verdict::Forward);
+    assert_eq!(t.feed(0, Dir::Reply, 28, b"ering (10,0,2,2,4,1)\r\n"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
-    assert_eq!(t.feed(0, Dir::Reply, 29, b"229 ok (|||6446|)\r\n"), Verdict::Forward);
+    assert_eq!(t.feed(0, Dir::Reply, 50, b"229 ok (|||6446|)\r\n"), Verdict::Forward);
     assert_eq!(t.a.expectations[0].kind, ExpectKind::Passive { vip_port: Some(6446), real_port: Some(6446) });
     assert_eq!(t.a.expectations[0].vip, ip("2001:db8:1::100"));
 }
@@ -339,9 +374,10 @@ fn auth_tls_nat_fallback_then_no_parsing() {
 #[test]
 fn auth_tls_after_rewrite_keeps_mapping() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     let _ = t.feed(0, Dir::Reply, 0, R227);
     let l = R227.len() as u32;
-    let _ = t.feed(0, Dir::Original, 0, b"AUTH TLS\r\n");
+    t.cmd("AUTH TLS");
     let _ = t.feed(0, Dir::Reply, l, b"234 go\r\n");
     assert!(t.s.is_tls());
     assert_eq!(t.feed(0, Dir::Reply, l + 8, b"\x16\x03\x01tls"), Verdict::Forward);
@@ -381,7 +417,18 @@ fn dr_mode() {
     cmd(&mut t, b"PORT 198,51,100,1,4,1\r\n");
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 1025 }]);
+    // DR sees no replies: after AUTH TLS the client's next bytes decide. A plain command
+    // means the server refused it (lftp's default then goes on in plain text).
     cmd(&mut t, b"AUTH TLS\r\n");
+    assert!(!t.s.is_tls());
+    cmd(&mut t, b"USER anonymous\r\n");
+    assert!(!t.s.is_tls());
+    assert_eq!(t.a.events, vec![Event::TlsRefused]);
+    cmd(&mut t, b"EPSV\r\n");
+    assert_eq!(t.a.expectations.len(), 1, "still parsed after a refused AUTH");
+    // A TLS record after AUTH: TLS began, parsing stops.
+    cmd(&mut t, b"AUTH TLS\r\n");
+    cmd(&mut t, b"\x16\x03\x01\x00\x05hello");
     assert!(t.s.is_tls());
     assert_eq!(t.a.events, vec![Event::TlsFallback]);
     cmd(&mut t, b"PASV\r\n");
@@ -400,6 +447,7 @@ fn gap_resyncs_at_next_line() {
     // The late segment is old now: forwarded, not parsed.
     assert_eq!(t.feed(0, Dir::Original, 20, b",7,4,1\r\nPO"), Verdict::Forward);
     assert!(t.a.expectations.is_empty());
+    t.cmd("PASV");
     // Replies: a gap while holding drops the segment.
     assert_eq!(t.feed(0, Dir::Reply, 0, b"227 Ent"), Verdict::Hold);
     assert_eq!(t.feed(0, Dir::Reply, 20, b"stuff\r\n"), Verdict::Hold);
@@ -410,6 +458,7 @@ fn gap_resyncs_at_next_line() {
 #[test]
 fn gap_then_227_after_resync_is_rewritten() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     assert_eq!(t.feed(0, Dir::Reply, 0, b"220 x\r\n"), Verdict::Forward);
     let mut seg = b"tail of something\r\n".to_vec();
     seg.extend_from_slice(R227);
@@ -421,6 +470,8 @@ fn gap_then_227_after_resync_is_rewritten() {
 #[test]
 fn oversized_lines_are_skipped() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
+    t.cmd("PASV");
     let mut long = b"227 ".to_vec();
     long.resize(1500, b'x');
     // Held until it is clearly too long, then given up and sent unchanged.
@@ -449,6 +500,7 @@ fn oversized_lines_are_skipped() {
 #[test]
 fn bare_lf_and_empty_payload() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     assert_eq!(t.feed(0, Dir::Reply, 0, b""), Verdict::Forward);
     let v = t.feed(0, Dir::Reply, 0, b"227 Entering Passive Mode (10,0,2,2,4,1)\n");
     assert_eq!(v, replace(0, b"227 Entering Passive Mode (10,0,0,100,4,1)\n"));
@@ -457,6 +509,7 @@ fn bare_lf_and_empty_payload() {
 #[test]
 fn max_payload_splits_a_released_hold() {
     let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
     t.s.set_max_payload(100);
     assert_eq!(t.feed(0, Dir::Reply, 0, &R227[..20]), Verdict::Hold);
     let mut seg = R227[20..].to_vec();
@@ -478,4 +531,173 @@ fn max_payload_splits_a_released_hold() {
     let mut want = R227_NEW[20..].to_vec();
     want.extend_from_slice(&seg[22..]);
     assert_eq!(t.feed(3, Dir::Reply, 20, &seg), replace(20, &want));
+}
+
+/// A `Pinholes` that answers from a script and records what it was asked.
+struct Script {
+    answers: Vec<Grant>,
+    asked: Vec<Expectation>,
+}
+
+impl Pinholes for Script {
+    fn open(&mut self, e: &Expectation) -> Grant {
+        self.asked.push(e.clone());
+        if self.answers.is_empty() {
+            Grant::Open
+        } else {
+            self.answers.remove(0)
+        }
+    }
+}
+
+impl T {
+    fn feed_with(&mut self, dir: Dir, seq: u32, data: &[u8], pins: &mut Script) -> Verdict {
+        self.a.clear();
+        if dir == Dir::Original {
+            self.o = self.o.max(seq.wrapping_add(data.len() as u32));
+        }
+        self.s.on_segment_with(0, dir, seq, data, &mut self.a, pins)
+    }
+}
+
+#[test]
+fn only_the_answer_to_a_pending_pasv_opens() {
+    let mut t = T::new(params(Mode::Nat));
+    assert_eq!(t.reply(b"220 hi\r\n"), Verdict::Forward);
+    // Unsolicited: no PASV pending. Not held, not rewritten, nothing opened.
+    t.cmd("NOOP");
+    assert_eq!(t.reply(R227), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::Unsolicited]);
+    // Pipelined TYPE + PASV: the 200 answers TYPE, the 227 answers PASV.
+    t.cmd("TYPE I");
+    t.cmd("PASV");
+    assert_eq!(t.reply(b"200 ok\r\n"), Verdict::Forward);
+    let at = t.r;
+    assert_eq!(t.reply(R227), replace(at, R227_NEW));
+    assert_eq!(t.a.expectations.len(), 1);
+    // The PASV is answered: a second 227 is unsolicited.
+    assert_eq!(t.reply(R227), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    // A 227 answering EPSV, a 229 answering PASV: not honoured.
+    t.cmd("EPSV");
+    assert_eq!(t.reply(R227), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    t.cmd("PASV");
+    assert_eq!(t.reply(b"229 x (|||5000|)\r\n"), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.s.stats().unsolicited, 4);
+    // Client text echoed inside a reply line never matches: not at the line start.
+    t.cmd("PASV");
+    assert_eq!(t.reply(b"500 Unknown command 227 Entering Passive Mode (10,0,2,2,4,1)\r\n"), Verdict::Forward);
+    assert!(t.a.expectations.is_empty() && t.a.events.is_empty());
+}
+
+#[test]
+fn multi_line_replies_are_never_acted_on() {
+    let mut t = T::new(params(Mode::Nat));
+    let _ = t.reply(b"220 hi\r\n");
+    t.cmd("PASV");
+    // Even answering the PASV, a multi-line reply opens nothing; its lines are not held.
+    assert_eq!(t.reply(b"227-Here\r\n227 Entering Passive Mode (10,0,2,2,4,1)\r\n"), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    // `227 ` ended it (same code): the PASV is answered.
+    t.cmd("STAT");
+    t.cmd("PASV");
+    assert_eq!(t.reply(b"211-Status:\r\n"), Verdict::Forward);
+    // A continuation line that looks like a final 227 of another code is text.
+    assert_eq!(t.reply(b"227 Entering Pass"), Verdict::Forward, "not held inside 211-");
+    assert_eq!(t.reply(b"ive Mode (10,0,2,2,4,1)\r\n"), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.reply(b"211 End\r\n"), Verdict::Forward);
+    // Now the PASV's own answer.
+    let at = t.r;
+    assert_eq!(t.reply(R227), replace(at, R227_NEW));
+    assert_eq!(t.a.expectations.len(), 1);
+}
+
+#[test]
+fn low_ports_open_nothing_unless_allowed() {
+    let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
+    // Port 21: the address is still hidden, but nothing opens.
+    let v = t.feed(0, Dir::Reply, 0, b"227 Entering Passive Mode (10,0,2,2,0,21)\r\n");
+    assert_eq!(v, replace(0, b"227 Entering Passive Mode (10,0,0,100,0,21)\r\n"));
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::LowPort { port: 21 }, Event::Rewrite]);
+    t.cmd("EPSV");
+    assert_eq!(t.feed(0, Dir::Reply, 45, b"229 x (|||80|)\r\n"), Verdict::Forward);
+    assert!(t.a.expectations.is_empty());
+    t.cmd("PORT 192,0,2,7,0,80");
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::LowPort { port: 80 }]);
+    // Allowed by configuration.
+    let mut t = T::new(params(Mode::Nat));
+    t.s.set_allow_low_data_ports(true);
+    t.cmd("PASV");
+    let _ = t.feed(0, Dir::Reply, 0, b"227 Entering Passive Mode (10,0,2,2,0,21)\r\n");
+    assert_eq!(t.a.expectations, vec![passive(21, 30 * SEC)]);
+}
+
+#[test]
+fn engine_moves_or_refuses_expectations() {
+    let mut t = T::new(params(Mode::Nat));
+    let mut pins = Script { answers: vec![Grant::OpenAt(40000), Grant::OpenAt(7), Grant::Refused], asked: vec![] };
+    t.cmd("PASV");
+    // Moved: the 227 announces the VIP port the engine chose.
+    let v = t.feed_with(Dir::Reply, 0, R227, &mut pins);
+    assert_eq!(v, replace(0, b"227 Entering Passive Mode (10,0,0,100,156,64)\r\n"));
+    assert_eq!(pins.asked, vec![passive(1025, 30 * SEC)]);
+    let want = Expectation {
+        kind: ExpectKind::Passive { vip_port: Some(40000), real_port: Some(1025) },
+        ..passive(1025, 30 * SEC)
+    };
+    assert_eq!(t.a.expectations, vec![want]);
+    assert_eq!(t.a.events, vec![Event::Moved { from: 1025, to: 40000 }, Event::Rewrite]);
+    let l = R227.len() as u32;
+    assert_eq!(t.s.map_seq(Dir::Reply, l), l + 4);
+    // 229 moved: its port is rewritten ("6446" -> "7": 3 bytes shorter).
+    t.cmd("EPSV");
+    let r229 = b"229 Entering Extended Passive Mode (|||6446|)\r\n";
+    let v = t.feed_with(Dir::Reply, l, r229, &mut pins);
+    assert_eq!(v, replace(l, b"229 Entering Extended Passive Mode (|||7|)\r\n"));
+    let l2 = l + r229.len() as u32;
+    assert_eq!(t.s.map_seq(Dir::Reply, l2), l2 + 4 - 3);
+    // Refused: the address is still rewritten, nothing is opened.
+    t.cmd("PASV");
+    let v = t.feed_with(Dir::Reply, l2, R227, &mut pins);
+    assert_eq!(v, replace(l2, R227_NEW));
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::Refused, Event::Rewrite]);
+    assert_eq!((t.s.stats().moved, t.s.stats().refused), (2, 1));
+    // Active kinds cannot be moved: OpenAt is a refusal.
+    let mut pins = Script { answers: vec![Grant::OpenAt(9999)], asked: vec![] };
+    let o = t.o;
+    let _ = t.feed_with(Dir::Original, o, b"PORT 192,0,2,7,4,1\r\n", &mut pins);
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::Refused]);
+}
+
+#[test]
+fn split_229_is_held_when_it_may_be_moved() {
+    let mut t = T::new(params6(Mode::Nat));
+    let mut pins = Script { answers: vec![Grant::OpenAt(50001)], asked: vec![] };
+    t.cmd("EPSV");
+    assert_eq!(t.feed_with(Dir::Reply, 0, b"229 Entering (||", &mut pins), Verdict::Hold);
+    let v = t.feed_with(Dir::Reply, 16, b"|6446|)\r\n", &mut pins);
+    assert_eq!(v, replace(0, b"229 Entering (|||50001|)\r\n"));
+}
+
+#[test]
+fn oversized_reply_still_answers_its_command() {
+    let mut t = T::new(params(Mode::Nat));
+    t.cmd("HELP");
+    t.cmd("PASV");
+    let mut long = b"214 ".to_vec();
+    long.resize(1500, b'x');
+    long.extend_from_slice(b"\r\n");
+    assert_eq!(t.feed(0, Dir::Reply, 0, &long), Verdict::Forward);
+    let at = long.len() as u32;
+    assert_eq!(t.feed(0, Dir::Reply, at, R227), replace(at, R227_NEW));
+    assert_eq!(t.a.expectations.len(), 1);
 }
