@@ -655,14 +655,14 @@ fn engine_moves_or_refuses_expectations() {
     assert_eq!(t.a.expectations, vec![want]);
     assert_eq!(t.a.events, vec![Event::Moved { from: 1025, to: 40000 }, Event::Rewrite]);
     let l = R227.len() as u32;
-    assert_eq!(t.s.map_seq(Dir::Reply, l), l + 4);
+    assert_eq!(t.s.map_seq(Dir::Reply, l), l + 5);
     // 229 moved: its port is rewritten ("6446" -> "7": 3 bytes shorter).
     t.cmd("EPSV");
     let r229 = b"229 Entering Extended Passive Mode (|||6446|)\r\n";
     let v = t.feed_with(Dir::Reply, l, r229, &mut pins);
     assert_eq!(v, replace(l, b"229 Entering Extended Passive Mode (|||7|)\r\n"));
     let l2 = l + r229.len() as u32;
-    assert_eq!(t.s.map_seq(Dir::Reply, l2), l2 + 4 - 3);
+    assert_eq!(t.s.map_seq(Dir::Reply, l2), l2 + 5 - 3);
     // Refused: the address is still rewritten, nothing is opened.
     t.cmd("PASV");
     let v = t.feed_with(Dir::Reply, l2, R227, &mut pins);
