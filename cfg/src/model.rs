@@ -37,6 +37,10 @@ pub struct Engine {
     pub mbufs: u32,
     /// Flow table capacity per worker, in connections (default 1 048 576).
     pub flow_table_size: usize,
+    /// FTP expectation (pinhole) table capacity per worker (default 65 536). When full, the
+    /// requesting control connection's oldest expectation, or else the worker's oldest, is
+    /// evicted (counted).
+    pub expectation_table_size: usize,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,
     /// Optional Prometheus listener.
@@ -187,11 +191,22 @@ pub struct FtpOptions {
     pub allow_foreign_port_address: bool,
     /// Seconds an expected data connection waits to be opened (default 60).
     pub pinhole_timeout: u32,
+    /// Expectations one control connection may hold at once (default 4, at most 16); a newer
+    /// PASV/PORT replaces the session's oldest.
+    pub max_expectations: u8,
+    /// Let data connections use ports below 1024 (default false).
+    pub allow_low_data_ports: bool,
 }
 
 impl Default for FtpOptions {
     fn default() -> Self {
-        FtpOptions { control_ports: vec![21], allow_foreign_port_address: false, pinhole_timeout: 60 }
+        FtpOptions {
+            control_ports: vec![21],
+            allow_foreign_port_address: false,
+            pinhole_timeout: 60,
+            max_expectations: 4,
+            allow_low_data_ports: false,
+        }
     }
 }
 

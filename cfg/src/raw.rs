@@ -37,6 +37,7 @@ pub(crate) struct RawEngine {
     pub eal_args: Option<Vec<String>>,
     pub mbufs: Option<S<i64>>,
     pub flow_table_size: Option<S<i64>>,
+    pub expectation_table_size: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,
@@ -135,6 +136,8 @@ pub(crate) struct RawFtpTable {
     pub control_ports: Option<S<Vec<S<i64>>>>,
     pub allow_foreign_port_address: Option<bool>,
     pub pinhole_timeout: Option<S<i64>>,
+    pub max_expectations: Option<S<i64>>,
+    pub allow_low_data_ports: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -80,6 +80,7 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "eal_args = {}", list(&e.eal_args, |s| q(s)));
     let _ = writeln!(o, "mbufs = {}", e.mbufs);
     let _ = writeln!(o, "flow_table_size = {}", e.flow_table_size);
+    let _ = writeln!(o, "expectation_table_size = {}", e.expectation_table_size);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));
@@ -155,10 +156,13 @@ pub(crate) fn service(s: &Service) -> String {
     if let Some(f) = &s.ftp {
         let _ = writeln!(
             o,
-            "ftp = {{ control_ports = {}, allow_foreign_port_address = {}, pinhole_timeout = {} }}",
+            "ftp = {{ control_ports = {}, allow_foreign_port_address = {}, pinhole_timeout = {}, \
+             max_expectations = {}, allow_low_data_ports = {} }}",
             list(&f.control_ports, |p| p.to_string()),
             f.allow_foreign_port_address,
-            f.pinhole_timeout
+            f.pinhole_timeout,
+            f.max_expectations,
+            f.allow_low_data_ports
         );
     }
     if let Some(m) = s.fwmark {

@@ -220,6 +220,8 @@ impl Validator<'_> {
         };
         let mbufs = self.opt_int(&e.mbufs, 1, u32::MAX as i64, "mbufs", 8192)? as u32;
         let flow_table_size = self.opt_int(&e.flow_table_size, 1, 1 << 32, "flow_table_size", 1_048_576)? as usize;
+        let expectation_table_size =
+            self.opt_int(&e.expectation_table_size, 16, 1 << 24, "expectation_table_size", 65_536)? as usize;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -240,6 +242,7 @@ impl Validator<'_> {
                 eal_args: e.eal_args.unwrap_or_default(),
                 mbufs,
                 flow_table_size,
+                expectation_table_size,
                 control_socket,
                 metrics_listen,
                 timeouts,
@@ -383,6 +386,10 @@ impl Validator<'_> {
                     }
                     o.pinhole_timeout =
                         self.opt_int(&t.pinhole_timeout, 1, u32::MAX as i64, "ftp pinhole_timeout", 60)? as u32;
+                    o.max_expectations = self.opt_int(&t.max_expectations, 1, 16, "ftp max_expectations", 4)? as u8;
+                    if let Some(a) = t.allow_low_data_ports {
+                        o.allow_low_data_ports = a;
+                    }
                 }
                 if !ports.is_empty() {
                     for (p, sp) in o.control_ports.iter().zip(cp_spans.iter().cycle()) {
@@ -520,6 +527,7 @@ pub(crate) fn default_engine() -> Engine {
         eal_args: Vec::new(),
         mbufs: 8192,
         flow_table_size: 1_048_576,
+        expectation_table_size: 65_536,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),

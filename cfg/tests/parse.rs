@@ -140,7 +140,12 @@ fn good_config_parses_into_expected_model() {
             scheduler: "rr".into(),
             forward: Forward::Dr,
             persistence: Some(Persistence { timeout: 600, netmask: 24 }),
-            ftp: Some(FtpOptions { control_ports: vec![21], allow_foreign_port_address: true, pinhole_timeout: 30 }),
+            ftp: Some(FtpOptions {
+                control_ports: vec![21],
+                allow_foreign_port_address: true,
+                pinhole_timeout: 30,
+                ..FtpOptions::default()
+            }),
             fwmark: Some(21),
             real_servers: vec![
                 RealServer {

@@ -502,18 +502,13 @@ impl State {
             let sum = |f: &dyn Fn(&crate::counters::FtpCounters) -> u64| -> u64 {
                 per.iter().filter_map(|v| v.get(i)).map(|c| f(&c.ftp)).sum()
             };
-            out.push(json!({
-                "service": s.name,
-                "control_sessions": sum(&|c| c.control_sessions.load(Relaxed)),
-                "expectations_created": sum(&|c| c.expectations_created.load(Relaxed)),
-                "expectations_used": sum(&|c| c.expectations_used.load(Relaxed)),
-                "expectations_expired": sum(&|c| c.expectations_expired.load(Relaxed)),
-                "rewrites": sum(&|c| c.rewrites.load(Relaxed)),
-                "bounce_refused": sum(&|c| c.bounce_refused.load(Relaxed)),
-                "tls_fallbacks": sum(&|c| c.tls_fallbacks.load(Relaxed)),
-                "oversized_lines": sum(&|c| c.oversized_lines.load(Relaxed)),
-                "held_segments": sum(&|c| c.held_segments.load(Relaxed)),
-            }));
+            let mut row = serde_json::Map::new();
+            row.insert("service".into(), json!(s.name));
+            let names = crate::counters::FtpCounters::names();
+            for (k, n) in names.iter().enumerate() {
+                row.insert((*n).into(), json!(sum(&|c| c.fields()[k].1.load(Relaxed))));
+            }
+            out.push(serde_json::Value::Object(row));
         }
         json!(out)
     }

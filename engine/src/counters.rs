@@ -50,6 +50,9 @@ pub struct WorkerCounters {
     pub tx_bytes: AtomicU64,
     pub flows_created: AtomicU64,
     pub flows_expired: AtomicU64,
+    /// A SYN reused the tuple of a closing connection, which was replaced (IPVS
+    /// `conn_reuse_mode`).
+    pub flows_reused: AtomicU64,
     pub flows_active: AtomicU64,
     pub handoff_out: AtomicU64,
     pub handoff_in: AtomicU64,
@@ -82,6 +85,7 @@ impl WorkerCounters {
             tx_bytes: self.tx_bytes.load(Relaxed),
             flows_created: self.flows_created.load(Relaxed),
             flows_expired: self.flows_expired.load(Relaxed),
+            flows_reused: self.flows_reused.load(Relaxed),
             flows_active: self.flows_active.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
@@ -103,6 +107,7 @@ pub struct CounterSnapshot {
     pub tx_bytes: u64,
     pub flows_created: u64,
     pub flows_expired: u64,
+    pub flows_reused: u64,
     pub flows_active: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,
@@ -135,6 +140,60 @@ pub struct FtpCounters {
     pub tls_fallbacks: AtomicU64,
     pub oversized_lines: AtomicU64,
     pub held_segments: AtomicU64,
+    /// A session's newer PASV/PORT replaced its oldest expectation (per-session limit).
+    pub expectations_replaced: AtomicU64,
+    /// The worker's expectation table was full: an expectation was evicted.
+    pub expectations_evicted: AtomicU64,
+    /// A passive expectation moved to another VIP port because another session expected the
+    /// announced one (the 227/229 was rewritten).
+    pub expectations_moved: AtomicU64,
+    /// An expectation refused because another session holds it (active mode: the client's
+    /// port cannot be moved).
+    pub expectations_refused: AtomicU64,
+    /// DR passive: two sessions of one client address wait for a data connection to the VIP
+    /// at once; the balancer cannot tell them apart and serves them oldest first.
+    pub expectations_ambiguous: AtomicU64,
+    /// 227/229 replies that answered no pending PASV/EPSV (or sat in a multi-line reply).
+    pub unsolicited_replies: AtomicU64,
+    /// Data ports below 1024 refused.
+    pub low_ports_refused: AtomicU64,
+    /// AUTH TLS refused by the server: the session went on in plain text.
+    pub tls_refused: AtomicU64,
+    /// A SYN reused the tuple of a closing connection (TIME_WAIT/CLOSE/CLOSE_WAIT/LAST_ACK): the
+    /// old connection and its gateway state were dropped and the SYN started a new one.
+    pub control_reused: AtomicU64,
+}
+
+impl FtpCounters {
+    /// The counters' names, in display order.
+    pub fn names() -> [&'static str; 18] {
+        Self::default().fields().map(|(n, _)| n)
+    }
+
+    /// Every counter with its name, in display order (one list for the CLI, the control
+    /// socket and Prometheus).
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 18] {
+        [
+            ("control_sessions", &self.control_sessions),
+            ("expectations_created", &self.expectations_created),
+            ("expectations_used", &self.expectations_used),
+            ("expectations_expired", &self.expectations_expired),
+            ("expectations_replaced", &self.expectations_replaced),
+            ("expectations_evicted", &self.expectations_evicted),
+            ("expectations_moved", &self.expectations_moved),
+            ("expectations_refused", &self.expectations_refused),
+            ("expectations_ambiguous", &self.expectations_ambiguous),
+            ("rewrites", &self.rewrites),
+            ("bounce_refused", &self.bounce_refused),
+            ("low_ports_refused", &self.low_ports_refused),
+            ("unsolicited_replies", &self.unsolicited_replies),
+            ("tls_fallbacks", &self.tls_fallbacks),
+            ("tls_refused", &self.tls_refused),
+            ("oversized_lines", &self.oversized_lines),
+            ("held_segments", &self.held_segments),
+            ("control_reused", &self.control_reused),
+        ]
+    }
 }
 
 /// Per service counters of one worker. `conns` and the FTP counters are

@@ -149,20 +149,13 @@ pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
             );
         }
         if svc.ftp.is_some() {
-            let f = |g: &dyn Fn(&crate::counters::FtpCounters) -> u64| sum(&|c| g(&c.ftp));
-            let _ = writeln!(
-                s,
-                "  ftp: control sessions {}, expectations created {} used {} expired {}, rewrites {}, bounce refused {}, tls fallbacks {}, oversized lines {}, held segments {}",
-                f(&|c| c.control_sessions.load(Relaxed)),
-                f(&|c| c.expectations_created.load(Relaxed)),
-                f(&|c| c.expectations_used.load(Relaxed)),
-                f(&|c| c.expectations_expired.load(Relaxed)),
-                f(&|c| c.rewrites.load(Relaxed)),
-                f(&|c| c.bounce_refused.load(Relaxed)),
-                f(&|c| c.tls_fallbacks.load(Relaxed)),
-                f(&|c| c.oversized_lines.load(Relaxed)),
-                f(&|c| c.held_segments.load(Relaxed)),
-            );
+            let names = crate::counters::FtpCounters::names();
+            let parts: Vec<String> = names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| format!("{} {}", n.replace('_', " "), sum(&|c| c.ftp.fields()[k].1.load(Relaxed))))
+                .collect();
+            let _ = writeln!(s, "  ftp: {}", parts.join(", "));
         }
     }
     s

@@ -731,6 +731,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                         control_ports,
                         allow_foreign_port_address: ext.ftp_foreign,
                         pinhole_timeout: ext.ftp_pinhole.unwrap_or(60),
+                        ..FtpOptions::default()
                     })
                 }
                 None => {

@@ -45,6 +45,7 @@ pub mod bench;
 pub mod control;
 pub mod counters;
 pub mod csum;
+pub mod expect;
 pub mod daemon;
 pub mod flow;
 pub mod frame;

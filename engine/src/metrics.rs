@@ -115,19 +115,9 @@ pub fn render(state: &State) -> String {
     // FTP gateway counters per service.
     let snap = state.snapshot();
     let per = state.view.service_counters();
-    type Ft = fn(&crate::counters::FtpCounters) -> &std::sync::atomic::AtomicU64;
-    let ftp: [(&str, Ft); 9] = [
-        ("control_sessions", |c| &c.control_sessions),
-        ("expectations_created", |c| &c.expectations_created),
-        ("expectations_used", |c| &c.expectations_used),
-        ("expectations_expired", |c| &c.expectations_expired),
-        ("rewrites", |c| &c.rewrites),
-        ("bounce_refused", |c| &c.bounce_refused),
-        ("tls_fallbacks", |c| &c.tls_fallbacks),
-        ("oversized_lines", |c| &c.oversized_lines),
-        ("held_segments", |c| &c.held_segments),
-    ];
-    for (suffix, f) in ftp {
+    let names = crate::counters::FtpCounters::names();
+    for (k, suffix) in names.into_iter().enumerate() {
+        let f = |c: &crate::counters::FtpCounters| c.fields()[k].1.load(std::sync::atomic::Ordering::Relaxed);
         let name = format!("ferrovs_ftp_{suffix}_total");
         family(&mut o, &name, "counter", "FTP gateway counter.");
         for (i, s) in snap.services.iter().enumerate() {
@@ -135,7 +125,7 @@ pub fn render(state: &State) -> String {
                 continue;
             }
             let v: u64 =
-                per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp).load(std::sync::atomic::Ordering::Relaxed)).sum();
+                per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp)).sum();
             let _ = writeln!(o, "{name}{{service=\"{}\"}} {v}", esc(&s.name));
         }
     }

@@ -9,6 +9,7 @@
 
 use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
+use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, NONE};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
@@ -22,7 +23,6 @@ use crossbeam_queue::ArrayQueue;
 use ferrovs_cfg::Forward;
 use ferrovs_ftp_alg as alg;
 use ferrovs_sched as sched;
-use hashbrown::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -87,34 +87,6 @@ impl<B> Fabric<B> {
     }
 }
 
-/// Keys of the expectation table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum ExpKey {
-    /// client -> vip:port (NAT passive).
-    Passive(Addr, Addr, u16),
-    /// client -> vip:any (DR passive).
-    PassiveAny(Addr, Addr),
-    /// rs -> client:port (NAT active).
-    Active(Addr, Addr, u16),
-    /// client:port -> vip (DR active: the client's side of a data
-    /// connection the real server opened directly).
-    DrActive(Addr, u16, Addr),
-    /// client -> vip:any for the life of a control connection (FTPS).
-    Session(Addr, Addr),
-}
-
-#[derive(Clone, Copy, Debug)]
-struct ExpVal {
-    svc: u16,
-    dest: u16,
-    rs: Addr,
-    rport: Option<u16>,
-    vip: Addr,
-    parent: u32,
-    parent_gen: u32,
-    expires: u64,
-}
-
 struct Pending<B> {
     nh: Addr,
     iface: u8,
@@ -125,7 +97,8 @@ struct Pending<B> {
 const MAX_PENDING: usize = 256;
 const PENDING_NS: u64 = 3_000_000_000;
 const SWEEP_PER_POLL: usize = 64;
-const MAX_EXPECT: usize = 65536;
+/// Expired expectations removed per poll at most.
+const EXPECT_SWEEP_PER_POLL: usize = 8;
 /// Longest time (ns) per-worker service/real-server traffic deltas wait
 /// before `poll` folds them into the shared counters.
 const SVC_FLUSH_NS: u64 = 100_000_000;
@@ -147,7 +120,7 @@ pub struct Worker<Q: PortQueue> {
     svc_counters: Arc<Vec<ServiceCounters>>,
     pub flows: FlowTable,
     neigh: NeighCache,
-    expect: HashMap<ExpKey, ExpVal>,
+    expect: ExpectTable,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
     rx: Vec<Q::Buf>,
@@ -223,7 +196,7 @@ impl<Q: PortQueue> Worker<Q> {
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
             neigh: NeighCache::new(),
-            expect: HashMap::with_capacity(1024),
+            expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),
             pre: Vec::with_capacity(crate::port::BURST),
@@ -312,6 +285,28 @@ impl<Q: PortQueue> Worker<Q> {
         if Arc::ptr_eq(&old, &snap) {
             return;
         }
+        // Old (service, real server) -> new, built once: services by name, real servers by
+        // address and port.
+        let svc_map: Vec<Option<(u16, Vec<Option<u16>>)>> = old
+            .services
+            .iter()
+            .map(|os| {
+                let ni = snap.services.iter().position(|s| s.name == os.name)?;
+                let nd = &snap.services[ni].dests;
+                let dests = os
+                    .dests
+                    .iter()
+                    .map(|d| nd.iter().position(|x| x.addr == d.addr && x.port == d.port).map(|k| k as u16))
+                    .collect();
+                Some((ni as u16, dests))
+            })
+            .collect();
+        let map = |svc: u16, dest: u16| -> Option<(u16, u16)> {
+            let (ns, dests) = svc_map.get(svc as usize)?.as_ref()?;
+            Some((*ns, (*dests.get(dest as usize)?)?))
+        };
+        // FTP expectations and TLS pins follow their service and real server.
+        self.expect.remap(map);
         // Remap live connections to the new service/dest indices.
         for i in 0..self.flows.slots() as u32 {
             let (live, svc, dest) = {
@@ -321,12 +316,7 @@ impl<Q: PortQueue> Worker<Q> {
             if !live {
                 continue;
             }
-            let remap = old.services.get(svc).and_then(|os| {
-                let d = os.dests.get(dest)?;
-                let ni = snap.services.iter().position(|s| s.name == os.name)?;
-                let nd = snap.services[ni].dests.iter().position(|x| x.addr == d.addr && x.port == d.port)?;
-                Some((ni, nd))
-            });
+            let remap = map(svc as u16, dest as u16).map(|(a, b)| (a as usize, b as usize));
             match remap {
                 Some((ni, nd)) => {
                     let c = self.flows.get_mut(i);
@@ -346,7 +336,6 @@ impl<Q: PortQueue> Worker<Q> {
                 None => self.remove_conn(i, false),
             }
         }
-        self.expect.clear();
     }
 
     /// One iteration of the poll loop at time `now` (ns). Returns the number
@@ -495,29 +484,19 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
         }
-        if self.expect.len() > 64 && (now >> 20) & 0xff == 0 {
-            self.sweep_expectations(now);
+        if !self.expect.is_empty() {
+            self.sweep_expectations(now, EXPECT_SWEEP_PER_POLL);
         }
     }
 
-    /// Remove expired expectations and count them.
-    pub fn sweep_expectations(&mut self, now: u64) {
-        let mut expired: Vec<u16> = Vec::new();
-        self.expect.retain(|k, v| {
-            let keep = match k {
-                ExpKey::Session(..) => true,
-                _ => v.expires > now,
-            };
-            if !keep {
-                expired.push(v.svc);
-            }
-            keep
-        });
-        for s in expired {
-            if let Some(c) = self.svc_counters.get(s as usize) {
+    /// Remove up to `budget` expired expectations (oldest first) and count them.
+    pub fn sweep_expectations(&mut self, now: u64, budget: usize) {
+        let sc = &self.svc_counters;
+        self.expect.sweep(now, budget, |svc| {
+            if let Some(c) = sc.get(svc as usize) {
                 bump(&c.ftp.expectations_expired, 1);
             }
-        }
+        });
     }
 
     /// Run a full expiry pass now (tests, replay end, shutdown).
@@ -528,7 +507,7 @@ impl<Q: PortQueue> Worker<Q> {
                 self.expire(i, now);
             }
         }
-        self.sweep_expectations(now);
+        self.sweep_expectations(now, usize::MAX);
     }
 
     /// Connection `i` reached its expiry time.
@@ -575,9 +554,9 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         if alg {
-            // Its session pins die with it.
+            // Its expectations and TLS pin die with it.
             let gen = self.flows.get(i).gen;
-            self.expect.retain(|k, v| !(matches!(k, ExpKey::Session(..)) && v.parent == i && v.parent_gen == gen));
+            self.expect.remove_session(i, gen);
         }
         self.flows.remove(i);
         bump(&self.counters.flows_active, u64::MAX); // -1
@@ -669,7 +648,10 @@ impl<Q: PortQueue> Worker<Q> {
                     let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
                     let d = pkt.data();
                     let ours = d[0] & 1 == 1 || self.if_macs.get(iface).is_some_and(|m| *m == d[0..6]);
-                    if ours && self.flows.get(idx).expires > self.now {
+                    // A bare SYN on a known tuple may start a new connection (port reuse):
+                    // the slow path decides.
+                    let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                    if ours && !syn && self.flows.get(idx).expires > self.now {
                         let next = self.forward(idx, dir, &mut pkt, p);
                         self.finish(pkt, next);
                         return;
@@ -767,6 +749,21 @@ impl<Q: PortQueue> Worker<Q> {
         let next = match self.flows.lookup_hashed(&key, hash) {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
+                if dst_vip && dir == Dir::In && self.reusable(idx, &p) {
+                    // IPVS conn_reuse_mode: a new SYN on the tuple of a closing connection starts
+                    // a new one (new scheduling decision, new gateway session); the old state,
+                    // its FTP expectations and pins go. Data connections are left alone, as
+                    // IPVS leaves "controlled" connections.
+                    if self.flows.cold(idx).alg.is_some() {
+                        if let Some(sc) = self.svc_counters.get(c.svc as usize) {
+                            bump(&sc.ftp.control_reused, 1);
+                        }
+                    }
+                    bump(&self.counters.flows_reused, 1);
+                    self.remove_conn(idx, false);
+                    let next = self.new_inbound(&mut pkt, &p);
+                    return self.finish(pkt, next);
+                }
                 if c.expires <= self.now {
                     self.expire(idx, self.now);
                     if self.flows.try_get(idx).is_some_and(|c| c.live) {
@@ -786,39 +783,47 @@ impl<Q: PortQueue> Worker<Q> {
         self.finish(pkt, next);
     }
 
+    /// A bare SYN from the client on connection `idx` that is closing (TIME_WAIT, CLOSE,
+    /// CLOSE_WAIT, LAST_ACK) and is not an FTP data connection: the tuple is being reused.
+    fn reusable(&self, idx: u32, p: &Parsed) -> bool {
+        use crate::tcpstate::TcpState as S;
+        let c = self.flows.get(idx);
+        p.proto == PROTO_TCP
+            && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && c.flags & F_DATA == 0
+            && matches!(c.state, S::TimeWait | S::Close | S::CloseWait | S::LastAck)
+    }
+
     /// Pick a real server and create a connection for a first packet to a VIP.
     fn new_inbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         if p.proto == PROTO_TCP && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0) {
             return self.dr_active_data(pkt, p);
         }
-        let now = self.now;
         // 1. FTP expectations and session pins.
         let mut chosen: Option<(usize, usize, Addr, u16, u32, u32, bool)> = None; // svc, dest, rs, rport, parent, gen, data
-        for k in
-            [ExpKey::Passive(p.src, p.dst, p.dport), ExpKey::PassiveAny(p.src, p.dst), ExpKey::Session(p.src, p.dst)]
-        {
-            if p.proto != PROTO_TCP {
-                break;
+        if p.proto == PROTO_TCP {
+            // A port another service owns is that service's: DR passive expectations and TLS
+            // pins (which name no port) never take it over; the FTP service's own ports (a
+            // second control connection of a TLS client) follow the pin.
+            let owner = self.snap.service(p.dst, p.proto, p.dport);
+            let mut v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
+            if v.is_none() && owner.is_none() {
+                v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
             }
-            let Some(v) = self.expect.get(&k).copied() else { continue };
-            let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
-            let is_session = matches!(k, ExpKey::Session(..));
-            if !parent_ok || (!is_session && v.expires <= now) {
-                self.expect.remove(&k);
-                if let Some(c) = self.svc_counters.get(v.svc as usize) {
-                    bump(&c.ftp.expectations_expired, 1);
+            if let Some(v) = v {
+                chosen = Some((v.svc as usize, v.dest as usize, v.rs, v.rport.unwrap_or(p.dport), v.parent, v.parent_gen, true));
+            } else if let Some(pin) = self.expect.get_pin(p.src, p.dst).copied() {
+                let alive = self.flows.try_get(pin.parent).is_some_and(|c| c.gen == pin.parent_gen);
+                if alive && owner.is_none() {
+                    chosen = Some((pin.svc as usize, pin.dest as usize, pin.rs, p.dport, pin.parent, pin.parent_gen, true));
+                } else if alive && owner == Some(pin.svc as usize) {
+                    // Another control connection of the pinned client: same real server, its
+                    // own gateway session, no data-connection link.
+                    let d = &self.snap.services[pin.svc as usize].dests[pin.dest as usize];
+                    let rport = d.port.unwrap_or(p.dport);
+                    chosen = Some((pin.svc as usize, pin.dest as usize, pin.rs, rport, NONE, 0, false));
                 }
-                continue;
             }
-            if !is_session {
-                self.expect.remove(&k);
-                if let Some(c) = self.svc_counters.get(v.svc as usize) {
-                    bump(&c.ftp.expectations_used, 1);
-                }
-            }
-            chosen =
-                Some((v.svc as usize, v.dest as usize, v.rs, v.rport.unwrap_or(p.dport), v.parent, v.parent_gen, true));
-            break;
         }
         // 2. The service and its scheduler.
         if chosen.is_none() {
@@ -853,6 +858,7 @@ impl<Q: PortQueue> Worker<Q> {
                 pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
             };
             let mut session = alg::FtpSession::new(params);
+            session.set_allow_low_data_ports(opts.allow_low_data_ports);
             // A released held line plus a full segment must still fit the
             // MTU (IPv6 header + TCP with options, conservatively).
             let mtu = self.queues[iface_in_of(&self.snap, rs)].caps().mtu as usize;
@@ -868,21 +874,13 @@ impl<Q: PortQueue> Worker<Q> {
     /// to the client; the client's first packet we see (its SYN-ACK to the
     /// VIP) must reach that real server.
     fn dr_active_data(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
-        let k = ExpKey::DrActive(p.src, p.sport, p.dst);
-        let Some(v) = self.expect.get(&k).copied() else {
+        // Only the client's SYN-ACK opens it (a stray ACK does not consume the pinhole).
+        if p.tcp_flags & TCP_SYN == 0 {
+            return Next::Drop(DropReason::NoFlow);
+        }
+        let Some(v) = self.take_expected(&ExpKey::DrActive(p.src, p.sport, p.dst)) else {
             return Next::Drop(DropReason::NoFlow);
         };
-        self.expect.remove(&k);
-        let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
-        if !parent_ok || v.expires <= self.now || p.tcp_flags & TCP_SYN == 0 {
-            if let Some(c) = self.svc_counters.get(v.svc as usize) {
-                bump(&c.ftp.expectations_expired, 1);
-            }
-            return Next::Drop(DropReason::NoFlow);
-        }
-        if let Some(c) = self.svc_counters.get(v.svc as usize) {
-            bump(&c.ftp.expectations_used, 1);
-        }
         let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport)
         {
             Ok(i) => i,
@@ -898,21 +896,9 @@ impl<Q: PortQueue> Worker<Q> {
         if p.proto != PROTO_TCP || p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0 {
             return Next::Drop(DropReason::NoFlow);
         }
-        let k = ExpKey::Active(p.src, p.dst, p.dport);
-        let Some(v) = self.expect.get(&k).copied() else {
+        let Some(v) = self.take_expected(&ExpKey::Active(p.src, p.dst, p.dport)) else {
             return Next::Drop(DropReason::NoFlow);
         };
-        self.expect.remove(&k);
-        let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
-        if !parent_ok || v.expires <= self.now {
-            if let Some(c) = self.svc_counters.get(v.svc as usize) {
-                bump(&c.ftp.expectations_expired, 1);
-            }
-            return Next::Drop(DropReason::NoFlow);
-        }
-        if let Some(c) = self.svc_counters.get(v.svc as usize) {
-            bump(&c.ftp.expectations_used, 1);
-        }
         // The client sees the data connection come from VIP:20.
         // Whatever port the real server used (20 with vsftpd; pyftpdlib
         // picks another when not root), the client sees FTP data from VIP:20.
@@ -924,6 +910,25 @@ impl<Q: PortQueue> Worker<Q> {
         };
         self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::Out, pkt, p)
+    }
+
+    /// The oldest live expectation with `key`, consumed (pinholes are single use). Dead or
+    /// expired ones met on the way are dropped and counted.
+    fn take_expected(&mut self, key: &ExpKey) -> Option<ExpVal> {
+        while let Some(v) = self.expect.take(key) {
+            let parent_ok = self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
+            let c = self.svc_counters.get(v.svc as usize);
+            if parent_ok && v.expires > self.now {
+                if let Some(c) = c {
+                    bump(&c.ftp.expectations_used, 1);
+                }
+                return Some(v);
+            }
+            if let Some(c) = c {
+                bump(&c.ftp.expectations_expired, 1);
+            }
+        }
+        None
     }
 
     fn link_parent(&mut self, idx: u32, parent: u32, parent_gen: u32) {
@@ -1456,24 +1461,25 @@ impl<Q: PortQueue> Worker<Q> {
         let mut actions = std::mem::take(&mut self.actions);
         actions.expectations.clear();
         actions.events.clear();
-        let (verdict, new_seq, new_ack, svc) = {
-            let svc = self.flows.get(idx).svc as usize;
-            let s = self.flows.cold_mut(idx).alg.as_mut().expect("checked by caller");
-            if p.tcp_flags & TCP_SYN != 0 {
-                s.set_isn(adir, seq);
-            }
-            let verdict = if p.payload_len() > 0 {
-                s.on_segment(now, adir, seq, &pkt.data()[p.payload..p.end], &mut actions)
-            } else {
-                alg::Verdict::Forward
-            };
-            let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
-            let new_seq = match &verdict {
-                alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq),
-                _ => s.map_seq(adir, seq),
-            };
-            (verdict, new_seq, new_ack, svc)
+        // The session leaves its slot while it runs, so the pinhole broker can look at the
+        // flow table (other sessions' liveness) beside it.
+        let Some(mut s) = self.flows.cold_mut(idx).alg.take() else { return Ok(()) };
+        let svc = self.flows.get(idx).svc as usize;
+        if p.tcp_flags & TCP_SYN != 0 {
+            s.set_isn(adir, seq);
+        }
+        let verdict = if p.payload_len() > 0 {
+            let mut pins = Broker::new(self, idx);
+            s.on_segment_with(now, adir, seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
+        } else {
+            alg::Verdict::Forward
         };
+        let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
+        let new_seq = match &verdict {
+            alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq),
+            _ => s.map_seq(adir, seq),
+        };
+        self.flows.cold_mut(idx).alg = Some(s);
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
         match verdict {
@@ -1525,77 +1531,46 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
+    /// Counts (and, for TLS, pins) what the gateway reported. Expectations were already
+    /// installed by the [`Broker`] while the segment was parsed.
     fn ftp_actions(&mut self, idx: u32, svc: usize, actions: &alg::Actions) {
-        let (gen, dest, client, vip, fwd) = {
-            let c = self.flows.get(idx);
-            (c.gen, c.dest, c.client, c.vip, c.fwd)
-        };
         let sc = self.svc_counters.clone();
-        let counters = &sc[svc].ftp;
+        let Some(counters) = sc.get(svc).map(|c| &c.ftp) else { return };
         for ev in &actions.events {
             match ev {
-                alg::Event::Rewrite => {}
+                alg::Event::Rewrite | alg::Event::Malformed | alg::Event::Refused | alg::Event::Moved { .. } => {}
                 alg::Event::BounceRefused { named, port } => {
                     bump(&counters.bounce_refused, 1);
+                    let client = self.flows.get(idx).client;
                     tracing::warn!(client = %addr_to_ip(client), %named, port, "FTP PORT/EPRT bounce attempt refused");
                 }
+                alg::Event::LowPort { .. } => bump(&counters.low_ports_refused, 1),
+                alg::Event::Unsolicited => bump(&counters.unsolicited_replies, 1),
+                alg::Event::TlsRefused => bump(&counters.tls_refused, 1),
                 alg::Event::TlsFallback => {
                     bump(&counters.tls_fallbacks, 1);
-                    let rs = self.flows.get(idx).rs;
-                    self.expect.insert(
-                        ExpKey::Session(client, vip),
-                        ExpVal {
-                            svc: svc as u16,
-                            dest,
-                            rs,
-                            rport: None,
-                            vip,
-                            parent: idx,
-                            parent_gen: gen,
-                            expires: u64::MAX,
-                        },
-                    );
+                    let c = self.flows.get(idx);
+                    let val = ExpVal {
+                        svc: svc as u16,
+                        dest: c.dest,
+                        rs: c.rs,
+                        rport: None,
+                        vip: c.vip,
+                        parent: idx,
+                        parent_gen: c.gen,
+                        expires: u64::MAX,
+                    };
+                    let (client, vip) = (c.client, c.vip);
+                    let flows = &self.flows;
+                    let alive = |i: u32, g: u32| flows.try_get(i).is_some_and(|c| c.gen == g);
+                    if !self.expect.pin(client, vip, val, alive) {
+                        // Another live TLS session of this client pins the VIP to its server
+                        // (new connections of this client already follow it).
+                        bump(&counters.expectations_refused, 1);
+                    }
                 }
                 alg::Event::Oversized => bump(&counters.oversized_lines, 1),
-                alg::Event::Malformed => {}
             }
-        }
-        for e in &actions.expectations {
-            if self.expect.len() >= MAX_EXPECT {
-                self.sweep_expectations(self.now);
-                if self.expect.len() >= MAX_EXPECT {
-                    break;
-                }
-            }
-            let eclient = parse::ip_to_addr(e.client);
-            let evip = parse::ip_to_addr(e.vip);
-            let ers = parse::ip_to_addr(e.real);
-            let (k, rport) = match e.kind {
-                alg::ExpectKind::Passive { vip_port: Some(p), real_port } => {
-                    (ExpKey::Passive(eclient, evip, p), real_port)
-                }
-                alg::ExpectKind::Passive { vip_port: None, real_port } => {
-                    (ExpKey::PassiveAny(eclient, evip), real_port)
-                }
-                alg::ExpectKind::Active { client_port, .. } if fwd == Forward::Nat => {
-                    (ExpKey::Active(ers, eclient, client_port), None)
-                }
-                alg::ExpectKind::Active { client_port, .. } => (ExpKey::DrActive(eclient, client_port, evip), None),
-            };
-            self.expect.insert(
-                k,
-                ExpVal {
-                    svc: svc as u16,
-                    dest,
-                    rs: ers,
-                    rport,
-                    vip: evip,
-                    parent: idx,
-                    parent_gen: gen,
-                    expires: e.expires,
-                },
-            );
-            bump(&counters.expectations_created, 1);
         }
     }
 
@@ -1638,6 +1613,159 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+    }
+}
+
+/// How many VIP ports after the announced one a clashing passive expectation may move to.
+const MOVE_TRIES: u16 = 64;
+
+/// The worker's side of the gateway's [`alg::Pinholes`]: installs the expectations one control
+/// connection announces, while its reply is being parsed, and settles clashes with other
+/// sessions' expectations (see [`crate::expect`] for the rules and what Linux does).
+struct Broker<'a> {
+    table: &'a mut ExpectTable,
+    flows: &'a FlowTable,
+    snap: &'a Snapshot,
+    counters: &'a [ServiceCounters],
+    idx: u32,
+    gen: u32,
+    svc: u16,
+    dest: u16,
+    fwd: Forward,
+    per_session: usize,
+    now: u64,
+}
+
+impl<'a> Broker<'a> {
+    fn new<Q: PortQueue>(w: &'a mut Worker<Q>, idx: u32) -> Self {
+        let c = w.flows.get(idx);
+        let (gen, svc, dest, fwd) = (c.gen, c.svc, c.dest, c.fwd);
+        let per_session = w
+            .snap
+            .services
+            .get(svc as usize)
+            .and_then(|s| s.ftp.as_ref())
+            .map_or(4, |f| usize::from(f.max_expectations));
+        Broker {
+            table: &mut w.expect,
+            flows: &w.flows,
+            snap: &w.snap,
+            counters: &w.svc_counters,
+            idx,
+            gen,
+            svc,
+            dest,
+            fwd,
+            per_session,
+            now: w.now,
+        }
+    }
+
+    fn alive(&self, v: &ExpVal) -> bool {
+        v.expires > self.now && self.flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen)
+    }
+
+    fn mine(&self, v: &ExpVal) -> bool {
+        v.parent == self.idx && v.parent_gen == self.gen
+    }
+
+    /// Another live session expects `key`.
+    fn taken(&self, key: &ExpKey) -> bool {
+        self.table.chain(key).any(|v| !self.mine(v) && self.alive(v))
+    }
+
+    fn ftp(&self, svc: u16) -> Option<&'a crate::counters::FtpCounters> {
+        self.counters.get(svc as usize).map(|c| &c.ftp)
+    }
+
+    /// Installs `key -> (rs, rport)` for this session, replacing its own older one with the
+    /// same key and dropping dead ones.
+    fn install(&mut self, key: ExpKey, rs: Addr, rport: Option<u16>, vip: Addr, expires: u64) {
+        let (now, flows, idx, gen) = (self.now, self.flows, self.idx, self.gen);
+        let mut dead = 0;
+        self.table.retain_key(&key, |v| {
+            let alive = v.expires > now && flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen);
+            let own = v.parent == idx && v.parent_gen == gen;
+            dead += u64::from(!alive);
+            alive && !own
+        });
+        let val = ExpVal { svc: self.svc, dest: self.dest, rs, rport, vip, parent: idx, parent_gen: gen, expires };
+        let d = self.table.insert(key, val, self.per_session);
+        if let Some(c) = self.ftp(self.svc) {
+            bump(&c.expectations_created, 1);
+            bump(&c.expectations_expired, dead);
+        }
+        if let Some(c) = d.replaced.and_then(|s| self.ftp(s)) {
+            bump(&c.expectations_replaced, 1);
+        }
+        if let Some(c) = d.evicted.and_then(|s| self.ftp(s)) {
+            bump(&c.expectations_evicted, 1);
+        }
+    }
+
+    fn refuse(&self) -> alg::Grant {
+        if let Some(c) = self.ftp(self.svc) {
+            bump(&c.expectations_refused, 1);
+        }
+        alg::Grant::Refused
+    }
+}
+
+impl alg::Pinholes for Broker<'_> {
+    fn open(&mut self, e: &alg::Expectation) -> alg::Grant {
+        let (client, vip, rs) = (parse::ip_to_addr(e.client), parse::ip_to_addr(e.vip), parse::ip_to_addr(e.real));
+        match e.kind {
+            alg::ExpectKind::Passive { vip_port: Some(p), real_port } => {
+                // A VIP port is free for this session if no other live session expects it from
+                // this client and no other service listens on it (the expectation would take
+                // that service's connections from this client).
+                let free = |q: u16| {
+                    !self.taken(&ExpKey::Passive(client, vip, q))
+                        && self.snap.service(vip, PROTO_TCP, q).is_none_or(|o| o == self.svc as usize)
+                };
+                let mut q = p;
+                let mut found = None;
+                for _ in 0..MOVE_TRIES {
+                    if free(q) {
+                        found = Some(q);
+                        break;
+                    }
+                    q = if q == u16::MAX { 1024 } else { q + 1 };
+                }
+                let Some(q) = found else { return self.refuse() };
+                self.install(ExpKey::Passive(client, vip, q), rs, real_port.or(Some(p)), vip, e.expires);
+                if q == p {
+                    alg::Grant::Open
+                } else {
+                    if let Some(c) = self.ftp(self.svc) {
+                        bump(&c.expectations_moved, 1);
+                    }
+                    alg::Grant::OpenAt(q)
+                }
+            }
+            alg::ExpectKind::Passive { vip_port: None, real_port } => {
+                let key = ExpKey::PassiveAny(client, vip);
+                if self.taken(&key) {
+                    if let Some(c) = self.ftp(self.svc) {
+                        bump(&c.expectations_ambiguous, 1);
+                    }
+                }
+                self.install(key, rs, real_port, vip, e.expires);
+                alg::Grant::Open
+            }
+            alg::ExpectKind::Active { client_port, .. } => {
+                let key = if self.fwd == Forward::Nat {
+                    ExpKey::Active(rs, client, client_port)
+                } else {
+                    ExpKey::DrActive(client, client_port, vip)
+                };
+                if self.taken(&key) {
+                    return self.refuse();
+                }
+                self.install(key, rs, None, vip, e.expires);
+                alg::Grant::Open
+            }
+        }
     }
 }
 

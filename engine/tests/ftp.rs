@@ -184,11 +184,15 @@ fn eprt_and_bounce_refusal() {
     s.client(b"EPRT |1|10.0.1.2|41000|\r\n");
     assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
     // A PORT naming a third party opens nothing and is counted.
-    s.client(b"PORT 192,168,7,7,0,25\r\n");
+    s.client(b"PORT 192,168,7,7,4,1\r\n");
     assert_eq!(s.ftp_counter(|c| load(&c.bounce_refused)), 1);
     assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
-    let f = with_macs(tcp4(RS1, 20, [192, 168, 7, 7], 25, TCP_SYN, 9, 0, b""), RS1_MAC, LB_INT);
+    let f = with_macs(tcp4(RS1, 20, [192, 168, 7, 7], 1025, TCP_SYN, 9, 0, b""), RS1_MAC, LB_INT);
     assert!(s.e.inject(INT, &f, s.t + 1).is_empty());
+    // The client's own address but a privileged port: refused too, counted apart.
+    s.client(b"PORT 10,0,1,2,0,25\r\n");
+    assert_eq!(s.ftp_counter(|c| load(&c.low_ports_refused)), 1);
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
 }
 
 #[test]
