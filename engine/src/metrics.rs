@@ -124,8 +124,7 @@ pub fn render(state: &State) -> String {
             if s.ftp.is_none() {
                 continue;
             }
-            let v: u64 =
-                per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp)).sum();
+            let v: u64 = per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp)).sum();
             let _ = writeln!(o, "{name}{{service=\"{}\"}} {v}", esc(&s.name));
         }
     }

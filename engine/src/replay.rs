@@ -120,6 +120,20 @@ impl MemEngine {
         out
     }
 
+    /// Install a new configuration, as a SIGHUP reload does: a snapshot posted to every
+    /// worker's control ring, applied at its next poll (at `now`).
+    pub fn reload(&mut self, config: Config, now: u64) {
+        let macs: Vec<[u8; 6]> = self.snapshot.ifaces.iter().map(|i| i.mac).collect();
+        let mut config = config;
+        config.engine.workers = self.workers.len();
+        let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
+        for q in &self.fabric.ctrl {
+            assert!(q.push(crate::worker::Ctrl::Snapshot(snap.clone())).is_ok(), "control ring full");
+        }
+        self.snapshot = snap;
+        let _ = self.run(now);
+    }
+
     /// Sum of all workers' counters.
     pub fn counters(&self) -> crate::counters::CounterSnapshot {
         crate::daemon::sum_counters(&self.fabric.counters)

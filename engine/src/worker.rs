@@ -811,11 +811,20 @@ impl<Q: PortQueue> Worker<Q> {
                 v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
             }
             if let Some(v) = v {
-                chosen = Some((v.svc as usize, v.dest as usize, v.rs, v.rport.unwrap_or(p.dport), v.parent, v.parent_gen, true));
+                chosen = Some((
+                    v.svc as usize,
+                    v.dest as usize,
+                    v.rs,
+                    v.rport.unwrap_or(p.dport),
+                    v.parent,
+                    v.parent_gen,
+                    true,
+                ));
             } else if let Some(pin) = self.expect.get_pin(p.src, p.dst).copied() {
                 let alive = self.flows.try_get(pin.parent).is_some_and(|c| c.gen == pin.parent_gen);
                 if alive && owner.is_none() {
-                    chosen = Some((pin.svc as usize, pin.dest as usize, pin.rs, p.dport, pin.parent, pin.parent_gen, true));
+                    chosen =
+                        Some((pin.svc as usize, pin.dest as usize, pin.rs, p.dport, pin.parent, pin.parent_gen, true));
                 } else if alive && owner == Some(pin.svc as usize) {
                     // Another control connection of the pinned client: same real server, its
                     // own gateway session, no data-connection link.
