@@ -150,8 +150,9 @@ pub struct FtpCounters {
     /// An expectation refused because another session holds it (active mode: the client's
     /// port cannot be moved).
     pub expectations_refused: AtomicU64,
-    /// DR passive: two sessions of one client address wait for a data connection to the VIP
-    /// at once; the balancer cannot tell them apart and serves them oldest first.
+    /// DR passive: two sessions of one client address on different real servers wait for a
+    /// data connection to the VIP at once; the balancer cannot tell them apart (it sees no
+    /// reply), so the newer is refused (also counted as refused).
     pub expectations_ambiguous: AtomicU64,
     /// 227/229 replies that answered no pending PASV/EPSV (or sat in a multi-line reply).
     pub unsolicited_replies: AtomicU64,

@@ -16,8 +16,8 @@
 //!   does) and refuses an active one (the client's listening port cannot be moved; Linux's
 //!   `nf_ct_expect_related` refuses a clashing expectation of another master with -EBUSY).
 //!   DR passive expectations name no port at all (the balancer sees no replies); two sessions
-//!   of one client waiting at once are served oldest first (a chain per key, at most
-//!   [`MAX_CHAIN`] long).
+//!   of one client waiting at once for the same real server are served oldest first (a chain
+//!   per key, at most [`MAX_CHAIN`] long); for different servers the caller refuses the newer.
 //! * **Cheap.** Expiry is swept incrementally from the oldest end of the creation order with a
 //!   fixed budget per poll and no allocation; lookups check expiry lazily.
 //!

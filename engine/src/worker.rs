@@ -1753,11 +1753,18 @@ impl alg::Pinholes for Broker<'_> {
                 }
             }
             alg::ExpectKind::Passive { vip_port: None, real_port } => {
+                // DR: the balancer never sees the port the server announced, so two sessions
+                // of one client address waiting at once cannot be told apart. Towards the same
+                // real server they queue (oldest first, either is right); towards another
+                // server the newer is refused: its transfer fails rather than risk receiving
+                // the other session's data.
                 let key = ExpKey::PassiveAny(client, vip);
-                if self.taken(&key) {
+                let other_rs = self.table.chain(&key).any(|v| !self.mine(v) && self.alive(v) && v.rs != rs);
+                if other_rs {
                     if let Some(c) = self.ftp(self.svc) {
                         bump(&c.expectations_ambiguous, 1);
                     }
+                    return self.refuse();
                 }
                 self.install(key, rs, real_port, vip, e.expires);
                 alg::Grant::Open

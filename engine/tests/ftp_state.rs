@@ -146,9 +146,12 @@ impl Lab {
     }
     /// Opens a control connection; NAT sees the server's SYN-ACK, DR does not.
     fn open(&mut self, cport: u16, nat: bool) -> Ctl {
-        let s = one(self.from_client(cport, 21, TCP_SYN, 999, 0, b""));
+        let out = self.from_client(cport, 21, TCP_SYN, 999, 0, b"");
+        let mac = out.first().map(|(_, f)| f[5]).expect("SYN forwarded");
+        let s = one(out);
         assert_eq!(s.dport, 21);
-        let rs = s.dst;
+        // NAT: the real server is the destination; DR (MAC rewrite only): its MAC says it.
+        let rs = if nat { s.dst } else { [10, 0, 2, mac] };
         let mut c = Ctl { cport, rs, cseq: 1000, sseq: 5000, seen: Vec::new(), nat };
         if nat {
             let s = one(self.from_rs(rs, 21, cport, TCP_SYN | TCP_ACK, 4999, 1000, b""));
@@ -424,4 +427,29 @@ fn reload_keeps_expectations_and_pins() {
     let t = lab.tick();
     lab.e.reload(config(&services("nat", "true", &["10.0.2.2"])), t);
     assert_eq!(lab.data_syn(50000, p), None);
+}
+
+#[test]
+fn dr_passive_sessions_of_one_client_never_cross() {
+    let mut lab = Lab::new(engine("dr", "true", &["10.0.2.2", "10.0.2.3"]));
+    let mut a = lab.open(40000, false);
+    let mut b = lab.open(40001, false);
+    let mut c = lab.open(40002, false);
+    assert_eq!((a.rs, b.rs, c.rs), (RS1, RS2, RS1));
+    // A waits for its data connection; B (another server) cannot be told apart: refused.
+    lab.cmd(&mut a, b"PASV\r\n");
+    lab.cmd(&mut b, b"PASV\r\n");
+    assert_eq!(ftp(&lab.e, |c| &c.expectations_ambiguous), 1);
+    // C is on A's server: queued behind A, either order is right.
+    lab.cmd(&mut c, b"EPSV\r\n");
+    // DR only rewrites MAC addresses: the real server shows in the destination MAC.
+    let mut dr_syn = |sport: u16, vport: u16| {
+        let out = lab.from_client(sport, vport, TCP_SYN, 1, 0, b"");
+        out.first().map(|(_, f)| <[u8; 6]>::try_from(&f[0..6]).unwrap())
+    };
+    assert_eq!(dr_syn(50000, 30000), Some(RS1_MAC));
+    assert_eq!(dr_syn(50001, 30001), Some(RS1_MAC));
+    // Nothing is left for B's data connection.
+    assert_eq!(dr_syn(50002, 30002), None);
+    assert_eq!(ftp(&lab.e, |c| &c.expectations_used), 2);
 }
