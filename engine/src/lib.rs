@@ -48,6 +48,7 @@ pub mod csum;
 pub mod daemon;
 pub mod expect;
 pub mod flow;
+pub mod frag;
 pub mod frame;
 pub mod gen;
 pub mod health;

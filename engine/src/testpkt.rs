@@ -229,3 +229,93 @@ pub fn set_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     }
     frame
 }
+
+/// Cuts an IPv4 frame (Ethernet, no VLAN, IHL 5) into fragments whose IP packets fit `mtu`,
+/// with IP ID `id`, as a host's stack does.
+pub fn fragment4(frame: &[u8], mtu: usize, id: u16) -> Vec<Vec<u8>> {
+    let (eth, ip) = frame.split_at(14);
+    let (hdr, data) = ip.split_at(20);
+    let chunk = (mtu - 20) / 8 * 8;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < data.len() {
+        let n = chunk.min(data.len() - off);
+        let more = off + n < data.len();
+        let mut h = hdr.to_vec();
+        h[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        let fl = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&fl.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let mut f = eth.to_vec();
+        f.extend_from_slice(&h);
+        f.extend_from_slice(&data[off..off + n]);
+        crate::worker::fix_ipv4_csum(&mut f, 14);
+        out.push(f);
+        off += n;
+    }
+    out
+}
+
+/// Cuts an IPv6 frame (Ethernet, no extension headers) into fragments whose IP packets fit
+/// `mtu`, with fragment ID `id`.
+pub fn fragment6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
+    let (eth, ip) = frame.split_at(14);
+    let (hdr, data) = ip.split_at(40);
+    let nh = hdr[6];
+    let chunk = (mtu - 48) / 8 * 8;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < data.len() {
+        let n = chunk.min(data.len() - off);
+        let more = off + n < data.len();
+        let mut h = hdr.to_vec();
+        h[4..6].copy_from_slice(&((8 + n) as u16).to_be_bytes());
+        h[6] = 44;
+        let mut f = eth.to_vec();
+        f.extend_from_slice(&h);
+        let fo = (off as u16) | u16::from(more);
+        f.extend_from_slice(&[nh, 0]);
+        f.extend_from_slice(&fo.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&data[off..off + n]);
+        out.push(f);
+        off += n;
+    }
+    out
+}
+
+/// Reassembles fragments (any order) into one unfragmented frame, the way the receiving host
+/// does, so tests can verify the datagram's checksums end to end. `None` if incomplete.
+pub fn reassemble(frags: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut parts: Vec<(crate::frag::Fragment, &Vec<u8>)> =
+        frags.iter().map(|f| crate::frag::parse_fragment(f).map(|p| (p, f))).collect::<Result<_, _>>().ok()?;
+    parts.sort_by_key(|(p, _)| p.offset);
+    let (first, ff) = parts.first()?;
+    let mut data = Vec::new();
+    for (p, f) in &parts {
+        if p.offset as usize != data.len() {
+            return None;
+        }
+        data.extend_from_slice(&f[p.data..p.end]);
+    }
+    if parts.last()?.0.more {
+        return None;
+    }
+    let mut out = ff[..first.l3].to_vec();
+    if first.v6 {
+        let mut h = ff[first.l3..first.l3 + 40].to_vec();
+        h[4..6].copy_from_slice(&(data.len() as u16).to_be_bytes());
+        h[6] = first.proto;
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&data);
+    } else {
+        let mut h = ff[first.l3..first.l3 + 20].to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        h[6..8].copy_from_slice(&[0, 0]);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&data);
+        crate::worker::fix_ipv4_csum(&mut out, first.l3);
+    }
+    Some(out)
+}

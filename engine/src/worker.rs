@@ -11,6 +11,7 @@ use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, NONE};
+use crate::frag::{self, FragTable, FragVerdict};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
     self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP,
@@ -87,6 +88,14 @@ impl<B> Fabric<B> {
     }
 }
 
+/// A fragment that came before its datagram's first fragment.
+struct HeldFrag<B> {
+    key: frag::FragKey,
+    iface: u8,
+    buf: B,
+    deadline: u64,
+}
+
 struct Pending<B> {
     nh: Addr,
     iface: u8,
@@ -121,6 +130,9 @@ pub struct Worker<Q: PortQueue> {
     pub flows: FlowTable,
     neigh: NeighCache,
     expect: ExpectTable,
+    /// IP fragments: datagrams in flight and fragments waiting for their first.
+    frags: FragTable,
+    frag_held: Vec<HeldFrag<Q::Buf>>,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
     rx: Vec<Q::Buf>,
@@ -197,6 +209,8 @@ impl<Q: PortQueue> Worker<Q> {
             flows: FlowTable::new(cap),
             neigh: NeighCache::new(),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
+            frags: FragTable::new(),
+            frag_held: Vec::new(),
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),
             pre: Vec::with_capacity(crate::port::BURST),
@@ -487,6 +501,20 @@ impl<Q: PortQueue> Worker<Q> {
         if !self.expect.is_empty() {
             self.sweep_expectations(now, EXPECT_SWEEP_PER_POLL);
         }
+        if !self.frags.is_empty() {
+            self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
+        }
+        if !self.frag_held.is_empty() {
+            let mut k = 0;
+            while k < self.frag_held.len() {
+                if self.frag_held[k].deadline <= now {
+                    drop(self.frag_held.swap_remove(k));
+                    self.counters.count_drop(DropReason::FragTimeout);
+                } else {
+                    k += 1;
+                }
+            }
+        }
     }
 
     /// Remove up to `budget` expired expectations (oldest first) and count them.
@@ -676,6 +704,7 @@ impl<Q: PortQueue> Worker<Q> {
     ) {
         let p = match parsed {
             Ok(p) => *p,
+            Err(parse::ParseError::Fragment) => return self.fragment(iface, pkt, handed),
             Err(e) => {
                 self.drop_pkt(match *e {
                     parse::ParseError::Malformed => DropReason::Malformed,
@@ -1351,6 +1380,129 @@ impl<Q: PortQueue> Worker<Q> {
         self.tx[iface].push(pkt);
     }
 
+    /// An IP fragment (see [`crate::frag`]): the first one goes through the ordinary
+    /// connection path (it carries the ports); later ones follow it by datagram, or wait for it.
+    fn fragment(&mut self, iface: usize, mut pkt: Q::Buf, handed: bool) {
+        let f = match frag::parse_fragment(pkt.data()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_pkt(match e {
+                    parse::ParseError::Unsupported => DropReason::Fragment,
+                    _ => DropReason::Malformed,
+                });
+                return;
+            }
+        };
+        let dmac = &pkt.data()[0..6];
+        if !(dmac[0] & 1 == 1 || self.snap.ifaces.get(iface).is_some_and(|i| i.mac == dmac)) {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        if f.proto != PROTO_TCP && f.proto != PROTO_UDP {
+            self.drop_pkt(DropReason::Fragment);
+            return;
+        }
+        let dst_vip = self.snap.vips.contains(&f.dst);
+        let client = if dst_vip { f.src } else { f.dst };
+        if !handed && self.fabric.workers > 1 {
+            let owner = owner_of(client, self.fabric.workers);
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
+                    self.drop_pkt(DropReason::HandoffFull);
+                }
+                return;
+            }
+        }
+        let key = f.key();
+        if f.offset == 0 {
+            let Some(p) = f.first(pkt.data()) else {
+                self.drop_pkt(DropReason::FragTiny);
+                return;
+            };
+            let fkey = flow_key(&p);
+            let next = match self.flows.lookup(&fkey) {
+                // The FTP gateway works on whole segments: a fragmented control segment
+                // (never seen from real stacks, which use path MTU discovery) is refused.
+                Some((idx, _)) if self.flows.get(idx).flags & F_ALG != 0 => Next::Drop(DropReason::Fragment),
+                Some((idx, dir)) if self.flows.get(idx).expires > self.now => self.forward(idx, dir, &mut pkt, &p),
+                _ if dst_vip => self.new_inbound(&mut pkt, &p),
+                _ => self.new_outbound(&mut pkt, &p),
+            };
+            if !matches!(next, Next::Drop(_)) {
+                if let Some((idx, dir)) = self.flows.lookup(&fkey) {
+                    let flow = frag::FragFlow { conn: idx, gen: self.flows.get(idx).gen, inbound: dir == Dir::In };
+                    if self.frags.first(key, flow, f.range(), self.now) == FragVerdict::Overlap {
+                        self.drop_pkt(DropReason::FragOverlap);
+                        return;
+                    }
+                }
+            }
+            self.finish(pkt, next);
+            // Fragments that came first now have their datagram.
+            let mut k = 0;
+            while k < self.frag_held.len() {
+                if self.frag_held[k].key == key {
+                    let h = self.frag_held.swap_remove(k);
+                    self.fragment(h.iface as usize, h.buf, true);
+                } else {
+                    k += 1;
+                }
+            }
+            return;
+        }
+        // RFC 1858: a TCP fragment at offset 8 can rewrite the flags of the first one.
+        if f.proto == PROTO_TCP && f.offset == 8 {
+            self.drop_pkt(DropReason::FragTiny);
+            return;
+        }
+        match self.frags.later(&key, f.range(), self.now) {
+            FragVerdict::Forward(fl) => {
+                let next = self.forward_fragment(fl, &mut pkt, &f);
+                self.finish(pkt, next);
+            }
+            FragVerdict::Overlap => self.drop_pkt(DropReason::FragOverlap),
+            FragVerdict::Unknown => {
+                if self.frag_held.len() >= frag::MAX_FRAG_HELD {
+                    self.drop_pkt(DropReason::FragHeldFull);
+                    return;
+                }
+                let deadline = self.now + frag::FRAG_HOLD_NS;
+                self.frag_held.push(HeldFrag { key, iface: iface as u8, buf: pkt, deadline });
+            }
+        }
+    }
+
+    /// A later fragment of a datagram whose first fragment went out on connection `fl`: the
+    /// same IP-level translation (NAT: addresses and TTL; the ports and the L4 checksum live in
+    /// the first fragment), DR/tunnel as any packet.
+    fn forward_fragment(&mut self, fl: frag::FragFlow, pkt: &mut Q::Buf, f: &frag::Fragment) -> Next {
+        let Some(c) = self.flows.try_get(fl.conn).filter(|c| c.gen == fl.gen) else {
+            return Next::Drop(DropReason::FragTimeout);
+        };
+        let inbound = fl.inbound;
+        match c.fwd {
+            Forward::Nat => {
+                let (addr, l3d) = if inbound { (c.rs, c.l3_in) } else { (c.vip, c.l3_out) };
+                match rewrite_ip(pkt.data_mut(), f.l3, f.v6, inbound, addr, l3d) {
+                    Ok(()) => {}
+                    Err(r) => return Next::Drop(r),
+                }
+            }
+            Forward::Dr => {}
+            Forward::Tunnel => {
+                let (iface, rs) = (c.if_in as usize, c.rs);
+                let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
+                    return Next::Drop(DropReason::NoRoute);
+                };
+                if !encap_ipip(pkt, &f.as_parsed(), src, rs, self.queues[iface].caps().mtu) {
+                    return Next::Drop(DropReason::TooBig);
+                }
+            }
+        }
+        self.l2_out(fl.conn, inbound, pkt)
+    }
+
     /// Answer an echo request to a VIP or an interface address.
     fn echo_reply(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
         let req = if p.v6 { 128 } else { 8 };
@@ -1808,37 +1960,9 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
     // the TCP (20) / UDP (8) header lie inside the frame, so these slices
     // always succeed; constant offsets into fixed-size arrays need no
     // further checks.
-    let (l3, l4) = (p.l3, p.l4);
-    if !p.v6 {
-        let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
-            return false;
-        };
-        if h[8] <= 1 {
-            return false;
-        }
-        h[8] -= 1;
-        let a = addr_v4_bytes(addr);
-        if inbound {
-            h[16..20].copy_from_slice(&a);
-        } else {
-            h[12..16].copy_from_slice(&a);
-        }
-        let c = csum::apply(u16::from_be_bytes([h[10], h[11]]), l3d);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-    } else {
-        let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {
-            return false;
-        };
-        if h[7] <= 1 {
-            return false;
-        }
-        h[7] -= 1;
-        let a = addr_v6_bytes(addr);
-        if inbound {
-            h[24..40].copy_from_slice(&a);
-        } else {
-            h[8..24].copy_from_slice(&a);
-        }
+    let l4 = p.l4;
+    if rewrite_ip(d, p.l3, p.v6, inbound, addr, l3d).is_err() {
+        return false;
     }
     match p.proto {
         PROTO_TCP => {
@@ -1877,6 +2001,44 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
         }
     }
     true
+}
+
+/// The IP part of the NAT rewrite: inbound sets the destination, outbound the source;
+/// decrements TTL / hop limit (the IPv4 header checksum takes `l3d`, which covers both).
+#[inline(always)]
+fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, l3d: u32) -> Result<(), DropReason> {
+    if !v6 {
+        let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
+            return Err(DropReason::Malformed);
+        };
+        if h[8] <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        h[8] -= 1;
+        let a = addr_v4_bytes(addr);
+        if inbound {
+            h[16..20].copy_from_slice(&a);
+        } else {
+            h[12..16].copy_from_slice(&a);
+        }
+        let c = csum::apply(u16::from_be_bytes([h[10], h[11]]), l3d);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {
+            return Err(DropReason::Malformed);
+        };
+        if h[7] <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        h[7] -= 1;
+        let a = addr_v6_bytes(addr);
+        if inbound {
+            h[24..40].copy_from_slice(&a);
+        } else {
+            h[8..24].copy_from_slice(&a);
+        }
+    }
+    Ok(())
 }
 
 /// Write `a` as the source (`src`) or destination address of the IP header
