@@ -229,3 +229,64 @@ pub fn set_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     }
     frame
 }
+
+/// [`tcp4`] with TCP options `opts` (raw bytes, a multiple of 4, at most 40).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4_opts(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let body = [opts, payload].concat();
+    with_options_len(tcp4(src, sport, dst, dport, flags, seq, ack, &body), opts.len())
+}
+
+/// [`tcp6`] with TCP options `opts` (raw bytes, a multiple of 4, at most 40).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6_opts(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let body = [opts, payload].concat();
+    with_options_len(tcp6(src, sport, dst, dport, flags, seq, ack, &body), opts.len())
+}
+
+/// Turn the first `n` payload bytes of a TCP frame into options (data
+/// offset grows by `n / 4` words) and fix the checksum.
+fn with_options_len(mut f: Vec<u8>, n: usize) -> Vec<u8> {
+    assert!(n % 4 == 0 && n <= 40, "TCP options: a multiple of 4 bytes, at most 40");
+    let p = crate::parse::parse(&f).expect("parse built frame");
+    f[p.l4 + 12] = (((20 + n) / 4) as u8) << 4 | (f[p.l4 + 12] & 0x0f);
+    let p = crate::parse::parse(&f).expect("parse built frame");
+    crate::worker::fix_l4_csum(&mut f, &p);
+    f
+}
+
+/// An MSS option (4 bytes).
+pub fn opt_mss(mss: u16) -> Vec<u8> {
+    let [a, b] = mss.to_be_bytes();
+    vec![2, 4, a, b]
+}
+
+/// NOP, NOP, then a SACK option with `blocks` (left, right) edges.
+pub fn opt_sack(blocks: &[(u32, u32)]) -> Vec<u8> {
+    let mut v = vec![1, 1, 5, (2 + 8 * blocks.len()) as u8];
+    for (l, r) in blocks {
+        v.extend_from_slice(&l.to_be_bytes());
+        v.extend_from_slice(&r.to_be_bytes());
+    }
+    v
+}

@@ -26,6 +26,10 @@ use ferrovs_sched as sched;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+#[path = "worker_tcp.rs"]
+mod tcp;
+pub use tcp::ALG_MAX_GROWTH;
+
 /// Messages to a worker's control ring.
 pub enum Ctrl {
     /// A neighbour learnt by another worker.
@@ -1115,12 +1119,12 @@ impl<Q: PortQueue> Worker<Q> {
         if c.flags & F_ALG == 0 && c.fwd == Forward::Nat {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
-            let ok = match dir {
+            let r = match dir {
                 Dir::In => rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in),
                 Dir::Out => rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out),
             };
-            if !ok {
-                return Next::Drop(DropReason::TtlExceeded);
+            if let Err(r) = r {
+                return Next::Drop(r);
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
@@ -1134,20 +1138,26 @@ impl<Q: PortQueue> Worker<Q> {
         } else {
             p
         };
+        self.forward_rewrite(idx, dir, pkt, p)
+    }
+
+    /// The forwarding step after the gateway: NAT rewrite, DR MACs or IPIP
+    /// encapsulation of one (possibly gateway-built) segment of `idx`.
+    fn forward_rewrite(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let c = self.flows.get(idx);
         let fwd = c.fwd;
         match (fwd, dir) {
             (Forward::Nat, Dir::In) => {
                 let d = pkt.data_mut();
-                if !rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
-                    return Next::Drop(DropReason::TtlExceeded);
+                if let Err(r) = rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
+                    return Next::Drop(r);
                 }
                 self.l2_write(idx, true, d)
             }
             (Forward::Nat, Dir::Out) => {
                 let d = pkt.data_mut();
-                if !rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
-                    return Next::Drop(DropReason::TtlExceeded);
+                if let Err(r) = rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
+                    return Next::Drop(r);
                 }
                 self.l2_write(idx, false, d)
             }
@@ -1467,6 +1477,11 @@ impl<Q: PortQueue> Worker<Q> {
                 u32::from_be_bytes([d[p.l4 + 8], d[p.l4 + 9], d[p.l4 + 10], d[p.l4 + 11]]),
             )
         };
+        // A SYN's payload (TCP Fast Open) starts at isn + 1: the gateway is
+        // fed that, after `set_isn` (Linux's nf_conntrack_ftp never sees SYN
+        // data; we do, at the right offset: `p.payload` is past the options).
+        let syn = p.tcp_flags & TCP_SYN != 0;
+        let data_seq = seq.wrapping_add(syn as u32);
         let mut actions = std::mem::take(&mut self.actions);
         actions.expectations.clear();
         actions.events.clear();
@@ -1474,66 +1489,51 @@ impl<Q: PortQueue> Worker<Q> {
         // flow table (other sessions' liveness) beside it.
         let Some(mut s) = self.flows.cold_mut(idx).alg.take() else { return Ok(()) };
         let svc = self.flows.get(idx).svc as usize;
-        if p.tcp_flags & TCP_SYN != 0 {
+        if syn {
             s.set_isn(adir, seq);
         }
         let verdict = if p.payload_len() > 0 {
             let mut pins = Broker::new(self, idx);
-            s.on_segment_with(now, adir, seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
+            s.on_segment_with(now, adir, data_seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
         } else {
             alg::Verdict::Forward
         };
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
         let new_seq = match &verdict {
-            alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq),
+            // A Replace names its first data byte; on a SYN the SYN comes first.
+            alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq).wrapping_sub(syn as u32),
             _ => s.map_seq(adir, seq),
         };
+        // Where the segment's data ends once translated: a Replace ending anywhere else
+        // (bytes after it held or left for a retransmission) must not carry the segment's FIN.
+        let data_end = s.map_seq(adir, data_seq.wrapping_add(p.payload_len() as u32));
         self.flows.cold_mut(idx).alg = Some(s);
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
+        // SACK edges and the handshake MSS live in the options (see `ftp_tcp_options`).
+        let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
         match verdict {
             alg::Verdict::Hold => {
                 bump(&self.svc_counters[svc].ftp.held_segments, 1);
                 Err(Next::Drop(DropReason::AlgHold))
             }
             alg::Verdict::Forward => {
-                if new_seq != seq || new_ack != ack {
+                if new_seq != seq || new_ack != ack || opt_delta != 0 {
                     let d = pkt.data_mut();
                     let l4 = p.l4;
-                    let mut delta = 0u32;
                     let mut old = [0u8; 8];
                     old.copy_from_slice(&d[l4 + 4..l4 + 12]);
                     d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
                     d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
-                    delta = csum::add(delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
+                    let delta = csum::add(opt_delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
                     csum::apply_at(d, l4 + 16, delta);
                 }
                 Ok(())
             }
             alg::Verdict::Replace { payload, .. } => {
-                let new_end = p.payload + payload.len();
-                let ip_len = new_end - p.l3;
-                let mtu = self.queues[self.flows.get(idx).if_in as usize].caps().mtu as usize;
-                if new_end > pkt.capacity() || ip_len > mtu.max(576) {
-                    return Err(Next::Drop(DropReason::TooBig));
-                }
-                if !pkt.set_len(new_end) {
-                    return Err(Next::Drop(DropReason::TooBig));
-                }
-                let d = pkt.data_mut();
-                d[p.payload..new_end].copy_from_slice(&payload);
-                let l4 = p.l4;
-                d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
-                d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
-                if p.v6 {
-                    let pl = (new_end - p.l3 - 40) as u16;
-                    d[p.l3 + 4..p.l3 + 6].copy_from_slice(&pl.to_be_bytes());
-                } else {
-                    d[p.l3 + 2..p.l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-                    fix_ipv4_csum(d, p.l3);
-                }
-                p.end = new_end;
-                fix_l4_csum(d, p);
+                let wire_end = new_seq.wrapping_add(syn as u32).wrapping_add(payload.len() as u32);
+                let keep_fin = wire_end == data_end;
+                self.ftp_replace(idx, dir, pkt, p, &payload, new_seq, new_ack, keep_fin)?;
                 bump(&self.svc_counters[svc].ftp.rewrites, 1);
                 Ok(())
             }
@@ -1801,9 +1801,22 @@ fn iface_in_of(snap: &Snapshot, rs: Addr) -> usize {
 const TTL_DELTA: u32 = 0xfeff;
 
 /// NAT rewrite: inbound sets destination (addr, port), outbound sets
-/// source. Decrements TTL/hop limit; false if it ran out.
+/// source. Decrements TTL/hop limit. Fails with `TtlExceeded` if it ran out
+/// (the packet is left unchanged) and with `Malformed` if `p`'s offsets do
+/// not fit `d` (cannot happen for a frame `p` was parsed from; the packet
+/// is dropped and counted as what it is rather than as a TTL drop, as
+/// IPVS's `ip_vs_nat_xmit` sends a failed `skb_ensure_writable` to
+/// `tx_error` and never to `ICMP_TIME_EXCEEDED`).
 #[inline(always)]
-pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u16, l3d: u32, l4d: u32) -> bool {
+pub fn rewrite_nat(
+    d: &mut [u8],
+    p: &Parsed,
+    inbound: bool,
+    addr: Addr,
+    port: u16,
+    l3d: u32,
+    l4d: u32,
+) -> Result<(), DropReason> {
     // One bounds check per header: the parser guaranteed the IP header and
     // the TCP (20) / UDP (8) header lie inside the frame, so these slices
     // always succeed; constant offsets into fixed-size arrays need no
@@ -1811,10 +1824,10 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
     let (l3, l4) = (p.l3, p.l4);
     if !p.v6 {
         let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
-            return false;
+            return Err(DropReason::Malformed);
         };
         if h[8] <= 1 {
-            return false;
+            return Err(DropReason::TtlExceeded);
         }
         h[8] -= 1;
         let a = addr_v4_bytes(addr);
@@ -1827,10 +1840,10 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
         h[10..12].copy_from_slice(&c.to_be_bytes());
     } else {
         let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {
-            return false;
+            return Err(DropReason::Malformed);
         };
         if h[7] <= 1 {
-            return false;
+            return Err(DropReason::TtlExceeded);
         }
         h[7] -= 1;
         let a = addr_v6_bytes(addr);
@@ -1843,7 +1856,7 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
     match p.proto {
         PROTO_TCP => {
             let Some(Ok::<&mut [u8; 20], _>(t)) = d.get_mut(l4..l4 + 20).map(|s| s.try_into()) else {
-                return false;
+                return Err(DropReason::Malformed);
             };
             if inbound {
                 t[2..4].copy_from_slice(&port.to_be_bytes());
@@ -1855,7 +1868,7 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
         }
         PROTO_UDP => {
             let Some(Ok::<&mut [u8; 8], _>(u)) = d.get_mut(l4..l4 + 8).map(|s| s.try_into()) else {
-                return false;
+                return Err(DropReason::Malformed);
             };
             if inbound {
                 u[2..4].copy_from_slice(&port.to_be_bytes());
@@ -1873,10 +1886,38 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
         }
         _ => {
             let poff = if inbound { l4 + 2 } else { l4 };
-            d[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+            let Some(w) = d.get_mut(poff..poff + 2) else {
+                return Err(DropReason::Malformed);
+            };
+            w.copy_from_slice(&port.to_be_bytes());
         }
     }
-    true
+    Ok(())
+}
+
+#[cfg(test)]
+mod rewrite_nat_tests {
+    use super::*;
+    use crate::testpkt::{set_ttl, tcp4};
+
+    #[test]
+    fn ttl_exhausted_and_bounds_failures_are_told_apart() {
+        let rs = parse::v4_to_addr([10, 0, 2, 2]);
+        let f = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN, 1, 0, b"");
+        let p = parse::parse(&f).unwrap();
+        let mut ok = f.clone();
+        assert_eq!(rewrite_nat(&mut ok, &p, true, rs, 8080, 0, 0), Ok(()));
+        let mut ttl1 = set_ttl(f.clone(), 1);
+        assert_eq!(rewrite_nat(&mut ttl1, &p, true, rs, 8080, 0, 0), Err(DropReason::TtlExceeded));
+        assert_eq!(ttl1, set_ttl(f.clone(), 1), "left unchanged");
+        // Offsets that do not fit the buffer (a parse of another frame).
+        let mut short = f[..p.l4 + 10].to_vec();
+        assert_eq!(rewrite_nat(&mut short, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+        let mut tiny = f[..p.l3 + 4].to_vec();
+        assert_eq!(rewrite_nat(&mut tiny, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+        let p6 = Parsed { v6: true, ..p };
+        assert_eq!(rewrite_nat(&mut f[..p.l3 + 30].to_vec(), &p6, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+    }
 }
 
 /// Write `a` as the source (`src`) or destination address of the IP header

@@ -1,0 +1,212 @@
+//! TCP-level care of FTP control connections (a child module of
+//! `worker`, so it sees the worker's private state): SACK edges mapped
+//! with the same seq/ack deltas, the handshake MSS clamped so a rewrite
+//! never outgrows the path, and a `Replace` written out — split across
+//! segments when it still does not fit the egress MTU, with the FIN kept
+//! on the last byte of the original segment.
+
+use super::*;
+use crate::parse::{TCP_FIN, TCP_PSH};
+use crate::tcpopt;
+
+/// Most a single `227` rewrite can grow a segment: the longest address
+/// text (`255,255,255,255,255,255`, [`alg::parse::MAX_227_ADDR_LEN`] = 23
+/// bytes) replacing the shortest (`0,0,0,0,0,0`, 11 bytes): 12 bytes.
+///
+/// The handshake MSS of a control connection is lowered by this much
+/// (Linux's `TCPMSS --clamp-mss-to-pmtu` minus the gateway's growth), so a
+/// full-sized reply segment carrying one rewritten `227` still fits the
+/// MTU. More growth in one segment (several `227` lines pipelined into one
+/// segment, held bytes released with a full segment) is not prevented by
+/// the clamp: [`Worker::ftp_replace`] splits such a segment instead of
+/// dropping it.
+pub const ALG_MAX_GROWTH: usize = alg::parse::MAX_227_ADDR_LEN - MIN_227_ADDR_LEN;
+const MIN_227_ADDR_LEN: usize = "0,0,0,0,0,0".len();
+
+/// Linux's `TCP_MIN_MSS`: never clamp below it, whatever the MTU.
+const MIN_MSS: usize = 88;
+
+/// A `Replace` is split into at most this many segments; beyond that (an
+/// MTU far below the gateway's own payload limit) it is dropped as
+/// `too_big` and the peer's retransmission tries again.
+const MAX_SPLIT: usize = 8;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// Largest MSS a control connection's SYN or SYN-ACK may announce:
+    /// the MTU minus IP and TCP headers (RFC 6691: options are the
+    /// sender's business), minus an IPIP header for tunnelled servers,
+    /// minus [`ALG_MAX_GROWTH`].
+    ///
+    /// The MTU is the smaller of the two interfaces of the connection:
+    /// the one the SYN leaves by (the real server's side for the client's
+    /// SYN, `if_in`; the client's side for the SYN-ACK, `if_out`), as
+    /// Linux's clamp-to-PMTU uses, and the one the data that MSS governs
+    /// will leave by (the opposite side: the client's MSS sizes the
+    /// server's replies, which the gateway grows and sends out of
+    /// `if_out`). With DR the balancer only has `if_in`.
+    pub(super) fn ftp_mss_limit(&self, idx: u32, v6: bool) -> u16 {
+        let c = self.flows.get(idx);
+        let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
+        let mut mtu = mtu_of(c.if_in);
+        if c.fwd == Forward::Nat {
+            mtu = mtu.min(mtu_of(c.if_out));
+        }
+        let ip = if v6 { 40 } else { 20 };
+        let tunnel = match c.fwd {
+            Forward::Tunnel if addr_is_v4(c.rs) => 20,
+            Forward::Tunnel => 40,
+            _ => 0,
+        };
+        mtu.saturating_sub(ip + 20 + tunnel + ALG_MAX_GROWTH).clamp(MIN_MSS, u16::MAX as usize) as u16
+    }
+
+    /// Rewrite the TCP options of a control-connection segment in place:
+    /// on SYN / SYN-ACK clamp the MSS ([`Worker::ftp_mss_limit`]); on a
+    /// segment with ACK map every SACK block edge (D-SACK included) with
+    /// the function that maps its ack, `FtpSession::map_ack`: they refer
+    /// to the other direction's translated sequence space, as the ack
+    /// does (Linux `nf_nat_sack_adjust`, which also maps both edges with
+    /// the ack's rule). Returns the RFC 1624 checksum delta (0: nothing
+    /// changed).
+    pub(super) fn ftp_tcp_options(&mut self, idx: u32, adir: alg::Dir, pkt: &mut Q::Buf, p: &Parsed) -> u32 {
+        let (a, b) = (p.l4 + 20, p.payload);
+        let syn = p.tcp_flags & TCP_SYN != 0;
+        let ack = p.tcp_flags & TCP_ACK != 0;
+        if b <= a || b - a > tcpopt::MAX_LEN || !(syn || ack) {
+            return 0;
+        }
+        let limit = syn.then(|| self.ftp_mss_limit(idx, p.v6));
+        let Some(s) = self.flows.cold(idx).alg.as_deref() else { return 0 };
+        let Some(opts) = pkt.data_mut().get_mut(a..b) else { return 0 };
+        let n = opts.len();
+        let mut old = [0u8; tcpopt::MAX_LEN];
+        old[..n].copy_from_slice(opts);
+        let mut changed = false;
+        if let Some(m) = limit {
+            changed |= tcpopt::clamp_mss(opts, m).is_some();
+        }
+        if ack && !syn {
+            changed |= tcpopt::map_sack(opts, |x| s.map_ack(adir, x));
+        }
+        if changed {
+            tcpopt::csum_delta(&old[..n], opts)
+        } else {
+            0
+        }
+    }
+
+    /// Send `payload` (a gateway `Replace`) instead of the segment's own
+    /// payload, at wire sequence `seq` with `ack`. The segment leaves by
+    /// the interface of its direction (`if_in` towards the real server,
+    /// `if_out` towards the client). If it does not fit that MTU it is cut
+    /// into several segments with consecutive sequence numbers, all but
+    /// the last in fresh buffers transmitted first (like TSO: only the last
+    /// keeps PSH/FIN; only the first keeps SYN). The FIN is kept only if
+    /// `keep_fin` (the Replace ends where the original segment's data
+    /// ended; otherwise bytes after it are held or left for the sender's
+    /// retransmission and the FIN must wait for them).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ftp_replace(
+        &mut self,
+        idx: u32,
+        dir: Dir,
+        pkt: &mut Q::Buf,
+        p: &mut Parsed,
+        payload: &[u8],
+        seq: u32,
+        ack: u32,
+        keep_fin: bool,
+    ) -> Result<(), Next> {
+        let c = self.flows.get(idx);
+        let egress = if dir == Dir::In { c.if_in } else { c.if_out } as usize;
+        let tunnel = match c.fwd {
+            Forward::Tunnel if addr_is_v4(c.rs) => 20,
+            Forward::Tunnel => 40,
+            _ => 0,
+        };
+        let Some(q) = self.queues.get(egress) else {
+            return Err(Next::Drop(DropReason::NoRoute));
+        };
+        let mtu = (q.caps().mtu as usize).max(576) - tunnel;
+        let hdr = p.payload - p.l3;
+        let room = mtu.saturating_sub(hdr).min(pkt.capacity().saturating_sub(p.payload));
+        if room == 0 {
+            return Err(Next::Drop(DropReason::TooBig));
+        }
+        let pieces = payload.len().div_ceil(room).max(1);
+        if pieces > MAX_SPLIT {
+            return Err(Next::Drop(DropReason::TooBig));
+        }
+        let flags = pkt.data()[p.l4 + 13];
+        let syn = u32::from(flags & TCP_SYN != 0);
+        // Wire sequence number of the piece starting at payload offset `off`.
+        let seq_at = |off: usize| if off == 0 { seq } else { seq.wrapping_add(syn).wrapping_add(off as u32) };
+        let mut off = 0;
+        for k in 0..pieces - 1 {
+            let Some(mut b) = self.queues[egress].alloc() else {
+                return Err(Next::Drop(DropReason::NoBuffer));
+            };
+            if !b.set_len(p.payload + room) {
+                return Err(Next::Drop(DropReason::TooBig));
+            }
+            b.data_mut()[..p.payload].copy_from_slice(&pkt.data()[..p.payload]);
+            let mut fl = flags & !(TCP_FIN | TCP_PSH);
+            if k > 0 {
+                fl &= !TCP_SYN;
+            }
+            let mut bp = *p;
+            write_segment(b.data_mut(), &mut bp, &payload[off..off + room], seq_at(off), ack, fl);
+            let next = self.forward_rewrite(idx, dir, &mut b, &bp);
+            self.finish(b, next);
+            off += room;
+        }
+        let last = &payload[off..];
+        if !pkt.set_len(p.payload + last.len()) {
+            return Err(Next::Drop(DropReason::TooBig));
+        }
+        let mut fl = if keep_fin { flags } else { flags & !TCP_FIN };
+        if pieces > 1 {
+            fl &= !TCP_SYN;
+        }
+        write_segment(pkt.data_mut(), p, last, seq_at(off), ack, fl);
+        Ok(())
+    }
+}
+
+/// Write `piece` as the payload of the TCP segment at `p` (the frame is
+/// already `p.payload + piece.len()` long), with `seq`, `ack` and the flags
+/// byte `flags`; fix the IP length, the IPv4 header checksum and the TCP
+/// checksum. `p.end` and `p.tcp_flags` follow.
+fn write_segment(d: &mut [u8], p: &mut Parsed, piece: &[u8], seq: u32, ack: u32, flags: u8) {
+    let end = p.payload + piece.len();
+    d[p.payload..end].copy_from_slice(piece);
+    let l4 = p.l4;
+    d[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+    d[l4 + 8..l4 + 12].copy_from_slice(&ack.to_be_bytes());
+    d[l4 + 13] = flags;
+    if p.v6 {
+        let pl = (end - p.l3 - 40) as u16;
+        d[p.l3 + 4..p.l3 + 6].copy_from_slice(&pl.to_be_bytes());
+    } else {
+        d[p.l3 + 2..p.l3 + 4].copy_from_slice(&((end - p.l3) as u16).to_be_bytes());
+        fix_ipv4_csum(d, p.l3);
+    }
+    p.end = end;
+    p.tcp_flags = flags & 0x3f;
+    fix_l4_csum(d, p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_constant_is_the_227_address_difference() {
+        assert_eq!(ALG_MAX_GROWTH, 12);
+        let mut long = [0u8; alg::parse::MAX_227_ADDR_LEN];
+        let n = alg::parse::format_227_addr(std::net::Ipv4Addr::new(255, 255, 255, 255), 65535, &mut long);
+        assert_eq!(n, 23);
+        let n = alg::parse::format_227_addr(std::net::Ipv4Addr::new(0, 0, 0, 0), 0, &mut long);
+        assert_eq!(n, MIN_227_ADDR_LEN);
+    }
+}
