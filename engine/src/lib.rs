@@ -57,6 +57,7 @@ pub mod neigh;
 pub mod parse;
 pub mod port;
 pub mod ratelimit;
+pub mod remap;
 pub mod replay;
 pub mod snapshot;
 pub mod tcpopt;

@@ -121,6 +121,9 @@ pub struct Worker<Q: PortQueue> {
     snap: Arc<Snapshot>,
     snap_gen: u32,
     svcs: Vec<SvcState>,
+    /// Old -> new service and real-server indices of the last snapshot
+    /// change, built once per change in `apply_snapshot`.
+    remap: crate::remap::SnapshotMap,
     svc_counters: Arc<Vec<ServiceCounters>>,
     pub flows: FlowTable,
     neigh: NeighCache,
@@ -197,6 +200,7 @@ impl<Q: PortQueue> Worker<Q> {
             snap: snap.clone(),
             snap_gen: 0,
             svcs: Vec::new(),
+            remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
             neigh: NeighCache::new(),
@@ -235,35 +239,71 @@ impl<Q: PortQueue> Worker<Q> {
         &self.svc_counters
     }
 
-    /// Install a new configuration. Existing connections keep flowing as
-    /// long as their service (by name) and real server (by address and
-    /// port) still exist; others are removed.
+    /// Install a new configuration. Everything that belongs to a service
+    /// and real server that still exist (see [`crate::remap`] for what
+    /// "still exist" means) carries over: connections, persistence
+    /// templates (if the persistence settings did not change), the
+    /// scheduler's state (if it is the same scheduler: rr/wrr position,
+    /// lblc/lblcr tables; it is told about changed servers through
+    /// `Scheduler::update`, which rebuilds sh/dh/mh tables deterministically)
+    /// and counters. Connections of removed services or real servers are
+    /// removed. A health-check flap (a weight change) thus changes the
+    /// weight and nothing else. The old -> new map is kept in
+    /// `self.remap` for the rest of the worker (FTP expectations, pins).
     fn apply_snapshot(&mut self, snap: Arc<Snapshot>) {
         // Fold pending traffic into the old counters before they are carried.
         self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
         self.snap_gen = self.snap_gen.wrapping_add(1);
+        self.remap = if Arc::ptr_eq(&old, &snap) {
+            crate::remap::SnapshotMap::identity(&snap)
+        } else {
+            crate::remap::SnapshotMap::build(&old, &snap)
+        };
+        let from_old = self.remap.inverse(snap.services.len());
         let seed = 0x5eed_0000 + self.id as u64;
+        let mut old_svcs: Vec<Option<SvcState>> = std::mem::take(&mut self.svcs).into_iter().map(Some).collect();
         self.svcs = snap
             .services
             .iter()
-            .map(|s| {
+            .zip(&from_old)
+            .map(|(s, o)| {
                 let dests = sched_dests(s);
-                let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
-                    .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
-                let persist = s.persistence.map(|(t, p)| {
-                    let v4 = p.saturating_sub(96);
-                    sched::PersistTable::new(t, v4.min(32), p.min(128))
-                });
-                SvcState { sched, persist, dests }
+                let carried = o.and_then(|o| Some((old_svcs.get_mut(o as usize)?.take()?, &old.services[o as usize])));
+                let persist_new = || {
+                    s.persistence.map(|(t, p)| {
+                        let v4 = p.saturating_sub(96);
+                        sched::PersistTable::new(t, v4.min(32), p.min(128))
+                    })
+                };
+                match carried {
+                    Some((mut st, os)) => {
+                        if st.sched.name() != s.scheduler {
+                            st.sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                                .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        } else if st.dests != dests {
+                            st.sched.update(&dests);
+                        }
+                        if os.persistence != s.persistence {
+                            st.persist = persist_new();
+                        }
+                        st.dests = dests;
+                        st
+                    }
+                    None => {
+                        let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                            .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        SvcState { sched, persist: persist_new(), dests }
+                    }
+                }
             })
             .collect();
-        // Keep counters of services that survive (by name) so stats do not reset.
+        // Keep counters of services that survive so stats do not reset.
         let old_counters = std::mem::take(&mut self.svc_counters);
         let counters: Vec<ServiceCounters> =
             snap.services.iter().map(|s| ServiceCounters::new(s.dests.len())).collect();
         for (i, s) in snap.services.iter().enumerate() {
-            if let Some(j) = old.services.iter().position(|o| o.name == s.name) {
+            if let Some(j) = from_old[i].map(|j| j as usize) {
                 if let Some(oc) = old_counters.get(j) {
                     carry_counters(oc, &counters[i], &old.services[j], s);
                 }
@@ -289,57 +329,43 @@ impl<Q: PortQueue> Worker<Q> {
         if Arc::ptr_eq(&old, &snap) {
             return;
         }
-        // Old (service, real server) -> new, built once: services by name, real servers by
-        // address and port.
-        let svc_map: Vec<Option<(u16, Vec<Option<u16>>)>> = old
-            .services
-            .iter()
-            .map(|os| {
-                let ni = snap.services.iter().position(|s| s.name == os.name)?;
-                let nd = &snap.services[ni].dests;
-                let dests = os
-                    .dests
-                    .iter()
-                    .map(|d| nd.iter().position(|x| x.addr == d.addr && x.port == d.port).map(|k| k as u16))
-                    .collect();
-                Some((ni as u16, dests))
-            })
-            .collect();
-        let map = |svc: u16, dest: u16| -> Option<(u16, u16)> {
-            let (ns, dests) = svc_map.get(svc as usize)?.as_ref()?;
-            Some((*ns, (*dests.get(dest as usize)?)?))
-        };
         // FTP expectations and TLS pins follow their service and real server.
-        self.expect.remap(map);
+        let remap = &self.remap;
+        self.expect.remap(|svc, dest| remap.map(svc, dest));
         // Remap live connections to the new service/dest indices.
         for i in 0..self.flows.slots() as u32 {
             let (live, svc, dest) = {
                 let c = self.flows.get(i);
-                (c.live, c.svc as usize, c.dest as usize)
+                (c.live, c.svc, c.dest)
             };
             if !live {
                 continue;
             }
-            let remap = map(svc as u16, dest as u16).map(|(a, b)| (a as usize, b as usize));
-            match remap {
+            match self.remap.map(svc, dest) {
                 Some((ni, nd)) => {
                     let c = self.flows.get_mut(i);
-                    c.svc = ni as u16;
-                    c.dest = nd as u16;
+                    c.svc = ni;
+                    c.dest = nd;
                     c.snap_gen = self.snap_gen;
                     c.flags &= !(F_ACTIVE_COUNTED | F_COUNTED);
                     let active = c.state.is_active();
-                    let counts = &snap.conn_counts[ni];
+                    let counts = &snap.conn_counts[ni as usize];
                     if active {
-                        counts.inc_active(self.id, nd);
+                        counts.inc_active(self.id, nd as usize);
                     } else {
-                        counts.inc_inactive(self.id, nd);
+                        counts.inc_inactive(self.id, nd as usize);
                     }
                     c.flags |= F_COUNTED | if active { F_ACTIVE_COUNTED } else { 0 };
                 }
                 None => self.remove_conn(i, false),
             }
         }
+    }
+
+    /// How the services and real servers of the previous snapshot map into
+    /// the current one (see [`crate::remap::SnapshotMap`]).
+    pub fn remap(&self) -> &crate::remap::SnapshotMap {
+        &self.remap
     }
 
     /// One iteration of the poll loop at time `now` (ns). Returns the number
