@@ -290,3 +290,18 @@ pub fn opt_sack(blocks: &[(u32, u32)]) -> Vec<u8> {
     }
     v
 }
+
+/// An unsolicited IPv6 neighbour advertisement from `src` for `target`
+/// with a target link-layer address option `target_mac`, to all nodes.
+pub fn neighbor_advert(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16], target_mac: [u8; 6]) -> Vec<u8> {
+    let dst = [0xffu8, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut body = Vec::new();
+    body.extend_from_slice(&target);
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&target_mac);
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [0x20, 0, 0, 0] };
+    let b = PacketBuilder::ethernet2(src_mac, [0x33, 0x33, 0, 0, 0, 1]).ipv6(src, dst, 255).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &body).expect("build na");
+    v
+}

@@ -459,6 +459,7 @@ impl<Q: PortQueue> Worker<Q> {
                 if self.neigh.learn(a, mac) {
                     self.release_pending(a, mac);
                 }
+                self.count_neigh_evictions();
             }
             Ctrl::Snapshot(s) => self.apply_snapshot(s),
             Ctrl::ListConns(tx) => {
@@ -1275,8 +1276,25 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
+    fn count_neigh_evictions(&mut self) {
+        let n = self.neigh.take_evicted();
+        if n > 0 {
+            bump(&self.counters.neigh_evicted, n);
+        }
+    }
+
+    /// May a neighbour advertisement / solicitation received on `iface`
+    /// teach us `a`? The same on-link rule as ARP (`Snapshot::on_link`),
+    /// plus link-local fe80::/10, which is on-link on every link (RFC 4861
+    /// section 5.2) and what IPv6 routers answer from.
+    fn nd_may_learn(&self, iface: usize, a: Addr) -> bool {
+        self.snap.on_link(iface, a) || (!addr_is_v4(a) && (a >> 118) == 0xfe80 >> 6)
+    }
+
     fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
-        if self.neigh.learn(a, mac) {
+        let learnt = self.neigh.learn(a, mac);
+        self.count_neigh_evictions();
+        if learnt {
             self.release_pending(a, mac);
             let id = self.id;
             for (w, q) in self.fabric.ctrl.iter().enumerate() {
@@ -1340,7 +1358,9 @@ impl<Q: PortQueue> Worker<Q> {
         let opts = &m[24..];
         if p.icmp_type == 136 {
             if let Some(mac) = neigh::nd_lladdr(opts, 2) {
-                self.learn_neighbor(target, mac);
+                if self.nd_may_learn(iface, target) {
+                    self.learn_neighbor(target, mac);
+                }
             }
             self.drop_pkt(DropReason::NotForUs);
             return;
@@ -1350,7 +1370,7 @@ impl<Q: PortQueue> Worker<Q> {
         let smac = neigh::nd_lladdr(opts, 1);
         if p.src != 0 {
             if let Some(mac) = smac {
-                if for_us {
+                if for_us && self.nd_may_learn(iface, p.src) {
                     self.learn_neighbor(p.src, mac);
                 }
             }
