@@ -152,6 +152,14 @@ pub struct Worker<Q: PortQueue> {
     tx: Vec<Vec<Q::Buf>>,
     pending: Vec<Pending<Q::Buf>>,
     actions: alg::Actions,
+    /// Rate limit (kernel `net_ratelimit` defaults) for the FTP bounce
+    /// refusal warning, which a client can trigger at will (to be applied
+    /// in `ftp_actions`: `if self.bounce_log.allow(self.now) { warn!(...,
+    /// suppressed = self.bounce_log.take_suppressed()) }`).
+    #[allow(dead_code)]
+    bounce_log: crate::ratelimit::RateLimit,
+    /// Rate limit for the neighbour-table-full warning.
+    neigh_log: crate::ratelimit::RateLimit,
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
@@ -217,6 +225,8 @@ impl<Q: PortQueue> Worker<Q> {
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
             pending: Vec::with_capacity(MAX_PENDING),
             actions: alg::Actions::default(),
+            bounce_log: Default::default(),
+            neigh_log: Default::default(),
             sweep_pos: 0,
             now: 0,
             last_tick: 0,
@@ -1280,6 +1290,15 @@ impl<Q: PortQueue> Worker<Q> {
         let n = self.neigh.take_evicted();
         if n > 0 {
             bump(&self.counters.neigh_evicted, n);
+            if self.neigh_log.allow(self.now) {
+                let suppressed = self.neigh_log.take_suppressed();
+                tracing::warn!(
+                    worker = self.id,
+                    max = self.neigh.max(),
+                    suppressed,
+                    "neighbour table full: evicted the stalest entry"
+                );
+            }
         }
     }
 
