@@ -309,6 +309,13 @@ fn syn_data_is_fed_at_isn_plus_one() {
             check: |e| assert_eq!(ftp_counter(e, |c| load(&c.expectations_created)), 1),
         },
         Case {
+            what: "TFO with options (MSS, a TFO cookie): payload found past them, MSS still clamped",
+            ext_mtu: None,
+            input: vec![c(TCP_SYN, 999, 0, &tfo_opts(1460), port)],
+            want: vec![to_rs(TCP_SYN, 999, 0, &tfo_opts(1448), port)],
+            check: |e| assert_eq!(ftp_counter(e, |c| load(&c.expectations_created)), 1),
+        },
+        Case {
             what: "a 227 in the server's SYN-ACK data is rewritten; the SYN keeps the ISN",
             ext_mtu: None,
             input: synack_227,
@@ -323,4 +330,11 @@ fn syn_data_is_fed_at_isn_plus_one() {
             check: nothing,
         },
     ]);
+}
+
+/// MSS, a TCP Fast Open cookie option (kind 34, RFC 7413), two NOPs: 16 bytes.
+fn tfo_opts(mss: u16) -> Vec<u8> {
+    let mut v = opt_mss(mss);
+    v.extend_from_slice(&[34, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1]);
+    v
 }
