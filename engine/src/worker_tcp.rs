@@ -9,9 +9,10 @@ use super::*;
 use crate::parse::{TCP_FIN, TCP_PSH};
 use crate::tcpopt;
 
-/// Most a single `227` rewrite can grow a segment: the longest address
+/// Most a single rewrite can grow a segment: a `227` address, the longest
 /// text (`255,255,255,255,255,255`, [`alg::parse::MAX_227_ADDR_LEN`] = 23
-/// bytes) replacing the shortest (`0,0,0,0,0,0`, 11 bytes): 12 bytes.
+/// bytes) replacing the shortest (`0,0,0,0,0,0`, 11 bytes): 12 bytes. (A
+/// `229` whose port the engine moved grows by at most 4: 1 digit to 5.)
 ///
 /// The handshake MSS of a control connection is lowered by this much
 /// (Linux's `TCPMSS --clamp-mss-to-pmtu` minus the gateway's growth), so a

@@ -237,26 +237,32 @@ fn replace_uses_the_egress_mtu_and_splits() {
     // 544 bytes of a multi-line reply, then the 227 line: 590 bytes from the
     // server, 592 after the rewrite; the client side's MTU is 600, so at most
     // 560 bytes of payload fit a segment towards the client.
+    // The lead is a multi-line reply to a NOOP (the gateway acts only on a
+    // single-line 227 answering a pending PASV).
     let mut reply = Vec::new();
-    while reply.len() < 544 {
+    while reply.len() < 500 {
         reply.extend_from_slice(b"200-padding padding padding padding\r\n");
     }
-    reply.truncate(542);
+    let end = b"200 end\r\n";
+    reply.resize(544 - end.len() - 2, b'.');
     reply.extend_from_slice(b"\r\n");
+    reply.extend_from_slice(end);
+    assert_eq!(reply.len(), 544);
     let lead = reply.clone();
     reply.extend_from_slice(PASV_RS);
     let mut out = lead.clone();
     out.extend_from_slice(PASV_VIP);
     assert_eq!(out.len(), 592);
     let mut input = handshake();
-    input.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1000, &[], &reply));
+    input.push(c(TCP_ACK | TCP_PSH, 1000, 5000, &[], b"NOOP\r\nPASV\r\n"));
+    input.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1012, &[], &reply));
     run(vec![Case {
         what: "592 bytes to an MTU-600 side: 560 + 32, PSH/FIN only on the second",
         ext_mtu: Some(600),
         input,
         want: vec![
-            to_client(TCP_ACK, 5000, 1000, &[], &out[..560]),
-            to_client(TCP_ACK | TCP_PSH | TCP_FIN, 5560, 1000, &[], &out[560..]),
+            to_client(TCP_ACK, 5000, 1012, &[], &out[..560]),
+            to_client(TCP_ACK | TCP_PSH | TCP_FIN, 5560, 1012, &[], &out[560..]),
         ],
         check: |e| {
             assert_eq!(ftp_counter(e, |c| load(&c.rewrites)), 1);
@@ -268,11 +274,12 @@ fn replace_uses_the_egress_mtu_and_splits() {
 #[test]
 fn fin_stays_on_the_last_byte() {
     let mut held = handshake();
-    held.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1000, &[], b"200 OK\r\n227 Entering Pass"));
+    held.push(c(TCP_ACK | TCP_PSH, 1000, 5000, &[], b"NOOP\r\nPASV\r\n"));
+    held.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1012, &[], b"200 OK\r\n227 Entering Pass"));
     let mut whole = held.clone();
     let mut full = b"200 OK\r\n".to_vec();
     full.extend_from_slice(PASV_RS);
-    whole.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1000, &[], &full));
+    whole.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1012, &[], &full));
     let mut full_out = b"200 OK\r\n".to_vec();
     full_out.extend_from_slice(PASV_VIP);
     run(vec![
@@ -280,14 +287,14 @@ fn fin_stays_on_the_last_byte() {
             what: "Replace shorter than the segment (the 227 start is held): no FIN",
             ext_mtu: None,
             input: held,
-            want: vec![to_client(TCP_ACK | TCP_PSH, 5000, 1000, &[], b"200 OK\r\n")],
+            want: vec![to_client(TCP_ACK | TCP_PSH, 5000, 1012, &[], b"200 OK\r\n")],
             check: |e| assert_eq!(ftp_counter(e, |c| load(&c.held_segments)), 0),
         },
         Case {
             what: "the retransmission completes the line and ends where the original ended: FIN kept",
             ext_mtu: None,
             input: whole,
-            want: vec![to_client(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1000, &[], &full_out)],
+            want: vec![to_client(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1012, &[], &full_out)],
             check: |e| assert_eq!(ftp_counter(e, |c| load(&c.rewrites)), 2),
         },
     ]);
@@ -296,10 +303,11 @@ fn fin_stays_on_the_last_byte() {
 #[test]
 fn syn_data_is_fed_at_isn_plus_one() {
     let port = b"PORT 10,0,1,2,156,64\r\n";
-    let mut synack_227 = vec![c(TCP_SYN, 999, 0, &[], b"")];
-    synack_227.push(r(TCP_SYN | TCP_ACK, 4999, 1000, &[], PASV_RS));
+    // The client's SYN carries the PASV, the server's SYN-ACK its answer.
+    let mut synack_227 = vec![c(TCP_SYN, 999, 0, &[], b"PASV\r\n")];
+    synack_227.push(r(TCP_SYN | TCP_ACK, 4999, 1006, &[], PASV_RS));
     let mut later = synack_227.clone();
-    later.push(r(TCP_ACK | TCP_PSH, 5046, 1000, &[], b"150 ok\r\n"));
+    later.push(r(TCP_ACK | TCP_PSH, 5046, 1006, &[], b"150 ok\r\n"));
     run(vec![
         Case {
             what: "TFO: a PORT in the client's SYN opens the active data expectation",
@@ -319,14 +327,14 @@ fn syn_data_is_fed_at_isn_plus_one() {
             what: "a 227 in the server's SYN-ACK data is rewritten; the SYN keeps the ISN",
             ext_mtu: None,
             input: synack_227,
-            want: vec![to_client(TCP_SYN | TCP_ACK, 4999, 1000, &[], PASV_VIP)],
+            want: vec![to_client(TCP_SYN | TCP_ACK, 4999, 1006, &[], PASV_VIP)],
             check: |e| assert_eq!(ftp_counter(e, |c| load(&c.rewrites)), 1),
         },
         Case {
             what: "and the server's next segment shifts by the +2",
             ext_mtu: None,
             input: later,
-            want: vec![to_client(TCP_ACK | TCP_PSH, 5048, 1000, &[], b"150 ok\r\n")],
+            want: vec![to_client(TCP_ACK | TCP_PSH, 5048, 1006, &[], b"150 ok\r\n")],
             check: nothing,
         },
     ]);
