@@ -1095,9 +1095,11 @@ impl<Q: PortQueue> Worker<Q> {
         let len = pkt.len() as u64;
         // State, timeout, counters.
         let wrapped;
+        let state_before;
         {
             let snap = &self.snap;
             let c = self.flows.get_mut(idx);
+            state_before = c.state;
             if p.proto == PROTO_TCP {
                 let d = match (dir, c.fwd) {
                     (Dir::Out, _) => Direction::Output,
@@ -1170,6 +1172,10 @@ impl<Q: PortQueue> Worker<Q> {
             ftp_p = *p;
             if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
                 return n;
+            }
+            if p.tcp_flags & !ftp_p.tcp_flags & parse::TCP_FIN != 0 {
+                // The gateway kept the FIN back: the state must not have seen it.
+                self.redo_tcp_state(idx, dir, state_before, p.tcp_flags & !parse::TCP_FIN);
             }
             &ftp_p
         } else {

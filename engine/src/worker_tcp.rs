@@ -174,6 +174,44 @@ impl<Q: PortQueue> Worker<Q> {
     }
 }
 
+impl<Q: PortQueue> Worker<Q> {
+    /// Redo the TCP state transition of the segment just forwarded on
+    /// connection `idx`, from `before`, with `flags` (what actually went out:
+    /// a FIN the gateway kept back must not move the connection to
+    /// FIN_WAIT/CLOSE_WAIT, shortening its timeout; the sender's
+    /// retransmission carries it later). Keeps the active/inactive counts
+    /// and the timeout in step.
+    pub(super) fn redo_tcp_state(&mut self, idx: u32, dir: Dir, before: crate::tcpstate::TcpState, flags: u8) {
+        let (snap_gen, id, now) = (self.snap_gen, self.id, self.now);
+        let c = self.flows.get_mut(idx);
+        let d = match (dir, c.fwd) {
+            (Dir::Out, _) => Direction::Output,
+            (Dir::In, Forward::Nat) => Direction::Input,
+            (Dir::In, _) => Direction::InputOnly,
+        };
+        let new = tcpstate::next(before, d, flags);
+        if new == c.state {
+            return;
+        }
+        c.state = new;
+        c.expires = now + self.timeouts[new as usize];
+        if c.snap_gen == snap_gen && c.flags & F_COUNTED != 0 {
+            let Some(counts) = self.snap.conn_counts.get(c.svc as usize) else { return };
+            let was = c.flags & F_ACTIVE_COUNTED != 0;
+            let is = new.is_active();
+            if was && !is {
+                counts.dec_active(id, c.dest as usize);
+                counts.inc_inactive(id, c.dest as usize);
+                c.flags &= !F_ACTIVE_COUNTED;
+            } else if !was && is {
+                counts.dec_inactive(id, c.dest as usize);
+                counts.inc_active(id, c.dest as usize);
+                c.flags |= F_ACTIVE_COUNTED;
+            }
+        }
+    }
+}
+
 /// Write `piece` as the payload of the TCP segment at `p` (the frame is
 /// already `p.payload + piece.len()` long), with `seq`, `ack` and the flags
 /// byte `flags`; fix the IP length, the IPv4 header checksum and the TCP

@@ -288,14 +288,20 @@ fn fin_stays_on_the_last_byte() {
             ext_mtu: None,
             input: held,
             want: vec![to_client(TCP_ACK | TCP_PSH, 5000, 1012, &[], b"200 OK\r\n")],
-            check: |e| assert_eq!(ftp_counter(e, |c| load(&c.held_segments)), 0),
+            check: |e| {
+                assert_eq!(ftp_counter(e, |c| load(&c.held_segments)), 0);
+                assert_eq!(state(e), "ESTABLISHED", "the FIN kept back did not move the state");
+            },
         },
         Case {
             what: "the retransmission completes the line and ends where the original ended: FIN kept",
             ext_mtu: None,
             input: whole,
             want: vec![to_client(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1012, &[], &full_out)],
-            check: |e| assert_eq!(ftp_counter(e, |c| load(&c.rewrites)), 2),
+            check: |e| {
+                assert_eq!(ftp_counter(e, |c| load(&c.rewrites)), 2);
+                assert_eq!(state(e), "FIN_WAIT", "the FIN that went out did (IPVS: a server FIN moves to FIN_WAIT)");
+            },
         },
     ]);
 }
@@ -345,4 +351,10 @@ fn tfo_opts(mss: u16) -> Vec<u8> {
     let mut v = opt_mss(mss);
     v.extend_from_slice(&[34, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1]);
     v
+}
+
+/// The TCP state of the (only) control connection.
+fn state(e: &MemEngine) -> &'static str {
+    let f = &e.workers[0].flows;
+    (0..f.slots() as u32).find_map(|i| f.try_get(i).filter(|c| c.live)).map_or("none", |c| c.state.name())
 }
