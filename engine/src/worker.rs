@@ -1171,11 +1171,15 @@ impl<Q: PortQueue> Worker<Q> {
         let p = if c.flags & F_ALG != 0 {
             ftp_p = *p;
             if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
+                if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
+                    // Held: its FIN did not go out either.
+                    self.redo_tcp_state(idx, dir, state_before, None);
+                }
                 return n;
             }
             if p.tcp_flags & !ftp_p.tcp_flags & parse::TCP_FIN != 0 {
                 // The gateway kept the FIN back: the state must not have seen it.
-                self.redo_tcp_state(idx, dir, state_before, p.tcp_flags & !parse::TCP_FIN);
+                self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
             }
             &ftp_p
         } else {

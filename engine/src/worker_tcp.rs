@@ -175,13 +175,14 @@ impl<Q: PortQueue> Worker<Q> {
 }
 
 impl<Q: PortQueue> Worker<Q> {
-    /// Redo the TCP state transition of the segment just forwarded on
+    /// Redo the TCP state transition of the segment just handled on
     /// connection `idx`, from `before`, with `flags` (what actually went out:
     /// a FIN the gateway kept back must not move the connection to
     /// FIN_WAIT/CLOSE_WAIT, shortening its timeout; the sender's
-    /// retransmission carries it later). Keeps the active/inactive counts
-    /// and the timeout in step.
-    pub(super) fn redo_tcp_state(&mut self, idx: u32, dir: Dir, before: crate::tcpstate::TcpState, flags: u8) {
+    /// retransmission carries it later), or undo it (`None`: the gateway
+    /// held the whole segment, nothing went out). Keeps the active/inactive
+    /// counts and the timeout in step.
+    pub(super) fn redo_tcp_state(&mut self, idx: u32, dir: Dir, before: crate::tcpstate::TcpState, flags: Option<u8>) {
         let (snap_gen, id, now) = (self.snap_gen, self.id, self.now);
         let c = self.flows.get_mut(idx);
         let d = match (dir, c.fwd) {
@@ -189,7 +190,7 @@ impl<Q: PortQueue> Worker<Q> {
             (Dir::In, Forward::Nat) => Direction::Input,
             (Dir::In, _) => Direction::InputOnly,
         };
-        let new = tcpstate::next(before, d, flags);
+        let new = flags.map_or(before, |f| tcpstate::next(before, d, f));
         if new == c.state {
             return;
         }

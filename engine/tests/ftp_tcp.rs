@@ -282,7 +282,20 @@ fn fin_stays_on_the_last_byte() {
     whole.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1012, &[], &full));
     let mut full_out = b"200 OK\r\n".to_vec();
     full_out.extend_from_slice(PASV_VIP);
+    let mut all_held = handshake();
+    all_held.push(c(TCP_ACK | TCP_PSH, 1000, 5000, &[], b"PASV\r\n"));
+    all_held.push(r(TCP_ACK | TCP_PSH | TCP_FIN, 5000, 1006, &[], b"227 Entering Pass"));
     run(vec![
+        Case {
+            what: "a segment held whole (the start of a 227): nothing out, its FIN did not count",
+            ext_mtu: None,
+            input: all_held,
+            want: vec![],
+            check: |e| {
+                assert_eq!(ftp_counter(e, |c| load(&c.held_segments)), 1);
+                assert_eq!(state(e), "ESTABLISHED");
+            },
+        },
         Case {
             what: "Replace shorter than the segment (the 227 start is held): no FIN",
             ext_mtu: None,
