@@ -267,7 +267,7 @@ pub fn tcp6_opts(
 /// Turn the first `n` payload bytes of a TCP frame into options (data
 /// offset grows by `n / 4` words) and fix the checksum.
 fn with_options_len(mut f: Vec<u8>, n: usize) -> Vec<u8> {
-    assert!(n % 4 == 0 && n <= 40, "TCP options: a multiple of 4 bytes, at most 40");
+    assert!(n.is_multiple_of(4) && n <= 40, "TCP options: a multiple of 4 bytes, at most 40");
     let p = crate::parse::parse(&f).expect("parse built frame");
     f[p.l4 + 12] = (((20 + n) / 4) as u8) << 4 | (f[p.l4 + 12] & 0x0f);
     let p = crate::parse::parse(&f).expect("parse built frame");

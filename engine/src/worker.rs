@@ -1970,31 +1970,6 @@ pub fn rewrite_nat(
     Ok(())
 }
 
-#[cfg(test)]
-mod rewrite_nat_tests {
-    use super::*;
-    use crate::testpkt::{set_ttl, tcp4};
-
-    #[test]
-    fn ttl_exhausted_and_bounds_failures_are_told_apart() {
-        let rs = parse::v4_to_addr([10, 0, 2, 2]);
-        let f = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN, 1, 0, b"");
-        let p = parse::parse(&f).unwrap();
-        let mut ok = f.clone();
-        assert_eq!(rewrite_nat(&mut ok, &p, true, rs, 8080, 0, 0), Ok(()));
-        let mut ttl1 = set_ttl(f.clone(), 1);
-        assert_eq!(rewrite_nat(&mut ttl1, &p, true, rs, 8080, 0, 0), Err(DropReason::TtlExceeded));
-        assert_eq!(ttl1, set_ttl(f.clone(), 1), "left unchanged");
-        // Offsets that do not fit the buffer (a parse of another frame).
-        let mut short = f[..p.l4 + 10].to_vec();
-        assert_eq!(rewrite_nat(&mut short, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
-        let mut tiny = f[..p.l3 + 4].to_vec();
-        assert_eq!(rewrite_nat(&mut tiny, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
-        let p6 = Parsed { v6: true, ..p };
-        assert_eq!(rewrite_nat(&mut f[..p.l3 + 30].to_vec(), &p6, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
-    }
-}
-
 /// Write `a` as the source (`src`) or destination address of the IP header
 /// at `l3`.
 fn set_addr(d: &mut [u8], l3: usize, v6: bool, src: bool, a: Addr) {
@@ -2113,5 +2088,30 @@ fn carry_counters(old: &ServiceCounters, new: &ServiceCounters, os: &crate::snap
             mv(&a.out_packets, &b.out_packets);
             mv(&a.out_bytes, &b.out_bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod rewrite_nat_tests {
+    use super::*;
+    use crate::testpkt::{set_ttl, tcp4};
+
+    #[test]
+    fn ttl_exhausted_and_bounds_failures_are_told_apart() {
+        let rs = parse::v4_to_addr([10, 0, 2, 2]);
+        let f = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN, 1, 0, b"");
+        let p = parse::parse(&f).unwrap();
+        let mut ok = f.clone();
+        assert_eq!(rewrite_nat(&mut ok, &p, true, rs, 8080, 0, 0), Ok(()));
+        let mut ttl1 = set_ttl(f.clone(), 1);
+        assert_eq!(rewrite_nat(&mut ttl1, &p, true, rs, 8080, 0, 0), Err(DropReason::TtlExceeded));
+        assert_eq!(ttl1, set_ttl(f.clone(), 1), "left unchanged");
+        // Offsets that do not fit the buffer (a parse of another frame).
+        let mut short = f[..p.l4 + 10].to_vec();
+        assert_eq!(rewrite_nat(&mut short, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+        let mut tiny = f[..p.l3 + 4].to_vec();
+        assert_eq!(rewrite_nat(&mut tiny, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+        let p6 = Parsed { v6: true, ..p };
+        assert_eq!(rewrite_nat(&mut f[..p.l3 + 30].to_vec(), &p6, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
     }
 }
