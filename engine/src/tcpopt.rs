@@ -106,10 +106,11 @@ pub fn clamp_mss(opts: &mut [u8], max: u16) -> Option<u16> {
     changed
 }
 
-/// Map every edge of every SACK block (D-SACK included: it is just the first
-/// block) with `f`. Blocks whose length is not 2 + 8n are left alone (Linux
-/// ignores them too). Returns whether any byte changed.
-pub fn map_sack(opts: &mut [u8], mut f: impl FnMut(u32) -> u32) -> bool {
+/// Map every SACK block (D-SACK included: it is just the first block),
+/// `(left, right)` -> `f(left, right)`. Options whose length is not 2 + 8n
+/// are left alone (Linux ignores them too). Returns whether any byte
+/// changed.
+pub fn map_sack(opts: &mut [u8], mut f: impl FnMut(u32, u32) -> (u32, u32)) -> bool {
     let mut changed = false;
     let mut pos = 0;
     // Re-walk from `pos` each time: the walk borrows `opts` immutably.
@@ -119,11 +120,13 @@ pub fn map_sack(opts: &mut [u8], mut f: impl FnMut(u32) -> u32) -> bool {
         if (len - 2) % 8 != 0 {
             continue;
         }
-        for e in (off + 2..off + len).step_by(4) {
-            let old = u32::from_be_bytes([opts[e], opts[e + 1], opts[e + 2], opts[e + 3]]);
-            let new = f(old);
+        for b in (off + 2..off + len).step_by(8) {
+            let rd = |e: usize| u32::from_be_bytes([opts[e], opts[e + 1], opts[e + 2], opts[e + 3]]);
+            let old = (rd(b), rd(b + 4));
+            let new = f(old.0, old.1);
             if new != old {
-                opts[e..e + 4].copy_from_slice(&new.to_be_bytes());
+                opts[b..b + 4].copy_from_slice(&new.0.to_be_bytes());
+                opts[b + 4..b + 8].copy_from_slice(&new.1.to_be_bytes());
                 changed = true;
             }
         }
@@ -176,11 +179,11 @@ mod tests {
             o.extend_from_slice(&v.to_be_bytes());
         }
         let before = o.clone();
-        assert!(map_sack(&mut o, |x| x - 2));
+        assert!(map_sack(&mut o, |l, r| (l - 2, r - 2)));
         let edges: Vec<u32> = o[16..].chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
         assert_eq!(edges, vec![98, 108, 298, 398]);
         assert_eq!(o[..16], before[..16], "timestamps untouched");
-        assert!(!map_sack(&mut o, |x| x), "identity changes nothing");
+        assert!(!map_sack(&mut o, |l, r| (l, r)), "identity changes nothing");
     }
 
     #[test]
@@ -191,7 +194,7 @@ mod tests {
         o.extend_from_slice(&0x0506_0708u32.to_be_bytes());
         o.push(0);
         let old = o.clone();
-        map_sack(&mut o, |x| x.wrapping_add(0x0101_0101));
+        map_sack(&mut o, |l, r| (l.wrapping_add(0x0101_0101), r.wrapping_add(0x0101_0101)));
         let full_old = csum::finish(&old, 0);
         let full_new = csum::finish(&o, 0);
         assert_eq!(csum::apply(full_old, csum_delta(&old, &o)), full_new);
@@ -203,7 +206,7 @@ mod tests {
             let mut o = opts.to_vec();
             let _ = walk(&o).count();
             assert_eq!(clamp_mss(&mut o, 1), None);
-            map_sack(&mut o, |x| x + 1);
+            map_sack(&mut o, |l, r| (l + 1, r + 1));
         }
         // Exhaustive over short areas.
         for a in 0..=255u8 {
@@ -211,7 +214,7 @@ mod tests {
                 let mut o = [a, b, 5, 10, 0, 0, 0, 1, 0, 0];
                 let _ = walk(&o).count();
                 clamp_mss(&mut o, 100);
-                map_sack(&mut o, |x| x ^ 1);
+                map_sack(&mut o, |l, r| (l ^ 1, r ^ 1));
             }
         }
     }
@@ -219,6 +222,6 @@ mod tests {
     #[test]
     fn malformed_sack_length_left_alone() {
         let mut o = [5u8, 6, 0, 0, 0, 1];
-        assert!(!map_sack(&mut o, |x| x + 1));
+        assert!(!map_sack(&mut o, |l, r| (l + 1, r + 1)));
     }
 }

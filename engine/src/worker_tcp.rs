@@ -63,11 +63,8 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Rewrite the TCP options of a control-connection segment in place:
     /// on SYN / SYN-ACK clamp the MSS ([`Worker::ftp_mss_limit`]); on a
-    /// segment with ACK map every SACK block edge (D-SACK included) with
-    /// the function that maps its ack, `FtpSession::map_ack`: they refer
-    /// to the other direction's translated sequence space, as the ack
-    /// does (Linux `nf_nat_sack_adjust`, which also maps both edges with
-    /// the ack's rule). Returns the RFC 1624 checksum delta (0: nothing
+    /// segment with ACK map every SACK block (D-SACK included) with
+    /// [`sack_block`]. Returns the RFC 1624 checksum delta (0: nothing
     /// changed).
     pub(super) fn ftp_tcp_options(&mut self, idx: u32, adir: alg::Dir, pkt: &mut Q::Buf, p: &Parsed) -> u32 {
         let (a, b) = (p.l4 + 20, p.payload);
@@ -87,7 +84,7 @@ impl<Q: PortQueue> Worker<Q> {
             changed |= tcpopt::clamp_mss(opts, m).is_some();
         }
         if ack && !syn {
-            changed |= tcpopt::map_sack(opts, |x| s.map_ack(adir, x));
+            changed |= tcpopt::map_sack(opts, |l, r| sack_block(s, adir, l, r));
         }
         if changed {
             tcpopt::csum_delta(&old[..n], opts)
@@ -210,6 +207,37 @@ impl<Q: PortQueue> Worker<Q> {
                 c.flags |= F_ACTIVE_COUNTED;
             }
         }
+    }
+}
+
+/// Map a SACK block `[left, right)` of a segment travelling in `adir`:
+/// it refers to the other direction's translated sequence space, as the
+/// ack does, so both edges go through the ack's function,
+/// `FtpSession::map_ack` (Linux `nf_nat_sack_adjust` does the same). That
+/// function maps an edge inside a rewritten field to the field's start,
+/// which for a right edge claims less than was received (safe) but for a
+/// left edge claims more (the start of the field, which the peer may not
+/// have): a left edge inside a field is moved to the field's end instead
+/// (the first translated position after it that maps exactly), and a block
+/// left empty by that stays empty (receivers ignore `left == right`).
+fn sack_block(s: &alg::FtpSession, adir: alg::Dir, left: u32, right: u32) -> (u32, u32) {
+    let other = adir.reverse();
+    let exact = |t: u32| s.map_seq(other, s.map_ack(adir, t)) == t;
+    let r = s.map_ack(adir, right);
+    let l = if exact(left) {
+        s.map_ack(adir, left)
+    } else {
+        // A field is at most MAX_227_ADDR_LEN bytes long once translated.
+        (1..=alg::parse::MAX_227_ADDR_LEN as u32 + 1)
+            .map(|k| left.wrapping_add(k))
+            .find(|&t| exact(t))
+            .map_or(r, |t| s.map_ack(adir, t))
+    };
+    // Never past the right edge (serial-number order).
+    if (r.wrapping_sub(l) as i32) < 0 {
+        (r, r)
+    } else {
+        (l, r)
     }
 }
 

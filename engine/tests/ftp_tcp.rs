@@ -212,6 +212,29 @@ fn sack_blocks_follow_the_rewrite_delta() {
             check: nothing,
         },
         Case {
+            what: "a left edge inside the rewritten field moves to the field's end, not its start",
+            ext_mtu: None,
+            input: {
+                // The translated field is [5027, 5044), the original [5027, 5042).
+                let mut v = with_227();
+                v.push(c(TCP_ACK, 1006, 5000, &opt_sack(&[(5030, 5100)]), b""));
+                v
+            },
+            want: vec![to_rs(TCP_ACK, 1006, 5000, &opt_sack(&[(5042, 5098)]), b"")],
+            check: nothing,
+        },
+        Case {
+            what: "a block entirely inside the field becomes empty (ignored by the receiver)",
+            ext_mtu: None,
+            input: {
+                let mut v = with_227();
+                v.push(c(TCP_ACK, 1006, 5000, &opt_sack(&[(5030, 5040)]), b""));
+                v
+            },
+            want: vec![to_rs(TCP_ACK, 1006, 5000, &opt_sack(&[(5027, 5027)]), b"")],
+            check: nothing,
+        },
+        Case {
             what: "a single SACK block",
             ext_mtu: None,
             input: input2,
