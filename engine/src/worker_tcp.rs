@@ -19,7 +19,7 @@ use crate::tcpopt;
 /// full-sized reply segment carrying one rewritten `227` still fits the
 /// MTU. More growth in one segment (several `227` lines pipelined into one
 /// segment, held bytes released with a full segment) is not prevented by
-/// the clamp: [`Worker::ftp_replace`] splits such a segment instead of
+/// the clamp: the worker (`ftp_replace`) splits such a segment instead of
 /// dropping it.
 pub const ALG_MAX_GROWTH: usize = alg::parse::MAX_227_ADDR_LEN - MIN_227_ADDR_LEN;
 const MIN_227_ADDR_LEN: usize = "0,0,0,0,0,0".len();
