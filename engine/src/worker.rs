@@ -909,10 +909,7 @@ impl<Q: PortQueue> Worker<Q> {
             };
             let mut session = alg::FtpSession::new(params);
             session.set_allow_low_data_ports(opts.allow_low_data_ports);
-            // A released held line plus a full segment must still fit the
-            // MTU (IPv6 header + TCP with options, conservatively).
-            let mtu = self.queues[iface_in_of(&self.snap, rs)].caps().mtu as usize;
-            session.set_max_payload(mtu.saturating_sub(40 + 60).max(512));
+            session.set_max_payload(self.ftp_max_payload(idx));
             self.flows.cold_mut(idx).alg = Some(Box::new(session));
             self.flows.get_mut(idx).flags |= F_ALG;
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
@@ -1864,11 +1861,6 @@ impl alg::Pinholes for Broker<'_> {
 #[inline(always)]
 fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto }
-}
-
-/// The interface a real server is reached through (0 if unrouted).
-fn iface_in_of(snap: &Snapshot, rs: Addr) -> usize {
-    snap.route(rs).map(|r| r.0).unwrap_or(0)
 }
 
 /// RFC 1624 delta of decrementing the IPv4 TTL by one (the TTL/protocol

@@ -61,6 +61,22 @@ impl<Q: PortQueue> Worker<Q> {
         mtu.saturating_sub(ip + 20 + tunnel + ALG_MAX_GROWTH).clamp(MIN_MSS, u16::MAX as usize) as u16
     }
 
+    /// The gateway's payload limit for control connection `idx`
+    /// (`FtpSession::set_max_payload`): a released held line plus a full
+    /// segment must still fit the MTU of the side a rewritten segment
+    /// leaves by (the client's for replies; the smaller of both sides, to be
+    /// safe either way), less an IPv6 header and TCP with options,
+    /// conservatively. What exceeds it anyway is split, see `ftp_replace`.
+    pub(super) fn ftp_max_payload(&self, idx: u32) -> usize {
+        let c = self.flows.get(idx);
+        let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
+        let mut mtu = mtu_of(c.if_in);
+        if c.fwd == Forward::Nat {
+            mtu = mtu.min(mtu_of(c.if_out));
+        }
+        mtu.saturating_sub(40 + 60).max(512)
+    }
+
     /// Rewrite the TCP options of a control-connection segment in place:
     /// on SYN / SYN-ACK clamp the MSS ([`Worker::ftp_mss_limit`]); on a
     /// segment with ACK map every SACK block (D-SACK included) with
