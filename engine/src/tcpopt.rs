@@ -219,6 +219,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_safe(mut o in proptest::collection::vec(proptest::num::u8::ANY, 0..=MAX_LEN), m in 0u16..2000) {
+            let before = o.clone();
+            for opt in walk(&o) {
+                proptest::prop_assert!(opt.off + opt.len <= o.len() && opt.len >= 1);
+            }
+            proptest::prop_assert!(!map_sack(&mut o, |l, r| (l, r)));
+            proptest::prop_assert_eq!(&o, &before);
+            let old_mss = mss(&o);
+            clamp_mss(&mut o, m);
+            if let (Some(a), Some(b)) = (old_mss, mss(&o)) {
+                proptest::prop_assert!(b <= a && (b <= m || a <= m));
+            }
+            map_sack(&mut o, |l, r| (r, l));
+            proptest::prop_assert_eq!(o.len(), before.len());
+        }
+    }
+
     #[test]
     fn malformed_sack_length_left_alone() {
         let mut o = [5u8, 6, 0, 0, 0, 1];
