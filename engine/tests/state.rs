@@ -70,9 +70,13 @@ struct Case {
 }
 
 fn run(cases: Vec<Case>) {
+    run_on(cases, 1)
+}
+
+fn run_on(cases: Vec<Case>, workers: usize) {
     for c in cases {
         let mut cfg = config(&services(1, false, true));
-        let mut e = MemEngine::new(cfg.clone(), 1);
+        let mut e = MemEngine::new(cfg.clone(), workers);
         let mut t = S;
         for (k, step) in c.steps.into_iter().enumerate() {
             t += S;
@@ -179,6 +183,25 @@ fn state_survives_configuration_changes() {
             ],
         },
     ]);
+}
+
+#[test]
+fn state_survives_on_every_worker() {
+    // Two workers: each keeps the state of the clients it owns.
+    run_on(
+        vec![Case {
+            what: "two workers: reload keeps connections, persistence and rr cursors",
+            steps: vec![
+                Syn(CLIENT, 40000, 80, Some(RS1)),
+                Syn(CLIENT, 40002, 81, Some(RS1)),
+                Config(services(1, false, true)),
+                Ack(CLIENT, 40000, 80, Some(RS1)),
+                Syn(CLIENT, 40001, 80, Some(RS1)),
+                Syn(CLIENT, 40003, 81, Some(RS2)),
+            ],
+        }],
+        2,
+    );
 }
 
 #[test]
