@@ -211,7 +211,7 @@ impl<Q: PortQueue> Worker<Q> {
             remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
-            neigh: NeighCache::new(),
+            neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),

@@ -124,6 +124,19 @@ fn nd_learns_only_on_link_neighbours() {
 }
 
 #[test]
+fn neighbour_table_size_is_configurable() {
+    let text =
+        config_text(SERVICES).replace("flow_table_size = 4096", "flow_table_size = 4096\nneighbor_table_size = 16");
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config"), 1);
+    for n in 0..20u32 {
+        let mut a = RS9;
+        a[12..16].copy_from_slice(&(0x1_0000 + n).to_be_bytes());
+        e.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+    }
+    assert_eq!(e.counters().neigh_evicted, 4);
+}
+
+#[test]
 fn neighbour_table_is_bounded_and_evictions_counted() {
     let mut e = MemEngine::new(config(SERVICES), 1);
     let max = ferrovs_engine::neigh::DEFAULT_MAX as u64;
