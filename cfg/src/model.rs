@@ -41,6 +41,9 @@ pub struct Engine {
     /// requesting control connection's oldest expectation, or else the worker's oldest, is
     /// evicted (counted).
     pub expectation_table_size: usize,
+    /// Dynamic neighbour (ARP/ND) entries per worker (default 4096). When full, the stalest is
+    /// evicted (counted); static `[[neighbor]]` entries are not counted and never evicted.
+    pub neighbor_table_size: usize,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,
     /// Optional Prometheus listener.

@@ -38,6 +38,7 @@ pub(crate) struct RawEngine {
     pub mbufs: Option<S<i64>>,
     pub flow_table_size: Option<S<i64>>,
     pub expectation_table_size: Option<S<i64>>,
+    pub neighbor_table_size: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,

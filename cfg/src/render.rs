@@ -81,6 +81,7 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "mbufs = {}", e.mbufs);
     let _ = writeln!(o, "flow_table_size = {}", e.flow_table_size);
     let _ = writeln!(o, "expectation_table_size = {}", e.expectation_table_size);
+    let _ = writeln!(o, "neighbor_table_size = {}", e.neighbor_table_size);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));

@@ -222,6 +222,8 @@ impl Validator<'_> {
         let flow_table_size = self.opt_int(&e.flow_table_size, 1, 1 << 32, "flow_table_size", 1_048_576)? as usize;
         let expectation_table_size =
             self.opt_int(&e.expectation_table_size, 16, 1 << 24, "expectation_table_size", 65_536)? as usize;
+        let neighbor_table_size =
+            self.opt_int(&e.neighbor_table_size, 16, 1 << 24, "neighbor_table_size", 4096)? as usize;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -243,6 +245,7 @@ impl Validator<'_> {
                 mbufs,
                 flow_table_size,
                 expectation_table_size,
+                neighbor_table_size,
                 control_socket,
                 metrics_listen,
                 timeouts,
@@ -528,6 +531,7 @@ pub(crate) fn default_engine() -> Engine {
         mbufs: 8192,
         flow_table_size: 1_048_576,
         expectation_table_size: 65_536,
+        neighbor_table_size: 4096,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),

@@ -17,6 +17,7 @@ cores = [0, 1]
 eal_args = ["--no-huge"]
 mbufs = 4096
 flow_table_size = 65536
+neighbor_table_size = 512
 control_socket = "/tmp/fvs.sock"
 metrics_listen = "127.0.0.1:9610"
 
@@ -101,6 +102,7 @@ fn good_config_parses_into_expected_model() {
     assert_eq!(e.eal_args, vec!["--no-huge".to_string()]);
     assert_eq!(e.mbufs, 4096);
     assert_eq!(e.flow_table_size, 65536);
+    assert_eq!(e.neighbor_table_size, 512);
     assert_eq!(e.control_socket, PathBuf::from("/tmp/fvs.sock"));
     assert_eq!(e.metrics_listen, Some("127.0.0.1:9610".parse().unwrap()));
     let t = e.timeouts;
@@ -187,6 +189,7 @@ fn defaults() {
     assert_eq!(c.engine.cores, None);
     assert_eq!(c.engine.mbufs, 8192);
     assert_eq!(c.engine.flow_table_size, 1_048_576);
+    assert_eq!(c.engine.neighbor_table_size, 4096);
     assert_eq!(c.engine.control_socket, PathBuf::from("/run/ferrovs/ferrovs.sock"));
     assert_eq!(c.engine.metrics_listen, None);
     assert_eq!(c.engine.timeouts, Timeouts::default());

@@ -484,7 +484,8 @@ impl State {
                 let s = c.snapshot();
                 let drops: serde_json::Map<String, Value> = DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(c.drops_of(*r)))).collect();
                 json!({"worker": w, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets, "flows_active": s.flows_active,
-                       "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "drops": drops})
+                       "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "neigh_evicted": s.neigh_evicted,
+                       "drops": drops})
             })
             .collect();
         json!(workers)
@@ -837,4 +838,58 @@ pub fn request(socket: &Path, req: &Value) -> Result<Value, String> {
         return Err("the daemon closed the connection without a reply".into());
     }
     serde_json::from_str(&out).map_err(|e| format!("bad reply from daemon: {e}"))
+}
+
+#[cfg(test)]
+mod health_flap_tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[engine]
+workers = 1
+backend = "memory"
+
+[[interface]]
+name = "int"
+device = "m"
+addresses = ["10.0.2.1/24"]
+
+[[service]]
+name = "web"
+vip = "10.0.2.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "wrr"
+persistence = 300
+health_check = { type = "tcp", on_fail = "quiesce" }
+
+[[service.real_server]]
+address = "10.0.2.2"
+weight = 3
+
+[[service.real_server]]
+address = "10.0.2.3"
+weight = 2
+"#;
+
+    /// A health flap (what `State::set_down` commits) changes one weight and
+    /// nothing else: same services and servers in the same places, so the
+    /// workers' snapshot map is the identity and every bit of their state
+    /// (connections, persistence, scheduler, expectations) carries over.
+    #[test]
+    fn a_health_flap_changes_only_the_weight() {
+        let admin = Config::from_str(CFG, "t.toml").expect("config");
+        let mut down = HashMap::new();
+        down.insert(("web".to_string(), "10.0.2.3".parse().unwrap(), 80u16), ());
+        let eff = State::effective(&admin, &down);
+        let mut expect = admin.clone();
+        expect.services[0].real_servers[1].weight = 0;
+        assert_eq!(eff.to_toml(), expect.to_toml(), "only the weight differs");
+        let macs = [[2, 0, 0, 0, 2, 1]];
+        let before = Snapshot::build(Arc::new(admin), &macs);
+        let after = Snapshot::build(Arc::new(eff), &macs);
+        assert_eq!(crate::remap::SnapshotMap::build(&before, &after), crate::remap::SnapshotMap::identity(&before));
+        assert_eq!(after.services[0].dests[1].weight, 0);
+        assert_eq!(after.services[0].dests[0].weight, 3);
+    }
 }

@@ -86,6 +86,7 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.handoff_in += s.handoff_in;
         total.arp_replies += s.arp_replies;
         total.nd_replies += s.nd_replies;
+        total.neigh_evicted += s.neigh_evicted;
         total.icmp_translated += s.icmp_translated;
         total.icmp_echo_replies += s.icmp_echo_replies;
         if total.drops.is_empty() {

@@ -13,7 +13,12 @@
 //! - [`flow`], [`tcpstate`]: the per-worker connection table and IPVS TCP
 //!   states with timeouts driven by a clock passed in.
 //! - [`snapshot`]: the configuration compiled for lookups, shared as an
-//!   immutable `Arc` and replaced wholesale on reload.
+//!   immutable `Arc` and replaced wholesale on reload; [`remap`]: which
+//!   service and real server of the new snapshot each old one became, so
+//!   connections, persistence and scheduler state survive the change.
+//! - [`tcpopt`]: a bounds-checked TCP options walker (MSS clamping and SACK
+//!   mapping on FTP control connections); [`ratelimit`]: a token bucket
+//!   driven by `now` for packet-triggered log lines.
 //! - [`worker`]: the poll-mode pipeline: classification, scheduling, NAT /
 //!   DR / tunnel forwarding, ICMP error translation, ARP/ND, the FTP gateway.
 //!   An established connection's packet is looked up in the flow table
@@ -57,8 +62,11 @@ pub mod metrics;
 pub mod neigh;
 pub mod parse;
 pub mod port;
+pub mod ratelimit;
+pub mod remap;
 pub mod replay;
 pub mod snapshot;
+pub mod tcpopt;
 pub mod tcpstate;
 pub mod testpkt;
 pub mod worker;

@@ -95,7 +95,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type W = fn(&crate::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 7] = [
+    let wk: [(&str, &str, &str, W); 8] = [
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -103,6 +103,7 @@ pub fn render(state: &State) -> String {
         ("flows_active", "gauge", "Connections in the flow table.", |s| s.flows_active),
         ("handoff_out_total", "counter", "Packets handed to the owning worker.", |s| s.handoff_out),
         ("handoff_in_total", "counter", "Packets received from other workers.", |s| s.handoff_in),
+        ("neigh_evicted_total", "counter", "Neighbour entries evicted from a full table.", |s| s.neigh_evicted),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
     for (suffix, kind, help, f) in wk {

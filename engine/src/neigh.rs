@@ -9,15 +9,32 @@
 use crate::csum;
 use crate::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, Addr};
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     mac: [u8; 6],
     is_static: bool,
+    /// Order of the last learn/confirm (dynamic entries): smaller is staler.
+    stamp: u64,
 }
+
+/// Default bound on dynamic entries per worker (static entries are not
+/// counted and never evicted).
+pub const DEFAULT_MAX: usize = 4096;
 
 pub struct NeighCache {
     map: HashMap<Addr, Entry>,
+    /// Dynamic entries in order of their last learn/confirm, as
+    /// `(address, stamp)`; a record whose stamp no longer matches the
+    /// entry's is stale and skipped (lazy deletion, compacted when the
+    /// queue grows past twice the bound).
+    order: VecDeque<(Addr, u64)>,
+    next_stamp: u64,
+    dynamic: usize,
+    max: usize,
+    /// Evictions not yet collected by [`NeighCache::take_evicted`].
+    evicted: u64,
     /// Last time (ns) a request was sent per address (rate limit: 1/s).
     asked: HashMap<Addr, u64>,
     /// Bumped on every change; flows cache MACs against it.
@@ -32,26 +49,101 @@ impl Default for NeighCache {
 
 impl NeighCache {
     pub fn new() -> Self {
-        NeighCache { map: HashMap::with_capacity(1024), asked: HashMap::new(), gen: 1 }
+        Self::with_max(DEFAULT_MAX)
+    }
+    /// A cache holding at most `max` (at least 1) dynamic entries. When it
+    /// is full, learning a new address evicts the stalest dynamic entry
+    /// (least recently learned or confirmed), like the kernel's neighbour
+    /// table `gc_thresh3` forced GC but without ever refusing a new entry;
+    /// static entries are never evicted.
+    pub fn with_max(max: usize) -> Self {
+        let max = max.max(1);
+        NeighCache {
+            map: HashMap::with_capacity(max.min(1024)),
+            order: VecDeque::new(),
+            next_stamp: 0,
+            dynamic: 0,
+            max,
+            evicted: 0,
+            asked: HashMap::new(),
+            gen: 1,
+        }
     }
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
-        self.map.insert(a, Entry { mac, is_static: true });
+        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0 }) {
+            if !old.is_static {
+                self.dynamic -= 1;
+            }
+        }
         self.gen = self.gen.wrapping_add(1);
     }
-    /// Learn a dynamic entry; returns true if it changed anything.
+    /// Learn a dynamic entry; returns true if it changed anything. Learning
+    /// the same MAC again only refreshes the entry (it becomes the least
+    /// stale one).
     pub fn learn(&mut self, a: Addr, mac: [u8; 6]) -> bool {
         if mac == [0; 6] || mac[0] & 1 == 1 {
             return false;
         }
-        match self.map.get(&a) {
-            Some(e) if e.is_static || e.mac == mac => false,
-            _ => {
-                self.map.insert(a, Entry { mac, is_static: false });
+        let stamp = self.next_stamp;
+        match self.map.get_mut(&a) {
+            Some(e) if e.is_static => false,
+            Some(e) if e.mac == mac => {
+                e.stamp = stamp;
+                self.next_stamp += 1;
+                self.order.push_back((a, stamp));
+                self.compact();
+                false
+            }
+            Some(e) => {
+                *e = Entry { mac, is_static: false, stamp };
+                self.next_stamp += 1;
+                self.order.push_back((a, stamp));
+                self.compact();
+                self.asked.remove(&a);
+                self.gen = self.gen.wrapping_add(1);
+                true
+            }
+            None => {
+                if self.dynamic >= self.max {
+                    self.evict_stalest();
+                }
+                self.map.insert(a, Entry { mac, is_static: false, stamp });
+                self.next_stamp += 1;
+                self.dynamic += 1;
+                self.order.push_back((a, stamp));
+                self.compact();
                 self.asked.remove(&a);
                 self.gen = self.gen.wrapping_add(1);
                 true
             }
         }
+    }
+    fn evict_stalest(&mut self) {
+        while let Some((a, stamp)) = self.order.pop_front() {
+            if self.map.get(&a).is_some_and(|e| !e.is_static && e.stamp == stamp) {
+                self.map.remove(&a);
+                self.dynamic -= 1;
+                self.evicted += 1;
+                // Flows may have cached its MAC.
+                self.gen = self.gen.wrapping_add(1);
+                return;
+            }
+        }
+    }
+    /// Drop stale order records once they outnumber the entries.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.max + 16 {
+            let map = &self.map;
+            self.order.retain(|(a, s)| map.get(a).is_some_and(|e| !e.is_static && e.stamp == *s));
+        }
+    }
+    /// Entries evicted since the last call (for the worker's counter).
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+    /// The bound on dynamic entries.
+    pub fn max(&self) -> usize {
+        self.max
     }
     #[inline]
     pub fn get(&self, a: Addr) -> Option<[u8; 6]> {
@@ -166,4 +258,58 @@ pub fn nd_lladdr(opts: &[u8], want: u8) -> Option<[u8; 6]> {
 
 pub fn is_v4(a: Addr) -> bool {
     addr_is_v4(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, n]
+    }
+
+    #[test]
+    fn bounded_evicts_the_stalest_dynamic_never_static() {
+        let mut c = NeighCache::with_max(3);
+        c.add_static(100, mac(100));
+        for a in 1..=3 {
+            assert!(c.learn(a, mac(a as u8)));
+        }
+        // Confirm 1: now 2 is the stalest.
+        assert!(!c.learn(1, mac(1)));
+        let gen = c.gen;
+        assert!(c.learn(4, mac(4)));
+        assert_ne!(c.gen, gen);
+        assert_eq!(c.get(2), None, "stalest evicted");
+        assert_eq!(c.take_evicted(), 1);
+        assert_eq!(c.take_evicted(), 0);
+        for a in 5..50 {
+            c.learn(a, mac(a as u8));
+        }
+        assert_eq!(c.len(), 4, "3 dynamic + 1 static");
+        assert_eq!(c.get(100), Some(mac(100)), "static never evicted");
+        assert_eq!(c.take_evicted(), 45);
+        assert!(c.order.len() <= 2 * 3 + 16 + 1);
+    }
+
+    #[test]
+    fn refreshes_do_not_grow_without_bound() {
+        let mut c = NeighCache::with_max(4);
+        for a in 1..=4 {
+            c.learn(a, mac(a as u8));
+        }
+        for _ in 0..10_000 {
+            for a in 1..=4 {
+                c.learn(a, mac(a as u8));
+            }
+        }
+        assert!(c.order.len() <= 2 * 4 + 16 + 1);
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.take_evicted(), 0);
+        // A static entry replacing a dynamic one frees its slot.
+        c.add_static(1, mac(9));
+        assert!(c.learn(5, mac(5)));
+        assert_eq!(c.take_evicted(), 0);
+        assert!(!c.learn(1, mac(1)), "static wins");
+    }
 }

@@ -319,3 +319,79 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// [`tcp4`] with TCP options `opts` (raw bytes, a multiple of 4, at most 40).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4_opts(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let body = [opts, payload].concat();
+    with_options_len(tcp4(src, sport, dst, dport, flags, seq, ack, &body), opts.len())
+}
+
+/// [`tcp6`] with TCP options `opts` (raw bytes, a multiple of 4, at most 40).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6_opts(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let body = [opts, payload].concat();
+    with_options_len(tcp6(src, sport, dst, dport, flags, seq, ack, &body), opts.len())
+}
+
+/// Turn the first `n` payload bytes of a TCP frame into options (data
+/// offset grows by `n / 4` words) and fix the checksum.
+fn with_options_len(mut f: Vec<u8>, n: usize) -> Vec<u8> {
+    assert!(n.is_multiple_of(4) && n <= 40, "TCP options: a multiple of 4 bytes, at most 40");
+    let p = crate::parse::parse(&f).expect("parse built frame");
+    f[p.l4 + 12] = (((20 + n) / 4) as u8) << 4 | (f[p.l4 + 12] & 0x0f);
+    let p = crate::parse::parse(&f).expect("parse built frame");
+    crate::worker::fix_l4_csum(&mut f, &p);
+    f
+}
+
+/// An MSS option (4 bytes).
+pub fn opt_mss(mss: u16) -> Vec<u8> {
+    let [a, b] = mss.to_be_bytes();
+    vec![2, 4, a, b]
+}
+
+/// NOP, NOP, then a SACK option with `blocks` (left, right) edges.
+pub fn opt_sack(blocks: &[(u32, u32)]) -> Vec<u8> {
+    let mut v = vec![1, 1, 5, (2 + 8 * blocks.len()) as u8];
+    for (l, r) in blocks {
+        v.extend_from_slice(&l.to_be_bytes());
+        v.extend_from_slice(&r.to_be_bytes());
+    }
+    v
+}
+
+/// An unsolicited IPv6 neighbour advertisement from `src` for `target`
+/// with a target link-layer address option `target_mac`, to all nodes.
+pub fn neighbor_advert(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16], target_mac: [u8; 6]) -> Vec<u8> {
+    let dst = [0xffu8, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut body = Vec::new();
+    body.extend_from_slice(&target);
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&target_mac);
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [0x20, 0, 0, 0] };
+    let b = PacketBuilder::ethernet2(src_mac, [0x33, 0x33, 0, 0, 0, 1]).ipv6(src, dst, 255).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &body).expect("build na");
+    v
+}

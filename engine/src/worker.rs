@@ -27,6 +27,10 @@ use ferrovs_sched as sched;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+#[path = "worker_tcp.rs"]
+mod tcp;
+pub use tcp::ALG_MAX_GROWTH;
+
 /// Messages to a worker's control ring.
 pub enum Ctrl {
     /// A neighbour learnt by another worker.
@@ -126,6 +130,9 @@ pub struct Worker<Q: PortQueue> {
     snap: Arc<Snapshot>,
     snap_gen: u32,
     svcs: Vec<SvcState>,
+    /// Old -> new service and real-server indices of the last snapshot
+    /// change, built once per change in `apply_snapshot`.
+    remap: crate::remap::SnapshotMap,
     svc_counters: Arc<Vec<ServiceCounters>>,
     pub flows: FlowTable,
     neigh: NeighCache,
@@ -157,6 +164,11 @@ pub struct Worker<Q: PortQueue> {
     tx: Vec<Vec<Q::Buf>>,
     pending: Vec<Pending<Q::Buf>>,
     actions: alg::Actions,
+    /// Rate limit (kernel `net_ratelimit` defaults) for the FTP bounce
+    /// refusal warning, which a client can trigger at will.
+    bounce_log: crate::ratelimit::RateLimit,
+    /// Rate limit for the neighbour-table-full warning.
+    neigh_log: crate::ratelimit::RateLimit,
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
@@ -205,9 +217,10 @@ impl<Q: PortQueue> Worker<Q> {
             snap: snap.clone(),
             snap_gen: 0,
             svcs: Vec::new(),
+            remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
-            neigh: NeighCache::new(),
+            neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
             frag_held: Vec::new(),
@@ -223,6 +236,8 @@ impl<Q: PortQueue> Worker<Q> {
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
             pending: Vec::with_capacity(MAX_PENDING),
             actions: alg::Actions::default(),
+            bounce_log: Default::default(),
+            neigh_log: Default::default(),
             sweep_pos: 0,
             now: 0,
             last_tick: 0,
@@ -245,35 +260,71 @@ impl<Q: PortQueue> Worker<Q> {
         &self.svc_counters
     }
 
-    /// Install a new configuration. Existing connections keep flowing as
-    /// long as their service (by name) and real server (by address and
-    /// port) still exist; others are removed.
+    /// Install a new configuration. Everything that belongs to a service
+    /// and real server that still exist (see [`crate::remap`] for what
+    /// "still exist" means) carries over: connections, persistence
+    /// templates (if the persistence settings did not change), the
+    /// scheduler's state (if it is the same scheduler: rr/wrr position,
+    /// lblc/lblcr tables; it is told about changed servers through
+    /// `Scheduler::update`, which rebuilds sh/dh/mh tables deterministically)
+    /// and counters. Connections of removed services or real servers are
+    /// removed. A health-check flap (a weight change) thus changes the
+    /// weight and nothing else. The old -> new map is kept in
+    /// `self.remap` for the rest of the worker (FTP expectations, pins).
     fn apply_snapshot(&mut self, snap: Arc<Snapshot>) {
         // Fold pending traffic into the old counters before they are carried.
         self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
         self.snap_gen = self.snap_gen.wrapping_add(1);
+        self.remap = if Arc::ptr_eq(&old, &snap) {
+            crate::remap::SnapshotMap::identity(&snap)
+        } else {
+            crate::remap::SnapshotMap::build(&old, &snap)
+        };
+        let from_old = self.remap.inverse(snap.services.len());
         let seed = 0x5eed_0000 + self.id as u64;
+        let mut old_svcs: Vec<Option<SvcState>> = std::mem::take(&mut self.svcs).into_iter().map(Some).collect();
         self.svcs = snap
             .services
             .iter()
-            .map(|s| {
+            .zip(&from_old)
+            .map(|(s, o)| {
                 let dests = sched_dests(s);
-                let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
-                    .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
-                let persist = s.persistence.map(|(t, p)| {
-                    let v4 = p.saturating_sub(96);
-                    sched::PersistTable::new(t, v4.min(32), p.min(128))
-                });
-                SvcState { sched, persist, dests }
+                let carried = o.and_then(|o| Some((old_svcs.get_mut(o as usize)?.take()?, &old.services[o as usize])));
+                let persist_new = || {
+                    s.persistence.map(|(t, p)| {
+                        let v4 = p.saturating_sub(96);
+                        sched::PersistTable::new(t, v4.min(32), p.min(128))
+                    })
+                };
+                match carried {
+                    Some((mut st, os)) => {
+                        if st.sched.name() != s.scheduler {
+                            st.sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                                .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        } else if st.dests != dests {
+                            st.sched.update(&dests);
+                        }
+                        if os.persistence != s.persistence {
+                            st.persist = persist_new();
+                        }
+                        st.dests = dests;
+                        st
+                    }
+                    None => {
+                        let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                            .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        SvcState { sched, persist: persist_new(), dests }
+                    }
+                }
             })
             .collect();
-        // Keep counters of services that survive (by name) so stats do not reset.
+        // Keep counters of services that survive so stats do not reset.
         let old_counters = std::mem::take(&mut self.svc_counters);
         let counters: Vec<ServiceCounters> =
             snap.services.iter().map(|s| ServiceCounters::new(s.dests.len())).collect();
         for (i, s) in snap.services.iter().enumerate() {
-            if let Some(j) = old.services.iter().position(|o| o.name == s.name) {
+            if let Some(j) = from_old[i].map(|j| j as usize) {
                 if let Some(oc) = old_counters.get(j) {
                     carry_counters(oc, &counters[i], &old.services[j], s);
                 }
@@ -299,57 +350,43 @@ impl<Q: PortQueue> Worker<Q> {
         if Arc::ptr_eq(&old, &snap) {
             return;
         }
-        // Old (service, real server) -> new, built once: services by name, real servers by
-        // address and port.
-        let svc_map: Vec<Option<(u16, Vec<Option<u16>>)>> = old
-            .services
-            .iter()
-            .map(|os| {
-                let ni = snap.services.iter().position(|s| s.name == os.name)?;
-                let nd = &snap.services[ni].dests;
-                let dests = os
-                    .dests
-                    .iter()
-                    .map(|d| nd.iter().position(|x| x.addr == d.addr && x.port == d.port).map(|k| k as u16))
-                    .collect();
-                Some((ni as u16, dests))
-            })
-            .collect();
-        let map = |svc: u16, dest: u16| -> Option<(u16, u16)> {
-            let (ns, dests) = svc_map.get(svc as usize)?.as_ref()?;
-            Some((*ns, (*dests.get(dest as usize)?)?))
-        };
         // FTP expectations and TLS pins follow their service and real server.
-        self.expect.remap(map);
+        let remap = &self.remap;
+        self.expect.remap(|svc, dest| remap.map(svc, dest));
         // Remap live connections to the new service/dest indices.
         for i in 0..self.flows.slots() as u32 {
             let (live, svc, dest) = {
                 let c = self.flows.get(i);
-                (c.live, c.svc as usize, c.dest as usize)
+                (c.live, c.svc, c.dest)
             };
             if !live {
                 continue;
             }
-            let remap = map(svc as u16, dest as u16).map(|(a, b)| (a as usize, b as usize));
-            match remap {
+            match self.remap.map(svc, dest) {
                 Some((ni, nd)) => {
                     let c = self.flows.get_mut(i);
-                    c.svc = ni as u16;
-                    c.dest = nd as u16;
+                    c.svc = ni;
+                    c.dest = nd;
                     c.snap_gen = self.snap_gen;
                     c.flags &= !(F_ACTIVE_COUNTED | F_COUNTED);
                     let active = c.state.is_active();
-                    let counts = &snap.conn_counts[ni];
+                    let counts = &snap.conn_counts[ni as usize];
                     if active {
-                        counts.inc_active(self.id, nd);
+                        counts.inc_active(self.id, nd as usize);
                     } else {
-                        counts.inc_inactive(self.id, nd);
+                        counts.inc_inactive(self.id, nd as usize);
                     }
                     c.flags |= F_COUNTED | if active { F_ACTIVE_COUNTED } else { 0 };
                 }
                 None => self.remove_conn(i, false),
             }
         }
+    }
+
+    /// How the services and real servers of the previous snapshot map into
+    /// the current one (see [`crate::remap::SnapshotMap`]).
+    pub fn remap(&self) -> &crate::remap::SnapshotMap {
+        &self.remap
     }
 
     /// One iteration of the poll loop at time `now` (ns). Returns the number
@@ -443,6 +480,7 @@ impl<Q: PortQueue> Worker<Q> {
                 if self.neigh.learn(a, mac) {
                     self.release_pending(a, mac);
                 }
+                self.count_neigh_evictions();
             }
             Ctrl::Snapshot(s) => self.apply_snapshot(s),
             Ctrl::ListConns(tx) => {
@@ -897,10 +935,7 @@ impl<Q: PortQueue> Worker<Q> {
             };
             let mut session = alg::FtpSession::new(params);
             session.set_allow_low_data_ports(opts.allow_low_data_ports);
-            // A released held line plus a full segment must still fit the
-            // MTU (IPv6 header + TCP with options, conservatively).
-            let mtu = self.queues[iface_in_of(&self.snap, rs)].caps().mtu as usize;
-            session.set_max_payload(mtu.saturating_sub(40 + 60).max(512));
+            session.set_max_payload(self.ftp_max_payload(idx));
             self.flows.cold_mut(idx).alg = Some(Box::new(session));
             self.flows.get_mut(idx).flags |= F_ALG;
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
@@ -1083,9 +1118,11 @@ impl<Q: PortQueue> Worker<Q> {
         let len = pkt.len() as u64;
         // State, timeout, counters.
         let wrapped;
+        let state_before;
         {
             let snap = &self.snap;
             let c = self.flows.get_mut(idx);
+            state_before = c.state;
             if p.proto == PROTO_TCP {
                 let d = match (dir, c.fwd) {
                     (Dir::Out, _) => Direction::Output,
@@ -1144,12 +1181,12 @@ impl<Q: PortQueue> Worker<Q> {
         if c.flags & F_ALG == 0 && c.fwd == Forward::Nat {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
-            let ok = match dir {
+            let r = match dir {
                 Dir::In => rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in),
                 Dir::Out => rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out),
             };
-            if !ok {
-                return Next::Drop(DropReason::TtlExceeded);
+            if let Err(r) = r {
+                return Next::Drop(r);
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
@@ -1157,26 +1194,40 @@ impl<Q: PortQueue> Worker<Q> {
         let p = if c.flags & F_ALG != 0 {
             ftp_p = *p;
             if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
+                if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
+                    // Held: its FIN did not go out either.
+                    self.redo_tcp_state(idx, dir, state_before, None);
+                }
                 return n;
+            }
+            if p.tcp_flags & !ftp_p.tcp_flags & parse::TCP_FIN != 0 {
+                // The gateway kept the FIN back: the state must not have seen it.
+                self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
             }
             &ftp_p
         } else {
             p
         };
+        self.forward_rewrite(idx, dir, pkt, p)
+    }
+
+    /// The forwarding step after the gateway: NAT rewrite, DR MACs or IPIP
+    /// encapsulation of one (possibly gateway-built) segment of `idx`.
+    fn forward_rewrite(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let c = self.flows.get(idx);
         let fwd = c.fwd;
         match (fwd, dir) {
             (Forward::Nat, Dir::In) => {
                 let d = pkt.data_mut();
-                if !rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
-                    return Next::Drop(DropReason::TtlExceeded);
+                if let Err(r) = rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
+                    return Next::Drop(r);
                 }
                 self.l2_write(idx, true, d)
             }
             (Forward::Nat, Dir::Out) => {
                 let d = pkt.data_mut();
-                if !rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
-                    return Next::Drop(DropReason::TtlExceeded);
+                if let Err(r) = rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
+                    return Next::Drop(r);
                 }
                 self.l2_write(idx, false, d)
             }
@@ -1268,8 +1319,34 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
+    fn count_neigh_evictions(&mut self) {
+        let n = self.neigh.take_evicted();
+        if n > 0 {
+            bump(&self.counters.neigh_evicted, n);
+            if self.neigh_log.allow(self.now) {
+                let suppressed = self.neigh_log.take_suppressed();
+                tracing::warn!(
+                    worker = self.id,
+                    max = self.neigh.max(),
+                    suppressed,
+                    "neighbour table full: evicted the stalest entry"
+                );
+            }
+        }
+    }
+
+    /// May a neighbour advertisement / solicitation received on `iface`
+    /// teach us `a`? The same on-link rule as ARP (`Snapshot::on_link`),
+    /// plus link-local fe80::/10, which is on-link on every link (RFC 4861
+    /// section 5.2) and what IPv6 routers answer from.
+    fn nd_may_learn(&self, iface: usize, a: Addr) -> bool {
+        self.snap.on_link(iface, a) || (!addr_is_v4(a) && (a >> 118) == 0xfe80 >> 6)
+    }
+
     fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
-        if self.neigh.learn(a, mac) {
+        let learnt = self.neigh.learn(a, mac);
+        self.count_neigh_evictions();
+        if learnt {
             self.release_pending(a, mac);
             let id = self.id;
             for (w, q) in self.fabric.ctrl.iter().enumerate() {
@@ -1333,7 +1410,9 @@ impl<Q: PortQueue> Worker<Q> {
         let opts = &m[24..];
         if p.icmp_type == 136 {
             if let Some(mac) = neigh::nd_lladdr(opts, 2) {
-                self.learn_neighbor(target, mac);
+                if self.nd_may_learn(iface, target) {
+                    self.learn_neighbor(target, mac);
+                }
             }
             self.drop_pkt(DropReason::NotForUs);
             return;
@@ -1343,7 +1422,7 @@ impl<Q: PortQueue> Worker<Q> {
         let smac = neigh::nd_lladdr(opts, 1);
         if p.src != 0 {
             if let Some(mac) = smac {
-                if for_us {
+                if for_us && self.nd_may_learn(iface, p.src) {
                     self.learn_neighbor(p.src, mac);
                 }
             }
@@ -1619,6 +1698,11 @@ impl<Q: PortQueue> Worker<Q> {
                 u32::from_be_bytes([d[p.l4 + 8], d[p.l4 + 9], d[p.l4 + 10], d[p.l4 + 11]]),
             )
         };
+        // A SYN's payload (TCP Fast Open) starts at isn + 1: the gateway is
+        // fed that, after `set_isn` (Linux's nf_conntrack_ftp never sees SYN
+        // data; we do, at the right offset: `p.payload` is past the options).
+        let syn = p.tcp_flags & TCP_SYN != 0;
+        let data_seq = seq.wrapping_add(syn as u32);
         let mut actions = std::mem::take(&mut self.actions);
         actions.expectations.clear();
         actions.events.clear();
@@ -1626,66 +1710,51 @@ impl<Q: PortQueue> Worker<Q> {
         // flow table (other sessions' liveness) beside it.
         let Some(mut s) = self.flows.cold_mut(idx).alg.take() else { return Ok(()) };
         let svc = self.flows.get(idx).svc as usize;
-        if p.tcp_flags & TCP_SYN != 0 {
+        if syn {
             s.set_isn(adir, seq);
         }
         let verdict = if p.payload_len() > 0 {
             let mut pins = Broker::new(self, idx);
-            s.on_segment_with(now, adir, seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
+            s.on_segment_with(now, adir, data_seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
         } else {
             alg::Verdict::Forward
         };
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
         let new_seq = match &verdict {
-            alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq),
+            // A Replace names its first data byte; on a SYN the SYN comes first.
+            alg::Verdict::Replace { seq, .. } => s.map_seq(adir, *seq).wrapping_sub(syn as u32),
             _ => s.map_seq(adir, seq),
         };
+        // Where the segment's data ends once translated: a Replace ending anywhere else
+        // (bytes after it held or left for a retransmission) must not carry the segment's FIN.
+        let data_end = s.map_seq(adir, data_seq.wrapping_add(p.payload_len() as u32));
         self.flows.cold_mut(idx).alg = Some(s);
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
+        // SACK edges and the handshake MSS live in the options (see `ftp_tcp_options`).
+        let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
         match verdict {
             alg::Verdict::Hold => {
                 bump(&self.svc_counters[svc].ftp.held_segments, 1);
                 Err(Next::Drop(DropReason::AlgHold))
             }
             alg::Verdict::Forward => {
-                if new_seq != seq || new_ack != ack {
+                if new_seq != seq || new_ack != ack || opt_delta != 0 {
                     let d = pkt.data_mut();
                     let l4 = p.l4;
-                    let mut delta = 0u32;
                     let mut old = [0u8; 8];
                     old.copy_from_slice(&d[l4 + 4..l4 + 12]);
                     d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
                     d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
-                    delta = csum::add(delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
+                    let delta = csum::add(opt_delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
                     csum::apply_at(d, l4 + 16, delta);
                 }
                 Ok(())
             }
             alg::Verdict::Replace { payload, .. } => {
-                let new_end = p.payload + payload.len();
-                let ip_len = new_end - p.l3;
-                let mtu = self.queues[self.flows.get(idx).if_in as usize].caps().mtu as usize;
-                if new_end > pkt.capacity() || ip_len > mtu.max(576) {
-                    return Err(Next::Drop(DropReason::TooBig));
-                }
-                if !pkt.set_len(new_end) {
-                    return Err(Next::Drop(DropReason::TooBig));
-                }
-                let d = pkt.data_mut();
-                d[p.payload..new_end].copy_from_slice(&payload);
-                let l4 = p.l4;
-                d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
-                d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
-                if p.v6 {
-                    let pl = (new_end - p.l3 - 40) as u16;
-                    d[p.l3 + 4..p.l3 + 6].copy_from_slice(&pl.to_be_bytes());
-                } else {
-                    d[p.l3 + 2..p.l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-                    fix_ipv4_csum(d, p.l3);
-                }
-                p.end = new_end;
-                fix_l4_csum(d, p);
+                let wire_end = new_seq.wrapping_add(syn as u32).wrapping_add(payload.len() as u32);
+                let keep_fin = wire_end == data_end;
+                self.ftp_replace(idx, dir, pkt, p, &payload, new_seq, new_ack, keep_fin)?;
                 bump(&self.svc_counters[svc].ftp.rewrites, 1);
                 Ok(())
             }
@@ -1702,8 +1771,11 @@ impl<Q: PortQueue> Worker<Q> {
                 alg::Event::Rewrite | alg::Event::Malformed | alg::Event::Refused | alg::Event::Moved { .. } => {}
                 alg::Event::BounceRefused { named, port } => {
                     bump(&counters.bounce_refused, 1);
-                    let client = self.flows.get(idx).client;
-                    tracing::warn!(client = %addr_to_ip(client), %named, port, "FTP PORT/EPRT bounce attempt refused");
+                    if self.bounce_log.allow(self.now) {
+                        let client = self.flows.get(idx).client;
+                        let suppressed = self.bounce_log.take_suppressed();
+                        tracing::warn!(client = %addr_to_ip(client), %named, port, suppressed, "FTP PORT/EPRT bounce attempt refused");
+                    }
                 }
                 alg::Event::LowPort { .. } => bump(&counters.low_ports_refused, 1),
                 alg::Event::Unsolicited => bump(&counters.unsolicited_replies, 1),
@@ -1943,31 +2015,37 @@ fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto }
 }
 
-/// The interface a real server is reached through (0 if unrouted).
-fn iface_in_of(snap: &Snapshot, rs: Addr) -> usize {
-    snap.route(rs).map(|r| r.0).unwrap_or(0)
-}
-
 /// RFC 1624 delta of decrementing the IPv4 TTL by one (the TTL/protocol
 /// word loses 0x0100): ~old + new = ~0x0100 = 0xfeff.
 const TTL_DELTA: u32 = 0xfeff;
 
 /// NAT rewrite: inbound sets destination (addr, port), outbound sets
-/// source. Decrements TTL/hop limit; false if it ran out.
+/// source. Decrements TTL/hop limit. Fails with `TtlExceeded` if it ran out
+/// (the packet is left unchanged) and with `Malformed` if `p`'s offsets do
+/// not fit `d` (cannot happen for a frame `p` was parsed from; the packet
+/// is dropped and counted as what it is rather than as a TTL drop, as
+/// IPVS's `ip_vs_nat_xmit` sends a failed `skb_ensure_writable` to
+/// `tx_error` and never to `ICMP_TIME_EXCEEDED`).
 #[inline(always)]
-pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u16, l3d: u32, l4d: u32) -> bool {
+pub fn rewrite_nat(
+    d: &mut [u8],
+    p: &Parsed,
+    inbound: bool,
+    addr: Addr,
+    port: u16,
+    l3d: u32,
+    l4d: u32,
+) -> Result<(), DropReason> {
     // One bounds check per header: the parser guaranteed the IP header and
     // the TCP (20) / UDP (8) header lie inside the frame, so these slices
     // always succeed; constant offsets into fixed-size arrays need no
     // further checks.
     let l4 = p.l4;
-    if rewrite_ip(d, p.l3, p.v6, inbound, addr, l3d).is_err() {
-        return false;
-    }
+    rewrite_ip(d, p.l3, p.v6, inbound, addr, l3d)?;
     match p.proto {
         PROTO_TCP => {
             let Some(Ok::<&mut [u8; 20], _>(t)) = d.get_mut(l4..l4 + 20).map(|s| s.try_into()) else {
-                return false;
+                return Err(DropReason::Malformed);
             };
             if inbound {
                 t[2..4].copy_from_slice(&port.to_be_bytes());
@@ -1979,7 +2057,7 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
         }
         PROTO_UDP => {
             let Some(Ok::<&mut [u8; 8], _>(u)) = d.get_mut(l4..l4 + 8).map(|s| s.try_into()) else {
-                return false;
+                return Err(DropReason::Malformed);
             };
             if inbound {
                 u[2..4].copy_from_slice(&port.to_be_bytes());
@@ -1997,10 +2075,13 @@ pub fn rewrite_nat(d: &mut [u8], p: &Parsed, inbound: bool, addr: Addr, port: u1
         }
         _ => {
             let poff = if inbound { l4 + 2 } else { l4 };
-            d[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+            let Some(w) = d.get_mut(poff..poff + 2) else {
+                return Err(DropReason::Malformed);
+            };
+            w.copy_from_slice(&port.to_be_bytes());
         }
     }
-    true
+    Ok(())
 }
 
 /// The IP part of the NAT rewrite: inbound sets the destination, outbound the source;
@@ -2159,5 +2240,30 @@ fn carry_counters(old: &ServiceCounters, new: &ServiceCounters, os: &crate::snap
             mv(&a.out_packets, &b.out_packets);
             mv(&a.out_bytes, &b.out_bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod rewrite_nat_tests {
+    use super::*;
+    use crate::testpkt::{set_ttl, tcp4};
+
+    #[test]
+    fn ttl_exhausted_and_bounds_failures_are_told_apart() {
+        let rs = parse::v4_to_addr([10, 0, 2, 2]);
+        let f = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN, 1, 0, b"");
+        let p = parse::parse(&f).unwrap();
+        let mut ok = f.clone();
+        assert_eq!(rewrite_nat(&mut ok, &p, true, rs, 8080, 0, 0), Ok(()));
+        let mut ttl1 = set_ttl(f.clone(), 1);
+        assert_eq!(rewrite_nat(&mut ttl1, &p, true, rs, 8080, 0, 0), Err(DropReason::TtlExceeded));
+        assert_eq!(ttl1, set_ttl(f.clone(), 1), "left unchanged");
+        // Offsets that do not fit the buffer (a parse of another frame).
+        let mut short = f[..p.l4 + 10].to_vec();
+        assert_eq!(rewrite_nat(&mut short, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+        let mut tiny = f[..p.l3 + 4].to_vec();
+        assert_eq!(rewrite_nat(&mut tiny, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+        let p6 = Parsed { v6: true, ..p };
+        assert_eq!(rewrite_nat(&mut f[..p.l3 + 30].to_vec(), &p6, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
     }
 }

@@ -147,6 +147,8 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             eal_args,
             mbufs: 4096,
             flow_table_size: 1024,
+            expectation_table_size: 1024,
+            neighbor_table_size: 4096,
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,
             timeouts: Timeouts::default(),

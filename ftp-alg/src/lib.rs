@@ -106,7 +106,8 @@
 //!    actions)`, then act on the verdict: `Forward` (keep payload), `Replace` (send `payload`
 //!    with sequence `map_seq(dir, seq)`), `Hold` (drop the segment).
 //! 3. For *every* segment (with or without payload): `seq = map_seq(dir, seq)`,
-//!    `ack = map_ack(dir, ack)`, fix checksums. SACK blocks would need the same `map_ack`.
+//!    `ack = map_ack(dir, ack)`, fix checksums; SACK edges go through `map_ack` too (the engine
+//!    maps a left edge inside a rewritten field to the field's end).
 //! 4. Install `actions.expectations`, count `actions.events`, clear `actions`.
 //! 5. If [`FtpSession::is_tls`] turned true: pin new connections from the client IP to the VIP
 //!    to this real server for the life of the control connection.

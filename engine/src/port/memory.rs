@@ -134,6 +134,10 @@ impl MemQueue {
     pub fn new(caps: PortCaps) -> Self {
         MemQueue { caps, rx: VecDeque::new(), tx: Vec::new(), free: Vec::new(), capture: true }
     }
+    /// Change the port's MTU (tests of MTU-dependent behaviour).
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.caps.mtu = mtu;
+    }
     /// Queue a frame for reception.
     pub fn inject(&mut self, frame: &[u8]) {
         let mut b = self.free.pop().unwrap_or_default();

@@ -1,0 +1,166 @@
+//! Neighbour discovery learns only on-link neighbours (the ARP rule) and
+//! the neighbour table is bounded: fixture table of frames in, what the
+//! engine sends next (the SYN forwarded to a learnt MAC, or a solicitation
+//! because nothing was learnt), and counters.
+
+mod common;
+use common::*;
+use ferrovs_engine::parse::TCP_SYN;
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+/// A service whose real servers have no static neighbour entry:
+/// fd00:2::9 on int's subnet, and fd00:9::2 behind the link-local router
+/// fe80::9 on int.
+const SERVICES: &str = r#"
+[[route]]
+prefix = "fd00:9::/64"
+via = "fe80::9"
+interface = "int"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "fd00:2::9"
+
+[[service]]
+name = "far6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [81]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "fd00:9::2"
+"#;
+
+const RS9: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+const LL9: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+const OUR_EXT6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const MAC9: [u8; 6] = [2, 0, 0, 0, 2, 9];
+
+fn syn(port: u16) -> Vec<u8> {
+    with_macs(tcp6(C6, 40000, VIP6, port, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT)
+}
+
+/// What a frame out is.
+#[derive(Debug, PartialEq)]
+enum Out {
+    /// A TCP segment to this MAC.
+    Tcp([u8; 6]),
+    /// A neighbour solicitation.
+    Solicit,
+    Other,
+}
+
+fn kind(f: &[u8]) -> Out {
+    let p = ferrovs_engine::parse::parse(f).expect("parse");
+    match p.proto {
+        6 => Out::Tcp(f[0..6].try_into().unwrap()),
+        58 if f[p.l4] == 135 => Out::Solicit,
+        _ => Out::Other,
+    }
+}
+
+struct Case {
+    what: &'static str,
+    input: Vec<(usize, Vec<u8>)>,
+    want: Vec<(usize, Out)>,
+}
+
+#[test]
+fn nd_learns_only_on_link_neighbours() {
+    let cases = vec![
+        Case {
+            what: "an advertisement on the server's segment is learnt",
+            input: vec![(INT, neighbor_advert(MAC9, RS9, RS9, MAC9)), (EXT, syn(80))],
+            want: vec![(INT, Out::Tcp(MAC9))],
+        },
+        Case {
+            what: "the same advertisement arriving on the client side is off-link there: not learnt",
+            input: vec![(EXT, neighbor_advert(MAC9, RS9, RS9, MAC9)), (EXT, syn(80))],
+            want: vec![(INT, Out::Solicit)],
+        },
+        Case {
+            what: "a solicitation from an off-link source is answered but its source is not learnt",
+            input: vec![(EXT, with_macs(neighbor_solicit(MAC9, RS9, OUR_EXT6), MAC9, LB_EXT)), (EXT, syn(80))],
+            want: vec![(INT, Out::Solicit)],
+        },
+        Case {
+            what: "a solicitation from an on-link source is learnt",
+            input: vec![
+                (
+                    INT,
+                    with_macs(
+                        neighbor_solicit(MAC9, RS9, [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                        MAC9,
+                        LB_INT,
+                    ),
+                ),
+                (EXT, syn(80)),
+            ],
+            want: vec![(INT, Out::Tcp(MAC9))],
+        },
+        Case {
+            what: "a link-local router is on-link on every link",
+            input: vec![(INT, neighbor_advert(MAC9, LL9, LL9, MAC9)), (EXT, syn(81))],
+            want: vec![(INT, Out::Tcp(MAC9))],
+        },
+    ];
+    for c in cases {
+        let mut e = MemEngine::new(config(SERVICES), 1);
+        let mut last = Vec::new();
+        for (k, (i, f)) in c.input.iter().enumerate() {
+            last = e.inject(*i, f, S + k as u64);
+        }
+        let got: Vec<(usize, Out)> = last.iter().map(|(i, f)| (*i, kind(f))).collect();
+        assert_eq!(got, c.want, "{}", c.what);
+    }
+}
+
+#[test]
+fn neighbour_table_size_is_configurable() {
+    let text =
+        config_text(SERVICES).replace("flow_table_size = 4096", "flow_table_size = 4096\nneighbor_table_size = 16");
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config"), 1);
+    for n in 0..20u32 {
+        let mut a = RS9;
+        a[12..16].copy_from_slice(&(0x1_0000 + n).to_be_bytes());
+        e.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+    }
+    assert_eq!(e.counters().neigh_evicted, 4);
+}
+
+#[test]
+fn neighbour_table_is_bounded_and_evictions_counted() {
+    let mut e = MemEngine::new(config(SERVICES), 1);
+    let max = ferrovs_engine::neigh::DEFAULT_MAX as u64;
+    // 100 more on-link neighbours than the table holds (fd00:2::1:0 + n).
+    for n in 0..max + 100 {
+        let mut a = RS9;
+        a[12..16].copy_from_slice(&(0x1_0000u32 + n as u32).to_be_bytes());
+        e.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+    }
+    assert_eq!(e.counters().neigh_evicted, 100);
+    // The static entries survive: a SYN to the static rs fd00:2::2 is not a solicitation.
+    let mut e2 = MemEngine::new(
+        config(&format!(
+            "{SERVICES}\n[[service]]\nname = \"s\"\nvip = \"fd00:1::100\"\nprotocol = \"tcp\"\nports = [82]\n\
+             [[service.real_server]]\naddress = \"fd00:2::2\"\n"
+        )),
+        1,
+    );
+    for n in 0..max + 10 {
+        let mut a = RS9;
+        a[12..16].copy_from_slice(&(0x1_0000u32 + n as u32).to_be_bytes());
+        e2.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+    }
+    let out = e2.inject(EXT, &syn(82), 2 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(kind(&out[0].1), Out::Tcp(RS1_MAC), "static neighbour never evicted");
+}
