@@ -44,6 +44,9 @@ pub struct Engine {
     /// Dynamic neighbour (ARP/ND) entries per worker (default 4096). When full, the stalest is
     /// evicted (counted); static `[[neighbor]]` entries are not counted and never evicted.
     pub neighbor_table_size: usize,
+    /// Half-open TCP connections per worker above which services with `syn_proxy = "auto"`
+    /// answer SYNs with SYN cookies (default 1000).
+    pub syn_proxy_threshold: u32,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,
     /// Optional Prometheus listener.
@@ -232,6 +235,21 @@ pub struct Service {
     pub real_servers: Vec<RealServer>,
     /// Health check for the real servers of this service.
     pub health_check: Option<HealthCheck>,
+    /// SYN proxy with SYN cookies (TCP NAT services).
+    pub syn_proxy: SynProxy,
+}
+
+/// When a TCP service answers SYNs itself with SYN cookies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SynProxy {
+    /// Above the worker's half-open threshold (`[engine] syn_proxy_threshold`), i.e. under a
+    /// SYN flood.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
 }
 
 impl Service {

@@ -39,6 +39,7 @@ pub(crate) struct RawEngine {
     pub flow_table_size: Option<S<i64>>,
     pub expectation_table_size: Option<S<i64>>,
     pub neighbor_table_size: Option<S<i64>>,
+    pub syn_proxy_threshold: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,
@@ -102,6 +103,7 @@ pub(crate) struct RawService {
     pub ftp: Option<S<RawFtp>>,
     pub fwmark: Option<S<i64>>,
     pub health_check: Option<S<RawHealthCheck>>,
+    pub syn_proxy: Option<S<String>>,
     #[serde(default)]
     pub real_server: Vec<S<RawRealServer>>,
 }

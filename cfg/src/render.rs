@@ -82,6 +82,7 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "flow_table_size = {}", e.flow_table_size);
     let _ = writeln!(o, "expectation_table_size = {}", e.expectation_table_size);
     let _ = writeln!(o, "neighbor_table_size = {}", e.neighbor_table_size);
+    let _ = writeln!(o, "syn_proxy_threshold = {}", e.syn_proxy_threshold);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));
@@ -168,6 +169,11 @@ pub(crate) fn service(s: &Service) -> String {
     }
     if let Some(m) = s.fwmark {
         let _ = writeln!(o, "fwmark = {m}");
+    }
+    match s.syn_proxy {
+        SynProxy::Auto => {}
+        SynProxy::On => o.push_str("syn_proxy = \"on\"\n"),
+        SynProxy::Off => o.push_str("syn_proxy = \"off\"\n"),
     }
     if let Some(h) = &s.health_check {
         o.push_str("\n[service.health_check]\n");

@@ -224,6 +224,8 @@ impl Validator<'_> {
             self.opt_int(&e.expectation_table_size, 16, 1 << 24, "expectation_table_size", 65_536)? as usize;
         let neighbor_table_size =
             self.opt_int(&e.neighbor_table_size, 16, 1 << 24, "neighbor_table_size", 4096)? as usize;
+        let syn_proxy_threshold =
+            self.opt_int(&e.syn_proxy_threshold, 0, u32::MAX as i64, "syn_proxy_threshold", 1000)? as u32;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -246,6 +248,7 @@ impl Validator<'_> {
                 flow_table_size,
                 expectation_table_size,
                 neighbor_table_size,
+                syn_proxy_threshold,
                 control_socket,
                 metrics_listen,
                 timeouts,
@@ -412,6 +415,17 @@ impl Validator<'_> {
             Some(m) => Some(self.int(m, 0, u32::MAX as i64, "fwmark")? as u32),
             None => None,
         };
+        let syn_proxy = match &rs.syn_proxy {
+            None => SynProxy::Auto,
+            Some(v) => match v.get_ref().as_str() {
+                "auto" => SynProxy::Auto,
+                "on" => SynProxy::On,
+                "off" => SynProxy::Off,
+                other => {
+                    return Err(self.err(span_of(v), format!("unknown syn_proxy {other:?}: expected auto, on or off")))
+                }
+            },
+        };
 
         let health_check = match &rs.health_check {
             None => None,
@@ -470,6 +484,7 @@ impl Validator<'_> {
             fwmark,
             real_servers,
             health_check,
+            syn_proxy,
         })
     }
 
@@ -532,6 +547,7 @@ pub(crate) fn default_engine() -> Engine {
         flow_table_size: 1_048_576,
         expectation_table_size: 65_536,
         neighbor_table_size: 4096,
+        syn_proxy_threshold: 1000,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),

@@ -171,6 +171,7 @@ fn good_config_parses_into_expected_model() {
                 fall: 2,
                 quiesce: false,
             }),
+            syn_proxy: SynProxy::Auto,
         }
     );
     let d = &c.services[1];
@@ -307,6 +308,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nfwmark = -1\n", 13, "fwmark must be between 0"),
     // health checks
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"icmp\"\n", 14, "invalid health check type \"icmp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nsyn_proxy = \"maybe\"\n", 13, "unknown syn_proxy \"maybe\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ninterval = 0\n", 15, "interval must be > 0"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ntimeout = -1.0\n", 15, "timeout must be > 0"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nrise = 0\n", 15, "rise must be between 1"),

@@ -751,6 +751,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 fwmark,
                 real_servers: Vec::new(),
                 health_check: None,
+                syn_proxy: Default::default(),
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {

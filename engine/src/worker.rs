@@ -2221,16 +2221,9 @@ fn carry_counters(old: &ServiceCounters, new: &ServiceCounters, os: &crate::snap
     mv(&old.in_bytes, &new.in_bytes);
     mv(&old.out_packets, &new.out_packets);
     mv(&old.out_bytes, &new.out_bytes);
-    let (o, n) = (&old.ftp, &new.ftp);
-    mv(&o.control_sessions, &n.control_sessions);
-    mv(&o.expectations_created, &n.expectations_created);
-    mv(&o.expectations_used, &n.expectations_used);
-    mv(&o.expectations_expired, &n.expectations_expired);
-    mv(&o.rewrites, &n.rewrites);
-    mv(&o.bounce_refused, &n.bounce_refused);
-    mv(&o.tls_fallbacks, &n.tls_fallbacks);
-    mv(&o.oversized_lines, &n.oversized_lines);
-    mv(&o.held_segments, &n.held_segments);
+    for ((_, a), (_, b)) in old.ftp.fields().iter().zip(new.ftp.fields().iter()) {
+        mv(a, b);
+    }
     for (i, d) in ns.dests.iter().enumerate() {
         if let Some(j) = os.dests.iter().position(|x| x.addr == d.addr && x.port == d.port) {
             let (a, b) = (&old.dests[j], &new.dests[i]);

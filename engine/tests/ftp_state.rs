@@ -88,8 +88,10 @@ fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
     e.counters().drops.into_iter().filter(|d| d.1 > 0).collect()
 }
 
+/// An FTP counter of the service named "ftp", summed over workers.
 fn ftp(e: &MemEngine, f: impl Fn(&FtpCounters) -> &std::sync::atomic::AtomicU64) -> u64 {
-    e.workers.iter().map(|w| f(&w.service_counters()[0].ftp).load(std::sync::atomic::Ordering::Relaxed)).sum()
+    let i = e.snapshot.services.iter().position(|s| s.name == "ftp").expect("ftp service");
+    e.workers.iter().map(|w| f(&w.service_counters()[i].ftp).load(std::sync::atomic::Ordering::Relaxed)).sum()
 }
 
 /// One control connection from CLIENT:cport to VIP:21, with its handshake done.
@@ -402,8 +404,11 @@ fn tls_pin_covers_the_ftp_service_only() {
 fn reload_keeps_expectations_and_pins() {
     let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2", "10.0.2.3"]));
     let mut a = lab.open(40000, true);
+    lab.cmd(&mut a, b"NOOP\r\n");
+    lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,47).\r\n");
     lab.cmd(&mut a, b"PASV\r\n");
     let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n"));
+    assert_eq!(ftp(&lab.e, |c| &c.unsolicited_replies), 1);
     // A reload that adds a service in front and drops the second real server.
     let text = format!(
         "[[service]]\nname = \"dns\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\nports = [53]\n\n\
@@ -413,6 +418,7 @@ fn reload_keeps_expectations_and_pins() {
     let t = lab.tick();
     lab.e.reload(config(&text), t);
     assert_eq!(lab.data_syn(50000, p), Some((RS1, 30000)), "expectation kept across the reload");
+    assert_eq!(ftp(&lab.e, |c| &c.unsolicited_replies), 1, "every FTP counter carried");
     // The control connection still works and still opens pinholes.
     lab.cmd(&mut a, b"PASV\r\n");
     let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n"));

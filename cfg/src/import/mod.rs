@@ -112,6 +112,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         fwmark: None,
         real_servers: Vec::new(),
         health_check: None,
+        syn_proxy: Default::default(),
     }
 }
 
