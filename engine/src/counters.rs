@@ -27,6 +27,8 @@ drop_reasons! {
     FragOverlap => "frag_overlap": "A fragment overlapping another of its datagram (the whole datagram is dropped).",
     FragTimeout => "frag_timeout": "A fragment whose first fragment never came (or whose datagram expired).",
     FragHeldFull => "frag_held_full": "No room to hold a fragment that came before its first fragment.",
+    BadCookie => "bad_cookie": "SYN proxy: an ACK for no connection whose cookie is invalid.",
+    ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long).",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
     NoFlow => "no_flow": "A non-SYN TCP segment or reply with no tracked connection.",
@@ -66,6 +68,11 @@ pub struct WorkerCounters {
     pub neigh_evicted: AtomicU64,
     pub icmp_translated: AtomicU64,
     pub icmp_echo_replies: AtomicU64,
+    /// SYN proxy: SYN-ACKs with a cookie sent, client ACKs whose cookie was valid (a
+    /// connection was opened) and invalid ones.
+    pub cookies_sent: AtomicU64,
+    pub cookies_validated: AtomicU64,
+    pub cookies_failed: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -100,6 +107,9 @@ impl WorkerCounters {
             neigh_evicted: self.neigh_evicted.load(Relaxed),
             icmp_translated: self.icmp_translated.load(Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Relaxed),
+            cookies_sent: self.cookies_sent.load(Relaxed),
+            cookies_validated: self.cookies_validated.load(Relaxed),
+            cookies_failed: self.cookies_failed.load(Relaxed),
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
         }
     }
@@ -123,6 +133,9 @@ pub struct CounterSnapshot {
     pub neigh_evicted: u64,
     pub icmp_translated: u64,
     pub icmp_echo_replies: u64,
+    pub cookies_sent: u64,
+    pub cookies_validated: u64,
+    pub cookies_failed: u64,
     pub drops: Vec<(&'static str, u64)>,
 }
 

@@ -89,6 +89,9 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.neigh_evicted += s.neigh_evicted;
         total.icmp_translated += s.icmp_translated;
         total.icmp_echo_replies += s.icmp_echo_replies;
+        total.cookies_sent += s.cookies_sent;
+        total.cookies_validated += s.cookies_validated;
+        total.cookies_failed += s.cookies_failed;
         if total.drops.is_empty() {
             total.drops = s.drops.clone();
         } else {
@@ -121,6 +124,13 @@ pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
             c.handoff_out,
             c.handoff_in
         );
+        if c.cookies_sent + c.cookies_failed > 0 {
+            let _ = writeln!(
+                s,
+                "worker {w}: syn proxy cookies sent {} validated {} failed {}",
+                c.cookies_sent, c.cookies_validated, c.cookies_failed
+            );
+        }
         let drops: Vec<String> = c.drops.iter().filter(|d| d.1 > 0).map(|(n, v)| format!("{n}={v}")).collect();
         let _ = writeln!(s, "worker {w}: drops {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
     }

@@ -34,6 +34,7 @@ pub const F_DATA: u8 = 1; // an FTP data connection (created from an expectation
 pub const F_ACTIVE_COUNTED: u8 = 2; // counted as active in the scheduler counts
 pub const F_COUNTED: u8 = 4; // counted at all (active or inactive)
 pub const F_ALG: u8 = 8; // an FTP control connection: `ConnCold::alg` is set
+pub const F_SYNPROXY: u8 = 16; // opened by the SYN proxy: `ConnCold::proxy` is set
 
 /// One tracked connection: the fields the established fast path reads and
 /// writes, in two cache lines (128 bytes, aligned). Everything else lives
@@ -89,6 +90,8 @@ pub struct ConnCold {
     /// FTP: live data connections of a control connection.
     pub children: u32,
     pub alg: Option<Box<ferrovs_ftp_alg::FtpSession>>,
+    /// SYN proxy: the handshake with the real server and the sequence offset.
+    pub proxy: Option<Box<crate::synproxy::Proxied>>,
     /// High 32 bits of the packet counts.
     pub pkts_in_hi: u32,
     pub pkts_out_hi: u32,
@@ -103,6 +106,7 @@ impl Default for ConnCold {
             parent_gen: 0,
             children: 0,
             alg: None,
+            proxy: None,
             pkts_in_hi: 0,
             pkts_out_hi: 0,
         }
@@ -487,6 +491,7 @@ impl FlowTable {
             return;
         }
         self.cold[i as usize].alg = None;
+        self.cold[i as usize].proxy = None;
         self.version += 1;
         let c = &self.slab[i as usize];
         let kin = c.key_in();

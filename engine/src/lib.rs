@@ -66,6 +66,7 @@ pub mod ratelimit;
 pub mod remap;
 pub mod replay;
 pub mod snapshot;
+pub mod synproxy;
 pub mod tcpopt;
 pub mod tcpstate;
 pub mod testpkt;

@@ -32,6 +32,7 @@ pub struct Svc {
     pub ftp: Option<FtpOptions>,
     /// Persistence timeout (ns) and client prefix (in the 128-bit space).
     pub persistence: Option<(u64, u8)>,
+    pub syn_proxy: ferrovs_cfg::SynProxy,
 }
 
 impl Svc {
@@ -173,6 +174,7 @@ impl Snapshot {
                 scheduler: s.scheduler.clone(),
                 ftp: s.ftp.clone(),
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
+                syn_proxy: s.syn_proxy,
             });
         }
         let static_neighbors = config.neighbors.iter().map(|n| (ip_to_addr(n.address), n.mac)).collect();

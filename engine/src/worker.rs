@@ -10,7 +10,7 @@
 use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
-use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, NONE};
+use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNPROXY, NONE};
 use crate::frag::{self, FragTable, FragVerdict};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
@@ -19,6 +19,7 @@ use crate::parse::{
 };
 use crate::port::{Packet, PortQueue};
 use crate::snapshot::{owner_of, Snapshot};
+use crate::synproxy::{self, Cookies, Handshake};
 use crate::tcpstate::{self, Direction};
 use crossbeam_queue::ArrayQueue;
 use ferrovs_cfg::Forward;
@@ -140,6 +141,13 @@ pub struct Worker<Q: PortQueue> {
     /// IP fragments: datagrams in flight and fragments waiting for their first.
     frags: FragTable,
     frag_held: Vec<HeldFrag<Q::Buf>>,
+    /// SYN proxy: the cookie secret, TCP connections in SYN_RECV (the `auto` trigger), when the
+    /// last cookie went out, held client packets, and a connection whose held packets are due.
+    cookies: Cookies,
+    half_open: u32,
+    last_cookie: u64,
+    proxy_held: Vec<ProxyHeld<Q::Buf>>,
+    proxy_release: Option<u32>,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
     rx: Vec<Q::Buf>,
@@ -191,7 +199,22 @@ enum Next {
     Drop(DropReason),
     /// Hold until the next hop (iface, address) resolves.
     Park(usize, Addr),
+    /// SYN proxy: client data of connection `idx` while the real server's handshake is
+    /// pending; held until it completes.
+    ProxyHold(u32),
 }
+
+/// A client packet of a SYN-proxied connection waiting for the real server's SYN-ACK.
+struct ProxyHeld<B> {
+    conn: u32,
+    gen: u32,
+    buf: B,
+    deadline: u64,
+}
+
+/// Client packets held per worker while SYN-proxied handshakes complete, and for how long.
+const MAX_PROXY_HELD: usize = 256;
+const PROXY_HOLD_NS: u64 = 3_000_000_000;
 
 fn sched_dests(s: &crate::snapshot::Svc) -> Vec<sched::Dest> {
     s.dests
@@ -224,6 +247,11 @@ impl<Q: PortQueue> Worker<Q> {
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
             frag_held: Vec::new(),
+            cookies: Cookies::new(),
+            half_open: 0,
+            last_cookie: 0,
+            proxy_held: Vec::new(),
+            proxy_release: None,
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),
             pre: Vec::with_capacity(crate::port::BURST),
@@ -542,6 +570,17 @@ impl<Q: PortQueue> Worker<Q> {
         if !self.frags.is_empty() {
             self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
         }
+        if !self.proxy_held.is_empty() {
+            let mut k = 0;
+            while k < self.proxy_held.len() {
+                if self.proxy_held[k].deadline <= now {
+                    drop(self.proxy_held.swap_remove(k));
+                    self.counters.count_drop(DropReason::ProxyWait);
+                } else {
+                    k += 1;
+                }
+            }
+        }
         if !self.frag_held.is_empty() {
             let mut k = 0;
             while k < self.frag_held.len() {
@@ -623,6 +662,9 @@ impl<Q: PortQueue> Worker<Q> {
             // Its expectations and TLS pin die with it.
             let gen = self.flows.get(i).gen;
             self.expect.remove_session(i, gen);
+        }
+        if self.flows.get(i).state == crate::tcpstate::TcpState::SynRecv {
+            self.half_open = self.half_open.saturating_sub(1);
         }
         self.flows.remove(i);
         bump(&self.counters.flows_active, u64::MAX); // -1
@@ -844,7 +886,10 @@ impl<Q: PortQueue> Worker<Q> {
                     self.forward(idx, dir, &mut pkt, &p)
                 }
             }
-            None if dst_vip => self.new_inbound(&mut pkt, &p),
+            None if dst_vip => match self.syn_proxy(iface, &mut pkt, &p) {
+                Some(next) => next,
+                None => self.new_inbound(&mut pkt, &p),
+            },
             None => self.new_outbound(&mut pkt, &p),
         };
         self.finish(pkt, next);
@@ -1133,6 +1178,11 @@ impl<Q: PortQueue> Worker<Q> {
                 let new = tcpstate::next(old, d, p.tcp_flags);
                 if new != old {
                     c.state = new;
+                    if old == crate::tcpstate::TcpState::SynRecv {
+                        self.half_open = self.half_open.saturating_sub(1);
+                    } else if new == crate::tcpstate::TcpState::SynRecv {
+                        self.half_open += 1;
+                    }
                     if c.snap_gen == snap_gen && c.flags & F_COUNTED != 0 {
                         let counts = &snap.conn_counts[c.svc as usize];
                         let was = c.flags & F_ACTIVE_COUNTED != 0;
@@ -1178,7 +1228,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
-        if c.flags & F_ALG == 0 && c.fwd == Forward::Nat {
+        if c.flags & (F_ALG | F_SYNPROXY) == 0 && c.fwd == Forward::Nat {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
             let r = match dir {
@@ -1190,6 +1240,12 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
+        if c.flags & F_SYNPROXY != 0 {
+            if let Some(next) = self.proxy_segment(idx, dir, pkt, p) {
+                return next;
+            }
+        }
+        let c = self.flows.get(idx);
         let mut ftp_p;
         let p = if c.flags & F_ALG != 0 {
             ftp_p = *p;
@@ -1214,6 +1270,14 @@ impl<Q: PortQueue> Worker<Q> {
     /// The forwarding step after the gateway: NAT rewrite, DR MACs or IPIP
     /// encapsulation of one (possibly gateway-built) segment of `idx`.
     fn forward_rewrite(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        if dir == Dir::Out && self.flows.get(idx).flags & F_SYNPROXY != 0 {
+            // SYN proxy: the server's sequence numbers into the client's space (our cookie).
+            if let Some(delta) = self.flows.cold(idx).proxy.as_deref().map(|x| x.delta) {
+                let d = pkt.data_mut();
+                let c = synproxy::shift_field(d, p.l4 + 4, delta);
+                csum::apply_at(d, p.l4 + 16, c);
+            }
+        }
         let c = self.flows.get(idx);
         let fwd = c.fwd;
         match (fwd, dir) {
@@ -1680,6 +1744,192 @@ impl<Q: PortQueue> Worker<Q> {
             Next::Tx(i) => self.tx[i].push(pkt),
             Next::Drop(r) => self.drop_pkt(r),
             Next::Park(i, nh) => self.park(i, nh, pkt),
+            Next::ProxyHold(idx) => {
+                if self.proxy_held.len() >= MAX_PROXY_HELD {
+                    self.drop_pkt(DropReason::ProxyWait);
+                } else {
+                    let gen = self.flows.get(idx).gen;
+                    let deadline = self.now + PROXY_HOLD_NS;
+                    self.proxy_held.push(ProxyHeld { conn: idx, gen, buf: pkt, deadline });
+                }
+            }
+        }
+        if let Some(idx) = self.proxy_release.take() {
+            self.release_proxied(idx);
+        }
+    }
+
+    /// The real server answered a proxied connection's SYN: its held client packets go now.
+    fn release_proxied(&mut self, idx: u32) {
+        let gen = self.flows.get(idx).gen;
+        let mut k = 0;
+        while k < self.proxy_held.len() {
+            if self.proxy_held[k].conn == idx && self.proxy_held[k].gen == gen {
+                let mut h = self.proxy_held.remove(k);
+                let next = match parse::parse(h.buf.data()) {
+                    Ok(p) if self.flows.try_get(idx).is_some_and(|c| c.gen == gen) => {
+                        self.forward(idx, Dir::In, &mut h.buf, &p)
+                    }
+                    _ => Next::Drop(DropReason::ProxyWait),
+                };
+                self.finish(h.buf, next);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// SYN proxy for a packet to a VIP with no connection: answers a SYN with a cookie, or
+    /// opens the connection for an ACK carrying a valid one. `None`: not for the proxy (the
+    /// ordinary path takes it).
+    fn syn_proxy(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        use ferrovs_cfg::SynProxy;
+        if p.proto != PROTO_TCP || p.tcp_flags & parse::TCP_RST != 0 {
+            return None;
+        }
+        let si = self.snap.service(p.dst, p.proto, p.dport)?;
+        let svc = &self.snap.services[si];
+        // NAT only: in DR and tunnel mode the real server answers the client directly, with its
+        // own sequence numbers, which the balancer could not translate.
+        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.forward != Forward::Nat) {
+            return None;
+        }
+        let mode = svc.syn_proxy;
+        let hs = Handshake { client: p.src, vip: p.dst, cport: p.sport, vport: p.dport, isn: 0 };
+        let (seq, ack) = {
+            let t = &pkt.data()[p.l4..];
+            (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), u32::from_be_bytes([t[8], t[9], t[10], t[11]]))
+        };
+        if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            let engaged = match mode {
+                SynProxy::On => true,
+                SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
+                SynProxy::Off => false,
+            };
+            // A data connection an FTP session announced on a service port is not proxied.
+            if !engaged || self.expect.get(&ExpKey::Passive(p.src, p.dst, p.dport)).is_some() {
+                return None;
+            }
+            let mss = synproxy::mss_option(&pkt.data()[p.l4..p.end]).unwrap_or(536);
+            let cookie = self.cookies.make(self.now, &Handshake { isn: seq, ..hs }, mss);
+            let ours = (self.queues[iface].caps().mtu as u16).saturating_sub(if p.v6 { 60 } else { 40 }).max(536);
+            // The answer carries an MSS option: room for 24 bytes of TCP header.
+            if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            let d = pkt.data_mut();
+            synproxy::turn_around(d, p);
+            let end = synproxy::rebuild_tcp(d, p, TCP_SYN | TCP_ACK, cookie, seq.wrapping_add(1), Some(ours), 65535)?;
+            synproxy::finish_tcp(d, p, end);
+            if !pkt.set_len(end) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            self.last_cookie = self.now;
+            bump(&self.counters.cookies_sent, 1);
+            return Some(Next::Tx(iface));
+        }
+        if p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_ACK || mode == SynProxy::Off {
+            return None;
+        }
+        // An ACK for no connection: a cookie only if cookies went out lately (else it is an
+        // ordinary stray, counted as no_flow by the ordinary path).
+        if self.last_cookie == 0 || self.now.saturating_sub(self.last_cookie) > 2 << 36 {
+            return None;
+        }
+        let isn = seq.wrapping_sub(1);
+        let cookie = ack.wrapping_sub(1);
+        let Some(mss) = self.cookies.check(self.now, &Handshake { isn, ..hs }, cookie) else {
+            bump(&self.counters.cookies_failed, 1);
+            return Some(Next::Drop(DropReason::BadCookie));
+        };
+        bump(&self.counters.cookies_validated, 1);
+        // The handshake is proven: the ACK becomes our SYN to the real server (its data, if any,
+        // is dropped: the client retransmits it once the real server acknowledges).
+        {
+            if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            let d = pkt.data_mut();
+            let end = synproxy::rebuild_tcp(d, p, TCP_SYN, isn, 0, Some(mss), 29200)?;
+            synproxy::finish_tcp(d, p, end);
+            if !pkt.set_len(end) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+        }
+        let Ok(p2) = parse::parse(pkt.data()) else { return Some(Next::Drop(DropReason::Malformed)) };
+        let next = self.new_inbound(pkt, &p2);
+        if !matches!(next, Next::Drop(_)) {
+            if let Some((idx, _)) = self.flows.lookup(&flow_key(&p2)) {
+                self.flows.get_mut(idx).flags |= F_SYNPROXY;
+                self.flows.cold_mut(idx).proxy =
+                    Some(Box::new(synproxy::Proxied { isn, cookie, delta: 0, established: false }));
+            }
+        }
+        Some(next)
+    }
+
+    /// A segment of a SYN-proxied connection: the real server's handshake, then the sequence
+    /// offset on the client's acknowledgements (the server's sequence numbers are shifted in
+    /// [`Worker::forward_rewrite`], after the FTP gateway). `None`: go on forwarding.
+    fn proxy_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        let px = *self.flows.cold(idx).proxy.as_deref()?;
+        let l4 = p.l4;
+        let field = |d: &[u8], off: usize| u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]]);
+        match (dir, px.established) {
+            (Dir::In, false) => {
+                // Our own SYN (made from the client's ACK) goes; the client's data waits.
+                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                    None
+                } else {
+                    Some(Next::ProxyHold(idx))
+                }
+            }
+            (Dir::Out, false) => {
+                let d = pkt.data_mut();
+                let rs_seq = field(d, l4 + 4);
+                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                    // Answer the real server ourselves and start translating.
+                    let delta = px.cookie.wrapping_sub(rs_seq);
+                    synproxy::turn_around(d, p);
+                    let end = synproxy::rebuild_tcp(
+                        d,
+                        p,
+                        TCP_ACK,
+                        px.isn.wrapping_add(1),
+                        rs_seq.wrapping_add(1),
+                        None,
+                        29200,
+                    )?;
+                    synproxy::finish_tcp(d, p, end);
+                    if !pkt.set_len(end) {
+                        return Some(Next::Drop(DropReason::NoBuffer));
+                    }
+                    if let Some(x) = self.flows.cold_mut(idx).proxy.as_deref_mut() {
+                        x.delta = delta;
+                        x.established = true;
+                    }
+                    self.proxy_release = Some(idx);
+                    return Some(self.l2_write(idx, true, pkt.data_mut()));
+                }
+                if p.tcp_flags & parse::TCP_RST != 0 {
+                    // Refused: the client gets the reset in its own sequence space.
+                    if let Some(x) = self.flows.cold_mut(idx).proxy.as_deref_mut() {
+                        x.delta = px.cookie.wrapping_add(1).wrapping_sub(rs_seq);
+                        x.established = true;
+                    }
+                    return None;
+                }
+                Some(Next::Drop(DropReason::ProxyWait))
+            }
+            (Dir::In, true) => {
+                if p.tcp_flags & TCP_ACK != 0 {
+                    let d = pkt.data_mut();
+                    let c = synproxy::shift_field(d, l4 + 8, px.delta.wrapping_neg());
+                    csum::apply_at(d, l4 + 16, c);
+                }
+                None
+            }
+            (Dir::Out, true) => None,
         }
     }
 

@@ -1,0 +1,265 @@
+//! SYN proxy with SYN cookies (issue 12): packet in -> packet out + counters.
+
+mod common;
+use common::*;
+use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+fn services(mode: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+ports = [80]
+forward = "nat"
+syn_proxy = "{mode}"
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+ports = [21]
+forward = "nat"
+ftp = true
+syn_proxy = "{mode}"
+
+[[service.real_server]]
+address = "10.0.2.2"
+"#
+    )
+}
+
+fn engine(mode: &str, threshold: u32) -> MemEngine {
+    let text = config_text(&services(mode))
+        .replace("flow_table_size = 4096", &format!("flow_table_size = 4096\nsyn_proxy_threshold = {threshold}"));
+    MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 1)
+}
+
+#[derive(Debug)]
+struct Seg {
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    mss: Option<u16>,
+    payload: Vec<u8>,
+}
+
+fn seg(f: &[u8]) -> Seg {
+    verify_checksums(f).expect("checksums");
+    let p = parse(f).unwrap();
+    let l4 = p.l4;
+    let a = |o: usize| -> [u8; 4] { f[o..o + 4].try_into().unwrap() };
+    Seg {
+        src: a(p.l3 + 12),
+        sport: u16::from_be_bytes([f[l4], f[l4 + 1]]),
+        dst: a(p.l3 + 16),
+        dport: u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
+        seq: u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
+        ack: u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
+        flags: f[l4 + 13] & 0x3f,
+        mss: ferrovs_engine::synproxy::mss_option(&f[l4..p.end]),
+        payload: f[p.payload..p.end].to_vec(),
+    }
+}
+
+fn one(out: Vec<(usize, Vec<u8>)>) -> (usize, Seg) {
+    assert_eq!(out.len(), 1, "one frame out");
+    (out[0].0, seg(&out[0].1))
+}
+
+fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
+    e.counters().drops.into_iter().filter(|d| d.1 > 0).collect()
+}
+
+struct Client {
+    sport: u16,
+    isn: u32,
+    cookie: u32,
+    rs_isn: u32,
+}
+
+fn from_client(
+    e: &mut MemEngine,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> Vec<(usize, Vec<u8>)> {
+    let f = with_macs(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data), CLIENT_MAC, LB_EXT);
+    e.inject(EXT, &f, S)
+}
+
+fn from_rs(
+    e: &mut MemEngine,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> Vec<(usize, Vec<u8>)> {
+    let f = with_macs(tcp4(RS1, sport, CLIENT, dport, flags, seq, ack, data), RS1_MAC, LB_INT);
+    e.inject(INT, &f, S)
+}
+
+/// The whole proxied handshake for CLIENT:sport -> VIP:dport, checked step by step.
+fn handshake(e: &mut MemEngine, sport: u16, dport: u16) -> Client {
+    let isn = 1_000_000 + sport as u32;
+    let syn = with_macs(tcp4_opts(CLIENT, sport, VIP, dport, TCP_SYN, isn, 0, &opt_mss(1400), b""), CLIENT_MAC, LB_EXT);
+    let flows0 = e.counters().flows_created;
+    // 1. The balancer answers the SYN itself; no state.
+    let (iface, s) = one(e.inject(EXT, &syn, S));
+    assert_eq!(iface, EXT);
+    assert_eq!((s.src, s.sport, s.dst, s.dport, s.flags), (VIP, dport, CLIENT, sport, TCP_SYN | TCP_ACK));
+    assert_eq!(s.ack, isn + 1);
+    assert_eq!(s.mss, Some(1460), "our MSS for MTU 1500");
+    assert_eq!(e.counters().flows_created, flows0, "no state for a SYN");
+    let cookie = s.seq;
+    // 2. The client's ACK proves the handshake: a SYN goes to the real server, with the
+    //    client's ISN and MSS (from the cookie).
+    let (iface, s) = one(from_client(e, sport, dport, TCP_ACK, isn + 1, cookie + 1, b""));
+    assert_eq!(iface, INT);
+    assert_eq!((s.src, s.dst, s.dport, s.flags), (CLIENT, RS1, dport, TCP_SYN));
+    assert_eq!((s.seq, s.mss), (isn, Some(1400)));
+    assert_eq!(e.counters().flows_created, flows0 + 1);
+    // 3. The real server's SYN-ACK is answered by the balancer; the client sees nothing.
+    let rs_isn = 77_000_000 + sport as u32;
+    let (iface, s) = one(from_rs(e, dport, sport, TCP_SYN | TCP_ACK, rs_isn, isn + 1, b""));
+    assert_eq!(iface, INT);
+    assert_eq!((s.src, s.sport, s.dst, s.dport, s.flags), (CLIENT, sport, RS1, dport, TCP_ACK));
+    assert_eq!((s.seq, s.ack), (isn + 1, rs_isn + 1));
+    Client { sport, isn, cookie, rs_isn }
+}
+
+#[test]
+fn proxied_handshake_then_translated_sequence_numbers() {
+    let mut e = engine("on", 1000);
+    let c = handshake(&mut e, 40000, 80);
+    // Client data: its ack (our cookie space) maps into the server's space.
+    let (_, s) =
+        one(from_client(&mut e, c.sport, 80, TCP_ACK | TCP_PSH, c.isn + 1, c.cookie + 1, b"GET / HTTP/1.0\r\n\r\n"));
+    assert_eq!((s.dst, s.seq, s.ack), (RS1, c.isn + 1, c.rs_isn + 1));
+    assert_eq!(s.payload, b"GET / HTTP/1.0\r\n\r\n");
+    // Server data: its sequence numbers map into the cookie space.
+    let (_, s) = one(from_rs(&mut e, 80, c.sport, TCP_ACK | TCP_PSH, c.rs_isn + 1, c.isn + 19, b"HTTP/1.0 200 OK\r\n"));
+    assert_eq!((s.src, s.sport, s.dst, s.seq, s.ack), (VIP, 80, CLIENT, c.cookie + 1, c.isn + 19));
+    let c2 = e.counters();
+    assert_eq!((c2.cookies_sent, c2.cookies_validated, c2.cookies_failed), (1, 1, 0));
+    assert_eq!(drops(&e), vec![]);
+}
+
+#[test]
+fn client_data_before_the_server_answers_is_held_then_sent() {
+    let mut e = engine("on", 1000);
+    let isn = 500u32;
+    let syn = with_macs(tcp4(CLIENT, 40001, VIP, 80, TCP_SYN, isn, 0, b""), CLIENT_MAC, LB_EXT);
+    let (_, s) = one(e.inject(EXT, &syn, S));
+    let cookie = s.seq;
+    assert_eq!(s.mss, Some(1460));
+    let (_, s) = one(from_client(&mut e, 40001, 80, TCP_ACK, isn + 1, cookie + 1, b""));
+    assert_eq!(s.mss, Some(536), "no MSS from the client: the RFC default");
+    // Data before the server's SYN-ACK: held.
+    assert!(from_client(&mut e, 40001, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, b"hello").is_empty());
+    let out = from_rs(&mut e, 80, 40001, TCP_SYN | TCP_ACK, 9000, isn + 1, b"");
+    assert_eq!(out.len(), 2, "our ACK to the server, then the held data");
+    let a = seg(&out[0].1);
+    let d = seg(&out[1].1);
+    assert_eq!((a.flags, a.ack), (TCP_ACK, 9001));
+    assert_eq!((d.payload.as_slice(), d.ack, d.dst), (&b"hello"[..], 9001, RS1));
+    assert_eq!(drops(&e), vec![]);
+}
+
+#[test]
+fn bad_cookies_and_floods_leave_no_state() {
+    let mut e = engine("on", 1000);
+    // A flood of SYNs from many sources: answered, no table entry.
+    for i in 0..5000u32 {
+        let src = [10, 0, 1, 2 + (i % 200) as u8];
+        let f = with_macs(tcp4(src, 1024 + (i % 60000) as u16, VIP, 80, TCP_SYN, i, 0, b""), CLIENT_MAC, LB_EXT);
+        let _ = e.inject(EXT, &f, S);
+    }
+    let c = e.counters();
+    assert_eq!((c.cookies_sent, c.flows_created), (5000, 0));
+    // ACKs with made-up cookies: dropped, counted, still no state.
+    for i in 0..100u32 {
+        assert!(from_client(&mut e, 41000, 80, TCP_ACK, 7, i * 7919, b"").is_empty());
+    }
+    let c = e.counters();
+    assert_eq!((c.cookies_failed, c.flows_created), (100, 0));
+    assert_eq!(drops(&e), vec![("bad_cookie", 100)]);
+    // A legitimate client still gets through.
+    handshake(&mut e, 42000, 80);
+}
+
+#[test]
+fn auto_engages_above_the_half_open_threshold() {
+    let mut e = engine("auto", 2);
+    // Two half-open connections the ordinary way.
+    for sport in [50000u16, 50001] {
+        let (_, s) = one(from_client(&mut e, sport, 80, TCP_SYN, 1, 0, b""));
+        assert_eq!((s.dst, s.flags), (RS1, TCP_SYN), "forwarded: below the threshold");
+    }
+    // The third SYN is answered with a cookie.
+    let (_, s) = one(from_client(&mut e, 50002, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!((s.dst, s.flags), (CLIENT, TCP_SYN | TCP_ACK));
+    // Once one of them is established, below the threshold again.
+    let _ = from_rs(&mut e, 80, 50000, TCP_SYN | TCP_ACK, 5, 2, b"");
+    let _ = from_client(&mut e, 50000, 80, TCP_ACK, 2, 6, b"");
+    let (_, s) = one(from_client(&mut e, 50003, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!(s.dst, RS1);
+}
+
+#[test]
+fn off_never_proxies_and_server_refusal_reaches_the_client() {
+    let mut e = engine("off", 0);
+    let (_, s) = one(from_client(&mut e, 50000, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!(s.dst, RS1);
+    // A proxied connection the server refuses: the client gets the reset in its space.
+    let mut e = engine("on", 1000);
+    let (_, s) = one(from_client(&mut e, 50001, 80, TCP_SYN, 100, 0, b""));
+    let cookie = s.seq;
+    one(from_client(&mut e, 50001, 80, TCP_ACK, 101, cookie + 1, b""));
+    let (iface, s) = one(from_rs(&mut e, 80, 50001, TCP_RST | TCP_ACK, 0, 101, b""));
+    assert_eq!((iface, s.flags & TCP_RST, s.seq, s.src), (EXT, TCP_RST, cookie + 1, VIP));
+}
+
+#[test]
+fn ftp_through_the_proxy_composes_with_the_gateway() {
+    let mut e = engine("on", 1000);
+    let c = handshake(&mut e, 40100, 21);
+    let mut sseq = c.rs_isn + 1; // the server's next byte (its own space)
+    let mut cseq = c.isn + 1;
+    let mut reply = |e: &mut MemEngine, data: &[u8], cseq: u32| {
+        let (_, s) = one(from_rs(e, 21, c.sport, TCP_ACK | TCP_PSH, sseq, cseq, data));
+        sseq += data.len() as u32;
+        s
+    };
+    let s = reply(&mut e, b"220 hi\r\n", cseq);
+    assert_eq!(s.seq, c.cookie + 1);
+    let (_, s) = one(from_client(&mut e, c.sport, 21, TCP_ACK | TCP_PSH, cseq, c.cookie + 9, b"PASV\r\n"));
+    assert_eq!(s.ack, c.rs_isn + 9);
+    cseq += 6;
+    let s = reply(&mut e, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n", cseq);
+    assert_eq!(s.payload, b"227 Entering Passive Mode (10,0,1,100,117,48).\r\n");
+    assert_eq!(s.seq, c.cookie + 9);
+    // The next server byte: +2 from the rewrite, + the proxy offset.
+    let s = reply(&mut e, b"150 ok\r\n", cseq);
+    assert_eq!(s.seq, c.cookie + 9 + 48);
+    // The client's ack of everything maps back through both.
+    let (_, s) = one(from_client(&mut e, c.sport, 21, TCP_ACK, cseq, c.cookie + 9 + 48 + 8, b""));
+    assert_eq!(s.ack, sseq);
+    // The data connection follows the expectation, not the proxy.
+    let (_, s) = one(from_client(&mut e, 40101, 30000, TCP_SYN, 5, 0, b""));
+    assert_eq!((s.dst, s.dport, s.flags), (RS1, 30000, TCP_SYN));
+    assert_eq!(drops(&e), vec![]);
+}
