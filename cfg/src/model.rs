@@ -45,7 +45,7 @@ pub struct Engine {
     /// evicted (counted); static `[[neighbor]]` entries are not counted and never evicted.
     pub neighbor_table_size: usize,
     /// Half-open TCP connections per worker above which services with `syn_proxy = "auto"`
-    /// answer SYNs with SYN cookies (default 1000).
+    /// answer SYNs with SYN cookies (default: 1/16 of `flow_table_size`, at least 64).
     pub syn_proxy_threshold: u32,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,

@@ -224,8 +224,13 @@ impl Validator<'_> {
             self.opt_int(&e.expectation_table_size, 16, 1 << 24, "expectation_table_size", 65_536)? as usize;
         let neighbor_table_size =
             self.opt_int(&e.neighbor_table_size, 16, 1 << 24, "neighbor_table_size", 4096)? as usize;
-        let syn_proxy_threshold =
-            self.opt_int(&e.syn_proxy_threshold, 0, u32::MAX as i64, "syn_proxy_threshold", 1000)? as u32;
+        let syn_proxy_threshold = self.opt_int(
+            &e.syn_proxy_threshold,
+            0,
+            u32::MAX as i64,
+            "syn_proxy_threshold",
+            default_syn_threshold(flow_table_size),
+        )? as u32;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -537,6 +542,12 @@ impl Validator<'_> {
 
 pub(crate) const DEFAULT_SOCKET: &str = "/run/ferrovs/ferrovs.sock";
 
+/// Default half-open threshold of the SYN proxy: 1/16 of the flow table (at least 64), so a
+/// flood can never fill more than that before cookies take over.
+pub fn default_syn_threshold(flow_table_size: usize) -> i64 {
+    (flow_table_size as i64 / 16).max(64)
+}
+
 pub(crate) fn default_engine() -> Engine {
     Engine {
         workers: 1,
@@ -547,7 +558,7 @@ pub(crate) fn default_engine() -> Engine {
         flow_table_size: 1_048_576,
         expectation_table_size: 65_536,
         neighbor_table_size: 4096,
-        syn_proxy_threshold: 1000,
+        syn_proxy_threshold: 65_536,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),

@@ -174,7 +174,7 @@ mac = "02:00:00:00:01:fe"
         ("ftp", "10.0.1.102", 21, "nat", "ftp = true\n"),
     ] {
         t += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nports = [{port}]\nscheduler = \"rr\"\nforward = \"{fwd}\"\n{extra}"
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nports = [{port}]\nscheduler = \"rr\"\nforward = \"{fwd}\"\nsyn_proxy = \"off\"\n{extra}"
         );
         for i in 0..RS_COUNT {
             t += &format!("\n[[service.real_server]]\naddress = \"10.0.2.{}\"\n", 2 + i);

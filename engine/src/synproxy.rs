@@ -100,29 +100,11 @@ pub fn mss_index(mss: u16) -> u8 {
     MSS_TABLE.iter().rposition(|&m| m <= mss).unwrap_or(0) as u8
 }
 
-/// The MSS option of a TCP header (`tcp` = the whole header with options), if any. Walks the
-/// options bounds-checked; malformed options end the walk.
+/// The MSS option of a TCP header (`tcp` = the whole header with options), if any (through
+/// the bounds-checked walker of [`crate::tcpopt`]).
 pub fn mss_option(tcp: &[u8]) -> Option<u16> {
     let hl = (*tcp.get(12)? >> 4) as usize * 4;
-    let opts = tcp.get(20..hl.min(tcp.len()))?;
-    let mut i = 0;
-    while i < opts.len() {
-        match opts[i] {
-            0 => return None,
-            1 => i += 1,
-            kind => {
-                let len = *opts.get(i + 1)? as usize;
-                if len < 2 || i + len > opts.len() {
-                    return None;
-                }
-                if kind == 2 && len == 4 {
-                    return Some(u16::from_be_bytes([opts[i + 2], opts[i + 3]]));
-                }
-                i += len;
-            }
-        }
-    }
-    None
+    crate::tcpopt::mss(tcp.get(20..hl)?)
 }
 
 /// Rewrites, in place, the TCP segment of `frame` (parsed as `p`) into a bare segment with the
@@ -268,7 +250,7 @@ mod tests {
         t[12] = 8 << 4;
         t.extend_from_slice(&[1, 1, 3, 3, 7, 2, 4, 0x05, 0xb4, 0, 0, 0]);
         assert_eq!(mss_option(&t), Some(1460));
-        t[22] = 40; // option length past the header
+        t[23] = 40; // option length past the header
         assert_eq!(mss_option(&t), None);
         assert_eq!(mss_option(&[0u8; 5]), None);
         let mut short = vec![0u8; 20];
