@@ -26,6 +26,12 @@
 //!   on the data connections (both directions) and on the control
 //!   connection (which goes through the gateway's seq/ack mapping).
 //!
+//! - `synflood`: the `established` traffic with, between every two of its
+//!   packets, a SYN from a spoofed source to a service whose SYN proxy is on
+//!   (`syn_proxy = "on"`): each is answered with a cookie, none creates
+//!   state. Reports cookies per second per worker beside the established
+//!   packets per second.
+//!
 //! `--flows` and `--packets` are totals, split evenly between workers.
 
 use crate::frame::{write4, Frame4, Rng};
@@ -45,6 +51,7 @@ pub enum Scenario {
     New,
     Dr,
     Ftp,
+    Synflood,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +96,10 @@ pub struct WorkerFigures {
     pub flows_in_table: usize,
     pub table_bytes: usize,
     pub setup_seconds: f64,
+    /// SYN proxy cookies sent per second (synflood).
+    pub cookies_per_sec: f64,
+    /// Packets per second of established connections forwarded (synflood: the rest are SYNs).
+    pub established_mpps: f64,
 }
 
 /// What `ferrovs bench` prints.
@@ -123,6 +134,7 @@ const RS_COUNT: u8 = 8;
 const VIP_NAT: [u8; 4] = [10, 0, 1, 100];
 const VIP_DR: [u8; 4] = [10, 0, 1, 101];
 const VIP_FTP: [u8; 4] = [10, 0, 1, 102];
+const VIP_SYN: [u8; 4] = [10, 0, 1, 103];
 const EXT: u8 = 0;
 const INT: u8 = 1;
 /// Template stride: the header bytes restored per packet.
@@ -169,12 +181,13 @@ mac = "02:00:00:00:01:fe"
         t += &format!("\n[[neighbor]]\naddress = \"10.0.2.{}\"\nmac = \"02:00:00:00:02:{:02x}\"\n", 2 + i, 2 + i);
     }
     for (name, vip, port, fwd, extra) in [
-        ("web", "10.0.1.100", 80, "nat", ""),
-        ("dr", "10.0.1.101", 80, "dr", ""),
-        ("ftp", "10.0.1.102", 21, "nat", "ftp = true\n"),
+        ("web", "10.0.1.100", 80, "nat", "syn_proxy = \"off\"\n"),
+        ("dr", "10.0.1.101", 80, "dr", "syn_proxy = \"off\"\n"),
+        ("ftp", "10.0.1.102", 21, "nat", "syn_proxy = \"off\"\nftp = true\n"),
+        ("synweb", "10.0.1.103", 80, "nat", "syn_proxy = \"on\"\n"),
     ] {
         t += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nports = [{port}]\nscheduler = \"rr\"\nforward = \"{fwd}\"\nsyn_proxy = \"off\"\n{extra}"
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nports = [{port}]\nscheduler = \"rr\"\nforward = \"{fwd}\"\n{extra}"
         );
         for i in 0..RS_COUNT {
             t += &format!("\n[[service.real_server]]\naddress = \"10.0.2.{}\"\n", 2 + i);
@@ -188,10 +201,15 @@ mac = "02:00:00:00:01:fe"
 
 /// `n` client tuples (address, port) owned by worker `w` of `workers`.
 fn clients(w: usize, workers: usize, n: usize) -> Vec<([u8; 4], u16)> {
+    clients_from(0x6440_0000, w, workers, n) // from 100.64.0.0
+}
+
+/// [`clients`] with addresses counted from `base`.
+fn clients_from(base: u32, w: usize, workers: usize, n: usize) -> Vec<([u8; 4], u16)> {
     let mut v = Vec::with_capacity(n);
     let mut i: u32 = 0;
     while v.len() < n {
-        let a = (0x6440_0000u32 + i).to_be_bytes(); // 100.64.0.0 + i
+        let a = (base + i).to_be_bytes();
         i += 1;
         if owner_of(v4_to_addr(a), workers) != w {
             continue;
@@ -381,7 +399,7 @@ fn setup(
 ) -> Result<(Templates, u64), String> {
     let len = rig.len;
     match sc {
-        Scenario::Established | Scenario::Dr => {
+        Scenario::Established | Scenario::Dr | Scenario::Synflood => {
             let cl = clients(w, workers, flows);
             let vip = if sc == Scenario::Dr { VIP_DR } else { VIP_NAT };
             let syns: Vec<Vec<u8>> =
@@ -402,12 +420,20 @@ fn setup(
                 cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000), len)).collect();
             rig.batch(EXT, &acks)?;
             drop(acks);
-            let both = sc == Scenario::Established;
-            let mut t = Templates::new(len, flows * if both { 2 } else { 1 });
+            let both = sc != Scenario::Dr;
+            let flood = sc == Scenario::Synflood;
+            let mut t = Templates::new(len, flows * if both { 2 } else { 1 } * if flood { 2 } else { 1 });
+            // Spoofed flood sources: this worker's, in another range than the clients.
+            let spoofed = if flood { clients_from(0x6480_0000, w, workers, flows * 2) } else { Vec::new() };
+            let mut k = 0;
             for (&c, &r) in cl.iter().zip(&rs) {
                 t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000));
                 if both {
                     t.push(INT, &tcp(rs_mac(r.0), LB_INT, r, c, TCP_ACK, 5000, 1000));
+                }
+                for _ in 0..if flood { 1 + usize::from(both) } else { 0 } {
+                    t.push(EXT, &tcp(GW_MAC, LB_EXT, spoofed[k], (VIP_SYN, 80), TCP_SYN, k as u32, 0));
+                    k += 1;
                 }
             }
             t.shuffle(rng);
@@ -695,6 +721,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                     let end = Instant::now();
                     let c1 = rig.w.counters().snapshot();
                     let dropped: u64 = c1.drops.iter().zip(&c0.drops).map(|(a, b)| a.1 - b.1).sum();
+                    let cookies = c1.cookies_sent - c0.cookies_sent;
                     Ok((
                         WorkerFigures {
                             worker: w,
@@ -709,6 +736,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                             flows_in_table: rig.w.flows.len(),
                             table_bytes: rig.w.flows.memory_bytes(),
                             setup_seconds,
+                            cookies_per_sec: cookies as f64 / secs,
+                            established_mpps: (pk - cookies.min(pk)) as f64 / secs / 1e6,
                         },
                         start,
                         end,
@@ -793,6 +822,15 @@ pub fn format(r: &BenchReport) -> String {
             f.flows_in_table,
             f.setup_seconds
         );
+        if r.scenario == Scenario::Synflood {
+            let _ = writeln!(
+                s,
+                "  worker {}: {:.2} M SYN cookies/s beside {:.2} Mpps of established traffic",
+                f.worker,
+                f.cookies_per_sec / 1e6,
+                f.established_mpps
+            );
+        }
     }
     s
 }
@@ -808,7 +846,7 @@ mod tests {
 
     #[test]
     fn scenarios_forward_everything() {
-        for sc in [Scenario::Established, Scenario::New, Scenario::Dr, Scenario::Ftp] {
+        for sc in [Scenario::Established, Scenario::New, Scenario::Dr, Scenario::Ftp, Scenario::Synflood] {
             let r = small(sc, 1);
             assert_eq!(r.dropped, 0, "{sc:?}: {:?}", r.drops);
             assert_eq!(r.per_worker[0].tx_packets, r.packets, "{sc:?}");
@@ -816,6 +854,9 @@ mod tests {
         }
         let r = small(Scenario::New, 1);
         assert_eq!(r.per_worker[0].flows_created, r.packets, "every SYN makes a connection");
+        let r = small(Scenario::Synflood, 1);
+        assert!(r.per_worker[0].cookies_per_sec > 0.0);
+        assert_eq!(r.per_worker[0].flows_created, 0, "the flood creates no state");
     }
 
     #[test]
