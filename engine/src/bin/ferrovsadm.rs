@@ -161,6 +161,10 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                     "worker {}: rx {} tx {} flows {} handoff out {} in {}",
                     w["worker"], w["rx_packets"], w["tx_packets"], w["flows_active"], w["handoff_out"], w["handoff_in"]
                 );
+                println!(
+                    "  syn cookies sent {} validated {} failed {}",
+                    w["cookies_sent"], w["cookies_validated"], w["cookies_failed"]
+                );
                 if let Some(d) = w["drops"].as_object() {
                     for (k, v) in d {
                         println!("  {k:<16} {v}");
