@@ -263,3 +263,54 @@ fn ftp_through_the_proxy_composes_with_the_gateway() {
     assert_eq!((s.dst, s.dport, s.flags), (RS1, 30000, TCP_SYN));
     assert_eq!(drops(&e), vec![]);
 }
+
+#[test]
+fn ipv6_proxied_handshake() {
+    let text = config_text(
+        r#"
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+ports = [80]
+forward = "nat"
+syn_proxy = "on"
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#,
+    );
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 1);
+    let c6 =
+        |flags, seq, ack, data: &[u8]| with_macs(tcp6(C6, 40000, VIP6, 80, flags, seq, ack, data), CLIENT_MAC, LB_EXT);
+    let r6 = |flags, seq, ack, data: &[u8]| with_macs(tcp6(RS6, 80, C6, 40000, flags, seq, ack, data), RS1_MAC, LB_INT);
+    let v6 = |f: &[u8]| -> (Vec<u8>, Vec<u8>, u32, u32, u8, Option<u16>) {
+        verify_checksums(f).expect("checksums");
+        let p = parse(f).unwrap();
+        let l4 = p.l4;
+        (
+            f[p.l3 + 8..p.l3 + 24].to_vec(),
+            f[p.l3 + 24..p.l3 + 40].to_vec(),
+            u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
+            u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
+            f[l4 + 13] & 0x3f,
+            ferrovs_engine::synproxy::mss_option(&f[l4..p.end]),
+        )
+    };
+    let out = e.inject(EXT, &c6(TCP_SYN, 100, 0, b""), S);
+    let (src, dst, cookie, ack, flags, mss) = v6(&out[0].1);
+    assert_eq!(
+        (src.as_slice(), dst.as_slice(), ack, flags, mss),
+        (&VIP6[..], &C6[..], 101, TCP_SYN | TCP_ACK, Some(1440))
+    );
+    assert_eq!(e.counters().flows_created, 0);
+    let out = e.inject(EXT, &c6(TCP_ACK, 101, cookie + 1, b""), S);
+    let (_, dst, seq, _, flags, _) = v6(&out[0].1);
+    assert_eq!((dst.as_slice(), seq, flags), (&RS6[..], 100, TCP_SYN));
+    let out = e.inject(INT, &r6(TCP_SYN | TCP_ACK, 7000, 101, b""), S);
+    let (_, dst, seq, ack, flags, _) = v6(&out[0].1);
+    assert_eq!((dst.as_slice(), seq, ack, flags), (&RS6[..], 101, 7001, TCP_ACK));
+    let out = e.inject(INT, &r6(TCP_ACK | TCP_PSH, 7001, 101, b"hi"), S);
+    let (src, _, seq, _, _, _) = v6(&out[0].1);
+    assert_eq!((src.as_slice(), seq), (&VIP6[..], cookie + 1));
+    assert_eq!(drops(&e), vec![]);
+}
