@@ -28,6 +28,7 @@ drop_reasons! {
     FragTimeout => "frag_timeout": "A fragment whose first fragment never came (or whose datagram expired).",
     FragHeldFull => "frag_held_full": "No room to hold a fragment that came before its first fragment.",
     BadCookie => "bad_cookie": "SYN proxy: an ACK for no connection whose cookie is invalid.",
+    SynVerified => "syn_verified": "DR/tunnel SYN proxy: a client's reset answering a verification SYN-ACK, consumed (its address is now verified).",
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long).",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",

@@ -148,6 +148,8 @@ pub struct Worker<Q: PortQueue> {
     last_cookie: u64,
     proxy_held: Vec<ProxyHeld<Q::Buf>>,
     proxy_release: Option<u32>,
+    /// DR/tunnel SYN proxy: verified client addresses (see `syn_verify`).
+    verified: Vec<(Addr, u64)>,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
     rx: Vec<Q::Buf>,
@@ -212,6 +214,11 @@ struct ProxyHeld<B> {
     deadline: u64,
 }
 
+/// DR/tunnel SYN proxy: client addresses verified per worker (a direct-mapped table, 2^16
+/// slots, allocated on first use) and for how long.
+const VERIFIED_BITS: u32 = 16;
+const VERIFIED_NS: u64 = 300_000_000_000;
+
 /// Client packets held per worker while SYN-proxied handshakes complete, and for how long.
 const MAX_PROXY_HELD: usize = 256;
 const PROXY_HOLD_NS: u64 = 3_000_000_000;
@@ -252,6 +259,7 @@ impl<Q: PortQueue> Worker<Q> {
             last_cookie: 0,
             proxy_held: Vec::new(),
             proxy_release: None,
+            verified: Vec::new(),
             fabric,
             rx: Vec::with_capacity(crate::port::BURST),
             pre: Vec::with_capacity(crate::port::BURST),
@@ -1784,28 +1792,34 @@ impl<Q: PortQueue> Worker<Q> {
     /// ordinary path takes it).
     fn syn_proxy(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
         use ferrovs_cfg::SynProxy;
-        if p.proto != PROTO_TCP || p.tcp_flags & parse::TCP_RST != 0 {
+        if p.proto != PROTO_TCP {
             return None;
         }
         let si = self.snap.service(p.dst, p.proto, p.dport)?;
         let svc = &self.snap.services[si];
-        // NAT only: in DR and tunnel mode the real server answers the client directly, with its
-        // own sequence numbers, which the balancer could not translate.
-        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.forward != Forward::Nat) {
+        if svc.dests.is_empty() {
             return None;
         }
         let mode = svc.syn_proxy;
+        let engaged = match mode {
+            SynProxy::On => true,
+            SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
+            SynProxy::Off => false,
+        };
         let hs = Handshake { client: p.src, vip: p.dst, cport: p.sport, vport: p.dport, isn: 0 };
         let (seq, ack) = {
             let t = &pkt.data()[p.l4..];
             (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), u32::from_be_bytes([t[8], t[9], t[10], t[11]]))
         };
+        // In DR and tunnel mode the real server answers the client directly, with its own
+        // sequence numbers, which the balancer never sees: no handshake can be spliced.
+        if svc.dests.iter().any(|d| d.forward != Forward::Nat) {
+            return self.syn_verify(iface, pkt, p, &hs, seq, mode != SynProxy::Off && engaged);
+        }
+        if p.tcp_flags & parse::TCP_RST != 0 {
+            return None;
+        }
         if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            let engaged = match mode {
-                SynProxy::On => true,
-                SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
-                SynProxy::Off => false,
-            };
             // A data connection an FTP session announced on a service port is not proxied.
             if !engaged || self.expect.get(&ExpKey::Passive(p.src, p.dst, p.dport)).is_some() {
                 return None;
@@ -1866,6 +1880,71 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         Some(next)
+    }
+
+    /// The SYN proxy of DR and tunnel services. The real server answers the client itself, so
+    /// the balancer verifies the client's address instead: during a flood a SYN from an
+    /// unverified address is answered with a SYN-ACK whose acknowledgement number is a cookie.
+    /// A real client's stack answers that unacceptable acknowledgement with a reset carrying
+    /// it as sequence number (RFC 793, SYN-SENT), which verifies the address for
+    /// [`VERIFIED_NS`]; the client's SYN retransmission (about a second later) then goes to
+    /// the real server as usual. Spoofed sources never answer and cost no state. The price: a
+    /// new client's first connection during a flood waits one SYN retransmission.
+    fn syn_verify(
+        &mut self,
+        iface: usize,
+        pkt: &mut Q::Buf,
+        p: &Parsed,
+        hs: &Handshake,
+        seq: u32,
+        engaged: bool,
+    ) -> Option<Next> {
+        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_RST) == TCP_SYN {
+            if !engaged || self.is_verified(p.src) {
+                return None;
+            }
+            let cookie = self.cookies.make(self.now, hs, 0);
+            if cookie == seq.wrapping_add(1) {
+                return None; // an acceptable ack by chance (2^-32): let it through
+            }
+            if pkt.len() < p.l4 + 20 && !pkt.set_len(p.l4 + 20) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            let d = pkt.data_mut();
+            synproxy::turn_around(d, p);
+            let end = synproxy::rebuild_tcp(d, p, TCP_SYN | TCP_ACK, cookie, cookie, None, 0)?;
+            synproxy::finish_tcp(d, p, end);
+            if !pkt.set_len(end) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            self.last_cookie = self.now;
+            bump(&self.counters.cookies_sent, 1);
+            return Some(Next::Tx(iface));
+        }
+        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
+            self.verify(p.src);
+            bump(&self.counters.cookies_validated, 1);
+            return Some(Next::Drop(DropReason::SynVerified));
+        }
+        None
+    }
+
+    fn verified_slot(a: Addr) -> usize {
+        let x = (a as u64) ^ ((a >> 64) as u64);
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - VERIFIED_BITS)) as usize
+    }
+
+    fn is_verified(&self, a: Addr) -> bool {
+        self.verified.get(Self::verified_slot(a)).is_some_and(|&(x, until)| x == a && until > self.now)
+    }
+
+    fn verify(&mut self, a: Addr) {
+        if self.verified.is_empty() {
+            self.verified = vec![(0, 0); 1 << VERIFIED_BITS];
+        }
+        let until = self.now + VERIFIED_NS;
+        self.verified[Self::verified_slot(a)] = (a, until);
     }
 
     /// A segment of a SYN-proxied connection: the real server's handshake, then the sequence

@@ -75,8 +75,11 @@ fn one(out: Vec<(usize, Vec<u8>)>) -> (usize, Seg) {
     (out[0].0, seg(&out[0].1))
 }
 
+/// Non-zero drop counters, by name.
 fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
-    e.counters().drops.into_iter().filter(|d| d.1 > 0).collect()
+    let mut v: Vec<_> = e.counters().drops.into_iter().filter(|d| d.1 > 0).collect();
+    v.sort();
+    v
 }
 
 struct Client {
@@ -313,4 +316,41 @@ address = "fd00:2::2"
     let (src, _, seq, _, _, _) = v6(&out[0].1);
     assert_eq!((src.as_slice(), seq), (&VIP6[..], cookie + 1));
     assert_eq!(drops(&e), vec![]);
+}
+
+#[test]
+fn dr_verifies_the_client_address_then_forwards() {
+    let text = config_text(
+        r#"
+[[service]]
+name = "webdr"
+vip = "10.0.1.101"
+ports = [80]
+forward = "dr"
+syn_proxy = "on"
+
+[[service.real_server]]
+address = "10.0.2.2"
+"#,
+    );
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 1);
+    let c = |flags, seq, ack| with_macs(tcp4(CLIENT, 40000, VIP_DR, 80, flags, seq, ack, b""), CLIENT_MAC, LB_EXT);
+    // The first SYN: answered with an unacceptable acknowledgement (the cookie).
+    let out = e.inject(EXT, &c(TCP_SYN, 100, 0), S);
+    let (iface, s) = one(out);
+    assert_eq!((iface, s.src, s.dst, s.flags), (EXT, VIP_DR, CLIENT, TCP_SYN | TCP_ACK));
+    assert_ne!(s.ack, 101);
+    assert_eq!(e.counters().flows_created, 0);
+    // A reset with another sequence number verifies nothing.
+    assert!(e.inject(EXT, &c(TCP_RST, s.ack ^ 0x55, 0), S).is_empty());
+    assert!(e.inject(EXT, &c(TCP_SYN, 100, 0), S)[0].1[0..6] == CLIENT_MAC, "still unverified");
+    // The client's stack resets it with the cookie: verified, consumed.
+    assert!(e.inject(EXT, &c(TCP_RST, s.ack, 0), S).is_empty());
+    assert_eq!(e.counters().cookies_validated, 1);
+    // Its SYN retransmission goes to the real server (DR: MAC rewrite only).
+    let out = e.inject(EXT, &c(TCP_SYN, 100, 0), S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1[0..6], RS1_MAC);
+    assert_eq!(seg(&out[0].1).dst, VIP_DR);
+    assert_eq!(drops(&e), vec![("no_flow", 1), ("syn_verified", 1)]);
 }
