@@ -560,46 +560,15 @@ impl<Q: PortQueue> Worker<Q> {
         }
         self.sweep_pos = pos;
         // Pending packets waiting for a neighbour.
-        if !self.pending.is_empty() {
-            let mut k = 0;
-            while k < self.pending.len() {
-                if self.pending[k].deadline <= now {
-                    let p = self.pending.swap_remove(k);
-                    drop(p.buf);
-                    self.counters.count_drop(DropReason::NoNeighbor);
-                } else {
-                    k += 1;
-                }
-            }
-        }
+        expire_held(&mut self.pending, now, |p| p.deadline, &self.counters, DropReason::NoNeighbor);
         if !self.expect.is_empty() {
             self.sweep_expectations(now, EXPECT_SWEEP_PER_POLL);
         }
         if !self.frags.is_empty() {
             self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
         }
-        if !self.proxy_held.is_empty() {
-            let mut k = 0;
-            while k < self.proxy_held.len() {
-                if self.proxy_held[k].deadline <= now {
-                    drop(self.proxy_held.swap_remove(k));
-                    self.counters.count_drop(DropReason::ProxyWait);
-                } else {
-                    k += 1;
-                }
-            }
-        }
-        if !self.frag_held.is_empty() {
-            let mut k = 0;
-            while k < self.frag_held.len() {
-                if self.frag_held[k].deadline <= now {
-                    drop(self.frag_held.swap_remove(k));
-                    self.counters.count_drop(DropReason::FragTimeout);
-                } else {
-                    k += 1;
-                }
-            }
-        }
+        expire_held(&mut self.proxy_held, now, |h| h.deadline, &self.counters, DropReason::ProxyWait);
+        expire_held(&mut self.frag_held, now, |h| h.deadline, &self.counters, DropReason::FragTimeout);
     }
 
     /// Remove up to `budget` expired expectations (oldest first) and count them.
@@ -2175,6 +2144,20 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+    }
+}
+
+/// Drops (counted as `r`) the packets of `v` (pending next hops, SYN-proxy or fragment
+/// holds) whose deadline has passed. Order is not kept.
+fn expire_held<T>(v: &mut Vec<T>, now: u64, deadline: impl Fn(&T) -> u64, counters: &WorkerCounters, r: DropReason) {
+    let mut k = 0;
+    while k < v.len() {
+        if deadline(&v[k]) <= now {
+            drop(v.swap_remove(k));
+            counters.count_drop(r);
+        } else {
+            k += 1;
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! Outputs are reassembled the way the receiving host would and checked end to end.
 
 mod common;
+use common::seg::drops;
 use common::*;
 use ferrovs_engine::parse::parse;
 use ferrovs_engine::replay::MemEngine;
@@ -41,10 +42,6 @@ address = "10.0.2.3"
 
 fn engine() -> MemEngine {
     MemEngine::new(config(SERVICES), 1)
-}
-
-fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
-    e.counters().drops.into_iter().filter(|d| d.1 > 0).collect()
 }
 
 fn payload(n: usize) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! the state.
 
 mod common;
+use common::seg::*;
 use common::*;
 use ferrovs_engine::counters::FtpCounters;
 use ferrovs_engine::parse::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
@@ -48,44 +49,6 @@ fn engine(forward: &str, ftp_opts: &str, reals: &[&str]) -> MemEngine {
 
 fn mac_of(rs: [u8; 4]) -> [u8; 6] {
     [2, 0, 0, 0, 2, rs[3]]
-}
-
-struct Seg {
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    payload: Vec<u8>,
-}
-
-fn seg(f: &[u8]) -> Seg {
-    verify_checksums(f).expect("checksums of an output frame");
-    let p = parse(f).expect("parse output");
-    let l4 = p.l4;
-    Seg {
-        src: f[p.l3 + 12..p.l3 + 16].try_into().unwrap(),
-        sport: u16::from_be_bytes([f[l4], f[l4 + 1]]),
-        dst: f[p.l3 + 16..p.l3 + 20].try_into().unwrap(),
-        dport: u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
-        seq: u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
-        ack: u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
-        flags: f[l4 + 13],
-        payload: f[p.payload..p.end].to_vec(),
-    }
-}
-
-/// The one frame out, parsed.
-fn one(out: Vec<(usize, Vec<u8>)>) -> Seg {
-    assert_eq!(out.len(), 1, "exactly one frame out");
-    seg(&out[0].1)
-}
-
-/// Non-zero drop counters.
-fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
-    e.counters().drops.into_iter().filter(|d| d.1 > 0).collect()
 }
 
 /// An FTP counter of the service named "ftp", summed over workers.
@@ -150,16 +113,16 @@ impl Lab {
     fn open(&mut self, cport: u16, nat: bool) -> Ctl {
         let out = self.from_client(cport, 21, TCP_SYN, 999, 0, b"");
         let mac = out.first().map(|(_, f)| f[5]).expect("SYN forwarded");
-        let s = one(out);
+        let s = one_seg(out);
         assert_eq!(s.dport, 21);
         // NAT: the real server is the destination; DR (MAC rewrite only): its MAC says it.
         let rs = if nat { s.dst } else { [10, 0, 2, mac] };
         let mut c = Ctl { cport, rs, cseq: 1000, sseq: 5000, seen: Vec::new(), nat };
         if nat {
-            let s = one(self.from_rs(rs, 21, cport, TCP_SYN | TCP_ACK, 4999, 1000, b""));
+            let s = one_seg(self.from_rs(rs, 21, cport, TCP_SYN | TCP_ACK, 4999, 1000, b""));
             assert_eq!((s.src, s.sport), (VIP, 21));
         }
-        one(self.from_client(cport, 21, TCP_ACK, 1000, 5000, b""));
+        one_seg(self.from_client(cport, 21, TCP_ACK, 1000, 5000, b""));
         if nat {
             self.reply(&mut c, b"220 ready\r\n");
         }
@@ -173,7 +136,7 @@ impl Lab {
     /// The server sends `data`; returns the payload the client receives.
     fn reply(&mut self, c: &mut Ctl, data: &[u8]) -> Vec<u8> {
         assert!(c.nat);
-        let s = one(self.from_rs(c.rs, 21, c.cport, TCP_ACK | TCP_PSH, c.sseq, c.cseq, data));
+        let s = one_seg(self.from_rs(c.rs, 21, c.cport, TCP_ACK | TCP_PSH, c.sseq, c.cseq, data));
         c.sseq += data.len() as u32;
         assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 21, CLIENT, c.cport));
         c.seen.extend_from_slice(&s.payload);
@@ -234,7 +197,7 @@ fn two_sessions_same_passive_port_never_cross() {
     // everything it saw maps back to the server's stream.
     for c in [&a, &b] {
         let acked = 5000 + c.seen.len() as u32;
-        let s = one(lab.from_client(c.cport, 21, TCP_ACK, c.cseq, acked, b""));
+        let s = one_seg(lab.from_client(c.cport, 21, TCP_ACK, c.cseq, acked, b""));
         assert_eq!(s.ack, c.sseq, "ack of session {}", c.cport);
     }
     assert_eq!(drops(&lab.e), vec![]);
@@ -271,7 +234,7 @@ fn active_clash_is_refused_not_stolen() {
     assert_eq!(ftp(&lab.e, |c| &c.expectations_created), 1);
     assert_eq!(ftp(&lab.e, |c| &c.expectations_refused), 1);
     // The server's connection to the client is session A's.
-    let s = one(lab.from_rs(RS1, 20, 50000, TCP_SYN, 7, 0, b""));
+    let s = one_seg(lab.from_rs(RS1, 20, 50000, TCP_SYN, 7, 0, b""));
     assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 20, CLIENT, 50000));
     let conns = lab.e.workers[0].flows.len();
     assert_eq!(conns, 3, "two control connections and one data connection");
@@ -308,7 +271,7 @@ fn expectations_are_bounded_per_session_and_per_worker() {
     }
     assert!(ftp(&lab.e, |c| &c.expectations_evicted) >= 4);
     let last = 200 * 256 + 1 + 19;
-    let s = one(lab.from_rs(RS1, 20, last, TCP_SYN, 7, 0, b""));
+    let s = one_seg(lab.from_rs(RS1, 20, last, TCP_SYN, 7, 0, b""));
     assert_eq!((s.src, s.dport), (VIP, last));
     assert!(lab.from_rs(RS1, 20, 200 * 256 + 1, TCP_SYN, 7, 0, b"").is_empty(), "the oldest was evicted");
 }
@@ -325,9 +288,9 @@ fn port_reuse_starts_a_new_session() {
     lab.cmd(&mut a, b"QUIT\r\n");
     lab.reply(&mut a, b"221 Goodbye.\r\n");
     // Server closes first, client acks and closes: the balancer's entry goes to TIME_WAIT/CLOSE.
-    one(lab.from_rs(RS1, 21, 40000, TCP_FIN | TCP_ACK, a.sseq, a.cseq, b""));
-    one(lab.from_client(40000, 21, TCP_FIN | TCP_ACK, a.cseq, a.sseq + 1, b""));
-    one(lab.from_rs(RS1, 21, 40000, TCP_ACK, a.sseq + 1, a.cseq + 1, b""));
+    one_seg(lab.from_rs(RS1, 21, 40000, TCP_FIN | TCP_ACK, a.sseq, a.cseq, b""));
+    one_seg(lab.from_client(40000, 21, TCP_FIN | TCP_ACK, a.cseq, a.sseq + 1, b""));
+    one_seg(lab.from_rs(RS1, 21, 40000, TCP_ACK, a.sseq + 1, a.cseq + 1, b""));
     // The same tuple, a new SYN: a new scheduling decision (rr: RS2), a new gateway session.
     let mut b = lab.open(40000, true);
     assert_eq!(b.rs, RS2, "rescheduled");
@@ -371,7 +334,7 @@ fn dr_refused_auth_tls_then_active_works() {
     assert_eq!(ftp(&lab.e, |c| &c.tls_fallbacks), 0);
     lab.cmd(&mut a, b"PORT 10,0,1,2,195,80\r\n");
     // The server connects to the client directly; the client's SYN-ACK to VIP:20 reaches it.
-    let s = one(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 1, 8, b""));
+    let s = one_seg(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 1, 8, b""));
     assert_eq!((s.dst, s.dport), (VIP, 20));
     assert_eq!(ftp(&lab.e, |c| &c.expectations_used), 1);
     // A client that does start TLS: the session is pinned.
@@ -458,4 +421,9 @@ fn dr_passive_sessions_of_one_client_never_cross() {
     // Nothing is left for B's data connection.
     assert_eq!(dr_syn(50002, 30002), None);
     assert_eq!(ftp(&lab.e, |c| &c.expectations_used), 2);
+}
+
+/// The one frame out, parsed.
+fn one_seg(out: Vec<(usize, Vec<u8>)>) -> Seg {
+    one(out).1
 }

@@ -1,6 +1,7 @@
 //! SYN proxy with SYN cookies (issue 12): packet in -> packet out + counters.
 
 mod common;
+use common::seg::*;
 use common::*;
 use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
@@ -37,49 +38,6 @@ fn engine(mode: &str, threshold: u32) -> MemEngine {
     let text = config_text(&services(mode))
         .replace("flow_table_size = 4096", &format!("flow_table_size = 4096\nsyn_proxy_threshold = {threshold}"));
     MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 1)
-}
-
-#[derive(Debug)]
-struct Seg {
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    mss: Option<u16>,
-    payload: Vec<u8>,
-}
-
-fn seg(f: &[u8]) -> Seg {
-    verify_checksums(f).expect("checksums");
-    let p = parse(f).unwrap();
-    let l4 = p.l4;
-    let a = |o: usize| -> [u8; 4] { f[o..o + 4].try_into().unwrap() };
-    Seg {
-        src: a(p.l3 + 12),
-        sport: u16::from_be_bytes([f[l4], f[l4 + 1]]),
-        dst: a(p.l3 + 16),
-        dport: u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
-        seq: u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
-        ack: u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
-        flags: f[l4 + 13] & 0x3f,
-        mss: ferrovs_engine::synproxy::mss_option(&f[l4..p.end]),
-        payload: f[p.payload..p.end].to_vec(),
-    }
-}
-
-fn one(out: Vec<(usize, Vec<u8>)>) -> (usize, Seg) {
-    assert_eq!(out.len(), 1, "one frame out");
-    (out[0].0, seg(&out[0].1))
-}
-
-/// Non-zero drop counters, by name.
-fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
-    let mut v: Vec<_> = e.counters().drops.into_iter().filter(|d| d.1 > 0).collect();
-    v.sort();
-    v
 }
 
 struct Client {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod seg;
 
 pub const LB_EXT: [u8; 6] = [2, 0, 0, 0, 1, 1];
 pub const LB_INT: [u8; 6] = [2, 0, 0, 0, 2, 1];
