@@ -8,7 +8,7 @@ mod common;
 use common::seg::*;
 use common::*;
 use ferrovs_engine::counters::FtpCounters;
-use ferrovs_engine::parse::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 
