@@ -1811,7 +1811,9 @@ impl<Q: PortQueue> Worker<Q> {
             bump(&self.counters.cookies_sent, 1);
             return Some(Next::Tx(iface));
         }
-        if p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_ACK || mode == SynProxy::Off {
+        // Only the handshake's last segment can carry a cookie: a plain ACK (with or without
+        // data), no SYN, FIN or RST.
+        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_FIN) != TCP_ACK || mode == SynProxy::Off {
             return None;
         }
         // An ACK for no connection: a cookie only if cookies went out lately (else it is an
