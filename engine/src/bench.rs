@@ -31,6 +31,14 @@
 //!   (`syn_proxy = "on"`): each is answered with a cookie, none creates
 //!   state. Reports cookies per second per worker beside the established
 //!   packets per second.
+//! - `flood-unknown`, `flood-icmp`, `flood-arp`: the `established` traffic
+//!   with, between every two of its packets, a packet of a flood: ACKs for
+//!   connections that do not exist (spoofed sources), ICMP errors quoting
+//!   connections that do not exist (frames of at least 74 bytes), ARP
+//!   requests for the VIP from every address of the client subnet and
+//!   beyond. Each flood packet is answered (ARP) or dropped and counted;
+//!   the established packets are all forwarded. Reports the established
+//!   packets per second beside the flood's.
 //!
 //! `--flows` and `--packets` are totals, split evenly between workers.
 
@@ -52,6 +60,23 @@ pub enum Scenario {
     Dr,
     Ftp,
     Synflood,
+    #[value(name = "flood-unknown")]
+    #[serde(rename = "flood-unknown")]
+    FloodUnknown,
+    #[value(name = "flood-icmp")]
+    #[serde(rename = "flood-icmp")]
+    FloodIcmp,
+    #[value(name = "flood-arp")]
+    #[serde(rename = "flood-arp")]
+    FloodArp,
+}
+
+impl Scenario {
+    /// The scenarios that mix a flood into established traffic (one flood packet after
+    /// every established one).
+    fn is_flood(self) -> bool {
+        matches!(self, Scenario::Synflood | Scenario::FloodUnknown | Scenario::FloodIcmp | Scenario::FloodArp)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -98,8 +123,11 @@ pub struct WorkerFigures {
     pub setup_seconds: f64,
     /// SYN proxy cookies sent per second (synflood).
     pub cookies_per_sec: f64,
-    /// Packets per second of established connections forwarded (synflood: the rest are SYNs).
+    /// Packets per second of established connections forwarded (the floods: the rest are
+    /// flood packets).
     pub established_mpps: f64,
+    /// Flood packets per second (the floods).
+    pub flood_mpps: f64,
 }
 
 /// What `ferrovs bench` prints.
@@ -346,6 +374,14 @@ impl Templates {
         self.head.extend_from_slice(&b[..HEAD]);
         self.iface.push(iface);
     }
+    /// A ready-made frame (its first `HEAD` bytes; shorter ones are zero-padded).
+    fn push_raw(&mut self, iface: u8, f: &[u8]) {
+        let mut h = [0u8; HEAD];
+        let n = f.len().min(HEAD);
+        h[..n].copy_from_slice(&f[..n]);
+        self.head.extend_from_slice(&h);
+        self.iface.push(iface);
+    }
     fn count(&self) -> usize {
         self.iface.len()
     }
@@ -399,7 +435,12 @@ fn setup(
 ) -> Result<(Templates, u64), String> {
     let len = rig.len;
     match sc {
-        Scenario::Established | Scenario::Dr | Scenario::Synflood => {
+        Scenario::Established
+        | Scenario::Dr
+        | Scenario::Synflood
+        | Scenario::FloodUnknown
+        | Scenario::FloodIcmp
+        | Scenario::FloodArp => {
             let cl = clients(w, workers, flows);
             let vip = if sc == Scenario::Dr { VIP_DR } else { VIP_NAT };
             let syns: Vec<Vec<u8>> =
@@ -421,7 +462,7 @@ fn setup(
             rig.batch(EXT, &acks)?;
             drop(acks);
             let both = sc != Scenario::Dr;
-            let flood = sc == Scenario::Synflood;
+            let flood = sc.is_flood();
             let mut t = Templates::new(len, flows * if both { 2 } else { 1 } * if flood { 2 } else { 1 });
             // Spoofed flood sources: this worker's, in another range than the clients.
             let spoofed = if flood { clients_from(0x6480_0000, w, workers, flows * 2) } else { Vec::new() };
@@ -432,7 +473,27 @@ fn setup(
                     t.push(INT, &tcp(rs_mac(r.0), LB_INT, r, c, TCP_ACK, 5000, 1000));
                 }
                 for _ in 0..if flood { 1 + usize::from(both) } else { 0 } {
-                    t.push(EXT, &tcp(GW_MAC, LB_EXT, spoofed[k], (VIP_SYN, 80), TCP_SYN, k as u32, 0));
+                    let (a, p) = spoofed[k];
+                    match sc {
+                        Scenario::FloodUnknown => {
+                            t.push(EXT, &tcp(GW_MAC, LB_EXT, (a, p), (VIP_NAT, 80), TCP_ACK, k as u32, 1))
+                        }
+                        Scenario::FloodIcmp => {
+                            // "Port unreachable" from a spoofed host about VIP:80 -> it, which
+                            // never was (the quoted ports lie past the 64-byte template: 0).
+                            let quoted = crate::testpkt::udp4(VIP_NAT, 80, a, p, b"");
+                            let f = crate::testpkt::icmp4_error(a, VIP_NAT, 3, 3, 0, &quoted);
+                            t.push_raw(EXT, &crate::testpkt::with_macs(f, GW_MAC, LB_EXT));
+                        }
+                        Scenario::FloodArp => {
+                            // Senders all over the client subnet (on link: learnt, bounded)
+                            // and beyond it (ignored).
+                            let sender = [10, 0, (k % 2) as u8 + 1, (k / 2 % 253) as u8 + 2];
+                            let mac = [2, 0xaa, 0, 0, (k >> 8) as u8, k as u8];
+                            t.push_raw(EXT, &crate::testpkt::arp_request(mac, sender, VIP_NAT));
+                        }
+                        _ => t.push(EXT, &tcp(GW_MAC, LB_EXT, (a, p), (VIP_SYN, 80), TCP_SYN, k as u32, 0)),
+                    }
                     k += 1;
                 }
             }
@@ -679,7 +740,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     if args.size < 64 || args.size > 1518 {
         return Err("--size must be 64..=1518 (frame size with FCS)".into());
     }
-    let len = args.size - 4;
+    // An ICMP error quoting a header + 8 bytes needs 70 bytes (74 on the wire).
+    let len = if args.scenario == Scenario::FloodIcmp { args.size.max(74) - 4 } else { args.size - 4 };
     let per_worker_flows = (args.flows / workers).max(1);
     let per_worker_packets = (args.packets / workers as u64).max(1);
     // The table holds every connection of a worker, plus headroom (FTP:
@@ -721,7 +783,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                     let end = Instant::now();
                     let c1 = rig.w.counters().snapshot();
                     let dropped: u64 = c1.drops.iter().zip(&c0.drops).map(|(a, b)| a.1 - b.1).sum();
-                    let cookies = c1.cookies_sent - c0.cookies_sent;
+                    // Floods: every other packet is a flood packet.
+                    let flood = if sc.is_flood() { pk / 2 } else { 0 };
                     Ok((
                         WorkerFigures {
                             worker: w,
@@ -736,8 +799,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                             flows_in_table: rig.w.flows.len(),
                             table_bytes: rig.w.flows.memory_bytes(),
                             setup_seconds,
-                            cookies_per_sec: cookies as f64 / secs,
-                            established_mpps: (pk - cookies.min(pk)) as f64 / secs / 1e6,
+                            cookies_per_sec: (c1.cookies_sent - c0.cookies_sent) as f64 / secs,
+                            established_mpps: (pk - flood) as f64 / secs / 1e6,
+                            flood_mpps: flood as f64 / secs / 1e6,
                         },
                         start,
                         end,
@@ -830,6 +894,12 @@ pub fn format(r: &BenchReport) -> String {
                 f.cookies_per_sec / 1e6,
                 f.established_mpps
             );
+        } else if r.scenario.is_flood() {
+            let _ = writeln!(
+                s,
+                "  worker {}: {:.2} Mpps of flood beside {:.2} Mpps of established traffic",
+                f.worker, f.flood_mpps, f.established_mpps
+            );
         }
     }
     s
@@ -857,6 +927,19 @@ mod tests {
         let r = small(Scenario::Synflood, 1);
         assert!(r.per_worker[0].cookies_per_sec > 0.0);
         assert_eq!(r.per_worker[0].flows_created, 0, "the flood creates no state");
+    }
+
+    #[test]
+    fn floods_create_no_state_and_spare_established_traffic() {
+        for sc in [Scenario::FloodUnknown, Scenario::FloodIcmp, Scenario::FloodArp] {
+            let r = small(sc, 1);
+            let w = &r.per_worker[0];
+            assert_eq!(w.flows_created, 0, "{sc:?}: no state from the flood");
+            // Every packet is accounted for: sent (established, ARP replies) or a counted drop.
+            assert_eq!(w.tx_packets + w.dropped, r.packets, "{sc:?}: {:?}", r.drops);
+            assert!(w.tx_packets >= r.packets / 2, "{sc:?}: established traffic forwarded");
+            assert!(w.flood_mpps > 0.0 && w.established_mpps > 0.0);
+        }
     }
 
     #[test]
