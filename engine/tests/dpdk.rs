@@ -149,6 +149,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             flow_table_size: 1024,
             expectation_table_size: 1024,
             neighbor_table_size: 4096,
+            syn_proxy_threshold: 64,
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,
             timeouts: Timeouts::default(),
