@@ -106,6 +106,10 @@ pub fn render(state: &State) -> String {
         ("neigh_evicted_total", "counter", "Neighbour entries evicted from a full table.", |s| s.neigh_evicted),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
+    family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");
+    for w in 0..snaps.len() {
+        let _ = writeln!(o, "ferrovs_worker_flow_table_capacity{{worker=\"{w}\"}} {}", state.flow_capacity);
+    }
     for (suffix, kind, help, f) in wk {
         let name = format!("ferrovs_worker_{suffix}");
         family(&mut o, &name, kind, help);
@@ -151,13 +155,13 @@ fn serve(state: &State, mut s: TcpStream) {
         ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
     } else if path == "/metrics" || path.starts_with("/metrics?") {
         ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(state))
-    } else if path == "/" {
-        ("200 OK", "text/html", "<html><body><a href=\"/metrics\">metrics</a></body></html>\n".to_string())
+    } else if path == "/" || path.starts_with("/?") || path == "/index.html" {
+        ("200 OK", "text/html; charset=utf-8", crate::statuspage::render(&crate::overview::Overview::of(state)))
     } else {
         ("404 Not Found", "text/plain", "not found\n".to_string())
     };
     let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = s.write_all(head.as_bytes());
