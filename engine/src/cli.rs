@@ -7,7 +7,19 @@ use clap::{Arg, ArgAction, Command, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ferrovs", version, about = "Kernel-bypass L4 load balancer with an FTP gateway")]
+#[command(
+    name = "ferrovs",
+    version,
+    about = "Kernel-bypass L4 load balancer with an FTP gateway",
+    long_about = "ferrovs is a kernel-bypass L4 load balancer in the LVS tradition (NAT, direct routing and IPIP \
+tunnelling, every IPVS scheduler) with an FTP application-layer gateway for active and passive FTP over IPv4 and \
+IPv6. `ferrovs run` is the daemon: it opens the configured ports (AF_PACKET or DPDK), starts one poll-mode worker per \
+queue, serves the control socket used by ferrovsadm(8) and, if configured, Prometheus metrics and a status page. \
+SIGINT/SIGTERM stop it; SIGHUP re-reads the configuration (a file that does not validate is refused and the running \
+configuration kept). Started by systemd with Type=notify it reports READY=1 once the ports are up, RELOADING=1 \
+during a reload and STOPPING=1 on shutdown. See ferrovs.toml(5) for the configuration file and ferrovs-SUBCOMMAND(8) \
+for each subcommand. The log level is set with FERROVS_LOG (e.g. info, debug)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
