@@ -9,36 +9,41 @@ use crate::counters::DropReason;
 use crate::ipvsadm::{self, ListData};
 use serde::{Deserialize, Serialize};
 
+/// FTP gateway counters of one service, every counter of
+/// [`crate::counters::FtpCounters::fields`] in its order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FtpRow {
     pub service: String,
-    pub control_sessions: u64,
-    pub expectations_created: u64,
-    pub expectations_used: u64,
-    pub expectations_expired: u64,
-    pub rewrites: u64,
-    pub bounce_refused: u64,
-    pub tls_fallbacks: u64,
-    pub oversized_lines: u64,
-    pub held_segments: u64,
+    pub counters: Vec<(String, u64)>,
 }
 
 impl FtpRow {
-    /// (label, value) pairs in display order.
-    pub fn fields(&self) -> [(&'static str, u64); 9] {
-        [
-            ("sessions", self.control_sessions),
-            ("pinholes", self.expectations_created),
-            ("used", self.expectations_used),
-            ("expired", self.expectations_expired),
-            ("rewrites", self.rewrites),
-            ("bounce refused", self.bounce_refused),
-            ("TLS", self.tls_fallbacks),
-            ("oversized", self.oversized_lines),
-            ("held", self.held_segments),
-        ]
+    /// A counter by name (0 if unknown).
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.iter().find(|c| c.0 == name).map(|c| c.1).unwrap_or(0)
+    }
+
+    fn from_json(v: &serde_json::Value) -> FtpRow {
+        FtpRow {
+            service: v.get("service").and_then(|s| s.as_str()).unwrap_or("?").to_string(),
+            counters: crate::counters::FtpCounters::names()
+                .iter()
+                .map(|n| (n.to_string(), v.get(*n).and_then(|x| x.as_u64()).unwrap_or(0)))
+                .collect(),
+        }
     }
 }
+
+/// The FTP counters `ferrovsadm top` shows in its panel, with short titles.
+pub const FTP_SHORT: &[(&str, &str)] = &[
+    ("control_sessions", "sess"),
+    ("expectations_created", "pinh"),
+    ("expectations_used", "used"),
+    ("expectations_expired", "expd"),
+    ("rewrites", "rewr"),
+    ("bounce_refused", "bounce"),
+    ("expectations_refused", "refus"),
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Overview {
@@ -78,7 +83,7 @@ impl Overview {
             rx_packets: total.rx_packets,
             tx_packets: total.tx_packets,
             drops,
-            ftp: serde_json::from_value(state.ftp()).unwrap_or_default(),
+            ftp: state.ftp().as_array().map(|a| a.iter().map(FtpRow::from_json).collect()).unwrap_or_default(),
             health: state.health(),
         }
     }
@@ -288,8 +293,9 @@ pub fn text(ov: &Overview, col: &str, reverse: bool) -> String {
     let nz: Vec<String> = ov.drops.iter().filter(|d| d.1 > 0).map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(s, "drops: {}", if nz.is_empty() { "none".into() } else { nz.join(" ") });
     for f in &ov.ftp {
-        let parts: Vec<String> = f.fields().iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "ftp {}: {}", f.service, parts.join(", "));
+        let parts: Vec<String> = f.counters.iter().filter(|c| c.1 > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let _ =
+            writeln!(s, "ftp {}: {}", f.service, if parts.is_empty() { "no activity".into() } else { parts.join(" ") });
     }
     s
 }
@@ -354,7 +360,20 @@ pub(crate) mod tests {
             rx_packets: 10,
             tx_packets: 9,
             drops: vec![("no_service".into(), 3), ("no_flow".into(), 0)],
-            ftp: vec![FtpRow { service: "ftp".into(), control_sessions: 7, rewrites: 4, ..Default::default() }],
+            ftp: vec![FtpRow {
+                service: "ftp".into(),
+                counters: crate::counters::FtpCounters::names()
+                    .iter()
+                    .map(|n| {
+                        let v = match *n {
+                            "control_sessions" => 7,
+                            "rewrites" => 4,
+                            _ => 0,
+                        };
+                        (n.to_string(), v)
+                    })
+                    .collect(),
+            }],
             health: vec![HealthInfo {
                 service: "ftp".into(),
                 server: "10.0.2.3:21".into(),
@@ -393,7 +412,7 @@ pub(crate) mod tests {
         assert!(t.contains("  -> 10.0.2.3:21"), "{t}");
         assert!(t.contains("0/1"), "quiesced weight shown as in-use/configured: {t}");
         assert!(t.contains("drops: no_service=3\n"), "{t}");
-        assert!(t.contains("ftp ftp: sessions 7, pinholes 0, used 0, expired 0, rewrites 4"), "{t}");
+        assert!(t.contains("ftp ftp: control_sessions=7 rewrites=4\n"), "{t}");
     }
 
     #[test]

@@ -175,15 +175,16 @@ pub fn render(ov: &Overview) -> String {
     s.push_str("</tbody></table></div>\n");
 
     if !ov.ftp.is_empty() {
-        s.push_str("<h2>FTP gateway</h2><div class=\"scroll\"><table id=\"ftp\"><thead><tr><th>service</th>");
-        for (k, _) in ov.ftp[0].fields() {
-            let _ = write!(s, "<th>{}</th>", esc(k));
+        // One row per counter, one column per FTP service: narrow enough for a phone.
+        s.push_str("<h2>FTP gateway</h2><div class=\"scroll\"><table id=\"ftp\"><thead><tr><th>counter</th>");
+        for f in &ov.ftp {
+            let _ = write!(s, "<th>{}</th>", esc(&f.service));
         }
         s.push_str("</tr></thead><tbody>\n");
-        for f in &ov.ftp {
-            let _ = write!(s, "<tr><td>{}</td>", esc(&f.service));
-            for (_, v) in f.fields() {
-                let _ = write!(s, "<td>{v}</td>");
+        for (i, (name, _)) in ov.ftp[0].counters.iter().enumerate() {
+            let _ = write!(s, "<tr><td>{}</td>", esc(&name.replace('_', " ")));
+            for f in &ov.ftp {
+                let _ = write!(s, "<td>{}</td>", f.counters.get(i).map(|c| c.1).unwrap_or(0));
             }
             s.push_str("</tr>\n");
         }
@@ -232,7 +233,10 @@ mod tests {
         assert!(p.contains("<span class=\"quiesced\">0</span> (1)"), "quiesced weight");
         assert!(p.contains("<td>no_service</td><td>3</td>"));
         assert!(!p.contains("no_flow"), "zero drop reasons are left out");
-        assert!(p.contains("<th>sessions</th>") && p.contains("<td>ftp</td><td>7</td>"));
+        assert!(
+            p.contains("<th>counter</th><th>ftp</th>") && p.contains("<tr><td>control sessions</td><td>7</td></tr>")
+        );
+        assert!(p.contains("<tr><td>expectations refused</td><td>0</td></tr>"), "every counter is listed");
         assert!(p.contains("250 / 1000") && p.contains("25.0% full"));
         for bad in ["<script", "src=\"http", "href=\"http", "<form", "<link"] {
             assert!(!p.contains(bad), "self-contained and read-only: found {bad}");

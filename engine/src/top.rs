@@ -247,15 +247,14 @@ fn draw(f: &mut ratatui::Frame, ov: &Overview, sort: &SortState, err: Option<&st
             .block(Block::new().borders(Borders::TOP).title(" drops by reason ")),
         left,
     );
-    let ftp_cols = ["service", "sess", "pinh", "used", "expd", "rewr", "bounce", "tls"];
+    let ftp_cols: Vec<&str> = std::iter::once("service").chain(overview::FTP_SHORT.iter().map(|c| c.1)).collect();
     let ftp_rows: Vec<Row> = ov
         .ftp
         .iter()
         .map(|x| {
-            let v = x.fields();
             Row::new(
                 std::iter::once(x.service.clone())
-                    .chain(v.iter().take(7).map(|(_, n)| overview::human(*n)))
+                    .chain(overview::FTP_SHORT.iter().map(|(n, _)| overview::human(x.get(n))))
                     .map(Cell::from)
                     .collect::<Vec<_>>(),
             )

@@ -87,13 +87,20 @@ impl Daemon {
     }
 
     /// The next notification datagram.
-    fn next(&self) -> String {
+    fn next(&mut self) -> String {
         let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).expect("no sd_notify message within 20 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        match self.notify.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                let _ = self.child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+                panic!("no sd_notify message within 20 s ({e}); ferrovs' stderr:\n{err}");
+            }
+        }
     }
 
-    fn ready(&self) -> String {
+    fn ready(&mut self) -> String {
         let m = self.next();
         assert!(m.lines().any(|l| l == "READY=1"), "expected READY=1, got {m:?}");
         m
@@ -138,7 +145,7 @@ impl Drop for Daemon {
 
 #[test]
 fn sd_notify_ready_reload_stop() {
-    let d = Daemon::start("notify");
+    let mut d = Daemon::start("notify");
     let m = d.ready();
     assert!(m.contains("STATUS=2 workers, 2 services"), "{m:?}");
     // READY means serving: the control socket and the metrics port accept now.
@@ -172,7 +179,7 @@ fn sd_notify_ready_reload_stop() {
 
 #[test]
 fn status_page_and_metrics_over_http() {
-    let d = Daemon::start("http");
+    let mut d = Daemon::start("http");
     d.ready();
     let (h, body) = d.http("/");
     assert!(h.starts_with("HTTP/1.0 200"), "{h}");
@@ -193,7 +200,7 @@ fn status_page_and_metrics_over_http() {
 
 #[test]
 fn top_prints_plain_text_when_piped() {
-    let d = Daemon::start("top");
+    let mut d = Daemon::start("top");
     d.ready();
     let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrovsadm"))
@@ -219,7 +226,7 @@ fn top_prints_plain_text_when_piped() {
         "  -> 10.0.2.3:21",
         "web (TCP 10.0.1.100:80)",
         "drops: none",
-        "ftp ftp<&>: sessions 0",
+        "ftp ftp<&>: no activity",
     ] {
         assert!(first.contains(s), "missing {s:?} in\n{first}");
     }

@@ -67,9 +67,11 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             // Ports are open, workers run, the control socket (and the
             // metrics listener) accept: tell systemd (Type=notify).
+            // Take the SIGHUP baseline before READY=1: a reload requested as
+            // soon as systemd sees the service ready must not be lost.
+            let mut hups = daemon::hup_count();
             let status = |n: usize| format!("{} workers, {n} services", cfg.engine.workers);
             sdnotify::ready(&status(cfg.services.len()));
-            let mut hups = daemon::hup_count();
             while !daemon::stop_requested() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 if daemon::hup_count() != hups {
