@@ -38,7 +38,7 @@ h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:18px 0 6px}.mut{color:
 .card b{display:block;font-size:18px}.bar{height:6px;background:var(--line);border-radius:3px;overflow:hidden;margin-top:4px}\
 .bar i{display:block;height:100%;background:var(--up)}.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid var(--line);border-radius:6px}\
 table{border-collapse:collapse;width:100%;white-space:nowrap}th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:right}\
-th{font-weight:600;background:var(--svc);position:sticky;top:0}th:first-child,td:first-child,td.l{text-align:left}\
+th{font-weight:600;background:var(--svc);position:sticky;top:0}th:first-child,td:first-child,th.l,td.l{text-align:left}\
 tr.svc td{background:var(--svc);font-weight:600}tr.rs td:first-child{padding-left:22px}\
 .up{color:var(--up);font-weight:600}.down{color:var(--down);font-weight:600}.quiesced{color:var(--warn)}\
 @media (max-width:600px){body{padding:6px;font-size:13px}th,td{padding:3px 5px}.card{min-width:44%}}";
