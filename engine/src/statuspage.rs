@@ -74,7 +74,7 @@ pub fn render(ov: &Overview) -> String {
     let cps: u64 = ov.list.services.iter().map(|s| s.stats.cps).sum();
     let checked = ov.list.services.iter().flat_map(|s| &s.dests).filter(|d| d.health.is_some()).count();
     let down = ov.list.services.iter().flat_map(|s| &s.dests).filter(|d| d.health.as_deref() == Some("down")).count();
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<div class=\"cards\">\
 <div class=\"card\" id=\"flows\">flow table<b>{} / {}</b><div class=\"bar\"><i style=\"width:{:.1}%\"></i></div>{fill:.1}% full</div>\
@@ -82,7 +82,7 @@ pub fn render(ov: &Overview) -> String {
 <div class=\"card\">connections<b>{}</b>{} /s</div>\
 <div class=\"card\">packets<b>{}</b>rx, {} tx</div>\
 <div class=\"card\">drops<b>{}</b>all reasons</div>\
-<div class=\"card\">health<b class=\"{}\">{}</b>servers down of {checked} checked</div></div>\n",
+<div class=\"card\">health<b class=\"{}\">{}</b>servers down of {checked} checked</div></div>",
         human(ov.flows_active),
         human(ov.flow_capacity),
         fill.min(100.0),
@@ -121,10 +121,10 @@ pub fn render(ov: &Overview) -> String {
             ),
             _ => esc(&r.name),
         };
-        let _ = write!(
+        let _ = writeln!(
             s,
             "<tr class=\"{}\"><td>{title}</td><td class=\"l\">{}</td><td>{weight}</td>{}\
-<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if r.service { "svc" } else { "rs" },
             esc(&r.forward),
             health_cell(&r.health),
@@ -148,9 +148,9 @@ pub fn render(ov: &Overview) -> String {
 <th class=\"l\">server</th><th>state</th><th>checks</th><th>failures</th><th class=\"l\">last error</th></tr></thead><tbody>\n",
         );
         for h in &ov.health {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<tr><td>{}</td><td class=\"l\">{}</td>{}<td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>\n",
+                "<tr><td>{}</td><td class=\"l\">{}</td>{}<td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
                 esc(&h.service),
                 esc(&h.server),
                 health_cell(if h.up { "up" } else { "down" }),
