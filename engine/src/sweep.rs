@@ -56,6 +56,7 @@ pub fn scenario_name(s: Scenario) -> &'static str {
         Scenario::New => "new",
         Scenario::Dr => "dr",
         Scenario::Ftp => "ftp",
+        Scenario::Synflood => "synflood",
     }
 }
 
