@@ -95,7 +95,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type W = fn(&crate::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 8] = [
+    let wk: [(&str, &str, &str, W); 11] = [
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -104,6 +104,11 @@ pub fn render(state: &State) -> String {
         ("handoff_out_total", "counter", "Packets handed to the owning worker.", |s| s.handoff_out),
         ("handoff_in_total", "counter", "Packets received from other workers.", |s| s.handoff_in),
         ("neigh_evicted_total", "counter", "Neighbour entries evicted from a full table.", |s| s.neigh_evicted),
+        ("syn_cookies_sent_total", "counter", "SYN proxy: SYN-ACKs with a cookie sent.", |s| s.cookies_sent),
+        ("syn_cookies_validated_total", "counter", "SYN proxy: client ACKs with a valid cookie.", |s| {
+            s.cookies_validated
+        }),
+        ("syn_cookies_failed_total", "counter", "SYN proxy: ACKs whose cookie was invalid.", |s| s.cookies_failed),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
     family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");
