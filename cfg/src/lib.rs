@@ -9,6 +9,7 @@ pub use model::*;
 
 mod error;
 pub mod import;
+pub mod keys;
 mod raw;
 mod render;
 mod validate;

@@ -24,6 +24,7 @@
 //! | `ftp`     |                             | `services`: FTP gateway counters per service |
 //! | `health`  |                             | `servers`: health-check state per real server |
 //! | `metrics` |                             | `text` (Prometheus exposition) |
+//! | `overview`|                             | `overview` ([`crate::overview::Overview`]: all of the above that `ferrovsadm top` and the status page show) |
 //!
 //! An `edit` applies all its commands to a copy of the live
 //! configuration, validates the result as a whole (the ferrovs-cfg
@@ -125,7 +126,7 @@ impl Rate {
 }
 
 /// Health state of one real server, as shown by `ferrovsadm health`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthInfo {
     pub service: String,
     pub server: String,
@@ -155,6 +156,8 @@ pub struct State {
     config_path: Option<PathBuf>,
     inner: Mutex<Inner>,
     started: Instant,
+    /// Flow table capacity of each worker (fixed when the workers started).
+    pub flow_capacity: usize,
 }
 
 /// An applier that builds snapshots for the MACs of `running` and posts
@@ -204,7 +207,9 @@ impl State {
         config: Arc<Config>,
         snap: Arc<Snapshot>,
     ) -> Arc<State> {
+        let flow_capacity = config.engine.flow_table_size.max(16);
         Arc::new(State {
+            flow_capacity,
             view,
             apply,
             config_path,
@@ -492,7 +497,7 @@ impl State {
         json!(workers)
     }
 
-    fn ftp(&self) -> Value {
+    pub(crate) fn ftp(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.snapshot();
         let per = self.view.service_counters();
@@ -513,6 +518,16 @@ impl State {
             out.push(serde_json::Value::Object(row));
         }
         json!(out)
+    }
+
+    /// Seconds since the control plane started.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The config file the daemon reloads from.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
     }
 
     /// Handle one request object; returns the reply (without `v`).
@@ -555,6 +570,7 @@ impl State {
             "ftp" => Ok(json!({"services": self.ftp()})),
             "health" => Ok(json!({"servers": self.health()})),
             "metrics" => Ok(json!({"text": crate::metrics::render(self)})),
+            "overview" => Ok(json!({"overview": crate::overview::Overview::of(self)})),
             other => Err(format!("unknown op {other:?}")),
         }
     }

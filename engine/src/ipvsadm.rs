@@ -167,8 +167,26 @@ pub enum Action {
     Status,
     Metrics,
     Reload,
+    Top(TopOpts),
     Version,
     Help,
+}
+
+/// Options of `ferrovsadm top`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopOpts {
+    /// Refresh period in milliseconds.
+    pub interval_ms: u64,
+    /// Stop after this many refreshes.
+    pub iterations: Option<u64>,
+    /// Initial sort column (one of `cli::TOP_SORT_COLUMNS`).
+    pub sort_by: String,
+}
+
+impl Default for TopOpts {
+    fn default() -> Self {
+        TopOpts { interval_ms: 1000, iterations: None, sort_by: "conns".into() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +211,7 @@ ferrovsadm: ipvsadm-compatible control of a running ferrovs
   ferrovsadm --set tcp tcpfin udp
 ferrovs-only:
   ferrovsadm conns | --ftp | drops | health | status | metrics | --reload
+  ferrovsadm top [--interval SECONDS] [--iterations N] [--sort-by name|conns|active|pps|bps|weight|health]
 Global options: --socket PATH (default /run/ferrovs/ferrovs.sock, or $FERROVS_SOCKET), --json
 Addresses: IPv4 ADDR:PORT, IPv6 [ADDR]:PORT; -f takes a firewall mark (a ferrovs service with fwmark = MARK).
 ";
@@ -241,6 +260,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
     let mut socket = None;
     let mut json = false;
     let mut set: Option<(u32, u32, u32)> = None;
+    let mut top = TopOpts::default();
 
     let set_cmd = |c: char, cmd: &mut Option<char>| -> Result<(), String> {
         match *cmd {
@@ -312,6 +332,25 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "--health" | "health" => verb = Some(Action::Health),
             "--status" | "status" => verb = Some(Action::Status),
             "--metrics" | "metrics" => verb = Some(Action::Metrics),
+            "--top" | "top" => verb = Some(Action::Top(TopOpts::default())),
+            "--interval" => {
+                let v = next(t)?;
+                top.interval_ms = match v.parse::<f64>() {
+                    Ok(s) if (0.05..=3600.0).contains(&s) => (s * 1000.0) as u64,
+                    _ => return Err(format!("illegal interval {v:?}: seconds between 0.05 and 3600")),
+                };
+            }
+            "--iterations" => top.iterations = Some(num(&next(t)?, "iterations", u32::MAX as u64)? as u64),
+            "--sort-by" => {
+                let v = next(t)?;
+                if !crate::cli::TOP_SORT_COLUMNS.contains(&v.as_str()) {
+                    return Err(format!(
+                        "unknown sort column {v:?}: expected one of {}",
+                        crate::cli::TOP_SORT_COLUMNS.join(", ")
+                    ));
+                }
+                top.sort_by = v;
+            }
             "--socket" => socket = Some(next("--socket")?),
             "--json" => json = true,
             "-t" | "--tcp-service" | "-u" | "--udp-service" => {
@@ -409,6 +448,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
         real.ok_or_else(|| "no real server specified: use -r".to_string())
     };
     let action = match (verb, cmd) {
+        (Some(Action::Top(_)), None) => Action::Top(top),
         (Some(v), None) => v,
         (Some(_), Some(c)) => return Err(format!("a ferrovs verb cannot be combined with -{c}")),
         (None, None) => {

@@ -47,6 +47,7 @@
 //! ring is a counted drop (`handoff_full`).
 
 pub mod bench;
+pub mod cli;
 pub mod control;
 pub mod counters;
 pub mod csum;
@@ -60,14 +61,19 @@ pub mod health;
 pub mod ipvsadm;
 pub mod metrics;
 pub mod neigh;
+pub mod overview;
 pub mod parse;
 pub mod port;
 pub mod ratelimit;
 pub mod remap;
 pub mod replay;
+pub mod sdnotify;
 pub mod snapshot;
+pub mod statuspage;
+pub mod sweep;
 pub mod synproxy;
 pub mod tcpopt;
 pub mod tcpstate;
 pub mod testpkt;
+pub mod top;
 pub mod worker;

@@ -95,7 +95,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type W = fn(&crate::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 8] = [
+    let wk: [(&str, &str, &str, W); 11] = [
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -104,8 +104,17 @@ pub fn render(state: &State) -> String {
         ("handoff_out_total", "counter", "Packets handed to the owning worker.", |s| s.handoff_out),
         ("handoff_in_total", "counter", "Packets received from other workers.", |s| s.handoff_in),
         ("neigh_evicted_total", "counter", "Neighbour entries evicted from a full table.", |s| s.neigh_evicted),
+        ("syn_cookies_sent_total", "counter", "SYN proxy: SYN-ACKs with a cookie sent.", |s| s.cookies_sent),
+        ("syn_cookies_validated_total", "counter", "SYN proxy: client ACKs with a valid cookie.", |s| {
+            s.cookies_validated
+        }),
+        ("syn_cookies_failed_total", "counter", "SYN proxy: ACKs whose cookie was invalid.", |s| s.cookies_failed),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
+    family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");
+    for w in 0..snaps.len() {
+        let _ = writeln!(o, "ferrovs_worker_flow_table_capacity{{worker=\"{w}\"}} {}", state.flow_capacity);
+    }
     for (suffix, kind, help, f) in wk {
         let name = format!("ferrovs_worker_{suffix}");
         family(&mut o, &name, kind, help);
@@ -151,13 +160,13 @@ fn serve(state: &State, mut s: TcpStream) {
         ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
     } else if path == "/metrics" || path.starts_with("/metrics?") {
         ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(state))
-    } else if path == "/" {
-        ("200 OK", "text/html", "<html><body><a href=\"/metrics\">metrics</a></body></html>\n".to_string())
+    } else if path == "/" || path.starts_with("/?") || path == "/index.html" {
+        ("200 OK", "text/html; charset=utf-8", crate::statuspage::render(&crate::overview::Overview::of(state)))
     } else {
         ("404 Not Found", "text/plain", "not found\n".to_string())
     };
     let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = s.write_all(head.as_bytes());

@@ -1,129 +1,13 @@
 //! `ferrovs`: the daemon (`run`), offline `replay`, `config` tools.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use ferrovs_cfg::Config;
-use ferrovs_engine::{daemon, replay};
+use ferrovs_engine::cli::{Cli, Cmd, ConfigCmd};
+use ferrovs_engine::{daemon, replay, sdnotify};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-#[derive(Parser)]
-#[command(name = "ferrovs", version, about = "Kernel-bypass L4 load balancer with an FTP gateway")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the data plane in the foreground until SIGINT/SIGTERM.
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Replay pcap files through the engine offline (deterministic).
-    Replay {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// IN.pcap (first interface) or NAME=IN.pcap; repeatable.
-        #[arg(long, required = true)]
-        input: Vec<String>,
-        /// OUT.pcap (everything) or NAME=OUT.pcap; repeatable.
-        #[arg(long, required = true)]
-        output: Vec<String>,
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Print counters as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Benchmark the pipeline on in-memory ports with synthetic traffic.
-    Bench {
-        #[arg(long, value_enum, default_value = "established")]
-        scenario: ferrovs_engine::bench::Scenario,
-        /// Connections in the tables (total over workers).
-        #[arg(long, default_value_t = 100_000)]
-        flows: usize,
-        /// Measured packets (total over workers).
-        #[arg(long, default_value_t = 10_000_000)]
-        packets: u64,
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// Frame size including FCS (64..=1518).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Do not pin workers to cores.
-        #[arg(long)]
-        no_pin: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Traffic generator (pktgen-style) on AF_PACKET: send on --tx, count
-    /// what comes back on --rx.
-    Gen {
-        /// Port backend: af_packet, or dpdk (a build with --features dpdk).
-        #[arg(long, default_value = "af_packet", value_parser = ["af_packet", "dpdk"])]
-        backend: String,
-        /// EAL arguments for --backend dpdk, space-separated.
-        #[arg(long, default_value = "--no-huge -m 512 --no-pci --no-shconf --file-prefix fvs-gen")]
-        eal_args: String,
-        /// Device to send on (kernel interface, or DPDK vdev spec / PCI address).
-        #[arg(long)]
-        tx: String,
-        /// Device to count returning packets on.
-        #[arg(long)]
-        rx: Option<String>,
-        /// Packets per second (0: as fast as possible).
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Frame size including FCS (64..=1518).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Source addresses: A or A-B.
-        #[arg(long, default_value = "100.64.0.1-100.64.0.254")]
-        src: ferrovs_engine::gen::Span<std::net::Ipv4Addr>,
-        /// Destination addresses: A or A-B.
-        #[arg(long)]
-        dst: ferrovs_engine::gen::Span<std::net::Ipv4Addr>,
-        #[arg(long, default_value = "1024-65535")]
-        sport: ferrovs_engine::gen::Span<u16>,
-        #[arg(long, default_value = "80")]
-        dport: ferrovs_engine::gen::Span<u16>,
-        #[arg(long, value_enum, default_value = "udp")]
-        proto: ferrovs_engine::gen::GenProto,
-        /// Destination MAC (the balancer's port), aa:bb:cc:dd:ee:ff.
-        #[arg(long)]
-        dst_mac: String,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Stop after this many packets (0: no limit).
-        #[arg(long, default_value_t = 0)]
-        count: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Configuration tools.
-    Config {
-        #[command(subcommand)]
-        cmd: ConfigCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigCmd {
-    /// Validate a config file; errors name the file and line.
-    Check { file: PathBuf },
-    /// Translate an ipvsadm-save file, a Piranha lvs.cf or a keepalived.conf
-    /// into ferrovs TOML services (printed on stdout; unsupported keys are
-    /// reported as comments and on stderr).
-    Import {
-        /// Source format.
-        #[arg(long, value_parser = ["ipvsadm", "lvs.cf", "keepalived"])]
-        from: String,
-        file: PathBuf,
-    },
-}
 
 fn split_named(s: &str) -> (Option<String>, PathBuf) {
     match s.split_once('=') {
@@ -149,6 +33,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERROVS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // No colour escapes in journald or log files, only on a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -179,17 +65,31 @@ fn run(cli: Cli) -> Result<(), String> {
                 services = cfg.services.len(),
                 "ferrovs running"
             );
+            // Ports are open, workers run, the control socket (and the
+            // metrics listener) accept: tell systemd (Type=notify).
+            // Take the SIGHUP baseline before READY=1: a reload requested as
+            // soon as systemd sees the service ready must not be lost.
             let mut hups = daemon::hup_count();
+            let status = |n: usize| format!("{} workers, {n} services", cfg.engine.workers);
+            sdnotify::ready(&status(cfg.services.len()));
             while !daemon::stop_requested() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 if daemon::hup_count() != hups {
                     hups = daemon::hup_count();
+                    sdnotify::reloading();
                     match control.reload() {
-                        Ok(_) => tracing::info!("configuration reloaded"),
-                        Err(e) => tracing::error!("reload failed, keeping the running config: {e}"),
+                        Ok(n) => {
+                            tracing::info!("configuration reloaded");
+                            sdnotify::ready(&status(n));
+                        }
+                        Err(e) => {
+                            tracing::error!("reload failed, keeping the running config: {e}");
+                            sdnotify::ready(&format!("reload failed, running the previous config: {e}"));
+                        }
                     }
                 }
             }
+            sdnotify::stopping();
             let snapshot = control.snapshot();
             control.shutdown();
             let report = daemon::format_counters(running.view.as_ref(), &snapshot);
@@ -235,7 +135,34 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", imp.to_toml());
             Ok(())
         }
-        Cmd::Bench { scenario, flows, packets, workers, size, no_pin, json } => {
+        Cmd::Bench {
+            scenario,
+            flows,
+            packets,
+            workers,
+            size,
+            no_pin,
+            json,
+            sweep,
+            sweep_flows,
+            sweep_workers,
+            sweep_scenarios,
+            out,
+            machine,
+        } => {
+            if sweep {
+                let a = ferrovs_engine::sweep::SweepArgs {
+                    flows: sweep_flows,
+                    workers: sweep_workers,
+                    scenarios: sweep_scenarios,
+                    packets,
+                    size,
+                    pin: !no_pin,
+                    out,
+                    machine: machine.unwrap_or_else(ferrovs_engine::sweep::machine_name),
+                };
+                return ferrovs_engine::sweep::run(&a);
+            }
             let args = ferrovs_engine::bench::BenchArgs { scenario, flows, packets, workers, size, pin: !no_pin };
             let r = ferrovs_engine::bench::run(&args)?;
             if json {

@@ -231,6 +231,7 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
             let r = call(&socket, "metrics", json!({}))?;
             print!("{}", r.get("text").and_then(|v| v.as_str()).unwrap_or(""));
         }
+        Action::Top(opts) => ferrovs_engine::top::run(&socket, &opts)?,
         Action::Reload => {
             let r = call(&socket, "reload", json!({}))?;
             if json_out {

@@ -1,0 +1,259 @@
+//! Every key of the configuration file with its type, default and meaning,
+//! kept next to the model so the documentation cannot drift from the
+//! parser: ferrovs.toml(5) is generated from [`KEYS`] ([`man_page`]), and
+//! the tests below check that every key the parser accepts (the serde field
+//! lists of `raw.rs`, read back from its "unknown field" errors) is in the
+//! table and that the table names no key the parser refuses.
+
+/// One key of one table of the file.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// TOML table: `""` (top level), `engine`, `engine.timeouts`,
+    /// `interface`, `neighbor`, `route`, `service`, `service.persistence`,
+    /// `service.ftp`, `service.health_check`, `service.real_server`.
+    pub section: &'static str,
+    pub key: &'static str,
+    /// TOML type and accepted values.
+    pub ty: &'static str,
+    /// Default when the key is absent (`None`: required or nothing).
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+const fn k(
+    section: &'static str,
+    key: &'static str,
+    ty: &'static str,
+    default: Option<&'static str>,
+    doc: &'static str,
+) -> Key {
+    Key { section, key, ty, default, doc }
+}
+
+/// Sections in the order of the manual, with their description.
+pub const SECTIONS: &[(&str, &str)] = &[
+    ("", "The top level holds only tables and arrays of tables."),
+    ("engine", "[engine]: the data plane. Optional; every key has a default."),
+    ("engine.timeouts", "[engine.timeouts]: connection timeouts in seconds (ipvsadm --set). The defaults are IPVS's."),
+    ("interface", "[[interface]]: one per port the engine owns (kernel-bypassed)."),
+    ("neighbor", "[[neighbor]]: static neighbour (ARP/ND) entries; they win over resolution."),
+    ("route", "[[route]]: static routes besides the connected subnets of the interfaces."),
+    ("service", "[[service]]: a virtual service: a VIP, a protocol and one or more ports."),
+    ("service.persistence", "persistence = SECONDS or { ... }: persistence templates of a service."),
+    ("service.ftp", "ftp = true or { ... }: the FTP application-layer gateway of a TCP service."),
+    ("service.health_check", "[service.health_check]: active checks from the daemon over the kernel's TCP stack."),
+    ("service.real_server", "[[service.real_server]]: the real servers of the service above it."),
+];
+
+pub const KEYS: &[Key] = &[
+    k("", "engine", "table", None, "The [engine] table."),
+    k("", "interface", "array of tables", None, "The [[interface]] tables."),
+    k("", "neighbor", "array of tables", None, "The [[neighbor]] tables."),
+    k("", "route", "array of tables", None, "The [[route]] tables."),
+    k("", "service", "array of tables", None, "The [[service]] tables."),
+    k("engine", "workers", "integer 1..64", Some("1"), "Poll-mode worker threads; each owns one queue of every interface."),
+    k("engine", "backend", "\"af_packet\" | \"dpdk\" | \"memory\"", Some("\"af_packet\""), "Packet I/O: AF_PACKET rings on kernel interfaces, DPDK (a build with --features dpdk), or in-memory ports (tests)."),
+    k("engine", "cores", "array of integers", None, "CPU core of each worker, in worker order; as many entries as workers. Default: cores 0, 1, ... in order."),
+    k("engine", "eal_args", "array of strings", Some("[]"), "DPDK EAL arguments (backend = \"dpdk\")."),
+    k("engine", "mbufs", "integer", Some("8192"), "mbufs per DPDK pool."),
+    k("engine", "flow_table_size", "integer", Some("1048576"), "Flow-table capacity of each worker, in connections (memory is allocated up front)."),
+    k("engine", "expectation_table_size", "integer 16..16777216", Some("65536"), "FTP expectation (pinhole) table capacity of each worker. When full, the requesting control connection's oldest expectation, or else the worker's oldest, is evicted (counted)."),
+    k("engine", "neighbor_table_size", "integer 16..16777216", Some("4096"), "Dynamic neighbour (ARP/ND) entries of each worker. When full, the stalest is evicted (counted); static [[neighbor]] entries are not counted and never evicted."),
+    k("engine", "syn_proxy_threshold", "integer", Some("flow_table_size / 16, at least 64"), "Half-open TCP connections per worker above which services with syn_proxy = \"auto\" answer SYNs with SYN cookies."),
+    k("engine", "control_socket", "path", Some("\"/run/ferrovs/ferrovs.sock\""), "Unix socket of ferrovsadm (mode 0660; root and the daemon's user only)."),
+    k("engine", "metrics_listen", "\"ADDRESS:PORT\"", None, "Serve Prometheus metrics at /metrics and the status page at / on this address. Off when absent."),
+    k("engine", "timeouts", "table", None, "The [engine.timeouts] table."),
+    k("engine.timeouts", "tcp_established", "seconds", Some("900"), "ESTABLISHED (alias: tcp)."),
+    k("engine.timeouts", "tcp", "seconds", Some("900"), "Alias of tcp_established (ipvsadm --set tcp)."),
+    k("engine.timeouts", "tcp_syn_sent", "seconds", Some("120"), "SYN_SENT."),
+    k("engine.timeouts", "tcp_syn_recv", "seconds", Some("60"), "SYN_RECV."),
+    k("engine.timeouts", "tcp_fin_wait", "seconds", Some("120"), "FIN_WAIT (alias: tcp_fin)."),
+    k("engine.timeouts", "tcp_fin", "seconds", Some("120"), "Alias of tcp_fin_wait (ipvsadm --set tcpfin)."),
+    k("engine.timeouts", "tcp_time_wait", "seconds", Some("120"), "TIME_WAIT."),
+    k("engine.timeouts", "tcp_close", "seconds", Some("10"), "CLOSE."),
+    k("engine.timeouts", "tcp_close_wait", "seconds", Some("60"), "CLOSE_WAIT."),
+    k("engine.timeouts", "tcp_last_ack", "seconds", Some("30"), "LAST_ACK."),
+    k("engine.timeouts", "tcp_listen", "seconds", Some("120"), "LISTEN."),
+    k("engine.timeouts", "tcp_synack", "seconds", Some("120"), "SYNACK."),
+    k("engine.timeouts", "udp", "seconds", Some("300"), "UDP flows."),
+    k("engine.timeouts", "icmp", "seconds", Some("60"), "ICMP flows."),
+    k("interface", "name", "string", None, "Name used in routes, neighbours and counters (required, unique)."),
+    k("interface", "device", "string", None, "Kernel interface (af_packet), PCI address or vdev spec (dpdk), or any label (memory). Required."),
+    k("interface", "mac", "\"aa:bb:cc:dd:ee:ff\"", None, "MAC address to use. Default: the device's own."),
+    k("interface", "addresses", "array of \"ADDRESS/PREFIX\"", Some("[]"), "Addresses the engine owns on this port (answers ARP/ND, sources its own packets); their subnets are connected routes."),
+    k("neighbor", "address", "IP address", None, "Neighbour address (required)."),
+    k("neighbor", "mac", "\"aa:bb:cc:dd:ee:ff\"", None, "Its MAC address (required)."),
+    k("neighbor", "interface", "string", None, "Interface name. Default: found by route lookup."),
+    k("route", "prefix", "\"ADDRESS/PREFIX\"", None, "Destination prefix (required)."),
+    k("route", "via", "IP address", None, "Gateway. Absent: on-link route (needs interface)."),
+    k("route", "interface", "string", None, "Outgoing interface. Default: the interface whose subnet holds via."),
+    k("service", "name", "string", None, "Service name, unique (required); used by counters, metrics and ferrovsadm."),
+    k("service", "vip", "IP address", None, "Virtual IP address (required)."),
+    k("service", "protocol", "\"tcp\" | \"udp\"", Some("\"tcp\""), "Transport protocol."),
+    k("service", "ports", "array of ports and \"LO-HI\" ranges", Some("[] (every port)"), "Ports served as one virtual service (like an LVS firewall-mark service)."),
+    k("service", "scheduler", "rr wrr lc wlc sed nq sh dh mh lblc lblcr fo ovf twos", Some("\"wlc\""), "IPVS scheduler (the ipvsadm -s names)."),
+    k("service", "forward", "\"nat\" | \"dr\" | \"tunnel\"", Some("\"nat\""), "Forwarding method: NAT (masquerading), direct routing, or IPIP tunnelling."),
+    k("service", "persistence", "seconds or table", None, "Persistence templates: a timeout, or the service.persistence table."),
+    k("service", "ftp", "boolean or table", Some("false"), "Enable the FTP gateway (true: control port 21), or the service.ftp table."),
+    k("service", "fwmark", "integer", None, "Firewall mark this service stands for (shown as FWM by ferrovsadm -L; set by importers)."),
+    k("service", "syn_proxy", "\"auto\" | \"on\" | \"off\"", Some("\"auto\""), "SYN proxy with SYN cookies (TCP NAT services): no connection state until the client's ACK proves the handshake. auto: above the worker's syn_proxy_threshold (under a SYN flood); on: always; off: never."),
+    k("service", "health_check", "table", None, "The [service.health_check] table."),
+    k("service", "real_server", "array of tables", None, "The [[service.real_server]] tables."),
+    k("service.persistence", "timeout", "seconds", Some("300"), "How long a template outlives its last connection."),
+    k("service.persistence", "netmask", "prefix length or dotted IPv4 mask", Some("32 / 128"), "Client granularity of the templates."),
+    k("service.ftp", "control_ports", "array of ports", Some("[21]"), "Ports of the service that carry FTP control connections."),
+    k("service.ftp", "allow_foreign_port_address", "boolean", Some("false"), "Let PORT/EPRT name an address other than the client's (FTP bounce); refused and counted otherwise."),
+    k("service.ftp", "max_expectations", "integer 1..16", Some("4"), "Expectations one control connection may hold at once; a newer PASV/PORT replaces the session's oldest."),
+    k("service.ftp", "allow_low_data_ports", "boolean", Some("false"), "Let data connections use ports below 1024 (refused and counted otherwise)."),
+    k("service.ftp", "pinhole_timeout", "seconds", Some("60"), "How long an expected data connection may take to arrive."),
+    k("service.health_check", "type", "\"tcp\" | \"send_expect\" | \"ftp\"", None, "TCP connect; send a string and expect a reply prefix; or an FTP banner and login (required)."),
+    k("service.health_check", "port", "port", None, "Port to check. Default: the real server's."),
+    k("service.health_check", "send", "string", None, "What send_expect sends."),
+    k("service.health_check", "expect", "string", None, "Reply prefix send_expect expects (required for send_expect)."),
+    k("service.health_check", "interval", "seconds (float)", Some("5.0"), "Time between checks."),
+    k("service.health_check", "timeout", "seconds (float)", Some("3.0"), "Time one check may take."),
+    k("service.health_check", "rise", "integer 1..1000", Some("2"), "Successes in a row before a server is up again."),
+    k("service.health_check", "fall", "integer 1..1000", Some("3"), "Failures in a row before a server is down."),
+    k("service.health_check", "on_fail", "\"quiesce\" | \"remove\"", Some("\"quiesce\""), "A down server gets weight 0 (existing connections continue) or is removed."),
+    k("service.real_server", "address", "IP address", None, "Real server address (required), same family as the VIP."),
+    k("service.real_server", "port", "port", None, "Destination port. Default: the port the client used."),
+    k("service.real_server", "weight", "integer 0..65535", Some("1"), "Scheduler weight; 0 is quiescent (no new connections)."),
+    k("service.real_server", "upper", "integer", Some("0 (none)"), "Upper connection threshold (ipvsadm -x)."),
+    k("service.real_server", "lower", "integer", Some("0 (none)"), "Lower connection threshold (ipvsadm -y)."),
+    k("service.real_server", "forward", "\"nat\" | \"dr\" | \"tunnel\"", None, "Forwarding method of this server. Default: the service's."),
+];
+
+fn roff(s: &str) -> String {
+    let s = s.replace('\\', "\\e").replace('-', "\\-");
+    if s.starts_with('.') || s.starts_with('\'') {
+        format!("\\&{s}")
+    } else {
+        s
+    }
+}
+
+/// ferrovs.toml(5) in roff, generated from [`KEYS`].
+pub fn man_page(version: &str) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, ".TH FERROVS.TOML 5 \"\" \"ferrovs {version}\" \"File Formats\"");
+    o.push_str(".SH NAME\nferrovs.toml \\- configuration file of the ferrovs load balancer\n");
+    o.push_str(".SH SYNOPSIS\n/etc/ferrovs/ferrovs.toml\n");
+    o.push_str(
+        ".SH DESCRIPTION\nA TOML file read by \\fBferrovs run \\-\\-config\\fR FILE and checked by \\fBferrovs config check\\fR FILE \
+(errors name the file and the line). Unknown keys are errors. \\fBsystemctl reload ferrovs\\fR (or SIGHUP, or \
+\\fBferrovsadm \\-\\-reload\\fR) re\\-reads it; a file that does not validate is refused and the running configuration \
+kept. Connections whose real server survives a reload are kept.\n",
+    );
+    for (sec, about) in SECTIONS {
+        let keys: Vec<&Key> = KEYS.iter().filter(|x| x.section == *sec).collect();
+        let _ = writeln!(o, ".SH {}", if sec.is_empty() { "TOP LEVEL".to_string() } else { roff(&sec.to_uppercase()) });
+        let _ = writeln!(o, "{}", roff(about));
+        for x in keys {
+            let _ = writeln!(o, ".TP\n\\fB{}\\fR = \\fI{}\\fR", roff(x.key), roff(x.ty));
+            let _ = write!(o, "{}", roff(x.doc));
+            if let Some(d) = x.default {
+                let _ = write!(o, " Default: {}.", roff(d));
+            }
+            o.push('\n');
+        }
+    }
+    o.push_str(".SH EXAMPLE\n.nf\n");
+    for l in EXAMPLE.lines() {
+        let _ = writeln!(o, "{}", roff(l));
+    }
+    o.push_str(".fi\n.SH FILES\n/etc/ferrovs/ferrovs.toml\n.SH SEE ALSO\n\\fBferrovs\\fR(8), \\fBferrovsadm\\fR(8)\n");
+    o
+}
+
+const EXAMPLE: &str = r#"[engine]
+workers = 2
+metrics_listen = "127.0.0.1:9610"
+
+[[interface]]
+name = "ext"
+device = "eth1"
+addresses = ["192.0.2.1/24"]
+
+[[service]]
+name = "ftp"
+vip = "192.0.2.100"
+ports = [21]
+scheduler = "rr"
+ftp = true
+
+[[service.real_server]]
+address = "192.0.2.11"
+
+[[service.real_server]]
+address = "192.0.2.12""#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The fields serde accepts in a table, from its "unknown field" error.
+    fn accepted(doc: &str) -> BTreeSet<String> {
+        let e = crate::Config::from_str(doc, "probe").expect_err(doc).to_string();
+        let i = e.find("expected one of").or_else(|| e.find("expected")).unwrap_or_else(|| panic!("{doc}: {e}"));
+        assert!(e.contains("unknown field `__probe`"), "{doc}: {e}");
+        e[i..].split('`').skip(1).step_by(2).map(String::from).collect()
+    }
+
+    fn probe_doc(section: &str) -> String {
+        match section {
+            "" => "__probe = 1\n".into(),
+            "service.persistence" => "[[service]]\npersistence = { __probe = 1 }\n".into(),
+            "service.ftp" => "[[service]]\nftp = { __probe = 1 }\n".into(),
+            "service.health_check" => "[[service]]\n[service.health_check]\n__probe = 1\n".into(),
+            "service.real_server" => "[[service]]\n[[service.real_server]]\n__probe = 1\n".into(),
+            "engine" | "engine.timeouts" => format!("[{section}]\n__probe = 1\n"),
+            s => format!("[[{s}]]\n__probe = 1\n"),
+        }
+    }
+
+    #[test]
+    fn the_table_names_exactly_the_keys_the_parser_accepts() {
+        for (sec, _) in SECTIONS {
+            let parser = accepted(&probe_doc(sec));
+            let table: BTreeSet<String> =
+                KEYS.iter().filter(|x| x.section == *sec).map(|x| x.key.to_string()).collect();
+            // serde lists canonical names; the table also documents aliases.
+            for p in &parser {
+                assert!(table.contains(p), "[{sec}] key {p:?} is accepted by the parser but missing from KEYS");
+            }
+            for t in &table {
+                if !parser.contains(t) {
+                    let doc = probe_doc(sec).replace("__probe = 1", &format!("{t} = 1")).replace("__probe", t);
+                    let e = crate::Config::from_str(&doc, "probe").err().map(|e| e.to_string()).unwrap_or_default();
+                    assert!(
+                        !e.contains("unknown field"),
+                        "[{sec}] KEYS documents {t:?} but the parser refuses it: {e}"
+                    );
+                }
+            }
+        }
+        let known: BTreeSet<&str> = SECTIONS.iter().map(|s| s.0).collect();
+        for x in KEYS {
+            assert!(known.contains(x.section), "{x:?}: unknown section");
+        }
+    }
+
+    #[test]
+    fn every_key_appears_in_the_man_page() {
+        let page = man_page("0.0.0");
+        for x in KEYS {
+            assert!(page.contains(&format!("\\fB{}\\fR", roff(x.key))), "{} missing", x.key);
+        }
+        for (sec, _) in SECTIONS.iter().skip(1) {
+            assert!(page.contains(&format!(".SH {}", roff(&sec.to_uppercase()))), "section {sec}");
+        }
+        assert!(page.starts_with(".TH FERROVS.TOML 5"));
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        crate::Config::from_str(EXAMPLE, "example").unwrap();
+    }
+}
