@@ -57,6 +57,9 @@ pub fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Dr => "dr",
         Scenario::Ftp => "ftp",
         Scenario::Synflood => "synflood",
+        Scenario::FloodUnknown => "flood-unknown",
+        Scenario::FloodIcmp => "flood-icmp",
+        Scenario::FloodArp => "flood-arp",
     }
 }
 
