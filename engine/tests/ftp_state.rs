@@ -427,3 +427,28 @@ fn dr_passive_sessions_of_one_client_never_cross() {
 fn one_seg(out: Vec<(usize, Vec<u8>)>) -> Seg {
     one(out).1
 }
+
+#[test]
+fn tiny_segment_flood_on_the_control_connection_is_bounded() {
+    // A client trickles a never-ending command one byte per segment: every byte is forwarded
+    // (commands are never held), the gateway keeps at most one line (1024 bytes) and counts it.
+    let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2"]));
+    let mut a = lab.open(40000, true);
+    for _ in 0..5000 {
+        let out = lab.cmd(&mut a, b"A");
+        assert_eq!(out.len(), 1, "forwarded at once");
+    }
+    assert_eq!(ftp(&lab.e, |c| &c.oversized_lines), 1);
+    // The server's replies trickled byte by byte after a PASV: held until the line ends (at
+    // most one line), then rewritten.
+    lab.cmd(&mut a, b"\r\nPASV\r\n");
+    lab.reply(&mut a, b"500 Command too long.\r\n");
+    let line = b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n";
+    let mut got = Vec::new();
+    for (i, b) in line.iter().enumerate() {
+        let out = lab.from_rs(a.rs, 21, a.cport, TCP_ACK | TCP_PSH, a.sseq + i as u32, a.cseq, &[*b]);
+        got.extend(out.into_iter().flat_map(|(_, f)| seg(&f).payload));
+    }
+    assert_eq!(got, b"227 Entering Passive Mode (10,0,1,100,117,48).\r\n");
+    assert_eq!(drops(&lab.e), vec![("alg_hold", line.len() as u64 - 1)]);
+}
