@@ -114,6 +114,56 @@ impl WorkerCounters {
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
         }
     }
+    /// Zero every counter (tests and fuzzing reuse an engine between runs).
+    pub fn reset(&self) {
+        // Destructured without `..`: a new counter does not compile until it is listed here.
+        let WorkerCounters {
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            flows_created,
+            flows_expired,
+            flows_reused,
+            flows_active,
+            handoff_out,
+            handoff_in,
+            arp_replies,
+            nd_replies,
+            neigh_evicted,
+            icmp_translated,
+            icmp_echo_replies,
+            cookies_sent,
+            cookies_validated,
+            cookies_failed,
+            drops,
+        } = self;
+        for c in [
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            flows_created,
+            flows_expired,
+            flows_reused,
+            flows_active,
+            handoff_out,
+            handoff_in,
+            arp_replies,
+            nd_replies,
+            neigh_evicted,
+            icmp_translated,
+            icmp_echo_replies,
+            cookies_sent,
+            cookies_validated,
+            cookies_failed,
+        ]
+        .into_iter()
+        .chain(drops.iter())
+        {
+            c.store(0, Relaxed);
+        }
+    }
 }
 
 /// A plain copy of a worker's counters.

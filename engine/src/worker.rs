@@ -2145,6 +2145,67 @@ impl<Q: PortQueue> Worker<Q> {
         }
         self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
     }
+
+    /// Packets parked until their next hop resolves (each is later sent or
+    /// counted as a `no_neighbor` drop).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Every packet the worker holds for later: parked for a neighbour,
+    /// later fragments waiting for their first, client segments of a
+    /// SYN-proxied connection waiting for the real server. Each is later
+    /// sent or counted as a drop (`no_neighbor`, `frag_timeout`, `proxy_wait`).
+    pub fn held_packets(&self) -> usize {
+        self.pending.len() + self.frag_held.len() + self.proxy_held.len()
+    }
+
+    /// Back to the state of `Worker::new` with the current snapshot, keeping
+    /// the allocations: no connection, expectation, learnt neighbour,
+    /// fragment, parked, proxy-held or queued packet; fresh schedulers,
+    /// persistence templates and service counters; worker counters zeroed
+    /// (the SYN-cookie secret stays). For fuzzing and tests that reuse one
+    /// engine (the caller empties the port queues and the fabric's rings).
+    pub fn reset(&mut self) {
+        // Through remove_conn, so the snapshot's shared per-real-server
+        // connection counts go back to zero.
+        for i in 0..self.flows.slots() as u32 {
+            if self.flows.get(i).live {
+                self.remove_conn(i, false);
+            }
+        }
+        self.flows.clear();
+        self.expect.clear();
+        self.neigh.clear();
+        self.frags.clear();
+        self.frag_held.clear();
+        self.half_open = 0;
+        self.last_cookie = 0;
+        self.proxy_held.clear();
+        self.proxy_release = None;
+        self.bounce_log = Default::default();
+        self.neigh_log = Default::default();
+        self.pending.clear();
+        self.rx.clear();
+        for t in self.tx.iter_mut() {
+            t.clear();
+        }
+        self.actions.clear();
+        self.acc_dirty.clear();
+        self.hint_ver = u64::MAX;
+        self.sweep_pos = 0;
+        self.now = 0;
+        self.last_tick = 0;
+        self.last_svc_flush = 0;
+        self.counters.reset();
+        // Nothing to carry: apply_snapshot builds fresh schedulers,
+        // persistence templates and service counters.
+        self.svcs.clear();
+        self.svc_counters = Arc::new(Vec::new());
+        self.snap_gen = 0;
+        let snap = self.snap.clone();
+        self.apply_snapshot(snap);
+    }
 }
 
 /// Drops (counted as `r`) the packets of `v` (pending next hops, SYN-proxy or fragment
