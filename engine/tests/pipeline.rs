@@ -490,3 +490,21 @@ fn reset_gives_a_fresh_engine() {
         e.reset();
     }
 }
+
+#[test]
+fn one_way_traffic_does_not_hoard_buffers() {
+    // DR: every packet arrives on ext and leaves on int. Each transmitted
+    // buffer goes back to the int queue's pool, which used to grow by one
+    // buffer per packet for ever (a long one-way replay used ~2 KiB per packet).
+    use ferrovs_engine::port::memory::POOL_MAX;
+    let mut e = engine(1);
+    let n = POOL_MAX as u32 + 500;
+    for i in 0..n {
+        let flags = if i == 0 { TCP_SYN } else { TCP_ACK };
+        let f = from_client(tcp4(CLIENT, 40000, VIP_DR, 80, flags, 1 + i, 1, b""));
+        assert_eq!(e.inject(EXT, &f, S).len(), 1);
+    }
+    let pooled: usize = e.workers[0].queues_mut().iter().map(|q| q.pooled()).sum();
+    assert!(pooled <= 2 * POOL_MAX, "{pooled} buffers pooled after {n} one-way packets");
+    assert_drops(&e, &[]);
+}
