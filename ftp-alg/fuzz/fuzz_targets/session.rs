@@ -2,7 +2,9 @@
 //! against a model of both byte streams.
 //!
 //! Input: byte 0 = flags (bit 0 NAT, bit 1 IPv6, bit 2 allow foreign, bit 3
-//! `set_isn` first, bit 4 a small `set_max_payload`), then records of
+//! `set_isn` first, bit 4 a small `set_max_payload` (64 or, with bit 5, 128),
+//! bits 6-7 what the engine's `Pinholes` answers: open / move to another port
+//! / refuse / a mix), then records of
 //! `[op, len, data[len]]`: op bit 0 = reply direction, bits 1..3 pick the
 //! sequence number (0-3 in order / 4 a retransmission `small * 7` bytes back /
 //! 5 after a hole of `small + 1` bytes / 6 a retransmission of the last `len`
@@ -13,7 +15,7 @@
 //! and overwrites the input with the known bytes). After every segment:
 //!
 //! * nothing is held past the bound (`held_len <= MAX_LINE`; commands never);
-//! * only NAT IPv4 replies can be changed (`Replace`/`Hold`);
+//! * only NAT replies can be changed (`Replace`/`Hold`);
 //! * the translated stream is consistent: whatever `Forward`/`Replace`
 //!   emits lands at `map_seq` of its sequence number, and a byte emitted
 //!   twice (retransmissions) is the same byte at the same translated place;
@@ -22,14 +24,15 @@
 //!
 //! At the end, the original and translated streams, line by line from the
 //! start, are equal except for `227` replies whose address field became the
-//! VIP (same port). A segment at an arbitrary sequence number (mode 7)
+//! VIP (same port, or the one the engine moved it to) and `229` replies whose
+//! port the engine moved. A segment at an arbitrary sequence number (mode 7)
 //! leaves the model's window: after one, only the bounds are checked. A
 //! retransmission from before the 8th-newest rewrite of a direction is
 //! mapped with the oldest remembered delta (documented IPVS behaviour), so
 //! such segments are not checked.
 #![no_main]
 
-use ferrovs_ftp_alg::parse::{format_227_addr, parse_227, reply_code, MAX_227_ADDR_LEN};
+use ferrovs_ftp_alg::parse::{format_227_addr, format_port, parse_227, parse_229_field, MAX_227_ADDR_LEN};
 use ferrovs_ftp_alg::*;
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
@@ -110,6 +113,30 @@ impl Side {
     }
 }
 
+/// The engine's side: grants by `mode` (0 open, 1 move, 2 refuse, 3 a mix),
+/// remembering the ports it moved expectations to.
+struct Pins {
+    mode: u8,
+    n: u32,
+    moved: Vec<u16>,
+}
+
+impl Pinholes for Pins {
+    fn open(&mut self, e: &Expectation) -> Grant {
+        self.n += 1;
+        let m = if self.mode == 3 { (self.n % 3) as u8 } else { self.mode };
+        match (m, e.kind) {
+            (1, ExpectKind::Passive { vip_port: Some(p), .. }) => {
+                let to = p.wrapping_add(1 + (self.n % 7) as u16).max(1024);
+                self.moved.push(to);
+                Grant::OpenAt(to)
+            }
+            (2, _) => Grant::Refused,
+            _ => Grant::Open,
+        }
+    }
+}
+
 fn prefix(v: &[Option<u8>]) -> Vec<u8> {
     v.iter().map_while(|b| *b).collect()
 }
@@ -119,8 +146,8 @@ fn lines(v: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Original and translated streams agree line by line but for 227 address
-/// rewrites (where `vip` is set).
-fn compare(side: &Side, vip: Option<std::net::Ipv4Addr>) {
+/// and 229 port rewrites (NAT replies: `nat`; `vip` on IPv4).
+fn compare(side: &Side, nat: bool, vip: Option<std::net::Ipv4Addr>, moved: &[u16]) {
     let (o, t) = (prefix(&side.orig), prefix(&side.emitted));
     for (i, (a, b)) in lines(&o).into_iter().zip(lines(&t)).enumerate() {
         if a == b {
@@ -133,13 +160,24 @@ fn compare(side: &Side, vip: Option<std::net::Ipv4Addr>) {
                 String::from_utf8_lossy(b)
             )
         };
-        let Some(vip) = vip else { panic!("{} (no rewrite allowed here)", why()) };
-        assert_eq!(reply_code(a), Some((227, true)), "{}", why());
-        let (addr, range) = parse_227(a).unwrap_or_else(|| panic!("{}", why()));
+        assert!(nat, "{} (no rewrite allowed here)", why());
+        let replaced = |range: std::ops::Range<usize>, text: &[u8]| [&a[..range.start], text, &a[range.end..]].concat();
         let mut text = [0u8; MAX_227_ADDR_LEN];
-        let n = format_227_addr(vip, addr.port(), &mut text);
-        let want = [&a[..range.start], &text[..n], &a[range.end..]].concat();
-        assert_eq!(b, &want[..], "{}", why());
+        let ok = if let Some((addr, range)) = parse_227(a) {
+            let vip = vip.unwrap_or_else(|| panic!("{} (227 rewritten on IPv6)", why()));
+            std::iter::once(addr.port()).chain(moved.iter().copied()).any(|p| {
+                let n = format_227_addr(vip, p, &mut text);
+                b == replaced(range.clone(), &text[..n])
+            })
+        } else if let Some((_, range)) = parse_229_field(a) {
+            moved.iter().any(|&p| {
+                let n = format_port(p, &mut text);
+                b == replaced(range.clone(), &text[..n])
+            })
+        } else {
+            false
+        };
+        assert!(ok, "{} (not a 227/229 rewrite; moved ports {moved:?})", why());
     }
 }
 
@@ -173,8 +211,9 @@ fuzz_target!(|data: &[u8]| {
         s.set_isn(Dir::Reply, sides[1].base.wrapping_sub(1));
     }
     if flags & 16 != 0 {
-        s.set_max_payload(64 + usize::from(flags >> 5) * 32);
+        s.set_max_payload(64 + usize::from(flags >> 5 & 1) * 64);
     }
+    let mut pins = Pins { mode: flags >> 6, n: 0, moved: Vec::new() };
     let mut model = true;
     let mut a = Actions::default();
     let mut now = 0u64;
@@ -209,12 +248,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         a.clear();
-        let v = s.on_segment(now, dir, seq, &buf, &mut a);
+        let v = s.on_segment_with(now, dir, seq, &buf, &mut a, &mut pins);
 
         assert!(s.held_len(Dir::Reply) <= MAX_LINE);
         assert_eq!(s.held_len(Dir::Original), 0, "commands are never held");
         if !matches!(v, Verdict::Forward) {
-            assert!(nat && !v6 && dir == Dir::Reply, "{v:?}");
+            assert!(nat && dir == Dir::Reply, "{v:?}");
         }
         let rev = dir.reverse();
         let _ = s.map_ack(dir, seq);
@@ -247,7 +286,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if model {
-        compare(&sides[0], None);
-        compare(&sides[1], vip4);
+        compare(&sides[0], false, None, &[]);
+        compare(&sides[1], nat, vip4, &pins.moved);
     }
 });
