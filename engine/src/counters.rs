@@ -74,6 +74,10 @@ pub struct WorkerCounters {
     pub cookies_sent: AtomicU64,
     pub cookies_validated: AtomicU64,
     pub cookies_failed: AtomicU64,
+    /// Extra segments the worker built itself by cutting a rewritten FTP
+    /// segment that outgrew the MTU (one per piece beyond the first), for
+    /// packet accounting: each then went out, was dropped or parked.
+    pub split_segments: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -136,6 +140,7 @@ impl WorkerCounters {
             cookies_sent,
             cookies_validated,
             cookies_failed,
+            split_segments,
             drops,
         } = self;
         for c in [
@@ -157,6 +162,7 @@ impl WorkerCounters {
             cookies_sent,
             cookies_validated,
             cookies_failed,
+            split_segments,
         ]
         .into_iter()
         .chain(drops.iter())

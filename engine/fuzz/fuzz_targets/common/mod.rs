@@ -29,9 +29,13 @@ pub fn with_engine<R>(
 /// Every received packet must end in exactly one place: transmitted (as
 /// itself, possibly rewritten: forwarded, or turned into an ARP/ND/echo
 /// reply or a translated ICMP error), counted under exactly one drop
-/// reason (`alg_hold` for FTP segments the gateway keeps), or parked
-/// waiting for a neighbour. Handoffs to another worker are transparent
-/// (the owner does one of the above). Solicitations are the engine's own.
+/// reason (`alg_hold` for FTP segments the gateway keeps), or held for
+/// later (`MemEngine::parked`: waiting for a neighbour, a first fragment or
+/// a SYN-proxied handshake). Handoffs to another worker are transparent
+/// (the owner does one of the above). The engine's own packets:
+/// solicitations (always sent) and the extra pieces of a rewritten FTP
+/// segment split to fit the MTU (`split_segments`, each then accounted like
+/// a received packet).
 #[derive(Default, Debug)]
 pub struct Ledger {
     /// Frames injected.
@@ -71,13 +75,15 @@ impl Ledger {
         let h_out = sum(&|c| c.handoff_out.load(Relaxed));
         let h_in = sum(&|c| c.handoff_in.load(Relaxed));
         let h_full = sum(&|c| c.drops_of(DropReason::HandoffFull));
+        let split = sum(&|c| c.split_segments.load(Relaxed));
         let by_reason: Vec<(&str, u64)> =
             DropReason::ALL.iter().map(|r| (r.label(), sum(&|c| c.drops_of(*r)))).filter(|(_, n)| *n > 0).collect();
-        let ctx =
-            || format!("{self:?} drops={drops} {by_reason:?} parked={parked} rx={rx} tx={tx} last frame {last:02x?}");
+        let ctx = || {
+            format!("{self:?} split={split} drops={drops} {by_reason:?} held={parked} rx={rx} tx={tx} last {last:02x?}")
+        };
         assert_eq!(rx, self.fed, "rx_packets counts every injected frame: {}", ctx());
         assert_eq!(tx, self.out + self.solicits, "tx_packets counts every transmitted frame: {}", ctx());
         assert_eq!(h_in + h_full, h_out, "every handoff arrives or is a handoff_full drop: {}", ctx());
-        assert_eq!(self.fed, self.out + drops + parked, "packet conservation: {}", ctx());
+        assert_eq!(self.fed + split, self.out + drops + parked, "packet conservation: {}", ctx());
     }
 }
