@@ -1559,15 +1559,20 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
             self.finish(pkt, next);
-            // Fragments that came first now have their datagram.
+            // Fragments that came first now have their datagram. Each is taken out and
+            // handled once: if the first fragment was dropped they are held again (until
+            // they time out); re-scanning would take them again, for ever.
+            let mut ready = Vec::new();
             let mut k = 0;
             while k < self.frag_held.len() {
                 if self.frag_held[k].key == key {
-                    let h = self.frag_held.swap_remove(k);
-                    self.fragment(h.iface as usize, h.buf, true);
+                    ready.push(self.frag_held.swap_remove(k));
                 } else {
                     k += 1;
                 }
+            }
+            for h in ready {
+                self.fragment(h.iface as usize, h.buf, true);
             }
             return;
         }
