@@ -2188,6 +2188,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.last_cookie = 0;
         self.proxy_held.clear();
         self.proxy_release = None;
+        self.verified.clear();
         self.bounce_log = Default::default();
         self.neigh_log = Default::default();
         self.pending.clear();
