@@ -74,6 +74,10 @@ pub struct WorkerCounters {
     pub cookies_sent: AtomicU64,
     pub cookies_validated: AtomicU64,
     pub cookies_failed: AtomicU64,
+    /// Extra segments the worker built itself by cutting a rewritten FTP
+    /// segment that outgrew the MTU (one per piece beyond the first), for
+    /// packet accounting: each then went out, was dropped or parked.
+    pub split_segments: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -112,6 +116,58 @@ impl WorkerCounters {
             cookies_validated: self.cookies_validated.load(Relaxed),
             cookies_failed: self.cookies_failed.load(Relaxed),
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
+        }
+    }
+    /// Zero every counter (tests and fuzzing reuse an engine between runs).
+    pub fn reset(&self) {
+        // Destructured without `..`: a new counter does not compile until it is listed here.
+        let WorkerCounters {
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            flows_created,
+            flows_expired,
+            flows_reused,
+            flows_active,
+            handoff_out,
+            handoff_in,
+            arp_replies,
+            nd_replies,
+            neigh_evicted,
+            icmp_translated,
+            icmp_echo_replies,
+            cookies_sent,
+            cookies_validated,
+            cookies_failed,
+            split_segments,
+            drops,
+        } = self;
+        for c in [
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            flows_created,
+            flows_expired,
+            flows_reused,
+            flows_active,
+            handoff_out,
+            handoff_in,
+            arp_replies,
+            nd_replies,
+            neigh_evicted,
+            icmp_translated,
+            icmp_echo_replies,
+            cookies_sent,
+            cookies_validated,
+            cookies_failed,
+            split_segments,
+        ]
+        .into_iter()
+        .chain(drops.iter())
+        {
+            c.store(0, Relaxed);
         }
     }
 }

@@ -530,6 +530,20 @@ impl FlowTable {
     pub fn bytes_per_flow(&self) -> usize {
         Self::conn_slot_bytes() + 8 * self.index.len() / self.cap.max(1)
     }
+
+    /// Remove every connection at once (FTP sessions included), keeping
+    /// the allocations: the table is as after `new` (same hash seed).
+    pub fn clear(&mut self) {
+        if self.slab.is_empty() {
+            return;
+        }
+        self.index.fill(EMPTY);
+        self.slab.clear();
+        self.cold.clear();
+        self.free.clear();
+        self.live = 0;
+        self.version += 1;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -168,6 +168,17 @@ impl NeighCache {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+    /// Forget every entry, static or learnt, and every pending request
+    /// (keeps the tables' memory).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+        self.next_stamp = 0;
+        self.dynamic = 0;
+        self.evicted = 0;
+        self.asked.clear();
+        self.gen = 1;
+    }
 }
 
 /// Write an ARP packet (request if `target_mac` is None) into `out`;

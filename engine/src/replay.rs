@@ -134,6 +134,35 @@ impl MemEngine {
         let _ = self.run(now);
     }
 
+    /// Back to the state of `MemEngine::new` without rebuilding the
+    /// snapshot or reallocating tables: see [`Worker::reset`]. Port queues
+    /// and the fabric's rings are emptied.
+    pub fn reset(&mut self) {
+        for q in self.fabric.handoff.iter() {
+            while q.pop().is_some() {}
+        }
+        for q in self.fabric.ctrl.iter() {
+            while q.pop().is_some() {}
+        }
+        for w in self.workers.iter_mut() {
+            for q in w.queues_mut() {
+                while let Some(b) = q.rx.pop_front() {
+                    q.recycle(b);
+                }
+                for b in q.take_tx() {
+                    q.recycle(b);
+                }
+            }
+            w.reset();
+        }
+    }
+
+    /// Packets held by all workers for later (see [`Worker::held_packets`]:
+    /// waiting for a neighbour, a first fragment or a SYN-proxied handshake).
+    pub fn parked(&self) -> usize {
+        self.workers.iter().map(|w| w.held_packets()).sum()
+    }
+
     /// Sum of all workers' counters.
     pub fn counters(&self) -> crate::counters::CounterSnapshot {
         crate::daemon::sum_counters(&self.fabric.counters)

@@ -177,6 +177,14 @@ pub fn with_macs(mut frame: Vec<u8>, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
     frame
 }
 
+/// An ARP request or IPv6 neighbour solicitation (untagged): the only
+/// frames the engine builds itself, to resolve a next hop, rather than
+/// forwarding or answering a received frame in its own buffer.
+pub fn is_solicitation(f: &[u8]) -> bool {
+    (f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 1])
+        || (f.len() >= 55 && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 135)
+}
+
 /// Verify every checksum of a frame (IPv4 header, TCP/UDP/ICMP). Returns a
 /// description of the first wrong one.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {

@@ -1559,15 +1559,20 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
             self.finish(pkt, next);
-            // Fragments that came first now have their datagram.
+            // Fragments that came first now have their datagram. Each is taken out and
+            // handled once: if the first fragment was dropped they are held again (until
+            // they time out); re-scanning would take them again, for ever.
+            let mut ready = Vec::new();
             let mut k = 0;
             while k < self.frag_held.len() {
                 if self.frag_held[k].key == key {
-                    let h = self.frag_held.swap_remove(k);
-                    self.fragment(h.iface as usize, h.buf, true);
+                    ready.push(self.frag_held.swap_remove(k));
                 } else {
                     k += 1;
                 }
+            }
+            for h in ready {
+                self.fragment(h.iface as usize, h.buf, true);
             }
             return;
         }
@@ -2146,6 +2151,68 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+    }
+
+    /// Packets parked until their next hop resolves (each is later sent or
+    /// counted as a `no_neighbor` drop).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Every packet the worker holds for later: parked for a neighbour,
+    /// later fragments waiting for their first, client segments of a
+    /// SYN-proxied connection waiting for the real server. Each is later
+    /// sent or counted as a drop (`no_neighbor`, `frag_timeout`, `proxy_wait`).
+    pub fn held_packets(&self) -> usize {
+        self.pending.len() + self.frag_held.len() + self.proxy_held.len()
+    }
+
+    /// Back to the state of `Worker::new` with the current snapshot, keeping
+    /// the allocations: no connection, expectation, learnt neighbour,
+    /// fragment, parked, proxy-held or queued packet; fresh schedulers,
+    /// persistence templates and service counters; worker counters zeroed
+    /// (the SYN-cookie secret stays). For fuzzing and tests that reuse one
+    /// engine (the caller empties the port queues and the fabric's rings).
+    pub fn reset(&mut self) {
+        // Through remove_conn, so the snapshot's shared per-real-server
+        // connection counts go back to zero.
+        for i in 0..self.flows.slots() as u32 {
+            if self.flows.get(i).live {
+                self.remove_conn(i, false);
+            }
+        }
+        self.flows.clear();
+        self.expect.clear();
+        self.neigh.clear();
+        self.frags.clear();
+        self.frag_held.clear();
+        self.half_open = 0;
+        self.last_cookie = 0;
+        self.proxy_held.clear();
+        self.proxy_release = None;
+        self.verified.clear();
+        self.bounce_log = Default::default();
+        self.neigh_log = Default::default();
+        self.pending.clear();
+        self.rx.clear();
+        for t in self.tx.iter_mut() {
+            t.clear();
+        }
+        self.actions.clear();
+        self.acc_dirty.clear();
+        self.hint_ver = u64::MAX;
+        self.sweep_pos = 0;
+        self.now = 0;
+        self.last_tick = 0;
+        self.last_svc_flush = 0;
+        self.counters.reset();
+        // Nothing to carry: apply_snapshot builds fresh schedulers,
+        // persistence templates and service counters.
+        self.svcs.clear();
+        self.svc_counters = Arc::new(Vec::new());
+        self.snap_gen = 0;
+        let snap = self.snap.clone();
+        self.apply_snapshot(snap);
     }
 }
 

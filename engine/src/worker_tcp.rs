@@ -169,6 +169,7 @@ impl<Q: PortQueue> Worker<Q> {
                 fl &= !TCP_SYN;
             }
             let mut bp = *p;
+            crate::counters::bump(&self.counters.split_segments, 1);
             write_segment(b.data_mut(), &mut bp, &payload[off..off + room], seq_at(off), ack, fl);
             let next = self.forward_rewrite(idx, dir, &mut b, &bp);
             self.finish(b, next);

@@ -179,3 +179,26 @@ fn fragment_flood_costs_bounded_memory() {
     let f = fragment4(&d, 1500, 9999);
     assert_eq!(inject_all(&mut e, EXT, &f, S + 3_000_000_000).len(), 3);
 }
+
+#[test]
+fn later_fragments_of_a_dropped_first_fragment_time_out() {
+    // A later fragment arrives first and is held; then the first fragment is
+    // dropped (no service on that port). The held fragment used to be taken,
+    // held again and taken again by the same loop, for ever (found by the
+    // pipeline fuzz target). Now it stays held and times out, counted.
+    let mut e = engine();
+    let big = with_macs(udp4(CLIENT, 5353, VIP, 54, &payload(3000)), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&big, 1500, 77);
+    assert!(frags.len() >= 2);
+    assert!(inject_all(&mut e, EXT, &frags[1..2], S).is_empty());
+    assert_eq!(e.parked(), 1, "the later fragment waits for its first");
+    assert!(inject_all(&mut e, EXT, &frags[..1], S).is_empty(), "no service on port 54");
+    assert_eq!(e.parked(), 1, "still waiting");
+    assert_drops(&e, &[(ferrovs_engine::counters::DropReason::NoService, 1)]);
+    e.inject(EXT, &arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 1]), 3 * S);
+    assert_eq!(e.parked(), 0);
+    assert_drops(
+        &e,
+        &[(ferrovs_engine::counters::DropReason::NoService, 1), (ferrovs_engine::counters::DropReason::FragTimeout, 1)],
+    );
+}

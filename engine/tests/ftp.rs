@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use ferrovs_engine::counters::DropReason;
 use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
@@ -143,6 +144,7 @@ fn nat_passive_227_rewrite_and_data_connection() {
     // A second SYN to the same port is not an expectation any more.
     let f = with_macs(tcp4(CLIENT, 40002, VIP, 30000, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
     assert!(s.e.inject(EXT, &f, s.t + 4).is_empty(), "pinholes are single use");
+    assert_drops(&s.e, &[(DropReason::NoService, 1)]);
 }
 
 #[test]
@@ -155,6 +157,7 @@ fn nat_epsv_229_needs_no_rewrite() {
     let out = s.e.inject(EXT, &f, s.t + 1);
     let t = tcp_of(&out[0].1);
     assert_eq!((t.dst, t.dport), (RS1, 30042));
+    assert_drops(&s.e, &[]);
 }
 
 #[test]
@@ -176,6 +179,7 @@ fn nat_active_port_data_connection_comes_from_vip_20() {
     let out = s.e.inject(EXT, &f, s.t + 2);
     let t = tcp_of(&out[0].1);
     assert_eq!((t.dst, t.dport), (RS1, 20));
+    assert_drops(&s.e, &[]);
 }
 
 #[test]
@@ -193,6 +197,7 @@ fn eprt_and_bounce_refusal() {
     s.client(b"PORT 10,0,1,2,0,25\r\n");
     assert_eq!(s.ftp_counter(|c| load(&c.low_ports_refused)), 1);
     assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
+    assert_drops(&s.e, &[(DropReason::NoFlow, 1)]);
 }
 
 #[test]
@@ -211,6 +216,7 @@ fn dr_passive_pins_data_to_the_session_server() {
     // Without a PASV first, a random port on the VIP is no service.
     let f = with_macs(tcp4(CLIENT, 40002, VIP, 30078, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
     assert!(s.e.inject(EXT, &f, s.t + 2).is_empty());
+    assert_drops(&s.e, &[(DropReason::NoService, 1)]);
 }
 
 #[test]
@@ -221,6 +227,7 @@ fn pinholes_expire() {
     let f = with_macs(tcp4(CLIENT, 40001, VIP, 30000, TCP_SYN, 77, 0, b""), CLIENT_MAC, LB_EXT);
     assert!(s.e.inject(EXT, &f, s.t + 61 * S).is_empty(), "60 s pinhole timeout");
     assert_eq!(s.ftp_counter(|c| load(&c.expectations_expired)), 1);
+    assert_drops(&s.e, &[(DropReason::NoService, 1)]);
 }
 
 #[test]
@@ -244,6 +251,7 @@ fn control_connection_lives_while_data_flows() {
     assert_eq!(out.len(), 1);
     let _ = out;
     let _ = TCP_PSH;
+    assert_drops(&s.e, &[]);
 }
 
 #[test]
@@ -262,4 +270,5 @@ fn dr_active_client_answers_reach_the_session_server() {
     // Another port the client did not name: dropped.
     let f = with_macs(tcp4(CLIENT, 40037, VIP, 20, TCP_SYN | TCP_ACK, 50, 10, b""), CLIENT_MAC, LB_EXT);
     assert!(s.e.inject(EXT, &f, s.t + 3).is_empty());
+    assert_drops(&s.e, &[(DropReason::NoFlow, 1)]);
 }

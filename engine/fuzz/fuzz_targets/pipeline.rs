@@ -1,12 +1,20 @@
 //! Parse + forward: arbitrary frames (and a few well-formed ones first, so
 //! connections and FTP sessions exist) through a two-worker in-memory
-//! engine with NAT, DR and FTP services. Any panic is a bug; every bad
-//! frame must end as a counted drop.
+//! engine with NAT, DR and FTP services. Any panic is a bug, and after
+//! every frame packets are conserved (see `common::Ledger`): each one is
+//! transmitted, counted under exactly one drop reason, or parked.
+//!
+//! The engine is built once per process and reset between inputs
+//! (`MemEngine::reset`), so an input costs only its own packets.
 #![no_main]
 
+mod common;
+
+use common::{with_engine, Ledger};
 use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::*;
 use libfuzzer_sys::fuzz_target;
+use std::cell::RefCell;
 
 const CONFIG: &str = r#"
 [engine]
@@ -53,14 +61,32 @@ address = "fd00:2::2"
 "#;
 
 fuzz_target!(|data: &[u8]| {
-    let cfg = ferrovs_cfg::Config::from_str(CONFIG, "fuzz.toml").expect("config");
-    let mut e = MemEngine::new(cfg, 2);
+    with_engine(&ENGINE, CONFIG, 2, |e| run(e, data));
+});
+
+thread_local! {
+    static ENGINE: RefCell<Option<MemEngine>> = const { RefCell::new(None) };
+    /// The client's ARP request (so replies to it need no resolution) and a
+    /// SYN opening an FTP control connection, built once.
+    static PREFIX: [Vec<u8>; 2] = {
+        let (lb, c) = ([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]);
+        [
+            arp_request(c, [10, 0, 1, 2], [10, 0, 1, 1]),
+            with_macs(tcp4([10, 0, 1, 2], 4000, [10, 0, 1, 100], 21, 0x02, 1, 0, b""), c, lb),
+        ]
+    };
+}
+
+fn run(e: &mut MemEngine, data: &[u8]) {
+    let mut l = Ledger::default();
     let lb = [2, 0, 0, 0, 1, 1];
-    let c = [2, 0, 0, 0, 1, 2];
-    e.inject(0, &arp_request(c, [10, 0, 1, 2], [10, 0, 1, 1]), 1);
-    e.inject(0, &with_macs(tcp4([10, 0, 1, 2], 4000, [10, 0, 1, 100], 21, 0x02, 1, 0, b""), c, lb), 1);
-    // The input: chunks separated by 0xff 0xfe, first byte of a chunk picks
-    // the interface; MAC forced to ours half of the time.
+    PREFIX.with(|p| {
+        for f in p {
+            l.inject(e, 0, f, 1);
+        }
+    });
+    // The input: chunks separated by 0xfe, first byte of a chunk picks
+    // the interface (bit 0); bit 1 forces the destination MAC to ours.
     for (n, chunk) in data.split(|b| *b == 0xfe).enumerate() {
         if chunk.is_empty() {
             continue;
@@ -70,6 +96,6 @@ fuzz_target!(|data: &[u8]| {
         if chunk[0] & 2 != 0 && f.len() >= 6 {
             f[0..6].copy_from_slice(if iface == 0 { &lb } else { &[2, 0, 0, 0, 2, 1] });
         }
-        e.inject(iface, &f, 2 + n as u64 * 1_000_000_000);
+        l.inject(e, iface, &f, 2 + n as u64 * 1_000_000_000);
     }
-});
+}

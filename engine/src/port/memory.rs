@@ -7,6 +7,12 @@ use std::collections::VecDeque;
 
 const CAP: usize = HEADROOM + MAX_FRAME;
 
+/// Most free buffers a queue keeps for reuse; beyond that a returned buffer
+/// is freed. Without a bound, a queue that transmits more than it receives
+/// (one-way traffic: a replay of one direction, DR) kept one buffer per
+/// packet it ever sent.
+pub const POOL_MAX: usize = 1024;
+
 /// A heap packet buffer with headroom. Allocated once and recycled by the
 /// in-memory, pcap and AF_PACKET backends.
 pub struct HeapBuf {
@@ -152,10 +158,16 @@ impl MemQueue {
     pub fn take_tx(&mut self) -> Vec<HeapBuf> {
         std::mem::take(&mut self.tx)
     }
-    /// Return a buffer to this queue's pool.
+    /// Return a buffer to this queue's pool (freed if the pool is full).
     pub fn recycle(&mut self, mut b: HeapBuf) {
-        b.reset();
-        self.free.push(b);
+        if self.free.len() < POOL_MAX {
+            b.reset();
+            self.free.push(b);
+        }
+    }
+    /// Buffers in this queue's pool.
+    pub fn pooled(&self) -> usize {
+        self.free.len()
     }
 }
 
@@ -202,9 +214,7 @@ impl PortQueue for MemQueue {
             if self.capture {
                 self.tx.push(p);
             } else {
-                let mut p = p;
-                p.reset();
-                self.free.push(p);
+                self.recycle(p);
             }
         }
         r

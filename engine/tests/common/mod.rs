@@ -78,3 +78,28 @@ pub fn config_text(services: &str) -> String {
 pub fn config(services: &str) -> ferrovs_cfg::Config {
     ferrovs_cfg::Config::from_str(&config_text(services), "engine-test.toml").expect("test config parses")
 }
+
+/// Assert the engine's whole drop-counter vector (summed over workers):
+/// exactly the reasons in `want` with these counts, every other reason zero.
+#[track_caller]
+pub fn assert_drops(e: &ferrovs_engine::replay::MemEngine, want: &[(ferrovs_engine::counters::DropReason, u64)]) {
+    if let Some(m) = drops_mismatch(e, want) {
+        panic!("{m}");
+    }
+}
+
+/// What [`assert_drops`] checks, as a message when it does not hold.
+pub fn drops_mismatch(
+    e: &ferrovs_engine::replay::MemEngine,
+    want: &[(ferrovs_engine::counters::DropReason, u64)],
+) -> Option<String> {
+    use ferrovs_engine::counters::DropReason;
+    let got: Vec<(DropReason, u64)> = DropReason::ALL
+        .iter()
+        .map(|r| (*r, e.fabric.counters.iter().map(|w| w.drops_of(*r)).sum::<u64>()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let mut want: Vec<(DropReason, u64)> = want.iter().copied().filter(|(_, n)| *n > 0).collect();
+    want.sort_by_key(|(r, _)| *r as u8);
+    (got != want).then(|| format!("drop counters (reason, count): got {got:?}, want {want:?}"))
+}

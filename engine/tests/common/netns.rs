@@ -1,8 +1,18 @@
 //! A private network namespace holding one veth pair (`fvsa` <-> `fvsb`),
 //! deleted when the guard drops, even after a panic. Tests that need it
-//! skip (with a message) when not root or without ip(8).
+//! skip (with a message) when not root or without ip(8), except when the
+//! environment variable `CI` is set: CI runs as root with everything
+//! installed, so there a skip means a broken setup and the test fails.
 
 use std::process::Command;
+
+/// Skip a test that cannot run here (print why), or fail it under CI.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false")) {
+        panic!("CI is set but this test would be skipped: {why} (CI must run as root with ip(8) installed)");
+    }
+    eprintln!("SKIP: {why}");
+}
 
 pub struct VethNs {
     pub name: String,
@@ -14,18 +24,18 @@ impl VethNs {
     pub fn new(prefix: &str, tag: &str, macs: Option<([u8; 6], [u8; 6])>) -> Option<VethNs> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: this test needs root (network namespaces, raw sockets)");
+            skip_or_fail("this test needs root (network namespaces, raw sockets)");
             return None;
         }
         let name = format!("{prefix}-{}-{tag}", std::process::id());
         match Command::new("ip").args(["netns", "add", &name]).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                eprintln!("SKIP: ip netns add failed: {}", String::from_utf8_lossy(&o.stderr));
+                skip_or_fail(&format!("ip netns add failed: {}", String::from_utf8_lossy(&o.stderr).trim()));
                 return None;
             }
             Err(e) => {
-                eprintln!("SKIP: cannot run ip(8): {e}");
+                skip_or_fail(&format!("cannot run ip(8): {e}"));
                 return None;
             }
         }

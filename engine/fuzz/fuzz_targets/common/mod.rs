@@ -1,0 +1,89 @@
+//! Shared by the engine's fuzz targets: one in-memory engine per thread,
+//! built once and reset between inputs, and the packet-conservation ledger.
+#![allow(dead_code)]
+
+use ferrovs_engine::counters::DropReason;
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::is_solicitation;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Run `f` on this thread's engine for `config`, reset first (built on
+/// first use: the config is parsed and the snapshot compiled only once).
+pub fn with_engine<R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<MemEngine>>>,
+    config: &str,
+    workers: usize,
+    f: impl FnOnce(&mut MemEngine) -> R,
+) -> R {
+    cell.with(|c| {
+        let mut c = c.borrow_mut();
+        let e = c.get_or_insert_with(|| {
+            let cfg = ferrovs_cfg::Config::from_str(config, "fuzz.toml").expect("fuzz config");
+            MemEngine::new(cfg, workers)
+        });
+        e.reset();
+        f(e)
+    })
+}
+
+/// Every received packet must end in exactly one place: transmitted (as
+/// itself, possibly rewritten: forwarded, or turned into an ARP/ND/echo
+/// reply or a translated ICMP error), counted under exactly one drop
+/// reason (`alg_hold` for FTP segments the gateway keeps), or held for
+/// later (`MemEngine::parked`: waiting for a neighbour, a first fragment or
+/// a SYN-proxied handshake). Handoffs to another worker are transparent
+/// (the owner does one of the above). The engine's own packets:
+/// solicitations (always sent) and the extra pieces of a rewritten FTP
+/// segment split to fit the MTU (`split_segments`, each then accounted like
+/// a received packet).
+#[derive(Default, Debug)]
+pub struct Ledger {
+    /// Frames injected.
+    pub fed: u64,
+    /// Frames transmitted that stem from a received frame.
+    pub out: u64,
+    /// ARP requests / neighbour solicitations the engine built.
+    pub solicits: u64,
+}
+
+impl Ledger {
+    /// Inject `frame` on `iface` at `now`, account for the output, check
+    /// conservation; returns the output.
+    pub fn inject(&mut self, e: &mut MemEngine, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)> {
+        let out = e.inject(iface, frame, now);
+        self.fed += 1;
+        for (_, f) in &out {
+            if is_solicitation(f) {
+                self.solicits += 1;
+            } else {
+                self.out += 1;
+            }
+        }
+        self.check(e, frame);
+        out
+    }
+
+    /// The conservation equation on the engine's counters.
+    pub fn check(&self, e: &MemEngine, last: &[u8]) {
+        let sum = |f: &dyn Fn(&ferrovs_engine::counters::WorkerCounters) -> u64| -> u64 {
+            e.fabric.counters.iter().map(|c| f(c)).sum()
+        };
+        let drops: u64 = sum(&|c| c.drops.iter().map(|d| d.load(Relaxed)).sum());
+        let parked = e.parked() as u64;
+        let rx = sum(&|c| c.rx_packets.load(Relaxed));
+        let tx = sum(&|c| c.tx_packets.load(Relaxed));
+        let h_out = sum(&|c| c.handoff_out.load(Relaxed));
+        let h_in = sum(&|c| c.handoff_in.load(Relaxed));
+        let h_full = sum(&|c| c.drops_of(DropReason::HandoffFull));
+        let split = sum(&|c| c.split_segments.load(Relaxed));
+        let by_reason: Vec<(&str, u64)> =
+            DropReason::ALL.iter().map(|r| (r.label(), sum(&|c| c.drops_of(*r)))).filter(|(_, n)| *n > 0).collect();
+        let ctx = || {
+            format!("{self:?} split={split} drops={drops} {by_reason:?} held={parked} rx={rx} tx={tx} last {last:02x?}")
+        };
+        assert_eq!(rx, self.fed, "rx_packets counts every injected frame: {}", ctx());
+        assert_eq!(tx, self.out + self.solicits, "tx_packets counts every transmitted frame: {}", ctx());
+        assert_eq!(h_in + h_full, h_out, "every handoff arrives or is a handoff_full drop: {}", ctx());
+        assert_eq!(self.fed + split, self.out + drops + parked, "packet conservation: {}", ctx());
+    }
+}
