@@ -93,16 +93,11 @@ impl<B> Fabric<B> {
     }
 }
 
-/// A fragment that came before its datagram's first fragment.
-struct HeldFrag<B> {
-    key: frag::FragKey,
-    iface: u8,
-    buf: B,
-    deadline: u64,
-}
-
-struct Pending<B> {
-    nh: Addr,
+/// A packet held until something happens, or its deadline passes: its next hop `key`
+/// resolves (`pending`), its datagram's first fragment comes (`frag_held`), its SYN-proxied
+/// connection `key` = (slot, generation) completes the real server's handshake (`proxy_held`).
+struct Held<K, B> {
+    key: K,
     iface: u8,
     buf: B,
     deadline: u64,
@@ -140,13 +135,13 @@ pub struct Worker<Q: PortQueue> {
     expect: ExpectTable,
     /// IP fragments: datagrams in flight and fragments waiting for their first.
     frags: FragTable,
-    frag_held: Vec<HeldFrag<Q::Buf>>,
+    frag_held: Vec<Held<frag::FragKey, Q::Buf>>,
     /// SYN proxy: the cookie secret, TCP connections in SYN_RECV (the `auto` trigger), when the
     /// last cookie went out, held client packets, and a connection whose held packets are due.
     cookies: Cookies,
     half_open: u32,
     last_cookie: u64,
-    proxy_held: Vec<ProxyHeld<Q::Buf>>,
+    proxy_held: Vec<Held<(u32, u32), Q::Buf>>,
     proxy_release: Option<u32>,
     /// DR/tunnel SYN proxy: verified client addresses (see `syn_verify`).
     verified: Vec<(Addr, u64)>,
@@ -172,7 +167,7 @@ pub struct Worker<Q: PortQueue> {
     hint_ver: u64,
     timeouts: [u64; crate::tcpstate::N_STATES],
     tx: Vec<Vec<Q::Buf>>,
-    pending: Vec<Pending<Q::Buf>>,
+    pending: Vec<Held<Addr, Q::Buf>>,
     actions: alg::Actions,
     /// Rate limit (kernel `net_ratelimit` defaults) for the FTP bounce
     /// refusal warning, which a client can trigger at will.
@@ -204,14 +199,6 @@ enum Next {
     /// SYN proxy: client data of connection `idx` while the real server's handshake is
     /// pending; held until it completes.
     ProxyHold(u32),
-}
-
-/// A client packet of a SYN-proxied connection waiting for the real server's SYN-ACK.
-struct ProxyHeld<B> {
-    conn: u32,
-    gen: u32,
-    buf: B,
-    deadline: u64,
 }
 
 /// DR/tunnel SYN proxy: client addresses verified per worker (a direct-mapped table, 2^16
@@ -560,15 +547,15 @@ impl<Q: PortQueue> Worker<Q> {
         }
         self.sweep_pos = pos;
         // Pending packets waiting for a neighbour.
-        expire_held(&mut self.pending, now, |p| p.deadline, &self.counters, DropReason::NoNeighbor);
+        expire_held(&mut self.pending, now, &self.counters, DropReason::NoNeighbor);
         if !self.expect.is_empty() {
             self.sweep_expectations(now, EXPECT_SWEEP_PER_POLL);
         }
         if !self.frags.is_empty() {
             self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
         }
-        expire_held(&mut self.proxy_held, now, |h| h.deadline, &self.counters, DropReason::ProxyWait);
-        expire_held(&mut self.frag_held, now, |h| h.deadline, &self.counters, DropReason::FragTimeout);
+        expire_held(&mut self.proxy_held, now, &self.counters, DropReason::ProxyWait);
+        expire_held(&mut self.frag_held, now, &self.counters, DropReason::FragTimeout);
     }
 
     /// Remove up to `budget` expired expectations (oldest first) and count them.
@@ -1350,7 +1337,7 @@ impl<Q: PortQueue> Worker<Q> {
     fn release_pending(&mut self, a: Addr, mac: [u8; 6]) {
         let mut k = 0;
         while k < self.pending.len() {
-            if self.pending[k].nh == a {
+            if self.pending[k].key == a {
                 let mut p = self.pending.swap_remove(k);
                 p.buf.data_mut()[0..6].copy_from_slice(&mac);
                 self.tx[p.iface as usize].push(p.buf);
@@ -1593,7 +1580,7 @@ impl<Q: PortQueue> Worker<Q> {
                     return;
                 }
                 let deadline = self.now + frag::FRAG_HOLD_NS;
-                self.frag_held.push(HeldFrag { key, iface: iface as u8, buf: pkt, deadline });
+                self.frag_held.push(Held { key, iface: iface as u8, buf: pkt, deadline });
             }
         }
     }
@@ -1732,7 +1719,7 @@ impl<Q: PortQueue> Worker<Q> {
                 } else {
                     let gen = self.flows.get(idx).gen;
                     let deadline = self.now + PROXY_HOLD_NS;
-                    self.proxy_held.push(ProxyHeld { conn: idx, gen, buf: pkt, deadline });
+                    self.proxy_held.push(Held { key: (idx, gen), iface: 0, buf: pkt, deadline });
                 }
             }
         }
@@ -1746,7 +1733,7 @@ impl<Q: PortQueue> Worker<Q> {
         let gen = self.flows.get(idx).gen;
         let mut k = 0;
         while k < self.proxy_held.len() {
-            if self.proxy_held[k].conn == idx && self.proxy_held[k].gen == gen {
+            if self.proxy_held[k].key == (idx, gen) {
                 let mut h = self.proxy_held.remove(k);
                 let next = match parse::parse(h.buf.data()) {
                     Ok(p) if self.flows.try_get(idx).is_some_and(|c| c.gen == gen) => {
@@ -2150,7 +2137,7 @@ impl<Q: PortQueue> Worker<Q> {
             self.drop_pkt(DropReason::NoNeighbor);
             return;
         }
-        self.pending.push(Pending { nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+        self.pending.push(Held { key: nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
     }
 
     /// Packets parked until their next hop resolves (each is later sent or
@@ -2218,10 +2205,10 @@ impl<Q: PortQueue> Worker<Q> {
 
 /// Drops (counted as `r`) the packets of `v` (pending next hops, SYN-proxy or fragment
 /// holds) whose deadline has passed. Order is not kept.
-fn expire_held<T>(v: &mut Vec<T>, now: u64, deadline: impl Fn(&T) -> u64, counters: &WorkerCounters, r: DropReason) {
+fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounters, r: DropReason) {
     let mut k = 0;
     while k < v.len() {
-        if deadline(&v[k]) <= now {
+        if v[k].deadline <= now {
             drop(v.swap_remove(k));
             counters.count_drop(r);
         } else {
