@@ -10,7 +10,6 @@ use common::*;
 use ferrovs_engine::counters::FtpCounters;
 use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
 
 fn services(forward: &str, ftp_opts: &str, reals: &[&str]) -> String {
     let mut s = format!(
@@ -45,10 +44,6 @@ address = "10.0.2.4"
 
 fn engine(forward: &str, ftp_opts: &str, reals: &[&str]) -> MemEngine {
     MemEngine::new(config(&services(forward, ftp_opts, reals)), 1)
-}
-
-fn mac_of(rs: [u8; 4]) -> [u8; 6] {
-    [2, 0, 0, 0, 2, rs[3]]
 }
 
 /// An FTP counter of the service named "ftp", summed over workers.
@@ -90,9 +85,8 @@ impl Lab {
         ack: u32,
         data: &[u8],
     ) -> Vec<(usize, Vec<u8>)> {
-        let f = with_macs(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data), CLIENT_MAC, LB_EXT);
         let t = self.tick();
-        self.e.inject(EXT, &f, t)
+        client_tcp(&mut self.e, t, sport, dport, flags, seq, ack, data)
     }
     #[allow(clippy::too_many_arguments)]
     fn from_rs(
@@ -105,9 +99,8 @@ impl Lab {
         ack: u32,
         data: &[u8],
     ) -> Vec<(usize, Vec<u8>)> {
-        let f = with_macs(tcp4(rs, sport, CLIENT, dport, flags, seq, ack, data), mac_of(rs), LB_INT);
         let t = self.tick();
-        self.e.inject(INT, &f, t)
+        rs_tcp(&mut self.e, t, rs, sport, dport, flags, seq, ack, data)
     }
     /// Opens a control connection; NAT sees the server's SYN-ACK, DR does not.
     fn open(&mut self, cport: u16, nat: bool) -> Ctl {

@@ -56,8 +56,7 @@ fn from_client(
     ack: u32,
     data: &[u8],
 ) -> Vec<(usize, Vec<u8>)> {
-    let f = with_macs(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data), CLIENT_MAC, LB_EXT);
-    e.inject(EXT, &f, S)
+    client_tcp(e, S, sport, dport, flags, seq, ack, data)
 }
 
 fn from_rs(
@@ -69,8 +68,7 @@ fn from_rs(
     ack: u32,
     data: &[u8],
 ) -> Vec<(usize, Vec<u8>)> {
-    let f = with_macs(tcp4(RS1, sport, CLIENT, dport, flags, seq, ack, data), RS1_MAC, LB_INT);
-    e.inject(INT, &f, S)
+    rs_tcp(e, S, RS1, sport, dport, flags, seq, ack, data)
 }
 
 /// The whole proxied handshake for CLIENT:sport -> VIP:dport, checked step by step.

@@ -22,23 +22,11 @@ use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 use std::fmt::Write as _;
 
+/// Per-worker flow table size.
+const FLOWS: usize = 256;
+
+/// Neighbours and services after `common::topology`.
 const CONFIG: &str = r#"
-[engine]
-workers = 2
-backend = "memory"
-flow_table_size = 256
-
-[[interface]]
-name = "ext"
-device = "mem0"
-mac = "02:00:00:00:01:01"
-addresses = ["10.0.1.1/24", "fd00:1::1/64"]
-
-[[interface]]
-name = "int"
-device = "mem1"
-mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24", "fd00:2::1/64"]
 
 [[neighbor]]
 address = "10.0.1.2"
@@ -484,7 +472,7 @@ thread_local! {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    with_engine(&ENGINE, CONFIG, 2, |e| {
+    with_engine(&ENGINE, FLOWS, CONFIG, 2, |e| {
         let mut r = Run { e, l: Ledger::default(), now: S, conns: [Conn::default(); 3], ports: Vec::new() };
         for op in ops.iter().take(64) {
             r.op(op);

@@ -16,23 +16,11 @@ use ferrovs_engine::testpkt::*;
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
+/// Per-worker flow table size.
+const FLOWS: usize = 1024;
+
+/// Neighbours and services after `common::topology`.
 const CONFIG: &str = r#"
-[engine]
-workers = 2
-backend = "memory"
-flow_table_size = 1024
-
-[[interface]]
-name = "ext"
-device = "mem0"
-mac = "02:00:00:00:01:01"
-addresses = ["10.0.1.1/24", "fd00:1::1/64"]
-
-[[interface]]
-name = "int"
-device = "mem1"
-mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24", "fd00:2::1/64"]
 
 [[service]]
 name = "ftp"
@@ -61,7 +49,7 @@ address = "fd00:2::2"
 "#;
 
 fuzz_target!(|data: &[u8]| {
-    with_engine(&ENGINE, CONFIG, 2, |e| run(e, data));
+    with_engine(&ENGINE, FLOWS, CONFIG, 2, |e| run(e, data));
 });
 
 thread_local! {

@@ -1,8 +1,9 @@
 //! Reading output frames in fixture tests: a TCP segment's fields, and the drop counters.
 
+use super::{CLIENT, CLIENT_MAC, EXT, INT, LB_EXT, LB_INT, VIP};
 use ferrovs_engine::parse::parse;
 use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::verify_checksums;
+use ferrovs_engine::testpkt::{tcp4, verify_checksums, with_macs};
 
 /// An IPv4 TCP segment out of the engine.
 #[derive(Debug)]
@@ -48,4 +49,38 @@ pub fn drops(e: &MemEngine) -> Vec<(&'static str, u64)> {
     let mut v: Vec<_> = e.counters().drops.into_iter().filter(|d| d.1 > 0).collect();
     v.sort();
     v
+}
+
+/// A TCP segment from CLIENT:`sport` to VIP:`dport`, received on `ext` at `now`.
+#[allow(clippy::too_many_arguments)]
+pub fn client_tcp(
+    e: &mut MemEngine,
+    now: u64,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> Vec<(usize, Vec<u8>)> {
+    let f = with_macs(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data), CLIENT_MAC, LB_EXT);
+    e.inject(EXT, &f, now)
+}
+
+/// A TCP segment from real server `rs` (10.0.2.x, MAC 02:00:00:00:02:x) port `sport` to
+/// CLIENT:`dport`, received on `int` at `now`.
+#[allow(clippy::too_many_arguments)]
+pub fn rs_tcp(
+    e: &mut MemEngine,
+    now: u64,
+    rs: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> Vec<(usize, Vec<u8>)> {
+    let f = with_macs(tcp4(rs, sport, CLIENT, dport, flags, seq, ack, data), [2, 0, 0, 0, 2, rs[3]], LB_INT);
+    e.inject(INT, &f, now)
 }

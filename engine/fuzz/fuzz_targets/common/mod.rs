@@ -7,18 +7,46 @@ use ferrovs_engine::replay::MemEngine;
 use ferrovs_engine::testpkt::is_solicitation;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Run `f` on this thread's engine for `config`, reset first (built on
-/// first use: the config is parsed and the snapshot compiled only once).
+/// The two-port lab every target uses (client side `ext`, real-server side
+/// `int`, IPv4 and IPv6), with a flow table of `flows` per worker; the
+/// target's neighbours and services follow.
+pub fn topology(flows: usize) -> String {
+    format!(
+        r#"
+[engine]
+backend = "memory"
+flow_table_size = {flows}
+
+[[interface]]
+name = "ext"
+device = "mem0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24", "fd00:1::1/64"]
+
+[[interface]]
+name = "int"
+device = "mem1"
+mac = "02:00:00:00:02:01"
+addresses = ["10.0.2.1/24", "fd00:2::1/64"]
+"#
+    )
+}
+
+/// Run `f` on this thread's engine (config `topology(flows)` + `rest`),
+/// reset first (built on first use: the config is parsed and the snapshot
+/// compiled only once).
 pub fn with_engine<R>(
     cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<MemEngine>>>,
-    config: &str,
+    flows: usize,
+    rest: &str,
     workers: usize,
     f: impl FnOnce(&mut MemEngine) -> R,
 ) -> R {
     cell.with(|c| {
         let mut c = c.borrow_mut();
         let e = c.get_or_insert_with(|| {
-            let cfg = ferrovs_cfg::Config::from_str(config, "fuzz.toml").expect("fuzz config");
+            let config = topology(flows) + rest;
+            let cfg = ferrovs_cfg::Config::from_str(&config, "fuzz.toml").expect("fuzz config");
             MemEngine::new(cfg, workers)
         });
         e.reset();
