@@ -6,9 +6,87 @@
 //! `dpdk_missing`) with a cargo warning, so the workspace builds on machines
 //! without DPDK. `DPDK_SYS_REQUIRE=1` turns that into a hard error.
 
+//!
+//! Installing DPDK later must not need `cargo clean -p dpdk-sys`: the script
+//! tells cargo which files and directories pkg-config's answer depends on
+//! (see [`watch_paths`]), so a later build reruns it exactly when
+//! libdpdk.pc appears or changes, or the pkg-config environment changes.
+
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Environment variables that change what pkg-config answers.
+const PKG_CONFIG_ENV: &[&str] = &[
+    "PKG_CONFIG",
+    "PKG_CONFIG_PATH",
+    "PKG_CONFIG_LIBDIR",
+    "PKG_CONFIG_SYSROOT_DIR",
+    "PKG_CONFIG_ALLOW_SYSTEM_CFLAGS",
+    "PKG_CONFIG_ALLOW_SYSTEM_LIBS",
+];
+
+/// The directories pkg-config searches for `libdpdk.pc`, in its order:
+/// `$PKG_CONFIG_PATH`, then `$PKG_CONFIG_LIBDIR` or pkg-config's built-in
+/// `pc_path`.
+fn pc_search_path(pc: &str) -> Vec<PathBuf> {
+    let split = |v: &str| v.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect::<Vec<_>>();
+    let mut dirs = env::var("PKG_CONFIG_PATH").map(|v| split(&v)).unwrap_or_default();
+    let builtin = match env::var("PKG_CONFIG_LIBDIR") {
+        Ok(v) => v,
+        Err(_) => Command::new(pc)
+            .args(["--variable", "pc_path", "pkg-config"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
+    };
+    dirs.extend(split(&builtin));
+    dirs
+}
+
+/// What cargo must watch so that the next build reruns this script when the
+/// answer for libdpdk could differ, without rerunning it on every build.
+///
+/// cargo reruns a script on every build when a `rerun-if-changed` path does
+/// not exist, and for a directory it compares the newest mtime below it
+/// (a file added to a directory changes the directory's mtime even when the
+/// package manager keeps the file's own, older mtime). So:
+/// - `found`: the .pc file pkg-config used, and every search directory
+///   before it (a libdpdk.pc installed there would shadow it).
+/// - not found: every search directory; one that does not exist yet is
+///   watched through its nearest existing ancestor (a `meson install` into
+///   /usr/local creates lib/x86_64-linux-gnu/pkgconfig), but never `/`.
+fn watch_paths(search: &[PathBuf], found: Option<&Path>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut push = |p: PathBuf| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    for dir in search {
+        if let Some(f) = found {
+            if f.parent() == Some(dir.as_path()) {
+                break;
+            }
+        }
+        let mut d = dir.as_path();
+        while !d.exists() {
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        if d.exists() && d.parent().is_some() {
+            push(d.to_path_buf());
+        }
+    }
+    if let Some(f) = found {
+        push(f.to_path_buf());
+    }
+    out
+}
 
 fn pkg_config(args: &[&str]) -> Result<String, String> {
     let pc = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
@@ -26,8 +104,18 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-env-changed=DPDK_SYS_REQUIRE");
-    println!("cargo:rerun-if-env-changed=PKG_CONFIG");
-    println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+
+    for var in PKG_CONFIG_ENV {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if let Ok(target) = env::var("TARGET") {
+        println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH_{}", target.replace('-', "_"));
+    }
+    let pc = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
+    let pc_file = pkg_config(&["--variable", "pcfiledir"]).ok().map(|d| Path::new(&d).join("libdpdk.pc"));
+    for p in watch_paths(&pc_search_path(&pc), pc_file.as_deref().filter(|f| f.exists())) {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
 
     let require = env::var("DPDK_SYS_REQUIRE").map(|v| v == "1").unwrap_or(false);
     let (cflags, libs, version) =
