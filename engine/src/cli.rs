@@ -18,9 +18,14 @@ queue, serves the control socket used by ferrovsadm(8) and, if configured, Prome
 SIGINT/SIGTERM stop it; SIGHUP re-reads the configuration (a file that does not validate is refused and the running \
 configuration kept). Started by systemd with Type=notify it reports READY=1 once the ports are up, RELOADING=1 \
 during a reload and STOPPING=1 on shutdown. See ferrovs.toml(5) for the configuration file and ferrovs-SUBCOMMAND(8) \
-for each subcommand. The log level is set with FERROVS_LOG (e.g. info, debug)."
+for each subcommand. The log level is set with FERROVS_LOG (e.g. info, debug); --log-format json writes one JSON \
+object per log line."
 )]
 pub struct Cli {
+    /// Log lines as text (colours only on a terminal) or one JSON object
+    /// per line (timestamp, level, target, fields) for log shippers.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

@@ -59,6 +59,7 @@ pub mod frame;
 pub mod gen;
 pub mod health;
 pub mod ipvsadm;
+pub mod logging;
 pub mod metrics;
 pub mod neigh;
 pub mod overview;

@@ -4,7 +4,6 @@ use clap::Parser;
 use ferrovs_cfg::Config;
 use ferrovs_engine::cli::{Cli, Cmd, ConfigCmd};
 use ferrovs_engine::{daemon, replay, sdnotify};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,13 +29,8 @@ fn load(path: &PathBuf) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERROVS_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // No colour escapes in journald or log files, only on a terminal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    ferrovs_engine::logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
