@@ -53,7 +53,7 @@ pub const KEYS: &[Key] = &[
     k("", "service", "array of tables", None, "The [[service]] tables."),
     k("engine", "workers", "integer 1..64", Some("1"), "Poll-mode worker threads; each owns one queue of every interface."),
     k("engine", "backend", "\"af_packet\" | \"dpdk\" | \"memory\"", Some("\"af_packet\""), "Packet I/O: AF_PACKET rings on kernel interfaces, DPDK (a build with --features dpdk), or in-memory ports (tests)."),
-    k("engine", "cores", "array of integers", None, "CPU core of each worker, in worker order; as many entries as workers. Default: cores 0, 1, ... in order."),
+    k("engine", "cores", "array of integers", None, "CPU core of each worker, in worker order; as many entries as workers. Default: the cores of the process's CPU set in order, without core 0 when any other is allowed (IRQs and the kernel run there)."),
     k("engine", "eal_args", "array of strings", Some("[]"), "DPDK EAL arguments (backend = \"dpdk\")."),
     k("engine", "mbufs", "integer", Some("8192"), "mbufs per DPDK pool."),
     k("engine", "flow_table_size", "integer", Some("1048576"), "Flow-table capacity of each worker, in connections (memory is allocated up front)."),

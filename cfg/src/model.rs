@@ -29,7 +29,8 @@ pub struct Engine {
     /// Number of poll-mode workers (default 1).
     pub workers: usize,
     pub backend: Backend,
-    /// CPU cores to pin workers to, in worker order (default: 0, 1, ...).
+    /// CPU cores to pin workers to, in worker order (default: the allowed
+    /// cores in order, skipping core 0 when another is allowed).
     pub cores: Option<Vec<usize>>,
     /// DPDK EAL arguments (backend = "dpdk").
     pub eal_args: Vec<String>,
