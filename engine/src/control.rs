@@ -458,22 +458,7 @@ impl State {
         let mut out = Vec::new();
         for (w, rx) in rxs {
             match rx.recv_deadline(deadline) {
-                Ok(v) => out.extend(v.into_iter().map(|c| ConnRow {
-                    worker: c.worker,
-                    id: c.id,
-                    proto: c.proto.to_string(),
-                    client: c.client,
-                    vip: c.vip,
-                    real: c.real,
-                    state: c.state.to_string(),
-                    expires_in_s: c.expires_in_s,
-                    service: c.service,
-                    ftp_control: c.ftp_control,
-                    parent: c.parent,
-                    children: c.children,
-                    pkts_in: c.pkts_in,
-                    pkts_out: c.pkts_out,
-                })),
+                Ok(v) => out.extend(v),
                 Err(_) => missing.push(w),
             }
         }

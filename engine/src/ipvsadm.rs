@@ -1186,7 +1186,8 @@ pub fn view_matches(s: &ServiceView, k: &SvcKey) -> bool {
     }
 }
 
-/// A connection as the daemon reports it.
+/// A connection as a worker lists it (`ferrovsadm -L -c`, `conns`): built
+/// by the worker, sent over the control socket as JSON, read back by ferrovsadm.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnRow {
     pub worker: usize,
@@ -1199,6 +1200,7 @@ pub struct ConnRow {
     pub expires_in_s: u64,
     pub service: String,
     pub ftp_control: bool,
+    /// For an FTP data connection: the id of its control connection.
     pub parent: Option<u32>,
     pub children: u32,
     pub pkts_in: u64,

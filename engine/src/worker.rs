@@ -12,6 +12,7 @@ use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNPROXY, NONE};
 use crate::frag::{self, FragTable, FragVerdict};
+use crate::ipvsadm::ConnRow;
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
     self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP,
@@ -39,27 +40,7 @@ pub enum Ctrl {
     /// A new configuration snapshot.
     Snapshot(Arc<Snapshot>),
     /// Send a listing of the worker's connections.
-    ListConns(crossbeam_channel::Sender<Vec<ConnInfo>>),
-}
-
-/// A connection as shown by `ferrovsadm -L -c`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ConnInfo {
-    pub worker: usize,
-    pub id: u32,
-    pub proto: &'static str,
-    pub client: String,
-    pub vip: String,
-    pub real: String,
-    pub state: &'static str,
-    pub expires_in_s: u64,
-    pub service: String,
-    pub ftp_control: bool,
-    /// For an FTP data connection: the id of its control connection.
-    pub parent: Option<u32>,
-    pub children: u32,
-    pub pkts_in: u64,
-    pub pkts_out: u64,
+    ListConns(crossbeam_channel::Sender<Vec<ConnRow>>),
 }
 
 /// Everything workers share: rings and counters. Built once at start.
@@ -2099,7 +2080,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
-    fn list_conns(&self) -> Vec<ConnInfo> {
+    fn list_conns(&self) -> Vec<ConnRow> {
         let mut v = Vec::new();
         for i in 0..self.flows.slots() as u32 {
             let Some(c) = self.flows.try_get(i) else { continue };
@@ -2111,14 +2092,14 @@ impl<Q: PortQueue> Worker<Q> {
                 _ => "?",
             };
             let sa = |a: Addr, p: u16| std::net::SocketAddr::new(addr_to_ip(a), p).to_string();
-            v.push(ConnInfo {
+            v.push(ConnRow {
                 worker: self.id,
                 id: i,
-                proto,
+                proto: proto.into(),
                 client: sa(c.client, c.cport),
                 vip: sa(c.vip, c.vport),
                 real: sa(c.rs, c.rport),
-                state: c.state.name(),
+                state: c.state.name().into(),
                 expires_in_s: c.expires.saturating_sub(self.now) / 1_000_000_000,
                 service: self.snap.services.get(c.svc as usize).map(|s| s.name.clone()).unwrap_or_default(),
                 ftp_control: k.alg.is_some(),
