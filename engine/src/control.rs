@@ -168,19 +168,7 @@ pub fn applier_of(running: &Running) -> Applier {
     let macs: Vec<[u8; 6]> = running.snapshot.ifaces.iter().map(|i| i.mac).collect();
     Arc::new(move |cfg: Arc<Config>| {
         let s = Arc::new(Snapshot::build(cfg, &macs));
-        for w in 0..view.workers() {
-            let mut ok = false;
-            for _ in 0..2000 {
-                if view.post(w, Ctrl::Snapshot(s.clone())) {
-                    ok = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if !ok {
-                tracing::error!(worker = w, "control ring full: snapshot not delivered");
-            }
-        }
+        crate::daemon::post_snapshot(&*view, &s, Duration::from_secs(2));
         s
     })
 }

@@ -70,6 +70,27 @@ impl<B: Send> EngineView for Fabric<B> {
     }
 }
 
+/// The one way a new snapshot reaches the workers: posted on every worker's
+/// control ring, applied at its next poll. A full ring is retried every
+/// millisecond for up to `patience` (a snapshot must not be lost: workers
+/// drain their rings every poll, so a full one clears quickly). Returns
+/// the workers it could not be delivered to, after logging them.
+pub fn post_snapshot(view: &dyn EngineView, snap: &Arc<Snapshot>, patience: Duration) -> Vec<usize> {
+    let deadline = Instant::now() + patience;
+    let mut undelivered = Vec::new();
+    for w in 0..view.workers() {
+        while !view.post(w, Ctrl::Snapshot(snap.clone())) {
+            if Instant::now() >= deadline {
+                tracing::error!(worker = w, "control ring full: snapshot not delivered");
+                undelivered.push(w);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    undelivered
+}
+
 pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
     let mut total = CounterSnapshot::default();
     for w in c {
@@ -185,8 +206,6 @@ pub struct Running {
     pub snapshot: Arc<Snapshot>,
     pub threads: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    /// Post a new config to all workers.
-    pub apply: Box<dyn Fn(Arc<Config>) -> Arc<Snapshot> + Send + Sync>,
     /// Backend state that must outlive the workers (DPDK ports, EAL); it
     /// is dropped after the worker threads have joined.
     pub backend: Option<Box<dyn std::any::Any + Send>>,
@@ -283,26 +302,7 @@ pub fn start<Q: PortQueue + 'static>(
                 .expect("spawn worker thread"),
         );
     }
-    let fab2 = fabric.clone();
-    let macs2 = macs.clone();
-    let apply = Box::new(move |cfg: Arc<Config>| {
-        let s = Arc::new(Snapshot::build(cfg, &macs2));
-        for w in 0..fab2.workers {
-            // Retry briefly if a ring is full; snapshots must arrive.
-            let mut msg = Ctrl::Snapshot(s.clone());
-            for _ in 0..1000 {
-                match fab2.ctrl[w].push(msg) {
-                    Ok(()) => break,
-                    Err(m) => {
-                        msg = m;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
-        }
-        s
-    });
-    Running { view: fabric, snapshot, threads, stop, apply, backend: None }
+    Running { view: fabric, snapshot, threads, stop, backend: None }
 }
 
 /// Open the configured backend and start the workers.
@@ -319,7 +319,7 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
                         .map(|(i, itf)| {
                             let mut q = MemQueue::new(PortCaps {
                                 name: itf.name.clone(),
-                                mac: itf.mac.unwrap_or(crate::replay::default_mac(i)),
+                                mac: itf.mac.unwrap_or(crate::port::memory::default_mac(i)),
                                 queues: workers as u16,
                                 rx_csum_offload: false,
                                 tx_csum_offload: false,

@@ -8,7 +8,7 @@
 //! are polled until no work is left, and output is collected in worker,
 //! then interface order.
 
-use crate::port::memory::{HeapBuf, MemQueue};
+use crate::port::memory::{default_mac, HeapBuf, MemQueue};
 use crate::port::pcap::{PcapReader, PcapWriter};
 use crate::port::{Packet, PortCaps};
 use crate::snapshot::Snapshot;
@@ -16,11 +16,7 @@ use crate::worker::{Fabric, Worker};
 use ferrovs_cfg::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// MAC used for interface `i` when the config does not set one.
-pub fn default_mac(i: usize) -> [u8; 6] {
-    [0x02, 0xf5, 0x00, 0x00, 0x00, i as u8 + 1]
-}
+use std::time::Duration;
 
 /// An in-memory engine: the workers of a config on in-memory ports, driven
 /// by the caller. Used by replay, tests and benches.
@@ -127,9 +123,9 @@ impl MemEngine {
         let mut config = config;
         config.engine.workers = self.workers.len();
         let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
-        for q in &self.fabric.ctrl {
-            assert!(q.push(crate::worker::Ctrl::Snapshot(snap.clone())).is_ok(), "control ring full");
-        }
+        // Single-threaded: a full ring would never drain while waiting.
+        let undelivered = crate::daemon::post_snapshot(&*self.fabric, &snap, Duration::ZERO);
+        assert!(undelivered.is_empty(), "control ring full");
         self.snapshot = snap;
         let _ = self.run(now);
     }

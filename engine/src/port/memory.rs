@@ -13,6 +13,12 @@ const CAP: usize = HEADROOM + MAX_FRAME;
 /// packet it ever sent.
 pub const POOL_MAX: usize = 1024;
 
+/// MAC of in-memory interface `i` when the config does not set one
+/// (replay, tests, the memory backend of `ferrovs run`).
+pub fn default_mac(i: usize) -> [u8; 6] {
+    [0x02, 0xf5, 0x00, 0x00, 0x00, i as u8 + 1]
+}
+
 /// A heap packet buffer with headroom. Allocated once and recycled by the
 /// in-memory, pcap and AF_PACKET backends.
 pub struct HeapBuf {
