@@ -40,6 +40,8 @@
 
 use crate::counters::{DropReason, ServiceCounters};
 use crate::daemon::{EngineView, Running};
+use crate::health::{HealthInfo, HealthTarget, ServerKey};
+use crate::overview::{FtpRow, Overview};
 use crate::ipvsadm::{self, Command, ConnRow, ListData, Stats, SvcKey};
 use crate::snapshot::Snapshot;
 use crate::worker::Ctrl;
@@ -70,8 +72,6 @@ pub type Applier = Arc<dyn Fn(Arc<Config>) -> Arc<Snapshot> + Send + Sync>;
 
 /// Identifies a counter set: service name, and real server (address, shown port).
 type CounterKey = (String, Option<(IpAddr, u16)>);
-/// A real server under health check: service name, address, shown port.
-pub type ServerKey = (String, IpAddr, u16);
 
 #[derive(Clone, Copy, Default)]
 struct Raw {
@@ -123,17 +123,6 @@ impl Rate {
         s.inbps = (self.avg[3] * 8.0).round() as u64;
         s.outbps = (self.avg[4] * 8.0).round() as u64;
     }
-}
-
-/// Health state of one real server, as shown by `ferrovsadm health`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HealthInfo {
-    pub service: String,
-    pub server: String,
-    pub up: bool,
-    pub last_error: Option<String>,
-    pub checks: u64,
-    pub failures: u64,
 }
 
 struct Inner {
@@ -542,8 +531,8 @@ impl State {
             "drops" => Ok(json!({"workers": self.drops()})),
             "ftp" => Ok(json!({"services": self.ftp()})),
             "health" => Ok(json!({"servers": self.health()})),
-            "metrics" => Ok(json!({"text": crate::metrics::render(self)})),
-            "overview" => Ok(json!({"overview": crate::overview::Overview::of(self)})),
+            "metrics" => Ok(json!({"text": crate::metrics::Exported::metrics(self)})),
+            "overview" => Ok(json!({"overview": self.overview()})),
             other => Err(format!("unknown op {other:?}")),
         }
     }
@@ -575,6 +564,60 @@ impl State {
             }
             Err(e) => error_reply(&e),
         }
+    }
+}
+
+impl State {
+    /// Everything `ferrovsadm top` and the status page show.
+    pub fn overview(&self) -> Overview {
+        let counters = self.view.counters();
+        let total = crate::daemon::sum_counters(&counters);
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| (r.label().to_string(), counters.iter().map(|c| c.drops_of(*r)).sum()))
+            .collect();
+        Overview {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.uptime_s(),
+            workers: self.view.workers(),
+            config: self.config_path().map(|p| p.display().to_string()),
+            list: self.list(),
+            flows_active: total.flows_active,
+            flow_capacity: (self.flow_capacity * self.view.workers()) as u64,
+            rx_packets: total.rx_packets,
+            tx_packets: total.tx_packets,
+            drops,
+            ftp: self.ftp().as_array().map(|a| a.iter().map(FtpRow::from_json).collect()).unwrap_or_default(),
+            health: self.health(),
+        }
+    }
+}
+
+impl HealthTarget for State {
+    fn config(&self) -> Arc<Config> {
+        State::config(self)
+    }
+    fn set_down(&self, key: &ServerKey, down: bool) {
+        State::set_down(self, key, down)
+    }
+    fn set_health(&self, key: &ServerKey, info: HealthInfo) {
+        State::set_health(self, key, info)
+    }
+}
+
+impl crate::metrics::Exported for State {
+    fn metrics(&self) -> String {
+        let (list, snap) = (self.list(), self.snapshot());
+        crate::metrics::render(&crate::metrics::Figures {
+            list: &list,
+            workers: &self.view.counters(),
+            flow_capacity: self.flow_capacity,
+            snapshot: &snap,
+            services: &self.view.service_counters(),
+        })
+    }
+    fn status_page(&self) -> String {
+        crate::statuspage::render(&self.overview())
     }
 }
 

@@ -125,6 +125,27 @@ impl Conn {
     }
 }
 
+/// A connection as a worker lists it (`ferrovsadm -L -c`, `conns`): built
+/// by the worker, sent over the control socket as JSON, read back by ferrovsadm.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnRow {
+    pub worker: usize,
+    pub id: u32,
+    pub proto: String,
+    pub client: String,
+    pub vip: String,
+    pub real: String,
+    pub state: String,
+    pub expires_in_s: u64,
+    pub service: String,
+    pub ftp_control: bool,
+    /// For an FTP data connection: the id of its control connection.
+    pub parent: Option<u32>,
+    pub children: u32,
+    pub pkts_in: u64,
+    pub pkts_out: u64,
+}
+
 /// The per-worker connection table.
 ///
 /// Layout (chosen for the established fast path, see `ferrovs bench`):

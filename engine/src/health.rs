@@ -26,16 +26,40 @@
 //! next to the engine's 10.0.2.1); on hardware, the management NIC or a
 //! VLAN of it. The real servers see checks coming from that address.
 
-use crate::control::{HealthInfo, ServerKey, State};
-use ferrovs_cfg::{HealthCheck, HealthCheckKind};
+use ferrovs_cfg::{Config, HealthCheck, HealthCheckKind};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A real server under health check: service name, address, shown port.
+pub type ServerKey = (String, IpAddr, u16);
+
+/// Health state of one real server, as shown by `ferrovsadm health`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthInfo {
+    pub service: String,
+    pub server: String,
+    pub up: bool,
+    pub last_error: Option<String>,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+/// What the checker needs from the control plane (implemented by
+/// [`crate::control::State`]): the administered configuration to find the
+/// servers to check, and where to report their state.
+pub trait HealthTarget: Send + Sync {
+    fn config(&self) -> Arc<Config>;
+    /// Take a server out (`true`) or put it back, as the service's
+    /// `on_fail` says.
+    fn set_down(&self, key: &ServerKey, down: bool);
+    fn set_health(&self, key: &ServerKey, info: HealthInfo);
+}
 
 struct Target {
     check: HealthCheck,
@@ -142,11 +166,11 @@ impl LineReader {
 }
 
 /// Start the health checker thread.
-pub fn spawn(state: Arc<State>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("fvs-health".into()).spawn(move || run(state, stop))
 }
 
-fn run(state: Arc<State>, stop: Arc<AtomicBool>) {
+fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
     let mut targets: HashMap<ServerKey, Target> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(ServerKey, Result<(), String>)>();
     let mut cfg_seen = None;

@@ -1186,26 +1186,7 @@ pub fn view_matches(s: &ServiceView, k: &SvcKey) -> bool {
     }
 }
 
-/// A connection as a worker lists it (`ferrovsadm -L -c`, `conns`): built
-/// by the worker, sent over the control socket as JSON, read back by ferrovsadm.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnRow {
-    pub worker: usize,
-    pub id: u32,
-    pub proto: String,
-    pub client: String,
-    pub vip: String,
-    pub real: String,
-    pub state: String,
-    pub expires_in_s: u64,
-    pub service: String,
-    pub ftp_control: bool,
-    /// For an FTP data connection: the id of its control connection.
-    pub parent: Option<u32>,
-    pub children: u32,
-    pub pkts_in: u64,
-    pub pkts_out: u64,
-}
+pub use crate::flow::ConnRow;
 
 /// `ipvsadm -L -c -n` output.
 pub fn format_conns(conns: &[ConnRow]) -> String {

@@ -25,6 +25,13 @@
 //!   first and forwarded without any VIP/local classification (a hit also
 //!   proves this worker owns the flow); only misses are classified.
 //! - [`daemon`], [`replay`]: running the workers on threads or offline.
+//!   The data plane's interface to the control plane is
+//!   [`daemon::EngineView`] (counters, and [`worker::Ctrl`] messages such
+//!   as a new snapshot, posted only through [`daemon::post_snapshot`]).
+//! - [`control`]: the control socket and the state it shares with the
+//!   health checker ([`health`], through [`health::HealthTarget`]) and the
+//!   exporter ([`metrics`], through [`metrics::Exported`]); those modules
+//!   do not import `control` (a test in this file keeps it so).
 //!
 //! ## Flow ownership (shared-nothing)
 //! Every connection belongs to exactly one worker, chosen by hashing the
@@ -78,3 +85,37 @@ pub mod tcpstate;
 pub mod testpkt;
 pub mod top;
 pub mod worker;
+
+#[cfg(test)]
+mod layering_tests {
+    /// `crate::NAME` paths a module's code (not its comments) names.
+    fn uses(src: &str, module: &str) -> bool {
+        let pat = format!("crate::{module}");
+        src.lines().filter(|l| !l.trim_start().starts_with("//")).any(|l| {
+            l.match_indices(&pat).any(|(i, _)| !l[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+        })
+    }
+
+    /// The control plane (control) depends on the health checker, the
+    /// exporter and the overview, never the other way round (they reach it
+    /// through `health::HealthTarget` and `metrics::Exported`); replay
+    /// drives the daemon's pieces, the daemon does not know replay; the
+    /// data plane does not know the ipvsadm front end.
+    #[test]
+    fn no_import_loops_between_data_and_control_plane() {
+        let forbidden = [
+            ("health", include_str!("health.rs"), "control"),
+            ("metrics", include_str!("metrics.rs"), "control"),
+            ("overview", include_str!("overview.rs"), "control"),
+            ("statuspage", include_str!("statuspage.rs"), "control"),
+            ("daemon", include_str!("daemon.rs"), "replay"),
+            ("worker", include_str!("worker.rs"), "ipvsadm"),
+            ("flow", include_str!("flow.rs"), "ipvsadm"),
+        ];
+        for (name, src, dep) in forbidden {
+            assert!(!uses(src, dep), "{name}.rs uses crate::{dep}");
+        }
+        assert!(uses(include_str!("control.rs"), "health"), "the check itself must see real uses");
+        assert!(!uses("// crate::control\nuse crate::controlx;", "control"));
+    }
+}

@@ -3,7 +3,9 @@
 //! It runs on its own thread with std::net; a client gets 2 s to send
 //! its request.
 
-use crate::control::State;
+use crate::counters::{ServiceCounters, WorkerCounters};
+use crate::ipvsadm::ListData;
+use crate::snapshot::Snapshot;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,10 +18,30 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// What the exporter serves; implemented by the control plane
+/// ([`crate::control::State`]), so this module needs nothing of it.
+pub trait Exported: Send + Sync {
+    /// `GET /metrics`: the exposition text ([`render`]).
+    fn metrics(&self) -> String;
+    /// `GET /`: the status page.
+    fn status_page(&self) -> String;
+}
+
+/// The figures the exposition text is made of.
+pub struct Figures<'a> {
+    pub list: &'a ListData,
+    pub workers: &'a [Arc<WorkerCounters>],
+    /// Flow table capacity of each worker.
+    pub flow_capacity: usize,
+    pub snapshot: &'a Snapshot,
+    /// Per worker: the per-service counters of its snapshot.
+    pub services: &'a [Arc<Vec<ServiceCounters>>],
+}
+
 /// The exposition text.
-pub fn render(state: &State) -> String {
+pub fn render(f: &Figures) -> String {
     let mut o = String::new();
-    let list = state.list();
+    let list = f.list;
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
@@ -86,7 +108,7 @@ pub fn render(state: &State) -> String {
             }
         }
     }
-    let counters = state.view.counters();
+    let counters = f.workers;
     family(&mut o, "ferrovs_worker_drops_total", "counter", "Packets dropped, by worker and reason.");
     for (w, c) in counters.iter().enumerate() {
         for r in crate::counters::DropReason::ALL {
@@ -113,7 +135,7 @@ pub fn render(state: &State) -> String {
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
     family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");
     for w in 0..snaps.len() {
-        let _ = writeln!(o, "ferrovs_worker_flow_table_capacity{{worker=\"{w}\"}} {}", state.flow_capacity);
+        let _ = writeln!(o, "ferrovs_worker_flow_table_capacity{{worker=\"{w}\"}} {}", f.flow_capacity);
     }
     for (suffix, kind, help, f) in wk {
         let name = format!("ferrovs_worker_{suffix}");
@@ -123,8 +145,7 @@ pub fn render(state: &State) -> String {
         }
     }
     // FTP gateway counters per service.
-    let snap = state.snapshot();
-    let per = state.view.service_counters();
+    let (snap, per) = (f.snapshot, f.services);
     let names = crate::counters::FtpCounters::names();
     for (k, suffix) in names.into_iter().enumerate() {
         let f = |c: &crate::counters::FtpCounters| c.fields()[k].1.load(std::sync::atomic::Ordering::Relaxed);
@@ -141,7 +162,7 @@ pub fn render(state: &State) -> String {
     o
 }
 
-fn serve(state: &State, mut s: TcpStream) {
+fn serve(state: &dyn Exported, mut s: TcpStream) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut req = Vec::new();
@@ -159,9 +180,9 @@ fn serve(state: &State, mut s: TcpStream) {
     let (status, ctype, body) = if method != "GET" && method != "HEAD" {
         ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
     } else if path == "/metrics" || path.starts_with("/metrics?") {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(state))
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", state.metrics())
     } else if path == "/" || path.starts_with("/?") || path == "/index.html" {
-        ("200 OK", "text/html; charset=utf-8", crate::statuspage::render(&crate::overview::Overview::of(state)))
+        ("200 OK", "text/html; charset=utf-8", state.status_page())
     } else {
         ("404 Not Found", "text/plain", "not found\n".to_string())
     };
@@ -176,7 +197,7 @@ fn serve(state: &State, mut s: TcpStream) {
 }
 
 /// Start the exporter thread.
-pub fn spawn(addr: SocketAddr, state: Arc<State>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(addr: SocketAddr, state: Arc<dyn Exported>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     let l = TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
     tracing::info!(%addr, "metrics listening");
@@ -185,7 +206,7 @@ pub fn spawn(addr: SocketAddr, state: Arc<State>, stop: Arc<AtomicBool>) -> std:
             match l.accept() {
                 Ok((s, _)) => {
                     let _ = s.set_nonblocking(false);
-                    serve(&state, s);
+                    serve(&*state, s);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),

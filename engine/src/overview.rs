@@ -1,11 +1,10 @@
 //! Everything an operator looks at, in one structure: the listing with
 //! rates and health, flow-table fill, drops by reason, FTP gateway counters
-//! and health-check details. The daemon builds it ([`Overview::of`]) for the
+//! and health-check details. The daemon builds it ([`crate::control::State::overview`]) for the
 //! status page and the control socket's `overview` op; `ferrovsadm top`
 //! fetches it and lays it out with [`rows`].
 
-use crate::control::{HealthInfo, State};
-use crate::counters::DropReason;
+use crate::health::HealthInfo;
 use crate::ipvsadm::{self, ListData};
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +22,7 @@ impl FtpRow {
         self.counters.iter().find(|c| c.0 == name).map(|c| c.1).unwrap_or(0)
     }
 
-    fn from_json(v: &serde_json::Value) -> FtpRow {
+    pub(crate) fn from_json(v: &serde_json::Value) -> FtpRow {
         FtpRow {
             service: v.get("service").and_then(|s| s.as_str()).unwrap_or("?").to_string(),
             counters: crate::counters::FtpCounters::names()
@@ -58,36 +57,13 @@ pub struct Overview {
     pub rx_packets: u64,
     pub tx_packets: u64,
     /// Drops summed over workers, every reason (zeros included), in
-    /// [`DropReason::ALL`] order.
+    /// [`crate::counters::DropReason::ALL`] order.
     pub drops: Vec<(String, u64)>,
     pub ftp: Vec<FtpRow>,
     pub health: Vec<HealthInfo>,
 }
 
 impl Overview {
-    pub fn of(state: &State) -> Overview {
-        let counters = state.view.counters();
-        let total = crate::daemon::sum_counters(&counters);
-        let drops = DropReason::ALL
-            .iter()
-            .map(|r| (r.label().to_string(), counters.iter().map(|c| c.drops_of(*r)).sum()))
-            .collect();
-        Overview {
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_s: state.uptime_s(),
-            workers: state.view.workers(),
-            config: state.config_path().map(|p| p.display().to_string()),
-            list: state.list(),
-            flows_active: total.flows_active,
-            flow_capacity: (state.flow_capacity * state.view.workers()) as u64,
-            rx_packets: total.rx_packets,
-            tx_packets: total.tx_packets,
-            drops,
-            ftp: state.ftp().as_array().map(|a| a.iter().map(FtpRow::from_json).collect()).unwrap_or_default(),
-            health: state.health(),
-        }
-    }
-
     pub fn drops_total(&self) -> u64 {
         self.drops.iter().map(|d| d.1).sum()
     }

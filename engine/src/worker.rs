@@ -12,7 +12,6 @@ use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNPROXY, NONE};
 use crate::frag::{self, FragTable, FragVerdict};
-use crate::ipvsadm::ConnRow;
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
     self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP,
@@ -40,7 +39,7 @@ pub enum Ctrl {
     /// A new configuration snapshot.
     Snapshot(Arc<Snapshot>),
     /// Send a listing of the worker's connections.
-    ListConns(crossbeam_channel::Sender<Vec<ConnRow>>),
+    ListConns(crossbeam_channel::Sender<Vec<flow::ConnRow>>),
 }
 
 /// Everything workers share: rings and counters. Built once at start.
@@ -2080,7 +2079,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
-    fn list_conns(&self) -> Vec<ConnRow> {
+    fn list_conns(&self) -> Vec<flow::ConnRow> {
         let mut v = Vec::new();
         for i in 0..self.flows.slots() as u32 {
             let Some(c) = self.flows.try_get(i) else { continue };
@@ -2092,7 +2091,7 @@ impl<Q: PortQueue> Worker<Q> {
                 _ => "?",
             };
             let sa = |a: Addr, p: u16| std::net::SocketAddr::new(addr_to_ip(a), p).to_string();
-            v.push(ConnRow {
+            v.push(flow::ConnRow {
                 worker: self.id,
                 id: i,
                 proto: proto.into(),
