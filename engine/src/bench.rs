@@ -296,8 +296,6 @@ impl Rig {
                     name: itf.name.clone(),
                     mac: itf.mac,
                     queues: n as u16,
-                    rx_csum_offload: false,
-                    tx_csum_offload: false,
                     mtu: 1500,
                 });
                 q.rx.reserve(BURST * 4);

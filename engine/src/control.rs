@@ -646,9 +646,6 @@ impl ControlHandle {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.state.snapshot()
     }
-    pub fn socket_path(&self) -> &Path {
-        &self.socket
-    }
     pub fn shutdown(mut self) {
         self.stop_threads();
     }

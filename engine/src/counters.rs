@@ -43,7 +43,6 @@ drop_reasons! {
     NoBuffer => "no_buffer": "No free buffer to build a packet.",
     TooBig => "too_big": "A rewritten packet would not fit the buffer or MTU.",
     AlgHold => "alg_hold": "An FTP segment held back by the gateway until its line completes.",
-    BadChecksum => "bad_checksum": "Checksum verification failed (when checked).",
 }
 
 pub const N_DROPS: usize = DropReason::ALL.len();

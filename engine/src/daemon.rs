@@ -37,10 +37,6 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
-pub fn request_stop() {
-    STOP.store(true, Ordering::Relaxed);
-}
-
 /// Number of SIGHUPs received so far.
 pub fn hup_count() -> u32 {
     HUP.load(Ordering::Relaxed)
@@ -321,8 +317,6 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
                                 name: itf.name.clone(),
                                 mac: itf.mac.unwrap_or(crate::port::memory::default_mac(i)),
                                 queues: workers as u16,
-                                rx_csum_offload: false,
-                                tx_csum_offload: false,
                                 mtu: 1500,
                             });
                             q.capture = false;
@@ -349,7 +343,6 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
 
 #[cfg(feature = "dpdk")]
 fn open_dpdk(config: Arc<Config>) -> Result<Running, String> {
-    use crate::port::Backend as _;
     let mut be = crate::port::dpdk::DpdkBackend::open(&config).map_err(|e| e.to_string())?;
     let queues = be.take_queues();
     let mut running = start(

@@ -1,8 +1,9 @@
-//! The per-worker flow table: a slab of connections plus a hashbrown map
-//! from the 5-tuple as received to (slab index, direction). A NAT
-//! connection has two keys (client side and real-server side); a DR
-//! connection has one. Sized up front: the map and the slab never grow past
-//! the configured capacity, so there are no rehash spikes.
+//! The per-worker flow table: a slab of connections plus an
+//! open-addressing index (linear probing over 8-byte `tag | slot | dir`
+//! words, see [`FlowTable`]) from the 5-tuple as received to (slab index,
+//! direction). A NAT connection has two keys (client side and real-server
+//! side); a DR connection has one. Sized up front: the index and the slab
+//! never grow past the configured capacity, so there are no rehash spikes.
 
 use crate::parse::Addr;
 use crate::tcpstate::TcpState;
@@ -73,7 +74,7 @@ pub struct Conn {
     pub mac_out: [u8; 6],
     pub mac_gen: u32,
     /// Packets per direction, low 32 bits (`ferrovsadm -L -c`); a wrap
-    /// carries into [`ConnCold`] (see [`FlowTable::count_pkt`]). Byte and
+    /// carries into [`ConnCold`] (see [`FlowTable::carry_pkt`]). Byte and
     /// per-service counts are kept by the worker (`Worker::flush_svc_counters`).
     pub pkts_in: u32,
     pub pkts_out: u32,
@@ -412,16 +413,6 @@ impl FlowTable {
     #[inline(always)]
     pub fn both_mut(&mut self, i: u32) -> (&mut Conn, &mut ConnCold) {
         (&mut self.slab[i as usize], &mut self.cold[i as usize])
-    }
-    /// Count a packet of connection `i` (`inbound`: client to server).
-    #[inline(always)]
-    pub fn count_pkt(&mut self, i: u32, inbound: bool) {
-        let c = &mut self.slab[i as usize];
-        let n = if inbound { &mut c.pkts_in } else { &mut c.pkts_out };
-        *n = n.wrapping_add(1);
-        if *n == 0 {
-            self.carry_pkt(i, inbound);
-        }
     }
     /// The low half of a packet count of connection `i` wrapped: carry.
     #[cold]

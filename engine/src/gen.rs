@@ -284,7 +284,6 @@ pub fn run_afpacket(tx_dev: &str, rx_dev: Option<&str>, a: &GenArgs) -> Result<G
 /// addresses) with `eal_args`, and run on one queue of each.
 #[cfg(feature = "dpdk")]
 pub fn run_dpdk(tx_dev: &str, rx_dev: Option<&str>, eal_args: &[String], a: &GenArgs) -> Result<GenReport, String> {
-    use crate::port::Backend as _;
     let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     let mut text = String::from("[engine]\nworkers = 1\nbackend = \"dpdk\"\nmbufs = 8192\n");
     text += &format!("eal_args = [{}]\n", eal_args.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
@@ -335,8 +334,6 @@ mod tests {
             name: "g".into(),
             mac: [2, 0, 0, 0, 0, 9],
             queues: 1,
-            rx_csum_offload: false,
-            tx_csum_offload: false,
             mtu: 1500,
         };
         let tx = MemQueue::new(caps.clone());

@@ -7,7 +7,7 @@
 //! Static `[[neighbor]]` entries are loaded first and never overwritten.
 
 use crate::csum;
-use crate::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, Addr};
+use crate::parse::{addr_v4_bytes, addr_v6_bytes, Addr};
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 
@@ -265,10 +265,6 @@ pub fn nd_lladdr(opts: &[u8], want: u8) -> Option<[u8; 6]> {
         o = &o[len..];
     }
     None
-}
-
-pub fn is_v4(a: Addr) -> bool {
-    addr_is_v4(a)
 }
 
 #[cfg(test)]

@@ -68,10 +68,6 @@ impl Overview {
         self.drops.iter().map(|d| d.1).sum()
     }
 
-    /// The health-check detail of a real server, if it is checked.
-    pub fn health_of(&self, service: &str, server: &str) -> Option<&HealthInfo> {
-        self.health.iter().find(|h| h.service == service && h.server == server)
-    }
 }
 
 /// A line of the services table: a service or one of its real servers.

@@ -47,8 +47,6 @@ impl MemEngine {
                             name: itf.name.clone(),
                             mac: macs[i],
                             queues: n as u16,
-                            rx_csum_offload: false,
-                            tx_csum_offload: false,
                             mtu: 1500,
                         })
                     })

@@ -26,7 +26,7 @@ mod common;
 use common::netns::VethNs;
 use ferrovs_cfg::{Backend as CfgBackend, Config, Engine, Interface, Timeouts};
 use ferrovs_engine::port::dpdk::{self, DpdkBackend, DpdkError, Mbuf};
-use ferrovs_engine::port::{Backend, Packet, PortQueue, BURST, HEADROOM, MAX_FRAME};
+use ferrovs_engine::port::{Packet, PortQueue, BURST, HEADROOM, MAX_FRAME};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

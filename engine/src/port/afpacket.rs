@@ -509,8 +509,6 @@ pub fn open_with(
                     name: name.to_string(),
                     mac: mac_override.unwrap_or(info.mac),
                     queues: workers as u16,
-                    rx_csum_offload: false,
-                    tx_csum_offload: false,
                     mtu: info.mtu.min(u16::MAX as u32) as u16,
                 };
                 first.insert((caps, info.mtu)).clone()
@@ -717,10 +715,6 @@ impl AfPacketQueue {
     /// queue's pool instead of freeing it.
     pub fn recycle(&mut self, b: HeapBuf) {
         self.put_buf(b);
-    }
-    /// Buffers on this queue's free list.
-    pub fn free_bufs(&self) -> usize {
-        self.free.len()
     }
 
     /// Kernel counters since the last call (`PACKET_STATISTICS`).

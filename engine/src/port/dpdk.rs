@@ -5,7 +5,7 @@
 //! [`DpdkBackend::open`] initialises EAL once per process, opens every
 //! configured interface as an ethdev port with one rx/tx queue pair per
 //! worker, creates one mbuf pool per port and starts the ports.
-//! [`Backend::take_queues`] hands out `[worker][interface]` [`DpdkQueue`]s.
+//! [`DpdkBackend::take_queues`] hands out `[worker][interface]` [`DpdkQueue`]s.
 //! Received frames stay in their mbufs: [`Mbuf`] implements [`Packet`] over
 //! the mbuf's data room, and `rx_burst`/`tx_burst` move mbuf pointers
 //! between the PMD and the caller's `Vec` without copying a byte.
@@ -35,15 +35,14 @@
 //! # Offloads
 //! None are enabled. Checksum offload would need per-mbuf `ol_flags`
 //! (rx verdicts, tx `l2_len`/`l3_len`), which the [`Packet`] trait does not
-//! carry, so [`PortCaps`] reports `rx_csum_offload`/`tx_csum_offload` false
-//! and the pipeline computes checksums itself. `MBUF_FAST_FREE` is off on
+//! carry, so the pipeline computes checksums itself. `MBUF_FAST_FREE` is off on
 //! purpose: a forwarded mbuf is transmitted on a port other than the one
 //! whose pool it came from. RSS is configured (IP + TCP/UDP ports, default
 //! key) only when the PMD reports hash types (`flow_type_rss_offloads`) and
 //! there is more than one queue; af_packet reports none and spreads flows
 //! with the kernel's packet fanout instead.
 
-use super::{Backend, Packet, PortCaps, PortQueue, TxResult, BURST, HEADROOM, MAX_FRAME};
+use super::{Packet, PortCaps, PortQueue, TxResult, BURST, HEADROOM, MAX_FRAME};
 use dpdk_sys as ffi;
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -707,9 +706,6 @@ impl DpdkQueue {
     pub fn port_id(&self) -> u16 {
         self.port
     }
-    pub fn queue_id(&self) -> u16 {
-        self.queue
-    }
     /// Received chained frames dropped because they could not be made into
     /// one segment (should stay 0: the data room holds a full frame).
     pub fn rx_chained_dropped(&self) -> u64 {
@@ -828,14 +824,12 @@ pub struct DpdkBackend {
     queues: Vec<Vec<DpdkQueue>>,
 }
 
-impl Backend for DpdkBackend {
-    type Queue = DpdkQueue;
-    fn take_queues(&mut self) -> Vec<Vec<DpdkQueue>> {
+impl DpdkBackend {
+    /// The queues, once: `[w][i]` is worker `w`'s queue of interface `i`.
+    pub fn take_queues(&mut self) -> Vec<Vec<DpdkQueue>> {
         std::mem::take(&mut self.queues)
     }
-}
 
-impl DpdkBackend {
     /// Initialise EAL from `cfg.engine.eal_args`, then open, configure and
     /// start every interface with `cfg.engine.workers` queue pairs.
     ///
@@ -1017,8 +1011,6 @@ fn open_port(cfg: &ferrovs_cfg::Config, iface: &ferrovs_cfg::model::Interface, n
         name: iface.name.clone(),
         mac: [0; 6],
         queues: nq,
-        rx_csum_offload: false,
-        tx_csum_offload: false,
         mtu: mtu.min((MAX_FRAME - 22) as u16),
     };
     tracing::info!(

@@ -156,10 +156,6 @@ impl MemQueue {
         b.fill(frame);
         self.rx.push_back(b);
     }
-    /// Queue an already-built buffer for reception.
-    pub fn inject_buf(&mut self, b: HeapBuf) {
-        self.rx.push_back(b);
-    }
     /// Take everything transmitted so far.
     pub fn take_tx(&mut self) -> Vec<HeapBuf> {
         std::mem::take(&mut self.tx)
@@ -244,8 +240,6 @@ mod tests {
             name: "t".into(),
             mac: [2, 0, 0, 0, 0, 1],
             queues: 1,
-            rx_csum_offload: false,
-            tx_csum_offload: false,
             mtu: 1500,
         }
     }

@@ -57,10 +57,6 @@ pub struct PortCaps {
     pub mac: [u8; 6],
     /// Number of rx/tx queue pairs (one per worker).
     pub queues: u16,
-    /// The NIC verifies IPv4/L4 checksums on receive.
-    pub rx_csum_offload: bool,
-    /// The NIC computes IPv4/L4 checksums on transmit.
-    pub tx_csum_offload: bool,
     /// Largest IP packet the port carries.
     pub mtu: u16,
 }
@@ -93,9 +89,3 @@ pub struct TxResult {
     pub dropped: usize,
 }
 
-/// A backend: opens every configured interface and splits it into one queue
-/// per worker. `queues()[w][i]` is worker `w`'s queue of interface `i`.
-pub trait Backend {
-    type Queue: PortQueue;
-    fn take_queues(&mut self) -> Vec<Vec<Self::Queue>>;
-}

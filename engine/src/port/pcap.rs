@@ -174,10 +174,6 @@ impl<R: Read> PcapReader<R> {
     pub fn link_type(&self) -> u32 {
         self.link_type
     }
-    /// Records read so far.
-    pub fn records_read(&self) -> u64 {
-        self.record
-    }
 
     /// The next packet: `(timestamp in ns since the epoch, frame)`, or `None`
     /// at a clean end of file.
@@ -283,11 +279,6 @@ impl<W: Write> PcapWriter<W> {
         self.w.write_all(&data[..incl])?;
         self.written += 1;
         Ok(())
-    }
-
-    /// Packets written so far.
-    pub fn packets_written(&self) -> u64 {
-        self.written
     }
 
     /// Flush buffered output.
@@ -503,8 +494,6 @@ mod tests {
             name: "pcap0".into(),
             mac: [2, 0, 0, 0, 0, 1],
             queues: 1,
-            rx_csum_offload: false,
-            tx_csum_offload: false,
             mtu: 1500,
         }
     }
