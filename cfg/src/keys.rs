@@ -241,6 +241,13 @@ mod tests {
     }
 
     #[test]
+    fn the_scheduler_key_lists_the_schedulers_of_the_sched_crate() {
+        let k = KEYS.iter().find(|k| k.section == "service" && k.key == "scheduler").unwrap();
+        assert_eq!(k.ty, ferrovs_sched::NAMES.join(" "));
+        assert_eq!(k.default, Some(format!("\"{}\"", ferrovs_sched::DEFAULT).as_str()));
+    }
+
+    #[test]
     fn every_key_appears_in_the_man_page() {
         let page = man_page("0.0.0");
         for x in KEYS {

@@ -16,10 +16,6 @@ mod validate;
 
 pub use error::ConfigError;
 
-/// Scheduler names accepted in `service.scheduler` (the ipvsadm `-s` names).
-pub const SCHEDULERS: &[&str] =
-    &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos"];
-
 impl Config {
     /// Parse and validate TOML text. `origin` names the text in error messages
     /// (usually the file name). `source` of the result is `None`.

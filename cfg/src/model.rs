@@ -225,8 +225,8 @@ pub struct Service {
     /// Ports and ranges served as ONE virtual service (like an LVS fwmark).
     /// Empty means every port (a fwmark service with no port in ipvsadm).
     pub ports: Vec<PortRange>,
-    /// ipvsadm scheduler name (default "wlc"); validated against
-    /// `ferrovs_sched::NAMES` by the engine-facing validation.
+    /// ipvsadm scheduler name (default `ferrovs_sched::DEFAULT`, "wlc"),
+    /// one of `ferrovs_sched::NAMES` (checked when the file is validated).
     pub scheduler: String,
     pub forward: Forward,
     pub persistence: Option<Persistence>,

@@ -10,7 +10,6 @@ use toml::Spanned;
 use crate::error::{ConfigError, Ctx};
 use crate::model::*;
 use crate::raw::*;
-use crate::SCHEDULERS;
 
 type R<T> = Result<T, ConfigError>;
 
@@ -317,15 +316,10 @@ impl Validator<'_> {
 
         let scheduler = match &rs.scheduler {
             Some(s) => {
-                if !SCHEDULERS.contains(&s.get_ref().as_str()) {
-                    return Err(self.err(
-                        span_of(s),
-                        format!("unknown scheduler {:?}: expected one of {}", s.get_ref(), SCHEDULERS.join(", ")),
-                    ));
-                }
+                ferrovs_sched::check_name(s.get_ref()).map_err(|e| self.err(span_of(s), e.to_string()))?;
                 s.get_ref().clone()
             }
-            None => "wlc".to_string(),
+            None => ferrovs_sched::DEFAULT.to_string(),
         };
         let forward = match &rs.forward {
             Some(f) => self.forward(f)?,

@@ -412,8 +412,8 @@ fn reachability_rules() {
 
 #[test]
 fn schedulers_are_all_accepted() {
-    assert_eq!(SCHEDULERS.len(), 14);
-    for s in SCHEDULERS {
+    assert_eq!(ferrovs_sched::NAMES.len(), 14);
+    for s in ferrovs_sched::NAMES {
         let t = format!(
             "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nscheduler = \"{s}\"\n"
         );

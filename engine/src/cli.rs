@@ -223,7 +223,7 @@ pub fn ferrovsadm_command() -> Command {
         .arg(opt("ipv6", Some('6'), "ipv6", None, "The -f service is IPv6."))
         .arg(
             opt("scheduler", Some('s'), "scheduler", Some("SCHEDULER"), "Scheduling method.")
-                .value_parser(clap::builder::PossibleValuesParser::new(ferrovs_cfg::SCHEDULERS)),
+                .value_parser(clap::builder::PossibleValuesParser::new(ferrovs_sched::NAMES)),
         )
         .arg(
             Arg::new("persistent")

@@ -166,9 +166,7 @@ pub fn applier_of(running: &Running) -> Applier {
 /// through the ferrovs-cfg validator).
 pub fn validate(cfg: &Config) -> Result<Config, String> {
     for s in &cfg.services {
-        if !ferrovs_sched::NAMES.contains(&s.scheduler.as_str()) {
-            return Err(format!("service {:?}: unknown scheduler {:?}", s.name, s.scheduler));
-        }
+        ferrovs_sched::check_name(&s.scheduler).map_err(|e| format!("service {:?}: {e}", s.name))?;
     }
     let text = cfg.to_toml();
     let mut out = Config::from_str(&text, "<control>").map_err(|e| e.message)?;

@@ -371,12 +371,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "-6" | "--ipv6" => v6 = true,
             "-s" | "--scheduler" => {
                 let s = next(t)?;
-                if !ferrovs_cfg::SCHEDULERS.contains(&s.as_str()) {
-                    return Err(format!(
-                        "unknown scheduler {s:?}: expected one of {}",
-                        ferrovs_cfg::SCHEDULERS.join(", ")
-                    ));
-                }
+                ferrovs_sched::check_name(&s).map_err(|e| e.to_string())?;
                 sched = Some(s);
             }
             "-p" | "--persistent" => {
@@ -784,7 +779,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 vip,
                 protocol: proto,
                 ports,
-                scheduler: scheduler.clone().unwrap_or_else(|| "wlc".into()),
+                scheduler: scheduler.clone().unwrap_or_else(|| ferrovs_sched::DEFAULT.into()),
                 forward: Forward::Dr,
                 persistence: persistence(vip, *persistent, netmask)?,
                 ftp,

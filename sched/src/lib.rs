@@ -230,7 +230,9 @@ pub trait Scheduler: Send {
     }
 }
 
-/// All scheduler names, in ipvsadm's order of the issue.
+/// All scheduler names, in ipvsadm's order of the issue. The one list:
+/// configuration validation, the importers, ferrovsadm `-s` and the
+/// documentation of `service.scheduler` all use it.
 pub const NAMES: &[&str] =
     &["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh", "lblc", "lblcr", "fo", "ovf", "twos"];
 
@@ -263,11 +265,20 @@ pub struct UnknownScheduler(pub String);
 
 impl fmt::Display for UnknownScheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown scheduler {:?}; valid: {}", self.0, NAMES.join(", "))
+        write!(f, "unknown scheduler {:?}: expected one of {}", self.0, NAMES.join(", "))
     }
 }
 
 impl std::error::Error for UnknownScheduler {}
+
+/// `name` if it is one of [`NAMES`].
+pub fn check_name(name: &str) -> Result<&str, UnknownScheduler> {
+    if NAMES.contains(&name) {
+        Ok(name)
+    } else {
+        Err(UnknownScheduler(name.to_string()))
+    }
+}
 
 /// A scheduler by IPVS name with default options. `seed` feeds `twos`'s RNG (use a different seed
 /// per worker); the others ignore it.
@@ -403,10 +414,12 @@ mod tests {
 
     #[test]
     fn unknown_name_lists_valid_ones() {
+        assert_eq!(check_name("mh"), Ok("mh"));
+        assert_eq!(check_name("foo").err(), new_scheduler("foo", &[], 0).err());
         let e = new_scheduler("foo", &[], 0).err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown scheduler \"foo\"; valid: rr, wrr, lc, wlc, sed, nq, sh, dh, mh, lblc, \
+            "unknown scheduler \"foo\": expected one of rr, wrr, lc, wlc, sed, nq, sh, dh, mh, lblc, \
              lblcr, fo, ovf, twos"
         );
     }

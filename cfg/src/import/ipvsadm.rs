@@ -175,13 +175,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                 }
             };
             if let Some(s) = sched {
-                if !crate::SCHEDULERS.contains(&s.as_str()) {
-                    return Err(err(
-                        ORIGIN,
-                        n,
-                        format!("unknown scheduler {s:?}: expected one of {}", crate::SCHEDULERS.join(", ")),
-                    ));
-                }
+                ferrovs_sched::check_name(&s).map_err(|e| err(ORIGIN, n, e.to_string()))?;
                 svc.scheduler = s;
             }
             if let Some(t) = persistent {

@@ -168,14 +168,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             "real_server" => reals.push(n),
             "delay_loop" => interval = secs(n)?,
             "lb_algo" | "lvs_sched" => {
-                let s = arg(n)?;
-                if !crate::SCHEDULERS.contains(&s) {
-                    return Err(err(
-                        ORIGIN,
-                        n.line,
-                        format!("unknown scheduler {s:?}: expected one of {}", crate::SCHEDULERS.join(", ")),
-                    ));
-                }
+                let s = ferrovs_sched::check_name(arg(n)?).map_err(|e| err(ORIGIN, n.line, e.to_string()))?;
                 scheduler = Some(s.to_string());
             }
             "lb_kind" | "lvs_method" => forward = method(n)?,

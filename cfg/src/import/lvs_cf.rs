@@ -221,14 +221,7 @@ fn virtual_block(
                 }
             }
             "scheduler" => {
-                let s = value(it)?;
-                if !crate::SCHEDULERS.contains(&s) {
-                    return Err(err(
-                        ORIGIN,
-                        l,
-                        format!("unknown scheduler {s:?}: expected one of {}", crate::SCHEDULERS.join(", ")),
-                    ));
-                }
+                let s = ferrovs_sched::check_name(value(it)?).map_err(|e| err(ORIGIN, l, e.to_string()))?;
                 scheduler = Some(s.to_string());
             }
             "persistent" => {

@@ -105,7 +105,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         vip,
         protocol,
         ports,
-        scheduler: "wlc".into(),
+        scheduler: ferrovs_sched::DEFAULT.into(),
         forward: Forward::Nat,
         persistence: None,
         ftp: None,
