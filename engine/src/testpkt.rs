@@ -20,12 +20,7 @@ pub fn tcp4(
     ack: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64);
-    let mut t = b.tcp(sport, dport, seq, 64240);
-    t = tcp_flags(t, flags, ack);
-    let mut v = Vec::with_capacity(t.size(payload.len()));
-    t.write(&mut v, payload).expect("build tcp4");
-    v
+    tcp(PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64), sport, dport, flags, seq, ack, payload)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -39,13 +34,26 @@ pub fn tcp6(
     ack: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64);
-    let mut t = b.tcp(sport, dport, seq, 64240);
-    t = tcp_flags(t, flags, ack);
+    tcp(PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64), sport, dport, flags, seq, ack, payload)
+}
+
+/// A TCP segment on an Ethernet + IP builder (either family).
+fn tcp(ip: IpStep, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let t = tcp_flags(ip.tcp(sport, dport, seq, 64240), flags, ack);
     let mut v = Vec::with_capacity(t.size(payload.len()));
-    t.write(&mut v, payload).expect("build tcp6");
+    t.write(&mut v, payload).expect("build tcp");
     v
 }
+
+/// A UDP datagram on an Ethernet + IP builder (either family).
+fn udp(ip: IpStep, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let u = ip.udp(sport, dport);
+    let mut v = Vec::with_capacity(u.size(payload.len()));
+    u.write(&mut v, payload).expect("build udp");
+    v
+}
+
+type IpStep = etherparse::PacketBuilderStep<etherparse::IpHeaders>;
 
 fn tcp_flags(
     mut t: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
@@ -71,17 +79,11 @@ fn tcp_flags(
 }
 
 pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).udp(sport, dport);
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("build udp4");
-    v
+    udp(PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64), sport, dport, payload)
 }
 
 pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64).udp(sport, dport);
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("build udp6");
-    v
+    udp(PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64), sport, dport, payload)
 }
 
 /// An ICMPv4 error (`ty`/`code`) from `src` to `dst` quoting `quoted` (an

@@ -8,6 +8,7 @@
 
 mod common;
 use common::netns::VethNs;
+use ferrovs_engine::frame;
 use ferrovs_engine::port::afpacket::{self, AfPacketConfig, AfPacketQueue, TxMode};
 use ferrovs_engine::port::memory::HeapBuf;
 use ferrovs_engine::port::{Packet, PortQueue, BURST};
@@ -142,31 +143,26 @@ fn frames_cross_veth_intact_with_vlan_tags() {
     });
 }
 
+/// A UDP frame of flow `flow` (source 10.1.x.y:1024+flow to 10.99.0.1:80)
+/// carrying `flow` and `seq`, written by the engine's frame writer.
 fn udp_frame(flow: u32, seq: u32) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&MAC_OTHER);
-    f.extend_from_slice(&MAC_A);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let payload = [flow.to_be_bytes(), seq.to_be_bytes()].concat();
-    let total = 20 + 8 + payload.len() as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[10, 1, (flow >> 8) as u8, flow as u8]);
-    ip.extend_from_slice(&[10, 99, 0, 1]);
-    let mut s: u32 = ip.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    ip[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&(1024 + flow as u16).to_be_bytes());
-    f.extend_from_slice(&80u16.to_be_bytes());
-    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&payload);
-    while f.len() < 60 {
-        f.push(0);
-    }
-    f
+    let f = frame::Frame4 {
+        src_mac: MAC_OTHER,
+        dst_mac: MAC_A,
+        src: [10, 1, (flow >> 8) as u8, flow as u8],
+        dst: [10, 99, 0, 1],
+        sport: 1024 + flow as u16,
+        dport: 80,
+        proto: ferrovs_engine::parse::PROTO_UDP,
+        flags: 0,
+        seq: 0,
+        ack: 0,
+        ttl: 64,
+    };
+    let mut b = vec![0u8; frame::MIN_FRAME + 64];
+    let n = frame::write4(&mut b, &f, 0, &[flow.to_be_bytes(), seq.to_be_bytes()].concat());
+    b.truncate(n);
+    b
 }
 
 #[test]
