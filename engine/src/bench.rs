@@ -292,12 +292,8 @@ impl Rig {
             .ifaces
             .iter()
             .map(|itf| {
-                let mut q = MemQueue::new(PortCaps {
-                    name: itf.name.clone(),
-                    mac: itf.mac,
-                    queues: n as u16,
-                    mtu: 1500,
-                });
+                let mut q =
+                    MemQueue::new(PortCaps { name: itf.name.clone(), mac: itf.mac, queues: n as u16, mtu: 1500 });
                 q.rx.reserve(BURST * 4);
                 q.tx.reserve(BURST * 8);
                 q

@@ -41,8 +41,8 @@
 use crate::counters::{DropReason, ServiceCounters};
 use crate::daemon::{EngineView, Running};
 use crate::health::{HealthInfo, HealthTarget, ServerKey};
-use crate::overview::{FtpRow, Overview};
 use crate::ipvsadm::{self, Command, ConnRow, ListData, Stats, SvcKey};
+use crate::overview::{FtpRow, Overview};
 use crate::snapshot::Snapshot;
 use crate::worker::Ctrl;
 use ferrovs_cfg::Config;

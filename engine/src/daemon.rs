@@ -253,7 +253,11 @@ pub fn start<Q: PortQueue + 'static>(
         .filter_map(|w| config.engine.cores.as_ref().and_then(|l| l.get(w).copied()))
         .collect();
     if !unavailable.is_empty() {
-        tracing::warn!(?unavailable, ?allowed, "configured cores are not in this process's CPU set; those workers are not pinned");
+        tracing::warn!(
+            ?unavailable,
+            ?allowed,
+            "configured cores are not in this process's CPU set; those workers are not pinned"
+        );
     }
     let pinned: Vec<usize> = placement.iter().flatten().copied().collect();
     tracing::info!(configured = config.engine.cores.is_some(), "workers pinned to cores {pinned:?}");

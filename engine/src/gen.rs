@@ -330,12 +330,7 @@ mod tests {
 
     #[test]
     fn generates_the_ranges_on_a_memory_port() {
-        let caps = PortCaps {
-            name: "g".into(),
-            mac: [2, 0, 0, 0, 0, 9],
-            queues: 1,
-            mtu: 1500,
-        };
+        let caps = PortCaps { name: "g".into(), mac: [2, 0, 0, 0, 0, 9], queues: 1, mtu: 1500 };
         let tx = MemQueue::new(caps.clone());
         let mut rxq = MemQueue::new(caps);
         rxq.inject(&crate::testpkt::udp4([1, 1, 1, 1], 1, [2, 2, 2, 2], 2, b"x"));

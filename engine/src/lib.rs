@@ -92,7 +92,8 @@ mod layering_tests {
     fn uses(src: &str, module: &str) -> bool {
         let pat = format!("crate::{module}");
         src.lines().filter(|l| !l.trim_start().starts_with("//")).any(|l| {
-            l.match_indices(&pat).any(|(i, _)| !l[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+            l.match_indices(&pat)
+                .any(|(i, _)| !l[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
         })
     }
 

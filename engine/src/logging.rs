@@ -162,9 +162,9 @@ mod tests {
     fn json_is_one_object_per_line_with_level_target_fields() {
         let out = capture(LogFormat::Json, true, || {
             let span = tracing::info_span!("worker", id = 3);
-            span.in_scope(|| {
-                tracing::warn!(target: "ferrovs::t", cores = ?[1, 2], n = 7u64, ok = true, "pinned \"x\"\nnext")
-            });
+            span.in_scope(
+                || tracing::warn!(target: "ferrovs::t", cores = ?[1, 2], n = 7u64, ok = true, "pinned \"x\"\nnext"),
+            );
             tracing::info!(target: "ferrovs::t", ratio = 1.5, "second");
         });
         let lines: Vec<&str> = out.lines().collect();

@@ -67,7 +67,6 @@ impl Overview {
     pub fn drops_total(&self) -> u64 {
         self.drops.iter().map(|d| d.1).sum()
     }
-
 }
 
 /// A line of the services table: a service or one of its real servers.

@@ -43,12 +43,7 @@ impl MemEngine {
                     .iter()
                     .enumerate()
                     .map(|(i, itf)| {
-                        MemQueue::new(PortCaps {
-                            name: itf.name.clone(),
-                            mac: macs[i],
-                            queues: n as u16,
-                            mtu: 1500,
-                        })
+                        MemQueue::new(PortCaps { name: itf.name.clone(), mac: macs[i], queues: n as u16, mtu: 1500 })
                     })
                     .collect();
                 Worker::new(w, queues, snapshot.clone(), fabric.clone())

@@ -1007,12 +1007,7 @@ fn open_port(cfg: &ferrovs_cfg::Config, iface: &ferrovs_cfg::model::Interface, n
     let mut mtu = 1500u16;
     // SAFETY: valid port; mtu is written on success only.
     unsafe { ffi::rte_eth_dev_get_mtu(id, &mut mtu) };
-    let caps = PortCaps {
-        name: iface.name.clone(),
-        mac: [0; 6],
-        queues: nq,
-        mtu: mtu.min((MAX_FRAME - 22) as u16),
-    };
+    let caps = PortCaps { name: iface.name.clone(), mac: [0; 6], queues: nq, mtu: mtu.min((MAX_FRAME - 22) as u16) };
     tracing::info!(
         device = dev,
         port = id,

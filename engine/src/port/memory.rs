@@ -236,12 +236,7 @@ mod tests {
     use super::*;
 
     fn caps() -> PortCaps {
-        PortCaps {
-            name: "t".into(),
-            mac: [2, 0, 0, 0, 0, 1],
-            queues: 1,
-            mtu: 1500,
-        }
+        PortCaps { name: "t".into(), mac: [2, 0, 0, 0, 0, 1], queues: 1, mtu: 1500 }
     }
 
     #[test]

@@ -88,4 +88,3 @@ pub struct TxResult {
     pub bytes: u64,
     pub dropped: usize,
 }
-

@@ -490,12 +490,7 @@ mod tests {
     use std::io::Cursor;
 
     fn caps() -> PortCaps {
-        PortCaps {
-            name: "pcap0".into(),
-            mac: [2, 0, 0, 0, 0, 1],
-            queues: 1,
-            mtu: 1500,
-        }
+        PortCaps { name: "pcap0".into(), mac: [2, 0, 0, 0, 0, 1], queues: 1, mtu: 1500 }
     }
 
     /// A hand-built pcap file: `be` byte order, `nanos` resolution.
