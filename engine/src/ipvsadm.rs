@@ -34,7 +34,8 @@
 //! - A new TCP service on port 21 gets the FTP gateway, as with the
 //!   kernel's ip_vs_ftp module loaded (its default `ports=21`).
 
-use ferrovs_cfg::{Config, Forward, FtpOptions, Persistence, PortRange, Protocol, RealServer, Service};
+use ferrovs_cfg::import::{Import, MarkMap};
+use ferrovs_cfg::{Config, ConfigError, Forward, FtpOptions, Persistence, PortRange, Protocol, RealServer, Service};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -571,6 +572,99 @@ pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
         }
     }
     Ok(out)
+}
+
+/// Options ipvsadm-save may print that ferrovs does not implement, and
+/// whether each takes an argument: [`import_save`] skips them with a warning
+/// (`ferrovsadm` itself refuses them).
+const NOT_IMPORTED: &[(&str, bool)] = &[
+    ("-o", false),
+    ("--ops", false),
+    ("-b", true),
+    ("--sched-flags", true),
+    ("--pe", true),
+    ("--tun-type", true),
+    ("--tun-port", true),
+    ("--tun-nocsum", false),
+    ("--tun-csum", false),
+    ("--tun-remcsum", false),
+];
+
+/// `ferrovs config import --from ipvsadm`: `ipvsadm-save` (or `ipvsadm -S`)
+/// output read by the same parser as `ferrovsadm -R` and the control
+/// socket ([`parse_args`]) and applied with the same edits ([`apply`]) to
+/// an empty configuration. What ferrovs does not implement is skipped with
+/// a warning; a firewall-mark service takes its VIP and ports from `marks`
+/// (the iptables/nftables rules that set marks are not part of the LVS
+/// configuration), else 0.0.0.0 and every port, with a warning. Errors
+/// name the line (file `ipvsadm`).
+pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
+    const ORIGIN: &str = "ipvsadm";
+    // A scratch configuration to apply the edits to; only its services are kept.
+    let mut cfg = Config::from_str("[engine]\nbackend = \"memory\"\n", ORIGIN)?;
+    let mut warnings = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let err = |message: String| ConfigError { file: ORIGIN.into(), line: Some(n), column: None, message };
+        let mut words = split_words(raw.split('#').next().unwrap_or(""));
+        if words.first().is_some_and(|w| w == "ipvsadm") {
+            words.remove(0);
+        }
+        if words.is_empty() {
+            continue;
+        }
+        let mut kept = Vec::with_capacity(words.len());
+        let mut it = words.into_iter();
+        while let Some(w) = it.next() {
+            match NOT_IMPORTED.iter().find(|(o, _)| *o == w) {
+                Some((_, takes_arg)) => {
+                    let arg = if *takes_arg { it.next().unwrap_or_default() } else { String::new() };
+                    warnings.push(format!("line {n}: option {w} {arg} is not supported, ignored"));
+                }
+                None => kept.push(w),
+            }
+        }
+        let mut cmd = match parse_args(&kept).map_err(err)?.action {
+            Action::Edit(c) => c,
+            _ => return Err(err("not an ipvsadm-save line (-A, -a, -E, -e, -D, -d, -C or --set)".into())),
+        };
+        match &mut cmd {
+            Command::SetTimeouts { .. } => {
+                warnings.push(format!("line {n}: --set: timeouts are [engine.timeouts] settings, not imported"));
+                continue;
+            }
+            Command::AddService { key: SvcKey::Fwmark { mark, v6 }, ext, .. } => {
+                let (vip, ports) = match marks.get(mark) {
+                    Some((vip, ports)) => (*vip, ports.clone()),
+                    None => {
+                        let vip = if *v6 { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) };
+                        warnings.push(format!(
+                            "line {n}: firewall mark {mark}: the addresses and ports it selects are set by \
+                             iptables/nftables rules, not by ipvsadm; imported with vip {vip} and all ports: set vip \
+                             and ports by hand"
+                        ));
+                        (vip, Vec::new())
+                    }
+                };
+                warnings.push(format!(
+                    "line {n}: firewall mark {mark}: a mark may select TCP and UDP; imported as protocol tcp"
+                ));
+                *ext = Some(ServiceExt { vip: Some(vip), ports: Some(fmt_ports(&ports)), ..Default::default() });
+            }
+            _ => {}
+        }
+        apply(&mut cfg, &cmd).map_err(err)?;
+        if let Command::AddService { .. } = cmd {
+            let s = cfg.services.last().expect("apply added the service");
+            if s.ftp.is_some() {
+                warnings.push(format!(
+                    "line {n}: service {:?}: TCP port 21 (ip_vs_ftp): enabled the FTP helper (ftp = true)",
+                    s.name
+                ));
+            }
+        }
+    }
+    Ok(Import { services: cfg.services, warnings })
 }
 
 fn parse_ext(s: &str) -> Result<ServiceExt, String> {
@@ -1326,6 +1420,171 @@ pub fn format_save(cfg: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // `ferrovs config import --from ipvsadm` (the samples live with the
+    // other importers' in cfg/tests/data).
+    const SAVE_FTP: &str = include_str!("../../cfg/tests/data/ipvsadm-save-ftp.txt");
+    const FWMARK: &str = include_str!("../../cfg/tests/data/ipvsadm-save-fwmark.txt");
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Render, prepend a memory-backend engine, parse back: equal services.
+    fn roundtrip(imp: &Import) {
+        let t = format!("[engine]\nbackend = \"memory\"\n\n{}", imp.to_toml());
+        let c = Config::from_str(&t, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{t}"));
+        assert_eq!(c.services, imp.services, "{t}");
+    }
+
+    /// ipvsadm words, a few ferrovs does not implement, and junk.
+    const TOKENS: &[&str] = &[
+        "-A",
+        "-a",
+        "-E",
+        "-e",
+        "-D",
+        "-d",
+        "-C",
+        "--set",
+        "-t",
+        "-u",
+        "-f",
+        "-6",
+        "-s",
+        "rr",
+        "nope",
+        "-p",
+        "300",
+        "-M",
+        "255.255.255.0",
+        "64",
+        "-r",
+        "10.0.0.1:80",
+        "10.0.2.2",
+        "[fd00::1]:21",
+        "10.0.0.1:0",
+        "21",
+        "-g",
+        "-m",
+        "-i",
+        "-w",
+        "70000",
+        "1",
+        "-x",
+        "-y",
+        "-b",
+        "--pe",
+        "-o",
+        "ipvsadm",
+        "#",
+        "'",
+        "\"",
+        "-L",
+        "--socket",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        #[test]
+        fn import_never_panics_and_errors_name_a_line(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(TOKENS), 0..9), 0..7)
+        ) {
+            let text = lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n");
+            match import_save(&text, &MarkMap::new()) {
+                Ok(imp) => {
+                    let _ = imp.to_toml();
+                }
+                Err(e) => proptest::prop_assert!(e.line.is_some_and(|l| l >= 1 && l <= lines.len()), "{e}"),
+            }
+        }
+    }
+
+    fn warned(imp: &Import, line: usize, part: &str) -> bool {
+        imp.warnings.iter().any(|w| w.starts_with(&format!("line {line}:")) && w.contains(part))
+    }
+
+    #[test]
+    fn ipvsadm_save() {
+        let imp = import_save(SAVE_FTP, &MarkMap::new()).unwrap();
+        roundtrip(&imp);
+        assert_eq!(imp.services.len(), 4);
+        let ftp = &imp.services[0];
+        assert_eq!(ftp.name, "tcp-10.0.0.100-21");
+        assert_eq!(ftp.persistence, Some(Persistence { timeout: 300, netmask: 32 }));
+        assert!(ftp.ftp.is_some());
+        assert_eq!(ftp.forward, Forward::Nat);
+        assert_eq!(
+            ftp.real_servers[1],
+            RealServer { address: ip("10.0.2.3"), port: Some(21), weight: 2, upper: 0, lower: 0, forward: None }
+        );
+        let web = &imp.services[1];
+        assert_eq!(web.ftp, None);
+        assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
+        let dns = &imp.services[2];
+        assert_eq!((dns.protocol, dns.forward, dns.scheduler.as_str()), (Protocol::Udp, Forward::Dr, "sh"));
+        let v6 = &imp.services[3];
+        assert_eq!(v6.vip, ip("fd00::100"));
+        assert_eq!(v6.persistence, Some(Persistence { timeout: 600, netmask: 64 }));
+        assert_eq!(v6.real_servers[0].address, ip("fd00:2::2"));
+    }
+
+    #[test]
+    fn ipvsadm_fwmark() {
+        let imp = import_save(FWMARK, &MarkMap::new()).unwrap();
+        roundtrip(&imp);
+        let fw = &imp.services[0];
+        assert_eq!((fw.name.as_str(), fw.fwmark, fw.vip), ("fwm21", Some(21), ip("0.0.0.0")));
+        assert!(fw.ports.is_empty());
+        assert_eq!(fw.forward, Forward::Dr);
+        assert_eq!(fw.real_servers[0].port, None, ":0 means the client's port");
+        assert!(warned(&imp, 1, "firewall mark 21"));
+        let tun = &imp.services[1];
+        assert_eq!(tun.persistence, Some(Persistence { timeout: 3600, netmask: 24 }));
+        assert_eq!(tun.forward, Forward::Tunnel);
+        assert_eq!(tun.real_servers[1].forward, Some(Forward::Dr), "per-server method kept");
+
+        let mut marks = MarkMap::new();
+        marks.insert(21, (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 20000 }]));
+        let imp = import_save(FWMARK, &marks).unwrap();
+        let fw = &imp.services[0];
+        assert_eq!(fw.vip, ip("10.0.0.100"));
+        assert!(fw.has_port(15000) && fw.ftp.is_some());
+        roundtrip(&imp);
+    }
+
+    #[test]
+    fn ipvsadm_details_and_errors() {
+        // `ipvsadm` prefix, long options, -p without a value, port names,
+        // options ferrovs does not implement (warned, skipped).
+        let imp = import_save(
+            "ipvsadm --add-service --tcp-service 10.0.0.1:http --scheduler rr --persistent\n\
+             -a -t 10.0.0.1:http -r 10.0.2.2 -m\n-A -t 10.0.0.1:443 -s wlc -o\n",
+            &MarkMap::new(),
+        )
+        .unwrap();
+        assert_eq!(imp.services[0].ports, vec![PortRange { lo: 80, hi: 80 }]);
+        assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 300, netmask: 32 }));
+        assert_eq!(imp.services[0].real_servers[0].port, None);
+        assert!(warned(&imp, 3, "-o"));
+
+        let cases: &[(&str, usize, &str)] = &[
+            ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.2:80 -r 10.0.2.2:80 -m\n", 2, "no such service"),
+            ("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n", 2, "already exists"),
+            ("\n-A -t 10.0.0.1 -s rr\n", 2, "needs a port"),
+            ("-A -t 10.0.0.1:80 -s nope\n", 1, "unknown scheduler"),
+            ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.2.2:80 -w 70000\n", 2, "illegal weight"),
+            ("-A -t 10.0.0.1:80 -s\n", 1, "requires an argument"),
+            ("-A -t 10.0.0.1:80 -p 60 -M 255.0.255.0\n", 1, "not contiguous"),
+            ("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80\n", 2, "no real server"),
+        ];
+        for (t, line, part) in cases {
+            let e = import_save(t, &MarkMap::new()).expect_err(t);
+            assert_eq!(e.line, Some(*line), "{t}: {e}");
+            assert!(e.message.contains(part), "{t}: {e}");
+            assert_eq!(e.file, "ipvsadm");
+        }
+    }
 
     fn base() -> Config {
         Config::from_str("[engine]\nbackend = \"memory\"\n", "<test>").unwrap()

@@ -1,5 +1,7 @@
-//! Importers for existing LVS configurations: `ipvsadm-save` output,
-//! Red Hat Piranha `lvs.cf` and `keepalived.conf`.
+//! Importers for existing LVS configurations: Red Hat Piranha `lvs.cf` and
+//! `keepalived.conf`. `ipvsadm-save` output is ipvsadm command lines: the
+//! engine imports it with the parser `ferrovsadm` uses
+//! (`ferrovs_engine::ipvsadm::import_save`), into the same [`Import`].
 //!
 //! Each returns the services it understood plus warnings (with line
 //! numbers) for everything it did not import, so that nothing is dropped
@@ -12,7 +14,6 @@ use std::net::IpAddr;
 use crate::error::ConfigError;
 use crate::model::*;
 
-mod ipvsadm;
 mod keepalived;
 mod lvs_cf;
 mod tokens;
@@ -50,18 +51,6 @@ impl Import {
         }
         o
     }
-}
-
-/// Import `ipvsadm-save` (or `ipvsadm -S -n`) output. Firewall-mark
-/// services get vip 0.0.0.0 and no ports, with a warning; use
-/// [`from_ipvsadm_with_marks`] to give them addresses.
-pub fn from_ipvsadm(text: &str) -> Result<Import, ConfigError> {
-    ipvsadm::import(text, &MarkMap::new())
-}
-
-/// [`from_ipvsadm`] with a firewall mark -> (vip, ports) mapping.
-pub fn from_ipvsadm_with_marks(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
-    ipvsadm::import(text, marks)
 }
 
 /// Import a Red Hat Piranha `lvs.cf`.
@@ -172,22 +161,4 @@ pub(crate) fn maybe_ftp(s: &mut Service, line: usize, warnings: &mut Vec<String>
         s.ftp = Some(FtpOptions::default());
         warnings.push(format!("line {line}: service {:?}: {why}: enabled the FTP helper (ftp = true)", s.name));
     }
-}
-
-/// Split `ADDR:PORT` / `[V6]:PORT` / bare `ADDR`.
-pub(crate) fn split_host_port(s: &str) -> Option<(IpAddr, Option<&str>)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (a, p) = rest.split_once(']')?;
-        let ip = a.parse().ok()?;
-        return match p.strip_prefix(':') {
-            Some(port) => Some((ip, Some(port))),
-            None if p.is_empty() => Some((ip, None)),
-            None => None,
-        };
-    }
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some((ip, None));
-    }
-    let (a, p) = s.rsplit_once(':')?;
-    Some((a.parse().ok()?, Some(p)))
 }

@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Config { cmd: ConfigCmd::Import { from, file } } => {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let r = match from.as_str() {
-                "ipvsadm" => ferrovs_cfg::import::from_ipvsadm(&text),
+                "ipvsadm" => ferrovs_engine::ipvsadm::import_save(&text, &Default::default()),
                 "lvs.cf" => ferrovs_cfg::import::from_lvs_cf(&text),
                 _ => ferrovs_cfg::import::from_keepalived(&text),
             };
