@@ -43,6 +43,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("service.ftp", "ftp = true or { ... }: the FTP application-layer gateway of a TCP service."),
     ("service.health_check", "[service.health_check]: active checks from the daemon over the kernel's TCP stack."),
     ("service.real_server", "[[service.real_server]]: the real servers of the service above it."),
+    ("cluster", "[cluster]: this node is one of several behind ECMP routers, announcing the VIPs by BGP through BIRD. Services then use scheduler mh (the same choice on every node), nodes stream connection state to each other over UDP, and ferrovs enables and disables one BIRD protocol per VIP."),
 ];
 
 pub const KEYS: &[Key] = &[
@@ -51,6 +52,7 @@ pub const KEYS: &[Key] = &[
     k("", "neighbor", "array of tables", None, "The [[neighbor]] tables."),
     k("", "route", "array of tables", None, "The [[route]] tables."),
     k("", "service", "array of tables", None, "The [[service]] tables."),
+    k("", "cluster", "table", None, "The [cluster] table."),
     k("engine", "workers", "integer 1..64", Some("1"), "Poll-mode worker threads; each owns one queue of every interface."),
     k("engine", "backend", "\"af_packet\" | \"dpdk\" | \"memory\"", Some("\"af_packet\""), "Packet I/O: AF_PACKET rings on kernel interfaces, DPDK (a build with --features dpdk), or in-memory ports (tests)."),
     k("engine", "cores", "array of integers", None, "CPU core of each worker, in worker order; as many entries as workers. Default: the cores of the process's CPU set in order, without core 0 when any other is allowed (IRQs and the kernel run there)."),
@@ -121,6 +123,16 @@ pub const KEYS: &[Key] = &[
     k("service.real_server", "upper", "integer", Some("0 (none)"), "Upper connection threshold (ipvsadm -x)."),
     k("service.real_server", "lower", "integer", Some("0 (none)"), "Lower connection threshold (ipvsadm -y)."),
     k("service.real_server", "forward", "\"nat\" | \"dr\" | \"tunnel\"", None, "Forwarding method of this server. Default: the service's."),
+    k("cluster", "node_id", "integer 1..255", None, "This node's id, unique in the cluster (required); carried in every sync message."),
+    k("cluster", "peers", "array of addresses", Some("[]"), "sync_address of every other node: connection state is sent to each by UDP unicast. peers or multicast_group is required."),
+    k("cluster", "multicast_group", "address", None, "Send connection state to this multicast group (and receive it there) instead of, or besides, unicast peers."),
+    k("cluster", "sync_address", "address", None, "Kernel address of this node the sync socket binds to, on the sync network (required)."),
+    k("cluster", "sync_port", "integer 1..65535", Some("8848"), "UDP port of the connection sync protocol (IPVS's sync port)."),
+    k("cluster", "sync_refresh", "seconds 1..3600", Some("10"), "A connection still alive is sent again this often, so a peer that lost a message catches up."),
+    k("cluster", "sync_rate", "integer 10..1000000", Some("1000"), "Sync messages per second at most (each carries many entries); beyond it entries wait for the next refresh (counted)."),
+    k("cluster", "bird_socket", "path", Some("\"/run/bird/bird.ctl\""), "BIRD's control socket: ferrovs enables a VIP's protocol to announce it and disables it to withdraw it."),
+    k("cluster", "bird_protocol", "string with {vip}", Some("\"fvs_{vip}\""), "Name of the BIRD protocol (a static route) announcing a VIP; {vip} is the address with . and : written as _ (fvs_10_0_0_100)."),
+    k("cluster", "drain_timeout", "seconds 0..86400", Some("30"), "On SIGTERM or ferrovsadm --drain: VIPs are withdrawn first, established connections get this long to finish, then the daemon exits."),
 ];
 
 fn roff(s: &str) -> String {
@@ -208,7 +220,7 @@ mod tests {
             "service.ftp" => "[[service]]\nftp = { __probe = 1 }\n".into(),
             "service.health_check" => "[[service]]\n[service.health_check]\n__probe = 1\n".into(),
             "service.real_server" => "[[service]]\n[[service.real_server]]\n__probe = 1\n".into(),
-            "engine" | "engine.timeouts" => format!("[{section}]\n__probe = 1\n"),
+            "engine" | "engine.timeouts" | "cluster" => format!("[{section}]\n__probe = 1\n"),
             s => format!("[[{s}]]\n__probe = 1\n"),
         }
     }

@@ -13,6 +13,8 @@ pub struct Config {
     pub neighbors: Vec<Neighbor>,
     pub routes: Vec<Route>,
     pub services: Vec<Service>,
+    /// `[cluster]`: this node is one of several behind ECMP routers (BGP through BIRD).
+    pub cluster: Option<Cluster>,
     /// File the config was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -299,4 +301,44 @@ pub struct HealthCheck {
     pub fall: u32,
     /// On failure set weight 0 (true, default) or remove the server (false).
     pub quiesce: bool,
+}
+
+/// `[cluster]`: several ferrovs nodes with the same services behind routers that spread traffic
+/// by ECMP. Every node places a new connection with the same Maglev table (scheduler `mh`,
+/// client address), recreates mid-connection packets of DR/tunnel connections it does not
+/// know, streams its connection state to `peers` (or `multicast_group`) and tells its BIRD,
+/// through BIRD's control socket, which VIPs to announce.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// 1..=255, unique in the cluster; carried in every sync message.
+    pub node_id: u8,
+    /// Unicast sync peers (their `sync_address`).
+    pub peers: Vec<IpAddr>,
+    /// Multicast sync group instead of (or besides) `peers`.
+    pub multicast_group: Option<IpAddr>,
+    /// Kernel address the sync socket binds to (and the source of sync messages).
+    pub sync_address: IpAddr,
+    /// UDP port of the sync protocol (default 8848, IPVS's).
+    pub sync_port: u16,
+    /// Seconds between refreshes of a long-lived connection to the peers (default 10).
+    pub sync_refresh: u32,
+    /// Sync messages per second at most (default 1000); each message carries up to
+    /// [`Cluster::SYNC_MAX_ENTRIES`]-ish entries, see the engine's sync module.
+    pub sync_rate: u32,
+    /// BIRD control socket (default /run/bird/bird.ctl).
+    pub bird_socket: PathBuf,
+    /// BIRD protocol announcing a VIP: `{vip}` is replaced by the address with `.` and `:`
+    /// written as `_` (default "fvs_{vip}", e.g. fvs_10_0_0_100).
+    pub bird_protocol: String,
+    /// Seconds a draining node (SIGTERM, `ferrovsadm --drain`) waits for established
+    /// connections after withdrawing its VIPs (default 30).
+    pub drain_timeout: u32,
+}
+
+impl Cluster {
+    /// The BIRD protocol name announcing `vip`.
+    pub fn protocol_for(&self, vip: IpAddr) -> String {
+        let a: String = vip.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        self.bird_protocol.replace("{vip}", &a)
+    }
 }

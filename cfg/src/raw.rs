@@ -26,6 +26,23 @@ pub(crate) struct RawConfig {
     pub route: Vec<S<RawRoute>>,
     #[serde(default)]
     pub service: Vec<S<RawService>>,
+    pub cluster: Option<S<RawCluster>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub node_id: S<i64>,
+    #[serde(default)]
+    pub peers: Vec<S<IpDe>>,
+    pub multicast_group: Option<S<IpDe>>,
+    pub sync_address: S<IpDe>,
+    pub sync_port: Option<S<i64>>,
+    pub sync_refresh: Option<S<i64>>,
+    pub sync_rate: Option<S<i64>>,
+    pub bird_socket: Option<S<String>>,
+    pub bird_protocol: Option<S<String>>,
+    pub drain_timeout: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -137,6 +137,21 @@ pub(crate) fn config(c: &Config) -> String {
         o.push('\n');
         o.push_str(&service(s));
     }
+    if let Some(k) = &c.cluster {
+        o.push_str("\n[cluster]\n");
+        let _ = writeln!(o, "node_id = {}", k.node_id);
+        let _ = writeln!(o, "peers = {}", list(&k.peers, |a| q(&a.to_string())));
+        if let Some(g) = k.multicast_group {
+            let _ = writeln!(o, "multicast_group = {}", q(&g.to_string()));
+        }
+        let _ = writeln!(o, "sync_address = {}", q(&k.sync_address.to_string()));
+        let _ = writeln!(o, "sync_port = {}", k.sync_port);
+        let _ = writeln!(o, "sync_refresh = {}", k.sync_refresh);
+        let _ = writeln!(o, "sync_rate = {}", k.sync_rate);
+        let _ = writeln!(o, "bird_socket = {}", q(&k.bird_socket.to_string_lossy()));
+        let _ = writeln!(o, "bird_protocol = {}", q(&k.bird_protocol));
+        let _ = writeln!(o, "drain_timeout = {}", k.drain_timeout);
+    }
     o
 }
 

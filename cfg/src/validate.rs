@@ -64,6 +64,7 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> R<Config> {
         let (engine, backend_span) = self.engine(raw.engine)?;
+        let cluster = raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?;
 
         // Interfaces.
         let mut interfaces = Vec::new();
@@ -153,7 +154,7 @@ impl Validator<'_> {
             if !svc_names.insert(name.clone()) {
                 return Err(self.err(span_of(&rs_ref.name), format!("duplicate service name {name:?}")));
             }
-            let svc = self.service(rs_ref, name, &reachable, check_reach)?;
+            let svc = self.service(rs_ref, name, &reachable, check_reach, cluster.is_some())?;
             // Overlap with earlier services on the same vip + protocol.
             for (i, other) in services.iter().enumerate() {
                 if other.vip == svc.vip && other.protocol == svc.protocol {
@@ -182,7 +183,96 @@ impl Validator<'_> {
             services.push(svc);
         }
 
-        Ok(Config { engine, interfaces, neighbors, routes, services, source: None })
+        Ok(Config { engine, interfaces, neighbors, routes, services, cluster, source: None })
+    }
+
+    fn cluster(&self, c: &Spanned<RawCluster>) -> R<Cluster> {
+        let r = c.get_ref();
+        let node_id = self.int(&r.node_id, 1, 255, "cluster node_id")? as u8;
+        let sync_address = r.sync_address.get_ref().0;
+        if sync_address.is_unspecified() || sync_address.is_multicast() {
+            return Err(self.err(
+                span_of(&r.sync_address),
+                format!("cluster sync_address {sync_address} must be a unicast address of this node"),
+            ));
+        }
+        let mut peers = Vec::new();
+        for p in &r.peers {
+            let a = p.get_ref().0;
+            if a.is_ipv4() != sync_address.is_ipv4() {
+                return Err(self.err(
+                    span_of(p),
+                    format!("cluster peer {a} is not in the address family of sync_address {sync_address}"),
+                ));
+            }
+            if a == sync_address {
+                return Err(self.err(span_of(p), format!("cluster peer {a} is this node's own sync_address")));
+            }
+            if a.is_multicast() || a.is_unspecified() {
+                return Err(self.err(span_of(p), format!("cluster peer {a} must be a unicast address")));
+            }
+            if peers.contains(&a) {
+                return Err(self.err(span_of(p), format!("cluster peer {a} listed twice")));
+            }
+            peers.push(a);
+        }
+        let multicast_group = match &r.multicast_group {
+            None => None,
+            Some(g) => {
+                let a = g.get_ref().0;
+                if !a.is_multicast() || a.is_ipv4() != sync_address.is_ipv4() {
+                    return Err(self.err(
+                        span_of(g),
+                        format!(
+                            "cluster multicast_group {a} must be a multicast address of the family of sync_address"
+                        ),
+                    ));
+                }
+                Some(a)
+            }
+        };
+        if peers.is_empty() && multicast_group.is_none() {
+            return Err(self.err(span_of(c), "[cluster] needs peers = [...] or multicast_group"));
+        }
+        let sync_port = self.opt_int(&r.sync_port, 1, 65535, "cluster sync_port", 8848)? as u16;
+        let sync_refresh = self.opt_int(&r.sync_refresh, 1, 3600, "cluster sync_refresh", 10)? as u32;
+        let sync_rate = self.opt_int(&r.sync_rate, 10, 1_000_000, "cluster sync_rate", 1000)? as u32;
+        let bird_socket = match &r.bird_socket {
+            Some(s) => PathBuf::from(self.non_empty(s, "cluster bird_socket")?),
+            None => PathBuf::from("/run/bird/bird.ctl"),
+        };
+        let bird_protocol = match &r.bird_protocol {
+            None => "fvs_{vip}".to_string(),
+            Some(t) => {
+                let v = t.get_ref();
+                let rest = v.replace("{vip}", "");
+                let ok_chars = rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let starts = v.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+                if !v.contains("{vip}") || !ok_chars || !starts {
+                    return Err(self.err(
+                        span_of(t),
+                        format!(
+                            "cluster bird_protocol {v:?} must contain {{vip}}, start with a letter or `_` and \
+                             otherwise hold only letters, digits and `_` (a BIRD protocol name)"
+                        ),
+                    ));
+                }
+                v.clone()
+            }
+        };
+        let drain_timeout = self.opt_int(&r.drain_timeout, 0, 86_400, "cluster drain_timeout", 30)? as u32;
+        Ok(Cluster {
+            node_id,
+            peers,
+            multicast_group,
+            sync_address,
+            sync_port,
+            sync_refresh,
+            sync_rate,
+            bird_socket,
+            bird_protocol,
+            drain_timeout,
+        })
     }
 
     fn engine(&self, raw: Option<Spanned<RawEngine>>) -> R<(Engine, Option<Range<usize>>)> {
@@ -292,6 +382,7 @@ impl Validator<'_> {
         name: String,
         reachable: &dyn Fn(IpAddr) -> bool,
         check_reach: bool,
+        cluster: bool,
     ) -> R<Service> {
         let vip = rs.vip.get_ref().0;
         let protocol = match &rs.protocol {
@@ -317,8 +408,19 @@ impl Validator<'_> {
         let scheduler = match &rs.scheduler {
             Some(s) => {
                 ferrovs_sched::check_name(s.get_ref()).map_err(|e| self.err(span_of(s), e.to_string()))?;
+                if cluster && s.get_ref() != "mh" {
+                    return Err(self.err(
+                        span_of(s),
+                        format!(
+                            "scheduler {:?} in a [cluster]: every node must choose the same real server \
+                             for a connection, which needs scheduler \"mh\" (the default in a cluster)",
+                            s.get_ref()
+                        ),
+                    ));
+                }
                 s.get_ref().clone()
             }
+            None if cluster => "mh".to_string(),
             None => ferrovs_sched::DEFAULT.to_string(),
         };
         let forward = match &rs.forward {
@@ -454,6 +556,14 @@ impl Validator<'_> {
             let weight = self.opt_int(&r.weight, 0, 65535, "weight", 1)? as u32;
             let upper = self.opt_int(&r.upper, 0, u32::MAX as i64, "upper", 0)? as u32;
             let lower = self.opt_int(&r.lower, 0, u32::MAX as i64, "lower", 0)? as u32;
+            if cluster && (upper != 0 || lower != 0) {
+                let sp = r.upper.as_ref().or(r.lower.as_ref()).map(span_of).unwrap_or(span_of(&r.address));
+                return Err(self.err(
+                    sp,
+                    "connection thresholds (upper/lower) count one node's connections: not allowed in a [cluster], \
+                     where every node must make the same choice",
+                ));
+            }
             if upper != 0 && lower != 0 && upper < lower {
                 let sp = r.lower.as_ref().map(span_of).unwrap_or(span_of(&r.address));
                 return Err(self.err(sp, format!("lower threshold {lower} is above upper threshold {upper}")));

@@ -59,6 +59,9 @@ pub struct WorkerCounters {
     /// A SYN reused the tuple of a closing connection, which was replaced (IPVS
     /// `conn_reuse_mode`).
     pub flows_reused: AtomicU64,
+    /// Cluster: a mid-connection packet of a DR/tunnel connection this node did not know
+    /// (ECMP moved it here) recreated the connection by the cluster-wide Maglev choice.
+    pub flows_recreated: AtomicU64,
     pub flows_active: AtomicU64,
     pub handoff_out: AtomicU64,
     pub handoff_in: AtomicU64,
@@ -103,6 +106,7 @@ impl WorkerCounters {
             flows_created: self.flows_created.load(Relaxed),
             flows_expired: self.flows_expired.load(Relaxed),
             flows_reused: self.flows_reused.load(Relaxed),
+            flows_recreated: self.flows_recreated.load(Relaxed),
             flows_active: self.flows_active.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
@@ -128,6 +132,7 @@ impl WorkerCounters {
             flows_created,
             flows_expired,
             flows_reused,
+            flows_recreated,
             flows_active,
             handoff_out,
             handoff_in,
@@ -150,6 +155,7 @@ impl WorkerCounters {
             flows_created,
             flows_expired,
             flows_reused,
+            flows_recreated,
             flows_active,
             handoff_out,
             handoff_in,
@@ -181,6 +187,7 @@ pub struct CounterSnapshot {
     pub flows_created: u64,
     pub flows_expired: u64,
     pub flows_reused: u64,
+    pub flows_recreated: u64,
     pub flows_active: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,

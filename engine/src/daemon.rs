@@ -98,6 +98,7 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.flows_created += s.flows_created;
         total.flows_expired += s.flows_expired;
         total.flows_reused += s.flows_reused;
+        total.flows_recreated += s.flows_recreated;
         total.flows_active = total.flows_active.wrapping_add(s.flows_active);
         total.handoff_out += s.handoff_out;
         total.handoff_in += s.handoff_in;

@@ -892,14 +892,18 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // 2. The service and its scheduler.
         if chosen.is_none() {
-            let Some(si) = self.snap.service(p.dst, p.proto, p.dport) else {
+            let owned = self.snap.service(p.dst, p.proto, p.dport);
+            // In a cluster, an FTP data connection this node holds no expectation for (its
+            // control connection went through another node) follows the Maglev choice.
+            let Some(si) = owned.or_else(|| self.cluster_service(p)) else {
                 return Next::Drop(DropReason::NoService);
             };
             let Some(di) = self.schedule(si, p) else {
                 return Next::Drop(DropReason::NoRealServer);
             };
             let d = &self.snap.services[si].dests[di];
-            chosen = Some((si, di, d.addr, d.port.unwrap_or(p.dport), NONE, 0, false));
+            let rport = if owned.is_some() { d.port.unwrap_or(p.dport) } else { p.dport };
+            chosen = Some((si, di, d.addr, rport, NONE, 0, owned.is_none()));
         }
         let (si, di, rs, rport, parent, parent_gen, data) = chosen.expect("set above");
         let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport) {
@@ -938,10 +942,10 @@ impl<Q: PortQueue> Worker<Q> {
     fn dr_active_data(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         // Only the client's SYN-ACK opens it (a stray ACK does not consume the pinhole).
         if p.tcp_flags & TCP_SYN == 0 {
-            return Next::Drop(DropReason::NoFlow);
+            return self.cluster_recreate(pkt, p);
         }
         let Some(v) = self.take_expected(&ExpKey::DrActive(p.src, p.sport, p.dst)) else {
-            return Next::Drop(DropReason::NoFlow);
+            return self.cluster_recreate(pkt, p);
         };
         let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport)
         {
@@ -949,6 +953,52 @@ impl<Q: PortQueue> Worker<Q> {
             Err(r) => return Next::Drop(r),
         };
         self.link_parent(idx, v.parent, v.parent_gen);
+        self.forward(idx, Dir::In, pkt, p)
+    }
+
+    /// Cluster: the service a client packet to a VIP belongs to, for placement without local
+    /// state. The service owning the port; else, for a DR/tunnel FTP service of the VIP, an FTP
+    /// data connection (a port >= 1024, or the active-mode port 20, as the service's data
+    /// ports allow): it goes to the real server the cluster-wide Maglev choice gives the client,
+    /// i.e. its control connection's, on every node, whether or not this node saw the PASV/PORT
+    /// (as an IPVS persistent port-0 service places FTP data in DR). `None` outside a cluster.
+    fn cluster_service(&self, p: &Parsed) -> Option<usize> {
+        if self.snap.config.cluster.is_none() {
+            return None;
+        }
+        if let Some(si) = self.snap.service(p.dst, p.proto, p.dport) {
+            return Some(si);
+        }
+        if p.proto != PROTO_TCP {
+            return None;
+        }
+        self.snap.services.iter().position(|s| {
+            s.vip == p.dst
+                && s.proto == PROTO_TCP
+                && s.forward != Forward::Nat
+                && s.ftp.as_ref().is_some_and(|f| p.dport == 20 || p.dport >= 1024 || f.allow_low_data_ports)
+        })
+    }
+
+    /// Cluster, DR/tunnel: a packet of a connection this node does not know (not a bare SYN:
+    /// ECMP rehashed an established connection here after a node change) recreates it by the
+    /// choice every node makes (Maglev over the client address, as Katran does); the TCP state
+    /// follows from the packet (an ACK gives ESTABLISHED). NAT connections are not recreated:
+    /// their replies carry rewritten addresses only the owning node (or a synced peer) knows.
+    fn cluster_recreate(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        let Some(si) = self.cluster_service(p) else { return Next::Drop(DropReason::NoFlow) };
+        let Some(di) = self.schedule(si, p) else { return Next::Drop(DropReason::NoRealServer) };
+        let d = &self.snap.services[si].dests[di];
+        if d.forward == Forward::Nat {
+            return Next::Drop(DropReason::NoFlow);
+        }
+        let owned = self.snap.service(p.dst, p.proto, p.dport) == Some(si);
+        let (rs, rport) = (d.addr, if owned { d.port.unwrap_or(p.dport) } else { p.dport });
+        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport) {
+            Ok(i) => i,
+            Err(r) => return Next::Drop(r),
+        };
+        bump(&self.counters.flows_recreated, 1);
         self.forward(idx, Dir::In, pkt, p)
     }
 

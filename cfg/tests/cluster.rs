@@ -1,0 +1,93 @@
+//! `[cluster]`: parsing, defaults, validation errors with their line, round trip.
+
+use ferrovs_cfg::Config;
+
+const BASE: &str = "[engine]\nbackend = \"memory\"\n";
+
+fn cluster(body: &str) -> String {
+    format!("{BASE}[cluster]\n{body}")
+}
+
+#[test]
+fn defaults_and_protocol_names() {
+    let c = Config::from_str(
+        &cluster("node_id = 2\nsync_address = \"10.9.0.2\"\npeers = [\"10.9.0.1\", \"10.9.0.3\"]\n"),
+        "c",
+    )
+    .unwrap();
+    let k = c.cluster.as_ref().unwrap();
+    assert_eq!(k.node_id, 2);
+    assert_eq!(k.peers.len(), 2);
+    assert_eq!(k.sync_port, 8848);
+    assert_eq!(k.sync_refresh, 10);
+    assert_eq!(k.sync_rate, 1000);
+    assert_eq!(k.drain_timeout, 30);
+    assert_eq!(k.bird_socket.to_str(), Some("/run/bird/bird.ctl"));
+    assert_eq!(k.protocol_for("10.0.0.100".parse().unwrap()), "fvs_10_0_0_100");
+    assert_eq!(k.protocol_for("fd00::1:100".parse().unwrap()), "fvs_fd00__1_100");
+    // Round trip through the canonical text.
+    assert_eq!(Config::from_str(&c.to_toml(), "rt").unwrap(), c);
+    // Without [cluster]: none, and services keep wlc as default.
+    assert!(Config::from_str(BASE, "x").unwrap().cluster.is_none());
+}
+
+#[test]
+fn services_of_a_cluster_default_to_mh() {
+    let text = format!(
+        "{}\n[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nports = [80]\nforward = \"dr\"\n",
+        cluster("node_id = 1\nsync_address = \"10.9.0.1\"\nmulticast_group = \"239.1.1.1\"\n")
+    );
+    let c = Config::from_str(&text, "c").unwrap();
+    assert_eq!(c.services[0].scheduler, "mh");
+    assert_eq!(Config::from_str(&c.to_toml(), "rt").unwrap(), c);
+}
+
+#[test]
+fn errors_name_the_line() {
+    let ok = "node_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n";
+    let svc = |extra: &str| format!("{}[[service]]\nname = \"s\"\nvip = \"10.0.0.100\"\n{extra}", cluster(ok));
+    let cases: Vec<(String, usize, &str)> = vec![
+        (
+            cluster("node_id = 0\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n"),
+            4,
+            "node_id must be between 1 and 255",
+        ),
+        (cluster("node_id = 256\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n"), 4, "node_id"),
+        (cluster("sync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n"), 3, "missing field `node_id`"),
+        (cluster("node_id = 1\npeers = [\"10.9.0.2\"]\n"), 3, "missing field `sync_address`"),
+        (cluster("node_id = 1\nsync_address = \"10.9.0.1\"\n"), 3, "needs peers"),
+        (cluster("node_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.1\"]\n"), 6, "own sync_address"),
+        (cluster("node_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"fd00::2\"]\n"), 6, "address family"),
+        (
+            cluster("node_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\", \"10.9.0.2\"]\n"),
+            6,
+            "listed twice",
+        ),
+        (
+            cluster("node_id = 1\nsync_address = \"10.9.0.1\"\nmulticast_group = \"10.9.0.9\"\n"),
+            6,
+            "must be a multicast",
+        ),
+        (
+            cluster("node_id = 1\nsync_address = \"239.0.0.1\"\npeers = [\"10.9.0.2\"]\n"),
+            5,
+            "unicast address of this node",
+        ),
+        (cluster(&format!("{ok}sync_port = 0\n")), 7, "sync_port must be between 1 and 65535"),
+        (cluster(&format!("{ok}sync_rate = 1\n")), 7, "sync_rate"),
+        (cluster(&format!("{ok}bird_protocol = \"vip\"\n")), 7, "must contain {vip}"),
+        (cluster(&format!("{ok}bird_protocol = \"fvs-{{vip}}\"\n")), 7, "BIRD protocol name"),
+        (cluster(&format!("{ok}bird_protocol = \"1_{{vip}}\"\n")), 7, "start with a letter"),
+        (cluster(&format!("{ok}bird_socket = \"\"\n")), 7, "bird_socket must not be empty"),
+        (cluster(&format!("{ok}drain_timeout = -1\n")), 7, "drain_timeout"),
+        (cluster(&format!("{ok}gossip = true\n")), 7, "unknown field `gossip`"),
+        (svc("scheduler = \"wlc\"\n"), 10, "needs scheduler \"mh\""),
+        (svc("[[service.real_server]]\naddress = \"10.0.2.2\"\nupper = 10\n"), 12, "not allowed in a [cluster]"),
+    ];
+    for (text, line, needle) in &cases {
+        let e = Config::from_str(text, "c.toml").expect_err(text);
+        assert_eq!(e.line, Some(*line), "{text:?}: {e}");
+        assert!(e.message.contains(needle), "{text:?}: {e}");
+        assert!(e.to_string().contains("c.toml"), "{e}");
+    }
+}
