@@ -62,6 +62,11 @@ pub struct WorkerCounters {
     /// Cluster: a mid-connection packet of a DR/tunnel connection this node did not know
     /// (ECMP moved it here) recreated the connection by the cluster-wide Maglev choice.
     pub flows_recreated: AtomicU64,
+    /// Cluster sync: entries from peers installed (connections, templates, expectations) and
+    /// entries that could not be (no such service or real server here, table full, control
+    /// connection unknown, or the sync queue towards the sync thread full).
+    pub sync_installed: AtomicU64,
+    pub sync_skipped: AtomicU64,
     pub flows_active: AtomicU64,
     pub handoff_out: AtomicU64,
     pub handoff_in: AtomicU64,
@@ -107,6 +112,8 @@ impl WorkerCounters {
             flows_expired: self.flows_expired.load(Relaxed),
             flows_reused: self.flows_reused.load(Relaxed),
             flows_recreated: self.flows_recreated.load(Relaxed),
+            sync_installed: self.sync_installed.load(Relaxed),
+            sync_skipped: self.sync_skipped.load(Relaxed),
             flows_active: self.flows_active.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
@@ -133,6 +140,8 @@ impl WorkerCounters {
             flows_expired,
             flows_reused,
             flows_recreated,
+            sync_installed,
+            sync_skipped,
             flows_active,
             handoff_out,
             handoff_in,
@@ -156,6 +165,8 @@ impl WorkerCounters {
             flows_expired,
             flows_reused,
             flows_recreated,
+            sync_installed,
+            sync_skipped,
             flows_active,
             handoff_out,
             handoff_in,
@@ -188,6 +199,8 @@ pub struct CounterSnapshot {
     pub flows_expired: u64,
     pub flows_reused: u64,
     pub flows_recreated: u64,
+    pub sync_installed: u64,
+    pub sync_skipped: u64,
     pub flows_active: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,

@@ -99,6 +99,8 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.flows_expired += s.flows_expired;
         total.flows_reused += s.flows_reused;
         total.flows_recreated += s.flows_recreated;
+        total.sync_installed += s.sync_installed;
+        total.sync_skipped += s.sync_skipped;
         total.flows_active = total.flows_active.wrapping_add(s.flows_active);
         total.handoff_out += s.handoff_out;
         total.handoff_in += s.handoff_in;
@@ -197,6 +199,30 @@ pub fn clock() -> impl Fn() -> u64 {
     move || t0.elapsed().as_nanos() as u64
 }
 
+/// Established (active) connections of all workers in `snap` (what a drain waits for).
+pub fn established(snap: &Snapshot) -> u64 {
+    let mut n = 0u64;
+    for c in &snap.conn_counts {
+        for w in 0..c.workers() {
+            for d in 0..c.dests() {
+                n += c.row_active(w, d) as u64;
+            }
+        }
+    }
+    n
+}
+
+/// Packets forwarded for services so far, all workers (a drain ends early once this stops
+/// moving: the routers sent the remaining connections elsewhere).
+pub fn service_packets(view: &dyn EngineView) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    view.service_counters()
+        .iter()
+        .flat_map(|w| w.iter())
+        .map(|s| s.in_packets.load(Relaxed) + s.out_packets.load(Relaxed))
+        .sum()
+}
+
 /// Running workers of one backend.
 pub struct Running {
     pub view: Arc<dyn EngineView>,
@@ -206,6 +232,8 @@ pub struct Running {
     /// Backend state that must outlive the workers (DPDK ports, EAL); it
     /// is dropped after the worker threads have joined.
     pub backend: Option<Box<dyn std::any::Any + Send>>,
+    /// Cluster: the connection sync thread's counters.
+    pub sync_stats: Option<Arc<crate::sync::SyncStats>>,
 }
 
 impl Running {
@@ -240,8 +268,16 @@ pub fn start<Q: PortQueue + 'static>(
     config: Arc<Config>,
     queues: Vec<Vec<Q>>,
     on_thread_start: Arc<dyn Fn(usize) + Send + Sync>,
-) -> Running {
+) -> Result<Running, String> {
     let n = queues.len();
+    // Cluster: the sync socket first, so a bad sync address fails the start.
+    let sync_sock = match &config.cluster {
+        Some(c) => Some(
+            crate::sync::open_socket(c)
+                .map_err(|e| format!("cluster sync socket {}:{}: {e}", c.sync_address, c.sync_port))?,
+        ),
+        None => None,
+    };
     let macs: Vec<[u8; 6]> = queues.first().map(|qs| qs.iter().map(|q| q.caps().mac).collect()).unwrap_or_default();
     let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
     let fabric: Arc<Fabric<Q::Buf>> = Fabric::new(n);
@@ -303,7 +339,19 @@ pub fn start<Q: PortQueue + 'static>(
                 .expect("spawn worker thread"),
         );
     }
-    Running { view: fabric, snapshot, threads, stop, backend: None }
+    let mut sync_stats = None;
+    if let (Some(sock), Some(c)) = (sync_sock, config.cluster.clone()) {
+        let stats = Arc::new(crate::sync::SyncStats::default());
+        sync_stats = Some(stats.clone());
+        let (fab, stop) = (fabric.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("fvs-sync".into())
+                .spawn(move || crate::sync::run(c, sock, fab, stats, stop))
+                .expect("spawn sync thread"),
+        );
+    }
+    Ok(Running { view: fabric, snapshot, threads, stop, backend: None, sync_stats })
 }
 
 /// Open the configured backend and start the workers.
@@ -330,7 +378,7 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
                         .collect()
                 })
                 .collect();
-            Ok(start(config, queues, Arc::new(|_| {})))
+            start(config, queues, Arc::new(|_| {}))
         }
         Backend::AfPacket => {
             let mut per_iface = Vec::new();
@@ -340,7 +388,7 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
                 per_iface.push(qs);
             }
             let queues = transpose(per_iface, workers);
-            Ok(start(config, queues, Arc::new(|_| {})))
+            start(config, queues, Arc::new(|_| {}))
         }
         Backend::Dpdk => open_dpdk(config),
     }
@@ -358,7 +406,7 @@ fn open_dpdk(config: Arc<Config>) -> Result<Running, String> {
                 tracing::warn!(worker = w, "DPDK thread registration failed: {e}");
             }
         }),
-    );
+    )?;
     running.backend = Some(Box::new(be));
     Ok(running)
 }

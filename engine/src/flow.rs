@@ -36,6 +36,7 @@ pub const F_ACTIVE_COUNTED: u8 = 2; // counted as active in the scheduler counts
 pub const F_COUNTED: u8 = 4; // counted at all (active or inactive)
 pub const F_ALG: u8 = 8; // an FTP control connection: `ConnCold::alg` is set
 pub const F_SYNPROXY: u8 = 16; // opened by the SYN proxy: `ConnCold::proxy` is set
+pub const F_SYNCED: u8 = 32; // cluster backup state from a peer: not counted until traffic arrives
 
 /// One tracked connection: the fields the established fast path reads and
 /// writes, in two cache lines (128 bytes, aligned). Everything else lives
@@ -96,6 +97,8 @@ pub struct ConnCold {
     /// High 32 bits of the packet counts.
     pub pkts_in_hi: u32,
     pub pkts_out_hi: u32,
+    /// Cluster: when the connection was last sent to the peers (ns).
+    pub synced_at: u64,
 }
 
 impl Default for ConnCold {
@@ -110,6 +113,7 @@ impl Default for ConnCold {
             proxy: None,
             pkts_in_hi: 0,
             pkts_out_hi: 0,
+            synced_at: 0,
         }
     }
 }

@@ -79,6 +79,7 @@ pub mod sdnotify;
 pub mod snapshot;
 pub mod statuspage;
 pub mod sweep;
+pub mod sync;
 pub mod synproxy;
 pub mod tcpopt;
 pub mod tcpstate;

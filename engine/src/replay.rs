@@ -109,6 +109,31 @@ impl MemEngine {
         out
     }
 
+    /// Cluster: what the workers queued for the peers since the last call, encoded by
+    /// `batcher` at `now` as the daemon's sync thread does.
+    pub fn take_sync(&mut self, batcher: &mut crate::sync::Batcher, now: u64) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        while let Some(b) = self.fabric.sync_tx.pop() {
+            all.extend(b);
+        }
+        batcher.encode(&all, now)
+    }
+
+    /// Cluster: a sync datagram from a peer, delivered to the owning workers, which install
+    /// it at `now`. Returns the number of entries, or why the message was refused.
+    pub fn deliver_sync(&mut self, msg: &[u8], now: u64) -> Result<usize, crate::sync::SyncError> {
+        let m = crate::sync::parse(msg)?;
+        let n = m.entries.len();
+        for (w, es) in crate::sync::route(m.entries, self.workers.len()).into_iter().enumerate() {
+            if !es.is_empty() {
+                let _ = self.fabric.ctrl[w].push(crate::worker::Ctrl::Sync(es));
+            }
+        }
+        let out = self.run(now);
+        debug_assert!(out.is_empty(), "installing sync state sends nothing");
+        Ok(n)
+    }
+
     /// Install a new configuration, as a SIGHUP reload does: a snapshot posted to every
     /// worker's control ring, applied at its next poll (at `now`).
     pub fn reload(&mut self, config: Config, now: u64) {
@@ -144,6 +169,7 @@ impl MemEngine {
             }
             w.reset();
         }
+        while self.fabric.sync_tx.pop().is_some() {}
     }
 
     /// Packets held by all workers for later (see [`Worker::held_packets`]:

@@ -27,6 +27,14 @@ pub enum TcpState {
 pub const N_STATES: usize = 12;
 
 impl TcpState {
+    /// The state numbered `v` (as carried by cluster sync messages).
+    pub fn from_u8(v: u8) -> Option<TcpState> {
+        use TcpState::*;
+        [None, Established, SynSent, SynRecv, FinWait, TimeWait, Close, CloseWait, LastAck, Listen, SynAck, Udp]
+            .get(v as usize)
+            .copied()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TcpState::None => "NONE",

@@ -10,7 +10,9 @@
 use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
-use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNPROXY, NONE};
+use crate::flow::{
+    self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNCED, F_SYNPROXY, NONE,
+};
 use crate::frag::{self, FragTable, FragVerdict};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
@@ -19,6 +21,7 @@ use crate::parse::{
 };
 use crate::port::{Packet, PortQueue};
 use crate::snapshot::{owner_of, Snapshot};
+use crate::sync::SyncEntry;
 use crate::synproxy::{self, Cookies, Handshake};
 use crate::tcpstate::{self, Direction};
 use crossbeam_queue::ArrayQueue;
@@ -40,6 +43,8 @@ pub enum Ctrl {
     Snapshot(Arc<Snapshot>),
     /// Send a listing of the worker's connections.
     ListConns(crossbeam_channel::Sender<Vec<flow::ConnRow>>),
+    /// Cluster: state from a peer, for connections this worker owns.
+    Sync(Vec<SyncEntry>),
 }
 
 /// Everything workers share: rings and counters. Built once at start.
@@ -50,6 +55,8 @@ pub struct Fabric<B> {
     pub counters: Vec<Arc<WorkerCounters>>,
     /// Per worker: the per-service counters of its current snapshot.
     pub services: Vec<Mutex<Arc<Vec<ServiceCounters>>>>,
+    /// Cluster: batches of sync entries from the workers to the sync thread.
+    pub sync_tx: ArrayQueue<Vec<SyncEntry>>,
     pub stop: AtomicBool,
 }
 
@@ -61,6 +68,7 @@ impl<B> Fabric<B> {
             ctrl: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
             counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
             services: (0..workers).map(|_| Mutex::new(Arc::new(Vec::new()))).collect(),
+            sync_tx: ArrayQueue::new(1024),
             stop: AtomicBool::new(false),
         })
     }
@@ -159,7 +167,18 @@ pub struct Worker<Q: PortQueue> {
     last_tick: u64,
     /// `now` of the last service-counter flush from `poll`.
     last_svc_flush: u64,
+    /// Cluster sync: on (a `[cluster]` is configured), refresh period (ns), entries for the
+    /// peers gathered during this poll, and the refresh scan position.
+    sync_on: bool,
+    sync_refresh: u64,
+    sync_out: Vec<SyncEntry>,
+    sync_pos: usize,
 }
+
+/// Slots the sync refresh scan visits per poll.
+const SYNC_SCAN_PER_POLL: usize = 64;
+/// Entries a worker gathers per poll at most (beyond: left to the refresh, counted).
+const SYNC_MAX_PER_POLL: usize = 4096;
 
 /// Unfolded per (service, real server) traffic of one worker.
 #[derive(Clone, Copy, Default)]
@@ -245,6 +264,10 @@ impl<Q: PortQueue> Worker<Q> {
             now: 0,
             last_tick: 0,
             last_svc_flush: 0,
+            sync_on: false,
+            sync_refresh: 0,
+            sync_out: Vec::new(),
+            sync_pos: 0,
         };
         w.apply_snapshot(snap);
         w
@@ -343,6 +366,8 @@ impl<Q: PortQueue> Worker<Q> {
         self.acc = vec![SvcAcc::default(); n as usize];
         self.acc_dirty = Vec::with_capacity(n as usize);
         self.if_macs = snap.ifaces.iter().map(|i| i.mac).collect();
+        self.sync_on = snap.config.cluster.is_some();
+        self.sync_refresh = snap.config.cluster.as_ref().map_or(0, |c| c.sync_refresh as u64 * 1_000_000_000);
         self.timeouts = snap.timeouts;
         if let Ok(mut g) = self.fabric.services[self.id].lock() {
             *g = self.svc_counters.clone();
@@ -474,7 +499,244 @@ impl<Q: PortQueue> Worker<Q> {
         }
         self.flush_tx();
         self.housekeeping(now);
+        if self.sync_on {
+            self.sync_refresh_scan(now);
+            self.flush_sync();
+        }
         work
+    }
+
+    /// Hand this poll's sync entries to the sync thread (one batch per poll).
+    pub fn flush_sync(&mut self) {
+        if self.sync_out.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.sync_out);
+        if let Err(b) = self.fabric.sync_tx.push(batch) {
+            bump(&self.counters.sync_skipped, b.len() as u64);
+        }
+    }
+
+    fn push_sync(&mut self, e: SyncEntry) {
+        if self.sync_out.len() < SYNC_MAX_PER_POLL {
+            self.sync_out.push(e);
+        } else {
+            bump(&self.counters.sync_skipped, 1);
+        }
+    }
+
+    /// The sync entry of connection `idx` as it is now.
+    fn conn_entry(&self, idx: u32) -> SyncEntry {
+        let c = self.flows.get(idx);
+        let k = self.flows.cold(idx);
+        SyncEntry::Conn(crate::sync::ConnSync {
+            proto: c.proto,
+            state: c.state as u8,
+            fwd: match c.fwd {
+                Forward::Nat => 0,
+                Forward::Dr => 1,
+                Forward::Tunnel => 2,
+            },
+            data: c.flags & F_DATA != 0,
+            client: c.client,
+            cport: c.cport,
+            vip: c.vip,
+            vport: c.vport,
+            rs: c.rs,
+            rport: c.rport,
+            timeout_s: (c.expires.saturating_sub(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
+            proxy_delta: k.proxy.as_ref().filter(|p| p.established).map(|p| p.delta),
+        })
+    }
+
+    /// Queue connection `idx` for the peers (a creation, a state change or a refresh).
+    fn sync_conn(&mut self, idx: u32) {
+        if !self.sync_on || self.flows.get(idx).flags & F_SYNCED != 0 {
+            return;
+        }
+        let e = self.conn_entry(idx);
+        self.flows.cold_mut(idx).synced_at = self.now.max(1);
+        self.push_sync(e);
+    }
+
+    /// Re-send live connections not sent for `sync_refresh`, a few slots per poll.
+    fn sync_refresh_scan(&mut self, now: u64) {
+        let n = self.flows.slots();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..SYNC_SCAN_PER_POLL.min(n) {
+            let i = (self.sync_pos % n) as u32;
+            self.sync_pos = (self.sync_pos + 1) % n;
+            let c = self.flows.get(i);
+            if c.live && c.flags & F_SYNCED == 0 && c.expires > now {
+                if now.saturating_sub(self.flows.cold(i).synced_at) >= self.sync_refresh {
+                    self.sync_conn(i);
+                }
+            }
+        }
+    }
+
+    /// Install state a peer sent (see [`crate::sync`]): backup connections (not counted by
+    /// the schedulers until a packet arrives for them), removals of backup connections,
+    /// persistence templates and FTP expectations.
+    pub fn apply_sync(&mut self, entries: &[SyncEntry]) {
+        for e in entries {
+            let ok = match *e {
+                SyncEntry::Conn(c) => self.install_synced_conn(&c),
+                SyncEntry::Delete { proto, client, cport, vip, vport } => {
+                    let key = FlowKey { proto, src: client, sport: cport, dst: vip, dport: vport };
+                    match self.flows.lookup(&key) {
+                        Some((idx, Dir::In)) if self.flows.get(idx).flags & F_SYNCED != 0 => {
+                            self.remove_conn(idx, false);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                SyncEntry::Template(t) => self.install_synced_template(&t),
+                SyncEntry::Expect(x) => self.install_synced_expect(&x),
+            };
+            bump(if ok { &self.counters.sync_installed } else { &self.counters.sync_skipped }, 1);
+        }
+    }
+
+    fn find_dest(&self, si: usize, rs: Addr, rport: u16, vport: u16) -> Option<usize> {
+        self.snap.services[si]
+            .dests
+            .iter()
+            .position(|d| d.addr == rs && d.port.unwrap_or(vport) == rport)
+            .or_else(|| self.snap.services[si].dests.iter().position(|d| d.addr == rs))
+    }
+
+    fn install_synced_conn(&mut self, s: &crate::sync::ConnSync) -> bool {
+        let key = FlowKey { proto: s.proto, src: s.client, sport: s.cport, dst: s.vip, dport: s.vport };
+        if let Some((idx, _)) = self.flows.lookup(&key) {
+            // Known: a backup entry follows its owner's state and timeout; a connection this
+            // node carries traffic for keeps its own.
+            let c = self.flows.get_mut(idx);
+            if c.flags & F_SYNCED != 0 {
+                if let Some(st) = crate::tcpstate::TcpState::from_u8(s.state) {
+                    c.state = st;
+                }
+                c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
+            }
+            return true;
+        }
+        let si = match self.snap.service(s.vip, s.proto, s.vport) {
+            Some(si) => si,
+            // An FTP data connection (a port no service owns): its VIP's FTP service.
+            None => {
+                match self.snap.services.iter().position(|x| x.vip == s.vip && x.proto == s.proto && x.ftp.is_some()) {
+                    Some(si) if s.data => si,
+                    _ => return false,
+                }
+            }
+        };
+        let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else { return false };
+        let Some(st) = crate::tcpstate::TcpState::from_u8(s.state) else { return false };
+        let Ok(idx) = self.create_backup(si, di, s) else { return false };
+        let c = self.flows.get_mut(idx);
+        c.state = st;
+        c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
+        if s.data {
+            c.flags |= F_DATA;
+        }
+        if let Some(delta) = s.proxy_delta {
+            c.flags |= F_SYNPROXY;
+            self.flows.cold_mut(idx).proxy =
+                Some(Box::new(crate::synproxy::Proxied { isn: 0, cookie: 0, delta, established: true }));
+        }
+        true
+    }
+
+    /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
+    /// schedulers, flows_created, the service's connections) until traffic arrives.
+    fn create_backup(&mut self, si: usize, di: usize, s: &crate::sync::ConnSync) -> Result<u32, DropReason> {
+        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport)?;
+        // Undo create_conn's accounting: backup state is invisible to the schedulers.
+        let counts = &self.snap.conn_counts[si];
+        counts.dec_inactive(self.id, di);
+        bump(&self.counters.flows_created, u64::MAX);
+        let sc = &self.svc_counters[si];
+        bump(&sc.conns, u64::MAX);
+        bump(&sc.dests[di].conns, u64::MAX);
+        bump(&self.counters.flows_active, u64::MAX);
+        let c = self.flows.get_mut(idx);
+        c.flags &= !F_COUNTED;
+        c.flags |= F_SYNCED;
+        Ok(idx)
+    }
+
+    /// The first packet of a backup connection: from now on it is this node's, counted as
+    /// a connection created here.
+    #[cold]
+    fn adopt(&mut self, idx: u32) {
+        let (si, di, active) = {
+            let c = self.flows.get_mut(idx);
+            c.flags &= !F_SYNCED;
+            c.flags |= F_COUNTED;
+            (c.svc as usize, c.dest as usize, c.state.is_active())
+        };
+        if let Some(counts) = self.snap.conn_counts.get(si) {
+            if active {
+                counts.inc_active(self.id, di);
+                self.flows.get_mut(idx).flags |= F_ACTIVE_COUNTED;
+            } else {
+                counts.inc_inactive(self.id, di);
+            }
+        }
+        bump(&self.counters.flows_created, 1);
+        bump(&self.counters.flows_active, 1);
+        if let Some(sc) = self.svc_counters.get(si) {
+            bump(&sc.conns, 1);
+            if let Some(d) = sc.dests.get(di) {
+                bump(&d.conns, 1);
+            }
+        }
+    }
+
+    fn install_synced_template(&mut self, t: &crate::sync::TemplateSync) -> bool {
+        let Some(si) = self.snap.service(t.vip, t.proto, t.vport) else { return false };
+        let Some(di) = self.find_dest(si, t.rs, t.rport, t.vport) else { return false };
+        let now = self.now;
+        let st = &mut self.svcs[si];
+        let Some(pt) = st.persist.as_mut() else { return false };
+        pt.insert(addr_to_ip(t.client), di, now, &st.dests);
+        true
+    }
+
+    fn install_synced_expect(&mut self, x: &crate::sync::ExpectSync) -> bool {
+        use crate::sync::ExpectKind as K;
+        let proto = PROTO_TCP;
+        let ctl = FlowKey { proto, src: x.client, sport: x.ctl_cport, dst: x.vip, dport: x.ctl_vport };
+        let Some((parent, Dir::In)) = self.flows.lookup(&ctl) else { return false };
+        let c = self.flows.get(parent);
+        let (svc, dest, gen) = (c.svc, c.dest, c.gen);
+        let key = match x.kind {
+            K::Passive => ExpKey::Passive(x.client, x.vip, x.port),
+            K::PassiveAny => ExpKey::PassiveAny(x.client, x.vip),
+            K::Active => ExpKey::Active(x.rs, x.client, x.port),
+            K::DrActive => ExpKey::DrActive(x.client, x.port, x.vip),
+        };
+        let per_session = self
+            .snap
+            .services
+            .get(svc as usize)
+            .and_then(|s| s.ftp.as_ref())
+            .map_or(4, |f| usize::from(f.max_expectations));
+        let val = ExpVal {
+            svc,
+            dest,
+            rs: x.rs,
+            rport: (x.rport != 0).then_some(x.rport),
+            vip: x.vip,
+            parent,
+            parent_gen: gen,
+            expires: self.now + x.timeout_s as u64 * 1_000_000_000,
+        };
+        self.expect.insert(key, val, per_session);
+        true
     }
 
     fn handle_ctrl(&mut self, m: Ctrl) {
@@ -489,6 +751,7 @@ impl<Q: PortQueue> Worker<Q> {
             Ctrl::ListConns(tx) => {
                 let _ = tx.send(self.list_conns());
             }
+            Ctrl::Sync(entries) => self.apply_sync(&entries),
         }
     }
 
@@ -610,8 +873,15 @@ impl<Q: PortQueue> Worker<Q> {
         if self.flows.get(i).state == crate::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
+        if self.sync_on && flags & F_SYNCED == 0 {
+            let c = self.flows.get(i);
+            let e = SyncEntry::Delete { proto: c.proto, client: c.client, cport: c.cport, vip: c.vip, vport: c.vport };
+            self.push_sync(e);
+        }
         self.flows.remove(i);
-        bump(&self.counters.flows_active, u64::MAX); // -1
+        if flags & F_SYNCED == 0 {
+            bump(&self.counters.flows_active, u64::MAX); // -1 (backup state was never counted)
+        }
         if expired {
             bump(&self.counters.flows_expired, 1);
         }
@@ -1082,6 +1352,21 @@ impl<Q: PortQueue> Worker<Q> {
         let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
             pt.insert(client_ip, d, self.now, dests);
+            if self.sync_on {
+                let dd = &svc.dests[d];
+                let vport = svc.ports.first().map_or(0, |r| r.lo);
+                let timeout_s = svc.persistence.map_or(0, |(t, _)| (t / 1_000_000_000) as u32);
+                let e = SyncEntry::Template(crate::sync::TemplateSync {
+                    proto: p.proto,
+                    client: p.src,
+                    vip: p.dst,
+                    vport,
+                    rs: dd.addr,
+                    rport: dd.port.unwrap_or(0),
+                    timeout_s,
+                });
+                self.push_sync(e);
+            }
         }
         Some(d)
     }
@@ -1158,6 +1443,9 @@ impl<Q: PortQueue> Worker<Q> {
         // State, timeout, counters.
         let wrapped;
         let state_before;
+        if self.flows.get(idx).flags & F_SYNCED != 0 {
+            self.adopt(idx);
+        }
         {
             let snap = &self.snap;
             let c = self.flows.get_mut(idx);
@@ -1219,6 +1507,10 @@ impl<Q: PortQueue> Worker<Q> {
         }
         if wrapped {
             self.flows.carry_pkt(idx, dir == Dir::In);
+        }
+        // Cluster: a new connection or a state change goes to the peers.
+        if self.sync_on && (self.flows.get(idx).state != state_before || self.flows.cold(idx).synced_at == 0) {
+            self.sync_conn(idx);
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
@@ -2199,6 +2491,8 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         self.flows.clear();
+        self.sync_out.clear();
+        self.sync_pos = 0;
         self.expect.clear();
         self.neigh.clear();
         self.frags.clear();
@@ -2265,6 +2559,8 @@ struct Broker<'a> {
     fwd: Forward,
     per_session: usize,
     now: u64,
+    /// Cluster: expectations go to the peers too.
+    sync: Option<&'a mut Vec<SyncEntry>>,
 }
 
 impl<'a> Broker<'a> {
@@ -2289,6 +2585,7 @@ impl<'a> Broker<'a> {
             fwd,
             per_session,
             now: w.now,
+            sync: if w.sync_on && w.sync_out.len() < SYNC_MAX_PER_POLL { Some(&mut w.sync_out) } else { None },
         }
     }
 
@@ -2321,6 +2618,27 @@ impl<'a> Broker<'a> {
             alive && !own
         });
         let val = ExpVal { svc: self.svc, dest: self.dest, rs, rport, vip, parent: idx, parent_gen: gen, expires };
+        if let Some(out) = self.sync.as_mut() {
+            use crate::sync::ExpectKind as K;
+            let c = flows.get(idx);
+            let (kind, port) = match key {
+                ExpKey::Passive(_, _, p) => (K::Passive, p),
+                ExpKey::PassiveAny(..) => (K::PassiveAny, 0),
+                ExpKey::Active(_, _, p) => (K::Active, p),
+                ExpKey::DrActive(_, p, _) => (K::DrActive, p),
+            };
+            out.push(SyncEntry::Expect(crate::sync::ExpectSync {
+                kind,
+                port,
+                rport: rport.unwrap_or(0),
+                ctl_cport: c.cport,
+                ctl_vport: c.vport,
+                client: c.client,
+                vip: c.vip,
+                rs,
+                timeout_s: (expires.saturating_sub(now) / 1_000_000_000) as u32,
+            }));
+        }
         let d = self.table.insert(key, val, self.per_session);
         if let Some(c) = self.ftp(self.svc) {
             bump(&c.expectations_created, 1);

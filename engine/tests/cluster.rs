@@ -145,3 +145,110 @@ fn adding_a_real_server_moves_at_most_one_nth_plus_5_percent() {
         assert_eq!(send(&mut e, c, 40000, 80, TCP_ACK, 2 * S), Some(picks[i]), "client {c} kept its server");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connection sync between two nodes (the datagrams pass from one engine to the other).
+
+use common::seg::one;
+use ferrovs_engine::sync::Batcher;
+
+/// Client 10.0.1.2 (a static neighbour, so NAT replies go out at once).
+const C: u8 = 2;
+
+fn rs_reply(e: &mut MemEngine, rs: u8, sport: u16, cport: u16, flags: u8, now: u64) -> Vec<(usize, Vec<u8>)> {
+    let rs_ip = [10, 0, 2, rs];
+    let rs_mac = [2, 0, 0, 0, 3, rs];
+    e.inject(INT, &with_macs(tcp4(rs_ip, sport, CLIENT, cport, flags, 5000, 1001, b""), rs_mac, LB_INT), now)
+}
+
+/// NAT: the rs a SYN went to (destination address, last octet).
+fn nat_syn(e: &mut MemEngine, sport: u16, flags: u8, now: u64) -> u8 {
+    let (ip, mac) = client(C);
+    let out = e.inject(EXT, &with_macs(tcp4(ip, sport, VIP, 8080, flags, 1000, 1, b""), mac, LB_EXT), now);
+    let (i, s) = one(out);
+    assert_eq!(i, INT);
+    s.dst[3]
+}
+
+#[test]
+fn synced_nat_connection_carries_replies_on_the_peer_and_counts_only_then() {
+    let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
+    let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let rs = nat_syn(&mut a, 40000, TCP_SYN, S);
+    assert_eq!(rs_reply(&mut a, rs, 8080, 40000, TCP_SYN | TCP_ACK, S).len(), 1);
+    nat_syn(&mut a, 40000, TCP_ACK, S);
+    // Creation (SYN_RECV) and ESTABLISHED: two entries, one datagram.
+    let msgs = a.take_sync(&mut ba, S);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(2));
+    let c = b.counters();
+    assert_eq!((c.sync_installed, c.flows_created, c.sync_skipped), (2, 0, 0), "backup state is not a created flow");
+    assert_eq!(c.flows_active, 0, "nor an active one (a drain does not wait for it)");
+    // Node a dies; the real server's reply reaches node b, which NATs it back as a would.
+    let out = rs_reply(&mut b, rs, 8080, 40000, TCP_ACK | TCP_PSH, 2 * S);
+    let (i, s) = one(out);
+    assert_eq!((i, s.src, s.sport, s.dst, s.dport), (EXT, VIP, 8080, CLIENT, 40000));
+    // The client's next segment too, to the same real server.
+    assert_eq!(nat_syn(&mut b, 40000, TCP_ACK | TCP_PSH, 2 * S), rs);
+    assert_eq!((b.counters().flows_created, b.counters().flows_active), (1, 1), "adopted on its first packet");
+    // Now node b's own connection: announced once to the peers (its timeout now runs on node
+    // b), then only on changes and refreshes.
+    let mut bb = Batcher::new(2, 1000);
+    assert_eq!(b.take_sync(&mut bb, 2 * S).len(), 1);
+    nat_syn(&mut b, 40000, TCP_ACK, 2 * S);
+    assert!(b.take_sync(&mut bb, 2 * S).is_empty(), "no change, no message");
+}
+
+#[test]
+fn deletions_remove_backup_state_and_refresh_resends() {
+    let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
+    let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let rs = nat_syn(&mut a, 40000, TCP_SYN, S);
+    rs_reply(&mut a, rs, 8080, 40000, TCP_SYN | TCP_ACK, S);
+    nat_syn(&mut a, 40000, TCP_ACK, S);
+    for m in a.take_sync(&mut ba, S) {
+        b.deliver_sync(&m, S).unwrap();
+    }
+    // Idle past sync_refresh (10 s), within the established timeout: a refresh goes out.
+    a.run(12 * S);
+    let msgs = a.take_sync(&mut ba, 12 * S);
+    assert_eq!(msgs.len(), 1, "refresh of the live connection");
+    let m = ferrovs_engine::sync::parse(&msgs[0]).unwrap();
+    assert!(matches!(m.entries[..], [ferrovs_engine::sync::SyncEntry::Conn(c)] if c.state == 1 && c.timeout_s > 880));
+    // The connection expires on node a: the deletion removes node b's copy.
+    a.run(1000 * S);
+    let msgs = a.take_sync(&mut ba, 1000 * S);
+    assert_eq!(msgs.len(), 1);
+    b.deliver_sync(&msgs[0], 20 * S).unwrap();
+    // The reply finds nothing on node b now.
+    assert!(rs_reply(&mut b, rs, 8080, 40000, TCP_ACK, 21 * S).is_empty());
+    assert_drops(&b, &[(DropReason::NoFlow, 1)]);
+}
+
+#[test]
+fn templates_install_and_bad_messages_are_refused() {
+    let persist = |id| {
+        let mut c = node(id, RS_COUNT, true);
+        c.services[0].persistence = Some(ferrovs_cfg::Persistence { timeout: 300, netmask: 24 });
+        c
+    };
+    let mut a = MemEngine::new(persist(1), 1);
+    let mut b = MemEngine::new(persist(2), 1);
+    let rs = send(&mut a, 9, 40000, 80, TCP_SYN, S).unwrap();
+    let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
+    let m = ferrovs_engine::sync::parse(&msgs[0]).unwrap();
+    assert!(m.entries.iter().any(|e| matches!(e, ferrovs_engine::sync::SyncEntry::Template(_))), "{m:?}");
+    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(m.entries.len()));
+    assert_eq!(b.counters().sync_installed, m.entries.len() as u64);
+    // A client of the same /24 follows the template on node b.
+    assert_eq!(send(&mut b, 10, 40000, 80, TCP_SYN, S), Some(rs));
+    // Garbage and another version are refused whole, nothing installed.
+    let before = b.counters().sync_installed;
+    assert!(b.deliver_sync(b"not sync", S).is_err());
+    let mut v2 = msgs[0].clone();
+    v2[4] = 2;
+    assert_eq!(b.deliver_sync(&v2, S), Err(ferrovs_engine::sync::SyncError::Version(2)));
+    assert_eq!(b.counters().sync_installed, before);
+}

@@ -1,0 +1,720 @@
+//! Connection sync between the nodes of a cluster: the wire format (version 1), its parser and
+//! encoder, and the rate-bounded batcher. Sans-IO: the daemon's sync thread owns the UDP
+//! socket, the workers produce and consume [`SyncEntry`] values.
+//!
+//! As the IPVS sync daemon (`ip_vs_sync.c`, protocol version 1) a node sends what changed
+//! (connection created, TCP state changed, removed; persistence templates; FTP expectations;
+//! SYN-proxy sequence offsets) batched into datagrams, best effort over UDP, and re-sends
+//! every live connection every `sync_refresh` seconds so a lost datagram only delays a peer.
+//! A received connection is backup state: the peer installs it without counting it in its
+//! schedulers; the first packet that reaches the peer for it makes it an ordinary connection.
+//!
+//! # Wire format, version 1 (all integers big-endian)
+//!
+//! ```text
+//! message  = header entry*
+//! header   = "FVSY" version:u8(=1) node:u8 count:u16 seq:u32          (12 bytes)
+//! entry    = kind:u8 len:u8 body                  len counts kind and len themselves
+//! flags    = bit 0: IPv6 addresses (16 bytes, else 4)
+//!            bit 1: FTP data connection          (kind 1)
+//!            bit 2: SYN proxy established, `delta` valid (kind 1)
+//! kind 1 conn      flags proto:u8 state:u8 fwd:u8 cport:u16 vport:u16 rport:u16
+//!                  timeout_s:u32 delta:u32 client vip rs         (32 bytes IPv4, 68 IPv6)
+//! kind 2 delete    flags proto:u8 cport:u16 vport:u16 client vip (16 / 40)
+//! kind 3 template  flags proto:u8 vport:u16 rport:u16 timeout_s:u32 client vip rs (24 / 60)
+//! kind 4 expect    flags ekind:u8 port:u16 rport:u16 ctl_cport:u16 ctl_vport:u16
+//!                  timeout_s:u32 client vip rs                   (28 / 64)
+//! ```
+//!
+//! `state` is the engine's TCP state number (`tcpstate::TcpState`, UDP = 11), `fwd` 0 NAT,
+//! 1 DR, 2 tunnel. `timeout_s` is what remains of the entry's life at the sender. `rport` 0 in
+//! an expectation means "the port the client uses". An expectation's `ekind` is 1 NAT
+//! passive (client -> vip:port), 2 DR passive (client -> vip:any), 3 NAT active
+//! (rs -> client:port), 4 DR active (client:port -> vip); `ctl_*` name its control
+//! connection (client:ctl_cport -> vip:ctl_vport), which the receiver must know (synced).
+//! A receiver skips entries of kinds it does not know (by `len`) and drops a message of
+//! another version or with a malformed entry whole (counted).
+
+use crate::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, v4_to_addr, v6_to_addr, Addr};
+
+pub const MAGIC: &[u8; 4] = b"FVSY";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 12;
+/// Largest datagram the encoder builds (fits a 1500-byte MTU with IPv6 and UDP headers).
+pub const MAX_MESSAGE: usize = 1400;
+
+const F_V6: u8 = 1;
+const F_DATA: u8 = 2;
+const F_PROXY: u8 = 4;
+
+/// A connection as synced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnSync {
+    pub proto: u8,
+    pub state: u8,
+    pub fwd: u8,
+    pub data: bool,
+    pub client: Addr,
+    pub cport: u16,
+    pub vip: Addr,
+    pub vport: u16,
+    pub rs: Addr,
+    pub rport: u16,
+    pub timeout_s: u32,
+    /// SYN proxy: the sequence offset of an established proxied connection.
+    pub proxy_delta: Option<u32>,
+}
+
+/// A persistence template: `client` (masked) of the service at vip:vport goes to rs:rport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateSync {
+    pub proto: u8,
+    pub client: Addr,
+    pub vip: Addr,
+    pub vport: u16,
+    pub rs: Addr,
+    pub rport: u16,
+    pub timeout_s: u32,
+}
+
+/// Kinds of FTP expectations (see [`crate::expect::ExpKey`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectKind {
+    Passive = 1,
+    PassiveAny = 2,
+    Active = 3,
+    DrActive = 4,
+}
+
+/// An FTP expectation of the control connection client:ctl_cport -> vip:ctl_vport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectSync {
+    pub kind: ExpectKind,
+    /// The expected port (meaning per kind; 0 for PassiveAny).
+    pub port: u16,
+    /// Real-server port, 0: the port the client uses.
+    pub rport: u16,
+    pub ctl_cport: u16,
+    pub ctl_vport: u16,
+    pub client: Addr,
+    pub vip: Addr,
+    pub rs: Addr,
+    pub timeout_s: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncEntry {
+    Conn(ConnSync),
+    Delete { proto: u8, client: Addr, cport: u16, vip: Addr, vport: u16 },
+    Template(TemplateSync),
+    Expect(ExpectSync),
+}
+
+impl SyncEntry {
+    /// The client address: it decides the worker that owns the entry.
+    pub fn client(&self) -> Addr {
+        match self {
+            SyncEntry::Conn(c) => c.client,
+            SyncEntry::Delete { client, .. } => *client,
+            SyncEntry::Template(t) => t.client,
+            SyncEntry::Expect(e) => e.client,
+        }
+    }
+
+    fn v6(&self) -> bool {
+        !addr_is_v4(self.client())
+    }
+
+    /// Encoded length.
+    pub fn len(&self) -> usize {
+        let a = if self.v6() { 16 } else { 4 };
+        match self {
+            SyncEntry::Conn(_) => 20 + 3 * a,
+            SyncEntry::Delete { .. } => 8 + 2 * a,
+            SyncEntry::Template(_) => 12 + 3 * a,
+            SyncEntry::Expect(_) => 16 + 3 * a,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Append the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let v6 = self.v6();
+        let fl = if v6 { F_V6 } else { 0 };
+        let addr = |out: &mut Vec<u8>, a: Addr| {
+            if v6 {
+                out.extend_from_slice(&addr_v6_bytes(a));
+            } else {
+                out.extend_from_slice(&addr_v4_bytes(a));
+            }
+        };
+        let start = out.len();
+        match *self {
+            SyncEntry::Conn(c) => {
+                let f = fl | if c.data { F_DATA } else { 0 } | if c.proxy_delta.is_some() { F_PROXY } else { 0 };
+                out.extend_from_slice(&[1, 0, f, c.proto, c.state, c.fwd]);
+                for p in [c.cport, c.vport, c.rport] {
+                    out.extend_from_slice(&p.to_be_bytes());
+                }
+                out.extend_from_slice(&c.timeout_s.to_be_bytes());
+                out.extend_from_slice(&c.proxy_delta.unwrap_or(0).to_be_bytes());
+                for a in [c.client, c.vip, c.rs] {
+                    addr(out, a);
+                }
+            }
+            SyncEntry::Delete { proto, client, cport, vip, vport } => {
+                out.extend_from_slice(&[2, 0, fl, proto]);
+                out.extend_from_slice(&cport.to_be_bytes());
+                out.extend_from_slice(&vport.to_be_bytes());
+                addr(out, client);
+                addr(out, vip);
+            }
+            SyncEntry::Template(t) => {
+                out.extend_from_slice(&[3, 0, fl, t.proto]);
+                out.extend_from_slice(&t.vport.to_be_bytes());
+                out.extend_from_slice(&t.rport.to_be_bytes());
+                out.extend_from_slice(&t.timeout_s.to_be_bytes());
+                for a in [t.client, t.vip, t.rs] {
+                    addr(out, a);
+                }
+            }
+            SyncEntry::Expect(e) => {
+                out.extend_from_slice(&[4, 0, fl, e.kind as u8]);
+                for p in [e.port, e.rport, e.ctl_cport, e.ctl_vport] {
+                    out.extend_from_slice(&p.to_be_bytes());
+                }
+                out.extend_from_slice(&e.timeout_s.to_be_bytes());
+                for a in [e.client, e.vip, e.rs] {
+                    addr(out, a);
+                }
+            }
+        }
+        out[start + 1] = (out.len() - start) as u8;
+        debug_assert_eq!(out.len() - start, self.len());
+    }
+}
+
+/// Why a message was refused (counted by the receiver).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncError {
+    /// Shorter than the header, wrong magic.
+    NotSync,
+    /// Another protocol version.
+    Version(u8),
+    /// An entry runs past the end, has a length that does not fit its kind, or the count
+    /// does not match.
+    Malformed,
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::NotSync => f.write_str("not a ferrovs sync message"),
+            SyncError::Version(v) => write!(f, "sync protocol version {v}, this node speaks {VERSION}"),
+            SyncError::Malformed => f.write_str("malformed sync message"),
+        }
+    }
+}
+
+/// A parsed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub node: u8,
+    pub seq: u32,
+    pub entries: Vec<SyncEntry>,
+    /// Entries of kinds this version does not know, skipped.
+    pub unknown: usize,
+}
+
+struct Rd<'a> {
+    b: &'a [u8],
+    o: usize,
+}
+
+impl Rd<'_> {
+    fn u8(&mut self) -> Result<u8, SyncError> {
+        let v = *self.b.get(self.o).ok_or(SyncError::Malformed)?;
+        self.o += 1;
+        Ok(v)
+    }
+    fn u16(&mut self) -> Result<u16, SyncError> {
+        Ok(u16::from_be_bytes([self.u8()?, self.u8()?]))
+    }
+    fn u32(&mut self) -> Result<u32, SyncError> {
+        Ok(((self.u16()? as u32) << 16) | self.u16()? as u32)
+    }
+    fn addr(&mut self, v6: bool) -> Result<Addr, SyncError> {
+        let n = if v6 { 16 } else { 4 };
+        let s = self.b.get(self.o..self.o + n).ok_or(SyncError::Malformed)?;
+        self.o += n;
+        Ok(if v6 { v6_to_addr(s.try_into().expect("16 bytes")) } else { v4_to_addr(s.try_into().expect("4 bytes")) })
+    }
+}
+
+fn is_proto(p: u8) -> bool {
+    p == crate::parse::PROTO_TCP || p == crate::parse::PROTO_UDP
+}
+
+/// Parse a datagram. Never panics; any inconsistency refuses the whole message.
+pub fn parse(b: &[u8]) -> Result<Message, SyncError> {
+    if b.len() < HEADER_LEN || &b[0..4] != MAGIC {
+        return Err(SyncError::NotSync);
+    }
+    if b[4] != VERSION {
+        return Err(SyncError::Version(b[4]));
+    }
+    let node = b[5];
+    let count = u16::from_be_bytes([b[6], b[7]]) as usize;
+    let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+    let mut entries = Vec::with_capacity(count.min(b.len() / 16));
+    let mut unknown = 0;
+    let mut o = HEADER_LEN;
+    let mut n = 0;
+    while o < b.len() {
+        if b.len() - o < 2 {
+            return Err(SyncError::Malformed);
+        }
+        let (kind, len) = (b[o], b[o + 1] as usize);
+        if len < 3 || o + len > b.len() {
+            return Err(SyncError::Malformed);
+        }
+        let body = &b[o..o + len];
+        n += 1;
+        o += len;
+        let v6 = body[2] & F_V6 != 0;
+        let a = if v6 { 16 } else { 4 };
+        let mut r = Rd { b: body, o: 3 };
+        let want = match kind {
+            1 => 20 + 3 * a,
+            2 => 8 + 2 * a,
+            3 => 12 + 3 * a,
+            4 => 16 + 3 * a,
+            _ => {
+                unknown += 1;
+                continue;
+            }
+        };
+        if len != want {
+            return Err(SyncError::Malformed);
+        }
+        let flags = body[2];
+        let e = match kind {
+            1 => {
+                let proto = r.u8()?;
+                let state = r.u8()?;
+                let fwd = r.u8()?;
+                let (cport, vport, rport) = (r.u16()?, r.u16()?, r.u16()?);
+                let timeout_s = r.u32()?;
+                let delta = r.u32()?;
+                let (client, vip, rs) = (r.addr(v6)?, r.addr(v6)?, r.addr(v6)?);
+                if !is_proto(proto) || fwd > 2 || state as usize >= crate::tcpstate::N_STATES {
+                    return Err(SyncError::Malformed);
+                }
+                SyncEntry::Conn(ConnSync {
+                    proto,
+                    state,
+                    fwd,
+                    data: flags & F_DATA != 0,
+                    client,
+                    cport,
+                    vip,
+                    vport,
+                    rs,
+                    rport,
+                    timeout_s,
+                    proxy_delta: (flags & F_PROXY != 0).then_some(delta),
+                })
+            }
+            2 => {
+                let proto = r.u8()?;
+                let (cport, vport) = (r.u16()?, r.u16()?);
+                let (client, vip) = (r.addr(v6)?, r.addr(v6)?);
+                if !is_proto(proto) {
+                    return Err(SyncError::Malformed);
+                }
+                SyncEntry::Delete { proto, client, cport, vip, vport }
+            }
+            3 => {
+                let proto = r.u8()?;
+                let (vport, rport) = (r.u16()?, r.u16()?);
+                let timeout_s = r.u32()?;
+                let (client, vip, rs) = (r.addr(v6)?, r.addr(v6)?, r.addr(v6)?);
+                if !is_proto(proto) {
+                    return Err(SyncError::Malformed);
+                }
+                SyncEntry::Template(TemplateSync { proto, client, vip, vport, rs, rport, timeout_s })
+            }
+            _ => {
+                let kind = match r.u8()? {
+                    1 => ExpectKind::Passive,
+                    2 => ExpectKind::PassiveAny,
+                    3 => ExpectKind::Active,
+                    4 => ExpectKind::DrActive,
+                    _ => return Err(SyncError::Malformed),
+                };
+                let (port, rport, ctl_cport, ctl_vport) = (r.u16()?, r.u16()?, r.u16()?, r.u16()?);
+                let timeout_s = r.u32()?;
+                let (client, vip, rs) = (r.addr(v6)?, r.addr(v6)?, r.addr(v6)?);
+                SyncEntry::Expect(ExpectSync { kind, port, rport, ctl_cport, ctl_vport, client, vip, rs, timeout_s })
+            }
+        };
+        debug_assert_eq!(r.o, len);
+        entries.push(e);
+    }
+    if n != count {
+        return Err(SyncError::Malformed);
+    }
+    Ok(Message { node, seq, entries, unknown })
+}
+
+/// Split received entries by the worker that owns them (the one that owns their client, as
+/// for packets: [`crate::snapshot::owner_of`]).
+pub fn route(entries: Vec<SyncEntry>, workers: usize) -> Vec<Vec<SyncEntry>> {
+    let mut out: Vec<Vec<SyncEntry>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
+    for e in entries {
+        out[crate::snapshot::owner_of(e.client(), workers)].push(e);
+    }
+    out
+}
+
+/// Batches entries into datagrams of at most [`MAX_MESSAGE`] bytes, at most `rate` datagrams
+/// per second (a token bucket with one second of burst). Entries beyond the budget are
+/// dropped and counted: the periodic refresh sends live connections again.
+#[derive(Debug)]
+pub struct Batcher {
+    node: u8,
+    seq: u32,
+    rate: u32,
+    tokens: f64,
+    last: u64,
+    /// Entries dropped for the rate bound.
+    pub dropped: u64,
+    /// Datagrams built.
+    pub messages: u64,
+    /// Entries sent.
+    pub entries: u64,
+}
+
+impl Batcher {
+    pub fn new(node: u8, rate: u32) -> Self {
+        Batcher {
+            node,
+            seq: 0,
+            rate: rate.max(1),
+            tokens: rate.max(1) as f64,
+            last: 0,
+            dropped: 0,
+            messages: 0,
+            entries: 0,
+        }
+    }
+
+    /// Encode `entries` at time `now` (ns) into datagrams, within the rate.
+    pub fn encode(&mut self, entries: &[SyncEntry], now: u64) -> Vec<Vec<u8>> {
+        let dt = now.saturating_sub(self.last) as f64 / 1e9;
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate as f64).min(self.rate as f64);
+        let mut out = Vec::new();
+        let mut cur: Vec<u8> = Vec::new();
+        let mut n = 0u16;
+        let mut i = 0;
+        while i < entries.len() {
+            if cur.is_empty() {
+                if self.tokens < 1.0 {
+                    self.dropped += (entries.len() - i) as u64;
+                    break;
+                }
+                self.tokens -= 1.0;
+                self.seq = self.seq.wrapping_add(1);
+                cur.extend_from_slice(MAGIC);
+                cur.extend_from_slice(&[VERSION, self.node, 0, 0]);
+                cur.extend_from_slice(&self.seq.to_be_bytes());
+            }
+            let e = &entries[i];
+            if cur.len() + e.len() > MAX_MESSAGE || n == u16::MAX {
+                Self::close(&mut cur, n, &mut out);
+                n = 0;
+                continue;
+            }
+            e.encode(&mut cur);
+            n += 1;
+            i += 1;
+            self.entries += 1;
+        }
+        if !cur.is_empty() {
+            Self::close(&mut cur, n, &mut out);
+        }
+        self.messages += out.len() as u64;
+        out
+    }
+
+    fn close(cur: &mut Vec<u8>, n: u16, out: &mut Vec<Vec<u8>>) {
+        cur[6..8].copy_from_slice(&n.to_be_bytes());
+        out.push(std::mem::take(cur));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a4(x: u8) -> Addr {
+        v4_to_addr([10, 0, 0, x])
+    }
+    fn a6(x: u8) -> Addr {
+        v6_to_addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, x])
+    }
+
+    fn samples() -> Vec<SyncEntry> {
+        let mut v = Vec::new();
+        for a in [a4 as fn(u8) -> Addr, a6] {
+            v.push(SyncEntry::Conn(ConnSync {
+                proto: 6,
+                state: 1,
+                fwd: 1,
+                data: true,
+                client: a(2),
+                cport: 40000,
+                vip: a(100),
+                vport: 80,
+                rs: a(10),
+                rport: 8080,
+                timeout_s: 900,
+                proxy_delta: Some(0xdead_beef),
+            }));
+            v.push(SyncEntry::Delete { proto: 17, client: a(3), cport: 53, vip: a(100), vport: 53 });
+            v.push(SyncEntry::Template(TemplateSync {
+                proto: 6,
+                client: a(0),
+                vip: a(100),
+                vport: 0,
+                rs: a(11),
+                rport: 0,
+                timeout_s: 300,
+            }));
+            v.push(SyncEntry::Expect(ExpectSync {
+                kind: ExpectKind::Passive,
+                port: 30001,
+                rport: 0,
+                ctl_cport: 40001,
+                ctl_vport: 21,
+                client: a(2),
+                vip: a(100),
+                rs: a(10),
+                timeout_s: 60,
+            }));
+        }
+        v
+    }
+
+    #[test]
+    fn round_trip_and_sizes() {
+        let es = samples();
+        let lens: Vec<usize> = es.iter().map(|e| e.len()).collect();
+        assert_eq!(lens, [32, 16, 24, 28, 68, 40, 60, 64]);
+        let mut b = Batcher::new(3, 100);
+        let msgs = b.encode(&es, 1);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(&msgs[0][..12], &[b'F', b'V', b'S', b'Y', 1, 3, 0, 8, 0, 0, 0, 1]);
+        let m = parse(&msgs[0]).unwrap();
+        assert_eq!((m.node, m.seq, m.unknown), (3, 1, 0));
+        assert_eq!(m.entries, es);
+    }
+
+    #[test]
+    fn byte_exact_conn_entry() {
+        let e = SyncEntry::Conn(ConnSync {
+            proto: 6,
+            state: 1,
+            fwd: 0,
+            data: false,
+            client: a4(2),
+            cport: 0x1234,
+            vip: a4(100),
+            vport: 80,
+            rs: a4(10),
+            rport: 80,
+            timeout_s: 900,
+            proxy_delta: None,
+        });
+        let mut out = Vec::new();
+        e.encode(&mut out);
+        #[rustfmt::skip]
+        let want = [1, 32, 0, 6, 1, 0, 0x12, 0x34, 0, 80, 0, 80, 0, 0, 3, 0x84, 0, 0, 0, 0,
+                    10, 0, 0, 2, 10, 0, 0, 100, 10, 0, 0, 10];
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn batches_split_at_the_mtu_and_respect_the_rate() {
+        let es: Vec<SyncEntry> = (0..200)
+            .map(|i| SyncEntry::Delete { proto: 6, client: a4(i as u8), cport: i, vip: a4(100), vport: 80 })
+            .collect();
+        let mut b = Batcher::new(1, 2);
+        let msgs = b.encode(&es, 1_000_000_000);
+        // 16-byte entries: (1400 - 12) / 16 = 86 per datagram; 2 datagrams within the rate.
+        assert_eq!(msgs.len(), 2);
+        assert!(msgs.iter().all(|m| m.len() <= MAX_MESSAGE));
+        let got: usize = msgs.iter().map(|m| parse(m).unwrap().entries.len()).sum();
+        assert_eq!(got, 172);
+        assert_eq!(b.dropped, 28);
+        // Half a second later one token came back.
+        assert_eq!(b.encode(&es[..1], 1_500_000_000).len(), 1);
+        assert!(b.encode(&es[..1], 1_500_000_001).is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_messages() {
+        let mut b = Batcher::new(1, 100);
+        let good = b.encode(&samples(), 1).remove(0);
+        assert_eq!(parse(&good[..11]), Err(SyncError::NotSync));
+        let mut v = good.clone();
+        v[4] = 2;
+        assert_eq!(parse(&v), Err(SyncError::Version(2)));
+        // Truncated in the middle of an entry, wrong count, entry length too short / wrong.
+        assert_eq!(parse(&good[..good.len() - 1]), Err(SyncError::Malformed));
+        let mut v = good.clone();
+        v[7] = 9;
+        assert_eq!(parse(&v), Err(SyncError::Malformed));
+        let mut v = good.clone();
+        v[13] = 2;
+        assert_eq!(parse(&v), Err(SyncError::Malformed));
+        let mut v = good.clone();
+        v[15] = 99; // protocol of the first conn entry
+        assert_eq!(parse(&v), Err(SyncError::Malformed));
+        // An unknown kind is skipped by its length.
+        let mut v = good[..12].to_vec();
+        v[7] = 2;
+        v.extend_from_slice(&[9, 5, 0, 0, 0]);
+        v.extend_from_slice(&good[12..44]);
+        let m = parse(&v).unwrap();
+        assert_eq!((m.unknown, m.entries.len()), (1, 1));
+        // Every prefix and every single-byte change: an error or a message, never a panic.
+        for n in 0..good.len() {
+            let _ = parse(&good[..n]);
+            for x in [0u8, 1, 0x7f, 0xff] {
+                let mut v = good.clone();
+                v[n] = x;
+                let _ = parse(&v);
+            }
+        }
+    }
+}
+
+/// What the sync thread did (for `ferrovsadm` counters and metrics).
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub messages_sent: std::sync::atomic::AtomicU64,
+    pub entries_sent: std::sync::atomic::AtomicU64,
+    /// Entries not sent: over `sync_rate`, or the socket refused them.
+    pub entries_dropped: std::sync::atomic::AtomicU64,
+    pub messages_received: std::sync::atomic::AtomicU64,
+    pub entries_received: std::sync::atomic::AtomicU64,
+    /// Datagrams refused: not a sync message, another version, malformed.
+    pub messages_bad: std::sync::atomic::AtomicU64,
+}
+
+/// Open the sync socket of `cluster`: bound to `sync_address:sync_port` for unicast, or to
+/// the group's port with the group joined on `sync_address`'s interface for multicast.
+pub fn open_socket(cluster: &ferrovs_cfg::Cluster) -> std::io::Result<std::net::UdpSocket> {
+    use std::net::{IpAddr, SocketAddr, UdpSocket};
+    let bind = match (cluster.multicast_group, cluster.sync_address) {
+        (Some(_), IpAddr::V4(_)) => SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), cluster.sync_port),
+        (Some(_), IpAddr::V6(_)) => SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), cluster.sync_port),
+        (None, a) => SocketAddr::new(a, cluster.sync_port),
+    };
+    let s = UdpSocket::bind(bind)?;
+    match (cluster.multicast_group, cluster.sync_address) {
+        (Some(IpAddr::V4(g)), IpAddr::V4(local)) => {
+            s.join_multicast_v4(&g, &local)?;
+            s.set_multicast_loop_v4(false)?;
+            // Send from the sync interface.
+            let mreq = libc::in_addr { s_addr: u32::from_ne_bytes(local.octets()) };
+            // SAFETY: a valid socket descriptor and a properly sized in_addr.
+            let r = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::IPPROTO_IP,
+                    libc::IP_MULTICAST_IF,
+                    &mreq as *const libc::in_addr as *const libc::c_void,
+                    std::mem::size_of::<libc::in_addr>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        (Some(IpAddr::V6(g)), _) => {
+            s.join_multicast_v6(&g, 0)?;
+            s.set_multicast_loop_v6(false)?;
+        }
+        _ => {}
+    }
+    s.set_read_timeout(Some(std::time::Duration::from_millis(2)))?;
+    Ok(s)
+}
+
+/// The sync thread: sends the workers' batches to the peers (rate-bounded) and delivers
+/// what the peers send to the owning workers, until `stop`.
+pub fn run<B: Send + 'static>(
+    cluster: ferrovs_cfg::Cluster,
+    sock: std::net::UdpSocket,
+    fabric: std::sync::Arc<crate::worker::Fabric<B>>,
+    stats: std::sync::Arc<SyncStats>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut dests: Vec<std::net::SocketAddr> =
+        cluster.peers.iter().map(|a| std::net::SocketAddr::new(*a, cluster.sync_port)).collect();
+    if let Some(g) = cluster.multicast_group {
+        dests.push(std::net::SocketAddr::new(g, cluster.sync_port));
+    }
+    let mut batcher = Batcher::new(cluster.node_id, cluster.sync_rate);
+    let clock = crate::daemon::clock();
+    let mut buf = vec![0u8; 65536];
+    let mut pending: Vec<SyncEntry> = Vec::new();
+    let mut bad_log = crate::ratelimit::RateLimit::default();
+    while !stop.load(Relaxed) {
+        while let Some(b) = fabric.sync_tx.pop() {
+            pending.extend(b);
+        }
+        if !pending.is_empty() {
+            let before = batcher.dropped;
+            for m in batcher.encode(&pending, clock()) {
+                for d in &dests {
+                    if sock.send_to(&m, d).is_ok() {
+                        stats.messages_sent.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            stats.entries_sent.fetch_add((pending.len() as u64).saturating_sub(batcher.dropped - before), Relaxed);
+            stats.entries_dropped.fetch_add(batcher.dropped - before, Relaxed);
+            pending.clear();
+        }
+        // Receive until the socket is idle (read timeout 2 ms).
+        for _ in 0..256 {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
+            match parse(&buf[..n]) {
+                Ok(m) if m.node == cluster.node_id => {}
+                Ok(m) => {
+                    stats.messages_received.fetch_add(1, Relaxed);
+                    stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
+                    for (w, es) in route(m.entries, fabric.workers).into_iter().enumerate() {
+                        if !es.is_empty() {
+                            let _ = fabric.ctrl[w].push(crate::worker::Ctrl::Sync(es));
+                        }
+                    }
+                }
+                Err(e) => {
+                    stats.messages_bad.fetch_add(1, Relaxed);
+                    if bad_log.allow(clock()) {
+                        tracing::warn!(%from, "sync message refused: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
