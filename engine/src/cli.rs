@@ -272,6 +272,7 @@ pub fn ferrovsadm_command() -> Command {
         .arg(opt("status-flag", None, "status", None, "Same as the status verb."))
         .arg(opt("metrics-flag", None, "metrics", None, "Same as the metrics verb."))
         .arg(opt("reload-flag", None, "reload", None, "Same as the reload verb."))
+        .arg(opt("drain-flag", None, "drain", None, "Same as the drain verb."))
         .arg(opt("top-flag", None, "top", None, "Same as the top verb."))
         .subcommand(Command::new("conns").about("Connections with their FTP control/data relations."))
         .subcommand(Command::new("ftp").about("FTP gateway counters per service."))
@@ -280,6 +281,10 @@ pub fn ferrovsadm_command() -> Command {
         .subcommand(Command::new("status").about("Daemon version, workers, uptime and services."))
         .subcommand(Command::new("metrics").about("The Prometheus exposition text."))
         .subcommand(Command::new("reload").about("Re-read the configuration file (as SIGHUP)."))
+        .subcommand(Command::new("drain").about(
+            "Cluster: withdraw this node's VIPs from BIRD, let established connections finish (up to \
+             [cluster] drain_timeout), then stop the daemon (as SIGTERM).",
+        ))
         .subcommand(
             Command::new("top")
                 .about("Live view of services and real servers (plain text when stdout is not a terminal).")

@@ -526,6 +526,14 @@ impl State {
                 Ok(json!({}))
             }
             "reload" => Ok(json!({"services": self.reload()?})),
+            "drain" => {
+                let cfg = self.config();
+                let Some(c) = &cfg.cluster else {
+                    return Err("drain needs a [cluster] configuration (use SIGTERM to stop a single node)".into());
+                };
+                crate::daemon::request_stop();
+                Ok(json!({"draining": true, "timeout_s": c.drain_timeout}))
+            }
             "drops" => Ok(json!({"workers": self.drops()})),
             "ftp" => Ok(json!({"services": self.ftp()})),
             "health" => Ok(json!({"servers": self.health()})),

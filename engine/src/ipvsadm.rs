@@ -168,6 +168,8 @@ pub enum Action {
     Status,
     Metrics,
     Reload,
+    /// Cluster: withdraw the VIPs, let established connections finish, exit.
+    Drain,
     Top(TopOpts),
     Version,
     Help,
@@ -327,6 +329,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "-h" | "--help" => verb = Some(Action::Help),
             "-v" | "--version" => verb = Some(Action::Version),
             "--reload" | "reload" => verb = Some(Action::Reload),
+            "--drain" | "drain" => verb = Some(Action::Drain),
             "--ftp" | "ftp" => verb = Some(Action::Ftp),
             "--conns" | "conns" => verb = Some(Action::Conns),
             "--drops" | "drops" => verb = Some(Action::Drops),

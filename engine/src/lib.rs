@@ -54,6 +54,7 @@
 //! ring is a counted drop (`handoff_full`).
 
 pub mod bench;
+pub mod bird;
 pub mod cli;
 pub mod control;
 pub mod counters;

@@ -66,7 +66,24 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut hups = daemon::hup_count();
             let status = |n: usize| format!("{} workers, {n} services", cfg.engine.workers);
             sdnotify::ready(&status(cfg.services.len()));
+            // Cluster: BIRD announces the VIPs this node can serve.
+            let mut bird = cfg.cluster.as_ref().map(|c| ferrovs_engine::bird::Announcer::new(&c.bird_socket));
+            let clock = daemon::clock();
+            let mut bird_update = |up: bool, snap: &ferrovs_engine::snapshot::Snapshot| {
+                let Some(a) = bird.as_mut() else { return };
+                let want = ferrovs_engine::bird::desired(&snap.config, up);
+                let (changed, err) = a.update(&want, clock());
+                for (p, on) in changed {
+                    tracing::info!(protocol = %p, "BIRD: {}", if on { "announcing" } else { "withdrawn" });
+                }
+                if let Some(e) = err {
+                    if a.errors.is_power_of_two() {
+                        tracing::error!(errors = a.errors, "BIRD: {e}");
+                    }
+                }
+            };
             while !daemon::stop_requested() {
+                bird_update(true, &control.snapshot());
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 if daemon::hup_count() != hups {
                     hups = daemon::hup_count();
@@ -84,6 +101,28 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             sdnotify::stopping();
+            if let Some(c) = &cfg.cluster {
+                // Drain: withdraw first, so the routers stop sending new connections here;
+                // established ones finish (or move to a peer) up to the timeout.
+                bird_update(false, &control.snapshot());
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(c.drain_timeout as u64);
+                let mut left = daemon::established(&control.snapshot());
+                tracing::info!(established = left, timeout_s = c.drain_timeout, "draining");
+                // Done when no established connection is left, or no service packet moved for
+                // QUIET (the routers now send the rest to the peers), or at the timeout.
+                const QUIET: std::time::Duration = std::time::Duration::from_secs(3);
+                let (mut pkts, mut moved) = (daemon::service_packets(running.view.as_ref()), std::time::Instant::now());
+                while left > 0 && std::time::Instant::now() < deadline && moved.elapsed() < QUIET {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    bird_update(false, &control.snapshot());
+                    left = daemon::established(&control.snapshot());
+                    let p = daemon::service_packets(running.view.as_ref());
+                    if p != pkts {
+                        (pkts, moved) = (p, std::time::Instant::now());
+                    }
+                }
+                tracing::info!(established = left, "drained");
+            }
             let snapshot = control.snapshot();
             control.shutdown();
             let report = daemon::format_counters(running.view.as_ref(), &snapshot);

@@ -240,6 +240,14 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                 println!("configuration reloaded ({} services)", r["services"]);
             }
         }
+        Action::Drain => {
+            let r = call(&socket, "drain", json!({}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                println!("draining: VIPs withdrawn, established connections get up to {} s", r["timeout_s"]);
+            }
+        }
     }
     Ok(())
 }
