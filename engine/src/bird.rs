@@ -48,16 +48,22 @@ pub fn parse_line(l: &str) -> Result<Line<'_>, BirdError> {
     Ok(Line { code: Some(code), last: b[4] == b' ', text: &l[5..] })
 }
 
-/// A complete reply: the code of its last line and all text.
+/// A complete reply: the codes of its lines (in order) and all text. BIRD 2 answers
+/// `enable X` with `0011-X: enabled` and a closing `0000 ` line: the meaning is in the
+/// first code, the last one only ends the reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
-    pub code: u16,
+    pub codes: Vec<u16>,
     pub text: String,
 }
 
 impl Reply {
+    /// The first code that is not the closing 0000 (0 if there is none).
+    pub fn code(&self) -> u16 {
+        self.codes.iter().copied().find(|&c| c != 0).unwrap_or(0)
+    }
     pub fn is_error(&self) -> bool {
-        self.code >= 8000
+        self.codes.iter().any(|&c| c >= 8000)
     }
 }
 
@@ -75,10 +81,10 @@ impl std::fmt::Display for BirdError {
         match self {
             BirdError::Io(e) => write!(f, "BIRD control socket: {e}"),
             BirdError::Protocol(s) => f.write_str(s),
-            BirdError::Refused(r) if r.code == 8003 => {
+            BirdError::Refused(r) if r.code() == 8003 => {
                 write!(f, "BIRD has no such protocol ({}): declare it in bird.conf (see README, Cluster)", r.text)
             }
-            BirdError::Refused(r) => write!(f, "BIRD refused the command: {} {}", r.code, r.text),
+            BirdError::Refused(r) => write!(f, "BIRD refused the command: {} {}", r.code(), r.text),
         }
     }
 }
@@ -105,14 +111,15 @@ impl BirdClient {
         s.set_write_timeout(Some(timeout))?;
         let mut c = BirdClient { r: BufReader::new(s.try_clone()?), w: s };
         let hello = c.read_reply()?;
-        if hello.code != 1 {
-            return Err(BirdError::Protocol(format!("BIRD greeting {} {:?}", hello.code, hello.text)));
+        if hello.code() != 1 {
+            return Err(BirdError::Protocol(format!("BIRD greeting {:?} {:?}", hello.codes, hello.text)));
         }
         Ok(c)
     }
 
     fn read_reply(&mut self) -> Result<Reply, BirdError> {
         let mut text = String::new();
+        let mut codes = Vec::new();
         let mut line = String::new();
         for _ in 0..100_000 {
             line.clear();
@@ -120,12 +127,17 @@ impl BirdClient {
                 return Err(BirdError::Protocol("BIRD closed the control connection".into()));
             }
             let l = parse_line(line.trim_end_matches(['\n', '\r']))?;
-            if !text.is_empty() {
-                text.push('\n');
+            if !l.text.is_empty() {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(l.text);
             }
-            text.push_str(l.text);
-            if let (Some(code), true) = (l.code, l.last) {
-                return Ok(Reply { code, text });
+            if let Some(c) = l.code {
+                codes.push(c);
+            }
+            if l.last {
+                return Ok(Reply { codes, text });
             }
         }
         Err(BirdError::Protocol("BIRD reply too long".into()))
@@ -150,7 +162,7 @@ impl BirdClient {
             return Err(BirdError::Protocol(format!("invalid BIRD protocol name {name:?}")));
         }
         let r = self.command(&format!("{} {name}", if enabled { "enable" } else { "disable" }))?;
-        match r.code {
+        match r.code() {
             11 | 9 => Ok(true),
             10 | 8 => Ok(false),
             c => Err(BirdError::Protocol(format!("unexpected BIRD reply {c} {:?} to enable/disable", r.text))),
@@ -287,7 +299,8 @@ mod tests {
                                     (false, false) => "0009",
                                 };
                                 *on = want;
-                                format!("{code} {p}: {verb}d\n")
+                                // As BIRD 2.0.12: the status line, then the closing 0000.
+                                format!("{code}-{p}: {verb}d\n0000 \n")
                             }
                         },
                         _ => "9001 syntax error\n".to_string(),

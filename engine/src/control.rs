@@ -451,7 +451,9 @@ impl State {
                 json!({"worker": w, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets, "flows_active": s.flows_active,
                        "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "neigh_evicted": s.neigh_evicted,
                        "cookies_sent": s.cookies_sent, "cookies_validated": s.cookies_validated,
-                       "cookies_failed": s.cookies_failed, "drops": drops})
+                       "cookies_failed": s.cookies_failed, "flows_created": s.flows_created,
+                       "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
+                       "sync_skipped": s.sync_skipped, "drops": drops})
             })
             .collect();
         json!(workers)

@@ -165,6 +165,12 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                     "  syn cookies sent {} validated {} failed {}",
                     w["cookies_sent"], w["cookies_validated"], w["cookies_failed"]
                 );
+                if w["flows_recreated"].as_u64().unwrap_or(0) + w["sync_installed"].as_u64().unwrap_or(0) > 0 {
+                    println!(
+                        "  cluster: flows recreated {} sync installed {} skipped {}",
+                        w["flows_recreated"], w["sync_installed"], w["sync_skipped"]
+                    );
+                }
                 if let Some(d) = w["drops"].as_object() {
                     for (k, v) in d {
                         println!("  {k:<16} {v}");
