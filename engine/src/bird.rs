@@ -263,7 +263,7 @@ mod tests {
             parse_line("0001 BIRD 2.0.12 ready.").unwrap(),
             Line { code: Some(1), last: true, text: "BIRD 2.0.12 ready." }
         );
-        assert_eq!(parse_line("1002-fvs_10_0_0_1 Static").unwrap().last, false);
+        assert!(!parse_line("1002-fvs_10_0_0_1 Static").unwrap().last);
         assert_eq!(parse_line(" more").unwrap(), Line { code: None, last: false, text: "more" });
         for bad in ["", "001 x", "00a1 x", "0001x", "hello"] {
             assert!(parse_line(bad).is_err(), "{bad:?}");

@@ -569,10 +569,12 @@ impl<Q: PortQueue> Worker<Q> {
             let i = (self.sync_pos % n) as u32;
             self.sync_pos = (self.sync_pos + 1) % n;
             let c = self.flows.get(i);
-            if c.live && c.flags & F_SYNCED == 0 && c.expires > now {
-                if now.saturating_sub(self.flows.cold(i).synced_at) >= self.sync_refresh {
-                    self.sync_conn(i);
-                }
+            if c.live
+                && c.flags & F_SYNCED == 0
+                && c.expires > now
+                && now.saturating_sub(self.flows.cold(i).synced_at) >= self.sync_refresh
+            {
+                self.sync_conn(i);
             }
         }
     }
@@ -1233,9 +1235,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// i.e. its control connection's, on every node, whether or not this node saw the PASV/PORT
     /// (as an IPVS persistent port-0 service places FTP data in DR). `None` outside a cluster.
     fn cluster_service(&self, p: &Parsed) -> Option<usize> {
-        if self.snap.config.cluster.is_none() {
-            return None;
-        }
+        self.snap.config.cluster.as_ref()?;
         if let Some(si) = self.snap.service(p.dst, p.proto, p.dport) {
             return Some(si);
         }
