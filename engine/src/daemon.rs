@@ -37,6 +37,12 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
+/// Ask the main loop to stop, as SIGTERM does (`ferrovsadm --drain`: a cluster node then
+/// withdraws its VIPs and drains before it exits).
+pub fn request_stop() {
+    STOP.store(true, Ordering::Relaxed);
+}
+
 /// Number of SIGHUPs received so far.
 pub fn hup_count() -> u32 {
     HUP.load(Ordering::Relaxed)
@@ -233,7 +239,7 @@ pub struct Running {
     /// is dropped after the worker threads have joined.
     pub backend: Option<Box<dyn std::any::Any + Send>>,
     /// Cluster: the connection sync thread's counters.
-    pub sync_stats: Option<Arc<crate::sync::SyncStats>>,
+    pub sync_stats: Option<Arc<crate::syncd::SyncStats>>,
 }
 
 impl Running {
@@ -273,7 +279,7 @@ pub fn start<Q: PortQueue + 'static>(
     // Cluster: the sync socket first, so a bad sync address fails the start.
     let sync_sock = match &config.cluster {
         Some(c) => Some(
-            crate::sync::open_socket(c)
+            crate::syncd::open_socket(c)
                 .map_err(|e| format!("cluster sync socket {}:{}: {e}", c.sync_address, c.sync_port))?,
         ),
         None => None,
@@ -341,13 +347,13 @@ pub fn start<Q: PortQueue + 'static>(
     }
     let mut sync_stats = None;
     if let (Some(sock), Some(c)) = (sync_sock, config.cluster.clone()) {
-        let stats = Arc::new(crate::sync::SyncStats::default());
+        let stats = Arc::new(crate::syncd::SyncStats::default());
         sync_stats = Some(stats.clone());
         let (fab, stop) = (fabric.clone(), stop.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("fvs-sync".into())
-                .spawn(move || crate::sync::run(c, sock, fab, stats, stop))
+                .spawn(move || crate::syncd::run(c, sock, fab, stats, stop))
                 .expect("spawn sync thread"),
         );
     }

@@ -81,6 +81,7 @@ pub mod snapshot;
 pub mod statuspage;
 pub mod sweep;
 pub mod sync;
+pub mod syncd;
 pub mod synproxy;
 pub mod tcpopt;
 pub mod tcpstate;
