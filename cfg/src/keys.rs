@@ -55,6 +55,7 @@ pub const KEYS: &[Key] = &[
     k("engine", "backend", "\"af_packet\" | \"dpdk\" | \"memory\"", Some("\"af_packet\""), "Packet I/O: AF_PACKET rings on kernel interfaces, DPDK (a build with --features dpdk), or in-memory ports (tests)."),
     k("engine", "cores", "array of integers", None, "CPU core of each worker, in worker order; as many entries as workers. Default: the cores of the process's CPU set in order, without core 0 when any other is allowed (IRQs and the kernel run there)."),
     k("engine", "eal_args", "array of strings", Some("[]"), "DPDK EAL arguments (backend = \"dpdk\")."),
+    k("engine", "local_port_range", "port or \"LO-HI\"", Some("\"1024-65535\""), "Full NAT source ports on each local address, split evenly between the workers (at least 64)."),
     k("engine", "mbufs", "integer", Some("8192"), "mbufs per DPDK pool."),
     k("engine", "flow_table_size", "integer", Some("1048576"), "Flow-table capacity of each worker, in connections (memory is allocated up front)."),
     k("engine", "expectation_table_size", "integer 16..16777216", Some("65536"), "FTP expectation (pinhole) table capacity of each worker. When full, the requesting control connection's oldest expectation, or else the worker's oldest, is evicted (counted)."),
@@ -92,7 +93,8 @@ pub const KEYS: &[Key] = &[
     k("service", "protocol", "\"tcp\" | \"udp\"", Some("\"tcp\""), "Transport protocol."),
     k("service", "ports", "array of ports and \"LO-HI\" ranges", Some("[] (every port)"), "Ports served as one virtual service (like an LVS firewall-mark service)."),
     k("service", "scheduler", "rr wrr lc wlc sed nq sh dh mh lblc lblcr fo ovf twos", Some("\"wlc\""), "IPVS scheduler (the ipvsadm -s names)."),
-    k("service", "forward", "\"nat\" | \"dr\" | \"tunnel\"", Some("\"nat\""), "Forwarding method: NAT (masquerading), direct routing, or IPIP tunnelling."),
+    k("service", "forward", "\"nat\" | \"dr\" | \"tunnel\" | \"fnat\"", Some("\"nat\""), "Forwarding method: NAT (masquerading), direct routing, IPIP tunnelling, or full NAT (source and destination rewritten; needs local_addresses)."),
+    k("service", "local_addresses", "array of addresses, \"CIDR\" or \"A-B\" ranges", Some("[]"), "Full NAT: the balancer's source addresses towards the real servers (at most 256, the VIP's family). Each worker owns a share of local_port_range on each; a full address moves to the next. ARP/ND are answered for them."),
     k("service", "persistence", "seconds or table", None, "Persistence templates: a timeout, or the service.persistence table."),
     k("service", "ftp", "boolean or table", Some("false"), "Enable the FTP gateway (true: control port 21), or the service.ftp table."),
     k("service", "fwmark", "integer", None, "Firewall mark this service stands for (shown as FWM by ferrovsadm -L; set by importers)."),
@@ -120,7 +122,7 @@ pub const KEYS: &[Key] = &[
     k("service.real_server", "weight", "integer 0..65535", Some("1"), "Scheduler weight; 0 is quiescent (no new connections)."),
     k("service.real_server", "upper", "integer", Some("0 (none)"), "Upper connection threshold (ipvsadm -x)."),
     k("service.real_server", "lower", "integer", Some("0 (none)"), "Lower connection threshold (ipvsadm -y)."),
-    k("service.real_server", "forward", "\"nat\" | \"dr\" | \"tunnel\"", None, "Forwarding method of this server. Default: the service's."),
+    k("service.real_server", "forward", "\"nat\" | \"dr\" | \"tunnel\" | \"fnat\"", None, "Forwarding method of this server. Default: the service's."),
 ];
 
 fn roff(s: &str) -> String {

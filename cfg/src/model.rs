@@ -54,6 +54,9 @@ pub struct Engine {
     pub metrics_listen: Option<SocketAddr>,
     /// Connection timeouts in seconds (ipvsadm --set).
     pub timeouts: Timeouts,
+    /// Source ports full-NAT connections use on each local address
+    /// (default 1024-65535), split between the workers.
+    pub local_port_range: PortRange,
 }
 
 /// Protocol timeouts in seconds. Defaults are the IPVS defaults.
@@ -167,6 +170,18 @@ pub enum Forward {
     Dr,
     /// IPIP tunnel to the real server.
     Tunnel,
+    /// Full NAT: source and destination rewritten (client -> VIP becomes
+    /// local address -> real server), so replies come back to the
+    /// balancer by ordinary routing (DPVS FNAT).
+    Fnat,
+}
+
+impl Forward {
+    /// Does the balancer see both directions (NAT, full NAT)?
+    #[inline(always)]
+    pub fn two_way(self) -> bool {
+        matches!(self, Forward::Nat | Forward::Fnat)
+    }
 }
 
 /// An inclusive port range; a single port is `lo == hi`.
@@ -238,6 +253,9 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     /// SYN proxy with SYN cookies (TCP NAT services).
     pub syn_proxy: SynProxy,
+    /// Full NAT: the balancer's source addresses towards the real servers
+    /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 /// When a TCP service answers SYNs itself with SYN cookies.

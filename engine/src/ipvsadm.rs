@@ -400,6 +400,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "-g" | "--gatewaying" => fwd = Some('g'),
             "-m" | "--masquerading" => fwd = Some('m'),
             "-i" | "--ipip" => fwd = Some('i'),
+            // DPVS's ipvsadm: full NAT (the service needs local_addresses).
+            "-b" | "--fullnat" => fwd = Some('b'),
             "-w" | "--weight" => weight = Some(num(&next(t)?, "weight", 65535)?),
             "-x" | "--u-threshold" => upper = Some(num(&next(t)?, "upper threshold", u32::MAX as u64)?),
             "-y" | "--l-threshold" => lower = Some(num(&next(t)?, "lower threshold", u32::MAX as u64)?),
@@ -760,6 +762,7 @@ fn forward_of(c: char) -> Forward {
     match c {
         'm' => Forward::Nat,
         'i' => Forward::Tunnel,
+        'b' => Forward::Fnat,
         _ => Forward::Dr,
     }
 }
@@ -881,6 +884,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 real_servers: Vec::new(),
                 health_check: None,
                 syn_proxy: Default::default(),
+                local_addresses: Vec::new(),
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {
@@ -1035,6 +1039,7 @@ fn fwd_name(f: Forward) -> &'static str {
         Forward::Nat => "Masq",
         Forward::Dr => "Route",
         Forward::Tunnel => "Tunnel",
+        Forward::Fnat => "FullNat",
     }
 }
 
@@ -1043,6 +1048,7 @@ fn fwd_switch(f: Forward) -> &'static str {
         Forward::Nat => "-m",
         Forward::Dr => "-g",
         Forward::Tunnel => "-i",
+        Forward::Fnat => "-b",
     }
 }
 
@@ -1613,6 +1619,34 @@ mod tests {
              -> 10.0.2.2:21                  Masq    1      0          0         \n"
         );
         assert!(c.services[0].ftp.is_some(), "port 21 gets the FTP gateway");
+    }
+
+    #[test]
+    fn fullnat_servers_list_as_fullnat() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.1.100:80 -s rr");
+        c.services[0].local_addresses = vec!["10.0.2.200".parse().unwrap()];
+        run(&mut c, "-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b");
+        run(&mut c, "-a -t 10.0.1.100:80 -r 10.0.2.3:80 --fullnat -w 2");
+        assert_eq!(c.services[0].forward, Forward::Fnat);
+        let out = format_list(&list_of_config(&c), &ListOpts { numeric: true, sort: true, ..Default::default() });
+        assert_eq!(
+            out,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+             Prot LocalAddress:Port Scheduler Flags\n  \
+             -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+             TCP  10.0.1.100:80 rr\n  \
+             -> 10.0.2.2:80                  FullNat 1      0          0         \n  \
+             -> 10.0.2.3:80                  FullNat 2      0          0         \n"
+        );
+        assert!(format_save(&c).contains("-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b -w 1"), "{}", format_save(&c));
+        // Without local addresses the edited config does not validate (the control socket
+        // re-validates every edit).
+        let mut bare = base();
+        run(&mut bare, "-A -t 10.0.1.100:80 -s rr");
+        run(&mut bare, "-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b");
+        let e = crate::control::validate(&bare).unwrap_err();
+        assert!(e.contains("needs local_addresses"), "{e}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub mod csum;
 pub mod daemon;
 pub mod expect;
 pub mod flow;
+pub mod fnat;
 pub mod frag;
 pub mod frame;
 pub mod gen;

@@ -11,6 +11,7 @@ use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNPROXY, NONE};
+use crate::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::frag::{self, FragTable, FragVerdict};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
@@ -18,7 +19,7 @@ use crate::parse::{
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
 };
 use crate::port::{Packet, PortQueue};
-use crate::snapshot::{owner_of, Snapshot};
+use crate::snapshot::{lport_owner, lport_share, owner_of, Snapshot};
 use crate::synproxy::{self, Cookies, Handshake};
 use crate::tcpstate::{self, Direction};
 use crossbeam_queue::ArrayQueue;
@@ -111,6 +112,8 @@ pub struct Worker<Q: PortQueue> {
     remap: crate::remap::SnapshotMap,
     svc_counters: Arc<Vec<ServiceCounters>>,
     pub flows: FlowTable,
+    /// Full NAT: this worker's local ports on each local address.
+    lports: LportPools,
     neigh: NeighCache,
     expect: ExpectTable,
     /// IP fragments: datagrams in flight and fragments waiting for their first.
@@ -217,6 +220,7 @@ impl<Q: PortQueue> Worker<Q> {
             remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
+            lports: LportPools::new(lport_share(snap.port_range, id, fabric.workers)),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
@@ -349,6 +353,16 @@ impl<Q: PortQueue> Worker<Q> {
         }
         for &(a, m) in &snap.static_neighbors {
             self.neigh.add_static(a, m);
+        }
+        let share = lport_share(snap.port_range, self.id, self.fabric.workers);
+        if share != self.lports.share() {
+            // Another local_port_range: the ports of live connections stay theirs.
+            let flows = &self.flows;
+            let in_use = (0..flows.slots() as u32)
+                .filter_map(|i| flows.try_get(i))
+                .filter(|c| c.fwd == Forward::Fnat)
+                .map(|c| (flows.laddr_of(c), c.proto, c.lport));
+            self.lports.reshare(share, in_use);
         }
         if Arc::ptr_eq(&old, &snap) {
             return;
@@ -607,8 +621,13 @@ impl<Q: PortQueue> Worker<Q> {
             let gen = self.flows.get(i).gen;
             self.expect.remove_session(i, gen);
         }
-        if self.flows.get(i).state == crate::tcpstate::TcpState::SynRecv {
+        let c = self.flows.get(i);
+        if c.state == crate::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
+        }
+        if c.fwd == Forward::Fnat {
+            let (la, proto, lport) = (self.flows.laddr_of(c), c.proto, c.lport);
+            self.lports.release(la, proto, lport);
         }
         self.flows.remove(i);
         bump(&self.counters.flows_active, u64::MAX); // -1
@@ -759,7 +778,10 @@ impl<Q: PortQueue> Worker<Q> {
         if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
             return self.echo_reply(iface, pkt, &p);
         }
-        if local && !dst_vip {
+        // Full NAT: a reply (or an ICMP error about our packet) to a local address.
+        let to_laddr =
+            !dst_vip && snap.laddrs.contains(&p.dst) && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
+        if local && !dst_vip && !to_laddr {
             self.drop_pkt(DropReason::NotForUs);
             return;
         }
@@ -781,7 +803,13 @@ impl<Q: PortQueue> Worker<Q> {
             (_, false) => p.dst,
         };
         if !handed && self.fabric.workers > 1 {
-            let owner = owner_of(client, self.fabric.workers);
+            let owner = if to_laddr {
+                // The local port names the worker that opened the connection.
+                let lport = inner.as_ref().map_or(p.dport, |i| i.sport);
+                lport_owner(self.snap.port_range, lport, self.fabric.workers)
+            } else {
+                owner_of(client, self.fabric.workers)
+            };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
                 if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
@@ -913,7 +941,7 @@ impl<Q: PortQueue> Worker<Q> {
         let svc = &self.snap.services[si];
         if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
             let opts = svc.ftp.clone().unwrap_or_default();
-            let mode = if svc.dests[di].forward == Forward::Nat { alg::Mode::Nat } else { alg::Mode::Dr };
+            let mode = if svc.dests[di].forward.two_way() { alg::Mode::Nat } else { alg::Mode::Dr };
             let params = alg::SessionParams {
                 mode,
                 client: std::net::SocketAddr::new(addr_to_ip(p.src), p.sport),
@@ -1060,7 +1088,7 @@ impl<Q: PortQueue> Worker<Q> {
         let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
         c.if_in = if_in as u8;
         let mut nh_out = 0;
-        if fwd == Forward::Nat {
+        if fwd.two_way() {
             let Some((if_out, nh)) = snap.route(client) else { return Err(DropReason::NoRoute) };
             c.if_out = if_out as u8;
             nh_out = nh;
@@ -1070,17 +1098,42 @@ impl<Q: PortQueue> Worker<Q> {
         // (No allocation: both forms as 16-byte arrays, IPv4 in the last 4.)
         let (vb, rb) = (addr_v6_bytes(vip), addr_v6_bytes(rs));
         let from = if v4 { 12 } else { 0 };
-        let a_in = csum::delta(&vb[from..], &rb[from..]);
-        let a_out = csum::delta(&rb[from..], &vb[from..]);
+        let mut a_in = csum::delta(&vb[from..], &rb[from..]);
+        let mut a_out = csum::delta(&rb[from..], &vb[from..]);
+        let mut p_in = csum::delta16(vport, rport);
+        let mut p_out = csum::delta16(rport, vport);
+        let mut laddr = 0;
+        if fwd == Forward::Fnat {
+            // The source side too: client:cport <-> local address:port.
+            let Some((la, lport)) = self.lports.alloc(&svc.local, proto) else {
+                return Err(DropReason::FnatPortsExhausted);
+            };
+            let Some(li) = self.flows.intern_laddr(la) else {
+                self.lports.release(la, proto, lport);
+                return Err(DropReason::TableFull);
+            };
+            laddr = la;
+            c.laddr = li;
+            c.lport = lport;
+            let (cb, lb) = (addr_v6_bytes(client), addr_v6_bytes(la));
+            a_in = csum::add(a_in, csum::delta(&cb[from..], &lb[from..]));
+            a_out = csum::add(a_out, csum::delta(&lb[from..], &cb[from..]));
+            p_in = csum::add(p_in, csum::delta16(cport, lport));
+            p_out = csum::add(p_out, csum::delta16(lport, cport));
+        }
         let ttl = if v4 { TTL_DELTA } else { 0 };
         c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
         c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
-        c.l4_in = csum::add(a_in, csum::delta16(vport, rport));
-        c.l4_out = csum::add(a_out, csum::delta16(rport, vport));
+        c.l4_in = csum::add(a_in, p_in);
+        c.l4_out = csum::add(a_out, p_out);
         c.expires = self.now + snap.timeouts[c.state as usize];
+        let lport = c.lport;
         let idx = match self.flows.insert(c) {
             Ok(i) => i,
             Err(_) => {
+                if fwd == Forward::Fnat {
+                    self.lports.release(laddr, proto, lport);
+                }
                 return Err(DropReason::TableFull);
             }
         };
@@ -1115,7 +1168,7 @@ impl<Q: PortQueue> Worker<Q> {
             if p.proto == PROTO_TCP {
                 let d = match (dir, c.fwd) {
                     (Dir::Out, _) => Direction::Output,
-                    (Dir::In, Forward::Nat) => Direction::Input,
+                    (Dir::In, f) if f.two_way() => Direction::Input,
                     (Dir::In, _) => Direction::InputOnly,
                 };
                 let old = c.state;
@@ -1184,6 +1237,19 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
+        if c.flags & (F_ALG | F_SYNPROXY) == 0 && c.fwd == Forward::Fnat {
+            // Full NAT without the gateway: both ends, deltas precomputed as for NAT.
+            let la = self.flows.laddr_of(c);
+            let d = pkt.data_mut();
+            let r = match dir {
+                Dir::In => rewrite_fnat(d, p, la, c.lport, c.rs, c.rport, c.l3_in, c.l4_in),
+                Dir::Out => rewrite_fnat(d, p, c.vip, c.vport, c.client, c.cport, c.l3_out, c.l4_out),
+            };
+            if let Err(r) = r {
+                return Next::Drop(r);
+            }
+            return self.l2_write(idx, dir == Dir::In, d);
+        }
         if c.flags & F_SYNPROXY != 0 {
             if let Some(next) = self.proxy_segment(idx, dir, pkt, p) {
                 return next;
@@ -1239,6 +1305,21 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 self.l2_write(idx, false, d)
             }
+            (Forward::Fnat, Dir::In) => {
+                let la = self.flows.laddr_of(c);
+                let d = pkt.data_mut();
+                if let Err(r) = rewrite_fnat(d, p, la, c.lport, c.rs, c.rport, c.l3_in, c.l4_in) {
+                    return Next::Drop(r);
+                }
+                self.l2_write(idx, true, d)
+            }
+            (Forward::Fnat, Dir::Out) => {
+                let d = pkt.data_mut();
+                if let Err(r) = rewrite_fnat(d, p, c.vip, c.vport, c.client, c.cport, c.l3_out, c.l4_out) {
+                    return Next::Drop(r);
+                }
+                self.l2_write(idx, false, d)
+            }
             (Forward::Dr, _) => self.l2_out(idx, true, pkt),
             (Forward::Tunnel, _) => {
                 let iface = c.if_in as usize;
@@ -1268,7 +1349,7 @@ impl<Q: PortQueue> Worker<Q> {
         let (c, k) = self.flows.both_mut(idx);
         if c.mac_gen != gen {
             c.mac_in = self.neigh.get(k.nh_in).unwrap_or([0; 6]);
-            c.mac_out = if c.fwd == Forward::Nat { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
+            c.mac_out = if c.fwd.two_way() { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
             c.mac_gen = gen;
         }
         let (iface, mac) = if to_rs { (c.if_in as usize, c.mac_in) } else { (c.if_out as usize, c.mac_out) };
@@ -1492,7 +1573,19 @@ impl<Q: PortQueue> Worker<Q> {
         let dst_vip = self.snap.vips.contains(&f.dst);
         let client = if dst_vip { f.src } else { f.dst };
         if !handed && self.fabric.workers > 1 {
-            let owner = owner_of(client, self.fabric.workers);
+            let owner = if !dst_vip && self.snap.laddrs.contains(&f.dst) {
+                // Full NAT reply: the first fragment's local port names the owner; a later
+                // fragment carries no port, and which worker saw its first is not known here.
+                match f.first(pkt.data()) {
+                    Some(p) if f.offset == 0 => lport_owner(self.snap.port_range, p.dport, self.fabric.workers),
+                    _ => {
+                        self.drop_pkt(DropReason::Fragment);
+                        return;
+                    }
+                }
+            } else {
+                owner_of(client, self.fabric.workers)
+            };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
                 if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
@@ -1581,6 +1674,13 @@ impl<Q: PortQueue> Worker<Q> {
                     Err(r) => return Next::Drop(r),
                 }
             }
+            Forward::Fnat => {
+                let (src, dst, l3d) =
+                    if inbound { (self.flows.laddr_of(c), c.rs, c.l3_in) } else { (c.vip, c.client, c.l3_out) };
+                if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
+                    return Next::Drop(r);
+                }
+            }
             Forward::Dr => {}
             Forward::Tunnel => {
                 let (iface, rs) = (c.if_in as usize, c.rs);
@@ -1641,9 +1741,34 @@ impl<Q: PortQueue> Worker<Q> {
         };
         let c = self.flows.get(idx);
         let (fwd, rs, rport, vip, vport) = (c.fwd, c.rs, c.rport, c.vip, c.vport);
+        let (client, cport, la, lport) = (c.client, c.cport, self.flows.laddr_of(c), c.lport);
         let d = pkt.data_mut();
         let v6 = p.v6;
         match (dir, to_vip) {
+            (Dir::In, true) if fwd == Forward::Fnat => {
+                // From the client side about our VIP:vport -> client:cport: as the real server
+                // sees it, RS:rport -> LADDR:lport, reported by the local address.
+                set_addr(d, p.l3, v6, true, la);
+                set_addr(d, p.l3, v6, false, rs);
+                set_addr(d, inner.l3, v6, true, rs);
+                set_addr(d, inner.l3, v6, false, la);
+                d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&lport.to_be_bytes());
+            }
+            (Dir::Out, false) if fwd == Forward::Fnat => {
+                // From the real-server side about our LADDR:lport -> RS:rport: the client sees
+                // its own VIP-bound packet quoted (a router's address stays the reporter).
+                let outer_src =
+                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
+                if outer_src == rs {
+                    set_addr(d, p.l3, v6, true, vip);
+                }
+                set_addr(d, p.l3, v6, false, client);
+                set_addr(d, inner.l3, v6, true, client);
+                set_addr(d, inner.l3, v6, false, vip);
+                d[inner.l4..inner.l4 + 2].copy_from_slice(&cport.to_be_bytes());
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+            }
             (Dir::In, true) => {
                 // Error from the client side about our VIP->client packet.
                 if fwd == Forward::Nat {
@@ -1754,7 +1879,7 @@ impl<Q: PortQueue> Worker<Q> {
         };
         // In DR and tunnel mode the real server answers the client directly, with its own
         // sequence numbers, which the balancer never sees: no handshake can be spliced.
-        if svc.dests.iter().any(|d| d.forward != Forward::Nat) {
+        if svc.dests.iter().any(|d| !d.forward.two_way()) {
             return self.syn_verify(iface, pkt, p, &hs, seq, mode != SynProxy::Off && engaged);
         }
         if p.tcp_flags & parse::TCP_RST != 0 {
@@ -2149,6 +2274,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         self.flows.clear();
+        self.lports.clear();
         self.expect.clear();
         self.neigh.clear();
         self.frags.clear();
@@ -2342,7 +2468,7 @@ impl alg::Pinholes for Broker<'_> {
                 alg::Grant::Open
             }
             alg::ExpectKind::Active { client_port, .. } => {
-                let key = if self.fwd == Forward::Nat {
+                let key = if self.fwd.two_way() {
                     ExpKey::Active(rs, client, client_port)
                 } else {
                     ExpKey::DrActive(client, client_port, vip)

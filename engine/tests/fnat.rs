@@ -1,0 +1,385 @@
+//! Full NAT (`forward = "fnat"`) fixtures: client -> VIP:vport leaves as
+//! LADDR:lport -> RS:rport, the real server's reply to LADDR:lport comes back
+//! as VIP:vport -> client, for IPv4 and IPv6, TCP and UDP; local port
+//! exhaustion (a counted drop after the next local address was tried),
+//! release on expiry, reload, two workers (the reply is handed to the worker
+//! owning the local port), ARP/ND for the local addresses, ICMP errors,
+//! persistence.
+
+mod common;
+use common::*;
+use ferrovs_engine::counters::DropReason;
+use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+const LADDR: [u8; 4] = [10, 0, 2, 200];
+const LADDR2: [u8; 4] = [10, 0, 2, 201];
+const LADDR6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0];
+
+const SERVICES: &str = r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "dns6"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "two"
+vip = "10.0.1.102"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+persistence = 300
+local_addresses = ["10.0.2.200-10.0.2.201"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service.real_server]]
+address = "10.0.2.3"
+"#;
+
+/// The lab topology with a local port range of 64 ports (2000-2063), so the
+/// allocated ports are predictable and exhaustion is quick.
+fn cfg_text(services: &str) -> String {
+    config_text(services).replacen(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nlocal_port_range = \"2000-2063\"",
+        1,
+    )
+}
+
+fn cfg(services: &str) -> ferrovs_cfg::Config {
+    ferrovs_cfg::Config::from_str(&cfg_text(services), "fnat-test.toml").expect("config parses")
+}
+
+fn engine(workers: usize) -> MemEngine {
+    MemEngine::new(cfg(SERVICES), workers)
+}
+
+fn from_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, CLIENT_MAC, LB_EXT)
+}
+fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    with_macs(f, mac, LB_INT)
+}
+/// What the engine sends: TTL / hop limit one lower, the next hop's MAC.
+fn to_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    with_macs(dec_ttl(f), LB_INT, mac)
+}
+fn to_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(dec_ttl(f), LB_EXT, CLIENT_MAC)
+}
+fn dec_ttl(f: Vec<u8>) -> Vec<u8> {
+    if f[12..14] == [0x86, 0xdd] {
+        let mut f = f;
+        f[14 + 7] -= 1;
+        f
+    } else {
+        let t = f[14 + 8];
+        set_ttl(f, t - 1)
+    }
+}
+
+#[track_caller]
+fn exactly(out: Vec<(usize, Vec<u8>)>, iface: usize, want: Vec<u8>) {
+    assert_eq!(out.len(), 1, "one frame out, got {out:?}");
+    verify_checksums(&out[0].1).expect("checksums");
+    assert_eq!(out[0].0, iface, "interface");
+    assert_eq!(out[0].1, want, "frame bytes");
+}
+
+#[test]
+fn tcp4_both_directions() {
+    let mut e = engine(1);
+    // SYN: client:40000 -> VIP:80 becomes LADDR:2000 -> RS1:8080.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b""), RS1_MAC));
+    // SYN-ACK: RS1:8080 -> LADDR:2000 becomes VIP:80 -> client:40000.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC), S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b"")));
+    let data = b"GET / HTTP/1.0\r\n\r\n";
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH, 1001, 5001, data)), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, data), RS1_MAC));
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_FIN, 5001, 1019, b"ok"), RS1_MAC), S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_ACK | TCP_FIN, 5001, 1019, b"ok")));
+    // A second connection gets the next local port.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP, 80, TCP_SYN, 7, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2001, RS1, 8080, TCP_SYN, 7, 0, b""), RS1_MAC));
+    // The real server's packet to the client itself (it has no route there, but if it did):
+    // not a connection of ours.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, CLIENT, 40000, TCP_ACK, 5002, 1019, b""), RS1_MAC), S);
+    assert!(out.is_empty());
+    // To the local address on a port no connection uses: dropped.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2010, TCP_ACK, 1, 1, b""), RS1_MAC), S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::NoFlow, 2)]);
+    let c = e.counters();
+    assert_eq!(c.flows_active, 2);
+}
+
+#[test]
+fn udp4_and_ipv6_both_directions() {
+    let mut e = engine(1);
+    let q = b"query";
+    let out = e.inject(EXT, &from_client(udp4(CLIENT, 5353, VIP, 53, q)), S);
+    exactly(out, INT, to_rs(udp4(LADDR, 2000, RS1, 53, q), RS1_MAC));
+    let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR, 2000, b"answer"), RS1_MAC), S);
+    exactly(out, EXT, to_client(udp4(VIP, 53, CLIENT, 5353, b"answer")));
+    // TCP has its own ports: its first connection also gets 2000.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1, 0, b""), RS1_MAC));
+
+    // IPv6 TCP.
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_SYN, 1000, 0, b""), RS1_MAC));
+    let out = e.inject(INT, &from_rs(tcp6(RS6, 80, LADDR6, 2000, TCP_SYN | TCP_ACK, 9, 1001, b""), RS1_MAC), S);
+    exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 1001, b"")));
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK, 1001, 10, b"hello")), S);
+    exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_ACK, 1001, 10, b"hello"), RS1_MAC));
+    // IPv6 UDP.
+    let out = e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, q)), S);
+    exactly(out, INT, to_rs(udp6(LADDR6, 2000, RS6, 53, q), RS1_MAC));
+    let out = e.inject(INT, &from_rs(udp6(RS6, 53, LADDR6, 2000, b"answer6"), RS1_MAC), S);
+    exactly(out, EXT, to_client(udp6(VIP6, 53, C6, 5353, b"answer6")));
+    assert_drops(&e, &[]);
+}
+
+/// 64 local ports on each of two local addresses: 128 connections, both
+/// addresses used; the next is a counted drop; expiry gives the ports back.
+#[test]
+fn port_exhaustion_moves_to_the_next_address_then_drops() {
+    let mut e = engine(1);
+    let vip2 = [10, 0, 1, 102];
+    let mut used = std::collections::HashSet::new();
+    for i in 0..128u16 {
+        // Several clients (persistence keeps each on one real server).
+        let c = [10, 0, 1, 10 + (i % 8) as u8];
+        let out = e.inject(EXT, &from_client(tcp4(c, 10000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+        assert_eq!(out.len(), 1, "connection {i}");
+        let f = &out[0].1;
+        let src: [u8; 4] = f[26..30].try_into().unwrap();
+        let sport = u16::from_be_bytes([f[34], f[35]]);
+        assert!(src == LADDR || src == LADDR2, "{src:?}");
+        assert!((2000..=2063).contains(&sport));
+        assert!(used.insert((src, sport)), "{src:?}:{sport} twice");
+    }
+    assert_eq!(used.iter().filter(|(a, _)| *a == LADDR2).count(), 64, "the second address filled too");
+    let out = e.inject(EXT, &from_client(tcp4([10, 0, 1, 99], 999, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::FnatPortsExhausted, 1)]);
+    // The half-open connections time out (IPVS syn_recv, 60 s): every port is free again.
+    let later = 200 * S;
+    e.workers[0].expire_all(later);
+    let out = e.inject(EXT, &from_client(tcp4([10, 0, 1, 99], 999, vip2, 80, TCP_SYN, 1, 0, b"")), later);
+    assert_eq!(out.len(), 1, "a port is free after expiry");
+    let mut n = 0;
+    for i in 0..127u16 {
+        let out = e.inject(EXT, &from_client(tcp4([10, 0, 1, 98], 20000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), later);
+        n += out.len();
+    }
+    assert_eq!(n, 127, "every port came back");
+    assert_drops(&e, &[(DropReason::FnatPortsExhausted, 1)]);
+}
+
+/// A reload (another weight, another service) keeps the connection and its
+/// local port; the next connection does not reuse the port.
+#[test]
+fn reload_keeps_connections_and_ports() {
+    let mut e = engine(1);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b""), RS1_MAC));
+    let changed = SERVICES.replacen("port = 8080\n", "port = 8080\nweight = 5\n", 1)
+        + "\n[[service]]\nname = \"extra\"\nvip = \"10.0.1.103\"\nports = [80]\nforward = \"fnat\"\n\
+           local_addresses = [\"10.0.2.200\"]\n[[service.real_server]]\naddress = \"10.0.2.3\"\n";
+    // Also widen the port range: the live connection's port stays taken.
+    let text = cfg_text(&changed).replace("2000-2063", "2000-2127");
+    e.reload(ferrovs_cfg::Config::from_str(&text, "r.toml").unwrap(), 2 * S);
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC), 2 * S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b"")));
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40001, [10, 0, 1, 103], 80, TCP_SYN, 5, 0, b"")), 2 * S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2001, RS2, 80, TCP_SYN, 5, 0, b""), RS2_MAC));
+    assert_drops(&e, &[]);
+    // A reload that removes the service removes its connections (and frees their ports).
+    e.reload(cfg(""), 3 * S);
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1001, b""), RS1_MAC), 3 * S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::NoFlow, 1)]);
+    assert_eq!(e.workers[0].flows.len(), 0);
+}
+
+/// Two workers: the reply arrives on whichever worker the "NIC" picks and is
+/// handed to the worker owning the local port, the one that opened it.
+#[test]
+fn two_workers_replies_reach_the_owner() {
+    let mut e = engine(2);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..64u8 {
+        let c = [10, 0, 1, 10 + i];
+        let cmac = [2, 0, 0, 0, 1, 10 + i];
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+        let out = e.inject(EXT, &with_macs(tcp4(c, 30000, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
+        assert_eq!(out.len(), 1, "SYN {i}");
+        let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+        assert!(seen.insert(lport), "local port {lport} used twice across workers");
+        let reply = from_rs(tcp4(RS1, 8080, LADDR, lport, TCP_SYN | TCP_ACK, 9, 2, b""), RS1_MAC);
+        let out = e.inject(INT, &reply, S);
+        assert_eq!(out.len(), 1, "reply {i}");
+        assert_eq!(&out[0].1[26..30], &VIP);
+        assert_eq!(&out[0].1[30..34], &c);
+    }
+    let handed: u64 = e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert!(handed > 0, "some replies arrived on the other worker");
+    assert!(e.workers.iter().all(|w| !w.flows.is_empty()), "both workers own connections");
+    // The ports of each worker come from its own half of 2000-2063.
+    for (w, worker) in e.workers.iter().enumerate() {
+        for i in 0..worker.flows.slots() as u32 {
+            if let Some(c) = worker.flows.try_get(i) {
+                let own = if w == 0 { 2000..=2031 } else { 2032..=2063 };
+                assert!(own.contains(&c.lport), "worker {w} port {}", c.lport);
+            }
+        }
+    }
+    assert_drops(&e, &[]);
+}
+
+#[test]
+fn arp_and_nd_for_local_addresses() {
+    let mut e = engine(1);
+    let out = e.inject(INT, &arp_request(RS1_MAC, RS1, LADDR), S);
+    assert_eq!(out.len(), 1, "ARP reply for the local address");
+    let f = &out[0].1;
+    assert_eq!(&f[20..22], &[0, 2], "a reply");
+    assert_eq!(&f[22..28], &LB_INT, "our MAC");
+    assert_eq!(&f[28..32], &LADDR);
+    let out = e.inject(INT, &neighbor_solicit(RS1_MAC, RS6, LADDR6), S);
+    assert_eq!(out.len(), 1, "NA for the local address");
+    verify_checksums(&out[0].1).unwrap();
+    // And ping.
+    let out = e.inject(INT, &from_rs(ping4(RS1, LADDR, 1, 1), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "echo reply");
+    assert_drops(&e, &[]);
+}
+
+#[test]
+fn icmp_errors_both_ways() {
+    let mut e = engine(1);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    // The real server: port unreachable about LADDR:2000 -> RS1:8080.
+    let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b"");
+    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 3, 3, 0, &quoted), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "to the client");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(&f[26..30], &VIP, "outer source");
+    assert_eq!(&f[30..34], &CLIENT, "outer destination");
+    let inner = 14 + 20 + 8;
+    assert_eq!(&f[inner + 12..inner + 16], &CLIENT, "quoted source");
+    assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination");
+    assert_eq!(&f[inner + 20..inner + 24], &[0x9c, 0x40, 0, 80], "quoted ports 40000 -> 80");
+    assert_eq!(ferrovs_engine::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
+    // The client side: fragmentation needed about VIP:80 -> client:40000.
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 1, 1, b"");
+    let out = e.inject(EXT, &from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
+    assert_eq!(out.len(), 1, "to the real server");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, INT);
+    assert_eq!(&f[26..30], &LADDR, "outer source: the local address");
+    assert_eq!(&f[30..34], &RS1, "outer destination");
+    assert_eq!(&f[inner + 12..inner + 16], &RS1, "quoted source");
+    assert_eq!(&f[inner + 16..inner + 20], &LADDR, "quoted destination");
+    assert_eq!(&f[inner + 20..inner + 24], &[0x1f, 0x90, 0x07, 0xd0], "quoted ports 8080 -> 2000");
+    assert_drops(&e, &[]);
+}
+
+/// Persistence: a client's connections stick to one real server, each with
+/// its own local port.
+#[test]
+fn persistence_sticks_to_one_server() {
+    let mut e = engine(1);
+    let vip2 = [10, 0, 1, 102];
+    let mut rs = None;
+    for i in 0..6u16 {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 41000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+        assert_eq!(out.len(), 1);
+        let d: [u8; 4] = out[0].1[30..34].try_into().unwrap();
+        assert_eq!(*rs.get_or_insert(d), d, "connection {i} on the same real server");
+    }
+    assert_drops(&e, &[]);
+}
+
+/// The SYN proxy splices full-NAT connections too: the client's handshake is
+/// answered with a cookie, then the real server's, from the local address.
+#[test]
+fn syn_proxy_on_fnat() {
+    let text = SERVICES.replacen(
+        "forward = \"fnat\"\nlocal_addresses",
+        "forward = \"fnat\"\nsyn_proxy = \"on\"\nlocal_addresses",
+        1,
+    );
+    let mut e = MemEngine::new(cfg(&text), 1);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    assert_eq!(out.len(), 1);
+    let synack = common::seg::seg(&out[0].1);
+    assert_eq!(synack.flags, TCP_SYN | TCP_ACK);
+    assert_eq!(out[0].0, EXT);
+    let cookie = synack.seq;
+    let ack = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, cookie.wrapping_add(1), b""));
+    let out = e.inject(EXT, &ack, S);
+    assert_eq!(out.len(), 1, "our SYN to the real server");
+    let syn = common::seg::seg(&out[0].1);
+    assert_eq!((syn.src, syn.sport, syn.dst, syn.dport, syn.flags), (LADDR, 2000, RS1, 8080, TCP_SYN));
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, b""), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "our ACK to the real server");
+    let a = common::seg::seg(&out[0].1);
+    assert_eq!((a.src, a.sport, a.dst, a.dport, a.flags, a.ack), (LADDR, 2000, RS1, 8080, TCP_ACK, 7001));
+    // Server data reaches the client in the cookie's sequence space.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_PSH, 7001, 1001, b"hi"), RS1_MAC), S);
+    assert_eq!(out.len(), 1);
+    let d = common::seg::seg(&out[0].1);
+    assert_eq!((d.src, d.sport, d.dst, d.dport, d.seq), (VIP, 80, CLIENT, 40000, cookie.wrapping_add(1)));
+    assert_drops(&e, &[]);
+}
