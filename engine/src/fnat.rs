@@ -96,8 +96,9 @@ impl LportPools {
         })
     }
 
-    /// A free port on `a`, if any.
-    fn take_on(&mut self, a: Addr, proto: u8) -> Option<u16> {
+    /// A free port on `a`, if any (FTP through full NAT reserves one on the control
+    /// connection's own local address for an active data connection).
+    pub fn take_on(&mut self, a: Addr, proto: u8) -> Option<u16> {
         let lo = self.share.lo;
         let p = self.pool(a, proto);
         if p.free == 0 {

@@ -114,6 +114,10 @@ pub struct Worker<Q: PortQueue> {
     pub flows: FlowTable,
     /// Full NAT: this worker's local ports on each local address.
     lports: LportPools,
+    /// Full NAT FTP: local ports reserved for announced active data connections (local
+    /// address, port, expiry); the data connection takes its port over, an unused one goes
+    /// back to the pool when it expires.
+    reserved: Vec<(Addr, u16, u64)>,
     neigh: NeighCache,
     expect: ExpectTable,
     /// IP fragments: datagrams in flight and fragments waiting for their first.
@@ -173,6 +177,17 @@ struct SvcAcc {
     out_bytes: u64,
 }
 
+/// Which local address and port a new full-NAT connection uses.
+#[derive(Clone, Copy)]
+enum Local {
+    /// Round robin over the service's local addresses.
+    Any,
+    /// This address if it has a free port (an FTP data connection: its control connection's).
+    Prefer(Addr),
+    /// This reserved address and port (a full-NAT active FTP data connection).
+    Fixed(Addr, u16),
+}
+
 /// What to do with a packet after classification.
 enum Next {
     Tx(usize),
@@ -221,6 +236,7 @@ impl<Q: PortQueue> Worker<Q> {
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
             lports: LportPools::new(lport_share(snap.port_range, id, fabric.workers)),
+            reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
@@ -549,6 +565,16 @@ impl<Q: PortQueue> Worker<Q> {
             self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
         }
         expire_held(&mut self.proxy_held, now, &self.counters, DropReason::ProxyWait);
+        if !self.reserved.is_empty() {
+            let lports = &mut self.lports;
+            self.reserved.retain(|&(a, port, until)| {
+                if until > now {
+                    return true;
+                }
+                lports.release(a, PROTO_TCP, port);
+                false
+            });
+        }
         expire_held(&mut self.frag_held, now, &self.counters, DropReason::FragTimeout);
     }
 
@@ -930,7 +956,13 @@ impl<Q: PortQueue> Worker<Q> {
             chosen = Some((si, di, d.addr, d.port.unwrap_or(p.dport), NONE, 0, false));
         }
         let (si, di, rs, rport, parent, parent_gen, data) = chosen.expect("set above");
-        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport) {
+        // An FTP data connection of a full-NAT session leaves from its control connection's
+        // local address (vsftpd refuses data connections from another address).
+        let local = match self.flows.try_get(parent) {
+            Some(c) if data && c.gen == parent_gen && c.fwd == Forward::Fnat => Local::Prefer(self.flows.laddr_of(c)),
+            _ => Local::Any,
+        };
+        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport, local) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -941,7 +973,11 @@ impl<Q: PortQueue> Worker<Q> {
         let svc = &self.snap.services[si];
         if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
             let opts = svc.ftp.clone().unwrap_or_default();
-            let mode = if svc.dests[di].forward.two_way() { alg::Mode::Nat } else { alg::Mode::Dr };
+            let mode = match svc.dests[di].forward {
+                Forward::Nat => alg::Mode::Nat,
+                Forward::Fnat => alg::Mode::Fnat { local: addr_to_ip(self.flows.laddr_of(self.flows.get(idx))) },
+                Forward::Dr | Forward::Tunnel => alg::Mode::Dr,
+            };
             let params = alg::SessionParams {
                 mode,
                 client: std::net::SocketAddr::new(addr_to_ip(p.src), p.sport),
@@ -971,8 +1007,17 @@ impl<Q: PortQueue> Worker<Q> {
         let Some(v) = self.take_expected(&ExpKey::DrActive(p.src, p.sport, p.dst)) else {
             return Next::Drop(DropReason::NoFlow);
         };
-        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport)
-        {
+        let idx = match self.create_conn(
+            v.svc as usize,
+            v.dest as usize,
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            v.rs,
+            p.dport,
+            Local::Any,
+        ) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -989,15 +1034,55 @@ impl<Q: PortQueue> Worker<Q> {
         let Some(v) = self.take_expected(&ExpKey::Active(p.src, p.dst, p.dport)) else {
             return Next::Drop(DropReason::NoFlow);
         };
+        if v.cport != 0 {
+            return self.fnat_active_data(pkt, p, v);
+        }
         // The client sees the data connection come from VIP:20.
         // Whatever port the real server used (20 with vsftpd; pyftpdlib
         // picks another when not root), the client sees FTP data from VIP:20.
         let vport = 20;
-        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.dst, p.dport, v.vip, vport, p.src, p.sport)
-        {
+        let idx = match self.create_conn(
+            v.svc as usize,
+            v.dest as usize,
+            p.dst,
+            p.dport,
+            v.vip,
+            vport,
+            p.src,
+            p.sport,
+            Local::Any,
+        ) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
+        self.link_parent(idx, v.parent, v.parent_gen);
+        self.forward(idx, Dir::Out, pkt, p)
+    }
+
+    /// Full NAT active FTP: the real server connects from RS:port to the local port reserved
+    /// for the client's PORT/EPRT; the connection becomes VIP:20 -> client:port (the client's
+    /// answers to VIP:20 go back to RS:port from that local port).
+    fn fnat_active_data(&mut self, pkt: &mut Q::Buf, p: &Parsed, v: ExpVal) -> Next {
+        let Some(k) = self.reserved.iter().position(|&(a, port, _)| a == p.dst && port == p.dport) else {
+            return Next::Drop(DropReason::NoFlow);
+        };
+        let local = Local::Fixed(p.dst, p.dport);
+        let idx = match self.create_conn(
+            v.svc as usize,
+            v.dest as usize,
+            v.client,
+            v.cport,
+            v.vip,
+            20,
+            p.src,
+            p.sport,
+            local,
+        ) {
+            Ok(i) => i,
+            Err(r) => return Next::Drop(r),
+        };
+        // The connection owns the port now (released when it ends).
+        self.reserved.swap_remove(k);
         self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::Out, pkt, p)
     }
@@ -1075,6 +1160,7 @@ impl<Q: PortQueue> Worker<Q> {
         vport: u16,
         rs: Addr,
         rport: u16,
+        local: Local,
     ) -> Result<u32, DropReason> {
         let snap = &self.snap;
         let svc = &snap.services[si];
@@ -1105,11 +1191,18 @@ impl<Q: PortQueue> Worker<Q> {
         let mut laddr = 0;
         if fwd == Forward::Fnat {
             // The source side too: client:cport <-> local address:port.
-            let Some((la, lport)) = self.lports.alloc(&svc.local, proto) else {
+            let picked = match local {
+                Local::Fixed(a, port) => Some((a, port)),
+                Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
+                Local::Any => None,
+            };
+            let Some((la, lport)) = picked.or_else(|| self.lports.alloc(&svc.local, proto)) else {
                 return Err(DropReason::FnatPortsExhausted);
             };
             let Some(li) = self.flows.intern_laddr(la) else {
-                self.lports.release(la, proto, lport);
+                if !matches!(local, Local::Fixed(..)) {
+                    self.lports.release(la, proto, lport);
+                }
                 return Err(DropReason::TableFull);
             };
             laddr = la;
@@ -1131,7 +1224,7 @@ impl<Q: PortQueue> Worker<Q> {
         let idx = match self.flows.insert(c) {
             Ok(i) => i,
             Err(_) => {
-                if fwd == Forward::Fnat {
+                if fwd == Forward::Fnat && !matches!(local, Local::Fixed(..)) {
                     self.lports.release(laddr, proto, lport);
                 }
                 return Err(DropReason::TableFull);
@@ -2189,6 +2282,8 @@ impl<Q: PortQueue> Worker<Q> {
                         parent: idx,
                         parent_gen: c.gen,
                         expires: u64::MAX,
+                        client: 0,
+                        cport: 0,
                     };
                     let (client, vip) = (c.client, c.vip);
                     let flows = &self.flows;
@@ -2245,6 +2340,16 @@ impl<Q: PortQueue> Worker<Q> {
         self.pending.push(Held { key: nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
     }
 
+    /// Full NAT: free local ports of this worker on `laddr` for `proto` (tests, statistics).
+    pub fn fnat_free_ports(&mut self, laddr: Addr, proto: u8) -> u32 {
+        self.lports.free_on(laddr, proto)
+    }
+
+    /// Full NAT FTP: local ports reserved for announced active data connections.
+    pub fn fnat_reserved(&self) -> usize {
+        self.reserved.len()
+    }
+
     /// Packets parked until their next hop resolves (each is later sent or
     /// counted as a `no_neighbor` drop).
     pub fn pending_len(&self) -> usize {
@@ -2275,6 +2380,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         self.flows.clear();
         self.lports.clear();
+        self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
         self.frags.clear();
@@ -2323,6 +2429,10 @@ fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounter
     }
 }
 
+/// Local ports a worker may hold reserved for announced full-NAT active FTP data connections
+/// (each session holds at most `max_expectations` live ones; older ones wait for their expiry).
+const MAX_RESERVED: usize = 65_536;
+
 /// How many VIP ports after the announced one a clashing passive expectation may move to.
 const MOVE_TRIES: u16 = 64;
 
@@ -2341,12 +2451,18 @@ struct Broker<'a> {
     fwd: Forward,
     per_session: usize,
     now: u64,
+    /// Full NAT: the control connection's local address, the worker's local ports and its
+    /// reservations (active data connections).
+    laddr: Addr,
+    lports: &'a mut LportPools,
+    reserved: &'a mut Vec<(Addr, u16, u64)>,
 }
 
 impl<'a> Broker<'a> {
     fn new<Q: PortQueue>(w: &'a mut Worker<Q>, idx: u32) -> Self {
         let c = w.flows.get(idx);
         let (gen, svc, dest, fwd) = (c.gen, c.svc, c.dest, c.fwd);
+        let laddr = if fwd == Forward::Fnat { w.flows.laddr_of(c) } else { 0 };
         let per_session = w
             .snap
             .services
@@ -2365,6 +2481,9 @@ impl<'a> Broker<'a> {
             fwd,
             per_session,
             now: w.now,
+            laddr,
+            lports: &mut w.lports,
+            reserved: &mut w.reserved,
         }
     }
 
@@ -2388,6 +2507,21 @@ impl<'a> Broker<'a> {
     /// Installs `key -> (rs, rport)` for this session, replacing its own older one with the
     /// same key and dropping dead ones.
     fn install(&mut self, key: ExpKey, rs: Addr, rport: Option<u16>, vip: Addr, expires: u64) {
+        self.install_for(key, rs, rport, vip, expires, 0, 0)
+    }
+
+    /// [`Broker::install`] naming the client (full NAT active).
+    #[allow(clippy::too_many_arguments)]
+    fn install_for(
+        &mut self,
+        key: ExpKey,
+        rs: Addr,
+        rport: Option<u16>,
+        vip: Addr,
+        expires: u64,
+        client: Addr,
+        cport: u16,
+    ) {
         let (now, flows, idx, gen) = (self.now, self.flows, self.idx, self.gen);
         let mut dead = 0;
         self.table.retain_key(&key, |v| {
@@ -2396,7 +2530,18 @@ impl<'a> Broker<'a> {
             dead += u64::from(!alive);
             alive && !own
         });
-        let val = ExpVal { svc: self.svc, dest: self.dest, rs, rport, vip, parent: idx, parent_gen: gen, expires };
+        let val = ExpVal {
+            svc: self.svc,
+            dest: self.dest,
+            rs,
+            rport,
+            vip,
+            parent: idx,
+            parent_gen: gen,
+            expires,
+            client,
+            cport,
+        };
         let d = self.table.insert(key, val, self.per_session);
         if let Some(c) = self.ftp(self.svc) {
             bump(&c.expectations_created, 1);
@@ -2466,6 +2611,20 @@ impl alg::Pinholes for Broker<'_> {
                 }
                 self.install(key, rs, real_port, vip, e.expires);
                 alg::Grant::Open
+            }
+            alg::ExpectKind::Active { client_port, .. } if self.fwd == Forward::Fnat => {
+                // The real server is told to connect to a port reserved on the control
+                // connection's local address; that connection becomes VIP:20 -> client:port.
+                if self.reserved.len() >= MAX_RESERVED {
+                    return self.refuse();
+                }
+                let Some(port) = self.lports.take_on(self.laddr, PROTO_TCP) else {
+                    return self.refuse();
+                };
+                let key = ExpKey::Active(rs, self.laddr, port);
+                self.install_for(key, rs, None, vip, e.expires, client, client_port);
+                self.reserved.push((self.laddr, port, e.expires));
+                alg::Grant::OpenAt(port)
             }
             alg::ExpectKind::Active { client_port, .. } => {
                 let key = if self.fwd.two_way() {

@@ -383,3 +383,197 @@ fn syn_proxy_on_fnat() {
     assert_eq!((d.src, d.sport, d.dst, d.dport, d.seq), (VIP, 80, CLIENT, 40000, cookie.wrapping_add(1)));
     assert_drops(&e, &[]);
 }
+
+const FTP: &str = r#"
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [21]
+forward = "fnat"
+ftp = true
+local_addresses = ["10.0.2.200", "10.0.2.201"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "ftp6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [21]
+forward = "fnat"
+ftp = true
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+
+/// An FTP control connection through full NAT (IPv4 or IPv6), opened by `open`; each side's
+/// segments are built here.
+struct Ftp {
+    e: MemEngine,
+    v6: bool,
+    /// Client and server sequence numbers (original spaces).
+    c: u32,
+    s: u32,
+    lport: u16,
+}
+
+impl Ftp {
+    fn open(v6: bool) -> Ftp {
+        let mut e = MemEngine::new(cfg(FTP), 1);
+        let mut f = Ftp { e: MemEngine::new(cfg(""), 1), v6, c: 1000, s: 5000, lport: 0 };
+        let out = e.inject(EXT, &f.from_client(21, 40000, TCP_SYN, b""), S);
+        assert_eq!(out.len(), 1);
+        let syn = &out[0].1;
+        let p = ferrovs_engine::parse::parse(syn).unwrap();
+        f.lport = p.sport;
+        f.e = e;
+        let out = f.e.inject(INT, &f.from_rs(21, f.lport, TCP_SYN | TCP_ACK, b""), S);
+        assert_eq!(out.len(), 1);
+        f.c += 1;
+        f.s += 1;
+        f
+    }
+    fn client_frame(&self, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+        if self.v6 {
+            from_client(tcp6(C6, sport, VIP6, dport, flags, seq, ack, data))
+        } else {
+            from_client(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data))
+        }
+    }
+    /// A control-connection segment from the client (`sport` 40000 -> VIP:`dport`).
+    fn from_client(&self, dport: u16, sport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        self.client_frame(sport, dport, flags, self.c, self.s, data)
+    }
+    fn from_rs(&self, sport: u16, lport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        let (seq, ack) = (self.s, self.c);
+        if self.v6 {
+            from_rs(tcp6(RS6, sport, LADDR6, lport, flags, seq, ack, data), RS1_MAC)
+        } else {
+            from_rs(tcp4(RS1, sport, LADDR, lport, flags, seq, ack, data), RS1_MAC)
+        }
+    }
+    /// The client sends a command; returns the payload the real server gets.
+    fn command(&mut self, line: &str) -> Vec<u8> {
+        let f = self.from_client(21, 40000, TCP_ACK | TCP_PSH, line.as_bytes());
+        self.c += line.len() as u32;
+        let out = self.e.inject(EXT, &f, S);
+        assert_eq!(out.len(), 1, "{line:?} forwarded");
+        payload(&out[0].1)
+    }
+    /// The server replies; returns the payload the client gets.
+    fn reply(&mut self, line: &str) -> Vec<u8> {
+        let f = self.from_rs(21, self.lport, TCP_ACK | TCP_PSH, line.as_bytes());
+        self.s += line.len() as u32;
+        let out = self.e.inject(INT, &f, S);
+        assert_eq!(out.len(), 1, "{line:?} forwarded");
+        payload(&out[0].1)
+    }
+}
+
+fn payload(frame: &[u8]) -> Vec<u8> {
+    verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    frame[p.payload..p.end].to_vec()
+}
+
+/// (src, sport, dst, dport) of an output frame, addresses as strings.
+fn ends(frame: &[u8]) -> (String, u16, String, u16) {
+    verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    let ip = |a| ferrovs_engine::parse::addr_to_ip(a).to_string();
+    (ip(p.src), p.sport, ip(p.dst), p.dport)
+}
+
+#[test]
+fn ftp_passive_pasv_and_epsv() {
+    let mut f = Ftp::open(false);
+    assert_eq!(f.lport, 2000);
+    f.command("PASV\r\n");
+    let got = f.reply("227 Entering Passive Mode (10,0,2,2,117,49).\r\n");
+    assert_eq!(got, b"227 Entering Passive Mode (10,0,1,100,117,49).\r\n");
+    // The data connection VIP:30001 -> LADDR:lp' -> RS:30001, from the control's local address.
+    let out = f.e.inject(EXT, &f.client_frame(40001, 30001, TCP_SYN, 77, 0, b""), S);
+    assert_eq!(out.len(), 1);
+    let (src, sport, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("10.0.2.200", "10.0.2.2", 30001));
+    assert_ne!(sport, f.lport);
+    let back = from_rs(tcp4(RS1, 30001, LADDR, sport, TCP_SYN | TCP_ACK, 9, 78, b""), RS1_MAC);
+    let out = f.e.inject(INT, &back, S);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 30001, "10.0.1.2".into(), 40001));
+    // EPSV: the port goes through unchanged.
+    f.command("EPSV\r\n");
+    let got = f.reply("229 Entering Extended Passive Mode (|||30002|)\r\n");
+    assert_eq!(got, b"229 Entering Extended Passive Mode (|||30002|)\r\n");
+    let out = f.e.inject(EXT, &f.client_frame(40002, 30002, TCP_SYN, 77, 0, b""), S);
+    let (src, _, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("10.0.2.200", "10.0.2.2", 30002));
+    assert_drops(&f.e, &[]);
+}
+
+#[test]
+fn ftp_active_port_and_eprt() {
+    let mut f = Ftp::open(false);
+    // PORT names the client: the server is told a port reserved on the local address.
+    let got = f.command("PORT 10,0,1,2,156,65\r\n");
+    assert_eq!(got, b"PORT 10,0,2,200,7,209\r\n", "{}", String::from_utf8_lossy(&got));
+    let reserved = 7 * 256 + 209;
+    f.reply("200 PORT command successful.\r\n");
+    // The server connects from RS:20 to LADDR:2001: the client sees VIP:20 -> client:40001.
+    let syn = from_rs(tcp4(RS1, 20, LADDR, reserved, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40001));
+    let synack = f.client_frame(40001, 20, TCP_SYN | TCP_ACK, 300, 9001, b"");
+    let out = f.e.inject(EXT, &synack, S);
+    assert_eq!(ends(&out[0].1), ("10.0.2.200".into(), reserved, "10.0.2.2".into(), 20));
+    // A second connection to the same reserved port is not opened (single use).
+    let again = from_rs(tcp4(RS1, 21000, LADDR, reserved, TCP_SYN, 1, 0, b""), RS1_MAC);
+    assert!(f.e.inject(INT, &again, S).is_empty());
+    // EPRT.
+    let got = f.command("EPRT |1|10.0.1.2|40002|\r\n");
+    assert_eq!(got, b"EPRT |1|10.0.2.200|2002|\r\n", "{}", String::from_utf8_lossy(&got));
+    f.reply("200 EPRT command successful.\r\n");
+    let syn = from_rs(tcp4(RS1, 20, LADDR, 2002, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40002));
+    assert_drops(&f.e, &[(DropReason::NoFlow, 1)]);
+    // A reserved port nobody connects to goes back to the pool after the pinhole timeout.
+    let la = ferrovs_engine::parse::v4_to_addr(LADDR);
+    let free = f.e.workers[0].fnat_free_ports(la, 6);
+    f.command("PORT 10,0,1,2,156,70\r\n");
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 1);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 1);
+    let _ = f.e.run(30 * S);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 1, "still within the pinhole timeout");
+    let _ = f.e.run(62 * S);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 0);
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free);
+}
+
+#[test]
+fn ftp_ipv6_epsv_and_eprt() {
+    let mut f = Ftp::open(true);
+    f.command("EPSV\r\n");
+    f.reply("229 Entering Extended Passive Mode (|||30003|)\r\n");
+    let out = f.e.inject(EXT, &f.client_frame(40003, 30003, TCP_SYN, 1, 0, b""), S);
+    let (src, _, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("fd00:2::200", "fd00:2::2", 30003));
+    let got = f.command("EPRT |2|fd00:1::2|40004|\r\n");
+    assert_eq!(got, b"EPRT |2|fd00:2::200|2002|\r\n", "{}", String::from_utf8_lossy(&got));
+    f.reply("200 EPRT command successful.\r\n");
+    let syn = from_rs(tcp6(RS6, 20, LADDR6, 2002, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(ends(&out[0].1), ("fd00:1::100".into(), 20, "fd00:1::2".into(), 40004));
+    // The EPRT grew by one byte: the server's acknowledgement of it maps back to the
+    // client's sequence space.
+    let ack = from_rs(tcp6(RS6, 21, LADDR6, f.lport, TCP_ACK, f.s, f.c + 1, b""), RS1_MAC);
+    let out = f.e.inject(INT, &ack, S);
+    let got = common::seg::seg6_ack(&out[0].1);
+    assert_eq!(got, f.c, "acknowledges the client's bytes");
+    assert_drops(&f.e, &[]);
+}
