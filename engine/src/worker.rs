@@ -123,6 +123,10 @@ pub struct Worker<Q: PortQueue> {
     /// IP fragments: datagrams in flight and fragments waiting for their first.
     frags: FragTable,
     frag_held: Vec<Held<frag::FragKey, Q::Buf>>,
+    /// Full NAT replies in fragments that arrived here but belong to another worker: which
+    /// worker each datagram's first fragment went to (its local port named it), so the later
+    /// fragments (no ports) follow it. Held fragments of such a datagram wait in `frag_held`.
+    frag_steer: Vec<(frag::FragKey, u8, u64)>,
     /// SYN proxy: the cookie secret, TCP connections in SYN_RECV (the `auto` trigger), when the
     /// last cookie went out, held client packets, and a connection whose held packets are due.
     cookies: Cookies,
@@ -241,6 +245,7 @@ impl<Q: PortQueue> Worker<Q> {
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
             frag_held: Vec::new(),
+            frag_steer: Vec::new(),
             cookies: Cookies::new(),
             half_open: 0,
             last_cookie: 0,
@@ -1667,13 +1672,42 @@ impl<Q: PortQueue> Worker<Q> {
         let client = if dst_vip { f.src } else { f.dst };
         if !handed && self.fabric.workers > 1 {
             let owner = if !dst_vip && self.snap.laddrs.contains(&f.dst) {
-                // Full NAT reply: the first fragment's local port names the owner; a later
-                // fragment carries no port, and which worker saw its first is not known here.
-                match f.first(pkt.data()) {
-                    Some(p) if f.offset == 0 => lport_owner(self.snap.port_range, p.dport, self.fabric.workers),
-                    _ => {
-                        self.drop_pkt(DropReason::Fragment);
+                // Full NAT reply: the first fragment's local port names the owner; later
+                // fragments (no ports) follow where their first went.
+                let key = f.key();
+                self.frag_steer.retain(|s| s.2 > self.now);
+                if f.offset == 0 {
+                    let Some(p) = f.first(pkt.data()) else {
+                        self.drop_pkt(DropReason::FragTiny);
                         return;
+                    };
+                    let owner = lport_owner(self.snap.port_range, p.dport, self.fabric.workers);
+                    if owner != self.id {
+                        if self.frag_steer.len() >= frag::MAX_FRAG_HELD {
+                            self.frag_steer.remove(0);
+                        }
+                        self.frag_steer.push((key, owner as u8, self.now + frag::FRAG_HOLD_NS));
+                        // Later fragments that came first go along.
+                        let mut k = 0;
+                        while k < self.frag_held.len() {
+                            if self.frag_held[k].key == key {
+                                let h = self.frag_held.swap_remove(k);
+                                bump(&self.counters.handoff_out, 1);
+                                if self.fabric.handoff[owner].push((h.iface, h.buf)).is_err() {
+                                    self.drop_pkt(DropReason::HandoffFull);
+                                }
+                            } else {
+                                k += 1;
+                            }
+                        }
+                    }
+                    owner
+                } else {
+                    match self.frag_steer.iter().find(|s| s.0 == key) {
+                        Some(s) => s.1 as usize,
+                        // Not seen its first yet: the ordinary path holds it here (or forwards
+                        // it, if this worker had the first).
+                        None => self.id,
                     }
                 }
             } else {
@@ -2385,6 +2419,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.neigh.clear();
         self.frags.clear();
         self.frag_held.clear();
+        self.frag_steer.clear();
         self.half_open = 0;
         self.last_cookie = 0;
         self.proxy_held.clear();

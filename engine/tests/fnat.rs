@@ -577,3 +577,43 @@ fn ftp_ipv6_epsv_and_eprt() {
     assert_eq!(got, f.c, "acknowledges the client's bytes");
     assert_drops(&f.e, &[]);
 }
+
+/// A fragmented UDP reply to a local address, with two workers: every fragment arrives on
+/// worker 0 (the "NIC" cannot hash fragments by port); the first is handed to the worker
+/// owning the local port, and the later ones follow it, also when they came first.
+#[test]
+fn fragmented_replies_follow_their_first_fragment_to_the_owner() {
+    for later_first in [false, true] {
+        let mut e = engine(2);
+        // A client whose connections live on worker 1 (local ports 2032-2063).
+        let (c, lport) = (0..64u8)
+            .find_map(|i| {
+                let c = [10, 0, 1, 10 + i];
+                let cmac = [2, 0, 0, 0, 1, 10 + i];
+                e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+                let out = e.inject(EXT, &with_macs(udp4(c, 5353, VIP, 53, b"q"), cmac, LB_EXT), S);
+                let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+                (lport >= 2032).then_some((c, lport))
+            })
+            .expect("some client is owned by worker 1");
+        let big = vec![0x5au8; 3000];
+        let reply = from_rs(udp4(RS1, 53, LADDR, lport, &big), RS1_MAC);
+        let mut frags = fragment4(&reply, 1400, 777);
+        assert_eq!(frags.len(), 3);
+        if later_first {
+            frags.rotate_left(1);
+        }
+        let mut out = Vec::new();
+        for f in &frags {
+            out.extend(e.inject(INT, f, S));
+        }
+        assert_eq!(out.len(), 3, "all fragments forwarded (later first: {later_first})");
+        let got: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+        let whole = reassemble(&got).expect("complete datagram");
+        verify_checksums(&whole).unwrap();
+        assert_eq!(&whole[26..30], &VIP);
+        assert_eq!(&whole[30..34], &c);
+        assert_eq!(&whole[36..38], &5353u16.to_be_bytes());
+        assert_drops(&e, &[]);
+    }
+}
