@@ -123,6 +123,7 @@ pub const KEYS: &[Key] = &[
     k("service.real_server", "upper", "integer", Some("0 (none)"), "Upper connection threshold (ipvsadm -x)."),
     k("service.real_server", "lower", "integer", Some("0 (none)"), "Lower connection threshold (ipvsadm -y)."),
     k("service.real_server", "forward", "\"nat\" | \"dr\" | \"tunnel\" | \"fnat\"", None, "Forwarding method of this server. Default: the service's."),
+    k("service.real_server", "proxy_protocol", "\"v1\" | \"v2\"", None, "Send the client's address and the VIP in a PROXY protocol header (HAProxy v1 text or v2 binary) at the start of every TCP connection to this server (NAT and full NAT; not with ftp). The SYN proxy does not engage for such a service."),
 ];
 
 fn roff(s: &str) -> String {

@@ -289,6 +289,16 @@ pub struct RealServer {
     pub lower: u32,
     /// Per-server forwarding method (ipvsadm -g/-m/-i); `None`: the service's.
     pub forward: Option<Forward>,
+    /// Send the client's address to this server in a PROXY protocol header at the start of
+    /// each TCP connection (NAT and full NAT).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// PROXY protocol version (HAProxy's spec): v1 is a text line, v2 a binary header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

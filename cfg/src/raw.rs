@@ -169,6 +169,7 @@ pub(crate) struct RawRealServer {
     pub upper: Option<S<i64>>,
     pub lower: Option<S<i64>>,
     pub forward: Option<S<String>>,
+    pub proxy_protocol: Option<S<String>>,
 }
 
 // ---------------------------------------------------------------------------

@@ -221,6 +221,11 @@ pub(crate) fn service(s: &Service) -> String {
         if let Some(f) = r.forward {
             let _ = writeln!(o, "forward = {}", q(forward(f)));
         }
+        match r.proxy_protocol {
+            Some(ProxyProtocol::V1) => o.push_str("proxy_protocol = \"v1\"\n"),
+            Some(ProxyProtocol::V2) => o.push_str("proxy_protocol = \"v2\"\n"),
+            None => {}
+        }
     }
     o
 }

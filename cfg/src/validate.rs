@@ -533,7 +533,27 @@ impl Validator<'_> {
                     format!("real server {address} is not reachable through any interface or route"),
                 ));
             }
-            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward });
+            let proxy_protocol = match &r.proxy_protocol {
+                None => None,
+                Some(v) => {
+                    let pp =
+                        self.choice(v, "proxy_protocol", &[("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)])?;
+                    if protocol != Protocol::Tcp {
+                        return Err(self.err(span_of(v), "proxy_protocol needs protocol = \"tcp\""));
+                    }
+                    if !rforward.unwrap_or(forward).two_way() {
+                        return Err(self.err(
+                            span_of(v),
+                            "proxy_protocol needs forward = \"nat\" or \"fnat\" (the balancer must see both directions)",
+                        ));
+                    }
+                    if ftp.is_some() {
+                        return Err(self.err(span_of(v), "proxy_protocol cannot be used on an ftp service"));
+                    }
+                    Some(pp)
+                }
+            };
+            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward, proxy_protocol });
         }
 
         Ok(Service {

@@ -156,9 +156,18 @@ fn good_config_parses_into_expected_model() {
                     weight: 3,
                     upper: 100,
                     lower: 50,
-                    forward: Some(Forward::Nat)
+                    forward: Some(Forward::Nat),
+                    proxy_protocol: None,
                 },
-                RealServer { address: ip("192.168.7.7"), port: None, weight: 0, upper: 0, lower: 0, forward: None },
+                RealServer {
+                    address: ip("192.168.7.7"),
+                    port: None,
+                    weight: 0,
+                    upper: 0,
+                    lower: 0,
+                    forward: None,
+                    proxy_protocol: None
+                },
             ],
             health_check: Some(HealthCheck {
                 kind: HealthCheckKind::SendExpect,
@@ -502,4 +511,31 @@ fn fnat_local_addresses() {
         Config::from_str("[engine]\nbackend = \"memory\"\nlocal_port_range = \"2000-2010\"\n", "f.toml").unwrap_err();
     assert_eq!(e.line, Some(3));
     assert!(e.message.contains("too small"), "{e}");
+}
+
+#[test]
+fn proxy_protocol_per_real_server() {
+    let head = "[engine]\nbackend = \"memory\"\n";
+    let svc = |fwd: &str, extra: &str, pp: &str| {
+        format!(
+            "{head}[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"{fwd}\"\n{extra}\
+             [[service.real_server]]\naddress = \"10.0.2.2\"\nproxy_protocol = \"{pp}\"\n"
+        )
+    };
+    let c = Config::from_str(&svc("nat", "", "v2"), "p.toml").unwrap();
+    assert_eq!(c.services[0].real_servers[0].proxy_protocol, Some(ProxyProtocol::V2));
+    let again = Config::from_str(&c.to_toml(), "r.toml").unwrap();
+    assert_eq!(again.services[0].real_servers[0].proxy_protocol, Some(ProxyProtocol::V2));
+    let c = Config::from_str(&svc("fnat", "local_addresses = [\"10.0.2.200\"]\n", "v1"), "p.toml").unwrap();
+    assert_eq!(c.services[0].real_servers[0].proxy_protocol, Some(ProxyProtocol::V1));
+    for (text, line, needle) in [
+        (svc("dr", "", "v1"), 9, "needs forward = \"nat\" or \"fnat\""),
+        (svc("nat", "", "v3"), 9, "invalid proxy_protocol"),
+        (svc("nat", "protocol = \"udp\"\n", "v1"), 10, "needs protocol = \"tcp\""),
+        (svc("nat", "ftp = true\n", "v1"), 10, "cannot be used on an ftp service"),
+    ] {
+        let e = Config::from_str(&text, "p.toml").expect_err(&text);
+        assert_eq!(e.line, Some(line), "{text}: {e}");
+        assert!(e.message.contains(needle), "{text}: {e}");
+    }
 }

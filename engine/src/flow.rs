@@ -36,6 +36,7 @@ pub const F_ACTIVE_COUNTED: u8 = 2; // counted as active in the scheduler counts
 pub const F_COUNTED: u8 = 4; // counted at all (active or inactive)
 pub const F_ALG: u8 = 8; // an FTP control connection: `ConnCold::alg` is set
 pub const F_SYNPROXY: u8 = 16; // opened by the SYN proxy: `ConnCold::proxy` is set
+pub const F_PPROTO: u8 = 32; // PROXY protocol header towards the server: `ConnCold::pp` is set
 
 /// One tracked connection: the fields the established fast path reads and
 /// writes, in two cache lines (128 bytes, aligned). Everything else lives
@@ -98,6 +99,8 @@ pub struct ConnCold {
     pub alg: Option<Box<ferrovs_ftp_alg::FtpSession>>,
     /// SYN proxy: the handshake with the real server and the sequence offset.
     pub proxy: Option<Box<crate::synproxy::Proxied>>,
+    /// PROXY protocol: the header and the client's stream start.
+    pub pp: Option<Box<crate::proxyproto::Pp>>,
     /// High 32 bits of the packet counts.
     pub pkts_in_hi: u32,
     pub pkts_out_hi: u32,
@@ -113,6 +116,7 @@ impl Default for ConnCold {
             children: 0,
             alg: None,
             proxy: None,
+            pp: None,
             pkts_in_hi: 0,
             pkts_out_hi: 0,
         }
@@ -552,6 +556,7 @@ impl FlowTable {
         }
         self.cold[i as usize].alg = None;
         self.cold[i as usize].proxy = None;
+        self.cold[i as usize].pp = None;
         self.version += 1;
         let c = &self.slab[i as usize];
         let kin = c.key_in();

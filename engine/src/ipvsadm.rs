@@ -921,6 +921,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 upper: upper.unwrap_or(0),
                 lower: lower.unwrap_or(0),
                 forward: rs_forward,
+                proxy_protocol: None,
             });
         }
         Command::EditServer { key, addr, port, forward, weight, upper, lower } => {
@@ -1522,7 +1523,7 @@ mod tests {
         assert_eq!(ftp.forward, Forward::Nat);
         assert_eq!(
             ftp.real_servers[1],
-            RealServer { address: ip("10.0.2.3"), port: Some(21), weight: 2, upper: 0, lower: 0, forward: None }
+            RealServer { address: ip("10.0.2.3"), port: Some(21), weight: 2, upper: 0, lower: 0, forward: None, proxy_protocol: None }
         );
         let web = &imp.services[1];
         assert_eq!(web.ftp, None);

@@ -73,6 +73,7 @@ pub mod neigh;
 pub mod overview;
 pub mod parse;
 pub mod port;
+pub mod proxyproto;
 pub mod ratelimit;
 pub mod remap;
 pub mod replay;

@@ -17,6 +17,8 @@ pub struct Dest {
     pub upper: u32,
     pub lower: u32,
     pub forward: Forward,
+    /// PROXY protocol header towards this server (`Some(true)`: v2).
+    pub proxy_v2: Option<bool>,
 }
 
 /// A compiled virtual service.
@@ -176,6 +178,7 @@ impl Snapshot {
                         upper: r.upper,
                         lower: r.lower,
                         forward: r.forward.unwrap_or(s.forward),
+                        proxy_v2: r.proxy_protocol.map(|v| v == ferrovs_cfg::ProxyProtocol::V2),
                     })
                     .collect(),
                 scheduler: s.scheduler.clone(),

@@ -10,7 +10,9 @@
 use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
-use crate::flow::{self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNPROXY, NONE};
+use crate::flow::{
+    self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_PPROTO, F_SYNPROXY, NONE,
+};
 use crate::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::frag::{self, FragTable, FragVerdict};
 use crate::neigh::{self, NeighCache};
@@ -1235,9 +1237,19 @@ impl<Q: PortQueue> Worker<Q> {
                 return Err(DropReason::TableFull);
             }
         };
+        let pp = match snap.services[si].dests[di].proxy_v2 {
+            Some(v2) if proto == PROTO_TCP && fwd.two_way() => {
+                Some(crate::proxyproto::for_conn(v2, client, cport, vip, vport))
+            }
+            _ => None,
+        };
         let k = self.flows.cold_mut(idx);
         k.nh_in = nh_in;
         k.nh_out = nh_out;
+        if let Some(pp) = pp {
+            k.pp = Some(Box::new(pp));
+            self.flows.get_mut(idx).flags |= F_PPROTO;
+        }
         let counts = &snap.conn_counts[si];
         counts.inc_inactive(self.id, di);
         self.flows.get_mut(idx).flags |= F_COUNTED;
@@ -1323,7 +1335,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
-        if c.flags & (F_ALG | F_SYNPROXY) == 0 && c.fwd == Forward::Nat {
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Nat {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
             let r = match dir {
@@ -1335,7 +1347,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
-        if c.flags & (F_ALG | F_SYNPROXY) == 0 && c.fwd == Forward::Fnat {
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Fnat {
             // Full NAT without the gateway: both ends, deltas precomputed as for NAT.
             let la = self.flows.laddr_of(c);
             let d = pkt.data_mut();
@@ -1352,6 +1364,13 @@ impl<Q: PortQueue> Worker<Q> {
             if let Some(next) = self.proxy_segment(idx, dir, pkt, p) {
                 return next;
             }
+        }
+        if self.flows.get(idx).flags & F_PPROTO != 0 {
+            return match self.pp_segment(idx, dir, pkt, p) {
+                Ok(Some(p2)) => self.forward_rewrite(idx, dir, pkt, &p2),
+                Ok(None) => self.forward_rewrite(idx, dir, pkt, p),
+                Err(next) => next,
+            };
         }
         let c = self.flows.get(idx);
         let mut ftp_p;
@@ -1990,7 +2009,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let si = self.snap.service(p.dst, p.proto, p.dport)?;
         let svc = &self.snap.services[si];
-        if svc.dests.is_empty() {
+        // PROXY protocol shifts the client's sequence space itself: not combined with the
+        // SYN proxy's splice (documented with the key).
+        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.proxy_v2.is_some()) {
             return None;
         }
         let mode = svc.syn_proxy;
@@ -2205,6 +2226,113 @@ impl<Q: PortQueue> Worker<Q> {
             }
             (Dir::Out, true) => None,
         }
+    }
+
+    /// PROXY protocol on a segment of connection `idx` (see [`crate::proxyproto`]): the
+    /// client's SYN gives the stream start; a client segment at the start gets the header in
+    /// front of its payload, later ones are shifted by its length; the server's
+    /// acknowledgements (and SACK edges) are shifted back and its SYN-ACK's MSS lowered.
+    /// `Ok(Some(p))`: the frame changed shape, `p` is its new parse.
+    fn pp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
+        let Some(mut pp) = self.flows.cold(idx).pp.as_deref().copied() else { return Ok(None) };
+        if p.proto != PROTO_TCP {
+            return Ok(None);
+        }
+        let l4 = p.l4;
+        let field = |d: &[u8], off: usize| u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]]);
+        let opts_end = (l4 + ((pkt.data()[l4 + 12] >> 4) as usize) * 4).min(p.payload);
+        let mut reparsed = None;
+        match dir {
+            Dir::In => {
+                let seq = field(pkt.data(), l4 + 4);
+                if p.tcp_flags & TCP_SYN != 0 {
+                    pp.isn = seq;
+                    pp.known = true;
+                } else if pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0) {
+                    // The header goes in front of this segment's payload.
+                    let h = pp.delta() as usize;
+                    let mtu =
+                        self.queues.get(self.flows.get(idx).if_in as usize).map_or(1500, |q| q.caps().mtu as usize);
+                    if p.end - p.l3 + h > mtu.max(576) {
+                        return Err(Next::Drop(DropReason::TooBig));
+                    }
+                    let end = p.end;
+                    if !pkt.set_len(end + h) {
+                        return Err(Next::Drop(DropReason::NoBuffer));
+                    }
+                    let d = pkt.data_mut();
+                    d.copy_within(p.payload..end, p.payload + h);
+                    d[p.payload..p.payload + h].copy_from_slice(pp.header());
+                    if p.v6 {
+                        let n = u16::from_be_bytes([d[p.l3 + 4], d[p.l3 + 5]]) as usize + h;
+                        d[p.l3 + 4..p.l3 + 6].copy_from_slice(&(n as u16).to_be_bytes());
+                    } else {
+                        let n = u16::from_be_bytes([d[p.l3 + 2], d[p.l3 + 3]]) as usize + h;
+                        d[p.l3 + 2..p.l3 + 4].copy_from_slice(&(n as u16).to_be_bytes());
+                        fix_ipv4_csum(d, p.l3);
+                    }
+                    let Ok(p2) = parse::parse(pkt.data()) else { return Err(Next::Drop(DropReason::Malformed)) };
+                    fix_l4_csum(pkt.data_mut(), &p2);
+                    reparsed = Some(p2);
+                } else if pp.known {
+                    let new = pp.map_seq(seq);
+                    if new != seq {
+                        let d = pkt.data_mut();
+                        d[l4 + 4..l4 + 8].copy_from_slice(&new.to_be_bytes());
+                        csum::apply_at(
+                            d,
+                            l4 + 16,
+                            csum::add(
+                                csum::delta16((seq >> 16) as u16, (new >> 16) as u16),
+                                csum::delta16(seq as u16, new as u16),
+                            ),
+                        );
+                    }
+                }
+            }
+            Dir::Out => {
+                let d = pkt.data_mut();
+                let mut opt_delta = 0;
+                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                    // Room for the header in the client's first full-sized segment.
+                    let opts = &mut d[l4 + 20..opts_end];
+                    if let Some(m) = crate::tcpopt::mss(opts) {
+                        let old = opts.to_vec();
+                        crate::tcpopt::clamp_mss(opts, m.saturating_sub(pp.delta() as u16).max(256));
+                        opt_delta = crate::tcpopt::csum_delta(&old, opts);
+                    }
+                }
+                if p.tcp_flags & TCP_ACK != 0 && pp.known {
+                    let ack = field(d, l4 + 8);
+                    let new = pp.map_ack(ack);
+                    if ack.wrapping_sub(pp.start()) >= pp.delta() && (ack.wrapping_sub(pp.start()) as i32) > 0 {
+                        pp.acked = true;
+                    }
+                    if new != ack {
+                        d[l4 + 8..l4 + 12].copy_from_slice(&new.to_be_bytes());
+                        opt_delta = csum::add(
+                            opt_delta,
+                            csum::add(
+                                csum::delta16((ack >> 16) as u16, (new >> 16) as u16),
+                                csum::delta16(ack as u16, new as u16),
+                            ),
+                        );
+                    }
+                    let opts = &mut d[l4 + 20..opts_end];
+                    let old = opts.to_vec();
+                    if crate::tcpopt::map_sack(opts, |a, b| (pp.map_ack(a), pp.map_ack(b))) {
+                        opt_delta = csum::add(opt_delta, crate::tcpopt::csum_delta(&old, opts));
+                    }
+                }
+                if opt_delta != 0 {
+                    csum::apply_at(d, l4 + 16, opt_delta);
+                }
+            }
+        }
+        if let Some(x) = self.flows.cold_mut(idx).pp.as_deref_mut() {
+            *x = pp;
+        }
+        Ok(reparsed)
     }
 
     /// Run the FTP gateway on a control-connection segment. Returns

@@ -617,3 +617,101 @@ fn fragmented_replies_follow_their_first_fragment_to_the_owner() {
         assert_drops(&e, &[]);
     }
 }
+
+const PP: &str = r#"
+[[service]]
+name = "pp1"
+vip = "10.0.1.104"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+proxy_protocol = "v1"
+
+[[service]]
+name = "pp2"
+vip = "10.0.1.105"
+protocol = "tcp"
+ports = [80]
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+proxy_protocol = "v2"
+"#;
+
+/// PROXY protocol v1 through full NAT: the header is inserted at the start of the client's
+/// stream (on the handshake's ACK), the first data segment and its retransmission carry the
+/// same header, later sequence numbers and the server's acknowledgements are translated, the
+/// SYN-ACK's MSS leaves room for the header.
+#[test]
+fn proxy_protocol_v1_inserted_and_translated() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let hdr = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n";
+    let h = hdr.len() as u32;
+    let c = |e: &mut MemEngine, flags, seq, ack, data: &[u8]| {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, vip, 80, flags, seq, ack, data)), S);
+        assert_eq!(out.len(), 1);
+        seg(&out[0].1)
+    };
+    let syn = c(&mut e, TCP_SYN, 1000, 0, b"");
+    assert_eq!((syn.src, syn.sport, syn.seq, syn.payload.len()), (LADDR, 2000, 1000, 0));
+    // SYN-ACK with MSS 1460: the client is told 1460 - header.
+    let sa = tcp4_opts(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, &opt_mss(1460), b"");
+    let out = e.inject(INT, &from_rs(sa, RS1_MAC), S);
+    let s = seg(&out[0].1);
+    assert_eq!((s.ack, s.mss), (1001, Some(1460 - h as u16)));
+    // The handshake's ACK carries the header.
+    let a = c(&mut e, TCP_ACK, 1001, 7001, b"");
+    assert_eq!((a.seq, &a.payload[..]), (1001, &hdr[..]));
+    // The first data segment, also at the stream start (the header not acknowledged yet).
+    let d = c(&mut e, TCP_ACK | TCP_PSH, 1001, 7001, b"GET /");
+    assert_eq!(d.seq, 1001);
+    assert_eq!(d.payload, [&hdr[..], b"GET /"].concat());
+    // Its retransmission: the same bytes.
+    let r = c(&mut e, TCP_ACK | TCP_PSH, 1001, 7001, b"GET /");
+    assert_eq!(r.payload, d.payload);
+    // The server acknowledges header + 5 bytes: the client sees 5.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK, 7001, 1001 + h + 5, b""), RS1_MAC), S);
+    assert_eq!(seg(&out[0].1).ack, 1006);
+    // An acknowledgement inside the header maps to the stream start.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK, 7001, 1001 + 3, b""), RS1_MAC), S);
+    assert_eq!(seg(&out[0].1).ack, 1001);
+    // Later client data is shifted by the header.
+    let l = c(&mut e, TCP_ACK | TCP_PSH, 1006, 7001, b" HTTP/1.0\r\n\r\n");
+    assert_eq!((l.seq, &l.payload[..]), (1006 + h, &b" HTTP/1.0\r\n\r\n"[..]));
+    // Now the header is acknowledged: a pure ACK at the start carries nothing more.
+    let p = c(&mut e, TCP_ACK, 1001, 7001, b"");
+    assert!(p.payload.is_empty());
+    // Server data passes with its own sequence numbers.
+    let out = e.inject(
+        INT,
+        &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK | TCP_PSH, 7001, 1019 + h, b"HTTP/1.0 200"), RS1_MAC),
+        S,
+    );
+    let s = seg(&out[0].1);
+    assert_eq!((s.src, s.seq, s.ack, &s.payload[..]), (vip, 7001, 1019, &b"HTTP/1.0 200"[..]));
+    assert_drops(&e, &[]);
+}
+
+/// PROXY protocol v2 through NAT: the binary header names the client and the VIP.
+#[test]
+fn proxy_protocol_v2_over_nat() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 105];
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40001, vip, 80, TCP_SYN, 50, 0, b"")), S);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40001, vip, 80, TCP_ACK | TCP_PSH, 51, 9, b"hi")), S);
+    let s = seg(&out[0].1);
+    let mut want = vec![0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0, 12];
+    want.extend_from_slice(&[10, 0, 1, 2, 10, 0, 1, 105, 0x9c, 0x41, 0, 80]);
+    want.extend_from_slice(b"hi");
+    assert_eq!((s.src, s.dst, s.seq), (CLIENT, RS1, 51));
+    assert_eq!(s.payload, want);
+    assert_drops(&e, &[]);
+}
