@@ -773,3 +773,19 @@ fn fnat_eprt_ipv6() {
     let mut s = FtpSession::new(params6(fnat("fd00:2::200")));
     assert_eq!(s.on_segment_with(0, Dir::Original, 7, eprt, &mut a, &mut No), Verdict::Forward);
 }
+
+#[test]
+fn command_arg_ranges_and_eprt_format() {
+    use ferrovs_ftp_alg::parse::{command_arg_range, format_eprt_arg, parse_eprt};
+    let l = b"PORT  1,2,3,4,5,6  \r\n";
+    assert_eq!(&l[command_arg_range(l)], b"1,2,3,4,5,6");
+    assert_eq!(command_arg_range(b"PASV\r\n"), 4..4);
+    assert_eq!(command_arg_range(b""), 0..0);
+    assert_eq!(command_arg_range(b"EPRT \r\n"), 4..4, "trailing spaces are not an argument");
+    let mut buf = [0u8; 64];
+    let a = "[fd00::1]:21".parse().unwrap();
+    let n = format_eprt_arg(b'!', a, &mut buf);
+    assert_eq!(&buf[..n], b"!2!fd00::1!21!");
+    let line = [b"EPRT ".as_slice(), &buf[..n]].concat();
+    assert_eq!(parse_eprt(&line), Some(a));
+}
