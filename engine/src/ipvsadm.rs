@@ -1049,7 +1049,9 @@ fn fwd_switch(f: Forward) -> &'static str {
         Forward::Nat => "-m",
         Forward::Dr => "-g",
         Forward::Tunnel => "-i",
-        Forward::Fnat => "-b",
+        // The long form: in ipvsadm-save text from LVS, `-b` is --sched-flags (with an
+        // argument), which `import_save` skips; DPVS's short `-b` is accepted on input.
+        Forward::Fnat => "--fullnat",
     }
 }
 
@@ -1523,7 +1525,15 @@ mod tests {
         assert_eq!(ftp.forward, Forward::Nat);
         assert_eq!(
             ftp.real_servers[1],
-            RealServer { address: ip("10.0.2.3"), port: Some(21), weight: 2, upper: 0, lower: 0, forward: None, proxy_protocol: None }
+            RealServer {
+                address: ip("10.0.2.3"),
+                port: Some(21),
+                weight: 2,
+                upper: 0,
+                lower: 0,
+                forward: None,
+                proxy_protocol: None
+            }
         );
         let web = &imp.services[1];
         assert_eq!(web.ftp, None);
@@ -1640,7 +1650,7 @@ mod tests {
              -> 10.0.2.2:80                  FullNat 1      0          0         \n  \
              -> 10.0.2.3:80                  FullNat 2      0          0         \n"
         );
-        assert!(format_save(&c).contains("-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b -w 1"), "{}", format_save(&c));
+        assert!(format_save(&c).contains("-a -t 10.0.1.100:80 -r 10.0.2.2:80 --fullnat -w 1"), "{}", format_save(&c));
         // Without local addresses the edited config does not validate (the control socket
         // re-validates every edit).
         let mut bare = base();
