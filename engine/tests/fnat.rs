@@ -425,13 +425,13 @@ impl Ftp {
     fn open(v6: bool) -> Ftp {
         let mut e = MemEngine::new(cfg(FTP), 1);
         let mut f = Ftp { e: MemEngine::new(cfg(""), 1), v6, c: 1000, s: 5000, lport: 0 };
-        let out = e.inject(EXT, &f.from_client(21, 40000, TCP_SYN, b""), S);
+        let out = e.inject(EXT, &f.client_seg(21, 40000, TCP_SYN, b""), S);
         assert_eq!(out.len(), 1);
         let syn = &out[0].1;
         let p = ferrovs_engine::parse::parse(syn).unwrap();
         f.lport = p.sport;
         f.e = e;
-        let out = f.e.inject(INT, &f.from_rs(21, f.lport, TCP_SYN | TCP_ACK, b""), S);
+        let out = f.e.inject(INT, &f.rs_seg(21, f.lport, TCP_SYN | TCP_ACK, b""), S);
         assert_eq!(out.len(), 1);
         f.c += 1;
         f.s += 1;
@@ -445,10 +445,10 @@ impl Ftp {
         }
     }
     /// A control-connection segment from the client (`sport` 40000 -> VIP:`dport`).
-    fn from_client(&self, dport: u16, sport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+    fn client_seg(&self, dport: u16, sport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
         self.client_frame(sport, dport, flags, self.c, self.s, data)
     }
-    fn from_rs(&self, sport: u16, lport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+    fn rs_seg(&self, sport: u16, lport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
         let (seq, ack) = (self.s, self.c);
         if self.v6 {
             from_rs(tcp6(RS6, sport, LADDR6, lport, flags, seq, ack, data), RS1_MAC)
@@ -458,7 +458,7 @@ impl Ftp {
     }
     /// The client sends a command; returns the payload the real server gets.
     fn command(&mut self, line: &str) -> Vec<u8> {
-        let f = self.from_client(21, 40000, TCP_ACK | TCP_PSH, line.as_bytes());
+        let f = self.client_seg(21, 40000, TCP_ACK | TCP_PSH, line.as_bytes());
         self.c += line.len() as u32;
         let out = self.e.inject(EXT, &f, S);
         assert_eq!(out.len(), 1, "{line:?} forwarded");
@@ -466,7 +466,7 @@ impl Ftp {
     }
     /// The server replies; returns the payload the client gets.
     fn reply(&mut self, line: &str) -> Vec<u8> {
-        let f = self.from_rs(21, self.lport, TCP_ACK | TCP_PSH, line.as_bytes());
+        let f = self.rs_seg(21, self.lport, TCP_ACK | TCP_PSH, line.as_bytes());
         self.s += line.len() as u32;
         let out = self.e.inject(INT, &f, S);
         assert_eq!(out.len(), 1, "{line:?} forwarded");
