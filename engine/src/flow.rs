@@ -154,6 +154,9 @@ pub struct ConnRow {
     pub children: u32,
     pub pkts_in: u64,
     pub pkts_out: u64,
+    /// Full NAT: the local address and port towards the real server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
 }
 
 /// The per-worker connection table.

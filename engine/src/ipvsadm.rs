@@ -1292,7 +1292,14 @@ pub fn format_conns(conns: &[ConnRow]) -> String {
     let _ = writeln!(out, "pro expire {:<11} {:<18} {:<18} {}", "state", "source", "virtual", "destination");
     for c in conns {
         let exp = format!("{:02}:{:02}", c.expires_in_s / 60, c.expires_in_s % 60);
-        let _ = writeln!(out, "{:<3} {:<6} {:<11} {:<18} {:<18} {}", c.proto, exp, c.state, c.client, c.vip, c.real);
+        let _ = write!(out, "{:<3} {:<6} {:<11} {:<18} {:<18} {}", c.proto, exp, c.state, c.client, c.vip, c.real);
+        // Full NAT: where the real server sees the connection come from.
+        match &c.local {
+            Some(l) => {
+                let _ = writeln!(out, " (local {l})");
+            }
+            None => out.push('\n'),
+        }
     }
     out
 }
@@ -1761,12 +1768,15 @@ TCP  10.0.0.1:80                         0        0        0        0        0\n
             children: 1,
             pkts_in: 3,
             pkts_out: 4,
+            local: None,
         };
+        let f = ConnRow { local: Some("10.0.2.200:2000".into()), ..c.clone() };
         assert_eq!(
-            format_conns(&[c]),
+            format_conns(&[c, f]),
             "IPVS connection entries\n\
 pro expire state       source             virtual            destination\n\
-TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21\n"
+TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21\n\
+TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21 (local 10.0.2.200:2000)\n"
         );
     }
 

@@ -2488,6 +2488,7 @@ impl<Q: PortQueue> Worker<Q> {
                 children: k.children,
                 pkts_in,
                 pkts_out,
+                local: (c.fwd == Forward::Fnat).then(|| sa(self.flows.laddr_of(c), c.lport)),
             });
         }
         v
