@@ -56,6 +56,9 @@ pub struct Engine {
     pub metrics_listen: Option<SocketAddr>,
     /// Connection timeouts in seconds (ipvsadm --set).
     pub timeouts: Timeouts,
+    /// Source ports full-NAT connections use on each local address
+    /// (default 1024-65535), split between the workers.
+    pub local_port_range: PortRange,
 }
 
 /// Protocol timeouts in seconds. Defaults are the IPVS defaults.
@@ -169,6 +172,18 @@ pub enum Forward {
     Dr,
     /// IPIP tunnel to the real server.
     Tunnel,
+    /// Full NAT: source and destination rewritten (client -> VIP becomes
+    /// local address -> real server), so replies come back to the
+    /// balancer by ordinary routing (DPVS FNAT).
+    Fnat,
+}
+
+impl Forward {
+    /// Does the balancer see both directions (NAT, full NAT)?
+    #[inline(always)]
+    pub fn two_way(self) -> bool {
+        matches!(self, Forward::Nat | Forward::Fnat)
+    }
 }
 
 /// An inclusive port range; a single port is `lo == hi`.
@@ -240,6 +255,9 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     /// SYN proxy with SYN cookies (TCP NAT services).
     pub syn_proxy: SynProxy,
+    /// Full NAT: the balancer's source addresses towards the real servers
+    /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 /// When a TCP service answers SYNs itself with SYN cookies.
@@ -273,6 +291,16 @@ pub struct RealServer {
     pub lower: u32,
     /// Per-server forwarding method (ipvsadm -g/-m/-i); `None`: the service's.
     pub forward: Option<Forward>,
+    /// Send the client's address to this server in a PROXY protocol header at the start of
+    /// each TCP connection (NAT and full NAT).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// PROXY protocol version (HAProxy's spec): v1 is a text line, v2 a binary header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -57,6 +57,7 @@ pub(crate) struct RawEngine {
     pub expectation_table_size: Option<S<i64>>,
     pub neighbor_table_size: Option<S<i64>>,
     pub syn_proxy_threshold: Option<S<i64>>,
+    pub local_port_range: Option<S<PortDe>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,
@@ -121,6 +122,7 @@ pub(crate) struct RawService {
     pub fwmark: Option<S<i64>>,
     pub health_check: Option<S<RawHealthCheck>>,
     pub syn_proxy: Option<S<String>>,
+    pub local_addresses: Option<S<Vec<S<String>>>>,
     #[serde(default)]
     pub real_server: Vec<S<RawRealServer>>,
 }
@@ -184,6 +186,7 @@ pub(crate) struct RawRealServer {
     pub upper: Option<S<i64>>,
     pub lower: Option<S<i64>>,
     pub forward: Option<S<String>>,
+    pub proxy_protocol: Option<S<String>>,
 }
 
 // ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ fn forward(f: Forward) -> &'static str {
         Forward::Nat => "nat",
         Forward::Dr => "dr",
         Forward::Tunnel => "tunnel",
+        Forward::Fnat => "fnat",
     }
 }
 
@@ -83,6 +84,9 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "expectation_table_size = {}", e.expectation_table_size);
     let _ = writeln!(o, "neighbor_table_size = {}", e.neighbor_table_size);
     let _ = writeln!(o, "syn_proxy_threshold = {}", e.syn_proxy_threshold);
+    if e.local_port_range != (PortRange { lo: 1024, hi: 65535 }) {
+        let _ = writeln!(o, "local_port_range = \"{}-{}\"", e.local_port_range.lo, e.local_port_range.hi);
+    }
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));
@@ -185,6 +189,9 @@ pub(crate) fn service(s: &Service) -> String {
     if let Some(m) = s.fwmark {
         let _ = writeln!(o, "fwmark = {m}");
     }
+    if !s.local_addresses.is_empty() {
+        let _ = writeln!(o, "local_addresses = {}", list(&s.local_addresses, |a| q(&a.to_string())));
+    }
     match s.syn_proxy {
         SynProxy::Auto => {}
         SynProxy::On => o.push_str("syn_proxy = \"on\"\n"),
@@ -228,6 +235,11 @@ pub(crate) fn service(s: &Service) -> String {
         }
         if let Some(f) = r.forward {
             let _ = writeln!(o, "forward = {}", q(forward(f)));
+        }
+        match r.proxy_protocol {
+            Some(ProxyProtocol::V1) => o.push_str("proxy_protocol = \"v1\"\n"),
+            Some(ProxyProtocol::V2) => o.push_str("proxy_protocol = \"v2\"\n"),
+            None => {}
         }
     }
     o

@@ -183,6 +183,14 @@ impl Validator<'_> {
             services.push(svc);
         }
 
+        // A local address is where replies come back: it cannot also be a VIP.
+        for (svc, raw_svc) in services.iter().zip(&raw.service) {
+            if let Some(a) = svc.local_addresses.iter().find(|a| services.iter().any(|o| o.vip == **a)) {
+                let sp = raw_svc.get_ref().local_addresses.as_ref().map(span_of).unwrap_or(span_of(raw_svc));
+                return Err(self.err(sp, format!("local address {a} of service {:?} is a VIP", svc.name)));
+            }
+        }
+
         Ok(Config { engine, interfaces, neighbors, routes, services, cluster, source: None })
     }
 
@@ -331,6 +339,20 @@ impl Validator<'_> {
             })?),
         };
         let timeouts = self.timeouts(e.timeouts.unwrap_or_default())?;
+        let local_port_range = match &e.local_port_range {
+            None => PortRange { lo: 1024, hi: 65535 },
+            Some(r) => {
+                let r0 = r.get_ref().0;
+                // Each worker needs a share of its own (at most 64 workers).
+                if r0.hi - r0.lo < 63 {
+                    return Err(self.err(
+                        span_of(r),
+                        format!("local_port_range {} is too small: at least 64 ports", fmt_range(r0)),
+                    ));
+                }
+                r0
+            }
+        };
         let backend_span = e.backend.as_ref().map(span_of);
         Ok((
             Engine {
@@ -346,6 +368,7 @@ impl Validator<'_> {
                 control_socket,
                 metrics_listen,
                 timeouts,
+                local_port_range,
             },
             backend_span,
         ))
@@ -373,7 +396,11 @@ impl Validator<'_> {
     }
 
     fn forward(&self, v: &Spanned<String>) -> R<Forward> {
-        self.choice(v, "forward", &[("nat", Forward::Nat), ("dr", Forward::Dr), ("tunnel", Forward::Tunnel)])
+        self.choice(
+            v,
+            "forward",
+            &[("nat", Forward::Nat), ("dr", Forward::Dr), ("tunnel", Forward::Tunnel), ("fnat", Forward::Fnat)],
+        )
     }
 
     fn service(
@@ -533,6 +560,44 @@ impl Validator<'_> {
             Some(h) => Some(self.health_check(h)?),
         };
 
+        let mut local_addresses: Vec<IpAddr> = Vec::new();
+        if let Some(la) = &rs.local_addresses {
+            for a in la.get_ref() {
+                let v = expand_addresses(a.get_ref()).map_err(|m| self.err(span_of(a), m))?;
+                for x in v {
+                    if x.is_ipv4() != vip.is_ipv4() {
+                        return Err(self
+                            .err(span_of(a), format!("local address {x} is not in the address family of vip {vip}")));
+                    }
+                    if local_addresses.contains(&x) {
+                        return Err(self.err(span_of(a), format!("local address {x} listed twice")));
+                    }
+                    local_addresses.push(x);
+                    if local_addresses.len() > MAX_LOCAL_ADDRESSES {
+                        return Err(self.err(
+                            span_of(a),
+                            format!("more than {MAX_LOCAL_ADDRESSES} local addresses in service {name:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let fnat_span = rs.forward.as_ref().filter(|f| f.get_ref() == "fnat").map(span_of).or_else(|| {
+            rs.real_server
+                .iter()
+                .find_map(|r| r.get_ref().forward.as_ref().filter(|f| f.get_ref() == "fnat").map(span_of))
+        });
+        if let Some(sp) = fnat_span {
+            if local_addresses.is_empty() {
+                return Err(self.err(
+                    sp,
+                    format!(
+                        "forward = \"fnat\" needs local_addresses in service {name:?} (the balancer's source addresses towards the real servers)"
+                    ),
+                ));
+            }
+        }
+
         let mut real_servers = Vec::new();
         let mut seen_rs: HashSet<(IpAddr, Option<u16>)> = HashSet::new();
         for rr in &rs.real_server {
@@ -578,7 +643,27 @@ impl Validator<'_> {
                     format!("real server {address} is not reachable through any interface or route"),
                 ));
             }
-            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward });
+            let proxy_protocol = match &r.proxy_protocol {
+                None => None,
+                Some(v) => {
+                    let pp =
+                        self.choice(v, "proxy_protocol", &[("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)])?;
+                    if protocol != Protocol::Tcp {
+                        return Err(self.err(span_of(v), "proxy_protocol needs protocol = \"tcp\""));
+                    }
+                    if !rforward.unwrap_or(forward).two_way() {
+                        return Err(self.err(
+                            span_of(v),
+                            "proxy_protocol needs forward = \"nat\" or \"fnat\" (the balancer must see both directions)",
+                        ));
+                    }
+                    if ftp.is_some() {
+                        return Err(self.err(span_of(v), "proxy_protocol cannot be used on an ftp service"));
+                    }
+                    Some(pp)
+                }
+            };
+            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward, proxy_protocol });
         }
 
         Ok(Service {
@@ -594,6 +679,7 @@ impl Validator<'_> {
             real_servers,
             health_check,
             syn_proxy,
+            local_addresses,
         })
     }
 
@@ -644,6 +730,59 @@ impl Validator<'_> {
     }
 }
 
+/// Local addresses one service may list (after expanding CIDRs and ranges).
+pub const MAX_LOCAL_ADDRESSES: usize = 256;
+
+/// One `local_addresses` entry: an address, a CIDR (every address of it) or
+/// a range `A-B` of one family.
+pub(crate) fn expand_addresses(s: &str) -> Result<Vec<IpAddr>, String> {
+    let too_many = || format!("local address entry {s:?} names more than {MAX_LOCAL_ADDRESSES} addresses");
+    let span = |a: IpAddr, b: IpAddr| -> Result<Vec<IpAddr>, String> {
+        match (a, b) {
+            (IpAddr::V4(x), IpAddr::V4(y)) if u32::from(x) <= u32::from(y) => {
+                let (x, y) = (u32::from(x), u32::from(y));
+                if y - x >= MAX_LOCAL_ADDRESSES as u32 {
+                    return Err(too_many());
+                }
+                Ok((x..=y).map(|v| IpAddr::V4(v.into())).collect())
+            }
+            (IpAddr::V6(x), IpAddr::V6(y)) if u128::from(x) <= u128::from(y) => {
+                let (x, y) = (u128::from(x), u128::from(y));
+                if y - x >= MAX_LOCAL_ADDRESSES as u128 {
+                    return Err(too_many());
+                }
+                Ok((x..=y).map(|v| IpAddr::V6(v.into())).collect())
+            }
+            _ => Err(format!("invalid local address range {s:?}: first address above the last, or mixed families")),
+        }
+    };
+    if s.contains('/') {
+        let n = parse_net(s)?;
+        let bits = if n.addr.is_ipv4() { 32 } else { 128 };
+        let host = bits - n.prefix as u32;
+        if host > 8 {
+            return Err(too_many());
+        }
+        let (a, b) = match n.addr {
+            IpAddr::V4(x) => {
+                let m = if host == 32 { 0 } else { u32::MAX << host };
+                let lo = u32::from(x) & m;
+                (IpAddr::V4(lo.into()), IpAddr::V4((lo | !m).into()))
+            }
+            IpAddr::V6(x) => {
+                let m = if host == 128 { 0 } else { u128::MAX << host };
+                let lo = u128::from(x) & m;
+                (IpAddr::V6(lo.into()), IpAddr::V6((lo | !m).into()))
+            }
+        };
+        return span(a, b);
+    }
+    if let Some((a, b)) = s.split_once('-') {
+        return span(parse_ip(a)?, parse_ip(b)?);
+    }
+    Ok(vec![parse_ip(s)?])
+}
+
 pub(crate) const DEFAULT_SOCKET: &str = "/run/ferrovs/ferrovs.sock";
 
 /// Default half-open threshold of the SYN proxy: 1/16 of the flow table (at least 64), so a
@@ -666,6 +805,7 @@ pub(crate) fn default_engine() -> Engine {
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),
+        local_port_range: PortRange { lo: 1024, hi: 65535 },
     }
 }
 

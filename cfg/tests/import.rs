@@ -50,7 +50,15 @@ fn redhat_ftp_lvs_cf() {
     assert_eq!(ftp.real_servers.len(), 2, "inactive server skipped");
     assert_eq!(
         ftp.real_servers[1],
-        RealServer { address: ip("10.0.2.3"), port: None, weight: 2, upper: 0, lower: 0, forward: None }
+        RealServer {
+            address: ip("10.0.2.3"),
+            port: None,
+            weight: 2,
+            upper: 0,
+            lower: 0,
+            forward: None,
+            proxy_protocol: None
+        }
     );
     let http = &imp.services[1];
     assert_eq!(http.ftp, None);

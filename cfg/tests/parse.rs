@@ -156,9 +156,18 @@ fn good_config_parses_into_expected_model() {
                     weight: 3,
                     upper: 100,
                     lower: 50,
-                    forward: Some(Forward::Nat)
+                    forward: Some(Forward::Nat),
+                    proxy_protocol: None,
                 },
-                RealServer { address: ip("192.168.7.7"), port: None, weight: 0, upper: 0, lower: 0, forward: None },
+                RealServer {
+                    address: ip("192.168.7.7"),
+                    port: None,
+                    weight: 0,
+                    upper: 0,
+                    lower: 0,
+                    forward: None,
+                    proxy_protocol: None
+                },
             ],
             health_check: Some(HealthCheck {
                 kind: HealthCheckKind::SendExpect,
@@ -172,6 +181,7 @@ fn good_config_parses_into_expected_model() {
                 quiesce: false,
             }),
             syn_proxy: SynProxy::Auto,
+            local_addresses: Vec::new(),
         }
     );
     let d = &c.services[1];
@@ -429,4 +439,103 @@ fn same_ports_on_different_protocol_or_vip_are_fine() {
         [[service]]\nname = \"c\"\nvip = \"10.0.0.2\"\nports = [53]\n\
         [[service]]\nname = \"d\"\nvip = \"10.0.0.1\"\nports = [\"54-60\"]\n";
     assert_eq!(Config::from_str(t, "p").unwrap().services.len(), 4);
+}
+
+/// Full NAT: local addresses (single, CIDR, range), the engine's port range, and the errors
+/// (with their lines) for FNAT without local addresses, wrong family, a local address that is
+/// a VIP, a too large entry.
+#[test]
+fn fnat_local_addresses() {
+    let head = "[engine]\nbackend = \"memory\"\nlocal_port_range = \"2000-2999\"\n";
+    let ok = format!(
+        "{head}[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\n\
+         local_addresses = [\"10.0.2.200\", \"10.0.2.210/31\", \"10.0.2.220-10.0.2.222\"]\n\
+         [[service.real_server]]\naddress = \"10.0.2.2\"\n"
+    );
+    let c = Config::from_str(&ok, "f.toml").unwrap();
+    assert_eq!(c.services[0].forward, Forward::Fnat);
+    let want: Vec<IpAddr> = ["10.0.2.200", "10.0.2.210", "10.0.2.211", "10.0.2.220", "10.0.2.221", "10.0.2.222"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(c.services[0].local_addresses, want);
+    assert_eq!(c.engine.local_port_range, PortRange { lo: 2000, hi: 2999 });
+    // Round trip through the renderer.
+    let again = Config::from_str(&c.to_toml(), "r.toml").unwrap();
+    assert_eq!(again.services[0].local_addresses, want);
+    assert_eq!(again.engine.local_port_range, c.engine.local_port_range);
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\n[[service.real_server]]\naddress = \"10.0.2.2\"\n",
+            7,
+            "forward = \"fnat\" needs local_addresses",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\n[[service.real_server]]\naddress = \"10.0.2.2\"\nforward = \"fnat\"\n",
+            9,
+            "needs local_addresses",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"fd00::1\"]\n",
+            8,
+            "not in the address family",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"10.0.0.100\"]\n",
+            8,
+            "is a VIP",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"10.0.0.0/16\"]\n",
+            8,
+            "more than 256",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"10.0.0.9-10.0.0.1\"]\n",
+            8,
+            "invalid local address range",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"10.0.0.7\", \"10.0.0.7\"]\n",
+            8,
+            "listed twice",
+        ),
+    ];
+    for (svc, line, needle) in cases {
+        let text = format!("{head}{svc}");
+        let e = Config::from_str(&text, "f.toml").expect_err(svc);
+        assert_eq!(e.line, Some(*line), "{svc:?}: {e}");
+        assert!(e.message.contains(needle), "{svc:?}: {e}");
+    }
+    let e =
+        Config::from_str("[engine]\nbackend = \"memory\"\nlocal_port_range = \"2000-2010\"\n", "f.toml").unwrap_err();
+    assert_eq!(e.line, Some(3));
+    assert!(e.message.contains("too small"), "{e}");
+}
+
+#[test]
+fn proxy_protocol_per_real_server() {
+    let head = "[engine]\nbackend = \"memory\"\n";
+    let svc = |fwd: &str, extra: &str, pp: &str| {
+        format!(
+            "{head}[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"{fwd}\"\n{extra}\
+             [[service.real_server]]\naddress = \"10.0.2.2\"\nproxy_protocol = \"{pp}\"\n"
+        )
+    };
+    let c = Config::from_str(&svc("nat", "", "v2"), "p.toml").unwrap();
+    assert_eq!(c.services[0].real_servers[0].proxy_protocol, Some(ProxyProtocol::V2));
+    let again = Config::from_str(&c.to_toml(), "r.toml").unwrap();
+    assert_eq!(again.services[0].real_servers[0].proxy_protocol, Some(ProxyProtocol::V2));
+    let c = Config::from_str(&svc("fnat", "local_addresses = [\"10.0.2.200\"]\n", "v1"), "p.toml").unwrap();
+    assert_eq!(c.services[0].real_servers[0].proxy_protocol, Some(ProxyProtocol::V1));
+    for (text, line, needle) in [
+        (svc("dr", "", "v1"), 9, "needs forward = \"nat\" or \"fnat\""),
+        (svc("nat", "", "v3"), 9, "invalid proxy_protocol"),
+        (svc("nat", "protocol = \"udp\"\n", "v1"), 10, "needs protocol = \"tcp\""),
+        (svc("nat", "ftp = true\n", "v1"), 10, "cannot be used on an ftp service"),
+    ] {
+        let e = Config::from_str(&text, "p.toml").expect_err(&text);
+        assert_eq!(e.line, Some(line), "{text}: {e}");
+        assert!(e.message.contains(needle), "{text}: {e}");
+    }
 }

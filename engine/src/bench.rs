@@ -21,6 +21,10 @@
 //!   timeout run out after half a cycle, so the incremental sweep removes
 //!   old connections at the rate new ones arrive (steady state).
 //! - `dr`: direct routing; ACKs from clients to the VIP (MAC rewrite only).
+//! - `fnat`: `established` through full NAT (16 local addresses): client
+//!   ACKs leave from a local address and port, the real servers' ACKs come
+//!   back to it. Compare its instructions per packet with `established`
+//!   (`SCENARIO="established fnat" scripts/callgrind-pps`).
 //! - `ftp`: FTP control sessions (NAT) each with a PASV (227 rewritten) and
 //!   a PORT data connection, set up through the gateway; then ACK segments
 //!   on the data connections (both directions) and on the control
@@ -58,6 +62,7 @@ pub enum Scenario {
     Established,
     New,
     Dr,
+    Fnat,
     Ftp,
     Synflood,
     #[value(name = "flood-unknown")]
@@ -163,6 +168,7 @@ const VIP_NAT: [u8; 4] = [10, 0, 1, 100];
 const VIP_DR: [u8; 4] = [10, 0, 1, 101];
 const VIP_FTP: [u8; 4] = [10, 0, 1, 102];
 const VIP_SYN: [u8; 4] = [10, 0, 1, 103];
+const VIP_FNAT: [u8; 4] = [10, 0, 1, 104];
 const EXT: u8 = 0;
 const INT: u8 = 1;
 /// Template stride: the header bytes restored per packet.
@@ -213,6 +219,7 @@ mac = "02:00:00:00:01:fe"
         ("dr", "10.0.1.101", 80, "dr", "syn_proxy = \"off\"\n"),
         ("ftp", "10.0.1.102", 21, "nat", "syn_proxy = \"off\"\nftp = true\n"),
         ("synweb", "10.0.1.103", 80, "nat", "syn_proxy = \"on\"\n"),
+        ("fweb", "10.0.1.104", 80, "fnat", "syn_proxy = \"off\"\nlocal_addresses = [\"10.0.2.200-10.0.2.215\"]\n"),
     ] {
         t += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nports = [{port}]\nscheduler = \"rr\"\nforward = \"{fwd}\"\n{extra}"
@@ -412,6 +419,7 @@ fn src_of(f: &[u8]) -> Result<([u8; 4], u16), String> {
     let p = parse::parse(f).map_err(|e| format!("setup output does not parse: {e:?}"))?;
     Ok((parse::addr_v4_bytes(p.src), p.sport))
 }
+
 fn dst_of(f: &[u8]) -> Result<([u8; 4], u16), String> {
     let p = parse::parse(f).map_err(|e| format!("setup output does not parse: {e:?}"))?;
     Ok((parse::addr_v4_bytes(p.dst), p.dport))
@@ -431,20 +439,31 @@ fn setup(
     match sc {
         Scenario::Established
         | Scenario::Dr
+        | Scenario::Fnat
         | Scenario::Synflood
         | Scenario::FloodUnknown
         | Scenario::FloodIcmp
         | Scenario::FloodArp => {
             let cl = clients(w, workers, flows);
-            let vip = if sc == Scenario::Dr { VIP_DR } else { VIP_NAT };
+            let vip = match sc {
+                Scenario::Dr => VIP_DR,
+                Scenario::Fnat => VIP_FNAT,
+                _ => VIP_NAT,
+            };
             let syns: Vec<Vec<u8>> =
                 cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_SYN, 999, 0), len)).collect();
             let out = rig.batch(EXT, &syns)?;
             drop(syns);
             let rs: Vec<([u8; 4], u16)> = out.iter().map(|f| dst_of(f)).collect::<Result<_, _>>()?;
+            // Where the real servers answer: the client (NAT) or the local address and port.
+            let back: Vec<([u8; 4], u16)> = if sc == Scenario::Fnat {
+                out.iter().map(|f| src_of(f)).collect::<Result<_, _>>()?
+            } else {
+                cl.clone()
+            };
             drop(out);
-            if sc == Scenario::Established {
-                let sa: Vec<Vec<u8>> = cl
+            if sc == Scenario::Established || sc == Scenario::Fnat {
+                let sa: Vec<Vec<u8>> = back
                     .iter()
                     .zip(&rs)
                     .map(|(&c, &r)| frame(&tcp(rs_mac(r.0), LB_INT, r, c, TCP_SYN | TCP_ACK, 4999, 1000), len))
@@ -461,10 +480,10 @@ fn setup(
             // Spoofed flood sources: this worker's, in another range than the clients.
             let spoofed = if flood { clients_from(0x6480_0000, w, workers, flows * 2) } else { Vec::new() };
             let mut k = 0;
-            for (&c, &r) in cl.iter().zip(&rs) {
+            for ((&c, &r), &b) in cl.iter().zip(&rs).zip(&back) {
                 t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000));
                 if both {
-                    t.push(INT, &tcp(rs_mac(r.0), LB_INT, r, c, TCP_ACK, 5000, 1000));
+                    t.push(INT, &tcp(rs_mac(r.0), LB_INT, r, b, TCP_ACK, 5000, 1000));
                 }
                 for _ in 0..if flood { 1 + usize::from(both) } else { 0 } {
                     let (a, p) = spoofed[k];
@@ -910,7 +929,9 @@ mod tests {
 
     #[test]
     fn scenarios_forward_everything() {
-        for sc in [Scenario::Established, Scenario::New, Scenario::Dr, Scenario::Ftp, Scenario::Synflood] {
+        for sc in
+            [Scenario::Established, Scenario::New, Scenario::Dr, Scenario::Fnat, Scenario::Ftp, Scenario::Synflood]
+        {
             let r = small(sc, 1);
             assert_eq!(r.dropped, 0, "{sc:?}: {:?}", r.drops);
             assert_eq!(r.per_worker[0].tx_packets, r.packets, "{sc:?}");

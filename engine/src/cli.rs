@@ -238,6 +238,13 @@ pub fn ferrovsadm_command() -> Command {
         .arg(opt("gatewaying", Some('g'), "gatewaying", None, "Direct routing (DR)."))
         .arg(opt("masquerading", Some('m'), "masquerading", None, "NAT (masquerading)."))
         .arg(opt("ipip", Some('i'), "ipip", None, "IPIP tunnelling."))
+        .arg(opt(
+            "fullnat",
+            Some('b'),
+            "fullnat",
+            None,
+            "Full NAT (DPVS ipvsadm -b): source and destination rewritten; the service needs local_addresses.",
+        ))
         .arg(opt("weight", Some('w'), "weight", Some("WEIGHT"), "Weight of the real server (0..65535)."))
         .arg(opt("u-threshold", Some('x'), "u-threshold", Some("UTHRESHOLD"), "Upper connection threshold."))
         .arg(opt("l-threshold", Some('y'), "l-threshold", Some("LTHRESHOLD"), "Lower connection threshold."))

@@ -32,6 +32,7 @@ drop_reasons! {
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long).",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
+    FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",
     NoFlow => "no_flow": "A non-SYN TCP segment or reply with no tracked connection.",
     TableFull => "table_full": "The flow table is at capacity.",
     NoRoute => "no_route": "No route to the destination.",

@@ -36,7 +36,7 @@ pub enum ExpKey {
     Passive(Addr, Addr, u16),
     /// client -> vip:any (DR passive).
     PassiveAny(Addr, Addr),
-    /// rs -> client:port (NAT active).
+    /// rs -> client:port (NAT active); rs -> local address:reserved port (full NAT active).
     Active(Addr, Addr, u16),
     /// client:port -> vip (DR active: the client's side of a data connection the real server
     /// opened directly).
@@ -56,6 +56,10 @@ pub struct ExpVal {
     pub parent: u32,
     pub parent_gen: u32,
     pub expires: u64,
+    /// Full NAT active (`ExpKey::Active(rs, local address, reserved port)`): the client
+    /// address and port the real server's connection is translated to. 0 otherwise.
+    pub client: Addr,
+    pub cport: u16,
 }
 
 impl ExpVal {
@@ -402,7 +406,7 @@ mod tests {
     use super::*;
 
     fn val(parent: u32, svc: u16, expires: u64) -> ExpVal {
-        ExpVal { svc, dest: 0, rs: 9, rport: None, vip: 100, parent, parent_gen: 1, expires }
+        ExpVal { svc, dest: 0, rs: 9, rport: None, vip: 100, parent, parent_gen: 1, expires, client: 0, cport: 0 }
     }
 
     fn check(t: &ExpectTable) {

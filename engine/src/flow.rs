@@ -37,6 +37,7 @@ pub const F_COUNTED: u8 = 4; // counted at all (active or inactive)
 pub const F_ALG: u8 = 8; // an FTP control connection: `ConnCold::alg` is set
 pub const F_SYNPROXY: u8 = 16; // opened by the SYN proxy: `ConnCold::proxy` is set
 pub const F_SYNCED: u8 = 32; // cluster backup state from a peer: not counted until traffic arrives
+pub const F_PPROTO: u8 = 64; // PROXY protocol header towards the server: `ConnCold::pp` is set
 
 /// One tracked connection: the fields the established fast path reads and
 /// writes, in two cache lines (128 bytes, aligned). Everything else lives
@@ -79,6 +80,11 @@ pub struct Conn {
     /// per-service counts are kept by the worker (`Worker::flush_svc_counters`).
     pub pkts_in: u32,
     pub pkts_out: u32,
+    /// Full NAT: the local port and the local address (an index into the
+    /// table's interned local addresses, [`FlowTable::intern_laddr`]) the
+    /// connection uses towards the real server. 0 otherwise.
+    pub lport: u16,
+    pub laddr: u16,
 }
 
 /// The rarely used part of a connection, same slot number as its [`Conn`].
@@ -94,6 +100,8 @@ pub struct ConnCold {
     pub alg: Option<Box<ferrovs_ftp_alg::FtpSession>>,
     /// SYN proxy: the handshake with the real server and the sequence offset.
     pub proxy: Option<Box<crate::synproxy::Proxied>>,
+    /// PROXY protocol: the header and the client's stream start.
+    pub pp: Option<Box<crate::proxyproto::Pp>>,
     /// High 32 bits of the packet counts.
     pub pkts_in_hi: u32,
     pub pkts_out_hi: u32,
@@ -111,6 +119,7 @@ impl Default for ConnCold {
             children: 0,
             alg: None,
             proxy: None,
+            pp: None,
             pkts_in_hi: 0,
             pkts_out_hi: 0,
             synced_at: 0,
@@ -126,7 +135,7 @@ impl Conn {
         FlowKey { src: self.rs, dst: self.client, sport: self.rport, dport: self.cport, proto: self.proto }
     }
     pub fn has_out_key(&self) -> bool {
-        self.fwd == Forward::Nat
+        self.fwd.two_way()
     }
 }
 
@@ -149,6 +158,9 @@ pub struct ConnRow {
     pub children: u32,
     pub pkts_in: u64,
     pub pkts_out: u64,
+    /// Full NAT: the local address and port towards the real server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
 }
 
 /// The per-worker connection table.
@@ -183,6 +195,11 @@ pub struct FlowTable {
     /// Bumped by every insert and remove: index words looked up at one
     /// version stay exact while it is unchanged.
     version: u64,
+    /// Full NAT local addresses seen so far, interned so that a connection
+    /// names its own in two bytes (`Conn::laddr`) and stays in two cache
+    /// lines. Only grows (at most `u16::MAX` distinct addresses; a config
+    /// holds at most 256 per service).
+    laddrs: Vec<Addr>,
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -255,6 +272,37 @@ impl FlowTable {
             cap,
             live: 0,
             version: 0,
+            laddrs: Vec::new(),
+        }
+    }
+
+    /// The index of local address `a` for `Conn::laddr` (added on first use);
+    /// `None` if the table of local addresses is full.
+    pub fn intern_laddr(&mut self, a: Addr) -> Option<u16> {
+        if let Some(i) = self.laddrs.iter().position(|&x| x == a) {
+            return Some(i as u16);
+        }
+        if self.laddrs.len() >= u16::MAX as usize {
+            return None;
+        }
+        self.laddrs.push(a);
+        Some((self.laddrs.len() - 1) as u16)
+    }
+
+    /// The local address of full-NAT connection `c`.
+    #[inline(always)]
+    pub fn laddr_of(&self, c: &Conn) -> Addr {
+        self.laddrs.get(c.laddr as usize).copied().unwrap_or(0)
+    }
+
+    /// The reply-direction key of `c` as it arrives: from the real server to
+    /// the client (NAT) or to the local address and port (full NAT).
+    #[inline(always)]
+    pub fn key_out(&self, c: &Conn) -> FlowKey {
+        if c.fwd == Forward::Fnat {
+            FlowKey { src: c.rs, dst: self.laddr_of(c), sport: c.rport, dport: c.lport, proto: c.proto }
+        } else {
+            c.key_out()
         }
     }
 
@@ -318,7 +366,14 @@ impl FlowTable {
         if v & 1 == 0 {
             c.client == k.src && c.vip == k.dst && c.cport == k.sport && c.vport == k.dport && c.proto == k.proto
         } else {
-            c.rs == k.src && c.client == k.dst && c.rport == k.sport && c.cport == k.dport && c.proto == k.proto
+            c.rs == k.src
+                && c.rport == k.sport
+                && c.proto == k.proto
+                && if c.fwd == Forward::Fnat {
+                    c.lport == k.dport && self.laddr_of(c) == k.dst
+                } else {
+                    c.client == k.dst && c.cport == k.dport
+                }
         }
     }
 
@@ -472,7 +527,7 @@ impl FlowTable {
             return Err(c);
         }
         let kin = c.key_in();
-        let kout = c.key_out();
+        let kout = self.key_out(&c);
         let (hin, hout) = (self.hash(&kin), self.hash(&kout));
         if self.find(&kin, hin).is_some() || (c.has_out_key() && self.find(&kout, hout).is_some()) {
             return Err(c);
@@ -508,10 +563,11 @@ impl FlowTable {
         }
         self.cold[i as usize].alg = None;
         self.cold[i as usize].proxy = None;
+        self.cold[i as usize].pp = None;
         self.version += 1;
         let c = &self.slab[i as usize];
         let kin = c.key_in();
-        let kout = c.key_out();
+        let kout = self.key_out(c);
         let out = c.has_out_key();
         // Find the keys while the connection is still live (matches()
         // reads it), then mark it free.
@@ -601,6 +657,8 @@ pub fn new_conn(
         mac_gen: u32::MAX,
         pkts_in: 0,
         pkts_out: 0,
+        lport: 0,
+        laddr: 0,
     }
 }
 
@@ -638,6 +696,33 @@ mod tests {
         assert_eq!(j, i, "slot reused");
         assert_eq!(t.get(j).gen, 2, "generation bumped");
         assert_eq!(t.lookup(&t.get(j).key_out()), None, "DR has no reply key");
+    }
+
+    #[test]
+    fn fnat_reply_key_is_the_local_address_and_port() {
+        let mut t = FlowTable::new(16);
+        let la = v4_to_addr([10, 0, 2, 200]);
+        let mut c = conn(2, Forward::Fnat);
+        c.laddr = t.intern_laddr(la).unwrap();
+        c.lport = 5000;
+        let i = t.insert(c).ok().unwrap();
+        let kout = FlowKey { src: v4_to_addr([10, 0, 2, 2]), dst: la, sport: 80, dport: 5000, proto: 6 };
+        assert_eq!(t.key_out(t.get(i)), kout);
+        assert_eq!(t.lookup(&kout), Some((i, Dir::Out)));
+        assert_eq!(t.lookup(&t.get(i).key_in()), Some((i, Dir::In)));
+        assert_eq!(t.lookup(&t.get(i).key_out()), None, "the NAT reply key (to the client) is not one");
+        // Same real server, same local address, another local port: another connection.
+        let mut d = conn(3, Forward::Fnat);
+        d.laddr = t.intern_laddr(la).unwrap();
+        d.lport = 5001;
+        assert_eq!(d.laddr, 0, "interned once");
+        assert!(t.insert(d).is_ok());
+        // The same local address and port towards the same real server: a collision.
+        let mut e = conn(4, Forward::Fnat);
+        e.lport = 5000;
+        assert!(t.insert(e).is_err());
+        t.remove(i);
+        assert_eq!(t.lookup(&kout), None);
     }
 
     #[test]

@@ -403,6 +403,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "-g" | "--gatewaying" => fwd = Some('g'),
             "-m" | "--masquerading" => fwd = Some('m'),
             "-i" | "--ipip" => fwd = Some('i'),
+            // DPVS's ipvsadm: full NAT (the service needs local_addresses).
+            "-b" | "--fullnat" => fwd = Some('b'),
             "-w" | "--weight" => weight = Some(num(&next(t)?, "weight", 65535)?),
             "-x" | "--u-threshold" => upper = Some(num(&next(t)?, "upper threshold", u32::MAX as u64)?),
             "-y" | "--l-threshold" => lower = Some(num(&next(t)?, "lower threshold", u32::MAX as u64)?),
@@ -763,6 +765,7 @@ fn forward_of(c: char) -> Forward {
     match c {
         'm' => Forward::Nat,
         'i' => Forward::Tunnel,
+        'b' => Forward::Fnat,
         _ => Forward::Dr,
     }
 }
@@ -884,6 +887,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 real_servers: Vec::new(),
                 health_check: None,
                 syn_proxy: Default::default(),
+                local_addresses: Vec::new(),
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {
@@ -920,6 +924,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 upper: upper.unwrap_or(0),
                 lower: lower.unwrap_or(0),
                 forward: rs_forward,
+                proxy_protocol: None,
             });
         }
         Command::EditServer { key, addr, port, forward, weight, upper, lower } => {
@@ -1038,6 +1043,7 @@ fn fwd_name(f: Forward) -> &'static str {
         Forward::Nat => "Masq",
         Forward::Dr => "Route",
         Forward::Tunnel => "Tunnel",
+        Forward::Fnat => "FullNat",
     }
 }
 
@@ -1046,6 +1052,9 @@ fn fwd_switch(f: Forward) -> &'static str {
         Forward::Nat => "-m",
         Forward::Dr => "-g",
         Forward::Tunnel => "-i",
+        // The long form: in ipvsadm-save text from LVS, `-b` is --sched-flags (with an
+        // argument), which `import_save` skips; DPVS's short `-b` is accepted on input.
+        Forward::Fnat => "--fullnat",
     }
 }
 
@@ -1286,7 +1295,14 @@ pub fn format_conns(conns: &[ConnRow]) -> String {
     let _ = writeln!(out, "pro expire {:<11} {:<18} {:<18} {}", "state", "source", "virtual", "destination");
     for c in conns {
         let exp = format!("{:02}:{:02}", c.expires_in_s / 60, c.expires_in_s % 60);
-        let _ = writeln!(out, "{:<3} {:<6} {:<11} {:<18} {:<18} {}", c.proto, exp, c.state, c.client, c.vip, c.real);
+        let _ = write!(out, "{:<3} {:<6} {:<11} {:<18} {:<18} {}", c.proto, exp, c.state, c.client, c.vip, c.real);
+        // Full NAT: where the real server sees the connection come from.
+        match &c.local {
+            Some(l) => {
+                let _ = writeln!(out, " (local {l})");
+            }
+            None => out.push('\n'),
+        }
     }
     out
 }
@@ -1519,7 +1535,15 @@ mod tests {
         assert_eq!(ftp.forward, Forward::Nat);
         assert_eq!(
             ftp.real_servers[1],
-            RealServer { address: ip("10.0.2.3"), port: Some(21), weight: 2, upper: 0, lower: 0, forward: None }
+            RealServer {
+                address: ip("10.0.2.3"),
+                port: Some(21),
+                weight: 2,
+                upper: 0,
+                lower: 0,
+                forward: None,
+                proxy_protocol: None
+            }
         );
         let web = &imp.services[1];
         assert_eq!(web.ftp, None);
@@ -1616,6 +1640,34 @@ mod tests {
              -> 10.0.2.2:21                  Masq    1      0          0         \n"
         );
         assert!(c.services[0].ftp.is_some(), "port 21 gets the FTP gateway");
+    }
+
+    #[test]
+    fn fullnat_servers_list_as_fullnat() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.1.100:80 -s rr");
+        c.services[0].local_addresses = vec!["10.0.2.200".parse().unwrap()];
+        run(&mut c, "-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b");
+        run(&mut c, "-a -t 10.0.1.100:80 -r 10.0.2.3:80 --fullnat -w 2");
+        assert_eq!(c.services[0].forward, Forward::Fnat);
+        let out = format_list(&list_of_config(&c), &ListOpts { numeric: true, sort: true, ..Default::default() });
+        assert_eq!(
+            out,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+             Prot LocalAddress:Port Scheduler Flags\n  \
+             -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+             TCP  10.0.1.100:80 rr\n  \
+             -> 10.0.2.2:80                  FullNat 1      0          0         \n  \
+             -> 10.0.2.3:80                  FullNat 2      0          0         \n"
+        );
+        assert!(format_save(&c).contains("-a -t 10.0.1.100:80 -r 10.0.2.2:80 --fullnat -w 1"), "{}", format_save(&c));
+        // Without local addresses the edited config does not validate (the control socket
+        // re-validates every edit).
+        let mut bare = base();
+        run(&mut bare, "-A -t 10.0.1.100:80 -s rr");
+        run(&mut bare, "-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b");
+        let e = crate::control::validate(&bare).unwrap_err();
+        assert!(e.contains("needs local_addresses"), "{e}");
     }
 
     #[test]
@@ -1719,12 +1771,15 @@ TCP  10.0.0.1:80                         0        0        0        0        0\n
             children: 1,
             pkts_in: 3,
             pkts_out: 4,
+            local: None,
         };
+        let f = ConnRow { local: Some("10.0.2.200:2000".into()), ..c.clone() };
         assert_eq!(
-            format_conns(&[c]),
+            format_conns(&[c, f]),
             "IPVS connection entries\n\
 pro expire state       source             virtual            destination\n\
-TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21\n"
+TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21\n\
+TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21 (local 10.0.2.200:2000)\n"
         );
     }
 

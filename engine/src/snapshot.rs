@@ -17,6 +17,8 @@ pub struct Dest {
     pub upper: u32,
     pub lower: u32,
     pub forward: Forward,
+    /// PROXY protocol header towards this server (`Some(true)`: v2).
+    pub proxy_v2: Option<bool>,
 }
 
 /// A compiled virtual service.
@@ -33,6 +35,8 @@ pub struct Svc {
     /// Persistence timeout (ns) and client prefix (in the 128-bit space).
     pub persistence: Option<(u64, u8)>,
     pub syn_proxy: ferrovs_cfg::SynProxy,
+    /// Full NAT: the local (source) addresses towards the real servers.
+    pub local: Vec<Addr>,
 }
 
 impl Svc {
@@ -73,6 +77,11 @@ pub struct Snapshot {
     by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>>,
     pub vips: HashSet<Addr>,
     pub local: HashSet<Addr>,
+    /// Full NAT local addresses of every service (also in `local`, so ARP/ND
+    /// and echo requests are answered for them).
+    pub laddrs: HashSet<Addr>,
+    /// Full NAT source ports on each local address (`[engine] local_port_range`).
+    pub port_range: PortRange,
     pub routes: Vec<RouteEntry>,
     pub static_neighbors: Vec<(Addr, [u8; 6])>,
     pub timeouts: [u64; crate::tcpstate::N_STATES],
@@ -169,16 +178,21 @@ impl Snapshot {
                         upper: r.upper,
                         lower: r.lower,
                         forward: r.forward.unwrap_or(s.forward),
+                        proxy_v2: r.proxy_protocol.map(|v| v == ferrovs_cfg::ProxyProtocol::V2),
                     })
                     .collect(),
                 scheduler: s.scheduler.clone(),
                 ftp: s.ftp.clone(),
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
+                local: s.local_addresses.iter().map(|a| ip_to_addr(*a)).collect(),
             });
         }
+        let laddrs: HashSet<Addr> = services.iter().flat_map(|s| s.local.iter().copied()).collect();
+        local.extend(laddrs.iter().copied());
         let static_neighbors = config.neighbors.iter().map(|n| (ip_to_addr(n.address), n.mac)).collect();
         let workers = config.engine.workers.max(1);
+        let port_range = config.engine.local_port_range;
         let conn_counts = services.iter().map(|s| ferrovs_sched::SharedCounts::new(workers, s.dests.len())).collect();
         Snapshot {
             conn_counts,
@@ -190,6 +204,8 @@ impl Snapshot {
             by_vip,
             vips,
             local,
+            laddrs,
+            port_range,
             routes,
             static_neighbors,
         }
@@ -224,4 +240,54 @@ pub fn owner_of(client: Addr, workers: usize) -> usize {
     let x = (client as u64) ^ ((client >> 64) as u64);
     let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     ((h >> 32) % workers as u64) as usize
+}
+
+/// Full NAT: the local ports worker `w` of `workers` owns on every local
+/// address: an equal contiguous share of `range` (the last worker takes the
+/// remainder). A reply to (local address, port) belongs to the worker whose
+/// share holds the port ([`lport_owner`]), the worker that opened it.
+pub fn lport_share(range: PortRange, w: usize, workers: usize) -> PortRange {
+    let workers = workers.max(1) as u32;
+    let n = range.hi as u32 - range.lo as u32 + 1;
+    let per = n / workers;
+    let lo = range.lo as u32 + per * w as u32;
+    let hi = if w as u32 + 1 == workers { range.hi as u32 } else { lo + per - 1 };
+    PortRange { lo: lo as u16, hi: hi as u16 }
+}
+
+/// The worker owning local port `port` ([`lport_share`]); ports outside the
+/// range belong to no connection, worker 0 takes (and drops) them.
+#[inline]
+pub fn lport_owner(range: PortRange, port: u16, workers: usize) -> usize {
+    if workers <= 1 || !range.contains(port) {
+        return 0;
+    }
+    let n = range.hi as u32 - range.lo as u32 + 1;
+    let per = n / workers as u32;
+    (((port - range.lo) as u32 / per) as usize).min(workers - 1)
+}
+
+#[cfg(test)]
+mod lport_tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_disjoint_cover_the_range_and_match_the_owner() {
+        for workers in [1usize, 2, 3, 7, 64] {
+            let range = PortRange { lo: 1024, hi: 65535 };
+            let mut next = range.lo as u32;
+            for w in 0..workers {
+                let s = lport_share(range, w, workers);
+                assert_eq!(s.lo as u32, next, "contiguous");
+                next = s.hi as u32 + 1;
+                for p in [s.lo, s.hi, s.lo + (s.hi - s.lo) / 2] {
+                    assert_eq!(lport_owner(range, p, workers), w, "port {p} of {workers}");
+                }
+            }
+            assert_eq!(next, 65536, "covers the range");
+        }
+        let small = PortRange { lo: 2000, hi: 2063 };
+        assert_eq!(lport_share(small, 1, 2), PortRange { lo: 2032, hi: 2063 });
+        assert_eq!(lport_owner(small, 80, 2), 0, "outside the range");
+    }
 }

@@ -55,6 +55,7 @@ pub fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Established => "established",
         Scenario::New => "new",
         Scenario::Dr => "dr",
+        Scenario::Fnat => "fnat",
         Scenario::Ftp => "ftp",
         Scenario::Synflood => "synflood",
         Scenario::FloodUnknown => "flood-unknown",

@@ -11,8 +11,9 @@ use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{
-    self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_SYNCED, F_SYNPROXY, NONE,
+    self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_PPROTO, F_SYNCED, F_SYNPROXY, NONE,
 };
+use crate::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::frag::{self, FragTable, FragVerdict};
 use crate::neigh::{self, NeighCache};
 use crate::parse::{
@@ -20,7 +21,7 @@ use crate::parse::{
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
 };
 use crate::port::{Packet, PortQueue};
-use crate::snapshot::{owner_of, Snapshot};
+use crate::snapshot::{lport_owner, lport_share, owner_of, Snapshot};
 use crate::sync::SyncEntry;
 use crate::synproxy::{self, Cookies, Handshake};
 use crate::tcpstate::{self, Direction};
@@ -119,11 +120,21 @@ pub struct Worker<Q: PortQueue> {
     remap: crate::remap::SnapshotMap,
     svc_counters: Arc<Vec<ServiceCounters>>,
     pub flows: FlowTable,
+    /// Full NAT: this worker's local ports on each local address.
+    lports: LportPools,
+    /// Full NAT FTP: local ports reserved for announced active data connections (local
+    /// address, port, expiry); the data connection takes its port over, an unused one goes
+    /// back to the pool when it expires.
+    reserved: Vec<(Addr, u16, u64)>,
     neigh: NeighCache,
     expect: ExpectTable,
     /// IP fragments: datagrams in flight and fragments waiting for their first.
     frags: FragTable,
     frag_held: Vec<Held<frag::FragKey, Q::Buf>>,
+    /// Full NAT replies in fragments that arrived here but belong to another worker: which
+    /// worker each datagram's first fragment went to (its local port named it), so the later
+    /// fragments (no ports) follow it. Held fragments of such a datagram wait in `frag_held`.
+    frag_steer: Vec<(frag::FragKey, u8, u64)>,
     /// SYN proxy: the cookie secret, TCP connections in SYN_RECV (the `auto` trigger), when the
     /// last cookie went out, held client packets, and a connection whose held packets are due.
     cookies: Cookies,
@@ -189,6 +200,17 @@ struct SvcAcc {
     out_bytes: u64,
 }
 
+/// Which local address and port a new full-NAT connection uses.
+#[derive(Clone, Copy)]
+enum Local {
+    /// Round robin over the service's local addresses.
+    Any,
+    /// This address if it has a free port (an FTP data connection: its control connection's).
+    Prefer(Addr),
+    /// This reserved address and port (a full-NAT active FTP data connection).
+    Fixed(Addr, u16),
+}
+
 /// What to do with a packet after classification.
 enum Next {
     Tx(usize),
@@ -236,10 +258,13 @@ impl<Q: PortQueue> Worker<Q> {
             remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
+            lports: LportPools::new(lport_share(snap.port_range, id, fabric.workers)),
+            reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
             frag_held: Vec::new(),
+            frag_steer: Vec::new(),
             cookies: Cookies::new(),
             half_open: 0,
             last_cookie: 0,
@@ -374,6 +399,16 @@ impl<Q: PortQueue> Worker<Q> {
         }
         for &(a, m) in &snap.static_neighbors {
             self.neigh.add_static(a, m);
+        }
+        let share = lport_share(snap.port_range, self.id, self.fabric.workers);
+        if share != self.lports.share() {
+            // Another local_port_range: the ports of live connections stay theirs.
+            let flows = &self.flows;
+            let in_use = (0..flows.slots() as u32)
+                .filter_map(|i| flows.try_get(i))
+                .filter(|c| c.fwd == Forward::Fnat)
+                .map(|c| (flows.laddr_of(c), c.proto, c.lport));
+            self.lports.reshare(share, in_use);
         }
         if Arc::ptr_eq(&old, &snap) {
             return;
@@ -536,6 +571,8 @@ impl<Q: PortQueue> Worker<Q> {
                 Forward::Nat => 0,
                 Forward::Dr => 1,
                 Forward::Tunnel => 2,
+                // Not synced (see sync_conn); the wire format has no value for it.
+                Forward::Fnat => 3,
             },
             data: c.flags & F_DATA != 0,
             client: c.client,
@@ -551,7 +588,10 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Queue connection `idx` for the peers (a creation, a state change or a refresh).
     fn sync_conn(&mut self, idx: u32) {
-        if !self.sync_on || self.flows.get(idx).flags & F_SYNCED != 0 {
+        // Full-NAT connections are not synced yet: their local address and port are chosen per
+        // node and the sync format (v1) does not carry them.
+        let c = self.flows.get(idx);
+        if !self.sync_on || c.flags & F_SYNCED != 0 || c.fwd == Forward::Fnat {
             return;
         }
         let e = self.conn_entry(idx);
@@ -636,6 +676,9 @@ impl<Q: PortQueue> Worker<Q> {
             }
         };
         let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else { return false };
+        if self.snap.services[si].dests[di].forward == Forward::Fnat {
+            return false; // a local port of this node would not match the peer's
+        }
         let Some(st) = crate::tcpstate::TcpState::from_u8(s.state) else { return false };
         let Ok(idx) = self.create_backup(si, di, s) else { return false };
         let c = self.flows.get_mut(idx);
@@ -655,7 +698,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
     /// schedulers, flows_created, the service's connections) until traffic arrives.
     fn create_backup(&mut self, si: usize, di: usize, s: &crate::sync::ConnSync) -> Result<u32, DropReason> {
-        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport)?;
+        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport, Local::Any)?;
         // Undo create_conn's accounting: backup state is invisible to the schedulers.
         let counts = &self.snap.conn_counts[si];
         counts.dec_inactive(self.id, di);
@@ -736,6 +779,8 @@ impl<Q: PortQueue> Worker<Q> {
             parent,
             parent_gen: gen,
             expires: self.now + x.timeout_s as u64 * 1_000_000_000,
+            client: Addr::default(),
+            cport: 0,
         };
         self.expect.insert(key, val, per_session);
         true
@@ -800,6 +845,16 @@ impl<Q: PortQueue> Worker<Q> {
             self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
         }
         expire_held(&mut self.proxy_held, now, &self.counters, DropReason::ProxyWait);
+        if !self.reserved.is_empty() {
+            let lports = &mut self.lports;
+            self.reserved.retain(|&(a, port, until)| {
+                if until > now {
+                    return true;
+                }
+                lports.release(a, PROTO_TCP, port);
+                false
+            });
+        }
         expire_held(&mut self.frag_held, now, &self.counters, DropReason::FragTimeout);
     }
 
@@ -872,13 +927,17 @@ impl<Q: PortQueue> Worker<Q> {
             let gen = self.flows.get(i).gen;
             self.expect.remove_session(i, gen);
         }
-        if self.flows.get(i).state == crate::tcpstate::TcpState::SynRecv {
+        let c = self.flows.get(i);
+        let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(c), c.proto, c.lport);
+        let (client, cport, vip, vport) = (c.client, c.cport, c.vip, c.vport);
+        if state == crate::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
-        if self.sync_on && flags & F_SYNCED == 0 {
-            let c = self.flows.get(i);
-            let e = SyncEntry::Delete { proto: c.proto, client: c.client, cport: c.cport, vip: c.vip, vport: c.vport };
-            self.push_sync(e);
+        if self.sync_on && flags & F_SYNCED == 0 && fwd != Forward::Fnat {
+            self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport });
+        }
+        if fwd == Forward::Fnat {
+            self.lports.release(la, proto, lport);
         }
         self.flows.remove(i);
         if flags & F_SYNCED == 0 {
@@ -1031,7 +1090,10 @@ impl<Q: PortQueue> Worker<Q> {
         if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
             return self.echo_reply(iface, pkt, &p);
         }
-        if local && !dst_vip {
+        // Full NAT: a reply (or an ICMP error about our packet) to a local address.
+        let to_laddr =
+            !dst_vip && snap.laddrs.contains(&p.dst) && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
+        if local && !dst_vip && !to_laddr {
             self.drop_pkt(DropReason::NotForUs);
             return;
         }
@@ -1053,7 +1115,13 @@ impl<Q: PortQueue> Worker<Q> {
             (_, false) => p.dst,
         };
         if !handed && self.fabric.workers > 1 {
-            let owner = owner_of(client, self.fabric.workers);
+            let owner = if to_laddr {
+                // The local port names the worker that opened the connection.
+                let lport = inner.as_ref().map_or(p.dport, |i| i.sport);
+                lport_owner(self.snap.port_range, lport, self.fabric.workers)
+            } else {
+                owner_of(client, self.fabric.workers)
+            };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
                 if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
@@ -1178,7 +1246,13 @@ impl<Q: PortQueue> Worker<Q> {
             chosen = Some((si, di, d.addr, rport, NONE, 0, owned.is_none()));
         }
         let (si, di, rs, rport, parent, parent_gen, data) = chosen.expect("set above");
-        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport) {
+        // An FTP data connection of a full-NAT session leaves from its control connection's
+        // local address (vsftpd refuses data connections from another address).
+        let local = match self.flows.try_get(parent) {
+            Some(c) if data && c.gen == parent_gen && c.fwd == Forward::Fnat => Local::Prefer(self.flows.laddr_of(c)),
+            _ => Local::Any,
+        };
+        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport, local) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -1189,7 +1263,11 @@ impl<Q: PortQueue> Worker<Q> {
         let svc = &self.snap.services[si];
         if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
             let opts = svc.ftp.clone().unwrap_or_default();
-            let mode = if svc.dests[di].forward == Forward::Nat { alg::Mode::Nat } else { alg::Mode::Dr };
+            let mode = match svc.dests[di].forward {
+                Forward::Nat => alg::Mode::Nat,
+                Forward::Fnat => alg::Mode::Fnat { local: addr_to_ip(self.flows.laddr_of(self.flows.get(idx))) },
+                Forward::Dr | Forward::Tunnel => alg::Mode::Dr,
+            };
             let params = alg::SessionParams {
                 mode,
                 client: std::net::SocketAddr::new(addr_to_ip(p.src), p.sport),
@@ -1219,8 +1297,17 @@ impl<Q: PortQueue> Worker<Q> {
         let Some(v) = self.take_expected(&ExpKey::DrActive(p.src, p.sport, p.dst)) else {
             return self.cluster_recreate(pkt, p);
         };
-        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.src, p.sport, p.dst, p.dport, v.rs, p.dport)
-        {
+        let idx = match self.create_conn(
+            v.svc as usize,
+            v.dest as usize,
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            v.rs,
+            p.dport,
+            Local::Any,
+        ) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -1259,12 +1346,12 @@ impl<Q: PortQueue> Worker<Q> {
         let Some(si) = self.cluster_service(p) else { return Next::Drop(DropReason::NoFlow) };
         let Some(di) = self.schedule(si, p) else { return Next::Drop(DropReason::NoRealServer) };
         let d = &self.snap.services[si].dests[di];
-        if d.forward == Forward::Nat {
+        if matches!(d.forward, Forward::Nat | Forward::Fnat) {
             return Next::Drop(DropReason::NoFlow);
         }
         let owned = self.snap.service(p.dst, p.proto, p.dport) == Some(si);
         let (rs, rport) = (d.addr, if owned { d.port.unwrap_or(p.dport) } else { p.dport });
-        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport) {
+        let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport, Local::Any) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
@@ -1281,15 +1368,55 @@ impl<Q: PortQueue> Worker<Q> {
         let Some(v) = self.take_expected(&ExpKey::Active(p.src, p.dst, p.dport)) else {
             return Next::Drop(DropReason::NoFlow);
         };
+        if v.cport != 0 {
+            return self.fnat_active_data(pkt, p, v);
+        }
         // The client sees the data connection come from VIP:20.
         // Whatever port the real server used (20 with vsftpd; pyftpdlib
         // picks another when not root), the client sees FTP data from VIP:20.
         let vport = 20;
-        let idx = match self.create_conn(v.svc as usize, v.dest as usize, p.dst, p.dport, v.vip, vport, p.src, p.sport)
-        {
+        let idx = match self.create_conn(
+            v.svc as usize,
+            v.dest as usize,
+            p.dst,
+            p.dport,
+            v.vip,
+            vport,
+            p.src,
+            p.sport,
+            Local::Any,
+        ) {
             Ok(i) => i,
             Err(r) => return Next::Drop(r),
         };
+        self.link_parent(idx, v.parent, v.parent_gen);
+        self.forward(idx, Dir::Out, pkt, p)
+    }
+
+    /// Full NAT active FTP: the real server connects from RS:port to the local port reserved
+    /// for the client's PORT/EPRT; the connection becomes VIP:20 -> client:port (the client's
+    /// answers to VIP:20 go back to RS:port from that local port).
+    fn fnat_active_data(&mut self, pkt: &mut Q::Buf, p: &Parsed, v: ExpVal) -> Next {
+        let Some(k) = self.reserved.iter().position(|&(a, port, _)| a == p.dst && port == p.dport) else {
+            return Next::Drop(DropReason::NoFlow);
+        };
+        let local = Local::Fixed(p.dst, p.dport);
+        let idx = match self.create_conn(
+            v.svc as usize,
+            v.dest as usize,
+            v.client,
+            v.cport,
+            v.vip,
+            20,
+            p.src,
+            p.sport,
+            local,
+        ) {
+            Ok(i) => i,
+            Err(r) => return Next::Drop(r),
+        };
+        // The connection owns the port now (released when it ends).
+        self.reserved.swap_remove(k);
         self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::Out, pkt, p)
     }
@@ -1382,6 +1509,7 @@ impl<Q: PortQueue> Worker<Q> {
         vport: u16,
         rs: Addr,
         rport: u16,
+        local: Local,
     ) -> Result<u32, DropReason> {
         let snap = &self.snap;
         let svc = &snap.services[si];
@@ -1395,7 +1523,7 @@ impl<Q: PortQueue> Worker<Q> {
         let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
         c.if_in = if_in as u8;
         let mut nh_out = 0;
-        if fwd == Forward::Nat {
+        if fwd.two_way() {
             let Some((if_out, nh)) = snap.route(client) else { return Err(DropReason::NoRoute) };
             c.if_out = if_out as u8;
             nh_out = nh;
@@ -1405,23 +1533,65 @@ impl<Q: PortQueue> Worker<Q> {
         // (No allocation: both forms as 16-byte arrays, IPv4 in the last 4.)
         let (vb, rb) = (addr_v6_bytes(vip), addr_v6_bytes(rs));
         let from = if v4 { 12 } else { 0 };
-        let a_in = csum::delta(&vb[from..], &rb[from..]);
-        let a_out = csum::delta(&rb[from..], &vb[from..]);
+        let mut a_in = csum::delta(&vb[from..], &rb[from..]);
+        let mut a_out = csum::delta(&rb[from..], &vb[from..]);
+        let mut p_in = csum::delta16(vport, rport);
+        let mut p_out = csum::delta16(rport, vport);
+        let mut laddr = 0;
+        if fwd == Forward::Fnat {
+            // The source side too: client:cport <-> local address:port.
+            let picked = match local {
+                Local::Fixed(a, port) => Some((a, port)),
+                Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
+                Local::Any => None,
+            };
+            let Some((la, lport)) = picked.or_else(|| self.lports.alloc(&svc.local, proto)) else {
+                return Err(DropReason::FnatPortsExhausted);
+            };
+            let Some(li) = self.flows.intern_laddr(la) else {
+                if !matches!(local, Local::Fixed(..)) {
+                    self.lports.release(la, proto, lport);
+                }
+                return Err(DropReason::TableFull);
+            };
+            laddr = la;
+            c.laddr = li;
+            c.lport = lport;
+            let (cb, lb) = (addr_v6_bytes(client), addr_v6_bytes(la));
+            a_in = csum::add(a_in, csum::delta(&cb[from..], &lb[from..]));
+            a_out = csum::add(a_out, csum::delta(&lb[from..], &cb[from..]));
+            p_in = csum::add(p_in, csum::delta16(cport, lport));
+            p_out = csum::add(p_out, csum::delta16(lport, cport));
+        }
         let ttl = if v4 { TTL_DELTA } else { 0 };
         c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
         c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
-        c.l4_in = csum::add(a_in, csum::delta16(vport, rport));
-        c.l4_out = csum::add(a_out, csum::delta16(rport, vport));
+        c.l4_in = csum::add(a_in, p_in);
+        c.l4_out = csum::add(a_out, p_out);
         c.expires = self.now + snap.timeouts[c.state as usize];
+        let lport = c.lport;
         let idx = match self.flows.insert(c) {
             Ok(i) => i,
             Err(_) => {
+                if fwd == Forward::Fnat && !matches!(local, Local::Fixed(..)) {
+                    self.lports.release(laddr, proto, lport);
+                }
                 return Err(DropReason::TableFull);
             }
+        };
+        let pp = match snap.services[si].dests[di].proxy_v2 {
+            Some(v2) if proto == PROTO_TCP && fwd.two_way() => {
+                Some(crate::proxyproto::for_conn(v2, client, cport, vip, vport))
+            }
+            _ => None,
         };
         let k = self.flows.cold_mut(idx);
         k.nh_in = nh_in;
         k.nh_out = nh_out;
+        if let Some(pp) = pp {
+            k.pp = Some(Box::new(pp));
+            self.flows.get_mut(idx).flags |= F_PPROTO;
+        }
         let counts = &snap.conn_counts[si];
         counts.inc_inactive(self.id, di);
         self.flows.get_mut(idx).flags |= F_COUNTED;
@@ -1453,7 +1623,7 @@ impl<Q: PortQueue> Worker<Q> {
             if p.proto == PROTO_TCP {
                 let d = match (dir, c.fwd) {
                     (Dir::Out, _) => Direction::Output,
-                    (Dir::In, Forward::Nat) => Direction::Input,
+                    (Dir::In, f) if f.two_way() => Direction::Input,
                     (Dir::In, _) => Direction::InputOnly,
                 };
                 let old = c.state;
@@ -1514,7 +1684,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
-        if c.flags & (F_ALG | F_SYNPROXY) == 0 && c.fwd == Forward::Nat {
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Nat {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
             let r = match dir {
@@ -1526,10 +1696,30 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Fnat {
+            // Full NAT without the gateway: both ends, deltas precomputed as for NAT.
+            let la = self.flows.laddr_of(c);
+            let d = pkt.data_mut();
+            let r = match dir {
+                Dir::In => rewrite_fnat(d, p, la, c.lport, c.rs, c.rport, c.l3_in, c.l4_in),
+                Dir::Out => rewrite_fnat(d, p, c.vip, c.vport, c.client, c.cport, c.l3_out, c.l4_out),
+            };
+            if let Err(r) = r {
+                return Next::Drop(r);
+            }
+            return self.l2_write(idx, dir == Dir::In, d);
+        }
         if c.flags & F_SYNPROXY != 0 {
             if let Some(next) = self.proxy_segment(idx, dir, pkt, p) {
                 return next;
             }
+        }
+        if self.flows.get(idx).flags & F_PPROTO != 0 {
+            return match self.pp_segment(idx, dir, pkt, p) {
+                Ok(Some(p2)) => self.forward_rewrite(idx, dir, pkt, &p2),
+                Ok(None) => self.forward_rewrite(idx, dir, pkt, p),
+                Err(next) => next,
+            };
         }
         let c = self.flows.get(idx);
         let mut ftp_p;
@@ -1581,6 +1771,21 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 self.l2_write(idx, false, d)
             }
+            (Forward::Fnat, Dir::In) => {
+                let la = self.flows.laddr_of(c);
+                let d = pkt.data_mut();
+                if let Err(r) = rewrite_fnat(d, p, la, c.lport, c.rs, c.rport, c.l3_in, c.l4_in) {
+                    return Next::Drop(r);
+                }
+                self.l2_write(idx, true, d)
+            }
+            (Forward::Fnat, Dir::Out) => {
+                let d = pkt.data_mut();
+                if let Err(r) = rewrite_fnat(d, p, c.vip, c.vport, c.client, c.cport, c.l3_out, c.l4_out) {
+                    return Next::Drop(r);
+                }
+                self.l2_write(idx, false, d)
+            }
             (Forward::Dr, _) => self.l2_out(idx, true, pkt),
             (Forward::Tunnel, _) => {
                 let iface = c.if_in as usize;
@@ -1610,7 +1815,7 @@ impl<Q: PortQueue> Worker<Q> {
         let (c, k) = self.flows.both_mut(idx);
         if c.mac_gen != gen {
             c.mac_in = self.neigh.get(k.nh_in).unwrap_or([0; 6]);
-            c.mac_out = if c.fwd == Forward::Nat { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
+            c.mac_out = if c.fwd.two_way() { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
             c.mac_gen = gen;
         }
         let (iface, mac) = if to_rs { (c.if_in as usize, c.mac_in) } else { (c.if_out as usize, c.mac_out) };
@@ -1834,7 +2039,48 @@ impl<Q: PortQueue> Worker<Q> {
         let dst_vip = self.snap.vips.contains(&f.dst);
         let client = if dst_vip { f.src } else { f.dst };
         if !handed && self.fabric.workers > 1 {
-            let owner = owner_of(client, self.fabric.workers);
+            let owner = if !dst_vip && self.snap.laddrs.contains(&f.dst) {
+                // Full NAT reply: the first fragment's local port names the owner; later
+                // fragments (no ports) follow where their first went.
+                let key = f.key();
+                self.frag_steer.retain(|s| s.2 > self.now);
+                if f.offset == 0 {
+                    let Some(p) = f.first(pkt.data()) else {
+                        self.drop_pkt(DropReason::FragTiny);
+                        return;
+                    };
+                    let owner = lport_owner(self.snap.port_range, p.dport, self.fabric.workers);
+                    if owner != self.id {
+                        if self.frag_steer.len() >= frag::MAX_FRAG_HELD {
+                            self.frag_steer.remove(0);
+                        }
+                        self.frag_steer.push((key, owner as u8, self.now + frag::FRAG_HOLD_NS));
+                        // Later fragments that came first go along.
+                        let mut k = 0;
+                        while k < self.frag_held.len() {
+                            if self.frag_held[k].key == key {
+                                let h = self.frag_held.swap_remove(k);
+                                bump(&self.counters.handoff_out, 1);
+                                if self.fabric.handoff[owner].push((h.iface, h.buf)).is_err() {
+                                    self.drop_pkt(DropReason::HandoffFull);
+                                }
+                            } else {
+                                k += 1;
+                            }
+                        }
+                    }
+                    owner
+                } else {
+                    match self.frag_steer.iter().find(|s| s.0 == key) {
+                        Some(s) => s.1 as usize,
+                        // Not seen its first yet: the ordinary path holds it here (or forwards
+                        // it, if this worker had the first).
+                        None => self.id,
+                    }
+                }
+            } else {
+                owner_of(client, self.fabric.workers)
+            };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
                 if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
@@ -1923,6 +2169,13 @@ impl<Q: PortQueue> Worker<Q> {
                     Err(r) => return Next::Drop(r),
                 }
             }
+            Forward::Fnat => {
+                let (src, dst, l3d) =
+                    if inbound { (self.flows.laddr_of(c), c.rs, c.l3_in) } else { (c.vip, c.client, c.l3_out) };
+                if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
+                    return Next::Drop(r);
+                }
+            }
             Forward::Dr => {}
             Forward::Tunnel => {
                 let (iface, rs) = (c.if_in as usize, c.rs);
@@ -1983,9 +2236,34 @@ impl<Q: PortQueue> Worker<Q> {
         };
         let c = self.flows.get(idx);
         let (fwd, rs, rport, vip, vport) = (c.fwd, c.rs, c.rport, c.vip, c.vport);
+        let (client, cport, la, lport) = (c.client, c.cport, self.flows.laddr_of(c), c.lport);
         let d = pkt.data_mut();
         let v6 = p.v6;
         match (dir, to_vip) {
+            (Dir::In, true) if fwd == Forward::Fnat => {
+                // From the client side about our VIP:vport -> client:cport: as the real server
+                // sees it, RS:rport -> LADDR:lport, reported by the local address.
+                set_addr(d, p.l3, v6, true, la);
+                set_addr(d, p.l3, v6, false, rs);
+                set_addr(d, inner.l3, v6, true, rs);
+                set_addr(d, inner.l3, v6, false, la);
+                d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&lport.to_be_bytes());
+            }
+            (Dir::Out, false) if fwd == Forward::Fnat => {
+                // From the real-server side about our LADDR:lport -> RS:rport: the client sees
+                // its own VIP-bound packet quoted (a router's address stays the reporter).
+                let outer_src =
+                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
+                if outer_src == rs {
+                    set_addr(d, p.l3, v6, true, vip);
+                }
+                set_addr(d, p.l3, v6, false, client);
+                set_addr(d, inner.l3, v6, true, client);
+                set_addr(d, inner.l3, v6, false, vip);
+                d[inner.l4..inner.l4 + 2].copy_from_slice(&cport.to_be_bytes());
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+            }
             (Dir::In, true) => {
                 // Error from the client side about our VIP->client packet.
                 if fwd == Forward::Nat {
@@ -2080,7 +2358,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let si = self.snap.service(p.dst, p.proto, p.dport)?;
         let svc = &self.snap.services[si];
-        if svc.dests.is_empty() {
+        // PROXY protocol shifts the client's sequence space itself: not combined with the
+        // SYN proxy's splice (documented with the key).
+        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.proxy_v2.is_some()) {
             return None;
         }
         let mode = svc.syn_proxy;
@@ -2096,7 +2376,7 @@ impl<Q: PortQueue> Worker<Q> {
         };
         // In DR and tunnel mode the real server answers the client directly, with its own
         // sequence numbers, which the balancer never sees: no handshake can be spliced.
-        if svc.dests.iter().any(|d| d.forward != Forward::Nat) {
+        if svc.dests.iter().any(|d| !d.forward.two_way()) {
             return self.syn_verify(iface, pkt, p, &hs, seq, mode != SynProxy::Off && engaged);
         }
         if p.tcp_flags & parse::TCP_RST != 0 {
@@ -2297,6 +2577,113 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
+    /// PROXY protocol on a segment of connection `idx` (see [`crate::proxyproto`]): the
+    /// client's SYN gives the stream start; a client segment at the start gets the header in
+    /// front of its payload, later ones are shifted by its length; the server's
+    /// acknowledgements (and SACK edges) are shifted back and its SYN-ACK's MSS lowered.
+    /// `Ok(Some(p))`: the frame changed shape, `p` is its new parse.
+    fn pp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
+        let Some(mut pp) = self.flows.cold(idx).pp.as_deref().copied() else { return Ok(None) };
+        if p.proto != PROTO_TCP {
+            return Ok(None);
+        }
+        let l4 = p.l4;
+        let field = |d: &[u8], off: usize| u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]]);
+        let opts_end = (l4 + ((pkt.data()[l4 + 12] >> 4) as usize) * 4).min(p.payload);
+        let mut reparsed = None;
+        match dir {
+            Dir::In => {
+                let seq = field(pkt.data(), l4 + 4);
+                if p.tcp_flags & TCP_SYN != 0 {
+                    pp.isn = seq;
+                    pp.known = true;
+                } else if pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0) {
+                    // The header goes in front of this segment's payload.
+                    let h = pp.delta() as usize;
+                    let mtu =
+                        self.queues.get(self.flows.get(idx).if_in as usize).map_or(1500, |q| q.caps().mtu as usize);
+                    if p.end - p.l3 + h > mtu.max(576) {
+                        return Err(Next::Drop(DropReason::TooBig));
+                    }
+                    let end = p.end;
+                    if !pkt.set_len(end + h) {
+                        return Err(Next::Drop(DropReason::NoBuffer));
+                    }
+                    let d = pkt.data_mut();
+                    d.copy_within(p.payload..end, p.payload + h);
+                    d[p.payload..p.payload + h].copy_from_slice(pp.header());
+                    if p.v6 {
+                        let n = u16::from_be_bytes([d[p.l3 + 4], d[p.l3 + 5]]) as usize + h;
+                        d[p.l3 + 4..p.l3 + 6].copy_from_slice(&(n as u16).to_be_bytes());
+                    } else {
+                        let n = u16::from_be_bytes([d[p.l3 + 2], d[p.l3 + 3]]) as usize + h;
+                        d[p.l3 + 2..p.l3 + 4].copy_from_slice(&(n as u16).to_be_bytes());
+                        fix_ipv4_csum(d, p.l3);
+                    }
+                    let Ok(p2) = parse::parse(pkt.data()) else { return Err(Next::Drop(DropReason::Malformed)) };
+                    fix_l4_csum(pkt.data_mut(), &p2);
+                    reparsed = Some(p2);
+                } else if pp.known {
+                    let new = pp.map_seq(seq);
+                    if new != seq {
+                        let d = pkt.data_mut();
+                        d[l4 + 4..l4 + 8].copy_from_slice(&new.to_be_bytes());
+                        csum::apply_at(
+                            d,
+                            l4 + 16,
+                            csum::add(
+                                csum::delta16((seq >> 16) as u16, (new >> 16) as u16),
+                                csum::delta16(seq as u16, new as u16),
+                            ),
+                        );
+                    }
+                }
+            }
+            Dir::Out => {
+                let d = pkt.data_mut();
+                let mut opt_delta = 0;
+                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                    // Room for the header in the client's first full-sized segment.
+                    let opts = &mut d[l4 + 20..opts_end];
+                    if let Some(m) = crate::tcpopt::mss(opts) {
+                        let old = opts.to_vec();
+                        crate::tcpopt::clamp_mss(opts, m.saturating_sub(pp.delta() as u16).max(256));
+                        opt_delta = crate::tcpopt::csum_delta(&old, opts);
+                    }
+                }
+                if p.tcp_flags & TCP_ACK != 0 && pp.known {
+                    let ack = field(d, l4 + 8);
+                    let new = pp.map_ack(ack);
+                    if ack.wrapping_sub(pp.start()) >= pp.delta() && (ack.wrapping_sub(pp.start()) as i32) > 0 {
+                        pp.acked = true;
+                    }
+                    if new != ack {
+                        d[l4 + 8..l4 + 12].copy_from_slice(&new.to_be_bytes());
+                        opt_delta = csum::add(
+                            opt_delta,
+                            csum::add(
+                                csum::delta16((ack >> 16) as u16, (new >> 16) as u16),
+                                csum::delta16(ack as u16, new as u16),
+                            ),
+                        );
+                    }
+                    let opts = &mut d[l4 + 20..opts_end];
+                    let old = opts.to_vec();
+                    if crate::tcpopt::map_sack(opts, |a, b| (pp.map_ack(a), pp.map_ack(b))) {
+                        opt_delta = csum::add(opt_delta, crate::tcpopt::csum_delta(&old, opts));
+                    }
+                }
+                if opt_delta != 0 {
+                    csum::apply_at(d, l4 + 16, opt_delta);
+                }
+            }
+        }
+        if let Some(x) = self.flows.cold_mut(idx).pp.as_deref_mut() {
+            *x = pp;
+        }
+        Ok(reparsed)
+    }
+
     /// Run the FTP gateway on a control-connection segment. Returns
     /// `Err(next)` when the segment must not be forwarded as is.
     fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &mut Parsed) -> Result<(), Next> {
@@ -2406,6 +2793,8 @@ impl<Q: PortQueue> Worker<Q> {
                         parent: idx,
                         parent_gen: c.gen,
                         expires: u64::MAX,
+                        client: 0,
+                        cport: 0,
                     };
                     let (client, vip) = (c.client, c.vip);
                     let flows = &self.flows;
@@ -2448,6 +2837,7 @@ impl<Q: PortQueue> Worker<Q> {
                 children: k.children,
                 pkts_in,
                 pkts_out,
+                local: (c.fwd == Forward::Fnat).then(|| sa(self.flows.laddr_of(c), c.lport)),
             });
         }
         v
@@ -2460,6 +2850,16 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         self.pending.push(Held { key: nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+    }
+
+    /// Full NAT: free local ports of this worker on `laddr` for `proto` (tests, statistics).
+    pub fn fnat_free_ports(&mut self, laddr: Addr, proto: u8) -> u32 {
+        self.lports.free_on(laddr, proto)
+    }
+
+    /// Full NAT FTP: local ports reserved for announced active data connections.
+    pub fn fnat_reserved(&self) -> usize {
+        self.reserved.len()
     }
 
     /// Packets parked until their next hop resolves (each is later sent or
@@ -2493,10 +2893,13 @@ impl<Q: PortQueue> Worker<Q> {
         self.flows.clear();
         self.sync_out.clear();
         self.sync_pos = 0;
+        self.lports.clear();
+        self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
         self.frags.clear();
         self.frag_held.clear();
+        self.frag_steer.clear();
         self.half_open = 0;
         self.last_cookie = 0;
         self.proxy_held.clear();
@@ -2541,6 +2944,10 @@ fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounter
     }
 }
 
+/// Local ports a worker may hold reserved for announced full-NAT active FTP data connections
+/// (each session holds at most `max_expectations` live ones; older ones wait for their expiry).
+const MAX_RESERVED: usize = 65_536;
+
 /// How many VIP ports after the announced one a clashing passive expectation may move to.
 const MOVE_TRIES: u16 = 64;
 
@@ -2561,12 +2968,18 @@ struct Broker<'a> {
     now: u64,
     /// Cluster: expectations go to the peers too.
     sync: Option<&'a mut Vec<SyncEntry>>,
+    /// Full NAT: the control connection's local address, the worker's local ports and its
+    /// reservations (active data connections).
+    laddr: Addr,
+    lports: &'a mut LportPools,
+    reserved: &'a mut Vec<(Addr, u16, u64)>,
 }
 
 impl<'a> Broker<'a> {
     fn new<Q: PortQueue>(w: &'a mut Worker<Q>, idx: u32) -> Self {
         let c = w.flows.get(idx);
         let (gen, svc, dest, fwd) = (c.gen, c.svc, c.dest, c.fwd);
+        let laddr = if fwd == Forward::Fnat { w.flows.laddr_of(c) } else { 0 };
         let per_session = w
             .snap
             .services
@@ -2586,6 +2999,9 @@ impl<'a> Broker<'a> {
             per_session,
             now: w.now,
             sync: if w.sync_on && w.sync_out.len() < SYNC_MAX_PER_POLL { Some(&mut w.sync_out) } else { None },
+            laddr,
+            lports: &mut w.lports,
+            reserved: &mut w.reserved,
         }
     }
 
@@ -2609,6 +3025,21 @@ impl<'a> Broker<'a> {
     /// Installs `key -> (rs, rport)` for this session, replacing its own older one with the
     /// same key and dropping dead ones.
     fn install(&mut self, key: ExpKey, rs: Addr, rport: Option<u16>, vip: Addr, expires: u64) {
+        self.install_for(key, rs, rport, vip, expires, 0, 0)
+    }
+
+    /// [`Broker::install`] naming the client (full NAT active).
+    #[allow(clippy::too_many_arguments)]
+    fn install_for(
+        &mut self,
+        key: ExpKey,
+        rs: Addr,
+        rport: Option<u16>,
+        vip: Addr,
+        expires: u64,
+        client: Addr,
+        cport: u16,
+    ) {
         let (now, flows, idx, gen) = (self.now, self.flows, self.idx, self.gen);
         let mut dead = 0;
         self.table.retain_key(&key, |v| {
@@ -2617,7 +3048,18 @@ impl<'a> Broker<'a> {
             dead += u64::from(!alive);
             alive && !own
         });
-        let val = ExpVal { svc: self.svc, dest: self.dest, rs, rport, vip, parent: idx, parent_gen: gen, expires };
+        let val = ExpVal {
+            svc: self.svc,
+            dest: self.dest,
+            rs,
+            rport,
+            vip,
+            parent: idx,
+            parent_gen: gen,
+            expires,
+            client,
+            cport,
+        };
         if let Some(out) = self.sync.as_mut() {
             use crate::sync::ExpectKind as K;
             let c = flows.get(idx);
@@ -2709,8 +3151,22 @@ impl alg::Pinholes for Broker<'_> {
                 self.install(key, rs, real_port, vip, e.expires);
                 alg::Grant::Open
             }
+            alg::ExpectKind::Active { client_port, .. } if self.fwd == Forward::Fnat => {
+                // The real server is told to connect to a port reserved on the control
+                // connection's local address; that connection becomes VIP:20 -> client:port.
+                if self.reserved.len() >= MAX_RESERVED {
+                    return self.refuse();
+                }
+                let Some(port) = self.lports.take_on(self.laddr, PROTO_TCP) else {
+                    return self.refuse();
+                };
+                let key = ExpKey::Active(rs, self.laddr, port);
+                self.install_for(key, rs, None, vip, e.expires, client, client_port);
+                self.reserved.push((self.laddr, port, e.expires));
+                alg::Grant::OpenAt(port)
+            }
             alg::ExpectKind::Active { client_port, .. } => {
-                let key = if self.fwd == Forward::Nat {
+                let key = if self.fwd.two_way() {
                     ExpKey::Active(rs, client, client_port)
                 } else {
                     ExpKey::DrActive(client, client_port, vip)

@@ -49,7 +49,7 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
         let mut mtu = mtu_of(c.if_in);
-        if c.fwd == Forward::Nat {
+        if c.fwd.two_way() {
             mtu = mtu.min(mtu_of(c.if_out));
         }
         let ip = if v6 { 40 } else { 20 };
@@ -71,7 +71,7 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
         let mut mtu = mtu_of(c.if_in);
-        if c.fwd == Forward::Nat {
+        if c.fwd.two_way() {
             mtu = mtu.min(mtu_of(c.if_out));
         }
         mtu.saturating_sub(40 + 60).max(512)
@@ -201,7 +201,7 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get_mut(idx);
         let d = match (dir, c.fwd) {
             (Dir::Out, _) => Direction::Output,
-            (Dir::In, Forward::Nat) => Direction::Input,
+            (Dir::In, f) if f.two_way() => Direction::Input,
             (Dir::In, _) => Direction::InputOnly,
         };
         let new = flags.map_or(before, |f| tcpstate::next(before, d, f));

@@ -153,6 +153,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,
             timeouts: Timeouts::default(),
+            local_port_range: ferrovs_cfg::PortRange { lo: 1024, hi: 65535 },
         },
         interfaces: devices
             .iter()

@@ -152,6 +152,22 @@ pub enum Mode {
     Nat,
     /// Direct routing: the balancer sees only client -> server.
     Dr,
+    /// Full NAT: as [`Mode::Nat`], and the real server sees the balancer's local address
+    /// `local` instead of the client, so it could not connect to the address a `PORT`/`EPRT`
+    /// names: the command is rewritten to a port the engine reserves on `local`
+    /// ([`Grant::OpenAt`] answering an [`ExpectKind::Active`] request), and the engine
+    /// translates the server's connection there to `vip:20 -> client:port`.
+    Fnat {
+        /// The control connection's local (source) address towards the real server.
+        local: IpAddr,
+    },
+}
+
+impl Mode {
+    /// Does the balancer see the server's replies (NAT and full NAT)?
+    pub fn sees_replies(self) -> bool {
+        self != Mode::Dr
+    }
 }
 
 /// Direction of a segment on the control connection.
@@ -276,7 +292,9 @@ pub enum Grant {
     /// by another service), so the engine opened `vip:port -> real:real_port` on this other VIP
     /// port instead; the session rewrites the `227`/`229` reply to announce it. This is what
     /// Linux's nf_nat_ftp does when `nf_ct_expect_related` reports a clash: it tries the next
-    /// port. Any other kind answered with `OpenAt` is treated as [`Grant::Refused`].
+    /// port. Full NAT active ([`Mode::Fnat`]): the engine reserved this port on the local
+    /// address; the session rewrites the `PORT`/`EPRT` to name `local:port`. Any other kind
+    /// answered with `OpenAt` is treated as [`Grant::Refused`].
     OpenAt(u16),
     /// Not opened (a clash that cannot be moved, or a limit). The session still rewrites the
     /// reply's address to the VIP (never leaking the real server's address) and counts it.

@@ -146,6 +146,34 @@ fn six_tuple(s: &[u8]) -> Option<(SocketAddrV4, usize)> {
     Some((SocketAddrV4::new(ip, port), pos))
 }
 
+/// The byte range of a command's argument inside `line`: after the verb and its spaces, up to
+/// the end of line and trailing spaces/tabs. Empty (at the end) when there is none.
+pub fn command_arg_range(line: &[u8]) -> Range<usize> {
+    let body = trim_trailing_ws(trim_eol(line));
+    match body.iter().position(|&b| b == b' ') {
+        Some(i) => {
+            let mut start = i + 1;
+            while body.get(start) == Some(&b' ') {
+                start += 1;
+            }
+            start.min(body.len())..body.len()
+        }
+        None => body.len()..body.len(),
+    }
+}
+
+/// Writes an `EPRT` argument `<d><af><d><addr><d><port><d>` for `a` with delimiter `d` into
+/// `out` (at least 64 bytes); returns its length.
+pub fn format_eprt_arg(d: u8, a: SocketAddr, out: &mut [u8]) -> usize {
+    use std::io::Write;
+    let total = out.len();
+    let mut w = &mut out[..];
+    let af = if a.is_ipv4() { 1 } else { 2 };
+    let d = d as char;
+    let _ = write!(w, "{d}{af}{d}{}{d}{}{d}", a.ip(), a.port());
+    total - w.len()
+}
+
 /// Parses `PORT h1,h2,h3,h4,p1,p2`. Port 0 and numbers above 255 are rejected; trailing spaces
 /// are tolerated, any other trailing text is not.
 pub fn parse_port(line: &[u8]) -> Option<SocketAddrV4> {

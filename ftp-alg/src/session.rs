@@ -158,8 +158,33 @@ enum Emit {
 /// A field rewrite found in a complete line: replace `line[range]` by `text[..len]`.
 struct Rewrite {
     range: std::ops::Range<usize>,
-    text: [u8; parse::MAX_227_ADDR_LEN],
+    text: [u8; REWRITE_MAX],
     len: usize,
+}
+
+/// Longest replacement text: an `EPRT` argument with an IPv6 address (`|2|` + 39 + port).
+const REWRITE_MAX: usize = 64;
+
+/// Which incomplete lines are held for a possible rewrite.
+#[derive(Clone, Copy)]
+enum HoldOn {
+    /// A reply starting with this prefix (`227 ` / `229 `).
+    Reply(&'static [u8]),
+    /// A `PORT` or `EPRT` command (full NAT), any case.
+    Active,
+}
+
+impl HoldOn {
+    fn may_match(self, line: &[u8]) -> bool {
+        match self {
+            HoldOn::Reply(p) => may_start_with(line, p),
+            HoldOn::Active => {
+                let n = line.len().min(5);
+                let head = &line[..n];
+                head.eq_ignore_ascii_case(&b"PORT "[..n]) || head.eq_ignore_ascii_case(&b"EPRT "[..n])
+            }
+        }
+    }
 }
 
 /// The FTP gateway state of one control connection. Feed it every payload-carrying segment with
@@ -294,9 +319,21 @@ impl FtpSession {
     }
 
     /// Only NAT replies can need a rewrite (and so a hold): a `227` address, or a `229` port the
-    /// engine moved.
+    /// engine moved; and with full NAT the client's `PORT`/`EPRT`.
     fn may_rewrite(&self, dir: Dir) -> bool {
-        dir == Dir::Reply && self.p.mode == Mode::Nat && !self.tls
+        !self.tls
+            && match dir {
+                Dir::Reply => self.p.mode.sees_replies(),
+                Dir::Original => matches!(self.p.mode, Mode::Fnat { .. }),
+            }
+    }
+
+    /// What an incomplete line in `dir` must look like to be held (see [`HoldOn`]).
+    fn hold_on(&self, dir: Dir) -> Option<HoldOn> {
+        match dir {
+            Dir::Reply => self.hold_prefix().map(HoldOn::Reply),
+            Dir::Original => Some(HoldOn::Active),
+        }
     }
 
     /// The prefix a reply line must start with to be held for a possible rewrite: only a final
@@ -482,7 +519,7 @@ impl FtpSession {
                 }
                 None => {
                     let piece = &data[i..];
-                    let prefix = if may_rewrite { self.hold_prefix() } else { None };
+                    let prefix = if may_rewrite { self.hold_on(dir) } else { None };
                     let st = self.stream_mut(dir);
                     if st.skipping {
                         break;
@@ -507,7 +544,7 @@ impl FtpSession {
                     }
                     let fresh = !st.held && st.line.is_empty();
                     st.line.extend_from_slice(piece);
-                    if (fresh || st.held) && prefix.is_some_and(|p| may_start_with(&st.line, p)) {
+                    if (fresh || st.held) && prefix.is_some_and(|p| p.may_match(&st.line)) {
                         if !st.held {
                             st.held = true;
                             stop = Some(i);
@@ -648,11 +685,8 @@ impl FtpSession {
         pins: &mut dyn Pinholes,
     ) -> Option<Rewrite> {
         match dir {
-            Dir::Original => {
-                self.handle_command(now, line, acts, pins);
-                None
-            }
-            Dir::Reply if self.p.mode == Mode::Nat => self.handle_reply(now, line, acts, pins),
+            Dir::Original => self.handle_command(now, line, acts, pins),
+            Dir::Reply if self.p.mode.sees_replies() => self.handle_reply(now, line, acts, pins),
             // In DR replies do not pass the balancer; if the engine feeds some anyway they are
             // only sequence-tracked.
             Dir::Reply => None,
@@ -663,7 +697,7 @@ impl FtpSession {
     fn unparsed_line(&mut self, dir: Dir, head: &[u8]) {
         match dir {
             Dir::Original => self.queue(Pending::Other),
-            Dir::Reply if self.p.mode == Mode::Nat => {
+            Dir::Reply if self.p.mode.sees_replies() => {
                 let _ = self.track_reply(parse::reply_code(head));
             }
             Dir::Reply => {}
@@ -672,25 +706,31 @@ impl FtpSession {
 
     /// Remembers a NAT command until its final reply (DR sees no replies).
     fn queue(&mut self, c: Pending) {
-        if self.p.mode == Mode::Nat {
+        if self.p.mode.sees_replies() {
             self.cmds.push(c);
         }
     }
 
-    fn handle_command(&mut self, now: u64, line: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) {
+    fn handle_command(
+        &mut self,
+        now: u64,
+        line: &[u8],
+        acts: &mut Actions,
+        pins: &mut dyn Pinholes,
+    ) -> Option<Rewrite> {
         let v4 = self.p.client.is_ipv4();
         match parse::classify_command(line) {
             Command::Port if v4 => {
                 self.queue(Pending::Other);
                 match parse::parse_port(line) {
-                    Some(a) => self.active(now, SocketAddr::V4(a), acts, pins),
+                    Some(a) => return self.active(now, line, SocketAddr::V4(a), acts, pins),
                     None => self.malformed(acts),
                 }
             }
             Command::Eprt => {
                 self.queue(Pending::Other);
                 match parse::parse_eprt(line) {
-                    Some(a) => self.active(now, a, acts, pins),
+                    Some(a) => return self.active(now, line, a, acts, pins),
                     None => self.malformed(acts),
                 }
             }
@@ -710,6 +750,7 @@ impl FtpSession {
             }
             _ => self.queue(Pending::Other),
         }
+        None
     }
 
     /// Asks the engine for `e`; records a granted one in `acts`. Returns the grant.
@@ -719,6 +760,9 @@ impl FtpSession {
                 e.kind = ExpectKind::Passive { vip_port: Some(p), real_port };
                 self.stats.moved += 1;
                 acts.events.push(Event::Moved { from, to: p });
+                Grant::OpenAt(p)
+            }
+            (Grant::OpenAt(p), ExpectKind::Active { .. }) if p != 0 && matches!(self.p.mode, Mode::Fnat { .. }) => {
                 Grant::OpenAt(p)
             }
             (Grant::Open, _) => Grant::Open,
@@ -733,21 +777,28 @@ impl FtpSession {
         g
     }
 
-    /// A PORT/EPRT naming `a`.
-    fn active(&mut self, now: u64, a: SocketAddr, acts: &mut Actions, pins: &mut dyn Pinholes) {
+    /// A PORT/EPRT `line` naming `a`. Full NAT: the rewrite naming the reserved local port.
+    fn active(
+        &mut self,
+        now: u64,
+        line: &[u8],
+        a: SocketAddr,
+        acts: &mut Actions,
+        pins: &mut dyn Pinholes,
+    ) -> Option<Rewrite> {
         let foreign = a.ip() != self.p.client.ip();
         if a.port() < 1024 && !self.allow_low_ports {
             acts.events.push(Event::LowPort { port: a.port() });
-            return;
+            return None;
         }
         if foreign && !self.p.allow_foreign_port_address {
             acts.events.push(Event::BounceRefused { named: a.ip(), port: a.port() });
-            return;
+            return None;
         }
         if a.is_ipv4() != self.p.vip.is_ipv4() {
             // A foreign address of the other family: nothing the engine could translate.
             self.malformed(acts);
-            return;
+            return None;
         }
         // NAT: the real server's connection to the client is translated to
         // come from the VIP. DR: it goes to the client directly, but the
@@ -755,7 +806,26 @@ impl FtpSession {
         // must reach the same real server: the engine uses the same kind.
         let kind = ExpectKind::Active { client_port: a.port(), rs_src_port: None };
         let e = self.expect(now, kind, a.ip());
-        self.request(e, acts, pins);
+        let grant = self.request(e, acts, pins);
+        let (Mode::Fnat { local }, Grant::OpenAt(port)) = (self.p.mode, grant) else { return None };
+        // Full NAT: the real server is told to connect to the port reserved on the local
+        // address (it has no route to the client).
+        if local.is_ipv4() != a.is_ipv4() {
+            return None;
+        }
+        let range = parse::command_arg_range(line);
+        let mut text = [0u8; REWRITE_MAX];
+        let len = match local {
+            IpAddr::V4(l) if parse::classify_command(line) == Command::Port => {
+                parse::format_227_addr(l, port, &mut text)
+            }
+            _ => {
+                let d = line.get(range.start).copied().unwrap_or(b'|');
+                parse::format_eprt_arg(d, SocketAddr::new(local, port), &mut text)
+            }
+        };
+        acts.events.push(Event::Rewrite);
+        Some(Rewrite { range, text, len })
     }
 
     fn enter_tls(&mut self, acts: &mut Actions) {
@@ -868,7 +938,7 @@ impl FtpSession {
             Grant::OpenAt(p) => p,
             _ => port,
         };
-        let mut text = [0u8; parse::MAX_227_ADDR_LEN];
+        let mut text = [0u8; REWRITE_MAX];
         let len = parse::format_227_addr(vip, announce, &mut text);
         if line[range.clone()] == text[..len] {
             return None;
@@ -886,7 +956,7 @@ impl FtpSession {
         let Grant::OpenAt(to) = self.passive(now, port, acts, pins) else {
             return None;
         };
-        let mut text = [0u8; parse::MAX_227_ADDR_LEN];
+        let mut text = [0u8; REWRITE_MAX];
         let len = parse::format_port(to, &mut text);
         acts.events.push(Event::Rewrite);
         Some(Rewrite { range, text, len })

@@ -701,3 +701,91 @@ fn oversized_reply_still_answers_its_command() {
     assert_eq!(t.feed(0, Dir::Reply, at, R227), replace(at, R227_NEW));
     assert_eq!(t.a.expectations.len(), 1);
 }
+
+/// Full NAT: the engine reserves a port on the local address for each PORT/EPRT.
+struct Reserve(u16);
+impl Pinholes for Reserve {
+    fn open(&mut self, e: &Expectation) -> Grant {
+        match e.kind {
+            ExpectKind::Active { .. } => Grant::OpenAt(self.0),
+            _ => Grant::Open,
+        }
+    }
+}
+
+fn fnat(local: &str) -> Mode {
+    Mode::Fnat { local: ip(local) }
+}
+
+#[test]
+fn fnat_port_and_eprt_name_the_reserved_local_port() {
+    let mut s = FtpSession::new(params(fnat("10.0.2.200")));
+    let mut a = Actions::default();
+    let mut pins = Reserve(2040);
+    let port = b"PORT 192,0,2,7,156,64\r\n";
+    let v = s.on_segment_with(0, Dir::Original, 100, port, &mut a, &mut pins);
+    assert_eq!(v, replace(100, b"PORT 10,0,2,200,7,248\r\n"));
+    assert_eq!(a.expectations.len(), 1, "the expectation still names the client's port");
+    assert_eq!(a.expectations[0].kind, ExpectKind::Active { client_port: 40000, rs_src_port: None });
+    assert_eq!(a.expectations[0].client, ip("192.0.2.7"));
+    let end = 100 + port.len() as u32;
+    assert_eq!(s.map_seq(Dir::Original, end), end, "as long as the client's");
+    // A reply still works as in NAT (227 -> VIP).
+    a.clear();
+    let v = s.on_segment_with(1, Dir::Reply, 500, b"200 PORT ok\r\n", &mut a, &mut pins);
+    assert_eq!(v, Verdict::Forward);
+    // EPRT, lower case, split over two segments: held, then rewritten whole.
+    a.clear();
+    pins.0 = 2041;
+    let eprt = b"eprt |1|192.0.2.7|40001|\r\n";
+    assert_eq!(s.on_segment_with(2, Dir::Original, end, &eprt[..7], &mut a, &mut pins), Verdict::Hold);
+    let v = s.on_segment_with(2, Dir::Original, end + 7, &eprt[7..], &mut a, &mut pins);
+    assert_eq!(v, replace(end, b"eprt |1|10.0.2.200|2041|\r\n"));
+    // Another command is not held.
+    a.clear();
+    let next = end + eprt.len() as u32;
+    assert_eq!(s.on_segment_with(3, Dir::Original, next, b"RETR x\r\n", &mut a, &mut pins), Verdict::Forward);
+    // A bounce attempt is refused and left as it is (the server cannot reach it anyway).
+    a.clear();
+    let bounce = b"PORT 10,9,9,9,156,64\r\n";
+    let at = next + 8;
+    assert_eq!(s.on_segment_with(4, Dir::Original, at, bounce, &mut a, &mut pins), Verdict::Forward);
+    assert!(matches!(a.events[..], [Event::BounceRefused { .. }]));
+}
+
+#[test]
+fn fnat_eprt_ipv6() {
+    let mut s = FtpSession::new(params6(fnat("fd00:2::200")));
+    let mut a = Actions::default();
+    let eprt = b"EPRT |2|2001:db8::7|40002|\r\n";
+    let v = s.on_segment_with(0, Dir::Original, 7, eprt, &mut a, &mut Reserve(3000));
+    assert_eq!(v, replace(7, b"EPRT |2|fd00:2::200|3000|\r\n"));
+    let end = 7 + eprt.len() as u32;
+    assert_eq!(s.map_seq(Dir::Original, end), end - 1, "one byte shorter");
+    assert_eq!(s.map_ack(Dir::Reply, end - 1), end, "the server's ack maps back");
+    // Refused by the engine: left unchanged.
+    struct No;
+    impl Pinholes for No {
+        fn open(&mut self, _: &Expectation) -> Grant {
+            Grant::Refused
+        }
+    }
+    let mut s = FtpSession::new(params6(fnat("fd00:2::200")));
+    assert_eq!(s.on_segment_with(0, Dir::Original, 7, eprt, &mut a, &mut No), Verdict::Forward);
+}
+
+#[test]
+fn command_arg_ranges_and_eprt_format() {
+    use ferrovs_ftp_alg::parse::{command_arg_range, format_eprt_arg, parse_eprt};
+    let l = b"PORT  1,2,3,4,5,6  \r\n";
+    assert_eq!(&l[command_arg_range(l)], b"1,2,3,4,5,6");
+    assert_eq!(command_arg_range(b"PASV\r\n"), 4..4);
+    assert_eq!(command_arg_range(b""), 0..0);
+    assert_eq!(command_arg_range(b"EPRT \r\n"), 4..4, "trailing spaces are not an argument");
+    let mut buf = [0u8; 64];
+    let a = "[fd00::1]:21".parse().unwrap();
+    let n = format_eprt_arg(b'!', a, &mut buf);
+    assert_eq!(&buf[..n], b"!2!fd00::1!21!");
+    let line = [b"EPRT ".as_slice(), &buf[..n]].concat();
+    assert_eq!(parse_eprt(&line), Some(a));
+}

@@ -25,6 +25,23 @@ impl Rng {
 
 use Dir::{Original as O, Reply as R};
 
+/// The modes simulated: NAT, DR and full NAT (whose PORT/EPRT are rewritten).
+fn modes() -> [Mode; 3] {
+    [Mode::Nat, Mode::Dr, Mode::Fnat { local: "10.0.2.200".parse().unwrap() }]
+}
+
+/// Full NAT's engine: reserves a local port derived from the client's (deterministic, so the
+/// outcome does not depend on the cutting).
+struct Reserve;
+impl Pinholes for Reserve {
+    fn open(&mut self, e: &Expectation) -> Grant {
+        match e.kind {
+            ExpectKind::Active { client_port, .. } => Grant::OpenAt(client_port.wrapping_add(7)),
+            _ => Grant::Open,
+        }
+    }
+}
+
 const SCRIPT: &[(Dir, &str)] = &[
     (R, "220 (vsFTPd 3.0.3)\r\n"),
     (O, "USER anonymous\r\n"),
@@ -150,7 +167,11 @@ fn run(mode: Mode, segs: &[Seg], retrans: Option<u64>) -> Outcome {
 
     let mut feed = |seg: &Seg, s: &mut FtpSession, a: &mut Actions, now: u64| {
         a.clear();
-        let v = s.on_segment(now, seg.dir, seg.seq, &seg.data, a);
+        let v = if matches!(mode, Mode::Fnat { .. }) {
+            s.on_segment_with(now, seg.dir, seg.seq, &seg.data, a, &mut Reserve)
+        } else {
+            s.on_segment(now, seg.dir, seg.seq, &seg.data, a)
+        };
         let (seq, payload): (u32, &[u8]) = match &v {
             Verdict::Forward => (seg.seq, &seg.data),
             Verdict::Replace { seq, payload } => (*seq, payload),
@@ -195,9 +216,11 @@ fn run(mode: Mode, segs: &[Seg], retrans: Option<u64>) -> Outcome {
                 assert!(a.events.is_empty(), "retransmission raised {:?}", a.events);
             }
         }
-        assert!(s.held_len(O) == 0 && s.held_len(R) <= MAX_LINE);
+        let fnat = matches!(mode, Mode::Fnat { .. });
+        assert!((s.held_len(O) == 0 || fnat) && s.held_len(O) <= MAX_LINE && s.held_len(R) <= MAX_LINE);
     }
     assert_eq!(s.held_len(R), 0, "everything released at the end");
+    assert_eq!(s.held_len(O), 0, "everything released at the end");
     let streams = [0, 1].map(|d| {
         let w = &wire[d];
         let len = w.iter().position(Option::is_none).unwrap();
@@ -235,6 +258,18 @@ fn reference(mode: Mode) -> Outcome {
             // 3 passive (any port) + 2 active (the client's answers to the VIP).
             assert_eq!(out.expectations.len(), 5, "{:#?}", out.expectations);
         }
+        Mode::Fnat { .. } => {
+            assert!(reply.contains("(10,0,0,100,195,80)."));
+            assert!(reply.contains("227 =10,0,0,100,195,82\r\n"));
+            assert_eq!(out.expectations.len(), 5, "{:#?}", out.expectations);
+            let cmds = String::from_utf8(out.streams[0].clone()).unwrap();
+            assert!(cmds.contains("\r\nPORT 10,0,2,200,4,8\r\n"), "{cmds}");
+            assert!(cmds.contains("\r\nEPRT |1|10.0.2.200|50008|\r\n"), "{cmds}");
+            assert!(cmds.contains("\r\nPORT 198,51,100,1,4,1\r\n"), "a refused bounce is left alone");
+            assert!(!cmds.contains("192,0,2,7") && !cmds.contains("192.0.2.7"), "{cmds}");
+            assert_eq!(out.events.iter().filter(|e| e.starts_with("Bounce")).count(), 1);
+            return out;
+        }
     }
     assert_eq!(out.events.iter().filter(|e| e.starts_with("Bounce")).count(), 1);
     let orig: String = SCRIPT.iter().filter(|m| m.0 == O).map(|m| m.1).collect();
@@ -244,7 +279,7 @@ fn reference(mode: Mode) -> Outcome {
 
 #[test]
 fn every_two_segment_split_of_every_message() {
-    for mode in [Mode::Nat, Mode::Dr] {
+    for mode in modes() {
         let want = reference(mode);
         for (i, (_, text)) in SCRIPT.iter().enumerate() {
             for k in 1..text.len() {
@@ -259,7 +294,7 @@ fn every_two_segment_split_of_every_message() {
 
 #[test]
 fn one_byte_segments() {
-    for mode in [Mode::Nat, Mode::Dr] {
+    for mode in modes() {
         let want = reference(mode);
         let segs = segments(mode, |_, len| (1..len).collect());
         assert_eq!(run(mode, &segs, None), want, "{mode:?}");
@@ -271,7 +306,7 @@ fn one_byte_segments() {
 
 #[test]
 fn whole_streams_in_two_segments_at_every_offset() {
-    for mode in [Mode::Nat, Mode::Dr] {
+    for mode in modes() {
         let want = reference(mode);
         for d in [O, R] {
             let len: usize = SCRIPT.iter().filter(|m| m.0 == d).map(|m| m.1.len()).sum();
@@ -286,7 +321,7 @@ fn whole_streams_in_two_segments_at_every_offset() {
 
 #[test]
 fn random_cuts_with_retransmissions() {
-    for mode in [Mode::Nat, Mode::Dr] {
+    for mode in modes() {
         let want = reference(mode);
         for seed in 0..300u64 {
             let mut rng = Rng::new(seed + 77);

@@ -246,7 +246,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             }
         };
         ftp_hint |= rport == Some(21);
-        let mut r = RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None };
+        let mut r =
+            RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
         for n in rs.children.as_deref().unwrap_or(&[]) {
             match n.key.as_str() {
                 "weight" => r.weight = num(n, 65535)? as u32,

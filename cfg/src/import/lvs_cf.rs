@@ -342,7 +342,15 @@ fn virtual_block(
             warnings.push(format!("line {}: server {sname} is inactive (active = 0), skipped", it.line));
             continue;
         }
-        svc.real_servers.push(RealServer { address, port: sport, weight, upper: 0, lower: 0, forward: None });
+        svc.real_servers.push(RealServer {
+            address,
+            port: sport,
+            weight,
+            upper: 0,
+            lower: 0,
+            forward: None,
+            proxy_protocol: None,
+        });
     }
     Ok(Some(svc))
 }

@@ -102,6 +102,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         real_servers: Vec::new(),
         health_check: None,
         syn_proxy: Default::default(),
+        local_addresses: Vec::new(),
     }
 }
 

@@ -84,3 +84,10 @@ pub fn rs_tcp(
     let f = with_macs(tcp4(rs, sport, CLIENT, dport, flags, seq, ack, data), [2, 0, 0, 0, 2, rs[3]], LB_INT);
     e.inject(INT, &f, now)
 }
+
+/// The acknowledgement number of an IPv6 TCP frame out of the engine (checksums checked).
+pub fn seg6_ack(f: &[u8]) -> u32 {
+    verify_checksums(f).expect("checksums of an output frame");
+    let p = parse(f).expect("output frame parses");
+    u32::from_be_bytes(f[p.l4 + 8..p.l4 + 12].try_into().unwrap())
+}

@@ -15,6 +15,19 @@ fuzz_target!(|data: &[u8]| {
     if let Some(a) = parse_eprt(data) {
         assert_ne!(a.port(), 0);
         assert_eq!(classify_command(data), Command::Eprt);
+        // Full NAT's rewrite: the argument's range, replaced by a formatted argument with the
+        // same delimiter, parses back to the formatted address.
+        let range = command_arg_range(data);
+        assert!(range.start <= range.end && range.end <= data.len());
+        let d = data[range.start];
+        let mut buf = [0u8; 64];
+        let n = format_eprt_arg(d, a, &mut buf);
+        let line = [&data[..range.start], &buf[..n], &data[range.end..]].concat();
+        assert_eq!(parse_eprt(&line), Some(a));
+    }
+    {
+        let r = command_arg_range(data);
+        assert!(r.start <= r.end && r.end <= data.len());
     }
     if let Some((addr, range)) = parse_227(data) {
         // The range is in bounds and formatting the address gives text that parses back.

@@ -1,0 +1,717 @@
+//! Full NAT (`forward = "fnat"`) fixtures: client -> VIP:vport leaves as
+//! LADDR:lport -> RS:rport, the real server's reply to LADDR:lport comes back
+//! as VIP:vport -> client, for IPv4 and IPv6, TCP and UDP; local port
+//! exhaustion (a counted drop after the next local address was tried),
+//! release on expiry, reload, two workers (the reply is handed to the worker
+//! owning the local port), ARP/ND for the local addresses, ICMP errors,
+//! persistence.
+
+mod common;
+use common::*;
+use ferrovs_engine::counters::DropReason;
+use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+const LADDR: [u8; 4] = [10, 0, 2, 200];
+const LADDR2: [u8; 4] = [10, 0, 2, 201];
+const LADDR6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0];
+
+const SERVICES: &str = r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "dns6"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "two"
+vip = "10.0.1.102"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+persistence = 300
+local_addresses = ["10.0.2.200-10.0.2.201"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service.real_server]]
+address = "10.0.2.3"
+"#;
+
+/// The lab topology with a local port range of 64 ports (2000-2063), so the
+/// allocated ports are predictable and exhaustion is quick.
+fn cfg_text(services: &str) -> String {
+    config_text(services).replacen(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nlocal_port_range = \"2000-2063\"",
+        1,
+    )
+}
+
+fn cfg(services: &str) -> ferrovs_cfg::Config {
+    ferrovs_cfg::Config::from_str(&cfg_text(services), "fnat-test.toml").expect("config parses")
+}
+
+fn engine(workers: usize) -> MemEngine {
+    MemEngine::new(cfg(SERVICES), workers)
+}
+
+fn from_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, CLIENT_MAC, LB_EXT)
+}
+fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    with_macs(f, mac, LB_INT)
+}
+/// What the engine sends: TTL / hop limit one lower, the next hop's MAC.
+fn to_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    with_macs(dec_ttl(f), LB_INT, mac)
+}
+fn to_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(dec_ttl(f), LB_EXT, CLIENT_MAC)
+}
+fn dec_ttl(f: Vec<u8>) -> Vec<u8> {
+    if f[12..14] == [0x86, 0xdd] {
+        let mut f = f;
+        f[14 + 7] -= 1;
+        f
+    } else {
+        let t = f[14 + 8];
+        set_ttl(f, t - 1)
+    }
+}
+
+#[track_caller]
+fn exactly(out: Vec<(usize, Vec<u8>)>, iface: usize, want: Vec<u8>) {
+    assert_eq!(out.len(), 1, "one frame out, got {out:?}");
+    verify_checksums(&out[0].1).expect("checksums");
+    assert_eq!(out[0].0, iface, "interface");
+    assert_eq!(out[0].1, want, "frame bytes");
+}
+
+#[test]
+fn tcp4_both_directions() {
+    let mut e = engine(1);
+    // SYN: client:40000 -> VIP:80 becomes LADDR:2000 -> RS1:8080.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b""), RS1_MAC));
+    // SYN-ACK: RS1:8080 -> LADDR:2000 becomes VIP:80 -> client:40000.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC), S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b"")));
+    let data = b"GET / HTTP/1.0\r\n\r\n";
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH, 1001, 5001, data)), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, data), RS1_MAC));
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_FIN, 5001, 1019, b"ok"), RS1_MAC), S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_ACK | TCP_FIN, 5001, 1019, b"ok")));
+    // A second connection gets the next local port.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP, 80, TCP_SYN, 7, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2001, RS1, 8080, TCP_SYN, 7, 0, b""), RS1_MAC));
+    // The real server's packet to the client itself (it has no route there, but if it did):
+    // not a connection of ours.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, CLIENT, 40000, TCP_ACK, 5002, 1019, b""), RS1_MAC), S);
+    assert!(out.is_empty());
+    // To the local address on a port no connection uses: dropped.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2010, TCP_ACK, 1, 1, b""), RS1_MAC), S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::NoFlow, 2)]);
+    let c = e.counters();
+    assert_eq!(c.flows_active, 2);
+}
+
+#[test]
+fn udp4_and_ipv6_both_directions() {
+    let mut e = engine(1);
+    let q = b"query";
+    let out = e.inject(EXT, &from_client(udp4(CLIENT, 5353, VIP, 53, q)), S);
+    exactly(out, INT, to_rs(udp4(LADDR, 2000, RS1, 53, q), RS1_MAC));
+    let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR, 2000, b"answer"), RS1_MAC), S);
+    exactly(out, EXT, to_client(udp4(VIP, 53, CLIENT, 5353, b"answer")));
+    // TCP has its own ports: its first connection also gets 2000.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1, 0, b""), RS1_MAC));
+
+    // IPv6 TCP.
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_SYN, 1000, 0, b""), RS1_MAC));
+    let out = e.inject(INT, &from_rs(tcp6(RS6, 80, LADDR6, 2000, TCP_SYN | TCP_ACK, 9, 1001, b""), RS1_MAC), S);
+    exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 9, 1001, b"")));
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK, 1001, 10, b"hello")), S);
+    exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_ACK, 1001, 10, b"hello"), RS1_MAC));
+    // IPv6 UDP.
+    let out = e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, q)), S);
+    exactly(out, INT, to_rs(udp6(LADDR6, 2000, RS6, 53, q), RS1_MAC));
+    let out = e.inject(INT, &from_rs(udp6(RS6, 53, LADDR6, 2000, b"answer6"), RS1_MAC), S);
+    exactly(out, EXT, to_client(udp6(VIP6, 53, C6, 5353, b"answer6")));
+    assert_drops(&e, &[]);
+}
+
+/// 64 local ports on each of two local addresses: 128 connections, both
+/// addresses used; the next is a counted drop; expiry gives the ports back.
+#[test]
+fn port_exhaustion_moves_to_the_next_address_then_drops() {
+    let mut e = engine(1);
+    let vip2 = [10, 0, 1, 102];
+    let mut used = std::collections::HashSet::new();
+    for i in 0..128u16 {
+        // Several clients (persistence keeps each on one real server).
+        let c = [10, 0, 1, 10 + (i % 8) as u8];
+        let out = e.inject(EXT, &from_client(tcp4(c, 10000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+        assert_eq!(out.len(), 1, "connection {i}");
+        let f = &out[0].1;
+        let src: [u8; 4] = f[26..30].try_into().unwrap();
+        let sport = u16::from_be_bytes([f[34], f[35]]);
+        assert!(src == LADDR || src == LADDR2, "{src:?}");
+        assert!((2000..=2063).contains(&sport));
+        assert!(used.insert((src, sport)), "{src:?}:{sport} twice");
+    }
+    assert_eq!(used.iter().filter(|(a, _)| *a == LADDR2).count(), 64, "the second address filled too");
+    let out = e.inject(EXT, &from_client(tcp4([10, 0, 1, 99], 999, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::FnatPortsExhausted, 1)]);
+    // The half-open connections time out (IPVS syn_recv, 60 s): every port is free again.
+    let later = 200 * S;
+    e.workers[0].expire_all(later);
+    let out = e.inject(EXT, &from_client(tcp4([10, 0, 1, 99], 999, vip2, 80, TCP_SYN, 1, 0, b"")), later);
+    assert_eq!(out.len(), 1, "a port is free after expiry");
+    let mut n = 0;
+    for i in 0..127u16 {
+        let out = e.inject(EXT, &from_client(tcp4([10, 0, 1, 98], 20000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), later);
+        n += out.len();
+    }
+    assert_eq!(n, 127, "every port came back");
+    assert_drops(&e, &[(DropReason::FnatPortsExhausted, 1)]);
+}
+
+/// A reload (another weight, another service) keeps the connection and its
+/// local port; the next connection does not reuse the port.
+#[test]
+fn reload_keeps_connections_and_ports() {
+    let mut e = engine(1);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b""), RS1_MAC));
+    let changed = SERVICES.replacen("port = 8080\n", "port = 8080\nweight = 5\n", 1)
+        + "\n[[service]]\nname = \"extra\"\nvip = \"10.0.1.103\"\nports = [80]\nforward = \"fnat\"\n\
+           local_addresses = [\"10.0.2.200\"]\n[[service.real_server]]\naddress = \"10.0.2.3\"\n";
+    // Also widen the port range: the live connection's port stays taken.
+    let text = cfg_text(&changed).replace("2000-2063", "2000-2127");
+    e.reload(ferrovs_cfg::Config::from_str(&text, "r.toml").unwrap(), 2 * S);
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC), 2 * S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b"")));
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40001, [10, 0, 1, 103], 80, TCP_SYN, 5, 0, b"")), 2 * S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2001, RS2, 80, TCP_SYN, 5, 0, b""), RS2_MAC));
+    assert_drops(&e, &[]);
+    // A reload that removes the service removes its connections (and frees their ports).
+    e.reload(cfg(""), 3 * S);
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1001, b""), RS1_MAC), 3 * S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::NoFlow, 1)]);
+    assert_eq!(e.workers[0].flows.len(), 0);
+}
+
+/// Two workers: the reply arrives on whichever worker the "NIC" picks and is
+/// handed to the worker owning the local port, the one that opened it.
+#[test]
+fn two_workers_replies_reach_the_owner() {
+    let mut e = engine(2);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..64u8 {
+        let c = [10, 0, 1, 10 + i];
+        let cmac = [2, 0, 0, 0, 1, 10 + i];
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+        let out = e.inject(EXT, &with_macs(tcp4(c, 30000, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
+        assert_eq!(out.len(), 1, "SYN {i}");
+        let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+        assert!(seen.insert(lport), "local port {lport} used twice across workers");
+        let reply = from_rs(tcp4(RS1, 8080, LADDR, lport, TCP_SYN | TCP_ACK, 9, 2, b""), RS1_MAC);
+        let out = e.inject(INT, &reply, S);
+        assert_eq!(out.len(), 1, "reply {i}");
+        assert_eq!(&out[0].1[26..30], &VIP);
+        assert_eq!(&out[0].1[30..34], &c);
+    }
+    let handed: u64 = e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert!(handed > 0, "some replies arrived on the other worker");
+    assert!(e.workers.iter().all(|w| !w.flows.is_empty()), "both workers own connections");
+    // The ports of each worker come from its own half of 2000-2063.
+    for (w, worker) in e.workers.iter().enumerate() {
+        for i in 0..worker.flows.slots() as u32 {
+            if let Some(c) = worker.flows.try_get(i) {
+                let own = if w == 0 { 2000..=2031 } else { 2032..=2063 };
+                assert!(own.contains(&c.lport), "worker {w} port {}", c.lport);
+            }
+        }
+    }
+    assert_drops(&e, &[]);
+}
+
+#[test]
+fn arp_and_nd_for_local_addresses() {
+    let mut e = engine(1);
+    let out = e.inject(INT, &arp_request(RS1_MAC, RS1, LADDR), S);
+    assert_eq!(out.len(), 1, "ARP reply for the local address");
+    let f = &out[0].1;
+    assert_eq!(&f[20..22], &[0, 2], "a reply");
+    assert_eq!(&f[22..28], &LB_INT, "our MAC");
+    assert_eq!(&f[28..32], &LADDR);
+    let out = e.inject(INT, &neighbor_solicit(RS1_MAC, RS6, LADDR6), S);
+    assert_eq!(out.len(), 1, "NA for the local address");
+    verify_checksums(&out[0].1).unwrap();
+    // And ping.
+    let out = e.inject(INT, &from_rs(ping4(RS1, LADDR, 1, 1), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "echo reply");
+    assert_drops(&e, &[]);
+}
+
+#[test]
+fn icmp_errors_both_ways() {
+    let mut e = engine(1);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    // The real server: port unreachable about LADDR:2000 -> RS1:8080.
+    let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b"");
+    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 3, 3, 0, &quoted), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "to the client");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(&f[26..30], &VIP, "outer source");
+    assert_eq!(&f[30..34], &CLIENT, "outer destination");
+    let inner = 14 + 20 + 8;
+    assert_eq!(&f[inner + 12..inner + 16], &CLIENT, "quoted source");
+    assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination");
+    assert_eq!(&f[inner + 20..inner + 24], &[0x9c, 0x40, 0, 80], "quoted ports 40000 -> 80");
+    assert_eq!(ferrovs_engine::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
+    // The client side: fragmentation needed about VIP:80 -> client:40000.
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 1, 1, b"");
+    let out = e.inject(EXT, &from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
+    assert_eq!(out.len(), 1, "to the real server");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, INT);
+    assert_eq!(&f[26..30], &LADDR, "outer source: the local address");
+    assert_eq!(&f[30..34], &RS1, "outer destination");
+    assert_eq!(&f[inner + 12..inner + 16], &RS1, "quoted source");
+    assert_eq!(&f[inner + 16..inner + 20], &LADDR, "quoted destination");
+    assert_eq!(&f[inner + 20..inner + 24], &[0x1f, 0x90, 0x07, 0xd0], "quoted ports 8080 -> 2000");
+    assert_drops(&e, &[]);
+}
+
+/// Persistence: a client's connections stick to one real server, each with
+/// its own local port.
+#[test]
+fn persistence_sticks_to_one_server() {
+    let mut e = engine(1);
+    let vip2 = [10, 0, 1, 102];
+    let mut rs = None;
+    for i in 0..6u16 {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 41000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+        assert_eq!(out.len(), 1);
+        let d: [u8; 4] = out[0].1[30..34].try_into().unwrap();
+        assert_eq!(*rs.get_or_insert(d), d, "connection {i} on the same real server");
+    }
+    assert_drops(&e, &[]);
+}
+
+/// The SYN proxy splices full-NAT connections too: the client's handshake is
+/// answered with a cookie, then the real server's, from the local address.
+#[test]
+fn syn_proxy_on_fnat() {
+    let text = SERVICES.replacen(
+        "forward = \"fnat\"\nlocal_addresses",
+        "forward = \"fnat\"\nsyn_proxy = \"on\"\nlocal_addresses",
+        1,
+    );
+    let mut e = MemEngine::new(cfg(&text), 1);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    assert_eq!(out.len(), 1);
+    let synack = common::seg::seg(&out[0].1);
+    assert_eq!(synack.flags, TCP_SYN | TCP_ACK);
+    assert_eq!(out[0].0, EXT);
+    let cookie = synack.seq;
+    let ack = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, cookie.wrapping_add(1), b""));
+    let out = e.inject(EXT, &ack, S);
+    assert_eq!(out.len(), 1, "our SYN to the real server");
+    let syn = common::seg::seg(&out[0].1);
+    assert_eq!((syn.src, syn.sport, syn.dst, syn.dport, syn.flags), (LADDR, 2000, RS1, 8080, TCP_SYN));
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, b""), RS1_MAC), S);
+    assert_eq!(out.len(), 1, "our ACK to the real server");
+    let a = common::seg::seg(&out[0].1);
+    assert_eq!((a.src, a.sport, a.dst, a.dport, a.flags, a.ack), (LADDR, 2000, RS1, 8080, TCP_ACK, 7001));
+    // Server data reaches the client in the cookie's sequence space.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_PSH, 7001, 1001, b"hi"), RS1_MAC), S);
+    assert_eq!(out.len(), 1);
+    let d = common::seg::seg(&out[0].1);
+    assert_eq!((d.src, d.sport, d.dst, d.dport, d.seq), (VIP, 80, CLIENT, 40000, cookie.wrapping_add(1)));
+    assert_drops(&e, &[]);
+}
+
+const FTP: &str = r#"
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [21]
+forward = "fnat"
+ftp = true
+local_addresses = ["10.0.2.200", "10.0.2.201"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "ftp6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [21]
+forward = "fnat"
+ftp = true
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+
+/// An FTP control connection through full NAT (IPv4 or IPv6), opened by `open`; each side's
+/// segments are built here.
+struct Ftp {
+    e: MemEngine,
+    v6: bool,
+    /// Client and server sequence numbers (original spaces).
+    c: u32,
+    s: u32,
+    lport: u16,
+}
+
+impl Ftp {
+    fn open(v6: bool) -> Ftp {
+        let mut e = MemEngine::new(cfg(FTP), 1);
+        let mut f = Ftp { e: MemEngine::new(cfg(""), 1), v6, c: 1000, s: 5000, lport: 0 };
+        let out = e.inject(EXT, &f.client_seg(21, 40000, TCP_SYN, b""), S);
+        assert_eq!(out.len(), 1);
+        let syn = &out[0].1;
+        let p = ferrovs_engine::parse::parse(syn).unwrap();
+        f.lport = p.sport;
+        f.e = e;
+        let out = f.e.inject(INT, &f.rs_seg(21, f.lport, TCP_SYN | TCP_ACK, b""), S);
+        assert_eq!(out.len(), 1);
+        f.c += 1;
+        f.s += 1;
+        f
+    }
+    fn client_frame(&self, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+        if self.v6 {
+            from_client(tcp6(C6, sport, VIP6, dport, flags, seq, ack, data))
+        } else {
+            from_client(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data))
+        }
+    }
+    /// A control-connection segment from the client (`sport` 40000 -> VIP:`dport`).
+    fn client_seg(&self, dport: u16, sport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        self.client_frame(sport, dport, flags, self.c, self.s, data)
+    }
+    fn rs_seg(&self, sport: u16, lport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        let (seq, ack) = (self.s, self.c);
+        if self.v6 {
+            from_rs(tcp6(RS6, sport, LADDR6, lport, flags, seq, ack, data), RS1_MAC)
+        } else {
+            from_rs(tcp4(RS1, sport, LADDR, lport, flags, seq, ack, data), RS1_MAC)
+        }
+    }
+    /// The client sends a command; returns the payload the real server gets.
+    fn command(&mut self, line: &str) -> Vec<u8> {
+        let f = self.client_seg(21, 40000, TCP_ACK | TCP_PSH, line.as_bytes());
+        self.c += line.len() as u32;
+        let out = self.e.inject(EXT, &f, S);
+        assert_eq!(out.len(), 1, "{line:?} forwarded");
+        payload(&out[0].1)
+    }
+    /// The server replies; returns the payload the client gets.
+    fn reply(&mut self, line: &str) -> Vec<u8> {
+        let f = self.rs_seg(21, self.lport, TCP_ACK | TCP_PSH, line.as_bytes());
+        self.s += line.len() as u32;
+        let out = self.e.inject(INT, &f, S);
+        assert_eq!(out.len(), 1, "{line:?} forwarded");
+        payload(&out[0].1)
+    }
+}
+
+fn payload(frame: &[u8]) -> Vec<u8> {
+    verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    frame[p.payload..p.end].to_vec()
+}
+
+/// (src, sport, dst, dport) of an output frame, addresses as strings.
+fn ends(frame: &[u8]) -> (String, u16, String, u16) {
+    verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    let ip = |a| ferrovs_engine::parse::addr_to_ip(a).to_string();
+    (ip(p.src), p.sport, ip(p.dst), p.dport)
+}
+
+#[test]
+fn ftp_passive_pasv_and_epsv() {
+    let mut f = Ftp::open(false);
+    assert_eq!(f.lport, 2000);
+    f.command("PASV\r\n");
+    let got = f.reply("227 Entering Passive Mode (10,0,2,2,117,49).\r\n");
+    assert_eq!(got, b"227 Entering Passive Mode (10,0,1,100,117,49).\r\n");
+    // The data connection VIP:30001 -> LADDR:lp' -> RS:30001, from the control's local address.
+    let out = f.e.inject(EXT, &f.client_frame(40001, 30001, TCP_SYN, 77, 0, b""), S);
+    assert_eq!(out.len(), 1);
+    let (src, sport, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("10.0.2.200", "10.0.2.2", 30001));
+    assert_ne!(sport, f.lport);
+    let back = from_rs(tcp4(RS1, 30001, LADDR, sport, TCP_SYN | TCP_ACK, 9, 78, b""), RS1_MAC);
+    let out = f.e.inject(INT, &back, S);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 30001, "10.0.1.2".into(), 40001));
+    // EPSV: the port goes through unchanged.
+    f.command("EPSV\r\n");
+    let got = f.reply("229 Entering Extended Passive Mode (|||30002|)\r\n");
+    assert_eq!(got, b"229 Entering Extended Passive Mode (|||30002|)\r\n");
+    let out = f.e.inject(EXT, &f.client_frame(40002, 30002, TCP_SYN, 77, 0, b""), S);
+    let (src, _, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("10.0.2.200", "10.0.2.2", 30002));
+    assert_drops(&f.e, &[]);
+}
+
+#[test]
+fn ftp_active_port_and_eprt() {
+    let mut f = Ftp::open(false);
+    // PORT names the client: the server is told a port reserved on the local address.
+    let got = f.command("PORT 10,0,1,2,156,65\r\n");
+    assert_eq!(got, b"PORT 10,0,2,200,7,209\r\n", "{}", String::from_utf8_lossy(&got));
+    let reserved = 7 * 256 + 209;
+    f.reply("200 PORT command successful.\r\n");
+    // The server connects from RS:20 to LADDR:2001: the client sees VIP:20 -> client:40001.
+    let syn = from_rs(tcp4(RS1, 20, LADDR, reserved, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40001));
+    let synack = f.client_frame(40001, 20, TCP_SYN | TCP_ACK, 300, 9001, b"");
+    let out = f.e.inject(EXT, &synack, S);
+    assert_eq!(ends(&out[0].1), ("10.0.2.200".into(), reserved, "10.0.2.2".into(), 20));
+    // A second connection to the same reserved port is not opened (single use).
+    let again = from_rs(tcp4(RS1, 21000, LADDR, reserved, TCP_SYN, 1, 0, b""), RS1_MAC);
+    assert!(f.e.inject(INT, &again, S).is_empty());
+    // EPRT.
+    let got = f.command("EPRT |1|10.0.1.2|40002|\r\n");
+    assert_eq!(got, b"EPRT |1|10.0.2.200|2002|\r\n", "{}", String::from_utf8_lossy(&got));
+    f.reply("200 EPRT command successful.\r\n");
+    let syn = from_rs(tcp4(RS1, 20, LADDR, 2002, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40002));
+    assert_drops(&f.e, &[(DropReason::NoFlow, 1)]);
+    // A reserved port nobody connects to goes back to the pool after the pinhole timeout.
+    let la = ferrovs_engine::parse::v4_to_addr(LADDR);
+    let free = f.e.workers[0].fnat_free_ports(la, 6);
+    f.command("PORT 10,0,1,2,156,70\r\n");
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 1);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 1);
+    let _ = f.e.run(30 * S);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 1, "still within the pinhole timeout");
+    let _ = f.e.run(62 * S);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 0);
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free);
+}
+
+#[test]
+fn ftp_ipv6_epsv_and_eprt() {
+    let mut f = Ftp::open(true);
+    f.command("EPSV\r\n");
+    f.reply("229 Entering Extended Passive Mode (|||30003|)\r\n");
+    let out = f.e.inject(EXT, &f.client_frame(40003, 30003, TCP_SYN, 1, 0, b""), S);
+    let (src, _, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("fd00:2::200", "fd00:2::2", 30003));
+    let got = f.command("EPRT |2|fd00:1::2|40004|\r\n");
+    assert_eq!(got, b"EPRT |2|fd00:2::200|2002|\r\n", "{}", String::from_utf8_lossy(&got));
+    f.reply("200 EPRT command successful.\r\n");
+    let syn = from_rs(tcp6(RS6, 20, LADDR6, 2002, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(ends(&out[0].1), ("fd00:1::100".into(), 20, "fd00:1::2".into(), 40004));
+    // The EPRT grew by one byte: the server's acknowledgement of it maps back to the
+    // client's sequence space.
+    let ack = from_rs(tcp6(RS6, 21, LADDR6, f.lport, TCP_ACK, f.s, f.c + 1, b""), RS1_MAC);
+    let out = f.e.inject(INT, &ack, S);
+    let got = common::seg::seg6_ack(&out[0].1);
+    assert_eq!(got, f.c, "acknowledges the client's bytes");
+    assert_drops(&f.e, &[]);
+}
+
+/// A fragmented UDP reply to a local address, with two workers: every fragment arrives on
+/// worker 0 (the "NIC" cannot hash fragments by port); the first is handed to the worker
+/// owning the local port, and the later ones follow it, also when they came first.
+#[test]
+fn fragmented_replies_follow_their_first_fragment_to_the_owner() {
+    for later_first in [false, true] {
+        let mut e = engine(2);
+        // A client whose connections live on worker 1 (local ports 2032-2063).
+        let (c, lport) = (0..64u8)
+            .find_map(|i| {
+                let c = [10, 0, 1, 10 + i];
+                let cmac = [2, 0, 0, 0, 1, 10 + i];
+                e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+                let out = e.inject(EXT, &with_macs(udp4(c, 5353, VIP, 53, b"q"), cmac, LB_EXT), S);
+                let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+                (lport >= 2032).then_some((c, lport))
+            })
+            .expect("some client is owned by worker 1");
+        let big = vec![0x5au8; 3000];
+        let reply = from_rs(udp4(RS1, 53, LADDR, lport, &big), RS1_MAC);
+        let mut frags = fragment4(&reply, 1400, 777);
+        assert_eq!(frags.len(), 3);
+        if later_first {
+            frags.rotate_left(1);
+        }
+        let mut out = Vec::new();
+        for f in &frags {
+            out.extend(e.inject(INT, f, S));
+        }
+        assert_eq!(out.len(), 3, "all fragments forwarded (later first: {later_first})");
+        let got: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+        let whole = reassemble(&got).expect("complete datagram");
+        verify_checksums(&whole).unwrap();
+        assert_eq!(&whole[26..30], &VIP);
+        assert_eq!(&whole[30..34], &c);
+        assert_eq!(&whole[36..38], &5353u16.to_be_bytes());
+        assert_drops(&e, &[]);
+    }
+}
+
+const PP: &str = r#"
+[[service]]
+name = "pp1"
+vip = "10.0.1.104"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+proxy_protocol = "v1"
+
+[[service]]
+name = "pp2"
+vip = "10.0.1.105"
+protocol = "tcp"
+ports = [80]
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+proxy_protocol = "v2"
+"#;
+
+/// PROXY protocol v1 through full NAT: the header is inserted at the start of the client's
+/// stream (on the handshake's ACK), the first data segment and its retransmission carry the
+/// same header, later sequence numbers and the server's acknowledgements are translated, the
+/// SYN-ACK's MSS leaves room for the header.
+#[test]
+fn proxy_protocol_v1_inserted_and_translated() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let hdr = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n";
+    let h = hdr.len() as u32;
+    let c = |e: &mut MemEngine, flags, seq, ack, data: &[u8]| {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, vip, 80, flags, seq, ack, data)), S);
+        assert_eq!(out.len(), 1);
+        seg(&out[0].1)
+    };
+    let syn = c(&mut e, TCP_SYN, 1000, 0, b"");
+    assert_eq!((syn.src, syn.sport, syn.seq, syn.payload.len()), (LADDR, 2000, 1000, 0));
+    // SYN-ACK with MSS 1460: the client is told 1460 - header.
+    let sa = tcp4_opts(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, &opt_mss(1460), b"");
+    let out = e.inject(INT, &from_rs(sa, RS1_MAC), S);
+    let s = seg(&out[0].1);
+    assert_eq!((s.ack, s.mss), (1001, Some(1460 - h as u16)));
+    // The handshake's ACK carries the header.
+    let a = c(&mut e, TCP_ACK, 1001, 7001, b"");
+    assert_eq!((a.seq, &a.payload[..]), (1001, &hdr[..]));
+    // The first data segment, also at the stream start (the header not acknowledged yet).
+    let d = c(&mut e, TCP_ACK | TCP_PSH, 1001, 7001, b"GET /");
+    assert_eq!(d.seq, 1001);
+    assert_eq!(d.payload, [&hdr[..], b"GET /"].concat());
+    // Its retransmission: the same bytes.
+    let r = c(&mut e, TCP_ACK | TCP_PSH, 1001, 7001, b"GET /");
+    assert_eq!(r.payload, d.payload);
+    // The server acknowledges header + 5 bytes: the client sees 5.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK, 7001, 1001 + h + 5, b""), RS1_MAC), S);
+    assert_eq!(seg(&out[0].1).ack, 1006);
+    // An acknowledgement inside the header maps to the stream start.
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK, 7001, 1001 + 3, b""), RS1_MAC), S);
+    assert_eq!(seg(&out[0].1).ack, 1001);
+    // Later client data is shifted by the header.
+    let l = c(&mut e, TCP_ACK | TCP_PSH, 1006, 7001, b" HTTP/1.0\r\n\r\n");
+    assert_eq!((l.seq, &l.payload[..]), (1006 + h, &b" HTTP/1.0\r\n\r\n"[..]));
+    // Now the header is acknowledged: a pure ACK at the start carries nothing more.
+    let p = c(&mut e, TCP_ACK, 1001, 7001, b"");
+    assert!(p.payload.is_empty());
+    // Server data passes with its own sequence numbers.
+    let out = e.inject(
+        INT,
+        &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK | TCP_PSH, 7001, 1019 + h, b"HTTP/1.0 200"), RS1_MAC),
+        S,
+    );
+    let s = seg(&out[0].1);
+    assert_eq!((s.src, s.seq, s.ack, &s.payload[..]), (vip, 7001, 1019, &b"HTTP/1.0 200"[..]));
+    assert_drops(&e, &[]);
+}
+
+/// PROXY protocol v2 through NAT: the binary header names the client and the VIP.
+#[test]
+fn proxy_protocol_v2_over_nat() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 105];
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40001, vip, 80, TCP_SYN, 50, 0, b"")), S);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40001, vip, 80, TCP_ACK | TCP_PSH, 51, 9, b"hi")), S);
+    let s = seg(&out[0].1);
+    let mut want = vec![0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0, 12];
+    want.extend_from_slice(&[10, 0, 1, 2, 10, 0, 1, 105, 0x9c, 0x41, 0, 80]);
+    want.extend_from_slice(b"hi");
+    assert_eq!((s.src, s.dst, s.seq), (CLIENT, RS1, 51));
+    assert_eq!(s.payload, want);
+    assert_drops(&e, &[]);
+}
