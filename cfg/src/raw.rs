@@ -57,6 +57,8 @@ pub(crate) struct RawEngine {
     pub expectation_table_size: Option<S<i64>>,
     pub neighbor_table_size: Option<S<i64>>,
     pub syn_proxy_threshold: Option<S<i64>>,
+    pub icmp_rate: Option<S<i64>>,
+    pub icmp_burst: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,

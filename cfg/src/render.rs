@@ -83,6 +83,8 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "expectation_table_size = {}", e.expectation_table_size);
     let _ = writeln!(o, "neighbor_table_size = {}", e.neighbor_table_size);
     let _ = writeln!(o, "syn_proxy_threshold = {}", e.syn_proxy_threshold);
+    let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
+    let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));

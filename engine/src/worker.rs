@@ -162,6 +162,10 @@ pub struct Worker<Q: PortQueue> {
     bounce_log: crate::ratelimit::RateLimit,
     /// Rate limit for the neighbour-table-full warning.
     neigh_log: crate::ratelimit::RateLimit,
+    /// Token bucket of the ICMP errors this worker originates (`[engine] icmp_rate` /
+    /// `icmp_burst`) and the (rate, burst) it was built for.
+    icmp_rl: crate::ratelimit::RateLimit,
+    icmp_cfg: (u32, u32),
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
@@ -260,6 +264,8 @@ impl<Q: PortQueue> Worker<Q> {
             actions: alg::Actions::default(),
             bounce_log: Default::default(),
             neigh_log: Default::default(),
+            icmp_rl: crate::ratelimit::RateLimit::new(0, 1),
+            icmp_cfg: (u32::MAX, 0),
             sweep_pos: 0,
             now: 0,
             last_tick: 0,
@@ -302,6 +308,11 @@ impl<Q: PortQueue> Worker<Q> {
         self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
         self.snap_gen = self.snap_gen.wrapping_add(1);
+        let icmp = (snap.config.engine.icmp_rate, snap.config.engine.icmp_burst);
+        if icmp != self.icmp_cfg {
+            self.icmp_rl = crate::ratelimit::RateLimit::new(icmp.0, icmp.1);
+            self.icmp_cfg = icmp;
+        }
         self.remap = if Arc::ptr_eq(&old, &snap) {
             crate::remap::SnapshotMap::identity(&snap)
         } else {
@@ -1436,6 +1447,22 @@ impl<Q: PortQueue> Worker<Q> {
     /// Forward a packet of connection `idx` travelling in `dir`.
     #[inline(always)]
     fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        // Egress MTU (IPVS `ensure_mtu_is_adequate`), before the packet changes any state: one
+        // compare on the fast path; a packet too big becomes an ICMP error to its sender.
+        {
+            let c = self.flows.get(idx);
+            let (egress, over) = match (dir, c.fwd) {
+                (Dir::Out, _) => (c.if_out, 0),
+                (Dir::In, Forward::Tunnel) => (c.if_in, if addr_is_v4(c.rs) { 20 } else { 40 }),
+                (Dir::In, _) => (c.if_in, 0),
+            };
+            let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+            // FTP control connections are exempt: the gateway cuts every segment it writes
+            // to the egress MTU (`ftp_replace`), and their handshake MSS is clamped to it.
+            if p.end - p.l3 + over > mtu && c.flags & F_ALG == 0 {
+                return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
+            }
+        }
         let now = self.now;
         let snap_gen = self.snap_gen;
         let id = self.id;
@@ -1915,6 +1942,21 @@ impl<Q: PortQueue> Worker<Q> {
             return Next::Drop(DropReason::FragTimeout);
         };
         let inbound = fl.inbound;
+        let egress = if inbound { c.if_in } else { c.if_out };
+        let over = if c.fwd == Forward::Tunnel {
+            if addr_is_v4(c.rs) {
+                20
+            } else {
+                40
+            }
+        } else {
+            0
+        };
+        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        if f.end - f.l3 + over > mtu {
+            // Not the first fragment: no ICMP error (RFC 1122 3.2.2).
+            return Next::Drop(DropReason::TooBig);
+        }
         match c.fwd {
             Forward::Nat => {
                 let (addr, l3d) = if inbound { (c.rs, c.l3_in) } else { (c.vip, c.l3_out) };
@@ -1935,6 +1977,48 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         self.l2_out(fl.conn, inbound, pkt)
+    }
+
+    /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
+    /// takes): turned into ICMP "fragmentation needed" / ICMPv6 "packet too big" back to its
+    /// sender when [`icmpgen::may_answer`] allows and the worker's token bucket has a token;
+    /// otherwise a `too_big` drop.
+    ///
+    /// The error's source is what the sender talked to: the VIP for a client's packet (Linux's
+    /// `icmp_send` answers from the packet's local destination; IPVS calls it on the packet
+    /// before NAT). For a real server's NAT reply (a client-side MTU smaller than the real
+    /// server's), the error goes to the real server from the balancer's own address on that
+    /// side: in Linux the reply is routed by `ip_forward`, which checks the MTU before IPVS's
+    /// SNAT and answers from the router's address, so the real server learns the path MTU
+    /// towards the client.
+    #[inline(never)]
+    fn too_big(&mut self, dir: Dir, pkt: &mut Q::Buf, p: &Parsed, mtu: usize) -> Next {
+        if !crate::icmpgen::may_answer(pkt.data(), p) {
+            return Next::Drop(DropReason::TooBig);
+        }
+        let Some((iface, nh)) = self.snap.route(p.src) else {
+            return Next::Drop(DropReason::TooBig);
+        };
+        let src = match dir {
+            Dir::In => Some(p.dst),
+            Dir::Out => self.snap.ifaces.get(iface).and_then(|i| i.source_for(p.src)),
+        };
+        let Some(src) = src else {
+            return Next::Drop(DropReason::TooBig);
+        };
+        if self.icmp_cfg.0 == 0 || !self.icmp_rl.allow(self.now) {
+            bump(&self.counters.icmp_ratelimited, 1);
+            return Next::Drop(DropReason::TooBig);
+        }
+        // Back to the neighbour the packet came from when the route's next hop is unknown.
+        let d = pkt.data();
+        let dmac = self.neigh.get(nh).unwrap_or_else(|| d[6..12].try_into().unwrap_or([0; 6]));
+        let smac = self.if_macs.get(iface).copied().unwrap_or([0; 6]);
+        if !crate::icmpgen::build(pkt, p, src, mtu.min(u32::MAX as usize) as u32, smac, dmac) {
+            return Next::Drop(DropReason::TooBig);
+        }
+        bump(&self.counters.icmp_sent, 1);
+        Next::Tx(iface)
     }
 
     /// Answer an echo request to a VIP or an interface address.
