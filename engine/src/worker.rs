@@ -108,6 +108,27 @@ struct SvcState {
     dests: Vec<sched::Dest>,
 }
 
+/// The largest receive window TCP can announce: 65535 scaled by 2^14 (RFC 7323).
+const MAX_TCP_WINDOW: u32 = 65_535 << 14;
+
+/// See [`Worker::table_sizes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableSizes {
+    pub flows: usize,
+    /// Neighbour cache entries (static and learnt).
+    pub neighbors: usize,
+    pub expectations: usize,
+    pub frag_datagrams: usize,
+    pub frag_held: usize,
+    pub proxy_held: usize,
+    pub verified_clients: usize,
+    /// Packets parked while a next hop is resolved.
+    pub parked: usize,
+    pub ftp_sessions: usize,
+    /// Line reassembly buffers of the FTP gateway sessions (capacity, bytes).
+    pub ftp_buffer_bytes: usize,
+}
+
 pub struct Worker<Q: PortQueue> {
     pub id: usize,
     queues: Vec<Q>,
@@ -285,6 +306,33 @@ impl<Q: PortQueue> Worker<Q> {
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap
     }
+    /// Sizes of the worker's bounded tables and buffers (what a flood could try to grow),
+    /// for `ferrovs bench`. Walks the flow table: not for the packet path.
+    pub fn table_sizes(&self) -> TableSizes {
+        let mut ftp_sessions = 0;
+        let mut ftp_buffer_bytes = 0;
+        for i in 0..self.flows.slots() as u32 {
+            if self.flows.try_get(i).is_some() {
+                if let Some(s) = self.flows.cold(i).alg.as_deref() {
+                    ftp_sessions += 1;
+                    ftp_buffer_bytes += s.buffer_bytes();
+                }
+            }
+        }
+        TableSizes {
+            flows: self.flows.len(),
+            neighbors: self.neigh.len(),
+            expectations: self.expect.len(),
+            frag_datagrams: self.frags.len(),
+            frag_held: self.frag_held.len(),
+            proxy_held: self.proxy_held.len(),
+            verified_clients: self.verified.len(),
+            parked: self.pending.len(),
+            ftp_sessions,
+            ftp_buffer_bytes,
+        }
+    }
+
     pub fn counters(&self) -> &Arc<WorkerCounters> {
         &self.counters
     }
@@ -2410,6 +2458,18 @@ impl<Q: PortQueue> Worker<Q> {
         let svc = self.flows.get(idx).svc as usize;
         if syn {
             s.set_isn(adir, seq);
+        }
+        // Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
+        // expects is out of window: no receiver takes it, and fed to the gateway it would
+        // look like a hole and stop it reading until the next line (nf_conntrack's window
+        // tracking keeps such segments from its FTP helper too). Dropped and counted.
+        if p.payload_len() > 0 {
+            let ahead = s.next_seq(adir).map_or(0, |n| data_seq.wrapping_sub(n));
+            if ahead > MAX_TCP_WINDOW && ahead < 1 << 31 {
+                self.flows.cold_mut(idx).alg = Some(s);
+                self.actions = actions;
+                return Err(Next::Drop(DropReason::OutOfWindow));
+            }
         }
         let verdict = if p.payload_len() > 0 {
             let mut pins = Broker::new(self, idx);

@@ -58,6 +58,10 @@ impl HeapBuf {
             self.buf[HEADROOM..HEADROOM + 64].copy_from_slice(h);
             return;
         }
+        if let Ok(h) = <&[u8; 128]>::try_from(head) {
+            self.buf[HEADROOM..HEADROOM + 128].copy_from_slice(h);
+            return;
+        }
         let n = head.len().min(MAX_FRAME);
         self.buf[HEADROOM..HEADROOM + n].copy_from_slice(&head[..n]);
     }
