@@ -93,10 +93,10 @@ impl Scenario {
     }
 
     /// Bytes of template restored per packet: [`HEAD`], or 128 where the flood's frames are
-    /// longer (ND: 86 bytes); then for every packet of the run, established ones included,
+    /// longer (ND: 86 bytes, ICMP errors: 70); then for every packet of the run, established ones included,
     /// so the figures alone and under the flood stay comparable.
     fn stride(self) -> usize {
-        if self == Scenario::FloodNd {
+        if matches!(self, Scenario::FloodNd | Scenario::FloodIcmp) {
             2 * HEAD
         } else {
             HEAD
@@ -398,7 +398,8 @@ impl Rig {
             Some(b) => b,
             None => {
                 self.refills += 1;
-                HeapBuf::from_slice(&vec![0u8; self.len.max(2 * HEAD)])
+                // From the thread's pool of dropped buffers (the flood's drops), else new.
+                HeapBuf::new()
             }
         }
     }
@@ -798,7 +799,7 @@ fn flood_set(
                     }
                     Scenario::FloodIcmp => {
                         // "Port unreachable" from a spoofed host about VIP:80 -> it, which
-                        // never was (the quoted ports lie past the 64-byte template: 0).
+                        // never was.
                         let quoted = crate::testpkt::udp4(VIP_NAT, 80, a, p, b"");
                         let f = crate::testpkt::icmp4_error(a, VIP_NAT, 3, 3, 0, &quoted);
                         t.push_raw(EXT, &crate::testpkt::with_macs(f, GW_MAC, LB_EXT));

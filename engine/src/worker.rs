@@ -1042,7 +1042,10 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
         }
-        self.process_slow(iface, pkt, handed, parsed, hash)
+        // The burst's lookup pass missed and nothing was inserted since: a known miss (floods
+        // of unknown flows skip a second, cache-missing probe).
+        let known_miss = hash != 0 && hint == NONE && self.hint_ver == self.flows.version();
+        self.process_slow(iface, pkt, handed, parsed, hash, known_miss)
     }
 
     /// Everything but an established connection's packet: classification
@@ -1056,6 +1059,7 @@ impl<Q: PortQueue> Worker<Q> {
         handed: bool,
         parsed: &Result<Parsed, parse::ParseError>,
         hash: u64,
+        known_miss: bool,
     ) {
         let p = match parsed {
             Ok(p) => *p,
@@ -1130,7 +1134,8 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let key = flow_key(&p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-        let next = match self.flows.lookup_hashed(&key, hash) {
+        let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
+        let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
                 if dst_vip && dir == Dir::In && self.reusable(idx, &p) {
@@ -1684,9 +1689,14 @@ impl<Q: PortQueue> Worker<Q> {
         let gen = self.neigh.gen;
         let (c, k) = self.flows.both_mut(idx);
         if c.mac_gen != gen {
-            c.mac_in = self.neigh.get(k.nh_in).unwrap_or([0; 6]);
-            c.mac_out = if c.fwd == Forward::Nat { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
-            c.mac_gen = gen;
+            c.mac_in = self.neigh.resolve(k.nh_in).unwrap_or([0; 6]);
+            let nat = c.fwd == Forward::Nat;
+            c.mac_out = if nat { self.neigh.resolve(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
+            // Valid for this generation only if every MAC was known: learning a new neighbour
+            // does not change `gen` (see `NeighCache::learn`), so a flow still missing one
+            // looks them up again on its next packet.
+            let complete = c.mac_in != [0; 6] && (!nat || c.mac_out != [0; 6]);
+            c.mac_gen = if complete { gen } else { gen.wrapping_sub(1) };
         }
         let (iface, mac) = if to_rs { (c.if_in as usize, c.mac_in) } else { (c.if_out as usize, c.mac_out) };
         let src_mac = self.if_macs[iface];
