@@ -2226,6 +2226,16 @@ impl<Q: PortQueue> Worker<Q> {
             return None;
         }
         let mode = svc.syn_proxy;
+        if mode == SynProxy::Off {
+            return None;
+        }
+        // Not a SYN, and no cookie went out lately: neither a handshake's last segment nor a
+        // verifying reset can carry one (the checks below would all let it go). Decided
+        // before the real-server scan, so a flood of stray segments stays cheap.
+        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        if p.tcp_flags & TCP_SYN == 0 && !recent {
+            return None;
+        }
         let engaged = match mode {
             SynProxy::On => true,
             SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
@@ -2269,12 +2279,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Only the handshake's last segment can carry a cookie: a plain ACK (with or without
         // data), no SYN, FIN or RST.
-        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_FIN) != TCP_ACK || mode == SynProxy::Off {
-            return None;
-        }
-        // An ACK for no connection: a cookie only if cookies went out lately (else it is an
-        // ordinary stray, counted as no_flow by the ordinary path).
-        if self.last_cookie == 0 || self.now.saturating_sub(self.last_cookie) > 2 << 36 {
+        // (An ACK for no connection is a cookie only if cookies went out lately, checked
+        // above; else it is an ordinary stray, counted as no_flow by the ordinary path.)
+        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_FIN) != TCP_ACK {
             return None;
         }
         let isn = seq.wrapping_sub(1);
