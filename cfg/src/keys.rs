@@ -63,6 +63,8 @@ pub const KEYS: &[Key] = &[
     k("engine", "expectation_table_size", "integer 16..16777216", Some("65536"), "FTP expectation (pinhole) table capacity of each worker. When full, the requesting control connection's oldest expectation, or else the worker's oldest, is evicted (counted)."),
     k("engine", "neighbor_table_size", "integer 16..16777216", Some("4096"), "Dynamic neighbour (ARP/ND) entries of each worker. When full, the stalest is evicted (counted); static [[neighbor]] entries are not counted and never evicted."),
     k("engine", "syn_proxy_threshold", "integer", Some("flow_table_size / 16, at least 64"), "Half-open TCP connections per worker above which services with syn_proxy = \"auto\" answer SYNs with SYN cookies."),
+    k("engine", "icmp_rate", "integer 0..1000000000", Some("1000"), "ICMP errors the balancer originates (fragmentation needed / packet too big), per worker and second: a token bucket like Linux's net.ipv4.icmp_msgs_per_sec. 0: never send them (the packets are still counted as too_big drops)."),
+    k("engine", "icmp_burst", "integer 1..1000000", Some("50"), "Burst of originated ICMP errors per worker (net.ipv4.icmp_msgs_burst)."),
     k("engine", "control_socket", "path", Some("\"/run/ferrovs/ferrovs.sock\""), "Unix socket of ferrovsadm (mode 0660; root and the daemon's user only)."),
     k("engine", "metrics_listen", "\"ADDRESS:PORT\"", None, "Serve Prometheus metrics at /metrics and the status page at / on this address. Off when absent."),
     k("engine", "timeouts", "table", None, "The [engine.timeouts] table."),

@@ -50,6 +50,11 @@ pub struct Engine {
     /// Half-open TCP connections per worker above which services with `syn_proxy = "auto"`
     /// answer SYNs with SYN cookies (default: 1/16 of `flow_table_size`, at least 64).
     pub syn_proxy_threshold: u32,
+    /// ICMP errors the balancer originates (fragmentation needed / packet too big), per worker
+    /// and second (default 1000, Linux's `net.ipv4.icmp_msgs_per_sec`); 0: none at all.
+    pub icmp_rate: u32,
+    /// Burst of originated ICMP errors per worker (default 50, `net.ipv4.icmp_msgs_burst`).
+    pub icmp_burst: u32,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,
     /// Optional Prometheus listener.

@@ -58,6 +58,8 @@ pub(crate) struct RawEngine {
     pub neighbor_table_size: Option<S<i64>>,
     pub syn_proxy_threshold: Option<S<i64>>,
     pub local_port_range: Option<S<PortDe>>,
+    pub icmp_rate: Option<S<i64>>,
+    pub icmp_burst: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,

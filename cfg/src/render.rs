@@ -87,6 +87,8 @@ pub(crate) fn config(c: &Config) -> String {
     if e.local_port_range != (PortRange { lo: 1024, hi: 65535 }) {
         let _ = writeln!(o, "local_port_range = \"{}-{}\"", e.local_port_range.lo, e.local_port_range.hi);
     }
+    let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
+    let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));

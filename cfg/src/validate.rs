@@ -328,6 +328,8 @@ impl Validator<'_> {
             "syn_proxy_threshold",
             default_syn_threshold(flow_table_size),
         )? as u32;
+        let icmp_rate = self.opt_int(&e.icmp_rate, 0, 1_000_000_000, "icmp_rate", 1000)? as u32;
+        let icmp_burst = self.opt_int(&e.icmp_burst, 1, 1_000_000, "icmp_burst", 50)? as u32;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -365,6 +367,8 @@ impl Validator<'_> {
                 expectation_table_size,
                 neighbor_table_size,
                 syn_proxy_threshold,
+                icmp_rate,
+                icmp_burst,
                 control_socket,
                 metrics_listen,
                 timeouts,
@@ -802,6 +806,8 @@ pub(crate) fn default_engine() -> Engine {
         expectation_table_size: 65_536,
         neighbor_table_size: 4096,
         syn_proxy_threshold: 65_536,
+        icmp_rate: 1000,
+        icmp_burst: 50,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),

@@ -71,6 +71,10 @@ pub enum Cmd {
         /// Do not pin workers to cores.
         #[arg(long)]
         no_pin: bool,
+        /// Flood scenarios: measure only the flood's packets (instructions per flood packet
+        /// with scripts/callgrind-pps).
+        #[arg(long)]
+        flood_only: bool,
         #[arg(long)]
         json: bool,
         /// Run every scenario over a grid of flow counts and worker counts

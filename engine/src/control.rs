@@ -453,7 +453,8 @@ impl State {
                        "cookies_sent": s.cookies_sent, "cookies_validated": s.cookies_validated,
                        "cookies_failed": s.cookies_failed, "flows_created": s.flows_created,
                        "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
-                       "sync_skipped": s.sync_skipped, "drops": drops})
+                       "sync_skipped": s.sync_skipped, "icmp_sent": s.icmp_sent,
+                       "icmp_ratelimited": s.icmp_ratelimited, "drops": drops})
             })
             .collect();
         json!(workers)

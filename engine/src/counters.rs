@@ -42,8 +42,9 @@ drop_reasons! {
     HandoffFull => "handoff_full": "The ring to the owning worker was full.",
     TxFull => "tx_full": "The port's transmit queue was full.",
     NoBuffer => "no_buffer": "No free buffer to build a packet.",
-    TooBig => "too_big": "A rewritten packet would not fit the buffer or MTU.",
+    TooBig => "too_big": "A packet does not fit the egress MTU (and no ICMP error went back for it: DF clear, an ICMP error or later fragment, rate-limited) or a rewrite outgrew the buffer.",
     AlgHold => "alg_hold": "An FTP segment held back by the gateway until its line completes.",
+    OutOfWindow => "out_of_window": "FTP control connection: data beyond the largest window TCP can announce (65535 << 14) past what the gateway expects.",
 }
 
 pub const N_DROPS: usize = DropReason::ALL.len();
@@ -86,6 +87,11 @@ pub struct WorkerCounters {
     /// segment that outgrew the MTU (one per piece beyond the first), for
     /// packet accounting: each then went out, was dropped or parked.
     pub split_segments: AtomicU64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" the worker originated (each turned
+    /// a packet too big for the egress MTU into the error back to its sender), and those the
+    /// `[engine] icmp_rate` token bucket suppressed (the packet is then a `too_big` drop).
+    pub icmp_sent: AtomicU64,
+    pub icmp_ratelimited: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -126,6 +132,8 @@ impl WorkerCounters {
             cookies_sent: self.cookies_sent.load(Relaxed),
             cookies_validated: self.cookies_validated.load(Relaxed),
             cookies_failed: self.cookies_failed.load(Relaxed),
+            icmp_sent: self.icmp_sent.load(Relaxed),
+            icmp_ratelimited: self.icmp_ratelimited.load(Relaxed),
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
         }
     }
@@ -155,6 +163,8 @@ impl WorkerCounters {
             cookies_validated,
             cookies_failed,
             split_segments,
+            icmp_sent,
+            icmp_ratelimited,
             drops,
         } = self;
         for c in [
@@ -180,6 +190,8 @@ impl WorkerCounters {
             cookies_validated,
             cookies_failed,
             split_segments,
+            icmp_sent,
+            icmp_ratelimited,
         ]
         .into_iter()
         .chain(drops.iter())
@@ -213,6 +225,8 @@ pub struct CounterSnapshot {
     pub cookies_sent: u64,
     pub cookies_validated: u64,
     pub cookies_failed: u64,
+    pub icmp_sent: u64,
+    pub icmp_ratelimited: u64,
     pub drops: Vec<(&'static str, u64)>,
 }
 

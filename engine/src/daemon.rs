@@ -118,6 +118,8 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.cookies_sent += s.cookies_sent;
         total.cookies_validated += s.cookies_validated;
         total.cookies_failed += s.cookies_failed;
+        total.icmp_sent += s.icmp_sent;
+        total.icmp_ratelimited += s.icmp_ratelimited;
         if total.drops.is_empty() {
             total.drops = s.drops.clone();
         } else {
@@ -156,6 +158,9 @@ pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
                 "worker {w}: syn proxy cookies sent {} validated {} failed {}",
                 c.cookies_sent, c.cookies_validated, c.cookies_failed
             );
+        }
+        if c.icmp_sent + c.icmp_ratelimited > 0 {
+            let _ = writeln!(s, "worker {w}: icmp errors sent {} rate-limited {}", c.icmp_sent, c.icmp_ratelimited);
         }
         let drops: Vec<String> = c.drops.iter().filter(|d| d.1 > 0).map(|(n, v)| format!("{n}={v}")).collect();
         let _ = writeln!(s, "worker {w}: drops {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });

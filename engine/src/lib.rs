@@ -67,6 +67,7 @@ pub mod frag;
 pub mod frame;
 pub mod gen;
 pub mod health;
+pub mod icmpgen;
 pub mod ipvsadm;
 pub mod logging;
 pub mod metrics;

@@ -117,7 +117,7 @@ pub fn render(f: &Figures) -> String {
         }
     }
     type W = fn(&crate::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 11] = [
+    let wk: [(&str, &str, &str, W); 13] = [
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -131,6 +131,12 @@ pub fn render(f: &Figures) -> String {
             s.cookies_validated
         }),
         ("syn_cookies_failed_total", "counter", "SYN proxy: ACKs whose cookie was invalid.", |s| s.cookies_failed),
+        ("icmp_sent_total", "counter", "ICMP fragmentation-needed / packet-too-big errors originated.", |s| {
+            s.icmp_sent
+        }),
+        ("icmp_ratelimited_total", "counter", "Originated ICMP errors suppressed by [engine] icmp_rate.", |s| {
+            s.icmp_ratelimited
+        }),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
     family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");

@@ -17,7 +17,13 @@ struct Entry {
     is_static: bool,
     /// Order of the last learn/confirm (dynamic entries): smaller is staler.
     stamp: u64,
+    /// A flow resolved its next hop to this entry (and may have cached the MAC against
+    /// `gen`): evicted only when no unused entry is left, and then `gen` changes.
+    used: bool,
 }
+
+/// Entries in use passed over per eviction before the stalest is evicted anyway.
+const SECOND_CHANCES: usize = 8;
 
 /// Default bound on dynamic entries per worker (static entries are not
 /// counted and never evicted).
@@ -70,7 +76,7 @@ impl NeighCache {
         }
     }
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
-        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0 }) {
+        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true }) {
             if !old.is_static {
                 self.dynamic -= 1;
             }
@@ -95,7 +101,7 @@ impl NeighCache {
                 false
             }
             Some(e) => {
-                *e = Entry { mac, is_static: false, stamp };
+                *e = Entry { mac, is_static: false, stamp, used: e.used };
                 self.next_stamp += 1;
                 self.order.push_back((a, stamp));
                 self.compact();
@@ -107,28 +113,52 @@ impl NeighCache {
                 if self.dynamic >= self.max {
                     self.evict_stalest();
                 }
-                self.map.insert(a, Entry { mac, is_static: false, stamp });
+                self.map.insert(a, Entry { mac, is_static: false, stamp, used: false });
                 self.next_stamp += 1;
                 self.dynamic += 1;
                 self.order.push_back((a, stamp));
                 self.compact();
                 self.asked.remove(&a);
-                self.gen = self.gen.wrapping_add(1);
+                // No flow holds a MAC for an address that had no entry (a flow whose next hop
+                // is unresolved looks it up again on its next packet): `gen` stays, so a
+                // flood of new neighbours does not make every flow look its MACs up again.
                 true
             }
         }
     }
+    /// Evict the stalest dynamic entry no flow uses as a next hop; entries in use get a
+    /// second chance (moved to the back, at most [`SECOND_CHANCES`] of them per eviction),
+    /// so a flood of new neighbours does not push out the next hops of live connections.
     fn evict_stalest(&mut self) {
+        let mut chances = SECOND_CHANCES;
         while let Some((a, stamp)) = self.order.pop_front() {
-            if self.map.get(&a).is_some_and(|e| !e.is_static && e.stamp == stamp) {
-                self.map.remove(&a);
-                self.dynamic -= 1;
-                self.evicted += 1;
+            let Some(e) = self.map.get_mut(&a).filter(|e| !e.is_static && e.stamp == stamp) else { continue };
+            if e.used && chances > 0 {
+                chances -= 1;
+                e.stamp = self.next_stamp;
+                self.order.push_back((a, self.next_stamp));
+                self.next_stamp += 1;
+                continue;
+            }
+            let used = e.used;
+            self.map.remove(&a);
+            self.dynamic -= 1;
+            self.evicted += 1;
+            if used {
                 // Flows may have cached its MAC.
                 self.gen = self.gen.wrapping_add(1);
-                return;
             }
+            return;
         }
+    }
+
+    /// [`NeighCache::get`] for a flow resolving its next hop: marks the entry in use.
+    #[inline]
+    pub fn resolve(&mut self, a: Addr) -> Option<[u8; 6]> {
+        self.map.get_mut(&a).map(|e| {
+            e.used = true;
+            e.mac
+        })
     }
     /// Drop stale order records once they outnumber the entries.
     fn compact(&mut self) {
@@ -286,7 +316,7 @@ mod tests {
         assert!(!c.learn(1, mac(1)));
         let gen = c.gen;
         assert!(c.learn(4, mac(4)));
-        assert_ne!(c.gen, gen);
+        assert_eq!(c.gen, gen, "no flow used 2: nothing to invalidate");
         assert_eq!(c.get(2), None, "stalest evicted");
         assert_eq!(c.take_evicted(), 1);
         assert_eq!(c.take_evicted(), 0);
@@ -297,6 +327,27 @@ mod tests {
         assert_eq!(c.get(100), Some(mac(100)), "static never evicted");
         assert_eq!(c.take_evicted(), 45);
         assert!(c.order.len() <= 2 * 3 + 16 + 1);
+    }
+
+    #[test]
+    fn next_hops_in_use_outlive_a_flood_of_new_neighbours() {
+        let mut c = NeighCache::with_max(4);
+        assert!(c.learn(1, mac(1)));
+        assert_eq!(c.resolve(1), Some(mac(1)), "a flow's next hop");
+        let gen = c.gen;
+        for a in 2..1000 {
+            c.learn(a, mac(a as u8));
+        }
+        assert_eq!(c.get(1), Some(mac(1)), "the next hop in use survived");
+        assert_eq!(c.gen, gen, "flows' cached MACs stay valid");
+        assert_eq!(c.len(), 4);
+        // All in use: the stalest goes anyway, and flows must look again.
+        for a in 996..1000 {
+            c.resolve(a);
+        }
+        c.learn(5000, mac(1));
+        assert_ne!(c.gen, gen);
+        assert_eq!(c.len(), 4);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub fn scenario_name(s: Scenario) -> &'static str {
         Scenario::FloodUnknown => "flood-unknown",
         Scenario::FloodIcmp => "flood-icmp",
         Scenario::FloodArp => "flood-arp",
+        Scenario::FloodNd => "flood-nd",
+        Scenario::FloodFtpTiny => "flood-ftp-tiny",
     }
 }
 
@@ -172,8 +174,15 @@ pub fn run(a: &SweepArgs) -> Result<(), String> {
     for &sc in &a.scenarios {
         for &w in &a.workers {
             for &f in &a.flows {
-                let args =
-                    BenchArgs { scenario: sc, flows: f, packets: a.packets, workers: w, size: a.size, pin: a.pin };
+                let args = BenchArgs {
+                    scenario: sc,
+                    flows: f,
+                    packets: a.packets,
+                    workers: w,
+                    size: a.size,
+                    pin: a.pin,
+                    flood_only: false,
+                };
                 let r = bench::run(&args)?;
                 let p = Point::of(&r);
                 println!(

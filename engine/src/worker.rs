@@ -109,6 +109,27 @@ struct SvcState {
     dests: Vec<sched::Dest>,
 }
 
+/// The largest receive window TCP can announce: 65535 scaled by 2^14 (RFC 7323).
+const MAX_TCP_WINDOW: u32 = 65_535 << 14;
+
+/// See [`Worker::table_sizes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableSizes {
+    pub flows: usize,
+    /// Neighbour cache entries (static and learnt).
+    pub neighbors: usize,
+    pub expectations: usize,
+    pub frag_datagrams: usize,
+    pub frag_held: usize,
+    pub proxy_held: usize,
+    pub verified_clients: usize,
+    /// Packets parked while a next hop is resolved.
+    pub parked: usize,
+    pub ftp_sessions: usize,
+    /// Line reassembly buffers of the FTP gateway sessions (capacity, bytes).
+    pub ftp_buffer_bytes: usize,
+}
+
 pub struct Worker<Q: PortQueue> {
     pub id: usize,
     queues: Vec<Q>,
@@ -173,6 +194,10 @@ pub struct Worker<Q: PortQueue> {
     bounce_log: crate::ratelimit::RateLimit,
     /// Rate limit for the neighbour-table-full warning.
     neigh_log: crate::ratelimit::RateLimit,
+    /// Token bucket of the ICMP errors this worker originates (`[engine] icmp_rate` /
+    /// `icmp_burst`) and the (rate, burst) it was built for.
+    icmp_rl: crate::ratelimit::RateLimit,
+    icmp_cfg: (u32, u32),
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
@@ -285,6 +310,8 @@ impl<Q: PortQueue> Worker<Q> {
             actions: alg::Actions::default(),
             bounce_log: Default::default(),
             neigh_log: Default::default(),
+            icmp_rl: crate::ratelimit::RateLimit::new(0, 1),
+            icmp_cfg: (u32::MAX, 0),
             sweep_pos: 0,
             now: 0,
             last_tick: 0,
@@ -304,6 +331,33 @@ impl<Q: PortQueue> Worker<Q> {
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap
     }
+    /// Sizes of the worker's bounded tables and buffers (what a flood could try to grow),
+    /// for `ferrovs bench`. Walks the flow table: not for the packet path.
+    pub fn table_sizes(&self) -> TableSizes {
+        let mut ftp_sessions = 0;
+        let mut ftp_buffer_bytes = 0;
+        for i in 0..self.flows.slots() as u32 {
+            if self.flows.try_get(i).is_some() {
+                if let Some(s) = self.flows.cold(i).alg.as_deref() {
+                    ftp_sessions += 1;
+                    ftp_buffer_bytes += s.buffer_bytes();
+                }
+            }
+        }
+        TableSizes {
+            flows: self.flows.len(),
+            neighbors: self.neigh.len(),
+            expectations: self.expect.len(),
+            frag_datagrams: self.frags.len(),
+            frag_held: self.frag_held.len(),
+            proxy_held: self.proxy_held.len(),
+            verified_clients: self.verified.len(),
+            parked: self.pending.len(),
+            ftp_sessions,
+            ftp_buffer_bytes,
+        }
+    }
+
     pub fn counters(&self) -> &Arc<WorkerCounters> {
         &self.counters
     }
@@ -327,6 +381,11 @@ impl<Q: PortQueue> Worker<Q> {
         self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
         self.snap_gen = self.snap_gen.wrapping_add(1);
+        let icmp = (snap.config.engine.icmp_rate, snap.config.engine.icmp_burst);
+        if icmp != self.icmp_cfg {
+            self.icmp_rl = crate::ratelimit::RateLimit::new(icmp.0, icmp.1);
+            self.icmp_cfg = icmp;
+        }
         self.remap = if Arc::ptr_eq(&old, &snap) {
             crate::remap::SnapshotMap::identity(&snap)
         } else {
@@ -1042,7 +1101,10 @@ impl<Q: PortQueue> Worker<Q> {
                 }
             }
         }
-        self.process_slow(iface, pkt, handed, parsed, hash)
+        // The burst's lookup pass missed and nothing was inserted since: a known miss (floods
+        // of unknown flows skip a second, cache-missing probe).
+        let known_miss = hash != 0 && hint == NONE && self.hint_ver == self.flows.version();
+        self.process_slow(iface, pkt, handed, parsed, hash, known_miss)
     }
 
     /// Everything but an established connection's packet: classification
@@ -1056,6 +1118,7 @@ impl<Q: PortQueue> Worker<Q> {
         handed: bool,
         parsed: &Result<Parsed, parse::ParseError>,
         hash: u64,
+        known_miss: bool,
     ) {
         let p = match parsed {
             Ok(p) => *p,
@@ -1139,7 +1202,8 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let key = flow_key(&p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-        let next = match self.flows.lookup_hashed(&key, hash) {
+        let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
+        let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
                 if dst_vip && dir == Dir::In && self.reusable(idx, &p) {
@@ -1606,6 +1670,22 @@ impl<Q: PortQueue> Worker<Q> {
     /// Forward a packet of connection `idx` travelling in `dir`.
     #[inline(always)]
     fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        // Egress MTU (IPVS `ensure_mtu_is_adequate`), before the packet changes any state: one
+        // compare on the fast path; a packet too big becomes an ICMP error to its sender.
+        {
+            let c = self.flows.get(idx);
+            let (egress, over) = match (dir, c.fwd) {
+                (Dir::Out, _) => (c.if_out, 0),
+                (Dir::In, Forward::Tunnel) => (c.if_in, if addr_is_v4(c.rs) { 20 } else { 40 }),
+                (Dir::In, _) => (c.if_in, 0),
+            };
+            let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+            // FTP control connections are exempt: the gateway cuts every segment it writes
+            // to the egress MTU (`ftp_replace`), and their handshake MSS is clamped to it.
+            if p.end - p.l3 + over > mtu && c.flags & F_ALG == 0 {
+                return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
+            }
+        }
         let now = self.now;
         let snap_gen = self.snap_gen;
         let id = self.id;
@@ -1814,9 +1894,14 @@ impl<Q: PortQueue> Worker<Q> {
         let gen = self.neigh.gen;
         let (c, k) = self.flows.both_mut(idx);
         if c.mac_gen != gen {
-            c.mac_in = self.neigh.get(k.nh_in).unwrap_or([0; 6]);
-            c.mac_out = if c.fwd.two_way() { self.neigh.get(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
-            c.mac_gen = gen;
+            c.mac_in = self.neigh.resolve(k.nh_in).unwrap_or([0; 6]);
+            let nat = c.fwd.two_way();
+            c.mac_out = if nat { self.neigh.resolve(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
+            // Valid for this generation only if every MAC was known: learning a new neighbour
+            // does not change `gen` (see `NeighCache::learn`), so a flow still missing one
+            // looks them up again on its next packet.
+            let complete = c.mac_in != [0; 6] && (!nat || c.mac_out != [0; 6]);
+            c.mac_gen = if complete { gen } else { gen.wrapping_sub(1) };
         }
         let (iface, mac) = if to_rs { (c.if_in as usize, c.mac_in) } else { (c.if_out as usize, c.mac_out) };
         let src_mac = self.if_macs[iface];
@@ -2161,6 +2246,21 @@ impl<Q: PortQueue> Worker<Q> {
             return Next::Drop(DropReason::FragTimeout);
         };
         let inbound = fl.inbound;
+        let egress = if inbound { c.if_in } else { c.if_out };
+        let over = if c.fwd == Forward::Tunnel {
+            if addr_is_v4(c.rs) {
+                20
+            } else {
+                40
+            }
+        } else {
+            0
+        };
+        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        if f.end - f.l3 + over > mtu {
+            // Not the first fragment: no ICMP error (RFC 1122 3.2.2).
+            return Next::Drop(DropReason::TooBig);
+        }
         match c.fwd {
             Forward::Nat => {
                 let (addr, l3d) = if inbound { (c.rs, c.l3_in) } else { (c.vip, c.l3_out) };
@@ -2188,6 +2288,48 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         self.l2_out(fl.conn, inbound, pkt)
+    }
+
+    /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
+    /// takes): turned into ICMP "fragmentation needed" / ICMPv6 "packet too big" back to its
+    /// sender when [`icmpgen::may_answer`] allows and the worker's token bucket has a token;
+    /// otherwise a `too_big` drop.
+    ///
+    /// The error's source is what the sender talked to: the VIP for a client's packet (Linux's
+    /// `icmp_send` answers from the packet's local destination; IPVS calls it on the packet
+    /// before NAT). For a real server's NAT reply (a client-side MTU smaller than the real
+    /// server's), the error goes to the real server from the balancer's own address on that
+    /// side: in Linux the reply is routed by `ip_forward`, which checks the MTU before IPVS's
+    /// SNAT and answers from the router's address, so the real server learns the path MTU
+    /// towards the client.
+    #[inline(never)]
+    fn too_big(&mut self, dir: Dir, pkt: &mut Q::Buf, p: &Parsed, mtu: usize) -> Next {
+        if !crate::icmpgen::may_answer(pkt.data(), p) {
+            return Next::Drop(DropReason::TooBig);
+        }
+        let Some((iface, nh)) = self.snap.route(p.src) else {
+            return Next::Drop(DropReason::TooBig);
+        };
+        let src = match dir {
+            Dir::In => Some(p.dst),
+            Dir::Out => self.snap.ifaces.get(iface).and_then(|i| i.source_for(p.src)),
+        };
+        let Some(src) = src else {
+            return Next::Drop(DropReason::TooBig);
+        };
+        if self.icmp_cfg.0 == 0 || !self.icmp_rl.allow(self.now) {
+            bump(&self.counters.icmp_ratelimited, 1);
+            return Next::Drop(DropReason::TooBig);
+        }
+        // Back to the neighbour the packet came from when the route's next hop is unknown.
+        let d = pkt.data();
+        let dmac = self.neigh.get(nh).unwrap_or_else(|| d[6..12].try_into().unwrap_or([0; 6]));
+        let smac = self.if_macs.get(iface).copied().unwrap_or([0; 6]);
+        if !crate::icmpgen::build(pkt, p, src, mtu.min(u32::MAX as usize) as u32, smac, dmac) {
+            return Next::Drop(DropReason::TooBig);
+        }
+        bump(&self.counters.icmp_sent, 1);
+        Next::Tx(iface)
     }
 
     /// Answer an echo request to a VIP or an interface address.
@@ -2364,6 +2506,16 @@ impl<Q: PortQueue> Worker<Q> {
             return None;
         }
         let mode = svc.syn_proxy;
+        if mode == SynProxy::Off {
+            return None;
+        }
+        // Not a SYN, and no cookie went out lately: neither a handshake's last segment nor a
+        // verifying reset can carry one (the checks below would all let it go). Decided
+        // before the real-server scan, so a flood of stray segments stays cheap.
+        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        if p.tcp_flags & TCP_SYN == 0 && !recent {
+            return None;
+        }
         let engaged = match mode {
             SynProxy::On => true,
             SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
@@ -2407,12 +2559,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Only the handshake's last segment can carry a cookie: a plain ACK (with or without
         // data), no SYN, FIN or RST.
-        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_FIN) != TCP_ACK || mode == SynProxy::Off {
-            return None;
-        }
-        // An ACK for no connection: a cookie only if cookies went out lately (else it is an
-        // ordinary stray, counted as no_flow by the ordinary path).
-        if self.last_cookie == 0 || self.now.saturating_sub(self.last_cookie) > 2 << 36 {
+        // (An ACK for no connection is a cookie only if cookies went out lately, checked
+        // above; else it is an ordinary stray, counted as no_flow by the ordinary path.)
+        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_FIN) != TCP_ACK {
             return None;
         }
         let isn = seq.wrapping_sub(1);
@@ -2713,6 +2862,18 @@ impl<Q: PortQueue> Worker<Q> {
         let svc = self.flows.get(idx).svc as usize;
         if syn {
             s.set_isn(adir, seq);
+        }
+        // Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
+        // expects is out of window: no receiver takes it, and fed to the gateway it would
+        // look like a hole and stop it reading until the next line (nf_conntrack's window
+        // tracking keeps such segments from its FTP helper too). Dropped and counted.
+        if p.payload_len() > 0 {
+            let ahead = s.next_seq(adir).map_or(0, |n| data_seq.wrapping_sub(n));
+            if ahead > MAX_TCP_WINDOW && ahead < 1 << 31 {
+                self.flows.cold_mut(idx).alg = Some(s);
+                self.actions = actions;
+                return Err(Next::Drop(DropReason::OutOfWindow));
+            }
         }
         let verdict = if p.payload_len() > 0 {
             let mut pins = Broker::new(self, idx);

@@ -150,6 +150,8 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             expectation_table_size: 1024,
             neighbor_table_size: 4096,
             syn_proxy_threshold: 64,
+            icmp_rate: 1000,
+            icmp_burst: 50,
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,
             timeouts: Timeouts::default(),

@@ -281,6 +281,19 @@ impl FtpSession {
         self.stats
     }
 
+    /// Original sequence number of the next byte the gateway expects in `dir` (once a
+    /// segment or `set_isn` started the stream).
+    pub fn next_seq(&self, dir: Dir) -> Option<u32> {
+        let st = self.stream(dir);
+        st.started.then_some(st.next)
+    }
+
+    /// Memory of the line reassembly buffers of both directions (their capacity, in bytes):
+    /// bounded by [`MAX_LINE`] each, whatever the peers send.
+    pub fn buffer_bytes(&self) -> usize {
+        self.orig.line.capacity() + self.reply.line.capacity()
+    }
+
     /// Bytes currently held (not yet sent on) in `dir`; never more than [`MAX_LINE`].
     pub fn held_len(&self, dir: Dir) -> usize {
         let st = self.stream(dir);

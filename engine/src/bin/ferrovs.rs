@@ -175,6 +175,7 @@ fn run(cli: Cli) -> Result<(), String> {
             workers,
             size,
             no_pin,
+            flood_only,
             json,
             sweep,
             sweep_flows,
@@ -196,7 +197,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 };
                 return ferrovs_engine::sweep::run(&a);
             }
-            let args = ferrovs_engine::bench::BenchArgs { scenario, flows, packets, workers, size, pin: !no_pin };
+            let args =
+                ferrovs_engine::bench::BenchArgs { scenario, flows, packets, workers, size, pin: !no_pin, flood_only };
             let r = ferrovs_engine::bench::run(&args)?;
             if json {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);

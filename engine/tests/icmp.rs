@@ -1,0 +1,294 @@
+//! ICMP errors: the ones the balancer originates (fragmentation needed /
+//! packet too big for a packet over the egress MTU, rate-limited) and the ones
+//! it receives about a connection and translates (IPVS ip_vs_in_icmp /
+//! ip_vs_out_icmp), for NAT, DR and tunnel, IPv4 and IPv6.
+
+mod common;
+use common::*;
+use ferrovs_engine::counters::DropReason;
+use ferrovs_engine::parse::{TCP_ACK, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+use std::sync::atomic::Ordering::Relaxed;
+
+const SERVICES: &str = r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service]]
+name = "dr"
+vip = "10.0.1.101"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "dr"
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "tun"
+vip = "10.0.1.102"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "tunnel"
+
+[[service.real_server]]
+address = "10.0.2.3"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "dns6"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+
+const VIP_TUN: [u8; 4] = [10, 0, 1, 102];
+const LB_INT_ADDR: [u8; 4] = [10, 0, 2, 1];
+
+fn engine_with(engine_keys: &str) -> MemEngine {
+    let text =
+        config_text(SERVICES).replacen("flow_table_size = 4096", &format!("flow_table_size = 4096\n{engine_keys}"), 1);
+    MemEngine::new(ferrovs_cfg::Config::from_str(&text, "icmp-test.toml").expect("parses"), 1)
+}
+
+fn engine() -> MemEngine {
+    engine_with("")
+}
+
+fn from_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, CLIENT_MAC, LB_EXT)
+}
+fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    with_macs(f, mac, LB_INT)
+}
+
+/// Set or clear DF on an IPv4 frame (no VLAN) and fix its header checksum.
+fn df(mut f: Vec<u8>, on: bool) -> Vec<u8> {
+    if on {
+        f[20] |= 0x40;
+    } else {
+        f[20] &= !0x40;
+    }
+    ferrovs_engine::worker::fix_ipv4_csum(&mut f, 14);
+    f
+}
+
+fn set_mtu(e: &mut MemEngine, iface: usize, mtu: u16) {
+    for w in e.workers.iter_mut() {
+        w.queues_mut()[iface].set_mtu(mtu);
+    }
+}
+
+fn icmp_counts(e: &MemEngine) -> (u64, u64) {
+    let c = &e.fabric.counters[0];
+    (c.icmp_sent.load(Relaxed), c.icmp_ratelimited.load(Relaxed))
+}
+
+/// An established NAT connection 10.0.1.2:40000 -> VIP:80 -> rs1:8080.
+fn nat_conn(e: &mut MemEngine) {
+    assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S).len(), 1);
+    let sa = tcp4(RS1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b"");
+    assert_eq!(e.inject(INT, &from_rs(sa, RS1_MAC), S).len(), 1);
+    assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, b"")), S).len(), 1);
+}
+
+#[test]
+fn frag_needed_to_the_client_from_the_vip() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    set_mtu(&mut e, INT, 1000);
+    let big = df(from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[b'x'; 1400])), true);
+    let out = e.inject(EXT, &big, S);
+    assert_eq!(out.len(), 1, "one ICMP error");
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, EXT, "back out of the interface towards the client");
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(&f[6..12], &LB_EXT);
+    assert_eq!(&f[26..30], &VIP, "from the address the client talked to");
+    assert_eq!(&f[30..34], &CLIENT);
+    assert_eq!((f[23], f[34], f[35]), (1, 3, 4), "ICMP type 3 code 4");
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1000, "next-hop MTU");
+    assert_eq!(f.len(), 14 + 576, "576-byte datagram");
+    assert_eq!(&f[42..], &big[14..14 + 548], "quote: the packet as the client sent it");
+    assert_eq!(icmp_counts(&e), (1, 0));
+    assert_drops(&e, &[]);
+    // A packet that fits still goes through, and the too-big one changed no state.
+    let ok = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[b'y'; 900])), S);
+    assert_eq!(ok.len(), 1);
+    assert_eq!(&ok[0].1[30..34], &RS1);
+    // DF clear: the balancer does not fragment; a counted drop, no error.
+    let big = df(from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[b'x'; 1400])), false);
+    assert!(e.inject(EXT, &big, S).is_empty());
+    assert_drops(&e, &[(DropReason::TooBig, 1)]);
+    assert_eq!(icmp_counts(&e), (1, 0));
+}
+
+#[test]
+fn frag_needed_to_the_real_server_from_the_balancer() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    set_mtu(&mut e, EXT, 1200);
+    let big = df(from_rs(tcp4(RS1, 8080, CLIENT, 40000, TCP_ACK, 5001, 1001, &[b'z'; 1400]), RS1_MAC), true);
+    let out = e.inject(INT, &big, S);
+    assert_eq!(out.len(), 1);
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, INT);
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &RS1_MAC);
+    assert_eq!(&f[26..30], &LB_INT_ADDR, "from the balancer's address on the real servers' side");
+    assert_eq!(&f[30..34], &RS1);
+    assert_eq!((f[34], f[35]), (3, 4));
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1200);
+    assert_eq!(&f[42 + 12..42 + 20], &big[14 + 12..14 + 20], "quoted addresses are the real server's (before NAT)");
+    assert_eq!(icmp_counts(&e), (1, 0));
+}
+
+#[test]
+fn frag_needed_for_dr_and_tunnel() {
+    let mut e = engine();
+    // DR: the balancer only sees the client's side.
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP_DR, 80, TCP_SYN, 1, 0, b"")), S);
+    set_mtu(&mut e, INT, 1000);
+    let big = df(from_client(tcp4(CLIENT, 40001, VIP_DR, 80, TCP_ACK, 2, 1, &[1; 1200])), true);
+    let out = e.inject(EXT, &big, S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[26..30], &VIP_DR);
+    assert_eq!(&f[30..34], &CLIENT);
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1000);
+    // Tunnel: the outer header's 20 bytes come off the MTU the client is told.
+    set_mtu(&mut e, INT, 1500);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40002, VIP_TUN, 80, TCP_SYN, 1, 0, b"")), S);
+    let fits = df(from_client(tcp4(CLIENT, 40002, VIP_TUN, 80, TCP_ACK, 2, 1, &[1; 1440])), true);
+    assert_eq!(e.inject(EXT, &fits, S).len(), 1, "1480 + 20 fits 1500");
+    let big = df(from_client(tcp4(CLIENT, 40002, VIP_TUN, 80, TCP_ACK, 2, 1, &[1; 1441])), true);
+    let out = e.inject(EXT, &big, S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[26..30], &VIP_TUN);
+    assert_eq!((f[34], f[35]), (3, 4));
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1480);
+    assert_eq!(icmp_counts(&e), (2, 0));
+    assert_drops(&e, &[]);
+}
+
+#[test]
+fn packet_too_big_v6_and_fragments() {
+    let mut e = engine();
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S);
+    set_mtu(&mut e, INT, 1280);
+    let big = from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK, 8, 1, &[3; 1400]));
+    let out = e.inject(EXT, &big, S);
+    assert_eq!(out.len(), 1);
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, EXT);
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(f[20], 58, "ICMPv6");
+    assert_eq!(&f[22..38], &VIP6);
+    assert_eq!(&f[38..54], &C6);
+    assert_eq!((f[54], f[55]), (2, 0), "packet too big");
+    assert_eq!(u32::from_be_bytes([f[58], f[59], f[60], f[61]]), 1280);
+    assert_eq!(f.len(), 14 + 1280, "1280-byte packet");
+    assert_eq!(&f[62..], &big[14..14 + 1232]);
+    // A fragmented datagram over the MTU: the first fragment is answered (IPv6 routers
+    // never fragment), later ones are dropped without an error.
+    let dgram = from_client(udp6(C6, 5353, VIP6, 53, &[4; 2600]));
+    let frags = fragment6(&dgram, 1400, 77);
+    assert!(frags.len() >= 2);
+    let out = e.inject(EXT, &frags[0], S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1[54], 2);
+    verify_checksums(&out[0].1).unwrap();
+    for f in &frags[1..] {
+        assert!(e.inject(EXT, f, S).is_empty());
+    }
+    assert_drops(&e, &[(DropReason::TooBig, frags.len() as u64 - 1)]);
+    assert_eq!(icmp_counts(&e), (2, 0));
+}
+
+#[test]
+fn originated_errors_are_rate_limited() {
+    let mut e = engine_with("icmp_rate = 2\nicmp_burst = 3");
+    nat_conn(&mut e);
+    set_mtu(&mut e, INT, 1000);
+    let big = df(from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[b'x'; 1400])), true);
+    let sent: usize = (0..10).map(|_| e.inject(EXT, &big, S).len()).sum();
+    assert_eq!(sent, 3, "the burst");
+    assert_eq!(icmp_counts(&e), (3, 7));
+    assert_drops(&e, &[(DropReason::TooBig, 7)]);
+    // Half a second later: one token (2 per second).
+    let sent: usize = (0..5).map(|_| e.inject(EXT, &big, S + S / 2).len()).sum();
+    assert_eq!(sent, 1);
+    assert_eq!(icmp_counts(&e), (4, 11));
+    // icmp_rate = 0: never.
+    let mut e = engine_with("icmp_rate = 0");
+    nat_conn(&mut e);
+    set_mtu(&mut e, INT, 1000);
+    assert!(e.inject(EXT, &big, S).is_empty());
+    assert_eq!(icmp_counts(&e), (0, 1));
+    assert_drops(&e, &[(DropReason::TooBig, 1)]);
+}
+
+#[test]
+fn received_errors_are_translated_for_dr_and_ipv6_from_the_real_server() {
+    let mut e = engine();
+    // DR: "fragmentation needed" from the client's side about the real server's reply
+    // (VIP -> client, sent straight by the real server): forwarded unchanged to it.
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40003, VIP_DR, 80, TCP_SYN, 1, 0, b"")), S);
+    let quoted = tcp4(VIP_DR, 80, CLIENT, 40003, TCP_ACK, 1, 2, b"");
+    let err = from_client(icmp4_error(CLIENT, VIP_DR, 3, 4, 1400, &quoted));
+    let out = e.inject(EXT, &err, S);
+    assert_eq!(out.len(), 1);
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, INT);
+    assert_eq!(&f[0..6], &RS1_MAC);
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[30..34], &VIP_DR, "still to the VIP (the real server holds it)");
+    assert_eq!(&f[34..], &err[34..], "ICMP message and quote unchanged");
+    // IPv6 NAT: "destination unreachable" from the real server about client -> rs.
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S);
+    let quoted = tcp6(C6, 40000, RS6, 80, TCP_SYN, 7, 0, b"");
+    let err = from_rs(icmp6_error(RS6, C6, 1, 4, 0, &quoted), RS1_MAC);
+    let out = e.inject(INT, &err, S);
+    assert_eq!(out.len(), 1);
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, EXT);
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(&f[22..38], &VIP6, "outer source: the VIP");
+    assert_eq!(&f[38..54], &C6);
+    let inner = 14 + 40 + 8;
+    assert_eq!(&f[inner + 24..inner + 40], &VIP6, "quoted destination: the VIP");
+    assert_eq!(&f[inner + 42..inner + 44], &80u16.to_be_bytes());
+    assert_drops(&e, &[]);
+    // The balancer originated nothing.
+    assert_eq!(icmp_counts(&e), (0, 0));
+}
