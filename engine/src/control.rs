@@ -147,6 +147,8 @@ pub struct State {
     started: Instant,
     /// Flow table capacity of each worker (fixed when the workers started).
     pub flow_capacity: usize,
+    /// Cluster: the sync thread's counters (set by [`spawn`] when the node syncs).
+    pub sync_stats: std::sync::OnceLock<Arc<crate::syncd::SyncStats>>,
 }
 
 /// An applier that builds snapshots for the MACs of `running` and posts
@@ -197,6 +199,7 @@ impl State {
                 health: HashMap::new(),
             }),
             started: Instant::now(),
+            sync_stats: std::sync::OnceLock::new(),
         })
     }
 
@@ -537,7 +540,15 @@ impl State {
                 crate::daemon::request_stop();
                 Ok(json!({"draining": true, "timeout_s": c.drain_timeout}))
             }
-            "drops" => Ok(json!({"workers": self.drops()})),
+            "drops" => {
+                let mut r = json!({"workers": self.drops()});
+                if let Some(s) = self.sync_stats.get() {
+                    let m: serde_json::Map<String, Value> =
+                        s.fields().iter().map(|(k, _, v)| (k.to_string(), json!(v.load(Ordering::Relaxed)))).collect();
+                    r["sync"] = Value::Object(m);
+                }
+                Ok(r)
+            }
             "ftp" => Ok(json!({"services": self.ftp()})),
             "health" => Ok(json!({"servers": self.health()})),
             "metrics" => Ok(json!({"text": crate::metrics::Exported::metrics(self)})),
@@ -623,6 +634,7 @@ impl crate::metrics::Exported for State {
             flow_capacity: self.flow_capacity,
             snapshot: &snap,
             services: &self.view.service_counters(),
+            sync: self.sync_stats.get().map(|s| &**s),
         })
     }
     fn status_page(&self) -> String {
@@ -780,6 +792,9 @@ fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
 pub fn spawn(config_path: Option<PathBuf>, config: Arc<Config>, running: &Running) -> std::io::Result<ControlHandle> {
     let state =
         State::new(running.view.clone(), applier_of(running), config_path, config.clone(), running.snapshot.clone());
+    if let Some(s) = &running.sync_stats {
+        let _ = state.sync_stats.set(s.clone());
+    }
     spawn_with(state, &config)
 }
 

@@ -36,6 +36,8 @@ pub struct Figures<'a> {
     pub snapshot: &'a Snapshot,
     /// Per worker: the per-service counters of its snapshot.
     pub services: &'a [Arc<Vec<ServiceCounters>>],
+    /// Cluster: the sync thread's counters (none on a single node).
+    pub sync: Option<&'a crate::syncd::SyncStats>,
 }
 
 /// The exposition text.
@@ -163,6 +165,14 @@ pub fn render(f: &Figures) -> String {
             }
             let v: u64 = per.iter().filter_map(|x| x.get(i)).map(|c| f(&c.ftp)).sum();
             let _ = writeln!(o, "{name}{{service=\"{}\"}} {v}", esc(&s.name));
+        }
+    }
+    // Cluster sync thread.
+    if let Some(s) = f.sync {
+        for (k, help, v) in s.fields() {
+            let name = format!("ferrovs_sync_{k}_total");
+            family(&mut o, &name, "counter", help);
+            let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
         }
     }
     o

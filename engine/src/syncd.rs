@@ -3,18 +3,59 @@
 //! rate-bounded [`Batcher`] and hands what the peers send to the owning workers.
 
 use crate::sync::{parse, route, Batcher, SyncEntry};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// What the sync thread did (for `ferrovsadm` counters and metrics).
+/// What the sync thread did (for `ferrovsadm drops` and the `ferrovs_sync_*` metrics).
 #[derive(Debug, Default)]
 pub struct SyncStats {
-    pub messages_sent: std::sync::atomic::AtomicU64,
-    pub entries_sent: std::sync::atomic::AtomicU64,
-    /// Entries not sent: over `sync_rate`, or the socket refused them.
-    pub entries_dropped: std::sync::atomic::AtomicU64,
-    pub messages_received: std::sync::atomic::AtomicU64,
-    pub entries_received: std::sync::atomic::AtomicU64,
-    /// Datagrams refused: not a sync message, another version, malformed.
-    pub messages_bad: std::sync::atomic::AtomicU64,
+    /// Datagrams sent (one per destination).
+    pub messages_sent: AtomicU64,
+    pub entries_sent: AtomicU64,
+    /// Entries not sent: over `sync_rate` (the next refresh sends live connections again).
+    pub entries_dropped_rate: AtomicU64,
+    /// Datagrams the socket refused to send.
+    pub send_errors: AtomicU64,
+    /// Datagrams accepted from a peer.
+    pub messages_received: AtomicU64,
+    pub entries_received: AtomicU64,
+    /// Entries of kinds this node does not know (skipped by length).
+    pub entries_unknown: AtomicU64,
+    /// Datagrams refused: too short or not the sync magic.
+    pub messages_not_sync: AtomicU64,
+    /// Datagrams refused: another protocol version.
+    pub messages_version: AtomicU64,
+    /// Datagrams refused: an inconsistent entry, length or count.
+    pub messages_malformed: AtomicU64,
+}
+
+impl SyncStats {
+    /// Every counter: (name, help, value). The names are the JSON keys of `ferrovsadm drops
+    /// --json` ("sync") and, as `ferrovs_sync_{name}_total`, the metric names.
+    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 10] {
+        [
+            ("messages_sent", "Sync datagrams sent (one per destination).", &self.messages_sent),
+            ("entries_sent", "Sync entries sent.", &self.entries_sent),
+            ("entries_dropped_rate", "Sync entries not sent for sync_rate.", &self.entries_dropped_rate),
+            ("send_errors", "Sync datagrams the socket refused to send.", &self.send_errors),
+            ("messages_received", "Sync datagrams accepted from peers.", &self.messages_received),
+            ("entries_received", "Sync entries received from peers.", &self.entries_received),
+            ("entries_unknown", "Sync entries of unknown kinds, skipped.", &self.entries_unknown),
+            ("messages_not_sync", "Datagrams on the sync port that are not sync messages.", &self.messages_not_sync),
+            ("messages_version", "Sync datagrams of another protocol version.", &self.messages_version),
+            ("messages_malformed", "Malformed sync datagrams.", &self.messages_malformed),
+        ]
+    }
+
+    /// Count a refused datagram by its reason.
+    pub fn refused(&self, e: &crate::sync::SyncError) {
+        use crate::sync::SyncError;
+        let c = match e {
+            SyncError::NotSync => &self.messages_not_sync,
+            SyncError::Version(_) => &self.messages_version,
+            SyncError::Malformed => &self.messages_malformed,
+        };
+        c.fetch_add(1, Relaxed);
+    }
 }
 
 /// Open the sync socket of `cluster`: bound to `sync_address:sync_port` for unicast, or to
@@ -66,7 +107,6 @@ pub fn run<B: Send + 'static>(
     stats: std::sync::Arc<SyncStats>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut dests: Vec<std::net::SocketAddr> =
         cluster.peers.iter().map(|a| std::net::SocketAddr::new(*a, cluster.sync_port)).collect();
     if let Some(g) = cluster.multicast_group {
@@ -87,11 +127,13 @@ pub fn run<B: Send + 'static>(
                 for d in &dests {
                     if sock.send_to(&m, d).is_ok() {
                         stats.messages_sent.fetch_add(1, Relaxed);
+                    } else {
+                        stats.send_errors.fetch_add(1, Relaxed);
                     }
                 }
             }
             stats.entries_sent.fetch_add((pending.len() as u64).saturating_sub(batcher.dropped - before), Relaxed);
-            stats.entries_dropped.fetch_add(batcher.dropped - before, Relaxed);
+            stats.entries_dropped_rate.fetch_add(batcher.dropped - before, Relaxed);
             pending.clear();
         }
         // Receive until the socket is idle (read timeout 2 ms).
@@ -102,6 +144,7 @@ pub fn run<B: Send + 'static>(
                 Ok(m) => {
                     stats.messages_received.fetch_add(1, Relaxed);
                     stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
+                    stats.entries_unknown.fetch_add(m.unknown as u64, Relaxed);
                     for (w, es) in route(m.entries, fabric.workers).into_iter().enumerate() {
                         if !es.is_empty() {
                             let _ = fabric.ctrl[w].push(crate::worker::Ctrl::Sync(es));
@@ -109,7 +152,7 @@ pub fn run<B: Send + 'static>(
                     }
                 }
                 Err(e) => {
-                    stats.messages_bad.fetch_add(1, Relaxed);
+                    stats.refused(&e);
                     if bad_log.allow(clock()) {
                         tracing::warn!(%from, "sync message refused: {e}");
                     }

@@ -401,3 +401,83 @@ fn ferrovs_run_serves_the_control_socket() {
     assert!(ok, "{err}");
     assert_eq!(adm_stdin(&sock, &["-S"], None).1, "");
 }
+
+/// Cluster: the sync thread's counters in `ferrovsadm drops` (text and --json) and in the
+/// metrics, after datagrams of each kind reach the sync port.
+#[test]
+fn sync_counters_in_drops_and_metrics() {
+    use ferrovs_engine::sync::{Batcher, SyncEntry};
+    use std::io::Read;
+    let dir = tmpdir("syncstats");
+    let free_udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sync_port = free_udp();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cluster = format!(
+        "[cluster]\nnode_id = 1\nsync_address = \"127.0.0.1\"\nsync_port = {sync_port}\npeers = [\"127.0.0.2\"]\n\
+         bird_socket = \"{}\"\n",
+        dir.join("no-bird.ctl").display()
+    );
+    let e = Engine::start(&dir, &format!("metrics_listen = \"127.0.0.1:{mport}\"\n"), &cluster);
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = ("127.0.0.1", sync_port);
+    let del = SyncEntry::Delete {
+        proto: 6,
+        client: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 2]),
+        cport: 1234,
+        vip: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 100]),
+        vport: 80,
+    };
+    let good = Batcher::new(2, 100).encode(&[del, del], 1).remove(0);
+    tx.send_to(&good, to).unwrap();
+    tx.send_to(b"hello", to).unwrap();
+    let mut v = good.clone();
+    v[4] = 9;
+    tx.send_to(&v, to).unwrap();
+    tx.send_to(&good[..good.len() - 1], to).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let js = loop {
+        let out = e.ok(&["drops", "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if j["sync"]["messages_malformed"] == 1 || Instant::now() > deadline {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let s = &js["sync"];
+    assert_eq!(
+        (
+            &s["messages_received"],
+            &s["entries_received"],
+            &s["messages_not_sync"],
+            &s["messages_version"],
+            &s["messages_malformed"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{js}"
+    );
+    let text = e.ok(&["drops"]);
+    assert!(text.contains("cluster sync:") && text.contains("messages_version       1"), "{text}");
+    let mut h = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    h.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    h.read_to_string(&mut body).unwrap();
+    assert!(body.contains("# TYPE ferrovs_sync_messages_received_total counter"), "{body}");
+    assert!(body.contains("\nferrovs_sync_entries_received_total 2\n"), "{body}");
+    assert!(body.contains("\nferrovs_sync_messages_not_sync_total 1\n"), "{body}");
+}
+
+/// A single node has no sync section in `drops` and no sync metrics.
+#[test]
+fn no_sync_counters_without_a_cluster() {
+    let dir = tmpdir("nosync");
+    let e = Engine::start(&dir, "", "");
+    let j: serde_json::Value = serde_json::from_str(&e.ok(&["drops", "--json"])).unwrap();
+    assert!(j.get("sync").is_none(), "{j}");
+    assert!(!e.ok(&["drops"]).contains("cluster sync"));
+}

@@ -177,6 +177,12 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                     }
                 }
             }
+            if let Some(s) = r.get("sync").and_then(|v| v.as_object()) {
+                println!("cluster sync:");
+                for (k, v) in s {
+                    println!("  {k:<22} {v}");
+                }
+            }
         }
         Action::Health => {
             let r = call(&socket, "health", json!({}))?;
