@@ -137,6 +137,8 @@ pub const KEYS: &[Key] = &[
     k("cluster", "sync_rate", "integer 10..1000000", Some("1000"), "Sync messages per second at most (each carries many entries); beyond it entries wait for the next refresh (counted)."),
     k("cluster", "bird_socket", "path", Some("\"/run/bird/bird.ctl\""), "BIRD's control socket: ferrovs enables a VIP's protocol to announce it and disables it to withdraw it."),
     k("cluster", "bird_protocol", "string with {vip}", Some("\"fvs_{vip}\""), "Name of the BIRD protocol (a static route) announcing a VIP; {vip} is the address with . and : written as _ (fvs_10_0_0_100)."),
+    k("cluster", "sync_key", "string (>= 16 bytes)", None, "Authenticate sync datagrams with this shared key (HMAC-SHA256, format version 2, replay window); every node needs the same key. Prefer sync_key_file."),
+    k("cluster", "sync_key_file", "absolute path", None, "File holding the sync key (surrounding whitespace ignored, >= 16 bytes), read when the configuration is loaded (the sync thread keeps the key of the daemon's start: restart to change it); a warning at start if world-readable. Exclusive with sync_key."),
     k("cluster", "drain_timeout", "seconds 0..86400", Some("30"), "On SIGTERM or ferrovsadm --drain: VIPs are withdrawn first, established connections get this long to finish, then the daemon exits."),
 ];
 

@@ -366,9 +366,36 @@ pub struct Cluster {
     /// Seconds a draining node (SIGTERM, `ferrovsadm --drain`) waits for established
     /// connections after withdrawing its VIPs (default 30).
     pub drain_timeout: u32,
+    /// Where the sync key came from (inline `sync_key` or `sync_key_file`), if any.
+    pub sync_key_source: Option<SyncKeySource>,
+    /// The key every sync datagram is authenticated with (HMAC-SHA256, format version 2);
+    /// none: version 1, unauthenticated.
+    pub sync_key: Option<SecretKey>,
+}
+
+/// Where `[cluster]`'s sync key is configured.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncKeySource {
+    /// `sync_key = "..."` (inline; rendered back as is).
+    Inline,
+    /// `sync_key_file = "/abs/path"`: read when the configuration is loaded.
+    File(PathBuf),
+}
+
+/// Key bytes that never appear in `Debug` output (logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(<{} bytes>)", self.0.len())
+    }
 }
 
 impl Cluster {
+    /// Shortest accepted sync key, in bytes.
+    pub const MIN_KEY_LEN: usize = 16;
+
     /// The BIRD protocol name announcing `vip`.
     pub fn protocol_for(&self, vip: IpAddr) -> String {
         let a: String = vip.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();

@@ -43,6 +43,8 @@ pub(crate) struct RawCluster {
     pub bird_socket: Option<S<String>>,
     pub bird_protocol: Option<S<String>>,
     pub drain_timeout: Option<S<i64>>,
+    pub sync_key: Option<S<String>>,
+    pub sync_key_file: Option<S<String>>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -157,6 +157,15 @@ pub(crate) fn config(c: &Config) -> String {
         let _ = writeln!(o, "bird_socket = {}", q(&k.bird_socket.to_string_lossy()));
         let _ = writeln!(o, "bird_protocol = {}", q(&k.bird_protocol));
         let _ = writeln!(o, "drain_timeout = {}", k.drain_timeout);
+        match (&k.sync_key_source, &k.sync_key) {
+            (Some(crate::model::SyncKeySource::File(p)), _) => {
+                let _ = writeln!(o, "sync_key_file = {}", q(&p.to_string_lossy()));
+            }
+            (Some(crate::model::SyncKeySource::Inline), Some(key)) => {
+                let _ = writeln!(o, "sync_key = {}", q(&String::from_utf8_lossy(&key.0)));
+            }
+            _ => {}
+        }
     }
     o
 }

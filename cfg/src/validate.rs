@@ -269,6 +269,42 @@ impl Validator<'_> {
             }
         };
         let drain_timeout = self.opt_int(&r.drain_timeout, 0, 86_400, "cluster drain_timeout", 30)? as u32;
+        let min = Cluster::MIN_KEY_LEN;
+        let (sync_key_source, sync_key) = match (&r.sync_key, &r.sync_key_file) {
+            (Some(_), Some(f)) => {
+                return Err(self.err(span_of(f), "cluster sync_key and sync_key_file are exclusive: set one"));
+            }
+            (Some(k), None) => {
+                let v = k.get_ref().trim();
+                if v.len() < min {
+                    return Err(self.err(
+                        span_of(k),
+                        format!("cluster sync_key must be at least {min} bytes (e.g. `openssl rand -hex 32`)"),
+                    ));
+                }
+                (Some(SyncKeySource::Inline), Some(SecretKey(v.as_bytes().to_vec())))
+            }
+            (None, Some(f)) => {
+                let p = PathBuf::from(f.get_ref());
+                if !p.is_absolute() {
+                    return Err(self.err(span_of(f), format!("cluster sync_key_file {p:?} must be an absolute path")));
+                }
+                let bytes = std::fs::read(&p)
+                    .map_err(|e| self.err(span_of(f), format!("cluster sync_key_file {}: {e}", p.display())))?;
+                let text = bytes.trim_ascii();
+                if text.len() < min {
+                    return Err(self.err(
+                        span_of(f),
+                        format!(
+                            "cluster sync_key_file {}: the key must be at least {min} bytes (e.g. `openssl rand -hex 32`)",
+                            p.display()
+                        ),
+                    ));
+                }
+                (Some(SyncKeySource::File(p)), Some(SecretKey(text.to_vec())))
+            }
+            (None, None) => (None, None),
+        };
         Ok(Cluster {
             node_id,
             peers,
@@ -280,6 +316,8 @@ impl Validator<'_> {
             bird_socket,
             bird_protocol,
             drain_timeout,
+            sync_key_source,
+            sync_key,
         })
     }
 

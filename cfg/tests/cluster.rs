@@ -91,3 +91,42 @@ fn errors_name_the_line() {
         assert!(e.to_string().contains("c.toml"), "{e}");
     }
 }
+
+#[test]
+fn sync_key_inline_and_file() {
+    let ok = "node_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n";
+    let c = Config::from_str(&cluster(&format!("{ok}sync_key = \"0123456789abcdef0123\"\n")), "c").unwrap();
+    let k = c.cluster.as_ref().unwrap();
+    assert_eq!(k.sync_key.as_ref().unwrap().0, b"0123456789abcdef0123");
+    assert!(!format!("{k:?}").contains("0123456789abcdef"), "the key stays out of Debug output");
+    assert_eq!(Config::from_str(&c.to_toml(), "rt").unwrap(), c);
+
+    let dir = std::env::temp_dir().join(format!("fvs-cfg-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("sync.key");
+    std::fs::write(&f, "  fedcba9876543210fedcba\n").unwrap();
+    let c = Config::from_str(&cluster(&format!("{ok}sync_key_file = \"{}\"\n", f.display())), "c").unwrap();
+    let k = c.cluster.as_ref().unwrap();
+    assert_eq!(k.sync_key.as_ref().unwrap().0, b"fedcba9876543210fedcba");
+    assert!(c.to_toml().contains(&format!("sync_key_file = \"{}\"", f.display())));
+    assert!(!c.to_toml().contains("fedcba"), "a key file's key is not rendered");
+    assert_eq!(Config::from_str(&c.to_toml(), "rt").unwrap(), c);
+
+    // Errors name the line of the key.
+    let short = dir.join("short.key");
+    std::fs::write(&short, "tooshort\n").unwrap();
+    let cases = [
+        (format!("{ok}sync_key = \"short\"\n"), "at least 16 bytes"),
+        (format!("{ok}sync_key_file = \"relative/key\"\n"), "absolute path"),
+        (format!("{ok}sync_key_file = \"{}\"\n", dir.join("missing").display()), "No such file"),
+        (format!("{ok}sync_key_file = \"{}\"\n", short.display()), "at least 16 bytes"),
+        (format!("{ok}sync_key = \"0123456789abcdef0123\"\nsync_key_file = \"{}\"\n", f.display()), "exclusive"),
+    ];
+    for (body, want) in cases {
+        let e = Config::from_str(&cluster(&body), "k.toml").unwrap_err();
+        let line = body.lines().count() + 3;
+        assert_eq!((e.file.as_str(), e.line), ("k.toml", Some(line)), "{body}: {e:?}");
+        assert!(e.message.contains(want), "{body}: {}", e.message);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -283,10 +283,13 @@ pub fn start<Q: PortQueue + 'static>(
     let n = queues.len();
     // Cluster: the sync socket first, so a bad sync address fails the start.
     let sync_sock = match &config.cluster {
-        Some(c) => Some(
+        Some(c) => Some({
+            if let Some(w) = crate::syncd::key_file_warning(c) {
+                tracing::warn!("{w}");
+            }
             crate::syncd::open_socket(c)
-                .map_err(|e| format!("cluster sync socket {}:{}: {e}", c.sync_address, c.sync_port))?,
-        ),
+                .map_err(|e| format!("cluster sync socket {}:{}: {e}", c.sync_address, c.sync_port))?
+        }),
         None => None,
     };
     let macs: Vec<[u8; 6]> = queues.first().map(|qs| qs.iter().map(|q| q.caps().mac).collect()).unwrap_or_default();

@@ -2,7 +2,7 @@
 //! configured peers or a multicast group; sends the workers' batches through the
 //! rate-bounded [`Batcher`] and hands what the peers send to the owning workers.
 
-use crate::sync::{parse, route, Batcher, SyncEntry};
+use crate::sync::{parse_with, route, Batcher, ReplayGuard, SyncEntry, SyncKey};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What the sync thread did (for `ferrovsadm drops` and the `ferrovs_sync_*` metrics).
@@ -26,12 +26,16 @@ pub struct SyncStats {
     pub messages_version: AtomicU64,
     /// Datagrams refused: an inconsistent entry, length or count.
     pub messages_malformed: AtomicU64,
+    /// Datagrams refused: MAC missing or wrong (`sync_key` differs, or set on one side only).
+    pub messages_auth_failed: AtomicU64,
+    /// Authentic datagrams refused as replayed or stale.
+    pub messages_replayed: AtomicU64,
 }
 
 impl SyncStats {
     /// Every counter: (name, help, value). The names are the JSON keys of `ferrovsadm drops
     /// --json` ("sync") and, as `ferrovs_sync_{name}_total`, the metric names.
-    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 10] {
+    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 12] {
         [
             ("messages_sent", "Sync datagrams sent (one per destination).", &self.messages_sent),
             ("entries_sent", "Sync entries sent.", &self.entries_sent),
@@ -43,6 +47,8 @@ impl SyncStats {
             ("messages_not_sync", "Datagrams on the sync port that are not sync messages.", &self.messages_not_sync),
             ("messages_version", "Sync datagrams of another protocol version.", &self.messages_version),
             ("messages_malformed", "Malformed sync datagrams.", &self.messages_malformed),
+            ("messages_auth_failed", "Sync datagrams whose MAC failed (or missing).", &self.messages_auth_failed),
+            ("messages_replayed", "Authentic sync datagrams refused as replayed or stale.", &self.messages_replayed),
         ]
     }
 
@@ -53,6 +59,8 @@ impl SyncStats {
             SyncError::NotSync => &self.messages_not_sync,
             SyncError::Version(_) => &self.messages_version,
             SyncError::Malformed => &self.messages_malformed,
+            SyncError::Auth => &self.messages_auth_failed,
+            SyncError::Replay => &self.messages_replayed,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -98,6 +106,24 @@ pub fn open_socket(cluster: &ferrovs_cfg::Cluster) -> std::io::Result<std::net::
     Ok(s)
 }
 
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn unix_secs() -> u32 {
+    (unix_micros() / 1_000_000) as u32
+}
+
+/// A warning if `sync_key_file` can be read by every user of the machine.
+pub fn key_file_warning(cluster: &ferrovs_cfg::Cluster) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(ferrovs_cfg::SyncKeySource::File(p)) = &cluster.sync_key_source else { return None };
+    let mode = std::fs::metadata(p).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!("cluster sync_key_file {} is world-readable (mode {:o}): chmod 600 it", p.display(), mode & 0o777)
+    })
+}
+
 /// The sync thread: sends the workers' batches to the peers (rate-bounded) and delivers
 /// what the peers send to the owning workers, until `stop`.
 pub fn run<B: Send + 'static>(
@@ -112,7 +138,12 @@ pub fn run<B: Send + 'static>(
     if let Some(g) = cluster.multicast_group {
         dests.push(std::net::SocketAddr::new(g, cluster.sync_port));
     }
-    let mut batcher = Batcher::new(cluster.node_id, cluster.sync_rate);
+    let key = cluster.sync_key.as_ref().map(|k| SyncKey::new(&k.0));
+    let mut batcher = match &key {
+        Some(k) => Batcher::with_key(cluster.node_id, cluster.sync_rate, k.clone(), unix_micros()),
+        None => Batcher::new(cluster.node_id, cluster.sync_rate),
+    };
+    let mut replay = ReplayGuard::default();
     let clock = crate::daemon::clock();
     let mut buf = vec![0u8; 65536];
     let mut pending: Vec<SyncEntry> = Vec::new();
@@ -123,7 +154,7 @@ pub fn run<B: Send + 'static>(
         }
         if !pending.is_empty() {
             let before = batcher.dropped;
-            for m in batcher.encode(&pending, clock()) {
+            for m in batcher.encode_at(&pending, clock(), unix_secs()) {
                 for d in &dests {
                     if sock.send_to(&m, d).is_ok() {
                         stats.messages_sent.fetch_add(1, Relaxed);
@@ -139,7 +170,11 @@ pub fn run<B: Send + 'static>(
         // Receive until the socket is idle (read timeout 2 ms).
         for _ in 0..256 {
             let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
-            match parse(&buf[..n]) {
+            let r = parse_with(&buf[..n], key.as_ref()).and_then(|m| match &key {
+                Some(_) if m.node != cluster.node_id => replay.check(&m, unix_secs()).map(|()| m),
+                _ => Ok(m),
+            });
+            match r {
                 Ok(m) if m.node == cluster.node_id => {}
                 Ok(m) => {
                     stats.messages_received.fetch_add(1, Relaxed);

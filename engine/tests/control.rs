@@ -481,3 +481,54 @@ fn no_sync_counters_without_a_cluster() {
     assert!(j.get("sync").is_none(), "{j}");
     assert!(!e.ok(&["drops"]).contains("cluster sync"));
 }
+
+/// Cluster with `sync_key_file`: only authentic, fresh, first-seen datagrams are accepted;
+/// the others are counted as auth failures or replays.
+#[test]
+fn authenticated_sync_counts_forgeries_and_replays() {
+    use ferrovs_engine::sync::{Batcher, SyncEntry, SyncKey};
+    let dir = tmpdir("syncauth");
+    let key = "3f1c0a9e5b7d2468ace0135798642fdb";
+    let kf = dir.join("sync.key");
+    std::fs::write(&kf, format!("{key}\n")).unwrap();
+    let sync_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cluster = format!(
+        "[cluster]\nnode_id = 1\nsync_address = \"127.0.0.1\"\nsync_port = {sync_port}\npeers = [\"127.0.0.2\"]\n\
+         bird_socket = \"{}\"\nsync_key_file = \"{}\"\n",
+        dir.join("no-bird.ctl").display(),
+        kf.display()
+    );
+    let e = Engine::start(&dir, "", &cluster);
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = ("127.0.0.1", sync_port);
+    let del = SyncEntry::Delete {
+        proto: 6,
+        client: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 2]),
+        cport: 1234,
+        vip: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 100]),
+        vport: 80,
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32;
+    let mut good = Batcher::with_key(2, 100, SyncKey::new(key.as_bytes()), 1);
+    let m1 = good.encode_at(&[del], 1, now).remove(0);
+    let m2 = good.encode_at(&[del, del], 2, now).remove(0);
+    let forged = Batcher::with_key(2, 100, SyncKey::new(b"not the cluster's key at all"), 1).encode_at(&[del], 1, now);
+    let stale = Batcher::with_key(3, 100, SyncKey::new(key.as_bytes()), 1).encode_at(&[del], 1, now - 3600);
+    let v1 = Batcher::new(2, 100).encode(&[del], 1);
+    for d in [&m1, &m2, &m1, &forged[0], &stale[0], &v1[0]] {
+        tx.send_to(d, to).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let j: serde_json::Value = serde_json::from_str(&e.ok(&["drops", "--json"])).unwrap();
+        if j["sync"]["messages_auth_failed"] == 2 || Instant::now() > deadline {
+            break j["sync"].clone();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(s["messages_received"], 2, "{s}");
+    assert_eq!(s["entries_received"], 3, "{s}");
+    assert_eq!(s["messages_replayed"], 2, "m1 again and the stale one: {s}");
+    assert_eq!(s["messages_auth_failed"], 2, "wrong key and version 1: {s}");
+}
