@@ -247,8 +247,11 @@ fn templates_install_and_bad_messages_are_refused() {
     // Garbage and another version are refused whole, nothing installed.
     let before = b.counters().sync_installed;
     assert!(b.deliver_sync(b"not sync", S).is_err());
-    let mut v2 = msgs[0].clone();
-    v2[4] = 2;
-    assert_eq!(b.deliver_sync(&v2, S), Err(ferrovs_engine::sync::SyncError::Version(2)));
+    let mut v3 = msgs[0].clone();
+    v3[4] = 3;
+    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::sync::SyncError::Version(3)));
+    // Version 2 (authenticated) cannot be verified by a node without a key.
+    v3[4] = 2;
+    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::sync::SyncError::Auth));
     assert_eq!(b.counters().sync_installed, before);
 }
