@@ -1406,7 +1406,16 @@ impl<Q: PortQueue> Worker<Q> {
     /// choice every node makes (Maglev over the client address, as Katran does); the TCP state
     /// follows from the packet (an ACK gives ESTABLISHED). NAT connections are not recreated:
     /// their replies carry rewritten addresses only the owning node (or a synced peer) knows.
+    #[inline]
     fn cluster_recreate(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        if self.snap.config.cluster.is_none() {
+            return Next::Drop(DropReason::NoFlow);
+        }
+        self.cluster_recreate_slow(pkt, p)
+    }
+
+    #[inline(never)]
+    fn cluster_recreate_slow(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let Some(si) = self.cluster_service(p) else { return Next::Drop(DropReason::NoFlow) };
         let Some(di) = self.schedule(si, p) else { return Next::Drop(DropReason::NoRealServer) };
         let d = &self.snap.services[si].dests[di];
@@ -2498,22 +2507,23 @@ impl<Q: PortQueue> Worker<Q> {
         if p.proto != PROTO_TCP {
             return None;
         }
-        let si = self.snap.service(p.dst, p.proto, p.dport)?;
-        let svc = &self.snap.services[si];
-        // PROXY protocol shifts the client's sequence space itself: not combined with the
-        // SYN proxy's splice (documented with the key).
-        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.proxy_v2.is_some()) {
+        // Not a SYN, and no cookie went out lately: neither a handshake's last segment nor a
+        // verifying reset can carry one (the checks below would all let it go). Decided
+        // before the service lookup and the real-server scans, so a flood of stray segments
+        // stays cheap.
+        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        if p.tcp_flags & TCP_SYN == 0 && !recent {
             return None;
         }
+        let si = self.snap.service(p.dst, p.proto, p.dport)?;
+        let svc = &self.snap.services[si];
         let mode = svc.syn_proxy;
         if mode == SynProxy::Off {
             return None;
         }
-        // Not a SYN, and no cookie went out lately: neither a handshake's last segment nor a
-        // verifying reset can carry one (the checks below would all let it go). Decided
-        // before the real-server scan, so a flood of stray segments stays cheap.
-        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
-        if p.tcp_flags & TCP_SYN == 0 && !recent {
+        // PROXY protocol shifts the client's sequence space itself: not combined with the
+        // SYN proxy's splice (documented with the key).
+        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.proxy_v2.is_some()) {
             return None;
         }
         let engaged = match mode {
