@@ -170,6 +170,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
         neighbors: vec![],
         routes: vec![],
         services: vec![],
+        cluster: None,
         source: None,
     }
 }
