@@ -607,9 +607,13 @@ impl Validator<'_> {
             for a in la.get_ref() {
                 let v = expand_addresses(a.get_ref()).map_err(|m| self.err(span_of(a), m))?;
                 for x in v {
-                    if x.is_ipv4() != vip.is_ipv4() {
-                        return Err(self
-                            .err(span_of(a), format!("local address {x} is not in the address family of vip {vip}")));
+                    // One family per service: the real servers' (which may differ from the VIP's:
+                    // full NAT then translates between IPv6 and IPv4).
+                    if let Some(f) = local_addresses.first().filter(|f| f.is_ipv4() != x.is_ipv4()) {
+                        return Err(self.err(
+                            span_of(a),
+                            format!("local address {x} is not in the address family of local address {f} (one family per service)"),
+                        ));
                     }
                     if local_addresses.contains(&x) {
                         return Err(self.err(span_of(a), format!("local address {x} listed twice")));
@@ -645,10 +649,29 @@ impl Validator<'_> {
         for rr in &rs.real_server {
             let r = rr.get_ref();
             let address = r.address.get_ref().0;
-            if address.is_ipv4() != vip.is_ipv4() {
+            let rforward = match &r.forward {
+                Some(f) => Some(self.forward(f)?),
+                None => None,
+            };
+            if rforward.unwrap_or(forward) == Forward::Fnat {
+                // Full NAT: the local addresses face the real server, so they carry its family;
+                // the VIP's family may differ (IPv6 <-> IPv4 translation, RFC 7915).
+                if let Some(l) = local_addresses.first().filter(|l| l.is_ipv4() != address.is_ipv4()) {
+                    return Err(self.err(
+                        span_of(&r.address),
+                        format!(
+                            "real server {address} is not in the address family of local address {l} \
+                             (full NAT needs local addresses of the real servers' family)"
+                        ),
+                    ));
+                }
+            } else if address.is_ipv4() != vip.is_ipv4() {
                 return Err(self.err(
                     span_of(&r.address),
-                    format!("real server {address} is not in the address family of vip {vip}"),
+                    format!(
+                        "real server {address} is not in the address family of vip {vip} \
+                         (mixed families need forward = \"fnat\")"
+                    ),
                 ));
             }
             let port = match &r.port {
@@ -675,10 +698,6 @@ impl Validator<'_> {
                 let sp = r.lower.as_ref().map(span_of).unwrap_or(span_of(&r.address));
                 return Err(self.err(sp, format!("lower threshold {lower} is above upper threshold {upper}")));
             }
-            let rforward = match &r.forward {
-                Some(f) => Some(self.forward(f)?),
-                None => None,
-            };
             if check_reach && !reachable(address) {
                 return Err(self.err(
                     span_of(&r.address),

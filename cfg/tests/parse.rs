@@ -476,9 +476,22 @@ fn fnat_local_addresses() {
             "needs local_addresses",
         ),
         (
-            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"fd00::1\"]\n",
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"fd00::1\"]\n\
+             [[service.real_server]]\naddress = \"10.0.2.2\"\n",
+            10,
+            "not in the address family of local address fd00::1",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"fd00::1\", \"10.0.2.1\"]\n",
             8,
-            "not in the address family",
+            "one family per service",
+        ),
+        (
+            "[[service]]\nname = \"w\"\nvip = \"fd00::100\"\nlocal_addresses = [\"10.0.2.200\"]\n\
+             [[service.real_server]]\naddress = \"10.0.2.2\"\nforward = \"fnat\"\n\
+             [[service.real_server]]\naddress = \"10.0.2.3\"\n",
+            12,
+            "mixed families need forward = \"fnat\"",
         ),
         (
             "[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nforward = \"fnat\"\nlocal_addresses = [\"10.0.0.100\"]\n",
@@ -511,6 +524,23 @@ fn fnat_local_addresses() {
         Config::from_str("[engine]\nbackend = \"memory\"\nlocal_port_range = \"2000-2010\"\n", "f.toml").unwrap_err();
     assert_eq!(e.line, Some(3));
     assert!(e.message.contains("too small"), "{e}");
+}
+
+/// Full NAT across families: an IPv6 VIP with IPv4 real servers and IPv4 local addresses,
+/// and the reverse, are accepted (and survive the renderer).
+#[test]
+fn fnat_mixed_families() {
+    let head = "[engine]\nbackend = \"memory\"\n";
+    for (vip, la, rs) in [("fd00::100", "10.0.2.200", "10.0.2.2"), ("10.0.0.100", "fd00:2::200", "fd00:2::2")] {
+        let t = format!(
+            "{head}[[service]]\nname = \"x\"\nvip = \"{vip}\"\nforward = \"fnat\"\nlocal_addresses = [\"{la}\"]\n\
+             [[service.real_server]]\naddress = \"{rs}\"\nproxy_protocol = \"v2\"\n"
+        );
+        let c = Config::from_str(&t, "m.toml").unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(c.services[0].real_servers[0].address, rs.parse::<IpAddr>().unwrap());
+        let again = Config::from_str(&c.to_toml(), "r.toml").unwrap();
+        assert_eq!(again.services[0].local_addresses, vec![la.parse::<IpAddr>().unwrap()]);
+    }
 }
 
 #[test]

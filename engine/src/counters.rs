@@ -44,6 +44,7 @@ drop_reasons! {
     NoBuffer => "no_buffer": "No free buffer to build a packet.",
     TooBig => "too_big": "A packet does not fit the egress MTU (and no ICMP error went back for it: DF clear, an ICMP error or later fragment, rate-limited) or a rewrite outgrew the buffer.",
     AlgHold => "alg_hold": "An FTP segment held back by the gateway until its line completes.",
+    XlatUnsupported => "xlat_unsupported": "Full NAT across families (IPv6 <-> IPv4): a packet that cannot be translated (IPv6 extension headers, an IP fragment, an ICMP error with no translation, a protocol other than TCP/UDP).",
     OutOfWindow => "out_of_window": "FTP control connection: data beyond the largest window TCP can announce (65535 << 14) past what the gateway expects.",
 }
 

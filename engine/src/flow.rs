@@ -38,6 +38,7 @@ pub const F_ALG: u8 = 8; // an FTP control connection: `ConnCold::alg` is set
 pub const F_SYNPROXY: u8 = 16; // opened by the SYN proxy: `ConnCold::proxy` is set
 pub const F_SYNCED: u8 = 32; // cluster backup state from a peer: not counted until traffic arrives
 pub const F_PPROTO: u8 = 64; // PROXY protocol header towards the server: `ConnCold::pp` is set
+pub const F_XLAT: u8 = 128; // full NAT across families: every packet is translated (`crate::nat64`)
 
 /// One tracked connection: the fields the established fast path reads and
 /// writes, in two cache lines (128 bytes, aligned). Everything else lives

@@ -71,6 +71,7 @@ pub mod icmpgen;
 pub mod ipvsadm;
 pub mod logging;
 pub mod metrics;
+pub mod nat64;
 pub mod neigh;
 pub mod overview;
 pub mod parse;

@@ -11,7 +11,8 @@ use crate::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::csum;
 use crate::expect::{ExpKey, ExpVal, ExpectTable};
 use crate::flow::{
-    self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_PPROTO, F_SYNCED, F_SYNPROXY, NONE,
+    self, Dir, FlowKey, FlowTable, F_ACTIVE_COUNTED, F_ALG, F_COUNTED, F_DATA, F_PPROTO, F_SYNCED, F_SYNPROXY, F_XLAT,
+    NONE,
 };
 use crate::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::frag::{self, FragTable, FragVerdict};
@@ -1636,6 +1637,12 @@ impl<Q: PortQueue> Worker<Q> {
             p_in = csum::add(p_in, csum::delta16(cport, lport));
             p_out = csum::add(p_out, csum::delta16(lport, cport));
         }
+        if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
+            // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
+            // there; the precomputed deltas do not apply.
+            c.flags |= F_XLAT;
+            (a_in, a_out, p_in, p_out) = (0, 0, 0, 0);
+        }
         let ttl = if v4 { TTL_DELTA } else { 0 };
         c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
         c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
@@ -1785,7 +1792,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.l2_write(idx, dir == Dir::In, d);
         }
-        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Fnat {
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) == 0 && c.fwd == Forward::Fnat {
             // Full NAT without the gateway: both ends, deltas precomputed as for NAT.
             let la = self.flows.laddr_of(c);
             let d = pkt.data_mut();
@@ -1860,6 +1867,7 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 self.l2_write(idx, false, d)
             }
+            (Forward::Fnat, _) if c.flags & F_XLAT != 0 => self.xlat(idx, dir, pkt, p),
             (Forward::Fnat, Dir::In) => {
                 let la = self.flows.laddr_of(c);
                 let d = pkt.data_mut();
@@ -1888,6 +1896,27 @@ impl<Q: PortQueue> Worker<Q> {
                 self.l2_out(idx, true, pkt)
             }
         }
+    }
+
+    /// Full NAT across families: translate the packet to the other side's family (see
+    /// [`crate::nat64`]). One that outgrows the egress MTU once translated (IPv4 -> IPv6 adds
+    /// 20 bytes) goes back to its sender as "fragmentation needed" / "packet too big" with
+    /// the MTU its own family may use.
+    fn xlat(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        let c = self.flows.get(idx);
+        let (src, sport, dst, dport, egress) = match dir {
+            Dir::In => (self.flows.laddr_of(c), c.lport, c.rs, c.rport, c.if_in),
+            Dir::Out => (c.vip, c.vport, c.client, c.cport, c.if_out),
+        };
+        let mtu = self.queues.get(egress as usize).map_or(1500, |q| q.caps().mtu as usize);
+        let grow = crate::nat64::translated_len(p).saturating_sub(p.end - p.l3);
+        if crate::nat64::translated_len(p) > mtu {
+            return self.too_big(dir, pkt, p, mtu.saturating_sub(grow));
+        }
+        if let Err(r) = crate::nat64::translate(pkt, p, src, sport, dst, dport, mtu) {
+            return Next::Drop(r);
+        }
+        self.l2_write(idx, dir == Dir::In, pkt.data_mut())
     }
 
     /// Set MACs towards the real server (`to_rs`) or the client; holds the
@@ -2194,6 +2223,8 @@ impl<Q: PortQueue> Worker<Q> {
                 // The FTP gateway works on whole segments: a fragmented control segment
                 // (never seen from real stacks, which use path MTU discovery) is refused.
                 Some((idx, _)) if self.flows.get(idx).flags & F_ALG != 0 => Next::Drop(DropReason::Fragment),
+                // Across families a fragment would need an IPv6 fragment header: not done.
+                Some((idx, _)) if self.flows.get(idx).flags & F_XLAT != 0 => Next::Drop(DropReason::XlatUnsupported),
                 Some((idx, dir)) if self.flows.get(idx).expires > self.now => self.forward(idx, dir, &mut pkt, &p),
                 _ if dst_vip => self.new_inbound(&mut pkt, &p),
                 _ => self.new_outbound(&mut pkt, &p),
@@ -2254,6 +2285,9 @@ impl<Q: PortQueue> Worker<Q> {
         let Some(c) = self.flows.try_get(fl.conn).filter(|c| c.gen == fl.gen) else {
             return Next::Drop(DropReason::FragTimeout);
         };
+        if c.flags & F_XLAT != 0 {
+            return Next::Drop(DropReason::XlatUnsupported);
+        }
         let inbound = fl.inbound;
         let egress = if inbound { c.if_in } else { c.if_out };
         let over = if c.fwd == Forward::Tunnel {
@@ -2388,6 +2422,26 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let (fwd, rs, rport, vip, vport) = (c.fwd, c.rs, c.rport, c.vip, c.vport);
         let (client, cport, la, lport) = (c.client, c.cport, self.flows.laddr_of(c), c.lport);
+        if c.flags & F_XLAT != 0 {
+            // Across families: the error is rebuilt in the other family (RFC 7915), reported
+            // by the VIP to the client or by the local address to the real server.
+            let r = match (dir, to_vip) {
+                (Dir::Out, false) => {
+                    crate::nat64::translate_icmp_error(&mut pkt, p, inner, vip, client, (client, cport), (vip, vport))
+                }
+                (Dir::In, true) => {
+                    crate::nat64::translate_icmp_error(&mut pkt, p, inner, la, rs, (rs, rport), (la, lport))
+                }
+                _ => Err(DropReason::NoFlow),
+            };
+            if let Err(r) = r {
+                self.drop_pkt(r);
+                return;
+            }
+            bump(&self.counters.icmp_translated, 1);
+            let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
+            return self.finish(pkt, next);
+        }
         let d = pkt.data_mut();
         let v6 = p.v6;
         match (dir, to_vip) {

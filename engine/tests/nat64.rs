@@ -1,0 +1,280 @@
+//! Full NAT across address families (RFC 7915 header translation): an IPv6
+//! client to IPv4 real servers through an IPv6 VIP (IPv4 local addresses),
+//! and an IPv4 client to IPv6 real servers. Every rewrite byte for byte:
+//! TCP handshake, data and FIN both ways, the MSS of a SYN that becomes
+//! IPv6, UDP (an IPv4 datagram without checksum gets one), the egress MTU
+//! (an IPv4 packet that outgrows it once IPv6 is answered with
+//! "fragmentation needed"), ICMP errors translated both ways, what cannot be
+//! translated (counted `xlat_unsupported`), PROXY protocol naming the IPv6
+//! client to an IPv4 server, and a reload that removes a local address.
+
+mod common;
+use common::*;
+use ferrovs_engine::counters::DropReason;
+use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::testpkt::*;
+
+const LADDR: [u8; 4] = [10, 0, 2, 200];
+const LADDR6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0];
+
+const SERVICES: &str = r#"
+[[service]]
+name = "web64"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service]]
+name = "dns64"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web46"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+
+fn cfg_text(services: &str) -> String {
+    config_text(services).replacen(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nlocal_port_range = \"2000-2063\"",
+        1,
+    )
+}
+
+fn engine(services: &str, workers: usize) -> MemEngine {
+    MemEngine::new(ferrovs_cfg::Config::from_str(&cfg_text(services), "nat64-test.toml").expect("parses"), workers)
+}
+
+fn from_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, CLIENT_MAC, LB_EXT)
+}
+fn from_rs(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, RS1_MAC, LB_INT)
+}
+/// What the engine sends towards the real server / the client: the translated packet as the
+/// builders make it, with TTL / hop limit 63 (64 decremented), and for IPv4 what RFC 7915
+/// 5.1 gives: identification 0, DF set.
+fn to_rs(f: Vec<u8>) -> Vec<u8> {
+    with_macs(translated(f), LB_INT, RS1_MAC)
+}
+fn to_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(translated(f), LB_EXT, CLIENT_MAC)
+}
+fn translated(mut f: Vec<u8>) -> Vec<u8> {
+    if f[12..14] == [0x86, 0xdd] {
+        f[14 + 7] = 63;
+        f
+    } else {
+        f[14 + 4..14 + 8].copy_from_slice(&[0, 0, 0x40, 0]);
+        set_ttl(f, 63)
+    }
+}
+
+#[track_caller]
+fn exactly(out: Vec<(usize, Vec<u8>)>, iface: usize, want: Vec<u8>) {
+    assert_eq!(out.len(), 1, "one frame out, got {out:?}");
+    verify_checksums(&out[0].1).expect("checksums");
+    assert_eq!(out[0].0, iface, "interface");
+    assert_eq!(out[0].1, want, "frame bytes");
+}
+
+/// IPv6 client -> IPv6 VIP -> IPv4 real server: handshake (the server's MSS lowered by 20
+/// for the IPv6 client), data both ways, FIN, and the frame sizes (-20 / +20 bytes).
+#[test]
+fn tcp_ipv6_client_to_ipv4_server() {
+    let mut e = engine(SERVICES, 1);
+    let syn = from_client(tcp6_opts(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, &opt_mss(1440), b""));
+    let out = e.inject(EXT, &syn, S);
+    assert_eq!(out[0].1.len(), syn.len() - 20);
+    exactly(out, INT, to_rs(tcp4_opts(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, &opt_mss(1440), b"")));
+    let synack = from_rs(tcp4_opts(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, &opt_mss(1460), b""));
+    let out = e.inject(INT, &synack, S);
+    assert_eq!(out[0].1.len(), synack.len() + 20);
+    exactly(out, EXT, to_client(tcp6_opts(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 5000, 1001, &opt_mss(1440), b"")));
+    let data = b"GET / HTTP/1.0\r\n\r\n";
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK | TCP_PSH, 1001, 5001, data)), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, data)));
+    let body = vec![b'x'; 1400];
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1019, &body)), S);
+    exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_ACK, 5001, 1019, &body)));
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_FIN, 6401, 1019, b"")), S);
+    exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_ACK | TCP_FIN, 6401, 1019, b"")));
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK | TCP_FIN, 1019, 6402, b"")), S);
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_FIN, 1019, 6402, b"")));
+    assert_drops(&e, &[]);
+    assert_eq!(e.counters().flows_active, 1);
+}
+
+/// IPv4 client -> IPv4 VIP -> IPv6 real server: the client's SYN becomes IPv6 (its MSS
+/// lowered by 20), the server's replies become IPv4.
+#[test]
+fn tcp_ipv4_client_to_ipv6_server() {
+    let mut e = engine(SERVICES, 1);
+    let out = e.inject(EXT, &from_client(tcp4_opts(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, &opt_mss(1460), b"")), S);
+    exactly(out, INT, to_rs(tcp6_opts(LADDR6, 2000, RS6, 80, TCP_SYN, 1, 0, &opt_mss(1440), b"")));
+    let out =
+        e.inject(INT, &from_rs(tcp6_opts(RS6, 80, LADDR6, 2000, TCP_SYN | TCP_ACK, 9, 2, &opt_mss(1440), b"")), S);
+    exactly(out, EXT, to_client(tcp4_opts(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 9, 2, &opt_mss(1440), b"")));
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 2, 10, b"hello")), S);
+    exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_ACK, 2, 10, b"hello")));
+    let out = e.inject(INT, &from_rs(tcp6(RS6, 80, LADDR6, 2000, TCP_ACK, 10, 7, b"world")), S);
+    exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 10, 7, b"world")));
+    assert_drops(&e, &[]);
+}
+
+/// UDP both ways; an IPv4 reply without a checksum gets one for IPv6.
+#[test]
+fn udp_both_ways_and_zero_checksum() {
+    let mut e = engine(SERVICES, 1);
+    let out = e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, b"query")), S);
+    exactly(out, INT, to_rs(udp4(LADDR, 2000, RS1, 53, b"query")));
+    let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR, 2000, b"answer")), S);
+    exactly(out, EXT, to_client(udp6(VIP6, 53, C6, 5353, b"answer")));
+    let mut nocsum = from_rs(udp4(RS1, 53, LADDR, 2000, b"answer two"));
+    nocsum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let out = e.inject(INT, &nocsum, S);
+    exactly(out, EXT, to_client(udp6(VIP6, 53, C6, 5353, b"answer two")));
+    assert_drops(&e, &[]);
+}
+
+/// An IPv4 reply that fits the IPv4 side but not the client's link once IPv6 (+20 bytes):
+/// "fragmentation needed" back to the real server with the MTU its packets may have (1480).
+#[test]
+fn reply_outgrowing_the_mtu_gets_fragmentation_needed() {
+    let mut e = engine(SERVICES, 1);
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
+    let big = vec![7u8; 1460];
+    let reply = from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1001, &big));
+    assert_eq!(reply.len() - 14, 1500);
+    let out = e.inject(INT, &reply, S);
+    assert_eq!(out.len(), 1, "an ICMP error, got {out:?}");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, INT);
+    assert_eq!(&f[14 + 16..14 + 20], &RS1, "to the real server");
+    assert_eq!((f[14 + 20], f[14 + 21]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([f[14 + 26], f[14 + 27]]), 1480);
+    assert_eq!(e.counters().icmp_sent, 1);
+}
+
+/// ICMP errors translated: the real server's "fragmentation needed" (MTU 1400) reaches the
+/// IPv6 client as "packet too big" (MTU 1420) quoting its own packet; the client's "packet
+/// too big" (MTU 1400) reaches the real server as "fragmentation needed" (MTU 1380) quoting
+/// LADDR -> RS; a parameter problem has no translation and is counted.
+#[test]
+fn icmp_errors_translated_both_ways() {
+    let mut e = engine(SERVICES, 1);
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
+    let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_ACK, 1001, 5001, &[0u8; 40]);
+    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 3, 4, 1400, &quoted)), S);
+    assert_eq!(out.len(), 1, "to the client: {out:?}");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(&f[12..14], &[0x86, 0xdd]);
+    assert_eq!(&f[14 + 8..14 + 24], &VIP6, "reported by the VIP");
+    assert_eq!(&f[14 + 24..14 + 40], &C6);
+    let icmp = 14 + 40;
+    assert_eq!((f[icmp], f[icmp + 1]), (2, 0), "packet too big");
+    assert_eq!(u32::from_be_bytes(f[icmp + 4..icmp + 8].try_into().unwrap()), 1420);
+    let q = icmp + 8;
+    assert_eq!(f[q] >> 4, 6, "quoted IPv6 header");
+    assert_eq!(&f[q + 8..q + 24], &C6, "quoted source: the client");
+    assert_eq!(&f[q + 24..q + 40], &VIP6, "quoted destination: the VIP");
+    assert_eq!(&f[q + 40..q + 44], &[0x9c, 0x40, 0, 80], "quoted ports 40000 -> 80");
+    assert_eq!(f[14 + 7], 63, "hop limit");
+
+    let quoted = tcp6(VIP6, 80, C6, 40000, TCP_ACK, 5001, 1001, b"");
+    let out = e.inject(EXT, &from_client(icmp6_error(C6, VIP6, 2, 0, 1400, &quoted)), S);
+    assert_eq!(out.len(), 1, "to the real server: {out:?}");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, INT);
+    assert_eq!(&f[12..14], &[0x08, 0x00]);
+    assert_eq!(&f[14 + 12..14 + 16], &LADDR, "reported by the local address");
+    assert_eq!(&f[14 + 16..14 + 20], &RS1);
+    assert_eq!((f[34], f[35]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1380);
+    let q = 14 + 28;
+    assert_eq!(ferrovs_engine::csum::finish(&f[q..q + 20], 0), 0, "quoted IPv4 header checksum");
+    assert_eq!(&f[q + 12..q + 16], &RS1, "quoted source: the real server");
+    assert_eq!(&f[q + 16..q + 20], &LADDR, "quoted destination: the local address");
+    assert_eq!(&f[q + 20..q + 24], &[0x1f, 0x90, 0x07, 0xd0], "quoted ports 8080 -> 2000");
+    assert_drops(&e, &[]);
+    assert_eq!(e.counters().icmp_translated, 2);
+
+    // Parameter problem (IPv4 type 12): no translation.
+    let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_ACK, 1001, 5001, b"");
+    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 12, 0, 0, &quoted)), S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::XlatUnsupported, 1)]);
+}
+
+/// An IPv4 fragment of a translated connection: not translated (it would need an IPv6
+/// fragment header), counted.
+#[test]
+fn fragments_are_a_counted_drop() {
+    let mut e = engine(SERVICES, 1);
+    e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, b"query")), S);
+    let big = from_rs(udp4(RS1, 53, LADDR, 2000, &[1u8; 1000]));
+    let frags = fragment4(&big, 600, 77);
+    assert!(frags.len() > 1);
+    let out = e.inject(INT, &frags[0], S);
+    assert!(out.is_empty());
+    assert_drops(&e, &[(DropReason::XlatUnsupported, 1)]);
+}
+
+/// PROXY protocol v1 towards an IPv4 server names the IPv6 client and VIP (TCP6), and the
+/// segment carrying it is translated like any other.
+#[test]
+fn proxy_protocol_names_the_ipv6_client() {
+    let svc = SERVICES.replacen("port = 8080\n", "port = 8080\nproxy_protocol = \"v1\"\n", 1);
+    let mut e = engine(&svc, 1);
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
+    e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b"")), S);
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK | TCP_PSH, 1001, 5001, b"GET /\r\n")), S);
+    let hdr = b"PROXY TCP6 fd00:1::2 fd00:1::100 40000 80\r\n";
+    let want = [&hdr[..], b"GET /\r\n"].concat();
+    exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, &want)));
+    // The server's acknowledgement of it comes back shifted by the header's length.
+    let ack = 1001 + want.len() as u32;
+    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, ack, b"")), S);
+    exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_ACK, 5001, 1008, b"")));
+    assert_drops(&e, &[]);
+}
+
+/// `ferrovs config check` semantics at engine level: a mixed-family service needs full NAT
+/// (checked by the config crate); here, that the same-family services next to a translated
+/// one are untouched (exact bytes with the ordinary TTL-only rewrite).
+#[test]
+fn same_family_fnat_beside_translated_service() {
+    let svc = format!(
+        "{SERVICES}\n[[service]]\nname = \"web6\"\nvip = \"fd00:1::100\"\nports = [81]\nforward = \"fnat\"\n\
+         local_addresses = [\"fd00:2::200\"]\n[[service.real_server]]\naddress = \"fd00:2::2\"\n"
+    );
+    let mut e = engine(&svc, 1);
+    let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 81, TCP_SYN, 1, 0, b"")), S);
+    exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 81, TCP_SYN, 1, 0, b"")));
+    assert_drops(&e, &[]);
+}
