@@ -2577,7 +2577,11 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // PROXY protocol shifts the client's sequence space itself: not combined with the
         // SYN proxy's splice (documented with the key).
-        if svc.dests.is_empty() || svc.dests.iter().any(|d| d.proxy_v2.is_some()) {
+        // Nor with a translated service (its handshake with the real server would have to be
+        // built in the other family).
+        if svc.dests.is_empty()
+            || svc.dests.iter().any(|d| d.proxy_v2.is_some() || addr_is_v4(d.addr) != addr_is_v4(p.dst))
+        {
             return None;
         }
         let engaged = match mode {

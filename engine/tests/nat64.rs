@@ -278,3 +278,171 @@ fn same_family_fnat_beside_translated_service() {
     exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 81, TCP_SYN, 1, 0, b"")));
     assert_drops(&e, &[]);
 }
+
+const FTP: &str = r#"
+[[service]]
+name = "ftp64"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [21]
+forward = "fnat"
+ftp = true
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "ftp46"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [21]
+forward = "fnat"
+ftp = true
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+
+/// An FTP control connection across families: `v6_client` true is an IPv6 client to the
+/// IPv4 server, false an IPv4 client to the IPv6 server.
+struct Ftp {
+    e: MemEngine,
+    v6_client: bool,
+    c: u32,
+    s: u32,
+    lport: u16,
+}
+
+impl Ftp {
+    fn open(v6_client: bool) -> Ftp {
+        let e = engine(FTP, 1);
+        let mut f = Ftp { e, v6_client, c: 1000, s: 5000, lport: 0 };
+        let syn = f.client_frame(40000, 21, TCP_SYN, f.c, 0, b"");
+        let out = f.e.inject(EXT, &syn, S);
+        assert_eq!(out.len(), 1);
+        f.lport = ferrovs_engine::parse::parse(&out[0].1).unwrap().sport;
+        let out = f.e.inject(INT, &f.rs_frame(21, f.lport, TCP_SYN | TCP_ACK, f.s, f.c + 1, b""), S);
+        assert_eq!(out.len(), 1);
+        f.c += 1;
+        f.s += 1;
+        f
+    }
+    fn client_frame(&self, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+        if self.v6_client {
+            from_client(tcp6(C6, sport, VIP6, dport, flags, seq, ack, data))
+        } else {
+            from_client(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data))
+        }
+    }
+    /// The server is of the other family.
+    fn rs_frame(&self, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+        if self.v6_client {
+            from_rs(tcp4(RS1, sport, LADDR, dport, flags, seq, ack, data))
+        } else {
+            from_rs(tcp6(RS6, sport, LADDR6, dport, flags, seq, ack, data))
+        }
+    }
+    fn command(&mut self, line: &str) -> Vec<u8> {
+        let f = self.client_frame(40000, 21, TCP_ACK | TCP_PSH, self.c, self.s, line.as_bytes());
+        self.c += line.len() as u32;
+        let out = self.e.inject(EXT, &f, S);
+        assert_eq!(out.len(), 1, "{line:?} forwarded");
+        payload(&out[0].1)
+    }
+    fn reply(&mut self, line: &str) -> Vec<u8> {
+        let f = self.rs_frame(21, self.lport, TCP_ACK | TCP_PSH, self.s, self.c, line.as_bytes());
+        self.s += line.len() as u32;
+        let out = self.e.inject(INT, &f, S);
+        assert_eq!(out.len(), 1, "{line:?} forwarded");
+        payload(&out[0].1)
+    }
+}
+
+fn payload(frame: &[u8]) -> Vec<u8> {
+    verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    frame[p.payload..p.end].to_vec()
+}
+
+/// (src, sport, dst, dport) of an output frame, addresses as strings.
+fn ends(frame: &[u8]) -> (String, u16, String, u16) {
+    verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    let ip = |a| ferrovs_engine::parse::addr_to_ip(a).to_string();
+    (ip(p.src), p.sport, ip(p.dst), p.dport)
+}
+
+/// IPv6 client, IPv4 server, passive: EPSV goes through (an IPv4 vsftpd answers it), the
+/// 229 needs no change, the data connection [C6]:40001 -> [VIP6]:30001 becomes
+/// LADDR:lp' -> RS1:30001, and its replies come back as IPv6.
+#[test]
+fn ftp_ipv6_client_epsv_to_ipv4_server() {
+    let mut f = Ftp::open(true);
+    assert_eq!(f.command("EPSV\r\n"), b"EPSV\r\n");
+    let got = f.reply("229 Entering Extended Passive Mode (|||30001|)\r\n");
+    assert_eq!(got, b"229 Entering Extended Passive Mode (|||30001|)\r\n");
+    let out = f.e.inject(EXT, &f.client_frame(40001, 30001, TCP_SYN, 77, 0, b""), S);
+    assert_eq!(out.len(), 1);
+    let (src, sport, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("10.0.2.200", "10.0.2.2", 30001));
+    let out = f.e.inject(INT, &from_rs(tcp4(RS1, 30001, LADDR, sport, TCP_SYN | TCP_ACK, 9, 78, b"")), S);
+    assert_eq!(ends(&out[0].1), ("fd00:1::100".into(), 30001, "fd00:1::2".into(), 40001));
+    let out = f.e.inject(INT, &from_rs(tcp4(RS1, 30001, LADDR, sport, TCP_ACK, 10, 78, b"file data")), S);
+    assert_eq!(payload(&out[0].1), b"file data");
+    assert_drops(&f.e, &[]);
+}
+
+/// IPv6 client, IPv4 server, active: `EPRT |2|client|port|` becomes `EPRT |1|LADDR|reserved|`;
+/// the server's connection from RS1:20 reaches the client as [VIP6]:20 -> [C6]:port, and the
+/// client's answers go back as IPv4. The rewrite's length change is mapped in the
+/// acknowledgements.
+#[test]
+fn ftp_ipv6_client_eprt_to_ipv4_server() {
+    let mut f = Ftp::open(true);
+    let got = f.command("EPRT |2|fd00:1::2|40002|\r\n");
+    assert_eq!(got, b"EPRT |1|10.0.2.200|2001|\r\n", "{}", String::from_utf8_lossy(&got));
+    f.reply("200 EPRT command successful.\r\n");
+    let syn = from_rs(tcp4(RS1, 20, LADDR, 2001, TCP_SYN, 9000, 0, b""));
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(ends(&out[0].1), ("fd00:1::100".into(), 20, "fd00:1::2".into(), 40002));
+    let out = f.e.inject(EXT, &f.client_frame(40002, 20, TCP_SYN | TCP_ACK, 300, 9001, b""), S);
+    assert_eq!(ends(&out[0].1), ("10.0.2.200".into(), 2001, "10.0.2.2".into(), 20));
+    // The server acknowledges the whole EPRT (the same length here): the client sees its own count.
+    let ack = f.rs_frame(21, f.lport, TCP_ACK, f.s, f.c, b"");
+    let out = f.e.inject(INT, &ack, S);
+    let p = ferrovs_engine::parse::parse(&out[0].1).unwrap();
+    let d = &out[0].1;
+    assert_eq!(u32::from_be_bytes(d[p.l4 + 8..p.l4 + 12].try_into().unwrap()), f.c);
+    assert_drops(&f.e, &[]);
+}
+
+/// IPv4 client, IPv6 server: `PORT` becomes `EPRT |2|LADDR6|reserved|`, `PASV` is sent as
+/// `EPSV` and the server's 229 comes back as a 227 naming the VIP; both data connections are
+/// translated.
+#[test]
+fn ftp_ipv4_client_port_and_pasv_to_ipv6_server() {
+    let mut f = Ftp::open(false);
+    let got = f.command("PORT 10,0,1,2,156,66\r\n");
+    assert_eq!(got, b"EPRT |2|fd00:2::200|2001|\r\n", "{}", String::from_utf8_lossy(&got));
+    f.reply("200 EPRT command successful.\r\n");
+    let syn = from_rs(tcp6(RS6, 20, LADDR6, 2001, TCP_SYN, 9000, 0, b""));
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40002));
+    assert_eq!(f.command("PASV\r\n"), b"EPSV\r\n");
+    let got = f.reply("229 Entering Extended Passive Mode (|||30003|)\r\n");
+    assert_eq!(got, b"227 Entering Passive Mode (10,0,1,100,117,51).\r\n", "{}", String::from_utf8_lossy(&got));
+    let out = f.e.inject(EXT, &f.client_frame(40003, 30003, TCP_SYN, 1, 0, b""), S);
+    let (src, _, dst, dport) = ends(&out[0].1);
+    assert_eq!((src.as_str(), dst.as_str(), dport), ("fd00:2::200", "fd00:2::2", 30003));
+    // A client EPSV is passed on as is.
+    assert_eq!(f.command("EPSV\r\n"), b"EPSV\r\n");
+    assert_eq!(
+        f.reply("229 Entering Extended Passive Mode (|||30004|)\r\n"),
+        b"229 Entering Extended Passive Mode (|||30004|)\r\n"
+    );
+    assert_drops(&f.e, &[]);
+}

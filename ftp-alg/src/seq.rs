@@ -20,13 +20,15 @@ pub(crate) fn add(seq: u32, delta: i32) -> u32 {
     seq.wrapping_add(delta as u32)
 }
 
-/// Longest original or rewritten field text (`255,255,255,255,255,255`).
-pub(crate) const FIELD_MAX: usize = crate::parse::MAX_227_ADDR_LEN;
+/// Longest original or rewritten field text: an `EPRT` argument with an IPv6 address
+/// (`|2|` + 39 + `|65535|`), or a whole line the gateway replaces (`PORT ...` -> `EPRT ...`,
+/// `229 ...` -> `227 ...`).
+pub(crate) const FIELD_MAX: usize = 64;
 
 /// One rewritten field: the original bytes at `[start, start + orig_len)` were replaced by
 /// `new[..new_len]`. `before`/`after` are the cumulative deltas of the direction just before and
 /// just after this rewrite. Fixed-size so the history never allocates.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Shift {
     pub start: u32,
     pub orig_len: u8,
@@ -34,6 +36,12 @@ pub(crate) struct Shift {
     pub new: [u8; FIELD_MAX],
     pub before: i32,
     pub after: i32,
+}
+
+impl Default for Shift {
+    fn default() -> Self {
+        Shift { start: 0, orig_len: 0, new_len: 0, new: [0; FIELD_MAX], before: 0, after: 0 }
+    }
 }
 
 impl Shift {

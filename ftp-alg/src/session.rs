@@ -42,6 +42,9 @@ enum Pending {
     Pasv,
     Epsv,
     Auth,
+    /// Full NAT from an IPv4 client to an IPv6 server: the client's `PASV`, sent on as
+    /// `EPSV`; its `229` goes back as a `227` naming the VIP.
+    PasvAsEpsv,
 }
 
 /// The client commands (NAT) whose final reply has not been seen yet, oldest first. Fixed size:
@@ -181,7 +184,10 @@ impl HoldOn {
             HoldOn::Active => {
                 let n = line.len().min(5);
                 let head = &line[..n];
-                head.eq_ignore_ascii_case(&b"PORT "[..n]) || head.eq_ignore_ascii_case(&b"EPRT "[..n])
+                head.eq_ignore_ascii_case(&b"PORT "[..n])
+                    || head.eq_ignore_ascii_case(&b"EPRT "[..n])
+                    || head.eq_ignore_ascii_case(&b"PASV\r"[..n])
+                    || head.eq_ignore_ascii_case(&b"PASV\n"[..n])
             }
         }
     }
@@ -360,7 +366,7 @@ impl FtpSession {
         if self.desync {
             return if v4 && self.cmds.contains(Pending::Pasv) {
                 Some(b"227 ")
-            } else if self.cmds.contains(Pending::Epsv) {
+            } else if self.cmds.contains(Pending::Epsv) || self.cmds.contains(Pending::PasvAsEpsv) {
                 Some(b"229 ")
             } else {
                 None
@@ -368,7 +374,7 @@ impl FtpSession {
         }
         match self.cmds.front()? {
             Pending::Pasv if v4 => Some(b"227 "),
-            Pending::Epsv => Some(b"229 "),
+            Pending::Epsv | Pending::PasvAsEpsv => Some(b"229 "),
             _ => None,
         }
     }
@@ -755,6 +761,16 @@ impl FtpSession {
                     self.request(e, acts, pins);
                 }
             }
+            Command::Pasv if v4 && self.to_v6_server() => {
+                // An IPv6 server need not take PASV (RFC 2428 is its IPv6 form): it is asked
+                // with EPSV, and its 229 answered to the client as a 227.
+                self.queue(Pending::PasvAsEpsv);
+                let verb = parse::split_command(line).0.len();
+                let mut text = [0u8; REWRITE_MAX];
+                text[..4].copy_from_slice(b"EPSV");
+                acts.events.push(Event::Rewrite);
+                return Some(Rewrite { range: 0..verb, text, len: 4 });
+            }
             Command::Pasv => self.queue(Pending::Pasv),
             Command::Epsv => self.queue(Pending::Epsv),
             Command::AuthTls => {
@@ -822,15 +838,19 @@ impl FtpSession {
         let grant = self.request(e, acts, pins);
         let (Mode::Fnat { local }, Grant::OpenAt(port)) = (self.p.mode, grant) else { return None };
         // Full NAT: the real server is told to connect to the port reserved on the local
-        // address (it has no route to the client).
-        if local.is_ipv4() != a.is_ipv4() {
-            return None;
-        }
-        let range = parse::command_arg_range(line);
+        // address (it has no route to the client). The local address has the server's
+        // family, which may not be the client's: an IPv6 client's `EPRT |2|` becomes
+        // `EPRT |1|` naming the IPv4 local address, an IPv4 client's `PORT` becomes
+        // `EPRT |2|` naming the IPv6 one.
+        let mut range = parse::command_arg_range(line);
         let mut text = [0u8; REWRITE_MAX];
+        let port_cmd = parse::classify_command(line) == Command::Port;
         let len = match local {
-            IpAddr::V4(l) if parse::classify_command(line) == Command::Port => {
-                parse::format_227_addr(l, port, &mut text)
+            IpAddr::V4(l) if port_cmd => parse::format_227_addr(l, port, &mut text),
+            IpAddr::V6(_) if port_cmd => {
+                text[..5].copy_from_slice(b"EPRT ");
+                range = 0..range.end;
+                5 + parse::format_eprt_arg(b'|', SocketAddr::new(local, port), &mut text[5..])
             }
             _ => {
                 let d = line.get(range.start).copied().unwrap_or(b'|');
@@ -864,6 +884,7 @@ impl FtpSession {
         match (code, answers) {
             (227, Some(Pending::Pasv)) => self.passive_227(now, line, acts, pins),
             (229, Some(Pending::Epsv)) => self.passive_229(now, line, acts, pins),
+            (229, Some(Pending::PasvAsEpsv)) => self.passive_229_as_227(now, line, acts, pins),
             (227 | 229, _) => {
                 self.unsolicited(acts);
                 None
@@ -916,6 +937,9 @@ impl FtpSession {
         if self.desync {
             let want = match code {
                 227 => Some(Pending::Pasv),
+                229 if self.cmds.contains(Pending::PasvAsEpsv) && !self.cmds.contains(Pending::Epsv) => {
+                    Some(Pending::PasvAsEpsv)
+                }
                 229 => Some(Pending::Epsv),
                 _ => None,
             };
@@ -973,6 +997,40 @@ impl FtpSession {
         let len = parse::format_port(to, &mut text);
         acts.events.push(Event::Rewrite);
         Some(Rewrite { range, text, len })
+    }
+
+    /// Full NAT from an IPv4 client to an IPv6 server: is the server of the other family?
+    fn to_v6_server(&self) -> bool {
+        matches!(self.p.mode, Mode::Fnat { .. }) && self.p.vip.is_ipv4() && !self.p.real.is_ipv4()
+    }
+
+    /// The IPv6 server's `229` answering the `EPSV` the gateway sent for the IPv4 client's
+    /// `PASV`: the whole line becomes `227 Entering Passive Mode (vip,p1,p2).`.
+    fn passive_229_as_227(
+        &mut self,
+        now: u64,
+        line: &[u8],
+        acts: &mut Actions,
+        pins: &mut dyn Pinholes,
+    ) -> Option<Rewrite> {
+        let IpAddr::V4(vip) = self.p.vip.ip() else { return None };
+        let Some((port, _)) = parse::parse_229_field(line) else {
+            self.malformed(acts);
+            return None;
+        };
+        let announce = match self.passive(now, port, acts, pins) {
+            Grant::OpenAt(p) => p,
+            _ => port,
+        };
+        let mut text = [0u8; REWRITE_MAX];
+        let head = b"227 Entering Passive Mode (";
+        text[..head.len()].copy_from_slice(head);
+        let mut len = head.len();
+        len += parse::format_227_addr(vip, announce, &mut text[len..]);
+        text[len..len + 2].copy_from_slice(b").");
+        len += 2;
+        acts.events.push(Event::Rewrite);
+        Some(Rewrite { range: 0..parse::trim_eol(line).len(), text, len })
     }
 
     /// Opens `client -> vip:port -> real:port` (NAT passive), unless `port` is privileged.
