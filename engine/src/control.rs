@@ -457,7 +457,8 @@ impl State {
                        "cookies_failed": s.cookies_failed, "flows_created": s.flows_created,
                        "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
                        "sync_skipped": s.sync_skipped, "icmp_sent": s.icmp_sent,
-                       "icmp_ratelimited": s.icmp_ratelimited, "drops": drops})
+                       "icmp_ratelimited": s.icmp_ratelimited, "fnat_laddr_retired": s.fnat_laddr_retired,
+                       "drops": drops})
             })
             .collect();
         json!(workers)

@@ -93,6 +93,9 @@ pub struct WorkerCounters {
     /// `[engine] icmp_rate` token bucket suppressed (the packet is then a `too_big` drop).
     pub icmp_sent: AtomicU64,
     pub icmp_ratelimited: AtomicU64,
+    /// Full NAT: connections still open on a local address a reload removed when its grace
+    /// period (the longest timeout) ended, removed.
+    pub fnat_laddr_retired: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -135,6 +138,7 @@ impl WorkerCounters {
             cookies_failed: self.cookies_failed.load(Relaxed),
             icmp_sent: self.icmp_sent.load(Relaxed),
             icmp_ratelimited: self.icmp_ratelimited.load(Relaxed),
+            fnat_laddr_retired: self.fnat_laddr_retired.load(Relaxed),
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
         }
     }
@@ -166,6 +170,7 @@ impl WorkerCounters {
             split_segments,
             icmp_sent,
             icmp_ratelimited,
+            fnat_laddr_retired,
             drops,
         } = self;
         for c in [
@@ -193,6 +198,7 @@ impl WorkerCounters {
             split_segments,
             icmp_sent,
             icmp_ratelimited,
+            fnat_laddr_retired,
         ]
         .into_iter()
         .chain(drops.iter())
@@ -228,6 +234,7 @@ pub struct CounterSnapshot {
     pub cookies_failed: u64,
     pub icmp_sent: u64,
     pub icmp_ratelimited: u64,
+    pub fnat_laddr_retired: u64,
     pub drops: Vec<(&'static str, u64)>,
 }
 

@@ -120,6 +120,7 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.cookies_failed += s.cookies_failed;
         total.icmp_sent += s.icmp_sent;
         total.icmp_ratelimited += s.icmp_ratelimited;
+        total.fnat_laddr_retired += s.fnat_laddr_retired;
         if total.drops.is_empty() {
             total.drops = s.drops.clone();
         } else {

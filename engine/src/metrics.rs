@@ -119,7 +119,7 @@ pub fn render(f: &Figures) -> String {
         }
     }
     type W = fn(&crate::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 13] = [
+    let wk: [(&str, &str, &str, W); 14] = [
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -139,6 +139,12 @@ pub fn render(f: &Figures) -> String {
         ("icmp_ratelimited_total", "counter", "Originated ICMP errors suppressed by [engine] icmp_rate.", |s| {
             s.icmp_ratelimited
         }),
+        (
+            "fnat_laddr_retired_total",
+            "counter",
+            "Full NAT connections removed when the grace period of a local address a reload removed ended.",
+            |s| s.fnat_laddr_retired,
+        ),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
     family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");

@@ -147,6 +147,9 @@ pub struct Worker<Q: PortQueue> {
     /// Full NAT FTP: local ports reserved for announced active data connections (local
     /// address, port, expiry); the data connection takes its port over, an unused one goes
     /// back to the pool when it expires.
+    /// Full NAT local addresses a reload removed while connections may still use them (see
+    /// [`Retired`]): still ours for those connections' replies until the grace period ends.
+    retired: Vec<Retired>,
     reserved: Vec<(Addr, u16, u64)>,
     neigh: NeighCache,
     expect: ExpectTable,
@@ -285,6 +288,7 @@ impl<Q: PortQueue> Worker<Q> {
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
             lports: LportPools::new(lport_share(snap.port_range, id, fabric.workers)),
+            retired: Vec::new(),
             reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
@@ -382,6 +386,9 @@ impl<Q: PortQueue> Worker<Q> {
         self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
         self.snap_gen = self.snap_gen.wrapping_add(1);
+        if !Arc::ptr_eq(&old, &snap) {
+            self.retire_laddrs(&old, &snap);
+        }
         let icmp = (snap.config.engine.icmp_rate, snap.config.engine.icmp_burst);
         if icmp != self.icmp_cfg {
             self.icmp_rl = crate::ratelimit::RateLimit::new(icmp.0, icmp.1);
@@ -916,6 +923,64 @@ impl<Q: PortQueue> Worker<Q> {
             });
         }
         expire_held(&mut self.frag_held, now, &self.counters, DropReason::FragTimeout);
+        if !self.retired.is_empty() {
+            self.sweep_retired(now);
+        }
+    }
+
+    /// A reload removed local addresses: each stays owned (replies classified by the port range
+    /// its ports came from, ARP/ND answered) for as long as a connection could stay idle
+    /// (the longest timeout), so the connections on it end normally; then the ones left are
+    /// removed and counted (`fnat_laddr_retired`). Every worker applies the same snapshots,
+    /// so they agree on the retired set and on which worker owns a reply to it.
+    fn retire_laddrs(&mut self, old: &Snapshot, new: &Snapshot) {
+        self.retired.retain(|r| !new.laddrs.contains(&r.addr));
+        let grace = new.timeouts.iter().copied().max().unwrap_or(0).max(1_000_000_000);
+        let until = self.now.saturating_add(grace);
+        for &a in old.laddrs.iter().filter(|&a| !new.laddrs.contains(a)) {
+            if !self.retired.iter().any(|r| r.addr == a) {
+                self.retired.push(Retired { addr: a, range: old.port_range, until });
+            }
+        }
+        if self.retired.len() > MAX_RETIRED {
+            self.retired.sort_by_key(|r| (r.until, r.addr));
+            let cut = self.retired.len() - MAX_RETIRED;
+            self.retired.drain(..cut);
+        }
+    }
+
+    /// The local port range that names the owner of a reply to `a`: the configured one for a
+    /// local address, the one it had for a retired one; `None`: not a local address.
+    #[inline(always)]
+    fn laddr_range(&self, a: Addr) -> Option<ferrovs_cfg::PortRange> {
+        if self.snap.laddrs.contains(&a) {
+            return Some(self.snap.port_range);
+        }
+        if self.retired.is_empty() {
+            return None;
+        }
+        self.retired.iter().find(|r| r.addr == a).map(|r| r.range)
+    }
+
+    fn is_retired(&self, a: Addr) -> bool {
+        self.retired.iter().any(|r| r.addr == a)
+    }
+
+    /// The grace period of retired local addresses ended: their remaining connections go.
+    fn sweep_retired(&mut self, now: u64) {
+        if !self.retired.iter().any(|r| r.until <= now) {
+            return;
+        }
+        let gone: Vec<Addr> = self.retired.iter().filter(|r| r.until <= now).map(|r| r.addr).collect();
+        self.retired.retain(|r| r.until > now);
+        for i in 0..self.flows.slots() as u32 {
+            let hit =
+                self.flows.try_get(i).is_some_and(|c| c.fwd == Forward::Fnat && gone.contains(&self.flows.laddr_of(c)));
+            if hit {
+                bump(&self.counters.fnat_laddr_retired, 1);
+                self.remove_conn(i, false);
+            }
+        }
     }
 
     /// Remove up to `budget` expired expectations (oldest first) and count them.
@@ -1155,8 +1220,8 @@ impl<Q: PortQueue> Worker<Q> {
             return self.echo_reply(iface, pkt, &p);
         }
         // Full NAT: a reply (or an ICMP error about our packet) to a local address.
-        let to_laddr =
-            !dst_vip && snap.laddrs.contains(&p.dst) && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
+        let laddr_range = if dst_vip { None } else { self.laddr_range(p.dst) };
+        let to_laddr = laddr_range.is_some() && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
         if local && !dst_vip && !to_laddr {
             self.drop_pkt(DropReason::NotForUs);
             return;
@@ -1182,7 +1247,7 @@ impl<Q: PortQueue> Worker<Q> {
             let owner = if to_laddr {
                 // The local port names the worker that opened the connection.
                 let lport = inner.as_ref().map_or(p.dport, |i| i.sport);
-                lport_owner(self.snap.port_range, lport, self.fabric.workers)
+                lport_owner(laddr_range.unwrap_or(self.snap.port_range), lport, self.fabric.workers)
             } else {
                 owner_of(client, self.fabric.workers)
             };
@@ -2047,7 +2112,7 @@ impl<Q: PortQueue> Worker<Q> {
         smac.copy_from_slice(&a[8..14]);
         let sip = parse::v4_to_addr([a[14], a[15], a[16], a[17]]);
         let tip = parse::v4_to_addr([a[24], a[25], a[26], a[27]]);
-        let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip);
+        let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip) || self.is_retired(tip);
         // Learn senders on our subnets (requests to us and replies).
         if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == 2) {
             self.learn_neighbor(sip, smac);
@@ -2096,7 +2161,7 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         // Solicitation.
-        let for_us = self.snap.local.contains(&target) || self.snap.vips.contains(&target);
+        let for_us = self.snap.local.contains(&target) || self.snap.vips.contains(&target) || self.is_retired(target);
         let smac = neigh::nd_lladdr(opts, 1);
         if p.src != 0 {
             if let Some(mac) = smac {
@@ -2162,7 +2227,8 @@ impl<Q: PortQueue> Worker<Q> {
         let dst_vip = self.snap.vips.contains(&f.dst);
         let client = if dst_vip { f.src } else { f.dst };
         if !handed && self.fabric.workers > 1 {
-            let owner = if !dst_vip && self.snap.laddrs.contains(&f.dst) {
+            let range = if dst_vip { None } else { self.laddr_range(f.dst) };
+            let owner = if let Some(range) = range {
                 // Full NAT reply: the first fragment's local port names the owner; later
                 // fragments (no ports) follow where their first went.
                 let key = f.key();
@@ -2172,7 +2238,7 @@ impl<Q: PortQueue> Worker<Q> {
                         self.drop_pkt(DropReason::FragTiny);
                         return;
                     };
-                    let owner = lport_owner(self.snap.port_range, p.dport, self.fabric.workers);
+                    let owner = lport_owner(range, p.dport, self.fabric.workers);
                     if owner != self.id {
                         if self.frag_steer.len() >= frag::MAX_FRAG_HELD {
                             self.frag_steer.remove(0);
@@ -3409,6 +3475,18 @@ impl alg::Pinholes for Broker<'_> {
         }
     }
 }
+
+/// A full NAT local address a reload removed (see [`Worker::retire_laddrs`]).
+struct Retired {
+    addr: Addr,
+    /// `[engine] local_port_range` when it was removed: its ports' owners.
+    range: ferrovs_cfg::PortRange,
+    /// End of the grace period (ns).
+    until: u64,
+}
+
+/// At most this many retired local addresses are remembered (the oldest go first).
+const MAX_RETIRED: usize = 4096;
 
 /// The flow-table key of a parsed packet, as received.
 #[inline(always)]

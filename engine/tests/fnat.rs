@@ -715,3 +715,67 @@ fn proxy_protocol_v2_over_nat() {
     assert_eq!(s.payload, want);
     assert_drops(&e, &[]);
 }
+
+/// A reload that removes a local address (the service stays): with two workers, the replies
+/// to it still reach the worker that owns each connection (the owner is named by the port
+/// range the address's ports came from, not looked up as an ordinary address), ARP is still
+/// answered for it, and at the end of its grace period (the longest timeout, 900 s) the
+/// connections left on it are removed and counted.
+#[test]
+fn removed_local_address_keeps_its_connections_until_the_grace_ends() {
+    let svc = "[[service]]\nname = \"u\"\nvip = \"10.0.1.104\"\nprotocol = \"udp\"\nports = [53]\nforward = \"fnat\"\n\
+               local_addresses = [\"10.0.2.200\", \"10.0.2.201\"]\n[[service.real_server]]\naddress = \"10.0.2.2\"\n";
+    let mut e = MemEngine::new(cfg(svc), 2);
+    let vip = [10, 0, 1, 104];
+    // Connections on both addresses, owned by both workers.
+    let mut on201 = Vec::new();
+    for i in 0..32u8 {
+        let c = [10, 0, 1, 10 + i];
+        let cmac = [2, 0, 0, 0, 1, 10 + i];
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+        let out = e.inject(EXT, &with_macs(udp4(c, 5353, vip, 53, b"q"), cmac, LB_EXT), S);
+        assert_eq!(out.len(), 1);
+        let f = &out[0].1;
+        if f[26..30] == LADDR2 {
+            on201.push((c, u16::from_be_bytes([f[34], f[35]])));
+        }
+    }
+    assert!(on201.iter().any(|&(_, p)| p < 2032) && on201.iter().any(|&(_, p)| p >= 2032), "both workers");
+    let without = svc.replace("\"10.0.2.200\", \"10.0.2.201\"", "\"10.0.2.200\"");
+    e.reload(cfg(&without), 2 * S);
+    let handed = |e: &MemEngine| -> u64 {
+        e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    };
+    let before = handed(&e);
+    for &(c, lport) in &on201 {
+        // Delivered by the "NIC" to the worker that does not own it.
+        let other = if lport < 2032 { 1 } else { 0 };
+        e.workers[other].queues_mut()[INT].inject(&from_rs(udp4(RS1, 53, LADDR2, lport, b"a"), RS1_MAC));
+        let out = e.run(3 * S);
+        assert_eq!(out.len(), 1, "reply to the removed address, port {lport}");
+        assert_eq!(&out[0].1[26..30], &vip);
+        assert_eq!(&out[0].1[30..34], &c);
+    }
+    assert_eq!(handed(&e) - before, on201.len() as u64, "every reply was handed to its owner");
+    let out = e.inject(INT, &arp_request(RS1_MAC, RS1, LADDR2), 3 * S);
+    assert_eq!(out.len(), 1, "ARP still answered for the removed address");
+    // New connections use the remaining address only.
+    let out = e.inject(EXT, &from_client(udp4(CLIENT, 7000, vip, 53, b"q")), 3 * S);
+    assert_eq!(&out[0].1[26..30], &LADDR);
+    assert_drops(&e, &[]);
+    // One connection kept busy past the grace period (UDP timeout 300 s, grace 900 s).
+    let (c, lport) = on201[0];
+    for t in [250, 500, 750u64] {
+        let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR2, lport, b"a"), RS1_MAC), t * S);
+        assert_eq!(out.len(), 1, "at {t} s");
+        assert_eq!(&out[0].1[30..34], &c);
+    }
+    let _ = e.run(1000 * S);
+    let retired: u64 =
+        e.fabric.counters.iter().map(|w| w.fnat_laddr_retired.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert_eq!(retired, 1, "the busy connection was removed at the end of the grace period");
+    let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR2, lport, b"a"), RS1_MAC), 1000 * S);
+    assert!(out.is_empty(), "after the grace period");
+    let out = e.inject(INT, &arp_request(RS1_MAC, RS1, LADDR2), 1001 * S);
+    assert!(out.is_empty(), "no longer ours");
+}
