@@ -10,10 +10,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 
 const LADDR: [u8; 4] = [10, 0, 2, 200];
 const LADDR6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0];
@@ -217,7 +217,7 @@ fn icmp_errors_translated_both_ways() {
     assert_eq!((f[34], f[35]), (3, 4), "fragmentation needed");
     assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1380);
     let q = 14 + 28;
-    assert_eq!(ferrovs_engine::csum::finish(&f[q..q + 20], 0), 0, "quoted IPv4 header checksum");
+    assert_eq!(ferrovs_engine::wire::csum::finish(&f[q..q + 20], 0), 0, "quoted IPv4 header checksum");
     assert_eq!(&f[q + 12..q + 16], &RS1, "quoted source: the real server");
     assert_eq!(&f[q + 16..q + 20], &LADDR, "quoted destination: the local address");
     assert_eq!(&f[q + 20..q + 24], &[0x1f, 0x90, 0x07, 0xd0], "quoted ports 8080 -> 2000");
@@ -322,7 +322,7 @@ impl Ftp {
         let syn = f.client_frame(40000, 21, TCP_SYN, f.c, 0, b"");
         let out = f.e.inject(EXT, &syn, S);
         assert_eq!(out.len(), 1);
-        f.lport = ferrovs_engine::parse::parse(&out[0].1).unwrap().sport;
+        f.lport = ferrovs_engine::wire::parse::parse(&out[0].1).unwrap().sport;
         let out = f.e.inject(INT, &f.rs_frame(21, f.lport, TCP_SYN | TCP_ACK, f.s, f.c + 1, b""), S);
         assert_eq!(out.len(), 1);
         f.c += 1;
@@ -362,15 +362,15 @@ impl Ftp {
 
 fn payload(frame: &[u8]) -> Vec<u8> {
     verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
     frame[p.payload..p.end].to_vec()
 }
 
 /// (src, sport, dst, dport) of an output frame, addresses as strings.
 fn ends(frame: &[u8]) -> (String, u16, String, u16) {
     verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::parse::parse(frame).unwrap();
-    let ip = |a| ferrovs_engine::parse::addr_to_ip(a).to_string();
+    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
+    let ip = |a| ferrovs_engine::wire::parse::addr_to_ip(a).to_string();
     (ip(p.src), p.sport, ip(p.dst), p.dport)
 }
 
@@ -414,7 +414,7 @@ fn ftp_ipv6_client_eprt_to_ipv4_server() {
     // The server acknowledges the whole EPRT (the same length here): the client sees its own count.
     let ack = f.rs_frame(21, f.lport, TCP_ACK, f.s, f.c, b"");
     let out = f.e.inject(INT, &ack, S);
-    let p = ferrovs_engine::parse::parse(&out[0].1).unwrap();
+    let p = ferrovs_engine::wire::parse::parse(&out[0].1).unwrap();
     let d = &out[0].1;
     assert_eq!(u32::from_be_bytes(d[p.l4 + 8..p.l4 + 12].try_into().unwrap()), f.c);
     assert_drops(&f.e, &[]);
