@@ -446,3 +446,33 @@ fn ftp_ipv4_client_port_and_pasv_to_ipv6_server() {
     );
     assert_drops(&f.e, &[]);
 }
+
+/// The reverse family: the IPv6 real server's "packet too big" (MTU 1400) about
+/// [LADDR6] -> [RS6] reaches the IPv4 client as "fragmentation needed" (MTU 1380) quoting
+/// its own client -> VIP packet, reported by the VIP; port unreachable maps to port
+/// unreachable.
+#[test]
+fn icmp_errors_translated_for_ipv4_client_of_ipv6_server() {
+    let mut e = engine(SERVICES, 1);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b"")), S);
+    let quoted = tcp6(LADDR6, 2000, RS6, 80, TCP_ACK, 2, 10, &[0u8; 40]);
+    for (ty, code, rest, want) in [(2u8, 0u8, 1400u32, (3u8, 4u8, 1380u16)), (1, 4, 0, (3, 3, 0))] {
+        let out = e.inject(INT, &from_rs(icmp6_error(RS6, LADDR6, ty, code, rest, &quoted)), S);
+        assert_eq!(out.len(), 1, "to the client: {out:?}");
+        let f = &out[0].1;
+        verify_checksums(f).unwrap();
+        assert_eq!(out[0].0, EXT);
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        assert_eq!(&f[14 + 12..14 + 16], &VIP, "reported by the VIP");
+        assert_eq!(&f[14 + 16..14 + 20], &CLIENT);
+        assert_eq!((f[34], f[35]), (want.0, want.1));
+        assert_eq!(u16::from_be_bytes([f[40], f[41]]), want.2);
+        let q = 14 + 28;
+        assert_eq!(ferrovs_engine::wire::csum::finish(&f[q..q + 20], 0), 0, "quoted IPv4 header checksum");
+        assert_eq!(&f[q + 12..q + 16], &CLIENT, "quoted source: the client");
+        assert_eq!(&f[q + 16..q + 20], &VIP, "quoted destination: the VIP");
+        assert_eq!(&f[q + 20..q + 24], &[0x9c, 0x40, 0, 80], "quoted ports 40000 -> 80");
+    }
+    assert_drops(&e, &[]);
+    assert_eq!(e.counters().icmp_translated, 2);
+}
