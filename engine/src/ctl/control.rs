@@ -458,6 +458,7 @@ impl State {
                        "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
                        "sync_skipped": s.sync_skipped, "icmp_sent": s.icmp_sent,
                        "icmp_ratelimited": s.icmp_ratelimited, "fnat_laddr_retired": s.fnat_laddr_retired,
+                       "to_kernel": s.to_kernel, "from_kernel": s.from_kernel, "kernel_limited": s.kernel_limited,
                        "drops": drops})
             })
             .collect();

@@ -119,7 +119,7 @@ pub fn render(f: &Figures) -> String {
         }
     }
     type W = fn(&crate::pipeline::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 14] = [
+    let wk: &[(&str, &str, &str, W)] = &[
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -145,6 +145,13 @@ pub fn render(f: &Figures) -> String {
             "Full NAT connections removed when the grace period of a local address a reload removed ended.",
             |s| s.fnat_laddr_retired,
         ),
+        ("to_kernel_total", "counter", "Frames passed to the kernel through interface.kernel_port.", |s| s.to_kernel),
+        ("from_kernel_total", "counter", "Frames the kernel sent out through interface.kernel_port.", |s| {
+            s.from_kernel
+        }),
+        ("kernel_limited_total", "counter", "Frames for the kernel dropped over [engine] kernel_rate.", |s| {
+            s.kernel_limited
+        }),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();
     family(&mut o, "ferrovs_worker_flow_table_capacity", "gauge", "Connections the worker's flow table holds at most.");

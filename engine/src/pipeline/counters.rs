@@ -96,6 +96,12 @@ pub struct WorkerCounters {
     /// Full NAT: connections still open on a local address a reload removed when its grace
     /// period (the longest timeout) ended, removed.
     pub fnat_laddr_retired: AtomicU64,
+    /// Exception path (`interface.kernel_port`): frames passed to the kernel, frames the
+    /// kernel sent out through the port, and frames for the kernel over `[engine] kernel_rate`
+    /// (dropped).
+    pub to_kernel: AtomicU64,
+    pub from_kernel: AtomicU64,
+    pub kernel_limited: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -139,6 +145,9 @@ impl WorkerCounters {
             icmp_sent: self.icmp_sent.load(Relaxed),
             icmp_ratelimited: self.icmp_ratelimited.load(Relaxed),
             fnat_laddr_retired: self.fnat_laddr_retired.load(Relaxed),
+            to_kernel: self.to_kernel.load(Relaxed),
+            from_kernel: self.from_kernel.load(Relaxed),
+            kernel_limited: self.kernel_limited.load(Relaxed),
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
         }
     }
@@ -171,6 +180,9 @@ impl WorkerCounters {
             icmp_sent,
             icmp_ratelimited,
             fnat_laddr_retired,
+            to_kernel,
+            from_kernel,
+            kernel_limited,
             drops,
         } = self;
         for c in [
@@ -199,6 +211,9 @@ impl WorkerCounters {
             icmp_sent,
             icmp_ratelimited,
             fnat_laddr_retired,
+            to_kernel,
+            from_kernel,
+            kernel_limited,
         ]
         .into_iter()
         .chain(drops.iter())
@@ -235,6 +250,9 @@ pub struct CounterSnapshot {
     pub icmp_sent: u64,
     pub icmp_ratelimited: u64,
     pub fnat_laddr_retired: u64,
+    pub to_kernel: u64,
+    pub from_kernel: u64,
+    pub kernel_limited: u64,
     pub drops: Vec<(&'static str, u64)>,
 }
 
