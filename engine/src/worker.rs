@@ -1815,21 +1815,26 @@ impl<Q: PortQueue> Worker<Q> {
             };
         }
         let c = self.flows.get(idx);
-        let mut ftp_p;
+        let ftp_p;
         let p = if c.flags & F_ALG != 0 {
-            ftp_p = *p;
-            if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
-                if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
-                    // Held: its FIN did not go out either.
-                    self.redo_tcp_state(idx, dir, state_before, None);
+            match self.ftp_segment(idx, dir, pkt, p) {
+                Err(n) => {
+                    if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
+                        // Held: its FIN did not go out either.
+                        self.redo_tcp_state(idx, dir, state_before, None);
+                    }
+                    return n;
                 }
-                return n;
+                Ok(None) => p,
+                Ok(Some(replaced)) => {
+                    if p.tcp_flags & !replaced.tcp_flags & parse::TCP_FIN != 0 {
+                        // The gateway kept the FIN back: the state must not have seen it.
+                        self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
+                    }
+                    ftp_p = replaced;
+                    &ftp_p
+                }
             }
-            if p.tcp_flags & !ftp_p.tcp_flags & parse::TCP_FIN != 0 {
-                // The gateway kept the FIN back: the state must not have seen it.
-                self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
-            }
-            &ftp_p
         } else {
             p
         };
@@ -2856,14 +2861,46 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Run the FTP gateway on a control-connection segment. Returns
-    /// `Err(next)` when the segment must not be forwarded as is.
-    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &mut Parsed) -> Result<(), Next> {
+    /// `Err(next)` when the segment must not be forwarded as is, and the parse of the
+    /// segment now in `pkt` when the gateway replaced its payload.
+    ///
+    /// The segments that need nothing from the gateway (no data, a retransmission, a line it
+    /// skips: floods of tiny segments among them) are only translated, here; the others go
+    /// to [`Worker::ftp_segment_full`].
+    #[inline(always)]
+    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
+        if p.proto != PROTO_TCP || p.tcp_flags & TCP_SYN != 0 {
+            return self.ftp_segment_full(idx, dir, pkt, p);
+        }
+        let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
+        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
+        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() else { return Ok(None) };
+        if ftp_out_of_window(s, adir, seq, p.payload_len()) {
+            return Err(Next::Drop(DropReason::OutOfWindow));
+        }
+        if !s.on_segment_quick(adir, seq, &pkt.data()[p.payload..p.end]) {
+            return self.ftp_segment_full(idx, dir, pkt, p);
+        }
+        let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
+        let new_seq = s.map_seq(adir, seq);
+        let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
+        if new_seq != seq || new_ack != ack || opt_delta != 0 {
+            ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
+        }
+        Ok(None)
+    }
+
+    /// [`Worker::ftp_segment`] through the gateway's parser.
+    #[inline(never)]
+    fn ftp_segment_full(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
         if p.proto != PROTO_TCP {
-            return Ok(());
+            return Ok(None);
         }
         let now = self.now;
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
-        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(()) };
+        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
         let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
         let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         // A SYN's payload (TCP Fast Open) starts at isn + 1: the gateway is
@@ -2872,28 +2909,6 @@ impl<Q: PortQueue> Worker<Q> {
         let syn = p.tcp_flags & TCP_SYN != 0;
         let data_seq = seq.wrapping_add(syn as u32);
         let plen = p.payload_len();
-        if plen == 0 && !syn {
-            // No data (an ACK, FIN or RST; floods of them too): nothing for the gateway to
-            // read, only the translation of the sequence numbers.
-            let Some(s) = self.flows.cold(idx).alg.as_deref() else { return Ok(()) };
-            let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
-            let new_seq = s.map_seq(adir, seq);
-            let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
-            ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
-            return Ok(());
-        }
-        // Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
-        // expects is out of window: no receiver takes it, and fed to the gateway it would
-        // look like a hole and stop it reading until the next line (nf_conntrack's window
-        // tracking keeps such segments from its FTP helper too). Dropped and counted. (A SYN
-        // first sets the initial sequence number, below.)
-        let out_of_window = |s: &alg::FtpSession| {
-            let ahead = s.next_seq(adir).map_or(0, |n| data_seq.wrapping_sub(n));
-            plen > 0 && ahead > MAX_TCP_WINDOW && ahead < 1 << 31
-        };
-        if !syn && self.flows.cold(idx).alg.as_deref().is_some_and(out_of_window) {
-            return Err(Next::Drop(DropReason::OutOfWindow));
-        }
         let mut actions = std::mem::take(&mut self.actions);
         actions.expectations.clear();
         actions.events.clear();
@@ -2901,16 +2916,17 @@ impl<Q: PortQueue> Worker<Q> {
         // flow table (other sessions' liveness) beside it.
         let Some(mut s) = self.flows.cold_mut(idx).alg.take() else {
             self.actions = actions;
-            return Ok(());
+            return Ok(None);
         };
         let svc = self.flows.get(idx).svc as usize;
         if syn {
             s.set_isn(adir, seq);
-            if out_of_window(&s) {
-                self.flows.cold_mut(idx).alg = Some(s);
-                self.actions = actions;
-                return Err(Next::Drop(DropReason::OutOfWindow));
-            }
+        }
+        // (After `set_isn`: a SYN's data is in the window it opens.)
+        if ftp_out_of_window(&s, adir, data_seq, plen) {
+            self.flows.cold_mut(idx).alg = Some(s);
+            self.actions = actions;
+            return Err(Next::Drop(DropReason::OutOfWindow));
         }
         let verdict = if plen > 0 {
             let mut pins = Broker::new(self, idx);
@@ -2938,15 +2954,18 @@ impl<Q: PortQueue> Worker<Q> {
                 Err(Next::Drop(DropReason::AlgHold))
             }
             alg::Verdict::Forward => {
-                ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
-                Ok(())
+                if new_seq != seq || new_ack != ack || opt_delta != 0 {
+                    ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
+                }
+                Ok(None)
             }
             alg::Verdict::Replace { payload, .. } => {
                 let wire_end = new_seq.wrapping_add(syn as u32).wrapping_add(payload.len() as u32);
                 let keep_fin = wire_end == data_end;
-                self.ftp_replace(idx, dir, pkt, p, &payload, new_seq, new_ack, keep_fin)?;
+                let mut np = *p;
+                self.ftp_replace(idx, dir, pkt, &mut np, &payload, new_seq, new_ack, keep_fin)?;
                 bump(&self.svc_counters[svc].ftp.rewrites, 1);
-                Ok(())
+                Ok(Some(np))
             }
         }
     }
@@ -3374,17 +3393,24 @@ impl alg::Pinholes for Broker<'_> {
     }
 }
 
+/// Is a control segment of `len` bytes from `seq` (its first data byte) out of the window?
+/// Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
+/// expects: no receiver takes it, and fed to the gateway it would look like a hole and stop it
+/// reading until the next line (nf_conntrack's window tracking keeps such segments from its
+/// FTP helper too). Dropped and counted.
+#[inline(always)]
+fn ftp_out_of_window(s: &alg::FtpSession, adir: alg::Dir, seq: u32, len: usize) -> bool {
+    let ahead = s.next_seq(adir).map_or(0, |n| seq.wrapping_sub(n));
+    len > 0 && ahead > MAX_TCP_WINDOW && ahead < 1 << 31
+}
+
 /// Write a control segment's translated sequence and acknowledgement numbers (at `l4`) and
 /// fix the TCP checksum, with `opt_delta` for options the gateway changed.
-#[inline]
 fn ftp_set_seq_ack(d: &mut [u8], l4: usize, seq: u32, ack: u32, opt_delta: u32) {
     let Some(h) = d.get_mut(l4 + 4..l4 + 12) else { return };
     let mut new = [0u8; 8];
     new[..4].copy_from_slice(&seq.to_be_bytes());
     new[4..].copy_from_slice(&ack.to_be_bytes());
-    if *h == new && opt_delta == 0 {
-        return;
-    }
     let delta = csum::add(opt_delta, csum::delta(h, &new));
     h.copy_from_slice(&new);
     csum::apply_at(d, l4 + 16, delta);
