@@ -6,10 +6,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{TCP_ACK, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_PSH, TCP_SYN};
 
 const RS_COUNT: u8 = 6;
 
@@ -150,7 +150,7 @@ fn adding_a_real_server_moves_at_most_one_nth_plus_5_percent() {
 // Connection sync between two nodes (the datagrams pass from one engine to the other).
 
 use common::seg::one;
-use ferrovs_engine::sync::Batcher;
+use ferrovs_engine::cluster::sync::Batcher;
 
 /// Client 10.0.1.2 (a static neighbour, so NAT replies go out at once).
 const C: u8 = 2;
@@ -215,8 +215,10 @@ fn deletions_remove_backup_state_and_refresh_resends() {
     a.run(12 * S);
     let msgs = a.take_sync(&mut ba, 12 * S);
     assert_eq!(msgs.len(), 1, "refresh of the live connection");
-    let m = ferrovs_engine::sync::parse(&msgs[0]).unwrap();
-    assert!(matches!(m.entries[..], [ferrovs_engine::sync::SyncEntry::Conn(c)] if c.state == 1 && c.timeout_s > 880));
+    let m = ferrovs_engine::cluster::sync::parse(&msgs[0]).unwrap();
+    assert!(
+        matches!(m.entries[..], [ferrovs_engine::cluster::sync::SyncEntry::Conn(c)] if c.state == 1 && c.timeout_s > 880)
+    );
     // The connection expires on node a: the deletion removes node b's copy.
     a.run(1000 * S);
     let msgs = a.take_sync(&mut ba, 1000 * S);
@@ -238,8 +240,8 @@ fn templates_install_and_bad_messages_are_refused() {
     let mut b = MemEngine::new(persist(2), 1);
     let rs = send(&mut a, 9, 40000, 80, TCP_SYN, S).unwrap();
     let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
-    let m = ferrovs_engine::sync::parse(&msgs[0]).unwrap();
-    assert!(m.entries.iter().any(|e| matches!(e, ferrovs_engine::sync::SyncEntry::Template(_))), "{m:?}");
+    let m = ferrovs_engine::cluster::sync::parse(&msgs[0]).unwrap();
+    assert!(m.entries.iter().any(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Template(_))), "{m:?}");
     assert_eq!(b.deliver_sync(&msgs[0], S), Ok(m.entries.len()));
     assert_eq!(b.counters().sync_installed, m.entries.len() as u64);
     // A client of the same /24 follows the template on node b.
@@ -249,9 +251,9 @@ fn templates_install_and_bad_messages_are_refused() {
     assert!(b.deliver_sync(b"not sync", S).is_err());
     let mut v3 = msgs[0].clone();
     v3[4] = 3;
-    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::sync::SyncError::Version(3)));
+    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::cluster::sync::SyncError::Version(3)));
     // Version 2 (authenticated) cannot be verified by a node without a key.
     v3[4] = 2;
-    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::sync::SyncError::Auth));
+    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::cluster::sync::SyncError::Auth));
     assert_eq!(b.counters().sync_installed, before);
 }

@@ -14,9 +14,9 @@
 mod common;
 
 use common::{with_engine, Ledger};
-use ferrovs_engine::parse;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::wire::parse;
+use ferrovs_engine::tools::testpkt::*;
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 

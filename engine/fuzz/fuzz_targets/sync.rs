@@ -1,4 +1,4 @@
-//! The cluster sync parser (`ferrovs_engine::sync::parse`) on arbitrary datagrams, and what a
+//! The cluster sync parser (`ferrovs_engine::cluster::sync::parse`) on arbitrary datagrams, and what a
 //! node does with a message that parses: no panic; a message that parses re-encodes to
 //! entries that parse back equal (the encoder and the parser agree on every field); the
 //! entries are installed by a two-worker cluster engine (NAT, DR and FTP services, a
@@ -15,8 +15,8 @@
 mod common;
 
 use common::with_engine;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH};
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::cluster::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -99,8 +99,8 @@ fuzz_target!(|data: &[u8]| {
         let n = e.deliver_sync(data, 1_000_000_000).expect("parsed once, parses again");
         let c = e.counters();
         assert_eq!(c.sync_installed + c.sync_skipped, n as u64);
-        let frame = ferrovs_engine::testpkt::with_macs(
-            ferrovs_engine::testpkt::tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, 0x10, 1, 1, b""),
+        let frame = ferrovs_engine::tools::testpkt::with_macs(
+            ferrovs_engine::tools::testpkt::tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, 0x10, 1, 1, b""),
             [2, 0, 0, 0, 1, 2],
             [2, 0, 0, 0, 1, 1],
         );
