@@ -121,8 +121,8 @@ impl NeighCache {
     }
 
     /// [`NeighCache::learn`] at time `now` (ns; `None`: no clock), asking `may_evict` first
-    /// when learning `a` would evict an entry and nobody asked for `a`
-    /// ([`NeighCache::should_ask`] in the last second): if it says no, nothing changes
+    /// when learning `a` would evict an entry and nobody asked for `a` (no request of ours
+    /// for it is pending, see [`NeighCache::should_ask`]): if it says no, nothing changes
     /// ([`Learnt::Limited`]). With a clock, an entry learnt or confirmed less than
     /// [`CONFIRM_NS`] ago is not confirmed again.
     pub fn learn_with(&mut self, a: Addr, mac: [u8; 6], now: Option<u64>, may_evict: impl FnOnce() -> bool) -> Learnt {
