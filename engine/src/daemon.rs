@@ -113,6 +113,7 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.arp_replies += s.arp_replies;
         total.nd_replies += s.nd_replies;
         total.neigh_evicted += s.neigh_evicted;
+        total.neigh_limited += s.neigh_limited;
         total.icmp_translated += s.icmp_translated;
         total.icmp_echo_replies += s.icmp_echo_replies;
         total.cookies_sent += s.cookies_sent;

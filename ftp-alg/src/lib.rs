@@ -104,7 +104,9 @@
 //!    full-sized segment never yields a `Replace` larger than the MTU.
 //! 2. For each control segment with payload: `on_segment(now, dir, seq_on_wire, payload, &mut
 //!    actions)`, then act on the verdict: `Forward` (keep payload), `Replace` (send `payload`
-//!    with sequence `map_seq(dir, seq)`), `Hold` (drop the segment).
+//!    with sequence `map_seq(dir, seq)`), `Hold` (drop the segment). Optionally ask
+//!    [`FtpSession::on_segment_quick`] first: when it returns true the segment needed nothing
+//!    (its verdict is `Forward`, no actions), which keeps floods of tiny segments cheap.
 //! 3. For *every* segment (with or without payload): `seq = map_seq(dir, seq)`,
 //!    `ack = map_ack(dir, ack)`, fix checksums; SACK edges go through `map_ack` too (the engine
 //!    maps a left edge inside a rewritten field to the field's end).

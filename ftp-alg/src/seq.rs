@@ -104,7 +104,12 @@ impl Shifts {
     /// delta of the newest rewrite that starts strictly before `seq` applies (a segment that
     /// starts exactly at a rewritten field carries that field, so it still uses the delta from
     /// before it).
+    #[inline]
     pub fn map_seq(&self, seq: u32) -> u32 {
+        if self.len == 0 {
+            // No rewrite remembered (every control connection without a 227 rewrite).
+            return add(seq, self.base);
+        }
         for s in self.as_slice().iter().rev() {
             if after(seq, s.start) {
                 return add(seq, s.after);
@@ -116,7 +121,11 @@ impl Shifts {
     /// Maps a translated acknowledgement number back to original space. An ack that falls inside
     /// a rewritten field (the peer took part of it) is clamped to the field's start, so the
     /// sender retransmits the whole field rather than have part of it considered delivered.
+    #[inline]
     pub fn unmap_ack(&self, ack: u32) -> u32 {
+        if self.len == 0 {
+            return add(ack, self.base.wrapping_neg());
+        }
         for s in self.as_slice().iter().rev() {
             let t_end = add(s.end(), s.after);
             if !before(ack, t_end) {

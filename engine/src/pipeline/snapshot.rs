@@ -60,6 +60,8 @@ pub struct IfaceInfo {
     pub name: String,
     pub mac: [u8; 6],
     pub addrs: Vec<(Addr, u8)>,
+    /// `addrs` as (network, netmask), for [`Snapshot::on_link`] (asked per ARP/ND packet).
+    nets: Vec<(Addr, Addr)>,
 }
 
 impl IfaceInfo {
@@ -93,10 +95,15 @@ pub struct Snapshot {
 
 #[inline]
 fn mask(a: Addr, prefix: u8) -> Addr {
+    a & netmask(prefix)
+}
+
+#[inline]
+fn netmask(prefix: u8) -> Addr {
     if prefix == 0 {
         0
     } else {
-        a & (u128::MAX << (128 - prefix as u32))
+        u128::MAX << (128 - prefix.min(128) as u32)
     }
 }
 
@@ -133,10 +140,15 @@ impl Snapshot {
             .interfaces
             .iter()
             .enumerate()
-            .map(|(i, itf)| IfaceInfo {
-                name: itf.name.clone(),
-                mac: macs.get(i).copied().or(itf.mac).unwrap_or([0; 6]),
-                addrs: itf.addresses.iter().map(|n| (ip_to_addr(n.addr), prefix128(n.addr, n.prefix))).collect(),
+            .map(|(i, itf)| {
+                let addrs: Vec<(Addr, u8)> =
+                    itf.addresses.iter().map(|n| (ip_to_addr(n.addr), prefix128(n.addr, n.prefix))).collect();
+                IfaceInfo {
+                    name: itf.name.clone(),
+                    mac: macs.get(i).copied().or(itf.mac).unwrap_or([0; 6]),
+                    nets: addrs.iter().map(|&(a, p)| (mask(a, p), netmask(p))).collect(),
+                    addrs,
+                }
             })
             .collect();
         let mut local = HashSet::new();
@@ -244,7 +256,7 @@ impl Snapshot {
 
     /// Is `a` on the subnet of interface `iface`?
     pub fn on_link(&self, iface: usize, a: Addr) -> bool {
-        self.ifaces.get(iface).is_some_and(|i| i.addrs.iter().any(|&(n, p)| mask(n, p) == mask(a, p)))
+        self.ifaces.get(iface).is_some_and(|i| i.nets.iter().any(|&(n, m)| a & m == n))
     }
 }
 

@@ -198,6 +198,9 @@ pub struct Worker<Q: PortQueue> {
     bounce_log: crate::pipeline::ratelimit::RateLimit,
     /// Rate limit for the neighbour-table-full warning.
     neigh_log: crate::pipeline::ratelimit::RateLimit,
+    /// Evictions from a full neighbour table by neighbours nobody asked for
+    /// ([`neigh::EVICT_PER_SEC`]).
+    neigh_evict_rl: crate::pipeline::ratelimit::RateLimit,
     /// Token bucket of the ICMP errors this worker originates (`[engine] icmp_rate` /
     /// `icmp_burst`) and the (rate, burst) it was built for.
     icmp_rl: crate::pipeline::ratelimit::RateLimit,
@@ -333,6 +336,7 @@ impl<Q: PortQueue> Worker<Q> {
             actions: alg::Actions::default(),
             bounce_log: Default::default(),
             neigh_log: Default::default(),
+            neigh_evict_rl: crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST),
             icmp_rl: crate::pipeline::ratelimit::RateLimit::new(0, 1),
             icmp_cfg: (u32::MAX, 0),
             kern_q,
@@ -1936,21 +1940,26 @@ impl<Q: PortQueue> Worker<Q> {
             };
         }
         let c = self.flows.get(idx);
-        let mut ftp_p;
+        let ftp_p;
         let p = if c.flags & F_ALG != 0 {
-            ftp_p = *p;
-            if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
-                if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
-                    // Held: its FIN did not go out either.
-                    self.redo_tcp_state(idx, dir, state_before, None);
+            match self.ftp_segment(idx, dir, pkt, p) {
+                Err(n) => {
+                    if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
+                        // Held: its FIN did not go out either.
+                        self.redo_tcp_state(idx, dir, state_before, None);
+                    }
+                    return n;
                 }
-                return n;
+                Ok(None) => p,
+                Ok(Some(replaced)) => {
+                    if p.tcp_flags & !replaced.tcp_flags & parse::TCP_FIN != 0 {
+                        // The gateway kept the FIN back: the state must not have seen it.
+                        self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
+                    }
+                    ftp_p = replaced;
+                    &ftp_p
+                }
             }
-            if p.tcp_flags & !ftp_p.tcp_flags & parse::TCP_FIN != 0 {
-                // The gateway kept the FIN back: the state must not have seen it.
-                self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
-            }
-            &ftp_p
         } else {
             p
         };
@@ -2139,10 +2148,18 @@ impl<Q: PortQueue> Worker<Q> {
         self.snap.on_link(iface, a) || (!addr_is_v4(a) && (a >> 118) == 0xfe80 >> 6)
     }
 
+    /// Learn `a` at `mac` from an ARP or ND packet received here (and tell the other workers).
+    /// When the table is full, a neighbour nobody asked for evicts an entry only within
+    /// [`neigh::EVICT_PER_SEC`]; past it, it is not learnt (`neigh_limited`).
     fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
-        let learnt = self.neigh.learn(a, mac);
+        let (now, rl) = (self.now, &mut self.neigh_evict_rl);
+        let learnt = self.neigh.learn_with(a, mac, Some(now), || rl.allow(now));
+        if learnt == neigh::Learnt::Limited {
+            bump(&self.counters.neigh_limited, 1);
+            return;
+        }
         self.count_neigh_evictions();
-        if learnt {
+        if learnt == neigh::Learnt::Changed {
             self.release_pending(a, mac);
             let id = self.id;
             for (w, q) in self.fabric.ctrl.iter().enumerate() {
@@ -3026,48 +3043,74 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Run the FTP gateway on a control-connection segment. Returns
-    /// `Err(next)` when the segment must not be forwarded as is.
-    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &mut Parsed) -> Result<(), Next> {
+    /// `Err(next)` when the segment must not be forwarded as is, and the parse of the
+    /// segment now in `pkt` when the gateway replaced its payload.
+    ///
+    /// The segments that need nothing from the gateway (no data, a retransmission, a line it
+    /// skips: floods of tiny segments among them) are only translated, here; the others go
+    /// to [`Worker::ftp_segment_full`].
+    #[inline(always)]
+    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
+        if p.proto != PROTO_TCP || p.tcp_flags & TCP_SYN != 0 {
+            return self.ftp_segment_full(idx, dir, pkt, p);
+        }
+        let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
+        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
+        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() else { return Ok(None) };
+        if ftp_out_of_window(s, adir, seq, p.payload_len()) {
+            return Err(Next::Drop(DropReason::OutOfWindow));
+        }
+        if !s.on_segment_quick(adir, seq, &pkt.data()[p.payload..p.end]) {
+            return self.ftp_segment_full(idx, dir, pkt, p);
+        }
+        let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
+        let new_seq = s.map_seq(adir, seq);
+        let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
+        if new_seq != seq || new_ack != ack || opt_delta != 0 {
+            ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
+        }
+        Ok(None)
+    }
+
+    /// [`Worker::ftp_segment`] through the gateway's parser.
+    #[inline(never)]
+    fn ftp_segment_full(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
         if p.proto != PROTO_TCP {
-            return Ok(());
+            return Ok(None);
         }
         let now = self.now;
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
-        let (seq, ack) = {
-            let d = pkt.data();
-            (
-                u32::from_be_bytes([d[p.l4 + 4], d[p.l4 + 5], d[p.l4 + 6], d[p.l4 + 7]]),
-                u32::from_be_bytes([d[p.l4 + 8], d[p.l4 + 9], d[p.l4 + 10], d[p.l4 + 11]]),
-            )
-        };
+        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
+        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         // A SYN's payload (TCP Fast Open) starts at isn + 1: the gateway is
         // fed that, after `set_isn` (Linux's nf_conntrack_ftp never sees SYN
         // data; we do, at the right offset: `p.payload` is past the options).
         let syn = p.tcp_flags & TCP_SYN != 0;
         let data_seq = seq.wrapping_add(syn as u32);
+        let plen = p.payload_len();
         let mut actions = std::mem::take(&mut self.actions);
         actions.expectations.clear();
         actions.events.clear();
         // The session leaves its slot while it runs, so the pinhole broker can look at the
         // flow table (other sessions' liveness) beside it.
-        let Some(mut s) = self.flows.cold_mut(idx).alg.take() else { return Ok(()) };
+        let Some(mut s) = self.flows.cold_mut(idx).alg.take() else {
+            self.actions = actions;
+            return Ok(None);
+        };
         let svc = self.flows.get(idx).svc as usize;
         if syn {
             s.set_isn(adir, seq);
         }
-        // Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
-        // expects is out of window: no receiver takes it, and fed to the gateway it would
-        // look like a hole and stop it reading until the next line (nf_conntrack's window
-        // tracking keeps such segments from its FTP helper too). Dropped and counted.
-        if p.payload_len() > 0 {
-            let ahead = s.next_seq(adir).map_or(0, |n| data_seq.wrapping_sub(n));
-            if ahead > MAX_TCP_WINDOW && ahead < 1 << 31 {
-                self.flows.cold_mut(idx).alg = Some(s);
-                self.actions = actions;
-                return Err(Next::Drop(DropReason::OutOfWindow));
-            }
+        // (After `set_isn`: a SYN's data is in the window it opens.)
+        if ftp_out_of_window(&s, adir, data_seq, plen) {
+            self.flows.cold_mut(idx).alg = Some(s);
+            self.actions = actions;
+            return Err(Next::Drop(DropReason::OutOfWindow));
         }
-        let verdict = if p.payload_len() > 0 {
+        let verdict = if plen > 0 {
             let mut pins = Broker::new(self, idx);
             s.on_segment_with(now, adir, data_seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
         } else {
@@ -3094,23 +3137,17 @@ impl<Q: PortQueue> Worker<Q> {
             }
             alg::Verdict::Forward => {
                 if new_seq != seq || new_ack != ack || opt_delta != 0 {
-                    let d = pkt.data_mut();
-                    let l4 = p.l4;
-                    let mut old = [0u8; 8];
-                    old.copy_from_slice(&d[l4 + 4..l4 + 12]);
-                    d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
-                    d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
-                    let delta = csum::add(opt_delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
-                    csum::apply_at(d, l4 + 16, delta);
+                    ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
                 }
-                Ok(())
+                Ok(None)
             }
             alg::Verdict::Replace { payload, .. } => {
                 let wire_end = new_seq.wrapping_add(syn as u32).wrapping_add(payload.len() as u32);
                 let keep_fin = wire_end == data_end;
-                self.ftp_replace(idx, dir, pkt, p, &payload, new_seq, new_ack, keep_fin)?;
+                let mut np = *p;
+                self.ftp_replace(idx, dir, pkt, &mut np, &payload, new_seq, new_ack, keep_fin)?;
                 bump(&self.svc_counters[svc].ftp.rewrites, 1);
-                Ok(())
+                Ok(Some(np))
             }
         }
     }
@@ -3118,6 +3155,9 @@ impl<Q: PortQueue> Worker<Q> {
     /// Counts (and, for TLS, pins) what the gateway reported. Expectations were already
     /// installed by the [`Broker`] while the segment was parsed.
     fn ftp_actions(&mut self, idx: u32, svc: usize, actions: &alg::Actions) {
+        if actions.events.is_empty() {
+            return;
+        }
         let sc = self.svc_counters.clone();
         let Some(counters) = sc.get(svc).map(|c| &c.ftp) else { return };
         for ev in &actions.events {
@@ -3260,6 +3300,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.verified.clear();
         self.bounce_log = Default::default();
         self.neigh_log = Default::default();
+        self.neigh_evict_rl = crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST);
         self.pending.clear();
         self.rx.clear();
         for t in self.tx.iter_mut() {
@@ -3545,6 +3586,29 @@ struct Retired {
 
 /// At most this many retired local addresses are remembered (the oldest go first).
 const MAX_RETIRED: usize = 4096;
+
+/// Is a control segment of `len` bytes from `seq` (its first data byte) out of the window?
+/// Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
+/// expects: no receiver takes it, and fed to the gateway it would look like a hole and stop it
+/// reading until the next line (nf_conntrack's window tracking keeps such segments from its
+/// FTP helper too). Dropped and counted.
+#[inline(always)]
+fn ftp_out_of_window(s: &alg::FtpSession, adir: alg::Dir, seq: u32, len: usize) -> bool {
+    let ahead = s.next_seq(adir).map_or(0, |n| seq.wrapping_sub(n));
+    len > 0 && ahead > MAX_TCP_WINDOW && ahead < 1 << 31
+}
+
+/// Write a control segment's translated sequence and acknowledgement numbers (at `l4`) and
+/// fix the TCP checksum, with `opt_delta` for options the gateway changed.
+fn ftp_set_seq_ack(d: &mut [u8], l4: usize, seq: u32, ack: u32, opt_delta: u32) {
+    let Some(h) = d.get_mut(l4 + 4..l4 + 12) else { return };
+    let mut new = [0u8; 8];
+    new[..4].copy_from_slice(&seq.to_be_bytes());
+    new[4..].copy_from_slice(&ack.to_be_bytes());
+    let delta = csum::add(opt_delta, csum::delta(h, &new));
+    h.copy_from_slice(&new);
+    csum::apply_at(d, l4 + 16, delta);
+}
 
 /// The flow-table key of a parsed packet, as received.
 #[inline(always)]
