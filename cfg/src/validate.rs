@@ -195,7 +195,8 @@ impl Validator<'_> {
         // some of each full-NAT service's.
         if let (Some(cl), Some(raw_cl)) = (&cluster, &raw.cluster) {
             for (svc, raw_svc) in services.iter().zip(&raw.service) {
-                let fnat = svc.forward == Forward::Fnat || svc.real_servers.iter().any(|r| r.forward == Some(Forward::Fnat));
+                let fnat =
+                    svc.forward == Forward::Fnat || svc.real_servers.iter().any(|r| r.forward == Some(Forward::Fnat));
                 if !fnat {
                     continue;
                 }
@@ -372,7 +373,9 @@ impl Validator<'_> {
                 }
             }
             if local_addresses.is_empty() {
-                return Err(self.err(span_of(&rn.local_addresses), format!("[[cluster.node]] {id} has no local_addresses")));
+                return Err(
+                    self.err(span_of(&rn.local_addresses), format!("[[cluster.node]] {id} has no local_addresses"))
+                );
             }
             nodes.push(ClusterNode { id, local_addresses });
         }

@@ -145,6 +145,25 @@ impl LportPools {
         None
     }
 
+    /// Mark `port` on `a` used without allocating it (a full-NAT connection a cluster peer
+    /// synced: its local port must not be handed out here). False if it is already in use.
+    /// A port outside this worker's share is never allocated here: nothing to mark.
+    pub fn reserve(&mut self, a: Addr, proto: u8, port: u16) -> bool {
+        if !self.share.contains(port) {
+            return true;
+        }
+        let lo = self.share.lo;
+        let p = self.pool(a, proto);
+        let i = (port - lo) as usize;
+        let bit = 1u64 << (i % 64);
+        if p.used[i / 64] & bit != 0 {
+            return false;
+        }
+        p.used[i / 64] |= bit;
+        p.free -= 1;
+        true
+    }
+
     /// Give back `port` on `a` (a connection ended).
     pub fn release(&mut self, a: Addr, proto: u8, port: u16) {
         if !self.carried.is_empty() {
@@ -291,6 +310,28 @@ mod tests {
         }
         assert!(got.contains(&first));
         assert_eq!(got.len(), 99);
+    }
+
+    #[test]
+    fn reserved_ports_are_never_handed_out() {
+        let a = v4_to_addr([10, 0, 2, 200]);
+        let mut p = LportPools::new(R);
+        assert!(p.reserve(a, PROTO_TCP, 5000));
+        assert!(p.reserve(a, PROTO_TCP, 5050));
+        assert!(!p.reserve(a, PROTO_TCP, 5050), "twice: refused");
+        assert!(p.reserve(a, PROTO_TCP, 80), "outside the share: nothing to mark");
+        assert_eq!(p.free_on(a, PROTO_TCP), 98);
+        let mut got = HashSet::new();
+        while let Some((_, x)) = p.alloc(&[a], PROTO_TCP) {
+            got.insert(x);
+        }
+        assert_eq!(got.len(), 98);
+        assert!(!got.contains(&5000) && !got.contains(&5050));
+        // A taken port cannot be reserved; a released reservation is free again.
+        p.release(a, PROTO_TCP, 5001);
+        assert!(p.reserve(a, PROTO_TCP, 5001));
+        p.release(a, PROTO_TCP, 5050);
+        assert_eq!(p.alloc(&[a], PROTO_TCP), Some((a, 5050)));
     }
 
     #[test]

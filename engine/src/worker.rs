@@ -630,7 +630,6 @@ impl<Q: PortQueue> Worker<Q> {
                 Forward::Nat => 0,
                 Forward::Dr => 1,
                 Forward::Tunnel => 2,
-                // Not synced (see sync_conn); the wire format has no value for it.
                 Forward::Fnat => 3,
             },
             data: c.flags & F_DATA != 0,
@@ -642,15 +641,14 @@ impl<Q: PortQueue> Worker<Q> {
             rport: c.rport,
             timeout_s: (c.expires.saturating_sub(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
             proxy_delta: k.proxy.as_ref().filter(|p| p.established).map(|p| p.delta),
+            fnat: (c.fwd == Forward::Fnat).then(|| (self.flows.laddr_of(c), c.lport)),
         })
     }
 
     /// Queue connection `idx` for the peers (a creation, a state change or a refresh).
     fn sync_conn(&mut self, idx: u32) {
-        // Full-NAT connections are not synced yet: their local address and port are chosen per
-        // node and the sync format (v1) does not carry them.
         let c = self.flows.get(idx);
-        if !self.sync_on || c.flags & F_SYNCED != 0 || c.fwd == Forward::Fnat {
+        if !self.sync_on || c.flags & F_SYNCED != 0 {
             return;
         }
         let e = self.conn_entry(idx);
@@ -685,7 +683,7 @@ impl<Q: PortQueue> Worker<Q> {
         for e in entries {
             let ok = match *e {
                 SyncEntry::Conn(c) => self.install_synced_conn(&c),
-                SyncEntry::Delete { proto, client, cport, vip, vport } => {
+                SyncEntry::Delete { proto, client, cport, vip, vport, .. } => {
                     let key = FlowKey { proto, src: client, sport: cport, dst: vip, dport: vport };
                     match self.flows.lookup(&key) {
                         Some((idx, Dir::In)) if self.flows.get(idx).flags & F_SYNCED != 0 => {
@@ -735,11 +733,29 @@ impl<Q: PortQueue> Worker<Q> {
             }
         };
         let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else { return false };
-        if self.snap.services[si].dests[di].forward == Forward::Fnat {
-            return false; // a local port of this node would not match the peer's
-        }
         let Some(st) = crate::tcpstate::TcpState::from_u8(s.state) else { return false };
-        let Ok(idx) = self.create_backup(si, di, s) else { return false };
+        // Full NAT: the sender's local address and port, reserved here so this worker never
+        // hands them out (an FTP active data connection of an adopted control connection
+        // takes ports on that address); both sides must agree it is full NAT.
+        let local = match (self.snap.services[si].dests[di].forward == Forward::Fnat, s.fnat) {
+            (false, None) => Local::Any,
+            (true, Some((la, lport))) => {
+                if !self.lports.reserve(la, s.proto, lport) {
+                    return false; // in use here: a connection of this node holds it
+                }
+                Local::Fixed(la, lport)
+            }
+            _ => return false,
+        };
+        let idx = match self.create_backup(si, di, s, local) {
+            Ok(i) => i,
+            Err(_) => {
+                if let Local::Fixed(la, lport) = local {
+                    self.lports.release(la, s.proto, lport);
+                }
+                return false;
+            }
+        };
         let c = self.flows.get_mut(idx);
         c.state = st;
         c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
@@ -756,8 +772,14 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
     /// schedulers, flows_created, the service's connections) until traffic arrives.
-    fn create_backup(&mut self, si: usize, di: usize, s: &crate::sync::ConnSync) -> Result<u32, DropReason> {
-        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport, Local::Any)?;
+    fn create_backup(
+        &mut self,
+        si: usize,
+        di: usize,
+        s: &crate::sync::ConnSync,
+        local: Local,
+    ) -> Result<u32, DropReason> {
+        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport, local)?;
         // Undo create_conn's accounting: backup state is invisible to the schedulers.
         let counts = &self.snap.conn_counts[si];
         counts.dec_inactive(self.id, di);
@@ -992,8 +1014,9 @@ impl<Q: PortQueue> Worker<Q> {
         if state == crate::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
-        if self.sync_on && flags & F_SYNCED == 0 && fwd != Forward::Fnat {
-            self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport });
+        if self.sync_on && flags & F_SYNCED == 0 {
+            let lport = (fwd == Forward::Fnat).then_some(lport);
+            self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });
         }
         if fwd == Forward::Fnat {
             self.lports.release(la, proto, lport);
