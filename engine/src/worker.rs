@@ -3004,7 +3004,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
-    fn list_conns(&self) -> Vec<flow::ConnRow> {
+    pub fn list_conns(&self) -> Vec<flow::ConnRow> {
         let mut v = Vec::new();
         for i in 0..self.flows.slots() as u32 {
             let Some(c) = self.flows.try_get(i) else { continue };
