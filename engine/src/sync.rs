@@ -44,7 +44,18 @@
 //! ```text
 //! kind 1 conn      (fwd = 3) ... client vip rs lport:u16 laddr     (38 bytes IPv4, 86 IPv6)
 //! kind 2 delete    ... client vip lport:u16                         (18 / 42)
+//! kind 5 seq       flags cport:u16 vport:u16 at:u32 before:i32 after:i32   (client -> server)
+//!                  at:u32 before:i32 after:i32 (server -> client) client vip [lport:u16]
+//!                                                                   (39 / 63, +2 full NAT)
 //! ```
+//!
+//! Kind 5 carries the FTP gateway's sequence-number translation of a NAT or full-NAT control
+//! connection (TCP, client:cport -> vip:vport) per direction, reduced to its newest
+//! length-changing rewrite ([`ferrovs_ftp_alg::SeqShift`]): segments starting after `at` move
+//! by `after`, the others by `before`. The sender sends it when a rewrite changes a delta and
+//! with every refresh of the connection; the receiver gives its backup copy of the control
+//! connection a gateway session resumed from it (`FtpSession::resume`), so the translation
+//! goes on where the failed node left it. Versions 1 and 2 skip kind 5 as unknown.
 //!
 //! A full-NAT connection client:cport -> vip:vport left the sender as laddr:lport -> rs:rport.
 //! `fwd` 3 goes with the flag and only with it. A receiver installs the connection on the
@@ -103,7 +114,8 @@ pub const MAX_MESSAGE: usize = 1400;
 const F_V6: u8 = 1;
 const F_DATA: u8 = 2;
 const F_PROXY: u8 = 4;
-/// Version 3+: a full-NAT connection (kind 1: `lport` and `laddr` follow; kind 2: `lport`).
+/// Version 3+: a full-NAT connection (kind 1: `lport` and `laddr` follow; kinds 2 and 5:
+/// `lport`).
 const F_FNAT: u8 = 8;
 
 /// A connection as synced.
@@ -163,6 +175,22 @@ pub struct ExpectSync {
     pub timeout_s: u32,
 }
 
+/// The FTP gateway's sequence-number translation of a NAT / full-NAT control connection
+/// (kind 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqSync {
+    pub client: Addr,
+    pub cport: u16,
+    pub vip: Addr,
+    pub vport: u16,
+    /// Full NAT: the connection's local port (it decides the receiving worker).
+    pub lport: Option<u16>,
+    /// Client -> server.
+    pub orig: ferrovs_ftp_alg::SeqShift,
+    /// Server -> client.
+    pub reply: ferrovs_ftp_alg::SeqShift,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncEntry {
     Conn(ConnSync),
@@ -177,6 +205,7 @@ pub enum SyncEntry {
     },
     Template(TemplateSync),
     Expect(ExpectSync),
+    Seq(SeqSync),
 }
 
 impl SyncEntry {
@@ -187,6 +216,7 @@ impl SyncEntry {
             SyncEntry::Delete { client, .. } => *client,
             SyncEntry::Template(t) => t.client,
             SyncEntry::Expect(e) => e.client,
+            SyncEntry::Seq(q) => q.client,
         }
     }
 
@@ -196,6 +226,7 @@ impl SyncEntry {
         match self {
             SyncEntry::Conn(c) => c.fnat.map(|f| f.1),
             SyncEntry::Delete { lport, .. } => *lport,
+            SyncEntry::Seq(q) => q.lport,
             _ => None,
         }
     }
@@ -212,6 +243,7 @@ impl SyncEntry {
             SyncEntry::Delete { lport, .. } => 8 + 2 * a + if lport.is_some() { 2 } else { 0 },
             SyncEntry::Template(_) => 12 + 3 * a,
             SyncEntry::Expect(_) => 16 + 3 * a,
+            SyncEntry::Seq(q) => 31 + 2 * a + if q.lport.is_some() { 2 } else { 0 },
         }
     }
 
@@ -278,6 +310,21 @@ impl SyncEntry {
                 out.extend_from_slice(&e.timeout_s.to_be_bytes());
                 for a in [e.client, e.vip, e.rs] {
                     addr(out, a);
+                }
+            }
+            SyncEntry::Seq(q) => {
+                out.extend_from_slice(&[5, 0, fl | if q.lport.is_some() { F_FNAT } else { 0 }]);
+                out.extend_from_slice(&q.cport.to_be_bytes());
+                out.extend_from_slice(&q.vport.to_be_bytes());
+                for sh in [q.orig, q.reply] {
+                    out.extend_from_slice(&sh.at.to_be_bytes());
+                    out.extend_from_slice(&sh.before.to_be_bytes());
+                    out.extend_from_slice(&sh.after.to_be_bytes());
+                }
+                addr(out, q.client);
+                addr(out, q.vip);
+                if let Some(p) = q.lport {
+                    out.extend_from_slice(&p.to_be_bytes());
                 }
             }
         }
@@ -453,12 +500,18 @@ fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Ve
         let a = if v6 { 16 } else { 4 };
         let mut r = Rd { b: body, o: 3 };
         let f_fnat = body[2] & F_FNAT != 0;
-        if f_fnat && (!fnat || !matches!(kind, 1 | 2)) {
+        if kind == 5 && !fnat {
+            // Kind 5 is version 3's: an older format does not know it.
+            unknown += 1;
+            continue;
+        }
+        if f_fnat && (!fnat || !matches!(kind, 1 | 2 | 5)) {
             return Err(SyncError::Malformed);
         }
         let want = match kind {
             1 => 20 + 3 * a + if f_fnat { 2 + a } else { 0 },
             2 => 8 + 2 * a + if f_fnat { 2 } else { 0 },
+            5 => 31 + 2 * a + if f_fnat { 2 } else { 0 },
             3 => 12 + 3 * a,
             4 => 16 + 3 * a,
             _ => {
@@ -524,6 +577,16 @@ fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Ve
                     return Err(SyncError::Malformed);
                 }
                 SyncEntry::Template(TemplateSync { proto, client, vip, vport, rs, rport, timeout_s })
+            }
+            5 => {
+                let (cport, vport) = (r.u16()?, r.u16()?);
+                let mut sh = [ferrovs_ftp_alg::SeqShift::default(); 2];
+                for x in sh.iter_mut() {
+                    *x = ferrovs_ftp_alg::SeqShift { at: r.u32()?, before: r.u32()? as i32, after: r.u32()? as i32 };
+                }
+                let (client, vip) = (r.addr(v6)?, r.addr(v6)?);
+                let lport = if f_fnat { Some(r.u16()?) } else { None };
+                SyncEntry::Seq(SeqSync { client, cport, vip, vport, lport, orig: sh[0], reply: sh[1] })
             }
             _ => {
                 let kind = match r.u8()? {
@@ -880,6 +943,50 @@ mod tests {
         let mut bad = tpl.clone();
         bad[12 + 2] |= F_FNAT;
         assert_eq!(parse(&bad), Err(SyncError::Malformed));
+    }
+
+    #[test]
+    fn gateway_translation_entries() {
+        let sh = |at, before, after| ferrovs_ftp_alg::SeqShift { at, before, after };
+        let mut es = Vec::new();
+        for a in [a4 as fn(u8) -> Addr, a6] {
+            for lport in [None, Some(2000)] {
+                es.push(SyncEntry::Seq(SeqSync {
+                    client: a(2),
+                    cport: 40000,
+                    vip: a(100),
+                    vport: 21,
+                    lport,
+                    orig: sh(0xffff_fff0, 0, -3),
+                    reply: sh(7, 2, 2),
+                }));
+            }
+        }
+        let lens: Vec<usize> = es.iter().map(|e| e.len()).collect();
+        assert_eq!(lens, [39, 41, 63, 65]);
+        let mut out = Vec::new();
+        es[1].encode(&mut out);
+        #[rustfmt::skip]
+        let want = [5, 41, 8, 0x9c, 0x40, 0, 21,
+                    0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xfd,
+                    0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 2,
+                    10, 0, 0, 2, 10, 0, 0, 100, 0x07, 0xd0];
+        assert_eq!(out, want);
+        let m = Batcher::new(1, 100).encode(&es, 1).remove(0);
+        assert_eq!(parse(&m).unwrap().entries, es);
+        // Routing: the full-NAT one by its local port.
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        let w = crate::snapshot::lport_owner(range, 2000, 8);
+        assert!(route(es.clone(), 8, range)[w].contains(&es[1]));
+        // An older format does not know kind 5: skipped, the rest parses.
+        let mut v1 = m.clone();
+        v1[4] = VERSION_V1;
+        let p1 = parse(&v1).unwrap();
+        assert_eq!((p1.entries.len(), p1.unknown), (0, 4));
+        // A wrong length is malformed.
+        let mut bad = m.clone();
+        bad[13] = 40;
+        assert!(parse(&bad).is_err());
     }
 
     #[test]

@@ -654,6 +654,49 @@ impl<Q: PortQueue> Worker<Q> {
         let e = self.conn_entry(idx);
         self.flows.cold_mut(idx).synced_at = self.now.max(1);
         self.push_sync(e);
+        if let Some(e) = self.seq_entry(idx) {
+            self.push_sync(e);
+        }
+    }
+
+    /// The gateway's sequence-number translation of NAT / full-NAT control connection `idx`,
+    /// if a rewrite moved it (a peer taking the connection over needs it).
+    fn seq_entry(&self, idx: u32) -> Option<SyncEntry> {
+        let c = self.flows.get(idx);
+        let s = self.flows.cold(idx).alg.as_deref()?;
+        if !c.fwd.two_way() {
+            return None;
+        }
+        let (orig, reply) = (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
+        if orig == alg::SeqShift::default() && reply == alg::SeqShift::default() {
+            return None;
+        }
+        Some(SyncEntry::Seq(crate::sync::SeqSync {
+            client: c.client,
+            cport: c.cport,
+            vip: c.vip,
+            vport: c.vport,
+            lport: (c.fwd == Forward::Fnat).then_some(c.lport),
+            orig,
+            reply,
+        }))
+    }
+
+    /// A peer's gateway translation for its control connection: this node's backup copy
+    /// continues from it.
+    fn install_synced_seq(&mut self, q: &crate::sync::SeqSync) -> bool {
+        let key = FlowKey { proto: PROTO_TCP, src: q.client, sport: q.cport, dst: q.vip, dport: q.vport };
+        let Some((idx, Dir::In)) = self.flows.lookup(&key) else { return false };
+        let c = self.flows.get(idx);
+        if c.flags & F_SYNCED == 0 || !c.fwd.two_way() {
+            return false; // this node carries it: its own gateway knows better
+        }
+        let (si, di) = (c.svc as usize, c.dest as usize);
+        if si >= self.snap.services.len() || di >= self.snap.services[si].dests.len() {
+            return false;
+        }
+        self.start_ftp_session(si, di, idx, Some((q.orig, q.reply)));
+        true
     }
 
     /// Re-send live connections not sent for `sync_refresh`, a few slots per poll.
@@ -695,6 +738,7 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 SyncEntry::Template(t) => self.install_synced_template(&t),
                 SyncEntry::Expect(x) => self.install_synced_expect(&x),
+                SyncEntry::Seq(q) => self.install_synced_seq(&q),
             };
             bump(if ok { &self.counters.sync_installed } else { &self.counters.sync_skipped }, 1);
         }
@@ -766,6 +810,13 @@ impl<Q: PortQueue> Worker<Q> {
             c.flags |= F_SYNPROXY;
             self.flows.cold_mut(idx).proxy =
                 Some(Box::new(crate::synproxy::Proxied { isn: 0, cookie: 0, delta, established: true }));
+        }
+        // A NAT / full-NAT FTP control connection: a gateway session, so that once this node
+        // carries it the commands and replies are still translated (no rewrite so far; a
+        // kind-5 entry brings the peer's, `install_synced_seq`).
+        let svc = &self.snap.services[si];
+        if !s.data && s.proto == PROTO_TCP && svc.is_ftp_control(s.vport) && svc.dests[di].forward.two_way() {
+            self.start_ftp_session(si, di, idx, Some(Default::default()));
         }
         true
     }
@@ -1349,25 +1400,7 @@ impl<Q: PortQueue> Worker<Q> {
         // An FTP control connection gets its gateway.
         let svc = &self.snap.services[si];
         if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
-            let opts = svc.ftp.clone().unwrap_or_default();
-            let mode = match svc.dests[di].forward {
-                Forward::Nat => alg::Mode::Nat,
-                Forward::Fnat => alg::Mode::Fnat { local: addr_to_ip(self.flows.laddr_of(self.flows.get(idx))) },
-                Forward::Dr | Forward::Tunnel => alg::Mode::Dr,
-            };
-            let params = alg::SessionParams {
-                mode,
-                client: std::net::SocketAddr::new(addr_to_ip(p.src), p.sport),
-                vip: std::net::SocketAddr::new(addr_to_ip(p.dst), p.dport),
-                real: std::net::SocketAddr::new(addr_to_ip(rs), rport),
-                allow_foreign_port_address: opts.allow_foreign_port_address,
-                pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
-            };
-            let mut session = alg::FtpSession::new(params);
-            session.set_allow_low_data_ports(opts.allow_low_data_ports);
-            session.set_max_payload(self.ftp_max_payload(idx));
-            self.flows.cold_mut(idx).alg = Some(Box::new(session));
-            self.flows.get_mut(idx).flags |= F_ALG;
+            self.start_ftp_session(si, di, idx, None);
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
         }
         self.forward(idx, Dir::In, pkt, p)
@@ -1697,6 +1730,36 @@ impl<Q: PortQueue> Worker<Q> {
         bump(&sc.conns, 1);
         bump(&sc.dests[di].conns, 1);
         Ok(idx)
+    }
+
+    /// Give control connection `idx` (service `si`, real server `di`) its FTP gateway session:
+    /// a new one, or (`resume`: a cluster peer carried it until now) one continuing the
+    /// peer's sequence-number translation.
+    fn start_ftp_session(&mut self, si: usize, di: usize, idx: u32, resume: Option<(alg::SeqShift, alg::SeqShift)>) {
+        let svc = &self.snap.services[si];
+        let opts = svc.ftp.clone().unwrap_or_default();
+        let c = self.flows.get(idx);
+        let mode = match svc.dests[di].forward {
+            Forward::Nat => alg::Mode::Nat,
+            Forward::Fnat => alg::Mode::Fnat { local: addr_to_ip(self.flows.laddr_of(c)) },
+            Forward::Dr | Forward::Tunnel => alg::Mode::Dr,
+        };
+        let params = alg::SessionParams {
+            mode,
+            client: std::net::SocketAddr::new(addr_to_ip(c.client), c.cport),
+            vip: std::net::SocketAddr::new(addr_to_ip(c.vip), c.vport),
+            real: std::net::SocketAddr::new(addr_to_ip(c.rs), c.rport),
+            allow_foreign_port_address: opts.allow_foreign_port_address,
+            pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
+        };
+        let mut session = match resume {
+            None => alg::FtpSession::new(params),
+            Some((o, r)) => alg::FtpSession::resume(params, o, r),
+        };
+        session.set_allow_low_data_ports(opts.allow_low_data_ports);
+        session.set_max_payload(self.ftp_max_payload(idx));
+        self.flows.cold_mut(idx).alg = Some(Box::new(session));
+        self.flows.get_mut(idx).flags |= F_ALG;
     }
 
     /// Forward a packet of connection `idx` travelling in `dir`.
@@ -2908,12 +2971,15 @@ impl<Q: PortQueue> Worker<Q> {
                 return Err(Next::Drop(DropReason::OutOfWindow));
             }
         }
+        let shifts = (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
         let verdict = if p.payload_len() > 0 {
             let mut pins = Broker::new(self, idx);
             s.on_segment_with(now, adir, data_seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
         } else {
             alg::Verdict::Forward
         };
+        // Cluster: a rewrite moved the sequence numbers; the peers must know to carry on.
+        let moved = self.sync_on && shifts != (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
         let new_seq = match &verdict {
             // A Replace names its first data byte; on a SYN the SYN comes first.
@@ -2924,6 +2990,11 @@ impl<Q: PortQueue> Worker<Q> {
         // (bytes after it held or left for a retransmission) must not carry the segment's FIN.
         let data_end = s.map_seq(adir, data_seq.wrapping_add(p.payload_len() as u32));
         self.flows.cold_mut(idx).alg = Some(s);
+        if moved && self.flows.get(idx).flags & F_SYNCED == 0 {
+            if let Some(e) = self.seq_entry(idx) {
+                self.push_sync(e);
+            }
+        }
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
         // SACK edges and the handshake MSS live in the options (see `ftp_tcp_options`).

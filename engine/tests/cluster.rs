@@ -266,16 +266,21 @@ const LA1: [u8; 4] = [10, 0, 2, 200];
 const LA2: [u8; 4] = [10, 0, 2, 201];
 
 /// Node `id` of a two-node cluster with a full-NAT web service (port 80) on the VIP over real
-/// servers 10.0.2.10-12; node 1 owns local address .200, node 2 .201; ports 2000-2255.
+/// servers 10.0.2.10-12 (and a full-NAT FTP service, port 21); node 1 owns local address
+/// .200, node 2 .201; ports 2000-2255.
 fn fnat_node(id: u8) -> ferrovs_cfg::Config {
     let mut t = String::new();
     for i in 0..3u8 {
         t += &format!("[[neighbor]]\naddress = \"10.0.2.{}\"\nmac = \"02:00:00:00:03:{:02x}\"\n\n", 10 + i, 10 + i);
     }
-    t += "[[service]]\nname = \"fweb\"\nvip = \"10.0.1.100\"\nports = [80]\nforward = \"fnat\"\nsyn_proxy = \"off\"\n\
-          local_addresses = [\"10.0.2.200\", \"10.0.2.201\"]\n";
-    for i in 0..3u8 {
-        t += &format!("[[service.real_server]]\naddress = \"10.0.2.{}\"\n", 10 + i);
+    for (name, port, ftp) in [("fweb", 80, ""), ("fftp", 21, "ftp = true\n")] {
+        t += &format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"10.0.1.100\"\nports = [{port}]\nforward = \"fnat\"\nsyn_proxy = \"off\"\n\
+             {ftp}local_addresses = [\"10.0.2.200\", \"10.0.2.201\"]\n"
+        );
+        for i in 0..3u8 {
+            t += &format!("[[service.real_server]]\naddress = \"10.0.2.{}\"\n", 10 + i);
+        }
     }
     t += &format!(
         "\n[cluster]\nnode_id = {id}\nsync_address = \"10.9.0.{id}\"\npeers = [\"10.9.0.250\"]\n\
@@ -433,4 +438,86 @@ fn older_nodes_version_1_datagrams_still_install() {
     let out = rs_reply(&mut b, rs, 8080, 40000, TCP_SYN | TCP_ACK, S);
     let (i, s) = one(out);
     assert_eq!((i, s.src, s.dst), (EXT, VIP, CLIENT));
+}
+
+/// A payload segment on the FTP control connection: from the client (to VIP:21) or from real
+/// server `rs` (to `la`:`lport`); the one frame out, parsed.
+fn ftp_seg(
+    e: &mut MemEngine,
+    from_client: bool,
+    rs: [u8; 4],
+    la: [u8; 4],
+    lport: u16,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> common::seg::Seg {
+    let flags = TCP_ACK | if data.is_empty() { 0 } else { TCP_PSH };
+    let out = if from_client {
+        let (ip, mac) = client(C);
+        e.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, flags, seq, ack, data), mac, LB_EXT), 2 * S)
+    } else {
+        let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+        e.inject(INT, &with_macs(tcp4(rs, 21, la, lport, flags, seq, ack, data), rs_mac, LB_INT), 2 * S)
+    };
+    one(out).1
+}
+
+#[test]
+fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_on() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    // Handshake and greeting through node 1 (client ISN 1000, server ISN 5000).
+    let (ip, mac) = client(C);
+    let out = a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S);
+    let syn = one(out).1;
+    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
+    assert_eq!(la, LA1);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    ftp_seg(&mut a, false, rs, la, lport, 5001, 1001, b"220 hi\r\n");
+    // PORT names the client; the server is told node 1's local address: a longer line.
+    let port = b"PORT 10,0,1,2,156,65\r\n";
+    let got = ftp_seg(&mut a, true, rs, la, lport, 1001, 5009, port);
+    assert!(got.payload.starts_with(b"PORT 10,0,2,200,"), "{:?}", String::from_utf8_lossy(&got.payload));
+    let delta = got.payload.len() as i32 - port.len() as i32;
+    assert_ne!(delta, 0);
+    let msgs = a.take_sync(&mut Batcher::new(1, 1000), 2 * S);
+    let es = entries(&msgs);
+    let seq = es.iter().find_map(|e| match e {
+        ferrovs_engine::sync::SyncEntry::Seq(q) => Some(*q),
+        _ => None,
+    });
+    let q = seq.expect("the rewrite is synced (kind 5)");
+    assert_eq!((q.orig.at, q.orig.before, q.orig.after, q.lport), (1006, 0, delta, Some(lport)));
+    assert_eq!((q.reply.before, q.reply.after), (0, 0));
+    // Node 1 dies. Node 2 got everything; node 3 (for contrast) only the connection entries.
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    for m in &msgs {
+        b.deliver_sync(m, 2 * S).unwrap();
+    }
+    assert_eq!(b.counters().sync_skipped, 0);
+    let conns: Vec<_> = es.iter().filter(|e| !matches!(e, ferrovs_engine::sync::SyncEntry::Seq(_))).copied().collect();
+    let mut c = MemEngine::new(fnat_node(2), 1);
+    c.deliver_sync(&Batcher::new(1, 1000).encode(&conns, 2 * S)[0], 2 * S).unwrap();
+    // The server's "200" acknowledges the rewritten PORT line (its space): node 2 maps the
+    // ack back to the client's space, as node 1 would have.
+    let ack_rs = (1023i64 + delta as i64) as u32;
+    let r = ftp_seg(&mut b, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
+    assert_eq!((r.dst, r.dport, r.seq, r.ack), (CLIENT, 40000, 5009, 1023));
+    let wrong = ftp_seg(&mut c, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
+    assert_eq!(wrong.ack, ack_rs, "without the synced translation the ack is not mapped");
+    // The client's next command leaves in the server's space, and node 2's gateway, which
+    // goes on with the session, rewrites the reply to it (the VIP announced, not the server).
+    let pasv = ftp_seg(&mut b, true, rs, la, lport, 1023, 5022, b"PASV\r\n");
+    assert_eq!((pasv.src, pasv.sport, pasv.dst, pasv.seq, pasv.ack), (LA1, lport, rs, ack_rs, 5022));
+    assert_eq!(pasv.payload, b"PASV\r\n");
+    let r =
+        ftp_seg(&mut b, false, rs, la, lport, 5022, ack_rs + 6, b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n");
+    assert_eq!(r.ack, 1029);
+    assert!(
+        String::from_utf8_lossy(&r.payload).contains("(10,0,1,100,"),
+        "the VIP announced: {:?}",
+        String::from_utf8_lossy(&r.payload)
+    );
 }
