@@ -153,7 +153,9 @@ pub use session::{FtpSession, Stats, MAX_LINE};
 pub struct SeqShift {
     /// Original sequence number where the newest rewritten field starts.
     pub at: u32,
+    /// Delta of segments starting at or before `at`.
     pub before: i32,
+    /// Delta of segments starting after `at`.
     pub after: i32,
 }
 

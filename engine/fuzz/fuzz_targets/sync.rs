@@ -2,8 +2,9 @@
 //! node does with a message that parses: no panic; a message that parses re-encodes to
 //! entries that parse back equal (the encoder and the parser agree on every field); the
 //! entries are installed by a two-worker cluster engine (NAT, DR and FTP services, a
-//! persistence template service, a full-NAT service whose local addresses belong to this
-//! node and a peer, so version-3 full-NAT entries reserve ports on the worker owning them),
+//! persistence template service, a full-NAT FTP service whose local addresses belong to this
+//! node and a peer, so version-3 full-NAT entries reserve ports on the worker owning them and
+//! kind-5 entries resume a gateway session on a backup control connection),
 //! each counted as installed or skipped, and a client packet and a real server's reply to
 //! the peer's local address afterwards are still accounted for (forwarded or one counted
 //! drop).
@@ -55,6 +56,7 @@ name = "fnat"
 vip = "10.0.1.100"
 ports = [9090]
 forward = "fnat"
+ftp = { control_ports = [9090] }
 local_addresses = ["10.0.2.200", "10.0.2.201"]
 [[service.real_server]]
 address = "10.0.2.2"
