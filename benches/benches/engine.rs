@@ -11,11 +11,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrovs_cfg::Forward;
-use ferrovs_engine::bench::{Prepared, Scenario};
 use ferrovs_engine::flow::{new_conn, FlowKey, FlowTable};
-use ferrovs_engine::frame::Rng;
-use ferrovs_engine::parse::{self, v4_to_addr, TCP_ACK};
-use ferrovs_engine::testpkt;
+use ferrovs_engine::tools::bench::{Prepared, Scenario};
+use ferrovs_engine::tools::frame::Rng;
+use ferrovs_engine::tools::testpkt;
+use ferrovs_engine::wire::parse::{self, v4_to_addr, TCP_ACK};
 use ferrovs_ftp_alg as alg;
 
 fn bench_parse(c: &mut Criterion) {
@@ -105,7 +105,15 @@ fn bench_nat(c: &mut Criterion) {
     g.bench_function("tcp4_inbound", |b| {
         b.iter(|| {
             d[p.l3 + 8] = 64;
-            black_box(ferrovs_engine::worker::rewrite_nat(black_box(&mut d), &p, true, rs, 8080, 0x1234, 0x5678))
+            black_box(ferrovs_engine::pipeline::worker::rewrite_nat(
+                black_box(&mut d),
+                &p,
+                true,
+                rs,
+                8080,
+                0x1234,
+                0x5678,
+            ))
         })
     });
     g.finish();

@@ -1,6 +1,6 @@
 //! The command-line surfaces of `ferrovs` (clap derive) and `ferrovsadm`
 //! (a clap description of its ipvsadm-style command line, used for the man
-//! page and shell completions; the real parser is [`crate::ipvsadm::parse_args`],
+//! page and shell completions; the real parser is [`crate::ctl::ipvsadm::parse_args`],
 //! and a test keeps the two in step).
 
 use clap::{Arg, ArgAction, Command, Parser, Subcommand};
@@ -56,7 +56,7 @@ pub enum Cmd {
     /// Benchmark the pipeline on in-memory ports with synthetic traffic.
     Bench {
         #[arg(long, value_enum, default_value = "established")]
-        scenario: crate::bench::Scenario,
+        scenario: crate::tools::bench::Scenario,
         /// Connections in the tables (total over workers).
         #[arg(long, default_value_t = 100_000)]
         flows: usize,
@@ -89,7 +89,7 @@ pub enum Cmd {
         sweep_workers: Vec<usize>,
         /// Scenarios of the sweep, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "established,new,dr,ftp")]
-        sweep_scenarios: Vec<crate::bench::Scenario>,
+        sweep_scenarios: Vec<crate::tools::bench::Scenario>,
         /// Output path prefix of the sweep: writes PREFIX.csv and PREFIX.svg.
         #[arg(long, default_value = "bench-sweep")]
         out: std::path::PathBuf,
@@ -120,16 +120,16 @@ pub enum Cmd {
         size: usize,
         /// Source addresses: A or A-B.
         #[arg(long, default_value = "100.64.0.1-100.64.0.254")]
-        src: crate::gen::Span<std::net::Ipv4Addr>,
+        src: crate::tools::gen::Span<std::net::Ipv4Addr>,
         /// Destination addresses: A or A-B.
         #[arg(long)]
-        dst: crate::gen::Span<std::net::Ipv4Addr>,
+        dst: crate::tools::gen::Span<std::net::Ipv4Addr>,
         #[arg(long, default_value = "1024-65535")]
-        sport: crate::gen::Span<u16>,
+        sport: crate::tools::gen::Span<u16>,
         #[arg(long, default_value = "80")]
-        dport: crate::gen::Span<u16>,
+        dport: crate::tools::gen::Span<u16>,
         #[arg(long, value_enum, default_value = "udp")]
-        proto: crate::gen::GenProto,
+        proto: crate::tools::gen::GenProto,
         /// Destination MAC (the balancer's port), aa:bb:cc:dd:ee:ff.
         #[arg(long)]
         dst_mac: String,
@@ -187,7 +187,7 @@ pub const TOP_SORT_COLUMNS: &[&str] = &["name", "conns", "active", "pps", "bps",
 
 /// A clap description of `ferrovsadm`'s command line (ipvsadm's surface plus
 /// the ferrovs verbs), for the man page and shell completions. `ferrovsadm`
-/// itself parses with [`crate::ipvsadm::parse_args`]; the tests in this
+/// itself parses with [`crate::ctl::ipvsadm::parse_args`]; the tests in this
 /// module check that both accept the same options.
 pub fn ferrovsadm_command() -> Command {
     let svc = "SERVICE-ADDRESS";
@@ -318,7 +318,7 @@ pub fn ferrovsadm_command() -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvsadm::parse_args;
+    use crate::ctl::ipvsadm::parse_args;
 
     fn sample_value(id: &str) -> Vec<&'static str> {
         match id {
@@ -390,7 +390,7 @@ mod tests {
     /// Every option literal the real parser matches on is in the clap description.
     #[test]
     fn every_parsed_option_is_described() {
-        let src = include_str!("ipvsadm.rs");
+        let src = include_str!("ctl/ipvsadm.rs");
         let body = &src[src.find("pub fn parse_args").unwrap()..];
         let body = &body[..body.find("\n}\n").unwrap()];
         let cmd = ferrovsadm_command();

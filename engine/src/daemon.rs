@@ -1,11 +1,11 @@
 //! `ferrovs run`: open the backend, start one pinned poll-mode worker
 //! thread per queue, run until SIGINT/SIGTERM, print counters on exit.
 
-use crate::counters::{CounterSnapshot, ServiceCounters, WorkerCounters};
+use crate::pipeline::counters::{CounterSnapshot, ServiceCounters, WorkerCounters};
+use crate::pipeline::snapshot::Snapshot;
+use crate::pipeline::worker::{Ctrl, Fabric, Worker};
 use crate::port::memory::MemQueue;
 use crate::port::{PortCaps, PortQueue};
-use crate::snapshot::Snapshot;
-use crate::worker::{Ctrl, Fabric, Worker};
 use ferrovs_cfg::{Backend, Config};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -179,20 +179,20 @@ pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
             sum(&|c| c.out_bytes.load(Relaxed)),
         );
         for (d, dest) in svc.dests.iter().enumerate() {
-            let ds = |f: &dyn Fn(&crate::counters::DestCounters) -> u64| -> u64 {
+            let ds = |f: &dyn Fn(&crate::pipeline::counters::DestCounters) -> u64| -> u64 {
                 per.iter().filter_map(|v| v.get(i)).filter_map(|c| c.dests.get(d)).map(f).sum()
             };
             let _ = writeln!(
                 s,
                 "  real server {}: conns {} in {} pkts, out {} pkts",
-                crate::parse::addr_to_ip(dest.addr),
+                crate::wire::parse::addr_to_ip(dest.addr),
                 ds(&|c| c.conns.load(Relaxed)),
                 ds(&|c| c.in_packets.load(Relaxed)),
                 ds(&|c| c.out_packets.load(Relaxed)),
             );
         }
         if svc.ftp.is_some() {
-            let names = crate::counters::FtpCounters::names();
+            let names = crate::pipeline::counters::FtpCounters::names();
             let parts: Vec<String> = names
                 .iter()
                 .enumerate()
@@ -244,7 +244,7 @@ pub struct Running {
     /// is dropped after the worker threads have joined.
     pub backend: Option<Box<dyn std::any::Any + Send>>,
     /// Cluster: the connection sync thread's counters.
-    pub sync_stats: Option<Arc<crate::syncd::SyncStats>>,
+    pub sync_stats: Option<Arc<crate::cluster::syncd::SyncStats>>,
 }
 
 impl Running {
@@ -284,10 +284,10 @@ pub fn start<Q: PortQueue + 'static>(
     // Cluster: the sync socket first, so a bad sync address fails the start.
     let sync_sock = match &config.cluster {
         Some(c) => Some({
-            if let Some(w) = crate::syncd::key_file_warning(c) {
+            if let Some(w) = crate::cluster::syncd::key_file_warning(c) {
                 tracing::warn!("{w}");
             }
-            crate::syncd::open_socket(c)
+            crate::cluster::syncd::open_socket(c)
                 .map_err(|e| format!("cluster sync socket {}:{}: {e}", c.sync_address, c.sync_port))?
         }),
         None => None,
@@ -355,14 +355,14 @@ pub fn start<Q: PortQueue + 'static>(
     }
     let mut sync_stats = None;
     if let (Some(sock), Some(c)) = (sync_sock, config.cluster.clone()) {
-        let stats = Arc::new(crate::syncd::SyncStats::default());
+        let stats = Arc::new(crate::cluster::syncd::SyncStats::default());
         sync_stats = Some(stats.clone());
         let (fab, stop) = (fabric.clone(), stop.clone());
         let range = config.engine.local_port_range;
         threads.push(
             std::thread::Builder::new()
                 .name("fvs-sync".into())
-                .spawn(move || crate::syncd::run(c, range, sock, fab, stats, stop))
+                .spawn(move || crate::cluster::syncd::run(c, range, sock, fab, stats, stop))
                 .expect("spawn sync thread"),
         );
     }

@@ -3,39 +3,35 @@
 //! The data plane of ferrovs, a kernel-bypass L4 load balancer in the LVS
 //! tradition, plus its I/O backends, daemon and command-line tools.
 //!
-//! ## Layers
+//! ## Layers (one folder each)
+//! - [`wire`]: what a frame looks like: parsing into offsets and flow
+//!   fields, checksums, TCP options.
+//! - [`flow`]: the per-worker connection table, IPVS TCP states, FTP
+//!   expectations and the fragment cache, all driven by a clock passed in.
+//! - [`pipeline`]: one poll-mode worker's packet path: classification,
+//!   scheduling, NAT / full NAT / DR / tunnel forwarding, SYN proxy, ICMP,
+//!   ARP/ND, the FTP gateway glue, and the immutable config snapshot it
+//!   reads. An established connection's packet is looked up in the flow
+//!   table first and forwarded without classification; only misses are
+//!   classified.
 //! - [`port`]: the I/O boundary. A backend (in-memory, pcap, AF_PACKET,
 //!   DPDK) opens every configured interface and gives each worker one queue
 //!   of each. The pipeline sees only [`port::Packet`] buffers.
-//! - [`parse`]: parsing into offsets and flow fields: a hand-written fast
-//!   parser for the common TCP/UDP case, etherparse (the reference) for
-//!   everything else.
-//! - [`flow`], [`tcpstate`]: the per-worker connection table and IPVS TCP
-//!   states with timeouts driven by a clock passed in.
-//! - [`snapshot`]: the configuration compiled for lookups, shared as an
-//!   immutable `Arc` and replaced wholesale on reload; [`remap`]: which
-//!   service and real server of the new snapshot each old one became, so
-//!   connections, persistence and scheduler state survive the change.
-//! - [`tcpopt`]: a bounds-checked TCP options walker (MSS clamping and SACK
-//!   mapping on FTP control connections); [`ratelimit`]: a token bucket
-//!   driven by `now` for packet-triggered log lines.
-//! - [`worker`]: the poll-mode pipeline: classification, scheduling, NAT /
-//!   DR / tunnel forwarding, ICMP error translation, ARP/ND, the FTP gateway.
-//!   An established connection's packet is looked up in the flow table
-//!   first and forwarded without any VIP/local classification (a hit also
-//!   proves this worker owns the flow); only misses are classified.
-//! - [`daemon`], [`replay`]: running the workers on threads or offline.
-//!   The data plane's interface to the control plane is
-//!   [`daemon::EngineView`] (counters, and [`worker::Ctrl`] messages such
-//!   as a new snapshot, posted only through [`daemon::post_snapshot`]).
-//! - [`control`]: the control socket and the state it shares with the
-//!   health checker ([`health`], through [`health::HealthTarget`]) and the
-//!   exporter ([`metrics`], through [`metrics::Exported`]); those modules
-//!   do not import `control` (a test in this file keeps it so).
+//! - [`daemon`]: running the workers on pinned threads; its
+//!   [`daemon::EngineView`] (counters, and [`pipeline::worker::Ctrl`]
+//!   messages such as a new snapshot, posted only through
+//!   [`daemon::post_snapshot`]) is the data plane's whole interface to the
+//!   control plane.
+//! - [`ctl`]: the control plane: control socket, ipvsadm front end, health
+//!   checks, metrics, status page, `top`.
+//! - [`cluster`]: connection sync between nodes and BIRD control.
+//! - [`tools`]: bench, generator, replay and packet builders, built on the
+//!   pipeline and never used by it.
+//! - [`cli`], [`logging`], [`sdnotify`]: the binaries' surfaces.
 //!
 //! ## Flow ownership (shared-nothing)
 //! Every connection belongs to exactly one worker, chosen by hashing the
-//! **client address** ([`snapshot::owner_of`]). The client is the source
+//! **client address** ([`pipeline::snapshot::owner_of`]). The client is the source
 //! of a packet addressed to a VIP and the destination of anything else
 //! (replies from real servers, active FTP data connections opened by a
 //! real server towards the client); for an ICMP error sent to a VIP it is
@@ -53,76 +49,85 @@
 //! second ring per worker. No lock is taken on the packet path; a full
 //! ring is a counted drop (`handoff_full`).
 
-pub mod bench;
-pub mod bird;
 pub mod cli;
-pub mod control;
-pub mod counters;
-pub mod csum;
+pub mod cluster;
+pub mod ctl;
 pub mod daemon;
-pub mod expect;
 pub mod flow;
-pub mod fnat;
-pub mod frag;
-pub mod frame;
-pub mod gen;
-pub mod health;
-pub mod icmpgen;
-pub mod ipvsadm;
 pub mod logging;
-pub mod metrics;
-pub mod neigh;
-pub mod overview;
-pub mod parse;
+pub mod pipeline;
 pub mod port;
-pub mod proxyproto;
-pub mod ratelimit;
-pub mod remap;
-pub mod replay;
 pub mod sdnotify;
-pub mod snapshot;
-pub mod statuspage;
-pub mod sweep;
-pub mod sync;
-pub mod syncd;
-pub mod synproxy;
-pub mod tcpopt;
-pub mod tcpstate;
-pub mod testpkt;
-pub mod top;
-pub mod worker;
+pub mod tools;
+pub mod wire;
 
 #[cfg(test)]
 mod layering_tests {
-    /// `crate::NAME` paths a module's code (not its comments) names.
-    fn uses(src: &str, module: &str) -> bool {
-        let pat = format!("crate::{module}");
-        src.lines().filter(|l| !l.trim_start().starts_with("//")).any(|l| {
-            l.match_indices(&pat)
-                .any(|(i, _)| !l[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
-        })
+    use std::path::Path;
+
+    /// The code of a source file before its test module (`#[cfg(test)]`),
+    /// without comment lines.
+    fn code(path: &Path) -> String {
+        let src = std::fs::read_to_string(path).unwrap();
+        let body = src.split("#[cfg(test)]").next().unwrap_or("");
+        body.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
     }
 
-    /// The control plane (control) depends on the health checker, the
-    /// exporter and the overview, never the other way round (they reach it
-    /// through `health::HealthTarget` and `metrics::Exported`); replay
-    /// drives the daemon's pieces, the daemon does not know replay; the
-    /// data plane does not know the ipvsadm front end.
-    #[test]
-    fn no_import_loops_between_data_and_control_plane() {
-        let forbidden = [
-            ("health", include_str!("health.rs"), "control"),
-            ("metrics", include_str!("metrics.rs"), "control"),
-            ("overview", include_str!("overview.rs"), "control"),
-            ("statuspage", include_str!("statuspage.rs"), "control"),
-            ("daemon", include_str!("daemon.rs"), "replay"),
-            ("worker", include_str!("worker.rs"), "ipvsadm"),
-            ("flow", include_str!("flow.rs"), "ipvsadm"),
-        ];
-        for (name, src, dep) in forbidden {
-            assert!(!uses(src, dep), "{name}.rs uses crate::{dep}");
+    /// Whether `code` names the module path `crate::PATH` (not a longer
+    /// identifier that starts with it).
+    fn uses(code: &str, path: &str) -> bool {
+        let pat = format!("crate::{path}");
+        code.match_indices(&pat)
+            .any(|(i, _)| !code[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+    }
+
+    /// Every `.rs` file of a folder of `src/` (or one file), with its code.
+    fn files(rel: &str) -> Vec<(String, String)> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel);
+        let mut out = Vec::new();
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let f = e.unwrap().path();
+                if f.extension().is_some_and(|x| x == "rs") {
+                    out.push((f.display().to_string(), code(&f)));
+                }
+            }
+        } else {
+            out.push((p.display().to_string(), code(&p)));
         }
-        assert!(uses(include_str!("control.rs"), "health"), "the check itself must see real uses");
-        assert!(!uses("// crate::control\nuse crate::controlx;", "control"));
+        assert!(!out.is_empty(), "no sources under {rel}");
+        out
+    }
+
+    /// The layers only look down: wire knows nothing else; flow knows wire
+    /// (and holds the boxed per-connection extension state of the SYN proxy
+    /// and PROXY protocol); the pipeline knows no control plane, daemon or
+    /// tool; the daemon does not know the control plane or the tools; the
+    /// health checker, exporter, overview and status page reach the control
+    /// server only through `health::HealthTarget` and `metrics::Exported`.
+    #[test]
+    fn layers_only_look_down() {
+        let rules: &[(&str, &[&str])] = &[
+            ("wire", &["flow", "pipeline", "port", "daemon", "ctl", "cluster", "tools"]),
+            ("flow", &["pipeline::worker", "pipeline::snapshot", "port", "daemon", "ctl", "cluster", "tools"]),
+            ("pipeline", &["daemon", "ctl", "cluster::syncd", "cluster::bird", "tools"]),
+            ("port", &["flow", "pipeline", "daemon", "ctl", "cluster", "tools"]),
+            ("daemon.rs", &["ctl", "tools"]),
+            ("ctl/health.rs", &["ctl::control"]),
+            ("ctl/metrics.rs", &["ctl::control"]),
+            ("ctl/overview.rs", &["ctl::control"]),
+            ("ctl/statuspage.rs", &["ctl::control"]),
+        ];
+        for (dir, forbidden) in rules {
+            for (file, code) in files(dir) {
+                for dep in *forbidden {
+                    assert!(!uses(&code, dep), "{file} uses crate::{dep}");
+                }
+            }
+        }
+        // The check sees real uses, and only whole path segments.
+        let control = files("ctl/control.rs").pop().unwrap().1;
+        assert!(uses(&control, "ctl::health"));
+        assert!(!uses("use crate::ctlx;", "ctl"));
     }
 }

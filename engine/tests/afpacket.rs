@@ -8,10 +8,10 @@
 
 mod common;
 use common::netns::VethNs;
-use ferrovs_engine::frame;
 use ferrovs_engine::port::afpacket::{self, AfPacketConfig, AfPacketQueue, TxMode};
 use ferrovs_engine::port::memory::HeapBuf;
 use ferrovs_engine::port::{Packet, PortQueue, BURST};
+use ferrovs_engine::tools::frame;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -153,7 +153,7 @@ fn udp_frame(flow: u32, seq: u32) -> Vec<u8> {
         dst: [10, 99, 0, 1],
         sport: 1024 + flow as u16,
         dport: 80,
-        proto: ferrovs_engine::parse::PROTO_UDP,
+        proto: ferrovs_engine::wire::parse::PROTO_UDP,
         flags: 0,
         seq: 0,
         ack: 0,

@@ -6,10 +6,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{TCP_ACK, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_PSH, TCP_SYN};
 
 const RS_COUNT: u8 = 6;
 
@@ -150,7 +150,7 @@ fn adding_a_real_server_moves_at_most_one_nth_plus_5_percent() {
 // Connection sync between two nodes (the datagrams pass from one engine to the other).
 
 use common::seg::one;
-use ferrovs_engine::sync::Batcher;
+use ferrovs_engine::cluster::sync::Batcher;
 
 /// Client 10.0.1.2 (a static neighbour, so NAT replies go out at once).
 const C: u8 = 2;
@@ -215,8 +215,10 @@ fn deletions_remove_backup_state_and_refresh_resends() {
     a.run(12 * S);
     let msgs = a.take_sync(&mut ba, 12 * S);
     assert_eq!(msgs.len(), 1, "refresh of the live connection");
-    let m = ferrovs_engine::sync::parse(&msgs[0]).unwrap();
-    assert!(matches!(m.entries[..], [ferrovs_engine::sync::SyncEntry::Conn(c)] if c.state == 1 && c.timeout_s > 880));
+    let m = ferrovs_engine::cluster::sync::parse(&msgs[0]).unwrap();
+    assert!(
+        matches!(m.entries[..], [ferrovs_engine::cluster::sync::SyncEntry::Conn(c)] if c.state == 1 && c.timeout_s > 880)
+    );
     // The connection expires on node a: the deletion removes node b's copy.
     a.run(1000 * S);
     let msgs = a.take_sync(&mut ba, 1000 * S);
@@ -238,8 +240,8 @@ fn templates_install_and_bad_messages_are_refused() {
     let mut b = MemEngine::new(persist(2), 1);
     let rs = send(&mut a, 9, 40000, 80, TCP_SYN, S).unwrap();
     let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
-    let m = ferrovs_engine::sync::parse(&msgs[0]).unwrap();
-    assert!(m.entries.iter().any(|e| matches!(e, ferrovs_engine::sync::SyncEntry::Template(_))), "{m:?}");
+    let m = ferrovs_engine::cluster::sync::parse(&msgs[0]).unwrap();
+    assert!(m.entries.iter().any(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Template(_))), "{m:?}");
     assert_eq!(b.deliver_sync(&msgs[0], S), Ok(m.entries.len()));
     assert_eq!(b.counters().sync_installed, m.entries.len() as u64);
     // A client of the same /24 follows the template on node b.
@@ -249,11 +251,11 @@ fn templates_install_and_bad_messages_are_refused() {
     assert!(b.deliver_sync(b"not sync", S).is_err());
     let mut v5 = msgs[0].clone();
     v5[4] = 5;
-    assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::sync::SyncError::Version(5)));
+    assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::cluster::sync::SyncError::Version(5)));
     // Versions 2 and 4 (authenticated) cannot be verified by a node without a key.
     for v in [2, 4] {
         v5[4] = v;
-        assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::sync::SyncError::Auth));
+        assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::cluster::sync::SyncError::Auth));
     }
     assert_eq!(b.counters().sync_installed, before);
 }
@@ -309,8 +311,8 @@ fn fnat_reply(e: &mut MemEngine, rs: [u8; 4], la: [u8; 4], lport: u16, flags: u8
     e.inject(INT, &with_macs(tcp4(rs, 80, la, lport, flags, 5000, 1001, b""), rs_mac, LB_INT), now)
 }
 
-fn entries(msgs: &[Vec<u8>]) -> Vec<ferrovs_engine::sync::SyncEntry> {
-    msgs.iter().flat_map(|m| ferrovs_engine::sync::parse(m).unwrap().entries).collect()
+fn entries(msgs: &[Vec<u8>]) -> Vec<ferrovs_engine::cluster::sync::SyncEntry> {
+    msgs.iter().flat_map(|m| ferrovs_engine::cluster::sync::parse(m).unwrap().entries).collect()
 }
 
 #[test]
@@ -324,11 +326,11 @@ fn full_nat_mapping_is_synced_and_the_survivor_translates_replies() {
     assert_eq!((i, s.src, s.sport, s.dst, s.dport), (EXT, VIP, 80, CLIENT, 40000));
     fnat_in(&mut a, 40000, TCP_ACK, 1001, 5001, S);
     let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
-    assert_eq!(msgs[0][4], ferrovs_engine::sync::VERSION, "full-NAT entries need format version 3");
+    assert_eq!(msgs[0][4], ferrovs_engine::cluster::sync::VERSION, "full-NAT entries need format version 3");
     let es = entries(&msgs);
     assert!(
-        es.iter().all(|e| matches!(e, ferrovs_engine::sync::SyncEntry::Conn(c)
-            if c.fwd == 3 && c.fnat == Some((ferrovs_engine::parse::v4_to_addr(LA1), 2000)))),
+        es.iter().all(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Conn(c)
+            if c.fwd == 3 && c.fnat == Some((ferrovs_engine::wire::parse::v4_to_addr(LA1), 2000)))),
         "{es:?}"
     );
     assert_eq!(b.deliver_sync(&msgs[0], S), Ok(es.len()));
@@ -356,7 +358,7 @@ fn synced_local_port_is_reserved_on_the_owning_worker_and_freed_by_the_deletion(
     // Node 2 runs two workers: the connection belongs to the one owning the local port
     // (2000-2127 worker 0, 2128-2255 worker 1), whatever worker owns the client.
     let mut b = MemEngine::new(fnat_node(2), 2);
-    let la1 = ferrovs_engine::parse::v4_to_addr(LA1);
+    let la1 = ferrovs_engine::wire::parse::v4_to_addr(LA1);
     let mut ba = Batcher::new(1, 1000);
     // 130 connections on node 1: local ports 2000-2129, the last two in worker 1's share.
     let mut picks = Vec::new();
@@ -378,27 +380,27 @@ fn synced_local_port_is_reserved_on_the_owning_worker_and_freed_by_the_deletion(
     }
     // A synced mapping that collides with a port in use on this node is refused, counted.
     let (_, la2, lport2) = fnat_in(&mut b, 50000, TCP_SYN, 1, 0, 2 * S);
-    let clash = ferrovs_engine::sync::SyncEntry::Conn(ferrovs_engine::sync::ConnSync {
+    let clash = ferrovs_engine::cluster::sync::SyncEntry::Conn(ferrovs_engine::cluster::sync::ConnSync {
         proto: 6,
         state: 3,
         fwd: 3,
         data: false,
-        client: ferrovs_engine::parse::v4_to_addr([10, 0, 1, 3]),
+        client: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 1, 3]),
         cport: 1234,
-        vip: ferrovs_engine::parse::v4_to_addr(VIP),
+        vip: ferrovs_engine::wire::parse::v4_to_addr(VIP),
         vport: 80,
-        rs: ferrovs_engine::parse::v4_to_addr([10, 0, 2, 10]),
+        rs: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 2, 10]),
         rport: 80,
         timeout_s: 100,
         proxy_delta: None,
-        fnat: Some((ferrovs_engine::parse::v4_to_addr(la2), lport2)),
+        fnat: Some((ferrovs_engine::wire::parse::v4_to_addr(la2), lport2)),
     });
     let skipped = b.counters().sync_skipped;
     b.deliver_sync(&Batcher::new(1, 1000).encode(&[clash], 2 * S)[0], 2 * S).unwrap();
     assert_eq!(b.counters().sync_skipped, skipped + 1);
     // A NAT-only (version 1) peer's mapping-less entry for a full-NAT service: refused too.
     let mut plain = clash;
-    if let ferrovs_engine::sync::SyncEntry::Conn(c) = &mut plain {
+    if let ferrovs_engine::cluster::sync::SyncEntry::Conn(c) = &mut plain {
         (c.fwd, c.fnat, c.cport) = (0, None, 1235);
     }
     let mut v1 = Batcher::new(1, 1000).encode(&[plain], 2 * S).remove(0);
@@ -485,7 +487,7 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
     let msgs = a.take_sync(&mut Batcher::new(1, 1000), 2 * S);
     let es = entries(&msgs);
     let seq = es.iter().find_map(|e| match e {
-        ferrovs_engine::sync::SyncEntry::Seq(q) => Some(*q),
+        ferrovs_engine::cluster::sync::SyncEntry::Seq(q) => Some(*q),
         _ => None,
     });
     let q = seq.expect("the rewrite is synced (kind 5)");
@@ -497,7 +499,8 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
         b.deliver_sync(m, 2 * S).unwrap();
     }
     assert_eq!(b.counters().sync_skipped, 0);
-    let conns: Vec<_> = es.iter().filter(|e| !matches!(e, ferrovs_engine::sync::SyncEntry::Seq(_))).copied().collect();
+    let conns: Vec<_> =
+        es.iter().filter(|e| !matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Seq(_))).copied().collect();
     let mut c = MemEngine::new(fnat_node(2), 1);
     c.deliver_sync(&Batcher::new(1, 1000).encode(&conns, 2 * S)[0], 2 * S).unwrap();
     // The server's "200" acknowledges the rewritten PORT line (its space): node 2 maps the

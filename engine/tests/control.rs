@@ -5,7 +5,7 @@
 //! bad requests on the socket.
 
 use ferrovs_cfg::Config;
-use ferrovs_engine::{control, daemon};
+use ferrovs_engine::{ctl::control, daemon};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -406,7 +406,7 @@ fn ferrovs_run_serves_the_control_socket() {
 /// metrics, after datagrams of each kind reach the sync port.
 #[test]
 fn sync_counters_in_drops_and_metrics() {
-    use ferrovs_engine::sync::{Batcher, SyncEntry};
+    use ferrovs_engine::cluster::sync::{Batcher, SyncEntry};
     use std::io::Read;
     let dir = tmpdir("syncstats");
     let free_udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -422,9 +422,9 @@ fn sync_counters_in_drops_and_metrics() {
     let to = ("127.0.0.1", sync_port);
     let del = SyncEntry::Delete {
         proto: 6,
-        client: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 2]),
+        client: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 0, 2]),
         cport: 1234,
-        vip: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 100]),
+        vip: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 0, 100]),
         vport: 80,
         lport: None,
     };
@@ -487,7 +487,7 @@ fn no_sync_counters_without_a_cluster() {
 /// the others are counted as auth failures or replays.
 #[test]
 fn authenticated_sync_counts_forgeries_and_replays() {
-    use ferrovs_engine::sync::{Batcher, SyncEntry, SyncKey};
+    use ferrovs_engine::cluster::sync::{Batcher, SyncEntry, SyncKey};
     let dir = tmpdir("syncauth");
     let key = "3f1c0a9e5b7d2468ace0135798642fdb";
     let kf = dir.join("sync.key");
@@ -504,9 +504,9 @@ fn authenticated_sync_counts_forgeries_and_replays() {
     let to = ("127.0.0.1", sync_port);
     let del = SyncEntry::Delete {
         proto: 6,
-        client: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 2]),
+        client: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 0, 2]),
         cport: 1234,
-        vip: ferrovs_engine::parse::v4_to_addr([10, 0, 0, 100]),
+        vip: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 0, 100]),
         vport: 80,
         lport: None,
     };

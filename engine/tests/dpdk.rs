@@ -452,9 +452,9 @@ fn scenario_af_packet_noqpairs() {
 /// polling a DPDK queue: frames go in through the ring's tx side, the
 /// worker receives them, and what it transmits is read back from the ring.
 fn scenario_pipeline() {
-    use ferrovs_engine::snapshot::Snapshot;
-    use ferrovs_engine::testpkt::{arp_request, tcp4, verify_checksums, with_macs};
-    use ferrovs_engine::worker::{Fabric, Worker};
+    use ferrovs_engine::pipeline::snapshot::Snapshot;
+    use ferrovs_engine::pipeline::worker::{Fabric, Worker};
+    use ferrovs_engine::tools::testpkt::{arp_request, tcp4, verify_checksums, with_macs};
     use std::sync::Arc;
     let prefix = std::env::var(PREFIX_ENV).unwrap();
     let text = format!(

@@ -8,10 +8,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 
 const LADDR: [u8; 4] = [10, 0, 2, 200];
 const LADDR2: [u8; 4] = [10, 0, 2, 201];
@@ -319,7 +319,7 @@ fn icmp_errors_both_ways() {
     assert_eq!(&f[inner + 12..inner + 16], &CLIENT, "quoted source");
     assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination");
     assert_eq!(&f[inner + 20..inner + 24], &[0x9c, 0x40, 0, 80], "quoted ports 40000 -> 80");
-    assert_eq!(ferrovs_engine::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
+    assert_eq!(ferrovs_engine::wire::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
     // The client side: fragmentation needed about VIP:80 -> client:40000.
     let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 1, 1, b"");
     let out = e.inject(EXT, &from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
@@ -428,7 +428,7 @@ impl Ftp {
         let out = e.inject(EXT, &f.client_seg(21, 40000, TCP_SYN, b""), S);
         assert_eq!(out.len(), 1);
         let syn = &out[0].1;
-        let p = ferrovs_engine::parse::parse(syn).unwrap();
+        let p = ferrovs_engine::wire::parse::parse(syn).unwrap();
         f.lport = p.sport;
         f.e = e;
         let out = f.e.inject(INT, &f.rs_seg(21, f.lport, TCP_SYN | TCP_ACK, b""), S);
@@ -476,15 +476,15 @@ impl Ftp {
 
 fn payload(frame: &[u8]) -> Vec<u8> {
     verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::parse::parse(frame).unwrap();
+    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
     frame[p.payload..p.end].to_vec()
 }
 
 /// (src, sport, dst, dport) of an output frame, addresses as strings.
 fn ends(frame: &[u8]) -> (String, u16, String, u16) {
     verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::parse::parse(frame).unwrap();
-    let ip = |a| ferrovs_engine::parse::addr_to_ip(a).to_string();
+    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
+    let ip = |a| ferrovs_engine::wire::parse::addr_to_ip(a).to_string();
     (ip(p.src), p.sport, ip(p.dst), p.dport)
 }
 
@@ -543,7 +543,7 @@ fn ftp_active_port_and_eprt() {
     assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40002));
     assert_drops(&f.e, &[(DropReason::NoFlow, 1)]);
     // A reserved port nobody connects to goes back to the pool after the pinhole timeout.
-    let la = ferrovs_engine::parse::v4_to_addr(LADDR);
+    let la = ferrovs_engine::wire::parse::v4_to_addr(LADDR);
     let free = f.e.workers[0].fnat_free_ports(la, 6);
     f.command("PORT 10,0,1,2,156,70\r\n");
     assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 1);

@@ -4,9 +4,9 @@
 mod common;
 use common::seg::drops;
 use common::*;
-use ferrovs_engine::parse::parse;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::parse;
 
 const SERVICES: &str = r#"
 [[service]]
@@ -137,7 +137,7 @@ fn overlapping_fragments_drop_the_datagram() {
     let mut bad = frags[2].clone();
     let fo = u16::from_be_bytes([bad[20], bad[21]]);
     bad[20..22].copy_from_slice(&(fo - 1).to_be_bytes());
-    ferrovs_engine::worker::fix_ipv4_csum(&mut bad, 14);
+    ferrovs_engine::pipeline::worker::fix_ipv4_csum(&mut bad, 14);
     assert!(inject_all(&mut e, EXT, &[bad], S).is_empty());
     // The datagram is poisoned: its real last fragment goes too.
     assert!(inject_all(&mut e, EXT, &frags[2..], S).is_empty());
@@ -153,7 +153,7 @@ fn tiny_first_fragments_and_tcp_offset_8_are_refused() {
     let mut tiny = frags[0].clone();
     tiny.truncate(14 + 20);
     tiny[16..18].copy_from_slice(&20u16.to_be_bytes());
-    ferrovs_engine::worker::fix_ipv4_csum(&mut tiny, 14);
+    ferrovs_engine::pipeline::worker::fix_ipv4_csum(&mut tiny, 14);
     assert!(e.inject(EXT, &tiny, S).is_empty());
     let t = with_macs(tcp4(CLIENT, 4000, VIP, 80, 0x10, 1, 1, &payload(64)), CLIENT_MAC, LB_EXT);
     let tf = fragment4(&t, 20 + 8, 13);
@@ -194,11 +194,14 @@ fn later_fragments_of_a_dropped_first_fragment_time_out() {
     assert_eq!(e.parked(), 1, "the later fragment waits for its first");
     assert!(inject_all(&mut e, EXT, &frags[..1], S).is_empty(), "no service on port 54");
     assert_eq!(e.parked(), 1, "still waiting");
-    assert_drops(&e, &[(ferrovs_engine::counters::DropReason::NoService, 1)]);
+    assert_drops(&e, &[(ferrovs_engine::pipeline::counters::DropReason::NoService, 1)]);
     e.inject(EXT, &arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 1]), 3 * S);
     assert_eq!(e.parked(), 0);
     assert_drops(
         &e,
-        &[(ferrovs_engine::counters::DropReason::NoService, 1), (ferrovs_engine::counters::DropReason::FragTimeout, 1)],
+        &[
+            (ferrovs_engine::pipeline::counters::DropReason::NoService, 1),
+            (ferrovs_engine::pipeline::counters::DropReason::FragTimeout, 1),
+        ],
     );
 }

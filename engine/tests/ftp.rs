@@ -4,10 +4,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{parse, TCP_ACK, TCP_PSH, TCP_SYN};
 
 fn ftp_config(forward: &str) -> ferrovs_cfg::Config {
     config(&format!(
@@ -94,7 +94,7 @@ impl Session {
         self.sseq = self.sseq.wrapping_add(data.len() as u32);
         self.server(TCP_ACK | TCP_PSH, data, seq)
     }
-    fn ftp_counter(&self, f: impl Fn(&ferrovs_engine::counters::FtpCounters) -> u64) -> u64 {
+    fn ftp_counter(&self, f: impl Fn(&ferrovs_engine::pipeline::counters::FtpCounters) -> u64) -> u64 {
         self.e.workers.iter().map(|w| f(&w.service_counters()[0].ftp)).sum()
     }
 }

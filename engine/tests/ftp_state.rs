@@ -7,9 +7,9 @@
 mod common;
 use common::seg::*;
 use common::*;
-use ferrovs_engine::counters::FtpCounters;
-use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
+use ferrovs_engine::pipeline::counters::FtpCounters;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 
 fn services(forward: &str, ftp_opts: &str, reals: &[&str]) -> String {
     let mut s = format!(

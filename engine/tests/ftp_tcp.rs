@@ -6,9 +6,9 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 
 const FTP: &str = r#"
 [[service]]
@@ -84,7 +84,7 @@ fn with_227() -> Vec<(usize, Vec<u8>)> {
     v
 }
 
-fn ftp_counter(e: &MemEngine, f: impl Fn(&ferrovs_engine::counters::FtpCounters) -> u64) -> u64 {
+fn ftp_counter(e: &MemEngine, f: impl Fn(&ferrovs_engine::pipeline::counters::FtpCounters) -> u64) -> u64 {
     e.workers.iter().map(|w| f(&w.service_counters()[0].ftp)).sum()
 }
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {

@@ -5,10 +5,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{TCP_ACK, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
 use std::sync::atomic::Ordering::Relaxed;
 
 const SERVICES: &str = r#"
@@ -93,7 +93,7 @@ fn df(mut f: Vec<u8>, on: bool) -> Vec<u8> {
     } else {
         f[20] &= !0x40;
     }
-    ferrovs_engine::worker::fix_ipv4_csum(&mut f, 14);
+    ferrovs_engine::pipeline::worker::fix_ipv4_csum(&mut f, 14);
     f
 }
 

@@ -5,9 +5,9 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::parse::TCP_SYN;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::TCP_SYN;
 
 /// A service whose real servers have no static neighbour entry:
 /// fd00:2::9 on int's subnet, and fd00:9::2 behind the link-local router
@@ -59,7 +59,7 @@ enum Out {
 }
 
 fn kind(f: &[u8]) -> Out {
-    let p = ferrovs_engine::parse::parse(f).expect("parse");
+    let p = ferrovs_engine::wire::parse::parse(f).expect("parse");
     match p.proto {
         6 => Out::Tcp(f[0..6].try_into().unwrap()),
         58 if f[p.l4] == 135 => Out::Solicit,
@@ -139,7 +139,7 @@ fn neighbour_table_size_is_configurable() {
 #[test]
 fn neighbour_table_is_bounded_and_evictions_counted() {
     let mut e = MemEngine::new(config(SERVICES), 1);
-    let max = ferrovs_engine::neigh::DEFAULT_MAX as u64;
+    let max = ferrovs_engine::pipeline::neigh::DEFAULT_MAX as u64;
     // 100 more on-link neighbours than the table holds (fd00:2::1:0 + n).
     for n in 0..max + 100 {
         let mut a = RS9;

@@ -3,10 +3,10 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
 const SERVICES: &str = r#"
 [[service]]
@@ -308,7 +308,7 @@ fn icmp_errors_are_translated() {
     let inner = 14 + 20 + 8;
     assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination is the VIP");
     assert_eq!(&f[inner + 22..inner + 24], &80u16.to_be_bytes(), "quoted port is the VIP port");
-    assert_eq!(ferrovs_engine::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
+    assert_eq!(ferrovs_engine::wire::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
     // Fragmentation needed from the client side about VIP->client reply.
     let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 1, 1, b"");
     let err = from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted));
@@ -426,7 +426,7 @@ proptest::proptest! {
         let out = e.inject(iface, &f, S);
         // Conservation: the frame went out, or is one counted drop, or is
         // parked (waiting for a neighbour; then an ARP/ND request went out).
-        let drops: u64 = ferrovs_engine::counters::DropReason::ALL
+        let drops: u64 = ferrovs_engine::pipeline::counters::DropReason::ALL
             .iter()
             .map(|r| e.fabric.counters.iter().map(|w| w.drops_of(*r)).sum::<u64>())
             .sum();
@@ -442,7 +442,7 @@ proptest::proptest! {
         let p = pos % f.len();
         f[p] = val;
         let out = e.inject(EXT, &f, S);
-        let drops: u64 = ferrovs_engine::counters::DropReason::ALL
+        let drops: u64 = ferrovs_engine::pipeline::counters::DropReason::ALL
             .iter()
             .map(|r| e.fabric.counters.iter().map(|w| w.drops_of(*r)).sum::<u64>())
             .sum();

@@ -5,9 +5,9 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::parse::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ferrovs_engine::port::pcap::{PcapReader, PcapWriter};
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

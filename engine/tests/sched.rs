@@ -5,9 +5,9 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::parse::TCP_SYN;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::TCP_SYN;
 
 fn wrr_config(extra: &str) -> ferrovs_cfg::Config {
     config(&format!(

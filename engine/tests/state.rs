@@ -6,9 +6,9 @@
 
 mod common;
 use common::*;
-use ferrovs_engine::parse::{parse, TCP_ACK, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{parse, TCP_ACK, TCP_SYN};
 
 const C2: [u8; 4] = [10, 0, 1, 3];
 const C3: [u8; 4] = [10, 0, 1, 4];
@@ -95,10 +95,10 @@ fn run_on(cases: Vec<Case>, workers: usize) {
                     continue;
                 }
                 Edit(line) => {
-                    for cmd in ferrovs_engine::ipvsadm::parse_rules(line).expect("ipvsadm line") {
-                        ferrovs_engine::ipvsadm::apply(&mut cfg, &cmd).expect("ipvsadm edit");
+                    for cmd in ferrovs_engine::ctl::ipvsadm::parse_rules(line).expect("ipvsadm line") {
+                        ferrovs_engine::ctl::ipvsadm::apply(&mut cfg, &cmd).expect("ipvsadm edit");
                     }
-                    cfg = ferrovs_engine::control::validate(&cfg).expect("valid");
+                    cfg = ferrovs_engine::ctl::control::validate(&cfg).expect("valid");
                     e.reload(cfg.clone(), t);
                     continue;
                 }

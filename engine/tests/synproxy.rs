@@ -3,9 +3,9 @@
 mod common;
 use common::seg::*;
 use common::*;
-use ferrovs_engine::parse::{parse, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{parse, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
 
 fn services(mode: &str) -> String {
     format!(
@@ -252,7 +252,7 @@ address = "fd00:2::2"
             u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
             u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
             f[l4 + 13] & 0x3f,
-            ferrovs_engine::synproxy::mss_option(&f[l4..p.end]),
+            ferrovs_engine::pipeline::synproxy::mss_option(&f[l4..p.end]),
         )
     };
     let out = e.inject(EXT, &c6(TCP_SYN, 100, 0, b""), S);

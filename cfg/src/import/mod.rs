@@ -1,7 +1,7 @@
 //! Importers for existing LVS configurations: Red Hat Piranha `lvs.cf` and
 //! `keepalived.conf`. `ipvsadm-save` output is ipvsadm command lines: the
 //! engine imports it with the parser `ferrovsadm` uses
-//! (`ferrovs_engine::ipvsadm::import_save`), into the same [`Import`].
+//! (`ferrovs_engine::ctl::ipvsadm::import_save`), into the same [`Import`].
 //!
 //! Each returns the services it understood plus warnings (with line
 //! numbers) for everything it did not import, so that nothing is dropped

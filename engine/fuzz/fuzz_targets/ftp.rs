@@ -14,9 +14,9 @@
 mod common;
 
 use common::{with_engine, Ledger};
-use ferrovs_engine::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;

@@ -11,8 +11,8 @@
 mod common;
 
 use common::{with_engine, Ledger};
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 

@@ -1,4 +1,4 @@
-//! The cluster sync parser (`ferrovs_engine::sync::parse`) on arbitrary datagrams, and what a
+//! The cluster sync parser (`ferrovs_engine::cluster::sync::parse`) on arbitrary datagrams, and what a
 //! node does with a message that parses: no panic; a message that parses re-encodes to
 //! entries that parse back equal (the encoder and the parser agree on every field); the
 //! entries are installed by a two-worker cluster engine (NAT, DR and FTP services, a
@@ -19,8 +19,8 @@
 mod common;
 
 use common::with_engine;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH, VERSION_AUTH_V2};
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::cluster::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH, VERSION_AUTH_V2};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -119,8 +119,8 @@ fuzz_target!(|data: &[u8]| {
         let n = e.deliver_sync(data, 1_000_000_000).expect("parsed once, parses again");
         let c = e.counters();
         assert_eq!(c.sync_installed + c.sync_skipped, n as u64);
-        let frame = ferrovs_engine::testpkt::with_macs(
-            ferrovs_engine::testpkt::tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, 0x10, 1, 1, b""),
+        let frame = ferrovs_engine::tools::testpkt::with_macs(
+            ferrovs_engine::tools::testpkt::tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, 0x10, 1, 1, b""),
             [2, 0, 0, 0, 1, 2],
             [2, 0, 0, 0, 1, 1],
         );
@@ -129,8 +129,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.len() + drops as usize + e.parked() >= 1, "the packet went somewhere");
         // A real server's reply to the peer's local address (a synced full-NAT connection's
         // port, or none).
-        let reply = ferrovs_engine::testpkt::with_macs(
-            ferrovs_engine::testpkt::tcp4([10, 0, 2, 2], 9090, [10, 0, 2, 201], 2000, 0x10, 1, 1, b""),
+        let reply = ferrovs_engine::tools::testpkt::with_macs(
+            ferrovs_engine::tools::testpkt::tcp4([10, 0, 2, 2], 9090, [10, 0, 2, 201], 2000, 0x10, 1, 1, b""),
             [2, 0, 0, 0, 2, 2],
             [2, 0, 0, 0, 2, 1],
         );

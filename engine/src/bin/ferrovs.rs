@@ -3,7 +3,7 @@
 use clap::Parser;
 use ferrovs_cfg::Config;
 use ferrovs_engine::cli::{Cli, Cmd, ConfigCmd};
-use ferrovs_engine::{daemon, replay, sdnotify};
+use ferrovs_engine::{daemon, sdnotify, tools::replay};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let cfg = Arc::new(load(&config)?);
             daemon::install_signal_handlers();
             let running = daemon::open_and_start(cfg.clone())?;
-            let control = match ferrovs_engine::control::spawn(Some(config.clone()), cfg.clone(), &running) {
+            let control = match ferrovs_engine::ctl::control::spawn(Some(config.clone()), cfg.clone(), &running) {
                 Ok(c) => c,
                 Err(e) => {
                     running.stop();
@@ -67,12 +67,12 @@ fn run(cli: Cli) -> Result<(), String> {
             let status = |n: usize| format!("{} workers, {n} services", cfg.engine.workers);
             sdnotify::ready(&status(cfg.services.len()));
             // Cluster: BIRD announces the VIPs this node can serve.
-            let mut bird = cfg.cluster.as_ref().map(|c| ferrovs_engine::bird::Announcer::new(&c.bird_socket));
+            let mut bird = cfg.cluster.as_ref().map(|c| ferrovs_engine::cluster::bird::Announcer::new(&c.bird_socket));
             let clock = daemon::clock();
-            use ferrovs_engine::bird::Phase;
-            let mut bird_update = |phase: Phase, snap: &ferrovs_engine::snapshot::Snapshot| {
+            use ferrovs_engine::cluster::bird::Phase;
+            let mut bird_update = |phase: Phase, snap: &ferrovs_engine::pipeline::snapshot::Snapshot| {
                 let Some(a) = bird.as_mut() else { return };
-                let want = ferrovs_engine::bird::desired(&snap.config, phase);
+                let want = ferrovs_engine::cluster::bird::desired(&snap.config, phase);
                 let (changed, err) = a.update(&want, clock());
                 for (p, on) in changed {
                     tracing::info!(protocol = %p, "BIRD: {}", if on { "announcing" } else { "withdrawn" });
@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Config { cmd: ConfigCmd::Import { from, file } } => {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let r = match from.as_str() {
-                "ipvsadm" => ferrovs_engine::ipvsadm::import_save(&text, &Default::default()),
+                "ipvsadm" => ferrovs_engine::ctl::ipvsadm::import_save(&text, &Default::default()),
                 "lvs.cf" => ferrovs_cfg::import::from_lvs_cf(&text),
                 _ => ferrovs_cfg::import::from_keepalived(&text),
             };
@@ -188,7 +188,7 @@ fn run(cli: Cli) -> Result<(), String> {
             machine,
         } => {
             if sweep {
-                let a = ferrovs_engine::sweep::SweepArgs {
+                let a = ferrovs_engine::tools::sweep::SweepArgs {
                     flows: sweep_flows,
                     workers: sweep_workers,
                     scenarios: sweep_scenarios,
@@ -196,17 +196,24 @@ fn run(cli: Cli) -> Result<(), String> {
                     size,
                     pin: !no_pin,
                     out,
-                    machine: machine.unwrap_or_else(ferrovs_engine::sweep::machine_name),
+                    machine: machine.unwrap_or_else(ferrovs_engine::tools::sweep::machine_name),
                 };
-                return ferrovs_engine::sweep::run(&a);
+                return ferrovs_engine::tools::sweep::run(&a);
             }
-            let args =
-                ferrovs_engine::bench::BenchArgs { scenario, flows, packets, workers, size, pin: !no_pin, flood_only };
-            let r = ferrovs_engine::bench::run(&args)?;
+            let args = ferrovs_engine::tools::bench::BenchArgs {
+                scenario,
+                flows,
+                packets,
+                workers,
+                size,
+                pin: !no_pin,
+                flood_only,
+            };
+            let r = ferrovs_engine::tools::bench::run(&args)?;
             if json {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             } else {
-                print!("{}", ferrovs_engine::bench::format(&r));
+                print!("{}", ferrovs_engine::tools::bench::format(&r));
             }
             Ok(())
         }
@@ -228,7 +235,7 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
         } => {
             let mac = parse_mac(&dst_mac)?;
-            let args = ferrovs_engine::gen::GenArgs {
+            let args = ferrovs_engine::tools::gen::GenArgs {
                 rate,
                 size,
                 src,
@@ -245,12 +252,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 run_gen_dpdk(&tx, rx.as_deref(), &eal_args, &args)?
             } else {
                 let _ = &eal_args;
-                ferrovs_engine::gen::run_afpacket(&tx, rx.as_deref(), &args)?
+                ferrovs_engine::tools::gen::run_afpacket(&tx, rx.as_deref(), &args)?
             };
             if json {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             } else {
-                print!("{}", ferrovs_engine::gen::format(&r));
+                print!("{}", ferrovs_engine::tools::gen::format(&r));
             }
             Ok(())
         }
@@ -273,10 +280,10 @@ fn run_gen_dpdk(
     tx: &str,
     rx: Option<&str>,
     eal_args: &str,
-    a: &ferrovs_engine::gen::GenArgs,
-) -> Result<ferrovs_engine::gen::GenReport, String> {
+    a: &ferrovs_engine::tools::gen::GenArgs,
+) -> Result<ferrovs_engine::tools::gen::GenReport, String> {
     let eal: Vec<String> = eal_args.split_whitespace().map(String::from).collect();
-    ferrovs_engine::gen::run_dpdk(tx, rx, &eal, a)
+    ferrovs_engine::tools::gen::run_dpdk(tx, rx, &eal, a)
 }
 
 #[cfg(not(feature = "dpdk"))]
@@ -284,7 +291,7 @@ fn run_gen_dpdk(
     _tx: &str,
     _rx: Option<&str>,
     _eal_args: &str,
-    _a: &ferrovs_engine::gen::GenArgs,
-) -> Result<ferrovs_engine::gen::GenReport, String> {
+    _a: &ferrovs_engine::tools::gen::GenArgs,
+) -> Result<ferrovs_engine::tools::gen::GenReport, String> {
     Err("--backend dpdk needs a ferrovs built with `--features dpdk`".into())
 }

@@ -4,8 +4,8 @@
 //! ...) plus ferrovs-only verbs (`conns`, `--ftp`, `drops`, `health`,
 //! `status`, `metrics`, `--reload`). See `ferrovsadm --help`.
 
-use ferrovs_engine::control;
-use ferrovs_engine::ipvsadm::{self, Action, ConnRow, ListData};
+use ferrovs_engine::ctl::control;
+use ferrovs_engine::ctl::ipvsadm::{self, Action, ConnRow, ListData};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::PathBuf;
@@ -243,7 +243,7 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
             let r = call(&socket, "metrics", json!({}))?;
             print!("{}", r.get("text").and_then(|v| v.as_str()).unwrap_or(""));
         }
-        Action::Top(opts) => ferrovs_engine::top::run(&socket, &opts)?,
+        Action::Top(opts) => ferrovs_engine::ctl::top::run(&socket, &opts)?,
         Action::Reload => {
             let r = call(&socket, "reload", json!({}))?;
             if json_out {

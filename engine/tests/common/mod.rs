@@ -82,7 +82,10 @@ pub fn config(services: &str) -> ferrovs_cfg::Config {
 /// Assert the engine's whole drop-counter vector (summed over workers):
 /// exactly the reasons in `want` with these counts, every other reason zero.
 #[track_caller]
-pub fn assert_drops(e: &ferrovs_engine::replay::MemEngine, want: &[(ferrovs_engine::counters::DropReason, u64)]) {
+pub fn assert_drops(
+    e: &ferrovs_engine::tools::replay::MemEngine,
+    want: &[(ferrovs_engine::pipeline::counters::DropReason, u64)],
+) {
     if let Some(m) = drops_mismatch(e, want) {
         panic!("{m}");
     }
@@ -90,10 +93,10 @@ pub fn assert_drops(e: &ferrovs_engine::replay::MemEngine, want: &[(ferrovs_engi
 
 /// What [`assert_drops`] checks, as a message when it does not hold.
 pub fn drops_mismatch(
-    e: &ferrovs_engine::replay::MemEngine,
-    want: &[(ferrovs_engine::counters::DropReason, u64)],
+    e: &ferrovs_engine::tools::replay::MemEngine,
+    want: &[(ferrovs_engine::pipeline::counters::DropReason, u64)],
 ) -> Option<String> {
-    use ferrovs_engine::counters::DropReason;
+    use ferrovs_engine::pipeline::counters::DropReason;
     let got: Vec<(DropReason, u64)> = DropReason::ALL
         .iter()
         .map(|r| (*r, e.fabric.counters.iter().map(|w| w.drops_of(*r)).sum::<u64>()))

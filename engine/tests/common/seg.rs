@@ -1,9 +1,9 @@
 //! Reading output frames in fixture tests: a TCP segment's fields, and the drop counters.
 
 use super::{CLIENT, CLIENT_MAC, EXT, INT, LB_EXT, LB_INT, VIP};
-use ferrovs_engine::parse::parse;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::{tcp4, verify_checksums, with_macs};
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::{tcp4, verify_checksums, with_macs};
+use ferrovs_engine::wire::parse::parse;
 
 /// An IPv4 TCP segment out of the engine.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub fn seg(f: &[u8]) -> Seg {
         seq: u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap()),
         ack: u32::from_be_bytes(f[l4 + 8..l4 + 12].try_into().unwrap()),
         flags: f[l4 + 13] & 0x3f,
-        mss: ferrovs_engine::synproxy::mss_option(&f[l4..p.end]),
+        mss: ferrovs_engine::pipeline::synproxy::mss_option(&f[l4..p.end]),
         payload: f[p.payload..p.end].to_vec(),
     }
 }

@@ -2,9 +2,9 @@
 //! built once and reset between inputs, and the packet-conservation ledger.
 #![allow(dead_code)]
 
-use ferrovs_engine::counters::DropReason;
-use ferrovs_engine::replay::MemEngine;
-use ferrovs_engine::testpkt::is_solicitation;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::is_solicitation;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The two-port lab every target uses (client side `ext`, real-server side
@@ -93,7 +93,7 @@ impl Ledger {
 
     /// The conservation equation on the engine's counters.
     pub fn check(&self, e: &MemEngine, last: &[u8]) {
-        let sum = |f: &dyn Fn(&ferrovs_engine::counters::WorkerCounters) -> u64| -> u64 {
+        let sum = |f: &dyn Fn(&ferrovs_engine::pipeline::counters::WorkerCounters) -> u64| -> u64 {
             e.fabric.counters.iter().map(|c| f(c)).sum()
         };
         let drops: u64 = sum(&|c| c.drops.iter().map(|d| d.load(Relaxed)).sum());

@@ -1,0 +1,952 @@
+//! The control plane of a running ferrovs: a unix-socket server speaking
+//! a versioned, newline-delimited JSON protocol, the live configuration,
+//! counters, rate estimation, and the glue to the health checker and the
+//! Prometheus exporter.
+//!
+//! ## Protocol (version 1)
+//! One JSON object per line in each direction:
+//! `{"v":1,"op":"list"}` -> `{"v":1,"ok":true,"list":{...}}`, errors as
+//! `{"v":1,"ok":false,"error":"..."}`. A connection may carry any number
+//! of requests. A request longer than 1 MiB, a request cut off by the end
+//! of the stream, invalid JSON, an unknown `op` or a `v` other than 1 gets
+//! an error reply; the daemon keeps running.
+//!
+//! | op        | request fields              | reply fields |
+//! |-----------|-----------------------------|--------------|
+//! | `status`  |                             | `version`, `workers`, `services`, `uptime_s`, `config` |
+//! | `list`    |                             | `list` ([`ListData`]) |
+//! | `conns`   |                             | `conns` ([`ConnRow`] list), `missing_workers` |
+//! | `save`    |                             | `rules` (ipvsadm-save text) |
+//! | `edit`    | `cmds` ([`Command`] list)   | `services` (count after the edit) |
+//! | `zero`    | `service` (optional [`SvcKey`]) | |
+//! | `reload`  |                             | `services` |
+//! | `drops`   |                             | `workers`: per worker counters and drops by reason |
+//! | `ftp`     |                             | `services`: FTP gateway counters per service |
+//! | `health`  |                             | `servers`: health-check state per real server |
+//! | `metrics` |                             | `text` (Prometheus exposition) |
+//! | `overview`|                             | `overview` ([`crate::ctl::overview::Overview`]: all of the above that `ferrovsadm top` and the status page show) |
+//!
+//! An `edit` applies all its commands to a copy of the live
+//! configuration, validates the result as a whole (the ferrovs-cfg
+//! validator, through a TOML round trip) and only then builds a new
+//! snapshot and posts it to every worker: a failed edit changes nothing.
+//! Workers are never locked: they receive immutable snapshots on their
+//! control rings.
+//!
+//! ## Access
+//! The socket is created with mode 0660 (its directory is created if
+//! needed) and every peer's credentials are checked (SO_PEERCRED): only
+//! root and the daemon's own uid are served.
+
+use crate::ctl::health::{HealthInfo, HealthTarget, ServerKey};
+use crate::ctl::ipvsadm::{self, Command, ConnRow, ListData, Stats, SvcKey};
+use crate::ctl::overview::{FtpRow, Overview};
+use crate::daemon::{EngineView, Running};
+use crate::pipeline::counters::{DropReason, ServiceCounters};
+use crate::pipeline::snapshot::Snapshot;
+use crate::pipeline::worker::Ctrl;
+use ferrovs_cfg::Config;
+use ferrovs_sched::ConnStats;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 1 << 20;
+/// Most clients served at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 32;
+/// Rate estimator period (as IPVS's estimator).
+pub const RATE_PERIOD: Duration = Duration::from_secs(2);
+
+/// Builds a snapshot from a config and posts it to every worker.
+pub type Applier = Arc<dyn Fn(Arc<Config>) -> Arc<Snapshot> + Send + Sync>;
+
+/// Identifies a counter set: service name, and real server (address, shown port).
+type CounterKey = (String, Option<(IpAddr, u16)>);
+
+#[derive(Clone, Copy, Default)]
+struct Raw {
+    conns: u64,
+    inpkts: u64,
+    outpkts: u64,
+    inbytes: u64,
+    outbytes: u64,
+}
+
+impl Raw {
+    fn minus(self, b: Raw) -> Raw {
+        Raw {
+            conns: self.conns.saturating_sub(b.conns),
+            inpkts: self.inpkts.saturating_sub(b.inpkts),
+            outpkts: self.outpkts.saturating_sub(b.outpkts),
+            inbytes: self.inbytes.saturating_sub(b.inbytes),
+            outbytes: self.outbytes.saturating_sub(b.outbytes),
+        }
+    }
+    fn as_array(self) -> [u64; 5] {
+        [self.conns, self.inpkts, self.outpkts, self.inbytes, self.outbytes]
+    }
+}
+
+/// EWMA of per-second rates, like IPVS's `ip_vs_est` (weight 1/4 every 2 s).
+#[derive(Clone, Copy, Default)]
+struct Rate {
+    last: [u64; 5],
+    avg: [f64; 5],
+    primed: bool,
+}
+
+impl Rate {
+    fn sample(&mut self, now: [u64; 5], secs: f64) {
+        if self.primed {
+            for k in 0..5 {
+                let delta = now[k].saturating_sub(self.last[k]) as f64 / secs;
+                self.avg[k] += (delta - self.avg[k]) / 4.0;
+            }
+        }
+        self.last = now;
+        self.primed = true;
+    }
+    fn apply(&self, s: &mut Stats) {
+        s.cps = self.avg[0].round() as u64;
+        s.inpps = self.avg[1].round() as u64;
+        s.outpps = self.avg[2].round() as u64;
+        s.inbps = (self.avg[3] * 8.0).round() as u64;
+        s.outbps = (self.avg[4] * 8.0).round() as u64;
+    }
+}
+
+struct Inner {
+    /// The configuration as administered (config file + ferrovsadm edits):
+    /// what `-S` prints.
+    admin: Arc<Config>,
+    /// The snapshot workers run: `admin` with health-check overrides.
+    snap: Arc<Snapshot>,
+    /// Real servers a health check holds down.
+    down: HashMap<ServerKey, ()>,
+    zero: HashMap<CounterKey, Raw>,
+    rates: HashMap<CounterKey, Rate>,
+    health: HashMap<ServerKey, HealthInfo>,
+}
+
+/// Everything the control server, health checker and exporter share.
+pub struct State {
+    pub view: Arc<dyn EngineView>,
+    apply: Applier,
+    config_path: Option<PathBuf>,
+    inner: Mutex<Inner>,
+    started: Instant,
+    /// Flow table capacity of each worker (fixed when the workers started).
+    pub flow_capacity: usize,
+    /// Cluster: the sync thread's counters (set by [`spawn`] when the node syncs).
+    pub sync_stats: std::sync::OnceLock<Arc<crate::cluster::syncd::SyncStats>>,
+}
+
+/// An applier that builds snapshots for the MACs of `running` and posts
+/// them on the workers' control rings (what `Running::apply` does, but
+/// shareable between threads).
+pub fn applier_of(running: &Running) -> Applier {
+    let view = running.view.clone();
+    let macs: Vec<[u8; 6]> = running.snapshot.ifaces.iter().map(|i| i.mac).collect();
+    Arc::new(move |cfg: Arc<Config>| {
+        let s = Arc::new(Snapshot::build(cfg, &macs));
+        crate::daemon::post_snapshot(&*view, &s, Duration::from_secs(2));
+        s
+    })
+}
+
+/// Validate a config the way a config file is validated (TOML round trip
+/// through the ferrovs-cfg validator).
+pub fn validate(cfg: &Config) -> Result<Config, String> {
+    for s in &cfg.services {
+        ferrovs_sched::check_name(&s.scheduler).map_err(|e| format!("service {:?}: {e}", s.name))?;
+    }
+    let text = cfg.to_toml();
+    let mut out = Config::from_str(&text, "<control>").map_err(|e| e.message)?;
+    out.source = cfg.source.clone();
+    Ok(out)
+}
+
+impl State {
+    pub fn new(
+        view: Arc<dyn EngineView>,
+        apply: Applier,
+        config_path: Option<PathBuf>,
+        config: Arc<Config>,
+        snap: Arc<Snapshot>,
+    ) -> Arc<State> {
+        let flow_capacity = config.engine.flow_table_size.max(16);
+        Arc::new(State {
+            flow_capacity,
+            view,
+            apply,
+            config_path,
+            inner: Mutex::new(Inner {
+                admin: config,
+                snap,
+                down: HashMap::new(),
+                zero: HashMap::new(),
+                rates: HashMap::new(),
+                health: HashMap::new(),
+            }),
+            started: Instant::now(),
+            sync_stats: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The snapshot workers currently run (or are about to).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.lock().snap.clone()
+    }
+
+    /// The administered configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.lock().admin.clone()
+    }
+
+    /// `admin` with health-check overrides: down servers quiesced
+    /// (weight 0) or removed, per the service's health check.
+    fn effective(admin: &Config, down: &HashMap<ServerKey, ()>) -> Config {
+        let mut c = admin.clone();
+        if down.is_empty() {
+            return c;
+        }
+        for s in &mut c.services {
+            let quiesce = s.health_check.as_ref().map(|h| h.quiesce).unwrap_or(true);
+            let name = s.name.clone();
+            let svc = s.clone();
+            s.real_servers.retain_mut(|r| {
+                let key = (name.clone(), r.address, ipvsadm::shown_port(&svc, r.port));
+                if down.contains_key(&key) {
+                    if quiesce {
+                        r.weight = 0;
+                        true
+                    } else {
+                        false
+                    }
+                } else {
+                    true
+                }
+            });
+        }
+        c
+    }
+
+    fn commit(&self, g: &mut Inner, admin: Config) {
+        let eff = Self::effective(&admin, &g.down);
+        g.admin = Arc::new(admin);
+        g.snap = (self.apply)(Arc::new(eff));
+    }
+
+    /// Apply ipvsadm edits atomically. Returns the number of services.
+    pub fn edit(&self, cmds: &[Command]) -> Result<usize, String> {
+        let mut g = self.lock();
+        let mut cfg = (*g.admin).clone();
+        for (i, c) in cmds.iter().enumerate() {
+            ipvsadm::apply(&mut cfg, c)
+                .map_err(|e| if cmds.len() > 1 { format!("command {}: {e}", i + 1) } else { e })?;
+        }
+        let cfg = validate(&cfg)?;
+        let n = cfg.services.len();
+        self.commit(&mut g, cfg);
+        Ok(n)
+    }
+
+    /// Replace the whole configuration (reload).
+    pub fn replace(&self, cfg: Config) -> usize {
+        let mut g = self.lock();
+        let n = cfg.services.len();
+        self.commit(&mut g, cfg);
+        n
+    }
+
+    /// Re-read the config file (SIGHUP, `ferrovsadm --reload`). On error the
+    /// running configuration is kept.
+    pub fn reload(&self) -> Result<usize, String> {
+        let path = self.config_path.as_ref().ok_or("the daemon was not started from a config file")?;
+        let cfg = Config::from_file(path).map_err(|e| e.to_string())?;
+        Ok(self.replace(cfg))
+    }
+
+    /// Mark a real server up or down (health checker). Applies a new
+    /// snapshot when the state changes.
+    pub fn set_down(&self, key: &ServerKey, down: bool) {
+        let mut g = self.lock();
+        let changed = if down { g.down.insert(key.clone(), ()).is_none() } else { g.down.remove(key).is_some() };
+        if changed {
+            let admin = (*g.admin).clone();
+            self.commit(&mut g, admin);
+        }
+    }
+
+    pub fn set_health(&self, key: &ServerKey, info: HealthInfo) {
+        self.lock().health.insert(key.clone(), info);
+    }
+
+    pub fn health(&self) -> Vec<HealthInfo> {
+        let g = self.lock();
+        let mut v: Vec<HealthInfo> = g.health.values().cloned().collect();
+        v.sort_by(|a, b| (&a.service, &a.server).cmp(&(&b.service, &b.server)));
+        v
+    }
+
+    fn raw_counters(&self, snap: &Snapshot) -> HashMap<CounterKey, Raw> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let per = self.view.service_counters();
+        let mut out = HashMap::new();
+        for (i, svc) in snap.config.services.iter().enumerate() {
+            let blocks: Vec<&ServiceCounters> =
+                per.iter().filter_map(|v| v.get(i)).filter(|c| c.dests.len() == svc.real_servers.len()).collect();
+            let mut s = Raw::default();
+            for c in &blocks {
+                s.conns += c.conns.load(Relaxed);
+                s.inpkts += c.in_packets.load(Relaxed);
+                s.outpkts += c.out_packets.load(Relaxed);
+                s.inbytes += c.in_bytes.load(Relaxed);
+                s.outbytes += c.out_bytes.load(Relaxed);
+            }
+            out.insert((svc.name.clone(), None), s);
+            for (j, r) in svc.real_servers.iter().enumerate() {
+                let mut d = Raw::default();
+                for c in &blocks {
+                    let x = &c.dests[j];
+                    d.conns += x.conns.load(Relaxed);
+                    d.inpkts += x.in_packets.load(Relaxed);
+                    d.outpkts += x.out_packets.load(Relaxed);
+                    d.inbytes += x.in_bytes.load(Relaxed);
+                    d.outbytes += x.out_bytes.load(Relaxed);
+                }
+                out.insert((svc.name.clone(), Some((r.address, ipvsadm::shown_port(svc, r.port)))), d);
+            }
+        }
+        out
+    }
+
+    /// One rate-estimator tick.
+    pub fn sample_rates(&self, secs: f64) {
+        let snap = self.snapshot();
+        let raw = self.raw_counters(&snap);
+        let mut g = self.lock();
+        g.rates.retain(|k, _| raw.contains_key(k));
+        for (k, v) in raw {
+            g.rates.entry(k).or_default().sample(v.as_array(), secs);
+        }
+    }
+
+    /// Reset the counters shown (`-Z`): counters are owned by workers, so
+    /// zeroing records a baseline.
+    pub fn zero(&self, key: Option<&SvcKey>) -> Result<(), String> {
+        let snap = self.snapshot();
+        let only = match key {
+            Some(k) => Some(
+                snap.config.services
+                    [ipvsadm::find_service(&snap.config, k).ok_or_else(|| format!("no such service {k:?}"))?]
+                .name
+                .clone(),
+            ),
+            None => None,
+        };
+        let raw = self.raw_counters(&snap);
+        let mut g = self.lock();
+        for (k, v) in raw {
+            if only.as_ref().map_or(true, |n| *n == k.0) {
+                g.zero.insert(k, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// What `-L` shows.
+    pub fn list(&self) -> ListData {
+        let snap = self.snapshot();
+        let raw = self.raw_counters(&snap);
+        let g = self.lock();
+        let cfg = &snap.config;
+        let mut d = ipvsadm::list_of_config(cfg);
+        let admin_weight = |svc: &str, a: IpAddr, p: u16| -> Option<u32> {
+            let s = g.admin.services.iter().find(|s| s.name == svc)?;
+            s.real_servers.iter().find(|r| r.address == a && ipvsadm::shown_port(s, r.port) == p).map(|r| r.weight)
+        };
+        let stats = |k: &CounterKey| -> Stats {
+            let r = raw.get(k).copied().unwrap_or_default().minus(g.zero.get(k).copied().unwrap_or_default());
+            let mut s = Stats {
+                conns: r.conns,
+                inpkts: r.inpkts,
+                outpkts: r.outpkts,
+                inbytes: r.inbytes,
+                outbytes: r.outbytes,
+                ..Default::default()
+            };
+            if let Some(rt) = g.rates.get(k) {
+                rt.apply(&mut s);
+            }
+            s
+        };
+        for (i, sv) in d.services.iter_mut().enumerate() {
+            sv.stats = stats(&(sv.name.clone(), None));
+            let counts = snap.conn_counts.get(i);
+            let svc_cfg = &cfg.services[i];
+            let hc = svc_cfg.health_check.is_some();
+            for (j, dv) in sv.dests.iter_mut().enumerate() {
+                let key = (sv.name.clone(), Some((dv.addr, dv.port)));
+                dv.stats = stats(&key);
+                if let Some(c) = counts {
+                    if j < c.dests() {
+                        dv.active = c.active(j);
+                        dv.inactive = c.inactive(j);
+                    }
+                }
+                dv.config_weight = admin_weight(&sv.name, dv.addr, dv.port).unwrap_or(dv.weight);
+                if hc {
+                    let down = g.down.contains_key(&(sv.name.clone(), dv.addr, dv.port));
+                    dv.health = Some(if down { "down" } else { "up" }.into());
+                }
+            }
+        }
+        d
+    }
+
+    /// Ask every worker for its connections (bounded wait).
+    pub fn conns(&self) -> (Vec<ConnRow>, Vec<usize>) {
+        let n = self.view.workers();
+        let mut rxs = Vec::new();
+        let mut missing = Vec::new();
+        for w in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if self.view.post(w, Ctrl::ListConns(tx)) {
+                rxs.push((w, rx));
+            } else {
+                missing.push(w);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut out = Vec::new();
+        for (w, rx) in rxs {
+            match rx.recv_deadline(deadline) {
+                Ok(v) => out.extend(v),
+                Err(_) => missing.push(w),
+            }
+        }
+        (out, missing)
+    }
+
+    fn drops(&self) -> Value {
+        let counters = self.view.counters();
+        let workers: Vec<Value> = counters
+            .iter()
+            .enumerate()
+            .map(|(w, c)| {
+                let s = c.snapshot();
+                let drops: serde_json::Map<String, Value> = DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(c.drops_of(*r)))).collect();
+                json!({"worker": w, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets, "flows_active": s.flows_active,
+                       "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "neigh_evicted": s.neigh_evicted,
+                       "cookies_sent": s.cookies_sent, "cookies_validated": s.cookies_validated,
+                       "cookies_failed": s.cookies_failed, "flows_created": s.flows_created,
+                       "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
+                       "sync_skipped": s.sync_skipped, "icmp_sent": s.icmp_sent,
+                       "icmp_ratelimited": s.icmp_ratelimited, "drops": drops})
+            })
+            .collect();
+        json!(workers)
+    }
+
+    pub(crate) fn ftp(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.snapshot();
+        let per = self.view.service_counters();
+        let mut out = Vec::new();
+        for (i, s) in snap.services.iter().enumerate() {
+            if s.ftp.is_none() {
+                continue;
+            }
+            let sum = |f: &dyn Fn(&crate::pipeline::counters::FtpCounters) -> u64| -> u64 {
+                per.iter().filter_map(|v| v.get(i)).map(|c| f(&c.ftp)).sum()
+            };
+            let mut row = serde_json::Map::new();
+            row.insert("service".into(), json!(s.name));
+            let names = crate::pipeline::counters::FtpCounters::names();
+            for (k, n) in names.iter().enumerate() {
+                row.insert((*n).into(), json!(sum(&|c| c.fields()[k].1.load(Relaxed))));
+            }
+            out.push(serde_json::Value::Object(row));
+        }
+        json!(out)
+    }
+
+    /// Seconds since the control plane started.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The config file the daemon reloads from.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// Handle one request object; returns the reply (without `v`).
+    pub fn handle(&self, req: &Value) -> Result<Value, String> {
+        let op = req.get("op").and_then(|o| o.as_str()).ok_or("missing \"op\"")?;
+        match op {
+            "status" => {
+                let cfg = self.config();
+                Ok(json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "protocol": PROTOCOL_VERSION,
+                    "workers": self.view.workers(),
+                    "services": cfg.services.len(),
+                    "uptime_s": self.started.elapsed().as_secs(),
+                    "config": self.config_path.as_ref().map(|p| p.display().to_string()),
+                }))
+            }
+            "list" => Ok(json!({"list": self.list()})),
+            "conns" => {
+                let (c, missing) = self.conns();
+                Ok(json!({"conns": c, "missing_workers": missing}))
+            }
+            "save" => Ok(json!({"rules": ipvsadm::format_save(&self.config())})),
+            "edit" => {
+                let cmds: Vec<Command> = serde_json::from_value(req.get("cmds").cloned().ok_or("missing \"cmds\"")?)
+                    .map_err(|e| format!("bad \"cmds\": {e}"))?;
+                let n = self.edit(&cmds)?;
+                Ok(json!({"services": n}))
+            }
+            "zero" => {
+                let key: Option<SvcKey> = match req.get("service") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| format!("bad \"service\": {e}"))?),
+                };
+                self.zero(key.as_ref())?;
+                Ok(json!({}))
+            }
+            "reload" => Ok(json!({"services": self.reload()?})),
+            "drain" => {
+                let cfg = self.config();
+                let Some(c) = &cfg.cluster else {
+                    return Err("drain needs a [cluster] configuration (use SIGTERM to stop a single node)".into());
+                };
+                crate::daemon::request_stop();
+                Ok(json!({"draining": true, "timeout_s": c.drain_timeout}))
+            }
+            "drops" => {
+                let mut r = json!({"workers": self.drops()});
+                if let Some(s) = self.sync_stats.get() {
+                    let m: serde_json::Map<String, Value> =
+                        s.fields().iter().map(|(k, _, v)| (k.to_string(), json!(v.load(Ordering::Relaxed)))).collect();
+                    r["sync"] = Value::Object(m);
+                }
+                Ok(r)
+            }
+            "ftp" => Ok(json!({"services": self.ftp()})),
+            "health" => Ok(json!({"servers": self.health()})),
+            "metrics" => Ok(json!({"text": crate::ctl::metrics::Exported::metrics(self)})),
+            "overview" => Ok(json!({"overview": self.overview()})),
+            other => Err(format!("unknown op {other:?}")),
+        }
+    }
+
+    /// Handle one raw request line (without the newline): the reply line.
+    pub fn handle_line(&self, line: &[u8]) -> Value {
+        let reply = (|| -> Result<Value, String> {
+            let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
+            let req: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            if !req.is_object() {
+                return Err("request must be a JSON object".into());
+            }
+            match req.get("v").and_then(|v| v.as_u64()) {
+                Some(PROTOCOL_VERSION) => {}
+                Some(v) => {
+                    return Err(format!("unsupported protocol version {v} (this daemon speaks {PROTOCOL_VERSION})"))
+                }
+                None => return Err("missing protocol version \"v\"".into()),
+            }
+            self.handle(&req)
+        })();
+        match reply {
+            Ok(mut v) => {
+                if let Value::Object(m) = &mut v {
+                    m.insert("v".into(), json!(PROTOCOL_VERSION));
+                    m.insert("ok".into(), json!(true));
+                }
+                v
+            }
+            Err(e) => error_reply(&e),
+        }
+    }
+}
+
+impl State {
+    /// Everything `ferrovsadm top` and the status page show.
+    pub fn overview(&self) -> Overview {
+        let counters = self.view.counters();
+        let total = crate::daemon::sum_counters(&counters);
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| (r.label().to_string(), counters.iter().map(|c| c.drops_of(*r)).sum()))
+            .collect();
+        Overview {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.uptime_s(),
+            workers: self.view.workers(),
+            config: self.config_path().map(|p| p.display().to_string()),
+            list: self.list(),
+            flows_active: total.flows_active,
+            flow_capacity: (self.flow_capacity * self.view.workers()) as u64,
+            rx_packets: total.rx_packets,
+            tx_packets: total.tx_packets,
+            drops,
+            ftp: self.ftp().as_array().map(|a| a.iter().map(FtpRow::from_json).collect()).unwrap_or_default(),
+            health: self.health(),
+        }
+    }
+}
+
+impl HealthTarget for State {
+    fn config(&self) -> Arc<Config> {
+        State::config(self)
+    }
+    fn set_down(&self, key: &ServerKey, down: bool) {
+        State::set_down(self, key, down)
+    }
+    fn set_health(&self, key: &ServerKey, info: HealthInfo) {
+        State::set_health(self, key, info)
+    }
+}
+
+impl crate::ctl::metrics::Exported for State {
+    fn metrics(&self) -> String {
+        let (list, snap) = (self.list(), self.snapshot());
+        crate::ctl::metrics::render(&crate::ctl::metrics::Figures {
+            list: &list,
+            workers: &self.view.counters(),
+            flow_capacity: self.flow_capacity,
+            snapshot: &snap,
+            services: &self.view.service_counters(),
+            sync: self.sync_stats.get().map(|s| &**s),
+        })
+    }
+    fn status_page(&self) -> String {
+        crate::ctl::statuspage::render(&self.overview())
+    }
+}
+
+pub fn error_reply(e: &str) -> Value {
+    json!({"v": PROTOCOL_VERSION, "ok": false, "error": e})
+}
+
+// ---------------------------------------------------------------------------
+// The socket server.
+
+/// The running control plane; dropping it (or [`ControlHandle::shutdown`])
+/// stops its threads and removes the socket.
+pub struct ControlHandle {
+    pub state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl ControlHandle {
+    /// Re-read the config file (for SIGHUP).
+    pub fn reload(&self) -> Result<usize, String> {
+        self.state.reload()
+    }
+    /// The snapshot workers run.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.snapshot()
+    }
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for ControlHandle {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{}: another ferrovs is listening there", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// The uid of the peer of a unix stream.
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid fd, and `cred`/`len` describe a writable ucred buffer.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+fn write_reply(s: &mut UnixStream, v: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    s.write_all(&line)
+}
+
+fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
+    match peer_uid(&stream) {
+        Some(u) if u == 0 || u == my_uid => {}
+        other => {
+            tracing::warn!(uid = ?other, "control: refused a client that is neither root nor the daemon's user");
+            let _ = write_reply(&mut stream, &error_reply("permission denied"));
+            return;
+        }
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let Ok(rd) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(rd);
+    loop {
+        let mut buf = Vec::new();
+        let n = match (&mut reader).take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                    tracing::debug!("control: read error: {e}");
+                }
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        if buf.last() != Some(&b'\n') {
+            if buf.len() > MAX_REQUEST {
+                let _ =
+                    write_reply(&mut stream, &error_reply(&format!("request too large (limit {MAX_REQUEST} bytes)")));
+                // Let the client read the reply: stop writing, then discard
+                // (a bounded amount of) what it is still sending.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = std::io::copy(&mut (&mut reader).take(64 << 20), &mut std::io::sink());
+            } else {
+                let _ = write_reply(&mut stream, &error_reply("truncated request (end of stream before newline)"));
+            }
+            return;
+        }
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let reply = state.handle_line(&buf);
+        if write_reply(&mut stream, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Start the control plane of a running engine: the socket server on
+/// `config.engine.control_socket`, the rate estimator, the health checker
+/// and (if `config.engine.metrics_listen` is set) the Prometheus exporter.
+///
+/// `config_path` is the file `--reload` re-reads.
+pub fn spawn(config_path: Option<PathBuf>, config: Arc<Config>, running: &Running) -> std::io::Result<ControlHandle> {
+    let state =
+        State::new(running.view.clone(), applier_of(running), config_path, config.clone(), running.snapshot.clone());
+    if let Some(s) = &running.sync_stats {
+        let _ = state.sync_stats.set(s.clone());
+    }
+    spawn_with(state, &config)
+}
+
+/// [`spawn`] for an existing [`State`].
+pub fn spawn_with(state: Arc<State>, config: &Config) -> std::io::Result<ControlHandle> {
+    let path = config.engine.control_socket.clone();
+    let listener = bind(&path)?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+
+    // Metrics first: a bad listen address fails the start, before threads.
+    if let Some(addr) = config.engine.metrics_listen {
+        threads.push(crate::ctl::metrics::spawn(addr, state.clone(), stop.clone())?);
+    }
+
+    {
+        let state = state.clone();
+        let stop = stop.clone();
+        // SAFETY: getuid has no preconditions.
+        let my_uid = unsafe { libc::getuid() };
+        let clients = Arc::new(AtomicUsize::new(0));
+        threads.push(std::thread::Builder::new().name("fvs-control".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+                            let mut s = s;
+                            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                            let _ = write_reply(&mut s, &error_reply("too many control clients, try again"));
+                            continue;
+                        }
+                        clients.fetch_add(1, Ordering::Relaxed);
+                        let st = state.clone();
+                        let cl = clients.clone();
+                        let r = std::thread::Builder::new().name("fvs-control-client".into()).spawn(move || {
+                            serve_client(&st, s, my_uid);
+                            cl.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        if r.is_err() {
+                            clients.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => {
+                        tracing::warn!("control: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?);
+    }
+
+    {
+        let state = state.clone();
+        let stop = stop.clone();
+        threads.push(std::thread::Builder::new().name("fvs-rates".into()).spawn(move || {
+            let mut last = Instant::now();
+            state.sample_rates(RATE_PERIOD.as_secs_f64());
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= RATE_PERIOD {
+                    let secs = last.elapsed().as_secs_f64();
+                    last = Instant::now();
+                    state.sample_rates(secs);
+                }
+            }
+        })?);
+    }
+
+    threads.push(crate::ctl::health::spawn(state.clone(), stop.clone())?);
+
+    tracing::info!(socket = %path.display(), "control socket listening");
+    Ok(ControlHandle { state, stop, threads, socket: path })
+}
+
+// ---------------------------------------------------------------------------
+// Client side.
+
+/// Send one request and read one reply line.
+pub fn request(socket: &Path, req: &Value) -> Result<Value, String> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e} (is ferrovs running? use --socket)", socket.display()))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    r.read_line(&mut out).map_err(|e| format!("{}: {e}", socket.display()))?;
+    if out.is_empty() {
+        return Err("the daemon closed the connection without a reply".into());
+    }
+    serde_json::from_str(&out).map_err(|e| format!("bad reply from daemon: {e}"))
+}
+
+#[cfg(test)]
+mod health_flap_tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[engine]
+workers = 1
+backend = "memory"
+
+[[interface]]
+name = "int"
+device = "m"
+addresses = ["10.0.2.1/24"]
+
+[[service]]
+name = "web"
+vip = "10.0.2.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "wrr"
+persistence = 300
+health_check = { type = "tcp", on_fail = "quiesce" }
+
+[[service.real_server]]
+address = "10.0.2.2"
+weight = 3
+
+[[service.real_server]]
+address = "10.0.2.3"
+weight = 2
+"#;
+
+    /// A health flap (what `State::set_down` commits) changes one weight and
+    /// nothing else: same services and servers in the same places, so the
+    /// workers' snapshot map is the identity and every bit of their state
+    /// (connections, persistence, scheduler, expectations) carries over.
+    #[test]
+    fn a_health_flap_changes_only_the_weight() {
+        let admin = Config::from_str(CFG, "t.toml").expect("config");
+        let mut down = HashMap::new();
+        down.insert(("web".to_string(), "10.0.2.3".parse().unwrap(), 80u16), ());
+        let eff = State::effective(&admin, &down);
+        let mut expect = admin.clone();
+        expect.services[0].real_servers[1].weight = 0;
+        assert_eq!(eff.to_toml(), expect.to_toml(), "only the weight differs");
+        let macs = [[2, 0, 0, 0, 2, 1]];
+        let before = Snapshot::build(Arc::new(admin), &macs);
+        let after = Snapshot::build(Arc::new(eff), &macs);
+        assert_eq!(
+            crate::pipeline::remap::SnapshotMap::build(&before, &after),
+            crate::pipeline::remap::SnapshotMap::identity(&before)
+        );
+        assert_eq!(after.services[0].dests[1].weight, 0);
+        assert_eq!(after.services[0].dests[0].weight, 3);
+    }
+}

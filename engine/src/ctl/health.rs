@@ -1,0 +1,288 @@
+//! Real-server health checks, run by the daemon outside the workers (like
+//! keepalived's checkers and Piranha's nanny).
+//!
+//! For every service with a `[service.health_check]`, every real server is
+//! checked every `interval` seconds, each check bounded by `timeout`:
+//! - `tcp`: a TCP connect;
+//! - `send_expect`: connect, send `send` (if any), and expect a reply
+//!   starting with `expect` (nanny's send/expect);
+//! - `ftp`: expect a `220` banner, send `USER anonymous`, expect `331` or
+//!   `230`, send `QUIT`.
+//!
+//! The port is the check's `port`, else the real server's, else the
+//! service's first port. After `fall` failures in a row a server is taken
+//! out: quiesced (weight 0, no new connections; established ones continue)
+//! or removed (`on_fail = "remove"`: its connections are dropped), and
+//! after `rise` successes in a row it is put back with its configured
+//! weight. Both go through the same path as `ferrovsadm` edits: a new
+//! snapshot posted to the workers. Servers start "up".
+//!
+//! ## How checks reach real servers
+//! Checks use the kernel's TCP stack (ordinary sockets), not the
+//! kernel-bypassed data ports: the balancer host needs a management
+//! interface owned by the kernel with a route to the real servers, as
+//! keepalived on an LVS director does. In the lab this is a separate veth
+//! with a kernel address on the real-server segment (e.g. 10.0.2.254/24
+//! next to the engine's 10.0.2.1); on hardware, the management NIC or a
+//! VLAN of it. The real servers see checks coming from that address.
+
+use ferrovs_cfg::{Config, HealthCheck, HealthCheckKind};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A real server under health check: service name, address, shown port.
+pub type ServerKey = (String, IpAddr, u16);
+
+/// Health state of one real server, as shown by `ferrovsadm health`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthInfo {
+    pub service: String,
+    pub server: String,
+    pub up: bool,
+    pub last_error: Option<String>,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+/// What the checker needs from the control plane (implemented by
+/// [`crate::ctl::control::State`]): the administered configuration to find the
+/// servers to check, and where to report their state.
+pub trait HealthTarget: Send + Sync {
+    fn config(&self) -> Arc<Config>;
+    /// Take a server out (`true`) or put it back, as the service's
+    /// `on_fail` says.
+    fn set_down(&self, key: &ServerKey, down: bool);
+    fn set_health(&self, key: &ServerKey, info: HealthInfo);
+}
+
+struct Target {
+    check: HealthCheck,
+    addr: SocketAddr,
+    next: Instant,
+    busy: bool,
+    ok_run: u32,
+    fail_run: u32,
+    up: bool,
+    checks: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+/// Run one check. `Err` says why it failed.
+pub fn check(hc: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
+    let timeout = Duration::from_secs_f64(hc.timeout.max(0.01));
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    match hc.kind {
+        HealthCheckKind::Tcp => Ok(()),
+        HealthCheckKind::SendExpect => {
+            if let Some(send) = &hc.send {
+                s.set_write_timeout(Some(left())).ok();
+                s.write_all(send.as_bytes()).map_err(|e| format!("send: {e}"))?;
+            }
+            let expect = hc.expect.as_deref().unwrap_or("");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while got.len() < expect.len().max(1) {
+                s.set_read_timeout(Some(left())).ok();
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(format!("read: {e}")),
+                }
+                if Instant::now() >= deadline || got.len() > 65536 {
+                    break;
+                }
+            }
+            if got.starts_with(expect.as_bytes()) {
+                Ok(())
+            } else {
+                Err(format!("expected {:?}, got {:?}", expect, String::from_utf8_lossy(&got[..got.len().min(64)])))
+            }
+        }
+        HealthCheckKind::Ftp => {
+            let mut line_reader = LineReader { buf: Vec::new() };
+            let code = line_reader.reply(&mut s, &left)?;
+            if code != 220 {
+                return Err(format!("FTP banner {code}, expected 220"));
+            }
+            s.set_write_timeout(Some(left())).ok();
+            s.write_all(b"USER anonymous\r\n").map_err(|e| format!("send USER: {e}"))?;
+            let code = line_reader.reply(&mut s, &left)?;
+            let _ = s.write_all(b"QUIT\r\n");
+            if code == 331 || code == 230 {
+                Ok(())
+            } else {
+                Err(format!("FTP USER reply {code}, expected 331 or 230"))
+            }
+        }
+    }
+}
+
+struct LineReader {
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    /// Read one (possibly multi-line) FTP reply; return its code.
+    fn reply(&mut self, s: &mut TcpStream, left: &dyn Fn() -> Duration) -> Result<u32, String> {
+        let mut first: Option<u32> = None;
+        loop {
+            while let Some(p) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=p).collect();
+                let l = String::from_utf8_lossy(&line);
+                let code = l.get(..3).and_then(|c| c.parse::<u32>().ok());
+                match (first, code) {
+                    (None, Some(c)) => {
+                        if l.as_bytes().get(3) != Some(&b'-') {
+                            return Ok(c);
+                        }
+                        first = Some(c);
+                    }
+                    (None, None) => return Err(format!("bad FTP reply {:?}", l.trim_end())),
+                    (Some(f), Some(c)) if c == f && l.as_bytes().get(3) == Some(&b' ') => return Ok(c),
+                    _ => {}
+                }
+            }
+            if self.buf.len() > 16384 {
+                return Err("FTP reply too long".into());
+            }
+            let mut b = [0u8; 1024];
+            s.set_read_timeout(Some(left())).ok();
+            match s.read(&mut b) {
+                Ok(0) => return Err("connection closed before the FTP reply".into()),
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+}
+
+/// Start the health checker thread.
+pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("fvs-health".into()).spawn(move || run(state, stop))
+}
+
+fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
+    let mut targets: HashMap<ServerKey, Target> = HashMap::new();
+    let (tx, rx) = mpsc::channel::<(ServerKey, Result<(), String>)>();
+    let mut cfg_seen = None;
+    while !stop.load(Ordering::Relaxed) {
+        // Targets follow the administered configuration.
+        let cfg = state.config();
+        if cfg_seen.as_ref().map_or(true, |c| !Arc::ptr_eq(c, &cfg)) {
+            let mut want: HashMap<ServerKey, (HealthCheck, SocketAddr)> = HashMap::new();
+            for s in &cfg.services {
+                let Some(hc) = &s.health_check else { continue };
+                for r in &s.real_servers {
+                    let shown = crate::ctl::ipvsadm::shown_port(s, r.port);
+                    let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
+                    if port == 0 {
+                        continue;
+                    }
+                    want.insert((s.name.clone(), r.address, shown), (hc.clone(), SocketAddr::new(r.address, port)));
+                }
+            }
+            targets.retain(|k, _| want.contains_key(k));
+            for (k, (hc, addr)) in want {
+                match targets.get_mut(&k) {
+                    Some(t) => {
+                        t.check = hc;
+                        t.addr = addr;
+                    }
+                    None => {
+                        targets.insert(
+                            k,
+                            Target {
+                                check: hc,
+                                addr,
+                                next: Instant::now(),
+                                busy: false,
+                                ok_run: 0,
+                                fail_run: 0,
+                                up: true,
+                                checks: 0,
+                                failures: 0,
+                                last_error: None,
+                            },
+                        );
+                    }
+                }
+            }
+            // Servers no longer checked must not stay held down.
+            for s in &cfg.services {
+                for r in &s.real_servers {
+                    let k = (s.name.clone(), r.address, crate::ctl::ipvsadm::shown_port(s, r.port));
+                    if !targets.contains_key(&k) {
+                        state.set_down(&k, false);
+                    }
+                }
+            }
+            cfg_seen = Some(cfg);
+        }
+
+        let now = Instant::now();
+        for (k, t) in targets.iter_mut() {
+            if t.busy || t.next > now {
+                continue;
+            }
+            t.busy = true;
+            let (hc, addr, key, tx) = (t.check.clone(), t.addr, k.clone(), tx.clone());
+            let spawned = std::thread::Builder::new().name("fvs-check".into()).spawn(move || {
+                let r = check(&hc, addr);
+                let _ = tx.send((key, r));
+            });
+            if spawned.is_err() {
+                t.busy = false;
+                t.next = now + Duration::from_secs(1);
+            }
+        }
+
+        while let Ok((k, r)) = rx.recv_timeout(Duration::from_millis(50)) {
+            let Some(t) = targets.get_mut(&k) else { continue };
+            t.busy = false;
+            t.next = Instant::now() + Duration::from_secs_f64(t.check.interval.max(0.05));
+            t.checks += 1;
+            match r {
+                Ok(()) => {
+                    t.ok_run += 1;
+                    t.fail_run = 0;
+                    if !t.up && t.ok_run >= t.check.rise {
+                        t.up = true;
+                        tracing::info!(service = %k.0, server = %t.addr, "health check: real server is up");
+                        state.set_down(&k, false);
+                    }
+                }
+                Err(e) => {
+                    t.failures += 1;
+                    t.fail_run += 1;
+                    t.ok_run = 0;
+                    if t.up && t.fail_run >= t.check.fall {
+                        t.up = false;
+                        tracing::warn!(service = %k.0, server = %t.addr, error = %e, "health check: real server is down");
+                        state.set_down(&k, true);
+                    }
+                    t.last_error = Some(e);
+                }
+            }
+            state.set_health(
+                &k,
+                HealthInfo {
+                    service: k.0.clone(),
+                    server: t.addr.to_string(),
+                    up: t.up,
+                    last_error: t.last_error.clone(),
+                    checks: t.checks,
+                    failures: t.failures,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,1907 @@
+//! ipvsadm compatibility: the command-line parser of `ferrovsadm`, the
+//! edits it makes to a [`Config`], and the `-L` / `-S` / `-c` output
+//! formats, byte for byte as ipvsadm prints them (so scripts that scrape
+//! `ipvsadm -L -n` keep working).
+//!
+//! Everything here is a pure function (no I/O), unit-tested against golden
+//! strings.
+//!
+//! ## Mapping LVS virtual services onto ferrovs services
+//! - `-t|-u VIP:PORT` names the ferrovs service of that protocol and VIP
+//!   whose ports contain PORT (a port-group service, e.g. ports
+//!   `[21, "10000-10100"]`, is reached through any of its ports and is
+//!   listed as `TCP  VIP:FIRSTPORT`, port 0 for an all-ports service).
+//! - `-f MARK` names the service with `fwmark = MARK` (listed as
+//!   `FWM  MARK`). A firewall mark selects addresses and ports by
+//!   iptables rules, which ferrovs does not have: declare the port group
+//!   in the config (`fwmark = MARK`, `vip`, `ports`) and `-A/-E -f MARK`
+//!   edits it. `-A -f MARK` without such a service is an error.
+//! - `-S` prints ipvsadm-save lines; a service that ipvsadm's syntax
+//!   cannot fully describe (a name other than the default
+//!   `tcp-VIP-PORT`, several ports, a fwmark, FTP options) is preceded by
+//!   a comment `# ferrovs-service NAME proto=.. vip=.. ports=.. ...` that
+//!   `-R` reads back, so `-S`, `-C`, `-R` restores the same services.
+//!   To feed ferrovs rules to a kernel ipvsadm, strip the comments first
+//!   (`grep -v '^#'`).
+//!
+//! ## Deliberate differences from ipvsadm
+//! - `-e` changes only the options given (ipvsadm resets an omitted
+//!   weight to 1 and an omitted forwarding method to `-g`).
+//! - `-E` keeps the scheduler when `-s` is omitted (ipvsadm resets it to
+//!   wlc) but, like ipvsadm, drops persistence when `-p` is omitted.
+//! - Addresses are always printed numerically (`-n` is accepted and
+//!   implied).
+//! - A new TCP service on port 21 gets the FTP gateway, as with the
+//!   kernel's ip_vs_ftp module loaded (its default `ports=21`).
+
+use ferrovs_cfg::import::{Import, MarkMap};
+use ferrovs_cfg::{Config, ConfigError, Forward, FtpOptions, Persistence, PortRange, Protocol, RealServer, Service};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The IPVS version ferrovs reports (the kernel's current one).
+pub const IPVS_VERSION: &str = "1.2.1";
+/// The "connection table size" in ipvsadm's banner.
+pub const CONN_TAB_SIZE: u32 = 4096;
+
+// ---------------------------------------------------------------------------
+// Commands.
+
+/// How a command names a virtual service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvcKey {
+    Tcp { vip: IpAddr, port: u16 },
+    Udp { vip: IpAddr, port: u16 },
+    Fwmark { mark: u32, v6: bool },
+}
+
+impl SvcKey {
+    fn describe(&self) -> String {
+        match self {
+            SvcKey::Tcp { vip, port } => format!("TCP {}", addrport(*vip, *port)),
+            SvcKey::Udp { vip, port } => format!("UDP {}", addrport(*vip, *port)),
+            SvcKey::Fwmark { mark, .. } => format!("FWM {mark}"),
+        }
+    }
+}
+
+/// What ipvsadm cannot say about a service: carried by the
+/// `# ferrovs-service` comment of `-S` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceExt {
+    pub name: Option<String>,
+    pub proto: Option<String>,
+    pub vip: Option<IpAddr>,
+    /// `80,8000-8100` or `*` (every port).
+    pub ports: Option<String>,
+    pub fwmark: Option<u32>,
+    /// FTP control ports, `none` for no FTP gateway.
+    pub ftp: Option<String>,
+    pub ftp_pinhole: Option<u32>,
+    pub ftp_foreign: bool,
+}
+
+/// An edit of the running configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    AddService {
+        key: SvcKey,
+        scheduler: Option<String>,
+        persistent: Option<u32>,
+        netmask: Option<String>,
+        #[serde(default)]
+        ext: Option<ServiceExt>,
+    },
+    EditService {
+        key: SvcKey,
+        scheduler: Option<String>,
+        persistent: Option<u32>,
+        netmask: Option<String>,
+    },
+    DeleteService {
+        key: SvcKey,
+    },
+    Clear,
+    AddServer {
+        key: SvcKey,
+        addr: IpAddr,
+        port: Option<u16>,
+        forward: Option<char>,
+        weight: Option<u32>,
+        upper: Option<u32>,
+        lower: Option<u32>,
+    },
+    EditServer {
+        key: SvcKey,
+        addr: IpAddr,
+        port: Option<u16>,
+        forward: Option<char>,
+        weight: Option<u32>,
+        upper: Option<u32>,
+        lower: Option<u32>,
+    },
+    DeleteServer {
+        key: SvcKey,
+        addr: IpAddr,
+        port: Option<u16>,
+    },
+    /// `--set TCP TCPFIN UDP` (0 leaves a value unchanged).
+    SetTimeouts {
+        tcp: u32,
+        tcpfin: u32,
+        udp: u32,
+    },
+}
+
+/// Options of `-L`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListOpts {
+    pub numeric: bool,
+    pub conns: bool,
+    pub stats: bool,
+    pub rate: bool,
+    pub timeout: bool,
+    pub thresholds: bool,
+    pub persistent_conn: bool,
+    pub exact: bool,
+    pub sort: bool,
+    /// List only this service.
+    pub service: Option<SvcKey>,
+}
+
+/// What a `ferrovsadm` command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Edit(Command),
+    List(ListOpts),
+    Zero(Option<SvcKey>),
+    Save,
+    Restore,
+    /// ferrovs-only verbs.
+    Conns,
+    Ftp,
+    Drops,
+    Health,
+    Status,
+    Metrics,
+    Reload,
+    /// Cluster: withdraw the VIPs, let established connections finish, exit.
+    Drain,
+    Top(TopOpts),
+    Version,
+    Help,
+}
+
+/// Options of `ferrovsadm top`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopOpts {
+    /// Refresh period in milliseconds.
+    pub interval_ms: u64,
+    /// Stop after this many refreshes.
+    pub iterations: Option<u64>,
+    /// Initial sort column (one of `cli::TOP_SORT_COLUMNS`).
+    pub sort_by: String,
+}
+
+impl Default for TopOpts {
+    fn default() -> Self {
+        TopOpts { interval_ms: 1000, iterations: None, sort_by: "conns".into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub action: Action,
+    pub socket: Option<String>,
+    pub json: bool,
+}
+
+pub const USAGE: &str = "\
+ferrovsadm: ipvsadm-compatible control of a running ferrovs
+
+  ferrovsadm -A|E -t|u|f service-address [-s scheduler] [-p [timeout]] [-M netmask]
+  ferrovsadm -D -t|u|f service-address
+  ferrovsadm -C
+  ferrovsadm -R            (ipvsadm-save lines on stdin)
+  ferrovsadm -S [-n]
+  ferrovsadm -a|e -t|u|f service-address -r server-address [-g|i|m] [-w weight] [-x upper] [-y lower]
+  ferrovsadm -d -t|u|f service-address -r server-address
+  ferrovsadm -L|l [-n] [-c] [--stats] [--rate] [--timeout] [--thresholds] [--exact] [-t|u|f service-address]
+  ferrovsadm -Z [-t|u|f service-address]
+  ferrovsadm --set tcp tcpfin udp
+ferrovs-only:
+  ferrovsadm conns | --ftp | drops | health | status | metrics | --reload
+  ferrovsadm top [--interval SECONDS] [--iterations N] [--sort-by name|conns|active|pps|bps|weight|health]
+Global options: --socket PATH (default /run/ferrovs/ferrovs.sock, or $FERROVS_SOCKET), --json
+Addresses: IPv4 ADDR:PORT, IPv6 [ADDR]:PORT; -f takes a firewall mark (a ferrovs service with fwmark = MARK).
+";
+
+/// Split `ADDR:PORT`, `[V6]:PORT`, `ADDR` or `[V6]`.
+pub fn split_addr(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (a, p) = rest.split_once(']')?;
+        let ip: IpAddr = a.parse().ok()?;
+        return match p.strip_prefix(':') {
+            Some(port) => Some((ip, Some(port_num(port)?))),
+            None if p.is_empty() => Some((ip, None)),
+            None => None,
+        };
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    let (a, p) = s.rsplit_once(':')?;
+    let ip: Ipv4Addr = a.parse().ok()?;
+    Some((IpAddr::V4(ip), Some(port_num(p)?)))
+}
+
+/// Numbers and the service names ipvsadm prints without `-n` (shared with
+/// the ipvsadm-save importer).
+fn port_num(s: &str) -> Option<u16> {
+    ferrovs_cfg::import::port_number(s)
+}
+
+/// Parse a `ferrovsadm` command line (without the program name).
+pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
+    let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
+    let mut cmd: Option<char> = None;
+    let mut verb: Option<Action> = None;
+    let mut key: Option<SvcKey> = None;
+    let mut v6 = false;
+    let mut sched = None;
+    let mut persistent = None;
+    let mut netmask = None;
+    let mut real: Option<(IpAddr, Option<u16>)> = None;
+    let mut fwd = None;
+    let mut weight = None;
+    let mut upper = None;
+    let mut lower = None;
+    let mut lo = ListOpts { sort: true, ..Default::default() };
+    let mut socket = None;
+    let mut json = false;
+    let mut set: Option<(u32, u32, u32)> = None;
+    let mut top = TopOpts::default();
+
+    let set_cmd = |c: char, cmd: &mut Option<char>| -> Result<(), String> {
+        match *cmd {
+            Some(o) if o != c => Err(format!("multiple commands specified (-{o} and -{c})")),
+            _ => {
+                *cmd = Some(c);
+                Ok(())
+            }
+        }
+    };
+
+    let mut i = 0;
+    while i < args.len() {
+        let raw = args[i];
+        // --opt=value and -tVIP:PORT forms.
+        let (t, mut inline): (String, Option<String>) = if raw.starts_with("--") {
+            match raw.split_once('=') {
+                Some((a, b)) => (a.to_string(), Some(b.to_string())),
+                None => (raw.to_string(), None),
+            }
+        } else if raw.starts_with('-') && raw.len() > 2 && "tufsrwxyMp".contains(&raw[1..2]) {
+            (raw[..2].to_string(), Some(raw[2..].to_string()))
+        } else {
+            (raw.to_string(), None)
+        };
+        let t = t.as_str();
+        let mut next = |what: &str| -> Result<String, String> {
+            if let Some(v) = inline.take() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i).map(|s| s.to_string()).ok_or_else(|| format!("option {what} requires an argument"))
+        };
+        let num = |s: &str, what: &str, max: u64| -> Result<u32, String> {
+            match s.parse::<u64>() {
+                Ok(v) if v <= max => Ok(v as u32),
+                _ => Err(format!("illegal {what} specified: {s:?}")),
+            }
+        };
+        match t {
+            "-A" | "--add-service" => set_cmd('A', &mut cmd)?,
+            "-E" | "--edit-service" => set_cmd('E', &mut cmd)?,
+            "-D" | "--delete-service" => set_cmd('D', &mut cmd)?,
+            "-C" | "--clear" => set_cmd('C', &mut cmd)?,
+            "-R" | "--restore" => set_cmd('R', &mut cmd)?,
+            "-S" | "--save" => set_cmd('S', &mut cmd)?,
+            "-a" | "--add-server" => set_cmd('a', &mut cmd)?,
+            "-e" | "--edit-server" => set_cmd('e', &mut cmd)?,
+            "-d" | "--delete-server" => set_cmd('d', &mut cmd)?,
+            "-L" | "-l" | "--list" => set_cmd('L', &mut cmd)?,
+            "-Z" | "--zero" => set_cmd('Z', &mut cmd)?,
+            "--set" => {
+                set_cmd('s', &mut cmd)?;
+                let a = next("--set")?;
+                let b = next("--set")?;
+                let c = next("--set")?;
+                set = Some((
+                    num(&a, "timeout", i32::MAX as u64)?,
+                    num(&b, "timeout", i32::MAX as u64)?,
+                    num(&c, "timeout", i32::MAX as u64)?,
+                ));
+            }
+            "-h" | "--help" => verb = Some(Action::Help),
+            "-v" | "--version" => verb = Some(Action::Version),
+            "--reload" | "reload" => verb = Some(Action::Reload),
+            "--drain" | "drain" => verb = Some(Action::Drain),
+            "--ftp" | "ftp" => verb = Some(Action::Ftp),
+            "--conns" | "conns" => verb = Some(Action::Conns),
+            "--drops" | "drops" => verb = Some(Action::Drops),
+            "--health" | "health" => verb = Some(Action::Health),
+            "--status" | "status" => verb = Some(Action::Status),
+            "--metrics" | "metrics" => verb = Some(Action::Metrics),
+            "--top" | "top" => verb = Some(Action::Top(TopOpts::default())),
+            "--interval" => {
+                let v = next(t)?;
+                top.interval_ms = match v.parse::<f64>() {
+                    Ok(s) if (0.05..=3600.0).contains(&s) => (s * 1000.0) as u64,
+                    _ => return Err(format!("illegal interval {v:?}: seconds between 0.05 and 3600")),
+                };
+            }
+            "--iterations" => top.iterations = Some(num(&next(t)?, "iterations", u32::MAX as u64)? as u64),
+            "--sort-by" => {
+                let v = next(t)?;
+                if !crate::cli::TOP_SORT_COLUMNS.contains(&v.as_str()) {
+                    return Err(format!(
+                        "unknown sort column {v:?}: expected one of {}",
+                        crate::cli::TOP_SORT_COLUMNS.join(", ")
+                    ));
+                }
+                top.sort_by = v;
+            }
+            "--socket" => socket = Some(next("--socket")?),
+            "--json" => json = true,
+            "-t" | "--tcp-service" | "-u" | "--udp-service" => {
+                let a = next(t)?;
+                let (vip, port) =
+                    split_addr(&a).ok_or_else(|| format!("illegal virtual server address[:port] specified: {a:?}"))?;
+                let port = port.unwrap_or(0);
+                key = Some(if t == "-t" || t == "--tcp-service" {
+                    SvcKey::Tcp { vip, port }
+                } else {
+                    SvcKey::Udp { vip, port }
+                });
+            }
+            "-f" | "--fwmark-service" => {
+                let a = next(t)?;
+                key = Some(SvcKey::Fwmark { mark: num(&a, "firewall mark", u32::MAX as u64)?, v6: false });
+            }
+            "-6" | "--ipv6" => v6 = true,
+            "-s" | "--scheduler" => {
+                let s = next(t)?;
+                ferrovs_sched::check_name(&s).map_err(|e| e.to_string())?;
+                sched = Some(s);
+            }
+            "-p" | "--persistent" => {
+                let v = inline.take().or_else(|| match args.get(i + 1) {
+                    Some(v) if !v.starts_with('-') && v.parse::<u64>().is_ok() => {
+                        i += 1;
+                        Some(v.to_string())
+                    }
+                    _ => None,
+                });
+                persistent = Some(match v {
+                    Some(v) => match num(&v, "persistent timeout", u32::MAX as u64)? {
+                        0 => return Err("illegal persistent timeout specified: 0".into()),
+                        n => n,
+                    },
+                    None => 300,
+                });
+            }
+            "-M" | "--netmask" => netmask = Some(next(t)?),
+            "-r" | "--real-server" => {
+                let a = next(t)?;
+                real =
+                    Some(split_addr(&a).ok_or_else(|| format!("illegal real server address[:port] specified: {a:?}"))?);
+            }
+            "-g" | "--gatewaying" => fwd = Some('g'),
+            "-m" | "--masquerading" => fwd = Some('m'),
+            "-i" | "--ipip" => fwd = Some('i'),
+            // DPVS's ipvsadm: full NAT (the service needs local_addresses).
+            "-b" | "--fullnat" => fwd = Some('b'),
+            "-w" | "--weight" => weight = Some(num(&next(t)?, "weight", 65535)?),
+            "-x" | "--u-threshold" => upper = Some(num(&next(t)?, "upper threshold", u32::MAX as u64)?),
+            "-y" | "--l-threshold" => lower = Some(num(&next(t)?, "lower threshold", u32::MAX as u64)?),
+            "-n" | "--numeric" => lo.numeric = true,
+            "-c" | "--connection" => lo.conns = true,
+            "--stats" => lo.stats = true,
+            "--rate" => lo.rate = true,
+            "--timeout" => lo.timeout = true,
+            "--thresholds" => lo.thresholds = true,
+            "--persistent-conn" => lo.persistent_conn = true,
+            "-X" | "--exact" => lo.exact = true,
+            "--nosort" => lo.sort = false,
+            "--sort" => lo.sort = true,
+            other => return Err(format!("unknown option {other:?} (see ferrovsadm --help)")),
+        }
+        if inline.is_some() {
+            return Err(format!("option {t} takes no argument"));
+        }
+        i += 1;
+    }
+    if let Some(SvcKey::Fwmark { mark, .. }) = key {
+        key = Some(SvcKey::Fwmark { mark, v6 });
+    }
+    if matches!(cmd, Some('L')) && lo.conns && (lo.stats || lo.rate) {
+        return Err("-c cannot be combined with --stats or --rate".into());
+    }
+    if lo.service.is_none() {
+        lo.service = if matches!(cmd, Some('L')) { key.clone() } else { None };
+    }
+    let need_key = |k: &Option<SvcKey>| -> Result<SvcKey, String> {
+        k.clone().ok_or_else(|| "no service specified: use -t, -u or -f".to_string())
+    };
+    let need_port = |k: &SvcKey| -> Result<(), String> {
+        match k {
+            SvcKey::Tcp { port: 0, .. } | SvcKey::Udp { port: 0, .. } => {
+                Err("a TCP/UDP service needs a port (VIP:PORT)".into())
+            }
+            _ => Ok(()),
+        }
+    };
+    let need_real = || -> Result<(IpAddr, Option<u16>), String> {
+        real.ok_or_else(|| "no real server specified: use -r".to_string())
+    };
+    let action = match (verb, cmd) {
+        (Some(Action::Top(_)), None) => Action::Top(top),
+        (Some(v), None) => v,
+        (Some(_), Some(c)) => return Err(format!("a ferrovs verb cannot be combined with -{c}")),
+        (None, None) => {
+            if lo.numeric || lo.conns || lo.stats || lo.rate || lo.timeout {
+                Action::List(lo)
+            } else if args.is_empty() {
+                // ipvsadm without arguments lists.
+                Action::List(lo)
+            } else {
+                return Err("no command specified (see ferrovsadm --help)".into());
+            }
+        }
+        (None, Some(c)) => match c {
+            'A' | 'E' => {
+                let key = need_key(&key)?;
+                need_port(&key)?;
+                if let Some(m) = &netmask {
+                    if persistent.is_none() {
+                        return Err(format!("-M {m} needs -p (persistence granularity)"));
+                    }
+                }
+                Action::Edit(if c == 'A' {
+                    Command::AddService { key, scheduler: sched, persistent, netmask, ext: None }
+                } else {
+                    Command::EditService { key, scheduler: sched, persistent, netmask }
+                })
+            }
+            'D' => Action::Edit(Command::DeleteService { key: need_key(&key)? }),
+            'C' => Action::Edit(Command::Clear),
+            'R' => Action::Restore,
+            'S' => Action::Save,
+            'a' | 'e' => {
+                let key = need_key(&key)?;
+                let (addr, port) = need_real()?;
+                let (u, l) = (upper.unwrap_or(0), lower.unwrap_or(0));
+                if u != 0 && l != 0 && l > u {
+                    return Err(format!("lower threshold {l} is above upper threshold {u}"));
+                }
+                Action::Edit(if c == 'a' {
+                    Command::AddServer { key, addr, port, forward: fwd, weight, upper, lower }
+                } else {
+                    Command::EditServer { key, addr, port, forward: fwd, weight, upper, lower }
+                })
+            }
+            'd' => {
+                let key = need_key(&key)?;
+                let (addr, port) = need_real()?;
+                Action::Edit(Command::DeleteServer { key, addr, port })
+            }
+            'L' => Action::List(lo),
+            'Z' => Action::Zero(key),
+            's' => {
+                let (tcp, tcpfin, udp) = set.unwrap_or_default();
+                Action::Edit(Command::SetTimeouts { tcp, tcpfin, udp })
+            }
+            _ => unreachable!(),
+        },
+    };
+    Ok(Invocation { action, socket, json })
+}
+
+/// Split a rule line like a shell would for ipvsadm's `-R` (whitespace,
+/// simple quotes).
+fn split_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut any = false;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => cur.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                any = true;
+            }
+            None if c.is_whitespace() => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            None => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parse ipvsadm-save text (`-R` input) into edit commands. Comments and
+/// blank lines are skipped, except `# ferrovs-service` lines, which
+/// attach to the next `-A`.
+pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
+    let mut out = Vec::new();
+    let mut pending: Option<ServiceExt> = None;
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("# ferrovs-service") {
+            pending = Some(parse_ext(rest).map_err(|e| format!("line {}: {e}", n + 1))?);
+            continue;
+        }
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let mut words = split_words(l);
+        if words.first().map(|w| w == "ipvsadm" || w == "ferrovsadm").unwrap_or(false) {
+            words.remove(0);
+        }
+        let inv = parse_args(&words).map_err(|e| format!("line {}: {e}", n + 1))?;
+        match inv.action {
+            Action::Edit(mut c) => {
+                if let Command::AddService { ext, .. } = &mut c {
+                    *ext = pending.take();
+                }
+                out.push(c);
+            }
+            _ => {
+                return Err(format!(
+                    "line {}: only edit commands (-A, -a, -E, -e, -D, -d, -C, --set) can be restored",
+                    n + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Options ipvsadm-save may print that ferrovs does not implement, and
+/// whether each takes an argument: [`import_save`] skips them with a warning
+/// (`ferrovsadm` itself refuses them).
+const NOT_IMPORTED: &[(&str, bool)] = &[
+    ("-o", false),
+    ("--ops", false),
+    ("-b", true),
+    ("--sched-flags", true),
+    ("--pe", true),
+    ("--tun-type", true),
+    ("--tun-port", true),
+    ("--tun-nocsum", false),
+    ("--tun-csum", false),
+    ("--tun-remcsum", false),
+];
+
+/// `ferrovs config import --from ipvsadm`: `ipvsadm-save` (or `ipvsadm -S`)
+/// output read by the same parser as `ferrovsadm -R` and the control
+/// socket ([`parse_args`]) and applied with the same edits ([`apply`]) to
+/// an empty configuration. What ferrovs does not implement is skipped with
+/// a warning; a firewall-mark service takes its VIP and ports from `marks`
+/// (the iptables/nftables rules that set marks are not part of the LVS
+/// configuration), else 0.0.0.0 and every port, with a warning. Errors
+/// name the line (file `ipvsadm`).
+pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
+    const ORIGIN: &str = "ipvsadm";
+    // A scratch configuration to apply the edits to; only its services are kept.
+    let mut cfg = Config::from_str("[engine]\nbackend = \"memory\"\n", ORIGIN)?;
+    let mut warnings = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let err = |message: String| ConfigError { file: ORIGIN.into(), line: Some(n), column: None, message };
+        let mut words = split_words(raw.split('#').next().unwrap_or(""));
+        if words.first().is_some_and(|w| w == "ipvsadm") {
+            words.remove(0);
+        }
+        if words.is_empty() {
+            continue;
+        }
+        let mut kept = Vec::with_capacity(words.len());
+        let mut it = words.into_iter();
+        while let Some(w) = it.next() {
+            match NOT_IMPORTED.iter().find(|(o, _)| *o == w) {
+                Some((_, takes_arg)) => {
+                    let arg = if *takes_arg { it.next().unwrap_or_default() } else { String::new() };
+                    warnings.push(format!("line {n}: option {w} {arg} is not supported, ignored"));
+                }
+                None => kept.push(w),
+            }
+        }
+        let mut cmd = match parse_args(&kept).map_err(err)?.action {
+            Action::Edit(c) => c,
+            _ => return Err(err("not an ipvsadm-save line (-A, -a, -E, -e, -D, -d, -C or --set)".into())),
+        };
+        match &mut cmd {
+            Command::SetTimeouts { .. } => {
+                warnings.push(format!("line {n}: --set: timeouts are [engine.timeouts] settings, not imported"));
+                continue;
+            }
+            Command::AddService { key: SvcKey::Fwmark { mark, v6 }, ext, .. } => {
+                let (vip, ports) = match marks.get(mark) {
+                    Some((vip, ports)) => (*vip, ports.clone()),
+                    None => {
+                        let vip = if *v6 { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) };
+                        warnings.push(format!(
+                            "line {n}: firewall mark {mark}: the addresses and ports it selects are set by \
+                             iptables/nftables rules, not by ipvsadm; imported with vip {vip} and all ports: set vip \
+                             and ports by hand"
+                        ));
+                        (vip, Vec::new())
+                    }
+                };
+                warnings.push(format!(
+                    "line {n}: firewall mark {mark}: a mark may select TCP and UDP; imported as protocol tcp"
+                ));
+                *ext = Some(ServiceExt { vip: Some(vip), ports: Some(fmt_ports(&ports)), ..Default::default() });
+            }
+            _ => {}
+        }
+        apply(&mut cfg, &cmd).map_err(err)?;
+        if let Command::AddService { .. } = cmd {
+            let s = cfg.services.last().expect("apply added the service");
+            if s.ftp.is_some() {
+                warnings.push(format!(
+                    "line {n}: service {:?}: TCP port 21 (ip_vs_ftp): enabled the FTP helper (ftp = true)",
+                    s.name
+                ));
+            }
+        }
+    }
+    Ok(Import { services: cfg.services, warnings })
+}
+
+fn parse_ext(s: &str) -> Result<ServiceExt, String> {
+    let mut e = ServiceExt::default();
+    for w in split_words(s) {
+        match w.split_once('=') {
+            Some(("proto", v)) => e.proto = Some(v.to_string()),
+            Some(("vip", v)) => e.vip = Some(v.parse().map_err(|_| format!("bad vip {v:?}"))?),
+            Some(("ports", v)) => e.ports = Some(v.to_string()),
+            Some(("fwmark", v)) => e.fwmark = Some(v.parse().map_err(|_| format!("bad fwmark {v:?}"))?),
+            Some(("ftp", v)) => e.ftp = Some(v.to_string()),
+            Some(("ftp-pinhole", v)) => e.ftp_pinhole = Some(v.parse().map_err(|_| format!("bad ftp-pinhole {v:?}"))?),
+            Some(("name", v)) => e.name = Some(v.to_string()),
+            None if w == "ftp-foreign" => e.ftp_foreign = true,
+            _ => return Err(format!("unknown ferrovs-service field {w:?}")),
+        }
+    }
+    Ok(e)
+}
+
+fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
+    if s == "*" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| {
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            match (a.parse::<u16>(), b.parse::<u16>()) {
+                (Ok(lo), Ok(hi)) if lo >= 1 && lo <= hi => Ok(PortRange { lo, hi }),
+                _ => Err(format!("bad port range {p:?}")),
+            }
+        })
+        .collect()
+}
+
+fn fmt_ports(p: &[PortRange]) -> String {
+    if p.is_empty() {
+        return "*".into();
+    }
+    p.iter()
+        .map(|r| if r.lo == r.hi { r.lo.to_string() } else { format!("{}-{}", r.lo, r.hi) })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+// ---------------------------------------------------------------------------
+// Applying edits to a config.
+
+fn proto_of(k: &SvcKey) -> Option<Protocol> {
+    match k {
+        SvcKey::Tcp { .. } => Some(Protocol::Tcp),
+        SvcKey::Udp { .. } => Some(Protocol::Udp),
+        SvcKey::Fwmark { .. } => None,
+    }
+}
+
+/// Index of the service a key names.
+pub fn find_service(cfg: &Config, key: &SvcKey) -> Option<usize> {
+    match key {
+        SvcKey::Fwmark { mark, .. } => cfg.services.iter().position(|s| s.fwmark == Some(*mark)),
+        SvcKey::Tcp { vip, port } | SvcKey::Udp { vip, port } => {
+            let proto = proto_of(key);
+            let m = |s: &Service| Some(s.protocol) == proto && s.vip == *vip;
+            // An exact single-port service first, then a port group.
+            cfg.services
+                .iter()
+                .position(|s| m(s) && s.ports.len() == 1 && s.ports[0].lo == *port && s.ports[0].hi == *port)
+                .or_else(|| cfg.services.iter().position(|s| m(s) && !s.ports.is_empty() && s.has_port(*port)))
+                .or_else(|| cfg.services.iter().position(|s| m(s) && s.ports.is_empty()))
+        }
+    }
+}
+
+/// The port ipvsadm shows for a real server of `svc`.
+pub fn shown_port(svc: &Service, rs_port: Option<u16>) -> u16 {
+    rs_port.unwrap_or(match svc.ports.as_slice() {
+        [r] if r.lo == r.hi => r.lo,
+        _ => 0,
+    })
+}
+
+/// The port ipvsadm shows for a service.
+pub fn service_port(svc: &Service) -> u16 {
+    svc.ports.first().map(|r| r.lo).unwrap_or(0)
+}
+
+fn find_server(svc: &Service, addr: IpAddr, port: Option<u16>) -> Option<usize> {
+    let want = shown_port(svc, port);
+    svc.real_servers.iter().position(|r| r.address == addr && (port.is_none() || shown_port(svc, r.port) == want))
+}
+
+fn forward_of(c: char) -> Forward {
+    match c {
+        'm' => Forward::Nat,
+        'i' => Forward::Tunnel,
+        'b' => Forward::Fnat,
+        _ => Forward::Dr,
+    }
+}
+
+fn persistence(vip: IpAddr, t: Option<u32>, mask: &Option<String>) -> Result<Option<Persistence>, String> {
+    let Some(timeout) = t else { return Ok(None) };
+    let max = if vip.is_ipv4() { 32 } else { 128 };
+    let netmask = match mask {
+        None => max,
+        Some(m) => {
+            if let Ok(p) = m.parse::<u8>() {
+                if p > max {
+                    return Err(format!("illegal netmask /{p} for {vip}"));
+                }
+                p
+            } else {
+                let d: Ipv4Addr = m.parse().map_err(|_| format!("illegal netmask {m:?}"))?;
+                if !vip.is_ipv4() {
+                    return Err("a dotted netmask needs an IPv4 service; give a prefix length".into());
+                }
+                let v = u32::from(d);
+                if v.leading_ones() + v.trailing_zeros() != 32 {
+                    return Err(format!("netmask {m} is not contiguous"));
+                }
+                v.leading_ones() as u8
+            }
+        }
+    };
+    Ok(Some(Persistence { timeout, netmask }))
+}
+
+fn default_name(p: Protocol, vip: IpAddr, port: u16) -> String {
+    format!("{}-{}-{}", if p == Protocol::Tcp { "tcp" } else { "udp" }, vip, port)
+}
+
+/// Apply one edit to `cfg` (not validated: the caller validates the
+/// result as a whole).
+pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
+    match cmd {
+        Command::Clear => cfg.services.clear(),
+        Command::SetTimeouts { tcp, tcpfin, udp } => {
+            let t = &mut cfg.engine.timeouts;
+            if *tcp != 0 {
+                t.tcp_established = *tcp;
+            }
+            if *tcpfin != 0 {
+                t.tcp_fin_wait = *tcpfin;
+            }
+            if *udp != 0 {
+                t.udp = *udp;
+            }
+        }
+        Command::AddService { key, scheduler, persistent, netmask, ext } => {
+            let ext = ext.clone().unwrap_or_default();
+            if let Some(i) = find_service(cfg, key) {
+                // A port-group declared by `# ferrovs-service` may only
+                // collide with itself.
+                return Err(format!("service {} already exists (as {:?})", key.describe(), cfg.services[i].name));
+            }
+            let (proto, vip, ports, fwmark) = match key {
+                SvcKey::Tcp { vip, port } | SvcKey::Udp { vip, port } => {
+                    let p = proto_of(key).unwrap();
+                    let ports = match &ext.ports {
+                        Some(s) => parse_ports(s)?,
+                        None => vec![PortRange { lo: *port, hi: *port }],
+                    };
+                    (p, *vip, ports, ext.fwmark)
+                }
+                SvcKey::Fwmark { mark, .. } => {
+                    let (Some(vip), Some(ports)) = (ext.vip, &ext.ports) else {
+                        return Err(format!(
+                            "no service with fwmark {mark}: ferrovs has no iptables marks; declare the port group in \
+                             the config ([[service]] with fwmark = {mark}, vip and ports), then -A/-E -f {mark} edits it"
+                        ));
+                    };
+                    let proto = match ext.proto.as_deref() {
+                        Some("udp") => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    };
+                    (proto, vip, parse_ports(ports)?, Some(*mark))
+                }
+            };
+            let name = ext.name.clone().unwrap_or_else(|| match fwmark {
+                Some(m) => format!("fwm{m}"),
+                None => default_name(proto, vip, ports.first().map(|r| r.lo).unwrap_or(0)),
+            });
+            if cfg.services.iter().any(|s| s.name == name) {
+                return Err(format!("a service named {name:?} already exists"));
+            }
+            let ftp = match ext.ftp.as_deref() {
+                Some("none") => None,
+                Some(list) => {
+                    let control_ports = list
+                        .split(',')
+                        .map(|p| p.parse::<u16>().map_err(|_| format!("bad ftp control port {p:?}")))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Some(FtpOptions {
+                        control_ports,
+                        allow_foreign_port_address: ext.ftp_foreign,
+                        pinhole_timeout: ext.ftp_pinhole.unwrap_or(60),
+                        ..FtpOptions::default()
+                    })
+                }
+                None => {
+                    let covers21 = ports.iter().any(|r| r.contains(21));
+                    (proto == Protocol::Tcp && covers21).then(FtpOptions::default)
+                }
+            };
+            cfg.services.push(Service {
+                name,
+                vip,
+                protocol: proto,
+                ports,
+                scheduler: scheduler.clone().unwrap_or_else(|| ferrovs_sched::DEFAULT.into()),
+                forward: Forward::Dr,
+                persistence: persistence(vip, *persistent, netmask)?,
+                ftp,
+                fwmark,
+                real_servers: Vec::new(),
+                health_check: None,
+                syn_proxy: Default::default(),
+                local_addresses: Vec::new(),
+            });
+        }
+        Command::EditService { key, scheduler, persistent, netmask } => {
+            let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
+            let s = &mut cfg.services[i];
+            if let Some(x) = scheduler {
+                s.scheduler = x.clone();
+            }
+            s.persistence = persistence(s.vip, *persistent, netmask)?;
+        }
+        Command::DeleteService { key } => {
+            let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
+            cfg.services.remove(i);
+        }
+        Command::AddServer { key, addr, port, forward, weight, upper, lower } => {
+            let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
+            let s = &mut cfg.services[i];
+            if addr.is_ipv4() != s.vip.is_ipv4() {
+                return Err(format!("real server {addr} is not in the address family of the service"));
+            }
+            let p = shown_port(s, port.filter(|p| *p != 0));
+            if s.real_servers.iter().any(|r| r.address == *addr && shown_port(s, r.port) == p) {
+                return Err(format!("destination {} already exists", addrport(*addr, p)));
+            }
+            let fwd = forward_of(forward.unwrap_or('g'));
+            if s.real_servers.is_empty() {
+                s.forward = fwd;
+            }
+            let rs_forward = (fwd != s.forward).then_some(fwd);
+            s.real_servers.push(RealServer {
+                address: *addr,
+                port: port.filter(|p| *p != 0),
+                weight: weight.unwrap_or(1),
+                upper: upper.unwrap_or(0),
+                lower: lower.unwrap_or(0),
+                forward: rs_forward,
+                proxy_protocol: None,
+            });
+        }
+        Command::EditServer { key, addr, port, forward, weight, upper, lower } => {
+            let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
+            let s = &mut cfg.services[i];
+            let j = find_server(s, *addr, port.filter(|p| *p != 0))
+                .ok_or_else(|| format!("no such destination {} in service {}", addr, key.describe()))?;
+            let svc_fwd = s.forward;
+            let only = s.real_servers.len() == 1;
+            let r = &mut s.real_servers[j];
+            if let Some(w) = weight {
+                r.weight = *w;
+            }
+            if let Some(u) = upper {
+                r.upper = *u;
+            }
+            if let Some(l) = lower {
+                r.lower = *l;
+            }
+            if let Some(f) = forward {
+                let f = forward_of(*f);
+                if only {
+                    r.forward = None;
+                    s.forward = f;
+                } else {
+                    r.forward = (f != svc_fwd).then_some(f);
+                }
+            }
+        }
+        Command::DeleteServer { key, addr, port } => {
+            let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
+            let s = &mut cfg.services[i];
+            let j = find_server(s, *addr, port.filter(|p| *p != 0))
+                .ok_or_else(|| format!("no such destination {} in service {}", addr, key.describe()))?;
+            s.real_servers.remove(j);
+        }
+    }
+    Ok(())
+}
+
+fn no_such_service(k: &SvcKey) -> String {
+    match k {
+        SvcKey::Fwmark { mark, .. } => {
+            format!("no service with fwmark {mark} (declare the port group in the config with fwmark = {mark})")
+        }
+        _ => format!("no such service {}", k.describe()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Listing data (what the daemon sends, what `-L` prints).
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub conns: u64,
+    pub inpkts: u64,
+    pub outpkts: u64,
+    pub inbytes: u64,
+    pub outbytes: u64,
+    pub cps: u64,
+    pub inpps: u64,
+    pub outpps: u64,
+    pub inbps: u64,
+    pub outbps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestView {
+    pub addr: IpAddr,
+    /// Port as ipvsadm shows it (0: the client's port).
+    pub port: u16,
+    /// `Masq`, `Route` or `Tunnel`.
+    pub forward: String,
+    /// Weight in use (0 while a health check holds it quiescent).
+    pub weight: u32,
+    /// Weight in the configuration.
+    pub config_weight: u32,
+    pub upper: u32,
+    pub lower: u32,
+    pub active: u32,
+    pub inactive: u32,
+    /// `up`, `down` or absent (no health check).
+    pub health: Option<String>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// `TCP` or `UDP`.
+    pub proto: String,
+    pub vip: IpAddr,
+    /// First port (0: every port).
+    pub port: u16,
+    /// `21,10000-10100` or `*`.
+    pub ports: String,
+    pub fwmark: Option<u32>,
+    pub scheduler: String,
+    pub persistent: Option<u32>,
+    pub netmask: u8,
+    pub ftp: bool,
+    pub dests: Vec<DestView>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListData {
+    pub size: u32,
+    pub services: Vec<ServiceView>,
+    /// tcp, tcpfin, udp.
+    pub timeouts: [u32; 3],
+}
+
+fn fwd_name(f: Forward) -> &'static str {
+    match f {
+        Forward::Nat => "Masq",
+        Forward::Dr => "Route",
+        Forward::Tunnel => "Tunnel",
+        Forward::Fnat => "FullNat",
+    }
+}
+
+fn fwd_switch(f: Forward) -> &'static str {
+    match f {
+        Forward::Nat => "-m",
+        Forward::Dr => "-g",
+        Forward::Tunnel => "-i",
+        // The long form: in ipvsadm-save text from LVS, `-b` is --sched-flags (with an
+        // argument), which `import_save` skips; DPVS's short `-b` is accepted on input.
+        Forward::Fnat => "--fullnat",
+    }
+}
+
+/// The listing of a config without any traffic (counters zero).
+pub fn list_of_config(cfg: &Config) -> ListData {
+    ListData {
+        size: CONN_TAB_SIZE,
+        services: cfg
+            .services
+            .iter()
+            .map(|s| ServiceView {
+                name: s.name.clone(),
+                proto: if s.protocol == Protocol::Tcp { "TCP" } else { "UDP" }.into(),
+                vip: s.vip,
+                port: service_port(s),
+                ports: fmt_ports(&s.ports),
+                fwmark: s.fwmark,
+                scheduler: s.scheduler.clone(),
+                persistent: s.persistence.map(|p| p.timeout),
+                netmask: s.persistence.map(|p| p.netmask).unwrap_or(if s.vip.is_ipv4() { 32 } else { 128 }),
+                ftp: s.ftp.is_some(),
+                dests: s
+                    .real_servers
+                    .iter()
+                    .map(|r| DestView {
+                        addr: r.address,
+                        port: shown_port(s, r.port),
+                        forward: fwd_name(r.forward.unwrap_or(s.forward)).into(),
+                        weight: r.weight,
+                        config_weight: r.weight,
+                        upper: r.upper,
+                        lower: r.lower,
+                        active: 0,
+                        inactive: 0,
+                        health: None,
+                        stats: Stats::default(),
+                    })
+                    .collect(),
+                stats: Stats::default(),
+            })
+            .collect(),
+        timeouts: [cfg.engine.timeouts.tcp_established, cfg.engine.timeouts.tcp_fin_wait, cfg.engine.timeouts.udp],
+    }
+}
+
+/// `ADDR:PORT` or `[V6]:PORT`.
+pub fn addrport(a: IpAddr, p: u16) -> String {
+    match a {
+        IpAddr::V4(a) => format!("{a}:{p}"),
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+    }
+}
+
+fn mask_dotted(prefix: u8) -> String {
+    let m = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+    Ipv4Addr::from(m).to_string()
+}
+
+fn af(a: &IpAddr) -> u8 {
+    if a.is_ipv4() {
+        2
+    } else {
+        10
+    }
+}
+
+fn ip_bytes(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// ipvsadm's order: by fwmark (none first), family, protocol, address, port.
+fn sorted_services(d: &ListData) -> Vec<ServiceView> {
+    let mut v = d.services.clone();
+    v.sort_by(|a, b| {
+        let k = |s: &ServiceView| {
+            (s.fwmark.unwrap_or(0), af(&s.vip), if s.proto == "TCP" { 6 } else { 17 }, ip_bytes(&s.vip), s.port)
+        };
+        k(a).cmp(&k(b))
+    });
+    for s in &mut v {
+        s.dests.sort_by(|a, b| (ip_bytes(&a.addr), a.port).cmp(&(ip_bytes(&b.addr), b.port)));
+    }
+    v
+}
+
+fn svc_name(s: &ServiceView) -> String {
+    if let Some(m) = s.fwmark {
+        return if s.vip.is_ipv4() { format!("FWM  {m}") } else { format!("FWM  {m} IPv6") };
+    }
+    let mut n = format!("{}  {}", s.proto, addrport(s.vip, s.port));
+    if s.vip.is_ipv4() {
+        n.truncate(33);
+    }
+    n
+}
+
+fn dest_name(s: &ServiceView, d: &DestView) -> String {
+    let mut n = addrport(d.addr, d.port);
+    if s.vip.is_ipv4() {
+        n.truncate(28);
+    }
+    n
+}
+
+fn largenum(o: &mut String, i: u64, exact: bool) {
+    if exact {
+        let len = i.to_string().len();
+        let w = if len <= 8 { 9 } else { len + 1 };
+        let _ = write!(o, "{i:>w$}");
+    } else if i < 100_000_000 {
+        let _ = write!(o, "{i:>9}");
+    } else if i < 1_000_000_000 {
+        let _ = write!(o, "{:>8}K", i / 1000);
+    } else if i < 100_000_000_000 {
+        let _ = write!(o, "{:>8}M", i / 1_000_000);
+    } else if i < 100_000_000_000_000 {
+        let _ = write!(o, "{:>8}G", i / 1_000_000_000);
+    } else {
+        let _ = write!(o, "{:>8}T", i / 1_000_000_000_000);
+    }
+}
+
+/// `ipvsadm -L` output (without `-c`, see [`format_conns`]).
+pub fn format_list(d: &ListData, o: &ListOpts) -> String {
+    let mut out = String::new();
+    if o.timeout {
+        let _ = writeln!(out, "Timeout (tcp tcpfin udp): {} {} {}", d.timeouts[0], d.timeouts[1], d.timeouts[2]);
+        return out;
+    }
+    let _ = writeln!(out, "IP Virtual Server version {IPVS_VERSION} (size={})", d.size);
+    let title = "Prot LocalAddress:Port";
+    if o.stats {
+        let _ = writeln!(
+            out,
+            "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+        );
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else if o.rate {
+        let _ = writeln!(out, "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS");
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else if o.thresholds {
+        let _ = writeln!(
+            out,
+            "{title:<33} {:<10} {:<10} {:<10} {:<10}",
+            "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+        );
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else if o.persistent_conn {
+        let _ =
+            writeln!(out, "{title:<33} {:<9} {:<11} {:<10} {:<10}", "Weight", "PersistConn", "ActiveConn", "InActConn");
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else {
+        out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
+        out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    }
+    let svcs = if o.sort { sorted_services(d) } else { d.services.clone() };
+    for s in svcs.iter().filter(|s| o.service.as_ref().map_or(true, |k| view_matches(s, k))) {
+        let name = svc_name(s);
+        let st = &s.stats;
+        if o.stats {
+            let _ = write!(out, "{name:<33}");
+            for v in [st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes] {
+                largenum(&mut out, v, o.exact);
+            }
+        } else if o.rate {
+            let _ = write!(out, "{name:<33}");
+            for v in [st.cps, st.inpps, st.outpps, st.inbps, st.outbps] {
+                largenum(&mut out, v, o.exact);
+            }
+        } else {
+            let _ = write!(out, "{name} {}", s.scheduler);
+            if let Some(t) = s.persistent {
+                let _ = write!(out, " persistent {t}");
+                if s.vip.is_ipv4() && s.netmask != 32 {
+                    let _ = write!(out, " mask {}", mask_dotted(s.netmask));
+                } else if !s.vip.is_ipv4() && s.netmask != 128 {
+                    let _ = write!(out, " mask {}", s.netmask);
+                }
+            }
+        }
+        out.push('\n');
+        for dv in &s.dests {
+            let dn = dest_name(s, dv);
+            let ds = &dv.stats;
+            if o.stats {
+                let _ = write!(out, "  -> {dn:<28}");
+                for v in [ds.conns, ds.inpkts, ds.outpkts, ds.inbytes, ds.outbytes] {
+                    largenum(&mut out, v, o.exact);
+                }
+                out.push('\n');
+            } else if o.rate {
+                let _ = write!(out, "  -> {dn:<28} {:>8} {:>8} {:>8}", ds.cps, ds.inpps, ds.outpps);
+                largenum(&mut out, ds.inbps, o.exact);
+                largenum(&mut out, ds.outbps, o.exact);
+                out.push('\n');
+            } else if o.thresholds {
+                let _ = writeln!(
+                    out,
+                    "  -> {dn:<28} {:<10} {:<10} {:<10} {:<10}",
+                    dv.upper, dv.lower, dv.active, dv.inactive
+                );
+            } else if o.persistent_conn {
+                let _ = writeln!(out, "  -> {dn:<28} {:<9} {:<11} {:<10} {:<10}", dv.weight, 0, dv.active, dv.inactive);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  -> {dn:<28} {:<7} {:<6} {:<10} {:<10}",
+                    dv.forward, dv.weight, dv.active, dv.inactive
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Does `k` name the listed service `s`?
+pub fn view_matches(s: &ServiceView, k: &SvcKey) -> bool {
+    match k {
+        SvcKey::Fwmark { mark, .. } => s.fwmark == Some(*mark),
+        SvcKey::Tcp { vip, port } | SvcKey::Udp { vip, port } => {
+            let proto = if matches!(k, SvcKey::Tcp { .. }) { "TCP" } else { "UDP" };
+            s.proto == proto
+                && s.vip == *vip
+                && parse_ports(&s.ports).map(|p| p.is_empty() || p.iter().any(|r| r.contains(*port))).unwrap_or(false)
+        }
+    }
+}
+
+pub use crate::flow::ConnRow;
+
+/// `ipvsadm -L -c -n` output.
+pub fn format_conns(conns: &[ConnRow]) -> String {
+    let mut out = String::from("IPVS connection entries\n");
+    let _ = writeln!(out, "pro expire {:<11} {:<18} {:<18} {}", "state", "source", "virtual", "destination");
+    for c in conns {
+        let exp = format!("{:02}:{:02}", c.expires_in_s / 60, c.expires_in_s % 60);
+        let _ = write!(out, "{:<3} {:<6} {:<11} {:<18} {:<18} {}", c.proto, exp, c.state, c.client, c.vip, c.real);
+        // Full NAT: where the real server sees the connection come from.
+        match &c.local {
+            Some(l) => {
+                let _ = writeln!(out, " (local {l})");
+            }
+            None => out.push('\n'),
+        }
+    }
+    out
+}
+
+/// ferrovs-only connection listing with FTP control/data relations.
+pub fn format_conns_ftp(conns: &[ConnRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<3} {:<6} {:<6} {:<11} {:<24} {:<24} {:<24} {:<8} {:<8} {}",
+        "pro", "worker", "id", "state", "source", "virtual", "destination", "expire", "pkts", "ftp"
+    );
+    for c in conns {
+        let ftp = if c.ftp_control {
+            format!("control ({} data)", c.children)
+        } else if let Some(p) = c.parent {
+            format!("data of {}/{}", c.worker, p)
+        } else {
+            "-".into()
+        };
+        let exp = format!("{:02}:{:02}", c.expires_in_s / 60, c.expires_in_s % 60);
+        let _ = writeln!(
+            out,
+            "{:<3} {:<6} {:<6} {:<11} {:<24} {:<24} {:<24} {:<8} {:<8} {}",
+            c.proto,
+            c.worker,
+            c.id,
+            c.state,
+            c.client,
+            c.vip,
+            c.real,
+            exp,
+            c.pkts_in + c.pkts_out,
+            ftp
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// -S: ipvsadm-save.
+
+fn needs_ext(s: &Service) -> bool {
+    let single = matches!(s.ports.as_slice(), [r] if r.lo == r.hi);
+    let default_ftp = (s.protocol == Protocol::Tcp && s.ports.iter().any(|r| r.contains(21))).then(FtpOptions::default);
+    s.fwmark.is_some() || !single || s.name != default_name(s.protocol, s.vip, service_port(s)) || s.ftp != default_ftp
+}
+
+/// `ipvsadm -S -n` output for `cfg` (with `# ferrovs-service` comments
+/// before services ipvsadm's syntax cannot fully describe).
+pub fn format_save(cfg: &Config) -> String {
+    let mut out = String::new();
+    let mut svcs: Vec<&Service> = cfg.services.iter().collect();
+    svcs.sort_by(|a, b| {
+        let k = |s: &Service| {
+            (
+                s.fwmark.unwrap_or(0),
+                af(&s.vip),
+                if s.protocol == Protocol::Tcp { 6 } else { 17 },
+                ip_bytes(&s.vip),
+                service_port(s),
+            )
+        };
+        k(a).cmp(&k(b))
+    });
+    for s in svcs {
+        if needs_ext(s) {
+            let _ = write!(
+                out,
+                "# ferrovs-service name={} proto={} vip={} ports={}",
+                s.name,
+                if s.protocol == Protocol::Tcp { "tcp" } else { "udp" },
+                s.vip,
+                fmt_ports(&s.ports)
+            );
+            if let Some(m) = s.fwmark {
+                let _ = write!(out, " fwmark={m}");
+            }
+            match &s.ftp {
+                None => out.push_str(" ftp=none"),
+                Some(f) => {
+                    let ports: Vec<String> = f.control_ports.iter().map(|p| p.to_string()).collect();
+                    let _ = write!(out, " ftp={} ftp-pinhole={}", ports.join(","), f.pinhole_timeout);
+                    if f.allow_foreign_port_address {
+                        out.push_str(" ftp-foreign");
+                    }
+                }
+            }
+            out.push('\n');
+        }
+        let name = match s.fwmark {
+            Some(m) if s.vip.is_ipv4() => format!("-f {m}"),
+            Some(m) => format!("-f {m} -6"),
+            None => format!(
+                "{} {}",
+                if s.protocol == Protocol::Tcp { "-t" } else { "-u" },
+                addrport(s.vip, service_port(s))
+            ),
+        };
+        let _ = write!(out, "-A {name} -s {}", s.scheduler);
+        if let Some(p) = s.persistence {
+            let _ = write!(out, " -p {}", p.timeout);
+            if s.vip.is_ipv4() && p.netmask != 32 {
+                let _ = write!(out, " -M {}", mask_dotted(p.netmask));
+            } else if !s.vip.is_ipv4() && p.netmask != 128 {
+                let _ = write!(out, " -M {}", p.netmask);
+            }
+        }
+        out.push('\n');
+        let mut rs: Vec<&RealServer> = s.real_servers.iter().collect();
+        rs.sort_by(|a, b| {
+            (ip_bytes(&a.address), shown_port(s, a.port)).cmp(&(ip_bytes(&b.address), shown_port(s, b.port)))
+        });
+        for r in rs {
+            let _ = write!(
+                out,
+                "-a {name} -r {} {} -w {}",
+                addrport(r.address, shown_port(s, r.port)),
+                fwd_switch(r.forward.unwrap_or(s.forward)),
+                r.weight
+            );
+            if r.upper != 0 {
+                let _ = write!(out, " -x {}", r.upper);
+            }
+            if r.lower != 0 {
+                let _ = write!(out, " -y {}", r.lower);
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `ferrovs config import --from ipvsadm` (the samples live with the
+    // other importers' in cfg/tests/data).
+    const SAVE_FTP: &str = include_str!("../../../cfg/tests/data/ipvsadm-save-ftp.txt");
+    const FWMARK: &str = include_str!("../../../cfg/tests/data/ipvsadm-save-fwmark.txt");
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Render, prepend a memory-backend engine, parse back: equal services.
+    fn roundtrip(imp: &Import) {
+        let t = format!("[engine]\nbackend = \"memory\"\n\n{}", imp.to_toml());
+        let c = Config::from_str(&t, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{t}"));
+        assert_eq!(c.services, imp.services, "{t}");
+    }
+
+    /// ipvsadm words, a few ferrovs does not implement, and junk.
+    const TOKENS: &[&str] = &[
+        "-A",
+        "-a",
+        "-E",
+        "-e",
+        "-D",
+        "-d",
+        "-C",
+        "--set",
+        "-t",
+        "-u",
+        "-f",
+        "-6",
+        "-s",
+        "rr",
+        "nope",
+        "-p",
+        "300",
+        "-M",
+        "255.255.255.0",
+        "64",
+        "-r",
+        "10.0.0.1:80",
+        "10.0.2.2",
+        "[fd00::1]:21",
+        "10.0.0.1:0",
+        "21",
+        "-g",
+        "-m",
+        "-i",
+        "-w",
+        "70000",
+        "1",
+        "-x",
+        "-y",
+        "-b",
+        "--pe",
+        "-o",
+        "ipvsadm",
+        "#",
+        "'",
+        "\"",
+        "-L",
+        "--socket",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        #[test]
+        fn import_never_panics_and_errors_name_a_line(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(TOKENS), 0..9), 0..7)
+        ) {
+            let text = lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n");
+            match import_save(&text, &MarkMap::new()) {
+                Ok(imp) => {
+                    let _ = imp.to_toml();
+                }
+                Err(e) => proptest::prop_assert!(e.line.is_some_and(|l| l >= 1 && l <= lines.len()), "{e}"),
+            }
+        }
+    }
+
+    fn warned(imp: &Import, line: usize, part: &str) -> bool {
+        imp.warnings.iter().any(|w| w.starts_with(&format!("line {line}:")) && w.contains(part))
+    }
+
+    #[test]
+    fn ipvsadm_save() {
+        let imp = import_save(SAVE_FTP, &MarkMap::new()).unwrap();
+        roundtrip(&imp);
+        assert_eq!(imp.services.len(), 4);
+        let ftp = &imp.services[0];
+        assert_eq!(ftp.name, "tcp-10.0.0.100-21");
+        assert_eq!(ftp.persistence, Some(Persistence { timeout: 300, netmask: 32 }));
+        assert!(ftp.ftp.is_some());
+        assert_eq!(ftp.forward, Forward::Nat);
+        assert_eq!(
+            ftp.real_servers[1],
+            RealServer {
+                address: ip("10.0.2.3"),
+                port: Some(21),
+                weight: 2,
+                upper: 0,
+                lower: 0,
+                forward: None,
+                proxy_protocol: None
+            }
+        );
+        let web = &imp.services[1];
+        assert_eq!(web.ftp, None);
+        assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
+        let dns = &imp.services[2];
+        assert_eq!((dns.protocol, dns.forward, dns.scheduler.as_str()), (Protocol::Udp, Forward::Dr, "sh"));
+        let v6 = &imp.services[3];
+        assert_eq!(v6.vip, ip("fd00::100"));
+        assert_eq!(v6.persistence, Some(Persistence { timeout: 600, netmask: 64 }));
+        assert_eq!(v6.real_servers[0].address, ip("fd00:2::2"));
+    }
+
+    #[test]
+    fn ipvsadm_fwmark() {
+        let imp = import_save(FWMARK, &MarkMap::new()).unwrap();
+        roundtrip(&imp);
+        let fw = &imp.services[0];
+        assert_eq!((fw.name.as_str(), fw.fwmark, fw.vip), ("fwm21", Some(21), ip("0.0.0.0")));
+        assert!(fw.ports.is_empty());
+        assert_eq!(fw.forward, Forward::Dr);
+        assert_eq!(fw.real_servers[0].port, None, ":0 means the client's port");
+        assert!(warned(&imp, 1, "firewall mark 21"));
+        let tun = &imp.services[1];
+        assert_eq!(tun.persistence, Some(Persistence { timeout: 3600, netmask: 24 }));
+        assert_eq!(tun.forward, Forward::Tunnel);
+        assert_eq!(tun.real_servers[1].forward, Some(Forward::Dr), "per-server method kept");
+
+        let mut marks = MarkMap::new();
+        marks.insert(21, (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 20000 }]));
+        let imp = import_save(FWMARK, &marks).unwrap();
+        let fw = &imp.services[0];
+        assert_eq!(fw.vip, ip("10.0.0.100"));
+        assert!(fw.has_port(15000) && fw.ftp.is_some());
+        roundtrip(&imp);
+    }
+
+    #[test]
+    fn ipvsadm_details_and_errors() {
+        // `ipvsadm` prefix, long options, -p without a value, port names,
+        // options ferrovs does not implement (warned, skipped).
+        let imp = import_save(
+            "ipvsadm --add-service --tcp-service 10.0.0.1:http --scheduler rr --persistent\n\
+             -a -t 10.0.0.1:http -r 10.0.2.2 -m\n-A -t 10.0.0.1:443 -s wlc -o\n",
+            &MarkMap::new(),
+        )
+        .unwrap();
+        assert_eq!(imp.services[0].ports, vec![PortRange { lo: 80, hi: 80 }]);
+        assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 300, netmask: 32 }));
+        assert_eq!(imp.services[0].real_servers[0].port, None);
+        assert!(warned(&imp, 3, "-o"));
+
+        let cases: &[(&str, usize, &str)] = &[
+            ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.2:80 -r 10.0.2.2:80 -m\n", 2, "no such service"),
+            ("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n", 2, "already exists"),
+            ("\n-A -t 10.0.0.1 -s rr\n", 2, "needs a port"),
+            ("-A -t 10.0.0.1:80 -s nope\n", 1, "unknown scheduler"),
+            ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.2.2:80 -w 70000\n", 2, "illegal weight"),
+            ("-A -t 10.0.0.1:80 -s\n", 1, "requires an argument"),
+            ("-A -t 10.0.0.1:80 -p 60 -M 255.0.255.0\n", 1, "not contiguous"),
+            ("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80\n", 2, "no real server"),
+        ];
+        for (t, line, part) in cases {
+            let e = import_save(t, &MarkMap::new()).expect_err(t);
+            assert_eq!(e.line, Some(*line), "{t}: {e}");
+            assert!(e.message.contains(part), "{t}: {e}");
+            assert_eq!(e.file, "ipvsadm");
+        }
+    }
+
+    fn base() -> Config {
+        Config::from_str("[engine]\nbackend = \"memory\"\n", "<test>").unwrap()
+    }
+
+    fn run(cfg: &mut Config, line: &str) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match parse_args(&words).unwrap().action {
+            Action::Edit(c) => apply(cfg, &c).unwrap(),
+            a => panic!("not an edit: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn brief_example_list() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.1.100:21 -s rr -p");
+        run(&mut c, "-a -t 10.0.1.100:21 -r 10.0.2.2:21 -m");
+        let out = format_list(&list_of_config(&c), &ListOpts { numeric: true, sort: true, ..Default::default() });
+        assert_eq!(
+            out,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+             Prot LocalAddress:Port Scheduler Flags\n  \
+             -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+             TCP  10.0.1.100:21 rr persistent 300\n  \
+             -> 10.0.2.2:21                  Masq    1      0          0         \n"
+        );
+        assert!(c.services[0].ftp.is_some(), "port 21 gets the FTP gateway");
+    }
+
+    #[test]
+    fn fullnat_servers_list_as_fullnat() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.1.100:80 -s rr");
+        c.services[0].local_addresses = vec!["10.0.2.200".parse().unwrap()];
+        run(&mut c, "-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b");
+        run(&mut c, "-a -t 10.0.1.100:80 -r 10.0.2.3:80 --fullnat -w 2");
+        assert_eq!(c.services[0].forward, Forward::Fnat);
+        let out = format_list(&list_of_config(&c), &ListOpts { numeric: true, sort: true, ..Default::default() });
+        assert_eq!(
+            out,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+             Prot LocalAddress:Port Scheduler Flags\n  \
+             -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+             TCP  10.0.1.100:80 rr\n  \
+             -> 10.0.2.2:80                  FullNat 1      0          0         \n  \
+             -> 10.0.2.3:80                  FullNat 2      0          0         \n"
+        );
+        assert!(format_save(&c).contains("-a -t 10.0.1.100:80 -r 10.0.2.2:80 --fullnat -w 1"), "{}", format_save(&c));
+        // Without local addresses the edited config does not validate (the control socket
+        // re-validates every edit).
+        let mut bare = base();
+        run(&mut bare, "-A -t 10.0.1.100:80 -s rr");
+        run(&mut bare, "-a -t 10.0.1.100:80 -r 10.0.2.2:80 -b");
+        let e = crate::ctl::control::validate(&bare).unwrap_err();
+        assert!(e.contains("needs local_addresses"), "{e}");
+    }
+
+    #[test]
+    fn lvs_howto_sequence() {
+        // From the LVS-HOWTO / ipvsadm(8) examples.
+        let mut c = base();
+        for l in [
+            "-A -t 207.175.44.110:80 -s rr",
+            "-a -t 207.175.44.110:80 -r 192.168.10.1:80 -m",
+            "-a -t 207.175.44.110:80 -r 192.168.10.2:80 -m",
+            "-a -t 207.175.44.110:80 -r 192.168.10.3:80 -m -w 2",
+            "--add-service --udp-service 207.175.44.110:53 --scheduler wlc",
+            "--add-server --udp-service 207.175.44.110:53 --real-server 192.168.10.1 --gatewaying --weight 3",
+            "-A -t [2001:db8::1]:443 -s sh -p 600 -M 64",
+            "-a -t [2001:db8::1]:443 -r [2001:db8:1::2]:443 -i",
+        ] {
+            run(&mut c, l);
+        }
+        let out = format_list(&list_of_config(&c), &ListOpts { numeric: true, sort: true, ..Default::default() });
+        let want = "IP Virtual Server version 1.2.1 (size=4096)\n\
+Prot LocalAddress:Port Scheduler Flags\n\
+\x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+TCP  207.175.44.110:80 rr\n\
+\x20 -> 192.168.10.1:80              Masq    1      0          0         \n\
+\x20 -> 192.168.10.2:80              Masq    1      0          0         \n\
+\x20 -> 192.168.10.3:80              Masq    2      0          0         \n\
+UDP  207.175.44.110:53 wlc\n\
+\x20 -> 192.168.10.1:53              Route   3      0          0         \n\
+TCP  [2001:db8::1]:443 sh persistent 600 mask 64\n\
+\x20 -> [2001:db8:1::2]:443          Tunnel  1      0          0         \n";
+        assert_eq!(out, want);
+        let save = format_save(&c);
+        assert_eq!(
+            save,
+            "-A -t 207.175.44.110:80 -s rr\n\
+-a -t 207.175.44.110:80 -r 192.168.10.1:80 -m -w 1\n\
+-a -t 207.175.44.110:80 -r 192.168.10.2:80 -m -w 1\n\
+-a -t 207.175.44.110:80 -r 192.168.10.3:80 -m -w 2\n\
+-A -u 207.175.44.110:53 -s wlc\n\
+-a -u 207.175.44.110:53 -r 192.168.10.1:53 -g -w 3\n\
+-A -t [2001:db8::1]:443 -s sh -p 600 -M 64\n\
+-a -t [2001:db8::1]:443 -r [2001:db8:1::2]:443 -i -w 1\n"
+        );
+        // -S, -C, -R gives the same state.
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
+    }
+
+    #[test]
+    fn stats_rate_formats() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.1:80 -s wrr");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.2 -m -w 2");
+        let mut d = list_of_config(&c);
+        d.services[0].stats =
+            Stats { conns: 12, inpkts: 345, outpkts: 300, inbytes: 123_456_789_012, outbytes: 5, ..Default::default() };
+        d.services[0].dests[0].stats =
+            Stats { conns: 12, cps: 3, inpps: 40, outpps: 30, inbps: 2000, outbps: 100, ..Default::default() };
+        let s = format_list(&d, &ListOpts { stats: true, sort: true, ..Default::default() });
+        assert_eq!(
+            s,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n\
+\x20 -> RemoteAddress:Port\n\
+TCP  10.0.0.1:80                        12      345      300     123G        5\n\
+\x20 -> 10.0.2.2:80                        12        0        0        0        0\n"
+        );
+        let r = format_list(&d, &ListOpts { rate: true, sort: true, ..Default::default() });
+        assert_eq!(
+            r,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n\
+\x20 -> RemoteAddress:Port\n\
+TCP  10.0.0.1:80                         0        0        0        0        0\n\
+\x20 -> 10.0.2.2:80                         3       40       30     2000      100\n"
+        );
+        assert_eq!(
+            format_list(&d, &ListOpts { timeout: true, ..Default::default() }),
+            "Timeout (tcp tcpfin udp): 900 120 300\n"
+        );
+    }
+
+    #[test]
+    fn conn_listing() {
+        let c = ConnRow {
+            worker: 0,
+            id: 7,
+            proto: "TCP".into(),
+            client: "10.0.1.2:40000".into(),
+            vip: "10.0.1.100:21".into(),
+            real: "10.0.2.2:21".into(),
+            state: "ESTABLISHED".into(),
+            expires_in_s: 899,
+            service: "ftp".into(),
+            ftp_control: true,
+            parent: None,
+            children: 1,
+            pkts_in: 3,
+            pkts_out: 4,
+            local: None,
+        };
+        let f = ConnRow { local: Some("10.0.2.200:2000".into()), ..c.clone() };
+        assert_eq!(
+            format_conns(&[c, f]),
+            "IPVS connection entries\n\
+pro expire state       source             virtual            destination\n\
+TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21\n\
+TCP 14:59  ESTABLISHED 10.0.1.2:40000     10.0.1.100:21      10.0.2.2:21 (local 10.0.2.200:2000)\n"
+        );
+    }
+
+    #[test]
+    fn port_groups_and_fwmarks_roundtrip() {
+        let text = r#"
+[engine]
+backend = "memory"
+
+[[service]]
+name = "ftp"
+vip = "10.0.0.100"
+ports = [21, "10000-10100"]
+fwmark = 21
+scheduler = "rr"
+forward = "nat"
+persistence = 300
+ftp = true
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web"
+vip = "10.0.0.100"
+ports = [80, "8000-8100"]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "10.0.2.3"
+weight = 2
+upper = 100
+lower = 50
+"#;
+        let mut c = Config::from_str(text, "<t>").unwrap();
+        let l = format_list(&list_of_config(&c), &ListOpts { sort: true, ..Default::default() });
+        assert_eq!(
+            l,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+Prot LocalAddress:Port Scheduler Flags\n\
+\x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+TCP  10.0.0.100:80 rr\n\
+\x20 -> 10.0.2.3:0                   Masq    2      0          0         \n\
+FWM  21 rr persistent 300\n\
+\x20 -> 10.0.2.2:0                   Masq    1      0          0         \n"
+        );
+        // -A -f for an unknown mark explains.
+        let e = apply(
+            &mut c,
+            &Command::AddService {
+                key: SvcKey::Fwmark { mark: 99, v6: false },
+                scheduler: None,
+                persistent: None,
+                netmask: None,
+                ext: None,
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("declare the port group"), "{e}");
+        // -E -f edits the existing one.
+        run(&mut c, "-E -f 21 -s wlc -p 600");
+        assert_eq!(c.services[0].scheduler, "wlc");
+        // -a -t VIP:8050 finds the web port group.
+        run(&mut c, "-a -t 10.0.0.100:8050 -r 10.0.2.4 -m");
+        assert_eq!(c.services[1].real_servers.len(), 2);
+        let save = format_save(&c);
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
+        assert_eq!(c.services.len(), c2.services.len());
+        for a in &c.services {
+            let b = c2.services.iter().find(|b| b.name == a.name).expect("same names");
+            assert_eq!(a.ports, b.ports);
+            assert_eq!(a.fwmark, b.fwmark);
+            assert_eq!(a.ftp, b.ftp);
+        }
+    }
+
+    #[test]
+    fn parse_errors() {
+        for bad in [
+            vec!["-A", "-t", "10.0.0.1"],
+            vec!["-A", "-t", "nonsense:80"],
+            vec!["-A", "-t", "10.0.0.1:80", "-s", "bogus"],
+            vec!["-a", "-t", "10.0.0.1:80"],
+            vec!["-A", "-a"],
+            vec!["-Q"],
+            vec!["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "70000"],
+        ] {
+            assert!(parse_args(&bad).is_err(), "{bad:?} should fail");
+        }
+        let inv = parse_args(&["-L", "-n", "--socket", "/tmp/x.sock", "--json"]).unwrap();
+        assert_eq!(inv.socket.as_deref(), Some("/tmp/x.sock"));
+        assert!(inv.json);
+        let inv = parse_args(&["--set", "900", "0", "300"]).unwrap();
+        assert_eq!(inv.action, Action::Edit(Command::SetTimeouts { tcp: 900, tcpfin: 0, udp: 300 }));
+        // ipvsadm accepts glued forms: -t10.0.0.1:80 and --weight=3
+        let inv = parse_args(&["-a", "-t10.0.0.1:80", "-r", "10.0.0.2", "--weight=3"]).unwrap();
+        assert!(matches!(inv.action, Action::Edit(Command::AddServer { weight: Some(3), .. })));
+    }
+
+    #[test]
+    fn edits() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.1:80");
+        assert!(apply(&mut c, &parse_rules("-A -t 10.0.0.1:80").unwrap()[0]).is_err());
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.2:80 -m -w 5");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.3 -m");
+        run(&mut c, "-e -t 10.0.0.1:80 -r 10.0.2.2:80 -w 0");
+        assert_eq!(c.services[0].real_servers[0].weight, 0);
+        assert_eq!(c.services[0].forward, Forward::Nat, "-e keeps the forwarding method");
+        run(&mut c, "-d -t 10.0.0.1:80 -r 10.0.2.3:80");
+        assert_eq!(c.services[0].real_servers.len(), 1);
+        run(&mut c, "-E -t 10.0.0.1:80 -s lc -p 60 -M 255.255.255.0");
+        assert_eq!(c.services[0].persistence, Some(Persistence { timeout: 60, netmask: 24 }));
+        assert!(format_save(&c).contains("-A -t 10.0.0.1:80 -s lc -p 60 -M 255.255.255.0\n"));
+        run(&mut c, "--set 100 20 30");
+        assert_eq!(c.engine.timeouts.tcp_established, 100);
+        run(&mut c, "-D -t 10.0.0.1:80");
+        assert!(c.services.is_empty());
+    }
+}

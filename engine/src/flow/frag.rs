@@ -1,0 +1,380 @@
+//! IP fragments of tracked connections, forwarded without reassembly (IPv4 and IPv6).
+//!
+//! IPVS forwards fragments after the kernel's defragmentation (nf_defrag) reassembled them;
+//! DPVS lists fragments as a TODO. A balancer needs neither reassembly nor its memory: only the
+//! first fragment carries the ports, so it alone decides (or creates) the connection and is
+//! rewritten like any packet (the incremental L4 checksum update stays right for the whole
+//! datagram: only pseudo-header and port words change). Later fragments are matched by
+//! (source, destination, protocol, IP ID / fragment ID) in a bounded per-worker table with a
+//! short timeout and get the same IP-level rewrite. Fragments that arrive before the first one
+//! are held in a bounded buffer and released when it comes, or dropped (counted) when it does
+//! not. Overlapping fragments (RFC 5722 for IPv6, RFC 1858 "tiny fragment" and overlap
+//! attacks for IPv4) poison their datagram: it is dropped, counted.
+//!
+//! This module holds the pure parts: the fragment parser and the table. The worker drives
+//! them (`Worker::fragment`).
+
+use crate::wire::parse::{v4_to_addr, v6_to_addr, Addr, ParseError, Parsed, PROTO_TCP, PROTO_UDP};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+
+/// How long a datagram's fragments are matched after its first fragment (ns). Linux keeps
+/// fragments 30 s for reassembly; a balancer forwarding on the fly needs only the spread of
+/// one datagram's fragments in flight.
+pub const FRAG_TIMEOUT: u64 = 5_000_000_000;
+/// Datagrams tracked per worker.
+pub const MAX_FRAG_ENTRIES: usize = 4096;
+/// Fragments held per worker while waiting for their first fragment.
+pub const MAX_FRAG_HELD: usize = 64;
+/// How long a fragment waits for its first fragment (ns).
+pub const FRAG_HOLD_NS: u64 = 1_000_000_000;
+/// Byte ranges remembered per datagram for overlap detection; a datagram cut into more
+/// fragments than this is still forwarded, the later ranges unchecked.
+const RANGES: usize = 12;
+
+/// One fragment's IP-level facts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    pub l3: usize,
+    /// First byte of the fragment's data (after the IPv4 header / the IPv6 fragment header).
+    pub data: usize,
+    /// End of the IP packet in the frame.
+    pub end: usize,
+    pub v6: bool,
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    pub id: u32,
+    /// Offset of `data` in the original datagram, in bytes.
+    pub offset: u32,
+    pub more: bool,
+}
+
+impl Fragment {
+    pub fn key(&self) -> FragKey {
+        FragKey { src: self.src, dst: self.dst, proto: self.proto, id: self.id }
+    }
+
+    /// The byte range of the datagram this fragment carries.
+    pub fn range(&self) -> (u32, u32) {
+        (self.offset, self.offset + (self.end - self.data) as u32)
+    }
+
+    /// The first fragment as an ordinary packet: ports and flags from its transport header,
+    /// which must lie entirely inside it (otherwise `Err(FragTiny)`-worthy: `None`).
+    pub fn first(&self, frame: &[u8]) -> Option<Parsed> {
+        if self.offset != 0 {
+            return None;
+        }
+        let l4 = frame.get(self.data..self.end)?;
+        let mut p = Parsed {
+            l3: self.l3,
+            l4: self.data,
+            end: self.end,
+            v6: self.v6,
+            proto: self.proto,
+            src: self.src,
+            dst: self.dst,
+            ..Default::default()
+        };
+        match self.proto {
+            PROTO_TCP => {
+                let t = l4.get(..20)?;
+                let hl = (t[12] >> 4) as usize * 4;
+                if hl < 20 || hl > l4.len() {
+                    return None;
+                }
+                p.sport = u16::from_be_bytes([t[0], t[1]]);
+                p.dport = u16::from_be_bytes([t[2], t[3]]);
+                p.tcp_flags = t[13] & 0x3f;
+                p.payload = self.data + hl;
+            }
+            PROTO_UDP => {
+                let u = l4.get(..8)?;
+                p.sport = u16::from_be_bytes([u[0], u[1]]);
+                p.dport = u16::from_be_bytes([u[2], u[3]]);
+                p.payload = self.data + 8;
+            }
+            _ => return None,
+        }
+        Some(p)
+    }
+
+    /// The fragment as a `Parsed` for IP-level work (tunnel encapsulation).
+    pub fn as_parsed(&self) -> Parsed {
+        Parsed {
+            l3: self.l3,
+            l4: self.data,
+            payload: self.data,
+            end: self.end,
+            v6: self.v6,
+            proto: self.proto,
+            src: self.src,
+            dst: self.dst,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses an Ethernet frame holding an IP fragment. IPv6: the fragment header must follow
+/// the fixed header directly (other extension headers before it: `Unsupported`).
+pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
+    let eth = frame.get(..14).ok_or(ParseError::Malformed)?;
+    let (off, et) = match [eth[12], eth[13]] {
+        [0x81, 0x00] => {
+            let t = frame.get(16..18).ok_or(ParseError::Malformed)?;
+            (18, u16::from_be_bytes([t[0], t[1]]))
+        }
+        et => (14, u16::from_be_bytes(et)),
+    };
+    match et {
+        0x0800 => {
+            let h = frame.get(off..off + 20).ok_or(ParseError::Malformed)?;
+            let ihl = (h[0] & 0xf) as usize * 4;
+            let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+            if h[0] >> 4 != 4 || ihl < 20 || total < ihl || off + total > frame.len() {
+                return Err(ParseError::Malformed);
+            }
+            let fl = u16::from_be_bytes([h[6], h[7]]);
+            let (offset, more) = (u32::from(fl & 0x1fff) * 8, fl & 0x2000 != 0);
+            if offset == 0 && !more {
+                return Err(ParseError::Malformed); // not a fragment
+            }
+            if more && (total - ihl) % 8 != 0 {
+                return Err(ParseError::Malformed);
+            }
+            Ok(Fragment {
+                l3: off,
+                data: off + ihl,
+                end: off + total,
+                v6: false,
+                proto: h[9],
+                src: v4_to_addr([h[12], h[13], h[14], h[15]]),
+                dst: v4_to_addr([h[16], h[17], h[18], h[19]]),
+                id: u32::from(u16::from_be_bytes([h[4], h[5]])),
+                offset,
+                more,
+            })
+        }
+        0x86dd => {
+            let h = frame.get(off..off + 48).ok_or(ParseError::Malformed)?;
+            let end = off + 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
+            if h[0] >> 4 != 6 || end > frame.len() || end < off + 48 {
+                return Err(ParseError::Malformed);
+            }
+            if h[6] != 44 {
+                return Err(ParseError::Unsupported);
+            }
+            let f = &h[40..48];
+            let fo = u16::from_be_bytes([f[2], f[3]]);
+            let (offset, more) = (u32::from(fo & 0xfff8), fo & 1 != 0);
+            if more && (end - off - 48) % 8 != 0 {
+                return Err(ParseError::Malformed);
+            }
+            let s: [u8; 16] = h[8..24].try_into().map_err(|_| ParseError::Malformed)?;
+            let d: [u8; 16] = h[24..40].try_into().map_err(|_| ParseError::Malformed)?;
+            Ok(Fragment {
+                l3: off,
+                data: off + 48,
+                end,
+                v6: true,
+                proto: f[0],
+                src: v6_to_addr(s),
+                dst: v6_to_addr(d),
+                id: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+                offset,
+                more,
+            })
+        }
+        _ => Err(ParseError::Unsupported),
+    }
+}
+
+/// A datagram: the fragments sharing (source, destination, protocol, ID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub proto: u8,
+    pub id: u32,
+}
+
+/// What a datagram's first fragment decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragFlow {
+    /// The connection (flow index, generation) and whether the datagram travels inbound.
+    pub conn: u32,
+    pub gen: u32,
+    pub inbound: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    flow: FragFlow,
+    expires: u64,
+    poisoned: bool,
+    ranges: [(u32, u32); RANGES],
+    n: u8,
+}
+
+/// Why a fragment is not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FragVerdict {
+    /// Forward it on this connection.
+    Forward(FragFlow),
+    /// Its first fragment has not been seen (yet).
+    Unknown,
+    /// It overlaps another fragment of its datagram (or follows one that did).
+    Overlap,
+}
+
+/// The per-worker table of datagrams in flight.
+pub struct FragTable {
+    map: HashMap<FragKey, Entry>,
+    order: VecDeque<(FragKey, u64)>,
+    /// Entries evicted because the table was full.
+    pub evicted: u64,
+}
+
+impl Default for FragTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FragTable {
+    pub fn new() -> Self {
+        FragTable { map: HashMap::with_capacity(64), order: VecDeque::with_capacity(64), evicted: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Records the first fragment of `key` (carrying `range`). A second "first" fragment of a
+    /// live datagram overlaps it.
+    pub fn first(&mut self, key: FragKey, flow: FragFlow, range: (u32, u32), now: u64) -> FragVerdict {
+        if let Some(e) = self.map.get_mut(&key) {
+            if e.expires > now {
+                e.poisoned = true;
+                return FragVerdict::Overlap;
+            }
+        }
+        self.sweep(now, 4);
+        if self.map.len() >= MAX_FRAG_ENTRIES {
+            while let Some((k, exp)) = self.order.pop_front() {
+                if self.map.get(&k).is_some_and(|e| e.expires == exp) {
+                    self.map.remove(&k);
+                    self.evicted += 1;
+                    break;
+                }
+            }
+        }
+        let expires = now + FRAG_TIMEOUT;
+        let mut ranges = [(0, 0); RANGES];
+        ranges[0] = range;
+        self.map.insert(key, Entry { flow, expires, poisoned: false, ranges, n: 1 });
+        self.order.push_back((key, expires));
+        FragVerdict::Forward(flow)
+    }
+
+    /// A later fragment of `key` carrying `range`.
+    pub fn later(&mut self, key: &FragKey, range: (u32, u32), now: u64) -> FragVerdict {
+        let Some(e) = self.map.get_mut(key) else { return FragVerdict::Unknown };
+        if e.expires <= now {
+            self.map.remove(key);
+            return FragVerdict::Unknown;
+        }
+        if e.poisoned {
+            return FragVerdict::Overlap;
+        }
+        let (a, b) = range;
+        if e.ranges[..e.n as usize].iter().any(|&(x, y)| a < y && x < b) {
+            e.poisoned = true;
+            return FragVerdict::Overlap;
+        }
+        if (e.n as usize) < RANGES {
+            e.ranges[e.n as usize] = range;
+            e.n += 1;
+        }
+        FragVerdict::Forward(e.flow)
+    }
+
+    /// Drops up to `budget` expired datagrams from the oldest end. No allocation.
+    pub fn sweep(&mut self, now: u64, mut budget: usize) {
+        while budget > 0 {
+            let Some(&(k, exp)) = self.order.front() else { break };
+            if exp > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&k).is_some_and(|e| e.expires == exp) {
+                self.map.remove(&k);
+            }
+            budget -= 1;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testpkt::{fragment4, fragment6, udp4, udp6, V6A, V6B};
+
+    #[test]
+    fn parses_ipv4_and_ipv6_fragments() {
+        let d = udp4([10, 0, 1, 2], 5000, [10, 0, 1, 100], 53, &[7u8; 3000]);
+        let frags = fragment4(&d, 1500, 0x1234);
+        assert_eq!(frags.len(), 3);
+        let f0 = parse_fragment(&frags[0]).unwrap();
+        assert_eq!((f0.offset, f0.more, f0.id, f0.proto), (0, true, 0x1234, PROTO_UDP));
+        let p = f0.first(&frags[0]).unwrap();
+        assert_eq!((p.sport, p.dport), (5000, 53));
+        let f2 = parse_fragment(&frags[2]).unwrap();
+        assert!(!f2.more && f2.offset > 0 && f2.first(&frags[2]).is_none());
+        let total: u32 = frags.iter().map(|f| parse_fragment(f).unwrap()).map(|f| f.range().1 - f.range().0).sum();
+        assert_eq!(total, 3008);
+        let d6 = udp6(V6A, 5000, V6B, 53, &[9u8; 3000]);
+        let frags = fragment6(&d6, 1500, 0xdead_beef);
+        let f0 = parse_fragment(&frags[0]).unwrap();
+        assert_eq!((f0.offset, f0.more, f0.id, f0.v6), (0, true, 0xdead_beef, true));
+        assert_eq!(f0.first(&frags[0]).unwrap().dport, 53);
+        // Not fragments / garbage.
+        assert!(parse_fragment(&d).is_err());
+        assert!(parse_fragment(&[0u8; 10]).is_err());
+        for cut in 0..frags[1].len() {
+            let _ = parse_fragment(&frags[1][..cut]);
+        }
+    }
+
+    #[test]
+    fn overlaps_poison_the_datagram_and_the_table_is_bounded() {
+        let mut t = FragTable::new();
+        let k = FragKey { src: 1, dst: 2, proto: PROTO_UDP, id: 7 };
+        let fl = FragFlow { conn: 3, gen: 1, inbound: true };
+        assert_eq!(t.first(k, fl, (0, 1480), 0), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (1480, 2960), 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (2000, 2100), 2), FragVerdict::Overlap);
+        assert_eq!(t.later(&k, (2960, 3008), 3), FragVerdict::Overlap, "poisoned");
+        let k2 = FragKey { id: 8, ..k };
+        assert_eq!(t.later(&k2, (8, 16), 0), FragVerdict::Unknown);
+        assert_eq!(t.first(k2, fl, (0, 8), 0), FragVerdict::Forward(fl));
+        assert_eq!(t.first(k2, fl, (0, 8), 1), FragVerdict::Overlap, "a second first fragment");
+        // Expiry and bound.
+        assert_eq!(t.later(&k, (5000, 5008), FRAG_TIMEOUT + 10), FragVerdict::Unknown);
+        for id in 0..(MAX_FRAG_ENTRIES as u32 + 10) {
+            t.first(FragKey { id: 100 + id, ..k }, fl, (0, 8), FRAG_TIMEOUT);
+        }
+        assert!(t.len() <= MAX_FRAG_ENTRIES);
+        assert!(t.evicted >= 9);
+    }
+}

@@ -1,0 +1,352 @@
+//! Full NAT (`forward = "fnat"`): local port allocation and the two-sided
+//! rewrite.
+//!
+//! A full-NAT connection client:cport -> VIP:vport leaves the balancer as
+//! LADDR:lport -> RS:rport, so the real server answers LADDR:lport by
+//! ordinary routing and needs no route to the client. The reply
+//! RS:rport -> LADDR:lport is found by that tuple and becomes
+//! VIP:vport -> client:cport.
+//!
+//! Ownership: a connection lives on the worker that owns its client
+//! ([`crate::pipeline::snapshot::owner_of`]), and that worker picks the local port
+//! from its own share of `[engine] local_port_range`
+//! ([`crate::pipeline::snapshot::lport_share`]), so the reply, classified by its
+//! destination port ([`crate::pipeline::snapshot::lport_owner`]), reaches the same
+//! worker (handed off through the ring when RSS delivered it elsewhere).
+//! DPVS does the same with per-lcore port masks and flow director rules.
+//!
+//! Each worker keeps one bitmap of its share per (local address, protocol):
+//! allocation continues after the last allocated port (a port is not
+//! reused at once, which keeps a real server's TIME_WAIT of the previous
+//! user out of the way, as Linux's ephemeral port choice does), release
+//! clears the bit. When a local address has no free port the next one of
+//! the service is tried; when none has, the packet is dropped and counted
+//! (`fnat_ports_exhausted`).
+
+use crate::pipeline::counters::DropReason;
+use crate::wire::csum;
+use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr, Parsed, PROTO_TCP, PROTO_UDP};
+use ferrovs_cfg::PortRange;
+use hashbrown::{HashMap, HashSet};
+
+/// Free/used ports of one (local address, protocol) in one worker's share.
+struct Pool {
+    /// Bit `i`: port `share.lo + i` is in use.
+    used: Vec<u64>,
+    free: u32,
+    /// Where the next search starts (just past the last allocation).
+    next: u32,
+}
+
+/// A worker's local ports on every local address it has used.
+pub struct LportPools {
+    share: PortRange,
+    pools: HashMap<(Addr, u8), Pool>,
+    /// Ports held by live connections when the share changed (a reload with
+    /// another `local_port_range`): kept out of the new pools.
+    carried: HashSet<(Addr, u8, u16)>,
+    /// Round-robin position over a service's local addresses.
+    turn: usize,
+}
+
+impl LportPools {
+    pub fn new(share: PortRange) -> Self {
+        LportPools { share, pools: HashMap::new(), carried: HashSet::new(), turn: 0 }
+    }
+
+    pub fn share(&self) -> PortRange {
+        self.share
+    }
+
+    /// A new share (reload with another port range): pools start over, the
+    /// ports of live connections (`in_use`) stay taken.
+    pub fn reshare(&mut self, share: PortRange, in_use: impl Iterator<Item = (Addr, u8, u16)>) {
+        self.share = share;
+        self.pools.clear();
+        self.carried = in_use.collect();
+    }
+
+    /// Forget everything (no connection holds a port).
+    pub fn clear(&mut self) {
+        self.pools.clear();
+        self.carried.clear();
+        self.turn = 0;
+    }
+
+    fn pool(&mut self, a: Addr, proto: u8) -> &mut Pool {
+        let share = self.share;
+        let carried = &self.carried;
+        self.pools.entry((a, proto)).or_insert_with(|| {
+            let n = share.hi as u32 - share.lo as u32 + 1;
+            let mut p = Pool { used: vec![0; n.div_ceil(64) as usize], free: n, next: 0 };
+            // Bits past the share are permanently "used".
+            for i in n..(p.used.len() as u32 * 64) {
+                p.used[(i / 64) as usize] |= 1 << (i % 64);
+            }
+            if !carried.is_empty() {
+                for &(ca, cp, port) in carried.iter() {
+                    if ca == a && cp == proto && share.contains(port) {
+                        let i = (port - share.lo) as u32;
+                        p.used[(i / 64) as usize] |= 1 << (i % 64);
+                        p.free -= 1;
+                    }
+                }
+            }
+            p
+        })
+    }
+
+    /// A free port on `a`, if any (FTP through full NAT reserves one on the control
+    /// connection's own local address for an active data connection).
+    pub fn take_on(&mut self, a: Addr, proto: u8) -> Option<u16> {
+        let lo = self.share.lo;
+        let p = self.pool(a, proto);
+        if p.free == 0 {
+            return None;
+        }
+        let words = p.used.len();
+        let start = p.next as usize;
+        // Scan words from `next`'s word (wrapping once); the first word is
+        // looked at from `next`'s bit on, then again whole at the end.
+        for k in 0..=words {
+            let wi = (start / 64 + k) % words;
+            let mut w = p.used[wi];
+            if k == 0 {
+                w |= (1u64 << (start % 64)) - 1;
+            }
+            if w != u64::MAX {
+                let b = (!w).trailing_zeros() as usize;
+                let i = wi * 64 + b;
+                p.used[wi] |= 1 << b;
+                p.free -= 1;
+                p.next = ((i + 1) % (words * 64)) as u32;
+                return Some(lo + i as u16);
+            }
+        }
+        None
+    }
+
+    /// A local address and port for a new connection of a service with
+    /// local addresses `locals`: round robin over them, a full address
+    /// passes its turn to the next. `None`: every one is full.
+    pub fn alloc(&mut self, locals: &[Addr], proto: u8) -> Option<(Addr, u16)> {
+        let n = locals.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.turn % n;
+        self.turn = self.turn.wrapping_add(1);
+        for k in 0..n {
+            let a = locals[(start + k) % n];
+            if let Some(port) = self.take_on(a, proto) {
+                return Some((a, port));
+            }
+        }
+        None
+    }
+
+    /// Mark `port` on `a` used without allocating it (a full-NAT connection a cluster peer
+    /// synced: its local port must not be handed out here). False if it is already in use.
+    /// A port outside this worker's share is never allocated here: nothing to mark.
+    pub fn reserve(&mut self, a: Addr, proto: u8, port: u16) -> bool {
+        if !self.share.contains(port) {
+            return true;
+        }
+        let lo = self.share.lo;
+        let p = self.pool(a, proto);
+        let i = (port - lo) as usize;
+        let bit = 1u64 << (i % 64);
+        if p.used[i / 64] & bit != 0 {
+            return false;
+        }
+        p.used[i / 64] |= bit;
+        p.free -= 1;
+        true
+    }
+
+    /// Give back `port` on `a` (a connection ended).
+    pub fn release(&mut self, a: Addr, proto: u8, port: u16) {
+        if !self.carried.is_empty() {
+            self.carried.remove(&(a, proto, port));
+        }
+        if !self.share.contains(port) {
+            return;
+        }
+        let lo = self.share.lo;
+        let Some(p) = self.pools.get_mut(&(a, proto)) else { return };
+        let i = (port - lo) as usize;
+        let bit = 1u64 << (i % 64);
+        if p.used[i / 64] & bit != 0 {
+            p.used[i / 64] &= !bit;
+            p.free += 1;
+        }
+    }
+
+    /// Free ports on `a` (tests, statistics).
+    pub fn free_on(&mut self, a: Addr, proto: u8) -> u32 {
+        self.pool(a, proto).free
+    }
+}
+
+/// The full-NAT rewrite of one packet: source and destination address and
+/// port, TTL / hop limit decremented; `l3d`/`l4d` are the connection's
+/// precomputed checksum deltas (RFC 1624) for this direction, covering all
+/// four fields (and the TTL for IPv4). Errors as [`crate::pipeline::worker::rewrite_nat`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn rewrite_fnat(
+    d: &mut [u8],
+    p: &Parsed,
+    src: Addr,
+    sport: u16,
+    dst: Addr,
+    dport: u16,
+    l3d: u32,
+    l4d: u32,
+) -> Result<(), DropReason> {
+    let l4 = p.l4;
+    rewrite_ip2(d, p.l3, p.v6, src, dst, l3d)?;
+    match p.proto {
+        PROTO_TCP => {
+            let Some(Ok::<&mut [u8; 20], _>(t)) = d.get_mut(l4..l4 + 20).map(|s| s.try_into()) else {
+                return Err(DropReason::Malformed);
+            };
+            t[0..2].copy_from_slice(&sport.to_be_bytes());
+            t[2..4].copy_from_slice(&dport.to_be_bytes());
+            let c = csum::apply(u16::from_be_bytes([t[16], t[17]]), l4d);
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+        PROTO_UDP => {
+            let Some(Ok::<&mut [u8; 8], _>(u)) = d.get_mut(l4..l4 + 8).map(|s| s.try_into()) else {
+                return Err(DropReason::Malformed);
+            };
+            u[0..2].copy_from_slice(&sport.to_be_bytes());
+            u[2..4].copy_from_slice(&dport.to_be_bytes());
+            let c = u16::from_be_bytes([u[6], u[7]]);
+            if c != 0 || p.v6 {
+                let mut n = csum::apply(c, l4d);
+                if n == 0 {
+                    n = 0xffff;
+                }
+                u[6..8].copy_from_slice(&n.to_be_bytes());
+            }
+        }
+        _ => return Err(DropReason::Unsupported),
+    }
+    Ok(())
+}
+
+/// Both addresses of the IP header at `l3`, TTL / hop limit decremented
+/// (the IPv4 header checksum takes `l3d`).
+#[inline(always)]
+pub fn rewrite_ip2(d: &mut [u8], l3: usize, v6: bool, src: Addr, dst: Addr, l3d: u32) -> Result<(), DropReason> {
+    if !v6 {
+        let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
+            return Err(DropReason::Malformed);
+        };
+        if h[8] <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        h[8] -= 1;
+        h[12..16].copy_from_slice(&addr_v4_bytes(src));
+        h[16..20].copy_from_slice(&addr_v4_bytes(dst));
+        let c = csum::apply(u16::from_be_bytes([h[10], h[11]]), l3d);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {
+            return Err(DropReason::Malformed);
+        };
+        if h[7] <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        h[7] -= 1;
+        h[8..24].copy_from_slice(&addr_v6_bytes(src));
+        h[24..40].copy_from_slice(&addr_v6_bytes(dst));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parse::v4_to_addr;
+
+    const R: PortRange = PortRange { lo: 5000, hi: 5099 };
+
+    #[test]
+    fn allocates_every_port_once_then_moves_to_the_next_address() {
+        let (a, b) = (v4_to_addr([10, 0, 2, 200]), v4_to_addr([10, 0, 2, 201]));
+        let mut p = LportPools::new(R);
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let (la, port) = p.alloc(&[a, b], PROTO_TCP).expect("room");
+            assert!(R.contains(port));
+            assert!(seen.insert((la, port)), "{la} {port} twice");
+        }
+        assert_eq!(p.alloc(&[a, b], PROTO_TCP), None, "both full");
+        assert!(p.alloc(&[a, b], PROTO_UDP).is_some(), "UDP has its own ports");
+        // One port back on b: the next allocation, whatever its turn, finds it.
+        p.release(b, PROTO_TCP, 5042);
+        assert_eq!(p.alloc(&[a, b], PROTO_TCP), Some((b, 5042)));
+        p.release(a, PROTO_TCP, 5001);
+        p.release(a, PROTO_TCP, 5001);
+        assert_eq!(p.free_on(a, PROTO_TCP), 1, "a double release counts once");
+        p.release(a, PROTO_TCP, 80);
+        assert_eq!(p.free_on(a, PROTO_TCP), 1, "a port outside the share is ignored");
+    }
+
+    #[test]
+    fn a_released_port_is_not_reused_at_once() {
+        let a = v4_to_addr([10, 0, 2, 200]);
+        let mut p = LportPools::new(R);
+        let (_, first) = p.alloc(&[a], PROTO_TCP).unwrap();
+        p.release(a, PROTO_TCP, first);
+        let (_, second) = p.alloc(&[a], PROTO_TCP).unwrap();
+        assert_ne!(first, second);
+        // After wrapping around the share the released port comes back.
+        let mut got = Vec::new();
+        while let Some((_, x)) = p.alloc(&[a], PROTO_TCP) {
+            got.push(x);
+        }
+        assert!(got.contains(&first));
+        assert_eq!(got.len(), 99);
+    }
+
+    #[test]
+    fn reserved_ports_are_never_handed_out() {
+        let a = v4_to_addr([10, 0, 2, 200]);
+        let mut p = LportPools::new(R);
+        assert!(p.reserve(a, PROTO_TCP, 5000));
+        assert!(p.reserve(a, PROTO_TCP, 5050));
+        assert!(!p.reserve(a, PROTO_TCP, 5050), "twice: refused");
+        assert!(p.reserve(a, PROTO_TCP, 80), "outside the share: nothing to mark");
+        assert_eq!(p.free_on(a, PROTO_TCP), 98);
+        let mut got = HashSet::new();
+        while let Some((_, x)) = p.alloc(&[a], PROTO_TCP) {
+            got.insert(x);
+        }
+        assert_eq!(got.len(), 98);
+        assert!(!got.contains(&5000) && !got.contains(&5050));
+        // A taken port cannot be reserved; a released reservation is free again.
+        p.release(a, PROTO_TCP, 5001);
+        assert!(p.reserve(a, PROTO_TCP, 5001));
+        p.release(a, PROTO_TCP, 5050);
+        assert_eq!(p.alloc(&[a], PROTO_TCP), Some((a, 5050)));
+    }
+
+    #[test]
+    fn reshare_keeps_live_ports_taken() {
+        let a = v4_to_addr([10, 0, 2, 200]);
+        let mut p = LportPools::new(R);
+        let live = p.alloc(&[a], PROTO_TCP).unwrap().1;
+        let wider = PortRange { lo: 5000, hi: 5199 };
+        p.reshare(wider, [(a, PROTO_TCP, live)].into_iter());
+        assert_eq!(p.free_on(a, PROTO_TCP), 199);
+        for _ in 0..199 {
+            assert_ne!(p.alloc(&[a], PROTO_TCP).unwrap().1, live);
+        }
+        p.release(a, PROTO_TCP, live);
+        assert_eq!(p.free_on(a, PROTO_TCP), 1, "the carried port is free once its connection ends");
+        assert_eq!(p.alloc(&[a], PROTO_TCP).unwrap().1, live);
+    }
+}

@@ -1,0 +1,373 @@
+//! Neighbour resolution (ARP for IPv4, neighbour discovery for IPv6).
+//!
+//! Every worker keeps its own cache. A worker that learns a MAC (from an
+//! ARP reply or request, or a neighbour advertisement or solicitation)
+//! updates its cache and posts the update to every other worker through
+//! their control rings, so no cache is shared and no lock is taken.
+//! Static `[[neighbor]]` entries are loaded first and never overwritten.
+
+use crate::wire::csum;
+use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    mac: [u8; 6],
+    is_static: bool,
+    /// Order of the last learn/confirm (dynamic entries): smaller is staler.
+    stamp: u64,
+    /// A flow resolved its next hop to this entry (and may have cached the MAC against
+    /// `gen`): evicted only when no unused entry is left, and then `gen` changes.
+    used: bool,
+}
+
+/// Entries in use passed over per eviction before the stalest is evicted anyway.
+const SECOND_CHANCES: usize = 8;
+
+/// Default bound on dynamic entries per worker (static entries are not
+/// counted and never evicted).
+pub const DEFAULT_MAX: usize = 4096;
+
+pub struct NeighCache {
+    map: HashMap<Addr, Entry>,
+    /// Dynamic entries in order of their last learn/confirm, as
+    /// `(address, stamp)`; a record whose stamp no longer matches the
+    /// entry's is stale and skipped (lazy deletion, compacted when the
+    /// queue grows past twice the bound).
+    order: VecDeque<(Addr, u64)>,
+    next_stamp: u64,
+    dynamic: usize,
+    max: usize,
+    /// Evictions not yet collected by [`NeighCache::take_evicted`].
+    evicted: u64,
+    /// Last time (ns) a request was sent per address (rate limit: 1/s).
+    asked: HashMap<Addr, u64>,
+    /// Bumped on every change; flows cache MACs against it.
+    pub gen: u32,
+}
+
+impl Default for NeighCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NeighCache {
+    pub fn new() -> Self {
+        Self::with_max(DEFAULT_MAX)
+    }
+    /// A cache holding at most `max` (at least 1) dynamic entries. When it
+    /// is full, learning a new address evicts the stalest dynamic entry
+    /// (least recently learned or confirmed), like the kernel's neighbour
+    /// table `gc_thresh3` forced GC but without ever refusing a new entry;
+    /// static entries are never evicted.
+    pub fn with_max(max: usize) -> Self {
+        let max = max.max(1);
+        NeighCache {
+            map: HashMap::with_capacity(max.min(1024)),
+            order: VecDeque::new(),
+            next_stamp: 0,
+            dynamic: 0,
+            max,
+            evicted: 0,
+            asked: HashMap::new(),
+            gen: 1,
+        }
+    }
+    pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
+        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true }) {
+            if !old.is_static {
+                self.dynamic -= 1;
+            }
+        }
+        self.gen = self.gen.wrapping_add(1);
+    }
+    /// Learn a dynamic entry; returns true if it changed anything. Learning
+    /// the same MAC again only refreshes the entry (it becomes the least
+    /// stale one).
+    pub fn learn(&mut self, a: Addr, mac: [u8; 6]) -> bool {
+        if mac == [0; 6] || mac[0] & 1 == 1 {
+            return false;
+        }
+        let stamp = self.next_stamp;
+        match self.map.get_mut(&a) {
+            Some(e) if e.is_static => false,
+            Some(e) if e.mac == mac => {
+                e.stamp = stamp;
+                self.next_stamp += 1;
+                self.order.push_back((a, stamp));
+                self.compact();
+                false
+            }
+            Some(e) => {
+                *e = Entry { mac, is_static: false, stamp, used: e.used };
+                self.next_stamp += 1;
+                self.order.push_back((a, stamp));
+                self.compact();
+                self.asked.remove(&a);
+                self.gen = self.gen.wrapping_add(1);
+                true
+            }
+            None => {
+                if self.dynamic >= self.max {
+                    self.evict_stalest();
+                }
+                self.map.insert(a, Entry { mac, is_static: false, stamp, used: false });
+                self.next_stamp += 1;
+                self.dynamic += 1;
+                self.order.push_back((a, stamp));
+                self.compact();
+                self.asked.remove(&a);
+                // No flow holds a MAC for an address that had no entry (a flow whose next hop
+                // is unresolved looks it up again on its next packet): `gen` stays, so a
+                // flood of new neighbours does not make every flow look its MACs up again.
+                true
+            }
+        }
+    }
+    /// Evict the stalest dynamic entry no flow uses as a next hop; entries in use get a
+    /// second chance (moved to the back, at most [`SECOND_CHANCES`] of them per eviction),
+    /// so a flood of new neighbours does not push out the next hops of live connections.
+    fn evict_stalest(&mut self) {
+        let mut chances = SECOND_CHANCES;
+        while let Some((a, stamp)) = self.order.pop_front() {
+            let Some(e) = self.map.get_mut(&a).filter(|e| !e.is_static && e.stamp == stamp) else { continue };
+            if e.used && chances > 0 {
+                chances -= 1;
+                e.stamp = self.next_stamp;
+                self.order.push_back((a, self.next_stamp));
+                self.next_stamp += 1;
+                continue;
+            }
+            let used = e.used;
+            self.map.remove(&a);
+            self.dynamic -= 1;
+            self.evicted += 1;
+            if used {
+                // Flows may have cached its MAC.
+                self.gen = self.gen.wrapping_add(1);
+            }
+            return;
+        }
+    }
+
+    /// [`NeighCache::get`] for a flow resolving its next hop: marks the entry in use.
+    #[inline]
+    pub fn resolve(&mut self, a: Addr) -> Option<[u8; 6]> {
+        self.map.get_mut(&a).map(|e| {
+            e.used = true;
+            e.mac
+        })
+    }
+    /// Drop stale order records once they outnumber the entries.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.max + 16 {
+            let map = &self.map;
+            self.order.retain(|(a, s)| map.get(a).is_some_and(|e| !e.is_static && e.stamp == *s));
+        }
+    }
+    /// Entries evicted since the last call (for the worker's counter).
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+    /// The bound on dynamic entries.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+    #[inline]
+    pub fn get(&self, a: Addr) -> Option<[u8; 6]> {
+        self.map.get(&a).map(|e| e.mac)
+    }
+    /// Should a request for `a` go out now? (At most one per second.)
+    pub fn should_ask(&mut self, a: Addr, now: u64) -> bool {
+        match self.asked.get(&a) {
+            Some(&t) if now.saturating_sub(t) < 1_000_000_000 => false,
+            _ => {
+                if self.asked.len() > 4096 {
+                    self.asked.clear();
+                }
+                self.asked.insert(a, now);
+                true
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Forget every entry, static or learnt, and every pending request
+    /// (keeps the tables' memory).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+        self.next_stamp = 0;
+        self.dynamic = 0;
+        self.evicted = 0;
+        self.asked.clear();
+        self.gen = 1;
+    }
+}
+
+/// Write an ARP packet (request if `target_mac` is None) into `out`;
+/// returns its length (42).
+pub fn build_arp(
+    out: &mut [u8],
+    op: u16,
+    src_mac: [u8; 6],
+    src: Addr,
+    target_mac: Option<[u8; 6]>,
+    target: Addr,
+) -> usize {
+    let dst_mac = target_mac.unwrap_or([0xff; 6]);
+    out[0..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&src_mac);
+    out[12..14].copy_from_slice(&[0x08, 0x06]);
+    out[14..20].copy_from_slice(&[0, 1, 0x08, 0, 6, 4]);
+    out[20..22].copy_from_slice(&op.to_be_bytes());
+    out[22..28].copy_from_slice(&src_mac);
+    out[28..32].copy_from_slice(&addr_v4_bytes(src));
+    out[32..38].copy_from_slice(&target_mac.unwrap_or([0; 6]));
+    out[38..42].copy_from_slice(&addr_v4_bytes(target));
+    42
+}
+
+/// Solicited-node multicast address and MAC for `target`.
+pub fn solicited_node(target: Addr) -> ([u8; 16], [u8; 6]) {
+    let t = addr_v6_bytes(target);
+    let ip = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15]];
+    (ip, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+}
+
+/// Write a neighbour solicitation (ty 135) or advertisement (ty 136) into
+/// `out`; returns its length.
+#[allow(clippy::too_many_arguments)]
+pub fn build_nd(
+    out: &mut [u8],
+    ty: u8,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    target: [u8; 16],
+    flags: u8,
+) -> usize {
+    let icmp_len = 8 + 16 + 8;
+    out[0..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&src_mac);
+    out[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let ip = &mut out[14..54];
+    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
+    ip[6] = 58;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..40].copy_from_slice(&dst);
+    let m = &mut out[54..54 + icmp_len];
+    m.fill(0);
+    m[0] = ty;
+    m[4] = flags;
+    m[8..24].copy_from_slice(&target);
+    // Option: source (1) or target (2) link-layer address.
+    m[24] = if ty == 135 { 1 } else { 2 };
+    m[25] = 1;
+    m[26..32].copy_from_slice(&src_mac);
+    let ck = csum::finish(m, csum::pseudo_v6(&src, &dst, 58, icmp_len as u32));
+    m[2..4].copy_from_slice(&ck.to_be_bytes());
+    54 + icmp_len
+}
+
+/// Find the link-layer address option of type `want` in ND options.
+pub fn nd_lladdr(opts: &[u8], want: u8) -> Option<[u8; 6]> {
+    let mut o = opts;
+    while o.len() >= 8 {
+        let len = o[1] as usize * 8;
+        if len == 0 || len > o.len() {
+            return None;
+        }
+        if o[0] == want && len >= 8 {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&o[2..8]);
+            return Some(m);
+        }
+        o = &o[len..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, n]
+    }
+
+    #[test]
+    fn bounded_evicts_the_stalest_dynamic_never_static() {
+        let mut c = NeighCache::with_max(3);
+        c.add_static(100, mac(100));
+        for a in 1..=3 {
+            assert!(c.learn(a, mac(a as u8)));
+        }
+        // Confirm 1: now 2 is the stalest.
+        assert!(!c.learn(1, mac(1)));
+        let gen = c.gen;
+        assert!(c.learn(4, mac(4)));
+        assert_eq!(c.gen, gen, "no flow used 2: nothing to invalidate");
+        assert_eq!(c.get(2), None, "stalest evicted");
+        assert_eq!(c.take_evicted(), 1);
+        assert_eq!(c.take_evicted(), 0);
+        for a in 5..50 {
+            c.learn(a, mac(a as u8));
+        }
+        assert_eq!(c.len(), 4, "3 dynamic + 1 static");
+        assert_eq!(c.get(100), Some(mac(100)), "static never evicted");
+        assert_eq!(c.take_evicted(), 45);
+        assert!(c.order.len() <= 2 * 3 + 16 + 1);
+    }
+
+    #[test]
+    fn next_hops_in_use_outlive_a_flood_of_new_neighbours() {
+        let mut c = NeighCache::with_max(4);
+        assert!(c.learn(1, mac(1)));
+        assert_eq!(c.resolve(1), Some(mac(1)), "a flow's next hop");
+        let gen = c.gen;
+        for a in 2..1000 {
+            c.learn(a, mac(a as u8));
+        }
+        assert_eq!(c.get(1), Some(mac(1)), "the next hop in use survived");
+        assert_eq!(c.gen, gen, "flows' cached MACs stay valid");
+        assert_eq!(c.len(), 4);
+        // All in use: the stalest goes anyway, and flows must look again.
+        for a in 996..1000 {
+            c.resolve(a);
+        }
+        c.learn(5000, mac(1));
+        assert_ne!(c.gen, gen);
+        assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn refreshes_do_not_grow_without_bound() {
+        let mut c = NeighCache::with_max(4);
+        for a in 1..=4 {
+            c.learn(a, mac(a as u8));
+        }
+        for _ in 0..10_000 {
+            for a in 1..=4 {
+                c.learn(a, mac(a as u8));
+            }
+        }
+        assert!(c.order.len() <= 2 * 4 + 16 + 1);
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.take_evicted(), 0);
+        // A static entry replacing a dynamic one frees its slot.
+        c.add_static(1, mac(9));
+        assert!(c.learn(5, mac(5)));
+        assert_eq!(c.take_evicted(), 0);
+        assert!(!c.learn(1, mac(1)), "static wins");
+    }
+}

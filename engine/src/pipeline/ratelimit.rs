@@ -1,0 +1,145 @@
+//! A token bucket for log lines (and anything else) triggered by packets.
+//!
+//! Driven entirely by the `now` (ns) the caller passes in: no clock reads,
+//! so the worker stays deterministic under replay and tests. Like the
+//! kernel's `net_ratelimit()` (a burst of 10, then 1 message per 5 s by
+//! default) it lets a burst through, then a steady rate, and counts what it
+//! suppressed so the next message that passes can say how many were
+//! dropped.
+//!
+//! ```
+//! use ferrovs_engine::pipeline::ratelimit::RateLimit;
+//! let mut rl = RateLimit::new(1, 2); // 1 per second, bursts of 2
+//! assert!(rl.allow(0) && rl.allow(0));
+//! assert!(!rl.allow(0));
+//! assert_eq!(rl.take_suppressed(), 1);
+//! assert!(rl.allow(1_000_000_000));
+//! ```
+
+const NS: u64 = 1_000_000_000;
+
+/// Token bucket: `per_sec` tokens per second, at most `burst` stored.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    /// Nanoseconds per token.
+    interval: u64,
+    /// Capacity in nanoseconds' worth of tokens (`burst * interval`).
+    cap: u64,
+    /// Stored credit, in nanoseconds' worth of tokens.
+    credit: u64,
+    /// `now` of the last refill; `None` before the first call.
+    last: Option<u64>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// `per_sec` events per second (at least 1 per ~584 years: 0 is taken
+    /// as "never refill"), bursts of `burst` (at least 1). Starts full.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        let interval = if per_sec == 0 { u64::MAX } else { NS / u64::from(per_sec) }.max(1);
+        Self::with_interval(interval, burst)
+    }
+
+    /// One event per `interval_ns`, bursts of `burst`.
+    pub fn with_interval(interval_ns: u64, burst: u32) -> Self {
+        let interval = interval_ns.max(1);
+        let cap = interval.saturating_mul(u64::from(burst.max(1)));
+        RateLimit { interval, cap, credit: cap, last: None, suppressed: 0 }
+    }
+
+    /// The kernel's `net_ratelimit()` defaults: 10 messages, then one per 5 s.
+    pub fn net_default() -> Self {
+        Self::with_interval(5 * NS, 10)
+    }
+
+    /// May an event happen at `now`? Consumes a token if so; otherwise
+    /// counts the event as suppressed. A clock going backwards refills
+    /// nothing (and is not an error).
+    pub fn allow(&mut self, now: u64) -> bool {
+        let elapsed = match self.last {
+            Some(l) => now.saturating_sub(l),
+            None => 0,
+        };
+        if self.last.is_none_or(|l| now > l) {
+            self.last = Some(now);
+        }
+        self.credit = self.credit.saturating_add(elapsed).min(self.cap);
+        if self.credit >= self.interval {
+            self.credit -= self.interval;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Events suppressed since the last call (then reset to 0): log it with
+    /// the next message that is allowed.
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+
+    /// Events suppressed so far (not reset).
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self::net_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_steady_rate() {
+        let mut rl = RateLimit::new(10, 5);
+        let passed = (0..100).filter(|_| rl.allow(0)).count();
+        assert_eq!(passed, 5, "the burst");
+        assert_eq!(rl.suppressed(), 95);
+        // One second later: 10 more tokens, but the bucket holds 5.
+        let passed = (0..100).filter(|_| rl.allow(NS)).count();
+        assert_eq!(passed, 5);
+        // A steady stream at 100/s for 10 s lets 10/s through (plus nothing stored).
+        let mut n = 0;
+        for i in 1..=1000u64 {
+            if rl.allow(NS + i * NS / 100) {
+                n += 1;
+            }
+        }
+        assert!((99..=101).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn suppressed_is_reported_once() {
+        let mut rl = RateLimit::with_interval(NS, 1);
+        assert!(rl.allow(5));
+        assert!(!rl.allow(6));
+        assert!(!rl.allow(7));
+        assert_eq!(rl.take_suppressed(), 2);
+        assert_eq!(rl.take_suppressed(), 0);
+        assert!(rl.allow(5 + NS));
+    }
+
+    #[test]
+    fn clock_going_backwards_is_harmless() {
+        let mut rl = RateLimit::with_interval(NS, 1);
+        assert!(rl.allow(10 * NS));
+        assert!(!rl.allow(3 * NS), "no refill from the past");
+        assert!(!rl.allow(10 * NS), "and the past does not move `last` back");
+        assert!(rl.allow(11 * NS));
+    }
+
+    #[test]
+    fn net_default_is_ten_then_one_per_five_seconds() {
+        let mut rl = RateLimit::default();
+        assert_eq!((0..50).filter(|_| rl.allow(0)).count(), 10);
+        assert!(!rl.allow(4 * NS));
+        assert!(rl.allow(5 * NS));
+        assert!(!rl.allow(5 * NS));
+    }
+}

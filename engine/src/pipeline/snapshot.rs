@@ -1,0 +1,304 @@
+//! A config compiled for the fast path. Workers hold an `Arc<Snapshot>`;
+//! a config change builds a new snapshot and sends it to every worker
+//! through its control ring, so the fast path never takes a lock.
+
+use crate::wire::parse::{ip_to_addr, Addr};
+use ferrovs_cfg::{Config, Forward, FtpOptions, PortRange, Protocol};
+use hashbrown::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// One real server of a compiled service.
+#[derive(Clone, Debug)]
+pub struct Dest {
+    pub addr: Addr,
+    /// Destination port; `None`: the client's.
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub upper: u32,
+    pub lower: u32,
+    pub forward: Forward,
+    /// PROXY protocol header towards this server (`Some(true)`: v2).
+    pub proxy_v2: Option<bool>,
+}
+
+/// A compiled virtual service.
+#[derive(Clone, Debug)]
+pub struct Svc {
+    pub name: String,
+    pub vip: Addr,
+    pub proto: u8,
+    pub ports: Vec<PortRange>,
+    pub forward: Forward,
+    pub dests: Vec<Dest>,
+    pub scheduler: String,
+    pub ftp: Option<FtpOptions>,
+    /// Persistence timeout (ns) and client prefix (in the 128-bit space).
+    pub persistence: Option<(u64, u8)>,
+    pub syn_proxy: ferrovs_cfg::SynProxy,
+    /// Full NAT: the local (source) addresses towards the real servers.
+    pub local: Vec<Addr>,
+}
+
+impl Svc {
+    pub fn is_ftp_control(&self, port: u16) -> bool {
+        self.ftp.as_ref().is_some_and(|f| f.control_ports.contains(&port))
+    }
+}
+
+/// A route in the 128-bit address space (IPv4 prefixes are offset by 96).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteEntry {
+    pub net: Addr,
+    pub prefix: u8,
+    pub iface: usize,
+    /// Gateway; `None`: on-link (the destination is the next hop).
+    pub via: Option<Addr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IfaceInfo {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub addrs: Vec<(Addr, u8)>,
+}
+
+impl IfaceInfo {
+    /// The interface's first address of the family of `like`.
+    pub fn source_for(&self, like: Addr) -> Option<Addr> {
+        let v4 = crate::wire::parse::addr_is_v4(like);
+        self.addrs.iter().map(|a| a.0).find(|a| crate::wire::parse::addr_is_v4(*a) == v4)
+    }
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub ifaces: Vec<IfaceInfo>,
+    pub services: Vec<Svc>,
+    by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>>,
+    pub vips: HashSet<Addr>,
+    pub local: HashSet<Addr>,
+    /// Full NAT local addresses of every service: replies to them are
+    /// translated. This node's are also in `local` (ARP/ND and echo requests
+    /// are answered for them); in a cluster the peers' are not (the routers
+    /// reach them by BGP, see README "Cluster").
+    pub laddrs: HashSet<Addr>,
+    /// Full NAT source ports on each local address (`[engine] local_port_range`).
+    pub port_range: PortRange,
+    pub routes: Vec<RouteEntry>,
+    pub static_neighbors: Vec<(Addr, [u8; 6])>,
+    pub timeouts: [u64; crate::flow::tcpstate::N_STATES],
+    pub workers: usize,
+    /// Active/inactive connection counts per service, per worker row
+    /// (see ferrovs_sched::SharedCounts).
+    pub conn_counts: Vec<ferrovs_sched::SharedCounts>,
+}
+
+#[inline]
+fn mask(a: Addr, prefix: u8) -> Addr {
+    if prefix == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - prefix as u32))
+    }
+}
+
+fn prefix128(ip: std::net::IpAddr, p: u8) -> u8 {
+    if ip.is_ipv4() {
+        96 + p
+    } else {
+        p
+    }
+}
+
+impl Snapshot {
+    /// Compile `config`; `macs[i]` is the MAC interface `i` really uses.
+    pub fn build(config: Arc<Config>, macs: &[[u8; 6]]) -> Snapshot {
+        let ifaces: Vec<IfaceInfo> = config
+            .interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, itf)| IfaceInfo {
+                name: itf.name.clone(),
+                mac: macs.get(i).copied().or(itf.mac).unwrap_or([0; 6]),
+                addrs: itf.addresses.iter().map(|n| (ip_to_addr(n.addr), prefix128(n.addr, n.prefix))).collect(),
+            })
+            .collect();
+        let mut local = HashSet::new();
+        let mut routes = Vec::new();
+        for (i, itf) in ifaces.iter().enumerate() {
+            for &(a, p) in &itf.addrs {
+                local.insert(a);
+                routes.push(RouteEntry { net: mask(a, p), prefix: p, iface: i, via: None });
+            }
+        }
+        let iface_index = |name: &str| ifaces.iter().position(|i| i.name == name);
+        for r in &config.routes {
+            let net = ip_to_addr(r.prefix.addr);
+            let p = prefix128(r.prefix.addr, r.prefix.prefix);
+            let via = r.via.map(ip_to_addr);
+            let iface = match &r.interface {
+                Some(n) => iface_index(n),
+                None => via.and_then(|v| {
+                    routes.iter().filter(|c| c.via.is_none() && mask(v, c.prefix) == c.net).map(|c| c.iface).next()
+                }),
+            };
+            if let Some(iface) = iface {
+                routes.push(RouteEntry { net: mask(net, p), prefix: p, iface, via });
+            }
+        }
+        // Longest prefix first; connected before gateway routes on ties.
+        routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.via.is_some().cmp(&b.via.is_some())));
+
+        let mut services = Vec::new();
+        let mut by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>> = HashMap::new();
+        let mut vips = HashSet::new();
+        for s in &config.services {
+            let vip = ip_to_addr(s.vip);
+            let proto = match s.protocol {
+                Protocol::Tcp => crate::wire::parse::PROTO_TCP,
+                Protocol::Udp => crate::wire::parse::PROTO_UDP,
+            };
+            let idx = services.len();
+            let ports = if s.ports.is_empty() { vec![PortRange { lo: 1, hi: 65535 }] } else { s.ports.clone() };
+            for r in &ports {
+                by_vip.entry((vip, proto)).or_default().push((*r, idx));
+            }
+            vips.insert(vip);
+            services.push(Svc {
+                name: s.name.clone(),
+                vip,
+                proto,
+                ports,
+                forward: s.forward,
+                dests: s
+                    .real_servers
+                    .iter()
+                    .map(|r| Dest {
+                        addr: ip_to_addr(r.address),
+                        port: r.port,
+                        weight: r.weight,
+                        upper: r.upper,
+                        lower: r.lower,
+                        forward: r.forward.unwrap_or(s.forward),
+                        proxy_v2: r.proxy_protocol.map(|v| v == ferrovs_cfg::ProxyProtocol::V2),
+                    })
+                    .collect(),
+                scheduler: s.scheduler.clone(),
+                ftp: s.ftp.clone(),
+                persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
+                syn_proxy: s.syn_proxy,
+                // In a cluster a node allocates on its own local addresses only.
+                local: s
+                    .local_addresses
+                    .iter()
+                    .filter(|a| config.cluster.as_ref().is_none_or(|c| c.nodes.is_empty() || c.is_own_local(**a)))
+                    .map(|a| ip_to_addr(*a))
+                    .collect(),
+            });
+        }
+        // ARP/ND are answered for this node's local addresses; replies to every node's are
+        // translated (a failed peer's, with the connections it synced).
+        local.extend(services.iter().flat_map(|s| s.local.iter().copied()));
+        let laddrs: HashSet<Addr> =
+            config.services.iter().flat_map(|s| s.local_addresses.iter().map(|a| ip_to_addr(*a))).collect();
+        let static_neighbors = config.neighbors.iter().map(|n| (ip_to_addr(n.address), n.mac)).collect();
+        let workers = config.engine.workers.max(1);
+        let port_range = config.engine.local_port_range;
+        let conn_counts = services.iter().map(|s| ferrovs_sched::SharedCounts::new(workers, s.dests.len())).collect();
+        Snapshot {
+            conn_counts,
+            timeouts: crate::flow::tcpstate::timeouts_ns(&config.engine.timeouts),
+            workers,
+            config,
+            ifaces,
+            services,
+            by_vip,
+            vips,
+            local,
+            laddrs,
+            port_range,
+            routes,
+            static_neighbors,
+        }
+    }
+
+    /// The service for (vip, proto, port).
+    #[inline]
+    pub fn service(&self, vip: Addr, proto: u8, port: u16) -> Option<usize> {
+        let v = self.by_vip.get(&(vip, proto))?;
+        v.iter().find(|(r, _)| r.contains(port)).map(|(_, i)| *i)
+    }
+
+    /// Longest-prefix match: (interface, next hop).
+    #[inline]
+    pub fn route(&self, dst: Addr) -> Option<(usize, Addr)> {
+        self.routes.iter().find(|r| mask(dst, r.prefix) == r.net).map(|r| (r.iface, r.via.unwrap_or(dst)))
+    }
+
+    /// Is `a` on the subnet of interface `iface`?
+    pub fn on_link(&self, iface: usize, a: Addr) -> bool {
+        self.ifaces.get(iface).is_some_and(|i| i.addrs.iter().any(|&(n, p)| mask(n, p) == mask(a, p)))
+    }
+}
+
+/// The worker that owns every flow of `client`: all connections of one
+/// client (FTP control and data, both directions of NAT) hash to one worker.
+#[inline(always)]
+pub fn owner_of(client: Addr, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    let x = (client as u64) ^ ((client >> 64) as u64);
+    let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 32) % workers as u64) as usize
+}
+
+/// Full NAT: the local ports worker `w` of `workers` owns on every local
+/// address: an equal contiguous share of `range` (the last worker takes the
+/// remainder). A reply to (local address, port) belongs to the worker whose
+/// share holds the port ([`lport_owner`]), the worker that opened it.
+pub fn lport_share(range: PortRange, w: usize, workers: usize) -> PortRange {
+    let workers = workers.max(1) as u32;
+    let n = range.hi as u32 - range.lo as u32 + 1;
+    let per = n / workers;
+    let lo = range.lo as u32 + per * w as u32;
+    let hi = if w as u32 + 1 == workers { range.hi as u32 } else { lo + per - 1 };
+    PortRange { lo: lo as u16, hi: hi as u16 }
+}
+
+/// The worker owning local port `port` ([`lport_share`]); ports outside the
+/// range belong to no connection, worker 0 takes (and drops) them.
+#[inline]
+pub fn lport_owner(range: PortRange, port: u16, workers: usize) -> usize {
+    if workers <= 1 || !range.contains(port) {
+        return 0;
+    }
+    let n = range.hi as u32 - range.lo as u32 + 1;
+    let per = n / workers as u32;
+    (((port - range.lo) as u32 / per) as usize).min(workers - 1)
+}
+
+#[cfg(test)]
+mod lport_tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_disjoint_cover_the_range_and_match_the_owner() {
+        for workers in [1usize, 2, 3, 7, 64] {
+            let range = PortRange { lo: 1024, hi: 65535 };
+            let mut next = range.lo as u32;
+            for w in 0..workers {
+                let s = lport_share(range, w, workers);
+                assert_eq!(s.lo as u32, next, "contiguous");
+                next = s.hi as u32 + 1;
+                for p in [s.lo, s.hi, s.lo + (s.hi - s.lo) / 2] {
+                    assert_eq!(lport_owner(range, p, workers), w, "port {p} of {workers}");
+                }
+            }
+            assert_eq!(next, 65536, "covers the range");
+        }
+        let small = PortRange { lo: 2000, hi: 2063 };
+        assert_eq!(lport_share(small, 1, 2), PortRange { lo: 2032, hi: 2063 });
+        assert_eq!(lport_owner(small, 80, 2), 0, "outside the range");
+    }
+}

@@ -1,0 +1,320 @@
+//! SYN proxy with SYN cookies: the balancer answers a client's SYN itself and keeps no state
+//! until the client's ACK proves the handshake; only then is the connection created and opened
+//! to the real server. A flood of spoofed SYNs therefore costs a hash per packet and no table
+//! entry (IPVS has no SYN proxy: its table fills with SYN_RECV entries; DPVS has one in FNAT).
+//!
+//! # The cookie (32 bits, our initial sequence number)
+//!
+//! `t(5) | (H(key, client, vip, ports, client ISN, t) + mss_index) mod 2^27`, where `t` counts
+//! periods of 2^36 ns (~69 s). A cookie is accepted for the current and the previous period
+//! (69 to 137 s). The key is random per worker (a client's SYN and its ACK reach the same
+//! worker: ownership follows the client's address). H is SipHash-1-3 (std's keyed hasher).
+//!
+//! # What the client's options become
+//!
+//! Without TCP timestamps there is nowhere to keep window scaling, SACK-permitted or the
+//! timestamps themselves, so the proxied handshake negotiates none of them (the SYN-ACK offers
+//! none and the SYN to the real server asks for none): both ends run with an unscaled window
+//! (at most 64 KiB in flight) and no SACK, as Linux's SYN cookies without timestamps. The MSS is
+//! kept to one of 8 values ([`MSS_TABLE`], the largest not above the client's). That is why the
+//! proxy engages by default only above a half-open threshold (a flood), or per service when
+//! configured always on.
+//!
+//! # After the handshake
+//!
+//! The real server picks its own ISN; the worker keeps `delta = cookie - rs_isn` and adds it to
+//! every server sequence number and subtracts it from every client acknowledgement (and SACK
+//! edge), the same translation the FTP gateway uses for its rewrites.
+
+use crate::wire::csum;
+use crate::wire::parse::{Addr, Parsed};
+use std::hash::{BuildHasher, Hasher};
+
+/// MSS values a cookie can carry (3 bits).
+pub const MSS_TABLE: [u16; 8] = [536, 1220, 1300, 1360, 1400, 1440, 1452, 1460];
+
+const PERIOD_SHIFT: u32 = 36;
+const HASH_MASK: u32 = 0x07ff_ffff;
+
+/// Per-worker cookie secret.
+pub struct Cookies {
+    /// SipHash key (random per worker and start).
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for Cookies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// SipHash-2-4 of a message of `8 * words.len() - 1` bytes: the words' little-endian bytes,
+/// the last word carrying the final 7 bytes and the message length in its top byte (SipHash's
+/// padding).
+fn siphash24(k0: u64, k1: u64, words: &[u64]) -> u64 {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    #[inline(always)]
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    for &m in words {
+        v[3] ^= m;
+        round(&mut v);
+        round(&mut v);
+        v[0] ^= m;
+    }
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+/// The identity of a handshake: client, VIP, ports, the client's ISN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub client: Addr,
+    pub vip: Addr,
+    pub cport: u16,
+    pub vport: u16,
+    pub isn: u32,
+}
+
+impl Cookies {
+    pub fn new() -> Self {
+        // Two random words from the standard library's per-process random keys.
+        let word = |x: u64| {
+            let mut s = std::collections::hash_map::RandomState::new().build_hasher();
+            s.write_u64(x);
+            s.finish()
+        };
+        Cookies { k0: word(0), k1: word(1) }
+    }
+
+    /// SipHash-2-4 (Linux's cookies use SipHash too) over six fixed 64-bit words, written
+    /// out rather than through `Hasher::write`: a SYN flood pays for this per SYN.
+    fn hash(&self, h: &Handshake, t: u32) -> u32 {
+        let words = [
+            h.client as u64,
+            (h.client >> 64) as u64,
+            h.vip as u64,
+            (h.vip >> 64) as u64,
+            u64::from(h.cport) << 48 | u64::from(h.vport) << 32 | u64::from(h.isn),
+            // The last 7 bytes of the 47-byte message (t and three zero bytes) and its length.
+            u64::from(t) | 47 << 56,
+        ];
+        siphash24(self.k0, self.k1, &words) as u32
+    }
+
+    /// The cookie (our ISN) for `h` at `now`, carrying `mss`.
+    pub fn make(&self, now: u64, h: &Handshake, mss: u16) -> u32 {
+        let t = (now >> PERIOD_SHIFT) as u32;
+        let idx = mss_index(mss);
+        (t & 0x1f) << 27 | (self.hash(h, t).wrapping_add(u32::from(idx)) & HASH_MASK)
+    }
+
+    /// The MSS a valid `cookie` for `h` carries, or `None`.
+    pub fn check(&self, now: u64, h: &Handshake, cookie: u32) -> Option<u16> {
+        let now_t = (now >> PERIOD_SHIFT) as u32;
+        for t in [now_t, now_t.wrapping_sub(1)] {
+            if cookie >> 27 != t & 0x1f {
+                continue;
+            }
+            let d = (cookie & HASH_MASK).wrapping_sub(self.hash(h, t)) & HASH_MASK;
+            if d < MSS_TABLE.len() as u32 {
+                return Some(MSS_TABLE[d as usize]);
+            }
+        }
+        None
+    }
+}
+
+/// The index of the largest [`MSS_TABLE`] entry not above `mss` (0 for anything smaller).
+pub fn mss_index(mss: u16) -> u8 {
+    MSS_TABLE.iter().rposition(|&m| m <= mss).unwrap_or(0) as u8
+}
+
+/// The MSS option of a TCP header (`tcp` = the whole header with options), if any (through
+/// the bounds-checked walker of [`crate::wire::tcpopt`]).
+pub fn mss_option(tcp: &[u8]) -> Option<u16> {
+    let hl = (*tcp.get(12)? >> 4) as usize * 4;
+    crate::wire::tcpopt::mss(tcp.get(20..hl)?)
+}
+
+/// Rewrites, in place, the TCP segment of `frame` (parsed as `p`) into a bare segment with the
+/// given flags, sequence and acknowledgement numbers and (if `mss` is set) an MSS option, no
+/// payload and the same addresses and ports (callers swap those as needed). Returns the new
+/// frame length, or `None` if the frame is too short (it never grows past 20 + 4 bytes of TCP).
+pub fn rebuild_tcp(
+    frame: &mut [u8],
+    p: &Parsed,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    mss: Option<u16>,
+    win: u16,
+) -> Option<usize> {
+    let hl = if mss.is_some() { 24 } else { 20 };
+    let end = p.l4 + hl;
+    if frame.len() < end {
+        return None;
+    }
+    {
+        let t = &mut frame[p.l4..end];
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = ((hl / 4) as u8) << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&win.to_be_bytes());
+        t[16..20].copy_from_slice(&[0, 0, 0, 0]);
+        if let Some(m) = mss {
+            t[20..24].copy_from_slice(&[2, 4, (m >> 8) as u8, m as u8]);
+        }
+    }
+    let ip_len = end - p.l3;
+    if p.v6 {
+        frame[p.l3 + 4..p.l3 + 6].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
+    } else {
+        frame[p.l3 + 2..p.l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    }
+    Some(end)
+}
+
+/// Swaps source and destination (MACs, addresses, ports) of a TCP frame, for answering it.
+pub fn turn_around(frame: &mut [u8], p: &Parsed) {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&frame[0..6]);
+    frame.copy_within(6..12, 0);
+    frame[6..12].copy_from_slice(&m);
+    let (a, n) = if p.v6 { (p.l3 + 8, 16) } else { (p.l3 + 12, 4) };
+    let mut s = [0u8; 16];
+    s[..n].copy_from_slice(&frame[a..a + n]);
+    frame.copy_within(a + n..a + 2 * n, a);
+    frame[a + n..a + 2 * n].copy_from_slice(&s[..n]);
+    let l4 = p.l4;
+    let mut sp = [0u8; 2];
+    sp.copy_from_slice(&frame[l4..l4 + 2]);
+    frame.copy_within(l4 + 2..l4 + 4, l4);
+    frame[l4 + 2..l4 + 4].copy_from_slice(&sp);
+}
+
+/// Recomputes the IPv4 header checksum (TTL set to 64) and the TCP checksum of a frame whose
+/// IP packet ends at `end`.
+pub fn finish_tcp(frame: &mut [u8], p: &Parsed, end: usize) {
+    let l4 = p.l4;
+    frame[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let len = end - l4;
+    let pseudo = if p.v6 {
+        frame[p.l3 + 7] = 64;
+        let s: [u8; 16] = frame[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16]);
+        let d: [u8; 16] = frame[p.l3 + 24..p.l3 + 40].try_into().unwrap_or([0; 16]);
+        csum::pseudo_v6(&s, &d, 6, len as u32)
+    } else {
+        frame[p.l3 + 8] = 64;
+        frame[p.l3 + 6] = 0x40; // DF
+        frame[p.l3 + 7] = 0;
+        crate::pipeline::worker::fix_ipv4_csum(frame, p.l3);
+        let s = [frame[p.l3 + 12], frame[p.l3 + 13], frame[p.l3 + 14], frame[p.l3 + 15]];
+        let d = [frame[p.l3 + 16], frame[p.l3 + 17], frame[p.l3 + 18], frame[p.l3 + 19]];
+        csum::pseudo_v4(s, d, 6, len as u16)
+    };
+    let c = csum::finish(&frame[l4..end], pseudo);
+    frame[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Adds `delta` to the 32-bit big-endian field at `off` of `frame` and returns the RFC 1624
+/// checksum delta of the change.
+pub fn shift_field(frame: &mut [u8], off: usize, delta: u32) -> u32 {
+    let mut old = [0u8; 4];
+    old.copy_from_slice(&frame[off..off + 4]);
+    let new = u32::from_be_bytes(old).wrapping_add(delta).to_be_bytes();
+    frame[off..off + 4].copy_from_slice(&new);
+    csum::delta(&old, &new)
+}
+
+/// A proxied connection's state (in the connection's cold part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proxied {
+    /// The client's initial sequence number.
+    pub isn: u32,
+    /// Our ISN towards the client (the cookie).
+    pub cookie: u32,
+    /// `cookie - rs_isn`: added to the real server's sequence numbers, subtracted from the
+    /// client's acknowledgements. Valid once `established`.
+    pub delta: u32,
+    /// The real server's SYN-ACK was seen (and answered).
+    pub established: bool,
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn siphash24_reference_vector() {
+        // The SipHash paper's example: key 00..0f, message 00..0e (15 bytes).
+        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        let m0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let m1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(siphash24(k0, k1, &[m0, m1]), 0xa129_ca61_49be_45e5);
+    }
+
+    use super::*;
+
+    fn hs(isn: u32) -> Handshake {
+        Handshake { client: 0x0a00_0102, vip: 0x0a00_0164, cport: 40000, vport: 80, isn }
+    }
+
+    #[test]
+    fn cookies_roundtrip_and_reject() {
+        let c = Cookies::new();
+        let now = 5u64 << 36;
+        for (mss, want) in [(1460, 1460), (1500, 1460), (1400, 1400), (1399, 1360), (100, 536)] {
+            let k = c.make(now, &hs(7), mss);
+            assert_eq!(c.check(now, &hs(7), k), Some(want));
+            assert_eq!(c.check(now + (1 << 36), &hs(7), k), Some(want), "previous period accepted");
+            assert_eq!(c.check(now + (2 << 36), &hs(7), k), None, "too old");
+            assert_eq!(c.check(now, &hs(8), k), None, "other ISN");
+            assert_eq!(c.check(now, &Handshake { cport: 40001, ..hs(7) }, k), None, "other port");
+        }
+        // Another worker's secret: rejected (with overwhelming probability).
+        let other = Cookies::new();
+        let k = c.make(now, &hs(7), 1460);
+        assert_eq!(other.check(now, &hs(7), k), None);
+        // Guessing: random cookies pass about 8 in 2^27.
+        let mut pass = 0;
+        for g in 0..100_000u32 {
+            pass += c.check(now, &hs(7), g.wrapping_mul(2_654_435_761)).is_some() as u32;
+        }
+        assert!(pass <= 2, "{pass}");
+    }
+
+    #[test]
+    fn mss_option_walk() {
+        let mut t = vec![0u8; 20];
+        t[12] = 8 << 4;
+        t.extend_from_slice(&[1, 1, 3, 3, 7, 2, 4, 0x05, 0xb4, 0, 0, 0]);
+        assert_eq!(mss_option(&t), Some(1460));
+        t[23] = 40; // option length past the header
+        assert_eq!(mss_option(&t), None);
+        assert_eq!(mss_option(&[0u8; 5]), None);
+        let mut short = vec![0u8; 20];
+        short[12] = 15 << 4; // claims 60 bytes
+        assert_eq!(mss_option(&short), None);
+    }
+}

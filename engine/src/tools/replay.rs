@@ -1,0 +1,279 @@
+//! Offline, deterministic replay: packets from pcap files are received on
+//! in-memory ports, every worker is stepped in turn on one thread with the
+//! pcap timestamps as the clock, and everything transmitted is written out.
+//!
+//! Determinism: the receiving worker of a packet is a fixed hash of its raw
+//! 5-tuple (like NIC RSS, deliberately *not* the ownership hash, so
+//! cross-worker handoff is exercised); after each input packet all workers
+//! are polled until no work is left, and output is collected in worker,
+//! then interface order.
+
+use crate::pipeline::snapshot::Snapshot;
+use crate::pipeline::worker::{Fabric, Worker};
+use crate::port::memory::{default_mac, HeapBuf, MemQueue};
+use crate::port::pcap::{PcapReader, PcapWriter};
+use crate::port::{Packet, PortCaps};
+use ferrovs_cfg::Config;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An in-memory engine: the workers of a config on in-memory ports, driven
+/// by the caller. Used by replay, tests and benches.
+pub struct MemEngine {
+    pub workers: Vec<Worker<MemQueue>>,
+    pub fabric: Arc<Fabric<HeapBuf>>,
+    pub snapshot: Arc<Snapshot>,
+}
+
+impl MemEngine {
+    pub fn new(config: Config, workers: usize) -> MemEngine {
+        let mut config = config;
+        config.engine.workers = workers.max(1);
+        let n = config.engine.workers;
+        let macs: Vec<[u8; 6]> =
+            config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
+        let config = Arc::new(config);
+        let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
+        let fabric = Fabric::new(n);
+        let workers = (0..n)
+            .map(|w| {
+                let queues = config
+                    .interfaces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, itf)| {
+                        MemQueue::new(PortCaps { name: itf.name.clone(), mac: macs[i], queues: n as u16, mtu: 1500 })
+                    })
+                    .collect();
+                Worker::new(w, queues, snapshot.clone(), fabric.clone())
+            })
+            .collect();
+        MemEngine { workers, fabric, snapshot }
+    }
+
+    /// Index of the interface named `name`.
+    pub fn iface(&self, name: &str) -> Option<usize> {
+        self.snapshot.ifaces.iter().position(|i| i.name == name)
+    }
+
+    /// The worker a frame arrives on (an RSS-like hash of the raw tuple).
+    pub fn rx_worker(&self, frame: &[u8]) -> usize {
+        let n = self.workers.len();
+        if n == 1 {
+            return 0;
+        }
+        match crate::wire::parse::parse(frame) {
+            Ok(p) => {
+                let h = (p.src as u64)
+                    .wrapping_mul(31)
+                    .wrapping_add(p.dst as u64)
+                    .wrapping_mul(31)
+                    .wrapping_add(((p.sport as u64) << 16) | p.dport as u64);
+                (h.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 33) as usize % n
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Receive `frame` on interface `iface` at time `now` and run the
+    /// workers until idle. Returns what was transmitted: (iface, frame).
+    pub fn inject(&mut self, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)> {
+        let w = self.rx_worker(frame);
+        self.workers[w].queues_mut()[iface].inject(frame);
+        self.run(now)
+    }
+
+    /// Poll every worker until no work is left; collect transmissions.
+    pub fn run(&mut self, now: u64) -> Vec<(usize, Vec<u8>)> {
+        loop {
+            let mut work = 0;
+            for w in self.workers.iter_mut() {
+                work += w.poll(now);
+            }
+            let handoff_pending = self.fabric.handoff.iter().any(|q| !q.is_empty());
+            let ctrl_pending = self.fabric.ctrl.iter().any(|q| !q.is_empty());
+            if work == 0 && !handoff_pending && !ctrl_pending {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for w in self.workers.iter_mut() {
+            for (i, q) in w.queues_mut().iter_mut().enumerate() {
+                for b in q.take_tx() {
+                    out.push((i, b.data().to_vec()));
+                    q.recycle(b);
+                }
+            }
+        }
+        out
+    }
+
+    /// Cluster: what the workers queued for the peers since the last call, encoded by
+    /// `batcher` at `now` as the daemon's sync thread does.
+    pub fn take_sync(&mut self, batcher: &mut crate::cluster::sync::Batcher, now: u64) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        while let Some(b) = self.fabric.sync_tx.pop() {
+            all.extend(b);
+        }
+        batcher.encode(&all, now)
+    }
+
+    /// Cluster: a sync datagram from a peer, delivered to the owning workers, which install
+    /// it at `now`. Returns the number of entries, or why the message was refused.
+    pub fn deliver_sync(&mut self, msg: &[u8], now: u64) -> Result<usize, crate::cluster::sync::SyncError> {
+        let m = crate::cluster::sync::parse(msg)?;
+        let n = m.entries.len();
+        for (w, es) in
+            crate::cluster::sync::route(m.entries, self.workers.len(), self.snapshot.port_range).into_iter().enumerate()
+        {
+            if !es.is_empty() {
+                let _ = self.fabric.ctrl[w].push(crate::pipeline::worker::Ctrl::Sync(es));
+            }
+        }
+        let out = self.run(now);
+        debug_assert!(out.is_empty(), "installing sync state sends nothing");
+        Ok(n)
+    }
+
+    /// Install a new configuration, as a SIGHUP reload does: a snapshot posted to every
+    /// worker's control ring, applied at its next poll (at `now`).
+    pub fn reload(&mut self, config: Config, now: u64) {
+        let macs: Vec<[u8; 6]> = self.snapshot.ifaces.iter().map(|i| i.mac).collect();
+        let mut config = config;
+        config.engine.workers = self.workers.len();
+        let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
+        // Single-threaded: a full ring would never drain while waiting.
+        let undelivered = crate::daemon::post_snapshot(&*self.fabric, &snap, Duration::ZERO);
+        assert!(undelivered.is_empty(), "control ring full");
+        self.snapshot = snap;
+        let _ = self.run(now);
+    }
+
+    /// Back to the state of `MemEngine::new` without rebuilding the
+    /// snapshot or reallocating tables: see [`Worker::reset`]. Port queues
+    /// and the fabric's rings are emptied.
+    pub fn reset(&mut self) {
+        for q in self.fabric.handoff.iter() {
+            while q.pop().is_some() {}
+        }
+        for q in self.fabric.ctrl.iter() {
+            while q.pop().is_some() {}
+        }
+        for w in self.workers.iter_mut() {
+            for q in w.queues_mut() {
+                while let Some(b) = q.rx.pop_front() {
+                    q.recycle(b);
+                }
+                for b in q.take_tx() {
+                    q.recycle(b);
+                }
+            }
+            w.reset();
+        }
+        while self.fabric.sync_tx.pop().is_some() {}
+    }
+
+    /// Packets held by all workers for later (see [`Worker::held_packets`]:
+    /// waiting for a neighbour, a first fragment or a SYN-proxied handshake).
+    pub fn parked(&self) -> usize {
+        self.workers.iter().map(|w| w.held_packets()).sum()
+    }
+
+    /// Sum of all workers' counters.
+    pub fn counters(&self) -> crate::pipeline::counters::CounterSnapshot {
+        crate::daemon::sum_counters(&self.fabric.counters)
+    }
+}
+
+/// Where replay reads and writes.
+pub struct ReplayArgs {
+    pub config: Config,
+    /// (interface name or None for the first, file)
+    pub inputs: Vec<(Option<String>, PathBuf)>,
+    /// (interface name or None for all, file)
+    pub outputs: Vec<(Option<String>, PathBuf)>,
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct ReplayError(pub String);
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+/// Summary of a replay.
+pub struct ReplayReport {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub engine: MemEngine,
+}
+
+pub fn replay(args: ReplayArgs) -> Result<ReplayReport, ReplayError> {
+    let workers = args.workers.unwrap_or(args.config.engine.workers).max(1);
+    if args.config.interfaces.is_empty() {
+        return Err(ReplayError("replay needs at least one [[interface]] in the config".into()));
+    }
+    let mut engine = MemEngine::new(args.config, workers);
+    let mut readers = Vec::new();
+    for (name, path) in &args.inputs {
+        let iface = match name {
+            Some(n) => {
+                engine.iface(n).ok_or_else(|| ReplayError(format!("--input {n}=...: no interface named {n:?}")))?
+            }
+            None => 0,
+        };
+        let r = PcapReader::open(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;
+        readers.push((iface, path.clone(), r, None::<(u64, Vec<u8>)>));
+    }
+    let mut writers: Vec<(Option<usize>, PcapWriter<std::io::BufWriter<std::fs::File>>)> = Vec::new();
+    for (name, path) in &args.outputs {
+        let iface = match name {
+            Some(n) => Some(
+                engine.iface(n).ok_or_else(|| ReplayError(format!("--output {n}=...: no interface named {n:?}")))?,
+            ),
+            None => None,
+        };
+        let w = PcapWriter::create(path).map_err(|e| ReplayError(format!("{}: {e}", path.display())))?;
+        writers.push((iface, w));
+    }
+    // Prime one packet per reader; merge by timestamp (ties: input order).
+    for r in readers.iter_mut() {
+        r.3 = r.2.next_packet().map_err(|e| ReplayError(format!("{}: {e}", r.1.display())))?;
+    }
+    let (mut n_in, mut n_out, mut now) = (0u64, 0u64, 0u64);
+    loop {
+        let mut best: Option<usize> = None;
+        for (k, r) in readers.iter().enumerate() {
+            if let Some((ts, _)) = &r.3 {
+                if best.is_none_or(|b| *ts < readers[b].3.as_ref().map(|x| x.0).unwrap_or(u64::MAX)) {
+                    best = Some(k);
+                }
+            }
+        }
+        let Some(k) = best else { break };
+        let (ts, frame) = readers[k].3.take().expect("primed");
+        now = now.max(ts);
+        n_in += 1;
+        let iface = readers[k].0;
+        for (i, out) in engine.inject(iface, &frame, now) {
+            n_out += 1;
+            for (want, w) in writers.iter_mut() {
+                if want.is_none_or(|x| x == i) {
+                    w.write_packet(now, &out).map_err(|e| ReplayError(format!("writing output: {e}")))?;
+                }
+            }
+        }
+        let r = &mut readers[k];
+        r.3 = r.2.next_packet().map_err(|e| ReplayError(format!("{}: {e}", r.1.display())))?;
+    }
+    for (_, w) in writers.iter_mut() {
+        w.flush().map_err(|e| ReplayError(format!("writing output: {e}")))?;
+    }
+    Ok(ReplayReport { packets_in: n_in, packets_out: n_out, engine })
+}

@@ -1,0 +1,14 @@
+//! The wire layer: what a frame looks like, nothing about connections.
+//!
+//! - [`parse`]: Ethernet, one optional 802.1Q tag, IPv4, IPv6, TCP, UDP,
+//!   ICMP/ICMPv6 and ARP into offsets and flow fields: a hand-written fast
+//!   parser for the common TCP/UDP case, etherparse (the reference) for the
+//!   rest.
+//! - [`csum`]: full Internet checksums for frames the engine builds and
+//!   RFC 1624 incremental updates for frames it rewrites.
+//! - [`tcpopt`]: a bounds-checked TCP options walker (MSS clamping, SACK
+//!   edges, window scale, timestamps).
+
+pub mod csum;
+pub mod parse;
+pub mod tcpopt;
