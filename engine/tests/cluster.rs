@@ -491,6 +491,10 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
         _ => None,
     });
     let q = seq.expect("the rewrite is synced (kind 5)");
+    assert!(
+        !es.iter().any(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Expect(_))),
+        "a full-NAT active expectation (a port reserved on node 1's address) is not synced"
+    );
     assert_eq!((q.orig.at, q.orig.before, q.orig.after, q.lport), (1006, 0, delta, Some(lport)));
     assert_eq!((q.reply.before, q.reply.after), (0, 0));
     // Node 1 dies. Node 2 got everything; node 3 (for contrast) only the connection entries.
@@ -523,4 +527,37 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
         "the VIP announced: {:?}",
         String::from_utf8_lossy(&r.payload)
     );
+}
+
+#[test]
+fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_address() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let (ip, mac) = client(C);
+    let out = a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S);
+    let syn = one(out).1;
+    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    for m in a.take_sync(&mut ba, S) {
+        b.deliver_sync(&m, S).unwrap();
+    }
+    // ECMP sends the client's data SYN to node 2 before the expectation reached it: dropped
+    // (a connection from node 2's own address would be refused by the server), counted.
+    let data_syn = |e: &mut MemEngine| {
+        e.inject(EXT, &with_macs(tcp4(ip, 40001, VIP, 30001, TCP_SYN, 7000, 0, b""), mac, LB_EXT), 2 * S)
+    };
+    assert!(data_syn(&mut b).is_empty());
+    assert_drops(&b, &[(DropReason::NoService, 1)]);
+    // PASV on node 1; its expectation is synced; the retransmitted SYN leaves node 2 from
+    // node 1's local address (the control connection's), as the server requires.
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"PASV\r\n");
+    ftp_seg(&mut a, false, rs, la, lport, 5001, 1007, b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n");
+    for m in a.take_sync(&mut ba, 2 * S) {
+        b.deliver_sync(&m, 2 * S).unwrap();
+    }
+    let (i, s) = one(data_syn(&mut b));
+    assert_eq!((i, s.src, s.dst, s.dport), (INT, LA1, rs, 30001));
 }

@@ -1440,7 +1440,10 @@ impl<Q: PortQueue> Worker<Q> {
     /// data connection (a port >= 1024, or the active-mode port 20, as the service's data
     /// ports allow): it goes to the real server the cluster-wide Maglev choice gives the client,
     /// i.e. its control connection's, on every node, whether or not this node saw the PASV/PORT
-    /// (as an IPVS persistent port-0 service places FTP data in DR). `None` outside a cluster.
+    /// (as an IPVS persistent port-0 service places FTP data in DR). Not for NAT or full NAT:
+    /// a full-NAT data connection must leave from its control connection's local address,
+    /// which only the synced expectation names; without it the SYN is dropped (`no_service`)
+    /// and its retransmission finds the expectation. `None` outside a cluster.
     fn cluster_service(&self, p: &Parsed) -> Option<usize> {
         self.snap.config.cluster.as_ref()?;
         if let Some(si) = self.snap.service(p.dst, p.proto, p.dport) {
@@ -1452,7 +1455,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.snap.services.iter().position(|s| {
             s.vip == p.dst
                 && s.proto == PROTO_TCP
-                && s.forward != Forward::Nat
+                && matches!(s.forward, Forward::Dr | Forward::Tunnel)
                 && s.ftp.as_ref().is_some_and(|f| p.dport == 20 || p.dport >= 1024 || f.allow_low_data_ports)
         })
     }
@@ -3325,7 +3328,10 @@ impl<'a> Broker<'a> {
             client,
             cport,
         };
-        if let Some(out) = self.sync.as_mut() {
+        // A full-NAT active expectation waits on a port reserved on this node's local address
+        // (keyed by it): the format has no field for that, so it is not synced (README).
+        let fnat_active = self.fwd == Forward::Fnat && matches!(key, ExpKey::Active(..));
+        if let Some(out) = self.sync.as_mut().filter(|_| !fnat_active) {
             use crate::cluster::sync::ExpectKind as K;
             let c = flows.get(idx);
             let (kind, port) = match key {
