@@ -560,4 +560,8 @@ fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_add
     }
     let (i, s) = one(data_syn(&mut b));
     assert_eq!((i, s.src, s.dst, s.dport), (INT, LA1, rs, 30001));
+    // Its port comes from node 2's slot of node 1's ports (2000-2255: half way plus 2/256 of
+    // the other half), not from where node 1 allocates next (2001): no clash before the syncs
+    // cross.
+    assert_eq!(s.sport, 2129);
 }

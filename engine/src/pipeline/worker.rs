@@ -1674,6 +1674,12 @@ impl<Q: PortQueue> Worker<Q> {
             // The source side too: client:cport <-> local address:port.
             let picked = match local {
                 Local::Fixed(a, port) => Some((a, port)),
+                // A cluster peer's local address (a data connection of a control connection
+                // the peer opened): from this node's slot of its ports.
+                Local::Prefer(a) if !svc.local.contains(&a) => {
+                    let slot = self.snap.config.cluster.as_ref().map_or(0, |c| c.node_id);
+                    self.lports.take_foreign(a, proto, slot).map(|port| (a, port))
+                }
                 Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
                 Local::Any => None,
             };
