@@ -55,6 +55,9 @@ pub struct Engine {
     pub icmp_rate: u32,
     /// Burst of originated ICMP errors per worker (default 50, `net.ipv4.icmp_msgs_burst`).
     pub icmp_burst: u32,
+    /// Frames per worker and second the exception path (`interface.kernel_port`) passes to
+    /// the kernel (default 100000); beyond it they are dropped and counted (`kernel_limited`).
+    pub kernel_rate: u32,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,
     /// Optional Prometheus listener.
@@ -143,6 +146,11 @@ pub struct Interface {
     /// Addresses the engine owns on this interface (answers ARP/ND, and
     /// uses as source of its own packets).
     pub addresses: Vec<IpNet>,
+    /// DPDK: the exception path to the kernel for this port (a vdev spec such as
+    /// `net_tap0,iface=fvs-kni0` or a virtio-user port), as DPVS's KNI. Frames the engine
+    /// does not handle go to the kernel through it; what the kernel sends on it goes out
+    /// of this port. BGP, BFD, sync and health checks of a DPDK node run over it.
+    pub kernel_port: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

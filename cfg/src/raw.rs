@@ -71,6 +71,7 @@ pub(crate) struct RawEngine {
     pub syn_proxy_threshold: Option<S<i64>>,
     pub local_port_range: Option<S<PortDe>>,
     pub icmp_rate: Option<S<i64>>,
+    pub kernel_rate: Option<S<i64>>,
     pub icmp_burst: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
@@ -104,6 +105,7 @@ pub(crate) struct RawInterface {
     pub mac: Option<MacDe>,
     #[serde(default)]
     pub addresses: Vec<S<NetDe>>,
+    pub kernel_port: Option<S<String>>,
 }
 
 #[derive(Deserialize, Debug)]

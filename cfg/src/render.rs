@@ -88,6 +88,7 @@ pub(crate) fn config(c: &Config) -> String {
         let _ = writeln!(o, "local_port_range = \"{}-{}\"", e.local_port_range.lo, e.local_port_range.hi);
     }
     let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
+    let _ = writeln!(o, "kernel_rate = {}", e.kernel_rate);
     let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
@@ -120,6 +121,9 @@ pub(crate) fn config(c: &Config) -> String {
             let _ = writeln!(o, "mac = {}", q(&mac(m)));
         }
         let _ = writeln!(o, "addresses = {}", list(&i.addresses, |a| q(&a.to_string())));
+        if let Some(k) = &i.kernel_port {
+            let _ = writeln!(o, "kernel_port = {}", q(k));
+        }
     }
     for n in &c.neighbors {
         o.push_str("\n[[neighbor]]\n");

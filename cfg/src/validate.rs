@@ -85,7 +85,24 @@ impl Validator<'_> {
                 }
                 addresses.push(net);
             }
-            interfaces.push(Interface { name, device, mac: ri.mac.map(|m| m.0), addresses });
+            let kernel_port = match &ri.kernel_port {
+                None => None,
+                Some(k) => {
+                    let dev = self.non_empty(k, "kernel_port")?;
+                    if engine.backend == Backend::AfPacket {
+                        return Err(self.err(
+                            span_of(k),
+                            "kernel_port is DPDK's exception path to the kernel; with backend \"af_packet\" \
+                             the kernel already shares the interface (give it an address of its own there)",
+                        ));
+                    }
+                    if dev.trim() == device.trim() {
+                        return Err(self.err(span_of(k), "kernel_port must be another device than the interface's own"));
+                    }
+                    Some(dev)
+                }
+            };
+            interfaces.push(Interface { name, device, mac: ri.mac.map(|m| m.0), addresses, kernel_port });
         }
         if interfaces.is_empty() && engine.backend != Backend::Memory {
             let msg = "at least one [[interface]] is required unless backend = \"memory\"";
@@ -443,6 +460,7 @@ impl Validator<'_> {
         )? as u32;
         let icmp_rate = self.opt_int(&e.icmp_rate, 0, 1_000_000_000, "icmp_rate", 1000)? as u32;
         let icmp_burst = self.opt_int(&e.icmp_burst, 1, 1_000_000, "icmp_burst", 50)? as u32;
+        let kernel_rate = self.opt_int(&e.kernel_rate, 1, 1_000_000_000, "kernel_rate", 100_000)? as u32;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -481,6 +499,7 @@ impl Validator<'_> {
                 neighbor_table_size,
                 syn_proxy_threshold,
                 icmp_rate,
+                kernel_rate,
                 icmp_burst,
                 control_socket,
                 metrics_listen,
@@ -920,6 +939,7 @@ pub(crate) fn default_engine() -> Engine {
         neighbor_table_size: 4096,
         syn_proxy_threshold: 65_536,
         icmp_rate: 1000,
+        kernel_rate: 100_000,
         icmp_burst: 50,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,

@@ -116,6 +116,7 @@ fn good_config_parses_into_expected_model() {
             device: "fvs-lb0".into(),
             mac: Some([2, 0, 0, 0, 1, 1]),
             addresses: vec![IpNet { addr: ip("10.0.1.1"), prefix: 24 }, IpNet { addr: ip("fd00:1::1"), prefix: 64 }],
+            kernel_port: None,
         }
     );
     assert_eq!(c.interfaces[1].mac, None);
@@ -283,6 +284,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"10.0.1.1/16\"]\n", 13, "duplicate interface address 10.0.1.1"),
     ("[[interface]]\nname = \"ext\"\ndevice = \"x\"\n", 11, "duplicate interface name \"ext\""),
     ("[[interface]]\nname = \"\"\ndevice = \"x\"\n", 11, "interface name must not be empty"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\nkernel_port = \"net_tap0,iface=k0\"\n", 13, "kernel_port is DPDK's exception path"),
     // engine
     ("[engine.timeouts]\n", 10, ""), // redefining [engine] parts after it is fine for toml; keep as smoke
     ("[[neighbor]]\naddress = \"10.0.1.9\"\nmac = \"02:00:00:00:01:09\"\ninterface = \"nope\"\n", 13, "unknown interface \"nope\""),
@@ -538,4 +540,21 @@ fn proxy_protocol_per_real_server() {
         assert_eq!(e.line, Some(line), "{text}: {e}");
         assert!(e.message.contains(needle), "{text}: {e}");
     }
+}
+
+#[test]
+fn kernel_port_with_dpdk() {
+    let text = "[engine]\nbackend = \"dpdk\"\n[[interface]]\nname = \"ext\"\ndevice = \"net_af_packet0,iface=v0\"\n\
+                kernel_port = \"net_tap0,iface=fvs-kni0\"\naddresses = [\"10.0.1.1/24\"]\n";
+    let c = Config::from_str(text, "k.toml").unwrap();
+    assert_eq!(c.interfaces[0].kernel_port.as_deref(), Some("net_tap0,iface=fvs-kni0"));
+    assert_eq!(c.engine.kernel_rate, 100_000);
+    // Rendered and parsed again: the same.
+    let again = Config::from_str(&c.to_toml(), "k2.toml").unwrap();
+    assert_eq!(again.interfaces[0].kernel_port, c.interfaces[0].kernel_port);
+    // The interface's own device is not an exception path.
+    let same = text.replace("net_tap0,iface=fvs-kni0", "net_af_packet0,iface=v0");
+    let e = Config::from_str(&same, "k.toml").unwrap_err();
+    assert_eq!(e.line, Some(6), "{e}");
+    assert!(e.message.contains("another device"), "{e}");
 }

@@ -120,6 +120,9 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.cookies_failed += s.cookies_failed;
         total.icmp_sent += s.icmp_sent;
         total.icmp_ratelimited += s.icmp_ratelimited;
+        total.to_kernel += s.to_kernel;
+        total.from_kernel += s.from_kernel;
+        total.kernel_limited += s.kernel_limited;
         if total.drops.is_empty() {
             total.drops = s.drops.clone();
         } else {
@@ -161,6 +164,13 @@ pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
         }
         if c.icmp_sent + c.icmp_ratelimited > 0 {
             let _ = writeln!(s, "worker {w}: icmp errors sent {} rate-limited {}", c.icmp_sent, c.icmp_ratelimited);
+        }
+        if c.to_kernel + c.from_kernel + c.kernel_limited > 0 {
+            let _ = writeln!(
+                s,
+                "worker {w}: kernel port: to kernel {} from kernel {} over kernel_rate {}",
+                c.to_kernel, c.from_kernel, c.kernel_limited
+            );
         }
         let drops: Vec<String> = c.drops.iter().filter(|d| d.1 > 0).map(|(n, v)| format!("{n}={v}")).collect();
         let _ = writeln!(s, "worker {w}: drops {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
@@ -376,13 +386,17 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
         Backend::Memory => {
             let queues: Vec<Vec<MemQueue>> = (0..workers)
                 .map(|_| {
+                    let kernel = config.interfaces.iter().enumerate().filter(|(_, itf)| itf.kernel_port.is_some());
                     config
                         .interfaces
                         .iter()
                         .enumerate()
-                        .map(|(i, itf)| {
+                        .map(|(i, itf)| (itf.name.clone(), i))
+                        .chain(kernel.map(|(i, itf)| (format!("{}.kernel", itf.name), i)))
+                        .map(|(name, i)| {
+                            let itf = &config.interfaces[i];
                             let mut q = MemQueue::new(PortCaps {
-                                name: itf.name.clone(),
+                                name,
                                 mac: itf.mac.unwrap_or(crate::port::memory::default_mac(i)),
                                 queues: workers as u16,
                                 mtu: 1500,

@@ -152,6 +152,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             syn_proxy_threshold: 64,
             icmp_rate: 1000,
             icmp_burst: 50,
+            kernel_rate: 100_000,
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,
             timeouts: Timeouts::default(),
@@ -165,6 +166,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
                 device: dev.to_string(),
                 mac: *mac,
                 addresses: vec![],
+                kernel_port: None,
             })
             .collect(),
         neighbors: vec![],

@@ -457,7 +457,8 @@ impl State {
                        "cookies_failed": s.cookies_failed, "flows_created": s.flows_created,
                        "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
                        "sync_skipped": s.sync_skipped, "icmp_sent": s.icmp_sent,
-                       "icmp_ratelimited": s.icmp_ratelimited, "drops": drops})
+                       "icmp_ratelimited": s.icmp_ratelimited, "to_kernel": s.to_kernel,
+                       "from_kernel": s.from_kernel, "kernel_limited": s.kernel_limited, "drops": drops})
             })
             .collect();
         json!(workers)

@@ -119,7 +119,7 @@ pub fn render(f: &Figures) -> String {
         }
     }
     type W = fn(&crate::pipeline::counters::CounterSnapshot) -> u64;
-    let wk: [(&str, &str, &str, W); 13] = [
+    let wk: &[(&str, &str, &str, W)] = &[
         ("rx_packets_total", "counter", "Packets received.", |s| s.rx_packets),
         ("rx_bytes_total", "counter", "Bytes received.", |s| s.rx_bytes),
         ("tx_packets_total", "counter", "Packets transmitted.", |s| s.tx_packets),
@@ -138,6 +138,13 @@ pub fn render(f: &Figures) -> String {
         }),
         ("icmp_ratelimited_total", "counter", "Originated ICMP errors suppressed by [engine] icmp_rate.", |s| {
             s.icmp_ratelimited
+        }),
+        ("to_kernel_total", "counter", "Frames passed to the kernel through interface.kernel_port.", |s| s.to_kernel),
+        ("from_kernel_total", "counter", "Frames the kernel sent out through interface.kernel_port.", |s| {
+            s.from_kernel
+        }),
+        ("kernel_limited_total", "counter", "Frames for the kernel dropped over [engine] kernel_rate.", |s| {
+            s.kernel_limited
         }),
     ];
     let snaps: Vec<_> = counters.iter().map(|c| c.snapshot()).collect();

@@ -92,6 +92,12 @@ pub struct WorkerCounters {
     /// `[engine] icmp_rate` token bucket suppressed (the packet is then a `too_big` drop).
     pub icmp_sent: AtomicU64,
     pub icmp_ratelimited: AtomicU64,
+    /// Exception path (`interface.kernel_port`): frames passed to the kernel, frames the
+    /// kernel sent out through the port, and frames for the kernel over `[engine] kernel_rate`
+    /// (dropped).
+    pub to_kernel: AtomicU64,
+    pub from_kernel: AtomicU64,
+    pub kernel_limited: AtomicU64,
     pub drops: [AtomicU64; N_DROPS],
 }
 
@@ -134,6 +140,9 @@ impl WorkerCounters {
             cookies_failed: self.cookies_failed.load(Relaxed),
             icmp_sent: self.icmp_sent.load(Relaxed),
             icmp_ratelimited: self.icmp_ratelimited.load(Relaxed),
+            to_kernel: self.to_kernel.load(Relaxed),
+            from_kernel: self.from_kernel.load(Relaxed),
+            kernel_limited: self.kernel_limited.load(Relaxed),
             drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
         }
     }
@@ -165,6 +174,9 @@ impl WorkerCounters {
             split_segments,
             icmp_sent,
             icmp_ratelimited,
+            to_kernel,
+            from_kernel,
+            kernel_limited,
             drops,
         } = self;
         for c in [
@@ -192,6 +204,9 @@ impl WorkerCounters {
             split_segments,
             icmp_sent,
             icmp_ratelimited,
+            to_kernel,
+            from_kernel,
+            kernel_limited,
         ]
         .into_iter()
         .chain(drops.iter())
@@ -227,6 +242,9 @@ pub struct CounterSnapshot {
     pub cookies_failed: u64,
     pub icmp_sent: u64,
     pub icmp_ratelimited: u64,
+    pub to_kernel: u64,
+    pub from_kernel: u64,
+    pub kernel_limited: u64,
     pub drops: Vec<(&'static str, u64)>,
 }
 

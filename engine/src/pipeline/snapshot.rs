@@ -110,6 +110,24 @@ fn prefix128(ip: std::net::IpAddr, p: u8) -> u8 {
     }
 }
 
+/// The exception path: for each interface, the queue index of its `kernel_port`. Backends
+/// open the kernel ports after every interface, in interface order, so the j-th interface
+/// with a kernel port has queue `interfaces.len() + j`.
+pub fn kernel_queues(config: &Config) -> Vec<Option<usize>> {
+    let n = config.interfaces.len();
+    let mut next = n;
+    config
+        .interfaces
+        .iter()
+        .map(|i| {
+            i.kernel_port.as_ref().map(|_| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect()
+}
+
 impl Snapshot {
     /// Compile `config`; `macs[i]` is the MAC interface `i` really uses.
     pub fn build(config: Arc<Config>, macs: &[[u8; 6]]) -> Snapshot {

@@ -198,6 +198,12 @@ pub struct Worker<Q: PortQueue> {
     /// `icmp_burst`) and the (rate, burst) it was built for.
     icmp_rl: crate::pipeline::ratelimit::RateLimit,
     icmp_cfg: (u32, u32),
+    /// Exception path (`interface.kernel_port`, DPDK): the queue of each interface's kernel
+    /// port, the interface each kernel queue belongs to (fixed when the backend opened the
+    /// ports), and the `[engine] kernel_rate` bucket.
+    kern_q: Vec<Option<usize>>,
+    kern_of: Vec<Option<usize>>,
+    kern_rl: crate::pipeline::ratelimit::RateLimit,
     sweep_pos: usize,
     now: u64,
     last_tick: u64,
@@ -273,6 +279,18 @@ impl<Q: PortQueue> Worker<Q> {
     pub fn new(id: usize, queues: Vec<Q>, snap: Arc<Snapshot>, fabric: Arc<Fabric<Q::Buf>>) -> Self {
         let cap = snap.config.engine.flow_table_size;
         let ifaces = queues.len();
+        // Kernel ports the backend opened (a backend without them leaves the queues out).
+        let kern_q: Vec<Option<usize>> = crate::pipeline::snapshot::kernel_queues(&snap.config)
+            .into_iter()
+            .map(|q| q.filter(|&q| q < ifaces))
+            .collect();
+        let mut kern_of = vec![None; ifaces];
+        for (i, q) in kern_q.iter().enumerate() {
+            if let Some(q) = *q {
+                kern_of[q] = Some(i);
+            }
+        }
+        let kern_rate = snap.config.engine.kernel_rate;
         let mut w = Worker {
             id,
             counters: fabric.counters[id].clone(),
@@ -312,6 +330,9 @@ impl<Q: PortQueue> Worker<Q> {
             neigh_log: Default::default(),
             icmp_rl: crate::pipeline::ratelimit::RateLimit::new(0, 1),
             icmp_cfg: (u32::MAX, 0),
+            kern_q,
+            kern_of,
+            kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),
             sweep_pos: 0,
             now: 0,
             last_tick: 0,
@@ -525,6 +546,13 @@ impl<Q: PortQueue> Worker<Q> {
         for i in 0..self.queues.len() {
             self.queues[i].rx_burst(&mut rx);
             if rx.is_empty() {
+                continue;
+            }
+            if let Some(data) = self.kern_of[i] {
+                // The kernel's own frames (BGP, BFD, ARP, ...) leave through its data port as sent.
+                work += rx.len();
+                bump(&self.counters.from_kernel, rx.len() as u64);
+                self.tx[data].append(&mut rx);
                 continue;
             }
             // Burst in three passes so the flow table's cache misses
@@ -1086,6 +1114,20 @@ impl<Q: PortQueue> Worker<Q> {
         self.counters.count_drop(r);
     }
 
+    /// A frame the engine does not handle: to the kernel through the interface's exception
+    /// path if it has one (at most `[engine] kernel_rate` per second), otherwise a drop for `r`.
+    fn punt(&mut self, iface: usize, pkt: Q::Buf, r: DropReason) {
+        let Some(q) = self.kern_q.get(iface).copied().flatten() else {
+            return self.drop_pkt(r);
+        };
+        if !self.kern_rl.allow(self.now) {
+            bump(&self.counters.kernel_limited, 1);
+            return self.drop_pkt(r);
+        }
+        bump(&self.counters.to_kernel, 1);
+        self.tx[q].push(pkt);
+    }
+
     /// Classify and forward one packet received on interface `iface`.
     pub fn process(&mut self, iface: usize, pkt: Q::Buf, handed: bool) {
         let r = parse::parse(pkt.data());
@@ -1197,6 +1239,8 @@ impl<Q: PortQueue> Worker<Q> {
         let p = match parsed {
             Ok(p) => *p,
             Err(parse::ParseError::Fragment) => return self.fragment(iface, pkt, handed),
+            // Another protocol (LLDP, ...): the kernel's, if it has an exception path.
+            Err(parse::ParseError::Unsupported) => return self.punt(iface, pkt, DropReason::Unsupported),
             Err(e) => {
                 self.drop_pkt(match *e {
                     parse::ParseError::Malformed => DropReason::Malformed,
@@ -1231,8 +1275,8 @@ impl<Q: PortQueue> Worker<Q> {
         let to_laddr =
             !dst_vip && snap.laddrs.contains(&p.dst) && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
         if local && !dst_vip && !to_laddr {
-            self.drop_pkt(DropReason::NotForUs);
-            return;
+            // The engine's own address, not a service (BGP, BFD on it): the kernel's.
+            return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let inner = if icmp_err {
             match parse::parse_inner(pkt.data(), &p) {
@@ -1271,8 +1315,12 @@ impl<Q: PortQueue> Worker<Q> {
             return self.icmp_error(pkt, &p, &inner, dst_vip);
         }
         if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
-            self.drop_pkt(DropReason::Unsupported);
-            return;
+            // OSPF, VRRP, router advertisements, echo to the kernel's address, ...
+            if dst_vip {
+                self.drop_pkt(DropReason::Unsupported);
+                return;
+            }
+            return self.punt(iface, pkt, DropReason::Unsupported);
         }
         let key = flow_key(&p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
@@ -1312,7 +1360,12 @@ impl<Q: PortQueue> Worker<Q> {
                 Some(next) => next,
                 None => self.new_inbound(&mut pkt, &p),
             },
-            None => self.new_outbound(&mut pkt, &p),
+            None => match self.new_outbound(&mut pkt, &p) {
+                // No connection, no expectation, not a service: the kernel's (its own
+                // address, or a host it forwards for), if there is an exception path.
+                Next::Drop(DropReason::NoFlow) if !to_laddr => return self.punt(iface, pkt, DropReason::NoFlow),
+                next => next,
+            },
         };
         self.finish(pkt, next);
     }
@@ -2138,7 +2191,8 @@ impl<Q: PortQueue> Worker<Q> {
             self.tx[iface].push(pkt);
             return;
         }
-        self.drop_pkt(DropReason::NotForUs);
+        // Requests for other addresses and replies: the kernel's too, if it has an exception path.
+        self.punt(iface, pkt, DropReason::NotForUs);
     }
 
     fn handle_nd(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
@@ -2158,8 +2212,7 @@ impl<Q: PortQueue> Worker<Q> {
                     self.learn_neighbor(target, mac);
                 }
             }
-            self.drop_pkt(DropReason::NotForUs);
-            return;
+            return self.punt(iface, pkt, DropReason::NotForUs);
         }
         // Solicitation.
         let for_us = self.snap.local.contains(&target) || self.snap.vips.contains(&target);
@@ -2172,8 +2225,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         if !for_us {
-            self.drop_pkt(DropReason::NotForUs);
-            return;
+            return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let mac = self.snap.ifaces[iface].mac;
         let mut src6 = [0u8; 16];

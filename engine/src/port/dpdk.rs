@@ -233,6 +233,19 @@ fn eal_argv(cfg: &ferrovs_cfg::Config, main_cpu: usize) -> Result<(Vec<String>, 
             });
         }
     }
+    // Exception paths to the kernel: opened after every interface (see `kernel_queues`).
+    for iface in &cfg.interfaces {
+        if let Some(k) = &iface.kernel_port {
+            let dev = k.trim();
+            if !is_vdev(dev) {
+                return Err(DpdkError::Device {
+                    device: k.clone(),
+                    reason: "kernel_port must be a vdev spec: net_tap0,iface=NAME or a virtio-user port".into(),
+                });
+            }
+            argv.push(format!("--vdev={dev}"));
+        }
+    }
     Ok((argv, choose_lcore))
 }
 
@@ -859,6 +872,27 @@ impl DpdkBackend {
             let p = shared.ports.last_mut().unwrap();
             start_port(p, iface.mac)?;
         }
+        // Kernel ports last, in interface order (`snapshot::kernel_queues`), each with its
+        // data port's MAC: the kernel then answers ARP/ND with the address the wire knows
+        // and accepts the unicast frames passed to it.
+        let n = shared.ports.len();
+        for (i, iface) in cfg.interfaces.iter().enumerate() {
+            let Some(k) = &iface.kernel_port else { continue };
+            let kif = ferrovs_cfg::model::Interface {
+                name: format!("{}.kernel", iface.name),
+                device: k.clone(),
+                mac: None,
+                addresses: Vec::new(),
+                kernel_port: None,
+            };
+            let mac = shared.ports[i].caps.mac;
+            let port = open_port(cfg, &kif, workers as u16)?;
+            shared.ports.push(port);
+            let p = shared.ports.last_mut().unwrap();
+            start_port(p, Some(mac))?;
+            tracing::info!(interface = %iface.name, kernel_port = %k, "exception path to the kernel");
+        }
+        debug_assert_eq!(shared.ports.len(), n + cfg.interfaces.iter().filter(|i| i.kernel_port.is_some()).count());
         let shared = Arc::new(shared);
         let queues = (0..workers as u16)
             .map(|q| {

@@ -1070,7 +1070,16 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     let macs: Vec<[u8; 6]> = cfg.interfaces.iter().map(|i| i.mac.expect("bench config sets MACs")).collect();
     let snap = Arc::new(Snapshot::build(cfg.clone(), &macs));
     let fabric: Arc<Fabric<HeapBuf>> = Fabric::new(workers);
-    let cores = if args.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    // Core 0 last: one worker runs off core 0 (where IRQs and the kernel
+    // work), more take every core. Unlike the daemon (which keeps core 0 for
+    // the traffic that reaches it), the bench has no other load to leave room for.
+    let cores: Vec<core_affinity::CoreId> = if args.pin {
+        let mut ids = core_affinity::get_core_ids().unwrap_or_default();
+        ids.sort_by_key(|c| (c.id == 0, c.id));
+        ids
+    } else {
+        Vec::new()
+    };
     let barrier = Arc::new(Barrier::new(workers + 1));
     let mut handles = Vec::new();
     for w in 0..workers {

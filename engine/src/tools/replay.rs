@@ -38,13 +38,16 @@ impl MemEngine {
         let fabric = Fabric::new(n);
         let workers = (0..n)
             .map(|w| {
+                // Kernel ports (`interface.kernel_port`) after the interfaces, as the backends
+                // open them.
+                let kernel = config.interfaces.iter().enumerate().filter(|(_, itf)| itf.kernel_port.is_some());
                 let queues = config
                     .interfaces
                     .iter()
                     .enumerate()
-                    .map(|(i, itf)| {
-                        MemQueue::new(PortCaps { name: itf.name.clone(), mac: macs[i], queues: n as u16, mtu: 1500 })
-                    })
+                    .map(|(i, itf)| (itf.name.clone(), i))
+                    .chain(kernel.map(|(i, itf)| (format!("{}.kernel", itf.name), i)))
+                    .map(|(name, i)| MemQueue::new(PortCaps { name, mac: macs[i], queues: n as u16, mtu: 1500 }))
                     .collect();
                 Worker::new(w, queues, snapshot.clone(), fabric.clone())
             })
