@@ -370,10 +370,11 @@ pub fn start<Q: PortQueue + 'static>(
         let stats = Arc::new(crate::cluster::syncd::SyncStats::default());
         sync_stats = Some(stats.clone());
         let (fab, stop) = (fabric.clone(), stop.clone());
+        let range = config.engine.local_port_range;
         threads.push(
             std::thread::Builder::new()
                 .name("fvs-sync".into())
-                .spawn(move || crate::cluster::syncd::run(c, sock, fab, stats, stop))
+                .spawn(move || crate::cluster::syncd::run(c, range, sock, fab, stats, stop))
                 .expect("spawn sync thread"),
         );
     }

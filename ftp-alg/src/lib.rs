@@ -147,6 +147,20 @@ mod session;
 
 pub use session::{FtpSession, Stats, MAX_LINE};
 
+/// One direction's sequence-number translation reduced to its newest rewrite, as a cluster
+/// peer needs it to carry a control connection on after the node that rewrote it failed:
+/// segments starting after `at` move by `after`, the others by `before` (acks map back the
+/// same way). [`FtpSession::seq_shift`] reads it, [`FtpSession::resume`] starts from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqShift {
+    /// Original sequence number where the newest rewritten field starts.
+    pub at: u32,
+    /// Delta of segments starting at or before `at`.
+    pub before: i32,
+    /// Delta of segments starting after `at`.
+    pub after: i32,
+}
+
 /// How the virtual service forwards packets to the real server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {

@@ -243,6 +243,23 @@ impl FtpSession {
         }
     }
 
+    /// A session for a control connection another balancer carried until now (a cluster
+    /// peer that failed): no stream position is known (each direction starts at the next
+    /// segment, as after a hole), the server greeted long ago, and the sequence numbers move
+    /// as the other balancer's rewrites made them move ([`crate::SeqShift`]).
+    pub fn resume(p: SessionParams, orig: crate::SeqShift, reply: crate::SeqShift) -> Self {
+        let mut s = Self::new(p);
+        s.greeted = true;
+        s.orig.shifts = crate::seq::Shifts::resumed(orig);
+        s.reply.shifts = crate::seq::Shifts::resumed(reply);
+        s
+    }
+
+    /// `dir`'s translation reduced to its newest rewrite (see [`crate::SeqShift`]).
+    pub fn seq_shift(&self, dir: Dir) -> crate::SeqShift {
+        self.stream(dir).shifts.newest()
+    }
+
     /// Lets `227`/`229`/`PORT`/`EPRT` open data connections on ports below 1024 (off by
     /// default: a privileged port as a data port is a classic bounce/port-scan vector; Linux's
     /// nf_conntrack_ftp does not check it, IPVS's ip_vs_ftp neither — we are stricter).

@@ -79,8 +79,10 @@ pub struct Snapshot {
     by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>>,
     pub vips: HashSet<Addr>,
     pub local: HashSet<Addr>,
-    /// Full NAT local addresses of every service (also in `local`, so ARP/ND
-    /// and echo requests are answered for them).
+    /// Full NAT local addresses of every service: replies to them are
+    /// translated. This node's are also in `local` (ARP/ND and echo requests
+    /// are answered for them); in a cluster the peers' are not (the routers
+    /// reach them by BGP, see README "Cluster").
     pub laddrs: HashSet<Addr>,
     /// Full NAT source ports on each local address (`[engine] local_port_range`).
     pub port_range: PortRange,
@@ -215,11 +217,20 @@ impl Snapshot {
                 ftp: s.ftp.clone(),
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
-                local: s.local_addresses.iter().map(|a| ip_to_addr(*a)).collect(),
+                // In a cluster a node allocates on its own local addresses only.
+                local: s
+                    .local_addresses
+                    .iter()
+                    .filter(|a| config.cluster.as_ref().is_none_or(|c| c.nodes.is_empty() || c.is_own_local(**a)))
+                    .map(|a| ip_to_addr(*a))
+                    .collect(),
             });
         }
-        let laddrs: HashSet<Addr> = services.iter().flat_map(|s| s.local.iter().copied()).collect();
-        local.extend(laddrs.iter().copied());
+        // ARP/ND are answered for this node's local addresses; replies to every node's are
+        // translated (a failed peer's, with the connections it synced).
+        local.extend(services.iter().flat_map(|s| s.local.iter().copied()));
+        let laddrs: HashSet<Addr> =
+            config.services.iter().flat_map(|s| s.local_addresses.iter().map(|a| ip_to_addr(*a))).collect();
         let static_neighbors = config.neighbors.iter().map(|n| (ip_to_addr(n.address), n.mac)).collect();
         let workers = config.engine.workers.max(1);
         let port_range = config.engine.local_port_range;
