@@ -44,6 +44,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("service.health_check", "[service.health_check]: active checks from the daemon over the kernel's TCP stack."),
     ("service.real_server", "[[service.real_server]]: the real servers of the service above it."),
     ("cluster", "[cluster]: this node is one of several behind ECMP routers, announcing the VIPs by BGP through BIRD. Services then use scheduler mh (the same choice on every node), nodes stream connection state to each other over UDP, and ferrovs enables and disables one BIRD protocol per VIP."),
+    ("cluster.node", "[[cluster.node]]: a node of the cluster and the full-NAT local addresses it owns (the same tables on every node)."),
 ];
 
 pub const KEYS: &[Key] = &[
@@ -141,6 +142,9 @@ pub const KEYS: &[Key] = &[
     k("cluster", "bird_protocol", "string with {vip}", Some("\"fvs_{vip}\""), "Name of the BIRD protocol (a static route) announcing a VIP; {vip} is the address with . and : written as _ (fvs_10_0_0_100)."),
     k("cluster", "sync_key", "string (>= 16 bytes)", None, "Authenticate sync datagrams with this shared key (HMAC-SHA256, format version 2, replay window); every node needs the same key. Prefer sync_key_file."),
     k("cluster", "sync_key_file", "absolute path", None, "File holding the sync key (surrounding whitespace ignored, >= 16 bytes), read when the configuration is loaded (the sync thread keeps the key of the daemon's start: restart to change it); a warning at start if world-readable. Exclusive with sync_key."),
+    k("cluster", "node", "array of tables", None, "The [[cluster.node]] tables."),
+    k("cluster.node", "id", "integer 1..255", None, "node_id of the node this table describes (required)."),
+    k("cluster.node", "local_addresses", "array of addresses, \"CIDR\" or \"A-B\" ranges", None, "Full NAT: the local addresses this node owns (required). Every local address of a full-NAT service belongs to one node; a node allocates ports only on its own, answers ARP/ND only for its own, and translates replies to any node's (a failed node's, routed to a survivor by BGP) with the synced connections. Each node's BIRD announces its own with the best preference and the peers' with less."),
     k("cluster", "drain_timeout", "seconds 0..86400", Some("30"), "On SIGTERM or ferrovsadm --drain: VIPs are withdrawn first, established connections get this long to finish, then the daemon exits."),
 ];
 

@@ -379,6 +379,19 @@ pub struct Cluster {
     /// The key every sync datagram is authenticated with (HMAC-SHA256, format version 2);
     /// none: version 1, unauthenticated.
     pub sync_key: Option<SecretKey>,
+    /// `[[cluster.node]]`: which node owns which full-NAT local addresses. Every local address
+    /// of a full-NAT service belongs to exactly one node: a node allocates local ports only
+    /// on its own (so two nodes never pick the same address and port), answers ARP/ND only
+    /// for its own, and recognises every node's as replies (a failed node's replies, routed
+    /// to a survivor by BGP, are translated with the synced state).
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One `[[cluster.node]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterNode {
+    pub id: u8,
+    pub local_addresses: Vec<IpAddr>,
 }
 
 /// Where `[cluster]`'s sync key is configured.
@@ -404,7 +417,18 @@ impl Cluster {
     /// Shortest accepted sync key, in bytes.
     pub const MIN_KEY_LEN: usize = 16;
 
-    /// The BIRD protocol name announcing `vip`.
+    /// The node owning local address `a`, if any.
+    pub fn owner_of_local(&self, a: IpAddr) -> Option<u8> {
+        self.nodes.iter().find(|n| n.local_addresses.contains(&a)).map(|n| n.id)
+    }
+
+    /// Whether `a` is a full-NAT local address of this node (or no node claims any address,
+    /// which only a configuration without full-NAT services has).
+    pub fn is_own_local(&self, a: IpAddr) -> bool {
+        self.owner_of_local(a) == Some(self.node_id)
+    }
+
+    /// The BIRD protocol name announcing `vip` (or a full-NAT local address).
     pub fn protocol_for(&self, vip: IpAddr) -> String {
         let a: String = vip.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         self.bird_protocol.replace("{vip}", &a)

@@ -45,6 +45,16 @@ pub(crate) struct RawCluster {
     pub drain_timeout: Option<S<i64>>,
     pub sync_key: Option<S<String>>,
     pub sync_key_file: Option<S<String>>,
+    #[serde(default)]
+    pub node: Vec<S<RawClusterNode>>,
+}
+
+/// `[[cluster.node]]`: one node's own full-NAT local addresses.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClusterNode {
+    pub id: S<i64>,
+    pub local_addresses: S<Vec<S<String>>>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -170,6 +170,10 @@ pub(crate) fn config(c: &Config) -> String {
             }
             _ => {}
         }
+        for n in &k.nodes {
+            let _ = writeln!(o, "\n[[cluster.node]]\nid = {}", n.id);
+            let _ = writeln!(o, "local_addresses = {}", list(&n.local_addresses, |a| q(&a.to_string())));
+        }
     }
     o
 }

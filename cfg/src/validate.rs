@@ -208,6 +208,47 @@ impl Validator<'_> {
             }
         }
 
+        // Full NAT in a cluster: every local address has one owning node, and this node owns
+        // some of each full-NAT service's.
+        if let (Some(cl), Some(raw_cl)) = (&cluster, &raw.cluster) {
+            for (svc, raw_svc) in services.iter().zip(&raw.service) {
+                let fnat =
+                    svc.forward == Forward::Fnat || svc.real_servers.iter().any(|r| r.forward == Some(Forward::Fnat));
+                if !fnat {
+                    continue;
+                }
+                let sp = raw_svc.get_ref().local_addresses.as_ref().map(span_of).unwrap_or(span_of(raw_svc));
+                if cl.nodes.is_empty() {
+                    return Err(self.err(
+                        span_of(raw_cl),
+                        format!(
+                            "full-NAT service {:?} in a [cluster] needs [[cluster.node]] tables (id, local_addresses): \
+                             each node's own local addresses, so two nodes never use the same local port",
+                            svc.name
+                        ),
+                    ));
+                }
+                if let Some(a) = svc.local_addresses.iter().find(|a| cl.owner_of_local(**a).is_none()) {
+                    return Err(self.err(
+                        sp,
+                        format!(
+                            "local address {a} of service {:?} belongs to no [[cluster.node]]: list it under the node that owns it",
+                            svc.name
+                        ),
+                    ));
+                }
+                if !svc.local_addresses.iter().any(|a| cl.is_own_local(*a)) {
+                    return Err(self.err(
+                        sp,
+                        format!(
+                            "service {:?} has no local address of this node (node_id {}): add one of [[cluster.node]] {}'s",
+                            svc.name, cl.node_id, cl.node_id
+                        ),
+                    ));
+                }
+            }
+        }
+
         Ok(Config { engine, interfaces, neighbors, routes, services, cluster, source: None })
     }
 
@@ -322,6 +363,39 @@ impl Validator<'_> {
             }
             (None, None) => (None, None),
         };
+        let mut nodes: Vec<ClusterNode> = Vec::new();
+        for n in &r.node {
+            let rn = n.get_ref();
+            let id = self.int(&rn.id, 1, 255, "cluster node id")? as u8;
+            if nodes.iter().any(|o| o.id == id) {
+                return Err(self.err(span_of(&rn.id), format!("[[cluster.node]] id {id} listed twice")));
+            }
+            let mut local_addresses = Vec::new();
+            for a in rn.local_addresses.get_ref() {
+                for x in expand_addresses(a.get_ref()).map_err(|m| self.err(span_of(a), m))? {
+                    if let Some(o) = nodes.iter().find(|o| o.local_addresses.contains(&x)) {
+                        return Err(self.err(
+                            span_of(a),
+                            format!(
+                                "local address {x} belongs to [[cluster.node]] {} already: every node needs \
+                                 its own (two nodes would hand out the same local ports)",
+                                o.id
+                            ),
+                        ));
+                    }
+                    if local_addresses.contains(&x) {
+                        return Err(self.err(span_of(a), format!("local address {x} listed twice")));
+                    }
+                    local_addresses.push(x);
+                }
+            }
+            if local_addresses.is_empty() {
+                return Err(
+                    self.err(span_of(&rn.local_addresses), format!("[[cluster.node]] {id} has no local_addresses"))
+                );
+            }
+            nodes.push(ClusterNode { id, local_addresses });
+        }
         Ok(Cluster {
             node_id,
             peers,
@@ -335,6 +409,7 @@ impl Validator<'_> {
             drain_timeout,
             sync_key_source,
             sync_key,
+            nodes,
         })
     }
 

@@ -130,3 +130,62 @@ fn sync_key_inline_and_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A full-NAT service in a cluster of `nodes` (the `[[cluster.node]]` tables), as node 1.
+fn fnat_cluster(nodes: &str, locals: &str) -> String {
+    format!(
+        "{}{nodes}[[service]]\nname = \"f\"\nvip = \"10.0.0.100\"\nports = [80]\nforward = \"fnat\"\nlocal_addresses = {locals}\n[[service.real_server]]\naddress = \"10.0.2.2\"\n",
+        cluster("node_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n")
+    )
+}
+
+#[test]
+fn full_nat_local_addresses_per_node() {
+    let nodes = "[[cluster.node]]\nid = 1\nlocal_addresses = [\"10.98.0.1\"]\n[[cluster.node]]\nid = 2\nlocal_addresses = [\"10.98.0.2-10.98.0.3\"]\n";
+    let c = Config::from_str(&fnat_cluster(nodes, "[\"10.98.0.1\", \"10.98.0.2\"]"), "c").unwrap();
+    let k = c.cluster.as_ref().unwrap();
+    assert_eq!(k.nodes.len(), 2);
+    assert_eq!(k.nodes[1].local_addresses.len(), 2, "a range expands");
+    assert_eq!(k.owner_of_local("10.98.0.2".parse().unwrap()), Some(2));
+    assert!(k.is_own_local("10.98.0.1".parse().unwrap()));
+    assert!(!k.is_own_local("10.98.0.2".parse().unwrap()));
+    assert_eq!(k.owner_of_local("10.98.0.9".parse().unwrap()), None);
+    assert_eq!(Config::from_str(&c.to_toml(), "rt").unwrap(), c, "round trip");
+
+    // Mistakes, with the line they are on.
+    let cases: Vec<(String, usize, &str)> = vec![
+        // No [[cluster.node]] at all: named at [cluster].
+        (fnat_cluster("", "[\"10.98.0.1\"]"), 3, "needs [[cluster.node]]"),
+        // A service's local address no node owns: the service's local_addresses line.
+        (fnat_cluster(nodes, "[\"10.98.0.1\", \"10.98.0.7\"]"), 18, "belongs to no [[cluster.node]]"),
+        // Only peers' addresses: this node could not allocate a port.
+        (fnat_cluster(nodes, "[\"10.98.0.2\"]"), 18, "no local address of this node"),
+        // Two nodes claim one address.
+        (
+            fnat_cluster(
+                "[[cluster.node]]\nid = 1\nlocal_addresses = [\"10.98.0.1\"]\n[[cluster.node]]\nid = 2\nlocal_addresses = [\"10.98.0.0/30\"]\n",
+                "[\"10.98.0.1\"]",
+            ),
+            12,
+            "belongs to [[cluster.node]] 1 already",
+        ),
+        (
+            fnat_cluster(
+                "[[cluster.node]]\nid = 1\nlocal_addresses = [\"10.98.0.1\"]\n[[cluster.node]]\nid = 1\nlocal_addresses = [\"10.98.0.2\"]\n",
+                "[\"10.98.0.1\"]",
+            ),
+            11,
+            "listed twice",
+        ),
+        (fnat_cluster("[[cluster.node]]\nid = 0\nlocal_addresses = [\"10.98.0.1\"]\n", "[\"10.98.0.1\"]"), 8, "between 1 and 255"),
+        (fnat_cluster("[[cluster.node]]\nid = 1\nlocal_addresses = []\n", "[\"10.98.0.1\"]"), 9, "has no local_addresses"),
+        (fnat_cluster("[[cluster.node]]\nid = 1\nlocal_addresses = [\"nope\"]\n", "[\"10.98.0.1\"]"), 9, "nope"),
+        (fnat_cluster("[[cluster.node]]\nid = 1\nladdr = 1\n", "[\"10.98.0.1\"]"), 9, "unknown field `laddr`"),
+    ];
+    for (text, line, needle) in &cases {
+        let e = Config::from_str(text, "n.toml").expect_err(text);
+        assert_eq!(e.line, Some(*line), "{text}\n{e}");
+        assert!(e.message.contains(needle), "{text}\n{e}");
+        assert!(e.to_string().contains("n.toml"), "{e}");
+    }
+}

@@ -113,6 +113,7 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.arp_replies += s.arp_replies;
         total.nd_replies += s.nd_replies;
         total.neigh_evicted += s.neigh_evicted;
+        total.neigh_limited += s.neigh_limited;
         total.icmp_translated += s.icmp_translated;
         total.icmp_echo_replies += s.icmp_echo_replies;
         total.cookies_sent += s.cookies_sent;
@@ -369,10 +370,11 @@ pub fn start<Q: PortQueue + 'static>(
         let stats = Arc::new(crate::cluster::syncd::SyncStats::default());
         sync_stats = Some(stats.clone());
         let (fab, stop) = (fabric.clone(), stop.clone());
+        let range = config.engine.local_port_range;
         threads.push(
             std::thread::Builder::new()
                 .name("fvs-sync".into())
-                .spawn(move || crate::cluster::syncd::run(c, sock, fab, stats, stop))
+                .spawn(move || crate::cluster::syncd::run(c, range, sock, fab, stats, stop))
                 .expect("spawn sync thread"),
         );
     }

@@ -249,11 +249,319 @@ fn templates_install_and_bad_messages_are_refused() {
     // Garbage and another version are refused whole, nothing installed.
     let before = b.counters().sync_installed;
     assert!(b.deliver_sync(b"not sync", S).is_err());
-    let mut v3 = msgs[0].clone();
-    v3[4] = 3;
-    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::cluster::sync::SyncError::Version(3)));
-    // Version 2 (authenticated) cannot be verified by a node without a key.
-    v3[4] = 2;
-    assert_eq!(b.deliver_sync(&v3, S), Err(ferrovs_engine::cluster::sync::SyncError::Auth));
+    let mut v5 = msgs[0].clone();
+    v5[4] = 5;
+    assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::cluster::sync::SyncError::Version(5)));
+    // Versions 2 and 4 (authenticated) cannot be verified by a node without a key.
+    for v in [2, 4] {
+        v5[4] = v;
+        assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::cluster::sync::SyncError::Auth));
+    }
     assert_eq!(b.counters().sync_installed, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full NAT in a cluster: each node its own local address ([[cluster.node]]), the FNAT mapping
+// synced (format version 3), a peer translates the replies to a failed node's local address.
+
+const LA1: [u8; 4] = [10, 0, 2, 200];
+const LA2: [u8; 4] = [10, 0, 2, 201];
+
+/// Node `id` of a two-node cluster with a full-NAT web service (port 80) on the VIP over real
+/// servers 10.0.2.10-12 (and a full-NAT FTP service, port 21); node 1 owns local address
+/// .200, node 2 .201; ports 2000-2255.
+fn fnat_node(id: u8) -> ferrovs_cfg::Config {
+    let mut t = String::new();
+    for i in 0..3u8 {
+        t += &format!("[[neighbor]]\naddress = \"10.0.2.{}\"\nmac = \"02:00:00:00:03:{:02x}\"\n\n", 10 + i, 10 + i);
+    }
+    for (name, port, ftp) in [("fweb", 80, ""), ("fftp", 21, "ftp = true\n")] {
+        t += &format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"10.0.1.100\"\nports = [{port}]\nforward = \"fnat\"\nsyn_proxy = \"off\"\n\
+             {ftp}local_addresses = [\"10.0.2.200\", \"10.0.2.201\"]\n"
+        );
+        for i in 0..3u8 {
+            t += &format!("[[service.real_server]]\naddress = \"10.0.2.{}\"\n", 10 + i);
+        }
+    }
+    t += &format!(
+        "\n[cluster]\nnode_id = {id}\nsync_address = \"10.9.0.{id}\"\npeers = [\"10.9.0.250\"]\n\
+         [[cluster.node]]\nid = 1\nlocal_addresses = [\"10.0.2.200\"]\n[[cluster.node]]\nid = 2\nlocal_addresses = [\"10.0.2.201\"]\n"
+    );
+    let text = common::config_text(&t).replacen(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nlocal_port_range = \"2000-2255\"",
+        1,
+    );
+    ferrovs_cfg::Config::from_str(&text, "fnat-cluster.toml").expect("config parses")
+}
+
+/// A client segment to VIP:80 through a full-NAT node: (real server, local address, local port).
+fn fnat_in(e: &mut MemEngine, sport: u16, flags: u8, seq: u32, ack: u32, now: u64) -> ([u8; 4], [u8; 4], u16) {
+    let (ip, mac) = client(C);
+    let out = e.inject(EXT, &with_macs(tcp4(ip, sport, VIP, 80, flags, seq, ack, b""), mac, LB_EXT), now);
+    let (i, s) = one(out);
+    assert_eq!((i, s.sport != sport || s.src != ip), (INT, true), "source rewritten towards the real server");
+    (s.dst, s.src, s.sport)
+}
+
+/// The real server's segment to local address `la`:`lport`.
+fn fnat_reply(e: &mut MemEngine, rs: [u8; 4], la: [u8; 4], lport: u16, flags: u8, now: u64) -> Vec<(usize, Vec<u8>)> {
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    e.inject(INT, &with_macs(tcp4(rs, 80, la, lport, flags, 5000, 1001, b""), rs_mac, LB_INT), now)
+}
+
+fn entries(msgs: &[Vec<u8>]) -> Vec<ferrovs_engine::cluster::sync::SyncEntry> {
+    msgs.iter().flat_map(|m| ferrovs_engine::cluster::sync::parse(m).unwrap().entries).collect()
+}
+
+#[test]
+fn full_nat_mapping_is_synced_and_the_survivor_translates_replies() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    // Node 1 allocates on its own local address only.
+    let (rs, la, lport) = fnat_in(&mut a, 40000, TCP_SYN, 1000, 0, S);
+    assert_eq!((la, lport), (LA1, 2000));
+    let (i, s) = one(fnat_reply(&mut a, rs, la, lport, TCP_SYN | TCP_ACK, S));
+    assert_eq!((i, s.src, s.sport, s.dst, s.dport), (EXT, VIP, 80, CLIENT, 40000));
+    fnat_in(&mut a, 40000, TCP_ACK, 1001, 5001, S);
+    let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
+    assert_eq!(msgs[0][4], ferrovs_engine::cluster::sync::VERSION, "full-NAT entries need format version 3");
+    let es = entries(&msgs);
+    assert!(
+        es.iter().all(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Conn(c)
+            if c.fwd == 3 && c.fnat == Some((ferrovs_engine::wire::parse::v4_to_addr(LA1), 2000)))),
+        "{es:?}"
+    );
+    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(es.len()));
+    assert_eq!((b.counters().sync_installed, b.counters().flows_created), (es.len() as u64, 0));
+    // Node 1 dies; BGP moves its local address to node 2: the real server's reply to
+    // LA1:2000 arrives there and goes back to the client as node 1 would have sent it.
+    let (i, s) = one(fnat_reply(&mut b, rs, LA1, 2000, TCP_ACK | TCP_PSH, 2 * S));
+    assert_eq!((i, s.src, s.sport, s.dst, s.dport, s.seq, s.ack), (EXT, VIP, 80, CLIENT, 40000, 5000, 1001));
+    // The client's next segment (ECMP now sends it to node 2) leaves from the same mapping.
+    assert_eq!(fnat_in(&mut b, 40000, TCP_ACK, 1001, 5001, 2 * S), (rs, LA1, 2000));
+    assert_eq!(b.counters().flows_created, 1, "adopted on its first packet");
+    // Node 2's own new connections use its own local address, not the adopted one's.
+    let (_, la2, _) = fnat_in(&mut b, 40001, TCP_SYN, 7, 0, 2 * S);
+    assert_eq!(la2, LA2);
+    // Node 2 does not answer ARP for node 1's local address (the routers reach it by BGP),
+    // but does for its own.
+    let arp = |target: [u8; 4]| arp_request([2, 0, 0, 0, 3, 10], [10, 0, 2, 10], target);
+    assert!(b.inject(INT, &arp(LA1), 2 * S).is_empty());
+    assert_eq!(b.inject(INT, &arp(LA2), 2 * S).len(), 1);
+}
+
+#[test]
+fn synced_local_port_is_reserved_on_the_owning_worker_and_freed_by_the_deletion() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    // Node 2 runs two workers: the connection belongs to the one owning the local port
+    // (2000-2127 worker 0, 2128-2255 worker 1), whatever worker owns the client.
+    let mut b = MemEngine::new(fnat_node(2), 2);
+    let la1 = ferrovs_engine::wire::parse::v4_to_addr(LA1);
+    let mut ba = Batcher::new(1, 1000);
+    // 130 connections on node 1: local ports 2000-2129, the last two in worker 1's share.
+    let mut picks = Vec::new();
+    for k in 0..130u16 {
+        picks.push(fnat_in(&mut a, 30000 + k, TCP_SYN, 1, 0, S));
+    }
+    assert_eq!(picks[129].2, 2129);
+    for m in a.take_sync(&mut ba, S) {
+        b.deliver_sync(&m, S).unwrap();
+    }
+    assert_eq!(b.counters().sync_installed, 130, "{:?}", b.counters());
+    let free = |b: &mut MemEngine, w: usize| b.workers[w].fnat_free_ports(la1, 6);
+    assert_eq!((free(&mut b, 0), free(&mut b, 1)), (0, 126), "128 + 2 reserved on the port owners");
+    // Replies to either share are translated (handed to the owning worker).
+    for k in [0usize, 127, 128, 129] {
+        let (rs, la, lport) = picks[k];
+        let (i, s) = one(fnat_reply(&mut b, rs, la, lport, TCP_SYN | TCP_ACK, 2 * S));
+        assert_eq!((i, s.dst, s.dport), (EXT, CLIENT, 30000 + k as u16), "connection {k}");
+    }
+    // A synced mapping that collides with a port in use on this node is refused, counted.
+    let (_, la2, lport2) = fnat_in(&mut b, 50000, TCP_SYN, 1, 0, 2 * S);
+    let clash = ferrovs_engine::cluster::sync::SyncEntry::Conn(ferrovs_engine::cluster::sync::ConnSync {
+        proto: 6,
+        state: 3,
+        fwd: 3,
+        data: false,
+        client: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 1, 3]),
+        cport: 1234,
+        vip: ferrovs_engine::wire::parse::v4_to_addr(VIP),
+        vport: 80,
+        rs: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 2, 10]),
+        rport: 80,
+        timeout_s: 100,
+        proxy_delta: None,
+        fnat: Some((ferrovs_engine::wire::parse::v4_to_addr(la2), lport2)),
+    });
+    let skipped = b.counters().sync_skipped;
+    b.deliver_sync(&Batcher::new(1, 1000).encode(&[clash], 2 * S)[0], 2 * S).unwrap();
+    assert_eq!(b.counters().sync_skipped, skipped + 1);
+    // A NAT-only (version 1) peer's mapping-less entry for a full-NAT service: refused too.
+    let mut plain = clash;
+    if let ferrovs_engine::cluster::sync::SyncEntry::Conn(c) = &mut plain {
+        (c.fwd, c.fnat, c.cport) = (0, None, 1235);
+    }
+    let mut v1 = Batcher::new(1, 1000).encode(&[plain], 2 * S).remove(0);
+    v1[4] = 1;
+    assert_eq!(b.deliver_sync(&v1, 2 * S), Ok(1));
+    assert_eq!(b.counters().sync_skipped, skipped + 2);
+    // The connections end on node 1 (expiry): the deletions carry the local port, reach the
+    // owning workers, remove the backups and give the reserved ports back.
+    let mut msgs = Vec::new();
+    for k in 0..20 {
+        a.run(1000 * S + k);
+        msgs.extend(a.take_sync(&mut ba, 1000 * S + k));
+    }
+    let dels = entries(&msgs);
+    assert_eq!(dels.len(), 130);
+    assert!(dels.iter().all(|e| e.lport().is_some()), "{:?}", dels[0]);
+    for m in msgs {
+        b.deliver_sync(&m, 3 * S).unwrap();
+    }
+    // Except the four connections node 2 carried traffic for above: adopted, they are node
+    // 2's own now (its own expiry ends them), so each worker keeps two ports.
+    assert_eq!((free(&mut b, 0), free(&mut b, 1)), (126, 126));
+    assert!(fnat_reply(&mut b, picks[1].0, LA1, 2001, TCP_ACK, 4 * S).is_empty(), "backup gone");
+    assert_eq!(one(fnat_reply(&mut b, picks[0].0, LA1, 2000, TCP_ACK, 4 * S)).1.dport, 30000, "adopted stays");
+}
+
+#[test]
+fn older_nodes_version_1_datagrams_still_install() {
+    let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
+    let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
+    let rs = nat_syn(&mut a, 40000, TCP_SYN, S);
+    let mut msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
+    assert_eq!(msgs[0][4], 3);
+    // The same entries as an older node sends them (version 1: no full-NAT flag, same layout).
+    msgs[0][4] = 1;
+    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(1));
+    let out = rs_reply(&mut b, rs, 8080, 40000, TCP_SYN | TCP_ACK, S);
+    let (i, s) = one(out);
+    assert_eq!((i, s.src, s.dst), (EXT, VIP, CLIENT));
+}
+
+/// A payload segment on the FTP control connection: from the client (to VIP:21) or from real
+/// server `rs` (to `la`:`lport`); the one frame out, parsed.
+fn ftp_seg(
+    e: &mut MemEngine,
+    from_client: bool,
+    rs: [u8; 4],
+    la: [u8; 4],
+    lport: u16,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> common::seg::Seg {
+    let flags = TCP_ACK | if data.is_empty() { 0 } else { TCP_PSH };
+    let out = if from_client {
+        let (ip, mac) = client(C);
+        e.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, flags, seq, ack, data), mac, LB_EXT), 2 * S)
+    } else {
+        let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+        e.inject(INT, &with_macs(tcp4(rs, 21, la, lport, flags, seq, ack, data), rs_mac, LB_INT), 2 * S)
+    };
+    one(out).1
+}
+
+#[test]
+fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_on() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    // Handshake and greeting through node 1 (client ISN 1000, server ISN 5000).
+    let (ip, mac) = client(C);
+    let out = a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S);
+    let syn = one(out).1;
+    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
+    assert_eq!(la, LA1);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    ftp_seg(&mut a, false, rs, la, lport, 5001, 1001, b"220 hi\r\n");
+    // PORT names the client; the server is told node 1's local address: a longer line.
+    let port = b"PORT 10,0,1,2,156,65\r\n";
+    let got = ftp_seg(&mut a, true, rs, la, lport, 1001, 5009, port);
+    assert!(got.payload.starts_with(b"PORT 10,0,2,200,"), "{:?}", String::from_utf8_lossy(&got.payload));
+    let delta = got.payload.len() as i32 - port.len() as i32;
+    assert_ne!(delta, 0);
+    let msgs = a.take_sync(&mut Batcher::new(1, 1000), 2 * S);
+    let es = entries(&msgs);
+    let seq = es.iter().find_map(|e| match e {
+        ferrovs_engine::cluster::sync::SyncEntry::Seq(q) => Some(*q),
+        _ => None,
+    });
+    let q = seq.expect("the rewrite is synced (kind 5)");
+    assert!(
+        !es.iter().any(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Expect(_))),
+        "a full-NAT active expectation (a port reserved on node 1's address) is not synced"
+    );
+    assert_eq!((q.orig.at, q.orig.before, q.orig.after, q.lport), (1006, 0, delta, Some(lport)));
+    assert_eq!((q.reply.before, q.reply.after), (0, 0));
+    // Node 1 dies. Node 2 got everything; node 3 (for contrast) only the connection entries.
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    for m in &msgs {
+        b.deliver_sync(m, 2 * S).unwrap();
+    }
+    assert_eq!(b.counters().sync_skipped, 0);
+    let conns: Vec<_> =
+        es.iter().filter(|e| !matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Seq(_))).copied().collect();
+    let mut c = MemEngine::new(fnat_node(2), 1);
+    c.deliver_sync(&Batcher::new(1, 1000).encode(&conns, 2 * S)[0], 2 * S).unwrap();
+    // The server's "200" acknowledges the rewritten PORT line (its space): node 2 maps the
+    // ack back to the client's space, as node 1 would have.
+    let ack_rs = (1023i64 + delta as i64) as u32;
+    let r = ftp_seg(&mut b, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
+    assert_eq!((r.dst, r.dport, r.seq, r.ack), (CLIENT, 40000, 5009, 1023));
+    let wrong = ftp_seg(&mut c, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
+    assert_eq!(wrong.ack, ack_rs, "without the synced translation the ack is not mapped");
+    // The client's next command leaves in the server's space, and node 2's gateway, which
+    // goes on with the session, rewrites the reply to it (the VIP announced, not the server).
+    let pasv = ftp_seg(&mut b, true, rs, la, lport, 1023, 5022, b"PASV\r\n");
+    assert_eq!((pasv.src, pasv.sport, pasv.dst, pasv.seq, pasv.ack), (LA1, lport, rs, ack_rs, 5022));
+    assert_eq!(pasv.payload, b"PASV\r\n");
+    let r =
+        ftp_seg(&mut b, false, rs, la, lport, 5022, ack_rs + 6, b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n");
+    assert_eq!(r.ack, 1029);
+    assert!(
+        String::from_utf8_lossy(&r.payload).contains("(10,0,1,100,"),
+        "the VIP announced: {:?}",
+        String::from_utf8_lossy(&r.payload)
+    );
+}
+
+#[test]
+fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_address() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let (ip, mac) = client(C);
+    let out = a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S);
+    let syn = one(out).1;
+    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    for m in a.take_sync(&mut ba, S) {
+        b.deliver_sync(&m, S).unwrap();
+    }
+    // ECMP sends the client's data SYN to node 2 before the expectation reached it: dropped
+    // (a connection from node 2's own address would be refused by the server), counted.
+    let data_syn = |e: &mut MemEngine| {
+        e.inject(EXT, &with_macs(tcp4(ip, 40001, VIP, 30001, TCP_SYN, 7000, 0, b""), mac, LB_EXT), 2 * S)
+    };
+    assert!(data_syn(&mut b).is_empty());
+    assert_drops(&b, &[(DropReason::NoService, 1)]);
+    // PASV on node 1; its expectation is synced; the retransmitted SYN leaves node 2 from
+    // node 1's local address (the control connection's), as the server requires.
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"PASV\r\n");
+    ftp_seg(&mut a, false, rs, la, lport, 5001, 1007, b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n");
+    for m in a.take_sync(&mut ba, 2 * S) {
+        b.deliver_sync(&m, 2 * S).unwrap();
+    }
+    let (i, s) = one(data_syn(&mut b));
+    assert_eq!((i, s.src, s.dst, s.dport), (INT, LA1, rs, 30001));
+    // Its port comes from node 2's slot of node 1's ports (2000-2255: half way plus 2/256 of
+    // the other half), not from where node 1 allocates next (2001): no clash before the syncs
+    // cross.
+    assert_eq!(s.sport, 2129);
 }

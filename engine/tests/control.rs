@@ -426,6 +426,7 @@ fn sync_counters_in_drops_and_metrics() {
         cport: 1234,
         vip: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 0, 100]),
         vport: 80,
+        lport: None,
     };
     let good = Batcher::new(2, 100).encode(&[del, del], 1).remove(0);
     tx.send_to(&good, to).unwrap();
@@ -507,6 +508,7 @@ fn authenticated_sync_counts_forgeries_and_replays() {
         cport: 1234,
         vip: ferrovs_engine::wire::parse::v4_to_addr([10, 0, 0, 100]),
         vport: 80,
+        lport: None,
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32;
     let mut good = Batcher::with_key(2, 100, SyncKey::new(key.as_bytes()), 1);

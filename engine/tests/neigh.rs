@@ -164,3 +164,38 @@ fn neighbour_table_is_bounded_and_evictions_counted() {
     assert_eq!(out.len(), 1);
     assert_eq!(kind(&out[0].1), Out::Tcp(RS1_MAC), "static neighbour never evicted");
 }
+
+#[test]
+fn a_flood_of_strangers_evicts_at_a_bounded_rate_and_answers_to_our_requests_still_get_in() {
+    use ferrovs_engine::pipeline::neigh::{EVICT_BURST, EVICT_PER_SEC};
+    let text =
+        config_text(SERVICES).replace("flow_table_size = 4096", "flow_table_size = 4096\nneighbor_table_size = 16");
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config"), 1);
+    let stranger = |n: u32| {
+        let mut a = RS9;
+        a[12..16].copy_from_slice(&(0x1_0000 + n).to_be_bytes());
+        neighbor_advert(MAC9, a, a, MAC9)
+    };
+    // 16 fill the table, a burst of strangers evicts, the rest of the flood is not learnt.
+    let (burst, extra) = (EVICT_BURST as u32, 50);
+    for n in 0..16 + burst + extra {
+        e.inject(INT, &stranger(n), S);
+    }
+    let c = e.counters();
+    assert_eq!((c.neigh_evicted, c.neigh_limited), (burst as u64, extra as u64));
+    // The flood goes on, but the real server we ask for is learnt from its answer and the
+    // SYN waiting for it leaves.
+    let out = e.inject(EXT, &syn(80), S);
+    assert_eq!(out.iter().map(|(i, f)| (*i, kind(f))).collect::<Vec<_>>(), vec![(INT, Out::Solicit)]);
+    let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S);
+    assert_eq!(out.iter().map(|(i, f)| (*i, kind(f))).collect::<Vec<_>>(), vec![(INT, Out::Tcp(MAC9))]);
+    assert_eq!(e.counters().neigh_evicted, burst as u64 + 1);
+    // A second later the bucket has refilled by EVICT_PER_SEC.
+    let more = EVICT_PER_SEC + 10;
+    for n in 0..more {
+        e.inject(INT, &stranger(100_000 + n), S + 1_000_000_000);
+    }
+    let c = e.counters();
+    assert_eq!(c.neigh_evicted, burst as u64 + 1 + EVICT_PER_SEC as u64);
+    assert_eq!(c.neigh_limited, extra as u64 + 10);
+}

@@ -104,7 +104,9 @@
 //!    full-sized segment never yields a `Replace` larger than the MTU.
 //! 2. For each control segment with payload: `on_segment(now, dir, seq_on_wire, payload, &mut
 //!    actions)`, then act on the verdict: `Forward` (keep payload), `Replace` (send `payload`
-//!    with sequence `map_seq(dir, seq)`), `Hold` (drop the segment).
+//!    with sequence `map_seq(dir, seq)`), `Hold` (drop the segment). Optionally ask
+//!    [`FtpSession::on_segment_quick`] first: when it returns true the segment needed nothing
+//!    (its verdict is `Forward`, no actions), which keeps floods of tiny segments cheap.
 //! 3. For *every* segment (with or without payload): `seq = map_seq(dir, seq)`,
 //!    `ack = map_ack(dir, ack)`, fix checksums; SACK edges go through `map_ack` too (the engine
 //!    maps a left edge inside a rewritten field to the field's end).
@@ -144,6 +146,20 @@ mod seq;
 mod session;
 
 pub use session::{FtpSession, Stats, MAX_LINE};
+
+/// One direction's sequence-number translation reduced to its newest rewrite, as a cluster
+/// peer needs it to carry a control connection on after the node that rewrote it failed:
+/// segments starting after `at` move by `after`, the others by `before` (acks map back the
+/// same way). [`FtpSession::seq_shift`] reads it, [`FtpSession::resume`] starts from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqShift {
+    /// Original sequence number where the newest rewritten field starts.
+    pub at: u32,
+    /// Delta of segments starting at or before `at`.
+    pub before: i32,
+    /// Delta of segments starting after `at`.
+    pub after: i32,
+}
 
 /// How the virtual service forwards packets to the real server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -72,6 +72,25 @@ impl Shifts {
         &self.items[..self.len]
     }
 
+    /// The newest rewrite as a [`crate::SeqShift`] (what a cluster peer needs).
+    pub fn newest(&self) -> crate::SeqShift {
+        match self.as_slice().last() {
+            Some(s) => crate::SeqShift { at: s.start, before: s.before, after: s.after },
+            None => crate::SeqShift { at: 0, before: self.base, after: self.base },
+        }
+    }
+
+    /// A history holding only `s`: bytes after `s.at` move by `s.after`, the rest by
+    /// `s.before` (a zero-length stand-in for the rewritten field, whose bytes are unknown).
+    pub fn resumed(s: crate::SeqShift) -> Self {
+        let mut h = Shifts { base: s.before, ..Shifts::default() };
+        if s.after != s.before {
+            h.items[0] = Shift { start: s.at, before: s.before, after: s.after, ..Shift::default() };
+            h.len = 1;
+        }
+        h
+    }
+
     /// Current delta: applies to every byte after the newest rewrite.
     pub fn current(&self) -> i32 {
         self.as_slice().last().map_or(self.base, |s| s.after)
@@ -104,7 +123,12 @@ impl Shifts {
     /// delta of the newest rewrite that starts strictly before `seq` applies (a segment that
     /// starts exactly at a rewritten field carries that field, so it still uses the delta from
     /// before it).
+    #[inline]
     pub fn map_seq(&self, seq: u32) -> u32 {
+        if self.len == 0 {
+            // No rewrite remembered (every control connection without a 227 rewrite).
+            return add(seq, self.base);
+        }
         for s in self.as_slice().iter().rev() {
             if after(seq, s.start) {
                 return add(seq, s.after);
@@ -116,7 +140,11 @@ impl Shifts {
     /// Maps a translated acknowledgement number back to original space. An ack that falls inside
     /// a rewritten field (the peer took part of it) is clamped to the field's start, so the
     /// sender retransmits the whole field rather than have part of it considered delivered.
+    #[inline]
     pub fn unmap_ack(&self, ack: u32) -> u32 {
+        if self.len == 0 {
+            return add(ack, self.base.wrapping_neg());
+        }
         for s in self.as_slice().iter().rev() {
             let t_end = add(s.end(), s.after);
             if !before(ack, t_end) {
@@ -141,6 +169,26 @@ mod tests {
         assert!(before(u32::MAX, 1));
         assert!(!after(5, 5) && !before(5, 5));
         assert!(after(0x8000_0000 - 1, 0));
+    }
+
+    #[test]
+    fn resumed_history_maps_as_the_newest_rewrite() {
+        let mut h = Shifts::default();
+        h.push(1000, 20, b"10,98,0,1,7,208"); // -5
+        h.push(2000, 20, b"10,98,0,1,7,2"); // -7 more: -12
+        let r = Shifts::resumed(h.newest());
+        assert_eq!(h.newest(), crate::SeqShift { at: 2000, before: -5, after: -12 });
+        for seq in [1500u32, 1999, 2000, 2001, 2020, 2021, 9000] {
+            assert_eq!(r.map_seq(seq), h.map_seq(seq), "seq {seq}");
+        }
+        // Acks past the newest field (all that follow a failover) map back the same.
+        for ack in [2008u32, 2009, 5000] {
+            assert_eq!(r.unmap_ack(ack), h.unmap_ack(ack), "ack {ack}");
+        }
+        assert_eq!(r.unmap_ack(1500), 1505);
+        // No rewrite at all: nothing moves.
+        let z = Shifts::resumed(Shifts::default().newest());
+        assert_eq!((z.map_seq(7), z.unmap_ack(7)), (7, 7));
     }
 
     #[test]

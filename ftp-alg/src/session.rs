@@ -243,6 +243,23 @@ impl FtpSession {
         }
     }
 
+    /// A session for a control connection another balancer carried until now (a cluster
+    /// peer that failed): no stream position is known (each direction starts at the next
+    /// segment, as after a hole), the server greeted long ago, and the sequence numbers move
+    /// as the other balancer's rewrites made them move ([`crate::SeqShift`]).
+    pub fn resume(p: SessionParams, orig: crate::SeqShift, reply: crate::SeqShift) -> Self {
+        let mut s = Self::new(p);
+        s.greeted = true;
+        s.orig.shifts = crate::seq::Shifts::resumed(orig);
+        s.reply.shifts = crate::seq::Shifts::resumed(reply);
+        s
+    }
+
+    /// `dir`'s translation reduced to its newest rewrite (see [`crate::SeqShift`]).
+    pub fn seq_shift(&self, dir: Dir) -> crate::SeqShift {
+        self.stream(dir).shifts.newest()
+    }
+
     /// Lets `227`/`229`/`PORT`/`EPRT` open data connections on ports below 1024 (off by
     /// default: a privileged port as a data port is a classic bounce/port-scan vector; Linux's
     /// nf_conntrack_ftp does not check it, IPVS's ip_vs_ftp neither — we are stricter).
@@ -289,6 +306,7 @@ impl FtpSession {
 
     /// Original sequence number of the next byte the gateway expects in `dir` (once a
     /// segment or `set_isn` started the stream).
+    #[inline]
     pub fn next_seq(&self, dir: Dir) -> Option<u32> {
         let st = self.stream(dir);
         st.started.then_some(st.next)
@@ -313,16 +331,19 @@ impl FtpSession {
     /// Maps the sequence number of a segment travelling in `dir` (original space, as seen on the
     /// wire before translation, or the `seq` of a [`Verdict::Replace`]) to the sequence number to
     /// put on the wire. Call it after `on_segment` for that segment.
+    #[inline]
     pub fn map_seq(&self, dir: Dir, seq: u32) -> u32 {
         self.stream(dir).shifts.map_seq(seq)
     }
 
     /// Maps the acknowledgement number of a segment travelling in `dir` (it acknowledges the
     /// other direction's translated bytes) back to the other direction's original space.
+    #[inline]
     pub fn map_ack(&self, dir: Dir, ack: u32) -> u32 {
         self.stream(dir.reverse()).shifts.unmap_ack(ack)
     }
 
+    #[inline]
     fn stream(&self, dir: Dir) -> &Stream {
         match dir {
             Dir::Original => &self.orig,
@@ -385,6 +406,39 @@ impl FtpSession {
     #[must_use]
     pub fn on_segment(&mut self, now: u64, dir: Dir, seq: u32, payload: &[u8], out: &mut Actions) -> Verdict {
         self.on_segment_with(now, dir, seq, payload, out, &mut OpenAll)
+    }
+
+    /// The cheap case of [`FtpSession::on_segment`], for floods of tiny segments: when the
+    /// segment needs nothing from the gateway, processes it and returns true (the verdict is
+    /// [`Verdict::Forward`], with no expectation and no event). Those are: no payload; a
+    /// retransmission of bytes already sent unchanged (no rewrite in them, nothing held); new
+    /// bytes, without a line end, of a line the gateway skips (longer than [`MAX_LINE`], or
+    /// after a gap), or any new bytes once the connection turned to TLS. Otherwise changes
+    /// nothing and returns false: call [`FtpSession::on_segment_with`].
+    pub fn on_segment_quick(&mut self, dir: Dir, seq: u32, payload: &[u8]) -> bool {
+        if payload.is_empty() {
+            return true;
+        }
+        let tls = self.tls;
+        let st = self.stream_mut(dir);
+        if !st.started || st.held {
+            return false;
+        }
+        let end = seq.wrapping_add(payload.len() as u32);
+        if seq == st.next {
+            if tls || (st.skipping && !payload.contains(&b'\n')) {
+                st.has_data = true;
+                st.next = end;
+                return true;
+            }
+            return false;
+        }
+        let old = seq::before(seq, st.next) && !seq::after(end, st.next);
+        if old && !st.shifts.as_slice().iter().any(|s| seq::before(s.start, end) && seq::after(s.end(), seq)) {
+            self.stats.retransmits += 1;
+            return true;
+        }
+        false
     }
 
     /// [`FtpSession::on_segment`] asking `pins` for every data connection before announcing

@@ -144,3 +144,81 @@ proptest! {
         prop_assert_eq!(exps, whole.1);
     }
 }
+
+/// Segments of one byte (a line that grows, its end, a byte of an overlong line), new or
+/// retransmitted: the flood the quick path is for.
+fn tiny_op() -> impl Strategy<Value = Op> {
+    (any::<bool>(), prop_oneof![Just(0i32), -8i32..0], prop_oneof![Just(b'N'), Just(b'\n'), Just(b'7')])
+        .prop_map(|(reply, rel, b)| Op { reply, rel, data: vec![b] })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// `on_segment_quick` agrees with `on_segment`: when it takes a segment, `on_segment`
+    /// forwards it unchanged with no expectation or event, and both sessions end in the same
+    /// state (stats, frontiers, held bytes, sequence mapping).
+    #[test]
+    fn quick_path_agrees_with_on_segment(
+        nat in any::<bool>(),
+        v6 in any::<bool>(),
+        isn in any::<u32>(),
+        ops in proptest::collection::vec(prop_oneof![op(), tiny_op(), tiny_op()], 0..80),
+    ) {
+        let mode = if nat { Mode::Nat } else { Mode::Dr };
+        let (mut full, mut quick) = (FtpSession::new(params(mode, v6)), FtpSession::new(params(mode, v6)));
+        let (mut af, mut aq) = (Actions::default(), Actions::default());
+        let mut front = [isn, isn ^ 0x5555_5555];
+        for (now, op) in ops.iter().enumerate() {
+            let dir = if op.reply { Dir::Reply } else { Dir::Original };
+            let f = &mut front[op.reply as usize];
+            let seq = f.wrapping_add(op.rel as u32);
+            af.clear();
+            aq.clear();
+            let vf = full.on_segment(now as u64, dir, seq, &op.data, &mut af);
+            let took = quick.on_segment_quick(dir, seq, &op.data);
+            let vq = if took { Verdict::Forward } else { quick.on_segment(now as u64, dir, seq, &op.data, &mut aq) };
+            if took {
+                prop_assert!(af.expectations.is_empty() && af.events.is_empty(), "{:?}", af);
+            }
+            prop_assert_eq!(&vf, &vq);
+            prop_assert_eq!(&af, &aq);
+            if op.rel == 0 {
+                *f = f.wrapping_add(op.data.len() as u32);
+            }
+            for d in [Dir::Original, Dir::Reply] {
+                prop_assert_eq!(full.next_seq(d), quick.next_seq(d));
+                prop_assert_eq!(full.held_len(d), quick.held_len(d));
+                prop_assert_eq!(full.map_seq(d, seq), quick.map_seq(d, seq));
+            }
+            prop_assert_eq!(full.stats(), quick.stats());
+        }
+    }
+}
+
+/// The flood of `ferrovs bench --scenario flood-ftp-tiny`: one-byte segments of a line that
+/// never ends. Past MAX_LINE (counted once as oversized) they take the quick path, and so do
+/// their retransmissions; a line end goes back to the full parser, which reads the next line.
+#[test]
+fn tiny_segments_of_an_endless_line_take_the_quick_path() {
+    let mut s = FtpSession::new(params(Mode::Nat, false));
+    let mut a = Actions::default();
+    s.set_isn(Dir::Original, 999);
+    let mut quick = 0;
+    for k in 0..2 * MAX_LINE as u32 {
+        if s.on_segment_quick(Dir::Original, 1000 + k, b"N") {
+            quick += 1;
+        } else {
+            assert_eq!(s.on_segment(0, Dir::Original, 1000 + k, b"N", &mut a), Verdict::Forward);
+        }
+    }
+    assert_eq!(quick, MAX_LINE as u32 - 1, "every byte after the first MAX_LINE + 1");
+    assert_eq!(s.stats().oversized, 1);
+    assert!(s.on_segment_quick(Dir::Original, 1000, b"N"), "a retransmission");
+    assert_eq!(s.stats().retransmits, 1);
+    let end = 1000 + 2 * MAX_LINE as u32;
+    assert!(!s.on_segment_quick(Dir::Original, end, b"\n"), "the line end is parsed");
+    assert_eq!(s.on_segment(0, Dir::Original, end, b"\n", &mut a), Verdict::Forward);
+    assert!(!s.on_segment_quick(Dir::Original, end + 1, b"P"), "a new line is read again");
+    assert!(!s.on_segment_quick(Dir::Original, end + 9, b"P"), "after a gap: the full parser");
+}

@@ -6,12 +6,16 @@
 //!
 //! The engine is built once per process and reset between inputs
 //! (`MemEngine::reset`), so an input costs only its own packets.
+//!
+//! Every frame is also parsed by both parsers: whatever the hand-written
+//! fast parser accepts, etherparse must parse to the same result.
 #![no_main]
 
 mod common;
 
 use common::{with_engine, Ledger};
 use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::wire::parse;
 use ferrovs_engine::tools::testpkt::*;
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
@@ -83,6 +87,9 @@ fn run(e: &mut MemEngine, data: &[u8]) {
         let mut f = chunk[1..].to_vec();
         if chunk[0] & 2 != 0 && f.len() >= 6 {
             f[0..6].copy_from_slice(if iface == 0 { &lb } else { &[2, 0, 0, 0, 2, 1] });
+        }
+        if let Some(p) = parse::parse_fast(&f) {
+            assert_eq!(Ok(p), parse::parse_etherparse(&f), "the fast parser and etherparse disagree");
         }
         l.inject(e, iface, &f, 2 + n as u64 * 1_000_000_000);
     }

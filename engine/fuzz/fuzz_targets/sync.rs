@@ -2,21 +2,25 @@
 //! node does with a message that parses: no panic; a message that parses re-encodes to
 //! entries that parse back equal (the encoder and the parser agree on every field); the
 //! entries are installed by a two-worker cluster engine (NAT, DR and FTP services, a
-//! persistence template service), each counted as installed or skipped, and a client packet
-//! afterwards is still accounted for (forwarded or one counted drop).
+//! persistence template service, a full-NAT FTP service whose local addresses belong to this
+//! node and a peer, so version-3 full-NAT entries reserve ports on the worker owning them and
+//! kind-5 entries resume a gateway session on a backup control connection),
+//! each counted as installed or skipped, and a client packet and a real server's reply to
+//! the peer's local address afterwards are still accounted for (forwarded or one counted
+//! drop).
 //!
-//! Version 2 (authenticated): the input as received by a node with a key (no panic; the MAC
-//! of random bytes does not verify), and an input that starts as a version-2 header signed
-//! by the harness (seeds `v2-unsigned-*`), so the header, entries and the replay guard
-//! behind the MAC are fuzzed too: it parses or is refused, re-encodes equal, and the same
-//! datagram never passes the replay guard twice.
+//! Versions 2 and 4 (authenticated): the input as received by a node with a key (no panic;
+//! the MAC of random bytes does not verify), and an input that starts as a version-2 or -4
+//! header signed by the harness (seeds `v2-unsigned-*`, `v4-unsigned-*`), so the header,
+//! entries and the replay guard behind the MAC are fuzzed too: it parses or is refused,
+//! re-encodes equal, and the same datagram never passes the replay guard twice.
 #![no_main]
 
 mod common;
 
 use common::with_engine;
 use ferrovs_engine::tools::replay::MemEngine;
-use ferrovs_engine::cluster::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH};
+use ferrovs_engine::cluster::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH, VERSION_AUTH_V2};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -47,10 +51,26 @@ ftp = true
 [[service.real_server]]
 address = "10.0.2.2"
 
+[[service]]
+name = "fnat"
+vip = "10.0.1.100"
+ports = [9090]
+forward = "fnat"
+ftp = { control_ports = [9090] }
+local_addresses = ["10.0.2.200", "10.0.2.201"]
+[[service.real_server]]
+address = "10.0.2.2"
+
 [cluster]
 node_id = 1
 sync_address = "10.9.0.1"
 peers = ["10.9.0.2"]
+[[cluster.node]]
+id = 1
+local_addresses = ["10.0.2.200"]
+[[cluster.node]]
+id = 2
+local_addresses = ["10.0.2.201"]
 "#;
 
 thread_local! {
@@ -63,7 +83,7 @@ const KEY: &[u8] = b"fuzz sync key, 32 bytes of it..!";
 fn authenticated(data: &[u8]) {
     let key = SyncKey::new(KEY);
     let _ = parse_with(data, Some(&key));
-    if data.get(4) != Some(&VERSION_AUTH) {
+    if data.get(4) != Some(&VERSION_AUTH) && data.get(4) != Some(&VERSION_AUTH_V2) {
         return;
     }
     let mut signed = data.to_vec();
@@ -107,5 +127,15 @@ fuzz_target!(|data: &[u8]| {
         let out = e.inject(0, &frame, 2_000_000_000);
         let drops: u64 = e.counters().drops.iter().map(|d| d.1).sum();
         assert!(out.len() + drops as usize + e.parked() >= 1, "the packet went somewhere");
+        // A real server's reply to the peer's local address (a synced full-NAT connection's
+        // port, or none).
+        let reply = ferrovs_engine::tools::testpkt::with_macs(
+            ferrovs_engine::tools::testpkt::tcp4([10, 0, 2, 2], 9090, [10, 0, 2, 201], 2000, 0x10, 1, 1, b""),
+            [2, 0, 0, 0, 2, 2],
+            [2, 0, 0, 0, 2, 1],
+        );
+        let out2 = e.inject(1, &reply, 2_000_000_000);
+        let drops2: u64 = e.counters().drops.iter().map(|d| d.1).sum();
+        assert!(out2.len() + (drops2 - drops) as usize + e.parked() >= 1, "the reply went somewhere");
     });
 });

@@ -69,9 +69,10 @@ fn run(cli: Cli) -> Result<(), String> {
             // Cluster: BIRD announces the VIPs this node can serve.
             let mut bird = cfg.cluster.as_ref().map(|c| ferrovs_engine::cluster::bird::Announcer::new(&c.bird_socket));
             let clock = daemon::clock();
-            let mut bird_update = |up: bool, snap: &ferrovs_engine::pipeline::snapshot::Snapshot| {
+            use ferrovs_engine::cluster::bird::Phase;
+            let mut bird_update = |phase: Phase, snap: &ferrovs_engine::pipeline::snapshot::Snapshot| {
                 let Some(a) = bird.as_mut() else { return };
-                let want = ferrovs_engine::cluster::bird::desired(&snap.config, up);
+                let want = ferrovs_engine::cluster::bird::desired(&snap.config, phase);
                 let (changed, err) = a.update(&want, clock());
                 for (p, on) in changed {
                     tracing::info!(protocol = %p, "BIRD: {}", if on { "announcing" } else { "withdrawn" });
@@ -83,7 +84,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             };
             while !daemon::stop_requested() {
-                bird_update(true, &control.snapshot());
+                bird_update(Phase::Up, &control.snapshot());
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 if daemon::hup_count() != hups {
                     hups = daemon::hup_count();
@@ -104,7 +105,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(c) = &cfg.cluster {
                 // Drain: withdraw first, so the routers stop sending new connections here;
                 // established ones finish (or move to a peer) up to the timeout.
-                bird_update(false, &control.snapshot());
+                bird_update(Phase::Draining, &control.snapshot());
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(c.drain_timeout as u64);
                 let mut left = daemon::established(&control.snapshot());
                 tracing::info!(established = left, timeout_s = c.drain_timeout, "draining");
@@ -114,7 +115,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 let (mut pkts, mut moved) = (daemon::service_packets(running.view.as_ref()), std::time::Instant::now());
                 while left > 0 && std::time::Instant::now() < deadline && moved.elapsed() < QUIET {
                     std::thread::sleep(std::time::Duration::from_millis(100));
-                    bird_update(false, &control.snapshot());
+                    bird_update(Phase::Draining, &control.snapshot());
                     left = daemon::established(&control.snapshot());
                     let p = daemon::service_packets(running.view.as_ref());
                     if p != pkts {
@@ -122,6 +123,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     }
                 }
                 tracing::info!(established = left, "drained");
+                // Full-NAT local addresses last: the peers' less preferred routes take over.
+                bird_update(Phase::Down, &control.snapshot());
             }
             let snapshot = control.snapshot();
             control.shutdown();

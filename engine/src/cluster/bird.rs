@@ -13,7 +13,8 @@
 //! [`Announcer`] keeps BIRD at the state ferrovs wants: a VIP is announced while the node is
 //! up (not draining) and at least one real server of a service on the VIP has a weight above
 //! zero in the running configuration (health checks set a failed server's weight to 0 or
-//! remove it). It sends only changes, re-asserts everything every [`REASSERT_NS`] (a BIRD
+//! remove it). Full-NAT local addresses (every node's, `[[cluster.node]]`) have a protocol
+//! each too, under the same name pattern, enabled until the daemon exits ([`Phase`]). It sends only changes, re-asserts everything every [`REASSERT_NS`] (a BIRD
 //! restart forgets runtime enables), and reconnects after errors.
 
 use std::collections::BTreeMap;
@@ -170,16 +171,40 @@ impl BirdClient {
     }
 }
 
-/// The BIRD protocols to enable (true) and disable (false) for `config` on a node that is
-/// `up` (false while draining): one per VIP, enabled iff up and some service on the VIP
-/// has a real server with a weight above zero.
-pub fn desired(config: &ferrovs_cfg::Config, up: bool) -> BTreeMap<String, bool> {
+/// Where the daemon is in its life, for what BIRD announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Running: VIPs with a healthy server and every full-NAT local address announced.
+    Up,
+    /// Draining: VIPs withdrawn (no new connections), local addresses still announced (the
+    /// established full-NAT connections' replies come back to them).
+    Draining,
+    /// About to exit: everything withdrawn, so the routers send the replies to this node's
+    /// local addresses to the peers that announce them with less preference.
+    Down,
+}
+
+/// The BIRD protocols to enable (true) and disable (false) for `config` in `phase`: one per
+/// VIP, enabled iff up and some service on the VIP has a real server with a weight above
+/// zero; one per full-NAT local address of every node (`[[cluster.node]]`), enabled until
+/// the daemon exits. The preference is BIRD's configuration, not ferrovs's: a node's own
+/// local addresses are exported as they are, its peers' with a longer AS path (or a higher
+/// MED), so the routers prefer the owner and fall back to the peers only when the owner's
+/// route goes (README "Cluster").
+pub fn desired(config: &ferrovs_cfg::Config, phase: Phase) -> BTreeMap<String, bool> {
     let mut out = BTreeMap::new();
     let Some(cl) = &config.cluster else { return out };
     for s in &config.services {
         let healthy = s.real_servers.iter().any(|r| r.weight > 0);
         let e = out.entry(cl.protocol_for(s.vip)).or_insert(false);
-        *e |= up && healthy;
+        *e |= phase == Phase::Up && healthy;
+    }
+    for s in &config.services {
+        for a in &s.local_addresses {
+            if cl.owner_of_local(*a).is_some() {
+                out.insert(cl.protocol_for(*a), phase != Phase::Down);
+            }
+        }
     }
     out
 }
@@ -326,11 +351,27 @@ mod tests {
     fn desired_state_per_vip() {
         // Two services on .100 (one server down), one on .101 with its only server down.
         let c = cfg(&[("10.0.0.100", 1), ("10.0.0.100", 0), ("10.0.0.101", 0)]);
-        let d = desired(&c, true);
+        let d = desired(&c, Phase::Up);
         assert_eq!(d.get("fvs_10_0_0_100"), Some(&true));
         assert_eq!(d.get("fvs_10_0_0_101"), Some(&false));
-        assert!(desired(&c, false).values().all(|v| !v), "draining withdraws everything");
-        assert!(desired(&cfg(&[]), true).is_empty());
+        assert!(desired(&c, Phase::Draining).values().all(|v| !v), "draining withdraws every VIP");
+        assert!(desired(&cfg(&[]), Phase::Up).is_empty());
+    }
+
+    #[test]
+    fn full_nat_local_addresses_of_every_node_until_exit() {
+        let t = "[engine]\nbackend = \"memory\"\n[cluster]\nnode_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.2\"]\n\
+                 [[cluster.node]]\nid = 1\nlocal_addresses = [\"10.98.0.1\"]\n[[cluster.node]]\nid = 2\nlocal_addresses = [\"10.98.0.2\"]\n\
+                 [[service]]\nname = \"f\"\nvip = \"10.0.0.100\"\nports = [80]\nforward = \"fnat\"\nlocal_addresses = [\"10.98.0.1\", \"10.98.0.2\"]\n\
+                 [[service.real_server]]\naddress = \"10.0.2.2\"\n";
+        let c = ferrovs_cfg::Config::from_str(t, "t").unwrap();
+        let on = |p: Phase| -> Vec<(String, bool)> { desired(&c, p).into_iter().collect() };
+        let row = |v: bool, l: bool| {
+            vec![("fvs_10_0_0_100".to_string(), v), ("fvs_10_98_0_1".to_string(), l), ("fvs_10_98_0_2".to_string(), l)]
+        };
+        assert_eq!(on(Phase::Up), row(true, true), "own and the peer's local address");
+        assert_eq!(on(Phase::Draining), row(false, true), "replies of draining connections still come back");
+        assert_eq!(on(Phase::Down), row(false, false));
     }
 
     #[test]
@@ -340,7 +381,7 @@ mod tests {
         let (path, log) = fake_bird(&dir, &["fvs_10_0_0_100", "fvs_10_0_0_101"]);
         let mut a = Announcer::new(&path);
         let s = 1_000_000_000;
-        let want = desired(&cfg(&[("10.0.0.100", 1), ("10.0.0.101", 0)]), true);
+        let want = desired(&cfg(&[("10.0.0.100", 1), ("10.0.0.101", 0)]), Phase::Up);
         let (ch, err) = a.update(&want, s);
         assert!(err.is_none(), "{err:?}");
         // .100 was enabled already (BIRD's config), .101 gets disabled.
@@ -350,14 +391,14 @@ mod tests {
         assert!(a.update(&want, 2 * s).0.is_empty());
         assert_eq!(log.lock().unwrap().len(), 2);
         // Draining: both withdrawn, only the change is sent.
-        let (ch, _) = a.update(&desired(&cfg(&[("10.0.0.100", 1), ("10.0.0.101", 0)]), false), 3 * s);
+        let (ch, _) = a.update(&desired(&cfg(&[("10.0.0.100", 1), ("10.0.0.101", 0)]), Phase::Draining), 3 * s);
         assert_eq!(ch, vec![("fvs_10_0_0_100".to_string(), false)]);
         assert_eq!(log.lock().unwrap().len(), 3);
         // Re-asserted after REASSERT_NS even without a change.
-        a.update(&desired(&cfg(&[("10.0.0.100", 1), ("10.0.0.101", 0)]), false), 3 * s + REASSERT_NS + 1);
+        a.update(&desired(&cfg(&[("10.0.0.100", 1), ("10.0.0.101", 0)]), Phase::Draining), 3 * s + REASSERT_NS + 1);
         assert_eq!(log.lock().unwrap().len(), 5);
         // A VIP BIRD has no protocol for: a clear error, counted.
-        let (_, err) = a.update(&desired(&cfg(&[("10.0.0.102", 1)]), true), 20 * s);
+        let (_, err) = a.update(&desired(&cfg(&[("10.0.0.102", 1)]), Phase::Up), 20 * s);
         let e = err.expect("unknown protocol");
         assert!(e.to_string().contains("declare it in bird.conf"), "{e}");
         assert_eq!(a.errors, 1);

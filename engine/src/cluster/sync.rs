@@ -1,4 +1,4 @@
-//! Connection sync between the nodes of a cluster: the wire format (versions 1 and 2), its
+//! Connection sync between the nodes of a cluster: the wire format (versions 1 to 4), its
 //! parser and encoder, datagram authentication and the replay guard, and the rate-bounded
 //! batcher. Sans-IO: the daemon's sync thread owns the UDP
 //! socket (`crate::cluster::syncd`), the workers produce and consume [`SyncEntry`] values.
@@ -14,11 +14,12 @@
 //!
 //! ```text
 //! message  = header entry*
-//! header   = "FVSY" version:u8(=1) node:u8 count:u16 seq:u32          (12 bytes)
+//! header   = "FVSY" version:u8(=1|3) node:u8 count:u16 seq:u32        (12 bytes)
 //! entry    = kind:u8 len:u8 body                  len counts kind and len themselves
 //! flags    = bit 0: IPv6 addresses (16 bytes, else 4)
 //!            bit 1: FTP data connection          (kind 1)
 //!            bit 2: SYN proxy established, `delta` valid (kind 1)
+//!            bit 3: full NAT, version 3 and 4 only (kinds 1 and 2, below)
 //! kind 1 conn      flags proto:u8 state:u8 fwd:u8 cport:u16 vport:u16 rport:u16
 //!                  timeout_s:u32 delta:u32 client vip rs         (32 bytes IPv4, 68 IPv6)
 //! kind 2 delete    flags proto:u8 cport:u16 vport:u16 client vip (16 / 40)
@@ -28,7 +29,7 @@
 //! ```
 //!
 //! `state` is the engine's TCP state number (`tcpstate::TcpState`, UDP = 11), `fwd` 0 NAT,
-//! 1 DR, 2 tunnel. `timeout_s` is what remains of the entry's life at the sender. `rport` 0 in
+//! 1 DR, 2 tunnel, 3 full NAT (version 3+). `timeout_s` is what remains of the entry's life at the sender. `rport` 0 in
 //! an expectation means "the port the client uses". An expectation's `ekind` is 1 NAT
 //! passive (client -> vip:port), 2 DR passive (client -> vip:any), 3 NAT active
 //! (rs -> client:port), 4 DR active (client:port -> vip); `ctl_*` name its control
@@ -36,20 +37,52 @@
 //! A receiver skips entries of kinds it does not know (by `len`) and drops a message of
 //! another version or with a malformed entry whole (counted).
 //!
-//! # Version 2: authenticated (`[cluster] sync_key` / `sync_key_file`)
+//! # Version 3: full-NAT mappings (what this node sends without a key)
+//!
+//! The header and entries of version 1, plus flag bit 3 (8), "full NAT", on kinds 1 and 2:
+//!
+//! ```text
+//! kind 1 conn      (fwd = 3) ... client vip rs lport:u16 laddr     (38 bytes IPv4, 86 IPv6)
+//! kind 2 delete    ... client vip lport:u16                         (18 / 42)
+//! kind 5 seq       flags cport:u16 vport:u16 at:u32 before:i32 after:i32   (client -> server)
+//!                  at:u32 before:i32 after:i32 (server -> client) client vip [lport:u16]
+//!                                                                   (39 / 63, +2 full NAT)
+//! ```
+//!
+//! Kind 5 carries the FTP gateway's sequence-number translation of a NAT or full-NAT control
+//! connection (TCP, client:cport -> vip:vport) per direction, reduced to its newest
+//! length-changing rewrite ([`ferrovs_ftp_alg::SeqShift`]): segments starting after `at` move
+//! by `after`, the others by `before`. The sender sends it when a rewrite changes a delta and
+//! with every refresh of the connection; the receiver gives its backup copy of the control
+//! connection a gateway session resumed from it (`FtpSession::resume`), so the translation
+//! goes on where the failed node left it. Versions 1 and 2 skip kind 5 as unknown.
+//!
+//! A full-NAT connection client:cport -> vip:vport left the sender as laddr:lport -> rs:rport.
+//! `fwd` 3 goes with the flag and only with it. A receiver installs the connection on the
+//! worker that owns `lport` under its own partition of `local_port_range` (where the real
+//! server's replies to laddr:lport arrive, [`route`]), reserves laddr:lport in that worker's
+//! port pool (never handed out while the connection lives there; a port already in use is
+//! refused, counted as `sync_skipped`), and translates replies to laddr:lport once the
+//! routers send them there (a failed node's local addresses are announced by its peers,
+//! README "Cluster"). A deletion's `lport` routes it to the same worker. The flag in a
+//! version 1 or 2 datagram is malformed. Versions 1 and 2 from older nodes are still
+//! accepted (their entries never carry the flag); older nodes refuse version 3 and 4
+//! (`messages_version`): upgrade every node before relying on full-NAT failover.
+//!
+//! # Versions 2 and 4: authenticated (`[cluster] sync_key` / `sync_key_file`)
 //!
 //! ```text
 //! message  = header entry* mac
-//! header   = "FVSY" version:u8(=2) node:u8 count:u16 seq:u32 epoch:u64 time:u32   (24 bytes)
+//! header   = "FVSY" version:u8(=2|4) node:u8 count:u16 seq:u32 epoch:u64 time:u32   (24 bytes)
 //! mac      = HMAC-SHA256(key, header entry*) truncated to its first 16 bytes
 //! ```
 //!
-//! Entries are those of version 1. `epoch` names the sender's incarnation (its start time in
+//! Entries are those of version 1 (version 2) or version 3 (version 4). `epoch` names the sender's incarnation (its start time in
 //! microseconds since 1970, bumped when `seq` wraps), `seq` counts its datagrams from 1,
 //! `time` is its clock (seconds since 1970, low 32 bits) when it sent the datagram. A node with
-//! a key sends version 2 only and accepts only version 2 datagrams whose MAC verifies (in
-//! constant time); a node without a key sends and accepts version 1 only (a version-2
-//! datagram cannot be verified there). After the MAC, [`ReplayGuard`] bounds replay: per
+//! a key sends version 4 and accepts only version 2 and 4 datagrams whose MAC verifies (in
+//! constant time); a node without a key sends version 3 and accepts versions 1 and 3 only (an
+//! authenticated datagram cannot be verified there). After the MAC, [`ReplayGuard`] bounds replay: per
 //! sender the newest epoch wins (older epochs are refused), within it a 64-datagram window
 //! of `seq` as IPsec's anti-replay window (RFC 4303 3.4.3) refuses duplicates and anything
 //! older than the window, and `time` must lie within [`MAX_SKEW_S`] of the receiver's clock
@@ -60,11 +93,17 @@
 use crate::wire::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, v4_to_addr, v6_to_addr, Addr};
 
 pub const MAGIC: &[u8; 4] = b"FVSY";
-pub const VERSION: u8 = 1;
+/// The unauthenticated format this node sends (version 3: full-NAT mappings).
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 12;
-/// The authenticated format.
-pub const VERSION_AUTH: u8 = 2;
+/// The authenticated format this node sends (version 4: version 2's header and MAC with
+/// version 3's entries).
+pub const VERSION_AUTH: u8 = 4;
 pub const HEADER_LEN_AUTH: usize = 24;
+/// Older formats still accepted: version 1 (unauthenticated) and 2 (authenticated), whose
+/// entries carry no full-NAT mapping.
+pub const VERSION_V1: u8 = 1;
+pub const VERSION_AUTH_V2: u8 = 2;
 /// Bytes of the truncated HMAC-SHA256 ending a version-2 datagram.
 pub const MAC_LEN: usize = 16;
 /// Largest difference between a version-2 datagram's `time` and the receiver's clock.
@@ -75,6 +114,9 @@ pub const MAX_MESSAGE: usize = 1400;
 const F_V6: u8 = 1;
 const F_DATA: u8 = 2;
 const F_PROXY: u8 = 4;
+/// Version 3+: a full-NAT connection (kind 1: `lport` and `laddr` follow; kinds 2 and 5:
+/// `lport`).
+const F_FNAT: u8 = 8;
 
 /// A connection as synced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +134,8 @@ pub struct ConnSync {
     pub timeout_s: u32,
     /// SYN proxy: the sequence offset of an established proxied connection.
     pub proxy_delta: Option<u32>,
+    /// Full NAT (`fwd` 3): the local address and port the sender rewrote the client to.
+    pub fnat: Option<(Addr, u16)>,
 }
 
 /// A persistence template: `client` (masked) of the service at vip:vport goes to rs:rport.
@@ -131,12 +175,37 @@ pub struct ExpectSync {
     pub timeout_s: u32,
 }
 
+/// The FTP gateway's sequence-number translation of a NAT / full-NAT control connection
+/// (kind 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqSync {
+    pub client: Addr,
+    pub cport: u16,
+    pub vip: Addr,
+    pub vport: u16,
+    /// Full NAT: the connection's local port (it decides the receiving worker).
+    pub lport: Option<u16>,
+    /// Client -> server.
+    pub orig: ferrovs_ftp_alg::SeqShift,
+    /// Server -> client.
+    pub reply: ferrovs_ftp_alg::SeqShift,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncEntry {
     Conn(ConnSync),
-    Delete { proto: u8, client: Addr, cport: u16, vip: Addr, vport: u16 },
+    /// `lport`: a full-NAT connection's local port (it decides the receiving worker).
+    Delete {
+        proto: u8,
+        client: Addr,
+        cport: u16,
+        vip: Addr,
+        vport: u16,
+        lport: Option<u16>,
+    },
     Template(TemplateSync),
     Expect(ExpectSync),
+    Seq(SeqSync),
 }
 
 impl SyncEntry {
@@ -147,6 +216,18 @@ impl SyncEntry {
             SyncEntry::Delete { client, .. } => *client,
             SyncEntry::Template(t) => t.client,
             SyncEntry::Expect(e) => e.client,
+            SyncEntry::Seq(q) => q.client,
+        }
+    }
+
+    /// A full-NAT connection's local port: it decides the receiving worker instead of the
+    /// client ([`route`]).
+    pub fn lport(&self) -> Option<u16> {
+        match self {
+            SyncEntry::Conn(c) => c.fnat.map(|f| f.1),
+            SyncEntry::Delete { lport, .. } => *lport,
+            SyncEntry::Seq(q) => q.lport,
+            _ => None,
         }
     }
 
@@ -158,10 +239,11 @@ impl SyncEntry {
     pub fn len(&self) -> usize {
         let a = if self.v6() { 16 } else { 4 };
         match self {
-            SyncEntry::Conn(_) => 20 + 3 * a,
-            SyncEntry::Delete { .. } => 8 + 2 * a,
+            SyncEntry::Conn(c) => 20 + 3 * a + if c.fnat.is_some() { 2 + a } else { 0 },
+            SyncEntry::Delete { lport, .. } => 8 + 2 * a + if lport.is_some() { 2 } else { 0 },
             SyncEntry::Template(_) => 12 + 3 * a,
             SyncEntry::Expect(_) => 16 + 3 * a,
+            SyncEntry::Seq(q) => 31 + 2 * a + if q.lport.is_some() { 2 } else { 0 },
         }
     }
 
@@ -183,7 +265,10 @@ impl SyncEntry {
         let start = out.len();
         match *self {
             SyncEntry::Conn(c) => {
-                let f = fl | if c.data { F_DATA } else { 0 } | if c.proxy_delta.is_some() { F_PROXY } else { 0 };
+                let f = fl
+                    | if c.data { F_DATA } else { 0 }
+                    | if c.proxy_delta.is_some() { F_PROXY } else { 0 }
+                    | if c.fnat.is_some() { F_FNAT } else { 0 };
                 out.extend_from_slice(&[1, 0, f, c.proto, c.state, c.fwd]);
                 for p in [c.cport, c.vport, c.rport] {
                     out.extend_from_slice(&p.to_be_bytes());
@@ -193,13 +278,20 @@ impl SyncEntry {
                 for a in [c.client, c.vip, c.rs] {
                     addr(out, a);
                 }
+                if let Some((la, lport)) = c.fnat {
+                    out.extend_from_slice(&lport.to_be_bytes());
+                    addr(out, la);
+                }
             }
-            SyncEntry::Delete { proto, client, cport, vip, vport } => {
-                out.extend_from_slice(&[2, 0, fl, proto]);
+            SyncEntry::Delete { proto, client, cport, vip, vport, lport } => {
+                out.extend_from_slice(&[2, 0, fl | if lport.is_some() { F_FNAT } else { 0 }, proto]);
                 out.extend_from_slice(&cport.to_be_bytes());
                 out.extend_from_slice(&vport.to_be_bytes());
                 addr(out, client);
                 addr(out, vip);
+                if let Some(p) = lport {
+                    out.extend_from_slice(&p.to_be_bytes());
+                }
             }
             SyncEntry::Template(t) => {
                 out.extend_from_slice(&[3, 0, fl, t.proto]);
@@ -218,6 +310,21 @@ impl SyncEntry {
                 out.extend_from_slice(&e.timeout_s.to_be_bytes());
                 for a in [e.client, e.vip, e.rs] {
                     addr(out, a);
+                }
+            }
+            SyncEntry::Seq(q) => {
+                out.extend_from_slice(&[5, 0, fl | if q.lport.is_some() { F_FNAT } else { 0 }]);
+                out.extend_from_slice(&q.cport.to_be_bytes());
+                out.extend_from_slice(&q.vport.to_be_bytes());
+                for sh in [q.orig, q.reply] {
+                    out.extend_from_slice(&sh.at.to_be_bytes());
+                    out.extend_from_slice(&sh.before.to_be_bytes());
+                    out.extend_from_slice(&sh.after.to_be_bytes());
+                }
+                addr(out, q.client);
+                addr(out, q.vip);
+                if let Some(p) = q.lport {
+                    out.extend_from_slice(&p.to_be_bytes());
                 }
             }
         }
@@ -281,7 +388,7 @@ impl std::fmt::Display for SyncError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SyncError::NotSync => f.write_str("not a ferrovs sync message"),
-            SyncError::Version(v) => write!(f, "sync protocol version {v}, this node speaks {VERSION}"),
+            SyncError::Version(v) => write!(f, "sync protocol version {v}, this node speaks 1 to {VERSION_AUTH}"),
             SyncError::Malformed => f.write_str("malformed sync message"),
             SyncError::Auth => {
                 f.write_str("sync message not authenticated by this node's sync_key (or this node has none)")
@@ -346,9 +453,9 @@ pub fn parse_with(b: &[u8], key: Option<&SyncKey>) -> Result<Message, SyncError>
         return Err(SyncError::NotSync);
     }
     let (body, epoch, time) = match (b[4], key) {
-        (VERSION, None) => (b, 0, 0),
-        (VERSION, Some(_)) | (VERSION_AUTH, None) => return Err(SyncError::Auth),
-        (VERSION_AUTH, Some(k)) => {
+        (VERSION | VERSION_V1, None) => (b, 0, 0),
+        (VERSION | VERSION_V1, Some(_)) | (VERSION_AUTH | VERSION_AUTH_V2, None) => return Err(SyncError::Auth),
+        (VERSION_AUTH | VERSION_AUTH_V2, Some(k)) => {
             if b.len() < HEADER_LEN_AUTH + MAC_LEN {
                 return Err(SyncError::Malformed);
             }
@@ -366,12 +473,14 @@ pub fn parse_with(b: &[u8], key: Option<&SyncKey>) -> Result<Message, SyncError>
     let count = u16::from_be_bytes([b[6], b[7]]) as usize;
     let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
     let start = if key.is_some() { HEADER_LEN_AUTH } else { HEADER_LEN };
-    let (entries, unknown) = parse_entries(body, start, count)?;
+    let fnat = matches!(b[4], VERSION | VERSION_AUTH);
+    let (entries, unknown) = parse_entries(body, start, count, fnat)?;
     Ok(Message { node, seq, epoch, time, entries, unknown })
 }
 
-/// The entries of `b[start..]`, `count` of them.
-fn parse_entries(b: &[u8], start: usize, count: usize) -> Result<(Vec<SyncEntry>, usize), SyncError> {
+/// The entries of `b[start..]`, `count` of them; `fnat`: the format (version 3+) has
+/// full-NAT mappings (flag 8).
+fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Vec<SyncEntry>, usize), SyncError> {
     let mut entries = Vec::with_capacity(count.min(b.len() / 16));
     let mut unknown = 0;
     let mut o = start;
@@ -390,9 +499,19 @@ fn parse_entries(b: &[u8], start: usize, count: usize) -> Result<(Vec<SyncEntry>
         let v6 = body[2] & F_V6 != 0;
         let a = if v6 { 16 } else { 4 };
         let mut r = Rd { b: body, o: 3 };
+        let f_fnat = body[2] & F_FNAT != 0;
+        if kind == 5 && !fnat {
+            // Kind 5 is version 3's: an older format does not know it.
+            unknown += 1;
+            continue;
+        }
+        if f_fnat && (!fnat || !matches!(kind, 1 | 2 | 5)) {
+            return Err(SyncError::Malformed);
+        }
         let want = match kind {
-            1 => 20 + 3 * a,
-            2 => 8 + 2 * a,
+            1 => 20 + 3 * a + if f_fnat { 2 + a } else { 0 },
+            2 => 8 + 2 * a + if f_fnat { 2 } else { 0 },
+            5 => 31 + 2 * a + if f_fnat { 2 } else { 0 },
             3 => 12 + 3 * a,
             4 => 16 + 3 * a,
             _ => {
@@ -413,7 +532,18 @@ fn parse_entries(b: &[u8], start: usize, count: usize) -> Result<(Vec<SyncEntry>
                 let timeout_s = r.u32()?;
                 let delta = r.u32()?;
                 let (client, vip, rs) = (r.addr(v6)?, r.addr(v6)?, r.addr(v6)?);
-                if !is_proto(proto) || fwd > 2 || state as usize >= crate::flow::tcpstate::N_STATES {
+                let fnat = if f_fnat {
+                    let lport = r.u16()?;
+                    Some((r.addr(v6)?, lport))
+                } else {
+                    None
+                };
+                // Forwarding 3 (full NAT) exactly when the mapping is there.
+                if !is_proto(proto)
+                    || fwd > 3
+                    || (fwd == 3) != f_fnat
+                    || state as usize >= crate::flow::tcpstate::N_STATES
+                {
                     return Err(SyncError::Malformed);
                 }
                 SyncEntry::Conn(ConnSync {
@@ -429,16 +559,18 @@ fn parse_entries(b: &[u8], start: usize, count: usize) -> Result<(Vec<SyncEntry>
                     rport,
                     timeout_s,
                     proxy_delta: (flags & F_PROXY != 0).then_some(delta),
+                    fnat,
                 })
             }
             2 => {
                 let proto = r.u8()?;
                 let (cport, vport) = (r.u16()?, r.u16()?);
                 let (client, vip) = (r.addr(v6)?, r.addr(v6)?);
+                let lport = if f_fnat { Some(r.u16()?) } else { None };
                 if !is_proto(proto) {
                     return Err(SyncError::Malformed);
                 }
-                SyncEntry::Delete { proto, client, cport, vip, vport }
+                SyncEntry::Delete { proto, client, cport, vip, vport, lport }
             }
             3 => {
                 let proto = r.u8()?;
@@ -449,6 +581,16 @@ fn parse_entries(b: &[u8], start: usize, count: usize) -> Result<(Vec<SyncEntry>
                     return Err(SyncError::Malformed);
                 }
                 SyncEntry::Template(TemplateSync { proto, client, vip, vport, rs, rport, timeout_s })
+            }
+            5 => {
+                let (cport, vport) = (r.u16()?, r.u16()?);
+                let mut sh = [ferrovs_ftp_alg::SeqShift::default(); 2];
+                for x in sh.iter_mut() {
+                    *x = ferrovs_ftp_alg::SeqShift { at: r.u32()?, before: r.u32()? as i32, after: r.u32()? as i32 };
+                }
+                let (client, vip) = (r.addr(v6)?, r.addr(v6)?);
+                let lport = if f_fnat { Some(r.u16()?) } else { None };
+                SyncEntry::Seq(SeqSync { client, cport, vip, vport, lport, orig: sh[0], reply: sh[1] })
             }
             _ => {
                 let kind = match r.u8()? {
@@ -529,12 +671,18 @@ impl ReplayGuard {
     }
 }
 
-/// Split received entries by the worker that owns them (the one that owns their client, as
-/// for packets: [`crate::pipeline::snapshot::owner_of`]).
-pub fn route(entries: Vec<SyncEntry>, workers: usize) -> Vec<Vec<SyncEntry>> {
+/// Split received entries by the worker that owns them: the one that owns their client, as
+/// for packets ([`crate::pipeline::snapshot::owner_of`]); a full-NAT connection's the one that owns its
+/// local port under this node's partition of `port_range` ([`crate::pipeline::snapshot::lport_owner`]),
+/// where the real server's replies to that port arrive.
+pub fn route(entries: Vec<SyncEntry>, workers: usize, port_range: ferrovs_cfg::PortRange) -> Vec<Vec<SyncEntry>> {
     let mut out: Vec<Vec<SyncEntry>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
     for e in entries {
-        out[crate::pipeline::snapshot::owner_of(e.client(), workers)].push(e);
+        let w = match e.lport() {
+            Some(p) => crate::pipeline::snapshot::lport_owner(port_range, p, workers),
+            None => crate::pipeline::snapshot::owner_of(e.client(), workers),
+        };
+        out[w].push(e);
     }
     out
 }
@@ -574,20 +722,20 @@ impl Batcher {
         }
     }
 
-    /// A batcher of authenticated (version 2) datagrams; `epoch` must grow from one start of
+    /// A batcher of authenticated (version 4) datagrams; `epoch` must grow from one start of
     /// the sender to the next (the daemon uses its start time in microseconds).
     pub fn with_key(node: u8, rate: u32, key: SyncKey, epoch: u64) -> Self {
         Batcher { auth: Some((key, epoch)), ..Self::new(node, rate) }
     }
 
-    /// Encode `entries` at time `now` (ns) into datagrams, within the rate (version 2:
+    /// Encode `entries` at time `now` (ns) into datagrams, within the rate (authenticated:
     /// stamped with time 0, see [`Batcher::encode_at`]).
     pub fn encode(&mut self, entries: &[SyncEntry], now: u64) -> Vec<Vec<u8>> {
         self.encode_at(entries, now, 0)
     }
 
     /// [`Batcher::encode`] with the wall clock `unix_s` (seconds since 1970, low 32 bits)
-    /// that version-2 datagrams carry.
+    /// that authenticated datagrams carry.
     pub fn encode_at(&mut self, entries: &[SyncEntry], now: u64, unix_s: u32) -> Vec<Vec<u8>> {
         let max = MAX_MESSAGE - if self.auth.is_some() { MAC_LEN } else { 0 };
         let dt = now.saturating_sub(self.last) as f64 / 1e9;
@@ -676,8 +824,9 @@ mod tests {
                 rport: 8080,
                 timeout_s: 900,
                 proxy_delta: Some(0xdead_beef),
+                fnat: None,
             }));
-            v.push(SyncEntry::Delete { proto: 17, client: a(3), cport: 53, vip: a(100), vport: 53 });
+            v.push(SyncEntry::Delete { proto: 17, client: a(3), cport: 53, vip: a(100), vport: 53, lport: None });
             v.push(SyncEntry::Template(TemplateSync {
                 proto: 6,
                 client: a(0),
@@ -710,10 +859,152 @@ mod tests {
         let mut b = Batcher::new(3, 100);
         let msgs = b.encode(&es, 1);
         assert_eq!(msgs.len(), 1);
-        assert_eq!(&msgs[0][..12], &[b'F', b'V', b'S', b'Y', 1, 3, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(&msgs[0][..12], &[b'F', b'V', b'S', b'Y', 3, 3, 0, 8, 0, 0, 0, 1]);
         let m = parse(&msgs[0]).unwrap();
         assert_eq!((m.node, m.seq, m.unknown), (3, 1, 0));
         assert_eq!(m.entries, es);
+        // Without full-NAT entries the layout is version 1's: an older node's datagram parses.
+        let mut v1 = msgs[0].clone();
+        v1[4] = VERSION_V1;
+        assert_eq!(parse(&v1).unwrap().entries, es);
+    }
+
+    fn fnat_samples() -> Vec<SyncEntry> {
+        let mut v = Vec::new();
+        for a in [a4 as fn(u8) -> Addr, a6] {
+            v.push(SyncEntry::Conn(ConnSync {
+                proto: 6,
+                state: 3,
+                fwd: 3,
+                data: false,
+                client: a(2),
+                cport: 40000,
+                vip: a(100),
+                vport: 21,
+                rs: a(10),
+                rport: 21,
+                timeout_s: 900,
+                proxy_delta: None,
+                fnat: Some((a(200), 0xabcd)),
+            }));
+            v.push(SyncEntry::Delete {
+                proto: 6,
+                client: a(2),
+                cport: 40000,
+                vip: a(100),
+                vport: 21,
+                lport: Some(0xabcd),
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn full_nat_entries_layout_and_versions() {
+        let es = fnat_samples();
+        let lens: Vec<usize> = es.iter().map(|e| e.len()).collect();
+        assert_eq!(lens, [38, 18, 86, 42]);
+        let mut out = Vec::new();
+        es[0].encode(&mut out);
+        #[rustfmt::skip]
+        let want = [1, 38, 8, 6, 3, 3, 0x9c, 0x40, 0, 21, 0, 21, 0, 0, 3, 0x84, 0, 0, 0, 0,
+                    10, 0, 0, 2, 10, 0, 0, 100, 10, 0, 0, 10, 0xab, 0xcd, 10, 0, 0, 200];
+        assert_eq!(out, want);
+        let mut out = Vec::new();
+        es[1].encode(&mut out);
+        assert_eq!(out, [2, 18, 8, 6, 0x9c, 0x40, 0, 21, 10, 0, 0, 2, 10, 0, 0, 100, 0xab, 0xcd]);
+        // Round trip, unauthenticated (version 3) and authenticated (version 4).
+        let m = Batcher::new(1, 100).encode(&es, 1).remove(0);
+        assert_eq!(m[4], VERSION);
+        assert_eq!(parse(&m).unwrap().entries, es);
+        let key = k(b"0123456789abcdef");
+        let m4 = Batcher::with_key(1, 100, key.clone(), 9).encode_at(&es, 1, 100).remove(0);
+        assert_eq!(m4[4], VERSION_AUTH);
+        assert_eq!(parse_with(&m4, Some(&key)).unwrap().entries, es);
+        // Routing: by the local port's owner (here 4 workers over 1024-65535), not the client.
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        let routed = route(es.clone(), 4, range);
+        let w = crate::pipeline::snapshot::lport_owner(range, 0xabcd, 4);
+        assert_eq!(routed[w].len(), 4);
+        // The flag has no meaning in versions 1 and 2: malformed there.
+        let mut v1 = m.clone();
+        v1[4] = VERSION_V1;
+        assert_eq!(parse(&v1), Err(SyncError::Malformed));
+        let mut v2 = m4[..m4.len() - MAC_LEN].to_vec();
+        v2[4] = VERSION_AUTH_V2;
+        let tag = key.tag(&v2);
+        v2.extend_from_slice(&tag);
+        assert_eq!(parse_with(&v2, Some(&key)), Err(SyncError::Malformed));
+        // fwd 3 without the flag, the flag with another fwd, the flag on a template: malformed.
+        let mut bad = m.clone();
+        bad[12 + 5] = 1;
+        assert_eq!(parse(&bad), Err(SyncError::Malformed));
+        let plain = Batcher::new(1, 100).encode(&samples()[..1], 1).remove(0);
+        let mut bad = plain.clone();
+        bad[12 + 5] = 3;
+        assert_eq!(parse(&bad), Err(SyncError::Malformed));
+        let tpl = Batcher::new(1, 100).encode(&samples()[2..3], 1).remove(0);
+        let mut bad = tpl.clone();
+        bad[12 + 2] |= F_FNAT;
+        assert_eq!(parse(&bad), Err(SyncError::Malformed));
+    }
+
+    #[test]
+    fn gateway_translation_entries() {
+        let sh = |at, before, after| ferrovs_ftp_alg::SeqShift { at, before, after };
+        let mut es = Vec::new();
+        for a in [a4 as fn(u8) -> Addr, a6] {
+            for lport in [None, Some(2000)] {
+                es.push(SyncEntry::Seq(SeqSync {
+                    client: a(2),
+                    cport: 40000,
+                    vip: a(100),
+                    vport: 21,
+                    lport,
+                    orig: sh(0xffff_fff0, 0, -3),
+                    reply: sh(7, 2, 2),
+                }));
+            }
+        }
+        let lens: Vec<usize> = es.iter().map(|e| e.len()).collect();
+        assert_eq!(lens, [39, 41, 63, 65]);
+        let mut out = Vec::new();
+        es[1].encode(&mut out);
+        #[rustfmt::skip]
+        let want = [5, 41, 8, 0x9c, 0x40, 0, 21,
+                    0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xfd,
+                    0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 2,
+                    10, 0, 0, 2, 10, 0, 0, 100, 0x07, 0xd0];
+        assert_eq!(out, want);
+        let m = Batcher::new(1, 100).encode(&es, 1).remove(0);
+        assert_eq!(parse(&m).unwrap().entries, es);
+        // Routing: the full-NAT one by its local port.
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        let w = crate::pipeline::snapshot::lport_owner(range, 2000, 8);
+        assert!(route(es.clone(), 8, range)[w].contains(&es[1]));
+        // An older format does not know kind 5: skipped, the rest parses.
+        let mut v1 = m.clone();
+        v1[4] = VERSION_V1;
+        let p1 = parse(&v1).unwrap();
+        assert_eq!((p1.entries.len(), p1.unknown), (0, 4));
+        // A wrong length is malformed.
+        let mut bad = m.clone();
+        bad[13] = 40;
+        assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn authenticated_version_2_from_older_nodes_is_accepted() {
+        let key = k(b"0123456789abcdef");
+        let es = samples();
+        let m4 = Batcher::with_key(1, 100, key.clone(), 9).encode_at(&es, 1, 100).remove(0);
+        let mut v2 = m4[..m4.len() - MAC_LEN].to_vec();
+        v2[4] = VERSION_AUTH_V2;
+        let tag = key.tag(&v2);
+        v2.extend_from_slice(&tag);
+        let m = parse_with(&v2, Some(&key)).unwrap();
+        assert_eq!((m.epoch, m.time, m.entries), (9, 100, es));
+        assert_eq!(parse(&v2), Err(SyncError::Auth));
     }
 
     #[test]
@@ -731,6 +1022,7 @@ mod tests {
             rport: 80,
             timeout_s: 900,
             proxy_delta: None,
+            fnat: None,
         });
         let mut out = Vec::new();
         e.encode(&mut out);
@@ -743,7 +1035,14 @@ mod tests {
     #[test]
     fn batches_split_at_the_mtu_and_respect_the_rate() {
         let es: Vec<SyncEntry> = (0..200)
-            .map(|i| SyncEntry::Delete { proto: 6, client: a4(i as u8), cport: i, vip: a4(100), vport: 80 })
+            .map(|i| SyncEntry::Delete {
+                proto: 6,
+                client: a4(i as u8),
+                cport: i,
+                vip: a4(100),
+                vport: 80,
+                lport: None,
+            })
             .collect();
         let mut b = Batcher::new(1, 2);
         let msgs = b.encode(&es, 1_000_000_000);
@@ -764,11 +1063,13 @@ mod tests {
         let good = b.encode(&samples(), 1).remove(0);
         assert_eq!(parse(&good[..11]), Err(SyncError::NotSync));
         let mut v = good.clone();
-        v[4] = 3;
-        assert_eq!(parse(&v), Err(SyncError::Version(3)));
-        // Version 2 cannot be verified without a key.
-        v[4] = 2;
-        assert_eq!(parse(&v), Err(SyncError::Auth));
+        v[4] = 5;
+        assert_eq!(parse(&v), Err(SyncError::Version(5)));
+        // Versions 2 and 4 cannot be verified without a key.
+        for x in [2, 4] {
+            v[4] = x;
+            assert_eq!(parse(&v), Err(SyncError::Auth));
+        }
         // Truncated in the middle of an entry, wrong count, entry length too short / wrong.
         assert_eq!(parse(&good[..good.len() - 1]), Err(SyncError::Malformed));
         let mut v = good.clone();
@@ -822,7 +1123,7 @@ mod tests {
         let m = &msgs[0];
         let body: usize = es.iter().map(|e| e.len()).sum();
         assert_eq!(m.len(), HEADER_LEN_AUTH + body + MAC_LEN);
-        assert_eq!(&m[..12], &[b'F', b'V', b'S', b'Y', 2, 3, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(&m[..12], &[b'F', b'V', b'S', b'Y', 4, 3, 0, 8, 0, 0, 0, 1]);
         assert_eq!(&m[12..20], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&m[20..24], &1_800_000_000u32.to_be_bytes());
         assert_eq!(&m[m.len() - MAC_LEN..], &k(key).tag(&m[..m.len() - MAC_LEN]));
@@ -837,8 +1138,10 @@ mod tests {
             v[i] ^= 0x40;
             assert!(parse_with(&v, Some(&k(key))).is_err(), "bit flip at {i} accepted");
         }
-        // A version-1 datagram on a node with a key: refused.
-        let v1 = Batcher::new(3, 100).encode(&es, 1).remove(0);
+        // An unauthenticated datagram (version 3, or 1) on a node with a key: refused.
+        let mut v1 = Batcher::new(3, 100).encode(&es, 1).remove(0);
+        assert_eq!(parse_with(&v1, Some(&k(key))), Err(SyncError::Auth));
+        v1[4] = VERSION_V1;
         assert_eq!(parse_with(&v1, Some(&k(key))), Err(SyncError::Auth));
         // Too short for header and MAC.
         assert_eq!(parse_with(&m[..HEADER_LEN_AUTH + 3], Some(&k(key))), Err(SyncError::Malformed));

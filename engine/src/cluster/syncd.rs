@@ -125,9 +125,11 @@ pub fn key_file_warning(cluster: &ferrovs_cfg::Cluster) -> Option<String> {
 }
 
 /// The sync thread: sends the workers' batches to the peers (rate-bounded) and delivers
-/// what the peers send to the owning workers, until `stop`.
+/// what the peers send to the owning workers (full-NAT connections: the owner of their local
+/// port in `port_range`), until `stop`.
 pub fn run<B: Send + 'static>(
     cluster: ferrovs_cfg::Cluster,
+    port_range: ferrovs_cfg::PortRange,
     sock: std::net::UdpSocket,
     fabric: std::sync::Arc<crate::pipeline::worker::Fabric<B>>,
     stats: std::sync::Arc<SyncStats>,
@@ -180,7 +182,7 @@ pub fn run<B: Send + 'static>(
                     stats.messages_received.fetch_add(1, Relaxed);
                     stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
                     stats.entries_unknown.fetch_add(m.unknown as u64, Relaxed);
-                    for (w, es) in route(m.entries, fabric.workers).into_iter().enumerate() {
+                    for (w, es) in route(m.entries, fabric.workers, port_range).into_iter().enumerate() {
                         if !es.is_empty() {
                             let _ = fabric.ctrl[w].push(crate::pipeline::worker::Ctrl::Sync(es));
                         }

@@ -128,6 +128,12 @@ pub fn render(f: &Figures) -> String {
         ("handoff_out_total", "counter", "Packets handed to the owning worker.", |s| s.handoff_out),
         ("handoff_in_total", "counter", "Packets received from other workers.", |s| s.handoff_in),
         ("neigh_evicted_total", "counter", "Neighbour entries evicted from a full table.", |s| s.neigh_evicted),
+        (
+            "neigh_limited_total",
+            "counter",
+            "Unsolicited ARP/ND neighbours not learnt: table full and evictions over their rate.",
+            |s| s.neigh_limited,
+        ),
         ("syn_cookies_sent_total", "counter", "SYN proxy: SYN-ACKs with a cookie sent.", |s| s.cookies_sent),
         ("syn_cookies_validated_total", "counter", "SYN proxy: client ACKs with a valid cookie.", |s| {
             s.cookies_validated

@@ -77,6 +77,9 @@ pub struct WorkerCounters {
     pub nd_replies: AtomicU64,
     /// Dynamic neighbour entries evicted because the table was full.
     pub neigh_evicted: AtomicU64,
+    /// Neighbours not learnt from unsolicited ARP/ND (nobody asked for them) because the
+    /// table was full and evictions for such neighbours were over their rate.
+    pub neigh_limited: AtomicU64,
     pub icmp_translated: AtomicU64,
     pub icmp_echo_replies: AtomicU64,
     /// SYN proxy: SYN-ACKs with a cookie sent, client ACKs whose cookie was valid (a
@@ -137,6 +140,7 @@ impl WorkerCounters {
             arp_replies: self.arp_replies.load(Relaxed),
             nd_replies: self.nd_replies.load(Relaxed),
             neigh_evicted: self.neigh_evicted.load(Relaxed),
+            neigh_limited: self.neigh_limited.load(Relaxed),
             icmp_translated: self.icmp_translated.load(Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Relaxed),
             cookies_sent: self.cookies_sent.load(Relaxed),
@@ -171,6 +175,7 @@ impl WorkerCounters {
             arp_replies,
             nd_replies,
             neigh_evicted,
+            neigh_limited,
             icmp_translated,
             icmp_echo_replies,
             cookies_sent,
@@ -202,6 +207,7 @@ impl WorkerCounters {
             arp_replies,
             nd_replies,
             neigh_evicted,
+            neigh_limited,
             icmp_translated,
             icmp_echo_replies,
             cookies_sent,
@@ -242,6 +248,7 @@ pub struct CounterSnapshot {
     pub arp_replies: u64,
     pub nd_replies: u64,
     pub neigh_evicted: u64,
+    pub neigh_limited: u64,
     pub icmp_translated: u64,
     pub icmp_echo_replies: u64,
     pub cookies_sent: u64,

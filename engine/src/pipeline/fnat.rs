@@ -36,6 +36,8 @@ struct Pool {
     free: u32,
     /// Where the next search starts (just past the last allocation).
     next: u32,
+    /// Searched from a peer's slot ([`LportPools::take_foreign`]).
+    foreign: bool,
 }
 
 /// A worker's local ports on every local address it has used.
@@ -78,7 +80,7 @@ impl LportPools {
         let carried = &self.carried;
         self.pools.entry((a, proto)).or_insert_with(|| {
             let n = share.hi as u32 - share.lo as u32 + 1;
-            let mut p = Pool { used: vec![0; n.div_ceil(64) as usize], free: n, next: 0 };
+            let mut p = Pool { used: vec![0; n.div_ceil(64) as usize], free: n, next: 0, foreign: false };
             // Bits past the share are permanently "used".
             for i in n..(p.used.len() as u32 * 64) {
                 p.used[(i / 64) as usize] |= 1 << (i % 64);
@@ -99,10 +101,30 @@ impl LportPools {
     /// A free port on `a`, if any (FTP through full NAT reserves one on the control
     /// connection's own local address for an active data connection).
     pub fn take_on(&mut self, a: Addr, proto: u8) -> Option<u16> {
+        self.take_from(a, proto, None)
+    }
+
+    /// [`LportPools::take_on`] on a cluster peer's local address `a` (an FTP data connection
+    /// of a control connection the peer opened): the first search starts `slot`/256 of the way
+    /// into the share, far from where the owner allocates (from the start, in order) and from
+    /// other nodes' slots, so two nodes do not pick the same port before their syncs cross.
+    pub fn take_foreign(&mut self, a: Addr, proto: u8, slot: u8) -> Option<u16> {
+        self.take_from(a, proto, Some(slot))
+    }
+
+    fn take_from(&mut self, a: Addr, proto: u8, slot: Option<u8>) -> Option<u16> {
         let lo = self.share.lo;
+        let n = self.share.hi as u32 - self.share.lo as u32 + 1;
         let p = self.pool(a, proto);
         if p.free == 0 {
             return None;
+        }
+        if let Some(k) = slot {
+            if !p.foreign {
+                p.foreign = true;
+                // Half way, plus this node's slot of the other half.
+                p.next = n / 2 + (n / 2) * u32::from(k) / 256;
+            }
         }
         let words = p.used.len();
         let start = p.next as usize;
@@ -143,6 +165,25 @@ impl LportPools {
             }
         }
         None
+    }
+
+    /// Mark `port` on `a` used without allocating it (a full-NAT connection a cluster peer
+    /// synced: its local port must not be handed out here). False if it is already in use.
+    /// A port outside this worker's share is never allocated here: nothing to mark.
+    pub fn reserve(&mut self, a: Addr, proto: u8, port: u16) -> bool {
+        if !self.share.contains(port) {
+            return true;
+        }
+        let lo = self.share.lo;
+        let p = self.pool(a, proto);
+        let i = (port - lo) as usize;
+        let bit = 1u64 << (i % 64);
+        if p.used[i / 64] & bit != 0 {
+            return false;
+        }
+        p.used[i / 64] |= bit;
+        p.free -= 1;
+        true
     }
 
     /// Give back `port` on `a` (a connection ended).
@@ -291,6 +332,50 @@ mod tests {
         }
         assert!(got.contains(&first));
         assert_eq!(got.len(), 99);
+    }
+
+    #[test]
+    fn reserved_ports_are_never_handed_out() {
+        let a = v4_to_addr([10, 0, 2, 200]);
+        let mut p = LportPools::new(R);
+        assert!(p.reserve(a, PROTO_TCP, 5000));
+        assert!(p.reserve(a, PROTO_TCP, 5050));
+        assert!(!p.reserve(a, PROTO_TCP, 5050), "twice: refused");
+        assert!(p.reserve(a, PROTO_TCP, 80), "outside the share: nothing to mark");
+        assert_eq!(p.free_on(a, PROTO_TCP), 98);
+        let mut got = HashSet::new();
+        while let Some((_, x)) = p.alloc(&[a], PROTO_TCP) {
+            got.insert(x);
+        }
+        assert_eq!(got.len(), 98);
+        assert!(!got.contains(&5000) && !got.contains(&5050));
+        // A taken port cannot be reserved; a released reservation is free again.
+        p.release(a, PROTO_TCP, 5001);
+        assert!(p.reserve(a, PROTO_TCP, 5001));
+        p.release(a, PROTO_TCP, 5050);
+        assert_eq!(p.alloc(&[a], PROTO_TCP), Some((a, 5050)));
+    }
+
+    #[test]
+    fn a_peers_address_is_searched_from_this_nodes_slot() {
+        let a = v4_to_addr([10, 0, 2, 200]);
+        let mut owner = LportPools::new(R);
+        let mut peer = LportPools::new(R);
+        // The owner's connections, synced to the peer (reserved there).
+        for _ in 0..10 {
+            let (_, port) = owner.alloc(&[a], PROTO_TCP).unwrap();
+            assert!(peer.reserve(a, PROTO_TCP, port));
+        }
+        // The owner's next port and the peer's first foreign one differ.
+        let next_owner = owner.take_on(a, PROTO_TCP).unwrap();
+        let first_peer = peer.take_foreign(a, PROTO_TCP, 3).unwrap();
+        assert_eq!(next_owner, 5010);
+        assert_eq!(first_peer, 5050 + 50 * 3 / 256);
+        // Another peer's slot starts elsewhere.
+        let mut other = LportPools::new(R);
+        assert_eq!(other.take_foreign(a, PROTO_TCP, 200).unwrap(), 5050 + 50 * 200 / 256);
+        // Then in order from there, and around the share when full.
+        assert_eq!(peer.take_foreign(a, PROTO_TCP, 3).unwrap(), first_peer + 1);
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! updates its cache and posts the update to every other worker through
 //! their control rings, so no cache is shared and no lock is taken.
 //! Static `[[neighbor]]` entries are loaded first and never overwritten.
+//!
+//! Floods of ARP/ND from many addresses: the table is bounded (the stalest
+//! dynamic entry is evicted), a neighbour nobody asked for may evict only at
+//! a bounded rate (the worker's [`EVICT_PER_SEC`] bucket; past it, it is not
+//! learnt and `neigh_limited` counts it), and an entry is confirmed (moved
+//! to the fresh end of the eviction order) at most every [`CONFIRM_NS`]:
+//! more confirmations from the same neighbour cost a lookup and nothing else.
 
 use crate::wire::csum;
 use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr};
@@ -20,6 +27,8 @@ struct Entry {
     /// A flow resolved its next hop to this entry (and may have cached the MAC against
     /// `gen`): evicted only when no unused entry is left, and then `gen` changes.
     used: bool,
+    /// When (ns) it was last learnt or confirmed with a clock ([`NeighCache::learn_with`]).
+    confirmed: Option<u64>,
 }
 
 /// Entries in use passed over per eviction before the stalest is evicted anyway.
@@ -28,6 +37,27 @@ const SECOND_CHANCES: usize = 8;
 /// Default bound on dynamic entries per worker (static entries are not
 /// counted and never evicted).
 pub const DEFAULT_MAX: usize = 4096;
+
+/// Evictions per second (and burst) that neighbours nobody asked for may cause, per worker
+/// (see [`NeighCache::learn_with`]): a table that is full stays mostly in place under a
+/// flood of ARP/ND from new addresses, while answers to our own requests always get in.
+pub const EVICT_PER_SEC: u32 = 100;
+pub const EVICT_BURST: u32 = 256;
+
+/// An entry learnt or confirmed less than this long ago is not confirmed again (ns): its
+/// place in the eviction order is at most this much staler than the truth.
+pub const CONFIRM_NS: u64 = 100_000_000;
+
+/// What [`NeighCache::learn_with`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learnt {
+    /// A new entry, or a new MAC for an entry.
+    Changed,
+    /// Already known with this MAC (confirmed), static, or not a unicast MAC.
+    Unchanged,
+    /// Not learnt: the table is full and the eviction was refused.
+    Limited,
+}
 
 pub struct NeighCache {
     map: HashMap<Addr, Entry>,
@@ -76,7 +106,7 @@ impl NeighCache {
         }
     }
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
-        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true }) {
+        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true, confirmed: None }) {
             if !old.is_static {
                 self.dynamic -= 1;
             }
@@ -87,33 +117,49 @@ impl NeighCache {
     /// the same MAC again only refreshes the entry (it becomes the least
     /// stale one).
     pub fn learn(&mut self, a: Addr, mac: [u8; 6]) -> bool {
+        self.learn_with(a, mac, None, || true) == Learnt::Changed
+    }
+
+    /// [`NeighCache::learn`] at time `now` (ns; `None`: no clock), asking `may_evict` first
+    /// when learning `a` would evict an entry and nobody asked for `a` (no request of ours
+    /// for it is pending, see [`NeighCache::should_ask`]): if it says no, nothing changes
+    /// ([`Learnt::Limited`]). With a clock, an entry learnt or confirmed less than
+    /// [`CONFIRM_NS`] ago is not confirmed again.
+    pub fn learn_with(&mut self, a: Addr, mac: [u8; 6], now: Option<u64>, may_evict: impl FnOnce() -> bool) -> Learnt {
         if mac == [0; 6] || mac[0] & 1 == 1 {
-            return false;
+            return Learnt::Unchanged;
         }
         let stamp = self.next_stamp;
         match self.map.get_mut(&a) {
-            Some(e) if e.is_static => false,
+            Some(e) if e.is_static => Learnt::Unchanged,
             Some(e) if e.mac == mac => {
-                e.stamp = stamp;
-                self.next_stamp += 1;
-                self.order.push_back((a, stamp));
-                self.compact();
-                false
+                let recent = matches!((now, e.confirmed), (Some(n), Some(c)) if n.wrapping_sub(c) < CONFIRM_NS);
+                if !recent {
+                    e.stamp = stamp;
+                    e.confirmed = now;
+                    self.next_stamp += 1;
+                    self.order.push_back((a, stamp));
+                    self.compact();
+                }
+                Learnt::Unchanged
             }
             Some(e) => {
-                *e = Entry { mac, is_static: false, stamp, used: e.used };
+                *e = Entry { mac, is_static: false, stamp, used: e.used, confirmed: now };
                 self.next_stamp += 1;
                 self.order.push_back((a, stamp));
                 self.compact();
                 self.asked.remove(&a);
                 self.gen = self.gen.wrapping_add(1);
-                true
+                Learnt::Changed
             }
             None => {
                 if self.dynamic >= self.max {
+                    if !self.asked.contains_key(&a) && !may_evict() {
+                        return Learnt::Limited;
+                    }
                     self.evict_stalest();
                 }
-                self.map.insert(a, Entry { mac, is_static: false, stamp, used: false });
+                self.map.insert(a, Entry { mac, is_static: false, stamp, used: false, confirmed: now });
                 self.next_stamp += 1;
                 self.dynamic += 1;
                 self.order.push_back((a, stamp));
@@ -122,7 +168,7 @@ impl NeighCache {
                 // No flow holds a MAC for an address that had no entry (a flow whose next hop
                 // is unresolved looks it up again on its next packet): `gen` stays, so a
                 // flood of new neighbours does not make every flow look its MACs up again.
-                true
+                Learnt::Changed
             }
         }
     }
@@ -348,6 +394,58 @@ mod tests {
         c.learn(5000, mac(1));
         assert_ne!(c.gen, gen);
         assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn full_table_evicts_for_the_unasked_only_when_allowed() {
+        let mut c = NeighCache::with_max(4);
+        for a in 1..=4 {
+            assert_eq!(
+                c.learn_with(a, mac(a as u8), None, || panic!("room left: no eviction to ask about")),
+                Learnt::Changed
+            );
+        }
+        // Full: a stranger may not evict...
+        assert_eq!(c.learn_with(9, mac(9), None, || false), Learnt::Limited);
+        assert_eq!((c.get(9), c.len(), c.take_evicted()), (None, 4, 0));
+        // ...known entries are still confirmed and changed without asking...
+        assert_eq!(c.learn_with(1, mac(1), None, || panic!("no eviction")), Learnt::Unchanged);
+        assert_eq!(c.learn_with(2, mac(22), None, || panic!("no eviction")), Learnt::Changed);
+        assert_eq!(c.get(2), Some(mac(22)));
+        // ...and a neighbour we asked for gets in whatever the limit says.
+        assert!(c.should_ask(10, 0));
+        assert_eq!(c.learn_with(10, mac(10), None, || false), Learnt::Changed);
+        assert_eq!((c.get(10), c.len(), c.take_evicted()), (Some(mac(10)), 4, 1));
+        // Allowed: the stranger evicts the stalest.
+        assert_eq!(c.learn_with(9, mac(9), None, || true), Learnt::Changed);
+        assert_eq!((c.get(9), c.take_evicted()), (Some(mac(9)), 1));
+    }
+
+    #[test]
+    fn confirmations_are_rate_bound_per_neighbour() {
+        let mut c = NeighCache::with_max(16);
+        for a in 1..=16 {
+            c.learn_with(a, mac(a as u8), Some(0), || true);
+        }
+        let records = c.order.len();
+        // Confirmed within CONFIRM_NS of learning: in place.
+        for t in 0..100 {
+            assert_eq!(c.learn_with(1, mac(1), Some(t * 1000), || true), Learnt::Unchanged);
+        }
+        assert_eq!(c.order.len(), records);
+        // Later: 1 moves to the fresh end, so 2 is evicted first.
+        c.learn_with(1, mac(1), Some(CONFIRM_NS), || true);
+        assert_eq!(c.order.len(), records + 1);
+        c.learn_with(100, mac(100), Some(CONFIRM_NS), || true);
+        assert_eq!((c.get(1), c.get(2)), (Some(mac(1)), None));
+        // A new MAC is never "recent": it changes at once.
+        assert_eq!(c.learn_with(3, mac(33), Some(CONFIRM_NS), || true), Learnt::Changed);
+        assert_eq!(c.get(3), Some(mac(33)));
+        // Without a clock every confirmation counts.
+        let before = c.order.len();
+        c.learn(4, mac(4));
+        c.learn(4, mac(4));
+        assert_eq!(c.order.len(), before + 2);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct IfaceInfo {
     pub name: String,
     pub mac: [u8; 6],
     pub addrs: Vec<(Addr, u8)>,
+    /// `addrs` as (network, netmask), for [`Snapshot::on_link`] (asked per ARP/ND packet).
+    nets: Vec<(Addr, Addr)>,
 }
 
 impl IfaceInfo {
@@ -77,8 +79,10 @@ pub struct Snapshot {
     by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>>,
     pub vips: HashSet<Addr>,
     pub local: HashSet<Addr>,
-    /// Full NAT local addresses of every service (also in `local`, so ARP/ND
-    /// and echo requests are answered for them).
+    /// Full NAT local addresses of every service: replies to them are
+    /// translated. This node's are also in `local` (ARP/ND and echo requests
+    /// are answered for them); in a cluster the peers' are not (the routers
+    /// reach them by BGP, see README "Cluster").
     pub laddrs: HashSet<Addr>,
     /// Full NAT source ports on each local address (`[engine] local_port_range`).
     pub port_range: PortRange,
@@ -93,10 +97,15 @@ pub struct Snapshot {
 
 #[inline]
 fn mask(a: Addr, prefix: u8) -> Addr {
+    a & netmask(prefix)
+}
+
+#[inline]
+fn netmask(prefix: u8) -> Addr {
     if prefix == 0 {
         0
     } else {
-        a & (u128::MAX << (128 - prefix as u32))
+        u128::MAX << (128 - prefix.min(128) as u32)
     }
 }
 
@@ -133,10 +142,15 @@ impl Snapshot {
             .interfaces
             .iter()
             .enumerate()
-            .map(|(i, itf)| IfaceInfo {
-                name: itf.name.clone(),
-                mac: macs.get(i).copied().or(itf.mac).unwrap_or([0; 6]),
-                addrs: itf.addresses.iter().map(|n| (ip_to_addr(n.addr), prefix128(n.addr, n.prefix))).collect(),
+            .map(|(i, itf)| {
+                let addrs: Vec<(Addr, u8)> =
+                    itf.addresses.iter().map(|n| (ip_to_addr(n.addr), prefix128(n.addr, n.prefix))).collect();
+                IfaceInfo {
+                    name: itf.name.clone(),
+                    mac: macs.get(i).copied().or(itf.mac).unwrap_or([0; 6]),
+                    nets: addrs.iter().map(|&(a, p)| (mask(a, p), netmask(p))).collect(),
+                    addrs,
+                }
             })
             .collect();
         let mut local = HashSet::new();
@@ -203,11 +217,20 @@ impl Snapshot {
                 ftp: s.ftp.clone(),
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
-                local: s.local_addresses.iter().map(|a| ip_to_addr(*a)).collect(),
+                // In a cluster a node allocates on its own local addresses only.
+                local: s
+                    .local_addresses
+                    .iter()
+                    .filter(|a| config.cluster.as_ref().is_none_or(|c| c.nodes.is_empty() || c.is_own_local(**a)))
+                    .map(|a| ip_to_addr(*a))
+                    .collect(),
             });
         }
-        let laddrs: HashSet<Addr> = services.iter().flat_map(|s| s.local.iter().copied()).collect();
-        local.extend(laddrs.iter().copied());
+        // ARP/ND are answered for this node's local addresses; replies to every node's are
+        // translated (a failed peer's, with the connections it synced).
+        local.extend(services.iter().flat_map(|s| s.local.iter().copied()));
+        let laddrs: HashSet<Addr> =
+            config.services.iter().flat_map(|s| s.local_addresses.iter().map(|a| ip_to_addr(*a))).collect();
         let static_neighbors = config.neighbors.iter().map(|n| (ip_to_addr(n.address), n.mac)).collect();
         let workers = config.engine.workers.max(1);
         let port_range = config.engine.local_port_range;
@@ -244,7 +267,7 @@ impl Snapshot {
 
     /// Is `a` on the subnet of interface `iface`?
     pub fn on_link(&self, iface: usize, a: Addr) -> bool {
-        self.ifaces.get(iface).is_some_and(|i| i.addrs.iter().any(|&(n, p)| mask(n, p) == mask(a, p)))
+        self.ifaces.get(iface).is_some_and(|i| i.nets.iter().any(|&(n, m)| a & m == n))
     }
 }
 

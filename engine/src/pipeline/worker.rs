@@ -198,6 +198,9 @@ pub struct Worker<Q: PortQueue> {
     bounce_log: crate::pipeline::ratelimit::RateLimit,
     /// Rate limit for the neighbour-table-full warning.
     neigh_log: crate::pipeline::ratelimit::RateLimit,
+    /// Evictions from a full neighbour table by neighbours nobody asked for
+    /// ([`neigh::EVICT_PER_SEC`]).
+    neigh_evict_rl: crate::pipeline::ratelimit::RateLimit,
     /// Token bucket of the ICMP errors this worker originates (`[engine] icmp_rate` /
     /// `icmp_burst`) and the (rate, burst) it was built for.
     icmp_rl: crate::pipeline::ratelimit::RateLimit,
@@ -333,6 +336,7 @@ impl<Q: PortQueue> Worker<Q> {
             actions: alg::Actions::default(),
             bounce_log: Default::default(),
             neigh_log: Default::default(),
+            neigh_evict_rl: crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST),
             icmp_rl: crate::pipeline::ratelimit::RateLimit::new(0, 1),
             icmp_cfg: (u32::MAX, 0),
             kern_q,
@@ -666,7 +670,6 @@ impl<Q: PortQueue> Worker<Q> {
                 Forward::Nat => 0,
                 Forward::Dr => 1,
                 Forward::Tunnel => 2,
-                // Not synced (see sync_conn); the wire format has no value for it.
                 Forward::Fnat => 3,
             },
             data: c.flags & F_DATA != 0,
@@ -678,20 +681,62 @@ impl<Q: PortQueue> Worker<Q> {
             rport: c.rport,
             timeout_s: (c.expires.saturating_sub(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
             proxy_delta: k.proxy.as_ref().filter(|p| p.established).map(|p| p.delta),
+            fnat: (c.fwd == Forward::Fnat).then(|| (self.flows.laddr_of(c), c.lport)),
         })
     }
 
     /// Queue connection `idx` for the peers (a creation, a state change or a refresh).
     fn sync_conn(&mut self, idx: u32) {
-        // Full-NAT connections are not synced yet: their local address and port are chosen per
-        // node and the sync format (v1) does not carry them.
         let c = self.flows.get(idx);
-        if !self.sync_on || c.flags & F_SYNCED != 0 || c.fwd == Forward::Fnat {
+        if !self.sync_on || c.flags & F_SYNCED != 0 {
             return;
         }
         let e = self.conn_entry(idx);
         self.flows.cold_mut(idx).synced_at = self.now.max(1);
         self.push_sync(e);
+        if let Some(e) = self.seq_entry(idx) {
+            self.push_sync(e);
+        }
+    }
+
+    /// The gateway's sequence-number translation of NAT / full-NAT control connection `idx`,
+    /// if a rewrite moved it (a peer taking the connection over needs it).
+    fn seq_entry(&self, idx: u32) -> Option<SyncEntry> {
+        let c = self.flows.get(idx);
+        let s = self.flows.cold(idx).alg.as_deref()?;
+        if !c.fwd.two_way() {
+            return None;
+        }
+        let (orig, reply) = (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
+        if orig == alg::SeqShift::default() && reply == alg::SeqShift::default() {
+            return None;
+        }
+        Some(SyncEntry::Seq(crate::cluster::sync::SeqSync {
+            client: c.client,
+            cport: c.cport,
+            vip: c.vip,
+            vport: c.vport,
+            lport: (c.fwd == Forward::Fnat).then_some(c.lport),
+            orig,
+            reply,
+        }))
+    }
+
+    /// A peer's gateway translation for its control connection: this node's backup copy
+    /// continues from it.
+    fn install_synced_seq(&mut self, q: &crate::cluster::sync::SeqSync) -> bool {
+        let key = FlowKey { proto: PROTO_TCP, src: q.client, sport: q.cport, dst: q.vip, dport: q.vport };
+        let Some((idx, Dir::In)) = self.flows.lookup(&key) else { return false };
+        let c = self.flows.get(idx);
+        if c.flags & F_SYNCED == 0 || !c.fwd.two_way() {
+            return false; // this node carries it: its own gateway knows better
+        }
+        let (si, di) = (c.svc as usize, c.dest as usize);
+        if si >= self.snap.services.len() || di >= self.snap.services[si].dests.len() {
+            return false;
+        }
+        self.start_ftp_session(si, di, idx, Some((q.orig, q.reply)));
+        true
     }
 
     /// Re-send live connections not sent for `sync_refresh`, a few slots per poll.
@@ -721,7 +766,7 @@ impl<Q: PortQueue> Worker<Q> {
         for e in entries {
             let ok = match *e {
                 SyncEntry::Conn(c) => self.install_synced_conn(&c),
-                SyncEntry::Delete { proto, client, cport, vip, vport } => {
+                SyncEntry::Delete { proto, client, cport, vip, vport, .. } => {
                     let key = FlowKey { proto, src: client, sport: cport, dst: vip, dport: vport };
                     match self.flows.lookup(&key) {
                         Some((idx, Dir::In)) if self.flows.get(idx).flags & F_SYNCED != 0 => {
@@ -733,6 +778,7 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 SyncEntry::Template(t) => self.install_synced_template(&t),
                 SyncEntry::Expect(x) => self.install_synced_expect(&x),
+                SyncEntry::Seq(q) => self.install_synced_seq(&q),
             };
             bump(if ok { &self.counters.sync_installed } else { &self.counters.sync_skipped }, 1);
         }
@@ -771,11 +817,29 @@ impl<Q: PortQueue> Worker<Q> {
             }
         };
         let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else { return false };
-        if self.snap.services[si].dests[di].forward == Forward::Fnat {
-            return false; // a local port of this node would not match the peer's
-        }
         let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) else { return false };
-        let Ok(idx) = self.create_backup(si, di, s) else { return false };
+        // Full NAT: the sender's local address and port, reserved here so this worker never
+        // hands them out (an FTP active data connection of an adopted control connection
+        // takes ports on that address); both sides must agree it is full NAT.
+        let local = match (self.snap.services[si].dests[di].forward == Forward::Fnat, s.fnat) {
+            (false, None) => Local::Any,
+            (true, Some((la, lport))) => {
+                if !self.lports.reserve(la, s.proto, lport) {
+                    return false; // in use here: a connection of this node holds it
+                }
+                Local::Fixed(la, lport)
+            }
+            _ => return false,
+        };
+        let idx = match self.create_backup(si, di, s, local) {
+            Ok(i) => i,
+            Err(_) => {
+                if let Local::Fixed(la, lport) = local {
+                    self.lports.release(la, s.proto, lport);
+                }
+                return false;
+            }
+        };
         let c = self.flows.get_mut(idx);
         c.state = st;
         c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
@@ -787,13 +851,26 @@ impl<Q: PortQueue> Worker<Q> {
             self.flows.cold_mut(idx).proxy =
                 Some(Box::new(crate::pipeline::synproxy::Proxied { isn: 0, cookie: 0, delta, established: true }));
         }
+        // A NAT / full-NAT FTP control connection: a gateway session, so that once this node
+        // carries it the commands and replies are still translated (no rewrite so far; a
+        // kind-5 entry brings the peer's, `install_synced_seq`).
+        let svc = &self.snap.services[si];
+        if !s.data && s.proto == PROTO_TCP && svc.is_ftp_control(s.vport) && svc.dests[di].forward.two_way() {
+            self.start_ftp_session(si, di, idx, Some(Default::default()));
+        }
         true
     }
 
     /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
     /// schedulers, flows_created, the service's connections) until traffic arrives.
-    fn create_backup(&mut self, si: usize, di: usize, s: &crate::cluster::sync::ConnSync) -> Result<u32, DropReason> {
-        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport, Local::Any)?;
+    fn create_backup(
+        &mut self,
+        si: usize,
+        di: usize,
+        s: &crate::cluster::sync::ConnSync,
+        local: Local,
+    ) -> Result<u32, DropReason> {
+        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport, local)?;
         // Undo create_conn's accounting: backup state is invisible to the schedulers.
         let counts = &self.snap.conn_counts[si];
         counts.dec_inactive(self.id, di);
@@ -1086,8 +1163,9 @@ impl<Q: PortQueue> Worker<Q> {
         if state == crate::flow::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
-        if self.sync_on && flags & F_SYNCED == 0 && fwd != Forward::Fnat {
-            self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport });
+        if self.sync_on && flags & F_SYNCED == 0 {
+            let lport = (fwd == Forward::Fnat).then_some(lport);
+            self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });
         }
         if fwd == Forward::Fnat {
             self.lports.release(la, proto, lport);
@@ -1445,25 +1523,7 @@ impl<Q: PortQueue> Worker<Q> {
         // An FTP control connection gets its gateway.
         let svc = &self.snap.services[si];
         if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
-            let opts = svc.ftp.clone().unwrap_or_default();
-            let mode = match svc.dests[di].forward {
-                Forward::Nat => alg::Mode::Nat,
-                Forward::Fnat => alg::Mode::Fnat { local: addr_to_ip(self.flows.laddr_of(self.flows.get(idx))) },
-                Forward::Dr | Forward::Tunnel => alg::Mode::Dr,
-            };
-            let params = alg::SessionParams {
-                mode,
-                client: std::net::SocketAddr::new(addr_to_ip(p.src), p.sport),
-                vip: std::net::SocketAddr::new(addr_to_ip(p.dst), p.dport),
-                real: std::net::SocketAddr::new(addr_to_ip(rs), rport),
-                allow_foreign_port_address: opts.allow_foreign_port_address,
-                pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
-            };
-            let mut session = alg::FtpSession::new(params);
-            session.set_allow_low_data_ports(opts.allow_low_data_ports);
-            session.set_max_payload(self.ftp_max_payload(idx));
-            self.flows.cold_mut(idx).alg = Some(Box::new(session));
-            self.flows.get_mut(idx).flags |= F_ALG;
+            self.start_ftp_session(si, di, idx, None);
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
         }
         self.forward(idx, Dir::In, pkt, p)
@@ -1503,7 +1563,10 @@ impl<Q: PortQueue> Worker<Q> {
     /// data connection (a port >= 1024, or the active-mode port 20, as the service's data
     /// ports allow): it goes to the real server the cluster-wide Maglev choice gives the client,
     /// i.e. its control connection's, on every node, whether or not this node saw the PASV/PORT
-    /// (as an IPVS persistent port-0 service places FTP data in DR). `None` outside a cluster.
+    /// (as an IPVS persistent port-0 service places FTP data in DR). Not for NAT or full NAT:
+    /// a full-NAT data connection must leave from its control connection's local address,
+    /// which only the synced expectation names; without it the SYN is dropped (`no_service`)
+    /// and its retransmission finds the expectation. `None` outside a cluster.
     fn cluster_service(&self, p: &Parsed) -> Option<usize> {
         self.snap.config.cluster.as_ref()?;
         if let Some(si) = self.snap.service(p.dst, p.proto, p.dport) {
@@ -1515,7 +1578,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.snap.services.iter().position(|s| {
             s.vip == p.dst
                 && s.proto == PROTO_TCP
-                && s.forward != Forward::Nat
+                && matches!(s.forward, Forward::Dr | Forward::Tunnel)
                 && s.ftp.as_ref().is_some_and(|f| p.dport == 20 || p.dport >= 1024 || f.allow_low_data_ports)
         })
     }
@@ -1734,6 +1797,12 @@ impl<Q: PortQueue> Worker<Q> {
             // The source side too: client:cport <-> local address:port.
             let picked = match local {
                 Local::Fixed(a, port) => Some((a, port)),
+                // A cluster peer's local address (a data connection of a control connection
+                // the peer opened): from this node's slot of its ports.
+                Local::Prefer(a) if !svc.local.contains(&a) => {
+                    let slot = self.snap.config.cluster.as_ref().map_or(0, |c| c.node_id);
+                    self.lports.take_foreign(a, proto, slot).map(|port| (a, port))
+                }
                 Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
                 Local::Any => None,
             };
@@ -1799,6 +1868,36 @@ impl<Q: PortQueue> Worker<Q> {
         bump(&sc.conns, 1);
         bump(&sc.dests[di].conns, 1);
         Ok(idx)
+    }
+
+    /// Give control connection `idx` (service `si`, real server `di`) its FTP gateway session:
+    /// a new one, or (`resume`: a cluster peer carried it until now) one continuing the
+    /// peer's sequence-number translation.
+    fn start_ftp_session(&mut self, si: usize, di: usize, idx: u32, resume: Option<(alg::SeqShift, alg::SeqShift)>) {
+        let svc = &self.snap.services[si];
+        let opts = svc.ftp.clone().unwrap_or_default();
+        let c = self.flows.get(idx);
+        let mode = match svc.dests[di].forward {
+            Forward::Nat => alg::Mode::Nat,
+            Forward::Fnat => alg::Mode::Fnat { local: addr_to_ip(self.flows.laddr_of(c)) },
+            Forward::Dr | Forward::Tunnel => alg::Mode::Dr,
+        };
+        let params = alg::SessionParams {
+            mode,
+            client: std::net::SocketAddr::new(addr_to_ip(c.client), c.cport),
+            vip: std::net::SocketAddr::new(addr_to_ip(c.vip), c.vport),
+            real: std::net::SocketAddr::new(addr_to_ip(c.rs), c.rport),
+            allow_foreign_port_address: opts.allow_foreign_port_address,
+            pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
+        };
+        let mut session = match resume {
+            None => alg::FtpSession::new(params),
+            Some((o, r)) => alg::FtpSession::resume(params, o, r),
+        };
+        session.set_allow_low_data_ports(opts.allow_low_data_ports);
+        session.set_max_payload(self.ftp_max_payload(idx));
+        self.flows.cold_mut(idx).alg = Some(Box::new(session));
+        self.flows.get_mut(idx).flags |= F_ALG;
     }
 
     /// Forward a packet of connection `idx` travelling in `dir`.
@@ -1936,21 +2035,26 @@ impl<Q: PortQueue> Worker<Q> {
             };
         }
         let c = self.flows.get(idx);
-        let mut ftp_p;
+        let ftp_p;
         let p = if c.flags & F_ALG != 0 {
-            ftp_p = *p;
-            if let Err(n) = self.ftp_segment(idx, dir, pkt, &mut ftp_p) {
-                if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
-                    // Held: its FIN did not go out either.
-                    self.redo_tcp_state(idx, dir, state_before, None);
+            match self.ftp_segment(idx, dir, pkt, p) {
+                Err(n) => {
+                    if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
+                        // Held: its FIN did not go out either.
+                        self.redo_tcp_state(idx, dir, state_before, None);
+                    }
+                    return n;
                 }
-                return n;
+                Ok(None) => p,
+                Ok(Some(replaced)) => {
+                    if p.tcp_flags & !replaced.tcp_flags & parse::TCP_FIN != 0 {
+                        // The gateway kept the FIN back: the state must not have seen it.
+                        self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
+                    }
+                    ftp_p = replaced;
+                    &ftp_p
+                }
             }
-            if p.tcp_flags & !ftp_p.tcp_flags & parse::TCP_FIN != 0 {
-                // The gateway kept the FIN back: the state must not have seen it.
-                self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
-            }
-            &ftp_p
         } else {
             p
         };
@@ -2139,10 +2243,18 @@ impl<Q: PortQueue> Worker<Q> {
         self.snap.on_link(iface, a) || (!addr_is_v4(a) && (a >> 118) == 0xfe80 >> 6)
     }
 
+    /// Learn `a` at `mac` from an ARP or ND packet received here (and tell the other workers).
+    /// When the table is full, a neighbour nobody asked for evicts an entry only within
+    /// [`neigh::EVICT_PER_SEC`]; past it, it is not learnt (`neigh_limited`).
     fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
-        let learnt = self.neigh.learn(a, mac);
+        let (now, rl) = (self.now, &mut self.neigh_evict_rl);
+        let learnt = self.neigh.learn_with(a, mac, Some(now), || rl.allow(now));
+        if learnt == neigh::Learnt::Limited {
+            bump(&self.counters.neigh_limited, 1);
+            return;
+        }
         self.count_neigh_evictions();
-        if learnt {
+        if learnt == neigh::Learnt::Changed {
             self.release_pending(a, mac);
             let id = self.id;
             for (w, q) in self.fabric.ctrl.iter().enumerate() {
@@ -3026,53 +3138,82 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Run the FTP gateway on a control-connection segment. Returns
-    /// `Err(next)` when the segment must not be forwarded as is.
-    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &mut Parsed) -> Result<(), Next> {
+    /// `Err(next)` when the segment must not be forwarded as is, and the parse of the
+    /// segment now in `pkt` when the gateway replaced its payload.
+    ///
+    /// The segments that need nothing from the gateway (no data, a retransmission, a line it
+    /// skips: floods of tiny segments among them) are only translated, here; the others go
+    /// to [`Worker::ftp_segment_full`].
+    #[inline(always)]
+    fn ftp_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
+        if p.proto != PROTO_TCP || p.tcp_flags & TCP_SYN != 0 {
+            return self.ftp_segment_full(idx, dir, pkt, p);
+        }
+        let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
+        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
+        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() else { return Ok(None) };
+        if ftp_out_of_window(s, adir, seq, p.payload_len()) {
+            return Err(Next::Drop(DropReason::OutOfWindow));
+        }
+        if !s.on_segment_quick(adir, seq, &pkt.data()[p.payload..p.end]) {
+            return self.ftp_segment_full(idx, dir, pkt, p);
+        }
+        let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
+        let new_seq = s.map_seq(adir, seq);
+        let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
+        if new_seq != seq || new_ack != ack || opt_delta != 0 {
+            ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
+        }
+        Ok(None)
+    }
+
+    /// [`Worker::ftp_segment`] through the gateway's parser.
+    #[inline(never)]
+    fn ftp_segment_full(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Result<Option<Parsed>, Next> {
         if p.proto != PROTO_TCP {
-            return Ok(());
+            return Ok(None);
         }
         let now = self.now;
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
-        let (seq, ack) = {
-            let d = pkt.data();
-            (
-                u32::from_be_bytes([d[p.l4 + 4], d[p.l4 + 5], d[p.l4 + 6], d[p.l4 + 7]]),
-                u32::from_be_bytes([d[p.l4 + 8], d[p.l4 + 9], d[p.l4 + 10], d[p.l4 + 11]]),
-            )
-        };
+        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
+        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         // A SYN's payload (TCP Fast Open) starts at isn + 1: the gateway is
         // fed that, after `set_isn` (Linux's nf_conntrack_ftp never sees SYN
         // data; we do, at the right offset: `p.payload` is past the options).
         let syn = p.tcp_flags & TCP_SYN != 0;
         let data_seq = seq.wrapping_add(syn as u32);
+        let plen = p.payload_len();
         let mut actions = std::mem::take(&mut self.actions);
         actions.expectations.clear();
         actions.events.clear();
         // The session leaves its slot while it runs, so the pinhole broker can look at the
         // flow table (other sessions' liveness) beside it.
-        let Some(mut s) = self.flows.cold_mut(idx).alg.take() else { return Ok(()) };
+        let Some(mut s) = self.flows.cold_mut(idx).alg.take() else {
+            self.actions = actions;
+            return Ok(None);
+        };
         let svc = self.flows.get(idx).svc as usize;
         if syn {
             s.set_isn(adir, seq);
         }
-        // Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
-        // expects is out of window: no receiver takes it, and fed to the gateway it would
-        // look like a hole and stop it reading until the next line (nf_conntrack's window
-        // tracking keeps such segments from its FTP helper too). Dropped and counted.
-        if p.payload_len() > 0 {
-            let ahead = s.next_seq(adir).map_or(0, |n| data_seq.wrapping_sub(n));
-            if ahead > MAX_TCP_WINDOW && ahead < 1 << 31 {
-                self.flows.cold_mut(idx).alg = Some(s);
-                self.actions = actions;
-                return Err(Next::Drop(DropReason::OutOfWindow));
-            }
+        // (After `set_isn`: a SYN's data is in the window it opens.)
+        if ftp_out_of_window(&s, adir, data_seq, plen) {
+            self.flows.cold_mut(idx).alg = Some(s);
+            self.actions = actions;
+            return Err(Next::Drop(DropReason::OutOfWindow));
         }
-        let verdict = if p.payload_len() > 0 {
+        let shifts = (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
+        let verdict = if plen > 0 {
             let mut pins = Broker::new(self, idx);
             s.on_segment_with(now, adir, data_seq, &pkt.data()[p.payload..p.end], &mut actions, &mut pins)
         } else {
             alg::Verdict::Forward
         };
+        // Cluster: a rewrite moved the sequence numbers; the peers must know to carry on.
+        let moved = self.sync_on && shifts != (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
         let new_seq = match &verdict {
             // A Replace names its first data byte; on a SYN the SYN comes first.
@@ -3083,6 +3224,11 @@ impl<Q: PortQueue> Worker<Q> {
         // (bytes after it held or left for a retransmission) must not carry the segment's FIN.
         let data_end = s.map_seq(adir, data_seq.wrapping_add(p.payload_len() as u32));
         self.flows.cold_mut(idx).alg = Some(s);
+        if moved && self.flows.get(idx).flags & F_SYNCED == 0 {
+            if let Some(e) = self.seq_entry(idx) {
+                self.push_sync(e);
+            }
+        }
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
         // SACK edges and the handshake MSS live in the options (see `ftp_tcp_options`).
@@ -3094,23 +3240,17 @@ impl<Q: PortQueue> Worker<Q> {
             }
             alg::Verdict::Forward => {
                 if new_seq != seq || new_ack != ack || opt_delta != 0 {
-                    let d = pkt.data_mut();
-                    let l4 = p.l4;
-                    let mut old = [0u8; 8];
-                    old.copy_from_slice(&d[l4 + 4..l4 + 12]);
-                    d[l4 + 4..l4 + 8].copy_from_slice(&new_seq.to_be_bytes());
-                    d[l4 + 8..l4 + 12].copy_from_slice(&new_ack.to_be_bytes());
-                    let delta = csum::add(opt_delta, csum::delta(&old, &d[l4 + 4..l4 + 12]));
-                    csum::apply_at(d, l4 + 16, delta);
+                    ftp_set_seq_ack(pkt.data_mut(), p.l4, new_seq, new_ack, opt_delta);
                 }
-                Ok(())
+                Ok(None)
             }
             alg::Verdict::Replace { payload, .. } => {
                 let wire_end = new_seq.wrapping_add(syn as u32).wrapping_add(payload.len() as u32);
                 let keep_fin = wire_end == data_end;
-                self.ftp_replace(idx, dir, pkt, p, &payload, new_seq, new_ack, keep_fin)?;
+                let mut np = *p;
+                self.ftp_replace(idx, dir, pkt, &mut np, &payload, new_seq, new_ack, keep_fin)?;
                 bump(&self.svc_counters[svc].ftp.rewrites, 1);
-                Ok(())
+                Ok(Some(np))
             }
         }
     }
@@ -3118,6 +3258,9 @@ impl<Q: PortQueue> Worker<Q> {
     /// Counts (and, for TLS, pins) what the gateway reported. Expectations were already
     /// installed by the [`Broker`] while the segment was parsed.
     fn ftp_actions(&mut self, idx: u32, svc: usize, actions: &alg::Actions) {
+        if actions.events.is_empty() {
+            return;
+        }
         let sc = self.svc_counters.clone();
         let Some(counters) = sc.get(svc).map(|c| &c.ftp) else { return };
         for ev in &actions.events {
@@ -3163,7 +3306,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
-    fn list_conns(&self) -> Vec<flow::ConnRow> {
+    pub fn list_conns(&self) -> Vec<flow::ConnRow> {
         let mut v = Vec::new();
         for i in 0..self.flows.slots() as u32 {
             let Some(c) = self.flows.try_get(i) else { continue };
@@ -3260,6 +3403,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.verified.clear();
         self.bounce_log = Default::default();
         self.neigh_log = Default::default();
+        self.neigh_evict_rl = crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST);
         self.pending.clear();
         self.rx.clear();
         for t in self.tx.iter_mut() {
@@ -3413,7 +3557,10 @@ impl<'a> Broker<'a> {
             client,
             cport,
         };
-        if let Some(out) = self.sync.as_mut() {
+        // A full-NAT active expectation waits on a port reserved on this node's local address
+        // (keyed by it): the format has no field for that, so it is not synced (README).
+        let fnat_active = self.fwd == Forward::Fnat && matches!(key, ExpKey::Active(..));
+        if let Some(out) = self.sync.as_mut().filter(|_| !fnat_active) {
             use crate::cluster::sync::ExpectKind as K;
             let c = flows.get(idx);
             let (kind, port) = match key {
@@ -3545,6 +3692,29 @@ struct Retired {
 
 /// At most this many retired local addresses are remembered (the oldest go first).
 const MAX_RETIRED: usize = 4096;
+
+/// Is a control segment of `len` bytes from `seq` (its first data byte) out of the window?
+/// Data beyond the largest window TCP can announce (65535 << 14) past what the gateway
+/// expects: no receiver takes it, and fed to the gateway it would look like a hole and stop it
+/// reading until the next line (nf_conntrack's window tracking keeps such segments from its
+/// FTP helper too). Dropped and counted.
+#[inline(always)]
+fn ftp_out_of_window(s: &alg::FtpSession, adir: alg::Dir, seq: u32, len: usize) -> bool {
+    let ahead = s.next_seq(adir).map_or(0, |n| seq.wrapping_sub(n));
+    len > 0 && ahead > MAX_TCP_WINDOW && ahead < 1 << 31
+}
+
+/// Write a control segment's translated sequence and acknowledgement numbers (at `l4`) and
+/// fix the TCP checksum, with `opt_delta` for options the gateway changed.
+fn ftp_set_seq_ack(d: &mut [u8], l4: usize, seq: u32, ack: u32, opt_delta: u32) {
+    let Some(h) = d.get_mut(l4 + 4..l4 + 12) else { return };
+    let mut new = [0u8; 8];
+    new[..4].copy_from_slice(&seq.to_be_bytes());
+    new[4..].copy_from_slice(&ack.to_be_bytes());
+    let delta = csum::add(opt_delta, csum::delta(h, &new));
+    h.copy_from_slice(&new);
+    csum::apply_at(d, l4 + 16, delta);
+}
 
 /// The flow-table key of a parsed packet, as received.
 #[inline(always)]

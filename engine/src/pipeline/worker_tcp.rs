@@ -82,7 +82,17 @@ impl<Q: PortQueue> Worker<Q> {
     /// segment with ACK map every SACK block (D-SACK included) with
     /// [`sack_block`]. Returns the RFC 1624 checksum delta (0: nothing
     /// changed).
+    #[inline(always)]
     pub(super) fn ftp_tcp_options(&mut self, idx: u32, adir: alg::Dir, pkt: &mut Q::Buf, p: &Parsed) -> u32 {
+        if p.payload <= p.l4 + 20 {
+            // No options (most segments of a control connection, floods of tiny ones too).
+            return 0;
+        }
+        self.ftp_tcp_options_present(idx, adir, pkt, p)
+    }
+
+    /// [`Worker::ftp_tcp_options`] for a segment with options.
+    fn ftp_tcp_options_present(&mut self, idx: u32, adir: alg::Dir, pkt: &mut Q::Buf, p: &Parsed) -> u32 {
         let (a, b) = (p.l4 + 20, p.payload);
         let syn = p.tcp_flags & TCP_SYN != 0;
         let ack = p.tcp_flags & TCP_ACK != 0;

@@ -1015,6 +1015,7 @@ fn moved(
             ("arp_replies", c.arp_replies),
             ("nd_replies", c.nd_replies),
             ("neigh_evicted", c.neigh_evicted),
+            ("neigh_limited", c.neigh_limited),
             ("icmp_translated", c.icmp_translated),
             ("icmp_sent", c.icmp_sent),
             ("cookies_sent", c.cookies_sent),

@@ -127,7 +127,9 @@ impl MemEngine {
     pub fn deliver_sync(&mut self, msg: &[u8], now: u64) -> Result<usize, crate::cluster::sync::SyncError> {
         let m = crate::cluster::sync::parse(msg)?;
         let n = m.entries.len();
-        for (w, es) in crate::cluster::sync::route(m.entries, self.workers.len()).into_iter().enumerate() {
+        for (w, es) in
+            crate::cluster::sync::route(m.entries, self.workers.len(), self.snapshot.port_range).into_iter().enumerate()
+        {
             if !es.is_empty() {
                 let _ = self.fabric.ctrl[w].push(crate::pipeline::worker::Ctrl::Sync(es));
             }

@@ -14,18 +14,27 @@ pub fn fold(mut s: u32) -> u16 {
     s as u16
 }
 
-/// Ones-complement sum of `data` (big-endian 16-bit words), added to `init`.
+/// Ones-complement sum of `data` (big-endian 16-bit words), added to `init`;
+/// the result is folded to at most 16 bits (0 only for all-zero input).
+///
+/// Sums 32-bit words into a 64-bit accumulator (half the additions of a
+/// 16-bit loop): as 2^16 = 1 modulo 0xffff, folding the wide sum gives the
+/// same ones-complement sum (RFC 1071 section 2, "deferred carries").
 pub fn sum(data: &[u8], init: u32) -> u32 {
     let mut s: u64 = init as u64;
-    let mut chunks = data.chunks_exact(2);
+    let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
-        s += u16::from_be_bytes([c[0], c[1]]) as u64;
+        s += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
     }
-    if let [b] = chunks.remainder() {
-        s += (*b as u64) << 8;
+    let r = chunks.remainder();
+    if r.len() >= 2 {
+        s += u16::from_be_bytes([r[0], r[1]]) as u64;
     }
-    while s >> 32 != 0 {
-        s = (s & 0xffff_ffff) + (s >> 32);
+    if r.len() & 1 == 1 {
+        s += (r[r.len() - 1] as u64) << 8;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
     }
     s as u32
 }
@@ -115,5 +124,26 @@ mod tests {
     #[test]
     fn odd_length() {
         assert_eq!(fold(sum(&[0xab], 0)), 0xab00);
+        assert_eq!(fold(sum(&[0x12, 0x34, 0xab], 0)), 0x12 * 256 + 0x34 + 0xab00);
+    }
+
+    /// The 16-bit-word sum of RFC 1071, one word at a time.
+    fn sum16(data: &[u8], init: u32) -> u16 {
+        let mut s = init as u64;
+        for (i, b) in data.iter().enumerate() {
+            s += if i % 2 == 0 { (*b as u64) << 8 } else { *b as u64 };
+        }
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn wide_sum_equals_word_sum(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200), init in 0u32..0x2_0000) {
+            proptest::prop_assert_eq!(fold(sum(&data, init)), sum16(&data, init));
+            proptest::prop_assert!(sum(&data, init) <= 0xffff);
+        }
     }
 }

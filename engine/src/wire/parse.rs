@@ -3,12 +3,14 @@
 //!
 //! Two parsers produce the same [`Parsed`]:
 //! - [`parse_fast`], hand-written, for the common case only: Ethernet
-//!   [+ one 802.1Q tag], IPv4 without options or IPv6 without extension
-//!   headers, carrying TCP or UDP. It returns `None` for anything else
-//!   (including anything malformed), never an error.
+//!   [+ one 802.1Q tag], then ARP, or IPv4 without options or IPv6 without
+//!   extension headers, carrying TCP, UDP or ICMP/ICMPv6 (so floods of
+//!   ARP, neighbour discovery and ICMP errors cost no more to parse than
+//!   TCP). It returns `None` for anything else (including anything
+//!   malformed), never an error.
 //! - [`parse_etherparse`], built on etherparse: the reference parser and
-//!   the fallback for everything `parse_fast` declines (options, ICMP,
-//!   ARP, fragments, errors...).
+//!   the fallback for everything `parse_fast` declines (options, extension
+//!   headers, fragments, errors...).
 //!
 //! [`parse`] tries the first and falls back to the second. A property test
 //! checks that whenever `parse_fast` accepts a frame, etherparse parses it
@@ -172,6 +174,13 @@ fn fast_into(frame: &[u8], p: &mut Parsed) -> Option<()> {
         et => (14, u16::from_be_bytes(et)),
     };
     match et {
+        0x0806 => {
+            // ARP: the 28 bytes of an Ethernet/IPv4 ARP packet must be there (the worker
+            // checks the hardware and protocol types).
+            frame.get(off..off + 28)?;
+            *p = Parsed { l3: off, l4: off, payload: off, end: off + 28, arp: true, ..Parsed::default() };
+            return Some(());
+        }
         0x0800 => {
             let h: &[u8; 20] = frame.get(off..off + 20)?.try_into().ok()?;
             // Version 4, IHL 5 (no options); no fragment (MF or offset).
@@ -236,6 +245,17 @@ fn fast_into(frame: &[u8], p: &mut Parsed) -> Option<()> {
             }
             p.sport = u16::from_be_bytes([u[0], u[1]]);
             p.dport = u16::from_be_bytes([u[2], u[3]]);
+            p.tcp_flags = 0;
+            p.payload = p.l4 + 8;
+        }
+        // ICMP over IPv4, ICMPv6 over IPv6 (the other pairings are etherparse's to refuse).
+        PROTO_ICMP | PROTO_ICMPV6 if (p.proto == PROTO_ICMPV6) == p.v6 => {
+            let m: &[u8; 8] = l4.get(..8)?.try_into().ok()?;
+            p.icmp_type = m[0];
+            p.icmp_code = m[1];
+            let id = if icmp_is_echo(p.v6, m[0]) { u16::from_be_bytes([m[4], m[5]]) } else { 0 };
+            p.sport = id;
+            p.dport = id;
             p.tcp_flags = 0;
             p.payload = p.l4 + 8;
         }
@@ -437,6 +457,9 @@ mod tests {
     use super::*;
     use crate::tools::testpkt::*;
 
+    const A4: [u8; 4] = [10, 0, 1, 2];
+    const B4: [u8; 4] = [10, 0, 1, 100];
+
     #[test]
     fn fixture_table() {
         struct Case {
@@ -470,6 +493,65 @@ mod tests {
             Case { what: "bad ihl", frame: bad_ihl, want: Err(ParseError::Malformed) },
             Case { what: "total len beyond frame", frame: long_total, want: Err(ParseError::Malformed) },
             Case { what: "fragment", frame: frag, want: Err(ParseError::Fragment) },
+            Case { what: "echo v4: the id in both ports", frame: ping4(A4, B4, 7, 1), want: Ok((PROTO_ICMP, 7, 7)) },
+            Case {
+                what: "icmp error v4: no ports",
+                frame: icmp4_error(A4, B4, 3, 3, 0, &tcp),
+                want: Ok((PROTO_ICMP, 0, 0)),
+            },
+            Case {
+                what: "icmp v4 shorter than its 8-byte header",
+                frame: {
+                    let mut f = ping4(A4, B4, 7, 1);
+                    f[16..18].copy_from_slice(&27u16.to_be_bytes());
+                    f
+                },
+                want: Err(ParseError::Malformed),
+            },
+            Case {
+                what: "icmpv6 inside ipv4",
+                frame: {
+                    let mut f = ping4(A4, B4, 7, 1);
+                    f[23] = PROTO_ICMPV6;
+                    f
+                },
+                want: Err(ParseError::Unsupported),
+            },
+            Case {
+                what: "neighbour solicitation",
+                frame: neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B),
+                want: Ok((PROTO_ICMPV6, 0, 0)),
+            },
+            Case {
+                what: "neighbour advertisement",
+                frame: neighbor_advert([2, 0, 0, 0, 0, 1], V6A, V6A, [2, 0, 0, 0, 0, 1]),
+                want: Ok((PROTO_ICMPV6, 0, 0)),
+            },
+            Case {
+                what: "icmp inside ipv6",
+                frame: {
+                    let mut f = neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B);
+                    f[20] = PROTO_ICMP;
+                    f
+                },
+                want: Err(ParseError::Unsupported),
+            },
+            Case {
+                what: "icmpv6 cut inside its header",
+                frame: {
+                    let mut f = neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B);
+                    f[18..20].copy_from_slice(&4u16.to_be_bytes());
+                    f
+                },
+                want: Err(ParseError::Malformed),
+            },
+            Case { what: "arp", frame: arp_request([2, 0, 0, 0, 0, 1], A4, B4), want: Ok((0, 0, 0)) },
+            Case { what: "arp in vlan", frame: vlan(&arp_request([2, 0, 0, 0, 0, 1], A4, B4), 5), want: Ok((0, 0, 0)) },
+            Case {
+                what: "truncated arp",
+                frame: arp_request([2, 0, 0, 0, 0, 1], A4, B4)[..41].to_vec(),
+                want: Err(ParseError::Malformed),
+            },
             Case {
                 what: "unknown ethertype",
                 frame: {
@@ -484,7 +566,25 @@ mod tests {
         for c in cases {
             let got = parse(&c.frame).map(|p| (p.proto, p.sport, p.dport));
             assert_eq!(got, c.want, "{}", c.what);
+            assert_eq!(got, parse_etherparse(&c.frame).map(|p| (p.proto, p.sport, p.dport)), "{}", c.what);
         }
+    }
+
+    #[test]
+    fn icmp_and_arp_fields() {
+        let ns = neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B);
+        let p = parse_fast(&ns).expect("fast path");
+        assert_eq!((p.v6, p.arp, p.icmp_type, p.icmp_code), (true, false, 135, 0));
+        assert_eq!((p.l3, p.l4, p.payload, p.end), (14, 54, 62, ns.len()));
+        let solicited = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, V6B[13], V6B[14], V6B[15]];
+        assert_eq!((p.src, p.dst), (v6_to_addr(V6A), v6_to_addr(solicited)));
+        let err = icmp4_error(A4, B4, 11, 0, 0, &tcp4(B4, 1, A4, 2, TCP_ACK, 0, 0, b""));
+        let p = parse_fast(&err).expect("fast path");
+        assert_eq!((p.v6, p.icmp_type, p.icmp_code, p.payload), (false, 11, 0, 14 + 20 + 8));
+        assert_eq!(parse_inner(&err, &p).map(|i| (i.sport, i.dport)), Ok((1, 2)));
+        let arp = vlan(&arp_request([2, 0, 0, 0, 0, 1], A4, B4), 5);
+        let p = parse_fast(&arp).expect("fast path");
+        assert_eq!((p.arp, p.l3, p.end, p.proto, p.src), (true, 18, 46, 0, 0));
     }
 
     #[test]
@@ -501,29 +601,46 @@ mod tests {
         let tcp = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, TCP_SYN | TCP_ACK, 1, 2, b"hello world");
         let mut opts = tcp.clone();
         opts[14] = 0x46;
+        let mut ping_opts = ping4([10, 0, 1, 2], [10, 0, 1, 100], 7, 1);
+        ping_opts[14] = 0x46;
+        // IPv6 with a hop-by-hop header before the ICMPv6 (next header 0).
+        let mut ns_ext = neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B);
+        ns_ext[20] = 0;
         vec![
+            // Taken by the fast parser (the first FAST_TAKES).
             tcp.clone(),
             udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"hello"),
             tcp6(V6A, 1234, V6B, 21, TCP_ACK, 5, 6, b"xyz"),
             udp6(V6A, 1234, V6B, 53, b"q"),
             vlan(&tcp, 7),
             vlan(&udp6(V6A, 1, V6B, 2, b""), 9),
-            vlan(&vlan(&tcp, 3), 4),
             ping4([10, 0, 1, 2], [10, 0, 1, 100], 7, 1),
-            icmp4_error([10, 0, 2, 2], [10, 0, 1, 100], 3, 4, 1400, &tcp[14..]),
+            icmp4_error([10, 0, 2, 2], [10, 0, 1, 100], 3, 4, 1400, &tcp),
+            icmp6_error(V6B, V6A, 1, 4, 0, &udp6(V6A, 1234, V6B, 53, b"q")),
             arp_request([2, 0, 0, 0, 0, 1], [10, 0, 1, 2], [10, 0, 1, 100]),
+            arp_reply([2, 0, 0, 0, 0, 1], [10, 0, 1, 2], [2, 0, 0, 0, 0, 2], [10, 0, 1, 100]),
+            neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B),
+            neighbor_advert([2, 0, 0, 0, 0, 1], V6A, V6A, [2, 0, 0, 0, 0, 1]),
+            vlan(&neighbor_solicit([2, 0, 0, 0, 0, 1], V6A, V6B), 3),
+            // Declined: left to etherparse.
+            vlan(&vlan(&tcp, 3), 4),
             opts,
+            ping_opts,
+            ns_ext,
         ]
     }
+
+    /// How many frames at the start of [`corpus`] the fast parser takes.
+    const FAST_TAKES: usize = 14;
 
     #[test]
     fn fast_parser_takes_the_common_case() {
         let c = corpus();
-        for f in &c[..6] {
+        for f in &c[..FAST_TAKES] {
             assert!(parse_fast(f).is_some());
             assert_eq!(parse_fast(f).map(Ok), Some(parse_etherparse(f)));
         }
-        for f in &c[6..] {
+        for f in &c[FAST_TAKES..] {
             assert_eq!(parse_fast(f), None, "declined: left to etherparse");
         }
     }
@@ -531,7 +648,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn fast_parser_agrees_with_etherparse(
-            which in 0usize..11,
+            which in 0usize..corpus().len(),
             muts in proptest::collection::vec((0usize..128, proptest::num::u8::ANY), 0..4),
             cut in 0usize..160,
             extra in 0usize..8,
