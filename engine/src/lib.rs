@@ -81,15 +81,20 @@ mod layering_tests {
             .any(|(i, _)| !code[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
     }
 
-    /// Every `.rs` file of a folder of `src/` (or one file), with its code.
+    /// Every `.rs` file of a folder of `src/` and its subfolders (or one file), with its code.
     fn files(rel: &str) -> Vec<(String, String)> {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel);
         let mut out = Vec::new();
         if p.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                let f = e.unwrap().path();
-                if f.extension().is_some_and(|x| x == "rs") {
-                    out.push((f.display().to_string(), code(&f)));
+            let mut dirs = vec![p];
+            while let Some(d) = dirs.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let f = e.unwrap().path();
+                    if f.is_dir() {
+                        dirs.push(f);
+                    } else if f.extension().is_some_and(|x| x == "rs") {
+                        out.push((f.display().to_string(), code(&f)));
+                    }
                 }
             }
         } else {

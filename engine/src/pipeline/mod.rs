@@ -5,8 +5,9 @@
 //!   connection's packet is looked up in the flow table first and forwarded
 //!   without any VIP/local classification; misses are classified (VIP,
 //!   local address, reply, FTP data, ICMP error), scheduled and rewritten
-//!   for NAT / DR / tunnel; the FTP gateway's glue lives here and in its
-//!   child module `worker_tcp`.
+//!   for NAT / DR / tunnel; its child modules (`worker/`) hold the rest of
+//!   the path: ARP/ND and echo, ICMP, fragments, the SYN proxy's and the
+//!   PROXY protocol's glue, the FTP gateway's glue, reloads and cluster sync.
 //! - [`fnat`]: full NAT local ports and the two-sided rewrite; [`nat64`]: the
 //!   IPv6 <-> IPv4 translation of full NAT across families (RFC 7915);
 //!   [`proxyproto`]: the PROXY protocol header towards a real server;

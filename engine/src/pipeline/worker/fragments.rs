@@ -1,0 +1,203 @@
+//! IP fragments of tracked connections ([`crate::flow::frag`]): the first one goes through the
+//! connection path, later ones follow it by datagram or wait for it.
+
+use super::*;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// An IP fragment (see [`crate::flow::frag`]): the first one goes through the ordinary
+    /// connection path (it carries the ports); later ones follow it by datagram, or wait for it.
+    pub(super) fn fragment(&mut self, iface: usize, mut pkt: Q::Buf, handed: bool) {
+        let f = match frag::parse_fragment(pkt.data()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_pkt(match e {
+                    parse::ParseError::Unsupported => DropReason::Fragment,
+                    _ => DropReason::Malformed,
+                });
+                return;
+            }
+        };
+        let dmac = &pkt.data()[0..6];
+        if !(dmac[0] & 1 == 1 || self.snap.ifaces.get(iface).is_some_and(|i| i.mac == dmac)) {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        if f.proto != PROTO_TCP && f.proto != PROTO_UDP {
+            self.drop_pkt(DropReason::Fragment);
+            return;
+        }
+        let dst_vip = self.snap.vips.contains(&f.dst);
+        let client = if dst_vip { f.src } else { f.dst };
+        if !handed && self.fabric.workers > 1 {
+            let range = if dst_vip { None } else { self.laddr_range(f.dst) };
+            let owner = if let Some(range) = range {
+                // Full NAT reply: the first fragment's local port names the owner; later
+                // fragments (no ports) follow where their first went.
+                let key = f.key();
+                self.frag_steer.retain(|s| s.2 > self.now);
+                if f.offset == 0 {
+                    let Some(p) = f.first(pkt.data()) else {
+                        self.drop_pkt(DropReason::FragTiny);
+                        return;
+                    };
+                    let owner = lport_owner(range, p.dport, self.fabric.workers);
+                    if owner != self.id {
+                        if self.frag_steer.len() >= frag::MAX_FRAG_HELD {
+                            self.frag_steer.remove(0);
+                        }
+                        self.frag_steer.push((key, owner as u8, self.now + frag::FRAG_HOLD_NS));
+                        // Later fragments that came first go along.
+                        let mut k = 0;
+                        while k < self.frag_held.len() {
+                            if self.frag_held[k].key == key {
+                                let h = self.frag_held.swap_remove(k);
+                                bump(&self.counters.handoff_out, 1);
+                                if self.fabric.handoff[owner].push((h.iface, h.buf)).is_err() {
+                                    self.drop_pkt(DropReason::HandoffFull);
+                                }
+                            } else {
+                                k += 1;
+                            }
+                        }
+                    }
+                    owner
+                } else {
+                    match self.frag_steer.iter().find(|s| s.0 == key) {
+                        Some(s) => s.1 as usize,
+                        // Not seen its first yet: the ordinary path holds it here (or forwards
+                        // it, if this worker had the first).
+                        None => self.id,
+                    }
+                }
+            } else {
+                owner_of(client, self.fabric.workers)
+            };
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
+                    self.drop_pkt(DropReason::HandoffFull);
+                }
+                return;
+            }
+        }
+        let key = f.key();
+        if f.offset == 0 {
+            let Some(p) = f.first(pkt.data()) else {
+                self.drop_pkt(DropReason::FragTiny);
+                return;
+            };
+            let fkey = flow_key(&p);
+            let next = match self.flows.lookup(&fkey) {
+                // The FTP gateway works on whole segments: a fragmented control segment
+                // (never seen from real stacks, which use path MTU discovery) is refused.
+                Some((idx, _)) if self.flows.get(idx).flags & F_ALG != 0 => Next::Drop(DropReason::Fragment),
+                // Across families a fragment would need an IPv6 fragment header: not done.
+                Some((idx, _)) if self.flows.get(idx).flags & F_XLAT != 0 => Next::Drop(DropReason::XlatUnsupported),
+                Some((idx, dir)) if self.flows.get(idx).expires > self.now => self.forward(idx, dir, &mut pkt, &p),
+                _ if dst_vip => self.new_inbound(&mut pkt, &p),
+                _ => self.new_outbound(&mut pkt, &p),
+            };
+            if !matches!(next, Next::Drop(_)) {
+                if let Some((idx, dir)) = self.flows.lookup(&fkey) {
+                    let flow = frag::FragFlow { conn: idx, gen: self.flows.get(idx).gen, inbound: dir == Dir::In };
+                    if self.frags.first(key, flow, f.range(), self.now) == FragVerdict::Overlap {
+                        self.drop_pkt(DropReason::FragOverlap);
+                        return;
+                    }
+                }
+            }
+            self.finish(pkt, next);
+            // Fragments that came first now have their datagram. Each is taken out and
+            // handled once: if the first fragment was dropped they are held again (until
+            // they time out); re-scanning would take them again, for ever.
+            let mut ready = Vec::new();
+            let mut k = 0;
+            while k < self.frag_held.len() {
+                if self.frag_held[k].key == key {
+                    ready.push(self.frag_held.swap_remove(k));
+                } else {
+                    k += 1;
+                }
+            }
+            for h in ready {
+                self.fragment(h.iface as usize, h.buf, true);
+            }
+            return;
+        }
+        // RFC 1858: a TCP fragment at offset 8 can rewrite the flags of the first one.
+        if f.proto == PROTO_TCP && f.offset == 8 {
+            self.drop_pkt(DropReason::FragTiny);
+            return;
+        }
+        match self.frags.later(&key, f.range(), self.now) {
+            FragVerdict::Forward(fl) => {
+                let next = self.forward_fragment(fl, &mut pkt, &f);
+                self.finish(pkt, next);
+            }
+            FragVerdict::Overlap => self.drop_pkt(DropReason::FragOverlap),
+            FragVerdict::Unknown => {
+                if self.frag_held.len() >= frag::MAX_FRAG_HELD {
+                    self.drop_pkt(DropReason::FragHeldFull);
+                    return;
+                }
+                let deadline = self.now + frag::FRAG_HOLD_NS;
+                self.frag_held.push(Held { key, iface: iface as u8, buf: pkt, deadline });
+            }
+        }
+    }
+
+    /// A later fragment of a datagram whose first fragment went out on connection `fl`: the
+    /// same IP-level translation (NAT: addresses and TTL; the ports and the L4 checksum live in
+    /// the first fragment), DR/tunnel as any packet.
+    pub(super) fn forward_fragment(&mut self, fl: frag::FragFlow, pkt: &mut Q::Buf, f: &frag::Fragment) -> Next {
+        let Some(c) = self.flows.try_get(fl.conn).filter(|c| c.gen == fl.gen) else {
+            return Next::Drop(DropReason::FragTimeout);
+        };
+        if c.flags & F_XLAT != 0 {
+            return Next::Drop(DropReason::XlatUnsupported);
+        }
+        let inbound = fl.inbound;
+        let egress = if inbound { c.if_in } else { c.if_out };
+        let over = if c.fwd == Forward::Tunnel {
+            if addr_is_v4(c.rs) {
+                20
+            } else {
+                40
+            }
+        } else {
+            0
+        };
+        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        if f.end - f.l3 + over > mtu {
+            // Not the first fragment: no ICMP error (RFC 1122 3.2.2).
+            return Next::Drop(DropReason::TooBig);
+        }
+        match c.fwd {
+            Forward::Nat => {
+                let (addr, l3d) = if inbound { (c.rs, c.l3_in) } else { (c.vip, c.l3_out) };
+                match rewrite_ip(pkt.data_mut(), f.l3, f.v6, inbound, addr, l3d) {
+                    Ok(()) => {}
+                    Err(r) => return Next::Drop(r),
+                }
+            }
+            Forward::Fnat => {
+                let (src, dst, l3d) =
+                    if inbound { (self.flows.laddr_of(c), c.rs, c.l3_in) } else { (c.vip, c.client, c.l3_out) };
+                if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
+                    return Next::Drop(r);
+                }
+            }
+            Forward::Dr => {}
+            Forward::Tunnel => {
+                let (iface, rs) = (c.if_in as usize, c.rs);
+                let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
+                    return Next::Drop(DropReason::NoRoute);
+                };
+                if !encap_ipip(pkt, &f.as_parsed(), src, rs, self.queues[iface].caps().mtu) {
+                    return Next::Drop(DropReason::TooBig);
+                }
+            }
+        }
+        self.l2_out(fl.conn, inbound, pkt)
+    }
+}

@@ -1,0 +1,158 @@
+//! ICMP errors: the ones the balancer originates (fragmentation needed / packet too big, rate-
+//! limited) and the ones about a connection it translates (IPVS `ip_vs_in_icmp` /
+//! `ip_vs_out_icmp`).
+
+use super::*;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
+    /// takes): turned into ICMP "fragmentation needed" / ICMPv6 "packet too big" back to its
+    /// sender when [`icmpgen::may_answer`] allows and the worker's token bucket has a token;
+    /// otherwise a `too_big` drop.
+    ///
+    /// The error's source is what the sender talked to: the VIP for a client's packet (Linux's
+    /// `icmp_send` answers from the packet's local destination; IPVS calls it on the packet
+    /// before NAT). For a real server's NAT reply (a client-side MTU smaller than the real
+    /// server's), the error goes to the real server from the balancer's own address on that
+    /// side: in Linux the reply is routed by `ip_forward`, which checks the MTU before IPVS's
+    /// SNAT and answers from the router's address, so the real server learns the path MTU
+    /// towards the client.
+    #[inline(never)]
+    pub(super) fn too_big(&mut self, dir: Dir, pkt: &mut Q::Buf, p: &Parsed, mtu: usize) -> Next {
+        if !crate::pipeline::icmpgen::may_answer(pkt.data(), p) {
+            return Next::Drop(DropReason::TooBig);
+        }
+        let Some((iface, nh)) = self.snap.route(p.src) else {
+            return Next::Drop(DropReason::TooBig);
+        };
+        let src = match dir {
+            Dir::In => Some(p.dst),
+            Dir::Out => self.snap.ifaces.get(iface).and_then(|i| i.source_for(p.src)),
+        };
+        let Some(src) = src else {
+            return Next::Drop(DropReason::TooBig);
+        };
+        if self.icmp_cfg.0 == 0 || !self.icmp_rl.allow(self.now) {
+            bump(&self.counters.icmp_ratelimited, 1);
+            return Next::Drop(DropReason::TooBig);
+        }
+        // Back to the neighbour the packet came from when the route's next hop is unknown.
+        let d = pkt.data();
+        let dmac = self.neigh.get(nh).unwrap_or_else(|| d[6..12].try_into().unwrap_or([0; 6]));
+        let smac = self.if_macs.get(iface).copied().unwrap_or([0; 6]);
+        if !crate::pipeline::icmpgen::build(pkt, p, src, mtu.min(u32::MAX as usize) as u32, smac, dmac) {
+            return Next::Drop(DropReason::TooBig);
+        }
+        bump(&self.counters.icmp_sent, 1);
+        Next::Tx(iface)
+    }
+
+    /// Translate an ICMP error about a tracked connection.
+    pub(super) fn icmp_error(&mut self, mut pkt: Q::Buf, p: &Parsed, inner: &parse::Inner, to_vip: bool) {
+        // The quoted packet travelled the other way: reverse it to find
+        // the connection key as this side sees it.
+        let key =
+            FlowKey { src: inner.dst, dst: inner.src, sport: inner.dport, dport: inner.sport, proto: inner.proto };
+        let Some((idx, dir)) = self.flows.lookup(&key) else {
+            self.drop_pkt(DropReason::NoFlow);
+            return;
+        };
+        let c = self.flows.get(idx);
+        let (fwd, rs, rport, vip, vport) = (c.fwd, c.rs, c.rport, c.vip, c.vport);
+        let (client, cport, la, lport) = (c.client, c.cport, self.flows.laddr_of(c), c.lport);
+        if c.flags & F_XLAT != 0 {
+            // Across families: the error is rebuilt in the other family (RFC 7915), reported
+            // by the VIP to the client or by the local address to the real server.
+            let r = match (dir, to_vip) {
+                (Dir::Out, false) => crate::pipeline::nat64::translate_icmp_error(
+                    &mut pkt,
+                    p,
+                    inner,
+                    vip,
+                    client,
+                    (client, cport),
+                    (vip, vport),
+                ),
+                (Dir::In, true) => {
+                    crate::pipeline::nat64::translate_icmp_error(&mut pkt, p, inner, la, rs, (rs, rport), (la, lport))
+                }
+                _ => Err(DropReason::NoFlow),
+            };
+            if let Err(r) = r {
+                self.drop_pkt(r);
+                return;
+            }
+            bump(&self.counters.icmp_translated, 1);
+            let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
+            return self.finish(pkt, next);
+        }
+        let d = pkt.data_mut();
+        let v6 = p.v6;
+        match (dir, to_vip) {
+            (Dir::In, true) if fwd == Forward::Fnat => {
+                // From the client side about our VIP:vport -> client:cport: as the real server
+                // sees it, RS:rport -> LADDR:lport, reported by the local address.
+                set_addr(d, p.l3, v6, true, la);
+                set_addr(d, p.l3, v6, false, rs);
+                set_addr(d, inner.l3, v6, true, rs);
+                set_addr(d, inner.l3, v6, false, la);
+                d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&lport.to_be_bytes());
+            }
+            (Dir::Out, false) if fwd == Forward::Fnat => {
+                // From the real-server side about our LADDR:lport -> RS:rport: the client sees
+                // its own VIP-bound packet quoted (a router's address stays the reporter).
+                let outer_src =
+                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
+                if outer_src == rs {
+                    set_addr(d, p.l3, v6, true, vip);
+                }
+                set_addr(d, p.l3, v6, false, client);
+                set_addr(d, inner.l3, v6, true, client);
+                set_addr(d, inner.l3, v6, false, vip);
+                d[inner.l4..inner.l4 + 2].copy_from_slice(&cport.to_be_bytes());
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+            }
+            (Dir::In, true) => {
+                // Error from the client side about our VIP->client packet.
+                if fwd == Forward::Nat {
+                    set_addr(d, p.l3, v6, false, rs); // outer dst
+                    set_addr(d, inner.l3, v6, true, rs); // quoted src
+                    d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
+                }
+            }
+            (Dir::Out, false) => {
+                // Error from the real-server side about client->RS packet.
+                let outer_src =
+                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
+                if outer_src == rs {
+                    set_addr(d, p.l3, v6, true, vip);
+                }
+                set_addr(d, inner.l3, v6, false, vip); // quoted dst
+                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+            }
+            _ => {
+                self.drop_pkt(DropReason::NoFlow);
+                return;
+            }
+        }
+        // Quoted IPv4 header checksum; quoted L4 checksums are left as they
+        // are (the quote is usually truncated, receivers do not verify it).
+        if !v6 {
+            let ihl = (d[inner.l3] & 0xf) as usize * 4;
+            if inner.l3 + ihl <= p.end {
+                fix_ipv4_csum(d, inner.l3);
+            }
+            if d[p.l3 + 8] <= 1 {
+                self.drop_pkt(DropReason::TtlExceeded);
+                return;
+            }
+            d[p.l3 + 8] -= 1;
+            fix_ipv4_csum(d, p.l3);
+        }
+        fix_l4_csum(d, p);
+        bump(&self.counters.icmp_translated, 1);
+        let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
+        self.finish(pkt, next);
+    }
+}

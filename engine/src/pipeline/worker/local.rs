@@ -1,0 +1,248 @@
+//! What the balancer answers or originates itself on a port: ARP and neighbour discovery (the
+//! neighbour cache, solicitations, packets parked while a next hop resolves), echo replies, and the
+//! exception path to the kernel (`interface.kernel_port`) for the rest.
+
+use super::*;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// Send an ARP request / neighbour solicitation for `nh` (rate limited).
+    pub(super) fn solicit(&mut self, iface: usize, nh: Addr) {
+        if !self.neigh.should_ask(nh, self.now) {
+            return;
+        }
+        let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return };
+        let mac = self.snap.ifaces[iface].mac;
+        let Some(mut b) = self.queues[iface].alloc() else {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        };
+        if !b.set_len(86) {
+            return;
+        }
+        let n = if addr_is_v4(nh) {
+            neigh::build_arp(b.data_mut(), 1, mac, src, None, nh)
+        } else {
+            let (dst, dmac) = neigh::solicited_node(nh);
+            neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), dst, addr_v6_bytes(nh), 0)
+        };
+        b.set_len(n);
+        self.tx[iface].push(b);
+    }
+
+    pub(super) fn release_pending(&mut self, a: Addr, mac: [u8; 6]) {
+        let mut k = 0;
+        while k < self.pending.len() {
+            if self.pending[k].key == a {
+                let mut p = self.pending.swap_remove(k);
+                p.buf.data_mut()[0..6].copy_from_slice(&mac);
+                self.tx[p.iface as usize].push(p.buf);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    pub(super) fn count_neigh_evictions(&mut self) {
+        let n = self.neigh.take_evicted();
+        if n > 0 {
+            bump(&self.counters.neigh_evicted, n);
+            if self.neigh_log.allow(self.now) {
+                let suppressed = self.neigh_log.take_suppressed();
+                tracing::warn!(
+                    worker = self.id,
+                    max = self.neigh.max(),
+                    suppressed,
+                    "neighbour table full: evicted the stalest entry"
+                );
+            }
+        }
+    }
+
+    /// May a neighbour advertisement / solicitation received on `iface`
+    /// teach us `a`? The same on-link rule as ARP (`Snapshot::on_link`),
+    /// plus link-local fe80::/10, which is on-link on every link (RFC 4861
+    /// section 5.2) and what IPv6 routers answer from.
+    pub(super) fn nd_may_learn(&self, iface: usize, a: Addr) -> bool {
+        self.snap.on_link(iface, a) || (!addr_is_v4(a) && (a >> 118) == 0xfe80 >> 6)
+    }
+
+    /// Learn `a` at `mac` from an ARP or ND packet received here (and tell the other workers).
+    /// When the table is full, a neighbour nobody asked for evicts an entry only within
+    /// [`neigh::EVICT_PER_SEC`]; past it, it is not learnt (`neigh_limited`).
+    pub(super) fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
+        let (now, rl) = (self.now, &mut self.neigh_evict_rl);
+        let learnt = self.neigh.learn_with(a, mac, Some(now), || rl.allow(now));
+        if learnt == neigh::Learnt::Limited {
+            bump(&self.counters.neigh_limited, 1);
+            return;
+        }
+        self.count_neigh_evictions();
+        if learnt == neigh::Learnt::Changed {
+            self.release_pending(a, mac);
+            let id = self.id;
+            for (w, q) in self.fabric.ctrl.iter().enumerate() {
+                if w != id {
+                    let _ = q.push(Ctrl::Neigh(a, mac));
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_arp(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        let d = pkt.data();
+        let a = &d[p.l3..p.l3 + 28];
+        if a[0..2] != [0, 1] || a[2..4] != [0x08, 0] || a[4] != 6 || a[5] != 4 {
+            self.drop_pkt(DropReason::Unsupported);
+            return;
+        }
+        let op = u16::from_be_bytes([a[6], a[7]]);
+        let mut smac = [0u8; 6];
+        smac.copy_from_slice(&a[8..14]);
+        let sip = parse::v4_to_addr([a[14], a[15], a[16], a[17]]);
+        let tip = parse::v4_to_addr([a[24], a[25], a[26], a[27]]);
+        let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip) || self.is_retired(tip);
+        // Learn senders on our subnets (requests to us and replies).
+        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == 2) {
+            self.learn_neighbor(sip, smac);
+        }
+        if op == 1 && for_us {
+            let mac = self.snap.ifaces[iface].mac;
+            let n = {
+                let buf = pkt.data_mut();
+                let l3 = p.l3;
+                // Turn the request into a reply in place.
+                buf[0..6].copy_from_slice(&smac);
+                buf[6..12].copy_from_slice(&mac);
+                buf[l3 + 6..l3 + 8].copy_from_slice(&2u16.to_be_bytes());
+                buf[l3 + 18..l3 + 24].copy_from_slice(&smac);
+                buf[l3 + 24..l3 + 28].copy_from_slice(&addr_v4_bytes(sip));
+                buf[l3 + 8..l3 + 14].copy_from_slice(&mac);
+                buf[l3 + 14..l3 + 18].copy_from_slice(&addr_v4_bytes(tip));
+                l3 + 28
+            };
+            pkt.set_len(n.max(60));
+            bump(&self.counters.arp_replies, 1);
+            self.tx[iface].push(pkt);
+            return;
+        }
+        // Requests for other addresses and replies: the kernel's too, if it has an exception path.
+        self.punt(iface, pkt, DropReason::NotForUs);
+    }
+
+    pub(super) fn handle_nd(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        let d = pkt.data();
+        let m = &d[p.l4..p.end];
+        if m.len() < 24 || d[p.l3 + 7] != 255 {
+            self.drop_pkt(DropReason::Malformed);
+            return;
+        }
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&m[8..24]);
+        let target = parse::v6_to_addr(t);
+        let opts = &m[24..];
+        if p.icmp_type == 136 {
+            if let Some(mac) = neigh::nd_lladdr(opts, 2) {
+                if self.nd_may_learn(iface, target) {
+                    self.learn_neighbor(target, mac);
+                }
+            }
+            return self.punt(iface, pkt, DropReason::NotForUs);
+        }
+        // Solicitation.
+        let for_us = self.snap.local.contains(&target) || self.snap.vips.contains(&target) || self.is_retired(target);
+        let smac = neigh::nd_lladdr(opts, 1);
+        if p.src != 0 {
+            if let Some(mac) = smac {
+                if for_us && self.nd_may_learn(iface, p.src) {
+                    self.learn_neighbor(p.src, mac);
+                }
+            }
+        }
+        if !for_us {
+            return self.punt(iface, pkt, DropReason::NotForUs);
+        }
+        let mac = self.snap.ifaces[iface].mac;
+        let mut src6 = [0u8; 16];
+        src6.copy_from_slice(&d[p.l3 + 8..p.l3 + 24]);
+        let unspecified = p.src == 0;
+        let (dst, dmac) = if unspecified {
+            ([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1])
+        } else {
+            (
+                src6,
+                smac.unwrap_or_else(|| {
+                    let mut s = [0u8; 6];
+                    s.copy_from_slice(&d[6..12]);
+                    s
+                }),
+            )
+        };
+        // Flags: solicited (unless unspecified source) + override.
+        let flags = if unspecified { 0x20 } else { 0x60 };
+        if !pkt.set_len(86) {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        }
+        let n = neigh::build_nd(pkt.data_mut(), 136, mac, dmac, t, dst, t, flags);
+        pkt.set_len(n);
+        bump(&self.counters.nd_replies, 1);
+        self.tx[iface].push(pkt);
+    }
+
+    /// Answer an echo request to a VIP or an interface address.
+    pub(super) fn echo_reply(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        let req = if p.v6 { 128 } else { 8 };
+        if p.icmp_type != req {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        let d = pkt.data_mut();
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&d[6..12]);
+        d.copy_within(0..6, 6);
+        d[0..6].copy_from_slice(&mac);
+        let l3 = p.l3;
+        if p.v6 {
+            let mut s = [0u8; 16];
+            s.copy_from_slice(&d[l3 + 8..l3 + 24]);
+            d.copy_within(l3 + 24..l3 + 40, l3 + 8);
+            d[l3 + 24..l3 + 40].copy_from_slice(&s);
+            d[l3 + 7] = 64;
+            d[p.l4] = 129;
+        } else {
+            let mut s = [0u8; 4];
+            s.copy_from_slice(&d[l3 + 12..l3 + 16]);
+            d.copy_within(l3 + 16..l3 + 20, l3 + 12);
+            d[l3 + 16..l3 + 20].copy_from_slice(&s);
+            d[l3 + 8] = 64;
+            d[p.l4] = 0;
+            fix_ipv4_csum(d, l3);
+        }
+        fix_l4_csum(d, p);
+        bump(&self.counters.icmp_echo_replies, 1);
+        self.tx[iface].push(pkt);
+    }
+
+    /// Park a packet until its next hop resolves (bounded).
+    pub(super) fn park(&mut self, iface: usize, nh: Addr, pkt: Q::Buf) {
+        if self.pending.len() >= MAX_PENDING {
+            self.drop_pkt(DropReason::NoNeighbor);
+            return;
+        }
+        self.pending.push(Held { key: nh, iface: iface as u8, buf: pkt, deadline: self.now + PENDING_NS });
+    }
+
+    /// A frame the engine does not handle: to the kernel through the interface's exception
+    /// path if it has one (at most `[engine] kernel_rate` per second), otherwise a drop for `r`.
+    pub(super) fn punt(&mut self, iface: usize, pkt: Q::Buf, r: DropReason) {
+        let Some(q) = self.kern_q.get(iface).copied().flatten() else {
+            return self.drop_pkt(r);
+        };
+        if !self.kern_rl.allow(self.now) {
+            bump(&self.counters.kernel_limited, 1);
+            return self.drop_pkt(r);
+        }
+        bump(&self.counters.to_kernel, 1);
+        self.tx[q].push(pkt);
+    }
+}

@@ -1,0 +1,223 @@
+//! A new configuration snapshot: carrying connections, persistence, scheduler state and FTP state
+//! over ([`crate::pipeline::remap`]), and full-NAT local addresses a reload removed, kept for their
+//! connections until a grace period ends.
+
+use super::*;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// Install a new configuration. Everything that belongs to a service
+    /// and real server that still exist (see [`crate::pipeline::remap`] for what
+    /// "still exist" means) carries over: connections, persistence
+    /// templates (if the persistence settings did not change), the
+    /// scheduler's state (if it is the same scheduler: rr/wrr position,
+    /// lblc/lblcr tables; it is told about changed servers through
+    /// `Scheduler::update`, which rebuilds sh/dh/mh tables deterministically)
+    /// and counters. Connections of removed services or real servers are
+    /// removed. A health-check flap (a weight change) thus changes the
+    /// weight and nothing else. The old -> new map is kept in
+    /// `self.remap` for the rest of the worker (FTP expectations, pins).
+    pub(super) fn apply_snapshot(&mut self, snap: Arc<Snapshot>) {
+        // Fold pending traffic into the old counters before they are carried.
+        self.flush_svc_counters();
+        let old = std::mem::replace(&mut self.snap, snap.clone());
+        self.snap_gen = self.snap_gen.wrapping_add(1);
+        if !Arc::ptr_eq(&old, &snap) {
+            self.retire_laddrs(&old, &snap);
+        }
+        let icmp = (snap.config.engine.icmp_rate, snap.config.engine.icmp_burst);
+        if icmp != self.icmp_cfg {
+            self.icmp_rl = crate::pipeline::ratelimit::RateLimit::new(icmp.0, icmp.1);
+            self.icmp_cfg = icmp;
+        }
+        self.remap = if Arc::ptr_eq(&old, &snap) {
+            crate::pipeline::remap::SnapshotMap::identity(&snap)
+        } else {
+            crate::pipeline::remap::SnapshotMap::build(&old, &snap)
+        };
+        let from_old = self.remap.inverse(snap.services.len());
+        let seed = 0x5eed_0000 + self.id as u64;
+        let mut old_svcs: Vec<Option<SvcState>> = std::mem::take(&mut self.svcs).into_iter().map(Some).collect();
+        self.svcs = snap
+            .services
+            .iter()
+            .zip(&from_old)
+            .map(|(s, o)| {
+                let dests = sched_dests(s);
+                let carried = o.and_then(|o| Some((old_svcs.get_mut(o as usize)?.take()?, &old.services[o as usize])));
+                let persist_new = || {
+                    s.persistence.map(|(t, p)| {
+                        let v4 = p.saturating_sub(96);
+                        sched::PersistTable::new(t, v4.min(32), p.min(128))
+                    })
+                };
+                match carried {
+                    Some((mut st, os)) => {
+                        if st.sched.name() != s.scheduler {
+                            st.sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                                .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        } else if st.dests != dests {
+                            st.sched.update(&dests);
+                        }
+                        if os.persistence != s.persistence {
+                            st.persist = persist_new();
+                        }
+                        st.dests = dests;
+                        st
+                    }
+                    None => {
+                        let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
+                            .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        SvcState { sched, persist: persist_new(), dests }
+                    }
+                }
+            })
+            .collect();
+        // Keep counters of services that survive so stats do not reset.
+        let old_counters = std::mem::take(&mut self.svc_counters);
+        let counters: Vec<ServiceCounters> =
+            snap.services.iter().map(|s| ServiceCounters::new(s.dests.len())).collect();
+        for (i, s) in snap.services.iter().enumerate() {
+            if let Some(j) = from_old[i].map(|j| j as usize) {
+                if let Some(oc) = old_counters.get(j) {
+                    carry_counters(oc, &counters[i], &old.services[j], s);
+                }
+            }
+        }
+        self.svc_counters = Arc::new(counters);
+        self.acc_base.clear();
+        let mut n = 0u32;
+        for s in snap.services.iter() {
+            self.acc_base.push(n);
+            n += s.dests.len() as u32;
+        }
+        self.acc = vec![SvcAcc::default(); n as usize];
+        self.acc_dirty = Vec::with_capacity(n as usize);
+        self.if_macs = snap.ifaces.iter().map(|i| i.mac).collect();
+        self.sync_on = snap.config.cluster.is_some();
+        self.sync_refresh = snap.config.cluster.as_ref().map_or(0, |c| c.sync_refresh as u64 * 1_000_000_000);
+        self.timeouts = snap.timeouts;
+        if let Ok(mut g) = self.fabric.services[self.id].lock() {
+            *g = self.svc_counters.clone();
+        }
+        for &(a, m) in &snap.static_neighbors {
+            self.neigh.add_static(a, m);
+        }
+        let share = lport_share(snap.port_range, self.id, self.fabric.workers);
+        if share != self.lports.share() {
+            // Another local_port_range: the ports of live connections stay theirs.
+            let flows = &self.flows;
+            let in_use = (0..flows.slots() as u32)
+                .filter_map(|i| flows.try_get(i))
+                .filter(|c| c.fwd == Forward::Fnat)
+                .map(|c| (flows.laddr_of(c), c.proto, c.lport));
+            self.lports.reshare(share, in_use);
+        }
+        if Arc::ptr_eq(&old, &snap) {
+            return;
+        }
+        // FTP expectations and TLS pins follow their service and real server.
+        let remap = &self.remap;
+        self.expect.remap(|svc, dest| remap.map(svc, dest));
+        // Remap live connections to the new service/dest indices.
+        for i in 0..self.flows.slots() as u32 {
+            let (live, svc, dest) = {
+                let c = self.flows.get(i);
+                (c.live, c.svc, c.dest)
+            };
+            if !live {
+                continue;
+            }
+            match self.remap.map(svc, dest) {
+                Some((ni, nd)) => {
+                    let c = self.flows.get_mut(i);
+                    c.svc = ni;
+                    c.dest = nd;
+                    c.snap_gen = self.snap_gen;
+                    c.flags &= !(F_ACTIVE_COUNTED | F_COUNTED);
+                    let active = c.state.is_active();
+                    let counts = &snap.conn_counts[ni as usize];
+                    if active {
+                        counts.inc_active(self.id, nd as usize);
+                    } else {
+                        counts.inc_inactive(self.id, nd as usize);
+                    }
+                    c.flags |= F_COUNTED | if active { F_ACTIVE_COUNTED } else { 0 };
+                }
+                None => self.remove_conn(i, false),
+            }
+        }
+    }
+
+    /// How the services and real servers of the previous snapshot map into
+    /// the current one (see [`crate::pipeline::remap::SnapshotMap`]).
+    pub fn remap(&self) -> &crate::pipeline::remap::SnapshotMap {
+        &self.remap
+    }
+
+    /// A reload removed local addresses: each stays owned (replies classified by the port range
+    /// its ports came from, ARP/ND answered) for as long as a connection could stay idle
+    /// (the longest timeout), so the connections on it end normally; then the ones left are
+    /// removed and counted (`fnat_laddr_retired`). Every worker applies the same snapshots,
+    /// so they agree on the retired set and on which worker owns a reply to it.
+    pub(super) fn retire_laddrs(&mut self, old: &Snapshot, new: &Snapshot) {
+        self.retired.retain(|r| !new.laddrs.contains(&r.addr));
+        let grace = new.timeouts.iter().copied().max().unwrap_or(0).max(1_000_000_000);
+        let until = self.now.saturating_add(grace);
+        for &a in old.laddrs.iter().filter(|&a| !new.laddrs.contains(a)) {
+            if !self.retired.iter().any(|r| r.addr == a) {
+                self.retired.push(Retired { addr: a, range: old.port_range, until });
+            }
+        }
+        if self.retired.len() > MAX_RETIRED {
+            self.retired.sort_by_key(|r| (r.until, r.addr));
+            let cut = self.retired.len() - MAX_RETIRED;
+            self.retired.drain(..cut);
+        }
+    }
+
+    /// The local port range that names the owner of a reply to `a`: the configured one for a
+    /// local address, the one it had for a retired one; `None`: not a local address.
+    #[inline(always)]
+    pub(super) fn laddr_range(&self, a: Addr) -> Option<ferrovs_cfg::PortRange> {
+        if self.snap.laddrs.contains(&a) {
+            return Some(self.snap.port_range);
+        }
+        if self.retired.is_empty() {
+            return None;
+        }
+        self.retired.iter().find(|r| r.addr == a).map(|r| r.range)
+    }
+
+    pub(super) fn is_retired(&self, a: Addr) -> bool {
+        self.retired.iter().any(|r| r.addr == a)
+    }
+
+    /// The grace period of retired local addresses ended: their remaining connections go.
+    pub(super) fn sweep_retired(&mut self, now: u64) {
+        if !self.retired.iter().any(|r| r.until <= now) {
+            return;
+        }
+        let gone: Vec<Addr> = self.retired.iter().filter(|r| r.until <= now).map(|r| r.addr).collect();
+        self.retired.retain(|r| r.until > now);
+        for i in 0..self.flows.slots() as u32 {
+            let hit =
+                self.flows.try_get(i).is_some_and(|c| c.fwd == Forward::Fnat && gone.contains(&self.flows.laddr_of(c)));
+            if hit {
+                bump(&self.counters.fnat_laddr_retired, 1);
+                self.remove_conn(i, false);
+            }
+        }
+    }
+}
+
+/// A full NAT local address a reload removed (see [`Worker::retire_laddrs`]).
+pub(super) struct Retired {
+    addr: Addr,
+    /// `[engine] local_port_range` when it was removed: its ports' owners.
+    range: ferrovs_cfg::PortRange,
+    /// End of the grace period (ns).
+    until: u64,
+}
+
+/// At most this many retired local addresses are remembered (the oldest go first).
+pub(super) const MAX_RETIRED: usize = 4096;

@@ -1,0 +1,268 @@
+//! The SYN proxy's glue ([`crate::pipeline::synproxy`] holds the cookies): answering SYNs,
+//! validating ACKs, opening the connection to the real server, holding the client's data until it
+//! answers, and translating sequence numbers afterwards.
+
+use super::*;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// The real server answered a proxied connection's SYN: its held client packets go now.
+    pub(super) fn release_proxied(&mut self, idx: u32) {
+        let gen = self.flows.get(idx).gen;
+        let mut k = 0;
+        while k < self.proxy_held.len() {
+            if self.proxy_held[k].key == (idx, gen) {
+                let mut h = self.proxy_held.remove(k);
+                let next = match parse::parse(h.buf.data()) {
+                    Ok(p) if self.flows.try_get(idx).is_some_and(|c| c.gen == gen) => {
+                        self.forward(idx, Dir::In, &mut h.buf, &p)
+                    }
+                    _ => Next::Drop(DropReason::ProxyWait),
+                };
+                self.finish(h.buf, next);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// SYN proxy for a packet to a VIP with no connection: answers a SYN with a cookie, or
+    /// opens the connection for an ACK carrying a valid one. `None`: not for the proxy (the
+    /// ordinary path takes it).
+    pub(super) fn syn_proxy(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        use ferrovs_cfg::SynProxy;
+        if p.proto != PROTO_TCP {
+            return None;
+        }
+        // Not a SYN, and no cookie went out lately: neither a handshake's last segment nor a
+        // verifying reset can carry one (the checks below would all let it go). Decided
+        // before the service lookup and the real-server scans, so a flood of stray segments
+        // stays cheap.
+        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        if p.tcp_flags & TCP_SYN == 0 && !recent {
+            return None;
+        }
+        let si = self.snap.service(p.dst, p.proto, p.dport)?;
+        let svc = &self.snap.services[si];
+        let mode = svc.syn_proxy;
+        if mode == SynProxy::Off {
+            return None;
+        }
+        // PROXY protocol shifts the client's sequence space itself: not combined with the
+        // SYN proxy's splice (documented with the key).
+        // Nor with a translated service (its handshake with the real server would have to be
+        // built in the other family).
+        if svc.dests.is_empty()
+            || svc.dests.iter().any(|d| d.proxy_v2.is_some() || addr_is_v4(d.addr) != addr_is_v4(p.dst))
+        {
+            return None;
+        }
+        let engaged = match mode {
+            SynProxy::On => true,
+            SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
+            SynProxy::Off => false,
+        };
+        let hs = Handshake { client: p.src, vip: p.dst, cport: p.sport, vport: p.dport, isn: 0 };
+        let (seq, ack) = {
+            let t = &pkt.data()[p.l4..];
+            (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), u32::from_be_bytes([t[8], t[9], t[10], t[11]]))
+        };
+        // In DR and tunnel mode the real server answers the client directly, with its own
+        // sequence numbers, which the balancer never sees: no handshake can be spliced.
+        if svc.dests.iter().any(|d| !d.forward.two_way()) {
+            return self.syn_verify(iface, pkt, p, &hs, seq, mode != SynProxy::Off && engaged);
+        }
+        if p.tcp_flags & parse::TCP_RST != 0 {
+            return None;
+        }
+        if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // A data connection an FTP session announced on a service port is not proxied.
+            if !engaged || self.expect.get(&ExpKey::Passive(p.src, p.dst, p.dport)).is_some() {
+                return None;
+            }
+            let mss = synproxy::mss_option(&pkt.data()[p.l4..p.end]).unwrap_or(536);
+            let cookie = self.cookies.make(self.now, &Handshake { isn: seq, ..hs }, mss);
+            let ours = (self.queues[iface].caps().mtu as u16).saturating_sub(if p.v6 { 60 } else { 40 }).max(536);
+            // The answer carries an MSS option: room for 24 bytes of TCP header.
+            if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            let d = pkt.data_mut();
+            synproxy::turn_around(d, p);
+            let end = synproxy::rebuild_tcp(d, p, TCP_SYN | TCP_ACK, cookie, seq.wrapping_add(1), Some(ours), 65535)?;
+            synproxy::finish_tcp(d, p, end);
+            if !pkt.set_len(end) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            self.last_cookie = self.now;
+            bump(&self.counters.cookies_sent, 1);
+            return Some(Next::Tx(iface));
+        }
+        // Only the handshake's last segment can carry a cookie: a plain ACK (with or without
+        // data), no SYN, FIN or RST.
+        // (An ACK for no connection is a cookie only if cookies went out lately, checked
+        // above; else it is an ordinary stray, counted as no_flow by the ordinary path.)
+        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_FIN) != TCP_ACK {
+            return None;
+        }
+        let isn = seq.wrapping_sub(1);
+        let cookie = ack.wrapping_sub(1);
+        let Some(mss) = self.cookies.check(self.now, &Handshake { isn, ..hs }, cookie) else {
+            bump(&self.counters.cookies_failed, 1);
+            return Some(Next::Drop(DropReason::BadCookie));
+        };
+        bump(&self.counters.cookies_validated, 1);
+        // The handshake is proven: the ACK becomes our SYN to the real server (its data, if any,
+        // is dropped: the client retransmits it once the real server acknowledges).
+        {
+            if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            let d = pkt.data_mut();
+            let end = synproxy::rebuild_tcp(d, p, TCP_SYN, isn, 0, Some(mss), 29200)?;
+            synproxy::finish_tcp(d, p, end);
+            if !pkt.set_len(end) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+        }
+        let Ok(p2) = parse::parse(pkt.data()) else { return Some(Next::Drop(DropReason::Malformed)) };
+        let next = self.new_inbound(pkt, &p2);
+        if !matches!(next, Next::Drop(_)) {
+            if let Some((idx, _)) = self.flows.lookup(&flow_key(&p2)) {
+                self.flows.get_mut(idx).flags |= F_SYNPROXY;
+                self.flows.cold_mut(idx).proxy =
+                    Some(Box::new(synproxy::Proxied { isn, cookie, delta: 0, established: false }));
+            }
+        }
+        Some(next)
+    }
+
+    /// The SYN proxy of DR and tunnel services. The real server answers the client itself, so
+    /// the balancer verifies the client's address instead: during a flood a SYN from an
+    /// unverified address is answered with a SYN-ACK whose acknowledgement number is a cookie.
+    /// A real client's stack answers that unacceptable acknowledgement with a reset carrying
+    /// it as sequence number (RFC 793, SYN-SENT), which verifies the address for
+    /// [`VERIFIED_NS`]; the client's SYN retransmission (about a second later) then goes to
+    /// the real server as usual. Spoofed sources never answer and cost no state. The price: a
+    /// new client's first connection during a flood waits one SYN retransmission.
+    pub(super) fn syn_verify(
+        &mut self,
+        iface: usize,
+        pkt: &mut Q::Buf,
+        p: &Parsed,
+        hs: &Handshake,
+        seq: u32,
+        engaged: bool,
+    ) -> Option<Next> {
+        if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_RST) == TCP_SYN {
+            if !engaged || self.is_verified(p.src) {
+                return None;
+            }
+            let cookie = self.cookies.make(self.now, hs, 0);
+            if cookie == seq.wrapping_add(1) {
+                return None; // an acceptable ack by chance (2^-32): let it through
+            }
+            if pkt.len() < p.l4 + 20 && !pkt.set_len(p.l4 + 20) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            let d = pkt.data_mut();
+            synproxy::turn_around(d, p);
+            let end = synproxy::rebuild_tcp(d, p, TCP_SYN | TCP_ACK, cookie, cookie, None, 0)?;
+            synproxy::finish_tcp(d, p, end);
+            if !pkt.set_len(end) {
+                return Some(Next::Drop(DropReason::NoBuffer));
+            }
+            self.last_cookie = self.now;
+            bump(&self.counters.cookies_sent, 1);
+            return Some(Next::Tx(iface));
+        }
+        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
+            self.verify(p.src);
+            bump(&self.counters.cookies_validated, 1);
+            return Some(Next::Drop(DropReason::SynVerified));
+        }
+        None
+    }
+
+    pub(super) fn verified_slot(a: Addr) -> usize {
+        let x = (a as u64) ^ ((a >> 64) as u64);
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - VERIFIED_BITS)) as usize
+    }
+
+    pub(super) fn is_verified(&self, a: Addr) -> bool {
+        self.verified.get(Self::verified_slot(a)).is_some_and(|&(x, until)| x == a && until > self.now)
+    }
+
+    pub(super) fn verify(&mut self, a: Addr) {
+        if self.verified.is_empty() {
+            self.verified = vec![(0, 0); 1 << VERIFIED_BITS];
+        }
+        let until = self.now + VERIFIED_NS;
+        self.verified[Self::verified_slot(a)] = (a, until);
+    }
+
+    /// A segment of a SYN-proxied connection: the real server's handshake, then the sequence
+    /// offset on the client's acknowledgements (the server's sequence numbers are shifted in
+    /// [`Worker::forward_rewrite`], after the FTP gateway). `None`: go on forwarding.
+    pub(super) fn proxy_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        let px = *self.flows.cold(idx).proxy.as_deref()?;
+        let l4 = p.l4;
+        let field = |d: &[u8], off: usize| u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]]);
+        match (dir, px.established) {
+            (Dir::In, false) => {
+                // Our own SYN (made from the client's ACK) goes; the client's data waits.
+                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                    None
+                } else {
+                    Some(Next::ProxyHold(idx))
+                }
+            }
+            (Dir::Out, false) => {
+                let d = pkt.data_mut();
+                let rs_seq = field(d, l4 + 4);
+                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                    // Answer the real server ourselves and start translating.
+                    let delta = px.cookie.wrapping_sub(rs_seq);
+                    synproxy::turn_around(d, p);
+                    let end = synproxy::rebuild_tcp(
+                        d,
+                        p,
+                        TCP_ACK,
+                        px.isn.wrapping_add(1),
+                        rs_seq.wrapping_add(1),
+                        None,
+                        29200,
+                    )?;
+                    synproxy::finish_tcp(d, p, end);
+                    if !pkt.set_len(end) {
+                        return Some(Next::Drop(DropReason::NoBuffer));
+                    }
+                    if let Some(x) = self.flows.cold_mut(idx).proxy.as_deref_mut() {
+                        x.delta = delta;
+                        x.established = true;
+                    }
+                    self.proxy_release = Some(idx);
+                    return Some(self.l2_write(idx, true, pkt.data_mut()));
+                }
+                if p.tcp_flags & parse::TCP_RST != 0 {
+                    // Refused: the client gets the reset in its own sequence space.
+                    if let Some(x) = self.flows.cold_mut(idx).proxy.as_deref_mut() {
+                        x.delta = px.cookie.wrapping_add(1).wrapping_sub(rs_seq);
+                        x.established = true;
+                    }
+                    return None;
+                }
+                Some(Next::Drop(DropReason::ProxyWait))
+            }
+            (Dir::In, true) => {
+                if p.tcp_flags & TCP_ACK != 0 {
+                    let d = pkt.data_mut();
+                    let c = synproxy::shift_field(d, l4 + 8, px.delta.wrapping_neg());
+                    csum::apply_at(d, l4 + 16, c);
+                }
+                None
+            }
+            (Dir::Out, true) => None,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Cluster connection sync on the worker's side: what it queues for the peers (creations, changes,
+//! deletions, the FTP gateway's sequence offsets) and the backup state it installs from them
+//! ([`crate::cluster::sync`] is the format, `syncd` the I/O).
+
+use super::*;
+
+impl<Q: PortQueue> Worker<Q> {
+    /// Hand this poll's sync entries to the sync thread (one batch per poll).
+    pub fn flush_sync(&mut self) {
+        if self.sync_out.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.sync_out);
+        if let Err(b) = self.fabric.sync_tx.push(batch) {
+            bump(&self.counters.sync_skipped, b.len() as u64);
+        }
+    }
+
+    pub(super) fn push_sync(&mut self, e: SyncEntry) {
+        if self.sync_out.len() < SYNC_MAX_PER_POLL {
+            self.sync_out.push(e);
+        } else {
+            bump(&self.counters.sync_skipped, 1);
+        }
+    }
+
+    /// The sync entry of connection `idx` as it is now.
+    pub(super) fn conn_entry(&self, idx: u32) -> SyncEntry {
+        let c = self.flows.get(idx);
+        let k = self.flows.cold(idx);
+        SyncEntry::Conn(crate::cluster::sync::ConnSync {
+            proto: c.proto,
+            state: c.state as u8,
+            fwd: match c.fwd {
+                Forward::Nat => 0,
+                Forward::Dr => 1,
+                Forward::Tunnel => 2,
+                Forward::Fnat => 3,
+            },
+            data: c.flags & F_DATA != 0,
+            client: c.client,
+            cport: c.cport,
+            vip: c.vip,
+            vport: c.vport,
+            rs: c.rs,
+            rport: c.rport,
+            timeout_s: (c.expires.saturating_sub(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
+            proxy_delta: k.proxy.as_ref().filter(|p| p.established).map(|p| p.delta),
+            fnat: (c.fwd == Forward::Fnat).then(|| (self.flows.laddr_of(c), c.lport)),
+        })
+    }
+
+    /// Queue connection `idx` for the peers (a creation, a state change or a refresh).
+    pub(super) fn sync_conn(&mut self, idx: u32) {
+        let c = self.flows.get(idx);
+        if !self.sync_on || c.flags & F_SYNCED != 0 {
+            return;
+        }
+        let e = self.conn_entry(idx);
+        self.flows.cold_mut(idx).synced_at = self.now.max(1);
+        self.push_sync(e);
+        if let Some(e) = self.seq_entry(idx) {
+            self.push_sync(e);
+        }
+    }
+
+    /// The gateway's sequence-number translation of NAT / full-NAT control connection `idx`,
+    /// if a rewrite moved it (a peer taking the connection over needs it).
+    pub(super) fn seq_entry(&self, idx: u32) -> Option<SyncEntry> {
+        let c = self.flows.get(idx);
+        let s = self.flows.cold(idx).alg.as_deref()?;
+        if !c.fwd.two_way() {
+            return None;
+        }
+        let (orig, reply) = (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
+        if orig == alg::SeqShift::default() && reply == alg::SeqShift::default() {
+            return None;
+        }
+        Some(SyncEntry::Seq(crate::cluster::sync::SeqSync {
+            client: c.client,
+            cport: c.cport,
+            vip: c.vip,
+            vport: c.vport,
+            lport: (c.fwd == Forward::Fnat).then_some(c.lport),
+            orig,
+            reply,
+        }))
+    }
+
+    /// A peer's gateway translation for its control connection: this node's backup copy
+    /// continues from it.
+    pub(super) fn install_synced_seq(&mut self, q: &crate::cluster::sync::SeqSync) -> bool {
+        let key = FlowKey { proto: PROTO_TCP, src: q.client, sport: q.cport, dst: q.vip, dport: q.vport };
+        let Some((idx, Dir::In)) = self.flows.lookup(&key) else { return false };
+        let c = self.flows.get(idx);
+        if c.flags & F_SYNCED == 0 || !c.fwd.two_way() {
+            return false; // this node carries it: its own gateway knows better
+        }
+        let (si, di) = (c.svc as usize, c.dest as usize);
+        if si >= self.snap.services.len() || di >= self.snap.services[si].dests.len() {
+            return false;
+        }
+        self.start_ftp_session(si, di, idx, Some((q.orig, q.reply)));
+        true
+    }
+
+    /// Re-send live connections not sent for `sync_refresh`, a few slots per poll.
+    pub(super) fn sync_refresh_scan(&mut self, now: u64) {
+        let n = self.flows.slots();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..SYNC_SCAN_PER_POLL.min(n) {
+            let i = (self.sync_pos % n) as u32;
+            self.sync_pos = (self.sync_pos + 1) % n;
+            let c = self.flows.get(i);
+            if c.live
+                && c.flags & F_SYNCED == 0
+                && c.expires > now
+                && now.saturating_sub(self.flows.cold(i).synced_at) >= self.sync_refresh
+            {
+                self.sync_conn(i);
+            }
+        }
+    }
+
+    /// Install state a peer sent (see [`crate::cluster::sync`]): backup connections (not counted by
+    /// the schedulers until a packet arrives for them), removals of backup connections,
+    /// persistence templates and FTP expectations.
+    pub fn apply_sync(&mut self, entries: &[SyncEntry]) {
+        for e in entries {
+            let ok = match *e {
+                SyncEntry::Conn(c) => self.install_synced_conn(&c),
+                SyncEntry::Delete { proto, client, cport, vip, vport, .. } => {
+                    let key = FlowKey { proto, src: client, sport: cport, dst: vip, dport: vport };
+                    match self.flows.lookup(&key) {
+                        Some((idx, Dir::In)) if self.flows.get(idx).flags & F_SYNCED != 0 => {
+                            self.remove_conn(idx, false);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                SyncEntry::Template(t) => self.install_synced_template(&t),
+                SyncEntry::Expect(x) => self.install_synced_expect(&x),
+                SyncEntry::Seq(q) => self.install_synced_seq(&q),
+            };
+            bump(if ok { &self.counters.sync_installed } else { &self.counters.sync_skipped }, 1);
+        }
+    }
+
+    pub(super) fn find_dest(&self, si: usize, rs: Addr, rport: u16, vport: u16) -> Option<usize> {
+        self.snap.services[si]
+            .dests
+            .iter()
+            .position(|d| d.addr == rs && d.port.unwrap_or(vport) == rport)
+            .or_else(|| self.snap.services[si].dests.iter().position(|d| d.addr == rs))
+    }
+
+    pub(super) fn install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> bool {
+        let key = FlowKey { proto: s.proto, src: s.client, sport: s.cport, dst: s.vip, dport: s.vport };
+        if let Some((idx, _)) = self.flows.lookup(&key) {
+            // Known: a backup entry follows its owner's state and timeout; a connection this
+            // node carries traffic for keeps its own.
+            let c = self.flows.get_mut(idx);
+            if c.flags & F_SYNCED != 0 {
+                if let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) {
+                    c.state = st;
+                }
+                c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
+            }
+            return true;
+        }
+        let si = match self.snap.service(s.vip, s.proto, s.vport) {
+            Some(si) => si,
+            // An FTP data connection (a port no service owns): its VIP's FTP service.
+            None => {
+                match self.snap.services.iter().position(|x| x.vip == s.vip && x.proto == s.proto && x.ftp.is_some()) {
+                    Some(si) if s.data => si,
+                    _ => return false,
+                }
+            }
+        };
+        let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else { return false };
+        let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) else { return false };
+        // Full NAT: the sender's local address and port, reserved here so this worker never
+        // hands them out (an FTP active data connection of an adopted control connection
+        // takes ports on that address); both sides must agree it is full NAT.
+        let local = match (self.snap.services[si].dests[di].forward == Forward::Fnat, s.fnat) {
+            (false, None) => Local::Any,
+            (true, Some((la, lport))) => {
+                if !self.lports.reserve(la, s.proto, lport) {
+                    return false; // in use here: a connection of this node holds it
+                }
+                Local::Fixed(la, lport)
+            }
+            _ => return false,
+        };
+        let idx = match self.create_backup(si, di, s, local) {
+            Ok(i) => i,
+            Err(_) => {
+                if let Local::Fixed(la, lport) = local {
+                    self.lports.release(la, s.proto, lport);
+                }
+                return false;
+            }
+        };
+        let c = self.flows.get_mut(idx);
+        c.state = st;
+        c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
+        if s.data {
+            c.flags |= F_DATA;
+        }
+        if let Some(delta) = s.proxy_delta {
+            c.flags |= F_SYNPROXY;
+            self.flows.cold_mut(idx).proxy =
+                Some(Box::new(crate::pipeline::synproxy::Proxied { isn: 0, cookie: 0, delta, established: true }));
+        }
+        // A NAT / full-NAT FTP control connection: a gateway session, so that once this node
+        // carries it the commands and replies are still translated (no rewrite so far; a
+        // kind-5 entry brings the peer's, `install_synced_seq`).
+        let svc = &self.snap.services[si];
+        if !s.data && s.proto == PROTO_TCP && svc.is_ftp_control(s.vport) && svc.dests[di].forward.two_way() {
+            self.start_ftp_session(si, di, idx, Some(Default::default()));
+        }
+        true
+    }
+
+    /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
+    /// schedulers, flows_created, the service's connections) until traffic arrives.
+    pub(super) fn create_backup(
+        &mut self,
+        si: usize,
+        di: usize,
+        s: &crate::cluster::sync::ConnSync,
+        local: Local,
+    ) -> Result<u32, DropReason> {
+        let idx = self.create_conn(si, di, s.client, s.cport, s.vip, s.vport, s.rs, s.rport, local)?;
+        // Undo create_conn's accounting: backup state is invisible to the schedulers.
+        let counts = &self.snap.conn_counts[si];
+        counts.dec_inactive(self.id, di);
+        bump(&self.counters.flows_created, u64::MAX);
+        let sc = &self.svc_counters[si];
+        bump(&sc.conns, u64::MAX);
+        bump(&sc.dests[di].conns, u64::MAX);
+        bump(&self.counters.flows_active, u64::MAX);
+        let c = self.flows.get_mut(idx);
+        c.flags &= !F_COUNTED;
+        c.flags |= F_SYNCED;
+        Ok(idx)
+    }
+
+    /// The first packet of a backup connection: from now on it is this node's, counted as
+    /// a connection created here.
+    #[cold]
+    pub(super) fn adopt(&mut self, idx: u32) {
+        let (si, di, active) = {
+            let c = self.flows.get_mut(idx);
+            c.flags &= !F_SYNCED;
+            c.flags |= F_COUNTED;
+            (c.svc as usize, c.dest as usize, c.state.is_active())
+        };
+        if let Some(counts) = self.snap.conn_counts.get(si) {
+            if active {
+                counts.inc_active(self.id, di);
+                self.flows.get_mut(idx).flags |= F_ACTIVE_COUNTED;
+            } else {
+                counts.inc_inactive(self.id, di);
+            }
+        }
+        bump(&self.counters.flows_created, 1);
+        bump(&self.counters.flows_active, 1);
+        if let Some(sc) = self.svc_counters.get(si) {
+            bump(&sc.conns, 1);
+            if let Some(d) = sc.dests.get(di) {
+                bump(&d.conns, 1);
+            }
+        }
+    }
+
+    pub(super) fn install_synced_template(&mut self, t: &crate::cluster::sync::TemplateSync) -> bool {
+        let Some(si) = self.snap.service(t.vip, t.proto, t.vport) else { return false };
+        let Some(di) = self.find_dest(si, t.rs, t.rport, t.vport) else { return false };
+        let now = self.now;
+        let st = &mut self.svcs[si];
+        let Some(pt) = st.persist.as_mut() else { return false };
+        pt.insert(addr_to_ip(t.client), di, now, &st.dests);
+        true
+    }
+
+    pub(super) fn install_synced_expect(&mut self, x: &crate::cluster::sync::ExpectSync) -> bool {
+        use crate::cluster::sync::ExpectKind as K;
+        let proto = PROTO_TCP;
+        let ctl = FlowKey { proto, src: x.client, sport: x.ctl_cport, dst: x.vip, dport: x.ctl_vport };
+        let Some((parent, Dir::In)) = self.flows.lookup(&ctl) else { return false };
+        let c = self.flows.get(parent);
+        let (svc, dest, gen) = (c.svc, c.dest, c.gen);
+        let key = match x.kind {
+            K::Passive => ExpKey::Passive(x.client, x.vip, x.port),
+            K::PassiveAny => ExpKey::PassiveAny(x.client, x.vip),
+            K::Active => ExpKey::Active(x.rs, x.client, x.port),
+            K::DrActive => ExpKey::DrActive(x.client, x.port, x.vip),
+        };
+        let per_session = self
+            .snap
+            .services
+            .get(svc as usize)
+            .and_then(|s| s.ftp.as_ref())
+            .map_or(4, |f| usize::from(f.max_expectations));
+        let val = ExpVal {
+            svc,
+            dest,
+            rs: x.rs,
+            rport: (x.rport != 0).then_some(x.rport),
+            vip: x.vip,
+            parent,
+            parent_gen: gen,
+            expires: self.now + x.timeout_s as u64 * 1_000_000_000,
+            client: Addr::default(),
+            cport: 0,
+        };
+        self.expect.insert(key, val, per_session);
+        true
+    }
+}
