@@ -388,13 +388,8 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
         Backend::Memory => {
             let queues: Vec<Vec<MemQueue>> = (0..workers)
                 .map(|_| {
-                    let kernel = config.interfaces.iter().enumerate().filter(|(_, itf)| itf.kernel_port.is_some());
-                    config
-                        .interfaces
-                        .iter()
-                        .enumerate()
-                        .map(|(i, itf)| (itf.name.clone(), i))
-                        .chain(kernel.map(|(i, itf)| (format!("{}.kernel", itf.name), i)))
+                    crate::pipeline::snapshot::port_list(&config)
+                        .into_iter()
                         .map(|(name, i)| {
                             let itf = &config.interfaces[i];
                             let mut q = MemQueue::new(PortCaps {

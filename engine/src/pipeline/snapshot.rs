@@ -117,9 +117,22 @@ fn prefix128(ip: std::net::IpAddr, p: u8) -> u8 {
     }
 }
 
-/// The exception path: for each interface, the queue index of its `kernel_port`. Backends
-/// open the kernel ports after every interface, in interface order, so the j-th interface
-/// with a kernel port has queue `interfaces.len() + j`.
+/// Every port a backend opens, in queue order, as (name, index of its interface): the
+/// interfaces, then the kernel port (`kernel_port`, named `IFACE.kernel`) of each interface
+/// that has one, in interface order.
+pub fn port_list(config: &Config) -> Vec<(String, usize)> {
+    let kernel = config.interfaces.iter().enumerate().filter(|(_, itf)| itf.kernel_port.is_some());
+    config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| (itf.name.clone(), i))
+        .chain(kernel.map(|(i, itf)| (format!("{}.kernel", itf.name), i)))
+        .collect()
+}
+
+/// The exception path: for each interface, the queue index of its `kernel_port` (see
+/// [`port_list`]: the j-th interface with a kernel port has queue `interfaces.len() + j`).
 pub fn kernel_queues(config: &Config) -> Vec<Option<usize>> {
     let n = config.interfaces.len();
     let mut next = n;

@@ -40,13 +40,8 @@ impl MemEngine {
             .map(|w| {
                 // Kernel ports (`interface.kernel_port`) after the interfaces, as the backends
                 // open them.
-                let kernel = config.interfaces.iter().enumerate().filter(|(_, itf)| itf.kernel_port.is_some());
-                let queues = config
-                    .interfaces
-                    .iter()
-                    .enumerate()
-                    .map(|(i, itf)| (itf.name.clone(), i))
-                    .chain(kernel.map(|(i, itf)| (format!("{}.kernel", itf.name), i)))
+                let queues = crate::pipeline::snapshot::port_list(&config)
+                    .into_iter()
                     .map(|(name, i)| MemQueue::new(PortCaps { name, mac: macs[i], queues: n as u16, mtu: 1500 }))
                     .collect();
                 Worker::new(w, queues, snapshot.clone(), fabric.clone())
