@@ -16,7 +16,7 @@
 //!     through one gateway or to one real server share one resolution;
 //!   - the reply direction's L4 checksum delta is the ones' complement of
 //!     the request direction's (RFC 1624), so only one is kept;
-//!   - expiry is in coarse ticks of 2^20 ns (~1 ms, rounded up, compared
+//!   - expiry is in coarse ticks of 2^20 ns (~1 ms, rounded down, compared
 //!     wrapping: at most [`MAX_SPAN_NS`] ahead);
 //!   - packet counts keep their low 16 bits here, the rest in the cold part.
 //! - the index: `2 * capacity / 0.8` words of 8 bytes (20 bytes per
@@ -129,8 +129,10 @@ pub struct Conn {
 const _: () = assert!(std::mem::size_of::<Conn>() == 64, "the hot Conn is one cache line");
 
 impl Conn {
-    /// Has the connection expired at `now` (ns)? Expiry is kept in ticks,
-    /// rounded up, so this turns true at most one tick late, never early.
+    /// Has the connection expired at `now` (ns)? Expiry is kept in ticks
+    /// (rounded down), so this turns true at the expiry time or up to one
+    /// tick (~1 ms) before it: never after (timer wheels of IPVS and
+    /// conntrack are as coarse).
     #[inline(always)]
     pub fn expired(&self, now: u64) -> bool {
         ((now >> TICK_SHIFT) as u32).wrapping_sub(self.exp) as i32 >= 0
@@ -139,7 +141,7 @@ impl Conn {
     #[inline(always)]
     pub fn set_expires(&mut self, now: u64, at: u64) {
         let at = at.min(now.saturating_add(MAX_SPAN_NS));
-        self.exp = (at.saturating_add((1 << TICK_SHIFT) - 1) >> TICK_SHIFT) as u32;
+        self.exp = (at >> TICK_SHIFT) as u32;
     }
     /// Time left until expiry at `now` (ns; 0 once expired).
     pub fn expires_in(&self, now: u64) -> u64 {
@@ -597,10 +599,14 @@ impl FlowTable {
     pub fn rs_of(&self, c: &Conn) -> (Addr, u16) {
         self.reals.get(c.rsi)
     }
-    /// The local address of full-NAT connection `c`.
+    /// The local address of full-NAT connection `c` (0 for other connections).
     #[inline(always)]
     pub fn laddr_of(&self, c: &Conn) -> Addr {
-        self.laddrs.get(c.laddr)
+        if c.fwd == Forward::Fnat {
+            self.laddrs.get(c.laddr)
+        } else {
+            0
+        }
     }
     /// Next hop `h` (a connection's `hop_in` / `hop_out`).
     #[inline(always)]
@@ -731,7 +737,7 @@ impl FlowTable {
                 && rport == k.sport
                 && c.proto == k.proto
                 && if c.fwd == Forward::Fnat {
-                    c.lport == k.dport && self.laddr_of(c) == k.dst
+                    c.lport == k.dport && self.laddrs.get(c.laddr) == k.dst
                 } else {
                     c.client == k.dst && c.cport == k.dport
                 }
@@ -1412,8 +1418,8 @@ mod tests {
         let c = t.get_mut(i);
         let now = 5_000_000_000u64;
         c.set_expires(now, now + 1_000_000_000);
-        assert!(!c.expired(now + 999_999_999));
-        assert!(c.expired(now + 1_000_000_000 + (1 << TICK_SHIFT)));
+        assert!(!c.expired(now + 1_000_000_000 - (1 << TICK_SHIFT)));
+        assert!(c.expired(now + 1_000_000_000), "never late");
         assert!((c.expires_in(now) as i64 - 1_000_000_000).abs() <= 1 << TICK_SHIFT);
         // Far beyond 32 bits of ticks: still exact (wrapping compare).
         let late = (1u64 << 60) + 12345;

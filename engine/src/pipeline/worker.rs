@@ -1351,7 +1351,9 @@ impl<Q: PortQueue> Worker<Q> {
             let c = self.flows.get(idx);
             let (egress, over) = match (dir, c.fwd) {
                 (Dir::Out, _) => (self.flows.if_out(c), 0),
-                (Dir::In, Forward::Tunnel) => (self.flows.if_in(c), if addr_is_v4(self.flows.rs_of(c).0) { 20 } else { 40 }),
+                (Dir::In, Forward::Tunnel) => {
+                    (self.flows.if_in(c), if addr_is_v4(self.flows.rs_of(c).0) { 20 } else { 40 })
+                }
                 (Dir::In, _) => (self.flows.if_in(c), 0),
             };
             let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
@@ -1443,8 +1445,18 @@ impl<Q: PortQueue> Worker<Q> {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
             let r = match dir {
-                Dir::In => rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in()),
-                Dir::Out => rewrite_nat(d, p, false, self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.l3_out as u32, c.l4_out()),
+                Dir::In => {
+                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
+                }
+                Dir::Out => rewrite_nat(
+                    d,
+                    p,
+                    false,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ),
             };
             if let Err(r) = r {
                 return Next::Drop(r);
@@ -1456,8 +1468,26 @@ impl<Q: PortQueue> Worker<Q> {
             let la = self.flows.laddr_of(c);
             let d = pkt.data_mut();
             let r = match dir {
-                Dir::In => rewrite_fnat(d, p, la, c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in()),
-                Dir::Out => rewrite_fnat(d, p, self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client, c.cport, c.l3_out as u32, c.l4_out()),
+                Dir::In => rewrite_fnat(
+                    d,
+                    p,
+                    la,
+                    c.lport,
+                    self.flows.rs_of(c).0,
+                    self.flows.rs_of(c).1,
+                    c.l3_in as u32,
+                    c.l4_in(),
+                ),
+                Dir::Out => rewrite_fnat(
+                    d,
+                    p,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.client,
+                    c.cport,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ),
             };
             if let Err(r) = r {
                 return Next::Drop(r);
@@ -1519,14 +1549,24 @@ impl<Q: PortQueue> Worker<Q> {
         match (fwd, dir) {
             (Forward::Nat, Dir::In) => {
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in()) {
+                if let Err(r) =
+                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
+                {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, true, d)
             }
             (Forward::Nat, Dir::Out) => {
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_nat(d, p, false, self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.l3_out as u32, c.l4_out()) {
+                if let Err(r) = rewrite_nat(
+                    d,
+                    p,
+                    false,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ) {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, false, d)
@@ -1535,14 +1575,32 @@ impl<Q: PortQueue> Worker<Q> {
             (Forward::Fnat, Dir::In) => {
                 let la = self.flows.laddr_of(c);
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(d, p, la, c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in()) {
+                if let Err(r) = rewrite_fnat(
+                    d,
+                    p,
+                    la,
+                    c.lport,
+                    self.flows.rs_of(c).0,
+                    self.flows.rs_of(c).1,
+                    c.l3_in as u32,
+                    c.l4_in(),
+                ) {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, true, d)
             }
             (Forward::Fnat, Dir::Out) => {
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(d, p, self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client, c.cport, c.l3_out as u32, c.l4_out()) {
+                if let Err(r) = rewrite_fnat(
+                    d,
+                    p,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.client,
+                    c.cport,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ) {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, false, d)
@@ -1569,7 +1627,9 @@ impl<Q: PortQueue> Worker<Q> {
     fn xlat(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let c = self.flows.get(idx);
         let (src, sport, dst, dport, egress) = match dir {
-            Dir::In => (self.flows.laddr_of(c), c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.if_in(c)),
+            Dir::In => {
+                (self.flows.laddr_of(c), c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.if_in(c))
+            }
             Dir::Out => (self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client, c.cport, self.flows.if_out(c)),
         };
         let mtu = self.queues.get(egress as usize).map_or(1500, |q| q.caps().mtu as usize);

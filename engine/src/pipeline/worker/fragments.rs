@@ -174,15 +174,22 @@ impl<Q: PortQueue> Worker<Q> {
         }
         match c.fwd {
             Forward::Nat => {
-                let (addr, l3d) = if inbound { (self.flows.rs_of(c).0, (c.l3_in as u32)) } else { (self.flows.vip_of(c).0, (c.l3_out as u32)) };
+                let (addr, l3d) = if inbound {
+                    (self.flows.rs_of(c).0, (c.l3_in as u32))
+                } else {
+                    (self.flows.vip_of(c).0, (c.l3_out as u32))
+                };
                 match rewrite_ip(pkt.data_mut(), f.l3, f.v6, inbound, addr, l3d) {
                     Ok(()) => {}
                     Err(r) => return Next::Drop(r),
                 }
             }
             Forward::Fnat => {
-                let (src, dst, l3d) =
-                    if inbound { (self.flows.laddr_of(c), self.flows.rs_of(c).0, (c.l3_in as u32)) } else { (self.flows.vip_of(c).0, c.client, (c.l3_out as u32)) };
+                let (src, dst, l3d) = if inbound {
+                    (self.flows.laddr_of(c), self.flows.rs_of(c).0, (c.l3_in as u32))
+                } else {
+                    (self.flows.vip_of(c).0, c.client, (c.l3_out as u32))
+                };
                 if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
                     return Next::Drop(r);
                 }
