@@ -336,7 +336,13 @@ pub struct Interned<K> {
     zero: std::collections::VecDeque<u16>,
     queued: Vec<bool>,
     limit: usize,
+    /// Direct-mapped cache in front of `map` (ids of recently taken
+    /// values; a hit is checked against `vals`, which mirrors `map`).
+    memo: [u16; MEMO],
+    seed: u64,
 }
+
+const MEMO: usize = 256;
 
 impl<K: Copy + Eq + Hash> Interned<K> {
     fn new(limit: usize, seed: u64) -> Self {
@@ -347,14 +353,30 @@ impl<K: Copy + Eq + Hash> Interned<K> {
             zero: Default::default(),
             queued: Vec::new(),
             limit: limit.min(u16::MAX as usize + 1),
+            memo: [u16::MAX; MEMO],
+            seed,
         }
+    }
+
+    #[inline(always)]
+    fn memo_slot(&self, k: &K) -> usize {
+        let mut h = Fx(self.seed);
+        k.hash(&mut h);
+        (h.finish() >> 56) as usize % MEMO
     }
 
     /// Take a reference to `k`: its id and whether the id is new for it;
     /// `None` if every id is referenced.
     fn take(&mut self, k: K) -> Option<(u16, bool)> {
+        let m = self.memo_slot(&k);
+        let i = self.memo[m];
+        if self.vals.get(i as usize) == Some(&k) {
+            self.refs[i as usize] += 1;
+            return Some((i, false));
+        }
         if let Some(&i) = self.map.get(&k) {
             self.refs[i as usize] += 1;
+            self.memo[m] = i;
             return Some((i, false));
         }
         let i = if self.vals.len() < self.limit {
@@ -376,6 +398,7 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         };
         self.map.insert(k, i);
         self.refs[i as usize] = 1;
+        self.memo[m] = i;
         Some((i, true))
     }
 
@@ -421,6 +444,7 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         self.map.clear();
         self.zero.clear();
         self.queued.clear();
+        self.memo = [u16::MAX; MEMO];
     }
 }
 
@@ -487,7 +511,16 @@ pub struct FlowTable {
     laddrs: Interned<Addr>,
     /// Next hops, with the MAC cache beside them; id 0 is [`NO_HOP`].
     hops: Interned<(Addr, u8)>,
-    macs: Vec<([u8; 6], u32)>,
+    /// Per hop id: (cached MAC, egress interface, generation it is valid for).
+    macs: Vec<HopMac>,
+}
+
+/// What the fast path reads of a next hop (12 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopMac {
+    pub mac: [u8; 6],
+    pub iface: u8,
+    pub mac_gen: u32,
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -586,7 +619,7 @@ impl FlowTable {
         // NO_HOP: referenced for good, never resolved to a MAC.
         let (h, _) = self.hops.take((0, u8::MAX)).expect("an empty table has ids");
         debug_assert_eq!(h, NO_HOP);
-        self.macs.push(([0; 6], 0));
+        self.macs.push(HopMac { mac: [0; 6], iface: 0, mac_gen: 0 });
     }
 
     /// The (VIP, port) of connection `c`.
@@ -609,32 +642,38 @@ impl FlowTable {
         }
     }
     /// Next hop `h` (a connection's `hop_in` / `hop_out`).
-    #[inline(always)]
     pub fn hop(&self, h: u16) -> Hop {
-        let (nh, iface) = self.hops.get(h);
-        let (mac, mac_gen) = self.macs[h as usize];
-        Hop { iface: if h == NO_HOP { 0 } else { iface }, nh, mac, mac_gen }
+        let m = self.hop_mac(h);
+        Hop { iface: m.iface, nh: self.hop_nh(h), mac: m.mac, mac_gen: m.mac_gen }
+    }
+    /// The egress interface and cached MAC of next hop `h`.
+    #[inline(always)]
+    pub fn hop_mac(&self, h: u16) -> HopMac {
+        self.macs[h as usize]
+    }
+    /// The neighbour address of next hop `h` (0 for [`NO_HOP`]).
+    #[inline(always)]
+    pub fn hop_nh(&self, h: u16) -> Addr {
+        self.hops.get(h).0
     }
     /// Cache the MAC of next hop `h` as valid for neighbour generation `gen`.
     #[inline(always)]
     pub fn set_hop_mac(&mut self, h: u16, mac: [u8; 6], gen: u32) {
         if h != NO_HOP {
-            self.macs[h as usize] = (mac, gen);
+            let m = &mut self.macs[h as usize];
+            m.mac = mac;
+            m.mac_gen = gen;
         }
     }
     /// Egress interface towards the real server.
     #[inline(always)]
     pub fn if_in(&self, c: &Conn) -> u8 {
-        self.hops.get(c.hop_in).1
+        self.macs[c.hop_in as usize].iface
     }
     /// Egress interface towards the client (0 for DR and tunnel).
     #[inline(always)]
     pub fn if_out(&self, c: &Conn) -> u8 {
-        if c.hop_out == NO_HOP {
-            0
-        } else {
-            self.hops.get(c.hop_out).1
-        }
+        self.macs[c.hop_out as usize].iface
     }
     /// Interned values: (VIPs, real servers, local addresses, next hops).
     pub fn interned(&self) -> (usize, usize, usize, usize) {
@@ -741,6 +780,23 @@ impl FlowTable {
                 } else {
                     c.client == k.dst && c.cport == k.dport
                 }
+        }
+    }
+
+    /// Index position of key `k` (hash `h`): `Ok` where it is, or `Err`
+    /// with the first empty slot of its probe sequence.
+    fn probe(&self, k: &FlowKey, h: u64) -> Result<usize, usize> {
+        let tag = (h >> 32) as u32;
+        let mut i = self.home(tag);
+        loop {
+            let w = self.index[i];
+            if w == EMPTY {
+                return Err(i);
+            }
+            if (w >> 32) as u32 == tag && self.matches(w as u32, k) {
+                return Ok(i);
+            }
+            i = self.next(i);
         }
     }
 
@@ -876,15 +932,6 @@ impl FlowTable {
         (k.pkts_in_hi << 16 | c.pkts_in as u64, k.pkts_out_hi << 16 | c.pkts_out as u64)
     }
 
-    fn index_insert(&mut self, h: u64, v: u32) {
-        let tag = (h >> 32) as u32;
-        let mut i = self.home(tag);
-        while self.index[i] != EMPTY {
-            i = self.next(i);
-        }
-        self.index[i] = ((tag as u64) << 32) | v as u64;
-    }
-
     /// Remove index position `pos` (backward-shift deletion).
     fn index_remove(&mut self, pos: usize) {
         let mut hole = pos;
@@ -963,7 +1010,7 @@ impl FlowTable {
         if fresh {
             // Not resolved yet (a generation the worker never has... until
             // it wraps; then one resolution more).
-            let unresolved = ([0; 6], u32::MAX);
+            let unresolved = HopMac { mac: [0; 6], iface, mac_gen: u32::MAX };
             match self.macs.get_mut(h as usize) {
                 Some(m) => *m = unresolved,
                 None => self.macs.push(unresolved),
@@ -995,9 +1042,16 @@ impl FlowTable {
         let kout = c.key_out();
         let two = c.fwd.two_way();
         let (hin, hout) = (self.hash(&kin), self.hash(&kout));
-        if self.find(&kin, hin).is_some() || (two && self.find(&kout, hout).is_some()) {
-            return Err(c);
-        }
+        // One walk per key: a duplicate is refused, else where the key goes.
+        let Err(pin) = self.probe(&kin, hin) else { return Err(c) };
+        let pout = if two {
+            match self.probe(&kout, hout) {
+                Ok(_) => return Err(c),
+                Err(p) => p,
+            }
+        } else {
+            0
+        };
         let Some([vipi, rsi, laddr, hop_in, hop_out]) = self.intern_all(&c) else { return Err(c) };
         let mut e = Conn {
             client: c.client,
@@ -1040,9 +1094,14 @@ impl FlowTable {
                 i
             }
         };
-        self.index_insert(hin, idx << 1);
+        self.index[pin] = (hin >> 32) << 32 | (idx << 1) as u64;
         if two {
-            self.index_insert(hout, idx << 1 | 1);
+            // The first empty slot of its walk, unless the request key just took it.
+            let mut p = pout;
+            while self.index[p] != EMPTY {
+                p = self.next(p);
+            }
+            self.index[p] = (hout >> 32) << 32 | (idx << 1 | 1) as u64;
         }
         self.live += 1;
         Ok(idx)
@@ -1095,7 +1154,7 @@ impl FlowTable {
             + self.reals.memory_bytes()
             + self.laddrs.memory_bytes()
             + self.hops.memory_bytes()
-            + self.macs.capacity() * std::mem::size_of::<([u8; 6], u32)>()
+            + self.macs.capacity() * std::mem::size_of::<HopMac>()
     }
 
     /// Size of one connection slot (the hot entry; a cold part, when one

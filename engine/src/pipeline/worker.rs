@@ -1660,9 +1660,10 @@ impl<Q: PortQueue> Worker<Q> {
         // one neighbour generation and only once known: learning a new neighbour does not
         // change `gen` (see `NeighCache::learn`), so a hop still missing its MAC looks it up
         // again on its next packet.
-        let mut hop = self.flows.hop(h);
+        let mut hop = self.flows.hop_mac(h);
         if hop.mac_gen != gen {
-            hop.mac = if h == flow::NO_HOP { None } else { self.neigh.resolve(hop.nh) }.unwrap_or([0; 6]);
+            let nh = self.flows.hop_nh(h);
+            hop.mac = if h == flow::NO_HOP { None } else { self.neigh.resolve(nh) }.unwrap_or([0; 6]);
             if hop.mac != [0; 6] {
                 self.flows.set_hop_mac(h, hop.mac, gen);
             }
@@ -1678,7 +1679,7 @@ impl<Q: PortQueue> Worker<Q> {
             eth[0..6].copy_from_slice(&mac);
             return Next::Tx(iface);
         }
-        let nh = hop.nh;
+        let nh = self.flows.hop_nh(h);
         self.solicit(iface, nh);
         Next::Park(iface, nh)
     }
