@@ -157,12 +157,14 @@ impl Conn {
         self.l4 as u32
     }
     /// The reply direction's L4 delta: the complement of the request
-    /// direction's (every rewritten word is swapped back). Both zeros of
-    /// ones' complement apply the same change, so no case for a 0 delta
-    /// (which only a connection rewriting nothing would have).
+    /// direction's (every rewritten word is swapped back).
     #[inline(always)]
     pub fn l4_out(&self) -> u32 {
-        !self.l4 as u32
+        if self.l4 == 0 {
+            0
+        } else {
+            !self.l4 as u32
+        }
     }
     pub fn has_out_key(&self) -> bool {
         self.fwd.two_way()
@@ -365,7 +367,6 @@ impl<K: Copy + Eq + Hash> Interned<K> {
 
     /// Take a reference to `k`: its id and whether the id is new for it;
     /// `None` if every id is referenced.
-    #[inline]
     fn take(&mut self, k: K) -> Option<(u16, bool)> {
         let m = self.memo_slot(&k);
         let i = self.memo[m];
