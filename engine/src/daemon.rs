@@ -371,10 +371,11 @@ pub fn start<Q: PortQueue + 'static>(
         sync_stats = Some(stats.clone());
         let (fab, stop) = (fabric.clone(), stop.clone());
         let range = config.engine.local_port_range;
+        let placement = crate::cluster::sync::Placement::of(fab.workers, range, &c.nodes);
         threads.push(
             std::thread::Builder::new()
                 .name("fvs-sync".into())
-                .spawn(move || crate::cluster::syncd::run(c, range, sock, fab, stats, stop))
+                .spawn(move || crate::cluster::syncd::run(c, range, placement, sock, fab, stats, stop))
                 .expect("spawn sync thread"),
         );
     }
