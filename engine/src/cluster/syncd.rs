@@ -174,13 +174,12 @@ impl Receiver {
 
 /// The sync thread: sends the workers' batches to the peers (rate-bounded) and delivers
 /// what the peers send to the owning workers (full-NAT connections: the owner of their local
-/// port in `port_range`), until `stop`. `placement`: this node's ([`Placement::of`]), sent
-/// with every datagram and required of the peers'.
-#[allow(clippy::too_many_arguments)]
+/// port in `port_range`), until `stop`. This node's placement ([`Placement::of`], the
+/// newest snapshot's: `Fabric::placement`) goes with every datagram and is required of the
+/// peers'.
 pub fn run<B: Send + 'static>(
     cluster: ferrovs_cfg::Cluster,
     port_range: ferrovs_cfg::PortRange,
-    placement: Placement,
     sock: std::net::UdpSocket,
     fabric: std::sync::Arc<crate::pipeline::worker::Fabric<B>>,
     stats: std::sync::Arc<SyncStats>,
@@ -196,13 +195,17 @@ pub fn run<B: Send + 'static>(
         Some(k) => Batcher::with_key(cluster.node_id, cluster.sync_rate, k.clone(), unix_micros()),
         None => Batcher::new(cluster.node_id, cluster.sync_rate),
     }
-    .with_placement(placement);
-    let mut receiver = Receiver::new(cluster.node_id, key, placement);
+    .with_placement(fabric.placement());
+    let mut receiver = Receiver::new(cluster.node_id, key, fabric.placement());
     let clock = crate::daemon::clock();
     let mut buf = vec![0u8; 65536];
     let mut pending: Vec<SyncEntry> = Vec::new();
     let mut bad_log = crate::pipeline::ratelimit::RateLimit::default();
     while !stop.load(Relaxed) {
+        // A reload may have changed the node tables.
+        let placement = fabric.placement();
+        batcher.set_placement(placement);
+        receiver.placement = placement;
         while let Some(b) = fabric.sync_tx.pop() {
             pending.extend(b);
         }
