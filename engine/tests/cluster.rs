@@ -271,6 +271,11 @@ const LA2: [u8; 4] = [10, 0, 2, 201];
 /// servers 10.0.2.10-12 (and a full-NAT FTP service, port 21); node 1 owns local address
 /// .200, node 2 .201; ports 2000-2255.
 fn fnat_node(id: u8) -> ferrovs_cfg::Config {
+    ferrovs_cfg::Config::from_str(&fnat_node_text(id), "fnat-cluster.toml").expect("config parses")
+}
+
+/// [`fnat_node`]'s configuration text.
+fn fnat_node_text(id: u8) -> String {
     let mut t = String::new();
     for i in 0..3u8 {
         t += &format!("[[neighbor]]\naddress = \"10.0.2.{}\"\nmac = \"02:00:00:00:03:{:02x}\"\n\n", 10 + i, 10 + i);
@@ -288,12 +293,11 @@ fn fnat_node(id: u8) -> ferrovs_cfg::Config {
         "\n[cluster]\nnode_id = {id}\nsync_address = \"10.9.0.{id}\"\npeers = [\"10.9.0.250\"]\n\
          [[cluster.node]]\nid = 1\nlocal_addresses = [\"10.0.2.200\"]\n[[cluster.node]]\nid = 2\nlocal_addresses = [\"10.0.2.201\"]\n"
     );
-    let text = common::config_text(&t).replacen(
+    common::config_text(&t).replacen(
         "flow_table_size = 4096",
         "flow_table_size = 4096\nlocal_port_range = \"2000-2255\"",
         1,
-    );
-    ferrovs_cfg::Config::from_str(&text, "fnat-cluster.toml").expect("config parses")
+    )
 }
 
 /// A client segment to VIP:80 through a full-NAT node: (real server, local address, local port).
@@ -679,4 +683,34 @@ fn the_sync_fuzz_targets_seeds_parse() {
         n += 1;
     }
     assert!(n >= 12, "{n} seeds in {}", dir.display());
+}
+
+#[test]
+fn placement_is_the_same_on_every_node_and_follows_reloads() {
+    use ferrovs_engine::cluster::sync::Placement;
+    let a = MemEngine::new(fnat_node(1), 2);
+    let mut b = MemEngine::new(fnat_node(2), 2);
+    // Node ids differ, placement does not.
+    assert_eq!(a.sync_placement(), b.sync_placement());
+    assert_eq!(a.sync_placement().workers, 2);
+    assert_eq!((a.sync_placement().port_lo, a.sync_placement().port_hi), (2000, 2255));
+    // Another worker count is another placement.
+    let c = MemEngine::new(fnat_node(1), 4);
+    let d = a.sync_placement().differences(&c.sync_placement()).unwrap();
+    assert_eq!(d, "workers 2 here, 4 there");
+    // A reload that gives node 1 a second local address: the placement follows (a node
+    // started with the new tables agrees with it), and a node not reloaded disagrees.
+    let grown = |id: u8| {
+        let t = fnat_node_text(id)
+            .replace("local_addresses = [\"10.0.2.200\"]", "local_addresses = [\"10.0.2.200\", \"10.0.2.202\"]")
+            .replace("[\"10.0.2.200\", \"10.0.2.201\"]", "[\"10.0.2.200\", \"10.0.2.201\", \"10.0.2.202\"]");
+        ferrovs_cfg::Config::from_str(&t, "grown.toml").expect("config parses")
+    };
+    let before = b.sync_placement();
+    b.reload(grown(2), S);
+    let after = b.sync_placement();
+    assert_ne!(after, before);
+    assert_eq!(after, MemEngine::new(grown(1), 2).sync_placement());
+    assert!(before.differences(&after).unwrap().contains("[[cluster.node]] tables differ"));
+    assert_eq!(Placement { nodes: before.nodes, ..after }, before);
 }

@@ -36,6 +36,7 @@ impl MemEngine {
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
         let fabric = Fabric::new(n);
+        fabric.set_placement(&snapshot);
         let workers = (0..n)
             .map(|w| {
                 // Kernel ports (`interface.kernel_port`) after the interfaces, as the backends
@@ -121,8 +122,7 @@ impl MemEngine {
     /// Cluster: this engine's placement-relevant configuration, as its sync thread sends
     /// and requires it ([`crate::cluster::sync::Placement::of`]).
     pub fn sync_placement(&self) -> crate::cluster::sync::Placement {
-        let nodes = self.snapshot.config.cluster.as_ref().map_or(&[][..], |c| &c.nodes[..]);
-        crate::cluster::sync::Placement::of(self.workers.len(), self.snapshot.port_range, nodes)
+        self.fabric.placement()
     }
 
     /// Cluster: a sync datagram from a peer, delivered to the owning workers, which install
