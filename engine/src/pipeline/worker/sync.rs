@@ -191,8 +191,10 @@ impl<Q: PortQueue> Worker<Q> {
             (true, Some((la, lport))) => {
                 // A port reserved here for a synced full-NAT active expectation: its data
                 // connection, opened on the peer, takes the reservation over.
-                let expected = s.data && s.proto == PROTO_TCP;
-                match self.reserved.iter().position(|&(a, p, _)| expected && a == la && p == lport) {
+                let expected = s.data && s.proto == PROTO_TCP && !self.reserved.is_empty();
+                let held =
+                    if expected { self.reserved.iter().position(|&(a, p, _)| a == la && p == lport) } else { None };
+                match held {
                     Some(k) => {
                         self.reserved.swap_remove(k);
                     }
