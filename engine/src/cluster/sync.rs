@@ -1,4 +1,4 @@
-//! Connection sync between the nodes of a cluster: the wire format (versions 1 to 4), its
+//! Connection sync between the nodes of a cluster: the wire format (versions 1 to 6), its
 //! parser and encoder, datagram authentication and the replay guard, and the rate-bounded
 //! batcher. Sans-IO: the daemon's sync thread owns the UDP
 //! socket (`crate::cluster::syncd`), the workers produce and consume [`SyncEntry`] values.
@@ -420,8 +420,8 @@ pub enum SyncError {
     /// An entry runs past the end, has a length that does not fit its kind, or the count
     /// does not match.
     Malformed,
-    /// Version 2 with a MAC that does not verify, version 2 on a node without a key, or
-    /// version 1 (unauthenticated) on a node with one.
+    /// An authenticated version (2, 4, 6) with a MAC that does not verify or on a node without
+    /// a key, or an unauthenticated one (1, 3, 5) on a node with one.
     Auth,
     /// Authentic but replayed: a duplicate or too old `seq`, an old epoch, a stale `time`.
     Replay,
@@ -452,7 +452,7 @@ impl std::fmt::Display for SyncError {
 pub struct Message {
     pub node: u8,
     pub seq: u32,
-    /// Version 2: the sender's incarnation and clock (0 in version 1).
+    /// Versions 2, 4 and 6: the sender's incarnation and clock (0 otherwise).
     pub epoch: u64,
     pub time: u32,
     pub entries: Vec<SyncEntry>,
