@@ -490,15 +490,6 @@ impl FlowTable {
         ((k.pkts_in_hi as u64) << 32 | c.pkts_in as u64, (k.pkts_out_hi as u64) << 32 | c.pkts_out as u64)
     }
 
-    fn index_insert(&mut self, h: u64, v: u32) {
-        let tag = (h >> 32) as u32;
-        let mut i = self.home(tag);
-        while self.index[i] != EMPTY {
-            i = (i + 1) & self.mask;
-        }
-        self.index[i] = ((tag as u64) << 32) | v as u64;
-    }
-
     /// Remove index position `pos` (backward-shift deletion).
     fn index_remove(&mut self, pos: usize) {
         let mut hole = pos;
@@ -521,25 +512,58 @@ impl FlowTable {
         self.index[hole] = EMPTY;
     }
 
+    /// Where key `k` (hash `h`) would go: the first empty index position
+    /// of its probe sequence, or `None` if a live connection holds it. One
+    /// probe does both (no tombstones: a key is never past an empty slot).
+    #[inline(always)]
+    fn vacancy(&self, k: &FlowKey, h: u64) -> Option<usize> {
+        let tag = (h >> 32) as u32;
+        let mut i = self.home(tag);
+        loop {
+            let w = self.index[i];
+            if w == EMPTY {
+                return Some(i);
+            }
+            if (w >> 32) as u32 == tag && self.matches(w as u32, k) {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
     /// Insert a connection; fails when full or when one of its keys is
     /// already taken (a 5-tuple collision with a live connection).
     pub fn insert(&mut self, mut c: Conn) -> Result<u32, Conn> {
         if self.live >= self.cap {
             return Err(c);
         }
-        let kin = c.key_in();
-        let kout = self.key_out(&c);
-        let (hin, hout) = (self.hash(&kin), self.hash(&kout));
-        if self.find(&kin, hin).is_some() || (c.has_out_key() && self.find(&kout, hout).is_some()) {
-            return Err(c);
-        }
+        let hin = self.hash(&c.key_in());
+        let Some(pin) = self.vacancy(&c.key_in(), hin) else { return Err(c) };
+        let out = if c.has_out_key() {
+            let kout = self.key_out(&c);
+            let hout = self.hash(&kout);
+            let Some(pout) = self.vacancy(&kout, hout) else { return Err(c) };
+            Some((pout, hout))
+        } else {
+            None
+        };
         c.live = true;
         self.version += 1;
         let idx = match self.free.pop() {
             Some(i) => {
                 c.gen = self.slab[i as usize].gen.wrapping_add(1);
                 self.slab[i as usize] = c;
-                self.cold[i as usize] = ConnCold::default();
+                // `remove` already dropped the boxes: reset the plain fields.
+                let k = &mut self.cold[i as usize];
+                debug_assert!(k.alg.is_none() && k.proxy.is_none() && k.pp.is_none());
+                k.nh_in = 0;
+                k.nh_out = 0;
+                k.parent = NONE;
+                k.parent_gen = 0;
+                k.children = 0;
+                k.pkts_in_hi = 0;
+                k.pkts_out_hi = 0;
+                k.synced_at = 0;
                 i
             }
             None => {
@@ -549,12 +573,35 @@ impl FlowTable {
                 (self.slab.len() - 1) as u32
             }
         };
-        self.index_insert(hin, idx << 1);
-        if self.slab[idx as usize].has_out_key() {
-            self.index_insert(hout, idx << 1 | 1);
+        self.index[pin] = (hin >> 32) << 32 | (idx << 1) as u64;
+        if let Some((mut pout, hout)) = out {
+            // Both keys may have stopped at the same empty position: the
+            // reply key then takes the next empty one after it.
+            while self.index[pout] != EMPTY {
+                pout = (pout + 1) & self.mask;
+            }
+            self.index[pout] = (hout >> 32) << 32 | (idx << 1 | 1) as u64;
         }
         self.live += 1;
         Ok(idx)
+    }
+
+    /// Index position of the word `w` (tag of hash `h`, slot and direction)
+    /// of a live connection.
+    #[inline(always)]
+    fn find_word(&self, h: u64, v: u32) -> Option<usize> {
+        let w = (h >> 32) << 32 | v as u64;
+        let mut i = self.home((h >> 32) as u32);
+        loop {
+            let x = self.index[i];
+            if x == w {
+                return Some(i);
+            }
+            if x == EMPTY {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 
     /// Remove connection `i` (drops its FTP session).
@@ -567,16 +614,15 @@ impl FlowTable {
         self.cold[i as usize].pp = None;
         self.version += 1;
         let c = &self.slab[i as usize];
-        let kin = c.key_in();
-        let kout = self.key_out(c);
-        let out = c.has_out_key();
-        // Find the keys while the connection is still live (matches()
-        // reads it), then mark it free.
-        if let Some(p) = self.find(&kin, self.hash(&kin)) {
+        // Each key's index word is (its hash's tag, slot, direction): found
+        // by comparing words, without reading the connection back.
+        let hin = self.hash(&c.key_in());
+        let hout = if c.has_out_key() { Some(self.hash(&self.key_out(c))) } else { None };
+        if let Some(p) = self.find_word(hin, i << 1) {
             self.index_remove(p);
         }
-        if out {
-            if let Some(p) = self.find(&kout, self.hash(&kout)) {
+        if let Some(h) = hout {
+            if let Some(p) = self.find_word(h, i << 1 | 1) {
                 self.index_remove(p);
             }
         }
@@ -736,5 +782,57 @@ mod tests {
         let mut t = FlowTable::new(16);
         assert!(t.insert(conn(1, Forward::Nat)).is_ok());
         assert!(t.insert(conn(1, Forward::Nat)).is_err(), "same tuple");
+    }
+
+    #[test]
+    fn random_inserts_and_removes_keep_every_key_findable() {
+        // A crowded index (small table, two keys per connection): probe
+        // sequences overlap and both keys of one connection often stop at
+        // the same empty position; backward-shift deletion moves words.
+        let mut t = FlowTable::new(64);
+        let mut live: Vec<(u32, FlowKey, FlowKey)> = Vec::new();
+        let mut x: u64 = 0x1234_5678;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..20_000 {
+            let r = rnd();
+            if live.len() < 60 && (r & 3 != 0 || live.is_empty()) {
+                let c = new_conn(
+                    6,
+                    if r & 16 == 0 { Forward::Nat } else { Forward::Dr },
+                    v4_to_addr([10, 0, (r >> 8) as u8 & 3, (r >> 16) as u8]),
+                    (r >> 24) as u16 & 7,
+                    v4_to_addr([10, 0, 1, 100]),
+                    80,
+                    v4_to_addr([10, 0, 2, (r >> 32) as u8 & 3]),
+                    80,
+                );
+                let (kin, kout) = (c.key_in(), c.key_out());
+                let dup =
+                    live.iter().any(|&(i, a, b)| a == kin || (t.get(i).has_out_key() && b == kout && c.has_out_key()));
+                let two = c.has_out_key();
+                match t.insert(c) {
+                    Ok(i) => {
+                        assert!(!dup, "step {step}: a duplicate key went in");
+                        live.push((i, kin, if two { kout } else { kin }));
+                    }
+                    Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                }
+            } else {
+                let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
+                t.remove(i);
+            }
+            assert_eq!(t.len(), live.len());
+            for &(i, a, b) in &live {
+                assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
+                if t.get(i).has_out_key() {
+                    assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
+                }
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::flow::{
 use crate::pipeline::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::pipeline::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::pipeline::neigh::{self, NeighCache};
-use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot};
+use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP};
 use crate::pipeline::synproxy::{self, Cookies, Handshake};
 use crate::port::{Packet, PortQueue};
 use crate::wire::csum;
@@ -816,16 +816,24 @@ impl<Q: PortQueue> Worker<Q> {
         if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
             return self.handle_nd(iface, pkt, &p);
         }
-        let snap = &self.snap;
-        let dst_vip = snap.vips.contains(&p.dst);
+        let kind = self.snap.addr_kind(p.dst);
+        let dst_vip = kind & ADDR_VIP != 0;
         let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
         let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
-        let local = snap.local.contains(&p.dst);
+        let local = kind & ADDR_LOCAL != 0;
         if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
             return self.echo_reply(iface, pkt, &p);
         }
         // Full NAT: a reply (or an ICMP error about our packet) to a local address.
-        let laddr_range = if dst_vip { None } else { self.laddr_range(p.dst) };
+        let laddr_range = if dst_vip {
+            None
+        } else if kind & ADDR_LADDR != 0 {
+            Some(self.snap.port_range)
+        } else if self.retired.is_empty() {
+            None
+        } else {
+            self.laddr_range(p.dst)
+        };
         let to_laddr = laddr_range.is_some() && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
         if local && !dst_vip && !to_laddr {
             // The engine's own address, not a service (BGP, BFD on it): the kernel's.
@@ -909,10 +917,16 @@ impl<Q: PortQueue> Worker<Q> {
                     self.forward(idx, dir, &mut pkt, &p)
                 }
             }
-            None if dst_vip => match self.syn_proxy(iface, &mut pkt, &p) {
-                Some(next) => next,
-                None => self.new_inbound(&mut pkt, &p),
-            },
+            None if dst_vip => {
+                // A connection's first SYN: its service is looked up once for the SYN proxy and
+                // the scheduler (other segments may not need it: looked up where they do).
+                let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                let svc = syn.then(|| self.snap.service(p.dst, p.proto, p.dport));
+                match self.syn_proxy(iface, &mut pkt, &p, svc) {
+                    Some(next) => next,
+                    None => self.new_inbound_svc(&mut pkt, &p, svc),
+                }
+            }
             None => match self.new_outbound(&mut pkt, &p) {
                 // No connection, no expectation, not a service: the kernel's (its own
                 // address, or a host it forwards for), if there is an exception path.
@@ -936,16 +950,23 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Pick a real server and create a connection for a first packet to a VIP.
     fn new_inbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        self.new_inbound_svc(pkt, p, None)
+    }
+
+    /// [`Worker::new_inbound`] with the service of (VIP, protocol, port) if the caller looked
+    /// it up already (`Some`).
+    fn new_inbound_svc(&mut self, pkt: &mut Q::Buf, p: &Parsed, svc: Option<Option<usize>>) -> Next {
         if p.proto == PROTO_TCP && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0) {
             return self.dr_active_data(pkt, p);
         }
+        let snap = &self.snap;
+        let owner = svc.unwrap_or_else(|| snap.service(p.dst, p.proto, p.dport));
         // 1. FTP expectations and session pins.
         let mut chosen: Option<(usize, usize, Addr, u16, u32, u32, bool)> = None; // svc, dest, rs, rport, parent, gen, data
         if p.proto == PROTO_TCP {
             // A port another service owns is that service's: DR passive expectations and TLS
             // pins (which name no port) never take it over; the FTP service's own ports (a
             // second control connection of a TLS client) follow the pin.
-            let owner = self.snap.service(p.dst, p.proto, p.dport);
             let mut v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
             if v.is_none() && owner.is_none() {
                 v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
@@ -976,7 +997,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // 2. The service and its scheduler.
         if chosen.is_none() {
-            let owned = self.snap.service(p.dst, p.proto, p.dport);
+            let owned = owner;
             // In a cluster, an FTP data connection this node holds no expectation for (its
             // control connection went through another node) follows the Maglev choice.
             let Some(si) = owned.or_else(|| self.cluster_service(p)) else {
@@ -1257,8 +1278,12 @@ impl<Q: PortQueue> Worker<Q> {
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
-        // Routes towards the real server and back to the client.
-        let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
+        // Routes towards the real server (the snapshot's, for a configured one) and back to the
+        // client.
+        let d = &svc.dests[di];
+        let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
+            return Err(DropReason::NoRoute);
+        };
         c.if_in = if_in as u8;
         let mut nh_out = 0;
         if fwd.two_way() {
@@ -1268,11 +1293,8 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
-        // (No allocation: both forms as 16-byte arrays, IPv4 in the last 4.)
-        let (vb, rb) = (addr_v6_bytes(vip), addr_v6_bytes(rs));
-        let from = if v4 { 12 } else { 0 };
-        let mut a_in = csum::delta(&vb[from..], &rb[from..]);
-        let mut a_out = csum::delta(&rb[from..], &vb[from..]);
+        let mut a_in = csum::delta_addr(vip, rs, v4);
+        let mut a_out = csum::delta_addr(rs, vip, v4);
         let mut p_in = csum::delta16(vport, rport);
         let mut p_out = csum::delta16(rport, vport);
         let mut laddr = 0;
@@ -1301,9 +1323,8 @@ impl<Q: PortQueue> Worker<Q> {
             laddr = la;
             c.laddr = li;
             c.lport = lport;
-            let (cb, lb) = (addr_v6_bytes(client), addr_v6_bytes(la));
-            a_in = csum::add(a_in, csum::delta(&cb[from..], &lb[from..]));
-            a_out = csum::add(a_out, csum::delta(&lb[from..], &cb[from..]));
+            a_in = csum::add(a_in, csum::delta_addr(client, la, v4));
+            a_out = csum::add(a_out, csum::delta_addr(la, client, v4));
             p_in = csum::add(p_in, csum::delta16(cport, lport));
             p_out = csum::add(p_out, csum::delta16(lport, cport));
         }
