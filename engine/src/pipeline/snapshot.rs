@@ -80,7 +80,6 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub ifaces: Vec<IfaceInfo>,
     pub services: Vec<Svc>,
-    by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>>,
     pub vips: HashSet<Addr>,
     pub local: HashSet<Addr>,
     /// Full NAT local addresses of every service: replies to them are
@@ -99,7 +98,18 @@ pub struct Snapshot {
     pub conn_counts: Vec<ferrovs_sched::SharedCounts>,
     /// `vips`, `local` and `laddrs` in one map ([`Snapshot::addr_kind`]): a packet's
     /// destination is classified with one lookup.
-    kinds: HashMap<Addr, u8>,
+    /// With each address's services: `(port range, service)` runs of `svc_ports`.
+    kinds: HashMap<Addr, AddrInfo>,
+    svc_ports: Vec<(PortRange, usize)>,
+}
+
+/// What a destination address is ([`Snapshot::addr_info`]): `ADDR_*` bits and, for a VIP,
+/// where its TCP and UDP services' port ranges lie in the snapshot's list (start, count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub kind: u8,
+    tcp: (u32, u32),
+    udp: (u32, u32),
 }
 
 /// [`Snapshot::addr_kind`] bits: a VIP, one of this node's addresses (`local`), a full-NAT
@@ -262,21 +272,32 @@ impl Snapshot {
         let workers = config.engine.workers.max(1);
         let port_range = config.engine.local_port_range;
         let conn_counts = services.iter().map(|s| ferrovs_sched::SharedCounts::new(workers, s.dests.len())).collect();
-        let mut kinds: HashMap<Addr, u8> = HashMap::new();
+        let mut kinds: HashMap<Addr, AddrInfo> = HashMap::new();
         for (set, bit) in [(&vips, ADDR_VIP), (&local, ADDR_LOCAL), (&laddrs, ADDR_LADDR)] {
             for &a in set.iter() {
-                *kinds.entry(a).or_default() |= bit;
+                kinds.entry(a).or_default().kind |= bit;
+            }
+        }
+        let mut svc_ports = Vec::new();
+        for ((vip, proto), v) in &by_vip {
+            let run = (svc_ports.len() as u32, v.len() as u32);
+            svc_ports.extend_from_slice(v);
+            let e = kinds.entry(*vip).or_default();
+            if *proto == crate::wire::parse::PROTO_TCP {
+                e.tcp = run;
+            } else {
+                e.udp = run;
             }
         }
         Snapshot {
             kinds,
+            svc_ports,
             conn_counts,
             timeouts: crate::flow::tcpstate::timeouts_ns(&config.engine.timeouts),
             workers,
             config,
             ifaces,
             services,
-            by_vip,
             vips,
             local,
             laddrs,
@@ -286,16 +307,28 @@ impl Snapshot {
         }
     }
 
-    /// Which of `vips`, `local` and `laddrs` hold `a` (`ADDR_*` bits).
+    /// Which of `vips`, `local` and `laddrs` hold `a` (`ADDR_*` bits in `kind`), and its
+    /// services ([`Snapshot::service_at`]).
     #[inline]
-    pub fn addr_kind(&self, a: Addr) -> u8 {
-        self.kinds.get(&a).copied().unwrap_or(0)
+    pub fn addr_info(&self, a: Addr) -> AddrInfo {
+        self.kinds.get(&a).copied().unwrap_or_default()
     }
 
     /// The service for (vip, proto, port).
     #[inline]
     pub fn service(&self, vip: Addr, proto: u8, port: u16) -> Option<usize> {
-        let v = self.by_vip.get(&(vip, proto))?;
+        self.service_at(self.kinds.get(&vip)?, proto, port)
+    }
+
+    /// [`Snapshot::service`] of the VIP `info` describes.
+    #[inline]
+    pub fn service_at(&self, info: &AddrInfo, proto: u8, port: u16) -> Option<usize> {
+        let (start, n) = match proto {
+            crate::wire::parse::PROTO_TCP => info.tcp,
+            crate::wire::parse::PROTO_UDP => info.udp,
+            _ => return None,
+        };
+        let v = self.svc_ports.get(start as usize..(start + n) as usize)?;
         v.iter().find(|(r, _)| r.contains(port)).map(|(_, i)| *i)
     }
 

@@ -816,7 +816,8 @@ impl<Q: PortQueue> Worker<Q> {
         if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
             return self.handle_nd(iface, pkt, &p);
         }
-        let kind = self.snap.addr_kind(p.dst);
+        let info = self.snap.addr_info(p.dst);
+        let kind = info.kind;
         let dst_vip = kind & ADDR_VIP != 0;
         let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
         let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
@@ -921,7 +922,7 @@ impl<Q: PortQueue> Worker<Q> {
                 // A connection's first SYN: its service is looked up once for the SYN proxy and
                 // the scheduler (other segments may not need it: looked up where they do).
                 let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                let svc = syn.then(|| self.snap.service(p.dst, p.proto, p.dport));
+                let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
                 match self.syn_proxy(iface, &mut pkt, &p, svc) {
                     Some(next) => next,
                     None => self.new_inbound_svc(&mut pkt, &p, svc),
@@ -967,9 +968,12 @@ impl<Q: PortQueue> Worker<Q> {
             // A port another service owns is that service's: DR passive expectations and TLS
             // pins (which name no port) never take it over; the FTP service's own ports (a
             // second control connection of a TLS client) follow the pin.
-            let mut v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
-            if v.is_none() && owner.is_none() {
-                v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
+            let mut v = None;
+            if !self.expect.is_empty() {
+                v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
+                if v.is_none() && owner.is_none() {
+                    v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
+                }
             }
             if let Some(v) = v {
                 chosen = Some((
@@ -981,7 +985,9 @@ impl<Q: PortQueue> Worker<Q> {
                     v.parent_gen,
                     true,
                 ));
-            } else if let Some(pin) = self.expect.get_pin(p.src, p.dst).copied() {
+            } else if let Some(pin) =
+                (self.expect.pins() > 0).then(|| self.expect.get_pin(p.src, p.dst).copied()).flatten()
+            {
                 let alive = self.flows.try_get(pin.parent).is_some_and(|c| c.gen == pin.parent_gen);
                 if alive && owner.is_none() {
                     chosen =
