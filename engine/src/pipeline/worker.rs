@@ -241,6 +241,35 @@ pub struct Worker<Q: PortQueue> {
     sync_refresh: u64,
     sync_out: Vec<SyncEntry>,
     sync_pos: usize,
+    /// Next hop -> MAC of recent new connections ([`memo_mac`]).
+    mac_memo: Box<[MacMemo; MAC_MEMO]>,
+}
+
+/// A next hop's MAC as the neighbour cache gave it at generation `gen`.
+#[derive(Clone, Copy)]
+struct MacMemo {
+    nh: Addr,
+    mac: [u8; 6],
+    gen: u32,
+}
+
+const MAC_MEMO: usize = 64;
+
+/// The MAC of next hop `nh` for a new connection: from `memo` (a direct-mapped cache of the
+/// lookups of earlier new connections) while the neighbour cache's generation is the one it
+/// was looked up at, which is exactly when a connection may keep a MAC it cached itself (see
+/// `Worker::l2_write`); else looked up (and marked used) as that would do.
+#[inline]
+fn memo_mac(memo: &mut [MacMemo; MAC_MEMO], neigh: &mut NeighCache, nh: Addr) -> Option<[u8; 6]> {
+    let x = (nh as u64) ^ ((nh >> 64) as u64);
+    let slot = (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % MAC_MEMO;
+    let e = &mut memo[slot];
+    if e.nh == nh && e.gen == neigh.gen {
+        return Some(e.mac);
+    }
+    let mac = neigh.resolve(nh)?;
+    *e = MacMemo { nh, mac, gen: neigh.gen };
+    Some(mac)
 }
 
 /// Slots the sync refresh scan visits per poll.
@@ -331,6 +360,7 @@ impl<Q: PortQueue> Worker<Q> {
             retired: Vec::new(),
             reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
+            mac_memo: Box::new([MacMemo { nh: 0, mac: [0; 6], gen: u32::MAX }; MAC_MEMO]),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
             frag_held: Vec::new(),
@@ -1346,6 +1376,15 @@ impl<Q: PortQueue> Worker<Q> {
         c.l4_in = csum::add(a_in, p_in);
         c.l4_out = csum::add(a_out, p_out);
         c.expires = self.now + snap.timeouts[c.state as usize];
+        // Both next hops known: the first packet finds their MACs cached (as `l2_write` would
+        // cache them), without the neighbour lookups.
+        if let Some(m_in) = memo_mac(&mut self.mac_memo, &mut self.neigh, nh_in) {
+            let m_out =
+                if fwd.two_way() { memo_mac(&mut self.mac_memo, &mut self.neigh, nh_out) } else { Some([0; 6]) };
+            if let Some(m_out) = m_out {
+                (c.mac_in, c.mac_out, c.mac_gen) = (m_in, m_out, self.neigh.gen);
+            }
+        }
         let lport = c.lport;
         let idx = match self.flows.insert(c) {
             Ok(i) => i,
@@ -1761,6 +1800,8 @@ impl<Q: PortQueue> Worker<Q> {
         self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
+        // `clear` restarts the neighbour generation: forget every memo.
+        self.mac_memo.fill(MacMemo { nh: 0, mac: [0; 6], gen: u32::MAX });
         self.frags.clear();
         self.frag_held.clear();
         self.frag_steer.clear();
