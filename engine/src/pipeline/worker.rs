@@ -820,7 +820,7 @@ impl<Q: PortQueue> Worker<Q> {
         known_miss: bool,
     ) {
         let p = match parsed {
-            Ok(p) => *p,
+            Ok(p) => p,
             Err(parse::ParseError::Fragment) => return self.fragment(iface, pkt, handed),
             // Another protocol (LLDP, ...): the kernel's, if it has an exception path.
             Err(parse::ParseError::Unsupported) => return self.punt(iface, pkt, DropReason::Unsupported),
@@ -1257,22 +1257,28 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let st = &mut self.svcs[si];
         let dests = &st.dests;
-        let client_ip = addr_to_ip(p.src);
         if let Some(pt) = st.persist.as_mut() {
+            let client_ip = addr_to_ip(p.src);
             if let Some(d) = pt.lookup(client_ip, self.now, dests) {
                 pt.touch(client_ip, self.now);
                 return Some(d);
             }
         }
-        let key = sched::FlowKey {
-            client: client_ip,
-            client_port: p.sport,
-            vip: addr_to_ip(p.dst),
-            vport: p.dport,
-            proto: p.proto,
+        // (Round robin, weights and counts do not look at the flow: no key built for them.)
+        let key = if st.sched.uses_key() {
+            sched::FlowKey {
+                client: addr_to_ip(p.src),
+                client_port: p.sport,
+                vip: addr_to_ip(p.dst),
+                vport: p.dport,
+                proto: p.proto,
+            }
+        } else {
+            sched::FlowKey::UNUSED
         };
         let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
+            let client_ip = addr_to_ip(p.src);
             pt.insert(client_ip, d, self.now, dests);
             if self.sync_on {
                 let dd = &svc.dests[d];
@@ -1329,8 +1335,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
-        let mut a_in = csum::delta_addr(vip, rs, v4);
-        let mut a_out = csum::delta_addr(rs, vip, v4);
+        // Summed unfolded, folded once per field (the same ones-complement sums).
+        let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
+        let mut a_out = csum::delta_addr_unfolded(rs, vip, v4);
         let mut p_in = csum::delta16(vport, rport);
         let mut p_out = csum::delta16(rport, vport);
         let mut laddr = 0;
@@ -1359,10 +1366,10 @@ impl<Q: PortQueue> Worker<Q> {
             laddr = la;
             c.laddr = li;
             c.lport = lport;
-            a_in = csum::add(a_in, csum::delta_addr(client, la, v4));
-            a_out = csum::add(a_out, csum::delta_addr(la, client, v4));
-            p_in = csum::add(p_in, csum::delta16(cport, lport));
-            p_out = csum::add(p_out, csum::delta16(lport, cport));
+            a_in += csum::delta_addr_unfolded(client, la, v4);
+            a_out += csum::delta_addr_unfolded(la, client, v4);
+            p_in += csum::delta16(cport, lport);
+            p_out += csum::delta16(lport, cport);
         }
         if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
             // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
@@ -1371,10 +1378,10 @@ impl<Q: PortQueue> Worker<Q> {
             (a_in, a_out, p_in, p_out) = (0, 0, 0, 0);
         }
         let ttl = if v4 { TTL_DELTA } else { 0 };
-        c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
-        c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
-        c.l4_in = csum::add(a_in, p_in);
-        c.l4_out = csum::add(a_out, p_out);
+        c.l3_in = if v4 { csum::fold(a_in + ttl) as u32 } else { 0 };
+        c.l3_out = if v4 { csum::fold(a_out + ttl) as u32 } else { 0 };
+        c.l4_in = csum::fold(a_in + p_in) as u32;
+        c.l4_out = csum::fold(a_out + p_out) as u32;
         c.expires = self.now + snap.timeouts[c.state as usize];
         // Both next hops known: the first packet finds their MACs cached (as `l2_write` would
         // cache them), without the neighbour lookups.

@@ -69,6 +69,14 @@ pub fn delta16(old: u16, new: u16) -> u32 {
 /// going through bytes.
 #[inline]
 pub fn delta_addr(old: u128, new: u128, v4: bool) -> u32 {
+    fold(delta_addr_unfolded(old, new, v4)) as u32
+}
+
+/// [`delta_addr`] before the fold: at most 16 * 0xffff, for summing further
+/// deltas into before one fold (`fold(a + b)` equals `add(fold(a), fold(b))`:
+/// both are the ones-complement sum, 0 only for an all-zero input).
+#[inline]
+pub fn delta_addr_unfolded(old: u128, new: u128, v4: bool) -> u32 {
     // Per 32-bit word: ~hi16 + ~lo16 of the old, hi16 + lo16 of the new
     // (the 16-bit words of `delta`, summed in another order).
     #[inline(always)]
@@ -86,7 +94,7 @@ pub fn delta_addr(old: u128, new: u128, v4: bool) -> u32 {
             + word((p >> 32) as u32, (q >> 32) as u32)
             + word(p as u32, q as u32)
     };
-    fold(d) as u32
+    d
 }
 
 /// Combine two deltas.
@@ -139,6 +147,10 @@ mod tests {
             let (x, y) = (a.to_be_bytes(), b.to_be_bytes());
             assert_eq!(delta_addr(a, b, true), delta(&x[12..], &y[12..]), "{a:x} -> {b:x} (v4)");
             assert_eq!(delta_addr(a, b, false), delta(&x, &y), "{a:x} -> {b:x}");
+            // One fold over a sum of unfolded deltas is the sum of the folded ones.
+            let (u, w) = (delta_addr_unfolded(a, b, false), delta16(0x1234, 0xfedc));
+            assert_eq!(fold(u + w) as u32, add(delta(&x, &y), w));
+            assert_eq!(fold(u + 0xfeff) as u32, add(delta_addr(a, b, false), 0xfeff));
         }
     }
 
