@@ -491,6 +491,7 @@ impl FlowTable {
     }
 
     /// Remove index position `pos` (backward-shift deletion).
+    #[inline(always)]
     fn index_remove(&mut self, pos: usize) {
         let mut hole = pos;
         let mut j = pos;
@@ -533,6 +534,9 @@ impl FlowTable {
 
     /// Insert a connection; fails when full or when one of its keys is
     /// already taken (a 5-tuple collision with a live connection).
+    ///
+    /// (Inlined into its one caller: the connection is built in place.)
+    #[inline(always)]
     pub fn insert(&mut self, mut c: Conn) -> Result<u32, Conn> {
         if self.live >= self.cap {
             return Err(c);
