@@ -859,10 +859,10 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         if p.arp {
-            return self.handle_arp(iface, pkt, &p);
+            return self.handle_arp(iface, pkt, p);
         }
         if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
-            return self.handle_nd(iface, pkt, &p);
+            return self.handle_nd(iface, pkt, p);
         }
         let info = self.snap.addr_info(p.dst);
         let kind = info.kind;
@@ -871,7 +871,7 @@ impl<Q: PortQueue> Worker<Q> {
         let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
         let local = kind & ADDR_LOCAL != 0;
         if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
-            return self.echo_reply(iface, pkt, &p);
+            return self.echo_reply(iface, pkt, p);
         }
         // Full NAT: a reply (or an ICMP error about our packet) to a local address.
         let laddr_range = if dst_vip {
@@ -889,7 +889,7 @@ impl<Q: PortQueue> Worker<Q> {
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let inner = if icmp_err {
-            match parse::parse_inner(pkt.data(), &p) {
+            match parse::parse_inner(pkt.data(), p) {
                 Ok(i) => Some(i),
                 Err(_) => {
                     self.drop_pkt(DropReason::Malformed);
@@ -922,7 +922,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         if let Some(inner) = inner {
-            return self.icmp_error(pkt, &p, &inner, dst_vip);
+            return self.icmp_error(pkt, p, &inner, dst_vip);
         }
         if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
             // OSPF, VRRP, router advertisements, echo to the kernel's address, ...
@@ -932,13 +932,13 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.punt(iface, pkt, DropReason::Unsupported);
         }
-        let key = flow_key(&p);
+        let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
         let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
         let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
-                if dst_vip && dir == Dir::In && self.reusable(idx, &p) {
+                if dst_vip && dir == Dir::In && self.reusable(idx, p) {
                     // IPVS conn_reuse_mode: a new SYN on the tuple of a closing connection starts
                     // a new one (new scheduling decision, new gateway session); the old state,
                     // its FTP expectations and pins go. Data connections are left alone, as
@@ -950,20 +950,20 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                     bump(&self.counters.flows_reused, 1);
                     self.remove_conn(idx, false);
-                    let next = self.new_inbound(&mut pkt, &p);
+                    let next = self.new_inbound(&mut pkt, p);
                     return self.finish(pkt, next);
                 }
                 if c.expires <= self.now {
                     self.expire(idx, self.now);
                     if self.flows.try_get(idx).is_some_and(|c| c.live) {
-                        self.forward(idx, dir, &mut pkt, &p)
+                        self.forward(idx, dir, &mut pkt, p)
                     } else if dst_vip {
-                        self.new_inbound(&mut pkt, &p)
+                        self.new_inbound(&mut pkt, p)
                     } else {
-                        self.new_outbound(&mut pkt, &p)
+                        self.new_outbound(&mut pkt, p)
                     }
                 } else {
-                    self.forward(idx, dir, &mut pkt, &p)
+                    self.forward(idx, dir, &mut pkt, p)
                 }
             }
             None if dst_vip => {
@@ -971,12 +971,12 @@ impl<Q: PortQueue> Worker<Q> {
                 // the scheduler (other segments may not need it: looked up where they do).
                 let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
                 let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
-                match self.syn_proxy(iface, &mut pkt, &p, svc) {
+                match self.syn_proxy(iface, &mut pkt, p, svc) {
                     Some(next) => next,
-                    None => self.new_inbound_svc(&mut pkt, &p, svc),
+                    None => self.new_inbound_svc(&mut pkt, p, svc),
                 }
             }
-            None => match self.new_outbound(&mut pkt, &p) {
+            None => match self.new_outbound(&mut pkt, p) {
                 // No connection, no expectation, not a service: the kernel's (its own
                 // address, or a host it forwards for), if there is an exception path.
                 Next::Drop(DropReason::NoFlow) if !to_laddr => return self.punt(iface, pkt, DropReason::NoFlow),
