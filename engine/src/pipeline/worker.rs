@@ -29,7 +29,7 @@ use crate::flow::{
 use crate::pipeline::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::pipeline::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::pipeline::neigh::{self, NeighCache};
-use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot};
+use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP};
 use crate::pipeline::synproxy::{self, Cookies, Handshake};
 use crate::port::{Packet, PortQueue};
 use crate::wire::csum;
@@ -808,7 +808,7 @@ impl<Q: PortQueue> Worker<Q> {
         known_miss: bool,
     ) {
         let p = match parsed {
-            Ok(p) => *p,
+            Ok(p) => p,
             Err(parse::ParseError::Fragment) => return self.fragment(iface, pkt, handed),
             // Another protocol (LLDP, ...): the kernel's, if it has an exception path.
             Err(parse::ParseError::Unsupported) => return self.punt(iface, pkt, DropReason::Unsupported),
@@ -829,28 +829,37 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         if p.arp {
-            return self.handle_arp(iface, pkt, &p);
+            return self.handle_arp(iface, pkt, p);
         }
         if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
-            return self.handle_nd(iface, pkt, &p);
+            return self.handle_nd(iface, pkt, p);
         }
-        let snap = &self.snap;
-        let dst_vip = snap.vips.contains(&p.dst);
+        let info = self.snap.addr_info(p.dst);
+        let kind = info.kind;
+        let dst_vip = kind & ADDR_VIP != 0;
         let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
         let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
-        let local = snap.local.contains(&p.dst);
+        let local = kind & ADDR_LOCAL != 0;
         if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
-            return self.echo_reply(iface, pkt, &p);
+            return self.echo_reply(iface, pkt, p);
         }
         // Full NAT: a reply (or an ICMP error about our packet) to a local address.
-        let laddr_range = if dst_vip { None } else { self.laddr_range(p.dst) };
+        let laddr_range = if dst_vip {
+            None
+        } else if kind & ADDR_LADDR != 0 {
+            Some(self.snap.port_range)
+        } else if self.retired.is_empty() {
+            None
+        } else {
+            self.laddr_range(p.dst)
+        };
         let to_laddr = laddr_range.is_some() && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
         if local && !dst_vip && !to_laddr {
             // The engine's own address, not a service (BGP, BFD on it): the kernel's.
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let inner = if icmp_err {
-            match parse::parse_inner(pkt.data(), &p) {
+            match parse::parse_inner(pkt.data(), p) {
                 Ok(i) => Some(i),
                 Err(_) => {
                     self.drop_pkt(DropReason::Malformed);
@@ -883,7 +892,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         if let Some(inner) = inner {
-            return self.icmp_error(pkt, &p, &inner, dst_vip);
+            return self.icmp_error(pkt, p, &inner, dst_vip);
         }
         if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
             // OSPF, VRRP, router advertisements, echo to the kernel's address, ...
@@ -893,13 +902,13 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.punt(iface, pkt, DropReason::Unsupported);
         }
-        let key = flow_key(&p);
+        let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
         let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
         let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
-                if dst_vip && dir == Dir::In && self.reusable(idx, &p) {
+                if dst_vip && dir == Dir::In && self.reusable(idx, p) {
                     // IPVS conn_reuse_mode: a new SYN on the tuple of a closing connection starts
                     // a new one (new scheduling decision, new gateway session); the old state,
                     // its FTP expectations and pins go. Data connections are left alone, as
@@ -911,27 +920,33 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                     bump(&self.counters.flows_reused, 1);
                     self.remove_conn(idx, false);
-                    let next = self.new_inbound(&mut pkt, &p);
+                    let next = self.new_inbound(&mut pkt, p);
                     return self.finish(pkt, next);
                 }
                 if c.expired(self.now) {
                     self.expire(idx, self.now);
                     if self.flows.try_get(idx).is_some_and(|c| c.live) {
-                        self.forward(idx, dir, &mut pkt, &p)
+                        self.forward(idx, dir, &mut pkt, p)
                     } else if dst_vip {
-                        self.new_inbound(&mut pkt, &p)
+                        self.new_inbound(&mut pkt, p)
                     } else {
-                        self.new_outbound(&mut pkt, &p)
+                        self.new_outbound(&mut pkt, p)
                     }
                 } else {
-                    self.forward(idx, dir, &mut pkt, &p)
+                    self.forward(idx, dir, &mut pkt, p)
                 }
             }
-            None if dst_vip => match self.syn_proxy(iface, &mut pkt, &p) {
-                Some(next) => next,
-                None => self.new_inbound(&mut pkt, &p),
-            },
-            None => match self.new_outbound(&mut pkt, &p) {
+            None if dst_vip => {
+                // A connection's first SYN: its service is looked up once for the SYN proxy and
+                // the scheduler (other segments may not need it: looked up where they do).
+                let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
+                match self.syn_proxy(iface, &mut pkt, p, svc) {
+                    Some(next) => next,
+                    None => self.new_inbound_svc(&mut pkt, p, svc),
+                }
+            }
+            None => match self.new_outbound(&mut pkt, p) {
                 // No connection, no expectation, not a service: the kernel's (its own
                 // address, or a host it forwards for), if there is an exception path.
                 Next::Drop(DropReason::NoFlow) if !to_laddr => return self.punt(iface, pkt, DropReason::NoFlow),
@@ -954,19 +969,29 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Pick a real server and create a connection for a first packet to a VIP.
     fn new_inbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        self.new_inbound_svc(pkt, p, None)
+    }
+
+    /// [`Worker::new_inbound`] with the service of (VIP, protocol, port) if the caller looked
+    /// it up already (`Some`).
+    fn new_inbound_svc(&mut self, pkt: &mut Q::Buf, p: &Parsed, svc: Option<Option<usize>>) -> Next {
         if p.proto == PROTO_TCP && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0) {
             return self.dr_active_data(pkt, p);
         }
+        let snap = &self.snap;
+        let owner = svc.unwrap_or_else(|| snap.service(p.dst, p.proto, p.dport));
         // 1. FTP expectations and session pins.
         let mut chosen: Option<(usize, usize, Addr, u16, u32, u32, bool)> = None; // svc, dest, rs, rport, parent, gen, data
         if p.proto == PROTO_TCP {
             // A port another service owns is that service's: DR passive expectations and TLS
             // pins (which name no port) never take it over; the FTP service's own ports (a
             // second control connection of a TLS client) follow the pin.
-            let owner = self.snap.service(p.dst, p.proto, p.dport);
-            let mut v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
-            if v.is_none() && owner.is_none() {
-                v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
+            let mut v = None;
+            if !self.expect.is_empty() {
+                v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
+                if v.is_none() && owner.is_none() {
+                    v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
+                }
             }
             if let Some(v) = v {
                 chosen = Some((
@@ -978,7 +1003,9 @@ impl<Q: PortQueue> Worker<Q> {
                     v.parent_gen,
                     true,
                 ));
-            } else if let Some(pin) = self.expect.get_pin(p.src, p.dst).copied() {
+            } else if let Some(pin) =
+                (self.expect.pins() > 0).then(|| self.expect.get_pin(p.src, p.dst).copied()).flatten()
+            {
                 let alive = self.flows.try_get(pin.parent).is_some_and(|c| c.gen == pin.parent_gen);
                 if alive && owner.is_none() {
                     chosen =
@@ -994,7 +1021,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // 2. The service and its scheduler.
         if chosen.is_none() {
-            let owned = self.snap.service(p.dst, p.proto, p.dport);
+            let owned = owner;
             // In a cluster, an FTP data connection this node holds no expectation for (its
             // control connection went through another node) follows the Maglev choice.
             let Some(si) = owned.or_else(|| self.cluster_service(p)) else {
@@ -1218,22 +1245,28 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let st = &mut self.svcs[si];
         let dests = &st.dests;
-        let client_ip = addr_to_ip(p.src);
         if let Some(pt) = st.persist.as_mut() {
+            let client_ip = addr_to_ip(p.src);
             if let Some(d) = pt.lookup(client_ip, self.now, dests) {
                 pt.touch(client_ip, self.now);
                 return Some(d);
             }
         }
-        let key = sched::FlowKey {
-            client: client_ip,
-            client_port: p.sport,
-            vip: addr_to_ip(p.dst),
-            vport: p.dport,
-            proto: p.proto,
+        // (Round robin, weights and counts do not look at the flow: no key built for them.)
+        let key = if st.sched.uses_key() {
+            sched::FlowKey {
+                client: addr_to_ip(p.src),
+                client_port: p.sport,
+                vip: addr_to_ip(p.dst),
+                vport: p.dport,
+                proto: p.proto,
+            }
+        } else {
+            sched::FlowKey::UNUSED
         };
         let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
+            let client_ip = addr_to_ip(p.src);
             pt.insert(client_ip, d, self.now, dests);
             if self.sync_on {
                 let dd = &svc.dests[d];
@@ -1275,8 +1308,12 @@ impl<Q: PortQueue> Worker<Q> {
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
-        // Routes towards the real server and back to the client.
-        let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
+        // Routes towards the real server (the snapshot's, for a configured one) and back to the
+        // client.
+        let d = &svc.dests[di];
+        let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
+            return Err(DropReason::NoRoute);
+        };
         c.if_in = if_in as u8;
         c.nh_in = nh_in;
         if fwd.two_way() {
@@ -1286,11 +1323,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
-        // (No allocation: both forms as 16-byte arrays, IPv4 in the last 4.)
-        let (vb, rb) = (addr_v6_bytes(vip), addr_v6_bytes(rs));
-        let from = if v4 { 12 } else { 0 };
-        let mut a_in = csum::delta(&vb[from..], &rb[from..]);
-        let mut a_out = csum::delta(&rb[from..], &vb[from..]);
+        // Summed unfolded, folded once per field (the same ones-complement sums).
+        let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
+        let mut a_out = csum::delta_addr_unfolded(rs, vip, v4);
         let mut p_in = csum::delta16(vport, rport);
         let mut laddr = 0;
         if fwd == Forward::Fnat {
@@ -1312,10 +1347,9 @@ impl<Q: PortQueue> Worker<Q> {
             laddr = la;
             c.laddr = la;
             c.lport = lport;
-            let (cb, lb) = (addr_v6_bytes(client), addr_v6_bytes(la));
-            a_in = csum::add(a_in, csum::delta(&cb[from..], &lb[from..]));
-            a_out = csum::add(a_out, csum::delta(&lb[from..], &cb[from..]));
-            p_in = csum::add(p_in, csum::delta16(cport, lport));
+            a_in += csum::delta_addr_unfolded(client, la, v4);
+            a_out += csum::delta_addr_unfolded(la, client, v4);
+            p_in += csum::delta16(cport, lport);
         }
         if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
             // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
@@ -1324,10 +1358,10 @@ impl<Q: PortQueue> Worker<Q> {
             (a_in, a_out, p_in) = (0, 0, 0);
         }
         let ttl = if v4 { TTL_DELTA } else { 0 };
-        c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
-        c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
+        c.l3_in = if v4 { csum::fold(a_in + ttl) as u32 } else { 0 };
+        c.l3_out = if v4 { csum::fold(a_out + ttl) as u32 } else { 0 };
         // The reply direction's L4 delta is this one's complement (`Conn::l4_out`).
-        c.l4_in = csum::add(a_in, p_in);
+        c.l4_in = csum::fold(a_in + p_in) as u32;
         c.expires = self.now + snap.timeouts[c.state as usize];
         let lport = c.lport;
         let idx = match self.flows.insert(c, self.now) {
@@ -1801,6 +1835,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
+        // `clear` restarts the neighbour generation: forget every memo.
         self.frags.clear();
         self.frag_held.clear();
         self.frag_steer.clear();
