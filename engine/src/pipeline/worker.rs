@@ -734,9 +734,22 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                 };
                 if let Some(v) = found {
-                    if let Some(next) = self.forward_established(iface, v, &mut pkt, p) {
-                        self.finish(pkt, next);
-                        return;
+                    match self.forward_established(iface, v, &mut pkt, p) {
+                        // The common end: straight onto its transmit queue (`finish` minus
+                        // the cases that cannot be; the SYN proxy's release only follows
+                        // its own connections' packets, which take `forward_general`).
+                        Some(Next::Tx(t)) if self.proxy_release.is_none() => {
+                            match self.tx.get_mut(t) {
+                                Some(q) => q.push(pkt),
+                                None => self.finish(pkt, Next::Tx(t)),
+                            }
+                            return;
+                        }
+                        Some(next) => {
+                            self.finish(pkt, next);
+                            return;
+                        }
+                        None => {}
                     }
                 }
             }
@@ -1347,7 +1360,7 @@ impl<Q: PortQueue> Worker<Q> {
             || self.sync_on
             || c.fwd == Forward::Tunnel
         {
-            return Some(self.forward(idx, dir, pkt, p));
+            return Some(self.forward_general(idx, dir, pkt, p));
         }
         // Egress MTU (see `forward`; no tunnel overhead here).
         let egress = if dir == Dir::In { c.if_in } else { c.if_out };
@@ -1378,6 +1391,13 @@ impl<Q: PortQueue> Worker<Q> {
             return Some(Next::Drop(r));
         }
         Some(self.l2_write(idx, dir == Dir::In, d))
+    }
+
+    /// [`Worker::forward`] out of line: the fast path's exit for connections with anything
+    /// special (its code inlined into the poll loop cost registers on every packet).
+    #[inline(never)]
+    fn forward_general(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        self.forward(idx, dir, pkt, p)
     }
 
     /// Forward a packet of connection `idx` travelling in `dir`.
