@@ -55,6 +55,8 @@ pub trait EngineView: Send + Sync {
     fn counters(&self) -> Vec<Arc<WorkerCounters>>;
     fn service_counters(&self) -> Vec<Arc<Vec<ServiceCounters>>>;
     fn post(&self, worker: usize, msg: Ctrl) -> bool;
+    /// A new snapshot is being posted to the workers.
+    fn snapshot_posted(&self, snap: &Snapshot);
 }
 
 impl<B: Send> EngineView for Fabric<B> {
@@ -70,6 +72,9 @@ impl<B: Send> EngineView for Fabric<B> {
     fn post(&self, worker: usize, msg: Ctrl) -> bool {
         self.ctrl.get(worker).is_some_and(|q| q.push(msg).is_ok())
     }
+    fn snapshot_posted(&self, snap: &Snapshot) {
+        self.set_placement(snap);
+    }
 }
 
 /// The one way a new snapshot reaches the workers: posted on every worker's
@@ -80,6 +85,7 @@ impl<B: Send> EngineView for Fabric<B> {
 pub fn post_snapshot(view: &dyn EngineView, snap: &Arc<Snapshot>, patience: Duration) -> Vec<usize> {
     let deadline = Instant::now() + patience;
     let mut undelivered = Vec::new();
+    view.snapshot_posted(snap);
     for w in 0..view.workers() {
         while !view.post(w, Ctrl::Snapshot(snap.clone())) {
             if Instant::now() >= deadline {
@@ -307,6 +313,7 @@ pub fn start<Q: PortQueue + 'static>(
     let macs: Vec<[u8; 6]> = queues.first().map(|qs| qs.iter().map(|q| q.caps().mac).collect()).unwrap_or_default();
     let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
     let fabric: Arc<Fabric<Q::Buf>> = Fabric::new(n);
+    fabric.set_placement(&snapshot);
     let stop = Arc::new(AtomicBool::new(false));
     // The CPUs of this process's affinity mask (sched_getaffinity).
     let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();

@@ -249,13 +249,13 @@ fn templates_install_and_bad_messages_are_refused() {
     // Garbage and another version are refused whole, nothing installed.
     let before = b.counters().sync_installed;
     assert!(b.deliver_sync(b"not sync", S).is_err());
-    let mut v5 = msgs[0].clone();
-    v5[4] = 5;
-    assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::cluster::sync::SyncError::Version(5)));
-    // Versions 2 and 4 (authenticated) cannot be verified by a node without a key.
-    for v in [2, 4] {
-        v5[4] = v;
-        assert_eq!(b.deliver_sync(&v5, S), Err(ferrovs_engine::cluster::sync::SyncError::Auth));
+    let mut v7 = msgs[0].clone();
+    v7[4] = 7;
+    assert_eq!(b.deliver_sync(&v7, S), Err(ferrovs_engine::cluster::sync::SyncError::Version(7)));
+    // Versions 2, 4 and 6 (authenticated) cannot be verified by a node without a key.
+    for v in [2, 4, 6] {
+        v7[4] = v;
+        assert_eq!(b.deliver_sync(&v7, S), Err(ferrovs_engine::cluster::sync::SyncError::Auth));
     }
     assert_eq!(b.counters().sync_installed, before);
 }
@@ -271,6 +271,11 @@ const LA2: [u8; 4] = [10, 0, 2, 201];
 /// servers 10.0.2.10-12 (and a full-NAT FTP service, port 21); node 1 owns local address
 /// .200, node 2 .201; ports 2000-2255.
 fn fnat_node(id: u8) -> ferrovs_cfg::Config {
+    ferrovs_cfg::Config::from_str(&fnat_node_text(id), "fnat-cluster.toml").expect("config parses")
+}
+
+/// [`fnat_node`]'s configuration text.
+fn fnat_node_text(id: u8) -> String {
     let mut t = String::new();
     for i in 0..3u8 {
         t += &format!("[[neighbor]]\naddress = \"10.0.2.{}\"\nmac = \"02:00:00:00:03:{:02x}\"\n\n", 10 + i, 10 + i);
@@ -288,12 +293,11 @@ fn fnat_node(id: u8) -> ferrovs_cfg::Config {
         "\n[cluster]\nnode_id = {id}\nsync_address = \"10.9.0.{id}\"\npeers = [\"10.9.0.250\"]\n\
          [[cluster.node]]\nid = 1\nlocal_addresses = [\"10.0.2.200\"]\n[[cluster.node]]\nid = 2\nlocal_addresses = [\"10.0.2.201\"]\n"
     );
-    let text = common::config_text(&t).replacen(
+    common::config_text(&t).replacen(
         "flow_table_size = 4096",
         "flow_table_size = 4096\nlocal_port_range = \"2000-2255\"",
         1,
-    );
-    ferrovs_cfg::Config::from_str(&text, "fnat-cluster.toml").expect("config parses")
+    )
 }
 
 /// A client segment to VIP:80 through a full-NAT node: (real server, local address, local port).
@@ -311,6 +315,15 @@ fn fnat_reply(e: &mut MemEngine, rs: [u8; 4], la: [u8; 4], lport: u16, flags: u8
     e.inject(INT, &with_macs(tcp4(rs, 80, la, lport, flags, 5000, 1001, b""), rs_mac, LB_INT), now)
 }
 
+/// Datagram `m` (version 5) as a node of an older release sends it (version 1 or 3: no
+/// placement block).
+fn downgrade(m: &[u8], v: u8) -> Vec<u8> {
+    let h = ferrovs_engine::cluster::sync::HEADER_LEN;
+    let mut d = [&m[..h], &m[h + ferrovs_engine::cluster::sync::Placement::LEN..]].concat();
+    d[4] = v;
+    d
+}
+
 fn entries(msgs: &[Vec<u8>]) -> Vec<ferrovs_engine::cluster::sync::SyncEntry> {
     msgs.iter().flat_map(|m| ferrovs_engine::cluster::sync::parse(m).unwrap().entries).collect()
 }
@@ -326,7 +339,7 @@ fn full_nat_mapping_is_synced_and_the_survivor_translates_replies() {
     assert_eq!((i, s.src, s.sport, s.dst, s.dport), (EXT, VIP, 80, CLIENT, 40000));
     fnat_in(&mut a, 40000, TCP_ACK, 1001, 5001, S);
     let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
-    assert_eq!(msgs[0][4], ferrovs_engine::cluster::sync::VERSION, "full-NAT entries need format version 3");
+    assert_eq!(msgs[0][4], ferrovs_engine::cluster::sync::VERSION, "full-NAT entries need format version 3+");
     let es = entries(&msgs);
     assert!(
         es.iter().all(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Conn(c)
@@ -403,8 +416,7 @@ fn synced_local_port_is_reserved_on_the_owning_worker_and_freed_by_the_deletion(
     if let ferrovs_engine::cluster::sync::SyncEntry::Conn(c) = &mut plain {
         (c.fwd, c.fnat, c.cport) = (0, None, 1235);
     }
-    let mut v1 = Batcher::new(1, 1000).encode(&[plain], 2 * S).remove(0);
-    v1[4] = 1;
+    let v1 = downgrade(&Batcher::new(1, 1000).encode(&[plain], 2 * S).remove(0), 1);
     assert_eq!(b.deliver_sync(&v1, 2 * S), Ok(1));
     assert_eq!(b.counters().sync_skipped, skipped + 2);
     // The connections end on node 1 (expiry): the deletions carry the local port, reach the
@@ -432,11 +444,11 @@ fn older_nodes_version_1_datagrams_still_install() {
     let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
     let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
     let rs = nat_syn(&mut a, 40000, TCP_SYN, S);
-    let mut msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
-    assert_eq!(msgs[0][4], 3);
-    // The same entries as an older node sends them (version 1: no full-NAT flag, same layout).
-    msgs[0][4] = 1;
-    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(1));
+    let msgs = a.take_sync(&mut Batcher::new(1, 1000), S);
+    assert_eq!(msgs[0][4], 5);
+    // The same entries as an older node sends them (version 1: no placement block, no
+    // full-NAT flag, the same entry layout).
+    assert_eq!(b.deliver_sync(&downgrade(&msgs[0], 1), S), Ok(1));
     let out = rs_reply(&mut b, rs, 8080, 40000, TCP_SYN | TCP_ACK, S);
     let (i, s) = one(out);
     assert_eq!((i, s.src, s.dst), (EXT, VIP, CLIENT));
@@ -491,9 +503,21 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
         _ => None,
     });
     let q = seq.expect("the rewrite is synced (kind 5)");
-    assert!(
-        !es.iter().any(|e| matches!(e, ferrovs_engine::cluster::sync::SyncEntry::Expect(_))),
-        "a full-NAT active expectation (a port reserved on node 1's address) is not synced"
+    // The active expectation: the server was told node 1's local address and a port reserved
+    // there; synced with them and the client's data port (format version 5).
+    let told = String::from_utf8_lossy(&got.payload).to_string();
+    let f: Vec<u16> = told.trim_end().trim_start_matches("PORT ").split(',').map(|x| x.parse().unwrap()).collect();
+    let reserved = f[4] * 256 + f[5];
+    let x = es
+        .iter()
+        .find_map(|e| match e {
+            ferrovs_engine::cluster::sync::SyncEntry::Expect(x) => Some(*x),
+            _ => None,
+        })
+        .expect("the full-NAT active expectation is synced");
+    assert_eq!(
+        (x.port, x.fnat, x.ctl_cport),
+        (reserved, Some((ferrovs_engine::wire::parse::v4_to_addr(LA1), 40001)), 40000)
     );
     assert_eq!((q.orig.at, q.orig.before, q.orig.after, q.lport), (1006, 0, delta, Some(lport)));
     assert_eq!((q.reply.before, q.reply.after), (0, 0));
@@ -514,6 +538,14 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
     assert_eq!((r.dst, r.dport, r.seq, r.ack), (CLIENT, 40000, 5009, 1023));
     let wrong = ftp_seg(&mut c, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
     assert_eq!(wrong.ack, ack_rs, "without the synced translation the ack is not mapped");
+    // The server opens the active data connection to node 1's local address at the reserved
+    // port; BGP now routes it to node 2, which expects it (reserved there too): the client
+    // sees it come from VIP:20 to the port its PORT named.
+    assert_eq!(b.workers[0].fnat_reserved(), 1);
+    let data = b.inject(INT, &with_macs(tcp4(rs, 20, LA1, reserved, TCP_SYN, 9000, 0, b""), rs_mac, LB_INT), 2 * S);
+    let (i, d) = one(data);
+    assert_eq!((i, d.src, d.sport, d.dst, d.dport), (EXT, VIP, 20, CLIENT, 40001));
+    assert_eq!(b.workers[0].fnat_reserved(), 0, "the data connection owns the port now");
     // The client's next command leaves in the server's space, and node 2's gateway, which
     // goes on with the session, rewrites the reply to it (the VIP announced, not the server).
     let pasv = ftp_seg(&mut b, true, rs, la, lport, 1023, 5022, b"PASV\r\n");
@@ -564,4 +596,121 @@ fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_add
     // the other half), not from where node 1 allocates next (2001): no clash before the syncs
     // cross.
     assert_eq!(s.sport, 2129);
+}
+
+#[test]
+fn full_nat_active_reservation_follows_the_data_connection_or_expires() {
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let la1 = ferrovs_engine::wire::parse::v4_to_addr(LA1);
+    let (ip, mac) = client(C);
+    let syn = one(a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S)).1;
+    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
+    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    let port_line = |p: u16| format!("PORT 10,0,1,2,{},{}\r\n", p >> 8, p & 0xff).into_bytes();
+    let told = |seg: &common::seg::Seg| {
+        let t = String::from_utf8_lossy(&seg.payload).to_string();
+        let f: Vec<u16> = t.trim_end().trim_start_matches("PORT ").split(',').map(|x| x.parse().unwrap()).collect();
+        f[4] * 256 + f[5]
+    };
+    let l1 = port_line(40001);
+    let r1 = told(&ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, &l1));
+    for m in a.take_sync(&mut ba, 2 * S) {
+        b.deliver_sync(&m, 2 * S).unwrap();
+    }
+    let free = |b: &mut MemEngine| b.workers[0].fnat_free_ports(la1, 6);
+    let free0 = free(&mut b);
+    assert_eq!(b.workers[0].fnat_reserved(), 1);
+    // Node 1 lives: the server's data connection reaches it and is synced; node 2's backup
+    // of it takes the reservation over (not refused as a port in use).
+    let out = a.inject(INT, &with_macs(tcp4(rs, 20, LA1, r1, TCP_SYN, 9000, 0, b""), rs_mac, LB_INT), 2 * S);
+    assert_eq!(one(out).1.dport, 40001);
+    let skipped = b.counters().sync_skipped;
+    for m in a.take_sync(&mut ba, 2 * S) {
+        b.deliver_sync(&m, 2 * S).unwrap();
+    }
+    assert_eq!(b.counters().sync_skipped, skipped, "{:?}", b.counters());
+    assert_eq!((b.workers[0].fnat_reserved(), free(&mut b)), (0, free0), "the port moved to the backup connection");
+    // A second PORT whose data connection never comes: node 2's reservation ends with the
+    // expectation's timeout and the port is free again.
+    let l2 = port_line(40002);
+    let r2 = told(&ftp_seg(&mut a, true, rs, la, lport, 1001 + l1.len() as u32, 5001, &l2));
+    assert_ne!(r2, r1);
+    for m in a.take_sync(&mut ba, 3 * S) {
+        b.deliver_sync(&m, 3 * S).unwrap();
+    }
+    assert_eq!((b.workers[0].fnat_reserved(), free(&mut b)), (1, free0 - 1));
+    b.run(400 * S);
+    // Both ports free again (the first data connection's backup, a SYN that never went on,
+    // timed out too): only the control connection's port is held.
+    assert_eq!((b.workers[0].fnat_reserved(), free(&mut b)), (0, free0 + 1));
+    // A real server's SYN to it now finds nothing: dropped, counted.
+    let out = b.inject(INT, &with_macs(tcp4(rs, 20, LA1, r2, TCP_SYN, 9100, 0, b""), rs_mac, LB_INT), 400 * S);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn the_sync_fuzz_targets_seeds_parse() {
+    // The committed seeds of engine/fuzz's `sync` target: every unsigned one parses as is, the
+    // `*-unsigned-*` ones once signed by the target's key (as the target signs them).
+    use ferrovs_engine::cluster::sync::{parse, parse_with, SyncEntry, SyncKey};
+    let key = SyncKey::new(b"fuzz sync key, 32 bytes of it..!");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/sync");
+    let mut n = 0;
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let path = f.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let data = std::fs::read(&path).unwrap();
+        let m = if name.contains("-unsigned-") {
+            let mut signed = data.clone();
+            signed.extend_from_slice(&key.tag(&data));
+            parse_with(&signed, Some(&key))
+        } else {
+            parse(&data)
+        };
+        let m = m.unwrap_or_else(|e| panic!("seed {name}: {e}"));
+        assert!(!m.entries.is_empty(), "seed {name}");
+        if name.contains("fnat-active") {
+            assert!(
+                m.entries.iter().any(|e| matches!(e, SyncEntry::Expect(x) if x.fnat.is_some())),
+                "seed {name}: {m:?}"
+            );
+            assert!(m.placement.is_some());
+        }
+        n += 1;
+    }
+    assert!(n >= 12, "{n} seeds in {}", dir.display());
+}
+
+#[test]
+fn placement_is_the_same_on_every_node_and_follows_reloads() {
+    use ferrovs_engine::cluster::sync::Placement;
+    let a = MemEngine::new(fnat_node(1), 2);
+    let mut b = MemEngine::new(fnat_node(2), 2);
+    // Node ids differ, placement does not.
+    assert_eq!(a.sync_placement(), b.sync_placement());
+    assert_eq!(a.sync_placement().workers, 2);
+    assert_eq!((a.sync_placement().port_lo, a.sync_placement().port_hi), (2000, 2255));
+    // Another worker count is another placement.
+    let c = MemEngine::new(fnat_node(1), 4);
+    let d = a.sync_placement().differences(&c.sync_placement()).unwrap();
+    assert_eq!(d, "workers 2 here, 4 there");
+    // A reload that gives node 1 a second local address: the placement follows (a node
+    // started with the new tables agrees with it), and a node not reloaded disagrees.
+    let grown = |id: u8| {
+        let t = fnat_node_text(id)
+            .replace("local_addresses = [\"10.0.2.200\"]", "local_addresses = [\"10.0.2.200\", \"10.0.2.202\"]")
+            .replace("[\"10.0.2.200\", \"10.0.2.201\"]", "[\"10.0.2.200\", \"10.0.2.201\", \"10.0.2.202\"]");
+        ferrovs_cfg::Config::from_str(&t, "grown.toml").expect("config parses")
+    };
+    let before = b.sync_placement();
+    b.reload(grown(2), S);
+    let after = b.sync_placement();
+    assert_ne!(after, before);
+    assert_eq!(after, MemEngine::new(grown(1), 2).sync_placement());
+    assert!(before.differences(&after).unwrap().contains("[[cluster.node]] tables differ"));
+    assert_eq!(Placement { nodes: before.nodes, ..after }, before);
 }

@@ -402,6 +402,12 @@ fn ferrovs_run_serves_the_control_socket() {
     assert_eq!(adm_stdin(&sock, &["-S"], None).1, "");
 }
 
+/// The placement block of the test daemons' sync thread: 2 workers, the default
+/// local_port_range, no `[[cluster.node]]` tables.
+fn test_placement() -> ferrovs_engine::cluster::sync::Placement {
+    ferrovs_engine::cluster::sync::Placement::of(2, ferrovs_cfg::PortRange { lo: 1024, hi: 65535 }, &[])
+}
+
 /// Cluster: the sync thread's counters in `ferrovsadm drops` (text and --json) and in the
 /// metrics, after datagrams of each kind reach the sync port.
 #[test]
@@ -428,18 +434,21 @@ fn sync_counters_in_drops_and_metrics() {
         vport: 80,
         lport: None,
     };
-    let good = Batcher::new(2, 100).encode(&[del, del], 1).remove(0);
+    let good = Batcher::new(2, 100).with_placement(test_placement()).encode(&[del, del], 1).remove(0);
     tx.send_to(&good, to).unwrap();
     tx.send_to(b"hello", to).unwrap();
     let mut v = good.clone();
     v[4] = 9;
     tx.send_to(&v, to).unwrap();
     tx.send_to(&good[..good.len() - 1], to).unwrap();
+    // A node running 4 workers: refused, counted (and nothing installed from it).
+    let four = ferrovs_engine::cluster::sync::Placement { workers: 4, ..test_placement() };
+    tx.send_to(&Batcher::new(3, 100).with_placement(four).encode(&[del], 1).remove(0), to).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let js = loop {
         let out = e.ok(&["drops", "--json"]);
         let j: serde_json::Value = serde_json::from_str(&out).unwrap();
-        if j["sync"]["messages_malformed"] == 1 || Instant::now() > deadline {
+        if (j["sync"]["messages_malformed"] == 1 && j["sync"]["messages_placement"] == 1) || Instant::now() > deadline {
             break j;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -471,6 +480,8 @@ fn sync_counters_in_drops_and_metrics() {
     assert!(body.contains("# TYPE ferrovs_sync_messages_received_total counter"), "{body}");
     assert!(body.contains("\nferrovs_sync_entries_received_total 2\n"), "{body}");
     assert!(body.contains("\nferrovs_sync_messages_not_sync_total 1\n"), "{body}");
+    assert!(body.contains("\nferrovs_sync_messages_placement_total 1\n"), "{body}");
+    assert_eq!(s["messages_placement"], 1, "{js}");
 }
 
 /// A single node has no sync section in `drops` and no sync metrics.
@@ -511,7 +522,7 @@ fn authenticated_sync_counts_forgeries_and_replays() {
         lport: None,
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32;
-    let mut good = Batcher::with_key(2, 100, SyncKey::new(key.as_bytes()), 1);
+    let mut good = Batcher::with_key(2, 100, SyncKey::new(key.as_bytes()), 1).with_placement(test_placement());
     let m1 = good.encode_at(&[del], 1, now).remove(0);
     let m2 = good.encode_at(&[del, del], 2, now).remove(0);
     let forged = Batcher::with_key(2, 100, SyncKey::new(b"not the cluster's key at all"), 1).encode_at(&[del], 1, now);

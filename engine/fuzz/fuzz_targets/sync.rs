@@ -9,9 +9,13 @@
 //! the peer's local address afterwards are still accounted for (forwarded or one counted
 //! drop).
 //!
-//! Versions 2 and 4 (authenticated): the input as received by a node with a key (no panic;
-//! the MAC of random bytes does not verify), and an input that starts as a version-2 or -4
-//! header signed by the harness (seeds `v2-unsigned-*`, `v4-unsigned-*`), so the header,
+//! Versions 5 and 6 add a placement block after the header and full-NAT active-mode
+//! expectations (seeds `v5-*`, `v6-unsigned-*`; the engine installs them whatever the block
+//! says: comparing it is the sync thread's).
+//!
+//! Versions 2, 4 and 6 (authenticated): the input as received by a node with a key (no panic;
+//! the MAC of random bytes does not verify), and an input that starts as a version-2, -4 or -6
+//! header signed by the harness (seeds `v2-unsigned-*`, `v4-unsigned-*`, `v6-unsigned-*`), so the header,
 //! entries and the replay guard behind the MAC are fuzzed too: it parses or is refused,
 //! re-encodes equal, and the same datagram never passes the replay guard twice.
 #![no_main]
@@ -19,8 +23,10 @@
 mod common;
 
 use common::with_engine;
+use ferrovs_engine::cluster::sync::{
+    parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH, VERSION_AUTH_V2, VERSION_AUTH_V4,
+};
 use ferrovs_engine::tools::replay::MemEngine;
-use ferrovs_engine::cluster::sync::{parse, parse_with, Batcher, ReplayGuard, SyncKey, VERSION_AUTH, VERSION_AUTH_V2};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -83,7 +89,7 @@ const KEY: &[u8] = b"fuzz sync key, 32 bytes of it..!";
 fn authenticated(data: &[u8]) {
     let key = SyncKey::new(KEY);
     let _ = parse_with(data, Some(&key));
-    if data.get(4) != Some(&VERSION_AUTH) && data.get(4) != Some(&VERSION_AUTH_V2) {
+    if !matches!(data.get(4), Some(&(VERSION_AUTH | VERSION_AUTH_V2 | VERSION_AUTH_V4))) {
         return;
     }
     let mut signed = data.to_vec();

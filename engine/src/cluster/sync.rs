@@ -1,4 +1,4 @@
-//! Connection sync between the nodes of a cluster: the wire format (versions 1 to 4), its
+//! Connection sync between the nodes of a cluster: the wire format (versions 1 to 6), its
 //! parser and encoder, datagram authentication and the replay guard, and the rate-bounded
 //! batcher. Sans-IO: the daemon's sync thread owns the UDP
 //! socket (`crate::cluster::syncd`), the workers produce and consume [`SyncEntry`] values.
@@ -69,6 +69,38 @@
 //! accepted (their entries never carry the flag); older nodes refuse version 3 and 4
 //! (`messages_version`): upgrade every node before relying on full-NAT failover.
 //!
+//! # Versions 5 and 6: placement fingerprint, full-NAT active-mode expectations
+//!
+//! What this node sends: version 3 (5) or version 4 (6) with a placement block after the
+//! header, and flag bit 3 (8) allowed on kind 4 too:
+//!
+//! ```text
+//! header    = version 3's (12 bytes) or version 4's (24 bytes) header, version 5 or 6, then
+//!             workers:u16 port_lo:u16 port_hi:u16 nodes:u32                 (+10 bytes)
+//! kind 4 expect (flag 8, ekind 3 only) ... client vip rs cport:u16 laddr   (34 / 82 bytes)
+//! ```
+//!
+//! The placement block is what decides where a node keeps a connection and must be equal on
+//! every node ([`Placement`]): `engine.workers`, `engine.local_port_range` and `nodes`, the
+//! first 4 bytes of SHA-256 over the `[[cluster.node]]` tables (by id; each id, the number of
+//! its addresses and the addresses in order, 4 or 16 bytes after a byte 4 or 6). A full-NAT
+//! connection lives on the worker that owns its local port under the partition of
+//! `local_port_range` over the workers, on the sender and on every receiver, and the client
+//! side must reach that worker too: with other values a peer would install connections where
+//! no packet of theirs arrives and reserve ports its own partition hands out. A receiver
+//! refuses a datagram whose block differs from its own whole (counted as
+//! `messages_placement`, logged at most once a second naming what differs). Versions 1 to 4
+//! carry no block and are accepted as before (a node of an older release).
+//!
+//! A kind-4 entry with flag 8 is a full-NAT active-mode expectation: the client's PORT/EPRT
+//! named client:`cport`, the real server `rs` was told to connect to `laddr`:`port`, a port
+//! the sender reserved on the control connection's local address, and the data connection
+//! becomes vip:20 -> client:cport. A receiver installs it on the worker owning `port` (as a
+//! full-NAT connection's local port, [`route`]) and reserves laddr:port there until it is
+//! used or its timeout ends (a port in use there: refused, `sync_skipped`); so the real
+//! server's SYN, routed to a survivor after the sender failed, is expected there too. The
+//! flag on another `ekind`, or in a version 3 or 4 datagram, is malformed.
+//!
 //! # Versions 2 and 4: authenticated (`[cluster] sync_key` / `sync_key_file`)
 //!
 //! ```text
@@ -93,20 +125,23 @@
 use crate::wire::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, v4_to_addr, v6_to_addr, Addr};
 
 pub const MAGIC: &[u8; 4] = b"FVSY";
-/// The unauthenticated format this node sends (version 3: full-NAT mappings).
-pub const VERSION: u8 = 3;
+/// The unauthenticated format this node sends (version 5: version 3 plus the placement
+/// fingerprint and full-NAT active-mode expectations).
+pub const VERSION: u8 = 5;
 pub const HEADER_LEN: usize = 12;
-/// The authenticated format this node sends (version 4: version 2's header and MAC with
-/// version 3's entries).
-pub const VERSION_AUTH: u8 = 4;
+/// The authenticated format this node sends (version 6: version 4 plus what version 5 adds).
+pub const VERSION_AUTH: u8 = 6;
 pub const HEADER_LEN_AUTH: usize = 24;
 /// Older formats still accepted: version 1 (unauthenticated) and 2 (authenticated), whose
-/// entries carry no full-NAT mapping.
+/// entries carry no full-NAT mapping; versions 3 and 4, with full-NAT mappings but neither
+/// the placement fingerprint nor full-NAT active-mode expectations.
 pub const VERSION_V1: u8 = 1;
 pub const VERSION_AUTH_V2: u8 = 2;
-/// Bytes of the truncated HMAC-SHA256 ending a version-2 datagram.
+pub const VERSION_V3: u8 = 3;
+pub const VERSION_AUTH_V4: u8 = 4;
+/// Bytes of the truncated HMAC-SHA256 ending an authenticated datagram.
 pub const MAC_LEN: usize = 16;
-/// Largest difference between a version-2 datagram's `time` and the receiver's clock.
+/// Largest difference between an authenticated datagram's `time` and the receiver's clock.
 pub const MAX_SKEW_S: u32 = 30;
 /// Largest datagram the encoder builds (fits a 1500-byte MTU with IPv6 and UDP headers).
 pub const MAX_MESSAGE: usize = 1400;
@@ -173,6 +208,9 @@ pub struct ExpectSync {
     pub vip: Addr,
     pub rs: Addr,
     pub timeout_s: u32,
+    /// Full NAT active (version 5+, `kind` Active): the sender's local address the real
+    /// server connects to (at `port`, reserved there) and the client's data port.
+    pub fnat: Option<(Addr, u16)>,
 }
 
 /// The FTP gateway's sequence-number translation of a NAT / full-NAT control connection
@@ -227,6 +265,7 @@ impl SyncEntry {
             SyncEntry::Conn(c) => c.fnat.map(|f| f.1),
             SyncEntry::Delete { lport, .. } => *lport,
             SyncEntry::Seq(q) => q.lport,
+            SyncEntry::Expect(e) => e.fnat.map(|_| e.port),
             _ => None,
         }
     }
@@ -242,7 +281,7 @@ impl SyncEntry {
             SyncEntry::Conn(c) => 20 + 3 * a + if c.fnat.is_some() { 2 + a } else { 0 },
             SyncEntry::Delete { lport, .. } => 8 + 2 * a + if lport.is_some() { 2 } else { 0 },
             SyncEntry::Template(_) => 12 + 3 * a,
-            SyncEntry::Expect(_) => 16 + 3 * a,
+            SyncEntry::Expect(e) => 16 + 3 * a + if e.fnat.is_some() { 2 + a } else { 0 },
             SyncEntry::Seq(q) => 31 + 2 * a + if q.lport.is_some() { 2 } else { 0 },
         }
     }
@@ -303,13 +342,17 @@ impl SyncEntry {
                 }
             }
             SyncEntry::Expect(e) => {
-                out.extend_from_slice(&[4, 0, fl, e.kind as u8]);
+                out.extend_from_slice(&[4, 0, fl | if e.fnat.is_some() { F_FNAT } else { 0 }, e.kind as u8]);
                 for p in [e.port, e.rport, e.ctl_cport, e.ctl_vport] {
                     out.extend_from_slice(&p.to_be_bytes());
                 }
                 out.extend_from_slice(&e.timeout_s.to_be_bytes());
                 for a in [e.client, e.vip, e.rs] {
                     addr(out, a);
+                }
+                if let Some((la, cport)) = e.fnat {
+                    out.extend_from_slice(&cport.to_be_bytes());
+                    addr(out, la);
                 }
             }
             SyncEntry::Seq(q) => {
@@ -377,11 +420,14 @@ pub enum SyncError {
     /// An entry runs past the end, has a length that does not fit its kind, or the count
     /// does not match.
     Malformed,
-    /// Version 2 with a MAC that does not verify, version 2 on a node without a key, or
-    /// version 1 (unauthenticated) on a node with one.
+    /// An authenticated version (2, 4, 6) with a MAC that does not verify or on a node without
+    /// a key, or an unauthenticated one (1, 3, 5) on a node with one.
     Auth,
     /// Authentic but replayed: a duplicate or too old `seq`, an old epoch, a stale `time`.
     Replay,
+    /// From a node whose placement-relevant configuration differs from this node's
+    /// ([`Placement::differences`] says how).
+    Placement,
 }
 
 impl std::fmt::Display for SyncError {
@@ -394,6 +440,9 @@ impl std::fmt::Display for SyncError {
                 f.write_str("sync message not authenticated by this node's sync_key (or this node has none)")
             }
             SyncError::Replay => f.write_str("replayed or stale sync message"),
+            SyncError::Placement => f.write_str(
+                "sync message from a node whose workers, local_port_range or [[cluster.node]] tables differ",
+            ),
         }
     }
 }
@@ -403,12 +452,102 @@ impl std::fmt::Display for SyncError {
 pub struct Message {
     pub node: u8,
     pub seq: u32,
-    /// Version 2: the sender's incarnation and clock (0 in version 1).
+    /// Versions 2, 4 and 6: the sender's incarnation and clock (0 otherwise).
     pub epoch: u64,
     pub time: u32,
     pub entries: Vec<SyncEntry>,
     /// Entries of kinds this version does not know, skipped.
     pub unknown: usize,
+    /// Version 5 and 6: the sender's placement-relevant configuration.
+    pub placement: Option<Placement>,
+}
+
+/// The configuration that decides where a node keeps a connection, carried by every
+/// version 5 and 6 datagram and compared by the receiver (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// `engine.workers`.
+    pub workers: u16,
+    /// `engine.local_port_range`.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// The first 4 bytes of SHA-256 over the `[[cluster.node]]` tables.
+    pub nodes: u32,
+}
+
+impl Placement {
+    /// Encoded length.
+    pub const LEN: usize = 10;
+
+    /// This node's: `workers` workers, `range` their local ports, `nodes` the
+    /// `[[cluster.node]]` tables (in any order: sorted by id here).
+    pub fn of(workers: usize, range: ferrovs_cfg::PortRange, nodes: &[ferrovs_cfg::ClusterNode]) -> Self {
+        use sha2::Digest;
+        let mut sorted: Vec<&ferrovs_cfg::ClusterNode> = nodes.iter().collect();
+        sorted.sort_by_key(|n| n.id);
+        let mut h = sha2::Sha256::new();
+        for n in sorted {
+            h.update([n.id, n.local_addresses.len().min(255) as u8]);
+            for a in &n.local_addresses {
+                match a {
+                    std::net::IpAddr::V4(v) => {
+                        h.update([4]);
+                        h.update(v.octets());
+                    }
+                    std::net::IpAddr::V6(v) => {
+                        h.update([6]);
+                        h.update(v.octets());
+                    }
+                }
+            }
+        }
+        let d = h.finalize();
+        Placement {
+            workers: workers.min(u16::MAX as usize) as u16,
+            port_lo: range.lo,
+            port_hi: range.hi,
+            nodes: u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.workers, self.port_lo, self.port_hi] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&self.nodes.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        Placement {
+            workers: u16_at(0),
+            port_lo: u16_at(2),
+            port_hi: u16_at(4),
+            nodes: u32::from_be_bytes([b[6], b[7], b[8], b[9]]),
+        }
+    }
+
+    /// `None` if a peer with `peer` places connections as this node does; otherwise what
+    /// differs, in words for the log (ours first).
+    pub fn differences(&self, peer: &Placement) -> Option<String> {
+        let mut d = Vec::new();
+        if self.workers != peer.workers {
+            d.push(format!("workers {} here, {} there", self.workers, peer.workers));
+        }
+        if (self.port_lo, self.port_hi) != (peer.port_lo, peer.port_hi) {
+            d.push(format!(
+                "local_port_range {}-{} here, {}-{} there",
+                self.port_lo, self.port_hi, peer.port_lo, peer.port_hi
+            ));
+        }
+        if self.nodes != peer.nodes {
+            d.push(format!(
+                "[[cluster.node]] tables differ (digest {:08x} here, {:08x} there)",
+                self.nodes, peer.nodes
+            ));
+        }
+        (!d.is_empty()).then(|| d.join("; "))
+    }
 }
 
 struct Rd<'a> {
@@ -440,23 +579,41 @@ fn is_proto(p: u8) -> bool {
     p == crate::wire::parse::PROTO_TCP || p == crate::wire::parse::PROTO_UDP
 }
 
-/// Parse an unauthenticated (version 1) datagram: [`parse_with`] without a key.
+/// Parse an unauthenticated (version 1, 3 or 5) datagram: [`parse_with`] without a key.
 pub fn parse(b: &[u8]) -> Result<Message, SyncError> {
     parse_with(b, None)
 }
 
-/// Parse a datagram; with `key`, only an authentic version-2 datagram is accepted, without,
-/// only version 1. Never panics; any inconsistency refuses the whole message. Replay is
-/// checked by the caller ([`ReplayGuard`]) on the parsed header.
+/// Parse a datagram; with `key`, only an authentic version 2, 4 or 6 datagram is accepted,
+/// without, only version 1, 3 or 5. Never panics; any inconsistency refuses the whole
+/// message. Replay is checked by the caller ([`ReplayGuard`]) on the parsed header, the
+/// placement too ([`Placement::differences`]).
 pub fn parse_with(b: &[u8], key: Option<&SyncKey>) -> Result<Message, SyncError> {
     if b.len() < HEADER_LEN || &b[0..4] != MAGIC {
         return Err(SyncError::NotSync);
     }
-    let (body, epoch, time) = match (b[4], key) {
-        (VERSION | VERSION_V1, None) => (b, 0, 0),
-        (VERSION | VERSION_V1, Some(_)) | (VERSION_AUTH | VERSION_AUTH_V2, None) => return Err(SyncError::Auth),
-        (VERSION_AUTH | VERSION_AUTH_V2, Some(k)) => {
-            if b.len() < HEADER_LEN_AUTH + MAC_LEN {
+    let version = b[4];
+    // The entry format: 1 (versions 1, 2), 3 (3, 4: full-NAT mappings), 5 (5, 6: and full-NAT
+    // active expectations, after a placement block).
+    let level = match version {
+        VERSION_V1 | VERSION_AUTH_V2 => 1,
+        VERSION_V3 | VERSION_AUTH_V4 => 3,
+        VERSION | VERSION_AUTH => 5,
+        v => return Err(SyncError::Version(v)),
+    };
+    let authenticated = matches!(version, VERSION_AUTH_V2 | VERSION_AUTH_V4 | VERSION_AUTH);
+    let base = if authenticated { HEADER_LEN_AUTH } else { HEADER_LEN };
+    let start = base + if level == 5 { Placement::LEN } else { 0 };
+    let (body, epoch, time) = match (authenticated, key) {
+        (false, None) => {
+            if b.len() < start {
+                return Err(SyncError::Malformed);
+            }
+            (b, 0, 0)
+        }
+        (false, Some(_)) | (true, None) => return Err(SyncError::Auth),
+        (true, Some(k)) => {
+            if b.len() < start + MAC_LEN {
                 return Err(SyncError::Malformed);
             }
             let (signed, tag) = b.split_at(b.len() - MAC_LEN);
@@ -467,20 +624,20 @@ pub fn parse_with(b: &[u8], key: Option<&SyncKey>) -> Result<Message, SyncError>
             let time = u32::from_be_bytes(b[20..24].try_into().expect("4 bytes"));
             (signed, epoch, time)
         }
-        (v, _) => return Err(SyncError::Version(v)),
     };
     let node = b[5];
     let count = u16::from_be_bytes([b[6], b[7]]) as usize;
     let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-    let start = if key.is_some() { HEADER_LEN_AUTH } else { HEADER_LEN };
-    let fnat = matches!(b[4], VERSION | VERSION_AUTH);
-    let (entries, unknown) = parse_entries(body, start, count, fnat)?;
-    Ok(Message { node, seq, epoch, time, entries, unknown })
+    let placement = (level == 5).then(|| Placement::decode(&body[base..start]));
+    let (entries, unknown) = parse_entries(body, start, count, level)?;
+    Ok(Message { node, seq, epoch, time, entries, unknown, placement })
 }
 
-/// The entries of `b[start..]`, `count` of them; `fnat`: the format (version 3+) has
-/// full-NAT mappings (flag 8).
-fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Vec<SyncEntry>, usize), SyncError> {
+/// The entries of `b[start..]`, `count` of them; `level`: the entry format, 1 (versions 1
+/// and 2), 3 (3 and 4: full-NAT mappings, flag 8 on kinds 1, 2 and 5) or 5 (5 and 6: flag 8
+/// on kind 4 too).
+fn parse_entries(b: &[u8], start: usize, count: usize, level: u8) -> Result<(Vec<SyncEntry>, usize), SyncError> {
+    let fnat = level >= 3;
     let mut entries = Vec::with_capacity(count.min(b.len() / 16));
     let mut unknown = 0;
     let mut o = start;
@@ -505,7 +662,7 @@ fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Ve
             unknown += 1;
             continue;
         }
-        if f_fnat && (!fnat || !matches!(kind, 1 | 2 | 5)) {
+        if f_fnat && (!fnat || !(matches!(kind, 1 | 2 | 5) || (kind == 4 && level >= 5))) {
             return Err(SyncError::Malformed);
         }
         let want = match kind {
@@ -513,7 +670,7 @@ fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Ve
             2 => 8 + 2 * a + if f_fnat { 2 } else { 0 },
             5 => 31 + 2 * a + if f_fnat { 2 } else { 0 },
             3 => 12 + 3 * a,
-            4 => 16 + 3 * a,
+            4 => 16 + 3 * a + if f_fnat { 2 + a } else { 0 },
             _ => {
                 unknown += 1;
                 continue;
@@ -603,7 +760,28 @@ fn parse_entries(b: &[u8], start: usize, count: usize, fnat: bool) -> Result<(Ve
                 let (port, rport, ctl_cport, ctl_vport) = (r.u16()?, r.u16()?, r.u16()?, r.u16()?);
                 let timeout_s = r.u32()?;
                 let (client, vip, rs) = (r.addr(v6)?, r.addr(v6)?, r.addr(v6)?);
-                SyncEntry::Expect(ExpectSync { kind, port, rport, ctl_cport, ctl_vport, client, vip, rs, timeout_s })
+                let fnat = if f_fnat {
+                    let cport = r.u16()?;
+                    Some((r.addr(v6)?, cport))
+                } else {
+                    None
+                };
+                // Only an active-mode expectation has a full-NAT form.
+                if fnat.is_some() && kind != ExpectKind::Active {
+                    return Err(SyncError::Malformed);
+                }
+                SyncEntry::Expect(ExpectSync {
+                    kind,
+                    port,
+                    rport,
+                    ctl_cport,
+                    ctl_vport,
+                    client,
+                    vip,
+                    rs,
+                    timeout_s,
+                    fnat,
+                })
             }
         };
         debug_assert_eq!(r.o, len);
@@ -696,6 +874,8 @@ pub struct Batcher {
     seq: u32,
     /// Version 2: the key and this sender's epoch.
     auth: Option<(SyncKey, u64)>,
+    /// This node's placement-relevant configuration, in every datagram's header.
+    placement: Placement,
     rate: u32,
     tokens: f64,
     last: u64,
@@ -713,6 +893,7 @@ impl Batcher {
             node,
             seq: 0,
             auth: None,
+            placement: Placement::default(),
             rate: rate.max(1),
             tokens: rate.max(1) as f64,
             last: 0,
@@ -726,6 +907,18 @@ impl Batcher {
     /// the sender to the next (the daemon uses its start time in microseconds).
     pub fn with_key(node: u8, rate: u32, key: SyncKey, epoch: u64) -> Self {
         Batcher { auth: Some((key, epoch)), ..Self::new(node, rate) }
+    }
+
+    /// This batcher with this node's placement-relevant configuration (the default, all
+    /// zeros, is refused by any real node: the daemon always sets it).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Change the placement block of the next datagrams.
+    pub fn set_placement(&mut self, placement: Placement) {
+        self.placement = placement;
     }
 
     /// Encode `entries` at time `now` (ns) into datagrams, within the rate (authenticated:
@@ -768,6 +961,7 @@ impl Batcher {
                     cur.extend_from_slice(&epoch.to_be_bytes());
                     cur.extend_from_slice(&unix_s.to_be_bytes());
                 }
+                self.placement.encode(&mut cur);
             }
             let e = &entries[i];
             if cur.len() + e.len() > max || n == u16::MAX {
@@ -808,6 +1002,26 @@ mod tests {
         v6_to_addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, x])
     }
 
+    /// Where the entries of an unauthenticated datagram this node sends start.
+    const E: usize = HEADER_LEN + Placement::LEN;
+
+    /// The datagram `m` (version 5) as a node of version `v` (1 or 3) sends it: no placement
+    /// block.
+    fn downgrade(m: &[u8], v: u8) -> Vec<u8> {
+        let mut d = [&m[..HEADER_LEN], &m[E..]].concat();
+        d[4] = v;
+        d
+    }
+
+    /// The authenticated datagram `m` (version 6) as a node of version `v` (2 or 4) sends it.
+    fn downgrade_auth(m: &[u8], v: u8, key: &SyncKey) -> Vec<u8> {
+        let mut d = [&m[..HEADER_LEN_AUTH], &m[HEADER_LEN_AUTH + Placement::LEN..m.len() - MAC_LEN]].concat();
+        d[4] = v;
+        let tag = key.tag(&d);
+        d.extend_from_slice(&tag);
+        d
+    }
+
     fn samples() -> Vec<SyncEntry> {
         let mut v = Vec::new();
         for a in [a4 as fn(u8) -> Addr, a6] {
@@ -846,6 +1060,7 @@ mod tests {
                 vip: a(100),
                 rs: a(10),
                 timeout_s: 60,
+                fnat: None,
             }));
         }
         v
@@ -859,14 +1074,17 @@ mod tests {
         let mut b = Batcher::new(3, 100);
         let msgs = b.encode(&es, 1);
         assert_eq!(msgs.len(), 1);
-        assert_eq!(&msgs[0][..12], &[b'F', b'V', b'S', b'Y', 3, 3, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(&msgs[0][..12], &[b'F', b'V', b'S', b'Y', 5, 3, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(&msgs[0][12..E], &[0; 10], "the default placement block");
         let m = parse(&msgs[0]).unwrap();
-        assert_eq!((m.node, m.seq, m.unknown), (3, 1, 0));
+        assert_eq!((m.node, m.seq, m.unknown, m.placement), (3, 1, 0, Some(Placement::default())));
         assert_eq!(m.entries, es);
-        // Without full-NAT entries the layout is version 1's: an older node's datagram parses.
-        let mut v1 = msgs[0].clone();
-        v1[4] = VERSION_V1;
-        assert_eq!(parse(&v1).unwrap().entries, es);
+        // Without full-NAT entries the entries are version 1's: an older node's datagram
+        // (no placement block) parses, and so does version 3's.
+        for v in [VERSION_V1, VERSION_V3] {
+            let old = parse(&downgrade(&msgs[0], v)).unwrap();
+            assert_eq!((old.entries, old.placement), (es.clone(), None));
+        }
     }
 
     fn fnat_samples() -> Vec<SyncEntry> {
@@ -927,25 +1145,22 @@ mod tests {
         let w = crate::pipeline::snapshot::lport_owner(range, 0xabcd, 4);
         assert_eq!(routed[w].len(), 4);
         // The flag has no meaning in versions 1 and 2: malformed there.
-        let mut v1 = m.clone();
-        v1[4] = VERSION_V1;
-        assert_eq!(parse(&v1), Err(SyncError::Malformed));
-        let mut v2 = m4[..m4.len() - MAC_LEN].to_vec();
-        v2[4] = VERSION_AUTH_V2;
-        let tag = key.tag(&v2);
-        v2.extend_from_slice(&tag);
-        assert_eq!(parse_with(&v2, Some(&key)), Err(SyncError::Malformed));
+        assert_eq!(parse(&downgrade(&m, VERSION_V1)), Err(SyncError::Malformed));
+        assert_eq!(parse_with(&downgrade_auth(&m4, VERSION_AUTH_V2, &key), Some(&key)), Err(SyncError::Malformed));
+        // Versions 3 and 4 have it.
+        assert_eq!(parse(&downgrade(&m, VERSION_V3)).unwrap().entries, es);
+        assert_eq!(parse_with(&downgrade_auth(&m4, VERSION_AUTH_V4, &key), Some(&key)).unwrap().entries, es);
         // fwd 3 without the flag, the flag with another fwd, the flag on a template: malformed.
         let mut bad = m.clone();
-        bad[12 + 5] = 1;
+        bad[E + 5] = 1;
         assert_eq!(parse(&bad), Err(SyncError::Malformed));
         let plain = Batcher::new(1, 100).encode(&samples()[..1], 1).remove(0);
         let mut bad = plain.clone();
-        bad[12 + 5] = 3;
+        bad[E + 5] = 3;
         assert_eq!(parse(&bad), Err(SyncError::Malformed));
         let tpl = Batcher::new(1, 100).encode(&samples()[2..3], 1).remove(0);
         let mut bad = tpl.clone();
-        bad[12 + 2] |= F_FNAT;
+        bad[E + 2] |= F_FNAT;
         assert_eq!(parse(&bad), Err(SyncError::Malformed));
     }
 
@@ -983,13 +1198,11 @@ mod tests {
         let w = crate::pipeline::snapshot::lport_owner(range, 2000, 8);
         assert!(route(es.clone(), 8, range)[w].contains(&es[1]));
         // An older format does not know kind 5: skipped, the rest parses.
-        let mut v1 = m.clone();
-        v1[4] = VERSION_V1;
-        let p1 = parse(&v1).unwrap();
+        let p1 = parse(&downgrade(&m, VERSION_V1)).unwrap();
         assert_eq!((p1.entries.len(), p1.unknown), (0, 4));
         // A wrong length is malformed.
         let mut bad = m.clone();
-        bad[13] = 40;
+        bad[E + 1] = 40;
         assert!(parse(&bad).is_err());
     }
 
@@ -997,13 +1210,10 @@ mod tests {
     fn authenticated_version_2_from_older_nodes_is_accepted() {
         let key = k(b"0123456789abcdef");
         let es = samples();
-        let m4 = Batcher::with_key(1, 100, key.clone(), 9).encode_at(&es, 1, 100).remove(0);
-        let mut v2 = m4[..m4.len() - MAC_LEN].to_vec();
-        v2[4] = VERSION_AUTH_V2;
-        let tag = key.tag(&v2);
-        v2.extend_from_slice(&tag);
+        let m6 = Batcher::with_key(1, 100, key.clone(), 9).encode_at(&es, 1, 100).remove(0);
+        let v2 = downgrade_auth(&m6, VERSION_AUTH_V2, &key);
         let m = parse_with(&v2, Some(&key)).unwrap();
-        assert_eq!((m.epoch, m.time, m.entries), (9, 100, es));
+        assert_eq!((m.epoch, m.time, m.entries, m.placement), (9, 100, es, None));
         assert_eq!(parse(&v2), Err(SyncError::Auth));
     }
 
@@ -1063,10 +1273,10 @@ mod tests {
         let good = b.encode(&samples(), 1).remove(0);
         assert_eq!(parse(&good[..11]), Err(SyncError::NotSync));
         let mut v = good.clone();
-        v[4] = 5;
-        assert_eq!(parse(&v), Err(SyncError::Version(5)));
-        // Versions 2 and 4 cannot be verified without a key.
-        for x in [2, 4] {
+        v[4] = 7;
+        assert_eq!(parse(&v), Err(SyncError::Version(7)));
+        // Versions 2, 4 and 6 cannot be verified without a key.
+        for x in [2, 4, 6] {
             v[4] = x;
             assert_eq!(parse(&v), Err(SyncError::Auth));
         }
@@ -1076,16 +1286,18 @@ mod tests {
         v[7] = 9;
         assert_eq!(parse(&v), Err(SyncError::Malformed));
         let mut v = good.clone();
-        v[13] = 2;
+        v[E + 1] = 2;
         assert_eq!(parse(&v), Err(SyncError::Malformed));
         let mut v = good.clone();
-        v[15] = 99; // protocol of the first conn entry
+        v[E + 3] = 99; // protocol of the first conn entry
         assert_eq!(parse(&v), Err(SyncError::Malformed));
+        // Shorter than the placement block.
+        assert_eq!(parse(&good[..E - 1]), Err(SyncError::Malformed));
         // An unknown kind is skipped by its length.
-        let mut v = good[..12].to_vec();
+        let mut v = good[..E].to_vec();
         v[7] = 2;
         v.extend_from_slice(&[9, 5, 0, 0, 0]);
-        v.extend_from_slice(&good[12..44]);
+        v.extend_from_slice(&good[E..E + 32]);
         let m = parse(&v).unwrap();
         assert_eq!((m.unknown, m.entries.len()), (1, 1));
         // Every prefix and every single-byte change: an error or a message, never a panic.
@@ -1122,8 +1334,8 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         let m = &msgs[0];
         let body: usize = es.iter().map(|e| e.len()).sum();
-        assert_eq!(m.len(), HEADER_LEN_AUTH + body + MAC_LEN);
-        assert_eq!(&m[..12], &[b'F', b'V', b'S', b'Y', 4, 3, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(m.len(), HEADER_LEN_AUTH + Placement::LEN + body + MAC_LEN);
+        assert_eq!(&m[..12], &[b'F', b'V', b'S', b'Y', 6, 3, 0, 8, 0, 0, 0, 1]);
         assert_eq!(&m[12..20], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&m[20..24], &1_800_000_000u32.to_be_bytes());
         assert_eq!(&m[m.len() - MAC_LEN..], &k(key).tag(&m[..m.len() - MAC_LEN]));
@@ -1154,7 +1366,7 @@ mod tests {
     }
 
     fn msg(node: u8, seq: u32, epoch: u64, time: u32) -> Message {
-        Message { node, seq, epoch, time, entries: Vec::new(), unknown: 0 }
+        Message { node, seq, epoch, time, entries: Vec::new(), unknown: 0, placement: None }
     }
 
     #[test]
@@ -1196,5 +1408,90 @@ mod tests {
         let mut g = ReplayGuard::default();
         assert_eq!(g.check(&m1, 100), Ok(()));
         assert_eq!(g.check(&m2, 100), Ok(()));
+    }
+
+    #[test]
+    fn full_nat_active_expectations_layout_and_versions() {
+        let mut es = Vec::new();
+        for a in [a4 as fn(u8) -> Addr, a6] {
+            es.push(SyncEntry::Expect(ExpectSync {
+                kind: ExpectKind::Active,
+                port: 0x1234,
+                rport: 0,
+                ctl_cport: 40000,
+                ctl_vport: 21,
+                client: a(2),
+                vip: a(100),
+                rs: a(10),
+                timeout_s: 60,
+                fnat: Some((a(200), 0x9c41)),
+            }));
+        }
+        let lens: Vec<usize> = es.iter().map(|e| e.len()).collect();
+        assert_eq!(lens, [34, 82]);
+        let mut out = Vec::new();
+        es[0].encode(&mut out);
+        #[rustfmt::skip]
+        let want = [4, 34, 8, 3, 0x12, 0x34, 0, 0, 0x9c, 0x40, 0, 21, 0, 0, 0, 60,
+                    10, 0, 0, 2, 10, 0, 0, 100, 10, 0, 0, 10, 0x9c, 0x41, 10, 0, 0, 200];
+        assert_eq!(out, want);
+        let m = Batcher::new(1, 100).encode(&es, 1).remove(0);
+        assert_eq!(parse(&m).unwrap().entries, es);
+        let key = k(b"0123456789abcdef");
+        let m6 = Batcher::with_key(1, 100, key.clone(), 9).encode_at(&es, 1, 100).remove(0);
+        assert_eq!(parse_with(&m6, Some(&key)).unwrap().entries, es);
+        // Routed by the reserved port, as the real server's connection to it will be.
+        assert_eq!(es[0].lport(), Some(0x1234));
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        let w = crate::pipeline::snapshot::lport_owner(range, 0x1234, 4);
+        assert_eq!(route(es.clone(), 4, range)[w].len(), 2);
+        // Versions 3 and 4 do not have the flag on kind 4: malformed there.
+        assert_eq!(parse(&downgrade(&m, VERSION_V3)), Err(SyncError::Malformed));
+        assert_eq!(parse_with(&downgrade_auth(&m6, VERSION_AUTH_V4, &key), Some(&key)), Err(SyncError::Malformed));
+        // The flag on a passive expectation is malformed.
+        let mut bad = m.clone();
+        bad[E + 3] = ExpectKind::Passive as u8;
+        assert_eq!(parse(&bad), Err(SyncError::Malformed));
+        // Without the flag kind 4 stays 28 bytes.
+        let mut plain = es[0];
+        if let SyncEntry::Expect(x) = &mut plain {
+            x.fnat = None;
+        }
+        assert_eq!((plain.len(), plain.lport()), (28, None));
+    }
+
+    fn cn(id: u8, addrs: &[&str]) -> ferrovs_cfg::ClusterNode {
+        ferrovs_cfg::ClusterNode { id, local_addresses: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+    }
+
+    #[test]
+    fn placement_block_names_what_differs() {
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        let nodes = [cn(1, &["10.98.0.1"]), cn(2, &["10.98.0.2", "fd00::2"])];
+        let p = Placement::of(2, range, &nodes);
+        assert_eq!((p.workers, p.port_lo, p.port_hi), (2, 1024, 65535));
+        // The order of the tables does not matter; their content does.
+        assert_eq!(Placement::of(2, range, &[nodes[1].clone(), nodes[0].clone()]), p);
+        let moved = [cn(1, &["10.98.0.1"]), cn(2, &["10.98.0.3", "fd00::2"])];
+        let swapped = [cn(1, &["10.98.0.2"]), cn(2, &["10.98.0.1", "fd00::2"])];
+        assert_ne!(Placement::of(2, range, &moved).nodes, p.nodes);
+        assert_ne!(Placement::of(2, range, &swapped).nodes, p.nodes);
+        assert_ne!(Placement::of(2, range, &[]).nodes, p.nodes);
+        assert_eq!(p.differences(&p), None);
+        let other = Placement::of(4, ferrovs_cfg::PortRange { lo: 2000, hi: 60000 }, &moved);
+        let d = p.differences(&other).unwrap();
+        assert!(d.starts_with("workers 2 here, 4 there; local_port_range 1024-65535 here, 2000-60000 there; "), "{d}");
+        assert!(d.contains("[[cluster.node]] tables differ"), "{d}");
+        assert_eq!(p.differences(&Placement { workers: 3, ..p }).as_deref(), Some("workers 2 here, 3 there"));
+        // In every datagram after the header (and before the entries), covered by the MAC.
+        let m = Batcher::new(1, 100).with_placement(p).encode(&samples(), 1).remove(0);
+        let mut want = vec![0, 2, 4, 0, 0xff, 0xff];
+        want.extend_from_slice(&p.nodes.to_be_bytes());
+        assert_eq!(&m[HEADER_LEN..E], &want[..]);
+        assert_eq!(parse(&m).unwrap().placement, Some(p));
+        let key = k(b"0123456789abcdef");
+        let m6 = Batcher::with_key(1, 100, key.clone(), 9).with_placement(p).encode_at(&samples(), 1, 100).remove(0);
+        assert_eq!(&m6[HEADER_LEN_AUTH..HEADER_LEN_AUTH + Placement::LEN], &want[..]);
+        assert_eq!(parse_with(&m6, Some(&key)).unwrap().placement, Some(p));
     }
 }

@@ -2,7 +2,9 @@
 //! configured peers or a multicast group; sends the workers' batches through the
 //! rate-bounded [`Batcher`] and hands what the peers send to the owning workers.
 
-use crate::cluster::sync::{parse_with, route, Batcher, ReplayGuard, SyncEntry, SyncKey};
+use crate::cluster::sync::{
+    parse_with, route, Batcher, Message, Placement, ReplayGuard, SyncEntry, SyncError, SyncKey,
+};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What the sync thread did (for `ferrovsadm drops` and the `ferrovs_sync_*` metrics).
@@ -30,12 +32,15 @@ pub struct SyncStats {
     pub messages_auth_failed: AtomicU64,
     /// Authentic datagrams refused as replayed or stale.
     pub messages_replayed: AtomicU64,
+    /// Datagrams refused: the sender's workers, local_port_range or `[[cluster.node]]`
+    /// tables differ from this node's.
+    pub messages_placement: AtomicU64,
 }
 
 impl SyncStats {
     /// Every counter: (name, help, value). The names are the JSON keys of `ferrovsadm drops
     /// --json` ("sync") and, as `ferrovs_sync_{name}_total`, the metric names.
-    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 12] {
+    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 13] {
         [
             ("messages_sent", "Sync datagrams sent (one per destination).", &self.messages_sent),
             ("entries_sent", "Sync entries sent.", &self.entries_sent),
@@ -49,6 +54,11 @@ impl SyncStats {
             ("messages_malformed", "Malformed sync datagrams.", &self.messages_malformed),
             ("messages_auth_failed", "Sync datagrams whose MAC failed (or missing).", &self.messages_auth_failed),
             ("messages_replayed", "Authentic sync datagrams refused as replayed or stale.", &self.messages_replayed),
+            (
+                "messages_placement",
+                "Sync datagrams from a node whose workers, local_port_range or cluster.node tables differ.",
+                &self.messages_placement,
+            ),
         ]
     }
 
@@ -61,6 +71,7 @@ impl SyncStats {
             SyncError::Malformed => &self.messages_malformed,
             SyncError::Auth => &self.messages_auth_failed,
             SyncError::Replay => &self.messages_replayed,
+            SyncError::Placement => &self.messages_placement,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -124,9 +135,48 @@ pub fn key_file_warning(cluster: &ferrovs_cfg::Cluster) -> Option<String> {
     })
 }
 
+/// The receiving half of the sync thread: parses a datagram, checks its MAC, bounds replay
+/// and compares the sender's placement-relevant configuration with this node's.
+#[derive(Debug)]
+pub struct Receiver {
+    node: u8,
+    key: Option<SyncKey>,
+    replay: ReplayGuard,
+    placement: Placement,
+}
+
+impl Receiver {
+    pub fn new(node: u8, key: Option<SyncKey>, placement: Placement) -> Self {
+        Receiver { node, key, replay: ReplayGuard::default(), placement }
+    }
+
+    /// A peer's message to install, `Ok(None)` for this node's own (a multicast loop, or
+    /// this node among its peers), or why it is refused with the words for the log. `now_s`:
+    /// the clock (seconds since 1970, low 32 bits).
+    pub fn receive(&mut self, b: &[u8], now_s: u32) -> Result<Option<Message>, (SyncError, String)> {
+        let err = |e: SyncError| (e, e.to_string());
+        let m = parse_with(b, self.key.as_ref()).map_err(err)?;
+        if m.node == self.node {
+            return Ok(None);
+        }
+        if self.key.is_some() {
+            self.replay.check(&m, now_s).map_err(err)?;
+        }
+        if let Some(d) = m.placement.and_then(|p| self.placement.differences(&p)) {
+            return Err((
+                SyncError::Placement,
+                format!("node {}'s configuration places connections otherwise: {d}", m.node),
+            ));
+        }
+        Ok(Some(m))
+    }
+}
+
 /// The sync thread: sends the workers' batches to the peers (rate-bounded) and delivers
 /// what the peers send to the owning workers (full-NAT connections: the owner of their local
-/// port in `port_range`), until `stop`.
+/// port in `port_range`), until `stop`. This node's placement ([`Placement::of`], the
+/// newest snapshot's: `Fabric::placement`) goes with every datagram and is required of the
+/// peers'.
 pub fn run<B: Send + 'static>(
     cluster: ferrovs_cfg::Cluster,
     port_range: ferrovs_cfg::PortRange,
@@ -144,13 +194,18 @@ pub fn run<B: Send + 'static>(
     let mut batcher = match &key {
         Some(k) => Batcher::with_key(cluster.node_id, cluster.sync_rate, k.clone(), unix_micros()),
         None => Batcher::new(cluster.node_id, cluster.sync_rate),
-    };
-    let mut replay = ReplayGuard::default();
+    }
+    .with_placement(fabric.placement());
+    let mut receiver = Receiver::new(cluster.node_id, key, fabric.placement());
     let clock = crate::daemon::clock();
     let mut buf = vec![0u8; 65536];
     let mut pending: Vec<SyncEntry> = Vec::new();
     let mut bad_log = crate::pipeline::ratelimit::RateLimit::default();
     while !stop.load(Relaxed) {
+        // A reload may have changed the node tables.
+        let placement = fabric.placement();
+        batcher.set_placement(placement);
+        receiver.placement = placement;
         while let Some(b) = fabric.sync_tx.pop() {
             pending.extend(b);
         }
@@ -172,13 +227,9 @@ pub fn run<B: Send + 'static>(
         // Receive until the socket is idle (read timeout 2 ms).
         for _ in 0..256 {
             let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
-            let r = parse_with(&buf[..n], key.as_ref()).and_then(|m| match &key {
-                Some(_) if m.node != cluster.node_id => replay.check(&m, unix_secs()).map(|()| m),
-                _ => Ok(m),
-            });
-            match r {
-                Ok(m) if m.node == cluster.node_id => {}
-                Ok(m) => {
+            match receiver.receive(&buf[..n], unix_secs()) {
+                Ok(None) => {}
+                Ok(Some(m)) => {
                     stats.messages_received.fetch_add(1, Relaxed);
                     stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
                     stats.entries_unknown.fetch_add(m.unknown as u64, Relaxed);
@@ -188,13 +239,83 @@ pub fn run<B: Send + 'static>(
                         }
                     }
                 }
-                Err(e) => {
+                Err((e, why)) => {
                     stats.refused(&e);
                     if bad_log.allow(clock()) {
-                        tracing::warn!(%from, "sync message refused: {e}");
+                        tracing::warn!(%from, "sync message refused: {why}");
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::sync::{SyncEntry, VERSION_V3};
+
+    fn entry() -> SyncEntry {
+        let a = |x| crate::wire::parse::v4_to_addr([10, 0, 0, x]);
+        SyncEntry::Delete { proto: 6, client: a(2), cport: 40000, vip: a(100), vport: 80, lport: None }
+    }
+
+    fn placement(workers: usize, lo: u16) -> Placement {
+        let nodes = [ferrovs_cfg::ClusterNode { id: 1, local_addresses: vec!["10.98.0.1".parse().unwrap()] }];
+        Placement::of(workers, ferrovs_cfg::PortRange { lo, hi: 65535 }, &nodes)
+    }
+
+    #[test]
+    fn a_peer_whose_placement_differs_is_refused_naming_it() {
+        let ours = placement(2, 1024);
+        let mut r = Receiver::new(1, None, ours);
+        let from = |node, p| Batcher::new(node, 100).with_placement(p).encode(&[entry()], 1).remove(0);
+        // The same configuration: installed.
+        let m = r.receive(&from(2, ours), 0).unwrap().unwrap();
+        assert_eq!((m.node, m.entries), (2, vec![entry()]));
+        // Our own datagram (multicast loop): ignored, whatever it carries.
+        assert_eq!(r.receive(&from(1, placement(8, 1024)), 0), Ok(None));
+        // Other workers, another port range: refused, the words name both.
+        let (e, why) = r.receive(&from(3, placement(4, 2000)), 0).unwrap_err();
+        assert_eq!(e, SyncError::Placement);
+        assert_eq!(
+            why,
+            "node 3's configuration places connections otherwise: workers 2 here, 4 there; \
+             local_port_range 1024-65535 here, 2000-65535 there"
+        );
+        // Another node table.
+        let other = Placement::of(2, ferrovs_cfg::PortRange { lo: 1024, hi: 65535 }, &[]);
+        let (e, why) = r.receive(&from(3, other), 0).unwrap_err();
+        assert!(e == SyncError::Placement && why.contains("[[cluster.node]] tables differ"), "{why}");
+        // A node of an older release (version 3, no placement block) is still heard.
+        let mut v3 = from(3, ours);
+        v3.drain(12..12 + Placement::LEN);
+        v3[4] = VERSION_V3;
+        assert_eq!(r.receive(&v3, 0).unwrap().unwrap().entries, vec![entry()]);
+        // Counting by reason.
+        let stats = SyncStats::default();
+        stats.refused(&SyncError::Placement);
+        assert_eq!(stats.messages_placement.load(Relaxed), 1);
+        assert!(stats.fields().iter().any(|f| f.0 == "messages_placement"));
+    }
+
+    #[test]
+    fn authenticated_datagrams_pass_mac_and_replay_before_the_placement() {
+        let key = SyncKey::new(b"0123456789abcdef");
+        let ours = placement(2, 1024);
+        let mut r = Receiver::new(1, Some(key.clone()), ours);
+        let now = 1_800_000_000;
+        let mut b = Batcher::with_key(2, 100, key.clone(), 5).with_placement(ours);
+        let m = b.encode_at(&[entry()], 1, now).remove(0);
+        assert!(r.receive(&m, now).unwrap().is_some());
+        assert_eq!(r.receive(&m, now).unwrap_err().0, SyncError::Replay);
+        // A forged placement block breaks the MAC.
+        let mut forged = b.encode_at(&[entry()], 2, now).remove(0);
+        forged[24] ^= 1;
+        assert_eq!(r.receive(&forged, now).unwrap_err().0, SyncError::Auth);
+        // Authentic but placed otherwise.
+        b.set_placement(placement(3, 1024));
+        let m = b.encode_at(&[entry()], 3, now).remove(0);
+        assert_eq!(r.receive(&m, now).unwrap_err().0, SyncError::Placement);
     }
 }

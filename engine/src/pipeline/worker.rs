@@ -78,6 +78,9 @@ pub struct Fabric<B> {
     pub services: Vec<Mutex<Arc<Vec<ServiceCounters>>>>,
     /// Cluster: batches of sync entries from the workers to the sync thread.
     pub sync_tx: ArrayQueue<Vec<SyncEntry>>,
+    /// Cluster: the placement-relevant configuration of the newest snapshot (the sync thread
+    /// sends it and requires it of the peers; a reload may change the node tables).
+    pub sync_placement: Mutex<crate::cluster::sync::Placement>,
     pub stop: AtomicBool,
 }
 
@@ -90,9 +93,24 @@ impl<B> Fabric<B> {
             counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
             services: (0..workers).map(|_| Mutex::new(Arc::new(Vec::new()))).collect(),
             sync_tx: ArrayQueue::new(1024),
+            sync_placement: Mutex::new(Default::default()),
             stop: AtomicBool::new(false),
         })
     }
+    /// Record `snap`'s placement-relevant configuration for the sync thread.
+    pub fn set_placement(&self, snap: &crate::pipeline::snapshot::Snapshot) {
+        let nodes = snap.config.cluster.as_ref().map_or(&[][..], |c| &c.nodes[..]);
+        let p = crate::cluster::sync::Placement::of(self.workers, snap.port_range, nodes);
+        if let Ok(mut g) = self.sync_placement.lock() {
+            *g = p;
+        }
+    }
+
+    /// The placement-relevant configuration of the newest snapshot.
+    pub fn placement(&self) -> crate::cluster::sync::Placement {
+        self.sync_placement.lock().map(|g| *g).unwrap_or_default()
+    }
+
     /// Post a control message to every worker (best effort: a full ring
     /// drops the message, which for neighbours only delays resolution).
     pub fn broadcast(&self, mut make: impl FnMut() -> Ctrl) {

@@ -36,6 +36,7 @@ impl MemEngine {
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
         let fabric = Fabric::new(n);
+        fabric.set_placement(&snapshot);
         let workers = (0..n)
             .map(|w| {
                 // Kernel ports (`interface.kernel_port`) after the interfaces, as the backends
@@ -108,17 +109,26 @@ impl MemEngine {
     }
 
     /// Cluster: what the workers queued for the peers since the last call, encoded by
-    /// `batcher` at `now` as the daemon's sync thread does.
+    /// `batcher` at `now` as the daemon's sync thread does (with this engine's placement).
     pub fn take_sync(&mut self, batcher: &mut crate::cluster::sync::Batcher, now: u64) -> Vec<Vec<u8>> {
         let mut all = Vec::new();
         while let Some(b) = self.fabric.sync_tx.pop() {
             all.extend(b);
         }
+        batcher.set_placement(self.sync_placement());
         batcher.encode(&all, now)
     }
 
+    /// Cluster: this engine's placement-relevant configuration, as its sync thread sends
+    /// and requires it ([`crate::cluster::sync::Placement::of`]).
+    pub fn sync_placement(&self) -> crate::cluster::sync::Placement {
+        self.fabric.placement()
+    }
+
     /// Cluster: a sync datagram from a peer, delivered to the owning workers, which install
-    /// it at `now`. Returns the number of entries, or why the message was refused.
+    /// it at `now`. Returns the number of entries, or why the message was refused (the
+    /// placement block is not compared here: that is the sync thread's
+    /// [`crate::cluster::syncd::Receiver`]).
     pub fn deliver_sync(&mut self, msg: &[u8], now: u64) -> Result<usize, crate::cluster::sync::SyncError> {
         let m = crate::cluster::sync::parse(msg)?;
         let n = m.entries.len();

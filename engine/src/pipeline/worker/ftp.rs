@@ -339,10 +339,14 @@ impl<'a> Broker<'a> {
             client,
             cport,
         };
-        // A full-NAT active expectation waits on a port reserved on this node's local address
-        // (keyed by it): the format has no field for that, so it is not synced (README).
-        let fnat_active = self.fwd == Forward::Fnat && matches!(key, ExpKey::Active(..));
-        if let Some(out) = self.sync.as_mut().filter(|_| !fnat_active) {
+        // A full-NAT active expectation waits on a port reserved on the control connection's
+        // local address (keyed by it): synced with that address and the client's data port
+        // (format version 5), so a survivor expects the real server's connection too.
+        let fnat_active = match key {
+            ExpKey::Active(_, la, _) if self.fwd == Forward::Fnat => Some((la, cport)),
+            _ => None,
+        };
+        if let Some(out) = self.sync.as_mut() {
             use crate::cluster::sync::ExpectKind as K;
             let c = flows.get(idx);
             let (kind, port) = match key {
@@ -361,6 +365,7 @@ impl<'a> Broker<'a> {
                 vip: c.vip,
                 rs,
                 timeout_s: (expires.saturating_sub(now) / 1_000_000_000) as u32,
+                fnat: fnat_active,
             }));
         }
         let d = self.table.insert(key, val, self.per_session);

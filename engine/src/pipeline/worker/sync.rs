@@ -189,8 +189,19 @@ impl<Q: PortQueue> Worker<Q> {
         let local = match (self.snap.services[si].dests[di].forward == Forward::Fnat, s.fnat) {
             (false, None) => Local::Any,
             (true, Some((la, lport))) => {
-                if !self.lports.reserve(la, s.proto, lport) {
-                    return false; // in use here: a connection of this node holds it
+                // A port reserved here for a synced full-NAT active expectation: its data
+                // connection, opened on the peer, takes the reservation over.
+                let expected = s.data && s.proto == PROTO_TCP && !self.reserved.is_empty();
+                let held =
+                    if expected { self.reserved.iter().position(|&(a, p, _)| a == la && p == lport) } else { None };
+                match held {
+                    Some(k) => {
+                        self.reserved.swap_remove(k);
+                    }
+                    None if !self.lports.reserve(la, s.proto, lport) => {
+                        return false; // in use here: a connection of this node holds it
+                    }
+                    None => {}
                 }
                 Local::Fixed(la, lport)
             }
@@ -295,12 +306,37 @@ impl<Q: PortQueue> Worker<Q> {
         let Some((parent, Dir::In)) = self.flows.lookup(&ctl) else { return false };
         let c = self.flows.get(parent);
         let (svc, dest, gen) = (c.svc, c.dest, c.gen);
-        let key = match x.kind {
-            K::Passive => ExpKey::Passive(x.client, x.vip, x.port),
-            K::PassiveAny => ExpKey::PassiveAny(x.client, x.vip),
-            K::Active => ExpKey::Active(x.rs, x.client, x.port),
-            K::DrActive => ExpKey::DrActive(x.client, x.port, x.vip),
+        let key = match (x.kind, x.fnat) {
+            (K::Passive, _) => ExpKey::Passive(x.client, x.vip, x.port),
+            (K::PassiveAny, _) => ExpKey::PassiveAny(x.client, x.vip),
+            (K::Active, Some((la, _))) => ExpKey::Active(x.rs, la, x.port),
+            (K::Active, None) => ExpKey::Active(x.rs, x.client, x.port),
+            (K::DrActive, _) => ExpKey::DrActive(x.client, x.port, x.vip),
         };
+        let expires = self.now + x.timeout_s as u64 * 1_000_000_000;
+        // Full NAT active: the real server will connect to the sender's local address at a
+        // port the sender reserved; reserved here too until used or expired (both sides must
+        // agree it is full NAT).
+        let fnat_service = self
+            .snap
+            .services
+            .get(svc as usize)
+            .and_then(|s| s.dests.get(dest as usize))
+            .is_some_and(|d| d.forward == Forward::Fnat);
+        if fnat_service != x.fnat.is_some() && x.kind == K::Active {
+            return false;
+        }
+        if let Some((la, _)) = x.fnat {
+            match self.reserved.iter().position(|&(a, p, _)| a == la && p == x.port) {
+                Some(k) => self.reserved[k].2 = expires, // sent again: the same reservation
+                None => {
+                    if self.reserved.len() >= super::ftp::MAX_RESERVED || !self.lports.reserve(la, proto, x.port) {
+                        return false;
+                    }
+                    self.reserved.push((la, x.port, expires));
+                }
+            }
+        }
         let per_session = self
             .snap
             .services
@@ -315,9 +351,9 @@ impl<Q: PortQueue> Worker<Q> {
             vip: x.vip,
             parent,
             parent_gen: gen,
-            expires: self.now + x.timeout_s as u64 * 1_000_000_000,
-            client: Addr::default(),
-            cport: 0,
+            expires,
+            client: if x.fnat.is_some() { x.client } else { Addr::default() },
+            cport: x.fnat.map_or(0, |f| f.1),
         };
         self.expect.insert(key, val, per_session);
         true
