@@ -1378,7 +1378,7 @@ impl<Q: PortQueue> Worker<Q> {
             || self.sync_on
             || c.fwd == Forward::Tunnel
         {
-            return Some(self.forward_general(idx, dir, pkt, p));
+            return Some(self.forward(idx, dir, pkt, p));
         }
         // Egress MTU (see `forward`; no tunnel overhead here).
         let egress = if dir == Dir::In { c.if_in } else { c.if_out };
@@ -1409,13 +1409,6 @@ impl<Q: PortQueue> Worker<Q> {
             return Some(Next::Drop(r));
         }
         Some(self.l2_write(idx, dir == Dir::In, d))
-    }
-
-    /// [`Worker::forward`] out of line: the fast path's exit for connections with anything
-    /// special (its code inlined into the poll loop cost registers on every packet).
-    #[inline(never)]
-    fn forward_general(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
-        self.forward(idx, dir, pkt, p)
     }
 
     /// Forward a packet of connection `idx` travelling in `dir`.
