@@ -213,7 +213,7 @@ pub struct Worker<Q: PortQueue> {
     /// found by the burst's second pass (`NONE`: missed / not looked up).
     /// Kept at (at least) the largest burst's length and overwritten in
     /// place by each burst (entries past the burst are stale).
-    pre: Vec<(Result<Parsed, parse::ParseError>, u64, u32)>,
+    pre: Vec<Pre>,
     /// Per (service, real server) packet/byte deltas not yet folded into
     /// the shared `ServiceCounters` (see [`Worker::flush_svc_counters`]).
     acc: Vec<SvcAcc>,
@@ -467,29 +467,8 @@ impl<Q: PortQueue> Worker<Q> {
             if pre.len() < n {
                 pre.resize(n, (Ok(Parsed::default()), 0, NONE));
             }
-            let mut bytes = 0u64;
-            // Parse straight into the burst array (no `Parsed` copies).
-            for (pkt, (r, h, hint)) in rx.iter().zip(pre.iter_mut()) {
-                bytes += pkt.len() as u64;
-                parse::parse_into(pkt.data(), r);
-                *hint = NONE;
-                *h = match &*r {
-                    Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
-                        let h = self.flows.hash(&flow_key(p));
-                        self.flows.prefetch(h);
-                        h
-                    }
-                    _ => 0,
-                };
-            }
-            for (r, h, hint) in pre[..n].iter_mut() {
-                if let (Ok(p), true) = (&*r, *h != 0) {
-                    if let Some(v) = self.flows.lookup_word(&flow_key(p), *h) {
-                        self.flows.prefetch_conn(v >> 1);
-                        *hint = v;
-                    }
-                }
-            }
+            let bytes = parse_pass(&self.flows, &rx, &mut pre[..n]);
+            lookup_pass(&self.flows, &mut pre[..n]);
             self.hint_ver = self.flows.version();
             work += n;
             bump(&self.counters.rx_packets, n as u64);
@@ -773,17 +752,22 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                 };
                 if let Some(v) = found {
-                    let idx = v >> 1;
-                    let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
-                    let d = pkt.data();
-                    let ours = d[0] & 1 == 1 || self.if_macs.get(iface).is_some_and(|m| *m == d[0..6]);
-                    // A bare SYN on a known tuple may start a new connection (port reuse):
-                    // the slow path decides.
-                    let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                    if ours && !syn && !self.flows.get(idx).expired(self.now) {
-                        let next = self.forward(idx, dir, &mut pkt, p);
-                        self.finish(pkt, next);
-                        return;
+                    match self.forward_established(iface, v, &mut pkt, p) {
+                        // The common end: straight onto its transmit queue (`finish` minus
+                        // the cases that cannot be; the SYN proxy's release only follows
+                        // its own connections' packets, which take `forward_general`).
+                        Some(Next::Tx(t)) if self.proxy_release.is_none() => {
+                            match self.tx.get_mut(t) {
+                                Some(q) => q.push(pkt),
+                                None => self.finish(pkt, Next::Tx(t)),
+                            }
+                            return;
+                        }
+                        Some(next) => {
+                            self.finish(pkt, next);
+                            return;
+                        }
+                        None => {}
                     }
                 }
             }
@@ -1394,6 +1378,64 @@ impl<Q: PortQueue> Worker<Q> {
         Ok(idx)
     }
 
+    /// The established fast path: a packet that arrived on `iface` and the index word `v`
+    /// the burst's lookup found for it. `None`: not the fast path's (not addressed to us, a
+    /// bare SYN on a known tuple, an expired entry), the caller classifies it. A connection
+    /// with anything special (FTP gateway, SYN proxy, PROXY protocol, translation, backup
+    /// state, cluster sync, tunnel) takes the general [`Worker::forward`]; the common NAT,
+    /// full NAT and DR packet is handled here with one look at its connection.
+    #[inline(always)]
+    fn forward_established(&mut self, iface: usize, v: u32, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        let idx = v >> 1;
+        let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
+        // Parsed frames hold at least an Ethernet header.
+        let dst: &[u8; 6] = pkt.data().get(..6)?.try_into().ok()?;
+        let ours = dst[0] & 1 == 1 || self.if_macs.get(iface) == Some(dst);
+        // A bare SYN on a known tuple may start a new connection (port reuse): the slow path decides.
+        let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let c = self.flows.get(idx);
+        if !ours || syn || c.expired(self.now) {
+            return None;
+        }
+        if c.flags & (F_SYNCED | F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) != 0
+            || self.sync_on
+            || c.fwd == Forward::Tunnel
+        {
+            return Some(self.forward(idx, dir, pkt, p));
+        }
+        // Egress MTU (see `forward`; no tunnel overhead here).
+        let egress = if dir == Dir::In { self.flows.if_in(c) } else { self.flows.if_out(c) };
+        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        if p.end - p.l3 > mtu {
+            return Some(self.too_big(dir, pkt, p, mtu));
+        }
+        let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+        // The far end this direction rewrites to: the real server (in) or the VIP (out).
+        let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
+        let t = TrackCtx {
+            now: self.now,
+            snap_gen: self.snap_gen,
+            id: self.id,
+            snap: &self.snap,
+            timeouts: &self.timeouts,
+            half_open: &mut self.half_open,
+            acc: &mut self.acc,
+            acc_base: &self.acc_base,
+            acc_dirty: &mut self.acc_dirty,
+        };
+        let c = self.flows.get_mut(idx);
+        let wrapped = track(c, dir, p, pkt.len() as u64, t);
+        let d = pkt.data_mut();
+        let r = if c.fwd == Forward::Dr { Ok(()) } else { rewrite_conn(c, la, far, dir, d, p) };
+        if wrapped {
+            self.flows.carry_pkt(idx, dir == Dir::In);
+        }
+        if let Err(r) = r {
+            return Some(Next::Drop(r));
+        }
+        Some(self.l2_write(idx, dir == Dir::In, d))
+    }
+
     /// Forward a packet of connection `idx` travelling in `dir`.
     #[inline(always)]
     fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
@@ -1415,75 +1457,25 @@ impl<Q: PortQueue> Worker<Q> {
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
         }
-        let now = self.now;
-        let snap_gen = self.snap_gen;
-        let id = self.id;
         let len = pkt.len() as u64;
-        // State, timeout, counters.
-        let wrapped;
-        let state_before;
         if self.flows.get(idx).flags & F_SYNCED != 0 {
             self.adopt(idx);
         }
-        {
-            let snap = &self.snap;
-            let c = self.flows.get_mut(idx);
-            state_before = c.state;
-            if p.proto == PROTO_TCP {
-                let d = match (dir, c.fwd) {
-                    (Dir::Out, _) => Direction::Output,
-                    (Dir::In, f) if f.two_way() => Direction::Input,
-                    (Dir::In, _) => Direction::InputOnly,
-                };
-                let old = c.state;
-                let new = tcpstate::next(old, d, p.tcp_flags);
-                if new != old {
-                    c.state = new;
-                    if old == crate::flow::tcpstate::TcpState::SynRecv {
-                        self.half_open = self.half_open.saturating_sub(1);
-                    } else if new == crate::flow::tcpstate::TcpState::SynRecv {
-                        self.half_open += 1;
-                    }
-                    if c.snap_gen == snap_gen && c.flags & F_COUNTED != 0 {
-                        let counts = &snap.conn_counts[c.svc as usize];
-                        let was = c.flags & F_ACTIVE_COUNTED != 0;
-                        let is = new.is_active();
-                        if was && !is {
-                            counts.dec_active(id, c.dest as usize);
-                            counts.inc_inactive(id, c.dest as usize);
-                            c.flags &= !F_ACTIVE_COUNTED;
-                        } else if !was && is {
-                            counts.dec_inactive(id, c.dest as usize);
-                            counts.inc_active(id, c.dest as usize);
-                            c.flags |= F_ACTIVE_COUNTED;
-                        }
-                    }
-                }
-            }
-            c.set_expires(now, now + self.timeouts[c.state as usize]);
-            // Packet count (the high halves live in the cold array).
-            let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
-            *n = n.wrapping_add(1);
-            wrapped = *n == 0;
-            // Service / real-server traffic: worker-local deltas, folded
-            // into the shared counters every ~100 ms (see `flush_svc_counters`).
-            let slot = self.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
-            if let Some(a) = self.acc.get_mut(slot as usize) {
-                if a.in_packets | a.out_packets == 0 {
-                    self.acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
-                }
-                match dir {
-                    Dir::In => {
-                        a.in_packets += 1;
-                        a.in_bytes += len;
-                    }
-                    Dir::Out => {
-                        a.out_packets += 1;
-                        a.out_bytes += len;
-                    }
-                }
-            }
-        }
+        // State, timeout, counters.
+        let t = TrackCtx {
+            now: self.now,
+            snap_gen: self.snap_gen,
+            id: self.id,
+            snap: &self.snap,
+            timeouts: &self.timeouts,
+            half_open: &mut self.half_open,
+            acc: &mut self.acc,
+            acc_base: &self.acc_base,
+            acc_dirty: &mut self.acc_dirty,
+        };
+        let c = self.flows.get_mut(idx);
+        let state_before = c.state;
+        let wrapped = track(c, dir, p, len, t);
         if wrapped {
             self.flows.carry_pkt(idx, dir == Dir::In);
         }
@@ -1493,55 +1485,12 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
-        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Nat {
-            // The common case: NAT without the gateway.
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) == 0 && c.fwd.two_way() {
+            // The common case: NAT or full NAT without the gateway (deltas precomputed).
+            let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+            let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
             let d = pkt.data_mut();
-            let r = match dir {
-                Dir::In => {
-                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
-                }
-                Dir::Out => rewrite_nat(
-                    d,
-                    p,
-                    false,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ),
-            };
-            if let Err(r) = r {
-                return Next::Drop(r);
-            }
-            return self.l2_write(idx, dir == Dir::In, d);
-        }
-        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) == 0 && c.fwd == Forward::Fnat {
-            // Full NAT without the gateway: both ends, deltas precomputed as for NAT.
-            let la = self.flows.laddr_of(c);
-            let d = pkt.data_mut();
-            let r = match dir {
-                Dir::In => rewrite_fnat(
-                    d,
-                    p,
-                    la,
-                    c.lport,
-                    self.flows.rs_of(c).0,
-                    self.flows.rs_of(c).1,
-                    c.l3_in as u32,
-                    c.l4_in(),
-                ),
-                Dir::Out => rewrite_fnat(
-                    d,
-                    p,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.client,
-                    c.cport,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ),
-            };
-            if let Err(r) = r {
+            if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
                 return Next::Drop(r);
             }
             return self.l2_write(idx, dir == Dir::In, d);
@@ -1599,63 +1548,15 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let fwd = c.fwd;
         match (fwd, dir) {
-            (Forward::Nat, Dir::In) => {
-                let d = pkt.data_mut();
-                if let Err(r) =
-                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
-                {
-                    return Next::Drop(r);
-                }
-                self.l2_write(idx, true, d)
-            }
-            (Forward::Nat, Dir::Out) => {
-                let d = pkt.data_mut();
-                if let Err(r) = rewrite_nat(
-                    d,
-                    p,
-                    false,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ) {
-                    return Next::Drop(r);
-                }
-                self.l2_write(idx, false, d)
-            }
             (Forward::Fnat, _) if c.flags & F_XLAT != 0 => self.xlat(idx, dir, pkt, p),
-            (Forward::Fnat, Dir::In) => {
-                let la = self.flows.laddr_of(c);
+            (Forward::Nat | Forward::Fnat, _) => {
+                let la = if fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+                let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(
-                    d,
-                    p,
-                    la,
-                    c.lport,
-                    self.flows.rs_of(c).0,
-                    self.flows.rs_of(c).1,
-                    c.l3_in as u32,
-                    c.l4_in(),
-                ) {
+                if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
                     return Next::Drop(r);
                 }
-                self.l2_write(idx, true, d)
-            }
-            (Forward::Fnat, Dir::Out) => {
-                let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(
-                    d,
-                    p,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.client,
-                    c.cport,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ) {
-                    return Next::Drop(r);
-                }
-                self.l2_write(idx, false, d)
+                self.l2_write(idx, dir == Dir::In, d)
             }
             (Forward::Dr, _) => self.l2_out(idx, true, pkt),
             (Forward::Tunnel, _) => {
@@ -1881,6 +1782,143 @@ fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounter
         } else {
             k += 1;
         }
+    }
+}
+
+/// A burst's parse result, flow hash (0: none) and index word (`NONE`: missed / not looked up).
+type Pre = (Result<Parsed, parse::ParseError>, u64, u32);
+
+/// Pass 1 of a burst: parse each frame straight into `pre` (no `Parsed` copies), hash the
+/// 5-tuple of TCP/UDP packets and prefetch its index line. Returns the burst's bytes. Out of
+/// line with the table and the array as separate arguments, so the compiler may keep the
+/// table's fields in registers across the burst (in `poll` every store into the array might
+/// have changed them).
+#[inline(never)]
+fn parse_pass<B: crate::port::Packet>(flows: &FlowTable, rx: &[B], pre: &mut [Pre]) -> u64 {
+    let mut bytes = 0u64;
+    for (pkt, (r, h, hint)) in rx.iter().zip(pre.iter_mut()) {
+        bytes += pkt.len() as u64;
+        parse::parse_into(pkt.data(), r);
+        *hint = NONE;
+        *h = match &*r {
+            Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
+                let h = flows.hash(&flow_key(p));
+                flows.prefetch(h);
+                h
+            }
+            _ => 0,
+        };
+    }
+    bytes
+}
+
+/// Pass 2 of a burst: find the connection of each hashed packet and prefetch it (see
+/// [`parse_pass`] for why it is a function of its own).
+#[inline(never)]
+fn lookup_pass(flows: &FlowTable, pre: &mut [Pre]) {
+    for (r, h, hint) in pre.iter_mut() {
+        if let (Ok(p), true) = (&*r, *h != 0) {
+            if let Some(v) = flows.lookup_word(&flow_key(p), *h) {
+                flows.prefetch_conn(v >> 1);
+                *hint = v;
+            }
+        }
+    }
+}
+
+/// What [`track`] needs of the worker besides the connection (disjoint borrows of its fields).
+struct TrackCtx<'a> {
+    now: u64,
+    snap_gen: u16,
+    id: usize,
+    snap: &'a Snapshot,
+    timeouts: &'a [u64; crate::flow::tcpstate::N_STATES],
+    half_open: &'a mut u32,
+    acc: &'a mut [SvcAcc],
+    acc_base: &'a [u32],
+    acc_dirty: &'a mut Vec<u32>,
+}
+
+/// One forwarded packet (`len` bytes) of connection `c` travelling in `dir`: TCP state (and
+/// the scheduler's active/inactive counts, the SYN_RECV count), expiry, the packet count and
+/// the per-(service, real server) traffic deltas. True if the packet count's low half
+/// wrapped (the caller carries it, [`FlowTable::carry_pkt`]).
+#[inline(always)]
+fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) -> bool {
+    if p.proto == PROTO_TCP {
+        let d = match (dir, c.fwd) {
+            (Dir::Out, _) => Direction::Output,
+            (Dir::In, f) if f.two_way() => Direction::Input,
+            (Dir::In, _) => Direction::InputOnly,
+        };
+        let old = c.state;
+        let new = tcpstate::next(old, d, p.tcp_flags);
+        if new != old {
+            c.state = new;
+            if old == crate::flow::tcpstate::TcpState::SynRecv {
+                *t.half_open = t.half_open.saturating_sub(1);
+            } else if new == crate::flow::tcpstate::TcpState::SynRecv {
+                *t.half_open += 1;
+            }
+            if c.snap_gen == t.snap_gen && c.flags & F_COUNTED != 0 {
+                let counts = &t.snap.conn_counts[c.svc as usize];
+                let was = c.flags & F_ACTIVE_COUNTED != 0;
+                let is = new.is_active();
+                if was && !is {
+                    counts.dec_active(t.id, c.dest as usize);
+                    counts.inc_inactive(t.id, c.dest as usize);
+                    c.flags &= !F_ACTIVE_COUNTED;
+                } else if !was && is {
+                    counts.dec_inactive(t.id, c.dest as usize);
+                    counts.inc_active(t.id, c.dest as usize);
+                    c.flags |= F_ACTIVE_COUNTED;
+                }
+            }
+        }
+    }
+    c.set_expires(t.now, t.now + t.timeouts[c.state as usize]);
+    // Packet count (the high halves live in the cold array).
+    let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
+    *n = n.wrapping_add(1);
+    let wrapped = *n == 0;
+    // Service / real-server traffic: worker-local deltas, folded
+    // into the shared counters every ~100 ms (see `flush_svc_counters`).
+    let slot = t.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
+    if let Some(a) = t.acc.get_mut(slot as usize) {
+        if a.in_packets | a.out_packets == 0 {
+            t.acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
+        }
+        match dir {
+            Dir::In => {
+                a.in_packets += 1;
+                a.in_bytes += len;
+            }
+            Dir::Out => {
+                a.out_packets += 1;
+                a.out_bytes += len;
+            }
+        }
+    }
+    wrapped
+}
+
+/// The NAT / full NAT rewrite of a packet of `c` travelling in `dir` (precomputed checksum
+/// deltas; no gateway, proxy or translation): `la` is `c`'s local address (full NAT).
+#[inline(always)]
+fn rewrite_conn(
+    c: &flow::Conn,
+    la: Addr,
+    far: (Addr, u16),
+    dir: Dir,
+    d: &mut [u8],
+    p: &Parsed,
+) -> Result<(), DropReason> {
+    let (fa, fp) = far;
+    match (c.fwd, dir) {
+        (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport, fa, fp, c.l3_in as u32, c.l4_in()),
+        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client, c.cport, c.l3_out as u32, c.l4_out()),
+        (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in as u32, c.l4_in()),
+        (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out as u32, c.l4_out()),
     }
 }
 
