@@ -37,7 +37,7 @@ fn table(n: usize) -> (FlowTable, Vec<FlowKey>) {
     for i in 0..n as u32 {
         let client = v4_to_addr((0x6440_0000 + (i >> 6)).to_be_bytes());
         let cport = 1024 + (i & 63) as u16;
-        let c = new_conn(
+        let mut c = new_conn(
             6,
             Forward::Nat,
             client,
@@ -47,8 +47,10 @@ fn table(n: usize) -> (FlowTable, Vec<FlowKey>) {
             v4_to_addr([10, 0, 2, 2 + (i % 8) as u8]),
             80,
         );
+        // Clients behind one gateway (one interned next hop).
+        c.nh_out = v4_to_addr([10, 0, 1, 254]);
         let k = c.key_in();
-        if t.insert(c).is_ok() {
+        if t.insert(c, 0).is_ok() {
             keys.push(k);
         }
     }

@@ -508,3 +508,25 @@ fn one_way_traffic_does_not_hoard_buffers() {
     assert!(pooled <= 2 * POOL_MAX, "{pooled} buffers pooled after {n} one-way packets");
     assert_drops(&e, &[]);
 }
+
+/// A full flow table: the next new connection is a counted `table_full` drop; the
+/// connections in the table keep flowing, and a slot freed by expiry is taken again.
+#[test]
+fn full_flow_table_is_a_counted_drop() {
+    let text = config_text(SERVICES).replacen("flow_table_size = 4096", "flow_table_size = 16", 1);
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "full.toml").unwrap(), 1);
+    for p in 0..16 {
+        assert_eq!(e.inject(EXT, &syn(41000 + p, 80), S).len(), 1, "connection {p} fits");
+    }
+    assert!(e.inject(EXT, &syn(41016, 80), S).is_empty());
+    assert_drops(&e, &[(DropReason::TableFull, 1)]);
+    assert_eq!(e.workers[0].flows.len(), 16);
+    // The ones in the table still pass.
+    let ack = from_client(tcp4(CLIENT, 41003, VIP, 80, TCP_ACK, 1001, 5001, b""));
+    assert_eq!(e.inject(EXT, &ack, 2 * S).len(), 1);
+    // After SYN_RECV's 60 s the others expire; the refused tuple then gets a slot.
+    e.workers[0].expire_all(70 * S);
+    assert_eq!(e.workers[0].flows.len(), 1, "the established one stays");
+    assert_eq!(e.inject(EXT, &syn(41016, 80), 70 * S).len(), 1);
+    assert_drops(&e, &[(DropReason::TableFull, 1)]);
+}

@@ -1,13 +1,39 @@
-//! The per-worker flow table: a slab of connections plus an
+//! The per-worker flow table: a slab of 64-byte connections plus an
 //! open-addressing index (linear probing over 8-byte `tag | slot | dir`
 //! words, see [`FlowTable`]) from the 5-tuple as received to (slab index,
 //! direction). A NAT connection has two keys (client side and real-server
 //! side); a DR connection has one. Sized up front: the index and the slab
 //! never grow past the configured capacity, so there are no rehash spikes.
+//!
+//! Memory per connection (see [`FlowTable::memory_bytes`]):
+//! - the hot entry, [`Conn`]: one cache line (64 bytes, a compile-time
+//!   assert). What does not fit is shared or moved out:
+//!   - the VIP with its port, the real server with its port, the full-NAT
+//!     local address and the next hops are interned per table
+//!     ([`Interned`], 2-byte ids, reference counted: an id whose last
+//!     connection went is reused, so reloads cannot make them grow without
+//!     bound). A next hop also caches its MAC ([`Hop`]): all connections
+//!     through one gateway or to one real server share one resolution;
+//!   - the reply direction's L4 checksum delta is the ones' complement of
+//!     the request direction's (RFC 1624), so only one is kept;
+//!   - expiry is in coarse ticks of 2^20 ns (~1 ms, rounded down, compared
+//!     wrapping: at most [`MAX_SPAN_NS`] ahead);
+//!   - packet counts keep their low 16 bits here, the rest in the cold part.
+//! - the index: `2 * capacity / 0.8` words of 8 bytes (20 bytes per
+//!   connection; the slot count need not be a power of two, the hash is
+//!   range-reduced by a multiply-shift).
+//! - the free list: threaded through the free slab entries (no memory).
+//! - the cold part ([`ConnCold`]: FTP session and data-connection links,
+//!   SYN proxy, PROXY protocol, high halves of the packet counts, cluster
+//!   sync time) only for connections that use one: its own slab, named by
+//!   `Conn::cold` (or [`NONE`]), allocated on first use
+//!   ([`FlowTable::cold_mut`]) and freed with the connection.
 
 use crate::flow::tcpstate::TcpState;
 use crate::wire::parse::Addr;
 use ferrovs_cfg::Forward;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// A 5-tuple exactly as it appears on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -40,13 +66,119 @@ pub const F_SYNCED: u8 = 32; // cluster backup state from a peer: not counted un
 pub const F_PPROTO: u8 = 64; // PROXY protocol header towards the server: `ConnCold::pp` is set
 pub const F_XLAT: u8 = 128; // full NAT across families: every packet is translated (`crate::pipeline::nat64`)
 
+/// Expiry tick: 2^20 ns (about 1 ms).
+const TICK_SHIFT: u32 = 20;
+/// The furthest ahead an expiry may lie (longer timeouts are cut to it):
+/// 2^30 ticks, about 13 days (ticks are compared wrapping, see
+/// [`Conn::expired`]).
+pub const MAX_SPAN_NS: u64 = 1 << (30 + TICK_SHIFT);
+
+/// The hop id of "no next hop" (a DR connection's reply direction).
+pub const NO_HOP: u16 = 0;
+
 /// One tracked connection: the fields the established fast path reads and
-/// writes, in two cache lines (128 bytes, aligned). Everything else lives
-/// in [`ConnCold`], a parallel array touched only on the slow paths.
-#[repr(align(64))]
+/// writes, in one cache line (64 bytes, aligned). Interned parts are
+/// resolved through the table ([`FlowTable::vip_of`], [`FlowTable::rs_of`],
+/// [`FlowTable::laddr_of`], [`FlowTable::hop`]); the rest of a connection
+/// lives in [`ConnCold`], allocated only for connections that need it.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
 pub struct Conn {
-    pub live: bool,
+    pub client: Addr,
+    pub cport: u16,
+    /// Full NAT: the local port towards the real server. 0 otherwise.
+    pub lport: u16,
+    /// Interned (VIP, port) and (real server, port): [`FlowTable::vip_of`],
+    /// [`FlowTable::rs_of`].
+    pub vipi: u16,
+    pub rsi: u16,
+    /// Full NAT: the interned local address ([`FlowTable::laddr_of`]).
+    pub laddr: u16,
+    pub svc: u16,
+    pub dest: u16,
+    /// Snapshot generation (low 16 bits) the indices above refer to. A
+    /// reload re-stamps every live connection, so a wrap cannot alias.
+    pub snap_gen: u16,
     pub gen: u32,
+    /// Expiry tick (see [`Conn::expired`]).
+    exp: u32,
+    /// The cold part's index in the table's cold slab, or [`NONE`]; for a
+    /// free slot, the next free slot.
+    cold: u32,
+    /// Precomputed checksum deltas (RFC 1624): IPv4 header per direction;
+    /// L4 towards the real server (the reply direction's is its complement).
+    pub l3_in: u16,
+    pub l3_out: u16,
+    l4: u16,
+    /// Interned next hops (egress interface, neighbour address, cached MAC)
+    /// towards the real server / the client ([`FlowTable::hop`]).
+    pub hop_in: u16,
+    pub hop_out: u16,
+    /// Packets per direction, low 16 bits (`ferrovsadm -L -c`); a wrap
+    /// carries into [`ConnCold`] (see [`FlowTable::carry_pkt`]). Byte and
+    /// per-service counts are kept by the worker (`Worker::flush_svc_counters`).
+    pub pkts_in: u16,
+    pub pkts_out: u16,
+    pub flags: u8,
+    pub proto: u8,
+    pub fwd: Forward,
+    pub state: TcpState,
+    pub live: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Conn>() == 64, "the hot Conn is one cache line");
+
+impl Conn {
+    /// Has the connection expired at `now` (ns)? Expiry is kept in ticks
+    /// (rounded down), so this turns true at the expiry time or up to one
+    /// tick (~1 ms) before it: never after (timer wheels of IPVS and
+    /// conntrack are as coarse).
+    #[inline(always)]
+    pub fn expired(&self, now: u64) -> bool {
+        ((now >> TICK_SHIFT) as u32).wrapping_sub(self.exp) as i32 >= 0
+    }
+    /// Expire at `at` (ns), seen at `now` (at most [`MAX_SPAN_NS`] ahead).
+    #[inline(always)]
+    pub fn set_expires(&mut self, now: u64, at: u64) {
+        let at = at.min(now.saturating_add(MAX_SPAN_NS));
+        self.exp = (at >> TICK_SHIFT) as u32;
+    }
+    /// Time left until expiry at `now` (ns; 0 once expired).
+    pub fn expires_in(&self, now: u64) -> u64 {
+        let d = self.exp.wrapping_sub((now >> TICK_SHIFT) as u32) as i32;
+        if d <= 0 {
+            0
+        } else {
+            ((d as u64) << TICK_SHIFT).saturating_sub(now & ((1 << TICK_SHIFT) - 1))
+        }
+    }
+    #[inline(always)]
+    pub fn l4_in(&self) -> u32 {
+        self.l4 as u32
+    }
+    /// The reply direction's L4 delta: the complement of the request
+    /// direction's (every rewritten word is swapped back).
+    #[inline(always)]
+    pub fn l4_out(&self) -> u32 {
+        if self.l4 == 0 {
+            0
+        } else {
+            !self.l4 as u32
+        }
+    }
+    pub fn has_out_key(&self) -> bool {
+        self.fwd.two_way()
+    }
+    /// Is a cold part allocated?
+    pub fn has_cold(&self) -> bool {
+        self.cold != NONE
+    }
+}
+
+/// A connection about to be inserted ([`new_conn`], [`FlowTable::insert`]):
+/// every part spelled out; the table interns what the hot entry names by id.
+#[derive(Clone, Copy, Debug)]
+pub struct NewConn {
     pub proto: u8,
     pub fwd: Forward,
     pub flags: u8,
@@ -59,40 +191,41 @@ pub struct Conn {
     pub rport: u16,
     pub svc: u16,
     pub dest: u16,
-    /// Snapshot generation the indices above refer to.
-    pub snap_gen: u32,
+    pub snap_gen: u16,
+    /// Absolute expiry (ns).
     pub expires: u64,
-    /// Precomputed checksum deltas (RFC 1624) for each direction.
     pub l3_in: u32,
-    pub l4_in: u32,
     pub l3_out: u32,
-    pub l4_out: u32,
-    /// Egress interface towards the real server / the client (next hops
-    /// in [`ConnCold`]).
+    /// The L4 delta towards the real server (the reply one is derived).
+    pub l4_in: u32,
+    /// Egress interface and next hop towards the real server / the client
+    /// (the client side only for NAT and full NAT).
     pub if_in: u8,
+    pub nh_in: Addr,
     pub if_out: u8,
-    /// Cached next-hop MACs, valid while `mac_gen` equals the worker's
-    /// neighbour generation.
-    pub mac_in: [u8; 6],
-    pub mac_out: [u8; 6],
-    pub mac_gen: u32,
-    /// Packets per direction, low 32 bits (`ferrovsadm -L -c`); a wrap
-    /// carries into [`ConnCold`] (see [`FlowTable::carry_pkt`]). Byte and
-    /// per-service counts are kept by the worker (`Worker::flush_svc_counters`).
-    pub pkts_in: u32,
-    pub pkts_out: u32,
-    /// Full NAT: the local port and the local address (an index into the
-    /// table's interned local addresses, [`FlowTable::intern_laddr`]) the
-    /// connection uses towards the real server. 0 otherwise.
+    pub nh_out: Addr,
+    /// Full NAT: the local address and port towards the real server.
+    pub laddr: Addr,
     pub lport: u16,
-    pub laddr: u16,
 }
 
-/// The rarely used part of a connection, same slot number as its [`Conn`].
+impl NewConn {
+    pub fn key_in(&self) -> FlowKey {
+        FlowKey { src: self.client, dst: self.vip, sport: self.cport, dport: self.vport, proto: self.proto }
+    }
+    /// The reply-direction key as it arrives: from the real server to the
+    /// client (NAT) or to the local address and port (full NAT).
+    pub fn key_out(&self) -> FlowKey {
+        if self.fwd == Forward::Fnat {
+            FlowKey { src: self.rs, dst: self.laddr, sport: self.rport, dport: self.lport, proto: self.proto }
+        } else {
+            FlowKey { src: self.rs, dst: self.client, sport: self.rport, dport: self.cport, proto: self.proto }
+        }
+    }
+}
+
+/// The rarely used part of a connection ([`FlowTable::cold`]).
 pub struct ConnCold {
-    /// Next hop towards the real server / the client.
-    pub nh_in: Addr,
-    pub nh_out: Addr,
     /// FTP: the control connection of a data connection.
     pub parent: u32,
     pub parent_gen: u32,
@@ -103,40 +236,215 @@ pub struct ConnCold {
     pub proxy: Option<Box<crate::pipeline::synproxy::Proxied>>,
     /// PROXY protocol: the header and the client's stream start.
     pub pp: Option<Box<crate::pipeline::proxyproto::Pp>>,
-    /// High 32 bits of the packet counts.
-    pub pkts_in_hi: u32,
-    pub pkts_out_hi: u32,
+    /// Packet counts above the low 16 bits kept in [`Conn`].
+    pub pkts_in_hi: u64,
+    pub pkts_out_hi: u64,
     /// Cluster: when the connection was last sent to the peers (ns).
     pub synced_at: u64,
 }
 
+impl ConnCold {
+    /// A connection without a cold part reads as this.
+    pub const EMPTY: ConnCold = ConnCold {
+        parent: NONE,
+        parent_gen: 0,
+        children: 0,
+        alg: None,
+        proxy: None,
+        pp: None,
+        pkts_in_hi: 0,
+        pkts_out_hi: 0,
+        synced_at: 0,
+    };
+}
+
 impl Default for ConnCold {
     fn default() -> Self {
-        ConnCold {
-            nh_in: 0,
-            nh_out: 0,
-            parent: NONE,
-            parent_gen: 0,
-            children: 0,
-            alg: None,
-            proxy: None,
-            pp: None,
-            pkts_in_hi: 0,
-            pkts_out_hi: 0,
-            synced_at: 0,
-        }
+        ConnCold::EMPTY
     }
 }
 
-impl Conn {
-    pub fn key_in(&self) -> FlowKey {
-        FlowKey { src: self.client, dst: self.vip, sport: self.cport, dport: self.vport, proto: self.proto }
+static COLD_EMPTY: ConnCold = ConnCold::EMPTY;
+
+/// An interned next hop: where a connection's packets leave and the MAC
+/// they go to, cached while `mac_gen` equals the worker's neighbour
+/// generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub iface: u8,
+    pub nh: Addr,
+    pub mac: [u8; 6],
+    pub mac_gen: u32,
+}
+
+/// FxHash-style hasher for the small interned tables (keyed with the
+/// table's seed; only the slow path hashes).
+#[derive(Clone, Copy)]
+struct SeededFx(u64);
+struct Fx(u64);
+impl BuildHasher for SeededFx {
+    type Hasher = Fx;
+    fn build_hasher(&self) -> Fx {
+        Fx(self.0)
     }
-    pub fn key_out(&self) -> FlowKey {
-        FlowKey { src: self.rs, dst: self.client, sport: self.rport, dport: self.cport, proto: self.proto }
+}
+impl Fx {
+    #[inline(always)]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7cc1_b727_220a_95);
     }
-    pub fn has_out_key(&self) -> bool {
-        self.fwd.two_way()
+}
+impl Hasher for Fx {
+    fn write(&mut self, b: &[u8]) {
+        for c in b.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64)
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(i as u64)
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.add(i as u64);
+        self.add((i >> 64) as u64);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Values interned under 2-byte ids with reference counts. An id whose
+/// count drops to 0 keeps its value (the next connection to the same one
+/// finds it again) until a new value needs an id and none is unused: then
+/// the oldest unreferenced one is reused. So at most `limit` ids, whatever
+/// the reloads.
+pub struct Interned<K> {
+    vals: Vec<K>,
+    refs: Vec<u32>,
+    map: HashMap<K, u16, SeededFx>,
+    /// Ids whose count reached 0 (each at most once: `queued`).
+    zero: std::collections::VecDeque<u16>,
+    queued: Vec<bool>,
+    limit: usize,
+    /// Direct-mapped cache in front of `map` (ids of recently taken
+    /// values; a hit is checked against `vals`, which mirrors `map`).
+    memo: [u16; MEMO],
+    seed: u64,
+}
+
+const MEMO: usize = 256;
+
+impl<K: Copy + Eq + Hash> Interned<K> {
+    fn new(limit: usize, seed: u64) -> Self {
+        Interned {
+            vals: Vec::new(),
+            refs: Vec::new(),
+            map: HashMap::with_hasher(SeededFx(seed)),
+            zero: Default::default(),
+            queued: Vec::new(),
+            limit: limit.min(u16::MAX as usize + 1),
+            memo: [u16::MAX; MEMO],
+            seed,
+        }
+    }
+
+    #[inline(always)]
+    fn memo_slot(&self, k: &K) -> usize {
+        let mut h = Fx(self.seed);
+        k.hash(&mut h);
+        (h.finish() >> 56) as usize % MEMO
+    }
+
+    /// Take a reference to `k`: its id and whether the id is new for it;
+    /// `None` if every id is referenced.
+    fn take(&mut self, k: K) -> Option<(u16, bool)> {
+        let m = self.memo_slot(&k);
+        let i = self.memo[m];
+        if self.vals.get(i as usize) == Some(&k) {
+            self.refs[i as usize] += 1;
+            return Some((i, false));
+        }
+        if let Some(&i) = self.map.get(&k) {
+            self.refs[i as usize] += 1;
+            self.memo[m] = i;
+            return Some((i, false));
+        }
+        let i = if self.vals.len() < self.limit {
+            self.vals.push(k);
+            self.refs.push(0);
+            self.queued.push(false);
+            (self.vals.len() - 1) as u16
+        } else {
+            loop {
+                let i = self.zero.pop_front()?;
+                self.queued[i as usize] = false;
+                if self.refs[i as usize] == 0 {
+                    let old = self.vals[i as usize];
+                    self.map.remove(&old);
+                    self.vals[i as usize] = k;
+                    break i;
+                }
+            }
+        };
+        self.map.insert(k, i);
+        self.refs[i as usize] = 1;
+        self.memo[m] = i;
+        Some((i, true))
+    }
+
+    /// Drop a reference taken by [`Interned::take`].
+    fn release(&mut self, i: u16) {
+        let r = &mut self.refs[i as usize];
+        debug_assert!(*r > 0);
+        *r = r.saturating_sub(1);
+        if *r == 0 && !self.queued[i as usize] {
+            self.queued[i as usize] = true;
+            self.zero.push_back(i);
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: u16) -> K {
+        self.vals[i as usize]
+    }
+
+    /// Ids in use (referenced or kept for reuse).
+    pub fn len(&self) -> usize {
+        self.vals.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.vals.is_empty()
+    }
+    /// References to id `i`.
+    pub fn refs(&self, i: u16) -> u32 {
+        self.refs.get(i as usize).copied().unwrap_or(0)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.vals.capacity() * std::mem::size_of::<K>()
+            + self.refs.capacity() * 4
+            + self.queued.capacity()
+            + self.zero.capacity() * 2
+            + self.map.capacity() * (std::mem::size_of::<(K, u16)>() + 1)
+    }
+
+    fn clear(&mut self) {
+        self.vals.clear();
+        self.refs.clear();
+        self.map.clear();
+        self.zero.clear();
+        self.queued.clear();
+        self.memo = [u16::MAX; MEMO];
     }
 }
 
@@ -166,14 +474,16 @@ pub struct ConnRow {
 
 /// The per-worker connection table.
 ///
-/// Layout (chosen for the established fast path, see `ferrovs bench`):
-/// - `slab`: the connections, indexed by a `u32` slot number.
+/// Layout (chosen for the established fast path, see `ferrovs bench` and
+/// the module docs for the bytes):
+/// - `slab`: the 64-byte connections, indexed by a `u32` slot number; free
+///   slots are chained through `Conn::cold` from `free`.
 /// - `index`: an open-addressing (linear probing) array of `u64` words,
 ///   `hash tag (32 bits) | slot << 1 | dir`. The key itself is not stored:
 ///   a tag match is confirmed against the connection in the slab, which the
-///   packet needs next anyway. 8 bytes per key instead of a 64-byte
-///   (FlowKey, value) bucket, so 2 keys per connection cost 32 bytes at the
-///   reserved load (at most 1/2), and a probe is one cache line.
+///   packet needs next anyway. Sized for two keys per connection at a load
+///   of at most 0.8; the home slot is the tag times the slot count, shifted
+///   (any slot count, not only powers of two).
 /// - Deletion is backward-shift (no tombstones, probe lengths stay short).
 /// - Both arrays are reserved at start and advised for transparent huge
 ///   pages: with millions of flows every lookup is a random access, and
@@ -183,24 +493,34 @@ pub struct ConnRow {
 ///   the worker hash a whole burst and prefetch its index lines first.
 pub struct FlowTable {
     index: Vec<u64>,
-    mask: usize,
-    /// 64 - log2(index slots): the home slot is the tag's top bits.
-    shift: u32,
+    /// Index slots (`index.len()`).
+    n: usize,
     seed: u64,
     slab: Vec<Conn>,
-    /// The cold halves, indexed like `slab`.
+    /// First free slab slot below `slab.len()` (chained), or [`NONE`].
+    free: u32,
     cold: Vec<ConnCold>,
-    free: Vec<u32>,
+    cold_free: Vec<u32>,
     cap: usize,
     live: usize,
     /// Bumped by every insert and remove: index words looked up at one
     /// version stay exact while it is unchanged.
     version: u64,
-    /// Full NAT local addresses seen so far, interned so that a connection
-    /// names its own in two bytes (`Conn::laddr`) and stays in two cache
-    /// lines. Only grows (at most `u16::MAX` distinct addresses; a config
-    /// holds at most 256 per service).
-    laddrs: Vec<Addr>,
+    vips: Interned<(Addr, u16)>,
+    reals: Interned<(Addr, u16)>,
+    laddrs: Interned<Addr>,
+    /// Next hops, with the MAC cache beside them; id 0 is [`NO_HOP`].
+    hops: Interned<(Addr, u8)>,
+    /// Per hop id: (cached MAC, egress interface, generation it is valid for).
+    macs: Vec<HopMac>,
+}
+
+/// What the fast path reads of a next hop (12 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopMac {
+    pub mac: [u8; 6],
+    pub iface: u8,
+    pub mac_gen: u32,
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -245,65 +565,141 @@ fn prefetch_ptr<T>(p: *const T) {
     let _ = p;
 }
 
+/// Index slots for `cap` connections: two keys each at a load of at most 0.8.
+fn index_slots(cap: usize) -> usize {
+    (cap * 2 * 5).div_ceil(4).max(16)
+}
+
+/// Interned values per kind (ids are 2 bytes).
+const INTERN_LIMIT: usize = u16::MAX as usize + 1;
+
 impl FlowTable {
     pub fn new(cap: usize) -> Self {
-        let cap = cap.max(16);
-        // Two keys per connection at a load of at most 1/2.
-        let slots = (cap * 4).next_power_of_two();
-        let mut index = Vec::with_capacity(slots);
+        Self::with_intern_limit(cap, INTERN_LIMIT)
+    }
+
+    /// [`FlowTable::new`] with at most `limit` ids per interned kind (tests).
+    pub fn with_intern_limit(cap: usize, limit: usize) -> Self {
+        let cap = cap.clamp(16, (u32::MAX >> 1) as usize - 1);
+        let n = index_slots(cap);
+        let mut index = Vec::with_capacity(n);
         advise_huge(&index);
-        index.resize(slots, EMPTY);
+        index.resize(n, EMPTY);
         let slab = Vec::with_capacity(cap);
         advise_huge(&slab);
-        let cold = Vec::with_capacity(cap);
         let seed = {
-            use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_usize(&index as *const _ as usize);
             h.finish() | 1
         };
-        FlowTable {
+        let mut t = FlowTable {
             index,
-            mask: slots - 1,
-            shift: 64 - slots.trailing_zeros(),
+            n,
             seed,
             slab,
-            cold,
-            free: Vec::with_capacity(cap),
+            free: NONE,
+            cold: Vec::new(),
+            cold_free: Vec::new(),
             cap,
             live: 0,
             version: 0,
-            laddrs: Vec::new(),
-        }
+            vips: Interned::new(limit, seed ^ 1),
+            reals: Interned::new(limit, seed ^ 2),
+            laddrs: Interned::new(limit, seed ^ 3),
+            hops: Interned::new(limit.max(2), seed ^ 4),
+            macs: Vec::new(),
+        };
+        t.reset_hops();
+        t
     }
 
-    /// The index of local address `a` for `Conn::laddr` (added on first use);
-    /// `None` if the table of local addresses is full.
-    pub fn intern_laddr(&mut self, a: Addr) -> Option<u16> {
-        if let Some(i) = self.laddrs.iter().position(|&x| x == a) {
-            return Some(i as u16);
-        }
-        if self.laddrs.len() >= u16::MAX as usize {
-            return None;
-        }
-        self.laddrs.push(a);
-        Some((self.laddrs.len() - 1) as u16)
+    fn reset_hops(&mut self) {
+        self.hops.clear();
+        self.macs.clear();
+        // NO_HOP: referenced for good, never resolved to a MAC.
+        let (h, _) = self.hops.take((0, u8::MAX)).expect("an empty table has ids");
+        debug_assert_eq!(h, NO_HOP);
+        self.macs.push(HopMac { mac: [0; 6], iface: 0, mac_gen: 0 });
     }
 
-    /// The local address of full-NAT connection `c`.
+    /// The (VIP, port) of connection `c`.
+    #[inline(always)]
+    pub fn vip_of(&self, c: &Conn) -> (Addr, u16) {
+        self.vips.get(c.vipi)
+    }
+    /// The (real server, port) of connection `c`.
+    #[inline(always)]
+    pub fn rs_of(&self, c: &Conn) -> (Addr, u16) {
+        self.reals.get(c.rsi)
+    }
+    /// The local address of full-NAT connection `c` (0 for other connections).
     #[inline(always)]
     pub fn laddr_of(&self, c: &Conn) -> Addr {
-        self.laddrs.get(c.laddr as usize).copied().unwrap_or(0)
+        if c.fwd == Forward::Fnat {
+            self.laddrs.get(c.laddr)
+        } else {
+            0
+        }
+    }
+    /// Next hop `h` (a connection's `hop_in` / `hop_out`).
+    pub fn hop(&self, h: u16) -> Hop {
+        let m = self.hop_mac(h);
+        Hop { iface: m.iface, nh: self.hop_nh(h), mac: m.mac, mac_gen: m.mac_gen }
+    }
+    /// The egress interface and cached MAC of next hop `h`.
+    #[inline(always)]
+    pub fn hop_mac(&self, h: u16) -> HopMac {
+        self.macs[h as usize]
+    }
+    /// The neighbour address of next hop `h` (0 for [`NO_HOP`]).
+    #[inline(always)]
+    pub fn hop_nh(&self, h: u16) -> Addr {
+        self.hops.get(h).0
+    }
+    /// Cache the MAC of next hop `h` as valid for neighbour generation `gen`.
+    #[inline(always)]
+    pub fn set_hop_mac(&mut self, h: u16, mac: [u8; 6], gen: u32) {
+        if h != NO_HOP {
+            let m = &mut self.macs[h as usize];
+            m.mac = mac;
+            m.mac_gen = gen;
+        }
+    }
+    /// Egress interface towards the real server.
+    #[inline(always)]
+    pub fn if_in(&self, c: &Conn) -> u8 {
+        self.macs[c.hop_in as usize].iface
+    }
+    /// Egress interface towards the client (0 for DR and tunnel).
+    #[inline(always)]
+    pub fn if_out(&self, c: &Conn) -> u8 {
+        self.macs[c.hop_out as usize].iface
+    }
+    /// Interned values: (VIPs, real servers, local addresses, next hops).
+    pub fn interned(&self) -> (usize, usize, usize, usize) {
+        (self.vips.len(), self.reals.len(), self.laddrs.len(), self.hops.len())
+    }
+    /// Cold parts allocated (live connections that use one).
+    pub fn cold_in_use(&self) -> usize {
+        self.cold.len() - self.cold_free.len()
+    }
+
+    /// The request-direction key of `c` as it arrives (client to VIP).
+    #[inline(always)]
+    pub fn key_in(&self, c: &Conn) -> FlowKey {
+        let (vip, vport) = self.vip_of(c);
+        FlowKey { src: c.client, dst: vip, sport: c.cport, dport: vport, proto: c.proto }
     }
 
     /// The reply-direction key of `c` as it arrives: from the real server to
     /// the client (NAT) or to the local address and port (full NAT).
     #[inline(always)]
     pub fn key_out(&self, c: &Conn) -> FlowKey {
+        let (rs, rport) = self.rs_of(c);
         if c.fwd == Forward::Fnat {
-            FlowKey { src: c.rs, dst: self.laddr_of(c), sport: c.rport, dport: c.lport, proto: c.proto }
+            FlowKey { src: rs, dst: self.laddr_of(c), sport: rport, dport: c.lport, proto: c.proto }
         } else {
-            c.key_out()
+            FlowKey { src: rs, dst: c.client, sport: rport, dport: c.cport, proto: c.proto }
         }
     }
 
@@ -339,9 +735,19 @@ impl FlowTable {
         mum(mum(a ^ s, b ^ 0x9e37_79b9_7f4a_7c15) ^ p, s ^ 0xd6e8_feb8_6659_fd93) | 1
     }
 
+    /// Home slot of a tag: the tag scaled to the slot count.
     #[inline(always)]
     fn home(&self, tag: u32) -> usize {
-        ((tag as u64) << 32 >> self.shift) as usize & self.mask
+        ((tag as u64 * self.n as u64) >> 32) as usize
+    }
+
+    #[inline(always)]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.n {
+            0
+        } else {
+            i + 1
+        }
     }
 
     /// Prefetch the index line of a hash (first stage of a burst).
@@ -351,13 +757,10 @@ impl FlowTable {
         prefetch_ptr(self.index.as_ptr().wrapping_add(i));
     }
 
-    /// Prefetch both cache lines of connection `i`.
+    /// Prefetch the cache line of connection `i`.
     #[inline(always)]
     pub fn prefetch_conn(&self, i: u32) {
-        const _: () = assert!(std::mem::size_of::<Conn>() == 128, "hot Conn is two cache lines");
-        let p = self.slab.as_ptr().wrapping_add(i as usize) as *const u8;
-        prefetch_ptr(p);
-        prefetch_ptr(p.wrapping_add(64));
+        prefetch_ptr(self.slab.as_ptr().wrapping_add(i as usize));
     }
 
     #[inline(always)]
@@ -365,16 +768,35 @@ impl FlowTable {
         // Index words always refer to live slab entries.
         let c = &self.slab[(v >> 1) as usize];
         if v & 1 == 0 {
-            c.client == k.src && c.vip == k.dst && c.cport == k.sport && c.vport == k.dport && c.proto == k.proto
+            let (vip, vport) = self.vip_of(c);
+            c.client == k.src && c.cport == k.sport && c.proto == k.proto && vip == k.dst && vport == k.dport
         } else {
-            c.rs == k.src
-                && c.rport == k.sport
+            let (rs, rport) = self.rs_of(c);
+            rs == k.src
+                && rport == k.sport
                 && c.proto == k.proto
                 && if c.fwd == Forward::Fnat {
-                    c.lport == k.dport && self.laddr_of(c) == k.dst
+                    c.lport == k.dport && self.laddrs.get(c.laddr) == k.dst
                 } else {
                     c.client == k.dst && c.cport == k.dport
                 }
+        }
+    }
+
+    /// Index position of key `k` (hash `h`): `Ok` where it is, or `Err`
+    /// with the first empty slot of its probe sequence.
+    fn probe(&self, k: &FlowKey, h: u64) -> Result<usize, usize> {
+        let tag = (h >> 32) as u32;
+        let mut i = self.home(tag);
+        loop {
+            let w = self.index[i];
+            if w == EMPTY {
+                return Err(i);
+            }
+            if (w >> 32) as u32 == tag && self.matches(w as u32, k) {
+                return Ok(i);
+            }
+            i = self.next(i);
         }
     }
 
@@ -391,7 +813,7 @@ impl FlowTable {
             if (w >> 32) as u32 == tag && self.matches(w as u32, k) {
                 return Some(i);
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
@@ -436,14 +858,36 @@ impl FlowTable {
     pub fn try_get(&self, i: u32) -> Option<&Conn> {
         self.slab.get(i as usize).filter(|c| c.live)
     }
-    /// The cold half of connection `i`.
+    /// The cold part of connection `i` ([`ConnCold::EMPTY`] if it has none).
     #[inline]
     pub fn cold(&self, i: u32) -> &ConnCold {
-        &self.cold[i as usize]
+        match self.slab[i as usize].cold {
+            NONE => &COLD_EMPTY,
+            k => &self.cold[k as usize],
+        }
     }
+    /// The cold part of live connection `i`, allocated on first use.
     #[inline]
     pub fn cold_mut(&mut self, i: u32) -> &mut ConnCold {
-        &mut self.cold[i as usize]
+        let k = match self.slab[i as usize].cold {
+            NONE => {
+                debug_assert!(self.slab[i as usize].live);
+                let k = match self.cold_free.pop() {
+                    Some(k) => {
+                        self.cold[k as usize] = ConnCold::EMPTY;
+                        k
+                    }
+                    None => {
+                        self.cold.push(ConnCold::EMPTY);
+                        (self.cold.len() - 1) as u32
+                    }
+                };
+                self.slab[i as usize].cold = k;
+                k
+            }
+            k => k,
+        };
+        &mut self.cold[k as usize]
     }
     /// Incremental expiry scan: look at up to `*budget` slots from `*pos`
     /// (wrapping), consuming budget; returns the first live connection that
@@ -458,7 +902,7 @@ impl FlowTable {
             let end = n.min(*pos + *budget);
             let start = *pos;
             for (k, c) in self.slab[start..end].iter().enumerate() {
-                if c.expires <= now && c.live {
+                if c.expired(now) && c.live {
                     *budget -= k + 1;
                     *pos = start + k + 1;
                     return Some((start + k) as u32);
@@ -466,18 +910,16 @@ impl FlowTable {
             }
             *budget -= end - start;
             *pos = end;
+            if n == 0 {
+                break;
+            }
         }
         None
     }
-    /// Both halves of connection `i`.
-    #[inline(always)]
-    pub fn both_mut(&mut self, i: u32) -> (&mut Conn, &mut ConnCold) {
-        (&mut self.slab[i as usize], &mut self.cold[i as usize])
-    }
-    /// The low half of a packet count of connection `i` wrapped: carry.
+    /// The low 16 bits of a packet count of connection `i` wrapped: carry.
     #[cold]
     pub fn carry_pkt(&mut self, i: u32, inbound: bool) {
-        let k = &mut self.cold[i as usize];
+        let k = self.cold_mut(i);
         if inbound {
             k.pkts_in_hi += 1;
         } else {
@@ -486,17 +928,8 @@ impl FlowTable {
     }
     /// Packets (in, out) of connection `i`.
     pub fn pkts(&self, i: u32) -> (u64, u64) {
-        let (c, k) = (&self.slab[i as usize], &self.cold[i as usize]);
-        ((k.pkts_in_hi as u64) << 32 | c.pkts_in as u64, (k.pkts_out_hi as u64) << 32 | c.pkts_out as u64)
-    }
-
-    fn index_insert(&mut self, h: u64, v: u32) {
-        let tag = (h >> 32) as u32;
-        let mut i = self.home(tag);
-        while self.index[i] != EMPTY {
-            i = (i + 1) & self.mask;
-        }
-        self.index[i] = ((tag as u64) << 32) | v as u64;
+        let (c, k) = (&self.slab[i as usize], self.cold(i));
+        (k.pkts_in_hi << 16 | c.pkts_in as u64, k.pkts_out_hi << 16 | c.pkts_out as u64)
     }
 
     /// Remove index position `pos` (backward-shift deletion).
@@ -504,7 +937,7 @@ impl FlowTable {
         let mut hole = pos;
         let mut j = pos;
         loop {
-            j = (j + 1) & self.mask;
+            j = self.next(j);
             let w = self.index[j];
             if w == EMPTY {
                 break;
@@ -521,53 +954,168 @@ impl FlowTable {
         self.index[hole] = EMPTY;
     }
 
-    /// Insert a connection; fails when full or when one of its keys is
-    /// already taken (a 5-tuple collision with a live connection).
-    pub fn insert(&mut self, mut c: Conn) -> Result<u32, Conn> {
+    /// Take the interned ids of `c`; `None` (nothing taken) if a kind is full.
+    fn intern_all(&mut self, c: &NewConn) -> Option<[u16; 5]> {
+        let two = c.fwd.two_way();
+        let fnat = c.fwd == Forward::Fnat;
+        let v = self.vips.take((c.vip, c.vport))?.0;
+        let Some((r, _)) = self.reals.take((c.rs, c.rport)) else {
+            self.vips.release(v);
+            return None;
+        };
+        let l = if fnat {
+            match self.laddrs.take(c.laddr) {
+                Some((l, _)) => l,
+                None => {
+                    self.vips.release(v);
+                    self.reals.release(r);
+                    return None;
+                }
+            }
+        } else {
+            0
+        };
+        let hi = match self.take_hop(c.nh_in, c.if_in) {
+            Some(h) => h,
+            None => {
+                self.vips.release(v);
+                self.reals.release(r);
+                if fnat {
+                    self.laddrs.release(l);
+                }
+                return None;
+            }
+        };
+        let ho = if two {
+            match self.take_hop(c.nh_out, c.if_out) {
+                Some(h) => h,
+                None => {
+                    self.vips.release(v);
+                    self.reals.release(r);
+                    if fnat {
+                        self.laddrs.release(l);
+                    }
+                    self.hops.release(hi);
+                    return None;
+                }
+            }
+        } else {
+            NO_HOP
+        };
+        Some([v, r, l, hi, ho])
+    }
+
+    fn take_hop(&mut self, nh: Addr, iface: u8) -> Option<u16> {
+        let (h, fresh) = self.hops.take((nh, iface))?;
+        if fresh {
+            // Not resolved yet (a generation the worker never has... until
+            // it wraps; then one resolution more).
+            let unresolved = HopMac { mac: [0; 6], iface, mac_gen: u32::MAX };
+            match self.macs.get_mut(h as usize) {
+                Some(m) => *m = unresolved,
+                None => self.macs.push(unresolved),
+            }
+        }
+        Some(h)
+    }
+
+    fn release_ids(&mut self, c: &Conn) {
+        self.vips.release(c.vipi);
+        self.reals.release(c.rsi);
+        if c.fwd == Forward::Fnat {
+            self.laddrs.release(c.laddr);
+        }
+        self.hops.release(c.hop_in);
+        if c.hop_out != NO_HOP {
+            self.hops.release(c.hop_out);
+        }
+    }
+
+    /// Insert a connection seen at `now` (ns); fails when full, when one of
+    /// its keys is already taken (a 5-tuple collision with a live
+    /// connection) or when an interned kind has no id left.
+    pub fn insert(&mut self, c: NewConn, now: u64) -> Result<u32, NewConn> {
         if self.live >= self.cap {
             return Err(c);
         }
         let kin = c.key_in();
-        let kout = self.key_out(&c);
+        let kout = c.key_out();
+        let two = c.fwd.two_way();
         let (hin, hout) = (self.hash(&kin), self.hash(&kout));
-        if self.find(&kin, hin).is_some() || (c.has_out_key() && self.find(&kout, hout).is_some()) {
-            return Err(c);
-        }
-        c.live = true;
-        self.version += 1;
-        let idx = match self.free.pop() {
-            Some(i) => {
-                c.gen = self.slab[i as usize].gen.wrapping_add(1);
-                self.slab[i as usize] = c;
-                self.cold[i as usize] = ConnCold::default();
-                i
+        // One walk per key: a duplicate is refused, else where the key goes.
+        let Err(pin) = self.probe(&kin, hin) else { return Err(c) };
+        let pout = if two {
+            match self.probe(&kout, hout) {
+                Ok(_) => return Err(c),
+                Err(p) => p,
             }
-            None => {
-                c.gen = 1;
-                self.slab.push(c);
-                self.cold.push(ConnCold::default());
+        } else {
+            0
+        };
+        let Some([vipi, rsi, laddr, hop_in, hop_out]) = self.intern_all(&c) else { return Err(c) };
+        let mut e = Conn {
+            client: c.client,
+            cport: c.cport,
+            lport: c.lport,
+            vipi,
+            rsi,
+            laddr,
+            svc: c.svc,
+            dest: c.dest,
+            snap_gen: c.snap_gen,
+            gen: 1,
+            exp: 0,
+            cold: NONE,
+            l3_in: c.l3_in as u16,
+            l3_out: c.l3_out as u16,
+            l4: c.l4_in as u16,
+            hop_in,
+            hop_out,
+            pkts_in: 0,
+            pkts_out: 0,
+            flags: c.flags,
+            proto: c.proto,
+            fwd: c.fwd,
+            state: c.state,
+            live: true,
+        };
+        e.set_expires(now, c.expires);
+        self.version += 1;
+        let idx = match self.free {
+            NONE => {
+                self.slab.push(e);
                 (self.slab.len() - 1) as u32
             }
+            i => {
+                let old = &self.slab[i as usize];
+                self.free = old.cold;
+                e.gen = old.gen.wrapping_add(1);
+                self.slab[i as usize] = e;
+                i
+            }
         };
-        self.index_insert(hin, idx << 1);
-        if self.slab[idx as usize].has_out_key() {
-            self.index_insert(hout, idx << 1 | 1);
+        self.index[pin] = (hin >> 32) << 32 | (idx << 1) as u64;
+        if two {
+            // The first empty slot of its walk, unless the request key just took it.
+            let mut p = pout;
+            while self.index[p] != EMPTY {
+                p = self.next(p);
+            }
+            self.index[p] = (hout >> 32) << 32 | (idx << 1 | 1) as u64;
         }
         self.live += 1;
         Ok(idx)
     }
 
-    /// Remove connection `i` (drops its FTP session).
+    /// Remove connection `i` (drops its cold part: FTP session, SYN proxy
+    /// and PROXY protocol state).
     pub fn remove(&mut self, i: u32) {
         if !self.slab[i as usize].live {
             return;
         }
-        self.cold[i as usize].alg = None;
-        self.cold[i as usize].proxy = None;
-        self.cold[i as usize].pp = None;
         self.version += 1;
         let c = &self.slab[i as usize];
-        let kin = c.key_in();
+        let kin = self.key_in(c);
         let kout = self.key_out(c);
         let out = c.has_out_key();
         // Find the keys while the connection is still live (matches()
@@ -580,26 +1128,44 @@ impl FlowTable {
                 self.index_remove(p);
             }
         }
-        self.slab[i as usize].live = false;
-        self.free.push(i);
+        let k = self.slab[i as usize].cold;
+        if k != NONE {
+            self.cold[k as usize] = ConnCold::EMPTY;
+            self.cold_free.push(k);
+        }
+        let ids = self.slab[i as usize];
+        self.release_ids(&ids);
+        let free = self.free;
+        let c = &mut self.slab[i as usize];
+        c.live = false;
+        c.cold = free;
+        self.free = i;
         self.live -= 1;
     }
 
-    /// Bytes reserved by the table (slab, index, free list).
+    /// Bytes held by the table: slab, index, cold slab and its free list,
+    /// interned values (capacities, so reserved but unused memory counts).
     pub fn memory_bytes(&self) -> usize {
         self.index.capacity() * 8
             + self.slab.capacity() * std::mem::size_of::<Conn>()
             + self.cold.capacity() * std::mem::size_of::<ConnCold>()
-            + self.free.capacity() * 4
+            + self.cold_free.capacity() * 4
+            + self.vips.memory_bytes()
+            + self.reals.memory_bytes()
+            + self.laddrs.memory_bytes()
+            + self.hops.memory_bytes()
+            + self.macs.capacity() * std::mem::size_of::<HopMac>()
     }
 
-    /// Size of one connection slot (hot and cold halves).
+    /// Size of one connection slot (the hot entry; a cold part, when one
+    /// is allocated, adds `size_of::<ConnCold>()`).
     pub fn conn_slot_bytes() -> usize {
-        std::mem::size_of::<Conn>() + std::mem::size_of::<ConnCold>()
+        std::mem::size_of::<Conn>()
     }
 
-    /// Approximate bytes of memory per connection slot (slab entry plus
-    /// its index words).
+    /// Bytes per connection slot at capacity: the slab entry plus its index
+    /// words (cold parts and interned values not included: see
+    /// [`FlowTable::memory_bytes`]).
     pub fn bytes_per_flow(&self) -> usize {
         Self::conn_slot_bytes() + 8 * self.index.len() / self.cap.max(1)
     }
@@ -612,8 +1178,13 @@ impl FlowTable {
         }
         self.index.fill(EMPTY);
         self.slab.clear();
+        self.free = NONE;
         self.cold.clear();
-        self.free.clear();
+        self.cold_free.clear();
+        self.vips.clear();
+        self.reals.clear();
+        self.laddrs.clear();
+        self.reset_hops();
         self.live = 0;
         self.version += 1;
     }
@@ -629,10 +1200,8 @@ pub fn new_conn(
     vport: u16,
     rs: Addr,
     rport: u16,
-) -> Conn {
-    Conn {
-        live: false,
-        gen: 0,
+) -> NewConn {
+    NewConn {
         proto,
         fwd,
         flags: 0,
@@ -648,18 +1217,14 @@ pub fn new_conn(
         snap_gen: 0,
         expires: 0,
         l3_in: 0,
-        l4_in: 0,
         l3_out: 0,
-        l4_out: 0,
+        l4_in: 0,
         if_in: 0,
+        nh_in: rs,
         if_out: 0,
-        mac_in: [0; 6],
-        mac_out: [0; 6],
-        mac_gen: u32::MAX,
-        pkts_in: 0,
-        pkts_out: 0,
-        lport: 0,
+        nh_out: client,
         laddr: 0,
+        lport: 0,
     }
 }
 
@@ -668,8 +1233,8 @@ mod tests {
     use super::*;
     use crate::wire::parse::v4_to_addr;
 
-    fn conn(c: u8, fwd: Forward) -> Conn {
-        new_conn(
+    fn conn(c: u8, fwd: Forward) -> NewConn {
+        let mut n = new_conn(
             6,
             fwd,
             v4_to_addr([10, 0, 1, c]),
@@ -678,25 +1243,36 @@ mod tests {
             80,
             v4_to_addr([10, 0, 2, 2]),
             80,
-        )
+        );
+        n.if_in = 1;
+        n.nh_out = v4_to_addr([10, 0, 1, 254]);
+        n.expires = 1_000_000_000;
+        n
     }
 
     #[test]
     fn insert_lookup_remove_both_keys() {
         let mut t = FlowTable::new(16);
-        let i = t.insert(conn(2, Forward::Nat)).ok().unwrap();
+        let n = conn(2, Forward::Nat);
+        let i = t.insert(n, 0).ok().unwrap();
         let c = t.get(i);
-        assert_eq!(t.lookup(&c.key_in()), Some((i, Dir::In)));
-        assert_eq!(t.lookup(&c.key_out()), Some((i, Dir::Out)));
-        let (kin, kout) = (c.key_in(), c.key_out());
+        assert_eq!(t.key_in(c), n.key_in());
+        assert_eq!(t.key_out(c), n.key_out());
+        assert_eq!(t.lookup(&n.key_in()), Some((i, Dir::In)));
+        assert_eq!(t.lookup(&n.key_out()), Some((i, Dir::Out)));
+        assert_eq!(t.vip_of(c), (n.vip, 80));
+        assert_eq!(t.rs_of(c), (n.rs, 80));
+        assert_eq!((t.if_in(c), t.hop(c.hop_in).nh), (1, n.rs));
         t.remove(i);
-        assert_eq!(t.lookup(&kin), None);
-        assert_eq!(t.lookup(&kout), None);
+        assert_eq!(t.lookup(&n.key_in()), None);
+        assert_eq!(t.lookup(&n.key_out()), None);
         assert!(t.is_empty());
-        let j = t.insert(conn(3, Forward::Dr)).ok().unwrap();
+        let d = conn(3, Forward::Dr);
+        let j = t.insert(d, 0).ok().unwrap();
         assert_eq!(j, i, "slot reused");
         assert_eq!(t.get(j).gen, 2, "generation bumped");
-        assert_eq!(t.lookup(&t.get(j).key_out()), None, "DR has no reply key");
+        assert_eq!(t.get(j).hop_out, NO_HOP);
+        assert_eq!(t.lookup(&d.key_out()), None, "DR has no reply key");
     }
 
     #[test]
@@ -704,24 +1280,27 @@ mod tests {
         let mut t = FlowTable::new(16);
         let la = v4_to_addr([10, 0, 2, 200]);
         let mut c = conn(2, Forward::Fnat);
-        c.laddr = t.intern_laddr(la).unwrap();
+        c.laddr = la;
         c.lport = 5000;
-        let i = t.insert(c).ok().unwrap();
+        let i = t.insert(c, 0).ok().unwrap();
         let kout = FlowKey { src: v4_to_addr([10, 0, 2, 2]), dst: la, sport: 80, dport: 5000, proto: 6 };
         assert_eq!(t.key_out(t.get(i)), kout);
         assert_eq!(t.lookup(&kout), Some((i, Dir::Out)));
-        assert_eq!(t.lookup(&t.get(i).key_in()), Some((i, Dir::In)));
-        assert_eq!(t.lookup(&t.get(i).key_out()), None, "the NAT reply key (to the client) is not one");
+        assert_eq!(t.lookup(&c.key_in()), Some((i, Dir::In)));
+        let nat_out = FlowKey { dst: c.client, dport: c.cport, ..kout };
+        assert_eq!(t.lookup(&nat_out), None, "the NAT reply key (to the client) is not one");
         // Same real server, same local address, another local port: another connection.
         let mut d = conn(3, Forward::Fnat);
-        d.laddr = t.intern_laddr(la).unwrap();
+        d.laddr = la;
         d.lport = 5001;
-        assert_eq!(d.laddr, 0, "interned once");
-        assert!(t.insert(d).is_ok());
+        let j = t.insert(d, 0).ok().unwrap();
+        assert_eq!(t.get(j).laddr, t.get(i).laddr, "interned once");
+        assert_eq!(t.laddr_of(t.get(j)), la);
         // The same local address and port towards the same real server: a collision.
         let mut e = conn(4, Forward::Fnat);
+        e.laddr = la;
         e.lport = 5000;
-        assert!(t.insert(e).is_err());
+        assert!(t.insert(e, 0).is_err());
         t.remove(i);
         assert_eq!(t.lookup(&kout), None);
     }
@@ -730,11 +1309,206 @@ mod tests {
     fn full_and_duplicate() {
         let mut t = FlowTable::new(16);
         for c in 0..16 {
-            assert!(t.insert(conn(c, Forward::Nat)).is_ok());
+            assert!(t.insert(conn(c, Forward::Nat), 0).is_ok());
         }
-        assert!(t.insert(conn(200, Forward::Nat)).is_err(), "full");
+        assert!(t.insert(conn(200, Forward::Nat), 0).is_err(), "full");
+        assert_eq!(t.len(), 16);
+        // A removal makes room again, in the same slot.
+        let k = conn(5, Forward::Nat).key_in();
+        let (i, _) = t.lookup(&k).unwrap();
+        t.remove(i);
+        assert_eq!(t.insert(conn(200, Forward::Nat), 0).ok(), Some(i));
         let mut t = FlowTable::new(16);
-        assert!(t.insert(conn(1, Forward::Nat)).is_ok());
-        assert!(t.insert(conn(1, Forward::Nat)).is_err(), "same tuple");
+        assert!(t.insert(conn(1, Forward::Nat), 0).is_ok());
+        assert!(t.insert(conn(1, Forward::Nat), 0).is_err(), "same tuple");
+        assert_eq!(t.interned(), (1, 1, 0, 3), "a failed insert keeps no ids");
+        assert_eq!(t.vips.refs(0), 1);
+    }
+
+    #[test]
+    fn memory_is_under_96_bytes_per_flow_and_reserved_up_front() {
+        let t = FlowTable::new(1 << 20);
+        let per = t.memory_bytes() as f64 / (1 << 20) as f64;
+        assert!(per <= 85.0, "{per} bytes per flow");
+        assert_eq!(t.bytes_per_flow(), 64 + 20);
+        // No growth while filling: the slab and the index are reserved.
+        let mut t = FlowTable::new(1000);
+        let before = (t.slab.capacity(), t.index.len());
+        for c in 0..1000u32 {
+            let mut n = conn(0, Forward::Nat);
+            n.client = v4_to_addr([100, 64, (c >> 8) as u8, c as u8]);
+            assert!(t.insert(n, 0).is_ok());
+        }
+        assert_eq!((t.slab.capacity(), t.index.len()), before);
+        assert_eq!(t.cold.capacity(), 0, "no cold part without a use for one");
+    }
+
+    #[test]
+    fn cold_part_allocated_on_use_and_freed_with_the_connection() {
+        let mut t = FlowTable::new(16);
+        let i = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let j = t.insert(conn(2, Forward::Nat), 0).ok().unwrap();
+        assert!(!t.get(i).has_cold());
+        assert_eq!(t.cold(i).parent, NONE, "reads as empty");
+        assert_eq!(t.cold_in_use(), 0);
+        t.cold_mut(i).children = 3;
+        assert!(t.get(i).has_cold());
+        assert_eq!(t.cold(i).children, 3);
+        assert_eq!(t.cold(j).children, 0);
+        assert_eq!(t.cold_in_use(), 1);
+        t.remove(i);
+        assert_eq!(t.cold_in_use(), 0);
+        // The slot and the cold entry come back clean.
+        let k = t.insert(conn(3, Forward::Nat), 0).ok().unwrap();
+        assert_eq!(k, i);
+        assert!(!t.get(k).has_cold());
+        t.cold_mut(k).synced_at = 7;
+        assert_eq!(t.cold(k).children, 0);
+        assert_eq!(t.cold.len(), 1, "the freed cold entry is reused");
+    }
+
+    #[test]
+    fn packet_counts_carry_into_the_cold_part() {
+        let mut t = FlowTable::new(16);
+        let i = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        for _ in 0..3 {
+            let c = t.get_mut(i);
+            c.pkts_in = c.pkts_in.wrapping_add(u16::MAX);
+            t.carry_pkt(i, true);
+        }
+        t.get_mut(i).pkts_out = 5;
+        assert_eq!(t.pkts(i), (3 << 16 | (3 * u16::MAX as u64) & 0xffff, 5));
+        assert!(t.get(i).has_cold());
+    }
+
+    #[test]
+    fn interned_ids_are_counted_and_reused() {
+        let mut t = FlowTable::with_intern_limit(64, 3);
+        let mut n = conn(1, Forward::Nat);
+        let a = t.insert(n, 0).ok().unwrap();
+        n.client = v4_to_addr([10, 0, 1, 2]);
+        let b = t.insert(n, 0).ok().unwrap();
+        assert_eq!(t.get(a).vipi, t.get(b).vipi);
+        assert_eq!(t.vips.refs(t.get(a).vipi), 2);
+        // A second VIP fits the limit, a third does not (a counted drop for the caller).
+        let mut w = conn(3, Forward::Nat);
+        w.vip = v4_to_addr([10, 0, 1, 99]);
+        assert!(t.insert(w, 0).is_ok());
+        let mut m = conn(4, Forward::Nat);
+        m.vip = v4_to_addr([10, 0, 1, 101]);
+        let c = t.insert(m, 0).ok().unwrap();
+        let mut x = conn(5, Forward::Nat);
+        x.vip = v4_to_addr([10, 0, 1, 102]);
+        assert!(t.insert(x, 0).is_err());
+        assert_eq!(t.len(), 4);
+        // Once its last connection goes, an id is reused for a new value.
+        let old = t.get(c).vipi;
+        t.remove(c);
+        let d = t.insert(x, 0).ok().unwrap();
+        assert_eq!(t.get(d).vipi, old);
+        assert_eq!(t.vip_of(t.get(d)), (x.vip, 80));
+        assert_eq!(t.lookup(&x.key_in()), Some((d, Dir::In)));
+        assert_eq!(t.lookup(&m.key_in()), None);
+        assert_eq!(t.interned().0, 3, "bounded by the limit");
+        // The first VIP still resolves for its connections.
+        assert_eq!(t.lookup(&n.key_in()), Some((b, Dir::In)));
+    }
+
+    #[test]
+    fn next_hops_are_shared_with_their_mac() {
+        let mut t = FlowTable::new(16);
+        let gw = v4_to_addr([10, 0, 1, 254]);
+        let mut ids = Vec::new();
+        for c in 1..4 {
+            let mut n = conn(c, Forward::Nat);
+            n.if_out = 0;
+            n.nh_out = gw;
+            ids.push(t.insert(n, 0).ok().unwrap());
+        }
+        let h = t.get(ids[0]).hop_out;
+        assert!(ids.iter().all(|&i| t.get(i).hop_out == h));
+        assert_eq!(t.hop(h).mac_gen, u32::MAX, "not resolved yet");
+        t.set_hop_mac(h, [2, 0, 0, 0, 1, 0xfe], 5);
+        assert_eq!(t.hop(t.get(ids[2]).hop_out).mac, [2, 0, 0, 0, 1, 0xfe]);
+        assert_eq!(t.hops.refs(h), 3);
+        for i in ids {
+            t.remove(i);
+        }
+        assert_eq!(t.hops.refs(h), 0);
+    }
+
+    #[test]
+    fn index_wraps_around_its_end() {
+        let mut t = FlowTable::new(16);
+        let n = t.n;
+        // Clients whose request key lands in the last two index slots.
+        let mut picked = Vec::new();
+        for c in 0..=u16::MAX {
+            let mut x = new_conn(17, Forward::Dr, v4_to_addr([100, 64, (c >> 8) as u8, c as u8]), 9, 1, 53, 2, 53);
+            x.expires = 1;
+            if t.home((t.hash(&x.key_in()) >> 32) as u32) >= n - 2 {
+                picked.push(x);
+                if picked.len() == 5 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(picked.len(), 5);
+        let ids: Vec<u32> = picked.iter().map(|x| t.insert(*x, 0).ok().unwrap()).collect();
+        assert!(t.index[0] != EMPTY, "probing wrapped to slot 0");
+        for (x, &i) in picked.iter().zip(&ids) {
+            assert_eq!(t.lookup(&x.key_in()), Some((i, Dir::In)));
+        }
+        // Backward-shift deletion across the end keeps the others findable.
+        t.remove(ids[1]);
+        for (k, (x, &i)) in picked.iter().zip(&ids).enumerate() {
+            assert_eq!(t.lookup(&x.key_in()), if k == 1 { None } else { Some((i, Dir::In)) });
+        }
+        for &i in &ids {
+            t.remove(i);
+        }
+        assert!(t.index.iter().all(|&w| w == EMPTY));
+    }
+
+    #[test]
+    fn expiry_ticks_round_up_cap_and_wrap() {
+        let mut t = FlowTable::new(16);
+        let i = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let c = t.get_mut(i);
+        let now = 5_000_000_000u64;
+        c.set_expires(now, now + 1_000_000_000);
+        assert!(!c.expired(now + 1_000_000_000 - (1 << TICK_SHIFT)));
+        assert!(c.expired(now + 1_000_000_000), "never late");
+        assert!((c.expires_in(now) as i64 - 1_000_000_000).abs() <= 1 << TICK_SHIFT);
+        // Far beyond 32 bits of ticks: still exact (wrapping compare).
+        let late = (1u64 << 60) + 12345;
+        c.set_expires(late, late + 300_000_000_000);
+        assert!(!c.expired(late));
+        assert!(!c.expired(late + 299_000_000_000));
+        assert!(c.expired(late + 301_000_000_000));
+        // Timeouts past the span are cut to it, not turned into "expired".
+        c.set_expires(late, u64::MAX);
+        assert!(!c.expired(late + MAX_SPAN_NS - (2 << TICK_SHIFT)));
+        assert_eq!(c.expires_in(late + MAX_SPAN_NS + (2 << TICK_SHIFT)), 0);
+    }
+
+    #[test]
+    fn reply_l4_delta_is_the_complement() {
+        use crate::wire::csum;
+        let (a, b) = (v4_to_addr([10, 0, 1, 100]), v4_to_addr([10, 0, 2, 7]));
+        let (ab, bb) = ((a as u32).to_be_bytes(), (b as u32).to_be_bytes());
+        for (p, q) in [(80u16, 8080u16), (80, 80), (443, 1), (0xffff, 0)] {
+            let l4_in = csum::add(csum::delta(&ab, &bb), csum::delta16(p, q));
+            let l4_out = csum::add(csum::delta(&bb, &ab), csum::delta16(q, p));
+            let mut n = conn(1, Forward::Nat);
+            n.l4_in = l4_in;
+            let mut t = FlowTable::new(16);
+            let i = t.insert(n, 0).ok().unwrap();
+            // Both apply the same change to any checksum.
+            for check in [0x1234u16, 0, 0xfffe, 0x8000] {
+                assert_eq!(csum::apply(check, t.get(i).l4_out()), csum::apply(check, l4_out), "{p} {q} {check:x}");
+            }
+            assert_eq!(t.get(i).l4_in(), l4_in);
+        }
     }
 }

@@ -177,7 +177,7 @@ pub struct Worker<Q: PortQueue> {
     pub id: usize,
     queues: Vec<Q>,
     snap: Arc<Snapshot>,
-    snap_gen: u32,
+    snap_gen: u16,
     svcs: Vec<SvcState>,
     /// Old -> new service and real-server indices of the last snapshot
     /// change, built once per change in `apply_snapshot`.
@@ -622,7 +622,7 @@ impl<Q: PortQueue> Worker<Q> {
     pub fn expire_all(&mut self, now: u64) {
         for i in 0..self.flows.slots() as u32 {
             let c = self.flows.get(i);
-            if c.live && c.expires <= now {
+            if c.live && c.expired(now) {
                 self.expire(i, now);
             }
         }
@@ -636,7 +636,7 @@ impl<Q: PortQueue> Worker<Q> {
         if children > 0 {
             // A control connection lives as long as its data connections.
             let t = self.snap.timeouts[c.state as usize].max(1_000_000_000);
-            c.expires = now + t;
+            c.set_expires(now, now + t);
             return;
         }
         self.remove_conn(i, true);
@@ -679,7 +679,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let c = self.flows.get(i);
         let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(c), c.proto, c.lport);
-        let (client, cport, vip, vport) = (c.client, c.cport, c.vip, c.vport);
+        let (client, cport, vip, vport) = (c.client, c.cport, self.flows.vip_of(c).0, self.flows.vip_of(c).1);
         if state == crate::flow::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
@@ -785,7 +785,7 @@ impl<Q: PortQueue> Worker<Q> {
                     // A bare SYN on a known tuple may start a new connection (port reuse):
                     // the slow path decides.
                     let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                    if ours && !syn && self.flows.get(idx).expires > self.now {
+                    if ours && !syn && !self.flows.get(idx).expired(self.now) {
                         let next = self.forward(idx, dir, &mut pkt, p);
                         self.finish(pkt, next);
                         return;
@@ -919,7 +919,7 @@ impl<Q: PortQueue> Worker<Q> {
                     let next = self.new_inbound(&mut pkt, &p);
                     return self.finish(pkt, next);
                 }
-                if c.expires <= self.now {
+                if c.expired(self.now) {
                     self.expire(idx, self.now);
                     if self.flows.try_get(idx).is_some_and(|c| c.live) {
                         self.forward(idx, dir, &mut pkt, &p)
@@ -1283,11 +1283,11 @@ impl<Q: PortQueue> Worker<Q> {
         // Routes towards the real server and back to the client.
         let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
         c.if_in = if_in as u8;
-        let mut nh_out = 0;
+        c.nh_in = nh_in;
         if fwd.two_way() {
-            let Some((if_out, nh)) = snap.route(client) else { return Err(DropReason::NoRoute) };
+            let Some((if_out, nh_out)) = snap.route(client) else { return Err(DropReason::NoRoute) };
             c.if_out = if_out as u8;
-            nh_out = nh;
+            c.nh_out = nh_out;
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
@@ -1297,7 +1297,6 @@ impl<Q: PortQueue> Worker<Q> {
         let mut a_in = csum::delta(&vb[from..], &rb[from..]);
         let mut a_out = csum::delta(&rb[from..], &vb[from..]);
         let mut p_in = csum::delta16(vport, rport);
-        let mut p_out = csum::delta16(rport, vport);
         let mut laddr = 0;
         if fwd == Forward::Fnat {
             // The source side too: client:cport <-> local address:port.
@@ -1315,35 +1314,28 @@ impl<Q: PortQueue> Worker<Q> {
             let Some((la, lport)) = picked.or_else(|| self.lports.alloc(&svc.local, proto)) else {
                 return Err(DropReason::FnatPortsExhausted);
             };
-            let Some(li) = self.flows.intern_laddr(la) else {
-                if !matches!(local, Local::Fixed(..)) {
-                    self.lports.release(la, proto, lport);
-                }
-                return Err(DropReason::TableFull);
-            };
             laddr = la;
-            c.laddr = li;
+            c.laddr = la;
             c.lport = lport;
             let (cb, lb) = (addr_v6_bytes(client), addr_v6_bytes(la));
             a_in = csum::add(a_in, csum::delta(&cb[from..], &lb[from..]));
             a_out = csum::add(a_out, csum::delta(&lb[from..], &cb[from..]));
             p_in = csum::add(p_in, csum::delta16(cport, lport));
-            p_out = csum::add(p_out, csum::delta16(lport, cport));
         }
         if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
             // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
             // there; the precomputed deltas do not apply.
             c.flags |= F_XLAT;
-            (a_in, a_out, p_in, p_out) = (0, 0, 0, 0);
+            (a_in, a_out, p_in) = (0, 0, 0);
         }
         let ttl = if v4 { TTL_DELTA } else { 0 };
         c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
         c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
+        // The reply direction's L4 delta is this one's complement (`Conn::l4_out`).
         c.l4_in = csum::add(a_in, p_in);
-        c.l4_out = csum::add(a_out, p_out);
         c.expires = self.now + snap.timeouts[c.state as usize];
         let lport = c.lport;
-        let idx = match self.flows.insert(c) {
+        let idx = match self.flows.insert(c, self.now) {
             Ok(i) => i,
             Err(_) => {
                 if fwd == Forward::Fnat && !matches!(local, Local::Fixed(..)) {
@@ -1358,11 +1350,8 @@ impl<Q: PortQueue> Worker<Q> {
             }
             _ => None,
         };
-        let k = self.flows.cold_mut(idx);
-        k.nh_in = nh_in;
-        k.nh_out = nh_out;
         if let Some(pp) = pp {
-            k.pp = Some(Box::new(pp));
+            self.flows.cold_mut(idx).pp = Some(Box::new(pp));
             self.flows.get_mut(idx).flags |= F_PPROTO;
         }
         let counts = &snap.conn_counts[si];
@@ -1384,9 +1373,11 @@ impl<Q: PortQueue> Worker<Q> {
         {
             let c = self.flows.get(idx);
             let (egress, over) = match (dir, c.fwd) {
-                (Dir::Out, _) => (c.if_out, 0),
-                (Dir::In, Forward::Tunnel) => (c.if_in, if addr_is_v4(c.rs) { 20 } else { 40 }),
-                (Dir::In, _) => (c.if_in, 0),
+                (Dir::Out, _) => (self.flows.if_out(c), 0),
+                (Dir::In, Forward::Tunnel) => {
+                    (self.flows.if_in(c), if addr_is_v4(self.flows.rs_of(c).0) { 20 } else { 40 })
+                }
+                (Dir::In, _) => (self.flows.if_in(c), 0),
             };
             let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
             // FTP control connections are exempt: the gateway cuts every segment it writes
@@ -1440,7 +1431,7 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                 }
             }
-            c.expires = now + self.timeouts[c.state as usize];
+            c.set_expires(now, now + self.timeouts[c.state as usize]);
             // Packet count (the high halves live in the cold array).
             let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
             *n = n.wrapping_add(1);
@@ -1477,8 +1468,18 @@ impl<Q: PortQueue> Worker<Q> {
             // The common case: NAT without the gateway.
             let d = pkt.data_mut();
             let r = match dir {
-                Dir::In => rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in),
-                Dir::Out => rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out),
+                Dir::In => {
+                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
+                }
+                Dir::Out => rewrite_nat(
+                    d,
+                    p,
+                    false,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ),
             };
             if let Err(r) = r {
                 return Next::Drop(r);
@@ -1490,8 +1491,26 @@ impl<Q: PortQueue> Worker<Q> {
             let la = self.flows.laddr_of(c);
             let d = pkt.data_mut();
             let r = match dir {
-                Dir::In => rewrite_fnat(d, p, la, c.lport, c.rs, c.rport, c.l3_in, c.l4_in),
-                Dir::Out => rewrite_fnat(d, p, c.vip, c.vport, c.client, c.cport, c.l3_out, c.l4_out),
+                Dir::In => rewrite_fnat(
+                    d,
+                    p,
+                    la,
+                    c.lport,
+                    self.flows.rs_of(c).0,
+                    self.flows.rs_of(c).1,
+                    c.l3_in as u32,
+                    c.l4_in(),
+                ),
+                Dir::Out => rewrite_fnat(
+                    d,
+                    p,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.client,
+                    c.cport,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ),
             };
             if let Err(r) = r {
                 return Next::Drop(r);
@@ -1556,14 +1575,24 @@ impl<Q: PortQueue> Worker<Q> {
         match (fwd, dir) {
             (Forward::Nat, Dir::In) => {
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_nat(d, p, true, c.rs, c.rport, c.l3_in, c.l4_in) {
+                if let Err(r) =
+                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
+                {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, true, d)
             }
             (Forward::Nat, Dir::Out) => {
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_nat(d, p, false, c.vip, c.vport, c.l3_out, c.l4_out) {
+                if let Err(r) = rewrite_nat(
+                    d,
+                    p,
+                    false,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ) {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, false, d)
@@ -1572,22 +1601,40 @@ impl<Q: PortQueue> Worker<Q> {
             (Forward::Fnat, Dir::In) => {
                 let la = self.flows.laddr_of(c);
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(d, p, la, c.lport, c.rs, c.rport, c.l3_in, c.l4_in) {
+                if let Err(r) = rewrite_fnat(
+                    d,
+                    p,
+                    la,
+                    c.lport,
+                    self.flows.rs_of(c).0,
+                    self.flows.rs_of(c).1,
+                    c.l3_in as u32,
+                    c.l4_in(),
+                ) {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, true, d)
             }
             (Forward::Fnat, Dir::Out) => {
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(d, p, c.vip, c.vport, c.client, c.cport, c.l3_out, c.l4_out) {
+                if let Err(r) = rewrite_fnat(
+                    d,
+                    p,
+                    self.flows.vip_of(c).0,
+                    self.flows.vip_of(c).1,
+                    c.client,
+                    c.cport,
+                    c.l3_out as u32,
+                    c.l4_out(),
+                ) {
                     return Next::Drop(r);
                 }
                 self.l2_write(idx, false, d)
             }
             (Forward::Dr, _) => self.l2_out(idx, true, pkt),
             (Forward::Tunnel, _) => {
-                let iface = c.if_in as usize;
-                let rs = c.rs;
+                let iface = self.flows.if_in(c) as usize;
+                let rs = self.flows.rs_of(c).0;
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };
@@ -1606,8 +1653,10 @@ impl<Q: PortQueue> Worker<Q> {
     fn xlat(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let c = self.flows.get(idx);
         let (src, sport, dst, dport, egress) = match dir {
-            Dir::In => (self.flows.laddr_of(c), c.lport, c.rs, c.rport, c.if_in),
-            Dir::Out => (c.vip, c.vport, c.client, c.cport, c.if_out),
+            Dir::In => {
+                (self.flows.laddr_of(c), c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.if_in(c))
+            }
+            Dir::Out => (self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client, c.cport, self.flows.if_out(c)),
         };
         let mtu = self.queues.get(egress as usize).map_or(1500, |q| q.caps().mtu as usize);
         let grow = crate::pipeline::nat64::translated_len(p).saturating_sub(p.end - p.l3);
@@ -1631,18 +1680,21 @@ impl<Q: PortQueue> Worker<Q> {
     #[inline(always)]
     fn l2_write(&mut self, idx: u32, to_rs: bool, frame: &mut [u8]) -> Next {
         let gen = self.neigh.gen;
-        let (c, k) = self.flows.both_mut(idx);
-        if c.mac_gen != gen {
-            c.mac_in = self.neigh.resolve(k.nh_in).unwrap_or([0; 6]);
-            let nat = c.fwd.two_way();
-            c.mac_out = if nat { self.neigh.resolve(k.nh_out).unwrap_or([0; 6]) } else { [0; 6] };
-            // Valid for this generation only if every MAC was known: learning a new neighbour
-            // does not change `gen` (see `NeighCache::learn`), so a flow still missing one
-            // looks them up again on its next packet.
-            let complete = c.mac_in != [0; 6] && (!nat || c.mac_out != [0; 6]);
-            c.mac_gen = if complete { gen } else { gen.wrapping_sub(1) };
+        let c = self.flows.get(idx);
+        let h = if to_rs { c.hop_in } else { c.hop_out };
+        // The MAC is cached per next hop (shared by every connection through it), valid for
+        // one neighbour generation and only once known: learning a new neighbour does not
+        // change `gen` (see `NeighCache::learn`), so a hop still missing its MAC looks it up
+        // again on its next packet.
+        let mut hop = self.flows.hop_mac(h);
+        if hop.mac_gen != gen {
+            let nh = self.flows.hop_nh(h);
+            hop.mac = if h == flow::NO_HOP { None } else { self.neigh.resolve(nh) }.unwrap_or([0; 6]);
+            if hop.mac != [0; 6] {
+                self.flows.set_hop_mac(h, hop.mac, gen);
+            }
         }
-        let (iface, mac) = if to_rs { (c.if_in as usize, c.mac_in) } else { (c.if_out as usize, c.mac_out) };
+        let (iface, mac) = (hop.iface as usize, hop.mac);
         let src_mac = self.if_macs[iface];
         // Parsed frames hold at least an Ethernet header.
         let Some(Ok::<&mut [u8; 12], _>(eth)) = frame.get_mut(..12).map(|s| s.try_into()) else {
@@ -1653,10 +1705,7 @@ impl<Q: PortQueue> Worker<Q> {
             eth[0..6].copy_from_slice(&mac);
             return Next::Tx(iface);
         }
-        // Force a re-resolve on the next packet.
-        self.flows.get_mut(idx).mac_gen = gen.wrapping_sub(1);
-        let k = self.flows.cold(idx);
-        let nh = if to_rs { k.nh_in } else { k.nh_out };
+        let nh = self.flows.hop_nh(h);
         self.solicit(iface, nh);
         Next::Park(iface, nh)
     }
@@ -1699,10 +1748,10 @@ impl<Q: PortQueue> Worker<Q> {
                 id: i,
                 proto: proto.into(),
                 client: sa(c.client, c.cport),
-                vip: sa(c.vip, c.vport),
-                real: sa(c.rs, c.rport),
+                vip: sa(self.flows.vip_of(c).0, self.flows.vip_of(c).1),
+                real: sa(self.flows.rs_of(c).0, self.flows.rs_of(c).1),
                 state: c.state.name().into(),
-                expires_in_s: c.expires.saturating_sub(self.now) / 1_000_000_000,
+                expires_in_s: c.expires_in(self.now) / 1_000_000_000,
                 service: self.snap.services.get(c.svc as usize).map(|s| s.name.clone()).unwrap_or_default(),
                 ftp_control: k.alg.is_some(),
                 parent: (k.parent != NONE).then_some(k.parent),

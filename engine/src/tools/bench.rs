@@ -559,36 +559,40 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                 Scenario::Fnat => VIP_FNAT,
                 _ => VIP_NAT,
             };
-            let syns: Vec<Vec<u8>> =
-                cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_SYN, 999, 0), len)).collect();
-            let out = rig.batch(EXT, &syns)?;
-            drop(syns);
-            let rs: Vec<([u8; 4], u16)> = out.iter().map(|f| dst_of(f)).collect::<Result<_, _>>()?;
-            // Where the real servers answer: the client (NAT) or the local address and port.
-            let back: Vec<([u8; 4], u16)> = if sc == Scenario::Fnat {
-                out.iter().map(|f| src_of(f)).collect::<Result<_, _>>()?
-            } else {
-                cl.clone()
-            };
-            drop(out);
             let both = sc != Scenario::Dr;
-            if both {
-                let sa: Vec<Vec<u8>> = back
-                    .iter()
-                    .zip(&rs)
-                    .map(|(&c, &r)| frame(&tcp(rs_mac(r.0), LB_INT, r, c, TCP_SYN | TCP_ACK, 4999, 1000), len))
-                    .collect();
-                rig.batch(INT, &sa)?;
-            }
-            let acks: Vec<Vec<u8>> =
-                cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000), len)).collect();
-            rig.batch(EXT, &acks)?;
-            drop(acks);
             let mut est = Templates::new(len, stride, flows * if both { 2 } else { 1 });
-            for ((&c, &r), &b) in cl.iter().zip(&rs).zip(&back) {
-                est.push(EXT, &tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000));
+            // In chunks: the frames of a handshake step for millions of flows at once would
+            // take far more memory than the table under test.
+            for cl in cl.chunks(1 << 16) {
+                let syns: Vec<Vec<u8>> =
+                    cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_SYN, 999, 0), len)).collect();
+                let out = rig.batch(EXT, &syns)?;
+                drop(syns);
+                let rs: Vec<([u8; 4], u16)> = out.iter().map(|f| dst_of(f)).collect::<Result<_, _>>()?;
+                // Where the real servers answer: the client (NAT) or the local address and port.
+                let back: Vec<([u8; 4], u16)> = if sc == Scenario::Fnat {
+                    out.iter().map(|f| src_of(f)).collect::<Result<_, _>>()?
+                } else {
+                    cl.to_vec()
+                };
+                drop(out);
                 if both {
-                    est.push(INT, &tcp(rs_mac(r.0), LB_INT, r, b, TCP_ACK, 5000, 1000));
+                    let sa: Vec<Vec<u8>> = back
+                        .iter()
+                        .zip(&rs)
+                        .map(|(&c, &r)| frame(&tcp(rs_mac(r.0), LB_INT, r, c, TCP_SYN | TCP_ACK, 4999, 1000), len))
+                        .collect();
+                    rig.batch(INT, &sa)?;
+                }
+                let acks: Vec<Vec<u8>> =
+                    cl.iter().map(|&c| frame(&tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000), len)).collect();
+                rig.batch(EXT, &acks)?;
+                drop(acks);
+                for ((&c, &r), &b) in cl.iter().zip(&rs).zip(&back) {
+                    est.push(EXT, &tcp(GW_MAC, LB_EXT, c, (vip, 80), TCP_ACK, 1000, 5000));
+                    if both {
+                        est.push(INT, &tcp(rs_mac(r.0), LB_INT, r, b, TCP_ACK, 5000, 1000));
+                    }
                 }
             }
             est.shuffle(rng);

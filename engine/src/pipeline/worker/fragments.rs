@@ -93,7 +93,7 @@ impl<Q: PortQueue> Worker<Q> {
                 Some((idx, _)) if self.flows.get(idx).flags & F_ALG != 0 => Next::Drop(DropReason::Fragment),
                 // Across families a fragment would need an IPv6 fragment header: not done.
                 Some((idx, _)) if self.flows.get(idx).flags & F_XLAT != 0 => Next::Drop(DropReason::XlatUnsupported),
-                Some((idx, dir)) if self.flows.get(idx).expires > self.now => self.forward(idx, dir, &mut pkt, &p),
+                Some((idx, dir)) if !self.flows.get(idx).expired(self.now) => self.forward(idx, dir, &mut pkt, &p),
                 _ if dst_vip => self.new_inbound(&mut pkt, &p),
                 _ => self.new_outbound(&mut pkt, &p),
             };
@@ -157,9 +157,9 @@ impl<Q: PortQueue> Worker<Q> {
             return Next::Drop(DropReason::XlatUnsupported);
         }
         let inbound = fl.inbound;
-        let egress = if inbound { c.if_in } else { c.if_out };
+        let egress = if inbound { self.flows.if_in(c) } else { self.flows.if_out(c) };
         let over = if c.fwd == Forward::Tunnel {
-            if addr_is_v4(c.rs) {
+            if addr_is_v4(self.flows.rs_of(c).0) {
                 20
             } else {
                 40
@@ -174,22 +174,29 @@ impl<Q: PortQueue> Worker<Q> {
         }
         match c.fwd {
             Forward::Nat => {
-                let (addr, l3d) = if inbound { (c.rs, c.l3_in) } else { (c.vip, c.l3_out) };
+                let (addr, l3d) = if inbound {
+                    (self.flows.rs_of(c).0, (c.l3_in as u32))
+                } else {
+                    (self.flows.vip_of(c).0, (c.l3_out as u32))
+                };
                 match rewrite_ip(pkt.data_mut(), f.l3, f.v6, inbound, addr, l3d) {
                     Ok(()) => {}
                     Err(r) => return Next::Drop(r),
                 }
             }
             Forward::Fnat => {
-                let (src, dst, l3d) =
-                    if inbound { (self.flows.laddr_of(c), c.rs, c.l3_in) } else { (c.vip, c.client, c.l3_out) };
+                let (src, dst, l3d) = if inbound {
+                    (self.flows.laddr_of(c), self.flows.rs_of(c).0, (c.l3_in as u32))
+                } else {
+                    (self.flows.vip_of(c).0, c.client, (c.l3_out as u32))
+                };
                 if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
                     return Next::Drop(r);
                 }
             }
             Forward::Dr => {}
             Forward::Tunnel => {
-                let (iface, rs) = (c.if_in as usize, c.rs);
+                let (iface, rs) = (self.flows.if_in(c) as usize, self.flows.rs_of(c).0);
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };

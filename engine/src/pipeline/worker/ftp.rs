@@ -26,8 +26,8 @@ impl<Q: PortQueue> Worker<Q> {
         let params = alg::SessionParams {
             mode,
             client: std::net::SocketAddr::new(addr_to_ip(c.client), c.cport),
-            vip: std::net::SocketAddr::new(addr_to_ip(c.vip), c.vport),
-            real: std::net::SocketAddr::new(addr_to_ip(c.rs), c.rport),
+            vip: std::net::SocketAddr::new(addr_to_ip(self.flows.vip_of(c).0), self.flows.vip_of(c).1),
+            real: std::net::SocketAddr::new(addr_to_ip(self.flows.rs_of(c).0), self.flows.rs_of(c).1),
             allow_foreign_port_address: opts.allow_foreign_port_address,
             pinhole_timeout: opts.pinhole_timeout as u64 * 1_000_000_000,
         };
@@ -199,16 +199,16 @@ impl<Q: PortQueue> Worker<Q> {
                     let val = ExpVal {
                         svc: svc as u16,
                         dest: c.dest,
-                        rs: c.rs,
+                        rs: self.flows.rs_of(c).0,
                         rport: None,
-                        vip: c.vip,
+                        vip: self.flows.vip_of(c).0,
                         parent: idx,
                         parent_gen: c.gen,
                         expires: u64::MAX,
                         client: 0,
                         cport: 0,
                     };
-                    let (client, vip) = (c.client, c.vip);
+                    let (client, vip) = (c.client, self.flows.vip_of(c).0);
                     let flows = &self.flows;
                     let alive = |i: u32, g: u32| flows.try_get(i).is_some_and(|c| c.gen == g);
                     if !self.expect.pin(client, vip, val, alive) {
@@ -360,9 +360,9 @@ impl<'a> Broker<'a> {
                 port,
                 rport: rport.unwrap_or(0),
                 ctl_cport: c.cport,
-                ctl_vport: c.vport,
+                ctl_vport: self.flows.vip_of(c).1,
                 client: c.client,
-                vip: c.vip,
+                vip: self.flows.vip_of(c).0,
                 rs,
                 timeout_s: (expires.saturating_sub(now) / 1_000_000_000) as u32,
                 fnat: fnat_active,

@@ -33,8 +33,10 @@ impl<Q: PortQueue> Worker<Q> {
                 } else if pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0) {
                     // The header goes in front of this segment's payload.
                     let h = pp.delta() as usize;
-                    let mtu =
-                        self.queues.get(self.flows.get(idx).if_in as usize).map_or(1500, |q| q.caps().mtu as usize);
+                    let mtu = self
+                        .queues
+                        .get(self.flows.if_in(self.flows.get(idx)) as usize)
+                        .map_or(1500, |q| q.caps().mtu as usize);
                     if p.end - p.l3 + h > mtu.max(576) {
                         return Err(Next::Drop(DropReason::TooBig));
                     }

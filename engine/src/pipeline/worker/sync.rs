@@ -40,11 +40,11 @@ impl<Q: PortQueue> Worker<Q> {
             data: c.flags & F_DATA != 0,
             client: c.client,
             cport: c.cport,
-            vip: c.vip,
-            vport: c.vport,
-            rs: c.rs,
-            rport: c.rport,
-            timeout_s: (c.expires.saturating_sub(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
+            vip: self.flows.vip_of(c).0,
+            vport: self.flows.vip_of(c).1,
+            rs: self.flows.rs_of(c).0,
+            rport: self.flows.rs_of(c).1,
+            timeout_s: (c.expires_in(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
             proxy_delta: k.proxy.as_ref().filter(|p| p.established).map(|p| p.delta),
             fnat: (c.fwd == Forward::Fnat).then(|| (self.flows.laddr_of(c), c.lport)),
         })
@@ -79,8 +79,8 @@ impl<Q: PortQueue> Worker<Q> {
         Some(SyncEntry::Seq(crate::cluster::sync::SeqSync {
             client: c.client,
             cport: c.cport,
-            vip: c.vip,
-            vport: c.vport,
+            vip: self.flows.vip_of(c).0,
+            vport: self.flows.vip_of(c).1,
             lport: (c.fwd == Forward::Fnat).then_some(c.lport),
             orig,
             reply,
@@ -116,7 +116,7 @@ impl<Q: PortQueue> Worker<Q> {
             let c = self.flows.get(i);
             if c.live
                 && c.flags & F_SYNCED == 0
-                && c.expires > now
+                && !c.expired(now)
                 && now.saturating_sub(self.flows.cold(i).synced_at) >= self.sync_refresh
             {
                 self.sync_conn(i);
@@ -167,7 +167,7 @@ impl<Q: PortQueue> Worker<Q> {
                 if let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) {
                     c.state = st;
                 }
-                c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
+                c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
             }
             return true;
         }
@@ -218,7 +218,7 @@ impl<Q: PortQueue> Worker<Q> {
         };
         let c = self.flows.get_mut(idx);
         c.state = st;
-        c.expires = self.now + s.timeout_s as u64 * 1_000_000_000;
+        c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
         if s.data {
             c.flags |= F_DATA;
         }

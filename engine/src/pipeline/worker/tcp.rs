@@ -48,13 +48,13 @@ impl<Q: PortQueue> Worker<Q> {
     pub(super) fn ftp_mss_limit(&self, idx: u32, v6: bool) -> u16 {
         let c = self.flows.get(idx);
         let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
-        let mut mtu = mtu_of(c.if_in);
+        let mut mtu = mtu_of(self.flows.if_in(c));
         if c.fwd.two_way() {
-            mtu = mtu.min(mtu_of(c.if_out));
+            mtu = mtu.min(mtu_of(self.flows.if_out(c)));
         }
         let ip = if v6 { 40 } else { 20 };
         let tunnel = match c.fwd {
-            Forward::Tunnel if addr_is_v4(c.rs) => 20,
+            Forward::Tunnel if addr_is_v4(self.flows.rs_of(c).0) => 20,
             Forward::Tunnel => 40,
             _ => 0,
         };
@@ -70,9 +70,9 @@ impl<Q: PortQueue> Worker<Q> {
     pub(super) fn ftp_max_payload(&self, idx: u32) -> usize {
         let c = self.flows.get(idx);
         let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
-        let mut mtu = mtu_of(c.if_in);
+        let mut mtu = mtu_of(self.flows.if_in(c));
         if c.fwd.two_way() {
-            mtu = mtu.min(mtu_of(c.if_out));
+            mtu = mtu.min(mtu_of(self.flows.if_out(c)));
         }
         mtu.saturating_sub(40 + 60).max(512)
     }
@@ -142,9 +142,9 @@ impl<Q: PortQueue> Worker<Q> {
         keep_fin: bool,
     ) -> Result<(), Next> {
         let c = self.flows.get(idx);
-        let egress = if dir == Dir::In { c.if_in } else { c.if_out } as usize;
+        let egress = if dir == Dir::In { self.flows.if_in(c) } else { self.flows.if_out(c) } as usize;
         let tunnel = match c.fwd {
-            Forward::Tunnel if addr_is_v4(c.rs) => 20,
+            Forward::Tunnel if addr_is_v4(self.flows.rs_of(c).0) => 20,
             Forward::Tunnel => 40,
             _ => 0,
         };
@@ -225,7 +225,7 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         c.state = new;
-        c.expires = now + self.timeouts[new as usize];
+        c.set_expires(now, now + self.timeouts[new as usize]);
         if c.snap_gen == snap_gen && c.flags & F_COUNTED != 0 {
             let Some(counts) = self.snap.conn_counts.get(c.svc as usize) else { return };
             let was = c.flags & F_ACTIVE_COUNTED != 0;
