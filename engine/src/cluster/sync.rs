@@ -1036,6 +1036,19 @@ mod tests {
         d
     }
 
+    #[test]
+    fn a_heartbeat_is_an_empty_datagram_of_the_sender_within_the_rate() {
+        let mut b = Batcher::new(7, 2);
+        let m = b.heartbeat_at(1_000_000_000, 0).expect("a token");
+        let got = parse_with(&m, None).unwrap();
+        assert_eq!((got.node, got.entries.len()), (7, 0));
+        let m2 = b.heartbeat_at(1_000_000_001, 0).expect("a second token");
+        assert!(parse_with(&m2, None).unwrap().seq > got.seq);
+        // The bucket (2/s) is empty now: nothing until it refills.
+        assert!(b.heartbeat_at(1_000_000_002, 0).is_none());
+        assert!(b.heartbeat_at(1_600_000_000, 0).is_some());
+    }
+
     /// The authenticated datagram `m` (version 6) as a node of version `v` (2 or 4) sends it.
     fn downgrade_auth(m: &[u8], v: u8, key: &SyncKey) -> Vec<u8> {
         let mut d = [&m[..HEADER_LEN_AUTH], &m[HEADER_LEN_AUTH + Placement::LEN..m.len() - MAC_LEN]].concat();
