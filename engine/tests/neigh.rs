@@ -199,3 +199,20 @@ fn a_flood_of_strangers_evicts_at_a_bounded_rate_and_answers_to_our_requests_sti
     assert_eq!(c.neigh_evicted, burst as u64 + 1 + EVICT_PER_SEC as u64);
     assert_eq!(c.neigh_limited, extra as u64 + 10);
 }
+
+#[test]
+fn new_connections_follow_a_next_hop_whose_mac_changed() {
+    // New connections take their next hops' MACs from a per-worker memo: an unknown next
+    // hop is not remembered as such, and a changed MAC reaches the next new connection.
+    let mut e = MemEngine::new(config(SERVICES), 1);
+    let syn_from = |sport: u16| with_macs(tcp6(C6, sport, VIP6, 80, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT);
+    let out = e.inject(EXT, &syn_from(40001), S);
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![Out::Solicit], "unknown next hop");
+    e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), 2 * S);
+    let out = e.inject(EXT, &syn_from(40002), 3 * S);
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).last(), Some(Out::Tcp(MAC9)), "learnt");
+    let mac_b = [2, 0, 0, 0, 2, 0xb];
+    e.inject(INT, &neighbor_advert(mac_b, RS9, RS9, mac_b), 4 * S);
+    let out = e.inject(EXT, &syn_from(40003), 5 * S);
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).last(), Some(Out::Tcp(mac_b)), "the new MAC");
+}

@@ -21,6 +21,10 @@ impl Scheduler for Lc {
         "lc"
     }
 
+    fn uses_key(&self) -> bool {
+        false
+    }
+
     fn pick(&mut self, _key: &FlowKey, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
         if dests.len() != self.ov.len() {
             self.update(dests);

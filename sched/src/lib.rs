@@ -207,6 +207,17 @@ pub struct FlowKey {
     pub proto: u8,
 }
 
+impl FlowKey {
+    /// A key for a scheduler whose [`Scheduler::uses_key`] is false.
+    pub const UNUSED: FlowKey = FlowKey {
+        client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        client_port: 0,
+        vip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        vport: 0,
+        proto: 0,
+    };
+}
+
 /// Live connection counts per destination index.
 pub trait ConnStats {
     /// Established connections to `dest`.
@@ -221,6 +232,11 @@ pub trait Scheduler: Send {
     fn name(&self) -> &'static str;
     /// Index into `dests` or None when no server can take the flow.
     fn pick(&mut self, key: &FlowKey, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize>;
+    /// Does `pick` read its `key`? Schedulers that choose by weights and counts alone say
+    /// no, and their caller may pass [`FlowKey::UNUSED`] instead of building one.
+    fn uses_key(&self) -> bool {
+        true
+    }
     /// Config changed: rebuild tables (mh lookup table, wrr state ...).
     fn update(&mut self, dests: &[Dest]);
     /// Advance the scheduler's notion of time (nanoseconds, monotonic). Only schedulers with

@@ -24,6 +24,10 @@ impl Scheduler for Rr {
         "rr"
     }
 
+    fn uses_key(&self) -> bool {
+        false
+    }
+
     fn pick(&mut self, _key: &FlowKey, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
         if dests.len() != self.ov.len() {
             self.update(dests);

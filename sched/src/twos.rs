@@ -49,6 +49,10 @@ impl Scheduler for Twos {
         "twos"
     }
 
+    fn uses_key(&self) -> bool {
+        false
+    }
+
     fn pick(&mut self, _key: &FlowKey, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
         if dests.len() != self.ov.len() {
             self.update(dests);

@@ -933,6 +933,7 @@ impl FlowTable {
     }
 
     /// Remove index position `pos` (backward-shift deletion).
+    #[inline(always)]
     fn index_remove(&mut self, pos: usize) {
         let mut hole = pos;
         let mut j = pos;
@@ -1107,6 +1108,24 @@ impl FlowTable {
         Ok(idx)
     }
 
+    /// Index position of the word `v` (slot and direction) whose key has hash `h`, of a
+    /// live connection.
+    #[inline(always)]
+    fn find_word(&self, h: u64, v: u32) -> Option<usize> {
+        let w = (h >> 32) << 32 | v as u64;
+        let mut i = self.home((h >> 32) as u32);
+        loop {
+            let x = self.index[i];
+            if x == w {
+                return Some(i);
+            }
+            if x == EMPTY {
+                return None;
+            }
+            i = self.next(i);
+        }
+    }
+
     /// Remove connection `i` (drops its cold part: FTP session, SYN proxy
     /// and PROXY protocol state).
     pub fn remove(&mut self, i: u32) {
@@ -1116,15 +1135,14 @@ impl FlowTable {
         self.version += 1;
         let c = &self.slab[i as usize];
         let kin = self.key_in(c);
-        let kout = self.key_out(c);
-        let out = c.has_out_key();
-        // Find the keys while the connection is still live (matches()
-        // reads it), then mark it free.
-        if let Some(p) = self.find(&kin, self.hash(&kin)) {
+        let hout = if c.has_out_key() { Some(self.hash(&self.key_out(c))) } else { None };
+        // Each key's index word is (its hash's tag, slot, direction): found by comparing
+        // words, without reading the connection back.
+        if let Some(p) = self.find_word(self.hash(&kin), i << 1) {
             self.index_remove(p);
         }
-        if out {
-            if let Some(p) = self.find(&kout, self.hash(&kout)) {
+        if let Some(h) = hout {
+            if let Some(p) = self.find_word(h, i << 1 | 1) {
                 self.index_remove(p);
             }
         }
@@ -1509,6 +1527,57 @@ mod tests {
                 assert_eq!(csum::apply(check, t.get(i).l4_out()), csum::apply(check, l4_out), "{p} {q} {check:x}");
             }
             assert_eq!(t.get(i).l4_in(), l4_in);
+        }
+    }
+
+    #[test]
+    fn random_inserts_and_removes_keep_every_key_findable() {
+        // A crowded index (small table, two keys per connection): probe
+        // sequences overlap and both keys of one connection often stop at
+        // the same empty position; backward-shift deletion moves words.
+        let mut t = FlowTable::new(64);
+        let mut live: Vec<(u32, FlowKey, FlowKey)> = Vec::new();
+        let mut x: u64 = 0x1234_5678;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..20_000 {
+            let r = rnd();
+            if live.len() < 60 && (r & 3 != 0 || live.is_empty()) {
+                let c = new_conn(
+                    6,
+                    if r & 16 == 0 { Forward::Nat } else { Forward::Dr },
+                    v4_to_addr([10, 0, (r >> 8) as u8 & 3, (r >> 16) as u8]),
+                    (r >> 24) as u16 & 7,
+                    v4_to_addr([10, 0, 1, 100]),
+                    80,
+                    v4_to_addr([10, 0, 2, (r >> 32) as u8 & 3]),
+                    80,
+                );
+                let (kin, kout) = (c.key_in(), c.key_out());
+                let two = c.fwd.two_way();
+                let dup = live.iter().any(|&(i, a, b)| a == kin || (t.get(i).has_out_key() && b == kout && two));
+                match t.insert(c, 0) {
+                    Ok(i) => {
+                        assert!(!dup, "step {step}: a duplicate key went in");
+                        live.push((i, kin, if two { kout } else { kin }));
+                    }
+                    Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                }
+            } else {
+                let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
+                t.remove(i);
+            }
+            assert_eq!(t.len(), live.len());
+            for &(i, a, b) in &live {
+                assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
+                if t.get(i).has_out_key() {
+                    assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
+                }
+            }
         }
     }
 }

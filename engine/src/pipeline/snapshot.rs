@@ -19,6 +19,8 @@ pub struct Dest {
     pub forward: Forward,
     /// PROXY protocol header towards this server (`Some(true)`: v2).
     pub proxy_v2: Option<bool>,
+    /// [`Snapshot::route`] of `addr`, looked up once per snapshot.
+    pub route: Option<(usize, Addr)>,
 }
 
 /// A compiled virtual service.
@@ -53,6 +55,8 @@ pub struct RouteEntry {
     pub iface: usize,
     /// Gateway; `None`: on-link (the destination is the next hop).
     pub via: Option<Addr>,
+    /// The netmask of `prefix`, computed once.
+    pub mask: Addr,
 }
 
 #[derive(Clone, Debug)]
@@ -76,7 +80,6 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub ifaces: Vec<IfaceInfo>,
     pub services: Vec<Svc>,
-    by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>>,
     pub vips: HashSet<Addr>,
     pub local: HashSet<Addr>,
     /// Full NAT local addresses of every service: replies to them are
@@ -93,7 +96,27 @@ pub struct Snapshot {
     /// Active/inactive connection counts per service, per worker row
     /// (see ferrovs_sched::SharedCounts).
     pub conn_counts: Vec<ferrovs_sched::SharedCounts>,
+    /// `vips`, `local` and `laddrs` in one map ([`Snapshot::addr_kind`]): a packet's
+    /// destination is classified with one lookup.
+    /// With each address's services: `(port range, service)` runs of `svc_ports`.
+    kinds: HashMap<Addr, AddrInfo>,
+    svc_ports: Vec<(PortRange, usize)>,
 }
+
+/// What a destination address is ([`Snapshot::addr_info`]): `ADDR_*` bits and, for a VIP,
+/// where its TCP and UDP services' port ranges lie in the snapshot's list (start, count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub kind: u8,
+    tcp: (u32, u32),
+    udp: (u32, u32),
+}
+
+/// [`Snapshot::addr_kind`] bits: a VIP, one of this node's addresses (`local`), a full-NAT
+/// local address of any node (`laddrs`).
+pub const ADDR_VIP: u8 = 1;
+pub const ADDR_LOCAL: u8 = 2;
+pub const ADDR_LADDR: u8 = 4;
 
 #[inline]
 fn mask(a: Addr, prefix: u8) -> Addr {
@@ -171,7 +194,7 @@ impl Snapshot {
         for (i, itf) in ifaces.iter().enumerate() {
             for &(a, p) in &itf.addrs {
                 local.insert(a);
-                routes.push(RouteEntry { net: mask(a, p), prefix: p, iface: i, via: None });
+                routes.push(RouteEntry { net: mask(a, p), prefix: p, iface: i, via: None, mask: netmask(p) });
             }
         }
         let iface_index = |name: &str| ifaces.iter().position(|i| i.name == name);
@@ -186,7 +209,7 @@ impl Snapshot {
                 }),
             };
             if let Some(iface) = iface {
-                routes.push(RouteEntry { net: mask(net, p), prefix: p, iface, via });
+                routes.push(RouteEntry { net: mask(net, p), prefix: p, iface, via, mask: netmask(p) });
             }
         }
         // Longest prefix first; connected before gateway routes on ties.
@@ -224,6 +247,7 @@ impl Snapshot {
                         lower: r.lower,
                         forward: r.forward.unwrap_or(s.forward),
                         proxy_v2: r.proxy_protocol.map(|v| v == ferrovs_cfg::ProxyProtocol::V2),
+                        route: route_in(&routes, ip_to_addr(r.address)),
                     })
                     .collect(),
                 scheduler: s.scheduler.clone(),
@@ -248,14 +272,32 @@ impl Snapshot {
         let workers = config.engine.workers.max(1);
         let port_range = config.engine.local_port_range;
         let conn_counts = services.iter().map(|s| ferrovs_sched::SharedCounts::new(workers, s.dests.len())).collect();
+        let mut kinds: HashMap<Addr, AddrInfo> = HashMap::new();
+        for (set, bit) in [(&vips, ADDR_VIP), (&local, ADDR_LOCAL), (&laddrs, ADDR_LADDR)] {
+            for &a in set.iter() {
+                kinds.entry(a).or_default().kind |= bit;
+            }
+        }
+        let mut svc_ports = Vec::new();
+        for ((vip, proto), v) in &by_vip {
+            let run = (svc_ports.len() as u32, v.len() as u32);
+            svc_ports.extend_from_slice(v);
+            let e = kinds.entry(*vip).or_default();
+            if *proto == crate::wire::parse::PROTO_TCP {
+                e.tcp = run;
+            } else {
+                e.udp = run;
+            }
+        }
         Snapshot {
+            kinds,
+            svc_ports,
             conn_counts,
             timeouts: crate::flow::tcpstate::timeouts_ns(&config.engine.timeouts),
             workers,
             config,
             ifaces,
             services,
-            by_vip,
             vips,
             local,
             laddrs,
@@ -265,23 +307,47 @@ impl Snapshot {
         }
     }
 
+    /// Which of `vips`, `local` and `laddrs` hold `a` (`ADDR_*` bits in `kind`), and its
+    /// services ([`Snapshot::service_at`]).
+    #[inline]
+    pub fn addr_info(&self, a: Addr) -> AddrInfo {
+        self.kinds.get(&a).copied().unwrap_or_default()
+    }
+
     /// The service for (vip, proto, port).
     #[inline]
     pub fn service(&self, vip: Addr, proto: u8, port: u16) -> Option<usize> {
-        let v = self.by_vip.get(&(vip, proto))?;
+        self.service_at(self.kinds.get(&vip)?, proto, port)
+    }
+
+    /// [`Snapshot::service`] of the VIP `info` describes.
+    #[inline]
+    pub fn service_at(&self, info: &AddrInfo, proto: u8, port: u16) -> Option<usize> {
+        let (start, n) = match proto {
+            crate::wire::parse::PROTO_TCP => info.tcp,
+            crate::wire::parse::PROTO_UDP => info.udp,
+            _ => return None,
+        };
+        let v = self.svc_ports.get(start as usize..(start + n) as usize)?;
         v.iter().find(|(r, _)| r.contains(port)).map(|(_, i)| *i)
     }
 
     /// Longest-prefix match: (interface, next hop).
     #[inline]
     pub fn route(&self, dst: Addr) -> Option<(usize, Addr)> {
-        self.routes.iter().find(|r| mask(dst, r.prefix) == r.net).map(|r| (r.iface, r.via.unwrap_or(dst)))
+        route_in(&self.routes, dst)
     }
 
     /// Is `a` on the subnet of interface `iface`?
     pub fn on_link(&self, iface: usize, a: Addr) -> bool {
         self.ifaces.get(iface).is_some_and(|i| i.nets.iter().any(|&(n, m)| a & m == n))
     }
+}
+
+/// Longest-prefix match in `routes` (sorted longest prefix first).
+#[inline]
+fn route_in(routes: &[RouteEntry], dst: Addr) -> Option<(usize, Addr)> {
+    routes.iter().find(|r| dst & r.mask == r.net).map(|r| (r.iface, r.via.unwrap_or(dst)))
 }
 
 /// The worker that owns every flow of `client`: all connections of one

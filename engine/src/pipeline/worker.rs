@@ -29,7 +29,7 @@ use crate::flow::{
 use crate::pipeline::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::pipeline::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::pipeline::neigh::{self, NeighCache};
-use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot};
+use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP};
 use crate::pipeline::synproxy::{self, Cookies, Handshake};
 use crate::port::{Packet, PortQueue};
 use crate::wire::csum;
@@ -218,7 +218,7 @@ pub struct Worker<Q: PortQueue> {
     /// found by the burst's second pass (`NONE`: missed / not looked up).
     /// Kept at (at least) the largest burst's length and overwritten in
     /// place by each burst (entries past the burst are stale).
-    pre: Vec<(Result<Parsed, parse::ParseError>, u64, u32)>,
+    pre: Vec<Pre>,
     /// Per (service, real server) packet/byte deltas not yet folded into
     /// the shared `ServiceCounters` (see [`Worker::flush_svc_counters`]).
     acc: Vec<SvcAcc>,
@@ -472,29 +472,8 @@ impl<Q: PortQueue> Worker<Q> {
             if pre.len() < n {
                 pre.resize(n, (Ok(Parsed::default()), 0, NONE));
             }
-            let mut bytes = 0u64;
-            // Parse straight into the burst array (no `Parsed` copies).
-            for (pkt, (r, h, hint)) in rx.iter().zip(pre.iter_mut()) {
-                bytes += pkt.len() as u64;
-                parse::parse_into(pkt.data(), r);
-                *hint = NONE;
-                *h = match &*r {
-                    Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
-                        let h = self.flows.hash(&flow_key(p));
-                        self.flows.prefetch(h);
-                        h
-                    }
-                    _ => 0,
-                };
-            }
-            for (r, h, hint) in pre[..n].iter_mut() {
-                if let (Ok(p), true) = (&*r, *h != 0) {
-                    if let Some(v) = self.flows.lookup_word(&flow_key(p), *h) {
-                        self.flows.prefetch_conn(v >> 1);
-                        *hint = v;
-                    }
-                }
-            }
+            let bytes = parse_pass(&self.flows, &rx, &mut pre[..n]);
+            lookup_pass(&self.flows, &mut pre[..n]);
             self.hint_ver = self.flows.version();
             work += n;
             bump(&self.counters.rx_packets, n as u64);
@@ -778,17 +757,22 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                 };
                 if let Some(v) = found {
-                    let idx = v >> 1;
-                    let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
-                    let d = pkt.data();
-                    let ours = d[0] & 1 == 1 || self.if_macs.get(iface).is_some_and(|m| *m == d[0..6]);
-                    // A bare SYN on a known tuple may start a new connection (port reuse):
-                    // the slow path decides.
-                    let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                    if ours && !syn && !self.flows.get(idx).expired(self.now) {
-                        let next = self.forward(idx, dir, &mut pkt, p);
-                        self.finish(pkt, next);
-                        return;
+                    match self.forward_established(iface, v, &mut pkt, p) {
+                        // The common end: straight onto its transmit queue (`finish` minus
+                        // the cases that cannot be; the SYN proxy's release only follows
+                        // its own connections' packets, which take `forward_general`).
+                        Some(Next::Tx(t)) if self.proxy_release.is_none() => {
+                            match self.tx.get_mut(t) {
+                                Some(q) => q.push(pkt),
+                                None => self.finish(pkt, Next::Tx(t)),
+                            }
+                            return;
+                        }
+                        Some(next) => {
+                            self.finish(pkt, next);
+                            return;
+                        }
+                        None => {}
                     }
                 }
             }
@@ -813,7 +797,7 @@ impl<Q: PortQueue> Worker<Q> {
         known_miss: bool,
     ) {
         let p = match parsed {
-            Ok(p) => *p,
+            Ok(p) => p,
             Err(parse::ParseError::Fragment) => return self.fragment(iface, pkt, handed),
             // Another protocol (LLDP, ...): the kernel's, if it has an exception path.
             Err(parse::ParseError::Unsupported) => return self.punt(iface, pkt, DropReason::Unsupported),
@@ -834,28 +818,37 @@ impl<Q: PortQueue> Worker<Q> {
             return;
         }
         if p.arp {
-            return self.handle_arp(iface, pkt, &p);
+            return self.handle_arp(iface, pkt, p);
         }
         if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
-            return self.handle_nd(iface, pkt, &p);
+            return self.handle_nd(iface, pkt, p);
         }
-        let snap = &self.snap;
-        let dst_vip = snap.vips.contains(&p.dst);
+        let info = self.snap.addr_info(p.dst);
+        let kind = info.kind;
+        let dst_vip = kind & ADDR_VIP != 0;
         let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
         let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
-        let local = snap.local.contains(&p.dst);
+        let local = kind & ADDR_LOCAL != 0;
         if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
-            return self.echo_reply(iface, pkt, &p);
+            return self.echo_reply(iface, pkt, p);
         }
         // Full NAT: a reply (or an ICMP error about our packet) to a local address.
-        let laddr_range = if dst_vip { None } else { self.laddr_range(p.dst) };
+        let laddr_range = if dst_vip {
+            None
+        } else if kind & ADDR_LADDR != 0 {
+            Some(self.snap.port_range)
+        } else if self.retired.is_empty() {
+            None
+        } else {
+            self.laddr_range(p.dst)
+        };
         let to_laddr = laddr_range.is_some() && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
         if local && !dst_vip && !to_laddr {
             // The engine's own address, not a service (BGP, BFD on it): the kernel's.
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let inner = if icmp_err {
-            match parse::parse_inner(pkt.data(), &p) {
+            match parse::parse_inner(pkt.data(), p) {
                 Ok(i) => Some(i),
                 Err(_) => {
                     self.drop_pkt(DropReason::Malformed);
@@ -888,7 +881,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         if let Some(inner) = inner {
-            return self.icmp_error(pkt, &p, &inner, dst_vip);
+            return self.icmp_error(pkt, p, &inner, dst_vip);
         }
         if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
             // OSPF, VRRP, router advertisements, echo to the kernel's address, ...
@@ -898,13 +891,13 @@ impl<Q: PortQueue> Worker<Q> {
             }
             return self.punt(iface, pkt, DropReason::Unsupported);
         }
-        let key = flow_key(&p);
+        let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
         let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
         let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
-                if dst_vip && dir == Dir::In && self.reusable(idx, &p) {
+                if dst_vip && dir == Dir::In && self.reusable(idx, p) {
                     // IPVS conn_reuse_mode: a new SYN on the tuple of a closing connection starts
                     // a new one (new scheduling decision, new gateway session); the old state,
                     // its FTP expectations and pins go. Data connections are left alone, as
@@ -916,27 +909,33 @@ impl<Q: PortQueue> Worker<Q> {
                     }
                     bump(&self.counters.flows_reused, 1);
                     self.remove_conn(idx, false);
-                    let next = self.new_inbound(&mut pkt, &p);
+                    let next = self.new_inbound(&mut pkt, p);
                     return self.finish(pkt, next);
                 }
                 if c.expired(self.now) {
                     self.expire(idx, self.now);
                     if self.flows.try_get(idx).is_some_and(|c| c.live) {
-                        self.forward(idx, dir, &mut pkt, &p)
+                        self.forward(idx, dir, &mut pkt, p)
                     } else if dst_vip {
-                        self.new_inbound(&mut pkt, &p)
+                        self.new_inbound(&mut pkt, p)
                     } else {
-                        self.new_outbound(&mut pkt, &p)
+                        self.new_outbound(&mut pkt, p)
                     }
                 } else {
-                    self.forward(idx, dir, &mut pkt, &p)
+                    self.forward(idx, dir, &mut pkt, p)
                 }
             }
-            None if dst_vip => match self.syn_proxy(iface, &mut pkt, &p) {
-                Some(next) => next,
-                None => self.new_inbound(&mut pkt, &p),
-            },
-            None => match self.new_outbound(&mut pkt, &p) {
+            None if dst_vip => {
+                // A connection's first SYN: its service is looked up once for the SYN proxy and
+                // the scheduler (other segments may not need it: looked up where they do).
+                let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
+                match self.syn_proxy(iface, &mut pkt, p, svc) {
+                    Some(next) => next,
+                    None => self.new_inbound_svc(&mut pkt, p, svc),
+                }
+            }
+            None => match self.new_outbound(&mut pkt, p) {
                 // No connection, no expectation, not a service: the kernel's (its own
                 // address, or a host it forwards for), if there is an exception path.
                 Next::Drop(DropReason::NoFlow) if !to_laddr => return self.punt(iface, pkt, DropReason::NoFlow),
@@ -959,19 +958,29 @@ impl<Q: PortQueue> Worker<Q> {
 
     /// Pick a real server and create a connection for a first packet to a VIP.
     fn new_inbound(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        self.new_inbound_svc(pkt, p, None)
+    }
+
+    /// [`Worker::new_inbound`] with the service of (VIP, protocol, port) if the caller looked
+    /// it up already (`Some`).
+    fn new_inbound_svc(&mut self, pkt: &mut Q::Buf, p: &Parsed, svc: Option<Option<usize>>) -> Next {
         if p.proto == PROTO_TCP && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_ACK != 0) {
             return self.dr_active_data(pkt, p);
         }
+        let snap = &self.snap;
+        let owner = svc.unwrap_or_else(|| snap.service(p.dst, p.proto, p.dport));
         // 1. FTP expectations and session pins.
         let mut chosen: Option<(usize, usize, Addr, u16, u32, u32, bool)> = None; // svc, dest, rs, rport, parent, gen, data
         if p.proto == PROTO_TCP {
             // A port another service owns is that service's: DR passive expectations and TLS
             // pins (which name no port) never take it over; the FTP service's own ports (a
             // second control connection of a TLS client) follow the pin.
-            let owner = self.snap.service(p.dst, p.proto, p.dport);
-            let mut v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
-            if v.is_none() && owner.is_none() {
-                v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
+            let mut v = None;
+            if !self.expect.is_empty() {
+                v = self.take_expected(&ExpKey::Passive(p.src, p.dst, p.dport));
+                if v.is_none() && owner.is_none() {
+                    v = self.take_expected(&ExpKey::PassiveAny(p.src, p.dst));
+                }
             }
             if let Some(v) = v {
                 chosen = Some((
@@ -983,7 +992,9 @@ impl<Q: PortQueue> Worker<Q> {
                     v.parent_gen,
                     true,
                 ));
-            } else if let Some(pin) = self.expect.get_pin(p.src, p.dst).copied() {
+            } else if let Some(pin) =
+                (self.expect.pins() > 0).then(|| self.expect.get_pin(p.src, p.dst).copied()).flatten()
+            {
                 let alive = self.flows.try_get(pin.parent).is_some_and(|c| c.gen == pin.parent_gen);
                 if alive && owner.is_none() {
                     chosen =
@@ -999,7 +1010,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // 2. The service and its scheduler.
         if chosen.is_none() {
-            let owned = self.snap.service(p.dst, p.proto, p.dport);
+            let owned = owner;
             // In a cluster, an FTP data connection this node holds no expectation for (its
             // control connection went through another node) follows the Maglev choice.
             let Some(si) = owned.or_else(|| self.cluster_service(p)) else {
@@ -1223,22 +1234,28 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let st = &mut self.svcs[si];
         let dests = &st.dests;
-        let client_ip = addr_to_ip(p.src);
         if let Some(pt) = st.persist.as_mut() {
+            let client_ip = addr_to_ip(p.src);
             if let Some(d) = pt.lookup(client_ip, self.now, dests) {
                 pt.touch(client_ip, self.now);
                 return Some(d);
             }
         }
-        let key = sched::FlowKey {
-            client: client_ip,
-            client_port: p.sport,
-            vip: addr_to_ip(p.dst),
-            vport: p.dport,
-            proto: p.proto,
+        // (Round robin, weights and counts do not look at the flow: no key built for them.)
+        let key = if st.sched.uses_key() {
+            sched::FlowKey {
+                client: addr_to_ip(p.src),
+                client_port: p.sport,
+                vip: addr_to_ip(p.dst),
+                vport: p.dport,
+                proto: p.proto,
+            }
+        } else {
+            sched::FlowKey::UNUSED
         };
         let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
+            let client_ip = addr_to_ip(p.src);
             pt.insert(client_ip, d, self.now, dests);
             if self.sync_on {
                 let dd = &svc.dests[d];
@@ -1280,8 +1297,12 @@ impl<Q: PortQueue> Worker<Q> {
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
-        // Routes towards the real server and back to the client.
-        let Some((if_in, nh_in)) = snap.route(rs) else { return Err(DropReason::NoRoute) };
+        // Routes towards the real server (the snapshot's, for a configured one) and back to the
+        // client.
+        let d = &svc.dests[di];
+        let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
+            return Err(DropReason::NoRoute);
+        };
         c.if_in = if_in as u8;
         c.nh_in = nh_in;
         if fwd.two_way() {
@@ -1291,11 +1312,9 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
-        // (No allocation: both forms as 16-byte arrays, IPv4 in the last 4.)
-        let (vb, rb) = (addr_v6_bytes(vip), addr_v6_bytes(rs));
-        let from = if v4 { 12 } else { 0 };
-        let mut a_in = csum::delta(&vb[from..], &rb[from..]);
-        let mut a_out = csum::delta(&rb[from..], &vb[from..]);
+        // Summed unfolded, folded once per field (the same ones-complement sums).
+        let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
+        let mut a_out = csum::delta_addr_unfolded(rs, vip, v4);
         let mut p_in = csum::delta16(vport, rport);
         let mut laddr = 0;
         if fwd == Forward::Fnat {
@@ -1317,10 +1336,9 @@ impl<Q: PortQueue> Worker<Q> {
             laddr = la;
             c.laddr = la;
             c.lport = lport;
-            let (cb, lb) = (addr_v6_bytes(client), addr_v6_bytes(la));
-            a_in = csum::add(a_in, csum::delta(&cb[from..], &lb[from..]));
-            a_out = csum::add(a_out, csum::delta(&lb[from..], &cb[from..]));
-            p_in = csum::add(p_in, csum::delta16(cport, lport));
+            a_in += csum::delta_addr_unfolded(client, la, v4);
+            a_out += csum::delta_addr_unfolded(la, client, v4);
+            p_in += csum::delta16(cport, lport);
         }
         if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
             // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
@@ -1329,10 +1347,10 @@ impl<Q: PortQueue> Worker<Q> {
             (a_in, a_out, p_in) = (0, 0, 0);
         }
         let ttl = if v4 { TTL_DELTA } else { 0 };
-        c.l3_in = if v4 { csum::add(a_in, ttl) } else { 0 };
-        c.l3_out = if v4 { csum::add(a_out, ttl) } else { 0 };
+        c.l3_in = if v4 { csum::fold(a_in + ttl) as u32 } else { 0 };
+        c.l3_out = if v4 { csum::fold(a_out + ttl) as u32 } else { 0 };
         // The reply direction's L4 delta is this one's complement (`Conn::l4_out`).
-        c.l4_in = csum::add(a_in, p_in);
+        c.l4_in = csum::fold(a_in + p_in) as u32;
         c.expires = self.now + snap.timeouts[c.state as usize];
         let lport = c.lport;
         let idx = match self.flows.insert(c, self.now) {
@@ -1365,6 +1383,64 @@ impl<Q: PortQueue> Worker<Q> {
         Ok(idx)
     }
 
+    /// The established fast path: a packet that arrived on `iface` and the index word `v`
+    /// the burst's lookup found for it. `None`: not the fast path's (not addressed to us, a
+    /// bare SYN on a known tuple, an expired entry), the caller classifies it. A connection
+    /// with anything special (FTP gateway, SYN proxy, PROXY protocol, translation, backup
+    /// state, cluster sync, tunnel) takes the general [`Worker::forward`]; the common NAT,
+    /// full NAT and DR packet is handled here with one look at its connection.
+    #[inline(always)]
+    fn forward_established(&mut self, iface: usize, v: u32, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        let idx = v >> 1;
+        let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
+        // Parsed frames hold at least an Ethernet header.
+        let dst: &[u8; 6] = pkt.data().get(..6)?.try_into().ok()?;
+        let ours = dst[0] & 1 == 1 || self.if_macs.get(iface) == Some(dst);
+        // A bare SYN on a known tuple may start a new connection (port reuse): the slow path decides.
+        let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let c = self.flows.get(idx);
+        if !ours || syn || c.expired(self.now) {
+            return None;
+        }
+        if c.flags & (F_SYNCED | F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) != 0
+            || self.sync_on
+            || c.fwd == Forward::Tunnel
+        {
+            return Some(self.forward(idx, dir, pkt, p));
+        }
+        // Egress MTU (see `forward`; no tunnel overhead here).
+        let egress = if dir == Dir::In { self.flows.if_in(c) } else { self.flows.if_out(c) };
+        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        if p.end - p.l3 > mtu {
+            return Some(self.too_big(dir, pkt, p, mtu));
+        }
+        let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+        // The far end this direction rewrites to: the real server (in) or the VIP (out).
+        let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
+        let t = TrackCtx {
+            now: self.now,
+            snap_gen: self.snap_gen,
+            id: self.id,
+            snap: &self.snap,
+            timeouts: &self.timeouts,
+            half_open: &mut self.half_open,
+            acc: &mut self.acc,
+            acc_base: &self.acc_base,
+            acc_dirty: &mut self.acc_dirty,
+        };
+        let c = self.flows.get_mut(idx);
+        let wrapped = track(c, dir, p, pkt.len() as u64, t);
+        let d = pkt.data_mut();
+        let r = if c.fwd == Forward::Dr { Ok(()) } else { rewrite_conn(c, la, far, dir, d, p) };
+        if wrapped {
+            self.flows.carry_pkt(idx, dir == Dir::In);
+        }
+        if let Err(r) = r {
+            return Some(Next::Drop(r));
+        }
+        Some(self.l2_write(idx, dir == Dir::In, d))
+    }
+
     /// Forward a packet of connection `idx` travelling in `dir`.
     #[inline(always)]
     fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
@@ -1386,75 +1462,25 @@ impl<Q: PortQueue> Worker<Q> {
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
         }
-        let now = self.now;
-        let snap_gen = self.snap_gen;
-        let id = self.id;
         let len = pkt.len() as u64;
-        // State, timeout, counters.
-        let wrapped;
-        let state_before;
         if self.flows.get(idx).flags & F_SYNCED != 0 {
             self.adopt(idx);
         }
-        {
-            let snap = &self.snap;
-            let c = self.flows.get_mut(idx);
-            state_before = c.state;
-            if p.proto == PROTO_TCP {
-                let d = match (dir, c.fwd) {
-                    (Dir::Out, _) => Direction::Output,
-                    (Dir::In, f) if f.two_way() => Direction::Input,
-                    (Dir::In, _) => Direction::InputOnly,
-                };
-                let old = c.state;
-                let new = tcpstate::next(old, d, p.tcp_flags);
-                if new != old {
-                    c.state = new;
-                    if old == crate::flow::tcpstate::TcpState::SynRecv {
-                        self.half_open = self.half_open.saturating_sub(1);
-                    } else if new == crate::flow::tcpstate::TcpState::SynRecv {
-                        self.half_open += 1;
-                    }
-                    if c.snap_gen == snap_gen && c.flags & F_COUNTED != 0 {
-                        let counts = &snap.conn_counts[c.svc as usize];
-                        let was = c.flags & F_ACTIVE_COUNTED != 0;
-                        let is = new.is_active();
-                        if was && !is {
-                            counts.dec_active(id, c.dest as usize);
-                            counts.inc_inactive(id, c.dest as usize);
-                            c.flags &= !F_ACTIVE_COUNTED;
-                        } else if !was && is {
-                            counts.dec_inactive(id, c.dest as usize);
-                            counts.inc_active(id, c.dest as usize);
-                            c.flags |= F_ACTIVE_COUNTED;
-                        }
-                    }
-                }
-            }
-            c.set_expires(now, now + self.timeouts[c.state as usize]);
-            // Packet count (the high halves live in the cold array).
-            let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
-            *n = n.wrapping_add(1);
-            wrapped = *n == 0;
-            // Service / real-server traffic: worker-local deltas, folded
-            // into the shared counters every ~100 ms (see `flush_svc_counters`).
-            let slot = self.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
-            if let Some(a) = self.acc.get_mut(slot as usize) {
-                if a.in_packets | a.out_packets == 0 {
-                    self.acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
-                }
-                match dir {
-                    Dir::In => {
-                        a.in_packets += 1;
-                        a.in_bytes += len;
-                    }
-                    Dir::Out => {
-                        a.out_packets += 1;
-                        a.out_bytes += len;
-                    }
-                }
-            }
-        }
+        // State, timeout, counters.
+        let t = TrackCtx {
+            now: self.now,
+            snap_gen: self.snap_gen,
+            id: self.id,
+            snap: &self.snap,
+            timeouts: &self.timeouts,
+            half_open: &mut self.half_open,
+            acc: &mut self.acc,
+            acc_base: &self.acc_base,
+            acc_dirty: &mut self.acc_dirty,
+        };
+        let c = self.flows.get_mut(idx);
+        let state_before = c.state;
+        let wrapped = track(c, dir, p, len, t);
         if wrapped {
             self.flows.carry_pkt(idx, dir == Dir::In);
         }
@@ -1464,55 +1490,12 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
-        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO) == 0 && c.fwd == Forward::Nat {
-            // The common case: NAT without the gateway.
+        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) == 0 && c.fwd.two_way() {
+            // The common case: NAT or full NAT without the gateway (deltas precomputed).
+            let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+            let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
             let d = pkt.data_mut();
-            let r = match dir {
-                Dir::In => {
-                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
-                }
-                Dir::Out => rewrite_nat(
-                    d,
-                    p,
-                    false,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ),
-            };
-            if let Err(r) = r {
-                return Next::Drop(r);
-            }
-            return self.l2_write(idx, dir == Dir::In, d);
-        }
-        if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) == 0 && c.fwd == Forward::Fnat {
-            // Full NAT without the gateway: both ends, deltas precomputed as for NAT.
-            let la = self.flows.laddr_of(c);
-            let d = pkt.data_mut();
-            let r = match dir {
-                Dir::In => rewrite_fnat(
-                    d,
-                    p,
-                    la,
-                    c.lport,
-                    self.flows.rs_of(c).0,
-                    self.flows.rs_of(c).1,
-                    c.l3_in as u32,
-                    c.l4_in(),
-                ),
-                Dir::Out => rewrite_fnat(
-                    d,
-                    p,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.client,
-                    c.cport,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ),
-            };
-            if let Err(r) = r {
+            if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
                 return Next::Drop(r);
             }
             return self.l2_write(idx, dir == Dir::In, d);
@@ -1573,63 +1556,15 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let fwd = c.fwd;
         match (fwd, dir) {
-            (Forward::Nat, Dir::In) => {
-                let d = pkt.data_mut();
-                if let Err(r) =
-                    rewrite_nat(d, p, true, self.flows.rs_of(c).0, self.flows.rs_of(c).1, c.l3_in as u32, c.l4_in())
-                {
-                    return Next::Drop(r);
-                }
-                self.l2_write(idx, true, d)
-            }
-            (Forward::Nat, Dir::Out) => {
-                let d = pkt.data_mut();
-                if let Err(r) = rewrite_nat(
-                    d,
-                    p,
-                    false,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ) {
-                    return Next::Drop(r);
-                }
-                self.l2_write(idx, false, d)
-            }
             (Forward::Fnat, _) if c.flags & F_XLAT != 0 => self.xlat(idx, dir, pkt, p),
-            (Forward::Fnat, Dir::In) => {
-                let la = self.flows.laddr_of(c);
+            (Forward::Nat | Forward::Fnat, _) => {
+                let la = if fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+                let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
                 let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(
-                    d,
-                    p,
-                    la,
-                    c.lport,
-                    self.flows.rs_of(c).0,
-                    self.flows.rs_of(c).1,
-                    c.l3_in as u32,
-                    c.l4_in(),
-                ) {
+                if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
                     return Next::Drop(r);
                 }
-                self.l2_write(idx, true, d)
-            }
-            (Forward::Fnat, Dir::Out) => {
-                let d = pkt.data_mut();
-                if let Err(r) = rewrite_fnat(
-                    d,
-                    p,
-                    self.flows.vip_of(c).0,
-                    self.flows.vip_of(c).1,
-                    c.client,
-                    c.cport,
-                    c.l3_out as u32,
-                    c.l4_out(),
-                ) {
-                    return Next::Drop(r);
-                }
-                self.l2_write(idx, false, d)
+                self.l2_write(idx, dir == Dir::In, d)
             }
             (Forward::Dr, _) => self.l2_out(idx, true, pkt),
             (Forward::Tunnel, _) => {
@@ -1809,6 +1744,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
+        // `clear` restarts the neighbour generation: forget every memo.
         self.frags.clear();
         self.frag_held.clear();
         self.frag_steer.clear();
@@ -1854,6 +1790,143 @@ fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounter
         } else {
             k += 1;
         }
+    }
+}
+
+/// A burst's parse result, flow hash (0: none) and index word (`NONE`: missed / not looked up).
+type Pre = (Result<Parsed, parse::ParseError>, u64, u32);
+
+/// Pass 1 of a burst: parse each frame straight into `pre` (no `Parsed` copies), hash the
+/// 5-tuple of TCP/UDP packets and prefetch its index line. Returns the burst's bytes. Out of
+/// line with the table and the array as separate arguments, so the compiler may keep the
+/// table's fields in registers across the burst (in `poll` every store into the array might
+/// have changed them).
+#[inline(never)]
+fn parse_pass<B: crate::port::Packet>(flows: &FlowTable, rx: &[B], pre: &mut [Pre]) -> u64 {
+    let mut bytes = 0u64;
+    for (pkt, (r, h, hint)) in rx.iter().zip(pre.iter_mut()) {
+        bytes += pkt.len() as u64;
+        parse::parse_into(pkt.data(), r);
+        *hint = NONE;
+        *h = match &*r {
+            Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
+                let h = flows.hash(&flow_key(p));
+                flows.prefetch(h);
+                h
+            }
+            _ => 0,
+        };
+    }
+    bytes
+}
+
+/// Pass 2 of a burst: find the connection of each hashed packet and prefetch it (see
+/// [`parse_pass`] for why it is a function of its own).
+#[inline(never)]
+fn lookup_pass(flows: &FlowTable, pre: &mut [Pre]) {
+    for (r, h, hint) in pre.iter_mut() {
+        if let (Ok(p), true) = (&*r, *h != 0) {
+            if let Some(v) = flows.lookup_word(&flow_key(p), *h) {
+                flows.prefetch_conn(v >> 1);
+                *hint = v;
+            }
+        }
+    }
+}
+
+/// What [`track`] needs of the worker besides the connection (disjoint borrows of its fields).
+struct TrackCtx<'a> {
+    now: u64,
+    snap_gen: u16,
+    id: usize,
+    snap: &'a Snapshot,
+    timeouts: &'a [u64; crate::flow::tcpstate::N_STATES],
+    half_open: &'a mut u32,
+    acc: &'a mut [SvcAcc],
+    acc_base: &'a [u32],
+    acc_dirty: &'a mut Vec<u32>,
+}
+
+/// One forwarded packet (`len` bytes) of connection `c` travelling in `dir`: TCP state (and
+/// the scheduler's active/inactive counts, the SYN_RECV count), expiry, the packet count and
+/// the per-(service, real server) traffic deltas. True if the packet count's low half
+/// wrapped (the caller carries it, [`FlowTable::carry_pkt`]).
+#[inline(always)]
+fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) -> bool {
+    if p.proto == PROTO_TCP {
+        let d = match (dir, c.fwd) {
+            (Dir::Out, _) => Direction::Output,
+            (Dir::In, f) if f.two_way() => Direction::Input,
+            (Dir::In, _) => Direction::InputOnly,
+        };
+        let old = c.state;
+        let new = tcpstate::next(old, d, p.tcp_flags);
+        if new != old {
+            c.state = new;
+            if old == crate::flow::tcpstate::TcpState::SynRecv {
+                *t.half_open = t.half_open.saturating_sub(1);
+            } else if new == crate::flow::tcpstate::TcpState::SynRecv {
+                *t.half_open += 1;
+            }
+            if c.snap_gen == t.snap_gen && c.flags & F_COUNTED != 0 {
+                let counts = &t.snap.conn_counts[c.svc as usize];
+                let was = c.flags & F_ACTIVE_COUNTED != 0;
+                let is = new.is_active();
+                if was && !is {
+                    counts.dec_active(t.id, c.dest as usize);
+                    counts.inc_inactive(t.id, c.dest as usize);
+                    c.flags &= !F_ACTIVE_COUNTED;
+                } else if !was && is {
+                    counts.dec_inactive(t.id, c.dest as usize);
+                    counts.inc_active(t.id, c.dest as usize);
+                    c.flags |= F_ACTIVE_COUNTED;
+                }
+            }
+        }
+    }
+    c.set_expires(t.now, t.now + t.timeouts[c.state as usize]);
+    // Packet count (the high halves live in the cold array).
+    let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
+    *n = n.wrapping_add(1);
+    let wrapped = *n == 0;
+    // Service / real-server traffic: worker-local deltas, folded
+    // into the shared counters every ~100 ms (see `flush_svc_counters`).
+    let slot = t.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
+    if let Some(a) = t.acc.get_mut(slot as usize) {
+        if a.in_packets | a.out_packets == 0 {
+            t.acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
+        }
+        match dir {
+            Dir::In => {
+                a.in_packets += 1;
+                a.in_bytes += len;
+            }
+            Dir::Out => {
+                a.out_packets += 1;
+                a.out_bytes += len;
+            }
+        }
+    }
+    wrapped
+}
+
+/// The NAT / full NAT rewrite of a packet of `c` travelling in `dir` (precomputed checksum
+/// deltas; no gateway, proxy or translation): `la` is `c`'s local address (full NAT).
+#[inline(always)]
+fn rewrite_conn(
+    c: &flow::Conn,
+    la: Addr,
+    far: (Addr, u16),
+    dir: Dir,
+    d: &mut [u8],
+    p: &Parsed,
+) -> Result<(), DropReason> {
+    let (fa, fp) = far;
+    match (c.fwd, dir) {
+        (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport, fa, fp, c.l3_in as u32, c.l4_in()),
+        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client, c.cport, c.l3_out as u32, c.l4_out()),
+        (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in as u32, c.l4_in()),
+        (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out as u32, c.l4_out()),
     }
 }
 

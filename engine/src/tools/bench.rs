@@ -29,6 +29,9 @@
 //!   a PORT data connection, set up through the gateway; then ACK segments
 //!   on the data connections (both directions) and on the control
 //!   connection (which goes through the gateway's seq/ack mapping).
+//! - `ftp-data`: the `ftp` set-up, then ACK segments on the data connections
+//!   only (passive and active, both directions): compare its instructions per
+//!   packet with `established`.
 //!
 //! - `synflood`: the `established` traffic with, between every two of its
 //!   packets, a SYN from a spoofed source to a service whose SYN proxy is on
@@ -64,6 +67,10 @@ pub enum Scenario {
     Dr,
     Fnat,
     Ftp,
+    /// The `ftp` set-up, measuring only the data connections' packets.
+    #[value(name = "ftp-data")]
+    #[serde(rename = "ftp-data")]
+    FtpData,
     Synflood,
     #[value(name = "flood-unknown")]
     #[serde(rename = "flood-unknown")]
@@ -617,7 +624,7 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
             let per_pkt = syn_recv / (flows as u64 / 2).max(1) + 1;
             Ok(Sets { est: t, flood: Templates::new(len, stride, 0), dt: per_pkt * BURST as u64 })
         }
-        Scenario::Ftp => {
+        Scenario::Ftp | Scenario::FtpData => {
             let all = clients(w, workers, (flows / 3).max(1));
             let mut t = Templates::new(len, stride, all.len() * 4);
             // In chunks: the gateway keeps at most 65536 pending
@@ -766,7 +773,9 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                     t.push(INT, &tcp(rs_mac(r), LB_INT, (r, rp), pdata(c), TCP_ACK, 8, 2));
                     t.push(EXT, &tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_ACK, 2, 8));
                     t.push(INT, &tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_ACK, 8, 2));
-                    t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, cseq + 40, sseq_ctl));
+                    if sc == Scenario::Ftp {
+                        t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, cseq + 40, sseq_ctl));
+                    }
                 }
             }
             t.shuffle(rng);
@@ -1357,9 +1366,15 @@ mod tests {
 
     #[test]
     fn scenarios_forward_everything() {
-        for sc in
-            [Scenario::Established, Scenario::New, Scenario::Dr, Scenario::Fnat, Scenario::Ftp, Scenario::Synflood]
-        {
+        for sc in [
+            Scenario::Established,
+            Scenario::New,
+            Scenario::Dr,
+            Scenario::Fnat,
+            Scenario::Ftp,
+            Scenario::FtpData,
+            Scenario::Synflood,
+        ] {
             let r = small(sc, 1);
             assert_eq!(r.dropped, 0, "{sc:?}: {:?}", r.drops);
             assert_eq!(r.per_worker[0].tx_packets, r.packets, "{sc:?}");

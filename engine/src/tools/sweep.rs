@@ -57,6 +57,7 @@ pub fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Dr => "dr",
         Scenario::Fnat => "fnat",
         Scenario::Ftp => "ftp",
+        Scenario::FtpData => "ftp-data",
         Scenario::Synflood => "synflood",
         Scenario::FloodUnknown => "flood-unknown",
         Scenario::FloodIcmp => "flood-icmp",

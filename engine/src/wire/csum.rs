@@ -64,6 +64,39 @@ pub fn delta16(old: u16, new: u16) -> u32 {
     (!old) as u32 + new as u32
 }
 
+/// [`delta`] for an address held as a 128-bit integer (`wire::parse::Addr`,
+/// IPv4 in the low 32 bits): its last 2 words (`v4`) or all 8, without
+/// going through bytes.
+#[inline]
+pub fn delta_addr(old: u128, new: u128, v4: bool) -> u32 {
+    fold(delta_addr_unfolded(old, new, v4)) as u32
+}
+
+/// [`delta_addr`] before the fold: at most 16 * 0xffff, for summing further
+/// deltas into before one fold (`fold(a + b)` equals `add(fold(a), fold(b))`:
+/// both are the ones-complement sum, 0 only for an all-zero input).
+#[inline]
+pub fn delta_addr_unfolded(old: u128, new: u128, v4: bool) -> u32 {
+    // Per 32-bit word: ~hi16 + ~lo16 of the old, hi16 + lo16 of the new
+    // (the 16-bit words of `delta`, summed in another order).
+    #[inline(always)]
+    fn word(o: u32, n: u32) -> u32 {
+        let o = !o;
+        (o >> 16) + (o & 0xffff) + (n >> 16) + (n & 0xffff)
+    }
+    let d = if v4 {
+        word(old as u32, new as u32)
+    } else {
+        let (o, n) = ((old >> 64) as u64, (new >> 64) as u64);
+        let (p, q) = (old as u64, new as u64);
+        word((o >> 32) as u32, (n >> 32) as u32)
+            + word(o as u32, n as u32)
+            + word((p >> 32) as u32, (q >> 32) as u32)
+            + word(p as u32, q as u32)
+    };
+    d
+}
+
 /// Combine two deltas.
 #[inline(always)]
 pub fn add(a: u32, b: u32) -> u32 {
@@ -101,6 +134,25 @@ pub fn pseudo_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_addr_is_delta_over_the_bytes() {
+        let pairs: [(u128, u128); 4] = [
+            (0xffff_0a00_0164, 0xffff_0a00_0202),
+            (0xffff_ffff_ffff, 0xffff_0000_0001),
+            (0x2001_0db8_0000_0000_0000_0000_0000_0001, 0x2001_0db8_0000_0000_0000_0000_00ff_fe01),
+            (u128::MAX, 1),
+        ];
+        for (a, b) in pairs {
+            let (x, y) = (a.to_be_bytes(), b.to_be_bytes());
+            assert_eq!(delta_addr(a, b, true), delta(&x[12..], &y[12..]), "{a:x} -> {b:x} (v4)");
+            assert_eq!(delta_addr(a, b, false), delta(&x, &y), "{a:x} -> {b:x}");
+            // One fold over a sum of unfolded deltas is the sum of the folded ones.
+            let (u, w) = (delta_addr_unfolded(a, b, false), delta16(0x1234, 0xfedc));
+            assert_eq!(fold(u + w) as u32, add(delta(&x, &y), w));
+            assert_eq!(fold(u + 0xfeff) as u32, add(delta_addr(a, b, false), 0xfeff));
+        }
+    }
 
     #[test]
     fn rfc1071_example() {

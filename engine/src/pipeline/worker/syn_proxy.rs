@@ -28,7 +28,15 @@ impl<Q: PortQueue> Worker<Q> {
     /// SYN proxy for a packet to a VIP with no connection: answers a SYN with a cookie, or
     /// opens the connection for an ACK carrying a valid one. `None`: not for the proxy (the
     /// ordinary path takes it).
-    pub(super) fn syn_proxy(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+    ///
+    /// `svc`: the service of (VIP, protocol, port) if the caller looked it up already.
+    pub(super) fn syn_proxy(
+        &mut self,
+        iface: usize,
+        pkt: &mut Q::Buf,
+        p: &Parsed,
+        svc: Option<Option<usize>>,
+    ) -> Option<Next> {
         use ferrovs_cfg::SynProxy;
         if p.proto != PROTO_TCP {
             return None;
@@ -41,7 +49,7 @@ impl<Q: PortQueue> Worker<Q> {
         if p.tcp_flags & TCP_SYN == 0 && !recent {
             return None;
         }
-        let si = self.snap.service(p.dst, p.proto, p.dport)?;
+        let si = svc.unwrap_or_else(|| self.snap.service(p.dst, p.proto, p.dport))?;
         let svc = &self.snap.services[si];
         let mode = svc.syn_proxy;
         if mode == SynProxy::Off {
