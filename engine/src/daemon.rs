@@ -113,6 +113,8 @@ pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
         total.flows_recreated += s.flows_recreated;
         total.sync_installed += s.sync_installed;
         total.sync_skipped += s.sync_skipped;
+        total.redirected += s.redirected;
+        total.redirect_loop += s.redirect_loop;
         total.flows_active = total.flows_active.wrapping_add(s.flows_active);
         total.handoff_out += s.handoff_out;
         total.handoff_in += s.handoff_in;

@@ -167,8 +167,12 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                 );
                 if w["flows_recreated"].as_u64().unwrap_or(0) + w["sync_installed"].as_u64().unwrap_or(0) > 0 {
                     println!(
-                        "  cluster: flows recreated {} sync installed {} skipped {}",
-                        w["flows_recreated"], w["sync_installed"], w["sync_skipped"]
+                        "  cluster: flows recreated {} sync installed {} skipped {} redirected {} redirect loops {}",
+                        w["flows_recreated"],
+                        w["sync_installed"],
+                        w["sync_skipped"],
+                        w["redirected"],
+                        w["redirect_loop"]
                     );
                 }
                 if let Some(d) = w["drops"].as_object() {

@@ -945,23 +945,7 @@ impl Batcher {
                     break;
                 }
                 self.tokens -= 1.0;
-                self.seq = self.seq.wrapping_add(1);
-                if self.seq == 0 {
-                    // Receivers' windows only move forward: a new epoch after a wrap.
-                    self.seq = 1;
-                    if let Some((_, epoch)) = &mut self.auth {
-                        *epoch += 1;
-                    }
-                }
-                cur.extend_from_slice(MAGIC);
-                let v = if self.auth.is_some() { VERSION_AUTH } else { VERSION };
-                cur.extend_from_slice(&[v, self.node, 0, 0]);
-                cur.extend_from_slice(&self.seq.to_be_bytes());
-                if let Some((_, epoch)) = &self.auth {
-                    cur.extend_from_slice(&epoch.to_be_bytes());
-                    cur.extend_from_slice(&unix_s.to_be_bytes());
-                }
-                self.placement.encode(&mut cur);
+                self.open(&mut cur, unix_s);
             }
             let e = &entries[i];
             if cur.len() + e.len() > max || n == u16::MAX {
@@ -979,6 +963,45 @@ impl Batcher {
         }
         self.messages += out.len() as u64;
         out
+    }
+
+    /// An empty datagram (no entries) that tells the peers this node lives: sent when nothing
+    /// else went out for a while (`Liveness`), within the same rate bound (`None` past it).
+    pub fn heartbeat_at(&mut self, now: u64, unix_s: u32) -> Option<Vec<u8>> {
+        let dt = now.saturating_sub(self.last) as f64 / 1e9;
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate as f64).min(self.rate as f64);
+        if self.tokens < 1.0 {
+            return None;
+        }
+        self.tokens -= 1.0;
+        let mut cur = Vec::new();
+        self.open(&mut cur, unix_s);
+        let mut out = Vec::new();
+        self.close(&mut cur, 0, &mut out);
+        self.messages += 1;
+        out.pop()
+    }
+
+    /// Start a datagram: header (next sequence number), authentication fields, placement.
+    fn open(&mut self, cur: &mut Vec<u8>, unix_s: u32) {
+        self.seq = self.seq.wrapping_add(1);
+        if self.seq == 0 {
+            // Receivers' windows only move forward: a new epoch after a wrap.
+            self.seq = 1;
+            if let Some((_, epoch)) = &mut self.auth {
+                *epoch += 1;
+            }
+        }
+        cur.extend_from_slice(MAGIC);
+        let v = if self.auth.is_some() { VERSION_AUTH } else { VERSION };
+        cur.extend_from_slice(&[v, self.node, 0, 0]);
+        cur.extend_from_slice(&self.seq.to_be_bytes());
+        if let Some((_, epoch)) = &self.auth {
+            cur.extend_from_slice(&epoch.to_be_bytes());
+            cur.extend_from_slice(&unix_s.to_be_bytes());
+        }
+        self.placement.encode(cur);
     }
 
     fn close(&self, cur: &mut Vec<u8>, n: u16, out: &mut Vec<Vec<u8>>) {
@@ -1011,6 +1034,19 @@ mod tests {
         let mut d = [&m[..HEADER_LEN], &m[E..]].concat();
         d[4] = v;
         d
+    }
+
+    #[test]
+    fn a_heartbeat_is_an_empty_datagram_of_the_sender_within_the_rate() {
+        let mut b = Batcher::new(7, 2);
+        let m = b.heartbeat_at(1_000_000_000, 0).expect("a token");
+        let got = parse_with(&m, None).unwrap();
+        assert_eq!((got.node, got.entries.len()), (7, 0));
+        let m2 = b.heartbeat_at(1_000_000_001, 0).expect("a second token");
+        assert!(parse_with(&m2, None).unwrap().seq > got.seq);
+        // The bucket (2/s) is empty now: nothing until it refills.
+        assert!(b.heartbeat_at(1_000_000_002, 0).is_none());
+        assert!(b.heartbeat_at(1_600_000_000, 0).is_some());
     }
 
     /// The authenticated datagram `m` (version 6) as a node of version `v` (2 or 4) sends it.

@@ -200,7 +200,19 @@ pub fn run<B: Send + 'static>(
     let clock = crate::daemon::clock();
     let mut buf = vec![0u8; 65536];
     let mut pending: Vec<SyncEntry> = Vec::new();
+    let send = |m: &[u8]| {
+        for d in &dests {
+            if sock.send_to(m, d).is_ok() {
+                stats.messages_sent.fetch_add(1, Relaxed);
+            } else {
+                stats.send_errors.fetch_add(1, Relaxed);
+            }
+        }
+    };
     let mut bad_log = crate::pipeline::ratelimit::RateLimit::default();
+    // The peers take a node not heard from for `DEAD_AFTER_MS` as dead: say something at least
+    // every `HEARTBEAT_MS`.
+    let mut last_sent = 0u64;
     while !stop.load(Relaxed) {
         // A reload may have changed the node tables.
         let placement = fabric.placement();
@@ -212,17 +224,18 @@ pub fn run<B: Send + 'static>(
         if !pending.is_empty() {
             let before = batcher.dropped;
             for m in batcher.encode_at(&pending, clock(), unix_secs()) {
-                for d in &dests {
-                    if sock.send_to(&m, d).is_ok() {
-                        stats.messages_sent.fetch_add(1, Relaxed);
-                    } else {
-                        stats.send_errors.fetch_add(1, Relaxed);
-                    }
-                }
+                send(&m);
+                last_sent = fabric.liveness.now_ms();
             }
             stats.entries_sent.fetch_add((pending.len() as u64).saturating_sub(batcher.dropped - before), Relaxed);
             stats.entries_dropped_rate.fetch_add(batcher.dropped - before, Relaxed);
             pending.clear();
+        }
+        if fabric.liveness.now_ms().saturating_sub(last_sent) >= crate::pipeline::worker::HEARTBEAT_MS {
+            if let Some(m) = batcher.heartbeat_at(clock(), unix_secs()) {
+                send(&m);
+            }
+            last_sent = fabric.liveness.now_ms();
         }
         // Receive until the socket is idle (read timeout 2 ms).
         for _ in 0..256 {
@@ -230,6 +243,7 @@ pub fn run<B: Send + 'static>(
             match receiver.receive(&buf[..n], unix_secs()) {
                 Ok(None) => {}
                 Ok(Some(m)) => {
+                    fabric.liveness.heard(m.node, crate::wire::parse::ip_to_addr(from.ip()), fabric.liveness.now_ms());
                     stats.messages_received.fetch_add(1, Relaxed);
                     stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
                     stats.entries_unknown.fetch_add(m.unknown as u64, Relaxed);

@@ -70,6 +70,12 @@ pub struct WorkerCounters {
     /// connection unknown, or the sync queue towards the sync thread full).
     pub sync_installed: AtomicU64,
     pub sync_skipped: AtomicU64,
+    /// Cluster, full NAT: packets of FTP control connections sent on to the node that handles
+    /// the session (the owner of its local address, or the designated survivor of a failed
+    /// owner), and packets that had been redirected by a peer already and would have been
+    /// again (views of the peers' liveness differ): handled here instead (at most one hop).
+    pub redirected: AtomicU64,
+    pub redirect_loop: AtomicU64,
     pub flows_active: AtomicU64,
     pub handoff_out: AtomicU64,
     pub handoff_in: AtomicU64,
@@ -134,6 +140,8 @@ impl WorkerCounters {
             flows_recreated: self.flows_recreated.load(Relaxed),
             sync_installed: self.sync_installed.load(Relaxed),
             sync_skipped: self.sync_skipped.load(Relaxed),
+            redirected: self.redirected.load(Relaxed),
+            redirect_loop: self.redirect_loop.load(Relaxed),
             flows_active: self.flows_active.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
@@ -169,6 +177,8 @@ impl WorkerCounters {
             flows_recreated,
             sync_installed,
             sync_skipped,
+            redirected,
+            redirect_loop,
             flows_active,
             handoff_out,
             handoff_in,
@@ -201,6 +211,8 @@ impl WorkerCounters {
             flows_recreated,
             sync_installed,
             sync_skipped,
+            redirected,
+            redirect_loop,
             flows_active,
             handoff_out,
             handoff_in,
@@ -242,6 +254,8 @@ pub struct CounterSnapshot {
     pub flows_recreated: u64,
     pub sync_installed: u64,
     pub sync_skipped: u64,
+    pub redirected: u64,
+    pub redirect_loop: u64,
     pub flows_active: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,

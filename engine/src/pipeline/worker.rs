@@ -49,10 +49,12 @@ mod ftp;
 mod icmp;
 mod local;
 mod pp;
+mod redirect;
 mod reload;
 mod syn_proxy;
 mod sync;
 mod tcp;
+pub use redirect::{Liveness, DEAD_AFTER_MS, HEARTBEAT_MS};
 use reload::Retired;
 pub use tcp::ALG_MAX_GROWTH;
 
@@ -81,6 +83,8 @@ pub struct Fabric<B> {
     /// Cluster: the placement-relevant configuration of the newest snapshot (the sync thread
     /// sends it and requires it of the peers; a reload may change the node tables).
     pub sync_placement: Mutex<crate::cluster::sync::Placement>,
+    /// Cluster: when each peer was last heard from (the sync thread records, the workers read).
+    pub liveness: redirect::Liveness,
     pub stop: AtomicBool,
 }
 
@@ -94,6 +98,7 @@ impl<B> Fabric<B> {
             services: (0..workers).map(|_| Mutex::new(Arc::new(Vec::new()))).collect(),
             sync_tx: ArrayQueue::new(1024),
             sync_placement: Mutex::new(Default::default()),
+            liveness: Default::default(),
             stop: AtomicBool::new(false),
         })
     }
@@ -1510,6 +1515,9 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let ftp_p;
         let p = if c.flags & F_ALG != 0 {
+            if let Some(n) = self.alg_redirect(idx, pkt) {
+                return n;
+            }
             match self.ftp_segment(idx, dir, pkt, p) {
                 Err(n) => {
                     if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
