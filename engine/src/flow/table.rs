@@ -867,27 +867,31 @@ impl FlowTable {
         }
     }
     /// The cold part of live connection `i`, allocated on first use.
-    #[inline]
+    #[inline(always)]
     pub fn cold_mut(&mut self, i: u32) -> &mut ConnCold {
         let k = match self.slab[i as usize].cold {
-            NONE => {
-                debug_assert!(self.slab[i as usize].live);
-                let k = match self.cold_free.pop() {
-                    Some(k) => {
-                        self.cold[k as usize] = ConnCold::EMPTY;
-                        k
-                    }
-                    None => {
-                        self.cold.push(ConnCold::EMPTY);
-                        (self.cold.len() - 1) as u32
-                    }
-                };
-                self.slab[i as usize].cold = k;
-                k
-            }
+            NONE => self.alloc_cold(i),
             k => k,
         };
         &mut self.cold[k as usize]
+    }
+    /// Give live connection `i` a cold part (from the free list, else a new one).
+    #[cold]
+    #[inline(never)]
+    fn alloc_cold(&mut self, i: u32) -> u32 {
+        debug_assert!(self.slab[i as usize].live);
+        let k = match self.cold_free.pop() {
+            Some(k) => {
+                self.cold[k as usize] = ConnCold::EMPTY;
+                k
+            }
+            None => {
+                self.cold.push(ConnCold::EMPTY);
+                (self.cold.len() - 1) as u32
+            }
+        };
+        self.slab[i as usize].cold = k;
+        k
     }
     /// Incremental expiry scan: look at up to `*budget` slots from `*pos`
     /// (wrapping), consuming budget; returns the first live connection that

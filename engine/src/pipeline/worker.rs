@@ -1515,8 +1515,11 @@ impl<Q: PortQueue> Worker<Q> {
         let c = self.flows.get(idx);
         let ftp_p;
         let p = if c.flags & F_ALG != 0 {
-            if let Some(n) = self.alg_redirect(idx, pkt) {
-                return n;
+            // Cluster, full NAT: the session's handling node may be another one.
+            if c.fwd == Forward::Fnat && self.snap.config.cluster.is_some() {
+                if let Some(n) = self.alg_redirect(idx, pkt) {
+                    return n;
+                }
             }
             match self.ftp_segment(idx, dir, pkt, p) {
                 Err(n) => {

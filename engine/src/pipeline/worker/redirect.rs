@@ -87,6 +87,7 @@ pub fn handler(owner: u8, nodes: impl Iterator<Item = u8>, live: impl Fn(u8) -> 
 impl<Q: PortQueue> Worker<Q> {
     /// Full NAT in a cluster: `Some` when the packet of FTP control connection `idx` belongs to
     /// another node (sent there, or parked while its MAC resolves), `None` to handle it here.
+    #[inline(never)]
     pub(super) fn alg_redirect(&mut self, idx: u32, pkt: &mut Q::Buf) -> Option<Next> {
         let c = self.flows.get(idx);
         if c.fwd != Forward::Fnat {
