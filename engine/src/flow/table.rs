@@ -839,6 +839,28 @@ impl FlowTable {
         self.find(k, h).map(|i| self.index[i] as u32)
     }
 
+    /// The burst's second pass: the first index word on the probe sequence of hash `h` whose
+    /// tag matches, or [`NONE`] if the sequence ends first (then no live key has this hash).
+    /// Reads only the index (the line [`FlowTable::prefetch`] asked for), never the
+    /// connection: its line is what the caller prefetches next, and the caller confirms the
+    /// key with [`FlowTable::word_matches`] once it has arrived (a tag match of another key
+    /// is rare: 32-bit tags; then a full [`FlowTable::lookup_word`]).
+    #[inline(always)]
+    pub fn candidate(&self, h: u64) -> u32 {
+        let tag = (h >> 32) as u32;
+        let mut i = self.home(tag);
+        loop {
+            let Some(&w) = self.index.get(i) else { return NONE };
+            if w == EMPTY {
+                return NONE;
+            }
+            if (w >> 32) as u32 == tag {
+                return w as u32;
+            }
+            i = self.next(i);
+        }
+    }
+
     /// Does index word `v` (from [`FlowTable::lookup_word`]) still denote a
     /// live connection with key `k`? Keys are unique among live
     /// connections, so a match is exactly what a fresh lookup would return.

@@ -740,21 +740,20 @@ impl<Q: PortQueue> Worker<Q> {
         // takes the classification path below, as before.
         if let Ok(p) = parsed {
             if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
-                // The hint from the burst's second pass is exact while no
-                // connection was inserted or removed since (the common
-                // case); otherwise it is re-checked against the slot, and
-                // a miss is looked up again (an earlier packet of the burst
-                // may have created the connection).
-                let found = if hint != NONE && self.hint_ver == self.flows.version() {
+                // The hint from the burst's second pass is the first index word whose tag
+                // matches (its connection's line prefetched, the key not yet compared): the
+                // key is confirmed here, now that the line has arrived. A failed candidate
+                // is looked up in full, and so is a miss once the table changed (an earlier
+                // packet of the burst may have created the connection).
+                let key = flow_key(p);
+                let found = if hint != NONE && self.flows.word_matches(hint, &key) {
                     Some(hint)
+                } else if hint == NONE && hash != 0 && self.hint_ver == self.flows.version() {
+                    // No tag on the probe sequence and nothing inserted since: a miss.
+                    None
                 } else {
-                    let key = flow_key(p);
-                    if hint != NONE && self.flows.word_matches(hint, &key) {
-                        Some(hint)
-                    } else {
-                        let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-                        self.flows.lookup_word(&key, hash)
-                    }
+                    let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
+                    self.flows.lookup_word(&key, hash)
                 };
                 if let Some(v) = found {
                     match self.forward_established(iface, v, &mut pkt, p) {
@@ -1393,9 +1392,14 @@ impl<Q: PortQueue> Worker<Q> {
     fn forward_established(&mut self, iface: usize, v: u32, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
         let idx = v >> 1;
         let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
-        // Parsed frames hold at least an Ethernet header.
+        // Parsed frames hold at least an Ethernet header. The destination MAC as a 4- and a
+        // 2-byte word: ours if multicast/broadcast or the interface's.
         let dst: &[u8; 6] = pkt.data().get(..6)?.try_into().ok()?;
-        let ours = dst[0] & 1 == 1 || self.if_macs.get(iface) == Some(dst);
+        let ours = dst[0] & 1 == 1
+            || self.if_macs.get(iface).is_some_and(|m| {
+                u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) == u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]])
+                    && u16::from_ne_bytes([m[4], m[5]]) == u16::from_ne_bytes([dst[4], dst[5]])
+            });
         // A bare SYN on a known tuple may start a new connection (port reuse): the slow path decides.
         let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let c = self.flows.get(idx);
@@ -1408,9 +1412,11 @@ impl<Q: PortQueue> Worker<Q> {
         {
             return Some(self.forward(idx, dir, pkt, p));
         }
-        // Egress MTU (see `forward`; no tunnel overhead here).
-        let egress = if dir == Dir::In { self.flows.if_in(c) } else { self.flows.if_out(c) };
-        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        // The next hop of this direction, read once: its interface gives the egress MTU
+        // (see `forward`; no tunnel overhead here) and, below, the frame's MACs.
+        let h = if dir == Dir::In { c.hop_in } else { c.hop_out };
+        let hop = self.flows.hop_mac(h);
+        let mtu = self.queues.get(hop.iface as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
         if p.end - p.l3 > mtu {
             return Some(self.too_big(dir, pkt, p, mtu));
         }
@@ -1438,7 +1444,7 @@ impl<Q: PortQueue> Worker<Q> {
         if let Err(r) = r {
             return Some(Next::Drop(r));
         }
-        Some(self.l2_write(idx, dir == Dir::In, d))
+        Some(self.l2_write_hop(h, hop, d))
     }
 
     /// Forward a packet of connection `idx` travelling in `dir`.
@@ -1617,14 +1623,21 @@ impl<Q: PortQueue> Worker<Q> {
     /// [`Worker::l2_out`] on the frame's bytes.
     #[inline(always)]
     fn l2_write(&mut self, idx: u32, to_rs: bool, frame: &mut [u8]) -> Next {
-        let gen = self.neigh.gen;
         let c = self.flows.get(idx);
         let h = if to_rs { c.hop_in } else { c.hop_out };
+        let hop = self.flows.hop_mac(h);
+        self.l2_write_hop(h, hop, frame)
+    }
+
+    /// [`Worker::l2_write`] with the next hop `h` and what the table holds of it (`hop`)
+    /// already read.
+    #[inline(always)]
+    fn l2_write_hop(&mut self, h: u16, mut hop: flow::HopMac, frame: &mut [u8]) -> Next {
+        let gen = self.neigh.gen;
         // The MAC is cached per next hop (shared by every connection through it), valid for
         // one neighbour generation and only once known: learning a new neighbour does not
         // change `gen` (see `NeighCache::learn`), so a hop still missing its MAC looks it up
         // again on its next packet.
-        let mut hop = self.flows.hop_mac(h);
         if hop.mac_gen != gen {
             let nh = self.flows.hop_nh(h);
             hop.mac = if h == flow::NO_HOP { None } else { self.neigh.resolve(nh) }.unwrap_or([0; 6]);
@@ -1633,12 +1646,13 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         let (iface, mac) = (hop.iface as usize, hop.mac);
-        let src_mac = self.if_macs[iface];
         // Parsed frames hold at least an Ethernet header.
-        let Some(Ok::<&mut [u8; 12], _>(eth)) = frame.get_mut(..12).map(|s| s.try_into()) else {
+        let (Some(src_mac), Some(Ok::<&mut [u8; 12], _>(eth))) =
+            (self.if_macs.get(iface), frame.get_mut(..12).map(|s| s.try_into()))
+        else {
             return Next::Drop(DropReason::Malformed);
         };
-        eth[6..12].copy_from_slice(&src_mac);
+        eth[6..12].copy_from_slice(src_mac);
         if mac != [0; 6] {
             eth[0..6].copy_from_slice(&mac);
             return Next::Tx(iface);
@@ -1823,16 +1837,19 @@ fn parse_pass<B: crate::port::Packet>(flows: &FlowTable, rx: &[B], pre: &mut [Pr
     bytes
 }
 
-/// Pass 2 of a burst: find the connection of each hashed packet and prefetch it (see
-/// [`parse_pass`] for why it is a function of its own).
+/// Pass 2 of a burst: the candidate index word of each hashed packet ([`FlowTable::candidate`]),
+/// its connection's line prefetched (see [`parse_pass`] for why it is a function of its own).
 #[inline(never)]
 fn lookup_pass(flows: &FlowTable, pre: &mut [Pre]) {
-    for (r, h, hint) in pre.iter_mut() {
-        if let (Ok(p), true) = (&*r, *h != 0) {
-            if let Some(v) = flows.lookup_word(&flow_key(p), *h) {
+    for (_, h, hint) in pre.iter_mut() {
+        if *h != 0 {
+            // Only the index (prefetched by pass 1): the connection's line is prefetched
+            // here and its key compared in pass 3, so no pass waits on a cache miss.
+            let v = flows.candidate(*h);
+            if v != NONE {
                 flows.prefetch_conn(v >> 1);
-                *hint = v;
             }
+            *hint = v;
         }
     }
 }
@@ -1856,7 +1873,11 @@ struct TrackCtx<'a> {
 /// wrapped (the caller carries it, [`FlowTable::carry_pkt`]).
 #[inline(always)]
 fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) -> bool {
-    if p.proto == PROTO_TCP {
+    // ESTABLISHED with an ACK or no flag at all stays ESTABLISHED whatever the direction
+    // (`tcpstate::next`'s own shortcut, tested there): nothing to count either.
+    let unchanged = c.state == crate::flow::tcpstate::TcpState::Established
+        && p.tcp_flags & (parse::TCP_FIN | TCP_SYN | parse::TCP_RST) == 0;
+    if p.proto == PROTO_TCP && !unchanged {
         let d = match (dir, c.fwd) {
             (Dir::Out, _) => Direction::Output,
             (Dir::In, f) if f.two_way() => Direction::Input,
