@@ -1349,6 +1349,83 @@ mod tests {
         assert_eq!(t.lookup(&kout), None);
     }
 
+    /// What the worker does with the burst's second pass: the candidate word confirmed
+    /// against the connection, else a full lookup; a missing candidate is a miss.
+    fn via_candidate(t: &FlowTable, k: &FlowKey) -> Option<u32> {
+        let h = t.hash(k);
+        let v = t.candidate(h);
+        if v == NONE {
+            return None;
+        }
+        if t.word_matches(v, k) {
+            Some(v)
+        } else {
+            t.lookup_word(k, h)
+        }
+    }
+
+    #[test]
+    fn candidate_then_confirm_agrees_with_lookup() {
+        let mut t = FlowTable::new(4096);
+        let mut keys = Vec::new();
+        for i in 0..3000u32 {
+            let mut n = conn((i % 250) as u8, Forward::Nat);
+            n.cport = 1000 + (i / 250) as u16;
+            t.insert(n, 0).ok().unwrap();
+            keys.push(n.key_in());
+            keys.push(n.key_out());
+        }
+        for k in &keys {
+            let v = via_candidate(&t, k);
+            assert!(v.is_some());
+            assert_eq!(v, t.lookup_word(k, t.hash(k)));
+        }
+        // Absent keys: never a false hit; a missing candidate means a miss.
+        for i in 0..3000u16 {
+            let k = FlowKey { sport: 20000 + i, ..keys[0] };
+            assert_eq!(via_candidate(&t, &k), None);
+            let v = t.candidate(t.hash(&k));
+            assert!(v == NONE || !t.word_matches(v, &k));
+        }
+    }
+
+    #[test]
+    fn a_candidate_of_another_key_falls_back_to_the_full_lookup() {
+        // Two live keys whose hashes share the tag: the first on the probe sequence is
+        // the other key's; the confirmation fails and the full lookup goes on to the right one.
+        let mut t = FlowTable::new(1024);
+        let a = conn(1, Forward::Dr);
+        let ia = t.insert(a, 0).ok().unwrap();
+        // A second connection whose home and the next two slots hold nothing but itself
+        // (the hash seed is random: the first of a few that fit).
+        let (b, ib, hb, pos) = (2..50)
+            .find_map(|c| {
+                let b = conn(c, Forward::Dr);
+                let ib = t.insert(b, 0).ok().unwrap();
+                let hb = t.hash(&b.key_in());
+                let pos = t.probe(&b.key_in(), hb).ok().unwrap();
+                let home = t.home((hb >> 32) as u32);
+                let room = [home, t.next(home), t.next(t.next(home))].iter().all(|&i| i == pos || t.index[i] == EMPTY);
+                if room {
+                    Some((b, ib, hb, pos))
+                } else {
+                    t.remove(ib);
+                    None
+                }
+            })
+            .expect("a connection with room around its home slot");
+        let tag = (hb >> 32) as u32;
+        let home = t.home(tag);
+        let n1 = t.next(home);
+        t.index[pos] = EMPTY;
+        t.index[home] = (tag as u64) << 32 | (ia << 1) as u64;
+        t.index[n1] = (tag as u64) << 32 | (ib << 1) as u64;
+        assert_eq!(t.candidate(hb), ia << 1);
+        assert!(!t.word_matches(ia << 1, &b.key_in()));
+        assert_eq!(via_candidate(&t, &b.key_in()), Some(ib << 1));
+        assert_eq!(t.lookup(&b.key_in()), Some((ib, Dir::In)));
+    }
+
     #[test]
     fn full_and_duplicate() {
         let mut t = FlowTable::new(16);
