@@ -1,11 +1,16 @@
-//! The poll-mode worker: one per queue, owning its flow table, neighbour
+//! The worker's sans-IO core: one per queue, owning its flow table, neighbour
 //! cache, schedulers, persistence templates and FTP expectations.
 //!
-//! `poll(now)` receives a burst from every port queue, classifies each
-//! packet, hands packets it does not own to their owner through a
-//! lock-free ring, forwards the rest and transmits. It never blocks, and
-//! in steady state it does not allocate (buffers are recycled, tables are
-//! sized at start; an FTP control session allocates its gateway state once).
+//! It owns no port and reads no ring (the loop around it, with the queues,
+//! the rx burst and the rings, is [`crate::pipeline::driver::Driver`]).
+//! `handle_burst(now, iface, rx)` (or `handle(now, iface, frame) -> Verdict`
+//! for one frame) classifies each packet, queues packets it does not own for
+//! their owner (`poll_handoff`), and forwards the rest into per-interface
+//! transmit queues, where frames it originates or releases go too
+//! (`poll_transmit`, or `transmit_queues` for a driver's `tx_burst`). Timers:
+//! `poll_timeout` / `handle_timeout`. It never blocks, and in steady state it
+//! does not allocate (buffers are recycled, tables are sized at start; an FTP
+//! control session allocates its gateway state once).
 //!
 //! This file holds the worker's state, the poll loop, classification
 //! (`process_slow`: VIP, local address, reply, FTP data, cluster
@@ -507,6 +512,8 @@ impl<Q: BufAlloc> Worker<Q> {
         let tx: Vec<usize> = self.tx.iter().map(Vec::len).collect();
         let (handed, pending) = (self.handoff_out.len(), self.pending.len());
         let held = self.proxy_held.len() + self.frag_held.len() + self.frags.len();
+        bump(&self.counters.rx_packets, 1);
+        bump(&self.counters.rx_bytes, frame.len() as u64);
         if iface >= self.caps.len() {
             drop(frame);
             self.drop_pkt(DropReason::NoRoute);

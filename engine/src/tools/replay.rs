@@ -59,21 +59,7 @@ impl MemEngine {
 
     /// The worker a frame arrives on (an RSS-like hash of the raw tuple).
     pub fn rx_worker(&self, frame: &[u8]) -> usize {
-        let n = self.workers.len();
-        if n == 1 {
-            return 0;
-        }
-        match crate::wire::parse::parse(frame) {
-            Ok(p) => {
-                let h = (p.src as u64)
-                    .wrapping_mul(31)
-                    .wrapping_add(p.dst as u64)
-                    .wrapping_mul(31)
-                    .wrapping_add(((p.sport as u64) << 16) | p.dport as u64);
-                (h.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 33) as usize % n
-            }
-            Err(_) => 0,
-        }
+        rx_worker(frame, self.workers.len())
     }
 
     /// Receive `frame` on interface `iface` at time `now` and run the
@@ -192,6 +178,25 @@ impl MemEngine {
     /// Sum of all workers' counters.
     pub fn counters(&self) -> crate::pipeline::counters::CounterSnapshot {
         crate::daemon::sum_counters(&self.fabric.counters)
+    }
+}
+
+/// Which of `n` workers a frame arrives on: an RSS-like hash of its raw tuple (deliberately
+/// not the ownership hash, so handoffs happen).
+pub fn rx_worker(frame: &[u8], n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    match crate::wire::parse::parse(frame) {
+        Ok(p) => {
+            let h = (p.src as u64)
+                .wrapping_mul(31)
+                .wrapping_add(p.dst as u64)
+                .wrapping_mul(31)
+                .wrapping_add(((p.sport as u64) << 16) | p.dport as u64);
+            (h.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 33) as usize % n
+        }
+        Err(_) => 0,
     }
 }
 
