@@ -90,7 +90,7 @@ impl<Q: PortQueue> Driver<Q> {
             if matches!(m, Ctrl::Snapshot(_)) {
                 self.refresh_caps();
             }
-            self.core.handle_ctrl(m);
+            self.core.handle_ctrl(now, m);
         }
         let mut rx = std::mem::take(&mut self.rx);
         for i in 0..self.queues.len() {

@@ -12,7 +12,7 @@
 //! does not allocate (buffers are recycled, tables are sized at start; an FTP
 //! control session allocates its gateway state once).
 //!
-//! This file holds the worker's state, the poll loop, classification
+//! This file holds the worker's state, the core's entry points, classification
 //! (`process_slow`: VIP, local address, reply, FTP data, cluster
 //! recreation), scheduling, connection creation and expiry, and the NAT /
 //! full NAT / DR / tunnel forwarding. The other parts of a packet's path are
@@ -264,8 +264,8 @@ pub struct Worker<Q: BufAlloc> {
     icmp_rl: crate::pipeline::ratelimit::RateLimit,
     icmp_cfg: (u32, u32),
     /// Exception path (`interface.kernel_port`, DPDK): the queue of each interface's kernel
-    /// port, the interface each kernel queue belongs to (fixed when the backend opened the
-    /// ports), and the `[engine] kernel_rate` bucket.
+    /// port (fixed when the backend opened the ports; the driver passes the kernel's own
+    /// frames through), and the `[engine] kernel_rate` bucket.
     kern_q: Vec<Option<usize>>,
     kern_rl: crate::pipeline::ratelimit::RateLimit,
     sweep_pos: usize,
@@ -411,7 +411,7 @@ impl<Q: BufAlloc> Worker<Q> {
         w
     }
 
-    /// What the core knows of port `i` (MTU, MAC).
+    /// What the core knows of each port (MTU, MAC).
     pub fn port_caps(&self) -> &[PortCaps] {
         &self.caps
     }
@@ -462,6 +462,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// A burst of frames received on interface `iface` at `now` (ns), drained from `rx`: the
     /// driver's form of [`Worker::handle`]. Their verdicts are not returned: transmitted frames
     /// wait in the transmit queues, handoffs in `poll_handoff`. Returns the number of frames.
+    #[inline]
     pub fn handle_burst(&mut self, now: u64, iface: usize, rx: &mut Vec<Q::Buf>) -> usize {
         self.now = now;
         let mut pre = std::mem::take(&mut self.pre);
@@ -554,7 +555,7 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// The next packet for another worker: (owner, interface it came in on, frame).
     pub fn poll_handoff(&mut self) -> Option<(usize, u8, Q::Buf)> {
-        self.handoff_out.pop()
+        (!self.handoff_out.is_empty()).then(|| self.handoff_out.remove(0))
     }
 
     /// Hand `pkt` (received on `iface`) to worker `owner`, through the driver.
@@ -602,6 +603,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// Timers due at `now` (ns): scheduler ticks and persistence templates, the incremental
     /// expiry sweep of connections, expectations and fragments, held packets past their
     /// deadline, reserved ports, retired local addresses, and the cluster sync refresh.
+    #[inline]
     pub fn handle_timeout(&mut self, now: u64) {
         self.now = now;
         self.housekeeping(now);
@@ -624,7 +626,8 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     /// A control message from the worker's ring (the driver reads the ring).
-    pub fn handle_ctrl(&mut self, m: Ctrl) {
+    pub fn handle_ctrl(&mut self, now: u64, m: Ctrl) {
+        self.now = now;
         match m {
             Ctrl::Neigh(a, mac) => {
                 if self.neigh.learn(a, mac) {

@@ -119,7 +119,7 @@ impl Rig for Cores {
             for k in 0..self.cores.len() {
                 while let Some(m) = self.fabric.ctrl[k].pop() {
                     work += 1;
-                    self.cores[k].handle_ctrl(m);
+                    self.cores[k].handle_ctrl(now, m);
                 }
                 while let Some((owner, i, b)) = self.cores[k].poll_handoff() {
                     work += 1;
