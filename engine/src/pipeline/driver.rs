@@ -6,7 +6,7 @@
 //! reflected, originated: ARP/ND, ICMP errors, SYN-ACKs, RSTs; released: parked packets once
 //! their next hop resolves, SYN-proxy holds), `poll_handoff` for packets another worker owns,
 //! and `poll_timeout` / `handle_timeout` for timers. It owns no port, no rx burst and reads no
-//! ring, so tests and fuzz targets drive it directly (`engine/src/pipeline/core_tests.rs`).
+//! ring, so tests and fuzz targets drive it directly (`engine/tests/core.rs`).
 //!
 //! [`Driver`] owns what does I/O: one queue of every port, the rx burst, the kernel-port
 //! passthrough (frames from a kernel port leave through its data port as sent), this worker's
