@@ -207,7 +207,15 @@ pub struct NewConn {
     /// Full NAT: the local address and port towards the real server.
     pub laddr: Addr,
     pub lport: u16,
+    /// Interned ids the caller expects for (VIP, real server, next hop in, next hop out),
+    /// e.g. those of the last connection to the same real server ([`FlowTable::ids_of`]);
+    /// [`NO_HINT`] for none. Only a hint: each is checked against the value it names, a
+    /// wrong one costs the usual lookup.
+    pub hint: [u16; 4],
 }
+
+/// "No interned id expected" ([`NewConn::hint`]).
+pub const NO_HINT: [u16; 4] = [u16::MAX; 4];
 
 impl NewConn {
     pub fn key_in(&self) -> FlowKey {
@@ -365,6 +373,17 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         (h.finish() >> 56) as usize % MEMO
     }
 
+    /// [`Interned::take`], trying id `hint` first (no hashing when it holds `k`: values are
+    /// unique among ids, so `vals[hint] == k` means `hint` is `k`'s id).
+    #[inline(always)]
+    fn take_hinted(&mut self, k: K, hint: u16) -> Option<(u16, bool)> {
+        if self.vals.get(hint as usize) == Some(&k) {
+            self.refs[hint as usize] += 1;
+            return Some((hint, false));
+        }
+        self.take(k)
+    }
+
     /// Take a reference to `k`: its id and whether the id is new for it;
     /// `None` if every id is referenced.
     fn take(&mut self, k: K) -> Option<(u16, bool)> {
@@ -513,6 +532,10 @@ pub struct FlowTable {
     hops: Interned<(Addr, u8)>,
     /// Per hop id: (cached MAC, egress interface, generation it is valid for).
     macs: Vec<HopMac>,
+    /// The last key [`FlowTable::lookup_for_insert`] missed, its hash, the version it missed at
+    /// and the first empty index slot of its walk: where [`FlowTable::insert`] puts that
+    /// key while the version is unchanged (no second walk).
+    miss: Option<(FlowKey, u64, u64, usize)>,
 }
 
 /// What the fast path reads of a next hop (12 bytes).
@@ -608,6 +631,7 @@ impl FlowTable {
             laddrs: Interned::new(limit, seed ^ 3),
             hops: Interned::new(limit.max(2), seed ^ 4),
             macs: Vec::new(),
+            miss: None,
         };
         t.reset_hops();
         t
@@ -800,6 +824,24 @@ impl FlowTable {
         }
     }
 
+    /// [`FlowTable::lookup_hashed`] for a packet that may create a connection: a miss
+    /// notes where the key would go, so that an [`FlowTable::insert`] of it right after
+    /// (nothing inserted or removed in between) skips its walk.
+    #[inline]
+    pub fn lookup_for_insert(&mut self, k: &FlowKey, h: u64) -> Option<(u32, Dir)> {
+        debug_assert_eq!(h, self.hash(k), "the key's hash");
+        match self.probe(k, h) {
+            Ok(i) => {
+                let v = self.index[i] as u32;
+                Some((v >> 1, if v & 1 == 0 { Dir::In } else { Dir::Out }))
+            }
+            Err(pos) => {
+                self.miss = Some((*k, h, self.version, pos));
+                None
+            }
+        }
+    }
+
     /// Index position of key `k` (hash `h`).
     #[inline(always)]
     fn find(&self, k: &FlowKey, h: u64) -> Option<usize> {
@@ -963,55 +1005,50 @@ impl FlowTable {
     fn intern_all(&mut self, c: &NewConn) -> Option<[u16; 5]> {
         let two = c.fwd.two_way();
         let fnat = c.fwd == Forward::Fnat;
-        let v = self.vips.take((c.vip, c.vport))?.0;
-        let Some((r, _)) = self.reals.take((c.rs, c.rport)) else {
-            self.vips.release(v);
-            return None;
-        };
-        let l = if fnat {
-            match self.laddrs.take(c.laddr) {
-                Some((l, _)) => l,
-                None => {
-                    self.vips.release(v);
-                    self.reals.release(r);
-                    return None;
-                }
+        // Taken in this order: VIP, real server, local address (full NAT; else 0), next
+        // hop in, next hop out (two-way; else NO_HOP). `got`: how many were taken.
+        let mut ids = [0, 0, 0, NO_HOP, NO_HOP];
+        let mut got = 0;
+        let done = 'take: {
+            let Some((v, _)) = self.vips.take_hinted((c.vip, c.vport), c.hint[0]) else { break 'take false };
+            (ids[0], got) = (v, 1);
+            let Some((r, _)) = self.reals.take_hinted((c.rs, c.rport), c.hint[1]) else { break 'take false };
+            (ids[1], got) = (r, 2);
+            if fnat {
+                let Some((l, _)) = self.laddrs.take(c.laddr) else { break 'take false };
+                ids[2] = l;
             }
-        } else {
-            0
-        };
-        let hi = match self.take_hop(c.nh_in, c.if_in) {
-            Some(h) => h,
-            None => {
-                self.vips.release(v);
-                self.reals.release(r);
-                if fnat {
-                    self.laddrs.release(l);
-                }
-                return None;
+            got = 3;
+            let Some(h) = self.take_hop(c.nh_in, c.if_in, c.hint[2]) else { break 'take false };
+            (ids[3], got) = (h, 4);
+            if two {
+                let Some(h) = self.take_hop(c.nh_out, c.if_out, c.hint[3]) else { break 'take false };
+                ids[4] = h;
             }
+            true
         };
-        let ho = if two {
-            match self.take_hop(c.nh_out, c.if_out) {
-                Some(h) => h,
-                None => {
-                    self.vips.release(v);
-                    self.reals.release(r);
-                    if fnat {
-                        self.laddrs.release(l);
-                    }
-                    self.hops.release(hi);
-                    return None;
-                }
-            }
-        } else {
-            NO_HOP
-        };
-        Some([v, r, l, hi, ho])
+        if done {
+            return Some(ids);
+        }
+        // One kind was full: give back what was taken.
+        if got > 0 {
+            self.vips.release(ids[0]);
+        }
+        if got > 1 {
+            self.reals.release(ids[1]);
+        }
+        if got > 2 && fnat {
+            self.laddrs.release(ids[2]);
+        }
+        if got > 3 {
+            self.hops.release(ids[3]);
+        }
+        None
     }
 
-    fn take_hop(&mut self, nh: Addr, iface: u8) -> Option<u16> {
-        let (h, fresh) = self.hops.take((nh, iface))?;
+    #[inline(always)]
+    fn take_hop(&mut self, nh: Addr, iface: u8, hint: u16) -> Option<u16> {
+        let (h, fresh) = self.hops.take_hinted((nh, iface), hint)?;
         if fresh {
             // Not resolved yet (a generation the worker never has... until
             // it wraps; then one resolution more).
@@ -1046,9 +1083,19 @@ impl FlowTable {
         let kin = c.key_in();
         let kout = c.key_out();
         let two = c.fwd.two_way();
-        let (hin, hout) = (self.hash(&kin), self.hash(&kout));
-        // One walk per key: a duplicate is refused, else where the key goes.
-        let Err(pin) = self.probe(&kin, hin) else { return Err(c) };
+        // One walk per key: a duplicate is refused, else where the key goes (the request
+        // key's hash and walk are known if a lookup just missed it, see `miss`).
+        let (hin, pin) = match self.miss.take() {
+            Some((k, h, v, pos)) if v == self.version && k == kin => (h, pos),
+            _ => {
+                let h = self.hash(&kin);
+                match self.probe(&kin, h) {
+                    Err(pos) => (h, pos),
+                    Ok(_) => return Err(c),
+                }
+            }
+        };
+        let hout = self.hash(&kout);
         let pout = if two {
             match self.probe(&kout, hout) {
                 Ok(_) => return Err(c),
@@ -1208,6 +1255,7 @@ impl FlowTable {
         self.laddrs.clear();
         self.reset_hops();
         self.live = 0;
+        self.miss = None;
         self.version += 1;
     }
 }
@@ -1247,6 +1295,7 @@ pub fn new_conn(
         nh_out: client,
         laddr: 0,
         lport: 0,
+        hint: NO_HINT,
     }
 }
 

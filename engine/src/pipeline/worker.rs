@@ -150,6 +150,9 @@ struct SvcState {
     persist: Option<sched::PersistTable>,
     /// The real servers in the scheduler's form, built once per snapshot.
     dests: Vec<sched::Dest>,
+    /// Per real server: the flow table's interned ids of the last connection created to it
+    /// (VIP, real server, next hops), hints for the next one ([`flow::NewConn::hint`]).
+    ids: Vec<[u16; 4]>,
 }
 
 /// The largest receive window TCP can announce: 65535 scaled by 2^14 (RFC 7323).
@@ -893,7 +896,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-        let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
+        let found = if known_miss { None } else { self.flows.lookup_for_insert(&key, hash) };
         let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
@@ -1297,6 +1300,7 @@ impl<Q: PortQueue> Worker<Q> {
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
+        c.hint = self.svcs.get(si).and_then(|st| st.ids.get(di)).copied().unwrap_or(flow::NO_HINT);
         // Routes towards the real server (the snapshot's, for a configured one) and back to the
         // client.
         let d = &svc.dests[di];
@@ -1371,6 +1375,10 @@ impl<Q: PortQueue> Worker<Q> {
         if let Some(pp) = pp {
             self.flows.cold_mut(idx).pp = Some(Box::new(pp));
             self.flows.get_mut(idx).flags |= F_PPROTO;
+        }
+        if let Some(h) = self.svcs.get_mut(si).and_then(|st| st.ids.get_mut(di)) {
+            let c = self.flows.get(idx);
+            *h = [c.vipi, c.rsi, c.hop_in, c.hop_out];
         }
         let counts = &snap.conn_counts[si];
         counts.inc_inactive(self.id, di);
