@@ -138,6 +138,12 @@ struct Held<K, B> {
 const MAX_PENDING: usize = 256;
 const PENDING_NS: u64 = 3_000_000_000;
 const SWEEP_PER_POLL: usize = 64;
+/// Expiry sweep: slots more per connection inserted or removed since the last sweep (so it
+/// keeps pace with connection churn: expired connections leave the table, and their index
+/// words the probe chains, within a bounded number of new connections), up to
+/// `SWEEP_MAX_POLL` slots a poll.
+const SWEEP_PER_CHURN: usize = 2;
+const SWEEP_MAX_POLL: usize = 1024;
 /// Expired expectations removed per poll at most.
 const EXPECT_SWEEP_PER_POLL: usize = 8;
 /// Longest time (ns) per-worker service/real-server traffic deltas wait
@@ -257,6 +263,8 @@ pub struct Worker<Q: PortQueue> {
     kern_of: Vec<Option<usize>>,
     kern_rl: crate::pipeline::ratelimit::RateLimit,
     sweep_pos: usize,
+    /// The flow table's version after the last expiry sweep (churn since: `housekeeping`).
+    sweep_ver: u64,
     now: u64,
     last_tick: u64,
     /// `now` of the last service-counter flush from `poll`.
@@ -388,6 +396,7 @@ impl<Q: PortQueue> Worker<Q> {
             kern_of,
             kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),
             sweep_pos: 0,
+            sweep_ver: 0,
             now: 0,
             last_tick: 0,
             last_svc_flush: 0,
@@ -559,12 +568,14 @@ impl<Q: PortQueue> Worker<Q> {
             }
         }
         // Incremental expiry sweep.
-        let mut budget = SWEEP_PER_POLL.min(self.flows.slots());
+        let churn = self.flows.version().wrapping_sub(self.sweep_ver).min(SWEEP_MAX_POLL as u64) as usize;
+        let mut budget = (SWEEP_PER_POLL + churn * SWEEP_PER_CHURN).min(SWEEP_MAX_POLL).min(self.flows.slots());
         let mut pos = self.sweep_pos;
         while let Some(i) = self.flows.scan_expired(&mut pos, &mut budget, now) {
             self.expire(i, now);
         }
         self.sweep_pos = pos;
+        self.sweep_ver = self.flows.version();
         // Pending packets waiting for a neighbour.
         expire_held(&mut self.pending, now, &self.counters, DropReason::NoNeighbor);
         if !self.expect.is_empty() {
@@ -1776,6 +1787,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.acc_dirty.clear();
         self.hint_ver = u64::MAX;
         self.sweep_pos = 0;
+        self.sweep_ver = self.flows.version();
         self.now = 0;
         self.last_tick = 0;
         self.last_svc_flush = 0;
