@@ -1633,4 +1633,132 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn lookup_for_insert_and_hints_keep_every_key_findable() {
+        // As above, but inserts follow a `lookup_for_insert` miss (sometimes of another key,
+        // sometimes with a connection inserted or removed in between: the noted walk must
+        // not be used then) and carry hints: right ones, stale ones and garbage.
+        let mut t = FlowTable::new(64);
+        let mut live: Vec<(u32, FlowKey, FlowKey)> = Vec::new();
+        let mut last_ids = NO_HINT;
+        let mut x: u64 = 0x9e37_79b9;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mk = |r: u64| {
+            let mut c = new_conn(
+                6,
+                if r & 16 == 0 { Forward::Nat } else { Forward::Dr },
+                v4_to_addr([10, 0, (r >> 8) as u8 & 3, (r >> 16) as u8]),
+                (r >> 24) as u16 & 7,
+                v4_to_addr([10, 0, 1, 100 + (r >> 44) as u8 % 2]),
+                80,
+                v4_to_addr([10, 0, 2, (r >> 32) as u8 & 3]),
+                80,
+            );
+            c.nh_out = v4_to_addr([10, 0, 9, (r >> 48) as u8 % 3]);
+            c
+        };
+        for step in 0..20_000 {
+            let r = rnd();
+            if live.len() < 60 && (r & 3 != 0 || live.is_empty()) {
+                let mut c = mk(r);
+                c.hint = match (r >> 56) % 3 {
+                    0 => last_ids,
+                    1 => NO_HINT,
+                    _ => [(r >> 8) as u16 % 5, (r >> 12) as u16 % 5, (r >> 20) as u16 % 5, (r >> 28) as u16 % 5],
+                };
+                let (kin, kout) = (c.key_in(), c.key_out());
+                match (r >> 52) % 4 {
+                    // The usual order: a miss, then the insert.
+                    0 | 1 => {
+                        let found = t.lookup_for_insert(&kin, t.hash(&kin));
+                        assert_eq!(found, t.lookup(&kin), "step {step}");
+                    }
+                    // A miss noted, then something else changes the index.
+                    2 if !live.is_empty() => {
+                        let _ = t.lookup_for_insert(&kin, t.hash(&kin));
+                        let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
+                        t.remove(i);
+                    }
+                    // Another key's miss noted.
+                    _ => {
+                        let other = mk(r.rotate_left(17)).key_in();
+                        let _ = t.lookup_for_insert(&other, t.hash(&other));
+                    }
+                }
+                let two = c.fwd.two_way();
+                let dup = live.iter().any(|&(i, a, b)| a == kin || (t.get(i).has_out_key() && b == kout && two));
+                match t.insert(c, 0) {
+                    Ok(i) => {
+                        assert!(!dup, "step {step}: a duplicate key went in");
+                        live.push((i, kin, if two { kout } else { kin }));
+                        let e = t.get(i);
+                        assert_eq!(t.vip_of(e), (c.vip, c.vport), "step {step}");
+                        assert_eq!(t.rs_of(e), (c.rs, c.rport), "step {step}");
+                        assert_eq!(t.hop(e.hop_in).nh, c.nh_in, "step {step}");
+                        if two {
+                            assert_eq!(t.hop(e.hop_out).nh, c.nh_out, "step {step}");
+                        }
+                        last_ids = [e.vipi, e.rsi, e.hop_in, e.hop_out];
+                    }
+                    Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                }
+            } else if !live.is_empty() {
+                let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
+                t.remove(i);
+            }
+            assert_eq!(t.len(), live.len());
+            for &(i, a, b) in &live {
+                assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
+                if t.get(i).has_out_key() {
+                    assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
+                }
+            }
+        }
+        // Every reference went back with its connection.
+        for (i, _, _) in live.drain(..) {
+            t.remove(i);
+        }
+        for id in 0..t.interned().0 as u16 {
+            assert_eq!(t.vips.refs(id), 0);
+        }
+        for id in 0..t.interned().1 as u16 {
+            assert_eq!(t.reals.refs(id), 0);
+        }
+        for id in 1..t.interned().3 as u16 {
+            assert_eq!(t.hops.refs(id), 0, "hop {id}");
+        }
+    }
+
+    #[test]
+    fn a_full_interned_kind_gives_back_what_was_taken() {
+        // Three ids per kind: the first connection's two next hops and NO_HOP fill the hops.
+        let mut t = FlowTable::with_intern_limit(64, 3);
+        let a = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let (vipi, rsi, hop_in) = (t.get(a).vipi, t.get(a).rsi, t.get(a).hop_in);
+        assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi)), (1, 1));
+        // Same VIP and real server, another client-side next hop: no hop id left.
+        let mut n = conn(2, Forward::Nat);
+        n.nh_out = v4_to_addr([10, 0, 1, 253]);
+        assert!(t.insert(n, 0).is_err());
+        assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi), t.hops.refs(hop_in)), (1, 1, 1), "released on failure");
+        // Another real server and its own next hop towards it: fails at the first hop.
+        let mut m = conn(3, Forward::Nat);
+        m.rs = v4_to_addr([10, 0, 2, 3]);
+        m.nh_in = v4_to_addr([10, 0, 2, 3]);
+        m.nh_out = n.nh_out;
+        assert!(t.insert(m, 0).is_err());
+        assert_eq!(t.vips.refs(vipi), 1);
+        assert_eq!(t.reals.refs(rsi), 1);
+        let new_rs = t.reals.map.get(&(m.rs, m.rport)).copied().expect("interned, kept for reuse");
+        assert_eq!(t.reals.refs(new_rs), 0, "released on failure");
+        t.remove(a);
+        assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi)), (0, 0));
+        assert!(t.insert(n, 0).is_ok(), "the hop id is free again");
+    }
 }

@@ -1305,7 +1305,8 @@ impl<Q: PortQueue> Worker<Q> {
     ) -> Result<u32, DropReason> {
         let snap = &self.snap;
         let svc = &snap.services[si];
-        let fwd = svc.dests[di].forward;
+        let d = &svc.dests[di];
+        let fwd = d.forward;
         let proto = svc.proto;
         let mut c = flow::new_conn(proto, fwd, client, cport, vip, vport, rs, rport);
         c.svc = si as u16;
@@ -1314,7 +1315,6 @@ impl<Q: PortQueue> Worker<Q> {
         c.hint = self.svcs.get(si).and_then(|st| st.ids.get(di)).copied().unwrap_or(flow::NO_HINT);
         // Routes towards the real server (the snapshot's, for a configured one) and back to the
         // client.
-        let d = &svc.dests[di];
         let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
             return Err(DropReason::NoRoute);
         };
@@ -1377,7 +1377,7 @@ impl<Q: PortQueue> Worker<Q> {
                 return Err(DropReason::TableFull);
             }
         };
-        let pp = match snap.services[si].dests[di].proxy_v2 {
+        let pp = match d.proxy_v2 {
             Some(v2) if proto == PROTO_TCP && fwd.two_way() => {
                 Some(crate::pipeline::proxyproto::for_conn(v2, client, cport, vip, vport))
             }
