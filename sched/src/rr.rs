@@ -34,9 +34,13 @@ impl Scheduler for Rr {
             self.update(dests);
         }
         let n = dests.len();
-        let start = self.last.map_or(0, |l| l + 1);
+        let start = match self.last {
+            Some(l) if l + 1 < n => l + 1,
+            _ => 0,
+        };
         for k in 0..n {
-            let i = (start + k) % n;
+            // (start + k) mod n without a division: start < n, k < n.
+            let i = if start + k >= n { start + k - n } else { start + k };
             if self.ov.usable(i, &dests[i], stats) {
                 self.last = Some(i);
                 return Some(i);

@@ -672,11 +672,11 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let c = self.flows.get(i);
         let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(c), c.proto, c.lport);
-        let (client, cport, vip, vport) = (c.client, c.cport, self.flows.vip_of(c).0, self.flows.vip_of(c).1);
         if state == crate::flow::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
         if self.sync_on && flags & F_SYNCED == 0 {
+            let (client, cport, (vip, vport)) = (c.client, c.cport, self.flows.vip_of(c));
             let lport = (fwd == Forward::Fnat).then_some(lport);
             self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });
         }
