@@ -34,13 +34,9 @@ impl Scheduler for Rr {
             self.update(dests);
         }
         let n = dests.len();
-        let start = match self.last {
-            Some(l) if l + 1 < n => l + 1,
-            _ => 0,
-        };
+        let start = self.last.map_or(0, |l| l + 1);
         for k in 0..n {
-            // (start + k) mod n without a division: start < n, k < n.
-            let i = if start + k >= n { start + k - n } else { start + k };
+            let i = (start + k) % n;
             if self.ov.usable(i, &dests[i], stats) {
                 self.last = Some(i);
                 return Some(i);
