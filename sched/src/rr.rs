@@ -9,13 +9,14 @@ pub struct Rr {
     ov: Overload,
     /// Last picked index; `None` = start of the list.
     last: Option<usize>,
-    last_id: Option<DestId>,
+    /// The servers' identities as of the last update (where the cursor goes on the next).
+    ids: Vec<DestId>,
 }
 
 impl Rr {
     /// A scheduler for `dests`.
     pub fn new(dests: &[Dest]) -> Self {
-        Rr { ov: Overload::new(dests), last: None, last_id: None }
+        Rr { ov: Overload::new(dests), last: None, ids: dests.iter().map(Dest::id).collect() }
     }
 }
 
@@ -38,7 +39,6 @@ impl Scheduler for Rr {
             let i = (start + k) % n;
             if self.ov.usable(i, &dests[i], stats) {
                 self.last = Some(i);
-                self.last_id = Some(dests[i].id());
                 return Some(i);
             }
         }
@@ -48,7 +48,10 @@ impl Scheduler for Rr {
     fn update(&mut self, dests: &[Dest]) {
         self.ov.update(dests);
         // Keep the cursor on the same server (IPVS moves it only when that server is deleted).
-        self.last = self.last_id.and_then(|id| dests.iter().position(|d| d.id() == id));
+        let last_id = self.last.and_then(|l| self.ids.get(l).copied());
+        self.ids.clear();
+        self.ids.extend(dests.iter().map(Dest::id));
+        self.last = last_id.and_then(|id| dests.iter().position(|d| d.id() == id));
     }
 }
 

@@ -207,7 +207,15 @@ pub struct NewConn {
     /// Full NAT: the local address and port towards the real server.
     pub laddr: Addr,
     pub lport: u16,
+    /// Interned ids the caller expects for (VIP, real server, next hop in, next hop out),
+    /// e.g. those of the last connection to the same real server ([`FlowTable::ids_of`]);
+    /// [`NO_HINT`] for none. Only a hint: each is checked against the value it names, a
+    /// wrong one costs the usual lookup.
+    pub hint: [u16; 4],
 }
+
+/// "No interned id expected" ([`NewConn::hint`]).
+pub const NO_HINT: [u16; 4] = [u16::MAX; 4];
 
 impl NewConn {
     pub fn key_in(&self) -> FlowKey {
@@ -365,6 +373,17 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         (h.finish() >> 56) as usize % MEMO
     }
 
+    /// [`Interned::take`], trying id `hint` first (no hashing when it holds `k`: values are
+    /// unique among ids, so `vals[hint] == k` means `hint` is `k`'s id).
+    #[inline(always)]
+    fn take_hinted(&mut self, k: K, hint: u16) -> Option<(u16, bool)> {
+        if self.vals.get(hint as usize) == Some(&k) {
+            self.refs[hint as usize] += 1;
+            return Some((hint, false));
+        }
+        self.take(k)
+    }
+
     /// Take a reference to `k`: its id and whether the id is new for it;
     /// `None` if every id is referenced.
     fn take(&mut self, k: K) -> Option<(u16, bool)> {
@@ -513,6 +532,10 @@ pub struct FlowTable {
     hops: Interned<(Addr, u8)>,
     /// Per hop id: (cached MAC, egress interface, generation it is valid for).
     macs: Vec<HopMac>,
+    /// The last key [`FlowTable::lookup_for_insert`] missed, its hash, the version it missed at
+    /// and the first empty index slot of its walk: where [`FlowTable::insert`] puts that
+    /// key while the version is unchanged (no second walk).
+    miss: Option<(FlowKey, u64, u64, usize)>,
 }
 
 /// What the fast path reads of a next hop (12 bytes).
@@ -608,6 +631,7 @@ impl FlowTable {
             laddrs: Interned::new(limit, seed ^ 3),
             hops: Interned::new(limit.max(2), seed ^ 4),
             macs: Vec::new(),
+            miss: None,
         };
         t.reset_hops();
         t
@@ -800,6 +824,24 @@ impl FlowTable {
         }
     }
 
+    /// [`FlowTable::lookup_hashed`] for a packet that may create a connection: a miss
+    /// notes where the key would go, so that an [`FlowTable::insert`] of it right after
+    /// (nothing inserted or removed in between) skips its walk.
+    #[inline]
+    pub fn lookup_for_insert(&mut self, k: &FlowKey, h: u64) -> Option<(u32, Dir)> {
+        debug_assert_eq!(h, self.hash(k), "the key's hash");
+        match self.probe(k, h) {
+            Ok(i) => {
+                let v = self.index[i] as u32;
+                Some((v >> 1, if v & 1 == 0 { Dir::In } else { Dir::Out }))
+            }
+            Err(pos) => {
+                self.miss = Some((*k, h, self.version, pos));
+                None
+            }
+        }
+    }
+
     /// Index position of key `k` (hash `h`).
     #[inline(always)]
     fn find(&self, k: &FlowKey, h: u64) -> Option<usize> {
@@ -985,55 +1027,50 @@ impl FlowTable {
     fn intern_all(&mut self, c: &NewConn) -> Option<[u16; 5]> {
         let two = c.fwd.two_way();
         let fnat = c.fwd == Forward::Fnat;
-        let v = self.vips.take((c.vip, c.vport))?.0;
-        let Some((r, _)) = self.reals.take((c.rs, c.rport)) else {
-            self.vips.release(v);
-            return None;
-        };
-        let l = if fnat {
-            match self.laddrs.take(c.laddr) {
-                Some((l, _)) => l,
-                None => {
-                    self.vips.release(v);
-                    self.reals.release(r);
-                    return None;
-                }
+        // Taken in this order: VIP, real server, local address (full NAT; else 0), next
+        // hop in, next hop out (two-way; else NO_HOP). `got`: how many were taken.
+        let mut ids = [0, 0, 0, NO_HOP, NO_HOP];
+        let mut got = 0;
+        let done = 'take: {
+            let Some((v, _)) = self.vips.take_hinted((c.vip, c.vport), c.hint[0]) else { break 'take false };
+            (ids[0], got) = (v, 1);
+            let Some((r, _)) = self.reals.take_hinted((c.rs, c.rport), c.hint[1]) else { break 'take false };
+            (ids[1], got) = (r, 2);
+            if fnat {
+                let Some((l, _)) = self.laddrs.take(c.laddr) else { break 'take false };
+                ids[2] = l;
             }
-        } else {
-            0
-        };
-        let hi = match self.take_hop(c.nh_in, c.if_in) {
-            Some(h) => h,
-            None => {
-                self.vips.release(v);
-                self.reals.release(r);
-                if fnat {
-                    self.laddrs.release(l);
-                }
-                return None;
+            got = 3;
+            let Some(h) = self.take_hop(c.nh_in, c.if_in, c.hint[2]) else { break 'take false };
+            (ids[3], got) = (h, 4);
+            if two {
+                let Some(h) = self.take_hop(c.nh_out, c.if_out, c.hint[3]) else { break 'take false };
+                ids[4] = h;
             }
+            true
         };
-        let ho = if two {
-            match self.take_hop(c.nh_out, c.if_out) {
-                Some(h) => h,
-                None => {
-                    self.vips.release(v);
-                    self.reals.release(r);
-                    if fnat {
-                        self.laddrs.release(l);
-                    }
-                    self.hops.release(hi);
-                    return None;
-                }
-            }
-        } else {
-            NO_HOP
-        };
-        Some([v, r, l, hi, ho])
+        if done {
+            return Some(ids);
+        }
+        // One kind was full: give back what was taken.
+        if got > 0 {
+            self.vips.release(ids[0]);
+        }
+        if got > 1 {
+            self.reals.release(ids[1]);
+        }
+        if got > 2 && fnat {
+            self.laddrs.release(ids[2]);
+        }
+        if got > 3 {
+            self.hops.release(ids[3]);
+        }
+        None
     }
 
-    fn take_hop(&mut self, nh: Addr, iface: u8) -> Option<u16> {
-        let (h, fresh) = self.hops.take((nh, iface))?;
+    #[inline(always)]
+    fn take_hop(&mut self, nh: Addr, iface: u8, hint: u16) -> Option<u16> {
+        let (h, fresh) = self.hops.take_hinted((nh, iface), hint)?;
         if fresh {
             // Not resolved yet (a generation the worker never has... until
             // it wraps; then one resolution more).
@@ -1068,9 +1105,19 @@ impl FlowTable {
         let kin = c.key_in();
         let kout = c.key_out();
         let two = c.fwd.two_way();
-        let (hin, hout) = (self.hash(&kin), self.hash(&kout));
-        // One walk per key: a duplicate is refused, else where the key goes.
-        let Err(pin) = self.probe(&kin, hin) else { return Err(c) };
+        // One walk per key: a duplicate is refused, else where the key goes (the request
+        // key's hash and walk are known if a lookup just missed it, see `miss`).
+        let (hin, pin) = match self.miss.take() {
+            Some((k, h, v, pos)) if v == self.version && k == kin => (h, pos),
+            _ => {
+                let h = self.hash(&kin);
+                match self.probe(&kin, h) {
+                    Err(pos) => (h, pos),
+                    Ok(_) => return Err(c),
+                }
+            }
+        };
+        let hout = self.hash(&kout);
         let pout = if two {
             match self.probe(&kout, hout) {
                 Ok(_) => return Err(c),
@@ -1230,6 +1277,7 @@ impl FlowTable {
         self.laddrs.clear();
         self.reset_hops();
         self.live = 0;
+        self.miss = None;
         self.version += 1;
     }
 }
@@ -1269,6 +1317,7 @@ pub fn new_conn(
         nh_out: client,
         laddr: 0,
         lport: 0,
+        hint: NO_HINT,
     }
 }
 
@@ -1682,5 +1731,133 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn lookup_for_insert_and_hints_keep_every_key_findable() {
+        // As above, but inserts follow a `lookup_for_insert` miss (sometimes of another key,
+        // sometimes with a connection inserted or removed in between: the noted walk must
+        // not be used then) and carry hints: right ones, stale ones and garbage.
+        let mut t = FlowTable::new(64);
+        let mut live: Vec<(u32, FlowKey, FlowKey)> = Vec::new();
+        let mut last_ids = NO_HINT;
+        let mut x: u64 = 0x9e37_79b9;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mk = |r: u64| {
+            let mut c = new_conn(
+                6,
+                if r & 16 == 0 { Forward::Nat } else { Forward::Dr },
+                v4_to_addr([10, 0, (r >> 8) as u8 & 3, (r >> 16) as u8]),
+                (r >> 24) as u16 & 7,
+                v4_to_addr([10, 0, 1, 100 + (r >> 44) as u8 % 2]),
+                80,
+                v4_to_addr([10, 0, 2, (r >> 32) as u8 & 3]),
+                80,
+            );
+            c.nh_out = v4_to_addr([10, 0, 9, (r >> 48) as u8 % 3]);
+            c
+        };
+        for step in 0..20_000 {
+            let r = rnd();
+            if live.len() < 60 && (r & 3 != 0 || live.is_empty()) {
+                let mut c = mk(r);
+                c.hint = match (r >> 56) % 3 {
+                    0 => last_ids,
+                    1 => NO_HINT,
+                    _ => [(r >> 8) as u16 % 5, (r >> 12) as u16 % 5, (r >> 20) as u16 % 5, (r >> 28) as u16 % 5],
+                };
+                let (kin, kout) = (c.key_in(), c.key_out());
+                match (r >> 52) % 4 {
+                    // The usual order: a miss, then the insert.
+                    0 | 1 => {
+                        let found = t.lookup_for_insert(&kin, t.hash(&kin));
+                        assert_eq!(found, t.lookup(&kin), "step {step}");
+                    }
+                    // A miss noted, then something else changes the index.
+                    2 if !live.is_empty() => {
+                        let _ = t.lookup_for_insert(&kin, t.hash(&kin));
+                        let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
+                        t.remove(i);
+                    }
+                    // Another key's miss noted.
+                    _ => {
+                        let other = mk(r.rotate_left(17)).key_in();
+                        let _ = t.lookup_for_insert(&other, t.hash(&other));
+                    }
+                }
+                let two = c.fwd.two_way();
+                let dup = live.iter().any(|&(i, a, b)| a == kin || (t.get(i).has_out_key() && b == kout && two));
+                match t.insert(c, 0) {
+                    Ok(i) => {
+                        assert!(!dup, "step {step}: a duplicate key went in");
+                        live.push((i, kin, if two { kout } else { kin }));
+                        let e = t.get(i);
+                        assert_eq!(t.vip_of(e), (c.vip, c.vport), "step {step}");
+                        assert_eq!(t.rs_of(e), (c.rs, c.rport), "step {step}");
+                        assert_eq!(t.hop(e.hop_in).nh, c.nh_in, "step {step}");
+                        if two {
+                            assert_eq!(t.hop(e.hop_out).nh, c.nh_out, "step {step}");
+                        }
+                        last_ids = [e.vipi, e.rsi, e.hop_in, e.hop_out];
+                    }
+                    Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                }
+            } else if !live.is_empty() {
+                let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
+                t.remove(i);
+            }
+            assert_eq!(t.len(), live.len());
+            for &(i, a, b) in &live {
+                assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
+                if t.get(i).has_out_key() {
+                    assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
+                }
+            }
+        }
+        // Every reference went back with its connection.
+        for (i, _, _) in live.drain(..) {
+            t.remove(i);
+        }
+        for id in 0..t.interned().0 as u16 {
+            assert_eq!(t.vips.refs(id), 0);
+        }
+        for id in 0..t.interned().1 as u16 {
+            assert_eq!(t.reals.refs(id), 0);
+        }
+        for id in 1..t.interned().3 as u16 {
+            assert_eq!(t.hops.refs(id), 0, "hop {id}");
+        }
+    }
+
+    #[test]
+    fn a_full_interned_kind_gives_back_what_was_taken() {
+        // Three ids per kind: the first connection's two next hops and NO_HOP fill the hops.
+        let mut t = FlowTable::with_intern_limit(64, 3);
+        let a = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let (vipi, rsi, hop_in) = (t.get(a).vipi, t.get(a).rsi, t.get(a).hop_in);
+        assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi)), (1, 1));
+        // Same VIP and real server, another client-side next hop: no hop id left.
+        let mut n = conn(2, Forward::Nat);
+        n.nh_out = v4_to_addr([10, 0, 1, 253]);
+        assert!(t.insert(n, 0).is_err());
+        assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi), t.hops.refs(hop_in)), (1, 1, 1), "released on failure");
+        // Another real server and its own next hop towards it: fails at the first hop.
+        let mut m = conn(3, Forward::Nat);
+        m.rs = v4_to_addr([10, 0, 2, 3]);
+        m.nh_in = v4_to_addr([10, 0, 2, 3]);
+        m.nh_out = n.nh_out;
+        assert!(t.insert(m, 0).is_err());
+        assert_eq!(t.vips.refs(vipi), 1);
+        assert_eq!(t.reals.refs(rsi), 1);
+        let new_rs = t.reals.map.get(&(m.rs, m.rport)).copied().expect("interned, kept for reuse");
+        assert_eq!(t.reals.refs(new_rs), 0, "released on failure");
+        t.remove(a);
+        assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi)), (0, 0));
+        assert!(t.insert(n, 0).is_ok(), "the hop id is free again");
     }
 }

@@ -143,6 +143,12 @@ struct Held<K, B> {
 const MAX_PENDING: usize = 256;
 const PENDING_NS: u64 = 3_000_000_000;
 const SWEEP_PER_POLL: usize = 64;
+/// Expiry sweep: slots more per connection inserted or removed since the last sweep (so it
+/// keeps pace with connection churn: expired connections leave the table, and their index
+/// words the probe chains, within a bounded number of new connections), up to
+/// `SWEEP_MAX_POLL` slots a poll.
+const SWEEP_PER_CHURN: usize = 2;
+const SWEEP_MAX_POLL: usize = 1024;
 /// Expired expectations removed per poll at most.
 const EXPECT_SWEEP_PER_POLL: usize = 8;
 /// Longest time (ns) per-worker service/real-server traffic deltas wait
@@ -155,6 +161,9 @@ struct SvcState {
     persist: Option<sched::PersistTable>,
     /// The real servers in the scheduler's form, built once per snapshot.
     dests: Vec<sched::Dest>,
+    /// Per real server: the flow table's interned ids of the last connection created to it
+    /// (VIP, real server, next hops), hints for the next one ([`flow::NewConn::hint`]).
+    ids: Vec<[u16; 4]>,
 }
 
 /// The largest receive window TCP can announce: 65535 scaled by 2^14 (RFC 7323).
@@ -269,6 +278,8 @@ pub struct Worker<Q: BufAlloc> {
     kern_q: Vec<Option<usize>>,
     kern_rl: crate::pipeline::ratelimit::RateLimit,
     sweep_pos: usize,
+    /// The flow table's version after the last expiry sweep (churn since: `housekeeping`).
+    sweep_ver: u64,
     now: u64,
     last_tick: u64,
     /// `now` of the last service-counter flush from `poll`.
@@ -399,6 +410,7 @@ impl<Q: BufAlloc> Worker<Q> {
             kern_q,
             kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),
             sweep_pos: 0,
+            sweep_ver: 0,
             now: 0,
             last_tick: 0,
             last_svc_flush: 0,
@@ -657,12 +669,14 @@ impl<Q: BufAlloc> Worker<Q> {
             }
         }
         // Incremental expiry sweep.
-        let mut budget = SWEEP_PER_POLL.min(self.flows.slots());
+        let churn = self.flows.version().wrapping_sub(self.sweep_ver).min(SWEEP_MAX_POLL as u64) as usize;
+        let mut budget = (SWEEP_PER_POLL + churn * SWEEP_PER_CHURN).min(SWEEP_MAX_POLL).min(self.flows.slots());
         let mut pos = self.sweep_pos;
         while let Some(i) = self.flows.scan_expired(&mut pos, &mut budget, now) {
             self.expire(i, now);
         }
         self.sweep_pos = pos;
+        self.sweep_ver = self.flows.version();
         // Pending packets waiting for a neighbour.
         expire_held(&mut self.pending, now, &self.counters, DropReason::NoNeighbor);
         if !self.expect.is_empty() {
@@ -759,11 +773,11 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let c = self.flows.get(i);
         let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(c), c.proto, c.lport);
-        let (client, cport, vip, vport) = (c.client, c.cport, self.flows.vip_of(c).0, self.flows.vip_of(c).1);
         if state == crate::flow::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
         if self.sync_on && flags & F_SYNCED == 0 {
+            let (client, cport, (vip, vport)) = (c.client, c.cport, self.flows.vip_of(c));
             let lport = (fwd == Forward::Fnat).then_some(lport);
             self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });
         }
@@ -991,7 +1005,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-        let found = if known_miss { None } else { self.flows.lookup_hashed(&key, hash) };
+        let found = if known_miss { None } else { self.flows.lookup_for_insert(&key, hash) };
         let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
@@ -1389,15 +1403,16 @@ impl<Q: BufAlloc> Worker<Q> {
     ) -> Result<u32, DropReason> {
         let snap = &self.snap;
         let svc = &snap.services[si];
-        let fwd = svc.dests[di].forward;
+        let d = &svc.dests[di];
+        let fwd = d.forward;
         let proto = svc.proto;
         let mut c = flow::new_conn(proto, fwd, client, cport, vip, vport, rs, rport);
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
+        c.hint = self.svcs.get(si).and_then(|st| st.ids.get(di)).copied().unwrap_or(flow::NO_HINT);
         // Routes towards the real server (the snapshot's, for a configured one) and back to the
         // client.
-        let d = &svc.dests[di];
         let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
             return Err(DropReason::NoRoute);
         };
@@ -1460,7 +1475,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 return Err(DropReason::TableFull);
             }
         };
-        let pp = match snap.services[si].dests[di].proxy_v2 {
+        let pp = match d.proxy_v2 {
             Some(v2) if proto == PROTO_TCP && fwd.two_way() => {
                 Some(crate::pipeline::proxyproto::for_conn(v2, client, cport, vip, vport))
             }
@@ -1469,6 +1484,10 @@ impl<Q: BufAlloc> Worker<Q> {
         if let Some(pp) = pp {
             self.flows.cold_mut(idx).pp = Some(Box::new(pp));
             self.flows.get_mut(idx).flags |= F_PPROTO;
+        }
+        if let Some(h) = self.svcs.get_mut(si).and_then(|st| st.ids.get_mut(di)) {
+            let c = self.flows.get(idx);
+            *h = [c.vipi, c.rsi, c.hop_in, c.hop_out];
         }
         let counts = &snap.conn_counts[si];
         counts.inc_inactive(self.id, di);
@@ -1881,6 +1900,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.acc_dirty.clear();
         self.hint_ver = u64::MAX;
         self.sweep_pos = 0;
+        self.sweep_ver = self.flows.version();
         self.now = 0;
         self.last_tick = 0;
         self.last_svc_flush = 0;
