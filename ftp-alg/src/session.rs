@@ -222,6 +222,10 @@ pub struct FtpSession {
     desync: bool,
     /// Data ports below 1024 may be opened.
     allow_low_ports: bool,
+    /// Either direction's sequence numbers may move ([`FtpSession::map_seq`] /
+    /// [`FtpSession::map_ack`] are not the identity): a rewrite was recorded, or the session
+    /// resumed a peer's translation.
+    shifted: bool,
 }
 
 impl FtpSession {
@@ -240,6 +244,7 @@ impl FtpSession {
             greeted: false,
             desync: false,
             allow_low_ports: false,
+            shifted: false,
         }
     }
 
@@ -252,6 +257,7 @@ impl FtpSession {
         s.greeted = true;
         s.orig.shifts = crate::seq::Shifts::resumed(orig);
         s.reply.shifts = crate::seq::Shifts::resumed(reply);
+        s.shifted = !(s.orig.shifts.is_identity() && s.reply.shifts.is_identity());
         s
     }
 
@@ -326,6 +332,15 @@ impl FtpSession {
         } else {
             0
         }
+    }
+
+    /// True while no sequence number moves in either direction: [`FtpSession::map_seq`] and
+    /// [`FtpSession::map_ack`] return what they are given (no rewrite changed a length, no
+    /// peer's translation was resumed). The common case, and a flood's: the engine then has
+    /// no number to translate.
+    #[inline]
+    pub fn unshifted(&self) -> bool {
+        !self.shifted
     }
 
     /// Maps the sequence number of a segment travelling in `dir` (original space, as seen on the
@@ -415,6 +430,7 @@ impl FtpSession {
     /// bytes, without a line end, of a line the gateway skips (longer than [`MAX_LINE`], or
     /// after a gap), or any new bytes once the connection turned to TLS. Otherwise changes
     /// nothing and returns false: call [`FtpSession::on_segment_with`].
+    #[inline]
     pub fn on_segment_quick(&mut self, dir: Dir, seq: u32, payload: &[u8]) -> bool {
         if payload.is_empty() {
             return true;
@@ -727,6 +743,7 @@ impl FtpSession {
             let field_seq = line_seq.wrapping_add(r.range.start as u32);
             let orig_len = r.range.len();
             self.stream_mut(dir).shifts.push(field_seq, orig_len, &r.text[..r.len]);
+            self.shifted = true;
             self.stats.rewrites += 1;
         }
         line.clear();

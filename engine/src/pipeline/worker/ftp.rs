@@ -70,6 +70,11 @@ impl<Q: PortQueue> Worker<Q> {
         if !s.on_segment_quick(adir, seq, &pkt.data()[p.payload..p.end]) {
             return self.ftp_segment_full(idx, dir, pkt, p);
         }
+        // No number moves (no rewrite yet: most sessions, and every flood's) and no options
+        // (SACK edges) to look at: the segment leaves with its own numbers.
+        if s.unshifted() && p.payload <= p.l4 + 20 {
+            return Ok(None);
+        }
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
         let new_seq = s.map_seq(adir, seq);
         let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
