@@ -230,6 +230,18 @@ fn tiny_segments_of_an_endless_line_take_the_quick_path() {
     assert_eq!(s.on_segment(0, Dir::Original, end, b"\n", &mut a), Verdict::Forward);
     assert!(!s.on_segment_quick(Dir::Original, end + 1, b"P"), "a new line is read again");
     assert!(!s.on_segment_quick(Dir::Original, end + 9, b"P"), "after a gap: the full parser");
+    // Far ahead of the window: told apart, nothing changed; an empty segment is never.
+    let window = 65_535 << 14;
+    let stats = s.stats();
+    for ahead in [window + 1, 0x7fff_ffff] {
+        assert_eq!(s.on_segment_quick_in(Dir::Original, end + ahead, b"X", window), Quick::OutOfWindow);
+        assert_eq!(s.on_segment_quick_in(Dir::Original, end + ahead, b"", window), Quick::Forward);
+    }
+    assert_eq!(s.on_segment_quick_in(Dir::Original, end + window, b"X", window), Quick::Full, "in the window: a gap");
+    assert_eq!(s.on_segment_quick_in(Dir::Original, 1000, b"N", window), Quick::Forward, "a retransmission");
+    assert_eq!(s.next_seq(Dir::Original), Some(end));
+    assert_eq!(s.stats().retransmits, stats.retransmits + 1);
+    assert_eq!(s.stats().gaps, stats.gaps);
 }
 
 /// `unshifted` holds until a rewrite is recorded, and on a session resumed from a peer only if

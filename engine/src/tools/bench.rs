@@ -29,9 +29,9 @@
 //!   a PORT data connection, set up through the gateway; then ACK segments
 //!   on the data connections (both directions) and on the control
 //!   connection (which goes through the gateway's seq/ack mapping).
-//! - `ftp-data`: the `ftp` set-up, then ACK segments on the data connections
-//!   only (passive and active, both directions): compare its instructions per
-//!   packet with `established`.
+//! - `ftp-data`: the `ftp` set-up (each data connection's handshake completed),
+//!   then ACK segments on the data connections only (passive and active, both
+//!   directions): compare its instructions per packet with `established`.
 //!
 //! - `synflood`: the `established` traffic with, between every two of its
 //!   packets, a SYN from a spoofed source to a service whose SYN proxy is on
@@ -626,7 +626,7 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
         }
         Scenario::Ftp | Scenario::FtpData => {
             let all = clients(w, workers, (flows / 3).max(1));
-            let mut t = Templates::new(len, stride, all.len() * 4);
+            let mut t = Templates::new(len, stride, all.len() * 5);
             // In chunks: the gateway keeps at most 65536 pending
             // expectations per worker; each chunk's are used before the next.
             for (ci, chunk) in all.chunks(16384).enumerate() {
@@ -811,6 +811,9 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                     t.push(INT, &tcp(rs_mac(r), LB_INT, (r, rp), pdata(c), TCP_ACK, 8, 2));
                     t.push(EXT, &tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_ACK, 2, 8));
                     t.push(INT, &tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_ACK, 8, 2));
+                    // Both directions of the active one too: half the segments towards the
+                    // real servers and half back, as in `established`.
+                    t.push(EXT, &tcp(GW_MAC, LB_EXT, adata(c), (VIP_FTP, 20), TCP_ACK, 2, 8));
                     if sc == Scenario::Ftp {
                         t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, cseq + 40, sseq_ctl));
                     }

@@ -64,11 +64,11 @@ impl<Q: PortQueue> Worker<Q> {
         let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
         let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() else { return Ok(None) };
-        if ftp_out_of_window(s, adir, seq, p.payload_len()) {
-            return Err(Next::Drop(DropReason::OutOfWindow));
-        }
-        if !s.on_segment_quick(adir, seq, &pkt.data()[p.payload..p.end]) {
-            return self.ftp_segment_full(idx, dir, pkt, p);
+        // Out of the window (see `ftp_out_of_window`) or taken, in one look at the stream.
+        match s.on_segment_quick_in(adir, seq, &pkt.data()[p.payload..p.end], MAX_TCP_WINDOW) {
+            alg::Quick::Forward => {}
+            alg::Quick::OutOfWindow => return Err(Next::Drop(DropReason::OutOfWindow)),
+            alg::Quick::Full => return self.ftp_segment_full(idx, dir, pkt, p),
         }
         // No number moves (no rewrite yet: most sessions, and every flood's) and no options
         // (SACK edges) to look at: the segment leaves with its own numbers.
