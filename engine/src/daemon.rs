@@ -2,8 +2,9 @@
 //! thread per queue, run until SIGINT/SIGTERM, print counters on exit.
 
 use crate::pipeline::counters::{CounterSnapshot, ServiceCounters, WorkerCounters};
+use crate::pipeline::driver::Driver;
 use crate::pipeline::snapshot::Snapshot;
-use crate::pipeline::worker::{Ctrl, Fabric, Worker};
+use crate::pipeline::worker::{Ctrl, Fabric};
 use crate::port::memory::MemQueue;
 use crate::port::{PortCaps, PortQueue};
 use ferrovs_cfg::{Backend, Config};
@@ -350,7 +351,7 @@ pub fn start<Q: PortQueue + 'static>(
                         }
                     }
                     start_hook(w);
-                    let mut worker = Worker::new(w, qs, snap, fab);
+                    let mut worker = Driver::new(w, qs, snap, fab);
                     let now = clock();
                     let mut idle = 0u32;
                     while !stop.load(Ordering::Relaxed) {

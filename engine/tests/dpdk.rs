@@ -454,8 +454,9 @@ fn scenario_af_packet_noqpairs() {
 /// polling a DPDK queue: frames go in through the ring's tx side, the
 /// worker receives them, and what it transmits is read back from the ring.
 fn scenario_pipeline() {
+    use ferrovs_engine::pipeline::driver::Driver;
     use ferrovs_engine::pipeline::snapshot::Snapshot;
-    use ferrovs_engine::pipeline::worker::{Fabric, Worker};
+    use ferrovs_engine::pipeline::worker::Fabric;
     use ferrovs_engine::tools::testpkt::{arp_request, tcp4, verify_checksums, with_macs};
     use std::sync::Arc;
     let prefix = std::env::var(PREFIX_ENV).unwrap();
@@ -498,16 +499,16 @@ port = 8080
     let macs: Vec<[u8; 6]> = queues.iter().map(|q| q.caps().mac).collect();
     let snap = Arc::new(Snapshot::build(cfg.clone(), &macs));
     let fabric = Fabric::<Mbuf>::new(1);
-    let mut w = Worker::new(0, queues, snap, fabric);
+    let mut w = Driver::new(0, queues, snap, fabric);
     let lb = [2, 0, 0, 0, 1, 1];
     let client_mac = [2, 0, 0, 0, 1, 2];
-    let inject = |w: &mut Worker<dpdk::DpdkQueue>, f: &[u8]| {
+    let inject = |w: &mut Driver<dpdk::DpdkQueue>, f: &[u8]| {
         let q = &mut w.queues_mut()[0];
         let m = fill(q, f);
         let mut v = vec![m];
         assert_eq!(q.tx_burst(&mut v).sent, 1);
     };
-    let take = |w: &mut Worker<dpdk::DpdkQueue>| -> Vec<Vec<u8>> {
+    let take = |w: &mut Driver<dpdk::DpdkQueue>| -> Vec<Vec<u8>> {
         let mut got = Vec::new();
         let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
         w.queues_mut()[0].rx_burst(&mut burst);

@@ -108,6 +108,7 @@ fn run(cases: Vec<Case>) {
         let mut e = MemEngine::new(config(FTP), 1);
         if let Some(m) = c.ext_mtu {
             e.workers[0].queues_mut()[EXT].set_mtu(m);
+            e.workers[0].refresh_caps();
         }
         let mut last = Vec::new();
         for (k, (i, f)) in c.input.iter().enumerate() {

@@ -100,6 +100,7 @@ fn df(mut f: Vec<u8>, on: bool) -> Vec<u8> {
 fn set_mtu(e: &mut MemEngine, iface: usize, mtu: u16) {
     for w in e.workers.iter_mut() {
         w.queues_mut()[iface].set_mtu(mtu);
+        w.refresh_caps();
     }
 }
 

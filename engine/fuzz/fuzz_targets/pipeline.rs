@@ -1,11 +1,12 @@
 //! Parse + forward: arbitrary frames (and a few well-formed ones first, so
-//! connections and FTP sessions exist) through a two-worker in-memory
-//! engine with NAT, DR and FTP services. Any panic is a bug, and after
+//! connections and FTP sessions exist) through the sans-IO cores of two
+//! workers (no ports: `common::Cores` drives them) with NAT, DR and FTP
+//! services. Any panic is a bug, and after
 //! every frame packets are conserved (see `common::Ledger`): each one is
 //! transmitted, counted under exactly one drop reason, or parked.
 //!
-//! The engine is built once per process and reset between inputs
-//! (`MemEngine::reset`), so an input costs only its own packets.
+//! The cores are built once per process and reset between inputs
+//! (`Worker::reset`), so an input costs only its own packets.
 //!
 //! Every frame is also parsed by both parsers: whatever the hand-written
 //! fast parser accepts, etherparse must parse to the same result.
@@ -13,8 +14,7 @@
 
 mod common;
 
-use common::{with_engine, Ledger};
-use ferrovs_engine::tools::replay::MemEngine;
+use common::{with_cores, Cores, Ledger};
 use ferrovs_engine::wire::parse;
 use ferrovs_engine::tools::testpkt::*;
 use libfuzzer_sys::fuzz_target;
@@ -53,11 +53,11 @@ address = "fd00:2::2"
 "#;
 
 fuzz_target!(|data: &[u8]| {
-    with_engine(&ENGINE, FLOWS, CONFIG, 2, |e| run(e, data));
+    with_cores(&ENGINE, FLOWS, CONFIG, 2, |e| run(e, data));
 });
 
 thread_local! {
-    static ENGINE: RefCell<Option<MemEngine>> = const { RefCell::new(None) };
+    static ENGINE: RefCell<Option<Cores>> = const { RefCell::new(None) };
     /// The client's ARP request (so replies to it need no resolution) and a
     /// SYN opening an FTP control connection, built once.
     static PREFIX: [Vec<u8>; 2] = {
@@ -69,7 +69,7 @@ thread_local! {
     };
 }
 
-fn run(e: &mut MemEngine, data: &[u8]) {
+fn run(e: &mut Cores, data: &[u8]) {
     let mut l = Ledger::default();
     let lb = [2, 0, 0, 0, 1, 1];
     PREFIX.with(|p| {

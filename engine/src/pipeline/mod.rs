@@ -1,13 +1,16 @@
 //! The packet pipeline of one poll-mode worker: everything between a
 //! received frame and its verdict.
 //!
-//! - [`worker`]: the poll loop and classification: an established
+//! - [`worker`]: the sans-IO core of a worker (frames and time in, verdicts,
+//!   frames to transmit and timers out) and classification: an established
 //!   connection's packet is looked up in the flow table first and forwarded
 //!   without any VIP/local classification; misses are classified (VIP,
 //!   local address, reply, FTP data, ICMP error), scheduled and rewritten
 //!   for NAT / DR / tunnel; its child modules (`worker/`) hold the rest of
 //!   the path: ARP/ND and echo, ICMP, fragments, the SYN proxy's and the
 //!   PROXY protocol's glue, the FTP gateway's glue, reloads and cluster sync.
+//! - [`driver`]: the poll loop around the core: it owns the port queues, rx
+//!   bursts, the kernel-port passthrough and the handoff / control rings.
 //! - [`fnat`]: full NAT local ports and the two-sided rewrite; [`nat64`]: the
 //!   IPv6 <-> IPv4 translation of full NAT across families (RFC 7915);
 //!   [`proxyproto`]: the PROXY protocol header towards a real server;
@@ -22,6 +25,7 @@
 //!   anyone; [`ratelimit`]: a token bucket for packet-triggered log lines.
 
 pub mod counters;
+pub mod driver;
 pub mod fnat;
 pub mod icmpgen;
 pub mod nat64;

@@ -1,13 +1,18 @@
-//! The poll-mode worker: one per queue, owning its flow table, neighbour
+//! The worker's sans-IO core: one per queue, owning its flow table, neighbour
 //! cache, schedulers, persistence templates and FTP expectations.
 //!
-//! `poll(now)` receives a burst from every port queue, classifies each
-//! packet, hands packets it does not own to their owner through a
-//! lock-free ring, forwards the rest and transmits. It never blocks, and
-//! in steady state it does not allocate (buffers are recycled, tables are
-//! sized at start; an FTP control session allocates its gateway state once).
+//! It owns no port and reads no ring (the loop around it, with the queues,
+//! the rx burst and the rings, is [`crate::pipeline::driver::Driver`]).
+//! `handle_burst(now, iface, rx)` (or `handle(now, iface, frame) -> Verdict`
+//! for one frame) classifies each packet, queues packets it does not own for
+//! their owner (`poll_handoff`), and forwards the rest into per-interface
+//! transmit queues, where frames it originates or releases go too
+//! (`poll_transmit`, or `transmit_queues` for a driver's `tx_burst`). Timers:
+//! `poll_timeout` / `handle_timeout`. It never blocks, and in steady state it
+//! does not allocate (buffers are recycled, tables are sized at start; an FTP
+//! control session allocates its gateway state once).
 //!
-//! This file holds the worker's state, the poll loop, classification
+//! This file holds the worker's state, the core's entry points, classification
 //! (`process_slow`: VIP, local address, reply, FTP data, cluster
 //! recreation), scheduling, connection creation and expiry, and the NAT /
 //! full NAT / DR / tunnel forwarding. The other parts of a packet's path are
@@ -31,7 +36,7 @@ use crate::pipeline::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
 use crate::pipeline::neigh::{self, NeighCache};
 use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP};
 use crate::pipeline::synproxy::{self, Cookies, Handshake};
-use crate::port::{Packet, PortQueue};
+use crate::port::{BufAlloc, Packet, PortCaps};
 use crate::wire::csum;
 use crate::wire::parse::{
     self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP,
@@ -173,9 +178,18 @@ pub struct TableSizes {
     pub ftp_buffer_bytes: usize,
 }
 
-pub struct Worker<Q: PortQueue> {
+/// The worker's core (see the crate's `pipeline::driver` for the loop around it). `Q` is
+/// the buffer allocator of the ports (one per port; [`BufAlloc`]): the core allocates the
+/// frames it originates from it and otherwise only sees `Q::Buf` frames.
+pub struct Worker<Q: BufAlloc> {
     pub id: usize,
-    queues: Vec<Q>,
+    /// Per port: the allocator for frames the core originates there, and what the core needs
+    /// of the port (MTU, MAC), given at construction and by the driver with each snapshot.
+    allocs: Vec<Q>,
+    caps: Vec<PortCaps>,
+    /// Packets for other workers (owner, interface, frame): the driver pushes them into the
+    /// owners' handoff rings (`poll_handoff`).
+    handoff_out: Vec<(usize, u8, Q::Buf)>,
     snap: Arc<Snapshot>,
     snap_gen: u16,
     svcs: Vec<SvcState>,
@@ -213,7 +227,6 @@ pub struct Worker<Q: PortQueue> {
     verified: Vec<(Addr, u64)>,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
-    rx: Vec<Q::Buf>,
     /// Per rx burst: parse result, flow hash (0: none) and the index word
     /// found by the burst's second pass (`NONE`: missed / not looked up).
     /// Kept at (at least) the largest burst's length and overwritten in
@@ -232,6 +245,9 @@ pub struct Worker<Q: PortQueue> {
     /// Flow table version when the current burst's hints were looked up.
     hint_ver: u64,
     timeouts: [u64; crate::flow::tcpstate::N_STATES],
+    /// Per interface: frames to transmit, in order (forwarded, reflected, originated,
+    /// released). The driver hands each to the port's `tx_burst` in place; `poll_transmit`
+    /// yields them one by one.
     tx: Vec<Vec<Q::Buf>>,
     pending: Vec<Held<Addr, Q::Buf>>,
     actions: alg::Actions,
@@ -248,10 +264,9 @@ pub struct Worker<Q: PortQueue> {
     icmp_rl: crate::pipeline::ratelimit::RateLimit,
     icmp_cfg: (u32, u32),
     /// Exception path (`interface.kernel_port`, DPDK): the queue of each interface's kernel
-    /// port, the interface each kernel queue belongs to (fixed when the backend opened the
-    /// ports), and the `[engine] kernel_rate` bucket.
+    /// port (fixed when the backend opened the ports; the driver passes the kernel's own
+    /// frames through), and the `[engine] kernel_rate` bucket.
     kern_q: Vec<Option<usize>>,
-    kern_of: Vec<Option<usize>>,
     kern_rl: crate::pipeline::ratelimit::RateLimit,
     sweep_pos: usize,
     now: u64,
@@ -324,26 +339,27 @@ fn sched_dests(s: &crate::pipeline::snapshot::Svc) -> Vec<sched::Dest> {
         .collect()
 }
 
-impl<Q: PortQueue> Worker<Q> {
-    pub fn new(id: usize, queues: Vec<Q>, snap: Arc<Snapshot>, fabric: Arc<Fabric<Q::Buf>>) -> Self {
+impl<Q: BufAlloc> Worker<Q> {
+    /// The core of worker `id` over ports with these allocators and capabilities (one each,
+    /// in interface order; kernel ports after the configured interfaces).
+    pub fn new(
+        id: usize,
+        allocs: Vec<Q>,
+        caps: Vec<PortCaps>,
+        snap: Arc<Snapshot>,
+        fabric: Arc<Fabric<Q::Buf>>,
+    ) -> Self {
+        assert_eq!(allocs.len(), caps.len(), "one allocator and one PortCaps per port");
         let cap = snap.config.engine.flow_table_size;
-        let ifaces = queues.len();
-        // Kernel ports the backend opened (a backend without them leaves the queues out).
-        let kern_q: Vec<Option<usize>> = crate::pipeline::snapshot::kernel_queues(&snap.config)
-            .into_iter()
-            .map(|q| q.filter(|&q| q < ifaces))
-            .collect();
-        let mut kern_of = vec![None; ifaces];
-        for (i, q) in kern_q.iter().enumerate() {
-            if let Some(q) = *q {
-                kern_of[q] = Some(i);
-            }
-        }
+        let ifaces = caps.len();
+        let kern_q = kernel_ports(&snap, ifaces);
         let kern_rate = snap.config.engine.kernel_rate;
         let mut w = Worker {
             id,
             counters: fabric.counters[id].clone(),
-            queues,
+            allocs,
+            caps,
+            handoff_out: Vec::new(),
             snap: snap.clone(),
             snap_gen: 0,
             svcs: Vec::new(),
@@ -365,7 +381,6 @@ impl<Q: PortQueue> Worker<Q> {
             proxy_release: None,
             verified: Vec::new(),
             fabric,
-            rx: Vec::with_capacity(crate::port::BURST),
             pre: Vec::with_capacity(crate::port::BURST),
             acc: Vec::new(),
             acc_base: Vec::new(),
@@ -382,7 +397,6 @@ impl<Q: PortQueue> Worker<Q> {
             icmp_rl: crate::pipeline::ratelimit::RateLimit::new(0, 1),
             icmp_cfg: (u32::MAX, 0),
             kern_q,
-            kern_of,
             kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),
             sweep_pos: 0,
             now: 0,
@@ -397,8 +411,16 @@ impl<Q: PortQueue> Worker<Q> {
         w
     }
 
-    pub fn queues_mut(&mut self) -> &mut [Q] {
-        &mut self.queues
+    /// What the core knows of each port (MTU, MAC).
+    pub fn port_caps(&self) -> &[PortCaps] {
+        &self.caps
+    }
+    /// Replace what the core knows of the ports (the driver, with each snapshot, or after a
+    /// test changed a port's MTU).
+    pub fn set_port_caps(&mut self, i: usize, caps: PortCaps) {
+        if let Some(c) = self.caps.get_mut(i) {
+            *c = caps;
+        }
     }
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap
@@ -437,82 +459,175 @@ impl<Q: PortQueue> Worker<Q> {
         &self.svc_counters
     }
 
-    /// One iteration of the poll loop at time `now` (ns). Returns the number
-    /// of packets handled.
-    pub fn poll(&mut self, now: u64) -> usize {
+    /// A burst of frames received on interface `iface` at `now` (ns), drained from `rx`: the
+    /// driver's form of [`Worker::handle`]. Their verdicts are not returned: transmitted frames
+    /// wait in the transmit queues, handoffs in `poll_handoff`. Returns the number of frames.
+    #[inline]
+    pub fn handle_burst(&mut self, now: u64, iface: usize, rx: &mut Vec<Q::Buf>) -> usize {
         self.now = now;
-        let mut work = 0;
-        // Control messages first: a new snapshot applies before new packets.
-        while let Some(m) = self.fabric.ctrl[self.id].pop() {
-            self.handle_ctrl(m);
-        }
-        let mut rx = std::mem::take(&mut self.rx);
         let mut pre = std::mem::take(&mut self.pre);
-        for i in 0..self.queues.len() {
-            self.queues[i].rx_burst(&mut rx);
-            if rx.is_empty() {
-                continue;
-            }
-            if let Some(data) = self.kern_of[i] {
-                // The kernel's own frames (BGP, BFD, ARP, ...) leave through its data port as sent.
-                work += rx.len();
-                bump(&self.counters.from_kernel, rx.len() as u64);
-                self.tx[data].append(&mut rx);
-                continue;
-            }
-            // Burst in three passes so the flow table's cache misses
-            // overlap instead of serialising: (1) parse, hash the 5-tuple,
-            // prefetch its index line; (2) find the connection slot and
-            // prefetch it; (3) process. Pass 3 reuses the index word found
-            // by pass 2 while the table's version is unchanged (nothing
-            // inserted or removed since); otherwise it re-checks / looks
-            // up again, so a connection created or removed by an earlier
-            // packet of the same burst is seen correctly.
-            let n = rx.len();
-            if pre.len() < n {
-                pre.resize(n, (Ok(Parsed::default()), 0, NONE));
-            }
-            let bytes = parse_pass(&self.flows, &rx, &mut pre[..n]);
-            lookup_pass(&self.flows, &mut pre[..n]);
-            self.hint_ver = self.flows.version();
-            work += n;
-            bump(&self.counters.rx_packets, n as u64);
-            bump(&self.counters.rx_bytes, bytes);
-            // By reference: the parse results stay where pass 1 wrote them.
-            for (pkt, (r, h, hint)) in rx.drain(..).zip(pre.iter()) {
-                self.process_parsed(i, pkt, false, r, *h, *hint);
-            }
+        // Burst in three passes so the flow table's cache misses
+        // overlap instead of serialising: (1) parse, hash the 5-tuple,
+        // prefetch its index line; (2) find the connection slot and
+        // prefetch it; (3) process. Pass 3 reuses the index word found
+        // by pass 2 while the table's version is unchanged (nothing
+        // inserted or removed since); otherwise it re-checks / looks
+        // up again, so a connection created or removed by an earlier
+        // packet of the same burst is seen correctly.
+        let n = rx.len();
+        if pre.len() < n {
+            pre.resize(n, (Ok(Parsed::default()), 0, NONE));
         }
-        self.rx = rx;
+        let bytes = parse_pass(&self.flows, rx, &mut pre[..n]);
+        lookup_pass(&self.flows, &mut pre[..n]);
+        self.hint_ver = self.flows.version();
+        bump(&self.counters.rx_packets, n as u64);
+        bump(&self.counters.rx_bytes, bytes);
+        // By reference: the parse results stay where pass 1 wrote them.
+        for (pkt, (r, h, hint)) in rx.drain(..).zip(pre.iter()) {
+            self.process_parsed(iface, pkt, false, r, *h, *hint);
+        }
         self.pre = pre;
-        for _ in 0..crate::port::BURST * 4 {
-            match self.fabric.handoff[self.id].pop() {
-                Some((i, pkt)) => {
-                    work += 1;
-                    bump(&self.counters.handoff_in, 1);
-                    let r = parse::parse(pkt.data());
-                    self.process_parsed(i as usize, pkt, true, &r, 0, NONE);
-                }
-                None => break,
+        n
+    }
+
+    /// A frame another worker handed over (received there on `iface`).
+    pub fn handle_handed(&mut self, now: u64, iface: usize, pkt: Q::Buf) {
+        self.now = now;
+        bump(&self.counters.handoff_in, 1);
+        let r = parse::parse(pkt.data());
+        self.process_parsed(iface, pkt, true, &r, 0, NONE);
+    }
+
+    /// One frame received on interface `iface` at `now` (ns), without a port: what became of
+    /// it. Frames to transmit (this one and any it caused: an ARP request, released parked
+    /// packets, ...) then come out of [`Worker::poll_transmit`], packets for other workers out
+    /// of [`Worker::poll_handoff`]. Service counters are folded at once.
+    ///
+    /// The verdict is read off the core's queues and drop counters around the call, so the
+    /// burst path pays nothing for it.
+    pub fn handle(&mut self, now: u64, iface: usize, frame: Q::Buf) -> Verdict {
+        self.now = now;
+        let drops: Vec<u64> =
+            self.counters.drops.iter().map(|d| d.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        let tx: Vec<usize> = self.tx.iter().map(Vec::len).collect();
+        let (handed, pending) = (self.handoff_out.len(), self.pending.len());
+        let held = self.proxy_held.len() + self.frag_held.len() + self.frags.len();
+        bump(&self.counters.rx_packets, 1);
+        bump(&self.counters.rx_bytes, frame.len() as u64);
+        if iface >= self.caps.len() {
+            drop(frame);
+            self.drop_pkt(DropReason::NoRoute);
+        } else {
+            self.process(iface, frame, false);
+        }
+        if self.handoff_out.len() > handed {
+            return Verdict::Handoff(self.handoff_out[handed].0);
+        }
+        for (r, d) in self.counters.drops.iter().enumerate() {
+            if d.load(std::sync::atomic::Ordering::Relaxed) > drops[r] {
+                return Verdict::Drop(DropReason::ALL[r]);
             }
         }
-        // Service counters: folded at most every SVC_FLUSH_NS of traffic,
-        // and at once when a poll finds nothing to do, so statistics lag
-        // by at most ~100 ms while busy and not at all once idle.
-        if work == 0 || now.wrapping_sub(self.last_svc_flush) >= SVC_FLUSH_NS {
-            self.last_svc_flush = now;
-            self.flush_svc_counters();
+        if self.pending.len() > pending {
+            return Verdict::Parked;
         }
-        self.flush_tx();
+        if self.proxy_held.len() + self.frag_held.len() + self.frags.len() > held {
+            return Verdict::Held;
+        }
+        match self.tx.iter().zip(&tx).position(|(q, &n)| q.len() > n) {
+            Some(i) => Verdict::Tx(i),
+            None => Verdict::Consumed,
+        }
+    }
+
+    /// The next frame to transmit: (interface, frame), in order per interface.
+    pub fn poll_transmit(&mut self) -> Option<(usize, Q::Buf)> {
+        let i = self.tx.iter().position(|q| !q.is_empty())?;
+        Some((i, self.tx[i].remove(0)))
+    }
+
+    /// The per-interface transmit queues, for a driver that hands them to its ports'
+    /// `tx_burst` in place (draining them).
+    pub fn transmit_queues(&mut self) -> &mut [Vec<Q::Buf>] {
+        &mut self.tx
+    }
+
+    /// The next packet for another worker: (owner, interface it came in on, frame).
+    pub fn poll_handoff(&mut self) -> Option<(usize, u8, Q::Buf)> {
+        (!self.handoff_out.is_empty()).then(|| self.handoff_out.remove(0))
+    }
+
+    /// Hand `pkt` (received on `iface`) to worker `owner`, through the driver.
+    #[inline]
+    fn hand_off(&mut self, owner: usize, iface: u8, pkt: Q::Buf) {
+        self.handoff_out.push((owner, iface, pkt));
+    }
+
+    /// Packets for other workers waiting in the core, drained (driver).
+    pub fn handoffs(&mut self) -> std::vec::Drain<'_, (usize, u8, Q::Buf)> {
+        self.handoff_out.drain(..)
+    }
+
+    /// When the core next wants [`Worker::handle_timeout`]: `now` (of the last call) while
+    /// an incremental sweep has work (live connections, expectations, fragments), otherwise
+    /// the earliest of the next scheduler tick (every 2^30 ns), a held packet's deadline,
+    /// a reserved port's or retired address's end. `None`: nothing to do, ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |d: u64| t = Some(t.map_or(d, |t| t.min(d)));
+        if !self.flows.is_empty() || !self.expect.is_empty() || !self.frags.is_empty() || self.sync_on {
+            at(self.now);
+        }
+        if !self.svcs.is_empty() {
+            at(((self.now >> 30) + 1) << 30);
+        }
+        for d in self.pending.iter().map(|h| h.deadline) {
+            at(d);
+        }
+        for d in self.proxy_held.iter().map(|h| h.deadline) {
+            at(d);
+        }
+        for d in self.frag_held.iter().map(|h| h.deadline) {
+            at(d);
+        }
+        for &(_, _, until) in &self.reserved {
+            at(until);
+        }
+        for r in &self.retired {
+            at(r.until());
+        }
+        t
+    }
+
+    /// Timers due at `now` (ns): scheduler ticks and persistence templates, the incremental
+    /// expiry sweep of connections, expectations and fragments, held packets past their
+    /// deadline, reserved ports, retired local addresses, and the cluster sync refresh.
+    #[inline]
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = now;
         self.housekeeping(now);
         if self.sync_on {
             self.sync_refresh_scan(now);
             self.flush_sync();
         }
-        work
     }
 
-    fn handle_ctrl(&mut self, m: Ctrl) {
+    /// Fold the service counters if `SVC_FLUSH_NS` passed since the last fold or the poll
+    /// was idle (see [`Worker::flush_svc_counters`]).
+    pub fn flush_svc_counters_at(&mut self, now: u64, idle: bool) {
+        // Service counters: folded at most every SVC_FLUSH_NS of traffic,
+        // and at once when a poll finds nothing to do, so statistics lag
+        // by at most ~100 ms while busy and not at all once idle.
+        if idle || now.wrapping_sub(self.last_svc_flush) >= SVC_FLUSH_NS {
+            self.last_svc_flush = now;
+            self.flush_svc_counters();
+        }
+    }
+
+    /// A control message from the worker's ring (the driver reads the ring).
+    pub fn handle_ctrl(&mut self, now: u64, m: Ctrl) {
+        self.now = now;
         match m {
             Ctrl::Neigh(a, mac) => {
                 if self.neigh.learn(a, mac) {
@@ -525,21 +640,6 @@ impl<Q: PortQueue> Worker<Q> {
                 let _ = tx.send(self.list_conns());
             }
             Ctrl::Sync(entries) => self.apply_sync(&entries),
-        }
-    }
-
-    /// Transmit everything queued.
-    pub fn flush_tx(&mut self) {
-        for i in 0..self.queues.len() {
-            if !self.tx[i].is_empty() {
-                let r = self.queues[i].tx_burst(&mut self.tx[i]);
-                bump(&self.counters.tx_packets, r.sent as u64);
-                bump(&self.counters.tx_bytes, r.bytes);
-                if r.dropped > 0 {
-                    bump(&self.counters.drops[DropReason::TxFull as usize], r.dropped as u64);
-                }
-            }
-            self.queues[i].flush();
         }
     }
 
@@ -874,9 +974,7 @@ impl<Q: PortQueue> Worker<Q> {
             };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
-                if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
-                    self.drop_pkt(DropReason::HandoffFull);
-                }
+                self.hand_off(owner, iface as u8, pkt);
                 return;
             }
         }
@@ -1410,7 +1508,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Egress MTU (see `forward`; no tunnel overhead here).
         let egress = if dir == Dir::In { self.flows.if_in(c) } else { self.flows.if_out(c) };
-        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        let mtu = self.caps.get(egress as usize).map_or(usize::MAX, |c| c.mtu as usize);
         if p.end - p.l3 > mtu {
             return Some(self.too_big(dir, pkt, p, mtu));
         }
@@ -1457,7 +1555,7 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 (Dir::In, _) => (self.flows.if_in(c), 0),
             };
-            let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+            let mtu = self.caps.get(egress as usize).map_or(usize::MAX, |c| c.mtu as usize);
             if p.end - p.l3 + over > mtu {
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
@@ -1589,7 +1687,7 @@ impl<Q: PortQueue> Worker<Q> {
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };
-                if !encap_ipip(pkt, p, src, rs, self.queues[iface].caps().mtu) {
+                if !encap_ipip(pkt, p, src, rs, self.caps[iface].mtu) {
                     return Next::Drop(DropReason::TooBig);
                 }
                 self.l2_out(idx, true, pkt)
@@ -1609,7 +1707,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
             Dir::Out => (self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client, c.cport, self.flows.if_out(c)),
         };
-        let mtu = self.queues.get(egress as usize).map_or(1500, |q| q.caps().mtu as usize);
+        let mtu = self.caps.get(egress as usize).map_or(1500, |c| c.mtu as usize);
         let grow = crate::pipeline::nat64::translated_len(p).saturating_sub(p.end - p.l3);
         if crate::pipeline::nat64::translated_len(p) > mtu {
             return self.too_big(dir, pkt, p, mtu.saturating_sub(grow));
@@ -1773,7 +1871,7 @@ impl<Q: PortQueue> Worker<Q> {
         self.neigh_log = Default::default();
         self.neigh_evict_rl = crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST);
         self.pending.clear();
-        self.rx.clear();
+        self.handoff_out.clear();
         for t in self.tx.iter_mut() {
             t.clear();
         }
@@ -1807,6 +1905,29 @@ fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounter
             k += 1;
         }
     }
+}
+
+/// What became of one frame given to [`Worker::handle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It leaves (rewritten, or answered in place) on this interface: `poll_transmit`.
+    Tx(usize),
+    /// Dropped and counted under this reason.
+    Drop(DropReason),
+    /// Parked until its next hop resolves (an ARP request / solicitation went out).
+    Parked,
+    /// Held by the SYN proxy or fragment reassembly.
+    Held,
+    /// Handed to this worker, its owner: `poll_handoff`.
+    Handoff(usize),
+    /// Taken in (an ARP reply learnt, a segment absorbed by the FTP gateway, ...).
+    Consumed,
+}
+
+/// Per interface: the kernel port (an interface index) of each interface that has one and
+/// the backend opened (a backend without them leaves them out: index past `ports`).
+pub fn kernel_ports(snap: &Snapshot, ports: usize) -> Vec<Option<usize>> {
+    crate::pipeline::snapshot::kernel_queues(&snap.config).into_iter().map(|q| q.filter(|&q| q < ports)).collect()
 }
 
 /// A burst's parse result, flow hash (0: none) and index word (`NONE`: missed / not looked up).

@@ -913,6 +913,7 @@ impl AfPacketQueue {
 
 impl PortQueue for AfPacketQueue {
     type Buf = HeapBuf;
+    type Alloc = super::HeapAlloc;
 
     fn rx_burst(&mut self, out: &mut Vec<HeapBuf>) -> usize {
         let mut n = 0;
@@ -1001,6 +1002,10 @@ impl PortQueue for AfPacketQueue {
 
     fn alloc(&mut self) -> Option<HeapBuf> {
         Some(self.get_buf())
+    }
+
+    fn allocator(&self) -> super::HeapAlloc {
+        super::HeapAlloc
     }
 
     fn caps(&self) -> &PortCaps {

@@ -748,8 +748,31 @@ impl DpdkQueue {
     }
 }
 
+/// A queue's mempool without the queue: the worker's core allocates the frames it
+/// originates from it.
+pub struct MbufAlloc {
+    pool: NonNull<ffi::rte_mempool>,
+    _shared: Arc<Shared>,
+}
+
+// SAFETY: the pool pointer is valid while `_shared` is held, and mempool
+// get/put are thread-safe (multi-producer/consumer rings), so the allocator
+// may move to the worker's thread.
+unsafe impl Send for MbufAlloc {}
+
+impl super::BufAlloc for MbufAlloc {
+    type Buf = Mbuf;
+    #[inline]
+    fn alloc(&mut self) -> Option<Mbuf> {
+        // SAFETY: the pool lives while `_shared` is held; the returned mbuf
+        // (if any) is reset (one segment, len 0, default headroom) and ours.
+        NonNull::new(unsafe { ffi::rte_pktmbuf_alloc(self.pool.as_ptr()) }).map(Mbuf)
+    }
+}
+
 impl PortQueue for DpdkQueue {
     type Buf = Mbuf;
+    type Alloc = MbufAlloc;
 
     #[inline]
     fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
@@ -821,6 +844,10 @@ impl PortQueue for DpdkQueue {
         // SAFETY: the pool lives while `shared` is held; the returned mbuf
         // (if any) is reset (one segment, len 0, default headroom) and ours.
         NonNull::new(unsafe { ffi::rte_pktmbuf_alloc(self.pool.as_ptr()) }).map(Mbuf)
+    }
+
+    fn allocator(&self) -> MbufAlloc {
+        MbufAlloc { pool: self.pool, _shared: self.shared.clone() }
     }
 
     fn caps(&self) -> &PortCaps {

@@ -231,6 +231,7 @@ impl MemQueue {
 
 impl PortQueue for MemQueue {
     type Buf = HeapBuf;
+    type Alloc = super::HeapAlloc;
 
     #[inline]
     fn rx_burst(&mut self, out: &mut Vec<HeapBuf>) -> usize {
@@ -280,6 +281,10 @@ impl PortQueue for MemQueue {
 
     fn alloc(&mut self) -> Option<HeapBuf> {
         Some(self.free.pop().unwrap_or_default())
+    }
+
+    fn allocator(&self) -> super::HeapAlloc {
+        super::HeapAlloc
     }
 
     fn caps(&self) -> &PortCaps {

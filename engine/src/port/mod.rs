@@ -61,9 +61,36 @@ pub struct PortCaps {
     pub mtu: u16,
 }
 
+/// Where the worker's core gets buffers for the frames it originates (ARP
+/// requests, neighbour solicitations, split FTP segments): a port's packet
+/// pool without its queue, so the core (`pipeline::worker`) needs no port.
+/// One per port; [`PortQueue::allocator`] makes it.
+pub trait BufAlloc: Send {
+    type Buf: Packet;
+    /// A fresh, empty buffer (len 0, with headroom). `None` if the pool is
+    /// exhausted.
+    fn alloc(&mut self) -> Option<Self::Buf>;
+}
+
+/// Heap buffers ([`memory::HeapBuf`], from the thread's buffer pool): the
+/// allocator of the in-memory, pcap and AF_PACKET ports, and of tests and
+/// fuzz targets that drive the core without a port.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapAlloc;
+
+impl BufAlloc for HeapAlloc {
+    type Buf = memory::HeapBuf;
+    #[inline]
+    fn alloc(&mut self) -> Option<memory::HeapBuf> {
+        Some(memory::HeapBuf::new())
+    }
+}
+
 /// One worker's queue of one port.
 pub trait PortQueue: Send {
     type Buf: Packet;
+    /// The allocator the worker's core uses for frames it originates on this port.
+    type Alloc: BufAlloc<Buf = Self::Buf>;
     /// Receive up to `BURST - out.len()` packets, appended to `out`.
     /// Never blocks; returns the number received.
     fn rx_burst(&mut self, out: &mut Vec<Self::Buf>) -> usize;
@@ -74,6 +101,8 @@ pub trait PortQueue: Send {
     /// originates (ARP reply, ICMP, a grown FTP segment). `None` if the pool
     /// is exhausted.
     fn alloc(&mut self) -> Option<Self::Buf>;
+    /// An allocator drawing from this queue's packet pool, for the worker's core.
+    fn allocator(&self) -> Self::Alloc;
     /// Capabilities of the port this queue belongs to.
     fn caps(&self) -> &PortCaps;
     /// Backend-specific periodic work (flush a tx ring, poll link). Called

@@ -397,6 +397,7 @@ impl<R: Read + Send, W: Write + Send> PcapQueue<R, W> {
 
 impl<R: Read + Send, W: Write + Send> PortQueue for PcapQueue<R, W> {
     type Buf = HeapBuf;
+    type Alloc = super::HeapAlloc;
 
     fn rx_burst(&mut self, out: &mut Vec<HeapBuf>) -> usize {
         let mut n = 0;
@@ -463,6 +464,10 @@ impl<R: Read + Send, W: Write + Send> PortQueue for PcapQueue<R, W> {
 
     fn alloc(&mut self) -> Option<HeapBuf> {
         Some(self.free.pop().unwrap_or_default())
+    }
+
+    fn allocator(&self) -> super::HeapAlloc {
+        super::HeapAlloc
     }
 
     fn caps(&self) -> &PortCaps {

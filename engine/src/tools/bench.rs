@@ -1,8 +1,8 @@
-//! `ferrovs bench`: the real pipeline ([`Worker::poll`], the same code as
+//! `ferrovs bench`: the real pipeline ([`Driver::poll`], the same code as
 //! `run` and `replay`) on in-memory ports, fed with synthetic traffic, no I/O.
 //!
 //! Every worker runs on its own OS thread (pinned with `core_affinity`),
-//! with its own [`Worker`] and its own pre-built packet set whose clients
+//! with its own [`Driver`] and its own pre-built packet set whose clients
 //! it owns ([`owner_of`]), so no packet is handed off between workers. The
 //! measured loop does not allocate: each worker recycles a small ring of
 //! [`HeapBuf`]s. Per burst it restores the header bytes of the next
@@ -49,8 +49,9 @@
 //!
 //! `--flows` and `--packets` are totals, split evenly between workers.
 
+use crate::pipeline::driver::Driver;
 use crate::pipeline::snapshot::{owner_of, Snapshot};
-use crate::pipeline::worker::{Fabric, Worker};
+use crate::pipeline::worker::Fabric;
 use crate::port::memory::{HeapBuf, MemQueue};
 use crate::port::{Packet, PortCaps, BURST};
 use crate::tools::frame::{write4, Frame4, Rng};
@@ -379,7 +380,7 @@ fn tcp(
 
 /// A worker with its in-memory queues, driven by the bench thread.
 struct Rig {
-    w: Worker<MemQueue>,
+    w: Driver<MemQueue>,
     free: Vec<HeapBuf>,
     now: u64,
     len: usize,
@@ -400,7 +401,7 @@ impl Rig {
                 q
             })
             .collect();
-        let w = Worker::new(id, queues, snap, fabric);
+        let w = Driver::new(id, queues, snap, fabric);
         let zero = vec![0u8; len.max(2 * HEAD)];
         let free = (0..BURST * 8).map(|_| HeapBuf::from_slice(&zero)).collect();
         Rig { w, free, now: 1_000_000_000, len, refills: 0 }
@@ -1095,7 +1096,7 @@ fn moved(
     v
 }
 
-fn ftp_counters(w: &Worker<MemQueue>) -> Vec<(&'static str, u64)> {
+fn ftp_counters(w: &Driver<MemQueue>) -> Vec<(&'static str, u64)> {
     let names = crate::pipeline::counters::FtpCounters::names();
     let mut v: Vec<(&'static str, u64)> = names.iter().map(|n| (*n, 0)).collect();
     for sc in w.service_counters().iter() {

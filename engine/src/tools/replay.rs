@@ -8,8 +8,9 @@
 //! are polled until no work is left, and output is collected in worker,
 //! then interface order.
 
+use crate::pipeline::driver::Driver;
 use crate::pipeline::snapshot::Snapshot;
-use crate::pipeline::worker::{Fabric, Worker};
+use crate::pipeline::worker::Fabric;
 use crate::port::memory::{default_mac, HeapBuf, MemQueue};
 use crate::port::pcap::{PcapReader, PcapWriter};
 use crate::port::{Packet, PortCaps};
@@ -21,7 +22,7 @@ use std::time::Duration;
 /// An in-memory engine: the workers of a config on in-memory ports, driven
 /// by the caller. Used by replay, tests and benches.
 pub struct MemEngine {
-    pub workers: Vec<Worker<MemQueue>>,
+    pub workers: Vec<Driver<MemQueue>>,
     pub fabric: Arc<Fabric<HeapBuf>>,
     pub snapshot: Arc<Snapshot>,
 }
@@ -45,7 +46,7 @@ impl MemEngine {
                     .into_iter()
                     .map(|(name, i)| MemQueue::new(PortCaps { name, mac: macs[i], queues: n as u16, mtu: 1500 }))
                     .collect();
-                Worker::new(w, queues, snapshot.clone(), fabric.clone())
+                Driver::new(w, queues, snapshot.clone(), fabric.clone())
             })
             .collect();
         MemEngine { workers, fabric, snapshot }
@@ -58,21 +59,7 @@ impl MemEngine {
 
     /// The worker a frame arrives on (an RSS-like hash of the raw tuple).
     pub fn rx_worker(&self, frame: &[u8]) -> usize {
-        let n = self.workers.len();
-        if n == 1 {
-            return 0;
-        }
-        match crate::wire::parse::parse(frame) {
-            Ok(p) => {
-                let h = (p.src as u64)
-                    .wrapping_mul(31)
-                    .wrapping_add(p.dst as u64)
-                    .wrapping_mul(31)
-                    .wrapping_add(((p.sport as u64) << 16) | p.dport as u64);
-                (h.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 33) as usize % n
-            }
-            Err(_) => 0,
-        }
+        rx_worker(frame, self.workers.len())
     }
 
     /// Receive `frame` on interface `iface` at time `now` and run the
@@ -159,7 +146,7 @@ impl MemEngine {
     }
 
     /// Back to the state of `MemEngine::new` without rebuilding the
-    /// snapshot or reallocating tables: see [`Worker::reset`]. Port queues
+    /// snapshot or reallocating tables: see [`Worker::reset`](crate::pipeline::worker::Worker::reset). Port queues
     /// and the fabric's rings are emptied.
     pub fn reset(&mut self) {
         for q in self.fabric.handoff.iter() {
@@ -182,7 +169,7 @@ impl MemEngine {
         while self.fabric.sync_tx.pop().is_some() {}
     }
 
-    /// Packets held by all workers for later (see [`Worker::held_packets`]:
+    /// Packets held by all workers for later (see [`Worker::held_packets`](crate::pipeline::worker::Worker::held_packets):
     /// waiting for a neighbour, a first fragment or a SYN-proxied handshake).
     pub fn parked(&self) -> usize {
         self.workers.iter().map(|w| w.held_packets()).sum()
@@ -191,6 +178,25 @@ impl MemEngine {
     /// Sum of all workers' counters.
     pub fn counters(&self) -> crate::pipeline::counters::CounterSnapshot {
         crate::daemon::sum_counters(&self.fabric.counters)
+    }
+}
+
+/// Which of `n` workers a frame arrives on: an RSS-like hash of its raw tuple (deliberately
+/// not the ownership hash, so handoffs happen).
+pub fn rx_worker(frame: &[u8], n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    match crate::wire::parse::parse(frame) {
+        Ok(p) => {
+            let h = (p.src as u64)
+                .wrapping_mul(31)
+                .wrapping_add(p.dst as u64)
+                .wrapping_mul(31)
+                .wrapping_add(((p.sport as u64) << 16) | p.dport as u64);
+            (h.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 33) as usize % n
+        }
+        Err(_) => 0,
     }
 }
 

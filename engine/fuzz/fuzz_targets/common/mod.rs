@@ -2,10 +2,15 @@
 //! built once and reset between inputs, and the packet-conservation ledger.
 #![allow(dead_code)]
 
-use ferrovs_engine::pipeline::counters::DropReason;
-use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::pipeline::counters::{DropReason, WorkerCounters};
+use ferrovs_engine::pipeline::snapshot::Snapshot;
+use ferrovs_engine::pipeline::worker::{Fabric, Verdict, Worker};
+use ferrovs_engine::port::memory::{default_mac, HeapBuf};
+use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
+use ferrovs_engine::tools::replay::{rx_worker, MemEngine};
 use ferrovs_engine::tools::testpkt::is_solicitation;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 /// The queue of `ext`'s exception path to the kernel (after the two interfaces).
 pub const KERNEL_QUEUE: usize = 2;
@@ -36,6 +41,113 @@ addresses = ["10.0.2.1/24", "fd00:2::1/64"]
     )
 }
 
+/// What the ledger needs of an engine: in-memory ports with drivers ([`MemEngine`]) or the
+/// workers' cores alone ([`Cores`]).
+pub trait Rig {
+    /// Receive `frame` on `iface` at `now`, run until idle; what was transmitted.
+    fn inject(&mut self, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)>;
+    fn counters(&self) -> &[Arc<WorkerCounters>];
+    /// Packets held for later.
+    fn parked(&self) -> usize;
+}
+
+impl Rig for MemEngine {
+    fn inject(&mut self, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)> {
+        MemEngine::inject(self, iface, frame, now)
+    }
+    fn counters(&self) -> &[Arc<WorkerCounters>] {
+        &self.fabric.counters
+    }
+    fn parked(&self) -> usize {
+        MemEngine::parked(self)
+    }
+}
+
+/// The workers' sans-IO cores driven directly, without ports: this harness is their driver
+/// (it routes handoffs and control messages between the cores, runs their timers and counts
+/// what they transmit, as `pipeline::driver::Driver` does).
+pub struct Cores {
+    pub cores: Vec<Worker<HeapAlloc>>,
+    pub fabric: Arc<Fabric<HeapBuf>>,
+}
+
+impl Cores {
+    pub fn new(config: ferrovs_cfg::Config, workers: usize) -> Cores {
+        let mut config = config;
+        config.engine.workers = workers;
+        let macs: Vec<[u8; 6]> =
+            config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
+        let config = Arc::new(config);
+        let snap = Arc::new(Snapshot::build(config.clone(), &macs));
+        let fabric = Fabric::new(workers);
+        fabric.set_placement(&snap);
+        // Kernel ports after the interfaces, as the backends open them.
+        let caps: Vec<PortCaps> = ferrovs_engine::pipeline::snapshot::port_list(&config)
+            .into_iter()
+            .map(|(name, i)| PortCaps { name, mac: macs[i], queues: workers as u16, mtu: 1500 })
+            .collect();
+        let cores = (0..workers)
+            .map(|w| Worker::new(w, vec![HeapAlloc; caps.len()], caps.clone(), snap.clone(), fabric.clone()))
+            .collect();
+        Cores { cores, fabric }
+    }
+
+    /// Back to the state of `new` (see `Worker::reset`).
+    pub fn reset(&mut self) {
+        for q in self.fabric.ctrl.iter() {
+            while q.pop().is_some() {}
+        }
+        for c in self.cores.iter_mut() {
+            while c.poll_transmit().is_some() {}
+            while c.poll_handoff().is_some() {}
+            c.reset();
+        }
+        while self.fabric.sync_tx.pop().is_some() {}
+    }
+}
+
+impl Rig for Cores {
+    fn inject(&mut self, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)> {
+        let w = rx_worker(frame, self.cores.len());
+        let v = self.cores[w].handle(now, iface, HeapBuf::from_slice(frame));
+        if let Verdict::Tx(i) = v {
+            assert!(!self.cores[w].transmit_queues()[i].is_empty(), "verdict {v:?} with nothing to send there");
+        }
+        let mut out = Vec::new();
+        loop {
+            let mut work = 0;
+            for k in 0..self.cores.len() {
+                while let Some(m) = self.fabric.ctrl[k].pop() {
+                    work += 1;
+                    self.cores[k].handle_ctrl(now, m);
+                }
+                while let Some((owner, i, b)) = self.cores[k].poll_handoff() {
+                    work += 1;
+                    self.cores[owner].handle_handed(now, i as usize, b);
+                }
+            }
+            if work == 0 {
+                break;
+            }
+        }
+        for (k, c) in self.cores.iter_mut().enumerate() {
+            c.handle_timeout(now);
+            c.flush_svc_counters();
+            while let Some((i, b)) = c.poll_transmit() {
+                self.fabric.counters[k].tx_packets.fetch_add(1, Relaxed);
+                out.push((i, b.data().to_vec()));
+            }
+        }
+        out
+    }
+    fn counters(&self) -> &[Arc<WorkerCounters>] {
+        &self.fabric.counters
+    }
+    fn parked(&self) -> usize {
+        self.cores.iter().map(|c| c.held_packets()).sum()
+    }
+}
+
 /// Run `f` on this thread's engine (config `topology(flows)` + `rest`),
 /// reset first (built on first use: the config is parsed and the snapshot
 /// compiled only once).
@@ -52,6 +164,26 @@ pub fn with_engine<R>(
             let config = topology(flows) + rest;
             let cfg = ferrovs_cfg::Config::from_str(&config, "fuzz.toml").expect("fuzz config");
             MemEngine::new(cfg, workers)
+        });
+        e.reset();
+        f(e)
+    })
+}
+
+/// [`with_engine`] for the cores alone ([`Cores`]).
+pub fn with_cores<R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<Cores>>>,
+    flows: usize,
+    rest: &str,
+    workers: usize,
+    f: impl FnOnce(&mut Cores) -> R,
+) -> R {
+    cell.with(|c| {
+        let mut c = c.borrow_mut();
+        let e = c.get_or_insert_with(|| {
+            let config = topology(flows) + rest;
+            let cfg = ferrovs_cfg::Config::from_str(&config, "fuzz.toml").expect("fuzz config");
+            Cores::new(cfg, workers)
         });
         e.reset();
         f(e)
@@ -81,7 +213,7 @@ pub struct Ledger {
 impl Ledger {
     /// Inject `frame` on `iface` at `now`, account for the output, check
     /// conservation; returns the output.
-    pub fn inject(&mut self, e: &mut MemEngine, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)> {
+    pub fn inject(&mut self, e: &mut impl Rig, iface: usize, frame: &[u8], now: u64) -> Vec<(usize, Vec<u8>)> {
         let out = e.inject(iface, frame, now);
         self.fed += 1;
         for (i, f) in &out {
@@ -97,9 +229,9 @@ impl Ledger {
     }
 
     /// The conservation equation on the engine's counters.
-    pub fn check(&self, e: &MemEngine, last: &[u8]) {
+    pub fn check(&self, e: &impl Rig, last: &[u8]) {
         let sum = |f: &dyn Fn(&ferrovs_engine::pipeline::counters::WorkerCounters) -> u64| -> u64 {
-            e.fabric.counters.iter().map(|c| f(c)).sum()
+            e.counters().iter().map(|c| f(c)).sum()
         };
         let drops: u64 = sum(&|c| c.drops.iter().map(|d| d.load(Relaxed)).sum());
         let parked = e.parked() as u64;

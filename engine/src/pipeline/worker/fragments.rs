@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// An IP fragment (see [`crate::flow::frag`]): the first one goes through the ordinary
     /// connection path (it carries the ports); later ones follow it by datagram, or wait for it.
     pub(super) fn fragment(&mut self, iface: usize, mut pkt: Q::Buf, handed: bool) {
@@ -52,9 +52,7 @@ impl<Q: PortQueue> Worker<Q> {
                             if self.frag_held[k].key == key {
                                 let h = self.frag_held.swap_remove(k);
                                 bump(&self.counters.handoff_out, 1);
-                                if self.fabric.handoff[owner].push((h.iface, h.buf)).is_err() {
-                                    self.drop_pkt(DropReason::HandoffFull);
-                                }
+                                self.hand_off(owner, h.iface, h.buf);
                             } else {
                                 k += 1;
                             }
@@ -74,9 +72,7 @@ impl<Q: PortQueue> Worker<Q> {
             };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
-                if self.fabric.handoff[owner].push((iface as u8, pkt)).is_err() {
-                    self.drop_pkt(DropReason::HandoffFull);
-                }
+                self.hand_off(owner, iface as u8, pkt);
                 return;
             }
         }
@@ -167,7 +163,7 @@ impl<Q: PortQueue> Worker<Q> {
         } else {
             0
         };
-        let mtu = self.queues.get(egress as usize).map_or(usize::MAX, |q| q.caps().mtu as usize);
+        let mtu = self.caps.get(egress as usize).map_or(usize::MAX, |c| c.mtu as usize);
         if f.end - f.l3 + over > mtu {
             // Not the first fragment: no ICMP error (RFC 1122 3.2.2).
             return Next::Drop(DropReason::TooBig);
@@ -200,7 +196,7 @@ impl<Q: PortQueue> Worker<Q> {
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };
-                if !encap_ipip(pkt, &f.as_parsed(), src, rs, self.queues[iface].caps().mtu) {
+                if !encap_ipip(pkt, &f.as_parsed(), src, rs, self.caps[iface].mtu) {
                     return Next::Drop(DropReason::TooBig);
                 }
             }

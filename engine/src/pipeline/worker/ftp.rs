@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Give control connection `idx` (service `si`, real server `di`) its FTP gateway session:
     /// a new one, or (`resume`: a cluster peer carried it until now) one continuing the
     /// peer's sequence-number translation.
@@ -260,7 +260,7 @@ pub(super) struct Broker<'a> {
 }
 
 impl<'a> Broker<'a> {
-    fn new<Q: PortQueue>(w: &'a mut Worker<Q>, idx: u32) -> Self {
+    fn new<Q: BufAlloc>(w: &'a mut Worker<Q>, idx: u32) -> Self {
         let c = w.flows.get(idx);
         let (gen, svc, dest, fwd) = (c.gen, c.svc, c.dest, c.fwd);
         let laddr = if fwd == Forward::Fnat { w.flows.laddr_of(c) } else { 0 };

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
     /// takes): turned into ICMP "fragmentation needed" / ICMPv6 "packet too big" back to its
     /// sender when [`icmpgen::may_answer`] allows and the worker's token bucket has a token;

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Send an ARP request / neighbour solicitation for `nh` (rate limited).
     pub(super) fn solicit(&mut self, iface: usize, nh: Addr) {
         if !self.neigh.should_ask(nh, self.now) {
@@ -12,7 +12,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return };
         let mac = self.snap.ifaces[iface].mac;
-        let Some(mut b) = self.queues[iface].alloc() else {
+        let Some(mut b) = self.allocs[iface].alloc() else {
             self.drop_pkt(DropReason::NoBuffer);
             return;
         };

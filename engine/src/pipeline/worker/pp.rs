@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// PROXY protocol on a segment of connection `idx` (see [`crate::pipeline::proxyproto`]): the
     /// client's SYN gives the stream start; a client segment at the start gets the header in
     /// front of its payload, later ones are shifted by its length; the server's
@@ -33,10 +33,8 @@ impl<Q: PortQueue> Worker<Q> {
                 } else if pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0) {
                     // The header goes in front of this segment's payload.
                     let h = pp.delta() as usize;
-                    let mtu = self
-                        .queues
-                        .get(self.flows.if_in(self.flows.get(idx)) as usize)
-                        .map_or(1500, |q| q.caps().mtu as usize);
+                    let mtu =
+                        self.caps.get(self.flows.if_in(self.flows.get(idx)) as usize).map_or(1500, |c| c.mtu as usize);
                     if p.end - p.l3 + h > mtu.max(576) {
                         return Err(Next::Drop(DropReason::TooBig));
                     }

@@ -84,7 +84,7 @@ pub fn handler(owner: u8, nodes: impl Iterator<Item = u8>, live: impl Fn(u8) -> 
     nodes.filter(|n| *n != owner && live(*n)).max_by_key(|n| (hrw(owner, *n), *n))
 }
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Full NAT in a cluster: `Some` when the packet of FTP control connection `idx` belongs to
     /// another node (sent there, or parked while its MAC resolves), `None` to handle it here.
     #[inline(never)]

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Install a new configuration. Everything that belongs to a service
     /// and real server that still exist (see [`crate::pipeline::remap`] for what
     /// "still exist" means) carries over: connections, persistence
@@ -211,6 +211,13 @@ impl<Q: PortQueue> Worker<Q> {
 }
 
 /// A full NAT local address a reload removed (see [`Worker::retire_laddrs`]).
+impl Retired {
+    /// End of the grace period (ns).
+    pub(super) fn until(&self) -> u64 {
+        self.until
+    }
+}
+
 pub(super) struct Retired {
     addr: Addr,
     /// `[engine] local_port_range` when it was removed: its ports' owners.

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Hand this poll's sync entries to the sync thread (one batch per poll).
     pub fn flush_sync(&mut self) {
         if self.sync_out.is_empty() {

@@ -32,7 +32,7 @@ const MIN_MSS: usize = 88;
 /// `too_big` and the peer's retransmission tries again.
 const MAX_SPLIT: usize = 8;
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Largest MSS a control connection's SYN or SYN-ACK may announce:
     /// the MTU minus IP and TCP headers (RFC 6691: options are the
     /// sender's business), minus an IPIP header for tunnelled servers,
@@ -47,7 +47,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// `if_out`). With DR the balancer only has `if_in`.
     pub(super) fn ftp_mss_limit(&self, idx: u32, v6: bool) -> u16 {
         let c = self.flows.get(idx);
-        let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
+        let mtu_of = |i: u8| self.caps.get(i as usize).map_or(1500, |c| c.mtu as usize);
         let mut mtu = mtu_of(self.flows.if_in(c));
         if c.fwd.two_way() {
             mtu = mtu.min(mtu_of(self.flows.if_out(c)));
@@ -69,7 +69,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// conservatively. What exceeds it anyway is split, see `ftp_replace`.
     pub(super) fn ftp_max_payload(&self, idx: u32) -> usize {
         let c = self.flows.get(idx);
-        let mtu_of = |i: u8| self.queues.get(i as usize).map_or(1500, |q| q.caps().mtu as usize);
+        let mtu_of = |i: u8| self.caps.get(i as usize).map_or(1500, |c| c.mtu as usize);
         let mut mtu = mtu_of(self.flows.if_in(c));
         if c.fwd.two_way() {
             mtu = mtu.min(mtu_of(self.flows.if_out(c)));
@@ -148,10 +148,10 @@ impl<Q: PortQueue> Worker<Q> {
             Forward::Tunnel => 40,
             _ => 0,
         };
-        let Some(q) = self.queues.get(egress) else {
+        let Some(q) = self.caps.get(egress) else {
             return Err(Next::Drop(DropReason::NoRoute));
         };
-        let mtu = (q.caps().mtu as usize).max(576) - tunnel;
+        let mtu = (q.mtu as usize).max(576) - tunnel;
         let hdr = p.payload - p.l3;
         let room = mtu.saturating_sub(hdr).min(pkt.capacity().saturating_sub(p.payload));
         if room == 0 {
@@ -167,7 +167,7 @@ impl<Q: PortQueue> Worker<Q> {
         let seq_at = |off: usize| if off == 0 { seq } else { seq.wrapping_add(syn).wrapping_add(off as u32) };
         let mut off = 0;
         for k in 0..pieces - 1 {
-            let Some(mut b) = self.queues[egress].alloc() else {
+            let Some(mut b) = self.allocs[egress].alloc() else {
                 return Err(Next::Drop(DropReason::NoBuffer));
             };
             if !b.set_len(p.payload + room) {
@@ -198,7 +198,7 @@ impl<Q: PortQueue> Worker<Q> {
     }
 }
 
-impl<Q: PortQueue> Worker<Q> {
+impl<Q: BufAlloc> Worker<Q> {
     /// Redo the TCP state transition of the segment just handled on
     /// connection `idx`, from `before`, with `flags` (what actually went out:
     /// a FIN the gateway kept back must not move the connection to

@@ -1,0 +1,272 @@
+//! The worker's sans-IO core driven directly, without any port: a fixture table of frames in
+//! (time, interface, frame) and, for each, the verdict and the frames that come out of
+//! `poll_transmit`; timers through `poll_timeout` / `handle_timeout`.
+
+mod common;
+use common::*;
+use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::pipeline::snapshot::Snapshot;
+use ferrovs_engine::pipeline::worker::{Fabric, Verdict, Worker};
+use ferrovs_engine::port::memory::{default_mac, HeapBuf};
+use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+const SERVICES: &str = r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service]]
+name = "far"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [81]
+forward = "nat"
+
+# No [[neighbor]] for it: resolved by ARP.
+[[service.real_server]]
+address = "10.0.2.9"
+"#;
+
+const RS9: [u8; 4] = [10, 0, 2, 9];
+const RS9_MAC: [u8; 6] = [2, 0, 0, 0, 2, 9];
+
+/// Worker 0 of `workers`, its core alone: heap-buffer allocators and the ports' capabilities.
+fn core(workers: usize) -> (Worker<HeapAlloc>, Arc<Fabric<HeapBuf>>) {
+    let mut config = config(SERVICES);
+    config.engine.workers = workers;
+    let macs: Vec<[u8; 6]> =
+        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
+    let caps: Vec<PortCaps> = config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: workers as u16, mtu: 1500 })
+        .collect();
+    let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
+    let fabric = Fabric::new(workers);
+    let allocs = vec![HeapAlloc; caps.len()];
+    (Worker::new(0, allocs, caps, snap, fabric.clone()), fabric)
+}
+
+fn out(w: &mut Worker<HeapAlloc>) -> Vec<(usize, Vec<u8>)> {
+    std::iter::from_fn(|| w.poll_transmit()).map(|(i, b)| (i, b.data().to_vec())).collect()
+}
+
+/// What one step's output must be.
+enum Want {
+    /// Exactly these frames.
+    Frames(Vec<(usize, Vec<u8>)>),
+    /// One frame on this interface, whose bytes pass this check.
+    One(usize, fn(&[u8]) -> bool),
+}
+
+struct Step {
+    what: &'static str,
+    now: u64,
+    iface: usize,
+    frame: Vec<u8>,
+    verdict: Verdict,
+    out: Want,
+}
+
+fn run(w: &mut Worker<HeapAlloc>, steps: Vec<Step>) {
+    for s in steps {
+        let v = w.handle(s.now, s.iface, HeapBuf::from_slice(&s.frame));
+        assert_eq!(v, s.verdict, "{}: verdict", s.what);
+        let got = out(w);
+        for (_, f) in &got {
+            if f[12..14] != [0x08, 0x06] {
+                verify_checksums(f).unwrap_or_else(|e| panic!("{}: bad checksum: {e}", s.what));
+            }
+        }
+        match s.out {
+            Want::Frames(want) => assert_eq!(got, want, "{}: frames out", s.what),
+            Want::One(i, check) => {
+                assert_eq!(got.len(), 1, "{}: one frame out, got {got:?}", s.what);
+                assert_eq!(got[0].0, i, "{}: interface", s.what);
+                assert!(check(&got[0].1), "{}: frame {:?}", s.what, got[0].1);
+            }
+        }
+    }
+}
+
+fn from_client(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, CLIENT_MAC, LB_EXT)
+}
+
+#[test]
+fn fixtures() {
+    let (mut w, fabric) = core(1);
+    let mut arp_reply_ext = arp_reply(LB_EXT, [10, 0, 1, 1], CLIENT_MAC, CLIENT);
+    arp_reply_ext.resize(60, 0);
+    let steps = vec![
+        Step {
+            what: "ARP request for the interface address: the reply comes out of poll_transmit",
+            now: S,
+            iface: EXT,
+            frame: arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 1]),
+            verdict: Verdict::Tx(EXT),
+            out: Want::One(EXT, |f| f[..6] == CLIENT_MAC && f[20..22] == [0, 2] && f[22..28] == LB_EXT),
+        },
+        Step {
+            what: "NAT SYN: to rs1:8080, TTL-1, MACs rewritten",
+            now: S,
+            iface: EXT,
+            frame: from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")),
+            verdict: Verdict::Tx(INT),
+            out: Want::Frames(vec![(
+                INT,
+                set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_SYN, 1000, 0, b""), LB_INT, RS1_MAC), 63),
+            )]),
+        },
+        Step {
+            what: "NAT reply: source rewritten to the VIP",
+            now: S + 1000,
+            iface: INT,
+            frame: with_macs(tcp4(RS1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC, LB_INT),
+            verdict: Verdict::Tx(EXT),
+            out: Want::Frames(vec![(
+                EXT,
+                set_ttl(
+                    with_macs(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), LB_EXT, CLIENT_MAC),
+                    63,
+                ),
+            )]),
+        },
+        Step {
+            what: "established NAT: the client's data rewritten to rs1:8080",
+            now: S + 2000,
+            iface: EXT,
+            frame: from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, b"GET /")),
+            verdict: Verdict::Tx(INT),
+            out: Want::Frames(vec![(
+                INT,
+                set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK, 1001, 5001, b"GET /"), LB_INT, RS1_MAC), 63),
+            )]),
+        },
+        Step {
+            what: "to a real server with no known MAC: parked, an ARP request goes out",
+            now: S + 3000,
+            iface: EXT,
+            frame: from_client(tcp4(CLIENT, 40001, VIP, 81, TCP_SYN, 7, 0, b"")),
+            verdict: Verdict::Parked,
+            out: Want::One(INT, |f| is_solicitation(f) && f[38..42] == RS9),
+        },
+        Step {
+            what: "the ARP reply releases the parked SYN through poll_transmit",
+            now: S + 4000,
+            iface: INT,
+            frame: arp_reply(RS9_MAC, RS9, LB_INT, [10, 0, 2, 1]),
+            verdict: Verdict::Drop(DropReason::NotForUs),
+            out: Want::Frames(vec![(
+                INT,
+                set_ttl(with_macs(tcp4(CLIENT, 40001, RS9, 81, TCP_SYN, 7, 0, b""), LB_INT, RS9_MAC), 63),
+            )]),
+        },
+        Step {
+            what: "a SYN to an address no service has: a counted drop, nothing out",
+            now: S + 5000,
+            iface: EXT,
+            frame: from_client(tcp4(CLIENT, 40002, [10, 0, 1, 77], 80, TCP_SYN, 1, 0, b"")),
+            verdict: Verdict::Drop(DropReason::NoFlow),
+            out: Want::Frames(vec![]),
+        },
+        Step {
+            what: "a truncated frame: a counted drop",
+            now: S + 6000,
+            iface: EXT,
+            frame: from_client(tcp4(CLIENT, 40003, VIP, 80, TCP_SYN, 1, 0, b""))[..30].to_vec(),
+            verdict: Verdict::Drop(DropReason::Malformed),
+            out: Want::Frames(vec![]),
+        },
+        Step {
+            what: "an interface the core has no port for",
+            now: S + 7000,
+            iface: 9,
+            frame: arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 1]),
+            verdict: Verdict::Drop(DropReason::NoRoute),
+            out: Want::Frames(vec![]),
+        },
+    ];
+    run(&mut w, steps);
+    assert_eq!(w.flows.len(), 2);
+    assert_eq!(fabric.counters[0].flows_expired.load(Relaxed), 0);
+}
+
+#[test]
+fn timeouts_expire_connections() {
+    let (mut w, fabric) = core(1);
+    let syn = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b""));
+    assert_eq!(w.handle(S, EXT, HeapBuf::from_slice(&syn)), Verdict::Tx(INT));
+    out(&mut w);
+    assert_eq!(w.flows.len(), 1);
+    // Something to sweep: the core wants a timeout now.
+    assert_eq!(w.poll_timeout(), Some(S));
+    // Well before the SYN's timeout: still there.
+    w.handle_timeout(S + 1_000_000);
+    assert_eq!(w.flows.len(), 1);
+    // An hour later, the sweep expires it (incrementally: a few timeouts at most).
+    let later = S + 3600 * S;
+    for _ in 0..w.flows.slots() {
+        if w.flows.is_empty() {
+            break;
+        }
+        w.handle_timeout(later);
+    }
+    assert!(w.flows.is_empty(), "the connection expired");
+    assert_eq!(fabric.counters[0].flows_expired.load(Relaxed), 1);
+    // Nothing left but the scheduler's tick.
+    assert_eq!(w.poll_timeout(), Some(((later >> 30) + 1) << 30));
+    assert!(out(&mut w).is_empty());
+}
+
+#[test]
+fn parked_packets_time_out() {
+    let (mut w, fabric) = core(1);
+    let syn = from_client(tcp4(CLIENT, 40001, VIP, 81, TCP_SYN, 7, 0, b""));
+    assert_eq!(w.handle(S, EXT, HeapBuf::from_slice(&syn)), Verdict::Parked);
+    assert_eq!(out(&mut w).len(), 1, "the ARP request");
+    // The parked packet's deadline is among the timers.
+    let t = w.poll_timeout().expect("a deadline");
+    assert!(t <= S + 3 * S, "{t}");
+    w.handle_timeout(S + 10 * S);
+    assert_eq!(w.pending_len(), 0);
+    assert_eq!(fabric.counters[0].drops_of(DropReason::NoNeighbor), 1);
+    // The ARP reply comes too late: nothing released.
+    w.handle(S + 11 * S, INT, HeapBuf::from_slice(&arp_reply(RS9_MAC, RS9, LB_INT, [10, 0, 2, 1])));
+    assert!(out(&mut w).is_empty());
+}
+
+#[test]
+fn packets_of_another_worker_come_out_of_poll_handoff() {
+    let (mut w, fabric) = core(2);
+    let mut handed = 0;
+    for c in 2..40u8 {
+        let client = [10, 0, 1, c];
+        let syn = with_macs(tcp4(client, 40000, VIP, 80, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT);
+        match w.handle(S, EXT, HeapBuf::from_slice(&syn)) {
+            Verdict::Handoff(owner) => {
+                assert_eq!(owner, 1);
+                let (o, i, b) = w.poll_handoff().expect("the handed packet");
+                assert_eq!((o, i as usize, b.data()), (1, EXT, &syn[..]));
+                handed += 1;
+            }
+            v => assert!(matches!(v, Verdict::Tx(INT) | Verdict::Parked), "{v:?}"),
+        }
+        out(&mut w);
+    }
+    assert!(handed > 0 && handed < 38, "some clients belong to worker 1: {handed}");
+    assert_eq!(fabric.counters[0].handoff_out.load(Relaxed), handed);
+}
