@@ -145,7 +145,7 @@ pub mod parse;
 mod seq;
 mod session;
 
-pub use session::{FtpSession, Stats, MAX_LINE};
+pub use session::{FtpSession, Quick, Stats, MAX_LINE};
 
 /// One direction's sequence-number translation reduced to its newest rewrite, as a cluster
 /// peer needs it to carry a control connection on after the node that rewrote it failed:

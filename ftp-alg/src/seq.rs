@@ -91,6 +91,11 @@ impl Shifts {
         h
     }
 
+    /// Maps every number to itself: no rewrite remembered and no delta before them.
+    pub fn is_identity(&self) -> bool {
+        self.len == 0 && self.base == 0
+    }
+
     /// Current delta: applies to every byte after the newest rewrite.
     pub fn current(&self) -> i32 {
         self.as_slice().last().map_or(self.base, |s| s.after)

@@ -193,6 +193,17 @@ impl HoldOn {
     }
 }
 
+/// What [`FtpSession::on_segment_quick_in`] made of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quick {
+    /// Taken: forward it as is (its numbers translated); no expectation, no event.
+    Forward,
+    /// Its data lies beyond the window given: nothing changed (the engine drops it).
+    OutOfWindow,
+    /// Not the quick path's: nothing changed, call [`FtpSession::on_segment_with`].
+    Full,
+}
+
 /// The FTP gateway state of one control connection. Feed it every payload-carrying segment with
 /// [`FtpSession::on_segment`] and map sequence/acknowledgement numbers with
 /// [`FtpSession::map_seq`] / [`FtpSession::map_ack`].
@@ -222,6 +233,10 @@ pub struct FtpSession {
     desync: bool,
     /// Data ports below 1024 may be opened.
     allow_low_ports: bool,
+    /// Either direction's sequence numbers may move ([`FtpSession::map_seq`] /
+    /// [`FtpSession::map_ack`] are not the identity): a rewrite was recorded, or the session
+    /// resumed a peer's translation.
+    shifted: bool,
 }
 
 impl FtpSession {
@@ -240,6 +255,7 @@ impl FtpSession {
             greeted: false,
             desync: false,
             allow_low_ports: false,
+            shifted: false,
         }
     }
 
@@ -252,6 +268,7 @@ impl FtpSession {
         s.greeted = true;
         s.orig.shifts = crate::seq::Shifts::resumed(orig);
         s.reply.shifts = crate::seq::Shifts::resumed(reply);
+        s.shifted = !(s.orig.shifts.is_identity() && s.reply.shifts.is_identity());
         s
     }
 
@@ -326,6 +343,15 @@ impl FtpSession {
         } else {
             0
         }
+    }
+
+    /// True while no sequence number moves in either direction: [`FtpSession::map_seq`] and
+    /// [`FtpSession::map_ack`] return what they are given (no rewrite changed a length, no
+    /// peer's translation was resumed). The common case, and a flood's: the engine then has
+    /// no number to translate.
+    #[inline]
+    pub fn unshifted(&self) -> bool {
+        !self.shifted
     }
 
     /// Maps the sequence number of a segment travelling in `dir` (original space, as seen on the
@@ -415,30 +441,48 @@ impl FtpSession {
     /// bytes, without a line end, of a line the gateway skips (longer than [`MAX_LINE`], or
     /// after a gap), or any new bytes once the connection turned to TLS. Otherwise changes
     /// nothing and returns false: call [`FtpSession::on_segment_with`].
+    #[inline]
     pub fn on_segment_quick(&mut self, dir: Dir, seq: u32, payload: &[u8]) -> bool {
+        self.on_segment_quick_in(dir, seq, payload, u32::MAX) == Quick::Forward
+    }
+
+    /// [`FtpSession::on_segment_quick`] that also tells a segment whose data starts more
+    /// than `window` bytes (and less than 2^31) past the next byte the gateway expects in
+    /// `dir`: [`Quick::OutOfWindow`], nothing changed (no receiver takes such data; fed to
+    /// [`FtpSession::on_segment`] it would look like a gap). The engine's per-segment step:
+    /// one look at the direction's state.
+    #[inline(always)]
+    pub fn on_segment_quick_in(&mut self, dir: Dir, seq: u32, payload: &[u8], window: u32) -> Quick {
         if payload.is_empty() {
-            return true;
+            return Quick::Forward;
         }
         let tls = self.tls;
         let st = self.stream_mut(dir);
-        if !st.started || st.held {
-            return false;
+        if !st.started {
+            return Quick::Full;
+        }
+        let ahead = seq.wrapping_sub(st.next);
+        if ahead > window && ahead < 1 << 31 {
+            return Quick::OutOfWindow;
+        }
+        if st.held {
+            return Quick::Full;
         }
         let end = seq.wrapping_add(payload.len() as u32);
-        if seq == st.next {
+        if ahead == 0 {
             if tls || (st.skipping && !payload.contains(&b'\n')) {
                 st.has_data = true;
                 st.next = end;
-                return true;
+                return Quick::Forward;
             }
-            return false;
+            return Quick::Full;
         }
         let old = seq::before(seq, st.next) && !seq::after(end, st.next);
         if old && !st.shifts.as_slice().iter().any(|s| seq::before(s.start, end) && seq::after(s.end(), seq)) {
             self.stats.retransmits += 1;
-            return true;
+            return Quick::Forward;
         }
-        false
+        Quick::Full
     }
 
     /// [`FtpSession::on_segment`] asking `pins` for every data connection before announcing
@@ -727,6 +771,7 @@ impl FtpSession {
             let field_seq = line_seq.wrapping_add(r.range.start as u32);
             let orig_len = r.range.len();
             self.stream_mut(dir).shifts.push(field_seq, orig_len, &r.text[..r.len]);
+            self.shifted = true;
             self.stats.rewrites += 1;
         }
         line.clear();

@@ -92,6 +92,15 @@ proptest! {
             }
             let _ = s.map_seq(dir, seq);
             let _ = s.map_ack(dir, seq);
+            // `unshifted` promises the identity (the engine then translates nothing).
+            if s.unshifted() {
+                for d in [Dir::Original, Dir::Reply] {
+                    for x in [seq, seq.wrapping_add(7), isn, isn.wrapping_sub(3)] {
+                        prop_assert_eq!(s.map_seq(d, x), x);
+                        prop_assert_eq!(s.map_ack(d, x), x);
+                    }
+                }
+            }
             for e in &a.expectations {
                 prop_assert_eq!(e.expires, now as u64 + 5);
             }
@@ -221,4 +230,38 @@ fn tiny_segments_of_an_endless_line_take_the_quick_path() {
     assert_eq!(s.on_segment(0, Dir::Original, end, b"\n", &mut a), Verdict::Forward);
     assert!(!s.on_segment_quick(Dir::Original, end + 1, b"P"), "a new line is read again");
     assert!(!s.on_segment_quick(Dir::Original, end + 9, b"P"), "after a gap: the full parser");
+    // Far ahead of the window: told apart, nothing changed; an empty segment is never.
+    let window = 65_535 << 14;
+    let stats = s.stats();
+    let next = end + 1; // past the line end
+    for ahead in [window + 1, 0x7fff_ffff] {
+        assert_eq!(s.on_segment_quick_in(Dir::Original, next + ahead, b"X", window), Quick::OutOfWindow);
+        assert_eq!(s.on_segment_quick_in(Dir::Original, next + ahead, b"", window), Quick::Forward);
+    }
+    assert_eq!(s.on_segment_quick_in(Dir::Original, next + window, b"X", window), Quick::Full, "in the window: a gap");
+    assert_eq!(s.on_segment_quick_in(Dir::Original, 1000, b"N", window), Quick::Forward, "a retransmission");
+    assert_eq!(s.next_seq(Dir::Original), Some(next));
+    assert_eq!(s.stats().retransmits, stats.retransmits + 1);
+    assert_eq!(s.stats().gaps, stats.gaps);
+}
+
+/// `unshifted` holds until a rewrite is recorded, and on a session resumed from a peer only if
+/// the peer's translation moved nothing.
+#[test]
+fn unshifted_until_a_rewrite() {
+    let mut s = FtpSession::new(params(Mode::Nat, false));
+    let mut a = Actions::default();
+    assert!(s.unshifted());
+    assert_eq!(s.on_segment(0, Dir::Original, 1000, b"PASV\r\n", &mut a), Verdict::Forward);
+    assert!(s.unshifted(), "a command passed unchanged moves nothing");
+    let v = s.on_segment(0, Dir::Reply, 5000, b"227 Entering Passive Mode (10,0,2,2,4,1)\r\n", &mut a);
+    assert!(matches!(v, Verdict::Replace { .. }), "{v:?}");
+    assert!(!s.unshifted(), "the 227 was rewritten (10,0,2,2 -> 10,0,0,100: two bytes longer)");
+    assert_eq!(s.map_seq(Dir::Reply, 5100), 5102);
+    let zero = SeqShift { at: 0, before: 0, after: 0 };
+    let r = FtpSession::resume(params(Mode::Nat, false), zero, zero);
+    assert!(r.unshifted());
+    let moved = SeqShift { at: 7000, before: 0, after: 3 };
+    assert!(!FtpSession::resume(params(Mode::Nat, false), zero, moved).unshifted());
+    assert!(!FtpSession::resume(params(Mode::Nat, false), SeqShift { at: 0, before: -2, after: -2 }, zero).unshifted());
 }

@@ -1570,8 +1570,10 @@ impl<Q: BufAlloc> Worker<Q> {
     fn forward(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         // Egress MTU (IPVS `ensure_mtu_is_adequate`), before the packet changes any state: one
         // compare on the fast path; a packet too big becomes an ICMP error to its sender.
-        {
-            let c = self.flows.get(idx);
+        let c = self.flows.get(idx);
+        // FTP control connections are exempt: the gateway cuts every segment it writes
+        // to the egress MTU (`ftp_replace`), and their handshake MSS is clamped to it.
+        if c.flags & F_ALG == 0 {
             let (egress, over) = match (dir, c.fwd) {
                 (Dir::Out, _) => (self.flows.if_out(c), 0),
                 (Dir::In, Forward::Tunnel) => {
@@ -1580,9 +1582,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 (Dir::In, _) => (self.flows.if_in(c), 0),
             };
             let mtu = self.caps.get(egress as usize).map_or(usize::MAX, |c| c.mtu as usize);
-            // FTP control connections are exempt: the gateway cuts every segment it writes
-            // to the egress MTU (`ftp_replace`), and their handshake MSS is clamped to it.
-            if p.end - p.l3 + over > mtu && c.flags & F_ALG == 0 {
+            if p.end - p.l3 + over > mtu {
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
         }
@@ -1637,10 +1637,11 @@ impl<Q: BufAlloc> Worker<Q> {
             };
         }
         let c = self.flows.get(idx);
+        let (flags, fwd) = (c.flags, c.fwd);
         let ftp_p;
-        let p = if c.flags & F_ALG != 0 {
+        let p = if flags & F_ALG != 0 {
             // Cluster, full NAT: the session's handling node may be another one.
-            if c.fwd == Forward::Fnat && self.snap.config.cluster.is_some() {
+            if fwd == Forward::Fnat && self.snap.config.cluster.is_some() {
                 if let Some(n) = self.alg_redirect(idx, pkt) {
                     return n;
                 }
@@ -1652,6 +1653,18 @@ impl<Q: BufAlloc> Worker<Q> {
                         self.redo_tcp_state(idx, dir, state_before, None);
                     }
                     return n;
+                }
+                Ok(None) if flags & (F_SYNPROXY | F_XLAT) == 0 && fwd.two_way() => {
+                    // The gateway's common end (a segment it only translated: every tiny one
+                    // of a flood): NAT or full NAT as on the fast path, in line.
+                    let c = self.flows.get(idx);
+                    let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+                    let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
+                    let d = pkt.data_mut();
+                    if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
+                        return Next::Drop(r);
+                    }
+                    return self.l2_write(idx, dir == Dir::In, d);
                 }
                 Ok(None) => p,
                 Ok(Some(replaced)) => {

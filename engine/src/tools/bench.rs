@@ -29,9 +29,9 @@
 //!   a PORT data connection, set up through the gateway; then ACK segments
 //!   on the data connections (both directions) and on the control
 //!   connection (which goes through the gateway's seq/ack mapping).
-//! - `ftp-data`: the `ftp` set-up, then ACK segments on the data connections
-//!   only (passive and active, both directions): compare its instructions per
-//!   packet with `established`.
+//! - `ftp-data`: the `ftp` set-up (each data connection's handshake completed),
+//!   then ACK segments on the data connections only (passive and active, both
+//!   directions): compare its instructions per packet with `established`.
 //!
 //! - `synflood`: the `established` traffic with, between every two of its
 //!   packets, a SYN from a spoofed source to a service whose SYN proxy is on
@@ -627,7 +627,7 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
         }
         Scenario::Ftp | Scenario::FtpData => {
             let all = clients(w, workers, (flows / 3).max(1));
-            let mut t = Templates::new(len, stride, all.len() * 4);
+            let mut t = Templates::new(len, stride, all.len() * 5);
             // In chunks: the gateway keeps at most 65536 pending
             // expectations per worker; each chunk's are used before the next.
             for (ci, chunk) in all.chunks(16384).enumerate() {
@@ -732,6 +732,28 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                         return Err(format!("passive data connection went to {d:?}, expected {r:?}:{p}"));
                     }
                 }
+                drop(out);
+                // Its handshake completes (SYN-ACK from the server, ACK from the client), as the
+                // established scenario's do: the measured segments then find it ESTABLISHED.
+                step(
+                    rig,
+                    INT,
+                    cl.iter()
+                        .zip(&rs)
+                        .zip(&rports)
+                        .map(|((&c, &r), &rp)| {
+                            frame(&tcp(rs_mac(r), LB_INT, (r, rp), pdata(c), TCP_SYN | TCP_ACK, 7, 2), len)
+                        })
+                        .collect(),
+                )?;
+                step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .zip(&vports)
+                        .map(|(&c, &vp)| frame(&tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_ACK, 2, 8), len))
+                        .collect(),
+                )?;
                 // 7. PORT from the client, 8. the server's active data SYN.
                 let adata = |c: ([u8; 4], u16)| (c.0, c.1.wrapping_add(2));
                 step(
@@ -770,10 +792,29 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
                     }
                 }
                 drop(out);
+                // The client's SYN-ACK and the server's ACK complete it.
+                step(
+                    rig,
+                    EXT,
+                    cl.iter()
+                        .map(|&c| frame(&tcp(GW_MAC, LB_EXT, adata(c), (VIP_FTP, 20), TCP_SYN | TCP_ACK, 1, 8), len))
+                        .collect(),
+                )?;
+                step(
+                    rig,
+                    INT,
+                    cl.iter()
+                        .zip(&rs)
+                        .map(|(&c, &r)| frame(&tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_ACK, 8, 2), len))
+                        .collect(),
+                )?;
                 for ((&c, &r), (&vp, &rp)) in cl.iter().zip(&rs).zip(vports.iter().zip(&rports)) {
                     t.push(INT, &tcp(rs_mac(r), LB_INT, (r, rp), pdata(c), TCP_ACK, 8, 2));
                     t.push(EXT, &tcp(GW_MAC, LB_EXT, pdata(c), (VIP_FTP, vp), TCP_ACK, 2, 8));
                     t.push(INT, &tcp(rs_mac(r), LB_INT, (r, 20), adata(c), TCP_ACK, 8, 2));
+                    // Both directions of the active one too: half the segments towards the
+                    // real servers and half back, as in `established`.
+                    t.push(EXT, &tcp(GW_MAC, LB_EXT, adata(c), (VIP_FTP, 20), TCP_ACK, 2, 8));
                     if sc == Scenario::Ftp {
                         t.push(EXT, &tcp(GW_MAC, LB_EXT, c, (VIP_FTP, 21), TCP_ACK, cseq + 40, sseq_ctl));
                     }
@@ -1386,6 +1427,25 @@ mod tests {
         let r = small(Scenario::Synflood, 1);
         assert!(r.per_worker[0].cookies_per_sec > 0.0);
         assert_eq!(r.per_worker[0].flows_created, 0, "the flood creates no state");
+    }
+
+    /// `ftp-data` compares FTP data connections with `established` ones: like those, each
+    /// completed its handshake (passive and active), so the measured segments find it
+    /// ESTABLISHED, and they stay so.
+    #[test]
+    fn ftp_data_connections_are_established() {
+        let mut p = Prepared::new(Scenario::FtpData, 300, 64).expect("set up");
+        let check = |p: &Prepared| {
+            let conns = p.rig.w.list_conns();
+            let data = conns.iter().filter(|c| c.parent.is_some()).count();
+            assert_eq!(data, 2 * 100, "a passive and an active data connection per session");
+            for c in &conns {
+                assert_eq!(c.state, "ESTABLISHED", "{c:?}");
+            }
+        };
+        check(&p);
+        p.run(2000);
+        check(&p);
     }
 
     #[test]

@@ -64,11 +64,16 @@ impl<Q: BufAlloc> Worker<Q> {
         let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
         let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() else { return Ok(None) };
-        if ftp_out_of_window(s, adir, seq, p.payload_len()) {
-            return Err(Next::Drop(DropReason::OutOfWindow));
+        // Out of the window (see `ftp_out_of_window`) or taken, in one look at the stream.
+        match s.on_segment_quick_in(adir, seq, &pkt.data()[p.payload..p.end], MAX_TCP_WINDOW) {
+            alg::Quick::Forward => {}
+            alg::Quick::OutOfWindow => return Err(Next::Drop(DropReason::OutOfWindow)),
+            alg::Quick::Full => return self.ftp_segment_full(idx, dir, pkt, p),
         }
-        if !s.on_segment_quick(adir, seq, &pkt.data()[p.payload..p.end]) {
-            return self.ftp_segment_full(idx, dir, pkt, p);
+        // No number moves (no rewrite yet: most sessions, and every flood's) and no options
+        // (SACK edges) to look at: the segment leaves with its own numbers.
+        if s.unshifted() && p.payload <= p.l4 + 20 {
+            return Ok(None);
         }
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
         let new_seq = s.map_seq(adir, seq);
