@@ -596,6 +596,18 @@ fn index_slots(cap: usize) -> usize {
 /// Interned values per kind (ids are 2 bytes).
 const INTERN_LIMIT: usize = u16::MAX as usize + 1;
 
+/// Hash seed of every table built from now on in this process (0: a random seed per table,
+/// the default). Only `ferrovs bench` sets it, so that its instruction counts (callgrind)
+/// compare between builds: the probe lengths, and with them the cost per packet, vary by
+/// about ±1.5 % from one random seed to the next. A daemon keeps random seeds (an attacker
+/// must not be able to aim a flood at one probe sequence).
+static FIXED_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`FIXED_SEED`]: tables built after this call hash with `seed` (0: random again).
+pub fn fix_seed(seed: u64) {
+    FIXED_SEED.store(seed, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl FlowTable {
     pub fn new(cap: usize) -> Self {
         Self::with_intern_limit(cap, INTERN_LIMIT)
@@ -610,7 +622,10 @@ impl FlowTable {
         index.resize(n, EMPTY);
         let slab = Vec::with_capacity(cap);
         advise_huge(&slab);
-        let seed = {
+        let fixed = FIXED_SEED.load(std::sync::atomic::Ordering::Relaxed);
+        let seed = if fixed != 0 {
+            fixed | 1
+        } else {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_usize(&index as *const _ as usize);
             h.finish() | 1

@@ -401,6 +401,8 @@ impl Rig {
                 q
             })
             .collect();
+        // A fixed flow-table seed per worker: callgrind counts then compare between builds.
+        crate::flow::table::fix_seed(0x6a09_e667_f3bc_c908 ^ (id as u64) << 1);
         let w = Driver::new(id, queues, snap, fabric);
         let zero = vec![0u8; len.max(2 * HEAD)];
         let free = (0..BURST * 8).map(|_| HeapBuf::from_slice(&zero)).collect();
