@@ -1697,6 +1697,17 @@ mod tests {
         }
     }
 
+    /// Every live (connection, in key, out key) is found, and nothing else is in the table.
+    fn assert_live(t: &FlowTable, live: &[(u32, FlowKey, FlowKey)], step: usize) {
+        assert_eq!(t.len(), live.len());
+        for &(i, a, b) in live {
+            assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
+            if t.get(i).has_out_key() {
+                assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
+            }
+        }
+    }
+
     #[test]
     fn random_inserts_and_removes_keep_every_key_findable() {
         // A crowded index (small table, two keys per connection): probe
@@ -1738,13 +1749,7 @@ mod tests {
                 let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
                 t.remove(i);
             }
-            assert_eq!(t.len(), live.len());
-            for &(i, a, b) in &live {
-                assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
-                if t.get(i).has_out_key() {
-                    assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
-                }
-            }
+            assert_live(&t, &live, step);
         }
     }
 
@@ -1826,13 +1831,7 @@ mod tests {
                 let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
                 t.remove(i);
             }
-            assert_eq!(t.len(), live.len());
-            for &(i, a, b) in &live {
-                assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
-                if t.get(i).has_out_key() {
-                    assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
-                }
-            }
+            assert_live(&t, &live, step);
         }
         // Every reference went back with its connection.
         for (i, _, _) in live.drain(..) {

@@ -1616,13 +1616,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let c = self.flows.get(idx);
         if c.flags & (F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) == 0 && c.fwd.two_way() {
             // The common case: NAT or full NAT without the gateway (deltas precomputed).
-            let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
-            let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
-            let d = pkt.data_mut();
-            if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
-                return Next::Drop(r);
-            }
-            return self.l2_write(idx, dir == Dir::In, d);
+            return self.rewrite_plain(idx, dir, pkt, p);
         }
         if c.flags & F_SYNPROXY != 0 {
             if let Some(next) = self.proxy_segment(idx, dir, pkt, p) {
@@ -1657,14 +1651,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 Ok(None) if flags & (F_SYNPROXY | F_XLAT) == 0 && fwd.two_way() => {
                     // The gateway's common end (a segment it only translated: every tiny one
                     // of a flood): NAT or full NAT as on the fast path, in line.
-                    let c = self.flows.get(idx);
-                    let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
-                    let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
-                    let d = pkt.data_mut();
-                    if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
-                        return Next::Drop(r);
-                    }
-                    return self.l2_write(idx, dir == Dir::In, d);
+                    return self.rewrite_plain(idx, dir, pkt, p);
                 }
                 Ok(None) => p,
                 Ok(Some(replaced)) => {
@@ -1749,6 +1736,20 @@ impl<Q: BufAlloc> Worker<Q> {
     #[inline(always)]
     fn l2_out(&mut self, idx: u32, to_rs: bool, pkt: &mut Q::Buf) -> Next {
         self.l2_write(idx, to_rs, pkt.data_mut())
+    }
+
+    /// NAT or full NAT of a packet of connection `idx` with the precomputed deltas (no
+    /// gateway, proxy or translation left to do), then its Ethernet header.
+    #[inline(always)]
+    fn rewrite_plain(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        let c = self.flows.get(idx);
+        let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+        let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
+        let d = pkt.data_mut();
+        if let Err(r) = rewrite_conn(c, la, far, dir, d, p) {
+            return Next::Drop(r);
+        }
+        self.l2_write(idx, dir == Dir::In, d)
     }
 
     /// [`Worker::l2_out`] on the frame's bytes.

@@ -158,16 +158,7 @@ pub fn with_engine<R>(
     workers: usize,
     f: impl FnOnce(&mut MemEngine) -> R,
 ) -> R {
-    cell.with(|c| {
-        let mut c = c.borrow_mut();
-        let e = c.get_or_insert_with(|| {
-            let config = topology(flows) + rest;
-            let cfg = ferrovs_cfg::Config::from_str(&config, "fuzz.toml").expect("fuzz config");
-            MemEngine::new(cfg, workers)
-        });
-        e.reset();
-        f(e)
-    })
+    with_cached(cell, flows, rest, workers, MemEngine::new, MemEngine::reset, f)
 }
 
 /// [`with_engine`] for the cores alone ([`Cores`]).
@@ -178,14 +169,28 @@ pub fn with_cores<R>(
     workers: usize,
     f: impl FnOnce(&mut Cores) -> R,
 ) -> R {
+    with_cached(cell, flows, rest, workers, Cores::new, Cores::reset, f)
+}
+
+/// This thread's `T` in `cell`, built by `build` from the config on first use and `reset`
+/// before each use.
+fn with_cached<T, R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    flows: usize,
+    rest: &str,
+    workers: usize,
+    build: fn(ferrovs_cfg::Config, usize) -> T,
+    reset: fn(&mut T),
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
     cell.with(|c| {
         let mut c = c.borrow_mut();
         let e = c.get_or_insert_with(|| {
             let config = topology(flows) + rest;
             let cfg = ferrovs_cfg::Config::from_str(&config, "fuzz.toml").expect("fuzz config");
-            Cores::new(cfg, workers)
+            build(cfg, workers)
         });
-        e.reset();
+        reset(e);
         f(e)
     })
 }
