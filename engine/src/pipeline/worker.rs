@@ -49,6 +49,7 @@ use ferrovs_sched as sched;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+mod express;
 mod fragments;
 mod ftp;
 mod icmp;
@@ -236,11 +237,14 @@ pub struct Worker<Q: BufAlloc> {
     verified: Vec<(Addr, u64)>,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
-    /// Per rx burst: parse result, flow hash (0: none) and the index word
-    /// found by the burst's second pass (`NONE`: missed / not looked up).
-    /// Kept at (at least) the largest burst's length and overwritten in
-    /// place by each burst (entries past the burst are stale).
-    pre: Vec<Pre>,
+    /// Per rx burst: the full parse of each frame the express lane did not take (or
+    /// declined). Kept at (at least) the largest burst's length, like `lanes`, and
+    /// overwritten in place by each burst (entries past the burst are stale).
+    pre: Vec<Result<Parsed, parse::ParseError>>,
+    /// Per rx burst: flow hash, candidate index word and express offset (`express::Lane`).
+    lanes: Vec<express::Lane>,
+    /// The express lane on (tests turn it off to compare it with the general path).
+    express_on: bool,
     /// Per (service, real server) packet/byte deltas not yet folded into
     /// the shared `ServiceCounters` (see [`Worker::flush_svc_counters`]).
     acc: Vec<SvcAcc>,
@@ -393,6 +397,8 @@ impl<Q: BufAlloc> Worker<Q> {
             verified: Vec::new(),
             fabric,
             pre: Vec::with_capacity(crate::port::BURST),
+            lanes: Vec::with_capacity(crate::port::BURST),
+            express_on: true,
             acc: Vec::new(),
             acc_base: Vec::new(),
             acc_dirty: Vec::new(),
@@ -478,30 +484,44 @@ impl<Q: BufAlloc> Worker<Q> {
     pub fn handle_burst(&mut self, now: u64, iface: usize, rx: &mut Vec<Q::Buf>) -> usize {
         self.now = now;
         let mut pre = std::mem::take(&mut self.pre);
-        // Burst in three passes so the flow table's cache misses
-        // overlap instead of serialising: (1) parse, hash the 5-tuple,
-        // prefetch its index line; (2) take the first index word whose
-        // tag matches (the index only) and prefetch its connection;
-        // (3) confirm the key against the connection (now in cache) and
-        // process. A failed candidate is looked up in full, and so is a
-        // miss once the table's version changed (something inserted or
-        // removed since), so a connection created or removed by an
+        let mut lanes = std::mem::take(&mut self.lanes);
+        // Three passes (see `express`): parse and hash, candidate index word, then each
+        // packet: the express lane, else the full parse and the general path. A failed
+        // candidate is looked up in full, and so is a miss once the table's version changed
+        // (something inserted or removed since), so a connection created or removed by an
         // earlier packet of the same burst is seen correctly.
         let n = rx.len();
         if pre.len() < n {
-            pre.resize(n, (Ok(Parsed::default()), 0, NONE));
+            pre.resize(n, Ok(Parsed::default()));
+            lanes.resize(n, express::Lane::default());
         }
-        let bytes = parse_pass(&self.flows, rx, &mut pre[..n]);
-        lookup_pass(&self.flows, &mut pre[..n]);
+        let bytes = express::parse_pass(&self.flows, rx, &mut lanes[..n], &mut pre[..n]);
+        express::lookup_pass(&self.flows, &mut lanes[..n]);
         self.hint_ver = self.flows.version();
         bump(&self.counters.rx_packets, n as u64);
         bump(&self.counters.rx_bytes, bytes);
-        // By reference: the parse results stay where pass 1 wrote them.
-        for (pkt, (r, h, hint)) in rx.drain(..).zip(pre.iter()) {
-            self.process_parsed(iface, pkt, false, r, *h, *hint);
+        for ((mut pkt, lane), r) in rx.drain(..).zip(lanes.iter()).zip(pre.iter_mut()) {
+            if lane.l3 != 0 {
+                if lane.hint != NONE && self.express_on {
+                    if let Some(q) = self.express(iface, *lane, &mut pkt) {
+                        self.tx[q].push(pkt);
+                        continue;
+                    }
+                }
+                parse::parse_into(pkt.data(), r);
+            }
+            self.process_parsed(iface, pkt, false, r, lane.h, lane.hint);
         }
         self.pre = pre;
+        self.lanes = lanes;
         n
+    }
+
+    /// Turn the express lane (`express`) on (the default) or off: with it off every packet
+    /// takes the general path. The lane is an optimisation only, so the frames, counters
+    /// and connections come out the same either way (tests compare the two).
+    pub fn set_express(&mut self, on: bool) {
+        self.express_on = on;
     }
 
     /// A frame another worker handed over (received there on `iface`).
@@ -1967,49 +1987,6 @@ pub fn kernel_ports(snap: &Snapshot, ports: usize) -> Vec<Option<usize>> {
 }
 
 /// A burst's parse result, flow hash (0: none) and index word (`NONE`: missed / not looked up).
-type Pre = (Result<Parsed, parse::ParseError>, u64, u32);
-
-/// Pass 1 of a burst: parse each frame straight into `pre` (no `Parsed` copies), hash the
-/// 5-tuple of TCP/UDP packets and prefetch its index line. Returns the burst's bytes. Out of
-/// line with the table and the array as separate arguments, so the compiler may keep the
-/// table's fields in registers across the burst (in `poll` every store into the array might
-/// have changed them).
-#[inline(never)]
-fn parse_pass<B: crate::port::Packet>(flows: &FlowTable, rx: &[B], pre: &mut [Pre]) -> u64 {
-    let mut bytes = 0u64;
-    for (pkt, (r, h, hint)) in rx.iter().zip(pre.iter_mut()) {
-        bytes += pkt.len() as u64;
-        parse::parse_into(pkt.data(), r);
-        *hint = NONE;
-        *h = match &*r {
-            Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => {
-                let h = flows.hash(&flow_key(p));
-                flows.prefetch(h);
-                h
-            }
-            _ => 0,
-        };
-    }
-    bytes
-}
-
-/// Pass 2 of a burst: the candidate index word of each hashed packet ([`FlowTable::candidate`]),
-/// its connection's line prefetched (see [`parse_pass`] for why it is a function of its own).
-#[inline(never)]
-fn lookup_pass(flows: &FlowTable, pre: &mut [Pre]) {
-    for (_, h, hint) in pre.iter_mut() {
-        if *h != 0 {
-            // Only the index (prefetched by pass 1): the connection's line is prefetched
-            // here and its key compared in pass 3, so no pass waits on a cache miss.
-            let v = flows.candidate(*h);
-            if v != NONE {
-                flows.prefetch_conn(v >> 1);
-            }
-            *hint = v;
-        }
-    }
-}
-
 /// What [`track`] needs of the worker besides the connection (disjoint borrows of its fields).
 struct TrackCtx<'a> {
     now: u64,

@@ -1,0 +1,293 @@
+//! The burst's passes and its express lane (a child module of `worker`).
+//!
+//! A burst goes through three passes so that the flow table's cache misses overlap instead of
+//! serialising (as VPP's graph nodes do): (1) parse each frame, hash its 5-tuple and prefetch
+//! the index line; (2) take the first index word whose tag matches (the index only) and
+//! prefetch its connection; (3) confirm the key against the connection, now in cache, and
+//! forward.
+//!
+//! Most packets of a busy balancer are the established IPv4 TCP/UDP packets of plain NAT,
+//! full NAT and DR connections. They take the *express lane*: pass 1 reads only the few
+//! header words the lane needs ([`express_key`]) and keeps a 16-byte record per packet
+//! ([`Lane`]); pass 3 ([`Worker::express`]) makes every check the general path makes of
+//! such a packet, all before the first write, and either forwards it or leaves it untouched.
+//! Everything else (other frames, and any packet the lane declines: a miss, a SYN, FIN or
+//! RST, a connection with the FTP gateway, the SYN proxy, PROXY protocol or translation, an
+//! unresolved next hop, a packet too big, a TTL running out, ...) gets the full parse and
+//! the general path ([`Worker::process_parsed`]), which gives the same result the lane
+//! would have: a property test (`express_matches_general`) drives both on random traffic.
+
+use super::*;
+use crate::flow::tcpstate::TcpState;
+use crate::wire::parse::{v4_to_addr, TCP_FIN, TCP_RST};
+
+/// Per packet of a burst: the flow hash (0: not hashed), the candidate index word of pass 2
+/// (`NONE`: none), and the network header's offset if the express parser took the frame
+/// (0: it did not, and the frame's full parse is in the burst's `pre`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Lane {
+    pub h: u64,
+    pub hint: u32,
+    pub l3: u8,
+}
+
+/// The express parser: the 5-tuple of an Ethernet [+ one 802.1Q tag] IPv4 frame without
+/// options or fragmentation carrying TCP or UDP, with the network header's offset, when
+/// the frame holds at least 40 bytes from the IP header on (shorter ones take the general
+/// path). It takes exactly the frames [`parse::parse_fast`] takes as IPv4 TCP or UDP
+/// (minus those short ones), with the same key: a property test checks it.
+#[inline(always)]
+pub(super) fn express_key(d: &[u8]) -> Option<(u8, FlowKey)> {
+    let eth: &[u8; 18] = d.get(..18)?.try_into().ok()?;
+    let l3 = match [eth[12], eth[13]] {
+        [0x08, 0x00] => 14,
+        [0x81, 0x00] if eth[16] == 0x08 && eth[17] == 0x00 => 18,
+        _ => return None,
+    };
+    let ip: &[u8; 40] = d.get(l3..l3 + 40)?.try_into().ok()?;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || l3 + total > d.len() {
+        return None;
+    }
+    let l4len = total.checked_sub(20)?;
+    let ok = match ip[9] {
+        PROTO_TCP => {
+            let hl = (ip[32] >> 4) as usize * 4;
+            hl >= 20 && hl <= l4len
+        }
+        PROTO_UDP => {
+            let ul = u16::from_be_bytes([ip[24], ip[25]]) as usize;
+            ul >= 8 && ul <= l4len
+        }
+        _ => false,
+    };
+    if !ok {
+        return None;
+    }
+    Some((
+        l3 as u8,
+        FlowKey {
+            src: v4_to_addr([ip[12], ip[13], ip[14], ip[15]]),
+            dst: v4_to_addr([ip[16], ip[17], ip[18], ip[19]]),
+            sport: u16::from_be_bytes([ip[20], ip[21]]),
+            dport: u16::from_be_bytes([ip[22], ip[23]]),
+            proto: ip[9],
+        },
+    ))
+}
+
+/// Pass 1 of a burst: the express key of each frame, else its full parse into `pre`; the
+/// 5-tuple hash of every TCP/UDP packet, its index line prefetched. Returns the burst's
+/// bytes. Out of line with the table and the arrays as separate arguments, so the compiler
+/// may keep the table's fields in registers across the burst.
+#[inline(never)]
+pub(super) fn parse_pass<B: Packet>(
+    flows: &FlowTable,
+    rx: &[B],
+    lanes: &mut [Lane],
+    pre: &mut [Result<Parsed, parse::ParseError>],
+) -> u64 {
+    let mut bytes = 0u64;
+    for ((pkt, lane), r) in rx.iter().zip(lanes.iter_mut()).zip(pre.iter_mut()) {
+        let d = pkt.data();
+        bytes += d.len() as u64;
+        let (l3, h) = match express_key(d) {
+            Some((l3, key)) => (l3, flows.hash(&key)),
+            None => {
+                parse::parse_into(d, r);
+                match &*r {
+                    Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => (0, flows.hash(&flow_key(p))),
+                    _ => {
+                        *lane = Lane { h: 0, hint: NONE, l3: 0 };
+                        continue;
+                    }
+                }
+            }
+        };
+        flows.prefetch(h);
+        *lane = Lane { h, hint: NONE, l3 };
+    }
+    bytes
+}
+
+/// Pass 2 of a burst: the candidate index word of each hashed packet
+/// ([`FlowTable::candidate`]), its connection's line prefetched.
+#[inline(never)]
+pub(super) fn lookup_pass(flows: &FlowTable, lanes: &mut [Lane]) {
+    for lane in lanes.iter_mut() {
+        if lane.h != 0 {
+            // Only the index (prefetched by pass 1): the connection's line is prefetched
+            // here and its key compared in pass 3, so no pass waits on a cache miss.
+            let v = flows.candidate(lane.h);
+            if v != NONE {
+                flows.prefetch_conn(v >> 1);
+            }
+            lane.hint = v;
+        }
+    }
+}
+
+impl<Q: BufAlloc> Worker<Q> {
+    /// Pass 3 of an express packet whose pass 2 found candidate `lane.hint`: the transmit
+    /// queue it now waits for (rewritten, the connection's state, expiry and counters
+    /// updated), or `None`, the packet and every state untouched, when it is not the
+    /// lane's (see the module docs): the general path takes it then.
+    #[inline(always)]
+    pub(super) fn express(&mut self, iface: usize, lane: Lane, pkt: &mut Q::Buf) -> Option<usize> {
+        let v = lane.hint;
+        let l3 = lane.l3 as usize;
+        let d = pkt.data_mut();
+        let len = d.len() as u64;
+        // Pass 1 saw these 40 bytes; nothing wrote the frame since.
+        let ip: &[u8; 40] = d.get(l3..l3 + 40)?.try_into().ok()?;
+        let proto = ip[9];
+        let key = FlowKey {
+            src: v4_to_addr([ip[12], ip[13], ip[14], ip[15]]),
+            dst: v4_to_addr([ip[16], ip[17], ip[18], ip[19]]),
+            sport: u16::from_be_bytes([ip[20], ip[21]]),
+            dport: u16::from_be_bytes([ip[22], ip[23]]),
+            proto,
+        };
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        let ttl = ip[8];
+        let tcp_flags = if proto == PROTO_TCP { ip[33] & 0x3f } else { 0 };
+        if !self.flows.word_matches(v, &key) {
+            return None;
+        }
+        let idx = v >> 1;
+        let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
+        // The destination MAC: ours if multicast/broadcast or the interface's.
+        let ours = d[0] & 1 == 1 || self.if_macs.get(iface).is_some_and(|m| m[..] == d[..6]);
+        let c = self.flows.get(idx);
+        if !ours
+            || c.expired(self.now)
+            || (proto == PROTO_TCP
+                && (c.state != TcpState::Established || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0))
+            || c.flags & (F_SYNCED | F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) != 0
+            || self.sync_on
+            || c.fwd == Forward::Tunnel
+            || ttl <= 1
+        {
+            return None;
+        }
+        // The next hop: its MAC known for this neighbour generation, its interface's MTU
+        // not exceeded.
+        let h = if dir == Dir::In { c.hop_in } else { c.hop_out };
+        let hop = self.flows.hop_mac(h);
+        let out = hop.iface as usize;
+        let mtu = self.caps.get(out).map_or(usize::MAX, |c| c.mtu as usize);
+        let src_mac = *self.if_macs.get(out)?;
+        if hop.mac_gen != self.neigh.gen || hop.mac == [0; 6] || total > mtu || out >= self.tx.len() {
+            return None;
+        }
+        // Committed: the general path's `track`, `rewrite_conn` and Ethernet header.
+        let p = Parsed {
+            l3,
+            l4: l3 + 20,
+            end: l3 + total,
+            proto,
+            tcp_flags,
+            src: key.src,
+            dst: key.dst,
+            sport: key.sport,
+            dport: key.dport,
+            ..Parsed::default()
+        };
+        let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
+        let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
+        let t = TrackCtx {
+            now: self.now,
+            snap_gen: self.snap_gen,
+            id: self.id,
+            snap: &self.snap,
+            timeouts: &self.timeouts,
+            half_open: &mut self.half_open,
+            acc: &mut self.acc,
+            acc_base: &self.acc_base,
+            acc_dirty: &mut self.acc_dirty,
+        };
+        let c = self.flows.get_mut(idx);
+        let wrapped = track(c, dir, &p, len, t);
+        if c.fwd != Forward::Dr {
+            // Cannot fail: the TTL and the headers were checked above.
+            rewrite_conn(c, la, far, dir, d, &p).ok()?;
+        }
+        if wrapped {
+            self.flows.carry_pkt(idx, dir == Dir::In);
+        }
+        d[0..6].copy_from_slice(&hop.mac);
+        d[6..12].copy_from_slice(&src_mac);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testpkt::{tcp4, tcp6, udp4, vlan};
+    use proptest::prelude::*;
+
+    /// What `express_key` must say of `d`: the full fast parser's key and offset for an IPv4
+    /// TCP/UDP frame with 40 bytes from the IP header on, else nothing.
+    fn agrees(d: &[u8]) -> Result<(), TestCaseError> {
+        let want = parse::parse_fast(d)
+            .filter(|p| !p.v6 && !p.arp && (p.proto == PROTO_TCP || p.proto == PROTO_UDP) && p.l3 + 40 <= d.len())
+            .map(|p| (p.l3 as u8, flow_key(&p)));
+        prop_assert_eq!(express_key(d), want);
+        Ok(())
+    }
+
+    fn corpus() -> Vec<Vec<u8>> {
+        let t = tcp4([10, 0, 0, 1], 1234, [10, 0, 0, 2], 80, TCP_SYN, 1, 0, b"payload");
+        let u = udp4([10, 0, 0, 1], 53, [10, 0, 0, 2], 5353, b"q");
+        vec![
+            t.clone(),
+            vlan(&t, 5),
+            u.clone(),
+            vlan(&udp4([10, 0, 0, 1], 53, [10, 0, 0, 2], 5353, &[0u8; 40]), 9),
+            tcp6([0xfd; 16], 1, [0xfe; 16], 2, TCP_SYN, 1, 0, b""),
+            vlan(&u, 9),
+        ]
+    }
+
+    #[test]
+    fn takes_the_common_frames() {
+        let c = corpus();
+        assert_eq!(express_key(&c[0]).map(|k| k.0), Some(14));
+        assert_eq!(express_key(&c[1]).map(|k| k.0), Some(18));
+        assert_eq!(express_key(&c[3]).map(|k| k.0), Some(18));
+        assert_eq!(express_key(&c[4]), None, "IPv6 takes the general path");
+        assert_eq!(express_key(&c[5]), None, "a frame shorter than the lane reads takes the general path");
+        for d in &c {
+            agrees(d).unwrap();
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_fast_parser_on_mutated_frames(
+            which in 0usize..6, at in 0usize..80, b in any::<u8>(), cut in 0usize..90,
+        ) {
+            let mut d = corpus()[which].clone();
+            if let Some(x) = d.get_mut(at) {
+                *x = b;
+            }
+            d.truncate(cut.max(1));
+            agrees(&d)?;
+            agrees(&corpus()[which][..cut.min(corpus()[which].len())])?;
+        }
+
+        #[test]
+        fn agrees_on_random_bytes(mut d in proptest::collection::vec(any::<u8>(), 0..100), v in 0u8..3) {
+            // Steer a third of the cases into IPv4 TCP/UDP so the checks past the EtherType
+            // are exercised.
+            if v > 0 && d.len() > 24 {
+                d[12] = 0x08;
+                d[13] = 0x00;
+                d[14] = 0x45;
+                d[23] = if v == 1 { PROTO_TCP } else { PROTO_UDP };
+            }
+            agrees(&d)?;
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The express lane (`pipeline::worker::express`) against the general path: two cores with
+//! the same configuration, one with the lane and one without, get the same random traffic
+//! in the same bursts at the same times (NAT, full NAT, DR, TCP and UDP, both directions,
+//! every TCP flag the lane must decline, TTLs running out, foreign and broadcast MACs,
+//! VLAN tags, an unresolved next hop, expiry, corrupted header bytes). The frames out,
+//! the worker's counters, the service counters and the connection list must be identical.
+
+mod common;
+use common::*;
+use ferrovs_engine::pipeline::snapshot::Snapshot;
+use ferrovs_engine::pipeline::worker::{Fabric, Worker};
+use ferrovs_engine::port::memory::{default_mac, HeapBuf};
+use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use proptest::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const SERVICES: &str = r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service.real_server]]
+address = "10.0.2.3"
+port = 8080
+
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "full"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [81]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8081
+
+[[service]]
+name = "direct"
+vip = "10.0.1.101"
+protocol = "tcp"
+ports = [80]
+forward = "dr"
+
+[[service.real_server]]
+address = "10.0.2.3"
+
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [21]
+forward = "nat"
+ftp = true
+
+[[service.real_server]]
+address = "10.0.2.2"
+"#;
+
+/// A client without a static neighbour: its replies wait for ARP.
+const FAR_CLIENT: [u8; 4] = [10, 0, 1, 50];
+const FAR_MAC: [u8; 6] = [2, 0, 0, 0, 1, 50];
+
+fn core(express: bool) -> Worker<HeapAlloc> {
+    let config = config(SERVICES);
+    let macs: Vec<[u8; 6]> =
+        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
+    let caps: Vec<PortCaps> = config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: 1, mtu: 1500 })
+        .collect();
+    let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
+    let allocs = vec![HeapAlloc; caps.len()];
+    let mut w = Worker::new(0, allocs, caps, snap, Fabric::new(1));
+    w.set_express(express);
+    w
+}
+
+/// One step of traffic, turned into a frame when it runs (replies need what the real
+/// server was told: the earlier output).
+#[derive(Clone, Debug)]
+struct Op {
+    kind: u8,
+    client: u8,
+    flags: u8,
+    ttl: u8,
+    mac: u8,
+    vlan: bool,
+    corrupt: Option<(u8, u8)>,
+    advance: u8,
+    flush: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (
+        0u8..12,
+        0u8..6,
+        prop_oneof![
+            Just(TCP_ACK),
+            Just(TCP_ACK),
+            Just(TCP_PSH | TCP_ACK),
+            Just(TCP_SYN),
+            Just(TCP_SYN | TCP_ACK),
+            Just(TCP_FIN | TCP_ACK),
+            Just(TCP_RST),
+            Just(0u8),
+        ],
+        prop_oneof![8 => Just(64u8), 1 => Just(1u8), 1 => Just(0u8)],
+        prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+        proptest::bool::weighted(0.1),
+        proptest::option::weighted(0.08, (14u8..58, any::<u8>())),
+        prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        proptest::bool::weighted(0.3),
+    )
+        .prop_map(|(kind, client, flags, ttl, mac, vlan, corrupt, advance, flush)| Op {
+            kind,
+            client,
+            flags,
+            ttl,
+            mac,
+            vlan,
+            corrupt,
+            advance,
+            flush,
+        })
+}
+
+/// What the real servers saw: per client port (plain NAT, DR, UDP) and, for full NAT, per
+/// flow in order of appearance (the client port is not in those frames), the (source,
+/// sport, destination, dport) of the packet towards the server, so a reply swaps them.
+#[derive(Default)]
+struct Seen {
+    by_port: HashMap<u16, ([u8; 4], u16, [u8; 4], u16)>,
+    fnat: Vec<([u8; 4], u16, [u8; 4], u16)>,
+}
+
+fn frame(o: &Op, seen: &Seen) -> (usize, Vec<u8>) {
+    let (caddr, cmac) = if o.client == 5 { (FAR_CLIENT, FAR_MAC) } else { (CLIENT, CLIENT_MAC) };
+    let cport = 40000 + o.client as u16;
+    let payload: &[u8] = if o.flags & TCP_PSH != 0 { b"GET / HTTP/1.0\r\n\r\n" } else { b"" };
+    let reply = |to: Option<([u8; 4], u16, [u8; 4], u16)>, udp: bool| -> (usize, Vec<u8>) {
+        let (s, sp, d, dp) = to.unwrap_or((caddr, cport, RS1, 8080));
+        let f = if udp { udp4(d, dp, s, sp, b"answer") } else { tcp4(d, dp, s, sp, o.flags, 7, 9, payload) };
+        (INT, with_macs(f, RS1_MAC, LB_INT))
+    };
+    let fnat = (!seen.fnat.is_empty()).then(|| seen.fnat[o.client as usize % seen.fnat.len()]);
+    let (iface, f) = match o.kind {
+        0..=3 => (EXT, with_macs(tcp4(caddr, cport, VIP, 80, o.flags, 1, 2, payload), cmac, LB_EXT)),
+        4 | 5 => reply(seen.by_port.get(&cport).copied(), false),
+        6 => (EXT, with_macs(udp4(caddr, cport, VIP, 53, b"query"), cmac, LB_EXT)),
+        7 => reply(seen.by_port.get(&cport).copied(), true),
+        8 => (EXT, with_macs(tcp4(caddr, cport + 2000, VIP, 81, o.flags, 1, 2, payload), cmac, LB_EXT)),
+        9 => reply(fnat, false),
+        10 => (EXT, with_macs(tcp4(caddr, cport + 3000, VIP_DR, 80, o.flags, 1, 2, payload), cmac, LB_EXT)),
+        _ => (EXT, with_macs(arp_reply(FAR_MAC, FAR_CLIENT, LB_EXT, [10, 0, 1, 1]), FAR_MAC, LB_EXT)),
+    };
+    let mut f = if o.kind < 11 { set_ttl(f, o.ttl) } else { f };
+    match o.mac {
+        1 => f[..6].copy_from_slice(&[0xff; 6]),
+        2 => f[..6].copy_from_slice(&[2, 9, 9, 9, 9, 9]),
+        _ => {}
+    }
+    if o.vlan {
+        f = vlan(&f, 7);
+    }
+    if let Some((at, v)) = o.corrupt {
+        if let Some(b) = f.get_mut(at as usize) {
+            *b = v;
+        }
+    }
+    (iface, f)
+}
+
+/// Learn, from frames going to the real servers, which addresses a reply must carry.
+fn learn(seen: &mut Seen, out: &[(usize, Vec<u8>)]) {
+    for (i, f) in out {
+        let Ok(p) = parse::parse(f) else { continue };
+        if *i != INT || p.v6 || p.arp || p.l3 + 20 > f.len() {
+            continue;
+        }
+        let s: [u8; 4] = f[p.l3 + 12..p.l3 + 16].try_into().unwrap();
+        let d: [u8; 4] = f[p.l3 + 16..p.l3 + 20].try_into().unwrap();
+        let t = (s, p.sport, d, p.dport);
+        if p.dport == 8081 {
+            if !seen.fnat.contains(&t) {
+                seen.fnat.push(t);
+            }
+        } else {
+            seen.by_port.insert(p.sport, t);
+        }
+    }
+}
+
+fn drain(w: &mut Worker<HeapAlloc>) -> Vec<(usize, Vec<u8>)> {
+    std::iter::from_fn(|| w.poll_transmit()).map(|(i, b)| (i, b.data().to_vec())).collect()
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let (mut fast, mut slow) = (core(true), core(false));
+    let mut seen = Seen::default();
+    let mut now = S;
+    let mut burst: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (k, o) in ops.iter().enumerate() {
+        burst.push(frame(o, &seen));
+        now += [0, 1_000_000, 5 * S, 1000 * S][o.advance as usize];
+        if !(o.flush || k + 1 == ops.len()) {
+            continue;
+        }
+        // One burst per interface run, as a driver hands them over.
+        let mut i = 0;
+        while i < burst.len() {
+            let iface = burst[i].0;
+            let j = burst[i..].iter().position(|b| b.0 != iface).map_or(burst.len(), |n| i + n);
+            for w in [&mut fast, &mut slow] {
+                let mut rx: Vec<HeapBuf> = burst[i..j].iter().map(|b| HeapBuf::from_slice(&b.1)).collect();
+                w.handle_burst(now, iface, &mut rx);
+            }
+            i = j;
+        }
+        burst.clear();
+        let (a, b) = (drain(&mut fast), drain(&mut slow));
+        prop_assert_eq!(&a, &b, "frames out after step {}", k);
+        learn(&mut seen, &a);
+        prop_assert_eq!(fast.counters().snapshot(), slow.counters().snapshot(), "counters after step {}", k);
+        fast.handle_timeout(now);
+        slow.handle_timeout(now);
+    }
+    fast.flush_svc_counters();
+    slow.flush_svc_counters();
+    prop_assert_eq!(fast.list_conns(), slow.list_conns());
+    for (a, b) in fast.service_counters().iter().zip(slow.service_counters().iter()) {
+        let n = |c: &ferrovs_engine::pipeline::counters::ServiceCounters| {
+            let v = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
+            let dests: Vec<[u64; 5]> = c
+                .dests
+                .iter()
+                .map(|d| [v(&d.conns), v(&d.in_packets), v(&d.in_bytes), v(&d.out_packets), v(&d.out_bytes)])
+                .collect();
+            (v(&c.conns), v(&c.in_packets), v(&c.in_bytes), v(&c.out_packets), v(&c.out_bytes), dests)
+        };
+        prop_assert_eq!(n(a), n(b));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #[test]
+    fn express_matches_general(ops in proptest::collection::vec(op(), 1..120)) {
+        run(&ops)?;
+    }
+}
+
+/// The lane is taken at all: the established NAT packets of a plain connection leave in
+/// the same frames whether the lane is on or off, and a long run of them (no SYN, FIN or
+/// RST) is the case the lane exists for.
+#[test]
+fn established_traffic_is_identical() {
+    let mut ops = vec![Op {
+        kind: 0,
+        client: 0,
+        flags: TCP_SYN,
+        ttl: 64,
+        mac: 0,
+        vlan: false,
+        corrupt: None,
+        advance: 0,
+        flush: true,
+    }];
+    for k in 0..64u8 {
+        let reply = k % 2 == 1;
+        ops.push(Op {
+            kind: if reply { 4 } else { 1 },
+            flags: if k == 1 { TCP_SYN | TCP_ACK } else { TCP_ACK },
+            flush: k % 8 == 7,
+            ..ops[0].clone()
+        });
+    }
+    run(&ops).unwrap();
+}
