@@ -500,17 +500,24 @@ impl<Q: BufAlloc> Worker<Q> {
         self.hint_ver = self.flows.version();
         bump(&self.counters.rx_packets, n as u64);
         bump(&self.counters.rx_bytes, bytes);
-        for ((mut pkt, lane), r) in rx.drain(..).zip(lanes.iter()).zip(pre.iter_mut()) {
+        // Per burst: the lane is on (not while cluster sync wants every packet), and the
+        // receiving interface's MAC as a 48-bit word.
+        let lane_on = self.express_on && !self.sync_on;
+        let my_mac = self.if_macs.get(iface).map_or(u64::MAX, |m| express::mac_word(m));
+        let lanes_n = &lanes[..n];
+        let pre_n = &mut pre[..n];
+        for (i, mut pkt) in rx.drain(..).enumerate() {
+            let lane = lanes_n[i];
             if lane.l3 != 0 {
-                if lane.hint != NONE && self.express_on {
-                    if let Some(q) = self.express(iface, *lane, &mut pkt) {
+                if lane.hint != NONE && lane_on {
+                    if let Some(q) = self.express(my_mac, lane, &mut pkt) {
                         self.tx[q].push(pkt);
                         continue;
                     }
                 }
-                parse::parse_into(pkt.data(), r);
+                parse::parse_into(pkt.data(), &mut pre_n[i]);
             }
-            self.process_parsed(iface, pkt, false, r, lane.h, lane.hint);
+            self.process_parsed(iface, pkt, false, &pre_n[i], lane.h, lane.hint);
         }
         self.pre = pre;
         self.lanes = lanes;
@@ -2041,17 +2048,35 @@ fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) ->
             }
         }
     }
-    c.set_expires(t.now, t.now + t.timeouts[c.state as usize]);
+    account(c, dir, len, t.now, t.timeouts, t.acc, t.acc_base, t.acc_dirty)
+}
+
+/// The part of [`track`] every forwarded packet needs (all the express lane needs): the
+/// expiry from the connection's state, the packet count and the service / real-server
+/// traffic. True if the packet count's low half wrapped.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn account(
+    c: &mut flow::Conn,
+    dir: Dir,
+    len: u64,
+    now: u64,
+    timeouts: &[u64; crate::flow::tcpstate::N_STATES],
+    acc: &mut [SvcAcc],
+    acc_base: &[u32],
+    acc_dirty: &mut Vec<u32>,
+) -> bool {
+    c.set_expires(now, now + timeouts[c.state as usize]);
     // Packet count (the high halves live in the cold array).
     let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
     *n = n.wrapping_add(1);
     let wrapped = *n == 0;
     // Service / real-server traffic: worker-local deltas, folded
     // into the shared counters every ~100 ms (see `flush_svc_counters`).
-    let slot = t.acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
-    if let Some(a) = t.acc.get_mut(slot as usize) {
+    let slot = acc_base.get(c.svc as usize).map_or(u32::MAX, |b| b + c.dest as u32);
+    if let Some(a) = acc.get_mut(slot as usize) {
         if a.in_packets | a.out_packets == 0 {
-            t.acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
+            acc_dirty.push((c.svc as u32) << 16 | c.dest as u32);
         }
         match dir {
             Dir::In => {

@@ -76,6 +76,13 @@ pub(super) fn express_key(d: &[u8]) -> Option<(u8, FlowKey)> {
     ))
 }
 
+/// A MAC address as the low 48 bits of a little-endian word: the first 8 bytes of a frame
+/// read as `u64::from_le_bytes`, masked to 48 bits, equal this for their destination MAC.
+#[inline(always)]
+pub(super) fn mac_word(m: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
+}
+
 /// Pass 1 of a burst: the express key of each frame, else its full parse into `pre`; the
 /// 5-tuple hash of every TCP/UDP packet, its index line prefetched. Returns the burst's
 /// bytes. Out of line with the table and the arrays as separate arguments, so the compiler
@@ -92,8 +99,12 @@ pub(super) fn parse_pass<B: Packet>(
         let d = pkt.data();
         bytes += d.len() as u64;
         let (l3, h) = match express_key(d) {
-            Some((l3, key)) => (l3, flows.hash(&key)),
-            None => {
+            // A SYN, FIN or RST changes TCP state: not the lane's (its full parse is made
+            // here, so pass 3 does not look at it twice).
+            Some((l3, key)) if key.proto != PROTO_TCP || d[l3 as usize + 33] & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
+                (l3, flows.hash(&key))
+            }
+            _ => {
                 parse::parse_into(d, r);
                 match &*r {
                     Ok(p) if p.proto == PROTO_TCP || p.proto == PROTO_UDP => (0, flows.hash(&flow_key(p))),
@@ -133,7 +144,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// updated), or `None`, the packet and every state untouched, when it is not the
     /// lane's (see the module docs): the general path takes it then.
     #[inline(always)]
-    pub(super) fn express(&mut self, iface: usize, lane: Lane, pkt: &mut Q::Buf) -> Option<usize> {
+    pub(super) fn express(&mut self, my_mac: u64, lane: Lane, pkt: &mut Q::Buf) -> Option<usize> {
         let v = lane.hint;
         let l3 = lane.l3 as usize;
         let d = pkt.data_mut();
@@ -156,8 +167,10 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let idx = v >> 1;
         let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
-        // The destination MAC: ours if multicast/broadcast or the interface's.
-        let ours = d[0] & 1 == 1 || self.if_macs.get(iface).is_some_and(|m| m[..] == d[..6]);
+        // The destination MAC: ours if multicast/broadcast or the receiving interface's
+        // (`my_mac`, see `mac_word`).
+        let dst = u64::from_le_bytes(d.get(..8)?.try_into().ok()?) & 0xffff_ffff_ffff;
+        let ours = dst & 1 == 1 || dst == my_mac;
         let c = self.flows.get(idx);
         if !ours
             || c.expired(self.now)
@@ -180,7 +193,8 @@ impl<Q: BufAlloc> Worker<Q> {
         if hop.mac_gen != self.neigh.gen || hop.mac == [0; 6] || total > mtu || out >= self.tx.len() {
             return None;
         }
-        // Committed: the general path's `track`, `rewrite_conn` and Ethernet header.
+        // Committed: what the general path does of it (`track` without a state change, that
+        // is `account`; `rewrite_conn`; the Ethernet header).
         let p = Parsed {
             l3,
             l4: l3 + 20,
@@ -195,19 +209,10 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
         let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
-        let t = TrackCtx {
-            now: self.now,
-            snap_gen: self.snap_gen,
-            id: self.id,
-            snap: &self.snap,
-            timeouts: &self.timeouts,
-            half_open: &mut self.half_open,
-            acc: &mut self.acc,
-            acc_base: &self.acc_base,
-            acc_dirty: &mut self.acc_dirty,
-        };
         let c = self.flows.get_mut(idx);
-        let wrapped = track(c, dir, &p, len, t);
+        // ESTABLISHED (or UDP) with no SYN, FIN or RST: no state change, only the accounts.
+        let wrapped =
+            account(c, dir, len, self.now, &self.timeouts, &mut self.acc, &self.acc_base, &mut self.acc_dirty);
         if c.fwd != Forward::Dr {
             // Cannot fail: the TTL and the headers were checked above.
             rewrite_conn(c, la, far, dir, d, &p).ok()?;
