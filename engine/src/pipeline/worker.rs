@@ -515,7 +515,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         continue;
                     }
                 }
-                parse::parse_into(pkt.data(), &mut pre_n[i]);
+                pre_n[i] = express::express_parsed(pkt.data(), lane.l3 as usize);
             }
             self.process_parsed(iface, pkt, false, &pre_n[i], lane.h, lane.hint);
         }
