@@ -60,6 +60,15 @@ impl Overload {
         *flag
     }
 
+    /// Server `i` has no threshold (`upper == 0`): not overloaded, as [`Overload::check`]
+    /// would note.
+    #[inline(always)]
+    pub fn clear(&mut self, i: usize) {
+        if let Some(f) = self.flags.get_mut(i) {
+            *f = false;
+        }
+    }
+
     /// Can server `i` take a new flow: weight > 0 and not overloaded.
     #[inline]
     pub fn usable(&mut self, i: usize, d: &Dest, stats: &dyn ConnStats) -> bool {

@@ -34,7 +34,19 @@ impl Scheduler for Rr {
             self.update(dests);
         }
         let n = dests.len();
-        let start = self.last.map_or(0, |l| l + 1);
+        let start = match self.last {
+            Some(l) if l + 1 < n => l + 1,
+            _ => 0,
+        };
+        // The common case: the next server has a weight and no connection threshold (never
+        // overloaded), so it is the one; no modulo, no look at the counts.
+        if let Some(d) = dests.get(start) {
+            if d.weight > 0 && d.upper == 0 {
+                self.ov.clear(start);
+                self.last = Some(start);
+                return Some(start);
+            }
+        }
         for k in 0..n {
             let i = (start + k) % n;
             if self.ov.usable(i, &dests[i], stats) {
@@ -66,6 +78,43 @@ mod tests {
         let mut s = Rr::new(&ds);
         let got: Vec<_> = seq(&mut s, &ds, 6).into_iter().map(Option::unwrap).collect();
         assert_eq!(got, vec![0, 2, 3, 0, 2, 3]);
+    }
+
+    /// The fast pick (next server, weight, no threshold) and the general loop agree: the
+    /// same sequence as a plain reference round robin over random weights and thresholds.
+    #[test]
+    fn fast_pick_matches_the_reference_cycle() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..200 {
+            let n = 1 + (next() % 7) as usize;
+            let weights: Vec<u32> = (0..n).map(|_| (next() % 3) as u32).collect();
+            let mut ds = dests(&weights);
+            for d in ds.iter_mut() {
+                if next() % 3 == 0 {
+                    *d = d.with_thresholds(2, 0);
+                }
+            }
+            let totals: Vec<u32> = (0..n).map(|_| (next() % 4) as u32).collect();
+            let st = counts(&totals, &vec![0; n]);
+            let mut s = Rr::new(&ds);
+            let mut cur: Option<usize> = None;
+            for _ in 0..3 * n {
+                let start = cur.map_or(0, |l| (l + 1) % n);
+                let want = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| ds[i].weight > 0 && (ds[i].upper == 0 || totals[i] < ds[i].upper));
+                assert_eq!(s.pick(&key(0), &ds, &st), want, "weights {weights:?} totals {totals:?}");
+                if want.is_some() {
+                    cur = want;
+                }
+            }
+        }
     }
 
     #[test]

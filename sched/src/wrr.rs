@@ -46,6 +46,16 @@ impl Scheduler for Wrr {
         if self.mw == 0 {
             return None;
         }
+        // The common case: the next server in the pass has the current weight and no
+        // connection threshold (never overloaded): it is the one the loop below would pick.
+        let next = self.cl.map_or(0, |c| c + 1);
+        if let Some(d) = dests.get(next) {
+            if d.weight >= self.cw && d.weight > 0 && d.upper == 0 {
+                self.ov.clear(next);
+                self.cl = Some(next);
+                return Some(next);
+            }
+        }
         // Bounded: after the first end-of-pass cw is at most the highest eligible weight, so the
         // next full pass finds that server.
         for _ in 0..3 {

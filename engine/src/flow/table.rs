@@ -536,7 +536,26 @@ pub struct FlowTable {
     /// and the first empty index slot of its walk: where [`FlowTable::insert`] puts that
     /// key while the version is unchanged (no second walk).
     miss: Option<(FlowKey, u64, u64, usize)>,
+    /// Bloom filter of the hashes of every key inserted since [`FlowTable::mark_misses`]
+    /// (at version `ins_mark`): a key that missed at that version and whose hash is not in
+    /// it is still absent ([`FlowTable::still_missing`]), whatever was inserted or removed.
+    ins_filter: [u64; INS_FILTER_WORDS],
+    ins_mark: Option<u64>,
 }
+
+/// Words of [`FlowTable::ins_filter`] (512 bits: a burst of 32 new connections sets at
+/// most 64, so a miss is wrongly taken for a possible hit about 6 % of the time at worst).
+const INS_FILTER_WORDS: usize = 8;
+
+/// Bit of [`FlowTable::ins_filter`] for hash `h` (bits the home slot and tag do not start at).
+#[inline(always)]
+fn ins_bit(h: u64) -> (usize, u64) {
+    let b = (h >> 8) as usize % (INS_FILTER_WORDS * 64);
+    (b / 64, 1 << (b % 64))
+}
+
+/// [`FlowTable::miss`] position meaning "absent, first empty slot not looked for yet".
+const POS_UNKNOWN: usize = usize::MAX;
 
 /// What the fast path reads of a next hop (12 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -647,6 +666,8 @@ impl FlowTable {
             hops: Interned::new(limit.max(2), seed ^ 4),
             macs: Vec::new(),
             miss: None,
+            ins_filter: [0; INS_FILTER_WORDS],
+            ins_mark: None,
         };
         t.reset_hops();
         t
@@ -855,6 +876,51 @@ impl FlowTable {
                 None
             }
         }
+    }
+
+    /// Start tracking inserts for a burst whose lookups ran at the current version (which it
+    /// returns): see [`FlowTable::still_missing`].
+    #[inline(always)]
+    pub fn mark_misses(&mut self) -> u64 {
+        self.ins_filter = [0; INS_FILTER_WORDS];
+        self.ins_mark = Some(self.version);
+        self.version
+    }
+
+    /// Is a key of hash `h` that was absent at version `ver` still absent? `true` when
+    /// nothing was inserted or removed since, or when `ver` is the last
+    /// [`FlowTable::mark_misses`] and no key inserted since shares the hash's filter bit
+    /// (removals never make a key present; an insert makes only its own keys present).
+    /// `false` means "maybe present": look it up.
+    #[inline(always)]
+    pub fn still_missing(&self, h: u64, ver: u64) -> bool {
+        if ver == self.version {
+            return true;
+        }
+        if self.ins_mark != Some(ver) {
+            return false;
+        }
+        let (w, b) = ins_bit(h);
+        self.ins_filter[w] & b == 0
+    }
+
+    /// Key `k` (hash `h`) is known to be absent ([`FlowTable::still_missing`]): an
+    /// [`FlowTable::insert`] of it right after (nothing inserted or removed in between)
+    /// skips the duplicate check of its request key and only looks for the first empty slot.
+    #[inline(always)]
+    pub fn note_miss(&mut self, k: &FlowKey, h: u64) {
+        debug_assert!(self.probe(k, h).is_err(), "a noted miss is absent");
+        self.miss = Some((*k, h, self.version, POS_UNKNOWN));
+    }
+
+    /// The first empty index slot on the probe sequence of hash `h`.
+    #[inline(always)]
+    fn empty_from(&self, h: u64) -> usize {
+        let mut i = self.home((h >> 32) as u32);
+        while self.index[i] != EMPTY {
+            i = self.next(i);
+        }
+        i
     }
 
     /// Index position of key `k` (hash `h`).
@@ -1114,34 +1180,47 @@ impl FlowTable {
     /// its keys is already taken (a 5-tuple collision with a live
     /// connection) or when an interned kind has no id left.
     pub fn insert(&mut self, c: NewConn, now: u64) -> Result<u32, NewConn> {
+        match self.insert_ref(&c, now) {
+            Some((i, _)) => Ok(i),
+            None => Err(c),
+        }
+    }
+
+    /// [`FlowTable::insert`] by reference: the new connection's slot and the connection
+    /// itself (no second look-up for what the caller sets next), `None` on failure.
+    #[inline]
+    pub fn insert_ref(&mut self, c: &NewConn, now: u64) -> Option<(u32, &mut Conn)> {
         if self.live >= self.cap {
-            return Err(c);
+            return None;
         }
         let kin = c.key_in();
-        let kout = c.key_out();
         let two = c.fwd.two_way();
         // One walk per key: a duplicate is refused, else where the key goes (the request
-        // key's hash and walk are known if a lookup just missed it, see `miss`).
+        // key's hash and walk are known if a lookup just missed it, see `miss`; a noted
+        // miss only needs the first empty slot).
         let (hin, pin) = match self.miss.take() {
-            Some((k, h, v, pos)) if v == self.version && k == kin => (h, pos),
+            Some((k, h, v, pos)) if v == self.version && k == kin => {
+                (h, if pos == POS_UNKNOWN { self.empty_from(h) } else { pos })
+            }
             _ => {
                 let h = self.hash(&kin);
                 match self.probe(&kin, h) {
                     Err(pos) => (h, pos),
-                    Ok(_) => return Err(c),
+                    Ok(_) => return None,
                 }
             }
         };
-        let hout = self.hash(&kout);
-        let pout = if two {
-            match self.probe(&kout, hout) {
-                Ok(_) => return Err(c),
-                Err(p) => p,
+        let (hout, pout) = if two {
+            let kout = c.key_out();
+            let h = self.hash(&kout);
+            match self.probe(&kout, h) {
+                Ok(_) => return None,
+                Err(p) => (h, p),
             }
         } else {
-            0
+            (0, 0)
         };
-        let Some([vipi, rsi, laddr, hop_in, hop_out]) = self.intern_all(&c) else { return Err(c) };
+        let [vipi, rsi, laddr, hop_in, hop_out] = self.intern_all(c)?;
         let mut e = Conn {
             client: c.client,
             cport: c.cport,
@@ -1184,6 +1263,8 @@ impl FlowTable {
             }
         };
         self.index[pin] = (hin >> 32) << 32 | (idx << 1) as u64;
+        let (w, b) = ins_bit(hin);
+        self.ins_filter[w] |= b;
         if two {
             // The first empty slot of its walk, unless the request key just took it.
             let mut p = pout;
@@ -1191,60 +1272,56 @@ impl FlowTable {
                 p = self.next(p);
             }
             self.index[p] = (hout >> 32) << 32 | (idx << 1 | 1) as u64;
+            let (w, b) = ins_bit(hout);
+            self.ins_filter[w] |= b;
         }
         self.live += 1;
-        Ok(idx)
+        Some((idx, &mut self.slab[idx as usize]))
     }
 
-    /// Index position of the word `v` (slot and direction) whose key has hash `h`, of a
-    /// live connection.
+    /// Take the index word of `v` (slot and direction), whose key has hash `h`, out of the
+    /// index in one walk: along the probe sequence to the word, then backward-shift
+    /// deletion from there (no tombstones). Nothing happens if the word is not there.
     #[inline(always)]
-    fn find_word(&self, h: u64, v: u32) -> Option<usize> {
+    fn unlink(&mut self, h: u64, v: u32) {
         let w = (h >> 32) << 32 | v as u64;
         let mut i = self.home((h >> 32) as u32);
         loop {
             let x = self.index[i];
             if x == w {
-                return Some(i);
+                break;
             }
             if x == EMPTY {
-                return None;
+                debug_assert!(false, "a live connection's key is indexed");
+                return;
             }
             i = self.next(i);
         }
+        self.index_remove(i);
     }
 
     /// Remove connection `i` (drops its cold part: FTP session, SYN proxy
-    /// and PROXY protocol state).
+    /// and PROXY protocol state). A free or out-of-range slot is left alone.
     pub fn remove(&mut self, i: u32) {
-        if !self.slab[i as usize].live {
-            return;
-        }
+        let Some(&c) = self.slab.get(i as usize).filter(|c| c.live) else { return };
         self.version += 1;
-        let c = &self.slab[i as usize];
-        let kin = self.key_in(c);
-        let hout = if c.has_out_key() { Some(self.hash(&self.key_out(c))) } else { None };
         // Each key's index word is (its hash's tag, slot, direction): found by comparing
         // words, without reading the connection back.
-        if let Some(p) = self.find_word(self.hash(&kin), i << 1) {
-            self.index_remove(p);
+        let hin = self.hash(&self.key_in(&c));
+        self.unlink(hin, i << 1);
+        if c.has_out_key() {
+            let hout = self.hash(&self.key_out(&c));
+            self.unlink(hout, i << 1 | 1);
         }
-        if let Some(h) = hout {
-            if let Some(p) = self.find_word(h, i << 1 | 1) {
-                self.index_remove(p);
-            }
+        if c.cold != NONE {
+            self.cold[c.cold as usize] = ConnCold::EMPTY;
+            self.cold_free.push(c.cold);
         }
-        let k = self.slab[i as usize].cold;
-        if k != NONE {
-            self.cold[k as usize] = ConnCold::EMPTY;
-            self.cold_free.push(k);
-        }
-        let ids = self.slab[i as usize];
-        self.release_ids(&ids);
+        self.release_ids(&c);
         let free = self.free;
-        let c = &mut self.slab[i as usize];
-        c.live = false;
-        c.cold = free;
+        let e = &mut self.slab[i as usize];
+        e.live = false;
+        e.cold = free;
         self.free = i;
         self.live -= 1;
     }
@@ -1846,6 +1923,123 @@ mod tests {
         for id in 1..t.interned().3 as u16 {
             assert_eq!(t.hops.refs(id), 0, "hop {id}");
         }
+    }
+
+    #[test]
+    fn remove_without_lookups_keeps_the_index_exact() {
+        // Random inserts (some after a noted miss: `note_miss`, the burst's known-miss path)
+        // and removals (of live, free and out-of-range slots) on a crowded table, checked
+        // after every step against a model: each live key is found at its slot and
+        // direction, the index holds exactly the live keys' words, removed keys are gone,
+        // and a key `still_missing` calls absent is absent.
+        let mut t = FlowTable::new(64);
+        let mut live: Vec<(u32, FlowKey, FlowKey)> = Vec::new();
+        let mut gone: Vec<FlowKey> = Vec::new();
+        let mut x: u64 = 0x51_7cc1_b727;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mk = |r: u64| {
+            new_conn(
+                if r & 32 == 0 { 6 } else { 17 },
+                match (r >> 4) % 3 {
+                    0 => Forward::Nat,
+                    1 => Forward::Dr,
+                    _ => Forward::Tunnel,
+                },
+                v4_to_addr([10, 0, (r >> 8) as u8 & 3, (r >> 16) as u8]),
+                (r >> 24) as u16 & 7,
+                v4_to_addr([10, 0, 1, 100]),
+                80,
+                v4_to_addr([10, 0, 2, (r >> 32) as u8 & 3]),
+                80,
+            )
+        };
+        // Keys absent at the last mark (their hashes) and the version of that mark.
+        let mut mark = (t.mark_misses(), Vec::<(FlowKey, u64, u64)>::new());
+        let (mut kept, mut lost) = (0usize, 0usize);
+        for step in 0..30_000 {
+            let r = rnd();
+            let version = t.version();
+            match (r >> 56) % 8 {
+                // A new burst: mark, and note a few keys absent now.
+                0 => {
+                    mark = (t.mark_misses(), Vec::new());
+                    for _ in 0..4 {
+                        let seed = rnd();
+                        let key = mk(seed).key_in();
+                        if t.lookup(&key).is_none() {
+                            mark.1.push((key, t.hash(&key), seed));
+                        }
+                    }
+                }
+                // A free slot, an out-of-range one: left alone.
+                1 => {
+                    let free = (0..t.slots() as u32).find(|&i| !t.get(i).live);
+                    for i in free.into_iter().chain([t.slots() as u32, t.slots() as u32 + 7, u32::MAX]) {
+                        t.remove(i);
+                        assert_eq!((t.len(), t.version()), (live.len(), version), "step {step}: remove({i})");
+                    }
+                }
+                2 | 3 if !live.is_empty() => {
+                    let (i, a, b) = live.swap_remove((r >> 40) as usize % live.len());
+                    t.remove(i);
+                    assert!(!t.get(i).live, "step {step}");
+                    gone.push(a);
+                    gone.push(b);
+                }
+                _ if live.len() < 60 => {
+                    // Half the time one of the keys noted absent at the mark goes in.
+                    let c = match mark.1.get((r >> 8) as usize % 8) {
+                        Some(&(_, _, seed)) => mk(seed),
+                        None => mk(r),
+                    };
+                    let (kin, kout) = (c.key_in(), c.key_out());
+                    let two = c.fwd.two_way();
+                    let taken =
+                        |k: &FlowKey| live.iter().any(|&(i, a, b)| a == *k || (t.get(i).has_out_key() && b == *k));
+                    let dup = taken(&kin) || (two && taken(&kout));
+                    if !taken(&kin) && r & 64 != 0 {
+                        t.note_miss(&kin, t.hash(&kin));
+                    }
+                    match t.insert(c, 0) {
+                        Ok(i) => {
+                            assert!(!dup, "step {step}: a duplicate key went in");
+                            live.push((i, kin, if two { kout } else { kin }));
+                            gone.retain(|k| *k != kin && *k != kout);
+                        }
+                        Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                    }
+                }
+                _ => {}
+            }
+            assert_live(&t, &live, step);
+            let words = live.iter().map(|&(i, _, _)| if t.get(i).has_out_key() { 2 } else { 1 }).sum::<usize>();
+            assert_eq!(t.index.iter().filter(|&&w| w != EMPTY).count(), words, "step {step}: stray words");
+            for w in t.index.iter().filter(|&&w| w != EMPTY) {
+                assert!(t.get((*w as u32) >> 1).live, "step {step}: a word of a free slot");
+            }
+            gone.truncate(64);
+            for k in &gone {
+                assert_eq!(t.lookup(k), None, "step {step}: a removed key is found");
+            }
+            for (k, h, _) in &mark.1 {
+                if t.still_missing(*h, mark.0) {
+                    assert_eq!(t.lookup(k), None, "step {step}: still_missing of a present key");
+                    if t.version() != mark.0 {
+                        kept += 1;
+                    }
+                } else if t.lookup(k).is_none() {
+                    // Absent, but its filter bit was set by another key's insert.
+                    lost += 1;
+                }
+            }
+        }
+        // The filter keeps most misses across inserts (else it would be useless, if safe).
+        assert!(kept > 10 * lost, "misses kept {kept}, lost {lost}");
     }
 
     #[test]

@@ -162,9 +162,32 @@ struct SvcState {
     persist: Option<sched::PersistTable>,
     /// The real servers in the scheduler's form, built once per snapshot.
     dests: Vec<sched::Dest>,
-    /// Per real server: the flow table's interned ids of the last connection created to it
-    /// (VIP, real server, next hops), hints for the next one ([`flow::NewConn::hint`]).
-    ids: Vec<[u16; 4]>,
+    /// Per real server: what the last connection created to it computed that the next
+    /// one may reuse ([`DestMemo`]).
+    ids: Vec<DestMemo>,
+}
+
+/// Per real server of a service, from the last connection created to it: the flow table's
+/// interned ids (VIP, real server, next hops), hints for the next one
+/// ([`flow::NewConn::hint`]), and the checksum deltas of its (VIP, port) -> (real server,
+/// port) rewrite, reused while a new connection has the same four (plain NAT, DR, tunnel:
+/// full NAT adds the client side, computed per connection).
+#[derive(Clone, Copy)]
+pub(crate) struct DestMemo {
+    ids: [u16; 4],
+    /// (VIP, real server, VIP port, real-server port, IPv4) the deltas are for.
+    key: (Addr, Addr, u16, u16, bool),
+    /// IPv4 header deltas in/out and the L4 delta in, folded.
+    l3_in: u16,
+    l3_out: u16,
+    l4_in: u16,
+    /// `key` holds a computed entry.
+    valid: bool,
+}
+
+impl DestMemo {
+    pub(crate) const EMPTY: DestMemo =
+        DestMemo { ids: flow::NO_HINT, key: (0, 0, 0, 0, false), l3_in: 0, l3_out: 0, l4_in: 0, valid: false };
 }
 
 /// The largest receive window TCP can announce: 65535 scaled by 2^14 (RFC 7323).
@@ -497,7 +520,9 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let bytes = express::parse_pass(&self.flows, rx, &mut lanes[..n], &mut pre[..n]);
         express::lookup_pass(&self.flows, &mut lanes[..n]);
-        self.hint_ver = self.flows.version();
+        // The version the hints were looked up at; misses stay known across this burst's
+        // inserts of other keys (`FlowTable::still_missing`).
+        self.hint_ver = self.flows.mark_misses();
         bump(&self.counters.rx_packets, n as u64);
         bump(&self.counters.rx_bytes, bytes);
         // Per burst: the lane is on (not while cluster sync wants every packet), and the
@@ -872,7 +897,7 @@ impl<Q: BufAlloc> Worker<Q> {
         mut pkt: Q::Buf,
         handed: bool,
         parsed: &Result<Parsed, parse::ParseError>,
-        hash: u64,
+        mut hash: u64,
         hint: u32,
     ) {
         // Fast path: an established TCP/UDP connection of this worker's
@@ -880,6 +905,10 @@ impl<Q: BufAlloc> Worker<Q> {
         // also settles ownership (no VIP/local classification, no handoff
         // check). Everything else (misses, expired entries, ARP/ND, ICMP)
         // takes the classification path below, as before.
+        // The burst's lookup pass missed and nothing with this hash was inserted since: a
+        // known miss (a flood of unknown flows, or a burst of SYNs each creating its
+        // connection, skips a second, cache-missing probe).
+        let mut known_miss = hint == NONE && hash != 0 && self.flows.still_missing(hash, self.hint_ver);
         if let Ok(p) = parsed {
             if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
                 // The hint from the burst's second pass is the first index word whose tag
@@ -890,12 +919,18 @@ impl<Q: BufAlloc> Worker<Q> {
                 let key = flow_key(p);
                 let found = if hint != NONE && self.flows.word_matches(hint, &key) {
                     Some(hint)
-                } else if hint == NONE && hash != 0 && self.hint_ver == self.flows.version() {
-                    // No tag on the probe sequence and nothing inserted since: a miss.
+                } else if known_miss {
+                    // No tag on the probe sequence and no key of this hash inserted since.
                     None
                 } else {
-                    let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-                    self.flows.lookup_word(&key, hash)
+                    if hash == 0 {
+                        hash = self.flows.hash(&key);
+                    }
+                    let found = self.flows.lookup_word(&key, hash);
+                    // A miss now is as good as the lookup pass's (nothing changes the table
+                    // before `process_slow` looks again).
+                    known_miss = found.is_none();
+                    found
                 };
                 if let Some(v) = found {
                     match self.forward_established(iface, v, &mut pkt, p) {
@@ -918,9 +953,6 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
         }
-        // The burst's lookup pass missed and nothing was inserted since: a known miss (floods
-        // of unknown flows skip a second, cache-missing probe).
-        let known_miss = hash != 0 && hint == NONE && self.hint_ver == self.flows.version();
         self.process_slow(iface, pkt, handed, parsed, hash, known_miss)
     }
 
@@ -1032,7 +1064,13 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
-        let found = if known_miss { None } else { self.flows.lookup_for_insert(&key, hash) };
+        let found = if known_miss {
+            // An insert of this key right after only looks for the first empty slot.
+            self.flows.note_miss(&key, hash);
+            None
+        } else {
+            self.flows.lookup_for_insert(&key, hash)
+        };
         let next = match found {
             Some((idx, dir)) => {
                 let c = self.flows.get(idx);
@@ -1069,7 +1107,10 @@ impl<Q: BufAlloc> Worker<Q> {
                 // the scheduler (other segments may not need it: looked up where they do).
                 let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
                 let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
-                match self.syn_proxy(iface, &mut pkt, p, svc) {
+                // A SYN to a service without the SYN proxy: nothing for it to look at.
+                let no_proxy = matches!(svc, Some(Some(si)) if self.snap.services.get(si)
+                    .is_some_and(|s| s.syn_proxy == ferrovs_cfg::SynProxy::Off));
+                match if no_proxy { None } else { self.syn_proxy(iface, &mut pkt, p, svc) } {
                     Some(next) => next,
                     None => self.new_inbound_svc(&mut pkt, p, svc),
                 }
@@ -1437,7 +1478,8 @@ impl<Q: BufAlloc> Worker<Q> {
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
-        c.hint = self.svcs.get(si).and_then(|st| st.ids.get(di)).copied().unwrap_or(flow::NO_HINT);
+        let memo = self.svcs.get(si).and_then(|st| st.ids.get(di)).copied().unwrap_or(DestMemo::EMPTY);
+        c.hint = memo.ids;
         // Routes towards the real server (the snapshot's, for a configured one) and back to the
         // client.
         let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
@@ -1452,56 +1494,73 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         // Checksum deltas: address words, port word, and (NAT) TTL.
         let v4 = addr_is_v4(client);
-        // Summed unfolded, folded once per field (the same ones-complement sums).
-        let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
-        let mut a_out = csum::delta_addr_unfolded(rs, vip, v4);
-        let mut p_in = csum::delta16(vport, rport);
         let mut laddr = 0;
-        if fwd == Forward::Fnat {
-            // The source side too: client:cport <-> local address:port.
-            let picked = match local {
-                Local::Fixed(a, port) => Some((a, port)),
-                // A cluster peer's local address (a data connection of a control connection
-                // the peer opened): from this node's slot of its ports.
-                Local::Prefer(a) if !svc.local.contains(&a) => {
-                    let slot = self.snap.config.cluster.as_ref().map_or(0, |c| c.node_id);
-                    self.lports.take_foreign(a, proto, slot).map(|port| (a, port))
-                }
-                Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
-                Local::Any => None,
-            };
-            let Some((la, lport)) = picked.or_else(|| self.lports.alloc(&svc.local, proto)) else {
-                return Err(DropReason::FnatPortsExhausted);
-            };
-            laddr = la;
-            c.laddr = la;
-            c.lport = lport;
-            a_in += csum::delta_addr_unfolded(client, la, v4);
-            a_out += csum::delta_addr_unfolded(la, client, v4);
-            p_in += csum::delta16(cport, lport);
-        }
-        if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
-            // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
-            // there; the precomputed deltas do not apply.
-            c.flags |= F_XLAT;
-            (a_in, a_out, p_in) = (0, 0, 0);
-        }
-        let ttl = if v4 { TTL_DELTA } else { 0 };
-        c.l3_in = if v4 { csum::fold(a_in + ttl) as u32 } else { 0 };
-        c.l3_out = if v4 { csum::fold(a_out + ttl) as u32 } else { 0 };
-        // The reply direction's L4 delta is this one's complement (`Conn::l4_out`).
-        c.l4_in = csum::fold(a_in + p_in) as u32;
-        c.expires = self.now + snap.timeouts[c.state as usize];
-        let lport = c.lport;
-        let idx = match self.flows.insert(c, self.now) {
-            Ok(i) => i,
-            Err(_) => {
-                if fwd == Forward::Fnat && !matches!(local, Local::Fixed(..)) {
-                    self.lports.release(laddr, proto, lport);
-                }
-                return Err(DropReason::TableFull);
+        let sums_key = (vip, rs, vport, rport, v4);
+        if fwd != Forward::Fnat && memo.valid && memo.key == sums_key {
+            // The same rewrite as the last connection to this real server: its deltas.
+            (c.l3_in, c.l3_out, c.l4_in) = (memo.l3_in as u32, memo.l3_out as u32, memo.l4_in as u32);
+        } else {
+            // Summed unfolded, folded once per field (the same ones-complement sums).
+            let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
+            let mut a_out = csum::delta_addr_unfolded(rs, vip, v4);
+            let mut p_in = csum::delta16(vport, rport);
+            if fwd == Forward::Fnat {
+                // The source side too: client:cport <-> local address:port.
+                let picked = match local {
+                    Local::Fixed(a, port) => Some((a, port)),
+                    // A cluster peer's local address (a data connection of a control connection
+                    // the peer opened): from this node's slot of its ports.
+                    Local::Prefer(a) if !svc.local.contains(&a) => {
+                        let slot = self.snap.config.cluster.as_ref().map_or(0, |c| c.node_id);
+                        self.lports.take_foreign(a, proto, slot).map(|port| (a, port))
+                    }
+                    Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
+                    Local::Any => None,
+                };
+                let Some((la, lport)) = picked.or_else(|| self.lports.alloc(&svc.local, proto)) else {
+                    return Err(DropReason::FnatPortsExhausted);
+                };
+                laddr = la;
+                c.laddr = la;
+                c.lport = lport;
+                a_in += csum::delta_addr_unfolded(client, la, v4);
+                a_out += csum::delta_addr_unfolded(la, client, v4);
+                p_in += csum::delta16(cport, lport);
             }
+            if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
+                // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
+                // there; the precomputed deltas do not apply.
+                c.flags |= F_XLAT;
+                (a_in, a_out, p_in) = (0, 0, 0);
+            }
+            let ttl = if v4 { TTL_DELTA } else { 0 };
+            c.l3_in = if v4 { csum::fold(a_in + ttl) as u32 } else { 0 };
+            c.l3_out = if v4 { csum::fold(a_out + ttl) as u32 } else { 0 };
+            // The reply direction's L4 delta is this one's complement (`Conn::l4_out`).
+            c.l4_in = csum::fold(a_in + p_in) as u32;
+        }
+        c.expires = self.now + snap.timeouts[c.state as usize];
+        // Counted below, once it is in.
+        c.flags |= F_COUNTED;
+        let lport = c.lport;
+        let Some((idx, e)) = self.flows.insert_ref(&c, self.now) else {
+            if fwd == Forward::Fnat && !matches!(local, Local::Fixed(..)) {
+                self.lports.release(laddr, proto, lport);
+            }
+            return Err(DropReason::TableFull);
         };
+        let ids = [e.vipi, e.rsi, e.hop_in, e.hop_out];
+        if let Some(m) = self.svcs.get_mut(si).and_then(|st| st.ids.get_mut(di)) {
+            // Written only when it changes (the common connection leaves it as it was).
+            if m.ids != ids {
+                m.ids = ids;
+            }
+            if fwd != Forward::Fnat && !(m.valid && m.key == sums_key) {
+                m.key = sums_key;
+                (m.l3_in, m.l3_out, m.l4_in) = (c.l3_in as u16, c.l3_out as u16, c.l4_in as u16);
+                m.valid = true;
+            }
+        }
         let pp = match d.proxy_v2 {
             Some(v2) if proto == PROTO_TCP && fwd.two_way() => {
                 Some(crate::pipeline::proxyproto::for_conn(v2, client, cport, vip, vport))
@@ -1512,13 +1571,8 @@ impl<Q: BufAlloc> Worker<Q> {
             self.flows.cold_mut(idx).pp = Some(Box::new(pp));
             self.flows.get_mut(idx).flags |= F_PPROTO;
         }
-        if let Some(h) = self.svcs.get_mut(si).and_then(|st| st.ids.get_mut(di)) {
-            let c = self.flows.get(idx);
-            *h = [c.vipi, c.rsi, c.hop_in, c.hop_out];
-        }
         let counts = &snap.conn_counts[si];
         counts.inc_inactive(self.id, di);
-        self.flows.get_mut(idx).flags |= F_COUNTED;
         bump(&self.counters.flows_created, 1);
         bump(&self.counters.flows_active, 1);
         let sc = &self.svc_counters[si];

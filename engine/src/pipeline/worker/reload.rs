@@ -61,14 +61,19 @@ impl<Q: BufAlloc> Worker<Q> {
                         if os.persistence != s.persistence {
                             st.persist = persist_new();
                         }
-                        st.ids = vec![crate::flow::NO_HINT; dests.len()];
+                        st.ids = vec![super::DestMemo::EMPTY; dests.len()];
                         st.dests = dests;
                         st
                     }
                     None => {
                         let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
                             .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
-                        SvcState { sched, persist: persist_new(), ids: vec![crate::flow::NO_HINT; dests.len()], dests }
+                        SvcState {
+                            sched,
+                            persist: persist_new(),
+                            ids: vec![super::DestMemo::EMPTY; dests.len()],
+                            dests,
+                        }
                     }
                 }
             })
