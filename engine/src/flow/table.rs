@@ -384,6 +384,20 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         self.take(k)
     }
 
+    /// Does id `i` hold `k`?
+    #[inline(always)]
+    fn holds(&self, i: u16, k: &K) -> bool {
+        self.vals.get(i as usize) == Some(k)
+    }
+
+    /// Take one more reference to id `i`, which holds a value ([`Interned::holds`]).
+    #[inline(always)]
+    fn retake(&mut self, i: u16) {
+        if let Some(r) = self.refs.get_mut(i as usize) {
+            *r += 1;
+        }
+    }
+
     /// Take a reference to `k`: its id and whether the id is new for it;
     /// `None` if every id is referenced.
     fn take(&mut self, k: K) -> Option<(u16, bool)> {
@@ -1105,9 +1119,34 @@ impl FlowTable {
     }
 
     /// Take the interned ids of `c`; `None` (nothing taken) if a kind is full.
+    #[inline(always)]
     fn intern_all(&mut self, c: &NewConn) -> Option<[u16; 5]> {
         let two = c.fwd.two_way();
         let fnat = c.fwd == Forward::Fnat;
+        // The common case: every hint holds its value (a connection like the last one to
+        // the same real server), so each id just gains a reference: nothing to hash, nothing
+        // to give back.
+        let [hv, hr, hi, ho] = c.hint;
+        if !fnat
+            && self.vips.holds(hv, &(c.vip, c.vport))
+            && self.reals.holds(hr, &(c.rs, c.rport))
+            && self.hops.holds(hi, &(c.nh_in, c.if_in))
+            && (!two || self.hops.holds(ho, &(c.nh_out, c.if_out)))
+        {
+            self.vips.retake(hv);
+            self.reals.retake(hr);
+            self.hops.retake(hi);
+            if two {
+                self.hops.retake(ho);
+            }
+            return Some([hv, hr, 0, hi, if two { ho } else { NO_HOP }]);
+        }
+        self.intern_slow(c, two, fnat)
+    }
+
+    /// [`FlowTable::intern_all`] id by id, with the hints tried first.
+    #[inline(never)]
+    fn intern_slow(&mut self, c: &NewConn, two: bool, fnat: bool) -> Option<[u16; 5]> {
         // Taken in this order: VIP, real server, local address (full NAT; else 0), next
         // hop in, next hop out (two-way; else NO_HOP). `got`: how many were taken.
         let mut ids = [0, 0, 0, NO_HOP, NO_HOP];

@@ -225,6 +225,9 @@ pub struct Worker<Q: BufAlloc> {
     handoff_out: Vec<(usize, u8, Q::Buf)>,
     snap: Arc<Snapshot>,
     snap_gen: u16,
+    /// The last destination `process_slow` classified and what the snapshot says it is (a
+    /// burst of new connections goes to one VIP): cleared with every snapshot.
+    addr_memo: Option<(Addr, crate::pipeline::snapshot::AddrInfo)>,
     svcs: Vec<SvcState>,
     /// Old -> new service and real-server indices of the last snapshot
     /// change, built once per change in `apply_snapshot`.
@@ -400,6 +403,7 @@ impl<Q: BufAlloc> Worker<Q> {
             handoff_out: Vec::new(),
             snap: snap.clone(),
             snap_gen: 0,
+            addr_memo: None,
             svcs: Vec::new(),
             remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
@@ -996,7 +1000,14 @@ impl<Q: BufAlloc> Worker<Q> {
         if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
             return self.handle_nd(iface, pkt, p);
         }
-        let info = self.snap.addr_info(p.dst);
+        let info = match self.addr_memo {
+            Some((a, info)) if a == p.dst => info,
+            _ => {
+                let info = self.snap.addr_info(p.dst);
+                self.addr_memo = Some((p.dst, info));
+                info
+            }
+        };
         let kind = info.kind;
         let dst_vip = kind & ADDR_VIP != 0;
         let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;

@@ -20,6 +20,7 @@ impl<Q: BufAlloc> Worker<Q> {
         // Fold pending traffic into the old counters before they are carried.
         self.flush_svc_counters();
         let old = std::mem::replace(&mut self.snap, snap.clone());
+        self.addr_memo = None;
         self.snap_gen = self.snap_gen.wrapping_add(1);
         if !Arc::ptr_eq(&old, &snap) {
             self.retire_laddrs(&old, &snap);
