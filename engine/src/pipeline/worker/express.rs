@@ -216,7 +216,10 @@ impl<Q: BufAlloc> Worker<Q> {
         let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
         // The destination MAC: ours if multicast/broadcast or the receiving interface's
         // (`my_mac`, see `mac_word`).
-        let dst = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) & 0xffff_ffff_ffff;
+        let Some(Ok::<&[u8; 8], _>(head)) = d.get(..8).map(|s| s.try_into()) else {
+            return Express::Confirmed;
+        };
+        let dst = u64::from_le_bytes(*head) & 0xffff_ffff_ffff;
         let ours = dst & 1 == 1 || dst == my_mac;
         let c = self.flows.get(idx);
         if !ours
