@@ -896,8 +896,12 @@ impl FlowTable {
     /// returns): see [`FlowTable::still_missing`].
     #[inline(always)]
     pub fn mark_misses(&mut self) -> u64 {
-        self.ins_filter = [0; INS_FILTER_WORDS];
-        self.ins_mark = Some(self.version);
+        // Unchanged since the last mark (established traffic): nothing went in since, so
+        // the filter is still empty.
+        if self.ins_mark != Some(self.version) {
+            self.ins_filter = [0; INS_FILTER_WORDS];
+            self.ins_mark = Some(self.version);
+        }
         self.version
     }
 
