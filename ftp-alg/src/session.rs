@@ -615,6 +615,13 @@ impl FtpSession {
         let emit_start = if was_held { self.stream(dir).line_start } else { base };
         // Emitted bytes from `emit_start`, materialised only once they differ from the raw data.
         let mut out: Option<Vec<u8>> = if was_held { Some(Vec::new()) } else { None };
+        if was_held && self.tls {
+            // TLS began (the client's handshake) while a reply line was held: nothing is
+            // parsed any more, so the held bytes go out as they are, before the new ones.
+            let st = self.stream_mut(dir);
+            st.held = false;
+            out = Some(std::mem::take(&mut st.line));
+        }
         let mut copied = 0usize; // data[..copied] is accounted for in `out`
         let mut stop: Option<usize> = None; // data[stop..] is held
         let mut consumed = data.len(); // data[consumed..] is left for a retransmission

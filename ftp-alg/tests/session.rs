@@ -387,6 +387,26 @@ fn auth_tls_after_rewrite_keeps_mapping() {
 }
 
 #[test]
+fn tls_handshake_while_a_reply_is_held_releases_it() {
+    // Found by the session fuzz target: the client sends AUTH TLS and its first TLS record
+    // while the gateway holds the start of a reply line (it could be a 227). The held
+    // bytes must reach the client unchanged, in front of the next reply bytes.
+    let mut t = T::new(params(Mode::Nat));
+    t.cmd("PASV");
+    assert_eq!(t.reply(b"227 Ent"), Verdict::Hold);
+    t.cmd("AUTH TLS");
+    let o = t.o;
+    assert_eq!(t.feed(0, Dir::Original, o, b"\x16\x03\x01"), Verdict::Forward);
+    assert!(t.s.is_tls());
+    assert_eq!(t.reply(b"ering\r\n"), replace(0, b"227 Entering\r\n"));
+    assert_eq!(t.s.held_len(Dir::Reply), 0);
+    assert_eq!(t.s.map_seq(Dir::Reply, 14), 14);
+    // Afterwards the stream is passed through.
+    assert_eq!(t.reply(b"\x16\x03\x03"), Verdict::Forward);
+    assert_eq!(t.feed(0, Dir::Reply, 0, b"227 Entering\r\n"), Verdict::Forward);
+}
+
+#[test]
 fn dr_mode() {
     let mut t = T::new(params(Mode::Dr));
     let any = ExpectKind::Passive { vip_port: None, real_port: None };
