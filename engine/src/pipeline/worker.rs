@@ -589,16 +589,21 @@ impl<Q: BufAlloc> Worker<Q> {
         let pre_n = &mut pre[..n];
         for (i, mut pkt) in rx.drain(..).enumerate() {
             let lane = lanes_n[i];
+            let mut confirmed = false;
             if lane.l3 != 0 {
                 if lane.hint != NONE && lane_on {
-                    if let Some(q) = self.express(my_mac, lane, &mut pkt) {
-                        self.tx[q].push(pkt);
-                        continue;
+                    match self.express(my_mac, lane, &mut pkt) {
+                        express::Express::Tx(q) => {
+                            self.tx[q].push(pkt);
+                            continue;
+                        }
+                        express::Express::Confirmed => confirmed = true,
+                        express::Express::Unconfirmed => {}
                     }
                 }
                 pre_n[i] = express::express_parsed(pkt.data(), lane.l3 as usize);
             }
-            self.process_parsed(iface, pkt, false, &pre_n[i], lane.h, lane.hint);
+            self.process_parsed(iface, pkt, false, &pre_n[i], lane.h, lane.hint, confirmed);
         }
         self.pre = pre;
         self.lanes = lanes;
@@ -617,7 +622,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.now = now;
         bump(&self.counters.handoff_in, 1);
         let r = parse::parse(pkt.data());
-        self.process_parsed(iface, pkt, true, &r, 0, NONE);
+        self.process_parsed(iface, pkt, true, &r, 0, NONE, false);
     }
 
     /// One frame received on interface `iface` at `now` (ns), without a port: what became of
@@ -988,7 +993,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// Classify and forward one packet received on interface `iface`.
     pub fn process(&mut self, iface: usize, pkt: Q::Buf, handed: bool) {
         let r = parse::parse(pkt.data());
-        self.process_parsed(iface, pkt, handed, &r, 0, NONE);
+        self.process_parsed(iface, pkt, handed, &r, 0, NONE, false);
         self.flush_svc_counters();
     }
 
@@ -1024,7 +1029,8 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// [`Worker::process`] with the parse result, the flow hash (0: not
     /// computed) and the index word found earlier in the burst (`NONE`:
-    /// none) from the burst's first passes.
+    /// none) from the burst's first passes; `confirmed`: that word is known to be the
+    /// packet's connection (the express lane compared the key).
     #[inline(always)]
     fn process_parsed(
         &mut self,
@@ -1034,6 +1040,7 @@ impl<Q: BufAlloc> Worker<Q> {
         parsed: &Result<Parsed, parse::ParseError>,
         hash: u64,
         hint: u32,
+        confirmed: bool,
     ) {
         // Fast path: an established TCP/UDP connection of this worker's
         // table. Only the owner of a connection ever creates it, so a hit
@@ -1047,8 +1054,9 @@ impl<Q: BufAlloc> Worker<Q> {
                 // key is confirmed here, now that the line has arrived. A failed candidate
                 // is looked up in full, and so is a miss once the table changed (an earlier
                 // packet of the burst may have created the connection).
+                // `confirmed`: the express lane compared the key already.
                 let key = flow_key(p);
-                let found = if hint != NONE && self.flows.word_matches(hint, &key) {
+                let found = if confirmed || (hint != NONE && self.flows.word_matches(hint, &key)) {
                     Some(hint)
                 } else if hint == NONE && hash != 0 && self.hint_ver == self.flows.version() {
                     // No tag on the probe sequence and nothing inserted since: a miss.

@@ -171,19 +171,33 @@ pub(super) fn lookup_pass(flows: &FlowTable, lanes: &mut [Lane]) {
     }
 }
 
+/// What [`Worker::express`] made of a packet.
+pub(super) enum Express {
+    /// Rewritten and waiting on this transmit queue.
+    Tx(usize),
+    /// Untouched, the candidate word confirmed as the packet's connection (the general path
+    /// need not look it up again).
+    Confirmed,
+    /// Untouched, the candidate not confirmed.
+    Unconfirmed,
+}
+
 impl<Q: BufAlloc> Worker<Q> {
     /// Pass 3 of an express packet whose pass 2 found candidate `lane.hint`: the transmit
     /// queue it now waits for (rewritten, the connection's state, expiry and counters
-    /// updated), or `None`, the packet and every state untouched, when it is not the
-    /// lane's (see the module docs): the general path takes it then.
+    /// updated), or, the packet and every state untouched, when it is not the lane's (see
+    /// the module docs), whether the candidate is its connection: the general path takes
+    /// it then, without a second key compare when it is.
     #[inline(always)]
-    pub(super) fn express(&mut self, my_mac: u64, lane: Lane, pkt: &mut Q::Buf) -> Option<usize> {
+    pub(super) fn express(&mut self, my_mac: u64, lane: Lane, pkt: &mut Q::Buf) -> Express {
         let v = lane.hint;
         let l3 = lane.l3 as usize;
         let d = pkt.data_mut();
         let len = d.len() as u64;
         // Pass 1 saw these 40 bytes; nothing wrote the frame since.
-        let ip: &[u8; 40] = d.get(l3..l3 + 40)?.try_into().ok()?;
+        let Some(Ok::<&[u8; 40], _>(ip)) = d.get(l3..l3 + 40).map(|s| s.try_into()) else {
+            return Express::Unconfirmed;
+        };
         let proto = ip[9];
         let key = FlowKey {
             src: v4_to_addr([ip[12], ip[13], ip[14], ip[15]]),
@@ -196,13 +210,16 @@ impl<Q: BufAlloc> Worker<Q> {
         let ttl = ip[8];
         let tcp_flags = if proto == PROTO_TCP { ip[33] & 0x3f } else { 0 };
         if !self.flows.word_matches(v, &key) {
-            return None;
+            return Express::Unconfirmed;
         }
         let idx = v >> 1;
         let dir = if v & 1 == 0 { Dir::In } else { Dir::Out };
         // The destination MAC: ours if multicast/broadcast or the receiving interface's
         // (`my_mac`, see `mac_word`).
-        let dst = u64::from_le_bytes(d.get(..8)?.try_into().ok()?) & 0xffff_ffff_ffff;
+        let Some(Ok::<&[u8; 8], _>(head)) = d.get(..8).map(|s| s.try_into()) else {
+            return Express::Confirmed;
+        };
+        let dst = u64::from_le_bytes(*head) & 0xffff_ffff_ffff;
         let ours = dst & 1 == 1 || dst == my_mac;
         let c = self.flows.get(idx);
         if !ours
@@ -214,7 +231,7 @@ impl<Q: BufAlloc> Worker<Q> {
             || c.fwd == Forward::Tunnel
             || ttl <= 1
         {
-            return None;
+            return Express::Confirmed;
         }
         // The next hop: its MAC known for this neighbour generation, its interface's MTU
         // not exceeded.
@@ -222,9 +239,11 @@ impl<Q: BufAlloc> Worker<Q> {
         let hop = self.flows.hop_mac(h);
         let out = hop.iface as usize;
         let mtu = self.caps.get(out).map_or(usize::MAX, |c| c.mtu as usize);
-        let src_mac = *self.if_macs.get(out)?;
+        let Some(&src_mac) = self.if_macs.get(out) else {
+            return Express::Confirmed;
+        };
         if hop.mac_gen != self.neigh.gen || hop.mac == [0; 6] || total > mtu || out >= self.tx.len() {
-            return None;
+            return Express::Confirmed;
         }
         // Committed: what the general path does of it (`track` without a state change, that
         // is `account`; `rewrite_conn`; the Ethernet header).
@@ -248,14 +267,16 @@ impl<Q: BufAlloc> Worker<Q> {
             account(c, dir, len, self.now, &self.timeouts, &mut self.acc, &self.acc_base, &mut self.acc_dirty);
         if c.fwd != Forward::Dr {
             // Cannot fail: the TTL and the headers were checked above.
-            rewrite_conn(c, la, far, dir, d, &p).ok()?;
+            if rewrite_conn(c, la, far, dir, d, &p).is_err() {
+                return Express::Confirmed;
+            }
         }
         if wrapped {
             self.flows.carry_pkt(idx, dir == Dir::In);
         }
         d[0..6].copy_from_slice(&hop.mac);
         d[6..12].copy_from_slice(&src_mac);
-        Some(out)
+        Express::Tx(out)
     }
 }
 
