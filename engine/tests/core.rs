@@ -4,9 +4,12 @@
 
 mod common;
 use common::*;
+use ferrovs_engine::flow::tcpstate::TcpState;
 use ferrovs_engine::pipeline::counters::DropReason;
+use ferrovs_engine::pipeline::driver::Driver;
 use ferrovs_engine::pipeline::snapshot::Snapshot;
-use ferrovs_engine::pipeline::worker::{Fabric, Verdict, Worker};
+use ferrovs_engine::pipeline::worker::{Fabric, Verdict, Worker, EXPIRY_BOUND_NS, TICK_SHIFT};
+use ferrovs_engine::port::memory::MemQueue;
 use ferrovs_engine::port::memory::{default_mac, HeapBuf};
 use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
 use ferrovs_engine::tools::testpkt::*;
@@ -57,7 +60,7 @@ fn core(workers: usize) -> (Worker<HeapAlloc>, Arc<Fabric<HeapBuf>>) {
     let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
     let fabric = Fabric::new(workers);
     let allocs = vec![HeapAlloc; caps.len()];
-    (Worker::new(0, allocs, caps, snap, fabric.clone()), fabric)
+    (Worker::new(0, allocs, caps, snap, fabric.env(0)), fabric)
 }
 
 fn out(w: &mut Worker<HeapAlloc>) -> Vec<(usize, Vec<u8>)> {
@@ -208,36 +211,144 @@ fn fixtures() {
 #[test]
 fn timeouts_expire_connections() {
     let (mut w, fabric) = core(1);
+    let before = w.next_timeout();
     let syn = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b""));
     assert_eq!(w.handle(S, EXT, HeapBuf::from_slice(&syn)), Verdict::Tx(INT));
     out(&mut w);
     assert_eq!(w.flows.len(), 1);
-    // Something to sweep: the core wants a timeout now.
-    assert_eq!(w.poll_timeout(), Some(S));
-    // Well before the SYN's timeout: still there.
-    w.handle_timeout(S + 1_000_000);
+    // The cheap deadline after the work is the full one: the next timer tick.
+    assert_eq!(w.timeout_after_work(before), w.poll_timeout());
+    // An idle core with a connection: the next deadline is the next timer tick, not now.
+    let t = w.poll_timeout().expect("a deadline");
+    assert!(t > S && t <= S + (1 << TICK_SHIFT), "{t}");
+    // Well before the SYN's timeout: still there, and the deadline moves on.
+    w.handle_timeout(t);
     assert_eq!(w.flows.len(), 1);
-    // An hour later, the sweep expires it (incrementally: a few timeouts at most).
-    let later = S + 3600 * S;
-    for _ in 0..w.flows.slots() {
-        if w.flows.is_empty() {
-            break;
-        }
-        w.handle_timeout(later);
+    let t2 = w.poll_timeout().expect("a deadline");
+    assert!(t2 > t, "{t2} after {t}");
+    // An hour later: one late call (due at once), then the deadlines it returns.
+    let mut now = S + 3600 * S;
+    w.handle_timeout(now);
+    let mut calls = 0;
+    while !w.flows.is_empty() {
+        let t = w.poll_timeout().expect("a deadline");
+        assert!(t > now, "the deadline {t} is after the last call {now}");
+        now = t;
+        w.handle_timeout(now);
+        calls += 1;
+        assert!(now <= S + 3600 * S + EXPIRY_BOUND_NS, "still there after {calls} deadlines");
     }
-    assert!(w.flows.is_empty(), "the connection expired");
     assert_eq!(fabric.counters[0].flows_expired.load(Relaxed), 1);
     // Nothing left but the scheduler's tick.
-    assert_eq!(w.poll_timeout(), Some(((later >> 30) + 1) << 30));
+    assert_eq!(w.poll_timeout(), Some(((now >> 30) + 1) << 30));
     assert!(out(&mut w).is_empty());
+}
+
+/// Connections created over time expire no earlier than their expiry and leave the table
+/// within `EXPIRY_BOUND_NS` of it, with `handle_timeout` called only at the deadlines
+/// `poll_timeout` returns (and packets in between), which are never the last call's time.
+#[test]
+fn expired_connections_leave_within_the_bound() {
+    let (mut w, fabric) = core(1);
+    let tick = 1u64 << TICK_SHIFT;
+    let syn_recv = w.snapshot().timeouts[TcpState::SynRecv as usize];
+    assert!(syn_recv > 0);
+    // 60 connections, one every 47 ms (spread over 2.8 s, many ticks and table positions).
+    let n = 60u64;
+    let born: Vec<u64> = (0..n).map(|k| S + k * 47_000_000).collect();
+    let expiry: Vec<u64> = born.iter().map(|b| b + syn_recv).collect();
+    let mut next = 0usize;
+    let mut now = S;
+    let mut calls = 0u64;
+    loop {
+        let deadline = w.poll_timeout();
+        let created = next as u64;
+        let gone = |at: u64| expiry[..next].iter().filter(|&&e| at >= e + EXPIRY_BOUND_NS).count() as u64;
+        let expired = |at: u64| expiry[..next].iter().filter(|&&e| at + tick >= e).count() as u64;
+        if next < born.len() && deadline.is_none_or(|d| born[next] < d) {
+            now = born[next];
+            let sport = 30000 + next as u16;
+            let syn = from_client(tcp4(CLIENT, sport, VIP, 80, TCP_SYN, 1000, 0, b""));
+            assert_eq!(w.handle(now, EXT, HeapBuf::from_slice(&syn)), Verdict::Tx(INT));
+            out(&mut w);
+            next += 1;
+            continue;
+        }
+        let Some(d) = deadline else { break };
+        assert!(d > now, "an idle core's deadline {d} is after the last call {now}");
+        now = d;
+        w.handle_timeout(now);
+        calls += 1;
+        let live = w.flows.len() as u64;
+        assert!(live <= created - gone(now), "at {now}: {live} live, {} past expiry + bound", gone(now));
+        assert!(live >= created - expired(now), "at {now}: {live} live, removed before their expiry");
+        if next == born.len() && live == 0 {
+            break;
+        }
+        assert!(now < expiry[n as usize - 1] + 2 * EXPIRY_BOUND_NS, "no progress");
+    }
+    assert_eq!(fabric.counters[0].flows_expired.load(Relaxed), n);
+    // Deadlines about a tick apart: from the first connection to the last one's removal.
+    let span = (now - S) / tick;
+    assert!(calls <= span + span / 8 + 64, "{calls} calls over {span} ticks");
+}
+
+/// The driver delivers its core's events: the per-service counters at construction, a
+/// neighbour one worker learns into the other's control ring, which that worker applies.
+#[test]
+fn driver_routes_events_between_workers() {
+    let config = {
+        let mut c = config(SERVICES);
+        c.engine.workers = 2;
+        c
+    };
+    let macs: Vec<[u8; 6]> =
+        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
+    let caps: Vec<PortCaps> = config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: 2, mtu: 1500 })
+        .collect();
+    let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
+    let fabric = Fabric::new(2);
+    let queues = || caps.iter().map(|c| MemQueue::new(c.clone())).collect::<Vec<_>>();
+    let mut d0 = Driver::new(0, queues(), snap.clone(), fabric.clone());
+    let mut d1 = Driver::new(1, queues(), snap.clone(), fabric.clone());
+    for id in 0..2 {
+        assert_eq!(fabric.services[id].lock().unwrap().len(), snap.services.len(), "worker {id}'s service counters");
+    }
+    let n0 = d0.table_sizes().neighbors;
+    let n1 = d1.table_sizes().neighbors;
+    d0.queues_mut()[INT].inject(&arp_reply(RS9_MAC, RS9, LB_INT, [10, 0, 2, 1]));
+    d0.poll(S);
+    assert_eq!(d0.table_sizes().neighbors, n0 + 1, "worker 0 learnt RS9");
+    assert!(fabric.ctrl[0].is_empty(), "nothing for the worker that learnt it");
+    assert_eq!(fabric.ctrl[1].len(), 1, "the neighbour for worker 1");
+    assert_eq!(d1.table_sizes().neighbors, n1);
+    d1.poll(S + 1000);
+    assert_eq!(d1.table_sizes().neighbors, n1 + 1, "worker 1 learnt RS9 from worker 0");
+    assert!(fabric.ctrl[1].is_empty());
+    // The same neighbour again changes nothing: no event.
+    d0.queues_mut()[INT].inject(&arp_reply(RS9_MAC, RS9, LB_INT, [10, 0, 2, 1]));
+    d0.poll(S + 2000);
+    assert!(fabric.ctrl[1].is_empty());
+    // Idle drivers with no connections wait for the scheduler tick, not for now.
+    for d in [&d0, &d1] {
+        let t = d.timeout().expect("the scheduler tick");
+        assert!(t > S + 2000, "{t}");
+    }
 }
 
 #[test]
 fn parked_packets_time_out() {
     let (mut w, fabric) = core(1);
     let syn = from_client(tcp4(CLIENT, 40001, VIP, 81, TCP_SYN, 7, 0, b""));
+    let before = w.next_timeout();
     assert_eq!(w.handle(S, EXT, HeapBuf::from_slice(&syn)), Verdict::Parked);
     assert_eq!(out(&mut w).len(), 1, "the ARP request");
+    // The cheap deadline after the work sees the parked packet.
+    assert_eq!(w.timeout_after_work(before), w.poll_timeout());
     // The parked packet's deadline is among the timers.
     let t = w.poll_timeout().expect("a deadline");
     assert!(t <= S + 3 * S, "{t}");

@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use ferrovs_engine::pipeline::snapshot::Snapshot;
-use ferrovs_engine::pipeline::worker::{Fabric, Worker};
+use ferrovs_engine::pipeline::worker::{CoreEnv, Worker};
 use ferrovs_engine::port::memory::{default_mac, HeapBuf};
 use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
 use ferrovs_engine::tools::testpkt::*;
@@ -94,7 +94,7 @@ fn core(express: bool) -> Worker<HeapAlloc> {
         .collect();
     let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
     let allocs = vec![HeapAlloc; caps.len()];
-    let mut w = Worker::new(0, allocs, caps, snap, Fabric::new(1));
+    let mut w = Worker::new(0, allocs, caps, snap, CoreEnv::standalone(1));
     w.set_express(express);
     w
 }

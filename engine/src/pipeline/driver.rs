@@ -4,13 +4,21 @@
 //! frame) -> Verdict` for one frame, `handle_burst` for a received burst (the established fast
 //! path's three passes), `poll_transmit` / `transmit_queues` for frames to send (forwarded,
 //! reflected, originated: ARP/ND, ICMP errors, SYN-ACKs, RSTs; released: parked packets once
-//! their next hop resolves, SYN-proxy holds), `poll_handoff` for packets another worker owns,
-//! and `poll_timeout` / `handle_timeout` for timers. It owns no port, no rx burst and reads no
-//! ring, so tests and fuzz targets drive it directly (`engine/tests/core.rs`).
+//! their next hop resolves, SYN-proxy holds),
+//! `poll_handoff` for packets another worker owns, `poll_timeout` / `handle_timeout` for
+//! timers (real deadlines: the driver may sleep until one), and `poll_event` for what it has
+//! for the rest of the engine (a neighbour learnt, a cluster sync batch, new per-service
+//! counters). It owns no port, no rx burst, reads no ring and writes nothing shared but its
+//! counters ([`CoreEnv`](crate::pipeline::worker::CoreEnv)), so tests and fuzz targets drive it directly
+//! (`engine/tests/core.rs`).
 //!
 //! [`Driver`] owns what does I/O: one queue of every port, the rx burst, the kernel-port
 //! passthrough (frames from a kernel port leave through its data port as sent), this worker's
-//! handoff and control rings, and pushes the core's handoffs into their owners' rings.
+//! handoff and control rings; it pushes the core's handoffs into their owners' rings and
+//! delivers its events ([`Fabric::deliver`]: neighbours into the other workers' control
+//! rings, sync batches into the sync thread's ring, service counters into their mutex). It
+//! keeps the core's next deadline ([`Driver::timeout`]) and calls `handle_timeout` only when
+//! it is due.
 //!
 //! Frames the core originates are allocated from a [`BufAlloc`](crate::port::BufAlloc) per port, taken from the queue
 //! at construction ([`PortQueue::allocator`]: the port's packet pool without the queue). That
@@ -43,6 +51,8 @@ pub struct Driver<Q: PortQueue> {
     kern_of: Vec<Option<usize>>,
     fabric: Arc<Fabric<Q::Buf>>,
     counters: Arc<WorkerCounters>,
+    /// The core's next deadline (`None`: none).
+    deadline: Option<u64>,
 }
 
 impl<Q: PortQueue> Driver<Q> {
@@ -56,9 +66,26 @@ impl<Q: PortQueue> Driver<Q> {
                 kern_of[q] = Some(i);
             }
         }
-        let core = Worker::new(id, allocs, caps, snap, fabric.clone());
+        let core = Worker::new(id, allocs, caps, snap, fabric.env(id));
         let counters = fabric.counters[id].clone();
-        Driver { core, queues, rx: Vec::with_capacity(crate::port::BURST), kern_of, fabric, counters }
+        let mut d = Driver {
+            core,
+            queues,
+            rx: Vec::with_capacity(crate::port::BURST),
+            kern_of,
+            fabric,
+            counters,
+            deadline: None,
+        };
+        d.deliver_events();
+        d.deadline = d.core.next_timeout();
+        d
+    }
+
+    /// When the core next wants `handle_timeout` (ns; `None`: never, until traffic or a
+    /// control message comes). A driver with nothing to receive may sleep until then.
+    pub fn timeout(&self) -> Option<u64> {
+        self.deadline
     }
 
     pub fn core(&self) -> &Worker<Q::Alloc> {
@@ -86,11 +113,16 @@ impl<Q: PortQueue> Driver<Q> {
         let id = self.core.id;
         let mut work = 0;
         // Control messages first: a new snapshot applies before new packets.
+        let mut ctrl = false;
         while let Some(m) = self.fabric.ctrl[id].pop() {
             if matches!(m, Ctrl::Snapshot(_)) {
                 self.refresh_caps();
             }
             self.core.handle_ctrl(now, m);
+            ctrl = true;
+        }
+        if ctrl {
+            self.deadline = self.core.next_timeout();
         }
         let mut rx = std::mem::take(&mut self.rx);
         for i in 0..self.queues.len() {
@@ -118,10 +150,25 @@ impl<Q: PortQueue> Driver<Q> {
             }
         }
         self.push_handoffs();
+        if work > 0 {
+            self.deadline = self.core.timeout_after_work(self.deadline);
+        }
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.core.handle_timeout(now);
+            self.deadline = self.core.next_timeout();
+        }
+        self.deliver_events();
         self.core.flush_svc_counters_at(now, work == 0);
         self.flush_tx();
-        self.core.handle_timeout(now);
         work
+    }
+
+    /// The core's events, delivered (rings, mutexes: [`Fabric::deliver`]).
+    #[inline]
+    fn deliver_events(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            self.fabric.deliver(self.core.id, e);
+        }
     }
 
     /// Packets the core handed to other workers, into their rings.

@@ -76,6 +76,35 @@ pub enum Ctrl {
     Sync(Vec<SyncEntry>),
 }
 
+/// What a worker's core gets from the rest of the engine at construction ([`Fabric::env`]):
+/// the number of workers (who owns a flow), its counters, and the cluster liveness table it
+/// reads. The core writes nothing shared but its counters; what it has for others comes out
+/// of [`Worker::poll_event`] and the driver delivers it.
+pub struct CoreEnv {
+    pub workers: usize,
+    pub counters: Arc<WorkerCounters>,
+    pub liveness: Arc<redirect::Liveness>,
+}
+
+impl CoreEnv {
+    /// A lone core (tests, tools): `workers` workers, fresh counters, nobody heard from.
+    pub fn standalone(workers: usize) -> Self {
+        CoreEnv { workers, counters: Default::default(), liveness: Default::default() }
+    }
+}
+
+/// What the core has for the rest of the engine ([`Worker::poll_event`]); the driver
+/// delivers it (rings, mutexes).
+pub enum Event {
+    /// A neighbour this worker learnt or whose MAC changed: for every other worker
+    /// (`Ctrl::Neigh`).
+    Neigh(Addr, [u8; 6]),
+    /// Cluster: sync entries gathered since the last batch, for the sync thread.
+    Sync(Vec<SyncEntry>),
+    /// The per-service counters of the snapshot the core now runs (for the control plane).
+    Services(Arc<Vec<ServiceCounters>>),
+}
+
 /// Everything workers share: rings and counters. Built once at start.
 pub struct Fabric<B> {
     pub workers: usize,
@@ -90,7 +119,7 @@ pub struct Fabric<B> {
     /// sends it and requires it of the peers; a reload may change the node tables).
     pub sync_placement: Mutex<crate::cluster::sync::Placement>,
     /// Cluster: when each peer was last heard from (the sync thread records, the workers read).
-    pub liveness: redirect::Liveness,
+    pub liveness: Arc<redirect::Liveness>,
     pub stop: AtomicBool,
 }
 
@@ -108,6 +137,37 @@ impl<B> Fabric<B> {
             stop: AtomicBool::new(false),
         })
     }
+    /// The environment of worker `id`'s core.
+    pub fn env(&self, id: usize) -> CoreEnv {
+        CoreEnv { workers: self.workers, counters: self.counters[id].clone(), liveness: self.liveness.clone() }
+    }
+
+    /// Deliver an event of worker `id`'s core: a neighbour to the other workers' control
+    /// rings (best effort: a full ring drops it, which only delays resolution there), a sync
+    /// batch to the sync thread's ring (a full ring counts its entries `sync_skipped`), the
+    /// service counters for the control plane.
+    pub fn deliver(&self, id: usize, e: Event) {
+        match e {
+            Event::Neigh(a, mac) => {
+                for (w, q) in self.ctrl.iter().enumerate() {
+                    if w != id {
+                        let _ = q.push(Ctrl::Neigh(a, mac));
+                    }
+                }
+            }
+            Event::Sync(batch) => {
+                if let Err(b) = self.sync_tx.push(batch) {
+                    bump(&self.counters[id].sync_skipped, b.len() as u64);
+                }
+            }
+            Event::Services(s) => {
+                if let Ok(mut g) = self.services[id].lock() {
+                    *g = s;
+                }
+            }
+        }
+    }
+
     /// Record `snap`'s placement-relevant configuration for the sync thread.
     pub fn set_placement(&self, snap: &crate::pipeline::snapshot::Snapshot) {
         let nodes = snap.config.cluster.as_ref().map_or(&[][..], |c| &c.nodes[..]);
@@ -120,14 +180,6 @@ impl<B> Fabric<B> {
     /// The placement-relevant configuration of the newest snapshot.
     pub fn placement(&self) -> crate::cluster::sync::Placement {
         self.sync_placement.lock().map(|g| *g).unwrap_or_default()
-    }
-
-    /// Post a control message to every worker (best effort: a full ring
-    /// drops the message, which for neighbours only delays resolution).
-    pub fn broadcast(&self, mut make: impl FnMut() -> Ctrl) {
-        for q in &self.ctrl {
-            let _ = q.push(make());
-        }
     }
 }
 
@@ -143,15 +195,35 @@ struct Held<K, B> {
 
 const MAX_PENDING: usize = 256;
 const PENDING_NS: u64 = 3_000_000_000;
-const SWEEP_PER_POLL: usize = 64;
+/// The timer tick (2^20 ns, about 1 ms): the incremental sweeps of connections,
+/// expectations and fragments and the cluster sync refresh scan run once per tick.
+pub const TICK_SHIFT: u32 = 20;
+/// Ticks per full pass of the connection sweep: each tick scans at least
+/// `ceil(slots / SWEEP_TICKS)` slots, so the cursor covers the whole table within
+/// `SWEEP_TICKS` ticks = 2^30 ns.
+const SWEEP_TICKS: usize = 1024;
+/// Slots per tick at least (small tables).
+const SWEEP_MIN_TICK: usize = 64;
 /// Expiry sweep: slots more per connection inserted or removed since the last sweep (so it
 /// keeps pace with connection churn: expired connections leave the table, and their index
 /// words the probe chains, within a bounded number of new connections), up to
-/// `SWEEP_MAX_POLL` slots a poll.
+/// `SWEEP_MAX_CHURN` churn slots a tick.
 const SWEEP_PER_CHURN: usize = 2;
-const SWEEP_MAX_POLL: usize = 1024;
-/// Expired expectations removed per poll at most.
-const EXPECT_SWEEP_PER_POLL: usize = 8;
+const SWEEP_MAX_CHURN: usize = 16384;
+/// Ticks' shares of the sweep a late `handle_timeout` does at most. One: a driver that
+/// falls behind its deadlines (or a clock that jumps, like the bench's, where one poll spans
+/// tens of ticks) sweeps one tick's share per call, so a late call never costs a burst more
+/// than a tick's share; the bound [`EXPIRY_BOUND_NS`] holds for a driver that keeps to the
+/// deadlines.
+const SWEEP_CATCH_UP: u64 = 1;
+/// An expired connection leaves the table at most this long (ns) after its expiry, when
+/// `handle_timeout` is called at the deadlines `poll_timeout` returns: the cursor visits
+/// every slot within `SWEEP_TICKS` ticks, plus one tick for the deadline's alignment
+/// (2^30 + 2^20 ns, about 1.07 s). Lookups treat an expired connection as absent before.
+pub const EXPIRY_BOUND_NS: u64 = ((SWEEP_TICKS as u64) + 1) << TICK_SHIFT;
+/// Expired expectations and fragment datagrams removed per tick at most (each queue is
+/// oldest first).
+const EXPECT_SWEEP_PER_TICK: usize = 64;
 /// Longest time (ns) per-worker service/real-server traffic deltas wait
 /// before `poll` folds them into the shared counters.
 const SVC_FLUSH_NS: u64 = 100_000_000;
@@ -261,7 +333,11 @@ pub struct Worker<Q: BufAlloc> {
     proxy_release: Option<u32>,
     /// DR/tunnel SYN proxy: verified client addresses (see `syn_verify`).
     verified: Vec<(Addr, u64)>,
-    fabric: Arc<Fabric<Q::Buf>>,
+    /// Workers in the engine and the cluster liveness table (see [`CoreEnv`]).
+    workers: usize,
+    liveness: Arc<redirect::Liveness>,
+    /// Events for the driver ([`Worker::poll_event`]), oldest first.
+    events: std::collections::VecDeque<Event>,
     counters: Arc<WorkerCounters>,
     /// Per rx burst: the full parse of each frame the express lane did not take (or
     /// declined). Kept at (at least) the largest burst's length, like `lanes`, and
@@ -308,8 +384,14 @@ pub struct Worker<Q: BufAlloc> {
     kern_q: Vec<Option<usize>>,
     kern_rl: crate::pipeline::ratelimit::RateLimit,
     sweep_pos: usize,
-    /// The flow table's version after the last expiry sweep (churn since: `housekeeping`).
+    /// The flow table's version after the last expiry sweep (churn since: `sweep_tick`).
     sweep_ver: u64,
+    /// The last timer tick swept (`now >> TICK_SHIFT`).
+    tick: u64,
+    /// What `timeout_after_work` compares to see whether work added a timer: the lengths of
+    /// the held-packet, reserved-port and retired-address lists and whether services exist,
+    /// when `poll_timeout` last ran in full.
+    timer_sig: [usize; 6],
     now: u64,
     last_tick: u64,
     /// `now` of the last service-counter flush from `poll`.
@@ -322,8 +404,9 @@ pub struct Worker<Q: BufAlloc> {
     sync_pos: usize,
 }
 
-/// Slots the sync refresh scan visits per poll.
-const SYNC_SCAN_PER_POLL: usize = 64;
+/// Slots the sync refresh scan visits per tick at least (more in a large table: the whole
+/// table about once a second).
+const SYNC_SCAN_PER_TICK: usize = 64;
 /// Entries a worker gathers per poll at most (beyond: left to the refresh, counted).
 const SYNC_MAX_PER_POLL: usize = 4096;
 
@@ -383,13 +466,7 @@ fn sched_dests(s: &crate::pipeline::snapshot::Svc) -> Vec<sched::Dest> {
 impl<Q: BufAlloc> Worker<Q> {
     /// The core of worker `id` over ports with these allocators and capabilities (one each,
     /// in interface order; kernel ports after the configured interfaces).
-    pub fn new(
-        id: usize,
-        allocs: Vec<Q>,
-        caps: Vec<PortCaps>,
-        snap: Arc<Snapshot>,
-        fabric: Arc<Fabric<Q::Buf>>,
-    ) -> Self {
+    pub fn new(id: usize, allocs: Vec<Q>, caps: Vec<PortCaps>, snap: Arc<Snapshot>, env: CoreEnv) -> Self {
         assert_eq!(allocs.len(), caps.len(), "one allocator and one PortCaps per port");
         let cap = snap.config.engine.flow_table_size;
         let ifaces = caps.len();
@@ -397,7 +474,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let kern_rate = snap.config.engine.kernel_rate;
         let mut w = Worker {
             id,
-            counters: fabric.counters[id].clone(),
+            counters: env.counters,
             allocs,
             caps,
             handoff_out: Vec::new(),
@@ -408,7 +485,7 @@ impl<Q: BufAlloc> Worker<Q> {
             remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
-            lports: LportPools::new(lport_share(snap.port_range, id, fabric.workers)),
+            lports: LportPools::new(lport_share(snap.port_range, id, env.workers)),
             retired: Vec::new(),
             reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
@@ -422,7 +499,9 @@ impl<Q: BufAlloc> Worker<Q> {
             proxy_held: Vec::new(),
             proxy_release: None,
             verified: Vec::new(),
-            fabric,
+            workers: env.workers,
+            liveness: env.liveness,
+            events: Default::default(),
             pre: Vec::with_capacity(crate::port::BURST),
             lanes: Vec::with_capacity(crate::port::BURST),
             express_on: true,
@@ -444,6 +523,8 @@ impl<Q: BufAlloc> Worker<Q> {
             kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),
             sweep_pos: 0,
             sweep_ver: 0,
+            tick: 0,
+            timer_sig: [usize::MAX; 6],
             now: 0,
             last_tick: 0,
             last_svc_flush: 0,
@@ -643,15 +724,17 @@ impl<Q: BufAlloc> Worker<Q> {
         self.handoff_out.drain(..)
     }
 
-    /// When the core next wants [`Worker::handle_timeout`]: `now` (of the last call) while
-    /// an incremental sweep has work (live connections, expectations, fragments), otherwise
-    /// the earliest of the next scheduler tick (every 2^30 ns), a held packet's deadline,
-    /// a reserved port's or retired address's end. `None`: nothing to do, ever.
+    /// When the core next wants [`Worker::handle_timeout`] (ns): the earliest of the next
+    /// timer tick (every 2^20 ns) while connections, expectations or fragments exist (the
+    /// incremental sweeps and the cluster sync refresh run once a tick), the next scheduler
+    /// tick (every 2^30 ns) while services exist, a held packet's deadline, a reserved
+    /// port's or retired address's end. `None`: nothing to do, ever. Never earlier than the
+    /// last `now` the core saw unless something was due then (a late call catches up).
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t: Option<u64> = None;
         let mut at = |d: u64| t = Some(t.map_or(d, |t| t.min(d)));
-        if !self.flows.is_empty() || !self.expect.is_empty() || !self.frags.is_empty() || self.sync_on {
-            at(self.now);
+        if let Some(d) = self.next_tick() {
+            at(d);
         }
         if !self.svcs.is_empty() {
             at(((self.now >> 30) + 1) << 30);
@@ -674,16 +757,108 @@ impl<Q: BufAlloc> Worker<Q> {
         t
     }
 
+    /// The next timer tick while a tick has work (connections, expectations, fragments).
+    #[inline]
+    fn next_tick(&self) -> Option<u64> {
+        let busy = !self.flows.is_empty() || !self.expect.is_empty() || !self.frags.is_empty();
+        // Never swept yet (a new or reset core): the tick after the last `now` it saw.
+        let tick = if self.tick == 0 { self.now >> TICK_SHIFT } else { self.tick };
+        busy.then(|| (tick + 1) << TICK_SHIFT)
+    }
+
+    #[inline]
+    fn timer_sig(&self) -> [usize; 6] {
+        [
+            self.pending.len(),
+            self.proxy_held.len(),
+            self.frag_held.len(),
+            self.reserved.len(),
+            self.retired.len(),
+            self.svcs.len(),
+        ]
+    }
+
+    /// [`Worker::poll_timeout`], remembered for [`Worker::timeout_after_work`] (a driver
+    /// calls it after `handle_timeout` and control messages).
+    pub fn next_timeout(&mut self) -> Option<u64> {
+        self.timer_sig = self.timer_sig();
+        self.poll_timeout()
+    }
+
+    /// The deadline after a burst of work, cheaply, given `cached`, the deadline the driver
+    /// had before it (from [`Worker::next_timeout`] or this): the work may have added
+    /// connections (the next tick) or timers. Held packets, reserved ports and retired
+    /// addresses added since (their lists grew or shrank) mean a full
+    /// [`Worker::poll_timeout`]; otherwise the result is `cached` or the next tick if
+    /// earlier. Never later than `poll_timeout` (it may be earlier: a timer that went away
+    /// during the work leaves a spurious early deadline, where `handle_timeout` finds
+    /// nothing due).
+    #[inline]
+    pub fn timeout_after_work(&mut self, cached: Option<u64>) -> Option<u64> {
+        if self.timer_sig() != self.timer_sig {
+            return self.next_timeout();
+        }
+        match (cached, self.next_tick()) {
+            (Some(c), Some(t)) => Some(c.min(t)),
+            (c, t) => c.or(t),
+        }
+    }
+
+    /// The next event for the driver: a neighbour to tell the other workers, a cluster sync
+    /// batch (what the core gathered since the last one), new per-service counters.
+    #[inline]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if self.sync_out.is_empty() {
+            return None;
+        }
+        Some(Event::Sync(std::mem::take(&mut self.sync_out)))
+    }
+
     /// Timers due at `now` (ns): scheduler ticks and persistence templates, the incremental
-    /// expiry sweep of connections, expectations and fragments, held packets past their
-    /// deadline, reserved ports, retired local addresses, and the cluster sync refresh.
+    /// expiry sweep of connections, expectations and fragments (once per 2^20 ns tick,
+    /// each tick's share for every tick passed since the last sweep, up to
+    /// `SWEEP_CATCH_UP`), the cluster sync refresh, held packets past their deadline,
+    /// reserved ports, retired local addresses. Calling it early or often costs little:
+    /// the sweeps run once a tick.
     #[inline]
     pub fn handle_timeout(&mut self, now: u64) {
         self.now = now;
+        let tick = now >> TICK_SHIFT;
+        if tick != self.tick {
+            let ticks = if self.tick == 0 { 1 } else { tick.wrapping_sub(self.tick).min(SWEEP_CATCH_UP) as usize };
+            self.tick = tick;
+            self.sweep_tick(now, ticks);
+        }
         self.housekeeping(now);
-        if self.sync_on {
-            self.sync_refresh_scan(now);
-            self.flush_sync();
+    }
+
+    /// The per-tick sweeps, `ticks` ticks' worth: connections (`max(SWEEP_MIN_TICK,
+    /// ceil(slots / SWEEP_TICKS))` slots a tick plus `SWEEP_PER_CHURN` per connection
+    /// inserted or removed since), expectations, fragments, the cluster sync refresh.
+    fn sweep_tick(&mut self, now: u64, ticks: usize) {
+        let slots = self.flows.slots();
+        if !self.flows.is_empty() {
+            let churn = self.flows.version().wrapping_sub(self.sweep_ver).min(SWEEP_MAX_CHURN as u64) as usize;
+            let per_tick = SWEEP_MIN_TICK.max(slots.div_ceil(SWEEP_TICKS));
+            let mut budget = (per_tick * ticks + churn * SWEEP_PER_CHURN).min(slots);
+            let mut pos = self.sweep_pos;
+            while let Some(i) = self.flows.scan_expired(&mut pos, &mut budget, now) {
+                self.expire(i, now);
+            }
+            self.sweep_pos = pos;
+        }
+        self.sweep_ver = self.flows.version();
+        if !self.expect.is_empty() {
+            self.sweep_expectations(now, EXPECT_SWEEP_PER_TICK * ticks);
+        }
+        if !self.frags.is_empty() {
+            self.frags.sweep(now, EXPECT_SWEEP_PER_TICK * ticks);
+        }
+        if self.sync_on && slots > 0 {
+            self.sync_refresh_scan(now, SYNC_SCAN_PER_TICK.max(slots.div_ceil(SWEEP_TICKS)) * ticks);
         }
     }
 
@@ -729,23 +904,8 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
         }
-        // Incremental expiry sweep.
-        let churn = self.flows.version().wrapping_sub(self.sweep_ver).min(SWEEP_MAX_POLL as u64) as usize;
-        let mut budget = (SWEEP_PER_POLL + churn * SWEEP_PER_CHURN).min(SWEEP_MAX_POLL).min(self.flows.slots());
-        let mut pos = self.sweep_pos;
-        while let Some(i) = self.flows.scan_expired(&mut pos, &mut budget, now) {
-            self.expire(i, now);
-        }
-        self.sweep_pos = pos;
-        self.sweep_ver = self.flows.version();
         // Pending packets waiting for a neighbour.
         expire_held(&mut self.pending, now, &self.counters, DropReason::NoNeighbor);
-        if !self.expect.is_empty() {
-            self.sweep_expectations(now, EXPECT_SWEEP_PER_POLL);
-        }
-        if !self.frags.is_empty() {
-            self.frags.sweep(now, EXPECT_SWEEP_PER_POLL);
-        }
         expire_held(&mut self.proxy_held, now, &self.counters, DropReason::ProxyWait);
         if !self.reserved.is_empty() {
             let lports = &mut self.lports;
@@ -1056,13 +1216,13 @@ impl<Q: BufAlloc> Worker<Q> {
             (None, true) => p.src,
             (_, false) => p.dst,
         };
-        if !handed && self.fabric.workers > 1 {
+        if !handed && self.workers > 1 {
             let owner = if to_laddr {
                 // The local port names the worker that opened the connection.
                 let lport = inner.as_ref().map_or(p.dport, |i| i.sport);
-                lport_owner(laddr_range.unwrap_or(self.snap.port_range), lport, self.fabric.workers)
+                lport_owner(laddr_range.unwrap_or(self.snap.port_range), lport, self.workers)
             } else {
-                owner_of(client, self.fabric.workers)
+                owner_of(client, self.workers)
             };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
@@ -2015,6 +2175,9 @@ impl<Q: BufAlloc> Worker<Q> {
         self.hint_ver = u64::MAX;
         self.sweep_pos = 0;
         self.sweep_ver = self.flows.version();
+        self.tick = 0;
+        self.timer_sig = [usize::MAX; 6];
+        self.events.clear();
         self.now = 0;
         self.last_tick = 0;
         self.last_svc_flush = 0;

@@ -64,8 +64,9 @@ impl Rig for MemEngine {
 }
 
 /// The workers' sans-IO cores driven directly, without ports: this harness is their driver
-/// (it routes handoffs and control messages between the cores, runs their timers and counts
-/// what they transmit, as `pipeline::driver::Driver` does).
+/// (it routes handoffs, control messages and the cores' events between them, the neighbours
+/// one learns into the others' control rings included, runs their timers when
+/// `poll_timeout` says and counts what they transmit, as `pipeline::driver::Driver` does).
 pub struct Cores {
     pub cores: Vec<Worker<HeapAlloc>>,
     pub fabric: Arc<Fabric<HeapBuf>>,
@@ -86,9 +87,14 @@ impl Cores {
             .into_iter()
             .map(|(name, i)| PortCaps { name, mac: macs[i], queues: workers as u16, mtu: 1500 })
             .collect();
-        let cores = (0..workers)
-            .map(|w| Worker::new(w, vec![HeapAlloc; caps.len()], caps.clone(), snap.clone(), fabric.clone()))
+        let mut cores: Vec<Worker<HeapAlloc>> = (0..workers)
+            .map(|w| Worker::new(w, vec![HeapAlloc; caps.len()], caps.clone(), snap.clone(), fabric.env(w)))
             .collect();
+        for (k, c) in cores.iter_mut().enumerate() {
+            while let Some(e) = c.poll_event() {
+                fabric.deliver(k, e);
+            }
+        }
         Cores { cores, fabric }
     }
 
@@ -101,6 +107,14 @@ impl Cores {
             while c.poll_transmit().is_some() {}
             while c.poll_handoff().is_some() {}
             c.reset();
+        }
+        for (k, c) in self.cores.iter_mut().enumerate() {
+            while let Some(e) = c.poll_event() {
+                self.fabric.deliver(k, e);
+            }
+        }
+        for q in self.fabric.ctrl.iter() {
+            while q.pop().is_some() {}
         }
         while self.fabric.sync_tx.pop().is_some() {}
     }
@@ -117,6 +131,11 @@ impl Rig for Cores {
         loop {
             let mut work = 0;
             for k in 0..self.cores.len() {
+                // Events (a neighbour learnt: into the other cores' control rings).
+                while let Some(e) = self.cores[k].poll_event() {
+                    work += 1;
+                    self.fabric.deliver(k, e);
+                }
                 while let Some(m) = self.fabric.ctrl[k].pop() {
                     work += 1;
                     self.cores[k].handle_ctrl(now, m);
@@ -131,7 +150,12 @@ impl Rig for Cores {
             }
         }
         for (k, c) in self.cores.iter_mut().enumerate() {
-            c.handle_timeout(now);
+            if c.poll_timeout().is_some_and(|d| d <= now) {
+                c.handle_timeout(now);
+            }
+            while let Some(e) = c.poll_event() {
+                self.fabric.deliver(k, e);
+            }
             c.flush_svc_counters();
             while let Some((i, b)) = c.poll_transmit() {
                 self.fabric.counters[k].tx_packets.fetch_add(1, Relaxed);

@@ -28,7 +28,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let dst_vip = self.snap.vips.contains(&f.dst);
         let client = if dst_vip { f.src } else { f.dst };
-        if !handed && self.fabric.workers > 1 {
+        if !handed && self.workers > 1 {
             let range = if dst_vip { None } else { self.laddr_range(f.dst) };
             let owner = if let Some(range) = range {
                 // Full NAT reply: the first fragment's local port names the owner; later
@@ -40,7 +40,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         self.drop_pkt(DropReason::FragTiny);
                         return;
                     };
-                    let owner = lport_owner(range, p.dport, self.fabric.workers);
+                    let owner = lport_owner(range, p.dport, self.workers);
                     if owner != self.id {
                         if self.frag_steer.len() >= frag::MAX_FRAG_HELD {
                             self.frag_steer.remove(0);
@@ -68,7 +68,7 @@ impl<Q: BufAlloc> Worker<Q> {
                     }
                 }
             } else {
-                owner_of(client, self.fabric.workers)
+                owner_of(client, self.workers)
             };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);

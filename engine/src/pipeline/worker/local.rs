@@ -79,12 +79,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.count_neigh_evictions();
         if learnt == neigh::Learnt::Changed {
             self.release_pending(a, mac);
-            let id = self.id;
-            for (w, q) in self.fabric.ctrl.iter().enumerate() {
-                if w != id {
-                    let _ = q.push(Ctrl::Neigh(a, mac));
-                }
-            }
+            self.events.push_back(Event::Neigh(a, mac));
         }
     }
 

@@ -96,7 +96,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let cl = self.snap.config.cluster.as_ref()?;
         let owner = cl.owner_of_local(parse::addr_to_ip(self.flows.laddr_of(c)))?;
         let me = cl.node_id;
-        let live = &self.fabric.liveness;
+        let live = &*self.liveness;
         let now = live.now_ms();
         let target = handler(owner, cl.nodes.iter().map(|n| n.id), |n| n == me || live.alive(n, now))?;
         if target == me {

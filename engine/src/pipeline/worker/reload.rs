@@ -103,13 +103,11 @@ impl<Q: BufAlloc> Worker<Q> {
         self.sync_on = snap.config.cluster.is_some();
         self.sync_refresh = snap.config.cluster.as_ref().map_or(0, |c| c.sync_refresh as u64 * 1_000_000_000);
         self.timeouts = snap.timeouts;
-        if let Ok(mut g) = self.fabric.services[self.id].lock() {
-            *g = self.svc_counters.clone();
-        }
+        self.events.push_back(Event::Services(self.svc_counters.clone()));
         for &(a, m) in &snap.static_neighbors {
             self.neigh.add_static(a, m);
         }
-        let share = lport_share(snap.port_range, self.id, self.fabric.workers);
+        let share = lport_share(snap.port_range, self.id, self.workers);
         if share != self.lports.share() {
             // Another local_port_range: the ports of live connections stay theirs.
             let flows = &self.flows;

@@ -5,17 +5,6 @@
 use super::*;
 
 impl<Q: BufAlloc> Worker<Q> {
-    /// Hand this poll's sync entries to the sync thread (one batch per poll).
-    pub fn flush_sync(&mut self) {
-        if self.sync_out.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.sync_out);
-        if let Err(b) = self.fabric.sync_tx.push(batch) {
-            bump(&self.counters.sync_skipped, b.len() as u64);
-        }
-    }
-
     pub(super) fn push_sync(&mut self, e: SyncEntry) {
         if self.sync_out.len() < SYNC_MAX_PER_POLL {
             self.sync_out.push(e);
@@ -104,13 +93,13 @@ impl<Q: BufAlloc> Worker<Q> {
         true
     }
 
-    /// Re-send live connections not sent for `sync_refresh`, a few slots per poll.
-    pub(super) fn sync_refresh_scan(&mut self, now: u64) {
+    /// Re-send live connections not sent for `sync_refresh`, `budget` slots (a tick's share).
+    pub(super) fn sync_refresh_scan(&mut self, now: u64, budget: usize) {
         let n = self.flows.slots();
         if n == 0 {
             return;
         }
-        for _ in 0..SYNC_SCAN_PER_POLL.min(n) {
+        for _ in 0..budget.min(n) {
             let i = (self.sync_pos % n) as u32;
             self.sync_pos = (self.sync_pos + 1) % n;
             let c = self.flows.get(i);
