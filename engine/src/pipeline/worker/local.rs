@@ -79,7 +79,10 @@ impl<Q: BufAlloc> Worker<Q> {
         self.count_neigh_evictions();
         if learnt == neigh::Learnt::Changed {
             self.release_pending(a, mac);
-            self.events.push_back(Event::Neigh(a, mac));
+            // For the other workers' caches (a single worker has none to tell).
+            if self.workers > 1 {
+                self.events.push_back(Event::Neigh(a, mac));
+            }
         }
     }
 
