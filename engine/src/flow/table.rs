@@ -143,6 +143,13 @@ impl Conn {
         let at = at.min(now.saturating_add(MAX_SPAN_NS));
         self.exp = (at >> TICK_SHIFT) as u32;
     }
+    /// Expire `t` ns after `now`, `t` at most [`MAX_SPAN_NS`] (the worker clamps its
+    /// timeouts once): as `set_expires(now, now + t)`, without the clamp.
+    #[inline(always)]
+    pub fn expire_after(&mut self, now: u64, t: u64) {
+        debug_assert!(t <= MAX_SPAN_NS);
+        self.exp = (now.saturating_add(t) >> TICK_SHIFT) as u32;
+    }
     /// Time left until expiry at `now` (ns; 0 once expired).
     pub fn expires_in(&self, now: u64) -> u64 {
         let d = self.exp.wrapping_sub((now >> TICK_SHIFT) as u32) as i32;
@@ -153,17 +160,17 @@ impl Conn {
         }
     }
     #[inline(always)]
-    pub fn l4_in(&self) -> u32 {
-        self.l4 as u32
+    pub fn l4_in(&self) -> u16 {
+        self.l4
     }
     /// The reply direction's L4 delta: the complement of the request
     /// direction's (every rewritten word is swapped back).
     #[inline(always)]
-    pub fn l4_out(&self) -> u32 {
+    pub fn l4_out(&self) -> u16 {
         if self.l4 == 0 {
             0
         } else {
-            !self.l4 as u32
+            !self.l4
         }
     }
     pub fn has_out_key(&self) -> bool {
@@ -1811,9 +1818,9 @@ mod tests {
             let i = t.insert(n, 0).ok().unwrap();
             // Both apply the same change to any checksum.
             for check in [0x1234u16, 0, 0xfffe, 0x8000] {
-                assert_eq!(csum::apply(check, t.get(i).l4_out()), csum::apply(check, l4_out), "{p} {q} {check:x}");
+                assert_eq!(csum::apply16(check, t.get(i).l4_out()), csum::apply(check, l4_out), "{p} {q} {check:x}");
             }
-            assert_eq!(t.get(i).l4_in(), l4_in);
+            assert_eq!(t.get(i).l4_in() as u32, l4_in);
         }
     }
 

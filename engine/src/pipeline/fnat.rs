@@ -223,8 +223,8 @@ pub fn rewrite_fnat(
     sport: u16,
     dst: Addr,
     dport: u16,
-    l3d: u32,
-    l4d: u32,
+    l3d: u16,
+    l4d: u16,
 ) -> Result<(), DropReason> {
     let l4 = p.l4;
     rewrite_ip2(d, p.l3, p.v6, src, dst, l3d)?;
@@ -235,7 +235,7 @@ pub fn rewrite_fnat(
             };
             t[0..2].copy_from_slice(&sport.to_be_bytes());
             t[2..4].copy_from_slice(&dport.to_be_bytes());
-            let c = csum::apply(u16::from_be_bytes([t[16], t[17]]), l4d);
+            let c = csum::apply16(u16::from_be_bytes([t[16], t[17]]), l4d);
             t[16..18].copy_from_slice(&c.to_be_bytes());
         }
         PROTO_UDP => {
@@ -246,7 +246,7 @@ pub fn rewrite_fnat(
             u[2..4].copy_from_slice(&dport.to_be_bytes());
             let c = u16::from_be_bytes([u[6], u[7]]);
             if c != 0 || p.v6 {
-                let mut n = csum::apply(c, l4d);
+                let mut n = csum::apply16(c, l4d);
                 if n == 0 {
                     n = 0xffff;
                 }
@@ -261,7 +261,7 @@ pub fn rewrite_fnat(
 /// Both addresses of the IP header at `l3`, TTL / hop limit decremented
 /// (the IPv4 header checksum takes `l3d`).
 #[inline(always)]
-pub fn rewrite_ip2(d: &mut [u8], l3: usize, v6: bool, src: Addr, dst: Addr, l3d: u32) -> Result<(), DropReason> {
+pub fn rewrite_ip2(d: &mut [u8], l3: usize, v6: bool, src: Addr, dst: Addr, l3d: u16) -> Result<(), DropReason> {
     if !v6 {
         let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
             return Err(DropReason::Malformed);
@@ -272,7 +272,7 @@ pub fn rewrite_ip2(d: &mut [u8], l3: usize, v6: bool, src: Addr, dst: Addr, l3d:
         h[8] -= 1;
         h[12..16].copy_from_slice(&addr_v4_bytes(src));
         h[16..20].copy_from_slice(&addr_v4_bytes(dst));
-        let c = csum::apply(u16::from_be_bytes([h[10], h[11]]), l3d);
+        let c = csum::apply16(u16::from_be_bytes([h[10], h[11]]), l3d);
         h[10..12].copy_from_slice(&c.to_be_bytes());
     } else {
         let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {

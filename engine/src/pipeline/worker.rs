@@ -357,6 +357,9 @@ pub struct Worker<Q: BufAlloc> {
     /// Copies from the snapshot for the fast path: interface MACs and
     /// TCP/UDP state timeouts.
     if_macs: Vec<[u8; 6]>,
+    /// Per transmit queue (one per port), what the express lane needs of the port: see
+    /// [`express::Egress`]. Rebuilt when the snapshot or a port's caps change.
+    egress: Vec<express::Egress>,
     /// Flow table version when the current burst's hints were looked up.
     hint_ver: u64,
     timeouts: [u64; crate::flow::tcpstate::N_STATES],
@@ -509,6 +512,7 @@ impl<Q: BufAlloc> Worker<Q> {
             acc_base: Vec::new(),
             acc_dirty: Vec::new(),
             if_macs: Vec::new(),
+            egress: Vec::new(),
             hint_ver: u64::MAX,
             timeouts: [0; crate::flow::tcpstate::N_STATES],
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
@@ -547,6 +551,17 @@ impl<Q: BufAlloc> Worker<Q> {
         if let Some(c) = self.caps.get_mut(i) {
             *c = caps;
         }
+        self.refresh_egress();
+    }
+
+    /// Rebuild [`Worker::egress`] from the ports' caps and the snapshot's interface MACs.
+    fn refresh_egress(&mut self) {
+        self.egress = (0..self.tx.len())
+            .map(|i| match (self.if_macs.get(i), self.caps.get(i)) {
+                (Some(&mac), Some(c)) => express::Egress { mac, mtu: c.mtu },
+                _ => express::Egress::default(),
+            })
+            .collect();
     }
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap
@@ -2302,7 +2317,8 @@ fn account(
     acc_base: &[u32],
     acc_dirty: &mut Vec<u32>,
 ) -> bool {
-    c.set_expires(now, now + timeouts[c.state as usize]);
+    // The worker's timeouts are clamped to `MAX_SPAN_NS` (`apply_snapshot`).
+    c.expire_after(now, timeouts[c.state as usize]);
     // Packet count (the high halves live in the cold array).
     let n = if dir == Dir::In { &mut c.pkts_in } else { &mut c.pkts_out };
     *n = n.wrapping_add(1);
@@ -2341,10 +2357,10 @@ fn rewrite_conn(
 ) -> Result<(), DropReason> {
     let (fa, fp) = far;
     match (c.fwd, dir) {
-        (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport, fa, fp, c.l3_in as u32, c.l4_in()),
-        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client, c.cport, c.l3_out as u32, c.l4_out()),
-        (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in as u32, c.l4_in()),
-        (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out as u32, c.l4_out()),
+        (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport, fa, fp, c.l3_in, c.l4_in()),
+        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client, c.cport, c.l3_out, c.l4_out()),
+        (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in, c.l4_in()),
+        (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out, c.l4_out()),
     }
 }
 
@@ -2372,8 +2388,8 @@ pub fn rewrite_nat(
     inbound: bool,
     addr: Addr,
     port: u16,
-    l3d: u32,
-    l4d: u32,
+    l3d: u16,
+    l4d: u16,
 ) -> Result<(), DropReason> {
     // One bounds check per header: the parser guaranteed the IP header and
     // the TCP (20) / UDP (8) header lie inside the frame, so these slices
@@ -2391,7 +2407,7 @@ pub fn rewrite_nat(
             } else {
                 t[0..2].copy_from_slice(&port.to_be_bytes());
             }
-            let c = csum::apply(u16::from_be_bytes([t[16], t[17]]), l4d);
+            let c = csum::apply16(u16::from_be_bytes([t[16], t[17]]), l4d);
             t[16..18].copy_from_slice(&c.to_be_bytes());
         }
         PROTO_UDP => {
@@ -2405,7 +2421,7 @@ pub fn rewrite_nat(
             }
             let c = u16::from_be_bytes([u[6], u[7]]);
             if c != 0 || p.v6 {
-                let mut n = csum::apply(c, l4d);
+                let mut n = csum::apply16(c, l4d);
                 if n == 0 {
                     n = 0xffff;
                 }
@@ -2426,7 +2442,7 @@ pub fn rewrite_nat(
 /// The IP part of the NAT rewrite: inbound sets the destination, outbound the source;
 /// decrements TTL / hop limit (the IPv4 header checksum takes `l3d`, which covers both).
 #[inline(always)]
-fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, l3d: u32) -> Result<(), DropReason> {
+fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, l3d: u16) -> Result<(), DropReason> {
     if !v6 {
         let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
             return Err(DropReason::Malformed);
@@ -2441,7 +2457,7 @@ fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, l3d:
         } else {
             h[12..16].copy_from_slice(&a);
         }
-        let c = csum::apply(u16::from_be_bytes([h[10], h[11]]), l3d);
+        let c = csum::apply16(u16::from_be_bytes([h[10], h[11]]), l3d);
         h[10..12].copy_from_slice(&c.to_be_bytes());
     } else {
         let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {

@@ -171,6 +171,15 @@ pub(super) fn lookup_pass(flows: &FlowTable, lanes: &mut [Lane]) {
     }
 }
 
+/// What the lane needs of a port, one per transmit queue: the source MAC of frames it
+/// sends (the snapshot's interface MAC) and its MTU. `mtu` 0 (the default) where either is
+/// unknown, so the lane declines every packet bound there and the general path decides.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Egress {
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
 /// What [`Worker::express`] made of a packet.
 pub(super) enum Express {
     /// Rewritten and waiting on this transmit queue.
@@ -208,7 +217,8 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
         let ttl = ip[8];
-        let tcp_flags = if proto == PROTO_TCP { ip[33] & 0x3f } else { 0 };
+        // Pass 1 gave the lane no SYN, FIN or RST (`parse_pass`).
+        debug_assert!(proto != PROTO_TCP || ip[33] & (TCP_SYN | TCP_FIN | TCP_RST) == 0);
         if !self.flows.word_matches(v, &key) {
             return Express::Unconfirmed;
         }
@@ -224,10 +234,8 @@ impl<Q: BufAlloc> Worker<Q> {
         let c = self.flows.get(idx);
         if !ours
             || c.expired(self.now)
-            || (proto == PROTO_TCP
-                && (c.state != TcpState::Established || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0))
+            || (proto == PROTO_TCP && c.state != TcpState::Established)
             || c.flags & (F_SYNCED | F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) != 0
-            || self.sync_on
             || c.fwd == Forward::Tunnel
             || ttl <= 1
         {
@@ -238,11 +246,10 @@ impl<Q: BufAlloc> Worker<Q> {
         let h = if dir == Dir::In { c.hop_in } else { c.hop_out };
         let hop = self.flows.hop_mac(h);
         let out = hop.iface as usize;
-        let mtu = self.caps.get(out).map_or(usize::MAX, |c| c.mtu as usize);
-        let Some(&src_mac) = self.if_macs.get(out) else {
+        let Some(&Egress { mac: src_mac, mtu }) = self.egress.get(out) else {
             return Express::Confirmed;
         };
-        if hop.mac_gen != self.neigh.gen || hop.mac == [0; 6] || total > mtu || out >= self.tx.len() {
+        if hop.mac_gen != self.neigh.gen || hop.mac == [0; 6] || total > mtu as usize {
             return Express::Confirmed;
         }
         // Committed: what the general path does of it (`track` without a state change, that
@@ -252,7 +259,6 @@ impl<Q: BufAlloc> Worker<Q> {
             l4: l3 + 20,
             end: l3 + total,
             proto,
-            tcp_flags,
             src: key.src,
             dst: key.dst,
             sport: key.sport,

@@ -170,11 +170,8 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         match c.fwd {
             Forward::Nat => {
-                let (addr, l3d) = if inbound {
-                    (self.flows.rs_of(c).0, (c.l3_in as u32))
-                } else {
-                    (self.flows.vip_of(c).0, (c.l3_out as u32))
-                };
+                let (addr, l3d) =
+                    if inbound { (self.flows.rs_of(c).0, c.l3_in) } else { (self.flows.vip_of(c).0, c.l3_out) };
                 match rewrite_ip(pkt.data_mut(), f.l3, f.v6, inbound, addr, l3d) {
                     Ok(()) => {}
                     Err(r) => return Next::Drop(r),
@@ -182,9 +179,9 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             Forward::Fnat => {
                 let (src, dst, l3d) = if inbound {
-                    (self.flows.laddr_of(c), self.flows.rs_of(c).0, (c.l3_in as u32))
+                    (self.flows.laddr_of(c), self.flows.rs_of(c).0, c.l3_in)
                 } else {
-                    (self.flows.vip_of(c).0, c.client, (c.l3_out as u32))
+                    (self.flows.vip_of(c).0, c.client, c.l3_out)
                 };
                 if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
                     return Next::Drop(r);

@@ -100,9 +100,11 @@ impl<Q: BufAlloc> Worker<Q> {
         self.acc = vec![SvcAcc::default(); n as usize];
         self.acc_dirty = Vec::with_capacity(n as usize);
         self.if_macs = snap.ifaces.iter().map(|i| i.mac).collect();
+        self.refresh_egress();
         self.sync_on = snap.config.cluster.is_some();
         self.sync_refresh = snap.config.cluster.as_ref().map_or(0, |c| c.sync_refresh as u64 * 1_000_000_000);
-        self.timeouts = snap.timeouts;
+        // Clamped as `Conn::set_expires` would clamp them, so the fast path need not.
+        self.timeouts = snap.timeouts.map(|t| t.min(crate::flow::table::MAX_SPAN_NS));
         self.events.push_back(Event::Services(self.svc_counters.clone()));
         for &(a, m) in &snap.static_neighbors {
             self.neigh.add_static(a, m);
