@@ -238,6 +238,47 @@ fn active_clash_is_refused_not_stolen() {
 }
 
 #[test]
+fn active_data_reuses_a_client_port_still_held_in_time_wait() {
+    // proftpd connects from an ephemeral port; the client (curl) takes its PORT ports from the
+    // ephemeral range and reuses one while the balancer still holds the last data connection
+    // to it in TIME_WAIT (seen in the lab: every SYN dropped until curl timed out).
+    let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2", "10.0.2.3"]));
+    let mut a = lab.open(40000, true);
+    let mut b = lab.open(40001, true);
+    assert_eq!((a.rs, b.rs), (RS1, RS2));
+    lab.cmd(&mut a, &port_line(50000));
+    let s = one_seg(lab.from_rs(RS1, 44001, 50000, TCP_SYN, 7, 0, b""));
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 20, CLIENT, 50000));
+    one_seg(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 99, 8, b""));
+    one_seg(lab.from_rs(RS1, 44001, 50000, TCP_ACK, 8, 100, b""));
+    // The server closes the data connection first: the balancer's entry ends in TIME_WAIT.
+    one_seg(lab.from_rs(RS1, 44001, 50000, TCP_FIN | TCP_ACK, 8, 100, b""));
+    one_seg(lab.from_client(50000, 20, TCP_FIN | TCP_ACK, 100, 9, b""));
+    one_seg(lab.from_rs(RS1, 44001, 50000, TCP_ACK, 9, 101, b""));
+    // The other session, on the other server, names the same client port: it gets it.
+    lab.cmd(&mut b, &port_line(50000));
+    let s = one_seg(lab.from_rs(RS2, 44002, 50000, TCP_SYN, 70, 0, b""));
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 20, CLIENT, 50000));
+    assert_eq!(lab.e.counters().flows_reused, 1);
+    let back = one_seg(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 199, 71, b""));
+    assert_eq!((back.dst, back.dport), (RS2, 44002), "the client's answer reaches the new connection");
+    // While that one is open, a stale PORT for the same port (the balancer cannot tell a
+    // client that lost its connection): VIP:20 stays with the open connection, the new one
+    // comes from the server's own port. A server on port 20 has nowhere else: counted drop.
+    lab.cmd(&mut a, &port_line(50000));
+    let s = one_seg(lab.from_rs(RS1, 44003, 50000, TCP_SYN, 700, 0, b""));
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 44003, CLIENT, 50000));
+    let back = one_seg(lab.from_client(50000, 44003, TCP_SYN | TCP_ACK, 299, 701, b""));
+    assert_eq!((back.dst, back.dport), (RS1, 44003));
+    lab.cmd(&mut b, &port_line(50000));
+    assert!(lab.from_rs(RS2, 20, 50000, TCP_SYN, 7000, 0, b"").is_empty());
+    assert_eq!(drops(&lab.e), vec![("tuple_in_use", 1)]);
+    // The open connections are untouched.
+    let s = one_seg(lab.from_rs(RS2, 44002, 50000, TCP_ACK | TCP_PSH, 71, 200, b"data"));
+    assert_eq!((s.src, s.sport, s.payload.as_slice()), (VIP, 20, &b"data"[..]));
+}
+
+#[test]
 fn expectations_are_bounded_per_session_and_per_worker() {
     let text = services("nat", "{ max_expectations = 2 }", &["10.0.2.2"]);
     let cfg =

@@ -35,6 +35,7 @@ drop_reasons! {
     FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",
     NoFlow => "no_flow": "A non-SYN TCP segment or reply with no tracked connection.",
     TableFull => "table_full": "The flow table is at capacity.",
+    TupleInUse => "tuple_in_use": "An active FTP data connection whose translated 5-tuple (VIP:20 or the server's own port, to the client's port) belongs to a connection that is still open.",
     NoRoute => "no_route": "No route to the destination.",
     NoNeighbor => "no_neighbor": "The next hop's MAC could not be resolved in time.",
     TtlExceeded => "ttl_exceeded": "TTL or hop limit ran out.",

@@ -1517,10 +1517,11 @@ impl<Q: BufAlloc> Worker<Q> {
         if v.cport != 0 {
             return self.fnat_active_data(pkt, p, v);
         }
-        // The client sees the data connection come from VIP:20.
-        // Whatever port the real server used (20 with vsftpd; pyftpdlib
-        // picks another when not root), the client sees FTP data from VIP:20.
-        let vport = 20;
+        // The client sees the data connection come from VIP:20, whatever port the real server
+        // used (20 with vsftpd; pyftpdlib when not root and proftpd pick another).
+        let Some(vport) = self.active_data_vport(v.vip, p.dst, p.dport, p) else {
+            return Next::Drop(DropReason::TupleInUse);
+        };
         let idx = match self.create_conn(
             v.svc as usize,
             v.dest as usize,
@@ -1547,13 +1548,16 @@ impl<Q: BufAlloc> Worker<Q> {
             return Next::Drop(DropReason::NoFlow);
         };
         let local = Local::Fixed(p.dst, p.dport);
+        let Some(vport) = self.active_data_vport(v.vip, v.client, v.cport, p) else {
+            return Next::Drop(DropReason::TupleInUse);
+        };
         let idx = match self.create_conn(
             v.svc as usize,
             v.dest as usize,
             v.client,
             v.cport,
             v.vip,
-            20,
+            vport,
             p.src,
             p.sport,
             local,
@@ -1565,6 +1569,46 @@ impl<Q: BufAlloc> Worker<Q> {
         self.reserved.swap_remove(k);
         self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::Out, pkt, p)
+    }
+
+    /// The VIP port an active FTP data connection from the real server (`p`, a SYN) to
+    /// `client:cport` comes from: 20, as IPVS does. Clients pick their PORT/EPRT ports from the
+    /// ephemeral range and reuse them, while the balancer still holds the previous data
+    /// connection to that port in TIME_WAIT (the server closed it; the client's side is long
+    /// gone): like nf_conntrack and IPVS's conn_reuse_mode, a connection that is closing (or
+    /// expired) gives its tuple up to the new SYN. One still open keeps it, and the new
+    /// connection comes from the real server's own port instead, as nf_nat moves a clashing
+    /// source port (FTP clients accept a data connection from any port). `None`: both taken.
+    fn active_data_vport(&mut self, vip: Addr, client: Addr, cport: u16, p: &Parsed) -> Option<u16> {
+        // The reply key (real server -> client, or -> the local address in full NAT) is the
+        // SYN's own 5-tuple: a closing connection on it goes the same way.
+        let out = flow_key(p);
+        if !self.free_closing(&out) {
+            return None;
+        }
+        [20, p.sport].into_iter().find(|&vport| {
+            let key = FlowKey { src: client, dst: vip, sport: cport, dport: vport, proto: PROTO_TCP };
+            self.free_closing(&key)
+        })
+    }
+
+    /// Is `key` free for a new connection? A connection holding it that is closing (a FIN
+    /// seen: FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE) or expired is removed first
+    /// (counted in `flows_reused`, or `flows_expired`); an open one keeps it (`false`).
+    fn free_closing(&mut self, key: &FlowKey) -> bool {
+        use crate::flow::tcpstate::TcpState as S;
+        let Some((idx, _)) = self.flows.lookup(key) else { return true };
+        let c = self.flows.get(idx);
+        if c.expired(self.now) {
+            self.remove_conn(idx, true);
+            return true;
+        }
+        if !matches!(c.state, S::FinWait | S::TimeWait | S::Close | S::CloseWait | S::LastAck) {
+            return false;
+        }
+        bump(&self.counters.flows_reused, 1);
+        self.remove_conn(idx, false);
+        true
     }
 
     /// The oldest live expectation with `key`, consumed (pinholes are single use). Dead or
