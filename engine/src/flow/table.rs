@@ -1,5 +1,5 @@
 //! The per-worker flow table: a slab of 64-byte connections plus an
-//! open-addressing index (linear probing over 8-byte `tag | slot | dir`
+//! open-addressing index (linear probing, runs sorted by tag, over 8-byte `tag | slot | dir`
 //! words, see [`FlowTable`]) from the 5-tuple as received to (slab index,
 //! direction). A NAT connection has two keys (client side and real-server
 //! side); a DR connection has one. Sized up front: the index and the slab
@@ -21,7 +21,7 @@
 //!   - packet counts keep their low 16 bits here, the rest in the cold part.
 //! - the index: `2 * capacity / 0.8` words of 8 bytes (20 bytes per
 //!   connection; the slot count need not be a power of two, the hash is
-//!   range-reduced by a multiply-shift).
+//!   range-reduced by a multiply-shift), plus 1024 tail words.
 //! - the free list: threaded through the free slab entries (no memory).
 //! - the cold part ([`ConnCold`]: FTP session and data-connection links,
 //!   SYN proxy, PROXY protocol, high halves of the packet counts, cluster
@@ -518,7 +518,10 @@ pub struct ConnRow {
 /// the module docs for the bytes):
 /// - `slab`: the 64-byte connections, indexed by a `u32` slot number; free
 ///   slots are chained through `Conn::cold` from `free`.
-/// - `index`: an open-addressing (linear probing) array of `u64` words,
+/// - `index`: an open-addressing (linear probing) array of `u64` words, each run kept
+///   sorted by tag ("Robin Hood" by tag: a walk stops at the first greater tag, and a key's
+///   walk does not depend on when it went in), not wrapping around (runs go on into
+///   `INDEX_TAIL` slots past the last home slot),
 ///   `hash tag (32 bits) | slot << 1 | dir`. The key itself is not stored:
 ///   a tag match is confirmed against the connection in the slab, which the
 ///   packet needs next anyway. Sized for two keys per connection at a load
@@ -533,7 +536,7 @@ pub struct ConnRow {
 ///   the worker hash a whole burst and prefetch its index lines first.
 pub struct FlowTable {
     index: Vec<u64>,
-    /// Index slots (`index.len()`).
+    /// Home slots: `index.len()` is `n + INDEX_TAIL`.
     n: usize,
     seed: u64,
     slab: Vec<Conn>,
@@ -629,6 +632,12 @@ fn prefetch_ptr<T>(p: *const T) {
 }
 
 /// Index slots for `cap` connections: two keys each at a load of at most 0.8.
+/// Index slots past the last home slot: runs do not wrap around, they go on into this tail.
+/// The last slot stays empty for good (every walk stops there at the latest): an insert that
+/// would fill it is refused, nothing changed. A run of 1024 at a load of at most 0.8 does
+/// not happen by chance (and the keyed hash keeps it from being chosen).
+const INDEX_TAIL: usize = 1024;
+
 fn index_slots(cap: usize) -> usize {
     (cap * 2 * 5).div_ceil(4).max(16)
 }
@@ -657,9 +666,9 @@ impl FlowTable {
     pub fn with_intern_limit(cap: usize, limit: usize) -> Self {
         let cap = cap.clamp(16, (u32::MAX >> 1) as usize - 1);
         let n = index_slots(cap);
-        let mut index = Vec::with_capacity(n);
+        let mut index = Vec::with_capacity(n + INDEX_TAIL);
         advise_huge(&index);
-        index.resize(n, EMPTY);
+        index.resize(n + INDEX_TAIL, EMPTY);
         let slab = Vec::with_capacity(cap);
         advise_huge(&slab);
         let fixed = FIXED_SEED.load(std::sync::atomic::Ordering::Relaxed);
@@ -822,13 +831,46 @@ impl FlowTable {
         ((tag as u64 * self.n as u64) >> 32) as usize
     }
 
+    /// The slot after `i`: runs never wrap (the index's last slot is always empty).
     #[inline(always)]
     fn next(&self, i: usize) -> usize {
-        if i + 1 == self.n {
-            0
-        } else {
-            i + 1
+        i + 1
+    }
+
+    /// Where a word with `tag` goes: the first slot from its home that is empty or holds a
+    /// greater tag (after any equal ones).
+    #[inline(always)]
+    fn rh_pos(&self, tag: u32) -> usize {
+        let mut i = self.home(tag);
+        loop {
+            let w = self.index[i];
+            if w == EMPTY || (w >> 32) as u32 > tag {
+                return i;
+            }
+            i = self.next(i);
         }
+    }
+
+    /// Put word `w` at index position `pos` (its [`FlowTable::rh_pos`]), shifting the rest
+    /// of the run one slot on. `false`, nothing changed, if that would fill the last slot.
+    #[inline(always)]
+    fn place(&mut self, pos: usize, w: u64) -> bool {
+        let last = self.index.len() - 1;
+        let (mut cur, mut i) = (w, pos);
+        // One pass: each word takes the next slot's place until one lands in an empty slot.
+        while cur != EMPTY {
+            if i == last {
+                // `cur` would take the last slot: everything shifted goes back.
+                for j in pos..i - 1 {
+                    self.index[j] = self.index[j + 1];
+                }
+                self.index[i - 1] = cur;
+                return false;
+            }
+            cur = std::mem::replace(&mut self.index[i], cur);
+            i += 1;
+        }
+        true
     }
 
     /// Prefetch the index line of a hash (first stage of a burst).
@@ -864,17 +906,19 @@ impl FlowTable {
         }
     }
 
-    /// Index position of key `k` (hash `h`): `Ok` where it is, or `Err`
-    /// with the first empty slot of its probe sequence.
+    /// Index position of key `k` (hash `h`): `Ok` where it is, or `Err` with where it
+    /// would go ([`FlowTable::rh_pos`]). Runs are sorted by tag: the walk stops at the first
+    /// greater tag (or an empty slot, whose tag bits are all ones).
     fn probe(&self, k: &FlowKey, h: u64) -> Result<usize, usize> {
         let tag = (h >> 32) as u32;
         let mut i = self.home(tag);
         loop {
             let w = self.index[i];
-            if w == EMPTY {
+            let t = (w >> 32) as u32;
+            if t > tag || w == EMPTY {
                 return Err(i);
             }
-            if (w >> 32) as u32 == tag && self.matches(w as u32, k) {
+            if t == tag && self.matches(w as u32, k) {
                 return Ok(i);
             }
             i = self.next(i);
@@ -938,31 +982,10 @@ impl FlowTable {
         self.miss = Some((*k, h, self.version, POS_UNKNOWN));
     }
 
-    /// The first empty index slot on the probe sequence of hash `h`.
-    #[inline(always)]
-    fn empty_from(&self, h: u64) -> usize {
-        let mut i = self.home((h >> 32) as u32);
-        while self.index[i] != EMPTY {
-            i = self.next(i);
-        }
-        i
-    }
-
     /// Index position of key `k` (hash `h`).
     #[inline(always)]
     fn find(&self, k: &FlowKey, h: u64) -> Option<usize> {
-        let tag = (h >> 32) as u32;
-        let mut i = self.home(tag);
-        loop {
-            let w = self.index[i];
-            if w == EMPTY {
-                return None;
-            }
-            if (w >> 32) as u32 == tag && self.matches(w as u32, k) {
-                return Some(i);
-            }
-            i = self.next(i);
-        }
+        self.probe(k, h).ok()
     }
 
     /// Look up a 5-tuple as received.
@@ -999,11 +1022,11 @@ impl FlowTable {
         let mut i = self.home(tag);
         loop {
             let Some(&w) = self.index.get(i) else { return NONE };
-            if w == EMPTY {
-                return NONE;
-            }
-            if (w >> 32) as u32 == tag {
-                return w as u32;
+            // Sorted runs: the first tag not below ours decides. An empty slot's tag bits are
+            // all ones and its low word is NONE, so it answers NONE either way.
+            let t = (w >> 32) as u32;
+            if t >= tag {
+                return if t == tag { w as u32 } else { NONE };
             }
             i = self.next(i);
         }
@@ -1106,25 +1129,19 @@ impl FlowTable {
         (k.pkts_in_hi << 16 | c.pkts_in as u64, k.pkts_out_hi << 16 | c.pkts_out as u64)
     }
 
-    /// Remove index position `pos` (backward-shift deletion).
+    /// Remove index position `pos` (backward-shift deletion): the words after it move one
+    /// slot back until an empty slot or a word at its home. Runs stay sorted.
     #[inline(always)]
     fn index_remove(&mut self, pos: usize) {
         let mut hole = pos;
-        let mut j = pos;
         loop {
-            j = self.next(j);
+            let j = hole + 1;
             let w = self.index[j];
-            if w == EMPTY {
+            if w == EMPTY || self.home((w >> 32) as u32) == j {
                 break;
             }
-            let home = self.home((w >> 32) as u32);
-            // The entry at j may move into the hole unless its home lies
-            // cyclically in (hole, j].
-            let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
-            if !stays {
-                self.index[hole] = w;
-                hole = j;
-            }
+            self.index[hole] = w;
+            hole = j;
         }
         self.index[hole] = EMPTY;
     }
@@ -1250,7 +1267,7 @@ impl FlowTable {
         // miss only needs the first empty slot).
         let (hin, pin) = match self.miss.take() {
             Some((k, h, v, pos)) if v == self.version && k == kin => {
-                (h, if pos == POS_UNKNOWN { self.empty_from(h) } else { pos })
+                (h, if pos == POS_UNKNOWN { self.rh_pos((h >> 32) as u32) } else { pos })
             }
             _ => {
                 let h = self.hash(&kin);
@@ -1260,15 +1277,15 @@ impl FlowTable {
                 }
             }
         };
-        let (hout, pout) = if two {
+        let hout = if two {
             let kout = c.key_out();
             let h = self.hash(&kout);
-            match self.probe(&kout, h) {
-                Ok(_) => return None,
-                Err(p) => (h, p),
+            if self.probe(&kout, h).is_ok() {
+                return None;
             }
+            h
         } else {
-            (0, 0)
+            0
         };
         let [vipi, rsi, laddr, hop_in, hop_out] = self.intern_all(c)?;
         let mut e = Conn {
@@ -1298,30 +1315,34 @@ impl FlowTable {
             live: true,
         };
         e.set_expires(now, c.expires);
+        // The index words first (they name the slot the connection will take): a run that
+        // would reach the index's end refuses the insert with nothing changed.
+        let idx = if self.free == NONE { self.slab.len() as u32 } else { self.free };
+        if !self.place(pin, (hin >> 32) << 32 | (idx << 1) as u64) {
+            self.release_ids(&e);
+            return None;
+        }
+        if two {
+            // Where the reply key goes now that the request key is in (its walk is cached).
+            let pout = self.rh_pos((hout >> 32) as u32);
+            if !self.place(pout, (hout >> 32) << 32 | (idx << 1 | 1) as u64) {
+                self.unlink(hin, idx << 1);
+                self.release_ids(&e);
+                return None;
+            }
+        }
         self.version += 1;
-        let idx = match self.free {
-            NONE => {
-                self.slab.push(e);
-                (self.slab.len() - 1) as u32
-            }
-            i => {
-                let old = &self.slab[i as usize];
-                self.free = old.cold;
-                e.gen = old.gen.wrapping_add(1);
-                self.slab[i as usize] = e;
-                i
-            }
-        };
-        self.index[pin] = (hin >> 32) << 32 | (idx << 1) as u64;
+        if self.free == NONE {
+            self.slab.push(e);
+        } else {
+            let old = &self.slab[idx as usize];
+            self.free = old.cold;
+            e.gen = old.gen.wrapping_add(1);
+            self.slab[idx as usize] = e;
+        }
         let (w, b) = ins_bit(hin);
         self.ins_filter[w] |= b;
         if two {
-            // The first empty slot of its walk, unless the request key just took it.
-            let mut p = pout;
-            while self.index[p] != EMPTY {
-                p = self.next(p);
-            }
-            self.index[p] = (hout >> 32) << 32 | (idx << 1 | 1) as u64;
             let (w, b) = ins_bit(hout);
             self.ins_filter[w] |= b;
         }
@@ -1341,7 +1362,7 @@ impl FlowTable {
             if x == w {
                 break;
             }
-            if x == EMPTY {
+            if x == EMPTY || x >> 32 > h >> 32 {
                 debug_assert!(false, "a live connection's key is indexed");
                 return;
             }
@@ -1767,11 +1788,14 @@ mod tests {
         }
         assert_eq!(picked.len(), 5);
         let ids: Vec<u32> = picked.iter().map(|x| t.insert(*x, 0).ok().unwrap()).collect();
-        assert!(t.index[0] != EMPTY, "probing wrapped to slot 0");
+        // Runs do not wrap: they go on past the last home slot into the tail.
+        assert!(t.index[n..].iter().any(|&w| w != EMPTY), "the run went on into the tail");
+        assert!(t.index[0] == EMPTY || t.home((t.index[0] >> 32) as u32) == 0, "nothing wrapped to slot 0");
+        assert_sorted_runs(&t, 0);
         for (x, &i) in picked.iter().zip(&ids) {
             assert_eq!(t.lookup(&x.key_in()), Some((i, Dir::In)));
         }
-        // Backward-shift deletion across the end keeps the others findable.
+        // Backward-shift deletion in the tail keeps the others findable.
         t.remove(ids[1]);
         for (k, (x, &i)) in picked.iter().zip(&ids).enumerate() {
             assert_eq!(t.lookup(&x.key_in()), if k == 1 { None } else { Some((i, Dir::In)) });
@@ -1825,7 +1849,27 @@ mod tests {
     }
 
     /// Every live (connection, in key, out key) is found, and nothing else is in the table.
+    /// The index's shape: every word at or after its home with no empty slot in between,
+    /// runs sorted by tag, the last slot empty.
+    fn assert_sorted_runs(t: &FlowTable, step: usize) {
+        assert_eq!(t.index.len(), t.n + INDEX_TAIL);
+        assert_eq!(*t.index.last().unwrap(), EMPTY, "step {step}: the last slot is taken");
+        let mut run_start = 0;
+        for (i, &w) in t.index.iter().enumerate() {
+            if w == EMPTY {
+                run_start = i + 1;
+                continue;
+            }
+            let home = t.home((w >> 32) as u32);
+            assert!(home >= run_start && home <= i, "step {step}: slot {i} holds a word of home {home}");
+            if i > run_start {
+                assert!(t.index[i - 1] >> 32 <= w >> 32, "step {step}: run not sorted at slot {i}");
+            }
+        }
+    }
+
     fn assert_live(t: &FlowTable, live: &[(u32, FlowKey, FlowKey)], step: usize) {
+        assert_sorted_runs(t, step);
         assert_eq!(t.len(), live.len());
         for &(i, a, b) in live {
             assert_eq!(t.lookup(&a), Some((i, Dir::In)), "step {step}");
@@ -1833,6 +1877,71 @@ mod tests {
                 assert_eq!(t.lookup(&b), Some((i, Dir::Out)), "step {step}");
             }
         }
+    }
+
+    #[test]
+    fn a_run_reaching_the_index_end_refuses_the_insert_and_changes_nothing() {
+        let mut t = FlowTable::new(64);
+        let a = conn(1, Forward::Nat);
+        let ia = t.insert(a, 0).ok().unwrap();
+        // One run over the whole index but its last slot, in a valid shape: slot i < n holds
+        // the smallest tag whose home is i (so each sits at its home), the tail the greatest.
+        let (n, len) = (t.n, t.index.len());
+        t.index.fill(EMPTY);
+        for i in 0..len - 1 {
+            let tag = if i < n { ((i as u64) << 32).div_ceil(n as u64) as u32 } else { u32::MAX - 1 };
+            t.index[i] = (tag as u64) << 32 | (ia << 1) as u64;
+        }
+        assert_sorted_runs(&t, 0);
+        let before = (t.index.clone(), t.len(), t.interned(), t.version());
+        let b = conn(2, Forward::Nat);
+        assert!(t.insert(b, 0).is_err(), "refused: the run would reach the index end");
+        assert_eq!((t.index.clone(), t.len(), t.interned(), t.version()), before, "nothing changed");
+        // A connection whose request key finds a free slot and whose reply key then finds
+        // none: the request key's word is taken back, nothing else moves.
+        let pin = t.rh_pos((t.hash(&b.key_in()) >> 32) as u32);
+        let pout = t.rh_pos((t.hash(&b.key_out()) >> 32) as u32);
+        assert!(pin < n - 1 && pin != pout, "the two keys of the test connection land apart");
+        t.index[pin] = EMPTY;
+        assert_sorted_runs(&t, 1);
+        let before = (t.index.clone(), t.len(), t.interned(), t.version());
+        assert!(t.insert(b, 0).is_err(), "refused: no room for the reply key");
+        assert_eq!((t.index.clone(), t.len(), t.interned(), t.version()), before, "the first word taken back");
+    }
+
+    #[test]
+    fn late_keys_walk_no_further_than_early_ones() {
+        // Sorted runs: a key's walk depends on the tags around its home, not on when it went
+        // in. Half the keys first, then the other half (FTP data connections come after their
+        // control connections): both halves walk as far on average.
+        let mut t = FlowTable::new(20_000);
+        let keys: Vec<NewConn> = (0..16_000u32)
+            .map(|c| {
+                let mut x = new_conn(
+                    6,
+                    Forward::Nat,
+                    v4_to_addr([100, 64, (c >> 8) as u8, c as u8]),
+                    1024 + (c % 50_000) as u16,
+                    v4_to_addr([10, 0, 1, 100]),
+                    80,
+                    v4_to_addr([10, 0, 2, 2]),
+                    80,
+                );
+                x.expires = 1;
+                x
+            })
+            .collect();
+        for k in &keys {
+            t.insert(*k, 0).ok().unwrap();
+        }
+        assert_sorted_runs(&t, 0);
+        let walk = |t: &FlowTable, k: &FlowKey| {
+            let h = t.hash(k);
+            t.probe(k, h).ok().unwrap() - t.home((h >> 32) as u32)
+        };
+        let avg = |ks: &[NewConn]| ks.iter().map(|k| walk(&t, &k.key_in()) as f64).sum::<f64>() / ks.len() as f64;
+        let (early, late) = (avg(&keys[..8000]), avg(&keys[8000..]));
+        assert!(late < early * 1.15 + 0.05, "late keys walk {late:.3} slots, early ones {early:.3}");
     }
 
     #[test]
