@@ -75,6 +75,11 @@ pub enum Cmd {
         /// with scripts/callgrind-pps).
         #[arg(long)]
         flood_only: bool,
+        /// Frames the established traffic cycles through (total over workers; default one
+        /// per flow and direction): with more, each flow's frames repeat in a shuffled array
+        /// of this many, so few flows read as much frame memory per packet as many do.
+        #[arg(long, default_value_t = 0)]
+        frames: usize,
         #[arg(long)]
         json: bool,
         /// Run every scenario over a grid of flow counts and worker counts

@@ -261,8 +261,11 @@ impl FtpSession {
 
     /// A session for a control connection another balancer carried until now (a cluster
     /// peer that failed): no stream position is known (each direction starts at the next
-    /// segment, as after a hole), the server greeted long ago, and the sequence numbers move
-    /// as the other balancer's rewrites made them move ([`crate::SeqShift`]).
+    /// segment it is given, taken as the start of a line: a command or reply that a takeover
+    /// splits is read from there; unlike after a hole, no line is skipped, so the first
+    /// PASV after a failover is still answered through the gateway), the server greeted long
+    /// ago, and the sequence numbers move as the other balancer's rewrites made them move
+    /// ([`crate::SeqShift`]).
     pub fn resume(p: SessionParams, orig: crate::SeqShift, reply: crate::SeqShift) -> Self {
         let mut s = Self::new(p);
         s.greeted = true;

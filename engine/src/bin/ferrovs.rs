@@ -179,6 +179,7 @@ fn run(cli: Cli) -> Result<(), String> {
             size,
             no_pin,
             flood_only,
+            frames,
             json,
             sweep,
             sweep_flows,
@@ -208,6 +209,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 size,
                 pin: !no_pin,
                 flood_only,
+                frames,
             };
             let r = ferrovs_engine::tools::bench::run(&args)?;
             if json {

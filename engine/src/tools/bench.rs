@@ -48,6 +48,14 @@
 //!   packets per second beside the flood's.
 //!
 //! `--flows` and `--packets` are totals, split evenly between workers.
+//!
+//! The template array is the frame memory the measured loop streams through: one 64-byte
+//! frame per flow and direction, so 640 KB at 10 k flows (it stays in the caches) and 64 MB
+//! at 1 M (read from memory, and evicting the table's lines). `--frames N` repeats each
+//! flow's frames in a shuffled array of N, so that a run with few flows streams as much
+//! frame memory per packet as one with many: the difference between `--flows 10000
+//! --frames 1000000` and `--flows 1000000` is the flow table's own (index and connection
+//! misses), apart from the template stream's.
 
 use crate::pipeline::driver::Driver;
 use crate::pipeline::snapshot::{owner_of, Snapshot};
@@ -143,6 +151,11 @@ pub struct BenchArgs {
     /// Flood scenarios: measure the flood packets alone (for instruction counts per flood
     /// packet with callgrind), not the established traffic and the mix.
     pub flood_only: bool,
+    /// Frames the measured traffic cycles through (total over workers; 0: one per flow and
+    /// direction). More than that repeats each flow's frames in a shuffled array this long,
+    /// so a run with few flows reads as much frame memory per packet as one with many:
+    /// the flow table's own cost of a large table shows apart from the template stream's.
+    pub frames: usize,
 }
 
 impl Default for BenchArgs {
@@ -155,6 +168,7 @@ impl Default for BenchArgs {
             size: 64,
             pin: true,
             flood_only: false,
+            frames: 0,
         }
     }
 }
@@ -173,6 +187,8 @@ pub struct WorkerFigures {
     pub flows_created: u64,
     pub flows_in_table: usize,
     pub table_bytes: usize,
+    /// Frames its established traffic cycled through.
+    pub frames: usize,
     pub setup_seconds: f64,
     /// SYN proxy cookies sent per second (synflood: while the mix ran).
     pub cookies_per_sec: f64,
@@ -231,6 +247,8 @@ pub struct BenchReport {
     pub scenario: Scenario,
     pub workers: usize,
     pub flows: usize,
+    /// Frames the measured traffic cycled through (all workers).
+    pub frames: usize,
     pub frame_size: usize,
     pub packets: u64,
     pub wall_seconds: f64,
@@ -500,6 +518,17 @@ impl Templates {
     }
     fn count(&self) -> usize {
         self.iface.len()
+    }
+    /// Every frame repeated (the last round cut short) to `n` frames, shuffled.
+    fn cycled(&self, n: usize, rng: &mut Rng) -> Templates {
+        let mut t = Templates::new(self.len, self.stride, n);
+        for k in 0..n {
+            let i = k % self.count();
+            t.head.extend_from_slice(&self.head[i * self.stride..(i + 1) * self.stride]);
+            t.iface.push(self.iface[i]);
+        }
+        t.shuffle(rng);
+        t
     }
     fn shuffle(&mut self, rng: &mut Rng) {
         let n = self.count();
@@ -1118,6 +1147,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     if args.flood_only && !args.scenario.is_flood() {
         return Err("--flood-only needs a flood scenario".into());
     }
+    if args.frames > 0 && args.scenario == Scenario::New {
+        return Err("--frames does not apply to the new scenario (one SYN per tuple)".into());
+    }
     let len = args.size.max(args.scenario.min_len() + 4) - 4;
     let per_worker_flows = (args.flows / workers).max(1);
     let per_worker_packets = (args.packets / workers as u64).max(1);
@@ -1147,6 +1179,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         let core = if cores.is_empty() { None } else { Some(cores[w % cores.len()]) };
         let sc = args.scenario;
         let flood_only = args.flood_only;
+        let per_worker_frames = args.frames / workers;
         handles.push(
             std::thread::Builder::new()
                 .name(format!("bench-{w}"))
@@ -1159,7 +1192,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                     let setup_seconds = t0.elapsed().as_secs_f64();
                     // Wait for everyone even on error so the barrier releases.
                     barrier.wait();
-                    let Sets { est, flood, dt } = set?;
+                    let Sets { mut est, flood, dt } = set?;
+                    if per_worker_frames > est.count() {
+                        est = est.cycled(per_worker_frames, &mut rng);
+                    }
                     if sc == Scenario::New {
                         // One cycle of the tuple space unmeasured: steady state.
                         measure(&mut rig, &est, est.count() as u64, dt, &mut 0);
@@ -1209,6 +1245,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                         flows_created: c1.flows_created - c0.flows_created,
                         flows_in_table: rig.w.flows.len(),
                         table_bytes: rig.w.flows.memory_bytes(),
+                        frames: est.count(),
                         setup_seconds,
                         ..Default::default()
                     };
@@ -1279,6 +1316,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         scenario: args.scenario,
         workers,
         flows: per_worker_flows * workers,
+        frames: per.iter().map(|f| f.frames).sum(),
         frame_size: args.size,
         packets,
         wall_seconds: wall,
@@ -1302,8 +1340,8 @@ pub fn format(r: &BenchReport) -> String {
     use std::fmt::Write;
     let _ = writeln!(
         s,
-        "scenario {:?}: {} workers, {} flows, {}-byte frames, {} packets in {:.3} s",
-        r.scenario, r.workers, r.flows, r.frame_size, r.packets, r.wall_seconds
+        "scenario {:?}: {} workers, {} flows, {}-byte frames ({} cycled), {} packets in {:.3} s",
+        r.scenario, r.workers, r.flows, r.frame_size, r.frames, r.packets, r.wall_seconds
     );
     let _ = writeln!(
         s,
@@ -1403,8 +1441,16 @@ mod tests {
     use super::*;
 
     fn small(sc: Scenario, workers: usize) -> BenchReport {
-        let a =
-            BenchArgs { scenario: sc, flows: 3000, packets: 20_000, workers, size: 64, pin: false, flood_only: false };
+        let a = BenchArgs {
+            scenario: sc,
+            flows: 3000,
+            packets: 20_000,
+            workers,
+            size: 64,
+            pin: false,
+            flood_only: false,
+            frames: 0,
+        };
         run(&a).unwrap_or_else(|e| panic!("{sc:?}: {e}"))
     }
 
@@ -1496,6 +1542,30 @@ mod tests {
     }
 
     #[test]
+    fn frames_cycle_every_flow_through_a_longer_array() {
+        let a = BenchArgs {
+            scenario: Scenario::Established,
+            flows: 3000,
+            packets: 40_000,
+            workers: 1,
+            size: 64,
+            pin: false,
+            flood_only: false,
+            frames: 20_000,
+        };
+        let r = run(&a).expect("bench");
+        assert_eq!(r.frames, 20_000);
+        // Every frame still belongs to a set-up connection: all forwarded, none created.
+        assert_eq!((r.dropped, r.per_worker[0].tx_packets, r.per_worker[0].flows_created), (0, 40_000, 0));
+        // Default: one frame per flow and direction (half the established frames come back
+        // from the real servers).
+        let r = run(&BenchArgs { frames: 0, ..a.clone() }).expect("bench");
+        assert_eq!(r.frames, 6000);
+        let e = run(&BenchArgs { scenario: Scenario::New, ..a }).expect_err("new takes no --frames");
+        assert!(e.contains("--frames"), "{e}");
+    }
+
+    #[test]
     fn flood_only_measures_the_flood() {
         let a = BenchArgs {
             scenario: Scenario::FloodUnknown,
@@ -1505,6 +1575,7 @@ mod tests {
             size: 64,
             pin: false,
             flood_only: true,
+            frames: 0,
         };
         let r = run(&a).expect("bench");
         let fl = r.per_worker[0].flood.as_ref().expect("flood");

@@ -183,6 +183,7 @@ pub fn run(a: &SweepArgs) -> Result<(), String> {
                     size: a.size,
                     pin: a.pin,
                     flood_only: false,
+                    frames: 0,
                 };
                 let r = bench::run(&args)?;
                 let p = Point::of(&r);

@@ -49,6 +49,8 @@ const WINDOW: usize = 1 << 20;
 /// One direction: the original stream, the translated stream as emitted,
 /// and where the rewrites happened.
 struct Side {
+    /// A segment with payload was given to the session in this direction.
+    seen: bool,
     /// Original sequence number of the model's byte 0.
     base: u32,
     /// Next in-order sequence number the sender would use.
@@ -62,7 +64,21 @@ struct Side {
 
 impl Side {
     fn new(base: u32) -> Side {
-        Side { base, front: base, orig: Vec::new(), emitted: Vec::new(), rewrite_fronts: Vec::new() }
+        Side { seen: false, base, front: base, orig: Vec::new(), emitted: Vec::new(), rewrite_fronts: Vec::new() }
+    }
+
+    /// Where segment `op` (payload `n` bytes) starts, relative to what was sent so far.
+    fn seq_for(&self, op: u8, len: u8, n: usize, small: u32) -> u32 {
+        let (front, base) = (self.front, self.base);
+        // Never before the stream's first byte.
+        let back = |d: u32| if front.wrapping_sub(base) >= d { front.wrapping_sub(d) } else { base };
+        match (op >> 1) & 7 {
+            0..=3 => front,
+            4 => back(small * 7),
+            5 => front.wrapping_add(small + 1),
+            6 => back(n as u32),
+            _ => u32::from_le_bytes([small as u8, op, len, 0x5a]),
+        }
     }
 
     fn off(&self, seq: u32) -> Option<usize> {
@@ -230,16 +246,14 @@ fuzz_target!(|data: &[u8]| {
         let (dir, k) = if op & 1 != 0 { (Dir::Reply, 1) } else { (Dir::Original, 0) };
         let small = u32::from(op >> 4);
         let side = &mut sides[k];
-        let (front, base) = (side.front, side.base);
-        // Never before the stream's first byte.
-        let back = |d: u32| if front.wrapping_sub(base) >= d { front.wrapping_sub(d) } else { base };
-        let seq = match (op >> 1) & 7 {
-            0..=3 => front,
-            4 => back(small * 7),
-            5 => front.wrapping_add(small + 1),
-            6 => back(n as u32),
-            _ => u32::from_le_bytes([small as u8, *op, *len, 0x5a]),
-        };
+        // Without an ISN the session cannot know where a direction's stream begins: the
+        // first segment it is given starts it (the engine always has the ISNs of a new
+        // control connection, from its SYN and SYN-ACK). The model's stream starts there too.
+        let seq = side.seq_for(*op, *len, n, small);
+        if flags & 8 == 0 && !side.seen && !seg.is_empty() {
+            (side.base, side.front) = (seq, seq);
+        }
+        side.seen |= !seg.is_empty();
         buf.clear();
         buf.extend_from_slice(seg);
         let in_model = model && side.off(seq).is_some_and(|o| o + n < WINDOW);
