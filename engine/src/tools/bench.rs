@@ -50,12 +50,12 @@
 //! `--flows` and `--packets` are totals, split evenly between workers.
 //!
 //! The template array is the frame memory the measured loop streams through: one 64-byte
-//! frame per flow and direction, so 640 KB at 10 k flows (it stays in the caches) and 64 MB
-//! at 1 M (read from memory, and evicting the table's lines). `--frames N` repeats each
-//! flow's frames in a shuffled array of N, so that a run with few flows streams as much
-//! frame memory per packet as one with many: the difference between `--flows 10000
-//! --frames 1000000` and `--flows 1000000` is the flow table's own (index and connection
-//! misses), apart from the template stream's.
+//! frame per flow and direction (both directions in `established`), so 1.3 MB at 10 k flows
+//! (it stays in the caches) and 128 MB at 1 M (read from memory, evicting the table's
+//! lines). `--frames N` repeats each flow's frames in a shuffled array of N, so that a run
+//! with few flows streams as much frame memory per packet as one with many: the difference
+//! between `--flows 10000 --frames 2000000` and `--flows 1000000` is the flow table's own
+//! (index and connection misses), apart from the template stream's.
 
 use crate::pipeline::driver::Driver;
 use crate::pipeline::snapshot::{owner_of, Snapshot};
