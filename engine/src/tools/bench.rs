@@ -158,6 +158,10 @@ pub struct BenchArgs {
     pub frames: usize,
 }
 
+/// Largest `--frames` (6.4 GB of templates): a bigger one is refused, not an abort on
+/// allocation.
+pub const MAX_FRAMES: usize = 100_000_000;
+
 impl Default for BenchArgs {
     fn default() -> Self {
         BenchArgs {
@@ -1150,6 +1154,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     if args.frames > 0 && args.scenario == Scenario::New {
         return Err("--frames does not apply to the new scenario (one SYN per tuple)".into());
     }
+    if args.frames > MAX_FRAMES {
+        return Err(format!("--frames is at most {MAX_FRAMES} (64 bytes of memory each)"));
+    }
     let len = args.size.max(args.scenario.min_len() + 4) - 4;
     let per_worker_flows = (args.flows / workers).max(1);
     let per_worker_packets = (args.packets / workers as u64).max(1);
@@ -1193,7 +1200,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                     // Wait for everyone even on error so the barrier releases.
                     barrier.wait();
                     let Sets { mut est, flood, dt } = set?;
-                    if per_worker_frames > est.count() {
+                    if est.count() > 0 && per_worker_frames > est.count() {
                         est = est.cycled(per_worker_frames, &mut rng);
                     }
                     if sc == Scenario::New {
@@ -1561,8 +1568,10 @@ mod tests {
         // from the real servers).
         let r = run(&BenchArgs { frames: 0, ..a.clone() }).expect("bench");
         assert_eq!(r.frames, 6000);
-        let e = run(&BenchArgs { scenario: Scenario::New, ..a }).expect_err("new takes no --frames");
+        let e = run(&BenchArgs { scenario: Scenario::New, ..a.clone() }).expect_err("new takes no --frames");
         assert!(e.contains("--frames"), "{e}");
+        let e = run(&BenchArgs { frames: MAX_FRAMES + 1, ..a }).expect_err("too many frames");
+        assert!(e.contains("at most"), "{e}");
     }
 
     #[test]
