@@ -223,6 +223,24 @@ fn ftp_through_the_proxy_composes_with_the_gateway() {
     assert_eq!(drops(&e), vec![]);
 }
 
+/// The real server's SYN-ACK never reaches the client (the proxy answers it), but the gateway
+/// still learns the server's ISN from it: a first reply segment after a hole (the start of
+/// the line lost) is not read as a line, so text inside a line cannot answer a PASV.
+#[test]
+fn ftp_reply_stream_starts_at_the_servers_isn() {
+    let mut e = engine("on", 1000);
+    let c = handshake(&mut e, 40102, 21);
+    let (_, s) = one(from_client(&mut e, c.sport, 21, TCP_ACK | TCP_PSH, c.isn + 1, c.cookie + 1, b"PASV\r\n"));
+    assert_eq!(s.payload, b"PASV\r\n");
+    // "220 banner " (11 bytes) was lost; the rest of that line looks like a 227.
+    let tail = b"227 Entering Passive Mode (10,0,2,9,117,48).\r\n";
+    let (_, s) = one(from_rs(&mut e, 21, c.sport, TCP_ACK | TCP_PSH, c.rs_isn + 1 + 11, c.isn + 7, tail));
+    assert_eq!(s.payload, tail, "not rewritten: the tail of a line");
+    assert_eq!(s.seq, c.cookie + 1 + 11);
+    // No data connection was announced: a SYN to the port named finds no expectation.
+    assert!(from_client(&mut e, 40103, 30000, TCP_SYN, 5, 0, b"").is_empty());
+}
+
 #[test]
 fn ipv6_proxied_handshake() {
     let text = config_text(

@@ -231,6 +231,13 @@ impl<Q: BufAlloc> Worker<Q> {
                 if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
                     // Answer the real server ourselves and start translating.
                     let delta = px.cookie.wrapping_sub(rs_seq);
+                    // The FTP gateway reads the server's own sequence space (the offset is
+                    // applied after it): its reply stream starts at this ISN, as from any
+                    // SYN-ACK it sees, so a first reply segment after a hole is not taken
+                    // for the start of a line.
+                    if let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() {
+                        s.set_isn(alg::Dir::Reply, rs_seq);
+                    }
                     synproxy::turn_around(d, p);
                     let end = synproxy::rebuild_tcp(
                         d,
