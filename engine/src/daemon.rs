@@ -315,7 +315,7 @@ pub fn start<Q: PortQueue + 'static>(
     };
     let macs: Vec<[u8; 6]> = queues.first().map(|qs| qs.iter().map(|q| q.caps().mac).collect()).unwrap_or_default();
     let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
-    let fabric: Arc<Fabric<Q::Buf>> = Fabric::new(n);
+    let fabric: Arc<Fabric<Q::Buf>> = Fabric::randomized(n);
     fabric.set_placement(&snapshot);
     let stop = Arc::new(AtomicBool::new(false));
     // The CPUs of this process's affinity mask (sched_getaffinity).

@@ -170,6 +170,31 @@ fn nat_syn(e: &mut MemEngine, sport: u16, flags: u8, now: u64) -> u8 {
     s.dst[3]
 }
 
+/// A DR FTP data connection placed by the Maglev choice (the node saw no PASV, so no
+/// expectation, no `data` flag) is synced like any other: its peers install it as backup
+/// state under the VIP's FTP service (it was refused, "no service of that VIP and port"),
+/// and a peer that gets its next packet adopts it instead of recreating it.
+#[test]
+fn maglev_placed_ftp_data_connections_are_installed_by_peers() {
+    let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
+    let mut c = MemEngine::new(node(3, RS_COUNT, true), 1);
+    let mut bb = Batcher::new(2, 1000);
+    let rs = send(&mut b, 7, 40001, 30007, TCP_SYN, S).unwrap();
+    let msgs = b.take_sync(&mut bb, S);
+    assert_eq!(msgs.len(), 1);
+    let m = ferrovs_engine::cluster::sync::parse(&msgs[0]).unwrap();
+    assert!(
+        matches!(m.entries[..], [ferrovs_engine::cluster::sync::SyncEntry::Conn(x)] if !x.data && x.vport == 30007)
+    );
+    assert_eq!(c.deliver_sync(&msgs[0], S), Ok(1));
+    let k = c.counters();
+    assert_eq!((k.sync_installed, k.sync_skipped), (1, 0));
+    // Node b dies; the client's next segment reaches node c: the same real server, adopted.
+    assert_eq!(send(&mut c, 7, 40001, 30007, TCP_ACK, 2 * S), Some(rs));
+    let k = c.counters();
+    assert_eq!((k.flows_created, k.flows_recreated), (1, 0), "adopted, not recreated");
+}
+
 #[test]
 fn synced_nat_connection_carries_replies_on_the_peer_and_counts_only_then() {
     let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);

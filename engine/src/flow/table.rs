@@ -657,6 +657,17 @@ pub fn fix_seed(seed: u64) {
     FIXED_SEED.store(seed, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A nonzero seed: the fixed one ([`fix_seed`]), else a random one.
+pub fn seed() -> u64 {
+    let fixed = FIXED_SEED.load(std::sync::atomic::Ordering::Relaxed);
+    if fixed != 0 {
+        return fixed | 1;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(fixed);
+    h.finish() | 1
+}
+
 impl FlowTable {
     pub fn new(cap: usize) -> Self {
         Self::with_intern_limit(cap, INTERN_LIMIT)

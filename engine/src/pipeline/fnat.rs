@@ -19,7 +19,11 @@
 //! allocation continues after the last allocated port (a port is not
 //! reused at once, which keeps a real server's TIME_WAIT of the previous
 //! user out of the way, as Linux's ephemeral port choice does), release
-//! clears the bit. When a local address has no free port the next one of
+//! clears the bit. The daemon's first search on an address starts at a random
+//! point of the first half of the share ([`LportPools::randomized`]), so a
+//! restarted node does not hand out again, first thing, the ports its previous
+//! run used: cluster peers may still carry those connections (adopted at the
+//! failover, or backups in TIME_WAIT), and real servers may hold their TIME_WAIT. When a local address has no free port the next one of
 //! the service is tried; when none has, the packet is dropped and counted
 //! (`fnat_ports_exhausted`).
 
@@ -49,11 +53,21 @@ pub struct LportPools {
     carried: HashSet<(Addr, u8, u16)>,
     /// Round-robin position over a service's local addresses.
     turn: usize,
+    /// Where the first search on an address starts, as a fraction (of 2^64) of the first
+    /// half of the share: 0 from its start ([`LportPools::new`]).
+    start: u64,
 }
 
 impl LportPools {
     pub fn new(share: PortRange) -> Self {
-        LportPools { share, pools: HashMap::new(), carried: HashSet::new(), turn: 0 }
+        LportPools { share, pools: HashMap::new(), carried: HashSet::new(), turn: 0, start: 0 }
+    }
+
+    /// [`LportPools::new`] whose first search on each address starts at a point of the
+    /// first half of the share chosen by `seed` (the daemon: a random one). The second half
+    /// stays where peers search ([`LportPools::take_foreign`]).
+    pub fn randomized(share: PortRange, seed: u64) -> Self {
+        LportPools { start: seed, ..Self::new(share) }
     }
 
     pub fn share(&self) -> PortRange {
@@ -78,9 +92,13 @@ impl LportPools {
     fn pool(&mut self, a: Addr, proto: u8) -> &mut Pool {
         let share = self.share;
         let carried = &self.carried;
+        let start = self.start;
         self.pools.entry((a, proto)).or_insert_with(|| {
             let n = share.hi as u32 - share.lo as u32 + 1;
-            let mut p = Pool { used: vec![0; n.div_ceil(64) as usize], free: n, next: 0, foreign: false };
+            // A different point per address and protocol (a multiplicative mix of the seed).
+            let mix = (start ^ (a as u64) ^ ((a >> 64) as u64) ^ proto as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let next = if start == 0 { 0 } else { ((mix >> 32) * u64::from(n / 2) >> 32) as u32 };
+            let mut p = Pool { used: vec![0; n.div_ceil(64) as usize], free: n, next, foreign: false };
             // Bits past the share are permanently "used".
             for i in n..(p.used.len() as u32 * 64) {
                 p.used[(i / 64) as usize] |= 1 << (i % 64);
@@ -315,6 +333,27 @@ mod tests {
         assert_eq!(p.free_on(a, PROTO_TCP), 1, "a double release counts once");
         p.release(a, PROTO_TCP, 80);
         assert_eq!(p.free_on(a, PROTO_TCP), 1, "a port outside the share is ignored");
+    }
+
+    /// A restarted daemon's first ports: a random point of the first half of the share,
+    /// another per address; every port is still handed out once; seed 0 starts at the start.
+    #[test]
+    fn randomized_start_lies_in_the_first_half_and_still_covers_the_share() {
+        let (a, b) = (v4_to_addr([10, 0, 2, 200]), v4_to_addr([10, 0, 2, 201]));
+        assert_eq!(LportPools::randomized(R, 0).take_on(a, PROTO_TCP), Some(5000));
+        let mut firsts = HashSet::new();
+        for seed in 1..=64u64 {
+            let mut p = LportPools::randomized(R, seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let (fa, fb) = (p.take_on(a, PROTO_TCP).unwrap(), p.take_on(b, PROTO_TCP).unwrap());
+            assert!((5000..5050).contains(&fa) && (5000..5050).contains(&fb), "{fa} {fb}");
+            firsts.insert(fa);
+            let mut seen: HashSet<u16> = [fa].into_iter().collect();
+            while let Some(port) = p.take_on(a, PROTO_TCP) {
+                assert!(seen.insert(port), "{port} twice");
+            }
+            assert_eq!(seen.len(), 100);
+        }
+        assert!(firsts.len() > 20, "seeds spread the start: {firsts:?}");
     }
 
     #[test]

@@ -84,12 +84,15 @@ pub struct CoreEnv {
     pub workers: usize,
     pub counters: Arc<WorkerCounters>,
     pub liveness: Arc<redirect::Liveness>,
+    /// Where full NAT's port search starts on each local address
+    /// ([`crate::pipeline::fnat::LportPools::randomized`]); 0: at the start of the share.
+    pub lport_seed: u64,
 }
 
 impl CoreEnv {
     /// A lone core (tests, tools): `workers` workers, fresh counters, nobody heard from.
     pub fn standalone(workers: usize) -> Self {
-        CoreEnv { workers, counters: Default::default(), liveness: Default::default() }
+        CoreEnv { workers, counters: Default::default(), liveness: Default::default(), lport_seed: 0 }
     }
 }
 
@@ -121,10 +124,24 @@ pub struct Fabric<B> {
     /// Cluster: when each peer was last heard from (the sync thread records, the workers read).
     pub liveness: Arc<redirect::Liveness>,
     pub stop: AtomicBool,
+    /// Every worker's [`CoreEnv::lport_seed`].
+    pub lport_seed: u64,
 }
 
 impl<B> Fabric<B> {
+    /// Rings and counters for `workers` workers, full NAT's port searches starting at the
+    /// start of their shares (tests and tools: reproducible).
     pub fn new(workers: usize) -> Arc<Self> {
+        Self::with_lport_seed(workers, 0)
+    }
+
+    /// [`Fabric::new`] for the daemon: full NAT's port searches start at a random point, so a
+    /// restarted node does not reuse, first thing, the ports of its previous run.
+    pub fn randomized(workers: usize) -> Arc<Self> {
+        Self::with_lport_seed(workers, crate::flow::table::seed())
+    }
+
+    fn with_lport_seed(workers: usize, lport_seed: u64) -> Arc<Self> {
         Arc::new(Fabric {
             workers,
             handoff: (0..workers).map(|_| ArrayQueue::new(8192)).collect(),
@@ -135,11 +152,17 @@ impl<B> Fabric<B> {
             sync_placement: Mutex::new(Default::default()),
             liveness: Default::default(),
             stop: AtomicBool::new(false),
+            lport_seed,
         })
     }
     /// The environment of worker `id`'s core.
     pub fn env(&self, id: usize) -> CoreEnv {
-        CoreEnv { workers: self.workers, counters: self.counters[id].clone(), liveness: self.liveness.clone() }
+        CoreEnv {
+            workers: self.workers,
+            counters: self.counters[id].clone(),
+            liveness: self.liveness.clone(),
+            lport_seed: self.lport_seed,
+        }
     }
 
     /// Deliver an event of worker `id`'s core: a neighbour to the other workers' control
@@ -374,6 +397,8 @@ pub struct Worker<Q: BufAlloc> {
     bounce_log: crate::pipeline::ratelimit::RateLimit,
     /// Rate limit for the neighbour-table-full warning.
     neigh_log: crate::pipeline::ratelimit::RateLimit,
+    /// Rate limit for the warning about a peer's connection not installed (cluster sync).
+    sync_log: crate::pipeline::ratelimit::RateLimit,
     /// Evictions from a full neighbour table by neighbours nobody asked for
     /// ([`neigh::EVICT_PER_SEC`]).
     neigh_evict_rl: crate::pipeline::ratelimit::RateLimit,
@@ -488,7 +513,7 @@ impl<Q: BufAlloc> Worker<Q> {
             remap: Default::default(),
             svc_counters: Arc::new(Vec::new()),
             flows: FlowTable::new(cap),
-            lports: LportPools::new(lport_share(snap.port_range, id, env.workers)),
+            lports: LportPools::randomized(lport_share(snap.port_range, id, env.workers), env.lport_seed),
             retired: Vec::new(),
             reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
@@ -520,6 +545,7 @@ impl<Q: BufAlloc> Worker<Q> {
             actions: alg::Actions::default(),
             bounce_log: Default::default(),
             neigh_log: Default::default(),
+            sync_log: Default::default(),
             neigh_evict_rl: crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST),
             icmp_rl: crate::pipeline::ratelimit::RateLimit::new(0, 1),
             icmp_cfg: (u32::MAX, 0),
@@ -2223,6 +2249,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.verified.clear();
         self.bounce_log = Default::default();
         self.neigh_log = Default::default();
+        self.sync_log = Default::default();
         self.neigh_evict_rl = crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST);
         self.pending.clear();
         self.handoff_out.clear();

@@ -146,7 +146,27 @@ impl<Q: BufAlloc> Worker<Q> {
             .or_else(|| self.snap.services[si].dests.iter().position(|d| d.addr == rs))
     }
 
+    /// A peer's connection as a backup entry here (or its state and timeout, if known). A
+    /// refusal is counted (`sync_skipped`, by the caller) and logged, rate-limited, with why:
+    /// a backup missing when its owner dies is a connection lost at failover.
     pub(super) fn install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> bool {
+        let Err(why) = self.try_install_synced_conn(s) else { return true };
+        if self.sync_log.allow(self.now) {
+            let suppressed = self.sync_log.take_suppressed();
+            let local = s.fnat.map(|(a, p)| std::net::SocketAddr::new(addr_to_ip(a), p));
+            tracing::warn!(
+                worker = self.id,
+                client = %std::net::SocketAddr::new(addr_to_ip(s.client), s.cport),
+                vip = %std::net::SocketAddr::new(addr_to_ip(s.vip), s.vport),
+                ?local,
+                suppressed,
+                "cluster sync: a peer's connection not installed: {why}"
+            );
+        }
+        false
+    }
+
+    fn try_install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> Result<(), &'static str> {
         let key = FlowKey { proto: s.proto, src: s.client, sport: s.cport, dst: s.vip, dport: s.vport };
         if let Some((idx, _)) = self.flows.lookup(&key) {
             // Known: a backup entry follows its owner's state and timeout; a connection this
@@ -158,20 +178,27 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
                 c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
             }
-            return true;
+            return Ok(());
         }
         let si = match self.snap.service(s.vip, s.proto, s.vport) {
             Some(si) => si,
-            // An FTP data connection (a port no service owns): its VIP's FTP service.
+            // An FTP data connection (a port no service owns): its VIP's FTP service. Not only
+            // those flagged `data` (made from an expectation): a DR/tunnel data connection the
+            // sender placed by the cluster-wide Maglev choice, without an expectation, is one
+            // too, and its backup here saves recreating it after a failover.
             None => {
                 match self.snap.services.iter().position(|x| x.vip == s.vip && x.proto == s.proto && x.ftp.is_some()) {
-                    Some(si) if s.data => si,
-                    _ => return false,
+                    Some(si) => si,
+                    None => return Err("no service of that VIP and port"),
                 }
             }
         };
-        let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else { return false };
-        let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) else { return false };
+        let Some(di) = self.find_dest(si, s.rs, s.rport, s.vport) else {
+            return Err("its real server is not in the service here");
+        };
+        let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) else {
+            return Err("unknown TCP state");
+        };
         // Full NAT: the sender's local address and port, reserved here so this worker never
         // hands them out (an FTP active data connection of an adopted control connection
         // takes ports on that address); both sides must agree it is full NAT.
@@ -188,21 +215,21 @@ impl<Q: BufAlloc> Worker<Q> {
                         self.reserved.swap_remove(k);
                     }
                     None if !self.lports.reserve(la, s.proto, lport) => {
-                        return false; // in use here: a connection of this node holds it
+                        return Err("its local port is in use here");
                     }
                     None => {}
                 }
                 Local::Fixed(la, lport)
             }
-            _ => return false,
+            _ => return Err("full NAT on one side only"),
         };
         let idx = match self.create_backup(si, di, s, local) {
             Ok(i) => i,
-            Err(_) => {
+            Err(r) => {
                 if let Local::Fixed(la, lport) = local {
                     self.lports.release(la, s.proto, lport);
                 }
-                return false;
+                return Err(r.label());
             }
         };
         let c = self.flows.get_mut(idx);
@@ -223,7 +250,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if !s.data && s.proto == PROTO_TCP && svc.is_ftp_control(s.vport) && svc.dests[di].forward.two_way() {
             self.start_ftp_session(si, di, idx, Some(Default::default()));
         }
-        true
+        Ok(())
     }
 
     /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
