@@ -663,9 +663,7 @@ pub fn seed() -> u64 {
     if fixed != 0 {
         return fixed | 1;
     }
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(fixed);
-    h.finish() | 1
+    std::collections::hash_map::RandomState::new().build_hasher().finish() | 1
 }
 
 impl FlowTable {
@@ -682,14 +680,7 @@ impl FlowTable {
         index.resize(n + INDEX_TAIL, EMPTY);
         let slab = Vec::with_capacity(cap);
         advise_huge(&slab);
-        let fixed = FIXED_SEED.load(std::sync::atomic::Ordering::Relaxed);
-        let seed = if fixed != 0 {
-            fixed | 1
-        } else {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(&index as *const _ as usize);
-            h.finish() | 1
-        };
+        let seed = seed();
         let mut t = FlowTable {
             index,
             n,

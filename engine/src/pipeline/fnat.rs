@@ -23,9 +23,9 @@
 //! point of the first half of the share ([`LportPools::randomized`]), so a
 //! restarted node does not hand out again, first thing, the ports its previous
 //! run used: cluster peers may still carry those connections (adopted at the
-//! failover, or backups in TIME_WAIT), and real servers may hold their TIME_WAIT. When a local address has no free port the next one of
-//! the service is tried; when none has, the packet is dropped and counted
-//! (`fnat_ports_exhausted`).
+//! failover, or backups in TIME_WAIT), and real servers may hold their TIME_WAIT.
+//! When a local address has no free port the next one of the service is tried;
+//! when none has, the packet is dropped and counted (`fnat_ports_exhausted`).
 
 use crate::pipeline::counters::DropReason;
 use crate::wire::csum;
