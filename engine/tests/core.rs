@@ -187,6 +187,14 @@ fn fixtures() {
             out: Want::Frames(vec![]),
         },
         Step {
+            what: "an ACK to the VIP with no connection (an ACK flood's segment): a counted drop, nothing out",
+            now: S + 5500,
+            iface: EXT,
+            frame: from_client(tcp4(CLIENT, 40004, VIP, 80, TCP_ACK, 1, 1, b"")),
+            verdict: Verdict::Drop(DropReason::NoFlow),
+            out: Want::Frames(vec![]),
+        },
+        Step {
             what: "a truncated frame: a counted drop",
             now: S + 6000,
             iface: EXT,

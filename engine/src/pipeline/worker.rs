@@ -1282,6 +1282,22 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             return self.punt(iface, pkt, DropReason::Unsupported);
         }
+        if known_miss
+            && dst_vip
+            && p.proto == PROTO_TCP
+            && p.tcp_flags & TCP_SYN == 0
+            && !self.cookie_recent()
+            && self.snap.config.cluster.is_none()
+        {
+            // A stray segment to a VIP: no SYN, no connection (an ACK flood, or a connection
+            // that expired or another balancer held). Without a cookie sent lately (the SYN
+            // proxy's handshake end or a verifying reset) and without a cluster (whose peers'
+            // connections are recreated, `cluster_recreate`), nothing below could take it:
+            // dropped here as `new_inbound_svc` would, without its look-ups, so a flood of
+            // them costs little more than a lookup.
+            self.drop_pkt(DropReason::NoFlow);
+            return;
+        }
         let key = flow_key(p);
         let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
         let found = if known_miss {

@@ -45,7 +45,7 @@ impl<Q: BufAlloc> Worker<Q> {
         // verifying reset can carry one (the checks below would all let it go). Decided
         // before the service lookup and the real-server scans, so a flood of stray segments
         // stays cheap.
-        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        let recent = self.cookie_recent();
         if p.tcp_flags & TCP_SYN == 0 && !recent {
             return None;
         }
@@ -183,13 +183,20 @@ impl<Q: BufAlloc> Worker<Q> {
             bump(&self.counters.cookies_sent, 1);
             return Some(Next::Tx(iface));
         }
-        let recent = self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36;
+        let recent = self.cookie_recent();
         if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
             self.verify(p.src);
             bump(&self.counters.cookies_validated, 1);
             return Some(Next::Drop(DropReason::SynVerified));
         }
         None
+    }
+
+    /// Did this worker send a SYN cookie in the last ~2 minutes (2^37 ns)? Only then can a
+    /// segment without SYN (a handshake's last ACK, a verifying reset) carry one.
+    #[inline(always)]
+    pub(super) fn cookie_recent(&self) -> bool {
+        self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36
     }
 
     pub(super) fn verified_slot(a: Addr) -> usize {
