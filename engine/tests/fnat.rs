@@ -302,6 +302,49 @@ fn arp_and_nd_for_local_addresses() {
     assert_drops(&e, &[]);
 }
 
+/// Two workers: an ICMP error about a connection reaches the worker that owns it, whichever
+/// received it: from the real server to the local address by the quoted local port, from the
+/// client to the VIP by the client (the quoted packet's destination).
+#[test]
+fn two_workers_icmp_errors_reach_the_owner() {
+    let handed = |e: &MemEngine| -> u64 {
+        e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    };
+    let mut e = engine(2);
+    for i in 0..32u8 {
+        let c = [10, 0, 1, 10 + i];
+        let cmac = [2, 0, 0, 0, 1, 10 + i];
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+        let out = e.inject(EXT, &with_macs(tcp4(c, 30000, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
+        assert_eq!(out.len(), 1, "SYN {i}");
+        let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+        // Port unreachable from the real server about LADDR:lport -> RS1:8080.
+        let before = handed(&e);
+        let quoted = tcp4(LADDR, lport, RS1, 8080, TCP_SYN, 1, 0, b"");
+        let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 3, 3, 0, &quoted), RS1_MAC), S);
+        assert_eq!(out.len(), 1, "error {i} to the client");
+        let f = &out[0].1;
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[26..30], &f[30..34]), (&VIP[..], &c[..]), "error {i}: VIP -> client");
+        let inner = 14 + 20 + 8;
+        assert_eq!(&f[inner + 20..inner + 24], &[0x75, 0x30, 0, 80], "error {i}: quoted ports 30000 -> 80");
+        let from_rs_handed = handed(&e) - before;
+        // Fragmentation needed from the client about VIP:80 -> client:30000.
+        let before = handed(&e);
+        let quoted = tcp4(VIP, 80, c, 30000, TCP_ACK, 1, 2, b"");
+        let err = with_macs(icmp4_error(c, VIP, 3, 4, 1400, &quoted), cmac, LB_EXT);
+        let out = e.inject(EXT, &err, S);
+        assert_eq!(out.len(), 1, "error {i} to the real server");
+        let f = &out[0].1;
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[26..30], &f[30..34]), (&LADDR[..], &RS1[..]), "error {i}: local address -> RS1");
+        assert!(from_rs_handed + handed(&e) - before <= 2);
+    }
+    assert!(handed(&e) > 0, "some errors arrived on the worker that does not own their connection");
+    assert!(e.workers.iter().all(|w| !w.flows.is_empty()), "both workers own connections");
+    assert_drops(&e, &[]);
+}
+
 #[test]
 fn icmp_errors_both_ways() {
     let mut e = engine(1);

@@ -1240,39 +1240,21 @@ impl<Q: BufAlloc> Worker<Q> {
             // The engine's own address, not a service (BGP, BFD on it): the kernel's.
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
-        let inner = if icmp_err {
-            match parse::parse_inner(pkt.data(), p) {
-                Ok(i) => Some(i),
-                Err(_) => {
-                    self.drop_pkt(DropReason::Malformed);
-                    return;
-                }
-            }
-        } else {
-            None
-        };
+        if icmp_err {
+            return self.icmp_error_in(iface, pkt, p, dst_vip, to_laddr.then_some(laddr_range).flatten(), handed);
+        }
         // The client this packet belongs to decides the owning worker.
-        let client = match (&inner, dst_vip) {
-            (Some(i), true) => i.dst,
-            (None, true) => p.src,
-            (_, false) => p.dst,
-        };
         if !handed && self.workers > 1 {
-            let owner = if to_laddr {
+            let owner = match laddr_range {
                 // The local port names the worker that opened the connection.
-                let lport = inner.as_ref().map_or(p.dport, |i| i.sport);
-                lport_owner(laddr_range.unwrap_or(self.snap.port_range), lport, self.workers)
-            } else {
-                owner_of(client, self.workers)
+                Some(range) if to_laddr => lport_owner(range, p.dport, self.workers),
+                _ => owner_of(if dst_vip { p.src } else { p.dst }, self.workers),
             };
             if owner != self.id {
                 bump(&self.counters.handoff_out, 1);
                 self.hand_off(owner, iface as u8, pkt);
                 return;
             }
-        }
-        if let Some(inner) = inner {
-            return self.icmp_error(pkt, p, &inner, dst_vip);
         }
         if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
             // OSPF, VRRP, router advertisements, echo to the kernel's address, ...
@@ -1359,6 +1341,43 @@ impl<Q: BufAlloc> Worker<Q> {
             },
         };
         self.finish(pkt, next);
+    }
+
+    /// An ICMP error that reached [`Worker::process_slow`] (to a VIP, or to a local address:
+    /// `laddr` is then the local addresses' port range): the packet it quotes parsed, handed
+    /// to the worker that owns the quoted connection, else [`Worker::icmp_error`]. Out of
+    /// line, so the common TCP/UDP path carries no quoted packet.
+    #[inline(never)]
+    fn icmp_error_in(
+        &mut self,
+        iface: usize,
+        pkt: Q::Buf,
+        p: &Parsed,
+        dst_vip: bool,
+        laddr: Option<ferrovs_cfg::PortRange>,
+        handed: bool,
+    ) {
+        let inner = match parse::parse_inner(pkt.data(), p) {
+            Ok(i) => i,
+            Err(_) => {
+                self.drop_pkt(DropReason::Malformed);
+                return;
+            }
+        };
+        if !handed && self.workers > 1 {
+            let owner = match laddr {
+                // The quoted packet's local port names the worker that opened the connection.
+                Some(range) => lport_owner(range, inner.sport, self.workers),
+                // The client: the quoted packet went to it (to a VIP), else this error is for it.
+                None => owner_of(if dst_vip { inner.dst } else { p.dst }, self.workers),
+            };
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                self.hand_off(owner, iface as u8, pkt);
+                return;
+            }
+        }
+        self.icmp_error(pkt, p, &inner, dst_vip)
     }
 
     /// A bare SYN from the client on connection `idx` that is closing (TIME_WAIT, CLOSE,
