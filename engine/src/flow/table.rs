@@ -1666,6 +1666,13 @@ mod tests {
         let per = t.memory_bytes() as f64 / (1 << 20) as f64;
         assert!(per <= 85.0, "{per} bytes per flow");
         assert_eq!(t.bytes_per_flow(), 64 + 20);
+        // The index grows linearly with the capacity (no rounding up to a power of two), so
+        // 4 M and 10 M flows cost the same per flow (the sizes; not allocated here).
+        for cap in [4 << 20, 10_000_000] {
+            let index = (index_slots(cap) + INDEX_TAIL) * 8;
+            let per = (cap * std::mem::size_of::<Conn>() + index) as f64 / cap as f64;
+            assert!(per <= 84.01, "{cap} flows: {per} bytes per flow");
+        }
         // No growth while filling: the slab and the index are reserved.
         let mut t = FlowTable::new(1000);
         let before = (t.slab.capacity(), t.index.len());
