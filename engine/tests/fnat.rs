@@ -256,12 +256,7 @@ fn two_workers_replies_reach_the_owner() {
     let mut e = engine(2);
     let mut seen = std::collections::HashSet::new();
     for i in 0..64u8 {
-        let c = [10, 0, 1, 10 + i];
-        let cmac = [2, 0, 0, 0, 1, 10 + i];
-        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
-        let out = e.inject(EXT, &with_macs(tcp4(c, 30000, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
-        assert_eq!(out.len(), 1, "SYN {i}");
-        let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+        let (c, _, lport) = open_client(&mut e, i);
         assert!(seen.insert(lport), "local port {lport} used twice across workers");
         let reply = from_rs(tcp4(RS1, 8080, LADDR, lport, TCP_SYN | TCP_ACK, 9, 2, b""), RS1_MAC);
         let out = e.inject(INT, &reply, S);
@@ -269,8 +264,7 @@ fn two_workers_replies_reach_the_owner() {
         assert_eq!(&out[0].1[26..30], &VIP);
         assert_eq!(&out[0].1[30..34], &c);
     }
-    let handed: u64 = e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum();
-    assert!(handed > 0, "some replies arrived on the other worker");
+    assert!(handed(&e) > 0, "some replies arrived on the other worker");
     assert!(e.workers.iter().all(|w| !w.flows.is_empty()), "both workers own connections");
     // The ports of each worker come from its own half of 2000-2063.
     for (w, worker) in e.workers.iter().enumerate() {
@@ -302,22 +296,30 @@ fn arp_and_nd_for_local_addresses() {
     assert_drops(&e, &[]);
 }
 
+/// Client `i` of 10.0.1.10 + i (its MAC, ARP learnt) opens 30000 -> VIP:80: the client,
+/// its MAC and the local port its SYN left from.
+fn open_client(e: &mut MemEngine, i: u8) -> ([u8; 4], [u8; 6], u16) {
+    let c = [10, 0, 1, 10 + i];
+    let cmac = [2, 0, 0, 0, 1, 10 + i];
+    e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+    let out = e.inject(EXT, &with_macs(tcp4(c, 30000, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
+    assert_eq!(out.len(), 1, "SYN {i}");
+    (c, cmac, u16::from_be_bytes([out[0].1[34], out[0].1[35]]))
+}
+
+/// Packets handed to another worker, all workers.
+fn handed(e: &MemEngine) -> u64 {
+    e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum()
+}
+
 /// Two workers: an ICMP error about a connection reaches the worker that owns it, whichever
 /// received it: from the real server to the local address by the quoted local port, from the
 /// client to the VIP by the client (the quoted packet's destination).
 #[test]
 fn two_workers_icmp_errors_reach_the_owner() {
-    let handed = |e: &MemEngine| -> u64 {
-        e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum()
-    };
     let mut e = engine(2);
     for i in 0..32u8 {
-        let c = [10, 0, 1, 10 + i];
-        let cmac = [2, 0, 0, 0, 1, 10 + i];
-        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
-        let out = e.inject(EXT, &with_macs(tcp4(c, 30000, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S);
-        assert_eq!(out.len(), 1, "SYN {i}");
-        let lport = u16::from_be_bytes([out[0].1[34], out[0].1[35]]);
+        let (c, cmac, lport) = open_client(&mut e, i);
         // Port unreachable from the real server about LADDR:lport -> RS1:8080.
         let before = handed(&e);
         let quoted = tcp4(LADDR, lport, RS1, 8080, TCP_SYN, 1, 0, b"");
@@ -786,9 +788,6 @@ fn removed_local_address_keeps_its_connections_until_the_grace_ends() {
     assert!(on201.iter().any(|&(_, p)| p < 2032) && on201.iter().any(|&(_, p)| p >= 2032), "both workers");
     let without = svc.replace("\"10.0.2.200\", \"10.0.2.201\"", "\"10.0.2.200\"");
     e.reload(cfg(&without), 2 * S);
-    let handed = |e: &MemEngine| -> u64 {
-        e.fabric.counters.iter().map(|w| w.handoff_out.load(std::sync::atomic::Ordering::Relaxed)).sum()
-    };
     let before = handed(&e);
     for &(c, lport) in &on201 {
         // Delivered by the "NIC" to the worker that does not own it.
