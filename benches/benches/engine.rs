@@ -107,15 +107,7 @@ fn bench_nat(c: &mut Criterion) {
     g.bench_function("tcp4_inbound", |b| {
         b.iter(|| {
             d[p.l3 + 8] = 64;
-            black_box(ferrovs_engine::pipeline::worker::rewrite_nat(
-                black_box(&mut d),
-                &p,
-                true,
-                rs,
-                8080,
-                0x1234,
-                0x5678,
-            ))
+            black_box(ferrovs_engine::pipeline::nat::rewrite_nat(black_box(&mut d), &p, true, rs, 8080, 0x1234, 0x5678))
         })
     });
     g.finish();

@@ -231,7 +231,7 @@ impl LportPools {
 /// The full-NAT rewrite of one packet: source and destination address and
 /// port, TTL / hop limit decremented; `l3d`/`l4d` are the connection's
 /// precomputed checksum deltas (RFC 1624) for this direction, covering all
-/// four fields (and the TTL for IPv4). Errors as [`crate::pipeline::worker::rewrite_nat`].
+/// four fields (and the TTL for IPv4). Errors as [`crate::pipeline::nat::rewrite_nat`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn rewrite_fnat(

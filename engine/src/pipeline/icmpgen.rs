@@ -120,7 +120,7 @@ pub fn build<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, mtu: u32, smac: [u8;
         h[9] = PROTO_ICMP;
         h[12..16].copy_from_slice(&addr_v4_bytes(src));
         h[16..20].copy_from_slice(&addr_v4_bytes(sender));
-        crate::pipeline::worker::fix_ipv4_csum(d, l3);
+        crate::pipeline::nat::fix_ipv4_csum(d, l3);
         let m = &mut d[icmp..icmp + 8];
         m[0] = 3;
         m[1] = 4;
@@ -149,7 +149,7 @@ mod tests {
         } else {
             f[20] &= !0x40;
         }
-        crate::pipeline::worker::fix_ipv4_csum(&mut f, 14);
+        crate::pipeline::nat::fix_ipv4_csum(&mut f, 14);
         f
     }
 
@@ -202,7 +202,7 @@ mod tests {
         for src in [[0, 0, 0, 0], [255, 255, 255, 255], [224, 0, 0, 1]] {
             let mut f = big4(true);
             f[26..30].copy_from_slice(&src);
-            crate::pipeline::worker::fix_ipv4_csum(&mut f, 14);
+            crate::pipeline::nat::fix_ipv4_csum(&mut f, 14);
             if let Ok(p) = parse(&f) {
                 assert!(!may_answer(&f, &p), "{src:?}");
             }
@@ -211,7 +211,7 @@ mod tests {
         let e = crate::tools::testpkt::icmp4_error(C, V, 3, 3, 0, &quoted);
         let mut e = e;
         e[20] |= 0x40;
-        crate::pipeline::worker::fix_ipv4_csum(&mut e, 14);
+        crate::pipeline::nat::fix_ipv4_csum(&mut e, 14);
         let p = parse(&e).unwrap();
         assert!(!may_answer(&e, &p), "an ICMP error");
         let p = parse(&big4(true)).unwrap();

@@ -6,13 +6,16 @@
 //!   connection's packet is looked up in the flow table first and forwarded
 //!   without any VIP/local classification; misses are classified (VIP,
 //!   local address, reply, FTP data, ICMP error), scheduled and rewritten
-//!   for NAT / DR / tunnel; its child modules (`worker/`) hold the rest of
-//!   the path: ARP/ND and echo, ICMP, fragments, the SYN proxy's and the
-//!   PROXY protocol's glue, the FTP gateway's glue, reloads and cluster sync.
+//!   for NAT / DR / tunnel; its child modules (`worker/`) hold the path itself:
+//!   the burst's passes and express lane, classification, new connections,
+//!   forwarding, expiry, ARP/ND and echo, ICMP, fragments, the SYN proxy's and
+//!   the PROXY protocol's glue, the FTP gateway's glue, reloads and cluster sync.
 //! - [`driver`]: the poll loop around the core: it owns the port queues, rx
 //!   bursts, the kernel-port passthrough and the handoff / control rings.
-//! - [`fnat`]: full NAT local ports and the two-sided rewrite; [`nat64`]: the
-//!   IPv6 <-> IPv4 translation of full NAT across families (RFC 7915);
+//! - [`nat`]: the NAT and tunnel header rewrites (precomputed checksum
+//!   deltas, IPIP / IPv6-in-IPv6); [`fnat`]: full NAT local ports and the
+//!   two-sided rewrite; [`nat64`]: the IPv6 <-> IPv4 translation of full NAT
+//!   across families (RFC 7915);
 //!   [`proxyproto`]: the PROXY protocol header towards a real server;
 //!   [`synproxy`]: the SYN proxy with SYN cookies.
 //! - [`neigh`]: ARP / neighbour discovery, the neighbour cache and packets
@@ -28,6 +31,7 @@ pub mod counters;
 pub mod driver;
 pub mod fnat;
 pub mod icmpgen;
+pub mod nat;
 pub mod nat64;
 pub mod neigh;
 pub mod proxyproto;

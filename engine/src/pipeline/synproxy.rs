@@ -228,7 +228,7 @@ pub fn finish_tcp(frame: &mut [u8], p: &Parsed, end: usize) {
         frame[p.l3 + 8] = 64;
         frame[p.l3 + 6] = 0x40; // DF
         frame[p.l3 + 7] = 0;
-        crate::pipeline::worker::fix_ipv4_csum(frame, p.l3);
+        crate::pipeline::nat::fix_ipv4_csum(frame, p.l3);
         let s = [frame[p.l3 + 12], frame[p.l3 + 13], frame[p.l3 + 14], frame[p.l3 + 15]];
         let d = [frame[p.l3 + 16], frame[p.l3 + 17], frame[p.l3 + 18], frame[p.l3 + 19]];
         csum::pseudo_v4(s, d, 6, len as u16)

@@ -89,7 +89,7 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             let mss = synproxy::mss_option(&pkt.data()[p.l4..p.end]).unwrap_or(536);
             let cookie = self.cookies.make(self.now, &Handshake { isn: seq, ..hs }, mss);
-            let ours = (self.caps[iface].mtu as u16).saturating_sub(if p.v6 { 60 } else { 40 }).max(536);
+            let ours = self.caps[iface].mtu.saturating_sub(if p.v6 { 60 } else { 40 }).max(536);
             // The answer carries an MSS option: room for 24 bytes of TCP header.
             if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
                 return Some(Next::Drop(DropReason::NoBuffer));

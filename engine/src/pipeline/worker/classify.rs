@@ -1,0 +1,313 @@
+//! Classification (a child module of `worker`): what a packet is once the burst's passes
+//! did not forward it. `process_parsed` takes the lookup the passes made (or makes it),
+//! forwards a known connection's packet, and sends the rest to `process_slow`: frames for
+//! the balancer itself (ARP/ND, echo, the kernel's exception path), ICMP errors
+//! (`icmp_error_in`), packets another worker owns (handed over), the first packet of a
+//! connection to a VIP or from a real server, FTP data connections the gateway expects,
+//! and cluster recreation of a peer's connection.
+
+use super::*;
+
+impl<Q: BufAlloc> Worker<Q> {
+    /// Classify and forward one packet received on interface `iface`.
+    pub fn process(&mut self, iface: usize, pkt: Q::Buf, handed: bool) {
+        let r = parse::parse(pkt.data());
+        self.process_parsed(iface, pkt, handed, &r, 0, NONE, false);
+        self.flush_svc_counters();
+    }
+
+    /// [`Worker::process`] with the parse result, the flow hash (0: not
+    /// computed) and the index word found earlier in the burst (`NONE`:
+    /// none) from the burst's first passes; `confirmed`: that word is known to be the
+    /// packet's connection (the express lane compared the key).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn process_parsed(
+        &mut self,
+        iface: usize,
+        mut pkt: Q::Buf,
+        handed: bool,
+        parsed: &Result<Parsed, parse::ParseError>,
+        mut hash: u64,
+        hint: u32,
+        confirmed: bool,
+    ) {
+        // Fast path: an established TCP/UDP connection of this worker's
+        // table. Only the owner of a connection ever creates it, so a hit
+        // also settles ownership (no VIP/local classification, no handoff
+        // check). Everything else (misses, expired entries, ARP/ND, ICMP)
+        // takes the classification path below, as before.
+        // The burst's lookup pass missed and nothing with this hash was inserted since: a
+        // known miss (a flood of unknown flows, or a burst of SYNs each creating its
+        // connection, skips a second, cache-missing probe).
+        let mut known_miss = hint == NONE && hash != 0 && self.flows.still_missing(hash, self.hint_ver);
+        if let Ok(p) = parsed {
+            if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
+                // The hint from the burst's second pass is the first index word whose tag
+                // matches (its connection's line prefetched, the key not yet compared): the
+                // key is confirmed here, now that the line has arrived. A failed candidate
+                // is looked up in full, and so is a miss once the table changed (an earlier
+                // packet of the burst may have created the connection).
+                // `confirmed`: the express lane compared the key already.
+                let key = flow_key(p);
+                let found = if confirmed || (hint != NONE && self.flows.word_matches(hint, &key)) {
+                    Some(hint)
+                } else if known_miss {
+                    // No tag on the probe sequence and no key of this hash inserted since.
+                    None
+                } else {
+                    if hash == 0 {
+                        hash = self.flows.hash(&key);
+                    }
+                    let found = self.flows.lookup_word(&key, hash);
+                    // A miss now is as good as the lookup pass's (nothing changes the table
+                    // before `process_slow` looks again).
+                    known_miss = found.is_none();
+                    found
+                };
+                if let Some(v) = found {
+                    match self.forward_established(iface, v, &mut pkt, p) {
+                        // The common end: straight onto its transmit queue (`finish` minus
+                        // the cases that cannot be; the SYN proxy's release only follows
+                        // its own connections' packets, which take `forward_general`).
+                        Some(Next::Tx(t)) if self.proxy_release.is_none() => {
+                            match self.tx.get_mut(t) {
+                                Some(q) => q.push(pkt),
+                                None => self.finish(pkt, Next::Tx(t)),
+                            }
+                            return;
+                        }
+                        Some(next) => {
+                            self.finish(pkt, next);
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        self.process_slow(iface, pkt, handed, parsed, hash, known_miss)
+    }
+
+    /// Everything but an established connection's packet: classification
+    /// (VIP, local address, ARP/ND, ICMP), handoff to the owner, new
+    /// connections, expired entries.
+    #[inline(never)]
+    pub(super) fn process_slow(
+        &mut self,
+        iface: usize,
+        mut pkt: Q::Buf,
+        handed: bool,
+        parsed: &Result<Parsed, parse::ParseError>,
+        hash: u64,
+        known_miss: bool,
+    ) {
+        let p = match parsed {
+            Ok(p) => p,
+            Err(parse::ParseError::Fragment) => return self.fragment(iface, pkt, handed),
+            // Another protocol (LLDP, ...): the kernel's, if it has an exception path.
+            Err(parse::ParseError::Unsupported) => return self.punt(iface, pkt, DropReason::Unsupported),
+            Err(e) => {
+                self.drop_pkt(match *e {
+                    parse::ParseError::Malformed => DropReason::Malformed,
+                    parse::ParseError::Unsupported => DropReason::Unsupported,
+                    parse::ParseError::Fragment => DropReason::Fragment,
+                });
+                return;
+            }
+        };
+        // Frames for other hosts (flooded by a switch) are not ours.
+        let dmac = &pkt.data()[0..6];
+        let ours = dmac[0] & 1 == 1 || self.snap.ifaces.get(iface).is_some_and(|i| i.mac == dmac);
+        if !ours {
+            self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        if p.arp {
+            return self.handle_arp(iface, pkt, p);
+        }
+        if p.v6 && p.proto == PROTO_ICMPV6 && (p.icmp_type == 135 || p.icmp_type == 136) {
+            return self.handle_nd(iface, pkt, p);
+        }
+        let info = match self.addr_memo {
+            Some((a, info)) if a == p.dst => info,
+            _ => {
+                let info = self.snap.addr_info(p.dst);
+                self.addr_memo = Some((p.dst, info));
+                info
+            }
+        };
+        let kind = info.kind;
+        let dst_vip = kind & ADDR_VIP != 0;
+        let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
+        let icmp_err = is_icmp && icmp_is_error(p.v6, p.icmp_type);
+        let local = kind & ADDR_LOCAL != 0;
+        if (local || dst_vip) && is_icmp && icmp_is_echo(p.v6, p.icmp_type) {
+            return self.echo_reply(iface, pkt, p);
+        }
+        // Full NAT: a reply (or an ICMP error about our packet) to a local address.
+        let laddr_range = if dst_vip {
+            None
+        } else if kind & ADDR_LADDR != 0 {
+            Some(self.snap.port_range)
+        } else if self.retired.is_empty() {
+            None
+        } else {
+            self.laddr_range(p.dst)
+        };
+        let to_laddr = laddr_range.is_some() && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
+        if local && !dst_vip && !to_laddr {
+            // The engine's own address, not a service (BGP, BFD on it): the kernel's.
+            return self.punt(iface, pkt, DropReason::NotForUs);
+        }
+        if icmp_err {
+            return self.icmp_error_in(iface, pkt, p, dst_vip, to_laddr.then_some(laddr_range).flatten(), handed);
+        }
+        // The client this packet belongs to decides the owning worker.
+        if !handed && self.workers > 1 {
+            let owner = match laddr_range {
+                // The local port names the worker that opened the connection.
+                Some(range) if to_laddr => lport_owner(range, p.dport, self.workers),
+                _ => owner_of(if dst_vip { p.src } else { p.dst }, self.workers),
+            };
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                self.hand_off(owner, iface as u8, pkt);
+                return;
+            }
+        }
+        if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+            // OSPF, VRRP, router advertisements, echo to the kernel's address, ...
+            if dst_vip {
+                self.drop_pkt(DropReason::Unsupported);
+                return;
+            }
+            return self.punt(iface, pkt, DropReason::Unsupported);
+        }
+        if known_miss
+            && dst_vip
+            && p.proto == PROTO_TCP
+            && p.tcp_flags & TCP_SYN == 0
+            && !self.cookie_recent()
+            && self.snap.config.cluster.is_none()
+        {
+            // A stray segment to a VIP: no SYN, no connection (an ACK flood, or a connection
+            // that expired or another balancer held). Without a cookie sent lately (the SYN
+            // proxy's handshake end or a verifying reset) and without a cluster (whose peers'
+            // connections are recreated, `cluster_recreate`), nothing below could take it:
+            // dropped here as `new_inbound_svc` would, without its look-ups, so a flood of
+            // them costs little more than a lookup.
+            self.drop_pkt(DropReason::NoFlow);
+            return;
+        }
+        let key = flow_key(p);
+        let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
+        let found = if known_miss {
+            // An insert of this key right after only looks for the first empty slot.
+            self.flows.note_miss(&key, hash);
+            None
+        } else {
+            self.flows.lookup_for_insert(&key, hash)
+        };
+        let next = match found {
+            Some((idx, dir)) => {
+                let c = self.flows.get(idx);
+                if dst_vip && dir == Dir::In && self.reusable(idx, p) {
+                    // IPVS conn_reuse_mode: a new SYN on the tuple of a closing connection starts
+                    // a new one (new scheduling decision, new gateway session); the old state,
+                    // its FTP expectations and pins go. Data connections are left alone, as
+                    // IPVS leaves "controlled" connections.
+                    if self.flows.cold(idx).alg.is_some() {
+                        if let Some(sc) = self.svc_counters.get(c.svc as usize) {
+                            bump(&sc.ftp.control_reused, 1);
+                        }
+                    }
+                    bump(&self.counters.flows_reused, 1);
+                    self.remove_conn(idx, false);
+                    let next = self.new_inbound(&mut pkt, p);
+                    return self.finish(pkt, next);
+                }
+                if c.expired(self.now) {
+                    self.expire(idx, self.now);
+                    if self.flows.try_get(idx).is_some_and(|c| c.live) {
+                        self.forward(idx, dir, &mut pkt, p)
+                    } else if dst_vip {
+                        self.new_inbound(&mut pkt, p)
+                    } else {
+                        self.new_outbound(&mut pkt, p)
+                    }
+                } else {
+                    self.forward(idx, dir, &mut pkt, p)
+                }
+            }
+            None if dst_vip => {
+                // A connection's first SYN: its service is looked up once for the SYN proxy and
+                // the scheduler (other segments may not need it: looked up where they do).
+                let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
+                // A SYN to a service without the SYN proxy: nothing for it to look at.
+                let no_proxy = matches!(svc, Some(Some(si)) if self.snap.services.get(si)
+                    .is_some_and(|s| s.syn_proxy == ferrovs_cfg::SynProxy::Off));
+                match if no_proxy { None } else { self.syn_proxy(iface, &mut pkt, p, svc) } {
+                    Some(next) => next,
+                    None => self.new_inbound_svc(&mut pkt, p, svc),
+                }
+            }
+            None => match self.new_outbound(&mut pkt, p) {
+                // No connection, no expectation, not a service: the kernel's (its own
+                // address, or a host it forwards for), if there is an exception path.
+                Next::Drop(DropReason::NoFlow) if !to_laddr => return self.punt(iface, pkt, DropReason::NoFlow),
+                next => next,
+            },
+        };
+        self.finish(pkt, next);
+    }
+
+    /// An ICMP error that reached [`Worker::process_slow`] (to a VIP, or to a local address:
+    /// `laddr` is then the local addresses' port range): the packet it quotes parsed, handed
+    /// to the worker that owns the quoted connection, else [`Worker::icmp_error`]. Out of
+    /// line, so the common TCP/UDP path carries no quoted packet.
+    #[inline(never)]
+    pub(super) fn icmp_error_in(
+        &mut self,
+        iface: usize,
+        pkt: Q::Buf,
+        p: &Parsed,
+        dst_vip: bool,
+        laddr: Option<ferrovs_cfg::PortRange>,
+        handed: bool,
+    ) {
+        let inner = match parse::parse_inner(pkt.data(), p) {
+            Ok(i) => i,
+            Err(_) => {
+                self.drop_pkt(DropReason::Malformed);
+                return;
+            }
+        };
+        if !handed && self.workers > 1 {
+            let owner = match laddr {
+                // The quoted packet's local port names the worker that opened the connection.
+                Some(range) => lport_owner(range, inner.sport, self.workers),
+                // The client: the quoted packet went to it (to a VIP), else this error is for it.
+                None => owner_of(if dst_vip { inner.dst } else { p.dst }, self.workers),
+            };
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                self.hand_off(owner, iface as u8, pkt);
+                return;
+            }
+        }
+        self.icmp_error(pkt, p, &inner, dst_vip)
+    }
+
+    /// A bare SYN from the client on connection `idx` that is closing (TIME_WAIT, CLOSE,
+    /// CLOSE_WAIT, LAST_ACK) and is not an FTP data connection: the tuple is being reused.
+    pub(super) fn reusable(&self, idx: u32, p: &Parsed) -> bool {
+        use crate::flow::tcpstate::TcpState as S;
+        let c = self.flows.get(idx);
+        p.proto == PROTO_TCP
+            && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && c.flags & F_DATA == 0
+            && matches!(c.state, S::TimeWait | S::Close | S::CloseWait | S::LastAck)
+    }
+}
