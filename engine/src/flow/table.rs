@@ -12,7 +12,7 @@
 //!     local address and the next hops are interned per table
 //!     ([`Interned`], 2-byte ids, reference counted: an id whose last
 //!     connection went is reused, so reloads cannot make them grow without
-//!     bound). A next hop also caches its MAC ([`Hop`]): all connections
+//!     bound). A next hop also caches its Ethernet header and MTU ([`HopMac`]): all connections
 //!     through one gateway or to one real server share one resolution;
 //!   - the reply direction's L4 checksum delta is the ones' complement of
 //!     the request direction's (RFC 1624), so only one is kept;
@@ -554,7 +554,8 @@ pub struct FlowTable {
     laddrs: Interned<Addr>,
     /// Next hops, with the MAC cache beside them; id 0 is [`NO_HOP`].
     hops: Interned<(Addr, u8)>,
-    /// Per hop id: (cached MAC, egress interface, generation it is valid for).
+    /// Per hop id: (cached Ethernet header, egress interface and its MTU, generation they are
+    /// valid for).
     macs: Vec<HopMac>,
     /// The last key [`FlowTable::lookup_for_insert`] missed, its hash, the version it missed at
     /// and the first empty index slot of its walk: where [`FlowTable::insert`] puts that
@@ -581,12 +582,30 @@ fn ins_bit(h: u64) -> (usize, u64) {
 /// [`FlowTable::miss`] position meaning "absent, first empty slot not looked for yet".
 const POS_UNKNOWN: usize = usize::MAX;
 
-/// What the fast path reads of a next hop (12 bytes).
+/// What the fast path reads of a next hop (20 bytes): the Ethernet header its frames get
+/// (the neighbour's MAC, then the egress interface's), the egress interface and that
+/// interface's MTU. `hdr` and `mtu` are valid while `mac_gen` equals the worker's neighbour
+/// generation, which changes whenever a neighbour or a port's MAC or MTU does
+/// ([`FlowTable::set_hop_l2`] writes them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HopMac {
-    pub mac: [u8; 6],
+    pub hdr: [u8; 12],
     pub iface: u8,
+    pub mtu: u16,
     pub mac_gen: u32,
+}
+
+impl HopMac {
+    /// The cached MAC of the neighbour (zero while unresolved).
+    #[inline(always)]
+    pub fn mac(&self) -> [u8; 6] {
+        let [a, b, c, d, e, f, ..] = self.hdr;
+        [a, b, c, d, e, f]
+    }
+    /// A next hop on `iface` not resolved in any generation.
+    fn unresolved(iface: u8, mac_gen: u32) -> HopMac {
+        HopMac { hdr: [0; 12], iface, mtu: 0, mac_gen }
+    }
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -711,7 +730,7 @@ impl FlowTable {
         // NO_HOP: referenced for good, never resolved to a MAC.
         let (h, _) = self.hops.take((0, u8::MAX)).expect("an empty table has ids");
         debug_assert_eq!(h, NO_HOP);
-        self.macs.push(HopMac { mac: [0; 6], iface: 0, mac_gen: 0 });
+        self.macs.push(HopMac::unresolved(0, 0));
     }
 
     /// The (VIP, port) of connection `c`.
@@ -736,9 +755,9 @@ impl FlowTable {
     /// Next hop `h` (a connection's `hop_in` / `hop_out`).
     pub fn hop(&self, h: u16) -> Hop {
         let m = self.hop_mac(h);
-        Hop { iface: m.iface, nh: self.hop_nh(h), mac: m.mac, mac_gen: m.mac_gen }
+        Hop { iface: m.iface, nh: self.hop_nh(h), mac: m.mac(), mac_gen: m.mac_gen }
     }
-    /// The egress interface and cached MAC of next hop `h`.
+    /// The egress interface and cached Ethernet header of next hop `h`.
     #[inline(always)]
     pub fn hop_mac(&self, h: u16) -> HopMac {
         self.macs[h as usize]
@@ -748,12 +767,14 @@ impl FlowTable {
     pub fn hop_nh(&self, h: u16) -> Addr {
         self.hops.get(h).0
     }
-    /// Cache the MAC of next hop `h` as valid for neighbour generation `gen`.
+    /// Cache the Ethernet header of next hop `h` (its MAC, then its interface's) and its
+    /// interface's MTU as valid for neighbour generation `gen`.
     #[inline(always)]
-    pub fn set_hop_mac(&mut self, h: u16, mac: [u8; 6], gen: u32) {
+    pub fn set_hop_l2(&mut self, h: u16, hdr: [u8; 12], mtu: u16, gen: u32) {
         if h != NO_HOP {
             let m = &mut self.macs[h as usize];
-            m.mac = mac;
+            m.hdr = hdr;
+            m.mtu = mtu;
             m.mac_gen = gen;
         }
     }
@@ -1222,9 +1243,8 @@ impl FlowTable {
     fn take_hop(&mut self, nh: Addr, iface: u8, hint: u16) -> Option<u16> {
         let (h, fresh) = self.hops.take_hinted((nh, iface), hint)?;
         if fresh {
-            // Not resolved yet (a generation the worker never has... until
-            // it wraps; then one resolution more).
-            let unresolved = HopMac { mac: [0; 6], iface, mac_gen: u32::MAX };
+            // Not resolved yet (a generation the worker's neighbour cache never has).
+            let unresolved = HopMac::unresolved(iface, u32::MAX);
             match self.macs.get_mut(h as usize) {
                 Some(m) => *m = unresolved,
                 None => self.macs.push(unresolved),
@@ -1770,7 +1790,7 @@ mod tests {
         let h = t.get(ids[0]).hop_out;
         assert!(ids.iter().all(|&i| t.get(i).hop_out == h));
         assert_eq!(t.hop(h).mac_gen, u32::MAX, "not resolved yet");
-        t.set_hop_mac(h, [2, 0, 0, 0, 1, 0xfe], 5);
+        t.set_hop_l2(h, [2, 0, 0, 0, 1, 0xfe, 2, 0, 0, 0, 0, 1], 1500, 5);
         assert_eq!(t.hop(t.get(ids[2]).hop_out).mac, [2, 0, 0, 0, 1, 0xfe]);
         assert_eq!(t.hops.refs(h), 3);
         for i in ids {

@@ -28,8 +28,8 @@
 //! when none has, the packet is dropped and counted (`fnat_ports_exhausted`).
 
 use crate::pipeline::counters::DropReason;
-use crate::wire::csum;
-use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr, Parsed, PROTO_TCP, PROTO_UDP};
+use crate::pipeline::nat::{rewrite_addrs, rewrite_ports};
+use crate::wire::parse::{Addr, Parsed};
 use ferrovs_cfg::PortRange;
 use hashbrown::{HashMap, HashSet};
 
@@ -244,72 +244,14 @@ pub fn rewrite_fnat(
     l3d: u16,
     l4d: u16,
 ) -> Result<(), DropReason> {
-    let l4 = p.l4;
-    rewrite_ip2(d, p.l3, p.v6, src, dst, l3d)?;
-    match p.proto {
-        PROTO_TCP => {
-            let Some(Ok::<&mut [u8; 20], _>(t)) = d.get_mut(l4..l4 + 20).map(|s| s.try_into()) else {
-                return Err(DropReason::Malformed);
-            };
-            t[0..2].copy_from_slice(&sport.to_be_bytes());
-            t[2..4].copy_from_slice(&dport.to_be_bytes());
-            let c = csum::apply16(u16::from_be_bytes([t[16], t[17]]), l4d);
-            t[16..18].copy_from_slice(&c.to_be_bytes());
-        }
-        PROTO_UDP => {
-            let Some(Ok::<&mut [u8; 8], _>(u)) = d.get_mut(l4..l4 + 8).map(|s| s.try_into()) else {
-                return Err(DropReason::Malformed);
-            };
-            u[0..2].copy_from_slice(&sport.to_be_bytes());
-            u[2..4].copy_from_slice(&dport.to_be_bytes());
-            let c = u16::from_be_bytes([u[6], u[7]]);
-            if c != 0 || p.v6 {
-                let mut n = csum::apply16(c, l4d);
-                if n == 0 {
-                    n = 0xffff;
-                }
-                u[6..8].copy_from_slice(&n.to_be_bytes());
-            }
-        }
-        _ => return Err(DropReason::Unsupported),
-    }
-    Ok(())
-}
-
-/// Both addresses of the IP header at `l3`, TTL / hop limit decremented
-/// (the IPv4 header checksum takes `l3d`).
-#[inline(always)]
-pub fn rewrite_ip2(d: &mut [u8], l3: usize, v6: bool, src: Addr, dst: Addr, l3d: u16) -> Result<(), DropReason> {
-    if !v6 {
-        let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
-            return Err(DropReason::Malformed);
-        };
-        if h[8] <= 1 {
-            return Err(DropReason::TtlExceeded);
-        }
-        h[8] -= 1;
-        h[12..16].copy_from_slice(&addr_v4_bytes(src));
-        h[16..20].copy_from_slice(&addr_v4_bytes(dst));
-        let c = csum::apply16(u16::from_be_bytes([h[10], h[11]]), l3d);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-    } else {
-        let Some(Ok::<&mut [u8; 40], _>(h)) = d.get_mut(l3..l3 + 40).map(|s| s.try_into()) else {
-            return Err(DropReason::Malformed);
-        };
-        if h[7] <= 1 {
-            return Err(DropReason::TtlExceeded);
-        }
-        h[7] -= 1;
-        h[8..24].copy_from_slice(&addr_v6_bytes(src));
-        h[24..40].copy_from_slice(&addr_v6_bytes(dst));
-    }
-    Ok(())
+    rewrite_addrs(d, p.l3, p.v6, Some(src), Some(dst), l3d)?;
+    rewrite_ports(d, p, Some(sport), Some(dport), l4d).unwrap_or(Err(DropReason::Unsupported))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::parse::v4_to_addr;
+    use crate::wire::parse::{v4_to_addr, PROTO_TCP, PROTO_UDP};
 
     const R: PortRange = PortRange { lo: 5000, hi: 5099 };
 

@@ -31,34 +31,61 @@ pub fn rewrite_nat(
     l3d: u16,
     l4d: u16,
 ) -> Result<(), DropReason> {
-    // One bounds check per header: the parser guaranteed the IP header and
-    // the TCP (20) / UDP (8) header lie inside the frame, so these slices
-    // always succeed; constant offsets into fixed-size arrays need no
-    // further checks.
-    let l4 = p.l4;
     rewrite_ip(d, p.l3, p.v6, inbound, addr, l3d)?;
+    let (sport, dport) = if inbound { (None, Some(port)) } else { (Some(port), None) };
+    match rewrite_ports(d, p, sport, dport, l4d) {
+        Some(r) => r,
+        // Another transport with ports up front (SCTP, ...): the port word alone.
+        None => {
+            let poff = if inbound { p.l4 + 2 } else { p.l4 };
+            let Some(w) = d.get_mut(poff..poff + 2) else {
+                return Err(DropReason::Malformed);
+            };
+            w.copy_from_slice(&port.to_be_bytes());
+            Ok(())
+        }
+    }
+}
+
+/// The transport part of a NAT rewrite of a TCP or UDP packet: the source and / or
+/// destination port set and the checksum adjusted by `l4d`, the connection's precomputed
+/// delta (RFC 1624) for every field this rewrite and [`rewrite_addrs`] change (a UDP
+/// checksum of 0, "none" over IPv4, stays 0; a result of 0 is sent as 0xffff). `None`
+/// for another protocol, nothing changed. One bounds check per header: the parser
+/// guaranteed the TCP (20) / UDP (8) header lies inside the frame, so the slice always
+/// succeeds (`Malformed` if `p` is not `d`'s parse); constant offsets into fixed-size
+/// arrays need no further checks.
+#[inline(always)]
+pub fn rewrite_ports(
+    d: &mut [u8],
+    p: &Parsed,
+    sport: Option<u16>,
+    dport: Option<u16>,
+    l4d: u16,
+) -> Option<Result<(), DropReason>> {
+    let l4 = p.l4;
+    let set = |h: &mut [u8]| {
+        if let Some(s) = sport {
+            h[0..2].copy_from_slice(&s.to_be_bytes());
+        }
+        if let Some(t) = dport {
+            h[2..4].copy_from_slice(&t.to_be_bytes());
+        }
+    };
     match p.proto {
         PROTO_TCP => {
             let Some(Ok::<&mut [u8; 20], _>(t)) = d.get_mut(l4..l4 + 20).map(|s| s.try_into()) else {
-                return Err(DropReason::Malformed);
+                return Some(Err(DropReason::Malformed));
             };
-            if inbound {
-                t[2..4].copy_from_slice(&port.to_be_bytes());
-            } else {
-                t[0..2].copy_from_slice(&port.to_be_bytes());
-            }
+            set(&mut t[..4]);
             let c = csum::apply16(u16::from_be_bytes([t[16], t[17]]), l4d);
             t[16..18].copy_from_slice(&c.to_be_bytes());
         }
         PROTO_UDP => {
             let Some(Ok::<&mut [u8; 8], _>(u)) = d.get_mut(l4..l4 + 8).map(|s| s.try_into()) else {
-                return Err(DropReason::Malformed);
+                return Some(Err(DropReason::Malformed));
             };
-            if inbound {
-                u[2..4].copy_from_slice(&port.to_be_bytes());
-            } else {
-                u[0..2].copy_from_slice(&port.to_be_bytes());
-            }
+            set(&mut u[..4]);
             let c = u16::from_be_bytes([u[6], u[7]]);
             if c != 0 || p.v6 {
                 let mut n = csum::apply16(c, l4d);
@@ -68,21 +95,35 @@ pub fn rewrite_nat(
                 u[6..8].copy_from_slice(&n.to_be_bytes());
             }
         }
-        _ => {
-            let poff = if inbound { l4 + 2 } else { l4 };
-            let Some(w) = d.get_mut(poff..poff + 2) else {
-                return Err(DropReason::Malformed);
-            };
-            w.copy_from_slice(&port.to_be_bytes());
-        }
+        _ => return None,
     }
-    Ok(())
+    Some(Ok(()))
 }
 
-/// The IP part of the NAT rewrite: inbound sets the destination, outbound the source;
-/// decrements TTL / hop limit (the IPv4 header checksum takes `l3d`, which covers both).
+/// The IP part of the NAT rewrite: inbound sets the destination, outbound the source
+/// ([`rewrite_addrs`]).
 #[inline(always)]
 pub fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, l3d: u16) -> Result<(), DropReason> {
+    if inbound {
+        rewrite_addrs(d, l3, v6, None, Some(addr), l3d)
+    } else {
+        rewrite_addrs(d, l3, v6, Some(addr), None, l3d)
+    }
+}
+
+/// The IP part of a NAT rewrite: the source and / or destination address of the header
+/// at `l3` set, TTL / hop limit decremented (the IPv4 header checksum takes `l3d`, which
+/// covers both). `TtlExceeded` (nothing changed) if the TTL runs out, `Malformed` if the
+/// header does not fit `d`.
+#[inline(always)]
+pub fn rewrite_addrs(
+    d: &mut [u8],
+    l3: usize,
+    v6: bool,
+    src: Option<Addr>,
+    dst: Option<Addr>,
+    l3d: u16,
+) -> Result<(), DropReason> {
     if !v6 {
         let Some(Ok::<&mut [u8; 20], _>(h)) = d.get_mut(l3..l3 + 20).map(|s| s.try_into()) else {
             return Err(DropReason::Malformed);
@@ -91,11 +132,11 @@ pub fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, 
             return Err(DropReason::TtlExceeded);
         }
         h[8] -= 1;
-        let a = addr_v4_bytes(addr);
-        if inbound {
-            h[16..20].copy_from_slice(&a);
-        } else {
-            h[12..16].copy_from_slice(&a);
+        if let Some(a) = src {
+            h[12..16].copy_from_slice(&addr_v4_bytes(a));
+        }
+        if let Some(a) = dst {
+            h[16..20].copy_from_slice(&addr_v4_bytes(a));
         }
         let c = csum::apply16(u16::from_be_bytes([h[10], h[11]]), l3d);
         h[10..12].copy_from_slice(&c.to_be_bytes());
@@ -107,11 +148,11 @@ pub fn rewrite_ip(d: &mut [u8], l3: usize, v6: bool, inbound: bool, addr: Addr, 
             return Err(DropReason::TtlExceeded);
         }
         h[7] -= 1;
-        let a = addr_v6_bytes(addr);
-        if inbound {
-            h[24..40].copy_from_slice(&a);
-        } else {
-            h[8..24].copy_from_slice(&a);
+        if let Some(a) = src {
+            h[8..24].copy_from_slice(&addr_v6_bytes(a));
+        }
+        if let Some(a) = dst {
+            h[24..40].copy_from_slice(&addr_v6_bytes(a));
         }
     }
     Ok(())

@@ -73,7 +73,8 @@ pub struct NeighCache {
     evicted: u64,
     /// Last time (ns) a request was sent per address (rate limit: 1/s).
     asked: HashMap<Addr, u64>,
-    /// Bumped on every change; flows cache MACs against it.
+    /// Bumped on every change ([`NeighCache::invalidate`]); flows cache MACs against it.
+    /// Never 0 or `u32::MAX`, the generations of next hops not resolved yet.
     pub gen: u32,
 }
 
@@ -105,13 +106,22 @@ impl NeighCache {
             gen: 1,
         }
     }
+    /// A new generation: every MAC (and Ethernet header) cached against the last one is
+    /// stale. Also what the worker does when a port's MAC or MTU changed. Skips 0 and
+    /// `u32::MAX`, so a next hop not resolved yet never matches.
+    pub fn invalidate(&mut self) {
+        self.gen = match self.gen.wrapping_add(1) {
+            0 | u32::MAX => 1,
+            g => g,
+        };
+    }
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
         if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true, confirmed: None }) {
             if !old.is_static {
                 self.dynamic -= 1;
             }
         }
-        self.gen = self.gen.wrapping_add(1);
+        self.invalidate();
     }
     /// Learn a dynamic entry; returns true if it changed anything. Learning
     /// the same MAC again only refreshes the entry (it becomes the least
@@ -149,7 +159,7 @@ impl NeighCache {
                 self.order.push_back((a, stamp));
                 self.compact();
                 self.asked.remove(&a);
-                self.gen = self.gen.wrapping_add(1);
+                self.invalidate();
                 Learnt::Changed
             }
             None => {
@@ -192,7 +202,7 @@ impl NeighCache {
             self.evicted += 1;
             if used {
                 // Flows may have cached its MAC.
-                self.gen = self.gen.wrapping_add(1);
+                self.invalidate();
             }
             return;
         }

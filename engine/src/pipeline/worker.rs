@@ -42,7 +42,7 @@ use crate::flow::{
     NONE,
 };
 use crate::pipeline::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
-use crate::pipeline::fnat::{rewrite_fnat, rewrite_ip2, LportPools};
+use crate::pipeline::fnat::{rewrite_fnat, LportPools};
 use crate::pipeline::neigh::{self, NeighCache};
 use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP};
 use crate::pipeline::synproxy::{self, Cookies, Handshake};
@@ -74,7 +74,9 @@ mod reload;
 mod syn_proxy;
 mod sync;
 mod tcp;
-use crate::pipeline::nat::{encap_ipip, fix_ipv4_csum, fix_l4_csum, rewrite_ip, rewrite_nat, set_addr, TTL_DELTA};
+use crate::pipeline::nat::{
+    encap_ipip, fix_ipv4_csum, fix_l4_csum, rewrite_addrs, rewrite_ip, rewrite_nat, set_addr, TTL_DELTA,
+};
 use forward::{account, rewrite_conn};
 pub use redirect::{Liveness, DEAD_AFTER_MS, HEARTBEAT_MS};
 use reload::Retired;
@@ -398,7 +400,7 @@ pub struct Worker<Q: BufAlloc> {
     if_macs: Vec<[u8; 6]>,
     /// Per transmit queue (one per port), what the express lane needs of the port: see
     /// [`express::Egress`]. Rebuilt when the snapshot or a port's caps change.
-    egress: Vec<express::Egress>,
+
     /// Flow table version when the current burst's hints were looked up.
     hint_ver: u64,
     timeouts: [u64; crate::flow::tcpstate::N_STATES],
@@ -553,7 +555,6 @@ impl<Q: BufAlloc> Worker<Q> {
             acc_base: Vec::new(),
             acc_dirty: Vec::new(),
             if_macs: Vec::new(),
-            egress: Vec::new(),
             hint_ver: u64::MAX,
             timeouts: [0; crate::flow::tcpstate::N_STATES],
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
@@ -593,17 +594,14 @@ impl<Q: BufAlloc> Worker<Q> {
         if let Some(c) = self.caps.get_mut(i) {
             *c = caps;
         }
-        self.refresh_egress();
+        self.l2_changed();
     }
 
-    /// Rebuild [`Worker::egress`] from the ports' caps and the snapshot's interface MACs.
-    fn refresh_egress(&mut self) {
-        self.egress = (0..self.tx.len())
-            .map(|i| match (self.if_macs.get(i), self.caps.get(i)) {
-                (Some(&mac), Some(c)) => express::Egress { mac, mtu: c.mtu },
-                _ => express::Egress::default(),
-            })
-            .collect();
+    /// A port's MAC or MTU may have changed (new port caps, a new snapshot): every next
+    /// hop's cached Ethernet header and MTU ([`flow::HopMac`]) is stale, so the neighbour
+    /// generation moves on and each next hop is looked up again on its next packet.
+    fn l2_changed(&mut self) {
+        self.neigh.invalidate();
     }
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap

@@ -171,15 +171,6 @@ pub(super) fn lookup_pass(flows: &FlowTable, lanes: &mut [Lane]) {
     }
 }
 
-/// What the lane needs of a port, one per transmit queue: the source MAC of frames it
-/// sends (the snapshot's interface MAC) and its MTU. `mtu` 0 (the default) where either is
-/// unknown, so the lane declines every packet bound there and the general path decides.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Egress {
-    pub mac: [u8; 6],
-    pub mtu: u16,
-}
-
 /// What [`Worker::express`] made of a packet.
 pub(super) enum Express {
     /// Rewritten and waiting on this transmit queue.
@@ -241,15 +232,11 @@ impl<Q: BufAlloc> Worker<Q> {
         {
             return Express::Confirmed;
         }
-        // The next hop: its MAC known for this neighbour generation, its interface's MTU
-        // not exceeded.
+        // The next hop: its Ethernet header and its interface's MTU cached for this
+        // neighbour generation (so its MAC is known), the MTU not exceeded.
         let h = if dir == Dir::In { c.hop_in } else { c.hop_out };
         let hop = self.flows.hop_mac(h);
-        let out = hop.iface as usize;
-        let Some(&Egress { mac: src_mac, mtu }) = self.egress.get(out) else {
-            return Express::Confirmed;
-        };
-        if hop.mac_gen != self.neigh.gen || hop.mac == [0; 6] || total > mtu as usize {
+        if hop.mac_gen != self.neigh.gen || total > hop.mtu as usize {
             return Express::Confirmed;
         }
         // Committed: what the general path does of it (`track` without a state change, that
@@ -280,9 +267,11 @@ impl<Q: BufAlloc> Worker<Q> {
         if wrapped {
             self.flows.carry_pkt(idx, dir == Dir::In);
         }
-        d[0..6].copy_from_slice(&hop.mac);
-        d[6..12].copy_from_slice(&src_mac);
-        Express::Tx(out)
+        let Some(Ok::<&mut [u8; 12], _>(eth)) = d.get_mut(..12).map(|s| s.try_into()) else {
+            return Express::Confirmed;
+        };
+        *eth = hop.hdr;
+        Express::Tx(hop.iface as usize)
     }
 }
 

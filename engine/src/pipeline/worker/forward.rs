@@ -7,6 +7,26 @@
 use super::*;
 
 impl<Q: BufAlloc> Worker<Q> {
+    /// [`track`] a packet (`len` bytes) of connection `idx` travelling in `dir`, the packet
+    /// count's high half carried when its low half wrapped.
+    #[inline(always)]
+    pub(super) fn track_conn(&mut self, idx: u32, dir: Dir, p: &Parsed, len: u64) {
+        let t = TrackCtx {
+            now: self.now,
+            snap_gen: self.snap_gen,
+            id: self.id,
+            snap: &self.snap,
+            timeouts: &self.timeouts,
+            half_open: &mut self.half_open,
+            acc: &mut self.acc,
+            acc_base: &self.acc_base,
+            acc_dirty: &mut self.acc_dirty,
+        };
+        if track(self.flows.get_mut(idx), dir, p, len, t) {
+            self.flows.carry_pkt(idx, dir == Dir::In);
+        }
+    }
+
     /// The established fast path: a packet that arrived on `iface` and the index word `v`
     /// the burst's lookup found for it. `None`: not the fast path's (not addressed to us, a
     /// bare SYN on a known tuple, an expired entry), the caller classifies it. A connection
@@ -48,24 +68,10 @@ impl<Q: BufAlloc> Worker<Q> {
         let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
         // The far end this direction rewrites to: the real server (in) or the VIP (out).
         let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
-        let t = TrackCtx {
-            now: self.now,
-            snap_gen: self.snap_gen,
-            id: self.id,
-            snap: &self.snap,
-            timeouts: &self.timeouts,
-            half_open: &mut self.half_open,
-            acc: &mut self.acc,
-            acc_base: &self.acc_base,
-            acc_dirty: &mut self.acc_dirty,
-        };
-        let c = self.flows.get_mut(idx);
-        let wrapped = track(c, dir, p, pkt.len() as u64, t);
+        self.track_conn(idx, dir, p, pkt.len() as u64);
+        let c = self.flows.get(idx);
         let d = pkt.data_mut();
         let r = if c.fwd == Forward::Dr { Ok(()) } else { rewrite_conn(c, la, far, dir, d, p) };
-        if wrapped {
-            self.flows.carry_pkt(idx, dir == Dir::In);
-        }
         if let Err(r) = r {
             return Some(Next::Drop(r));
         }
@@ -98,23 +104,8 @@ impl<Q: BufAlloc> Worker<Q> {
             self.adopt(idx);
         }
         // State, timeout, counters.
-        let t = TrackCtx {
-            now: self.now,
-            snap_gen: self.snap_gen,
-            id: self.id,
-            snap: &self.snap,
-            timeouts: &self.timeouts,
-            half_open: &mut self.half_open,
-            acc: &mut self.acc,
-            acc_base: &self.acc_base,
-            acc_dirty: &mut self.acc_dirty,
-        };
-        let c = self.flows.get_mut(idx);
-        let state_before = c.state;
-        let wrapped = track(c, dir, p, len, t);
-        if wrapped {
-            self.flows.carry_pkt(idx, dir == Dir::In);
-        }
+        let state_before = self.flows.get(idx).state;
+        self.track_conn(idx, dir, p, len);
         // Cluster: a new connection or a state change goes to the peers.
         if self.sync_on && (self.flows.get(idx).state != state_before || self.flows.cold(idx).synced_at == 0) {
             self.sync_conn(idx);
@@ -271,34 +262,40 @@ impl<Q: BufAlloc> Worker<Q> {
     /// [`Worker::l2_write`] with the next hop `h` and what the table holds of it (`hop`)
     /// already read.
     #[inline(always)]
-    pub(super) fn l2_write_hop(&mut self, h: u16, mut hop: flow::HopMac, frame: &mut [u8]) -> Next {
+    pub(super) fn l2_write_hop(&mut self, h: u16, hop: flow::HopMac, frame: &mut [u8]) -> Next {
         let gen = self.neigh.gen;
-        // The MAC is cached per next hop (shared by every connection through it), valid for
-        // one neighbour generation and only once known: learning a new neighbour does not
-        // change `gen` (see `NeighCache::learn`), so a hop still missing its MAC looks it up
-        // again on its next packet.
-        if hop.mac_gen != gen {
-            let nh = self.flows.hop_nh(h);
-            hop.mac = if h == flow::NO_HOP { None } else { self.neigh.resolve(nh) }.unwrap_or([0; 6]);
-            if hop.mac != [0; 6] {
-                self.flows.set_hop_mac(h, hop.mac, gen);
-            }
-        }
-        let (iface, mac) = (hop.iface as usize, hop.mac);
+        let iface = hop.iface as usize;
         // Parsed frames hold at least an Ethernet header.
-        let (Some(src_mac), Some(Ok::<&mut [u8; 12], _>(eth))) =
-            (self.if_macs.get(iface), frame.get_mut(..12).map(|s| s.try_into()))
-        else {
+        let Some(Ok::<&mut [u8; 12], _>(eth)) = frame.get_mut(..12).map(|s| s.try_into()) else {
+            return Next::Drop(DropReason::Malformed);
+        };
+        // The header is cached per next hop (shared by every connection through it), valid
+        // for one neighbour generation and only once the MAC is known: learning a new
+        // neighbour does not change `gen` (see `NeighCache::learn`), so a hop still missing
+        // its MAC looks it up again on its next packet.
+        if hop.mac_gen == gen {
+            *eth = hop.hdr;
+            return Next::Tx(iface);
+        }
+        let Some(src_mac) = self.if_macs.get(iface) else {
             return Next::Drop(DropReason::Malformed);
         };
         eth[6..12].copy_from_slice(src_mac);
-        if mac != [0; 6] {
-            eth[0..6].copy_from_slice(&mac);
-            return Next::Tx(iface);
-        }
         let nh = self.flows.hop_nh(h);
-        self.solicit(iface, nh);
-        Next::Park(iface, nh)
+        match if h == flow::NO_HOP { None } else { self.neigh.resolve(nh) } {
+            Some(mac) if mac != [0; 6] => {
+                eth[0..6].copy_from_slice(&mac);
+                // An interface without caps gets MTU 0: the express lane leaves its packets
+                // to this path.
+                let mtu = self.caps.get(iface).map_or(0, |c| c.mtu);
+                self.flows.set_hop_l2(h, *eth, mtu, gen);
+                Next::Tx(iface)
+            }
+            _ => {
+                self.solicit(iface, nh);
+                Next::Park(iface, nh)
+            }
+        }
     }
 
     #[inline(always)]
@@ -324,7 +321,7 @@ impl<Q: BufAlloc> Worker<Q> {
 }
 
 /// What [`track`] needs of the worker besides the connection (disjoint borrows of its fields).
-pub(super) struct TrackCtx<'a> {
+struct TrackCtx<'a> {
     now: u64,
     snap_gen: u16,
     id: usize,
@@ -341,7 +338,7 @@ pub(super) struct TrackCtx<'a> {
 /// the per-(service, real server) traffic deltas. True if the packet count's low half
 /// wrapped (the caller carries it, [`FlowTable::carry_pkt`]).
 #[inline(always)]
-pub(super) fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) -> bool {
+fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) -> bool {
     // ESTABLISHED with an ACK or no flag at all stays ESTABLISHED whatever the direction
     // (`tcpstate::next`'s own shortcut, tested there): nothing to count either.
     let unchanged = c.state == crate::flow::tcpstate::TcpState::Established

@@ -183,7 +183,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 } else {
                     (self.flows.vip_of(c).0, c.client, c.l3_out)
                 };
-                if let Err(r) = rewrite_ip2(pkt.data_mut(), f.l3, f.v6, src, dst, l3d) {
+                if let Err(r) = rewrite_addrs(pkt.data_mut(), f.l3, f.v6, Some(src), Some(dst), l3d) {
                     return Next::Drop(r);
                 }
             }

@@ -100,7 +100,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.acc = vec![SvcAcc::default(); n as usize];
         self.acc_dirty = Vec::with_capacity(n as usize);
         self.if_macs = snap.ifaces.iter().map(|i| i.mac).collect();
-        self.refresh_egress();
+        self.l2_changed();
         self.sync_on = snap.config.cluster.is_some();
         self.sync_refresh = snap.config.cluster.as_ref().map_or(0, |c| c.sync_refresh as u64 * 1_000_000_000);
         // Clamped as `Conn::set_expires` would clamp them, so the fast path need not.
