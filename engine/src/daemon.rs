@@ -103,44 +103,7 @@ pub fn post_snapshot(view: &dyn EngineView, snap: &Arc<Snapshot>, patience: Dura
 pub fn sum_counters(c: &[Arc<WorkerCounters>]) -> CounterSnapshot {
     let mut total = CounterSnapshot::default();
     for w in c {
-        let s = w.snapshot();
-        total.rx_packets += s.rx_packets;
-        total.rx_bytes += s.rx_bytes;
-        total.tx_packets += s.tx_packets;
-        total.tx_bytes += s.tx_bytes;
-        total.flows_created += s.flows_created;
-        total.flows_expired += s.flows_expired;
-        total.flows_reused += s.flows_reused;
-        total.flows_recreated += s.flows_recreated;
-        total.sync_installed += s.sync_installed;
-        total.sync_skipped += s.sync_skipped;
-        total.redirected += s.redirected;
-        total.redirect_loop += s.redirect_loop;
-        total.flows_active = total.flows_active.wrapping_add(s.flows_active);
-        total.handoff_out += s.handoff_out;
-        total.handoff_in += s.handoff_in;
-        total.arp_replies += s.arp_replies;
-        total.nd_replies += s.nd_replies;
-        total.neigh_evicted += s.neigh_evicted;
-        total.neigh_limited += s.neigh_limited;
-        total.icmp_translated += s.icmp_translated;
-        total.icmp_echo_replies += s.icmp_echo_replies;
-        total.cookies_sent += s.cookies_sent;
-        total.cookies_validated += s.cookies_validated;
-        total.cookies_failed += s.cookies_failed;
-        total.icmp_sent += s.icmp_sent;
-        total.icmp_ratelimited += s.icmp_ratelimited;
-        total.fnat_laddr_retired += s.fnat_laddr_retired;
-        total.to_kernel += s.to_kernel;
-        total.from_kernel += s.from_kernel;
-        total.kernel_limited += s.kernel_limited;
-        if total.drops.is_empty() {
-            total.drops = s.drops.clone();
-        } else {
-            for (t, (_, v)) in total.drops.iter_mut().zip(s.drops.iter()) {
-                t.1 += v;
-            }
-        }
+        total.add(&w.snapshot());
     }
     total
 }

@@ -51,68 +51,119 @@ drop_reasons! {
 
 pub const N_DROPS: usize = DropReason::ALL.len();
 
-/// Counters of one worker.
-#[derive(Default)]
-pub struct WorkerCounters {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub flows_created: AtomicU64,
-    pub flows_expired: AtomicU64,
+/// One list of a worker's event counters gives the shared block ([`WorkerCounters`], each
+/// counter an `AtomicU64`), its plain copy ([`CounterSnapshot`]), the copy, the reset and the
+/// sum over workers, so a new counter is written once.
+macro_rules! worker_counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters of one worker.
+        #[derive(Default)]
+        pub struct WorkerCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            pub drops: [AtomicU64; N_DROPS],
+        }
+
+        /// A plain copy of a worker's counters (or of their sum over workers,
+        /// [`CounterSnapshot::add`]).
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct CounterSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Per [`DropReason`], in [`DropReason::ALL`]'s order: (label, count).
+            pub drops: Vec<(&'static str, u64)>,
+        }
+
+        impl WorkerCounters {
+            pub fn snapshot(&self) -> CounterSnapshot {
+                CounterSnapshot {
+                    $($name: self.$name.load(Relaxed),)*
+                    drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
+                }
+            }
+            /// Zero every counter (tests and fuzzing reuse an engine between runs).
+            pub fn reset(&self) {
+                $(self.$name.store(0, Relaxed);)*
+                for d in &self.drops {
+                    d.store(0, Relaxed);
+                }
+            }
+        }
+
+        impl CounterSnapshot {
+            /// Add another worker's counters (wrapping: `flows_active` is a gauge a worker
+            /// may take below zero when its connections were counted on another).
+            pub fn add(&mut self, o: &CounterSnapshot) {
+                $(self.$name = self.$name.wrapping_add(o.$name);)*
+                if self.drops.is_empty() {
+                    self.drops = o.drops.clone();
+                } else {
+                    for (t, (_, v)) in self.drops.iter_mut().zip(o.drops.iter()) {
+                        t.1 += v;
+                    }
+                }
+            }
+        }
+    };
+}
+
+worker_counters! {
+    rx_packets,
+    rx_bytes,
+    tx_packets,
+    tx_bytes,
+    flows_created,
+    flows_expired,
     /// A SYN reused the tuple of a closing connection, which was replaced (IPVS
     /// `conn_reuse_mode`).
-    pub flows_reused: AtomicU64,
+    flows_reused,
     /// Cluster: a mid-connection packet of a DR/tunnel connection this node did not know
     /// (ECMP moved it here) recreated the connection by the cluster-wide Maglev choice.
-    pub flows_recreated: AtomicU64,
+    flows_recreated,
     /// Cluster sync: entries from peers installed (connections, templates, expectations) and
     /// entries that could not be (no such service or real server here, table full, control
     /// connection unknown, or the sync queue towards the sync thread full).
-    pub sync_installed: AtomicU64,
-    pub sync_skipped: AtomicU64,
+    sync_installed,
+    sync_skipped,
     /// Cluster, full NAT: packets of FTP control connections sent on to the node that handles
     /// the session (the owner of its local address, or the designated survivor of a failed
     /// owner), and packets that had been redirected by a peer already and would have been
     /// again (views of the peers' liveness differ): handled here instead (at most one hop).
-    pub redirected: AtomicU64,
-    pub redirect_loop: AtomicU64,
-    pub flows_active: AtomicU64,
-    pub handoff_out: AtomicU64,
-    pub handoff_in: AtomicU64,
-    pub arp_replies: AtomicU64,
-    pub nd_replies: AtomicU64,
+    redirected,
+    redirect_loop,
+    flows_active,
+    handoff_out,
+    handoff_in,
+    arp_replies,
+    nd_replies,
     /// Dynamic neighbour entries evicted because the table was full.
-    pub neigh_evicted: AtomicU64,
+    neigh_evicted,
     /// Neighbours not learnt from unsolicited ARP/ND (nobody asked for them) because the
     /// table was full and evictions for such neighbours were over their rate.
-    pub neigh_limited: AtomicU64,
-    pub icmp_translated: AtomicU64,
-    pub icmp_echo_replies: AtomicU64,
+    neigh_limited,
+    icmp_translated,
+    icmp_echo_replies,
     /// SYN proxy: SYN-ACKs with a cookie sent, client ACKs whose cookie was valid (a
     /// connection was opened) and invalid ones.
-    pub cookies_sent: AtomicU64,
-    pub cookies_validated: AtomicU64,
-    pub cookies_failed: AtomicU64,
+    cookies_sent,
+    cookies_validated,
+    cookies_failed,
     /// Extra segments the worker built itself by cutting a rewritten FTP
     /// segment that outgrew the MTU (one per piece beyond the first), for
     /// packet accounting: each then went out, was dropped or parked.
-    pub split_segments: AtomicU64,
+    split_segments,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" the worker originated (each turned
     /// a packet too big for the egress MTU into the error back to its sender), and those the
     /// `[engine] icmp_rate` token bucket suppressed (the packet is then a `too_big` drop).
-    pub icmp_sent: AtomicU64,
-    pub icmp_ratelimited: AtomicU64,
+    icmp_sent,
+    icmp_ratelimited,
     /// Full NAT: connections still open on a local address a reload removed when its grace
     /// period (the longest timeout) ended, removed.
-    pub fnat_laddr_retired: AtomicU64,
+    fnat_laddr_retired,
     /// Exception path (`interface.kernel_port`): frames passed to the kernel, frames the
     /// kernel sent out through the port, and frames for the kernel over `[engine] kernel_rate`
     /// (dropped).
-    pub to_kernel: AtomicU64,
-    pub from_kernel: AtomicU64,
-    pub kernel_limited: AtomicU64,
-    pub drops: [AtomicU64; N_DROPS],
+    to_kernel,
+    from_kernel,
+    kernel_limited,
 }
 
 /// Add `n` to a single-writer counter.
@@ -129,153 +180,6 @@ impl WorkerCounters {
     pub fn drops_of(&self, r: DropReason) -> u64 {
         self.drops[r as usize].load(Relaxed)
     }
-    pub fn snapshot(&self) -> CounterSnapshot {
-        CounterSnapshot {
-            rx_packets: self.rx_packets.load(Relaxed),
-            rx_bytes: self.rx_bytes.load(Relaxed),
-            tx_packets: self.tx_packets.load(Relaxed),
-            tx_bytes: self.tx_bytes.load(Relaxed),
-            flows_created: self.flows_created.load(Relaxed),
-            flows_expired: self.flows_expired.load(Relaxed),
-            flows_reused: self.flows_reused.load(Relaxed),
-            flows_recreated: self.flows_recreated.load(Relaxed),
-            sync_installed: self.sync_installed.load(Relaxed),
-            sync_skipped: self.sync_skipped.load(Relaxed),
-            redirected: self.redirected.load(Relaxed),
-            redirect_loop: self.redirect_loop.load(Relaxed),
-            flows_active: self.flows_active.load(Relaxed),
-            handoff_out: self.handoff_out.load(Relaxed),
-            handoff_in: self.handoff_in.load(Relaxed),
-            arp_replies: self.arp_replies.load(Relaxed),
-            nd_replies: self.nd_replies.load(Relaxed),
-            neigh_evicted: self.neigh_evicted.load(Relaxed),
-            neigh_limited: self.neigh_limited.load(Relaxed),
-            icmp_translated: self.icmp_translated.load(Relaxed),
-            icmp_echo_replies: self.icmp_echo_replies.load(Relaxed),
-            cookies_sent: self.cookies_sent.load(Relaxed),
-            cookies_validated: self.cookies_validated.load(Relaxed),
-            cookies_failed: self.cookies_failed.load(Relaxed),
-            icmp_sent: self.icmp_sent.load(Relaxed),
-            icmp_ratelimited: self.icmp_ratelimited.load(Relaxed),
-            fnat_laddr_retired: self.fnat_laddr_retired.load(Relaxed),
-            to_kernel: self.to_kernel.load(Relaxed),
-            from_kernel: self.from_kernel.load(Relaxed),
-            kernel_limited: self.kernel_limited.load(Relaxed),
-            drops: DropReason::ALL.iter().map(|r| (r.label(), self.drops_of(*r))).collect(),
-        }
-    }
-    /// Zero every counter (tests and fuzzing reuse an engine between runs).
-    pub fn reset(&self) {
-        // Destructured without `..`: a new counter does not compile until it is listed here.
-        let WorkerCounters {
-            rx_packets,
-            rx_bytes,
-            tx_packets,
-            tx_bytes,
-            flows_created,
-            flows_expired,
-            flows_reused,
-            flows_recreated,
-            sync_installed,
-            sync_skipped,
-            redirected,
-            redirect_loop,
-            flows_active,
-            handoff_out,
-            handoff_in,
-            arp_replies,
-            nd_replies,
-            neigh_evicted,
-            neigh_limited,
-            icmp_translated,
-            icmp_echo_replies,
-            cookies_sent,
-            cookies_validated,
-            cookies_failed,
-            split_segments,
-            icmp_sent,
-            icmp_ratelimited,
-            fnat_laddr_retired,
-            to_kernel,
-            from_kernel,
-            kernel_limited,
-            drops,
-        } = self;
-        for c in [
-            rx_packets,
-            rx_bytes,
-            tx_packets,
-            tx_bytes,
-            flows_created,
-            flows_expired,
-            flows_reused,
-            flows_recreated,
-            sync_installed,
-            sync_skipped,
-            redirected,
-            redirect_loop,
-            flows_active,
-            handoff_out,
-            handoff_in,
-            arp_replies,
-            nd_replies,
-            neigh_evicted,
-            neigh_limited,
-            icmp_translated,
-            icmp_echo_replies,
-            cookies_sent,
-            cookies_validated,
-            cookies_failed,
-            split_segments,
-            icmp_sent,
-            icmp_ratelimited,
-            fnat_laddr_retired,
-            to_kernel,
-            from_kernel,
-            kernel_limited,
-        ]
-        .into_iter()
-        .chain(drops.iter())
-        {
-            c.store(0, Relaxed);
-        }
-    }
-}
-
-/// A plain copy of a worker's counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CounterSnapshot {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub flows_created: u64,
-    pub flows_expired: u64,
-    pub flows_reused: u64,
-    pub flows_recreated: u64,
-    pub sync_installed: u64,
-    pub sync_skipped: u64,
-    pub redirected: u64,
-    pub redirect_loop: u64,
-    pub flows_active: u64,
-    pub handoff_out: u64,
-    pub handoff_in: u64,
-    pub arp_replies: u64,
-    pub nd_replies: u64,
-    pub neigh_evicted: u64,
-    pub neigh_limited: u64,
-    pub icmp_translated: u64,
-    pub icmp_echo_replies: u64,
-    pub cookies_sent: u64,
-    pub cookies_validated: u64,
-    pub cookies_failed: u64,
-    pub icmp_sent: u64,
-    pub icmp_ratelimited: u64,
-    pub fnat_laddr_retired: u64,
-    pub to_kernel: u64,
-    pub from_kernel: u64,
-    pub kernel_limited: u64,
-    pub drops: Vec<(&'static str, u64)>,
 }
 
 /// Per real server counters (one block per worker, per service).
