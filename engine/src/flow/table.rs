@@ -602,9 +602,10 @@ impl HopMac {
         let [a, b, c, d, e, f, ..] = self.hdr;
         [a, b, c, d, e, f]
     }
-    /// A next hop on `iface` not resolved in any generation.
-    fn unresolved(iface: u8, mac_gen: u32) -> HopMac {
-        HopMac { hdr: [0; 12], iface, mtu: 0, mac_gen }
+    /// A next hop on `iface` not resolved yet: generation 0, which a neighbour cache never
+    /// has.
+    fn unresolved(iface: u8) -> HopMac {
+        HopMac { hdr: [0; 12], iface, mtu: 0, mac_gen: 0 }
     }
 }
 
@@ -730,7 +731,7 @@ impl FlowTable {
         // NO_HOP: referenced for good, never resolved to a MAC.
         let (h, _) = self.hops.take((0, u8::MAX)).expect("an empty table has ids");
         debug_assert_eq!(h, NO_HOP);
-        self.macs.push(HopMac::unresolved(0, 0));
+        self.macs.push(HopMac::unresolved(0));
     }
 
     /// The (VIP, port) of connection `c`.
@@ -1244,7 +1245,7 @@ impl FlowTable {
         let (h, fresh) = self.hops.take_hinted((nh, iface), hint)?;
         if fresh {
             // Not resolved yet (a generation the worker's neighbour cache never has).
-            let unresolved = HopMac::unresolved(iface, u32::MAX);
+            let unresolved = HopMac::unresolved(iface);
             match self.macs.get_mut(h as usize) {
                 Some(m) => *m = unresolved,
                 None => self.macs.push(unresolved),
@@ -1789,7 +1790,7 @@ mod tests {
         }
         let h = t.get(ids[0]).hop_out;
         assert!(ids.iter().all(|&i| t.get(i).hop_out == h));
-        assert_eq!(t.hop(h).mac_gen, u32::MAX, "not resolved yet");
+        assert_eq!(t.hop(h).mac_gen, 0, "not resolved yet");
         t.set_hop_l2(h, [2, 0, 0, 0, 1, 0xfe, 2, 0, 0, 0, 0, 1], 1500, 5);
         assert_eq!(t.hop(t.get(ids[2]).hop_out).mac, [2, 0, 0, 0, 1, 0xfe]);
         assert_eq!(t.hops.refs(h), 3);

@@ -74,7 +74,7 @@ pub struct NeighCache {
     /// Last time (ns) a request was sent per address (rate limit: 1/s).
     asked: HashMap<Addr, u64>,
     /// Bumped on every change ([`NeighCache::invalidate`]); flows cache MACs against it.
-    /// Never 0 or `u32::MAX`, the generations of next hops not resolved yet.
+    /// Never 0, the generation of next hops not resolved yet.
     pub gen: u32,
 }
 
@@ -107,13 +107,11 @@ impl NeighCache {
         }
     }
     /// A new generation: every MAC (and Ethernet header) cached against the last one is
-    /// stale. Also what the worker does when a port's MAC or MTU changed. Skips 0 and
-    /// `u32::MAX`, so a next hop not resolved yet never matches.
+    /// stale. Also what the worker does when a port's MAC or MTU changed. Skips 0, the
+    /// generation of a next hop not resolved yet, so such a hop never matches.
+    #[inline]
     pub fn invalidate(&mut self) {
-        self.gen = match self.gen.wrapping_add(1) {
-            0 | u32::MAX => 1,
-            g => g,
-        };
+        self.gen = self.gen.wrapping_add(1).max(1);
     }
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
         if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true, confirmed: None }) {

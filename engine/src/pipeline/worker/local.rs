@@ -111,11 +111,13 @@ impl<Q: BufAlloc> Worker<Q> {
                 // Turn the request into a reply in place.
                 buf[0..6].copy_from_slice(&smac);
                 buf[6..12].copy_from_slice(&mac);
-                buf[l3 + 6..l3 + 8].copy_from_slice(&2u16.to_be_bytes());
-                buf[l3 + 18..l3 + 24].copy_from_slice(&smac);
-                buf[l3 + 24..l3 + 28].copy_from_slice(&addr_v4_bytes(sip));
-                buf[l3 + 8..l3 + 14].copy_from_slice(&mac);
-                buf[l3 + 14..l3 + 18].copy_from_slice(&addr_v4_bytes(tip));
+                // The 28-byte body (read above) as one fixed-size array: one bounds check.
+                let r: &mut [u8; 28] = (&mut buf[l3..l3 + 28]).try_into().expect("28 bytes");
+                r[6..8].copy_from_slice(&2u16.to_be_bytes());
+                r[18..24].copy_from_slice(&smac);
+                r[24..28].copy_from_slice(&addr_v4_bytes(sip));
+                r[8..14].copy_from_slice(&mac);
+                r[14..18].copy_from_slice(&addr_v4_bytes(tip));
                 l3 + 28
             };
             pkt.set_len(n.max(60));
