@@ -384,6 +384,21 @@ mod tests {
     }
 
     #[test]
+    fn a_new_generation_never_is_that_of_an_unresolved_hop() {
+        let mut c = NeighCache::with_max(4);
+        let g = c.gen;
+        c.invalidate();
+        assert_eq!(c.gen, g + 1);
+        // At the wrap the next generation is 1, never 0 (`flow::HopMac` of a hop not
+        // resolved yet): a stale cache entry cannot pass for a valid one.
+        c.gen = u32::MAX;
+        c.invalidate();
+        assert_eq!(c.gen, 1);
+        c.clear();
+        assert_ne!(c.gen, 0);
+    }
+
+    #[test]
     fn next_hops_in_use_outlive_a_flood_of_new_neighbours() {
         let mut c = NeighCache::with_max(4);
         assert!(c.learn(1, mac(1)));
