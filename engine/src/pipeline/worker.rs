@@ -398,9 +398,6 @@ pub struct Worker<Q: BufAlloc> {
     /// Copies from the snapshot for the fast path: interface MACs and
     /// TCP/UDP state timeouts.
     if_macs: Vec<[u8; 6]>,
-    /// Per transmit queue (one per port), what the express lane needs of the port: see
-    /// [`express::Egress`]. Rebuilt when the snapshot or a port's caps change.
-
     /// Flow table version when the current burst's hints were looked up.
     hint_ver: u64,
     timeouts: [u64; crate::flow::tcpstate::N_STATES],
