@@ -481,6 +481,8 @@ fn older_nodes_version_1_datagrams_still_install() {
 
 /// A payload segment on the FTP control connection: from the client (to VIP:21) or from real
 /// server `rs` (to `la`:`lport`); the one frame out, parsed.
+// The direction, addresses, port, sequence numbers and payload of a segment, one argument each, as in `tcp4`.
+#[allow(clippy::too_many_arguments)]
 fn ftp_seg(
     e: &mut MemEngine,
     from_client: bool,

@@ -76,7 +76,7 @@ impl Lab {
         self.t += 1_000_000;
         self.t
     }
-    fn from_client(
+    fn client_sends(
         &mut self,
         sport: u16,
         dport: u16,
@@ -89,7 +89,7 @@ impl Lab {
         client_tcp(&mut self.e, t, sport, dport, flags, seq, ack, data)
     }
     #[allow(clippy::too_many_arguments)]
-    fn from_rs(
+    fn rs_sends(
         &mut self,
         rs: [u8; 4],
         sport: u16,
@@ -104,7 +104,7 @@ impl Lab {
     }
     /// Opens a control connection; NAT sees the server's SYN-ACK, DR does not.
     fn open(&mut self, cport: u16, nat: bool) -> Ctl {
-        let out = self.from_client(cport, 21, TCP_SYN, 999, 0, b"");
+        let out = self.client_sends(cport, 21, TCP_SYN, 999, 0, b"");
         let mac = out.first().map(|(_, f)| f[5]).expect("SYN forwarded");
         let s = one_seg(out);
         assert_eq!(s.dport, 21);
@@ -112,24 +112,24 @@ impl Lab {
         let rs = if nat { s.dst } else { [10, 0, 2, mac] };
         let mut c = Ctl { cport, rs, cseq: 1000, sseq: 5000, seen: Vec::new(), nat };
         if nat {
-            let s = one_seg(self.from_rs(rs, 21, cport, TCP_SYN | TCP_ACK, 4999, 1000, b""));
+            let s = one_seg(self.rs_sends(rs, 21, cport, TCP_SYN | TCP_ACK, 4999, 1000, b""));
             assert_eq!((s.src, s.sport), (VIP, 21));
         }
-        one_seg(self.from_client(cport, 21, TCP_ACK, 1000, 5000, b""));
+        one_seg(self.client_sends(cport, 21, TCP_ACK, 1000, 5000, b""));
         if nat {
             self.reply(&mut c, b"220 ready\r\n");
         }
         c
     }
     fn cmd(&mut self, c: &mut Ctl, line: &[u8]) -> Vec<(usize, Vec<u8>)> {
-        let out = self.from_client(c.cport, 21, TCP_ACK | TCP_PSH, c.cseq, c.sseq, line);
+        let out = self.client_sends(c.cport, 21, TCP_ACK | TCP_PSH, c.cseq, c.sseq, line);
         c.cseq += line.len() as u32;
         out
     }
     /// The server sends `data`; returns the payload the client receives.
     fn reply(&mut self, c: &mut Ctl, data: &[u8]) -> Vec<u8> {
         assert!(c.nat);
-        let s = one_seg(self.from_rs(c.rs, 21, c.cport, TCP_ACK | TCP_PSH, c.sseq, c.cseq, data));
+        let s = one_seg(self.rs_sends(c.rs, 21, c.cport, TCP_ACK | TCP_PSH, c.sseq, c.cseq, data));
         c.sseq += data.len() as u32;
         assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 21, CLIENT, c.cport));
         c.seen.extend_from_slice(&s.payload);
@@ -137,7 +137,7 @@ impl Lab {
     }
     /// A passive data connection CLIENT:sport -> VIP:vport: where does its SYN go?
     fn data_syn(&mut self, sport: u16, vport: u16) -> Option<([u8; 4], u16)> {
-        let out = self.from_client(sport, vport, TCP_SYN, 1, 0, b"");
+        let out = self.client_sends(sport, vport, TCP_SYN, 1, 0, b"");
         out.first().map(|(_, f)| {
             let s = seg(f);
             (s.dst, s.dport)
@@ -190,7 +190,7 @@ fn two_sessions_same_passive_port_never_cross() {
     // everything it saw maps back to the server's stream.
     for c in [&a, &b] {
         let acked = 5000 + c.seen.len() as u32;
-        let s = one_seg(lab.from_client(c.cport, 21, TCP_ACK, c.cseq, acked, b""));
+        let s = one_seg(lab.client_sends(c.cport, 21, TCP_ACK, c.cseq, acked, b""));
         assert_eq!(s.ack, c.sseq, "ack of session {}", c.cport);
     }
     assert_eq!(drops(&lab.e), vec![]);
@@ -227,7 +227,7 @@ fn active_clash_is_refused_not_stolen() {
     assert_eq!(ftp(&lab.e, |c| &c.expectations_created), 1);
     assert_eq!(ftp(&lab.e, |c| &c.expectations_refused), 1);
     // The server's connection to the client is session A's.
-    let s = one_seg(lab.from_rs(RS1, 20, 50000, TCP_SYN, 7, 0, b""));
+    let s = one_seg(lab.rs_sends(RS1, 20, 50000, TCP_SYN, 7, 0, b""));
     assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 20, CLIENT, 50000));
     let conns = lab.e.workers[0].flows.len();
     assert_eq!(conns, 3, "two control connections and one data connection");
@@ -247,34 +247,34 @@ fn active_data_reuses_a_client_port_still_held_in_time_wait() {
     let mut b = lab.open(40001, true);
     assert_eq!((a.rs, b.rs), (RS1, RS2));
     lab.cmd(&mut a, &port_line(50000));
-    let s = one_seg(lab.from_rs(RS1, 44001, 50000, TCP_SYN, 7, 0, b""));
+    let s = one_seg(lab.rs_sends(RS1, 44001, 50000, TCP_SYN, 7, 0, b""));
     assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 20, CLIENT, 50000));
-    one_seg(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 99, 8, b""));
-    one_seg(lab.from_rs(RS1, 44001, 50000, TCP_ACK, 8, 100, b""));
+    one_seg(lab.client_sends(50000, 20, TCP_SYN | TCP_ACK, 99, 8, b""));
+    one_seg(lab.rs_sends(RS1, 44001, 50000, TCP_ACK, 8, 100, b""));
     // The server closes the data connection first: the balancer's entry ends in TIME_WAIT.
-    one_seg(lab.from_rs(RS1, 44001, 50000, TCP_FIN | TCP_ACK, 8, 100, b""));
-    one_seg(lab.from_client(50000, 20, TCP_FIN | TCP_ACK, 100, 9, b""));
-    one_seg(lab.from_rs(RS1, 44001, 50000, TCP_ACK, 9, 101, b""));
+    one_seg(lab.rs_sends(RS1, 44001, 50000, TCP_FIN | TCP_ACK, 8, 100, b""));
+    one_seg(lab.client_sends(50000, 20, TCP_FIN | TCP_ACK, 100, 9, b""));
+    one_seg(lab.rs_sends(RS1, 44001, 50000, TCP_ACK, 9, 101, b""));
     // The other session, on the other server, names the same client port: it gets it.
     lab.cmd(&mut b, &port_line(50000));
-    let s = one_seg(lab.from_rs(RS2, 44002, 50000, TCP_SYN, 70, 0, b""));
+    let s = one_seg(lab.rs_sends(RS2, 44002, 50000, TCP_SYN, 70, 0, b""));
     assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 20, CLIENT, 50000));
     assert_eq!(lab.e.counters().flows_reused, 1);
-    let back = one_seg(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 199, 71, b""));
+    let back = one_seg(lab.client_sends(50000, 20, TCP_SYN | TCP_ACK, 199, 71, b""));
     assert_eq!((back.dst, back.dport), (RS2, 44002), "the client's answer reaches the new connection");
     // While that one is open, a stale PORT for the same port (the balancer cannot tell a
     // client that lost its connection): VIP:20 stays with the open connection, the new one
     // comes from the server's own port. A server on port 20 has nowhere else: counted drop.
     lab.cmd(&mut a, &port_line(50000));
-    let s = one_seg(lab.from_rs(RS1, 44003, 50000, TCP_SYN, 700, 0, b""));
+    let s = one_seg(lab.rs_sends(RS1, 44003, 50000, TCP_SYN, 700, 0, b""));
     assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 44003, CLIENT, 50000));
-    let back = one_seg(lab.from_client(50000, 44003, TCP_SYN | TCP_ACK, 299, 701, b""));
+    let back = one_seg(lab.client_sends(50000, 44003, TCP_SYN | TCP_ACK, 299, 701, b""));
     assert_eq!((back.dst, back.dport), (RS1, 44003));
     lab.cmd(&mut b, &port_line(50000));
-    assert!(lab.from_rs(RS2, 20, 50000, TCP_SYN, 7000, 0, b"").is_empty());
+    assert!(lab.rs_sends(RS2, 20, 50000, TCP_SYN, 7000, 0, b"").is_empty());
     assert_eq!(drops(&lab.e), vec![("tuple_in_use", 1)]);
     // The open connections are untouched.
-    let s = one_seg(lab.from_rs(RS2, 44002, 50000, TCP_ACK | TCP_PSH, 71, 200, b"data"));
+    let s = one_seg(lab.rs_sends(RS2, 44002, 50000, TCP_ACK | TCP_PSH, 71, 200, b"data"));
     assert_eq!((s.src, s.sport, s.payload.as_slice()), (VIP, 20, &b"data"[..]));
 }
 
@@ -305,9 +305,9 @@ fn expectations_are_bounded_per_session_and_per_worker() {
     }
     assert!(ftp(&lab.e, |c| &c.expectations_evicted) >= 4);
     let last = 200 * 256 + 1 + 19;
-    let s = one_seg(lab.from_rs(RS1, 20, last, TCP_SYN, 7, 0, b""));
+    let s = one_seg(lab.rs_sends(RS1, 20, last, TCP_SYN, 7, 0, b""));
     assert_eq!((s.src, s.dport), (VIP, last));
-    assert!(lab.from_rs(RS1, 20, 200 * 256 + 1, TCP_SYN, 7, 0, b"").is_empty(), "the oldest was evicted");
+    assert!(lab.rs_sends(RS1, 20, 200 * 256 + 1, TCP_SYN, 7, 0, b"").is_empty(), "the oldest was evicted");
 }
 
 fn port_line(p: u16) -> Vec<u8> {
@@ -322,9 +322,9 @@ fn port_reuse_starts_a_new_session() {
     lab.cmd(&mut a, b"QUIT\r\n");
     lab.reply(&mut a, b"221 Goodbye.\r\n");
     // Server closes first, client acks and closes: the balancer's entry goes to TIME_WAIT/CLOSE.
-    one_seg(lab.from_rs(RS1, 21, 40000, TCP_FIN | TCP_ACK, a.sseq, a.cseq, b""));
-    one_seg(lab.from_client(40000, 21, TCP_FIN | TCP_ACK, a.cseq, a.sseq + 1, b""));
-    one_seg(lab.from_rs(RS1, 21, 40000, TCP_ACK, a.sseq + 1, a.cseq + 1, b""));
+    one_seg(lab.rs_sends(RS1, 21, 40000, TCP_FIN | TCP_ACK, a.sseq, a.cseq, b""));
+    one_seg(lab.client_sends(40000, 21, TCP_FIN | TCP_ACK, a.cseq, a.sseq + 1, b""));
+    one_seg(lab.rs_sends(RS1, 21, 40000, TCP_ACK, a.sseq + 1, a.cseq + 1, b""));
     // The same tuple, a new SYN: a new scheduling decision (rr: RS2), a new gateway session.
     let mut b = lab.open(40000, true);
     assert_eq!(b.rs, RS2, "rescheduled");
@@ -368,7 +368,7 @@ fn dr_refused_auth_tls_then_active_works() {
     assert_eq!(ftp(&lab.e, |c| &c.tls_fallbacks), 0);
     lab.cmd(&mut a, b"PORT 10,0,1,2,195,80\r\n");
     // The server connects to the client directly; the client's SYN-ACK to VIP:20 reaches it.
-    let s = one_seg(lab.from_client(50000, 20, TCP_SYN | TCP_ACK, 1, 8, b""));
+    let s = one_seg(lab.client_sends(50000, 20, TCP_SYN | TCP_ACK, 1, 8, b""));
     assert_eq!((s.dst, s.dport), (VIP, 20));
     assert_eq!(ftp(&lab.e, |c| &c.expectations_used), 1);
     // A client that does start TLS: the session is pinned.
@@ -447,7 +447,7 @@ fn dr_passive_sessions_of_one_client_never_cross() {
     lab.cmd(&mut c, b"EPSV\r\n");
     // DR only rewrites MAC addresses: the real server shows in the destination MAC.
     let mut dr_syn = |sport: u16, vport: u16| {
-        let out = lab.from_client(sport, vport, TCP_SYN, 1, 0, b"");
+        let out = lab.client_sends(sport, vport, TCP_SYN, 1, 0, b"");
         out.first().map(|(_, f)| <[u8; 6]>::try_from(&f[0..6]).unwrap())
     };
     assert_eq!(dr_syn(50000, 30000), Some(RS1_MAC));
@@ -480,7 +480,7 @@ fn tiny_segment_flood_on_the_control_connection_is_bounded() {
     let line = b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n";
     let mut got = Vec::new();
     for (i, b) in line.iter().enumerate() {
-        let out = lab.from_rs(a.rs, 21, a.cport, TCP_ACK | TCP_PSH, a.sseq + i as u32, a.cseq, &[*b]);
+        let out = lab.rs_sends(a.rs, 21, a.cport, TCP_ACK | TCP_PSH, a.sseq + i as u32, a.cseq, &[*b]);
         got.extend(out.into_iter().flat_map(|(_, f)| seg(&f).payload));
     }
     assert_eq!(got, b"227 Entering Passive Mode (10,0,1,100,117,48).\r\n");

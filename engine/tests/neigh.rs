@@ -177,7 +177,7 @@ fn a_flood_of_strangers_evicts_at_a_bounded_rate_and_answers_to_our_requests_sti
         neighbor_advert(MAC9, a, a, MAC9)
     };
     // 16 fill the table, a burst of strangers evicts, the rest of the flood is not learnt.
-    let (burst, extra) = (EVICT_BURST as u32, 50);
+    let (burst, extra) = (EVICT_BURST, 50);
     for n in 0..16 + burst + extra {
         e.inject(INT, &stranger(n), S);
     }
@@ -210,9 +210,9 @@ fn new_connections_follow_a_next_hop_whose_mac_changed() {
     assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![Out::Solicit], "unknown next hop");
     e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), 2 * S);
     let out = e.inject(EXT, &syn_from(40002), 3 * S);
-    assert_eq!(out.iter().map(|(_, f)| kind(f)).last(), Some(Out::Tcp(MAC9)), "learnt");
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).next_back(), Some(Out::Tcp(MAC9)), "learnt");
     let mac_b = [2, 0, 0, 0, 2, 0xb];
     e.inject(INT, &neighbor_advert(mac_b, RS9, RS9, mac_b), 4 * S);
     let out = e.inject(EXT, &syn_from(40003), 5 * S);
-    assert_eq!(out.iter().map(|(_, f)| kind(f)).last(), Some(Out::Tcp(mac_b)), "the new MAC");
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).next_back(), Some(Out::Tcp(mac_b)), "the new MAC");
 }

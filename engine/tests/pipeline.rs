@@ -410,7 +410,7 @@ fn cross_worker_handoff_keeps_one_owner() {
     assert!(handed > 0, "some packets arrived on the non-owner and were handed over");
     let total: usize = e.workers.iter().map(|w| w.flows.len()).sum();
     assert_eq!(total, 64);
-    assert!(e.workers.iter().all(|w| w.flows.len() > 0), "both workers own connections");
+    assert!(e.workers.iter().all(|w| !w.flows.is_empty()), "both workers own connections");
     assert_drops(&e, &[]);
 }
 

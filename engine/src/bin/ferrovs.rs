@@ -4,7 +4,7 @@ use clap::Parser;
 use ferrovs_cfg::Config;
 use ferrovs_engine::cli::{Cli, Cmd, ConfigCmd};
 use ferrovs_engine::{daemon, sdnotify, tools::replay};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     v.try_into().map_err(|_| format!("bad MAC {s:?}"))
 }
 
-fn load(path: &PathBuf) -> Result<Config, String> {
+fn load(path: &Path) -> Result<Config, String> {
     Config::from_file(path).map_err(|e| e.to_string())
 }
 

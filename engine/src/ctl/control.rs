@@ -108,9 +108,9 @@ struct Rate {
 impl Rate {
     fn sample(&mut self, now: [u64; 5], secs: f64) {
         if self.primed {
-            for k in 0..5 {
-                let delta = now[k].saturating_sub(self.last[k]) as f64 / secs;
-                self.avg[k] += (delta - self.avg[k]) / 4.0;
+            for ((avg, &n), &last) in self.avg.iter_mut().zip(&now).zip(&self.last) {
+                let delta = n.saturating_sub(last) as f64 / secs;
+                *avg += (delta - *avg) / 4.0;
             }
         }
         self.last = now;
@@ -362,7 +362,7 @@ impl State {
         let raw = self.raw_counters(&snap);
         let mut g = self.lock();
         for (k, v) in raw {
-            if only.as_ref().map_or(true, |n| *n == k.0) {
+            if only.as_ref().is_none_or(|n| *n == k.0) {
                 g.zero.insert(k, v);
             }
         }

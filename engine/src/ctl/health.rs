@@ -177,7 +177,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         // Targets follow the administered configuration.
         let cfg = state.config();
-        if cfg_seen.as_ref().map_or(true, |c| !Arc::ptr_eq(c, &cfg)) {
+        if cfg_seen.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &cfg)) {
             let mut want: HashMap<ServerKey, (HealthCheck, SocketAddr)> = HashMap::new();
             for s in &cfg.services {
                 let Some(hc) = &s.health_check else { continue };

@@ -1138,7 +1138,7 @@ fn sorted_services(d: &ListData) -> Vec<ServiceView> {
         k(a).cmp(&k(b))
     });
     for s in &mut v {
-        s.dests.sort_by(|a, b| (ip_bytes(&a.addr), a.port).cmp(&(ip_bytes(&b.addr), b.port)));
+        s.dests.sort_by_key(|d| (ip_bytes(&d.addr), d.port));
     }
     v
 }
@@ -1215,7 +1215,7 @@ pub fn format_list(d: &ListData, o: &ListOpts) -> String {
         out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     }
     let svcs = if o.sort { sorted_services(d) } else { d.services.clone() };
-    for s in svcs.iter().filter(|s| o.service.as_ref().map_or(true, |k| view_matches(s, k))) {
+    for s in svcs.iter().filter(|s| o.service.as_ref().is_none_or(|k| view_matches(s, k))) {
         let name = svc_name(s);
         let st = &s.stats;
         if o.stats {
@@ -1292,7 +1292,7 @@ pub use crate::flow::ConnRow;
 /// `ipvsadm -L -c -n` output.
 pub fn format_conns(conns: &[ConnRow]) -> String {
     let mut out = String::from("IPVS connection entries\n");
-    let _ = writeln!(out, "pro expire {:<11} {:<18} {:<18} {}", "state", "source", "virtual", "destination");
+    let _ = writeln!(out, "pro expire {:<11} {:<18} {:<18} destination", "state", "source", "virtual");
     for c in conns {
         let exp = format!("{:02}:{:02}", c.expires_in_s / 60, c.expires_in_s % 60);
         let _ = write!(out, "{:<3} {:<6} {:<11} {:<18} {:<18} {}", c.proto, exp, c.state, c.client, c.vip, c.real);
@@ -1312,8 +1312,8 @@ pub fn format_conns_ftp(conns: &[ConnRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<3} {:<6} {:<6} {:<11} {:<24} {:<24} {:<24} {:<8} {:<8} {}",
-        "pro", "worker", "id", "state", "source", "virtual", "destination", "expire", "pkts", "ftp"
+        "{:<3} {:<6} {:<6} {:<11} {:<24} {:<24} {:<24} {:<8} {:<8} ftp",
+        "pro", "worker", "id", "state", "source", "virtual", "destination", "expire", "pkts"
     );
     for c in conns {
         let ftp = if c.ftp_control {

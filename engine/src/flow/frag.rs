@@ -140,7 +140,7 @@ pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
             if offset == 0 && !more {
                 return Err(ParseError::Malformed); // not a fragment
             }
-            if more && (total - ihl) % 8 != 0 {
+            if more && !(total - ihl).is_multiple_of(8) {
                 return Err(ParseError::Malformed);
             }
             Ok(Fragment {
@@ -168,7 +168,7 @@ pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
             let f = &h[40..48];
             let fo = u16::from_be_bytes([f[2], f[3]]);
             let (offset, more) = (u32::from(fo & 0xfff8), fo & 1 != 0);
-            if more && (end - off - 48) % 8 != 0 {
+            if more && !(end - off - 48).is_multiple_of(8) {
                 return Err(ParseError::Malformed);
             }
             let s: [u8; 16] = h[8..24].try_into().map_err(|_| ParseError::Malformed)?;

@@ -180,7 +180,7 @@ pub fn run<Q: PortQueue>(
             let due = if a.rate == 0 {
                 u64::MAX
             } else {
-                (now.duration_since(start).as_nanos() as u128 * a.rate as u128 / 1_000_000_000) as u64
+                (now.duration_since(start).as_nanos() * a.rate as u128 / 1_000_000_000) as u64
             };
             let mut room = due.saturating_sub(i).min(BURST as u64);
             if a.count > 0 {

@@ -84,7 +84,7 @@ pub fn delta_addr_unfolded(old: u128, new: u128, v4: bool) -> u32 {
         let o = !o;
         (o >> 16) + (o & 0xffff) + (n >> 16) + (n & 0xffff)
     }
-    let d = if v4 {
+    if v4 {
         word(old as u32, new as u32)
     } else {
         let (o, n) = ((old >> 64) as u64, (new >> 64) as u64);
@@ -93,8 +93,7 @@ pub fn delta_addr_unfolded(old: u128, new: u128, v4: bool) -> u32 {
             + word(o as u32, n as u32)
             + word((p >> 32) as u32, (q >> 32) as u32)
             + word(p as u32, q as u32)
-    };
-    d
+    }
 }
 
 /// Combine two deltas.

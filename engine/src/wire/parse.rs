@@ -658,7 +658,7 @@ mod tests {
                 let i = i % f.len();
                 f[i] = b;
             }
-            f.extend(std::iter::repeat(0u8).take(extra));
+            f.extend(std::iter::repeat_n(0u8, extra));
             f.truncate(cut.max(1));
             if let Some(p) = parse_fast(&f) {
                 proptest::prop_assert_eq!(Ok(p), parse_etherparse(&f));
