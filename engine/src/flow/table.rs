@@ -30,7 +30,7 @@
 //!   ([`FlowTable::cold_mut`]) and freed with the connection.
 
 use crate::flow::tcpstate::TcpState;
-use crate::wire::parse::Addr;
+use crate::wire::parse::{self, Addr};
 use ferrovs_cfg::Forward;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -81,10 +81,15 @@ pub const NO_HOP: u16 = 0;
 /// resolved through the table ([`FlowTable::vip_of`], [`FlowTable::rs_of`],
 /// [`FlowTable::laddr_of`], [`FlowTable::hop`]); the rest of a connection
 /// lives in [`ConnCold`], allocated only for connections that need it.
+/// An IPv4 connection (client, VIP and real server all IPv4: [`Conn::v4`])
+/// also holds its VIP and real server with their ports in this line, so its
+/// key and rewrite need no interned look-up.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub struct Conn {
-    pub client: Addr,
+    /// The client's address ([`Conn::client`]); for an IPv4 connection, the
+    /// four IPv4 parts of [`pack_v4`] instead.
+    addr: u128,
     pub cport: u16,
     /// Full NAT: the local port towards the real server. 0 otherwise.
     pub lport: u16,
@@ -124,11 +129,48 @@ pub struct Conn {
     pub fwd: Forward,
     pub state: TcpState,
     pub live: bool,
+    /// Client, VIP and real server are all IPv4: `addr` holds them and the two
+    /// ports ([`pack_v4`]).
+    pub v4: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<Conn>() == 64, "the hot Conn is one cache line");
 
+/// An IPv4 connection's client, VIP and real server (each as the low 32 bits of its
+/// [`Addr`]) and the VIP's and real server's ports in one word: bits 0-31, 32-63, 64-95,
+/// 96-111 and 112-127.
+#[inline(always)]
+pub fn pack_v4(client: Addr, vip: Addr, vport: u16, rs: Addr, rport: u16) -> u128 {
+    (client as u32 as u128)
+        | (vip as u32 as u128) << 32
+        | (rs as u32 as u128) << 64
+        | (vport as u128) << 96
+        | (rport as u128) << 112
+}
+
+/// The [`Addr`] of an IPv4 address's 32 bits.
+#[inline(always)]
+fn v4_addr(a: u32) -> Addr {
+    0xffff_0000_0000u128 | a as u128
+}
+
 impl Conn {
+    /// The client's address.
+    #[inline(always)]
+    pub fn client(&self) -> Addr {
+        if self.v4 {
+            v4_addr(self.addr as u32)
+        } else {
+            self.addr
+        }
+    }
+    /// An IPv4 connection's (client, VIP, real server) as 32-bit words and its (VIP port,
+    /// real server port): see [`pack_v4`]. Meaningless unless [`Conn::v4`].
+    #[inline(always)]
+    fn v4_parts(&self) -> ([u32; 3], u16, u16) {
+        let a = self.addr;
+        ([a as u32, (a >> 32) as u32, (a >> 64) as u32], (a >> 96) as u16, (a >> 112) as u16)
+    }
     /// Has the connection expired at `now` (ns)? Expiry is kept in ticks
     /// (rounded down), so this turns true at the expiry time or up to one
     /// tick (~1 ms) before it: never after (timer wheels of IPVS and
@@ -737,11 +779,19 @@ impl FlowTable {
     /// The (VIP, port) of connection `c`.
     #[inline(always)]
     pub fn vip_of(&self, c: &Conn) -> (Addr, u16) {
+        if c.v4 {
+            let ([_, vip, _], vport, _) = c.v4_parts();
+            return (v4_addr(vip), vport);
+        }
         self.vips.get(c.vipi)
     }
     /// The (real server, port) of connection `c`.
     #[inline(always)]
     pub fn rs_of(&self, c: &Conn) -> (Addr, u16) {
+        if c.v4 {
+            let ([_, _, rs], _, rport) = c.v4_parts();
+            return (v4_addr(rs), rport);
+        }
         self.reals.get(c.rsi)
     }
     /// The local address of full-NAT connection `c` (0 for other connections).
@@ -802,7 +852,7 @@ impl FlowTable {
     #[inline(always)]
     pub fn key_in(&self, c: &Conn) -> FlowKey {
         let (vip, vport) = self.vip_of(c);
-        FlowKey { src: c.client, dst: vip, sport: c.cport, dport: vport, proto: c.proto }
+        FlowKey { src: c.client(), dst: vip, sport: c.cport, dport: vport, proto: c.proto }
     }
 
     /// The reply-direction key of `c` as it arrives: from the real server to
@@ -813,7 +863,7 @@ impl FlowTable {
         if c.fwd == Forward::Fnat {
             FlowKey { src: rs, dst: self.laddr_of(c), sport: rport, dport: c.lport, proto: c.proto }
         } else {
-            FlowKey { src: rs, dst: c.client, sport: rport, dport: c.cport, proto: c.proto }
+            FlowKey { src: rs, dst: c.client(), sport: rport, dport: c.cport, proto: c.proto }
         }
     }
 
@@ -918,9 +968,29 @@ impl FlowTable {
     fn matches(&self, v: u32, k: &FlowKey) -> bool {
         // Index words always refer to live slab entries.
         let c = &self.slab[(v >> 1) as usize];
+        if c.v4 {
+            // The whole key in this line (in the express lane `k` is built from IPv4
+            // headers, so the IPv4 tests fold away).
+            let ([client, vip, rs], vport, rport) = c.v4_parts();
+            let (src, dst) = (k.src as u32, k.dst as u32);
+            return parse::addr_is_v4(k.src)
+                && parse::addr_is_v4(k.dst)
+                && c.proto == k.proto
+                && if v & 1 == 0 {
+                    src == client && k.sport == c.cport && dst == vip && k.dport == vport
+                } else {
+                    src == rs
+                        && k.sport == rport
+                        && if c.fwd == Forward::Fnat {
+                            c.lport == k.dport && self.laddrs.get(c.laddr) == k.dst
+                        } else {
+                            dst == client && k.dport == c.cport
+                        }
+                };
+        }
         if v & 1 == 0 {
             let (vip, vport) = self.vip_of(c);
-            c.client == k.src && c.cport == k.sport && c.proto == k.proto && vip == k.dst && vport == k.dport
+            c.client() == k.src && c.cport == k.sport && c.proto == k.proto && vip == k.dst && vport == k.dport
         } else {
             let (rs, rport) = self.rs_of(c);
             rs == k.src
@@ -929,9 +999,16 @@ impl FlowTable {
                 && if c.fwd == Forward::Fnat {
                     c.lport == k.dport && self.laddrs.get(c.laddr) == k.dst
                 } else {
-                    c.client == k.dst && c.cport == k.dport
+                    c.client() == k.dst && c.cport == k.dport
                 }
         }
+    }
+
+    /// [`FlowTable::matches`] as a call: in a walk that compares keys only on a tag match,
+    /// so that the compare's set-up is not hoisted before the loop and paid on every walk.
+    #[inline(never)]
+    fn matches_out_of_line(&self, v: u32, k: &FlowKey) -> bool {
+        self.matches(v, k)
     }
 
     /// Index position of key `k` (hash `h`): `Ok` where it is, or `Err` with where it
@@ -946,7 +1023,7 @@ impl FlowTable {
             if t > tag || w == EMPTY {
                 return Err(i);
             }
-            if t == tag && self.matches(w as u32, k) {
+            if t == tag && self.matches_out_of_line(w as u32, k) {
                 return Ok(i);
             }
             i = self.next(i);
@@ -1315,8 +1392,9 @@ impl FlowTable {
             0
         };
         let [vipi, rsi, laddr, hop_in, hop_out] = self.intern_all(c)?;
+        let v4 = parse::addr_is_v4(c.client) && parse::addr_is_v4(c.vip) && parse::addr_is_v4(c.rs);
         let mut e = Conn {
-            client: c.client,
+            addr: if v4 { pack_v4(c.client, c.vip, c.vport, c.rs, c.rport) } else { c.client },
             cport: c.cport,
             lport: c.lport,
             vipi,
@@ -1340,6 +1418,7 @@ impl FlowTable {
             fwd: c.fwd,
             state: c.state,
             live: true,
+            v4,
         };
         e.set_expires(now, c.expires);
         // The index words first (they name the slot the connection will take): a run that
@@ -1531,6 +1610,49 @@ mod tests {
         n.nh_out = v4_to_addr([10, 0, 1, 254]);
         n.expires = 1_000_000_000;
         n
+    }
+
+    #[test]
+    fn ipv4_connections_carry_their_whole_key() {
+        let mut t = FlowTable::new(16);
+        let n = conn(2, Forward::Nat);
+        let mut f = conn(3, Forward::Fnat);
+        (f.laddr, f.lport) = (v4_to_addr([10, 0, 2, 200]), 40000);
+        // An IPv4 client of an IPv6 real server (translated): its key stays in the tables.
+        let mut x = conn(4, Forward::Fnat);
+        (x.rs, x.laddr, x.lport) = (0xfd00 << 112 | 2, 0xfd00 << 112 | 200, 40001);
+        let mut six = conn(5, Forward::Nat);
+        (six.client, six.vip, six.rs) = (0xfd01 << 112 | 5, 0xfd01 << 112 | 100, 0xfd00 << 112 | 3);
+        let compat = |a: Addr| if parse::addr_is_v4(a) { a as u32 as u128 } else { a };
+        for (n, packed) in [(n, true), (f, true), (x, false), (six, false)] {
+            let i = t.insert(n, 0).ok().unwrap();
+            let c = t.get(i);
+            assert_eq!(c.v4, packed);
+            assert_eq!(c.client(), n.client);
+            assert_eq!(t.vip_of(c), (n.vip, n.vport));
+            assert_eq!(t.rs_of(c), (n.rs, n.rport));
+            assert_eq!((t.key_in(c), t.key_out(c)), (n.key_in(), n.key_out()));
+            assert_eq!(t.lookup(&n.key_in()), Some((i, Dir::In)));
+            assert_eq!(t.lookup(&n.key_out()), Some((i, Dir::Out)));
+            for (w, k, other) in [(i << 1, n.key_in(), n.key_out()), (i << 1 | 1, n.key_out(), n.key_in())] {
+                assert!(t.word_matches(w, &k));
+                assert!(!t.word_matches(w, &other), "a word of the other direction");
+                // Any field changed is another key, and so are the same 32 bits as an
+                // IPv4-compatible (not IPv4-mapped) IPv6 address.
+                let changed = [
+                    FlowKey { src: k.src ^ 1, ..k },
+                    FlowKey { dst: k.dst ^ 1, ..k },
+                    FlowKey { sport: k.sport ^ 1, ..k },
+                    FlowKey { dport: k.dport ^ 1, ..k },
+                    FlowKey { proto: 17, ..k },
+                    FlowKey { src: compat(k.src), ..k },
+                    FlowKey { dst: compat(k.dst), ..k },
+                ];
+                for o in changed.iter().filter(|o| **o != k) {
+                    assert!(!t.word_matches(w, o), "{o:?} is not {k:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -950,7 +950,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 worker: self.id,
                 id: i,
                 proto: proto.into(),
-                client: sa(c.client, c.cport),
+                client: sa(c.client(), c.cport),
                 vip: sa(self.flows.vip_of(c).0, self.flows.vip_of(c).1),
                 real: sa(self.flows.rs_of(c).0, self.flows.rs_of(c).1),
                 state: c.state.name().into(),

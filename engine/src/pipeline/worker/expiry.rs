@@ -157,7 +157,7 @@ impl<Q: BufAlloc> Worker<Q> {
             self.half_open = self.half_open.saturating_sub(1);
         }
         if self.sync_on && flags & F_SYNCED == 0 {
-            let (client, cport, (vip, vport)) = (c.client, c.cport, self.flows.vip_of(c));
+            let (client, cport, (vip, vport)) = (c.client(), c.cport, self.flows.vip_of(c));
             let lport = (fwd == Forward::Fnat).then_some(lport);
             self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });
         }

@@ -216,7 +216,7 @@ impl<Q: BufAlloc> Worker<Q> {
             Dir::In => {
                 (self.flows.laddr_of(c), c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.if_in(c))
             }
-            Dir::Out => (self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client, c.cport, self.flows.if_out(c)),
+            Dir::Out => (self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client(), c.cport, self.flows.if_out(c)),
         };
         let mtu = self.caps.get(egress as usize).map_or(1500, |c| c.mtu as usize);
         let grow = crate::pipeline::nat64::translated_len(p).saturating_sub(p.end - p.l3);
@@ -433,7 +433,7 @@ pub(super) fn rewrite_conn(
     let (fa, fp) = far;
     match (c.fwd, dir) {
         (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport, fa, fp, c.l3_in, c.l4_in()),
-        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client, c.cport, c.l3_out, c.l4_out()),
+        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client(), c.cport, c.l3_out, c.l4_out()),
         (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in, c.l4_in()),
         (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out, c.l4_out()),
     }

@@ -181,7 +181,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 let (src, dst, l3d) = if inbound {
                     (self.flows.laddr_of(c), self.flows.rs_of(c).0, c.l3_in)
                 } else {
-                    (self.flows.vip_of(c).0, c.client, c.l3_out)
+                    (self.flows.vip_of(c).0, c.client(), c.l3_out)
                 };
                 if let Err(r) = rewrite_addrs(pkt.data_mut(), f.l3, f.v6, Some(src), Some(dst), l3d) {
                     return Next::Drop(r);

@@ -25,7 +25,7 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         let params = alg::SessionParams {
             mode,
-            client: std::net::SocketAddr::new(addr_to_ip(c.client), c.cport),
+            client: std::net::SocketAddr::new(addr_to_ip(c.client()), c.cport),
             vip: std::net::SocketAddr::new(addr_to_ip(self.flows.vip_of(c).0), self.flows.vip_of(c).1),
             real: std::net::SocketAddr::new(addr_to_ip(self.flows.rs_of(c).0), self.flows.rs_of(c).1),
             allow_foreign_port_address: opts.allow_foreign_port_address,
@@ -190,7 +190,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 alg::Event::BounceRefused { named, port } => {
                     bump(&counters.bounce_refused, 1);
                     if self.bounce_log.allow(self.now) {
-                        let client = self.flows.get(idx).client;
+                        let client = self.flows.get(idx).client();
                         let suppressed = self.bounce_log.take_suppressed();
                         tracing::warn!(client = %addr_to_ip(client), %named, port, suppressed, "FTP PORT/EPRT bounce attempt refused");
                     }
@@ -213,7 +213,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         client: 0,
                         cport: 0,
                     };
-                    let (client, vip) = (c.client, self.flows.vip_of(c).0);
+                    let (client, vip) = (c.client(), self.flows.vip_of(c).0);
                     let flows = &self.flows;
                     let alive = |i: u32, g: u32| flows.try_get(i).is_some_and(|c| c.gen == g);
                     if !self.expect.pin(client, vip, val, alive) {
@@ -366,7 +366,7 @@ impl<'a> Broker<'a> {
                 rport: rport.unwrap_or(0),
                 ctl_cport: c.cport,
                 ctl_vport: self.flows.vip_of(c).1,
-                client: c.client,
+                client: c.client(),
                 vip: self.flows.vip_of(c).0,
                 rs,
                 timeout_s: (expires.saturating_sub(now) / 1_000_000_000) as u32,

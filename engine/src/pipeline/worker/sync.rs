@@ -27,7 +27,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 Forward::Fnat => 3,
             },
             data: c.flags & F_DATA != 0,
-            client: c.client,
+            client: c.client(),
             cport: c.cport,
             vip: self.flows.vip_of(c).0,
             vport: self.flows.vip_of(c).1,
@@ -66,7 +66,7 @@ impl<Q: BufAlloc> Worker<Q> {
             return None;
         }
         Some(SyncEntry::Seq(crate::cluster::sync::SeqSync {
-            client: c.client,
+            client: c.client(),
             cport: c.cport,
             vip: self.flows.vip_of(c).0,
             vport: self.flows.vip_of(c).1,
