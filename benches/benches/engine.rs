@@ -50,7 +50,7 @@ fn table(n: usize) -> (FlowTable, Vec<FlowKey>) {
         // Clients behind one gateway (one interned next hop).
         c.nh_out = v4_to_addr([10, 0, 1, 254]);
         let k = c.key_in();
-        if t.insert(c, 0).is_ok() {
+        if t.insert(c, 0).is_some() {
             keys.push(k);
         }
     }

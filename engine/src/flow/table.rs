@@ -348,7 +348,7 @@ impl BuildHasher for SeededFx {
 impl Fx {
     #[inline(always)]
     fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 }
 impl Hasher for Fx {
@@ -1350,11 +1350,8 @@ impl FlowTable {
     /// Insert a connection seen at `now` (ns); fails when full, when one of
     /// its keys is already taken (a 5-tuple collision with a live
     /// connection) or when an interned kind has no id left.
-    pub fn insert(&mut self, c: NewConn, now: u64) -> Result<u32, NewConn> {
-        match self.insert_ref(&c, now) {
-            Some((i, _)) => Ok(i),
-            None => Err(c),
-        }
+    pub fn insert(&mut self, c: NewConn, now: u64) -> Option<u32> {
+        self.insert_ref(&c, now).map(|(i, _)| i)
     }
 
     /// [`FlowTable::insert`] by reference: the new connection's slot and the connection
@@ -1625,7 +1622,7 @@ mod tests {
         (six.client, six.vip, six.rs) = (0xfd01 << 112 | 5, 0xfd01 << 112 | 100, 0xfd00 << 112 | 3);
         let compat = |a: Addr| if parse::addr_is_v4(a) { a as u32 as u128 } else { a };
         for (n, packed) in [(n, true), (f, true), (x, false), (six, false)] {
-            let i = t.insert(n, 0).ok().unwrap();
+            let i = t.insert(n, 0).unwrap();
             let c = t.get(i);
             assert_eq!(c.v4, packed);
             assert_eq!(c.client(), n.client);
@@ -1659,7 +1656,7 @@ mod tests {
     fn insert_lookup_remove_both_keys() {
         let mut t = FlowTable::new(16);
         let n = conn(2, Forward::Nat);
-        let i = t.insert(n, 0).ok().unwrap();
+        let i = t.insert(n, 0).unwrap();
         let c = t.get(i);
         assert_eq!(t.key_in(c), n.key_in());
         assert_eq!(t.key_out(c), n.key_out());
@@ -1673,7 +1670,7 @@ mod tests {
         assert_eq!(t.lookup(&n.key_out()), None);
         assert!(t.is_empty());
         let d = conn(3, Forward::Dr);
-        let j = t.insert(d, 0).ok().unwrap();
+        let j = t.insert(d, 0).unwrap();
         assert_eq!(j, i, "slot reused");
         assert_eq!(t.get(j).gen, 2, "generation bumped");
         assert_eq!(t.get(j).hop_out, NO_HOP);
@@ -1687,7 +1684,7 @@ mod tests {
         let mut c = conn(2, Forward::Fnat);
         c.laddr = la;
         c.lport = 5000;
-        let i = t.insert(c, 0).ok().unwrap();
+        let i = t.insert(c, 0).unwrap();
         let kout = FlowKey { src: v4_to_addr([10, 0, 2, 2]), dst: la, sport: 80, dport: 5000, proto: 6 };
         assert_eq!(t.key_out(t.get(i)), kout);
         assert_eq!(t.lookup(&kout), Some((i, Dir::Out)));
@@ -1698,14 +1695,14 @@ mod tests {
         let mut d = conn(3, Forward::Fnat);
         d.laddr = la;
         d.lport = 5001;
-        let j = t.insert(d, 0).ok().unwrap();
+        let j = t.insert(d, 0).unwrap();
         assert_eq!(t.get(j).laddr, t.get(i).laddr, "interned once");
         assert_eq!(t.laddr_of(t.get(j)), la);
         // The same local address and port towards the same real server: a collision.
         let mut e = conn(4, Forward::Fnat);
         e.laddr = la;
         e.lport = 5000;
-        assert!(t.insert(e, 0).is_err());
+        assert!(t.insert(e, 0).is_none());
         t.remove(i);
         assert_eq!(t.lookup(&kout), None);
     }
@@ -1732,7 +1729,7 @@ mod tests {
         for i in 0..3000u32 {
             let mut n = conn((i % 250) as u8, Forward::Nat);
             n.cport = 1000 + (i / 250) as u16;
-            t.insert(n, 0).ok().unwrap();
+            t.insert(n, 0).unwrap();
             keys.push(n.key_in());
             keys.push(n.key_out());
         }
@@ -1756,13 +1753,13 @@ mod tests {
         // the other key's; the confirmation fails and the full lookup goes on to the right one.
         let mut t = FlowTable::new(1024);
         let a = conn(1, Forward::Dr);
-        let ia = t.insert(a, 0).ok().unwrap();
+        let ia = t.insert(a, 0).unwrap();
         // A second connection whose home and the next two slots hold nothing but itself
         // (the hash seed is random: the first of a few that fit).
         let (b, ib, hb, pos) = (2..50)
             .find_map(|c| {
                 let b = conn(c, Forward::Dr);
-                let ib = t.insert(b, 0).ok().unwrap();
+                let ib = t.insert(b, 0).unwrap();
                 let hb = t.hash(&b.key_in());
                 let pos = t.probe(&b.key_in(), hb).ok().unwrap();
                 let home = t.home((hb >> 32) as u32);
@@ -1791,18 +1788,18 @@ mod tests {
     fn full_and_duplicate() {
         let mut t = FlowTable::new(16);
         for c in 0..16 {
-            assert!(t.insert(conn(c, Forward::Nat), 0).is_ok());
+            assert!(t.insert(conn(c, Forward::Nat), 0).is_some());
         }
-        assert!(t.insert(conn(200, Forward::Nat), 0).is_err(), "full");
+        assert!(t.insert(conn(200, Forward::Nat), 0).is_none(), "full");
         assert_eq!(t.len(), 16);
         // A removal makes room again, in the same slot.
         let k = conn(5, Forward::Nat).key_in();
         let (i, _) = t.lookup(&k).unwrap();
         t.remove(i);
-        assert_eq!(t.insert(conn(200, Forward::Nat), 0).ok(), Some(i));
+        assert_eq!(t.insert(conn(200, Forward::Nat), 0), Some(i));
         let mut t = FlowTable::new(16);
-        assert!(t.insert(conn(1, Forward::Nat), 0).is_ok());
-        assert!(t.insert(conn(1, Forward::Nat), 0).is_err(), "same tuple");
+        assert!(t.insert(conn(1, Forward::Nat), 0).is_some());
+        assert!(t.insert(conn(1, Forward::Nat), 0).is_none(), "same tuple");
         assert_eq!(t.interned(), (1, 1, 0, 3), "a failed insert keeps no ids");
         assert_eq!(t.vips.refs(0), 1);
     }
@@ -1826,7 +1823,7 @@ mod tests {
         for c in 0..1000u32 {
             let mut n = conn(0, Forward::Nat);
             n.client = v4_to_addr([100, 64, (c >> 8) as u8, c as u8]);
-            assert!(t.insert(n, 0).is_ok());
+            assert!(t.insert(n, 0).is_some());
         }
         assert_eq!((t.slab.capacity(), t.index.len()), before);
         assert_eq!(t.cold.capacity(), 0, "no cold part without a use for one");
@@ -1835,8 +1832,8 @@ mod tests {
     #[test]
     fn cold_part_allocated_on_use_and_freed_with_the_connection() {
         let mut t = FlowTable::new(16);
-        let i = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
-        let j = t.insert(conn(2, Forward::Nat), 0).ok().unwrap();
+        let i = t.insert(conn(1, Forward::Nat), 0).unwrap();
+        let j = t.insert(conn(2, Forward::Nat), 0).unwrap();
         assert!(!t.get(i).has_cold());
         assert_eq!(t.cold(i).parent, NONE, "reads as empty");
         assert_eq!(t.cold_in_use(), 0);
@@ -1848,7 +1845,7 @@ mod tests {
         t.remove(i);
         assert_eq!(t.cold_in_use(), 0);
         // The slot and the cold entry come back clean.
-        let k = t.insert(conn(3, Forward::Nat), 0).ok().unwrap();
+        let k = t.insert(conn(3, Forward::Nat), 0).unwrap();
         assert_eq!(k, i);
         assert!(!t.get(k).has_cold());
         t.cold_mut(k).synced_at = 7;
@@ -1859,7 +1856,7 @@ mod tests {
     #[test]
     fn packet_counts_carry_into_the_cold_part() {
         let mut t = FlowTable::new(16);
-        let i = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let i = t.insert(conn(1, Forward::Nat), 0).unwrap();
         for _ in 0..3 {
             let c = t.get_mut(i);
             c.pkts_in = c.pkts_in.wrapping_add(u16::MAX);
@@ -1874,26 +1871,26 @@ mod tests {
     fn interned_ids_are_counted_and_reused() {
         let mut t = FlowTable::with_intern_limit(64, 3);
         let mut n = conn(1, Forward::Nat);
-        let a = t.insert(n, 0).ok().unwrap();
+        let a = t.insert(n, 0).unwrap();
         n.client = v4_to_addr([10, 0, 1, 2]);
-        let b = t.insert(n, 0).ok().unwrap();
+        let b = t.insert(n, 0).unwrap();
         assert_eq!(t.get(a).vipi, t.get(b).vipi);
         assert_eq!(t.vips.refs(t.get(a).vipi), 2);
         // A second VIP fits the limit, a third does not (a counted drop for the caller).
         let mut w = conn(3, Forward::Nat);
         w.vip = v4_to_addr([10, 0, 1, 99]);
-        assert!(t.insert(w, 0).is_ok());
+        assert!(t.insert(w, 0).is_some());
         let mut m = conn(4, Forward::Nat);
         m.vip = v4_to_addr([10, 0, 1, 101]);
-        let c = t.insert(m, 0).ok().unwrap();
+        let c = t.insert(m, 0).unwrap();
         let mut x = conn(5, Forward::Nat);
         x.vip = v4_to_addr([10, 0, 1, 102]);
-        assert!(t.insert(x, 0).is_err());
+        assert!(t.insert(x, 0).is_none());
         assert_eq!(t.len(), 4);
         // Once its last connection goes, an id is reused for a new value.
         let old = t.get(c).vipi;
         t.remove(c);
-        let d = t.insert(x, 0).ok().unwrap();
+        let d = t.insert(x, 0).unwrap();
         assert_eq!(t.get(d).vipi, old);
         assert_eq!(t.vip_of(t.get(d)), (x.vip, 80));
         assert_eq!(t.lookup(&x.key_in()), Some((d, Dir::In)));
@@ -1912,7 +1909,7 @@ mod tests {
             let mut n = conn(c, Forward::Nat);
             n.if_out = 0;
             n.nh_out = gw;
-            ids.push(t.insert(n, 0).ok().unwrap());
+            ids.push(t.insert(n, 0).unwrap());
         }
         let h = t.get(ids[0]).hop_out;
         assert!(ids.iter().all(|&i| t.get(i).hop_out == h));
@@ -1943,7 +1940,7 @@ mod tests {
             }
         }
         assert_eq!(picked.len(), 5);
-        let ids: Vec<u32> = picked.iter().map(|x| t.insert(*x, 0).ok().unwrap()).collect();
+        let ids: Vec<u32> = picked.iter().map(|x| t.insert(*x, 0).unwrap()).collect();
         // Runs do not wrap: they go on past the last home slot into the tail.
         assert!(t.index[n..].iter().any(|&w| w != EMPTY), "the run went on into the tail");
         assert!(t.index[0] == EMPTY || t.home((t.index[0] >> 32) as u32) == 0, "nothing wrapped to slot 0");
@@ -1965,7 +1962,7 @@ mod tests {
     #[test]
     fn expiry_ticks_round_up_cap_and_wrap() {
         let mut t = FlowTable::new(16);
-        let i = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let i = t.insert(conn(1, Forward::Nat), 0).unwrap();
         let c = t.get_mut(i);
         let now = 5_000_000_000u64;
         c.set_expires(now, now + 1_000_000_000);
@@ -1995,7 +1992,7 @@ mod tests {
             let mut n = conn(1, Forward::Nat);
             n.l4_in = l4_in;
             let mut t = FlowTable::new(16);
-            let i = t.insert(n, 0).ok().unwrap();
+            let i = t.insert(n, 0).unwrap();
             // Both apply the same change to any checksum.
             for check in [0x1234u16, 0, 0xfffe, 0x8000] {
                 assert_eq!(csum::apply16(check, t.get(i).l4_out()), csum::apply(check, l4_out), "{p} {q} {check:x}");
@@ -2039,7 +2036,7 @@ mod tests {
     fn a_run_reaching_the_index_end_refuses_the_insert_and_changes_nothing() {
         let mut t = FlowTable::new(64);
         let a = conn(1, Forward::Nat);
-        let ia = t.insert(a, 0).ok().unwrap();
+        let ia = t.insert(a, 0).unwrap();
         // One run over the whole index but its last slot, in a valid shape: slot i < n holds
         // the smallest tag whose home is i (so each sits at its home), the tail the greatest.
         let (n, len) = (t.n, t.index.len());
@@ -2051,7 +2048,7 @@ mod tests {
         assert_sorted_runs(&t, 0);
         let before = (t.index.clone(), t.len(), t.interned(), t.version());
         let b = conn(2, Forward::Nat);
-        assert!(t.insert(b, 0).is_err(), "refused: the run would reach the index end");
+        assert!(t.insert(b, 0).is_none(), "refused: the run would reach the index end");
         assert_eq!((t.index.clone(), t.len(), t.interned(), t.version()), before, "nothing changed");
         // A connection whose request key finds a free slot and whose reply key then finds
         // none: the request key's word is taken back, nothing else moves.
@@ -2061,7 +2058,7 @@ mod tests {
         t.index[pin] = EMPTY;
         assert_sorted_runs(&t, 1);
         let before = (t.index.clone(), t.len(), t.interned(), t.version());
-        assert!(t.insert(b, 0).is_err(), "refused: no room for the reply key");
+        assert!(t.insert(b, 0).is_none(), "refused: no room for the reply key");
         assert_eq!((t.index.clone(), t.len(), t.interned(), t.version()), before, "the first word taken back");
     }
 
@@ -2088,7 +2085,7 @@ mod tests {
             })
             .collect();
         for k in &keys {
-            t.insert(*k, 0).ok().unwrap();
+            t.insert(*k, 0).unwrap();
         }
         assert_sorted_runs(&t, 0);
         let walk = |t: &FlowTable, k: &FlowKey| {
@@ -2131,11 +2128,11 @@ mod tests {
                 let two = c.fwd.two_way();
                 let dup = live.iter().any(|&(i, a, b)| a == kin || (t.get(i).has_out_key() && b == kout && two));
                 match t.insert(c, 0) {
-                    Ok(i) => {
+                    Some(i) => {
                         assert!(!dup, "step {step}: a duplicate key went in");
                         live.push((i, kin, if two { kout } else { kin }));
                     }
-                    Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                    None => assert!(dup, "step {step}: refused without a duplicate"),
                 }
             } else {
                 let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
@@ -2205,7 +2202,7 @@ mod tests {
                 let two = c.fwd.two_way();
                 let dup = live.iter().any(|&(i, a, b)| a == kin || (t.get(i).has_out_key() && b == kout && two));
                 match t.insert(c, 0) {
-                    Ok(i) => {
+                    Some(i) => {
                         assert!(!dup, "step {step}: a duplicate key went in");
                         live.push((i, kin, if two { kout } else { kin }));
                         let e = t.get(i);
@@ -2217,7 +2214,7 @@ mod tests {
                         }
                         last_ids = [e.vipi, e.rsi, e.hop_in, e.hop_out];
                     }
-                    Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                    None => assert!(dup, "step {step}: refused without a duplicate"),
                 }
             } else if !live.is_empty() {
                 let (i, _, _) = live.swap_remove((r >> 40) as usize % live.len());
@@ -2321,12 +2318,12 @@ mod tests {
                         t.note_miss(&kin, t.hash(&kin));
                     }
                     match t.insert(c, 0) {
-                        Ok(i) => {
+                        Some(i) => {
                             assert!(!dup, "step {step}: a duplicate key went in");
                             live.push((i, kin, if two { kout } else { kin }));
                             gone.retain(|k| *k != kin && *k != kout);
                         }
-                        Err(_) => assert!(dup, "step {step}: refused without a duplicate"),
+                        None => assert!(dup, "step {step}: refused without a duplicate"),
                     }
                 }
                 _ => {}
@@ -2361,26 +2358,26 @@ mod tests {
     fn a_full_interned_kind_gives_back_what_was_taken() {
         // Three ids per kind: the first connection's two next hops and NO_HOP fill the hops.
         let mut t = FlowTable::with_intern_limit(64, 3);
-        let a = t.insert(conn(1, Forward::Nat), 0).ok().unwrap();
+        let a = t.insert(conn(1, Forward::Nat), 0).unwrap();
         let (vipi, rsi, hop_in) = (t.get(a).vipi, t.get(a).rsi, t.get(a).hop_in);
         assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi)), (1, 1));
         // Same VIP and real server, another client-side next hop: no hop id left.
         let mut n = conn(2, Forward::Nat);
         n.nh_out = v4_to_addr([10, 0, 1, 253]);
-        assert!(t.insert(n, 0).is_err());
+        assert!(t.insert(n, 0).is_none());
         assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi), t.hops.refs(hop_in)), (1, 1, 1), "released on failure");
         // Another real server and its own next hop towards it: fails at the first hop.
         let mut m = conn(3, Forward::Nat);
         m.rs = v4_to_addr([10, 0, 2, 3]);
         m.nh_in = v4_to_addr([10, 0, 2, 3]);
         m.nh_out = n.nh_out;
-        assert!(t.insert(m, 0).is_err());
+        assert!(t.insert(m, 0).is_none());
         assert_eq!(t.vips.refs(vipi), 1);
         assert_eq!(t.reals.refs(rsi), 1);
         let new_rs = t.reals.map.get(&(m.rs, m.rport)).copied().expect("interned, kept for reuse");
         assert_eq!(t.reals.refs(new_rs), 0, "released on failure");
         t.remove(a);
         assert_eq!((t.vips.refs(vipi), t.reals.refs(rsi)), (0, 0));
-        assert!(t.insert(n, 0).is_ok(), "the hop id is free again");
+        assert!(t.insert(n, 0).is_some(), "the hop id is free again");
     }
 }

@@ -97,7 +97,7 @@ impl LportPools {
             let n = share.hi as u32 - share.lo as u32 + 1;
             // A different point per address and protocol (a multiplicative mix of the seed).
             let mix = (start ^ (a as u64) ^ ((a >> 64) as u64) ^ proto as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let next = if start == 0 { 0 } else { ((mix >> 32) * u64::from(n / 2) >> 32) as u32 };
+            let next = if start == 0 { 0 } else { (((mix >> 32) * u64::from(n / 2)) >> 32) as u32 };
             let mut p = Pool { used: vec![0; n.div_ceil(64) as usize], free: n, next, foreign: false };
             // Bits past the share are permanently "used".
             for i in n..(p.used.len() as u32 * 64) {
@@ -351,7 +351,8 @@ mod tests {
         let next_owner = owner.take_on(a, PROTO_TCP).unwrap();
         let first_peer = peer.take_foreign(a, PROTO_TCP, 3).unwrap();
         assert_eq!(next_owner, 5010);
-        assert_eq!(first_peer, 5050 + 50 * 3 / 256);
+        // Slot 3 of 256 starts 50 * 3 / 256 = 0 ports into the foreign half.
+        assert_eq!(first_peer, 5050);
         // Another peer's slot starts elsewhere.
         let mut other = LportPools::new(R);
         assert_eq!(other.take_foreign(a, PROTO_TCP, 200).unwrap(), 5050 + 50 * 200 / 256);
