@@ -105,6 +105,14 @@ fn run(w: &mut Worker<HeapAlloc>, steps: Vec<Step>) {
     }
 }
 
+/// `a` as an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+fn mapped(a: [u8; 4]) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[10..12].copy_from_slice(&[0xff, 0xff]);
+    m[12..].copy_from_slice(&a);
+    m
+}
+
 fn from_client(f: Vec<u8>) -> Vec<u8> {
     with_macs(f, CLIENT_MAC, LB_EXT)
 }
@@ -158,6 +166,14 @@ fn fixtures() {
                 INT,
                 set_ttl(with_macs(tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK, 1001, 5001, b"GET /"), LB_INT, RS1_MAC), 63),
             )]),
+        },
+        Step {
+            what: "IPv6 with the connection's addresses IPv4-mapped (the engine's own form of IPv4): malformed, a counted drop",
+            now: S + 2500,
+            iface: EXT,
+            frame: from_client(tcp6(mapped(CLIENT), 40000, mapped(VIP), 80, TCP_ACK, 1006, 5001, b"GET /")),
+            verdict: Verdict::Drop(DropReason::Malformed),
+            out: Want::Frames(vec![]),
         },
         Step {
             what: "to a real server with no known MAC: parked, an ARP request goes out",

@@ -210,6 +210,10 @@ fn fast_into(frame: &[u8], p: &mut Parsed) -> Option<()> {
             }
             let s: [u8; 16] = h[8..24].try_into().ok()?;
             let d: [u8; 16] = h[24..40].try_into().ok()?;
+            if addr_is_v4(v6_to_addr(s)) || addr_is_v4(v6_to_addr(d)) {
+                // Refused by the reference parser (`parse_ipv6`).
+                return None;
+            }
             p.l3 = off;
             p.l4 = off + 40;
             p.end = end;
@@ -316,6 +320,13 @@ fn parse_ipv6(frame: &[u8], off: usize) -> Result<Parsed, ParseError> {
     let ip = Ipv6HeaderSlice::from_slice(&frame[off..]).map_err(|_| ParseError::Malformed)?;
     let end = off + 40 + ip.payload_length() as usize;
     if end > frame.len() {
+        return Err(ParseError::Malformed);
+    }
+    // IPv4-mapped addresses (::ffff:0:0/96) never appear in an IPv6 header on the wire (RFC
+    // 6890; Linux drops such a source in `ip6_rcv_core`). The engine keeps IPv4 addresses in
+    // exactly that form, so such a packet would share its flow keys with IPv4 traffic (an
+    // IPv6 packet could hit an IPv4 connection): malformed.
+    if addr_is_v4(v6_to_addr(ip.source())) || addr_is_v4(v6_to_addr(ip.destination())) {
         return Err(ParseError::Malformed);
     }
     let nh = ip.next_header();
@@ -438,7 +449,12 @@ pub fn parse_inner(frame: &[u8], p: &Parsed) -> Result<Inner, ParseError> {
         let mut d = [0u8; 16];
         s.copy_from_slice(&q[8..24]);
         d.copy_from_slice(&q[24..40]);
-        (start + 40, q[6], v6_to_addr(s), v6_to_addr(d))
+        let (src, dst) = (v6_to_addr(s), v6_to_addr(d));
+        if addr_is_v4(src) || addr_is_v4(dst) {
+            // As in an outer header (`parse_ipv6`): it would name an IPv4 connection.
+            return Err(ParseError::Malformed);
+        }
+        (start + 40, q[6], src, dst)
     };
     let ports = &frame[l4..l4 + 8];
     let (sport, dport) = match proto {
@@ -459,6 +475,33 @@ mod tests {
 
     const A4: [u8; 4] = [10, 0, 1, 2];
     const B4: [u8; 4] = [10, 0, 1, 100];
+
+    #[test]
+    fn ipv4_mapped_addresses_in_an_ipv6_header_are_malformed() {
+        let v6 = |last: [u8; 6]| {
+            let mut a = [0u8; 16];
+            a[10..].copy_from_slice(&last);
+            a
+        };
+        let mapped = v6([0xff, 0xff, 10, 0, 1, 2]);
+        let other = v6([0xff, 0xfe, 10, 0, 1, 2]);
+        let compatible = v6([0, 0, 10, 0, 1, 100]);
+        for (src, dst) in [(mapped, other), (other, mapped), (mapped, mapped)] {
+            let f = tcp6(src, 1, dst, 2, TCP_ACK, 1, 1, b"x");
+            assert_eq!(parse_fast(&f), None);
+            assert_eq!(parse(&f), Err(ParseError::Malformed));
+        }
+        // One bit off the prefix, or IPv4-compatible (::a.b.c.d): ordinary IPv6.
+        let f = tcp6(other, 1, compatible, 2, TCP_ACK, 1, 1, b"x");
+        assert_eq!(parse(&f).map(|p| (p.v6, p.src, p.dst)), Ok((true, v6_to_addr(other), v6_to_addr(compatible))));
+        assert!(parse_fast(&f).is_some());
+        // Nor in the packet an ICMPv6 error quotes.
+        for (quoted, ok) in [(tcp6(mapped, 1, other, 2, TCP_ACK, 1, 1, b""), false), (f.clone(), true)] {
+            let e = icmp6_error(other, compatible, 1, 0, 0, &quoted);
+            let p = parse(&e).expect("the error itself is well-formed");
+            assert_eq!(parse_inner(&e, &p).is_ok(), ok, "{:?}", parse_inner(&e, &p));
+        }
+    }
 
     #[test]
     fn fixture_table() {
