@@ -55,6 +55,13 @@ pub fn addr_is_v4(a: Addr) -> bool {
     (a >> 32) == 0xffff
 }
 
+/// Is this IPv6 address IPv4-mapped (::ffff:0:0/96, [`addr_is_v4`] of its [`Addr`])?
+/// On the bytes, for the parser: two compares.
+#[inline(always)]
+pub fn v4_mapped(a: &[u8; 16]) -> bool {
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]) == 0 && a[8..12] == [0, 0, 0xff, 0xff]
+}
+
 #[inline(always)]
 pub fn addr_v4_bytes(a: Addr) -> [u8; 4] {
     (a as u32).to_be_bytes()
@@ -210,7 +217,7 @@ fn fast_into(frame: &[u8], p: &mut Parsed) -> Option<()> {
             }
             let s: [u8; 16] = h[8..24].try_into().ok()?;
             let d: [u8; 16] = h[24..40].try_into().ok()?;
-            if addr_is_v4(v6_to_addr(s)) || addr_is_v4(v6_to_addr(d)) {
+            if v4_mapped(&s) || v4_mapped(&d) {
                 // Refused by the reference parser (`parse_ipv6`).
                 return None;
             }
@@ -484,6 +491,12 @@ mod tests {
             a
         };
         let mapped = v6([0xff, 0xff, 10, 0, 1, 2]);
+        assert!(v4_mapped(&mapped) && addr_is_v4(v6_to_addr(mapped)));
+        for i in 0..12 {
+            let mut m = mapped;
+            m[i] ^= 0x10;
+            assert!(!v4_mapped(&m) && !addr_is_v4(v6_to_addr(m)), "byte {i} changed");
+        }
         let other = v6([0xff, 0xfe, 10, 0, 1, 2]);
         let compatible = v6([0, 0, 10, 0, 1, 100]);
         for (src, dst) in [(mapped, other), (other, mapped), (mapped, mapped)] {
