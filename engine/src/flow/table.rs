@@ -930,21 +930,26 @@ impl FlowTable {
     #[inline(always)]
     fn place(&mut self, pos: usize, w: u64) -> bool {
         let last = self.index.len() - 1;
-        let (mut cur, mut i) = (w, pos);
-        // One pass: each word takes the next slot's place until one lands in an empty slot.
-        while cur != EMPTY {
-            if i == last {
-                // `cur` would take the last slot: everything shifted goes back.
-                for j in pos..i - 1 {
-                    self.index[j] = self.index[j + 1];
+        // One pass over the run from `pos` (short: 2-4 words at the usual load), each word
+        // taking the next slot's place until one lands in an empty slot. Iterated as a
+        // slice, so there is one bounds check, not one per slot.
+        let mut cur = w;
+        if let Some(run) = self.index.get_mut(pos..last) {
+            for slot in run {
+                cur = std::mem::replace(slot, cur);
+                if cur == EMPTY {
+                    return true;
                 }
-                self.index[i - 1] = cur;
-                return false;
             }
-            cur = std::mem::replace(&mut self.index[i], cur);
-            i += 1;
         }
-        true
+        // `cur` would take the last slot: everything shifted goes back.
+        if let Some(run) = self.index.get_mut(pos..last).filter(|r| !r.is_empty()) {
+            run.rotate_left(1);
+            if let Some(x) = run.last_mut() {
+                *x = cur;
+            }
+        }
+        false
     }
 
     /// Prefetch the index line of a hash (first stage of a burst).
@@ -1240,17 +1245,23 @@ impl FlowTable {
     /// slot back until an empty slot or a word at its home. Runs stay sorted.
     #[inline(always)]
     fn index_remove(&mut self, pos: usize) {
-        let mut hole = pos;
-        loop {
-            let j = hole + 1;
-            let w = self.index[j];
-            if w == EMPTY || self.home((w >> 32) as u32) == j {
-                break;
+        let n = self.n as u64;
+        // Pairs (hole, next) along the run, as cells so each step both reads and writes
+        // without a bounds check per slot. The index's last slot is always empty, so the
+        // walk stops at the latest there.
+        let Some(run) = self.index.get_mut(pos..) else { return };
+        let run = std::cell::Cell::from_mut(run).as_slice_of_cells();
+        for (k, pair) in run.windows(2).enumerate() {
+            let w = pair[1].get();
+            if w == EMPTY || (((w >> 32) * n) >> 32) as usize == pos + k + 1 {
+                pair[0].set(EMPTY);
+                return;
             }
-            self.index[hole] = w;
-            hole = j;
+            pair[0].set(w);
         }
-        self.index[hole] = EMPTY;
+        if let Some(x) = run.last() {
+            x.set(EMPTY);
+        }
     }
 
     /// Take the interned ids of `c`; `None` (nothing taken) if a kind is full.
@@ -2062,6 +2073,11 @@ mod tests {
         let before = (t.index.clone(), t.len(), t.interned(), t.version());
         assert!(t.insert(b, 0).is_none(), "refused: no room for the reply key");
         assert_eq!((t.index.clone(), t.len(), t.interned(), t.version()), before, "the first word taken back");
+        // A word whose place is the last slot itself (a tag above the whole run) is refused
+        // with nothing moved (this once overwrote the slot before the last).
+        let before = t.index.clone();
+        assert!(!t.place(len - 1, (u32::MAX as u64) << 32 | 2));
+        assert_eq!(t.index, before, "nothing changed");
     }
 
     #[test]

@@ -411,7 +411,9 @@ impl<Q: BufAlloc> Worker<Q> {
         let v4 = addr_is_v4(client);
         let mut laddr = 0;
         let sums_key = (vip, rs, vport, rport, v4);
-        if fwd != Forward::Fnat && memo.valid && memo.key == sums_key {
+        // Compared once: a hit also leaves the memo as it is below.
+        let memo_hit = fwd != Forward::Fnat && memo.valid && memo.key == sums_key;
+        if memo_hit {
             // The same rewrite as the last connection to this real server: its deltas.
             (c.l3_in, c.l3_out, c.l4_in) = (memo.l3_in as u32, memo.l3_out as u32, memo.l4_in as u32);
         } else {
@@ -470,7 +472,7 @@ impl<Q: BufAlloc> Worker<Q> {
             if m.ids != ids {
                 m.ids = ids;
             }
-            if fwd != Forward::Fnat && !(m.valid && m.key == sums_key) {
+            if fwd != Forward::Fnat && !memo_hit {
                 m.key = sums_key;
                 (m.l3_in, m.l3_out, m.l4_in) = (c.l3_in as u16, c.l3_out as u16, c.l4_in as u16);
                 m.valid = true;
