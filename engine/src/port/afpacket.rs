@@ -50,9 +50,6 @@
 //! [`AfPacketStats::rx_csum_not_ready`]. The port reports no checksum
 //! offload in either direction.
 
-// `is_multiple_of` is newer than the workspace's rust-version (1.80).
-#![allow(clippy::manual_is_multiple_of)]
-
 use super::memory::HeapBuf;
 use super::{Packet, PortCaps, PortQueue, TxResult, BURST, MAX_FRAME};
 use crossbeam_queue::ArrayQueue;
@@ -480,13 +477,13 @@ pub fn open_with(
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
     if cfg.rx_block_size == 0
-        || cfg.rx_block_size % page != 0
+        || !cfg.rx_block_size.is_multiple_of(page)
         || cfg.rx_block_nr == 0
         || (cfg.tx_ring
             && (cfg.tx_block_size == 0
-                || cfg.tx_block_size % page != 0
+                || !cfg.tx_block_size.is_multiple_of(page)
                 || cfg.tx_block_nr == 0
-                || cfg.tx_frame_size as usize % TPACKET_ALIGNMENT != 0
+                || !(cfg.tx_frame_size as usize).is_multiple_of(TPACKET_ALIGNMENT)
                 || (cfg.tx_frame_size as usize) < TX_DATA_OFF + 64
                 || cfg.tx_frame_size > cfg.tx_block_size))
     {
@@ -937,7 +934,7 @@ impl PortQueue for AfPacketQueue {
                 }
             }
             let hdr_end = self.rx_off + size_of::<Tpacket3Hdr>();
-            if self.rx_off % 4 != 0 || hdr_end > self.rx_block_size {
+            if !self.rx_off.is_multiple_of(4) || hdr_end > self.rx_block_size {
                 // Corrupt offset: never read outside the block.
                 self.release_block();
                 continue;
