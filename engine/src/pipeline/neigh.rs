@@ -16,20 +16,25 @@
 use crate::wire::csum;
 use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr};
 use hashbrown::HashMap;
-use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    addr: Addr,
     mac: [u8; 6],
     is_static: bool,
-    /// Order of the last learn/confirm (dynamic entries): smaller is staler.
-    stamp: u64,
     /// A flow resolved its next hop to this entry (and may have cached the MAC against
     /// `gen`): evicted only when no unused entry is left, and then `gen` changes.
     used: bool,
     /// When (ns) it was last learnt or confirmed with a clock ([`NeighCache::learn_with`]).
     confirmed: Option<u64>,
+    /// Neighbours in the eviction order (dynamic entries; [`NIL`] at either end, and for
+    /// static entries and free slots, whose `next` links the free list instead).
+    prev: u32,
+    next: u32,
 }
+
+/// No slot (the ends of the eviction order and of the free list).
+const NIL: u32 = u32::MAX;
 
 /// Entries in use passed over per eviction before the stalest is evicted anyway.
 const SECOND_CHANCES: usize = 8;
@@ -59,14 +64,19 @@ pub enum Learnt {
     Limited,
 }
 
+/// The neighbour table: entries in a slab, found by address, the dynamic ones also on a
+/// doubly linked list in the order of their last learn or confirm (stalest first), so a
+/// confirmation moves an entry to the fresh end and an eviction takes the stalest, each in
+/// a few steps and without records to clean up later (a flood of re-announcements costs
+/// a lookup and a relink per packet).
 pub struct NeighCache {
-    map: HashMap<Addr, Entry>,
-    /// Dynamic entries in order of their last learn/confirm, as
-    /// `(address, stamp)`; a record whose stamp no longer matches the
-    /// entry's is stale and skipped (lazy deletion, compacted when the
-    /// queue grows past twice the bound).
-    order: VecDeque<(Addr, u64)>,
-    next_stamp: u64,
+    map: HashMap<Addr, u32>,
+    slots: Vec<Entry>,
+    /// Free slots, linked through `next`.
+    free: u32,
+    /// The stalest and the freshest dynamic entry.
+    head: u32,
+    tail: u32,
     dynamic: usize,
     max: usize,
     /// Evictions not yet collected by [`NeighCache::take_evicted`].
@@ -97,8 +107,10 @@ impl NeighCache {
         let max = max.max(1);
         NeighCache {
             map: HashMap::with_capacity(max.min(1024)),
-            order: VecDeque::new(),
-            next_stamp: 0,
+            slots: Vec::with_capacity(max.min(1024)),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
             dynamic: 0,
             max,
             evicted: 0,
@@ -113,10 +125,66 @@ impl NeighCache {
     pub fn invalidate(&mut self) {
         self.gen = self.gen.wrapping_add(1).max(1);
     }
+
+    /// A slot for a new entry (not linked).
+    fn alloc(&mut self, e: Entry) -> u32 {
+        match self.slots.get_mut(self.free as usize) {
+            Some(slot) => {
+                let i = self.free;
+                self.free = slot.next;
+                *slot = e;
+                i
+            }
+            None => {
+                self.slots.push(e);
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+    /// Take dynamic entry `i` off the eviction order.
+    fn unlink(&mut self, i: u32) {
+        let (p, n) = (self.slots[i as usize].prev, self.slots[i as usize].next);
+        match self.slots.get_mut(p as usize) {
+            Some(e) => e.next = n,
+            None => self.head = n,
+        }
+        match self.slots.get_mut(n as usize) {
+            Some(e) => e.prev = p,
+            None => self.tail = p,
+        }
+    }
+    /// Put dynamic entry `i` (not on the order) at its fresh end.
+    fn push_back(&mut self, i: u32) {
+        let t = self.tail;
+        let e = &mut self.slots[i as usize];
+        (e.prev, e.next) = (t, NIL);
+        match self.slots.get_mut(t as usize) {
+            Some(e) => e.next = i,
+            None => self.head = i,
+        }
+        self.tail = i;
+    }
+    /// Move dynamic entry `i` to the fresh end of the eviction order.
+    fn touch(&mut self, i: u32) {
+        if self.tail != i {
+            self.unlink(i);
+            self.push_back(i);
+        }
+    }
+
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
-        if let Some(old) = self.map.insert(a, Entry { mac, is_static: true, stamp: 0, used: true, confirmed: None }) {
-            if !old.is_static {
-                self.dynamic -= 1;
+        let e = Entry { addr: a, mac, is_static: true, used: true, confirmed: None, prev: NIL, next: NIL };
+        match self.map.get(&a).copied() {
+            Some(i) => {
+                if !self.slots[i as usize].is_static {
+                    self.unlink(i);
+                    self.dynamic -= 1;
+                }
+                self.slots[i as usize] = e;
+            }
+            None => {
+                let i = self.alloc(e);
+                self.map.insert(a, i);
             }
         }
         self.invalidate();
@@ -137,25 +205,23 @@ impl NeighCache {
         if mac == [0; 6] || mac[0] & 1 == 1 {
             return Learnt::Unchanged;
         }
-        let stamp = self.next_stamp;
-        match self.map.get_mut(&a) {
-            Some(e) if e.is_static => Learnt::Unchanged,
-            Some(e) if e.mac == mac => {
-                let recent = matches!((now, e.confirmed), (Some(n), Some(c)) if n.wrapping_sub(c) < CONFIRM_NS);
-                if !recent {
-                    e.stamp = stamp;
-                    e.confirmed = now;
-                    self.next_stamp += 1;
-                    self.order.push_back((a, stamp));
-                    self.compact();
+        match self.map.get(&a).copied() {
+            Some(i) => {
+                let e = &mut self.slots[i as usize];
+                if e.is_static {
+                    return Learnt::Unchanged;
                 }
-                Learnt::Unchanged
-            }
-            Some(e) => {
-                *e = Entry { mac, is_static: false, stamp, used: e.used, confirmed: now };
-                self.next_stamp += 1;
-                self.order.push_back((a, stamp));
-                self.compact();
+                if e.mac == mac {
+                    let recent = matches!((now, e.confirmed), (Some(n), Some(c)) if n.wrapping_sub(c) < CONFIRM_NS);
+                    if !recent {
+                        e.confirmed = now;
+                        self.touch(i);
+                    }
+                    return Learnt::Unchanged;
+                }
+                e.mac = mac;
+                e.confirmed = now;
+                self.touch(i);
                 self.asked.remove(&a);
                 self.invalidate();
                 Learnt::Changed
@@ -167,11 +233,11 @@ impl NeighCache {
                     }
                     self.evict_stalest();
                 }
-                self.map.insert(a, Entry { mac, is_static: false, stamp, used: false, confirmed: now });
-                self.next_stamp += 1;
+                let i =
+                    self.alloc(Entry { addr: a, mac, is_static: false, used: false, confirmed: now, prev: NIL, next: NIL });
+                self.map.insert(a, i);
+                self.push_back(i);
                 self.dynamic += 1;
-                self.order.push_back((a, stamp));
-                self.compact();
                 self.asked.remove(&a);
                 // No flow holds a MAC for an address that had no entry (a flow whose next hop
                 // is unresolved looks it up again on its next packet): `gen` stays, so a
@@ -181,21 +247,23 @@ impl NeighCache {
         }
     }
     /// Evict the stalest dynamic entry no flow uses as a next hop; entries in use get a
-    /// second chance (moved to the back, at most [`SECOND_CHANCES`] of them per eviction),
-    /// so a flood of new neighbours does not push out the next hops of live connections.
+    /// second chance (moved to the fresh end, at most [`SECOND_CHANCES`] of them per
+    /// eviction), so a flood of new neighbours does not push out the next hops of live
+    /// connections.
     fn evict_stalest(&mut self) {
         let mut chances = SECOND_CHANCES;
-        while let Some((a, stamp)) = self.order.pop_front() {
-            let Some(e) = self.map.get_mut(&a).filter(|e| !e.is_static && e.stamp == stamp) else { continue };
+        while let Some(e) = self.slots.get(self.head as usize) {
+            let i = self.head;
             if e.used && chances > 0 {
                 chances -= 1;
-                e.stamp = self.next_stamp;
-                self.order.push_back((a, self.next_stamp));
-                self.next_stamp += 1;
+                self.touch(i);
                 continue;
             }
-            let used = e.used;
+            let (a, used) = (e.addr, e.used);
+            self.unlink(i);
             self.map.remove(&a);
+            self.slots[i as usize].next = self.free;
+            self.free = i;
             self.dynamic -= 1;
             self.evicted += 1;
             if used {
@@ -209,17 +277,10 @@ impl NeighCache {
     /// [`NeighCache::get`] for a flow resolving its next hop: marks the entry in use.
     #[inline]
     pub fn resolve(&mut self, a: Addr) -> Option<[u8; 6]> {
-        self.map.get_mut(&a).map(|e| {
-            e.used = true;
-            e.mac
-        })
-    }
-    /// Drop stale order records once they outnumber the entries.
-    fn compact(&mut self) {
-        if self.order.len() > 2 * self.max + 16 {
-            let map = &self.map;
-            self.order.retain(|(a, s)| map.get(a).is_some_and(|e| !e.is_static && e.stamp == *s));
-        }
+        let i = *self.map.get(&a)?;
+        let e = &mut self.slots[i as usize];
+        e.used = true;
+        Some(e.mac)
     }
     /// Entries evicted since the last call (for the worker's counter).
     pub fn take_evicted(&mut self) -> u64 {
@@ -231,7 +292,7 @@ impl NeighCache {
     }
     #[inline]
     pub fn get(&self, a: Addr) -> Option<[u8; 6]> {
-        self.map.get(&a).map(|e| e.mac)
+        self.map.get(&a).map(|&i| self.slots[i as usize].mac)
     }
     /// Should a request for `a` go out now? (At most one per second.)
     pub fn should_ask(&mut self, a: Addr, now: u64) -> bool {
@@ -256,12 +317,24 @@ impl NeighCache {
     /// (keeps the tables' memory).
     pub fn clear(&mut self) {
         self.map.clear();
-        self.order.clear();
-        self.next_stamp = 0;
+        self.slots.clear();
+        (self.free, self.head, self.tail) = (NIL, NIL, NIL);
         self.dynamic = 0;
         self.evicted = 0;
         self.asked.clear();
         self.gen = 1;
+    }
+
+    /// The dynamic entries' addresses, stalest first (tests).
+    #[cfg(test)]
+    fn order(&self) -> Vec<Addr> {
+        let mut v = Vec::new();
+        let mut i = self.head;
+        while let Some(e) = self.slots.get(i as usize) {
+            v.push(e.addr);
+            i = e.next;
+        }
+        v
     }
 }
 
@@ -380,7 +453,8 @@ mod tests {
         assert_eq!(c.len(), 4, "3 dynamic + 1 static");
         assert_eq!(c.get(100), Some(mac(100)), "static never evicted");
         assert_eq!(c.take_evicted(), 45);
-        assert!(c.order.len() <= 2 * 3 + 16 + 1);
+        assert_eq!(c.order(), vec![47, 48, 49], "the dynamic entries, stalest first");
+        assert_eq!(c.slots.len(), 4, "evicted entries' slots are reused");
     }
 
     #[test]
@@ -450,25 +524,30 @@ mod tests {
         for a in 1..=16 {
             c.learn_with(a, mac(a as u8), Some(0), || true);
         }
-        let records = c.order.len();
+        let learnt = c.order();
+        assert_eq!(learnt, (1..=16).collect::<Vec<Addr>>());
         // Confirmed within CONFIRM_NS of learning: in place.
         for t in 0..100 {
             assert_eq!(c.learn_with(1, mac(1), Some(t * 1000), || true), Learnt::Unchanged);
         }
-        assert_eq!(c.order.len(), records);
+        assert_eq!(c.order(), learnt);
         // Later: 1 moves to the fresh end, so 2 is evicted first.
         c.learn_with(1, mac(1), Some(CONFIRM_NS), || true);
-        assert_eq!(c.order.len(), records + 1);
+        assert_eq!(c.order().first().copied(), Some(2));
+        assert_eq!(c.order().last().copied(), Some(1));
         c.learn_with(100, mac(100), Some(CONFIRM_NS), || true);
         assert_eq!((c.get(1), c.get(2)), (Some(mac(1)), None));
         // A new MAC is never "recent": it changes at once.
         assert_eq!(c.learn_with(3, mac(33), Some(CONFIRM_NS), || true), Learnt::Changed);
         assert_eq!(c.get(3), Some(mac(33)));
+        assert_eq!(c.order().last().copied(), Some(3), "a changed entry is the freshest");
         // Without a clock every confirmation counts.
-        let before = c.order.len();
         c.learn(4, mac(4));
+        assert_eq!(c.order().last().copied(), Some(4));
+        c.learn(5, mac(5));
         c.learn(4, mac(4));
-        assert_eq!(c.order.len(), before + 2);
+        assert_eq!(c.order().last().copied(), Some(4));
+        assert_eq!(c.order().len(), 16);
     }
 
     #[test]
@@ -482,13 +561,93 @@ mod tests {
                 c.learn(a, mac(a as u8));
             }
         }
-        assert!(c.order.len() <= 2 * 4 + 16 + 1);
+        assert_eq!(c.order().len(), 4);
+        assert_eq!(c.slots.len(), 4);
         assert_eq!(c.len(), 4);
         assert_eq!(c.take_evicted(), 0);
-        // A static entry replacing a dynamic one frees its slot.
+        // A static entry replacing a dynamic one frees its place in the bound.
         c.add_static(1, mac(9));
+        assert_eq!(c.order(), vec![2, 3, 4]);
         assert!(c.learn(5, mac(5)));
         assert_eq!(c.take_evicted(), 0);
         assert!(!c.learn(1, mac(1)), "static wins");
+        assert_eq!(c.order(), vec![2, 3, 4, 5]);
+        assert_eq!(c.get(1), Some(mac(9)));
+    }
+
+    /// What the cache must do, kept the simplest way: the dynamic entries in a vector,
+    /// stalest first.
+    #[derive(Default)]
+    struct Model {
+        entries: std::collections::HashMap<Addr, ([u8; 6], bool, bool)>, // mac, static, used
+        order: Vec<Addr>,
+    }
+
+    impl Model {
+        fn learn(&mut self, a: Addr, m: [u8; 6], max: usize) -> bool {
+            match self.entries.get_mut(&a) {
+                Some((_, true, _)) => false,
+                Some((old, false, _)) => {
+                    let changed = *old != m;
+                    *old = m;
+                    self.order.retain(|&x| x != a);
+                    self.order.push(a);
+                    changed
+                }
+                None => {
+                    if self.order.len() >= max {
+                        let mut chances = SECOND_CHANCES;
+                        loop {
+                            let h = self.order[0];
+                            if self.entries[&h].2 && chances > 0 {
+                                chances -= 1;
+                                self.order.remove(0);
+                                self.order.push(h);
+                                continue;
+                            }
+                            self.order.remove(0);
+                            self.entries.remove(&h);
+                            break;
+                        }
+                    }
+                    self.entries.insert(a, (m, false, false));
+                    self.order.push(a);
+                    true
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_a_plain_model(ops in proptest::collection::vec((0u8..4, 0u128..12, 1u8..4), 1..200)) {
+            let max = 5;
+            let mut c = NeighCache::with_max(max);
+            let mut m = Model::default();
+            for (op, a, x) in ops {
+                match op {
+                    0 | 1 => proptest::prop_assert_eq!(c.learn(a, mac(x)), m.learn(a, mac(x), max)),
+                    2 => {
+                        let want = m.entries.get_mut(&a).map(|e| {
+                            e.2 = true;
+                            e.0
+                        });
+                        proptest::prop_assert_eq!(c.resolve(a), want);
+                    }
+                    _ if x == 1 => {
+                        c.add_static(a, mac(x));
+                        m.order.retain(|&y| y != a);
+                        m.entries.insert(a, (mac(x), true, true));
+                    }
+                    _ => {}
+                }
+                proptest::prop_assert_eq!(c.order(), m.order.clone());
+                proptest::prop_assert_eq!(c.len(), m.entries.len());
+                for a in 0..12 {
+                    proptest::prop_assert_eq!(c.get(a), m.entries.get(&a).map(|e| e.0));
+                }
+                proptest::prop_assert!(c.slots.len() <= max + 12, "slots are reused");
+            }
+        }
     }
 }
