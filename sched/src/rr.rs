@@ -18,6 +18,34 @@ impl Rr {
     pub fn new(dests: &[Dest]) -> Self {
         Rr { ov: Overload::new(dests), last: None, ids: dests.iter().map(Dest::id).collect() }
     }
+
+    /// Where the search of `n` servers starts: after the last one picked.
+    #[inline(always)]
+    fn next_start(&self, n: usize) -> usize {
+        match self.last {
+            Some(l) if l + 1 < n => l + 1,
+            _ => 0,
+        }
+    }
+
+    /// [`Scheduler::pick`] past its common case: the list updated if it changed, then the
+    /// first usable server from the start (the common case's test is this loop's first step).
+    #[inline(never)]
+    fn pick_scan(&mut self, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
+        if dests.len() != self.ov.len() {
+            self.update(dests);
+        }
+        let n = dests.len();
+        let start = self.next_start(n);
+        for k in 0..n {
+            let i = (start + k) % n;
+            if self.ov.usable(i, &dests[i], stats) {
+                self.last = Some(i);
+                return Some(i);
+            }
+        }
+        None
+    }
 }
 
 impl Scheduler for Rr {
@@ -30,31 +58,20 @@ impl Scheduler for Rr {
     }
 
     fn pick(&mut self, _key: &FlowKey, dests: &[Dest], stats: &dyn ConnStats) -> Option<usize> {
-        if dests.len() != self.ov.len() {
-            self.update(dests);
-        }
-        let n = dests.len();
-        let start = match self.last {
-            Some(l) if l + 1 < n => l + 1,
-            _ => 0,
-        };
-        // The common case: the next server has a weight and no connection threshold (never
-        // overloaded), so it is the one; no modulo, no look at the counts.
-        if let Some(d) = dests.get(start) {
-            if d.weight > 0 && d.upper == 0 {
-                self.ov.clear(start);
-                self.last = Some(start);
-                return Some(start);
+        // The common case: the list unchanged and the next server with a weight and no
+        // connection threshold (never overloaded), so it is the one; no modulo, no look at the
+        // counts. The rest is out of line, so this path saves no registers.
+        if dests.len() == self.ov.len() {
+            let start = self.next_start(dests.len());
+            if let Some(d) = dests.get(start) {
+                if d.weight > 0 && d.upper == 0 {
+                    self.ov.clear(start);
+                    self.last = Some(start);
+                    return Some(start);
+                }
             }
         }
-        for k in 0..n {
-            let i = (start + k) % n;
-            if self.ov.usable(i, &dests[i], stats) {
-                self.last = Some(i);
-                return Some(i);
-            }
-        }
-        None
+        self.pick_scan(dests, stats)
     }
 
     fn update(&mut self, dests: &[Dest]) {
