@@ -323,10 +323,24 @@ impl<Q: BufAlloc> Worker<Q> {
     /// Scheduler (with persistence) for service `si`.
     pub(super) fn schedule(&mut self, si: usize, p: &Parsed) -> Option<usize> {
         let snap = &self.snap;
-        let svc = &snap.services[si];
-        if svc.dests.is_empty() {
+        if snap.services[si].dests.is_empty() {
             return None;
         }
+        let st = &mut self.svcs[si];
+        if st.persist.is_some() {
+            return self.schedule_persistent(si, p);
+        }
+        let key = sched_key(&*st.sched, p);
+        st.sched.pick(&key, &st.dests, &snap.conn_counts[si])
+    }
+
+    /// [`Worker::schedule`] of a service with persistence (a non-empty one): the client's
+    /// template, else the scheduler's pick, which becomes the template (and is synced). Out of
+    /// line, so the common schedule saves no registers for it.
+    #[inline(never)]
+    fn schedule_persistent(&mut self, si: usize, p: &Parsed) -> Option<usize> {
+        let snap = &self.snap;
+        let svc = &snap.services[si];
         let st = &mut self.svcs[si];
         let dests = &st.dests;
         if let Some(pt) = st.persist.as_mut() {
@@ -336,18 +350,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 return Some(d);
             }
         }
-        // (Round robin, weights and counts do not look at the flow: no key built for them.)
-        let key = if st.sched.uses_key() {
-            sched::FlowKey {
-                client: addr_to_ip(p.src),
-                client_port: p.sport,
-                vip: addr_to_ip(p.dst),
-                vport: p.dport,
-                proto: p.proto,
-            }
-        } else {
-            sched::FlowKey::UNUSED
-        };
+        let key = sched_key(&*st.sched, p);
         let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
             let client_ip = addr_to_ip(p.src);
@@ -496,5 +499,22 @@ impl<Q: BufAlloc> Worker<Q> {
         bump(&sc.conns, 1);
         bump(&sc.dests[di].conns, 1);
         Ok(idx)
+    }
+}
+
+/// The scheduler's view of packet `p`'s flow (round robin, weights and counts do not look at
+/// it: no key built for them).
+#[inline(always)]
+fn sched_key(s: &dyn sched::Scheduler, p: &Parsed) -> sched::FlowKey {
+    if s.uses_key() {
+        sched::FlowKey {
+            client: addr_to_ip(p.src),
+            client_port: p.sport,
+            vip: addr_to_ip(p.dst),
+            vport: p.dport,
+            proto: p.proto,
+        }
+    } else {
+        sched::FlowKey::UNUSED
     }
 }
