@@ -42,6 +42,9 @@ pub struct Svc {
 }
 
 impl Svc {
+    /// Is `port` an FTP control port of this service? Inline: every new connection asks, and
+    /// for a service without FTP it is one test.
+    #[inline]
     pub fn is_ftp_control(&self, port: u16) -> bool {
         self.ftp.as_ref().is_some_and(|f| f.control_ports.contains(&port))
     }
