@@ -244,7 +244,8 @@ impl<Q: BufAlloc> Worker<Q> {
                 // A connection's first SYN: its service is looked up once for the SYN proxy and
                 // the scheduler (other segments may not need it: looked up where they do).
                 let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                let svc = syn.then(|| self.snap.service_at(&info, p.proto, p.dport));
+                // (Not `syn.then(..)`: that closure stayed a call.)
+                let svc = if syn { Some(self.snap.service_at(&info, p.proto, p.dport)) } else { None };
                 // A SYN to a service without the SYN proxy: nothing for it to look at.
                 let no_proxy = matches!(svc, Some(Some(si)) if self.snap.services.get(si)
                     .is_some_and(|s| s.syn_proxy == ferrovs_cfg::SynProxy::Off));
