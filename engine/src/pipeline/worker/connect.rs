@@ -396,8 +396,11 @@ impl<Q: BufAlloc> Worker<Q> {
         c.svc = si as u16;
         c.dest = di as u16;
         c.snap_gen = self.snap_gen;
-        let memo = self.svcs.get(si).and_then(|st| st.ids.get(di)).copied().unwrap_or(DestMemo::EMPTY);
-        c.hint = memo.ids;
+        // The real server's memo: read here and updated once the connection is in, through one
+        // borrow (of its own field: the table and the local ports are borrowed beside it).
+        let memo = self.svcs.get_mut(si).and_then(|st| st.ids.get_mut(di));
+        let m = memo.as_deref().unwrap_or(&DestMemo::EMPTY);
+        c.hint = m.ids;
         // Routes towards the real server (the snapshot's, for a configured one) and back to the
         // client.
         let Some((if_in, nh_in)) = (if rs == d.addr { d.route } else { snap.route(rs) }) else {
@@ -415,10 +418,10 @@ impl<Q: BufAlloc> Worker<Q> {
         let mut laddr = 0;
         let sums_key = (vip, rs, vport, rport, v4);
         // Compared once: a hit also leaves the memo as it is below.
-        let memo_hit = fwd != Forward::Fnat && memo.valid && memo.key == sums_key;
+        let memo_hit = fwd != Forward::Fnat && m.valid && m.key == sums_key;
         if memo_hit {
             // The same rewrite as the last connection to this real server: its deltas.
-            (c.l3_in, c.l3_out, c.l4_in) = (memo.l3_in as u32, memo.l3_out as u32, memo.l4_in as u32);
+            (c.l3_in, c.l3_out, c.l4_in) = (m.l3_in as u32, m.l3_out as u32, m.l4_in as u32);
         } else {
             // Summed unfolded, folded once per field (the same ones-complement sums).
             let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
@@ -470,7 +473,7 @@ impl<Q: BufAlloc> Worker<Q> {
             return Err(DropReason::TableFull);
         };
         let ids = [e.vipi, e.rsi, e.hop_in, e.hop_out];
-        if let Some(m) = self.svcs.get_mut(si).and_then(|st| st.ids.get_mut(di)) {
+        if let Some(m) = memo {
             // Written only when it changes (the common connection leaves it as it was).
             if m.ids != ids {
                 m.ids = ids;
