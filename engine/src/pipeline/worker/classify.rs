@@ -261,7 +261,13 @@ impl<Q: BufAlloc> Worker<Q> {
                 next => next,
             },
         };
-        self.finish(pkt, next);
+        // A new connection's first packet usually goes out: straight onto its queue, as in
+        // `process_parsed`, not through the whole of `finish` (unless a SYN-proxied
+        // connection's held packets are to be released after it).
+        match next {
+            Next::Tx(t) if t < self.tx.len() && self.proxy_release.is_none() => self.tx[t].push(pkt),
+            next => self.finish(pkt, next),
+        }
     }
 
     /// An ICMP error that reached [`Worker::process_slow`] (to a VIP, or to a local address:
