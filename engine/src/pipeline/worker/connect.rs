@@ -77,8 +77,8 @@ impl<Q: BufAlloc> Worker<Q> {
         let (si, di, rs, rport, parent, parent_gen, data) = chosen.expect("set above");
         // An FTP data connection of a full-NAT session leaves from its control connection's
         // local address (vsftpd refuses data connections from another address).
-        let local = match self.flows.try_get(parent) {
-            Some(c) if data && c.gen == parent_gen && c.fwd == Forward::Fnat => Local::Prefer(self.flows.laddr_of(c)),
+        let local = match if data { self.flows.try_get(parent) } else { None } {
+            Some(c) if c.gen == parent_gen && c.fwd == Forward::Fnat => Local::Prefer(self.flows.laddr_of(c)),
             _ => Local::Any,
         };
         let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport, local) {

@@ -100,7 +100,7 @@ impl<Q: BufAlloc> Worker<Q> {
             }
         }
         let len = pkt.len() as u64;
-        if self.flows.get(idx).flags & F_SYNCED != 0 {
+        if c.flags & F_SYNCED != 0 {
             self.adopt(idx);
         }
         // State, timeout, counters.
