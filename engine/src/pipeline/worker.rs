@@ -272,6 +272,8 @@ const SVC_FLUSH_NS: u64 = 100_000_000;
 /// Per-service worker state rebuilt with each snapshot.
 struct SvcState {
     sched: Box<dyn sched::Scheduler>,
+    /// `sched.uses_key()`, asked once per scheduler (not per new connection).
+    uses_key: bool,
     persist: Option<sched::PersistTable>,
     /// The real servers in the scheduler's form, built once per snapshot.
     dests: Vec<sched::Dest>,

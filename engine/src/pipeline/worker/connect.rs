@@ -330,7 +330,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if st.persist.is_some() {
             return self.schedule_persistent(si, p);
         }
-        let key = sched_key(&*st.sched, p);
+        let key = sched_key(st.uses_key, p);
         st.sched.pick(&key, &st.dests, &snap.conn_counts[si])
     }
 
@@ -350,7 +350,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 return Some(d);
             }
         }
-        let key = sched_key(&*st.sched, p);
+        let key = sched_key(st.uses_key, p);
         let d = st.sched.pick(&key, dests, &snap.conn_counts[si])?;
         if let Some(pt) = st.persist.as_mut() {
             let client_ip = addr_to_ip(p.src);
@@ -505,11 +505,11 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 }
 
-/// The scheduler's view of packet `p`'s flow (round robin, weights and counts do not look at
-/// it: no key built for them).
+/// The scheduler's view of packet `p`'s flow, for a scheduler that `uses_key` (round robin,
+/// weights and counts do not look at it: no key built for them).
 #[inline(always)]
-fn sched_key(s: &dyn sched::Scheduler, p: &Parsed) -> sched::FlowKey {
-    if s.uses_key() {
+fn sched_key(uses_key: bool, p: &Parsed) -> sched::FlowKey {
+    if uses_key {
         sched::FlowKey {
             client: addr_to_ip(p.src),
             client_port: p.sport,

@@ -62,6 +62,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         if os.persistence != s.persistence {
                             st.persist = persist_new();
                         }
+                        st.uses_key = st.sched.uses_key();
                         st.ids = vec![super::DestMemo::EMPTY; dests.len()];
                         st.dests = dests;
                         st
@@ -70,6 +71,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
                             .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
                         SvcState {
+                            uses_key: sched.uses_key(),
                             sched,
                             persist: persist_new(),
                             ids: vec![super::DestMemo::EMPTY; dests.len()],
