@@ -233,8 +233,15 @@ impl NeighCache {
                     }
                     self.evict_stalest();
                 }
-                let i =
-                    self.alloc(Entry { addr: a, mac, is_static: false, used: false, confirmed: now, prev: NIL, next: NIL });
+                let i = self.alloc(Entry {
+                    addr: a,
+                    mac,
+                    is_static: false,
+                    used: false,
+                    confirmed: now,
+                    prev: NIL,
+                    next: NIL,
+                });
                 self.map.insert(a, i);
                 self.push_back(i);
                 self.dynamic += 1;

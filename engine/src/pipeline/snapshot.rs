@@ -2,7 +2,7 @@
 //! a config change builds a new snapshot and sends it to every worker
 //! through its control ring, so the fast path never takes a lock.
 
-use crate::wire::parse::{ip_to_addr, Addr};
+use crate::wire::parse::{addr_is_v4, ip_to_addr, Addr};
 use ferrovs_cfg::{Config, Forward, FtpOptions, PortRange, Protocol};
 use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
@@ -60,6 +60,11 @@ pub struct RouteEntry {
     pub via: Option<Addr>,
     /// The netmask of `prefix`, computed once.
     pub mask: Addr,
+    /// An IPv4 route: it matches IPv4 destinations only, and an IPv6 route IPv6 ones only
+    /// (the two families' tables are apart, as in Linux). IPv4 is kept as ::ffff:a.b.c.d,
+    /// so an IPv6 route short enough to cover that range (`::/0`) would otherwise take
+    /// IPv4 destinations no IPv4 route covers.
+    pub v4: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -197,7 +202,8 @@ impl Snapshot {
         for (i, itf) in ifaces.iter().enumerate() {
             for &(a, p) in &itf.addrs {
                 local.insert(a);
-                routes.push(RouteEntry { net: mask(a, p), prefix: p, iface: i, via: None, mask: netmask(p) });
+                let v4 = addr_is_v4(a);
+                routes.push(RouteEntry { net: mask(a, p), prefix: p, iface: i, via: None, mask: netmask(p), v4 });
             }
         }
         let iface_index = |name: &str| ifaces.iter().position(|i| i.name == name);
@@ -208,11 +214,16 @@ impl Snapshot {
             let iface = match &r.interface {
                 Some(n) => iface_index(n),
                 None => via.and_then(|v| {
-                    routes.iter().filter(|c| c.via.is_none() && mask(v, c.prefix) == c.net).map(|c| c.iface).next()
+                    routes
+                        .iter()
+                        .filter(|c| c.via.is_none() && c.v4 == addr_is_v4(v) && mask(v, c.prefix) == c.net)
+                        .map(|c| c.iface)
+                        .next()
                 }),
             };
             if let Some(iface) = iface {
-                routes.push(RouteEntry { net: mask(net, p), prefix: p, iface, via, mask: netmask(p) });
+                let v4 = r.prefix.addr.is_ipv4();
+                routes.push(RouteEntry { net: mask(net, p), prefix: p, iface, via, mask: netmask(p), v4 });
             }
         }
         // Longest prefix first; connected before gateway routes on ties.
@@ -347,10 +358,12 @@ impl Snapshot {
     }
 }
 
-/// Longest-prefix match in `routes` (sorted longest prefix first).
+/// Longest-prefix match in `routes` (sorted longest prefix first) among the routes of
+/// `dst`'s family.
 #[inline]
 fn route_in(routes: &[RouteEntry], dst: Addr) -> Option<(usize, Addr)> {
-    routes.iter().find(|r| dst & r.mask == r.net).map(|r| (r.iface, r.via.unwrap_or(dst)))
+    let v4 = addr_is_v4(dst);
+    routes.iter().find(|r| r.v4 == v4 && dst & r.mask == r.net).map(|r| (r.iface, r.via.unwrap_or(dst)))
 }
 
 /// The worker that owns every flow of `client`: all connections of one
@@ -412,5 +425,37 @@ mod lport_tests {
         let small = PortRange { lo: 2000, hi: 2063 };
         assert_eq!(lport_share(small, 1, 2), PortRange { lo: 2032, hi: 2063 });
         assert_eq!(lport_owner(small, 80, 2), 0, "outside the range");
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn snap(routes: &str) -> Snapshot {
+        let text = format!(
+            "[engine]\nworkers = 1\nbackend = \"memory\"\n\n[[interface]]\nname = \"ext\"\ndevice = \"m\"\n\
+             addresses = [\"10.0.1.1/24\", \"fd00:1::1/64\"]\n{routes}"
+        );
+        let cfg = ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config");
+        Snapshot::build(Arc::new(cfg), &[[2, 0, 0, 0, 0, 1]])
+    }
+
+    fn a(s: &str) -> Addr {
+        ip_to_addr(s.parse().expect("address"))
+    }
+
+    #[test]
+    fn an_ipv6_default_route_takes_no_ipv4_destination() {
+        let s = snap("[[route]]\nprefix = \"::/0\"\nvia = \"fd00:1::fe\"\n");
+        assert_eq!(s.route(a("2001:db8::7")), Some((0, a("fd00:1::fe"))));
+        assert_eq!(s.route(a("10.0.1.9")), Some((0, a("10.0.1.9"))), "connected");
+        assert_eq!(s.route(a("192.0.2.7")), None, "no IPv4 route: not the IPv6 gateway");
+        let s = snap(
+            "[[route]]\nprefix = \"::/0\"\nvia = \"fd00:1::fe\"\n\n\
+             [[route]]\nprefix = \"0.0.0.0/0\"\nvia = \"10.0.1.254\"\n",
+        );
+        assert_eq!(s.route(a("192.0.2.7")), Some((0, a("10.0.1.254"))));
+        assert_eq!(s.route(a("2001:db8::7")), Some((0, a("fd00:1::fe"))));
     }
 }
