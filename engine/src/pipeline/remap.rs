@@ -103,15 +103,9 @@ impl SnapshotMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn snap(services: &str) -> Snapshot {
-        let text = format!(
-            "[engine]\nworkers = 1\nbackend = \"memory\"\n\n[[interface]]\nname = \"ext\"\ndevice = \"m\"\n\
-             addresses = [\"10.0.1.1/24\"]\n{services}"
-        );
-        let cfg = ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config");
-        Snapshot::build(Arc::new(cfg), &[[2, 0, 0, 0, 0, 1]])
+        crate::pipeline::snapshot::test_snapshot("\"10.0.1.1/24\"", services)
     }
 
     const A: &str = r#"

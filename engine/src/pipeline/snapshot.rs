@@ -428,17 +428,25 @@ mod lport_tests {
     }
 }
 
+/// The snapshot of a one-worker, in-memory configuration with one interface ("ext", MAC
+/// 02:00:00:00:00:01) holding `addresses` (TOML strings, e.g. `"10.0.1.1/24"`), then `rest`
+/// (services, routes: TOML tables) (tests).
+#[cfg(test)]
+pub(crate) fn test_snapshot(addresses: &str, rest: &str) -> Snapshot {
+    let text = format!(
+        "[engine]\nworkers = 1\nbackend = \"memory\"\n\n[[interface]]\nname = \"ext\"\ndevice = \"m\"\n\
+         addresses = [{addresses}]\n{rest}"
+    );
+    let cfg = ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config");
+    Snapshot::build(Arc::new(cfg), &[[2, 0, 0, 0, 0, 1]])
+}
+
 #[cfg(test)]
 mod route_tests {
     use super::*;
 
     fn snap(routes: &str) -> Snapshot {
-        let text = format!(
-            "[engine]\nworkers = 1\nbackend = \"memory\"\n\n[[interface]]\nname = \"ext\"\ndevice = \"m\"\n\
-             addresses = [\"10.0.1.1/24\", \"fd00:1::1/64\"]\n{routes}"
-        );
-        let cfg = ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config");
-        Snapshot::build(Arc::new(cfg), &[[2, 0, 0, 0, 0, 1]])
+        test_snapshot("\"10.0.1.1/24\", \"fd00:1::1/64\"", routes)
     }
 
     fn a(s: &str) -> Addr {
