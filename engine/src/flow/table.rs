@@ -136,6 +136,13 @@ pub struct Conn {
 
 const _: () = assert!(std::mem::size_of::<Conn>() == 64, "the hot Conn is one cache line");
 
+/// Home slot of a tag in an index of `n` home slots: the tag scaled to the slot count
+/// ([`FlowTable::home`]).
+#[inline(always)]
+fn home_of(tag: u32, n: u64) -> usize {
+    ((tag as u64 * n) >> 32) as usize
+}
+
 /// An IPv4 connection's client, VIP and real server (each as the low 32 bits of its
 /// [`Addr`]) and the VIP's and real server's ports in one word: bits 0-31, 32-63, 64-95,
 /// 96-111 and 112-127.
@@ -902,7 +909,7 @@ impl FlowTable {
     /// Home slot of a tag: the tag scaled to the slot count.
     #[inline(always)]
     fn home(&self, tag: u32) -> usize {
-        ((tag as u64 * self.n as u64) >> 32) as usize
+        home_of(tag, self.n as u64)
     }
 
     /// The slot after `i`: runs never wrap (the index's last slot is always empty).
@@ -1246,6 +1253,7 @@ impl FlowTable {
     #[inline(always)]
     fn index_remove(&mut self, pos: usize) {
         let n = self.n as u64;
+        // (`home_of`, not `home`: the cells below borrow the index.)
         // Pairs (hole, next) along the run, as cells so each step both reads and writes
         // without a bounds check per slot. The index's last slot is always empty, so the
         // walk stops at the latest there.
@@ -1253,7 +1261,7 @@ impl FlowTable {
         let run = std::cell::Cell::from_mut(run).as_slice_of_cells();
         for (k, pair) in run.windows(2).enumerate() {
             let w = pair[1].get();
-            if w == EMPTY || (((w >> 32) * n) >> 32) as usize == pos + k + 1 {
+            if w == EMPTY || home_of((w >> 32) as u32, n) == pos + k + 1 {
                 pair[0].set(EMPTY);
                 return;
             }
