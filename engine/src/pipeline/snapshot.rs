@@ -72,8 +72,10 @@ pub struct IfaceInfo {
     pub name: String,
     pub mac: [u8; 6],
     pub addrs: Vec<(Addr, u8)>,
-    /// `addrs` as (network, netmask), for [`Snapshot::on_link`] (asked per ARP/ND packet).
-    nets: Vec<(Addr, Addr)>,
+    /// `addrs` as (network, netmask, IPv4), for [`Snapshot::on_link`] (asked per ARP/ND
+    /// packet). The family is kept, as for routes: an IPv6 prefix short enough to cover
+    /// ::ffff:0:0/96 (IPv4's range here) must not make IPv4 addresses on-link.
+    nets: Vec<(Addr, Addr, bool)>,
 }
 
 impl IfaceInfo {
@@ -192,7 +194,7 @@ impl Snapshot {
                 IfaceInfo {
                     name: itf.name.clone(),
                     mac: macs.get(i).copied().or(itf.mac).unwrap_or([0; 6]),
-                    nets: addrs.iter().map(|&(a, p)| (mask(a, p), netmask(p))).collect(),
+                    nets: addrs.iter().map(|&(a, p)| (mask(a, p), netmask(p), addr_is_v4(a))).collect(),
                     addrs,
                 }
             })
@@ -352,9 +354,10 @@ impl Snapshot {
         route_in(&self.routes, dst)
     }
 
-    /// Is `a` on the subnet of interface `iface`?
+    /// Is `a` on a subnet of interface `iface` (of `a`'s family)?
     pub fn on_link(&self, iface: usize, a: Addr) -> bool {
-        self.ifaces.get(iface).is_some_and(|i| i.nets.iter().any(|&(n, m)| a & m == n))
+        let v4 = addr_is_v4(a);
+        self.ifaces.get(iface).is_some_and(|i| i.nets.iter().any(|&(n, m, f)| f == v4 && a & m == n))
     }
 }
 
@@ -465,5 +468,16 @@ mod route_tests {
         );
         assert_eq!(s.route(a("192.0.2.7")), Some((0, a("10.0.1.254"))));
         assert_eq!(s.route(a("2001:db8::7")), Some((0, a("fd00:1::fe"))));
+    }
+
+    #[test]
+    fn an_ipv6_subnet_puts_no_ipv4_address_on_link() {
+        // ::/64 covers ::ffff:0:0/96, where IPv4 addresses are kept.
+        let s = test_snapshot("\"10.0.1.1/24\", \"::5/64\"", "");
+        assert!(s.on_link(0, a("10.0.1.9")));
+        assert!(!s.on_link(0, a("192.0.2.7")), "IPv4, off the IPv4 subnet");
+        assert!(s.on_link(0, a("::7")));
+        assert!(!s.on_link(0, a("fd00:1::7")));
+        assert!(!s.on_link(1, a("10.0.1.9")), "no such interface");
     }
 }
