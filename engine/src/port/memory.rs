@@ -35,11 +35,14 @@ pub struct HeapBuf {
 /// A [`HeapBuf`]'s memory: the frame's offset and length beside its bytes, as an mbuf's
 /// header is beside its data, so the handle that moves through the queues is one pointer
 /// (a DPDK `Mbuf` is one too): with the offset and length in the handle, every move of a
-/// packet between queues copied 24 bytes.
+/// packet between queues copied 24 bytes. The bytes come first, so a frame's address is
+/// the pointer plus its offset (with the two words first it measured 6 instructions per
+/// established packet more).
+#[repr(C)]
 struct Frame {
+    bytes: [u8; CAP],
     off: u32,
     len: u32,
-    bytes: [u8; CAP],
 }
 
 thread_local! {
@@ -66,7 +69,7 @@ impl Drop for HeapBuf {
 impl HeapBuf {
     pub fn new() -> Self {
         let pooled = POOL.try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop())).ok().flatten();
-        let mut buf = pooled.unwrap_or_else(|| Box::new(Frame { off: 0, len: 0, bytes: [0u8; CAP] }));
+        let mut buf = pooled.unwrap_or_else(|| Box::new(Frame { bytes: [0u8; CAP], off: 0, len: 0 }));
         buf.off = HEADROOM as u32;
         buf.len = 0;
         HeapBuf { buf: std::mem::ManuallyDrop::new(buf) }
