@@ -700,6 +700,9 @@ fn prefetch_ptr<T>(p: *const T) {
     let _ = p;
 }
 
+/// Expired connections one [`FlowTable::scan_expired`] call returns at most.
+pub const EXPIRED_BATCH: usize = 16;
+
 /// Index slots for `cap` connections: two keys each at a load of at most 0.8.
 /// Index slots past the last home slot: runs do not wrap around, they go on into this tail.
 /// The last slot stays empty for good (every walk stops there at the latest): an insert that
@@ -1206,11 +1209,17 @@ impl FlowTable {
         k
     }
     /// Incremental expiry scan: look at up to `*budget` slots from `*pos`
-    /// (wrapping), consuming budget; returns the first live connection that
-    /// expired at `now`, with `*pos` just past it.
+    /// (wrapping), consuming budget, and put the live connections that
+    /// expired at `now` into `out`, in slot order; returns how many. A full
+    /// `out` ends the scan with `*pos` just past its last connection (budget
+    /// may be left: scan again once they are dealt with); fewer means the
+    /// budget ran out. A batch, not one connection a call: the scan resumes
+    /// once per batch rather than once per expired connection (the `new`
+    /// bench's sweep expires one connection per packet).
     #[inline]
-    pub fn scan_expired(&self, pos: &mut usize, budget: &mut usize, now: u64) -> Option<u32> {
+    pub fn scan_expired(&self, pos: &mut usize, budget: &mut usize, now: u64, out: &mut [u32; EXPIRED_BATCH]) -> usize {
         let n = self.slab.len();
+        let mut found = 0;
         while *budget > 0 {
             if *pos >= n {
                 *pos = 0;
@@ -1219,9 +1228,15 @@ impl FlowTable {
             let start = *pos;
             for (k, c) in self.slab[start..end].iter().enumerate() {
                 if c.expired(now) && c.live {
-                    *budget -= k + 1;
-                    *pos = start + k + 1;
-                    return Some((start + k) as u32);
+                    if let Some(o) = out.get_mut(found) {
+                        *o = (start + k) as u32;
+                    }
+                    found += 1;
+                    if found == EXPIRED_BATCH {
+                        *budget -= k + 1;
+                        *pos = start + k + 1;
+                        return found;
+                    }
                 }
             }
             *budget -= end - start;
@@ -1230,7 +1245,7 @@ impl FlowTable {
                 break;
             }
         }
-        None
+        found
     }
     /// The low 16 bits of a packet count of connection `i` wrapped: carry.
     #[cold]

@@ -4,6 +4,7 @@
 //! links, interned ids, the cluster's view).
 
 use super::*;
+use crate::flow::table::EXPIRED_BATCH;
 
 impl<Q: BufAlloc> Worker<Q> {
     /// Timers due at `now` (ns): scheduler ticks and persistence templates, the incremental
@@ -34,8 +35,19 @@ impl<Q: BufAlloc> Worker<Q> {
             let per_tick = SWEEP_MIN_TICK.max(slots.div_ceil(SWEEP_TICKS));
             let mut budget = (per_tick * ticks + churn * SWEEP_PER_CHURN).min(slots);
             let mut pos = self.sweep_pos;
-            while let Some(i) = self.flows.scan_expired(&mut pos, &mut budget, now) {
-                self.expire(i, now);
+            let mut batch = [0u32; EXPIRED_BATCH];
+            loop {
+                let found = self.flows.scan_expired(&mut pos, &mut budget, now, &mut batch);
+                // Expiring a connection changes no other slot's liveness or expiry (at most
+                // its own expiry, a control connection's with live children, and its
+                // parent's child count, which `expire` reads when it gets there): the batch
+                // is what a scan resumed after each expiry would find.
+                for &i in &batch[..found] {
+                    self.expire(i, now);
+                }
+                if found < EXPIRED_BATCH {
+                    break;
+                }
             }
             self.sweep_pos = pos;
         }
