@@ -49,13 +49,15 @@ impl<Q: BufAlloc> Worker<Q> {
                 // is looked up in full, and so is a miss once the table changed (an earlier
                 // packet of the burst may have created the connection).
                 // `confirmed`: the express lane compared the key already.
-                let key = flow_key(p);
-                let found = if confirmed || (hint != NONE && self.flows.word_matches(hint, &key)) {
+                // The key is built where it is compared (a known miss, a burst of SYNs, does
+                // not need it).
+                let found = if confirmed || (hint != NONE && self.flows.word_matches(hint, &flow_key(p))) {
                     Some(hint)
                 } else if known_miss {
                     // No tag on the probe sequence and no key of this hash inserted since.
                     None
                 } else {
+                    let key = flow_key(p);
                     if hash == 0 {
                         hash = self.flows.hash(&key);
                     }
