@@ -129,20 +129,15 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     pub(super) fn remove_conn(&mut self, i: u32, expired: bool) {
-        let (parent, parent_gen, svc, dest, flags, gen_ok, alg) = {
-            let c = self.flows.get(i);
-            let k = self.flows.cold(i);
-            (
-                k.parent,
-                k.parent_gen,
-                c.svc as usize,
-                c.dest as usize,
-                c.flags,
-                c.snap_gen == self.snap_gen,
-                k.alg.is_some(),
-            )
+        // The hot entry, read once: nothing below writes it before the table removes it
+        // (`remove_entry` takes this copy instead of looking the slot up again).
+        let c = *self.flows.get(i);
+        let (parent, parent_gen, alg) = {
+            let k = self.flows.cold_of(&c);
+            (k.parent, k.parent_gen, k.alg.is_some())
         };
-        if gen_ok && flags & F_COUNTED != 0 {
+        let (svc, dest, flags) = (c.svc as usize, c.dest as usize, c.flags);
+        if c.snap_gen == self.snap_gen && flags & F_COUNTED != 0 {
             if let Some(counts) = self.snap.conn_counts.get(svc) {
                 if flags & F_ACTIVE_COUNTED != 0 {
                     counts.dec_active(self.id, dest);
@@ -160,23 +155,24 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         if alg {
             // Its expectations and TLS pin die with it.
-            let gen = self.flows.get(i).gen;
-            self.expect.remove_session(i, gen);
+            self.expect.remove_session(i, c.gen);
         }
-        let c = self.flows.get(i);
-        let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(c), c.proto, c.lport);
+        let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(&c), c.proto, c.lport);
         if state == crate::flow::tcpstate::TcpState::SynRecv {
             self.half_open = self.half_open.saturating_sub(1);
         }
         if self.sync_on && flags & F_SYNCED == 0 {
-            let (client, cport, (vip, vport)) = (c.client(), c.cport, self.flows.vip_of(c));
+            let (client, cport, (vip, vport)) = (c.client(), c.cport, self.flows.vip_of(&c));
             let lport = (fwd == Forward::Fnat).then_some(lport);
             self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });
         }
         if fwd == Forward::Fnat {
             self.lports.release(la, proto, lport);
         }
-        self.flows.remove(i);
+        // (`FlowTable::remove` leaves a free slot alone: so does this.)
+        if c.live {
+            self.flows.remove_entry(i, &c);
+        }
         if flags & F_SYNCED == 0 {
             bump(&self.counters.flows_active, u64::MAX); // -1 (backup state was never counted)
         }
