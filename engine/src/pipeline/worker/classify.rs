@@ -202,14 +202,15 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::NoFlow);
             return;
         }
-        let key = flow_key(p);
-        let hash = if hash != 0 { hash } else { self.flows.hash(&key) };
+        // The key is built where it is used: a known miss's goes straight into the table's
+        // note (no copy of it on the stack first).
+        let hash = if hash != 0 { hash } else { self.flows.hash(&flow_key(p)) };
         let found = if known_miss {
             // An insert of this key right after only looks for the first empty slot.
-            self.flows.note_miss(&key, hash);
+            self.flows.note_miss(&flow_key(p), hash);
             None
         } else {
-            self.flows.lookup_for_insert(&key, hash)
+            self.flows.lookup_for_insert(&flow_key(p), hash)
         };
         let next = match found {
             Some((idx, dir)) => {
