@@ -320,7 +320,9 @@ impl<Q: BufAlloc> Worker<Q> {
         }
     }
 
-    /// Scheduler (with persistence) for service `si`.
+    /// Scheduler (with persistence) for service `si`. Inline: a new connection's caller has
+    /// its frame set up already (a call of its own saved and restored six registers).
+    #[inline(always)]
     pub(super) fn schedule(&mut self, si: usize, p: &Parsed) -> Option<usize> {
         let snap = &self.snap;
         if snap.services[si].dests.is_empty() {
