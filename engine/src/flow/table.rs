@@ -440,18 +440,15 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         self.take(k)
     }
 
-    /// Does id `i` hold `k`?
+    /// Take one more reference to id `i` if it holds `k` (values are unique among ids, so
+    /// then `i` is `k`'s id); `false`, nothing taken, otherwise.
     #[inline(always)]
-    fn holds(&self, i: u16, k: &K) -> bool {
-        self.vals.get(i as usize) == Some(k)
-    }
-
-    /// Take one more reference to id `i`, which holds a value ([`Interned::holds`]).
-    #[inline(always)]
-    fn retake(&mut self, i: u16) {
-        if let Some(r) = self.refs.get_mut(i as usize) {
-            *r += 1;
+    fn retake_if(&mut self, i: u16, k: &K) -> bool {
+        if self.vals.get(i as usize) != Some(k) {
+            return false;
         }
+        self.refs[i as usize] += 1;
+        true
     }
 
     /// Take a reference to `k`: its id and whether the id is new for it;
@@ -1302,22 +1299,25 @@ impl FlowTable {
         let two = c.fwd.two_way();
         let fnat = c.fwd == Forward::Fnat;
         // The common case: every hint holds its value (a connection like the last one to
-        // the same real server), so each id just gains a reference: nothing to hash, nothing
-        // to give back.
+        // the same real server), so each id just gains a reference: nothing to hash. Checked
+        // and taken id by id; a hint that does not hold gives back what was taken (a count
+        // back where it was: no change to the ids queued for reuse) and leaves it to
+        // `intern_slow`.
         let [hv, hr, hi, ho] = c.hint;
-        if !fnat
-            && self.vips.holds(hv, &(c.vip, c.vport))
-            && self.reals.holds(hr, &(c.rs, c.rport))
-            && self.hops.holds(hi, &(c.nh_in, c.if_in))
-            && (!two || self.hops.holds(ho, &(c.nh_out, c.if_out)))
-        {
-            self.vips.retake(hv);
-            self.reals.retake(hr);
-            self.hops.retake(hi);
-            if two {
-                self.hops.retake(ho);
+        if !fnat && self.vips.retake_if(hv, &(c.vip, c.vport)) {
+            if self.reals.retake_if(hr, &(c.rs, c.rport)) {
+                if self.hops.retake_if(hi, &(c.nh_in, c.if_in)) {
+                    if !two {
+                        return Some([hv, hr, 0, hi, NO_HOP]);
+                    }
+                    if self.hops.retake_if(ho, &(c.nh_out, c.if_out)) {
+                        return Some([hv, hr, 0, hi, ho]);
+                    }
+                    self.hops.release(hi);
+                }
+                self.reals.release(hr);
             }
-            return Some([hv, hr, 0, hi, if two { ho } else { NO_HOP }]);
+            self.vips.release(hv);
         }
         self.intern_slow(c, two, fnat)
     }
