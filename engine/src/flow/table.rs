@@ -686,8 +686,9 @@ pub(crate) fn advise_huge<T>(v: &Vec<T>) {
     }
 }
 
+/// Prefetch the cache line at `p` (a hint: any address, never a fault).
 #[inline(always)]
-fn prefetch_ptr<T>(p: *const T) {
+pub(crate) fn prefetch_ptr<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch is a hint; it never faults, whatever the address.
     unsafe {
