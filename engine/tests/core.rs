@@ -232,6 +232,26 @@ fn fixtures() {
     assert_eq!(fabric.counters[0].flows_expired.load(Relaxed), 0);
 }
 
+/// An ARP reply is padded to 60 bytes with zeros, whatever the buffer held past the
+/// request's end (a 42-byte request, as veth delivers them, in a reused buffer): stale
+/// bytes sent as padding would leak another packet's contents.
+#[test]
+fn arp_reply_padding_is_zeros_not_stale_bytes() {
+    let (mut w, _) = core(1);
+    let req = arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 1]);
+    assert_eq!(req.len(), 42);
+    // A buffer that held a longer frame of 0xAA bytes, then the request.
+    let mut b = HeapBuf::from_slice(&[0xaa; 128]);
+    b.fill(&req);
+    assert_eq!(w.handle(S, EXT, b), Verdict::Tx(EXT));
+    let o = out(&mut w);
+    assert_eq!(o.len(), 1);
+    let f = &o[0].1;
+    assert_eq!(f.len(), 60);
+    assert_eq!(&f[..42], &arp_reply(LB_EXT, [10, 0, 1, 1], CLIENT_MAC, CLIENT)[..]);
+    assert_eq!(&f[42..], &[0u8; 18][..], "padding");
+}
+
 #[test]
 fn timeouts_expire_connections() {
     let (mut w, fabric) = core(1);

@@ -120,7 +120,16 @@ impl<Q: BufAlloc> Worker<Q> {
                 r[14..18].copy_from_slice(&addr_v4_bytes(tip));
                 l3 + 28
             };
-            pkt.set_len(n.max(60));
+            // Padded to Ethernet's 60-byte minimum with zeros. A request can be shorter
+            // (42 bytes over veth, where nothing pads), and the buffer's bytes past its
+            // end are whatever an earlier packet left there: sent as padding, they would
+            // leak another user's traffic (Etherleak, CVE-2003-0001).
+            let len = n.max(60);
+            if !pkt.set_len(len) {
+                self.drop_pkt(DropReason::NoBuffer);
+                return;
+            }
+            pkt.data_mut()[n..len].fill(0);
             bump(&self.counters.arp_replies, 1);
             self.tx[iface].push(pkt);
             return;
