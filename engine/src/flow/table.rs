@@ -268,7 +268,16 @@ pub struct NewConn {
     /// [`NO_HINT`] for none. Only a hint: each is checked against the value it names, a
     /// wrong one costs the usual lookup.
     pub hint: [u16; 4],
+    /// The caller vouches that the first three ids of `hint` (VIP, real server, next hop
+    /// in) name exactly this connection's values now: e.g. the last connection to the same
+    /// real server, with the same VIP, ports and route, took them at a
+    /// [`FlowTable::ids_epoch`] that is still the table's. Those three are then taken
+    /// without comparing values (the reply direction's next hop still is compared).
+    pub hint_sure: bool,
 }
+
+/// "No epoch" (a [`FlowTable::ids_epoch`] never reached: nothing seen yet).
+pub const NO_EPOCH: u64 = u64::MAX;
 
 /// "No interned id expected" ([`NewConn::hint`]).
 pub const NO_HINT: [u16; 4] = [u16::MAX; 4];
@@ -404,6 +413,9 @@ pub struct Interned<K> {
     /// values; a hit is checked against `vals`, which mirrors `map`).
     memo: [u16; MEMO],
     seed: u64,
+    /// Times an id was given another value (reused for a new one, or all of them cleared):
+    /// unchanged means every id still names the value it named ([`FlowTable::ids_epoch`]).
+    reassigned: u64,
 }
 
 const MEMO: usize = 256;
@@ -419,6 +431,7 @@ impl<K: Copy + Eq + Hash> Interned<K> {
             limit: limit.min(u16::MAX as usize + 1),
             memo: [u16::MAX; MEMO],
             seed,
+            reassigned: 0,
         }
     }
 
@@ -438,6 +451,15 @@ impl<K: Copy + Eq + Hash> Interned<K> {
             return Some((hint, false));
         }
         self.take(k)
+    }
+
+    /// Take one more reference to id `i`, known to hold the value wanted (see
+    /// [`NewConn::hint_sure`]); `false`, nothing taken, if there is no such id.
+    #[inline(always)]
+    fn retake(&mut self, i: u16) -> bool {
+        let Some(r) = self.refs.get_mut(i as usize) else { return false };
+        *r += 1;
+        true
     }
 
     /// Take one more reference to id `i` if it holds `k` (values are unique among ids, so
@@ -478,6 +500,7 @@ impl<K: Copy + Eq + Hash> Interned<K> {
                     let old = self.vals[i as usize];
                     self.map.remove(&old);
                     self.vals[i as usize] = k;
+                    self.reassigned += 1;
                     break i;
                 }
             }
@@ -531,6 +554,7 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         self.zero.clear();
         self.queued.clear();
         self.memo = [u16::MAX; MEMO];
+        self.reassigned += 1;
     }
 }
 
@@ -612,6 +636,9 @@ pub struct FlowTable {
     /// it is still absent ([`FlowTable::still_missing`]), whatever was inserted or removed.
     ins_filter: [u64; INS_FILTER_WORDS],
     ins_mark: Option<u64>,
+    /// [`FlowTable::ids_epoch`]: the reassignments of VIP, real-server and next-hop ids so far
+    /// (summed after anything that can reassign one: [`FlowTable::intern_slow`], a clear).
+    epoch: u64,
 }
 
 /// Words of [`FlowTable::ins_filter`] (512 bits: a burst of 32 new connections sets at
@@ -770,6 +797,7 @@ impl FlowTable {
             miss: None,
             ins_filter: [0; INS_FILTER_WORDS],
             ins_mark: None,
+            epoch: 0,
         };
         t.reset_hops();
         t
@@ -782,6 +810,14 @@ impl FlowTable {
         let (h, _) = self.hops.take((0, u8::MAX)).expect("an empty table has ids");
         debug_assert_eq!(h, NO_HOP);
         self.macs.push(HopMac::unresolved(0));
+        self.sync_epoch();
+    }
+
+    /// Bring `epoch` up to date after ids may have been reassigned.
+    fn sync_epoch(&mut self) {
+        // Each count only grows (by one per reassignment: never near 2^62), so the sum
+        // changes whenever one of them does.
+        self.epoch = self.vips.reassigned + self.reals.reassigned + self.hops.reassigned;
     }
 
     /// The (VIP, port) of connection `c`.
@@ -847,6 +883,14 @@ impl FlowTable {
     pub fn if_out(&self, c: &Conn) -> u8 {
         self.macs[c.hop_out as usize].iface
     }
+    /// Changes whenever an interned VIP, real server or next hop id is given another value
+    /// (reused for a new value, or the table cleared): ids seen at one epoch still name the
+    /// same values while it is unchanged ([`NewConn::hint_sure`]). Never [`NO_EPOCH`].
+    #[inline(always)]
+    pub fn ids_epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Interned values: (VIPs, real servers, local addresses, next hops).
     pub fn interned(&self) -> (usize, usize, usize, usize) {
         (self.vips.len(), self.reals.len(), self.laddrs.len(), self.hops.len())
@@ -1305,7 +1349,31 @@ impl FlowTable {
         // back where it was: no change to the ids queued for reuse) and leaves it to
         // `intern_slow`.
         let [hv, hr, hi, ho] = c.hint;
-        if !fnat && self.vips.retake_if(hv, &(c.vip, c.vport)) {
+        if !fnat && c.hint_sure {
+            // The caller vouches for the first three: no value to compare (the reply
+            // direction's next hop, which depends on the client, is still checked).
+            debug_assert!(
+                self.vips.vals.get(hv as usize) == Some(&(c.vip, c.vport))
+                    && self.reals.vals.get(hr as usize) == Some(&(c.rs, c.rport))
+                    && self.hops.vals.get(hi as usize) == Some(&(c.nh_in, c.if_in)),
+                "a vouched hint names its value"
+            );
+            if self.vips.retake(hv) {
+                if self.reals.retake(hr) {
+                    if self.hops.retake(hi) {
+                        if !two {
+                            return Some([hv, hr, 0, hi, NO_HOP]);
+                        }
+                        if self.hops.retake_if(ho, &(c.nh_out, c.if_out)) {
+                            return Some([hv, hr, 0, hi, ho]);
+                        }
+                        self.hops.release(hi);
+                    }
+                    self.reals.release(hr);
+                }
+                self.vips.release(hv);
+            }
+        } else if !fnat && self.vips.retake_if(hv, &(c.vip, c.vport)) {
             if self.reals.retake_if(hr, &(c.rs, c.rport)) {
                 if self.hops.retake_if(hi, &(c.nh_in, c.if_in)) {
                     if !two {
@@ -1348,6 +1416,8 @@ impl FlowTable {
             }
             true
         };
+        // A take may have given an unreferenced id a new value.
+        self.sync_epoch();
         if done {
             return Some(ids);
         }
@@ -1646,6 +1716,7 @@ pub fn new_conn(
         laddr: 0,
         lport: 0,
         hint: NO_HINT,
+        hint_sure: false,
     }
 }
 
@@ -1960,6 +2031,62 @@ mod tests {
         assert_eq!(t.interned().0, 3, "bounded by the limit");
         // The first VIP still resolves for its connections.
         assert_eq!(t.lookup(&n.key_in()), Some((b, Dir::In)));
+    }
+
+    #[test]
+    fn vouched_hints_are_taken_and_the_epoch_follows_reassignments() {
+        // Four ids per kind: next hops none, in, out and another out.
+        let mut t = FlowTable::with_intern_limit(64, 4);
+        let e0 = t.ids_epoch();
+        assert_ne!(e0, NO_EPOCH);
+        let mut n = conn(1, Forward::Nat);
+        let a = t.insert(n, 0).unwrap();
+        let ids = |t: &FlowTable, i: u32| {
+            let c = t.get(i);
+            [c.vipi, c.rsi, c.hop_in, c.hop_out]
+        };
+        let h = ids(&t, a);
+        assert_eq!(t.ids_epoch(), e0, "new ids are no reassignment");
+        // Vouched: the same ids, one more reference each.
+        n.client = v4_to_addr([10, 0, 1, 2]);
+        (n.hint, n.hint_sure) = (h, true);
+        let b = t.insert(n, 0).unwrap();
+        assert_eq!(ids(&t, b), h);
+        assert_eq!((t.vips.refs(h[0]), t.reals.refs(h[1]), t.hops.refs(h[2]), t.hops.refs(h[3])), (2, 2, 2, 2));
+        // The reply direction's next hop is still compared: another one is looked up, and
+        // nothing taken for the vouched three is left over.
+        n.client = v4_to_addr([10, 0, 1, 3]);
+        n.nh_out = v4_to_addr([10, 0, 1, 253]);
+        let c = t.insert(n, 0).unwrap();
+        let hc = ids(&t, c);
+        assert_eq!(hc[..3], h[..3]);
+        assert_ne!(hc[3], h[3]);
+        assert_eq!(t.hop(hc[3]).nh, n.nh_out);
+        assert_eq!((t.vips.refs(h[0]), t.reals.refs(h[1]), t.hops.refs(h[2])), (3, 3, 3));
+        for i in [a, b, c] {
+            t.remove(i);
+        }
+        assert_eq!((t.vips.refs(h[0]), t.reals.refs(h[1]), t.hops.refs(h[2])), (0, 0, 0));
+        // Unreferenced ids keep their values (the epoch stays) until one is reused for
+        // another value: then it moves.
+        assert_eq!(t.ids_epoch(), e0);
+        for k in [2, 3, 4] {
+            let mut m = conn(10 + k, Forward::Dr);
+            m.vip = v4_to_addr([10, 0, 1, 100 + k]);
+            t.insert(m, 0).unwrap();
+        }
+        assert_eq!(t.ids_epoch(), e0, "the limit is not reached yet");
+        let mut m = conn(20, Forward::Dr);
+        m.vip = v4_to_addr([10, 0, 1, 120]);
+        let d = t.insert(m, 0).unwrap();
+        assert_eq!(t.get(d).vipi, h[0], "the id is reused");
+        let e1 = t.ids_epoch();
+        assert_ne!(e1, e0);
+        // The old VIP's id no longer names it: a vouched hint is wrong now (the caller
+        // checks the epoch first, as `Worker::create_conn` does).
+        assert_eq!(t.vip_of(t.get(d)), (m.vip, 80));
+        t.clear();
+        assert_ne!(t.ids_epoch(), e1, "a clear reassigns every id");
     }
 
     #[test]

@@ -290,6 +290,12 @@ struct SvcState {
 #[derive(Clone, Copy)]
 pub(crate) struct DestMemo {
     ids: [u16; 4],
+    /// The flow table's [`FlowTable::ids_epoch`] when `ids` were taken: while it is unchanged,
+    /// the first three (VIP, real server, next hop in) still name the values of `key` (a
+    /// connection with the same key has the same route to the real server: the memo lives
+    /// for one snapshot), so a connection that hits the memo takes them without comparing
+    /// values ([`flow::NewConn::hint_sure`]).
+    epoch: u64,
     /// (VIP, real server, VIP port, real-server port, IPv4) the deltas are for.
     key: (Addr, Addr, u16, u16, bool),
     /// IPv4 header deltas in/out and the L4 delta in, folded.
@@ -301,8 +307,15 @@ pub(crate) struct DestMemo {
 }
 
 impl DestMemo {
-    pub(crate) const EMPTY: DestMemo =
-        DestMemo { ids: flow::NO_HINT, key: (0, 0, 0, 0, false), l3_in: 0, l3_out: 0, l4_in: 0, valid: false };
+    pub(crate) const EMPTY: DestMemo = DestMemo {
+        ids: flow::NO_HINT,
+        epoch: flow::NO_EPOCH,
+        key: (0, 0, 0, 0, false),
+        l3_in: 0,
+        l3_out: 0,
+        l4_in: 0,
+        valid: false,
+    };
 }
 
 /// The largest receive window TCP can announce: 65535 scaled by 2^14 (RFC 7323).

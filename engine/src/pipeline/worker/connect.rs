@@ -422,8 +422,10 @@ impl<Q: BufAlloc> Worker<Q> {
         // Compared once: a hit also leaves the memo as it is below.
         let memo_hit = fwd != Forward::Fnat && m.valid && m.key == sums_key;
         if memo_hit {
-            // The same rewrite as the last connection to this real server: its deltas.
+            // The same rewrite as the last connection to this real server: its deltas, and
+            // its VIP, real server and next hop in, which the memo vouches for.
             (c.l3_in, c.l3_out, c.l4_in) = (m.l3_in as u32, m.l3_out as u32, m.l4_in as u32);
+            c.hint_sure = m.epoch == self.flows.ids_epoch();
         } else {
             // Summed unfolded, folded once per field (the same ones-complement sums).
             let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
@@ -477,8 +479,9 @@ impl<Q: BufAlloc> Worker<Q> {
         let ids = [e.vipi, e.rsi, e.hop_in, e.hop_out];
         if let Some(m) = memo {
             // Written only when it changes (the common connection leaves it as it was).
-            if m.ids != ids {
-                m.ids = ids;
+            let epoch = self.flows.ids_epoch();
+            if m.ids != ids || m.epoch != epoch {
+                (m.ids, m.epoch) = (ids, epoch);
             }
             if fwd != Forward::Fnat && !memo_hit {
                 m.key = sums_key;
