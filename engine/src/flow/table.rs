@@ -512,7 +512,22 @@ impl<K: Copy + Eq + Hash> Interned<K> {
     }
 
     /// Drop a reference taken by [`Interned::take`].
+    #[inline(always)]
     fn release(&mut self, i: u16) {
+        let r = &mut self.refs[i as usize];
+        // The common case: other references remain (nothing to queue).
+        if *r > 1 {
+            *r -= 1;
+            return;
+        }
+        self.release_last(i);
+    }
+
+    /// [`Interned::release`] of an id's last reference (or of one with none left: it stays
+    /// at 0): it is queued for reuse.
+    #[cold]
+    #[inline(never)]
+    fn release_last(&mut self, i: u16) {
         let r = &mut self.refs[i as usize];
         debug_assert!(*r > 0);
         *r = r.saturating_sub(1);
