@@ -56,7 +56,8 @@ impl SharedCounts {
 
     #[inline]
     fn cell(&self, worker: usize, dest: usize, which: usize) -> &AtomicU32 {
-        assert!(worker < self.workers && dest < self.dests, "counter index out of range");
+        // (A worker out of range fails the index below: its row would start past the end.)
+        assert!(dest < self.dests, "counter index out of range");
         let slot = dest * 2 + which;
         &self.lines[worker * self.lines_per_row + slot / CELLS_PER_LINE].0[slot % CELLS_PER_LINE]
     }
@@ -227,6 +228,18 @@ mod tests {
         assert_eq!(c.active(20), 0, "out of range reads 0");
         c.move_active_to_inactive(1, 19);
         assert_eq!((c.active(19), c.inactive(19)), (1, 1));
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_worker_out_of_range_panics() {
+        SharedCounts::new(2, 3).inc_active(2, 0);
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_dest_out_of_range_panics() {
+        SharedCounts::new(2, 3).inc_active(0, 3);
     }
 
     #[test]
