@@ -239,17 +239,21 @@ fn fixtures() {
 fn arp_reply_padding_is_zeros_not_stale_bytes() {
     let (mut w, _) = core(1);
     let req = arp_request(CLIENT_MAC, CLIENT, [10, 0, 1, 1]);
+    let reply = arp_reply(LB_EXT, [10, 0, 1, 1], CLIENT_MAC, CLIENT);
     assert_eq!(req.len(), 42);
-    // A buffer that held a longer frame of 0xAA bytes, then the request.
-    let mut b = HeapBuf::from_slice(&[0xaa; 128]);
-    b.fill(&req);
-    assert_eq!(w.handle(S, EXT, b), Verdict::Tx(EXT));
-    let o = out(&mut w);
-    assert_eq!(o.len(), 1);
-    let f = &o[0].1;
-    assert_eq!(f.len(), 60);
-    assert_eq!(&f[..42], &arp_reply(LB_EXT, [10, 0, 1, 1], CLIENT_MAC, CLIENT)[..]);
-    assert_eq!(&f[42..], &[0u8; 18][..], "padding");
+    // Untagged (42 bytes) and with an 802.1Q tag (46), each in a buffer that held a longer
+    // frame of 0xAA bytes.
+    for (req, reply) in [(req.clone(), reply.clone()), (vlan(&req, 7), vlan(&reply, 7))] {
+        let mut b = HeapBuf::from_slice(&[0xaa; 128]);
+        b.fill(&req);
+        assert_eq!(w.handle(S, EXT, b), Verdict::Tx(EXT));
+        let o = out(&mut w);
+        assert_eq!(o.len(), 1);
+        let f = &o[0].1;
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[..reply.len()], &reply[..]);
+        assert!(f[reply.len()..].iter().all(|&x| x == 0), "padding: {:?}", &f[reply.len()..]);
+    }
 }
 
 #[test]

@@ -105,31 +105,31 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         if op == 1 && for_us {
             let mac = self.snap.ifaces[iface].mac;
-            let n = {
-                let buf = pkt.data_mut();
-                let l3 = p.l3;
-                // Turn the request into a reply in place.
-                buf[0..6].copy_from_slice(&smac);
-                buf[6..12].copy_from_slice(&mac);
-                // The 28-byte body (read above) as one fixed-size array: one bounds check.
-                let r: &mut [u8; 28] = (&mut buf[l3..l3 + 28]).try_into().expect("28 bytes");
-                r[6..8].copy_from_slice(&2u16.to_be_bytes());
-                r[18..24].copy_from_slice(&smac);
-                r[24..28].copy_from_slice(&addr_v4_bytes(sip));
-                r[8..14].copy_from_slice(&mac);
-                r[14..18].copy_from_slice(&addr_v4_bytes(tip));
-                l3 + 28
-            };
-            // Padded to Ethernet's 60-byte minimum with zeros. A request can be shorter
-            // (42 bytes over veth, where nothing pads), and the buffer's bytes past its
-            // end are whatever an earlier packet left there: sent as padding, they would
-            // leak another user's traffic (Etherleak, CVE-2003-0001).
-            let len = n.max(60);
-            if !pkt.set_len(len) {
+            let l3 = p.l3;
+            // Turn the request into a reply in place, at least Ethernet's 60 bytes. A request
+            // can be shorter (42 bytes over veth, where nothing pads) and the buffer's bytes
+            // past its end are whatever an earlier packet left there: sent as padding, they
+            // would leak another user's traffic (Etherleak, CVE-2003-0001). So bytes 42..60
+            // are zeroed first (a fixed-size store), then the headers and the whole 28-byte
+            // body written over them where they reach (the body ends at `l3 + 28` >= 42).
+            let n = l3 + 28;
+            if !pkt.set_len(n.max(60)) {
                 self.drop_pkt(DropReason::NoBuffer);
                 return;
             }
-            pkt.data_mut()[n..len].fill(0);
+            let buf = pkt.data_mut();
+            if let Some(pad) = buf.get_mut(42..60) {
+                pad.fill(0);
+            }
+            buf[0..6].copy_from_slice(&smac);
+            buf[6..12].copy_from_slice(&mac);
+            // The 28-byte body as one fixed-size array: one bounds check.
+            let r: &mut [u8; 28] = (&mut buf[l3..n]).try_into().expect("28 bytes");
+            r[0..8].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
+            r[8..14].copy_from_slice(&mac);
+            r[14..18].copy_from_slice(&addr_v4_bytes(tip));
+            r[18..24].copy_from_slice(&smac);
+            r[24..28].copy_from_slice(&addr_v4_bytes(sip));
             bump(&self.counters.arp_replies, 1);
             self.tx[iface].push(pkt);
             return;
