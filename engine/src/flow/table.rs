@@ -453,23 +453,16 @@ impl<K: Copy + Eq + Hash> Interned<K> {
         self.take(k)
     }
 
-    /// Take one more reference to id `i`, known to hold the value wanted (see
-    /// [`NewConn::hint_sure`]); `false`, nothing taken, if there is no such id.
-    #[inline(always)]
-    fn retake(&mut self, i: u16) -> bool {
-        let Some(r) = self.refs.get_mut(i as usize) else { return false };
-        *r += 1;
-        true
-    }
-
     /// Take one more reference to id `i` if it holds `k` (values are unique among ids, so
-    /// then `i` is `k`'s id); `false`, nothing taken, otherwise.
+    /// then `i` is `k`'s id), or without comparing if the caller is `sure` it does
+    /// ([`NewConn::hint_sure`]); `false`, nothing taken, otherwise.
     #[inline(always)]
-    fn retake_if(&mut self, i: u16, k: &K) -> bool {
-        if self.vals.get(i as usize) != Some(k) {
+    fn retake_if(&mut self, i: u16, k: &K, sure: bool) -> bool {
+        if !sure && self.vals.get(i as usize) != Some(k) {
             return false;
         }
-        self.refs[i as usize] += 1;
+        let Some(r) = self.refs.get_mut(i as usize) else { return false };
+        *r += 1;
         true
     }
 
@@ -1359,42 +1352,41 @@ impl FlowTable {
         let two = c.fwd.two_way();
         let fnat = c.fwd == Forward::Fnat;
         // The common case: every hint holds its value (a connection like the last one to
-        // the same real server), so each id just gains a reference: nothing to hash. Checked
-        // and taken id by id; a hint that does not hold gives back what was taken (a count
-        // back where it was: no change to the ids queued for reuse) and leaves it to
-        // `intern_slow`.
-        let [hv, hr, hi, ho] = c.hint;
-        if !fnat && c.hint_sure {
-            // The caller vouches for the first three: no value to compare (the reply
-            // direction's next hop, which depends on the client, is still checked).
-            debug_assert!(
-                self.vips.vals.get(hv as usize) == Some(&(c.vip, c.vport))
-                    && self.reals.vals.get(hr as usize) == Some(&(c.rs, c.rport))
-                    && self.hops.vals.get(hi as usize) == Some(&(c.nh_in, c.if_in)),
-                "a vouched hint names its value"
-            );
-            if self.vips.retake(hv) {
-                if self.reals.retake(hr) {
-                    if self.hops.retake(hi) {
-                        if !two {
-                            return Some([hv, hr, 0, hi, NO_HOP]);
-                        }
-                        if self.hops.retake_if(ho, &(c.nh_out, c.if_out)) {
-                            return Some([hv, hr, 0, hi, ho]);
-                        }
-                        self.hops.release(hi);
-                    }
-                    self.reals.release(hr);
-                }
-                self.vips.release(hv);
+        // the same real server), so each id just gains a reference: nothing to hash
+        // (`retake_hints`, one copy with the first three vouched for, one without: each
+        // with its checks known). Else `intern_slow`.
+        if !fnat {
+            let hit = if c.hint_sure { self.retake_hints::<true>(c, two) } else { self.retake_hints::<false>(c, two) };
+            if hit.is_some() {
+                return hit;
             }
-        } else if !fnat && self.vips.retake_if(hv, &(c.vip, c.vport)) {
-            if self.reals.retake_if(hr, &(c.rs, c.rport)) {
-                if self.hops.retake_if(hi, &(c.nh_in, c.if_in)) {
+        }
+        self.intern_slow(c, two, fnat)
+    }
+
+    /// The hint fast path of [`FlowTable::intern_all`] (not full NAT): each id of `c.hint`
+    /// that holds its value gains a reference, checked and taken id by id; a hint that does
+    /// not hold gives back what was taken (a count back where it was: no change to the ids
+    /// queued for reuse) and answers `None`. `SURE`: the caller vouches for the first three
+    /// ([`NewConn::hint_sure`]); the reply direction's next hop, which depends on the
+    /// client, is compared either way.
+    #[inline(always)]
+    fn retake_hints<const SURE: bool>(&mut self, c: &NewConn, two: bool) -> Option<[u16; 5]> {
+        let [hv, hr, hi, ho] = c.hint;
+        debug_assert!(
+            !SURE
+                || (self.vips.vals.get(hv as usize) == Some(&(c.vip, c.vport))
+                    && self.reals.vals.get(hr as usize) == Some(&(c.rs, c.rport))
+                    && self.hops.vals.get(hi as usize) == Some(&(c.nh_in, c.if_in))),
+            "a vouched hint names its value"
+        );
+        if self.vips.retake_if(hv, &(c.vip, c.vport), SURE) {
+            if self.reals.retake_if(hr, &(c.rs, c.rport), SURE) {
+                if self.hops.retake_if(hi, &(c.nh_in, c.if_in), SURE) {
                     if !two {
                         return Some([hv, hr, 0, hi, NO_HOP]);
                     }
-                    if self.hops.retake_if(ho, &(c.nh_out, c.if_out)) {
+                    if self.hops.retake_if(ho, &(c.nh_out, c.if_out), false) {
                         return Some([hv, hr, 0, hi, ho]);
                     }
                     self.hops.release(hi);
@@ -1403,7 +1395,7 @@ impl FlowTable {
             }
             self.vips.release(hv);
         }
-        self.intern_slow(c, two, fnat)
+        None
     }
 
     /// [`FlowTable::intern_all`] id by id, with the hints tried first.
