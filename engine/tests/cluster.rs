@@ -493,10 +493,26 @@ fn ftp_seg(
     ack: u32,
     data: &[u8],
 ) -> common::seg::Seg {
+    ftp_seg_of(e, 40000, from_client, rs, la, lport, seq, ack, data)
+}
+
+/// [`ftp_seg`] on the control connection from the client's port `cport`.
+#[allow(clippy::too_many_arguments)]
+fn ftp_seg_of(
+    e: &mut MemEngine,
+    cport: u16,
+    from_client: bool,
+    rs: [u8; 4],
+    la: [u8; 4],
+    lport: u16,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> common::seg::Seg {
     let flags = TCP_ACK | if data.is_empty() { 0 } else { TCP_PSH };
     let out = if from_client {
         let (ip, mac) = client(C);
-        e.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, flags, seq, ack, data), mac, LB_EXT), 2 * S)
+        e.inject(EXT, &with_macs(tcp4(ip, cport, VIP, 21, flags, seq, ack, data), mac, LB_EXT), 2 * S)
     } else {
         let rs_mac = [2, 0, 0, 0, 3, rs[3]];
         e.inject(INT, &with_macs(tcp4(rs, 21, la, lport, flags, seq, ack, data), rs_mac, LB_INT), 2 * S)
@@ -623,6 +639,110 @@ fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_add
     // the other half), not from where node 1 allocates next (2001): no clash before the syncs
     // cross.
     assert_eq!(s.sport, 2129);
+}
+
+/// An FTP control connection from the client's port `cport` through full-NAT node `e`,
+/// handshake done: (real server, local address, local port).
+fn fnat_ftp_open(e: &mut MemEngine, cport: u16) -> ([u8; 4], [u8; 4], u16) {
+    let (ip, mac) = client(C);
+    let out = e.inject(EXT, &with_macs(tcp4(ip, cport, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S);
+    let syn = one(out).1;
+    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    e.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
+    ftp_seg_of(e, cport, true, rs, la, lport, 1001, 5001, b"");
+    (rs, la, lport)
+}
+
+/// PASV on that control connection, answered by its real server with port `port`; the port
+/// the client is told at the VIP.
+fn fnat_ftp_pasv(e: &mut MemEngine, cport: u16, (rs, la, lport): ([u8; 4], [u8; 4], u16), port: u16) -> u16 {
+    ftp_seg_of(e, cport, true, rs, la, lport, 1001, 5001, b"PASV\r\n");
+    let reply = format!("227 Entering Passive Mode (10,0,2,{},{},{})\r\n", rs[3], port >> 8, port & 0xff);
+    let r = ftp_seg_of(e, cport, false, rs, la, lport, 5001, 1007, reply.as_bytes());
+    let text = String::from_utf8_lossy(&r.payload).to_string();
+    let f: Vec<u16> =
+        text.split(['(', ')']).nth(1).expect("227 (h,h,h,h,p,p)").split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(&f[..4], &[10, 0, 1, 100], "the VIP announced: {text:?}");
+    f[4] * 256 + f[5]
+}
+
+#[test]
+fn a_used_passive_expectation_leaves_the_peers_and_never_takes_a_later_sessions_data() {
+    // One client address (so one real server: the cluster places by Maglev over it), FTP
+    // sessions through node 1. Node 2, where BGP/ECMP may send any data connection, must send
+    // a later session's data connection where that session's server listens, not where an
+    // earlier session's did: the earlier session's synced expectation, used on node 1, must
+    // not linger on node 2 first in line under the same key. Two ways it goes: the used data
+    // connection's sync removes it, and (that datagram lost) the newer announcement of the
+    // key supersedes it.
+    for lose_data_sync in [false, true] {
+        let mut a = MemEngine::new(fnat_node(1), 1);
+        let mut b = MemEngine::new(fnat_node(2), 1);
+        let mut ba = Batcher::new(1, 1000);
+        let (ip, mac) = client(C);
+        let data_syn = |e: &mut MemEngine, sport: u16, port: u16| {
+            e.inject(EXT, &with_macs(tcp4(ip, sport, VIP, port, TCP_SYN, 7000, 0, b""), mac, LB_EXT), 2 * S)
+        };
+        // Session 0 holds VIP port 30001 (its data connection not yet come); session 1's
+        // server also says 30001, which node 1 moves to VIP port 30002.
+        let s0 = fnat_ftp_open(&mut a, 40000);
+        assert_eq!(fnat_ftp_pasv(&mut a, 40000, s0, 30001), 30001);
+        let s1 = fnat_ftp_open(&mut a, 40002);
+        assert_eq!(fnat_ftp_pasv(&mut a, 40002, s1, 30001), 30002);
+        for m in a.take_sync(&mut ba, 2 * S) {
+            b.deliver_sync(&m, 2 * S).unwrap();
+        }
+        // Session 1's data connection reaches node 1 and uses the expectation there.
+        let (i, d) = one(data_syn(&mut a, 50001, 30002));
+        assert_eq!((i, d.dst, d.dport), (INT, s1.0, 30001));
+        let synced = a.take_sync(&mut ba, 2 * S);
+        if !lose_data_sync {
+            for m in &synced {
+                b.deliver_sync(m, 2 * S).unwrap();
+            }
+            // Node 2's copy went with it: a SYN to VIP port 30002 finds nothing there now.
+            assert!(data_syn(&mut b, 50009, 30002).is_empty());
+        }
+        // Session 2's server says 30002: free again on node 1, announced as it is.
+        let s2 = fnat_ftp_open(&mut a, 40004);
+        assert_eq!(fnat_ftp_pasv(&mut a, 40004, s2, 30002), 30002);
+        for m in a.take_sync(&mut ba, 3 * S) {
+            b.deliver_sync(&m, 3 * S).unwrap();
+        }
+        // Its data connection reaches node 2: to port 30002, where the server listens for it
+        // (session 1's copy would send it to 30001: refused, or another session's socket).
+        let (i, d) = one(data_syn(&mut b, 50003, 30002));
+        assert_eq!((i, d.dst, d.dport), (INT, s2.0, 30002), "lose_data_sync={lose_data_sync}");
+        // Nothing of session 1 is left on node 2 to take another one; session 0's still waits.
+        assert!(data_syn(&mut b, 50005, 30002).is_empty());
+        let (i, d) = one(data_syn(&mut b, 50007, 30001));
+        assert_eq!((i, d.dst, d.dport), (INT, s0.0, 30001));
+    }
+}
+
+#[test]
+fn a_peers_expectation_never_displaces_one_of_a_session_this_node_carries() {
+    // Sessions of one client through node 1 and through node 2 at once, both servers saying
+    // port 30001 (neither node saw the other's): node 2 keeps its own session's expectation
+    // and refuses node 1's (counted); a data connection reaching node 2 is its own session's,
+    // from its own local address.
+    let mut a = MemEngine::new(fnat_node(1), 1);
+    let mut b = MemEngine::new(fnat_node(2), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let (ip, mac) = client(C);
+    let mine = fnat_ftp_open(&mut b, 40000);
+    assert_eq!(fnat_ftp_pasv(&mut b, 40000, mine, 30001), 30001);
+    let theirs = fnat_ftp_open(&mut a, 40002);
+    assert_eq!(fnat_ftp_pasv(&mut a, 40002, theirs, 30001), 30001);
+    let skipped = b.counters().sync_skipped;
+    for m in a.take_sync(&mut ba, 2 * S) {
+        b.deliver_sync(&m, 2 * S).unwrap();
+    }
+    assert_eq!(b.counters().sync_skipped, skipped + 1, "the peer's expectation refused");
+    let out = b.inject(EXT, &with_macs(tcp4(ip, 50001, VIP, 30001, TCP_SYN, 7000, 0, b""), mac, LB_EXT), 2 * S);
+    let (i, d) = one(out);
+    assert_eq!((i, d.src, d.dst, d.dport), (INT, LA2, mine.0, 30001));
 }
 
 #[test]

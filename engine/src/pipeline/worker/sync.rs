@@ -250,7 +250,40 @@ impl<Q: BufAlloc> Worker<Q> {
         if !s.data && s.proto == PROTO_TCP && svc.is_ftp_control(s.vport) && svc.dests[di].forward.two_way() {
             self.start_ftp_session(si, di, idx, Some(Default::default()));
         }
+        if s.data && s.proto == PROTO_TCP && !self.expect.is_empty() {
+            self.forget_consumed_expect(s);
+        }
         Ok(())
+    }
+
+    /// A peer's FTP data connection used its expectation there: this node's copy of that
+    /// expectation goes too. Left in place it would live on until its pinhole timeout, the
+    /// oldest under its key, and take a later session's data connection with the same client,
+    /// VIP and port (one client address, the server picking a port again) to the earlier
+    /// session's real server.
+    fn forget_consumed_expect(&mut self, s: &crate::cluster::sync::ConnSync) {
+        let (rs, rport) = (s.rs, s.rport);
+        // Passive: client -> VIP:port, the port the connection came to.
+        self.expect.retain_key(&ExpKey::Passive(s.client, s.vip, s.vport), |v| {
+            !(v.rs == rs && v.rport.unwrap_or(s.vport) == rport)
+        });
+        // Active: the real server -> the client's port (NAT), or -> the local address and the
+        // port reserved there (full NAT), translated to the client's port.
+        let active = match s.fnat {
+            Some((la, lport)) => ExpKey::Active(rs, la, lport),
+            None => ExpKey::Active(rs, s.client, s.cport),
+        };
+        self.expect
+            .retain_key(&active, |v| !(v.rs == rs && (v.cport == 0 || (v.client == s.client && v.cport == s.cport))));
+        // DR: the client's side of an active one; a passive one names no port, and those of
+        // one real server queue, so only the oldest goes.
+        self.expect.retain_key(&ExpKey::DrActive(s.client, s.cport, s.vip), |v| v.rs != rs);
+        let mut gone = false;
+        self.expect.retain_key(&ExpKey::PassiveAny(s.client, s.vip), |v| {
+            let hit = !gone && v.rs == rs;
+            gone |= hit;
+            !hit
+        });
     }
 
     /// A connection from a peer's sync: as `create_conn`, but not counted anywhere (the
@@ -341,6 +374,26 @@ impl<Q: BufAlloc> Worker<Q> {
             .is_some_and(|d| d.forward == Forward::Fnat);
         if fnat_service != x.fnat.is_some() && x.kind == K::Active {
             return false;
+        }
+        // One expectation per key (DR passive ones excepted: they queue). What this node holds
+        // under the key from the cluster is superseded: the sender found the key free, so the
+        // data connection of an earlier copy came already (on another node) or never will; an
+        // earlier copy left first in line would take the new session's data connection. One of
+        // a live control connection this node carries itself is a clash between two nodes'
+        // sessions: kept, and the peer's refused (counted in `sync_skipped`).
+        if !matches!(key, ExpKey::PassiveAny(..)) {
+            let (flows, now) = (&self.flows, self.now);
+            let mut clash = false;
+            self.expect.retain_key(&key, |v| {
+                let carried = v.expires > now
+                    && flows.try_get(v.parent).is_some_and(|c| c.gen == v.parent_gen && c.flags & F_SYNCED == 0);
+                let same = v.parent == parent && v.parent_gen == gen;
+                clash |= carried && !same;
+                carried && !same
+            });
+            if clash {
+                return false;
+            }
         }
         if let Some((la, _)) = x.fnat {
             match self.reserved.iter().position(|&(a, p, _)| a == la && p == x.port) {
