@@ -479,26 +479,11 @@ fn older_nodes_version_1_datagrams_still_install() {
     assert_eq!((i, s.src, s.dst), (EXT, VIP, CLIENT));
 }
 
-/// A payload segment on the FTP control connection: from the client (to VIP:21) or from real
-/// server `rs` (to `la`:`lport`); the one frame out, parsed.
-// The direction, addresses, port, sequence numbers and payload of a segment, one argument each, as in `tcp4`.
+/// A payload segment on the FTP control connection from the client's port `cport`: from the
+/// client (to VIP:21) or from real server `rs` (to `la`:`lport`); the one frame out, parsed.
+// The direction, addresses, ports, sequence numbers and payload of a segment, one argument each, as in `tcp4`.
 #[allow(clippy::too_many_arguments)]
 fn ftp_seg(
-    e: &mut MemEngine,
-    from_client: bool,
-    rs: [u8; 4],
-    la: [u8; 4],
-    lport: u16,
-    seq: u32,
-    ack: u32,
-    data: &[u8],
-) -> common::seg::Seg {
-    ftp_seg_of(e, 40000, from_client, rs, la, lport, seq, ack, data)
-}
-
-/// [`ftp_seg`] on the control connection from the client's port `cport`.
-#[allow(clippy::too_many_arguments)]
-fn ftp_seg_of(
     e: &mut MemEngine,
     cport: u16,
     from_client: bool,
@@ -531,11 +516,11 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
     assert_eq!(la, LA1);
     let rs_mac = [2, 0, 0, 0, 3, rs[3]];
     a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
-    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
-    ftp_seg(&mut a, false, rs, la, lport, 5001, 1001, b"220 hi\r\n");
+    ftp_seg(&mut a, 40000, true, rs, la, lport, 1001, 5001, b"");
+    ftp_seg(&mut a, 40000, false, rs, la, lport, 5001, 1001, b"220 hi\r\n");
     // PORT names the client; the server is told node 1's local address: a longer line.
     let port = b"PORT 10,0,1,2,156,65\r\n";
-    let got = ftp_seg(&mut a, true, rs, la, lport, 1001, 5009, port);
+    let got = ftp_seg(&mut a, 40000, true, rs, la, lport, 1001, 5009, port);
     assert!(got.payload.starts_with(b"PORT 10,0,2,200,"), "{:?}", String::from_utf8_lossy(&got.payload));
     let delta = got.payload.len() as i32 - port.len() as i32;
     assert_ne!(delta, 0);
@@ -577,9 +562,9 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
     // The server's "200" acknowledges the rewritten PORT line (its space): node 2 maps the
     // ack back to the client's space, as node 1 would have.
     let ack_rs = (1023i64 + delta as i64) as u32;
-    let r = ftp_seg(&mut b, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
+    let r = ftp_seg(&mut b, 40000, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
     assert_eq!((r.dst, r.dport, r.seq, r.ack), (CLIENT, 40000, 5009, 1023));
-    let wrong = ftp_seg(&mut c, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
+    let wrong = ftp_seg(&mut c, 40000, false, rs, la, lport, 5009, ack_rs, b"200 PORT ok\r\n");
     assert_eq!(wrong.ack, ack_rs, "without the synced translation the ack is not mapped");
     // The server opens the active data connection to node 1's local address at the reserved
     // port; BGP now routes it to node 2, which expects it (reserved there too): the client
@@ -591,11 +576,20 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
     assert_eq!(b.workers[0].fnat_reserved(), 0, "the data connection owns the port now");
     // The client's next command leaves in the server's space, and node 2's gateway, which
     // goes on with the session, rewrites the reply to it (the VIP announced, not the server).
-    let pasv = ftp_seg(&mut b, true, rs, la, lport, 1023, 5022, b"PASV\r\n");
+    let pasv = ftp_seg(&mut b, 40000, true, rs, la, lport, 1023, 5022, b"PASV\r\n");
     assert_eq!((pasv.src, pasv.sport, pasv.dst, pasv.seq, pasv.ack), (LA1, lport, rs, ack_rs, 5022));
     assert_eq!(pasv.payload, b"PASV\r\n");
-    let r =
-        ftp_seg(&mut b, false, rs, la, lport, 5022, ack_rs + 6, b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n");
+    let r = ftp_seg(
+        &mut b,
+        40000,
+        false,
+        rs,
+        la,
+        lport,
+        5022,
+        ack_rs + 6,
+        b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n",
+    );
     assert_eq!(r.ack, 1029);
     assert!(
         String::from_utf8_lossy(&r.payload).contains("(10,0,1,100,"),
@@ -606,16 +600,10 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
 
 #[test]
 fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_address() {
-    let mut a = MemEngine::new(fnat_node(1), 1);
-    let mut b = MemEngine::new(fnat_node(2), 1);
-    let mut ba = Batcher::new(1, 1000);
+    let (mut a, mut b, mut ba) = fnat_pair();
     let (ip, mac) = client(C);
-    let out = a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S);
-    let syn = one(out).1;
-    let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
-    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
-    a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
-    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    let ctl = fnat_ftp_open(&mut a, 40000);
+    let rs = ctl.0;
     for m in a.take_sync(&mut ba, S) {
         b.deliver_sync(&m, S).unwrap();
     }
@@ -628,8 +616,7 @@ fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_add
     assert_drops(&b, &[(DropReason::NoService, 1)]);
     // PASV on node 1; its expectation is synced; the retransmitted SYN leaves node 2 from
     // node 1's local address (the control connection's), as the server requires.
-    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"PASV\r\n");
-    ftp_seg(&mut a, false, rs, la, lport, 5001, 1007, b"227 Entering Passive Mode (10,0,2,10,117,49)\r\n");
+    assert_eq!(fnat_ftp_pasv(&mut a, 40000, ctl, 30001), 30001);
     for m in a.take_sync(&mut ba, 2 * S) {
         b.deliver_sync(&m, 2 * S).unwrap();
     }
@@ -641,6 +628,11 @@ fn full_nat_passive_data_on_a_peer_leaves_from_the_control_connections_local_add
     assert_eq!(s.sport, 2129);
 }
 
+/// Nodes 1 and 2 of the full-NAT cluster, and the batcher node 1's sync goes out through.
+fn fnat_pair() -> (MemEngine, MemEngine, Batcher) {
+    (MemEngine::new(fnat_node(1), 1), MemEngine::new(fnat_node(2), 1), Batcher::new(1, 1000))
+}
+
 /// An FTP control connection from the client's port `cport` through full-NAT node `e`,
 /// handshake done: (real server, local address, local port).
 fn fnat_ftp_open(e: &mut MemEngine, cport: u16) -> ([u8; 4], [u8; 4], u16) {
@@ -650,16 +642,16 @@ fn fnat_ftp_open(e: &mut MemEngine, cport: u16) -> ([u8; 4], [u8; 4], u16) {
     let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
     let rs_mac = [2, 0, 0, 0, 3, rs[3]];
     e.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
-    ftp_seg_of(e, cport, true, rs, la, lport, 1001, 5001, b"");
+    ftp_seg(e, cport, true, rs, la, lport, 1001, 5001, b"");
     (rs, la, lport)
 }
 
 /// PASV on that control connection, answered by its real server with port `port`; the port
 /// the client is told at the VIP.
 fn fnat_ftp_pasv(e: &mut MemEngine, cport: u16, (rs, la, lport): ([u8; 4], [u8; 4], u16), port: u16) -> u16 {
-    ftp_seg_of(e, cport, true, rs, la, lport, 1001, 5001, b"PASV\r\n");
+    ftp_seg(e, cport, true, rs, la, lport, 1001, 5001, b"PASV\r\n");
     let reply = format!("227 Entering Passive Mode (10,0,2,{},{},{})\r\n", rs[3], port >> 8, port & 0xff);
-    let r = ftp_seg_of(e, cport, false, rs, la, lport, 5001, 1007, reply.as_bytes());
+    let r = ftp_seg(e, cport, false, rs, la, lport, 5001, 1007, reply.as_bytes());
     let text = String::from_utf8_lossy(&r.payload).to_string();
     let f: Vec<u16> =
         text.split(['(', ')']).nth(1).expect("227 (h,h,h,h,p,p)").split(',').map(|x| x.parse().unwrap()).collect();
@@ -677,9 +669,7 @@ fn a_used_passive_expectation_leaves_the_peers_and_never_takes_a_later_sessions_
     // connection's sync removes it, and (that datagram lost) the newer announcement of the
     // key supersedes it.
     for lose_data_sync in [false, true] {
-        let mut a = MemEngine::new(fnat_node(1), 1);
-        let mut b = MemEngine::new(fnat_node(2), 1);
-        let mut ba = Batcher::new(1, 1000);
+        let (mut a, mut b, mut ba) = fnat_pair();
         let (ip, mac) = client(C);
         let data_syn = |e: &mut MemEngine, sport: u16, port: u16| {
             e.inject(EXT, &with_macs(tcp4(ip, sport, VIP, port, TCP_SYN, 7000, 0, b""), mac, LB_EXT), 2 * S)
@@ -727,9 +717,7 @@ fn a_peers_expectation_never_displaces_one_of_a_session_this_node_carries() {
     // port 30001 (neither node saw the other's): node 2 keeps its own session's expectation
     // and refuses node 1's (counted); a data connection reaching node 2 is its own session's,
     // from its own local address.
-    let mut a = MemEngine::new(fnat_node(1), 1);
-    let mut b = MemEngine::new(fnat_node(2), 1);
-    let mut ba = Batcher::new(1, 1000);
+    let (mut a, mut b, mut ba) = fnat_pair();
     let (ip, mac) = client(C);
     let mine = fnat_ftp_open(&mut b, 40000);
     assert_eq!(fnat_ftp_pasv(&mut b, 40000, mine, 30001), 30001);
@@ -747,16 +735,14 @@ fn a_peers_expectation_never_displaces_one_of_a_session_this_node_carries() {
 
 #[test]
 fn full_nat_active_reservation_follows_the_data_connection_or_expires() {
-    let mut a = MemEngine::new(fnat_node(1), 1);
-    let mut b = MemEngine::new(fnat_node(2), 1);
-    let mut ba = Batcher::new(1, 1000);
+    let (mut a, mut b, mut ba) = fnat_pair();
     let la1 = ferrovs_engine::wire::parse::v4_to_addr(LA1);
     let (ip, mac) = client(C);
     let syn = one(a.inject(EXT, &with_macs(tcp4(ip, 40000, VIP, 21, TCP_SYN, 1000, 0, b""), mac, LB_EXT), S)).1;
     let (rs, la, lport) = (syn.dst, syn.src, syn.sport);
     let rs_mac = [2, 0, 0, 0, 3, rs[3]];
     a.inject(INT, &with_macs(tcp4(rs, 21, la, lport, TCP_SYN | TCP_ACK, 5000, 1001, b""), rs_mac, LB_INT), S);
-    ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, b"");
+    ftp_seg(&mut a, 40000, true, rs, la, lport, 1001, 5001, b"");
     let port_line = |p: u16| format!("PORT 10,0,1,2,{},{}\r\n", p >> 8, p & 0xff).into_bytes();
     let told = |seg: &common::seg::Seg| {
         let t = String::from_utf8_lossy(&seg.payload).to_string();
@@ -764,7 +750,7 @@ fn full_nat_active_reservation_follows_the_data_connection_or_expires() {
         f[4] * 256 + f[5]
     };
     let l1 = port_line(40001);
-    let r1 = told(&ftp_seg(&mut a, true, rs, la, lport, 1001, 5001, &l1));
+    let r1 = told(&ftp_seg(&mut a, 40000, true, rs, la, lport, 1001, 5001, &l1));
     for m in a.take_sync(&mut ba, 2 * S) {
         b.deliver_sync(&m, 2 * S).unwrap();
     }
@@ -784,7 +770,7 @@ fn full_nat_active_reservation_follows_the_data_connection_or_expires() {
     // A second PORT whose data connection never comes: node 2's reservation ends with the
     // expectation's timeout and the port is free again.
     let l2 = port_line(40002);
-    let r2 = told(&ftp_seg(&mut a, true, rs, la, lport, 1001 + l1.len() as u32, 5001, &l2));
+    let r2 = told(&ftp_seg(&mut a, 40000, true, rs, la, lport, 1001 + l1.len() as u32, 5001, &l2));
     assert_ne!(r2, r1);
     for m in a.take_sync(&mut ba, 3 * S) {
         b.deliver_sync(&m, 3 * S).unwrap();
