@@ -277,7 +277,8 @@ pub fn start<Q: PortQueue + 'static>(
         None => None,
     };
     let macs: Vec<[u8; 6]> = queues.first().map(|qs| qs.iter().map(|q| q.caps().mac).collect()).unwrap_or_default();
-    let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
+    let host = crate::port::afpacket::kernel_addresses(&config);
+    let snapshot = Arc::new(Snapshot::build_with_host(config.clone(), &macs, &host));
     let fabric: Arc<Fabric<Q::Buf>> = Fabric::randomized(n);
     fabric.set_placement(&snapshot);
     let stop = Arc::new(AtomicBool::new(false));

@@ -272,6 +272,32 @@ fn arp_and_nd_replies() {
 }
 
 #[test]
+fn the_kernels_own_traffic_on_the_port_is_not_a_lost_connection() {
+    // AF_PACKET shares the port with the host's kernel: its address there (BGP, BFD, sync,
+    // health checks) reaches the engine too. Those frames are the kernel's (`not_for_us`),
+    // not packets of a connection the engine does not know (`no_flow`), which a stray reply
+    // to a client still is.
+    let kernel = [10, 0, 2, 99];
+    let addr = ferrovs_engine::wire::parse::v4_to_addr(kernel);
+    let mut e = MemEngine::with_host(config(SERVICES), 1, &[addr]);
+    let bgp = from_rs(tcp4(RS1, 179, kernel, 41000, TCP_ACK, 1, 1, b""), RS1_MAC);
+    let bfd = from_rs(udp4(RS1, 49152, kernel, 3784, &[0x20; 24]), RS1_MAC);
+    assert!(e.inject(INT, &bgp, S).is_empty());
+    assert!(e.inject(INT, &bfd, S).is_empty());
+    assert_drops(&e, &[(DropReason::NotForUs, 2)]);
+    let stray = from_rs(tcp4(RS1, 8080, CLIENT, 40000, TCP_ACK, 1, 1, b""), RS1_MAC);
+    assert!(e.inject(INT, &stray, S).is_empty());
+    assert_drops(&e, &[(DropReason::NotForUs, 2), (DropReason::NoFlow, 1)]);
+    // It stays the kernel's after a reload; without it known, such frames are `no_flow`.
+    e.reload(config(SERVICES), 2 * S);
+    assert!(e.inject(INT, &bfd, 2 * S).is_empty());
+    assert_drops(&e, &[(DropReason::NotForUs, 3), (DropReason::NoFlow, 1)]);
+    let mut plain = engine(1);
+    assert!(plain.inject(INT, &bfd, S).is_empty());
+    assert_drops(&plain, &[(DropReason::NoFlow, 1)]);
+}
+
+#[test]
 fn arp_resolution_of_unknown_neighbor() {
     // The client 10.0.1.9 is not in [[neighbor]]: the reply is held, an ARP
     // request goes out, and the ARP reply releases the held packet.

@@ -158,7 +158,8 @@ pub fn applier_of(running: &Running) -> Applier {
     let view = running.view.clone();
     let macs: Vec<[u8; 6]> = running.snapshot.ifaces.iter().map(|i| i.mac).collect();
     Arc::new(move |cfg: Arc<Config>| {
-        let s = Arc::new(Snapshot::build(cfg, &macs));
+        let host = crate::port::afpacket::kernel_addresses(&cfg);
+        let s = Arc::new(Snapshot::build_with_host(cfg, &macs, &host));
         crate::daemon::post_snapshot(&*view, &s, Duration::from_secs(2));
         s
     })

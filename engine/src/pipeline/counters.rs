@@ -39,7 +39,7 @@ drop_reasons! {
     NoRoute => "no_route": "No route to the destination.",
     NoNeighbor => "no_neighbor": "The next hop's MAC could not be resolved in time.",
     TtlExceeded => "ttl_exceeded": "TTL or hop limit ran out.",
-    NotForUs => "not_for_us": "Addressed to a MAC or IP the engine does not own.",
+    NotForUs => "not_for_us": "Addressed to a MAC or IP the engine does not own (another host's, or the kernel's own address on an AF_PACKET port).",
     HandoffFull => "handoff_full": "The ring to the owning worker was full.",
     TxFull => "tx_full": "The port's transmit queue was full.",
     NoBuffer => "no_buffer": "No free buffer to build a packet.",

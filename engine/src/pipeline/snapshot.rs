@@ -127,6 +127,9 @@ pub struct AddrInfo {
 pub const ADDR_VIP: u8 = 1;
 pub const ADDR_LOCAL: u8 = 2;
 pub const ADDR_LADDR: u8 = 4;
+/// An address of the host's kernel on one of the engine's ports (AF_PACKET shares the port
+/// with it: BGP, BFD, sync and health checks run there): its frames are not the engine's.
+pub const ADDR_HOST: u8 = 8;
 
 #[inline]
 fn mask(a: Addr, prefix: u8) -> Addr {
@@ -184,6 +187,12 @@ pub fn kernel_queues(config: &Config) -> Vec<Option<usize>> {
 impl Snapshot {
     /// Compile `config`; `macs[i]` is the MAC interface `i` really uses.
     pub fn build(config: Arc<Config>, macs: &[[u8; 6]]) -> Snapshot {
+        Self::build_with_host(config, macs, &[])
+    }
+
+    /// [`Snapshot::build`], knowing the addresses the host's kernel has on the engine's ports
+    /// ([`ADDR_HOST`], see [`crate::port::afpacket::kernel_addresses`]).
+    pub fn build_with_host(config: Arc<Config>, macs: &[[u8; 6]], host: &[Addr]) -> Snapshot {
         let ifaces: Vec<IfaceInfo> = config
             .interfaces
             .iter()
@@ -289,7 +298,8 @@ impl Snapshot {
         let port_range = config.engine.local_port_range;
         let conn_counts = services.iter().map(|s| ferrovs_sched::SharedCounts::new(workers, s.dests.len())).collect();
         let mut kinds: HashMap<Addr, AddrInfo> = HashMap::new();
-        for (set, bit) in [(&vips, ADDR_VIP), (&local, ADDR_LOCAL), (&laddrs, ADDR_LADDR)] {
+        let host: HashSet<Addr> = host.iter().copied().collect();
+        for (set, bit) in [(&vips, ADDR_VIP), (&local, ADDR_LOCAL), (&laddrs, ADDR_LADDR), (&host, ADDR_HOST)] {
             for &a in set.iter() {
                 kinds.entry(a).or_default().kind |= bit;
             }

@@ -44,7 +44,9 @@ use crate::flow::{
 use crate::pipeline::counters::{bump, DropReason, ServiceCounters, WorkerCounters};
 use crate::pipeline::fnat::{rewrite_fnat, LportPools};
 use crate::pipeline::neigh::{self, NeighCache};
-use crate::pipeline::snapshot::{lport_owner, lport_share, owner_of, Snapshot, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP};
+use crate::pipeline::snapshot::{
+    lport_owner, lport_share, owner_of, Snapshot, ADDR_HOST, ADDR_LADDR, ADDR_LOCAL, ADDR_VIP,
+};
 use crate::pipeline::synproxy::{self, Cookies, Handshake};
 use crate::port::{BufAlloc, Packet, PortCaps};
 use crate::wire::csum;

@@ -346,6 +346,52 @@ pub struct AfPacketQueue {
 // is synchronised through the status words with atomic acquire/release.
 unsafe impl Send for AfPacketQueue {}
 
+/// The addresses the host's kernel has on the AF_PACKET devices of `config` (none for another
+/// backend): the engine sees their frames too (BGP, BFD, sync, health checks) and leaves them
+/// to the kernel without counting them as lost connections. Read when a snapshot is built, at
+/// start and at each reload.
+pub fn kernel_addresses(config: &ferrovs_cfg::Config) -> Vec<crate::wire::parse::Addr> {
+    if config.engine.backend != ferrovs_cfg::Backend::AfPacket {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list it allocated, freed below with freeifaddrs;
+    // each entry's name is a NUL-terminated string and its address (when not null) a sockaddr
+    // of the family it names, valid until then.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if !config.interfaces.iter().any(|i| i.device == name) {
+                continue;
+            }
+            let ip: std::net::IpAddr = match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)).into()
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr).into()
+                }
+                _ => continue,
+            };
+            out.push(crate::wire::parse::ip_to_addr(ip));
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
 fn sys_err(device: &str, what: &'static str) -> AfPacketError {
     AfPacketError::Sys { device: device.to_string(), what, err: io::Error::last_os_error() }
 }
@@ -1041,6 +1087,25 @@ impl fmt::Debug for AfPacketQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_addresses_are_the_configured_devices_own() {
+        // Loopback has 127.0.0.1 on every Linux; a memory backend asks nothing.
+        let text = |backend: &str| {
+            format!(
+                "[engine]\nbackend = \"{backend}\"\n[[interface]]\nname = \"lo\"\ndevice = \"lo\"\naddresses = [\"10.255.0.1/24\"]\n"
+            )
+        };
+        let cfg = ferrovs_cfg::Config::from_str(&text("af_packet"), "<test>").unwrap();
+        let got = kernel_addresses(&cfg);
+        assert!(got.contains(&crate::wire::parse::v4_to_addr([127, 0, 0, 1])), "{got:?}");
+        assert!(
+            !got.contains(&crate::wire::parse::v4_to_addr([10, 255, 0, 1])),
+            "the engine's own is not the kernel's"
+        );
+        let cfg = ferrovs_cfg::Config::from_str(&text("memory"), "<test>").unwrap();
+        assert!(kernel_addresses(&cfg).is_empty());
+    }
 
     #[test]
     fn abi_layout() {

@@ -25,17 +25,25 @@ pub struct MemEngine {
     pub workers: Vec<Driver<MemQueue>>,
     pub fabric: Arc<Fabric<HeapBuf>>,
     pub snapshot: Arc<Snapshot>,
+    /// The host's kernel addresses on the ports (kept for reloads).
+    pub host: Vec<crate::wire::parse::Addr>,
 }
 
 impl MemEngine {
     pub fn new(config: Config, workers: usize) -> MemEngine {
+        Self::with_host(config, workers, &[])
+    }
+
+    /// [`MemEngine::new`] with addresses the host's kernel has on the ports (as an AF_PACKET
+    /// port's device has, see [`crate::port::afpacket::kernel_addresses`]).
+    pub fn with_host(config: Config, workers: usize, host: &[crate::wire::parse::Addr]) -> MemEngine {
         let mut config = config;
         config.engine.workers = workers.max(1);
         let n = config.engine.workers;
         let macs: Vec<[u8; 6]> =
             config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
         let config = Arc::new(config);
-        let snapshot = Arc::new(Snapshot::build(config.clone(), &macs));
+        let snapshot = Arc::new(Snapshot::build_with_host(config.clone(), &macs, host));
         let fabric = Fabric::new(n);
         fabric.set_placement(&snapshot);
         let workers = (0..n)
@@ -49,7 +57,7 @@ impl MemEngine {
                 Driver::new(w, queues, snapshot.clone(), fabric.clone())
             })
             .collect();
-        MemEngine { workers, fabric, snapshot }
+        MemEngine { workers, fabric, snapshot, host: host.to_vec() }
     }
 
     /// Index of the interface named `name`.
@@ -137,7 +145,7 @@ impl MemEngine {
         let macs: Vec<[u8; 6]> = self.snapshot.ifaces.iter().map(|i| i.mac).collect();
         let mut config = config;
         config.engine.workers = self.workers.len();
-        let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
+        let snap = Arc::new(Snapshot::build_with_host(Arc::new(config), &macs, &self.host));
         // Single-threaded: a full ring would never drain while waiting.
         let undelivered = crate::daemon::post_snapshot(&*self.fabric, &snap, Duration::ZERO);
         assert!(undelivered.is_empty(), "control ring full");

@@ -158,8 +158,10 @@ impl<Q: BufAlloc> Worker<Q> {
             self.laddr_range(p.dst)
         };
         let to_laddr = laddr_range.is_some() && (p.proto == PROTO_TCP || p.proto == PROTO_UDP || icmp_err);
-        if local && !dst_vip && !to_laddr {
-            // The engine's own address, not a service (BGP, BFD on it): the kernel's.
+        if (local || kind & ADDR_HOST != 0) && !dst_vip && !to_laddr {
+            // The engine's own address, not a service (BGP, BFD on it), or the kernel's own
+            // address beside it on an AF_PACKET port (which has its copy): the kernel's, not a
+            // connection the engine lost (`no_flow`).
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         if icmp_err {
