@@ -76,11 +76,58 @@ ftp = true
 
 [[service.real_server]]
 address = "10.0.2.2"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "nat"
+
+[[service.real_server]]
+address = "fd00:2::2"
+port = 8080
+
+[[service]]
+name = "dns6"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+forward = "nat"
+
+[[service.real_server]]
+address = "fd00:2::2"
+
+[[service]]
+name = "full6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [81]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+port = 8081
+
+[[service]]
+name = "direct6"
+vip = "fd00:1::101"
+protocol = "tcp"
+ports = [80]
+forward = "dr"
+
+[[service.real_server]]
+address = "fd00:2::2"
 "#;
 
-/// A client without a static neighbour: its replies wait for ARP.
+/// A client without a static neighbour: its replies wait for ARP / neighbour discovery.
 const FAR_CLIENT: [u8; 4] = [10, 0, 1, 50];
+const FAR_CLIENT6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x50];
 const FAR_MAC: [u8; 6] = [2, 0, 0, 0, 1, 50];
+const VIP6_DR: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1];
+const LB6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 fn core(express: bool) -> Worker<HeapAlloc> {
     let config = config(SERVICES);
@@ -109,6 +156,8 @@ struct Op {
     ttl: u8,
     mac: u8,
     vlan: bool,
+    /// IPv6 (the `*6` services) instead of IPv4.
+    v6: bool,
     corrupt: Option<(u8, u8)>,
     advance: u8,
     flush: bool,
@@ -116,8 +165,7 @@ struct Op {
 
 fn op() -> impl Strategy<Value = Op> {
     (
-        0u8..12,
-        0u8..6,
+        (0u8..12, 0u8..6),
         prop_oneof![
             Just(TCP_ACK),
             Just(TCP_ACK),
@@ -131,50 +179,81 @@ fn op() -> impl Strategy<Value = Op> {
         prop_oneof![8 => Just(64u8), 1 => Just(1u8), 1 => Just(0u8)],
         prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
         proptest::bool::weighted(0.1),
-        proptest::option::weighted(0.08, (14u8..58, any::<u8>())),
+        proptest::bool::ANY,
+        proptest::option::weighted(0.08, (14u8..78, any::<u8>())),
         prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
         proptest::bool::weighted(0.3),
     )
-        .prop_map(|(kind, client, flags, ttl, mac, vlan, corrupt, advance, flush)| Op {
+        .prop_map(|((kind, client), flags, ttl, mac, vlan, v6, corrupt, advance, flush)| Op {
             kind,
             client,
             flags,
             ttl,
             mac,
             vlan,
+            v6,
             corrupt,
             advance,
             flush,
         })
 }
 
-/// What the real servers saw: per client port (plain NAT, DR, UDP) and, for full NAT, per
-/// flow in order of appearance (the client port is not in those frames), the (source,
-/// sport, destination, dport) of the packet towards the server, so a reply swaps them.
+/// An address of either family (4 or 16 bytes).
+type A = Vec<u8>;
+/// (source, sport, destination, dport) of a packet towards a real server.
+type Toward = (A, u16, A, u16);
+
+/// What the real servers saw: per family and client port (plain NAT, DR, UDP) and, for
+/// full NAT, per family and flow in order of appearance (the client port is not in those
+/// frames), the tuple of the packet towards the server, so a reply swaps them.
 #[derive(Default)]
 struct Seen {
-    by_port: HashMap<u16, ([u8; 4], u16, [u8; 4], u16)>,
-    fnat: Vec<([u8; 4], u16, [u8; 4], u16)>,
+    by_port: HashMap<(bool, u16), Toward>,
+    fnat: [Vec<Toward>; 2],
+}
+
+fn tcp_any(s: &[u8], sp: u16, d: &[u8], dp: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    match (<[u8; 4]>::try_from(s), <[u8; 4]>::try_from(d)) {
+        (Ok(s), Ok(d)) => tcp4(s, sp, d, dp, flags, 7, 9, payload),
+        _ => tcp6(s.try_into().unwrap(), sp, d.try_into().unwrap(), dp, flags, 7, 9, payload),
+    }
+}
+
+fn udp_any(s: &[u8], sp: u16, d: &[u8], dp: u16, payload: &[u8]) -> Vec<u8> {
+    match (<[u8; 4]>::try_from(s), <[u8; 4]>::try_from(d)) {
+        (Ok(s), Ok(d)) => udp4(s, sp, d, dp, payload),
+        _ => udp6(s.try_into().unwrap(), sp, d.try_into().unwrap(), dp, payload),
+    }
 }
 
 fn frame(o: &Op, seen: &Seen) -> (usize, Vec<u8>) {
-    let (caddr, cmac) = if o.client == 5 { (FAR_CLIENT, FAR_MAC) } else { (CLIENT, CLIENT_MAC) };
+    let (near, far, vip, vip_dr, rs): (A, A, A, A, A) = if o.v6 {
+        (C6.into(), FAR_CLIENT6.into(), VIP6.into(), VIP6_DR.into(), RS6.into())
+    } else {
+        (CLIENT.into(), FAR_CLIENT.into(), VIP.into(), VIP_DR.into(), RS1.into())
+    };
+    let (caddr, cmac) = if o.client == 5 { (far, FAR_MAC) } else { (near, CLIENT_MAC) };
     let cport = 40000 + o.client as u16;
     let payload: &[u8] = if o.flags & TCP_PSH != 0 { b"GET / HTTP/1.0\r\n\r\n" } else { b"" };
-    let reply = |to: Option<([u8; 4], u16, [u8; 4], u16)>, udp: bool| -> (usize, Vec<u8>) {
-        let (s, sp, d, dp) = to.unwrap_or((caddr, cport, RS1, 8080));
-        let f = if udp { udp4(d, dp, s, sp, b"answer") } else { tcp4(d, dp, s, sp, o.flags, 7, 9, payload) };
+    let reply = |to: Option<Toward>, udp: bool| -> (usize, Vec<u8>) {
+        let (s, sp, d, dp) = to.unwrap_or((caddr.clone(), cport, rs.clone(), 8080));
+        let f = if udp { udp_any(&d, dp, &s, sp, b"answer") } else { tcp_any(&d, dp, &s, sp, o.flags, payload) };
         (INT, with_macs(f, RS1_MAC, LB_INT))
     };
-    let fnat = (!seen.fnat.is_empty()).then(|| seen.fnat[o.client as usize % seen.fnat.len()]);
+    let fam = &seen.fnat[o.v6 as usize];
+    let fnat = (!fam.is_empty()).then(|| fam[o.client as usize % fam.len()].clone());
+    let client_tcp = |port: u16, to: &A, dport: u16| {
+        (EXT, with_macs(tcp_any(&caddr, port, to, dport, o.flags, payload), cmac, LB_EXT))
+    };
     let (iface, f) = match o.kind {
-        0..=3 => (EXT, with_macs(tcp4(caddr, cport, VIP, 80, o.flags, 1, 2, payload), cmac, LB_EXT)),
-        4 | 5 => reply(seen.by_port.get(&cport).copied(), false),
-        6 => (EXT, with_macs(udp4(caddr, cport, VIP, 53, b"query"), cmac, LB_EXT)),
-        7 => reply(seen.by_port.get(&cport).copied(), true),
-        8 => (EXT, with_macs(tcp4(caddr, cport + 2000, VIP, 81, o.flags, 1, 2, payload), cmac, LB_EXT)),
+        0..=3 => client_tcp(cport, &vip, 80),
+        4 | 5 => reply(seen.by_port.get(&(o.v6, cport)).cloned(), false),
+        6 => (EXT, with_macs(udp_any(&caddr, cport, &vip, 53, b"query"), cmac, LB_EXT)),
+        7 => reply(seen.by_port.get(&(o.v6, cport)).cloned(), true),
+        8 => client_tcp(cport + 2000, &vip, 81),
         9 => reply(fnat, false),
-        10 => (EXT, with_macs(tcp4(caddr, cport + 3000, VIP_DR, 80, o.flags, 1, 2, payload), cmac, LB_EXT)),
+        10 => client_tcp(cport + 3000, &vip_dr, 80),
+        _ if o.v6 => (EXT, with_macs(neighbor_advert(FAR_MAC, FAR_CLIENT6, LB6, FAR_MAC), FAR_MAC, LB_EXT)),
         _ => (EXT, with_macs(arp_reply(FAR_MAC, FAR_CLIENT, LB_EXT, [10, 0, 1, 1]), FAR_MAC, LB_EXT)),
     };
     let mut f = if o.kind < 11 { set_ttl(f, o.ttl) } else { f };
@@ -198,18 +277,24 @@ fn frame(o: &Op, seen: &Seen) -> (usize, Vec<u8>) {
 fn learn(seen: &mut Seen, out: &[(usize, Vec<u8>)]) {
     for (i, f) in out {
         let Ok(p) = parse::parse(f) else { continue };
-        if *i != INT || p.v6 || p.arp || p.l3 + 20 > f.len() {
+        if *i != INT || p.arp || p.l3 + if p.v6 { 40 } else { 20 } > f.len() {
             continue;
         }
-        let s: [u8; 4] = f[p.l3 + 12..p.l3 + 16].try_into().unwrap();
-        let d: [u8; 4] = f[p.l3 + 16..p.l3 + 20].try_into().unwrap();
-        let t = (s, p.sport, d, p.dport);
+        let bytes = |a| -> A {
+            if p.v6 {
+                parse::addr_v6_bytes(a).into()
+            } else {
+                parse::addr_v4_bytes(a).into()
+            }
+        };
+        let t = (bytes(p.src), p.sport, bytes(p.dst), p.dport);
         if p.dport == 8081 {
-            if !seen.fnat.contains(&t) {
-                seen.fnat.push(t);
+            let fam = &mut seen.fnat[p.v6 as usize];
+            if !fam.contains(&t) {
+                fam.push(t);
             }
         } else {
-            seen.by_port.insert(p.sport, t);
+            seen.by_port.insert((p.v6, p.sport), t);
         }
     }
 }
@@ -279,6 +364,12 @@ proptest! {
 /// RST) is the case the lane exists for.
 #[test]
 fn established_traffic_is_identical() {
+    for v6 in [false, true] {
+        established_run(v6);
+    }
+}
+
+fn established_run(v6: bool) {
     let mut ops = vec![Op {
         kind: 0,
         client: 0,
@@ -286,6 +377,7 @@ fn established_traffic_is_identical() {
         ttl: 64,
         mac: 0,
         vlan: false,
+        v6,
         corrupt: None,
         advance: 0,
         flush: true,

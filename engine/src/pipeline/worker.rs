@@ -673,24 +673,62 @@ impl<Q: BufAlloc> Worker<Q> {
             lanes.resize(n, express::Lane::default());
         }
         let bytes = express::parse_pass(&self.flows, rx, &mut lanes[..n], &mut pre[..n]);
-        express::lookup_pass(&self.flows, &mut lanes[..n]);
+        let any6 = express::lookup_pass(&self.flows, &mut lanes[..n]);
         // The version the hints were looked up at; misses stay known across this burst's
         // inserts of other keys (`FlowTable::still_missing`).
         self.hint_ver = self.flows.mark_misses();
         bump(&self.counters.rx_packets, n as u64);
         bump(&self.counters.rx_bytes, bytes);
+        // A burst with IPv6 frames for the lane takes the loop that has room for them; one
+        // without, the loop with the IPv4 lane alone.
+        if any6 {
+            self.packet_pass6(iface, rx, &lanes[..n], &mut pre[..n]);
+        } else {
+            self.packet_pass::<false>(iface, rx, &lanes[..n], &mut pre[..n]);
+        }
+        self.pre = pre;
+        self.lanes = lanes;
+        n
+    }
+
+    /// [`Worker::packet_pass`] of a burst with IPv6 frames for the lane, out of line: the
+    /// IPv4 loop is the one inlined.
+    #[inline(never)]
+    fn packet_pass6(
+        &mut self,
+        iface: usize,
+        rx: &mut Vec<Q::Buf>,
+        lanes_n: &[express::Lane],
+        pre_n: &mut [Result<Parsed, parse::ParseError>],
+    ) {
+        self.packet_pass::<true>(iface, rx, lanes_n, pre_n);
+    }
+
+    /// Pass 3 of a burst: each packet through the express lane, else its full parse and the
+    /// general path. `V6`: some of the lane's frames are IPv6 ([`express::LANE_IS_V6`]);
+    /// they go through [`Worker::lane6`].
+    #[inline(always)]
+    fn packet_pass<const V6: bool>(
+        &mut self,
+        iface: usize,
+        rx: &mut Vec<Q::Buf>,
+        lanes_n: &[express::Lane],
+        pre_n: &mut [Result<Parsed, parse::ParseError>],
+    ) {
         // Per burst: the lane is on (not while cluster sync wants every packet), and the
         // receiving interface's MAC as a 48-bit word.
         let lane_on = self.express_on && !self.sync_on;
         let my_mac = self.if_macs.get(iface).map_or(u64::MAX, express::mac_word);
-        let lanes_n = &lanes[..n];
-        let pre_n = &mut pre[..n];
         for (i, mut pkt) in rx.drain(..).enumerate() {
             let lane = lanes_n[i];
             let mut confirmed = false;
             if lane.l3 != 0 {
+                if V6 && lane.l3 & express::LANE_IS_V6 != 0 {
+                    self.lane6(iface, pkt, lane, lane_on, my_mac, &mut pre_n[i]);
+                    continue;
+                }
                 if lane.hint != NONE && lane_on {
-                    match self.express(my_mac, lane, &mut pkt) {
+                    match self.express::<false>(my_mac, lane, &mut pkt) {
                         express::Express::Tx(q) => {
                             self.tx[q].push(pkt);
                             continue;
@@ -699,13 +737,10 @@ impl<Q: BufAlloc> Worker<Q> {
                         express::Express::Unconfirmed => {}
                     }
                 }
-                pre_n[i] = express::express_parsed(pkt.data(), lane.l3 as usize);
+                pre_n[i] = express::express_parsed(pkt.data(), lane.l3 as usize, false);
             }
             self.process_parsed(iface, pkt, false, &pre_n[i], lane.h, lane.hint, confirmed);
         }
-        self.pre = pre;
-        self.lanes = lanes;
-        n
     }
 
     /// Turn the express lane (`express`) on (the default) or off: with it off every packet

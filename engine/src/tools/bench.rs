@@ -72,6 +72,8 @@ use std::time::Instant;
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     Established,
+    /// The `established` traffic over IPv6: IPv6 clients, VIP and real servers (NAT).
+    Established6,
     New,
     Dr,
     Fnat,
@@ -117,7 +119,7 @@ impl Scenario {
     /// longer (ND: 86 bytes, ICMP errors: 70); then for every packet of the run, established ones included,
     /// so the figures alone and under the flood stay comparable.
     fn stride(self) -> usize {
-        if matches!(self, Scenario::FloodNd | Scenario::FloodIcmp) {
+        if matches!(self, Scenario::FloodNd | Scenario::FloodIcmp | Scenario::Established6) {
             2 * HEAD
         } else {
             HEAD
@@ -131,6 +133,8 @@ impl Scenario {
             Scenario::FloodIcmp => 70,
             // A neighbour solicitation / advertisement with its link-layer address option.
             Scenario::FloodNd => 86,
+            // Ethernet, IPv6 and TCP headers: 74 bytes.
+            Scenario::Established6 => 74,
             _ => 60,
         }
     }
@@ -317,19 +321,28 @@ addresses = ["10.0.1.1/24", "fd00:1::1/64"]
 name = "int"
 device = "mem1"
 mac = "02:00:00:00:02:01"
-addresses = ["10.0.2.1/24"]
+addresses = ["10.0.2.1/24", "fd00:2::1/64"]
 
 [[route]]
 prefix = "0.0.0.0/0"
 via = "10.0.1.254"
 
+[[route]]
+prefix = "::/0"
+via = "fd00:1::fe"
+
 [[neighbor]]
 address = "10.0.1.254"
+mac = "02:00:00:00:01:fe"
+
+[[neighbor]]
+address = "fd00:1::fe"
 mac = "02:00:00:00:01:fe"
 "#,
     );
     for i in 0..RS_COUNT {
         t += &format!("\n[[neighbor]]\naddress = \"10.0.2.{}\"\nmac = \"02:00:00:00:02:{:02x}\"\n", 2 + i, 2 + i);
+        t += &format!("\n[[neighbor]]\naddress = \"fd00:2::{:x}\"\nmac = \"02:00:00:00:02:{:02x}\"\n", 2 + i, 2 + i);
     }
     for (name, vip, port, fwd, extra) in [
         ("web", "10.0.1.100", 80, "nat", "syn_proxy = \"off\"\n"),
@@ -337,12 +350,14 @@ mac = "02:00:00:00:01:fe"
         ("ftp", "10.0.1.102", 21, "nat", "syn_proxy = \"off\"\nftp = true\n"),
         ("synweb", "10.0.1.103", 80, "nat", "syn_proxy = \"on\"\n"),
         ("fweb", "10.0.1.104", 80, "fnat", "syn_proxy = \"off\"\nlocal_addresses = [\"10.0.2.200-10.0.2.215\"]\n"),
+        ("web6", "fd00:1::100", 80, "nat", "syn_proxy = \"off\"\n"),
     ] {
         t += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nports = [{port}]\nscheduler = \"rr\"\nforward = \"{fwd}\"\n{extra}"
         );
         for i in 0..RS_COUNT {
-            t += &format!("\n[[service.real_server]]\naddress = \"10.0.2.{}\"\n", 2 + i);
+            let rs = if vip.contains(':') { format!("fd00:2::{:x}", 2 + i) } else { format!("10.0.2.{}", 2 + i) };
+            t += &format!("\n[[service.real_server]]\naddress = \"{rs}\"\n");
         }
     }
     let mut c = Config::from_str(&t, "bench.toml").expect("bench config parses");
@@ -605,6 +620,79 @@ fn dst_of(f: &[u8]) -> Result<([u8; 4], u16), String> {
     Ok((parse::addr_v4_bytes(p.dst), p.dport))
 }
 
+/// The bench's IPv6 VIP (service `web6`), and where its clients' addresses start.
+const VIP6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const CLIENTS6: u128 = 0x2001_0db8_6440_0000_0000_0000_0000_0000;
+
+/// A TCP frame over IPv6 from `src_mac` to `dst_mac`, zero-padded to `len` bytes.
+#[allow(clippy::too_many_arguments)]
+fn tcp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    len: usize,
+) -> Vec<u8> {
+    let f = crate::tools::testpkt::tcp6(src.0, src.1, dst.0, dst.1, flags, seq, ack, b"");
+    let mut f = crate::tools::testpkt::with_macs(f, src_mac, dst_mac);
+    f.resize(f.len().max(len), 0);
+    f
+}
+
+/// Source or destination (address, port) of a set-up output frame, IPv6.
+fn end6_of(f: &[u8], src: bool) -> Result<([u8; 16], u16), String> {
+    let p = parse::parse(f).map_err(|e| format!("setup output does not parse: {e:?}"))?;
+    Ok(if src { (parse::addr_v6_bytes(p.src), p.sport) } else { (parse::addr_v6_bytes(p.dst), p.dport) })
+}
+
+/// `established6`: `flows` IPv6 NAT connections of worker `w` (SYN, SYN-ACK, ACK through
+/// the pipeline, as `established` makes its IPv4 ones) and their ACKs both ways.
+fn established6(rig: &mut Rig, w: usize, workers: usize, flows: usize, rng: &mut Rng) -> Result<Sets, String> {
+    let len = rig.len;
+    let mut cl: Vec<([u8; 16], u16)> = Vec::with_capacity(flows);
+    let mut i: u128 = 0;
+    while cl.len() < flows {
+        let a = CLIENTS6 + i;
+        i += 1;
+        if owner_of(a, workers) != w {
+            continue;
+        }
+        for j in 0..PORTS_PER_CLIENT.min((flows - cl.len()) as u32) {
+            cl.push((a.to_be_bytes(), 1024 + (j as u16) * 997 % 60000));
+        }
+    }
+    let mut est = Templates::new(len, 2 * HEAD, flows * 2);
+    for cl in cl.chunks(1 << 16) {
+        let syns: Vec<Vec<u8>> =
+            cl.iter().map(|&c| tcp6_frame(GW_MAC, LB_EXT, c, (VIP6, 80), TCP_SYN, 999, 0, len)).collect();
+        let out = rig.batch(EXT, &syns)?;
+        drop(syns);
+        let rs: Vec<([u8; 16], u16)> = out.iter().map(|f| end6_of(f, false)).collect::<Result<_, _>>()?;
+        drop(out);
+        let rs_mac6 = |r: [u8; 16]| [2, 0, 0, 0, 2, r[15]];
+        let sa: Vec<Vec<u8>> = cl
+            .iter()
+            .zip(&rs)
+            .map(|(&c, &r)| tcp6_frame(rs_mac6(r.0), LB_INT, r, c, TCP_SYN | TCP_ACK, 4999, 1000, len))
+            .collect();
+        rig.batch(INT, &sa)?;
+        drop(sa);
+        let acks: Vec<Vec<u8>> =
+            cl.iter().map(|&c| tcp6_frame(GW_MAC, LB_EXT, c, (VIP6, 80), TCP_ACK, 1000, 5000, len)).collect();
+        rig.batch(EXT, &acks)?;
+        drop(acks);
+        for (&c, &r) in cl.iter().zip(&rs) {
+            est.push_raw(EXT, &tcp6_frame(GW_MAC, LB_EXT, c, (VIP6, 80), TCP_ACK, 1000, 5000, len));
+            est.push_raw(INT, &tcp6_frame(rs_mac6(r.0), LB_INT, r, c, TCP_ACK, 5000, 1000, len));
+        }
+    }
+    est.shuffle(rng);
+    Ok(Sets { est, flood: Templates::new(len, 2 * HEAD, 0), dt: 1_000 })
+}
+
 /// The measured packet sets of a scenario: its established traffic, the flood
 /// (flood scenarios; empty otherwise), and the virtual time per burst.
 struct Sets {
@@ -680,6 +768,7 @@ fn setup(rig: &mut Rig, sc: Scenario, w: usize, workers: usize, flows: usize, rn
             }
             Ok(Sets { est, flood, dt: 1_000 })
         }
+        Scenario::Established6 => established6(rig, w, workers, flows, rng),
         Scenario::New => {
             let cl = clients(w, workers, flows);
             let mut t = Templates::new(len, stride, flows);
@@ -1490,6 +1579,7 @@ mod tests {
     fn scenarios_forward_everything() {
         for sc in [
             Scenario::Established,
+            Scenario::Established6,
             Scenario::New,
             Scenario::Dr,
             Scenario::Fnat,
@@ -1621,8 +1711,26 @@ mod tests {
 
     #[test]
     fn two_workers_no_handoff() {
-        let r = small(Scenario::Established, 2);
-        assert_eq!(r.dropped, 0);
-        assert_eq!(r.per_worker.iter().map(|f| f.tx_packets).sum::<u64>(), r.packets);
+        for sc in [Scenario::Established, Scenario::Established6] {
+            let r = small(sc, 2);
+            assert_eq!(r.dropped, 0, "{sc:?}");
+            assert_eq!(r.per_worker.iter().map(|f| f.tx_packets).sum::<u64>(), r.packets, "{sc:?}");
+            assert!(r.per_worker.iter().all(|f| f.flows_in_table > 0), "{sc:?}: both workers carry connections");
+        }
+    }
+
+    /// `established6` measures what it says: IPv6 connections, all ESTABLISHED, through
+    /// the IPv6 service.
+    #[test]
+    fn established6_runs_on_ipv6_connections() {
+        let mut p = Prepared::new(Scenario::Established6, 500, 64).expect("set up");
+        p.run(4_000);
+        let conns = p.rig.w.list_conns();
+        assert_eq!(conns.len(), 500);
+        for c in &conns {
+            let v6 = |a: &str| a.matches(':').count() > 1;
+            assert!(v6(&c.client) && v6(&c.vip) && v6(&c.real), "{c:?}");
+            assert_eq!(c.state, "ESTABLISHED", "{c:?}");
+        }
     }
 }

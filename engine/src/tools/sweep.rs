@@ -53,6 +53,7 @@ impl Point {
 pub fn scenario_name(s: Scenario) -> &'static str {
     match s {
         Scenario::Established => "established",
+        Scenario::Established6 => "established6",
         Scenario::New => "new",
         Scenario::Dr => "dr",
         Scenario::Fnat => "fnat",
