@@ -102,6 +102,10 @@ fn express_key6(d: &[u8]) -> Option<(u8, FlowKey)> {
         _ => return None,
     };
     let ip: &[u8; LANE_V6] = d.get(l3..l3 + LANE_V6)?.try_into().ok()?;
+    // The next header first: ICMPv6 (neighbour discovery, errors) leaves at once.
+    if ip[6] != PROTO_TCP && ip[6] != PROTO_UDP {
+        return None;
+    }
     let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     if ip[0] >> 4 != 6 || l3 + 40 + plen > d.len() || !l4_fits(ip[6], ip[40..].try_into().ok()?, plen) {
         return None;
