@@ -137,7 +137,7 @@ fn overlapping_fragments_drop_the_datagram() {
     let mut bad = frags[2].clone();
     let fo = u16::from_be_bytes([bad[20], bad[21]]);
     bad[20..22].copy_from_slice(&(fo - 1).to_be_bytes());
-    ferrovs_engine::pipeline::nat::fix_ipv4_csum(&mut bad, 14);
+    ferrovs_engine::wire::csum::fill_ipv4(&mut bad, 14).unwrap();
     assert!(inject_all(&mut e, EXT, &[bad], S).is_empty());
     // The datagram is poisoned: its real last fragment goes too.
     assert!(inject_all(&mut e, EXT, &frags[2..], S).is_empty());
@@ -153,7 +153,7 @@ fn tiny_first_fragments_and_tcp_offset_8_are_refused() {
     let mut tiny = frags[0].clone();
     tiny.truncate(14 + 20);
     tiny[16..18].copy_from_slice(&20u16.to_be_bytes());
-    ferrovs_engine::pipeline::nat::fix_ipv4_csum(&mut tiny, 14);
+    ferrovs_engine::wire::csum::fill_ipv4(&mut tiny, 14).unwrap();
     assert!(e.inject(EXT, &tiny, S).is_empty());
     let t = with_macs(tcp4(CLIENT, 4000, VIP, 80, 0x10, 1, 1, &payload(64)), CLIENT_MAC, LB_EXT);
     let tf = fragment4(&t, 20 + 8, 13);

@@ -93,7 +93,7 @@ fn df(mut f: Vec<u8>, on: bool) -> Vec<u8> {
     } else {
         f[20] &= !0x40;
     }
-    ferrovs_engine::pipeline::nat::fix_ipv4_csum(&mut f, 14);
+    ferrovs_engine::wire::csum::fill_ipv4(&mut f, 14).unwrap();
     f
 }
 

@@ -15,6 +15,9 @@
 //! them (`Worker::fragment`).
 
 use crate::wire::parse::{v4_to_addr, v6_to_addr, Addr, ParseError, Parsed, PROTO_TCP, PROTO_UDP};
+use crate::wire::view::{
+    Ipv4, Ipv6, Ipv6Frag, Tcp, Udp, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV6_FRAGMENT, TCP_HEADER_LEN,
+};
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 
@@ -79,21 +82,21 @@ impl Fragment {
         };
         match self.proto {
             PROTO_TCP => {
-                let t = l4.get(..20)?;
-                let hl = (t[12] >> 4) as usize * 4;
-                if hl < 20 || hl > l4.len() {
+                let t = Tcp::at(l4, 0).ok()?;
+                let hl = t.header_len();
+                if hl < TCP_HEADER_LEN || hl > l4.len() {
                     return None;
                 }
-                p.sport = u16::from_be_bytes([t[0], t[1]]);
-                p.dport = u16::from_be_bytes([t[2], t[3]]);
-                p.tcp_flags = t[13] & 0x3f;
+                p.sport = t.src_port();
+                p.dport = t.dst_port();
+                p.tcp_flags = t.flags() & 0x3f;
                 p.payload = self.data + hl;
             }
             PROTO_UDP => {
-                let u = l4.get(..8)?;
-                p.sport = u16::from_be_bytes([u[0], u[1]]);
-                p.dport = u16::from_be_bytes([u[2], u[3]]);
-                p.payload = self.data + 8;
+                let u = Udp::at(l4, 0).ok()?;
+                p.sport = u.src_port();
+                p.dport = u.dst_port();
+                p.payload = self.data + Udp::<&[u8; 8]>::LEN;
             }
             _ => return None,
         }
@@ -128,14 +131,14 @@ pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
         et => (14, u16::from_be_bytes(et)),
     };
     match et {
-        0x0800 => {
-            let h = frame.get(off..off + 20).ok_or(ParseError::Malformed)?;
-            let ihl = (h[0] & 0xf) as usize * 4;
-            let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-            if h[0] >> 4 != 4 || ihl < 20 || total < ihl || off + total > frame.len() {
+        ETHERTYPE_IPV4 => {
+            let h = Ipv4::at(frame, off).map_err(|_| ParseError::Malformed)?;
+            let ihl = h.header_len();
+            let total = h.total_len() as usize;
+            if h.version_ihl() >> 4 != 4 || ihl < 20 || total < ihl || off + total > frame.len() {
                 return Err(ParseError::Malformed);
             }
-            let fl = u16::from_be_bytes([h[6], h[7]]);
+            let fl = h.frag_word();
             let (offset, more) = (u32::from(fl & 0x1fff) * 8, fl & 0x2000 != 0);
             if offset == 0 && !more {
                 return Err(ParseError::Malformed); // not a fragment
@@ -148,40 +151,38 @@ pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
                 data: off + ihl,
                 end: off + total,
                 v6: false,
-                proto: h[9],
-                src: v4_to_addr([h[12], h[13], h[14], h[15]]),
-                dst: v4_to_addr([h[16], h[17], h[18], h[19]]),
-                id: u32::from(u16::from_be_bytes([h[4], h[5]])),
+                proto: h.proto(),
+                src: v4_to_addr(h.src()),
+                dst: v4_to_addr(h.dst()),
+                id: u32::from(h.ident()),
                 offset,
                 more,
             })
         }
-        0x86dd => {
-            let h = frame.get(off..off + 48).ok_or(ParseError::Malformed)?;
-            let end = off + 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
-            if h[0] >> 4 != 6 || end > frame.len() || end < off + 48 {
+        ETHERTYPE_IPV6 => {
+            let (Ok(h), Ok(f)) = (Ipv6::at(frame, off), Ipv6Frag::at(frame, off + 40)) else {
+                return Err(ParseError::Malformed);
+            };
+            let end = off + 40 + h.payload_len() as usize;
+            if h.version_byte() >> 4 != 6 || end > frame.len() || end < off + 48 {
                 return Err(ParseError::Malformed);
             }
-            if h[6] != 44 {
+            if h.next_header() != IPV6_FRAGMENT {
                 return Err(ParseError::Unsupported);
             }
-            let f = &h[40..48];
-            let fo = u16::from_be_bytes([f[2], f[3]]);
-            let (offset, more) = (u32::from(fo & 0xfff8), fo & 1 != 0);
+            let (offset, more) = (f.offset(), f.more());
             if more && !(end - off - 48).is_multiple_of(8) {
                 return Err(ParseError::Malformed);
             }
-            let s: [u8; 16] = h[8..24].try_into().map_err(|_| ParseError::Malformed)?;
-            let d: [u8; 16] = h[24..40].try_into().map_err(|_| ParseError::Malformed)?;
             Ok(Fragment {
                 l3: off,
                 data: off + 48,
                 end,
                 v6: true,
-                proto: f[0],
-                src: v6_to_addr(s),
-                dst: v6_to_addr(d),
-                id: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+                proto: f.next_header(),
+                src: v6_to_addr(h.src()),
+                dst: v6_to_addr(h.dst()),
+                id: f.ident(),
                 offset,
                 more,
             })

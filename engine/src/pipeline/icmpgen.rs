@@ -16,8 +16,13 @@
 //! fragmentation, which the balancer does not do (they are `too_big` drops).
 
 use crate::port::Packet;
+use crate::wire::csum;
 use crate::wire::parse::{
     addr_is_v4, addr_v4_bytes, addr_v6_bytes, icmp_is_error, Addr, Parsed, PROTO_ICMP, PROTO_ICMPV6,
+};
+use crate::wire::view::{
+    EthAddrs, Icmp, Ipv4, Ipv6, Truncated, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ICMPV6_PACKET_TOO_BIG,
+    ICMP_DEST_UNREACHABLE, ICMP_FRAG_NEEDED, IPV4_DF,
 };
 
 /// Largest IPv4 datagram carrying an originated error (RFC 1812 4.3.2.3).
@@ -45,10 +50,10 @@ pub fn may_answer(frame: &[u8], p: &Parsed) -> bool {
         if frame[0] & 1 == 1 {
             return false;
         }
-        let Some(h) = frame.get(p.l3..p.l3 + 20) else { return false };
+        let Ok(h) = Ipv4::at(frame, p.l3) else { return false };
         // DF clear: the sender allows fragmentation. A fragment other than the first:
         // offset != 0.
-        if h[6] & 0x40 == 0 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        if h.frag_word() & IPV4_DF == 0 || h.frag_word() & 0x1fff != 0 {
             return false;
         }
         let s = addr_v4_bytes(p.src);
@@ -84,52 +89,68 @@ pub fn build<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, mtu: u32, smac: [u8;
         }
         pkt.data_mut().copy_within(l3..l3 + quote, l3 + hdr);
     }
-    let d = pkt.data_mut();
-    d[0..6].copy_from_slice(&dmac);
-    d[6..12].copy_from_slice(&smac);
-    let icmp = l3 + hdr - 8;
-    let end = l3 + hdr + quote;
-    if v6 {
-        d[l3 - 2..l3].copy_from_slice(&[0x86, 0xdd]);
-        let h = &mut d[l3..l3 + 40];
-        h.fill(0);
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&((8 + quote) as u16).to_be_bytes());
-        h[6] = PROTO_ICMPV6;
-        h[7] = 64;
-        h[8..24].copy_from_slice(&addr_v6_bytes(src));
-        h[24..40].copy_from_slice(&addr_v6_bytes(sender));
-        let m = &mut d[icmp..icmp + 8];
-        m[0] = 2;
-        m[1] = 0;
-        m[2..4].fill(0);
-        m[4..8].copy_from_slice(&mtu.to_be_bytes());
-        let pseudo =
-            crate::wire::csum::pseudo_v6(&addr_v6_bytes(src), &addr_v6_bytes(sender), PROTO_ICMPV6, (8 + quote) as u32);
-        let c = crate::wire::csum::finish(&d[icmp..end], pseudo);
-        d[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+    write_error(pkt.data_mut(), l3, v6, (src, sender), quote, mtu, (smac, dmac)).is_ok()
+}
+
+/// The error's headers in front of the `quote` bytes at `l3 + hdr` of frame `d`: Ethernet
+/// addresses (`macs`: source, destination), the IP header from `addrs.0` to `addrs.1`, and
+/// the ICMP "fragmentation needed" / ICMPv6 "packet too big" header with `mtu`, its
+/// checksum over the quote.
+fn write_error(
+    d: &mut [u8],
+    l3: usize,
+    v6: bool,
+    (src, sender): (Addr, Addr),
+    quote: usize,
+    mtu: u32,
+    (smac, dmac): ([u8; 6], [u8; 6]),
+) -> Result<(), Truncated> {
+    let mut eth = EthAddrs::at_mut(d, 0)?;
+    eth.set_dst(dmac);
+    eth.set_src(smac);
+    let ip_len = if v6 { 40 } else { 20 };
+    let icmp = l3 + ip_len;
+    let end = icmp + 8 + quote;
+    let ethertype = if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 };
+    d.get_mut(l3.checked_sub(2).ok_or(Truncated)?..l3).ok_or(Truncated)?.copy_from_slice(&ethertype.to_be_bytes());
+    let pseudo = if v6 {
+        let mut h = Ipv6::at_mut(d, l3)?;
+        h.clear();
+        h.set_version_byte(0x60);
+        h.set_payload_len((8 + quote) as u16);
+        h.set_next_header(PROTO_ICMPV6);
+        h.set_hop_limit(64);
+        h.set_src(addr_v6_bytes(src));
+        h.set_dst(addr_v6_bytes(sender));
+        let mut m = Icmp::at_mut(d, icmp)?;
+        m.set_kind(ICMPV6_PACKET_TOO_BIG);
+        m.set_code(0);
+        m.set_checksum(0);
+        m.set_rest(mtu);
+        csum::pseudo_v6(&addr_v6_bytes(src), &addr_v6_bytes(sender), PROTO_ICMPV6, (8 + quote) as u32)
     } else {
-        d[l3 - 2..l3].copy_from_slice(&[0x08, 0x00]);
-        let h = &mut d[l3..l3 + 20];
-        h.fill(0);
-        h[0] = 0x45;
+        let mut h = Ipv4::at_mut(d, l3)?;
+        h.clear();
+        h.set_version_ihl(0x45);
         // Precedence "internetwork control", as Linux's icmp_send.
-        h[1] = 0xc0;
-        h[2..4].copy_from_slice(&((hdr + quote) as u16).to_be_bytes());
-        h[8] = 64;
-        h[9] = PROTO_ICMP;
-        h[12..16].copy_from_slice(&addr_v4_bytes(src));
-        h[16..20].copy_from_slice(&addr_v4_bytes(sender));
-        crate::pipeline::nat::fix_ipv4_csum(d, l3);
-        let m = &mut d[icmp..icmp + 8];
-        m[0] = 3;
-        m[1] = 4;
-        m[2..6].fill(0);
-        m[6..8].copy_from_slice(&(mtu.min(u16::MAX as u32) as u16).to_be_bytes());
-        let c = crate::wire::csum::finish(&d[icmp..end], 0);
-        d[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
-    }
-    true
+        h.set_tos(0xc0);
+        h.set_total_len((ip_len + 8 + quote) as u16);
+        h.set_ttl(64);
+        h.set_proto(PROTO_ICMP);
+        h.set_src(addr_v4_bytes(src));
+        h.set_dst(addr_v4_bytes(sender));
+        csum::fill_ipv4(d, l3)?;
+        let mut m = Icmp::at_mut(d, icmp)?;
+        m.set_kind(ICMP_DEST_UNREACHABLE);
+        m.set_code(ICMP_FRAG_NEEDED);
+        m.set_checksum(0);
+        // Unused (16 bits), then the next-hop MTU (RFC 1191).
+        m.set_rest(mtu.min(u16::MAX as u32));
+        0
+    };
+    let c = csum::finish(d.get(icmp..end).ok_or(Truncated)?, pseudo);
+    Icmp::at_mut(d, icmp)?.set_checksum(c);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -149,7 +170,7 @@ mod tests {
         } else {
             f[20] &= !0x40;
         }
-        crate::pipeline::nat::fix_ipv4_csum(&mut f, 14);
+        crate::wire::csum::fill_ipv4(&mut f, 14).unwrap();
         f
     }
 
@@ -202,7 +223,7 @@ mod tests {
         for src in [[0, 0, 0, 0], [255, 255, 255, 255], [224, 0, 0, 1]] {
             let mut f = big4(true);
             f[26..30].copy_from_slice(&src);
-            crate::pipeline::nat::fix_ipv4_csum(&mut f, 14);
+            crate::wire::csum::fill_ipv4(&mut f, 14).unwrap();
             if let Ok(p) = parse(&f) {
                 assert!(!may_answer(&f, &p), "{src:?}");
             }
@@ -211,7 +232,7 @@ mod tests {
         let e = crate::tools::testpkt::icmp4_error(C, V, 3, 3, 0, &quoted);
         let mut e = e;
         e[20] |= 0x40;
-        crate::pipeline::nat::fix_ipv4_csum(&mut e, 14);
+        crate::wire::csum::fill_ipv4(&mut e, 14).unwrap();
         let p = parse(&e).unwrap();
         assert!(!may_answer(&e, &p), "an ICMP error");
         let p = parse(&big4(true)).unwrap();

@@ -30,7 +30,12 @@
 use crate::pipeline::counters::DropReason;
 use crate::port::Packet;
 use crate::wire::csum;
-use crate::wire::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, Addr, Parsed, PROTO_TCP, PROTO_UDP, TCP_SYN};
+use crate::wire::parse::{
+    addr_is_v4, addr_v6_bytes, Addr, Parsed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_SYN,
+};
+use crate::wire::view::{
+    Icmp, Ipv4, Ipv6, Ports, Tcp, Truncated, Udp, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_DF, TCP_HEADER_LEN,
+};
 
 /// Length of the IP packet `p` once translated to the other family.
 #[inline]
@@ -68,7 +73,16 @@ pub fn translate<B: Packet>(
         // some; the engine does not).
         return Err(DropReason::XlatUnsupported);
     }
-    if !p.v6 && u16::from_be_bytes([pkt.data()[l3 + 6], pkt.data()[l3 + 7]]) & 0x3fff != 0 {
+    let d = pkt.data();
+    // What the old header says, before anything moves.
+    let (tc, hop, frag) = if p.v6 {
+        let h = Ipv6::at(d, l3).map_err(|_| DropReason::Malformed)?;
+        (h.traffic_class(), h.hop_limit(), 0)
+    } else {
+        let h = Ipv4::at(d, l3).map_err(|_| DropReason::Malformed)?;
+        (h.tos(), h.ttl(), h.frag_word() & 0x3fff)
+    };
+    if frag != 0 {
         // An IPv4 fragment: it would need an IPv6 fragment header (RFC 7915 4.1); not done.
         return Err(DropReason::XlatUnsupported);
     }
@@ -77,22 +91,26 @@ pub fn translate<B: Packet>(
     if l4len < min {
         return Err(DropReason::Malformed);
     }
-    // What the old header says, before anything moves.
-    let d = pkt.data();
-    let (tc, hop) = if p.v6 { ((d[l3] & 0x0f) << 4 | d[l3 + 1] >> 4, d[l3 + 7]) } else { (d[l3 + 1], d[l3 + 8]) };
     if hop <= 1 {
         return Err(DropReason::TtlExceeded);
     }
     // Checksum delta: the pseudo-header's addresses (length and protocol are the same
     // in both families) and the two ports.
-    let old_addrs = if p.v6 { &d[l3 + 8..l3 + 40] } else { &d[l3 + 12..l3 + 20] };
+    let old_addrs = if p.v6 {
+        let h = Ipv6::at(d, l3).map_err(|_| DropReason::Malformed)?;
+        csum::sum(&h.dst(), csum::sum(&h.src(), 0))
+    } else {
+        let h = Ipv4::at(d, l3).map_err(|_| DropReason::Malformed)?;
+        csum::sum(&h.dst(), csum::sum(&h.src(), 0))
+    };
     let (sb, db) = (addr_v6_bytes(src), addr_v6_bytes(dst));
     let from = if to_v4 { 12 } else { 0 };
     let new_sum = csum::sum(&db[from..], csum::sum(&sb[from..], 0));
-    let mut delta = csum::add((!csum::fold(csum::sum(old_addrs, 0))) as u32, csum::fold(new_sum) as u32);
-    let (osport, odport) = (u16::from_be_bytes([d[l4], d[l4 + 1]]), u16::from_be_bytes([d[l4 + 2], d[l4 + 3]]));
+    let mut delta = csum::add((!csum::fold(old_addrs)) as u32, csum::fold(new_sum) as u32);
+    let Ok(ports) = Ports::at(d, l4) else { return Err(DropReason::Malformed) };
+    let (osport, odport) = (ports.src(), ports.dst());
     delta = csum::add(delta, csum::add(csum::delta16(osport, sport), csum::delta16(odport, dport)));
-    let udp_zero = p.proto == PROTO_UDP && d[l4 + 6] == 0 && d[l4 + 7] == 0;
+    let udp_zero = p.proto == PROTO_UDP && Udp::at(d, l4).is_ok_and(|u| u.checksum() == 0);
     // Drop Ethernet padding, then move the L2 header by the size difference.
     if !pkt.set_len(end) {
         return Err(DropReason::Malformed);
@@ -113,68 +131,98 @@ pub fn translate<B: Packet>(
     }
     // From here the new header lives at l3..l3 + new_hl, the transport header at l4n.
     let l4n = l3 + new_hl;
-    let d = pkt.data_mut();
-    if to_v4 {
-        d[l3 - 2..l3].copy_from_slice(&[0x08, 0x00]);
-        let h = &mut d[l3..l3 + 20];
-        h[0] = 0x45;
-        h[1] = tc;
-        h[2..4].copy_from_slice(&((20 + l4len) as u16).to_be_bytes());
-        h[4..6].copy_from_slice(&[0, 0]);
-        h[6..8].copy_from_slice(&[0x40, 0]); // DF
-        h[8] = hop - 1;
-        h[9] = p.proto;
-        h[10..12].copy_from_slice(&[0, 0]);
-        h[12..16].copy_from_slice(&addr_v4_bytes(src));
-        h[16..20].copy_from_slice(&addr_v4_bytes(dst));
-        let c = csum::finish(h, 0);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-    } else {
-        d[l3 - 2..l3].copy_from_slice(&[0x86, 0xdd]);
-        let h = &mut d[l3..l3 + 40];
-        h[0] = 0x60 | tc >> 4;
-        h[1] = tc << 4;
-        h[2..4].copy_from_slice(&[0, 0]);
-        h[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
-        h[6] = p.proto;
-        h[7] = hop - 1;
-        h[8..24].copy_from_slice(&sb);
-        h[24..40].copy_from_slice(&db);
-    }
-    d[l4n..l4n + 2].copy_from_slice(&sport.to_be_bytes());
-    d[l4n + 2..l4n + 4].copy_from_slice(&dport.to_be_bytes());
-    if p.proto == PROTO_TCP {
-        if d[l4n + 13] & TCP_SYN != 0 {
-            let off = ((d[l4n + 12] >> 4) as usize * 4).clamp(20, l4len);
-            let opts = &mut d[l4n + 20..l4n + off];
-            if let Some(m) = crate::wire::tcpopt::mss(opts) {
-                // The IPv6 side's header is 20 bytes longer: a segment of the IPv4 side's
-                // MSS would not fit the IPv6 path (and the other way, nothing to lower).
-                let fit = mtu.saturating_sub(new_hl + 20).min(u16::MAX as usize) as u16;
-                let want = if to_v4 { m } else { m.saturating_sub(20) };
-                let old = opts.to_vec();
-                if crate::wire::tcpopt::clamp_mss(opts, want.min(fit).max(536)).is_some() {
-                    delta = csum::add(delta, crate::wire::tcpopt::csum_delta(&old, opts));
+    let seg = Rebuilt { l3, l4: l4n, l4len, proto: p.proto, tc, hop: hop - 1, src: (sb, sport), dst: (db, dport) };
+    seg.write(pkt.data_mut(), to_v4, delta, udp_zero, mtu).map_err(|_| DropReason::Malformed)
+}
+
+/// A TCP/UDP packet translated to the other family by [`translate`]: what goes into the
+/// new headers (the transport's body stays where it is).
+struct Rebuilt {
+    l3: usize,
+    l4: usize,
+    l4len: usize,
+    proto: u8,
+    tc: u8,
+    hop: u8,
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+}
+
+impl Rebuilt {
+    /// Write the new IP header (IPv4 when `to_v4`) and the transport's ports and checksum
+    /// (`delta`: the checksum change of the addresses and ports; `udp_zero`: an IPv4 UDP
+    /// datagram without a checksum, which IPv6 needs in full), clamping a SYN's MSS to the
+    /// egress `mtu`.
+    fn write(&self, d: &mut [u8], to_v4: bool, mut delta: u32, udp_zero: bool, mtu: usize) -> Result<(), Truncated> {
+        let (l3, l4, l4len) = (self.l3, self.l4, self.l4len);
+        let (sb, db) = (self.src.0, self.dst.0);
+        let ethertype = if to_v4 { ETHERTYPE_IPV4 } else { ETHERTYPE_IPV6 };
+        d.get_mut(l3.checked_sub(2).ok_or(Truncated)?..l3).ok_or(Truncated)?.copy_from_slice(&ethertype.to_be_bytes());
+        if to_v4 {
+            let mut h = Ipv4::at_mut(d, l3)?;
+            h.clear();
+            h.set_version_ihl(0x45);
+            h.set_tos(self.tc);
+            h.set_total_len((20 + l4len) as u16);
+            h.set_frag_word(IPV4_DF);
+            h.set_ttl(self.hop);
+            h.set_proto(self.proto);
+            h.set_src(v4_of(sb));
+            h.set_dst(v4_of(db));
+            csum::fill_ipv4(d, l3)?;
+        } else {
+            let mut h = Ipv6::at_mut(d, l3)?;
+            h.set_version_class(self.tc);
+            h.set_payload_len(l4len as u16);
+            h.set_next_header(self.proto);
+            h.set_hop_limit(self.hop);
+            h.set_src(sb);
+            h.set_dst(db);
+        }
+        let mut ports = Ports::at_mut(d, l4)?;
+        ports.set_src(self.src.1);
+        ports.set_dst(self.dst.1);
+        let new_hl = if to_v4 { 20 } else { 40 };
+        if self.proto == PROTO_TCP {
+            let t = Tcp::at(d, l4)?;
+            if t.flags() & TCP_SYN != 0 {
+                let off = t.header_len().clamp(TCP_HEADER_LEN, l4len);
+                let opts = d.get_mut(l4 + TCP_HEADER_LEN..l4 + off).ok_or(Truncated)?;
+                if let Some(m) = crate::wire::tcpopt::mss(opts) {
+                    // The IPv6 side's header is 20 bytes longer: a segment of the IPv4 side's
+                    // MSS would not fit the IPv6 path (and the other way, nothing to lower).
+                    let fit = mtu.saturating_sub(new_hl + 20).min(u16::MAX as usize) as u16;
+                    let want = if to_v4 { m } else { m.saturating_sub(20) };
+                    let old = opts.to_vec();
+                    if crate::wire::tcpopt::clamp_mss(opts, want.min(fit).max(536)).is_some() {
+                        delta = csum::add(delta, crate::wire::tcpopt::csum_delta(&old, opts));
+                    }
                 }
             }
+            Tcp::at_mut(d, l4)?.adjust_checksum(delta);
+        } else if udp_zero {
+            // IPv4 UDP without a checksum: IPv6 needs one (RFC 7915 4.5), computed in full.
+            let pseudo = csum::pseudo_v6(&sb, &db, PROTO_UDP, l4len as u32);
+            let mut c = csum::finish(d.get(l4..l4 + l4len).ok_or(Truncated)?, pseudo);
+            if c == 0 {
+                c = 0xffff;
+            }
+            Udp::at_mut(d, l4)?.set_checksum(c);
+        } else {
+            let mut u = Udp::at_mut(d, l4)?;
+            let mut c = csum::apply(u.checksum(), delta);
+            if c == 0 {
+                c = 0xffff;
+            }
+            u.set_checksum(c);
         }
-        csum::apply_at(d, l4n + 16, delta);
-    } else if udp_zero {
-        // IPv4 UDP without a checksum: IPv6 needs one (RFC 7915 4.5), computed in full.
-        let pseudo = csum::pseudo_v6(&sb, &db, PROTO_UDP, l4len as u32);
-        let mut c = csum::finish(&d[l4n..l4n + l4len], pseudo);
-        if c == 0 {
-            c = 0xffff;
-        }
-        d[l4n + 6..l4n + 8].copy_from_slice(&c.to_be_bytes());
-    } else {
-        let mut c = csum::apply(u16::from_be_bytes([d[l4n + 6], d[l4n + 7]]), delta);
-        if c == 0 {
-            c = 0xffff;
-        }
-        d[l4n + 6..l4n + 8].copy_from_slice(&c.to_be_bytes());
+        Ok(())
     }
-    Ok(())
+}
+
+/// The IPv4 address in the low 4 bytes of a 16-byte one.
+fn v4_of(a: [u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
 }
 
 /// The ICMP error type/code of the other family (RFC 7915 4.2 and 5.2), with the
@@ -240,24 +288,28 @@ pub fn translate_icmp_error<B: Packet>(
     if p.end > d.len() || inner.l4 + 8 > p.end {
         return Err(DropReason::Malformed);
     }
-    let (ty, code) = (d[p.l4], d[p.l4 + 1]);
-    let rest: [u8; 4] = [d[p.l4 + 4], d[p.l4 + 5], d[p.l4 + 6], d[p.l4 + 7]];
+    let read = || -> Result<_, Truncated> {
+        let m = Icmp::at(d, p.l4)?;
+        // The outer hop limit / TTL, and the quoted header's traffic class, hop limit and
+        // payload length.
+        let (hop, quoted) = if p.v6 {
+            let q = Ipv6::at(d, inner.l3)?;
+            (Ipv6::at(d, p.l3)?.hop_limit(), (q.traffic_class(), q.hop_limit(), q.payload_len() as usize))
+        } else {
+            let q = Ipv4::at(d, inner.l3)?;
+            let qlen = (q.total_len() as usize).saturating_sub(q.header_len());
+            (Ipv4::at(d, p.l3)?.ttl(), (q.tos(), q.ttl(), qlen))
+        };
+        Ok((m.kind(), m.code(), m.rest().to_be_bytes(), hop, quoted))
+    };
+    let Ok((ty, code, rest, hop, (qtc, qhop, qlen))) = read() else { return Err(DropReason::Malformed) };
     let Some((nty, ncode, nrest)) = icmp_error_type(p.v6, ty, code, rest) else {
         return Err(DropReason::XlatUnsupported);
     };
-    // The outer hop limit / TTL, decremented as for any forwarded packet.
-    let hop = if p.v6 { d[p.l3 + 7] } else { d[p.l3 + 8] };
+    // Decremented as for any forwarded packet.
     if hop <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    // The quoted header's fields.
-    let q = inner.l3;
-    let (qtc, qhop, qlen) = if p.v6 {
-        ((d[q] & 0x0f) << 4 | d[q + 1] >> 4, d[q + 7], u16::from_be_bytes([d[q + 4], d[q + 5]]) as usize)
-    } else {
-        let ihl = (d[q] & 0xf) as usize * 4;
-        (d[q + 1], d[q + 8], (u16::from_be_bytes([d[q + 2], d[q + 3]]) as usize).saturating_sub(ihl))
-    };
     // Build the new L3 packet after the L2 header in a scratch copy.
     let (ohl, qhl) = if to_v6 { (40, 40) } else { (20, 20) };
     let limit = if to_v6 { 1280 } else { 576 };
@@ -267,70 +319,75 @@ pub fn translate_icmp_error<B: Packet>(
     let mut b = [0u8; 1280];
     let (sb, db) = (addr_v6_bytes(src), addr_v6_bytes(dst));
     let (qs, qd) = (addr_v6_bytes(qsrc), addr_v6_bytes(qdst));
-    // Quoted header.
-    let qh = ohl + 8;
-    if to_v6 {
-        let h = &mut b[qh..qh + 40];
-        h[0] = 0x60 | qtc >> 4;
-        h[1] = qtc << 4;
-        h[4..6].copy_from_slice(&(qlen as u16).to_be_bytes());
-        h[6] = inner.proto;
-        h[7] = qhop;
-        h[8..24].copy_from_slice(&qs);
-        h[24..40].copy_from_slice(&qd);
-    } else {
-        let h = &mut b[qh..qh + 20];
-        h[0] = 0x45;
-        h[1] = qtc;
-        h[2..4].copy_from_slice(&((20 + qlen).min(0xffff) as u16).to_be_bytes());
-        h[6] = 0x40;
-        h[8] = qhop;
-        h[9] = inner.proto;
-        h[12..16].copy_from_slice(&qs[12..]);
-        h[16..20].copy_from_slice(&qd[12..]);
-        let c = csum::finish(h, 0);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-    b[qh + qhl..qh + qhl + take].copy_from_slice(&qbody[..take]);
-    b[qh + qhl..qh + qhl + 2].copy_from_slice(&qsport.to_be_bytes());
-    b[qh + qhl + 2..qh + qhl + 4].copy_from_slice(&qdport.to_be_bytes());
-    // ICMP header.
-    b[ohl] = nty;
-    b[ohl + 1] = ncode;
-    b[ohl + 4..ohl + 8].copy_from_slice(&nrest);
-    let ilen = total - ohl;
-    // Outer header.
-    let proto = if to_v6 {
-        let h = &mut b[..40];
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&(ilen as u16).to_be_bytes());
-        h[6] = crate::wire::parse::PROTO_ICMPV6;
-        h[7] = hop - 1;
-        h[8..24].copy_from_slice(&sb);
-        h[24..40].copy_from_slice(&db);
-        crate::wire::parse::PROTO_ICMPV6
-    } else {
-        let h = &mut b[..20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        h[8] = hop - 1;
-        h[9] = crate::wire::parse::PROTO_ICMP;
-        h[12..16].copy_from_slice(&sb[12..]);
-        h[16..20].copy_from_slice(&db[12..]);
-        let c = csum::finish(h, 0);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        crate::wire::parse::PROTO_ICMP
+    let build = |b: &mut [u8]| -> Result<(), Truncated> {
+        // Quoted header, then the quote with its ports.
+        let qh = ohl + 8;
+        if to_v6 {
+            let mut h = Ipv6::at_mut(b, qh)?;
+            h.set_version_class(qtc);
+            h.set_payload_len(qlen as u16);
+            h.set_next_header(inner.proto);
+            h.set_hop_limit(qhop);
+            h.set_src(qs);
+            h.set_dst(qd);
+        } else {
+            let mut h = Ipv4::at_mut(b, qh)?;
+            h.set_version_ihl(0x45);
+            h.set_tos(qtc);
+            h.set_total_len((20 + qlen).min(0xffff) as u16);
+            h.set_frag_word(IPV4_DF);
+            h.set_ttl(qhop);
+            h.set_proto(inner.proto);
+            h.set_src(v4_of(qs));
+            h.set_dst(v4_of(qd));
+            csum::fill_ipv4(b, qh)?;
+        }
+        b.get_mut(qh + qhl..qh + qhl + take).ok_or(Truncated)?.copy_from_slice(&qbody[..take]);
+        let mut ports = Ports::at_mut(b, qh + qhl)?;
+        ports.set_src(qsport);
+        ports.set_dst(qdport);
+        // ICMP header.
+        let mut m = Icmp::at_mut(b, ohl)?;
+        m.set_kind(nty);
+        m.set_code(ncode);
+        m.set_rest(u32::from_be_bytes(nrest));
+        let ilen = total - ohl;
+        // Outer header.
+        let pseudo = if to_v6 {
+            let mut h = Ipv6::at_mut(b, 0)?;
+            h.set_version_class(0);
+            h.set_payload_len(ilen as u16);
+            h.set_next_header(PROTO_ICMPV6);
+            h.set_hop_limit(hop - 1);
+            h.set_src(sb);
+            h.set_dst(db);
+            csum::pseudo_v6(&sb, &db, PROTO_ICMPV6, ilen as u32)
+        } else {
+            let mut h = Ipv4::at_mut(b, 0)?;
+            h.set_version_ihl(0x45);
+            h.set_total_len(total as u16);
+            h.set_ttl(hop - 1);
+            h.set_proto(PROTO_ICMP);
+            h.set_src(v4_of(sb));
+            h.set_dst(v4_of(db));
+            csum::fill_ipv4(b, 0)?;
+            0
+        };
+        let c = csum::finish(b.get(ohl..total).ok_or(Truncated)?, pseudo);
+        Icmp::at_mut(b, ohl)?.set_checksum(c);
+        Ok(())
     };
-    let pseudo = if to_v6 { csum::pseudo_v6(&sb, &db, proto, ilen as u32) } else { 0 };
-    let c = csum::finish(&b[ohl..total], pseudo);
-    b[ohl + 2..ohl + 4].copy_from_slice(&c.to_be_bytes());
+    if build(&mut b).is_err() {
+        return Err(DropReason::Malformed);
+    }
     // Into the frame: the L2 header stays, its EtherType changes.
     let l3 = p.l3;
-    if !pkt.set_len(l3 + total) {
+    if l3 < 2 || !pkt.set_len(l3 + total) {
         return Err(DropReason::TooBig);
     }
     let d = pkt.data_mut();
-    d[l3 - 2..l3].copy_from_slice(if to_v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+    let ethertype = if to_v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 };
+    d[l3 - 2..l3].copy_from_slice(&ethertype.to_be_bytes());
     d[l3..l3 + total].copy_from_slice(&b[..total]);
     Ok(())
 }

@@ -14,7 +14,8 @@
 //! more confirmations from the same neighbour cost a lookup and nothing else.
 
 use crate::wire::csum;
-use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr};
+use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr, PROTO_ICMPV6};
+use crate::wire::view::{Arp, EthAddrs, Ipv6, Truncated, ETHERTYPE_ARP, ETHERTYPE_IPV6};
 use hashbrown::HashMap;
 
 #[derive(Clone, Copy, Debug)]
@@ -346,7 +347,7 @@ impl NeighCache {
 }
 
 /// Write an ARP packet (request if `target_mac` is None) into `out`;
-/// returns its length (42).
+/// returns its length (42), [`Truncated`] if `out` is shorter.
 pub fn build_arp(
     out: &mut [u8],
     op: u16,
@@ -354,18 +355,17 @@ pub fn build_arp(
     src: Addr,
     target_mac: Option<[u8; 6]>,
     target: Addr,
-) -> usize {
-    let dst_mac = target_mac.unwrap_or([0xff; 6]);
-    out[0..6].copy_from_slice(&dst_mac);
-    out[6..12].copy_from_slice(&src_mac);
-    out[12..14].copy_from_slice(&[0x08, 0x06]);
-    out[14..20].copy_from_slice(&[0, 1, 0x08, 0, 6, 4]);
-    out[20..22].copy_from_slice(&op.to_be_bytes());
-    out[22..28].copy_from_slice(&src_mac);
-    out[28..32].copy_from_slice(&addr_v4_bytes(src));
-    out[32..38].copy_from_slice(&target_mac.unwrap_or([0; 6]));
-    out[38..42].copy_from_slice(&addr_v4_bytes(target));
-    42
+) -> Result<usize, Truncated> {
+    let mut eth = EthAddrs::at_mut(out, 0)?;
+    eth.set_dst(target_mac.unwrap_or([0xff; 6]));
+    eth.set_src(src_mac);
+    out.get_mut(12..14).ok_or(Truncated)?.copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    Arp::at_mut(out, 14)?.write(
+        op,
+        (src_mac, addr_v4_bytes(src)),
+        (target_mac.unwrap_or([0; 6]), addr_v4_bytes(target)),
+    );
+    Ok(14 + 28)
 }
 
 /// Solicited-node multicast address and MAC for `target`.
@@ -376,7 +376,7 @@ pub fn solicited_node(target: Addr) -> ([u8; 16], [u8; 6]) {
 }
 
 /// Write a neighbour solicitation (ty 135) or advertisement (ty 136) into
-/// `out`; returns its length.
+/// `out`; returns its length (86), [`Truncated`] if `out` is shorter.
 #[allow(clippy::too_many_arguments)]
 pub fn build_nd(
     out: &mut [u8],
@@ -387,30 +387,33 @@ pub fn build_nd(
     dst: [u8; 16],
     target: [u8; 16],
     flags: u8,
-) -> usize {
-    let icmp_len = 8 + 16 + 8;
-    out[0..6].copy_from_slice(&dst_mac);
-    out[6..12].copy_from_slice(&src_mac);
-    out[12..14].copy_from_slice(&[0x86, 0xdd]);
-    let ip = &mut out[14..54];
-    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
-    ip[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
-    ip[6] = 58;
-    ip[7] = 255;
-    ip[8..24].copy_from_slice(&src);
-    ip[24..40].copy_from_slice(&dst);
-    let m = &mut out[54..54 + icmp_len];
-    m.fill(0);
+) -> Result<usize, Truncated> {
+    // The message: ICMPv6 header (flags in the first byte after the checksum), the
+    // target, and one option, the source (1) or target (2) link-layer address.
+    const ND_LEN: usize = 8 + 16 + 8;
+    let mut eth = EthAddrs::at_mut(out, 0)?;
+    eth.set_dst(dst_mac);
+    eth.set_src(src_mac);
+    out.get_mut(12..14).ok_or(Truncated)?.copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    let mut ip = Ipv6::at_mut(out, 14)?;
+    ip.set_version_class(0);
+    ip.set_payload_len(ND_LEN as u16);
+    ip.set_next_header(PROTO_ICMPV6);
+    // RFC 4861: neighbour discovery is sent with hop limit 255 and checked for it.
+    ip.set_hop_limit(255);
+    ip.set_src(src);
+    ip.set_dst(dst);
+    let m: &mut [u8; ND_LEN] = out.get_mut(54..).and_then(|m| m.first_chunk_mut()).ok_or(Truncated)?;
+    *m = [0; ND_LEN];
     m[0] = ty;
     m[4] = flags;
     m[8..24].copy_from_slice(&target);
-    // Option: source (1) or target (2) link-layer address.
     m[24] = if ty == 135 { 1 } else { 2 };
     m[25] = 1;
     m[26..32].copy_from_slice(&src_mac);
-    let ck = csum::finish(m, csum::pseudo_v6(&src, &dst, 58, icmp_len as u32));
+    let ck = csum::finish(m, csum::pseudo_v6(&src, &dst, PROTO_ICMPV6, ND_LEN as u32));
     m[2..4].copy_from_slice(&ck.to_be_bytes());
-    54 + icmp_len
+    Ok(54 + ND_LEN)
 }
 
 /// Find the link-layer address option of type `want` in ND options.

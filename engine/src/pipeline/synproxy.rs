@@ -27,7 +27,8 @@
 //! edge), the same translation the FTP gateway uses for its rewrites.
 
 use crate::wire::csum;
-use crate::wire::parse::{Addr, Parsed};
+use crate::wire::parse::{Addr, Parsed, PROTO_TCP};
+use crate::wire::view::{EthAddrs, IpMut, Tcp, Truncated, IPV4_DF};
 use std::hash::{BuildHasher, Hasher};
 
 /// MSS values a cookie can carry (3 bits).
@@ -156,95 +157,58 @@ pub fn mss_option(tcp: &[u8]) -> Option<u16> {
     crate::wire::tcpopt::mss(tcp.get(20..hl)?)
 }
 
-/// Rewrites, in place, the TCP segment of `frame` (parsed as `p`) into a bare segment with the
-/// given flags, sequence and acknowledgement numbers and (if `mss` is set) an MSS option, no
-/// payload and the same addresses and ports (callers swap those as needed). Returns the new
-/// frame length, or `None` if the frame is too short (it never grows past 20 + 4 bytes of TCP).
-pub fn rebuild_tcp(
-    frame: &mut [u8],
-    p: &Parsed,
-    flags: u8,
-    seq: u32,
-    ack: u32,
-    mss: Option<u16>,
-    win: u16,
-) -> Option<usize> {
-    let hl = if mss.is_some() { 24 } else { 20 };
+/// The bare TCP segment (no payload) that [`answer`] writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Bare {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// An MSS option (the header is 24 bytes then, else 20).
+    pub mss: Option<u16>,
+    pub win: u16,
+}
+
+/// Rewrites, in place, the TCP segment of `frame` (parsed as `p`) into the bare segment
+/// `seg`, with the same addresses and ports or, `turn`, the frame turned around to answer
+/// its sender (MACs, addresses and ports exchanged); the IP header's TTL / hop limit set to
+/// 64 (IPv4: DF, no fragment offset) and the checksums recomputed. Returns the new frame
+/// length; [`Truncated`] if the frame does not hold the segment (it never grows past 20 + 4
+/// bytes of TCP: the caller makes room).
+pub fn answer(frame: &mut [u8], p: &Parsed, turn: bool, seg: Bare) -> Result<usize, Truncated> {
+    let hl = if seg.mss.is_some() { 24 } else { 20 };
     let end = p.l4 + hl;
-    if frame.len() < end {
-        return None;
+    let mut ip = IpMut::at_mut(frame, p.l3, p.v6)?;
+    if turn {
+        ip.swap_addrs();
     }
-    {
-        let t = &mut frame[p.l4..end];
-        t[4..8].copy_from_slice(&seq.to_be_bytes());
-        t[8..12].copy_from_slice(&ack.to_be_bytes());
-        t[12] = ((hl / 4) as u8) << 4;
-        t[13] = flags;
-        t[14..16].copy_from_slice(&win.to_be_bytes());
-        t[16..20].copy_from_slice(&[0, 0, 0, 0]);
-        if let Some(m) = mss {
-            t[20..24].copy_from_slice(&[2, 4, (m >> 8) as u8, m as u8]);
-        }
+    ip.set_ttl(64);
+    ip.set_packet_len(end.checked_sub(p.l3).ok_or(Truncated)? as u16);
+    let pseudo = ip.pseudo(PROTO_TCP, hl);
+    if let IpMut::V4(mut h) = ip {
+        h.set_frag_word(IPV4_DF);
+        csum::fill_ipv4(frame, p.l3)?;
     }
-    let ip_len = end - p.l3;
-    if p.v6 {
-        frame[p.l3 + 4..p.l3 + 6].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
-    } else {
-        frame[p.l3 + 2..p.l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    if turn {
+        EthAddrs::at_mut(frame, 0)?.swap();
     }
-    Some(end)
-}
-
-/// Swaps source and destination (MACs, addresses, ports) of a TCP frame, for answering it.
-pub fn turn_around(frame: &mut [u8], p: &Parsed) {
-    let mut m = [0u8; 6];
-    m.copy_from_slice(&frame[0..6]);
-    frame.copy_within(6..12, 0);
-    frame[6..12].copy_from_slice(&m);
-    let (a, n) = if p.v6 { (p.l3 + 8, 16) } else { (p.l3 + 12, 4) };
-    let mut s = [0u8; 16];
-    s[..n].copy_from_slice(&frame[a..a + n]);
-    frame.copy_within(a + n..a + 2 * n, a);
-    frame[a + n..a + 2 * n].copy_from_slice(&s[..n]);
-    let l4 = p.l4;
-    let mut sp = [0u8; 2];
-    sp.copy_from_slice(&frame[l4..l4 + 2]);
-    frame.copy_within(l4 + 2..l4 + 4, l4);
-    frame[l4 + 2..l4 + 4].copy_from_slice(&sp);
-}
-
-/// Recomputes the IPv4 header checksum (TTL set to 64) and the TCP checksum of a frame whose
-/// IP packet ends at `end`.
-pub fn finish_tcp(frame: &mut [u8], p: &Parsed, end: usize) {
-    let l4 = p.l4;
-    frame[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
-    let len = end - l4;
-    let pseudo = if p.v6 {
-        frame[p.l3 + 7] = 64;
-        let s: [u8; 16] = frame[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16]);
-        let d: [u8; 16] = frame[p.l3 + 24..p.l3 + 40].try_into().unwrap_or([0; 16]);
-        csum::pseudo_v6(&s, &d, 6, len as u32)
-    } else {
-        frame[p.l3 + 8] = 64;
-        frame[p.l3 + 6] = 0x40; // DF
-        frame[p.l3 + 7] = 0;
-        crate::pipeline::nat::fix_ipv4_csum(frame, p.l3);
-        let s = [frame[p.l3 + 12], frame[p.l3 + 13], frame[p.l3 + 14], frame[p.l3 + 15]];
-        let d = [frame[p.l3 + 16], frame[p.l3 + 17], frame[p.l3 + 18], frame[p.l3 + 19]];
-        csum::pseudo_v4(s, d, 6, len as u16)
-    };
-    let c = csum::finish(&frame[l4..end], pseudo);
-    frame[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
-}
-
-/// Adds `delta` to the 32-bit big-endian field at `off` of `frame` and returns the RFC 1624
-/// checksum delta of the change.
-pub fn shift_field(frame: &mut [u8], off: usize, delta: u32) -> u32 {
-    let mut old = [0u8; 4];
-    old.copy_from_slice(&frame[off..off + 4]);
-    let new = u32::from_be_bytes(old).wrapping_add(delta).to_be_bytes();
-    frame[off..off + 4].copy_from_slice(&new);
-    csum::delta(&old, &new)
+    let mut t = Tcp::at_mut(frame, p.l4)?;
+    if turn {
+        t.swap_ports();
+    }
+    t.set_seq(seg.seq);
+    t.set_ack(seg.ack);
+    t.set_header_len(hl);
+    t.set_flags(seg.flags);
+    t.set_window(seg.win);
+    t.set_checksum(0);
+    t.set_urgent(0);
+    let tcp = frame.get_mut(p.l4..end).ok_or(Truncated)?;
+    if let Some(m) = seg.mss {
+        tcp[20..24].copy_from_slice(&[crate::wire::tcpopt::MSS, 4, (m >> 8) as u8, m as u8]);
+    }
+    let c = csum::finish(tcp, pseudo);
+    Tcp::at_mut(frame, p.l4)?.set_checksum(c);
+    Ok(end)
 }
 
 /// A proxied connection's state (in the connection's cold part).

@@ -51,8 +51,8 @@ use crate::pipeline::synproxy::{self, Cookies, Handshake};
 use crate::port::{BufAlloc, Packet, PortCaps};
 use crate::wire::csum;
 use crate::wire::parse::{
-    self, addr_is_v4, addr_to_ip, addr_v4_bytes, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
+    self, addr_is_v4, addr_to_ip, addr_v6_bytes, icmp_is_echo, icmp_is_error, Addr, Parsed, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
 };
 use crossbeam_queue::ArrayQueue;
 use ferrovs_cfg::Forward;
@@ -76,9 +76,7 @@ mod reload;
 mod syn_proxy;
 mod sync;
 mod tcp;
-use crate::pipeline::nat::{
-    encap_ipip, fix_ipv4_csum, fix_l4_csum, rewrite_addrs, rewrite_ip, rewrite_nat, set_addr, TTL_DELTA,
-};
+use crate::pipeline::nat::{encap_ipip, rewrite_addrs, rewrite_ip, rewrite_nat, TTL_DELTA};
 use forward::{account, rewrite_conn};
 pub use redirect::{Liveness, DEAD_AFTER_MS, HEARTBEAT_MS};
 use reload::Retired;

@@ -233,7 +233,7 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
 pub fn set_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     if frame[12..14] == [0x08, 0x00] {
         frame[22] = ttl;
-        crate::pipeline::nat::fix_ipv4_csum(&mut frame, 14);
+        crate::wire::csum::fill_ipv4(&mut frame, 14).expect("an IPv4 header");
     } else if frame[12..14] == [0x86, 0xdd] {
         frame[21] = ttl;
     }
@@ -260,7 +260,7 @@ pub fn fragment4(frame: &[u8], mtu: usize, id: u16) -> Vec<Vec<u8>> {
         let mut f = eth.to_vec();
         f.extend_from_slice(&h);
         f.extend_from_slice(&data[off..off + n]);
-        crate::pipeline::nat::fix_ipv4_csum(&mut f, 14);
+        crate::wire::csum::fill_ipv4(&mut f, 14).expect("an IPv4 header");
         out.push(f);
         off += n;
     }
@@ -325,7 +325,7 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Option<Vec<u8>> {
         h[6..8].copy_from_slice(&[0, 0]);
         out.extend_from_slice(&h);
         out.extend_from_slice(&data);
-        crate::pipeline::nat::fix_ipv4_csum(&mut out, first.l3);
+        crate::wire::csum::fill_ipv4(&mut out, first.l3).expect("an IPv4 header");
     }
     Some(out)
 }
@@ -371,7 +371,7 @@ fn with_options_len(mut f: Vec<u8>, n: usize) -> Vec<u8> {
     let p = crate::wire::parse::parse(&f).expect("parse built frame");
     f[p.l4 + 12] = (((20 + n) / 4) as u8) << 4 | (f[p.l4 + 12] & 0x0f);
     let p = crate::wire::parse::parse(&f).expect("parse built frame");
-    crate::pipeline::nat::fix_l4_csum(&mut f, &p);
+    crate::wire::csum::fill_l4(&mut f, &p).expect("a whole segment");
     f
 }
 

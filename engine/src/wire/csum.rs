@@ -6,6 +6,9 @@
 //! delta once, so the per-packet cost is one add and one fold
 //! (`HC' = ~(~HC + delta)`, RFC 1624 eqn. 3).
 
+use crate::wire::parse::{Parsed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::wire::view::{Ipv4, Ipv6, Truncated};
+
 /// Fold a 32-bit ones-complement accumulator to 16 bits.
 #[inline(always)]
 pub fn fold(mut s: u32) -> u16 {
@@ -116,14 +119,6 @@ pub fn apply16(check: u16, delta: u16) -> u16 {
     !((s & 0xffff) + (s >> 16)) as u16
 }
 
-/// Apply a delta to the checksum stored big-endian at `buf[off..off+2]`.
-#[inline(always)]
-pub fn apply_at(buf: &mut [u8], off: usize, delta: u32) {
-    let c = u16::from_be_bytes([buf[off], buf[off + 1]]);
-    let n = apply(c, delta);
-    buf[off..off + 2].copy_from_slice(&n.to_be_bytes());
-}
-
 /// Pseudo-header sum for IPv4 TCP/UDP.
 pub fn pseudo_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
     let mut s = sum(&src, 0);
@@ -136,6 +131,46 @@ pub fn pseudo_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u32) -> u32 {
     let mut s = sum(src, 0);
     s = sum(dst, s);
     fold(s + (len >> 16) + (len & 0xffff) + proto as u32) as u32
+}
+
+/// Recompute the IPv4 header checksum of the header at `l3` (options included).
+pub fn fill_ipv4(d: &mut [u8], l3: usize) -> Result<(), Truncated> {
+    let mut h = Ipv4::at_mut(d, l3)?;
+    let ihl = h.header_len().max(20);
+    h.set_checksum(0);
+    let c = finish(d.get(l3..l3 + ihl).ok_or(Truncated)?, 0);
+    Ipv4::at_mut(d, l3)?.set_checksum(c);
+    Ok(())
+}
+
+/// Recompute the transport checksum (TCP, UDP, ICMP, ICMPv6) of frame `d` parsed as `p`
+/// from scratch (a UDP result of 0 is sent as 0xffff). Another protocol: nothing to do.
+pub fn fill_l4(d: &mut [u8], p: &Parsed) -> Result<(), Truncated> {
+    let off = match p.proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        PROTO_ICMP | PROTO_ICMPV6 => 2,
+        _ => return Ok(()),
+    };
+    let len = p.end.checked_sub(p.l4).ok_or(Truncated)?;
+    let pseudo = if p.proto == PROTO_ICMP {
+        0
+    } else if p.v6 {
+        let h = Ipv6::at(d, p.l3)?;
+        pseudo_v6(&h.src(), &h.dst(), p.proto, len as u32)
+    } else {
+        let h = Ipv4::at(d, p.l3)?;
+        pseudo_v4(h.src(), h.dst(), p.proto, len as u16)
+    };
+    let seg = d.get_mut(p.l4..p.end).ok_or(Truncated)?;
+    let field = seg.get_mut(off..off + 2).ok_or(Truncated)?;
+    field.fill(0);
+    let mut c = finish(seg, pseudo);
+    if p.proto == PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    seg[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
 }
 
 #[cfg(test)]

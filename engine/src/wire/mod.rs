@@ -6,9 +6,13 @@
 //!   rest.
 //! - [`csum`]: full Internet checksums for frames the engine builds and
 //!   RFC 1624 incremental updates for frames it rewrites.
+//! - [`view`]: typed views over a frame's headers (Ethernet addresses, IPv4, IPv6,
+//!   TCP, UDP, ICMP, the port word), taken by checked constructors, so the pipeline
+//!   reads and writes named fields, not offsets.
 //! - [`tcpopt`]: a bounds-checked TCP options walker (MSS clamping, SACK
 //!   edges, window scale, timestamps).
 
 pub mod csum;
 pub mod parse;
 pub mod tcpopt;
+pub mod view;

@@ -5,6 +5,7 @@
 //! and `account` keep the connection's state, expiry and counters.
 
 use super::*;
+use crate::wire::view::Tcp;
 
 impl<Q: BufAlloc> Worker<Q> {
     /// [`track`] a packet (`len` bytes) of connection `idx` travelling in `dir`, the packet
@@ -173,9 +174,11 @@ impl<Q: BufAlloc> Worker<Q> {
         if dir == Dir::Out && self.flows.get(idx).flags & F_SYNPROXY != 0 {
             // SYN proxy: the server's sequence numbers into the client's space (our cookie).
             if let Some(delta) = self.flows.cold(idx).proxy.as_deref().map(|x| x.delta) {
-                let d = pkt.data_mut();
-                let c = synproxy::shift_field(d, p.l4 + 4, delta);
-                csum::apply_at(d, p.l4 + 16, c);
+                let Ok(mut t) = Tcp::at_mut(pkt.data_mut(), p.l4) else {
+                    return Next::Drop(DropReason::Malformed);
+                };
+                let c = t.shift_seq(delta);
+                t.adjust_checksum(c);
             }
         }
         let c = self.flows.get(idx);

@@ -3,6 +3,7 @@
 //! the pinhole broker the gateway asks for data connections.
 
 use super::*;
+use crate::wire::view::{Tcp, TCP_HEADER_LEN};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// Give control connection `idx` (service `si`, real server `di`) its FTP gateway session:
@@ -60,9 +61,7 @@ impl<Q: BufAlloc> Worker<Q> {
             return self.ftp_segment_full(idx, dir, pkt, p);
         }
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
-        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
-        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else { return Ok(None) };
         let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() else { return Ok(None) };
         // Out of the window (see `ftp_out_of_window`) or taken, in one look at the stream.
         match s.on_segment_quick_in(adir, seq, &pkt.data()[p.payload..p.end], MAX_TCP_WINDOW) {
@@ -72,7 +71,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         // No number moves (no rewrite yet: most sessions, and every flood's) and no options
         // (SACK edges) to look at: the segment leaves with its own numbers.
-        if s.unshifted() && p.payload <= p.l4 + 20 {
+        if s.unshifted() && p.payload <= p.l4 + TCP_HEADER_LEN {
             return Ok(None);
         }
         let new_ack = if p.tcp_flags & TCP_ACK != 0 { s.map_ack(adir, ack) } else { ack };
@@ -98,9 +97,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let now = self.now;
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
-        let Some(h) = pkt.data().get(p.l4 + 4..p.l4 + 12) else { return Ok(None) };
-        let seq = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-        let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else { return Ok(None) };
         // A SYN's payload (TCP Fast Open) starts at isn + 1: the gateway is
         // fed that, after `set_isn` (Linux's nf_conntrack_ftp never sees SYN
         // data; we do, at the right offset: `p.payload` is past the options).
@@ -487,11 +484,7 @@ pub(super) fn ftp_out_of_window(s: &alg::FtpSession, adir: alg::Dir, seq: u32, l
 /// Write a control segment's translated sequence and acknowledgement numbers (at `l4`) and
 /// fix the TCP checksum, with `opt_delta` for options the gateway changed.
 pub(super) fn ftp_set_seq_ack(d: &mut [u8], l4: usize, seq: u32, ack: u32, opt_delta: u32) {
-    let Some(h) = d.get_mut(l4 + 4..l4 + 12) else { return };
-    let mut new = [0u8; 8];
-    new[..4].copy_from_slice(&seq.to_be_bytes());
-    new[4..].copy_from_slice(&ack.to_be_bytes());
-    let delta = csum::add(opt_delta, csum::delta(h, &new));
-    h.copy_from_slice(&new);
-    csum::apply_at(d, l4 + 16, delta);
+    let Ok(mut t) = Tcp::at_mut(d, l4) else { return };
+    let delta = csum::add(opt_delta, csum::add(t.rewrite_seq(seq), t.rewrite_ack(ack)));
+    t.adjust_checksum(delta);
 }

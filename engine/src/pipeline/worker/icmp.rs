@@ -3,6 +3,7 @@
 //! `ip_vs_out_icmp`).
 
 use super::*;
+use crate::wire::view::{IpMut, Ipv4, Ipv6, Ports, Truncated};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
@@ -89,71 +90,107 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let d = pkt.data_mut();
         let v6 = p.v6;
+        // The reporter's address as received (an IPv6 error's outer header is read again).
+        let reporter = if v6 { Ipv6::at(d, p.l3).map(|h| parse::v6_to_addr(h.src())).unwrap_or(0) } else { p.src };
+        let mut q = Quote::default();
         match (dir, to_vip) {
             (Dir::In, true) if fwd == Forward::Fnat => {
                 // From the client side about our VIP:vport -> client:cport: as the real server
                 // sees it, RS:rport -> LADDR:lport, reported by the local address.
-                set_addr(d, p.l3, v6, true, la);
-                set_addr(d, p.l3, v6, false, rs);
-                set_addr(d, inner.l3, v6, true, rs);
-                set_addr(d, inner.l3, v6, false, la);
-                d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
-                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&lport.to_be_bytes());
+                q.outer = (Some(la), Some(rs));
+                q.inner = (Some(rs), Some(la));
+                q.ports = (Some(rport), Some(lport));
             }
             (Dir::Out, false) if fwd == Forward::Fnat => {
                 // From the real-server side about our LADDR:lport -> RS:rport: the client sees
                 // its own VIP-bound packet quoted (a router's address stays the reporter).
-                let outer_src =
-                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
-                if outer_src == rs {
-                    set_addr(d, p.l3, v6, true, vip);
-                }
-                set_addr(d, p.l3, v6, false, client);
-                set_addr(d, inner.l3, v6, true, client);
-                set_addr(d, inner.l3, v6, false, vip);
-                d[inner.l4..inner.l4 + 2].copy_from_slice(&cport.to_be_bytes());
-                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+                q.outer = ((reporter == rs).then_some(vip), Some(client));
+                q.inner = (Some(client), Some(vip));
+                q.ports = (Some(cport), Some(vport));
             }
             (Dir::In, true) => {
                 // Error from the client side about our VIP->client packet.
                 if fwd == Forward::Nat {
-                    set_addr(d, p.l3, v6, false, rs); // outer dst
-                    set_addr(d, inner.l3, v6, true, rs); // quoted src
-                    d[inner.l4..inner.l4 + 2].copy_from_slice(&rport.to_be_bytes());
+                    q.outer.1 = Some(rs);
+                    q.inner.0 = Some(rs);
+                    q.ports.0 = Some(rport);
                 }
             }
             (Dir::Out, false) => {
                 // Error from the real-server side about client->RS packet.
-                let outer_src =
-                    if v6 { parse::v6_to_addr(d[p.l3 + 8..p.l3 + 24].try_into().unwrap_or([0; 16])) } else { p.src };
-                if outer_src == rs {
-                    set_addr(d, p.l3, v6, true, vip);
-                }
-                set_addr(d, inner.l3, v6, false, vip); // quoted dst
-                d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&vport.to_be_bytes());
+                q.outer.0 = (reporter == rs).then_some(vip);
+                q.inner.1 = Some(vip);
+                q.ports.1 = Some(vport);
             }
             _ => {
                 self.drop_pkt(DropReason::NoFlow);
                 return;
             }
         }
-        // Quoted IPv4 header checksum; quoted L4 checksums are left as they
-        // are (the quote is usually truncated, receivers do not verify it).
-        if !v6 {
-            let ihl = (d[inner.l3] & 0xf) as usize * 4;
-            if inner.l3 + ihl <= p.end {
-                fix_ipv4_csum(d, inner.l3);
-            }
-            if d[p.l3 + 8] <= 1 {
+        match q.apply(d, p, inner) {
+            Ok(true) => {}
+            Ok(false) => {
                 self.drop_pkt(DropReason::TtlExceeded);
                 return;
             }
-            d[p.l3 + 8] -= 1;
-            fix_ipv4_csum(d, p.l3);
+            Err(Truncated) => {
+                self.drop_pkt(DropReason::Malformed);
+                return;
+            }
         }
-        fix_l4_csum(d, p);
         bump(&self.counters.icmp_translated, 1);
         let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
         self.finish(pkt, next);
+    }
+}
+
+/// What the translation of an ICMP error writes: the outer header's source and
+/// destination, the quoted header's, and the quoted ports (`None`: left as received).
+#[derive(Default)]
+struct Quote {
+    outer: (Option<Addr>, Option<Addr>),
+    inner: (Option<Addr>, Option<Addr>),
+    ports: (Option<u16>, Option<u16>),
+}
+
+impl Quote {
+    /// Write it into frame `d` (parsed as `p`, quoting `inner`), then the checksums: the
+    /// quoted IPv4 header's when it is whole (quoted L4 checksums are left as they are: the
+    /// quote is usually truncated and receivers do not verify it), the outer IPv4 header's
+    /// with the TTL decremented, and the ICMP checksum. `Ok(false)`: the TTL ran out.
+    fn apply(&self, d: &mut [u8], p: &Parsed, inner: &parse::Inner) -> Result<bool, Truncated> {
+        let v6 = p.v6;
+        for (l3, (src, dst)) in [(p.l3, self.outer), (inner.l3, self.inner)] {
+            let mut h = IpMut::at_mut(d, l3, v6)?;
+            if let Some(a) = src {
+                h.set_addr(true, a);
+            }
+            if let Some(a) = dst {
+                h.set_addr(false, a);
+            }
+        }
+        if self.ports != (None, None) {
+            let mut w = Ports::at_mut(d, inner.l4)?;
+            if let Some(s) = self.ports.0 {
+                w.set_src(s);
+            }
+            if let Some(t) = self.ports.1 {
+                w.set_dst(t);
+            }
+        }
+        if !v6 {
+            if inner.l3 + Ipv4::at(d, inner.l3)?.header_len() <= p.end {
+                csum::fill_ipv4(d, inner.l3)?;
+            }
+            let mut h = Ipv4::at_mut(d, p.l3)?;
+            let ttl = h.ttl();
+            if ttl <= 1 {
+                return Ok(false);
+            }
+            h.set_ttl(ttl - 1);
+            csum::fill_ipv4(d, p.l3)?;
+        }
+        csum::fill_l4(d, p)?;
+        Ok(true)
     }
 }

@@ -3,6 +3,10 @@
 //! exception path to the kernel (`interface.kernel_port`) for the rest.
 
 use super::*;
+use crate::wire::view::{
+    Arp, EthAddrs, Icmp, IpMut, Ipv6, Truncated, ARP_REPLY, ARP_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+    ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// Send an ARP request / neighbour solicitation for `nh` (rate limited).
@@ -19,11 +23,15 @@ impl<Q: BufAlloc> Worker<Q> {
         if !b.set_len(86) {
             return;
         }
-        let n = if addr_is_v4(nh) {
-            neigh::build_arp(b.data_mut(), 1, mac, src, None, nh)
+        let built = if addr_is_v4(nh) {
+            neigh::build_arp(b.data_mut(), ARP_REQUEST, mac, src, None, nh)
         } else {
             let (dst, dmac) = neigh::solicited_node(nh);
             neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), dst, addr_v6_bytes(nh), 0)
+        };
+        let Ok(n) = built else {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
         };
         b.set_len(n);
         self.tx[iface].push(b);
@@ -34,8 +42,14 @@ impl<Q: BufAlloc> Worker<Q> {
         while k < self.pending.len() {
             if self.pending[k].key == a {
                 let mut p = self.pending.swap_remove(k);
-                p.buf.data_mut()[0..6].copy_from_slice(&mac);
-                self.tx[p.iface as usize].push(p.buf);
+                // Parked packets were parsed: they hold an Ethernet header.
+                match EthAddrs::at_mut(p.buf.data_mut(), 0) {
+                    Ok(mut eth) => {
+                        eth.set_dst(mac);
+                        self.tx[p.iface as usize].push(p.buf);
+                    }
+                    Err(Truncated) => self.drop_pkt(DropReason::Malformed),
+                }
             } else {
                 k += 1;
             }
@@ -87,23 +101,24 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     pub(super) fn handle_arp(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
-        let d = pkt.data();
-        let a = &d[p.l3..p.l3 + 28];
-        if a[0..2] != [0, 1] || a[2..4] != [0x08, 0] || a[4] != 6 || a[5] != 4 {
+        let Ok(a) = Arp::at(pkt.data(), p.l3) else {
+            self.drop_pkt(DropReason::Malformed);
+            return;
+        };
+        if !a.is_ethernet_ipv4() {
             self.drop_pkt(DropReason::Unsupported);
             return;
         }
-        let op = u16::from_be_bytes([a[6], a[7]]);
-        let mut smac = [0u8; 6];
-        smac.copy_from_slice(&a[8..14]);
-        let sip = parse::v4_to_addr([a[14], a[15], a[16], a[17]]);
-        let tip = parse::v4_to_addr([a[24], a[25], a[26], a[27]]);
+        let op = a.op();
+        let smac = a.sender_mac();
+        let (sip4, tip4) = (a.sender_ip(), a.target_ip());
+        let (sip, tip) = (parse::v4_to_addr(sip4), parse::v4_to_addr(tip4));
         let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip) || self.is_retired(tip);
         // Learn senders on our subnets (requests to us and replies).
-        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == 2) {
+        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == ARP_REPLY) {
             self.learn_neighbor(sip, smac);
         }
-        if op == 1 && for_us {
+        if op == ARP_REQUEST && for_us {
             let mac = self.snap.ifaces[iface].mac;
             let l3 = p.l3;
             // Turn the request into a reply in place, at least Ethernet's 60 bytes. A request
@@ -112,7 +127,7 @@ impl<Q: BufAlloc> Worker<Q> {
             // would leak another user's traffic (Etherleak, CVE-2003-0001). So bytes 42..60
             // are zeroed first (a fixed-size store), then the headers and the whole 28-byte
             // body written over them where they reach (the body ends at `l3 + 28` >= 42).
-            let n = l3 + 28;
+            let n = l3 + Arp::<&[u8; 28]>::LEN;
             if !pkt.set_len(n.max(60)) {
                 self.drop_pkt(DropReason::NoBuffer);
                 return;
@@ -121,15 +136,17 @@ impl<Q: BufAlloc> Worker<Q> {
             if let Some(pad) = buf.get_mut(42..60) {
                 pad.fill(0);
             }
-            buf[0..6].copy_from_slice(&smac);
-            buf[6..12].copy_from_slice(&mac);
-            // The 28-byte body as one fixed-size array: one bounds check.
-            let r: &mut [u8; 28] = (&mut buf[l3..n]).try_into().expect("28 bytes");
-            r[0..8].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
-            r[8..14].copy_from_slice(&mac);
-            r[14..18].copy_from_slice(&addr_v4_bytes(tip));
-            r[18..24].copy_from_slice(&smac);
-            r[24..28].copy_from_slice(&addr_v4_bytes(sip));
+            let reply = |buf: &mut [u8]| -> Result<(), Truncated> {
+                let mut eth = EthAddrs::at_mut(buf, 0)?;
+                eth.set_dst(smac);
+                eth.set_src(mac);
+                Arp::at_mut(buf, l3)?.write(ARP_REPLY, (mac, tip4), (smac, sip4));
+                Ok(())
+            };
+            if reply(buf).is_err() {
+                self.drop_pkt(DropReason::Malformed);
+                return;
+            }
             bump(&self.counters.arp_replies, 1);
             self.tx[iface].push(pkt);
             return;
@@ -140,11 +157,16 @@ impl<Q: BufAlloc> Worker<Q> {
 
     pub(super) fn handle_nd(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
         let d = pkt.data();
-        let m = &d[p.l4..p.end];
-        if m.len() < 24 || d[p.l3 + 7] != 255 {
+        // Neighbour discovery comes with hop limit 255 (RFC 4861 7.1.1), so from the link.
+        let (Some(m), Ok(ip)) = (d.get(p.l4..p.end), Ipv6::at(d, p.l3)) else {
+            self.drop_pkt(DropReason::Malformed);
+            return;
+        };
+        if m.len() < 24 || ip.hop_limit() != 255 {
             self.drop_pkt(DropReason::Malformed);
             return;
         }
+        let src6 = ip.src();
         let mut t = [0u8; 16];
         t.copy_from_slice(&m[8..24]);
         let target = parse::v6_to_addr(t);
@@ -171,20 +193,11 @@ impl<Q: BufAlloc> Worker<Q> {
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let mac = self.snap.ifaces[iface].mac;
-        let mut src6 = [0u8; 16];
-        src6.copy_from_slice(&d[p.l3 + 8..p.l3 + 24]);
         let unspecified = p.src == 0;
         let (dst, dmac) = if unspecified {
             ([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1])
         } else {
-            (
-                src6,
-                smac.unwrap_or_else(|| {
-                    let mut s = [0u8; 6];
-                    s.copy_from_slice(&d[6..12]);
-                    s
-                }),
-            )
+            (src6, smac.unwrap_or_else(|| EthAddrs::at(d, 0).map_or([0; 6], |e| e.src())))
         };
         // Flags: solicited (unless unspecified source) + override.
         let flags = if unspecified { 0x20 } else { 0x60 };
@@ -192,7 +205,10 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::NoBuffer);
             return;
         }
-        let n = neigh::build_nd(pkt.data_mut(), 136, mac, dmac, t, dst, t, flags);
+        let Ok(n) = neigh::build_nd(pkt.data_mut(), 136, mac, dmac, t, dst, t, flags) else {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        };
         pkt.set_len(n);
         bump(&self.counters.nd_replies, 1);
         self.tx[iface].push(pkt);
@@ -200,34 +216,15 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// Answer an echo request to a VIP or an interface address.
     pub(super) fn echo_reply(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
-        let req = if p.v6 { 128 } else { 8 };
+        let req = if p.v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST };
         if p.icmp_type != req {
             self.drop_pkt(DropReason::NotForUs);
             return;
         }
-        let d = pkt.data_mut();
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&d[6..12]);
-        d.copy_within(0..6, 6);
-        d[0..6].copy_from_slice(&mac);
-        let l3 = p.l3;
-        if p.v6 {
-            let mut s = [0u8; 16];
-            s.copy_from_slice(&d[l3 + 8..l3 + 24]);
-            d.copy_within(l3 + 24..l3 + 40, l3 + 8);
-            d[l3 + 24..l3 + 40].copy_from_slice(&s);
-            d[l3 + 7] = 64;
-            d[p.l4] = 129;
-        } else {
-            let mut s = [0u8; 4];
-            s.copy_from_slice(&d[l3 + 12..l3 + 16]);
-            d.copy_within(l3 + 16..l3 + 20, l3 + 12);
-            d[l3 + 16..l3 + 20].copy_from_slice(&s);
-            d[l3 + 8] = 64;
-            d[p.l4] = 0;
-            fix_ipv4_csum(d, l3);
+        if turn_echo(pkt.data_mut(), p).is_err() {
+            self.drop_pkt(DropReason::Malformed);
+            return;
         }
-        fix_l4_csum(d, p);
         bump(&self.counters.icmp_echo_replies, 1);
         self.tx[iface].push(pkt);
     }
@@ -254,4 +251,18 @@ impl<Q: BufAlloc> Worker<Q> {
         bump(&self.counters.to_kernel, 1);
         self.tx[q].push(pkt);
     }
+}
+
+/// An echo request turned into its reply, in place: MACs and addresses exchanged, the
+/// TTL / hop limit set to 64, the type set to echo reply, the checksums recomputed.
+fn turn_echo(d: &mut [u8], p: &Parsed) -> Result<(), Truncated> {
+    EthAddrs::at_mut(d, 0)?.swap();
+    let mut ip = IpMut::at_mut(d, p.l3, p.v6)?;
+    ip.swap_addrs();
+    ip.set_ttl(64);
+    Icmp::at_mut(d, p.l4)?.set_kind(if p.v6 { ICMPV6_ECHO_REPLY } else { ICMP_ECHO_REPLY });
+    if !p.v6 {
+        csum::fill_ipv4(d, p.l3)?;
+    }
+    csum::fill_l4(d, p)
 }

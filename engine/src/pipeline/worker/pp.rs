@@ -2,6 +2,7 @@
 //! the client's first segment, and the sequence shift for the rest of the connection.
 
 use super::*;
+use crate::wire::view::{IpMut, Tcp, Truncated, TCP_HEADER_LEN};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// PROXY protocol on a segment of connection `idx` (see [`crate::pipeline::proxyproto`]): the
@@ -21,12 +22,14 @@ impl<Q: BufAlloc> Worker<Q> {
             return Ok(None);
         }
         let l4 = p.l4;
-        let field = |d: &[u8], off: usize| u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]]);
-        let opts_end = (l4 + ((pkt.data()[l4 + 12] >> 4) as usize) * 4).min(p.payload);
+        let Ok((seq, ack, hl)) = Tcp::at(pkt.data(), l4).map(|t| (t.seq(), t.ack(), t.header_len())) else {
+            return Err(Next::Drop(DropReason::Malformed));
+        };
+        // The options (empty if the header says less than 20 bytes: the parser refuses those).
+        let opts = l4 + TCP_HEADER_LEN..(l4 + hl).min(p.payload);
         let mut reparsed = None;
         match dir {
             Dir::In => {
-                let seq = field(pkt.data(), l4 + 4);
                 if p.tcp_flags & TCP_SYN != 0 {
                     pp.isn = seq;
                     pp.known = true;
@@ -45,30 +48,30 @@ impl<Q: BufAlloc> Worker<Q> {
                     let d = pkt.data_mut();
                     d.copy_within(p.payload..end, p.payload + h);
                     d[p.payload..p.payload + h].copy_from_slice(pp.header());
-                    if p.v6 {
-                        let n = u16::from_be_bytes([d[p.l3 + 4], d[p.l3 + 5]]) as usize + h;
-                        d[p.l3 + 4..p.l3 + 6].copy_from_slice(&(n as u16).to_be_bytes());
-                    } else {
-                        let n = u16::from_be_bytes([d[p.l3 + 2], d[p.l3 + 3]]) as usize + h;
-                        d[p.l3 + 2..p.l3 + 4].copy_from_slice(&(n as u16).to_be_bytes());
-                        fix_ipv4_csum(d, p.l3);
+                    let grown = |d: &mut [u8]| -> Result<(), Truncated> {
+                        let mut ip = IpMut::at_mut(d, p.l3, p.v6)?;
+                        ip.set_packet_len(ip.packet_len() + h as u16);
+                        if !p.v6 {
+                            csum::fill_ipv4(d, p.l3)?;
+                        }
+                        Ok(())
+                    };
+                    if grown(d).is_err() {
+                        return Err(Next::Drop(DropReason::Malformed));
                     }
                     let Ok(p2) = parse::parse(pkt.data()) else { return Err(Next::Drop(DropReason::Malformed)) };
-                    fix_l4_csum(pkt.data_mut(), &p2);
+                    if csum::fill_l4(pkt.data_mut(), &p2).is_err() {
+                        return Err(Next::Drop(DropReason::Malformed));
+                    }
                     reparsed = Some(p2);
                 } else if pp.known {
                     let new = pp.map_seq(seq);
                     if new != seq {
-                        let d = pkt.data_mut();
-                        d[l4 + 4..l4 + 8].copy_from_slice(&new.to_be_bytes());
-                        csum::apply_at(
-                            d,
-                            l4 + 16,
-                            csum::add(
-                                csum::delta16((seq >> 16) as u16, (new >> 16) as u16),
-                                csum::delta16(seq as u16, new as u16),
-                            ),
-                        );
+                        let Ok(mut t) = Tcp::at_mut(pkt.data_mut(), l4) else {
+                            return Err(Next::Drop(DropReason::Malformed));
+                        };
+                        let c = t.rewrite_seq(new);
+                        t.adjust_checksum(c);
                     }
                 }
             }
@@ -77,37 +80,35 @@ impl<Q: BufAlloc> Worker<Q> {
                 let mut opt_delta = 0;
                 if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
                     // Room for the header in the client's first full-sized segment.
-                    let opts = &mut d[l4 + 20..opts_end];
-                    if let Some(m) = crate::wire::tcpopt::mss(opts) {
-                        let old = opts.to_vec();
-                        crate::wire::tcpopt::clamp_mss(opts, m.saturating_sub(pp.delta() as u16).max(256));
-                        opt_delta = crate::wire::tcpopt::csum_delta(&old, opts);
+                    if let Some(o) = d.get_mut(opts.clone()) {
+                        if let Some(m) = crate::wire::tcpopt::mss(o) {
+                            let old = o.to_vec();
+                            crate::wire::tcpopt::clamp_mss(o, m.saturating_sub(pp.delta() as u16).max(256));
+                            opt_delta = crate::wire::tcpopt::csum_delta(&old, o);
+                        }
                     }
                 }
                 if p.tcp_flags & TCP_ACK != 0 && pp.known {
-                    let ack = field(d, l4 + 8);
                     let new = pp.map_ack(ack);
                     if ack.wrapping_sub(pp.start()) >= pp.delta() && (ack.wrapping_sub(pp.start()) as i32) > 0 {
                         pp.acked = true;
                     }
                     if new != ack {
-                        d[l4 + 8..l4 + 12].copy_from_slice(&new.to_be_bytes());
-                        opt_delta = csum::add(
-                            opt_delta,
-                            csum::add(
-                                csum::delta16((ack >> 16) as u16, (new >> 16) as u16),
-                                csum::delta16(ack as u16, new as u16),
-                            ),
-                        );
+                        if let Ok(mut t) = Tcp::at_mut(d, l4) {
+                            opt_delta = csum::add(opt_delta, t.rewrite_ack(new));
+                        }
                     }
-                    let opts = &mut d[l4 + 20..opts_end];
-                    let old = opts.to_vec();
-                    if crate::wire::tcpopt::map_sack(opts, |a, b| (pp.map_ack(a), pp.map_ack(b))) {
-                        opt_delta = csum::add(opt_delta, crate::wire::tcpopt::csum_delta(&old, opts));
+                    if let Some(o) = d.get_mut(opts) {
+                        let old = o.to_vec();
+                        if crate::wire::tcpopt::map_sack(o, |a, b| (pp.map_ack(a), pp.map_ack(b))) {
+                            opt_delta = csum::add(opt_delta, crate::wire::tcpopt::csum_delta(&old, o));
+                        }
                     }
                 }
                 if opt_delta != 0 {
-                    csum::apply_at(d, l4 + 16, opt_delta);
+                    if let Ok(mut t) = Tcp::at_mut(d, l4) {
+                        t.adjust_checksum(opt_delta);
+                    }
                 }
             }
         }

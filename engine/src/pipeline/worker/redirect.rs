@@ -14,6 +14,7 @@
 //! [`HEARTBEAT_MS`]): a peer not heard for [`DEAD_AFTER_MS`] is dead.
 
 use super::*;
+use crate::wire::view::EthAddrs;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -124,11 +125,13 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         bump(&self.counters.redirected, 1);
         let src_mac = self.if_macs[iface];
-        let d = pkt.data_mut();
-        d[6..12].copy_from_slice(&src_mac);
+        let Ok(mut eth) = EthAddrs::at_mut(pkt.data_mut(), 0) else {
+            return Some(Next::Drop(DropReason::Malformed));
+        };
+        eth.set_src(src_mac);
         match self.neigh.resolve(addr) {
             Some(mac) => {
-                d[0..6].copy_from_slice(&mac);
+                eth.set_dst(mac);
                 Some(Next::Tx(iface))
             }
             None => {

@@ -3,6 +3,8 @@
 //! answers, and translating sequence numbers afterwards.
 
 use super::*;
+use crate::pipeline::synproxy::Bare;
+use crate::wire::view::Tcp;
 
 impl<Q: BufAlloc> Worker<Q> {
     /// The real server answered a proxied connection's SYN: its held client packets go now.
@@ -94,10 +96,11 @@ impl<Q: BufAlloc> Worker<Q> {
             if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
                 return Some(Next::Drop(DropReason::NoBuffer));
             }
-            let d = pkt.data_mut();
-            synproxy::turn_around(d, p);
-            let end = synproxy::rebuild_tcp(d, p, TCP_SYN | TCP_ACK, cookie, seq.wrapping_add(1), Some(ours), 65535)?;
-            synproxy::finish_tcp(d, p, end);
+            let seg =
+                Bare { flags: TCP_SYN | TCP_ACK, seq: cookie, ack: seq.wrapping_add(1), mss: Some(ours), win: 65535 };
+            let Ok(end) = synproxy::answer(pkt.data_mut(), p, true, seg) else {
+                return Some(Next::Drop(DropReason::Malformed));
+            };
             if !pkt.set_len(end) {
                 return Some(Next::Drop(DropReason::NoBuffer));
             }
@@ -125,9 +128,10 @@ impl<Q: BufAlloc> Worker<Q> {
             if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
                 return Some(Next::Drop(DropReason::NoBuffer));
             }
-            let d = pkt.data_mut();
-            let end = synproxy::rebuild_tcp(d, p, TCP_SYN, isn, 0, Some(mss), 29200)?;
-            synproxy::finish_tcp(d, p, end);
+            let seg = Bare { flags: TCP_SYN, seq: isn, ack: 0, mss: Some(mss), win: 29200 };
+            let Ok(end) = synproxy::answer(pkt.data_mut(), p, false, seg) else {
+                return Some(Next::Drop(DropReason::Malformed));
+            };
             if !pkt.set_len(end) {
                 return Some(Next::Drop(DropReason::NoBuffer));
             }
@@ -172,10 +176,10 @@ impl<Q: BufAlloc> Worker<Q> {
             if pkt.len() < p.l4 + 20 && !pkt.set_len(p.l4 + 20) {
                 return Some(Next::Drop(DropReason::NoBuffer));
             }
-            let d = pkt.data_mut();
-            synproxy::turn_around(d, p);
-            let end = synproxy::rebuild_tcp(d, p, TCP_SYN | TCP_ACK, cookie, cookie, None, 0)?;
-            synproxy::finish_tcp(d, p, end);
+            let seg = Bare { flags: TCP_SYN | TCP_ACK, seq: cookie, ack: cookie, mss: None, win: 0 };
+            let Ok(end) = synproxy::answer(pkt.data_mut(), p, true, seg) else {
+                return Some(Next::Drop(DropReason::Malformed));
+            };
             if !pkt.set_len(end) {
                 return Some(Next::Drop(DropReason::NoBuffer));
             }
@@ -222,7 +226,6 @@ impl<Q: BufAlloc> Worker<Q> {
     pub(super) fn proxy_segment(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
         let px = *self.flows.cold(idx).proxy.as_deref()?;
         let l4 = p.l4;
-        let field = |d: &[u8], off: usize| u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]]);
         match (dir, px.established) {
             (Dir::In, false) => {
                 // Our own SYN (made from the client's ACK) goes; the client's data waits.
@@ -233,8 +236,9 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
             (Dir::Out, false) => {
-                let d = pkt.data_mut();
-                let rs_seq = field(d, l4 + 4);
+                let Ok(rs_seq) = Tcp::at(pkt.data(), l4).map(|t| t.seq()) else {
+                    return Some(Next::Drop(DropReason::Malformed));
+                };
                 if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
                     // Answer the real server ourselves and start translating.
                     let delta = px.cookie.wrapping_sub(rs_seq);
@@ -245,17 +249,16 @@ impl<Q: BufAlloc> Worker<Q> {
                     if let Some(s) = self.flows.cold_mut(idx).alg.as_deref_mut() {
                         s.set_isn(alg::Dir::Reply, rs_seq);
                     }
-                    synproxy::turn_around(d, p);
-                    let end = synproxy::rebuild_tcp(
-                        d,
-                        p,
-                        TCP_ACK,
-                        px.isn.wrapping_add(1),
-                        rs_seq.wrapping_add(1),
-                        None,
-                        29200,
-                    )?;
-                    synproxy::finish_tcp(d, p, end);
+                    let seg = Bare {
+                        flags: TCP_ACK,
+                        seq: px.isn.wrapping_add(1),
+                        ack: rs_seq.wrapping_add(1),
+                        mss: None,
+                        win: 29200,
+                    };
+                    let Ok(end) = synproxy::answer(pkt.data_mut(), p, true, seg) else {
+                        return Some(Next::Drop(DropReason::Malformed));
+                    };
                     if !pkt.set_len(end) {
                         return Some(Next::Drop(DropReason::NoBuffer));
                     }
@@ -278,9 +281,11 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             (Dir::In, true) => {
                 if p.tcp_flags & TCP_ACK != 0 {
-                    let d = pkt.data_mut();
-                    let c = synproxy::shift_field(d, l4 + 8, px.delta.wrapping_neg());
-                    csum::apply_at(d, l4 + 16, c);
+                    let Ok(mut t) = Tcp::at_mut(pkt.data_mut(), l4) else {
+                        return Some(Next::Drop(DropReason::Malformed));
+                    };
+                    let c = t.shift_ack(px.delta.wrapping_neg());
+                    t.adjust_checksum(c);
                 }
                 None
             }

@@ -8,6 +8,7 @@
 use super::*;
 use crate::wire::parse::{TCP_FIN, TCP_PSH};
 use crate::wire::tcpopt;
+use crate::wire::view::{IpMut, Tcp, Truncated, TCP_HEADER_LEN};
 
 /// Most a single rewrite can grow a segment: a `227` address, the longest
 /// text (`255,255,255,255,255,255`, [`alg::parse::MAX_227_ADDR_LEN`] = 23
@@ -84,7 +85,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// changed).
     #[inline(always)]
     pub(super) fn ftp_tcp_options(&mut self, idx: u32, adir: alg::Dir, pkt: &mut Q::Buf, p: &Parsed) -> u32 {
-        if p.payload <= p.l4 + 20 {
+        if p.payload <= p.l4 + TCP_HEADER_LEN {
             // No options (most segments of a control connection, floods of tiny ones too).
             return 0;
         }
@@ -93,7 +94,7 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// [`Worker::ftp_tcp_options`] for a segment with options.
     fn ftp_tcp_options_present(&mut self, idx: u32, adir: alg::Dir, pkt: &mut Q::Buf, p: &Parsed) -> u32 {
-        let (a, b) = (p.l4 + 20, p.payload);
+        let (a, b) = (p.l4 + TCP_HEADER_LEN, p.payload);
         let syn = p.tcp_flags & TCP_SYN != 0;
         let ack = p.tcp_flags & TCP_ACK != 0;
         if b <= a || b - a > tcpopt::MAX_LEN || !(syn || ack) {
@@ -161,7 +162,9 @@ impl<Q: BufAlloc> Worker<Q> {
         if pieces > MAX_SPLIT {
             return Err(Next::Drop(DropReason::TooBig));
         }
-        let flags = pkt.data()[p.l4 + 13];
+        let Ok(flags) = Tcp::at(pkt.data(), p.l4).map(|t| t.flags()) else {
+            return Err(Next::Drop(DropReason::Malformed));
+        };
         let syn = u32::from(flags & TCP_SYN != 0);
         // Wire sequence number of the piece starting at payload offset `off`.
         let seq_at = |off: usize| if off == 0 { seq } else { seq.wrapping_add(syn).wrapping_add(off as u32) };
@@ -180,7 +183,9 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             let mut bp = *p;
             crate::pipeline::counters::bump(&self.counters.split_segments, 1);
-            write_segment(b.data_mut(), &mut bp, &payload[off..off + room], seq_at(off), ack, fl);
+            if write_segment(b.data_mut(), &mut bp, &payload[off..off + room], seq_at(off), ack, fl).is_err() {
+                return Err(Next::Drop(DropReason::Malformed));
+            }
             let next = self.forward_rewrite(idx, dir, &mut b, &bp);
             self.finish(b, next);
             off += room;
@@ -193,8 +198,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if pieces > 1 {
             fl &= !TCP_SYN;
         }
-        write_segment(pkt.data_mut(), p, last, seq_at(off), ack, fl);
-        Ok(())
+        write_segment(pkt.data_mut(), p, last, seq_at(off), ack, fl).map_err(|_| Next::Drop(DropReason::Malformed))
     }
 }
 
@@ -277,24 +281,22 @@ fn sack_block(s: &alg::FtpSession, adir: alg::Dir, left: u32, right: u32) -> (u3
 /// Write `piece` as the payload of the TCP segment at `p` (the frame is
 /// already `p.payload + piece.len()` long), with `seq`, `ack` and the flags
 /// byte `flags`; fix the IP length, the IPv4 header checksum and the TCP
-/// checksum. `p.end` and `p.tcp_flags` follow.
-fn write_segment(d: &mut [u8], p: &mut Parsed, piece: &[u8], seq: u32, ack: u32, flags: u8) {
+/// checksum. `p.end` and `p.tcp_flags` follow. [`Truncated`] if the frame does not
+/// hold the segment.
+fn write_segment(d: &mut [u8], p: &mut Parsed, piece: &[u8], seq: u32, ack: u32, flags: u8) -> Result<(), Truncated> {
     let end = p.payload + piece.len();
-    d[p.payload..end].copy_from_slice(piece);
-    let l4 = p.l4;
-    d[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
-    d[l4 + 8..l4 + 12].copy_from_slice(&ack.to_be_bytes());
-    d[l4 + 13] = flags;
-    if p.v6 {
-        let pl = (end - p.l3 - 40) as u16;
-        d[p.l3 + 4..p.l3 + 6].copy_from_slice(&pl.to_be_bytes());
-    } else {
-        d[p.l3 + 2..p.l3 + 4].copy_from_slice(&((end - p.l3) as u16).to_be_bytes());
-        fix_ipv4_csum(d, p.l3);
+    d.get_mut(p.payload..end).ok_or(Truncated)?.copy_from_slice(piece);
+    let mut t = Tcp::at_mut(d, p.l4)?;
+    t.set_seq(seq);
+    t.set_ack(ack);
+    t.set_flags(flags);
+    IpMut::at_mut(d, p.l3, p.v6)?.set_packet_len((end - p.l3) as u16);
+    if !p.v6 {
+        csum::fill_ipv4(d, p.l3)?;
     }
     p.end = end;
     p.tcp_flags = flags & 0x3f;
-    fix_l4_csum(d, p);
+    csum::fill_l4(d, p)
 }
 
 #[cfg(test)]
