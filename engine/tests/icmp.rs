@@ -289,7 +289,13 @@ fn received_errors_are_translated_for_dr_and_ipv6_from_the_real_server() {
     let inner = 14 + 40 + 8;
     assert_eq!(&f[inner + 24..inner + 40], &VIP6, "quoted destination: the VIP");
     assert_eq!(&f[inner + 42..inner + 44], &80u16.to_be_bytes());
+    assert_eq!(f[21], 63, "hop limit decremented, as for any forwarded packet");
     assert_drops(&e, &[]);
+    // One that has run out of hops is dropped and counted, not forwarded.
+    let mut spent = err.clone();
+    spent[21] = 1;
+    assert!(e.inject(INT, &spent, S).is_empty());
+    assert_drops(&e, &[(DropReason::TtlExceeded, 1)]);
     // The balancer originated nothing.
     assert_eq!(icmp_counts(&e), (0, 0));
 }

@@ -156,8 +156,9 @@ struct Quote {
 impl Quote {
     /// Write it into frame `d` (parsed as `p`, quoting `inner`), then the checksums: the
     /// quoted IPv4 header's when it is whole (quoted L4 checksums are left as they are: the
-    /// quote is usually truncated and receivers do not verify it), the outer IPv4 header's
-    /// with the TTL decremented, and the ICMP checksum. `Ok(false)`: the TTL ran out.
+    /// quote is usually truncated and receivers do not verify it), the outer header's TTL /
+    /// hop limit decremented (IPv4: its checksum), and the ICMP checksum. `Ok(false)`: the
+    /// TTL / hop limit ran out.
     fn apply(&self, d: &mut [u8], p: &Parsed, inner: &parse::Inner) -> Result<bool, Truncated> {
         let v6 = p.v6;
         for (l3, (src, dst)) in [(p.l3, self.outer), (inner.l3, self.inner)] {
@@ -178,16 +179,17 @@ impl Quote {
                 w.set_dst(t);
             }
         }
+        if !v6 && inner.l3 + Ipv4::at(d, inner.l3)?.header_len() <= p.end {
+            csum::fill_ipv4(d, inner.l3)?;
+        }
+        // Forwarded: the TTL / hop limit goes down by one, as for any packet.
+        let mut h = IpMut::at_mut(d, p.l3, v6)?;
+        let ttl = h.ttl();
+        if ttl <= 1 {
+            return Ok(false);
+        }
+        h.set_ttl(ttl - 1);
         if !v6 {
-            if inner.l3 + Ipv4::at(d, inner.l3)?.header_len() <= p.end {
-                csum::fill_ipv4(d, inner.l3)?;
-            }
-            let mut h = Ipv4::at_mut(d, p.l3)?;
-            let ttl = h.ttl();
-            if ttl <= 1 {
-                return Ok(false);
-            }
-            h.set_ttl(ttl - 1);
             csum::fill_ipv4(d, p.l3)?;
         }
         csum::fill_l4(d, p)?;
