@@ -4,6 +4,8 @@
 //! (The etherparse builders in [`crate::tools::testpkt`] allocate; these do not.)
 
 use crate::wire::csum;
+use crate::wire::parse::{Parsed, PROTO_TCP};
+use crate::wire::view::{EthAddrs, Ipv4, Tcp, Truncated, Udp, ETHERTYPE_IPV4, IPV4_DF, TCP_HEADER_LEN};
 
 /// Ethernet + IPv4 + TCP header bytes (no options).
 pub const TCP4_HDR: usize = 14 + 20 + 20;
@@ -36,7 +38,7 @@ pub struct Frame4 {
 /// `payload` (copied after the L4 header, truncated to fit) lets callers
 /// carry an FTP line. Returns the frame length written.
 pub fn write4(out: &mut [u8], f: &Frame4, len: usize, payload: &[u8]) -> usize {
-    let tcp = f.proto == crate::wire::parse::PROTO_TCP;
+    let tcp = f.proto == PROTO_TCP;
     let hdr = if tcp { TCP4_HDR } else { UDP4_HDR };
     let l4h = if tcp { 20 } else { 8 };
     // TCP: a bare segment is padded at L2 to 60 bytes; anything longer is
@@ -49,52 +51,49 @@ pub fn write4(out: &mut [u8], f: &Frame4, len: usize, payload: &[u8]) -> usize {
     let ip_len = 20 + l4h + plen;
     let frame_len = (14 + ip_len).max(MIN_FRAME).max(len);
     let out = &mut out[..frame_len];
-    out[0..6].copy_from_slice(&f.dst_mac);
-    out[6..12].copy_from_slice(&f.src_mac);
-    out[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut out[14..34];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&[0, 0]);
-    ip[6..8].copy_from_slice(&[0x40, 0]);
-    ip[8] = f.ttl;
-    ip[9] = f.proto;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    ip[12..16].copy_from_slice(&f.src);
-    ip[16..20].copy_from_slice(&f.dst);
-    let c = csum::finish(ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let l4 = 34;
-    out[l4..l4 + 2].copy_from_slice(&f.sport.to_be_bytes());
-    out[l4 + 2..l4 + 4].copy_from_slice(&f.dport.to_be_bytes());
-    let pay = l4 + l4h;
-    out[pay..pay + plen].fill(0);
-    out[pay..pay + payload.len()].copy_from_slice(payload);
-    out[14 + ip_len..].fill(0);
-    let ck_off;
-    if tcp {
-        let t = &mut out[l4..l4 + 20];
-        t[4..8].copy_from_slice(&f.seq.to_be_bytes());
-        t[8..12].copy_from_slice(&f.ack.to_be_bytes());
-        t[12] = 5 << 4;
-        t[13] = f.flags;
-        t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-        t[16..20].fill(0);
-        ck_off = l4 + 16;
-    } else {
-        out[l4 + 4..l4 + 6].copy_from_slice(&((8 + plen) as u16).to_be_bytes());
-        out[l4 + 6..l4 + 8].fill(0);
-        ck_off = l4 + 6;
-    }
-    let l4len = l4h + plen;
-    let pseudo = csum::pseudo_v4(f.src, f.dst, f.proto, l4len as u16);
-    let mut c = csum::finish(&out[l4..l4 + l4len], pseudo);
-    if !tcp && c == 0 {
-        c = 0xffff;
-    }
-    out[ck_off..ck_off + 2].copy_from_slice(&c.to_be_bytes());
+    out[14 + 20 + l4h..].fill(0);
+    out[14 + 20 + l4h..][..payload.len()].copy_from_slice(payload);
+    write_headers(out, f, ip_len, plen).expect("a frame of at least 60 bytes holds the headers");
     frame_len
+}
+
+/// The headers of [`write4`] in front of the payload already in `out`, checksums included.
+fn write_headers(out: &mut [u8], f: &Frame4, ip_len: usize, plen: usize) -> Result<(), Truncated> {
+    let tcp = f.proto == PROTO_TCP;
+    let mut eth = EthAddrs::at_mut(out, 0)?;
+    eth.set_dst(f.dst_mac);
+    eth.set_src(f.src_mac);
+    out[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    let mut ip = Ipv4::at_mut(out, 14)?;
+    ip.clear();
+    ip.set_version_ihl(0x45);
+    ip.set_total_len(ip_len as u16);
+    ip.set_frag_word(IPV4_DF);
+    ip.set_ttl(f.ttl);
+    ip.set_proto(f.proto);
+    ip.set_src(f.src);
+    ip.set_dst(f.dst);
+    csum::fill_ipv4(out, 14)?;
+    let l4 = 14 + 20;
+    if tcp {
+        let mut t = Tcp::at_mut(out, l4)?;
+        t.set_src_port(f.sport);
+        t.set_dst_port(f.dport);
+        t.set_seq(f.seq);
+        t.set_ack(f.ack);
+        t.set_header_len(TCP_HEADER_LEN);
+        t.set_flags(f.flags);
+        t.set_window(64240);
+        t.set_checksum(0);
+        t.set_urgent(0);
+    } else {
+        let mut u = Udp::at_mut(out, l4)?;
+        u.set_src_port(f.sport);
+        u.set_dst_port(f.dport);
+        u.set_datagram_len((8 + plen) as u16);
+    }
+    let p = Parsed { l3: 14, l4, end: 14 + ip_len, proto: f.proto, ..Parsed::default() };
+    csum::fill_l4(out, &p)
 }
 
 /// SplitMix64: a tiny deterministic RNG for shuffles and address picks.
