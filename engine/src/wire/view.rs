@@ -73,24 +73,58 @@ fn fixed_mut<const N: usize>(d: &mut [u8], at: usize) -> Result<&mut [u8; N], Tr
     }
 }
 
-#[inline(always)]
-fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
-    u16::from_be_bytes([h[at], h[at + 1]])
+/// A header field's type, read from and written to its big-endian bytes at a constant
+/// offset of a fixed-size header (so the accessors compile to plain loads and stores).
+trait Field: Sized {
+    fn read<const N: usize>(h: &[u8; N], at: usize) -> Self;
+    fn write<const N: usize>(self, h: &mut [u8; N], at: usize);
 }
 
-#[inline(always)]
-fn be32<const N: usize>(h: &[u8; N], at: usize) -> u32 {
-    u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+impl Field for u8 {
+    #[inline(always)]
+    fn read<const N: usize>(h: &[u8; N], at: usize) -> u8 {
+        h[at]
+    }
+    #[inline(always)]
+    fn write<const N: usize>(self, h: &mut [u8; N], at: usize) {
+        h[at] = self;
+    }
 }
 
-#[inline(always)]
-fn put16<const N: usize>(h: &mut [u8; N], at: usize, v: u16) {
-    h[at..at + 2].copy_from_slice(&v.to_be_bytes());
+impl Field for u16 {
+    #[inline(always)]
+    fn read<const N: usize>(h: &[u8; N], at: usize) -> u16 {
+        u16::from_be_bytes(<[u8; 2]>::read(h, at))
+    }
+    #[inline(always)]
+    fn write<const N: usize>(self, h: &mut [u8; N], at: usize) {
+        self.to_be_bytes().write(h, at);
+    }
 }
 
-#[inline(always)]
-fn put32<const N: usize>(h: &mut [u8; N], at: usize, v: u32) {
-    h[at..at + 4].copy_from_slice(&v.to_be_bytes());
+impl Field for u32 {
+    #[inline(always)]
+    fn read<const N: usize>(h: &[u8; N], at: usize) -> u32 {
+        u32::from_be_bytes(<[u8; 4]>::read(h, at))
+    }
+    #[inline(always)]
+    fn write<const N: usize>(self, h: &mut [u8; N], at: usize) {
+        self.to_be_bytes().write(h, at);
+    }
+}
+
+/// Addresses (MAC, IPv4, IPv6): their bytes as they are.
+impl<const M: usize> Field for [u8; M] {
+    #[inline(always)]
+    fn read<const N: usize>(h: &[u8; N], at: usize) -> [u8; M] {
+        let mut a = [0u8; M];
+        a.copy_from_slice(&h[at..at + M]);
+        a
+    }
+    #[inline(always)]
+    fn write<const N: usize>(self, h: &mut [u8; N], at: usize) {
+        h[at..at + M].copy_from_slice(&self);
+    }
 }
 
 /// Swap the `n`-byte fields at `a` and `a + n`.
@@ -100,9 +134,13 @@ fn swap_fields<const N: usize>(h: &mut [u8; N], a: usize, n: usize) {
     x.swap_with_slice(y);
 }
 
-/// Defines a view type over a fixed `$len`-byte header with its two checked constructors.
+/// Defines a view type over a fixed `$len`-byte header: its two checked constructors and,
+/// for each field (`getter, setter: type = offset`), its accessors.
 macro_rules! view {
-    ($(#[$m:meta])* $name:ident, $len:expr) => {
+    (
+        $(#[$m:meta])* $name:ident, $len:expr;
+        $( $(#[$fm:meta])* $get:ident, $set:ident: $t:ty = $at:expr; )*
+    ) => {
         $(#[$m])*
         #[derive(Debug)]
         pub struct $name<B>(B);
@@ -131,50 +169,42 @@ macro_rules! view {
             fn h(&self) -> &[u8; $len] {
                 self.0.borrow()
             }
+
+            $(
+                $(#[$fm])*
+                #[inline(always)]
+                pub fn $get(&self) -> $t {
+                    <$t as Field>::read(self.h(), $at)
+                }
+            )*
         }
 
         impl<B: BorrowMut<[u8; $len]>> $name<B> {
-            // A view the engine only reads (`Ipv6Frag`) has no setter.
-            #[allow(dead_code)]
             #[inline(always)]
             fn h_mut(&mut self) -> &mut [u8; $len] {
                 self.0.borrow_mut()
             }
+
+            $(
+                $(#[$fm])*
+                #[inline(always)]
+                pub fn $set(&mut self, v: $t) {
+                    Field::write(v, self.h_mut(), $at)
+                }
+            )*
         }
     };
 }
 
-view!(
+view! {
     /// The two MAC addresses that open an Ethernet frame (destination, source); the
     /// EtherType's place depends on an 802.1Q tag, which [`crate::wire::parse`] handles.
-    EthAddrs,
-    12
-);
-
-impl<B: Borrow<[u8; 12]>> EthAddrs<B> {
-    #[inline(always)]
-    pub fn dst(&self) -> [u8; 6] {
-        let mut m = [0u8; 6];
-        m.copy_from_slice(&self.h()[..6]);
-        m
-    }
-    #[inline(always)]
-    pub fn src(&self) -> [u8; 6] {
-        let mut m = [0u8; 6];
-        m.copy_from_slice(&self.h()[6..]);
-        m
-    }
+    EthAddrs, 12;
+    dst, set_dst: [u8; 6] = 0;
+    src, set_src: [u8; 6] = 6;
 }
 
 impl<B: BorrowMut<[u8; 12]>> EthAddrs<B> {
-    #[inline(always)]
-    pub fn set_dst(&mut self, m: [u8; 6]) {
-        self.h_mut()[..6].copy_from_slice(&m);
-    }
-    #[inline(always)]
-    pub fn set_src(&mut self, m: [u8; 6]) {
-        self.h_mut()[6..].copy_from_slice(&m);
-    }
     /// Destination and source exchanged (to answer the frame).
     #[inline(always)]
     pub fn swap(&mut self) {
@@ -182,95 +212,35 @@ impl<B: BorrowMut<[u8; 12]>> EthAddrs<B> {
     }
 }
 
-view!(
+view! {
     /// An IPv4 header's fixed 20 bytes (options, if any, follow them).
-    Ipv4,
-    20
-);
+    Ipv4, 20;
+    /// Version (4) and header length (in 32-bit words).
+    version_ihl, set_version_ihl: u8 = 0;
+    /// Type of service / DSCP and ECN.
+    tos, set_tos: u8 = 1;
+    /// The IP packet's length (header and payload).
+    total_len, set_total_len: u16 = 2;
+    /// Identification (of a datagram's fragments).
+    ident, set_ident: u16 = 4;
+    /// Flags and fragment offset.
+    frag_word, set_frag_word: u16 = 6;
+    ttl, set_ttl: u8 = 8;
+    proto, set_proto: u8 = 9;
+    checksum, set_checksum: u16 = 10;
+    src, set_src: [u8; 4] = 12;
+    dst, set_dst: [u8; 4] = 16;
+}
 
 impl<B: Borrow<[u8; 20]>> Ipv4<B> {
-    /// Version (4) and header length (in 32-bit words) byte.
-    #[inline(always)]
-    pub fn version_ihl(&self) -> u8 {
-        self.h()[0]
-    }
     /// The header's length in bytes, options included.
     #[inline(always)]
     pub fn header_len(&self) -> usize {
-        (self.h()[0] & 0xf) as usize * 4
-    }
-    /// The IP packet's length (header and payload).
-    /// Type of service / DSCP and ECN.
-    #[inline(always)]
-    pub fn tos(&self) -> u8 {
-        self.h()[1]
-    }
-    #[inline(always)]
-    pub fn total_len(&self) -> u16 {
-        be16(self.h(), 2)
-    }
-    /// Identification (of a datagram's fragments).
-    #[inline(always)]
-    pub fn ident(&self) -> u16 {
-        be16(self.h(), 4)
-    }
-    /// Flags and fragment offset.
-    #[inline(always)]
-    pub fn frag_word(&self) -> u16 {
-        be16(self.h(), 6)
-    }
-    #[inline(always)]
-    pub fn ttl(&self) -> u8 {
-        self.h()[8]
-    }
-    #[inline(always)]
-    pub fn proto(&self) -> u8 {
-        self.h()[9]
-    }
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        be16(self.h(), 10)
-    }
-    #[inline(always)]
-    pub fn src(&self) -> [u8; 4] {
-        [self.h()[12], self.h()[13], self.h()[14], self.h()[15]]
-    }
-    #[inline(always)]
-    pub fn dst(&self) -> [u8; 4] {
-        [self.h()[16], self.h()[17], self.h()[18], self.h()[19]]
+        (self.version_ihl() & 0xf) as usize * 4
     }
 }
 
 impl<B: BorrowMut<[u8; 20]>> Ipv4<B> {
-    #[inline(always)]
-    pub fn set_version_ihl(&mut self, v: u8) {
-        self.h_mut()[0] = v;
-    }
-    /// Type of service / DSCP and ECN.
-    #[inline(always)]
-    pub fn set_tos(&mut self, t: u8) {
-        self.h_mut()[1] = t;
-    }
-    #[inline(always)]
-    pub fn set_total_len(&mut self, n: u16) {
-        put16(self.h_mut(), 2, n);
-    }
-    #[inline(always)]
-    pub fn set_frag_word(&mut self, w: u16) {
-        put16(self.h_mut(), 6, w);
-    }
-    #[inline(always)]
-    pub fn set_ttl(&mut self, t: u8) {
-        self.h_mut()[8] = t;
-    }
-    #[inline(always)]
-    pub fn set_proto(&mut self, p: u8) {
-        self.h_mut()[9] = p;
-    }
-    #[inline(always)]
-    pub fn set_checksum(&mut self, c: u16) {
-        put16(self.h_mut(), 10, c);
-    }
     /// The header checksum adjusted by an RFC 1624 delta.
     #[inline(always)]
     pub fn adjust_checksum(&mut self, delta: u32) {
@@ -282,14 +252,6 @@ impl<B: BorrowMut<[u8; 20]>> Ipv4<B> {
     pub fn adjust_checksum16(&mut self, delta: u16) {
         let c = csum::apply16(self.checksum(), delta);
         self.set_checksum(c);
-    }
-    #[inline(always)]
-    pub fn set_src(&mut self, a: [u8; 4]) {
-        self.h_mut()[12..16].copy_from_slice(&a);
-    }
-    #[inline(always)]
-    pub fn set_dst(&mut self, a: [u8; 4]) {
-        self.h_mut()[16..20].copy_from_slice(&a);
     }
     /// Source and destination exchanged (the header checksum does not change).
     #[inline(always)]
@@ -303,79 +265,32 @@ impl<B: BorrowMut<[u8; 20]>> Ipv4<B> {
     }
 }
 
-view!(
+view! {
     /// An IPv6 header (40 bytes; extension headers, if any, follow it).
-    Ipv6,
-    40
-);
+    Ipv6, 40;
+    /// Version (6) and the traffic class's high nibble.
+    version_byte, set_version_byte: u8 = 0;
+    /// Bytes after this header.
+    payload_len, set_payload_len: u16 = 4;
+    next_header, set_next_header: u8 = 6;
+    hop_limit, set_hop_limit: u8 = 7;
+    src, set_src: [u8; 16] = 8;
+    dst, set_dst: [u8; 16] = 24;
+}
 
 impl<B: Borrow<[u8; 40]>> Ipv6<B> {
-    /// Version (6) and the traffic class's high nibble.
-    #[inline(always)]
-    pub fn version_byte(&self) -> u8 {
-        self.h()[0]
-    }
     /// Traffic class (DSCP and ECN).
     #[inline(always)]
     pub fn traffic_class(&self) -> u8 {
         (self.h()[0] & 0x0f) << 4 | self.h()[1] >> 4
     }
-    /// Bytes after this header.
-    #[inline(always)]
-    pub fn payload_len(&self) -> u16 {
-        be16(self.h(), 4)
-    }
-    #[inline(always)]
-    pub fn next_header(&self) -> u8 {
-        self.h()[6]
-    }
-    #[inline(always)]
-    pub fn hop_limit(&self) -> u8 {
-        self.h()[7]
-    }
-    #[inline(always)]
-    pub fn src(&self) -> [u8; 16] {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.h()[8..24]);
-        a
-    }
-    #[inline(always)]
-    pub fn dst(&self) -> [u8; 16] {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.h()[24..40]);
-        a
-    }
 }
 
 impl<B: BorrowMut<[u8; 40]>> Ipv6<B> {
-    #[inline(always)]
-    pub fn set_version_byte(&mut self, v: u8) {
-        self.h_mut()[0] = v;
-    }
     /// Version 6, traffic class `tc`, flow label 0.
     #[inline(always)]
     pub fn set_version_class(&mut self, tc: u8) {
-        self.h_mut()[..4].copy_from_slice(&[0x60 | tc >> 4, tc << 4, 0, 0]);
-    }
-    #[inline(always)]
-    pub fn set_payload_len(&mut self, n: u16) {
-        put16(self.h_mut(), 4, n);
-    }
-    #[inline(always)]
-    pub fn set_next_header(&mut self, p: u8) {
-        self.h_mut()[6] = p;
-    }
-    #[inline(always)]
-    pub fn set_hop_limit(&mut self, h: u8) {
-        self.h_mut()[7] = h;
-    }
-    #[inline(always)]
-    pub fn set_src(&mut self, a: [u8; 16]) {
-        self.h_mut()[8..24].copy_from_slice(&a);
-    }
-    #[inline(always)]
-    pub fn set_dst(&mut self, a: [u8; 16]) {
-        self.h_mut()[24..40].copy_from_slice(&a);
+        [0x60 | tc >> 4, tc << 4, 0, 0].write(self.h_mut(), 0);
     }
     #[inline(always)]
     pub fn swap_addrs(&mut self) {
@@ -471,76 +386,29 @@ impl<'a> IpMut<'a> {
     }
 }
 
-/// A transport header's 32-bit port word (source, destination): TCP, UDP, SCTP, ...
-#[inline(always)]
-fn ports<const N: usize>(h: &[u8; N]) -> (u16, u16) {
-    (be16(h, 0), be16(h, 2))
+view! {
+    /// A TCP header's fixed 20 bytes (options, if any, follow them).
+    Tcp, 20;
+    src_port, set_src_port: u16 = 0;
+    dst_port, set_dst_port: u16 = 2;
+    seq, set_seq: u32 = 4;
+    ack, set_ack: u32 = 8;
+    /// The flag bits (FIN 0x01 ... URG 0x20, ECE 0x40, CWR 0x80).
+    flags, set_flags: u8 = 13;
+    window, set_window: u16 = 14;
+    checksum, set_checksum: u16 = 16;
+    urgent, set_urgent: u16 = 18;
 }
 
-view!(
-    /// A TCP header's fixed 20 bytes (options, if any, follow them).
-    Tcp,
-    20
-);
-
 impl<B: Borrow<[u8; 20]>> Tcp<B> {
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        ports(self.h()).0
-    }
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        ports(self.h()).1
-    }
-    #[inline(always)]
-    pub fn seq(&self) -> u32 {
-        be32(self.h(), 4)
-    }
-    #[inline(always)]
-    pub fn ack(&self) -> u32 {
-        be32(self.h(), 8)
-    }
     /// The header's length in bytes, options included (data offset).
     #[inline(always)]
     pub fn header_len(&self) -> usize {
         (self.h()[12] >> 4) as usize * 4
     }
-    /// The flag bits (FIN 0x01 ... URG 0x20, ECE 0x40, CWR 0x80).
-    #[inline(always)]
-    pub fn flags(&self) -> u8 {
-        self.h()[13]
-    }
-    #[inline(always)]
-    pub fn window(&self) -> u16 {
-        be16(self.h(), 14)
-    }
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        be16(self.h(), 16)
-    }
 }
 
 impl<B: BorrowMut<[u8; 20]>> Tcp<B> {
-    #[inline(always)]
-    pub fn set_src_port(&mut self, p: u16) {
-        put16(self.h_mut(), 0, p);
-    }
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, p: u16) {
-        put16(self.h_mut(), 2, p);
-    }
-    #[inline(always)]
-    pub fn swap_ports(&mut self) {
-        swap_fields(self.h_mut(), 0, 2);
-    }
-    #[inline(always)]
-    pub fn set_seq(&mut self, s: u32) {
-        put32(self.h_mut(), 4, s);
-    }
-    #[inline(always)]
-    pub fn set_ack(&mut self, a: u32) {
-        put32(self.h_mut(), 8, a);
-    }
     /// Set the header length (a multiple of 4, at most 60) in the data offset nibble (the
     /// reserved bits cleared).
     #[inline(always)]
@@ -548,20 +416,8 @@ impl<B: BorrowMut<[u8; 20]>> Tcp<B> {
         self.h_mut()[12] = ((len / 4) as u8) << 4;
     }
     #[inline(always)]
-    pub fn set_flags(&mut self, f: u8) {
-        self.h_mut()[13] = f;
-    }
-    #[inline(always)]
-    pub fn set_window(&mut self, w: u16) {
-        put16(self.h_mut(), 14, w);
-    }
-    #[inline(always)]
-    pub fn set_checksum(&mut self, c: u16) {
-        put16(self.h_mut(), 16, c);
-    }
-    #[inline(always)]
-    pub fn set_urgent(&mut self, u: u16) {
-        put16(self.h_mut(), 18, u);
+    pub fn swap_ports(&mut self) {
+        swap_fields(self.h_mut(), 0, 2);
     }
     /// The checksum adjusted by an RFC 1624 delta.
     #[inline(always)]
@@ -578,12 +434,16 @@ impl<B: BorrowMut<[u8; 20]>> Tcp<B> {
     /// Set the sequence number: the RFC 1624 delta of the change.
     #[inline(always)]
     pub fn rewrite_seq(&mut self, s: u32) -> u32 {
-        rewrite32(self.h_mut(), 4, s)
+        let old = self.seq();
+        self.set_seq(s);
+        csum::delta(&old.to_be_bytes(), &s.to_be_bytes())
     }
     /// Set the acknowledgement number: the RFC 1624 delta of the change.
     #[inline(always)]
     pub fn rewrite_ack(&mut self, a: u32) -> u32 {
-        rewrite32(self.h_mut(), 8, a)
+        let old = self.ack();
+        self.set_ack(a);
+        csum::delta(&old.to_be_bytes(), &a.to_be_bytes())
     }
     /// Add `by` to the sequence number (mod 2^32): the RFC 1624 delta of the change.
     #[inline(always)]
@@ -597,171 +457,70 @@ impl<B: BorrowMut<[u8; 20]>> Tcp<B> {
     }
 }
 
-/// Set the 32-bit field at `at` to `v`: the RFC 1624 delta of the change.
-#[inline(always)]
-fn rewrite32<const N: usize>(h: &mut [u8; N], at: usize, v: u32) -> u32 {
-    let old = [h[at], h[at + 1], h[at + 2], h[at + 3]];
-    let new = v.to_be_bytes();
-    h[at..at + 4].copy_from_slice(&new);
-    csum::delta(&old, &new)
-}
-
-view!(
+view! {
     /// A UDP header.
-    Udp,
-    8
-);
-
-impl<B: Borrow<[u8; 8]>> Udp<B> {
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        ports(self.h()).0
-    }
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        ports(self.h()).1
-    }
+    Udp, 8;
+    src_port, set_src_port: u16 = 0;
+    dst_port, set_dst_port: u16 = 2;
     /// The datagram's length, header included.
-    #[inline(always)]
-    pub fn datagram_len(&self) -> u16 {
-        be16(self.h(), 4)
-    }
+    datagram_len, set_datagram_len: u16 = 4;
     /// 0 over IPv4: no checksum.
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        be16(self.h(), 6)
-    }
+    checksum, set_checksum: u16 = 6;
 }
 
-impl<B: BorrowMut<[u8; 8]>> Udp<B> {
-    #[inline(always)]
-    pub fn set_src_port(&mut self, p: u16) {
-        put16(self.h_mut(), 0, p);
-    }
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, p: u16) {
-        put16(self.h_mut(), 2, p);
-    }
-    #[inline(always)]
-    pub fn set_datagram_len(&mut self, n: u16) {
-        put16(self.h_mut(), 4, n);
-    }
-    #[inline(always)]
-    pub fn set_checksum(&mut self, c: u16) {
-        put16(self.h_mut(), 6, c);
-    }
-}
-
-view!(
+view! {
     /// The port word of a transport with ports up front (TCP, UDP, SCTP, DCCP, ...).
-    Ports,
-    4
-);
-
-impl<B: Borrow<[u8; 4]>> Ports<B> {
-    #[inline(always)]
-    pub fn src(&self) -> u16 {
-        ports(self.h()).0
-    }
-    #[inline(always)]
-    pub fn dst(&self) -> u16 {
-        ports(self.h()).1
-    }
+    Ports, 4;
+    src, set_src: u16 = 0;
+    dst, set_dst: u16 = 2;
 }
 
-impl<B: BorrowMut<[u8; 4]>> Ports<B> {
-    #[inline(always)]
-    pub fn set_src(&mut self, p: u16) {
-        put16(self.h_mut(), 0, p);
-    }
-    #[inline(always)]
-    pub fn set_dst(&mut self, p: u16) {
-        put16(self.h_mut(), 2, p);
-    }
-}
-
-view!(
+view! {
     /// An ICMP or ICMPv6 header: type, code, checksum and the 4 bytes after them (echo:
     /// identifier and sequence; too big: the MTU; ...).
-    Icmp,
-    8
-);
-
-impl<B: Borrow<[u8; 8]>> Icmp<B> {
-    #[inline(always)]
-    pub fn kind(&self) -> u8 {
-        self.h()[0]
-    }
-    #[inline(always)]
-    pub fn code(&self) -> u8 {
-        self.h()[1]
-    }
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        be16(self.h(), 2)
-    }
+    Icmp, 8;
+    kind, set_kind: u8 = 0;
+    code, set_code: u8 = 1;
+    checksum, set_checksum: u16 = 2;
     /// The 32-bit word after the checksum.
-    #[inline(always)]
-    pub fn rest(&self) -> u32 {
-        be32(self.h(), 4)
-    }
+    rest, set_rest: u32 = 4;
 }
 
-impl<B: BorrowMut<[u8; 8]>> Icmp<B> {
-    #[inline(always)]
-    pub fn set_kind(&mut self, t: u8) {
-        self.h_mut()[0] = t;
-    }
-    #[inline(always)]
-    pub fn set_code(&mut self, c: u8) {
-        self.h_mut()[1] = c;
-    }
-    #[inline(always)]
-    pub fn set_checksum(&mut self, c: u16) {
-        put16(self.h_mut(), 2, c);
-    }
-    #[inline(always)]
-    pub fn set_rest(&mut self, w: u32) {
-        put32(self.h_mut(), 4, w);
-    }
-}
-
-view!(
+view! {
     /// An IPv6 fragment header (RFC 8200 4.5).
-    Ipv6Frag,
-    8
-);
+    Ipv6Frag, 8;
+    /// The header after this one (the fragmentable part's).
+    next_header, set_next_header: u8 = 0;
+    /// Offset (13 bits, in 8-byte units, shifted left by 3), two reserved bits, and M.
+    offset_word, set_offset_word: u16 = 2;
+    ident, set_ident: u32 = 4;
+}
 
 impl<B: Borrow<[u8; 8]>> Ipv6Frag<B> {
-    /// The header after this one (the fragmentable part's).
-    #[inline(always)]
-    pub fn next_header(&self) -> u8 {
-        self.h()[0]
-    }
     /// The fragment's offset in bytes (a multiple of 8).
     #[inline(always)]
     pub fn offset(&self) -> u32 {
-        u32::from(be16(self.h(), 2) & 0xfff8)
+        u32::from(self.offset_word() & 0xfff8)
     }
     /// More fragments follow.
     #[inline(always)]
     pub fn more(&self) -> bool {
-        self.h()[3] & 1 != 0
-    }
-    #[inline(always)]
-    pub fn ident(&self) -> u32 {
-        be32(self.h(), 4)
+        self.offset_word() & 1 != 0
     }
 }
 
 /// The IPv6 next-header value of a fragment header.
 pub const IPV6_FRAGMENT: u8 = 44;
 
-view!(
+view! {
     /// An ARP packet for IPv4 over Ethernet (RFC 826): 28 bytes.
-    Arp,
-    28
-);
+    Arp, 28;
+    op, set_op: u16 = 6;
+    sender_mac, set_sender_mac: [u8; 6] = 8;
+    sender_ip, set_sender_ip: [u8; 4] = 14;
+    target_mac, set_target_mac: [u8; 6] = 18;
+    target_ip, set_target_ip: [u8; 4] = 24;
+}
 
 /// ARP's request and reply operations.
 pub const ARP_REQUEST: u16 = 1;
@@ -775,31 +534,7 @@ impl<B: Borrow<[u8; 28]>> Arp<B> {
     /// Ethernet hardware and IPv4 protocol addresses (the only kind this view reads right).
     #[inline(always)]
     pub fn is_ethernet_ipv4(&self) -> bool {
-        self.h()[..6] == ARP_ETH_IPV4
-    }
-    #[inline(always)]
-    pub fn op(&self) -> u16 {
-        be16(self.h(), 6)
-    }
-    #[inline(always)]
-    pub fn sender_mac(&self) -> [u8; 6] {
-        let mut m = [0u8; 6];
-        m.copy_from_slice(&self.h()[8..14]);
-        m
-    }
-    #[inline(always)]
-    pub fn sender_ip(&self) -> [u8; 4] {
-        [self.h()[14], self.h()[15], self.h()[16], self.h()[17]]
-    }
-    #[inline(always)]
-    pub fn target_mac(&self) -> [u8; 6] {
-        let mut m = [0u8; 6];
-        m.copy_from_slice(&self.h()[18..24]);
-        m
-    }
-    #[inline(always)]
-    pub fn target_ip(&self) -> [u8; 4] {
-        [self.h()[24], self.h()[25], self.h()[26], self.h()[27]]
+        <[u8; 6]>::read(self.h(), 0) == ARP_ETH_IPV4
     }
 }
 
@@ -807,13 +542,12 @@ impl<B: BorrowMut<[u8; 28]>> Arp<B> {
     /// Write a whole packet: Ethernet / IPv4, operation `op`, sender and target.
     #[inline(always)]
     pub fn write(&mut self, op: u16, sender: ([u8; 6], [u8; 4]), target: ([u8; 6], [u8; 4])) {
-        let h = self.h_mut();
-        h[..6].copy_from_slice(&ARP_ETH_IPV4);
-        put16(h, 6, op);
-        h[8..14].copy_from_slice(&sender.0);
-        h[14..18].copy_from_slice(&sender.1);
-        h[18..24].copy_from_slice(&target.0);
-        h[24..28].copy_from_slice(&target.1);
+        ARP_ETH_IPV4.write(self.h_mut(), 0);
+        self.set_op(op);
+        self.set_sender_mac(sender.0);
+        self.set_sender_ip(sender.1);
+        self.set_target_mac(target.0);
+        self.set_target_ip(target.1);
     }
 }
 
