@@ -50,7 +50,8 @@ impl<Q: BufAlloc> Worker<Q> {
                     d[p.payload..p.payload + h].copy_from_slice(pp.header());
                     let grown = |d: &mut [u8]| -> Result<(), Truncated> {
                         let mut ip = IpMut::at_mut(d, p.l3, p.v6)?;
-                        ip.set_packet_len(ip.packet_len() + h as u16);
+                        let n = ip.packet_len().checked_add(h as u16).ok_or(Truncated)?;
+                        ip.set_packet_len(n);
                         if !p.v6 {
                             csum::fill_ipv4(d, p.l3)?;
                         }
