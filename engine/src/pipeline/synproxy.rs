@@ -8,7 +8,8 @@
 //! `t(5) | (H(key, client, vip, ports, client ISN, t) + mss_index) mod 2^27`, where `t` counts
 //! periods of 2^36 ns (~69 s). A cookie is accepted for the current and the previous period
 //! (69 to 137 s). The key is random per worker (a client's SYN and its ACK reach the same
-//! worker: ownership follows the client's address). H is SipHash-1-3 (std's keyed hasher).
+//! worker: ownership follows the client's address). H is SipHash-2-4
+//! ([`ferrovs_sched::hash::sip24_blocks`], the one SipHash of the product).
 //!
 //! # What the client's options become
 //!
@@ -29,6 +30,7 @@
 use crate::wire::csum;
 use crate::wire::parse::{Addr, Parsed, PROTO_TCP};
 use crate::wire::view::{EthAddrs, IpMut, Tcp, Truncated, IPV4_DF};
+use ferrovs_sched::hash::{sip24_blocks, SipKey};
 use std::hash::{BuildHasher, Hasher};
 
 /// MSS values a cookie can carry (3 bits).
@@ -40,50 +42,13 @@ const HASH_MASK: u32 = 0x07ff_ffff;
 /// Per-worker cookie secret.
 pub struct Cookies {
     /// SipHash key (random per worker and start).
-    k0: u64,
-    k1: u64,
+    key: SipKey,
 }
 
 impl Default for Cookies {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// SipHash-2-4 of a message of `8 * words.len() - 1` bytes: the words' little-endian bytes,
-/// the last word carrying the final 7 bytes and the message length in its top byte (SipHash's
-/// padding).
-fn siphash24(k0: u64, k1: u64, words: &[u64]) -> u64 {
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    #[inline(always)]
-    fn round(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13) ^ v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16) ^ v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21) ^ v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17) ^ v[2];
-        v[2] = v[2].rotate_left(32);
-    }
-    for &m in words {
-        v[3] ^= m;
-        round(&mut v);
-        round(&mut v);
-        v[0] ^= m;
-    }
-    v[2] ^= 0xff;
-    for _ in 0..4 {
-        round(&mut v);
-    }
-    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 /// The identity of a handshake: client, VIP, ports, the client's ISN.
@@ -104,7 +69,7 @@ impl Cookies {
             s.write_u64(x);
             s.finish()
         };
-        Cookies { k0: word(0), k1: word(1) }
+        Cookies { key: SipKey(word(0), word(1)) }
     }
 
     /// SipHash-2-4 (Linux's cookies use SipHash too) over six fixed 64-bit words, written
@@ -119,7 +84,7 @@ impl Cookies {
             // The last 7 bytes of the 47-byte message (t and three zero bytes) and its length.
             u64::from(t) | 47 << 56,
         ];
-        siphash24(self.k0, self.k1, &words) as u32
+        sip24_blocks(self.key, &words) as u32
     }
 
     /// The cookie (our ISN) for `h` at `now`, carrying `mss`.
@@ -227,17 +192,6 @@ pub struct Proxied {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn siphash24_reference_vector() {
-        // The SipHash paper's example: key 00..0f, message 00..0e (15 bytes).
-        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
-        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
-        let m0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
-        let m1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
-        assert_eq!(siphash24(k0, k1, &[m0, m1]), 0xa129_ca61_49be_45e5);
-    }
-
     use super::*;
 
     fn hs(isn: u32) -> Handshake {
