@@ -92,21 +92,9 @@ impl<Q: BufAlloc> Worker<Q> {
             let mss = synproxy::mss_option(&pkt.data()[p.l4..p.end]).unwrap_or(536);
             let cookie = self.cookies.make(self.now, &Handshake { isn: seq, ..hs }, mss);
             let ours = self.caps[iface].mtu.saturating_sub(if p.v6 { 60 } else { 40 }).max(536);
-            // The answer carries an MSS option: room for 24 bytes of TCP header.
-            if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
-                return Some(Next::Drop(DropReason::NoBuffer));
-            }
             let seg =
                 Bare { flags: TCP_SYN | TCP_ACK, seq: cookie, ack: seq.wrapping_add(1), mss: Some(ours), win: 65535 };
-            let Ok(end) = synproxy::answer(pkt.data_mut(), p, true, seg) else {
-                return Some(Next::Drop(DropReason::Malformed));
-            };
-            if !pkt.set_len(end) {
-                return Some(Next::Drop(DropReason::NoBuffer));
-            }
-            self.last_cookie = self.now;
-            bump(&self.counters.cookies_sent, 1);
-            return Some(Next::Tx(iface));
+            return Some(self.send_cookie(iface, pkt, p, seg));
         }
         // Only the handshake's last segment can carry a cookie: a plain ACK (with or without
         // data), no SYN, FIN or RST.
@@ -124,17 +112,9 @@ impl<Q: BufAlloc> Worker<Q> {
         bump(&self.counters.cookies_validated, 1);
         // The handshake is proven: the ACK becomes our SYN to the real server (its data, if any,
         // is dropped: the client retransmits it once the real server acknowledges).
-        {
-            if pkt.len() < p.l4 + 24 && !pkt.set_len(p.l4 + 24) {
-                return Some(Next::Drop(DropReason::NoBuffer));
-            }
-            let seg = Bare { flags: TCP_SYN, seq: isn, ack: 0, mss: Some(mss), win: 29200 };
-            let Ok(end) = synproxy::answer(pkt.data_mut(), p, false, seg) else {
-                return Some(Next::Drop(DropReason::Malformed));
-            };
-            if !pkt.set_len(end) {
-                return Some(Next::Drop(DropReason::NoBuffer));
-            }
+        let seg = Bare { flags: TCP_SYN, seq: isn, ack: 0, mss: Some(mss), win: 29200 };
+        if let Err(drop) = write_bare(pkt, p, false, seg) {
+            return Some(drop);
         }
         let Ok(p2) = parse::parse(pkt.data()) else { return Some(Next::Drop(DropReason::Malformed)) };
         let next = self.new_inbound(pkt, &p2);
@@ -173,19 +153,8 @@ impl<Q: BufAlloc> Worker<Q> {
             if cookie == seq.wrapping_add(1) {
                 return None; // an acceptable ack by chance (2^-32): let it through
             }
-            if pkt.len() < p.l4 + 20 && !pkt.set_len(p.l4 + 20) {
-                return Some(Next::Drop(DropReason::NoBuffer));
-            }
             let seg = Bare { flags: TCP_SYN | TCP_ACK, seq: cookie, ack: cookie, mss: None, win: 0 };
-            let Ok(end) = synproxy::answer(pkt.data_mut(), p, true, seg) else {
-                return Some(Next::Drop(DropReason::Malformed));
-            };
-            if !pkt.set_len(end) {
-                return Some(Next::Drop(DropReason::NoBuffer));
-            }
-            self.last_cookie = self.now;
-            bump(&self.counters.cookies_sent, 1);
-            return Some(Next::Tx(iface));
+            return Some(self.send_cookie(iface, pkt, p, seg));
         }
         let recent = self.cookie_recent();
         if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
@@ -194,6 +163,18 @@ impl<Q: BufAlloc> Worker<Q> {
             return Some(Next::Drop(DropReason::SynVerified));
         }
         None
+    }
+
+    /// `pkt` turned into the SYN-ACK `seg` carrying a cookie, back out of `iface`, and the
+    /// cookie counted; the drop if it cannot be.
+    #[inline(always)]
+    fn send_cookie(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed, seg: Bare) -> Next {
+        if let Err(drop) = write_bare(pkt, p, true, seg) {
+            return drop;
+        }
+        self.last_cookie = self.now;
+        bump(&self.counters.cookies_sent, 1);
+        Next::Tx(iface)
     }
 
     /// Did this worker send a SYN cookie in the last ~2 minutes (2^37 ns)? Only then can a
@@ -292,4 +273,23 @@ impl<Q: BufAlloc> Worker<Q> {
             (Dir::Out, true) => None,
         }
     }
+}
+
+/// `pkt` (parsed as `p`) rewritten in place into the bare segment `seg`, back to its sender
+/// (`reply`) or on towards the real server, with room made first for its TCP header and
+/// MSS option (20 or 24 bytes); the drop if the buffer cannot hold it or the frame is
+/// malformed.
+#[inline(always)]
+fn write_bare<B: Packet>(pkt: &mut B, p: &Parsed, reply: bool, seg: Bare) -> Result<(), Next> {
+    let need = p.l4 + if seg.mss.is_some() { 24 } else { 20 };
+    if pkt.len() < need && !pkt.set_len(need) {
+        return Err(Next::Drop(DropReason::NoBuffer));
+    }
+    let Ok(end) = synproxy::answer(pkt.data_mut(), p, reply, seg) else {
+        return Err(Next::Drop(DropReason::Malformed));
+    };
+    if !pkt.set_len(end) {
+        return Err(Next::Drop(DropReason::NoBuffer));
+    }
+    Ok(())
 }
