@@ -113,10 +113,6 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
     m
 }
 
-fn from_client(f: Vec<u8>) -> Vec<u8> {
-    with_macs(f, CLIENT_MAC, LB_EXT)
-}
-
 #[test]
 fn fixtures() {
     let (mut w, fabric) = core(1);

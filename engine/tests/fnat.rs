@@ -81,29 +81,15 @@ address = "10.0.2.3"
 "#;
 
 /// The lab topology with a local port range of 64 ports (2000-2063), so the
-/// allocated ports are predictable and exhaustion is quick.
-fn cfg_text(services: &str) -> String {
-    config_text(services).replacen(
-        "flow_table_size = 4096",
-        "flow_table_size = 4096\nlocal_port_range = \"2000-2063\"",
-        1,
-    )
-}
-
+/// allocated ports are predictable and exhaustion is quick ([`config_text_fnat`]).
 fn cfg(services: &str) -> ferrovs_cfg::Config {
-    ferrovs_cfg::Config::from_str(&cfg_text(services), "fnat-test.toml").expect("config parses")
+    ferrovs_cfg::Config::from_str(&config_text_fnat(services), "fnat-test.toml").expect("config parses")
 }
 
 fn engine(workers: usize) -> MemEngine {
     MemEngine::new(cfg(SERVICES), workers)
 }
 
-fn from_client(f: Vec<u8>) -> Vec<u8> {
-    with_macs(f, CLIENT_MAC, LB_EXT)
-}
-fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
-    with_macs(f, mac, LB_INT)
-}
 /// What the engine sends: TTL / hop limit one lower, the next hop's MAC.
 fn to_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
     with_macs(dec_ttl(f), LB_INT, mac)
@@ -120,14 +106,6 @@ fn dec_ttl(f: Vec<u8>) -> Vec<u8> {
         let t = f[14 + 8];
         set_ttl(f, t - 1)
     }
-}
-
-#[track_caller]
-fn exactly(out: Vec<(usize, Vec<u8>)>, iface: usize, want: Vec<u8>) {
-    assert_eq!(out.len(), 1, "one frame out, got {out:?}");
-    verify_checksums(&out[0].1).expect("checksums");
-    assert_eq!(out[0].0, iface, "interface");
-    assert_eq!(out[0].1, want, "frame bytes");
 }
 
 #[test]
@@ -234,7 +212,7 @@ fn reload_keeps_connections_and_ports() {
         + "\n[[service]]\nname = \"extra\"\nvip = \"10.0.1.103\"\nports = [80]\nforward = \"fnat\"\n\
            local_addresses = [\"10.0.2.200\"]\n[[service.real_server]]\naddress = \"10.0.2.3\"\n";
     // Also widen the port range: the live connection's port stays taken.
-    let text = cfg_text(&changed).replace("2000-2063", "2000-2127");
+    let text = config_text_fnat(&changed).replace("2000-2063", "2000-2127");
     e.reload(ferrovs_cfg::Config::from_str(&text, "r.toml").unwrap(), 2 * S);
     let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC), 2 * S);
     exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b"")));
@@ -517,20 +495,6 @@ impl Ftp {
         assert_eq!(out.len(), 1, "{line:?} forwarded");
         payload(&out[0].1)
     }
-}
-
-fn payload(frame: &[u8]) -> Vec<u8> {
-    verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
-    frame[p.payload..p.end].to_vec()
-}
-
-/// (src, sport, dst, dport) of an output frame, addresses as strings.
-fn ends(frame: &[u8]) -> (String, u16, String, u16) {
-    verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
-    let ip = |a| ferrovs_engine::wire::parse::addr_to_ip(a).to_string();
-    (ip(p.src), p.sport, ip(p.dst), p.dport)
 }
 
 #[test]

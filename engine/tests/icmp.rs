@@ -79,13 +79,6 @@ fn engine() -> MemEngine {
     engine_with("")
 }
 
-fn from_client(f: Vec<u8>) -> Vec<u8> {
-    with_macs(f, CLIENT_MAC, LB_EXT)
-}
-fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
-    with_macs(f, mac, LB_INT)
-}
-
 /// Set or clear DF on an IPv4 frame (no VLAN) and fix its header checksum.
 fn df(mut f: Vec<u8>, on: bool) -> Vec<u8> {
     if on {

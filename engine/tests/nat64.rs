@@ -54,22 +54,15 @@ local_addresses = ["fd00:2::200"]
 address = "fd00:2::2"
 "#;
 
-fn cfg_text(services: &str) -> String {
-    config_text(services).replacen(
-        "flow_table_size = 4096",
-        "flow_table_size = 4096\nlocal_port_range = \"2000-2063\"",
-        1,
+fn engine(services: &str, workers: usize) -> MemEngine {
+    MemEngine::new(
+        ferrovs_cfg::Config::from_str(&config_text_fnat(services), "nat64-test.toml").expect("parses"),
+        workers,
     )
 }
 
-fn engine(services: &str, workers: usize) -> MemEngine {
-    MemEngine::new(ferrovs_cfg::Config::from_str(&cfg_text(services), "nat64-test.toml").expect("parses"), workers)
-}
-
-fn from_client(f: Vec<u8>) -> Vec<u8> {
-    with_macs(f, CLIENT_MAC, LB_EXT)
-}
-fn from_rs(f: Vec<u8>) -> Vec<u8> {
+/// Frame `f` as real server 1 sends it (`from_rs` with its MAC).
+fn from_rs1(f: Vec<u8>) -> Vec<u8> {
     with_macs(f, RS1_MAC, LB_INT)
 }
 /// What the engine sends towards the real server / the client: the translated packet as the
@@ -91,14 +84,6 @@ fn translated(mut f: Vec<u8>) -> Vec<u8> {
     }
 }
 
-#[track_caller]
-fn exactly(out: Vec<(usize, Vec<u8>)>, iface: usize, want: Vec<u8>) {
-    assert_eq!(out.len(), 1, "one frame out, got {out:?}");
-    verify_checksums(&out[0].1).expect("checksums");
-    assert_eq!(out[0].0, iface, "interface");
-    assert_eq!(out[0].1, want, "frame bytes");
-}
-
 /// IPv6 client -> IPv6 VIP -> IPv4 real server: handshake (the server's MSS lowered by 20
 /// for the IPv6 client), data both ways, FIN, and the frame sizes (-20 / +20 bytes).
 #[test]
@@ -108,7 +93,7 @@ fn tcp_ipv6_client_to_ipv4_server() {
     let out = e.inject(EXT, &syn, S);
     assert_eq!(out[0].1.len(), syn.len() - 20);
     exactly(out, INT, to_rs(tcp4_opts(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, &opt_mss(1440), b"")));
-    let synack = from_rs(tcp4_opts(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, &opt_mss(1460), b""));
+    let synack = from_rs1(tcp4_opts(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, &opt_mss(1460), b""));
     let out = e.inject(INT, &synack, S);
     assert_eq!(out[0].1.len(), synack.len() + 20);
     exactly(out, EXT, to_client(tcp6_opts(VIP6, 80, C6, 40000, TCP_SYN | TCP_ACK, 5000, 1001, &opt_mss(1440), b"")));
@@ -116,9 +101,9 @@ fn tcp_ipv6_client_to_ipv4_server() {
     let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK | TCP_PSH, 1001, 5001, data)), S);
     exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, data)));
     let body = vec![b'x'; 1400];
-    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1019, &body)), S);
+    let out = e.inject(INT, &from_rs1(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1019, &body)), S);
     exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_ACK, 5001, 1019, &body)));
-    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_FIN, 6401, 1019, b"")), S);
+    let out = e.inject(INT, &from_rs1(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK | TCP_FIN, 6401, 1019, b"")), S);
     exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_ACK | TCP_FIN, 6401, 1019, b"")));
     let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK | TCP_FIN, 1019, 6402, b"")), S);
     exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_FIN, 1019, 6402, b"")));
@@ -134,11 +119,11 @@ fn tcp_ipv4_client_to_ipv6_server() {
     let out = e.inject(EXT, &from_client(tcp4_opts(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, &opt_mss(1460), b"")), S);
     exactly(out, INT, to_rs(tcp6_opts(LADDR6, 2000, RS6, 80, TCP_SYN, 1, 0, &opt_mss(1440), b"")));
     let out =
-        e.inject(INT, &from_rs(tcp6_opts(RS6, 80, LADDR6, 2000, TCP_SYN | TCP_ACK, 9, 2, &opt_mss(1440), b"")), S);
+        e.inject(INT, &from_rs1(tcp6_opts(RS6, 80, LADDR6, 2000, TCP_SYN | TCP_ACK, 9, 2, &opt_mss(1440), b"")), S);
     exactly(out, EXT, to_client(tcp4_opts(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, 9, 2, &opt_mss(1440), b"")));
     let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 2, 10, b"hello")), S);
     exactly(out, INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_ACK, 2, 10, b"hello")));
-    let out = e.inject(INT, &from_rs(tcp6(RS6, 80, LADDR6, 2000, TCP_ACK, 10, 7, b"world")), S);
+    let out = e.inject(INT, &from_rs1(tcp6(RS6, 80, LADDR6, 2000, TCP_ACK, 10, 7, b"world")), S);
     exactly(out, EXT, to_client(tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 10, 7, b"world")));
     assert_drops(&e, &[]);
 }
@@ -149,9 +134,9 @@ fn udp_both_ways_and_zero_checksum() {
     let mut e = engine(SERVICES, 1);
     let out = e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, b"query")), S);
     exactly(out, INT, to_rs(udp4(LADDR, 2000, RS1, 53, b"query")));
-    let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR, 2000, b"answer")), S);
+    let out = e.inject(INT, &from_rs1(udp4(RS1, 53, LADDR, 2000, b"answer")), S);
     exactly(out, EXT, to_client(udp6(VIP6, 53, C6, 5353, b"answer")));
-    let mut nocsum = from_rs(udp4(RS1, 53, LADDR, 2000, b"answer two"));
+    let mut nocsum = from_rs1(udp4(RS1, 53, LADDR, 2000, b"answer two"));
     nocsum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
     let out = e.inject(INT, &nocsum, S);
     exactly(out, EXT, to_client(udp6(VIP6, 53, C6, 5353, b"answer two")));
@@ -165,7 +150,7 @@ fn reply_outgrowing_the_mtu_gets_fragmentation_needed() {
     let mut e = engine(SERVICES, 1);
     e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
     let big = vec![7u8; 1460];
-    let reply = from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1001, &big));
+    let reply = from_rs1(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, 1001, &big));
     assert_eq!(reply.len() - 14, 1500);
     let out = e.inject(INT, &reply, S);
     assert_eq!(out.len(), 1, "an ICMP error, got {out:?}");
@@ -187,7 +172,7 @@ fn icmp_errors_translated_both_ways() {
     let mut e = engine(SERVICES, 1);
     e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
     let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_ACK, 1001, 5001, &[0u8; 40]);
-    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 3, 4, 1400, &quoted)), S);
+    let out = e.inject(INT, &from_rs1(icmp4_error(RS1, LADDR, 3, 4, 1400, &quoted)), S);
     assert_eq!(out.len(), 1, "to the client: {out:?}");
     let f = &out[0].1;
     verify_checksums(f).unwrap();
@@ -226,7 +211,7 @@ fn icmp_errors_translated_both_ways() {
 
     // Parameter problem (IPv4 type 12): no translation.
     let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_ACK, 1001, 5001, b"");
-    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 12, 0, 0, &quoted)), S);
+    let out = e.inject(INT, &from_rs1(icmp4_error(RS1, LADDR, 12, 0, 0, &quoted)), S);
     assert!(out.is_empty());
     assert_drops(&e, &[(DropReason::XlatUnsupported, 1)]);
 }
@@ -237,7 +222,7 @@ fn icmp_errors_translated_both_ways() {
 fn fragments_are_a_counted_drop() {
     let mut e = engine(SERVICES, 1);
     e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, b"query")), S);
-    let big = from_rs(udp4(RS1, 53, LADDR, 2000, &[1u8; 1000]));
+    let big = from_rs1(udp4(RS1, 53, LADDR, 2000, &[1u8; 1000]));
     let frags = fragment4(&big, 600, 77);
     assert!(frags.len() > 1);
     let out = e.inject(INT, &frags[0], S);
@@ -252,14 +237,14 @@ fn proxy_protocol_names_the_ipv6_client() {
     let svc = SERVICES.replacen("port = 8080\n", "port = 8080\nproxy_protocol = \"v1\"\n", 1);
     let mut e = engine(&svc, 1);
     e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1000, 0, b"")), S);
-    e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b"")), S);
+    e.inject(INT, &from_rs1(tcp4(RS1, 8080, LADDR, 2000, TCP_SYN | TCP_ACK, 5000, 1001, b"")), S);
     let out = e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_ACK | TCP_PSH, 1001, 5001, b"GET /\r\n")), S);
     let hdr = b"PROXY TCP6 fd00:1::2 fd00:1::100 40000 80\r\n";
     let want = [&hdr[..], b"GET /\r\n"].concat();
     exactly(out, INT, to_rs(tcp4(LADDR, 2000, RS1, 8080, TCP_ACK | TCP_PSH, 1001, 5001, &want)));
     // The server's acknowledgement of it comes back shifted by the header's length.
     let ack = 1001 + want.len() as u32;
-    let out = e.inject(INT, &from_rs(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, ack, b"")), S);
+    let out = e.inject(INT, &from_rs1(tcp4(RS1, 8080, LADDR, 2000, TCP_ACK, 5001, ack, b"")), S);
     exactly(out, EXT, to_client(tcp6(VIP6, 80, C6, 40000, TCP_ACK, 5001, 1008, b"")));
     assert_drops(&e, &[]);
 }
@@ -339,9 +324,9 @@ impl Ftp {
     /// The server is of the other family.
     fn rs_frame(&self, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
         if self.v6_client {
-            from_rs(tcp4(RS1, sport, LADDR, dport, flags, seq, ack, data))
+            from_rs1(tcp4(RS1, sport, LADDR, dport, flags, seq, ack, data))
         } else {
-            from_rs(tcp6(RS6, sport, LADDR6, dport, flags, seq, ack, data))
+            from_rs1(tcp6(RS6, sport, LADDR6, dport, flags, seq, ack, data))
         }
     }
     fn command(&mut self, line: &str) -> Vec<u8> {
@@ -360,20 +345,6 @@ impl Ftp {
     }
 }
 
-fn payload(frame: &[u8]) -> Vec<u8> {
-    verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
-    frame[p.payload..p.end].to_vec()
-}
-
-/// (src, sport, dst, dport) of an output frame, addresses as strings.
-fn ends(frame: &[u8]) -> (String, u16, String, u16) {
-    verify_checksums(frame).unwrap();
-    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
-    let ip = |a| ferrovs_engine::wire::parse::addr_to_ip(a).to_string();
-    (ip(p.src), p.sport, ip(p.dst), p.dport)
-}
-
 /// IPv6 client, IPv4 server, passive: EPSV goes through (an IPv4 vsftpd answers it), the
 /// 229 needs no change, the data connection [C6]:40001 -> [VIP6]:30001 becomes
 /// LADDR:lp' -> RS1:30001, and its replies come back as IPv6.
@@ -387,9 +358,9 @@ fn ftp_ipv6_client_epsv_to_ipv4_server() {
     assert_eq!(out.len(), 1);
     let (src, sport, dst, dport) = ends(&out[0].1);
     assert_eq!((src.as_str(), dst.as_str(), dport), ("10.0.2.200", "10.0.2.2", 30001));
-    let out = f.e.inject(INT, &from_rs(tcp4(RS1, 30001, LADDR, sport, TCP_SYN | TCP_ACK, 9, 78, b"")), S);
+    let out = f.e.inject(INT, &from_rs1(tcp4(RS1, 30001, LADDR, sport, TCP_SYN | TCP_ACK, 9, 78, b"")), S);
     assert_eq!(ends(&out[0].1), ("fd00:1::100".into(), 30001, "fd00:1::2".into(), 40001));
-    let out = f.e.inject(INT, &from_rs(tcp4(RS1, 30001, LADDR, sport, TCP_ACK, 10, 78, b"file data")), S);
+    let out = f.e.inject(INT, &from_rs1(tcp4(RS1, 30001, LADDR, sport, TCP_ACK, 10, 78, b"file data")), S);
     assert_eq!(payload(&out[0].1), b"file data");
     assert_drops(&f.e, &[]);
 }
@@ -404,7 +375,7 @@ fn ftp_ipv6_client_eprt_to_ipv4_server() {
     let got = f.command("EPRT |2|fd00:1::2|40002|\r\n");
     assert_eq!(got, b"EPRT |1|10.0.2.200|2001|\r\n", "{}", String::from_utf8_lossy(&got));
     f.reply("200 EPRT command successful.\r\n");
-    let syn = from_rs(tcp4(RS1, 20, LADDR, 2001, TCP_SYN, 9000, 0, b""));
+    let syn = from_rs1(tcp4(RS1, 20, LADDR, 2001, TCP_SYN, 9000, 0, b""));
     let out = f.e.inject(INT, &syn, S);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, EXT);
@@ -429,7 +400,7 @@ fn ftp_ipv4_client_port_and_pasv_to_ipv6_server() {
     let got = f.command("PORT 10,0,1,2,156,66\r\n");
     assert_eq!(got, b"EPRT |2|fd00:2::200|2001|\r\n", "{}", String::from_utf8_lossy(&got));
     f.reply("200 EPRT command successful.\r\n");
-    let syn = from_rs(tcp6(RS6, 20, LADDR6, 2001, TCP_SYN, 9000, 0, b""));
+    let syn = from_rs1(tcp6(RS6, 20, LADDR6, 2001, TCP_SYN, 9000, 0, b""));
     let out = f.e.inject(INT, &syn, S);
     assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40002));
     assert_eq!(f.command("PASV\r\n"), b"EPSV\r\n");
@@ -457,7 +428,7 @@ fn icmp_errors_translated_for_ipv4_client_of_ipv6_server() {
     e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, b"")), S);
     let quoted = tcp6(LADDR6, 2000, RS6, 80, TCP_ACK, 2, 10, &[0u8; 40]);
     for (ty, code, rest, want) in [(2u8, 0u8, 1400u32, (3u8, 4u8, 1380u16)), (1, 4, 0, (3, 3, 0))] {
-        let out = e.inject(INT, &from_rs(icmp6_error(RS6, LADDR6, ty, code, rest, &quoted)), S);
+        let out = e.inject(INT, &from_rs1(icmp6_error(RS6, LADDR6, ty, code, rest, &quoted)), S);
         assert_eq!(out.len(), 1, "to the client: {out:?}");
         let f = &out[0].1;
         verify_checksums(f).unwrap();

@@ -61,13 +61,6 @@ pub fn engine(workers: usize) -> MemEngine {
     MemEngine::new(config(SERVICES), workers)
 }
 
-fn from_client(f: Vec<u8>) -> Vec<u8> {
-    with_macs(f, CLIENT_MAC, LB_EXT)
-}
-fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
-    with_macs(f, mac, LB_INT)
-}
-
 /// One fixture: frames in (iface, frame, time), expected frames out.
 struct Case {
     what: &'static str,

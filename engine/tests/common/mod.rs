@@ -106,3 +106,50 @@ pub fn drops_mismatch(
     want.sort_by_key(|(r, _)| *r as u8);
     (got != want).then(|| format!("drop counters (reason, count): got {got:?}, want {want:?}"))
 }
+
+/// The topology plus `services`, with full NAT's local ports kept to 2000-2063 (64 per local
+/// address, so exhaustion is reachable), as config text.
+pub fn config_text_fnat(services: &str) -> String {
+    config_text(services).replacen(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nlocal_port_range = \"2000-2063\"",
+        1,
+    )
+}
+
+/// Frame `f` as the client sends it: from its MAC to the balancer's `ext`.
+pub fn from_client(f: Vec<u8>) -> Vec<u8> {
+    ferrovs_engine::tools::testpkt::with_macs(f, CLIENT_MAC, LB_EXT)
+}
+
+/// Frame `f` as the real server with `mac` sends it, to the balancer's `int`.
+pub fn from_rs(f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    ferrovs_engine::tools::testpkt::with_macs(f, mac, LB_INT)
+}
+
+/// Exactly one frame out, on `iface`, with valid checksums and the bytes `want`.
+#[track_caller]
+pub fn exactly(out: Vec<(usize, Vec<u8>)>, iface: usize, want: Vec<u8>) {
+    assert_eq!(out.len(), 1, "one frame out, got {out:?}");
+    ferrovs_engine::tools::testpkt::verify_checksums(&out[0].1).expect("checksums");
+    assert_eq!(out[0].0, iface, "interface");
+    assert_eq!(out[0].1, want, "frame bytes");
+}
+
+/// The transport payload of an output frame (its checksums verified first).
+#[track_caller]
+pub fn payload(frame: &[u8]) -> Vec<u8> {
+    ferrovs_engine::tools::testpkt::verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
+    frame[p.payload..p.end].to_vec()
+}
+
+/// (src, sport, dst, dport) of an output frame (its checksums verified first), addresses as
+/// strings.
+#[track_caller]
+pub fn ends(frame: &[u8]) -> (String, u16, String, u16) {
+    ferrovs_engine::tools::testpkt::verify_checksums(frame).unwrap();
+    let p = ferrovs_engine::wire::parse::parse(frame).unwrap();
+    let ip = |a| ferrovs_engine::wire::parse::addr_to_ip(a).to_string();
+    (ip(p.src), p.sport, ip(p.dst), p.dport)
+}
