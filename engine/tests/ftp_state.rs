@@ -9,7 +9,7 @@ use common::seg::*;
 use common::*;
 use ferrovs_engine::pipeline::counters::FtpCounters;
 use ferrovs_engine::tools::replay::MemEngine;
-use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
 fn services(forward: &str, ftp_opts: &str, reals: &[&str]) -> String {
     let mut s = format!(
@@ -334,6 +334,71 @@ fn port_reuse_starts_a_new_session() {
     let p = port_227(&lab.reply(&mut b, b"227 Entering Passive Mode (10,0,2,3,117,48).\r\n"));
     assert_eq!(lab.data_syn(50000, p), Some((RS2, 30000)));
     assert_eq!(drops(&lab.e), vec![]);
+}
+
+#[test]
+fn dr_port_reuse_after_the_client_closed_starts_a_new_session() {
+    // Direct routing sees the client's side only: after the client's FIN and its ACK of the
+    // server's FIN the entry stays in FIN_WAIT. The client may take the port again at once
+    // (the server closed first and holds TIME_WAIT): the new SYN is scheduled afresh, so a
+    // real server that went down meanwhile is not picked again.
+    let mut lab = Lab::new(engine("dr", "true", &["10.0.2.2", "10.0.2.3"]));
+    let mut a = lab.open(40000, false);
+    assert_eq!(a.rs, RS1);
+    lab.cmd(&mut a, b"QUIT\r\n");
+    one_seg(lab.client_sends(40000, 21, TCP_FIN | TCP_ACK, a.cseq, a.sseq + 14, b""));
+    one_seg(lab.client_sends(40000, 21, TCP_ACK, a.cseq + 1, a.sseq + 15, b""));
+    let b = lab.open(40000, false);
+    assert_eq!(b.rs, RS2, "rescheduled");
+    assert_eq!(lab.e.counters().flows_reused, 1);
+    assert_eq!(ftp(&lab.e, |c| &c.control_reused), 1);
+    // A SYN on a connection still open is not a reuse: it stays with its real server.
+    let c = lab.open(40001, false);
+    assert_eq!(c.rs, RS1);
+    let out = lab.client_sends(40001, 21, TCP_SYN, 999, 0, b"");
+    assert_eq!(out.first().map(|(_, f)| [10, 0, 2, f[5]]), Some(RS1), "kept");
+    assert_eq!(lab.e.counters().flows_reused, 1);
+    // Nor is a bare SYN on a NAT connection in FIN_WAIT (the server's FIN only): the client
+    // has not closed its side (see port_reuse_starts_a_new_session for the full close).
+    let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2", "10.0.2.3"]));
+    let a = lab.open(40000, true);
+    one_seg(lab.rs_sends(RS1, 21, 40000, TCP_FIN | TCP_ACK, a.sseq, a.cseq, b""));
+    let s = one_seg(lab.client_sends(40000, 21, TCP_SYN, 999, 0, b""));
+    assert_eq!(s.dst, RS1, "kept");
+    assert_eq!(lab.e.counters().flows_reused, 0);
+}
+
+#[test]
+fn a_closed_session_leaves_no_pinholes() {
+    // DR: a session asks for a passive port and ends (the client's FIN) without using it, as
+    // lftp does when it asked ahead of time. The pinhole goes with the session: the same
+    // client's next session, on the other real server, is not refused as ambiguous, and its
+    // data connection reaches its own server, not the first one.
+    let mut lab = Lab::new(engine("dr", "true", &["10.0.2.2", "10.0.2.3"]));
+    let mut a = lab.open(40000, false);
+    assert_eq!(a.rs, RS1);
+    lab.cmd(&mut a, b"PASV\r\n");
+    one_seg(lab.client_sends(40000, 21, TCP_FIN | TCP_ACK, a.cseq, a.sseq, b""));
+    let mut b = lab.open(40001, false);
+    assert_eq!(b.rs, RS2);
+    lab.cmd(&mut b, b"PASV\r\n");
+    assert_eq!(ftp(&lab.e, |c| &c.expectations_ambiguous), 0);
+    let out = lab.client_sends(50000, 30000, TCP_SYN, 1, 0, b"");
+    assert_eq!(out.first().map(|(_, f)| [10, 0, 2, f[5]]), Some(RS2), "to the session's own server");
+    assert_eq!(ftp(&lab.e, |c| &c.expectations_used), 1);
+    // A reset ends the session too (NAT: the pinhole has a port).
+    let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2"]));
+    let mut a = lab.open(40000, true);
+    lab.cmd(&mut a, b"PASV\r\n");
+    let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n"));
+    one_seg(lab.client_sends(40000, 21, TCP_RST | TCP_ACK, a.cseq, a.sseq, b""));
+    assert_eq!(lab.data_syn(50000, p), None, "closed with the session");
+    // The server's FIN alone ends nothing (the client may still connect: it has not closed).
+    let mut a = lab.open(40001, true);
+    lab.cmd(&mut a, b"PASV\r\n");
+    let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n"));
+    one_seg(lab.rs_sends(RS1, 21, 40001, TCP_FIN | TCP_ACK, a.sseq, a.cseq, b""));
+    assert_eq!(lab.data_syn(50001, p), Some((RS1, 30001)));
 }
 
 #[test]

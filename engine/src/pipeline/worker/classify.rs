@@ -313,13 +313,25 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     /// A bare SYN from the client on connection `idx` that is closing (TIME_WAIT, CLOSE,
-    /// CLOSE_WAIT, LAST_ACK) and is not an FTP data connection: the tuple is being reused.
+    /// CLOSE_WAIT, LAST_ACK; FIN_WAIT too where the balancer sees only the client's side) and
+    /// is not an FTP data connection: the tuple is being reused.
+    ///
+    /// Direct routing and tunnels see the client's segments only, so a connection the client
+    /// closed stays in FIN_WAIT (its FIN, then its ACK of the server's FIN) for the FIN_WAIT
+    /// timeout. The client, whose side is gone once it acked the server's FIN (the server
+    /// closed first and holds TIME_WAIT), may pick the port again at once: the new connection
+    /// must be scheduled afresh, not sent to the old real server, which may be down or
+    /// quiesced by now (IPVS does this with `conn_reuse_mode` bit 2, off by default there).
     pub(super) fn reusable(&self, idx: u32, p: &Parsed) -> bool {
         use crate::flow::tcpstate::TcpState as S;
         let c = self.flows.get(idx);
         p.proto == PROTO_TCP
             && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && c.flags & F_DATA == 0
-            && matches!(c.state, S::TimeWait | S::Close | S::CloseWait | S::LastAck)
+            && match c.state {
+                S::TimeWait | S::Close | S::CloseWait | S::LastAck => true,
+                S::FinWait => !c.fwd.two_way(),
+                _ => false,
+            }
     }
 }

@@ -57,7 +57,8 @@ impl<Q: BufAlloc> Worker<Q> {
         pkt: &mut Q::Buf,
         p: &Parsed,
     ) -> Result<Option<Parsed>, Next> {
-        if p.proto != PROTO_TCP || p.tcp_flags & TCP_SYN != 0 {
+        // (A SYN, FIN or RST: the full path, which starts or ends the session's pinholes.)
+        if p.proto != PROTO_TCP || p.tcp_flags & (TCP_SYN | parse::TCP_FIN | parse::TCP_RST) != 0 {
             return self.ftp_segment_full(idx, dir, pkt, p);
         }
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
@@ -149,6 +150,18 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
+        if p.tcp_flags & parse::TCP_RST != 0 || (dir == Dir::In && p.tcp_flags & parse::TCP_FIN != 0) {
+            // The client closed the control connection, or a side reset it: the session asks
+            // for no more data connections. Its pinholes left unused (a PASV whose data
+            // connection never came: lftp asks ahead of time) and its TLS pin go now, not at
+            // the pinhole timeout; the connection itself lingers (FIN_WAIT, and in DR, which
+            // sees no server FIN, for the whole FIN_WAIT timeout). A DR passive pinhole names
+            // no port: a stale one would refuse this client's next sessions on other real
+            // servers as ambiguous and take their data connections until it expired.
+            // (After the window check: a segment out of the window ends nothing.)
+            let gen = self.flows.get(idx).gen;
+            self.expect.remove_session(idx, gen);
+        }
         // SACK edges and the handshake MSS live in the options (see `ftp_tcp_options`).
         let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
         match verdict {
