@@ -386,9 +386,16 @@ fn a_closed_session_leaves_no_pinholes() {
     let out = lab.client_sends(50000, 30000, TCP_SYN, 1, 0, b"");
     assert_eq!(out.first().map(|(_, f)| [10, 0, 2, f[5]]), Some(RS2), "to the session's own server");
     assert_eq!(ftp(&lab.e, |c| &c.expectations_used), 1);
-    // A reset ends the session too (NAT: the pinhole has a port).
+    // A reset ends the session too (NAT: the pinhole has a port), but only in sequence: a
+    // blind one (an attacker who knows the ports, not the sequence numbers) ends nothing.
     let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2"]));
     let mut a = lab.open(40000, true);
+    lab.cmd(&mut a, b"PASV\r\n");
+    let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n"));
+    lab.client_sends(40000, 21, TCP_RST | TCP_ACK, a.cseq.wrapping_add(7919), a.sseq, b"");
+    lab.rs_sends(RS1, 21, 40000, TCP_RST, a.sseq.wrapping_sub(1 << 20), 0, b"");
+    one_seg(lab.client_sends(40000, 21, TCP_FIN | TCP_ACK, a.cseq.wrapping_sub(1), a.sseq, b""));
+    assert_eq!(lab.data_syn(50002, p), Some((RS1, 30000)), "still open");
     lab.cmd(&mut a, b"PASV\r\n");
     let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n"));
     one_seg(lab.client_sends(40000, 21, TCP_RST | TCP_ACK, a.cseq, a.sseq, b""));

@@ -124,6 +124,9 @@ impl<Q: BufAlloc> Worker<Q> {
             self.actions = actions;
             return Err(Next::Drop(DropReason::OutOfWindow));
         }
+        // A FIN or RST ends the session's pinholes only exactly in sequence (RFC 5961's rule for
+        // resets): a blind one, which would have to guess the sequence number too, ends nothing.
+        let in_seq = s.next_seq(adir).is_none_or(|n| n == data_seq);
         let shifts = (s.seq_shift(alg::Dir::Original), s.seq_shift(alg::Dir::Reply));
         let verdict = if plen > 0 {
             let mut pins = Broker::new(self, idx);
@@ -150,7 +153,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         self.ftp_actions(idx, svc, &actions);
         self.actions = actions;
-        if p.tcp_flags & parse::TCP_RST != 0 || (dir == Dir::In && p.tcp_flags & parse::TCP_FIN != 0) {
+        if in_seq && (p.tcp_flags & parse::TCP_RST != 0 || (dir == Dir::In && p.tcp_flags & parse::TCP_FIN != 0)) {
             // The client closed the control connection, or a side reset it: the session asks
             // for no more data connections. Its pinholes left unused (a PASV whose data
             // connection never came: lftp asks ahead of time) and its TLS pin go now, not at
@@ -158,7 +161,6 @@ impl<Q: BufAlloc> Worker<Q> {
             // sees no server FIN, for the whole FIN_WAIT timeout). A DR passive pinhole names
             // no port: a stale one would refuse this client's next sessions on other real
             // servers as ambiguous and take their data connections until it expired.
-            // (After the window check: a segment out of the window ends nothing.)
             let gen = self.flows.get(idx).gen;
             self.expect.remove_session(idx, gen);
         }
