@@ -20,9 +20,10 @@ pub(crate) fn add(seq: u32, delta: i32) -> u32 {
     seq.wrapping_add(delta as u32)
 }
 
-/// Longest original or rewritten field text: an `EPRT` argument with an IPv6 address
-/// (`|2|` + 39 + `|65535|`), or a whole line the gateway replaces (`PORT ...` -> `EPRT ...`,
-/// `229 ...` -> `227 ...`).
+/// Longest rewritten field text: an `EPRT` argument with an IPv6 address
+/// (`|2|` + 39 + `|65535|`), or a whole line the gateway writes (`PORT ...` -> `EPRT ...`,
+/// `229 ...` -> `227 ...`). The original text such a whole line replaces is as long as the
+/// peer made it (up to a line, `MAX_LINE`), so `orig_len` is wider than a byte.
 pub(crate) const FIELD_MAX: usize = 64;
 
 /// One rewritten field: the original bytes at `[start, start + orig_len)` were replaced by
@@ -31,7 +32,7 @@ pub(crate) const FIELD_MAX: usize = 64;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Shift {
     pub start: u32,
-    pub orig_len: u8,
+    pub orig_len: u16,
     pub new_len: u8,
     pub new: [u8; FIELD_MAX],
     pub before: i32,
@@ -104,11 +105,11 @@ impl Shifts {
     /// Records a rewrite of `orig_len` bytes at `start` by `new`. Rewrites are recorded in
     /// stream order, so the history stays sorted by `start`.
     pub fn push(&mut self, start: u32, orig_len: usize, new: &[u8]) {
-        debug_assert!(orig_len <= FIELD_MAX && new.len() <= FIELD_MAX);
+        debug_assert!(orig_len <= crate::MAX_LINE && new.len() <= FIELD_MAX);
         let before = self.current();
         let mut s = Shift {
             start,
-            orig_len: orig_len as u8,
+            orig_len: orig_len as u16,
             new_len: new.len() as u8,
             before,
             after: before.wrapping_add(new.len() as i32 - orig_len as i32),

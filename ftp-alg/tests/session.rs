@@ -809,3 +809,27 @@ fn command_arg_ranges_and_eprt_format() {
     let line = [b"EPRT ".as_slice(), &buf[..n]].concat();
     assert_eq!(parse_eprt(&line), Some(a));
 }
+
+#[test]
+fn long_229_answering_pasv_as_epsv_replays_whole() {
+    // Full NAT, IPv4 client, IPv6 server: the 229 answering the EPSV sent for the client's
+    // PASV is replaced whole by a 227. A server's 229 line longer than 255 bytes: its
+    // retransmission must be replayed as the same 227 line, and the client's ack of the
+    // translated line must map back to the end of the original one.
+    let mut t = T::new(SessionParams { real: "[fd00::2]:21".parse().unwrap(), ..params(fnat("fd00:2::200")) });
+    assert_eq!(t.cmd("PASV"), replace(0, b"EPSV\r\n"));
+    let mut line = b"229 Entering Extended Passive Mode".to_vec();
+    line.resize(300, b'.');
+    line.extend_from_slice(b" (|||6446|)\r\n");
+    let want = b"227 Entering Passive Mode (10,0,0,100,25,46).\r\n";
+    assert_eq!(t.reply(&line), replace(0, want));
+    assert_eq!(t.a.expectations.len(), 1);
+    let end = line.len() as u32;
+    let t_end = want.len() as u32;
+    assert_eq!(t.s.map_seq(Dir::Reply, end), t_end);
+    assert_eq!(t.s.map_ack(Dir::Original, t_end), end);
+    // The client took only the first 10 bytes of the 227: the ack stays at the line start.
+    assert_eq!(t.s.map_ack(Dir::Original, 10), 0);
+    // The lost Replace: the server retransmits the line.
+    assert_eq!(t.feed(1, Dir::Reply, 0, &line), replace(0, want));
+}
