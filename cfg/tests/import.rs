@@ -162,3 +162,21 @@ fn keepalived_errors() {
     assert_eq!(imp.services[0].scheduler, "rr");
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
 }
+
+#[test]
+fn keepalived_persistence_timeout_as_keepalived_reads_it() {
+    // keepalived's pto_handler: no value is IPVS_SVC_PERSISTENT_TIMEOUT (360 s); 0 is
+    // "persistence_timeout invalid". Importing 0 as a timeout gave a service the validator refuses.
+    let imp =
+        from_keepalived("virtual_server 10.0.0.1 80 {\n  persistence_timeout\n  real_server 10.0.2.2 80 {\n  }\n}\n")
+            .unwrap();
+    assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 360, netmask: 32 }));
+    roundtrip(&imp);
+    let e = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  lb_algo rr\n  persistence_timeout 0\n  real_server 10.0.2.2 80 {\n  }\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(3)), "{e}");
+    assert!(e.message.contains("persistence_timeout"), "{e}");
+}

@@ -172,7 +172,12 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 scheduler = Some(s.to_string());
             }
             "lb_kind" | "lvs_method" => forward = method(n)?,
-            "persistence_timeout" => persist = Some(num(n, u32::MAX as u64)? as u32),
+            // keepalived: no value is IPVS_SVC_PERSISTENT_TIMEOUT (6 minutes); 0 is invalid.
+            "persistence_timeout" if n.args.is_empty() => persist = Some(360),
+            "persistence_timeout" => match num(n, u32::MAX as u64)? {
+                0 => return Err(err(ORIGIN, n.line, "invalid persistence_timeout \"0\": must be at least 1")),
+                t => persist = Some(t as u32),
+            },
             "persistence_granularity" => granularity = Some(n),
             "protocol" => {
                 protocol = match arg(n)?.to_ascii_uppercase().as_str() {
