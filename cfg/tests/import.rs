@@ -180,3 +180,15 @@ fn keepalived_persistence_timeout_as_keepalived_reads_it() {
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(3)), "{e}");
     assert!(e.message.contains("persistence_timeout"), "{e}");
 }
+
+#[test]
+fn keepalived_persistence_granularity_alone_is_persistent() {
+    // keepalived's pgr_handler sets persistence_timeout to 360 s when none is set: the service
+    // is persistent, not "without effect".
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  persistence_granularity 255.255.255.0\n  real_server 10.0.2.2 80 {\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 360, netmask: 24 }), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

@@ -8,6 +8,10 @@ use super::*;
 
 const ORIGIN: &str = "keepalived.conf";
 
+/// keepalived's IPVS_SVC_PERSISTENT_TIMEOUT: the persistence timeout of a bare
+/// `persistence_timeout` or of a `persistence_granularity` without one.
+const PERSISTENT_TIMEOUT: u32 = 6 * 60;
+
 /// `key args... [{ children }]`; a statement ends at the end of its line.
 struct Node {
     key: String,
@@ -172,8 +176,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 scheduler = Some(s.to_string());
             }
             "lb_kind" | "lvs_method" => forward = method(n)?,
-            // keepalived: no value is IPVS_SVC_PERSISTENT_TIMEOUT (6 minutes); 0 is invalid.
-            "persistence_timeout" if n.args.is_empty() => persist = Some(360),
+            // keepalived: no value is IPVS_SVC_PERSISTENT_TIMEOUT; 0 is invalid.
+            "persistence_timeout" if n.args.is_empty() => persist = Some(PERSISTENT_TIMEOUT),
             "persistence_timeout" => match num(n, u32::MAX as u64)? {
                 0 => return Err(err(ORIGIN, n.line, "invalid persistence_timeout \"0\": must be at least 1")),
                 t => persist = Some(t as u32),
@@ -220,14 +224,13 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
     if let Some(s) = scheduler {
         svc.scheduler = s;
     }
-    if let Some(t) = persist {
+    // A granularity alone makes the service persistent (keepalived's pgr_handler).
+    if let Some(t) = persist.or(granularity.map(|_| PERSISTENT_TIMEOUT)) {
         let nm = match granularity {
             Some(n) => netmask(arg(n)?, vip).map_err(|e| err(ORIGIN, n.line, e))?,
             None => max_prefix(vip),
         };
         svc.persistence = Some(Persistence { timeout: t, netmask: nm });
-    } else if let Some(n) = granularity {
-        warnings.push(format!("line {}: persistence_granularity without persistence_timeout has no effect", n.line));
     }
 
     let mut check: Option<Check> = None;
