@@ -192,3 +192,17 @@ fn keepalived_persistence_granularity_alone_is_persistent() {
     assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 360, netmask: 24 }), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
+
+#[test]
+fn keepalived_duplicate_real_server() {
+    // keepalived: "real server ... is duplicated - removing second rs". The importer kept both,
+    // and the rendered TOML failed validation (a line of the rendered file, not of keepalived.conf).
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    weight 2\n  }\n  real_server 10.0.2.2 80 {\n    weight 5\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(imp.services[0].real_servers.len(), 1);
+    assert_eq!(imp.services[0].real_servers[0].weight, 2, "the first one is kept");
+    assert!(warned(&imp, 5, "10.0.2.2"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

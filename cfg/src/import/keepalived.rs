@@ -253,6 +253,15 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 (p != 0).then_some(p)
             }
         };
+        if svc.real_servers.iter().any(|o| o.address == address && o.port == rport) {
+            // As keepalived does ("real server ... is duplicated - removing second rs").
+            warnings.push(format!(
+                "line {rl}: real_server {} is listed twice in {}, skipped",
+                rs.args.join(" "),
+                svc.name
+            ));
+            continue;
+        }
         ftp_hint |= rport == Some(21);
         let mut r =
             RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
