@@ -206,3 +206,15 @@ fn keepalived_duplicate_real_server() {
     assert!(warned(&imp, 5, "10.0.2.2"), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
+
+#[test]
+fn importers_skip_a_byte_order_mark() {
+    // A file saved by a Windows editor starts with U+FEFF. It became part of the first word:
+    // lvs.cf lost `network = direct` (every service imported as NAT), keepalived.conf its first
+    // virtual_server ("\u{feff}virtual_server is not supported").
+    let imp = from_lvs_cf("\u{feff}network = direct\nvirtual web {\n  address = 10.0.0.1\n  port = 80\n}\n").unwrap();
+    assert_eq!(imp.services[0].forward, Forward::Dr, "{:?}", imp.warnings);
+    let imp = from_keepalived("\u{feff}virtual_server 10.0.0.1 80 {\n  lb_algo rr\n}\n").unwrap();
+    assert_eq!(imp.services.len(), 1, "{:?}", imp.warnings);
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+}

@@ -18,6 +18,8 @@ impl Tok {
 /// Text after an unquoted comment character is skipped.
 pub(crate) fn tokenize(text: &str, comments: &[char], punct: &[char]) -> Result<Vec<Tok>, (usize, String)> {
     let mut out = Vec::new();
+    // A byte order mark (editors on Windows) is not part of the first word.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let mut chars = line.chars().peekable();
