@@ -218,3 +218,21 @@ fn importers_skip_a_byte_order_mark() {
     assert_eq!(imp.services.len(), 1, "{:?}", imp.warnings);
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
 }
+
+#[test]
+fn keepalived_virtual_server_without_port_is_every_port() {
+    // keepalived >= 2.0.7: `virtual_server IP 0` or `virtual_server IP` is IPVS's port-zero
+    // service (every port of the VIP), made persistent (360 s) when it is not already.
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 0 {\n  persistence_timeout 600\n  real_server 10.0.2.2 {\n  }\n}\n\
+         virtual_server 10.0.0.2 {\n  real_server 10.0.2.3 {\n  }\n}\n",
+    )
+    .unwrap();
+    let (a, b) = (&imp.services[0], &imp.services[1]);
+    assert_eq!((a.vip, a.ports.is_empty()), (ip("10.0.0.1"), true));
+    assert_eq!(a.persistence, Some(Persistence { timeout: 600, netmask: 32 }));
+    assert_eq!((b.vip, b.ports.is_empty()), (ip("10.0.0.2"), true));
+    assert_eq!(b.persistence, Some(Persistence { timeout: 360, netmask: 32 }));
+    assert!(warned(&imp, 6, "persistent"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

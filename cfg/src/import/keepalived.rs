@@ -134,7 +134,8 @@ struct Check {
 fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Result<Option<Service>, ConfigError> {
     let l = vs.line;
     let body = vs.children.as_deref().ok_or_else(|| err(ORIGIN, l, "virtual_server needs a { ... } block"))?;
-    // virtual_server IP PORT | virtual_server fwmark N | virtual_server group NAME
+    // virtual_server IP [PORT] | virtual_server fwmark N | virtual_server group NAME
+    // Port 0 or none (keepalived >= 2.0.7) is IPVS's port-zero service: every port of the VIP.
     let (vip, port, mark): (IpAddr, Option<u16>, Option<u32>) = match vs.args.as_slice() {
         [f, m] if f == "fwmark" => {
             let m: u32 = m.parse().map_err(|_| err(ORIGIN, l, format!("invalid firewall mark {m:?}")))?;
@@ -146,14 +147,13 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             ));
             return Ok(None);
         }
-        [ip, p] => {
+        [ip] | [ip, _] => {
             let ip: IpAddr =
                 ip.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server address {ip:?}")))?;
-            let p: u16 = p
-                .parse()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| err(ORIGIN, l, format!("invalid virtual_server port {p:?}")))?;
+            let p: u16 = match vs.args.get(1) {
+                None => 0,
+                Some(p) => p.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server port {p:?}")))?,
+            };
             (ip, Some(p), None)
         }
         _ => return Err(err(ORIGIN, l, "expected `virtual_server ADDRESS PORT` or `virtual_server fwmark MARK`")),
@@ -211,6 +211,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 (unspecified(v6), Vec::new())
             }
         },
+        (None, Some(0)) => (vip, Vec::new()),
         (None, Some(p)) => (vip, vec![PortRange { lo: p, hi: p }]),
         (None, None) => unreachable!(),
     };
@@ -223,6 +224,14 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
     svc.forward = forward;
     if let Some(s) = scheduler {
         svc.scheduler = s;
+    }
+    if port == Some(0) && persist.is_none() && granularity.is_none() {
+        warnings.push(format!(
+            "line {l}: virtual_server {}: a service on every port must be persistent (as keepalived): \
+             persistence timeout {PERSISTENT_TIMEOUT} s",
+            vs.args.join(" ")
+        ));
+        persist = Some(PERSISTENT_TIMEOUT);
     }
     // A granularity alone makes the service persistent (keepalived's pgr_handler).
     if let Some(t) = persist.or(granularity.map(|_| PERSISTENT_TIMEOUT)) {
@@ -329,7 +338,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             quiesce: inhibit,
         });
     }
-    if svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {
+    if mark.is_some() && svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {
         svc.ftp = Some(FtpOptions::default());
         warnings.push(format!(
             "line {l}: service {:?}: firewall mark with real servers or checks on port 21: enabled the FTP helper (ftp = true)",
