@@ -236,3 +236,28 @@ fn keepalived_virtual_server_without_port_is_every_port() {
     assert!(warned(&imp, 6, "persistent"), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
+
+#[test]
+fn importers_refuse_two_services_on_one_vip_port() {
+    // Two services on the same VIP, protocol and port were both imported; the rendered TOML
+    // then failed validation ("overlaps") at a line of the rendered file, not of the source.
+    let e = from_lvs_cf(
+        "virtual a {\n  address = 10.0.0.1\n  port = 80\n}\nvirtual b {\n  address = 10.0.0.1\n  port = 80\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(5)), "{e}");
+    let e = from_keepalived("virtual_server 10.0.0.1 0 {\n}\nvirtual_server 10.0.0.1 80 {\n}\n")
+        .map(|i| i.to_toml())
+        .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(3)), "{e}");
+    let mut marks = HashMap::new();
+    marks.insert(1, (ip("10.0.0.1"), vec![PortRange { lo: 80, hi: 90 }]));
+    let e = from_keepalived_with_marks("virtual_server fwmark 1 {\n}\nvirtual_server 10.0.0.1 85 {\n}\n", &marks)
+        .map(|i| i.to_toml())
+        .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(3)), "{e}");
+    // Firewall marks without a mapping all get 0.0.0.0 and every port, to be set by hand (warned).
+    let imp = from_keepalived("virtual_server fwmark 1 {\n}\nvirtual_server fwmark 2 {\n}\n").unwrap();
+    assert_eq!(imp.services.len(), 2);
+}

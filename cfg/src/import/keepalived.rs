@@ -103,6 +103,7 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                     if services.iter().any(|o| o.name == s.name) {
                         return Err(err(ORIGIN, n.line, format!("virtual_server {} defined twice", n.args.join(" "))));
                     }
+                    overlap(&services, &s, ORIGIN, n.line)?;
                     services.push(s);
                 }
             }

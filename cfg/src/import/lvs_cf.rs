@@ -149,6 +149,7 @@ pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
             if services.iter().any(|o| o.name == s.name) {
                 return Err(err(ORIGIN, it.line, format!("virtual {name} defined twice")));
             }
+            overlap(&services, &s, ORIGIN, it.line)?;
             services.push(s);
         }
     }

@@ -106,6 +106,31 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
     }
 }
 
+/// The error for `s` if an earlier service has its VIP, protocol and one of its ports (the
+/// validator refuses such overlaps). Firewall-mark services without a mapping (VIP 0.0.0.0 or
+/// ::, every port, to be set by hand) are not compared.
+pub(crate) fn overlap(services: &[Service], s: &Service, origin: &str, line: usize) -> Result<(), ConfigError> {
+    if s.vip.is_unspecified() {
+        return Ok(());
+    }
+    for o in services.iter().filter(|o| o.vip == s.vip && o.protocol == s.protocol) {
+        if let Some(p) = crate::validate::ports_overlap(&o.ports, &s.ports) {
+            return Err(err(
+                origin,
+                line,
+                format!(
+                    "service {:?} overlaps service {:?} on {} {} port {p}",
+                    s.name,
+                    o.name,
+                    crate::validate::proto_name(s.protocol),
+                    s.vip
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn max_prefix(vip: IpAddr) -> u8 {
     if vip.is_ipv4() {
         32
