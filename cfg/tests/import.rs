@@ -261,3 +261,16 @@ fn importers_refuse_two_services_on_one_vip_port() {
     let imp = from_keepalived("virtual_server fwmark 1 {\n}\nvirtual_server fwmark 2 {\n}\n").unwrap();
     assert_eq!(imp.services.len(), 2);
 }
+
+#[test]
+fn lvs_cf_server_address_twice() {
+    // Two `server` blocks with one address (ipvsadm -a refuses the second: "Destination already
+    // exists") were both imported; the rendered TOML failed validation in the rendered file.
+    let e = from_lvs_cf(
+        "virtual web {\n  address = 10.0.0.1\n  port = 80\n  server a {\n    address = 10.0.2.2\n  }\n  server b {\n    address = 10.0.2.2\n  }\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(7)), "{e}");
+    assert!(e.message.contains("10.0.2.2"), "{e}");
+}

@@ -343,6 +343,13 @@ fn virtual_block(
             warnings.push(format!("line {}: server {sname} is inactive (active = 0), skipped", it.line));
             continue;
         }
+        if svc.real_servers.iter().any(|r| r.address == address && r.port == sport) {
+            return Err(err(
+                ORIGIN,
+                it.line,
+                format!("server {sname}: real server {address} listed twice in virtual {name}"),
+            ));
+        }
         svc.real_servers.push(RealServer {
             address,
             port: sport,
