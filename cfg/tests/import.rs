@@ -274,3 +274,17 @@ fn lvs_cf_server_address_twice() {
     assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(7)), "{e}");
     assert!(e.message.contains("10.0.2.2"), "{e}");
 }
+
+#[test]
+fn keepalived_real_server_of_another_family() {
+    // An IPv6 real server of an IPv4 virtual_server (IPVS allows it only for tunnelling, with
+    // kernel support) was imported as is; the rendered TOML failed validation in the rendered
+    // file ("mixed families need forward = \"fnat\"").
+    let e = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  lb_kind TUN\n  real_server 10.0.2.2 80 {\n  }\n  real_server 2001:db8::2 80 {\n  }\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(5)), "{e}");
+    assert!(e.message.contains("2001:db8::2"), "{e}");
+}

@@ -314,9 +314,24 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
             }
         }
-        if r.address.is_ipv4() != svc.vip.is_ipv4() && mark.is_some() && !marks.contains_key(&mark.unwrap()) {
-            // fwmark service without a mapping: take the family from the real servers.
+        if r.address.is_ipv4() != svc.vip.is_ipv4()
+            && mark.is_some()
+            && !marks.contains_key(&mark.unwrap())
+            && svc.real_servers.is_empty()
+        {
+            // fwmark service without a mapping: take the family from the (first) real server.
             svc.vip = unspecified(r.address.is_ipv6());
+        }
+        if r.address.is_ipv4() != svc.vip.is_ipv4() {
+            return Err(err(
+                ORIGIN,
+                rl,
+                format!(
+                    "real_server {address} is not in the address family of virtual_server {} \
+                     (ferrovs mixes IPv4 and IPv6 only in full NAT)",
+                    vs.args.join(" ")
+                ),
+            ));
         }
         svc.real_servers.push(r);
     }
