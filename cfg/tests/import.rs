@@ -288,3 +288,15 @@ fn keepalived_real_server_of_another_family() {
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(5)), "{e}");
     assert!(e.message.contains("2001:db8::2"), "{e}");
 }
+
+#[test]
+fn keepalived_lthreshold_above_uthreshold() {
+    // Imported as is; the rendered TOML failed validation in the rendered file
+    // ("lower threshold 20 is above upper threshold 10").
+    let e = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    uthreshold 10\n    lthreshold 20\n  }\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
+}

@@ -275,11 +275,12 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
         ftp_hint |= rport == Some(21);
         let mut r =
             RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
+        let mut thr_line = rl;
         for n in rs.children.as_deref().unwrap_or(&[]) {
             match n.key.as_str() {
                 "weight" => r.weight = num(n, 65535)? as u32,
-                "uthreshold" => r.upper = num(n, u32::MAX as u64)? as u32,
-                "lthreshold" => r.lower = num(n, u32::MAX as u64)? as u32,
+                "uthreshold" => (r.upper, thr_line) = (num(n, u32::MAX as u64)? as u32, n.line),
+                "lthreshold" => (r.lower, thr_line) = (num(n, u32::MAX as u64)? as u32, n.line),
                 "inhibit_on_failure" => inhibit = true,
                 "lvs_method" | "lb_kind" => {
                     let f = method(n)?;
@@ -313,6 +314,13 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                     .push(format!("line {}: {k} is not supported (only TCP_CHECK is imported), ignored", n.line)),
                 k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
             }
+        }
+        if r.upper != 0 && r.lower != 0 && r.upper < r.lower {
+            return Err(err(
+                ORIGIN,
+                thr_line,
+                format!("lthreshold {} is above uthreshold {} of real_server {address}", r.lower, r.upper),
+            ));
         }
         if r.address.is_ipv4() != svc.vip.is_ipv4()
             && mark.is_some()
