@@ -202,7 +202,7 @@ pub fn ferrovsadm_command() -> Command {
         .long_about(
             "ferrovsadm takes ipvsadm command lines unchanged (-A/-E/-D/-C, -a/-e/-d, -L, -Z, --set, -S, -R) and \
              sends them to the ferrovs daemon over its unix control socket, plus ferrovs-only verbs (conns, ftp, \
-             drops, health, status, metrics, reload, top). Addresses are IPv4 ADDR:PORT or IPv6 [ADDR]:PORT; -f \
+             drops, ports, health, status, metrics, reload, top). Addresses are IPv4 ADDR:PORT or IPv6 [ADDR]:PORT; -f \
              takes a firewall mark (a ferrovs service with fwmark = MARK).",
         )
         .disable_help_flag(true)
@@ -284,6 +284,7 @@ pub fn ferrovsadm_command() -> Command {
         .arg(opt("conns-flag", None, "conns", None, "Same as the conns verb."))
         .arg(opt("ftp-flag", None, "ftp", None, "Same as the ftp verb."))
         .arg(opt("drops-flag", None, "drops", None, "Same as the drops verb."))
+        .arg(opt("ports-flag", None, "ports", None, "Same as the ports verb."))
         .arg(opt("health-flag", None, "health", None, "Same as the health verb."))
         .arg(opt("status-flag", None, "status", None, "Same as the status verb."))
         .arg(opt("metrics-flag", None, "metrics", None, "Same as the metrics verb."))
@@ -293,6 +294,10 @@ pub fn ferrovsadm_command() -> Command {
         .subcommand(Command::new("conns").about("Connections with their FTP control/data relations."))
         .subcommand(Command::new("ftp").about("FTP gateway counters per service."))
         .subcommand(Command::new("drops").about("Per-worker packet counters and drops by reason."))
+        .subcommand(Command::new("ports").about(
+            "What each port counted itself: frames and bytes each way, and the frames it dropped \
+             (a full receive ring: no worker saw them), per port and queue.",
+        ))
         .subcommand(Command::new("health").about("Health-check state of every real server."))
         .subcommand(Command::new("status").about("Daemon version, workers, uptime and services."))
         .subcommand(Command::new("metrics").about("The Prometheus exposition text."))

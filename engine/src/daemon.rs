@@ -6,7 +6,7 @@ use crate::pipeline::driver::Driver;
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::worker::{Ctrl, Fabric};
 use crate::port::memory::MemQueue;
-use crate::port::{PortCaps, PortQueue};
+use crate::port::{PortCaps, PortCounters, PortQueue, PortReport, PortSource};
 use ferrovs_cfg::{Backend, Config};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -58,6 +58,8 @@ pub trait EngineView: Send + Sync {
     fn post(&self, worker: usize, msg: Ctrl) -> bool;
     /// A new snapshot is being posted to the workers.
     fn snapshot_posted(&self, snap: &Snapshot);
+    /// Per worker, per port: the queue's own counters as last published (`None`: none).
+    fn port_counters(&self) -> Vec<Vec<Option<PortCounters>>>;
 }
 
 impl<B: Send> EngineView for Fabric<B> {
@@ -76,6 +78,38 @@ impl<B: Send> EngineView for Fabric<B> {
     fn snapshot_posted(&self, snap: &Snapshot) {
         self.set_placement(snap);
     }
+    fn port_counters(&self) -> Vec<Vec<Option<PortCounters>>> {
+        Fabric::port_counters(self)
+    }
+}
+
+/// The reports of ports whose queues count themselves (AF_PACKET: one socket per worker):
+/// each of `config`'s interfaces, its queues' last published counters summed.
+pub fn queue_reports(view: Arc<dyn EngineView>, config: &Config, driver: &str) -> PortSource {
+    let ports: Vec<(String, String)> = config.interfaces.iter().map(|i| (i.name.clone(), i.device.clone())).collect();
+    let driver = driver.to_string();
+    Arc::new(move || {
+        let per_worker = view.port_counters();
+        ports
+            .iter()
+            .enumerate()
+            .map(|(p, (name, device))| {
+                let queues: Vec<PortCounters> = per_worker.iter().filter_map(|w| w.get(p).copied().flatten()).collect();
+                let mut counters = PortCounters::default();
+                for q in &queues {
+                    counters.add(q);
+                }
+                PortReport {
+                    name: name.clone(),
+                    device: device.clone(),
+                    driver: driver.clone(),
+                    link_up: None,
+                    counters,
+                    queues,
+                }
+            })
+            .collect()
+    })
 }
 
 /// The one way a new snapshot reaches the workers: posted on every worker's
@@ -229,6 +263,8 @@ pub struct Running {
     pub backend: Option<Box<dyn std::any::Any + Send>>,
     /// Cluster: the connection sync thread's counters.
     pub sync_stats: Option<Arc<crate::cluster::syncd::SyncStats>>,
+    /// The ports' own counters (none for the in-memory backend).
+    pub ports: Option<PortSource>,
 }
 
 impl Running {
@@ -352,7 +388,7 @@ pub fn start<Q: PortQueue + 'static>(
                 .expect("spawn sync thread"),
         );
     }
-    Ok(Running { view: fabric, snapshot, threads, stop, backend: None, sync_stats })
+    Ok(Running { view: fabric, snapshot, threads, stop, backend: None, sync_stats, ports: None })
 }
 
 /// Open the configured backend and start the workers.
@@ -388,7 +424,9 @@ pub fn open_and_start(config: Arc<Config>) -> Result<Running, String> {
                 per_iface.push(qs);
             }
             let queues = transpose(per_iface, workers);
-            start(config, queues, Arc::new(|_| {}))
+            let mut running = start(config.clone(), queues, Arc::new(|_| {}))?;
+            running.ports = Some(queue_reports(running.view.clone(), &config, "af_packet"));
+            Ok(running)
         }
         Backend::Dpdk => open_dpdk(config),
     }
@@ -407,6 +445,8 @@ fn open_dpdk(config: Arc<Config>) -> Result<Running, String> {
             }
         }),
     )?;
+    let stats = be.stats_handle();
+    running.ports = Some(Arc::new(move || stats.get().iter().map(crate::port::dpdk::report_of).collect()));
     running.backend = Some(Box::new(be));
     Ok(running)
 }

@@ -374,3 +374,49 @@ fn rough_throughput() {
         assert_eq!(allocs, (0, 0), "pool allocations in steady state");
     });
 }
+
+/// A receive ring nobody empties overflows in the kernel: those frames never reach a worker,
+/// so only the queue's own counters ([`PortQueue::counters`], `ferrovsadm ports`) show them,
+/// summed over the kernel's clear-on-read statistics.
+#[test]
+fn a_full_receive_ring_is_counted_as_the_ports_drops() {
+    let Some(ns) = VethNs::new("fvs-t", "rxfull", Some((MAC_A, MAC_B))) else { return };
+    ns.run(|| {
+        let mut a = open1("fvsa");
+        // Two 4 KiB blocks: a few dozen 64-byte frames fill the ring.
+        let small = AfPacketConfig { rx_block_size: 4096, rx_block_nr: 2, ..AfPacketConfig::default() };
+        let mut b = afpacket::open_with("fvsb", 1, None, "b", &small).unwrap().pop().unwrap();
+        assert_eq!(b.counters(), Some(Default::default()), "a fresh queue counted nothing");
+        let n = 2000u32;
+        let mut sent = 0;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(BURST) {
+            let frames: Vec<Vec<u8>> = chunk.iter().map(|&i| test_frame(MAC_B, i, 64, None)).collect();
+            let mut v = bufs(&frames);
+            while !v.is_empty() {
+                sent += a.tx_burst(&mut v).sent;
+                a.flush();
+            }
+            // Give the ring time to fill; `b` does not read.
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let mid = b.counters().expect("AF_PACKET keeps counters");
+        assert!(mid.rx_dropped > 0, "{sent} frames into an unread two-block ring, none dropped: {mid:?}");
+        assert_eq!(mid.rx_packets, 0, "nothing read yet");
+        // A second read of the kernel's statistics (which clear on read) keeps the sum.
+        let again = b.counters().unwrap();
+        assert!(again.rx_dropped >= mid.rx_dropped, "{again:?} after {mid:?}");
+        let mut got = Vec::new();
+        receive(&mut b, 1, &mut got);
+        drain(&mut b, &mut got);
+        let end = b.counters().unwrap();
+        assert!(!got.is_empty() && end.rx_packets >= got.len() as u64, "{} read, {end:?}", got.len());
+        assert!(
+            end.rx_packets + end.rx_dropped >= sent as u64,
+            "{sent} sent: each one read or counted dropped: {end:?}"
+        );
+        assert_eq!(end.rx_errors, 0);
+        let tx = a.counters().unwrap();
+        assert_eq!((tx.tx_packets, tx.tx_dropped + tx.tx_errors), (sent as u64, a.stats().tx_ring_full));
+    });
+}

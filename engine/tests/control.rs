@@ -545,3 +545,46 @@ fn authenticated_sync_counts_forgeries_and_replays() {
     assert_eq!(s["messages_replayed"], 2, "m1 again and the stale one: {s}");
     assert_eq!(s["messages_auth_failed"], 2, "wrong key and version 1: {s}");
 }
+
+/// `ferrovsadm ports`: the in-memory backend keeps no port counters and says so; a backend
+/// that has them (set here as AF_PACKET's and DPDK's are, through `Running::ports`) shows a
+/// line per port and per queue, in JSON, and in the metrics.
+#[test]
+fn ports_show_what_the_ports_counted() {
+    use ferrovs_engine::port::{PortCounters, PortReport};
+    let dir = tmpdir("ports");
+    let e = Engine::start(&dir, "", "");
+    let j: serde_json::Value = serde_json::from_str(&e.ok(&["ports", "--json"])).unwrap();
+    assert_eq!((&j["counted"], &j["ports"]), (&serde_json::json!(false), &serde_json::json!([])), "{j}");
+    assert!(e.ok(&["ports"]).starts_with("no port counters"));
+    assert!(!e.ok(&["metrics"]).contains("ferrovs_port_"), "no port series without port counters");
+    let q = |rx, dropped| PortCounters { rx_packets: rx, rx_bytes: 64 * rx, rx_dropped: dropped, ..Default::default() };
+    let (q0, q1) = (q(10, 3), q(5, 4));
+    let mut all = q0;
+    all.add(&q1);
+    let report = PortReport {
+        name: "ext".into(),
+        device: "fvs-lb0".into(),
+        driver: "af_packet".into(),
+        link_up: None,
+        counters: all,
+        queues: vec![q0, q1],
+    };
+    let state = &e.control.as_ref().unwrap().state;
+    assert!(state.ports.set(Arc::new(move || vec![report.clone()])).is_ok());
+    let j: serde_json::Value = serde_json::from_str(&e.ok(&["ports", "--json"])).unwrap();
+    assert_eq!(j["counted"], true, "{j}");
+    assert_eq!((&j["ports"][0]["name"], &j["ports"][0]["counters"]["rx_dropped"]), (&"ext".into(), &7.into()), "{j}");
+    assert_eq!(j["ports"][0]["queues"].as_array().map(Vec::len), Some(2), "{j}");
+    let text = e.ok(&["ports"]);
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines.len(), 4, "header, the port, its two queues:\n{text}");
+    assert_eq!(lines[0][..3], ["Port", "(device,", "driver,"], "{text}");
+    assert_eq!(lines[1][..3], ["ext", "(fvs-lb0,", "af_packet)"], "{text}");
+    assert_eq!(lines[1][3..6], ["15", "960", "7"], "rx packets, bytes, dropped:\n{text}");
+    assert_eq!(lines[3][..5], ["queue", "1", "5", "320", "4"], "{text}");
+    let m = e.ok(&["metrics"]);
+    assert!(m.contains("# TYPE ferrovs_port_rx_dropped_total counter"), "{m}");
+    assert!(m.contains("\nferrovs_port_rx_dropped_total{port=\"ext\",device=\"fvs-lb0\"} 7\n"), "{m}");
+    assert!(m.contains("\nferrovs_port_rx_packets_total{port=\"ext\",device=\"fvs-lb0\"} 15\n"), "{m}");
+}

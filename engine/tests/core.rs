@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use ferrovs_engine::daemon::{self, EngineView};
 use ferrovs_engine::flow::tcpstate::TcpState;
 use ferrovs_engine::pipeline::counters::DropReason;
 use ferrovs_engine::pipeline::driver::Driver;
@@ -11,7 +12,7 @@ use ferrovs_engine::pipeline::snapshot::Snapshot;
 use ferrovs_engine::pipeline::worker::{Fabric, Verdict, Worker, EXPIRY_BOUND_NS, TICK_SHIFT};
 use ferrovs_engine::port::memory::MemQueue;
 use ferrovs_engine::port::memory::{default_mac, HeapBuf};
-use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
+use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps, PortCounters, PortQueue, TxResult, PORT_COUNTERS_EVERY_NS};
 use ferrovs_engine::tools::testpkt::*;
 use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
 use std::sync::atomic::Ordering::Relaxed;
@@ -424,4 +425,101 @@ fn packets_of_another_worker_come_out_of_poll_handoff() {
     }
     assert!(handed > 0 && handed < 38, "some clients belong to worker 1: {handed}");
     assert_eq!(fabric.counters[0].handoff_out.load(Relaxed), handed);
+}
+
+/// A memory queue that counts what it receives and transmits, as an AF_PACKET queue does
+/// (its own counters, [`PortQueue::counters`]), with `dropped` standing for the kernel's.
+struct CountingQueue {
+    q: MemQueue,
+    c: PortCounters,
+    asked: u32,
+}
+
+impl PortQueue for CountingQueue {
+    type Buf = HeapBuf;
+    type Alloc = HeapAlloc;
+    fn rx_burst(&mut self, out: &mut Vec<HeapBuf>) -> usize {
+        let before = out.len();
+        let n = self.q.rx_burst(out);
+        self.c.rx_packets += n as u64;
+        self.c.rx_bytes += out[before..].iter().map(|b| b.len() as u64).sum::<u64>();
+        n
+    }
+    fn tx_burst(&mut self, pkts: &mut Vec<HeapBuf>) -> TxResult {
+        let r = self.q.tx_burst(pkts);
+        self.c.tx_packets += r.sent as u64;
+        self.c.tx_bytes += r.bytes;
+        r
+    }
+    fn alloc(&mut self) -> Option<HeapBuf> {
+        self.q.alloc()
+    }
+    fn allocator(&self) -> HeapAlloc {
+        self.q.allocator()
+    }
+    fn caps(&self) -> &PortCaps {
+        self.q.caps()
+    }
+    fn counters(&mut self) -> Option<PortCounters> {
+        self.asked += 1;
+        Some(self.c)
+    }
+}
+
+/// Each driver publishes its queues' own counters when it starts polling and then about once
+/// a second (not per poll: an AF_PACKET queue makes a system call for them), and the control
+/// plane's report of a port sums its queues over the workers.
+#[test]
+fn drivers_publish_their_queues_own_counters_once_a_second() {
+    let config = {
+        let mut c = config(SERVICES);
+        c.engine.workers = 2;
+        c
+    };
+    let macs: Vec<[u8; 6]> =
+        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
+    let caps: Vec<PortCaps> = config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: 2, mtu: 1500 })
+        .collect();
+    let config = Arc::new(config);
+    let snap = Arc::new(Snapshot::build(config.clone(), &macs));
+    let fabric = Fabric::new(2);
+    let queues = || {
+        caps.iter()
+            .map(|c| CountingQueue { q: MemQueue::new(c.clone()), c: PortCounters::default(), asked: 0 })
+            .collect::<Vec<_>>()
+    };
+    let mut d0 = Driver::new(0, queues(), snap.clone(), fabric.clone());
+    let mut d1 = Driver::new(1, queues(), snap.clone(), fabric.clone());
+    let view: Arc<dyn EngineView> = fabric.clone();
+    let reports = daemon::queue_reports(view, &config, "counting");
+    assert!(reports().iter().all(|p| p.queues.is_empty()), "nothing published before the first poll");
+    // An ARP request for the balancer's internal address on worker 0 (answered), nothing
+    // on worker 1.
+    let arp = arp_request([2, 0, 0, 0, 2, 2], [10, 0, 2, 2], [10, 0, 2, 1]);
+    d0.queues_mut()[INT].q.inject(&arp);
+    d0.poll(S);
+    d1.poll(S);
+    let r = reports();
+    assert_eq!(r.len(), config.interfaces.len());
+    assert_eq!(r[INT].name, config.interfaces[INT].name);
+    assert_eq!((r[INT].device.as_str(), r[INT].driver.as_str()), (config.interfaces[INT].device.as_str(), "counting"));
+    assert_eq!(r[INT].queues.len(), 2, "one queue per worker");
+    assert_eq!((r[INT].counters.rx_packets, r[INT].counters.tx_packets), (1, 1), "{:?}", r[INT]);
+    assert_eq!(r[INT].counters.rx_bytes, arp.len() as u64);
+    assert_eq!(r[EXT].counters, PortCounters::default());
+    // Within the second: the counters are not asked for again, so not republished.
+    for k in 1..100u64 {
+        d0.queues_mut()[EXT].q.inject(&arp);
+        d0.poll(S + k * 1_000_000);
+    }
+    assert_eq!(d0.queues_mut()[EXT].asked, 1, "asked once in the first second");
+    assert_eq!(reports()[EXT].counters.rx_packets, 0);
+    d0.poll(S + PORT_COUNTERS_EVERY_NS);
+    assert_eq!(d0.queues_mut()[EXT].asked, 2);
+    assert_eq!(reports()[EXT].counters.rx_packets, 99, "published a second later");
+    assert_eq!(reports()[INT].counters.rx_packets, 1, "worker 1's queue still counted");
 }

@@ -343,6 +343,17 @@ fn scenario_ring() {
     assert_eq!(st[0].queues.len(), 2);
     assert!(st[0].link.up);
     assert!(!st[0].xstats.is_empty());
+    // What `ferrovsadm ports` shows of it.
+    let r = dpdk::report_of(&st[0]);
+    assert_eq!((r.name.as_str(), r.driver.as_str(), r.link_up), (st[0].name.as_str(), "net_ring", Some(true)));
+    let c = r.counters;
+    assert_eq!(
+        (c.rx_packets, c.rx_bytes, c.rx_dropped, c.rx_nobuf),
+        (st[0].ipackets, st[0].ibytes, st[0].imissed, st[0].rx_nombuf)
+    );
+    assert_eq!((c.tx_packets, c.tx_bytes, c.tx_errors), (st[0].opackets, st[0].obytes, st[0].oerrors));
+    assert_eq!(r.queues.len(), 2);
+    assert_eq!(r.queues[0].rx_packets, st[0].queues[0].ipackets);
 
     drop(qs);
     drop(be);

@@ -188,6 +188,14 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                 }
             }
         }
+        Action::Ports => {
+            let r = call(&socket, "ports", json!({}))?;
+            if json_out {
+                print_json(&r);
+                return Ok(());
+            }
+            print!("{}", ipvsadm::ports_table(&r));
+        }
         Action::Health => {
             let r = call(&socket, "health", json!({}))?;
             if json_out {

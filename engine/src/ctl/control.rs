@@ -149,6 +149,8 @@ pub struct State {
     pub flow_capacity: usize,
     /// Cluster: the sync thread's counters (set by [`spawn`] when the node syncs).
     pub sync_stats: std::sync::OnceLock<Arc<crate::cluster::syncd::SyncStats>>,
+    /// The ports' own counters (set by [`spawn`] for a backend that has them).
+    pub ports: std::sync::OnceLock<crate::port::PortSource>,
 }
 
 /// An applier that builds snapshots for the MACs of `running` and posts
@@ -201,6 +203,7 @@ impl State {
             }),
             started: Instant::now(),
             sync_stats: std::sync::OnceLock::new(),
+            ports: std::sync::OnceLock::new(),
         })
     }
 
@@ -552,6 +555,10 @@ impl State {
                 }
                 Ok(r)
             }
+            "ports" => Ok(match self.ports.get() {
+                Some(source) => json!({"counted": true, "ports": source()}),
+                None => json!({"counted": false, "ports": []}),
+            }),
             "ftp" => Ok(json!({"services": self.ftp()})),
             "health" => Ok(json!({"servers": self.health()})),
             "metrics" => Ok(json!({"text": crate::ctl::metrics::Exported::metrics(self)})),
@@ -638,6 +645,7 @@ impl crate::ctl::metrics::Exported for State {
             snapshot: &snap,
             services: &self.view.service_counters(),
             sync: self.sync_stats.get().map(|s| &**s),
+            ports: &self.ports.get().map(|p| p()).unwrap_or_default(),
         })
     }
     fn status_page(&self) -> String {
@@ -797,6 +805,9 @@ pub fn spawn(config_path: Option<PathBuf>, config: Arc<Config>, running: &Runnin
         State::new(running.view.clone(), applier_of(running), config_path, config.clone(), running.snapshot.clone());
     if let Some(s) = &running.sync_stats {
         let _ = state.sync_stats.set(s.clone());
+    }
+    if let Some(p) = &running.ports {
+        let _ = state.ports.set(p.clone());
     }
     spawn_with(state, &config)
 }

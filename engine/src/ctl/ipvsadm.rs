@@ -164,6 +164,8 @@ pub enum Action {
     Conns,
     Ftp,
     Drops,
+    /// The ports' own counters (what never reached a worker).
+    Ports,
     Health,
     Status,
     Metrics,
@@ -213,7 +215,7 @@ ferrovsadm: ipvsadm-compatible control of a running ferrovs
   ferrovsadm -Z [-t|u|f service-address]
   ferrovsadm --set tcp tcpfin udp
 ferrovs-only:
-  ferrovsadm conns | --ftp | drops | health | status | metrics | --reload
+  ferrovsadm conns | --ftp | drops | ports | health | status | metrics | --reload
   ferrovsadm top [--interval SECONDS] [--iterations N] [--sort-by name|conns|active|pps|bps|weight|health]
 Global options: --socket PATH (default /run/ferrovs/ferrovs.sock, or $FERROVS_SOCKET), --json
 Addresses: IPv4 ADDR:PORT, IPv6 [ADDR]:PORT; -f takes a firewall mark (a ferrovs service with fwmark = MARK).
@@ -333,6 +335,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
             "--ftp" | "ftp" => verb = Some(Action::Ftp),
             "--conns" | "conns" => verb = Some(Action::Conns),
             "--drops" | "drops" => verb = Some(Action::Drops),
+            "--ports" | "ports" => verb = Some(Action::Ports),
             "--health" | "health" => verb = Some(Action::Health),
             "--status" | "status" => verb = Some(Action::Status),
             "--metrics" | "metrics" => verb = Some(Action::Metrics),
@@ -1353,6 +1356,61 @@ fn needs_ext(s: &Service) -> bool {
 
 /// `ipvsadm -S -n` output for `cfg` (with `# ferrovs-service` comments
 /// before services ipvsadm's syntax cannot fully describe).
+/// `ferrovsadm ports`: the reply of the control socket's `ports` op as a table, a line per
+/// port and, for a port of several queues, one per queue under it.
+pub fn ports_table(r: &serde_json::Value) -> String {
+    const COLS: [(&str, &str); 9] = [
+        ("rx_packets", "RxPackets"),
+        ("rx_bytes", "RxBytes"),
+        ("rx_dropped", "RxDropped"),
+        ("rx_nobuf", "RxNoBuf"),
+        ("rx_errors", "RxErrors"),
+        ("tx_packets", "TxPackets"),
+        ("tx_bytes", "TxBytes"),
+        ("tx_dropped", "TxDropped"),
+        ("tx_errors", "TxErrors"),
+    ];
+    let mut o = String::new();
+    if r["counted"].as_bool() != Some(true) {
+        o.push_str("no port counters: this backend keeps none (the in-memory one)\n");
+        return o;
+    }
+    let row = |o: &mut String, label: &str, c: &serde_json::Value| {
+        let _ = write!(o, "{label:<32}");
+        for (k, _) in COLS {
+            let _ = write!(o, " {:>12}", c[k].as_u64().unwrap_or(0));
+        }
+        o.push('\n');
+    };
+    let _ = write!(o, "{:<32}", "Port (device, driver, link)");
+    for (_, h) in COLS {
+        let _ = write!(o, " {h:>12}");
+    }
+    o.push('\n');
+    let ports = r["ports"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for p in ports {
+        let link = match p["link_up"].as_bool() {
+            Some(true) => ", up",
+            Some(false) => ", DOWN",
+            None => "",
+        };
+        let label = format!(
+            "{} ({}, {}{link})",
+            p["name"].as_str().unwrap_or("?"),
+            p["device"].as_str().unwrap_or("?"),
+            p["driver"].as_str().unwrap_or("?")
+        );
+        row(&mut o, &label, &p["counters"]);
+        let queues = p["queues"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if queues.len() > 1 {
+            for (i, q) in queues.iter().enumerate() {
+                row(&mut o, &format!("  queue {i}"), q);
+            }
+        }
+    }
+    o
+}
+
 pub fn format_save(cfg: &Config) -> String {
     let mut out = String::new();
     let mut svcs: Vec<&Service> = cfg.services.iter().collect();

@@ -38,6 +38,8 @@ pub struct Figures<'a> {
     pub services: &'a [Arc<Vec<ServiceCounters>>],
     /// Cluster: the sync thread's counters (none on a single node).
     pub sync: Option<&'a crate::cluster::syncd::SyncStats>,
+    /// The ports' own counters (none for the in-memory backend).
+    pub ports: &'a [crate::port::PortReport],
 }
 
 /// The exposition text.
@@ -192,6 +194,29 @@ pub fn render(f: &Figures) -> String {
             let name = format!("ferrovs_sync_{k}_total");
             family(&mut o, &name, "counter", help);
             let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
+        }
+    }
+    // The ports' own counters: what never reached a worker.
+    if !f.ports.is_empty() {
+        type P = fn(&crate::port::PortCounters) -> u64;
+        let series: [(&str, &str, P); 9] = [
+            ("rx_packets_total", "Frames the port received.", |c| c.rx_packets),
+            ("rx_bytes_total", "Bytes the port received.", |c| c.rx_bytes),
+            ("rx_dropped_total", "Frames the port dropped because a worker's receive ring was full.", |c| c.rx_dropped),
+            ("rx_nobuf_total", "Receive failures for want of a packet buffer.", |c| c.rx_nobuf),
+            ("rx_errors_total", "Frames received in error.", |c| c.rx_errors),
+            ("tx_packets_total", "Frames the port transmitted.", |c| c.tx_packets),
+            ("tx_bytes_total", "Bytes the port transmitted.", |c| c.tx_bytes),
+            ("tx_dropped_total", "Frames dropped because the transmit ring was full.", |c| c.tx_dropped),
+            ("tx_errors_total", "Transmit failures.", |c| c.tx_errors),
+        ];
+        for (suffix, help, g) in series {
+            let name = format!("ferrovs_port_{suffix}");
+            family(&mut o, &name, "counter", help);
+            for p in f.ports {
+                let _ =
+                    writeln!(o, "{name}{{port=\"{}\",device=\"{}\"}} {}", esc(&p.name), esc(&p.device), g(&p.counters));
+            }
         }
     }
     o

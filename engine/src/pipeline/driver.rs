@@ -39,7 +39,7 @@ use crate::pipeline::counters::WorkerCounters;
 use crate::pipeline::counters::{bump, DropReason};
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::worker::{kernel_ports, Ctrl, Fabric, Worker};
-use crate::port::{PortCaps, PortQueue};
+use crate::port::{PortCaps, PortQueue, PORT_COUNTERS_EVERY_NS};
 use std::sync::Arc;
 
 /// A worker: its core and the port queues, rx burst and rings around it.
@@ -53,6 +53,8 @@ pub struct Driver<Q: PortQueue> {
     counters: Arc<WorkerCounters>,
     /// The core's next deadline (`None`: none).
     deadline: Option<u64>,
+    /// When the queues' own counters are next published ([`Driver::publish_ports`]).
+    ports_due: u64,
 }
 
 impl<Q: PortQueue> Driver<Q> {
@@ -76,6 +78,7 @@ impl<Q: PortQueue> Driver<Q> {
             fabric,
             counters,
             deadline: None,
+            ports_due: 0,
         };
         d.deliver_events();
         d.deadline = d.core.next_timeout();
@@ -166,7 +169,20 @@ impl<Q: PortQueue> Driver<Q> {
         self.deliver_events();
         self.core.flush_svc_counters_at(now, work == 0);
         self.flush_tx();
+        if now >= self.ports_due {
+            self.publish_ports(now);
+        }
         work
+    }
+
+    /// Publish the queues' own counters ([`PortQueue::counters`]: a system call for an
+    /// AF_PACKET queue) for the control plane; again after [`PORT_COUNTERS_EVERY_NS`].
+    #[cold]
+    #[inline(never)]
+    fn publish_ports(&mut self, now: u64) {
+        self.ports_due = now.saturating_add(PORT_COUNTERS_EVERY_NS);
+        let c: Vec<_> = self.queues.iter_mut().map(|q| q.counters()).collect();
+        self.fabric.publish_ports(self.core.id, c);
     }
 
     /// The core's events, delivered (rings, mutexes: [`Fabric::deliver`]).

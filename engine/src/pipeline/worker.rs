@@ -134,6 +134,9 @@ pub struct Fabric<B> {
     pub counters: Vec<Arc<WorkerCounters>>,
     /// Per worker: the per-service counters of its current snapshot.
     pub services: Vec<Mutex<Arc<Vec<ServiceCounters>>>>,
+    /// Per worker, per port: its queue's own counters as last published
+    /// ([`crate::port::PortQueue::counters`]; `None`: the backend keeps none per queue).
+    pub ports: Vec<Mutex<Vec<Option<crate::port::PortCounters>>>>,
     /// Cluster: batches of sync entries from the workers to the sync thread.
     pub sync_tx: ArrayQueue<Vec<SyncEntry>>,
     /// Cluster: the placement-relevant configuration of the newest snapshot (the sync thread
@@ -166,6 +169,7 @@ impl<B> Fabric<B> {
             ctrl: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
             counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
             services: (0..workers).map(|_| Mutex::new(Arc::new(Vec::new()))).collect(),
+            ports: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             sync_tx: ArrayQueue::new(1024),
             sync_placement: Mutex::new(Default::default()),
             liveness: Default::default(),
@@ -207,6 +211,19 @@ impl<B> Fabric<B> {
                 }
             }
         }
+    }
+
+    /// Worker `id`'s queues' own counters, one per port (`None`: none kept), for the control
+    /// plane.
+    pub fn publish_ports(&self, id: usize, c: Vec<Option<crate::port::PortCounters>>) {
+        if let Some(Ok(mut g)) = self.ports.get(id).map(|m| m.lock()) {
+            *g = c;
+        }
+    }
+
+    /// Every worker's last published port counters (see [`Fabric::publish_ports`]).
+    pub fn port_counters(&self) -> Vec<Vec<Option<crate::port::PortCounters>>> {
+        self.ports.iter().map(|m| m.lock().map(|g| g.clone()).unwrap_or_default()).collect()
     }
 
     /// Record `snap`'s placement-relevant configuration for the sync thread.

@@ -51,7 +51,7 @@
 //! offload in either direction.
 
 use super::memory::HeapBuf;
-use super::{Packet, PortCaps, PortQueue, TxResult, BURST, MAX_FRAME};
+use super::{Packet, PortCaps, PortCounters, PortQueue, TxResult, BURST, MAX_FRAME};
 use crossbeam_queue::ArrayQueue;
 use std::ffi::CString;
 use std::fmt;
@@ -338,6 +338,9 @@ pub struct AfPacketQueue {
     tx_retry: bool,
     free: Vec<HeapBuf>,
     stats: AfPacketStats,
+    /// The kernel's `tp_drops` summed over every `PACKET_STATISTICS` read (each read clears
+    /// the kernel's counter).
+    kernel_drops: u64,
 }
 
 // SAFETY: the raw pointers point into a mapping owned exclusively by this
@@ -659,6 +662,7 @@ impl AfPacketQueue {
             tx_retry: false,
             free,
             stats: AfPacketStats::default(),
+            kernel_drops: 0,
         };
 
         if let Err(e) = setsockopt(raw, PACKET_QDISC_BYPASS, &1 as &libc::c_int) {
@@ -760,7 +764,8 @@ impl AfPacketQueue {
         self.put_buf(b);
     }
 
-    /// Kernel counters since the last call (`PACKET_STATISTICS`).
+    /// Kernel counters since the last call (`PACKET_STATISTICS`; its drops are also summed
+    /// into [`PortQueue::counters`]'s `rx_dropped`).
     pub fn kernel_stats(&mut self) -> io::Result<KernelStats> {
         let mut s = TpacketStatsV3::default();
         let mut len = size_of::<TpacketStatsV3>() as libc::socklen_t;
@@ -777,6 +782,7 @@ impl AfPacketQueue {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
+        self.kernel_drops += s.tp_drops as u64;
         Ok(KernelStats { packets: s.tp_packets, drops: s.tp_drops, freeze_q_cnt: s.tp_freeze_q_cnt })
     }
 
@@ -1059,6 +1065,23 @@ impl PortQueue for AfPacketQueue {
         if self.tx_retry {
             self.kick();
         }
+    }
+
+    fn counters(&mut self) -> Option<PortCounters> {
+        // A failed read leaves the drops summed so far (it cannot fail on an open socket).
+        let _ = self.kernel_stats();
+        let s = &self.stats;
+        Some(PortCounters {
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            rx_dropped: self.kernel_drops,
+            rx_nobuf: 0,
+            rx_errors: s.rx_oversize,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            tx_dropped: s.tx_ring_full,
+            tx_errors: s.tx_oversize + s.tx_errors,
+        })
     }
 }
 

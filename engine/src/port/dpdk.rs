@@ -592,6 +592,42 @@ pub struct PortStats {
     pub pool_free: u32,
 }
 
+/// `p` as the control plane reports a port (`ferrovsadm ports`, the metrics).
+pub fn report_of(p: &PortStats) -> super::PortReport {
+    super::PortReport {
+        name: p.name.clone(),
+        device: p.device.clone(),
+        driver: p.driver.clone(),
+        link_up: Some(p.link.up),
+        counters: super::PortCounters {
+            rx_packets: p.ipackets,
+            rx_bytes: p.ibytes,
+            rx_dropped: p.imissed,
+            rx_nobuf: p.rx_nombuf,
+            rx_errors: p.ierrors,
+            tx_packets: p.opackets,
+            tx_bytes: p.obytes,
+            // What a full transmit queue refused the workers count (drop reason
+            // `tx_full`); the port's own figure is its errors.
+            tx_dropped: 0,
+            tx_errors: p.oerrors,
+        },
+        queues: p
+            .queues
+            .iter()
+            .map(|q| super::PortCounters {
+                rx_packets: q.ipackets,
+                rx_bytes: q.ibytes,
+                // "Packets received on the queue that were dropped."
+                rx_dropped: q.errors,
+                tx_packets: q.opackets,
+                tx_bytes: q.obytes,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 fn link_of(port: u16) -> LinkStatus {
     // SAFETY: rte_eth_link is plain data; link_get_nowait fills it for a
     // valid port and does not block.

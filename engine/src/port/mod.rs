@@ -108,6 +108,75 @@ pub trait PortQueue: Send {
     /// Backend-specific periodic work (flush a tx ring, poll link). Called
     /// once per poll-loop iteration even when idle.
     fn flush(&mut self) {}
+    /// This queue's own counters, cumulative since it was opened, where the backend keeps
+    /// them per queue (AF_PACKET: one socket and ring per worker); `None` where it does not
+    /// (in-memory and pcap queues; DPDK counts per port, read by the control plane through
+    /// the backend's statistics handle). May make a system call: the driver asks about once
+    /// a second ([`PORT_COUNTERS_EVERY_NS`]), never per packet.
+    fn counters(&mut self) -> Option<PortCounters> {
+        None
+    }
+}
+
+/// How often a worker publishes its queues' [`PortQueue::counters`] (ns).
+pub const PORT_COUNTERS_EVERY_NS: u64 = 1_000_000_000;
+
+/// What a port (or one worker's queue of it) counted itself, below the pipeline: what
+/// `ip -s link` or DPDK's `rte_eth_stats` show. A packet the port dropped never reached a
+/// worker, so the pipeline's own drop counters cannot show it: `rx_dropped` growing means the
+/// worker did not empty its receive ring in time (a flood, a worker starved of its core).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Dropped because the receive ring was full (AF_PACKET's `tp_drops`, DPDK's `imissed`).
+    pub rx_dropped: u64,
+    /// Receive failures for want of a buffer (DPDK's `rx_nombuf`; AF_PACKET allocates instead).
+    pub rx_nobuf: u64,
+    /// Frames received in error (DPDK's `ierrors`; AF_PACKET: longer than a buffer).
+    pub rx_errors: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Dropped because the transmit ring was full (AF_PACKET).
+    pub tx_dropped: u64,
+    /// Transmit failures (DPDK's `oerrors`; AF_PACKET: over the MTU, empty, failed sends).
+    pub tx_errors: u64,
+}
+
+/// One port as the control plane reports it (`ferrovsadm ports`, the metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortReport {
+    /// The interface's name in the config.
+    pub name: String,
+    /// Its device (a kernel interface, a DPDK PCI address or vdev).
+    pub device: String,
+    /// Who counted: `af_packet`, or the DPDK driver's name.
+    pub driver: String,
+    /// The link's state where the backend knows it (DPDK).
+    pub link_up: Option<bool>,
+    /// The whole port.
+    pub counters: PortCounters,
+    /// Per queue (AF_PACKET: per worker, in worker order; DPDK: its per-queue packet and
+    /// byte counts).
+    pub queues: Vec<PortCounters>,
+}
+
+/// Where the control plane reads the ports' reports (set by the backend that has them).
+pub type PortSource = std::sync::Arc<dyn Fn() -> Vec<PortReport> + Send + Sync>;
+
+impl PortCounters {
+    /// Field by field sum (a port's queues).
+    pub fn add(&mut self, o: &PortCounters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.rx_dropped += o.rx_dropped;
+        self.rx_nobuf += o.rx_nobuf;
+        self.rx_errors += o.rx_errors;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_dropped += o.tx_dropped;
+        self.tx_errors += o.tx_errors;
+    }
 }
 
 /// Outcome of a tx burst.
