@@ -10,8 +10,8 @@ use ferrovs_engine::pipeline::counters::DropReason;
 use ferrovs_engine::pipeline::driver::Driver;
 use ferrovs_engine::pipeline::snapshot::Snapshot;
 use ferrovs_engine::pipeline::worker::{Fabric, Verdict, Worker, EXPIRY_BOUND_NS, TICK_SHIFT};
+use ferrovs_engine::port::memory::HeapBuf;
 use ferrovs_engine::port::memory::MemQueue;
-use ferrovs_engine::port::memory::{default_mac, HeapBuf};
 use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps, PortCounters, PortQueue, TxResult, PORT_COUNTERS_EVERY_NS};
 use ferrovs_engine::tools::testpkt::*;
 use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
@@ -50,14 +50,7 @@ const RS9_MAC: [u8; 6] = [2, 0, 0, 0, 2, 9];
 fn core(workers: usize) -> (Worker<HeapAlloc>, Arc<Fabric<HeapBuf>>) {
     let mut config = config(SERVICES);
     config.engine.workers = workers;
-    let macs: Vec<[u8; 6]> =
-        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
-    let caps: Vec<PortCaps> = config
-        .interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: workers as u16, mtu: 1500 })
-        .collect();
+    let (macs, caps) = ports_of(&config, workers as u16);
     let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
     let fabric = Fabric::new(workers);
     let allocs = vec![HeapAlloc; caps.len()];
@@ -347,14 +340,7 @@ fn driver_routes_events_between_workers() {
         c.engine.workers = 2;
         c
     };
-    let macs: Vec<[u8; 6]> =
-        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
-    let caps: Vec<PortCaps> = config
-        .interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: 2, mtu: 1500 })
-        .collect();
+    let (macs, caps) = ports_of(&config, 2);
     let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
     let fabric = Fabric::new(2);
     let queues = || caps.iter().map(|c| MemQueue::new(c.clone())).collect::<Vec<_>>();
@@ -476,14 +462,7 @@ fn drivers_publish_their_queues_own_counters_once_a_second() {
         c.engine.workers = 2;
         c
     };
-    let macs: Vec<[u8; 6]> =
-        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
-    let caps: Vec<PortCaps> = config
-        .interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: 2, mtu: 1500 })
-        .collect();
+    let (macs, caps) = ports_of(&config, 2);
     let config = Arc::new(config);
     let snap = Arc::new(Snapshot::build(config.clone(), &macs));
     let fabric = Fabric::new(2);

@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use ferrovs_engine::pipeline::snapshot::Snapshot;
 use ferrovs_engine::pipeline::worker::{CoreEnv, Worker};
-use ferrovs_engine::port::memory::{default_mac, HeapBuf};
-use ferrovs_engine::port::{HeapAlloc, Packet, PortCaps};
+use ferrovs_engine::port::memory::HeapBuf;
+use ferrovs_engine::port::{HeapAlloc, Packet};
 use ferrovs_engine::tools::testpkt::*;
 use ferrovs_engine::wire::parse::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use proptest::prelude::*;
@@ -131,14 +131,7 @@ const LB6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 fn core(express: bool) -> Worker<HeapAlloc> {
     let config = config(SERVICES);
-    let macs: Vec<[u8; 6]> =
-        config.interfaces.iter().enumerate().map(|(i, itf)| itf.mac.unwrap_or(default_mac(i))).collect();
-    let caps: Vec<PortCaps> = config
-        .interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, itf)| PortCaps { name: itf.name.clone(), mac: macs[i], queues: 1, mtu: 1500 })
-        .collect();
+    let (macs, caps) = ports_of(&config, 1);
     let snap = Arc::new(Snapshot::build(Arc::new(config), &macs));
     let allocs = vec![HeapAlloc; caps.len()];
     let mut w = Worker::new(0, allocs, caps, snap, CoreEnv::standalone(1));

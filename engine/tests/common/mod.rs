@@ -75,6 +75,24 @@ pub fn config_text(services: &str) -> String {
 }
 
 /// The topology plus `services`, parsed.
+/// The MAC each of `config`'s interfaces uses and its port's capabilities, `queues` queues
+/// each (one per worker), as a port reports them to a worker.
+pub fn ports_of(config: &ferrovs_cfg::Config, queues: u16) -> (Vec<[u8; 6]>, Vec<ferrovs_engine::port::PortCaps>) {
+    let macs: Vec<[u8; 6]> = config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| itf.mac.unwrap_or(ferrovs_engine::port::memory::default_mac(i)))
+        .collect();
+    let caps = config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, itf)| ferrovs_engine::port::PortCaps { name: itf.name.clone(), mac: macs[i], queues, mtu: 1500 })
+        .collect();
+    (macs, caps)
+}
+
 pub fn config(services: &str) -> ferrovs_cfg::Config {
     ferrovs_cfg::Config::from_str(&config_text(services), "engine-test.toml").expect("test config parses")
 }
