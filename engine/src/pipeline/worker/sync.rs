@@ -354,6 +354,11 @@ impl<Q: BufAlloc> Worker<Q> {
         let ctl = FlowKey { proto, src: x.client, sport: x.ctl_cport, dst: x.vip, dport: x.ctl_vport };
         let Some((parent, Dir::In)) = self.flows.lookup(&ctl) else { return false };
         let c = self.flows.get(parent);
+        // The data connection goes to the control connection's real server, the one its
+        // gateway names (`Broker::open`): an entry naming another address is refused.
+        if self.flows.rs_of(c).0 != x.rs {
+            return false;
+        }
         let (svc, dest, gen) = (c.svc, c.dest, c.gen);
         let key = match (x.kind, x.fnat) {
             (K::Passive, _) => ExpKey::Passive(x.client, x.vip, x.port),
@@ -426,5 +431,128 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         self.expect.insert(key, val, per_session);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cluster::sync::{Batcher, ConnSync, ExpectKind, ExpectSync, SyncEntry};
+    use crate::tools::replay::MemEngine;
+    use crate::tools::testpkt::{tcp4, with_macs};
+    use crate::wire::parse::{v4_to_addr, TCP_SYN};
+
+    const S: u64 = 1_000_000_000;
+    const CLIENT: [u8; 4] = [10, 0, 1, 2];
+    const VIP: [u8; 4] = [10, 0, 1, 100];
+    const RS1: [u8; 4] = [10, 0, 2, 2];
+    /// A neighbour on the inside that is no real server of any service.
+    const OTHER: [u8; 4] = [10, 0, 2, 3];
+
+    /// Node 2 of a cluster with a NAT FTP service on VIP:21 over RS1.
+    fn node() -> MemEngine {
+        let t = r#"
+[engine]
+workers = 1
+backend = "memory"
+flow_table_size = 4096
+
+[[interface]]
+name = "ext"
+device = "mem0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24"]
+
+[[interface]]
+name = "int"
+device = "mem1"
+mac = "02:00:00:00:02:01"
+addresses = ["10.0.2.1/24"]
+
+[[neighbor]]
+address = "10.0.2.2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "10.0.2.3"
+mac = "02:00:00:00:02:03"
+
+[[neighbor]]
+address = "10.0.1.2"
+mac = "02:00:00:00:01:02"
+
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+ports = [21]
+scheduler = "mh"
+forward = "nat"
+syn_proxy = "off"
+ftp = true
+[[service.real_server]]
+address = "10.0.2.2"
+
+[cluster]
+node_id = 2
+sync_address = "10.9.0.2"
+peers = ["10.9.0.250"]
+"#;
+        MemEngine::new(ferrovs_cfg::Config::from_str(t, "sync-test.toml").expect("parses"), 1)
+    }
+
+    fn deliver(e: &mut MemEngine, es: &[SyncEntry], now: u64) {
+        let m = Batcher::new(1, 1000).encode(es, now).remove(0);
+        e.deliver_sync(&m, now).unwrap();
+    }
+
+    fn control() -> SyncEntry {
+        SyncEntry::Conn(ConnSync {
+            proto: 6,
+            state: 1,
+            fwd: 0,
+            data: false,
+            client: v4_to_addr(CLIENT),
+            cport: 40000,
+            vip: v4_to_addr(VIP),
+            vport: 21,
+            rs: v4_to_addr(RS1),
+            rport: 21,
+            timeout_s: 900,
+            proxy_delta: None,
+            fnat: None,
+        })
+    }
+
+    fn passive(port: u16, rs: [u8; 4]) -> SyncEntry {
+        SyncEntry::Expect(ExpectSync {
+            kind: ExpectKind::Passive,
+            port,
+            rport: 0,
+            ctl_cport: 40000,
+            ctl_vport: 21,
+            client: v4_to_addr(CLIENT),
+            vip: v4_to_addr(VIP),
+            rs: v4_to_addr(rs),
+            timeout_s: 60,
+            fnat: None,
+        })
+    }
+
+    /// The client's SYN to VIP:`port`: the destination addresses of what went out.
+    fn data_syn(e: &mut MemEngine, port: u16, now: u64) -> Vec<[u8; 4]> {
+        let f = with_macs(tcp4(CLIENT, 40100, VIP, port, TCP_SYN, 1, 0, b""), [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]);
+        e.inject(0, &f, now).iter().map(|(_, o)| o[30..34].try_into().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_synced_expectation_must_name_its_control_connections_real_server() {
+        let mut e = node();
+        deliver(&mut e, &[control(), passive(30001, RS1), passive(30002, OTHER)], S);
+        // The control connection and the expectation towards its server: installed; the one
+        // naming an address that is not the session's server (nor any real server here):
+        // refused and counted.
+        assert!(!data_syn(&mut e, 30002, 2 * S).contains(&OTHER), "a client's data connection sent to {OTHER:?}");
+        assert_eq!(data_syn(&mut e, 30001, 2 * S), vec![RS1]);
+        let c = e.counters();
+        assert_eq!((c.sync_installed, c.sync_skipped), (2, 1), "{c:?}");
     }
 }
