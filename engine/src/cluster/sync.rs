@@ -696,10 +696,13 @@ fn parse_entries(b: &[u8], start: usize, count: usize, level: u8) -> Result<(Vec
                     None
                 };
                 // Forwarding 3 (full NAT) exactly when the mapping is there.
+                // The SYN proxy's sequence offset only for TCP (a UDP connection's replies would
+                // have their header and payload "shifted").
                 if !is_proto(proto)
                     || fwd > 3
                     || (fwd == 3) != f_fnat
                     || state as usize >= crate::flow::tcpstate::N_STATES
+                    || (flags & F_PROXY != 0 && proto != crate::wire::parse::PROTO_TCP)
                 {
                     return Err(SyncError::Malformed);
                 }
@@ -1326,6 +1329,11 @@ mod tests {
         assert_eq!(parse(&v), Err(SyncError::Malformed));
         let mut v = good.clone();
         v[E + 3] = 99; // protocol of the first conn entry
+        assert_eq!(parse(&v), Err(SyncError::Malformed));
+        // The SYN-proxy offset (flag 4, set on the first conn entry) on a UDP connection.
+        let mut v = good.clone();
+        assert_eq!(v[E + 2] & F_PROXY, F_PROXY);
+        v[E + 3] = 17;
         assert_eq!(parse(&v), Err(SyncError::Malformed));
         // Shorter than the placement block.
         assert_eq!(parse(&good[..E - 1]), Err(SyncError::Malformed));

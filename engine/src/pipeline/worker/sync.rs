@@ -438,7 +438,7 @@ impl<Q: BufAlloc> Worker<Q> {
 mod tests {
     use crate::cluster::sync::{Batcher, ConnSync, ExpectKind, ExpectSync, SyncEntry};
     use crate::tools::replay::MemEngine;
-    use crate::tools::testpkt::{tcp4, with_macs};
+    use crate::tools::testpkt::{tcp4, udp4, with_macs};
     use crate::wire::parse::{v4_to_addr, TCP_SYN};
 
     const S: u64 = 1_000_000_000;
@@ -448,7 +448,8 @@ mod tests {
     /// A neighbour on the inside that is no real server of any service.
     const OTHER: [u8; 4] = [10, 0, 2, 3];
 
-    /// Node 2 of a cluster with a NAT FTP service on VIP:21 over RS1.
+    /// Node 2 of a cluster with a NAT FTP service on VIP:21 and a NAT DNS service (UDP) on
+    /// VIP:53, over RS1.
     fn node() -> MemEngine {
         let t = r#"
 [engine]
@@ -488,6 +489,16 @@ scheduler = "mh"
 forward = "nat"
 syn_proxy = "off"
 ftp = true
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+ports = [53]
+protocol = "udp"
+scheduler = "mh"
+forward = "nat"
 [[service.real_server]]
 address = "10.0.2.2"
 
@@ -554,5 +565,36 @@ peers = ["10.9.0.250"]
         assert_eq!(data_syn(&mut e, 30001, 2 * S), vec![RS1]);
         let c = e.counters();
         assert_eq!((c.sync_installed, c.sync_skipped), (2, 1), "{c:?}");
+    }
+
+    #[test]
+    fn a_synced_udp_connection_takes_no_syn_proxy_offset() {
+        let mut e = node();
+        // A UDP connection entry carrying the SYN-proxy flag (only TCP has one).
+        let udp = SyncEntry::Conn(ConnSync {
+            proto: 17,
+            state: 11,
+            fwd: 0,
+            data: false,
+            client: v4_to_addr(CLIENT),
+            cport: 40000,
+            vip: v4_to_addr(VIP),
+            vport: 53,
+            rs: v4_to_addr(RS1),
+            rport: 53,
+            timeout_s: 300,
+            proxy_delta: Some(0x0100_0000),
+            fnat: None,
+        });
+        let m = Batcher::new(1, 1000).encode(&[udp], S).remove(0);
+        let _ = e.deliver_sync(&m, S);
+        // The real server's reply goes back to the client with its UDP header and payload
+        // as they were (NAT rewrites addresses and the checksum only).
+        let payload = [0x5au8; 32];
+        let f = with_macs(udp4(RS1, 53, CLIENT, 40000, &payload), [2, 0, 0, 0, 2, 2], [2, 0, 0, 0, 2, 1]);
+        for (_, o) in e.inject(1, &f, 2 * S) {
+            assert_eq!(&o[38..40], &f[38..40], "UDP length rewritten");
+            assert_eq!(&o[42..], &payload[..], "UDP payload rewritten");
+        }
     }
 }
