@@ -168,7 +168,11 @@ impl<Q: BufAlloc> Worker<Q> {
 
     fn try_install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> Result<(), &'static str> {
         let key = FlowKey { proto: s.proto, src: s.client, sport: s.cport, dst: s.vip, dport: s.vport };
-        if let Some((idx, _)) = self.flows.lookup(&key) {
+        if let Some((idx, dir)) = self.flows.lookup(&key) {
+            if dir != Dir::In {
+                // Another connection's reply direction (a peer never sends that): left alone.
+                return Err("its addresses are another connection's reply here");
+            }
             // Known: a backup entry follows its owner's state and timeout; a connection this
             // node carries traffic for keeps its own.
             let c = self.flows.get_mut(idx);
@@ -596,5 +600,41 @@ peers = ["10.9.0.250"]
             assert_eq!(&o[38..40], &f[38..40], "UDP length rewritten");
             assert_eq!(&o[42..], &payload[..], "UDP payload rewritten");
         }
+    }
+
+    #[test]
+    fn an_entry_naming_another_connections_reply_does_not_touch_it() {
+        let mut e = node();
+        deliver(&mut e, &[control()], S);
+        // An entry whose client, VIP and ports are the backup's reply direction (RS1:21 ->
+        // CLIENT:40000), closing at once.
+        let reply = SyncEntry::Conn(ConnSync {
+            proto: 6,
+            state: 6,
+            fwd: 0,
+            data: false,
+            client: v4_to_addr(RS1),
+            cport: 21,
+            vip: v4_to_addr(CLIENT),
+            vport: 40000,
+            rs: v4_to_addr(RS1),
+            rport: 21,
+            timeout_s: 0,
+            proxy_delta: None,
+            fnat: None,
+        });
+        deliver(&mut e, &[reply], S);
+        // The backup still carries the server's replies to the client.
+        let f = with_macs(
+            tcp4(RS1, 21, CLIENT, 40000, crate::wire::parse::TCP_ACK, 1, 2, b""),
+            [2, 0, 0, 0, 2, 2],
+            [2, 0, 0, 0, 2, 1],
+        );
+        let out = e.inject(1, &f, 3 * S);
+        assert_eq!(out.len(), 1, "{:?}", e.counters());
+        assert_eq!(&out[0].1[26..30], &VIP[..]);
+        // The entry was refused, counted.
+        let c = e.counters();
+        assert_eq!((c.sync_installed, c.sync_skipped), (1, 1), "{c:?}");
     }
 }
