@@ -85,6 +85,11 @@ impl<Q: BufAlloc> Worker<Q> {
         if c.flags & F_SYNCED == 0 || !c.fwd.two_way() {
             return false; // this node carries it: its own gateway knows better
         }
+        if c.flags & F_ALG == 0 {
+            // No FTP control connection here (its backup got no gateway when installed): a
+            // gateway now would shift the sequence numbers of another protocol's stream.
+            return false;
+        }
         let (si, di) = (c.svc as usize, c.dest as usize);
         if si >= self.snap.services.len() || di >= self.snap.services[si].dests.len() {
             return false;
@@ -440,7 +445,7 @@ impl<Q: BufAlloc> Worker<Q> {
 
 #[cfg(test)]
 mod tests {
-    use crate::cluster::sync::{Batcher, ConnSync, ExpectKind, ExpectSync, SyncEntry};
+    use crate::cluster::sync::{Batcher, ConnSync, ExpectKind, ExpectSync, SeqSync, SyncEntry};
     use crate::tools::replay::MemEngine;
     use crate::tools::testpkt::{tcp4, udp4, with_macs};
     use crate::wire::parse::{v4_to_addr, TCP_SYN};
@@ -452,8 +457,8 @@ mod tests {
     /// A neighbour on the inside that is no real server of any service.
     const OTHER: [u8; 4] = [10, 0, 2, 3];
 
-    /// Node 2 of a cluster with a NAT FTP service on VIP:21 and a NAT DNS service (UDP) on
-    /// VIP:53, over RS1.
+    /// Node 2 of a cluster with a NAT FTP service on VIP:21, a NAT web service on VIP:8080
+    /// and a NAT DNS service (UDP) on VIP:53, over RS1.
     fn node() -> MemEngine {
         let t = r#"
 [engine]
@@ -493,6 +498,15 @@ scheduler = "mh"
 forward = "nat"
 syn_proxy = "off"
 ftp = true
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+ports = [8080]
+scheduler = "mh"
+forward = "nat"
 [[service.real_server]]
 address = "10.0.2.2"
 
@@ -634,6 +648,49 @@ peers = ["10.9.0.250"]
         assert_eq!(out.len(), 1, "{:?}", e.counters());
         assert_eq!(&out[0].1[26..30], &VIP[..]);
         // The entry was refused, counted.
+        let c = e.counters();
+        assert_eq!((c.sync_installed, c.sync_skipped), (1, 1), "{c:?}");
+    }
+
+    #[test]
+    fn a_gateway_translation_for_a_connection_that_is_no_ftp_control_connection_is_refused() {
+        let mut e = node();
+        let web = SyncEntry::Conn(ConnSync {
+            proto: 6,
+            state: 1,
+            fwd: 0,
+            data: false,
+            client: v4_to_addr(CLIENT),
+            cport: 40000,
+            vip: v4_to_addr(VIP),
+            vport: 8080,
+            rs: v4_to_addr(RS1),
+            rport: 8080,
+            timeout_s: 900,
+            proxy_delta: None,
+            fnat: None,
+        });
+        let shift = ferrovs_ftp_alg::SeqShift { at: 0, before: 7, after: 7 };
+        let seq = SyncEntry::Seq(SeqSync {
+            client: v4_to_addr(CLIENT),
+            cport: 40000,
+            vip: v4_to_addr(VIP),
+            vport: 8080,
+            lport: None,
+            orig: shift,
+            reply: shift,
+        });
+        deliver(&mut e, &[web, seq], S);
+        // The client's segment reaches the server with its own sequence number and payload.
+        let f = with_macs(
+            tcp4(CLIENT, 40000, VIP, 8080, crate::wire::parse::TCP_ACK, 1000, 1, b"PORT 1,2,3,4,5,6\r\n"),
+            [2, 0, 0, 0, 1, 2],
+            [2, 0, 0, 0, 1, 1],
+        );
+        let out = e.inject(0, &f, 2 * S);
+        assert_eq!(out.len(), 1, "{:?}", e.counters());
+        assert_eq!(&out[0].1[38..42], &1000u32.to_be_bytes(), "sequence number shifted");
+        assert_eq!(&out[0].1[54..], &f[54..], "payload rewritten");
         let c = e.counters();
         assert_eq!((c.sync_installed, c.sync_skipped), (1, 1), "{c:?}");
     }
