@@ -368,6 +368,12 @@ impl<Q: BufAlloc> Worker<Q> {
         if self.flows.rs_of(c).0 != x.rs {
             return false;
         }
+        // Only an FTP control connection has expectations (another would open pinholes to
+        // any port of its real server).
+        let control = self.snap.services.get(c.svc as usize).is_some_and(|s| s.is_ftp_control(x.ctl_vport));
+        if !control || c.flags & F_DATA != 0 {
+            return false;
+        }
         let (svc, dest, gen) = (c.svc, c.dest, c.gen);
         let key = match (x.kind, x.fnat) {
             (K::Passive, _) => ExpKey::Passive(x.client, x.vip, x.port),
@@ -691,6 +697,35 @@ peers = ["10.9.0.250"]
         assert_eq!(out.len(), 1, "{:?}", e.counters());
         assert_eq!(&out[0].1[38..42], &1000u32.to_be_bytes(), "sequence number shifted");
         assert_eq!(&out[0].1[54..], &f[54..], "payload rewritten");
+        let c = e.counters();
+        assert_eq!((c.sync_installed, c.sync_skipped), (1, 1), "{c:?}");
+    }
+
+    #[test]
+    fn a_synced_expectation_needs_an_ftp_control_connection() {
+        let mut e = node();
+        let web = SyncEntry::Conn(ConnSync {
+            proto: 6,
+            state: 1,
+            fwd: 0,
+            data: false,
+            client: v4_to_addr(CLIENT),
+            cport: 40000,
+            vip: v4_to_addr(VIP),
+            vport: 8080,
+            rs: v4_to_addr(RS1),
+            rport: 8080,
+            timeout_s: 900,
+            proxy_delta: None,
+            fnat: None,
+        });
+        // A passive expectation of the web connection: VIP:30003 -> RS1:22.
+        let mut x = passive(30003, RS1);
+        if let SyncEntry::Expect(x) = &mut x {
+            (x.ctl_vport, x.rport) = (8080, 22);
+        }
+        deliver(&mut e, &[web, x], S);
+        assert!(!data_syn(&mut e, 30003, 2 * S).contains(&RS1), "a pinhole to RS1:22 through a web connection");
         let c = e.counters();
         assert_eq!((c.sync_installed, c.sync_skipped), (1, 1), "{c:?}");
     }
