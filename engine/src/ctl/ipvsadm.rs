@@ -248,6 +248,12 @@ fn port_num(s: &str) -> Option<u16> {
 
 /// Parse a `ferrovsadm` command line (without the program name).
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
+    parse_cmdline(args, false)
+}
+
+/// [`parse_args`]; `all_ports`: `-A/-E -t|-u VIP:0` is the every-port
+/// service even without `-p` (a `# ferrovs-service ... ports=*` line says so).
+fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool) -> Result<Invocation, String> {
     let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
     let mut cmd: Option<char> = None;
     let mut verb: Option<Action> = None;
@@ -440,10 +446,11 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
     let need_key = |k: &Option<SvcKey>| -> Result<SvcKey, String> {
         k.clone().ok_or_else(|| "no service specified: use -t, -u or -f".to_string())
     };
+    // As ipvsadm: port 0 is every port, for a persistent service only.
     let need_port = |k: &SvcKey| -> Result<(), String> {
         match k {
-            SvcKey::Tcp { port: 0, .. } | SvcKey::Udp { port: 0, .. } => {
-                Err("a TCP/UDP service needs a port (VIP:PORT)".into())
+            SvcKey::Tcp { port: 0, .. } | SvcKey::Udp { port: 0, .. } if persistent.is_none() && !all_ports => {
+                Err("a TCP/UDP service needs a port (VIP:PORT); port 0 (every port) needs -p".into())
             }
             _ => Ok(()),
         }
@@ -563,7 +570,8 @@ pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
         if words.first().map(|w| w == "ipvsadm" || w == "ferrovsadm").unwrap_or(false) {
             words.remove(0);
         }
-        let inv = parse_args(&words).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let all_ports = pending.as_ref().is_some_and(|e| e.ports.as_deref() == Some("*"));
+        let inv = parse_cmdline(&words, all_ports).map_err(|e| format!("line {}: {e}", n + 1))?;
         match inv.action {
             Action::Edit(mut c) => {
                 if let Command::AddService { ext, .. } = &mut c {
@@ -833,6 +841,8 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                     let p = proto_of(key).unwrap();
                     let ports = match &ext.ports {
                         Some(s) => parse_ports(s)?,
+                        // ipvsadm's port 0: every port.
+                        None if *port == 0 => Vec::new(),
                         None => vec![PortRange { lo: *port, hi: *port }],
                     };
                     (p, *vip, ports, ext.fwmark)
@@ -1940,6 +1950,31 @@ FWM  21 rr persistent 300\n\
         // ipvsadm accepts glued forms: -t10.0.0.1:80 and --weight=3
         let inv = parse_args(&["-a", "-t10.0.0.1:80", "-r", "10.0.0.2", "--weight=3"]).unwrap();
         assert!(matches!(inv.action, Action::Edit(Command::AddServer { weight: Some(3), .. })));
+    }
+
+    #[test]
+    fn zero_port_persistent_service_is_every_port() {
+        // ipvsadm: "Zero port specified for non-persistent service" only
+        // without -p; `-A -t VIP:0 -p` is the all-ports persistent service.
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.1:0 -s rr -p 300");
+        run(&mut c, "-a -t 10.0.0.1:0 -r 10.0.2.2 -g");
+        assert!(c.services[0].ports.is_empty(), "{:?}", c.services[0].ports);
+        crate::ctl::control::validate(&c).unwrap();
+        assert!(parse_args(&["-A", "-t", "10.0.0.1:0", "-s", "rr"]).is_err());
+        // -S, -C, -R of all-ports services (with and without persistence).
+        let mut text = String::from("[engine]\nbackend = \"memory\"\n\n");
+        text.push_str("[[service]]\nname = \"all\"\nvip = \"10.0.0.2\"\nscheduler = \"rr\"\nforward = \"dr\"\n\n");
+        text.push_str("[[service.real_server]]\naddress = \"10.0.2.3\"\n");
+        let mut c = Config::from_str(&text, "<t>").unwrap();
+        run(&mut c, "-A -t 10.0.0.1:0 -s rr -p 300");
+        let save = format_save(&c);
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap_or_else(|e| panic!("{e}\n{save}")) {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
     }
 
     #[test]
