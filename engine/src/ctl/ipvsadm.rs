@@ -767,9 +767,11 @@ pub fn service_port(svc: &Service) -> u16 {
     svc.ports.first().map(|r| r.lo).unwrap_or(0)
 }
 
+/// The real server `-r ADDR[:PORT]` names; without a port, ipvsadm's
+/// default: the service port.
 fn find_server(svc: &Service, addr: IpAddr, port: Option<u16>) -> Option<usize> {
     let want = shown_port(svc, port);
-    svc.real_servers.iter().position(|r| r.address == addr && (port.is_none() || shown_port(svc, r.port) == want))
+    svc.real_servers.iter().position(|r| r.address == addr && shown_port(svc, r.port) == want)
 }
 
 fn forward_of(c: char) -> Forward {
@@ -1975,6 +1977,22 @@ FWM  21 rr persistent 300\n\
             apply(&mut c2, &cmd).unwrap();
         }
         assert_eq!(format_save(&c2), save);
+    }
+
+    #[test]
+    fn server_without_port_is_the_service_port() {
+        // ipvsadm copies the service port to `-r ADDR` without a port:
+        // `-d -r 10.0.2.2` deletes 10.0.2.2:80, not 10.0.2.2:8080.
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.1:80 -s rr");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.2:8080 -m");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.2:80 -m -w 2");
+        run(&mut c, "-e -t 10.0.0.1:80 -r 10.0.2.2 -w 3");
+        assert_eq!(c.services[0].real_servers[0].weight, 1, "10.0.2.2:8080 untouched");
+        assert_eq!(c.services[0].real_servers[1].weight, 3);
+        run(&mut c, "-d -t 10.0.0.1:80 -r 10.0.2.2");
+        assert_eq!(c.services[0].real_servers.len(), 1);
+        assert_eq!(c.services[0].real_servers[0].port, Some(8080), "10.0.2.2:80 deleted");
     }
 
     #[test]
