@@ -248,12 +248,13 @@ fn port_num(s: &str) -> Option<u16> {
 
 /// Parse a `ferrovsadm` command line (without the program name).
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
-    parse_cmdline(args, false)
+    parse_cmdline(args, false, false)
 }
 
 /// [`parse_args`]; `all_ports`: `-A/-E -t|-u VIP:0` is the every-port
-/// service even without `-p` (a `# ferrovs-service ... ports=*` line says so).
-fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool) -> Result<Invocation, String> {
+/// service even without `-p` (a `# ferrovs-service ... ports=*` line says so);
+/// `restore`: `-a` keeps the port `-S` printed (see below).
+fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> Result<Invocation, String> {
     let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
     let mut cmd: Option<char> = None;
     let mut verb: Option<Action> = None;
@@ -493,7 +494,15 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool) -> Result<Invocatio
             'S' => Action::Save,
             'a' | 'e' => {
                 let key = need_key(&key)?;
-                let (addr, port) = need_real()?;
+                let (addr, mut port) = need_real()?;
+                // As ipvsadm: with -g (the default) or -i the destination port
+                // is the service port, as DR and IPIP cannot change it (a fwmark
+                // service keeps the port given). `-R` keeps what `-S` printed for
+                // a config file's DR server with another port.
+                let dr = matches!(fwd.unwrap_or('g'), 'g' | 'i');
+                if c == 'a' && dr && !restore && !matches!(key, SvcKey::Fwmark { .. }) {
+                    port = None;
+                }
                 let (u, l) = (upper.unwrap_or(0), lower.unwrap_or(0));
                 if u != 0 && l != 0 && l > u {
                     return Err(format!("lower threshold {l} is above upper threshold {u}"));
@@ -571,7 +580,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
             words.remove(0);
         }
         let all_ports = pending.as_ref().is_some_and(|e| e.ports.as_deref() == Some("*"));
-        let inv = parse_cmdline(&words, all_ports).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let inv = parse_cmdline(&words, all_ports, true).map_err(|e| format!("line {}: {e}", n + 1))?;
         match inv.action {
             Action::Edit(mut c) => {
                 if let Command::AddService { ext, .. } = &mut c {
@@ -1993,6 +2002,43 @@ FWM  21 rr persistent 300\n\
         run(&mut c, "-d -t 10.0.0.1:80 -r 10.0.2.2");
         assert_eq!(c.services[0].real_servers.len(), 1);
         assert_eq!(c.services[0].real_servers[0].port, Some(8080), "10.0.2.2:80 deleted");
+    }
+
+    #[test]
+    fn dr_and_tunnel_servers_take_the_service_port() {
+        // ipvsadm: with -g or -i (and -g is the default) the destination
+        // port is the service port (DR and IPIP cannot change ports).
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.1:80 -s rr");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.2:8080 -g");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.3:8080");
+        run(&mut c, "-a -t 10.0.0.1:80 -r 10.0.2.4:8080 -i");
+        let out = format_list(&list_of_config(&c), &ListOpts { numeric: true, sort: true, ..Default::default() });
+        assert_eq!(
+            out,
+            "IP Virtual Server version 1.2.1 (size=4096)\n\
+             Prot LocalAddress:Port Scheduler Flags\n  \
+             -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+             TCP  10.0.0.1:80 rr\n  \
+             -> 10.0.2.2:80                  Route   1      0          0         \n  \
+             -> 10.0.2.3:80                  Route   1      0          0         \n  \
+             -> 10.0.2.4:80                  Tunnel  1      0          0         \n"
+        );
+        // The same destination again is ipvsadm's "already exists", not a second entry.
+        let cmd = parse_args(&["-a", "-t", "10.0.0.1:80", "-r", "10.0.2.2:80", "-g"]).unwrap();
+        let Action::Edit(cmd) = cmd.action else { panic!() };
+        let e = apply(&mut c, &cmd).unwrap_err();
+        assert!(e.contains("already exists"), "{e}");
+        // A config file's DR server with another port still round-trips through -S, -R.
+        c.services[0].real_servers[0].port = Some(8080);
+        let save = format_save(&c);
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
+        assert_eq!(c2.services[0].real_servers[0].port, Some(8080));
     }
 
     #[test]
