@@ -157,6 +157,7 @@ fn errors_leave_state_unchanged() {
         (vec!["-A", "-f", "21"], "declare the port group"),
         (vec!["-d", "-t", "10.0.0.1:80", "-r", "10.0.2.9"], "no such destination"),
         (vec!["-A", "-t", "10.0.0.2:80", "-s", "nope"], "unknown scheduler"),
+        (vec!["-Z", "-t", "10.9.9.9:80"], "no such service TCP 10.9.9.9:80"),
     ] {
         let (ok, _, err) = e.adm(&args);
         assert!(!ok, "{args:?} should fail");

@@ -357,7 +357,7 @@ impl State {
         let only = match key {
             Some(k) => Some(
                 snap.config.services
-                    [ipvsadm::find_service(&snap.config, k).ok_or_else(|| format!("no such service {k:?}"))?]
+                    [ipvsadm::find_service(&snap.config, k).ok_or_else(|| ipvsadm::no_such_service(k))?]
                 .name
                 .clone(),
             ),

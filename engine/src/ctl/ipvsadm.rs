@@ -989,7 +989,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
     Ok(())
 }
 
-fn no_such_service(k: &SvcKey) -> String {
+pub(crate) fn no_such_service(k: &SvcKey) -> String {
     match k {
         SvcKey::Fwmark { mark, .. } => {
             format!("no service with fwmark {mark} (declare the port group in the config with fwmark = {mark})")
