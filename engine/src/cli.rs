@@ -401,7 +401,8 @@ mod tests {
     #[test]
     fn every_parsed_option_is_described() {
         let src = include_str!("ctl/ipvsadm.rs");
-        let body = &src[src.find("pub fn parse_args").unwrap()..];
+        // `parse_args` is `parse_cmdline` for a command line (`-R` calls it per line).
+        let body = &src[src.find("fn parse_cmdline").unwrap()..];
         let body = &body[..body.find("\n}\n").unwrap()];
         let cmd = ferrovsadm_command();
         let mut known: Vec<String> = cmd.get_arguments().flat_map(names).collect();
@@ -417,6 +418,6 @@ mod tests {
                 assert!(known.iter().any(|k| k == lit), "parse_args accepts {lit:?} but the clap description lacks it");
             }
         }
-        assert!(found > 50, "only {found} option literals found in parse_args");
+        assert!(found > 50, "only {found} option literals found in parse_cmdline");
     }
 }

@@ -539,6 +539,14 @@ peers = ["10.9.0.250"]
         e.deliver_sync(&m, now).unwrap();
     }
 
+    /// A NAT web connection CLIENT:40000 -> VIP:8080 -> RS1:8080 (no FTP control connection).
+    fn web() -> SyncEntry {
+        match control() {
+            SyncEntry::Conn(c) => SyncEntry::Conn(ConnSync { vport: 8080, rport: 8080, ..c }),
+            _ => unreachable!(),
+        }
+    }
+
     fn control() -> SyncEntry {
         SyncEntry::Conn(ConnSync {
             proto: 6,
@@ -661,21 +669,7 @@ peers = ["10.9.0.250"]
     #[test]
     fn a_gateway_translation_for_a_connection_that_is_no_ftp_control_connection_is_refused() {
         let mut e = node();
-        let web = SyncEntry::Conn(ConnSync {
-            proto: 6,
-            state: 1,
-            fwd: 0,
-            data: false,
-            client: v4_to_addr(CLIENT),
-            cport: 40000,
-            vip: v4_to_addr(VIP),
-            vport: 8080,
-            rs: v4_to_addr(RS1),
-            rport: 8080,
-            timeout_s: 900,
-            proxy_delta: None,
-            fnat: None,
-        });
+        let web = web();
         let shift = ferrovs_ftp_alg::SeqShift { at: 0, before: 7, after: 7 };
         let seq = SyncEntry::Seq(SeqSync {
             client: v4_to_addr(CLIENT),
@@ -704,21 +698,7 @@ peers = ["10.9.0.250"]
     #[test]
     fn a_synced_expectation_needs_an_ftp_control_connection() {
         let mut e = node();
-        let web = SyncEntry::Conn(ConnSync {
-            proto: 6,
-            state: 1,
-            fwd: 0,
-            data: false,
-            client: v4_to_addr(CLIENT),
-            cport: 40000,
-            vip: v4_to_addr(VIP),
-            vport: 8080,
-            rs: v4_to_addr(RS1),
-            rport: 8080,
-            timeout_s: 900,
-            proxy_delta: None,
-            fnat: None,
-        });
+        let web = web();
         // A passive expectation of the web connection: VIP:30003 -> RS1:22.
         let mut x = passive(30003, RS1);
         if let SyncEntry::Expect(x) = &mut x {
