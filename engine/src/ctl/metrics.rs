@@ -1,7 +1,7 @@
 //! Prometheus text exposition over a tiny HTTP/1.0 server
 //! (`[engine] metrics_listen = "127.0.0.1:9610"`, `GET /metrics`).
 //! It runs on its own thread with std::net; a client gets 2 s to send
-//! its request.
+//! its whole request (one deadline, not one per read).
 
 use crate::ctl::ipvsadm::ListData;
 use crate::pipeline::counters::{ServiceCounters, WorkerCounters};
@@ -222,12 +222,46 @@ pub fn render(f: &Figures) -> String {
     o
 }
 
-fn serve(state: &dyn Exported, mut s: TcpStream) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+/// The time a client gets to send its whole request: the exporter serves one
+/// client at a time, so a client that trickles its request a byte at a time
+/// must not hold it (and every scrape behind it) longer than this.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// The time a client gets to take the whole reply (the same reasoning, for a
+/// client that reads a byte at a time).
+const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+
+fn serve(state: &dyn Exported, s: TcpStream) {
+    serve_within(state, s, REQUEST_DEADLINE, REPLY_DEADLINE)
+}
+
+/// Write all of `b` before `end`, or give up.
+fn write_until(s: &mut TcpStream, mut b: &[u8], end: std::time::Instant) -> std::io::Result<()> {
+    while !b.is_empty() {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(b) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn serve_within(state: &dyn Exported, mut s: TcpStream, deadline: Duration, reply_deadline: Duration) {
+    let end = std::time::Instant::now() + deadline;
     let mut req = Vec::new();
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") && req.len() < 8192 {
+        // Each read waits only for what is left of the deadline.
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => req.extend_from_slice(&buf[..n]),
@@ -250,9 +284,9 @@ fn serve(state: &dyn Exported, mut s: TcpStream) {
         "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = s.write_all(head.as_bytes());
-    if method != "HEAD" {
-        let _ = s.write_all(body.as_bytes());
+    let end = std::time::Instant::now() + reply_deadline;
+    if write_until(&mut s, head.as_bytes(), end).is_ok() && method != "HEAD" {
+        let _ = write_until(&mut s, body.as_bytes(), end);
     }
 }
 
@@ -273,4 +307,90 @@ pub fn spawn(addr: SocketAddr, state: Arc<dyn Exported>, stop: Arc<AtomicBool>) 
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    struct Fixed;
+    impl Exported for Fixed {
+        fn metrics(&self) -> String {
+            "ferrovs_up 1\n".into()
+        }
+        fn status_page(&self) -> String {
+            "<html></html>".into()
+        }
+    }
+
+    /// An exposition far larger than the socket buffers.
+    struct Large;
+    impl Exported for Large {
+        fn metrics(&self) -> String {
+            "ferrovs_x 1\n".repeat(4 << 20)
+        }
+        fn status_page(&self) -> String {
+            "<html></html>".into()
+        }
+    }
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    #[test]
+    fn serves_a_scrape() {
+        let (mut c, s) = pair();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        serve_within(&Fixed, s, Duration::from_secs(5), Duration::from_secs(5));
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("ferrovs_up 1\n"), "{out}");
+    }
+
+    /// A client that sends a byte every 100 ms never lets a per-read timeout
+    /// expire; the deadline covers the whole request, so the exporter moves on.
+    #[test]
+    fn a_trickling_client_does_not_hold_the_exporter() {
+        let (mut c, s) = pair();
+        let stop = Arc::new(AtomicBool::new(false));
+        let trickle = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for b in b"GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                    .iter()
+                    .cycle()
+                {
+                    if stop.load(Ordering::Relaxed) || c.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let t0 = Instant::now();
+        serve_within(&Fixed, s, Duration::from_millis(600), Duration::from_secs(5));
+        let took = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        trickle.join().unwrap();
+        assert!(took < Duration::from_secs(3), "a trickling client held the exporter for {took:?}");
+    }
+
+    /// A client that never reads the reply holds the exporter only for the
+    /// reply deadline, not for a write timeout per write.
+    #[test]
+    fn a_client_that_does_not_read_does_not_hold_the_exporter() {
+        let (mut c, s) = pair();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let t0 = Instant::now();
+        serve_within(&Large, s, Duration::from_secs(5), Duration::from_millis(500));
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(3), "a client that did not read held the exporter for {took:?}");
+        drop(c);
+    }
 }
