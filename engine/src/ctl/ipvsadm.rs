@@ -293,7 +293,10 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
                 Some((a, b)) => (a.to_string(), Some(b.to_string())),
                 None => (raw.to_string(), None),
             }
-        } else if raw.starts_with('-') && raw.len() > 2 && "tufsrwxyMp".contains(&raw[1..2]) {
+        } else if raw.starts_with('-')
+            && raw.len() > 2
+            && raw.as_bytes().get(1).is_some_and(|b| b"tufsrwxyMp".contains(b))
+        {
             (raw[..2].to_string(), Some(raw[2..].to_string()))
         } else {
             (raw.to_string(), None)
@@ -1986,6 +1989,16 @@ FWM  21 rr persistent 300\n\
             apply(&mut c2, &cmd).unwrap();
         }
         assert_eq!(format_save(&c2), save);
+    }
+
+    #[test]
+    fn a_non_ascii_option_is_an_error() {
+        // A multi-byte character after the dash: the `-tVIP:PORT` split looked at byte 1..2,
+        // inside the character, and panicked.
+        for a in ["-é10.0.0.1:80", "-€", "--é", "-tß"] {
+            assert!(parse_args(&["-A", a]).is_err(), "{a}");
+            assert!(parse_rules(&format!("-A {a}\n")).is_err(), "{a}");
+        }
     }
 
     #[test]
