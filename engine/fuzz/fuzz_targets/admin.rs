@@ -3,7 +3,9 @@
 //! (`ctl::ipvsadm::parse_args`); an edit it accepts is applied to the running configuration
 //! the way the control socket applies it (`ipvsadm::apply`, then the config validator), and
 //! the snapshot workers would run is built from the result. The whole input is also read as
-//! `-R` (ipvsadm-save) text (`parse_rules`) and applied to an empty configuration.
+//! `-R` (ipvsadm-save) text (`parse_rules`) and applied to an empty configuration. A line
+//! that starts with `{` is an edit command as the control socket receives it (JSON: any
+//! value a client sends, not only those the command-line parser produces).
 //!
 //! Properties: no panic anywhere on that path; and after every accepted edit, `-S`
 //! (`format_save`) of the configuration restores (`parse_rules` + `apply` on a cleared
@@ -55,9 +57,15 @@ fuzz_target!(|data: &[u8]| {
     let mut cfg = base();
     let mut edits = 0;
     for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Ok(inv) = parse_args(&words) else { continue };
-        let Action::Edit(cmd) = inv.action else { continue };
+        let cmd = if line.starts_with('{') {
+            let Ok(cmd) = serde_json::from_str::<Command>(line) else { continue };
+            cmd
+        } else {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Ok(inv) = parse_args(&words) else { continue };
+            let Action::Edit(cmd) = inv.action else { continue };
+            cmd
+        };
         if let Some(next) = edit(&cfg, std::slice::from_ref(&cmd)) {
             cfg = next;
             edits += 1;
