@@ -1,4 +1,4 @@
-//! The administration path of `ferrovsadm` on arbitrary input: each line is a command line
+//! The administration path of `ferrovsadm` on arbitrary input. Each line is a command line
 //! (split into words as a shell would without quotes) for the ipvsadm-compatible parser
 //! (`ctl::ipvsadm::parse_args`); an edit it accepts is applied to the running configuration
 //! the way the control socket applies it (`ipvsadm::apply`, then the config validator), and
