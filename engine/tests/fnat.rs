@@ -785,3 +785,24 @@ fn removed_local_address_keeps_its_connections_until_the_grace_ends() {
     let out = e.inject(INT, &arp_request(RS1_MAC, RS1, LADDR2), 1001 * S);
     assert!(out.is_empty(), "no longer ours");
 }
+
+/// An ICMP error quoting a non-first IPv4 fragment: the bytes after the quoted IP header are
+/// payload, not ports (conntrack's `ipv4_get_l4proto` refuses such a quote). Read as ports they
+/// name whichever connection the fragment's sender chose: a client of the full NAT service
+/// whose datagram carries "2000, 8080" at the start of a later fragment (LADDR -> RS1 once
+/// translated, like every client's) would have an error about it, a router's "time exceeded"
+/// it provoked with a low TTL say, delivered to another client's connection LADDR:2000.
+#[test]
+fn icmp_error_quoting_a_later_fragment_names_no_connection() {
+    let mut e = engine(1);
+    // The victim: CLIENT:40000 -> VIP:80, LADDR:2000 -> RS1:8080.
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    // The quoted packet: LADDR -> RS1, TCP, fragment offset 185 (1480 bytes), whose data
+    // begins with the victim's ports.
+    let mut quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_ACK, 1000, 0, b"");
+    quoted[20..22].copy_from_slice(&185u16.to_be_bytes());
+    ferrovs_engine::wire::csum::fill_ipv4(&mut quoted, 14).unwrap();
+    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 11, 0, 0, &quoted), RS1_MAC), S);
+    assert!(out.is_empty(), "not translated to the victim: {out:?}");
+    assert_drops(&e, &[(DropReason::Fragment, 1)]);
+}

@@ -22,7 +22,7 @@ macro_rules! drop_reasons {
 drop_reasons! {
     Malformed => "malformed": "Truncated headers, bad lengths, bad IHL, garbage.",
     Unsupported => "unsupported": "A protocol or EtherType the engine does not forward.",
-    Fragment => "fragment": "An IP fragment the engine cannot forward (IPv6 extension headers before the fragment header, not TCP/UDP).",
+    Fragment => "fragment": "An IP fragment the engine cannot forward (IPv6 extension headers before the fragment header, not TCP/UDP), or an ICMP error quoting a later fragment (no ports in the quote).",
     FragTiny => "frag_tiny": "A first fragment without its whole transport header, or a TCP fragment at offset 8 (RFC 1858).",
     FragOverlap => "frag_overlap": "A fragment overlapping another of its datagram (the whole datagram is dropped).",
     FragTimeout => "frag_timeout": "A fragment whose first fragment never came (or whose datagram expired).",

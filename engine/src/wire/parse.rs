@@ -433,7 +433,8 @@ pub struct Inner {
     pub dport: u16,
 }
 
-/// Parse the packet quoted in the ICMP error of `p`.
+/// Parse the packet quoted in the ICMP error of `p`. `Fragment`: the quote is a later IPv4
+/// fragment (no transport header in it).
 pub fn parse_inner(frame: &[u8], p: &Parsed) -> Result<Inner, ParseError> {
     let start = p.l4 + 8;
     let q = &frame[start..p.end];
@@ -444,6 +445,12 @@ pub fn parse_inner(frame: &[u8], p: &Parsed) -> Result<Inner, ParseError> {
         let ihl = (q[0] & 0xf) as usize * 4;
         if ihl < 20 || q.len() < ihl + 8 {
             return Err(ParseError::Malformed);
+        }
+        if u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
+            // A later fragment: what follows its header is payload, not ports (conntrack's
+            // `ipv4_get_l4proto` refuses it too). Read as ports, the sender's data would
+            // name a connection of its choosing.
+            return Err(ParseError::Fragment);
         }
         let src = v4_to_addr([q[12], q[13], q[14], q[15]]);
         let dst = v4_to_addr([q[16], q[17], q[18], q[19]]);

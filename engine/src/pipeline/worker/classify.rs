@@ -291,8 +291,11 @@ impl<Q: BufAlloc> Worker<Q> {
     ) {
         let inner = match parse::parse_inner(pkt.data(), p) {
             Ok(i) => i,
-            Err(_) => {
-                self.drop_pkt(DropReason::Malformed);
+            Err(e) => {
+                self.drop_pkt(match e {
+                    parse::ParseError::Fragment => DropReason::Fragment,
+                    _ => DropReason::Malformed,
+                });
                 return;
             }
         };
