@@ -292,3 +292,33 @@ fn received_errors_are_translated_for_dr_and_ipv6_from_the_real_server() {
     // The balancer originated nothing.
     assert_eq!(icmp_counts(&e), (0, 0));
 }
+
+/// Tunnel mode: an error from the client's side about the real server's reply (VIP ->
+/// client, sent by the real server itself) goes to the real server as every packet of the
+/// connection does, in an IPIP header (IPVS `ip_vs_icmp_xmit` calls the connection's
+/// `packet_xmit`, `ip_vs_tunnel_xmit` here). Sent bare to the VIP, it would reach a real
+/// server across a router only by being routed back to the balancer.
+#[test]
+fn received_errors_are_tunnelled_to_a_tunnel_real_server() {
+    let mut e = engine();
+    assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, 40004, VIP_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    let quoted = tcp4(VIP_TUN, 80, CLIENT, 40004, TCP_ACK, 1, 2, b"");
+    let err = from_client(icmp4_error(CLIENT, VIP_TUN, 3, 4, 1400, &quoted));
+    let out = e.inject(EXT, &err, S);
+    assert_eq!(out.len(), 1);
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, INT);
+    assert_eq!(&f[0..6], &RS2_MAC);
+    assert_eq!(f[23], 4, "IPIP");
+    assert_eq!(&f[26..30], &LB_INT_ADDR, "outer source: the balancer");
+    assert_eq!(&f[30..34], &RS2, "outer destination: the real server");
+    let inner = &f[34..];
+    assert_eq!(inner[9], 1, "an ICMP packet inside");
+    assert_eq!(&inner[16..20], &VIP_TUN, "to the VIP, which the real server holds");
+    assert_eq!(&inner[20..], &err[34..], "ICMP message and quote unchanged");
+    let mut bare = f[..14].to_vec();
+    bare.extend_from_slice(inner);
+    verify_checksums(&bare).unwrap();
+    assert_eq!(ferrovs_engine::wire::csum::finish(&f[14..34], 0), 0, "outer header checksum");
+    assert_drops(&e, &[]);
+}

@@ -138,6 +138,20 @@ impl<Q: BufAlloc> Worker<Q> {
                 return;
             }
         }
+        if fwd == Forward::Tunnel && dir == Dir::In {
+            // To a tunnel real server as every packet of its connection: encapsulated
+            // (IPVS `ip_vs_icmp_xmit` sends it with the connection's `packet_xmit`).
+            let iface = self.flows.if_in(self.flows.get(idx)) as usize;
+            let Some(src) = self.snap.ifaces.get(iface).and_then(|i| i.source_for(rs)) else {
+                self.drop_pkt(DropReason::NoRoute);
+                return;
+            };
+            let mtu = self.caps.get(iface).map_or(0, |c| c.mtu);
+            if !encap_ipip(&mut pkt, p, src, rs, mtu) {
+                self.drop_pkt(DropReason::TooBig);
+                return;
+            }
+        }
         bump(&self.counters.icmp_translated, 1);
         let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
         self.finish(pkt, next);
