@@ -4,6 +4,7 @@
 mod common;
 use common::seg::drops;
 use common::*;
+use ferrovs_engine::flow::frag;
 use ferrovs_engine::tools::replay::MemEngine;
 use ferrovs_engine::tools::testpkt::*;
 use ferrovs_engine::wire::parse::parse;
@@ -204,4 +205,25 @@ fn later_fragments_of_a_dropped_first_fragment_time_out() {
             (ferrovs_engine::pipeline::counters::DropReason::FragTimeout, 1),
         ],
     );
+}
+
+/// IPv6 atomic fragments (a fragment header with offset 0 and M clear, RFC 6946): no
+/// datagram to match later fragments to; each is processed on its own (Linux's
+/// `ipv6_frag_rcv` treats it as unfragmented). Senders that emit them may repeat an ID:
+/// a second one must not look like a second first fragment of a live datagram.
+#[test]
+fn ipv6_atomic_fragments_are_independent() {
+    let mut e = engine();
+    for n in 0..3u8 {
+        let d = with_macs(udp6(C6, 5353, VIP6, 53, &[n; 100]), CLIENT_MAC, LB_EXT);
+        let frags = fragment6(&d, 1500, 0x1234);
+        assert_eq!(frags.len(), 1);
+        let f = frag::parse_fragment(&frags[0]).unwrap();
+        assert!(f.offset == 0 && !f.more, "atomic");
+        let out = inject_all(&mut e, EXT, &frags, S + u64::from(n));
+        assert_eq!(out.len(), 1, "atomic fragment {n} forwarded");
+        let whole = reassemble(&out).unwrap();
+        verify_checksums(&whole).unwrap();
+    }
+    assert_eq!(drops(&e), vec![]);
 }

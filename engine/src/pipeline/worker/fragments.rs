@@ -93,7 +93,9 @@ impl<Q: BufAlloc> Worker<Q> {
                 _ if dst_vip => self.new_inbound(&mut pkt, &p),
                 _ => self.new_outbound(&mut pkt, &p),
             };
-            if !matches!(next, Next::Drop(_)) {
+            // An IPv6 atomic fragment (offset 0, no more: RFC 6946) is a whole datagram:
+            // nothing follows it, and its ID may be reused by the next one at once.
+            if f.more && !matches!(next, Next::Drop(_)) {
                 if let Some((idx, dir)) = self.flows.lookup(&fkey) {
                     let flow = frag::FragFlow { conn: idx, gen: self.flows.get(idx).gen, inbound: dir == Dir::In };
                     if self.frags.first(key, flow, f.range(), self.now) == FragVerdict::Overlap {
