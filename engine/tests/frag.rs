@@ -227,3 +227,41 @@ fn ipv6_atomic_fragments_are_independent() {
     }
     assert_eq!(drops(&e), vec![]);
 }
+
+/// A fragment reaching past 65535 bytes of datagram (the "ping of death"): no host can
+/// reassemble it (Linux: `ip_frag_reasm` oversize, `ip6_frag_queue` parameter problem);
+/// dropped, counted, never sent to a real server. So is one carrying no data.
+#[test]
+fn fragments_beyond_65535_bytes_are_dropped() {
+    let mut e = engine();
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &payload(3000)), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&d, 1500, 0x55);
+    assert_eq!(inject_all(&mut e, EXT, &frags[..1], S).len(), 1);
+    // A last fragment at offset 65528 (8191 * 8) with 100 data bytes.
+    let mut big = frags[2].clone();
+    big.truncate(14 + 20);
+    big.extend_from_slice(&[0u8; 100]);
+    big[16..18].copy_from_slice(&120u16.to_be_bytes());
+    big[20..22].copy_from_slice(&8191u16.to_be_bytes());
+    ferrovs_engine::wire::csum::fill_ipv4(&mut big, 14).unwrap();
+    assert!(inject_all(&mut e, EXT, &[big], S).is_empty());
+    // IPv6: the same past 65535 bytes of fragmentable part.
+    let d6 = with_macs(udp6(C6, 5353, VIP6, 53, &payload(3000)), CLIENT_MAC, LB_EXT);
+    let f6 = fragment6(&d6, 1500, 0x66);
+    assert_eq!(inject_all(&mut e, EXT, &f6[..1], S).len(), 1);
+    let mut big6 = f6[2].clone();
+    big6.truncate(14 + 48);
+    big6.extend_from_slice(&[0u8; 100]);
+    big6[18..20].copy_from_slice(&108u16.to_be_bytes());
+    big6[14 + 42..14 + 44].copy_from_slice(&65528u16.to_be_bytes());
+    assert!(inject_all(&mut e, EXT, &[big6], S).is_empty());
+    // A fragment of no data bytes (Linux drops the datagram: `end == offset`).
+    let mut empty = frags[1].clone();
+    empty.truncate(14 + 20);
+    empty[16..18].copy_from_slice(&20u16.to_be_bytes());
+    ferrovs_engine::wire::csum::fill_ipv4(&mut empty, 14).unwrap();
+    assert!(inject_all(&mut e, EXT, &[empty], S).is_empty());
+    assert_eq!(drops(&e), vec![("malformed", 3)]);
+    // The datagram's real fragments still go through.
+    assert_eq!(inject_all(&mut e, EXT, &frags[1..], S).len(), 2);
+}

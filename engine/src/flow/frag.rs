@@ -146,6 +146,12 @@ pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
             if more && !(total - ihl).is_multiple_of(8) {
                 return Err(ParseError::Malformed);
             }
+            // A later fragment without data (Linux `ip_frag_queue`: `end == offset`; a first
+            // one is `frag_tiny`), or one past the 65535 bytes a datagram may have
+            // (`ip_frag_reasm`: oversize, the "ping of death").
+            if (offset != 0 && total == ihl) || offset as usize + total > 65535 {
+                return Err(ParseError::Malformed);
+            }
             Ok(Fragment {
                 l3: off,
                 data: off + ihl,
@@ -172,6 +178,11 @@ pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
             }
             let (offset, more) = (f.offset(), f.more());
             if more && !(end - off - 48).is_multiple_of(8) {
+                return Err(ParseError::Malformed);
+            }
+            // A later fragment without data, or one past the 65535 bytes of a fragmentable
+            // part (Linux `ip6_frag_queue`: `end == offset`, `end > IPV6_MAXPLEN`).
+            if (offset != 0 && end == off + 48) || offset as usize + (end - off - 48) > 65535 {
                 return Err(ParseError::Malformed);
             }
             Ok(Fragment {
