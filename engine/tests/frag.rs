@@ -228,6 +228,47 @@ fn ipv6_atomic_fragments_are_independent() {
     assert_eq!(drops(&e), vec![]);
 }
 
+/// A datagram cut into more fragments than the table remembers ranges for (45 fragments of
+/// 1480 bytes for a 64 KiB datagram at MTU 1500): in-order fragments make one contiguous
+/// range, so an overlapping fragment late in the datagram is still caught (RFC 5722).
+#[test]
+fn overlap_is_caught_in_a_datagram_of_many_fragments() {
+    let mut e = engine();
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &payload(40_000)), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&d, 1500, 21);
+    assert!(frags.len() > 20);
+    assert_eq!(inject_all(&mut e, EXT, &frags[..20], S).len(), 20);
+    // A 1480-byte fragment 8 bytes past fragment 15's start: overlaps 15 and 16.
+    let mut bad = frags[3].clone();
+    let fo = u16::from_be_bytes([frags[15][20], frags[15][21]]);
+    bad[20..22].copy_from_slice(&(fo + 1).to_be_bytes());
+    ferrovs_engine::wire::csum::fill_ipv4(&mut bad, 14).unwrap();
+    assert!(inject_all(&mut e, EXT, &[bad], S).is_empty(), "overlap at fragment 15");
+    assert!(inject_all(&mut e, EXT, &frags[20..], S).is_empty(), "the datagram is poisoned");
+    assert_eq!(drops(&e), vec![("frag_overlap", 1 + frags.len() as u64 - 20)]);
+}
+
+/// IPv4 has 16-bit IDs: a busy sender reuses one within seconds. A datagram whose
+/// fragments have all been seen is complete (Linux's queue is gone once reassembled): the
+/// next datagram with the same ID is a new one, not a second first fragment.
+#[test]
+fn a_completed_datagram_frees_its_id() {
+    let mut e = engine();
+    for n in 0..3u64 {
+        let mut data = payload(3000);
+        data[0] = n as u8;
+        let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &data), CLIENT_MAC, LB_EXT);
+        let mut frags = fragment4(&d, 1500, 0x99);
+        if n == 1 {
+            frags.reverse();
+        }
+        let out = inject_all(&mut e, EXT, &frags, S + n * 1000);
+        assert_eq!(out.len(), frags.len(), "datagram {n}: every fragment forwarded");
+        assert_eq!(udp_of(&reassemble(&out).unwrap()).4, data);
+    }
+    assert_eq!(drops(&e), vec![]);
+}
+
 /// A fragment reaching past 65535 bytes of datagram (the "ping of death"): no host can
 /// reassemble it (Linux: `ip_frag_reasm` oversize, `ip6_frag_queue` parameter problem);
 /// dropped, counted, never sent to a real server. So is one carrying no data.

@@ -31,8 +31,9 @@ pub const MAX_FRAG_ENTRIES: usize = 4096;
 pub const MAX_FRAG_HELD: usize = 64;
 /// How long a fragment waits for its first fragment (ns).
 pub const FRAG_HOLD_NS: u64 = 1_000_000_000;
-/// Byte ranges remembered per datagram for overlap detection; a datagram cut into more
-/// fragments than this is still forwarded, the later ranges unchecked.
+/// Byte ranges remembered per datagram for overlap detection, adjacent ones merged (so
+/// only gaps of out-of-order fragments take one each); a fragment that would need one more
+/// is still forwarded, its range unchecked.
 const RANGES: usize = 12;
 
 /// One fragment's IP-level facts.
@@ -225,6 +226,9 @@ struct Entry {
     flow: FragFlow,
     expires: u64,
     poisoned: bool,
+    /// The datagram's length once its last fragment came (0: not yet).
+    total: u32,
+    /// The byte ranges seen, merged where adjacent (unordered).
     ranges: [(u32, u32); RANGES],
     n: u8,
 }
@@ -277,25 +281,30 @@ impl FragTable {
             }
         }
         self.sweep(now, 4);
-        if self.map.len() >= MAX_FRAG_ENTRIES {
-            while let Some((k, exp)) = self.order.pop_front() {
-                if self.map.get(&k).is_some_and(|e| e.expires == exp) {
-                    self.map.remove(&k);
-                    self.evicted += 1;
-                    break;
-                }
+        // Full: the oldest datagram goes. The order queue is bounded too: datagrams
+        // completed (or IDs reused) before they expire leave stale entries in it.
+        while self.map.len() >= MAX_FRAG_ENTRIES || self.order.len() >= 2 * MAX_FRAG_ENTRIES {
+            let Some((k, exp)) = self.order.pop_front() else { break };
+            if self.map.get(&k).is_some_and(|e| e.expires == exp) {
+                self.map.remove(&k);
+                self.evicted += 1;
             }
         }
         let expires = now + FRAG_TIMEOUT;
         let mut ranges = [(0, 0); RANGES];
         ranges[0] = range;
-        self.map.insert(key, Entry { flow, expires, poisoned: false, ranges, n: 1 });
+        self.map.insert(key, Entry { flow, expires, poisoned: false, total: 0, ranges, n: 1 });
         self.order.push_back((key, expires));
         FragVerdict::Forward(flow)
     }
 
-    /// A later fragment of `key` carrying `range`.
-    pub fn later(&mut self, key: &FragKey, range: (u32, u32), now: u64) -> FragVerdict {
+    /// A later fragment of `key` carrying `range`; `more`: not the datagram's last.
+    ///
+    /// The ranges seen are kept merged (in-order fragments make one range), so the overlap
+    /// check covers a datagram of any number of fragments that arrive mostly in order. Once
+    /// its fragments cover it from 0 to the last one's end the datagram is complete and
+    /// forgotten (Linux's queue ends with the reassembly): its ID is free for the next one.
+    pub fn later(&mut self, key: &FragKey, range: (u32, u32), more: bool, now: u64) -> FragVerdict {
         let Some(e) = self.map.get_mut(key) else { return FragVerdict::Unknown };
         if e.expires <= now {
             self.map.remove(key);
@@ -305,15 +314,42 @@ impl FragTable {
             return FragVerdict::Overlap;
         }
         let (a, b) = range;
-        if e.ranges[..e.n as usize].iter().any(|&(x, y)| a < y && x < b) {
+        let n = e.n as usize;
+        // Linux `ip_frag_queue`: a last fragment ending before data already seen, a second
+        // last fragment elsewhere, or data past the last fragment's end corrupt the datagram.
+        let inconsistent = if more {
+            e.total != 0 && b > e.total
+        } else {
+            (e.total != 0 && b != e.total) || e.ranges[..n].iter().any(|&(_, y)| y > b)
+        };
+        if inconsistent || e.ranges[..n].iter().any(|&(x, y)| a < y && x < b) {
             e.poisoned = true;
             return FragVerdict::Overlap;
         }
-        if (e.n as usize) < RANGES {
-            e.ranges[e.n as usize] = range;
-            e.n += 1;
+        if !more {
+            e.total = b;
         }
-        FragVerdict::Forward(e.flow)
+        let flow = e.flow;
+        // Merge with the range ending where this one starts and / or the one starting where
+        // it ends; else a new range while there is room (beyond it, unchecked).
+        match (e.ranges[..n].iter().position(|r| r.1 == a), e.ranges[..n].iter().position(|r| r.0 == b)) {
+            (Some(i), Some(j)) => {
+                e.ranges[i].1 = e.ranges[j].1;
+                e.ranges[j] = e.ranges[n - 1];
+                e.n -= 1;
+            }
+            (Some(i), None) => e.ranges[i].1 = b,
+            (None, Some(j)) => e.ranges[j].0 = a,
+            (None, None) if n < RANGES => {
+                e.ranges[n] = range;
+                e.n += 1;
+            }
+            (None, None) => {}
+        }
+        if e.total != 0 && e.n == 1 && e.ranges[0] == (0, e.total) {
+            self.map.remove(key);
+        }
+        FragVerdict::Forward(flow)
     }
 
     /// Drops up to `budget` expired datagrams from the oldest end. No allocation.
@@ -374,19 +410,48 @@ mod tests {
         let k = FragKey { src: 1, dst: 2, proto: PROTO_UDP, id: 7 };
         let fl = FragFlow { conn: 3, gen: 1, inbound: true };
         assert_eq!(t.first(k, fl, (0, 1480), 0), FragVerdict::Forward(fl));
-        assert_eq!(t.later(&k, (1480, 2960), 1), FragVerdict::Forward(fl));
-        assert_eq!(t.later(&k, (2000, 2100), 2), FragVerdict::Overlap);
-        assert_eq!(t.later(&k, (2960, 3008), 3), FragVerdict::Overlap, "poisoned");
+        assert_eq!(t.later(&k, (1480, 2960), true, 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (2000, 2100), true, 2), FragVerdict::Overlap);
+        assert_eq!(t.later(&k, (2960, 3008), false, 3), FragVerdict::Overlap, "poisoned");
         let k2 = FragKey { id: 8, ..k };
-        assert_eq!(t.later(&k2, (8, 16), 0), FragVerdict::Unknown);
+        assert_eq!(t.later(&k2, (8, 16), true, 0), FragVerdict::Unknown);
         assert_eq!(t.first(k2, fl, (0, 8), 0), FragVerdict::Forward(fl));
         assert_eq!(t.first(k2, fl, (0, 8), 1), FragVerdict::Overlap, "a second first fragment");
         // Expiry and bound.
-        assert_eq!(t.later(&k, (5000, 5008), FRAG_TIMEOUT + 10), FragVerdict::Unknown);
+        assert_eq!(t.later(&k, (5000, 5008), true, FRAG_TIMEOUT + 10), FragVerdict::Unknown);
         for id in 0..(MAX_FRAG_ENTRIES as u32 + 10) {
             t.first(FragKey { id: 100 + id, ..k }, fl, (0, 8), FRAG_TIMEOUT);
         }
         assert!(t.len() <= MAX_FRAG_ENTRIES);
         assert!(t.evicted >= 9);
+    }
+
+    #[test]
+    fn ranges_merge_and_a_complete_datagram_is_forgotten() {
+        let mut t = FragTable::new();
+        let k = FragKey { src: 1, dst: 2, proto: PROTO_UDP, id: 7 };
+        let fl = FragFlow { conn: 3, gen: 1, inbound: true };
+        assert_eq!(t.first(k, fl, (0, 8), 0), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (16, 24), true, 0), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (32, 40), false, 0), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (8, 16), true, 0), FragVerdict::Forward(fl), "fills the first gap");
+        assert_eq!(t.map[&k].n, 2);
+        assert_eq!(t.later(&k, (24, 32), true, 0), FragVerdict::Forward(fl));
+        assert!(t.is_empty(), "complete");
+        // Inconsistent ends poison: data past the last fragment, a second last fragment.
+        assert_eq!(t.first(k, fl, (0, 8), 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (16, 24), false, 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (24, 32), true, 1), FragVerdict::Overlap);
+        let k2 = FragKey { id: 8, ..k };
+        assert_eq!(t.first(k2, fl, (0, 8), 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k2, (16, 24), false, 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k2, (32, 40), false, 1), FragVerdict::Overlap);
+        // One ID reused by many complete datagrams: the order queue stays bounded.
+        let k3 = FragKey { id: 9, ..k };
+        for i in 0..3 * MAX_FRAG_ENTRIES as u64 {
+            assert_eq!(t.first(k3, fl, (0, 8), 2 + i), FragVerdict::Forward(fl));
+            assert_eq!(t.later(&k3, (8, 16), false, 2 + i), FragVerdict::Forward(fl));
+        }
+        assert!(t.order.len() <= 2 * MAX_FRAG_ENTRIES);
     }
 }

@@ -127,7 +127,7 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::FragTiny);
             return;
         }
-        match self.frags.later(&key, f.range(), self.now) {
+        match self.frags.later(&key, f.range(), f.more, self.now) {
             FragVerdict::Forward(fl) => {
                 let next = self.forward_fragment(fl, &mut pkt, &f);
                 self.finish(pkt, next);
