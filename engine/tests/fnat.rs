@@ -708,6 +708,74 @@ fn proxy_protocol_v1_inserted_and_translated() {
     assert_drops(&e, &[]);
 }
 
+/// PROXY protocol with a server that speaks first (SMTP, FTP, SSH): the header rides on the
+/// handshake's ACK and the server acknowledges it; the client's later pure ACKs (of the
+/// banner), still at the stream start in its space, must come after the header in the
+/// server's space, or the server's TCP finds them before its window and discards them (the
+/// banner is never acknowledged).
+#[test]
+fn proxy_protocol_pure_acks_after_the_acknowledged_header_are_shifted() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let h = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n".len() as u32;
+    let c = |e: &mut MemEngine, flags, seq, ack, data: &[u8]| {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, vip, 80, flags, seq, ack, data)), S);
+        assert_eq!(out.len(), 1);
+        seg(&out[0].1)
+    };
+    c(&mut e, TCP_SYN, 1000, 0, b"");
+    e.inject(INT, &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, b""), RS1_MAC), S);
+    let a = c(&mut e, TCP_ACK, 1001, 7001, b"");
+    assert_eq!((a.seq, a.payload.len() as u32), (1001, h));
+    // The server acknowledges the header and sends its banner.
+    let out = e.inject(
+        INT,
+        &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_ACK | TCP_PSH, 7001, 1001 + h, b"220 hello\r\n"), RS1_MAC),
+        S,
+    );
+    assert_eq!(seg(&out[0].1).ack, 1001);
+    // The client acknowledges the banner: in the server's space its sequence number is past
+    // the header.
+    let b = c(&mut e, TCP_ACK, 1001, 7012, b"");
+    assert!(b.payload.is_empty());
+    assert_eq!((b.seq, b.ack), (1001 + h, 7012));
+    // Its first data then: the header again (the server discards the copy) or shifted, but
+    // never before the server's window.
+    let d = c(&mut e, TCP_ACK | TCP_PSH, 1001, 7012, b"EHLO x\r\n");
+    assert_eq!(d.seq.wrapping_add(d.payload.len() as u32), 1001 + h + 8);
+    assert_drops(&e, &[]);
+}
+
+/// PROXY protocol and data in the SYN (TCP Fast Open): a server that takes the SYN's data
+/// must find the header in front of it, or it reads the client's own bytes as the header (a
+/// client writing `PROXY TCP4 <any address> ...` there would choose the address the server
+/// believes). The SYN-ACK acknowledging the data in the server's space is mapped back.
+#[test]
+fn proxy_protocol_header_precedes_data_in_the_syn() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let hdr = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n";
+    let h = hdr.len() as u32;
+    let spoof = b"PROXY TCP4 192.0.2.66 10.0.1.104 1 80\r\nGET /";
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, vip, 80, TCP_SYN, 1000, 0, spoof)), S);
+    assert_eq!(out.len(), 1);
+    let s = seg(&out[0].1);
+    assert_eq!(s.seq, 1000);
+    assert_eq!(s.payload, [&hdr[..], &spoof[..]].concat(), "the header first");
+    // The server took the data: its SYN-ACK acknowledges header + data.
+    let n = spoof.len() as u32;
+    let out =
+        e.inject(INT, &from_rs(tcp4(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001 + h + n, b""), RS1_MAC), S);
+    assert_eq!(seg(&out[0].1).ack, 1001 + n);
+    // Later data is shifted by the header.
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40000, vip, 80, TCP_ACK, 1001 + n, 7001, b"x")), S);
+    let s = seg(&out[0].1);
+    assert_eq!((s.seq, &s.payload[..]), (1001 + n + h, &b"x"[..]));
+    assert_drops(&e, &[]);
+}
+
 /// PROXY protocol v2 through NAT: the binary header names the client and the VIP.
 #[test]
 fn proxy_protocol_v2_over_nat() {

@@ -30,10 +30,20 @@ impl<Q: BufAlloc> Worker<Q> {
         let mut reparsed = None;
         match dir {
             Dir::In => {
-                if p.tcp_flags & TCP_SYN != 0 {
+                let syn = p.tcp_flags & TCP_SYN != 0;
+                if syn {
                     pp.isn = seq;
                     pp.known = true;
-                } else if pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0) {
+                }
+                // The header goes in front of the first segment at the stream start: also a
+                // SYN with data (TCP Fast Open), whose payload starts there too; a server
+                // taking it must not read the client's bytes as the header.
+                let first = if syn {
+                    p.payload_len() > 0
+                } else {
+                    pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0)
+                };
+                if first {
                     // The header goes in front of this segment's payload.
                     let h = pp.delta() as usize;
                     let mtu =
@@ -65,8 +75,13 @@ impl<Q: BufAlloc> Worker<Q> {
                         return Err(Next::Drop(DropReason::Malformed));
                     }
                     reparsed = Some(p2);
-                } else if pp.known {
-                    let new = pp.map_seq(seq);
+                } else if pp.known && !syn {
+                    // At the stream start without the header (a pure ACK, FIN or RST once the
+                    // server acknowledged the header) it comes after the header in the
+                    // server's space: unshifted, the server's TCP would find it before its
+                    // window and discard it (a server speaking first never got its banner
+                    // acknowledged).
+                    let new = if seq == pp.start() { seq.wrapping_add(pp.delta()) } else { pp.map_seq(seq) };
                     if new != seq {
                         let Ok(mut t) = Tcp::at_mut(pkt.data_mut(), l4) else {
                             return Err(Next::Drop(DropReason::Malformed));
