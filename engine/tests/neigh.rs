@@ -216,3 +216,124 @@ fn new_connections_follow_a_next_hop_whose_mac_changed() {
     let out = e.inject(EXT, &syn_from(40003), 5 * S);
     assert_eq!(out.iter().map(|(_, f)| kind(f)).next_back(), Some(Out::Tcp(mac_b)), "the new MAC");
 }
+
+/// Packets parked while their next hop resolves leave in the order they came (a FIFO, as
+/// Linux's per-neighbour `arp_queue`): three segments of one connection must reach the
+/// real server as they were sent, not reordered.
+#[test]
+fn parked_packets_leave_in_arrival_order() {
+    use ferrovs_engine::wire::parse::{TCP_ACK, TCP_PSH};
+    let mut e = MemEngine::new(config(SERVICES), 1);
+    let seg =
+        |flags, seq: u32, data: &[u8]| with_macs(tcp6(C6, 40000, VIP6, 80, flags, seq, 0, data), CLIENT_MAC, LB_EXT);
+    let out = e.inject(EXT, &seg(TCP_SYN, 1, b""), S);
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![Out::Solicit]);
+    for (k, data) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
+        let out = e.inject(EXT, &seg(TCP_ACK | TCP_PSH, 2 + k as u32, *data), S);
+        assert!(out.iter().all(|(_, f)| kind(f) != Out::Tcp(MAC9)), "parked");
+    }
+    let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S);
+    let seqs: Vec<u32> = out
+        .iter()
+        .filter(|(_, f)| kind(f) == Out::Tcp(MAC9))
+        .map(|(_, f)| {
+            let p = ferrovs_engine::wire::parse::parse(f).expect("parse");
+            u32::from_be_bytes(f[p.l4 + 4..p.l4 + 8].try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "in the order they were parked");
+
+    // Another next hop's packet leaving the queue (its resolution timed out) does not
+    // reorder the others either.
+    let mut e = MemEngine::new(config(SERVICES), 1);
+    e.inject(EXT, &syn(81), S); // parked for fe80::9, until 4 s
+    let t = S * 5 / 2;
+    e.inject(EXT, &seg(TCP_SYN, 1, b""), t);
+    for (k, data) in [b"a", b"b", b"c"].iter().enumerate() {
+        e.inject(EXT, &seg(TCP_ACK | TCP_PSH, 2 + k as u32, *data), t);
+    }
+    e.run(S * 41 / 10);
+    let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S * 41 / 10);
+    let seqs: Vec<u32> = out
+        .iter()
+        .filter(|(_, f)| kind(f) == Out::Tcp(MAC9))
+        .map(|(_, f)| {
+            let p = ferrovs_engine::wire::parse::parse(f).expect("parse");
+            u32::from_be_bytes(f[p.l4 + 4..p.l4 + 8].try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4], "in the order they were parked, after an expiry");
+}
+
+/// An ND message (here a solicitation for a VIP) with options, `opts`, after the target.
+fn ns_with_opts(src: [u8; 16], target: [u8; 16], opts: &[u8]) -> Vec<u8> {
+    let mut dst = [0xffu8, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    dst[13..16].copy_from_slice(&target[13..16]);
+    let mut body = target.to_vec();
+    body.extend_from_slice(opts);
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] };
+    let dmac = [0x33, 0x33, dst[12], dst[13], dst[14], dst[15]];
+    let b = etherparse::PacketBuilder::ethernet2(MAC9, dmac).ipv6(src, dst, 255).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &body).expect("build ns");
+    v
+}
+
+/// RFC 4861 section 7.1.1: a neighbour discovery message with an option of length 0 is
+/// silently discarded (a receiver walking the options could loop on it; Linux's
+/// `ndisc_parse_options` refuses the message). Neither answered nor learnt from: a counted drop.
+#[test]
+fn nd_with_a_zero_length_option_is_dropped() {
+    let sll = [1, 1, 2, 0, 0, 0, 2, 9];
+    let zero = [14, 0, 0, 0, 0, 0, 0, 0];
+    for (what, opts) in [
+        ("source link-layer address, then a zero-length option", [&sll[..], &zero[..]].concat()),
+        ("a zero-length option alone", zero.to_vec()),
+    ] {
+        let mut e = MemEngine::new(config(SERVICES), 1);
+        // From the real server fd00:2::9 (learning it would send the SYN below to its MAC).
+        let out = e.inject(INT, &with_macs(ns_with_opts(RS9, VIP6, &opts), MAC9, LB_INT), S);
+        assert!(out.is_empty(), "{what}: not answered");
+        assert_eq!(e.counters().nd_replies, 0, "{what}");
+        let drops = common::seg::drops(&e);
+        assert_eq!(drops.iter().map(|d| d.1).sum::<u64>(), 1, "{what}: a counted drop ({drops:?})");
+        let out = e.inject(EXT, &syn(80), 2 * S);
+        assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![Out::Solicit], "{what}: not learnt");
+        // The well-formed message is answered (the control).
+        let out = e.inject(INT, &with_macs(ns_with_opts(RS9, VIP6, &sll), MAC9, LB_INT), 3 * S);
+        assert_eq!(e.counters().nd_replies, 1, "{what}: a well-formed solicitation is answered");
+        assert!(out.iter().any(|(_, f)| kind(f) == Out::Tcp(MAC9)), "{what}: and its sender learnt");
+    }
+}
+
+/// RFC 4861 section 7.2.5: an advertisement without the Override flag (a proxy's, or an
+/// anycast responder's) does not replace the link-layer address of an entry the cache holds;
+/// it may still create one, and with the flag the address changes (Linux's `ndisc_recv_na`,
+/// `NEIGH_UPDATE_F_OVERRIDE` only with the flag).
+#[test]
+fn an_advertisement_without_override_does_not_replace_a_known_mac() {
+    let na = |flags: u8, mac: [u8; 6]| {
+        let mut body = RS9.to_vec();
+        body.extend_from_slice(&[2, 1]);
+        body.extend_from_slice(&mac);
+        let t = etherparse::Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [flags, 0, 0, 0] };
+        let dst = [0xffu8, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let b = etherparse::PacketBuilder::ethernet2(mac, [0x33, 0x33, 0, 0, 0, 1]).ipv6(RS9, dst, 255).icmpv6(t);
+        let mut v = Vec::new();
+        b.write(&mut v, &body).expect("build na");
+        v
+    };
+    let syn_from = |sport: u16| with_macs(tcp6(C6, sport, VIP6, 80, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT);
+    let to = |out: Vec<(usize, Vec<u8>)>| out.iter().map(|(_, f)| kind(f)).next_back();
+    let mac_b = [2, 0, 0, 0, 2, 0xb];
+    let mut e = MemEngine::new(config(SERVICES), 1);
+    // No entry yet: learnt even without the flag.
+    e.inject(INT, &na(0x40, MAC9), S);
+    assert_eq!(to(e.inject(EXT, &syn_from(40001), S)), Some(Out::Tcp(MAC9)));
+    // Another MAC without the flag: ignored.
+    e.inject(INT, &na(0x00, mac_b), 2 * S);
+    assert_eq!(to(e.inject(EXT, &syn_from(40002), 2 * S)), Some(Out::Tcp(MAC9)), "not overridden");
+    // With the flag: replaced.
+    e.inject(INT, &na(0x20, mac_b), 3 * S);
+    assert_eq!(to(e.inject(EXT, &syn_from(40003), 3 * S)), Some(Out::Tcp(mac_b)), "overridden");
+}

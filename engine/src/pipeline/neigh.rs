@@ -416,6 +416,21 @@ pub fn build_nd(
     Ok(54 + ND_LEN)
 }
 
+/// Are the ND options `opts` well formed: every option at least 8 bytes long (a length of 0
+/// is invalid: RFC 4861 section 4.6 and 7.1.1, the message is silently discarded, as Linux's
+/// `ndisc_parse_options` does) and none running past the message?
+pub fn nd_options_ok(opts: &[u8]) -> bool {
+    let mut o = opts;
+    while !o.is_empty() {
+        let len = o.get(1).map_or(0, |&l| l as usize * 8);
+        if len == 0 || len > o.len() {
+            return false;
+        }
+        o = &o[len..];
+    }
+    true
+}
+
 /// Find the link-layer address option of type `want` in ND options.
 pub fn nd_lladdr(opts: &[u8], want: u8) -> Option<[u8; 6]> {
     let mut o = opts;

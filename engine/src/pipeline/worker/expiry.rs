@@ -183,15 +183,14 @@ impl<Q: BufAlloc> Worker<Q> {
 }
 
 /// Drops (counted as `r`) the packets of `v` (pending next hops, SYN-proxy or fragment
-/// holds) whose deadline has passed. Order is not kept.
+/// holds) whose deadline has passed. The others keep their order (packets parked for one
+/// next hop leave in the order they came).
 pub(super) fn expire_held<K, B>(v: &mut Vec<Held<K, B>>, now: u64, counters: &WorkerCounters, r: DropReason) {
-    let mut k = 0;
-    while k < v.len() {
-        if v[k].deadline <= now {
-            drop(v.swap_remove(k));
+    v.retain(|h| {
+        let keep = h.deadline > now;
+        if !keep {
             counters.count_drop(r);
-        } else {
-            k += 1;
         }
-    }
+        keep
+    });
 }

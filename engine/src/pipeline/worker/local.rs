@@ -37,11 +37,14 @@ impl<Q: BufAlloc> Worker<Q> {
         self.tx[iface].push(b);
     }
 
+    /// Send the packets parked for `a`, now at `mac`, in the order they were parked (a FIFO,
+    /// like Linux's per-neighbour queue: segments of one connection must not be reordered).
     pub(super) fn release_pending(&mut self, a: Addr, mac: [u8; 6]) {
         let mut k = 0;
         while k < self.pending.len() {
             if self.pending[k].key == a {
-                let mut p = self.pending.swap_remove(k);
+                // `remove`, not `swap_remove`: the queue keeps its order (at most MAX_PENDING).
+                let mut p = self.pending.remove(k);
                 // Parked packets were parsed: they hold an Ethernet header.
                 match EthAddrs::at_mut(p.buf.data_mut(), 0) {
                     Ok(mut eth) => {
@@ -171,9 +174,16 @@ impl<Q: BufAlloc> Worker<Q> {
         t.copy_from_slice(&m[8..24]);
         let target = parse::v6_to_addr(t);
         let opts = &m[24..];
+        if !neigh::nd_options_ok(opts) {
+            self.drop_pkt(DropReason::Malformed);
+            return;
+        }
         if p.icmp_type == 136 {
             if let Some(mac) = neigh::nd_lladdr(opts, 2) {
-                if self.nd_may_learn(iface, target) {
+                // Without the Override flag (a proxy's or an anycast answer) an advertisement
+                // does not replace the address an entry holds (RFC 4861 section 7.2.5).
+                let over = m[4] & 0x20 != 0;
+                if self.nd_may_learn(iface, target) && (over || self.neigh.get(target).is_none_or(|old| old == mac)) {
                     self.learn_neighbor(target, mac);
                 }
             }
