@@ -164,6 +164,27 @@ fn udp4_and_ipv6_both_directions() {
     assert_drops(&e, &[]);
 }
 
+/// A service's new connections take its local addresses in turn even while another
+/// service's connections come in between (the round robin is the service's own, as DPVS keeps
+/// one per service): with "two" (two addresses) and "web" (one) alternating, "two" still
+/// spreads over both of its addresses.
+#[test]
+fn local_addresses_alternate_per_service_when_services_interleave() {
+    let mut e = engine(1);
+    let vip2 = [10, 0, 1, 102];
+    let mut on = std::collections::HashMap::new();
+    for i in 0..8u16 {
+        let c = [10, 0, 1, 10 + i as u8];
+        let out = e.inject(EXT, &from_client(tcp4(c, 10000 + i, vip2, 80, TCP_SYN, 1, 0, b"")), S);
+        let src: [u8; 4] = out[0].1[26..30].try_into().unwrap();
+        *on.entry(src).or_insert(0) += 1;
+        let out = e.inject(EXT, &from_client(tcp4(c, 20000 + i, VIP, 80, TCP_SYN, 1, 0, b"")), S);
+        assert_eq!(&out[0].1[26..30], &LADDR);
+    }
+    assert_eq!((on.get(&LADDR).copied(), on.get(&LADDR2).copied()), (Some(4), Some(4)), "{on:?}");
+    assert_drops(&e, &[]);
+}
+
 /// 64 local ports on each of two local addresses: 128 connections, both
 /// addresses used; the next is a counted drop; expiry gives the ports back.
 #[test]
@@ -791,6 +812,57 @@ fn proxy_protocol_v2_over_nat() {
     assert_eq!((s.src, s.dst, s.seq), (CLIENT, RS1, 51));
     assert_eq!(s.payload, want);
     assert_drops(&e, &[]);
+}
+
+/// A reload that changes `local_port_range` with two workers: each worker's share moves, so
+/// a port a connection holds may now lie in the other worker's share. The replies of the
+/// connections opened before must still reach the worker that holds them, and no new
+/// connection may be given a local port a live connection still holds (its replies would go
+/// to one of the two).
+#[test]
+fn port_range_change_keeps_replies_with_their_worker_and_ports_unique() {
+    let svc = "[[service]]\nname = \"u\"\nvip = \"10.0.1.104\"\nprotocol = \"udp\"\nports = [53]\nforward = \"fnat\"\n\
+               local_addresses = [\"10.0.2.200\"]\n[[service.real_server]]\naddress = \"10.0.2.2\"\n";
+    let mut e = MemEngine::new(cfg(svc), 2);
+    let vip = [10, 0, 1, 104];
+    let client = |i: u16| [10, 0, 1 + (i / 200) as u8, 10 + (i % 200) as u8];
+    let mut old = Vec::new();
+    for i in 0..40u16 {
+        let c = client(i);
+        let cmac = [2, 0, 0, 0, 1, i as u8];
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), S);
+        let out = e.inject(EXT, &with_macs(udp4(c, 5353, vip, 53, b"q"), cmac, LB_EXT), S);
+        assert_eq!(out.len(), 1);
+        old.push((c, u16::from_be_bytes([out[0].1[34], out[0].1[35]])));
+    }
+    assert!(old.iter().any(|&(_, p)| p >= 2032), "worker 1 holds some");
+    // 2000-2127: worker 0 now owns 2000-2063, which held worker 1's ports.
+    let text = config_text_fnat(svc).replace("local_port_range = \"2000-2063\"", "local_port_range = \"2000-2127\"");
+    e.reload(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 2 * S);
+    for &(c, lport) in &old {
+        let out = e.inject(INT, &from_rs(udp4(RS1, 53, LADDR, lport, b"a"), RS1_MAC), 3 * S);
+        assert_eq!(out.len(), 1, "reply to port {lport}");
+        assert_eq!(&out[0].1[30..34], &c);
+    }
+    let held: std::collections::HashSet<u16> = old.iter().map(|&(_, p)| p).collect();
+    let (mut opened, mut full) = (0, 0);
+    for i in 40..140u16 {
+        let c = client(i);
+        let cmac = [2, 0, 0, 0, 3, i as u8];
+        e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), 3 * S);
+        let out = e.inject(EXT, &with_macs(udp4(c, 5353, vip, 53, b"q"), cmac, LB_EXT), 3 * S);
+        // Worker 0's new share is its old one plus worker 1's old ports, still held: it fills.
+        let Some((_, f)) = out.first() else {
+            full += 1;
+            continue;
+        };
+        opened += 1;
+        let lport = u16::from_be_bytes([f[34], f[35]]);
+        assert!(!held.contains(&lport), "port {lport} given to a new connection while an old one holds it");
+    }
+    assert!(opened >= 40, "{opened} opened");
+    let want = [(DropReason::FnatPortsExhausted, full)];
+    assert_drops(&e, if full > 0 { &want } else { &[] });
 }
 
 /// A reload that removes a local address (the service stays): with two workers, the replies

@@ -51,8 +51,15 @@ pub struct LportPools {
     /// Ports held by live connections when the share changed (a reload with
     /// another `local_port_range`): kept out of the new pools.
     carried: HashSet<(Addr, u8, u16)>,
-    /// Round-robin position over a service's local addresses.
-    turn: usize,
+    /// Earlier ranges whose connections may still live, each with this worker's share of it
+    /// then: a port of such a range outside that share was another worker's, which may
+    /// still hold it on any local address, so it is not handed out here.
+    fences: Vec<(PortRange, PortRange)>,
+    /// Round-robin position over each service's local addresses (by service index): a
+    /// service's own, so connections of other services in between do not skew its turn (one
+    /// position for all would give, with two services alternating, every connection of one of
+    /// them the same address).
+    turns: Vec<usize>,
     /// Where the first search on an address starts, as a fraction (of 2^64) of the first
     /// half of the share: 0 from its start ([`LportPools::new`]).
     start: u64,
@@ -60,7 +67,14 @@ pub struct LportPools {
 
 impl LportPools {
     pub fn new(share: PortRange) -> Self {
-        LportPools { share, pools: HashMap::new(), carried: HashSet::new(), turn: 0, start: 0 }
+        LportPools {
+            share,
+            pools: HashMap::new(),
+            carried: HashSet::new(),
+            fences: Vec::new(),
+            turns: Vec::new(),
+            start: 0,
+        }
     }
 
     /// [`LportPools::new`] whose first search on each address starts at a point of the
@@ -75,23 +89,32 @@ impl LportPools {
     }
 
     /// A new share (reload with another port range): pools start over, the
-    /// ports of live connections (`in_use`) stay taken.
-    pub fn reshare(&mut self, share: PortRange, in_use: impl Iterator<Item = (Addr, u8, u16)>) {
+    /// ports of live connections (`in_use`) stay taken, and so do the ports of each earlier
+    /// range in `fences` (the range, this worker's share of it) outside this worker's share
+    /// of it: other workers' connections may hold them.
+    pub fn reshare(
+        &mut self,
+        share: PortRange,
+        in_use: impl Iterator<Item = (Addr, u8, u16)>,
+        fences: Vec<(PortRange, PortRange)>,
+    ) {
         self.share = share;
         self.pools.clear();
         self.carried = in_use.collect();
+        self.fences = fences;
     }
 
     /// Forget everything (no connection holds a port).
     pub fn clear(&mut self) {
         self.pools.clear();
         self.carried.clear();
-        self.turn = 0;
+        self.fences.clear();
+        self.turns.clear();
     }
 
     fn pool(&mut self, a: Addr, proto: u8) -> &mut Pool {
         let share = self.share;
-        let carried = &self.carried;
+        let (carried, fences) = (&self.carried, &self.fences);
         let start = self.start;
         self.pools.entry((a, proto)).or_insert_with(|| {
             let n = share.hi as u32 - share.lo as u32 + 1;
@@ -108,6 +131,16 @@ impl LportPools {
                     if ca == a && cp == proto && share.contains(port) {
                         let i = (port - share.lo) as u32;
                         p.used[(i / 64) as usize] |= 1 << (i % 64);
+                        p.free -= 1;
+                    }
+                }
+            }
+            for &(range, own) in fences {
+                for port in share.lo..=share.hi {
+                    let i = (port - share.lo) as u32;
+                    let bit = 1u64 << (i % 64);
+                    if range.contains(port) && !own.contains(port) && p.used[(i / 64) as usize] & bit == 0 {
+                        p.used[(i / 64) as usize] |= bit;
                         p.free -= 1;
                     }
                 }
@@ -166,16 +199,20 @@ impl LportPools {
         None
     }
 
-    /// A local address and port for a new connection of a service with
+    /// A local address and port for a new connection of service `svc` (its index) with
     /// local addresses `locals`: round robin over them, a full address
     /// passes its turn to the next. `None`: every one is full.
-    pub fn alloc(&mut self, locals: &[Addr], proto: u8) -> Option<(Addr, u16)> {
+    pub fn alloc(&mut self, svc: usize, locals: &[Addr], proto: u8) -> Option<(Addr, u16)> {
         let n = locals.len();
         if n == 0 {
             return None;
         }
-        let start = self.turn % n;
-        self.turn = self.turn.wrapping_add(1);
+        if self.turns.len() <= svc {
+            self.turns.resize(svc + 1, 0);
+        }
+        let turn = &mut self.turns[svc];
+        let start = *turn % n;
+        *turn = turn.wrapping_add(1);
         for k in 0..n {
             let a = locals[(start + k) % n];
             if let Some(port) = self.take_on(a, proto) {
@@ -261,15 +298,15 @@ mod tests {
         let mut p = LportPools::new(R);
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            let (la, port) = p.alloc(&[a, b], PROTO_TCP).expect("room");
+            let (la, port) = p.alloc(0, &[a, b], PROTO_TCP).expect("room");
             assert!(R.contains(port));
             assert!(seen.insert((la, port)), "{la} {port} twice");
         }
-        assert_eq!(p.alloc(&[a, b], PROTO_TCP), None, "both full");
-        assert!(p.alloc(&[a, b], PROTO_UDP).is_some(), "UDP has its own ports");
+        assert_eq!(p.alloc(0, &[a, b], PROTO_TCP), None, "both full");
+        assert!(p.alloc(0, &[a, b], PROTO_UDP).is_some(), "UDP has its own ports");
         // One port back on b: the next allocation, whatever its turn, finds it.
         p.release(b, PROTO_TCP, 5042);
-        assert_eq!(p.alloc(&[a, b], PROTO_TCP), Some((b, 5042)));
+        assert_eq!(p.alloc(0, &[a, b], PROTO_TCP), Some((b, 5042)));
         p.release(a, PROTO_TCP, 5001);
         p.release(a, PROTO_TCP, 5001);
         assert_eq!(p.free_on(a, PROTO_TCP), 1, "a double release counts once");
@@ -302,13 +339,13 @@ mod tests {
     fn a_released_port_is_not_reused_at_once() {
         let a = v4_to_addr([10, 0, 2, 200]);
         let mut p = LportPools::new(R);
-        let (_, first) = p.alloc(&[a], PROTO_TCP).unwrap();
+        let (_, first) = p.alloc(0, &[a], PROTO_TCP).unwrap();
         p.release(a, PROTO_TCP, first);
-        let (_, second) = p.alloc(&[a], PROTO_TCP).unwrap();
+        let (_, second) = p.alloc(0, &[a], PROTO_TCP).unwrap();
         assert_ne!(first, second);
         // After wrapping around the share the released port comes back.
         let mut got = Vec::new();
-        while let Some((_, x)) = p.alloc(&[a], PROTO_TCP) {
+        while let Some((_, x)) = p.alloc(0, &[a], PROTO_TCP) {
             got.push(x);
         }
         assert!(got.contains(&first));
@@ -325,7 +362,7 @@ mod tests {
         assert!(p.reserve(a, PROTO_TCP, 80), "outside the share: nothing to mark");
         assert_eq!(p.free_on(a, PROTO_TCP), 98);
         let mut got = HashSet::new();
-        while let Some((_, x)) = p.alloc(&[a], PROTO_TCP) {
+        while let Some((_, x)) = p.alloc(0, &[a], PROTO_TCP) {
             got.insert(x);
         }
         assert_eq!(got.len(), 98);
@@ -334,7 +371,7 @@ mod tests {
         p.release(a, PROTO_TCP, 5001);
         assert!(p.reserve(a, PROTO_TCP, 5001));
         p.release(a, PROTO_TCP, 5050);
-        assert_eq!(p.alloc(&[a], PROTO_TCP), Some((a, 5050)));
+        assert_eq!(p.alloc(0, &[a], PROTO_TCP), Some((a, 5050)));
     }
 
     #[test]
@@ -344,7 +381,7 @@ mod tests {
         let mut peer = LportPools::new(R);
         // The owner's connections, synced to the peer (reserved there).
         for _ in 0..10 {
-            let (_, port) = owner.alloc(&[a], PROTO_TCP).unwrap();
+            let (_, port) = owner.alloc(0, &[a], PROTO_TCP).unwrap();
             assert!(peer.reserve(a, PROTO_TCP, port));
         }
         // The owner's next port and the peer's first foreign one differ.
@@ -364,15 +401,15 @@ mod tests {
     fn reshare_keeps_live_ports_taken() {
         let a = v4_to_addr([10, 0, 2, 200]);
         let mut p = LportPools::new(R);
-        let live = p.alloc(&[a], PROTO_TCP).unwrap().1;
+        let live = p.alloc(0, &[a], PROTO_TCP).unwrap().1;
         let wider = PortRange { lo: 5000, hi: 5199 };
-        p.reshare(wider, [(a, PROTO_TCP, live)].into_iter());
+        p.reshare(wider, [(a, PROTO_TCP, live)].into_iter(), Vec::new());
         assert_eq!(p.free_on(a, PROTO_TCP), 199);
         for _ in 0..199 {
-            assert_ne!(p.alloc(&[a], PROTO_TCP).unwrap().1, live);
+            assert_ne!(p.alloc(0, &[a], PROTO_TCP).unwrap().1, live);
         }
         p.release(a, PROTO_TCP, live);
         assert_eq!(p.free_on(a, PROTO_TCP), 1, "the carried port is free once its connection ends");
-        assert_eq!(p.alloc(&[a], PROTO_TCP).unwrap().1, live);
+        assert_eq!(p.alloc(0, &[a], PROTO_TCP).unwrap().1, live);
     }
 }

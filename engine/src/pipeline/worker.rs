@@ -79,7 +79,7 @@ mod tcp;
 use crate::pipeline::nat::{encap_ipip, rewrite_addrs, rewrite_ip, rewrite_nat, TTL_DELTA};
 use forward::{account, rewrite_conn};
 pub use redirect::{Liveness, DEAD_AFTER_MS, HEARTBEAT_MS};
-use reload::Retired;
+use reload::{Moved, Retired};
 pub use tcp::ALG_MAX_GROWTH;
 
 /// Messages to a worker's control ring.
@@ -387,6 +387,9 @@ pub struct Worker<Q: BufAlloc> {
     /// Full NAT local addresses a reload removed while connections may still use them (see
     /// [`Retired`]): still ours for those connections' replies until the grace period ends.
     retired: Vec<Retired>,
+    /// Earlier local port ranges (a reload changed `local_port_range`) whose connections may
+    /// still live (see [`Moved`]), oldest first.
+    moved: Vec<Moved>,
     reserved: Vec<(Addr, u16, u64)>,
     neigh: NeighCache,
     expect: ExpectTable,
@@ -466,7 +469,7 @@ pub struct Worker<Q: BufAlloc> {
     /// What `timeout_after_work` compares to see whether work added a timer: the lengths of
     /// the held-packet, reserved-port and retired-address lists and whether services exist,
     /// when `poll_timeout` last ran in full.
-    timer_sig: [usize; 6],
+    timer_sig: [usize; 7],
     now: u64,
     last_tick: u64,
     /// `now` of the last service-counter flush from `poll`.
@@ -562,6 +565,7 @@ impl<Q: BufAlloc> Worker<Q> {
             flows: FlowTable::new(cap),
             lports: LportPools::randomized(lport_share(snap.port_range, id, env.workers), env.lport_seed),
             retired: Vec::new(),
+            moved: Vec::new(),
             reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
@@ -600,7 +604,7 @@ impl<Q: BufAlloc> Worker<Q> {
             sweep_pos: 0,
             sweep_ver: 0,
             tick: 0,
-            timer_sig: [usize::MAX; 6],
+            timer_sig: [usize::MAX; 7],
             now: 0,
             last_tick: 0,
             last_svc_flush: 0,
@@ -873,6 +877,9 @@ impl<Q: BufAlloc> Worker<Q> {
         for r in &self.retired {
             at(r.until());
         }
+        for m in &self.moved {
+            at(m.until);
+        }
         t
     }
 
@@ -886,13 +893,14 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     #[inline]
-    fn timer_sig(&self) -> [usize; 6] {
+    fn timer_sig(&self) -> [usize; 7] {
         [
             self.pending.len(),
             self.proxy_held.len(),
             self.frag_held.len(),
             self.reserved.len(),
             self.retired.len(),
+            self.moved.len(),
             self.svcs.len(),
         ]
     }
@@ -1076,6 +1084,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.sync_out.clear();
         self.sync_pos = 0;
         self.lports.clear();
+        self.moved.clear();
         self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
@@ -1103,7 +1112,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.sweep_pos = 0;
         self.sweep_ver = self.flows.version();
         self.tick = 0;
-        self.timer_sig = [usize::MAX; 6];
+        self.timer_sig = [usize::MAX; 7];
         self.events.clear();
         self.now = 0;
         self.last_tick = 0;

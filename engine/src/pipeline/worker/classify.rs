@@ -171,7 +171,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if !handed && self.workers > 1 {
             let owner = match laddr_range {
                 // The local port names the worker that opened the connection.
-                Some(range) if to_laddr => lport_owner(range, p.dport, self.workers),
+                Some(range) if to_laddr => self.lport_owner_at(range, p.dport),
                 _ => owner_of(if dst_vip { p.src } else { p.dst }, self.workers),
             };
             if owner != self.id {
@@ -302,7 +302,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if !handed && self.workers > 1 {
             let owner = match laddr {
                 // The quoted packet's local port names the worker that opened the connection.
-                Some(range) => lport_owner(range, inner.sport, self.workers),
+                Some(range) => self.lport_owner_at(range, inner.sport),
                 // The client: the quoted packet went to it (to a VIP), else this error is for it.
                 None => owner_of(if dst_vip { inner.dst } else { p.dst }, self.workers),
             };

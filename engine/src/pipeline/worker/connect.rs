@@ -444,7 +444,7 @@ impl<Q: BufAlloc> Worker<Q> {
                     Local::Prefer(a) => self.lports.take_on(a, proto).map(|port| (a, port)),
                     Local::Any => None,
                 };
-                let Some((la, lport)) = picked.or_else(|| self.lports.alloc(&svc.local, proto)) else {
+                let Some((la, lport)) = picked.or_else(|| self.lports.alloc(si, &svc.local, proto)) else {
                     return Err(DropReason::FnatPortsExhausted);
                 };
                 laddr = la;

@@ -92,6 +92,9 @@ impl<Q: BufAlloc> Worker<Q> {
         if !self.retired.is_empty() {
             self.sweep_retired(now);
         }
+        if !self.moved.is_empty() {
+            self.sweep_moved(now);
+        }
     }
 
     /// Remove up to `budget` expired expectations (oldest first) and count them.

@@ -40,7 +40,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         self.drop_pkt(DropReason::FragTiny);
                         return;
                     };
-                    let owner = lport_owner(range, p.dport, self.workers);
+                    let owner = self.lport_owner_at(range, p.dport);
                     if owner != self.id {
                         if self.frag_steer.len() >= frag::MAX_FRAG_HELD {
                             self.frag_steer.remove(0);

@@ -113,13 +113,15 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let share = lport_share(snap.port_range, self.id, self.workers);
         if share != self.lports.share() {
-            // Another local_port_range: the ports of live connections stay theirs.
-            let flows = &self.flows;
-            let in_use = (0..flows.slots() as u32)
-                .filter_map(|i| flows.try_get(i))
-                .filter(|c| c.fwd == Forward::Fnat)
-                .map(|c| (flows.laddr_of(c), c.proto, c.lport));
-            self.lports.reshare(share, in_use);
+            // Another local_port_range: the ports of live connections stay theirs, and the
+            // old range is remembered for as long as they may live ([`Moved`]).
+            let grace = snap.timeouts.iter().copied().max().unwrap_or(0).max(1_000_000_000);
+            let until = self.now.saturating_add(grace);
+            self.moved.push(Moved { range: old.port_range, share: self.lports.share(), until });
+            if self.moved.len() > MAX_MOVED {
+                self.moved.remove(0);
+            }
+            self.reshare_lports();
         }
         if Arc::ptr_eq(&old, &snap) {
             return;
@@ -197,6 +199,59 @@ impl<Q: BufAlloc> Worker<Q> {
         self.retired.iter().find(|r| r.addr == a).map(|r| r.range)
     }
 
+    /// The worker owning local port `port` of a local address whose ports come from `range`
+    /// ([`lport_owner`]), or from the oldest earlier range still in its grace period that holds
+    /// the port ([`Moved`]): only that range's owner can hold it (later shares do not hand it
+    /// out meanwhile, see [`LportPools::reshare`]).
+    #[inline]
+    pub(super) fn lport_owner_at(&self, range: ferrovs_cfg::PortRange, port: u16) -> usize {
+        if !self.moved.is_empty() {
+            if let Some(m) = self.moved.iter().find(|m| m.range.contains(port)) {
+                return lport_owner(m.range, port, self.workers);
+            }
+        }
+        lport_owner(range, port, self.workers)
+    }
+
+    /// Start this worker's local ports over on its share of the configured range: the ports
+    /// of its live full-NAT connections and of its reservations (FTP active data connections
+    /// announced) stay taken, and so do other workers' ports of earlier ranges ([`Moved`]).
+    fn reshare_lports(&mut self) {
+        let share = lport_share(self.snap.port_range, self.id, self.workers);
+        let flows = &self.flows;
+        let conns = (0..flows.slots() as u32)
+            .filter_map(|i| flows.try_get(i))
+            .filter(|c| c.fwd == Forward::Fnat)
+            .map(|c| (flows.laddr_of(c), c.proto, c.lport));
+        let reserved = self.reserved.iter().map(|&(a, port, _)| (a, PROTO_TCP, port));
+        let fences = self.moved.iter().map(|m| (m.range, m.share)).collect();
+        self.lports.reshare(share, conns.chain(reserved), fences);
+    }
+
+    /// The grace period of an earlier local port range ended: this worker's connections whose
+    /// replies are no longer steered to it (their port now lies in another worker's share)
+    /// are removed and counted (`fnat_laddr_retired`), and its ports start over without the
+    /// fence of that range.
+    pub(super) fn sweep_moved(&mut self, now: u64) {
+        if !self.moved.iter().any(|m| m.until <= now) {
+            return;
+        }
+        self.moved.retain(|m| m.until > now);
+        for i in 0..self.flows.slots() as u32 {
+            let lost = self.flows.try_get(i).is_some_and(|c| {
+                c.fwd == Forward::Fnat
+                    && self
+                        .laddr_range(self.flows.laddr_of(c))
+                        .is_some_and(|r| self.lport_owner_at(r, c.lport) != self.id)
+            });
+            if lost {
+                bump(&self.counters.fnat_laddr_retired, 1);
+                self.remove_conn(i, false);
+            }
+        }
+        self.reshare_lports();
+    }
+
     pub(super) fn is_retired(&self, a: Addr) -> bool {
         self.retired.iter().any(|r| r.addr == a)
     }
@@ -237,3 +292,18 @@ pub(super) struct Retired {
 
 /// At most this many retired local addresses are remembered (the oldest go first).
 pub(super) const MAX_RETIRED: usize = 4096;
+
+/// An earlier `[engine] local_port_range` (a reload changed it): the connections opened under
+/// it keep their ports, whose replies are steered by it to the worker holding them, and other
+/// workers do not hand those ports out, until the grace period ends (the longest timeout, as
+/// for a retired local address; see [`Worker::sweep_moved`]).
+pub(super) struct Moved {
+    range: ferrovs_cfg::PortRange,
+    /// This worker's share of it.
+    share: ferrovs_cfg::PortRange,
+    /// End of the grace period (ns).
+    pub(super) until: u64,
+}
+
+/// At most this many earlier ranges are remembered (the oldest go first).
+pub(super) const MAX_MOVED: usize = 8;
