@@ -88,7 +88,19 @@ impl<Q: BufAlloc> Worker<Q> {
             let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
             return self.finish(pkt, next);
         }
+        // SYN proxy: the quoted segment back into the sequence space of the end the error
+        // goes to (the client's acknowledgements and the server's sequence numbers are
+        // shifted by the connection's offset). Linux ignores an error whose quoted sequence
+        // number is outside its send window (`tcp_v4_err`), so without this a proxied
+        // connection's real server never learns the path MTU towards the client.
+        let proxy_delta = match self.flows.cold(idx).proxy.as_deref() {
+            Some(x) if x.established && c.flags & F_SYNPROXY != 0 && inner.proto == PROTO_TCP => Some(x.delta),
+            _ => None,
+        };
         let d = pkt.data_mut();
+        if let Some(delta) = proxy_delta {
+            unshift_quoted_tcp(d, p, inner, dir, delta);
+        }
         let v6 = p.v6;
         // The reporter's address as received (an IPv6 error's outer header is read again).
         let reporter = if v6 { Ipv6::at(d, p.l3).map(|h| parse::v6_to_addr(h.src())).unwrap_or(0) } else { p.src };
@@ -155,6 +167,25 @@ impl<Q: BufAlloc> Worker<Q> {
         bump(&self.counters.icmp_translated, 1);
         let next = self.l2_out(idx, dir == Dir::In, &mut pkt);
         self.finish(pkt, next);
+    }
+}
+
+/// The quoted TCP header of an ICMP error (frame `d`, parsed as `p`, quoting `inner`) about a
+/// SYN-proxied connection with offset `delta`, back in its receiver's sequence space: a
+/// server segment (`Dir::In`: the error comes from the client's side) gets its sequence
+/// number back (`- delta`, always quoted: the first 8 bytes); a client segment (`Dir::Out`)
+/// its acknowledgement (`+ delta`), when the quote holds it and the segment carries one. The
+/// quoted checksum is left as it is (see [`Quote::apply`]).
+fn unshift_quoted_tcp(d: &mut [u8], p: &Parsed, inner: &parse::Inner, dir: Dir, delta: u32) {
+    let Some(t) = d.get_mut(inner.l4..p.end) else { return };
+    let (off, by) = match dir {
+        Dir::In => (4, delta.wrapping_neg()),
+        Dir::Out if t.get(13).is_some_and(|f| f & parse::TCP_ACK != 0) => (8, delta),
+        Dir::Out => return,
+    };
+    if let Some(w) = t.get_mut(off..off + 4) {
+        let v = u32::from_be_bytes([w[0], w[1], w[2], w[3]]).wrapping_add(by);
+        w.copy_from_slice(&v.to_be_bytes());
     }
 }
 
