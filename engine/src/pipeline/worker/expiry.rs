@@ -161,7 +161,8 @@ impl<Q: BufAlloc> Worker<Q> {
             self.expect.remove_session(i, c.gen);
         }
         let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(&c), c.proto, c.lport);
-        if state == crate::flow::tcpstate::TcpState::SynRecv {
+        // (A backup entry in SYN_RECV was never counted: see `adopt`.)
+        if state == crate::flow::tcpstate::TcpState::SynRecv && flags & F_SYNCED == 0 {
             self.half_open = self.half_open.saturating_sub(1);
         }
         if self.sync_on && flags & F_SYNCED == 0 {

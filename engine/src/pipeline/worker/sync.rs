@@ -329,6 +329,10 @@ impl<Q: BufAlloc> Worker<Q> {
             c.flags |= F_COUNTED;
             (c.svc as usize, c.dest as usize, c.state.is_active())
         };
+        // Half-open here from now on (the SYN proxy's threshold; a backup counted nothing).
+        if self.flows.get(idx).state == crate::flow::tcpstate::TcpState::SynRecv {
+            self.half_open += 1;
+        }
         if let Some(counts) = self.snap.conn_counts.get(si) {
             if active {
                 counts.inc_active(self.id, di);
@@ -466,7 +470,10 @@ mod tests {
     /// Node 2 of a cluster with a NAT FTP service on VIP:21, a NAT web service on VIP:8080
     /// and a NAT DNS service (UDP) on VIP:53, over RS1.
     fn node() -> MemEngine {
-        let t = r#"
+        MemEngine::new(ferrovs_cfg::Config::from_str(NODE, "sync-test.toml").expect("parses"), 1)
+    }
+
+    const NODE: &str = r#"
 [engine]
 workers = 1
 backend = "memory"
@@ -531,8 +538,6 @@ node_id = 2
 sync_address = "10.9.0.2"
 peers = ["10.9.0.250"]
 "#;
-        MemEngine::new(ferrovs_cfg::Config::from_str(t, "sync-test.toml").expect("parses"), 1)
-    }
 
     fn deliver(e: &mut MemEngine, es: &[SyncEntry], now: u64) {
         let m = Batcher::new(1, 1000).encode(es, now).remove(0);
@@ -708,5 +713,43 @@ peers = ["10.9.0.250"]
         assert!(!data_syn(&mut e, 30003, 2 * S).contains(&RS1), "a pinhole to RS1:22 through a web connection");
         let c = e.counters();
         assert_eq!((c.sync_installed, c.sync_skipped), (1, 1), "{c:?}");
+    }
+
+    /// A peer's half-open connections are not this worker's: installing one in SYN_RECV
+    /// counts nothing, so its removal must not take one off this worker's half-open count
+    /// either, which decides when `syn_proxy = "auto"` engages. Before, every backup in
+    /// SYN_RECV that went (a peer under the same SYN flood syncs thousands) lowered the count
+    /// of this worker's own half-open connections, and the proxy stayed off.
+    #[test]
+    fn a_peers_half_open_connections_leave_the_syn_proxy_threshold_alone() {
+        let t = NODE.replace("flow_table_size = 4096", "flow_table_size = 4096\nsyn_proxy_threshold = 1");
+        let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&t, "sync-test.toml").expect("parses"), 1);
+        let half_open = |cport| match web() {
+            SyncEntry::Conn(c) => SyncEntry::Conn(ConnSync { state: 3, cport, timeout_s: 60, ..c }),
+            _ => unreachable!(),
+        };
+        deliver(&mut e, &[half_open(40000), half_open(40001)], S);
+        let syn = |e: &mut MemEngine, sport: u16| -> [u8; 4] {
+            let f =
+                with_macs(tcp4(CLIENT, sport, VIP, 8080, TCP_SYN, 1, 0, b""), [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]);
+            let out = e.inject(0, &f, 2 * S);
+            assert_eq!(out.len(), 1);
+            out[0].1[30..34].try_into().unwrap()
+        };
+        // Below the threshold: this worker's first half-open connection goes to the server.
+        assert_eq!(syn(&mut e, 50000), RS1);
+        // The peer's half-open connections go (their owner closed them).
+        let gone = |cport| SyncEntry::Delete {
+            proto: 6,
+            client: v4_to_addr(CLIENT),
+            cport,
+            vip: v4_to_addr(VIP),
+            vport: 8080,
+            lport: None,
+        };
+        deliver(&mut e, &[gone(40000), gone(40001)], 2 * S);
+        assert_eq!(e.counters().sync_installed, 4);
+        // One half-open connection here, at the threshold: the next SYN gets a cookie.
+        assert_eq!(syn(&mut e, 50001), CLIENT, "answered by the SYN proxy");
     }
 }
