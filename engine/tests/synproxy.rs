@@ -360,3 +360,37 @@ fn icmp_errors_quote_each_ends_own_sequence_numbers() {
     assert_eq!(u32::from_be_bytes(f[q + 24..q + 28].try_into().unwrap()), c.isn + 1);
     assert_eq!(drops(&e), vec![]);
 }
+
+/// Our SYN to the real server is lost (or the server is slow): the balancer is the only one
+/// that can send it again (the client believes it is connected and retransmits its data).
+/// A client segment a second or more after our last SYN becomes that SYN again (its data is
+/// dropped: an earlier copy is held, and nobody acknowledged it); before, every client
+/// retransmission was held and dropped and the connection hung until the client gave up.
+#[test]
+fn a_lost_syn_to_the_real_server_is_sent_again_on_the_clients_retransmission() {
+    let mut e = engine("on", 1000);
+    let isn = 9000u32;
+    let syn = with_macs(tcp4_opts(CLIENT, 40400, VIP, 80, TCP_SYN, isn, 0, &opt_mss(1400), b""), CLIENT_MAC, LB_EXT);
+    let (_, s) = one(e.inject(EXT, &syn, S));
+    let cookie = s.seq;
+    let (_, s) = one(from_client(&mut e, 40400, 80, TCP_ACK, isn + 1, cookie + 1, b""));
+    assert_eq!((s.dst, s.flags, s.seq), (RS1, TCP_SYN, isn));
+    // That SYN is lost. The client's request: held.
+    let get = b"GET / HTTP/1.0\r\n\r\n";
+    assert!(client_tcp(&mut e, S + S / 5, 40400, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, get).is_empty());
+    // Its retransmission after its RTO, still no answer: our SYN once more.
+    let (iface, s) = one(client_tcp(&mut e, S + 3 * S / 2, 40400, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, get));
+    assert_eq!(iface, INT);
+    assert_eq!((s.src, s.dst, s.dport, s.flags, s.seq, s.ack), (CLIENT, RS1, 80, TCP_SYN, isn, 0));
+    assert_eq!((s.mss, s.payload.len()), (Some(1400), 0));
+    // Not again before another second has passed.
+    assert!(client_tcp(&mut e, S + 2 * S, 40400, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, get).is_empty());
+    // The server answers: our ACK, then the held request (both held copies).
+    let out = rs_tcp(&mut e, S + 2 * S, RS1, 80, 40400, TCP_SYN | TCP_ACK, 5000, isn + 1, b"");
+    assert_eq!(out.len(), 3, "our ACK, then the held copies of the request");
+    assert_eq!((seg(&out[0].1).flags, seg(&out[0].1).ack), (TCP_ACK, 5001));
+    let d = seg(&out[1].1);
+    assert_eq!((d.dst, d.seq, d.ack, d.payload.as_slice()), (RS1, isn + 1, 5001, &get[..]));
+    assert_eq!(e.counters().proxy_syn_retries, 1);
+    assert_eq!(drops(&e), vec![]);
+}

@@ -162,8 +162,8 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                     w["worker"], w["rx_packets"], w["tx_packets"], w["flows_active"], w["handoff_out"], w["handoff_in"]
                 );
                 println!(
-                    "  syn cookies sent {} validated {} failed {}",
-                    w["cookies_sent"], w["cookies_validated"], w["cookies_failed"]
+                    "  syn cookies sent {} validated {} failed {}, syns to real servers resent {}",
+                    w["cookies_sent"], w["cookies_validated"], w["cookies_failed"], w["proxy_syn_retries"]
                 );
                 if w["flows_recreated"].as_u64().unwrap_or(0) + w["sync_installed"].as_u64().unwrap_or(0) > 0 {
                     println!(

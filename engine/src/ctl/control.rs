@@ -458,7 +458,7 @@ impl State {
                 json!({"worker": w, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets, "flows_active": s.flows_active,
                        "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "neigh_evicted": s.neigh_evicted, "neigh_limited": s.neigh_limited,
                        "cookies_sent": s.cookies_sent, "cookies_validated": s.cookies_validated,
-                       "cookies_failed": s.cookies_failed, "flows_created": s.flows_created,
+                       "cookies_failed": s.cookies_failed, "proxy_syn_retries": s.proxy_syn_retries, "flows_created": s.flows_created,
                        "flows_recreated": s.flows_recreated, "sync_installed": s.sync_installed,
                        "sync_skipped": s.sync_skipped, "redirected": s.redirected, "redirect_loop": s.redirect_loop, "icmp_sent": s.icmp_sent,
                        "icmp_ratelimited": s.icmp_ratelimited, "fnat_laddr_retired": s.fnat_laddr_retired,

@@ -141,6 +141,9 @@ pub fn render(f: &Figures) -> String {
             s.cookies_validated
         }),
         ("syn_cookies_failed_total", "counter", "SYN proxy: ACKs whose cookie was invalid.", |s| s.cookies_failed),
+        ("syn_proxy_syn_retries_total", "counter", "SYN proxy: SYNs sent to a real server again.", |s| {
+            s.proxy_syn_retries
+        }),
         ("icmp_sent_total", "counter", "ICMP fragmentation-needed / packet-too-big errors originated.", |s| {
             s.icmp_sent
         }),

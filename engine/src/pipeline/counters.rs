@@ -146,6 +146,9 @@ worker_counters! {
     cookies_sent,
     cookies_validated,
     cookies_failed,
+    /// SYN proxy: SYNs sent to a real server again (it had not answered the last one within
+    /// a second when a client segment of the connection arrived).
+    proxy_syn_retries,
     /// Extra segments the worker built itself by cutting a rewritten FTP
     /// segment that outgrew the MTU (one per piece beyond the first), for
     /// packet accounting: each then went out, was dropped or parked.

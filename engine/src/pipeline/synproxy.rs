@@ -188,7 +188,16 @@ pub struct Proxied {
     pub delta: u32,
     /// The real server's SYN-ACK was seen (and answered).
     pub established: bool,
+    /// The MSS our SYN to the real server carries (from the cookie).
+    pub mss: u16,
+    /// When our last SYN to the real server went (ns): sent again, at most once per
+    /// [`SYN_RETRY_NS`], on a client segment while the server has not answered.
+    pub syn_at: u64,
 }
+
+/// How long the real server has to answer our SYN before a client segment makes us send it
+/// again (Linux's initial retransmission timeout, `TCP_TIMEOUT_INIT`).
+pub const SYN_RETRY_NS: u64 = 1_000_000_000;
 
 #[cfg(test)]
 mod tests {

@@ -121,8 +121,14 @@ impl<Q: BufAlloc> Worker<Q> {
         if !matches!(next, Next::Drop(_)) {
             if let Some((idx, _)) = self.flows.lookup(&flow_key(&p2)) {
                 self.flows.get_mut(idx).flags |= F_SYNPROXY;
-                self.flows.cold_mut(idx).proxy =
-                    Some(Box::new(synproxy::Proxied { isn, cookie, delta: 0, established: false }));
+                self.flows.cold_mut(idx).proxy = Some(Box::new(synproxy::Proxied {
+                    isn,
+                    cookie,
+                    delta: 0,
+                    established: false,
+                    mss,
+                    syn_at: self.now,
+                }));
             }
         }
         Some(next)
@@ -212,6 +218,13 @@ impl<Q: BufAlloc> Worker<Q> {
                 // Our own SYN (made from the client's ACK) goes; the client's data waits.
                 if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                     None
+                } else if p.tcp_flags & parse::TCP_RST == 0
+                    && self.now.saturating_sub(px.syn_at) >= synproxy::SYN_RETRY_NS
+                {
+                    // The server has not answered our SYN (lost, or the server slow): only we
+                    // can send it again. This client segment (a retransmission, most likely:
+                    // an earlier copy is held, and nobody acknowledged its data) becomes it.
+                    Some(self.proxy_syn_again(idx, pkt, p, px))
                 } else {
                     Some(Next::ProxyHold(idx))
                 }
@@ -272,6 +285,29 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             (Dir::Out, true) => None,
         }
+    }
+}
+
+impl<Q: BufAlloc> Worker<Q> {
+    /// Client segment `pkt` of proxied connection `idx`, still waiting for the real server's
+    /// SYN-ACK, rewritten into our SYN to the real server once more (as first sent: the
+    /// client's ISN, the cookie's MSS, clamped for an FTP control connection as the
+    /// gateway clamped the first).
+    fn proxy_syn_again(&mut self, idx: u32, pkt: &mut Q::Buf, p: &Parsed, px: synproxy::Proxied) -> Next {
+        let mut mss = px.mss;
+        if self.flows.get(idx).flags & F_ALG != 0 {
+            mss = mss.min(self.ftp_mss_limit(idx, p.v6));
+        }
+        let seg = Bare { flags: TCP_SYN, seq: px.isn, ack: 0, mss: Some(mss), win: 29200 };
+        if let Err(drop) = write_bare(pkt, p, false, seg) {
+            return drop;
+        }
+        let Ok(p2) = parse::parse(pkt.data()) else { return Next::Drop(DropReason::Malformed) };
+        if let Some(x) = self.flows.cold_mut(idx).proxy.as_deref_mut() {
+            x.syn_at = self.now;
+        }
+        bump(&self.counters.proxy_syn_retries, 1);
+        self.forward_rewrite(idx, Dir::In, pkt, &p2)
     }
 }
 

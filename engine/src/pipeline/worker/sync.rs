@@ -249,8 +249,14 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         if let Some(delta) = s.proxy_delta {
             c.flags |= F_SYNPROXY;
-            self.flows.cold_mut(idx).proxy =
-                Some(Box::new(crate::pipeline::synproxy::Proxied { isn: 0, cookie: 0, delta, established: true }));
+            self.flows.cold_mut(idx).proxy = Some(Box::new(crate::pipeline::synproxy::Proxied {
+                isn: 0,
+                cookie: 0,
+                delta,
+                established: true,
+                mss: 536,
+                syn_at: 0,
+            }));
         }
         // A NAT / full-NAT FTP control connection: a gateway session, so that once this node
         // carries it the commands and replies are still translated (no rewrite so far; a
