@@ -449,7 +449,9 @@ fn sync_counters_in_drops_and_metrics() {
     let js = loop {
         let out = e.ok(&["drops", "--json"]);
         let j: serde_json::Value = serde_json::from_str(&out).unwrap();
-        if (j["sync"]["messages_malformed"] == 1 && j["sync"]["messages_placement"] == 1) || Instant::now() > deadline {
+        let skipped: u64 = j["workers"].as_array().unwrap().iter().map(|w| w["sync_skipped"].as_u64().unwrap()).sum();
+        let done = j["sync"]["messages_malformed"] == 1 && j["sync"]["messages_placement"] == 1 && skipped == 2;
+        if done || Instant::now() > deadline {
             break j;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -482,6 +484,16 @@ fn sync_counters_in_drops_and_metrics() {
     assert!(body.contains("\nferrovs_sync_entries_received_total 2\n"), "{body}");
     assert!(body.contains("\nferrovs_sync_messages_not_sync_total 1\n"), "{body}");
     assert!(body.contains("\nferrovs_sync_messages_placement_total 1\n"), "{body}");
+    // The workers' side: the two deletions of connections nobody has, skipped.
+    let worker_sum = |name: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(body.contains("# TYPE ferrovs_worker_sync_capped_total counter"), "{body}");
+    assert_eq!(worker_sum("ferrovs_worker_sync_skipped_total"), 2, "{body}");
+    assert_eq!(worker_sum("ferrovs_worker_sync_installed_total"), 0, "{body}");
     assert_eq!(s["messages_placement"], 1, "{js}");
 }
 

@@ -136,6 +136,19 @@ pub fn render(f: &Figures) -> String {
             "Unsolicited ARP/ND neighbours not learnt: table full and evictions over their rate.",
             |s| s.neigh_limited,
         ),
+        ("sync_installed_total", "counter", "Cluster sync: peers' entries installed.", |s| s.sync_installed),
+        (
+            "sync_skipped_total",
+            "counter",
+            "Cluster sync: peers' entries not installed (no such service or real server, table full, ...).",
+            |s| s.sync_skipped,
+        ),
+        (
+            "sync_capped_total",
+            "counter",
+            "Cluster sync: peers' FTP expectations whose timeout was cut to this node's pinhole_timeout.",
+            |s| s.sync_capped,
+        ),
         ("syn_cookies_sent_total", "counter", "SYN proxy: SYN-ACKs with a cookie sent.", |s| s.cookies_sent),
         ("syn_cookies_validated_total", "counter", "SYN proxy: client ACKs with a valid cookie.", |s| {
             s.cookies_validated

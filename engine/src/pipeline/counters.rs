@@ -123,6 +123,9 @@ worker_counters! {
     /// connection unknown, or the sync queue towards the sync thread full).
     sync_installed,
     sync_skipped,
+    /// Cluster sync: installed FTP expectations whose timeout was over this node's
+    /// `pinhole_timeout`, cut to it (a peer configured otherwise, or a forged entry).
+    sync_capped,
     /// Cluster, full NAT: packets of FTP control connections sent on to the node that handles
     /// the session (the owner of its local address, or the designated survivor of a failed
     /// owner), and packets that had been redirected by a peer already and would have been

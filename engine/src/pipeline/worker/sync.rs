@@ -392,7 +392,13 @@ impl<Q: BufAlloc> Worker<Q> {
             (K::Active, None) => ExpKey::Active(x.rs, x.client, x.port),
             (K::DrActive, _) => ExpKey::DrActive(x.client, x.port, x.vip),
         };
-        let expires = self.now + x.timeout_s as u64 * 1_000_000_000;
+        // No longer than this node's own pinholes live: a peer configured with a longer
+        // pinhole_timeout (or a forged entry) would otherwise keep a port open here for as
+        // long as it liked. Cut to it, counted.
+        let ftp = self.snap.services.get(svc as usize).and_then(|s| s.ftp.as_ref());
+        let limit = ftp.map_or(ferrovs_cfg::FtpOptions::default().pinhole_timeout, |f| f.pinhole_timeout);
+        let capped = x.timeout_s > limit;
+        let expires = self.now + u64::from(x.timeout_s.min(limit)) * 1_000_000_000;
         // Full NAT active: the real server will connect to the sender's local address at a
         // port the sender reserved; reserved here too until used or expired (both sides must
         // agree it is full NAT).
@@ -455,6 +461,9 @@ impl<Q: BufAlloc> Worker<Q> {
             cport: x.fnat.map_or(0, |f| f.1),
         };
         self.expect.insert(key, val, per_session);
+        if capped {
+            bump(&self.counters.sync_capped, 1);
+        }
         true
     }
 }
@@ -757,5 +766,25 @@ peers = ["10.9.0.250"]
         assert_eq!(e.counters().sync_installed, 4);
         // One half-open connection here, at the threshold: the next SYN gets a cookie.
         assert_eq!(syn(&mut e, 50001), CLIENT, "answered by the SYN proxy");
+    }
+
+    #[test]
+    fn a_synced_expectation_lives_no_longer_than_the_local_pinhole_timeout() {
+        let mut e = node();
+        // A peer's passive expectation asking for a day (pinhole_timeout is 60 s here).
+        let mut x = passive(30001, RS1);
+        if let SyncEntry::Expect(x) = &mut x {
+            x.timeout_s = 86_400;
+        }
+        deliver(&mut e, &[control(), x], S);
+        // Past the local pinhole timeout the data connection finds no pinhole.
+        assert!(!data_syn(&mut e, 30001, 62 * S).contains(&RS1), "a peer's pinhole outlived pinhole_timeout");
+        let c = e.counters();
+        assert_eq!((c.sync_installed, c.sync_capped), (2, 1), "{c:?}");
+        // One within the limit is installed as sent, not counted as capped.
+        let mut e = node();
+        deliver(&mut e, &[control(), passive(30001, RS1)], S);
+        assert_eq!(e.counters().sync_capped, 0);
+        assert_eq!(data_syn(&mut e, 30001, 60 * S), vec![RS1]);
     }
 }
