@@ -22,6 +22,8 @@ pub struct SyncStats {
     pub entries_received: AtomicU64,
     /// Entries of kinds this node does not know (skipped by length).
     pub entries_unknown: AtomicU64,
+    /// Entries lost because the owning worker's control ring was full.
+    pub entries_dropped_ring: AtomicU64,
     /// Datagrams refused: too short or not the sync magic.
     pub messages_not_sync: AtomicU64,
     /// Datagrams refused: another protocol version.
@@ -40,7 +42,7 @@ pub struct SyncStats {
 impl SyncStats {
     /// Every counter: (name, help, value). The names are the JSON keys of `ferrovsadm drops
     /// --json` ("sync") and, as `ferrovs_sync_{name}_total`, the metric names.
-    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 13] {
+    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 14] {
         [
             ("messages_sent", "Sync datagrams sent (one per destination).", &self.messages_sent),
             ("entries_sent", "Sync entries sent.", &self.entries_sent),
@@ -49,6 +51,11 @@ impl SyncStats {
             ("messages_received", "Sync datagrams accepted from peers.", &self.messages_received),
             ("entries_received", "Sync entries received from peers.", &self.entries_received),
             ("entries_unknown", "Sync entries of unknown kinds, skipped.", &self.entries_unknown),
+            (
+                "entries_dropped_ring",
+                "Sync entries from peers lost because a worker's control ring was full.",
+                &self.entries_dropped_ring,
+            ),
             ("messages_not_sync", "Datagrams on the sync port that are not sync messages.", &self.messages_not_sync),
             ("messages_version", "Sync datagrams of another protocol version.", &self.messages_version),
             ("messages_malformed", "Malformed sync datagrams.", &self.messages_malformed),
@@ -172,6 +179,44 @@ impl Receiver {
     }
 }
 
+/// One datagram from the sync socket, counted in `stats` by what became of it; a peer's
+/// entries are handed to the workers owning them (`ctrl`, their control rings). The sending
+/// node, to mark it alive, or `None` for this node's own datagram; why it was refused, for
+/// the log.
+pub fn on_datagram(
+    receiver: &mut Receiver,
+    stats: &SyncStats,
+    ctrl: &[crossbeam_queue::ArrayQueue<crate::pipeline::worker::Ctrl>],
+    port_range: ferrovs_cfg::PortRange,
+    b: &[u8],
+    now_s: u32,
+) -> Result<Option<u8>, String> {
+    match receiver.receive(b, now_s) {
+        Ok(None) => Ok(None),
+        Ok(Some(m)) => {
+            stats.messages_received.fetch_add(1, Relaxed);
+            stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
+            stats.entries_unknown.fetch_add(m.unknown as u64, Relaxed);
+            for (w, es) in route(m.entries, ctrl.len(), port_range).into_iter().enumerate() {
+                if es.is_empty() {
+                    continue;
+                }
+                let n = es.len() as u64;
+                if ctrl[w].push(crate::pipeline::worker::Ctrl::Sync(es)).is_err() {
+                    // The worker is behind (a reload, a burst of peers' state): these
+                    // backups are missing here until the peer's next refresh.
+                    stats.entries_dropped_ring.fetch_add(n, Relaxed);
+                }
+            }
+            Ok(Some(m.node))
+        }
+        Err((e, why)) => {
+            stats.refused(&e);
+            Err(why)
+        }
+    }
+}
+
 /// The sync thread: sends the workers' batches to the peers (rate-bounded) and delivers
 /// what the peers send to the owning workers (full-NAT connections: the owner of their local
 /// port in `port_range`), until `stop`. This node's placement ([`Placement::of`], the
@@ -240,21 +285,12 @@ pub fn run<B: Send + 'static>(
         // Receive until the socket is idle (read timeout 2 ms).
         for _ in 0..256 {
             let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
-            match receiver.receive(&buf[..n], unix_secs()) {
+            match on_datagram(&mut receiver, &stats, &fabric.ctrl, port_range, &buf[..n], unix_secs()) {
                 Ok(None) => {}
-                Ok(Some(m)) => {
-                    fabric.liveness.heard(m.node, crate::wire::parse::ip_to_addr(from.ip()), fabric.liveness.now_ms());
-                    stats.messages_received.fetch_add(1, Relaxed);
-                    stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
-                    stats.entries_unknown.fetch_add(m.unknown as u64, Relaxed);
-                    for (w, es) in route(m.entries, fabric.workers, port_range).into_iter().enumerate() {
-                        if !es.is_empty() {
-                            let _ = fabric.ctrl[w].push(crate::pipeline::worker::Ctrl::Sync(es));
-                        }
-                    }
+                Ok(Some(node)) => {
+                    fabric.liveness.heard(node, crate::wire::parse::ip_to_addr(from.ip()), fabric.liveness.now_ms());
                 }
-                Err((e, why)) => {
-                    stats.refused(&e);
+                Err(why) => {
                     if bad_log.allow(clock()) {
                         tracing::warn!(%from, "sync message refused: {why}");
                     }
@@ -331,5 +367,26 @@ mod tests {
         b.set_placement(placement(3, 1024));
         let m = b.encode_at(&[entry()], 3, now).remove(0);
         assert_eq!(r.receive(&m, now).unwrap_err().0, SyncError::Placement);
+    }
+
+    #[test]
+    fn a_batch_a_full_control_ring_refuses_is_counted() {
+        use crate::pipeline::worker::Ctrl;
+        let ours = placement(1, 1024);
+        let mut r = Receiver::new(1, None, ours);
+        let stats = SyncStats::default();
+        let ctrl = vec![crossbeam_queue::ArrayQueue::new(1)];
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        let m = Batcher::new(2, 100).with_placement(ours).encode(&[entry(), entry()], 1).remove(0);
+        assert_eq!(on_datagram(&mut r, &stats, &ctrl, range, &m, 0), Ok(Some(2)));
+        assert!(matches!(ctrl[0].pop(), Some(Ctrl::Sync(es)) if es.len() == 2));
+        assert_eq!(stats.entries_dropped_ring.load(Relaxed), 0);
+        // The worker's ring full: the two entries are lost, counted.
+        assert!(ctrl[0].push(Ctrl::Sync(Vec::new())).is_ok());
+        let m = Batcher::new(2, 100).with_placement(ours).encode(&[entry(), entry()], 2).remove(0);
+        assert_eq!(on_datagram(&mut r, &stats, &ctrl, range, &m, 0), Ok(Some(2)));
+        assert_eq!(stats.entries_dropped_ring.load(Relaxed), 2);
+        assert_eq!(stats.entries_received.load(Relaxed), 4);
+        assert!(stats.fields().iter().any(|f| f.0 == "entries_dropped_ring"));
     }
 }
