@@ -24,6 +24,9 @@ pub struct SyncStats {
     pub entries_unknown: AtomicU64,
     /// Entries lost because the owning worker's control ring was full.
     pub entries_dropped_ring: AtomicU64,
+    /// Datagrams carrying this node's own node_id (a multicast loop, or a peer configured
+    /// with the same node_id: its state is then never installed here), ignored.
+    pub messages_own_node: AtomicU64,
     /// Datagrams refused: too short or not the sync magic.
     pub messages_not_sync: AtomicU64,
     /// Datagrams refused: another protocol version.
@@ -42,7 +45,7 @@ pub struct SyncStats {
 impl SyncStats {
     /// Every counter: (name, help, value). The names are the JSON keys of `ferrovsadm drops
     /// --json` ("sync") and, as `ferrovs_sync_{name}_total`, the metric names.
-    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 14] {
+    pub fn fields(&self) -> [(&'static str, &'static str, &AtomicU64); 15] {
         [
             ("messages_sent", "Sync datagrams sent (one per destination).", &self.messages_sent),
             ("entries_sent", "Sync entries sent.", &self.entries_sent),
@@ -55,6 +58,11 @@ impl SyncStats {
                 "entries_dropped_ring",
                 "Sync entries from peers lost because a worker's control ring was full.",
                 &self.entries_dropped_ring,
+            ),
+            (
+                "messages_own_node",
+                "Sync datagrams carrying this node's own node_id (multicast loop or a duplicate node_id), ignored.",
+                &self.messages_own_node,
             ),
             ("messages_not_sync", "Datagrams on the sync port that are not sync messages.", &self.messages_not_sync),
             ("messages_version", "Sync datagrams of another protocol version.", &self.messages_version),
@@ -192,7 +200,10 @@ pub fn on_datagram(
     now_s: u32,
 ) -> Result<Option<u8>, String> {
     match receiver.receive(b, now_s) {
-        Ok(None) => Ok(None),
+        Ok(None) => {
+            stats.messages_own_node.fetch_add(1, Relaxed);
+            Ok(None)
+        }
         Ok(Some(m)) => {
             stats.messages_received.fetch_add(1, Relaxed);
             stats.entries_received.fetch_add(m.entries.len() as u64, Relaxed);
@@ -388,5 +399,22 @@ mod tests {
         assert_eq!(stats.entries_dropped_ring.load(Relaxed), 2);
         assert_eq!(stats.entries_received.load(Relaxed), 4);
         assert!(stats.fields().iter().any(|f| f.0 == "entries_dropped_ring"));
+    }
+
+    #[test]
+    fn a_datagram_carrying_our_own_node_id_is_counted() {
+        let ours = placement(1, 1024);
+        let mut r = Receiver::new(1, None, ours);
+        let stats = SyncStats::default();
+        let ctrl = vec![crossbeam_queue::ArrayQueue::new(4)];
+        let range = ferrovs_cfg::PortRange { lo: 1024, hi: 65535 };
+        // A multicast loop, or another node configured with our node_id: nothing installed,
+        // nothing counted as received, but not invisible either.
+        let m = Batcher::new(1, 100).with_placement(ours).encode(&[entry()], 1).remove(0);
+        assert_eq!(on_datagram(&mut r, &stats, &ctrl, range, &m, 0), Ok(None));
+        assert!(ctrl[0].is_empty());
+        assert_eq!(stats.messages_received.load(Relaxed), 0);
+        assert_eq!(stats.messages_own_node.load(Relaxed), 1);
+        assert!(stats.fields().iter().any(|f| f.0 == "messages_own_node"));
     }
 }
