@@ -165,13 +165,16 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                     "  syn cookies sent {} validated {} failed {}, syns to real servers resent {}",
                     w["cookies_sent"], w["cookies_validated"], w["cookies_failed"], w["proxy_syn_retries"]
                 );
-                let cluster = ["flows_recreated", "sync_installed", "sync_skipped", "sync_capped", "redirected"];
+                let cluster =
+                    ["flows_recreated", "sync_installed", "sync_skipped", "sync_carried", "sync_capped", "redirected"];
                 if cluster.iter().any(|k| w[*k].as_u64().unwrap_or(0) > 0) {
                     println!(
-                        "  cluster: flows recreated {} sync installed {} skipped {} capped {} redirected {} redirect loops {}",
+                        "  cluster: flows recreated {} sync installed {} skipped {} carried {} capped {} redirected {} \
+                         redirect loops {}",
                         w["flows_recreated"],
                         w["sync_installed"],
                         w["sync_skipped"],
+                        w["sync_carried"],
                         w["sync_capped"],
                         w["redirected"],
                         w["redirect_loop"]

@@ -144,6 +144,12 @@ pub fn render(f: &Figures) -> String {
             |s| s.sync_skipped,
         ),
         (
+            "sync_carried_total",
+            "counter",
+            "Cluster sync: peers' entries for connections this node carries itself, ignored.",
+            |s| s.sync_carried,
+        ),
+        (
             "sync_capped_total",
             "counter",
             "Cluster sync: peers' FTP expectations whose timeout was cut to this node's pinhole_timeout.",

@@ -120,12 +120,16 @@ worker_counters! {
     flows_recreated,
     /// Cluster sync: entries from peers installed (connections, templates, expectations) and
     /// entries that could not be (no such service or real server here, table full, control
-    /// connection unknown, or the sync queue towards the sync thread full).
+    /// connection unknown, or the sync queue towards the sync thread full; entries about a
+    /// connection this node carries itself are `sync_carried`).
     sync_installed,
     sync_skipped,
     /// Cluster sync: installed FTP expectations whose timeout was over this node's
     /// `pinhole_timeout`, cut to it (a peer configured otherwise, or a forged entry).
     sync_capped,
+    /// Cluster sync: peers' entries for a connection this node carries traffic for itself
+    /// (not a backup): its own state kept, the entry ignored.
+    sync_carried,
     /// Cluster, full NAT: packets of FTP control connections sent on to the node that handles
     /// the session (the owner of its local address, or the designated survivor of a failed
     /// owner), and packets that had been redirected by a peer already and would have been

@@ -4,6 +4,28 @@
 
 use super::*;
 
+/// What became of a peer's sync entry (each counted under its own worker counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Synced {
+    /// Installed or updated here: `sync_installed`.
+    Installed,
+    /// Refused (no such service or real server, table full, ...): `sync_skipped`.
+    Skipped,
+    /// About a connection this node carries itself (not a backup): left as it is,
+    /// `sync_carried`.
+    Carried,
+}
+
+impl From<bool> for Synced {
+    fn from(ok: bool) -> Self {
+        if ok {
+            Synced::Installed
+        } else {
+            Synced::Skipped
+        }
+    }
+}
+
 impl<Q: BufAlloc> Worker<Q> {
     pub(super) fn push_sync(&mut self, e: SyncEntry) {
         if self.sync_out.len() < SYNC_MAX_PER_POLL {
@@ -78,24 +100,27 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// A peer's gateway translation for its control connection: this node's backup copy
     /// continues from it.
-    pub(super) fn install_synced_seq(&mut self, q: &crate::cluster::sync::SeqSync) -> bool {
+    pub(super) fn install_synced_seq(&mut self, q: &crate::cluster::sync::SeqSync) -> Synced {
         let key = FlowKey { proto: PROTO_TCP, src: q.client, sport: q.cport, dst: q.vip, dport: q.vport };
-        let Some((idx, Dir::In)) = self.flows.lookup(&key) else { return false };
+        let Some((idx, Dir::In)) = self.flows.lookup(&key) else { return Synced::Skipped };
         let c = self.flows.get(idx);
-        if c.flags & F_SYNCED == 0 || !c.fwd.two_way() {
-            return false; // this node carries it: its own gateway knows better
+        if c.flags & F_SYNCED == 0 {
+            return Synced::Carried; // this node carries it: its own gateway knows better
+        }
+        if !c.fwd.two_way() {
+            return Synced::Skipped;
         }
         if c.flags & F_ALG == 0 {
             // No FTP control connection here (its backup got no gateway when installed): a
             // gateway now would shift the sequence numbers of another protocol's stream.
-            return false;
+            return Synced::Skipped;
         }
         let (si, di) = (c.svc as usize, c.dest as usize);
         if si >= self.snap.services.len() || di >= self.snap.services[si].dests.len() {
-            return false;
+            return Synced::Skipped;
         }
         self.start_ftp_session(si, di, idx, Some((q.orig, q.reply)));
-        true
+        Synced::Installed
     }
 
     /// Re-send live connections not sent for `sync_refresh`, `budget` slots (a tick's share).
@@ -123,23 +148,30 @@ impl<Q: BufAlloc> Worker<Q> {
     /// persistence templates and FTP expectations.
     pub fn apply_sync(&mut self, entries: &[SyncEntry]) {
         for e in entries {
-            let ok = match *e {
+            let outcome = match *e {
                 SyncEntry::Conn(c) => self.install_synced_conn(&c),
                 SyncEntry::Delete { proto, client, cport, vip, vport, .. } => {
                     let key = FlowKey { proto, src: client, sport: cport, dst: vip, dport: vport };
                     match self.flows.lookup(&key) {
                         Some((idx, Dir::In)) if self.flows.get(idx).flags & F_SYNCED != 0 => {
                             self.remove_conn(idx, false);
-                            true
+                            Synced::Installed
                         }
-                        _ => false,
+                        // The peer's copy ended; this node's own connection goes on.
+                        Some((_, Dir::In)) => Synced::Carried,
+                        _ => Synced::Skipped,
                     }
                 }
-                SyncEntry::Template(t) => self.install_synced_template(&t),
-                SyncEntry::Expect(x) => self.install_synced_expect(&x),
+                SyncEntry::Template(t) => self.install_synced_template(&t).into(),
+                SyncEntry::Expect(x) => self.install_synced_expect(&x).into(),
                 SyncEntry::Seq(q) => self.install_synced_seq(&q),
             };
-            bump(if ok { &self.counters.sync_installed } else { &self.counters.sync_skipped }, 1);
+            let c = match outcome {
+                Synced::Installed => &self.counters.sync_installed,
+                Synced::Skipped => &self.counters.sync_skipped,
+                Synced::Carried => &self.counters.sync_carried,
+            };
+            bump(c, 1);
         }
     }
 
@@ -154,8 +186,11 @@ impl<Q: BufAlloc> Worker<Q> {
     /// A peer's connection as a backup entry here (or its state and timeout, if known). A
     /// refusal is counted (`sync_skipped`, by the caller) and logged, rate-limited, with why:
     /// a backup missing when its owner dies is a connection lost at failover.
-    pub(super) fn install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> bool {
-        let Err(why) = self.try_install_synced_conn(s) else { return true };
+    pub(super) fn install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> Synced {
+        let why = match self.try_install_synced_conn(s) {
+            Ok(outcome) => return outcome,
+            Err(why) => why,
+        };
         if self.sync_log.allow(self.now) {
             let suppressed = self.sync_log.take_suppressed();
             let local = s.fnat.map(|(a, p)| std::net::SocketAddr::new(addr_to_ip(a), p));
@@ -168,10 +203,10 @@ impl<Q: BufAlloc> Worker<Q> {
                 "cluster sync: a peer's connection not installed: {why}"
             );
         }
-        false
+        Synced::Skipped
     }
 
-    fn try_install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> Result<(), &'static str> {
+    fn try_install_synced_conn(&mut self, s: &crate::cluster::sync::ConnSync) -> Result<Synced, &'static str> {
         let key = FlowKey { proto: s.proto, src: s.client, sport: s.cport, dst: s.vip, dport: s.vport };
         if let Some((idx, dir)) = self.flows.lookup(&key) {
             if dir != Dir::In {
@@ -181,13 +216,14 @@ impl<Q: BufAlloc> Worker<Q> {
             // Known: a backup entry follows its owner's state and timeout; a connection this
             // node carries traffic for keeps its own.
             let c = self.flows.get_mut(idx);
-            if c.flags & F_SYNCED != 0 {
-                if let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) {
-                    c.state = st;
-                }
-                c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
+            if c.flags & F_SYNCED == 0 {
+                return Ok(Synced::Carried);
             }
-            return Ok(());
+            if let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) {
+                c.state = st;
+            }
+            c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
+            return Ok(Synced::Installed);
         }
         let si = match self.snap.service(s.vip, s.proto, s.vport) {
             Some(si) => si,
@@ -268,7 +304,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if s.data && s.proto == PROTO_TCP && !self.expect.is_empty() {
             self.forget_consumed_expect(s);
         }
-        Ok(())
+        Ok(Synced::Installed)
     }
 
     /// A peer's FTP data connection used its expectation there: this node's copy of that
@@ -786,5 +822,18 @@ peers = ["10.9.0.250"]
         deliver(&mut e, &[control(), passive(30001, RS1)], S);
         assert_eq!(e.counters().sync_capped, 0);
         assert_eq!(data_syn(&mut e, 30001, 60 * S), vec![RS1]);
+    }
+
+    #[test]
+    fn an_entry_for_a_connection_this_node_carries_is_not_counted_installed() {
+        let mut e = node();
+        // The client's connection to the web service, carried here.
+        let f = with_macs(tcp4(CLIENT, 40000, VIP, 8080, TCP_SYN, 1, 0, b""), [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]);
+        assert_eq!(e.inject(0, &f, S).len(), 1, "{:?}", e.counters());
+        // A peer's entry for the same connection (ECMP moved it, or both nodes saw it): this
+        // node keeps its own state, and says so.
+        deliver(&mut e, &[web()], 2 * S);
+        let c = e.counters();
+        assert_eq!((c.sync_installed, c.sync_skipped, c.sync_carried), (0, 0, 1), "{c:?}");
     }
 }
