@@ -247,6 +247,9 @@ fn port_num(s: &str) -> Option<u16> {
 }
 
 /// Parse a `ferrovsadm` command line (without the program name).
+/// ipvsadm's MAX_TIMEOUT: the longest persistence timeout `-p` takes (31 days).
+const MAX_PERSISTENT_TIMEOUT: u64 = 86400 * 31;
+
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
     parse_cmdline(args, false, false)
 }
@@ -383,7 +386,12 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             }
             "-f" | "--fwmark-service" => {
                 let a = next(t)?;
-                key = Some(SvcKey::Fwmark { mark: num(&a, "firewall mark", u32::MAX as u64)?, v6: false });
+                // As ipvsadm's parse_fwmark: 1..UINT_MAX (0 is no mark).
+                let mark = match num(&a, "firewall mark", u32::MAX as u64) {
+                    Ok(m) if m > 0 => m,
+                    _ => return Err(format!("invalid fwmark value {a:?} specified")),
+                };
+                key = Some(SvcKey::Fwmark { mark, v6: false });
             }
             "-6" | "--ipv6" => v6 = true,
             "-s" | "--scheduler" => {
@@ -400,7 +408,8 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
                     _ => None,
                 });
                 persistent = Some(match v {
-                    Some(v) => match num(&v, "persistent timeout", u32::MAX as u64)? {
+                    // ipvsadm: 1..MAX_TIMEOUT (31 days).
+                    Some(v) => match num(&v, "persistent timeout", MAX_PERSISTENT_TIMEOUT)? {
                         0 => return Err("illegal persistent timeout specified: 0".into()),
                         n => n,
                     },
@@ -419,8 +428,9 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             // DPVS's ipvsadm: full NAT (the service needs local_addresses).
             "-b" | "--fullnat" => fwd = Some('b'),
             "-w" | "--weight" => weight = Some(num(&next(t)?, "weight", 65535)?),
-            "-x" | "--u-threshold" => upper = Some(num(&next(t)?, "upper threshold", u32::MAX as u64)?),
-            "-y" | "--l-threshold" => lower = Some(num(&next(t)?, "lower threshold", u32::MAX as u64)?),
+            // ipvsadm: 0..INT_MAX.
+            "-x" | "--u-threshold" => upper = Some(num(&next(t)?, "upper threshold", i32::MAX as u64)?),
+            "-y" | "--l-threshold" => lower = Some(num(&next(t)?, "lower threshold", i32::MAX as u64)?),
             "-n" | "--numeric" => lo.numeric = true,
             "-c" | "--connection" => lo.conns = true,
             "--stats" => lo.stats = true,
@@ -802,6 +812,10 @@ fn persistence(vip: IpAddr, t: Option<u32>, mask: &Option<String>) -> Result<Opt
         None => max,
         Some(m) => {
             if let Ok(p) = m.parse::<u8>() {
+                // ipvsadm: an IPv6 prefix 1..128 (IPv4 /0, 0.0.0.0, is one template for all).
+                if p == 0 && !vip.is_ipv4() {
+                    return Err(format!("illegal ipv6 netmask specified: /{p} for {vip} (1..128)"));
+                }
                 if p > max {
                     return Err(format!("illegal netmask /{p} for {vip}"));
                 }
@@ -2073,5 +2087,28 @@ FWM  21 rr persistent 300\n\
         assert_eq!(c.engine.timeouts.tcp_established, 100);
         run(&mut c, "-D -t 10.0.0.1:80");
         assert!(c.services.is_empty());
+    }
+
+    /// ipvsadm's own limits (ipvsadm.c): -p 1..MAX_TIMEOUT (31 days), -f 1..UINT_MAX, -x/-y
+    /// 0..INT_MAX, an IPv6 -M 1..128.
+    #[test]
+    fn limits_as_ipvsadm() {
+        assert!(parse_args(&["-A", "-t", "10.0.0.1:80", "-p", "2678400"]).is_ok());
+        let e = parse_args(&["-A", "-t", "10.0.0.1:80", "-p", "2678401"]).unwrap_err();
+        assert!(e.contains("persistent"), "{e}");
+        let e = parse_args(&["-E", "-f", "0", "-s", "rr"]).unwrap_err();
+        assert!(e.contains("fwmark"), "{e}");
+        assert!(parse_args(&["-E", "-f", "1", "-s", "rr"]).is_ok());
+        for o in ["-x", "-y"] {
+            assert!(parse_args(&["-a", "-t", "10.0.0.1:80", "-r", "10.0.2.2", o, "2147483647"]).is_ok());
+            let e = parse_args(&["-a", "-t", "10.0.0.1:80", "-r", "10.0.2.2", o, "2147483648"]).unwrap_err();
+            assert!(e.contains("threshold"), "{e}");
+        }
+        let mut c = base();
+        let e = apply(&mut c, &parse_rules("-A -t [2001:db8::1]:80 -p 60 -M 0").unwrap()[0]).unwrap_err();
+        assert!(e.contains("ipv6 netmask"), "{e}");
+        run(&mut c, "-A -t [2001:db8::1]:80 -p 60 -M 64");
+        // IPv4 /0 (every client one template) stays accepted, as ipvsadm's 0.0.0.0.
+        run(&mut c, "-A -t 10.0.0.1:80 -p 60 -M 0");
     }
 }
