@@ -212,6 +212,12 @@ impl PortRange {
     }
 }
 
+/// The longest persistence timeout (s): ipvsadm's and keepalived's 31 days, so what
+/// `ferrovsadm -S` prints is what `-R` and ipvsadm take back.
+pub const MAX_PERSISTENCE_S: u32 = 31 * 86_400;
+/// The largest connection threshold (`upper`/`lower`): ipvsadm's INT_MAX.
+pub const MAX_THRESHOLD: u32 = i32::MAX as u32;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Persistence {
     /// Seconds a template outlives its last connection (default 300).

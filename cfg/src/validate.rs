@@ -596,12 +596,14 @@ impl Validator<'_> {
             None => None,
             Some(p) => {
                 let (timeout, netmask) = match p.get_ref() {
-                    RawPersistence::Secs(s) => {
-                        (self.int(&Spanned::new(span_of(p), *s), 1, u32::MAX as i64, "persistence timeout")?, None)
-                    }
-                    RawPersistence::Table(t) => {
-                        (self.opt_int(&t.timeout, 1, u32::MAX as i64, "persistence timeout", 300)?, t.netmask.as_ref())
-                    }
+                    RawPersistence::Secs(s) => (
+                        self.int(&Spanned::new(span_of(p), *s), 1, MAX_PERSISTENCE_S as i64, "persistence timeout")?,
+                        None,
+                    ),
+                    RawPersistence::Table(t) => (
+                        self.opt_int(&t.timeout, 1, MAX_PERSISTENCE_S as i64, "persistence timeout", 300)?,
+                        t.netmask.as_ref(),
+                    ),
                 };
                 let netmask = match netmask {
                     None => max_prefix as u8,
@@ -676,7 +678,7 @@ impl Validator<'_> {
         };
 
         let fwmark = match &rs.fwmark {
-            Some(m) => Some(self.int(m, 0, u32::MAX as i64, "fwmark")? as u32),
+            Some(m) => Some(self.int(m, 1, u32::MAX as i64, "fwmark")? as u32),
             None => None,
         };
         let syn_proxy = match &rs.syn_proxy {
@@ -778,8 +780,8 @@ impl Validator<'_> {
                 );
             }
             let weight = self.opt_int(&r.weight, 0, 65535, "weight", 1)? as u32;
-            let upper = self.opt_int(&r.upper, 0, u32::MAX as i64, "upper", 0)? as u32;
-            let lower = self.opt_int(&r.lower, 0, u32::MAX as i64, "lower", 0)? as u32;
+            let upper = self.opt_int(&r.upper, 0, MAX_THRESHOLD as i64, "upper", 0)? as u32;
+            let lower = self.opt_int(&r.lower, 0, MAX_THRESHOLD as i64, "lower", 0)? as u32;
             if cluster && (upper != 0 || lower != 0) {
                 let sp = r.upper.as_ref().or(r.lower.as_ref()).map(span_of).unwrap_or(span_of(&r.address));
                 return Err(self.err(

@@ -317,7 +317,13 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80]\nftp = true\n", 14, "ftp control port 21 is not one of the ports"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [21]\nftp = { control_ports = [21, 2121] }\n", 14, "ftp control port 2121"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nftp = { pasv = true }\n", 13, "unknown field `pasv`"),
-    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nfwmark = -1\n", 13, "fwmark must be between 0"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nfwmark = -1\n", 13, "fwmark must be between 1"),
+    // ipvsadm's limits, so that ferrovsadm -S prints what -R and ipvsadm take back
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nfwmark = 0\n", 13, "fwmark must be between 1"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\npersistence = 2678401\n", 13, "persistence timeout must be between 1 and 2678400"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\npersistence = { timeout = 4294967295 }\n", 13, "persistence timeout must be between 1 and 2678400"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nupper = 2147483648\n", 15, "upper must be between 0 and 2147483647"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nlower = 4294967295\n", 15, "lower must be between 0 and 2147483647"),
     // health checks
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"icmp\"\n", 14, "invalid health check type \"icmp\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nsyn_proxy = \"maybe\"\n", 13, "unknown syn_proxy \"maybe\""),

@@ -246,10 +246,11 @@ fn port_num(s: &str) -> Option<u16> {
     ferrovs_cfg::import::port_number(s)
 }
 
-/// Parse a `ferrovsadm` command line (without the program name).
-/// ipvsadm's MAX_TIMEOUT: the longest persistence timeout `-p` takes (31 days).
-const MAX_PERSISTENT_TIMEOUT: u64 = 86400 * 31;
+/// ipvsadm's MAX_TIMEOUT: the longest persistence timeout `-p` takes (31 days), the
+/// config's limit too.
+const MAX_PERSISTENT_TIMEOUT: u64 = ferrovs_cfg::MAX_PERSISTENCE_S as u64;
 
+/// Parse a `ferrovsadm` command line (without the program name).
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation, String> {
     parse_cmdline(args, false, false)
 }
@@ -429,8 +430,12 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             "-b" | "--fullnat" => fwd = Some('b'),
             "-w" | "--weight" => weight = Some(num(&next(t)?, "weight", 65535)?),
             // ipvsadm: 0..INT_MAX.
-            "-x" | "--u-threshold" => upper = Some(num(&next(t)?, "upper threshold", i32::MAX as u64)?),
-            "-y" | "--l-threshold" => lower = Some(num(&next(t)?, "lower threshold", i32::MAX as u64)?),
+            "-x" | "--u-threshold" => {
+                upper = Some(num(&next(t)?, "upper threshold", ferrovs_cfg::MAX_THRESHOLD as u64)?)
+            }
+            "-y" | "--l-threshold" => {
+                lower = Some(num(&next(t)?, "lower threshold", ferrovs_cfg::MAX_THRESHOLD as u64)?)
+            }
             "-n" | "--numeric" => lo.numeric = true,
             "-c" | "--connection" => lo.conns = true,
             "--stats" => lo.stats = true,
@@ -843,6 +848,19 @@ fn default_name(p: Protocol, vip: IpAddr, port: u16) -> String {
 /// Apply one edit to `cfg` (not validated: the caller validates the
 /// result as a whole).
 pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
+    // Mark 0 is no mark (ipvsadm's parse_fwmark): the control socket takes commands as JSON,
+    // so the command-line parser's check is repeated here.
+    if let Command::AddService { key, .. }
+    | Command::EditService { key, .. }
+    | Command::DeleteService { key }
+    | Command::AddServer { key, .. }
+    | Command::EditServer { key, .. }
+    | Command::DeleteServer { key, .. } = cmd
+    {
+        if matches!(key, SvcKey::Fwmark { mark: 0, .. }) {
+            return Err("invalid fwmark value \"0\" specified".into());
+        }
+    }
     match cmd {
         Command::Clear => cfg.services.clear(),
         Command::SetTimeouts { tcp, tcpfin, udp } => {
@@ -2110,5 +2128,36 @@ FWM  21 rr persistent 300\n\
         run(&mut c, "-A -t [2001:db8::1]:80 -p 60 -M 64");
         // IPv4 /0 (every client one template) stays accepted, as ipvsadm's 0.0.0.0.
         run(&mut c, "-A -t 10.0.0.1:80 -p 60 -M 0");
+    }
+
+    /// The control socket takes edit commands as JSON, not through the command-line parser:
+    /// the config validator holds them to the same limits, so -S never prints what -R refuses.
+    #[test]
+    fn socket_edits_are_held_to_ipvsadm_limits() {
+        let edit = |json: &str| -> Result<Config, String> {
+            let mut c = base();
+            run(&mut c, "-A -t 10.0.0.1:80 -s rr");
+            apply(&mut c, &serde_json::from_str::<Command>(json).unwrap())?;
+            crate::ctl::control::validate(&c)
+        };
+        let svc = r#""key":{"tcp":{"vip":"10.0.0.1","port":80}}"#;
+        let e =
+            edit(&format!(r#"{{"cmd":"edit_service",{svc},"scheduler":null,"persistent":2678401,"netmask":null}}"#))
+                .unwrap_err();
+        assert!(e.contains("persistence timeout must be between 1 and 2678400"), "{e}");
+        let c =
+            edit(&format!(r#"{{"cmd":"edit_service",{svc},"scheduler":null,"persistent":2678400,"netmask":null}}"#))
+                .unwrap();
+        assert!(parse_rules(&format_save(&c)).is_ok(), "-S of the longest timeout restores");
+        for (x, y) in [("2147483648", "0"), ("0", "4294967295")] {
+            let e = edit(&format!(
+                r#"{{"cmd":"add_server",{svc},"addr":"10.0.0.2","port":80,"forward":"m","weight":1,"upper":{x},"lower":{y}}}"#
+            ))
+            .unwrap_err();
+            assert!(e.contains("must be between 0 and 2147483647"), "{e}");
+        }
+        let e = edit(r#"{"cmd":"add_service","key":{"fwmark":{"mark":0,"v6":false}},"scheduler":null,"persistent":null,"netmask":null}"#)
+            .unwrap_err();
+        assert!(e.contains("invalid fwmark value"), "{e}");
     }
 }
