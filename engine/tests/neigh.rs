@@ -233,14 +233,7 @@ fn parked_packets_leave_in_arrival_order() {
         assert!(out.iter().all(|(_, f)| kind(f) != Out::Tcp(MAC9)), "parked");
     }
     let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S);
-    let seqs: Vec<u32> = out
-        .iter()
-        .filter(|(_, f)| kind(f) == Out::Tcp(MAC9))
-        .map(|(_, f)| {
-            let p = ferrovs_engine::wire::parse::parse(f).expect("parse");
-            u32::from_be_bytes(f[p.l4 + 4..p.l4 + 8].try_into().unwrap())
-        })
-        .collect();
+    let seqs = seqs_to_rs9(&out);
     assert_eq!(seqs, vec![1, 2, 3, 4, 5], "in the order they were parked");
 
     // Another next hop's packet leaving the queue (its resolution timed out) does not
@@ -254,15 +247,19 @@ fn parked_packets_leave_in_arrival_order() {
     }
     e.run(S * 41 / 10);
     let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S * 41 / 10);
-    let seqs: Vec<u32> = out
-        .iter()
+    let seqs = seqs_to_rs9(&out);
+    assert_eq!(seqs, vec![1, 2, 3, 4], "in the order they were parked, after an expiry");
+}
+
+/// The sequence numbers of the TCP segments in `out` sent to RS9's MAC, in order.
+fn seqs_to_rs9(out: &[(usize, Vec<u8>)]) -> Vec<u32> {
+    out.iter()
         .filter(|(_, f)| kind(f) == Out::Tcp(MAC9))
         .map(|(_, f)| {
             let p = ferrovs_engine::wire::parse::parse(f).expect("parse");
             u32::from_be_bytes(f[p.l4 + 4..p.l4 + 8].try_into().unwrap())
         })
-        .collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4], "in the order they were parked, after an expiry");
+        .collect()
 }
 
 /// An ND message (here a solicitation for a VIP) with options, `opts`, after the target.
