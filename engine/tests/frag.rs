@@ -238,14 +238,21 @@ fn overlap_is_caught_in_a_datagram_of_many_fragments() {
     let frags = fragment4(&d, 1500, 21);
     assert!(frags.len() > 20);
     assert_eq!(inject_all(&mut e, EXT, &frags[..20], S).len(), 20);
-    // A 1480-byte fragment 8 bytes past fragment 15's start: overlaps 15 and 16.
-    let mut bad = frags[3].clone();
+    // A 1480-byte fragment 8 bytes past fragment 15's start lies inside the bytes seen: a
+    // copy of their place (Linux: inside a run of fragments, `IPFRAG_DUP`), dropped alone.
+    let mut inside = frags[3].clone();
     let fo = u16::from_be_bytes([frags[15][20], frags[15][21]]);
+    inside[20..22].copy_from_slice(&(fo + 1).to_be_bytes());
+    ferrovs_engine::wire::csum::fill_ipv4(&mut inside, 14).unwrap();
+    assert!(inject_all(&mut e, EXT, &[inside], S).is_empty(), "inside fragments 15 and 16");
+    // One 8 bytes past fragment 19's start reaches past the bytes seen: an overlap.
+    let mut bad = frags[3].clone();
+    let fo = u16::from_be_bytes([frags[19][20], frags[19][21]]);
     bad[20..22].copy_from_slice(&(fo + 1).to_be_bytes());
     ferrovs_engine::wire::csum::fill_ipv4(&mut bad, 14).unwrap();
-    assert!(inject_all(&mut e, EXT, &[bad], S).is_empty(), "overlap at fragment 15");
+    assert!(inject_all(&mut e, EXT, &[bad], S).is_empty(), "overlap at fragment 19");
     assert!(inject_all(&mut e, EXT, &frags[20..], S).is_empty(), "the datagram is poisoned");
-    assert_eq!(drops(&e), vec![("frag_overlap", 1 + frags.len() as u64 - 20)]);
+    assert_eq!(drops(&e), vec![("frag_duplicate", 1), ("frag_overlap", 1 + frags.len() as u64 - 20)]);
 }
 
 /// IPv4 has 16-bit IDs: a busy sender reuses one within seconds. A datagram whose
@@ -305,4 +312,53 @@ fn fragments_beyond_65535_bytes_are_dropped() {
     assert_eq!(drops(&e), vec![("malformed", 3)]);
     // The datagram's real fragments still go through.
     assert_eq!(inject_all(&mut e, EXT, &frags[1..], S).len(), 2);
+}
+
+/// The connections' (state, packets in, packets out), for comparing two engines.
+fn conn_counts(e: &MemEngine) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<_> =
+        e.workers.iter().flat_map(|w| w.core().list_conns()).map(|c| (c.state, c.pkts_in, c.pkts_out)).collect();
+    v.sort();
+    v
+}
+
+/// A copy of a fragment (the network duplicated it) is dropped alone, as Linux's reassembly
+/// does (`IPFRAG_DUP`): its datagram still goes through, and the copy of a first fragment
+/// leaves the connection as it was. A first fragment that overlaps without being a copy
+/// poisons the datagram, and does not touch the connection either.
+#[test]
+fn duplicate_fragments_are_dropped_alone() {
+    let data = payload(4000);
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &data), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&d, 1500, 21);
+    let d6 = with_macs(udp6(C6, 5353, VIP6, 53, &data), CLIENT_MAC, LB_EXT);
+    let f6 = fragment6(&d6, 1500, 22);
+    let mut reference = engine();
+    inject_all(&mut reference, EXT, &frags, S);
+    inject_all(&mut reference, EXT, &f6, S);
+    let mut e = engine();
+    let twice = [&frags[0], &frags[0], &frags[1], &frags[1], &frags[2]].map(|f| f.clone());
+    let out = inject_all(&mut e, EXT, &twice, S);
+    assert_eq!(out.len(), 3, "each fragment once");
+    assert_eq!(udp_of(&reassemble(&out).unwrap()).4, data);
+    assert_eq!(f6.len(), 3);
+    let twice6 = [&f6[0], &f6[1], &f6[0], &f6[1], &f6[2]].map(|f| f.clone());
+    let out = inject_all(&mut e, EXT, &twice6, S);
+    assert_eq!(out.len(), 3);
+    let whole = reassemble(&out).unwrap();
+    verify_checksums(&whole).unwrap();
+    let p = parse(&whole).unwrap();
+    assert_eq!(&whole[p.payload..p.end], &data[..]);
+    assert_eq!(drops(&e), vec![("frag_duplicate", 4)]);
+    assert_eq!(conn_counts(&e), conn_counts(&reference), "copies are not counted on the connection");
+    // A first fragment overlapping the first one (cut at 1976 bytes instead of 1480).
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &data), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&d, 1500, 23);
+    assert_eq!(inject_all(&mut e, EXT, &frags[..1], S + 1).len(), 1);
+    let before = conn_counts(&e);
+    let other = fragment4(&d, 2000, 23);
+    assert!(inject_all(&mut e, EXT, &other[..1], S + 1).is_empty());
+    assert_eq!(conn_counts(&e), before, "the overlapping first fragment left the connection alone");
+    assert!(inject_all(&mut e, EXT, &frags[1..], S + 1).is_empty(), "the datagram is poisoned");
+    assert_eq!(drops(&e), vec![("frag_duplicate", 4), ("frag_overlap", 3)]);
 }

@@ -242,6 +242,9 @@ pub enum FragVerdict {
     Unknown,
     /// It overlaps another fragment of its datagram (or follows one that did).
     Overlap,
+    /// Every byte it carries was seen before in its datagram (a copy the network made): it
+    /// alone is dropped, the datagram goes on (Linux's `IPFRAG_DUP`).
+    Duplicate,
 }
 
 /// The per-worker table of datagrams in flight.
@@ -271,8 +274,23 @@ impl FragTable {
         self.map.is_empty()
     }
 
+    /// What a first fragment of `key` carrying `range` would be, before anything acts on it:
+    /// `None` when no live datagram has that key (it is the first), else `Duplicate` when a
+    /// first fragment with its bytes was seen, else `Overlap` (the datagram is poisoned).
+    pub fn check_first(&mut self, key: &FragKey, range: (u32, u32), now: u64) -> Option<FragVerdict> {
+        let e = self.map.get_mut(key).filter(|e| e.expires > now)?;
+        if e.poisoned {
+            return Some(FragVerdict::Overlap);
+        }
+        if e.ranges[..e.n as usize].iter().any(|&(x, y)| x <= range.0 && range.1 <= y) {
+            return Some(FragVerdict::Duplicate);
+        }
+        e.poisoned = true;
+        Some(FragVerdict::Overlap)
+    }
+
     /// Records the first fragment of `key` (carrying `range`). A second "first" fragment of a
-    /// live datagram overlaps it.
+    /// live datagram overlaps it (the worker asks [`FragTable::check_first`] before).
     pub fn first(&mut self, key: FragKey, flow: FragFlow, range: (u32, u32), now: u64) -> FragVerdict {
         if let Some(e) = self.map.get_mut(&key) {
             if e.expires > now {
@@ -322,6 +340,10 @@ impl FragTable {
         } else {
             (e.total != 0 && b != e.total) || e.ranges[..n].iter().any(|&(_, y)| y > b)
         };
+        // A copy of bytes seen (Linux: inside one run of fragments) is not an overlap.
+        if !inconsistent && e.ranges[..n].iter().any(|&(x, y)| x <= a && b <= y) {
+            return FragVerdict::Duplicate;
+        }
         if inconsistent || e.ranges[..n].iter().any(|&(x, y)| a < y && x < b) {
             e.poisoned = true;
             return FragVerdict::Overlap;
@@ -411,7 +433,7 @@ mod tests {
         let fl = FragFlow { conn: 3, gen: 1, inbound: true };
         assert_eq!(t.first(k, fl, (0, 1480), 0), FragVerdict::Forward(fl));
         assert_eq!(t.later(&k, (1480, 2960), true, 1), FragVerdict::Forward(fl));
-        assert_eq!(t.later(&k, (2000, 2100), true, 2), FragVerdict::Overlap);
+        assert_eq!(t.later(&k, (2952, 3000), true, 2), FragVerdict::Overlap);
         assert_eq!(t.later(&k, (2960, 3008), false, 3), FragVerdict::Overlap, "poisoned");
         let k2 = FragKey { id: 8, ..k };
         assert_eq!(t.later(&k2, (8, 16), true, 0), FragVerdict::Unknown);
@@ -424,6 +446,33 @@ mod tests {
         }
         assert!(t.len() <= MAX_FRAG_ENTRIES);
         assert!(t.evicted >= 9);
+    }
+
+    #[test]
+    fn a_duplicate_is_dropped_alone_and_the_datagram_goes_on() {
+        let mut t = FragTable::new();
+        let k = FragKey { src: 1, dst: 2, proto: PROTO_UDP, id: 7 };
+        let fl = FragFlow { conn: 3, gen: 1, inbound: true };
+        assert_eq!(t.check_first(&k, (0, 1480), 0), None);
+        assert_eq!(t.first(k, fl, (0, 1480), 0), FragVerdict::Forward(fl));
+        assert_eq!(t.check_first(&k, (0, 1480), 0), Some(FragVerdict::Duplicate), "the first twice");
+        assert_eq!(t.later(&k, (1480, 2960), true, 1), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k, (1480, 2960), true, 2), FragVerdict::Duplicate, "the second twice");
+        assert_eq!(t.later(&k, (1480, 1488), true, 2), FragVerdict::Duplicate, "inside seen bytes");
+        assert_eq!(t.later(&k, (2960, 3008), false, 3), FragVerdict::Forward(fl), "not poisoned");
+        assert!(t.is_empty(), "complete");
+        // Partial overlaps still poison, a first fragment's as a later one's.
+        assert_eq!(t.first(k, fl, (0, 1480), 4), FragVerdict::Forward(fl));
+        assert_eq!(t.check_first(&k, (0, 1488), 4), Some(FragVerdict::Overlap));
+        assert_eq!(t.later(&k, (1480, 2960), true, 4), FragVerdict::Overlap, "poisoned");
+        assert_eq!(t.check_first(&k, (0, 1480), 4), Some(FragVerdict::Overlap), "poisoned");
+        let k2 = FragKey { id: 8, ..k };
+        assert_eq!(t.first(k2, fl, (0, 16), 5), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k2, (8, 24), true, 5), FragVerdict::Overlap, "straddles the end of seen bytes");
+        // A copy of the last fragment after its datagram expired is unknown, not a duplicate.
+        let k3 = FragKey { id: 9, ..k };
+        assert_eq!(t.first(k3, fl, (0, 16), 6), FragVerdict::Forward(fl));
+        assert_eq!(t.check_first(&k3, (0, 16), 6 + FRAG_TIMEOUT), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ drop_reasons! {
     Fragment => "fragment": "An IP fragment the engine cannot forward (IPv6 extension headers before the fragment header, not TCP/UDP), or an ICMP error quoting a later fragment (no ports in the quote).",
     FragTiny => "frag_tiny": "A first fragment without its whole transport header, or a TCP fragment at offset 8 (RFC 1858).",
     FragOverlap => "frag_overlap": "A fragment overlapping another of its datagram (the whole datagram is dropped).",
+    FragDuplicate => "frag_duplicate": "A fragment whose bytes were all seen before in its datagram (a copy): dropped alone, its datagram goes on (as Linux's reassembly does).",
     FragTimeout => "frag_timeout": "A fragment whose first fragment never came (or whose datagram expired).",
     FragHeldFull => "frag_held_full": "No room to hold a fragment that came before its first fragment.",
     BadCookie => "bad_cookie": "SYN proxy: an ACK for no connection whose cookie is invalid.",

@@ -82,6 +82,20 @@ impl<Q: BufAlloc> Worker<Q> {
                 self.drop_pkt(DropReason::FragTiny);
                 return;
             };
+            // A first fragment of a datagram in flight: a copy is dropped alone, another
+            // poisons the datagram; neither touches the connection (its TCP state, counters).
+            // (An IPv6 atomic fragment is a whole datagram: none is in flight for it.)
+            match if f.more { self.frags.check_first(&key, f.range(), self.now) } else { None } {
+                Some(FragVerdict::Duplicate) => {
+                    self.drop_pkt(DropReason::FragDuplicate);
+                    return;
+                }
+                Some(_) => {
+                    self.drop_pkt(DropReason::FragOverlap);
+                    return;
+                }
+                None => {}
+            }
             let fkey = flow_key(&p);
             let next = match self.flows.lookup(&fkey) {
                 // The FTP gateway works on whole segments: a fragmented control segment
@@ -133,6 +147,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 self.finish(pkt, next);
             }
             FragVerdict::Overlap => self.drop_pkt(DropReason::FragOverlap),
+            FragVerdict::Duplicate => self.drop_pkt(DropReason::FragDuplicate),
             FragVerdict::Unknown => {
                 if self.frag_held.len() >= frag::MAX_FRAG_HELD {
                     self.drop_pkt(DropReason::FragHeldFull);
