@@ -26,6 +26,14 @@ impl From<bool> for Synced {
     }
 }
 
+/// A backup entry's time to live (ns): what its owner says is left (`timeout_s`), at most this
+/// node's timeout for its state (`local`, ns). IPVS takes the sender's figure as it comes; a
+/// peer with longer timeouts, or a forged message, would otherwise keep entries here for up
+/// to the table's span (days), each holding a flow slot and, for full NAT, a local port.
+fn synced_timeout(timeout_s: u32, local: u64) -> u64 {
+    (u64::from(timeout_s) * 1_000_000_000).min(local)
+}
+
 impl<Q: BufAlloc> Worker<Q> {
     pub(super) fn push_sync(&mut self, e: SyncEntry) {
         if self.sync_out.len() < SYNC_MAX_PER_POLL {
@@ -222,7 +230,8 @@ impl<Q: BufAlloc> Worker<Q> {
             if let Some(st) = crate::flow::tcpstate::TcpState::from_u8(s.state) {
                 c.state = st;
             }
-            c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
+            let t = synced_timeout(s.timeout_s, self.timeouts[c.state as usize]);
+            c.set_expires(self.now, self.now + t);
             return Ok(Synced::Installed);
         }
         let si = match self.snap.service(s.vip, s.proto, s.vport) {
@@ -279,7 +288,7 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         let c = self.flows.get_mut(idx);
         c.state = st;
-        c.set_expires(self.now, self.now + s.timeout_s as u64 * 1_000_000_000);
+        c.set_expires(self.now, self.now + synced_timeout(s.timeout_s, self.timeouts[st as usize]));
         if s.data {
             c.flags |= F_DATA;
         }
@@ -653,6 +662,49 @@ peers = ["10.9.0.250"]
         assert_eq!(data_syn(&mut e, 30001, 2 * S), vec![RS1]);
         let c = e.counters();
         assert_eq!((c.sync_installed, c.sync_skipped), (2, 1), "{c:?}");
+    }
+
+    /// A peer's entry asking for ten days (a peer with longer timeouts, or a forged message)
+    /// lives here no longer than this node's timeout for its state (ESTABLISHED: 900 s,
+    /// UDP: 300 s), installed or updated.
+    #[test]
+    fn a_synced_connection_lives_no_longer_than_the_local_state_timeout() {
+        let mut e = node();
+        let long = |x: SyncEntry| match x {
+            SyncEntry::Conn(c) => SyncEntry::Conn(ConnSync { timeout_s: 864_000, ..c }),
+            x => x,
+        };
+        let udp = SyncEntry::Conn(ConnSync {
+            proto: 17,
+            state: 11,
+            vport: 53,
+            rport: 53,
+            ..match web() {
+                SyncEntry::Conn(c) => c,
+                _ => unreachable!(),
+            }
+        });
+        // (protocol, seconds left), within a tick of the timeout.
+        let left = |e: &MemEngine| -> Vec<(String, bool)> {
+            let mut v: Vec<_> = e.workers[0]
+                .core()
+                .list_conns()
+                .into_iter()
+                .map(|c| {
+                    let t = if c.proto == "TCP" { 900 } else { 300 };
+                    (c.proto, (t - 2..=t).contains(&c.expires_in_s))
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let capped = vec![("TCP".to_string(), true), ("UDP".to_string(), true)];
+        deliver(&mut e, &[long(web()), long(udp.clone())], S);
+        assert_eq!(left(&e), capped, "installed");
+        // An update of known entries: the same cap.
+        deliver(&mut e, &[web(), udp.clone()], 2 * S);
+        deliver(&mut e, &[long(web()), long(udp)], 3 * S);
+        assert_eq!(left(&e), capped, "updated");
     }
 
     #[test]
