@@ -107,7 +107,7 @@ fn keepalived_ftp_fwmark() {
     assert_eq!(s.persistence, Some(Persistence { timeout: 300, netmask: 24 }));
     assert!(s.ftp.is_some());
     let h = s.health_check.as_ref().unwrap();
-    assert_eq!((h.kind, h.port, h.timeout, h.interval, h.fall), (HealthCheckKind::Tcp, Some(21), 3.0, 6.0, 3));
+    assert_eq!((h.kind, h.port, h.timeout, h.interval, h.fall), (HealthCheckKind::Tcp, Some(21), 3.0, 6.0, 4));
     assert!(!h.quiesce);
     assert_eq!(s.real_servers.len(), 2);
     assert!(warned(&imp, 23, "firewall mark 21"));
@@ -298,5 +298,26 @@ fn keepalived_lthreshold_above_uthreshold() {
     )
     .map(|i| i.to_toml())
     .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
+}
+
+#[test]
+fn keepalived_tcp_check_retry_counts_after_the_first_failure() {
+    // keepalived's tcp_epilog: a failed check with retry_it < retry is retried (retry_it + 1);
+    // the server goes down on the failure that finds retry_it >= retry. `retry N` is N + 1
+    // failures in a row (retry 0: the first failure). The importer made it fall = N (and
+    // retry 0 fall = 1 by accident), taking servers down one check early.
+    let conf = |r: u32| {
+        format!(
+            "virtual_server 10.0.0.1 80 {{\n  real_server 10.0.2.2 80 {{\n    TCP_CHECK {{\n      retry {r}\n    }}\n  }}\n}}\n"
+        )
+    };
+    for (retry, fall) in [(0, 1), (1, 2), (3, 4), (999, 1000)] {
+        let imp = from_keepalived(&conf(retry)).unwrap();
+        assert_eq!(imp.services[0].health_check.as_ref().unwrap().fall, fall, "retry {retry}");
+        roundtrip(&imp);
+    }
+    // fall is at most 1000 in ferrovs: retry 1000 is refused at its line, not rendered.
+    let e = from_keepalived(&conf(1000)).unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
 }

@@ -295,7 +295,10 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                                 let p = num(o, 65535)? as u16;
                                 c.port = (p != 0).then_some(p);
                             }
-                            "retry" | "nb_get_retry" => c.fall = Some((num(o, 1000)? as u32).max(1)),
+                            // keepalived's tcp_epilog takes a server down when a check fails
+                            // with `retry` retries already spent: retry N is N + 1 failures
+                            // in a row, ferrovs' fall.
+                            "retry" | "nb_get_retry" => c.fall = Some(num(o, 999)? as u32 + 1),
                             k => warnings
                                 .push(format!("line {}: TCP_CHECK option {k} is not supported, ignored", o.line)),
                         }
