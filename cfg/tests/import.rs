@@ -321,3 +321,33 @@ fn keepalived_tcp_check_retry_counts_after_the_first_failure() {
     let e = from_keepalived(&conf(1000)).unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
 }
+
+#[test]
+fn keepalived_inhibit_on_failure_as_keepalived_reads_it() {
+    // keepalived: `inhibit_on_failure [true|false]` per real_server, and in the virtual_server as
+    // the default of its real servers. The importer took `inhibit_on_failure false` for true,
+    // ignored the virtual_server's ("not supported"), and quiesced every server of a service
+    // when one of them had it, without a word.
+    let conf = |vs: &str, rs1: &str, rs2: &str| {
+        format!(
+            "virtual_server 10.0.0.1 80 {{\n  {vs}\n  real_server 10.0.2.2 80 {{\n    {rs1}\n    TCP_CHECK {{\n    }}\n  }}\n\
+             real_server 10.0.2.3 80 {{\n    {rs2}\n    TCP_CHECK {{\n    }}\n  }}\n}}\n"
+        )
+    };
+    let quiesce = |imp: &Import| imp.services[0].health_check.as_ref().unwrap().quiesce;
+    let imp = from_keepalived(&conf("inhibit_on_failure", "", "")).unwrap();
+    assert!(quiesce(&imp), "{:?}", imp.warnings);
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    roundtrip(&imp);
+    let imp = from_keepalived(&conf("", "inhibit_on_failure false", "inhibit_on_failure off")).unwrap();
+    assert!(!quiesce(&imp));
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let imp = from_keepalived(&conf("inhibit_on_failure", "inhibit_on_failure no", "inhibit_on_failure no")).unwrap();
+    assert!(!quiesce(&imp), "the real servers' own setting wins");
+    // Mixed: imported as quiesce, and said so at the server that differs.
+    let imp = from_keepalived(&conf("", "inhibit_on_failure", "")).unwrap();
+    assert!(quiesce(&imp));
+    assert!(warned(&imp, 8, "inhibit_on_failure"), "{:?}", imp.warnings);
+    let e = from_keepalived(&conf("", "inhibit_on_failure maybe", "")).unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
+}

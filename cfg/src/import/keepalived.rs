@@ -81,6 +81,15 @@ fn secs(n: &Node) -> Result<f64, ConfigError> {
     }
 }
 
+/// keepalived's check_true_false for an optional flag argument: none is true.
+fn flag(n: &Node) -> Result<bool, ConfigError> {
+    match n.args.first().map(String::as_str) {
+        None | Some("true" | "on" | "yes") => Ok(true),
+        Some("false" | "off" | "no") => Ok(false),
+        Some(v) => Err(err(ORIGIN, n.line, format!("invalid {} {v:?}: expected true or false", n.key))),
+    }
+}
+
 fn method(n: &Node) -> Result<Forward, ConfigError> {
     match arg(n)?.to_ascii_uppercase().as_str() {
         "NAT" => Ok(Forward::Nat),
@@ -167,6 +176,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
     let mut granularity: Option<&Node> = None;
     let mut interval = 60.0; // keepalived's default delay_loop
     let mut v6 = false;
+    // virtual_server's inhibit_on_failure: the default of its real servers.
+    let mut vs_inhibit = false;
     let mut reals: Vec<&Node> = Vec::new();
     for n in body {
         match n.key.as_str() {
@@ -196,6 +207,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 }
             }
             "ip_family" => v6 = arg(n)? == "inet6",
+            "inhibit_on_failure" => vs_inhibit = flag(n)?,
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
@@ -245,7 +257,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
 
     let mut check: Option<Check> = None;
     let mut check_differs = false;
-    let mut inhibit = false;
+    // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
+    let mut inhibits: Vec<(bool, usize)> = Vec::new();
     let mut ftp_hint = false;
     for rs in reals {
         let rl = rs.line;
@@ -276,12 +289,13 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
         let mut r =
             RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
         let mut thr_line = rl;
+        let mut inhibit = vs_inhibit;
         for n in rs.children.as_deref().unwrap_or(&[]) {
             match n.key.as_str() {
                 "weight" => r.weight = num(n, 65535)? as u32,
                 "uthreshold" => (r.upper, thr_line) = (num(n, u32::MAX as u64)? as u32, n.line),
                 "lthreshold" => (r.lower, thr_line) = (num(n, u32::MAX as u64)? as u32, n.line),
-                "inhibit_on_failure" => inhibit = true,
+                "inhibit_on_failure" => inhibit = flag(n)?,
                 "lvs_method" | "lb_kind" => {
                     let f = method(n)?;
                     r.forward = (f != svc.forward).then_some(f);
@@ -345,6 +359,15 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             ));
         }
         svc.real_servers.push(r);
+        inhibits.push((inhibit, rl));
+    }
+    let inhibit = inhibits.iter().any(|(i, _)| *i);
+    if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && check.is_some()) {
+        warnings.push(format!(
+            "line {rl}: real servers of {} differ in inhibit_on_failure: every failed server is quiesced \
+             (on_fail = \"quiesce\"), not removed",
+            svc.name
+        ));
     }
     if let Some(c) = check {
         if check_differs {
