@@ -351,3 +351,28 @@ fn keepalived_inhibit_on_failure_as_keepalived_reads_it() {
     let e = from_keepalived(&conf("", "inhibit_on_failure maybe", "")).unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
 }
+
+#[test]
+fn importers_hold_numbers_to_the_validator_limits() {
+    // A persistence timeout above 31 days (2678400 s, ipvsadm's and the validator's limit) or a
+    // keepalived u/lthreshold above INT_MAX was imported as is; the rendered TOML then failed
+    // validation at a line of the rendered file, not of the source.
+    let ok = from_keepalived("virtual_server 10.0.0.1 80 {\n  persistence_timeout 2678400\n}\n").unwrap();
+    roundtrip(&ok);
+    let e = from_keepalived("virtual_server 10.0.0.1 80 {\n  persistence_timeout 2678401\n}\n")
+        .map(|i| i.to_toml())
+        .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(2)), "{e}");
+    assert!(e.message.contains("2678400"), "{e}");
+    for key in ["uthreshold", "lthreshold"] {
+        let t =
+            |v: u64| format!("virtual_server 10.0.0.1 80 {{\n  real_server 10.0.2.2 80 {{\n    {key} {v}\n  }}\n}}\n");
+        roundtrip(&from_keepalived(&t(i32::MAX as u64)).unwrap());
+        let e = from_keepalived(&t(i32::MAX as u64 + 1)).map(|i| i.to_toml()).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(3)), "{key}: {e}");
+    }
+    let t = |v: u32| format!("virtual w {{\n  address = 10.0.0.1\n  port = 80\n  persistent = {v}\n}}\n");
+    roundtrip(&from_lvs_cf(&t(2_678_400)).unwrap());
+    let e = from_lvs_cf(&t(2_678_401)).map(|i| i.to_toml()).unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(4)), "{e}");
+}

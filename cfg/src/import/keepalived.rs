@@ -69,7 +69,7 @@ fn num(n: &Node, max: u64) -> Result<u64, ConfigError> {
     let v = arg(n)?;
     match v.parse::<u64>() {
         Ok(x) if x <= max => Ok(x),
-        _ => Err(err(ORIGIN, n.line, format!("invalid {} {v:?}", n.key))),
+        _ => Err(err(ORIGIN, n.line, format!("invalid {} {v:?}: expected a number up to {max}", n.key))),
     }
 }
 
@@ -190,7 +190,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             "lb_kind" | "lvs_method" => forward = method(n)?,
             // keepalived: no value is IPVS_SVC_PERSISTENT_TIMEOUT; 0 is invalid.
             "persistence_timeout" if n.args.is_empty() => persist = Some(PERSISTENT_TIMEOUT),
-            "persistence_timeout" => match num(n, u32::MAX as u64)? {
+            // ferrovs, as ipvsadm, holds persistence to 31 days.
+            "persistence_timeout" => match num(n, MAX_PERSISTENCE_S as u64)? {
                 0 => return Err(err(ORIGIN, n.line, "invalid persistence_timeout \"0\": must be at least 1")),
                 t => persist = Some(t as u32),
             },
@@ -293,8 +294,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
         for n in rs.children.as_deref().unwrap_or(&[]) {
             match n.key.as_str() {
                 "weight" => r.weight = num(n, 65535)? as u32,
-                "uthreshold" => (r.upper, thr_line) = (num(n, u32::MAX as u64)? as u32, n.line),
-                "lthreshold" => (r.lower, thr_line) = (num(n, u32::MAX as u64)? as u32, n.line),
+                "uthreshold" => (r.upper, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
+                "lthreshold" => (r.lower, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
                 "inhibit_on_failure" => inhibit = flag(n)?,
                 "lvs_method" | "lb_kind" => {
                     let f = method(n)?;

@@ -97,7 +97,7 @@ fn num(it: &Item, max: u64) -> Result<u64, ConfigError> {
     let v = value(it)?;
     match v.parse::<u64>() {
         Ok(x) if x <= max => Ok(x),
-        _ => Err(err(ORIGIN, it.line, format!("invalid {} {v:?}", it.key))),
+        _ => Err(err(ORIGIN, it.line, format!("invalid {} {v:?}: expected a number up to {max}", it.key))),
     }
 }
 
@@ -226,7 +226,8 @@ fn virtual_block(
                 scheduler = Some(s.to_string());
             }
             "persistent" => {
-                let t = num(it, u32::MAX as u64)? as u32;
+                // ferrovs, as ipvsadm, holds persistence to 31 days.
+                let t = num(it, MAX_PERSISTENCE_S as u64)? as u32;
                 persistent = (t > 0).then_some(t);
             }
             "pmask" => pmask = Some(it),
