@@ -376,3 +376,21 @@ fn importers_hold_numbers_to_the_validator_limits() {
     let e = from_lvs_cf(&t(2_678_401)).map(|i| i.to_toml()).unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(4)), "{e}");
 }
+
+#[test]
+fn importers_firewall_mark_zero() {
+    // Mark 0 is no mark to IPVS. keepalived's `virtual_server fwmark 0` and lvs.cf's
+    // `fwmark = 0` became `fwmark = 0`, which the validator refuses at a line of the rendered
+    // file. keepalived's is an error at its line; in lvs.cf 0 is Piranha's "no mark": the
+    // address:port service.
+    let e = from_keepalived("virtual_server fwmark 0 {\n}\n").map(|i| i.to_toml()).unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(1)), "{e}");
+    assert!(e.message.contains("firewall mark"), "{e}");
+    let imp = from_lvs_cf("virtual w {\n  address = 10.0.0.1\n  port = 80\n  fwmark = 0\n}\n").unwrap();
+    assert_eq!(imp.services[0].fwmark, None);
+    assert_eq!(imp.services[0].ports, vec![PortRange { lo: 80, hi: 80 }]);
+    assert!(!imp.warnings.iter().any(|w| w.contains("fwmark")), "{:?}", imp.warnings);
+    roundtrip(&imp);
+    let e = from_lvs_cf("virtual w {\n  address = 10.0.0.1\n  fwmark = 0\n}\n").unwrap_err();
+    assert!(e.message.contains("no port"), "{e}");
+}

@@ -148,7 +148,11 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
     // Port 0 or none (keepalived >= 2.0.7) is IPVS's port-zero service: every port of the VIP.
     let (vip, port, mark): (IpAddr, Option<u16>, Option<u32>) = match vs.args.as_slice() {
         [f, m] if f == "fwmark" => {
-            let m: u32 = m.parse().map_err(|_| err(ORIGIN, l, format!("invalid firewall mark {m:?}")))?;
+            // Mark 0 is "no mark" to IPVS (ipvsadm -f 0: "zero is invalid").
+            let m: u32 =
+                m.parse().ok().filter(|&m| m != 0).ok_or_else(|| {
+                    err(ORIGIN, l, format!("invalid firewall mark {m:?}: expected 1 to {}", u32::MAX))
+                })?;
             (unspecified(false), None, Some(m))
         }
         [g, name] if g == "group" => {

@@ -231,7 +231,8 @@ fn virtual_block(
                 persistent = (t > 0).then_some(t);
             }
             "pmask" => pmask = Some(it),
-            "fwmark" => fwmark = Some(num(it, u32::MAX as u64)? as u32),
+            // Piranha's lvs adds a firewall-mark service only for a non-zero mark (0: none).
+            "fwmark" => fwmark = Some(num(it, u32::MAX as u64)? as u32).filter(|&m| m != 0),
             "send" => send = Some(value(it)?.to_string()),
             "expect" => expect = Some(value(it)?.to_string()),
             "timeout" => timeout = Some(secs(it)?),
