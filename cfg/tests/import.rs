@@ -394,3 +394,18 @@ fn importers_firewall_mark_zero() {
     let e = from_lvs_cf("virtual w {\n  address = 10.0.0.1\n  fwmark = 0\n}\n").unwrap_err();
     assert!(e.message.contains("no port"), "{e}");
 }
+
+#[test]
+fn lvs_cf_empty_expect_is_a_connect_check() {
+    // `expect = ""` (nanny's empty expect matches whatever the server answers) was imported as
+    // type = "send_expect" with expect = "", which the validator refuses ("needs a non-empty
+    // expect") at a line of the rendered file.
+    let imp = from_lvs_cf(
+        "virtual w {\n  address = 10.0.0.1\n  port = 80\n  send = \"GET / HTTP/1.0\\r\\n\\r\\n\"\n  expect = \"\"\n}\n",
+    )
+    .unwrap();
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.kind, h.send.as_deref(), h.expect.as_deref()), (HealthCheckKind::Tcp, None, None));
+    assert!(warned(&imp, 1, "expect is empty"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

@@ -298,7 +298,12 @@ fn virtual_block(
     }
 
     // Piranha's nanny always connects to the port; send/expect add a
-    // payload check.
+    // payload check. An empty expect matches any reply: a connect check.
+    if expect.as_deref() == Some("") {
+        warnings.push(format!("line {line}: virtual {name}: expect is empty: checked by TCP connect only"));
+        expect = None;
+        send = None;
+    }
     let kind = if expect.is_some() { HealthCheckKind::SendExpect } else { HealthCheckKind::Tcp };
     if send.is_some() && expect.is_none() {
         warnings.push(format!("line {line}: virtual {name}: send without expect: checked by TCP connect only"));
