@@ -409,3 +409,16 @@ fn lvs_cf_empty_expect_is_a_connect_check() {
     assert!(warned(&imp, 1, "expect is empty"), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
+
+#[test]
+fn lvs_cf_server_of_another_family() {
+    // An IPv4 server of an IPv6 virtual was imported as is; the rendered TOML failed validation
+    // in the rendered file ("mixed families need forward = \"fnat\"").
+    let e = from_lvs_cf(
+        "virtual w {\n  address = 2001:db8::1\n  port = 80\n  server a {\n    address = 2001:db8::2\n  }\n  server b {\n    address = 10.0.2.2\n  }\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(7)), "{e}");
+    assert!(e.message.contains("10.0.2.2"), "{e}");
+}

@@ -350,6 +350,14 @@ fn virtual_block(
             warnings.push(format!("line {}: server {sname} is inactive (active = 0), skipped", it.line));
             continue;
         }
+        if address.is_ipv4() != vip.is_ipv4() {
+            // ipvsadm -a refuses it outside tunnelling; ferrovs mixes families only in full NAT.
+            return Err(err(
+                ORIGIN,
+                it.line,
+                format!("server {sname}: real server {address} is not in the address family of virtual {name} ({vip})"),
+            ));
+        }
         if svc.real_servers.iter().any(|r| r.address == address && r.port == sport) {
             return Err(err(
                 ORIGIN,
