@@ -296,6 +296,16 @@ impl Service {
     pub fn has_port(&self, p: u16) -> bool {
         self.ports.is_empty() || self.ports.iter().any(|r| r.contains(p))
     }
+
+    /// The destination port a real server with `port` gets: on a single-port service no
+    /// port is that port (as ipvsadm's `-r ADDR` is `ADDR:service port`), so `ADDR` and
+    /// `ADDR:80` of a port-80 service are one destination. `None`: the client's port.
+    pub fn server_port(&self, port: Option<u16>) -> Option<u16> {
+        port.or(match self.ports.as_slice() {
+            [r] if r.lo == r.hi => Some(r.lo),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

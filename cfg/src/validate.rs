@@ -774,7 +774,12 @@ impl Validator<'_> {
                 Some(p) => Some(self.int(p, 1, 65535, "real server port")? as u16),
                 None => None,
             };
-            if !seen_rs.insert((address, port)) {
+            // On a single-port service, no port and that port are one destination.
+            let dest_port = port.or(match ports.as_slice() {
+                [r] if r.lo == r.hi => Some(r.lo),
+                _ => None,
+            });
+            if !seen_rs.insert((address, dest_port)) {
                 return Err(
                     self.err(span_of(&r.address), format!("duplicate real server {address} in service {name:?}"))
                 );

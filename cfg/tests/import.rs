@@ -422,3 +422,31 @@ fn lvs_cf_server_of_another_family() {
     assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(7)), "{e}");
     assert!(e.message.contains("10.0.2.2"), "{e}");
 }
+
+#[test]
+fn importers_server_without_port_is_the_service_port() {
+    // On a single-port service a real server without a port is that port (ipvsadm -r ADDR is
+    // ADDR:service port, and ferrovsadm finds it so): `10.0.2.2` and `10.0.2.2 80` of a port-80
+    // service are one destination. Both were imported (and validated) as two servers, which
+    // doubled the server's share of new connections.
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    weight 2\n  }\n  real_server 10.0.2.2 {\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(imp.services[0].real_servers.len(), 1);
+    assert!(warned(&imp, 5, "10.0.2.2"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+    let e = from_lvs_cf(
+        "virtual web {\n  address = 10.0.0.1\n  port = 80\n  server a {\n    address = 10.0.2.2\n  }\n  server b {\n    address = 10.0.2.2\n    port = 80\n  }\n}\n",
+    )
+    .map(|i| i.to_toml())
+    .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(7)), "{e}");
+    // On a service of every port, no port follows the client: another destination than :80.
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 0 {\n  real_server 10.0.2.2 80 {\n  }\n  real_server 10.0.2.2 {\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(imp.services[0].real_servers.len(), 2);
+    roundtrip(&imp);
+}

@@ -342,6 +342,8 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nforward = \"masq\"\n", 15, "invalid forward \"masq\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\n", 16, "duplicate real server 10.0.1.2"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nwieght = 1\n", 15, "unknown field `wieght`"),
+    // no port on a single-port service is that port (ipvsadm -r ADDR): one destination twice
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80]\n[[service.real_server]]\naddress = \"10.0.1.2\"\n[[service.real_server]]\naddress = \"10.0.1.2\"\nport = 80\n", 17, "duplicate real server 10.0.1.2"),
 ];
 
 #[test]

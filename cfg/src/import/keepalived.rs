@@ -281,7 +281,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 (p != 0).then_some(p)
             }
         };
-        if svc.real_servers.iter().any(|o| o.address == address && o.port == rport) {
+        if svc.real_servers.iter().any(|o| o.address == address && svc.server_port(o.port) == svc.server_port(rport)) {
             // As keepalived does ("real server ... is duplicated - removing second rs").
             warnings.push(format!(
                 "line {rl}: real_server {} is listed twice in {}, skipped",

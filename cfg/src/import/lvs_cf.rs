@@ -358,7 +358,7 @@ fn virtual_block(
                 format!("server {sname}: real server {address} is not in the address family of virtual {name} ({vip})"),
             ));
         }
-        if svc.real_servers.iter().any(|r| r.address == address && r.port == sport) {
+        if svc.real_servers.iter().any(|r| r.address == address && svc.server_port(r.port) == svc.server_port(sport)) {
             return Err(err(
                 ORIGIN,
                 it.line,
