@@ -450,3 +450,13 @@ fn importers_server_without_port_is_the_service_port() {
     assert_eq!(imp.services[0].real_servers.len(), 2);
     roundtrip(&imp);
 }
+
+#[test]
+fn lvs_cf_virtual_without_a_name() {
+    // `virtual "" {` became a service named "", which the validator refuses ("service name must
+    // not be empty") at a line of the rendered file.
+    let e = from_lvs_cf("network = nat\nvirtual \"\" {\n  address = 10.0.0.1\n  port = 80\n}\n")
+        .map(|i| i.to_toml())
+        .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(2)), "{e}");
+}

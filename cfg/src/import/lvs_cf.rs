@@ -145,6 +145,10 @@ pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
             warnings.push(format!("line {}: block {} {name} is not supported, ignored", it.line, it.key));
             continue;
         }
+        if name.trim().is_empty() {
+            // It becomes the service name, which must not be empty.
+            return Err(err(ORIGIN, it.line, "virtual needs a name"));
+        }
         if let Some(s) = virtual_block(it.line, name, body, default_forward, &mut warnings)? {
             if services.iter().any(|o| o.name == s.name) {
                 return Err(err(ORIGIN, it.line, format!("virtual {name} defined twice")));
