@@ -460,3 +460,23 @@ fn lvs_cf_virtual_without_a_name() {
         .unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("lvs.cf", Some(2)), "{e}");
 }
+
+#[test]
+fn keepalived_check_on_some_real_servers_only() {
+    // keepalived checks each real server with its own checkers; one without any is never taken
+    // down. ferrovs has one health check per service, so the imported TCP_CHECK of one server
+    // applies to all: this changes what happens to the others and must be said.
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    TCP_CHECK {\n    }\n  }\n  real_server 10.0.2.3 80 {\n    weight 2\n  }\n}\n",
+    )
+    .unwrap();
+    assert!(imp.services[0].health_check.is_some());
+    assert!(warned(&imp, 3, "10.0.2.3"), "{:?}", imp.warnings);
+    assert!(imp.warnings.iter().any(|w| w.contains("line 6: 10.0.2.3")), "{:?}", imp.warnings);
+    // Every server checked alike: nothing to say.
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    TCP_CHECK {\n    }\n  }\n  real_server 10.0.2.3 80 {\n    TCP_CHECK {\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+}

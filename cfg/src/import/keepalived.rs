@@ -262,6 +262,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
 
     let mut check: Option<Check> = None;
     let mut check_differs = false;
+    // Real servers without a TCP_CHECK, which keepalived never takes down.
+    let mut unchecked: Vec<String> = Vec::new();
     // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
     let mut inhibits: Vec<(bool, usize)> = Vec::new();
     let mut ftp_hint = false;
@@ -295,6 +297,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
         let mut thr_line = rl;
         let mut inhibit = vs_inhibit;
+        let mut tcp_check = false;
         for n in rs.children.as_deref().unwrap_or(&[]) {
             match n.key.as_str() {
                 "weight" => r.weight = num(n, 65535)? as u32,
@@ -306,6 +309,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                     r.forward = (f != svc.forward).then_some(f);
                 }
                 "TCP_CHECK" => {
+                    tcp_check = true;
                     let mut c = Check { port: None, timeout: None, fall: None, line: n.line };
                     for o in n.children.as_deref().unwrap_or(&[]) {
                         match o.key.as_str() {
@@ -363,6 +367,9 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                 ),
             ));
         }
+        if !tcp_check {
+            unchecked.push(format!("line {rl}: {address}"));
+        }
         svc.real_servers.push(r);
         inhibits.push((inhibit, rl));
     }
@@ -379,6 +386,15 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             warnings.push(format!(
                 "line {}: real servers of {} have different TCP_CHECK settings: the first one is used for all",
                 c.line, svc.name
+            ));
+        }
+        if !unchecked.is_empty() {
+            warnings.push(format!(
+                "line {}: service {}: the TCP_CHECK is applied to every real server, also to those keepalived \
+                 does not check (always up): {}",
+                c.line,
+                svc.name,
+                unchecked.join(", ")
             ));
         }
         svc.health_check = Some(HealthCheck {
