@@ -325,7 +325,7 @@ fn an_advertisement_without_override_does_not_replace_a_known_mac() {
     let mac_b = [2, 0, 0, 0, 2, 0xb];
     let mut e = MemEngine::new(config(SERVICES), 1);
     // No entry yet: learnt even without the flag.
-    e.inject(INT, &na(0x40, MAC9), S);
+    e.inject(INT, &na(0x00, MAC9), S);
     assert_eq!(to(e.inject(EXT, &syn_from(40001), S)), Some(Out::Tcp(MAC9)));
     // Another MAC without the flag: ignored.
     e.inject(INT, &na(0x00, mac_b), 2 * S);
@@ -333,4 +333,89 @@ fn an_advertisement_without_override_does_not_replace_a_known_mac() {
     // With the flag: replaced.
     e.inject(INT, &na(0x20, mac_b), 3 * S);
     assert_eq!(to(e.inject(EXT, &syn_from(40003), 3 * S)), Some(Out::Tcp(mac_b)), "overridden");
+}
+
+/// RFC 4861 sections 7.1.1 and 7.1.2 (Linux's `ndisc_rcv`, `ndisc_recv_ns`, `ndisc_recv_na`):
+/// a neighbour discovery message that fails a validity check is silently discarded, neither
+/// answered nor learnt from: a counted drop. Each case is a well-formed message from the real
+/// server fd00:2::9 with one thing wrong; the control (nothing wrong) is answered and learnt.
+#[test]
+fn invalid_nd_messages_are_neither_answered_nor_learnt() {
+    let sll = [1, 1, 2, 0, 0, 0, 2, 9];
+    let fix = |mut f: Vec<u8>| {
+        // The ICMPv6 checksum over the message as changed.
+        let p = ferrovs_engine::wire::parse::parse(&f).expect("parse");
+        f[p.l4 + 2..p.l4 + 4].fill(0);
+        let src: [u8; 16] = f[22..38].try_into().unwrap();
+        let dst: [u8; 16] = f[38..54].try_into().unwrap();
+        let pseudo = ferrovs_engine::wire::csum::pseudo_v6(&src, &dst, 58, (p.end - p.l4) as u32);
+        let ck = ferrovs_engine::wire::csum::finish(&f[p.l4..p.end], pseudo);
+        f[p.l4 + 2..p.l4 + 4].copy_from_slice(&ck.to_be_bytes());
+        f
+    };
+    let ns = || with_macs(ns_with_opts(RS9, VIP6, &sll), MAC9, LB_INT);
+    let na = |flags: u8| {
+        let mut f = with_macs(neighbor_advert(MAC9, RS9, RS9, MAC9), MAC9, LB_INT);
+        f[14 + 40 + 4] = flags;
+        fix(f)
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("control: a solicitation", ns(), true),
+        ("control: an unsolicited advertisement to all nodes", na(0x20), true),
+        (
+            "a bad ICMPv6 checksum",
+            {
+                let mut f = ns();
+                f[14 + 40 + 2] ^= 0x40;
+                f
+            },
+            false,
+        ),
+        (
+            "ICMPv6 code 1",
+            {
+                let mut f = ns();
+                f[14 + 40 + 1] = 1;
+                fix(f)
+            },
+            false,
+        ),
+        (
+            "a multicast target",
+            fix(with_macs(ns_with_opts(RS9, [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], &sll), MAC9, LB_INT)),
+            false,
+        ),
+        ("a solicited advertisement to all nodes", na(0x60), false),
+        (
+            "an advertisement with code 1",
+            {
+                let mut f = na(0x20);
+                f[14 + 40 + 1] = 1;
+                fix(f)
+            },
+            false,
+        ),
+        (
+            "duplicate address detection (unspecified source) with a source link-layer address",
+            with_macs(ns_with_opts([0; 16], VIP6, &sll), MAC9, LB_INT),
+            false,
+        ),
+    ];
+    for (what, frame, valid) in cases {
+        let mut e = MemEngine::new(config(SERVICES), 1);
+        let out = e.inject(INT, &frame, S);
+        let drops = common::seg::drops(&e);
+        if valid {
+            // (An advertisement is punted to the kernel's path, here `not_for_us`.)
+            assert!(drops.iter().all(|d| d.0 == "not_for_us"), "{what}: {drops:?}");
+        } else {
+            assert!(out.is_empty(), "{what}: not answered");
+            assert_eq!(e.counters().nd_replies, 0, "{what}");
+            assert_eq!(drops, vec![("malformed", 1)], "{what}: a counted drop");
+        }
+        // Learnt (the SYN goes to its MAC) only if valid.
+        let out = e.inject(EXT, &syn(80), 2 * S);
+        let want = if valid { Out::Tcp(MAC9) } else { Out::Solicit };
+        assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![want], "{what}: learnt?");
+    }
 }

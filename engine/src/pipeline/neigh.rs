@@ -416,6 +416,28 @@ pub fn build_nd(
     Ok(54 + ND_LEN)
 }
 
+/// The rest of RFC 4861's validity checks (sections 7.1.1 and 7.1.2, as Linux's
+/// `ndisc_rcv`, `ndisc_recv_ns` and `ndisc_recv_na` apply them) of a solicitation (135) or
+/// advertisement (136) `m` (the ICMPv6 message, at least 24 bytes) from `src` to `dst`: the
+/// ICMPv6 checksum is right, the code 0, the target not a multicast address; a solicitation
+/// from the unspecified address (duplicate address detection) goes to a solicited-node
+/// address and carries no source link-layer address; an advertisement to a multicast
+/// address is not "solicited". Anything else is silently discarded.
+pub fn nd_valid(ty: u8, m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    let pseudo = csum::pseudo_v6(src, dst, PROTO_ICMPV6, m.len() as u32);
+    if csum::finish(m, pseudo) != 0 || m[1] != 0 || m[8] == 0xff {
+        return false;
+    }
+    match ty {
+        135 if src == &[0; 16] => {
+            let solicited_node = dst[..13] == [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
+            solicited_node && nd_lladdr(&m[24..], 1).is_none()
+        }
+        136 => dst[0] != 0xff || m[4] & 0x40 == 0,
+        _ => true,
+    }
+}
+
 /// Are the ND options `opts` well formed: every option at least 8 bytes long (a length of 0
 /// is invalid: RFC 4861 section 4.6 and 7.1.1, the message is silently discarded, as Linux's
 /// `ndisc_parse_options` does) and none running past the message?

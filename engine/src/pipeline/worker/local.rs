@@ -169,12 +169,12 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::Malformed);
             return;
         }
-        let src6 = ip.src();
+        let (src6, dst6) = (ip.src(), ip.dst());
         let mut t = [0u8; 16];
         t.copy_from_slice(&m[8..24]);
         let target = parse::v6_to_addr(t);
         let opts = &m[24..];
-        if !neigh::nd_options_ok(opts) {
+        if !neigh::nd_options_ok(opts) || !neigh::nd_valid(p.icmp_type, m, &src6, &dst6) {
             self.drop_pkt(DropReason::Malformed);
             return;
         }
