@@ -699,10 +699,10 @@ peers = ["10.9.0.250"]
             v
         };
         let capped = vec![("TCP".to_string(), true), ("UDP".to_string(), true)];
-        deliver(&mut e, &[long(web()), long(udp.clone())], S);
+        deliver(&mut e, &[long(web()), long(udp)], S);
         assert_eq!(left(&e), capped, "installed");
         // An update of known entries: the same cap.
-        deliver(&mut e, &[web(), udp.clone()], 2 * S);
+        deliver(&mut e, &[web(), udp], 2 * S);
         deliver(&mut e, &[long(web()), long(udp)], 3 * S);
         assert_eq!(left(&e), capped, "updated");
     }
