@@ -43,9 +43,11 @@
 //! when another session already expects that port ([`Grant::OpenAt`]; the `227`/`229` is then
 //! rewritten to announce it, as Linux's nf_nat_ftp does) or refuse it ([`Grant::Refused`]).
 //!
-//! A `PORT`/`EPRT` naming another address than the client's (FTP bounce), or a port below 1024,
-//! opens nothing and yields [`Event::BounceRefused`] (the foreign-address part can be switched
-//! off with [`SessionParams::allow_foreign_port_address`]; the port check cannot). `227`/`PORT`
+//! A `PORT`/`EPRT` naming another address than the client's (FTP bounce, whatever the port)
+//! opens nothing and yields [`Event::BounceRefused`] (unless
+//! [`SessionParams::allow_foreign_port_address`]); one naming the client's own address with a
+//! port below 1024 yields [`Event::LowPort`] (unless
+//! [`FtpSession::set_allow_low_data_ports`]). `227`/`PORT`
 //! on an IPv6 session are ignored; `EPRT |2|` and `229` work as for IPv4.
 //!
 //! # The state machine
@@ -340,7 +342,8 @@ impl Pinholes for OpenAll {
 pub enum Event {
     /// A `227` address was rewritten to the VIP.
     Rewrite,
-    /// A `PORT`/`EPRT` was refused: foreign address (bounce) or port below 1024.
+    /// A `PORT`/`EPRT` naming another address than the client's (FTP bounce) was refused,
+    /// whatever its port.
     BounceRefused {
         /// Address the command named.
         named: IpAddr,

@@ -924,13 +924,15 @@ impl FtpSession {
         acts: &mut Actions,
         pins: &mut dyn Pinholes,
     ) -> Option<Rewrite> {
+        // A foreign address is a bounce whatever the port (the classic one names port 25):
+        // checked first, so it is counted and logged as one.
         let foreign = a.ip() != self.p.client.ip();
-        if a.port() < 1024 && !self.allow_low_ports {
-            acts.events.push(Event::LowPort { port: a.port() });
-            return None;
-        }
         if foreign && !self.p.allow_foreign_port_address {
             acts.events.push(Event::BounceRefused { named: a.ip(), port: a.port() });
+            return None;
+        }
+        if a.port() < 1024 && !self.allow_low_ports {
+            acts.events.push(Event::LowPort { port: a.port() });
             return None;
         }
         if a.is_ipv4() != self.p.vip.is_ipv4() {

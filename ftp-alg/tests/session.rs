@@ -833,3 +833,25 @@ fn long_229_answering_pasv_as_epsv_replays_whole() {
     // The lost Replace: the server retransmits the line.
     assert_eq!(t.feed(1, Dir::Reply, 0, &line), replace(0, want));
 }
+
+#[test]
+fn classic_bounce_to_a_low_port_is_a_bounce() {
+    // CERT CA-1997-27: `PORT victim,0,25` makes the server connect to another host's SMTP
+    // port. It names a foreign address: that is what the admin must see counted and logged
+    // (bounce_refused), whatever the port.
+    let mut t = T::new(params(Mode::Nat));
+    t.cmd("PORT 198,51,100,1,0,25");
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 25 }]);
+    t.cmd("EPRT |1|198.51.100.1|25|");
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 25 }]);
+    // The client's own low port stays a low port.
+    t.cmd("PORT 192,0,2,7,0,25");
+    assert_eq!(t.a.events, vec![Event::LowPort { port: 25 }]);
+    // Even with low data ports allowed, a foreign one is a bounce.
+    let mut t = T::new(params(Mode::Dr));
+    t.s.set_allow_low_data_ports(true);
+    t.cmd("PORT 198,51,100,1,0,25");
+    assert!(t.a.expectations.is_empty());
+    assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 25 }]);
+}
