@@ -946,3 +946,38 @@ fn icmp_error_quoting_a_later_fragment_names_no_connection() {
     assert!(out.is_empty(), "not translated to the victim: {out:?}");
     assert_drops(&e, &[(DropReason::Fragment, 1)]);
 }
+
+#[test]
+fn ftp_active_reservations_are_bounded_per_session() {
+    // Every PORT/EPRT reserves a local port for the server's data connection. A newer one
+    // replaces the session's oldest expectation (max_expectations, 4): the oldest's port must
+    // go back to the pool with it, or one client sending PORT after PORT would hold the whole
+    // local port range (64 ports here) for the pinhole timeout and every other full-NAT
+    // connection through that address would fail.
+    let mut f = Ftp::open(false);
+    let la = ferrovs_engine::wire::parse::v4_to_addr(LADDR);
+    let free = f.e.workers[0].fnat_free_ports(la, 6);
+    let mut last = Vec::new();
+    for i in 0..100u16 {
+        let p = 40100 + i;
+        last = f.command(&format!("PORT 10,0,1,2,{},{}\r\n", p >> 8, p & 0xff));
+        assert!(last.starts_with(b"PORT 10,0,2,200,"), "PORT {i} rewritten: {}", String::from_utf8_lossy(&last));
+        f.reply("200 PORT command successful.\r\n");
+    }
+    assert_eq!(f.e.workers[0].fnat_reserved(), 4);
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 4);
+    // The newest still works.
+    let text = String::from_utf8_lossy(&last[5..last.len() - 2]).to_string();
+    let n: Vec<u16> = text.split(',').map(|x| x.parse().unwrap()).collect();
+    let reserved = n[4] * 256 + n[5];
+    let syn = from_rs(tcp4(RS1, 20, LADDR, reserved, TCP_SYN, 9000, 0, b""), RS1_MAC);
+    let out = f.e.inject(INT, &syn, S);
+    assert_eq!(ends(&out[0].1), ("10.0.1.100".into(), 20, "10.0.1.2".into(), 40199));
+    assert_eq!(f.e.workers[0].fnat_reserved(), 3);
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 4, "3 reserved, 1 data connection");
+    // The client closes the control connection: its reservations go with its expectations.
+    let fin = f.client_seg(21, 40000, TCP_ACK | TCP_FIN, b"");
+    assert_eq!(f.e.inject(EXT, &fin, S).len(), 1);
+    assert_eq!(f.e.workers[0].fnat_reserved(), 0);
+    assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 1, "the data connection");
+}

@@ -114,6 +114,10 @@ pub struct ExpectTable {
     serial: u32,
     cap: usize,
     len: usize,
+    /// Full-NAT active expectations removed unused (replaced, evicted, their session ended,
+    /// expired, unconfigured) with their expiry: the local ports reserved for them are to go
+    /// back to the pool ([`ExpectTable::pop_unreserved`]). Not those taken by a connection.
+    unreserved: Vec<(ExpKey, u64)>,
 }
 
 impl ExpectTable {
@@ -130,6 +134,7 @@ impl ExpectTable {
             serial: 0,
             cap,
             len: 0,
+            unreserved: Vec::new(),
         }
     }
 
@@ -178,7 +183,7 @@ impl ExpectTable {
         while s != NIL {
             let next = self.slots[s as usize].next;
             if !keep(&self.slots[s as usize].val) {
-                self.remove_slot(s);
+                self.drop_slot(s);
             }
             s = next;
         }
@@ -195,14 +200,14 @@ impl ExpectTable {
             if sess.gen == val.parent_gen && sess.n as usize >= per_session {
                 let oldest = sess.slots[0];
                 out.replaced = Some(self.slots[oldest as usize].val.svc);
-                self.remove_slot(oldest);
+                self.drop_slot(oldest);
             }
         }
         // Per key chain (DR passive): bounded, oldest goes.
         if self.chain(&key).count() >= MAX_CHAIN {
             let head = self.index[&key];
             out.evicted = Some(self.slots[head as usize].val.svc);
-            self.remove_slot(head);
+            self.drop_slot(head);
         }
         // Whole table: the session's own oldest first, else the worker's oldest.
         if self.len >= self.cap {
@@ -210,7 +215,7 @@ impl ExpectTable {
             let victim = own.or_else(|| self.oldest());
             if let Some(v) = victim {
                 out.evicted = Some(self.slots[v as usize].val.svc);
-                self.remove_slot(v);
+                self.drop_slot(v);
             }
         }
         self.serial = self.serial.wrapping_add(1);
@@ -272,6 +277,23 @@ impl ExpectTable {
         None
     }
 
+    /// Removes slot `s`, which no connection took: a full-NAT active expectation's reserved
+    /// local port is noted for release.
+    fn drop_slot(&mut self, s: u32) {
+        let slot = &self.slots[s as usize];
+        if slot.live && slot.val.cport != 0 && matches!(slot.key, ExpKey::Active(..)) {
+            self.unreserved.push((slot.key, slot.val.expires));
+        }
+        self.remove_slot(s);
+    }
+
+    /// A full-NAT active expectation (`ExpKey::Active(rs, local address, reserved port)`)
+    /// removed without a connection taking it, and its expiry: the caller releases the
+    /// reservation it made for it (if it still holds that one).
+    pub fn pop_unreserved(&mut self) -> Option<(ExpKey, u64)> {
+        self.unreserved.pop()
+    }
+
     fn remove_slot(&mut self, s: u32) {
         let slot = self.slots[s as usize];
         if !slot.live {
@@ -316,7 +338,7 @@ impl ExpectTable {
         if let Some(sess) = self.sessions.get(&parent).copied() {
             if sess.gen == gen {
                 for &s in &sess.slots[..sess.n as usize] {
-                    self.remove_slot(s);
+                    self.drop_slot(s);
                 }
                 self.sessions.remove(&parent);
             }
@@ -336,7 +358,7 @@ impl ExpectTable {
                 break;
             }
             self.order.pop_front();
-            self.remove_slot(s);
+            self.drop_slot(s);
             expired(v.svc);
             budget -= 1;
         }
@@ -356,7 +378,7 @@ impl ExpectTable {
                     v.svc = ns;
                     v.dest = nd;
                 }
-                None => self.remove_slot(s),
+                None => self.drop_slot(s),
             }
         }
         self.pins.retain(|_, v| match f(v.svc, v.dest) {
@@ -397,6 +419,7 @@ impl ExpectTable {
         self.order.clear();
         self.sessions.clear();
         self.pins.clear();
+        self.unreserved.clear();
         self.len = 0;
     }
 }
@@ -488,6 +511,31 @@ mod tests {
         check(&t);
         t.remap(|s, d| (s != 0).then_some((s + 1, d)));
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn unused_full_nat_active_expectations_are_noted_for_release() {
+        let mut t = ExpectTable::new(100);
+        let fnat = |parent, port: u16| ExpVal { client: 7, cport: port, ..val(parent, 0, 10) };
+        let k = |p: u16| ExpKey::Active(9, 200, p);
+        t.insert(k(2000), fnat(1, 40000), 2);
+        t.insert(k(2001), fnat(1, 40001), 2);
+        // NAT active (no reserved port) and passive ones are not noted.
+        t.insert(ExpKey::Active(9, 7, 40005), val(2, 0, 10), 2);
+        t.insert(ExpKey::Passive(7, 100, 5000), val(2, 0, 10), 2);
+        assert_eq!(t.pop_unreserved(), None);
+        // Taken by a connection: the connection owns the port, nothing to release.
+        assert!(t.take(&k(2000)).is_some());
+        assert_eq!(t.pop_unreserved(), None);
+        // Replaced under the per-session limit, or gone with the session.
+        t.insert(k(2002), fnat(1, 40002), 2);
+        t.insert(k(2003), fnat(1, 40003), 2);
+        assert_eq!(t.pop_unreserved(), Some((k(2001), 10)));
+        t.remove_session(1, 1);
+        let mut gone: Vec<_> = std::iter::from_fn(|| t.pop_unreserved()).collect();
+        gone.sort_by_key(|(k, _)| format!("{k:?}"));
+        assert_eq!(gone, vec![(k(2002), 10), (k(2003), 10)]);
+        check(&t);
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 bump(&c.ftp.expectations_expired, 1);
             }
         });
+        self.release_unreserved();
     }
 
     /// Run a full expiry pass now (tests, replay end, shutdown).
@@ -159,6 +160,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if alg {
             // Its expectations and TLS pin die with it.
             self.expect.remove_session(i, c.gen);
+            self.release_unreserved();
         }
         let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(&c), c.proto, c.lport);
         // (A backup entry in SYN_RECV was never counted: see `adopt`.)

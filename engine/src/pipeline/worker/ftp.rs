@@ -164,6 +164,8 @@ impl<Q: BufAlloc> Worker<Q> {
             let gen = self.flows.get(idx).gen;
             self.expect.remove_session(idx, gen);
         }
+        // Expectations the segment replaced or ended: their reserved local ports (full NAT).
+        self.release_unreserved();
         // SACK edges and the handshake MSS live in the options (see `ftp_tcp_options`).
         let opt_delta = self.ftp_tcp_options(idx, adir, pkt, p);
         match verdict {
@@ -240,8 +242,29 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 }
 
+impl<Q: BufAlloc> Worker<Q> {
+    /// Full NAT: gives back the local ports reserved for active-mode expectations that went
+    /// unused (replaced by a newer one of their session, evicted, ended with their control
+    /// connection, unconfigured). Called right after whatever removed them. A reservation is
+    /// released only if it is still the one made for that expectation (same address, port and
+    /// expiry) and no expectation waits under that key any more.
+    pub(super) fn release_unreserved(&mut self) {
+        while let Some((key, expires)) = self.expect.pop_unreserved() {
+            let ExpKey::Active(_, la, port) = key else { continue };
+            if self.expect.get(&key).is_some() {
+                continue;
+            }
+            if let Some(k) = self.reserved.iter().position(|&(a, p, until)| a == la && p == port && until == expires) {
+                self.reserved.swap_remove(k);
+                self.lports.release(la, PROTO_TCP, port);
+            }
+        }
+    }
+}
+
 /// Local ports a worker may hold reserved for announced full-NAT active FTP data connections
-/// (each session holds at most `max_expectations` live ones; older ones wait for their expiry).
+/// (each session holds at most `max_expectations` live ones; a replaced or evicted one gives its
+/// port back at once, see [`Worker::release_unreserved`]).
 pub(super) const MAX_RESERVED: usize = 65_536;
 
 /// How many VIP ports after the announced one a clashing passive expectation may move to.

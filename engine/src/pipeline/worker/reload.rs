@@ -129,6 +129,7 @@ impl<Q: BufAlloc> Worker<Q> {
         // FTP expectations and TLS pins follow their service and real server.
         let remap = &self.remap;
         self.expect.remap(|svc, dest| remap.map(svc, dest));
+        self.release_unreserved();
         // Remap live connections to the new service/dest indices.
         for i in 0..self.flows.slots() as u32 {
             let (live, svc, dest) = {

@@ -312,6 +312,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         if s.data && s.proto == PROTO_TCP && !self.expect.is_empty() {
             self.forget_consumed_expect(s);
+            self.release_unreserved();
         }
         Ok(Synced::Installed)
     }
@@ -506,6 +507,8 @@ impl<Q: BufAlloc> Worker<Q> {
             cport: x.fnat.map_or(0, |f| f.1),
         };
         self.expect.insert(key, val, per_session);
+        // (What the insertion replaced or evicted, and superseded copies.)
+        self.release_unreserved();
         if capped {
             bump(&self.counters.sync_capped, 1);
         }
