@@ -598,7 +598,10 @@ impl FtpSession {
     /// Processes bytes never seen before; they start at `stream.next`.
     fn process_new(&mut self, now: u64, dir: Dir, data: &[u8], acts: &mut Actions, pins: &mut dyn Pinholes) -> Emit {
         let base = self.stream(dir).next;
-        if dir == Dir::Original && self.auth_pending && !self.tls {
+        // DR sees no replies: after AUTH the client's next bytes tell. (NAT waits for the
+        // server's answer: a client could otherwise switch the gateway off with a TLS record
+        // the server refused, and get the next 227 with the real server's address.)
+        if dir == Dir::Original && self.auth_pending && !self.tls && !self.p.mode.sees_replies() {
             let st = self.stream(dir);
             if st.line.is_empty() && !st.skipping {
                 if data[0] == 0x16 {
@@ -607,11 +610,9 @@ impl FtpSession {
                     self.stream_mut(dir).next = base.wrapping_add(data.len() as u32);
                     return Emit::Raw;
                 }
-                if self.p.mode == Mode::Dr {
-                    // DR sees no replies: a plain command after AUTH means it was refused.
-                    self.auth_pending = false;
-                    acts.events.push(Event::TlsRefused);
-                }
+                // A plain command after AUTH means it was refused.
+                self.auth_pending = false;
+                acts.events.push(Event::TlsRefused);
             }
         }
         let was_held = self.stream(dir).held;

@@ -389,21 +389,32 @@ fn auth_tls_after_rewrite_keeps_mapping() {
 #[test]
 fn tls_handshake_while_a_reply_is_held_releases_it() {
     // Found by the session fuzz target: the client sends AUTH TLS and its first TLS record
-    // while the gateway holds the start of a reply line (it could be a 227). The held
-    // bytes must reach the client unchanged, in front of the next reply bytes.
+    // while the gateway holds the start of a reply line (it could be a 227). In NAT only the
+    // server's 234 begins TLS: the record is a (junk) command, and the held bytes go out
+    // unchanged once their line turns out not to be a 227 address.
     let mut t = T::new(params(Mode::Nat));
     t.cmd("PASV");
     assert_eq!(t.reply(b"227 Ent"), Verdict::Hold);
     t.cmd("AUTH TLS");
     let o = t.o;
     assert_eq!(t.feed(0, Dir::Original, o, b"\x16\x03\x01"), Verdict::Forward);
-    assert!(t.s.is_tls());
+    assert!(!t.s.is_tls());
     assert_eq!(t.reply(b"ering\r\n"), replace(0, b"227 Entering\r\n"));
     assert_eq!(t.s.held_len(Dir::Reply), 0);
     assert_eq!(t.s.map_seq(Dir::Reply, 14), 14);
+    // Full NAT holds the client's PORT: when the 234 begins TLS while a PORT line is held,
+    // the held bytes reach the server unchanged, in front of the client's next bytes.
+    let mut s = FtpSession::new(params(fnat("10.0.2.200")));
+    let mut a = Actions::default();
+    assert_eq!(s.on_segment(0, Dir::Original, 100, b"AUTH TLS\r\nPORT 1", &mut a), replace(100, b"AUTH TLS\r\n"));
+    assert_eq!(s.held_len(Dir::Original), 6);
+    assert_eq!(s.on_segment(0, Dir::Reply, 500, b"234 go\r\n", &mut a), Verdict::Forward);
+    assert!(s.is_tls());
+    assert_eq!(s.on_segment(0, Dir::Original, 116, b"\x16\x03\x01", &mut a), replace(110, b"PORT 1\x16\x03\x01"));
+    assert_eq!(s.held_len(Dir::Original), 0);
+    assert_eq!(s.map_seq(Dir::Original, 119), 119);
     // Afterwards the stream is passed through.
-    assert_eq!(t.reply(b"\x16\x03\x03"), Verdict::Forward);
-    assert_eq!(t.feed(0, Dir::Reply, 0, b"227 Entering\r\n"), Verdict::Forward);
+    assert_eq!(s.on_segment(0, Dir::Original, 119, b"\x17\x03\x03", &mut a), Verdict::Forward);
 }
 
 #[test]
@@ -854,4 +865,26 @@ fn classic_bounce_to_a_low_port_is_a_bounce() {
     t.cmd("PORT 198,51,100,1,0,25");
     assert!(t.a.expectations.is_empty());
     assert_eq!(t.a.events, vec![Event::BounceRefused { named: ip("198.51.100.1"), port: 25 }]);
+}
+
+#[test]
+fn nat_tls_begins_only_when_the_server_accepts_auth() {
+    // NAT sees the server's answer to AUTH TLS: that decides (RFC 4217: the client starts
+    // the handshake after the 234). A client sending a TLS record right after AUTH, which the
+    // server refuses, must not switch the gateway off: the next 227 would reach it with the
+    // real server's address, and its data connection would open nothing.
+    let mut t = T::new(params(Mode::Nat));
+    t.cmd("AUTH TLS");
+    let o = t.o;
+    assert_eq!(t.feed(0, Dir::Original, o, b"\x16\x03\x01\x00\x05hello\r\n"), Verdict::Forward);
+    assert!(!t.s.is_tls());
+    assert!(t.a.events.is_empty());
+    assert_eq!(t.reply(b"500 AUTH not understood.\r\n"), Verdict::Forward);
+    assert_eq!(t.a.events, vec![Event::TlsRefused]);
+    assert_eq!(t.reply(b"500 Unknown command.\r\n"), Verdict::Forward);
+    t.cmd("PASV");
+    let at = t.r;
+    assert_eq!(t.reply(R227), replace(at, R227_NEW));
+    assert_eq!(t.a.expectations.len(), 1);
+    assert!(!t.s.is_tls());
 }
