@@ -109,13 +109,13 @@ pub fn check(hc: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
         }
         HealthCheckKind::Ftp => {
             let mut line_reader = LineReader { buf: Vec::new() };
-            let code = line_reader.reply(&mut s, &left)?;
+            let code = line_reader.reply(&mut s, deadline)?;
             if code != 220 {
                 return Err(format!("FTP banner {code}, expected 220"));
             }
             s.set_write_timeout(Some(left())).ok();
             s.write_all(b"USER anonymous\r\n").map_err(|e| format!("send USER: {e}"))?;
-            let code = line_reader.reply(&mut s, &left)?;
+            let code = line_reader.reply(&mut s, deadline)?;
             let _ = s.write_all(b"QUIT\r\n");
             if code == 331 || code == 230 {
                 Ok(())
@@ -131,8 +131,10 @@ struct LineReader {
 }
 
 impl LineReader {
-    /// Read one (possibly multi-line) FTP reply; return its code.
-    fn reply(&mut self, s: &mut TcpStream, left: &dyn Fn() -> Duration) -> Result<u32, String> {
+    /// Read one (possibly multi-line) FTP reply; return its code. The whole
+    /// reply must arrive before `deadline`: a server that keeps sending
+    /// continuation lines never lets a read timeout fire.
+    fn reply(&mut self, s: &mut TcpStream, deadline: Instant) -> Result<u32, String> {
         let mut first: Option<u32> = None;
         loop {
             while let Some(p) = self.buf.iter().position(|b| *b == b'\n') {
@@ -154,8 +156,12 @@ impl LineReader {
             if self.buf.len() > 16384 {
                 return Err("FTP reply too long".into());
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("timed out reading the FTP reply".into());
+            }
             let mut b = [0u8; 1024];
-            s.set_read_timeout(Some(left())).ok();
+            s.set_read_timeout(Some(left)).ok();
             match s.read(&mut b) {
                 Ok(0) => return Err("connection closed before the FTP reply".into()),
                 Ok(n) => self.buf.extend_from_slice(&b[..n]),
@@ -283,6 +289,87 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                     failures: t.failures,
                 },
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn hc(kind: HealthCheckKind, timeout: f64) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port: None,
+            send: None,
+            expect: None,
+            interval: 1.0,
+            timeout,
+            rise: 1,
+            fall: 1,
+            quiesce: true,
+        }
+    }
+
+    /// A loopback "real server": `serve` gets each accepted connection.
+    fn server(serve: impl Fn(TcpStream) + Send + 'static) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                serve(s);
+            }
+        });
+        addr
+    }
+
+    /// Run a check on its own thread; `None` if it has not finished within `limit`.
+    fn check_within(h: &HealthCheck, addr: SocketAddr, limit: Duration) -> Option<Result<(), String>> {
+        let (tx, rx) = mpsc::channel();
+        let h = h.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(check(&h, addr));
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    /// An FTP server that never ends its multi-line banner (`220-` lines as
+    /// fast as it can): every read returns data at once, so read timeouts
+    /// never fire; the check must still end at its timeout (the check's
+    /// thread would otherwise be held, and the server never checked again).
+    #[test]
+    fn an_endless_multi_line_ftp_banner_ends_at_the_timeout() {
+        let addr = server(|mut s| {
+            let lines = b"220-still welcoming you\r\n".repeat(4096);
+            std::thread::spawn(move || while s.write_all(&lines).is_ok() {});
+        });
+        let t0 = Instant::now();
+        let r = check_within(&hc(HealthCheckKind::Ftp, 0.3), addr, Duration::from_secs(5));
+        let r = r.expect("the FTP check was still running 5 s after its 0.3 s timeout");
+        assert!(r.is_err(), "an unfinished banner is a failure");
+        assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    }
+
+    /// Real FTP servers' banners and USER replies pass: vsftpd (one line),
+    /// proftpd, and a multi-line RFC 959 banner with continuation lines that do
+    /// and do not start with the code (pure-ftpd style).
+    #[test]
+    fn real_ftp_banners_pass() {
+        for banner in [
+            &b"220 (vsFTPd 3.0.3)\r\n"[..],
+            b"220 ProFTPD Server (Debian) [::ffff:10.0.2.2]\r\n",
+            b"220---------- Welcome to Pure-FTPd [privsep] ----------\r\n220-You are user number 1 of 50.\r\n \
+              a line without a code\r\n220 You will be disconnected after 15 minutes of inactivity.\r\n",
+        ] {
+            let addr = server(move |mut s| {
+                let _ = s.write_all(banner);
+                let mut b = [0u8; 256];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(b"331 Please specify the password.\r\n");
+            });
+            let r = check_within(&hc(HealthCheckKind::Ftp, 2.0), addr, Duration::from_secs(5)).expect("finished");
+            assert_eq!(r, Ok(()), "{}", String::from_utf8_lossy(banner));
         }
     }
 }
