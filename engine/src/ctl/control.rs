@@ -300,6 +300,17 @@ impl State {
         self.lock().health.insert(key.clone(), info);
     }
 
+    /// A server the health checker no longer checks: forget its state and
+    /// stop holding it down.
+    pub fn forget_health(&self, key: &ServerKey) {
+        let mut g = self.lock();
+        g.health.remove(key);
+        if g.down.remove(key).is_some() {
+            let admin = (*g.admin).clone();
+            self.commit(&mut g, admin);
+        }
+    }
+
     pub fn health(&self) -> Vec<HealthInfo> {
         let g = self.lock();
         let mut v: Vec<HealthInfo> = g.health.values().cloned().collect();
@@ -633,6 +644,9 @@ impl HealthTarget for State {
     fn set_health(&self, key: &ServerKey, info: HealthInfo) {
         State::set_health(self, key, info)
     }
+    fn forget(&self, key: &ServerKey) {
+        State::forget_health(self, key)
+    }
 }
 
 impl crate::ctl::metrics::Exported for State {
@@ -962,5 +976,123 @@ weight = 2
         );
         assert_eq!(after.services[0].dests[1].weight, 0);
         assert_eq!(after.services[0].dests[0].weight, 3);
+    }
+}
+
+#[cfg(test)]
+mod health_state_tests {
+    use super::*;
+    use crate::pipeline::counters::WorkerCounters;
+
+    /// An engine without workers: only the snapshots posted are kept.
+    struct NoWorkers;
+    impl EngineView for NoWorkers {
+        fn workers(&self) -> usize {
+            0
+        }
+        fn counters(&self) -> Vec<Arc<WorkerCounters>> {
+            Vec::new()
+        }
+        fn service_counters(&self) -> Vec<Arc<Vec<ServiceCounters>>> {
+            Vec::new()
+        }
+        fn post(&self, _: usize, _: Ctrl) -> bool {
+            false
+        }
+        fn snapshot_posted(&self, _: &Snapshot) {}
+        fn port_counters(&self) -> Vec<Vec<Option<crate::port::PortCounters>>> {
+            Vec::new()
+        }
+    }
+
+    fn state(cfg: &str) -> Arc<State> {
+        let cfg = Arc::new(Config::from_str(cfg, "t.toml").expect("config"));
+        let apply: Applier = Arc::new(|c: Arc<Config>| Arc::new(Snapshot::build(c, &[[2, 0, 0, 0, 2, 1]])));
+        let snap = apply(cfg.clone());
+        State::new(Arc::new(NoWorkers), apply, None, cfg, snap)
+    }
+
+    fn edit(st: &State, rules: &str) {
+        st.edit(&ipvsadm::parse_rules(rules).expect("rules")).expect("edit");
+    }
+
+    /// Wait (at most 5 s) until `pred` holds.
+    fn wait(what: &str, pred: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !pred() {
+            assert!(t.elapsed() < Duration::from_secs(5), "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn config(port: u16) -> String {
+        format!(
+            r#"
+[engine]
+workers = 1
+backend = "memory"
+
+[[service]]
+name = "web"
+vip = "10.0.0.1"
+protocol = "tcp"
+ports = [{port}]
+scheduler = "wrr"
+health_check = {{ type = "tcp", interval = 0.05, timeout = 0.2, rise = 1, fall = 1 }}
+
+[[service.real_server]]
+address = "127.0.0.1"
+weight = 3
+"#
+        )
+    }
+
+    /// A port on 127.0.0.1 with nothing listening (connections refused).
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// The weight of 127.0.0.1 in the snapshot the workers run.
+    fn weight(st: &State) -> Option<u32> {
+        st.snapshot().config.services.first()?.real_servers.first().map(|r| r.weight)
+    }
+
+    /// A server that is down when the admin removes it (`-d`), and that is
+    /// added back (`-a`) once it works again, gets the weight it is added
+    /// with: before, the removed server stayed in the set of servers the
+    /// health check holds down while the checker started the new one as
+    /// "up", so it was never put back and stayed at weight 0 for good.
+    #[test]
+    fn a_server_removed_while_down_gets_its_weight_when_added_back() {
+        let port = closed_port();
+        let st = state(&config(port));
+        let stop = Arc::new(AtomicBool::new(false));
+        let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
+        wait("127.0.0.1 is quiesced", || weight(&st) == Some(0));
+
+        edit(&st, &format!("-d -t 10.0.0.1:{port} -r 127.0.0.1:{port}\n"));
+        wait("127.0.0.1 is gone", || weight(&st).is_none());
+        // Give the checker time to see the edit.
+        std::thread::sleep(Duration::from_millis(300));
+        let _l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        edit(&st, &format!("-a -t 10.0.0.1:{port} -r 127.0.0.1:{port} -m -w 5\n"));
+        wait("127.0.0.1 is back with weight 5", || weight(&st) == Some(5));
+        stop.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
+    }
+
+    /// A server no longer checked (removed, or its service lost its health
+    /// check) leaves `ferrovsadm health`.
+    #[test]
+    fn a_removed_server_leaves_the_health_listing() {
+        let port = closed_port();
+        let st = state(&config(port));
+        let stop = Arc::new(AtomicBool::new(false));
+        let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
+        wait("127.0.0.1 is listed down", || st.health().iter().any(|h| !h.up));
+        edit(&st, &format!("-d -t 10.0.0.1:{port} -r 127.0.0.1:{port}\n"));
+        wait("the health listing is empty", || st.health().is_empty());
+        stop.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
     }
 }

@@ -59,6 +59,10 @@ pub trait HealthTarget: Send + Sync {
     /// `on_fail` says.
     fn set_down(&self, key: &ServerKey, down: bool);
     fn set_health(&self, key: &ServerKey, info: HealthInfo);
+    /// The server is no longer checked (removed, or its service has no
+    /// health check any more): drop its health state, and put it back if
+    /// it was held down.
+    fn forget(&self, key: &ServerKey);
 }
 
 struct Target {
@@ -196,7 +200,14 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                     want.insert((s.name.clone(), r.address, shown), (hc.clone(), SocketAddr::new(r.address, port)));
                 }
             }
-            targets.retain(|k, _| want.contains_key(k));
+            // A server no longer checked leaves no state behind: were it held
+            // down, a server added back later under the same key (started
+            // "up" here) would never be put back.
+            let gone: Vec<ServerKey> = targets.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+            for k in &gone {
+                targets.remove(k);
+                state.forget(k);
+            }
             for (k, (hc, addr)) in want {
                 match targets.get_mut(&k) {
                     Some(t) => {
