@@ -716,14 +716,33 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
             std::fs::create_dir_all(dir)?;
         }
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    if let Ok(meta) = std::fs::metadata(path) {
+        // Only a stale socket is removed: never a file that is not a socket
+        // (a control_socket naming the config file by mistake), nor a socket
+        // whose daemon could not be asked (connect failing other than
+        // "refused", e.g. for permission).
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
             return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{}: another ferrovs is listening there", path.display()),
+                std::io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket; not removing it", path.display()),
             ));
         }
-        std::fs::remove_file(path)?;
+        match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{}: another ferrovs is listening there", path.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: cannot tell whether another ferrovs listens there: {e}", path.display()),
+                ))
+            }
+        }
     }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
@@ -1094,5 +1113,45 @@ weight = 3
         wait("the health listing is empty", || st.health().is_empty());
         stop.store(true, Ordering::Relaxed);
         checker.join().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fvs-bind-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A control_socket that names an existing file that is not a socket (a
+    /// typo naming the config file, say) is an error; the file is kept. Before,
+    /// the daemon (often root) deleted whatever was there.
+    #[test]
+    fn a_file_that_is_not_a_socket_is_not_removed() {
+        let d = tmp("file");
+        let p = d.join("ferrovs.toml");
+        std::fs::write(&p, "precious").unwrap();
+        let e = match bind(&p) {
+            Ok(_) => panic!("binding over a regular file must fail"),
+            Err(e) => e,
+        };
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "precious", "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A stale socket (nobody listening) is replaced, a live one is not.
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_kept() {
+        let d = tmp("stale");
+        let p = d.join("ctl.sock");
+        drop(UnixListener::bind(&p).unwrap());
+        let l = bind(&p).expect("a stale socket is replaced");
+        assert_eq!(bind(&p).err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
+        drop(l);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
