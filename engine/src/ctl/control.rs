@@ -251,6 +251,24 @@ impl State {
 
     fn commit(&self, g: &mut Inner, admin: Config) {
         let eff = Self::effective(&admin, &g.down);
+        // Workers start a service or real server that was not in the last
+        // snapshot with new counters at zero (as IPVS a new destination):
+        // a `-Z` baseline or rate estimate of an earlier one with the same
+        // key must not apply to them.
+        let old = &g.snap.config;
+        let kept = |k: &CounterKey| -> bool {
+            let has = |c: &Config| {
+                c.services.iter().any(|s| {
+                    s.name == k.0
+                        && k.1.is_none_or(|(a, p)| {
+                            s.real_servers.iter().any(|r| r.address == a && ipvsadm::shown_port(s, r.port) == p)
+                        })
+                })
+            };
+            has(old) && has(&eff)
+        };
+        g.zero.retain(|k, _| kept(k));
+        g.rates.retain(|k, _| kept(k));
         g.admin = Arc::new(admin);
         g.snap = (self.apply)(Arc::new(eff));
     }
@@ -1153,5 +1171,112 @@ mod bind_tests {
         assert_eq!(bind(&p).err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
         drop(l);
         let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[cfg(test)]
+mod zero_tests {
+    use super::*;
+    use crate::pipeline::counters::WorkerCounters;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// One worker whose per-service counters the test sets (what a worker
+    /// publishes for the snapshot it runs).
+    #[derive(Default)]
+    struct OneWorker(Mutex<Arc<Vec<ServiceCounters>>>);
+    impl EngineView for OneWorker {
+        fn workers(&self) -> usize {
+            1
+        }
+        fn counters(&self) -> Vec<Arc<WorkerCounters>> {
+            Vec::new()
+        }
+        fn service_counters(&self) -> Vec<Arc<Vec<ServiceCounters>>> {
+            vec![self.0.lock().unwrap().clone()]
+        }
+        fn post(&self, _: usize, _: Ctrl) -> bool {
+            false
+        }
+        fn snapshot_posted(&self, _: &Snapshot) {}
+        fn port_counters(&self) -> Vec<Vec<Option<crate::port::PortCounters>>> {
+            Vec::new()
+        }
+    }
+
+    const CFG: &str = r#"
+[engine]
+workers = 1
+backend = "memory"
+
+[[service]]
+name = "tcp-10.0.0.1-80"
+vip = "10.0.0.1"
+protocol = "tcp"
+ports = [80]
+scheduler = "wrr"
+
+[[service.real_server]]
+address = "127.0.0.1"
+
+[[service.real_server]]
+address = "127.0.0.2"
+"#;
+
+    impl OneWorker {
+        /// Publish counters for `snap`'s only service: its `conns`, and per
+        /// real server (by address) its `conns`.
+        fn publish(&self, snap: &Snapshot, svc_conns: u64, per_server: &[(&str, u64)]) {
+            let rs = &snap.config.services[0].real_servers;
+            let c = ServiceCounters::new(rs.len());
+            c.conns.store(svc_conns, Relaxed);
+            for (a, n) in per_server {
+                let j = rs.iter().position(|r| r.address.to_string() == *a).expect("server in the snapshot");
+                c.dests[j].conns.store(*n, Relaxed);
+            }
+            *self.0.lock().unwrap() = Arc::new(vec![c]);
+        }
+    }
+
+    fn conns_of(l: &ListData, addr: &str) -> Option<u64> {
+        l.services.first()?.dests.iter().find(|d| d.addr.to_string() == addr).map(|d| d.stats.conns)
+    }
+
+    /// `-Z` records a baseline of the workers' counters. A real server (or
+    /// service) removed and added again starts with new counters at zero in
+    /// the workers, as a new IPVS destination does; its old baseline must not
+    /// be subtracted from them (before, its connections showed as 0 until
+    /// they passed the count it had when -Z was run).
+    #[test]
+    fn a_server_added_again_after_zero_shows_its_new_counters() {
+        let cfg = Arc::new(Config::from_str(CFG, "t.toml").expect("config"));
+        let view = Arc::new(OneWorker::default());
+        let apply: Applier = Arc::new(|c: Arc<Config>| Arc::new(Snapshot::build(c, &[[2, 0, 0, 0, 2, 1]])));
+        let snap = apply(cfg.clone());
+        let st = State::new(view.clone(), apply, None, cfg, snap);
+        let edit = |rules: &str| st.edit(&ipvsadm::parse_rules(rules).expect("rules")).expect("edit");
+
+        view.publish(&st.snapshot(), 10, &[("127.0.0.1", 6), ("127.0.0.2", 4)]);
+        st.zero(None).unwrap();
+        assert_eq!(conns_of(&st.list(), "127.0.0.1"), Some(0));
+
+        edit("-d -t 10.0.0.1:80 -r 127.0.0.1:80\n");
+        view.publish(&st.snapshot(), 10, &[("127.0.0.2", 4)]);
+        edit("-a -t 10.0.0.1:80 -r 127.0.0.1:80 -m -w 1\n");
+        // The worker's new counters for 127.0.0.1 start at 0; 3 new connections.
+        view.publish(&st.snapshot(), 13, &[("127.0.0.2", 4), ("127.0.0.1", 3)]);
+        let l = st.list();
+        assert_eq!(conns_of(&l, "127.0.0.1"), Some(3), "the re-added server's own connections");
+        assert_eq!(conns_of(&l, "127.0.0.2"), Some(0));
+        assert_eq!(l.services[0].stats.conns, 3);
+
+        // The same for a service deleted and created again (same name).
+        st.zero(None).unwrap();
+        edit("-D -t 10.0.0.1:80\n");
+        *view.0.lock().unwrap() = Arc::new(Vec::new());
+        edit("-A -t 10.0.0.1:80 -s wrr\n-a -t 10.0.0.1:80 -r 127.0.0.2:80 -m -w 1\n");
+        view.publish(&st.snapshot(), 2, &[("127.0.0.2", 2)]);
+        let l = st.list();
+        assert_eq!(l.services[0].stats.conns, 2, "the re-created service's own connections");
+        assert_eq!(conns_of(&l, "127.0.0.2"), Some(2));
     }
 }
