@@ -136,6 +136,19 @@ fn client_data_before_the_server_answers_is_held_then_sent() {
     assert_eq!((a.flags, a.ack), (TCP_ACK, 9001));
     assert_eq!((d.payload.as_slice(), d.ack, d.dst), (&b"hello"[..], 9001, RS1));
     assert_eq!(drops(&e), vec![]);
+    // Held, then sent: counted once, as when the server answers first.
+    let mut first = engine("on", 1000);
+    let (_, s) = one(first.inject(EXT, &syn, S));
+    let cookie = s.seq;
+    one(from_client(&mut first, 40001, 80, TCP_ACK, isn + 1, cookie + 1, b""));
+    assert_eq!(from_rs(&mut first, 80, 40001, TCP_SYN | TCP_ACK, 9000, isn + 1, b"").len(), 1);
+    one(from_client(&mut first, 40001, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, b"hello"));
+    let packets = |e: &MemEngine| {
+        let c = e.workers[0].core().list_conns();
+        assert_eq!(c.len(), 1);
+        (c[0].pkts_in, c[0].pkts_out, c[0].state.clone())
+    };
+    assert_eq!(packets(&e), packets(&first), "(packets in, out, state)");
 }
 
 #[test]

@@ -100,6 +100,11 @@ impl<Q: BufAlloc> Worker<Q> {
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
         }
+        // A SYN-proxied client segment waiting for the real server: held as it is, its
+        // accounts done once, when it is released (this path again).
+        if c.flags & F_SYNPROXY != 0 && dir == Dir::In && self.proxy_holds(idx, p) {
+            return Next::ProxyHold(idx);
+        }
         let len = pkt.len() as u64;
         if c.flags & F_SYNCED != 0 {
             self.adopt(idx);

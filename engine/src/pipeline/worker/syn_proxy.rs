@@ -207,6 +207,19 @@ impl<Q: BufAlloc> Worker<Q> {
         self.verified[Self::verified_slot(a)] = (a, until);
     }
 
+    /// Whether a client segment `p` of SYN-proxied connection `idx` waits for the real
+    /// server's handshake, untouched ([`Worker::proxy_segment`] holds it): not our SYN, not a
+    /// reset, and our SYN not due again. [`Worker::forward`] holds it before its accounts, which
+    /// it gets once, when it is released (it went through them twice).
+    pub(super) fn proxy_holds(&self, idx: u32, p: &Parsed) -> bool {
+        self.flows.cold(idx).proxy.as_deref().is_some_and(|px| {
+            !px.established
+                && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+                && p.tcp_flags & parse::TCP_RST == 0
+                && self.now.saturating_sub(px.syn_at) < synproxy::SYN_RETRY_NS
+        })
+    }
+
     /// A segment of a SYN-proxied connection: the real server's handshake, then the sequence
     /// offset on the client's acknowledgements (the server's sequence numbers are shifted in
     /// [`Worker::forward_rewrite`], after the FTP gateway). `None`: go on forwarding.
