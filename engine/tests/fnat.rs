@@ -352,10 +352,11 @@ fn icmp_errors_both_ways() {
     e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
     // The real server: port unreachable about LADDR:2000 -> RS1:8080.
     let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b"");
-    let out = e.inject(INT, &from_rs(icmp4_error(RS1, LADDR, 3, 3, 0, &quoted), RS1_MAC), S);
+    let out = e.inject(INT, &from_rs(icmp4_error_whole(RS1, LADDR, 3, 3, 0, &quoted), RS1_MAC), S);
     assert_eq!(out.len(), 1, "to the client");
     let f = &out[0].1;
     verify_checksums(f).unwrap();
+    verify_quoted_checksum(f).unwrap();
     assert_eq!(out[0].0, EXT);
     assert_eq!(&f[26..30], &VIP, "outer source");
     assert_eq!(&f[30..34], &CLIENT, "outer destination");
@@ -366,10 +367,11 @@ fn icmp_errors_both_ways() {
     assert_eq!(ferrovs_engine::wire::csum::finish(&f[inner..inner + 20], 0), 0, "quoted IP header checksum");
     // The client side: fragmentation needed about VIP:80 -> client:40000.
     let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 1, 1, b"");
-    let out = e.inject(EXT, &from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
+    let out = e.inject(EXT, &from_client(icmp4_error_whole(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
     assert_eq!(out.len(), 1, "to the real server");
     let f = &out[0].1;
     verify_checksums(f).unwrap();
+    verify_quoted_checksum(f).unwrap();
     assert_eq!(out[0].0, INT);
     assert_eq!(&f[26..30], &LADDR, "outer source: the local address");
     assert_eq!(&f[30..34], &RS1, "outer destination");

@@ -322,3 +322,52 @@ fn received_errors_are_tunnelled_to_a_tunnel_real_server() {
     assert_eq!(ferrovs_engine::wire::csum::finish(&f[14..34], 0), 0, "outer header checksum");
     assert_drops(&e, &[]);
 }
+
+/// The quoted transport checksum follows the translation of a received error, as Linux's NAT
+/// does (`nf_nat_icmp_reply_translation`): UDP always (its checksum is in the first 8 bytes
+/// every error quotes), TCP when the quote holds the whole header (Linux hosts and routers
+/// quote up to 576 bytes). A zero (absent) IPv4 UDP checksum stays absent.
+#[test]
+fn quoted_transport_checksums_follow_the_translation() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    let inner = 14 + 20 + 8;
+    // From the real server about client -> rs1:8080: the quote becomes client -> VIP:80.
+    let quoted = tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK, 1001, 5001, b"some data");
+    verify_checksums(&quoted).unwrap();
+    let out = e.inject(INT, &from_rs(icmp4_error_whole(RS1, CLIENT, 3, 3, 0, &quoted), RS1_MAC), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination: the VIP");
+    assert_eq!(&f[inner + 22..inner + 24], &80u16.to_be_bytes());
+    verify_quoted_checksum(f).unwrap();
+    // From the client's side about VIP:80 -> client: the quote becomes rs1:8080 -> client.
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 5001, 1001, b"reply");
+    let out = e.inject(EXT, &from_client(icmp4_error_whole(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[inner + 12..inner + 16], &RS1, "quoted source: the real server");
+    verify_quoted_checksum(f).unwrap();
+    // A quote too short to hold the TCP checksum (header + 8 bytes) is translated all the same.
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 5001, 1001, b"");
+    let out = e.inject(EXT, &from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted)), S);
+    assert_eq!(out.len(), 1);
+    verify_checksums(&out[0].1).unwrap();
+    // IPv6 UDP (NAT to fd00:2::2 port 53), quoting the whole datagram and only its header.
+    assert_eq!(e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, b"query")), S).len(), 1);
+    let inner6 = 14 + 40 + 8;
+    for whole in [true, false] {
+        let quoted = udp6(C6, 5353, RS6, 53, if whole { b"query" } else { b"" });
+        let err =
+            if whole { icmp6_error_whole(RS6, C6, 1, 4, 0, &quoted) } else { icmp6_error(RS6, C6, 1, 4, 0, &quoted) };
+        let out = e.inject(INT, &from_rs(err, RS1_MAC), S);
+        assert_eq!(out.len(), 1, "whole quote: {whole}");
+        let f = &out[0].1;
+        verify_checksums(f).unwrap();
+        assert_eq!(&f[inner6 + 24..inner6 + 40], &VIP6, "quoted destination: the VIP");
+        verify_quoted_checksum(f).unwrap();
+    }
+    assert_drops(&e, &[]);
+}

@@ -353,12 +353,13 @@ fn icmp_errors_quote_each_ends_own_sequence_numbers() {
     let c = handshake(&mut e, 40300, 80);
     // The server's first data segment, as it left the balancer towards the client.
     let quoted = tcp4(VIP, 80, CLIENT, 40300, TCP_ACK | TCP_PSH, c.cookie + 1, c.isn + 1, &[0x41; 64]);
-    let err = with_macs(icmp4_error(CLIENT, VIP, 3, 4, 576, &quoted), CLIENT_MAC, LB_EXT);
+    let err = with_macs(icmp4_error_whole(CLIENT, VIP, 3, 4, 576, &quoted), CLIENT_MAC, LB_EXT);
     let out = e.inject(EXT, &err, S);
     assert_eq!(out.len(), 1, "{:?}", drops(&e));
     let (iface, f) = &out[0];
     assert_eq!(*iface, INT);
     verify_checksums(f).unwrap();
+    verify_quoted_checksum(f).unwrap();
     let q = 14 + 20 + 8; // the quoted IP header
     assert_eq!(&f[q + 12..q + 16], &RS1, "quoted source: the real server");
     let seq = u32::from_be_bytes(f[q + 24..q + 28].try_into().unwrap());
@@ -366,10 +367,11 @@ fn icmp_errors_quote_each_ends_own_sequence_numbers() {
     // From the server's side about a client segment: the client's sequence numbers are its
     // own throughout, unchanged.
     let quoted = tcp4(CLIENT, 40300, RS1, 80, TCP_ACK | TCP_PSH, c.isn + 1, c.rs_isn + 1, &[0x42; 64]);
-    let err = with_macs(icmp4_error(RS1, CLIENT, 3, 4, 576, &quoted), RS1_MAC, LB_INT);
+    let err = with_macs(icmp4_error_whole(RS1, CLIENT, 3, 4, 576, &quoted), RS1_MAC, LB_INT);
     let (iface, f) = &e.inject(INT, &err, S)[0];
     assert_eq!(*iface, EXT);
     verify_checksums(f).unwrap();
+    verify_quoted_checksum(f).unwrap();
     assert_eq!(u32::from_be_bytes(f[q + 24..q + 28].try_into().unwrap()), c.isn + 1);
     assert_eq!(drops(&e), vec![]);
 }

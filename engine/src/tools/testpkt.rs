@@ -111,6 +111,45 @@ pub fn icmp6_error(src: [u8; 16], dst: [u8; 16], ty: u8, code: u8, rest: u32, qu
     v
 }
 
+/// An ICMPv4 error quoting the whole IPv4 packet of `quoted` (routers and Linux hosts quote
+/// as much as fits in 576 bytes, RFC 1812 4.3.2.3), so the quoted transport header is whole.
+pub fn icmp4_error_whole(src: [u8; 4], dst: [u8; 4], ty: u8, code: u8, rest: u32, quoted: &[u8]) -> Vec<u8> {
+    let t = etherparse::Icmpv4Type::Unknown { type_u8: ty, code_u8: code, bytes5to8: rest.to_be_bytes() };
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).icmpv4(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &quoted[14..]).expect("build icmp4");
+    v
+}
+
+/// An ICMPv6 error quoting the whole IPv6 packet of `quoted` (RFC 4443: as much as fits).
+pub fn icmp6_error_whole(src: [u8; 16], dst: [u8; 16], ty: u8, code: u8, rest: u32, quoted: &[u8]) -> Vec<u8> {
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: ty, code_u8: code, bytes5to8: rest.to_be_bytes() };
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &quoted[14..]).expect("build icmp6");
+    v
+}
+
+/// Does the transport checksum of the packet quoted in ICMP error `frame` verify over the
+/// quoted addresses (the quote must hold the whole transport segment)? `Err` says why not.
+pub fn verify_quoted_checksum(frame: &[u8]) -> Result<(), String> {
+    use crate::wire::csum;
+    let p = crate::wire::parse::parse(frame).map_err(|e| format!("parse: {e:?}"))?;
+    let i = crate::wire::parse::parse_inner(frame, &p).map_err(|e| format!("quote: {e:?}"))?;
+    let seg = &frame[i.l4..p.end];
+    let pseudo = if p.v6 {
+        let (s, d) = (crate::wire::parse::addr_v6_bytes(i.src), crate::wire::parse::addr_v6_bytes(i.dst));
+        csum::pseudo_v6(&s, &d, i.proto, seg.len() as u32)
+    } else {
+        let (s, d) = (crate::wire::parse::addr_v4_bytes(i.src), crate::wire::parse::addr_v4_bytes(i.dst));
+        csum::pseudo_v4(s, d, i.proto, seg.len() as u16)
+    };
+    match csum::finish(seg, pseudo) {
+        0 => Ok(()),
+        x => Err(format!("quoted transport checksum off by {x:#06x}")),
+    }
+}
+
 /// An ICMPv4 echo request.
 pub fn ping4(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).icmpv4_echo_request(id, seq);

@@ -98,6 +98,7 @@ impl<Q: BufAlloc> Worker<Q> {
             _ => None,
         };
         let d = pkt.data_mut();
+        let before = QuotedL4::take(d, p, inner);
         if let Some(delta) = proxy_delta {
             unshift_quoted_tcp(d, p, inner, dir, delta);
         }
@@ -139,7 +140,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 return;
             }
         }
-        match q.apply(d, p, inner) {
+        match q.apply(d, p, inner, &before) {
             Ok(true) => {}
             Ok(false) => {
                 self.drop_pkt(DropReason::TtlExceeded);
@@ -175,7 +176,7 @@ impl<Q: BufAlloc> Worker<Q> {
 /// server segment (`Dir::In`: the error comes from the client's side) gets its sequence
 /// number back (`- delta`, always quoted: the first 8 bytes); a client segment (`Dir::Out`)
 /// its acknowledgement (`+ delta`), when the quote holds it and the segment carries one. The
-/// quoted checksum is left as it is (see [`Quote::apply`]).
+/// quoted checksum follows in [`Quote::apply`] ([`QuotedL4::fix`]).
 fn unshift_quoted_tcp(d: &mut [u8], p: &Parsed, inner: &parse::Inner, dir: Dir, delta: u32) {
     let Some(t) = d.get_mut(inner.l4..p.end) else { return };
     let (off, by) = match dir {
@@ -199,12 +200,12 @@ struct Quote {
 }
 
 impl Quote {
-    /// Write it into frame `d` (parsed as `p`, quoting `inner`), then the checksums: the
-    /// quoted IPv4 header's when it is whole (quoted L4 checksums are left as they are: the
-    /// quote is usually truncated and receivers do not verify it), the outer header's TTL /
-    /// hop limit decremented (IPv4: its checksum), and the ICMP checksum. `Ok(false)`: the
-    /// TTL / hop limit ran out.
-    fn apply(&self, d: &mut [u8], p: &Parsed, inner: &parse::Inner) -> Result<bool, Truncated> {
+    /// Write it into frame `d` (parsed as `p`, quoting `inner`; `before`: the quoted transport
+    /// header as received), then the checksums: the quoted IPv4 header's when it is whole, the
+    /// quoted transport checksum when the quote holds it ([`QuotedL4::fix`]), the outer
+    /// header's TTL / hop limit decremented (IPv4: its checksum), and the ICMP checksum.
+    /// `Ok(false)`: the TTL / hop limit ran out.
+    fn apply(&self, d: &mut [u8], p: &Parsed, inner: &parse::Inner, before: &QuotedL4) -> Result<bool, Truncated> {
         let v6 = p.v6;
         for (l3, (src, dst)) in [(p.l3, self.outer), (inner.l3, self.inner)] {
             let mut h = IpMut::at_mut(d, l3, v6)?;
@@ -227,6 +228,7 @@ impl Quote {
         if !v6 && inner.l3 + Ipv4::at(d, inner.l3)?.header_len() <= p.end {
             csum::fill_ipv4(d, inner.l3)?;
         }
+        before.fix(d, p, inner, (self.inner.0.unwrap_or(inner.src), self.inner.1.unwrap_or(inner.dst)));
         // Forwarded: the TTL / hop limit goes down by one, as for any packet.
         let mut h = IpMut::at_mut(d, p.l3, v6)?;
         let ttl = h.ttl();
@@ -239,5 +241,64 @@ impl Quote {
         }
         csum::fill_l4(d, p)?;
         Ok(true)
+    }
+}
+
+/// The first bytes of a quoted TCP or UDP header as received (before any translation), so
+/// that its checksum can follow what the translation changed.
+struct QuotedL4 {
+    src: Addr,
+    dst: Addr,
+    head: [u8; 20],
+    /// Bytes of `head` quoted (even: whole 16-bit words).
+    n: usize,
+}
+
+impl QuotedL4 {
+    fn take(d: &[u8], p: &Parsed, inner: &parse::Inner) -> QuotedL4 {
+        let q = d.get(inner.l4..p.end).unwrap_or(&[]);
+        let n = q.len().min(20) & !1;
+        let mut head = [0u8; 20];
+        head[..n].copy_from_slice(&q[..n]);
+        QuotedL4 { src: inner.src, dst: inner.dst, head, n }
+    }
+
+    /// The quoted transport checksum updated (RFC 1624) for the quoted addresses now being
+    /// `now` and for whatever the translation changed in the header's first bytes (ports; a
+    /// SYN-proxied segment's sequence or acknowledgement number), when the quote holds the
+    /// checksum field: always for UDP (the first 8 bytes are always quoted), for TCP when the
+    /// quote reaches its 18th byte. Linux's NAT does the same for the errors it translates
+    /// (`nf_nat_icmp_reply_translation`: `udp_manip_pkt`, and `tcp_manip_pkt` when the TCP
+    /// header is whole); IPVS leaves it. A UDP checksum of 0 (none, IPv4) stays 0.
+    fn fix(&self, d: &mut [u8], p: &Parsed, inner: &parse::Inner, now: (Addr, Addr)) {
+        let at = match inner.proto {
+            PROTO_TCP => 16,
+            PROTO_UDP => 6,
+            _ => return,
+        };
+        if self.n < at + 2 {
+            return;
+        }
+        let Some(q) = d.get_mut(inner.l4..inner.l4 + self.n) else { return };
+        let old = u16::from_be_bytes([q[at], q[at + 1]]);
+        if inner.proto == PROTO_UDP && old == 0 {
+            return;
+        }
+        let (mut was, mut is) = ([0u8; 20], [0u8; 20]);
+        was[..self.n].copy_from_slice(&self.head[..self.n]);
+        is[..self.n].copy_from_slice(q);
+        // The checksum field itself is not part of the delta.
+        was[at..at + 2].fill(0);
+        is[at..at + 2].fill(0);
+        let v4 = !p.v6;
+        let dl = csum::add(
+            csum::delta_addr_unfolded(self.src, now.0, v4) + csum::delta_addr_unfolded(self.dst, now.1, v4),
+            csum::delta(&was[..self.n], &is[..self.n]),
+        );
+        let mut new = csum::apply(old, dl);
+        if inner.proto == PROTO_UDP && new == 0 {
+            new = 0xffff;
+        }
+        q[at..at + 2].copy_from_slice(&new.to_be_bytes());
     }
 }
