@@ -38,6 +38,7 @@
 //! needed) and every peer's credentials are checked (SO_PEERCRED): only
 //! root and the daemon's own uid are served.
 
+use crate::ctl::clients::{Admit, Client, Clients, Limits, Paced};
 use crate::ctl::health::{HealthInfo, HealthTarget, ServerKey};
 use crate::ctl::ipvsadm::{self, Command, ConnRow, ListData, Stats, SvcKey};
 use crate::ctl::overview::{FtpRow, Overview};
@@ -54,7 +55,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,8 +63,6 @@ use std::time::{Duration, Instant};
 pub const PROTOCOL_VERSION: u64 = 1;
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 1 << 20;
-/// Most clients served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 32;
 /// Rate estimator period (as IPVS's estimator).
 pub const RATE_PERIOD: Duration = Duration::from_secs(2);
 
@@ -791,7 +790,7 @@ fn write_reply(s: &mut UnixStream, v: &Value) -> std::io::Result<()> {
     s.write_all(&line)
 }
 
-fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
+fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32, clients: &Clients, me: &Client) {
     match peer_uid(&stream) {
         Some(u) if u == 0 || u == my_uid => {}
         other => {
@@ -800,16 +799,26 @@ fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
             return;
         }
     }
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(clients.limits.write));
     let Ok(rd) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(rd);
+    let mut reader = BufReader::new(Paced::new(rd, clients, me));
     loop {
+        reader.get_mut().next_request();
         let mut buf = Vec::new();
         let n = match (&mut reader).take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut buf) {
             Ok(n) => n,
             Err(e) => {
-                if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                    if !buf.is_empty() {
+                        let _ = write_reply(
+                            &mut stream,
+                            &error_reply(&format!(
+                                "request not complete within {} s of its first byte",
+                                clients.limits.request.as_secs_f64()
+                            )),
+                        );
+                    }
+                } else {
                     tracing::debug!("control: read error: {e}");
                 }
                 return;
@@ -826,7 +835,7 @@ fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
                 // (a bounded amount of) what it is still sending.
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = std::io::copy(&mut (&mut reader).take(64 << 20), &mut std::io::sink());
+                let _ = std::io::copy(&mut stream.take(64 << 20), &mut std::io::sink());
             } else {
                 let _ = write_reply(&mut stream, &error_reply("truncated request (end of stream before newline)"));
             }
@@ -842,6 +851,48 @@ fn serve_client(state: &State, mut stream: UnixStream, my_uid: u32) {
         let reply = state.handle_line(&buf);
         if write_reply(&mut stream, &reply).is_err() {
             return;
+        }
+    }
+}
+
+/// The control socket's accept loop (until `stop`): each client in its own thread, within
+/// `clients`' limits.
+fn accept_loop(listener: UnixListener, state: Arc<State>, stop: Arc<AtomicBool>, clients: Arc<Clients>) {
+    // SAFETY: getuid has no preconditions.
+    let my_uid = unsafe { libc::getuid() };
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let me = match clients.admit(&s) {
+                    Ok(Admit::In(me)) => me,
+                    Ok(Admit::Full) => {
+                        let mut s = s;
+                        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                        let _ = write_reply(&mut s, &error_reply("too many control clients, try again"));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("control: cannot serve a client: {e}");
+                        continue;
+                    }
+                };
+                let st = state.clone();
+                let cl = clients.clone();
+                let mine = me.clone();
+                let r = std::thread::Builder::new().name("fvs-control-client".into()).spawn(move || {
+                    serve_client(&st, s, my_uid, &cl, &mine);
+                    cl.leave(&mine);
+                });
+                if r.is_err() {
+                    clients.leave(&me);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                tracing::warn!("control: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
@@ -865,6 +916,11 @@ pub fn spawn(config_path: Option<PathBuf>, config: Arc<Config>, running: &Runnin
 
 /// [`spawn`] for an existing [`State`].
 pub fn spawn_with(state: Arc<State>, config: &Config) -> std::io::Result<ControlHandle> {
+    spawn_limited(state, config, Limits::default())
+}
+
+/// [`spawn_with`] with the control socket's clients held to `limits`.
+pub fn spawn_limited(state: Arc<State>, config: &Config, limits: Limits) -> std::io::Result<ControlHandle> {
     let path = config.engine.control_socket.clone();
     let listener = bind(&path)?;
     listener.set_nonblocking(true)?;
@@ -879,41 +935,12 @@ pub fn spawn_with(state: Arc<State>, config: &Config) -> std::io::Result<Control
     {
         let state = state.clone();
         let stop = stop.clone();
-        // SAFETY: getuid has no preconditions.
-        let my_uid = unsafe { libc::getuid() };
-        let clients = Arc::new(AtomicUsize::new(0));
-        threads.push(std::thread::Builder::new().name("fvs-control".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
-                            let mut s = s;
-                            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-                            let _ = write_reply(&mut s, &error_reply("too many control clients, try again"));
-                            continue;
-                        }
-                        clients.fetch_add(1, Ordering::Relaxed);
-                        let st = state.clone();
-                        let cl = clients.clone();
-                        let r = std::thread::Builder::new().name("fvs-control-client".into()).spawn(move || {
-                            serve_client(&st, s, my_uid);
-                            cl.fetch_sub(1, Ordering::Relaxed);
-                        });
-                        if r.is_err() {
-                            clients.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Err(e) => {
-                        tracing::warn!("control: accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        })?);
+        let clients = Arc::new(Clients::new(limits));
+        threads.push(
+            std::thread::Builder::new()
+                .name("fvs-control".into())
+                .spawn(move || accept_loop(listener, state, stop, clients))?,
+        );
     }
 
     {
@@ -947,6 +974,8 @@ pub fn request(socket: &Path, req: &Value) -> Result<Value, String> {
     let mut s = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e} (is ferrovs running? use --socket)", socket.display()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    // A daemon that stopped reading (hung) fails the request instead of hanging the tool.
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     s.write_all(&line).map_err(|e| format!("{}: {e}", socket.display()))?;
@@ -1175,15 +1204,14 @@ mod bind_tests {
 }
 
 #[cfg(test)]
-mod zero_tests {
+mod test_view {
     use super::*;
     use crate::pipeline::counters::WorkerCounters;
-    use std::sync::atomic::Ordering::Relaxed;
 
     /// One worker whose per-service counters the test sets (what a worker
     /// publishes for the snapshot it runs).
     #[derive(Default)]
-    struct OneWorker(Mutex<Arc<Vec<ServiceCounters>>>);
+    pub(super) struct OneWorker(pub(super) Mutex<Arc<Vec<ServiceCounters>>>);
     impl EngineView for OneWorker {
         fn workers(&self) -> usize {
             1
@@ -1202,6 +1230,50 @@ mod zero_tests {
             Vec::new()
         }
     }
+}
+
+#[cfg(test)]
+mod client_limit_tests {
+    use super::test_view::OneWorker;
+    use super::*;
+
+    /// A client that connects and never sends does not lock the administrator out: with
+    /// every place taken by silent clients, a new one gets its answer (before, it was told
+    /// "too many control clients" for as long as they stayed, 30 s per read).
+    #[test]
+    fn silent_clients_make_room_for_the_administrator() {
+        let dir = std::env::temp_dir().join(format!("fvs-clients-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("ctl.sock");
+        let text = format!("[engine]\nworkers = 1\nbackend = \"memory\"\ncontrol_socket = \"{}\"\n", sock.display());
+        let cfg = Arc::new(Config::from_str(&text, "t.toml").expect("config"));
+        let apply: Applier = Arc::new(|c: Arc<Config>| Arc::new(Snapshot::build(c, &[[2, 0, 0, 0, 2, 1]])));
+        let snap = apply(cfg.clone());
+        let st = State::new(Arc::new(OneWorker::default()), apply, None, cfg.clone(), snap);
+        let limits = Limits {
+            max: 2,
+            idle: Duration::from_secs(30),
+            request: Duration::from_secs(1),
+            min_idle: Duration::from_millis(100),
+            write: Duration::from_secs(1),
+        };
+        let h = spawn_limited(st, &cfg, limits).expect("control socket");
+        let silent: Vec<UnixStream> = (0..2).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(400));
+        let r = request(&sock, &json!({"v": PROTOCOL_VERSION, "op": "status"})).expect("a reply");
+        assert_eq!(r.get("ok"), Some(&json!(true)), "{r}");
+        drop(silent);
+        drop(h);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod zero_tests {
+    use super::test_view::OneWorker;
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     const CFG: &str = r#"
 [engine]

@@ -2,7 +2,8 @@
 //! from the workers: it reads counters and posts snapshots, nothing else.
 //!
 //! - [`control`]: the unix-socket server (versioned JSON lines), the live
-//!   configuration and its edits.
+//!   configuration and its edits; [`clients`]: how many clients it serves and
+//!   for how long.
 //! - [`ipvsadm`]: the `ferrovsadm` command line, its edits and the ipvsadm
 //!   `-L` / `-S` / `-c` output; the one ipvsadm-save parser.
 //! - [`health`]: real-server health checks (through
@@ -14,6 +15,7 @@
 //! `health`, `metrics`, `overview` and `statuspage` do not import
 //! `control` (a test in lib.rs keeps it so).
 
+pub mod clients;
 pub mod control;
 pub mod health;
 pub mod ipvsadm;
