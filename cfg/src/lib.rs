@@ -43,4 +43,32 @@ impl Config {
     pub fn to_toml(&self) -> String {
         render::config(self)
     }
+
+    /// The destinations the data plane serves: this configuration with each service's
+    /// sorry server added as its last real server, at weight 1 while none of its real servers
+    /// takes new connections (all at weight 0: down and quiesced, or set so; or none left),
+    /// as keepalived adds its `sorry_server` when a virtual server's alive weight falls below
+    /// its quorum (1), and at weight 0 otherwise (keepalived's `sorry_server_inhibit`), so the
+    /// connections it took finish there. `None`: no service has a sorry server.
+    pub fn serving(&self) -> Option<Config> {
+        if self.services.iter().all(|s| s.sorry_server.is_none()) {
+            return None;
+        }
+        let mut c = self.clone();
+        for s in c.services.iter_mut() {
+            let weight = s.needs_sorry() as u32;
+            if let Some(ss) = s.sorry_server {
+                s.real_servers.push(RealServer {
+                    address: ss.address,
+                    port: ss.port,
+                    weight,
+                    upper: 0,
+                    lower: 0,
+                    forward: None,
+                    proxy_protocol: None,
+                });
+            }
+        }
+        Some(c)
+    }
 }

@@ -277,6 +277,18 @@ pub struct Service {
     /// Full NAT: the balancer's source addresses towards the real servers
     /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
     pub local_addresses: Vec<IpAddr>,
+    /// Where new connections go while no real server can take them (keepalived's
+    /// `sorry_server`): every real server down, quiesced or at weight 0, or none at all.
+    pub sorry_server: Option<SorryServer>,
+}
+
+/// A service's sorry server: a destination of the service's forwarding method, used only
+/// while no real server takes new connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SorryServer {
+    pub address: IpAddr,
+    /// Destination port; `None`: as a real server without a port.
+    pub port: Option<u16>,
 }
 
 /// When a TCP service answers SYNs itself with SYN cookies.
@@ -300,6 +312,12 @@ impl Service {
     /// The destination port a real server with `port` gets: on a single-port service no
     /// port is that port (as ipvsadm's `-r ADDR` is `ADDR:service port`), so `ADDR` and
     /// `ADDR:80` of a port-80 service are one destination. `None`: the client's port.
+    /// Does the service send new connections to its sorry server (it has one, and no real
+    /// server takes new connections)? See [`Config::serving`].
+    pub fn needs_sorry(&self) -> bool {
+        self.sorry_server.is_some() && self.real_servers.iter().all(|r| r.weight == 0)
+    }
+
     pub fn server_port(&self, port: Option<u16>) -> Option<u16> {
         port.or(match self.ports.as_slice() {
             [r] if r.lo == r.hi => Some(r.lo),

@@ -139,8 +139,16 @@ pub(crate) struct RawService {
     pub health_check: Option<S<RawHealthCheck>>,
     pub syn_proxy: Option<S<String>>,
     pub local_addresses: Option<S<Vec<S<String>>>>,
+    pub sorry_server: Option<S<RawSorryServer>>,
     #[serde(default)]
     pub real_server: Vec<S<RawRealServer>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSorryServer {
+    pub address: S<IpDe>,
+    pub port: Option<S<i64>>,
 }
 
 #[derive(Debug)]

@@ -216,6 +216,12 @@ pub(crate) fn service(s: &Service) -> String {
         SynProxy::On => o.push_str("syn_proxy = \"on\"\n"),
         SynProxy::Off => o.push_str("syn_proxy = \"off\"\n"),
     }
+    if let Some(ss) = &s.sorry_server {
+        let _ = match ss.port {
+            Some(p) => writeln!(o, "sorry_server = {{ address = {}, port = {p} }}", q(&ss.address.to_string())),
+            None => writeln!(o, "sorry_server = {{ address = {} }}", q(&ss.address.to_string())),
+        };
+    }
     if let Some(h) = &s.health_check {
         o.push_str("\n[service.health_check]\n");
         let kind = match h.kind {

@@ -828,6 +828,42 @@ impl Validator<'_> {
             real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward, proxy_protocol });
         }
 
+        let sorry_server = match &rs.sorry_server {
+            None => None,
+            Some(ss) => {
+                let r = ss.get_ref();
+                let address = r.address.get_ref().0;
+                let family_of = if forward == Forward::Fnat { local_addresses.first().copied() } else { Some(vip) };
+                if let Some(f) = family_of.filter(|f| f.is_ipv4() != address.is_ipv4()) {
+                    return Err(self.err(
+                        span_of(&r.address),
+                        format!("sorry server {address} is not in the address family of {f}"),
+                    ));
+                }
+                let port = match &r.port {
+                    Some(p) => Some(self.int(p, 1, 65535, "sorry server port")? as u16),
+                    None => None,
+                };
+                let dest_port = port.or(match ports.as_slice() {
+                    [r] if r.lo == r.hi => Some(r.lo),
+                    _ => None,
+                });
+                if seen_rs.contains(&(address, dest_port)) {
+                    return Err(self.err(
+                        span_of(&r.address),
+                        format!("sorry server {address} is also a real server of service {name:?}"),
+                    ));
+                }
+                if check_reach && !reachable(address) {
+                    return Err(self.err(
+                        span_of(&r.address),
+                        format!("sorry server {address} is not reachable through any interface or route"),
+                    ));
+                }
+                Some(SorryServer { address, port })
+            }
+        };
+
         Ok(Service {
             name,
             vip,
@@ -842,6 +878,7 @@ impl Validator<'_> {
             health_check,
             syn_proxy,
             local_addresses,
+            sorry_server,
         })
     }
 

@@ -142,7 +142,8 @@ fn keepalived_nat() {
     assert_eq!(web.health_check, None, "HTTP_GET not imported");
     assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
     assert!(warned(&imp, 39, "HTTP_GET"));
-    assert!(warned(&imp, 33, "sorry_server"));
+    assert!(!warned(&imp, 33, "sorry_server"), "imported");
+    assert_eq!(web.sorry_server, Some(SorryServer { address: "10.0.2.9".parse().unwrap(), port: Some(80) }));
     let dns = &imp.services[2];
     assert_eq!((dns.protocol, dns.forward, dns.scheduler.as_str()), (Protocol::Udp, Forward::Dr, "sh"));
 }

@@ -183,6 +183,7 @@ fn good_config_parses_into_expected_model() {
             }),
             syn_proxy: SynProxy::Auto,
             local_addresses: Vec::new(),
+            sorry_server: None,
         }
     );
     let d = &c.services[1];
@@ -595,4 +596,42 @@ fn kernel_port_with_dpdk() {
     let e = Config::from_str(&same, "k.toml").unwrap_err();
     assert_eq!(e.line, Some(6), "{e}");
     assert!(e.message.contains("another device"), "{e}");
+}
+
+/// A sorry server (keepalived's `sorry_server`): parsed, rendered back, added to the served
+/// destinations only while no real server takes new connections; its errors name the line.
+#[test]
+fn sorry_server() {
+    let head = "[engine]\nbackend = \"memory\"\n";
+    let svc = |sorry: &str, w: u32| {
+        format!(
+            "{head}[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nports = [80]\n{sorry}\n\
+             [[service.real_server]]\naddress = \"10.0.2.2\"\nweight = {w}\n"
+        )
+    };
+    let c = Config::from_str(&svc("sorry_server = { address = \"10.0.2.9\", port = 8080 }", 1), "s.toml").unwrap();
+    let want = SorryServer { address: "10.0.2.9".parse().unwrap(), port: Some(8080) };
+    assert_eq!(c.services[0].sorry_server, Some(want));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap().services[0].sorry_server, Some(want));
+    let served = c.serving().expect("a service has a sorry server");
+    let rs = &served.services[0].real_servers;
+    assert_eq!((rs.len(), rs[1].address, rs[1].weight), (2, want.address, 0), "quiesced while a real server serves");
+    assert!(Config::from_str(&svc("", 0), "s.toml").unwrap().serving().is_none(), "no sorry server: no copy");
+    let c = Config::from_str(&svc("sorry_server = { address = \"10.0.2.9\" }", 0), "s.toml").unwrap();
+    let served = c.serving().expect("every real server at weight 0");
+    let rs = &served.services[0].real_servers;
+    assert_eq!((rs.len(), rs[1].address, rs[1].port, rs[1].weight), (2, want.address, None, 1));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c);
+    let cases: &[(&str, usize, &str)] = &[
+        ("sorry_server = { address = \"fd00::9\" }", 7, "address family"),
+        ("sorry_server = { address = \"10.0.2.2\", port = 80 }", 7, "also a real server"),
+        ("sorry_server = { address = \"10.0.2.9\", port = 0 }", 7, "sorry server port"),
+        ("sorry_server = { port = 80 }", 7, "address"),
+        ("sorry_server = { address = \"10.0.2.9\", weight = 3 }", 7, "weight"),
+    ];
+    for (sorry, line, msg) in cases {
+        let e = Config::from_str(&svc(sorry, 1), "s.toml").expect_err(sorry);
+        assert_eq!((e.file.as_str(), e.line), ("s.toml", Some(*line)), "{sorry}: {e}");
+        assert!(e.to_string().contains(msg), "{sorry}: {e}");
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use ferrovs_engine::tools::replay::MemEngine;
 use ferrovs_engine::tools::testpkt::*;
-use ferrovs_engine::wire::parse::TCP_SYN;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
 
 fn wrr_config(extra: &str) -> ferrovs_cfg::Config {
     config(&format!(
@@ -72,4 +72,43 @@ fn persistence_keeps_a_client_on_one_server_across_the_port_group() {
             assert_eq!(syn(&mut e, client, 40001 + i as u16, *port), first, "client {c} port {port}");
         }
     }
+}
+
+/// A sorry server takes new connections only while no real server does (every one at
+/// weight 0, or none), as keepalived's `sorry_server`; when a real server takes them again,
+/// new connections go there.
+#[test]
+fn the_sorry_server_takes_new_connections_only_while_no_real_server_does() {
+    let cfg = |weight: Option<u32>| {
+        let rs = weight
+            .map_or(String::new(), |w| format!("[[service.real_server]]\naddress = \"10.0.2.2\"\nweight = {w}\n"));
+        config(&format!(
+            "[[service]]\nname = \"web\"\nvip = \"10.0.1.100\"\nports = [80]\nscheduler = \"rr\"\n\
+             sorry_server = {{ address = \"10.0.2.3\", port = 8080 }}\n\n{rs}"
+        ))
+    };
+    // Where a new connection from client port `cport` goes: (destination MAC, address, port).
+    let syn = |e: &mut MemEngine, cport: u16| {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, cport, VIP, 80, TCP_SYN, 1, 0, b"")), S);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let f = &out[0].1;
+        verify_checksums(f).unwrap();
+        (f[0..6].to_vec(), f[30..34].to_vec(), u16::from_be_bytes([f[36], f[37]]))
+    };
+    let to_rs1 = (RS1_MAC.to_vec(), RS1.to_vec(), 80);
+    let to_sorry = (RS2_MAC.to_vec(), RS2.to_vec(), 8080);
+    let mut e = MemEngine::new(cfg(Some(1)), 1);
+    assert_eq!(syn(&mut e, 41000), to_rs1);
+    // The real server quiesced: new connections to the sorry server.
+    e.reload(cfg(Some(0)), 2 * S);
+    assert_eq!(syn(&mut e, 41001), to_sorry);
+    // Back at weight 1: new connections to the real server again; the sorry server's go on.
+    e.reload(cfg(Some(1)), 3 * S);
+    assert_eq!(syn(&mut e, 41002), to_rs1);
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 41001, VIP, 80, TCP_ACK, 2, 1, b"")), 3 * S);
+    assert_eq!(out.len(), 1, "the sorry server's connection carries on");
+    assert_eq!((&out[0].1[0..6], &out[0].1[30..34]), (&RS2_MAC[..], &RS2[..]));
+    // No real server at all.
+    let mut e = MemEngine::new(cfg(None), 1);
+    assert_eq!(syn(&mut e, 41003), to_sorry);
 }

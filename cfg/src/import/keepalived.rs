@@ -183,9 +183,11 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
     // virtual_server's inhibit_on_failure: the default of its real servers.
     let mut vs_inhibit = false;
     let mut reals: Vec<&Node> = Vec::new();
+    let mut sorry: Option<&Node> = None;
     for n in body {
         match n.key.as_str() {
             "real_server" => reals.push(n),
+            "sorry_server" => sorry = Some(n),
             "delay_loop" => interval = secs(n)?,
             "lb_algo" | "lvs_sched" => {
                 let s = ferrovs_sched::check_name(arg(n)?).map_err(|e| err(ORIGIN, n.line, e.to_string()))?;
@@ -213,6 +215,8 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
             }
             "ip_family" => v6 = arg(n)? == "inet6",
             "inhibit_on_failure" => vs_inhibit = flag(n)?,
+            // ferrovs always keeps the sorry server quiesced while a real server serves.
+            "sorry_server_inhibit" => {}
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
@@ -373,6 +377,38 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
         svc.real_servers.push(r);
         inhibits.push((inhibit, rl));
     }
+    if let Some(n) = sorry {
+        let (addr, port) = match n.args.as_slice() {
+            [a, p] => (a, Some(p)),
+            [a] => (a, None),
+            _ => return Err(err(ORIGIN, n.line, "expected `sorry_server ADDRESS PORT`")),
+        };
+        let address: IpAddr =
+            addr.parse().map_err(|_| err(ORIGIN, n.line, format!("invalid sorry_server address {addr:?}")))?;
+        if address.is_ipv4() != svc.vip.is_ipv4() {
+            return Err(err(
+                ORIGIN,
+                n.line,
+                format!("sorry_server {address} is not in the address family of virtual_server {}", vs.args.join(" ")),
+            ));
+        }
+        let port = match port {
+            None => None,
+            Some(p) => {
+                let p: u16 = p.parse().map_err(|_| err(ORIGIN, n.line, format!("invalid sorry_server port {p:?}")))?;
+                (p != 0).then_some(p)
+            }
+        };
+        if svc.real_servers.iter().any(|o| o.address == address && svc.server_port(o.port) == svc.server_port(port)) {
+            warnings.push(format!(
+                "line {}: sorry_server {address} is also a real_server of {}, ignored",
+                n.line, svc.name
+            ));
+        } else {
+            svc.sorry_server = Some(SorryServer { address, port });
+        }
+    }
+
     let inhibit = inhibits.iter().any(|(i, _)| *i);
     if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && check.is_some()) {
         warnings.push(format!(

@@ -103,6 +103,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         health_check: None,
         syn_proxy: Default::default(),
         local_addresses: Vec::new(),
+        sorry_server: None,
     }
 }
 

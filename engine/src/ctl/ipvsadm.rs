@@ -947,6 +947,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 health_check: None,
                 syn_proxy: Default::default(),
                 local_addresses: Vec::new(),
+                sorry_server: None,
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {

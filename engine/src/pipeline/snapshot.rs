@@ -193,6 +193,8 @@ impl Snapshot {
     /// [`Snapshot::build`], knowing the addresses the host's kernel has on the engine's ports
     /// ([`ADDR_HOST`], see [`crate::port::afpacket::kernel_addresses`]).
     pub fn build_with_host(config: Arc<Config>, macs: &[[u8; 6]], host: &[Addr]) -> Snapshot {
+        // Sorry servers in for the services whose real servers take no new connections.
+        let config = config.serving().map_or(config, Arc::new);
         let ifaces: Vec<IfaceInfo> = config
             .interfaces
             .iter()
