@@ -362,3 +362,35 @@ fn duplicate_fragments_are_dropped_alone() {
     assert!(inject_all(&mut e, EXT, &frags[1..], S + 1).is_empty(), "the datagram is poisoned");
     assert_eq!(drops(&e), vec![("frag_duplicate", 4), ("frag_overlap", 3)]);
 }
+
+/// One source sending first fragments of datagrams it never completes, faster than they
+/// expire, fills the table of datagrams in flight. It used to push out the oldest datagram
+/// of anyone: a victim's datagram whose first fragment had come lost its later fragments
+/// (held, then `frag_timeout`). Now a source holds a bounded share and a newcomer pushes
+/// out its own source's oldest: the flooder hurts only itself.
+#[test]
+fn a_first_fragment_flood_does_not_push_out_other_sources_datagrams() {
+    let mut e = engine();
+    let data = payload(3000);
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &data), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&d, 1500, 0x4444);
+    let first = inject_all(&mut e, EXT, &frags[..1], S);
+    assert_eq!(first.len(), 1);
+    let d6 = with_macs(udp6(C6, 5353, VIP6, 53, &data), CLIENT_MAC, LB_EXT);
+    let f6 = fragment6(&d6, 1500, 0x4444);
+    assert_eq!(inject_all(&mut e, EXT, &f6[..1], S).len(), 1);
+    let flooder = [10, 0, 1, 66];
+    let flood = 2 * frag::MAX_FRAG_ENTRIES;
+    for id in 0..flood {
+        let d = with_macs(udp4(flooder, 7000, VIP, 53, &[1u8; 64]), CLIENT_MAC, LB_EXT);
+        let f = fragment4(&d, 48, id as u16);
+        assert_eq!(e.inject(EXT, &f[0], S + id as u64).len(), 1, "each first fragment goes out");
+    }
+    let t = S + flood as u64;
+    let out = inject_all(&mut e, EXT, &frags[1..], t);
+    assert_eq!(out.len(), 2, "the victim's later fragments follow its first");
+    assert_eq!(udp_of(&reassemble(&[first, out].concat()).unwrap()).4, data);
+    assert_eq!(inject_all(&mut e, EXT, &f6[1..], t).len(), 2, "so do the IPv6 victim's");
+    assert_eq!(drops(&e), vec![]);
+    assert_eq!(e.counters().frag_evicted, (flood - frag::MAX_FRAG_PER_SOURCE) as u64);
+}

@@ -136,6 +136,12 @@ pub fn render(f: &Figures) -> String {
             "Unsolicited ARP/ND neighbours not learnt: table full and evictions over their rate.",
             |s| s.neigh_limited,
         ),
+        (
+            "frag_evicted_total",
+            "counter",
+            "IP fragment datagrams in flight forgotten to make room (fair between sources).",
+            |s| s.frag_evicted,
+        ),
         ("sync_installed_total", "counter", "Cluster sync: peers' entries installed.", |s| s.sync_installed),
         (
             "sync_skipped_total",

@@ -14,12 +14,11 @@
 //! This module holds the pure parts: the fragment parser and the table. The worker drives
 //! them (`Worker::fragment`).
 
-use crate::wire::parse::{v4_to_addr, v6_to_addr, Addr, ParseError, Parsed, PROTO_TCP, PROTO_UDP};
+use crate::wire::parse::{addr_is_v4, v4_to_addr, v6_to_addr, Addr, ParseError, Parsed, PROTO_TCP, PROTO_UDP};
 use crate::wire::view::{
     Ipv4, Ipv6, Ipv6Frag, Tcp, Udp, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV6_FRAGMENT, TCP_HEADER_LEN,
 };
 use hashbrown::HashMap;
-use std::collections::VecDeque;
 
 /// How long a datagram's fragments are matched after its first fragment (ns). Linux keeps
 /// fragments 30 s for reassembly; a balancer forwarding on the fly needs only the spread of
@@ -27,6 +26,8 @@ use std::collections::VecDeque;
 pub const FRAG_TIMEOUT: u64 = 5_000_000_000;
 /// Datagrams tracked per worker.
 pub const MAX_FRAG_ENTRIES: usize = 4096;
+/// Datagrams tracked per worker for one source ([`source_of`]).
+pub const MAX_FRAG_PER_SOURCE: usize = MAX_FRAG_ENTRIES / 16;
 /// Fragments held per worker while waiting for their first fragment.
 pub const MAX_FRAG_HELD: usize = 64;
 /// How long a fragment waits for its first fragment (ns).
@@ -247,11 +248,60 @@ pub enum FragVerdict {
     Duplicate,
 }
 
+/// The source a datagram or held fragment is accounted to, for fairness between sources: an
+/// IPv4 address, an IPv6 /64 (what one host or site controls; IPv6 hosts pick addresses
+/// within their /64 at will).
+pub fn source_of(a: Addr) -> Addr {
+    if addr_is_v4(a) {
+        a
+    } else {
+        a & (u128::MAX << 64)
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+/// A datagram in flight, linked in the table's order (oldest first) and in its source's.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    key: FragKey,
+    entry: Entry,
+    prev: u32,
+    next: u32,
+    sprev: u32,
+    snext: u32,
+}
+
+/// A source's datagrams in flight: how many, its oldest and newest, and where it sits in
+/// [`FragTable::by_count`]`[n]`.
+#[derive(Clone, Copy, Debug)]
+struct Source {
+    n: u32,
+    head: u32,
+    tail: u32,
+    pos: u32,
+}
+
 /// The per-worker table of datagrams in flight.
+///
+/// Fair between sources ([`source_of`]): a source holds at most [`MAX_FRAG_PER_SOURCE`]
+/// datagrams (a new one pushes out its own oldest), and a full table makes room from the
+/// oldest datagram of the source holding the most. A source sending first fragments of
+/// datagrams it never completes so pushes out only its own. Every step is O(1): the datagrams
+/// live in a slab linked in two lists (the table's, for expiry, and their source's), the
+/// sources in buckets by how many they hold.
 pub struct FragTable {
-    map: HashMap<FragKey, Entry>,
-    order: VecDeque<(FragKey, u64)>,
-    /// Entries evicted because the table was full.
+    map: HashMap<FragKey, u32>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    head: u32,
+    tail: u32,
+    srcs: HashMap<Addr, Source>,
+    /// `by_count[c]`: the sources holding `c` datagrams; `most`: the largest such `c`.
+    by_count: Vec<Vec<Addr>>,
+    most: usize,
+    /// Datagrams forgotten before they completed or expired, to make room: the worker adds
+    /// them to its `frag_evicted` counter.
     pub evicted: u64,
 }
 
@@ -263,7 +313,17 @@ impl Default for FragTable {
 
 impl FragTable {
     pub fn new() -> Self {
-        FragTable { map: HashMap::with_capacity(64), order: VecDeque::with_capacity(64), evicted: 0 }
+        FragTable {
+            map: HashMap::with_capacity(64),
+            nodes: Vec::with_capacity(64),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            srcs: HashMap::with_capacity(16),
+            by_count: vec![Vec::new(); MAX_FRAG_PER_SOURCE + 1],
+            most: 0,
+            evicted: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -274,11 +334,116 @@ impl FragTable {
         self.map.is_empty()
     }
 
+    /// Datagrams in flight from `src`'s source ([`source_of`]).
+    pub fn held_by(&self, src: Addr) -> usize {
+        self.srcs.get(&source_of(src)).map_or(0, |s| s.n as usize)
+    }
+
+    fn entry_mut(&mut self, key: &FragKey) -> Option<(u32, &mut Entry)> {
+        let i = *self.map.get(key)?;
+        Some((i, &mut self.nodes[i as usize].entry))
+    }
+
+    /// Moves `src` from `by_count[from]` to `by_count[to]` (0: out of the buckets).
+    fn rebucket(&mut self, src: Addr, from: usize, to: usize) {
+        if from > 0 {
+            let pos = self.srcs[&src].pos as usize;
+            let b = &mut self.by_count[from];
+            b.swap_remove(pos);
+            if let Some(&moved) = b.get(pos) {
+                self.srcs.get_mut(&moved).expect("bucketed source").pos = pos as u32;
+            }
+        }
+        if to > 0 {
+            let b = &mut self.by_count[to];
+            b.push(src);
+            let pos = b.len() as u32 - 1;
+            self.srcs.get_mut(&src).expect("bucketed source").pos = pos;
+        }
+        if to > self.most {
+            self.most = to;
+        }
+        while self.most > 0 && self.by_count[self.most].is_empty() {
+            self.most -= 1;
+        }
+    }
+
+    /// Adds a datagram at the newest end of the table and of its source.
+    fn insert(&mut self, key: FragKey, entry: Entry) {
+        let src = source_of(key.src);
+        let s = *self.srcs.entry(src).or_insert(Source { n: 0, head: NIL, tail: NIL, pos: 0 });
+        let node = Node { key, entry, prev: self.tail, next: NIL, sprev: s.tail, snext: NIL };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                self.nodes.len() as u32 - 1
+            }
+        };
+        match self.tail {
+            NIL => self.head = i,
+            t => self.nodes[t as usize].next = i,
+        }
+        self.tail = i;
+        if s.tail != NIL {
+            self.nodes[s.tail as usize].snext = i;
+        }
+        let n = s.n as usize;
+        {
+            let s = self.srcs.get_mut(&src).expect("source");
+            if s.head == NIL {
+                s.head = i;
+            }
+            s.tail = i;
+            s.n += 1;
+        }
+        self.rebucket(src, n, n + 1);
+        self.map.insert(key, i);
+    }
+
+    /// Forgets datagram `i`.
+    fn remove(&mut self, i: u32) {
+        let Node { key, prev, next, sprev, snext, .. } = self.nodes[i as usize];
+        self.map.remove(&key);
+        match prev {
+            NIL => self.head = next,
+            p => self.nodes[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            x => self.nodes[x as usize].prev = prev,
+        }
+        if sprev != NIL {
+            self.nodes[sprev as usize].snext = snext;
+        }
+        if snext != NIL {
+            self.nodes[snext as usize].sprev = sprev;
+        }
+        let src = source_of(key.src);
+        let s = self.srcs.get_mut(&src).expect("source of a datagram");
+        if s.head == i {
+            s.head = snext;
+        }
+        if s.tail == i {
+            s.tail = sprev;
+        }
+        s.n -= 1;
+        let n = s.n as usize;
+        self.rebucket(src, n + 1, n);
+        if n == 0 {
+            self.srcs.remove(&src);
+        }
+        self.free.push(i);
+    }
+
     /// What a first fragment of `key` carrying `range` would be, before anything acts on it:
     /// `None` when no live datagram has that key (it is the first), else `Duplicate` when a
     /// first fragment with its bytes was seen, else `Overlap` (the datagram is poisoned).
     pub fn check_first(&mut self, key: &FragKey, range: (u32, u32), now: u64) -> Option<FragVerdict> {
-        let e = self.map.get_mut(key).filter(|e| e.expires > now)?;
+        let (_, e) = self.entry_mut(key).filter(|(_, e)| e.expires > now)?;
         if e.poisoned {
             return Some(FragVerdict::Overlap);
         }
@@ -292,27 +457,33 @@ impl FragTable {
     /// Records the first fragment of `key` (carrying `range`). A second "first" fragment of a
     /// live datagram overlaps it (the worker asks [`FragTable::check_first`] before).
     pub fn first(&mut self, key: FragKey, flow: FragFlow, range: (u32, u32), now: u64) -> FragVerdict {
-        if let Some(e) = self.map.get_mut(&key) {
+        if let Some((i, e)) = self.entry_mut(&key) {
             if e.expires > now {
                 e.poisoned = true;
                 return FragVerdict::Overlap;
             }
+            self.remove(i);
         }
         self.sweep(now, 4);
-        // Full: the oldest datagram goes. The order queue is bounded too: datagrams
-        // completed (or IDs reused) before they expire leave stale entries in it.
-        while self.map.len() >= MAX_FRAG_ENTRIES || self.order.len() >= 2 * MAX_FRAG_ENTRIES {
-            let Some((k, exp)) = self.order.pop_front() else { break };
-            if self.map.get(&k).is_some_and(|e| e.expires == exp) {
-                self.map.remove(&k);
-                self.evicted += 1;
-            }
+        // A source at its share makes room from its own oldest datagram; a full table from
+        // the oldest datagram of the source holding the most (the newcomer's own when it
+        // holds as many).
+        let src = source_of(key.src);
+        let held = self.srcs.get(&src).map_or(0, |s| s.n as usize);
+        let victim = if held >= MAX_FRAG_PER_SOURCE || (self.map.len() >= MAX_FRAG_ENTRIES && held >= self.most) {
+            Some(src)
+        } else if self.map.len() >= MAX_FRAG_ENTRIES {
+            self.by_count[self.most].first().copied()
+        } else {
+            None
+        };
+        if let Some(i) = victim.and_then(|v| self.srcs.get(&v)).map(|s| s.head) {
+            self.remove(i);
+            self.evicted += 1;
         }
-        let expires = now + FRAG_TIMEOUT;
         let mut ranges = [(0, 0); RANGES];
         ranges[0] = range;
-        self.map.insert(key, Entry { flow, expires, poisoned: false, total: 0, ranges, n: 1 });
-        self.order.push_back((key, expires));
+        self.insert(key, Entry { flow, expires: now + FRAG_TIMEOUT, poisoned: false, total: 0, ranges, n: 1 });
         FragVerdict::Forward(flow)
     }
 
@@ -323,9 +494,9 @@ impl FragTable {
     /// its fragments cover it from 0 to the last one's end the datagram is complete and
     /// forgotten (Linux's queue ends with the reassembly): its ID is free for the next one.
     pub fn later(&mut self, key: &FragKey, range: (u32, u32), more: bool, now: u64) -> FragVerdict {
-        let Some(e) = self.map.get_mut(key) else { return FragVerdict::Unknown };
+        let Some((slot, e)) = self.entry_mut(key) else { return FragVerdict::Unknown };
         if e.expires <= now {
-            self.map.remove(key);
+            self.remove(slot);
             return FragVerdict::Unknown;
         }
         if e.poisoned {
@@ -369,29 +540,28 @@ impl FragTable {
             (None, None) => {}
         }
         if e.total != 0 && e.n == 1 && e.ranges[0] == (0, e.total) {
-            self.map.remove(key);
+            self.remove(slot);
         }
         FragVerdict::Forward(flow)
     }
 
     /// Drops up to `budget` expired datagrams from the oldest end. No allocation.
     pub fn sweep(&mut self, now: u64, mut budget: usize) {
-        while budget > 0 {
-            let Some(&(k, exp)) = self.order.front() else { break };
-            if exp > now {
-                break;
-            }
-            self.order.pop_front();
-            if self.map.get(&k).is_some_and(|e| e.expires == exp) {
-                self.map.remove(&k);
-            }
+        while budget > 0 && self.head != NIL && self.nodes[self.head as usize].entry.expires <= now {
+            self.remove(self.head);
             budget -= 1;
         }
     }
 
     pub fn clear(&mut self) {
         self.map.clear();
-        self.order.clear();
+        self.nodes.clear();
+        self.free.clear();
+        self.head = NIL;
+        self.tail = NIL;
+        self.srcs.clear();
+        self.by_count.iter_mut().for_each(Vec::clear);
+        self.most = 0;
     }
 }
 
@@ -484,7 +654,7 @@ mod tests {
         assert_eq!(t.later(&k, (16, 24), true, 0), FragVerdict::Forward(fl));
         assert_eq!(t.later(&k, (32, 40), false, 0), FragVerdict::Forward(fl));
         assert_eq!(t.later(&k, (8, 16), true, 0), FragVerdict::Forward(fl), "fills the first gap");
-        assert_eq!(t.map[&k].n, 2);
+        assert_eq!(t.entry_mut(&k).unwrap().1.n, 2);
         assert_eq!(t.later(&k, (24, 32), true, 0), FragVerdict::Forward(fl));
         assert!(t.is_empty(), "complete");
         // Inconsistent ends poison: data past the last fragment, a second last fragment.
@@ -495,12 +665,73 @@ mod tests {
         assert_eq!(t.first(k2, fl, (0, 8), 1), FragVerdict::Forward(fl));
         assert_eq!(t.later(&k2, (16, 24), false, 1), FragVerdict::Forward(fl));
         assert_eq!(t.later(&k2, (32, 40), false, 1), FragVerdict::Overlap);
-        // One ID reused by many complete datagrams: the order queue stays bounded.
+        // One ID reused by many complete datagrams: nothing of them stays behind.
         let k3 = FragKey { id: 9, ..k };
         for i in 0..3 * MAX_FRAG_ENTRIES as u64 {
             assert_eq!(t.first(k3, fl, (0, 8), 2 + i), FragVerdict::Forward(fl));
             assert_eq!(t.later(&k3, (8, 16), false, 2 + i), FragVerdict::Forward(fl));
         }
-        assert!(t.order.len() <= 2 * MAX_FRAG_ENTRIES);
+        assert_eq!(t.len(), 2, "k and k2, poisoned, until they expire");
+        assert!(t.nodes.len() <= 3);
+    }
+
+    /// One source sending first fragments of datagrams it never completes, as fast as it
+    /// likes: it pushes out its own datagrams only. Other sources' datagrams in flight go on,
+    /// however many it sends (the table used to drop its oldest datagram, anyone's).
+    #[test]
+    fn a_flooding_source_pushes_out_only_its_own_datagrams() {
+        let mut t = FragTable::new();
+        let fl = FragFlow { conn: 3, gen: 1, inbound: true };
+        let victim = FragKey { src: v4_to_addr([10, 0, 1, 2]), dst: 2, proto: PROTO_UDP, id: 7 };
+        let v6victim = FragKey { src: u128::from_be_bytes(V6A), ..victim };
+        assert_eq!(t.first(victim, fl, (0, 1480), 0), FragVerdict::Forward(fl));
+        assert_eq!(t.first(v6victim, fl, (0, 1232), 0), FragVerdict::Forward(fl));
+        let flood = v4_to_addr([192, 0, 2, 66]);
+        for id in 0..3 * MAX_FRAG_ENTRIES as u32 {
+            assert_eq!(t.first(FragKey { src: flood, id, ..victim }, fl, (0, 8), 1), FragVerdict::Forward(fl));
+        }
+        assert_eq!(t.held_by(flood), MAX_FRAG_PER_SOURCE);
+        assert_eq!(t.evicted, 3 * MAX_FRAG_ENTRIES as u64 - MAX_FRAG_PER_SOURCE as u64);
+        // The flooder's newest datagrams are the ones left.
+        let last = FragKey { src: flood, id: 3 * MAX_FRAG_ENTRIES as u32 - 1, ..victim };
+        assert_eq!(t.later(&last, (8, 16), true, 2), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&FragKey { src: flood, id: 0, ..victim }, (8, 16), true, 2), FragVerdict::Unknown);
+        // An IPv6 flood from anywhere in one /64 is one source.
+        let mut a = V6A;
+        for id in 0..2 * MAX_FRAG_PER_SOURCE as u32 {
+            a[8..12].copy_from_slice(&id.to_be_bytes());
+            let k = FragKey { src: u128::from_be_bytes(a), id, ..victim };
+            assert_eq!(t.first(k, fl, (0, 8), 2), FragVerdict::Forward(fl));
+        }
+        assert_eq!(t.held_by(u128::from_be_bytes(V6A)), MAX_FRAG_PER_SOURCE, "the victim's went");
+        assert_eq!(t.later(&victim, (1480, 2960), false, 3), FragVerdict::Forward(fl), "victim goes on");
+        // Many sources filling the table: the one holding the most makes room.
+        let mut t = FragTable::new();
+        assert_eq!(t.first(victim, fl, (0, 1480), 0), FragVerdict::Forward(fl));
+        let mut id = 0;
+        for s in 0..MAX_FRAG_ENTRIES as u32 / 100 + 1 {
+            let src = v4_to_addr((0xc000_0200 + s).to_be_bytes());
+            for _ in 0..100 {
+                t.first(FragKey { src, id, ..victim }, fl, (0, 8), 1);
+                id += 1;
+            }
+        }
+        assert_eq!(t.len(), MAX_FRAG_ENTRIES);
+        assert_eq!(t.held_by(victim.src), 1);
+        assert_eq!(t.later(&victim, (1480, 2960), false, 2), FragVerdict::Forward(fl), "victim goes on");
+        // Datagrams completed at any rate leave nothing behind to push the victim out.
+        let mut t = FragTable::new();
+        assert_eq!(t.first(victim, fl, (0, 1480), 0), FragVerdict::Forward(fl));
+        let k = FragKey { src: flood, ..victim };
+        for i in 0..3 * MAX_FRAG_ENTRIES as u32 {
+            let k = FragKey { id: i % 3, ..k };
+            assert_eq!(t.first(k, fl, (0, 8), 1), FragVerdict::Forward(fl));
+            assert_eq!(t.later(&k, (8, 16), false, 1), FragVerdict::Forward(fl));
+        }
+        assert_eq!(t.later(&victim, (1480, 2960), false, 2), FragVerdict::Forward(fl), "victim goes on");
+        assert_eq!(t.evicted, 0);
+        // Expiry still goes oldest first, and takes a source's account with it.
+        t.sweep(FRAG_TIMEOUT + 1, 100);
+        assert!(t.is_empty() && t.srcs.is_empty() && t.most == 0);
     }
 }

@@ -147,6 +147,10 @@ worker_counters! {
     /// Neighbours not learnt from unsolicited ARP/ND (nobody asked for them) because the
     /// table was full and evictions for such neighbours were over their rate.
     neigh_limited,
+    /// IP fragments: datagrams in flight forgotten to make room for a new one (the oldest of
+    /// a source at its share, or of the source holding the most when the table was full);
+    /// their later fragments then wait for a first fragment that has gone, and time out.
+    frag_evicted,
     icmp_translated,
     icmp_echo_replies,
     /// SYN proxy: SYN-ACKs with a cookie sent, client ACKs whose cookie was valid (a

@@ -112,7 +112,9 @@ impl<Q: BufAlloc> Worker<Q> {
             if f.more && !matches!(next, Next::Drop(_)) {
                 if let Some((idx, dir)) = self.flows.lookup(&fkey) {
                     let flow = frag::FragFlow { conn: idx, gen: self.flows.get(idx).gen, inbound: dir == Dir::In };
-                    if self.frags.first(key, flow, f.range(), self.now) == FragVerdict::Overlap {
+                    let verdict = self.frags.first(key, flow, f.range(), self.now);
+                    bump(&self.counters.frag_evicted, std::mem::take(&mut self.frags.evicted));
+                    if verdict == FragVerdict::Overlap {
                         self.drop_pkt(DropReason::FragOverlap);
                         return;
                     }
