@@ -394,3 +394,42 @@ fn a_first_fragment_flood_does_not_push_out_other_sources_datagrams() {
     assert_eq!(drops(&e), vec![]);
     assert_eq!(e.counters().frag_evicted, (flood - frag::MAX_FRAG_PER_SOURCE) as u64);
 }
+
+/// Later fragments that come before their first wait in a buffer of 64 per worker. One
+/// source sending later fragments of datagrams whose first never comes (64 a second
+/// suffice) used to fill it for everyone: another source's datagram whose fragments came
+/// out of order lost them (`frag_held_full`). A full buffer now makes room from the source
+/// holding the most; a source refused is one already holding as many as any other.
+#[test]
+fn a_later_fragment_flood_does_not_fill_the_hold_buffer_for_everyone() {
+    let mut e = engine();
+    let n = 3 * frag::MAX_FRAG_HELD;
+    for id in 0..n {
+        let d = with_macs(udp4([10, 0, 1, 66], 7000, VIP, 53, &payload(100)), CLIENT_MAC, LB_EXT);
+        assert!(e.inject(EXT, &fragment4(&d, 68, id as u16)[1], S).is_empty());
+        // The same from addresses all over one IPv6 /64: one source.
+        let mut src = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        src[8..12].copy_from_slice(&(id as u32).to_be_bytes());
+        let d = with_macs(udp6(src, 7000, VIP6, 53, &payload(100)), CLIENT_MAC, LB_EXT);
+        assert!(e.inject(EXT, &fragment6(&d, 88, id as u32)[1], S).is_empty());
+    }
+    assert_eq!(e.parked(), frag::MAX_FRAG_HELD);
+    assert_eq!(drops(&e), vec![("frag_held_full", 2 * n as u64 - frag::MAX_FRAG_HELD as u64)]);
+    // A victim's datagrams in reverse order: their later fragments are held, then follow
+    // their first.
+    let data = payload(3000);
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &data), CLIENT_MAC, LB_EXT);
+    let mut frags = fragment4(&d, 1500, 0x4545);
+    frags.reverse();
+    let out = inject_all(&mut e, EXT, &frags, S + 1);
+    assert_eq!(out.len(), 3, "the victim's datagram goes through");
+    assert_eq!(udp_of(&reassemble(&out).unwrap()).4, data);
+    let d6 = with_macs(udp6(C6, 5353, VIP6, 53, &data), CLIENT_MAC, LB_EXT);
+    let mut f6 = fragment6(&d6, 1500, 0x4545);
+    f6.reverse();
+    assert_eq!(inject_all(&mut e, EXT, &f6, S + 1).len(), 3, "so does the IPv6 victim's");
+    // The first victim's two held fragments pushed out two of the flooders' oldest; the
+    // second victim's found the room the first left.
+    assert_eq!(drops(&e), vec![("frag_held_full", 2 * n as u64 - frag::MAX_FRAG_HELD as u64 + 2)]);
+    assert_eq!(e.parked(), frag::MAX_FRAG_HELD - 2);
+}

@@ -259,6 +259,19 @@ pub fn source_of(a: Addr) -> Addr {
     }
 }
 
+/// The source appearing most often in `srcs` and how often (sorts `srcs`); `(0, 0)` when
+/// empty.
+pub fn busiest(srcs: &mut [Addr]) -> (Addr, usize) {
+    srcs.sort_unstable();
+    let mut best = (0, 0);
+    for run in srcs.chunk_by(|a, b| a == b) {
+        if run.len() > best.1 {
+            best = (run[0], run.len());
+        }
+    }
+    best
+}
+
 const NIL: u32 = u32::MAX;
 
 /// A datagram in flight, linked in the table's order (oldest first) and in its source's.

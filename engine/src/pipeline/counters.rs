@@ -27,7 +27,7 @@ drop_reasons! {
     FragOverlap => "frag_overlap": "A fragment overlapping another of its datagram (the whole datagram is dropped).",
     FragDuplicate => "frag_duplicate": "A fragment whose bytes were all seen before in its datagram (a copy): dropped alone, its datagram goes on (as Linux's reassembly does).",
     FragTimeout => "frag_timeout": "A fragment whose first fragment never came (or whose datagram expired).",
-    FragHeldFull => "frag_held_full": "No room to hold a fragment that came before its first fragment.",
+    FragHeldFull => "frag_held_full": "No room to hold a fragment that came before its first fragment: the buffer was full and its source (IPv4 address, IPv6 /64) held as many as any other, or it was the oldest of the source holding the most and made room for another source's.",
     BadCookie => "bad_cookie": "SYN proxy: an ACK for no connection whose cookie is invalid.",
     SynVerified => "syn_verified": "DR/tunnel SYN proxy: a client's reset answering a verification SYN-ACK, consumed (its address is now verified).",
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long).",

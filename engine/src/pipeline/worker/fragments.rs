@@ -151,9 +151,26 @@ impl<Q: BufAlloc> Worker<Q> {
             FragVerdict::Overlap => self.drop_pkt(DropReason::FragOverlap),
             FragVerdict::Duplicate => self.drop_pkt(DropReason::FragDuplicate),
             FragVerdict::Unknown => {
+                // Full: fair between sources (as the datagrams in flight are): the oldest
+                // fragment of the source holding the most makes room, unless this one's
+                // source holds as many. A source flooding fragments whose first never comes
+                // then fills only the room nobody else wants.
                 if self.frag_held.len() >= frag::MAX_FRAG_HELD {
-                    self.drop_pkt(DropReason::FragHeldFull);
-                    return;
+                    let mut srcs = [0; frag::MAX_FRAG_HELD];
+                    for (s, h) in srcs.iter_mut().zip(&self.frag_held) {
+                        *s = frag::source_of(h.key.src);
+                    }
+                    let src = frag::source_of(key.src);
+                    let (busiest, most) = frag::busiest(&mut srcs);
+                    let mine = srcs.iter().filter(|&&s| s == src).count();
+                    if mine >= most {
+                        self.drop_pkt(DropReason::FragHeldFull);
+                        return;
+                    }
+                    if let Some(i) = self.frag_held.iter().position(|h| frag::source_of(h.key.src) == busiest) {
+                        drop(self.frag_held.remove(i));
+                        self.drop_pkt(DropReason::FragHeldFull);
+                    }
                 }
                 let deadline = self.now + frag::FRAG_HOLD_NS;
                 self.frag_held.push(Held { key, iface: iface as u8, buf: pkt, deadline });
