@@ -433,3 +433,20 @@ fn a_later_fragment_flood_does_not_fill_the_hold_buffer_for_everyone() {
     assert_eq!(drops(&e), vec![("frag_held_full", 2 * n as u64 - frag::MAX_FRAG_HELD as u64 + 2)]);
     assert_eq!(e.parked(), frag::MAX_FRAG_HELD - 2);
 }
+
+/// A held fragment waits 1 s for its first fragment from when it came. A first fragment
+/// that is dropped (here: no service on its port) takes the held ones out and holds them
+/// again; they used to be held for a fresh second each time, so a sender repeating such
+/// first fragments kept its fragments held (and the buffer's room taken) for ever.
+#[test]
+fn a_dropped_first_fragment_does_not_extend_the_hold() {
+    let mut e = engine();
+    let big = with_macs(udp4(CLIENT, 5353, VIP, 54, &payload(3000)), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&big, 1500, 78);
+    assert!(inject_all(&mut e, EXT, &frags[1..2], S).is_empty());
+    assert!(inject_all(&mut e, EXT, &frags[..1], S + 900_000_000).is_empty(), "no service on port 54");
+    assert_eq!(e.parked(), 1, "still waiting");
+    let _ = e.run(S + 1_500_000_000);
+    assert_eq!(e.parked(), 0, "its second is over");
+    assert_eq!(drops(&e), vec![("frag_timeout", 1), ("no_service", 1)]);
+}

@@ -122,8 +122,9 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             self.finish(pkt, next);
             // Fragments that came first now have their datagram. Each is taken out and
-            // handled once: if the first fragment was dropped they are held again (until
-            // they time out); re-scanning would take them again, for ever.
+            // handled once: if the first fragment was dropped they are held again, until
+            // the deadline they had (a fresh one each time would let a sender repeating
+            // such first fragments keep them for ever); re-scanning would take them again.
             let mut ready = Vec::new();
             let mut k = 0;
             while k < self.frag_held.len() {
@@ -134,7 +135,10 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
             for h in ready {
-                self.fragment(h.iface as usize, h.buf, true);
+                match frag::parse_fragment(h.buf.data()) {
+                    Ok(f) => self.later_fragment(h.iface as usize, h.buf, &f, h.deadline),
+                    Err(_) => self.drop_pkt(DropReason::Malformed),
+                }
             }
             return;
         }
@@ -143,9 +147,16 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::FragTiny);
             return;
         }
+        self.later_fragment(iface, pkt, &f, self.now + frag::FRAG_HOLD_NS);
+    }
+
+    /// A later fragment (its checks passed): forwarded on its datagram's connection, or held
+    /// until `deadline` for its first fragment.
+    fn later_fragment(&mut self, iface: usize, mut pkt: Q::Buf, f: &frag::Fragment, deadline: u64) {
+        let key = f.key();
         match self.frags.later(&key, f.range(), f.more, self.now) {
             FragVerdict::Forward(fl) => {
-                let next = self.forward_fragment(fl, &mut pkt, &f);
+                let next = self.forward_fragment(fl, &mut pkt, f);
                 self.finish(pkt, next);
             }
             FragVerdict::Overlap => self.drop_pkt(DropReason::FragOverlap),
@@ -172,7 +183,6 @@ impl<Q: BufAlloc> Worker<Q> {
                         self.drop_pkt(DropReason::FragHeldFull);
                     }
                 }
-                let deadline = self.now + frag::FRAG_HOLD_NS;
                 self.frag_held.push(Held { key, iface: iface as u8, buf: pkt, deadline });
             }
         }
