@@ -419,3 +419,219 @@ fn invalid_nd_messages_are_neither_answered_nor_learnt() {
         assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![want], "{what}: learnt?");
     }
 }
+
+/// A UDP service whose real servers have no static neighbour entry: 10.0.2.9 and fd00:2::9
+/// on int's subnets (UDP: the connection lives 300 s, through the whole test).
+const UDP_SERVICES: &str = r#"
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "10.0.2.9"
+
+[[service]]
+name = "dns6"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+scheduler = "rr"
+
+[[service.real_server]]
+address = "fd00:2::9"
+"#;
+
+const RS4_9: [u8; 4] = [10, 0, 2, 9];
+const LB_INT4: [u8; 4] = [10, 0, 2, 1];
+const LB_INT6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// The real server's new MAC (a new box, a moved VM, a failover without gratuitous ARP).
+const MAC_NEW: [u8; 6] = [2, 0, 0, 0, 2, 0xb];
+const MS: u64 = 1_000_000;
+
+/// A datagram from `client` to the IPv4 VIP.
+fn dgram4(client: [u8; 4]) -> Vec<u8> {
+    with_macs(udp4(client, 5353, VIP, 53, b"q"), CLIENT_MAC, LB_EXT)
+}
+
+/// What a frame out is, in the detail these tests look at.
+#[derive(Debug, PartialEq)]
+enum Frame {
+    /// A UDP datagram to this MAC.
+    Udp([u8; 6]),
+    /// An ARP request: Ethernet destination, sender MAC and address, target MAC and address.
+    ArpRequest {
+        to: [u8; 6],
+        sha: [u8; 6],
+        spa: [u8; 4],
+        tha: [u8; 6],
+        tpa: [u8; 4],
+    },
+    /// A neighbour solicitation: Ethernet destination, IPv6 destination, target.
+    Solicit {
+        to: [u8; 6],
+        dst: [u8; 16],
+        target: [u8; 16],
+    },
+    Other,
+}
+
+fn frame(f: &[u8]) -> Frame {
+    if f[12..14] == [8, 6] && f[20..22] == [0, 1] {
+        return Frame::ArpRequest {
+            to: f[0..6].try_into().unwrap(),
+            sha: f[22..28].try_into().unwrap(),
+            spa: f[28..32].try_into().unwrap(),
+            tha: f[32..38].try_into().unwrap(),
+            tpa: f[38..42].try_into().unwrap(),
+        };
+    }
+    let Ok(p) = ferrovs_engine::wire::parse::parse(f) else { return Frame::Other };
+    match p.proto {
+        17 => Frame::Udp(f[0..6].try_into().unwrap()),
+        58 if f[p.l4] == 135 => {
+            verify_checksums(f).expect("a valid solicitation");
+            assert_eq!(f[14 + 7], 255, "hop limit 255");
+            // The source link-layer address option: ours.
+            assert_eq!(&f[p.l4 + 24..p.l4 + 32], &[1, 1, 2, 0, 0, 0, 2, 1]);
+            Frame::Solicit {
+                to: f[0..6].try_into().unwrap(),
+                dst: f[38..54].try_into().unwrap(),
+                target: f[p.l4 + 8..p.l4 + 24].try_into().unwrap(),
+            }
+        }
+        _ => Frame::Other,
+    }
+}
+
+fn frames(out: &[(usize, Vec<u8>)]) -> Vec<(usize, Frame)> {
+    out.iter().map(|(i, f)| (*i, frame(f))).collect()
+}
+
+/// The unicast ARP probe of 10.0.2.9 at `mac` (Linux's: target hardware address 0).
+fn arp_probe(mac: [u8; 6]) -> (usize, Frame) {
+    (INT, Frame::ArpRequest { to: mac, sha: LB_INT, spa: LB_INT4, tha: [0; 6], tpa: RS4_9 })
+}
+
+/// An engine that learnt 10.0.2.9 at MAC9 at time `S` (a datagram parked, an ARP request
+/// broadcast, the reply), with a connection to it from `client`.
+fn learnt4(workers: usize, client: [u8; 4]) -> MemEngine {
+    let mut e = MemEngine::new(config(UDP_SERVICES), workers);
+    let out = e.inject(EXT, &dgram4(client), S);
+    let bcast = Frame::ArpRequest { to: [0xff; 6], sha: LB_INT, spa: LB_INT4, tha: [0; 6], tpa: RS4_9 };
+    assert_eq!(frames(&out), vec![(INT, bcast)], "resolved by broadcast");
+    let out = e.inject(INT, &arp_reply(MAC9, RS4_9, LB_INT, LB_INT4), S);
+    assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC9))], "released to the learnt MAC");
+    e
+}
+
+/// Linux's neighbour state machine: an entry in use not confirmed for the reachable time is
+/// probed by unicast (PROBE: `ucast_probes` = 3, 1 s apart); unanswered, it fails and the
+/// next packet resolves the address again by broadcast, so a real server that changed its
+/// MAC (replaced, failed over without a gratuitous ARP) is found again instead of its
+/// traffic going to the old MAC for ever.
+#[test]
+fn a_neighbour_that_stops_answering_is_probed_then_resolved_again() {
+    let mut e = learnt4(1, CLIENT);
+    // Reachable: no probe.
+    assert_eq!(frames(&e.run(S + 29 * S)), vec![]);
+    // Then three unicast probes to the cached MAC, a second apart; traffic still goes to it.
+    assert_eq!(frames(&e.run(31 * S)), vec![arp_probe(MAC9)]);
+    assert_eq!(frames(&e.inject(EXT, &dgram4(CLIENT), 31 * S + 500 * MS)), vec![(INT, Frame::Udp(MAC9))]);
+    assert_eq!(frames(&e.run(31 * S + 600 * MS)), vec![], "a second apart");
+    assert_eq!(frames(&e.run(32 * S + 100 * MS)), vec![arp_probe(MAC9)]);
+    assert_eq!(frames(&e.run(33 * S + 200 * MS)), vec![arp_probe(MAC9)]);
+    let c = e.counters();
+    assert_eq!((c.neigh_probes, c.neigh_failed), (3, 0));
+    // Unanswered: the entry fails.
+    assert_eq!(frames(&e.run(34 * S + 300 * MS)), vec![]);
+    assert_eq!(e.counters().neigh_failed, 1);
+    // The next datagram is parked while the address is resolved by broadcast...
+    let out = e.inject(EXT, &dgram4(CLIENT), 34 * S + 500 * MS);
+    let bcast = Frame::ArpRequest { to: [0xff; 6], sha: LB_INT, spa: LB_INT4, tha: [0; 6], tpa: RS4_9 };
+    assert_eq!(frames(&out), vec![(INT, bcast)]);
+    assert_eq!(e.parked(), 1);
+    // ...and the server's new MAC answers: the parked datagram and the next go there.
+    let out = e.inject(INT, &arp_reply(MAC_NEW, RS4_9, LB_INT, LB_INT4), 34 * S + 600 * MS);
+    assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC_NEW))]);
+    assert_eq!(frames(&e.inject(EXT, &dgram4(CLIENT), 35 * S)), vec![(INT, Frame::Udp(MAC_NEW))]);
+    let c = e.counters();
+    assert_eq!((c.neigh_probes, c.neigh_failed), (3, 1));
+}
+
+/// A probe answered (any ARP from the neighbour) confirms the entry: no more probes until the
+/// reachable time passes again, traffic keeps its MAC.
+#[test]
+fn an_answered_arp_probe_keeps_the_neighbour() {
+    let mut e = learnt4(1, CLIENT);
+    assert_eq!(frames(&e.run(31 * S)), vec![arp_probe(MAC9)]);
+    e.inject(INT, &arp_reply(MAC9, RS4_9, LB_INT, LB_INT4), 31 * S + 100 * MS);
+    for k in 1..30 {
+        assert_eq!(frames(&e.run(31 * S + k * S + 200 * MS)), vec![], "confirmed ({k} s after the answer)");
+    }
+    assert_eq!(frames(&e.inject(EXT, &dgram4(CLIENT), 60 * S)), vec![(INT, Frame::Udp(MAC9))]);
+    let c = e.counters();
+    assert_eq!((c.neigh_probes, c.neigh_failed), (1, 0));
+    // The reachable time after the answer: probed again.
+    assert_eq!(frames(&e.run(62 * S)), vec![arp_probe(MAC9)]);
+}
+
+/// IPv6: the probe is a solicitation to the neighbour's own address at its cached MAC (RFC
+/// 4861 section 7.3.3), and Linux answers a unicast solicitation with a solicited
+/// advertisement without the target link-layer address option, which confirms the entry
+/// (RFC 4861 section 7.2.5).
+#[test]
+fn an_answered_nd_probe_keeps_the_neighbour() {
+    let dgram6 = || with_macs(udp6(C6, 5353, VIP6, 53, b"q"), CLIENT_MAC, LB_EXT);
+    let mut e = MemEngine::new(config(UDP_SERVICES), 1);
+    e.inject(EXT, &dgram6(), S);
+    let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S);
+    assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC9))]);
+    let probe = (INT, Frame::Solicit { to: MAC9, dst: RS9, target: RS9 });
+    assert_eq!(frames(&e.run(31 * S)), vec![probe]);
+    // Linux's answer: solicited, no Override, no option.
+    let na = {
+        let t = etherparse::Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [0x40, 0, 0, 0] };
+        let b = etherparse::PacketBuilder::ethernet2(MAC9, LB_INT).ipv6(RS9, LB_INT6, 255).icmpv6(t);
+        let mut v = Vec::new();
+        b.write(&mut v, &RS9).expect("build na");
+        v
+    };
+    e.inject(INT, &na, 31 * S + 100 * MS);
+    for k in 1..10 {
+        assert_eq!(frames(&e.run(31 * S + k * S + 200 * MS)), vec![], "confirmed ({k} s after the answer)");
+    }
+    assert_eq!(frames(&e.inject(EXT, &dgram6(), 45 * S)), vec![(INT, Frame::Udp(MAC9))]);
+    let c = e.counters();
+    assert_eq!((c.neigh_probes, c.neigh_failed), (1, 0));
+}
+
+/// Two workers, each with a connection to the same real server: they do not both probe it,
+/// and the answer (whichever worker receives it) confirms both workers' entries.
+#[test]
+fn workers_probe_a_neighbour_once_and_share_the_answer() {
+    use ferrovs_engine::pipeline::snapshot::owner_of;
+    use ferrovs_engine::wire::parse::v4_to_addr;
+    let clients: Vec<[u8; 4]> = (2..50u8).map(|n| [10, 0, 1, n]).collect();
+    let a = clients[0];
+    let b = *clients.iter().find(|c| owner_of(v4_to_addr(**c), 2) != owner_of(v4_to_addr(a), 2)).unwrap();
+    let mut e = learnt4(2, a);
+    assert_eq!(frames(&e.inject(EXT, &dgram4(b), S)), vec![(INT, Frame::Udp(MAC9))], "the other worker");
+    // 30 to 40 s, in steps of 50 ms; each probe is answered at once.
+    let mut probes = 0;
+    for k in 0..200 {
+        let t = 30 * S + k * 50 * MS;
+        for (_, f) in frames(&e.run(t)) {
+            assert_eq!((INT, f), arp_probe(MAC9));
+            probes += 1;
+            e.inject(INT, &arp_reply(MAC9, RS4_9, LB_INT, LB_INT4), t + MS);
+        }
+    }
+    assert_eq!(probes, 1, "one probe for both workers");
+    for c in [a, b] {
+        assert_eq!(frames(&e.inject(EXT, &dgram4(c), 40 * S)), vec![(INT, Frame::Udp(MAC9))]);
+    }
+    assert_eq!(e.counters().neigh_failed, 0);
+}

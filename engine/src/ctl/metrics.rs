@@ -142,6 +142,18 @@ pub fn render(f: &Figures) -> String {
             "IP fragment datagrams in flight forgotten to make room (fair between sources).",
             |s| s.frag_evicted,
         ),
+        (
+            "neigh_probes_total",
+            "counter",
+            "Unicast probes of neighbours in use not confirmed for the reachable time.",
+            |s| s.neigh_probes,
+        ),
+        (
+            "neigh_failed_total",
+            "counter",
+            "Neighbour entries removed because their unicast probes went unanswered.",
+            |s| s.neigh_failed,
+        ),
         ("sync_installed_total", "counter", "Cluster sync: peers' entries installed.", |s| s.sync_installed),
         (
             "sync_skipped_total",

@@ -870,6 +870,11 @@ impl FlowTable {
     pub fn hop_nh(&self, h: u16) -> Addr {
         self.hops.get(h).0
     }
+    /// Connections whose next hop (either direction) is neighbour `nh` on interface `iface`
+    /// (a map lookup: for timers, not the packet path).
+    pub fn hop_refs(&self, nh: Addr, iface: u8) -> u32 {
+        self.hops.map.get(&(nh, iface)).map_or(0, |&h| self.hops.refs(h))
+    }
     /// Cache the Ethernet header of next hop `h` (its MAC, then its interface's) and its
     /// interface's MTU as valid for neighbour generation `gen`.
     #[inline(always)]

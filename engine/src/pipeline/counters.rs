@@ -151,6 +151,10 @@ worker_counters! {
     /// a source at its share, or of the source holding the most when the table was full);
     /// their later fragments then wait for a first fragment that has gone, and time out.
     frag_evicted,
+    /// Unicast probes of neighbours in use not confirmed for the reachable time, and
+    /// entries removed because their probes went unanswered (resolved again by broadcast).
+    neigh_probes,
+    neigh_failed,
     icmp_translated,
     icmp_echo_replies,
     /// SYN proxy: SYN-ACKs with a cookie sent, client ACKs whose cookie was valid (a

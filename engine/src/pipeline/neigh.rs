@@ -12,6 +12,27 @@
 //! learnt and `neigh_limited` counts it), and an entry is confirmed (moved
 //! to the fresh end of the eviction order) at most every [`CONFIRM_NS`]:
 //! more confirmations from the same neighbour cost a lookup and nothing else.
+//!
+//! Aging (Linux's neighbour state machine, driven by the worker's timer, never by a
+//! packet: flows cache a next hop's MAC against [`NeighCache::gen`] and the express lane
+//! reads only that). [`NeighCache::age`] visits a share of the table each time: a dynamic
+//! entry confirmed more than [`REACHABLE_NS`] ago that a connection uses as its next hop
+//! is probed by unicast (an ARP request to its cached MAC, a neighbour solicitation to its
+//! address and cached MAC: Linux's PROBE state) up to [`UCAST_PROBES`] times
+//! [`PROBE_NS`] apart; any ARP or advertisement from it confirms it (and ends the probing);
+//! unanswered, the entry is removed and `gen` moves on, so the next packet resolves the
+//! address again by broadcast / multicast (parked meanwhile). An entry no connection uses
+//! is not probed: it is removed once unconfirmed for [`UNUSED_NS`]. Static entries never
+//! age.
+//!
+//! Workers: a confirmation is shared with the other workers (as a learnt MAC is), at most
+//! every [`SHARE_NS`] per neighbour, and the worker whose probe is answered may not be the
+//! one receiving the answer (RSS), so every worker's entry is confirmed by any worker's
+//! probe. The workers do not all probe at once: worker `w` waits [`STAGGER_NS`] times the
+//! neighbour's rank for it (`(hash(address) + w) mod workers`) beyond [`REACHABLE_NS`],
+//! so the first worker using it probes and its answer, shared, confirms the others'
+//! entries before their turn; each worker's decision still stands on its own (a worker
+//! that hears nothing probes, and removes its entry, itself).
 
 use crate::wire::csum;
 use crate::wire::parse::{addr_v4_bytes, addr_v6_bytes, Addr, PROTO_ICMPV6};
@@ -28,6 +49,11 @@ struct Entry {
     used: bool,
     /// When (ns) it was last learnt or confirmed with a clock ([`NeighCache::learn_with`]).
     confirmed: Option<u64>,
+    /// Unicast probes sent since the last confirmation, and when the last one was.
+    probes: u8,
+    probed: u64,
+    /// When (ns) a confirmation of it was last shared with the other workers.
+    shared: u64,
     /// Neighbours in the eviction order (dynamic entries; [`NIL`] at either end, and for
     /// static entries and free slots, whose `next` links the free list instead).
     prev: u32,
@@ -54,12 +80,37 @@ pub const EVICT_BURST: u32 = 256;
 /// place in the eviction order is at most this much staler than the truth.
 pub const CONFIRM_NS: u64 = 100_000_000;
 
+/// An entry confirmed this long ago is no longer known to be reachable (Linux's
+/// `base_reachable_time`): if a connection uses it, it is probed.
+pub const REACHABLE_NS: u64 = 30_000_000_000;
+/// Unicast probes of an unconfirmed entry (Linux's `ucast_probes`), this far apart
+/// (`retrans_time`); unanswered, the entry is removed.
+pub const UCAST_PROBES: u8 = 3;
+pub const PROBE_NS: u64 = 1_000_000_000;
+/// An entry no connection uses and not confirmed for this long is removed (Linux's
+/// `gc_stale_time`).
+pub const UNUSED_NS: u64 = 60_000_000_000;
+/// A confirmation is shared with the other workers at most this often per neighbour.
+pub const SHARE_NS: u64 = 500_000_000;
+/// How much later than the one before it each worker (in the neighbour's rank) probes.
+/// More than a pass over the table ([`AGE_SHIFT`], [`AGE_PARTS`]) plus a round trip.
+pub const STAGGER_NS: u64 = 500_000_000;
+/// The worker ages its table every 2^AGE_SHIFT ns (~34 ms), an `1 / AGE_PARTS` share of
+/// its slots (at least [`AGE_MIN`]) each time: a pass over the table takes ~270 ms.
+pub const AGE_SHIFT: u32 = 25;
+pub const AGE_PARTS: usize = 8;
+pub const AGE_MIN: usize = 64;
+
 /// What [`NeighCache::learn_with`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Learnt {
     /// A new entry, or a new MAC for an entry.
     Changed,
-    /// Already known with this MAC (confirmed), static, or not a unicast MAC.
+    /// Already known with this MAC and confirmed (with a clock), a confirmation to share
+    /// with the other workers (not shared for [`SHARE_NS`]).
+    Confirmed,
+    /// Already known with this MAC (confirmed, but shared recently or confirmed too
+    /// recently to count), static, or not a unicast MAC.
     Unchanged,
     /// Not learnt: the table is full and the eviction was refused.
     Limited,
@@ -84,6 +135,8 @@ pub struct NeighCache {
     evicted: u64,
     /// Last time (ns) a request was sent per address (rate limit: 1/s).
     asked: HashMap<Addr, u64>,
+    /// Where the next [`NeighCache::age`] starts (a slot).
+    age_pos: usize,
     /// Bumped on every change ([`NeighCache::invalidate`]); flows cache MACs against it.
     /// Never 0, the generation of next hops not resolved yet.
     pub gen: u32,
@@ -116,6 +169,7 @@ impl NeighCache {
             max,
             evicted: 0,
             asked: HashMap::new(),
+            age_pos: 0,
             gen: 1,
         }
     }
@@ -174,7 +228,18 @@ impl NeighCache {
     }
 
     pub fn add_static(&mut self, a: Addr, mac: [u8; 6]) {
-        let e = Entry { addr: a, mac, is_static: true, used: true, confirmed: None, prev: NIL, next: NIL };
+        let e = Entry {
+            addr: a,
+            mac,
+            is_static: true,
+            used: true,
+            confirmed: None,
+            probes: 0,
+            probed: 0,
+            shared: 0,
+            prev: NIL,
+            next: NIL,
+        };
         match self.map.get(&a).copied() {
             Some(i) => {
                 if !self.slots[i as usize].is_static {
@@ -201,7 +266,8 @@ impl NeighCache {
     /// when learning `a` would evict an entry and nobody asked for `a` (no request of ours
     /// for it is pending, see [`NeighCache::should_ask`]): if it says no, nothing changes
     /// ([`Learnt::Limited`]). With a clock, an entry learnt or confirmed less than
-    /// [`CONFIRM_NS`] ago is not confirmed again.
+    /// [`CONFIRM_NS`] ago is not confirmed again; a confirmation ends the entry's probing and
+    /// is [`Learnt::Confirmed`] if none was shared for [`SHARE_NS`].
     pub fn learn_with(&mut self, a: Addr, mac: [u8; 6], now: Option<u64>, may_evict: impl FnOnce() -> bool) -> Learnt {
         if mac == [0; 6] || mac[0] & 1 == 1 {
             return Learnt::Unchanged;
@@ -214,14 +280,25 @@ impl NeighCache {
                 }
                 if e.mac == mac {
                     let recent = matches!((now, e.confirmed), (Some(n), Some(c)) if n.wrapping_sub(c) < CONFIRM_NS);
-                    if !recent {
-                        e.confirmed = now;
-                        self.touch(i);
+                    if recent {
+                        return Learnt::Unchanged;
                     }
-                    return Learnt::Unchanged;
+                    e.confirmed = now;
+                    e.probes = 0;
+                    let share = match now {
+                        Some(n) if n.wrapping_sub(e.shared) >= SHARE_NS || e.shared == 0 => {
+                            e.shared = n;
+                            Learnt::Confirmed
+                        }
+                        _ => Learnt::Unchanged,
+                    };
+                    self.touch(i);
+                    return share;
                 }
                 e.mac = mac;
                 e.confirmed = now;
+                e.probes = 0;
+                e.shared = now.unwrap_or(0);
                 self.touch(i);
                 self.asked.remove(&a);
                 self.invalidate();
@@ -240,6 +317,9 @@ impl NeighCache {
                     is_static: false,
                     used: false,
                     confirmed: now,
+                    probes: 0,
+                    probed: 0,
+                    shared: now.unwrap_or(0),
                     prev: NIL,
                     next: NIL,
                 });
@@ -267,19 +347,101 @@ impl NeighCache {
                 self.touch(i);
                 continue;
             }
-            let (a, used) = (e.addr, e.used);
-            self.unlink(i);
-            self.map.remove(&a);
-            self.slots[i as usize].next = self.free;
-            self.free = i;
-            self.dynamic -= 1;
-            self.evicted += 1;
-            if used {
+            if self.remove(i) {
                 // Flows may have cached its MAC.
                 self.invalidate();
             }
+            self.evicted += 1;
             return;
         }
+    }
+
+    /// Remove dynamic entry `i`; returns whether a flow used it (may have cached its MAC:
+    /// the caller moves `gen` on).
+    fn remove(&mut self, i: u32) -> bool {
+        let e = self.slots[i as usize];
+        self.unlink(i);
+        self.map.remove(&e.addr);
+        self.slots[i as usize].next = self.free;
+        self.free = i;
+        self.dynamic -= 1;
+        e.used
+    }
+
+    /// Age a share of the table at `now` (the worker's timer, every 2^[`AGE_SHIFT`] ns): the
+    /// next `max(AGE_MIN, slots / AGE_PARTS)` slots. `in_use(a)` tells whether a connection
+    /// uses `a` as its next hop, and where (`T`, the interface): an entry confirmed more
+    /// than [`REACHABLE_NS`] (plus this worker's turn: `who` = (worker, workers), see the
+    /// module docs) ago and in use gets a unicast probe, pushed to `probes` as (address,
+    /// cached MAC, where), every [`PROBE_NS`] up to [`UCAST_PROBES`]; then, unanswered, it is
+    /// removed. An entry not in use is removed once unconfirmed for [`UNUSED_NS`]. Removing
+    /// an entry a flow used moves `gen` on (once per call). Returns the entries removed
+    /// (failed after their probes, unused).
+    pub fn age<T>(
+        &mut self,
+        now: u64,
+        who: (usize, usize),
+        mut in_use: impl FnMut(Addr) -> Option<T>,
+        probes: &mut Vec<(Addr, [u8; 6], T)>,
+    ) -> Aged {
+        let mut aged = Aged::default();
+        let n = self.slots.len();
+        if self.dynamic == 0 || n == 0 {
+            return aged;
+        }
+        let mut invalidate = false;
+        let budget = AGE_MIN.max(n.div_ceil(AGE_PARTS)).min(n);
+        let mut pos = self.age_pos;
+        for _ in 0..budget {
+            if pos >= n {
+                pos = 0;
+            }
+            let i = pos as u32;
+            pos += 1;
+            let e = &mut self.slots[i as usize];
+            // Static entries and free slots (free ones are off the map: their `addr` is stale).
+            if e.is_static || self.map.get(&e.addr) != Some(&i) {
+                continue;
+            }
+            let confirmed = *e.confirmed.get_or_insert(now);
+            let age = now.saturating_sub(confirmed);
+            if e.probes > 0 {
+                if now.saturating_sub(e.probed) < PROBE_NS {
+                    continue;
+                }
+                if e.probes >= UCAST_PROBES {
+                    aged.failed += 1;
+                    invalidate |= self.remove(i);
+                    continue;
+                }
+            } else if age < REACHABLE_NS + stagger(e.addr, who) {
+                continue;
+            }
+            let (a, mac) = (e.addr, e.mac);
+            match in_use(a) {
+                Some(t) => {
+                    let e = &mut self.slots[i as usize];
+                    e.probes += 1;
+                    e.probed = now;
+                    probes.push((a, mac, t));
+                }
+                None if age >= UNUSED_NS => {
+                    aged.unused += 1;
+                    invalidate |= self.remove(i);
+                }
+                // No longer in use: no more probes (it ages out unless confirmed or used).
+                None => self.slots[i as usize].probes = 0,
+            }
+        }
+        self.age_pos = pos;
+        if invalidate {
+            self.invalidate();
+        }
+        aged
+    }
+    /// Are there dynamic entries (anything for [`NeighCache::age`] to do)?
+    pub fn has_dynamic(&self) -> bool {
+        self.dynamic > 0
     }
 
     /// [`NeighCache::get`] for a flow resolving its next hop: marks the entry in use.
@@ -330,6 +492,7 @@ impl NeighCache {
         self.dynamic = 0;
         self.evicted = 0;
         self.asked.clear();
+        self.age_pos = 0;
         self.gen = 1;
     }
 
@@ -344,6 +507,26 @@ impl NeighCache {
         }
         v
     }
+}
+
+/// What [`NeighCache::age`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aged {
+    /// Entries in use whose unicast probes went unanswered.
+    pub failed: u64,
+    /// Entries no connection used, unconfirmed for [`UNUSED_NS`].
+    pub unused: u64,
+}
+
+/// How much longer than [`REACHABLE_NS`] worker `who.0` of `who.1` waits before it probes
+/// `a`: [`STAGGER_NS`] times its rank for `a` (a hash of the address plus the worker, so the
+/// first to probe is not always the same worker).
+fn stagger(a: Addr, (w, n): (usize, usize)) -> u64 {
+    if n <= 1 {
+        return 0;
+    }
+    let h = ((a as u64) ^ ((a >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    (h.wrapping_add(w as u64) % n as u64) * STAGGER_NS
 }
 
 /// Write an ARP packet (request if `target_mac` is None) into `out`;
@@ -620,6 +803,162 @@ mod tests {
         assert!(!c.learn(1, mac(1)), "static wins");
         assert_eq!(c.order(), vec![2, 3, 4, 5]);
         assert_eq!(c.get(1), Some(mac(9)));
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// `c.age` at `now` as worker `who`, `in_use` the addresses connections use (on
+    /// interface 7): the probes it asks for (address, MAC) and what it removed.
+    fn age_at(c: &mut NeighCache, now: u64, who: (usize, usize), in_use: &[Addr]) -> (Vec<(Addr, [u8; 6])>, Aged) {
+        let mut probes = Vec::new();
+        let aged = c.age(now, who, |a| in_use.contains(&a).then_some(7u8), &mut probes);
+        assert!(probes.iter().all(|p| p.2 == 7), "where the connections use it");
+        (probes.into_iter().map(|(a, m, _)| (a, m)).collect(), aged)
+    }
+
+    #[test]
+    fn an_unconfirmed_entry_in_use_is_probed_three_times_then_removed() {
+        let mut c = NeighCache::with_max(16);
+        let none = Aged::default();
+        c.learn_with(1, mac(1), Some(0), || true);
+        assert_eq!(c.resolve(1), Some(mac(1)));
+        let gen = c.gen;
+        // Reachable for REACHABLE_NS: no probe.
+        assert_eq!(age_at(&mut c, REACHABLE_NS - 1, (0, 1), &[1]), (vec![], none));
+        // Then a unicast probe to the cached MAC, every PROBE_NS, three in all.
+        let t = REACHABLE_NS;
+        assert_eq!(age_at(&mut c, t, (0, 1), &[1]), (vec![(1, mac(1))], none));
+        assert_eq!(age_at(&mut c, t + PROBE_NS / 2, (0, 1), &[1]), (vec![], none), "1 s apart");
+        assert_eq!(age_at(&mut c, t + PROBE_NS, (0, 1), &[1]), (vec![(1, mac(1))], none));
+        assert_eq!(age_at(&mut c, t + 2 * PROBE_NS, (0, 1), &[1]), (vec![(1, mac(1))], none));
+        assert_eq!((c.get(1), c.gen), (Some(mac(1)), gen), "still used while probing (Linux's PROBE)");
+        // Unanswered: removed, and flows that cached its MAC must look again.
+        let failed = Aged { failed: 1, unused: 0 };
+        assert_eq!(age_at(&mut c, t + 3 * PROBE_NS, (0, 1), &[1]), (vec![], failed));
+        assert_eq!(c.get(1), None);
+        assert_ne!(c.gen, gen);
+        assert!(!c.has_dynamic());
+        // Resolved again (by broadcast), maybe at another MAC: a fresh entry.
+        assert_eq!(c.learn_with(1, mac(2), Some(t + 4 * PROBE_NS), || true), Learnt::Changed);
+        assert_eq!(age_at(&mut c, t + 5 * PROBE_NS, (0, 1), &[1]), (vec![], none));
+    }
+
+    #[test]
+    fn an_answered_probe_keeps_the_entry() {
+        let mut c = NeighCache::with_max(16);
+        let none = Aged::default();
+        c.learn_with(1, mac(1), Some(0), || true);
+        c.resolve(1);
+        let t = REACHABLE_NS;
+        assert_eq!(age_at(&mut c, t, (0, 1), &[1]).0, vec![(1, mac(1))]);
+        // The answer (an ARP reply, an advertisement) confirms it.
+        assert_eq!(c.learn_with(1, mac(1), Some(t + 1000), || true), Learnt::Confirmed);
+        let gen = c.gen;
+        for k in 1..30 {
+            assert_eq!(age_at(&mut c, t + k * SEC, (0, 1), &[1]), (vec![], none), "{k} s after the answer");
+        }
+        assert_eq!((c.get(1), c.gen), (Some(mac(1)), gen));
+        // Reachable time after the answer: probed again.
+        assert_eq!(age_at(&mut c, 2 * t + 1000, (0, 1), &[1]).0, vec![(1, mac(1))]);
+        // An answer between the second and the third probe also counts.
+        assert_eq!(age_at(&mut c, 2 * t + 1000 + SEC, (0, 1), &[1]).0, vec![(1, mac(1))]);
+        c.learn_with(1, mac(1), Some(2 * t + SEC + 2000), || true);
+        for k in 2..10 {
+            assert_eq!(age_at(&mut c, 2 * t + k * SEC, (0, 1), &[1]), (vec![], none));
+        }
+        assert_eq!(c.get(1), Some(mac(1)));
+    }
+
+    #[test]
+    fn unused_entries_age_out_unprobed_and_static_ones_never() {
+        let mut c = NeighCache::with_max(16);
+        c.add_static(9, mac(9));
+        c.learn_with(1, mac(1), Some(0), || true);
+        c.learn_with(2, mac(2), Some(0), || true);
+        // 2 was a next hop once (a flow may still hold its MAC), no connection uses it now.
+        c.resolve(2);
+        let gen = c.gen;
+        for k in 0..UNUSED_NS / SEC {
+            let (probes, aged) = age_at(&mut c, k * SEC, (0, 1), &[]);
+            assert_eq!((probes, aged), (vec![], Aged::default()), "not probed ({k} s)");
+        }
+        assert_eq!(age_at(&mut c, UNUSED_NS, (0, 1), &[]), (vec![], Aged { failed: 0, unused: 2 }));
+        assert_eq!((c.get(1), c.get(2)), (None, None));
+        assert_ne!(c.gen, gen, "2 was used: flows must look again");
+        let gen = c.gen;
+        // Static entries: never probed, never removed, even in use.
+        assert_eq!(age_at(&mut c, 100 * UNUSED_NS, (0, 1), &[9]), (vec![], Aged::default()));
+        assert_eq!((c.get(9), c.gen), (Some(mac(9)), gen));
+        // An entry learnt without a clock (another worker, tests) ages from when it is first seen.
+        c.learn(3, mac(3));
+        let t = 200 * UNUSED_NS;
+        assert_eq!(age_at(&mut c, t, (0, 1), &[3]).0, vec![]);
+        assert_eq!(age_at(&mut c, t + REACHABLE_NS, (0, 1), &[3]).0, vec![(3, mac(3))]);
+        // Probing stops when the entry is no longer in use.
+        assert_eq!(age_at(&mut c, t + REACHABLE_NS + SEC, (0, 1), &[]).0, vec![]);
+        assert_eq!(age_at(&mut c, t + REACHABLE_NS + 2 * SEC, (0, 1), &[]).0, vec![]);
+        assert_eq!(c.get(3), Some(mac(3)));
+    }
+
+    #[test]
+    fn a_large_table_is_aged_in_shares() {
+        let n = 4096;
+        let mut c = NeighCache::with_max(n);
+        for a in 0..n as Addr {
+            c.learn_with(a, mac(1), Some(0), || true);
+            c.resolve(a);
+        }
+        let all: Vec<Addr> = (0..n as Addr).collect();
+        let mut probed = std::collections::HashSet::new();
+        for k in 0..AGE_PARTS as u64 {
+            let (p, _) = age_at(&mut c, REACHABLE_NS + k, (0, 1), &all);
+            assert_eq!(p.len(), n / AGE_PARTS, "a share per call");
+            probed.extend(p.into_iter().map(|(a, _)| a));
+        }
+        assert_eq!(probed.len(), n, "every entry once per pass");
+    }
+
+    #[test]
+    fn workers_take_turns_and_share_confirmations() {
+        // Two workers' caches, both using neighbour 1, learnt at the same time.
+        let mut w = [NeighCache::with_max(16), NeighCache::with_max(16)];
+        for c in w.iter_mut() {
+            c.learn_with(1, mac(1), Some(0), || true);
+            c.resolve(1);
+        }
+        // One worker probes first, the other STAGGER_NS later.
+        let first: Vec<usize> =
+            (0..2).filter(|&k| !age_at(&mut w[k], REACHABLE_NS, (k, 2), &[1]).0.is_empty()).collect();
+        assert_eq!(first.len(), 1, "one worker probes at the reachable time");
+        let (f, o) = (first[0], 1 - first[0]);
+        // Its answer, received by either worker, is shared: a confirmation of each entry.
+        let t = REACHABLE_NS + 1_000_000;
+        assert_eq!(w[o].learn_with(1, mac(1), Some(t), || true), Learnt::Confirmed, "shared...");
+        assert_eq!(w[f].learn_with(1, mac(1), Some(t), || true), Learnt::Confirmed, "...and confirms");
+        // So the other never probes.
+        for k in 0..10 {
+            assert_eq!(age_at(&mut w[o], REACHABLE_NS + STAGGER_NS + k * SEC, (o, 2), &[1]).0, vec![]);
+        }
+        // Without an answer the other probes after its turn.
+        let mut w = [NeighCache::with_max(16), NeighCache::with_max(16)];
+        for c in w.iter_mut() {
+            c.learn_with(1, mac(1), Some(0), || true);
+            c.resolve(1);
+        }
+        assert_eq!(age_at(&mut w[o], REACHABLE_NS + STAGGER_NS - 1, (o, 2), &[1]).0, vec![]);
+        assert_eq!(age_at(&mut w[o], REACHABLE_NS + STAGGER_NS, (o, 2), &[1]).0, vec![(1, mac(1))]);
+    }
+
+    #[test]
+    fn confirmations_are_shared_at_most_every_share_ns() {
+        let mut c = NeighCache::with_max(4);
+        let t = 10 * SEC;
+        assert_eq!(c.learn_with(1, mac(1), Some(t), || true), Learnt::Changed);
+        assert_eq!(c.learn_with(1, mac(1), Some(t + CONFIRM_NS), || true), Learnt::Unchanged, "shared when learnt");
+        assert_eq!(c.learn_with(1, mac(1), Some(t + SHARE_NS), || true), Learnt::Confirmed);
+        assert_eq!(c.learn_with(1, mac(1), Some(t + SHARE_NS + CONFIRM_NS), || true), Learnt::Unchanged);
+        assert_eq!(c.learn_with(1, mac(1), Some(t + 2 * SHARE_NS), || true), Learnt::Confirmed);
+        assert_eq!(c.learn_with(1, mac(1), None, || true), Learnt::Unchanged, "no clock: nothing to share");
     }
 
     /// What the cache must do, kept the simplest way: the dynamic entries in a vector,

@@ -392,6 +392,10 @@ pub struct Worker<Q: BufAlloc> {
     moved: Vec<Moved>,
     reserved: Vec<(Addr, u16, u64)>,
     neigh: NeighCache,
+    /// The last neighbour aging period (`now >> neigh::AGE_SHIFT`) and the unicast probes it
+    /// asked for (address, cached MAC, interface; kept for its allocation).
+    neigh_aged: u64,
+    neigh_probes: Vec<(Addr, [u8; 6], usize)>,
     expect: ExpectTable,
     /// IP fragments: datagrams in flight and fragments waiting for their first.
     frags: FragTable,
@@ -469,7 +473,7 @@ pub struct Worker<Q: BufAlloc> {
     /// What `timeout_after_work` compares to see whether work added a timer: the lengths of
     /// the held-packet, reserved-port and retired-address lists and whether services exist,
     /// when `poll_timeout` last ran in full.
-    timer_sig: [usize; 7],
+    timer_sig: [usize; 8],
     now: u64,
     last_tick: u64,
     /// `now` of the last service-counter flush from `poll`.
@@ -568,6 +572,8 @@ impl<Q: BufAlloc> Worker<Q> {
             moved: Vec::new(),
             reserved: Vec::new(),
             neigh: NeighCache::with_max(snap.config.engine.neighbor_table_size),
+            neigh_aged: 0,
+            neigh_probes: Vec::new(),
             expect: ExpectTable::new(snap.config.engine.expectation_table_size),
             frags: FragTable::new(),
             frag_held: Vec::new(),
@@ -604,7 +610,7 @@ impl<Q: BufAlloc> Worker<Q> {
             sweep_pos: 0,
             sweep_ver: 0,
             tick: 0,
-            timer_sig: [usize::MAX; 7],
+            timer_sig: [usize::MAX; 8],
             now: 0,
             last_tick: 0,
             last_svc_flush: 0,
@@ -850,7 +856,8 @@ impl<Q: BufAlloc> Worker<Q> {
     /// When the core next wants [`Worker::handle_timeout`] (ns): the earliest of the next
     /// timer tick (every 2^20 ns) while connections, expectations or fragments exist (the
     /// incremental sweeps and the cluster sync refresh run once a tick), the next scheduler
-    /// tick (every 2^30 ns) while services exist, a held packet's deadline, a reserved
+    /// tick (every 2^30 ns) while services exist, the next neighbour aging (every
+    /// 2^[`neigh::AGE_SHIFT`] ns) while learnt neighbours exist, a held packet's deadline, a reserved
     /// port's or retired address's end. `None`: nothing to do, ever. Never earlier than the
     /// last `now` the core saw unless something was due then (a late call catches up).
     pub fn poll_timeout(&self) -> Option<u64> {
@@ -861,6 +868,9 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         if !self.svcs.is_empty() {
             at(((self.now >> 30) + 1) << 30);
+        }
+        if self.neigh.has_dynamic() {
+            at(((self.now >> neigh::AGE_SHIFT) + 1) << neigh::AGE_SHIFT);
         }
         for d in self.pending.iter().map(|h| h.deadline) {
             at(d);
@@ -893,8 +903,9 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     #[inline]
-    fn timer_sig(&self) -> [usize; 7] {
+    fn timer_sig(&self) -> [usize; 8] {
         [
+            self.neigh.has_dynamic() as usize,
             self.pending.len(),
             self.proxy_held.len(),
             self.frag_held.len(),
@@ -961,7 +972,9 @@ impl<Q: BufAlloc> Worker<Q> {
         self.now = now;
         match m {
             Ctrl::Neigh(a, mac) => {
-                if self.neigh.learn(a, mac) {
+                // With the clock: a confirmation another worker shares confirms this
+                // worker's entry too (see `neigh`'s aging).
+                if self.neigh.learn_with(a, mac, Some(now), || true) == neigh::Learnt::Changed {
                     self.release_pending(a, mac);
                 }
                 self.count_neigh_evictions();
@@ -1088,6 +1101,8 @@ impl<Q: BufAlloc> Worker<Q> {
         self.reserved.clear();
         self.expect.clear();
         self.neigh.clear();
+        self.neigh_aged = 0;
+        self.neigh_probes.clear();
         // `clear` restarts the neighbour generation: forget every memo.
         self.frags.clear();
         self.frag_held.clear();
@@ -1112,7 +1127,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.sweep_pos = 0;
         self.sweep_ver = self.flows.version();
         self.tick = 0;
-        self.timer_sig = [usize::MAX; 7];
+        self.timer_sig = [usize::MAX; 8];
         self.events.clear();
         self.now = 0;
         self.last_tick = 0;

@@ -75,6 +75,11 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
         }
+        // Neighbour aging (probes, failed and unused entries), every 2^AGE_SHIFT ns.
+        if self.neigh.has_dynamic() && now >> neigh::AGE_SHIFT != self.neigh_aged {
+            self.neigh_aged = now >> neigh::AGE_SHIFT;
+            self.age_neighbours(now);
+        }
         // Pending packets waiting for a neighbour.
         expire_held(&mut self.pending, now, &self.counters, DropReason::NoNeighbor);
         expire_held(&mut self.proxy_held, now, &self.counters, DropReason::ProxyWait);

@@ -37,6 +37,53 @@ impl<Q: BufAlloc> Worker<Q> {
         self.tx[iface].push(b);
     }
 
+    /// Age a share of the neighbour table ([`NeighCache::age`](neigh::NeighCache::age)): an
+    /// entry a connection uses (a next hop with references, on its interface) is probed by
+    /// unicast once unconfirmed for the reachable time, removed when its probes go
+    /// unanswered (`neigh_failed`); unused entries age out.
+    pub(super) fn age_neighbours(&mut self, now: u64) {
+        let mut probes = std::mem::take(&mut self.neigh_probes);
+        let (flows, ifaces) = (&self.flows, self.snap.ifaces.len());
+        let in_use = |a: Addr| (0..ifaces).find(|&i| flows.hop_refs(a, i as u8) > 0);
+        let aged = self.neigh.age(now, (self.id, self.workers), in_use, &mut probes);
+        if aged.failed > 0 {
+            bump(&self.counters.neigh_failed, aged.failed);
+        }
+        for (a, mac, iface) in probes.drain(..) {
+            self.probe(iface, a, mac);
+        }
+        self.neigh_probes = probes;
+    }
+
+    /// A unicast probe of neighbour `nh` at `mac` (Linux's PROBE state): an ARP request to
+    /// `mac` (target hardware address 0, as Linux's `arp_solicit`), or a neighbour
+    /// solicitation to `nh` itself at `mac` (RFC 4861 section 7.3.3).
+    fn probe(&mut self, iface: usize, nh: Addr, dmac: [u8; 6]) {
+        let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return };
+        let mac = self.snap.ifaces[iface].mac;
+        let Some(mut b) = self.allocs[iface].alloc() else {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        };
+        if !b.set_len(86) {
+            return;
+        }
+        let built = if addr_is_v4(nh) {
+            neigh::build_arp(b.data_mut(), ARP_REQUEST, mac, src, None, nh)
+                .and_then(|n| EthAddrs::at_mut(b.data_mut(), 0).map(|mut e| e.set_dst(dmac)).map(|()| n))
+        } else {
+            let t = addr_v6_bytes(nh);
+            neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), t, t, 0)
+        };
+        let Ok(n) = built else {
+            self.drop_pkt(DropReason::NoBuffer);
+            return;
+        };
+        b.set_len(n);
+        bump(&self.counters.neigh_probes, 1);
+        self.tx[iface].push(b);
+    }
+
     /// Send the packets parked for `a`, now at `mac`, in the order they were parked (a FIFO,
     /// like Linux's per-neighbour queue: segments of one connection must not be reordered).
     pub(super) fn release_pending(&mut self, a: Addr, mac: [u8; 6]) {
@@ -96,10 +143,12 @@ impl<Q: BufAlloc> Worker<Q> {
         self.count_neigh_evictions();
         if learnt == neigh::Learnt::Changed {
             self.release_pending(a, mac);
-            // For the other workers' caches (a single worker has none to tell).
-            if self.workers > 1 {
-                self.events.push_back(Event::Neigh(a, mac));
-            }
+        }
+        // For the other workers' caches (a single worker has none to tell): a new MAC, and a
+        // confirmation (at most every `neigh::SHARE_NS`), which confirms theirs (the answer
+        // to one worker's probe or request may arrive at another, see `neigh`).
+        if self.workers > 1 && matches!(learnt, neigh::Learnt::Changed | neigh::Learnt::Confirmed) {
+            self.events.push_back(Event::Neigh(a, mac));
         }
     }
 
@@ -185,6 +234,13 @@ impl<Q: BufAlloc> Worker<Q> {
                 let over = m[4] & 0x20 != 0;
                 if self.nd_may_learn(iface, target) && (over || self.neigh.get(target).is_none_or(|old| old == mac)) {
                     self.learn_neighbor(target, mac);
+                }
+            } else if m[4] & 0x40 != 0 && self.nd_may_learn(iface, target) {
+                // A solicited advertisement without the target's link-layer address (how
+                // Linux answers a unicast solicitation, our probe) confirms the entry it
+                // answers (RFC 4861 section 7.2.5).
+                if let Some(old) = self.neigh.get(target) {
+                    self.learn_neighbor(target, old);
                 }
             }
             return self.punt(iface, pkt, DropReason::NotForUs);
