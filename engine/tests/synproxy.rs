@@ -5,7 +5,7 @@ use common::seg::*;
 use common::*;
 use ferrovs_engine::tools::replay::MemEngine;
 use ferrovs_engine::tools::testpkt::*;
-use ferrovs_engine::wire::parse::{parse, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+use ferrovs_engine::wire::parse::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
 fn services(mode: &str) -> String {
     format!(
@@ -408,4 +408,68 @@ fn a_lost_syn_to_the_real_server_is_sent_again_on_the_clients_retransmission() {
     assert_eq!((d.dst, d.seq, d.ack, d.payload.as_slice()), (RS1, isn + 1, 5001, &get[..]));
     assert_eq!(e.counters().proxy_syn_retries, 1);
     assert_eq!(drops(&e), vec![]);
+}
+
+/// The (state, packets in, packets out) of the one connection in the table.
+fn only_conn(e: &MemEngine) -> (String, u64, u64) {
+    let c = e.workers[0].core().list_conns();
+    assert_eq!(c.len(), 1, "{c:?}");
+    (c[0].state.clone(), c[0].pkts_in, c[0].pkts_out)
+}
+
+/// A proxied connection closed both ways (TIME_WAIT), on CLIENT:`sport` -> VIP:80.
+fn closed(e: &mut MemEngine, sport: u16) -> Client {
+    let c = handshake(e, sport, 80);
+    one(from_client(e, sport, 80, TCP_ACK | TCP_FIN, c.isn + 1, c.cookie + 1, b""));
+    one(from_rs(e, 80, sport, TCP_ACK | TCP_FIN, c.rs_isn + 1, c.isn + 2, b""));
+    one(from_client(e, sport, 80, TCP_ACK, c.isn + 2, c.cookie + 2, b""));
+    assert_eq!(only_conn(e).0, "TIME_WAIT");
+    c
+}
+
+/// A SYN on the tuple of a closing connection (the port reused) is a new connection: with
+/// the SYN proxy on, it is answered with a cookie like any new SYN, and the closing entry is
+/// replaced only once the client's ACK proves the handshake. Before, the reuse path scheduled
+/// it straight away: the SYN reached the real server unverified (an attacker closes a
+/// connection, then floods SYNs on its tuple), and so did a SYN on an expired entry.
+#[test]
+fn a_syn_reusing_a_closing_connections_tuple_is_answered_with_a_cookie() {
+    let mut e = engine("on", 1000);
+    closed(&mut e, 40500);
+    let isn = 3_000_000u32;
+    let (iface, s) = one(from_client(&mut e, 40500, 80, TCP_SYN, isn, 0, b""));
+    assert_eq!(
+        (iface, s.dst, s.flags, s.ack),
+        (EXT, CLIENT, TCP_SYN | TCP_ACK, isn + 1),
+        "a cookie, not a SYN to the server"
+    );
+    assert_eq!((e.counters().cookies_sent, e.counters().flows_reused), (2, 0));
+    assert_eq!(only_conn(&e).0, "TIME_WAIT", "unverified: the closing entry stays");
+    // A segment without a valid cookie is the old connection's, as before (no bad_cookie).
+    let (_, o) = one(from_client(&mut e, 40500, 80, TCP_ACK, isn + 1, s.seq ^ 0x4000, b""));
+    assert_eq!(o.dst, RS1);
+    assert_eq!((e.counters().cookies_failed, only_conn(&e).0), (0, "TIME_WAIT".to_string()));
+    // The client's ACK carries the cookie: the old entry goes, the new connection opens.
+    let (iface, s2) = one(from_client(&mut e, 40500, 80, TCP_ACK, isn + 1, s.seq + 1, b""));
+    assert_eq!((iface, s2.dst, s2.flags, s2.seq), (INT, RS1, TCP_SYN, isn));
+    let c = e.counters();
+    assert_eq!((c.cookies_validated, c.flows_reused), (2, 1));
+    assert_eq!(only_conn(&e).0, "SYN_RECV");
+    let (_, a) = one(from_rs(&mut e, 80, 40500, TCP_SYN | TCP_ACK, 123_456, isn + 1, b""));
+    assert_eq!((a.flags, a.seq, a.ack), (TCP_ACK, isn + 1, 123_457));
+    let (_, d) = one(from_client(&mut e, 40500, 80, TCP_ACK | TCP_PSH, isn + 1, s.seq + 1, b"x"));
+    assert_eq!((d.dst, d.seq, d.ack), (RS1, isn + 1, 123_457));
+    assert_eq!(drops(&e), vec![]);
+
+    // A SYN on an entry that expired (not reaped yet; ESTABLISHED, not closing): a cookie too.
+    let mut e = engine("on", 1000);
+    let c = handshake(&mut e, 40501, 80);
+    one(from_client(&mut e, 40501, 80, TCP_ACK, c.isn + 1, c.cookie + 1, b"x"));
+    assert_eq!(only_conn(&e).0, "ESTABLISHED");
+    let later = 2000 * S;
+    let out = client_tcp(&mut e, later, 40501, 80, TCP_SYN, isn, 0, b"");
+    let (iface, s) = one(out);
+    assert_eq!((iface, s.dst, s.flags), (EXT, CLIENT, TCP_SYN | TCP_ACK));
+    let (iface, s2) = one(client_tcp(&mut e, later, 40501, 80, TCP_ACK, isn + 1, s.seq + 1, b""));
+    assert_eq!((iface, s2.dst, s2.flags, s2.seq), (INT, RS1, TCP_SYN, isn));
 }

@@ -216,28 +216,37 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         let next = match found {
             Some((idx, dir)) => {
-                let c = self.flows.get(idx);
                 if dst_vip && dir == Dir::In && self.reusable(idx, p) {
                     // IPVS conn_reuse_mode: a new SYN on the tuple of a closing connection starts
                     // a new one (new scheduling decision, new gateway session); the old state,
                     // its FTP expectations and pins go. Data connections are left alone, as
                     // IPVS leaves "controlled" connections.
-                    if self.flows.cold(idx).alg.is_some() {
-                        if let Some(sc) = self.svc_counters.get(c.svc as usize) {
-                            bump(&sc.ftp.control_reused, 1);
-                        }
+                    // A new connection all the same: the SYN proxy answers it first (the
+                    // closing entry stays until the client's ACK proves the handshake).
+                    if let Some(next) = self.syn_proxy(iface, &mut pkt, p, None, None) {
+                        return self.finish(pkt, next);
                     }
-                    bump(&self.counters.flows_reused, 1);
-                    self.remove_conn(idx, false);
+                    self.replace_closing(idx);
                     let next = self.new_inbound(&mut pkt, p);
                     return self.finish(pkt, next);
                 }
-                if c.expired(self.now) {
+                if dst_vip && dir == Dir::In && self.proxy_reusable(idx, p) {
+                    // The last segment of a proxied handshake on such a tuple (its SYN was
+                    // answered with a cookie, above): a valid cookie replaces the closing entry.
+                    if let Some(next) = self.syn_proxy(iface, &mut pkt, p, None, Some(idx)) {
+                        return self.finish(pkt, next);
+                    }
+                }
+                if self.flows.get(idx).expired(self.now) {
                     self.expire(idx, self.now);
                     if self.flows.try_get(idx).is_some_and(|c| c.live) {
                         self.forward(idx, dir, &mut pkt, p)
                     } else if dst_vip {
-                        self.new_inbound(&mut pkt, p)
+                        // A new connection: through the SYN proxy as one with no entry at all.
+                        match self.syn_proxy(iface, &mut pkt, p, None, None) {
+                            Some(next) => next,
+                            None => self.new_inbound(&mut pkt, p),
+                        }
                     } else {
                         self.new_outbound(&mut pkt, p)
                     }
@@ -254,7 +263,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 // A SYN to a service without the SYN proxy: nothing for it to look at.
                 let no_proxy = matches!(svc, Some(Some(si)) if self.snap.services.get(si)
                     .is_some_and(|s| s.syn_proxy == ferrovs_cfg::SynProxy::Off));
-                match if no_proxy { None } else { self.syn_proxy(iface, &mut pkt, p, svc) } {
+                match if no_proxy { None } else { self.syn_proxy(iface, &mut pkt, p, svc, None) } {
                     Some(next) => next,
                     None => self.new_inbound_svc(&mut pkt, p, svc),
                 }
@@ -326,15 +335,43 @@ impl<Q: BufAlloc> Worker<Q> {
     /// must be scheduled afresh, not sent to the old real server, which may be down or
     /// quiesced by now (IPVS does this with `conn_reuse_mode` bit 2, off by default there).
     pub(super) fn reusable(&self, idx: u32, p: &Parsed) -> bool {
-        use crate::flow::tcpstate::TcpState as S;
-        let c = self.flows.get(idx);
-        p.proto == PROTO_TCP
-            && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && c.flags & F_DATA == 0
-            && match c.state {
-                S::TimeWait | S::Close | S::CloseWait | S::LastAck => true,
-                S::FinWait => !c.fwd.two_way(),
-                _ => false,
-            }
+        p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && closing(self.flows.get(idx))
     }
+
+    /// A client segment without SYN on closing connection `idx` (see [`Worker::reusable`])
+    /// while SYN cookies went out lately: it may be the end of a proxied handshake reusing
+    /// the tuple (a cookie ACK, or a DR/tunnel verifying reset), which
+    /// [`Worker::syn_proxy`] checks before the old entry may have it.
+    pub(super) fn proxy_reusable(&self, idx: u32, p: &Parsed) -> bool {
+        p.proto == PROTO_TCP
+            && p.tcp_flags & TCP_SYN == 0
+            && p.tcp_flags & (TCP_ACK | parse::TCP_RST) != 0
+            && self.cookie_recent()
+            && closing(self.flows.get(idx))
+    }
+
+    /// A SYN reused the tuple of closing connection `idx`: it goes (counted in
+    /// `flows_reused`, and `control_reused` for an FTP control connection).
+    pub(super) fn replace_closing(&mut self, idx: u32) {
+        let c = self.flows.get(idx);
+        if self.flows.cold(idx).alg.is_some() {
+            if let Some(sc) = self.svc_counters.get(c.svc as usize) {
+                bump(&sc.ftp.control_reused, 1);
+            }
+        }
+        bump(&self.counters.flows_reused, 1);
+        self.remove_conn(idx, false);
+    }
+}
+
+/// Is `c` closing, its tuple free for a client's new connection (see [`Worker::reusable`])?
+#[inline(always)]
+pub(super) fn closing(c: &flow::Conn) -> bool {
+    use crate::flow::tcpstate::TcpState as S;
+    c.flags & F_DATA == 0
+        && match c.state {
+            S::TimeWait | S::Close | S::CloseWait | S::LastAck => true,
+            S::FinWait => !c.fwd.two_way(),
+            _ => false,
+        }
 }

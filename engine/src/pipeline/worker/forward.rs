@@ -52,6 +52,17 @@ impl<Q: BufAlloc> Worker<Q> {
         if !ours || syn || c.expired(self.now) {
             return None;
         }
+        // A client segment on a closing entry while SYN cookies went out lately: it may end a
+        // proxied handshake that reuses the tuple (its SYN was answered with a cookie), which
+        // the slow path checks (`proxy_reusable`). An established connection pays a compare.
+        if p.proto == PROTO_TCP
+            && c.state != crate::flow::tcpstate::TcpState::Established
+            && dir == Dir::In
+            && self.cookie_recent()
+            && super::classify::closing(c)
+        {
+            return None;
+        }
         if c.flags & (F_SYNCED | F_ALG | F_SYNPROXY | F_PPROTO | F_XLAT) != 0
             || self.sync_on
             || c.fwd == Forward::Tunnel

@@ -32,12 +32,16 @@ impl<Q: BufAlloc> Worker<Q> {
     /// ordinary path takes it).
     ///
     /// `svc`: the service of (VIP, protocol, port) if the caller looked it up already.
+    /// `old`: the closing connection on the packet's tuple (a handshake reusing it, see
+    /// [`Worker::proxy_reusable`]): a segment without a valid cookie is left to it (`None`,
+    /// nothing counted), a valid cookie replaces it with the new connection.
     pub(super) fn syn_proxy(
         &mut self,
         iface: usize,
         pkt: &mut Q::Buf,
         p: &Parsed,
         svc: Option<Option<usize>>,
+        old: Option<u32>,
     ) -> Option<Next> {
         use ferrovs_cfg::SynProxy;
         if p.proto != PROTO_TCP {
@@ -106,10 +110,18 @@ impl<Q: BufAlloc> Worker<Q> {
         let isn = seq.wrapping_sub(1);
         let cookie = ack.wrapping_sub(1);
         let Some(mss) = self.cookies.check(self.now, &Handshake { isn, ..hs }, cookie) else {
+            if old.is_some() {
+                return None; // a segment of the closing connection
+            }
             bump(&self.counters.cookies_failed, 1);
             return Some(Next::Drop(DropReason::BadCookie));
         };
         bump(&self.counters.cookies_validated, 1);
+        if let Some(idx) = old {
+            // The handshake is proven: the new connection takes the tuple (IPVS
+            // conn_reuse_mode, as for a SYN without the proxy).
+            self.replace_closing(idx);
+        }
         // The handshake is proven: the ACK becomes our SYN to the real server (its data, if any,
         // is dropped: the client retransmits it once the real server acknowledges).
         let seg = Bare { flags: TCP_SYN, seq: isn, ack: 0, mss: Some(mss), win: 29200 };
