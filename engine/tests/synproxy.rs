@@ -473,3 +473,56 @@ fn a_syn_reusing_a_closing_connections_tuple_is_answered_with_a_cookie() {
     let (iface, s2) = one(client_tcp(&mut e, later, 40501, 80, TCP_ACK, isn + 1, s.seq + 1, b""));
     assert_eq!((iface, s2.dst, s2.flags, s2.seq), (INT, RS1, TCP_SYN, isn));
 }
+
+/// The client's side of a proxied handshake on CLIENT:`sport` -> VIP:80 (the cookie, then
+/// the ACK that opens the connection): our SYN is out to the real server, unanswered. Returns
+/// (client ISN, cookie).
+fn waiting(e: &mut MemEngine, sport: u16) -> (u32, u32) {
+    let isn = 2_000_000 + sport as u32;
+    let (_, s) = one(from_client(e, sport, 80, TCP_SYN, isn, 0, b""));
+    let cookie = s.seq;
+    let (_, s) = one(from_client(e, sport, 80, TCP_ACK, isn + 1, cookie + 1, b""));
+    assert_eq!((s.dst, s.flags, s.seq), (RS1, TCP_SYN, isn));
+    assert_eq!(only_conn(e), ("SYN_RECV".to_string(), 1, 0));
+    (isn, cookie)
+}
+
+/// While our SYN waits for the real server's answer (RFC 793 SYN-SENT), a server segment is
+/// acceptable only if it acknowledges that SYN (ack = ISN + 1) and carries SYN or RST. Before,
+/// any SYN-ACK completed the splice (a forged or stale one set a wrong sequence offset for the
+/// whole connection), any reset reached the client, and other segments moved the state to
+/// ESTABLISHED before being dropped. Now they are dropped, counted, before any account, and
+/// the connection still waits for the right SYN-ACK.
+#[test]
+fn server_segments_not_acknowledging_our_syn_are_dropped_while_waiting() {
+    let mut e = engine("on", 1000);
+    let (isn, cookie) = waiting(&mut e, 40600);
+    // A SYN-ACK acknowledging something else (forged, or stale from an earlier connection).
+    for ack in [isn, isn + 2, 0x1234_5678] {
+        assert!(from_rs(&mut e, 80, 40600, TCP_SYN | TCP_ACK, 666_000, ack, b"").is_empty());
+    }
+    // Resets not acknowledging our SYN: without ACK, or with a wrong one.
+    assert!(from_rs(&mut e, 80, 40600, TCP_RST, 1, 0, b"").is_empty());
+    assert!(from_rs(&mut e, 80, 40600, TCP_RST | TCP_ACK, 1, isn + 7, b"").is_empty());
+    // Neither SYN nor RST: a bare ACK or data, even with the right acknowledgement.
+    assert!(from_rs(&mut e, 80, 40600, TCP_ACK, 5, isn + 1, b"").is_empty());
+    assert!(from_rs(&mut e, 80, 40600, TCP_ACK | TCP_PSH, 5, isn + 1, b"x").is_empty());
+    assert_eq!(drops(&e), vec![("proxy_unacceptable", 7)]);
+    assert_eq!(only_conn(&e), ("SYN_RECV".to_string(), 1, 0), "no state or account changed");
+    // The real SYN-ACK: answered, and the offset is its own.
+    let (_, a) = one(from_rs(&mut e, 80, 40600, TCP_SYN | TCP_ACK, 9_000, isn + 1, b""));
+    assert_eq!((a.dst, a.flags, a.seq, a.ack), (RS1, TCP_ACK, isn + 1, 9_001));
+    let (_, d) = one(from_client(&mut e, 40600, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, b"GET"));
+    assert_eq!((d.dst, d.seq, d.ack), (RS1, isn + 1, 9_001));
+    let (_, r) = one(from_rs(&mut e, 80, 40600, TCP_ACK | TCP_PSH, 9_001, isn + 4, b"OK"));
+    assert_eq!((r.dst, r.seq, r.ack), (CLIENT, cookie + 1, isn + 4));
+    assert_eq!(only_conn(&e), ("ESTABLISHED".to_string(), 2, 2));
+    assert_eq!(drops(&e), vec![("proxy_unacceptable", 7)]);
+
+    // A server reset acknowledging our SYN still reaches the client (refused).
+    let mut e = engine("on", 1000);
+    let (isn, cookie) = waiting(&mut e, 40601);
+    let (iface, s) = one(from_rs(&mut e, 80, 40601, TCP_RST | TCP_ACK, 0, isn + 1, b""));
+    assert_eq!((iface, s.dst, s.flags & TCP_RST, s.seq), (EXT, CLIENT, TCP_RST, cookie + 1));
+    assert_eq!(drops(&e), vec![]);
+}

@@ -30,6 +30,7 @@ drop_reasons! {
     FragHeldFull => "frag_held_full": "No room to hold a fragment that came before its first fragment: the buffer was full and its source (IPv4 address, IPv6 /64) held as many as any other, or it was the oldest of the source holding the most and made room for another source's.",
     BadCookie => "bad_cookie": "SYN proxy: an ACK for no connection whose cookie is invalid.",
     SynVerified => "syn_verified": "DR/tunnel SYN proxy: a client's reset answering a verification SYN-ACK, consumed (its address is now verified).",
+    ProxyUnacceptable => "proxy_unacceptable": "SYN proxy: a real server's segment while our SYN waits for its answer that does not acknowledge that SYN (RFC 793 SYN-SENT: a SYN-ACK or reset with another acknowledgement, a reset without one) or carries neither SYN nor RST; the connection keeps waiting.",
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long).",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",

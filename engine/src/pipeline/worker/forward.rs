@@ -113,11 +113,16 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         // A SYN-proxied client segment waiting for the real server: held as it is, its
         // accounts done once, when it is released (this path again).
-        if c.flags & F_SYNPROXY != 0 && dir == Dir::In && self.proxy_holds(idx, p) {
-            return Next::ProxyHold(idx);
+        // A real server's segment that does not answer our SYN acceptably: dropped before
+        // any account too.
+        let flags = c.flags;
+        if flags & F_SYNPROXY != 0 {
+            if let Some(next) = self.proxy_pending(idx, dir, pkt, p) {
+                return next;
+            }
         }
         let len = pkt.len() as u64;
-        if c.flags & F_SYNCED != 0 {
+        if flags & F_SYNCED != 0 {
             self.adopt(idx);
         }
         // State, timeout, counters.

@@ -219,17 +219,41 @@ impl<Q: BufAlloc> Worker<Q> {
         self.verified[Self::verified_slot(a)] = (a, until);
     }
 
-    /// Whether a client segment `p` of SYN-proxied connection `idx` waits for the real
-    /// server's handshake, untouched ([`Worker::proxy_segment`] holds it): not our SYN, not a
-    /// reset, and our SYN not due again. [`Worker::forward`] holds it before its accounts, which
-    /// it gets once, when it is released (it went through them twice).
-    pub(super) fn proxy_holds(&self, idx: u32, p: &Parsed) -> bool {
-        self.flows.cold(idx).proxy.as_deref().is_some_and(|px| {
-            !px.established
-                && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+    /// What becomes of a segment `p` of SYN-proxied connection `idx` while the real server's
+    /// handshake is pending, before [`Worker::forward`] does any account (`None`: it goes on,
+    /// to the accounts and [`Worker::proxy_segment`]).
+    ///
+    /// A client segment waits for the real server's handshake, untouched
+    /// ([`Next::ProxyHold`]): not our SYN, not a reset, and our SYN not due again; its
+    /// accounts are done once, when it is released (it goes through this path again).
+    ///
+    /// A real server's segment must answer our SYN as a TCP end in SYN-SENT accepts it
+    /// (RFC 793; Linux `tcp_rcv_synsent_state_process`): it acknowledges our SYN (ack = the
+    /// client's ISN + 1) and carries SYN or RST. Anything else (a forged or stale SYN-ACK, a
+    /// reset without that acknowledgement, a bare ACK) is dropped, counted, with no state or
+    /// account changed: the connection keeps waiting for the right SYN-ACK, whose sequence
+    /// number alone sets the offset.
+    #[inline]
+    pub(super) fn proxy_pending(&self, idx: u32, dir: Dir, pkt: &Q::Buf, p: &Parsed) -> Option<Next> {
+        let px = self.flows.cold(idx).proxy.as_deref()?;
+        if px.established {
+            return None;
+        }
+        match dir {
+            Dir::In => (p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
                 && p.tcp_flags & parse::TCP_RST == 0
-                && self.now.saturating_sub(px.syn_at) < synproxy::SYN_RETRY_NS
-        })
+                && self.now.saturating_sub(px.syn_at) < synproxy::SYN_RETRY_NS)
+                .then_some(Next::ProxyHold(idx)),
+            Dir::Out => {
+                let Ok(ack) = Tcp::at(pkt.data(), p.l4).map(|t| t.ack()) else {
+                    return Some(Next::Drop(DropReason::Malformed));
+                };
+                let acceptable = p.tcp_flags & TCP_ACK != 0
+                    && ack == px.isn.wrapping_add(1)
+                    && p.tcp_flags & (TCP_SYN | parse::TCP_RST) != 0;
+                (!acceptable).then_some(Next::Drop(DropReason::ProxyUnacceptable))
+            }
+        }
     }
 
     /// A segment of a SYN-proxied connection: the real server's handshake, then the sequence
@@ -258,7 +282,9 @@ impl<Q: BufAlloc> Worker<Q> {
                 let Ok(rs_seq) = Tcp::at(pkt.data(), l4).map(|t| t.seq()) else {
                     return Some(Next::Drop(DropReason::Malformed));
                 };
-                if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                // Acknowledging our SYN ([`Worker::proxy_pending`]): a SYN-ACK, or a reset
+                // (RFC 793 SYN-SENT: the RST bit is checked before the SYN bit).
+                if p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_RST) == TCP_SYN | TCP_ACK {
                     // Answer the real server ourselves and start translating.
                     let delta = px.cookie.wrapping_sub(rs_seq);
                     // The FTP gateway reads the server's own sequence space (the offset is
