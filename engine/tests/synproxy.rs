@@ -526,3 +526,56 @@ fn server_segments_not_acknowledging_our_syn_are_dropped_while_waiting() {
     assert_eq!((iface, s.dst, s.flags & TCP_RST, s.seq), (EXT, CLIENT, TCP_RST, cookie + 1));
     assert_eq!(drops(&e), vec![]);
 }
+
+/// The client resets a proxied connection while our SYN waits for the real server. Before,
+/// the reset was tracked (CLOSE), then held like data, and on the server's SYN-ACK it was
+/// tracked again and sent after the held data; the server's SYN-ACK was answered with our ACK
+/// (the server opened a connection nobody uses). Now, as a TCP end would: the held client
+/// data is discarded, the reset tracked once, the server gets a reset it accepts in SYN-RCVD
+/// (seq = our ISN + 1, no ACK: Linux `tcp_check_req`), a SYN-ACK crossing it is answered with
+/// a reset (seq = its ack), and nothing else of the connection goes anywhere.
+#[test]
+fn a_client_reset_while_waiting_resets_the_server_and_discards_held_data() {
+    let mut e = engine("on", 1000);
+    let (isn, cookie) = waiting(&mut e, 40700);
+    assert!(from_client(&mut e, 40700, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, b"hello").is_empty());
+    // A reset outside the window we offered (65535 unscaled) is not the client's: dropped.
+    assert!(from_client(&mut e, 40700, 80, TCP_RST, isn + 1 + 70_000, 0, b"").is_empty());
+    assert_eq!(drops(&e), vec![("proxy_unacceptable", 1)]);
+    assert_eq!(only_conn(&e), ("SYN_RECV".to_string(), 1, 0));
+    // The client's reset (after its 5 bytes): one reset to the server, in its terms.
+    let (iface, r) = one(from_client(&mut e, 40700, 80, TCP_RST | TCP_ACK, isn + 6, cookie + 1, b""));
+    assert_eq!(iface, INT);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (CLIENT, 40700, RS1, 80));
+    assert_eq!((r.flags, r.seq, r.ack, r.payload.len()), (TCP_RST, isn + 1, 0, 0));
+    assert_eq!(drops(&e), vec![("proxy_unacceptable", 1), ("proxy_wait", 1)], "the held data discarded");
+    assert_eq!(only_conn(&e), ("CLOSE".to_string(), 2, 0), "the reset tracked once");
+    // The server's SYN-ACK (sent before our reset reached it): reset, not tracked.
+    let (iface, r) = one(from_rs(&mut e, 80, 40700, TCP_SYN | TCP_ACK, 9_000, isn + 1, b""));
+    assert_eq!(iface, INT);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (CLIENT, 40700, RS1, 80));
+    assert_eq!((r.flags, r.seq), (TCP_RST, isn + 1));
+    assert_eq!(only_conn(&e), ("CLOSE".to_string(), 2, 0));
+    // Nothing more of the client's goes: no SYN again after a second, no data. (A copy of
+    // the handshake's last ACK, seq = ISN + 1 and ack = cookie + 1, would be a valid cookie
+    // on a closing tuple: a new connection, as for any closed proxied connection.)
+    let later = S + 2 * S;
+    assert!(client_tcp(&mut e, later, 40700, 80, TCP_ACK | TCP_PSH, isn + 6, cookie + 1, b"more").is_empty());
+    assert_eq!(e.counters().proxy_syn_retries, 0);
+    assert_eq!(only_conn(&e), ("CLOSE".to_string(), 2, 0));
+    let d = drops(&e);
+    assert_eq!(d, vec![("proxy_unacceptable", 2), ("proxy_wait", 1)]);
+
+    // Closed at both ends: no longer half-open (the count that engages the proxy in auto).
+    let mut e = engine("auto", 1);
+    let (_, s) = one(from_client(&mut e, 50000, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!(s.dst, RS1, "below the threshold: forwarded");
+    let (_, s) = one(from_client(&mut e, 50001, 80, TCP_SYN, 100, 0, b""));
+    assert_eq!(s.flags, TCP_SYN | TCP_ACK, "proxied");
+    one(from_client(&mut e, 50001, 80, TCP_ACK, 101, s.seq + 1, b""));
+    one(from_rs(&mut e, 80, 50000, TCP_SYN | TCP_ACK, 5, 2, b""));
+    one(from_client(&mut e, 50000, 80, TCP_ACK, 2, 6, b""));
+    one(from_client(&mut e, 50001, 80, TCP_RST, 101, 0, b""));
+    let (_, s) = one(from_client(&mut e, 50002, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!(s.dst, RS1, "nothing half-open left: forwarded");
+}

@@ -188,6 +188,9 @@ pub struct Proxied {
     pub delta: u32,
     /// The real server's SYN-ACK was seen (and answered).
     pub established: bool,
+    /// The client reset the connection before the real server answered (our reset went to
+    /// the server; a late SYN-ACK of the server's is answered with another).
+    pub reset: bool,
     /// The MSS our SYN to the real server carries (from the cookie).
     pub mss: u16,
     /// When our last SYN to the real server went (ns): sent again, at most once per
@@ -198,6 +201,10 @@ pub struct Proxied {
 /// How long the real server has to answer our SYN before a client segment makes us send it
 /// again (Linux's initial retransmission timeout, `TCP_TIMEOUT_INIT`).
 pub const SYN_RETRY_NS: u64 = 1_000_000_000;
+
+/// The receive window our SYN-ACK offers the client (unscaled): a client reset while the real
+/// server's handshake is pending must fall in it, past the client's ISN.
+pub const CLIENT_WINDOW: u16 = 65535;
 
 #[cfg(test)]
 mod tests {

@@ -112,9 +112,9 @@ impl<Q: BufAlloc> Worker<Q> {
             }
         }
         // A SYN-proxied client segment waiting for the real server: held as it is, its
-        // accounts done once, when it is released (this path again).
-        // A real server's segment that does not answer our SYN acceptably: dropped before
-        // any account too.
+        // accounts done once, when it is released (this path again). A real server's
+        // segment that does not answer our SYN acceptably, or any segment after the
+        // client's reset: dropped (or reset) before any account too.
         let flags = c.flags;
         if flags & F_SYNPROXY != 0 {
             if let Some(next) = self.proxy_pending(idx, dir, pkt, p) {

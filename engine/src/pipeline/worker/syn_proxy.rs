@@ -96,8 +96,13 @@ impl<Q: BufAlloc> Worker<Q> {
             let mss = synproxy::mss_option(&pkt.data()[p.l4..p.end]).unwrap_or(536);
             let cookie = self.cookies.make(self.now, &Handshake { isn: seq, ..hs }, mss);
             let ours = self.caps[iface].mtu.saturating_sub(if p.v6 { 60 } else { 40 }).max(536);
-            let seg =
-                Bare { flags: TCP_SYN | TCP_ACK, seq: cookie, ack: seq.wrapping_add(1), mss: Some(ours), win: 65535 };
+            let seg = Bare {
+                flags: TCP_SYN | TCP_ACK,
+                seq: cookie,
+                ack: seq.wrapping_add(1),
+                mss: Some(ours),
+                win: synproxy::CLIENT_WINDOW,
+            };
             return Some(self.send_cookie(iface, pkt, p, seg));
         }
         // Only the handshake's last segment can carry a cookie: a plain ACK (with or without
@@ -138,6 +143,7 @@ impl<Q: BufAlloc> Worker<Q> {
                     cookie,
                     delta: 0,
                     established: false,
+                    reset: false,
                     mss,
                     syn_at: self.now,
                 }));
@@ -225,29 +231,48 @@ impl<Q: BufAlloc> Worker<Q> {
     ///
     /// A client segment waits for the real server's handshake, untouched
     /// ([`Next::ProxyHold`]): not our SYN, not a reset, and our SYN not due again; its
-    /// accounts are done once, when it is released (it goes through this path again).
+    /// accounts are done once, when it is released (it goes through this path again). A
+    /// client reset goes on only inside the window our SYN-ACK offered (past the client's
+    /// ISN; RFC 793: an unacceptable reset is dropped): it is tracked, and
+    /// [`Worker::proxy_segment`] turns it into our reset to the server. Once the client has
+    /// reset the connection, nothing more of it goes anywhere.
     ///
     /// A real server's segment must answer our SYN as a TCP end in SYN-SENT accepts it
     /// (RFC 793; Linux `tcp_rcv_synsent_state_process`): it acknowledges our SYN (ack = the
     /// client's ISN + 1) and carries SYN or RST. Anything else (a forged or stale SYN-ACK, a
     /// reset without that acknowledgement, a bare ACK) is dropped, counted, with no state or
     /// account changed: the connection keeps waiting for the right SYN-ACK, whose sequence
-    /// number alone sets the offset.
+    /// number alone sets the offset. After the client's reset, a SYN-ACK (our reset lost, or
+    /// crossing it) is answered with a reset as by a closed port (RFC 793: seq = its ack),
+    /// not tracked.
     #[inline]
-    pub(super) fn proxy_pending(&self, idx: u32, dir: Dir, pkt: &Q::Buf, p: &Parsed) -> Option<Next> {
-        let px = self.flows.cold(idx).proxy.as_deref()?;
+    pub(super) fn proxy_pending(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        let px = *self.flows.cold(idx).proxy.as_deref()?;
         if px.established {
             return None;
         }
+        let rst = p.tcp_flags & parse::TCP_RST != 0;
+        let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else {
+            return Some(Next::Drop(DropReason::Malformed));
+        };
         match dir {
+            Dir::In if px.reset => Some(Next::Drop(DropReason::ProxyUnacceptable)),
+            Dir::In if rst => (seq.wrapping_sub(px.isn.wrapping_add(1)) >= u32::from(synproxy::CLIENT_WINDOW))
+                .then_some(Next::Drop(DropReason::ProxyUnacceptable)),
             Dir::In => (p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
-                && p.tcp_flags & parse::TCP_RST == 0
                 && self.now.saturating_sub(px.syn_at) < synproxy::SYN_RETRY_NS)
                 .then_some(Next::ProxyHold(idx)),
+            Dir::Out if px.reset => {
+                if rst || p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+                    return Some(Next::Drop(DropReason::ProxyUnacceptable));
+                }
+                let seg = Bare { flags: parse::TCP_RST, seq: ack, ack: 0, mss: None, win: 0 };
+                if let Err(drop) = write_bare(pkt, p, true, seg) {
+                    return Some(drop);
+                }
+                Some(self.l2_write(idx, true, pkt.data_mut()))
+            }
             Dir::Out => {
-                let Ok(ack) = Tcp::at(pkt.data(), p.l4).map(|t| t.ack()) else {
-                    return Some(Next::Drop(DropReason::Malformed));
-                };
                 let acceptable = p.tcp_flags & TCP_ACK != 0
                     && ack == px.isn.wrapping_add(1)
                     && p.tcp_flags & (TCP_SYN | parse::TCP_RST) != 0;
@@ -267,9 +292,11 @@ impl<Q: BufAlloc> Worker<Q> {
                 // Our own SYN (made from the client's ACK) goes; the client's data waits.
                 if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                     None
-                } else if p.tcp_flags & parse::TCP_RST == 0
-                    && self.now.saturating_sub(px.syn_at) >= synproxy::SYN_RETRY_NS
-                {
+                } else if p.tcp_flags & parse::TCP_RST != 0 {
+                    // The client resets the connection (tracked, in the window:
+                    // `proxy_pending`).
+                    Some(self.proxy_client_reset(idx, pkt, p, px))
+                } else if self.now.saturating_sub(px.syn_at) >= synproxy::SYN_RETRY_NS {
                     // The server has not answered our SYN (lost, or the server slow): only we
                     // can send it again. This client segment (a retransmission, most likely:
                     // an earlier copy is held, and nobody acknowledged its data) becomes it.
@@ -340,6 +367,45 @@ impl<Q: BufAlloc> Worker<Q> {
 }
 
 impl<Q: BufAlloc> Worker<Q> {
+    /// The client's reset `pkt` of proxied connection `idx` while the real server's handshake
+    /// is pending: what a TCP end would do. The client's held segments are discarded
+    /// (counted as `proxy_wait`), and the reset becomes ours to the real server, which may
+    /// have our SYN: one it accepts in SYN-RCVD (Linux `tcp_check_req` checks an ACK before
+    /// the RST bit, then the sequence number): seq = the client's ISN + 1, its next expected
+    /// byte, and no ACK (the client's acknowledgement is in our cookie's space, and the
+    /// server's ISN is unknown). A server that never got our SYN ignores it (no connection,
+    /// no ACK). The connection goes to CLOSE and expires on the CLOSE timeout; a late
+    /// SYN-ACK is reset ([`Worker::proxy_pending`]).
+    fn proxy_client_reset(&mut self, idx: u32, pkt: &mut Q::Buf, p: &Parsed, px: synproxy::Proxied) -> Next {
+        let gen = self.flows.get(idx).gen;
+        let before = self.proxy_held.len();
+        self.proxy_held.retain(|h| h.key != (idx, gen));
+        for _ in self.proxy_held.len()..before {
+            self.drop_pkt(DropReason::ProxyWait);
+        }
+        if let Some(x) = self.flows.cold_mut(idx).proxy.as_deref_mut() {
+            x.reset = true;
+        }
+        // IPVS's table keeps SYN_RECV on a client's reset (the server may ignore it); ours is
+        // one the server accepts: the connection is over at both ends, CLOSE (out of the
+        // half-open count that engages the proxy), on the CLOSE timeout.
+        use crate::flow::tcpstate::TcpState;
+        let st = self.flows.get(idx).state;
+        if st == TcpState::SynRecv {
+            self.half_open = self.half_open.saturating_sub(1);
+        }
+        self.set_tcp_state(idx, TcpState::Close);
+        if self.sync_on && st != TcpState::Close {
+            self.sync_conn(idx);
+        }
+        let seg = Bare { flags: parse::TCP_RST, seq: px.isn.wrapping_add(1), ack: 0, mss: None, win: 0 };
+        if let Err(drop) = write_bare(pkt, p, false, seg) {
+            return drop;
+        }
+        let Ok(p2) = parse::parse(pkt.data()) else { return Next::Drop(DropReason::Malformed) };
+        self.forward_rewrite(idx, Dir::In, pkt, &p2)
+    }
+
     /// Client segment `pkt` of proxied connection `idx`, still waiting for the real server's
     /// SYN-ACK, rewritten into our SYN to the real server once more (as first sent: the
     /// client's ISN, the cookie's MSS, clamped for an FTP control connection as the

@@ -299,6 +299,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 cookie: 0,
                 delta,
                 established: true,
+                reset: false,
                 mss: 536,
                 syn_at: 0,
             }));

@@ -217,14 +217,21 @@ impl<Q: BufAlloc> Worker<Q> {
         before: crate::flow::tcpstate::TcpState,
         flags: Option<u8>,
     ) {
-        let (snap_gen, id, now) = (self.snap_gen, self.id, self.now);
-        let c = self.flows.get_mut(idx);
+        let c = self.flows.get(idx);
         let d = match (dir, c.fwd) {
             (Dir::Out, _) => Direction::Output,
             (Dir::In, f) if f.two_way() => Direction::Input,
             (Dir::In, _) => Direction::InputOnly,
         };
         let new = flags.map_or(before, |f| tcpstate::next(before, d, f));
+        self.set_tcp_state(idx, new);
+    }
+
+    /// Connection `idx` into TCP state `new`, its timeout and the active/inactive counts in
+    /// step (not the SYN_RECV count, the caller's).
+    pub(super) fn set_tcp_state(&mut self, idx: u32, new: crate::flow::tcpstate::TcpState) {
+        let (snap_gen, id, now) = (self.snap_gen, self.id, self.now);
+        let c = self.flows.get_mut(idx);
         if new == c.state {
             return;
         }
