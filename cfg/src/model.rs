@@ -319,11 +319,16 @@ impl Service {
     }
 
     pub fn server_port(&self, port: Option<u16>) -> Option<u16> {
-        port.or(match self.ports.as_slice() {
-            [r] if r.lo == r.hi => Some(r.lo),
-            _ => None,
-        })
+        dest_port_of(&self.ports, port)
     }
+}
+
+/// [`Service::server_port`] of a service with `ports` (the validator has no `Service` yet).
+pub(crate) fn dest_port_of(ports: &[PortRange], port: Option<u16>) -> Option<u16> {
+    port.or(match ports {
+        [r] if r.lo == r.hi => Some(r.lo),
+        _ => None,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq)]

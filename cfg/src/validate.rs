@@ -775,10 +775,7 @@ impl Validator<'_> {
                 None => None,
             };
             // On a single-port service, no port and that port are one destination.
-            let dest_port = port.or(match ports.as_slice() {
-                [r] if r.lo == r.hi => Some(r.lo),
-                _ => None,
-            });
+            let dest_port = dest_port_of(&ports, port);
             if !seen_rs.insert((address, dest_port)) {
                 return Err(
                     self.err(span_of(&r.address), format!("duplicate real server {address} in service {name:?}"))
@@ -844,10 +841,7 @@ impl Validator<'_> {
                     Some(p) => Some(self.int(p, 1, 65535, "sorry server port")? as u16),
                     None => None,
                 };
-                let dest_port = port.or(match ports.as_slice() {
-                    [r] if r.lo == r.hi => Some(r.lo),
-                    _ => None,
-                });
+                let dest_port = dest_port_of(&ports, port);
                 if seen_rs.contains(&(address, dest_port)) {
                     return Err(self.err(
                         span_of(&r.address),

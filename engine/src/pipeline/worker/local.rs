@@ -11,30 +11,45 @@ use crate::wire::view::{
 impl<Q: BufAlloc> Worker<Q> {
     /// Send an ARP request / neighbour solicitation for `nh` (rate limited).
     pub(super) fn solicit(&mut self, iface: usize, nh: Addr) {
-        if !self.neigh.should_ask(nh, self.now) {
-            return;
+        if self.neigh.should_ask(nh, self.now) {
+            self.send_solicit(iface, nh, None);
         }
-        let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return };
+    }
+
+    /// An ARP request / neighbour solicitation for `nh` out of `iface`: broadcast / to the
+    /// solicited-node group (`to: None`), or a unicast probe to `to` (Linux's PROBE state: an
+    /// ARP request to that MAC, target hardware address 0 as Linux's `arp_solicit`; a
+    /// solicitation to `nh` itself at that MAC, RFC 4861 section 7.3.3). Whether it went out.
+    fn send_solicit(&mut self, iface: usize, nh: Addr, to: Option<[u8; 6]>) -> bool {
+        let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return false };
         let mac = self.snap.ifaces[iface].mac;
         let Some(mut b) = self.allocs[iface].alloc() else {
             self.drop_pkt(DropReason::NoBuffer);
-            return;
+            return false;
         };
         if !b.set_len(86) {
-            return;
+            return false;
         }
-        let built = if addr_is_v4(nh) {
-            neigh::build_arp(b.data_mut(), ARP_REQUEST, mac, src, None, nh)
-        } else {
-            let (dst, dmac) = neigh::solicited_node(nh);
-            neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), dst, addr_v6_bytes(nh), 0)
+        let built = match (addr_is_v4(nh), to) {
+            (true, None) => neigh::build_arp(b.data_mut(), ARP_REQUEST, mac, src, None, nh),
+            (true, Some(dmac)) => neigh::build_arp(b.data_mut(), ARP_REQUEST, mac, src, None, nh)
+                .and_then(|n| EthAddrs::at_mut(b.data_mut(), 0).map(|mut e| e.set_dst(dmac)).map(|()| n)),
+            (false, None) => {
+                let (dst, dmac) = neigh::solicited_node(nh);
+                neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), dst, addr_v6_bytes(nh), 0)
+            }
+            (false, Some(dmac)) => {
+                let t = addr_v6_bytes(nh);
+                neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), t, t, 0)
+            }
         };
         let Ok(n) = built else {
             self.drop_pkt(DropReason::NoBuffer);
-            return;
+            return false;
         };
         b.set_len(n);
         self.tx[iface].push(b);
+        true
     }
 
     /// Age a share of the neighbour table ([`NeighCache::age`](neigh::NeighCache::age)): an
@@ -55,33 +70,11 @@ impl<Q: BufAlloc> Worker<Q> {
         self.neigh_probes = probes;
     }
 
-    /// A unicast probe of neighbour `nh` at `mac` (Linux's PROBE state): an ARP request to
-    /// `mac` (target hardware address 0, as Linux's `arp_solicit`), or a neighbour
-    /// solicitation to `nh` itself at `mac` (RFC 4861 section 7.3.3).
+    /// A unicast probe of neighbour `nh` at `dmac` (see [`Worker::send_solicit`]).
     fn probe(&mut self, iface: usize, nh: Addr, dmac: [u8; 6]) {
-        let Some(src) = self.snap.ifaces[iface].source_for(nh) else { return };
-        let mac = self.snap.ifaces[iface].mac;
-        let Some(mut b) = self.allocs[iface].alloc() else {
-            self.drop_pkt(DropReason::NoBuffer);
-            return;
-        };
-        if !b.set_len(86) {
-            return;
+        if self.send_solicit(iface, nh, Some(dmac)) {
+            bump(&self.counters.neigh_probes, 1);
         }
-        let built = if addr_is_v4(nh) {
-            neigh::build_arp(b.data_mut(), ARP_REQUEST, mac, src, None, nh)
-                .and_then(|n| EthAddrs::at_mut(b.data_mut(), 0).map(|mut e| e.set_dst(dmac)).map(|()| n))
-        } else {
-            let t = addr_v6_bytes(nh);
-            neigh::build_nd(b.data_mut(), 135, mac, dmac, addr_v6_bytes(src), t, t, 0)
-        };
-        let Ok(n) = built else {
-            self.drop_pkt(DropReason::NoBuffer);
-            return;
-        };
-        b.set_len(n);
-        bump(&self.counters.neigh_probes, 1);
-        self.tx[iface].push(b);
     }
 
     /// Send the packets parked for `a`, now at `mac`, in the order they were parked (a FIFO,
