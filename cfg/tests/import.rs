@@ -481,3 +481,71 @@ fn keepalived_check_on_some_real_servers_only() {
     .unwrap();
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
 }
+
+#[test]
+fn keepalived_virtual_server_group() {
+    let imp = from_keepalived(&data("keepalived-group.conf")).unwrap();
+    roundtrip(&imp);
+    let names: Vec<&str> = imp.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["tcp-192.168.200.1-80", "tcp-192.168.200.2-80", "tcp-192.168.200.3-80", "tcp-10.0.0.5-443", "fwm7"]
+    );
+    for s in &imp.services {
+        assert_eq!((s.scheduler.as_str(), s.forward, s.protocol), ("rr", Forward::Nat, Protocol::Tcp), "{}", s.name);
+        assert_eq!(s.real_servers.len(), 1);
+        assert_eq!((s.real_servers[0].address, s.real_servers[0].weight), (ip("10.0.2.2"), 2));
+        let h = s.health_check.as_ref().unwrap();
+        assert_eq!((h.timeout, h.interval), (3.0, 6.0));
+    }
+    assert_eq!(imp.services[3].ports, vec![PortRange { lo: 443, hi: 443 }]);
+    assert_eq!(imp.services[4].fwmark, Some(7));
+    // The body's warnings once, not once per entry.
+    assert_eq!(imp.warnings.iter().filter(|w| w.contains("option alpha")).count(), 1, "{:?}", imp.warnings);
+    assert!(warned(&imp, 13, "alpha"));
+    assert!(warned(&imp, 5, "firewall mark 7"));
+    assert!(warned(&imp, 23, "spare is used by no virtual_server"));
+
+    // IPv6 ranges count the last 16 bits in hex.
+    let six =
+        "virtual_server_group g {\n 2001:db8::8-b 80\n}\nvirtual_server group g {\n real_server 2001:db8:1::2 80\n}\n";
+    let imp = from_keepalived(six).unwrap();
+    let vips: Vec<IpAddr> = imp.services.iter().map(|s| s.vip).collect();
+    assert_eq!(vips, [ip("2001:db8::8"), ip("2001:db8::9"), ip("2001:db8::a"), ip("2001:db8::b")]);
+    roundtrip(&imp);
+}
+
+#[test]
+fn keepalived_virtual_server_group_errors() {
+    let vs = "virtual_server group g {\n lb_algo rr\n}\n";
+    let line = |conf: &str| from_keepalived(conf).unwrap_err().line;
+    // Not defined; defined twice; empty; not a block.
+    assert_eq!(line(vs), Some(1));
+    let g = "virtual_server_group g {\n 10.0.0.1 80\n}\n";
+    assert_eq!(line(&format!("{g}{g}{vs}")), Some(4));
+    assert_eq!(line(&format!("virtual_server_group g {{\n}}\n{vs}")), Some(1));
+    assert_eq!(line(&format!("virtual_server_group g\n{vs}")), Some(1));
+    // Bad entries name their line.
+    for bad in [
+        "10.0.0.9-8 80",
+        "10.0.0.1-256 80",
+        "10.0.0.x 80",
+        "10.0.0.1 80 81",
+        "10.0.0.1 99999",
+        "fwmark 0",
+        "fwmark",
+        "2001:db8::1-10000 80",
+        "2001:db8::1-fffe 80",
+        "10.0.0.1-2-3 80",
+        "x { }",
+    ] {
+        let e = from_keepalived(&format!("virtual_server_group g {{\n 10.0.0.7 80\n {bad}\n}}\n{vs}")).unwrap_err();
+        assert_eq!(e.line, Some(3), "{bad}: {e}");
+    }
+    // An entry listed twice, and an entry that is another virtual_server's service.
+    let twice = "virtual_server_group g {\n 10.0.0.1 80\n 10.0.0.1 80\n}\n";
+    assert_eq!(line(&format!("{twice}{vs}")), Some(3));
+    let other = "virtual_server 10.0.0.2 80 {\n lb_algo rr\n}\nvirtual_server_group g {\n 10.0.0.1-3 80\n}\n";
+    let e = from_keepalived(&format!("{other}{vs}")).unwrap_err();
+    assert_eq!(e.line, Some(5), "{e}");
+}

@@ -104,18 +104,39 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
     let mut i = 0;
     let nodes = parse(&toks, &mut i, None)?;
     let mut warnings = Vec::new();
+    // Groups first: keepalived reads the whole file before it builds services, so a
+    // virtual_server may name a group defined further down.
+    let mut groups: Vec<Group> = Vec::new();
+    for n in nodes.iter().filter(|n| n.key == "virtual_server_group") {
+        let g = group(n)?;
+        if let Some(o) = groups.iter().find(|o| o.name == g.name) {
+            return Err(err(
+                ORIGIN,
+                n.line,
+                format!("virtual_server_group {} defined twice (first on line {})", g.name, o.line),
+            ));
+        }
+        groups.push(g);
+    }
+    let mut used = vec![false; groups.len()];
     let mut services: Vec<Service> = Vec::new();
     for n in &nodes {
         match n.key.as_str() {
             "virtual_server" => {
-                if let Some(s) = virtual_server(n, marks, &mut warnings)? {
-                    if services.iter().any(|o| o.name == s.name) {
-                        return Err(err(ORIGIN, n.line, format!("virtual_server {} defined twice", n.args.join(" "))));
+                // Each with the line that gave it (a group's entry, or the virtual_server).
+                for (s, line) in virtual_server(n, &groups, &mut used, marks, &mut warnings)? {
+                    if let Some(o) = services.iter().find(|o| o.name == s.name) {
+                        return Err(err(
+                            ORIGIN,
+                            line,
+                            format!("virtual_server {} defines service {} again", n.args.join(" "), o.name),
+                        ));
                     }
-                    overlap(&services, &s, ORIGIN, n.line)?;
+                    overlap(&services, &s, ORIGIN, line)?;
                     services.push(s);
                 }
             }
+            "virtual_server_group" => {}
             "global_defs"
             | "vrrp_instance"
             | "vrrp_sync_group"
@@ -131,7 +152,109 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
             k => warnings.push(format!("line {}: {k} is not supported, ignored", n.line)),
         }
     }
+    for (g, _) in groups.iter().zip(&used).filter(|(_, u)| !**u) {
+        warnings
+            .push(format!("line {}: virtual_server_group {} is used by no virtual_server, ignored", g.line, g.name));
+    }
+    // A virtual_server over a group reads its body once per entry: its warnings once.
+    let mut seen = std::collections::HashSet::new();
+    warnings.retain(|w| seen.insert(w.clone()));
     Ok(Import { services, warnings })
+}
+
+/// The most services one `virtual_server_group` entry's address range may stand for.
+const MAX_RANGE: u32 = 256;
+
+/// One service a `virtual_server` stands for: its address and port, or its firewall mark,
+/// and the line that gave it (the virtual_server's, or its group entry's).
+#[derive(Clone, Copy)]
+struct Target {
+    vip: IpAddr,
+    port: Option<u16>,
+    mark: Option<u32>,
+    line: usize,
+}
+
+/// A `virtual_server_group NAME { ADDRESS[-END] [PORT] ... fwmark MARK ... }`.
+struct Group {
+    name: String,
+    line: usize,
+    targets: Vec<Target>,
+}
+
+fn group(n: &Node) -> Result<Group, ConfigError> {
+    let l = n.line;
+    let [name] = n.args.as_slice() else {
+        return Err(err(ORIGIN, l, "expected `virtual_server_group NAME {`"));
+    };
+    let body = n.children.as_deref().ok_or_else(|| err(ORIGIN, l, "virtual_server_group needs a { ... } block"))?;
+    let mut targets: Vec<Target> = Vec::new();
+    for e in body {
+        let el = e.line;
+        if e.children.is_some() {
+            return Err(err(ORIGIN, el, format!("unexpected block in virtual_server_group {name}")));
+        }
+        if e.key == "fwmark" {
+            let m = match e.args.as_slice() {
+                [m] => m.parse::<u32>().ok().filter(|&m| m != 0),
+                _ => None,
+            };
+            let m = m.ok_or_else(|| {
+                err(ORIGIN, el, format!("invalid group entry: expected `fwmark MARK` with MARK 1 to {}", u32::MAX))
+            })?;
+            targets.push(Target { vip: unspecified(false), port: None, mark: Some(m), line: el });
+            continue;
+        }
+        let port = match e.args.as_slice() {
+            [] => 0,
+            [p] => p.parse().map_err(|_| err(ORIGIN, el, format!("invalid virtual_server_group port {p:?}")))?,
+            _ => return Err(err(ORIGIN, el, "expected `ADDRESS[-END] [PORT]` or `fwmark MARK`")),
+        };
+        for vip in address_range(&e.key).map_err(|m| err(ORIGIN, el, m))? {
+            targets.push(Target { vip, port: Some(port), mark: None, line: el });
+        }
+    }
+    if targets.is_empty() {
+        return Err(err(ORIGIN, l, format!("virtual_server_group {name} has no entries")));
+    }
+    Ok(Group { name: name.clone(), line: l, targets })
+}
+
+/// A group entry's addresses: one address, or keepalived's range `A-END`, where END replaces
+/// the last part of A (IPv4: its last byte, in decimal; IPv6: its last 16 bits, in hex), both
+/// ends included.
+fn address_range(s: &str) -> Result<Vec<IpAddr>, String> {
+    let bad = || format!("invalid virtual_server_group address {s:?}: expected ADDRESS or ADDRESS-END");
+    let Some((a, end)) = s.rsplit_once('-') else {
+        return s.parse::<IpAddr>().map(|a| vec![a]).map_err(|_| bad());
+    };
+    let a: IpAddr = a.parse().map_err(|_| bad())?;
+    let (first, last, max) = match a {
+        IpAddr::V4(v) => (u32::from(v.octets()[3]), end.parse::<u32>().map_err(|_| bad())?, 0xff),
+        IpAddr::V6(v) => (u32::from(v.segments()[7]), u32::from_str_radix(end, 16).map_err(|_| bad())?, 0xffff),
+    };
+    if last > max || last < first {
+        return Err(format!("invalid virtual_server_group range {s:?}: the end is below the start or out of range"));
+    }
+    if last - first + 1 > MAX_RANGE {
+        return Err(format!(
+            "virtual_server_group range {s:?} holds {} addresses, more than {MAX_RANGE} services",
+            last - first + 1
+        ));
+    }
+    Ok((first..=last)
+        .map(|x| match a {
+            IpAddr::V4(v) => {
+                let o = v.octets();
+                IpAddr::from([o[0], o[1], o[2], x as u8])
+            }
+            IpAddr::V6(v) => {
+                let mut g = v.segments();
+                g[7] = x as u16;
+                IpAddr::from(g)
+            }
+        })
+        .collect())
 }
 
 struct Check {
@@ -141,37 +264,50 @@ struct Check {
     line: usize,
 }
 
-fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Result<Option<Service>, ConfigError> {
+fn virtual_server(
+    vs: &Node,
+    groups: &[Group],
+    used: &mut [bool],
+    marks: &MarkMap,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(Service, usize)>, ConfigError> {
     let l = vs.line;
     let body = vs.children.as_deref().ok_or_else(|| err(ORIGIN, l, "virtual_server needs a { ... } block"))?;
     // virtual_server IP [PORT] | virtual_server fwmark N | virtual_server group NAME
     // Port 0 or none (keepalived >= 2.0.7) is IPVS's port-zero service: every port of the VIP.
-    let (vip, port, mark): (IpAddr, Option<u16>, Option<u32>) = match vs.args.as_slice() {
-        [f, m] if f == "fwmark" => {
-            // Mark 0 is "no mark" to IPVS (ipvsadm -f 0: "zero is invalid").
-            let m: u32 =
-                m.parse().ok().filter(|&m| m != 0).ok_or_else(|| {
+    let targets: Vec<Target> =
+        match vs.args.as_slice() {
+            [f, m] if f == "fwmark" => {
+                // Mark 0 is "no mark" to IPVS (ipvsadm -f 0: "zero is invalid").
+                let m: u32 = m.parse().ok().filter(|&m| m != 0).ok_or_else(|| {
                     err(ORIGIN, l, format!("invalid firewall mark {m:?}: expected 1 to {}", u32::MAX))
                 })?;
-            (unspecified(false), None, Some(m))
-        }
-        [g, name] if g == "group" => {
-            warnings.push(format!(
-                "line {l}: virtual_server group {name} not imported: write one [[service]] per virtual_server_group entry"
-            ));
-            return Ok(None);
-        }
-        [ip] | [ip, _] => {
-            let ip: IpAddr =
-                ip.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server address {ip:?}")))?;
-            let p: u16 = match vs.args.get(1) {
-                None => 0,
-                Some(p) => p.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server port {p:?}")))?,
-            };
-            (ip, Some(p), None)
-        }
-        _ => return Err(err(ORIGIN, l, "expected `virtual_server ADDRESS PORT` or `virtual_server fwmark MARK`")),
-    };
+                vec![Target { vip: unspecified(false), port: None, mark: Some(m), line: l }]
+            }
+            // One service per address (and port) or mark of the group, each with this body, as
+            // keepalived makes one IPVS service of each.
+            [g, name] if g == "group" => match groups.iter().position(|g| &g.name == name) {
+                Some(k) => {
+                    used[k] = true;
+                    groups[k].targets.clone()
+                }
+                None => return Err(err(ORIGIN, l, format!("virtual_server_group {name} is not defined"))),
+            },
+            [ip] | [ip, _] => {
+                let ip: IpAddr =
+                    ip.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server address {ip:?}")))?;
+                let p: u16 = match vs.args.get(1) {
+                    None => 0,
+                    Some(p) => p.parse().map_err(|_| err(ORIGIN, l, format!("invalid virtual_server port {p:?}")))?,
+                };
+                vec![Target { vip: ip, port: Some(p), mark: None, line: l }]
+            }
+            _ => return Err(err(
+                ORIGIN,
+                l,
+                "expected `virtual_server ADDRESS PORT`, `virtual_server fwmark MARK` or `virtual_server group NAME`",
+            )),
+        };
 
     let mut protocol = Protocol::Tcp;
     let mut scheduler: Option<String> = None;
@@ -209,7 +345,7 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
                     v => {
                         warnings
                             .push(format!("line {}: protocol {v} is not supported, virtual_server skipped", n.line));
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
                 }
             }
@@ -221,238 +357,253 @@ fn virtual_server(vs: &Node, marks: &MarkMap, warnings: &mut Vec<String>) -> Res
         }
     }
 
-    let (vip, ports) = match (mark, port) {
-        (Some(m), _) => match marks.get(&m) {
-            Some((ip, ports)) => (*ip, ports.clone()),
-            None => {
-                warnings.push(format!(
-                    "line {l}: firewall mark {m}: the addresses and ports it selects are set by iptables/nftables \
-                     rules, not by keepalived; imported with vip {} and all ports: set vip and ports by hand",
-                    unspecified(v6)
-                ));
-                (unspecified(v6), Vec::new())
-            }
-        },
-        (None, Some(0)) => (vip, Vec::new()),
-        (None, Some(p)) => (vip, vec![PortRange { lo: p, hi: p }]),
-        (None, None) => unreachable!(),
-    };
-    let name = match mark {
-        Some(m) => format!("fwm{m}"),
-        None => service_name(protocol, vip, port.unwrap()),
-    };
-    let mut svc = blank_service(name, vip, protocol, ports);
-    svc.fwmark = mark;
-    svc.forward = forward;
-    if let Some(s) = scheduler {
-        svc.scheduler = s;
-    }
-    if port == Some(0) && persist.is_none() && granularity.is_none() {
-        warnings.push(format!(
-            "line {l}: virtual_server {}: a service on every port must be persistent (as keepalived): \
-             persistence timeout {PERSISTENT_TIMEOUT} s",
-            vs.args.join(" ")
-        ));
-        persist = Some(PERSISTENT_TIMEOUT);
-    }
-    // A granularity alone makes the service persistent (keepalived's pgr_handler).
-    if let Some(t) = persist.or(granularity.map(|_| PERSISTENT_TIMEOUT)) {
-        let nm = match granularity {
-            Some(n) => netmask(arg(n)?, vip).map_err(|e| err(ORIGIN, n.line, e))?,
-            None => max_prefix(vip),
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let (vip, port, mark, l) = (t.vip, t.port, t.mark, t.line);
+        let mut persist = persist;
+        let (vip, ports) = match (mark, port) {
+            (Some(m), _) => match marks.get(&m) {
+                Some((ip, ports)) => (*ip, ports.clone()),
+                None => {
+                    warnings.push(format!(
+                        "line {l}: firewall mark {m}: the addresses and ports it selects are set by iptables/nftables \
+                         rules, not by keepalived; imported with vip {} and all ports: set vip and ports by hand",
+                        unspecified(v6)
+                    ));
+                    (unspecified(v6), Vec::new())
+                }
+            },
+            (None, Some(0)) => (vip, Vec::new()),
+            (None, Some(p)) => (vip, vec![PortRange { lo: p, hi: p }]),
+            (None, None) => (vip, Vec::new()),
         };
-        svc.persistence = Some(Persistence { timeout: t, netmask: nm });
-    }
-
-    let mut check: Option<Check> = None;
-    let mut check_differs = false;
-    // Real servers without a TCP_CHECK, which keepalived never takes down.
-    let mut unchecked: Vec<String> = Vec::new();
-    // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
-    let mut inhibits: Vec<(bool, usize)> = Vec::new();
-    let mut ftp_hint = false;
-    for rs in reals {
-        let rl = rs.line;
-        let (addr, rport) = match rs.args.as_slice() {
-            [a, p] => (a, Some(p)),
-            [a] => (a, None),
-            _ => return Err(err(ORIGIN, rl, "expected `real_server ADDRESS PORT`")),
+        let name = match mark {
+            Some(m) => format!("fwm{m}"),
+            None => service_name(protocol, vip, port.unwrap_or(0)),
         };
-        let address: IpAddr =
-            addr.parse().map_err(|_| err(ORIGIN, rl, format!("invalid real_server address {addr:?}")))?;
-        let rport = match rport {
-            None => None,
-            Some(p) => {
-                let p: u16 = p.parse().map_err(|_| err(ORIGIN, rl, format!("invalid real_server port {p:?}")))?;
-                (p != 0).then_some(p)
-            }
-        };
-        if svc.real_servers.iter().any(|o| o.address == address && svc.server_port(o.port) == svc.server_port(rport)) {
-            // As keepalived does ("real server ... is duplicated - removing second rs").
+        let mut svc = blank_service(name, vip, protocol, ports);
+        svc.fwmark = mark;
+        svc.forward = forward;
+        if let Some(s) = &scheduler {
+            svc.scheduler = s.clone();
+        }
+        if port == Some(0) && persist.is_none() && granularity.is_none() {
             warnings.push(format!(
-                "line {rl}: real_server {} is listed twice in {}, skipped",
-                rs.args.join(" "),
+                "line {l}: virtual_server {}: a service on every port must be persistent (as keepalived): \
+                 persistence timeout {PERSISTENT_TIMEOUT} s",
+                vs.args.join(" ")
+            ));
+            persist = Some(PERSISTENT_TIMEOUT);
+        }
+        // A granularity alone makes the service persistent (keepalived's pgr_handler).
+        if let Some(t) = persist.or(granularity.map(|_| PERSISTENT_TIMEOUT)) {
+            let nm = match granularity {
+                Some(n) => netmask(arg(n)?, vip).map_err(|e| err(ORIGIN, n.line, e))?,
+                None => max_prefix(vip),
+            };
+            svc.persistence = Some(Persistence { timeout: t, netmask: nm });
+        }
+
+        let mut check: Option<Check> = None;
+        let mut check_differs = false;
+        // Real servers without a TCP_CHECK, which keepalived never takes down.
+        let mut unchecked: Vec<String> = Vec::new();
+        // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
+        let mut inhibits: Vec<(bool, usize)> = Vec::new();
+        let mut ftp_hint = false;
+        for rs in &reals {
+            let rl = rs.line;
+            let (addr, rport) = match rs.args.as_slice() {
+                [a, p] => (a, Some(p)),
+                [a] => (a, None),
+                _ => return Err(err(ORIGIN, rl, "expected `real_server ADDRESS PORT`")),
+            };
+            let address: IpAddr =
+                addr.parse().map_err(|_| err(ORIGIN, rl, format!("invalid real_server address {addr:?}")))?;
+            let rport = match rport {
+                None => None,
+                Some(p) => {
+                    let p: u16 = p.parse().map_err(|_| err(ORIGIN, rl, format!("invalid real_server port {p:?}")))?;
+                    (p != 0).then_some(p)
+                }
+            };
+            if svc
+                .real_servers
+                .iter()
+                .any(|o| o.address == address && svc.server_port(o.port) == svc.server_port(rport))
+            {
+                // As keepalived does ("real server ... is duplicated - removing second rs").
+                warnings.push(format!(
+                    "line {rl}: real_server {} is listed twice in {}, skipped",
+                    rs.args.join(" "),
+                    svc.name
+                ));
+                continue;
+            }
+            ftp_hint |= rport == Some(21);
+            let mut r =
+                RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
+            let mut thr_line = rl;
+            let mut inhibit = vs_inhibit;
+            let mut tcp_check = false;
+            for n in rs.children.as_deref().unwrap_or(&[]) {
+                match n.key.as_str() {
+                    "weight" => r.weight = num(n, 65535)? as u32,
+                    "uthreshold" => (r.upper, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
+                    "lthreshold" => (r.lower, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
+                    "inhibit_on_failure" => inhibit = flag(n)?,
+                    "lvs_method" | "lb_kind" => {
+                        let f = method(n)?;
+                        r.forward = (f != svc.forward).then_some(f);
+                    }
+                    "TCP_CHECK" => {
+                        tcp_check = true;
+                        let mut c = Check { port: None, timeout: None, fall: None, line: n.line };
+                        for o in n.children.as_deref().unwrap_or(&[]) {
+                            match o.key.as_str() {
+                                "connect_timeout" => c.timeout = Some(secs(o)?),
+                                "connect_port" => {
+                                    let p = num(o, 65535)? as u16;
+                                    c.port = (p != 0).then_some(p);
+                                }
+                                // keepalived's tcp_epilog takes a server down when a check fails
+                                // with `retry` retries already spent: retry N is N + 1 failures
+                                // in a row, ferrovs' fall.
+                                "retry" | "nb_get_retry" => c.fall = Some(num(o, 999)? as u32 + 1),
+                                k => warnings
+                                    .push(format!("line {}: TCP_CHECK option {k} is not supported, ignored", o.line)),
+                            }
+                        }
+                        ftp_hint |= c.port == Some(21);
+                        match &check {
+                            None => check = Some(c),
+                            Some(p) => {
+                                if p.port != c.port || p.timeout != c.timeout || p.fall != c.fall {
+                                    check_differs = true;
+                                }
+                            }
+                        }
+                    }
+                    k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings
+                        .push(format!("line {}: {k} is not supported (only TCP_CHECK is imported), ignored", n.line)),
+                    k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
+                }
+            }
+            if r.upper != 0 && r.lower != 0 && r.upper < r.lower {
+                return Err(err(
+                    ORIGIN,
+                    thr_line,
+                    format!("lthreshold {} is above uthreshold {} of real_server {address}", r.lower, r.upper),
+                ));
+            }
+            if r.address.is_ipv4() != svc.vip.is_ipv4()
+                && mark.is_some()
+                && !marks.contains_key(&mark.unwrap())
+                && svc.real_servers.is_empty()
+            {
+                // fwmark service without a mapping: take the family from the (first) real server.
+                svc.vip = unspecified(r.address.is_ipv6());
+            }
+            if r.address.is_ipv4() != svc.vip.is_ipv4() {
+                return Err(err(
+                    ORIGIN,
+                    rl,
+                    format!(
+                        "real_server {address} is not in the address family of virtual_server {} \
+                         (ferrovs mixes IPv4 and IPv6 only in full NAT)",
+                        vs.args.join(" ")
+                    ),
+                ));
+            }
+            if !tcp_check {
+                unchecked.push(format!("line {rl}: {address}"));
+            }
+            svc.real_servers.push(r);
+            inhibits.push((inhibit, rl));
+        }
+        if let Some(n) = sorry {
+            let (addr, port) = match n.args.as_slice() {
+                [a, p] => (a, Some(p)),
+                [a] => (a, None),
+                _ => return Err(err(ORIGIN, n.line, "expected `sorry_server ADDRESS PORT`")),
+            };
+            let address: IpAddr =
+                addr.parse().map_err(|_| err(ORIGIN, n.line, format!("invalid sorry_server address {addr:?}")))?;
+            if address.is_ipv4() != svc.vip.is_ipv4() {
+                return Err(err(
+                    ORIGIN,
+                    n.line,
+                    format!(
+                        "sorry_server {address} is not in the address family of virtual_server {}",
+                        vs.args.join(" ")
+                    ),
+                ));
+            }
+            let port = match port {
+                None => None,
+                Some(p) => {
+                    let p: u16 =
+                        p.parse().map_err(|_| err(ORIGIN, n.line, format!("invalid sorry_server port {p:?}")))?;
+                    (p != 0).then_some(p)
+                }
+            };
+            if svc.real_servers.iter().any(|o| o.address == address && svc.server_port(o.port) == svc.server_port(port))
+            {
+                warnings.push(format!(
+                    "line {}: sorry_server {address} is also a real_server of {}, ignored",
+                    n.line, svc.name
+                ));
+            } else {
+                svc.sorry_server = Some(SorryServer { address, port });
+            }
+        }
+
+        let inhibit = inhibits.iter().any(|(i, _)| *i);
+        if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && check.is_some()) {
+            warnings.push(format!(
+                "line {rl}: real servers of {} differ in inhibit_on_failure: every failed server is quiesced \
+                 (on_fail = \"quiesce\"), not removed",
                 svc.name
             ));
-            continue;
         }
-        ftp_hint |= rport == Some(21);
-        let mut r =
-            RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
-        let mut thr_line = rl;
-        let mut inhibit = vs_inhibit;
-        let mut tcp_check = false;
-        for n in rs.children.as_deref().unwrap_or(&[]) {
-            match n.key.as_str() {
-                "weight" => r.weight = num(n, 65535)? as u32,
-                "uthreshold" => (r.upper, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
-                "lthreshold" => (r.lower, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
-                "inhibit_on_failure" => inhibit = flag(n)?,
-                "lvs_method" | "lb_kind" => {
-                    let f = method(n)?;
-                    r.forward = (f != svc.forward).then_some(f);
-                }
-                "TCP_CHECK" => {
-                    tcp_check = true;
-                    let mut c = Check { port: None, timeout: None, fall: None, line: n.line };
-                    for o in n.children.as_deref().unwrap_or(&[]) {
-                        match o.key.as_str() {
-                            "connect_timeout" => c.timeout = Some(secs(o)?),
-                            "connect_port" => {
-                                let p = num(o, 65535)? as u16;
-                                c.port = (p != 0).then_some(p);
-                            }
-                            // keepalived's tcp_epilog takes a server down when a check fails
-                            // with `retry` retries already spent: retry N is N + 1 failures
-                            // in a row, ferrovs' fall.
-                            "retry" | "nb_get_retry" => c.fall = Some(num(o, 999)? as u32 + 1),
-                            k => warnings
-                                .push(format!("line {}: TCP_CHECK option {k} is not supported, ignored", o.line)),
-                        }
-                    }
-                    ftp_hint |= c.port == Some(21);
-                    match &check {
-                        None => check = Some(c),
-                        Some(p) => {
-                            if p.port != c.port || p.timeout != c.timeout || p.fall != c.fall {
-                                check_differs = true;
-                            }
-                        }
-                    }
-                }
-                k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings
-                    .push(format!("line {}: {k} is not supported (only TCP_CHECK is imported), ignored", n.line)),
-                k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
+        if let Some(c) = check {
+            if check_differs {
+                warnings.push(format!(
+                    "line {}: real servers of {} have different TCP_CHECK settings: the first one is used for all",
+                    c.line, svc.name
+                ));
             }
-        }
-        if r.upper != 0 && r.lower != 0 && r.upper < r.lower {
-            return Err(err(
-                ORIGIN,
-                thr_line,
-                format!("lthreshold {} is above uthreshold {} of real_server {address}", r.lower, r.upper),
-            ));
-        }
-        if r.address.is_ipv4() != svc.vip.is_ipv4()
-            && mark.is_some()
-            && !marks.contains_key(&mark.unwrap())
-            && svc.real_servers.is_empty()
-        {
-            // fwmark service without a mapping: take the family from the (first) real server.
-            svc.vip = unspecified(r.address.is_ipv6());
-        }
-        if r.address.is_ipv4() != svc.vip.is_ipv4() {
-            return Err(err(
-                ORIGIN,
-                rl,
-                format!(
-                    "real_server {address} is not in the address family of virtual_server {} \
-                     (ferrovs mixes IPv4 and IPv6 only in full NAT)",
-                    vs.args.join(" ")
-                ),
-            ));
-        }
-        if !tcp_check {
-            unchecked.push(format!("line {rl}: {address}"));
-        }
-        svc.real_servers.push(r);
-        inhibits.push((inhibit, rl));
-    }
-    if let Some(n) = sorry {
-        let (addr, port) = match n.args.as_slice() {
-            [a, p] => (a, Some(p)),
-            [a] => (a, None),
-            _ => return Err(err(ORIGIN, n.line, "expected `sorry_server ADDRESS PORT`")),
-        };
-        let address: IpAddr =
-            addr.parse().map_err(|_| err(ORIGIN, n.line, format!("invalid sorry_server address {addr:?}")))?;
-        if address.is_ipv4() != svc.vip.is_ipv4() {
-            return Err(err(
-                ORIGIN,
-                n.line,
-                format!("sorry_server {address} is not in the address family of virtual_server {}", vs.args.join(" ")),
-            ));
-        }
-        let port = match port {
-            None => None,
-            Some(p) => {
-                let p: u16 = p.parse().map_err(|_| err(ORIGIN, n.line, format!("invalid sorry_server port {p:?}")))?;
-                (p != 0).then_some(p)
+            if !unchecked.is_empty() {
+                warnings.push(format!(
+                    "line {}: service {}: the TCP_CHECK is applied to every real server, also to those keepalived \
+                     does not check (always up): {}",
+                    c.line,
+                    svc.name,
+                    unchecked.join(", ")
+                ));
             }
-        };
-        if svc.real_servers.iter().any(|o| o.address == address && svc.server_port(o.port) == svc.server_port(port)) {
+            svc.health_check = Some(HealthCheck {
+                kind: HealthCheckKind::Tcp,
+                port: c.port,
+                send: None,
+                expect: None,
+                interval,
+                timeout: c.timeout.unwrap_or(5.0),
+                rise: 1,
+                fall: c.fall.unwrap_or(1),
+                quiesce: inhibit,
+            });
+        }
+        if mark.is_some() && svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {
+            svc.ftp = Some(FtpOptions::default());
             warnings.push(format!(
-                "line {}: sorry_server {address} is also a real_server of {}, ignored",
-                n.line, svc.name
+                "line {l}: service {:?}: firewall mark with real servers or checks on port 21: enabled the FTP helper (ftp = true)",
+                svc.name
             ));
         } else {
-            svc.sorry_server = Some(SorryServer { address, port });
+            maybe_ftp(&mut svc, l, warnings, "TCP port 21 (ip_vs_ftp)");
         }
+        out.push((svc, l));
     }
-
-    let inhibit = inhibits.iter().any(|(i, _)| *i);
-    if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && check.is_some()) {
-        warnings.push(format!(
-            "line {rl}: real servers of {} differ in inhibit_on_failure: every failed server is quiesced \
-             (on_fail = \"quiesce\"), not removed",
-            svc.name
-        ));
-    }
-    if let Some(c) = check {
-        if check_differs {
-            warnings.push(format!(
-                "line {}: real servers of {} have different TCP_CHECK settings: the first one is used for all",
-                c.line, svc.name
-            ));
-        }
-        if !unchecked.is_empty() {
-            warnings.push(format!(
-                "line {}: service {}: the TCP_CHECK is applied to every real server, also to those keepalived \
-                 does not check (always up): {}",
-                c.line,
-                svc.name,
-                unchecked.join(", ")
-            ));
-        }
-        svc.health_check = Some(HealthCheck {
-            kind: HealthCheckKind::Tcp,
-            port: c.port,
-            send: None,
-            expect: None,
-            interval,
-            timeout: c.timeout.unwrap_or(5.0),
-            rise: 1,
-            fall: c.fall.unwrap_or(1),
-            quiesce: inhibit,
-        });
-    }
-    if mark.is_some() && svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {
-        svc.ftp = Some(FtpOptions::default());
-        warnings.push(format!(
-            "line {l}: service {:?}: firewall mark with real servers or checks on port 21: enabled the FTP helper (ftp = true)",
-            svc.name
-        ));
-    } else {
-        maybe_ftp(&mut svc, l, warnings, "TCP port 21 (ip_vs_ftp)");
-    }
-    Ok(Some(svc))
+    Ok(out)
 }
