@@ -549,3 +549,57 @@ fn keepalived_virtual_server_group_errors() {
     let e = from_keepalived(&format!("{other}{vs}")).unwrap_err();
     assert_eq!(e.line, Some(5), "{e}");
 }
+
+/// A directory of its own under the target dir for a test's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("conf.d")).unwrap();
+    d
+}
+
+#[test]
+fn keepalived_include() {
+    let d = scratch("keepalived-include");
+    let w = |f: &str, t: &str| std::fs::write(d.join(f), t).unwrap();
+    w(
+        "keepalived.conf",
+        "global_defs {\n}\ninclude conf.d/*.conf\ninclude missing/none.conf\nvirtual_server 10.0.0.1 80 {\n lb_algo rr\n}\n",
+    );
+    // Read in name order; hidden and non-matching files left out.
+    w("conf.d/b.conf", "virtual_server 10.0.0.3 80 {\n  beta 1\n}\n");
+    w("conf.d/a.conf", "include ../groups.inc\nvirtual_server group g {\n}\n");
+    w("conf.d/.hidden.conf", "virtual_server 10.0.0.9 80 {\n}\n");
+    w("conf.d/c.conf.bak", "virtual_server 10.0.0.8 80 {\n}\n");
+    w("groups.inc", "virtual_server_group g {\n 10.0.0.2 80\n}\n");
+    let main = d.join("keepalived.conf");
+    let imp = from_keepalived_file(&main, &HashMap::new()).unwrap();
+    let names: Vec<&str> = imp.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["tcp-10.0.0.2-80", "tcp-10.0.0.3-80", "tcp-10.0.0.1-80"]);
+    roundtrip(&imp);
+    // Warnings name the file and line they come from.
+    let b = d.join("conf.d/b.conf").display().to_string();
+    assert!(
+        imp.warnings.iter().any(|w| w.starts_with(&format!("{b} line 2:")) && w.contains("beta")),
+        "{:?}",
+        imp.warnings
+    );
+    assert!(warned(&imp, 1, "global_defs"));
+    assert!(warned(&imp, 4, "names no file"));
+
+    // Errors too, in an included file.
+    w("conf.d/b.conf", "virtual_server 10.0.0.3 80 {\n  lb_kind FULLNAT\n}\n");
+    let e = from_keepalived_file(&main, &HashMap::new()).unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), (b.as_str(), Some(2)), "{e}");
+    // An include loop ends with an error.
+    w("conf.d/b.conf", "include b.conf\n");
+    let e = from_keepalived_file(&main, &HashMap::new()).unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), (b.as_str(), Some(1)), "{e}");
+    assert!(e.message.contains("nest"), "{e}");
+    // Wildcards in a directory are refused; an unreadable main file names itself.
+    w("conf.d/b.conf", "include ../*/x.conf\n");
+    let e = from_keepalived_file(&main, &HashMap::new()).unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), (b.as_str(), Some(1)), "{e}");
+    let e = from_keepalived_file(&d.join("nope.conf"), &HashMap::new()).unwrap_err();
+    assert!(e.file.ends_with("nope.conf"), "{e}");
+}

@@ -607,3 +607,210 @@ fn virtual_server(
     }
     Ok(out)
 }
+
+/// How deep `include` lines may nest (keepalived has no limit; a file that includes itself
+/// would never end).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// A keepalived.conf with its `include` lines replaced by the files they name: the joined
+/// text and, for each of its lines, the file (index into `files`) and line it came from.
+struct Joined {
+    text: String,
+    origin: Vec<(usize, usize)>,
+    files: Vec<String>,
+    /// Include patterns that matched no file: (file, line, pattern).
+    unmatched: Vec<(usize, usize, String)>,
+}
+
+/// The pattern of an `include PATTERN` line (keepalived reads these wherever they are, before
+/// it parses), if `line` is one.
+fn include_of(line: &str) -> Option<&str> {
+    let code = line.split(['#', '!']).next().unwrap_or("");
+    let mut w = code.split_whitespace();
+    match (w.next(), w.next(), w.next()) {
+        (Some("include"), Some(p), None) => Some(p),
+        _ => None,
+    }
+}
+
+/// `*` (any run) and `?` (any one character) matching, as glob(3) does within a file name; a
+/// leading `.` is matched only by a leading `.` (glob's hidden files).
+fn wildcard(pat: &[char], name: &[char]) -> bool {
+    if name.first() == Some(&'.') && pat.first() != Some(&'.') {
+        return false;
+    }
+    // The usual two-pointer match: on a mismatch, the last `*` takes one more character
+    // (at most pattern x name steps, however many stars).
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pat.get(p) {
+            Some('*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    star = Some((sp, sn + 1));
+                    (p, n) = (sp + 1, sn + 1);
+                }
+                None => return false,
+            },
+        }
+    }
+    pat[p..].iter().all(|&c| c == '*')
+}
+
+/// The files an include pattern names, sorted (glob's order): relative to the directory of
+/// the including file; wildcards (`*`, `?`) in the file name only.
+fn include_files(from: &std::path::Path, pattern: &str) -> Result<Vec<std::path::PathBuf>, String> {
+    let p = std::path::Path::new(pattern);
+    let p = if p.is_absolute() { p.to_path_buf() } else { from.parent().unwrap_or(std::path::Path::new(".")).join(p) };
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = p.parent().unwrap_or(std::path::Path::new("/"));
+    if dir.to_string_lossy().contains(['*', '?', '[']) {
+        return Err(format!("include {pattern}: wildcards are supported in the file name only"));
+    }
+    if !name.contains(['*', '?']) {
+        return Ok(if p.exists() { vec![p] } else { Vec::new() });
+    }
+    let pat: Vec<char> = name.chars().collect();
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("include {pattern}: {}: {e}", dir.display()))?;
+    let mut out: Vec<std::path::PathBuf> = rd
+        .filter_map(Result::ok)
+        .filter(|e| wildcard(&pat, &e.file_name().to_string_lossy().chars().collect::<Vec<_>>()))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn join(path: &std::path::Path, depth: usize, j: &mut Joined) -> Result<(), ConfigError> {
+    let fi = j.files.len();
+    j.files.push(path.display().to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: None,
+        column: None,
+        message: e.to_string(),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    for (i, line) in text.lines().enumerate() {
+        let at =
+            |m: String| ConfigError { file: path.display().to_string(), line: Some(i + 1), column: None, message: m };
+        if let Some(pattern) = include_of(line) {
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(at(format!(
+                    "include {pattern}: includes nest more than {MAX_INCLUDE_DEPTH} deep (a loop?)"
+                )));
+            }
+            let files = include_files(path, pattern).map_err(at)?;
+            if files.is_empty() {
+                j.unmatched.push((fi, i + 1, pattern.to_string()));
+            }
+            for f in files {
+                join(&f, depth + 1, j)?;
+            }
+            continue;
+        }
+        j.text.push_str(line);
+        j.text.push('\n');
+        j.origin.push((fi, i + 1));
+    }
+    Ok(())
+}
+
+impl Joined {
+    /// "line N" as the file and line it came from: unchanged for the main file, "FILE line N"
+    /// for an included one.
+    fn place(&self, n: usize) -> String {
+        match self.origin.get(n.wrapping_sub(1)) {
+            Some(&(0, l)) => format!("line {l}"),
+            Some(&(f, l)) => format!("{} line {l}", self.files[f]),
+            None => format!("line {n}"),
+        }
+    }
+    /// Every "line N" of a message, placed ([`Joined::place`]).
+    fn relabel(&self, msg: &str) -> String {
+        let mut out = String::with_capacity(msg.len());
+        let mut rest = msg;
+        while let Some(k) = rest.find("line ") {
+            out.push_str(&rest[..k]);
+            let after = &rest[k + 5..];
+            let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            // A word of its own ("online 5" is not a line number).
+            let word = !rest[..k].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+            match after[..digits].parse::<usize>() {
+                Ok(n) if word => out.push_str(&self.place(n)),
+                _ => {
+                    out.push_str("line ");
+                    out.push_str(&after[..digits]);
+                }
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// [`import`] of the keepalived.conf at `path`, with the files its `include` lines name
+/// (keepalived's `include /etc/keepalived/conf.d/*.conf`) read in their place. Errors name
+/// the file and line they are in; warnings from an included file name it ("FILE line N").
+pub(super) fn import_file(path: &std::path::Path, marks: &MarkMap) -> Result<Import, ConfigError> {
+    let mut j = Joined { text: String::new(), origin: Vec::new(), files: Vec::new(), unmatched: Vec::new() };
+    join(path, 0, &mut j)?;
+    match import(&j.text, marks) {
+        Ok(mut imp) => {
+            imp.warnings = imp.warnings.iter().map(|w| j.relabel(w)).collect();
+            for (f, l, p) in &j.unmatched {
+                let at = if *f == 0 { format!("line {l}") } else { format!("{} line {l}", j.files[*f]) };
+                imp.warnings.insert(0, format!("{at}: include {p} names no file, nothing included"));
+            }
+            Ok(imp)
+        }
+        Err(mut e) => {
+            if let Some(&(f, l)) = e.line.and_then(|n| j.origin.get(n.wrapping_sub(1))) {
+                e.file = j.files[f].clone();
+                e.line = Some(l);
+            } else {
+                e.file = j.files[0].clone();
+            }
+            e.message = j.relabel(&e.message);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relabel_places_line_numbers_only() {
+        let j = Joined {
+            text: String::new(),
+            origin: vec![(0, 1), (1, 7), (0, 2)],
+            files: vec!["main.conf".into(), "conf.d/a.conf".into()],
+            unmatched: Vec::new(),
+        };
+        assert_eq!(j.relabel("line 2: x (see line 3)"), "conf.d/a.conf line 7: x (see line 2)");
+        assert_eq!(j.relabel("online 2, inline 3, line x, line"), "online 2, inline 3, line x, line");
+        assert_eq!(j.relabel("line 99: beyond"), "line 99: beyond");
+    }
+
+    #[test]
+    fn wildcards_as_glob_in_a_file_name() {
+        let m = |p: &str, n: &str| wildcard(&p.chars().collect::<Vec<_>>(), &n.chars().collect::<Vec<_>>());
+        assert!(m("*.conf", "a.conf") && m("?.conf", "a.conf") && m("a*b*c", "aXbYc") && m("*", "x"));
+        assert!(!m("*.conf", "a.conf.bak") && !m("*.conf", ".a.conf") && !m("?.conf", "ab.conf"));
+        assert!(m(".*.conf", ".a.conf") && m("a**", "a") && !m("a?", "a"));
+        // Many stars against a long name: quick, not exponential.
+        assert!(!m(&"*a".repeat(30), &"a".repeat(200).replace("aa", "ab")));
+    }
+}

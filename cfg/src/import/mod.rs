@@ -69,6 +69,12 @@ pub fn from_keepalived_with_marks(text: &str, marks: &MarkMap) -> Result<Import,
     keepalived::import(text, marks)
 }
 
+/// Import the keepalived.conf at `path` with the files its `include` lines name (errors name
+/// the file and line), and a firewall mark mapping as [`from_keepalived_with_marks`].
+pub fn from_keepalived_file(path: &std::path::Path, marks: &MarkMap) -> Result<Import, ConfigError> {
+    keepalived::import_file(path, marks)
+}
+
 // ---------------------------------------------------------------------------
 // Shared helpers.
 

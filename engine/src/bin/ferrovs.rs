@@ -155,16 +155,20 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Config { cmd: ConfigCmd::Import { from, file } } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let r = match from.as_str() {
-                "ipvsadm" => ferrovs_engine::ctl::ipvsadm::import_save(&text, &Default::default()),
-                "lvs.cf" => ferrovs_cfg::import::from_lvs_cf(&text),
-                _ => ferrovs_cfg::import::from_keepalived(&text),
+            let imp = if from == "keepalived" {
+                // With the files its `include` lines name: errors name the file they are in.
+                ferrovs_cfg::import::from_keepalived_file(&file, &Default::default()).map_err(|e| e.to_string())?
+            } else {
+                let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let r = match from.as_str() {
+                    "ipvsadm" => ferrovs_engine::ctl::ipvsadm::import_save(&text, &Default::default()),
+                    _ => ferrovs_cfg::import::from_lvs_cf(&text),
+                };
+                r.map_err(|mut e| {
+                    e.file = file.display().to_string();
+                    e.to_string()
+                })?
             };
-            let imp = r.map_err(|mut e| {
-                e.file = file.display().to_string();
-                e.to_string()
-            })?;
             for w in &imp.warnings {
                 eprintln!("{}: warning: {w}", file.display());
             }
