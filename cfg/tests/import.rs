@@ -603,3 +603,21 @@ fn keepalived_include() {
     let e = from_keepalived_file(&d.join("nope.conf"), &HashMap::new()).unwrap_err();
     assert!(e.file.ends_with("nope.conf"), "{e}");
 }
+
+#[test]
+fn keepalived_one_mark_in_both_families() {
+    // IPVS keys mark services by family and mark: two services, as keepalived makes them.
+    // (The family from ip_family, or from the first real server.)
+    for six in ["ip_family inet6\n real_server 2001:db8::2 80", "real_server 2001:db8::2 80"] {
+        let conf = format!(
+            "virtual_server fwmark 5 {{\n real_server 10.0.2.2 80\n}}\nvirtual_server fwmark 5 {{\n {six}\n}}\n"
+        );
+        let imp = from_keepalived(&conf).unwrap();
+        let got: Vec<(&str, IpAddr)> = imp.services.iter().map(|s| (s.name.as_str(), s.vip)).collect();
+        assert_eq!(got, [("fwm5", ip("0.0.0.0")), ("fwm5-ipv6", ip("::"))]);
+        roundtrip(&imp);
+    }
+    // The same mark twice in one family is still an error.
+    let e = from_keepalived("virtual_server fwmark 5 {\n}\nvirtual_server fwmark 5 {\n}\n").unwrap_err();
+    assert_eq!(e.line, Some(3));
+}

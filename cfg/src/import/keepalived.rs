@@ -378,7 +378,7 @@ fn virtual_server(
             (None, None) => (vip, Vec::new()),
         };
         let name = match mark {
-            Some(m) => format!("fwm{m}"),
+            Some(m) => fwmark_name(m, vip.is_ipv6()),
             None => service_name(protocol, vip, port.unwrap_or(0)),
         };
         let mut svc = blank_service(name, vip, protocol, ports);
@@ -503,6 +503,7 @@ fn virtual_server(
             {
                 // fwmark service without a mapping: take the family from the (first) real server.
                 svc.vip = unspecified(r.address.is_ipv6());
+                svc.name = fwmark_name(mark.unwrap_or(0), svc.vip.is_ipv6());
             }
             if r.address.is_ipv4() != svc.vip.is_ipv4() {
                 return Err(err(

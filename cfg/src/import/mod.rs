@@ -86,6 +86,16 @@ pub(crate) fn service_name(proto: Protocol, vip: IpAddr, port: u16) -> String {
     format!("{}-{}-{}", crate::validate::proto_name(proto), vip, port)
 }
 
+/// The name an imported firewall-mark service gets: `fwmMARK`, `fwmMARK-ipv6` for an IPv6
+/// one (IPVS keys mark services by family and mark: both may exist).
+pub fn fwmark_name(mark: u32, v6: bool) -> String {
+    if v6 {
+        format!("fwm{mark}-ipv6")
+    } else {
+        format!("fwm{mark}")
+    }
+}
+
 pub(crate) fn unspecified(v6: bool) -> IpAddr {
     if v6 {
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)

@@ -62,7 +62,8 @@ impl SvcKey {
         match self {
             SvcKey::Tcp { vip, port } => format!("TCP {}", addrport(*vip, *port)),
             SvcKey::Udp { vip, port } => format!("UDP {}", addrport(*vip, *port)),
-            SvcKey::Fwmark { mark, .. } => format!("FWM {mark}"),
+            SvcKey::Fwmark { mark, v6: false } => format!("FWM {mark}"),
+            SvcKey::Fwmark { mark, v6: true } => format!("FWM {mark} IPv6"),
         }
     }
 }
@@ -767,7 +768,10 @@ fn proto_of(k: &SvcKey) -> Option<Protocol> {
 /// Index of the service a key names.
 pub fn find_service(cfg: &Config, key: &SvcKey) -> Option<usize> {
     match key {
-        SvcKey::Fwmark { mark, .. } => cfg.services.iter().position(|s| s.fwmark == Some(*mark)),
+        // IPVS keys a mark service by family and mark: `-f 5` and `-f 5 -6` are two services.
+        SvcKey::Fwmark { mark, v6 } => {
+            cfg.services.iter().position(|s| s.fwmark == Some(*mark) && s.vip.is_ipv6() == *v6)
+        }
         SvcKey::Tcp { vip, port } | SvcKey::Udp { vip, port } => {
             let proto = proto_of(key);
             let m = |s: &Service| Some(s.protocol) == proto && s.vip == *vip;
@@ -893,13 +897,19 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                     };
                     (p, *vip, ports, ext.fwmark)
                 }
-                SvcKey::Fwmark { mark, .. } => {
+                SvcKey::Fwmark { mark, v6 } => {
                     let (Some(vip), Some(ports)) = (ext.vip, &ext.ports) else {
                         return Err(format!(
                             "no service with fwmark {mark}: ferrovs has no iptables marks; declare the port group in \
                              the config ([[service]] with fwmark = {mark}, vip and ports), then -A/-E -f {mark} edits it"
                         ));
                     };
+                    if vip.is_ipv6() != *v6 {
+                        return Err(format!(
+                            "fwmark {mark}: vip {vip} is not {} (-6 names an IPv6 mark service)",
+                            if *v6 { "IPv6" } else { "IPv4" }
+                        ));
+                    }
                     let proto = match ext.proto.as_deref() {
                         Some("udp") => Protocol::Udp,
                         _ => Protocol::Tcp,
@@ -908,7 +918,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 }
             };
             let name = ext.name.clone().unwrap_or_else(|| match fwmark {
-                Some(m) => format!("fwm{m}"),
+                Some(m) => ferrovs_cfg::import::fwmark_name(m, vip.is_ipv6()),
                 None => default_name(proto, vip, ports.first().map(|r| r.lo).unwrap_or(0)),
             });
             if cfg.services.iter().any(|s| s.name == name) {
@@ -1027,8 +1037,9 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
 
 pub(crate) fn no_such_service(k: &SvcKey) -> String {
     match k {
-        SvcKey::Fwmark { mark, .. } => {
-            format!("no service with fwmark {mark} (declare the port group in the config with fwmark = {mark})")
+        SvcKey::Fwmark { mark, v6 } => {
+            let fam = if *v6 { " IPv6" } else { "" };
+            format!("no{fam} service with fwmark {mark} (declare the port group in the config with fwmark = {mark})")
         }
         _ => format!("no such service {}", k.describe()),
     }
@@ -1337,7 +1348,7 @@ pub fn format_list(d: &ListData, o: &ListOpts) -> String {
 /// Does `k` name the listed service `s`?
 pub fn view_matches(s: &ServiceView, k: &SvcKey) -> bool {
     match k {
-        SvcKey::Fwmark { mark, .. } => s.fwmark == Some(*mark),
+        SvcKey::Fwmark { mark, v6 } => s.fwmark == Some(*mark) && s.vip.is_ipv6() == *v6,
         SvcKey::Tcp { vip, port } | SvcKey::Udp { vip, port } => {
             let proto = if matches!(k, SvcKey::Tcp { .. }) { "TCP" } else { "UDP" };
             s.proto == proto
@@ -1974,6 +1985,47 @@ FWM  21 rr persistent 300\n\
             assert_eq!(a.fwmark, b.fwmark);
             assert_eq!(a.ftp, b.ftp);
         }
+    }
+
+    #[test]
+    fn a_mark_names_one_service_per_family() {
+        let text = r#"
+[engine]
+backend = "memory"
+
+[[service]]
+name = "m4"
+vip = "10.0.0.100"
+ports = [80]
+fwmark = 5
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "m6"
+vip = "2001:db8::100"
+ports = [80]
+fwmark = 5
+
+[[service.real_server]]
+address = "2001:db8:2::2"
+"#;
+        let mut c = Config::from_str(text, "<t>").unwrap();
+        // `-f 5` is the IPv4 service, `-f 5 -6` the IPv6 one, in edits and in listings.
+        assert_eq!(find_service(&c, &SvcKey::Fwmark { mark: 5, v6: false }), Some(0));
+        assert_eq!(find_service(&c, &SvcKey::Fwmark { mark: 5, v6: true }), Some(1));
+        run(&mut c, "-E -f 5 -6 -s wlc");
+        assert_eq!((c.services[0].scheduler.as_str(), c.services[1].scheduler.as_str()), ("wlc", "wlc"));
+        run(&mut c, "-E -f 5 -s rr");
+        assert_eq!((c.services[0].scheduler.as_str(), c.services[1].scheduler.as_str()), ("rr", "wlc"));
+        let views = list_of_config(&c).services;
+        let k6 = SvcKey::Fwmark { mark: 5, v6: true };
+        assert_eq!(views.iter().filter(|v| view_matches(v, &k6)).map(|v| v.name.as_str()).collect::<Vec<_>>(), ["m6"]);
+        // -D -f 5 -6 leaves the IPv4 service.
+        run(&mut c, "-D -f 5 -6");
+        assert_eq!(c.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["m4"]);
+        assert_eq!(find_service(&c, &SvcKey::Fwmark { mark: 5, v6: true }), None);
     }
 
     #[test]
