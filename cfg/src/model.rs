@@ -363,6 +363,9 @@ pub enum HealthCheckKind {
     SendExpect,
     /// FTP: expect a 220 banner, send USER anonymous / QUIT.
     Ftp,
+    /// HTTP: `GET path` (HTTP/1.0 with a Host header), expect the status `status` (any 2xx
+    /// when unset) (keepalived's `HTTP_GET`).
+    Http,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -371,6 +374,11 @@ pub struct HealthCheck {
     pub port: Option<u16>,
     pub send: Option<String>,
     pub expect: Option<String>,
+    /// `http`: the request path (default `/`), the Host header (default: the real server's
+    /// address and port), and the status expected (default: any 2xx).
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<u16>,
     /// Seconds between checks (default 5).
     pub interval: f64,
     /// Seconds a check may take (default 3).

@@ -228,6 +228,7 @@ pub(crate) fn service(s: &Service) -> String {
             HealthCheckKind::Tcp => "tcp",
             HealthCheckKind::SendExpect => "send_expect",
             HealthCheckKind::Ftp => "ftp",
+            HealthCheckKind::Http => "http",
         };
         let _ = writeln!(o, "type = {}", q(kind));
         if let Some(p) = h.port {
@@ -238,6 +239,15 @@ pub(crate) fn service(s: &Service) -> String {
         }
         if let Some(s) = &h.expect {
             let _ = writeln!(o, "expect = {}", q(s));
+        }
+        if let Some(s) = &h.path {
+            let _ = writeln!(o, "path = {}", q(s));
+        }
+        if let Some(s) = &h.host {
+            let _ = writeln!(o, "host = {}", q(s));
+        }
+        if let Some(s) = h.status {
+            let _ = writeln!(o, "status = {s}");
         }
         let _ = writeln!(o, "interval = {}", float(h.interval));
         let _ = writeln!(o, "timeout = {}", float(h.timeout));

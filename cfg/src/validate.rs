@@ -885,6 +885,7 @@ impl Validator<'_> {
                 ("tcp", HealthCheckKind::Tcp),
                 ("send_expect", HealthCheckKind::SendExpect),
                 ("ftp", HealthCheckKind::Ftp),
+                ("http", HealthCheckKind::Http),
             ],
         )?;
         let port = match &r.port {
@@ -919,7 +920,49 @@ impl Validator<'_> {
             let sp = r.expect.as_ref().map(span_of).unwrap_or(span_of(&r.kind));
             return Err(self.err(sp, "health check type \"send_expect\" needs a non-empty `expect`"));
         }
-        Ok(HealthCheck { kind, port, send: r.send.clone(), expect, interval, timeout, rise, fall, quiesce })
+        // `http` only: what goes into the request line and the Host header is one visible
+        // ASCII word each (no space, CR or LF: nothing a check could smuggle into the request).
+        let http = kind == HealthCheckKind::Http;
+        let word = |v: &Option<Spanned<String>>, what: &str, first: Option<char>| -> R<Option<String>> {
+            let Some(x) = v else { return Ok(None) };
+            let s = x.get_ref();
+            if !http {
+                return Err(self.err(span_of(x), format!("health check `{what}` is for type \"http\"")));
+            }
+            let ok = !s.is_empty()
+                && s.len() <= 1024
+                && s.bytes().all(|b| b.is_ascii_graphic())
+                && first.is_none_or(|c| s.starts_with(c));
+            if !ok {
+                let start = first.map_or(String::new(), |c| format!(", starting with {c:?}"));
+                return Err(self.err(
+                    span_of(x),
+                    format!("health check {what} {s:?} must be visible ASCII without spaces, 1 to 1024 bytes{start}"),
+                ));
+            }
+            Ok(Some(s.clone()))
+        };
+        let path = word(&r.path, "path", Some('/'))?;
+        let host = word(&r.host, "host", None)?;
+        let status = match &r.status {
+            Some(x) if !http => return Err(self.err(span_of(x), "health check `status` is for type \"http\"")),
+            Some(x) => Some(self.int(x, 100, 599, "health check status")? as u16),
+            None => None,
+        };
+        Ok(HealthCheck {
+            kind,
+            port,
+            send: r.send.clone(),
+            expect,
+            path,
+            host,
+            status,
+            interval,
+            timeout,
+            rise,
+            fall,
+            quiesce,
+        })
     }
 }
 

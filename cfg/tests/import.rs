@@ -139,9 +139,10 @@ fn keepalived_nat() {
     assert_eq!(ftp.real_servers[1].weight, 2);
     let web = &imp.services[1];
     assert_eq!(web.scheduler, "rr");
-    assert_eq!(web.health_check, None, "HTTP_GET not imported");
+    let h = web.health_check.as_ref().expect("HTTP_GET imported");
+    assert_eq!((h.kind, h.path.as_deref(), h.status, h.timeout), (HealthCheckKind::Http, Some("/"), Some(200), 3.0));
     assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
-    assert!(warned(&imp, 39, "HTTP_GET"));
+    assert!(!imp.warnings.iter().any(|w| w.contains("HTTP_GET")), "{:?}", imp.warnings);
     assert!(!warned(&imp, 33, "sorry_server"), "imported");
     assert_eq!(web.sorry_server, Some(SorryServer { address: "10.0.2.9".parse().unwrap(), port: Some(80) }));
     let dns = &imp.services[2];
@@ -620,4 +621,45 @@ fn keepalived_one_mark_in_both_families() {
     // The same mark twice in one family is still an error.
     let e = from_keepalived("virtual_server fwmark 5 {\n}\nvirtual_server fwmark 5 {\n}\n").unwrap_err();
     assert_eq!(e.line, Some(3));
+}
+
+#[test]
+fn keepalived_http_get() {
+    let conf = |rs: &str| {
+        format!(
+            "virtual_server 10.0.0.1 80 {{\n  virtualhost www.example.com\n  delay_loop 4\n  real_server 10.0.2.2 8080 {{\n{rs}\n  }}\n}}\n"
+        )
+    };
+    let imp = from_keepalived(&conf(
+        "    HTTP_GET {\n      url {\n        path /healthz?full=1\n        status_code 204\n        digest 9b3a0c85\n      }\n      \
+         url {\n        path /other\n      }\n      connect_port 8081\n      connect_timeout 2\n      retry 2\n      \
+         delay_before_retry 1\n    }",
+    ))
+    .unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!(h.kind, HealthCheckKind::Http);
+    assert_eq!(
+        (h.path.as_deref(), h.status, h.host.as_deref()),
+        (Some("/healthz?full=1"), Some(204), Some("www.example.com"))
+    );
+    assert_eq!((h.port, h.timeout, h.interval, h.fall), (Some(8081), 2.0, 4.0, 3));
+    assert!(warned(&imp, 9, "digest"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 11, "only the first url"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 17, "delay_before_retry"), "{:?}", imp.warnings);
+    // The url's virtualhost wins; no status_code (or 200-299) is any 2xx.
+    let imp = from_keepalived(&conf(
+        "    HTTP_GET {\n      url {\n        path /\n        virtualhost a.example\n        status_code 200-299\n      }\n    }",
+    ))
+    .unwrap();
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.host.as_deref(), h.status), (Some("a.example"), None));
+    roundtrip(&imp);
+    // A path the request line could not carry is refused by the validator (here: a space).
+    let imp = from_keepalived(&conf("    HTTP_GET {\n      url {\n        path \"/a b\"\n      }\n    }")).unwrap();
+    let t = format!("[engine]\nbackend = \"memory\"\n\n{}", imp.to_toml());
+    let e = Config::from_str(&t, "imported.toml").unwrap_err();
+    assert!(e.message.contains("path"), "{e}");
+    let e = from_keepalived(&conf("    HTTP_GET {\n      url {\n        status_code 999\n      }\n    }")).unwrap_err();
+    assert_eq!(e.line, Some(7));
 }

@@ -257,11 +257,79 @@ fn address_range(s: &str) -> Result<Vec<IpAddr>, String> {
         .collect())
 }
 
+#[derive(PartialEq)]
 struct Check {
+    kind: HealthCheckKind,
     port: Option<u16>,
     timeout: Option<f64>,
     fall: Option<u32>,
+    /// HTTP_GET: the (first) url's path and status_code, and the virtualhost.
+    path: Option<String>,
+    status: Option<u16>,
+    host: Option<String>,
     line: usize,
+}
+
+/// A TCP_CHECK or HTTP_GET block of a real server (`vhost`: the virtual_server's
+/// `virtualhost`, the default Host of its HTTP checks).
+fn check_block(n: &Node, vhost: Option<&str>, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
+    let http = n.key == "HTTP_GET";
+    let kind = if http { HealthCheckKind::Http } else { HealthCheckKind::Tcp };
+    let mut c = Check {
+        kind,
+        port: None,
+        timeout: None,
+        fall: None,
+        path: None,
+        status: None,
+        host: vhost.filter(|_| http).map(str::to_string),
+        line: n.line,
+    };
+    let mut urls = 0;
+    for o in n.children.as_deref().unwrap_or(&[]) {
+        match o.key.as_str() {
+            "connect_timeout" => c.timeout = Some(secs(o)?),
+            "connect_port" => {
+                let p = num(o, 65535)? as u16;
+                c.port = (p != 0).then_some(p);
+            }
+            // keepalived's tcp_epilog / http epilog take a server down when a check fails
+            // with `retry` retries already spent: retry N is N + 1 failures in a row,
+            // ferrovs' fall.
+            "retry" | "nb_get_retry" => c.fall = Some(num(o, 999)? as u32 + 1),
+            "virtualhost" if http => c.host = Some(arg(o)?.to_string()),
+            "url" if http => {
+                urls += 1;
+                if urls > 1 {
+                    warnings
+                        .push(format!("line {}: HTTP_GET: only the first url is checked, this one ignored", o.line));
+                    continue;
+                }
+                for u in o.children.as_deref().unwrap_or(&[]) {
+                    match u.key.as_str() {
+                        "path" => c.path = Some(arg(u)?.to_string()),
+                        "virtualhost" => c.host = Some(arg(u)?.to_string()),
+                        // One code, or keepalived's 2xx default written as a range.
+                        "status_code" => match u.args.as_slice() {
+                            [r] if r == "200-299" => c.status = None,
+                            [v] => match v.parse::<u16>() {
+                                Ok(x) if (100..=599).contains(&x) => c.status = Some(x),
+                                _ => return Err(err(ORIGIN, u.line, format!("invalid status_code {v:?}"))),
+                            },
+                            _ => warnings.push(format!(
+                                "line {}: status_code {}: one code (or 200-299) is imported, any 2xx is expected",
+                                u.line,
+                                u.args.join(" ")
+                            )),
+                        },
+                        k => warnings.push(format!("line {}: url option {k} is not supported, ignored", u.line)),
+                    }
+                }
+            }
+            k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
+        }
+    }
+    Ok(c)
 }
 
 fn virtual_server(
@@ -318,6 +386,8 @@ fn virtual_server(
     let mut v6 = false;
     // virtual_server's inhibit_on_failure: the default of its real servers.
     let mut vs_inhibit = false;
+    // The default Host header of its HTTP_GET checks.
+    let mut vhost: Option<&str> = None;
     let mut reals: Vec<&Node> = Vec::new();
     let mut sorry: Option<&Node> = None;
     for n in body {
@@ -351,6 +421,7 @@ fn virtual_server(
             }
             "ip_family" => v6 = arg(n)? == "inet6",
             "inhibit_on_failure" => vs_inhibit = flag(n)?,
+            "virtualhost" => vhost = Some(arg(n)?),
             // ferrovs always keeps the sorry server quiesced while a real server serves.
             "sorry_server_inhibit" => {}
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
@@ -406,7 +477,7 @@ fn virtual_server(
 
         let mut check: Option<Check> = None;
         let mut check_differs = false;
-        // Real servers without a TCP_CHECK, which keepalived never takes down.
+        // Real servers without a TCP_CHECK or HTTP_GET, which keepalived never takes down.
         let mut unchecked: Vec<String> = Vec::new();
         // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
@@ -456,36 +527,24 @@ fn virtual_server(
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
                     }
-                    "TCP_CHECK" => {
+                    "TCP_CHECK" | "HTTP_GET" => {
                         tcp_check = true;
-                        let mut c = Check { port: None, timeout: None, fall: None, line: n.line };
-                        for o in n.children.as_deref().unwrap_or(&[]) {
-                            match o.key.as_str() {
-                                "connect_timeout" => c.timeout = Some(secs(o)?),
-                                "connect_port" => {
-                                    let p = num(o, 65535)? as u16;
-                                    c.port = (p != 0).then_some(p);
-                                }
-                                // keepalived's tcp_epilog takes a server down when a check fails
-                                // with `retry` retries already spent: retry N is N + 1 failures
-                                // in a row, ferrovs' fall.
-                                "retry" | "nb_get_retry" => c.fall = Some(num(o, 999)? as u32 + 1),
-                                k => warnings
-                                    .push(format!("line {}: TCP_CHECK option {k} is not supported, ignored", o.line)),
-                            }
-                        }
+                        let mut c = check_block(n, vhost, warnings)?;
                         ftp_hint |= c.port == Some(21);
                         match &check {
                             None => check = Some(c),
                             Some(p) => {
-                                if p.port != c.port || p.timeout != c.timeout || p.fall != c.fall {
+                                c.line = p.line;
+                                if *p != c {
                                     check_differs = true;
                                 }
                             }
                         }
                     }
-                    k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings
-                        .push(format!("line {}: {k} is not supported (only TCP_CHECK is imported), ignored", n.line)),
+                    k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
+                        "line {}: {k} is not supported (TCP_CHECK and HTTP_GET are imported), ignored",
+                        n.line
+                    )),
                     k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
                 }
             }
@@ -570,13 +629,13 @@ fn virtual_server(
         if let Some(c) = check {
             if check_differs {
                 warnings.push(format!(
-                    "line {}: real servers of {} have different TCP_CHECK settings: the first one is used for all",
+                    "line {}: real servers of {} have different checks (TCP_CHECK, HTTP_GET): the first one is used for all",
                     c.line, svc.name
                 ));
             }
             if !unchecked.is_empty() {
                 warnings.push(format!(
-                    "line {}: service {}: the TCP_CHECK is applied to every real server, also to those keepalived \
+                    "line {}: service {}: the check is applied to every real server, also to those keepalived \
                      does not check (always up): {}",
                     c.line,
                     svc.name,
@@ -584,10 +643,13 @@ fn virtual_server(
                 ));
             }
             svc.health_check = Some(HealthCheck {
-                kind: HealthCheckKind::Tcp,
+                kind: c.kind,
                 port: c.port,
                 send: None,
                 expect: None,
+                path: c.path,
+                host: c.host,
+                status: c.status,
                 interval,
                 timeout: c.timeout.unwrap_or(5.0),
                 rise: 1,

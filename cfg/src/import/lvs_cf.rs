@@ -314,6 +314,9 @@ fn virtual_block(
     }
     svc.health_check = Some(HealthCheck {
         kind,
+        path: None,
+        host: None,
+        status: None,
         port: None,
         send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,

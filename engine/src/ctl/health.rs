@@ -7,7 +7,10 @@
 //! - `send_expect`: connect, send `send` (if any), and expect a reply
 //!   starting with `expect` (nanny's send/expect);
 //! - `ftp`: expect a `220` banner, send `USER anonymous`, expect `331` or
-//!   `230`, send `QUIT`.
+//!   `230`, send `QUIT`;
+//! - `http`: `GET path HTTP/1.0` with a `Host` header (the check's `host`, else the real
+//!   server's address and port) and `Connection: close`; the status line must carry `status`
+//!   (any 2xx without one), as keepalived's `HTTP_GET` (the body is not read).
 //!
 //! The port is the check's `port`, else the real server's, else the
 //! service's first port. After `fall` failures in a row a server is taken
@@ -127,6 +130,70 @@ pub fn check(hc: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
                 Err(format!("FTP USER reply {code}, expected 331 or 230"))
             }
         }
+        HealthCheckKind::Http => {
+            let host = match &hc.host {
+                Some(h) => h.clone(),
+                None => addr.to_string(),
+            };
+            let req = format!(
+                "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ferrovs-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+                hc.path.as_deref().unwrap_or("/")
+            );
+            s.set_write_timeout(Some(left())).ok();
+            s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+            let code = http_status(&mut s, deadline)?;
+            match hc.status {
+                Some(want) if code == want => Ok(()),
+                None if (200..300).contains(&code) => Ok(()),
+                Some(want) => Err(format!("HTTP status {code}, expected {want}")),
+                None => Err(format!("HTTP status {code}, expected 2xx")),
+            }
+        }
+    }
+}
+
+/// The status code of an HTTP response's status line (`HTTP/1.x NNN ...`), read from `s`
+/// before `deadline` (the line at most 1 KiB: a server that sends more without a line end
+/// fails).
+fn http_status(s: &mut TcpStream, deadline: Instant) -> Result<u16, String> {
+    let mut got: Vec<u8> = Vec::new();
+    let mut b = [0u8; 1024];
+    let line = loop {
+        if let Some(p) = got.iter().position(|&c| c == b'\n') {
+            break &got[..p];
+        }
+        if got.len() > 1024 {
+            return Err("HTTP status line too long".into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out reading the HTTP status line".into());
+        }
+        s.set_read_timeout(Some(left)).ok();
+        match s.read(&mut b) {
+            Ok(0) => return Err("connection closed before the HTTP status line".into()),
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // "HTTP/" DIGIT "." DIGIT SP 3DIGIT [SP reason] (RFC 9112 4).
+    let bad = || format!("bad HTTP status line {:?}", String::from_utf8_lossy(&line[..line.len().min(64)]));
+    match line {
+        [b'H', b'T', b'T', b'P', b'/', a, b'.', c, b' ', d0, d1, d2, rest @ ..]
+            if a.is_ascii_digit()
+                && c.is_ascii_digit()
+                && [d0, d1, d2].iter().all(|d| d.is_ascii_digit())
+                && (rest.is_empty() || rest[0] == b' ') =>
+        {
+            let code = u16::from(d0 - b'0') * 100 + u16::from(d1 - b'0') * 10 + u16::from(d2 - b'0');
+            if (100..600).contains(&code) {
+                Ok(code)
+            } else {
+                Err(bad())
+            }
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -315,6 +382,9 @@ mod tests {
             port: None,
             send: None,
             expect: None,
+            path: None,
+            host: None,
+            status: None,
             interval: 1.0,
             timeout,
             rise: 1,
@@ -382,5 +452,127 @@ mod tests {
             let r = check_within(&hc(HealthCheckKind::Ftp, 2.0), addr, Duration::from_secs(5)).expect("finished");
             assert_eq!(r, Ok(()), "{}", String::from_utf8_lossy(banner));
         }
+    }
+
+    /// An HTTP server on loopback answering every request with `reply`; the requests it got
+    /// come out of the receiver.
+    fn http_server(reply: &'static [u8]) -> (SocketAddr, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let addr = server(move |mut s| {
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = tx.lock().unwrap().send(String::from_utf8_lossy(&req).into_owned());
+            let _ = s.write_all(reply);
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn http_status_and_request() {
+        let mut h = hc(HealthCheckKind::Http, 2.0);
+        let run = |h: &HealthCheck, reply: &'static [u8]| {
+            let (addr, rx) = http_server(reply);
+            let r = check_within(h, addr, Duration::from_secs(5)).expect("finished");
+            (r, rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default(), addr)
+        };
+        // Any 2xx by default; the request names the path and the server as Host.
+        let (r, req, addr) = run(&h, b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(r, Ok(()));
+        assert!(req.starts_with("GET / HTTP/1.0\r\n"), "{req:?}");
+        assert!(req.contains(&format!("\r\nHost: {addr}\r\n")), "{req:?}");
+        for bad in [
+            &b"HTTP/1.1 503 Service Unavailable\r\n\r\n"[..],
+            b"HTTP/1.0 301 Moved\r\n",
+            b"SSH-2.0-OpenSSH\r\n",
+            b"HTTP/1.1 2000 x\r\n",
+            b"",
+        ] {
+            let (addr, _rx) = http_server(bad);
+            let r = check_within(&h, addr, Duration::from_secs(5)).expect("finished");
+            assert!(r.is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A set status, path and Host.
+        h.status = Some(404);
+        h.path = Some("/healthz?x=1".into());
+        h.host = Some("www.example.com".into());
+        let (r, req, _) = run(&h, b"HTTP/1.0 404 Not Found\r\n\r\n");
+        assert_eq!(r, Ok(()));
+        assert!(req.starts_with("GET /healthz?x=1 HTTP/1.0\r\nHost: www.example.com\r\n"), "{req:?}");
+        let (r, _, _) = run(&h, b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(r, Err("HTTP status 200, expected 404".into()));
+    }
+
+    /// A server that sends an endless status line, or nothing: the check ends at its timeout.
+    #[test]
+    fn http_check_ends_at_the_timeout() {
+        let h = hc(HealthCheckKind::Http, 0.3);
+        for endless in [true, false] {
+            let addr = server(move |mut s| {
+                std::thread::spawn(move || {
+                    let junk = [b'x'; 512];
+                    while endless && s.write_all(&junk).is_ok() {}
+                    std::thread::sleep(Duration::from_secs(3));
+                });
+            });
+            let t0 = Instant::now();
+            let r = check_within(&h, addr, Duration::from_secs(5)).expect("finished");
+            assert!(r.is_err());
+            assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+        }
+    }
+
+    /// The check against a real nginx on loopback (the lab's HTTP server): its default
+    /// answers, a 404 for a path it does not have, and a status set to match.
+    #[test]
+    fn http_check_against_nginx() {
+        let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())
+        else {
+            assert!(std::env::var_os("CI").is_none(), "nginx missing (scripts/install-deps installs it)");
+            eprintln!("nginx not installed: skipped (scripts/install-deps installs it)");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("ferrovs-health-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/healthz"), "ok\n").unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n \
+             client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n \
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n server {{\n  listen 127.0.0.1:{port};\n  \
+             root {d}/www;\n }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut child = std::process::Command::new(nginx)
+            .args(["-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t0 = Instant::now();
+        while TcpStream::connect(addr).is_err() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut h = hc(HealthCheckKind::Http, 2.0);
+        h.path = Some("/healthz".into());
+        let ok = check(&h, addr);
+        h.path = Some("/missing".into());
+        let missing = check(&h, addr);
+        h.status = Some(404);
+        let want_404 = check(&h, addr);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(ok, Ok(()));
+        assert_eq!(missing, Err("HTTP status 404, expected 2xx".into()));
+        assert_eq!(want_404, Ok(()));
     }
 }
