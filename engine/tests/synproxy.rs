@@ -410,6 +410,39 @@ fn a_lost_syn_to_the_real_server_is_sent_again_on_the_clients_retransmission() {
     assert_eq!(drops(&e), vec![]);
 }
 
+/// Our SYN sent again is what the connection's state must follow, not the client segment it
+/// was made from: the real server has not answered, so the connection is still half-open
+/// (SYN_RECV, on its timeout, in the count that engages `auto`). Before, the client's ACK
+/// was tracked instead, and the entry went to ESTABLISHED before the server ever answered.
+#[test]
+fn a_syn_sent_again_leaves_the_connection_half_open() {
+    let mut e = engine("on", 1000);
+    let (isn, cookie) = waiting(&mut e, 40800);
+    let get = b"GET / HTTP/1.0\r\n\r\n";
+    let (_, s) = one(client_tcp(&mut e, S + 3 * S / 2, 40800, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, get));
+    assert_eq!((s.dst, s.flags, s.seq), (RS1, TCP_SYN, isn));
+    assert_eq!(only_conn(&e), ("SYN_RECV".to_string(), 2, 0), "the SYN tracked, not the client's ACK");
+    // The server answers that SYN: the splice completes as for the first one.
+    let (_, a) = one(rs_tcp(&mut e, 2 * S, RS1, 80, 40800, TCP_SYN | TCP_ACK, 7_000, isn + 1, b""));
+    assert_eq!((a.flags, a.seq, a.ack), (TCP_ACK, isn + 1, 7_001));
+    let (_, d) = one(client_tcp(&mut e, 2 * S, 40800, 80, TCP_ACK | TCP_PSH, isn + 1, cookie + 1, get));
+    assert_eq!((d.dst, d.seq, d.ack, d.payload.as_slice()), (RS1, isn + 1, 7_001, &get[..]));
+    assert_eq!(only_conn(&e).0, "ESTABLISHED");
+    assert_eq!(e.counters().proxy_syn_retries, 1);
+    assert_eq!(drops(&e), vec![]);
+
+    // An FTP control connection: the SYN sent again goes through the gateway as the first
+    // did, its MSS clamped the same (MTU 1500 - 40 - the gateway's growth, 12).
+    let mut e = engine("on", 1000);
+    let syn = with_macs(tcp4_opts(CLIENT, 40801, VIP, 21, TCP_SYN, 10, 0, &opt_mss(1460), b""), CLIENT_MAC, LB_EXT);
+    let (_, s) = one(e.inject(EXT, &syn, S));
+    let (_, first) = one(from_client(&mut e, 40801, 21, TCP_ACK, 11, s.seq + 1, b""));
+    let (_, again) = one(client_tcp(&mut e, 3 * S, 40801, 21, TCP_ACK | TCP_PSH, 11, s.seq + 1, b"USER a\r\n"));
+    assert_eq!((first.flags, first.mss), (TCP_SYN, Some(1448)));
+    assert_eq!((again.flags, again.seq, again.mss, again.payload.len()), (TCP_SYN, 10, Some(1448), 0));
+    assert_eq!(only_conn(&e).0, "SYN_RECV");
+}
+
 /// The (state, packets in, packets out) of the one connection in the table.
 fn only_conn(e: &MemEngine) -> (String, u64, u64) {
     let c = e.workers[0].core().list_conns();

@@ -231,7 +231,8 @@ impl<Q: BufAlloc> Worker<Q> {
     ///
     /// A client segment waits for the real server's handshake, untouched
     /// ([`Next::ProxyHold`]): not our SYN, not a reset, and our SYN not due again; its
-    /// accounts are done once, when it is released (it goes through this path again). A
+    /// accounts are done once, when it is released (it goes through this path again). Once
+    /// our SYN is due again, the segment becomes it ([`Worker::proxy_syn_again`]). A
     /// client reset goes on only inside the window our SYN-ACK offered (past the client's
     /// ISN; RFC 793: an unacceptable reset is dropped): it is tracked, and
     /// [`Worker::proxy_segment`] turns it into our reset to the server. Once the client has
@@ -259,9 +260,12 @@ impl<Q: BufAlloc> Worker<Q> {
             Dir::In if px.reset => Some(Next::Drop(DropReason::ProxyUnacceptable)),
             Dir::In if rst => (seq.wrapping_sub(px.isn.wrapping_add(1)) >= u32::from(synproxy::CLIENT_WINDOW))
                 .then_some(Next::Drop(DropReason::ProxyUnacceptable)),
-            Dir::In => (p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
-                && self.now.saturating_sub(px.syn_at) < synproxy::SYN_RETRY_NS)
-                .then_some(Next::ProxyHold(idx)),
+            Dir::In if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => None,
+            Dir::In if self.now.saturating_sub(px.syn_at) < synproxy::SYN_RETRY_NS => Some(Next::ProxyHold(idx)),
+            // The server has not answered our SYN (lost, or the server slow): only we can
+            // send it again. This client segment (a retransmission, most likely: an earlier
+            // copy is held, and nobody acknowledged its data) becomes it.
+            Dir::In => Some(self.proxy_syn_again(idx, pkt, p, px)),
             Dir::Out if px.reset => {
                 if rst || p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
                     return Some(Next::Drop(DropReason::ProxyUnacceptable));
@@ -296,12 +300,8 @@ impl<Q: BufAlloc> Worker<Q> {
                     // The client resets the connection (tracked, in the window:
                     // `proxy_pending`).
                     Some(self.proxy_client_reset(idx, pkt, p, px))
-                } else if self.now.saturating_sub(px.syn_at) >= synproxy::SYN_RETRY_NS {
-                    // The server has not answered our SYN (lost, or the server slow): only we
-                    // can send it again. This client segment (a retransmission, most likely:
-                    // an earlier copy is held, and nobody acknowledged its data) becomes it.
-                    Some(self.proxy_syn_again(idx, pkt, p, px))
                 } else {
+                    // (`proxy_pending` held it, or made it our SYN again.)
                     Some(Next::ProxyHold(idx))
                 }
             }
@@ -408,14 +408,13 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// Client segment `pkt` of proxied connection `idx`, still waiting for the real server's
     /// SYN-ACK, rewritten into our SYN to the real server once more (as first sent: the
-    /// client's ISN, the cookie's MSS, clamped for an FTP control connection as the
-    /// gateway clamped the first).
+    /// client's ISN, the cookie's MSS), before any account: it goes the way the first one
+    /// went, through [`Worker::forward`], so what went out is what the state machine sees
+    /// (a SYN: the connection stays half-open, not ESTABLISHED on the client's ACK) and the
+    /// FTP gateway clamps its MSS as it clamped the first.
+    #[inline(never)]
     fn proxy_syn_again(&mut self, idx: u32, pkt: &mut Q::Buf, p: &Parsed, px: synproxy::Proxied) -> Next {
-        let mut mss = px.mss;
-        if self.flows.get(idx).flags & F_ALG != 0 {
-            mss = mss.min(self.ftp_mss_limit(idx, p.v6));
-        }
-        let seg = Bare { flags: TCP_SYN, seq: px.isn, ack: 0, mss: Some(mss), win: 29200 };
+        let seg = Bare { flags: TCP_SYN, seq: px.isn, ack: 0, mss: Some(px.mss), win: 29200 };
         if let Err(drop) = write_bare(pkt, p, false, seg) {
             return drop;
         }
@@ -424,7 +423,7 @@ impl<Q: BufAlloc> Worker<Q> {
             x.syn_at = self.now;
         }
         bump(&self.counters.proxy_syn_retries, 1);
-        self.forward_rewrite(idx, Dir::In, pkt, &p2)
+        self.forward(idx, Dir::In, pkt, &p2)
     }
 }
 
