@@ -391,9 +391,6 @@ impl<Q: BufAlloc> Worker<Q> {
         // half-open count that engages the proxy), on the CLOSE timeout.
         use crate::flow::tcpstate::TcpState;
         let st = self.flows.get(idx).state;
-        if st == TcpState::SynRecv {
-            self.half_open = self.half_open.saturating_sub(1);
-        }
         self.set_tcp_state(idx, TcpState::Close);
         if self.sync_on && st != TcpState::Close {
             self.sync_conn(idx);
@@ -444,4 +441,186 @@ fn write_bare<B: Packet>(pkt: &mut B, p: &Parsed, reply: bool, seg: Bare) -> Res
         return Err(Next::Drop(DropReason::NoBuffer));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::flow::table::F_SYNCED;
+    use crate::flow::tcpstate::TcpState;
+    use crate::tools::replay::MemEngine;
+    use crate::tools::testpkt::{tcp4, with_macs};
+    use crate::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+
+    const S: u64 = 1_000_000_000;
+    const CLIENT: [u8; 4] = [10, 0, 1, 2];
+    const VIP: [u8; 4] = [10, 0, 1, 100];
+    const RS1: [u8; 4] = [10, 0, 2, 2];
+
+    /// A NAT FTP service on VIP:21 without the SYN proxy and a NAT web service on VIP:80
+    /// with it, over RS1.
+    const CONFIG: &str = r#"
+[engine]
+workers = 1
+backend = "memory"
+flow_table_size = 4096
+
+[[interface]]
+name = "ext"
+device = "mem0"
+mac = "02:00:00:00:01:01"
+addresses = ["10.0.1.1/24"]
+
+[[interface]]
+name = "int"
+device = "mem1"
+mac = "02:00:00:00:02:01"
+addresses = ["10.0.2.1/24"]
+
+[[neighbor]]
+address = "10.0.2.2"
+mac = "02:00:00:00:02:02"
+
+[[neighbor]]
+address = "10.0.1.2"
+mac = "02:00:00:00:01:02"
+
+[[service]]
+name = "ftp"
+vip = "10.0.1.100"
+ports = [21]
+forward = "nat"
+ftp = true
+syn_proxy = "off"
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+ports = [80]
+forward = "nat"
+syn_proxy = "on"
+[[service.real_server]]
+address = "10.0.2.2"
+"#;
+
+    fn config() -> ferrovs_cfg::Config {
+        ferrovs_cfg::Config::from_str(CONFIG, "synproxy-test.toml").expect("parses")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn client(
+        e: &mut MemEngine,
+        now: u64,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        data: &[u8],
+    ) -> Vec<Vec<u8>> {
+        let f =
+            with_macs(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data), [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]);
+        e.inject(0, &f, now).into_iter().map(|(_, f)| f).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server(
+        e: &mut MemEngine,
+        now: u64,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        data: &[u8],
+    ) -> Vec<Vec<u8>> {
+        let f =
+            with_macs(tcp4(RS1, sport, CLIENT, dport, flags, seq, ack, data), [2, 0, 0, 0, 2, 2], [2, 0, 0, 0, 2, 1]);
+        e.inject(1, &f, now).into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// The worker's half-open count, and the live connections of its own (not a peer's
+    /// backups) in SYN_RECV.
+    fn half_open(e: &MemEngine) -> (u32, u32) {
+        let w = e.workers[0].core();
+        let scan = (0..w.flows.slots() as u32)
+            .filter_map(|i| w.flows.try_get(i))
+            .filter(|c| c.state == TcpState::SynRecv && c.flags & F_SYNCED == 0)
+            .count() as u32;
+        (w.half_open, scan)
+    }
+
+    /// The sequence number of a frame out (our cookie in a SYN-ACK).
+    fn seq_of(f: &[u8]) -> u32 {
+        u32::from_be_bytes(f[38..42].try_into().unwrap())
+    }
+
+    /// The half-open count follows every way a connection enters or leaves SYN_RECV: the
+    /// ordinary handshake, the FTP gateway undoing a transition (a reply held whole, its FIN
+    /// with it), the SYN proxy (our SYN, sent again, the client's reset, the server's
+    /// SYN-ACK), a reload and expiry. Before, the gateway's undo put a connection back into
+    /// SYN_RECV without counting it (`set_tcp_state` left the count to its callers), so the
+    /// count fell below the table's and `auto` engaged late.
+    #[test]
+    fn the_half_open_count_follows_every_state_change() {
+        let mut e = MemEngine::new(config(), 1);
+        let mut now = S;
+        let check = |e: &MemEngine, want: u32, what: &str| {
+            let (count, scan) = half_open(e);
+            assert_eq!((count, scan), (want, want), "{what}: (count, connections in SYN_RECV)");
+        };
+        // The ordinary way: an FTP control connection, SYN and the server's SYN-ACK.
+        assert_eq!(client(&mut e, now, 40000, 21, TCP_SYN, 100, 0, b"").len(), 1);
+        check(&e, 1, "a SYN");
+        assert_eq!(server(&mut e, now, 21, 40000, TCP_SYN | TCP_ACK, 5000, 101, b"").len(), 1);
+        check(&e, 1, "the server's SYN-ACK");
+        // A PASV without ACK (a client's crafted segment: no transition), and the server's
+        // reply, the start of a 227, held whole by the gateway with its FIN: the FIN did not
+        // go out, the connection is back in SYN_RECV.
+        assert_eq!(client(&mut e, now, 40000, 21, TCP_PSH, 101, 0, b"PASV\r\n").len(), 1);
+        check(&e, 1, "a PASV without ACK");
+        let held = server(&mut e, now, 21, 40000, TCP_ACK | TCP_PSH | TCP_FIN, 5001, 107, b"227 Entering Pass");
+        assert!(held.is_empty());
+        assert_eq!(e.workers[0].core().list_conns()[0].state, "SYN_RECV");
+        check(&e, 1, "a reply held with its FIN");
+        // The client's ACK completes the handshake.
+        assert_eq!(client(&mut e, now, 40000, 21, TCP_ACK, 107, 5001, b"").len(), 1);
+        check(&e, 0, "the client's ACK");
+
+        // The SYN proxy: the cookie (no state), then the client's ACK (our SYN out).
+        let syn_ack = client(&mut e, now, 40001, 80, TCP_SYN, 200, 0, b"");
+        let cookie = seq_of(&syn_ack[0]);
+        check(&e, 0, "a SYN answered with a cookie");
+        assert_eq!(client(&mut e, now, 40001, 80, TCP_ACK, 201, cookie + 1, b"").len(), 1);
+        check(&e, 1, "our SYN to the server");
+        // The client's data waits, and is our SYN again a second later.
+        assert!(client(&mut e, now, 40001, 80, TCP_ACK | TCP_PSH, 201, cookie + 1, b"GET").is_empty());
+        check(&e, 1, "client data held");
+        now += 2 * S;
+        assert_eq!(client(&mut e, now, 40001, 80, TCP_ACK | TCP_PSH, 201, cookie + 1, b"GET").len(), 1);
+        check(&e, 1, "our SYN again");
+        // The server answers: both handshakes done, the held data goes.
+        assert_eq!(server(&mut e, now, 80, 40001, TCP_SYN | TCP_ACK, 9000, 201, b"").len(), 2);
+        check(&e, 0, "the server's SYN-ACK");
+
+        // Another proxied connection, reset by the client while waiting.
+        let syn_ack = client(&mut e, now, 40002, 80, TCP_SYN, 300, 0, b"");
+        let cookie = seq_of(&syn_ack[0]);
+        assert_eq!(client(&mut e, now, 40002, 80, TCP_ACK, 301, cookie + 1, b"").len(), 1);
+        check(&e, 1, "our SYN to the server");
+        assert_eq!(client(&mut e, now, 40002, 80, TCP_RST, 301, 0, b"").len(), 1);
+        check(&e, 0, "the client's reset");
+
+        // Two more half-open ones (plain FTP), through a reload, then expiry.
+        assert_eq!(client(&mut e, now, 40003, 21, TCP_SYN, 400, 0, b"").len(), 1);
+        let syn_ack = client(&mut e, now, 40004, 80, TCP_SYN, 500, 0, b"");
+        assert_eq!(client(&mut e, now, 40004, 80, TCP_ACK, 501, seq_of(&syn_ack[0]) + 1, b"").len(), 1);
+        check(&e, 2, "two half-open");
+        e.reload(config(), now);
+        check(&e, 2, "a reload");
+        now += 100 * S;
+        e.workers[0].core_mut().expire_all(now);
+        check(&e, 0, "expired");
+    }
 }

@@ -209,7 +209,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// FIN_WAIT/CLOSE_WAIT, shortening its timeout; the sender's
     /// retransmission carries it later), or undo it (`None`: the gateway
     /// held the whole segment, nothing went out). Keeps the active/inactive
-    /// counts and the timeout in step.
+    /// counts, the half-open count and the timeout in step (`set_tcp_state`).
     pub(super) fn redo_tcp_state(
         &mut self,
         idx: u32,
@@ -227,13 +227,23 @@ impl<Q: BufAlloc> Worker<Q> {
         self.set_tcp_state(idx, new);
     }
 
-    /// Connection `idx` into TCP state `new`, its timeout and the active/inactive counts in
-    /// step (not the SYN_RECV count, the caller's).
+    /// Connection `idx` into TCP state `new`, its timeout, the active/inactive counts and the
+    /// half-open (SYN_RECV) count in step, as `forward::track` keeps them: every
+    /// caller (an undone or redone transition, the SYN proxy's) leaves or re-enters SYN_RECV
+    /// correctly counted. (A peer's backup entry counts nothing until adopted.)
     pub(super) fn set_tcp_state(&mut self, idx: u32, new: crate::flow::tcpstate::TcpState) {
+        use crate::flow::tcpstate::TcpState::SynRecv;
         let (snap_gen, id, now) = (self.snap_gen, self.id, self.now);
         let c = self.flows.get_mut(idx);
         if new == c.state {
             return;
+        }
+        if c.flags & F_SYNCED == 0 {
+            if c.state == SynRecv {
+                self.half_open = self.half_open.saturating_sub(1);
+            } else if new == SynRecv {
+                self.half_open += 1;
+            }
         }
         c.state = new;
         c.set_expires(now, now + self.timeouts[new as usize]);
