@@ -443,6 +443,35 @@ fn a_syn_sent_again_leaves_the_connection_half_open() {
     assert_eq!(only_conn(&e).0, "SYN_RECV");
 }
 
+/// Once the real server's SYN-ACK is answered, both handshakes are complete: the proxied
+/// connection is ESTABLISHED, on that timeout and out of the half-open count (IPVS's SYN
+/// proxy in DPVS marks it so on the SYN-ACK). Before, it stayed in SYN_RECV until the
+/// client's next segment, counted half-open, and `auto` engaged for connections long open.
+#[test]
+fn the_servers_syn_ack_establishes_a_proxied_connection() {
+    let mut e = engine("on", 1000);
+    handshake(&mut e, 40900, 80);
+    let c = e.workers[0].core().list_conns();
+    assert_eq!(c[0].state, "ESTABLISHED", "{c:?}");
+    assert!(c[0].expires_in_s >= 899, "on the ESTABLISHED timeout (900 s), not SYN_RECV's (60 s): {c:?}");
+    assert_eq!((c[0].pkts_in, c[0].pkts_out), (1, 1));
+
+    // In auto: A is half-open the ordinary way (forwarded at 0 < 1), B proxied (at 1).
+    let mut e = engine("auto", 1);
+    let (_, s) = one(from_client(&mut e, 50000, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!(s.dst, RS1);
+    let (_, s) = one(from_client(&mut e, 50001, 80, TCP_SYN, 100, 0, b""));
+    assert_eq!(s.flags, TCP_SYN | TCP_ACK, "proxied");
+    one(from_client(&mut e, 50001, 80, TCP_ACK, 101, s.seq + 1, b""));
+    // A completes; B's server answers: nothing half-open left, the next SYN is forwarded.
+    one(from_rs(&mut e, 80, 50000, TCP_SYN | TCP_ACK, 5, 2, b""));
+    one(from_client(&mut e, 50000, 80, TCP_ACK, 2, 6, b""));
+    let (_, a) = one(from_rs(&mut e, 80, 50001, TCP_SYN | TCP_ACK, 9_000, 101, b""));
+    assert_eq!((a.dst, a.flags), (RS1, TCP_ACK));
+    let (_, s) = one(from_client(&mut e, 50002, 80, TCP_SYN, 1, 0, b""));
+    assert_eq!((s.dst, s.flags), (RS1, TCP_SYN), "nothing half-open left: forwarded");
+}
+
 /// The (state, packets in, packets out) of the one connection in the table.
 fn only_conn(e: &MemEngine) -> (String, u64, u64) {
     let c = e.workers[0].core().list_conns();

@@ -338,6 +338,14 @@ impl<Q: BufAlloc> Worker<Q> {
                         x.delta = delta;
                         x.established = true;
                     }
+                    // Both handshakes are complete: ESTABLISHED now (on its timeout, out of
+                    // the half-open count), not at the client's next segment (DPVS's SYN
+                    // proxy does the same); the peers learn it with the offset.
+                    let before = self.flows.get(idx).state;
+                    self.set_tcp_state(idx, crate::flow::tcpstate::TcpState::Established);
+                    if self.sync_on && before != self.flows.get(idx).state {
+                        self.sync_conn(idx);
+                    }
                     self.proxy_release = Some(idx);
                     return Some(self.l2_write(idx, true, pkt.data_mut()));
                 }
