@@ -67,6 +67,17 @@ pub struct RouteEntry {
     pub v4: bool,
 }
 
+/// An IPv4 route of [`Snapshot::routes`] in 32 bits (the low word of its [`Addr`]s):
+/// [`Snapshot::route`] scans these for an IPv4 destination (every new connection asks, for
+/// its client), one compare of a word each, and no family test.
+#[derive(Clone, Copy, Debug)]
+struct Route4 {
+    net: u32,
+    mask: u32,
+    iface: usize,
+    via: Option<Addr>,
+}
+
 #[derive(Clone, Debug)]
 pub struct IfaceInfo {
     pub name: String,
@@ -100,6 +111,8 @@ pub struct Snapshot {
     /// Full NAT source ports on each local address (`[engine] local_port_range`).
     pub port_range: PortRange,
     pub routes: Vec<RouteEntry>,
+    /// The IPv4 entries of `routes`, in its order ([`Route4`]).
+    routes4: Vec<Route4>,
     pub static_neighbors: Vec<(Addr, [u8; 6])>,
     pub timeouts: [u64; crate::flow::tcpstate::N_STATES],
     pub workers: usize,
@@ -241,6 +254,11 @@ impl Snapshot {
         }
         // Longest prefix first; connected before gateway routes on ties.
         routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.via.is_some().cmp(&b.via.is_some())));
+        let routes4 = routes
+            .iter()
+            .filter(|r| r.v4)
+            .map(|r| Route4 { net: r.net as u32, mask: r.mask as u32, iface: r.iface, via: r.via })
+            .collect();
 
         let mut services = Vec::new();
         let mut by_vip: HashMap<(Addr, u8), Vec<(PortRange, usize)>> = HashMap::new();
@@ -331,6 +349,7 @@ impl Snapshot {
             laddrs,
             port_range,
             routes,
+            routes4,
             static_neighbors,
         }
     }
@@ -363,6 +382,12 @@ impl Snapshot {
     /// Longest-prefix match: (interface, next hop).
     #[inline]
     pub fn route(&self, dst: Addr) -> Option<(usize, Addr)> {
+        if addr_is_v4(dst) {
+            // The same entries as `route_in` would take (an IPv4 route's mask covers the
+            // ::ffff:0:0/96 prefix, which every IPv4 destination has): compared in 32 bits.
+            let a = dst as u32;
+            return self.routes4.iter().find(|r| a & r.mask == r.net).map(|r| (r.iface, r.via.unwrap_or(dst)));
+        }
         route_in(&self.routes, dst)
     }
 
@@ -480,6 +505,40 @@ mod route_tests {
         );
         assert_eq!(s.route(a("192.0.2.7")), Some((0, a("10.0.1.254"))));
         assert_eq!(s.route(a("2001:db8::7")), Some((0, a("fd00:1::fe"))));
+    }
+
+    #[test]
+    fn ipv4_routes_in_32_bits_match_the_full_table() {
+        // Host, subnet, overlapping and default routes of both families, connected and via.
+        let s = snap(
+            "[[route]]\nprefix = \"0.0.0.0/0\"\nvia = \"10.0.1.254\"\n\n\
+             [[route]]\nprefix = \"192.0.2.0/24\"\nvia = \"10.0.1.253\"\n\n\
+             [[route]]\nprefix = \"192.0.2.128/25\"\nvia = \"10.0.1.252\"\n\n\
+             [[route]]\nprefix = \"198.51.100.7/32\"\nvia = \"10.0.1.251\"\n\n\
+             [[route]]\nprefix = \"::/0\"\nvia = \"fd00:1::fe\"\n\n\
+             [[route]]\nprefix = \"::ffff:0:0/96\"\nvia = \"fd00:1::fd\"\n",
+        );
+        for d in [
+            "10.0.1.9",
+            "10.0.2.9",
+            "192.0.2.1",
+            "192.0.2.200",
+            "198.51.100.7",
+            "198.51.100.8",
+            "0.0.0.0",
+            "255.255.255.255",
+            "2001:db8::7",
+            "fd00:1::9",
+            "::ffff:1.2.3.4",
+        ] {
+            assert_eq!(s.route(a(d)), route_in(&s.routes, a(d)), "{d}");
+        }
+        assert_eq!(s.route(a("192.0.2.200")), Some((0, a("10.0.1.252"))), "the longest prefix");
+        assert_eq!(s.route(a("198.51.100.7")), Some((0, a("10.0.1.251"))));
+        assert_eq!(s.route(a("198.51.100.8")), Some((0, a("10.0.1.254"))));
+        let s = snap("");
+        assert_eq!(s.route(a("192.0.2.7")), None, "no IPv4 default route");
+        assert_eq!(s.route(a("10.0.1.7")), Some((0, a("10.0.1.7"))));
     }
 
     #[test]
