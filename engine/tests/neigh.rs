@@ -578,6 +578,26 @@ fn an_answered_arp_probe_keeps_the_neighbour() {
     assert_eq!(frames(&e.run(62 * S)), vec![arp_probe(MAC9)]);
 }
 
+/// A failover (VRRP / keepalived moving the server's address to another box, a bonding
+/// switch-over) announces the new MAC by a gratuitous ARP, a broadcast request for its own
+/// address; Linux's `arp_process` takes the new MAC for an entry it holds from it, and from
+/// any ARP request of the neighbour (`neigh_update` with override). Traffic must follow at
+/// once, not only when the old MAC's probes have failed 33 s later.
+#[test]
+fn a_gratuitous_arp_moves_traffic_to_the_new_mac() {
+    let cases = [
+        ("a gratuitous ARP request", arp_request(MAC_NEW, RS4_9, RS4_9)),
+        ("a gratuitous ARP reply (arping -A)", arp_reply(MAC_NEW, RS4_9, [0xff; 6], RS4_9)),
+        ("an ARP request of the server for another host", arp_request(MAC_NEW, RS4_9, [10, 0, 2, 7])),
+    ];
+    for (what, garp) in cases {
+        let mut e = learnt4(1, CLIENT);
+        e.inject(INT, &garp, 2 * S);
+        let out = e.inject(EXT, &dgram4(CLIENT), 2 * S + MS);
+        assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC_NEW))], "{what}: the next datagram to the new MAC");
+    }
+}
+
 /// IPv6: the probe is a solicitation to the neighbour's own address at its cached MAC (RFC
 /// 4861 section 7.3.3), and Linux answers a unicast solicitation with a solicited
 /// advertisement without the target link-layer address option, which confirms the entry

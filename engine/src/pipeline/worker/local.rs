@@ -159,8 +159,12 @@ impl<Q: BufAlloc> Worker<Q> {
         let (sip4, tip4) = (a.sender_ip(), a.target_ip());
         let (sip, tip) = (parse::v4_to_addr(sip4), parse::v4_to_addr(tip4));
         let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip) || self.is_retired(tip);
-        // Learn senders on our subnets (requests to us and replies).
-        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == ARP_REPLY) {
+        // Learn senders on our subnets: requests to us and replies, and any ARP of a neighbour
+        // we hold (Linux's `arp_process`): a gratuitous ARP (a VRRP / keepalived failover, a
+        // bonding switch-over) or a request for another host carries its new MAC, which traffic
+        // must follow at once rather than after the old MAC's probes fail.
+        let known = || self.neigh.get(sip).is_some();
+        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == ARP_REPLY || known()) {
             self.learn_neighbor(sip, smac);
         }
         if op == ARP_REQUEST && for_us {
