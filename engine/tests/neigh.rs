@@ -78,12 +78,12 @@ fn nd_learns_only_on_link_neighbours() {
     let cases = vec![
         Case {
             what: "an advertisement on the server's segment is learnt",
-            input: vec![(INT, neighbor_advert(MAC9, RS9, RS9, MAC9)), (EXT, syn(80))],
+            input: vec![(INT, solicited_advert(MAC9, RS9, LB_INT, LB_INT6)), (EXT, syn(80))],
             want: vec![(INT, Out::Tcp(MAC9))],
         },
         Case {
             what: "the same advertisement arriving on the client side is off-link there: not learnt",
-            input: vec![(EXT, neighbor_advert(MAC9, RS9, RS9, MAC9)), (EXT, syn(80))],
+            input: vec![(EXT, solicited_advert(MAC9, RS9, LB_EXT, OUR_EXT6)), (EXT, syn(80))],
             want: vec![(INT, Out::Solicit)],
         },
         Case {
@@ -108,7 +108,7 @@ fn nd_learns_only_on_link_neighbours() {
         },
         Case {
             what: "a link-local router is on-link on every link",
-            input: vec![(INT, neighbor_advert(MAC9, LL9, LL9, MAC9)), (EXT, syn(81))],
+            input: vec![(INT, solicited_advert(MAC9, LL9, LB_INT, LB_INT6)), (EXT, syn(81))],
             want: vec![(INT, Out::Tcp(MAC9))],
         },
     ];
@@ -131,7 +131,7 @@ fn neighbour_table_size_is_configurable() {
     for n in 0..20u32 {
         let mut a = RS9;
         a[12..16].copy_from_slice(&(0x1_0000 + n).to_be_bytes());
-        e.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+        e.inject(INT, &solicited_advert(MAC9, a, LB_INT, LB_INT6), S);
     }
     assert_eq!(e.counters().neigh_evicted, 4);
 }
@@ -144,7 +144,7 @@ fn neighbour_table_is_bounded_and_evictions_counted() {
     for n in 0..max + 100 {
         let mut a = RS9;
         a[12..16].copy_from_slice(&(0x1_0000u32 + n as u32).to_be_bytes());
-        e.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+        e.inject(INT, &solicited_advert(MAC9, a, LB_INT, LB_INT6), S);
     }
     assert_eq!(e.counters().neigh_evicted, 100);
     // The static entries survive: a SYN to the static rs fd00:2::2 is not a solicitation.
@@ -158,7 +158,7 @@ fn neighbour_table_is_bounded_and_evictions_counted() {
     for n in 0..max + 10 {
         let mut a = RS9;
         a[12..16].copy_from_slice(&(0x1_0000u32 + n as u32).to_be_bytes());
-        e2.inject(INT, &neighbor_advert(MAC9, a, a, MAC9), S);
+        e2.inject(INT, &solicited_advert(MAC9, a, LB_INT, LB_INT6), S);
     }
     let out = e2.inject(EXT, &syn(82), 2 * S);
     assert_eq!(out.len(), 1);
@@ -174,7 +174,7 @@ fn a_flood_of_strangers_evicts_at_a_bounded_rate_and_answers_to_our_requests_sti
     let stranger = |n: u32| {
         let mut a = RS9;
         a[12..16].copy_from_slice(&(0x1_0000 + n).to_be_bytes());
-        neighbor_advert(MAC9, a, a, MAC9)
+        solicited_advert(MAC9, a, LB_INT, LB_INT6)
     };
     // 16 fill the table, a burst of strangers evicts, the rest of the flood is not learnt.
     let (burst, extra) = (EVICT_BURST, 50);
@@ -305,7 +305,7 @@ fn nd_with_a_zero_length_option_is_dropped() {
 
 /// RFC 4861 section 7.2.5: an advertisement without the Override flag (a proxy's, or an
 /// anycast responder's) does not replace the link-layer address of an entry the cache holds;
-/// it may still create one, and with the flag the address changes (Linux's `ndisc_recv_na`,
+/// it may still create one while we resolve it, and with the flag the address changes (Linux's `ndisc_recv_na`,
 /// `NEIGH_UPDATE_F_OVERRIDE` only with the flag).
 #[test]
 fn an_advertisement_without_override_does_not_replace_a_known_mac() {
@@ -324,9 +324,9 @@ fn an_advertisement_without_override_does_not_replace_a_known_mac() {
     let to = |out: Vec<(usize, Vec<u8>)>| out.iter().map(|(_, f)| kind(f)).next_back();
     let mac_b = [2, 0, 0, 0, 2, 0xb];
     let mut e = MemEngine::new(config(SERVICES), 1);
-    // No entry yet: learnt even without the flag.
-    e.inject(INT, &na(0x00, MAC9), S);
-    assert_eq!(to(e.inject(EXT, &syn_from(40001), S)), Some(Out::Tcp(MAC9)));
+    // No entry yet, resolving it (RFC 4861's INCOMPLETE): learnt even without the flag.
+    assert_eq!(to(e.inject(EXT, &syn_from(40001), S)), Some(Out::Solicit));
+    assert_eq!(to(e.inject(INT, &na(0x00, MAC9), S)), Some(Out::Tcp(MAC9)));
     // Another MAC without the flag: ignored.
     e.inject(INT, &na(0x00, mac_b), 2 * S);
     assert_eq!(to(e.inject(EXT, &syn_from(40002), 2 * S)), Some(Out::Tcp(MAC9)), "not overridden");
@@ -361,7 +361,7 @@ fn invalid_nd_messages_are_neither_answered_nor_learnt() {
     };
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("control: a solicitation", ns(), true),
-        ("control: an unsolicited advertisement to all nodes", na(0x20), true),
+        ("control: a solicited advertisement", solicited_advert(MAC9, RS9, LB_INT, LB_INT6), true),
         (
             "a bad ICMPv6 checksum",
             {
@@ -598,6 +598,158 @@ fn a_gratuitous_arp_moves_traffic_to_the_new_mac() {
     }
 }
 
+/// Linux's `arp_process`: only a reply to us (unicast to our MAC, for our address) asserts a
+/// neighbour's reachability; a request, a gratuitous ARP or a broadcast reply says where the
+/// address is, not that its owner is alive (STALE), and with the MAC the entry holds it
+/// changes nothing. So a dead server, or an attacker on the segment sending ARP in its name,
+/// cannot keep its entry reachable with ARP nobody asked for: it is probed and fails as if
+/// silent, while answered probes keep it (the control).
+#[test]
+fn unsolicited_arp_does_not_keep_a_dead_neighbour_reachable() {
+    let unsolicited = [
+        arp_request(MAC9, RS4_9, RS4_9),
+        arp_reply(MAC9, RS4_9, [0xff; 6], RS4_9),
+        arp_request(MAC9, RS4_9, LB_INT4),
+        with_macs(arp_reply(MAC9, RS4_9, LB_INT, LB_INT4), MAC9, [0xff; 6]),
+    ];
+    for (what, answered) in [("probes unanswered", false), ("probes answered", true)] {
+        let mut e = learnt4(1, CLIENT);
+        let mut probes = 0;
+        for k in 2..36 {
+            let mut out = Vec::new();
+            for f in &unsolicited {
+                out.extend(e.inject(INT, f, k * S + 500 * MS));
+            }
+            out.extend(e.run(k * S + 900 * MS));
+            let n = frames(&out).into_iter().filter(|f| *f == arp_probe(MAC9)).count();
+            if answered && n > 0 {
+                e.inject(INT, &arp_reply(MAC9, RS4_9, LB_INT, LB_INT4), k * S + 950 * MS);
+            }
+            probes += n;
+        }
+        let c = e.counters();
+        let want = if answered { (1, 0) } else { (3, 1) };
+        assert_eq!((probes, c.neigh_probes, c.neigh_failed), (want.0, want.0 as u64, want.1), "{what}");
+    }
+}
+
+/// A new MAC learnt from ARP nobody asked for (a failover's gratuitous ARP) is used at once
+/// but not known to be reachable (Linux's STALE): after Linux's `delay_first_probe_time` it is
+/// probed at the new MAC, and the answer confirms it for the reachable time.
+#[test]
+fn a_mac_learnt_unasked_is_probed_at_the_new_mac() {
+    use ferrovs_engine::pipeline::neigh::DELAY_NS;
+    let mut e = learnt4(1, CLIENT);
+    e.inject(INT, &arp_request(MAC_NEW, RS4_9, RS4_9), 2 * S);
+    assert_eq!(frames(&e.inject(EXT, &dgram4(CLIENT), 2 * S + MS)), vec![(INT, Frame::Udp(MAC_NEW))]);
+    assert_eq!(frames(&e.run(2 * S + DELAY_NS - MS)), vec![], "Linux's DELAY");
+    let t = 2 * S + DELAY_NS + 100 * MS;
+    assert_eq!(frames(&e.run(t)), vec![arp_probe(MAC_NEW)]);
+    e.inject(INT, &arp_reply(MAC_NEW, RS4_9, LB_INT, LB_INT4), t + MS);
+    for k in 1..30 {
+        assert_eq!(frames(&e.run(t + k * S)), vec![], "confirmed ({k} s after the answer)");
+    }
+    assert_eq!(frames(&e.run(t + 31 * S)), vec![arp_probe(MAC_NEW)]);
+    assert_eq!(e.counters().neigh_failed, 0);
+}
+
+/// A datagram to fd00:2::9 (UDP_SERVICES' dns6).
+fn dgram6() -> Vec<u8> {
+    with_macs(udp6(C6, 5353, VIP6, 53, b"q"), CLIENT_MAC, LB_EXT)
+}
+
+/// An engine that resolved fd00:2::9 at MAC9 at time `S` (a datagram parked, a solicitation,
+/// the solicited advertisement), with a connection to it.
+fn learnt6() -> MemEngine {
+    let mut e = MemEngine::new(config(UDP_SERVICES), 1);
+    e.inject(EXT, &dgram6(), S);
+    let out = e.inject(INT, &solicited_advert(MAC9, RS9, LB_INT, LB_INT6), S);
+    assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC9))]);
+    e
+}
+
+/// An advertisement from fd00:2::9 for itself with `flags` (0x40 Solicited, 0x20 Override)
+/// and target link-layer address `mac`, to all nodes if not solicited, else to us.
+fn na9(flags: u8, mac: [u8; 6]) -> Vec<u8> {
+    let (dmac, dst) = if flags & 0x40 != 0 {
+        (LB_INT, LB_INT6)
+    } else {
+        ([0x33, 0x33, 0, 0, 0, 1], [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    };
+    let mut body = RS9.to_vec();
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&mac);
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [flags, 0, 0, 0] };
+    let b = etherparse::PacketBuilder::ethernet2(mac, dmac).ipv6(RS9, dst, 255).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &body).expect("build na");
+    v
+}
+
+/// RFC 4861 section 7.2.5 (Linux's `ndisc_recv_na`): only a solicited advertisement confirms
+/// reachability; an unsolicited one with the MAC the entry holds changes nothing, and a
+/// solicitation from the neighbour only creates or updates its entry as STALE (section
+/// 7.2.3). So neither keeps a dead neighbour's entry reachable: it is probed and fails as if
+/// silent, while solicited advertisements answering the probes keep it (the control).
+#[test]
+fn unsolicited_nd_does_not_keep_a_dead_neighbour_reachable() {
+    let unsolicited = [na9(0x20, MAC9), na9(0, MAC9), with_macs(neighbor_solicit(MAC9, RS9, LB_INT6), MAC9, LB_INT)];
+    let probe = (INT, Frame::Solicit { to: MAC9, dst: RS9, target: RS9 });
+    for (what, answered) in [("probes unanswered", false), ("probes answered", true)] {
+        let mut e = learnt6();
+        let mut probes = 0;
+        for k in 2..36 {
+            let mut out = Vec::new();
+            for f in &unsolicited {
+                out.extend(e.inject(INT, f, k * S + 500 * MS));
+            }
+            out.extend(e.run(k * S + 900 * MS));
+            let n = frames(&out).into_iter().filter(|f| *f == probe).count();
+            if answered && n > 0 {
+                e.inject(INT, &na9(0x60, MAC9), k * S + 950 * MS);
+            }
+            probes += n;
+        }
+        let c = e.counters();
+        let want = if answered { (1, 0) } else { (3, 1) };
+        assert_eq!((probes, c.neigh_probes, c.neigh_failed), (want.0, want.0 as u64, want.1), "{what}");
+    }
+}
+
+/// RFC 4861 section 7.2.5: an advertisement for an address the cache holds no entry for
+/// creates none, unless we are resolving it (Linux's INCOMPLETE entry: our solicitation is
+/// out, and an unsolicited answer is recorded as STALE) or it is solicited (the answer to a
+/// solicitation of ours: ferrovs keeps no shared INCOMPLETE entry, and RSS may hand the
+/// answer to another worker than the one that asked).
+#[test]
+fn an_advertisement_creates_an_entry_only_when_we_resolve_or_asked() {
+    let mut e = MemEngine::new(config(UDP_SERVICES), 1);
+    e.inject(INT, &na9(0x20, MAC9), S);
+    let out = e.inject(EXT, &dgram6(), S + MS);
+    assert!(matches!(frames(&out)[..], [(INT, Frame::Solicit { .. })]), "not learnt: resolved ({out:?})");
+    // Resolving now: the same advertisement is the answer.
+    let out = e.inject(INT, &na9(0x20, MAC9), S + 2 * MS);
+    assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC9))]);
+    // A solicited advertisement creates its entry.
+    let mut e = MemEngine::new(config(UDP_SERVICES), 1);
+    e.inject(INT, &na9(0x60, MAC9), S);
+    assert_eq!(frames(&e.inject(EXT, &dgram6(), S + MS)), vec![(INT, Frame::Udp(MAC9))]);
+}
+
+/// RFC 4861 section 7.2.5: an advertisement without the Override flag and with another
+/// MAC than the entry's does not change the MAC, but a REACHABLE entry becomes STALE: it is
+/// probed (at the MAC it holds) after the delay instead of after the reachable time.
+#[test]
+fn an_advertisement_of_another_mac_without_override_makes_a_reachable_entry_stale() {
+    use ferrovs_engine::pipeline::neigh::DELAY_NS;
+    let mut e = learnt6();
+    e.inject(INT, &na9(0, MAC_NEW), 3 * S);
+    assert_eq!(frames(&e.inject(EXT, &dgram6(), 3 * S + MS)), vec![(INT, Frame::Udp(MAC9))], "the MAC stays");
+    assert_eq!(frames(&e.run(3 * S + DELAY_NS - MS)), vec![]);
+    let probe = (INT, Frame::Solicit { to: MAC9, dst: RS9, target: RS9 });
+    assert_eq!(frames(&e.run(3 * S + DELAY_NS + 100 * MS)), vec![probe]);
+}
+
 /// IPv6: the probe is a solicitation to the neighbour's own address at its cached MAC (RFC
 /// 4861 section 7.3.3), and Linux answers a unicast solicitation with a solicited
 /// advertisement without the target link-layer address option, which confirms the entry
@@ -607,7 +759,7 @@ fn an_answered_nd_probe_keeps_the_neighbour() {
     let dgram6 = || with_macs(udp6(C6, 5353, VIP6, 53, b"q"), CLIENT_MAC, LB_EXT);
     let mut e = MemEngine::new(config(UDP_SERVICES), 1);
     e.inject(EXT, &dgram6(), S);
-    let out = e.inject(INT, &neighbor_advert(MAC9, RS9, RS9, MAC9), S);
+    let out = e.inject(INT, &solicited_advert(MAC9, RS9, LB_INT, LB_INT6), S);
     assert_eq!(frames(&out), vec![(INT, Frame::Udp(MAC9))]);
     let probe = (INT, Frame::Solicit { to: MAC9, dst: RS9, target: RS9 });
     assert_eq!(frames(&e.run(31 * S)), vec![probe]);

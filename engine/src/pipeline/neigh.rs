@@ -19,11 +19,27 @@
 //! entry confirmed more than [`REACHABLE_NS`] ago that a connection uses as its next hop
 //! is probed by unicast (an ARP request to its cached MAC, a neighbour solicitation to its
 //! address and cached MAC: Linux's PROBE state) up to [`UCAST_PROBES`] times
-//! [`PROBE_NS`] apart; any ARP or advertisement from it confirms it (and ends the probing);
-//! unanswered, the entry is removed and `gen` moves on, so the next packet resolves the
+//! [`PROBE_NS`] apart; an answer confirms it (and ends the probing); unanswered, the entry is
+//! removed and `gen` moves on, so the next packet resolves the
 //! address again by broadcast / multicast (parked meanwhile). An entry no connection uses
 //! is not probed: it is removed once unconfirmed for [`UNUSED_NS`]. Static entries never
 //! age.
+//!
+//! What confirms an entry ([`Seen`]): only what answers us, as in Linux and RFC 4861
+//! section 7.2.5: an ARP reply unicast to us for our address, a solicited neighbour
+//! advertisement ([`Seen::Reachable`]). An ARP request, a gratuitous ARP, a broadcast reply,
+//! a solicitation, an unsolicited advertisement say where an address is, not that its owner
+//! is alive ([`Seen::Stale`]): with the MAC the entry holds they change nothing (a dead
+//! neighbour, or whoever sends them in its name, cannot keep its entry reachable), with
+//! another they replace it (a failover's gratuitous ARP: traffic follows at once) and the
+//! entry is STALE. Linux's states map onto an entry's `confirmed`, `stale` and `probes`:
+//! REACHABLE is confirmed less than [`REACHABLE_NS`] ago and not stale; STALE is stale, or
+//! confirmed longer ago, and still used to send; DELAY and PROBE are the same entry in use:
+//! a stale one is probed [`DELAY_NS`] after it became stale (Linux's
+//! `delay_first_probe_time`, counted from the update, not from the first use, as ferrovs
+//! has no upper-layer confirmations to wait for), an aged one at once; FAILED is the entry
+//! removed. INCOMPLETE is the worker's pending request ([`NeighCache::resolving`]), not an
+//! entry.
 //!
 //! Workers: a confirmation is shared with the other workers (as a learnt MAC is), at most
 //! every [`SHARE_NS`] per neighbour, and the worker whose probe is answered may not be the
@@ -47,8 +63,12 @@ struct Entry {
     /// A flow resolved its next hop to this entry (and may have cached the MAC against
     /// `gen`): evicted only when no unused entry is left, and then `gen` changes.
     used: bool,
-    /// When (ns) it was last learnt or confirmed with a clock ([`NeighCache::learn_with`]).
+    /// When (ns) it was last confirmed with a clock ([`NeighCache::learn_with`]), or, for a
+    /// `stale` entry, when it became stale (its MAC learnt from a frame not proving reachability).
     confirmed: Option<u64>,
+    /// Not known to be reachable (Linux's STALE; see the module docs): used, and probed
+    /// [`DELAY_NS`] after `confirmed` if in use, until a confirmation.
+    stale: bool,
     /// Unicast probes sent since the last confirmation, and when the last one was.
     probes: u8,
     probed: u64,
@@ -87,6 +107,13 @@ pub const REACHABLE_NS: u64 = 30_000_000_000;
 /// (`retrans_time`); unanswered, the entry is removed.
 pub const UCAST_PROBES: u8 = 3;
 pub const PROBE_NS: u64 = 1_000_000_000;
+/// A stale entry in use is probed this long after it became stale (Linux's
+/// `delay_first_probe_time`).
+pub const DELAY_NS: u64 = 5_000_000_000;
+/// A request of ours for an address is pending this long (Linux's INCOMPLETE state:
+/// `mcast_probes` requests `retrans_time` apart): an unsolicited advertisement for it is
+/// taken as the answer ([`NeighCache::resolving`]).
+pub const INCOMPLETE_NS: u64 = 3_000_000_000;
 /// An entry no connection uses and not confirmed for this long is removed (Linux's
 /// `gc_stale_time`).
 pub const UNUSED_NS: u64 = 60_000_000_000;
@@ -100,6 +127,17 @@ pub const STAGGER_NS: u64 = 500_000_000;
 pub const AGE_SHIFT: u32 = 25;
 pub const AGE_PARTS: usize = 8;
 pub const AGE_MIN: usize = 64;
+
+/// What a received ARP / ND frame says of a neighbour ([`NeighCache::update`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// It answered us (an ARP reply unicast to us, a solicited advertisement): REACHABLE.
+    Reachable,
+    /// Where it is, not that it is alive (an ARP request, a gratuitous ARP, a solicitation,
+    /// an unsolicited advertisement): a new MAC is taken and the entry is STALE; the MAC the
+    /// entry holds changes nothing.
+    Stale,
+}
 
 /// What [`NeighCache::learn_with`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +272,7 @@ impl NeighCache {
             is_static: true,
             used: true,
             confirmed: None,
+            stale: false,
             probes: 0,
             probed: 0,
             shared: 0,
@@ -269,9 +308,26 @@ impl NeighCache {
     /// [`CONFIRM_NS`] ago is not confirmed again; a confirmation ends the entry's probing and
     /// is [`Learnt::Confirmed`] if none was shared for [`SHARE_NS`].
     pub fn learn_with(&mut self, a: Addr, mac: [u8; 6], now: Option<u64>, may_evict: impl FnOnce() -> bool) -> Learnt {
+        self.update(a, mac, Seen::Reachable, now, may_evict)
+    }
+
+    /// [`NeighCache::learn_with`] for what a frame proves, `seen`: [`Seen::Reachable`]
+    /// confirms; [`Seen::Stale`] with the MAC the entry holds changes nothing (not even its
+    /// place in the eviction order), with another MAC (or for a new entry) takes it and makes
+    /// the entry stale (probed [`DELAY_NS`] later if in use). A stale entry's confirmation is
+    /// never "recent" and always shared.
+    pub fn update(
+        &mut self,
+        a: Addr,
+        mac: [u8; 6],
+        seen: Seen,
+        now: Option<u64>,
+        may_evict: impl FnOnce() -> bool,
+    ) -> Learnt {
         if mac == [0; 6] || mac[0] & 1 == 1 {
             return Learnt::Unchanged;
         }
+        let stale = seen == Seen::Stale;
         match self.map.get(&a).copied() {
             Some(i) => {
                 let e = &mut self.slots[i as usize];
@@ -279,14 +335,19 @@ impl NeighCache {
                     return Learnt::Unchanged;
                 }
                 if e.mac == mac {
-                    let recent = matches!((now, e.confirmed), (Some(n), Some(c)) if n.wrapping_sub(c) < CONFIRM_NS);
+                    if stale {
+                        return Learnt::Unchanged;
+                    }
+                    let recent =
+                        !e.stale && matches!((now, e.confirmed), (Some(n), Some(c)) if n.wrapping_sub(c) < CONFIRM_NS);
                     if recent {
                         return Learnt::Unchanged;
                     }
+                    let was_stale = std::mem::replace(&mut e.stale, false);
                     e.confirmed = now;
                     e.probes = 0;
                     let share = match now {
-                        Some(n) if n.wrapping_sub(e.shared) >= SHARE_NS || e.shared == 0 => {
+                        Some(n) if was_stale || n.wrapping_sub(e.shared) >= SHARE_NS || e.shared == 0 => {
                             e.shared = n;
                             Learnt::Confirmed
                         }
@@ -297,6 +358,7 @@ impl NeighCache {
                 }
                 e.mac = mac;
                 e.confirmed = now;
+                e.stale = stale;
                 e.probes = 0;
                 e.shared = now.unwrap_or(0);
                 self.touch(i);
@@ -317,6 +379,7 @@ impl NeighCache {
                     is_static: false,
                     used: false,
                     confirmed: now,
+                    stale,
                     probes: 0,
                     probed: 0,
                     shared: now.unwrap_or(0),
@@ -334,6 +397,25 @@ impl NeighCache {
             }
         }
     }
+    /// An advertisement without the Override flag for another MAC than `a`'s entry holds (RFC
+    /// 4861 section 7.2.5): a REACHABLE entry (confirmed less than [`REACHABLE_NS`] ago, not
+    /// stale, not probing) becomes STALE, keeping its MAC; anything else stays.
+    pub fn suspect(&mut self, a: Addr, now: u64) {
+        let Some(&i) = self.map.get(&a) else { return };
+        let e = &mut self.slots[i as usize];
+        let reachable = matches!(e.confirmed, Some(c) if now.saturating_sub(c) < REACHABLE_NS);
+        if !e.is_static && !e.stale && e.probes == 0 && reachable {
+            e.stale = true;
+            e.confirmed = Some(now);
+        }
+    }
+
+    /// Is a request of ours for `a` pending (sent less than [`INCOMPLETE_NS`] ago, not
+    /// answered): Linux's INCOMPLETE entry.
+    pub fn resolving(&self, a: Addr, now: u64) -> bool {
+        self.asked.get(&a).is_some_and(|&t| now.saturating_sub(t) < INCOMPLETE_NS)
+    }
+
     /// Evict the stalest dynamic entry no flow uses as a next hop; entries in use get a
     /// second chance (moved to the fresh end, at most [`SECOND_CHANCES`] of them per
     /// eviction), so a flood of new neighbours does not push out the next hops of live
@@ -414,7 +496,7 @@ impl NeighCache {
                     invalidate |= self.remove(i);
                     continue;
                 }
-            } else if age < REACHABLE_NS + stagger(e.addr, who) {
+            } else if age < if e.stale { DELAY_NS } else { REACHABLE_NS } + stagger(e.addr, who) {
                 continue;
             }
             let (a, mac) = (e.addr, e.mac);
@@ -959,6 +1041,35 @@ mod tests {
         assert_eq!(c.learn_with(1, mac(1), Some(t + SHARE_NS + CONFIRM_NS), || true), Learnt::Unchanged);
         assert_eq!(c.learn_with(1, mac(1), Some(t + 2 * SHARE_NS), || true), Learnt::Confirmed);
         assert_eq!(c.learn_with(1, mac(1), None, || true), Learnt::Unchanged, "no clock: nothing to share");
+    }
+
+    #[test]
+    fn only_reachable_confirms_and_stale_is_probed_after_the_delay() {
+        let mut c = NeighCache::with_max(16);
+        c.learn_with(1, mac(1), Some(0), || true);
+        c.resolve(1);
+        // The same MAC, not proving reachability: nothing, the entry is probed on time.
+        assert_eq!(c.update(1, mac(1), Seen::Stale, Some(10 * SEC), || true), Learnt::Unchanged);
+        assert_eq!(c.order(), vec![1]);
+        assert_eq!(age_at(&mut c, REACHABLE_NS, (0, 1), &[1]).0, vec![(1, mac(1))]);
+        // A new MAC: taken at once (flows must look again), stale, probed after DELAY_NS.
+        let (t, gen) = (REACHABLE_NS + 100, c.gen);
+        assert_eq!(c.update(1, mac(2), Seen::Stale, Some(t), || true), Learnt::Changed);
+        assert_eq!((c.get(1), c.gen == gen), (Some(mac(2)), false));
+        assert_eq!(age_at(&mut c, t + DELAY_NS - 1, (0, 1), &[1]).0, vec![]);
+        assert_eq!(age_at(&mut c, t + DELAY_NS, (0, 1), &[1]).0, vec![(1, mac(2))]);
+        // Confirmed at once after (never "recent" while stale), and shared.
+        assert_eq!(c.update(1, mac(2), Seen::Reachable, Some(t + DELAY_NS + 1), || true), Learnt::Confirmed);
+        assert_eq!(age_at(&mut c, t + DELAY_NS + SEC, (0, 1), &[1]).0, vec![]);
+        // Another MAC without override: a reachable entry turns stale, keeping its MAC.
+        let t2 = t + DELAY_NS + 2 * SEC;
+        c.suspect(1, t2);
+        assert_eq!(c.get(1), Some(mac(2)));
+        assert_eq!(age_at(&mut c, t2 + DELAY_NS, (0, 1), &[1]).0, vec![(1, mac(2))]);
+        // A stale new entry, unused, still ages out after UNUSED_NS.
+        assert_eq!(c.update(5, mac(5), Seen::Stale, Some(t2), || true), Learnt::Changed);
+        assert_eq!(age_at(&mut c, t2 + UNUSED_NS, (0, 1), &[1]).1.unused, 1);
+        assert_eq!(c.get(5), None);
     }
 
     /// What the cache must do, kept the simplest way: the dynamic entries in a vector,

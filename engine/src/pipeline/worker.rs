@@ -85,7 +85,7 @@ pub use tcp::ALG_MAX_GROWTH;
 /// Messages to a worker's control ring.
 pub enum Ctrl {
     /// A neighbour learnt by another worker.
-    Neigh(Addr, [u8; 6]),
+    Neigh(Addr, [u8; 6], neigh::Seen),
     /// A new configuration snapshot.
     Snapshot(Arc<Snapshot>),
     /// Send a listing of the worker's connections.
@@ -119,7 +119,7 @@ impl CoreEnv {
 pub enum Event {
     /// A neighbour this worker learnt or whose MAC changed: for every other worker
     /// (`Ctrl::Neigh`).
-    Neigh(Addr, [u8; 6]),
+    Neigh(Addr, [u8; 6], neigh::Seen),
     /// Cluster: sync entries gathered since the last batch, for the sync thread.
     Sync(Vec<SyncEntry>),
     /// The per-service counters of the snapshot the core now runs (for the control plane).
@@ -193,10 +193,10 @@ impl<B> Fabric<B> {
     /// service counters for the control plane.
     pub fn deliver(&self, id: usize, e: Event) {
         match e {
-            Event::Neigh(a, mac) => {
+            Event::Neigh(a, mac, seen) => {
                 for (w, q) in self.ctrl.iter().enumerate() {
                     if w != id {
-                        let _ = q.push(Ctrl::Neigh(a, mac));
+                        let _ = q.push(Ctrl::Neigh(a, mac, seen));
                     }
                 }
             }
@@ -971,10 +971,11 @@ impl<Q: BufAlloc> Worker<Q> {
     pub fn handle_ctrl(&mut self, now: u64, m: Ctrl) {
         self.now = now;
         match m {
-            Ctrl::Neigh(a, mac) => {
+            Ctrl::Neigh(a, mac, seen) => {
                 // With the clock: a confirmation another worker shares confirms this
-                // worker's entry too (see `neigh`'s aging).
-                if self.neigh.learn_with(a, mac, Some(now), || true) == neigh::Learnt::Changed {
+                // worker's entry too (see `neigh`'s aging); a MAC it learnt unasked is as
+                // stale here as there.
+                if self.neigh.update(a, mac, seen, Some(now), || true) == neigh::Learnt::Changed {
                     self.release_pending(a, mac);
                 }
                 self.count_neigh_evictions();

@@ -999,8 +999,9 @@ fn flood_set(
         Scenario::FloodFtpTiny => return ftp_tiny_set(rig, t, w, workers, flows),
         Scenario::FloodNd => {
             // Solicitations for the balancer's address and unsolicited advertisements, from
-            // sources on the link (learnt: the neighbour table is bounded and evicts the
-            // stalest) and off it (ignored), each with its own MAC.
+            // sources on the link (solicitations learnt: the neighbour table is bounded and
+            // evicts the stalest; advertisements for addresses without an entry ignored, RFC
+            // 4861 section 7.2.5) and off it (ignored), each with its own MAC.
             for k in 0..n {
                 let mac = [2, 0xbb, (k >> 16) as u8, (k >> 8) as u8, k as u8, 1];
                 let on_link = k % 2 == 0;

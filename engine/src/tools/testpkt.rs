@@ -430,6 +430,20 @@ pub fn opt_sack(blocks: &[(u32, u32)]) -> Vec<u8> {
     v
 }
 
+/// A solicited IPv6 neighbour advertisement (Solicited and Override flags: the answer to a
+/// solicitation) from `src` for its own address, to `dst` at `dst_mac`, with a target
+/// link-layer address option `src_mac`.
+pub fn solicited_advert(src_mac: [u8; 6], src: [u8; 16], dst_mac: [u8; 6], dst: [u8; 16]) -> Vec<u8> {
+    let mut body = src.to_vec();
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&src_mac);
+    let t = etherparse::Icmpv6Type::Unknown { type_u8: 136, code_u8: 0, bytes5to8: [0x60, 0, 0, 0] };
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src, dst, 255).icmpv6(t);
+    let mut v = Vec::new();
+    b.write(&mut v, &body).expect("build na");
+    v
+}
+
 /// An unsolicited IPv6 neighbour advertisement from `src` for `target`
 /// with a target link-layer address option `target_mac`, to all nodes.
 pub fn neighbor_advert(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16], target_mac: [u8; 6]) -> Vec<u8> {

@@ -123,12 +123,13 @@ impl<Q: BufAlloc> Worker<Q> {
         self.snap.on_link(iface, a) || (!addr_is_v4(a) && (a >> 118) == 0xfe80 >> 6)
     }
 
-    /// Learn `a` at `mac` from an ARP or ND packet received here (and tell the other workers).
-    /// When the table is full, a neighbour nobody asked for evicts an entry only within
-    /// [`neigh::EVICT_PER_SEC`]; past it, it is not learnt (`neigh_limited`).
-    pub(super) fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6]) {
+    /// Learn `a` at `mac` from an ARP or ND packet received here, which proves `seen` (see
+    /// [`neigh::Seen`]), and tell the other workers. When the table is full, a neighbour
+    /// nobody asked for evicts an entry only within [`neigh::EVICT_PER_SEC`]; past it, it is
+    /// not learnt (`neigh_limited`).
+    pub(super) fn learn_neighbor(&mut self, a: Addr, mac: [u8; 6], seen: neigh::Seen) {
         let (now, rl) = (self.now, &mut self.neigh_evict_rl);
-        let learnt = self.neigh.learn_with(a, mac, Some(now), || rl.allow(now));
+        let learnt = self.neigh.update(a, mac, seen, Some(now), || rl.allow(now));
         if learnt == neigh::Learnt::Limited {
             bump(&self.counters.neigh_limited, 1);
             return;
@@ -141,7 +142,7 @@ impl<Q: BufAlloc> Worker<Q> {
         // confirmation (at most every `neigh::SHARE_NS`), which confirms theirs (the answer
         // to one worker's probe or request may arrive at another, see `neigh`).
         if self.workers > 1 && matches!(learnt, neigh::Learnt::Changed | neigh::Learnt::Confirmed) {
-            self.events.push_back(Event::Neigh(a, mac));
+            self.events.push_back(Event::Neigh(a, mac, seen));
         }
     }
 
@@ -162,10 +163,17 @@ impl<Q: BufAlloc> Worker<Q> {
         // Learn senders on our subnets: requests to us and replies, and any ARP of a neighbour
         // we hold (Linux's `arp_process`): a gratuitous ARP (a VRRP / keepalived failover, a
         // bonding switch-over) or a request for another host carries its new MAC, which traffic
-        // must follow at once rather than after the old MAC's probes fail.
+        // must follow at once rather than after the old MAC's probes fail. Only a reply to us
+        // (unicast to our MAC, for our address, not gratuitous) proves the sender reachable;
+        // the rest is STALE ("broadcast replies and request packets do not assert neighbour
+        // reachability", `arp_process`), so ARP nobody asked for cannot keep a dead
+        // neighbour's entry alive.
         let known = || self.neigh.get(sip).is_some();
         if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == ARP_REPLY || known()) {
-            self.learn_neighbor(sip, smac);
+            let to_us = EthAddrs::at(pkt.data(), 0).is_ok_and(|e| e.dst() == self.snap.ifaces[iface].mac);
+            let answer = op == ARP_REPLY && to_us && for_us && sip != tip;
+            let seen = if answer { neigh::Seen::Reachable } else { neigh::Seen::Stale };
+            self.learn_neighbor(sip, smac, seen);
         }
         if op == ARP_REQUEST && for_us {
             let mac = self.snap.ifaces[iface].mac;
@@ -225,19 +233,30 @@ impl<Q: BufAlloc> Worker<Q> {
             return;
         }
         if p.icmp_type == 136 {
-            if let Some(mac) = neigh::nd_lladdr(opts, 2) {
-                // Without the Override flag (a proxy's or an anycast answer) an advertisement
-                // does not replace the address an entry holds (RFC 4861 section 7.2.5).
-                let over = m[4] & 0x20 != 0;
-                if self.nd_may_learn(iface, target) && (over || self.neigh.get(target).is_none_or(|old| old == mac)) {
-                    self.learn_neighbor(target, mac);
-                }
-            } else if m[4] & 0x40 != 0 && self.nd_may_learn(iface, target) {
-                // A solicited advertisement without the target's link-layer address (how
-                // Linux answers a unicast solicitation, our probe) confirms the entry it
-                // answers (RFC 4861 section 7.2.5).
-                if let Some(old) = self.neigh.get(target) {
-                    self.learn_neighbor(target, old);
+            // RFC 4861 section 7.2.5 (Linux's `ndisc_recv_na`): only a solicited advertisement
+            // confirms reachability; an unsolicited one is STALE (a new MAC taken, the one the
+            // entry holds changes nothing).
+            let (solicited, over) = (m[4] & 0x40 != 0, m[4] & 0x20 != 0);
+            let seen = if solicited { neigh::Seen::Reachable } else { neigh::Seen::Stale };
+            if self.nd_may_learn(iface, target) {
+                match (neigh::nd_lladdr(opts, 2), self.neigh.get(target)) {
+                    // No entry: discarded, unless we are resolving the target (Linux's
+                    // INCOMPLETE entry) or the advertisement is solicited, the answer to one
+                    // of the workers' solicitations (no INCOMPLETE entry is shared, and RSS
+                    // may hand the answer to another worker than the one that asked).
+                    (Some(mac), None) => {
+                        if solicited || self.neigh.resolving(target, self.now) {
+                            self.learn_neighbor(target, mac, seen);
+                        }
+                    }
+                    // Without the Override flag (a proxy's or an anycast answer) another
+                    // address does not replace the entry's; a REACHABLE entry becomes STALE.
+                    (Some(mac), Some(old)) if old != mac && !over => self.neigh.suspect(target, self.now),
+                    (Some(mac), Some(_)) => self.learn_neighbor(target, mac, seen),
+                    // A solicited advertisement without the target's link-layer address (how
+                    // Linux answers a unicast solicitation, our probe) confirms the entry.
+                    (None, Some(old)) if solicited => self.learn_neighbor(target, old, seen),
+                    (None, _) => {}
                 }
             }
             return self.punt(iface, pkt, DropReason::NotForUs);
@@ -247,8 +266,9 @@ impl<Q: BufAlloc> Worker<Q> {
         let smac = neigh::nd_lladdr(opts, 1);
         if p.src != 0 {
             if let Some(mac) = smac {
+                // Created or updated STALE, never confirmed (RFC 4861 section 7.2.3).
                 if for_us && self.nd_may_learn(iface, p.src) {
-                    self.learn_neighbor(p.src, mac);
+                    self.learn_neighbor(p.src, mac, neigh::Seen::Stale);
                 }
             }
         }
