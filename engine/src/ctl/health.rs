@@ -176,6 +176,12 @@ fn http_status(s: &mut TcpStream, deadline: Instant) -> Result<u16, String> {
             Err(e) => return Err(format!("read: {e}")),
         }
     };
+    status_line(line)
+}
+
+/// The status code of an HTTP status line (`HTTP/1.x NNN [reason]`, its line end cut off or
+/// not; RFC 9112 section 4), or why it is not one.
+fn status_line(line: &[u8]) -> Result<u16, String> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     // "HTTP/" DIGIT "." DIGIT SP 3DIGIT [SP reason] (RFC 9112 4).
     let bad = || format!("bad HTTP status line {:?}", String::from_utf8_lossy(&line[..line.len().min(64)]));
@@ -507,6 +513,22 @@ mod tests {
         assert!(req.starts_with("GET /healthz?x=1 HTTP/1.0\r\nHost: www.example.com\r\n"), "{req:?}");
         let (r, _, _) = run(&h, b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(r, Err("HTTP status 200, expected 404".into()));
+    }
+
+    proptest::proptest! {
+        /// Any bytes a server sends as its status line: a code or an error, never a panic;
+        /// a well-formed line gives its code.
+        #[test]
+        fn status_lines_never_panic(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            let _ = status_line(&line);
+        }
+        #[test]
+        fn well_formed_status_lines_give_their_code(
+            major in 0u8..10, minor in 0u8..10, code in 100u16..600, reason in "[ -~]{0,20}"
+        ) {
+            let line = format!("HTTP/{major}.{minor} {code} {reason}\r");
+            proptest::prop_assert_eq!(status_line(line.as_bytes()), Ok(code));
+        }
     }
 
     /// A server that sends an endless status line, or nothing: the check ends at its timeout.

@@ -527,9 +527,7 @@ address = "10.0.2.2"
         ack: u32,
         data: &[u8],
     ) -> Vec<Vec<u8>> {
-        let f =
-            with_macs(tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data), [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]);
-        e.inject(0, &f, now).into_iter().map(|(_, f)| f).collect()
+        send(e, now, 0, tcp4(CLIENT, sport, VIP, dport, flags, seq, ack, data))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -543,9 +541,15 @@ address = "10.0.2.2"
         ack: u32,
         data: &[u8],
     ) -> Vec<Vec<u8>> {
-        let f =
-            with_macs(tcp4(RS1, sport, CLIENT, dport, flags, seq, ack, data), [2, 0, 0, 0, 2, 2], [2, 0, 0, 0, 2, 1]);
-        e.inject(1, &f, now).into_iter().map(|(_, f)| f).collect()
+        send(e, now, 1, tcp4(RS1, sport, CLIENT, dport, flags, seq, ack, data))
+    }
+
+    /// `frame` from the neighbour on interface `iface` (0: the client's gateway, 1: RS1) into
+    /// `e`, its MACs set; the frames that come out.
+    fn send(e: &mut MemEngine, now: u64, iface: usize, frame: Vec<u8>) -> Vec<Vec<u8>> {
+        let n = iface as u8 + 1;
+        let f = with_macs(frame, [2, 0, 0, 0, n, 2], [2, 0, 0, 0, n, 1]);
+        e.inject(iface, &f, now).into_iter().map(|(_, f)| f).collect()
     }
 
     /// The worker's half-open count, and the live connections of its own (not a peer's
