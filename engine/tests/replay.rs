@@ -24,10 +24,26 @@ ftp = true
 address = "10.0.2.2"
 "#;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fvs-replay-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// A test's directory under the system temp dir, removed with everything in it when the test
+/// ends, passed or failed.
+struct TmpDir(PathBuf);
+
+impl TmpDir {
+    fn new(tag: &str) -> TmpDir {
+        let d = std::env::temp_dir().join(format!("fvs-replay-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TmpDir(d)
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A scripted session: (from client?, frame).
@@ -101,10 +117,10 @@ fn read_all(p: &Path) -> Vec<Vec<u8>> {
     v
 }
 
-fn replay(workers: usize, out: &Path) -> Vec<Vec<u8>> {
-    let cfg = tmp("lb.toml");
+fn replay(dir: &TmpDir, workers: usize, out: &Path) -> Vec<Vec<u8>> {
+    let cfg = dir.file("lb.toml");
     std::fs::write(&cfg, config_text(SERVICES)).unwrap();
-    let (ext, int) = (tmp("ext.pcap"), tmp("int.pcap"));
+    let (ext, int) = (dir.file("ext.pcap"), dir.file("int.pcap"));
     write_inputs(&ext, &int);
     let st = Command::new(env!("CARGO_BIN_EXE_ferrovs"))
         .args(["replay", "--config"])
@@ -124,8 +140,9 @@ fn replay(workers: usize, out: &Path) -> Vec<Vec<u8>> {
 
 #[test]
 fn ftp_session_replays_with_rewrites_and_continuity() {
+    let dir = TmpDir::new("ftp");
     for workers in [1, 2] {
-        let out = replay(workers, &tmp(&format!("out{workers}.pcap")));
+        let out = replay(&dir, workers, &dir.file(&format!("out{workers}.pcap")));
         let n_in = session().len();
         assert_eq!(out.len(), n_in, "{workers} workers: every packet forwarded");
         let mut saw_227 = false;
@@ -176,14 +193,15 @@ fn ftp_session_replays_with_rewrites_and_continuity() {
         assert_eq!(ack, 5000 + server_bytes, "ack mapped back");
     }
     // Deterministic: the same input gives the same bytes.
-    let a = replay(2, &tmp("det-a.pcap"));
-    let b = replay(2, &tmp("det-b.pcap"));
+    let a = replay(&dir, 2, &dir.file("det-a.pcap"));
+    let b = replay(&dir, 2, &dir.file("det-b.pcap"));
     assert_eq!(a, b);
 }
 
 #[test]
 fn bad_config_names_file_and_line() {
-    let cfg = tmp("bad.toml");
+    let dir = TmpDir::new("bad");
+    let cfg = dir.file("bad.toml");
     std::fs::write(&cfg, "[engine]\nbackend = \"memory\"\n\n[[service]]\nname = \"x\"\nvip = \"10.0.0.300\"\n")
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrovs")).args(["config", "check"]).arg(&cfg).output().unwrap();
