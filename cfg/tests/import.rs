@@ -45,7 +45,9 @@ fn redhat_ftp_lvs_cf() {
     assert_eq!(h.kind, HealthCheckKind::SendExpect);
     assert_eq!(h.send.as_deref(), Some("quit\r\n"));
     assert_eq!(h.expect.as_deref(), Some("220"));
-    assert_eq!(h.timeout, 6.0);
+    // timeout = 6 (dead after 6 s) and reentry = 15 (back after 15 s): checks 3 s apart,
+    // down after 2 failures, up after 5 successes.
+    assert_eq!((h.interval, h.timeout, h.fall, h.rise), (3.0, 3.0, 2, 5));
     assert!(h.quiesce);
     assert_eq!(ftp.real_servers.len(), 2, "inactive server skipped");
     assert_eq!(
@@ -67,7 +69,7 @@ fn redhat_ftp_lvs_cf() {
     assert!(warned(&imp, 20, "fwmark 21 with port 21"), "{:#?}", imp.warnings);
     assert!(warned(&imp, 47, "server ftp3 is inactive"));
     assert!(warned(&imp, 74, "virtual old is inactive"));
-    assert!(warned(&imp, 35, "reentry"));
+    assert!(!imp.warnings.iter().any(|w| w.contains("reentry") || w.contains("timeout")), "{:#?}", imp.warnings);
     assert!(warned(&imp, 13, "heartbeat_port"));
     // network = nat is imported, not warned about
     assert!(!imp.warnings.iter().any(|w| w.contains("network")));
@@ -92,6 +94,16 @@ fn lvs_cf_direct_routing_and_errors() {
     assert!(e.message.contains("not closed"));
     let e = from_lvs_cf("network = bridge\n").unwrap_err();
     assert_eq!(e.line, Some(1));
+    let e = from_lvs_cf("virtual web {\n  address = 10.0.0.1\n  port = 80\n  reentry = -1\n}\n").unwrap_err();
+    assert_eq!(e.line, Some(4));
+
+    // A reentry time longer than the 1000 checks a rise may count: cut, and said.
+    let imp =
+        from_lvs_cf("virtual web {\n  address = 10.0.0.1\n  port = 80\n  timeout = 6\n  reentry = 86400\n}\n").unwrap();
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.interval, h.fall, h.rise), (3.0, 2, 1000));
+    assert!(warned(&imp, 1, "reentry = 86400 is more than 1000 checks 3 s apart"), "{:#?}", imp.warnings);
+    roundtrip(&imp);
 }
 
 #[test]

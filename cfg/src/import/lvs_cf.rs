@@ -101,6 +101,31 @@ fn num(it: &Item, max: u64) -> Result<u64, ConfigError> {
     }
 }
 
+/// A virtual's `timeout` and `reentry` as ferrovs check timing: `(interval, timeout, rise, fall)`.
+///
+/// They are not a check's timeouts. Piranha documents `timeout` (Service Timeout) as the time
+/// before a real server is considered dead and removed, and `reentry` (Re-entry Time) as the
+/// time before a failed one is brought back. So a server failing every check since just after
+/// its last success is down after `fall` checks `interval` apart, `fall x interval = timeout`
+/// (at least 2 checks when the timeout allows 2 of at least 1/1000 of it, one check spans at most
+/// 5 s), and back after `rise x interval >= reentry` (`reentry = 0`: the first good check).
+/// A check itself may take the interval, at most 3 s (ferrovs' default). Without `timeout`,
+/// ferrovs' defaults (5 s apart, 3 s each, down after 3, up after 2).
+fn nanny_timing(timeout: Option<f64>, reentry: Option<f64>) -> (f64, f64, u32, u32) {
+    let (interval, fall) = match timeout {
+        Some(t) => {
+            let interval = (t / 2.0).min(5.0).max(t / 1000.0);
+            (interval, ((t / interval).round() as u32).clamp(1, 1000))
+        }
+        None => (5.0, 3),
+    };
+    let rise = match reentry {
+        Some(r) => ((r / interval).ceil() as u32).clamp(1, 1000),
+        None => 2,
+    };
+    (interval, interval.min(3.0), rise, fall)
+}
+
 fn secs(it: &Item) -> Result<f64, ConfigError> {
     let v = value(it)?;
     match v.parse::<f64>() {
@@ -177,6 +202,7 @@ fn virtual_block(
     let mut send: Option<String> = None;
     let mut expect: Option<String> = None;
     let mut timeout: Option<f64> = None;
+    let mut reentry: Option<f64> = None;
     let mut quiesce = false;
     let mut forward = default_forward;
     let mut servers: Vec<&Item> = Vec::new();
@@ -240,6 +266,7 @@ fn virtual_block(
             "send" => send = Some(value(it)?.to_string()),
             "expect" => expect = Some(value(it)?.to_string()),
             "timeout" => timeout = Some(secs(it)?),
+            "reentry" => reentry = Some(num(it, 86400)? as f64),
             "quiesce_server" => quiesce = num(it, 1)? == 1,
             "network" => forward = super::lvs_cf::forward(it)?,
             "use_regex" => {
@@ -312,6 +339,14 @@ fn virtual_block(
     if send.is_some() && expect.is_none() {
         warnings.push(format!("line {line}: virtual {name}: send without expect: checked by TCP connect only"));
     }
+    let (interval, check_timeout, rise, fall) = nanny_timing(timeout, reentry);
+    if let Some(r) = reentry.filter(|&r| r > f64::from(rise) * interval) {
+        warnings.push(format!(
+            "line {line}: virtual {name}: reentry = {r} is more than 1000 checks {interval} s apart: \
+             a server comes back after 1000 good checks ({} s)",
+            f64::from(rise) * interval
+        ));
+    }
     svc.health_check = Some(HealthCheck {
         kind,
         path: None,
@@ -320,10 +355,10 @@ fn virtual_block(
         port: None,
         send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,
-        interval: 5.0,
-        timeout: timeout.unwrap_or(3.0),
-        rise: 2,
-        fall: 3,
+        interval,
+        timeout: check_timeout,
+        rise,
+        fall,
         quiesce,
     });
 
@@ -383,4 +418,23 @@ fn virtual_block(
         });
     }
     Ok(Some(svc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nanny_timing;
+
+    #[test]
+    fn timeout_is_the_time_to_dead_and_reentry_the_time_to_back() {
+        // (interval, check timeout, rise, fall): fall x interval = timeout, rise x interval >= reentry.
+        assert_eq!(nanny_timing(None, None), (5.0, 3.0, 2, 3), "ferrovs' defaults");
+        assert_eq!(nanny_timing(Some(6.0), Some(15.0)), (3.0, 3.0, 5, 2), "Piranha's defaults");
+        assert_eq!(nanny_timing(Some(60.0), Some(0.0)), (5.0, 3.0, 1, 12), "reentry 0: the first good check");
+        assert_eq!(nanny_timing(Some(1.0), None), (0.5, 0.5, 2, 2), "a check lasts at most the interval");
+        assert_eq!(nanny_timing(Some(7.0), Some(10.0)), (3.5, 3.0, 3, 2));
+        let (i, t, r, f) = nanny_timing(Some(86400.0), Some(86400.0));
+        assert_eq!((i, t, r, f), (86.4, 3.0, 1000, 1000), "within the validator's 1000 checks");
+        let (i, _, r, f) = nanny_timing(Some(6.0), Some(86400.0));
+        assert_eq!((i, f, r), (3.0, 2, 1000), "reentry beyond 1000 checks is cut (and warned)");
+    }
 }
