@@ -127,6 +127,7 @@ pub const KEYS: &[Key] = &[
     k("service.health_check", "host", "string", None, "The Host header http sends. Default: the real server's address and port."),
     k("service.health_check", "status", "integer 100..599", None, "The status http expects. Default: any 2xx."),
     k("service.health_check", "interval", "seconds (float)", Some("5.0"), "Time between checks."),
+    k("service.health_check", "retry_interval", "seconds (float)", None, "Time to the next check after a failure that has not yet taken the server down (keepalived's delay_before_retry). Default: interval."),
     k("service.health_check", "timeout", "seconds (float)", Some("3.0"), "Time one check may take."),
     k("service.health_check", "rise", "integer 1..1000", Some("2"), "Successes in a row before a server is up again."),
     k("service.health_check", "fall", "integer 1..1000", Some("3"), "Failures in a row before a server is down."),

@@ -381,6 +381,10 @@ pub struct HealthCheck {
     pub status: Option<u16>,
     /// Seconds between checks (default 5).
     pub interval: f64,
+    /// Seconds to the next check after a failure that has not yet taken the server down (the
+    /// failure being confirmed), instead of `interval` (keepalived's `delay_before_retry`).
+    /// Unset: `interval`.
+    pub retry_interval: Option<f64>,
     /// Seconds a check may take (default 3).
     pub timeout: f64,
     /// Successes in a row to mark a server up (default 2).

@@ -198,6 +198,7 @@ pub(crate) struct RawHealthCheck {
     pub host: Option<S<String>>,
     pub status: Option<S<i64>>,
     pub interval: Option<S<f64>>,
+    pub retry_interval: Option<S<f64>>,
     pub timeout: Option<S<f64>>,
     pub rise: Option<S<i64>>,
     pub fall: Option<S<i64>>,

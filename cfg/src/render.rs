@@ -250,6 +250,9 @@ pub(crate) fn service(s: &Service) -> String {
             let _ = writeln!(o, "status = {s}");
         }
         let _ = writeln!(o, "interval = {}", float(h.interval));
+        if let Some(r) = h.retry_interval {
+            let _ = writeln!(o, "retry_interval = {}", float(r));
+        }
         let _ = writeln!(o, "timeout = {}", float(h.timeout));
         let _ = writeln!(o, "rise = {}", h.rise);
         let _ = writeln!(o, "fall = {}", h.fall);

@@ -908,6 +908,10 @@ impl Validator<'_> {
             }
         };
         let interval = secs(&r.interval, "interval", 5.0)?;
+        let retry_interval = match &r.retry_interval {
+            Some(_) => Some(secs(&r.retry_interval, "retry_interval", interval)?),
+            None => None,
+        };
         let timeout = secs(&r.timeout, "timeout", 3.0)?;
         let rise = self.opt_int(&r.rise, 1, 1000, "health check rise", 2)? as u32;
         let fall = self.opt_int(&r.fall, 1, 1000, "health check fall", 3)? as u32;
@@ -958,6 +962,7 @@ impl Validator<'_> {
             host,
             status,
             interval,
+            retry_interval,
             timeout,
             rise,
             fall,

@@ -120,10 +120,11 @@ fn keepalived_ftp_fwmark() {
     assert!(s.ftp.is_some());
     let h = s.health_check.as_ref().unwrap();
     assert_eq!((h.kind, h.port, h.timeout, h.interval, h.fall), (HealthCheckKind::Tcp, Some(21), 3.0, 6.0, 4));
+    assert_eq!(h.retry_interval, Some(3.0), "retry 3 each delay_before_retry 3 after a failure");
     assert!(!h.quiesce);
     assert_eq!(s.real_servers.len(), 2);
     assert!(warned(&imp, 23, "firewall mark 21"));
-    assert!(warned(&imp, 37, "delay_before_retry"));
+    assert!(!imp.warnings.iter().any(|w| w.contains("delay_before_retry")), "{:#?}", imp.warnings);
     assert!(warned(&imp, 5, "global_defs"));
     assert!(warned(&imp, 12, "vrrp_instance"));
 
@@ -658,7 +659,8 @@ fn keepalived_http_get() {
     assert_eq!((h.port, h.timeout, h.interval, h.fall), (Some(8081), 2.0, 4.0, 3));
     assert!(warned(&imp, 9, "digest"), "{:?}", imp.warnings);
     assert!(warned(&imp, 11, "only the first url"), "{:?}", imp.warnings);
-    assert!(warned(&imp, 17, "delay_before_retry"), "{:?}", imp.warnings);
+    assert_eq!(h.retry_interval, Some(1.0), "delay_before_retry 1");
+    assert!(!imp.warnings.iter().any(|w| w.contains("delay_before_retry")), "{:?}", imp.warnings);
     // The url's virtualhost wins; no status_code (or 200-299) is any 2xx.
     let imp = from_keepalived(&conf(
         "    HTTP_GET {\n      url {\n        path /\n        virtualhost a.example\n        status_code 200-299\n      }\n    }",
@@ -674,4 +676,36 @@ fn keepalived_http_get() {
     assert!(e.message.contains("path"), "{e}");
     let e = from_keepalived(&conf("    HTTP_GET {\n      url {\n        status_code 999\n      }\n    }")).unwrap_err();
     assert_eq!(e.line, Some(7));
+}
+
+#[test]
+fn keepalived_retry_and_delay_before_retry_by_level() {
+    // keepalived >= 2.0: the check's retry / delay_before_retry, else its real_server's, else its
+    // virtual_server's, else the checker's default (1 retry, 1 s; HTTP_GET 3 s). retry N is
+    // N + 1 failures in a row (fall); delay_before_retry is the time to the check that
+    // confirms a failure (retry_interval).
+    let conf = |vs: &str, rs: &str, check: &str| {
+        format!(
+            "virtual_server 10.0.0.1 80 {{\n  delay_loop 30\n{vs}\n  real_server 10.0.2.2 80 {{\n{rs}\n    \
+             {check} {{\n      connect_timeout 2\n    }}\n  }}\n}}\n"
+        )
+    };
+    let check = |vs: &str, rs: &str, kind: &str| {
+        let imp = from_keepalived(&conf(vs, rs, kind)).unwrap();
+        roundtrip(&imp);
+        assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+        let h = imp.services[0].health_check.clone().unwrap();
+        (h.interval, h.fall, h.retry_interval)
+    };
+    assert_eq!(check("", "", "TCP_CHECK"), (30.0, 2, Some(1.0)), "defaults: one retry, 1 s later");
+    assert_eq!(check("", "", "HTTP_GET"), (30.0, 2, Some(3.0)), "HTTP_GET: 3 s");
+    assert_eq!(check("  retry 4\n  delay_before_retry 5", "", "TCP_CHECK"), (30.0, 5, Some(5.0)), "virtual_server's");
+    assert_eq!(
+        check("  retry 4\n  delay_before_retry 5", "    retry 0", "TCP_CHECK"),
+        (30.0, 1, None),
+        "real_server's retry 0: down at the first failure, no retry to time"
+    );
+    assert_eq!(check("  delay_before_retry 30", "", "TCP_CHECK"), (30.0, 2, None), "the same as delay_loop: none");
+    let e = from_keepalived(&conf("  delay_before_retry x", "", "TCP_CHECK")).unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
 }

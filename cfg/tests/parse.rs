@@ -67,6 +67,7 @@ port = 21
 send = "QUIT\r\n"
 expect = "220"
 interval = 2
+retry_interval = 0.5
 timeout = 1.5
 rise = 1
 fall = 2
@@ -179,6 +180,7 @@ fn good_config_parses_into_expected_model() {
                 host: None,
                 status: None,
                 interval: 2.0,
+                retry_interval: Some(0.5),
                 timeout: 1.5,
                 rise: 1,
                 fall: 2,
@@ -340,6 +342,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\npath = \"/ok\"\nhost = \"www.example.com:8080\"\nstatus = 204\n", 0, ""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nsyn_proxy = \"maybe\"\n", 13, "unknown syn_proxy \"maybe\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ninterval = 0\n", 15, "interval must be > 0"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nretry_interval = -1\n", 15, "retry_interval must be > 0"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ntimeout = -1.0\n", 15, "timeout must be > 0"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nrise = 0\n", 15, "rise must be between 1"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nfall = 0\n", 15, "fall must be between 1"),

@@ -262,7 +262,9 @@ struct Check {
     kind: HealthCheckKind,
     port: Option<u16>,
     timeout: Option<f64>,
-    fall: Option<u32>,
+    fall: u32,
+    /// Seconds to the check after a failure that has not yet taken the server down.
+    retry_interval: f64,
     /// HTTP_GET: the (first) url's path and status_code, and the virtualhost.
     path: Option<String>,
     status: Option<u16>,
@@ -270,16 +272,45 @@ struct Check {
     line: usize,
 }
 
+/// `retry` and `delay_before_retry` given at a level above a check (its real_server, its
+/// virtual_server), for the checks that give none; keepalived >= 2.0 takes the check's, else
+/// the real_server's, else the virtual_server's, else the checker's default.
+#[derive(Clone, Copy, Default)]
+struct Retry {
+    retry: Option<u32>,
+    delay: Option<f64>,
+}
+
+impl Retry {
+    /// Takes `n` if it is one of the two options (true), from the level `n` is at.
+    fn take(&mut self, n: &Node) -> Result<bool, ConfigError> {
+        match n.key.as_str() {
+            "retry" | "nb_get_retry" => self.retry = Some(num(n, 999)? as u32),
+            "delay_before_retry" => self.delay = Some(secs(n)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// This level's options, else `outer`'s.
+    fn or(self, outer: Retry) -> Retry {
+        Retry { retry: self.retry.or(outer.retry), delay: self.delay.or(outer.delay) }
+    }
+}
+
 /// A TCP_CHECK or HTTP_GET block of a real server (`vhost`: the virtual_server's
-/// `virtualhost`, the default Host of its HTTP checks).
-fn check_block(n: &Node, vhost: Option<&str>, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
+/// `virtualhost`, the default Host of its HTTP checks; `outer`: the retry options of the
+/// real_server and virtual_server).
+fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
     let http = n.key == "HTTP_GET";
     let kind = if http { HealthCheckKind::Http } else { HealthCheckKind::Tcp };
+    let mut own = Retry::default();
     let mut c = Check {
         kind,
         port: None,
         timeout: None,
-        fall: None,
+        fall: 0,
+        retry_interval: 0.0,
         path: None,
         status: None,
         host: vhost.filter(|_| http).map(str::to_string),
@@ -293,10 +324,9 @@ fn check_block(n: &Node, vhost: Option<&str>, warnings: &mut Vec<String>) -> Res
                 let p = num(o, 65535)? as u16;
                 c.port = (p != 0).then_some(p);
             }
-            // keepalived's tcp_epilog / http epilog take a server down when a check fails
-            // with `retry` retries already spent: retry N is N + 1 failures in a row,
-            // ferrovs' fall.
-            "retry" | "nb_get_retry" => c.fall = Some(num(o, 999)? as u32 + 1),
+            "retry" | "nb_get_retry" | "delay_before_retry" => {
+                own.take(o)?;
+            }
             "virtualhost" if http => c.host = Some(arg(o)?.to_string()),
             "url" if http => {
                 urls += 1;
@@ -329,6 +359,13 @@ fn check_block(n: &Node, vhost: Option<&str>, warnings: &mut Vec<String>) -> Res
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
         }
     }
+    // keepalived's tcp_epilog / http epilog take a server down when a check fails with `retry`
+    // retries already spent: retry N is N + 1 failures in a row, ferrovs' fall; each retry
+    // comes `delay_before_retry` after the failure. keepalived >= 2.0's defaults (check_api.c
+    // `queue_checker`): 1 retry, 1 s before it; HTTP_GET 3 s (check_http.c).
+    let r = own.or(outer);
+    c.fall = r.retry.unwrap_or(1) + 1;
+    c.retry_interval = r.delay.unwrap_or(if http { 3.0 } else { 1.0 });
     Ok(c)
 }
 
@@ -388,12 +425,16 @@ fn virtual_server(
     let mut vs_inhibit = false;
     // The default Host header of its HTTP_GET checks.
     let mut vhost: Option<&str> = None;
+    let mut vs_retry = Retry::default();
     let mut reals: Vec<&Node> = Vec::new();
     let mut sorry: Option<&Node> = None;
     for n in body {
         match n.key.as_str() {
             "real_server" => reals.push(n),
             "sorry_server" => sorry = Some(n),
+            "retry" | "delay_before_retry" => {
+                vs_retry.take(n)?;
+            }
             "delay_loop" => interval = secs(n)?,
             "lb_algo" | "lvs_sched" => {
                 let s = ferrovs_sched::check_name(arg(n)?).map_err(|e| err(ORIGIN, n.line, e.to_string()))?;
@@ -517,8 +558,14 @@ fn virtual_server(
             let mut thr_line = rl;
             let mut inhibit = vs_inhibit;
             let mut tcp_check = false;
+            let mut rs_retry = Retry::default();
+            for n in rs.children.as_deref().unwrap_or(&[]) {
+                rs_retry.take(n)?;
+            }
+            let outer = rs_retry.or(vs_retry);
             for n in rs.children.as_deref().unwrap_or(&[]) {
                 match n.key.as_str() {
+                    "retry" | "delay_before_retry" => {} // taken above
                     "weight" => r.weight = num(n, 65535)? as u32,
                     "uthreshold" => (r.upper, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
                     "lthreshold" => (r.lower, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
@@ -529,7 +576,7 @@ fn virtual_server(
                     }
                     "TCP_CHECK" | "HTTP_GET" => {
                         tcp_check = true;
-                        let mut c = check_block(n, vhost, warnings)?;
+                        let mut c = check_block(n, vhost, outer, warnings)?;
                         ftp_hint |= c.port == Some(21);
                         match &check {
                             None => check = Some(c),
@@ -651,9 +698,11 @@ fn virtual_server(
                 host: c.host,
                 status: c.status,
                 interval,
+                // Only while a failure is being confirmed; none when it is the interval.
+                retry_interval: Some(c.retry_interval).filter(|&r| c.fall > 1 && r != interval),
                 timeout: c.timeout.unwrap_or(5.0),
                 rise: 1,
-                fall: c.fall.unwrap_or(1),
+                fall: c.fall,
                 quiesce: inhibit,
             });
         }

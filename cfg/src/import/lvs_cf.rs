@@ -356,6 +356,7 @@ fn virtual_block(
         send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,
         interval,
+        retry_interval: None,
         timeout: check_timeout,
         rise,
         fall,

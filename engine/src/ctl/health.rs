@@ -249,6 +249,17 @@ impl LineReader {
 }
 
 /// Start the health checker thread.
+/// Seconds to a server's next check, after the one that left it `up` with `fail_run`
+/// failures in a row: `retry_interval` while failures are being confirmed (the server up,
+/// failing, not yet `fall` times), else `interval` (keepalived's `delay_before_retry` and
+/// `delay_loop`).
+fn next_check_in(hc: &HealthCheck, up: bool, fail_run: u32) -> f64 {
+    match hc.retry_interval {
+        Some(r) if up && fail_run > 0 => r,
+        _ => hc.interval,
+    }
+}
+
 pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("fvs-health".into()).spawn(move || run(state, stop))
 }
@@ -338,7 +349,6 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
         while let Ok((k, r)) = rx.recv_timeout(Duration::from_millis(50)) {
             let Some(t) = targets.get_mut(&k) else { continue };
             t.busy = false;
-            t.next = Instant::now() + Duration::from_secs_f64(t.check.interval.max(0.05));
             t.checks += 1;
             match r {
                 Ok(()) => {
@@ -362,6 +372,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                     t.last_error = Some(e);
                 }
             }
+            t.next = Instant::now() + Duration::from_secs_f64(next_check_in(&t.check, t.up, t.fail_run).max(0.05));
             state.set_health(
                 &k,
                 HealthInfo {
@@ -392,6 +403,7 @@ mod tests {
             host: None,
             status: None,
             interval: 1.0,
+            retry_interval: None,
             timeout,
             rise: 1,
             fall: 1,
@@ -400,6 +412,19 @@ mod tests {
     }
 
     /// A loopback "real server": `serve` gets each accepted connection.
+    #[test]
+    fn failures_are_confirmed_at_the_retry_interval() {
+        let mut h = hc(HealthCheckKind::Tcp, 1.0);
+        (h.interval, h.fall) = (60.0, 3);
+        assert_eq!(next_check_in(&h, true, 1), 60.0, "no retry_interval: the interval");
+        h.retry_interval = Some(2.0);
+        assert_eq!(next_check_in(&h, true, 0), 60.0, "up and passing");
+        assert_eq!(next_check_in(&h, true, 1), 2.0, "a first failure confirmed soon");
+        assert_eq!(next_check_in(&h, true, 2), 2.0);
+        assert_eq!(next_check_in(&h, false, 3), 60.0, "down: the interval");
+        assert_eq!(next_check_in(&h, false, 0), 60.0, "down, passing again (rising)");
+    }
+
     fn server(serve: impl Fn(TcpStream) + Send + 'static) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
