@@ -298,11 +298,21 @@ impl Retry {
     }
 }
 
-/// A TCP_CHECK or HTTP_GET block of a real server (`vhost`: the virtual_server's
+/// A TCP_CHECK, HTTP_GET or SSL_GET block of a real server (`vhost`: the virtual_server's
 /// `virtualhost`, the default Host of its HTTP checks; `outer`: the retry options of the
 /// real_server and virtual_server).
 fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
     let http = n.key == "HTTP_GET";
+    // SSL_GET: HTTP_GET over TLS, which ferrovs' checks do not speak: its server's port is
+    // checked by TCP connect, which still takes a dead or unreachable server down.
+    let ssl = n.key == "SSL_GET";
+    if ssl {
+        warnings.push(format!(
+            "line {}: SSL_GET imported as a TCP connect check (type = \"tcp\") to the same port: \
+             the TLS handshake and the HTTP status are not checked",
+            n.line
+        ));
+    }
     let kind = if http { HealthCheckKind::Http } else { HealthCheckKind::Tcp };
     let mut own = Retry::default();
     let mut c = Check {
@@ -356,16 +366,18 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
                     }
                 }
             }
+            // What an SSL_GET asks of the server beyond the connect: said once above.
+            "url" | "virtualhost" | "enable_sni" if ssl => {}
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
         }
     }
     // keepalived's tcp_epilog / http epilog take a server down when a check fails with `retry`
     // retries already spent: retry N is N + 1 failures in a row, ferrovs' fall; each retry
     // comes `delay_before_retry` after the failure. keepalived >= 2.0's defaults (check_api.c
-    // `queue_checker`): 1 retry, 1 s before it; HTTP_GET 3 s (check_http.c).
+    // `queue_checker`): 1 retry, 1 s before it; HTTP_GET and SSL_GET 3 s (check_http.c).
     let r = own.or(outer);
     c.fall = r.retry.unwrap_or(1) + 1;
-    c.retry_interval = r.delay.unwrap_or(if http { 3.0 } else { 1.0 });
+    c.retry_interval = r.delay.unwrap_or(if http || ssl { 3.0 } else { 1.0 });
     Ok(c)
 }
 
@@ -518,7 +530,7 @@ fn virtual_server(
 
         let mut check: Option<Check> = None;
         let mut check_differs = false;
-        // Real servers without a TCP_CHECK or HTTP_GET, which keepalived never takes down.
+        // Real servers without a TCP_CHECK, HTTP_GET or SSL_GET, which keepalived never takes down.
         let mut unchecked: Vec<String> = Vec::new();
         // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
@@ -574,7 +586,7 @@ fn virtual_server(
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
                     }
-                    "TCP_CHECK" | "HTTP_GET" => {
+                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" => {
                         tcp_check = true;
                         let mut c = check_block(n, vhost, outer, warnings)?;
                         ftp_hint |= c.port == Some(21);
@@ -589,7 +601,7 @@ fn virtual_server(
                         }
                     }
                     k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
-                        "line {}: {k} is not supported (TCP_CHECK and HTTP_GET are imported), ignored",
+                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET and SSL_GET are imported), ignored",
                         n.line
                     )),
                     k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
