@@ -8,6 +8,13 @@ const EXAMPLE: &str = include_str!("../examples/nat-ftp.toml");
 const DR: &str = include_str!("../examples/dr-ftp.toml");
 const LVS: &str = include_str!("data/redhat-ftp-lvs.cf");
 const KA: &str = include_str!("data/keepalived-ftp-fwmark.conf");
+/// iptables-save output with the Red Hat FTP recipe's MARK rules, an IPv6 rule and a script line.
+const IPT: &str = "*mangle\n:PREROUTING ACCEPT [0:0]\n\
+    -A PREROUTING -d 10.0.0.100/32 -p tcp -m tcp --dport 21 -j MARK --set-xmark 0x15/0xffffffff\n\
+    -A PREROUTING -d 10.0.0.100/32 -p tcp -m tcp --dport 10000:20000 -j MARK --set-xmark 0x15/0xffffffff\n\
+    -A PREROUTING -d 2001:db8::1/128 -p tcp -m multiport --dports 21,30000:30100 -m comment --comment \"ftp v6\" -j MARK --set-mark 21\n\
+    COMMIT\n\
+    iptables -t mangle -A PREROUTING -p tcp -d 10.0.0.1 --dport 80 -j MARK --set-mark 5\n";
 
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -46,6 +53,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         "#",
         "'",
         "\"\"\"",
+        "!",
+        " -j MARK --set-mark 21",
+        " --dports 1,2:3",
+        " -d 10.0.0.100/32",
+        "*mangle\n",
     ]);
     prop_oneof![
         (any::<usize>(), 0usize..8).prop_map(|(a, n)| Mutation::Delete(a, n)),
@@ -125,6 +137,24 @@ fn check_imports(text: &str) {
     }
 }
 
+/// Marks from any rules text: an error names a line of it; marks that come out feed the
+/// importers without a panic.
+fn check_marks(text: &str) {
+    match marks_from_iptables(text) {
+        Ok((marks, _)) => {
+            for imp in
+                [from_lvs_cf_with_marks(LVS, &marks), from_keepalived_with_marks(KA, &marks)].into_iter().flatten()
+            {
+                let _ = imp.to_toml();
+            }
+        }
+        Err(e) => {
+            let l = e.line.expect("a line");
+            assert!(l >= 1 && l <= text.split('\n').count().max(1), "line {l} out of range: {e}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -133,6 +163,7 @@ proptest! {
         let text = String::from_utf8_lossy(&bytes);
         check_config(&text);
         check_imports(&text);
+        check_marks(&text);
     }
 
     #[test]
@@ -145,5 +176,10 @@ proptest! {
     fn mutated_imports_never_panic(muts in prop::collection::vec(mutation(), 1..6), which in 0..2usize) {
         let base = [LVS, KA][which];
         check_imports(&apply(base, &muts));
+    }
+
+    #[test]
+    fn mutated_iptables_rules_never_panic(muts in prop::collection::vec(mutation(), 1..6)) {
+        check_marks(&apply(IPT, &muts));
     }
 }

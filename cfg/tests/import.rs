@@ -130,7 +130,10 @@ fn keepalived_ftp_fwmark() {
 
     // With a mark mapping the service gets its VIP and ports.
     let mut marks = HashMap::new();
-    marks.insert(21, (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 10100 }]));
+    marks.insert(
+        (21, false),
+        (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 10100 }]),
+    );
     let imp = from_keepalived_with_marks(&data("keepalived-ftp-fwmark.conf"), &marks).unwrap();
     let s = &imp.services[0];
     assert_eq!(s.vip, ip("10.0.0.100"));
@@ -267,7 +270,7 @@ fn importers_refuse_two_services_on_one_vip_port() {
         .unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(3)), "{e}");
     let mut marks = HashMap::new();
-    marks.insert(1, (ip("10.0.0.1"), vec![PortRange { lo: 80, hi: 90 }]));
+    marks.insert((1, false), (ip("10.0.0.1"), vec![PortRange { lo: 80, hi: 90 }]));
     let e = from_keepalived_with_marks("virtual_server fwmark 1 {\n}\nvirtual_server 10.0.0.1 85 {\n}\n", &marks)
         .map(|i| i.to_toml())
         .unwrap_err();
@@ -634,6 +637,53 @@ fn keepalived_one_mark_in_both_families() {
     // The same mark twice in one family is still an error.
     let e = from_keepalived("virtual_server fwmark 5 {\n}\nvirtual_server fwmark 5 {\n}\n").unwrap_err();
     assert_eq!(e.line, Some(3));
+    // With the iptables and ip6tables rules, each family's service gets its own address and ports.
+    let (marks, w) = marks_from_iptables(
+        "*mangle\n-A PREROUTING -d 10.0.0.1/32 -p tcp --dport 80 -j MARK --set-mark 5\nCOMMIT\n\
+         *mangle\n-A PREROUTING -d 2001:db8::1/128 -p tcp -m multiport --dports 80,443 -j MARK --set-mark 5\nCOMMIT\n",
+    )
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let imp = from_keepalived_with_marks(
+        "virtual_server fwmark 5 {\n real_server 10.0.2.2 80\n}\nvirtual_server fwmark 5 {\n real_server 2001:db8::2 80\n}\n",
+        &marks,
+    )
+    .unwrap();
+    let got: Vec<(IpAddr, Vec<PortRange>)> = imp.services.iter().map(|s| (s.vip, s.ports.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            (ip("10.0.0.1"), vec![PortRange { lo: 80, hi: 80 }]),
+            (ip("2001:db8::1"), vec![PortRange { lo: 80, hi: 80 }, PortRange { lo: 443, hi: 443 }])
+        ]
+    );
+    roundtrip(&imp);
+}
+
+#[test]
+fn lvs_cf_fwmark_ports_from_the_iptables_rules() {
+    // The Red Hat guide's FTP recipe: lvs.cf's fwmark 21 on port 21, and the iptables rules
+    // marking 21 and the passive range 10000:20000 of the VIP (as a script, as the guide has it).
+    let (marks, w) = marks_from_iptables(
+        "/usr/sbin/iptables -t mangle -A PREROUTING -p tcp -d 10.0.0.100/32 --dport 21 -j MARK --set-mark 21\n\
+         /usr/sbin/iptables -t mangle -A PREROUTING -p tcp -d 10.0.0.100/32 --dport 10000:20000 -j MARK --set-mark 21\n",
+    )
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let imp = from_lvs_cf_with_marks(&data("redhat-ftp-lvs.cf"), &marks).unwrap();
+    roundtrip(&imp);
+    let ftp = &imp.services[0];
+    assert_eq!((ftp.vip, ftp.fwmark), (ip("10.0.0.100"), Some(21)));
+    assert_eq!(ftp.ports, vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 20000 }]);
+    assert!(ftp.ftp.is_some());
+    assert!(warned(&imp, 20, "fwmark 21 selecting port 21 imported as an FTP service with the mark's ports"));
+    assert!(!imp.warnings.iter().any(|w| w.contains("by hand")), "{:#?}", imp.warnings);
+    // Rules for another address: the lvs.cf address is kept, and said.
+    let (other, _) =
+        marks_from_iptables("*mangle\n-A PREROUTING -d 10.0.0.99 -p tcp --dport 21 -j MARK --set-mark 21\n").unwrap();
+    let imp = from_lvs_cf_with_marks(&data("redhat-ftp-lvs.cf"), &other).unwrap();
+    assert_eq!(imp.services[0].vip, ip("10.0.0.100"));
+    assert!(warned(&imp, 20, "select 10.0.0.99, not its address 10.0.0.100"), "{:#?}", imp.warnings);
 }
 
 #[test]

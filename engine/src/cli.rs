@@ -166,6 +166,10 @@ pub enum ConfigCmd {
         #[arg(long, value_parser = ["ipvsadm", "lvs.cf", "keepalived"])]
         from: String,
         file: PathBuf,
+        /// iptables-save / ip6tables-save output (or an iptables script) whose mangle-table MARK
+        /// rules give firewall-mark services their address and ports. Repeatable.
+        #[arg(long, value_name = "RULES")]
+        marks: Vec<PathBuf>,
     },
 }
 

@@ -239,3 +239,40 @@ fn top_prints_plain_text_when_piped() {
     assert!(!out.status.success());
     d.stop();
 }
+
+#[test]
+fn config_import_takes_mark_rules_from_iptables_save() {
+    // `ferrovs config import --marks RULES`: the fwmark service of an ipvsadm-save gets the
+    // address and ports its iptables MARK rules select; a bad rule fails naming its file and line.
+    let dir = tmpdir("import");
+    let save = dir.join("rules.ipvs");
+    std::fs::write(&save, "-A -f 21 -s wlc -p 300\n-a -f 21 -r 10.0.2.2:0 -m -w 1\n").unwrap();
+    let rules = dir.join("rules.v4");
+    std::fs::write(
+        &rules,
+        "*mangle\n-A PREROUTING -d 10.0.0.100/32 -p tcp -m tcp --dport 21 -j MARK --set-xmark 0x15/0xffffffff\n\
+         -A PREROUTING -d 10.0.0.100/32 -p tcp -m tcp --dport 10000:20000 -j MARK --set-xmark 0x15/0xffffffff\nCOMMIT\n",
+    )
+    .unwrap();
+    let run = |marks: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ferrovs"))
+            .args(["config", "import", "--from", "ipvsadm"])
+            .arg(&save)
+            .arg("--marks")
+            .arg(marks)
+            .output()
+            .unwrap()
+    };
+    let out = run(&rules);
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(toml.contains("vip = \"10.0.0.100\""), "{toml}");
+    assert!(toml.contains("ports = [21, \"10000-20000\"]"), "{toml}");
+    let bad = dir.join("bad.v4");
+    std::fs::write(&bad, "*mangle\n\n-A PREROUTING -d 10.0.0.100/32 -j MARK --set-mark nine\n").unwrap();
+    let out = run(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.v4:3") && err.contains("invalid mark"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

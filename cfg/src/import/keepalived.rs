@@ -433,6 +433,7 @@ fn virtual_server(
     let mut granularity: Option<&Node> = None;
     let mut interval = 60.0; // keepalived's default delay_loop
     let mut v6 = false;
+    let mut family_given = false;
     // virtual_server's inhibit_on_failure: the default of its real servers.
     let mut vs_inhibit = false;
     // The default Host header of its HTTP_GET checks.
@@ -472,7 +473,10 @@ fn virtual_server(
                     }
                 }
             }
-            "ip_family" => v6 = arg(n)? == "inet6",
+            "ip_family" => {
+                v6 = arg(n)? == "inet6";
+                family_given = true;
+            }
             "inhibit_on_failure" => vs_inhibit = flag(n)?,
             "virtualhost" => vhost = Some(arg(n)?),
             // ferrovs always keeps the sorry server quiesced while a real server serves.
@@ -481,20 +485,28 @@ fn virtual_server(
         }
     }
 
+    // A mark service's family (IPVS keys it by family and mark): ip_family, else its first
+    // real server's.
+    let mark_v6 = if family_given {
+        v6
+    } else {
+        reals.first().and_then(|r| r.args.first()).and_then(|a| a.parse::<IpAddr>().ok()).map_or(v6, |a| a.is_ipv6())
+    };
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let (vip, port, mark, l) = (t.vip, t.port, t.mark, t.line);
         let mut persist = persist;
         let (vip, ports) = match (mark, port) {
-            (Some(m), _) => match marks.get(&m) {
+            (Some(m), _) => match marks.get(&(m, mark_v6)) {
                 Some((ip, ports)) => (*ip, ports.clone()),
                 None => {
                     warnings.push(format!(
                         "line {l}: firewall mark {m}: the addresses and ports it selects are set by iptables/nftables \
-                         rules, not by keepalived; imported with vip {} and all ports: set vip and ports by hand",
-                        unspecified(v6)
+                         rules, not by keepalived; imported with vip {} and all ports: set vip and ports by hand \
+                         (or give the rules: --marks)",
+                        unspecified(mark_v6)
                     ));
-                    (unspecified(v6), Vec::new())
+                    (unspecified(mark_v6), Vec::new())
                 }
             },
             (None, Some(0)) => (vip, Vec::new()),
@@ -616,7 +628,7 @@ fn virtual_server(
             }
             if r.address.is_ipv4() != svc.vip.is_ipv4()
                 && mark.is_some()
-                && !marks.contains_key(&mark.unwrap())
+                && svc.vip.is_unspecified()
                 && svc.real_servers.is_empty()
             {
                 // fwmark service without a mapping: take the family from the (first) real server.

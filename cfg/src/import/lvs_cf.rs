@@ -143,7 +143,7 @@ fn forward(it: &Item) -> Result<Forward, ConfigError> {
     }
 }
 
-pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
+pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
     let toks = tokenize(text, &['#'], &['{', '}', '=']).map_err(|(l, m)| err(ORIGIN, l, m))?;
     let items = Parser { toks, i: 0 }.items(None)?;
     let mut warnings = Vec::new();
@@ -174,7 +174,7 @@ pub(super) fn import(text: &str) -> Result<Import, ConfigError> {
             // It becomes the service name, which must not be empty.
             return Err(err(ORIGIN, it.line, "virtual needs a name"));
         }
-        if let Some(s) = virtual_block(it.line, name, body, default_forward, &mut warnings)? {
+        if let Some(s) = virtual_block(it.line, name, body, default_forward, marks, &mut warnings)? {
             if services.iter().any(|o| o.name == s.name) {
                 return Err(err(ORIGIN, it.line, format!("virtual {name} defined twice")));
             }
@@ -190,6 +190,7 @@ fn virtual_block(
     name: &str,
     body: &[Item],
     default_forward: Forward,
+    marks: &MarkMap,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Service>, ConfigError> {
     let mut vip: Option<IpAddr> = None;
@@ -304,7 +305,25 @@ fn virtual_block(
         };
         svc.persistence = Some(Persistence { timeout: t, netmask: nm });
     }
-    if let Some(m) = fwmark {
+    let mapped = fwmark.and_then(|m| marks.get(&(m, vip.is_ipv6())));
+    if let (Some(m), Some((mvip, mports))) = (fwmark, mapped) {
+        // The rules that set the mark give the ports the service takes (none: every port).
+        if *mvip != vip {
+            warnings.push(format!(
+                "line {line}: virtual {name}: the rules setting fwmark {m} select {mvip}, not its address {vip}: \
+                 {vip} kept"
+            ));
+        }
+        svc.ports = mports.clone();
+        // (A mark on every port of the address is not taken for an FTP one.)
+        if protocol == Protocol::Tcp && !svc.ports.is_empty() && svc.has_port(21) {
+            svc.ftp = Some(FtpOptions::default());
+            warnings.push(format!(
+                "line {line}: virtual {name}: fwmark {m} selecting port 21 imported as an FTP service with the \
+                 mark's ports (ftp = true)"
+            ));
+        }
+    } else if let Some(m) = fwmark {
         if port == Some(21) && protocol == Protocol::Tcp {
             svc.ftp = Some(FtpOptions::default());
             let note = if forward == Forward::Nat {

@@ -16,7 +16,10 @@ use crate::model::*;
 
 mod keepalived;
 mod lvs_cf;
+mod marks;
 mod tokens;
+
+pub use marks::marks_from_iptables;
 
 /// Services imported from another tool's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,10 +30,11 @@ pub struct Import {
     pub warnings: Vec<String>,
 }
 
-/// Firewall mark -> (VIP, ports) of the traffic the mark selects (the
-/// iptables/nftables rules that set the mark are not part of the LVS
-/// configuration, so the caller supplies them).
-pub type MarkMap = HashMap<u32, (IpAddr, Vec<PortRange>)>;
+/// (Firewall mark, IPv6?) -> (VIP, ports) of the traffic the mark selects in that family (IPVS
+/// keys a mark service by family and mark). The iptables/nftables rules that set the mark are
+/// not part of the LVS configuration: the caller supplies them, e.g. from
+/// [`marks_from_iptables`]. No ports: every port.
+pub type MarkMap = HashMap<(u32, bool), (IpAddr, Vec<PortRange>)>;
 
 impl Import {
     /// The services as `[[service]]` TOML blocks, preceded by the warnings
@@ -55,7 +59,13 @@ impl Import {
 
 /// Import a Red Hat Piranha `lvs.cf`.
 pub fn from_lvs_cf(text: &str) -> Result<Import, ConfigError> {
-    lvs_cf::import(text)
+    lvs_cf::import(text, &MarkMap::new())
+}
+
+/// [`from_lvs_cf`] with a firewall mark mapping (a virtual's `fwmark` takes the ports its
+/// rules select).
+pub fn from_lvs_cf_with_marks(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
+    lvs_cf::import(text, marks)
 }
 
 /// Import the `virtual_server` blocks of a `keepalived.conf`.

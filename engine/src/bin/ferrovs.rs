@@ -154,15 +154,36 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Config { cmd: ConfigCmd::Import { from, file } } => {
+        Cmd::Config { cmd: ConfigCmd::Import { from, file, marks: rule_files } } => {
+            let mut marks = ferrovs_cfg::import::MarkMap::new();
+            for f in &rule_files {
+                let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                let (m, warnings) = ferrovs_cfg::import::marks_from_iptables(&text).map_err(|mut e| {
+                    e.file = f.display().to_string();
+                    e.to_string()
+                })?;
+                for w in &warnings {
+                    eprintln!("{}: warning: {w}", f.display());
+                }
+                for (k, v) in m {
+                    if marks.insert(k, v).is_some() {
+                        eprintln!(
+                            "{}: warning: mark {} ({}) also given by an earlier file: this file's rules taken",
+                            f.display(),
+                            k.0,
+                            if k.1 { "IPv6" } else { "IPv4" }
+                        );
+                    }
+                }
+            }
             let imp = if from == "keepalived" {
                 // With the files its `include` lines name: errors name the file they are in.
-                ferrovs_cfg::import::from_keepalived_file(&file, &Default::default()).map_err(|e| e.to_string())?
+                ferrovs_cfg::import::from_keepalived_file(&file, &marks).map_err(|e| e.to_string())?
             } else {
                 let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 let r = match from.as_str() {
-                    "ipvsadm" => ferrovs_engine::ctl::ipvsadm::import_save(&text, &Default::default()),
-                    _ => ferrovs_cfg::import::from_lvs_cf(&text),
+                    "ipvsadm" => ferrovs_engine::ctl::ipvsadm::import_save(&text, &marks),
+                    _ => ferrovs_cfg::import::from_lvs_cf_with_marks(&text, &marks),
                 };
                 r.map_err(|mut e| {
                     e.file = file.display().to_string();

@@ -678,14 +678,14 @@ pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
                 continue;
             }
             Command::AddService { key: SvcKey::Fwmark { mark, v6 }, ext, .. } => {
-                let (vip, ports) = match marks.get(mark) {
+                let (vip, ports) = match marks.get(&(*mark, *v6)) {
                     Some((vip, ports)) => (*vip, ports.clone()),
                     None => {
                         let vip = if *v6 { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) };
                         warnings.push(format!(
                             "line {n}: firewall mark {mark}: the addresses and ports it selects are set by \
                              iptables/nftables rules, not by ipvsadm; imported with vip {vip} and all ports: set vip \
-                             and ports by hand"
+                             and ports by hand (or give the rules: --marks)"
                         ));
                         (vip, Vec::new())
                     }
@@ -1698,7 +1698,10 @@ mod tests {
         assert_eq!(tun.real_servers[1].forward, Some(Forward::Dr), "per-server method kept");
 
         let mut marks = MarkMap::new();
-        marks.insert(21, (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 20000 }]));
+        marks.insert(
+            (21, false),
+            (ip("10.0.0.100"), vec![PortRange { lo: 21, hi: 21 }, PortRange { lo: 10000, hi: 20000 }]),
+        );
         let imp = import_save(FWMARK, &marks).unwrap();
         let fw = &imp.services[0];
         assert_eq!(fw.vip, ip("10.0.0.100"));
