@@ -450,3 +450,38 @@ fn a_dropped_first_fragment_does_not_extend_the_hold() {
     assert_eq!(e.parked(), 0, "its second is over");
     assert_eq!(drops(&e), vec![("frag_timeout", 1), ("no_service", 1)]);
 }
+
+/// A fragment whose IPv4 header checksum fails (corrupted on the wire) is dropped before
+/// anything looks at it, as Linux's `ip_rcv` drops it before reassembly: it neither
+/// creates a connection, nor takes its place in the datagram (so that the good copy would be a
+/// duplicate), nor poisons the datagram with the offset its corruption gave it, nor waits
+/// in the hold buffer. The good fragments then go through as if it had never come.
+#[test]
+fn fragments_with_a_bad_header_checksum_are_dropped_before_the_datagram_sees_them() {
+    let data = payload(4000);
+    let d = with_macs(udp4(CLIENT, 5353, VIP, 53, &data), CLIENT_MAC, LB_EXT);
+    let frags = fragment4(&d, 1500, 31);
+    assert_eq!(frags.len(), 3);
+    // A corrupted first fragment, then the datagram: the connection is created by the good one.
+    let mut e = engine();
+    assert!(inject_all(&mut e, EXT, &[bad_ip_csum(frags[0].clone())], S).is_empty());
+    assert_eq!(e.counters().flows_created, 0, "no connection from a corrupted first fragment");
+    // A corrupted later fragment before its first (not held), one whose offset was flipped
+    // (would overlap: poison), and a corrupted copy of every fragment in between.
+    let mut moved = frags[2].clone();
+    moved[20] ^= 0x01; // the fragment offset's high bits: the checksum no longer holds
+    let seq = [
+        bad_ip_csum(frags[1].clone()),
+        frags[0].clone(),
+        moved,
+        bad_ip_csum(frags[2].clone()),
+        frags[1].clone(),
+        bad_ip_csum(frags[1].clone()),
+        frags[2].clone(),
+    ];
+    let out = inject_all(&mut e, EXT, &seq, S);
+    assert_eq!(out.len(), 3, "the three good fragments, once each");
+    assert_eq!(udp_of(&reassemble(&out).expect("complete datagram")).4, data);
+    assert_eq!(drops(&e), vec![("ip_bad_csum", 5)]);
+    assert_eq!(e.counters().flows_created, 1);
+}

@@ -371,3 +371,27 @@ fn quoted_transport_checksums_follow_the_translation() {
     }
     assert_drops(&e, &[]);
 }
+
+/// A packet whose IPv4 header checksum fails (corrupted on the wire: Linux drops it in
+/// `ip_rcv`, before IPVS or the MTU check) is not answered with "fragmentation needed", and
+/// an ICMP error with one is not translated: both are built with a fresh header checksum,
+/// which would make the corrupted header (its addresses, its lengths) valid again.
+#[test]
+fn no_icmp_error_is_built_or_translated_from_a_bad_header_checksum() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    set_mtu(&mut e, INT, 1000);
+    let big = df(from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[b'x'; 1400])), true);
+    assert!(e.inject(EXT, &bad_ip_csum(big.clone()), S).is_empty(), "no error built");
+    assert_eq!(icmp_counts(&e), (0, 0));
+    assert_drops(&e, &[(DropReason::IpBadChecksum, 1)]);
+    assert_eq!(e.inject(EXT, &big, S).len(), 1, "the good copy is answered");
+    // "Fragmentation needed" from the client's side about VIP:80 -> client: for the real server.
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 5001, 1001, b"");
+    let err = from_client(icmp4_error(CLIENT, VIP, 3, 4, 1400, &quoted));
+    assert!(e.inject(EXT, &bad_ip_csum(err.clone()), S).is_empty(), "not translated");
+    assert_drops(&e, &[(DropReason::IpBadChecksum, 2)]);
+    let out = e.inject(EXT, &err, S);
+    assert_eq!(out.len(), 1, "the good copy is translated");
+    assert_eq!(&out[0].1[30..34], &RS1);
+}

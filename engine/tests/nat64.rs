@@ -447,3 +447,18 @@ fn icmp_errors_translated_for_ipv4_client_of_ipv6_server() {
     assert_drops(&e, &[]);
     assert_eq!(e.counters().icmp_translated, 2);
 }
+
+/// An IPv4 packet whose header checksum fails (corrupted on the wire: Linux drops it in
+/// `ip_rcv`) is not translated: IPv6 has no header checksum, so its corrupted fields
+/// (addresses aside, which found the connection: length, TTL, TOS) would go on unnoticed.
+/// IPv6 -> IPv4 has nothing to check (the IPv4 header is computed from an IPv6 one).
+#[test]
+fn an_ipv4_packet_with_a_bad_header_checksum_is_not_translated() {
+    let mut e = engine(SERVICES, 1);
+    let syn = from_client(tcp4_opts(CLIENT, 40000, VIP, 80, TCP_SYN, 1, 0, &opt_mss(1460), b""));
+    assert_eq!(e.inject(EXT, &syn, S).len(), 1);
+    let data = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH, 2, 1, b"x"));
+    assert!(e.inject(EXT, &bad_ip_csum(data.clone()), S).is_empty());
+    assert_drops(&e, &[(DropReason::IpBadChecksum, 1)]);
+    exactly(e.inject(EXT, &data, S), INT, to_rs(tcp6(LADDR6, 2000, RS6, 80, TCP_ACK | TCP_PSH, 2, 1, b"x")));
+}

@@ -365,6 +365,19 @@ fn ping_the_vip() {
     assert_drops(&e, &[]);
 }
 
+/// An echo request whose IPv4 header checksum fails (corrupted on the wire: Linux drops it in
+/// `ip_rcv`) gets no reply: the reply's header, its checksum computed afresh, would go out
+/// valid to whatever the corrupted source address became.
+#[test]
+fn an_echo_request_with_a_bad_header_checksum_gets_no_reply() {
+    let mut e = engine(1);
+    assert!(e.inject(EXT, &bad_ip_csum(from_client(ping4(CLIENT, VIP, 7, 1))), S).is_empty());
+    assert!(e.inject(EXT, &bad_ip_csum(from_client(ping4(CLIENT, [10, 0, 1, 1], 7, 2))), S).is_empty());
+    assert_drops(&e, &[(DropReason::IpBadChecksum, 2)]);
+    assert_eq!(e.counters().icmp_echo_replies, 0);
+    assert_eq!(e.inject(EXT, &from_client(ping4(CLIENT, VIP, 7, 3)), S).len(), 1, "the good copy is answered");
+}
+
 #[test]
 fn tcp_states_and_expiry_follow_the_clock() {
     let mut e = engine(1);

@@ -173,6 +173,29 @@ fn bad_cookies_and_floods_leave_no_state() {
     handshake(&mut e, 42000, 80);
 }
 
+/// Segments whose IPv4 header checksum fails (corrupted on the wire: Linux drops them in
+/// `ip_rcv`) are not answered nor rebuilt by the proxy: a SYN gets no SYN-ACK, a cookie ACK
+/// opens nothing, the real server's SYN-ACK is not acknowledged. Each would have gone out
+/// with a fresh header checksum, the corruption laundered. The good copies go on as usual.
+#[test]
+fn segments_with_a_bad_header_checksum_get_nothing_from_the_proxy() {
+    let mut e = engine("on", 1000);
+    let isn = 700u32;
+    let syn = with_macs(tcp4(CLIENT, 40002, VIP, 80, TCP_SYN, isn, 0, b""), CLIENT_MAC, LB_EXT);
+    assert!(e.inject(EXT, &bad_ip_csum(syn.clone()), S).is_empty(), "no SYN-ACK");
+    assert_eq!(e.counters().cookies_sent, 0);
+    let (_, s) = one(e.inject(EXT, &syn, S));
+    let cookie = s.seq;
+    let ack = with_macs(tcp4(CLIENT, 40002, VIP, 80, TCP_ACK, isn + 1, cookie + 1, b""), CLIENT_MAC, LB_EXT);
+    assert!(e.inject(EXT, &bad_ip_csum(ack.clone()), S).is_empty(), "no SYN to the real server");
+    assert_eq!((e.counters().cookies_validated, e.counters().flows_created), (0, 0));
+    assert_eq!(one(e.inject(EXT, &ack, S)).1.flags, TCP_SYN);
+    let sa = with_macs(tcp4(RS1, 80, CLIENT, 40002, TCP_SYN | TCP_ACK, 9000, isn + 1, b""), RS1_MAC, LB_INT);
+    assert!(e.inject(INT, &bad_ip_csum(sa.clone()), S).is_empty(), "not acknowledged");
+    assert_eq!(one(e.inject(INT, &sa, S)).1.flags, TCP_ACK);
+    assert_eq!(drops(&e), vec![("ip_bad_csum", 3)]);
+}
+
 #[test]
 fn auto_engages_above_the_half_open_threshold() {
     let mut e = engine("auto", 2);

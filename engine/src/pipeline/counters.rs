@@ -21,6 +21,7 @@ macro_rules! drop_reasons {
 
 drop_reasons! {
     Malformed => "malformed": "Truncated headers, bad lengths, bad IHL, garbage.",
+    IpBadChecksum => "ip_bad_csum": "An IPv4 packet with a bad header checksum (Linux `ip_rcv`: `InCsumErrors`) where the engine would build a header or a packet anew from it (a fragment, a reply or error it answers, an ICMP error it translates, a segment the SYN proxy, the FTP gateway or PROXY protocol rewrites, full NAT to IPv6): a fresh checksum would launder the corruption. Packets only rewritten (incremental checksum updates) keep it and are not checked.",
     Unsupported => "unsupported": "A protocol or EtherType the engine does not forward.",
     Fragment => "fragment": "An IP fragment the engine cannot forward (IPv6 extension headers before the fragment header, not TCP/UDP), or an ICMP error quoting a later fragment (no ports in the quote).",
     FragTiny => "frag_tiny": "A first fragment without its whole transport header, or a TCP fragment at offset 8 (RFC 1858).",

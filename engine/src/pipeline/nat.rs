@@ -156,6 +156,10 @@ pub fn rewrite_addrs(
 
 /// Encapsulate the IP packet in an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6)
 /// header from `src` to `rs`. False if it would exceed the MTU.
+///
+/// The inner header is not checked (`csum::ip_header_ok`): it goes as received, so a
+/// corrupted one keeps its bad checksum and the real server drops it once decapsulated; the
+/// outer header's checksum covers only what the balancer wrote.
 pub fn encap_ipip<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, rs: Addr, mtu: u16) -> bool {
     let inner_len = p.end - p.l3;
     let v4 = addr_is_v4(rs);

@@ -66,6 +66,11 @@ pub fn translate<B: Packet>(
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Err(DropReason::XlatUnsupported);
     }
+    // IPv6 has no header checksum: an IPv4 header corrupted on the wire (which Linux drops in
+    // `ip_rcv`) would become a valid IPv6 one. (IPv6 -> IPv4 computes the IPv4 checksum.)
+    if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+        return Err(DropReason::IpBadChecksum);
+    }
     let (l3, l4, end) = (p.l3, p.l4, p.end);
     let hl = l4 - l3;
     if pkt.len() < end || (p.v6 && hl != 40) {

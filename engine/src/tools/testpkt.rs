@@ -279,6 +279,15 @@ pub fn set_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     frame
 }
 
+/// An IPv4 frame (no VLAN tag) as corrupted on the wire: one bit of its header checksum
+/// flipped, so the header no longer verifies (a receiver following RFC 1122 3.2.1.2, as Linux's
+/// `ip_rcv`, drops it).
+pub fn bad_ip_csum(mut frame: Vec<u8>) -> Vec<u8> {
+    assert_eq!(frame[12..14], [0x08, 0x00], "an IPv4 frame without VLAN tag");
+    frame[14 + 11] ^= 0x01;
+    frame
+}
+
 /// Cuts an IPv4 frame (Ethernet, no VLAN, IHL 5) into fragments whose IP packets fit `mtu`,
 /// with IP ID `id`, as a host's stack does.
 pub fn fragment4(frame: &[u8], mtu: usize, id: u16) -> Vec<Vec<u8>> {

@@ -298,6 +298,12 @@ impl<Q: BufAlloc> Worker<Q> {
         laddr: Option<ferrovs_cfg::PortRange>,
         handed: bool,
     ) {
+        // The translation writes the outer header's checksum afresh ([`Worker::icmp_error`]):
+        // an error whose header checksum fails (dropped by Linux in `ip_rcv`) is not taken.
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            self.drop_pkt(DropReason::IpBadChecksum);
+            return;
+        }
         let inner = match parse::parse_inner(pkt.data(), p) {
             Ok(i) => i,
             Err(e) => {

@@ -17,6 +17,15 @@ impl<Q: BufAlloc> Worker<Q> {
                 return;
             }
         };
+        // The header checksum first, as Linux's `ip_rcv` before reassembly: a fragment corrupted
+        // on the wire must not create the connection, take its place in its datagram (the good
+        // copy would then be a duplicate), poison the datagram with the offset the corruption
+        // gave it, nor wait in the hold buffer. (Fragments are the slow path: checked here
+        // once, before a handoff, and again, cheaply, after it.)
+        if !csum::ip_header_ok(pkt.data(), f.l3, f.v6) {
+            self.drop_pkt(DropReason::IpBadChecksum);
+            return;
+        }
         let dmac = &pkt.data()[0..6];
         if !(dmac[0] & 1 == 1 || self.snap.ifaces.get(iface).is_some_and(|i| i.mac == dmac)) {
             self.drop_pkt(DropReason::NotForUs);

@@ -96,6 +96,12 @@ impl<Q: BufAlloc> Worker<Q> {
         if p.proto != PROTO_TCP {
             return Ok(None);
         }
+        // The gateway reads the payload (as far as the header's length says) and may rewrite
+        // the segment with fresh checksums (`write_segment`): not one whose IPv4 header
+        // checksum fails (Linux drops it in `ip_rcv`, before its FTP helper sees it).
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            return Err(Next::Drop(DropReason::IpBadChecksum));
+        }
         let now = self.now;
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
         let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else { return Ok(None) };

@@ -20,6 +20,11 @@ impl<Q: BufAlloc> Worker<Q> {
     /// towards the client.
     #[inline(never)]
     pub(super) fn too_big(&mut self, dir: Dir, pkt: &mut Q::Buf, p: &Parsed, mtu: usize) -> Next {
+        // The error goes to the packet's source with a header of our own: not about a packet
+        // whose header checksum fails (Linux drops it in `ip_rcv`, before the MTU check).
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            return Next::Drop(DropReason::IpBadChecksum);
+        }
         if !crate::pipeline::icmpgen::may_answer(pkt.data(), p) {
             return Next::Drop(DropReason::TooBig);
         }

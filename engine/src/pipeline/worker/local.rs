@@ -297,8 +297,14 @@ impl<Q: BufAlloc> Worker<Q> {
         self.tx[iface].push(pkt);
     }
 
-    /// Answer an echo request to a VIP or an interface address.
+    /// Answer an echo request to a VIP or an interface address. Not one whose IPv4 header
+    /// checksum fails (Linux drops it in `ip_rcv`): the reply's header is computed afresh
+    /// ([`turn_echo`]) and would carry the corruption with a valid checksum.
     pub(super) fn echo_reply(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            self.drop_pkt(DropReason::IpBadChecksum);
+            return;
+        }
         let req = if p.v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST };
         if p.icmp_type != req {
             self.drop_pkt(DropReason::NotForUs);

@@ -44,6 +44,11 @@ impl<Q: BufAlloc> Worker<Q> {
                     pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0)
                 };
                 if first {
+                    // The segment's header is written afresh (its length grows): not one whose
+                    // IPv4 header checksum fails (Linux drops it in `ip_rcv`).
+                    if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+                        return Err(Next::Drop(DropReason::IpBadChecksum));
+                    }
                     // The header goes in front of this segment's payload.
                     let h = pp.delta() as usize;
                     let mtu =

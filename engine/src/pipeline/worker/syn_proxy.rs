@@ -114,6 +114,10 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let isn = seq.wrapping_sub(1);
         let cookie = ack.wrapping_sub(1);
+        // It becomes our SYN to the real server, its header rewritten ([`write_bare`]).
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            return Some(Next::Drop(DropReason::IpBadChecksum));
+        }
         let Some(mss) = self.cookies.check(self.now, &Handshake { isn, ..hs }, cookie) else {
             if old.is_some() {
                 return None; // a segment of the closing connection
@@ -181,6 +185,10 @@ impl<Q: BufAlloc> Worker<Q> {
             return Some(self.send_cookie(iface, pkt, p, seg));
         }
         let recent = self.cookie_recent();
+        if p.tcp_flags & parse::TCP_RST != 0 && recent && !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            // Its source address would be verified: not a corrupted one.
+            return Some(Next::Drop(DropReason::IpBadChecksum));
+        }
         if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
             self.verify(p.src);
             bump(&self.counters.cookies_validated, 1);
@@ -190,9 +198,14 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     /// `pkt` turned into the SYN-ACK `seg` carrying a cookie, back out of `iface`, and the
-    /// cookie counted; the drop if it cannot be.
+    /// cookie counted; the drop if it cannot be, or if the SYN's IPv4 header checksum fails
+    /// (Linux drops it in `ip_rcv`): [`write_bare`] computes the header afresh, which would
+    /// launder the corruption.
     #[inline(always)]
     fn send_cookie(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed, seg: Bare) -> Next {
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            return Next::Drop(DropReason::IpBadChecksum);
+        }
         if let Err(drop) = write_bare(pkt, p, true, seg) {
             return drop;
         }
@@ -251,6 +264,12 @@ impl<Q: BufAlloc> Worker<Q> {
         let px = *self.flows.cold(idx).proxy.as_deref()?;
         if px.established {
             return None;
+        }
+        // Until the handshakes are spliced the proxy builds segments from the ones it gets (our
+        // SYN again, our ACK or reset to the server, our reset after the client's): not from
+        // one whose IPv4 header checksum fails (Linux drops it in `ip_rcv`).
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            return Some(Next::Drop(DropReason::IpBadChecksum));
         }
         let rst = p.tcp_flags & parse::TCP_RST != 0;
         let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else {
