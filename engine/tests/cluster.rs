@@ -9,7 +9,7 @@ use common::*;
 use ferrovs_engine::pipeline::counters::DropReason;
 use ferrovs_engine::tools::replay::MemEngine;
 use ferrovs_engine::tools::testpkt::*;
-use ferrovs_engine::wire::parse::{TCP_ACK, TCP_PSH, TCP_SYN};
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 
 const RS_COUNT: u8 = 6;
 
@@ -596,6 +596,53 @@ fn ftp_gateway_translation_is_synced_and_a_peer_carries_the_control_connection_o
         "the VIP announced: {:?}",
         String::from_utf8_lossy(&r.payload)
     );
+}
+
+/// The FTP gateway keeps back a FIN it cannot send yet (the start of a 227 line it must
+/// rewrite: held whole, or cut off a reply it sends without it) and puts the state back; the
+/// peers get the state that stands, not the FIN's (FIN_WAIT: a backup that takes over would
+/// expire a live control connection on the FIN_WAIT timeout). Before, the connection was synced
+/// on the FIN's transition, before the gateway had decided.
+#[test]
+fn a_fin_the_ftp_gateway_keeps_back_is_not_synced() {
+    let (mut a, mut b, mut ba) = fnat_pair();
+    let (rs, la, lport) = fnat_ftp_open(&mut a, 40000);
+    let rs_mac = [2, 0, 0, 0, 3, rs[3]];
+    let mut synced = Vec::new();
+    // The last state node 1 synced for the control connection, the state node 1 has and
+    // the one node 2's backup has, after delivering what node 1 sent.
+    let mut states = |a: &mut MemEngine, b: &mut MemEngine| {
+        for m in a.take_sync(&mut ba, 2 * S) {
+            b.deliver_sync(&m, 2 * S).unwrap();
+            synced.extend(entries(&[m]));
+        }
+        let last = synced.iter().rev().find_map(|e| match e {
+            ferrovs_engine::cluster::sync::SyncEntry::Conn(c) if c.cport == 40000 && c.vport == 21 => Some(c.state),
+            _ => None,
+        });
+        let name = |s: u8| ferrovs_engine::flow::tcpstate::TcpState::from_u8(s).map(|s| s.name());
+        let state =
+            |e: &MemEngine| e.workers[0].core().list_conns().iter().map(|c| c.state.clone()).collect::<Vec<_>>();
+        (last.and_then(name).map(str::to_string), state(a), state(b))
+    };
+    let est = || (Some("ESTABLISHED".to_string()), vec!["ESTABLISHED".to_string()], vec!["ESTABLISHED".to_string()]);
+    assert_eq!(states(&mut a, &mut b), est(), "the handshake");
+    ftp_seg(&mut a, 40000, true, rs, la, lport, 1001, 5001, b"NOOP\r\nPASV\r\n");
+    // The server's FIN comes with "200 OK" and the start of the 227: the 200 goes, without it.
+    let fin = TCP_ACK | TCP_PSH | TCP_FIN;
+    let reply = |seq: u32, data: &[u8]| with_macs(tcp4(rs, 21, la, lport, fin, seq, 1013, data), rs_mac, LB_INT);
+    let (_, s) = one(a.inject(INT, &reply(5001, b"200 OK\r\n227 Entering Pass"), 2 * S));
+    assert_eq!((s.payload.as_slice(), s.flags & TCP_FIN), (&b"200 OK\r\n"[..], 0));
+    assert_eq!(states(&mut a, &mut b), est(), "a FIN kept back from a reply that went");
+    // Its retransmission from the 227 on, still incomplete: held whole, FIN and all.
+    assert!(a.inject(INT, &reply(5009, b"227 Entering Pass"), 2 * S).is_empty());
+    assert_eq!(states(&mut a, &mut b), est(), "a FIN held with its whole segment");
+    // The complete line with the FIN: it goes, and the peers learn the FIN's state.
+    let line = format!("227 Entering Passive Mode (10,0,2,{},117,49)\r\n", rs[3]);
+    let (_, s) = one(a.inject(INT, &reply(5009, line.as_bytes()), 2 * S));
+    assert_eq!(s.flags & TCP_FIN, TCP_FIN);
+    let fw = || (Some("FIN_WAIT".to_string()), vec!["FIN_WAIT".to_string()], vec!["FIN_WAIT".to_string()]);
+    assert_eq!(states(&mut a, &mut b), fw(), "a FIN that went");
 }
 
 #[test]

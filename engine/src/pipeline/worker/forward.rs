@@ -128,9 +128,18 @@ impl<Q: BufAlloc> Worker<Q> {
         // State, timeout, counters.
         let state_before = self.flows.get(idx).state;
         self.track_conn(idx, dir, p, len);
-        // Cluster: a new connection or a state change goes to the peers.
+        // Cluster: a new connection or a state change goes to the peers, once it stands. The
+        // FTP gateway may keep a FIN back (holding its segment, or sending a reply without
+        // it) and undo its transition (below): a control connection's FIN waits for the
+        // gateway's word, or a backup would expire the live connection on the FIN_WAIT or
+        // CLOSE_WAIT timeout after a failover. (Its PROXY protocol connections skip the gateway.)
+        let mut sync_later = false;
         if self.sync_on && (self.flows.get(idx).state != state_before || self.flows.cold(idx).synced_at == 0) {
-            self.sync_conn(idx);
+            if self.flows.get(idx).flags & (F_ALG | F_PPROTO) == F_ALG && p.tcp_flags & parse::TCP_FIN != 0 {
+                sync_later = true;
+            } else {
+                self.sync_conn(idx);
+            }
         }
         // FTP gateway on control connections (may resize the payload).
         let c = self.flows.get(idx);
@@ -140,6 +149,9 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         if c.flags & F_SYNPROXY != 0 {
             if let Some(next) = self.proxy_segment(idx, dir, pkt, p) {
+                if sync_later {
+                    self.sync_moved(idx, state_before);
+                }
                 return next;
             }
         }
@@ -157,17 +169,29 @@ impl<Q: BufAlloc> Worker<Q> {
             // Cluster, full NAT: the session's handling node may be another one.
             if fwd == Forward::Fnat && self.snap.config.cluster.is_some() {
                 if let Some(n) = self.alg_redirect(idx, pkt) {
-                    return n;
-                }
-            }
-            match self.ftp_segment(idx, dir, pkt, p) {
-                Err(n) => {
-                    if matches!(n, Next::Drop(DropReason::AlgHold)) && p.tcp_flags & parse::TCP_FIN != 0 {
-                        // Held: its FIN did not go out either.
-                        self.redo_tcp_state(idx, dir, state_before, None);
+                    if sync_later {
+                        self.sync_moved(idx, state_before);
                     }
                     return n;
                 }
+            }
+            let r = self.ftp_segment(idx, dir, pkt, p);
+            if p.tcp_flags & parse::TCP_FIN != 0 {
+                match &r {
+                    // Held: its FIN did not go out either.
+                    Err(Next::Drop(DropReason::AlgHold)) => self.redo_tcp_state(idx, dir, state_before, None),
+                    // The gateway kept the FIN back: the state must not have seen it.
+                    Ok(Some(replaced)) if replaced.tcp_flags & parse::TCP_FIN == 0 => {
+                        self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN))
+                    }
+                    _ => {}
+                }
+                if sync_later {
+                    self.sync_moved(idx, state_before);
+                }
+            }
+            match r {
+                Err(n) => return n,
                 Ok(None) if flags & (F_SYNPROXY | F_XLAT) == 0 && fwd.two_way() => {
                     // The gateway's common end (a segment it only translated: every tiny one
                     // of a flood): NAT or full NAT as on the fast path, in line.
@@ -175,10 +199,6 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
                 Ok(None) => p,
                 Ok(Some(replaced)) => {
-                    if p.tcp_flags & !replaced.tcp_flags & parse::TCP_FIN != 0 {
-                        // The gateway kept the FIN back: the state must not have seen it.
-                        self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN));
-                    }
                     ftp_p = replaced;
                     &ftp_p
                 }

@@ -83,6 +83,15 @@ impl<Q: BufAlloc> Worker<Q> {
         }
     }
 
+    /// Queue connection `idx` if its state is no longer `before` or it was never sent: the
+    /// sync [`Worker::forward`] leaves until the FTP gateway has said whether a FIN went out
+    /// (a FIN it keeps back leaves the state as it was, and nothing to send).
+    pub(super) fn sync_moved(&mut self, idx: u32, before: crate::flow::tcpstate::TcpState) {
+        if self.flows.get(idx).state != before || self.flows.cold(idx).synced_at == 0 {
+            self.sync_conn(idx);
+        }
+    }
+
     /// The gateway's sequence-number translation of NAT / full-NAT control connection `idx`,
     /// if a rewrite moved it (a peer taking the connection over needs it).
     pub(super) fn seq_entry(&self, idx: u32) -> Option<SyncEntry> {
