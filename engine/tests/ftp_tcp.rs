@@ -344,6 +344,49 @@ fn fin_stays_on_the_last_byte() {
 }
 
 #[test]
+fn a_segment_the_gateway_drops_leaves_the_state() {
+    // A RST or FIN carrying data far beyond the window (a blind attacker's, or garbage) is
+    // dropped by the gateway (`out_of_window`) and never reaches the server: as conntrack with
+    // an invalid segment, the connection's state must not move (to CLOSE / CLOSE_WAIT and their
+    // short timeouts, closing a live control connection early).
+    use ferrovs_engine::wire::parse::TCP_RST;
+    let far = 1000u32.wrapping_add(1 << 30);
+    let mut rst = handshake();
+    rst.push(c(TCP_RST | TCP_ACK, far, 5000, &[], b"x"));
+    let mut fin = handshake();
+    fin.push(c(TCP_FIN | TCP_ACK, far, 5000, &[], b"QUIT\r\n"));
+    let mut good = handshake();
+    good.push(c(TCP_FIN | TCP_ACK, far, 5000, &[], b"QUIT\r\n"));
+    good.push(c(TCP_FIN | TCP_ACK, 1000, 5000, &[], b"QUIT\r\n"));
+    run(vec![
+        Case {
+            what: "a RST with data far ahead: dropped, the state stays",
+            ext_mtu: None,
+            input: rst,
+            want: vec![],
+            check: |e| {
+                assert_eq!(common::seg::drops(e), vec![("out_of_window", 1)]);
+                assert_eq!(state(e), "ESTABLISHED");
+            },
+        },
+        Case {
+            what: "a FIN with data far ahead: dropped, the state stays",
+            ext_mtu: None,
+            input: fin,
+            want: vec![],
+            check: |e| assert_eq!(state(e), "ESTABLISHED"),
+        },
+        Case {
+            what: "the FIN in sequence after it moves the state as ever",
+            ext_mtu: None,
+            input: good,
+            want: vec![to_rs(TCP_FIN | TCP_ACK, 1000, 5000, &[], b"QUIT\r\n")],
+            check: |e| assert_eq!(state(e), "CLOSE_WAIT"),
+        },
+    ]);
+}
+
+#[test]
 fn syn_data_is_fed_at_isn_plus_one() {
     let port = b"PORT 10,0,1,2,156,64\r\n";
     // The client's SYN carries the PASV, the server's SYN-ACK its answer.

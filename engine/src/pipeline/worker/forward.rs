@@ -129,13 +129,14 @@ impl<Q: BufAlloc> Worker<Q> {
         let state_before = self.flows.get(idx).state;
         self.track_conn(idx, dir, p, len);
         // Cluster: a new connection or a state change goes to the peers, once it stands. The
-        // FTP gateway may keep a FIN back (holding its segment, or sending a reply without
-        // it) and undo its transition (below): a control connection's FIN waits for the
-        // gateway's word, or a backup would expire the live connection on the FIN_WAIT or
-        // CLOSE_WAIT timeout after a failover. (Its PROXY protocol connections skip the gateway.)
+        // FTP gateway may drop or hold a segment, or keep its FIN back (sending a reply without
+        // it), and the transition is undone (below): a control connection's change waits for
+        // the gateway's word, or a backup would expire the live connection on the FIN_WAIT,
+        // CLOSE_WAIT or CLOSE timeout after a failover. (Its PROXY protocol connections skip
+        // the gateway.)
         let mut sync_later = false;
         if self.sync_on && (self.flows.get(idx).state != state_before || self.flows.cold(idx).synced_at == 0) {
-            if self.flows.get(idx).flags & (F_ALG | F_PPROTO) == F_ALG && p.tcp_flags & parse::TCP_FIN != 0 {
+            if self.flows.get(idx).flags & (F_ALG | F_PPROTO) == F_ALG {
                 sync_later = true;
             } else {
                 self.sync_conn(idx);
@@ -176,19 +177,20 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
             let r = self.ftp_segment(idx, dir, pkt, p);
-            if p.tcp_flags & parse::TCP_FIN != 0 {
-                match &r {
-                    // Held: its FIN did not go out either.
-                    Err(Next::Drop(DropReason::AlgHold)) => self.redo_tcp_state(idx, dir, state_before, None),
-                    // The gateway kept the FIN back: the state must not have seen it.
-                    Ok(Some(replaced)) if replaced.tcp_flags & parse::TCP_FIN == 0 => {
-                        self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN))
-                    }
-                    _ => {}
+            match &r {
+                // Nothing went out (held whole, or dropped: out of the window, a bad checksum):
+                // the state must not have seen the segment, as conntrack leaves an invalid one
+                // out of its state (a RST or FIN with data far ahead would otherwise close a live
+                // control connection it never reached).
+                Err(Next::Drop(_)) => self.redo_tcp_state(idx, dir, state_before, None),
+                // The gateway kept the FIN back: the state must not have seen it.
+                Ok(Some(replaced)) if p.tcp_flags & !replaced.tcp_flags & parse::TCP_FIN != 0 => {
+                    self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN))
                 }
-                if sync_later {
-                    self.sync_moved(idx, state_before);
-                }
+                _ => {}
+            }
+            if sync_later {
+                self.sync_moved(idx, state_before);
             }
             match r {
                 Err(n) => return n,
