@@ -731,6 +731,34 @@ fn proxy_protocol_v1_inserted_and_translated() {
     assert_drops(&e, &[]);
 }
 
+/// The segment that gets the PROXY protocol header in front of its payload is written anew,
+/// its TCP checksum computed afresh: one corrupted on the wire (its checksum then fails) is
+/// dropped, not sent with a fresh valid checksum that would hand the corruption to the server's
+/// application as the client's data. The handshake's ACK and the first data segment alike;
+/// their retransmissions carry the header as usual.
+#[test]
+fn proxy_protocol_segments_with_a_bad_tcp_checksum_get_no_header() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let hdr = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n";
+    let c = |flags, seq, ack, data: &[u8]| from_client(tcp4(CLIENT, 40000, vip, 80, flags, seq, ack, data));
+    assert_eq!(e.inject(EXT, &c(TCP_SYN, 1000, 0, b""), S).len(), 1);
+    let sa = tcp4(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, b"");
+    assert_eq!(e.inject(INT, &from_rs(sa, RS1_MAC), S).len(), 1);
+    // The handshake's ACK, its acknowledgement number corrupted; the first data, a byte of it.
+    let ack = corrupt(c(TCP_ACK, 1001, 7001, b""), 14 + 20 + 11, 0x01);
+    assert!(e.inject(EXT, &ack, S).is_empty(), "no header on a corrupted ACK");
+    let data = c(TCP_ACK | TCP_PSH, 1001, 7001, b"GET /");
+    assert!(e.inject(EXT, &corrupt(data.clone(), data.len() - 1, 0x01), S).is_empty(), "nor on corrupted data");
+    assert_drops(&e, &[(DropReason::L4BadChecksum, 2)]);
+    let out = e.inject(EXT, &data, S);
+    assert_eq!(out.len(), 1, "the retransmission goes");
+    verify_checksums(&out[0].1).unwrap();
+    let d = seg(&out[0].1);
+    assert_eq!((d.seq, d.payload), (1001, [&hdr[..], b"GET /"].concat()));
+}
+
 /// PROXY protocol with a server that speaks first (SMTP, FTP, SSH): the header rides on the
 /// handshake's ACK and the server acknowledges it; the client's later pure ACKs (of the
 /// banner), still at the stream start in its space, must come after the header in the

@@ -272,3 +272,52 @@ fn dr_active_client_answers_reach_the_session_server() {
     assert!(s.e.inject(EXT, &f, s.t + 3).is_empty());
     assert_drops(&s.e, &[(DropReason::NoFlow, 1)]);
 }
+
+/// A control segment corrupted on the wire (its TCP checksum then fails) is dropped before the
+/// gateway reads it, as Linux's connection tracking marks it INVALID before its FTP helper
+/// sees it: a 227 reply rewritten from scratch would go out with a fresh valid checksum and
+/// the corrupted port would reach the client as good data (and open a pinhole for it), a PORT
+/// would open a pinhole for a port the client never named. The good retransmissions go
+/// through as if the corrupted copies had never come.
+#[test]
+fn control_segments_with_a_bad_tcp_checksum_are_not_read_nor_rewritten() {
+    let mut s = Session::new("nat");
+    s.client(b"PASV\r\n");
+    let reply = with_macs(
+        tcp4(
+            RS1,
+            21,
+            CLIENT,
+            40000,
+            TCP_ACK | TCP_PSH,
+            s.sseq,
+            s.cseq,
+            b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n",
+        ),
+        RS1_MAC,
+        LB_INT,
+    );
+    // "...,117,48)." -> "...,117,49).": port 30001 instead of 30000.
+    let bad = corrupt(reply.clone(), reply.len() - 6, 0x01);
+    assert!(s.e.inject(INT, &bad, s.t + 1).is_empty(), "not rewritten into a valid segment");
+    assert_eq!(s.ftp_counter(|c| load(&c.rewrites)), 0);
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 0);
+    let out = s.e.inject(INT, &reply, s.t + 2);
+    assert_eq!(out.len(), 1, "the retransmission is rewritten");
+    let t = tcp_of(&out[0].1);
+    assert_eq!(t.payload, b"227 Entering Passive Mode (10,0,1,100,117,48).\r\n");
+    assert_eq!(t.seq, s.sseq);
+    assert_eq!(s.ftp_counter(|c| load(&c.rewrites)), 1);
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
+    // A PORT whose port was corrupted on the wire (156,64 -> 156,65) opens nothing.
+    let port = with_macs(
+        tcp4(CLIENT, 40000, VIP, 21, TCP_ACK | TCP_PSH, s.cseq, s.sseq + 48, b"PORT 10,0,1,2,156,64\r\n"),
+        CLIENT_MAC,
+        LB_EXT,
+    );
+    assert!(s.e.inject(EXT, &corrupt(port.clone(), port.len() - 3, 0x01), s.t + 3).is_empty());
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 1);
+    assert_eq!(s.e.inject(EXT, &port, s.t + 4).len(), 1, "the retransmission goes");
+    assert_eq!(s.ftp_counter(|c| load(&c.expectations_created)), 2);
+    assert_drops(&s.e, &[(DropReason::L4BadChecksum, 2)]);
+}

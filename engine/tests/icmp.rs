@@ -395,3 +395,32 @@ fn no_icmp_error_is_built_or_translated_from_a_bad_header_checksum() {
     assert_eq!(out.len(), 1, "the good copy is translated");
     assert_eq!(&out[0].1[30..34], &RS1);
 }
+
+/// An ICMP error whose ICMP checksum fails (the quote corrupted on the wire: Linux's
+/// `icmp_error` / `icmpv6_error` in connection tracking mark it INVALID, never translated) is
+/// not translated: the translation computes the outer checksum afresh over the rewritten quote,
+/// which would hand the corruption on as a valid error (here a quoted port, which may name
+/// another connection of the receiver's). IPv4 (over the message) and ICMPv6 (with the
+/// pseudo-header); the good copies are translated.
+#[test]
+fn an_icmp_error_with_a_bad_checksum_is_not_translated() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    assert_eq!(e.inject(EXT, &from_client(udp6(C6, 5353, VIP6, 53, b"query")), S).len(), 1);
+    let quoted = tcp4(VIP, 80, CLIENT, 40000, TCP_ACK, 5001, 1001, b"reply");
+    let err = from_client(icmp4_error_whole(CLIENT, VIP, 3, 4, 1400, &quoted));
+    let quoted6 = udp6(VIP6, 53, C6, 5353, b"answer");
+    let err6 = from_client(icmp6_error_whole(C6, VIP6, 1, 4, 0, &quoted6));
+    // The last byte of each quote.
+    for f in [&err, &err6] {
+        assert!(e.inject(EXT, &corrupt(f.clone(), f.len() - 1, 0x04), S).is_empty(), "not translated");
+    }
+    assert_drops(&e, &[(DropReason::L4BadChecksum, 2)]);
+    assert_eq!(e.counters().icmp_translated, 0);
+    for f in [&err, &err6] {
+        let out = e.inject(EXT, f, S);
+        assert_eq!(out.len(), 1, "the good copy is translated");
+        verify_checksums(&out[0].1).unwrap();
+    }
+    assert_eq!(e.counters().icmp_translated, 2);
+}

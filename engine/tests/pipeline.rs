@@ -378,6 +378,28 @@ fn an_echo_request_with_a_bad_header_checksum_gets_no_reply() {
     assert_eq!(e.inject(EXT, &from_client(ping4(CLIENT, VIP, 7, 3)), S).len(), 1, "the good copy is answered");
 }
 
+/// An echo request whose ICMP checksum fails (its data corrupted on the wire) gets no reply,
+/// IPv4 (the checksum over the message) and IPv6 (with the pseudo-header), as Linux's
+/// `icmp_reply` / `icmpv6_rcv` drop it: the reply's checksum, computed afresh over the
+/// request's data, would hand the corruption back as good data. The good copies are answered.
+#[test]
+fn an_echo_request_with_a_bad_icmp_checksum_gets_no_reply() {
+    let mut e = engine(1);
+    let p4 = from_client(ping4(CLIENT, VIP, 7, 1));
+    let p6 = from_client(ping6(C6, VIP6, 7, 1));
+    let at4 = p4.len() - 1;
+    assert!(e.inject(EXT, &corrupt(p4.clone(), at4, 0x20), S).is_empty(), "a VIP");
+    assert!(e.inject(EXT, &corrupt(from_client(ping4(CLIENT, [10, 0, 1, 1], 7, 2)), at4, 0x20), S).is_empty());
+    assert!(e.inject(EXT, &corrupt(p6.clone(), p6.len() - 1, 0x20), S).is_empty(), "IPv6");
+    assert_drops(&e, &[(DropReason::L4BadChecksum, 3)]);
+    assert_eq!(e.counters().icmp_echo_replies, 0);
+    for p in [p4, p6] {
+        let out = e.inject(EXT, &p, S);
+        assert_eq!(out.len(), 1, "the good copy is answered");
+        verify_checksums(&out[0].1).unwrap();
+    }
+}
+
 #[test]
 fn tcp_states_and_expiry_follow_the_clock() {
     let mut e = engine(1);

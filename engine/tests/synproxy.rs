@@ -196,6 +196,34 @@ fn segments_with_a_bad_header_checksum_get_nothing_from_the_proxy() {
     assert_eq!(drops(&e), vec![("ip_bad_csum", 3)]);
 }
 
+/// Segments whose TCP checksum fails (corrupted on the wire: Linux's SYNPROXY target checks
+/// it before anything) are not answered nor rebuilt by the proxy: a SYN whose sequence number
+/// was corrupted gets no SYN-ACK acknowledging it, a cookie ACK (its window corrupted, the
+/// cookie still good) opens nothing, the real server's SYN-ACK whose ISN was corrupted does
+/// not set the connection's offset. Each would have gone out with fresh checksums over the
+/// corrupted fields. The good copies go on as usual.
+#[test]
+fn segments_with_a_bad_tcp_checksum_get_nothing_from_the_proxy() {
+    let mut e = engine("on", 1000);
+    let isn = 700u32;
+    let (seq_lo, win_lo) = (14 + 20 + 7, 14 + 20 + 15);
+    let syn = with_macs(tcp4(CLIENT, 40002, VIP, 80, TCP_SYN, isn, 0, b""), CLIENT_MAC, LB_EXT);
+    assert!(e.inject(EXT, &corrupt(syn.clone(), seq_lo, 0x01), S).is_empty(), "no SYN-ACK");
+    assert_eq!(e.counters().cookies_sent, 0);
+    let (_, s) = one(e.inject(EXT, &syn, S));
+    assert_eq!(s.ack, isn + 1);
+    let cookie = s.seq;
+    let ack = with_macs(tcp4(CLIENT, 40002, VIP, 80, TCP_ACK, isn + 1, cookie + 1, b""), CLIENT_MAC, LB_EXT);
+    assert!(e.inject(EXT, &corrupt(ack.clone(), win_lo, 0x01), S).is_empty(), "no SYN to the real server");
+    assert_eq!((e.counters().cookies_validated, e.counters().flows_created), (0, 0));
+    assert_eq!(one(e.inject(EXT, &ack, S)).1.flags, TCP_SYN);
+    let sa = with_macs(tcp4(RS1, 80, CLIENT, 40002, TCP_SYN | TCP_ACK, 9000, isn + 1, b""), RS1_MAC, LB_INT);
+    assert!(e.inject(INT, &corrupt(sa.clone(), seq_lo, 0x01), S).is_empty(), "not acknowledged");
+    let (_, a) = one(e.inject(INT, &sa, S));
+    assert_eq!((a.flags, a.ack), (TCP_ACK, 9001));
+    assert_eq!(drops(&e), vec![("l4_bad_csum", 3)]);
+}
+
 #[test]
 fn auto_engages_above_the_half_open_threshold() {
     let mut e = engine("auto", 2);

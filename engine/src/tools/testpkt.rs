@@ -158,6 +158,14 @@ pub fn ping4(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
     v
 }
 
+/// An ICMPv6 echo request.
+pub fn ping6(src: [u8; 16], dst: [u8; 16], id: u16, seq: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64).icmpv6_echo_request(id, seq);
+    let mut v = Vec::new();
+    b.write(&mut v, b"ping").expect("build ping");
+    v
+}
+
 /// An ARP request "who has `target`? tell `sender`".
 pub fn arp_request(sender_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     let mut v = Vec::with_capacity(42);
@@ -285,6 +293,15 @@ pub fn set_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
 pub fn bad_ip_csum(mut frame: Vec<u8>) -> Vec<u8> {
     assert_eq!(frame[12..14], [0x08, 0x00], "an IPv4 frame without VLAN tag");
     frame[14 + 11] ^= 0x01;
+    frame
+}
+
+/// A frame as corrupted on the wire past its IP header: byte `at` (an offset in the frame)
+/// XORed with `mask`, every checksum left as it was, so the transport checksum no longer
+/// verifies (a receiver drops the segment; Linux's connection tracking marks it INVALID).
+pub fn corrupt(mut frame: Vec<u8>, at: usize, mask: u8) -> Vec<u8> {
+    assert!(mask != 0 && at < frame.len(), "a byte of the frame, changed");
+    frame[at] ^= mask;
     frame
 }
 

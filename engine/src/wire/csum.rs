@@ -162,14 +162,15 @@ pub fn fill_ipv4(d: &mut [u8], l3: usize) -> Result<(), Truncated> {
     Ok(())
 }
 
-/// Recompute the transport checksum (TCP, UDP, ICMP, ICMPv6) of frame `d` parsed as `p`
-/// from scratch (a UDP result of 0 is sent as 0xffff). Another protocol: nothing to do.
-pub fn fill_l4(d: &mut [u8], p: &Parsed) -> Result<(), Truncated> {
+/// Where the transport checksum of frame `d` parsed as `p` sits in its header (TCP, UDP, ICMP,
+/// ICMPv6) and the sum its pseudo-header adds (none for ICMPv4). `None`: another protocol,
+/// without a checksum the engine knows.
+fn l4_layout(d: &[u8], p: &Parsed) -> Result<Option<(usize, u32)>, Truncated> {
     let off = match p.proto {
         PROTO_TCP => 16,
         PROTO_UDP => 6,
         PROTO_ICMP | PROTO_ICMPV6 => 2,
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let len = p.end.checked_sub(p.l4).ok_or(Truncated)?;
     let pseudo = if p.proto == PROTO_ICMP {
@@ -181,6 +182,13 @@ pub fn fill_l4(d: &mut [u8], p: &Parsed) -> Result<(), Truncated> {
         let h = Ipv4::at(d, p.l3)?;
         pseudo_v4(h.src(), h.dst(), p.proto, len as u16)
     };
+    Ok(Some((off, pseudo)))
+}
+
+/// Recompute the transport checksum (TCP, UDP, ICMP, ICMPv6) of frame `d` parsed as `p`
+/// from scratch (a UDP result of 0 is sent as 0xffff). Another protocol: nothing to do.
+pub fn fill_l4(d: &mut [u8], p: &Parsed) -> Result<(), Truncated> {
+    let Some((off, pseudo)) = l4_layout(d, p)? else { return Ok(()) };
     let seg = d.get_mut(p.l4..p.end).ok_or(Truncated)?;
     let field = seg.get_mut(off..off + 2).ok_or(Truncated)?;
     field.fill(0);
@@ -190,6 +198,32 @@ pub fn fill_l4(d: &mut [u8], p: &Parsed) -> Result<(), Truncated> {
     }
     seg[off..off + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
+}
+
+/// Does the transport checksum of frame `d` parsed as `p` verify: TCP and UDP over their
+/// pseudo-header (IPv4 and IPv6), ICMPv4 over the message alone, ICMPv6 with its pseudo-header
+/// (the ones-complement sum, checksum field included, is all ones)? A UDP checksum of 0 over
+/// IPv4 means "none" (RFC 768) and passes; over IPv6 it is not allowed (RFC 8200 8.1) and
+/// fails. Another protocol: true. What Linux checks before its connection tracking hands a
+/// packet to NAT or a helper (`tcp_error`, `udp_error`, `icmp_error` with
+/// `nf_conntrack_checksum`), and `icmp_reply` before it answers an echo request.
+///
+/// The counterpart of [`ip_header_ok`] for the transport layer, under the same rule: checked
+/// only where the engine writes a segment or a message anew over received bytes and computes
+/// its checksum from scratch ([`fill_l4`]; an FTP gateway rewrite, the PROXY protocol header's
+/// segment, an echo reply, a translated ICMP error), where a corruption on the wire would
+/// reach the peer's application as good data. Segments only rewritten ([`apply`]) keep a bad
+/// checksum and the receiver drops them: the established path does not pay for a sum over
+/// every payload.
+pub fn l4_ok(d: &[u8], p: &Parsed) -> bool {
+    let Ok(layout) = l4_layout(d, p) else { return false };
+    let Some((off, pseudo)) = layout else { return true };
+    let Some(seg) = d.get(p.l4..p.end) else { return false };
+    let Some(field) = seg.get(off..off + 2) else { return false };
+    if p.proto == PROTO_UDP && field == [0, 0] {
+        return !p.v6;
+    }
+    fold(sum(seg, pseudo)) == 0xffff
 }
 
 #[cfg(test)]
@@ -256,6 +290,47 @@ mod tests {
         assert!(!ip_header_ok(&f[..30], 14, false));
         // IPv6 has no header checksum.
         assert!(ip_header_ok(&tcp6([0xfd; 16], 1, [0xfe; 16], 2, 0x02, 1, 0, b""), 14, true));
+    }
+
+    #[test]
+    fn a_transport_checksum_is_verified_over_segment_and_pseudo_header() {
+        use crate::tools::testpkt::{icmp6_error, ping4, tcp4, tcp6, udp4, udp6};
+        use crate::wire::parse::parse;
+        let frames = [
+            tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 21, 0x18, 1, 2, b"PORT 10,0,1,2,156,64\r\n"),
+            tcp6([0xfd; 16], 40000, [0xfe; 16], 21, 0x18, 1, 2, b"odd"),
+            udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"query"),
+            udp6([0xfd; 16], 5353, [0xfe; 16], 53, b"query"),
+            ping4([10, 0, 1, 2], [10, 0, 1, 100], 7, 1),
+            icmp6_error([0xfd; 16], [0xfe; 16], 1, 4, 0, &udp6([0xfe; 16], 53, [0xfd; 16], 5353, b"x")),
+        ];
+        for f in frames {
+            let p = parse(&f).unwrap();
+            assert!(l4_ok(&f, &p), "proto {}", p.proto);
+            // Any one bit flipped in the segment (checksum field included) is caught...
+            for i in p.l4..p.end {
+                for b in 0..8 {
+                    let mut g = f.clone();
+                    g[i] ^= 1 << b;
+                    // (Unless it left an IPv4 UDP checksum 0: none.)
+                    let none = p.proto == crate::wire::parse::PROTO_UDP && !p.v6 && g[p.l4 + 6..p.l4 + 8] == [0, 0];
+                    assert_eq!(l4_ok(&g, &p), none, "proto {} byte {i} bit {b}", p.proto);
+                }
+            }
+            // ... and in the addresses of the pseudo-header, but for ICMPv4, which has none.
+            let mut g = f.clone();
+            g[p.l4 - 1] ^= 0x10;
+            assert_eq!(l4_ok(&g, &p), p.proto == crate::wire::parse::PROTO_ICMP, "proto {}", p.proto);
+            // A length past the frame is not valid.
+            assert!(!l4_ok(&f[..f.len() - 1], &p));
+        }
+        // UDP without a checksum: "none" over IPv4, not allowed over IPv6.
+        let mut u4 = udp4([10, 0, 1, 2], 5353, [10, 0, 1, 100], 53, b"query");
+        u4[14 + 20 + 6..14 + 20 + 8].fill(0);
+        assert!(l4_ok(&u4, &parse(&u4).unwrap()));
+        let mut u6 = udp6([0xfd; 16], 5353, [0xfe; 16], 53, b"query");
+        u6[14 + 40 + 6..14 + 40 + 8].fill(0);
+        assert!(!l4_ok(&u6, &parse(&u6).unwrap()));
     }
 
     #[test]

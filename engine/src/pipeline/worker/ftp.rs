@@ -102,6 +102,15 @@ impl<Q: BufAlloc> Worker<Q> {
         if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
             return Err(Next::Drop(DropReason::IpBadChecksum));
         }
+        // Nor one whose payload was corrupted (its TCP checksum fails: Linux's `tcp_error`
+        // marks it INVALID, never given to the helper): a rewrite would send the corruption
+        // on with a fresh checksum, and the parser would take it as the peer's words (a
+        // pinhole for the port a flipped bit named). Checked before the session reads it, as
+        // a rewrite is only known after: every segment with data this path parses (the lines
+        // the quick path hands on), not the segments it only translates.
+        if p.payload_len() > 0 && !csum::l4_ok(pkt.data(), p) {
+            return Err(Next::Drop(DropReason::L4BadChecksum));
+        }
         let now = self.now;
         let adir = if dir == Dir::In { alg::Dir::Original } else { alg::Dir::Reply };
         let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else { return Ok(None) };

@@ -298,8 +298,9 @@ impl<Q: BufAlloc> Worker<Q> {
     }
 
     /// Answer an echo request to a VIP or an interface address. Not one whose IPv4 header
-    /// checksum fails (Linux drops it in `ip_rcv`): the reply's header is computed afresh
-    /// ([`turn_echo`]) and would carry the corruption with a valid checksum.
+    /// checksum fails (Linux drops it in `ip_rcv`), nor one whose ICMP checksum fails (as
+    /// `icmp_reply`, `icmpv6_rcv`): the reply's checksums are computed afresh ([`turn_echo`])
+    /// and would hand the corruption back valid.
     pub(super) fn echo_reply(&mut self, iface: usize, mut pkt: Q::Buf, p: &Parsed) {
         if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
             self.drop_pkt(DropReason::IpBadChecksum);
@@ -308,6 +309,10 @@ impl<Q: BufAlloc> Worker<Q> {
         let req = if p.v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST };
         if p.icmp_type != req {
             self.drop_pkt(DropReason::NotForUs);
+            return;
+        }
+        if !csum::l4_ok(pkt.data(), p) {
+            self.drop_pkt(DropReason::L4BadChecksum);
             return;
         }
         if turn_echo(pkt.data_mut(), p).is_err() {

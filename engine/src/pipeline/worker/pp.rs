@@ -49,6 +49,12 @@ impl<Q: BufAlloc> Worker<Q> {
                     if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
                         return Err(Next::Drop(DropReason::IpBadChecksum));
                     }
+                    // Its TCP checksum is computed afresh too: not over a segment corrupted
+                    // on the wire (its checksum fails), whose corruption would reach the
+                    // server's application as the client's data.
+                    if !csum::l4_ok(pkt.data(), p) {
+                        return Err(Next::Drop(DropReason::L4BadChecksum));
+                    }
                     // The header goes in front of this segment's payload.
                     let h = pp.delta() as usize;
                     let mtu =

@@ -114,9 +114,12 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let isn = seq.wrapping_sub(1);
         let cookie = ack.wrapping_sub(1);
-        // It becomes our SYN to the real server, its header rewritten ([`write_bare`]).
+        // It becomes our SYN to the real server, its headers rewritten ([`write_bare`]).
         if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
             return Some(Next::Drop(DropReason::IpBadChecksum));
+        }
+        if !csum::l4_ok(pkt.data(), p) {
+            return Some(Next::Drop(DropReason::L4BadChecksum));
         }
         let Some(mss) = self.cookies.check(self.now, &Handshake { isn, ..hs }, cookie) else {
             if old.is_some() {
@@ -185,9 +188,15 @@ impl<Q: BufAlloc> Worker<Q> {
             return Some(self.send_cookie(iface, pkt, p, seg));
         }
         let recent = self.cookie_recent();
-        if p.tcp_flags & parse::TCP_RST != 0 && recent && !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-            // Its source address would be verified: not a corrupted one.
-            return Some(Next::Drop(DropReason::IpBadChecksum));
+        if p.tcp_flags & parse::TCP_RST != 0 && recent {
+            // Its source address would be verified: not a corrupted one (nor a corrupted
+            // sequence number taken for a cookie).
+            if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+                return Some(Next::Drop(DropReason::IpBadChecksum));
+            }
+            if !csum::l4_ok(pkt.data(), p) {
+                return Some(Next::Drop(DropReason::L4BadChecksum));
+            }
         }
         if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
             self.verify(p.src);
@@ -199,12 +208,16 @@ impl<Q: BufAlloc> Worker<Q> {
 
     /// `pkt` turned into the SYN-ACK `seg` carrying a cookie, back out of `iface`, and the
     /// cookie counted; the drop if it cannot be, or if the SYN's IPv4 header checksum fails
-    /// (Linux drops it in `ip_rcv`): [`write_bare`] computes the header afresh, which would
-    /// launder the corruption.
+    /// (Linux drops it in `ip_rcv`) or its TCP checksum does (Linux's SYNPROXY target checks
+    /// it first): [`write_bare`] computes both afresh, which would launder the corruption
+    /// (the SYN-ACK sent to a corrupted port, acknowledging a corrupted sequence number).
     #[inline(always)]
     fn send_cookie(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed, seg: Bare) -> Next {
         if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
             return Next::Drop(DropReason::IpBadChecksum);
+        }
+        if !csum::l4_ok(pkt.data(), p) {
+            return Next::Drop(DropReason::L4BadChecksum);
         }
         if let Err(drop) = write_bare(pkt, p, true, seg) {
             return drop;
@@ -267,9 +280,13 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         // Until the handshakes are spliced the proxy builds segments from the ones it gets (our
         // SYN again, our ACK or reset to the server, our reset after the client's): not from
-        // one whose IPv4 header checksum fails (Linux drops it in `ip_rcv`).
+        // one whose IPv4 header checksum fails (Linux drops it in `ip_rcv`), nor one whose TCP
+        // checksum does (the server's ISN, which sets the connection's offset, corrupted).
         if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
             return Some(Next::Drop(DropReason::IpBadChecksum));
+        }
+        if !csum::l4_ok(pkt.data(), p) {
+            return Some(Next::Drop(DropReason::L4BadChecksum));
         }
         let rst = p.tcp_flags & parse::TCP_RST != 0;
         let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else {
