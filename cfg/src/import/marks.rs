@@ -16,6 +16,7 @@
 //! is left out with a warning; a value that is not one (a mark, a port, an address) is an error
 //! naming the line.
 
+use std::iter::Peekable;
 use std::net::IpAddr;
 
 use super::{err, MarkMap};
@@ -121,69 +122,84 @@ fn rule(words: &[String], table: &str) -> Result<Option<Rule>, Skip> {
             return Err(Skip::Warn(format!("{first:?} is neither an iptables rule nor an iptables command")));
         }
     }
-    let mut appends = false;
-    let mut target: Option<&str> = None;
-    let (mut mark, mut dst, mut ports) = (None, None, None::<Vec<PortRange>>);
-    let mut proto_ok = true;
+    let mut r = Parts { table, ..Parts::default() };
     // The first thing that makes the rule unusable, said only if it is a MARK rule.
     let mut skip: Option<Skip> = None;
-    let mut note = |s: Skip| {
-        if skip.is_none() {
-            skip = Some(s);
-        }
-    };
     while let Some(o) = w.next() {
-        let mut val = |what: &str| w.next().ok_or_else(|| Skip::Bad(format!("{what} needs a value")));
-        let r: Result<(), Skip> = (|| {
-            match o {
-                "-t" | "--table" => table = val(o)?.to_string(),
-                "-A" | "--append" | "-I" | "--insert" => {
-                    val(o)?;
-                    appends = true;
-                }
-                "-j" | "--jump" => target = Some(val(o)?),
-                "-d" | "--destination" | "--dst" => dst = Some(address(val(o)?)?),
-                "-p" | "--protocol" => proto_ok = matches!(val(o)?, "tcp" | "udp" | "6" | "17"),
-                "--dport" | "--destination-port" => ports = Some(vec![port_range(val(o)?)?]),
-                "--dports" | "--destination-ports" => {
-                    ports = Some(val(o)?.split(',').map(port_range).collect::<Result<_, _>>()?)
-                }
-                "--set-mark" | "--set-xmark" => mark = Some(mark_value(val(o)?)?),
-                "-m" | "--match" | "--comment" => {
-                    val(o)?;
-                }
-                // Interfaces: the balancer's own; the mark selects what arrives on them.
-                "-i" | "--in-interface" | "-o" | "--out-interface" => {
-                    val(o)?;
-                }
-                "!" => return Err(Skip::Warn("a negated match".into())),
-                "-s" | "--source" | "--src" | "--sport" | "--source-port" | "--sports" => {
-                    return Err(Skip::Warn(format!("{o}: a source match (a ferrovs service takes every client)")))
-                }
-                "--and-mark" | "--or-mark" | "--xor-mark" => {
-                    return Err(Skip::Warn(format!("{o}: a mark computed from the packet's")))
-                }
-                o => return Err(Skip::Warn(format!("option {o} is not understood"))),
-            }
-            Ok(())
-        })();
-        if let Err(s) = r {
-            note(s);
+        if let Err(s) = r.option(o, &mut w) {
+            skip.get_or_insert(s);
         }
     }
     // Only an appended (or inserted) rule of the mangle table jumping to MARK sets a mark
     // (a delete, a flush, a policy or another target does not).
-    if !appends || table != "mangle" || target != Some("MARK") {
+    if !r.appends || r.table != "mangle" || r.target != Some("MARK") {
         return Ok(None);
     }
     if let Some(s) = skip {
         return Err(s);
     }
-    let Some(mark) = mark else { return Err(Skip::Bad("-j MARK without --set-mark or --set-xmark".into())) };
-    if !proto_ok {
+    let Some(mark) = r.mark else { return Err(Skip::Bad("-j MARK without --set-mark or --set-xmark".into())) };
+    if !r.proto_ok {
         return Err(Skip::Warn(format!("mark {mark}: a protocol other than tcp or udp")));
     }
-    Ok(Some(Rule { mark, dst, ports }))
+    Ok(Some(Rule { mark, dst: r.dst, ports: r.ports }))
+}
+
+/// What a rule's options said so far.
+struct Parts<'a> {
+    table: String,
+    appends: bool,
+    target: Option<&'a str>,
+    mark: Option<u32>,
+    dst: Option<IpAddr>,
+    ports: Option<Vec<PortRange>>,
+    proto_ok: bool,
+}
+
+impl Default for Parts<'_> {
+    fn default() -> Self {
+        Parts { table: String::new(), appends: false, target: None, mark: None, dst: None, ports: None, proto_ok: true }
+    }
+}
+
+impl<'a> Parts<'a> {
+    /// Option `o` with its value(s) from `w`.
+    fn option(&mut self, o: &str, w: &mut Peekable<impl Iterator<Item = &'a str>>) -> Result<(), Skip> {
+        let mut val = || w.next().ok_or_else(|| Skip::Bad(format!("{o} needs a value")));
+        match o {
+            "-t" | "--table" => self.table = val()?.to_string(),
+            "-A" | "--append" | "-I" | "--insert" => {
+                val()?;
+                self.appends = true;
+                // `-I CHAIN [RULENUM]`.
+                if matches!(o, "-I" | "--insert") {
+                    w.next_if(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                }
+            }
+            "-j" | "--jump" => self.target = Some(val()?),
+            "-d" | "--destination" | "--dst" => self.dst = Some(address(val()?)?),
+            "-p" | "--protocol" => self.proto_ok = matches!(val()?, "tcp" | "udp" | "6" | "17"),
+            "--dport" | "--destination-port" => self.ports = Some(vec![port_range(val()?)?]),
+            "--dports" | "--destination-ports" => {
+                self.ports = Some(val()?.split(',').map(port_range).collect::<Result<_, _>>()?)
+            }
+            "--set-mark" | "--set-xmark" => self.mark = Some(mark_value(val()?)?),
+            // A match module's name, a comment; interfaces (the balancer's own: the mark
+            // selects what arrives on them).
+            "-m" | "--match" | "--comment" | "-i" | "--in-interface" | "-o" | "--out-interface" => {
+                val()?;
+            }
+            "!" => return Err(Skip::Warn("a negated match".into())),
+            "-s" | "--source" | "--src" | "--sport" | "--source-port" | "--sports" => {
+                return Err(Skip::Warn(format!("{o}: a source match (a ferrovs service takes every client)")))
+            }
+            "--and-mark" | "--or-mark" | "--xor-mark" => {
+                return Err(Skip::Warn(format!("{o}: a mark computed from the packet's")))
+            }
+            o => return Err(Skip::Warn(format!("option {o} is not understood"))),
+        }
+        Ok(())
+    }
 }
 
 /// Words of a rule line: iptables-save quotes a comment with spaces in double quotes (`\"`
@@ -304,7 +320,7 @@ mod tests {
                     -A PREROUTING -d 10.0.0.100/32 -p tcp -m tcp --dport 10000:20000 -j MARK --set-xmark 0x15/0xffffffff\n\
                     COMMIT\n";
         let script = "/usr/sbin/iptables -t mangle -A PREROUTING -p tcp -d 10.0.0.100/32 --dport 21 -j MARK --set-mark 21\n\
-                      /usr/sbin/iptables -t mangle -A PREROUTING -p tcp -d 10.0.0.100/32 --dport 10000:20000 -j MARK --set-mark 21\n";
+                      /usr/sbin/iptables -t mangle -I PREROUTING 1 -p tcp -d 10.0.0.100/32 --dport 10000:20000 -j MARK --set-mark 21\n";
         for t in [save, script] {
             let (m, w) = marks_from_iptables(t).unwrap();
             assert!(w.is_empty(), "{w:?}");

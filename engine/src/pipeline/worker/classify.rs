@@ -298,19 +298,6 @@ impl<Q: BufAlloc> Worker<Q> {
         laddr: Option<ferrovs_cfg::PortRange>,
         handed: bool,
     ) {
-        // The translation writes the outer header's checksum afresh ([`Worker::icmp_error`]):
-        // an error whose header checksum fails (dropped by Linux in `ip_rcv`) is not taken.
-        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-            self.drop_pkt(DropReason::IpBadChecksum);
-            return;
-        }
-        // And its ICMP checksum, computed afresh over the rewritten quote (`Quote::apply`,
-        // `nat64::translate_icmp_error`): a quote corrupted on the wire is not handed on valid
-        // (Linux's `icmp_error` / `icmpv6_error` mark it INVALID, never translated).
-        if !csum::l4_ok(pkt.data(), p) {
-            self.drop_pkt(DropReason::L4BadChecksum);
-            return;
-        }
         let inner = match parse::parse_inner(pkt.data(), p) {
             Ok(i) => i,
             Err(e) => {

@@ -63,6 +63,21 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::NoFlow);
             return;
         };
+        // The translation writes the outer header's checksum afresh: an error whose header
+        // checksum fails (dropped by Linux in `ip_rcv`) is not taken; nor one whose ICMP
+        // checksum fails, computed afresh over the rewritten quote (`Quote::apply`,
+        // `nat64::translate_icmp_error`): a quote corrupted on the wire is not handed on valid
+        // (Linux's `icmp_error` / `icmpv6_error` mark it INVALID, never translated). Checked
+        // once the quoted connection is known: a flood of errors for connections that do not
+        // exist costs no checksum.
+        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
+            self.drop_pkt(DropReason::IpBadChecksum);
+            return;
+        }
+        if !csum::l4_ok(pkt.data(), p) {
+            self.drop_pkt(DropReason::L4BadChecksum);
+            return;
+        }
         let c = self.flows.get(idx);
         let (fwd, rs, rport, vip, vport) =
             (c.fwd, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.vip_of(c).0, self.flows.vip_of(c).1);
