@@ -154,7 +154,14 @@ struct Op {
     corrupt: Option<(u8, u8)>,
     advance: u8,
     flush: bool,
+    /// The TCP sequence number: one of [`SEQS`] (the same connection's segments in and out
+    /// of its window, `Conn::client_seq_ok`).
+    seq: u8,
 }
+
+/// Sequence numbers a segment carries, in units of 64 KiB: 0x1234, 108 on (in the window),
+/// 236 on (outside the first's window, inside the second's), and 0 (no mark known).
+const SEQS: [u32; 4] = [0x1234_0007, 0x12a0_0007, 0x1320_0007, 7];
 
 fn op() -> impl Strategy<Value = Op> {
     (
@@ -175,9 +182,9 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::bool::ANY,
         proptest::option::weighted(0.08, (14u8..78, any::<u8>())),
         prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
-        proptest::bool::weighted(0.3),
+        (proptest::bool::weighted(0.3), prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)]),
     )
-        .prop_map(|((kind, client), flags, ttl, mac, vlan, v6, corrupt, advance, flush)| Op {
+        .prop_map(|((kind, client), flags, ttl, mac, vlan, v6, corrupt, advance, (flush, seq))| Op {
             kind,
             client,
             flags,
@@ -188,6 +195,7 @@ fn op() -> impl Strategy<Value = Op> {
             corrupt,
             advance,
             flush,
+            seq,
         })
 }
 
@@ -205,10 +213,10 @@ struct Seen {
     fnat: [Vec<Toward>; 2],
 }
 
-fn tcp_any(s: &[u8], sp: u16, d: &[u8], dp: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+fn tcp_any(s: &[u8], sp: u16, d: &[u8], dp: u16, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
     match (<[u8; 4]>::try_from(s), <[u8; 4]>::try_from(d)) {
-        (Ok(s), Ok(d)) => tcp4(s, sp, d, dp, flags, 7, 9, payload),
-        _ => tcp6(s.try_into().unwrap(), sp, d.try_into().unwrap(), dp, flags, 7, 9, payload),
+        (Ok(s), Ok(d)) => tcp4(s, sp, d, dp, flags, seq, 9, payload),
+        _ => tcp6(s.try_into().unwrap(), sp, d.try_into().unwrap(), dp, flags, seq, 9, payload),
     }
 }
 
@@ -230,13 +238,17 @@ fn frame(o: &Op, seen: &Seen) -> (usize, Vec<u8>) {
     let payload: &[u8] = if o.flags & TCP_PSH != 0 { b"GET / HTTP/1.0\r\n\r\n" } else { b"" };
     let reply = |to: Option<Toward>, udp: bool| -> (usize, Vec<u8>) {
         let (s, sp, d, dp) = to.unwrap_or((caddr.clone(), cport, rs.clone(), 8080));
-        let f = if udp { udp_any(&d, dp, &s, sp, b"answer") } else { tcp_any(&d, dp, &s, sp, o.flags, payload) };
+        let f = if udp {
+            udp_any(&d, dp, &s, sp, b"answer")
+        } else {
+            tcp_any(&d, dp, &s, sp, o.flags, SEQS[o.seq as usize], payload)
+        };
         (INT, with_macs(f, RS1_MAC, LB_INT))
     };
     let fam = &seen.fnat[o.v6 as usize];
     let fnat = (!fam.is_empty()).then(|| fam[o.client as usize % fam.len()].clone());
     let client_tcp = |port: u16, to: &A, dport: u16| {
-        (EXT, with_macs(tcp_any(&caddr, port, to, dport, o.flags, payload), cmac, LB_EXT))
+        (EXT, with_macs(tcp_any(&caddr, port, to, dport, o.flags, SEQS[o.seq as usize], payload), cmac, LB_EXT))
     };
     let (iface, f) = match o.kind {
         0..=3 => client_tcp(cport, &vip, 80),
@@ -374,6 +386,7 @@ fn established_run(v6: bool) {
         corrupt: None,
         advance: 0,
         flush: true,
+        seq: 0,
     }];
     for k in 0..64u8 {
         let reply = k % 2 == 1;
@@ -383,6 +396,11 @@ fn established_run(v6: bool) {
             flush: k % 8 == 7,
             ..ops[0].clone()
         });
+    }
+    // The client's data 108 units of 64 KiB on (the lane moves the sequence mark as the
+    // general path does), then its reset 128 further: in the window of the moved mark only.
+    for (flags, seq) in [(TCP_PSH | TCP_ACK, 1), (TCP_RST, 2)] {
+        ops.push(Op { kind: 1, flags, seq, flush: true, ..ops[0].clone() });
     }
     run(&ops).unwrap();
 }

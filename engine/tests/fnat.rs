@@ -270,7 +270,7 @@ fn two_workers_replies_reach_the_owner() {
         for i in 0..worker.flows.slots() as u32 {
             if let Some(c) = worker.flows.try_get(i) {
                 let own = if w == 0 { 2000..=2031 } else { 2032..=2063 };
-                assert!(own.contains(&c.lport), "worker {w} port {}", c.lport);
+                assert!(own.contains(&c.lport()), "worker {w} port {}", c.lport());
             }
         }
     }

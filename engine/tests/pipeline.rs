@@ -439,6 +439,48 @@ fn tcp_states_and_expiry_follow_the_clock() {
     assert_eq!(conns(&e), 0);
 }
 
+/// A blind attacker who knows a client's address sends resets and FINs for its ports: a
+/// segment whose sequence number lies outside the connection's window (`Conn::client_seq_ok`)
+/// goes on to the real server (which judges it, RFC 5961) but leaves the connection as it
+/// was, counted (`tcp_out_of_window`); before, it closed the connection (CLOSE: gone after
+/// 10 s idle, counted inactive at once). The client's own reset, at the sequence number its
+/// data reached (through the express lane), still closes it.
+#[test]
+fn a_blind_reset_or_fin_outside_the_window_leaves_the_connection() {
+    use ferrovs_engine::flow::tcpstate::TcpState;
+    let mut e = engine(1);
+    let state = |e: &MemEngine| {
+        let f = &e.workers[0].flows;
+        (0..f.slots() as u32).filter_map(|i| f.try_get(i)).map(|c| c.state).collect::<Vec<_>>()
+    };
+    let isn = 0x1234_5678u32;
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40003, VIP, 80, TCP_SYN, isn, 0, b"")), S);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40003, VIP, 80, TCP_ACK, isn + 1, 1, b"")), S);
+    assert_eq!(state(&e), [TcpState::Established]);
+    for (flags, seq) in
+        [(TCP_RST, isn ^ 0x8000_0000), (TCP_FIN | TCP_ACK, isn + (200 << 16)), (TCP_RST, isn - (3 << 16))]
+    {
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40003, VIP, 80, flags, seq, 1, b"")), S);
+        assert_eq!(out.len(), 1, "forwarded: the server judges it");
+        assert_eq!(state(&e), [TcpState::Established], "{flags:#x} at {seq:#x}");
+    }
+    assert_eq!(e.counters().tcp_out_of_window, 3);
+    e.workers[0].expire_all(S + 11 * S);
+    assert_eq!(state(&e), [TcpState::Established], "still there after 10 s idle");
+    // The client's data moves the mark 100 units of 64 KiB ahead, a segment at a time (each
+    // within the window of the last): its reset there closes the connection.
+    let mut seq = isn + 1;
+    for _ in 0..100 {
+        seq += 1 << 16;
+        let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40003, VIP, 80, TCP_ACK, seq, 1, b"x")), S);
+        assert_eq!(out.len(), 1);
+    }
+    let out = e.inject(EXT, &from_client(tcp4(CLIENT, 40003, VIP, 80, TCP_RST, seq + 1, 0, b"")), S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(state(&e), [TcpState::Close]);
+    assert_eq!(e.counters().tcp_out_of_window, 3);
+}
+
 #[test]
 fn cross_worker_handoff_keeps_one_owner() {
     // Two workers; many clients. Every connection must be handled by the

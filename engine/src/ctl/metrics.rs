@@ -137,6 +137,12 @@ pub fn render(f: &Figures) -> String {
             |s| s.neigh_limited,
         ),
         (
+            "tcp_out_of_window_total",
+            "counter",
+            "Client TCP segments with SYN, FIN or RST outside their connection's sequence window: state unchanged.",
+            |s| s.tcp_out_of_window,
+        ),
+        (
             "frag_evicted_total",
             "counter",
             "IP fragment datagrams in flight forgotten to make room (fair between sources).",

@@ -122,6 +122,10 @@ worker_counters! {
     /// Cluster: a mid-connection packet of a DR/tunnel connection this node did not know
     /// (ECMP moved it here) recreated the connection by the cluster-wide Maglev choice.
     flows_recreated,
+    /// Client TCP segments with SYN, FIN or RST outside the sequence window of their
+    /// established connection (`Conn::client_seq_ok`): forwarded (the server judges them),
+    /// the connection's state left as it was (a blind reset does not close it).
+    tcp_out_of_window,
     /// Cluster sync: entries from peers installed (connections, templates, expectations) and
     /// entries that could not be (no such service or real server here, table full, control
     /// connection unknown, or the sync queue towards the sync thread full; entries about a

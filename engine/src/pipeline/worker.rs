@@ -1050,7 +1050,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 children: k.children,
                 pkts_in,
                 pkts_out,
-                local: (c.fwd == Forward::Fnat).then(|| sa(self.flows.laddr_of(c), c.lport)),
+                local: (c.fwd == Forward::Fnat).then(|| sa(self.flows.laddr_of(c), c.lport())),
             });
         }
         v

@@ -167,7 +167,7 @@ impl<Q: BufAlloc> Worker<Q> {
             self.expect.remove_session(i, c.gen);
             self.release_unreserved();
         }
-        let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(&c), c.proto, c.lport);
+        let (state, fwd, la, proto, lport) = (c.state, c.fwd, self.flows.laddr_of(&c), c.proto, c.lport());
         // (A backup entry in SYN_RECV was never counted: see `adopt`.)
         if state == crate::flow::tcpstate::TcpState::SynRecv && flags & F_SYNCED == 0 {
             self.half_open = self.half_open.saturating_sub(1);

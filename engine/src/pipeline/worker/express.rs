@@ -328,8 +328,9 @@ impl<Q: BufAlloc> Worker<Q> {
         let d = pkt.data_mut();
         let len = d.len() as u64;
         // Pass 1 saw these bytes (`LANE_V4` or `LANE_V6` of them); nothing wrote the frame
-        // since. The 5-tuple, the IP packet's length and its TTL / hop limit.
-        let (key, total, ttl) = if V6 {
+        // since. The 5-tuple, the IP packet's length, its TTL / hop limit and a TCP
+        // segment's sequence number (of a UDP datagram: its length and checksum, unused).
+        let (key, total, ttl, seq) = if V6 {
             let Some(Ok::<&[u8; LANE_V6], _>(ip)) = d.get(l3..l3 + LANE_V6).map(|s| s.try_into()) else {
                 return Express::Unconfirmed;
             };
@@ -341,7 +342,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 dport: u16::from_be_bytes([ip[42], ip[43]]),
                 proto: ip[6],
             };
-            (key, 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize, ip[7])
+            (
+                key,
+                40 + u16::from_be_bytes([ip[4], ip[5]]) as usize,
+                ip[7],
+                u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]]),
+            )
         } else {
             let Some(Ok::<&[u8; LANE_V4], _>(ip)) = d.get(l3..l3 + LANE_V4).map(|s| s.try_into()) else {
                 return Express::Unconfirmed;
@@ -353,7 +359,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 dport: u16::from_be_bytes([ip[22], ip[23]]),
                 proto: ip[9],
             };
-            (key, u16::from_be_bytes([ip[2], ip[3]]) as usize, ip[8])
+            (
+                key,
+                u16::from_be_bytes([ip[2], ip[3]]) as usize,
+                ip[8],
+                u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]),
+            )
         };
         let proto = key.proto;
         // Pass 1 gave the lane no SYN, FIN or RST (`parse_pass`).
@@ -407,6 +418,10 @@ impl<Q: BufAlloc> Worker<Q> {
         let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
         let c = self.flows.get_mut(idx);
         // ESTABLISHED (or UDP) with no SYN, FIN or RST: no state change, only the accounts.
+        // A client segment in the window moves its connection's sequence mark (`track`).
+        if proto == PROTO_TCP && dir == Dir::In && c.client_seq_ok(seq) {
+            c.note_client_seq(seq);
+        }
         let wrapped =
             account(c, dir, len, self.now, &self.timeouts, &mut self.acc, &self.acc_base, &mut self.acc_dirty);
         if c.fwd != Forward::Dr {

@@ -11,8 +11,13 @@ impl<Q: BufAlloc> Worker<Q> {
     /// [`track`] a packet (`len` bytes) of connection `idx` travelling in `dir`, the packet
     /// count's high half carried when its low half wrapped.
     #[inline(always)]
-    pub(super) fn track_conn(&mut self, idx: u32, dir: Dir, p: &Parsed, len: u64) {
+    pub(super) fn track_conn(&mut self, idx: u32, dir: Dir, d: &[u8], p: &Parsed) {
+        let len = d.len() as u64;
+        // A client segment's sequence number, for its connection's window (`track`).
+        let seq = if p.proto == PROTO_TCP && dir == Dir::In { Tcp::at(d, p.l4).map_or(0, |t| t.seq()) } else { 0 };
         let t = TrackCtx {
+            seq,
+            out_of_window: &self.counters.tcp_out_of_window,
             now: self.now,
             snap_gen: self.snap_gen,
             id: self.id,
@@ -80,7 +85,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
         // The far end this direction rewrites to: the real server (in) or the VIP (out).
         let far = if dir == Dir::In { self.flows.rs_of(c) } else { self.flows.vip_of(c) };
-        self.track_conn(idx, dir, p, pkt.len() as u64);
+        self.track_conn(idx, dir, pkt.data(), p);
         let c = self.flows.get(idx);
         let d = pkt.data_mut();
         let r = if c.fwd == Forward::Dr { Ok(()) } else { rewrite_conn(c, la, far, dir, d, p) };
@@ -121,13 +126,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 return next;
             }
         }
-        let len = pkt.len() as u64;
         if flags & F_SYNCED != 0 {
             self.adopt(idx);
         }
         // State, timeout, counters.
         let state_before = self.flows.get(idx).state;
-        self.track_conn(idx, dir, p, len);
+        self.track_conn(idx, dir, pkt.data(), p);
         // Cluster: a new connection or a state change goes to the peers, once it stands. The
         // FTP gateway may drop or hold a segment, or keep its FIN back (sending a reply without
         // it), and the transition is undone (below): a control connection's change waits for
@@ -260,7 +264,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let c = self.flows.get(idx);
         let (src, sport, dst, dport, egress) = match dir {
             Dir::In => {
-                (self.flows.laddr_of(c), c.lport, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.if_in(c))
+                (self.flows.laddr_of(c), c.lport(), self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.if_in(c))
             }
             Dir::Out => (self.flows.vip_of(c).0, self.flows.vip_of(c).1, c.client(), c.cport, self.flows.if_out(c)),
         };
@@ -368,6 +372,9 @@ impl<Q: BufAlloc> Worker<Q> {
 
 /// What [`track`] needs of the worker besides the connection (disjoint borrows of its fields).
 struct TrackCtx<'a> {
+    /// A client TCP segment's sequence number (0 for another packet).
+    seq: u32,
+    out_of_window: &'a std::sync::atomic::AtomicU64,
     now: u64,
     snap_gen: u16,
     id: usize,
@@ -387,8 +394,18 @@ struct TrackCtx<'a> {
 fn track(c: &mut flow::Conn, dir: Dir, p: &Parsed, len: u64, t: TrackCtx<'_>) -> bool {
     // ESTABLISHED with an ACK or no flag at all stays ESTABLISHED whatever the direction
     // (`tcpstate::next`'s own shortcut, tested there): nothing to count either.
-    let unchanged = c.state == crate::flow::tcpstate::TcpState::Established
+    let mut unchanged = c.state == crate::flow::tcpstate::TcpState::Established
         && p.tcp_flags & (parse::TCP_FIN | TCP_SYN | parse::TCP_RST) == 0;
+    // A client segment: within its connection's sequence window, it moves the mark; outside
+    // it (a blind reset or FIN), it goes on but leaves the state (`Conn::client_seq_ok`).
+    if p.proto == PROTO_TCP && dir == Dir::In {
+        if c.client_seq_ok(t.seq) {
+            c.note_client_seq(t.seq);
+        } else if !unchanged {
+            bump(t.out_of_window, 1);
+            unchanged = true;
+        }
+    }
     if p.proto == PROTO_TCP && !unchanged {
         let d = match (dir, c.fwd) {
             (Dir::Out, _) => Direction::Output,
@@ -478,7 +495,7 @@ pub(super) fn rewrite_conn(
 ) -> Result<(), DropReason> {
     let (fa, fp) = far;
     match (c.fwd, dir) {
-        (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport, fa, fp, c.l3_in, c.l4_in()),
+        (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport(), fa, fp, c.l3_in, c.l4_in()),
         (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client(), c.cport, c.l3_out, c.l4_out()),
         (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in, c.l4_in()),
         (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out, c.l4_out()),

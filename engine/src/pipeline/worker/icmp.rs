@@ -81,7 +81,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let c = self.flows.get(idx);
         let (fwd, rs, rport, vip, vport) =
             (c.fwd, self.flows.rs_of(c).0, self.flows.rs_of(c).1, self.flows.vip_of(c).0, self.flows.vip_of(c).1);
-        let (client, cport, la, lport) = (c.client(), c.cport, self.flows.laddr_of(c), c.lport);
+        let (client, cport, la, lport) = (c.client(), c.cport, self.flows.laddr_of(c), c.lport());
         if c.flags & F_XLAT != 0 {
             // Across families: the error is rebuilt in the other family (RFC 7915), reported
             // by the VIP to the client or by the local address to the real server.

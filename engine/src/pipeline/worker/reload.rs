@@ -223,7 +223,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let conns = (0..flows.slots() as u32)
             .filter_map(|i| flows.try_get(i))
             .filter(|c| c.fwd == Forward::Fnat)
-            .map(|c| (flows.laddr_of(c), c.proto, c.lport));
+            .map(|c| (flows.laddr_of(c), c.proto, c.lport()));
         let reserved = self.reserved.iter().map(|&(a, port, _)| (a, PROTO_TCP, port));
         let fences = self.moved.iter().map(|m| (m.range, m.share)).collect();
         self.lports.reshare(share, conns.chain(reserved), fences);
@@ -243,7 +243,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 c.fwd == Forward::Fnat
                     && self
                         .laddr_range(self.flows.laddr_of(c))
-                        .is_some_and(|r| self.lport_owner_at(r, c.lport) != self.id)
+                        .is_some_and(|r| self.lport_owner_at(r, c.lport()) != self.id)
             });
             if lost {
                 bump(&self.counters.fnat_laddr_retired, 1);

@@ -65,7 +65,7 @@ impl<Q: BufAlloc> Worker<Q> {
             rport: self.flows.rs_of(c).1,
             timeout_s: (c.expires_in(self.now) / 1_000_000_000).min(u32::MAX as u64) as u32,
             proxy_delta: k.proxy.as_ref().filter(|p| p.established).map(|p| p.delta),
-            fnat: (c.fwd == Forward::Fnat).then(|| (self.flows.laddr_of(c), c.lport)),
+            fnat: (c.fwd == Forward::Fnat).then(|| (self.flows.laddr_of(c), c.lport())),
         })
     }
 
@@ -109,7 +109,7 @@ impl<Q: BufAlloc> Worker<Q> {
             cport: c.cport,
             vip: self.flows.vip_of(c).0,
             vport: self.flows.vip_of(c).1,
-            lport: (c.fwd == Forward::Fnat).then_some(c.lport),
+            lport: (c.fwd == Forward::Fnat).then_some(c.lport()),
             orig,
             reply,
         }))
