@@ -759,6 +759,29 @@ fn proxy_protocol_segments_with_a_bad_tcp_checksum_get_no_header() {
     assert_eq!((d.seq, d.payload), (1001, [&hdr[..], b"GET /"].concat()));
 }
 
+/// The segment that gets the PROXY protocol header has its IPv4 header written anew (its length
+/// grows, a fresh checksum): one whose header checksum fails (corrupted on the wire: Linux drops
+/// it in `ip_rcv`) is dropped, not sent with its corrupted header made valid. The good copy
+/// carries the header.
+#[test]
+fn a_proxy_protocol_segment_with_a_bad_header_checksum_gets_no_header() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let hdr = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n";
+    let c = |flags, seq, ack, data: &[u8]| from_client(tcp4(CLIENT, 40000, vip, 80, flags, seq, ack, data));
+    assert_eq!(e.inject(EXT, &c(TCP_SYN, 1000, 0, b""), S).len(), 1);
+    let sa = tcp4(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, b"");
+    assert_eq!(e.inject(INT, &from_rs(sa, RS1_MAC), S).len(), 1);
+    let data = c(TCP_ACK | TCP_PSH, 1001, 7001, b"GET /");
+    assert!(e.inject(EXT, &bad_ip_csum(data.clone()), S).is_empty(), "no header on a corrupted header");
+    assert_drops(&e, &[(DropReason::IpBadChecksum, 1)]);
+    let out = e.inject(EXT, &data, S);
+    assert_eq!(out.len(), 1, "the retransmission goes");
+    verify_checksums(&out[0].1).unwrap();
+    assert_eq!(seg(&out[0].1).payload, [&hdr[..], b"GET /"].concat());
+}
+
 /// PROXY protocol with a server that speaks first (SMTP, FTP, SSH): the header rides on the
 /// handshake's ACK and the server acknowledges it; the client's later pure ACKs (of the
 /// banner), still at the stream start in its space, must come after the header in the

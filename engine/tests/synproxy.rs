@@ -393,6 +393,38 @@ address = "10.0.2.2"
     assert_eq!(drops(&e), vec![("no_flow", 1), ("syn_verified", 1)]);
 }
 
+/// The DR proxy's verifying reset is taken only with both checksums good: a source address
+/// or sequence number corrupted on the wire (a bad IPv4 header checksum, a bad TCP checksum)
+/// verifies nothing, dropped as such; the good copy verifies the address.
+#[test]
+fn dr_a_verifying_reset_with_a_bad_checksum_verifies_nothing() {
+    let text = config_text(
+        r#"
+[[service]]
+name = "webdr"
+vip = "10.0.1.101"
+ports = [80]
+forward = "dr"
+syn_proxy = "on"
+
+[[service.real_server]]
+address = "10.0.2.2"
+"#,
+    );
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 1);
+    let c = |flags, seq, ack| with_macs(tcp4(CLIENT, 40000, VIP_DR, 80, flags, seq, ack, b""), CLIENT_MAC, LB_EXT);
+    let (_, s) = one(e.inject(EXT, &c(TCP_SYN, 100, 0), S));
+    let rst = c(TCP_RST, s.ack, 0);
+    assert!(e.inject(EXT, &bad_ip_csum(rst.clone()), S).is_empty());
+    assert!(e.inject(EXT, &corrupt(rst.clone(), 14 + 20 + 15, 0x01), S).is_empty(), "its window corrupted");
+    assert_eq!(e.counters().cookies_validated, 0);
+    assert!(e.inject(EXT, &c(TCP_SYN, 100, 0), S)[0].1[0..6] == CLIENT_MAC, "still unverified");
+    assert_eq!(drops(&e), vec![("ip_bad_csum", 1), ("l4_bad_csum", 1)]);
+    assert!(e.inject(EXT, &rst, S).is_empty());
+    assert_eq!(e.counters().cookies_validated, 1);
+    assert_eq!(e.inject(EXT, &c(TCP_SYN, 100, 0), S)[0].1[0..6], RS1_MAC, "verified");
+}
+
 /// ICMP errors about a proxied connection reach each end with the quoted segment in that
 /// end's own sequence space: a "fragmentation needed" from the client's side quotes a server
 /// segment as the client saw it (cookie space), and the real server's stack ignores an error

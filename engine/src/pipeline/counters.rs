@@ -19,6 +19,16 @@ macro_rules! drop_reasons {
     };
 }
 
+/// The drop for a failed checksum ([`crate::wire::csum::verify`]).
+impl From<crate::wire::csum::Bad> for DropReason {
+    fn from(b: crate::wire::csum::Bad) -> Self {
+        match b {
+            crate::wire::csum::Bad::IpHeader => DropReason::IpBadChecksum,
+            crate::wire::csum::Bad::L4 => DropReason::L4BadChecksum,
+        }
+    }
+}
+
 drop_reasons! {
     Malformed => "malformed": "Truncated headers, bad lengths, bad IHL, garbage.",
     IpBadChecksum => "ip_bad_csum": "An IPv4 packet with a bad header checksum (Linux `ip_rcv`: `InCsumErrors`) where the engine would build a header or a packet anew from it (a fragment, a reply or error it answers, an ICMP error it translates, a segment the SYN proxy, the FTP gateway or PROXY protocol rewrites, full NAT to IPv6): a fresh checksum would launder the corruption. Packets only rewritten (incremental checksum updates) keep it and are not checked.",

@@ -226,6 +226,30 @@ pub fn l4_ok(d: &[u8], p: &Parsed) -> bool {
     fold(sum(seg, pseudo)) == 0xffff
 }
 
+/// Which of a received packet's checksums [`verify`] found failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bad {
+    /// The IPv4 header checksum ([`ip_header_ok`]).
+    IpHeader,
+    /// The transport checksum ([`l4_ok`]).
+    L4,
+}
+
+/// Both checks of a packet the engine writes anew, header and transport ([`fill_ipv4`] and
+/// [`fill_l4`]): [`ip_header_ok`], then [`l4_ok`] (in Linux's order, `ip_rcv` before the
+/// transport; a packet failing both counts as a bad header). The one gate for the paths that
+/// check both; a path checking only one calls it alone.
+#[inline]
+pub fn verify(d: &[u8], p: &Parsed) -> Result<(), Bad> {
+    if !ip_header_ok(d, p.l3, p.v6) {
+        return Err(Bad::IpHeader);
+    }
+    if !l4_ok(d, p) {
+        return Err(Bad::L4);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +355,19 @@ mod tests {
         let mut u6 = udp6([0xfd; 16], 5353, [0xfe; 16], 53, b"query");
         u6[14 + 40 + 6..14 + 40 + 8].fill(0);
         assert!(!l4_ok(&u6, &parse(&u6).unwrap()));
+    }
+
+    #[test]
+    fn verify_checks_the_header_first_then_the_transport() {
+        use crate::tools::testpkt::{bad_ip_csum, corrupt, tcp4};
+        use crate::wire::parse::parse;
+        let f = tcp4([10, 0, 1, 2], 40000, [10, 0, 1, 100], 80, 0x18, 1, 2, b"data");
+        let p = parse(&f).unwrap();
+        assert_eq!(verify(&f, &p), Ok(()));
+        let l4 = corrupt(f.clone(), f.len() - 1, 0x01);
+        assert_eq!(verify(&l4, &p), Err(Bad::L4));
+        assert_eq!(verify(&bad_ip_csum(f.clone()), &p), Err(Bad::IpHeader));
+        assert_eq!(verify(&bad_ip_csum(l4), &p), Err(Bad::IpHeader), "both: the header's");
     }
 
     #[test]

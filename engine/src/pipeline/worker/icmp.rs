@@ -70,12 +70,8 @@ impl<Q: BufAlloc> Worker<Q> {
         // (Linux's `icmp_error` / `icmpv6_error` mark it INVALID, never translated). Checked
         // once the quoted connection is known: a flood of errors for connections that do not
         // exist costs no checksum.
-        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-            self.drop_pkt(DropReason::IpBadChecksum);
-            return;
-        }
-        if !csum::l4_ok(pkt.data(), p) {
-            self.drop_pkt(DropReason::L4BadChecksum);
+        if let Err(bad) = csum::verify(pkt.data(), p) {
+            self.drop_pkt(bad.into());
             return;
         }
         let c = self.flows.get(idx);

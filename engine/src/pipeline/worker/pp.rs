@@ -44,16 +44,12 @@ impl<Q: BufAlloc> Worker<Q> {
                     pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0)
                 };
                 if first {
-                    // The segment's header is written afresh (its length grows): not one whose
-                    // IPv4 header checksum fails (Linux drops it in `ip_rcv`).
-                    if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-                        return Err(Next::Drop(DropReason::IpBadChecksum));
-                    }
-                    // Its TCP checksum is computed afresh too: not over a segment corrupted
-                    // on the wire (its checksum fails), whose corruption would reach the
-                    // server's application as the client's data.
-                    if !csum::l4_ok(pkt.data(), p) {
-                        return Err(Next::Drop(DropReason::L4BadChecksum));
+                    // The segment's header is written afresh (its length grows), its TCP
+                    // checksum too: not one whose IPv4 header checksum fails (Linux drops it in
+                    // `ip_rcv`), nor one corrupted on the wire (its TCP checksum fails), whose
+                    // corruption would reach the server's application as the client's data.
+                    if let Err(bad) = csum::verify(pkt.data(), p) {
+                        return Err(Next::Drop(bad.into()));
                     }
                     // The header goes in front of this segment's payload.
                     let h = pp.delta() as usize;

@@ -115,11 +115,8 @@ impl<Q: BufAlloc> Worker<Q> {
         let isn = seq.wrapping_sub(1);
         let cookie = ack.wrapping_sub(1);
         // It becomes our SYN to the real server, its headers rewritten ([`write_bare`]).
-        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-            return Some(Next::Drop(DropReason::IpBadChecksum));
-        }
-        if !csum::l4_ok(pkt.data(), p) {
-            return Some(Next::Drop(DropReason::L4BadChecksum));
+        if let Err(bad) = csum::verify(pkt.data(), p) {
+            return Some(Next::Drop(bad.into()));
         }
         let Some(mss) = self.cookies.check(self.now, &Handshake { isn, ..hs }, cookie) else {
             if old.is_some() {
@@ -191,11 +188,8 @@ impl<Q: BufAlloc> Worker<Q> {
         if p.tcp_flags & parse::TCP_RST != 0 && recent {
             // Its source address would be verified: not a corrupted one (nor a corrupted
             // sequence number taken for a cookie).
-            if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-                return Some(Next::Drop(DropReason::IpBadChecksum));
-            }
-            if !csum::l4_ok(pkt.data(), p) {
-                return Some(Next::Drop(DropReason::L4BadChecksum));
+            if let Err(bad) = csum::verify(pkt.data(), p) {
+                return Some(Next::Drop(bad.into()));
             }
         }
         if p.tcp_flags & parse::TCP_RST != 0 && recent && self.cookies.check(self.now, hs, seq).is_some() {
@@ -213,11 +207,8 @@ impl<Q: BufAlloc> Worker<Q> {
     /// (the SYN-ACK sent to a corrupted port, acknowledging a corrupted sequence number).
     #[inline(always)]
     fn send_cookie(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed, seg: Bare) -> Next {
-        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-            return Next::Drop(DropReason::IpBadChecksum);
-        }
-        if !csum::l4_ok(pkt.data(), p) {
-            return Next::Drop(DropReason::L4BadChecksum);
+        if let Err(bad) = csum::verify(pkt.data(), p) {
+            return Next::Drop(bad.into());
         }
         if let Err(drop) = write_bare(pkt, p, true, seg) {
             return drop;
@@ -282,11 +273,8 @@ impl<Q: BufAlloc> Worker<Q> {
         // SYN again, our ACK or reset to the server, our reset after the client's): not from
         // one whose IPv4 header checksum fails (Linux drops it in `ip_rcv`), nor one whose TCP
         // checksum does (the server's ISN, which sets the connection's offset, corrupted).
-        if !csum::ip_header_ok(pkt.data(), p.l3, p.v6) {
-            return Some(Next::Drop(DropReason::IpBadChecksum));
-        }
-        if !csum::l4_ok(pkt.data(), p) {
-            return Some(Next::Drop(DropReason::L4BadChecksum));
+        if let Err(bad) = csum::verify(pkt.data(), p) {
+            return Some(Next::Drop(bad.into()));
         }
         let rst = p.tcp_flags & parse::TCP_RST != 0;
         let Ok((seq, ack)) = Tcp::at(pkt.data(), p.l4).map(|t| (t.seq(), t.ack())) else {
