@@ -408,6 +408,35 @@ fn a_closed_session_leaves_no_pinholes() {
     assert_eq!(lab.data_syn(50001, p), Some((RS1, 30001)));
 }
 
+/// A reset or FIN without data, exactly in sequence, whose TCP checksum fails (corrupted on the
+/// wire: the server drops it, and Linux's `tcp_error` marks it INVALID before conntrack's state
+/// moves) ends nothing: dropped as such, the session's pinholes and the connection's state
+/// stay. Its good copy ends the session as ever.
+#[test]
+fn a_corrupted_reset_or_fin_ends_no_session() {
+    use ferrovs_engine::tools::testpkt::{corrupt, tcp4, with_macs};
+    let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2"]));
+    let mut a = lab.open(40000, true);
+    lab.cmd(&mut a, b"PASV\r\n");
+    let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n"));
+    let window = 14 + 20 + 15;
+    for flags in [TCP_RST | TCP_ACK, TCP_FIN | TCP_ACK] {
+        let f = with_macs(tcp4(CLIENT, 40000, VIP, 21, flags, a.cseq, a.sseq, b""), CLIENT_MAC, LB_EXT);
+        let t = lab.tick();
+        assert!(lab.e.inject(EXT, &corrupt(f, window, 0x01), t).is_empty(), "flags {flags:#x}");
+    }
+    assert_eq!(drops(&lab.e), vec![("l4_bad_csum", 2)]);
+    let f = &lab.e.workers[0].flows;
+    let state = (0..f.slots() as u32).find_map(|i| f.try_get(i).filter(|c| c.live && c.cport == 40000));
+    assert_eq!(state.map(|c| c.state.name()), Some("ESTABLISHED"));
+    assert_eq!(lab.data_syn(50000, p), Some((RS1, 30000)), "the pinhole stays");
+    // The good copy ends the session: the next pinhole goes with it.
+    lab.cmd(&mut a, b"PASV\r\n");
+    let p = port_227(&lab.reply(&mut a, b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n"));
+    one_seg(lab.client_sends(40000, 21, TCP_RST | TCP_ACK, a.cseq, a.sseq, b""));
+    assert_eq!(lab.data_syn(50001, p), None, "closed with the session");
+}
+
 #[test]
 fn only_real_replies_open_pinholes() {
     let mut lab = Lab::new(engine("nat", "true", &["10.0.2.2"]));

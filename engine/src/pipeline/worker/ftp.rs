@@ -107,8 +107,11 @@ impl<Q: BufAlloc> Worker<Q> {
         // on with a fresh checksum, and the parser would take it as the peer's words (a
         // pinhole for the port a flipped bit named). Checked before the session reads it, as
         // a rewrite is only known after: every segment with data this path parses (the lines
-        // the quick path hands on), not the segments it only translates.
-        if p.payload_len() > 0 && !csum::l4_ok(pkt.data(), p) {
+        // the quick path hands on), and a FIN or RST without data, which in sequence ends the
+        // session's pinholes (a corrupted one, which the server drops, must not end them);
+        // not the bare segments it only translates (a SYN, the cheap path's ACKs).
+        let ends = p.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0;
+        if (p.payload_len() > 0 || ends) && !csum::l4_ok(pkt.data(), p) {
             return Err(Next::Drop(DropReason::L4BadChecksum));
         }
         let now = self.now;
