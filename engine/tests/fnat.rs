@@ -782,6 +782,31 @@ fn a_proxy_protocol_segment_with_a_bad_header_checksum_gets_no_header() {
     assert_eq!(seg(&out[0].1).payload, [&hdr[..], b"GET /"].concat());
 }
 
+/// A fragmented first data segment cannot get the PROXY protocol header (it would go into one
+/// piece of the datagram, and the TCP checksum covers the whole datagram, not one fragment): it
+/// is refused as a fragment, as the FTP gateway refuses a fragmented control segment, not
+/// counted as a corrupted segment. The unfragmented retransmission carries the header.
+#[test]
+fn a_fragmented_first_proxy_protocol_segment_is_refused_as_a_fragment() {
+    use common::seg::seg;
+    let mut e = MemEngine::new(cfg(PP), 1);
+    let vip = [10, 0, 1, 104];
+    let hdr = b"PROXY TCP4 10.0.1.2 10.0.1.104 40000 80\r\n";
+    let c = |flags, seq, ack, data: &[u8]| from_client(tcp4(CLIENT, 40000, vip, 80, flags, seq, ack, data));
+    assert_eq!(e.inject(EXT, &c(TCP_SYN, 1000, 0, b""), S).len(), 1);
+    let sa = tcp4(RS1, 80, LADDR, 2000, TCP_SYN | TCP_ACK, 7000, 1001, b"");
+    assert_eq!(e.inject(INT, &from_rs(sa, RS1_MAC), S).len(), 1);
+    let data = c(TCP_ACK | TCP_PSH, 1001, 7001, &[b'x'; 200]);
+    let frags = fragment4(&data, 100, 7);
+    assert!(frags.len() > 1);
+    assert!(e.inject(EXT, &frags[0], S).is_empty(), "no header in a fragment");
+    assert_drops(&e, &[(DropReason::Fragment, 1)]);
+    let out = e.inject(EXT, &data, S);
+    assert_eq!(out.len(), 1, "the whole segment goes");
+    verify_checksums(&out[0].1).unwrap();
+    assert_eq!(seg(&out[0].1).payload, [&hdr[..], &[b'x'; 200]].concat());
+}
+
 /// PROXY protocol with a server that speaks first (SMTP, FTP, SSH): the header rides on the
 /// handshake's ACK and the server acknowledges it; the client's later pure ACKs (of the
 /// banner), still at the stream start in its space, must come after the header in the

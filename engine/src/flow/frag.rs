@@ -121,6 +121,18 @@ impl Fragment {
     }
 }
 
+/// Is the packet at `p.l3` of `frame` an IP fragment (IPv4: more fragments or an offset; IPv6:
+/// a fragment header)? The ordinary parse refuses fragments (`ParseError::Fragment`); a first
+/// fragment still comes through the connection path, parsed by [`Fragment::first`], and a
+/// path that needs the whole datagram (its transport checksum covers all of it) asks here.
+pub fn is_fragment(frame: &[u8], p: &Parsed) -> bool {
+    if p.v6 {
+        Ipv6::at(frame, p.l3).is_ok_and(|h| h.next_header() == IPV6_FRAGMENT)
+    } else {
+        Ipv4::at(frame, p.l3).is_ok_and(|h| h.frag_word() & 0x3fff != 0)
+    }
+}
+
 /// Parses an Ethernet frame holding an IP fragment. IPv6: the fragment header must follow
 /// the fixed header directly (other extension headers before it: `Unsupported`).
 pub fn parse_fragment(frame: &[u8]) -> Result<Fragment, ParseError> {
@@ -582,6 +594,19 @@ impl FragTable {
 mod tests {
     use super::*;
     use crate::tools::testpkt::{fragment4, fragment6, udp4, udp6, V6A, V6B};
+
+    #[test]
+    fn is_fragment_knows_first_and_later_fragments_of_both_families() {
+        use crate::wire::parse::parse;
+        let d4 = udp4([10, 0, 1, 2], 5000, [10, 0, 1, 100], 53, &[7u8; 3000]);
+        let d6 = udp6(V6A, 5000, V6B, 53, &[7u8; 3000]);
+        assert!(!is_fragment(&d4, &parse(&d4).unwrap()));
+        assert!(!is_fragment(&d6, &parse(&d6).unwrap()));
+        for f in fragment4(&d4, 1500, 1).iter().chain(&fragment6(&d6, 1500, 1)) {
+            let g = parse_fragment(f).unwrap();
+            assert!(is_fragment(f, &g.first(f).unwrap_or_else(|| g.as_parsed())), "offset {}", g.offset);
+        }
+    }
 
     #[test]
     fn parses_ipv4_and_ipv6_fragments() {

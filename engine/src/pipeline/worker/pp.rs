@@ -44,6 +44,14 @@ impl<Q: BufAlloc> Worker<Q> {
                     pp.known && seq == pp.start() && !(pp.acked && p.payload_len() == 0)
                 };
                 if first {
+                    // A fragment (the first of its datagram, the one with the TCP header): the
+                    // header cannot go into one piece of a datagram, and its TCP checksum, over
+                    // the whole datagram, cannot be checked here. Refused as the FTP gateway
+                    // refuses a fragmented control segment (real stacks use path MTU
+                    // discovery), not taken for a corrupted segment.
+                    if crate::flow::frag::is_fragment(pkt.data(), p) {
+                        return Err(Next::Drop(DropReason::Fragment));
+                    }
                     // The segment's header is written afresh (its length grows), its TCP
                     // checksum too: not one whose IPv4 header checksum fails (Linux drops it in
                     // `ip_rcv`), nor one corrupted on the wire (its TCP checksum fails), whose
