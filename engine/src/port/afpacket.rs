@@ -19,9 +19,14 @@
 //!   the kernel as soon as it is consumed. It never blocks and never calls
 //!   `poll(2)`. A VLAN tag the kernel stripped (`TP_STATUS_VLAN_VALID`) is
 //!   re-inserted so the pipeline sees the frame as it was on the wire.
-//!   Frames longer than a buffer ([`MAX_FRAME`]) — e.g. GRO/LRO super-frames —
-//!   are dropped and counted; turn GRO/LRO off on the interface
-//!   (`ethtool -K DEV gro off lro off`).
+//!   Frames longer than a buffer ([`MAX_FRAME`]) or cut short by the ring
+//!   (`tp_len` > `tp_snaplen`) — e.g. GRO/LRO super-frames, or TSO/GSO ones a
+//!   local stack sends over a veth — are dropped and counted (`rx_oversize`,
+//!   the port's `rx_errors`); turn GRO/LRO off on the interface
+//!   (`ethtool -K DEV gro off lro off`) and TSO/GSO on a veth's peer. One that
+//!   fits a buffer but not the egress MTU is any too big packet to the pipeline
+//!   ("fragmentation needed" / "packet too big" or `too_big`, `tx_oversize` at
+//!   the last); the port never splits one.
 //! * **TX** uses a `PACKET_TX_RING` on the same socket (same `TPACKET_V3`
 //!   version, which the kernel drives as fixed-size frames: default 16 ×
 //!   64 KiB = 1 MiB, 464 frames of 2224 bytes). `tx_burst` copies each packet
@@ -45,13 +50,20 @@
 //! process-wide lock-free pool, and a queue that runs dry refills from it
 //! before allocating. Steady-state forwarding therefore allocates nothing.
 //!
-//! Checksums: frames locally generated on the same host may arrive with
-//! `TP_STATUS_CSUMNOTREADY` (checksum left to offload); they are counted in
-//! [`AfPacketStats::rx_csum_not_ready`]. The port reports no checksum
-//! offload in either direction.
+//! Checksums: frames locally generated on the same host (a stack behind a
+//! veth with transmit checksum offload on) may arrive with
+//! `TP_STATUS_CSUMNOTREADY` (CHECKSUM_PARTIAL: the TCP/UDP checksum field
+//! holds only the pseudo-header sum). The port completes the checksum of such
+//! a TCP or UDP frame (not a fragment) on receive, as the device would have
+//! (`rx_checksum`), so the pipeline sees what the wire would carry: counted
+//! in [`AfPacketStats::rx_csum_not_ready`], the completed ones in
+//! [`AfPacketStats::rx_csum_completed`]. Frames from a NIC never carry the
+//! status bit and pay nothing. The port reports no checksum offload in either
+//! direction.
 
 use super::memory::HeapBuf;
 use super::{Packet, PortCaps, PortCounters, PortQueue, TxResult, BURST, MAX_FRAME};
+use crate::wire::{csum, parse};
 use crossbeam_queue::ArrayQueue;
 use std::ffi::CString;
 use std::fmt;
@@ -265,8 +277,10 @@ pub struct AfPacketStats {
     pub rx_oversize: u64,
     /// Frames whose stripped VLAN tag was re-inserted.
     pub rx_vlan_reinserted: u64,
-    /// Frames received with their checksum left to offload.
+    /// Frames received with their checksum left to offload (`TP_STATUS_CSUMNOTREADY`).
     pub rx_csum_not_ready: u64,
+    /// Of those, TCP/UDP frames whose checksum the port completed.
+    pub rx_csum_completed: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     /// Packets dropped because the next TX ring frame was still in flight.
@@ -424,6 +438,30 @@ fn fanout_id(pid: u32, ifindex: u32, seq: u32, attempt: u32) -> u16 {
     h = h.wrapping_mul(0x2C1B_3C6D);
     h ^= h >> 13;
     (h ^ (h >> 16)) as u16
+}
+
+/// Complete the transport checksum of a received frame `d` whose ring status `status` says
+/// it was left to offload (`TP_STATUS_CSUMNOTREADY`: CHECKSUM_PARTIAL, a frame a local stack
+/// sent over a veth with transmit checksum offload on). Its TCP/UDP checksum field holds only
+/// the pseudo-header sum, which the pipeline would forward as is (the receiver drops the
+/// segment) or, where it verifies checksums ([`csum::l4_ok`]), drop as `l4_bad_csum`. It is
+/// computed from scratch over the whole segment, as the device would have; only TCP and UDP
+/// over IPv4/IPv6, not a fragment (what Linux's stack leaves partial; ICMP is always summed
+/// in software). Anything else the parser refuses or does not cover stays as it was, for
+/// the pipeline to judge. Frames from a real NIC never carry the status bit, so they pay
+/// only the test of one bit.
+fn rx_checksum(d: &mut [u8], status: u32, stats: &mut AfPacketStats) {
+    if status & TP_STATUS_CSUMNOTREADY == 0 {
+        return;
+    }
+    stats.rx_csum_not_ready += 1;
+    let Ok(p) = parse::parse(d) else { return };
+    if p.arp || !matches!(p.proto, parse::PROTO_TCP | parse::PROTO_UDP) {
+        return;
+    }
+    if csum::fill_l4(d, &p).is_ok() {
+        stats.rx_csum_completed += 1;
+    }
 }
 
 /// Insert an 802.1Q/802.1ad tag after the MAC addresses of `frame` into `b`.
@@ -1021,9 +1059,7 @@ impl PortQueue for AfPacketQueue {
                 } else {
                     b.fill(frame);
                 }
-                if status & TP_STATUS_CSUMNOTREADY != 0 {
-                    self.stats.rx_csum_not_ready += 1;
-                }
+                rx_checksum(b.data_mut(), status, &mut self.stats);
                 self.stats.rx_packets += 1;
                 self.stats.rx_bytes += b.len() as u64;
                 out.push(b);
@@ -1154,6 +1190,68 @@ mod tests {
         assert_eq!(&d[16..], &frame[12..]);
         assert!(!fill_with_vlan(&mut b, &frame[..10], 0x8100, 1));
         assert!(!fill_with_vlan(&mut b, &vec![0; MAX_FRAME - 3], 0x8100, 1));
+    }
+
+    /// `frame` as a local stack hands it over with the checksum left to offload
+    /// (CHECKSUM_PARTIAL): the transport checksum field holds the pseudo-header sum only
+    /// (`~csum_tcpudp_magic` / `~csum_ipv6_magic`, what `__tcp_v4_send_check` and
+    /// `udp6_set_csum` write).
+    fn partial(mut frame: Vec<u8>) -> Vec<u8> {
+        let p = parse::parse(&frame).unwrap();
+        let len = p.end - p.l4;
+        let pseudo = if p.v6 {
+            csum::pseudo_v6(&parse::addr_v6_bytes(p.src), &parse::addr_v6_bytes(p.dst), p.proto, len as u32)
+        } else {
+            csum::pseudo_v4(parse::addr_v4_bytes(p.src), parse::addr_v4_bytes(p.dst), p.proto, len as u16)
+        };
+        let off = p.l4 + if p.proto == parse::PROTO_TCP { 16 } else { 6 };
+        frame[off..off + 2].copy_from_slice(&csum::fold(pseudo).to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn checksums_left_to_offload_are_completed() {
+        use crate::tools::testpkt;
+        let ok = |d: &[u8]| csum::l4_ok(d, &parse::parse(d).unwrap());
+        let frames = [
+            partial(testpkt::tcp4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80, 0x18, 1, 2, b"GET / HTTP/1.0\r\n\r\n")),
+            partial(testpkt::udp6(testpkt::V6A, 5353, testpkt::V6B, 53, b"odd length payload")),
+            partial(testpkt::udp4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 53, &[])),
+        ];
+        let mut stats = AfPacketStats::default();
+        for (i, f) in frames.iter().enumerate() {
+            assert!(!ok(f), "frame {i}: the pseudo-header sum alone verifies");
+            // Without the status bit the frame is left as it is (a NIC's frame, a bad checksum).
+            let mut d = f.clone();
+            rx_checksum(&mut d, TP_STATUS_USER, &mut stats);
+            assert_eq!(&d, f, "frame {i}");
+            rx_checksum(&mut d, TP_STATUS_USER | TP_STATUS_CSUMNOTREADY, &mut stats);
+            assert!(ok(&d), "frame {i}: checksum not completed");
+            let mut want = f.clone();
+            csum::fill_l4(&mut want, &parse::parse(f).unwrap()).unwrap();
+            assert_eq!(d, want, "frame {i}: only the checksum changes");
+        }
+        assert_eq!((stats.rx_csum_not_ready, stats.rx_csum_completed), (3, 3));
+
+        // A fragment, a non-IP frame, an ICMP message, a truncated frame: left as they are.
+        let whole = testpkt::udp4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 53, &[7; 600]);
+        let frag = partial(whole.clone());
+        let frag = testpkt::fragment4(&frag, 300, 9).remove(0);
+        assert_eq!(parse::parse(&frag), Err(parse::ParseError::Fragment));
+        let arp = testpkt::arp_request([2, 0, 0, 0, 0, 9], [10, 0, 0, 9], [10, 0, 0, 1]);
+        let mut ping = testpkt::ping4([10, 0, 0, 2], [10, 0, 0, 1], 1, 1);
+        let l4 = parse::parse(&ping).unwrap().l4;
+        ping[l4 + 2] ^= 0xff;
+        let mut rest = vec![frag, arp, ping, vec![0x86, 0xdd], Vec::new()];
+        let tcp = partial(testpkt::tcp4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80, 0x18, 1, 2, b"data"));
+        rest.extend((0..tcp.len()).map(|n| tcp[..n].to_vec()));
+        let mut stats = AfPacketStats::default();
+        for (i, f) in rest.iter().enumerate() {
+            let mut d = f.clone();
+            rx_checksum(&mut d, TP_STATUS_USER | TP_STATUS_CSUMNOTREADY, &mut stats);
+            assert_eq!(&d, f, "frame {i}");
+        }
+        assert_eq!((stats.rx_csum_not_ready, stats.rx_csum_completed), (rest.len() as u64, 0));
     }
 
     #[test]
