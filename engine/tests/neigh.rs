@@ -807,3 +807,80 @@ fn workers_probe_a_neighbour_once_and_share_the_answer() {
     }
     assert_eq!(e.counters().neigh_failed, 0);
 }
+
+/// A VIP and a full NAT local address of each family, besides the interface addresses.
+const OWN: &str = r#"
+[[service]]
+name = "full"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [81]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "full6"
+vip = "fd00:1::100"
+protocol = "tcp"
+ports = [81]
+forward = "fnat"
+local_addresses = ["fd00:2::200"]
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+
+/// ARP and neighbour discovery whose sender claims one of our own addresses (an interface
+/// address, a VIP, a full NAT local address) are an address conflict, not a neighbour (Linux's
+/// `arp_process` does not learn such a sender): learning it would poison the entry with the
+/// attacker's MAC. Not learnt, not updated, counted (`arp_own_addr`); a stranger's still is.
+#[test]
+fn arp_and_nd_claiming_our_own_addresses_are_not_learnt() {
+    use ferrovs_engine::wire::parse::{v4_to_addr, v6_to_addr};
+    const EVIL: [u8; 6] = [2, 0, 0, 0, 0x66, 0x66];
+    let (ext4, int4, laddr4) = ([10, 0, 1, 1], [10, 0, 2, 1], [10, 0, 2, 200]);
+    let ext6 = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let laddr6 = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x00];
+    let stranger6 = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+    let cases: Vec<(&str, usize, Vec<u8>, u128)> = vec![
+        ("gratuitous ARP request for the VIP", EXT, arp_request(EVIL, VIP, VIP), v4_to_addr(VIP)),
+        ("ARP request from the VIP for our address", EXT, arp_request(EVIL, VIP, ext4), v4_to_addr(VIP)),
+        ("ARP reply from the VIP to us", EXT, arp_reply(EVIL, VIP, LB_EXT, ext4), v4_to_addr(VIP)),
+        ("gratuitous ARP reply for our address", EXT, arp_reply(EVIL, ext4, [0xff; 6], ext4), v4_to_addr(ext4)),
+        ("ARP request from our address", INT, arp_request(EVIL, int4, [10, 0, 2, 2]), v4_to_addr(int4)),
+        ("ARP reply from the local address", INT, arp_reply(EVIL, laddr4, LB_INT, int4), v4_to_addr(laddr4)),
+        ("solicited NA for the VIP", EXT, solicited_advert(EVIL, VIP6, LB_EXT, ext6), v6_to_addr(VIP6)),
+        ("NA for our address", EXT, solicited_advert(EVIL, ext6, LB_EXT, ext6), v6_to_addr(ext6)),
+        ("NA for the local address", INT, solicited_advert(EVIL, laddr6, LB_INT, LB_INT6), v6_to_addr(laddr6)),
+        (
+            "NA for the VIP with override, unsolicited",
+            EXT,
+            neighbor_advert(EVIL, stranger6, VIP6, EVIL),
+            v6_to_addr(VIP6),
+        ),
+        ("NS from the VIP for our address", EXT, neighbor_solicit(EVIL, VIP6, ext6), v6_to_addr(VIP6)),
+    ];
+    for (what, iface, frame, own) in &cases {
+        for workers in [1, 2] {
+            let mut e = MemEngine::new(config(OWN), workers);
+            let before = e.workers[0].table_sizes().neighbors;
+            e.inject(*iface, frame, S);
+            e.inject(*iface, frame, 2 * S);
+            for (w, d) in e.workers.iter().enumerate() {
+                assert_eq!(d.neighbor(*own), None, "{what}: worker {w} of {workers} learnt it");
+            }
+            assert_eq!(e.workers[0].table_sizes().neighbors, before, "{what}");
+            assert_eq!(e.counters().arp_own_addr, 2, "{what}");
+        }
+    }
+    // The same from a stranger is learnt.
+    let mut e = MemEngine::new(config(OWN), 1);
+    e.inject(EXT, &arp_reply(EVIL, [10, 0, 1, 7], LB_EXT, [10, 0, 1, 1]), S);
+    e.inject(EXT, &solicited_advert(EVIL, stranger6, LB_EXT, ext6), S);
+    assert_eq!(e.workers[0].neighbor(v4_to_addr([10, 0, 1, 7])), Some(EVIL));
+    assert_eq!(e.workers[0].neighbor(v6_to_addr(stranger6)), Some(EVIL));
+    assert_eq!(e.counters().arp_own_addr, 0);
+}

@@ -484,7 +484,7 @@ impl State {
                 let s = c.snapshot();
                 let drops: serde_json::Map<String, Value> = DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(c.drops_of(*r)))).collect();
                 json!({"worker": w, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets, "flows_active": s.flows_active,
-                       "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "neigh_evicted": s.neigh_evicted, "neigh_limited": s.neigh_limited, "neigh_probes": s.neigh_probes, "neigh_failed": s.neigh_failed,
+                       "handoff_out": s.handoff_out, "handoff_in": s.handoff_in, "neigh_evicted": s.neigh_evicted, "neigh_limited": s.neigh_limited, "arp_own_addr": s.arp_own_addr, "neigh_probes": s.neigh_probes, "neigh_failed": s.neigh_failed,
                        "frag_evicted": s.frag_evicted,
                        "cookies_sent": s.cookies_sent, "cookies_validated": s.cookies_validated,
                        "cookies_failed": s.cookies_failed, "proxy_syn_retries": s.proxy_syn_retries, "flows_created": s.flows_created,

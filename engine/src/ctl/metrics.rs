@@ -143,6 +143,12 @@ pub fn render(f: &Figures) -> String {
             |s| s.tcp_out_of_window,
         ),
         (
+            "arp_own_addr_total",
+            "counter",
+            "ARP/ND whose sender claims one of our own addresses (interface, VIP, full NAT local): not learnt.",
+            |s| s.arp_own_addr,
+        ),
+        (
             "frag_evicted_total",
             "counter",
             "IP fragment datagrams in flight forgotten to make room (fair between sources).",

@@ -164,6 +164,11 @@ worker_counters! {
     /// Neighbours not learnt from unsolicited ARP/ND (nobody asked for them) because the
     /// table was full and evictions for such neighbours were over their rate.
     neigh_limited,
+    /// ARP and neighbour discovery whose sender (an ARP sender address, an advertisement's
+    /// target, a solicitation's source) is one of our own addresses (an interface address,
+    /// a VIP, a full NAT local address): an address conflict or a poisoning attempt, not
+    /// learnt (a DR real server without `arp_announce = 2` ARPs from the VIP too).
+    arp_own_addr,
     /// IP fragments: datagrams in flight forgotten to make room for a new one (the oldest of
     /// a source at its share, or of the source holding the most when the table was full);
     /// their later fragments then wait for a first fragment that has gone, and time out.

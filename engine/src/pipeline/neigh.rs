@@ -5,6 +5,9 @@
 //! updates its cache and posts the update to every other worker through
 //! their control rings, so no cache is shared and no lock is taken.
 //! Static `[[neighbor]]` entries are loaded first and never overwritten.
+//! ARP / ND whose sender claims one of our own addresses (interface, VIP,
+//! full NAT local) never reaches the cache: the worker counts it
+//! (`arp_own_addr`) instead of learning the claimant's MAC.
 //!
 //! Floods of ARP/ND from many addresses: the table is bounded (the stalest
 //! dynamic entry is evicted), a neighbour nobody asked for may evict only at

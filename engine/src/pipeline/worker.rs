@@ -1066,6 +1066,11 @@ impl<Q: BufAlloc> Worker<Q> {
         self.reserved.len()
     }
 
+    /// The MAC this worker's neighbour cache holds for `a` (static or learnt), if any.
+    pub fn neighbor(&self, a: Addr) -> Option<[u8; 6]> {
+        self.neigh.get(a)
+    }
+
     /// Packets parked until their next hop resolves (each is later sent or
     /// counted as a `no_neighbor` drop).
     pub fn pending_len(&self) -> usize {

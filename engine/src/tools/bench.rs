@@ -1221,6 +1221,7 @@ fn moved(
             ("nd_replies", c.nd_replies),
             ("neigh_evicted", c.neigh_evicted),
             ("neigh_limited", c.neigh_limited),
+            ("arp_own_addr", c.arp_own_addr),
             ("icmp_translated", c.icmp_translated),
             ("icmp_sent", c.icmp_sent),
             ("cookies_sent", c.cookies_sent),

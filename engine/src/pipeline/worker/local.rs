@@ -115,6 +115,28 @@ impl<Q: BufAlloc> Worker<Q> {
         }
     }
 
+    /// Is `a` one of our own addresses: an interface address or this node's full NAT local
+    /// address (`local`), a VIP, or one a reload removed that is still answered for? What the
+    /// worker answers ARP and neighbour solicitations for, and what ARP / ND must never
+    /// teach it as a neighbour (see [`Worker::own_sender`]).
+    pub(super) fn is_own(&self, a: Addr) -> bool {
+        self.snap.local.contains(&a) || self.snap.vips.contains(&a) || self.is_retired(a)
+    }
+
+    /// Does an ARP / ND packet claim one of our own addresses `a` as its sender's? Then it is
+    /// an address conflict (a misconfigured host, a DR real server without `arp_announce = 2`
+    /// ARPing from the VIP) or an attempt to poison the entry for that address with the
+    /// sender's MAC, not a neighbour: not learnt, not updated, counted (`arp_own_addr`).
+    /// Linux's `arp_process` does not learn such a sender either (its route lookup refuses a
+    /// local source).
+    fn own_sender(&self, a: Addr) -> bool {
+        if !self.is_own(a) {
+            return false;
+        }
+        bump(&self.counters.arp_own_addr, 1);
+        true
+    }
+
     /// May a neighbour advertisement / solicitation received on `iface`
     /// teach us `a`? The same on-link rule as ARP (`Snapshot::on_link`),
     /// plus link-local fe80::/10, which is on-link on every link (RFC 4861
@@ -159,7 +181,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let smac = a.sender_mac();
         let (sip4, tip4) = (a.sender_ip(), a.target_ip());
         let (sip, tip) = (parse::v4_to_addr(sip4), parse::v4_to_addr(tip4));
-        let for_us = self.snap.local.contains(&tip) || self.snap.vips.contains(&tip) || self.is_retired(tip);
+        let for_us = self.is_own(tip);
         // Learn senders on our subnets: requests to us and replies, and any ARP of a neighbour
         // we hold (Linux's `arp_process`): a gratuitous ARP (a VRRP / keepalived failover, a
         // bonding switch-over) or a request for another host carries its new MAC, which traffic
@@ -167,9 +189,13 @@ impl<Q: BufAlloc> Worker<Q> {
         // (unicast to our MAC, for our address, not gratuitous) proves the sender reachable;
         // the rest is STALE ("broadcast replies and request packets do not assert neighbour
         // reachability", `arp_process`), so ARP nobody asked for cannot keep a dead
-        // neighbour's entry alive.
+        // neighbour's entry alive. Never a sender claiming one of our own addresses.
         let known = || self.neigh.get(sip).is_some();
-        if sip != parse::v4_to_addr([0; 4]) && self.snap.on_link(iface, sip) && (for_us || op == ARP_REPLY || known()) {
+        if sip != parse::v4_to_addr([0; 4])
+            && !self.own_sender(sip)
+            && self.snap.on_link(iface, sip)
+            && (for_us || op == ARP_REPLY || known())
+        {
             let to_us = EthAddrs::at(pkt.data(), 0).is_ok_and(|e| e.dst() == self.snap.ifaces[iface].mac);
             let answer = op == ARP_REPLY && to_us && for_us && sip != tip;
             let seen = if answer { neigh::Seen::Reachable } else { neigh::Seen::Stale };
@@ -238,7 +264,7 @@ impl<Q: BufAlloc> Worker<Q> {
             // entry holds changes nothing).
             let (solicited, over) = (m[4] & 0x40 != 0, m[4] & 0x20 != 0);
             let seen = if solicited { neigh::Seen::Reachable } else { neigh::Seen::Stale };
-            if self.nd_may_learn(iface, target) {
+            if !self.own_sender(target) && self.nd_may_learn(iface, target) {
                 match (neigh::nd_lladdr(opts, 2), self.neigh.get(target)) {
                     // No entry: discarded, unless we are resolving the target (Linux's
                     // INCOMPLETE entry) or the advertisement is solicited, the answer to one
@@ -262,12 +288,13 @@ impl<Q: BufAlloc> Worker<Q> {
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         // Solicitation.
-        let for_us = self.snap.local.contains(&target) || self.snap.vips.contains(&target) || self.is_retired(target);
+        let for_us = self.is_own(target);
         let smac = neigh::nd_lladdr(opts, 1);
         if p.src != 0 {
             if let Some(mac) = smac {
-                // Created or updated STALE, never confirmed (RFC 4861 section 7.2.3).
-                if for_us && self.nd_may_learn(iface, p.src) {
+                // Created or updated STALE, never confirmed (RFC 4861 section 7.2.3). Not a
+                // source claiming one of our own addresses.
+                if !self.own_sender(p.src) && for_us && self.nd_may_learn(iface, p.src) {
                     self.learn_neighbor(p.src, mac, neigh::Seen::Stale);
                 }
             }
