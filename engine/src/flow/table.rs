@@ -256,6 +256,23 @@ impl Conn {
             )
             || ((seq >> 16) as u16).wrapping_sub(m).wrapping_add(SEQ_BEHIND) <= SEQ_BEHIND + SEQ_AHEAD
     }
+    /// The client sequence mark (0: not known; full NAT: none), to put back with
+    /// [`Conn::set_client_seq_mark`] when the segment that moved it did not go out.
+    #[inline(always)]
+    pub fn client_seq_mark(&self) -> u16 {
+        if self.fwd == Forward::Fnat {
+            0
+        } else {
+            self.lport
+        }
+    }
+    /// Put back a mark [`Conn::client_seq_mark`] read (full NAT: nothing).
+    #[inline(always)]
+    pub fn set_client_seq_mark(&mut self, m: u16) {
+        if self.fwd != Forward::Fnat {
+            self.lport = m;
+        }
+    }
     /// A client segment with sequence number `seq` that [`Conn::client_seq_ok`] took:
     /// the sequence mark follows it (full NAT: nothing).
     #[inline(always)]

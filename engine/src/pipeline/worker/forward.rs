@@ -130,7 +130,7 @@ impl<Q: BufAlloc> Worker<Q> {
             self.adopt(idx);
         }
         // State, timeout, counters.
-        let state_before = self.flows.get(idx).state;
+        let (state_before, mark_before) = (self.flows.get(idx).state, self.flows.get(idx).client_seq_mark());
         self.track_conn(idx, dir, pkt.data(), p);
         // Cluster: a new connection or a state change goes to the peers, once it stands. The
         // FTP gateway may drop or hold a segment, or keep its FIN back (sending a reply without
@@ -186,7 +186,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 // the state must not have seen the segment, as conntrack leaves an invalid one
                 // out of its state (a RST or FIN with data far ahead would otherwise close a live
                 // control connection it never reached).
-                Err(Next::Drop(_)) => self.redo_tcp_state(idx, dir, state_before, None),
+                // Nor its sequence mark (a segment far ahead would otherwise teach it while
+                // not known, and the next one in sequence be out of its window).
+                Err(Next::Drop(_)) => {
+                    self.redo_tcp_state(idx, dir, state_before, None);
+                    self.flows.get_mut(idx).set_client_seq_mark(mark_before);
+                }
                 // The gateway kept the FIN back: the state must not have seen it.
                 Ok(Some(replaced)) if p.tcp_flags & !replaced.tcp_flags & parse::TCP_FIN != 0 => {
                     self.redo_tcp_state(idx, dir, state_before, Some(p.tcp_flags & !parse::TCP_FIN))
