@@ -8,8 +8,8 @@ use super::*;
 use crate::wire::view::Tcp;
 
 impl<Q: BufAlloc> Worker<Q> {
-    /// [`track`] a packet (`len` bytes) of connection `idx` travelling in `dir`, the packet
-    /// count's high half carried when its low half wrapped.
+    /// [`track`] a packet (frame `d`, parsed as `p`) of connection `idx` travelling in `dir`,
+    /// the packet count's high half carried when its low half wrapped.
     #[inline(always)]
     pub(super) fn track_conn(&mut self, idx: u32, dir: Dir, d: &[u8], p: &Parsed) {
         let len = d.len() as u64;
