@@ -124,6 +124,10 @@ pub struct Snapshot {
     /// With each address's services: `(port range, service)` runs of `svc_ports`.
     kinds: HashMap<Addr, AddrInfo>,
     svc_ports: Vec<(PortRange, usize)>,
+    /// A Bloom filter of `vips` and `local` ([`Snapshot::is_own`]): every ARP and neighbour
+    /// packet asks whether its sender is one of ours, nearly always not, and most of them
+    /// are answered here, without a lookup.
+    own_bloom: [u64; 4],
 }
 
 /// What a destination address is ([`Snapshot::addr_info`]): `ADDR_*` bits and, for a VIP,
@@ -143,6 +147,14 @@ pub const ADDR_LADDR: u8 = 4;
 /// An address of the host's kernel on one of the engine's ports (AF_PACKET shares the port
 /// with it: BGP, BFD, sync and health checks run there): its frames are not the engine's.
 pub const ADDR_HOST: u8 = 8;
+
+/// The word and bit of `a` in [`Snapshot::is_own`]'s filter: a multiplicative hash of the
+/// address's two halves (an IPv4 address is all in the low one), its top 8 bits.
+#[inline]
+fn own_bloom_bit(a: Addr) -> (usize, u64) {
+    let h = ((a as u64) ^ ((a >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 62) as usize, 1 << ((h >> 56) & 63))
+}
 
 #[inline]
 fn mask(a: Addr, prefix: u8) -> Addr {
@@ -335,9 +347,15 @@ impl Snapshot {
                 e.udp = run;
             }
         }
+        let mut own_bloom = [0u64; 4];
+        for &a in vips.iter().chain(local.iter()) {
+            let (w, bit) = own_bloom_bit(a);
+            own_bloom[w] |= bit;
+        }
         Snapshot {
             kinds,
             svc_ports,
+            own_bloom,
             conn_counts,
             timeouts: crate::flow::tcpstate::timeouts_ns(&config.engine.timeouts),
             workers,
@@ -359,6 +377,14 @@ impl Snapshot {
     #[inline]
     pub fn addr_info(&self, a: Addr) -> AddrInfo {
         self.kinds.get(&a).copied().unwrap_or_default()
+    }
+
+    /// Is `a` a VIP or one of this node's own addresses (`local`: interface addresses, its
+    /// full NAT local addresses)? One lookup, none for most addresses that are not.
+    #[inline]
+    pub fn is_own(&self, a: Addr) -> bool {
+        let (w, bit) = own_bloom_bit(a);
+        self.own_bloom[w] & bit != 0 && self.addr_info(a).kind & (ADDR_VIP | ADDR_LOCAL) != 0
     }
 
     /// The service for (vip, proto, port).
@@ -479,6 +505,43 @@ pub(crate) fn test_snapshot(addresses: &str, rest: &str) -> Snapshot {
     );
     let cfg = ferrovs_cfg::Config::from_str(&text, "t.toml").expect("config");
     Snapshot::build(Arc::new(cfg), &[[2, 0, 0, 0, 0, 1]])
+}
+
+#[cfg(test)]
+mod own_tests {
+    use super::*;
+
+    fn a(s: &str) -> Addr {
+        ip_to_addr(s.parse().expect("address"))
+    }
+
+    #[test]
+    fn own_addresses_are_the_vips_and_local_ones_only() {
+        let s = test_snapshot(
+            "\"10.0.1.1/24\", \"fd00:1::1/64\"",
+            "[[service]]\nname = \"a\"\nvip = \"10.0.9.9\"\nports = [80]\nforward = \"fnat\"\n\
+             local_addresses = [\"10.0.1.50\"]\n[[service.real_server]]\naddress = \"10.0.1.7\"\n\
+             [[service]]\nname = \"b\"\nvip = \"2001:db8::80\"\nports = [80]\n[[service.real_server]]\naddress = \"fd00:1::7\"\n",
+        );
+        for own in ["10.0.1.1", "fd00:1::1", "10.0.9.9", "2001:db8::80", "10.0.1.50"] {
+            assert!(s.is_own(a(own)), "{own}");
+        }
+        for other in ["10.0.1.7", "fd00:1::7", "10.0.9.8", "0.0.0.0", "::", "10.0.1.51"] {
+            assert!(!s.is_own(a(other)), "{other}");
+        }
+        // The filter answers: the same as the lookup for any address.
+        let mut x = 0x1234_5678_9abc_def0_u64;
+        for i in 0..100_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v4 = ip_to_addr(std::net::Ipv4Addr::from(x as u32).into());
+            let v6 = (x as u128) << 64 | i as u128;
+            for b in [v4, v6] {
+                assert_eq!(s.is_own(b), s.addr_info(b).kind & (ADDR_VIP | ADDR_LOCAL) != 0, "{b:x}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

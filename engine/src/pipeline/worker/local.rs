@@ -120,7 +120,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// worker answers ARP and neighbour solicitations for, and what ARP / ND must never
     /// teach it as a neighbour (see [`Worker::own_sender`]).
     pub(super) fn is_own(&self, a: Addr) -> bool {
-        self.snap.local.contains(&a) || self.snap.vips.contains(&a) || self.is_retired(a)
+        self.snap.is_own(a) || self.is_retired(a)
     }
 
     /// Does an ARP / ND packet claim one of our own addresses `a` as its sender's? Then it is
