@@ -838,7 +838,7 @@ address = "fd00:2::2"
 /// `arp_process` does not learn such a sender): learning it would poison the entry with the
 /// attacker's MAC. Not learnt, not updated, counted (`arp_own_addr`); a stranger's still is.
 #[test]
-fn arp_and_nd_claiming_our_own_addresses_are_not_learnt() {
+fn arp_and_nd_claiming_our_own_addresses_are_not_learnt_nor_answered() {
     use ferrovs_engine::wire::parse::{v4_to_addr, v6_to_addr};
     const EVIL: [u8; 6] = [2, 0, 0, 0, 0x66, 0x66];
     let (ext4, int4, laddr4) = ([10, 0, 1, 1], [10, 0, 2, 1], [10, 0, 2, 200]);
@@ -874,6 +874,10 @@ fn arp_and_nd_claiming_our_own_addresses_are_not_learnt() {
             }
             assert_eq!(e.workers[0].table_sizes().neighbors, before, "{what}");
             assert_eq!(e.counters().arp_own_addr, 2, "{what}");
+            // Nor answered (Linux's `arp_process` refuses a local source): a request for
+            // our address from the VIP gets no reply.
+            let c = e.counters();
+            assert_eq!((c.arp_replies, c.nd_replies), (0, 0), "{what}: answered");
         }
     }
     // The same from a stranger is learnt.
@@ -883,4 +887,9 @@ fn arp_and_nd_claiming_our_own_addresses_are_not_learnt() {
     assert_eq!(e.workers[0].neighbor(v4_to_addr([10, 0, 1, 7])), Some(EVIL));
     assert_eq!(e.workers[0].neighbor(v6_to_addr(stranger6)), Some(EVIL));
     assert_eq!(e.counters().arp_own_addr, 0);
+    // And a stranger's requests for our addresses are answered.
+    e.inject(EXT, &arp_request(EVIL, [10, 0, 1, 7], ext4), S);
+    e.inject(EXT, &neighbor_solicit(EVIL, stranger6, ext6), S);
+    let c = e.counters();
+    assert_eq!((c.arp_replies, c.nd_replies), (1, 1));
 }

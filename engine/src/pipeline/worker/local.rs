@@ -190,9 +190,13 @@ impl<Q: BufAlloc> Worker<Q> {
         // the rest is STALE ("broadcast replies and request packets do not assert neighbour
         // reachability", `arp_process`), so ARP nobody asked for cannot keep a dead
         // neighbour's entry alive. Never a sender claiming one of our own addresses.
+        // A sender claiming one of our addresses is neither learnt nor answered: Linux's
+        // `arp_process` does not answer it either (its route check refuses a local source),
+        // and a reply would tell the claimant, whoever it is, that the address is taken here.
+        let claims_ours = sip != parse::v4_to_addr([0; 4]) && self.own_sender(sip);
         let known = || self.neigh.get(sip).is_some();
         if sip != parse::v4_to_addr([0; 4])
-            && !self.own_sender(sip)
+            && !claims_ours
             && self.snap.on_link(iface, sip)
             && (for_us || op == ARP_REPLY || known())
         {
@@ -201,7 +205,7 @@ impl<Q: BufAlloc> Worker<Q> {
             let seen = if answer { neigh::Seen::Reachable } else { neigh::Seen::Stale };
             self.learn_neighbor(sip, smac, seen);
         }
-        if op == ARP_REQUEST && for_us {
+        if op == ARP_REQUEST && for_us && !claims_ours {
             let mac = self.snap.ifaces[iface].mac;
             let l3 = p.l3;
             // Turn the request into a reply in place, at least Ethernet's 60 bytes. A request
@@ -290,14 +294,19 @@ impl<Q: BufAlloc> Worker<Q> {
         // Solicitation.
         let for_us = self.is_own(target);
         let smac = neigh::nd_lladdr(opts, 1);
-        if p.src != 0 {
+        // A source claiming one of our own addresses is neither learnt nor answered (the
+        // answer would go to our own address, at the claimant's MAC), as ARP (`handle_arp`).
+        let claims_ours = p.src != 0 && self.own_sender(p.src);
+        if p.src != 0 && !claims_ours {
             if let Some(mac) = smac {
-                // Created or updated STALE, never confirmed (RFC 4861 section 7.2.3). Not a
-                // source claiming one of our own addresses.
-                if !self.own_sender(p.src) && for_us && self.nd_may_learn(iface, p.src) {
+                // Created or updated STALE, never confirmed (RFC 4861 section 7.2.3).
+                if for_us && self.nd_may_learn(iface, p.src) {
                     self.learn_neighbor(p.src, mac, neigh::Seen::Stale);
                 }
             }
+        }
+        if claims_ours {
+            return self.punt(iface, pkt, DropReason::NotForUs);
         }
         if !for_us {
             return self.punt(iface, pkt, DropReason::NotForUs);
