@@ -1062,3 +1062,26 @@ fn ftp_active_reservations_are_bounded_per_session() {
     assert_eq!(f.e.workers[0].fnat_reserved(), 0);
     assert_eq!(f.e.workers[0].fnat_free_ports(la, 6), free - 1, "the data connection");
 }
+
+/// Full NAT: a router between the balancer and the real server reports about LADDR -> RS1
+/// (its "time exceeded" for a client's packet with a low TTL): the client gets it from the
+/// VIP, as Linux's NAT rewrites an error's outer source (`nf_nat_icmp_reply_translation`), never
+/// from the router's address on the real servers' network (which would map that network for
+/// the client and, being private, be filtered on the way).
+#[test]
+fn an_internal_routers_error_reaches_the_client_from_the_vip() {
+    let mut e = engine(1);
+    e.inject(EXT, &from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b"")), S);
+    let quoted = tcp4(LADDR, 2000, RS1, 8080, TCP_SYN, 1000, 0, b"");
+    let out = e.inject(INT, &from_rs(icmp4_error([10, 0, 2, 254], LADDR, 11, 0, 0, &quoted), RS2_MAC), S);
+    assert_eq!(out.len(), 1, "to the client");
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(out[0].0, EXT);
+    assert_eq!(&f[26..30], &VIP, "outer source: the VIP, not the router");
+    assert_eq!(&f[30..34], &CLIENT, "outer destination");
+    let inner = 14 + 20 + 8;
+    assert_eq!(&f[inner + 12..inner + 16], &CLIENT, "quoted source");
+    assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination");
+    assert_drops(&e, &[]);
+}

@@ -424,3 +424,41 @@ fn an_icmp_error_with_a_bad_checksum_is_not_translated() {
     }
     assert_eq!(e.counters().icmp_translated, 2);
 }
+
+/// An error from a router between the balancer and a NAT real server (its "time exceeded"
+/// for a client packet the balancer forwarded with a low TTL, its "fragmentation needed")
+/// reaches the client from the VIP, as IPVS's `ip_vs_nat_icmp` (outer source: the virtual
+/// address, whoever reported) and Linux's NAT (`nf_nat_icmp_reply_translation` makes the outer
+/// header the reply to the client's packet) send it. Left as the router's address, a client
+/// sending low-TTL packets to the VIP would map the real servers' network hop by hop, and the
+/// error would come from a (usually private) address the client's network filters, so the
+/// client would never learn the path MTU.
+#[test]
+fn an_internal_routers_error_reaches_the_client_from_the_vip() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    let router = [10, 0, 2, 254];
+    let quoted = tcp4(CLIENT, 40000, RS1, 8080, TCP_ACK, 1001, 5001, b"");
+    for (ty, code, rest) in [(11, 0, 0), (3, 4, 1400)] {
+        let out = e.inject(INT, &from_rs(icmp4_error(router, CLIENT, ty, code, rest, &quoted), RS2_MAC), S);
+        assert_eq!(out.len(), 1, "type {ty}");
+        let (iface, f) = &out[0];
+        assert_eq!(*iface, EXT);
+        verify_checksums(f).unwrap();
+        assert_eq!(&f[26..30], &VIP, "type {ty}: outer source the VIP, not the router");
+        assert_eq!(&f[30..34], &CLIENT);
+        assert_eq!(&f[14 + 20 + 8 + 16..14 + 20 + 8 + 20], &VIP, "quoted destination");
+    }
+    // IPv6: a router on the real servers' side about client -> rs.
+    e.inject(EXT, &from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 7, 0, b"")), S);
+    let router6 = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+    let quoted = tcp6(C6, 40000, RS6, 80, TCP_SYN, 7, 0, b"");
+    let out = e.inject(INT, &from_rs(icmp6_error(router6, C6, 3, 0, 0, &quoted), RS2_MAC), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[22..38], &VIP6, "outer source the VIP, not the router");
+    assert_eq!(&f[38..54], &C6);
+    assert_drops(&e, &[]);
+    assert_eq!(e.counters().icmp_translated, 3);
+}

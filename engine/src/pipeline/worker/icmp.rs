@@ -3,7 +3,7 @@
 //! `ip_vs_out_icmp`).
 
 use super::*;
-use crate::wire::view::{IpMut, Ipv4, Ipv6, Ports, Truncated};
+use crate::wire::view::{IpMut, Ipv4, Ports, Truncated};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
@@ -118,9 +118,6 @@ impl<Q: BufAlloc> Worker<Q> {
         if let Some(delta) = proxy_delta {
             unshift_quoted_tcp(d, p, inner, dir, delta);
         }
-        let v6 = p.v6;
-        // The reporter's address as received (an IPv6 error's outer header is read again).
-        let reporter = if v6 { Ipv6::at(d, p.l3).map(|h| parse::v6_to_addr(h.src())).unwrap_or(0) } else { p.src };
         let mut q = Quote::default();
         match (dir, to_vip) {
             (Dir::In, true) if fwd == Forward::Fnat => {
@@ -132,8 +129,9 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             (Dir::Out, false) if fwd == Forward::Fnat => {
                 // From the real-server side about our LADDR:lport -> RS:rport: the client sees
-                // its own VIP-bound packet quoted (a router's address stays the reporter).
-                q.outer = ((reporter == rs).then_some(vip), Some(client));
+                // its own VIP-bound packet quoted, reported by the VIP (whoever reported it,
+                // the real server or a router on its side: see below).
+                q.outer = (Some(vip), Some(client));
                 q.inner = (Some(client), Some(vip));
                 q.ports = (Some(cport), Some(vport));
             }
@@ -146,8 +144,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
             (Dir::Out, false) => {
-                // Error from the real-server side about client->RS packet.
-                q.outer.0 = (reporter == rs).then_some(vip);
+                // Error from the real-server side about client->RS packet, reported by the VIP
+                // whoever sent it (the real server, or a router between it and the balancer),
+                // as IPVS's `ip_vs_nat_icmp` and Linux's `nf_nat_icmp_reply_translation` do: a
+                // router's address on the real servers' network would map that network for a
+                // client sending low-TTL packets, and, private, be filtered on the way.
+                q.outer.0 = Some(vip);
                 q.inner.1 = Some(vip);
                 q.ports.1 = Some(vport);
             }
