@@ -482,6 +482,55 @@ fn a_blind_reset_or_fin_outside_the_window_leaves_the_connection() {
 }
 
 #[test]
+fn martian_sources_open_no_connection() {
+    // Linux's martian sources (and our own addresses: a LAND attack) get nothing: no
+    // connection, no packet to a real server, counted martian_source; a host is served.
+    let v4: [[u8; 4]; 8] = [
+        [127, 0, 0, 1],
+        [0, 0, 0, 0],
+        [0, 9, 9, 9],
+        [224, 0, 0, 5],
+        [255, 255, 255, 255],
+        [10, 0, 1, 255],
+        VIP,
+        [10, 0, 2, 1],
+    ];
+    let one = |v6: bool| {
+        let mut x = [0u8; 16];
+        x[15] = 1;
+        if v6 {
+            x[0] = 0xff;
+            x[1] = 2;
+        }
+        x
+    };
+    for workers in [1, 2] {
+        let mut e = engine(workers);
+        let mut n = 0;
+        for src in v4 {
+            let syn = from_client(tcp4(src, 40000, VIP, 80, TCP_SYN, 1, 0, b""));
+            let dns = from_client(udp4(src, 40000, VIP, 53, b"q"));
+            for f in [syn, dns] {
+                assert_eq!(e.inject(EXT, &f, S), vec![], "{src:?}");
+                n += 1;
+            }
+        }
+        for src in [one(false), one(true), VIP6] {
+            let f = from_client(tcp6(src, 40000, VIP6, 80, TCP_SYN, 1, 0, b""));
+            assert_eq!(e.inject(EXT, &f, S), vec![], "{src:?}");
+            n += 1;
+        }
+        assert_drops(&e, &[(DropReason::MartianSource, n)]);
+        assert_eq!(e.workers.iter().map(|w| w.table_sizes().flows).sum::<usize>(), 0);
+        // A host and the subnet's network address are served.
+        for src in [CLIENT, [10, 0, 1, 0]] {
+            let out = e.inject(EXT, &from_client(tcp4(src, 40001, VIP, 80, TCP_SYN, 1, 0, b"")), S);
+            assert_eq!(out.len(), 1, "{src:?}");
+        }
+    }
+}
+
+#[test]
 fn cross_worker_handoff_keeps_one_owner() {
     // Two workers; many clients. Every connection must be handled by the
     // owner of its client, whichever worker the "NIC" delivered it to, and

@@ -44,6 +44,7 @@ drop_reasons! {
     SynVerified => "syn_verified": "DR/tunnel SYN proxy: a client's reset answering a verification SYN-ACK, consumed (its address is now verified).",
     ProxyUnacceptable => "proxy_unacceptable": "SYN proxy, while the real server's handshake is pending: a real server's segment that does not acknowledge our SYN (RFC 793 SYN-SENT: a SYN-ACK or reset with another acknowledgement, a reset without one) or carries neither SYN nor RST (the connection keeps waiting); a client reset outside the window offered; a segment after the client's reset.",
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long, or discarded by the client's reset).",
+    MartianSource => "martian_source": "A new connection to a VIP from a source no packet may carry (Linux's martian sources): 0.0.0.0/8, loopback, multicast, a broadcast address, a VIP or one of the balancer's own addresses. Nothing is created and the SYN proxy does not answer it.",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
     FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",

@@ -128,6 +128,9 @@ pub struct Snapshot {
     /// packet asks whether its sender is one of ours, nearly always not, and most of them
     /// are answered here, without a lookup.
     own_bloom: [u64; 4],
+    /// The directed broadcast addresses of the interfaces' IPv4 subnets (prefixes up to /30):
+    /// martian sources ([`Snapshot::martian_source`]).
+    bcast4: Vec<Addr>,
 }
 
 /// What a destination address is ([`Snapshot::addr_info`]): `ADDR_*` bits and, for a VIP,
@@ -237,9 +240,13 @@ impl Snapshot {
             .collect();
         let mut local = HashSet::new();
         let mut routes = Vec::new();
+        let mut bcast4 = Vec::new();
         for (i, itf) in ifaces.iter().enumerate() {
             for &(a, p) in &itf.addrs {
                 local.insert(a);
+                if addr_is_v4(a) && p <= 96 + 30 {
+                    bcast4.push(a | !netmask(p) & 0xffff_ffff);
+                }
                 let v4 = addr_is_v4(a);
                 routes.push(RouteEntry { net: mask(a, p), prefix: p, iface: i, via: None, mask: netmask(p), v4 });
             }
@@ -356,6 +363,7 @@ impl Snapshot {
             kinds,
             svc_ports,
             own_bloom,
+            bcast4,
             conn_counts,
             timeouts: crate::flow::tcpstate::timeouts_ns(&config.engine.timeouts),
             workers,
@@ -377,6 +385,28 @@ impl Snapshot {
     #[inline]
     pub fn addr_info(&self, a: Addr) -> AddrInfo {
         self.kinds.get(&a).copied().unwrap_or_default()
+    }
+
+    /// Is `a` a source address no packet from the network may carry, so that nothing is
+    /// created for it (Linux's martian sources: `ip_route_input_slow`, `fib_validate_source`,
+    /// `ip6_rcv_core`)? IPv4: 0.0.0.0/8, loopback 127/8, multicast 224/4, the limited
+    /// broadcast and our subnets' directed broadcasts; IPv6: unspecified, loopback,
+    /// multicast; either: a VIP or one of our own addresses (a LAND attack's SYN, or one
+    /// that would make a real server answer the balancer itself). A connection from one
+    /// would send the real server's replies to ourselves, a broadcast or multicast group,
+    /// and the SYN proxy's SYN-ACK (a reflection) there.
+    #[inline]
+    pub fn martian_source(&self, a: Addr) -> bool {
+        if addr_is_v4(a) {
+            let v = a as u32;
+            let top = v >> 24;
+            if top == 0 || top == 127 || v >> 28 == 0xe || v == u32::MAX || self.bcast4.contains(&a) {
+                return true;
+            }
+        } else if a <= 1 || a >> 120 == 0xff {
+            return true;
+        }
+        self.is_own(a)
     }
 
     /// Is `a` a VIP or one of this node's own addresses (`local`: interface addresses, its
@@ -540,6 +570,55 @@ mod own_tests {
             for b in [v4, v6] {
                 assert_eq!(s.is_own(b), s.addr_info(b).kind & (ADDR_VIP | ADDR_LOCAL) != 0, "{b:x}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod martian_tests {
+    use super::*;
+
+    #[test]
+    fn martian_sources_are_linuxs() {
+        let s = test_snapshot(
+            "\"10.0.1.1/24\", \"10.0.3.1/31\", \"fd00:1::1/64\"",
+            "[[service]]\nname = \"a\"\nvip = \"10.0.9.9\"\nports = [80]\n[[service.real_server]]\naddress = \"10.0.1.7\"\n",
+        );
+        let a = |t: &str| ip_to_addr(t.parse().expect("address"));
+        for m in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.255.254",
+            "224.0.0.1",
+            "239.1.2.3",
+            "255.255.255.255",
+            "10.0.1.255",
+            "10.0.1.1",
+            "10.0.9.9",
+            "10.0.3.1",
+            "::",
+            "::1",
+            "ff02::1",
+            "ff05::2",
+            "fd00:1::1",
+        ] {
+            assert!(s.martian_source(a(m)), "{m}");
+        }
+        // Hosts, the /31's other end (RFC 3021: no broadcast), class E, the subnet's own
+        // network address (a host on some networks), other subnets' broadcasts.
+        for ok in [
+            "10.0.1.7",
+            "10.0.1.0",
+            "10.0.3.0",
+            "240.0.0.1",
+            "192.168.1.255",
+            "1.2.3.4",
+            "fd00:1::7",
+            "2001:db8::1",
+            "fe80::1",
+        ] {
+            assert!(!s.martian_source(a(ok)), "{ok}");
         }
     }
 }

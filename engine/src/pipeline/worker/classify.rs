@@ -254,6 +254,7 @@ impl<Q: BufAlloc> Worker<Q> {
                     self.forward(idx, dir, &mut pkt, p)
                 }
             }
+            None if dst_vip && self.snap.martian_source(p.src) => Next::Drop(DropReason::MartianSource),
             None if dst_vip => {
                 // A connection's first SYN: its service is looked up once for the SYN proxy and
                 // the scheduler (other segments may not need it: looked up where they do).
