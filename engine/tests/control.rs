@@ -588,7 +588,16 @@ fn ports_show_what_the_ports_counted() {
     assert_eq!((&j["counted"], &j["ports"]), (&serde_json::json!(false), &serde_json::json!([])), "{j}");
     assert!(e.ok(&["ports"]).starts_with("no port counters"));
     assert!(!e.ok(&["metrics"]).contains("ferrovs_port_"), "no port series without port counters");
-    let q = |rx, dropped| PortCounters { rx_packets: rx, rx_bytes: 64 * rx, rx_dropped: dropped, ..Default::default() };
+    // AF_PACKET's own: checksums completed, VLAN tags put back (the other backends' 0).
+    let q = |rx, dropped| PortCounters {
+        rx_packets: rx,
+        rx_bytes: 64 * rx,
+        rx_dropped: dropped,
+        rx_csum_partial: rx / 5,
+        rx_csum_completed: rx / 5 - 1,
+        rx_vlan_restored: rx - 1,
+        ..Default::default()
+    };
     let (q0, q1) = (q(10, 3), q(5, 4));
     let mut all = q0;
     all.add(&q1);
@@ -606,6 +615,12 @@ fn ports_show_what_the_ports_counted() {
     assert_eq!(j["counted"], true, "{j}");
     assert_eq!((&j["ports"][0]["name"], &j["ports"][0]["counters"]["rx_dropped"]), (&"ext".into(), &7.into()), "{j}");
     assert_eq!(j["ports"][0]["queues"].as_array().map(Vec::len), Some(2), "{j}");
+    let c = &j["ports"][0]["counters"];
+    assert_eq!(
+        (&c["rx_csum_partial"], &c["rx_csum_completed"], &c["rx_vlan_restored"]),
+        (&3.into(), &1.into(), &13.into()),
+        "{j}"
+    );
     let text = e.ok(&["ports"]);
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(lines.len(), 4, "header, the port, its two queues:\n{text}");
@@ -613,8 +628,20 @@ fn ports_show_what_the_ports_counted() {
     assert_eq!(lines[1][..3], ["ext", "(fvs-lb0,", "af_packet)"], "{text}");
     assert_eq!(lines[1][3..6], ["15", "960", "7"], "rx packets, bytes, dropped:\n{text}");
     assert_eq!(lines[3][..5], ["queue", "1", "5", "320", "4"], "{text}");
+    let heads = &lines[0][lines[0].len() - 3..];
+    assert_eq!(heads, ["RxCsumPart", "RxCsumDone", "RxVlanRestd"], "the last columns:\n{text}");
+    assert_eq!(lines[1][lines[1].len() - 3..], ["3", "1", "13"], "checksums partial, completed, VLAN tags:\n{text}");
+    assert_eq!(lines[3][lines[3].len() - 3..], ["1", "0", "4"], "{text}");
     let m = e.ok(&["metrics"]);
     assert!(m.contains("# TYPE ferrovs_port_rx_dropped_total counter"), "{m}");
     assert!(m.contains("\nferrovs_port_rx_dropped_total{port=\"ext\",device=\"fvs-lb0\"} 7\n"), "{m}");
     assert!(m.contains("\nferrovs_port_rx_packets_total{port=\"ext\",device=\"fvs-lb0\"} 15\n"), "{m}");
+    for (name, v) in [("rx_csum_partial", 3), ("rx_csum_completed", 1), ("rx_vlan_restored", 13)] {
+        assert!(m.contains(&format!("# HELP ferrovs_port_{name}_total ")), "{name}:\n{m}");
+        assert!(m.contains(&format!("# TYPE ferrovs_port_{name}_total counter\n")), "{name}:\n{m}");
+        assert!(
+            m.contains(&format!("\nferrovs_port_{name}_total{{port=\"ext\",device=\"fvs-lb0\"}} {v}\n")),
+            "{name}:\n{m}"
+        );
+    }
 }

@@ -1425,9 +1425,11 @@ fn needs_ext(s: &Service) -> bool {
 /// `ipvsadm -S -n` output for `cfg` (with `# ferrovs-service` comments
 /// before services ipvsadm's syntax cannot fully describe).
 /// `ferrovsadm ports`: the reply of the control socket's `ports` op as a table, a line per
-/// port and, for a port of several queues, one per queue under it.
+/// port and, for a port of several queues, one per queue under it. The last columns are
+/// AF_PACKET's own (0 elsewhere): checksums a local stack left to offload, those the port
+/// completed, VLAN tags it put back.
 pub fn ports_table(r: &serde_json::Value) -> String {
-    const COLS: [(&str, &str); 9] = [
+    const COLS: [(&str, &str); 12] = [
         ("rx_packets", "RxPackets"),
         ("rx_bytes", "RxBytes"),
         ("rx_dropped", "RxDropped"),
@@ -1437,6 +1439,9 @@ pub fn ports_table(r: &serde_json::Value) -> String {
         ("tx_bytes", "TxBytes"),
         ("tx_dropped", "TxDropped"),
         ("tx_errors", "TxErrors"),
+        ("rx_csum_partial", "RxCsumPart"),
+        ("rx_csum_completed", "RxCsumDone"),
+        ("rx_vlan_restored", "RxVlanRestd"),
     ];
     let mut o = String::new();
     if r["counted"].as_bool() != Some(true) {

@@ -251,7 +251,7 @@ pub fn render(f: &Figures) -> String {
     // The ports' own counters: what never reached a worker.
     if !f.ports.is_empty() {
         type P = fn(&crate::port::PortCounters) -> u64;
-        let series: [(&str, &str, P); 9] = [
+        let series: [(&str, &str, P); 12] = [
             ("rx_packets_total", "Frames the port received.", |c| c.rx_packets),
             ("rx_bytes_total", "Bytes the port received.", |c| c.rx_bytes),
             ("rx_dropped_total", "Frames the port dropped because a worker's receive ring was full.", |c| c.rx_dropped),
@@ -261,6 +261,19 @@ pub fn render(f: &Figures) -> String {
             ("tx_bytes_total", "Bytes the port transmitted.", |c| c.tx_bytes),
             ("tx_dropped_total", "Frames dropped because the transmit ring was full.", |c| c.tx_dropped),
             ("tx_errors_total", "Transmit failures.", |c| c.tx_errors),
+            (
+                "rx_csum_partial_total",
+                "Frames received with their checksum left to offload by a local stack (AF_PACKET).",
+                |c| c.rx_csum_partial,
+            ),
+            (
+                "rx_csum_completed_total",
+                "Of those, TCP/UDP frames whose checksum the port completed in software.",
+                |c| c.rx_csum_completed,
+            ),
+            ("rx_vlan_restored_total", "Frames whose VLAN tag the kernel stripped and the port put back.", |c| {
+                c.rx_vlan_restored
+            }),
         ];
         for (suffix, help, g) in series {
             let name = format!("ferrovs_port_{suffix}");

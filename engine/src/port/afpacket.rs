@@ -57,7 +57,10 @@
 //! a TCP or UDP frame (not a fragment) on receive, as the device would have
 //! (`rx_checksum`), so the pipeline sees what the wire would carry: counted
 //! in [`AfPacketStats::rx_csum_not_ready`], the completed ones in
-//! [`AfPacketStats::rx_csum_completed`]. Frames from a NIC never carry the
+//! [`AfPacketStats::rx_csum_completed`] (reported as the port's
+//! [`PortCounters::rx_csum_partial`] and [`PortCounters::rx_csum_completed`],
+//! with the VLAN tags put back as [`PortCounters::rx_vlan_restored`]: `ferrovsadm
+//! ports`, the metrics). Frames from a NIC never carry the
 //! status bit and pay nothing. The port reports no checksum offload in either
 //! direction.
 
@@ -292,6 +295,27 @@ pub struct AfPacketStats {
     pub tx_errors: u64,
     /// Buffers allocated because the pools were empty.
     pub pool_allocs: u64,
+}
+
+impl AfPacketStats {
+    /// These as the generic [`PortCounters`] report them ([`PortQueue::counters`]), with
+    /// `kernel_drops` the kernel's `tp_drops` summed so far.
+    fn port_counters(&self, kernel_drops: u64) -> PortCounters {
+        PortCounters {
+            rx_packets: self.rx_packets,
+            rx_bytes: self.rx_bytes,
+            rx_dropped: kernel_drops,
+            rx_nobuf: 0,
+            rx_errors: self.rx_oversize,
+            tx_packets: self.tx_packets,
+            tx_bytes: self.tx_bytes,
+            tx_dropped: self.tx_ring_full,
+            tx_errors: self.tx_oversize + self.tx_errors,
+            rx_csum_partial: self.rx_csum_not_ready,
+            rx_csum_completed: self.rx_csum_completed,
+            rx_vlan_restored: self.rx_vlan_reinserted,
+        }
+    }
 }
 
 /// Kernel-side counters from `PACKET_STATISTICS` (reset on every read).
@@ -1106,18 +1130,7 @@ impl PortQueue for AfPacketQueue {
     fn counters(&mut self) -> Option<PortCounters> {
         // A failed read leaves the drops summed so far (it cannot fail on an open socket).
         let _ = self.kernel_stats();
-        let s = &self.stats;
-        Some(PortCounters {
-            rx_packets: s.rx_packets,
-            rx_bytes: s.rx_bytes,
-            rx_dropped: self.kernel_drops,
-            rx_nobuf: 0,
-            rx_errors: s.rx_oversize,
-            tx_packets: s.tx_packets,
-            tx_bytes: s.tx_bytes,
-            tx_dropped: s.tx_ring_full,
-            tx_errors: s.tx_oversize + s.tx_errors,
-        })
+        Some(self.stats.port_counters(self.kernel_drops))
     }
 }
 
@@ -1232,6 +1245,9 @@ mod tests {
             assert_eq!(d, want, "frame {i}: only the checksum changes");
         }
         assert_eq!((stats.rx_csum_not_ready, stats.rx_csum_completed), (3, 3));
+        // And the queue reports them with its other counters (`ferrovsadm ports`, the metrics).
+        let c = stats.port_counters(0);
+        assert_eq!((c.rx_csum_partial, c.rx_csum_completed), (3, 3), "{c:?}");
 
         // A fragment, a non-IP frame, an ICMP message, a truncated frame: left as they are.
         let whole = testpkt::udp4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 53, &[7; 600]);
@@ -1252,6 +1268,43 @@ mod tests {
             assert_eq!(&d, f, "frame {i}");
         }
         assert_eq!((stats.rx_csum_not_ready, stats.rx_csum_completed), (rest.len() as u64, 0));
+        let c = stats.port_counters(0);
+        assert_eq!((c.rx_csum_partial, c.rx_csum_completed), (rest.len() as u64, 0), "{c:?}");
+    }
+
+    /// What a queue counted reaches the generic port counters, each where it belongs (distinct
+    /// values, so a counter reported in another's place shows).
+    #[test]
+    fn queue_counters_carry_every_stat() {
+        let s = AfPacketStats {
+            rx_packets: 1,
+            rx_bytes: 2,
+            rx_oversize: 3,
+            rx_vlan_reinserted: 4,
+            rx_csum_not_ready: 5,
+            rx_csum_completed: 6,
+            tx_packets: 7,
+            tx_bytes: 8,
+            tx_ring_full: 9,
+            tx_oversize: 10,
+            tx_errors: 11,
+            pool_allocs: 12,
+        };
+        let want = PortCounters {
+            rx_packets: 1,
+            rx_bytes: 2,
+            rx_dropped: 13,
+            rx_nobuf: 0,
+            rx_errors: 3,
+            tx_packets: 7,
+            tx_bytes: 8,
+            tx_dropped: 9,
+            tx_errors: 10 + 11,
+            rx_csum_partial: 5,
+            rx_csum_completed: 6,
+            rx_vlan_restored: 4,
+        };
+        assert_eq!(s.port_counters(13), want);
     }
 
     #[test]

@@ -611,6 +611,8 @@ pub fn report_of(p: &PortStats) -> super::PortReport {
             // `tx_full`); the port's own figure is its errors.
             tx_dropped: 0,
             tx_errors: p.oerrors,
+            // AF_PACKET's own: DPDK's drivers hand over frames as the wire carried them.
+            ..Default::default()
         },
         queues: p
             .queues

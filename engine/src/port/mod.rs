@@ -141,6 +141,21 @@ pub struct PortCounters {
     pub tx_dropped: u64,
     /// Transmit failures (DPDK's `oerrors`; AF_PACKET: over the MTU, empty, failed sends).
     pub tx_errors: u64,
+    /// Frames received with their transport checksum left to offload (AF_PACKET's
+    /// `TP_STATUS_CSUMNOTREADY`, CHECKSUM_PARTIAL; other backends leave 0): a local stack
+    /// behind the port (a veth) sends with transmit checksum offload on, so the port pays for
+    /// the checksums it left undone (a NIC never hands such a frame over: a port facing one
+    /// shows none); `ethtool -K DEV tx off` on the sender's veth moves that work to the sender.
+    pub rx_csum_partial: u64,
+    /// Of `rx_csum_partial`, the TCP/UDP frames whose checksum the port completed in software
+    /// (AF_PACKET; others leave 0). The rest were left as received (a fragment, ICMP, a frame
+    /// the parser refuses), for the pipeline to judge.
+    pub rx_csum_completed: u64,
+    /// Frames whose VLAN tag the kernel had stripped before the packet socket saw them and the
+    /// port put back (AF_PACKET; others leave 0): tagged traffic reaches this port, expected
+    /// on a trunk, a sign of a misconfigured switch port or parent device on a port meant for
+    /// untagged frames.
+    pub rx_vlan_restored: u64,
 }
 
 /// One port as the control plane reports it (`ferrovsadm ports`, the metrics).
@@ -176,6 +191,9 @@ impl PortCounters {
         self.tx_bytes += o.tx_bytes;
         self.tx_dropped += o.tx_dropped;
         self.tx_errors += o.tx_errors;
+        self.rx_csum_partial += o.rx_csum_partial;
+        self.rx_csum_completed += o.rx_csum_completed;
+        self.rx_vlan_restored += o.rx_vlan_restored;
     }
 }
 
