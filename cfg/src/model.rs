@@ -366,6 +366,9 @@ pub enum HealthCheckKind {
     /// HTTP: `GET path` (HTTP/1.0 with a Host header), expect the status `status` (any 2xx
     /// when unset) (keepalived's `HTTP_GET`).
     Http,
+    /// Run the program `command` (an argv, no shell); exit status 0 is up (keepalived's
+    /// `MISC_CHECK`).
+    Exec,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -379,6 +382,12 @@ pub struct HealthCheck {
     pub path: Option<String>,
     pub host: Option<String>,
     pub status: Option<u16>,
+    /// `exec`: the program (an absolute path) and its arguments, run without a shell; empty
+    /// for the other types.
+    pub command: Vec<String>,
+    /// `exec`: the user the program runs as (with its primary group), looked up when the
+    /// check runs; `None`: the daemon's user.
+    pub user: Option<String>,
     /// Seconds between checks (default 5).
     pub interval: f64,
     /// Seconds to the next check after a failure that has not yet taken the server down (the

@@ -197,6 +197,8 @@ pub(crate) struct RawHealthCheck {
     pub path: Option<S<String>>,
     pub host: Option<S<String>>,
     pub status: Option<S<i64>>,
+    pub command: Option<S<Vec<S<String>>>>,
+    pub user: Option<S<String>>,
     pub interval: Option<S<f64>>,
     pub retry_interval: Option<S<f64>>,
     pub timeout: Option<S<f64>>,

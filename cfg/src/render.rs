@@ -229,6 +229,7 @@ pub(crate) fn service(s: &Service) -> String {
             HealthCheckKind::SendExpect => "send_expect",
             HealthCheckKind::Ftp => "ftp",
             HealthCheckKind::Http => "http",
+            HealthCheckKind::Exec => "exec",
         };
         let _ = writeln!(o, "type = {}", q(kind));
         if let Some(p) = h.port {
@@ -248,6 +249,13 @@ pub(crate) fn service(s: &Service) -> String {
         }
         if let Some(s) = h.status {
             let _ = writeln!(o, "status = {s}");
+        }
+        if !h.command.is_empty() {
+            let args: Vec<String> = h.command.iter().map(|a| q(a)).collect();
+            let _ = writeln!(o, "command = [{}]", args.join(", "));
+        }
+        if let Some(u) = &h.user {
+            let _ = writeln!(o, "user = {}", q(u));
         }
         let _ = writeln!(o, "interval = {}", float(h.interval));
         if let Some(r) = h.retry_interval {

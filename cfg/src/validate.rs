@@ -886,6 +886,7 @@ impl Validator<'_> {
                 ("send_expect", HealthCheckKind::SendExpect),
                 ("ftp", HealthCheckKind::Ftp),
                 ("http", HealthCheckKind::Http),
+                ("exec", HealthCheckKind::Exec),
             ],
         )?;
         let port = match &r.port {
@@ -953,6 +954,7 @@ impl Validator<'_> {
             Some(x) => Some(self.int(x, 100, 599, "health check status")? as u16),
             None => None,
         };
+        let (command, user) = self.exec_fields(r, kind)?;
         Ok(HealthCheck {
             kind,
             port,
@@ -961,6 +963,8 @@ impl Validator<'_> {
             path,
             host,
             status,
+            command,
+            user,
             interval,
             retry_interval,
             timeout,
@@ -968,6 +972,61 @@ impl Validator<'_> {
             fall,
             quiesce,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `exec`'s `command` and `user`: for type `exec` only, `command` required there. The
+    /// program is an absolute path (a relative one would be looked up in the daemon's `PATH`
+    /// and working directory, which the config does not show); no string holds a NUL byte,
+    /// which no argv or user name can carry.
+    fn exec_fields(&self, r: &RawHealthCheck, kind: HealthCheckKind) -> R<(Vec<String>, Option<String>)> {
+        let exec = kind == HealthCheckKind::Exec;
+        let only = |sp: Range<usize>, what: &str| self.err(sp, format!("health check `{what}` is for type \"exec\""));
+        let command = match &r.command {
+            None if exec => {
+                return Err(self.err(span_of(&r.kind), "health check type \"exec\" needs a `command`"));
+            }
+            None => Vec::new(),
+            Some(c) if !exec => return Err(only(span_of(c), "command")),
+            Some(c) => {
+                let args = c.get_ref();
+                let Some(prog) = args.first() else {
+                    return Err(self.err(
+                        span_of(c),
+                        "health check command must not be empty: the program's absolute path, then its arguments",
+                    ));
+                };
+                if !prog.get_ref().starts_with('/') {
+                    return Err(self.err(
+                        span_of(prog),
+                        format!(
+                            "health check command {:?} must be an absolute path (no shell, no PATH look-up)",
+                            prog.get_ref()
+                        ),
+                    ));
+                }
+                if let Some(a) = args.iter().find(|a| a.get_ref().contains('\0')) {
+                    return Err(self.err(span_of(a), "health check command arguments must not contain a NUL byte"));
+                }
+                args.iter().map(|a| a.get_ref().clone()).collect()
+            }
+        };
+        let user = match &r.user {
+            None => None,
+            Some(u) if !exec => return Err(only(span_of(u), "user")),
+            Some(u) => {
+                let name = u.get_ref();
+                if name.is_empty() || name.len() > 256 || name.contains('\0') {
+                    return Err(self.err(
+                        span_of(u),
+                        format!("health check user {name:?} must be a user name of 1 to 256 bytes without NUL"),
+                    ));
+                }
+                Some(name.clone())
+            }
+        };
+        Ok((command, user))
     }
 }
 

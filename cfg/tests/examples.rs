@@ -49,3 +49,23 @@ fn weird_strings_round_trip() {
     assert_eq!(c.services[0].name, "q\"uote\u{1} é");
     roundtrip(&c);
 }
+
+/// An `exec` check: its argv (spaces, quotes, backslashes, non-ASCII kept as they are) and
+/// user read, rendered and read back the same.
+#[test]
+fn exec_health_check_round_trips() {
+    let t = "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nports = [80]\n\
+             [service.health_check]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/check web\", \"--url\", \"a 'b' \\\"c\\\" \\\\ é\", \"\"]\n\
+             user = \"nobody\"\ntimeout = 2.5\nrise = 1\nfall = 2\n";
+    let c = Config::from_str(t, "x").unwrap();
+    let h = c.services[0].health_check.as_ref().unwrap();
+    assert_eq!(h.kind, HealthCheckKind::Exec);
+    assert_eq!(h.command, ["/usr/local/bin/check web", "--url", "a 'b' \"c\" \\ é", ""]);
+    assert_eq!((h.user.as_deref(), h.timeout, h.rise, h.fall), (Some("nobody"), 2.5, 1, 2));
+    roundtrip(&c);
+    assert!(c.to_toml().contains("type = \"exec\"\ncommand = [\"/usr/local/bin/check web\", "), "{}", c.to_toml());
+    // Without user: the daemon's; the other types carry no command.
+    let c = Config::from_str(&t.replace("user = \"nobody\"\n", ""), "x").unwrap();
+    assert_eq!(c.services[0].health_check.as_ref().unwrap().user, None);
+    roundtrip(&c);
+}

@@ -721,6 +721,8 @@ fn virtual_server(
                 path: c.path,
                 host: c.host,
                 status: c.status,
+                command: Vec::new(),
+                user: None,
                 interval,
                 // Only while a failure is being confirmed; none when it is the interval.
                 retry_interval: Some(c.retry_interval).filter(|&r| c.fall > 1 && r != interval),

@@ -371,6 +371,8 @@ fn virtual_block(
         path: None,
         host: None,
         status: None,
+        command: Vec::new(),
+        user: None,
         port: None,
         send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,

@@ -10,7 +10,9 @@
 //!   `230`, send `QUIT`;
 //! - `http`: `GET path HTTP/1.0` with a `Host` header (the check's `host`, else the real
 //!   server's address and port) and `Connection: close`; the status line must carry `status`
-//!   (any 2xx without one), as keepalived's `HTTP_GET` (the body is not read).
+//!   (any 2xx without one), as keepalived's `HTTP_GET` (the body is not read);
+//! - `exec`: run `command` (an argv, no shell), exit status 0 is success, as keepalived's
+//!   `MISC_CHECK` ([`exec_check`]).
 //!
 //! The port is the check's `port`, else the real server's, else the
 //! service's first port. After `fall` failures in a row a server is taken
@@ -81,14 +83,18 @@ struct Target {
     last_error: Option<String>,
 }
 
-/// Run one check. `Err` says why it failed.
-pub fn check(hc: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
+/// Run one check of a real server of `service`. `Err` says why it failed.
+pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), String> {
     let timeout = Duration::from_secs_f64(hc.timeout.max(0.01));
+    if hc.kind == HealthCheckKind::Exec {
+        return exec_check(hc, service, addr, timeout);
+    }
     let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     match hc.kind {
         HealthCheckKind::Tcp => Ok(()),
+        HealthCheckKind::Exec => unreachable!("run above, without a connection"),
         HealthCheckKind::SendExpect => {
             if let Some(send) = &hc.send {
                 s.set_write_timeout(Some(left())).ok();
@@ -149,6 +155,125 @@ pub fn check(hc: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
                 None => Err(format!("HTTP status {code}, expected 2xx")),
             }
         }
+    }
+}
+
+/// `exec`: run `hc.command` (no shell) for the real server at `addr`, as `hc.user` (its uid and
+/// primary group, looked up now: a user that does not exist fails the check) or the daemon's
+/// user. Its environment is the daemon's plus `FERROVS_SERVICE`, `FERROVS_SERVER` (the
+/// address) and `FERROVS_PORT`; stdin, stdout and stderr are /dev/null, so a chatty script
+/// never blocks on a pipe nobody reads. Exit status 0 is success. The program leads a process
+/// group of its own: at `timeout` the whole group (the script and what it started) gets
+/// SIGKILL, and the program is reaped. The group is killed before the reaping, while its
+/// number cannot belong to anybody else.
+fn exec_check(hc: &HealthCheck, service: &str, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let Some((prog, args)) = hc.command.split_first() else {
+        return Err("exec check without a command".into());
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env("FERROVS_SERVICE", service)
+        .env("FERROVS_SERVER", addr.ip().to_string())
+        .env("FERROVS_PORT", addr.port().to_string())
+        .process_group(0);
+    let as_user = match &hc.user {
+        Some(u) => {
+            let (uid, gid) = user_ids(u)?;
+            // std drops the supplementary groups when it changes the uid as root.
+            cmd.uid(uid).gid(gid);
+            format!(" as user {u}")
+        }
+        None => String::new(),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut child = cmd.spawn().map_err(|e| format!("run {prog}{as_user}: {e}"))?;
+    let pid = child.id() as libc::pid_t;
+    let kill_group = |child: &mut std::process::Child| {
+        // SAFETY: kill(2) with a process group this thread created and has not reaped yet.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return exit_result(prog, st),
+            Ok(None) => {}
+            Err(e) => {
+                kill_group(&mut child);
+                return Err(format!("wait for {prog}: {e}"));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(&mut child);
+            return Err(format!("{prog} timed out after {} s: killed", timeout.as_secs_f64()));
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// An exec check's result from its program's exit status.
+fn exit_result(prog: &str, st: std::process::ExitStatus) -> Result<(), String> {
+    use std::os::unix::process::ExitStatusExt;
+    if st.success() {
+        return Ok(());
+    }
+    match (st.code(), st.signal()) {
+        (Some(c), _) => Err(format!("{prog} exited with status {c}")),
+        (None, Some(sig)) => Err(format!("{prog} killed by signal {sig}{}", signal_name(sig))),
+        _ => Err(format!("{prog} failed: {st}")),
+    }
+}
+
+/// " (SIGNAME)" for the usual signals, else nothing.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => " (SIGHUP)",
+        libc::SIGINT => " (SIGINT)",
+        libc::SIGQUIT => " (SIGQUIT)",
+        libc::SIGILL => " (SIGILL)",
+        libc::SIGABRT => " (SIGABRT)",
+        libc::SIGBUS => " (SIGBUS)",
+        libc::SIGFPE => " (SIGFPE)",
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGSEGV => " (SIGSEGV)",
+        libc::SIGPIPE => " (SIGPIPE)",
+        libc::SIGALRM => " (SIGALRM)",
+        libc::SIGTERM => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+/// The uid and primary gid of user `name` (getpwnam_r: the system's user database, NSS
+/// included), or why not.
+fn user_ids(name: &str) -> Result<(u32, u32), String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("user {name:?}: holds a NUL byte"))?;
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: passwd is plain data; getpwnam_r writes it and its strings into `buf`, whose
+        // length it is given, and `res` points to `pw` or is null.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: as above.
+        let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(format!("user {name:?}: look-up failed: {}", std::io::Error::from_raw_os_error(rc)));
+        }
+        if res.is_null() {
+            return Err(format!("user {name:?} does not exist"));
+        }
+        return Ok((pw.pw_uid, pw.pw_gid));
     }
 }
 
@@ -337,7 +462,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
             t.busy = true;
             let (hc, addr, key, tx) = (t.check.clone(), t.addr, k.clone(), tx.clone());
             let spawned = std::thread::Builder::new().name("fvs-check".into()).spawn(move || {
-                let r = check(&hc, addr);
+                let r = check(&hc, &key.0, addr);
                 let _ = tx.send((key, r));
             });
             if spawned.is_err() {
@@ -402,6 +527,8 @@ mod tests {
             path: None,
             host: None,
             status: None,
+            command: Vec::new(),
+            user: None,
             interval: 1.0,
             retry_interval: None,
             timeout,
@@ -441,7 +568,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let h = h.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(check(&h, addr));
+            let _ = tx.send(check(&h, "svc", addr));
         });
         rx.recv_timeout(limit).ok()
     }
@@ -610,16 +737,147 @@ mod tests {
         }
         let mut h = hc(HealthCheckKind::Http, 2.0);
         h.path = Some("/healthz".into());
-        let ok = check(&h, addr);
+        let ok = check(&h, "svc", addr);
         h.path = Some("/missing".into());
-        let missing = check(&h, addr);
+        let missing = check(&h, "svc", addr);
         h.status = Some(404);
-        let want_404 = check(&h, addr);
+        let want_404 = check(&h, "svc", addr);
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(ok, Ok(()));
         assert_eq!(missing, Err("HTTP status 404, expected 2xx".into()));
         assert_eq!(want_404, Ok(()));
+    }
+
+    /// An `exec` check of `body` (a `/bin/sh` script written to a new directory of its own,
+    /// which anybody may write to: a script run as another user writes its findings there).
+    fn exec_script(name: &str, body: &str, timeout: f64) -> (HealthCheck, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ferrovs-health-exec-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let script = dir.join("check.sh");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut h = hc(HealthCheckKind::Exec, timeout);
+        h.command = vec![script.display().to_string(), dir.display().to_string()];
+        (h, dir)
+    }
+
+    /// [`check`] of an exec check, again while the script is "text file busy" (another test's
+    /// thread forking while this one had the script open for writing).
+    fn exec_run(h: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), String> {
+        for _ in 0..20 {
+            match check(h, service, addr) {
+                Err(e) if e.contains("Text file busy") => std::thread::sleep(Duration::from_millis(50)),
+                r => return r,
+            }
+        }
+        check(h, service, addr)
+    }
+
+    fn any_addr() -> SocketAddr {
+        "10.0.2.2:8080".parse().unwrap()
+    }
+
+    /// Exit status 0 passes; any other, or a signal, fails naming it; a script writing 1 MB to
+    /// stdout and stderr (nobody reads them) passes; a program that is not there fails.
+    #[test]
+    fn exec_check_result_is_the_exit_status() {
+        let cases = [
+            ("ok", "exit 0", None),
+            ("three", "exit 3", Some("exited with status 3")),
+            ("killed", "kill -9 $$", Some("killed by signal 9 (SIGKILL)")),
+            ("chatty", "head -c 1048576 /dev/zero\nhead -c 1048576 /dev/zero >&2\nexit 0", None),
+        ];
+        for (name, body, want) in cases {
+            let (h, dir) = exec_script(name, body, 5.0);
+            let t0 = Instant::now();
+            let r = exec_run(&h, "svc", any_addr());
+            let _ = std::fs::remove_dir_all(&dir);
+            match want {
+                None => assert_eq!(r, Ok(()), "{name}"),
+                Some(w) => {
+                    let e = r.expect_err(name);
+                    assert!(e.contains(w) && e.contains("check.sh"), "{name}: {e}");
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(4), "{name}: took {:?}", t0.elapsed());
+        }
+        let mut h = hc(HealthCheckKind::Exec, 1.0);
+        h.command = vec!["/nonexistent/ferrovs-check".into()];
+        let e = check(&h, "svc", any_addr()).unwrap_err();
+        assert!(e.contains("/nonexistent/ferrovs-check") && e.contains("No such file"), "{e}");
+    }
+
+    /// The script sees the service, the server's address and the checked port, and the
+    /// daemon's own environment; it gets its arguments as given.
+    #[test]
+    fn exec_check_environment_and_arguments() {
+        let (mut h, dir) =
+            exec_script("env", "echo \"$FERROVS_SERVICE|$FERROVS_SERVER|$FERROVS_PORT|$PATH|$#|$2\" > \"$1/env\"", 5.0);
+        h.command.push("two words".into());
+        for (addr, want) in [("10.0.2.2:8080", "10.0.2.2|8080"), ("[fd00::2]:21", "fd00::2|21")] {
+            let r = exec_run(&h, "tcp-10.0.0.1-80", addr.parse().unwrap());
+            assert_eq!(r, Ok(()));
+            let got = std::fs::read_to_string(dir.join("env")).unwrap();
+            let path = std::env::var("PATH").unwrap_or_default();
+            assert_eq!(got.trim_end(), format!("tcp-10.0.0.1-80|{want}|{path}|2|two words"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Whether process `pid` is gone (or a zombie: dead, waiting for whoever inherited it).
+    fn dead(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(st) => st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
+    /// A script that outlives its timeout: the check fails at the timeout, saying so; the
+    /// script is reaped and what it started (its process group) is killed too.
+    #[test]
+    fn exec_check_at_the_timeout_kills_the_process_group() {
+        let (h, dir) = exec_script("timeout", "sleep 30 &\necho $$ $! > \"$1/pids\"\nwait", 0.5);
+        let t0 = Instant::now();
+        let r = exec_run(&h, "svc", any_addr());
+        let took = t0.elapsed();
+        let pids = std::fs::read_to_string(dir.join("pids")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = r.unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        let pids: Vec<u32> = pids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        assert_eq!(pids.len(), 2, "the script wrote its own and its sleep's PID");
+        let t0 = Instant::now();
+        while !pids.iter().all(|&p| dead(p)) && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(dead(pids[1]), "the script's sleep {} is still running", pids[1]);
+        assert!(!std::path::Path::new(&format!("/proc/{}", pids[0])).exists(), "the script {} not reaped", pids[0]);
+    }
+
+    /// `user`: looked up when the check runs (one that does not exist fails it); the script runs
+    /// with that user's uid and primary gid (when the tests run as root, as the daemon does).
+    #[test]
+    fn exec_check_as_a_user() {
+        let (mut h, dir) = exec_script("user", "echo \"$(id -u) $(id -g) $(id -G)\" > \"$1/id\"", 5.0);
+        h.user = Some("ferrovs-no-such-user".into());
+        let e = exec_run(&h, "svc", any_addr()).unwrap_err();
+        assert!(e.contains("\"ferrovs-no-such-user\" does not exist"), "{e}");
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } == 0 {
+            let (uid, gid) = user_ids("nobody").expect("user nobody");
+            h.user = Some("nobody".into());
+            assert_eq!(exec_run(&h, "svc", any_addr()), Ok(()));
+            let got = std::fs::read_to_string(dir.join("id")).unwrap();
+            assert_eq!(got.trim_end(), format!("{uid} {gid} {gid}"), "uid, gid, no other group");
+        } else {
+            eprintln!("not root: running as another user not tested");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
