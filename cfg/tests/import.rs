@@ -776,3 +776,61 @@ fn keepalived_ssl_get_as_a_connect_check() {
     assert!(warned(&imp, 4, "SSL_GET imported as a TCP connect check"), "{:?}", imp.warnings);
     assert_eq!(imp.warnings.len(), 1, "{:?}", imp.warnings);
 }
+
+#[test]
+fn keepalived_misc_check_as_an_exec_check() {
+    // MISC_CHECK was warned about and dropped, leaving its real servers never taken down; it is
+    // an exec check now, misc_path split as keepalived splits a script (quotes kept together).
+    let conf = |check: &str| {
+        format!(
+            "virtual_server 10.0.0.1 80 {{\n  delay_loop 6\n  real_server 10.0.2.2 80 {{\n    MISC_CHECK {{\n{check}\n    }}\n  }}\n}}\n"
+        )
+    };
+    let imp = from_keepalived(&conf(
+        "      misc_path \"/usr/local/bin/check web 'arg two' \\\"three 3\\\" x\\\\ y\"\n      misc_timeout 4\n      \
+         misc_dynamic\n      user nobody nogroup\n      warmup 5\n      retry 2\n      delay_before_retry 2",
+    ))
+    .unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().expect("MISC_CHECK imported");
+    assert_eq!(h.kind, HealthCheckKind::Exec);
+    assert_eq!(h.command, ["/usr/local/bin/check", "web", "arg two", "three 3", "x y"]);
+    assert_eq!((h.user.as_deref(), h.timeout, h.interval), (Some("nobody"), 4.0, 6.0));
+    assert_eq!((h.fall, h.retry_interval, h.port), (3, Some(2.0), None), "retry 2, delay_before_retry 2");
+    assert!(warned(&imp, 7, "exit codes 2-255 set the weight"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 8, "nogroup"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 9, "warmup is not supported"), "{:?}", imp.warnings);
+    assert_eq!(imp.warnings.len(), 3, "{:?}", imp.warnings);
+
+    // keepalived's defaults: no retry (down at the first failure), misc_timeout the delay_loop;
+    // a command unquoted on the line, with a double-quoted argument of its own.
+    let imp = from_keepalived(&conf("      misc_path /bin/check \"a b\" 'c d'")).unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!(h.command, ["/bin/check", "a b", "c d"]);
+    assert_eq!((h.user.as_deref(), h.timeout, h.fall, h.retry_interval), (None, 6.0, 1, None));
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+
+    // A relative script (run through PATH and a shell by keepalived) or an unclosed quote: an
+    // error on its line.
+    let e = from_keepalived(&conf("      misc_timeout 3\n      misc_path \"check.sh arg\"")).unwrap_err();
+    assert_eq!(e.line, Some(6), "{e}");
+    assert!(e.message.contains("\"check.sh\"") && e.message.contains("absolute path"), "{e}");
+    let e = from_keepalived(&conf("      misc_path \"/bin/check 'open\"")).unwrap_err();
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.message.contains("unterminated"), "{e}");
+    // No misc_path: keepalived skips the checker; the server is unchecked, as before.
+    let imp = from_keepalived(&conf("      misc_timeout 3")).unwrap();
+    assert!(imp.services[0].health_check.is_none());
+    assert!(warned(&imp, 4, "without misc_path"), "{:?}", imp.warnings);
+
+    // Real servers with a MISC_CHECK and a TCP_CHECK: the first is used for all, said.
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    MISC_CHECK {\n      misc_path /bin/true\n    }\n  }\n  \
+         real_server 10.0.2.3 80 {\n    TCP_CHECK {\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(imp.services[0].health_check.as_ref().unwrap().kind, HealthCheckKind::Exec);
+    assert!(warned(&imp, 3, "different checks (TCP_CHECK, HTTP_GET, MISC_CHECK)"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

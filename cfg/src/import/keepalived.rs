@@ -16,6 +16,8 @@ const PERSISTENT_TIMEOUT: u32 = 6 * 60;
 struct Node {
     key: String,
     args: Vec<String>,
+    /// Which of `args` were double-quoted strings (one word whatever spaces they hold).
+    quoted: Vec<bool>,
     line: usize,
     children: Option<Vec<Node>>,
 }
@@ -43,12 +45,13 @@ fn parse(toks: &[Tok], i: &mut usize, open: Option<usize>) -> Result<Vec<Node>, 
         let line = t.line;
         let key = t.text.clone();
         *i += 1;
-        let mut args = Vec::new();
+        let (mut args, mut quoted) = (Vec::new(), Vec::new());
         while let Some(a) = toks.get(*i) {
             if a.line != line || a.is("{") || a.is("}") {
                 break;
             }
             args.push(a.text.clone());
+            quoted.push(a.quoted);
             *i += 1;
         }
         let children = if toks.get(*i).is_some_and(|b| b.is("{")) {
@@ -57,7 +60,7 @@ fn parse(toks: &[Tok], i: &mut usize, open: Option<usize>) -> Result<Vec<Node>, 
         } else {
             None
         };
-        out.push(Node { key, args, line, children });
+        out.push(Node { key, args, quoted, line, children });
     }
 }
 
@@ -269,6 +272,9 @@ struct Check {
     path: Option<String>,
     status: Option<u16>,
     host: Option<String>,
+    /// MISC_CHECK: the script's argv and the user it runs as.
+    command: Vec<String>,
+    user: Option<String>,
     line: usize,
 }
 
@@ -324,6 +330,8 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
         path: None,
         status: None,
         host: vhost.filter(|_| http).map(str::to_string),
+        command: Vec::new(),
+        user: None,
         line: n.line,
     };
     let mut urls = 0;
@@ -379,6 +387,141 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
     c.fall = r.retry.unwrap_or(1) + 1;
     c.retry_interval = r.delay.unwrap_or(if http || ssl { 3.0 } else { 1.0 });
     Ok(c)
+}
+
+/// A `MISC_CHECK` block: an `exec` check running `misc_path` (`None`, with a warning, when it
+/// has none: keepalived skips such a checker).
+fn misc_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Option<Check>, ConfigError> {
+    let mut own = Retry::default();
+    let mut c = Check {
+        kind: HealthCheckKind::Exec,
+        port: None,
+        timeout: None,
+        fall: 0,
+        retry_interval: 0.0,
+        path: None,
+        status: None,
+        host: None,
+        command: Vec::new(),
+        user: None,
+        line: n.line,
+    };
+    for o in n.children.as_deref().unwrap_or(&[]) {
+        match o.key.as_str() {
+            "misc_path" => {
+                let argv = script_argv(o)?;
+                if !argv[0].starts_with('/') {
+                    return Err(err(
+                        ORIGIN,
+                        o.line,
+                        format!(
+                            "misc_path {:?}: the script must be an absolute path (ferrovs runs it without a shell \
+                             or PATH look-up)",
+                            argv[0]
+                        ),
+                    ));
+                }
+                c.command = argv;
+            }
+            "misc_timeout" => c.timeout = Some(secs(o)?),
+            "misc_dynamic" => warnings.push(format!(
+                "line {}: MISC_CHECK misc_dynamic: exit codes 2-255 set the weight in keepalived; here every \
+                 non-zero exit means down",
+                o.line
+            )),
+            "user" => {
+                c.user = Some(arg(o)?.to_string());
+                if let Some(g) = o.args.get(1) {
+                    warnings.push(format!(
+                        "line {}: MISC_CHECK user {} {g}: a group is not supported, the script runs with the \
+                         user's primary group",
+                        o.line, o.args[0]
+                    ));
+                }
+            }
+            "retry" | "nb_get_retry" | "delay_before_retry" => {
+                own.take(o)?;
+            }
+            k => warnings.push(format!("line {}: MISC_CHECK option {k} is not supported, ignored", o.line)),
+        }
+    }
+    if c.command.is_empty() {
+        warnings.push(format!("line {}: MISC_CHECK without misc_path: ignored (as keepalived does)", n.line));
+        return Ok(None);
+    }
+    // keepalived's MISC_CHECK: no retry by default (check_misc.c sets default_retry 0), 1 s
+    // before one when given.
+    let r = own.or(outer);
+    c.fall = r.retry.unwrap_or(0) + 1;
+    c.retry_interval = r.delay.unwrap_or(1.0);
+    Ok(Some(c))
+}
+
+/// The argv of a `misc_path` line, as keepalived splits a script's command: words separated
+/// by white space, `'...'` taken as it is, `"..."` with `\` escapes, `\` outside quotes
+/// escaping the next character. A whole command in double quotes (the usual way) reaches here
+/// as one argument and is split; an argument that was double-quoted among others stays one word.
+fn script_argv(n: &Node) -> Result<Vec<String>, ConfigError> {
+    let text = match n.args.as_slice() {
+        [one] => one.clone(),
+        _ => n
+            .args
+            .iter()
+            .zip(&n.quoted)
+            .map(|(a, &q)| if q { format!("\"{}\"", a.replace('\\', "\\\\").replace('"', "\\\"")) } else { a.clone() })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let argv = split_words(&text).map_err(|m| err(ORIGIN, n.line, format!("misc_path: {m}")))?;
+    if argv.is_empty() {
+        return Err(err(ORIGIN, n.line, "misc_path needs a script"));
+    }
+    Ok(argv)
+}
+
+/// Shell-like word splitting without expansions (see [`script_argv`]).
+fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => out.extend(cur.take()),
+            '\'' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => w.push(x),
+                        None => return Err("unterminated ' quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x) => w.push(x),
+                            None => return Err("unterminated \" quote".into()),
+                        },
+                        Some(x) => w.push(x),
+                        None => return Err("unterminated \" quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                let w = cur.get_or_insert_with(String::new);
+                if let Some(x) = chars.next() {
+                    w.push(x);
+                }
+            }
+            c => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    out.extend(cur);
+    Ok(out)
 }
 
 fn virtual_server(
@@ -542,7 +685,7 @@ fn virtual_server(
 
         let mut check: Option<Check> = None;
         let mut check_differs = false;
-        // Real servers without a TCP_CHECK, HTTP_GET or SSL_GET, which keepalived never takes down.
+        // Real servers without a TCP_CHECK, HTTP_GET, SSL_GET or MISC_CHECK, which keepalived never takes down.
         let mut unchecked: Vec<String> = Vec::new();
         // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
@@ -598,9 +741,14 @@ fn virtual_server(
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
                     }
-                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" => {
+                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" => {
+                        let c = if n.key == "MISC_CHECK" {
+                            misc_block(n, outer, warnings)?
+                        } else {
+                            Some(check_block(n, vhost, outer, warnings)?)
+                        };
+                        let Some(mut c) = c else { continue };
                         tcp_check = true;
-                        let mut c = check_block(n, vhost, outer, warnings)?;
                         ftp_hint |= c.port == Some(21);
                         match &check {
                             None => check = Some(c),
@@ -613,7 +761,7 @@ fn virtual_server(
                         }
                     }
                     k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
-                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET and SSL_GET are imported), ignored",
+                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET and MISC_CHECK are imported), ignored",
                         n.line
                     )),
                     k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
@@ -700,7 +848,7 @@ fn virtual_server(
         if let Some(c) = check {
             if check_differs {
                 warnings.push(format!(
-                    "line {}: real servers of {} have different checks (TCP_CHECK, HTTP_GET): the first one is used for all",
+                    "line {}: real servers of {} have different checks (TCP_CHECK, HTTP_GET, MISC_CHECK): the first one is used for all",
                     c.line, svc.name
                 ));
             }
@@ -721,12 +869,13 @@ fn virtual_server(
                 path: c.path,
                 host: c.host,
                 status: c.status,
-                command: Vec::new(),
-                user: None,
+                command: c.command,
+                user: c.user,
                 interval,
                 // Only while a failure is being confirmed; none when it is the interval.
                 retry_interval: Some(c.retry_interval).filter(|&r| c.fall > 1 && r != interval),
-                timeout: c.timeout.unwrap_or(5.0),
+                // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
+                timeout: c.timeout.unwrap_or(if c.kind == HealthCheckKind::Exec { interval } else { 5.0 }),
                 rise: 1,
                 fall: c.fall,
                 quiesce: inhibit,
@@ -940,6 +1089,15 @@ mod tests {
         assert_eq!(j.relabel("line 2: x (see line 3)"), "conf.d/a.conf line 7: x (see line 2)");
         assert_eq!(j.relabel("online 2, inline 3, line x, line"), "online 2, inline 3, line x, line");
         assert_eq!(j.relabel("line 99: beyond"), "line 99: beyond");
+    }
+
+    #[test]
+    fn script_words_split_as_keepalived_splits_them() {
+        let w = |s: &str| split_words(s);
+        assert_eq!(w("/a  b\t'c  d' \"e \\\" f\" g\\ h ''").unwrap(), ["/a", "b", "c  d", "e \" f", "g h", ""]);
+        assert_eq!(w("a'b'\"c\"d").unwrap(), ["abcd"], "quotes join with the word around them");
+        assert_eq!(w("  ").unwrap(), Vec::<String>::new());
+        assert!(w("/a 'b").is_err() && w("/a \"b").is_err() && w("/a \"b\\").is_err());
     }
 
     #[test]
