@@ -389,6 +389,26 @@ pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Re
     std::thread::Builder::new().name("fvs-health".into()).spawn(move || run(state, stop))
 }
 
+/// The real servers `cfg` has checked, with their check and the address it goes to. A
+/// connecting check needs a port (the check's, the server's, else the service's): a server
+/// of an all-ports service with none is not checked. An `exec` check connects to nothing
+/// and runs for every server (`FERROVS_PORT` is then 0).
+fn checked_servers(cfg: &Config) -> HashMap<ServerKey, (HealthCheck, SocketAddr)> {
+    let mut want = HashMap::new();
+    for s in &cfg.services {
+        let Some(hc) = &s.health_check else { continue };
+        for r in &s.real_servers {
+            let shown = crate::ctl::ipvsadm::shown_port(s, r.port);
+            let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
+            if port == 0 && hc.kind != HealthCheckKind::Exec {
+                continue;
+            }
+            want.insert((s.name.clone(), r.address, shown), (hc.clone(), SocketAddr::new(r.address, port)));
+        }
+    }
+    want
+}
+
 fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
     let mut targets: HashMap<ServerKey, Target> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(ServerKey, Result<(), String>)>();
@@ -397,18 +417,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
         // Targets follow the administered configuration.
         let cfg = state.config();
         if cfg_seen.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &cfg)) {
-            let mut want: HashMap<ServerKey, (HealthCheck, SocketAddr)> = HashMap::new();
-            for s in &cfg.services {
-                let Some(hc) = &s.health_check else { continue };
-                for r in &s.real_servers {
-                    let shown = crate::ctl::ipvsadm::shown_port(s, r.port);
-                    let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
-                    if port == 0 {
-                        continue;
-                    }
-                    want.insert((s.name.clone(), r.address, shown), (hc.clone(), SocketAddr::new(r.address, port)));
-                }
-            }
+            let want = checked_servers(&cfg);
             // A server no longer checked leaves no state behind: were it held
             // down, a server added back later under the same key (started
             // "up" here) would never be put back.
@@ -827,6 +836,25 @@ mod tests {
             assert_eq!(got.trim_end(), format!("tcp-10.0.0.1-80|{want}|{path}|2|two words"));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A server of an all-ports (firewall mark) service without a port: an exec check runs
+    /// for it (port 0), a connecting check has nowhere to connect.
+    #[test]
+    fn exec_checks_need_no_port() {
+        let text = |check: &str| {
+            format!(
+                "[engine]\nworkers = 1\nbackend = \"memory\"\n\n[[interface]]\nname = \"ext\"\ndevice = \"m\"\n\
+                 addresses = [\"10.0.1.1/24\"]\n\n[[service]]\nname = \"all\"\nvip = \"10.0.1.100\"\nfwmark = 5\n\
+                 forward = \"dr\"\n\n[service.health_check]\n{check}\n\n[[service.real_server]]\naddress = \"10.0.1.7\"\n"
+            )
+        };
+        let cfg = |check: &str| Config::from_str(&text(check), "t.toml").expect("config");
+        let exec = checked_servers(&cfg("type = \"exec\"\ncommand = [\"/bin/true\"]"));
+        let got: Vec<SocketAddr> = exec.values().map(|v| v.1).collect();
+        assert_eq!(got, vec!["10.0.1.7:0".parse::<SocketAddr>().unwrap()]);
+        assert!(checked_servers(&cfg("type = \"tcp\"")).is_empty());
+        assert_eq!(checked_servers(&cfg("type = \"tcp\"\nport = 22")).len(), 1);
     }
 
     /// Whether process `pid` is gone (or a zombie: dead, waiting for whoever inherited it).
