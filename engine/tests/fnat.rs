@@ -926,6 +926,9 @@ fn port_range_change_keeps_replies_with_their_worker_and_ports_unique() {
     let (mut opened, mut full) = (0, 0);
     for i in 40..140u16 {
         let c = client(i);
+        if c == vip {
+            continue; // A martian source (the VIP's own address) opens nothing.
+        }
         let cmac = [2, 0, 0, 0, 3, i as u8];
         e.inject(EXT, &arp_request(cmac, c, [10, 0, 1, 1]), 3 * S);
         let out = e.inject(EXT, &with_macs(udp4(c, 5353, vip, 53, b"q"), cmac, LB_EXT), 3 * S);

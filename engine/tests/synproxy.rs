@@ -156,7 +156,7 @@ fn bad_cookies_and_floods_leave_no_state() {
     let mut e = engine("on", 1000);
     // A flood of SYNs from many sources: answered, no table entry.
     for i in 0..5000u32 {
-        let src = [10, 0, 1, 2 + (i % 200) as u8];
+        let src = [10, 0, 1, 2 + (i % 90) as u8]; // Not the VIP (a martian source).
         let f = with_macs(tcp4(src, 1024 + (i % 60000) as u16, VIP, 80, TCP_SYN, i, 0, b""), CLIENT_MAC, LB_EXT);
         let _ = e.inject(EXT, &f, S);
     }
