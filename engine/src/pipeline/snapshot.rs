@@ -124,9 +124,10 @@ pub struct Snapshot {
     /// With each address's services: `(port range, service)` runs of `svc_ports`.
     kinds: HashMap<Addr, AddrInfo>,
     svc_ports: Vec<(PortRange, usize)>,
-    /// A Bloom filter of `vips` and `local` ([`Snapshot::is_own`]): every ARP and neighbour
-    /// packet asks whether its sender is one of ours, nearly always not, and most of them
-    /// are answered here, without a lookup.
+    /// A Bloom filter of `vips`, `local` and `bcast4` ([`Snapshot::is_own`],
+    /// [`Snapshot::martian_source`]): every ARP and neighbour packet and every new connection
+    /// asks whether an address is one of these, nearly always not, and most of them are
+    /// answered here, without a look-up.
     own_bloom: [u64; 4],
     /// The directed broadcast addresses of the interfaces' IPv4 subnets (prefixes up to /30):
     /// martian sources ([`Snapshot::martian_source`]).
@@ -355,7 +356,7 @@ impl Snapshot {
             }
         }
         let mut own_bloom = [0u64; 4];
-        for &a in vips.iter().chain(local.iter()) {
+        for &a in vips.iter().chain(local.iter()).chain(bcast4.iter()) {
             let (w, bit) = own_bloom_bit(a);
             own_bloom[w] |= bit;
         }
@@ -395,18 +396,18 @@ impl Snapshot {
     /// that would make a real server answer the balancer itself). A connection from one
     /// would send the real server's replies to ourselves, a broadcast or multicast group,
     /// and the SYN proxy's SYN-ACK (a reflection) there.
-    #[inline]
+    #[inline(always)]
     pub fn martian_source(&self, a: Addr) -> bool {
-        if addr_is_v4(a) {
-            let v = a as u32;
-            let top = v >> 24;
-            if top == 0 || top == 127 || v >> 28 == 0xe || v == u32::MAX || self.bcast4.contains(&a) {
-                return true;
-            }
-        } else if a <= 1 || a >> 120 == 0xff {
-            return true;
-        }
-        self.is_own(a)
+        let reserved = if addr_is_v4(a) {
+            let (v, top) = (a as u32, (a as u32) >> 24);
+            top == 0 || top == 127 || v >> 28 == 0xe || v == u32::MAX
+        } else {
+            a <= 1 || a >> 120 == 0xff
+        };
+        let (w, bit) = own_bloom_bit(a);
+        reserved
+            || self.own_bloom[w] & bit != 0
+                && (self.bcast4.contains(&a) || self.addr_info(a).kind & (ADDR_VIP | ADDR_LOCAL) != 0)
     }
 
     /// Is `a` a VIP or one of this node's own addresses (`local`: interface addresses, its
