@@ -1073,14 +1073,20 @@ fn open_port(cfg: &ferrovs_cfg::Config, iface: &ferrovs_cfg::model::Interface, n
     // workers cannot hold most of the pool (mempool needs cache*1.5 <= n).
     let cache = (mbufs / (4 * (nq as u32 + 1))).min(256);
     let pool_name = CString::new(format!("fvs_mp_{id}")).unwrap();
-    // SAFETY: valid name; DPDK copies it. Returns NULL with rte_errno set.
-    let pool = unsafe { ffi::rte_pktmbuf_pool_create(pool_name.as_ptr(), mbufs, cache, 0, DATA_ROOM, socket) };
-    let pool = NonNull::new(pool).ok_or_else(|| {
+    let packed = driver == "net_af_xdp";
+    let pool = create_pool(&pool_name, mbufs, cache, socket, packed).ok_or_else(|| {
         err(format!(
             "cannot create a pool of {mbufs} mbufs: {} (lower engine.mbufs or give EAL more memory, -m / hugepages)",
             rte_strerror(last_errno())
         ))
     })?;
+    if packed {
+        if let Err(reason) = umem_covers_pool(pool) {
+            // SAFETY: the pool was just created and nothing uses it.
+            unsafe { ffi::rte_mempool_free(pool.as_ptr()) };
+            return Err(err(reason));
+        }
+    }
     // From here a failure must release the port and the pool (the port is
     // not in Shared yet, so nothing else will).
     let fail = |e: DpdkError| {
@@ -1120,6 +1126,108 @@ fn open_port(cfg: &ferrovs_cfg::Config, iface: &ferrovs_cfg::model::Interface, n
         "port configured"
     );
     Ok(Port { name: iface.name.clone(), device: iface.device.clone(), id, pool, caps, driver, started: false })
+}
+
+/// The port's mbuf pool. `packed`: objects laid end to end, allowed to cross
+/// page boundaries (`RTE_MEMPOOL_F_NO_IOVA_CONTIG`), as the af_xdp PMD needs.
+/// DPDK 22.11's af_xdp PMD registers the pool's memory as the socket's UMEM
+/// from the first memory chunk for `populated_size * object size` bytes. A
+/// pool made by `rte_pktmbuf_pool_create` keeps each object within a page,
+/// and without hugepages a 2,368-byte object takes a whole 4 KiB page: the
+/// UMEM then covers only the first 58 % of the pool. Mbufs beyond it make
+/// invalid TX descriptors (their frames vanish) and invalid fill-ring entries,
+/// which the kernel discards, so the port's fill ring drains each time one
+/// comes round until it receives nothing at all (a SYN flood pulled enough of
+/// the pool into use on the lab's inside port that it went deaf for good).
+fn create_pool(name: &CStr, mbufs: u32, cache: u32, socket: c_int, packed: bool) -> Option<NonNull<ffi::rte_mempool>> {
+    if !packed {
+        // SAFETY: valid name; DPDK copies it. Returns NULL with rte_errno set.
+        return NonNull::new(unsafe {
+            ffi::rte_pktmbuf_pool_create(name.as_ptr(), mbufs, cache, 0, DATA_ROOM, socket)
+        });
+    }
+    // What rte_pktmbuf_pool_create does, with the flag it does not take.
+    let mut private = ffi::rte_pktmbuf_pool_private { mbuf_data_room_size: DATA_ROOM, mbuf_priv_size: 0, flags: 0 };
+    let elt = (std::mem::size_of::<ffi::rte_mbuf>() + DATA_ROOM as usize) as u32;
+    // SAFETY: valid name (copied); rte_pktmbuf_pool_init reads `private`
+    // during this call only, and rte_pktmbuf_init initialises each object.
+    NonNull::new(unsafe {
+        ffi::rte_mempool_create(
+            name.as_ptr(),
+            mbufs,
+            elt,
+            cache,
+            std::mem::size_of::<ffi::rte_pktmbuf_pool_private>() as u32,
+            Some(ffi::rte_pktmbuf_pool_init),
+            &mut private as *mut _ as *mut std::ffi::c_void,
+            Some(ffi::rte_pktmbuf_init),
+            std::ptr::null_mut(),
+            socket,
+            ffi::RTE_MEMPOOL_F_NO_IOVA_CONTIG,
+        )
+    })
+}
+
+/// Does the UMEM the af_xdp PMD registers for `pool` hold every mbuf of it?
+/// The PMD's reckoning: from the first memory chunk's address rounded down to
+/// a page, `populated_size * (header + element + trailer)` bytes plus that
+/// rounding. An error names what does not fit (several memory chunks, objects
+/// spread out), so the port fails at start-up rather than going deaf later.
+fn umem_covers_pool(pool: NonNull<ffi::rte_mempool>) -> Result<(), String> {
+    #[derive(Default)]
+    struct Span {
+        chunks: u32,
+        first: usize,
+        end: usize,
+    }
+    unsafe extern "C" fn chunk(
+        _mp: *mut ffi::rte_mempool,
+        opaque: *mut std::ffi::c_void,
+        hdr: *mut ffi::rte_mempool_memhdr,
+        _idx: u32,
+    ) {
+        // SAFETY: opaque is the &mut Span passed below; hdr is the pool's.
+        let (s, hdr) = unsafe { (&mut *(opaque as *mut Span), &*hdr) };
+        if s.chunks == 0 {
+            s.first = hdr.addr as usize;
+        }
+        s.chunks += 1;
+    }
+    unsafe extern "C" fn object(
+        mp: *mut ffi::rte_mempool,
+        opaque: *mut std::ffi::c_void,
+        obj: *mut std::ffi::c_void,
+        _i: u32,
+    ) {
+        // SAFETY: opaque is the &mut Span passed below; mp is the pool.
+        let (s, mp) = unsafe { (&mut *(opaque as *mut Span), &*mp) };
+        s.end = s.end.max(obj as usize + (mp.elt_size + mp.trailer_size) as usize);
+    }
+    let mut s = Span::default();
+    let arg = &mut s as *mut Span as *mut std::ffi::c_void;
+    // SAFETY: a valid, populated pool; the callbacks run during the calls and
+    // only write to `s`.
+    unsafe {
+        ffi::rte_mempool_mem_iter(pool.as_ptr(), Some(chunk), arg);
+        ffi::rte_mempool_obj_iter(pool.as_ptr(), Some(object), arg);
+    }
+    // SAFETY: valid pool; plain fields.
+    let mp = unsafe { pool.as_ref() };
+    let page = 4096usize;
+    let base = s.first & !(page - 1);
+    let obj = (mp.header_size + mp.elt_size + mp.trailer_size) as usize;
+    let umem = mp.populated_size as usize * obj + (s.first - base);
+    if s.chunks != 1 || s.end > base + umem {
+        return Err(format!(
+            "the af_xdp PMD would register {umem} bytes of the mbuf pool as its UMEM, but the pool's {} mbufs \
+             span {} bytes in {} memory chunk(s): mbufs outside it would be lost (give EAL more contiguous \
+             memory, -m / hugepages, or fewer engine.mbufs)",
+            mp.populated_size,
+            s.end.saturating_sub(base),
+            s.chunks
+        ));
+    }
+    Ok(())
 }
 
 /// MAC address, start, promiscuous mode.
