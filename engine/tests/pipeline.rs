@@ -400,6 +400,33 @@ fn an_echo_request_with_a_bad_icmp_checksum_gets_no_reply() {
     }
 }
 
+/// An echo request from a martian source (a broadcast or multicast address, loopback, or one
+/// of our own addresses) gets no reply, as Linux drops such a packet in `ip_route_input` before
+/// ICMP sees it: a reply to a subnet's broadcast address reaches every host on it (a smurf
+/// amplifier), one to our own address loops back. A host's request is answered.
+#[test]
+fn an_echo_request_from_a_martian_source_gets_no_reply() {
+    let mut e = engine(1);
+    let mut n = 0;
+    for src in [[10, 0, 1, 255], [255, 255, 255, 255], [224, 0, 0, 1], [127, 0, 0, 1], [10, 0, 1, 1], VIP] {
+        for dst in [VIP, [10, 0, 1, 1]] {
+            assert!(e.inject(EXT, &from_client(ping4(src, dst, 7, 1)), S).is_empty(), "{src:?} -> {dst:?}");
+            n += 1;
+        }
+    }
+    let mut ff02 = [0u8; 16];
+    ff02[..2].copy_from_slice(&[0xff, 0x02]);
+    ff02[15] = 1;
+    for src in [ff02, VIP6] {
+        assert!(e.inject(EXT, &from_client(ping6(src, VIP6, 7, 1)), S).is_empty(), "{src:?}");
+        n += 1;
+    }
+    assert_drops(&e, &[(DropReason::MartianSource, n)]);
+    assert_eq!(e.counters().icmp_echo_replies, 0);
+    assert_eq!(e.inject(EXT, &from_client(ping4(CLIENT, VIP, 7, 2)), S).len(), 1, "a host is answered");
+    assert_eq!(e.inject(EXT, &from_client(ping6(C6, VIP6, 7, 2)), S).len(), 1, "an IPv6 host is answered");
+}
+
 #[test]
 fn tcp_states_and_expiry_follow_the_clock() {
     let mut e = engine(1);

@@ -278,6 +278,25 @@ struct Check {
     line: usize,
 }
 
+impl Check {
+    /// A check of `kind` from the block at `line`, every option at its default.
+    fn new(kind: HealthCheckKind, line: usize) -> Check {
+        Check {
+            kind,
+            port: None,
+            timeout: None,
+            fall: 0,
+            retry_interval: 0.0,
+            path: None,
+            status: None,
+            host: None,
+            command: Vec::new(),
+            user: None,
+            line,
+        }
+    }
+}
+
 /// `retry` and `delay_before_retry` given at a level above a check (its real_server, its
 /// virtual_server), for the checks that give none; keepalived >= 2.0 takes the check's, else
 /// the real_server's, else the virtual_server's, else the checker's default.
@@ -321,19 +340,7 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
     }
     let kind = if http { HealthCheckKind::Http } else { HealthCheckKind::Tcp };
     let mut own = Retry::default();
-    let mut c = Check {
-        kind,
-        port: None,
-        timeout: None,
-        fall: 0,
-        retry_interval: 0.0,
-        path: None,
-        status: None,
-        host: vhost.filter(|_| http).map(str::to_string),
-        command: Vec::new(),
-        user: None,
-        line: n.line,
-    };
+    let mut c = Check { host: vhost.filter(|_| http).map(str::to_string), ..Check::new(kind, n.line) };
     let mut urls = 0;
     for o in n.children.as_deref().unwrap_or(&[]) {
         match o.key.as_str() {
@@ -393,19 +400,7 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
 /// has none: keepalived skips such a checker).
 fn misc_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Option<Check>, ConfigError> {
     let mut own = Retry::default();
-    let mut c = Check {
-        kind: HealthCheckKind::Exec,
-        port: None,
-        timeout: None,
-        fall: 0,
-        retry_interval: 0.0,
-        path: None,
-        status: None,
-        host: None,
-        command: Vec::new(),
-        user: None,
-        line: n.line,
-    };
+    let mut c = Check::new(HealthCheckKind::Exec, n.line);
     for o in n.children.as_deref().unwrap_or(&[]) {
         match o.key.as_str() {
             "misc_path" => {

@@ -342,6 +342,13 @@ impl<Q: BufAlloc> Worker<Q> {
             self.drop_pkt(DropReason::IpBadChecksum);
             return;
         }
+        // Nor one from a martian source (Linux drops it in `ip_route_input`, before ICMP):
+        // a reply to a subnet's broadcast or a multicast address reaches every host there (a
+        // smurf amplifier), one to our own address loops back to us.
+        if self.snap.martian_source(p.src) {
+            self.drop_pkt(DropReason::MartianSource);
+            return;
+        }
         let req = if p.v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST };
         if p.icmp_type != req {
             self.drop_pkt(DropReason::NotForUs);
