@@ -581,7 +581,7 @@ fn keepalived_include() {
     let w = |f: &str, t: &str| std::fs::write(d.join(f), t).unwrap();
     w(
         "keepalived.conf",
-        "global_defs {\n}\ninclude conf.d/*.conf\ninclude missing/none.conf\nvirtual_server 10.0.0.1 80 {\n lb_algo rr\n}\n",
+        "global_defs { router_id lb1\n}\ninclude conf.d/*.conf\ninclude missing/none.conf\nvirtual_server 10.0.0.1 80 {\n lb_algo rr\n}\n",
     );
     // Read in name order; hidden and non-matching files left out.
     w("conf.d/b.conf", "virtual_server 10.0.0.3 80 {\n  beta 1\n}\n");
@@ -809,7 +809,21 @@ fn keepalived_misc_check_as_an_exec_check() {
     let h = imp.services[0].health_check.as_ref().unwrap();
     assert_eq!(h.command, ["/bin/check", "a b", "c d"]);
     assert_eq!((h.user.as_deref(), h.timeout, h.fall, h.retry_interval), (None, 6.0, 1, None));
-    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    // No user: keepalived's keepalived_script or root; the import says it runs as root.
+    assert!(warned(&imp, 4, "imported to run as root"), "{:?}", imp.warnings);
+    assert_eq!(imp.warnings.len(), 1, "{:?}", imp.warnings);
+    // global_defs' script_user is the user of scripts that name none (a group warned about);
+    // a check's own user wins; global_defs' other options are not imported (said once).
+    let two = "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    MISC_CHECK {\n      misc_path /bin/a\n    }\n  }\n}\n\
+               virtual_server 10.0.0.1 81 {\n  real_server 10.0.2.2 81 {\n    MISC_CHECK {\n      misc_path /bin/b\n      user www\n    }\n  }\n}\n";
+    let imp = from_keepalived(&format!("global_defs {{\n  router_id lb1\n  script_user checker checkers\n}}\n{two}"))
+        .unwrap();
+    roundtrip(&imp);
+    let users: Vec<_> = imp.services.iter().map(|s| s.health_check.as_ref().unwrap().user.as_deref()).collect();
+    assert_eq!(users, [Some("checker"), Some("www")]);
+    assert!(warned(&imp, 3, "a group is not supported"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 1, "global_defs is not part of load balancing"), "{:?}", imp.warnings);
+    assert_eq!(imp.warnings.len(), 2, "{:?}", imp.warnings);
 
     // A relative script (run through PATH and a shell by keepalived) or an unclosed quote: an
     // error on its line.

@@ -122,12 +122,15 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
         groups.push(g);
     }
     let mut used = vec![false; groups.len()];
+    // global_defs' script_user: the user of MISC_CHECK scripts that name none (the last
+    // global_defs that gives one, as keepalived reads them in order).
+    let script_user = script_user(&nodes, &mut warnings)?;
     let mut services: Vec<Service> = Vec::new();
     for n in &nodes {
         match n.key.as_str() {
             "virtual_server" => {
                 // Each with the line that gave it (a group's entry, or the virtual_server).
-                for (s, line) in virtual_server(n, &groups, &mut used, marks, &mut warnings)? {
+                for (s, line) in virtual_server(n, &groups, &mut used, marks, script_user, &mut warnings)? {
                     if let Some(o) = services.iter().find(|o| o.name == s.name) {
                         return Err(err(
                             ORIGIN,
@@ -139,9 +142,8 @@ pub(super) fn import(text: &str, marks: &MarkMap) -> Result<Import, ConfigError>
                     services.push(s);
                 }
             }
-            "virtual_server_group" => {}
-            "global_defs"
-            | "vrrp_instance"
+            "virtual_server_group" | "global_defs" => {}
+            "vrrp_instance"
             | "vrrp_sync_group"
             | "vrrp_script"
             | "static_ipaddress"
@@ -398,7 +400,12 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
 
 /// A `MISC_CHECK` block: an `exec` check running `misc_path` (`None`, with a warning, when it
 /// has none: keepalived skips such a checker).
-fn misc_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Option<Check>, ConfigError> {
+fn misc_block(
+    n: &Node,
+    outer: Retry,
+    script_user: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Check>, ConfigError> {
     let mut own = Retry::default();
     let mut c = Check::new(HealthCheckKind::Exec, n.line);
     for o in n.children.as_deref().unwrap_or(&[]) {
@@ -444,12 +451,55 @@ fn misc_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Opti
         warnings.push(format!("line {}: MISC_CHECK without misc_path: ignored (as keepalived does)", n.line));
         return Ok(None);
     }
+    if c.user.is_none() {
+        c.user = script_user.map(str::to_string);
+    }
+    if c.user.is_none() {
+        // keepalived runs it as `keepalived_script` when that user exists, else as root; an
+        // import cannot know which the checked machine has, and root must not be a surprise.
+        warnings.push(format!(
+            "line {}: MISC_CHECK names no user (nor does global_defs' script_user): keepalived runs it as \
+             keepalived_script if that user exists, else as root; imported to run as root: give the check a \
+             `user` unless it needs root",
+            n.line
+        ));
+    }
     // keepalived's MISC_CHECK: no retry by default (check_misc.c sets default_retry 0), 1 s
     // before one when given.
     let r = own.or(outer);
     c.fall = r.retry.unwrap_or(0) + 1;
     c.retry_interval = r.delay.unwrap_or(1.0);
     Ok(Some(c))
+}
+
+/// global_defs' `script_user USER [GROUP]`: the user MISC_CHECK scripts run as when they name
+/// none. Its other options are not part of load balancing (one warning per global_defs).
+fn script_user<'a>(nodes: &'a [Node], warnings: &mut Vec<String>) -> Result<Option<&'a str>, ConfigError> {
+    let mut user = None;
+    for g in nodes.iter().filter(|n| n.key == "global_defs") {
+        let mut others = false;
+        for o in g.children.as_deref().unwrap_or(&[]) {
+            if o.key != "script_user" {
+                others = true;
+                continue;
+            }
+            user = Some(arg(o)?);
+            if let Some(grp) = o.args.get(1) {
+                warnings.push(format!(
+                    "line {}: script_user {} {grp}: a group is not supported, scripts run with the user's \
+                     primary group",
+                    o.line, o.args[0]
+                ));
+            }
+        }
+        if others {
+            warnings.push(format!(
+                "line {}: global_defs is not part of load balancing, not imported (but its script_user)",
+                g.line
+            ));
+        }
+    }
+    Ok(user)
 }
 
 /// The argv of a `misc_path` line, as keepalived splits a script's command: words separated
@@ -524,6 +574,7 @@ fn virtual_server(
     groups: &[Group],
     used: &mut [bool],
     marks: &MarkMap,
+    script_user: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(Service, usize)>, ConfigError> {
     let l = vs.line;
@@ -738,7 +789,7 @@ fn virtual_server(
                     }
                     "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" => {
                         let c = if n.key == "MISC_CHECK" {
-                            misc_block(n, outer, warnings)?
+                            misc_block(n, outer, script_user, warnings)?
                         } else {
                             Some(check_block(n, vhost, outer, warnings)?)
                         };
