@@ -356,6 +356,50 @@ address = "fd00:2::2"
     assert_eq!(drops(&e), vec![]);
 }
 
+/// Two workers: a SYN reaching the worker that does not own its client is answered there with
+/// a cookie (stateless), not handed to the owner, so a flood's SYNs do not fill the handoff
+/// rings (and drop the legitimate packets waiting in them); the owner, which may have sent no
+/// cookie itself, takes the client's ACK as a cookie and opens the connection. A DR service's
+/// SYNs still go to the owner, whose verified client addresses they need.
+#[test]
+fn a_syn_is_answered_by_the_worker_it_reaches() {
+    let text = config_text(&services("on"));
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 2);
+    let mut reached = [0; 2];
+    for sport in 40000..40016u16 {
+        let isn = 5_000 + sport as u32;
+        let syn =
+            with_macs(tcp4_opts(CLIENT, sport, VIP, 80, TCP_SYN, isn, 0, &opt_mss(1400), b""), CLIENT_MAC, LB_EXT);
+        reached[e.rx_worker(&syn)] += 1;
+        let handed = e.counters().handoff_out;
+        let (iface, s) = one(e.inject(EXT, &syn, S));
+        assert_eq!((iface, s.dst, s.dport, s.flags, s.ack), (EXT, CLIENT, sport, TCP_SYN | TCP_ACK, isn + 1));
+        assert_eq!(e.counters().handoff_out, handed, "SYN from port {sport} handed to the owner");
+        // The client's ACK (handed to the owner if it lands elsewhere) opens the connection.
+        let (iface, s) = one(from_client(&mut e, sport, 80, TCP_ACK, isn + 1, s.seq + 1, b""));
+        assert_eq!((iface, s.dst, s.flags, s.seq), (INT, RS1, TCP_SYN, isn));
+    }
+    assert!(reached[0] > 0 && reached[1] > 0, "both workers received SYNs: {reached:?}");
+    let k = e.counters();
+    assert_eq!((k.cookies_sent, k.cookies_validated, k.flows_created), (16, 16, 16));
+    assert_eq!(drops(&e), vec![]);
+
+    // DR: the owner answers (it keeps the verified addresses).
+    let text = config_text(
+        "[[service]]\nname = \"webdr\"\nvip = \"10.0.1.101\"\nports = [80]\nforward = \"dr\"\nsyn_proxy = \"on\"\n\
+         [[service.real_server]]\naddress = \"10.0.2.2\"\n",
+    );
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "t.toml").unwrap(), 2);
+    let mut handed = 0;
+    for sport in 40000..40016u16 {
+        let syn = with_macs(tcp4(CLIENT, sport, VIP_DR, 80, TCP_SYN, 100, 0, b""), CLIENT_MAC, LB_EXT);
+        let (iface, s) = one(e.inject(EXT, &syn, S));
+        assert_eq!((iface, s.flags), (EXT, TCP_SYN | TCP_ACK));
+        handed = e.counters().handoff_out;
+    }
+    assert!(handed > 0, "a DR SYN reaching the other worker goes to the owner");
+}
+
 #[test]
 fn dr_verifies_the_client_address_then_forwards() {
     let text = config_text(

@@ -7,8 +7,10 @@
 //!
 //! `t(5) | (H(key, client, vip, ports, client ISN, t) + mss_index) mod 2^27`, where `t` counts
 //! periods of 2^36 ns (~69 s). A cookie is accepted for the current and the previous period
-//! (69 to 137 s). The key is random per worker (a client's SYN and its ACK reach the same
-//! worker: ownership follows the client's address). H is SipHash-2-4
+//! (69 to 137 s). The key is random per engine start and the same on every worker
+//! ([`Shared`]): a SYN is answered by the worker that received it, the handshake's ACK checked
+//! by the worker that owns the client (ownership follows the client's address), so a flood's
+//! SYNs are not handed between workers. H is SipHash-2-4
 //! ([`ferrovs_sched::hash::sip24_blocks`], the one SipHash of the product).
 //!
 //! # What the client's options become
@@ -32,6 +34,7 @@ use crate::wire::parse::{Addr, Parsed, PROTO_TCP};
 use crate::wire::view::{EthAddrs, IpMut, Tcp, Truncated, IPV4_DF};
 use ferrovs_sched::hash::{sip24_blocks, SipKey};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// MSS values a cookie can carry (3 bits).
 pub const MSS_TABLE: [u16; 8] = [536, 1220, 1300, 1360, 1400, 1440, 1452, 1460];
@@ -39,10 +42,44 @@ pub const MSS_TABLE: [u16; 8] = [536, 1220, 1300, 1360, 1400, 1440, 1452, 1460];
 const PERIOD_SHIFT: u32 = 36;
 const HASH_MASK: u32 = 0x07ff_ffff;
 
-/// Per-worker cookie secret.
+/// The cookie secret.
+#[derive(Clone, Copy)]
 pub struct Cookies {
-    /// SipHash key (random per worker and start).
+    /// SipHash key (random per engine start, every worker's copy the same).
     key: SipKey,
+}
+
+/// What the workers' SYN proxies share: the cookie secret, and when any of them last sent a
+/// cookie (only then can a segment without SYN carry one: the owner of a client whose SYN
+/// another worker answered must take the handshake's ACK as a cookie, not a stray).
+pub struct Shared {
+    pub cookies: Cookies,
+    last: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared { cookies: Cookies::new(), last: AtomicU64::new(0) }
+    }
+}
+
+impl Shared {
+    /// When a worker last sent a cookie (0: never), to about a second
+    /// ([`Shared::note_sent`]).
+    #[inline(always)]
+    pub fn last_sent(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// A worker sent a cookie at `now`: recorded when the record is a second old or more, so
+    /// a flood's workers do not write the shared line per cookie.
+    #[inline(always)]
+    pub fn note_sent(&self, now: u64) {
+        let last = self.last.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= 1 << 30 {
+            self.last.store(now, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Default for Cookies {

@@ -105,12 +105,20 @@ pub struct CoreEnv {
     /// Where full NAT's port search starts on each local address
     /// ([`crate::pipeline::fnat::LportPools::randomized`]); 0: at the start of the share.
     pub lport_seed: u64,
+    /// The SYN proxy's cookie secret and last cookie, the same for every worker.
+    pub syn: Arc<crate::pipeline::synproxy::Shared>,
 }
 
 impl CoreEnv {
     /// A lone core (tests, tools): `workers` workers, fresh counters, nobody heard from.
     pub fn standalone(workers: usize) -> Self {
-        CoreEnv { workers, counters: Default::default(), liveness: Default::default(), lport_seed: 0 }
+        CoreEnv {
+            workers,
+            counters: Default::default(),
+            liveness: Default::default(),
+            lport_seed: 0,
+            syn: Default::default(),
+        }
     }
 }
 
@@ -147,6 +155,8 @@ pub struct Fabric<B> {
     pub stop: AtomicBool,
     /// Every worker's [`CoreEnv::lport_seed`].
     pub lport_seed: u64,
+    /// Every worker's [`CoreEnv::syn`].
+    pub syn: Arc<crate::pipeline::synproxy::Shared>,
 }
 
 impl<B> Fabric<B> {
@@ -175,6 +185,7 @@ impl<B> Fabric<B> {
             liveness: Default::default(),
             stop: AtomicBool::new(false),
             lport_seed,
+            syn: Default::default(),
         })
     }
     /// The environment of worker `id`'s core.
@@ -184,6 +195,7 @@ impl<B> Fabric<B> {
             counters: self.counters[id].clone(),
             liveness: self.liveness.clone(),
             lport_seed: self.lport_seed,
+            syn: self.syn.clone(),
         }
     }
 
@@ -404,8 +416,10 @@ pub struct Worker<Q: BufAlloc> {
     /// worker each datagram's first fragment went to (its local port named it), so the later
     /// fragments (no ports) follow it. Held fragments of such a datagram wait in `frag_held`.
     frag_steer: Vec<(frag::FragKey, u8, u64)>,
-    /// SYN proxy: the cookie secret, TCP connections in SYN_RECV (the `auto` trigger), when the
-    /// last cookie went out, held client packets, and a connection whose held packets are due.
+    /// SYN proxy: the cookie secret (the workers' shared one, and a copy of its key), TCP
+    /// connections in SYN_RECV (the `auto` trigger), when this worker's last cookie went out,
+    /// held client packets, and a connection whose held packets are due.
+    syn: Arc<crate::pipeline::synproxy::Shared>,
     cookies: Cookies,
     half_open: u32,
     last_cookie: u64,
@@ -578,7 +592,8 @@ impl<Q: BufAlloc> Worker<Q> {
             frags: FragTable::new(),
             frag_held: Vec::new(),
             frag_steer: Vec::new(),
-            cookies: Cookies::new(),
+            cookies: env.syn.cookies,
+            syn: env.syn.clone(),
             half_open: 0,
             last_cookie: 0,
             proxy_held: Vec::new(),

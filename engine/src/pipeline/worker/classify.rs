@@ -175,6 +175,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 _ => owner_of(if dst_vip { p.src } else { p.dst }, self.workers),
             };
             if owner != self.id {
+                // A SYN the proxy answers statelessly: here, not at the owner.
+                if dst_vip && p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | parse::TCP_RST) == TCP_SYN {
+                    if let Some(next) = self.syn_cookie_here(iface, &mut pkt, p) {
+                        return self.finish(pkt, next);
+                    }
+                }
                 bump(&self.counters.handoff_out, 1);
                 self.hand_off(owner, iface as u8, pkt);
                 return;

@@ -214,15 +214,54 @@ impl<Q: BufAlloc> Worker<Q> {
             return drop;
         }
         self.last_cookie = self.now;
+        self.syn.note_sent(self.now);
         bump(&self.counters.cookies_sent, 1);
         Next::Tx(iface)
     }
 
-    /// Did this worker send a SYN cookie in the last ~2 minutes (2^37 ns)? Only then can a
-    /// segment without SYN (a handshake's last ACK, a verifying reset) carry one.
+    /// Did this worker, or another (which may have answered a SYN of a client this worker
+    /// owns, see [`Worker::syn_cookie_here`]), send a SYN cookie in the last ~2 minutes
+    /// (2^37 ns)? Only then can a segment without SYN (a handshake's last ACK, a verifying
+    /// reset) carry one.
     #[inline(always)]
     pub(super) fn cookie_recent(&self) -> bool {
-        self.last_cookie != 0 && self.now.saturating_sub(self.last_cookie) <= 2 << 36
+        let last = self.last_cookie.max(self.syn.last_sent());
+        last != 0 && self.now.saturating_sub(last) <= 2 << 36
+    }
+
+    /// A SYN to a VIP that reached a worker other than its client's owner: answered here with
+    /// a cookie when this worker's SYN proxy is engaged for the service and splices the
+    /// handshake (NAT, full NAT). Stateless, so any worker may: the cookie key is the same on
+    /// all, and the client's ACK goes to the owner, which checks the cookie and opens the
+    /// connection. During a flood the SYNs are then not handed between workers, whose handoff
+    /// rings would fill and drop the legitimate packets waiting in them with the flood's (a
+    /// lab run lost one client's connection that way). `None`: handed to the owner as before:
+    /// not engaged here, a martian source (the owner counts it), or a DR or tunnel service
+    /// (verified client addresses are the owner's).
+    ///
+    /// What the owner's table holds is not known here. A SYN reusing a closing connection's
+    /// tuple the owner would answer with a cookie too, and the ACK replaces the entry there; an
+    /// FTP data connection the owner expects (which it would not proxy) is proxied, and the
+    /// cookie's ACK still takes the expectation ([`Worker::new_inbound`]). Only a SYN
+    /// retransmitted for a handshake the owner forwarded unproxied before its proxy engaged
+    /// gets a cookie here instead of reaching the real server (the NIC's flow hash sends a
+    /// tuple's packets to one worker, so only when this worker engaged in between).
+    #[inline(never)]
+    pub(super) fn syn_cookie_here(&mut self, iface: usize, pkt: &mut Q::Buf, p: &Parsed) -> Option<Next> {
+        if self.snap.martian_source(p.src) {
+            return None;
+        }
+        let si = self.snap.service(p.dst, p.proto, p.dport)?;
+        let svc = &self.snap.services[si];
+        let engaged = match svc.syn_proxy {
+            ferrovs_cfg::SynProxy::On => true,
+            ferrovs_cfg::SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
+            ferrovs_cfg::SynProxy::Off => false,
+        };
+        if !engaged || svc.dests.iter().any(|d| !d.forward.two_way()) {
+            return None;
+        }
+        self.syn_proxy(iface, pkt, p, Some(Some(si)), None)
     }
 
     pub(super) fn verified_slot(a: Addr) -> usize {
