@@ -70,11 +70,7 @@ impl<Q: BufAlloc> Worker<Q> {
         {
             return None;
         }
-        let engaged = match mode {
-            SynProxy::On => true,
-            SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
-            SynProxy::Off => false,
-        };
+        let engaged = self.proxy_engaged(mode);
         let hs = Handshake { client: p.src, vip: p.dst, cport: p.sport, vport: p.dport, isn: 0 };
         let (seq, ack) = {
             let t = &pkt.data()[p.l4..];
@@ -229,6 +225,17 @@ impl<Q: BufAlloc> Worker<Q> {
         last != 0 && self.now.saturating_sub(last) <= 2 << 36
     }
 
+    /// Does this worker's SYN proxy answer SYNs for a service in `mode`: always (`on`), above
+    /// the half-open threshold (`auto`), never (`off`)?
+    #[inline(always)]
+    fn proxy_engaged(&self, mode: ferrovs_cfg::SynProxy) -> bool {
+        match mode {
+            ferrovs_cfg::SynProxy::On => true,
+            ferrovs_cfg::SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
+            ferrovs_cfg::SynProxy::Off => false,
+        }
+    }
+
     /// A SYN to a VIP that reached a worker other than its client's owner: answered here with
     /// a cookie when this worker's SYN proxy is engaged for the service and splices the
     /// handshake (NAT, full NAT). Stateless, so any worker may: the cookie key is the same on
@@ -253,12 +260,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let si = self.snap.service(p.dst, p.proto, p.dport)?;
         let svc = &self.snap.services[si];
-        let engaged = match svc.syn_proxy {
-            ferrovs_cfg::SynProxy::On => true,
-            ferrovs_cfg::SynProxy::Auto => self.half_open >= self.snap.config.engine.syn_proxy_threshold,
-            ferrovs_cfg::SynProxy::Off => false,
-        };
-        if !engaged || svc.dests.iter().any(|d| !d.forward.two_way()) {
+        if !self.proxy_engaged(svc.syn_proxy) || svc.dests.iter().any(|d| !d.forward.two_way()) {
             return None;
         }
         self.syn_proxy(iface, pkt, p, Some(Some(si)), None)
