@@ -1088,3 +1088,51 @@ fn an_internal_routers_error_reaches_the_client_from_the_vip() {
     assert_eq!(&f[inner + 16..inner + 20], &VIP, "quoted destination");
     assert_drops(&e, &[]);
 }
+
+/// A blind attacker who knows a client's address sends resets and FINs for its ports: on a
+/// full-NAT connection as on a plain NAT one, a client segment outside the sequence window
+/// (`Conn::client_seq_ok`) goes on to the real server (which judges it) but leaves the
+/// connection as it was, counted `tcp_out_of_window`; the client's own reset, at the
+/// sequence number its data reached, closes it. Before, full NAT kept no sequence mark (the
+/// local port took its place) and any reset closed the connection.
+#[test]
+fn a_blind_reset_outside_the_window_leaves_a_full_nat_connection() {
+    use ferrovs_engine::flow::tcpstate::TcpState;
+    use ferrovs_engine::wire::parse::TCP_RST;
+    let state = |e: &MemEngine| {
+        let f = &e.workers[0].flows;
+        (0..f.slots() as u32).filter_map(|i| f.try_get(i)).map(|c| c.state).collect::<Vec<_>>()
+    };
+    for v6 in [false, true] {
+        let mut e = engine(1);
+        let pkt = |flags: u8, seq: u32, data: &[u8]| {
+            if v6 {
+                from_client(tcp6(C6, 40003, VIP6, 80, flags, seq, 1, data))
+            } else {
+                from_client(tcp4(CLIENT, 40003, VIP, 80, flags, seq, 1, data))
+            }
+        };
+        let isn = 0x1234_5678u32;
+        assert_eq!(e.inject(EXT, &pkt(TCP_SYN, isn, b""), S).len(), 1);
+        assert_eq!(e.inject(EXT, &pkt(TCP_ACK, isn + 1, b""), S).len(), 1);
+        assert_eq!(state(&e), [TcpState::Established], "v6 {v6}");
+        for (flags, seq) in
+            [(TCP_RST, isn ^ 0x8000_0000), (TCP_FIN | TCP_ACK, isn + (200 << 16)), (TCP_RST, isn - (3 << 16))]
+        {
+            assert_eq!(e.inject(EXT, &pkt(flags, seq, b""), S).len(), 1, "forwarded: the server judges it");
+            assert_eq!(state(&e), [TcpState::Established], "v6 {v6}: {flags:#x} at {seq:#x}");
+        }
+        assert_eq!(e.counters().tcp_out_of_window, 3);
+        e.workers[0].expire_all(S + 11 * S);
+        assert_eq!(state(&e), [TcpState::Established], "v6 {v6}: still there after 10 s idle");
+        // The client's data moves the mark 100 units of 64 KiB ahead; its reset there closes.
+        let mut seq = isn + 1;
+        for _ in 0..100 {
+            seq += 1 << 16;
+            assert_eq!(e.inject(EXT, &pkt(TCP_ACK, seq, b"x"), S).len(), 1);
+        }
+        assert_eq!(e.inject(EXT, &pkt(TCP_RST, seq + 1, b""), S).len(), 1);
+        assert_eq!(state(&e), [TcpState::Close], "v6 {v6}");
+        assert_eq!(e.counters().tcp_out_of_window, 3);
+    }
+}

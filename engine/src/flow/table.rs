@@ -30,6 +30,7 @@
 //!   ([`FlowTable::cold_mut`]) and freed with the connection.
 
 use crate::flow::tcpstate::TcpState;
+use crate::wire::csum::TTL_DELTA;
 use crate::wire::parse::{self, Addr};
 use ferrovs_cfg::Forward;
 use std::collections::HashMap;
@@ -91,9 +92,7 @@ pub struct Conn {
     /// four IPv4 parts of [`pack_v4`] instead.
     addr: u128,
     pub cport: u16,
-    /// Full NAT: the local port towards the real server ([`Conn::lport`]). Other TCP
-    /// connections: the client's sequence mark, the high 16 bits of the sequence number of
-    /// the last client segment accepted, 0 while not known ([`Conn::client_seq_ok`]).
+    /// Full NAT: the local port towards the real server ([`Conn::lport`]; 0 otherwise).
     lport: u16,
     /// Interned (VIP, port) and (real server, port): [`FlowTable::vip_of`],
     /// [`FlowTable::rs_of`].
@@ -112,10 +111,13 @@ pub struct Conn {
     /// The cold part's index in the table's cold slab, or [`NONE`]; for a
     /// free slot, the next free slot.
     cold: u32,
-    /// Precomputed checksum deltas (RFC 1624): IPv4 header per direction;
-    /// L4 towards the real server (the reply direction's is its complement).
+    /// Precomputed checksum deltas (RFC 1624): IPv4 header towards the real server (the
+    /// reply direction's is derived from it: [`Conn::l3_out`]); L4 towards the real server
+    /// (the reply direction's is its complement).
     pub l3_in: u16,
-    pub l3_out: u16,
+    /// TCP: the client's sequence mark, the high 16 bits of the sequence number of the last
+    /// client segment accepted, 0 while not known ([`Conn::client_seq_ok`]).
+    seq_mark: u16,
     l4: u16,
     /// Interned next hops (egress interface, neighbour address, cached MAC)
     /// towards the real server / the client ([`FlowTable::hop`]).
@@ -226,10 +228,25 @@ impl Conn {
     /// Full NAT: the local port towards the real server. 0 otherwise.
     #[inline(always)]
     pub fn lport(&self) -> u16 {
-        if self.fwd == Forward::Fnat {
-            self.lport
-        } else {
+        self.lport
+    }
+    /// The reply direction's IPv4 header delta (0 for a connection without one). Every
+    /// address the request direction rewrites, the reply direction rewrites back (NAT: the
+    /// VIP and the real server; full NAT: also the client and the local address), so its
+    /// address delta is the request's negated, and both carry the TTL decrement
+    /// ([`TTL_DELTA`]): `l3_in` = a + T, so the reply's -a + T = !l3_in + 2T. Both are folded
+    /// sums of something non-zero, so in 1..=0xffff, where a one's complement value has one
+    /// form: this is exactly the delta computed from the addresses (a test checks), and the
+    /// 2 bytes it took in the hot entry hold the client's sequence mark.
+    #[inline(always)]
+    pub fn l3_out(&self) -> u16 {
+        // 2T folded once (0xfdff): the sum then needs one fold (at most 0xffff + 0xfdff).
+        const TWO_T: u32 = ((2 * TTL_DELTA) & 0xffff) + ((2 * TTL_DELTA) >> 16);
+        let s = (!self.l3_in) as u32 + TWO_T;
+        if self.l3_in == 0 {
             0
+        } else {
+            ((s & 0xffff) + (s >> 16)) as u16
         }
     }
     /// May a client segment with sequence number `seq` (and SYN, FIN or RST) change this
@@ -237,49 +254,39 @@ impl Conn {
     /// send resets or FINs for each of the 65,536 client ports: IPVS closes the connection
     /// on any of them (an idle one then expires in seconds, a live one is counted
     /// inactive), while conntrack takes only a segment within the TCP window. The
-    /// connection keeps the client's sequence mark (`lport`'s place: plain NAT, DR and
-    /// tunnel connections have no local port), and once established (ESTABLISHED,
+    /// connection keeps the client's sequence mark (`seq_mark`), and once established (ESTABLISHED,
     /// FIN_WAIT, CLOSE_WAIT, LAST_ACK) a client segment's sequence number must lie from
     /// [`SEQ_BEHIND`] to [`SEQ_AHEAD`] units of 64 KiB of it: a blind guess succeeds about
     /// once in 500, as against conntrack with an 8 MiB window. True while the mark is not
-    /// known (0: from the connection's first client segment, a peer's sync entry), before
-    /// the connection is established, and for full NAT (its place holds the local port:
-    /// checked by no one, as IPVS).
+    /// known (0: from the connection's first client segment, a peer's sync entry) and
+    /// before the connection is established. Every mode, full NAT included (IPVS checks
+    /// none).
     #[inline(always)]
     pub fn client_seq_ok(&self, seq: u32) -> bool {
-        let m = self.lport;
-        self.fwd == Forward::Fnat
-            || m == 0
+        let m = self.seq_mark;
+        m == 0
             || !matches!(
                 self.state,
                 TcpState::Established | TcpState::FinWait | TcpState::CloseWait | TcpState::LastAck
             )
             || ((seq >> 16) as u16).wrapping_sub(m).wrapping_add(SEQ_BEHIND) <= SEQ_BEHIND + SEQ_AHEAD
     }
-    /// The client sequence mark (0: not known; full NAT: none), to put back with
+    /// The client sequence mark (0: not known), to put back with
     /// [`Conn::set_client_seq_mark`] when the segment that moved it did not go out.
     #[inline(always)]
     pub fn client_seq_mark(&self) -> u16 {
-        if self.fwd == Forward::Fnat {
-            0
-        } else {
-            self.lport
-        }
+        self.seq_mark
     }
-    /// Put back a mark [`Conn::client_seq_mark`] read (full NAT: nothing).
+    /// Put back a mark [`Conn::client_seq_mark`] read.
     #[inline(always)]
     pub fn set_client_seq_mark(&mut self, m: u16) {
-        if self.fwd != Forward::Fnat {
-            self.lport = m;
-        }
+        self.seq_mark = m;
     }
     /// A client segment with sequence number `seq` that [`Conn::client_seq_ok`] took:
-    /// the sequence mark follows it (full NAT: nothing).
+    /// the sequence mark follows it.
     #[inline(always)]
     pub fn note_client_seq(&mut self, seq: u32) {
-        if self.fwd != Forward::Fnat {
-            self.lport = (seq >> 16) as u16;
-        }
+        self.seq_mark = (seq >> 16) as u16;
     }
     /// The reply direction's L4 delta: the complement of the request
     /// direction's (every rewritten word is swapped back).
@@ -319,8 +326,9 @@ pub struct NewConn {
     pub snap_gen: u16,
     /// Absolute expiry (ns).
     pub expires: u64,
+    /// The IPv4 header delta towards the real server (the reply one is derived:
+    /// [`Conn::l3_out`]).
     pub l3_in: u32,
-    pub l3_out: u32,
     /// The L4 delta towards the real server (the reply one is derived).
     pub l4_in: u32,
     /// Egress interface and next hop towards the real server / the client
@@ -1590,7 +1598,8 @@ impl FlowTable {
         let mut e = Conn {
             addr: if v4 { pack_v4(c.client, c.vip, c.vport, c.rs, c.rport) } else { c.client },
             cport: c.cport,
-            lport: c.lport,
+            lport: if c.fwd == Forward::Fnat { c.lport } else { 0 },
+            seq_mark: 0,
             vipi,
             rsi,
             laddr,
@@ -1601,7 +1610,6 @@ impl FlowTable {
             exp: 0,
             cold: NONE,
             l3_in: c.l3_in as u16,
-            l3_out: c.l3_out as u16,
             l4: c.l4_in as u16,
             hop_in,
             hop_out,
@@ -1788,7 +1796,6 @@ pub fn new_conn(
         snap_gen: 0,
         expires: 0,
         l3_in: 0,
-        l3_out: 0,
         l4_in: 0,
         if_in: 0,
         nh_in: rs,
@@ -1804,6 +1811,7 @@ pub fn new_conn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::csum;
     use crate::wire::parse::v4_to_addr;
 
     fn conn(c: u8, fwd: Forward) -> NewConn {
@@ -1907,9 +1915,45 @@ mod tests {
         let j = t.insert(f, 0).unwrap();
         let c = t.get_mut(j);
         c.state = TcpState::Established;
+        assert!(c.client_seq_ok(0x1234_5678), "the mark not known yet");
         c.note_client_seq(0x9234_5678);
-        assert!(c.client_seq_ok(0x1234_5678), "full NAT: not checked");
+        assert!(!c.client_seq_ok(0x1234_5678), "full NAT: checked too");
+        assert!(c.client_seq_ok(0x9235_0000));
         assert_eq!(c.lport(), 40000, "and its local port kept");
+    }
+
+    /// `Conn::l3_out`, derived from `l3_in`, is exactly the reply direction's IPv4 header
+    /// delta computed from its addresses (as the worker computed and stored it before), for
+    /// plain and full NAT over random addresses, and 0 without an IPv4 delta.
+    #[test]
+    fn the_reply_header_delta_is_derived_exactly() {
+        let mut t = FlowTable::new(16);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v4_to_addr((x as u32).to_be_bytes())
+        };
+        for i in 0..20_000 {
+            let (client, vip, rs, la) = (rnd(), rnd(), rnd(), rnd());
+            // A few cases where the addresses' sums cancel, so the delta is one's complement 0.
+            let (rs, la) = if i % 1000 == 0 { (vip, client) } else { (rs, la) };
+            let fnat = i % 2 == 1;
+            let mut a_in = csum::delta_addr_unfolded(vip, rs, true);
+            let mut a_out = csum::delta_addr_unfolded(rs, vip, true);
+            if fnat {
+                a_in += csum::delta_addr_unfolded(client, la, true);
+                a_out += csum::delta_addr_unfolded(la, client, true);
+            }
+            let mut n = conn(1, if fnat { Forward::Fnat } else { Forward::Nat });
+            n.l3_in = csum::fold(a_in + TTL_DELTA) as u32;
+            let j = t.insert(n, 0).unwrap();
+            assert_eq!(t.get(j).l3_out(), csum::fold(a_out + TTL_DELTA), "{client:x} {vip:x} {rs:x} {la:x} {fnat}");
+            t.remove(j);
+        }
+        let j = t.insert(conn(1, Forward::Nat), 0).unwrap();
+        assert_eq!(t.get(j).l3_out(), 0, "no IPv4 header delta");
     }
 
     #[test]

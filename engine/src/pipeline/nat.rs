@@ -9,9 +9,7 @@ use crate::wire::csum;
 use crate::wire::parse::{addr_is_v4, addr_v4_bytes, addr_v6_bytes, Addr, Parsed, PROTO_TCP, PROTO_UDP};
 use crate::wire::view::{Ipv4, Ipv6, Ports, Tcp, Udp, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_DF, PROTO_IPIP, PROTO_IPV6};
 
-/// RFC 1624 delta of decrementing the IPv4 TTL by one (the TTL/protocol
-/// word loses 0x0100): ~old + new = ~0x0100 = 0xfeff.
-pub const TTL_DELTA: u32 = 0xfeff;
+pub use crate::wire::csum::TTL_DELTA;
 
 /// NAT rewrite: inbound sets destination (addr, port), outbound sets
 /// source. Decrements TTL/hop limit. Fails with `TtlExceeded` if it ran out

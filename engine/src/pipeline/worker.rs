@@ -327,9 +327,8 @@ pub(crate) struct DestMemo {
     epoch: u64,
     /// (VIP, real server, VIP port, real-server port, IPv4) the deltas are for.
     key: (Addr, Addr, u16, u16, bool),
-    /// IPv4 header deltas in/out and the L4 delta in, folded.
+    /// The IPv4 header delta and the L4 delta in, folded.
     l3_in: u16,
-    l3_out: u16,
     l4_in: u16,
     /// `key` holds a computed entry.
     valid: bool,
@@ -341,7 +340,6 @@ impl DestMemo {
         epoch: flow::NO_EPOCH,
         key: (0, 0, 0, 0, false),
         l3_in: 0,
-        l3_out: 0,
         l4_in: 0,
         valid: false,
     };

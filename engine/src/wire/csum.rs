@@ -9,6 +9,10 @@
 use crate::wire::parse::{Parsed, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::wire::view::{Ipv4, Ipv6, Truncated};
 
+/// RFC 1624 delta of decrementing the IPv4 TTL by one (the TTL/protocol
+/// word loses 0x0100): ~old + new = ~0x0100 = 0xfeff.
+pub const TTL_DELTA: u32 = 0xfeff;
+
 /// Fold a 32-bit ones-complement accumulator to 16 bits.
 #[inline(always)]
 pub fn fold(mut s: u32) -> u16 {

@@ -424,12 +424,11 @@ impl<Q: BufAlloc> Worker<Q> {
         if memo_hit {
             // The same rewrite as the last connection to this real server: its deltas, and
             // its VIP, real server and next hop in, which the memo vouches for.
-            (c.l3_in, c.l3_out, c.l4_in) = (m.l3_in as u32, m.l3_out as u32, m.l4_in as u32);
+            (c.l3_in, c.l4_in) = (m.l3_in as u32, m.l4_in as u32);
             c.hint_sure = m.epoch == self.flows.ids_epoch();
         } else {
             // Summed unfolded, folded once per field (the same ones-complement sums).
             let mut a_in = csum::delta_addr_unfolded(vip, rs, v4);
-            let mut a_out = csum::delta_addr_unfolded(rs, vip, v4);
             let mut p_in = csum::delta16(vport, rport);
             if fwd == Forward::Fnat {
                 // The source side too: client:cport <-> local address:port.
@@ -451,18 +450,16 @@ impl<Q: BufAlloc> Worker<Q> {
                 c.laddr = la;
                 c.lport = lport;
                 a_in += csum::delta_addr_unfolded(client, la, v4);
-                a_out += csum::delta_addr_unfolded(la, client, v4);
                 p_in += csum::delta16(cport, lport);
             }
             if fwd == Forward::Fnat && v4 != addr_is_v4(rs) {
                 // IPv6 <-> IPv4: every packet is translated (`nat64`), its checksums adjusted
                 // there; the precomputed deltas do not apply.
                 c.flags |= F_XLAT;
-                (a_in, a_out, p_in) = (0, 0, 0);
+                (a_in, p_in) = (0, 0);
             }
             let ttl = if v4 { TTL_DELTA } else { 0 };
             c.l3_in = if v4 { csum::fold(a_in + ttl) as u32 } else { 0 };
-            c.l3_out = if v4 { csum::fold(a_out + ttl) as u32 } else { 0 };
             // The reply direction's L4 delta is this one's complement (`Conn::l4_out`).
             c.l4_in = csum::fold(a_in + p_in) as u32;
         }
@@ -485,7 +482,7 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             if fwd != Forward::Fnat && !memo_hit {
                 m.key = sums_key;
-                (m.l3_in, m.l3_out, m.l4_in) = (c.l3_in as u16, c.l3_out as u16, c.l4_in as u16);
+                (m.l3_in, m.l4_in) = (c.l3_in as u16, c.l4_in as u16);
                 m.valid = true;
             }
         }

@@ -501,8 +501,8 @@ pub(super) fn rewrite_conn(
     let (fa, fp) = far;
     match (c.fwd, dir) {
         (Forward::Fnat, Dir::In) => rewrite_fnat(d, p, la, c.lport(), fa, fp, c.l3_in, c.l4_in()),
-        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client(), c.cport, c.l3_out, c.l4_out()),
+        (Forward::Fnat, Dir::Out) => rewrite_fnat(d, p, fa, fp, c.client(), c.cport, c.l3_out(), c.l4_out()),
         (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in, c.l4_in()),
-        (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out, c.l4_out()),
+        (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out(), c.l4_out()),
     }
 }

@@ -226,7 +226,7 @@ impl<Q: BufAlloc> Worker<Q> {
         match c.fwd {
             Forward::Nat => {
                 let (addr, l3d) =
-                    if inbound { (self.flows.rs_of(c).0, c.l3_in) } else { (self.flows.vip_of(c).0, c.l3_out) };
+                    if inbound { (self.flows.rs_of(c).0, c.l3_in) } else { (self.flows.vip_of(c).0, c.l3_out()) };
                 match rewrite_ip(pkt.data_mut(), f.l3, f.v6, inbound, addr, l3d) {
                     Ok(()) => {}
                     Err(r) => return Next::Drop(r),
@@ -236,7 +236,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 let (src, dst, l3d) = if inbound {
                     (self.flows.laddr_of(c), self.flows.rs_of(c).0, c.l3_in)
                 } else {
-                    (self.flows.vip_of(c).0, c.client(), c.l3_out)
+                    (self.flows.vip_of(c).0, c.client(), c.l3_out())
                 };
                 if let Err(r) = rewrite_addrs(pkt.data_mut(), f.l3, f.v6, Some(src), Some(dst), l3d) {
                     return Next::Drop(r);
