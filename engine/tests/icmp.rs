@@ -64,10 +64,25 @@ scheduler = "rr"
 
 [[service.real_server]]
 address = "fd00:2::2"
+
+[[service]]
+name = "tun6"
+vip = "fd00:1::102"
+protocol = "tcp"
+ports = [80]
+scheduler = "rr"
+forward = "tunnel"
+
+[[service.real_server]]
+address = "fd00:2::2"
 "#;
 
 const VIP_TUN: [u8; 4] = [10, 0, 1, 102];
 const LB_INT_ADDR: [u8; 4] = [10, 0, 2, 1];
+const VIP6_TUN: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2];
+const LB_INT6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ROUTER: [u8; 4] = [10, 0, 2, 254];
+const ROUTER6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
 
 fn engine_with(engine_keys: &str) -> MemEngine {
     let text =
@@ -461,4 +476,145 @@ fn an_internal_routers_error_reaches_the_client_from_the_vip() {
     assert_eq!(&f[38..54], &C6);
     assert_drops(&e, &[]);
     assert_eq!(e.counters().icmp_translated, 3);
+}
+
+/// A tunnel connection client:cport -> VIP_TUN:80 (to 10.0.2.3) and its client's data packet
+/// of 1400 payload bytes with DF, as the balancer sent it to the real server (IPIP, 1500
+/// bytes outer).
+fn tunnel_conn(e: &mut MemEngine, cport: u16) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, cport, VIP_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    let data = df(from_client(tcp4(CLIENT, cport, VIP_TUN, 80, TCP_ACK, 2, 1, &[7; 1440])), true);
+    let out = e.inject(EXT, &data, S);
+    assert_eq!(out.len(), 1);
+    let tun = out[0].1.clone();
+    assert_eq!((tun[23], &tun[26..30], &tun[30..34]), (4, &LB_INT_ADDR[..], &RS2[..]), "IPIP to the real server");
+    (data, tun)
+}
+
+/// ICMP error `ty`/`code` (`rest`) from a router on the real servers' side to `to` about the
+/// tunnel packet `tun`, quoting its first `n` bytes (a Linux router quotes up to 576 bytes).
+fn router_error(to: [u8; 4], ty: u8, code: u8, rest: u32, tun: &[u8], n: usize) -> Vec<u8> {
+    from_rs(icmp4_error_whole(ROUTER, to, ty, code, rest, &tun[..14 + n]), RS2_MAC)
+}
+
+/// Path MTU discovery through a tunnel real server (IPVS `ip_vs_in_icmp`): a router between
+/// the balancer and the real server reports "fragmentation needed" for the IPIP packet to the
+/// balancer's own address; the client learns it from the VIP, about its own packet, with the
+/// outer header's 20 bytes off the MTU. Another error about a tunnel packet (time exceeded)
+/// reaches the client as IPVS relays it: the same type and code, from the VIP. Rate-limited by
+/// the balancer's own ICMP token bucket.
+#[test]
+fn a_routers_frag_needed_for_a_tunnel_packet_reaches_the_client() {
+    let mut e = engine();
+    let (data, tun) = tunnel_conn(&mut e, 40010);
+    let n = 576 - 20 - 8;
+    let out = e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, n), S);
+    assert_eq!(out.len(), 1, "one error to the client");
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, EXT);
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(&f[6..12], &LB_EXT);
+    assert_eq!(f[23], 1, "ICMP");
+    assert_eq!(&f[26..30], &VIP_TUN, "from the VIP");
+    assert_eq!(&f[30..34], &CLIENT);
+    assert_eq!((f[34], f[35]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1380, "the router's MTU less the outer header");
+    let quoted = &tun[34..14 + n];
+    assert_eq!(&f[42..], quoted, "the client's packet as far as the router quoted it");
+    assert_eq!(&quoted[12..20], &data[26..34], "client -> VIP");
+    assert_eq!(icmp_counts(&e), (1, 0));
+    assert_drops(&e, &[]);
+    // A tiny reported MTU: never below IPv4's 68.
+    let out = e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 70, &tun, n), S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(u16::from_be_bytes([out[0].1[40], out[0].1[41]]), 68);
+    // Time exceeded about the tunnel packet: relayed as it is, from the VIP.
+    let out = e.inject(INT, &router_error(LB_INT_ADDR, 11, 0, 0, &tun, n), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    verify_checksums(f).unwrap();
+    assert_eq!((&f[26..30], &f[30..34], f[34], f[35]), (&VIP_TUN[..], &CLIENT[..], 11, 0));
+    assert_eq!(&f[42..], quoted);
+    assert_eq!(icmp_counts(&e), (3, 0));
+    assert_drops(&e, &[]);
+    // No token: nothing, counted.
+    let mut e = engine_with("icmp_rate = 0");
+    let (_, tun) = tunnel_conn(&mut e, 40011);
+    assert!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, n), S).is_empty());
+    assert_eq!(icmp_counts(&e), (0, 1));
+    assert_drops(&e, &[(DropReason::TooBig, 1)]);
+}
+
+/// IPv6 in IPv6: "packet too big" from a router for the tunnel packet reaches the client as
+/// "packet too big" from the VIP with the 40 bytes of the outer header off, never below 1280.
+#[test]
+fn a_routers_packet_too_big_for_a_tunnel_packet_reaches_the_client_v6() {
+    let mut e = engine();
+    assert_eq!(e.inject(EXT, &from_client(tcp6(C6, 40010, VIP6_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    let data = from_client(tcp6(C6, 40010, VIP6_TUN, 80, TCP_ACK, 2, 1, &[7; 1400]));
+    let out = e.inject(EXT, &data, S);
+    assert_eq!(out.len(), 1);
+    let tun = out[0].1.clone();
+    assert_eq!((tun[20], &tun[22..38], &tun[38..54]), (41, &LB_INT6[..], &RS6[..]), "IPv6 in IPv6");
+    let n = 1280 - 40 - 8;
+    let err = |mtu: u32| from_rs(icmp6_error_whole(ROUTER6, LB_INT6, 2, 0, mtu, &tun[..14 + n]), RS1_MAC);
+    for (mtu, told) in [(1400, 1360), (1300, 1280)] {
+        let out = e.inject(INT, &err(mtu), S);
+        assert_eq!(out.len(), 1, "reported {mtu}");
+        let (iface, f) = &out[0];
+        assert_eq!(*iface, EXT);
+        verify_checksums(f).unwrap();
+        assert_eq!(&f[0..6], &CLIENT_MAC);
+        assert_eq!(f[20], 58, "ICMPv6");
+        assert_eq!(&f[22..38], &VIP6_TUN, "from the VIP");
+        assert_eq!(&f[38..54], &C6);
+        assert_eq!((f[54], f[55]), (2, 0), "packet too big");
+        assert_eq!(u32::from_be_bytes([f[58], f[59], f[60], f[61]]), told);
+        assert_eq!(&f[62..], &tun[54..14 + n], "the client's packet as far as it was quoted");
+    }
+    assert_eq!(icmp_counts(&e), (2, 0));
+    assert_drops(&e, &[]);
+}
+
+/// Errors that only look like a router's report about a tunnel packet are counted drops and
+/// reach nobody: a quote too short for the client's header and 8 bytes, a quoted client
+/// packet of no connection, a quote whose outer destination is not the connection's real
+/// server (a forged error must not reach a client of another connection), one whose outer
+/// source is not the address the error came to, one about a NAT connection.
+#[test]
+fn forged_or_short_tunnel_errors_are_counted_drops() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    let (_, tun) = tunnel_conn(&mut e, 40012);
+    let n = 576 - 20 - 8;
+    // The outer header and the client's IP header only.
+    assert!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, 20 + 20 + 4), S).is_empty());
+    assert_drops(&e, &[(DropReason::Malformed, 1)]);
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut t = tun.clone();
+        f(&mut t);
+        ferrovs_engine::wire::csum::fill_ipv4(&mut t, 14).unwrap();
+        ferrovs_engine::wire::csum::fill_ipv4(&mut t, 34).unwrap();
+        t
+    };
+    let forged = [
+        // Another client port: no connection.
+        with(&|t| t[54..56].copy_from_slice(&40999u16.to_be_bytes())),
+        // Outer destination another real server.
+        with(&|t| t[30..34].copy_from_slice(&RS1)),
+        // Outer source not ours.
+        with(&|t| t[26..30].copy_from_slice(&[10, 0, 2, 99])),
+        // A NAT connection's packet (client -> VIP:80, to rs1) dressed as a tunnel packet.
+        with(&|t| {
+            t[30..34].copy_from_slice(&RS1);
+            t[50..54].copy_from_slice(&VIP);
+            t[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        }),
+    ];
+    for t in &forged {
+        assert!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, t, n), S).is_empty());
+    }
+    assert_drops(&e, &[(DropReason::Malformed, 1), (DropReason::NoFlow, forged.len() as u64)]);
+    assert_eq!(icmp_counts(&e), (0, 0));
 }

@@ -33,6 +33,12 @@ pub const MAX_V6: usize = 1280;
 /// May the balancer send an error about this packet (`frame` is its Ethernet
 /// frame, `p` its parse)?
 pub fn may_answer(frame: &[u8], p: &Parsed) -> bool {
+    may_report(frame, p, true)
+}
+
+/// [`may_answer`] for an error of any type (`too_big`: "fragmentation needed" / "packet too
+/// big", which an IPv4 packet without DF does not get: its sender allows fragmentation).
+pub fn may_report(frame: &[u8], p: &Parsed, too_big: bool) -> bool {
     if p.arp || p.end > frame.len() || p.l3 < 14 {
         return false;
     }
@@ -53,7 +59,7 @@ pub fn may_answer(frame: &[u8], p: &Parsed) -> bool {
         let Ok(h) = Ipv4::at(frame, p.l3) else { return false };
         // DF clear: the sender allows fragmentation. A fragment other than the first:
         // offset != 0.
-        if h.frag_word() & IPV4_DF == 0 || h.frag_word() & 0x1fff != 0 {
+        if (too_big && h.frag_word() & IPV4_DF == 0) || h.frag_word() & 0x1fff != 0 {
             return false;
         }
         let s = addr_v4_bytes(p.src);
@@ -68,6 +74,26 @@ pub fn may_answer(frame: &[u8], p: &Parsed) -> bool {
 /// header, VLAN tag included, is kept). False (and `pkt` unusable) when the
 /// buffer cannot hold it.
 pub fn build<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, mtu: u32, smac: [u8; 6], dmac: [u8; 6]) -> bool {
+    let kind = if p.v6 {
+        (ICMPV6_PACKET_TOO_BIG, 0, mtu)
+    } else {
+        // Unused (16 bits), then the next-hop MTU (RFC 1191).
+        (ICMP_DEST_UNREACHABLE, ICMP_FRAG_NEEDED, mtu.min(u16::MAX as u32))
+    };
+    build_error(pkt, p, src, kind, smac, dmac)
+}
+
+/// [`build`] for an error of any type: `kind` is its type, code and the 4 bytes after its
+/// checksum, in `p`'s family (the errors about tunnel packets relayed to their client, IPVS
+/// `ip_vs_in_icmp`).
+pub fn build_error<B: Packet>(
+    pkt: &mut B,
+    p: &Parsed,
+    src: Addr,
+    kind: (u8, u8, u32),
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> bool {
     let v6 = p.v6;
     if addr_is_v4(src) == v6 {
         return false;
@@ -89,12 +115,12 @@ pub fn build<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, mtu: u32, smac: [u8;
         }
         pkt.data_mut().copy_within(l3..l3 + quote, l3 + hdr);
     }
-    write_error(pkt.data_mut(), l3, v6, (src, sender), quote, mtu, (smac, dmac)).is_ok()
+    write_error(pkt.data_mut(), l3, v6, (src, sender), quote, kind, (smac, dmac)).is_ok()
 }
 
 /// The error's headers in front of the `quote` bytes at `l3 + hdr` of frame `d`: Ethernet
 /// addresses (`macs`: source, destination), the IP header from `addrs.0` to `addrs.1`, and
-/// the ICMP "fragmentation needed" / ICMPv6 "packet too big" header with `mtu`, its
+/// the ICMP / ICMPv6 header of `kind` (type, code, the 4 bytes after the checksum), its
 /// checksum over the quote.
 fn write_error(
     d: &mut [u8],
@@ -102,7 +128,7 @@ fn write_error(
     v6: bool,
     (src, sender): (Addr, Addr),
     quote: usize,
-    mtu: u32,
+    (ty, code, rest): (u8, u8, u32),
     (smac, dmac): ([u8; 6], [u8; 6]),
 ) -> Result<(), Truncated> {
     let mut eth = EthAddrs::at_mut(d, 0)?;
@@ -123,10 +149,10 @@ fn write_error(
         h.set_src(addr_v6_bytes(src));
         h.set_dst(addr_v6_bytes(sender));
         let mut m = Icmp::at_mut(d, icmp)?;
-        m.set_kind(ICMPV6_PACKET_TOO_BIG);
-        m.set_code(0);
+        m.set_kind(ty);
+        m.set_code(code);
         m.set_checksum(0);
-        m.set_rest(mtu);
+        m.set_rest(rest);
         csum::pseudo_v6(&addr_v6_bytes(src), &addr_v6_bytes(sender), PROTO_ICMPV6, (8 + quote) as u32)
     } else {
         let mut h = Ipv4::at_mut(d, l3)?;
@@ -141,11 +167,10 @@ fn write_error(
         h.set_dst(addr_v4_bytes(sender));
         csum::fill_ipv4(d, l3)?;
         let mut m = Icmp::at_mut(d, icmp)?;
-        m.set_kind(ICMP_DEST_UNREACHABLE);
-        m.set_code(ICMP_FRAG_NEEDED);
+        m.set_kind(ty);
+        m.set_code(code);
         m.set_checksum(0);
-        // Unused (16 bits), then the next-hop MTU (RFC 1191).
-        m.set_rest(mtu.min(u16::MAX as u32));
+        m.set_rest(rest);
         0
     };
     let c = csum::finish(d.get(icmp..end).ok_or(Truncated)?, pseudo);

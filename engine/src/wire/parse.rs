@@ -436,9 +436,70 @@ pub struct Inner {
 /// Parse the packet quoted in the ICMP error of `p`. `Fragment`: the quote is a later IPv4
 /// fragment (no transport header in it).
 pub fn parse_inner(frame: &[u8], p: &Parsed) -> Result<Inner, ParseError> {
+    parse_quoted(frame, p.l4 + 8, p.end, p.v6)
+}
+
+/// The tunnel packet (IPv4 or IPv6 in IPv4 or IPv6, as `encap_ipip` builds it) quoted in an
+/// ICMP error: its outer header's addresses and length, and the packet inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelQuote {
+    /// The outer header's source and destination (the balancer, the real server).
+    pub src: Addr,
+    pub dst: Addr,
+    /// The outer header's length (what the tunnel adds to a packet).
+    pub hdr: usize,
+    /// The quoted packet inside (the client's), IPv6 or not.
+    pub inner: Inner,
+    pub inner_v6: bool,
+}
+
+/// The tunnel packet quoted in the ICMP error of `p`: `Ok(None)` when the quote is not one
+/// (its outer header cut short, or another protocol inside: [`parse_inner`]'s to take), an
+/// error when it is one whose inner packet is not there whole (IP header and 8 bytes of a
+/// TCP or UDP header) or is a later fragment.
+pub fn parse_tunnel_quote(frame: &[u8], p: &Parsed) -> Result<Option<TunnelQuote>, ParseError> {
     let start = p.l4 + 8;
-    let q = &frame[start..p.end];
-    let (l4, proto, src, dst) = if !p.v6 {
+    let Some(q) = frame.get(start..p.end) else { return Ok(None) };
+    let (hdr, proto, src, dst) = if !p.v6 {
+        let Some(h) = q.get(..20) else { return Ok(None) };
+        if h[0] >> 4 != 4 || (h[0] & 0xf) < 5 {
+            return Ok(None);
+        }
+        let src = v4_to_addr([h[12], h[13], h[14], h[15]]);
+        let dst = v4_to_addr([h[16], h[17], h[18], h[19]]);
+        (((h[0] & 0xf) as usize) * 4, h[9], src, dst)
+    } else {
+        let Some(h) = q.get(..40) else { return Ok(None) };
+        if h[0] >> 4 != 6 {
+            return Ok(None);
+        }
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        s.copy_from_slice(&h[8..24]);
+        d.copy_from_slice(&h[24..40]);
+        (40, h[6], v6_to_addr(s), v6_to_addr(d))
+    };
+    let inner_v6 = match proto {
+        4 => false,
+        41 => true,
+        _ => return Ok(None),
+    };
+    if !p.v6 && u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
+        // A later fragment of a tunnel packet (the balancer sends none: DF): no inner header.
+        return Err(ParseError::Fragment);
+    }
+    let inner = parse_quoted(frame, start + hdr, p.end, inner_v6)?;
+    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
+        // The balancer tunnels TCP and UDP connections only.
+        return Err(ParseError::Unsupported);
+    }
+    Ok(Some(TunnelQuote { src, dst, hdr, inner, inner_v6 }))
+}
+
+/// The packet quoted from `start` to `end` of `frame`, IPv6 or IPv4 (`v6`): its IP header and
+/// the first 8 bytes of its transport header.
+fn parse_quoted(frame: &[u8], start: usize, end: usize, v6: bool) -> Result<Inner, ParseError> {
+    let q = frame.get(start..end).ok_or(ParseError::Malformed)?;
+    let (l4, proto, src, dst) = if !v6 {
         if q.len() < 20 || q[0] >> 4 != 4 {
             return Err(ParseError::Malformed);
         }
@@ -470,7 +531,7 @@ pub fn parse_inner(frame: &[u8], p: &Parsed) -> Result<Inner, ParseError> {
         }
         (start + 40, q[6], src, dst)
     };
-    let ports = &frame[l4..l4 + 8];
+    let ports = frame.get(l4..l4 + 8).ok_or(ParseError::Malformed)?;
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP => (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]])),
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -747,6 +808,7 @@ mod tests {
             if let Ok(p) = parse(&f) {
                 if icmp_is_error(p.v6, p.icmp_type) && (p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6) {
                     let _ = parse_inner(&f, &p);
+                    let _ = parse_tunnel_quote(&f, &p);
                 }
             }
         }

@@ -161,7 +161,21 @@ impl<Q: BufAlloc> Worker<Q> {
         if (local || kind & ADDR_HOST != 0) && !dst_vip && !to_laddr {
             // The engine's own address, not a service (BGP, BFD on it), or the kernel's own
             // address beside it on an AF_PACKET port (which has its copy): the kernel's, not a
-            // connection the engine lost (`no_flow`).
+            // connection the engine lost (`no_flow`). An error to our own address about a tunnel
+            // packet we sent is for the connection's client (path MTU discovery).
+            if icmp_err && local {
+                match parse::parse_tunnel_quote(pkt.data(), p) {
+                    Ok(Some(t)) => return self.tunnel_icmp_error(iface, pkt, p, &t, handed),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return self.drop_pkt(match e {
+                            parse::ParseError::Fragment => DropReason::Fragment,
+                            parse::ParseError::Unsupported => DropReason::Unsupported,
+                            parse::ParseError::Malformed => DropReason::Malformed,
+                        })
+                    }
+                }
+            }
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         if icmp_err {

@@ -53,6 +53,128 @@ impl<Q: BufAlloc> Worker<Q> {
         Next::Tx(iface)
     }
 
+    /// An ICMP error to one of our own addresses about a tunnel packet the balancer sent
+    /// (quoted as `t`): a router between the balancer and a tunnel real server reporting
+    /// "fragmentation needed" / "packet too big" (or another error) for the outer packet. As
+    /// IPVS's `ip_vs_in_icmp` does for IPIP, the client learns it: the error goes to the
+    /// client, from the VIP, in the client's family, quoting the client's packet as far as the
+    /// router quoted it; a too-big report with the MTU less the outer header (never below the
+    /// family's minimum, 68 / 1280), other errors relayed with their type and code (RFC 7915's
+    /// mapping across families). Built as the balancer's own errors are ([`icmpgen`]) and
+    /// rate-limited by the same token bucket. Only for a tunnel connection whose key the quoted
+    /// client packet names, whose real server is the quoted outer destination and whose
+    /// outer source is the address the error came to: a forged error reaches no other
+    /// connection's client (`no_flow`).
+    ///
+    /// [`icmpgen`]: crate::pipeline::icmpgen
+    #[inline(never)]
+    pub(super) fn tunnel_icmp_error(
+        &mut self,
+        iface: usize,
+        mut pkt: Q::Buf,
+        p: &Parsed,
+        t: &parse::TunnelQuote,
+        handed: bool,
+    ) {
+        let inner = &t.inner;
+        if !handed && self.workers > 1 {
+            // The client the quoted packet came from decides the owner.
+            let owner = owner_of(inner.src, self.workers);
+            if owner != self.id {
+                bump(&self.counters.handoff_out, 1);
+                self.hand_off(owner, iface as u8, pkt);
+                return;
+            }
+        }
+        // The quoted packet went client -> VIP: the connection's key as it is.
+        let key =
+            FlowKey { src: inner.src, dst: inner.dst, sport: inner.sport, dport: inner.dport, proto: inner.proto };
+        let idx = match self.flows.lookup(&key) {
+            Some((idx, Dir::In)) => idx,
+            _ => return self.drop_pkt(DropReason::NoFlow),
+        };
+        let c = self.flows.get(idx);
+        if c.fwd != Forward::Tunnel || c.flags & F_XLAT != 0 || self.flows.rs_of(c).0 != t.dst || t.src != p.dst {
+            return self.drop_pkt(DropReason::NoFlow);
+        }
+        let vip = self.flows.vip_of(c).0;
+        // Its checksums are not those of what goes out (built afresh), but a corrupted quote
+        // (its addresses, its MTU) is not handed on as a valid error.
+        if let Err(bad) = csum::verify(pkt.data(), p) {
+            return self.drop_pkt(bad.into());
+        }
+        let d = pkt.data();
+        let rest: [u8; 4] = match d.get(p.l4 + 4..p.l4 + 8).and_then(|r| r.try_into().ok()) {
+            Some(r) => r,
+            None => return self.drop_pkt(DropReason::Malformed),
+        };
+        let too_big = if p.v6 { p.icmp_type == 2 } else { p.icmp_type == 3 && p.icmp_code == 4 };
+        let kind = if too_big {
+            let reported = if p.v6 { u32::from_be_bytes(rest) } else { u16::from_be_bytes([rest[2], rest[3]]) as u32 };
+            let mtu = reported.saturating_sub(t.hdr as u32);
+            if t.inner_v6 {
+                (2, 0, mtu.max(1280))
+            } else {
+                (3, 4, mtu.clamp(68, u16::MAX as u32))
+            }
+        } else if t.inner_v6 == p.v6 {
+            (p.icmp_type, p.icmp_code, u32::from_be_bytes(rest))
+        } else {
+            match crate::pipeline::nat64::icmp_error_type(p.v6, p.icmp_type, p.icmp_code, rest) {
+                Some((ty, code, r)) => (ty, code, u32::from_be_bytes(r)),
+                None => return self.drop_pkt(DropReason::Unsupported),
+            }
+        };
+        // The frame becomes the client's quoted packet behind the received L2 header, parsed
+        // as that packet (cut where the quote ends).
+        let cut = inner.l3 - p.l3;
+        let q = Parsed {
+            l3: p.l3,
+            l4: inner.l4 - cut,
+            payload: inner.l4 - cut,
+            end: p.end - cut,
+            v6: t.inner_v6,
+            proto: inner.proto,
+            src: inner.src,
+            dst: inner.dst,
+            sport: inner.sport,
+            dport: inner.dport,
+            ..Parsed::default()
+        };
+        if !pkt.set_len(p.end) {
+            return self.drop_pkt(DropReason::Malformed);
+        }
+        pkt.data_mut().copy_within(0..p.l3, cut);
+        if !pkt.adj(cut) {
+            return self.drop_pkt(DropReason::Malformed);
+        }
+        // A too-big report about a client packet without DF gets nothing (IPVS: the client does
+        // not do path MTU discovery), as the balancer's own.
+        if !crate::pipeline::icmpgen::may_report(pkt.data(), &q, too_big) {
+            return self.drop_pkt(DropReason::TooBig);
+        }
+        let Some((out, nh)) = self.snap.route(inner.src) else {
+            return self.drop_pkt(DropReason::NoRoute);
+        };
+        if self.icmp_cfg.0 == 0 || !self.icmp_rl.allow(self.now) {
+            bump(&self.counters.icmp_ratelimited, 1);
+            return self.drop_pkt(DropReason::TooBig);
+        }
+        let smac = self.if_macs.get(out).copied().unwrap_or([0; 6]);
+        let dmac = self.neigh.resolve(nh).filter(|m| *m != [0; 6]);
+        if !crate::pipeline::icmpgen::build_error(&mut pkt, &q, vip, kind, smac, dmac.unwrap_or([0; 6])) {
+            return self.drop_pkt(DropReason::TooBig);
+        }
+        bump(&self.counters.icmp_sent, 1);
+        let next = if dmac.is_some() {
+            Next::Tx(out)
+        } else {
+            self.solicit(out, nh);
+            Next::Park(out, nh)
+        };
+        self.finish(pkt, next);
+    }
+
     /// Translate an ICMP error about a tracked connection.
     pub(super) fn icmp_error(&mut self, mut pkt: Q::Buf, p: &Parsed, inner: &parse::Inner, to_vip: bool) {
         // The quoted packet travelled the other way: reverse it to find
