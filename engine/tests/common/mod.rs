@@ -171,3 +171,42 @@ pub fn ends(frame: &[u8]) -> (String, u16, String, u16) {
     let ip = |a| ferrovs_engine::wire::parse::addr_to_ip(a).to_string();
     (ip(p.src), p.sport, ip(p.dst), p.dport)
 }
+
+/// The states of worker 0's connections.
+pub fn conn_states(e: &ferrovs_engine::tools::replay::MemEngine) -> Vec<ferrovs_engine::flow::tcpstate::TcpState> {
+    let f = &e.workers[0].flows;
+    (0..f.slots() as u32).filter_map(|i| f.try_get(i)).map(|c| c.state).collect()
+}
+
+/// A blind attacker's resets and FINs against the one established connection whose client
+/// segments `pkt(flags, seq, data)` builds (its handshake at `isn`): each outside the
+/// sequence window, forwarded (the server judges it, RFC 5961), the state left ESTABLISHED
+/// and counted `tcp_out_of_window`, the connection still there after 10 s idle; then the
+/// client's data moves the mark 100 units of 64 KiB ahead, a segment at a time (each within
+/// the window of the last), and its reset there closes the connection.
+pub fn blind_resets_leave_the_connection(
+    e: &mut ferrovs_engine::tools::replay::MemEngine,
+    isn: u32,
+    pkt: &dyn Fn(u8, u32, &[u8]) -> Vec<u8>,
+) {
+    use ferrovs_engine::flow::tcpstate::TcpState;
+    use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_RST};
+    assert_eq!(conn_states(e), [TcpState::Established]);
+    for (flags, seq) in
+        [(TCP_RST, isn ^ 0x8000_0000), (TCP_FIN | TCP_ACK, isn + (200 << 16)), (TCP_RST, isn - (3 << 16))]
+    {
+        assert_eq!(e.inject(EXT, &pkt(flags, seq, b""), S).len(), 1, "forwarded: the server judges it");
+        assert_eq!(conn_states(e), [TcpState::Established], "{flags:#x} at {seq:#x}");
+    }
+    assert_eq!(e.counters().tcp_out_of_window, 3);
+    e.workers[0].expire_all(S + 11 * S);
+    assert_eq!(conn_states(e), [TcpState::Established], "still there after 10 s idle");
+    let mut seq = isn + 1;
+    for _ in 0..100 {
+        seq += 1 << 16;
+        assert_eq!(e.inject(EXT, &pkt(TCP_ACK, seq, b"x"), S).len(), 1);
+    }
+    assert_eq!(e.inject(EXT, &pkt(TCP_RST, seq + 1, b""), S).len(), 1);
+    assert_eq!(conn_states(e), [TcpState::Close]);
+    assert_eq!(e.counters().tcp_out_of_window, 3);
+}
