@@ -1109,6 +1109,6 @@ fn a_blind_reset_outside_the_window_leaves_a_full_nat_connection() {
         let isn = 0x1234_5678u32;
         assert_eq!(e.inject(EXT, &pkt(TCP_SYN, isn, b""), S).len(), 1);
         assert_eq!(e.inject(EXT, &pkt(TCP_ACK, isn + 1, b""), S).len(), 1);
-        blind_resets_leave_the_connection(&mut e, isn, &pkt);
+        blind_resets_leave_the_connection(&mut e, isn, pkt);
     }
 }

@@ -479,7 +479,7 @@ fn a_blind_reset_or_fin_outside_the_window_leaves_the_connection() {
     let pkt = |flags: u8, seq: u32, data: &[u8]| from_client(tcp4(CLIENT, 40003, VIP, 80, flags, seq, 1, data));
     e.inject(EXT, &pkt(TCP_SYN, isn, b""), S);
     e.inject(EXT, &pkt(TCP_ACK, isn + 1, b""), S);
-    blind_resets_leave_the_connection(&mut e, isn, &pkt);
+    blind_resets_leave_the_connection(&mut e, isn, pkt);
 }
 
 #[test]

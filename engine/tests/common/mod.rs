@@ -187,7 +187,7 @@ pub fn conn_states(e: &ferrovs_engine::tools::replay::MemEngine) -> Vec<ferrovs_
 pub fn blind_resets_leave_the_connection(
     e: &mut ferrovs_engine::tools::replay::MemEngine,
     isn: u32,
-    pkt: &dyn Fn(u8, u32, &[u8]) -> Vec<u8>,
+    pkt: impl Fn(u8, u32, &[u8]) -> Vec<u8>,
 ) {
     use ferrovs_engine::flow::tcpstate::TcpState;
     use ferrovs_engine::wire::parse::{TCP_ACK, TCP_FIN, TCP_RST};
