@@ -1,7 +1,8 @@
 //! Parse + forward: arbitrary frames (and a few well-formed ones first, so
 //! connections and FTP sessions exist) through the sans-IO cores of two
-//! workers (no ports: `common::Cores` drives them) with NAT, DR and FTP
-//! services. Any panic is a bug, and after
+//! workers (no ports: `common::Cores` drives them) with NAT, DR, tunnel and FTP
+//! services (a tunnel connection opened first, so ICMP errors quoting its IPIP packets,
+//! relayed to its client, have one to name). Any panic is a bug, and after
 //! every frame packets are conserved (see `common::Ledger`): each one is
 //! transmitted, counted under exactly one drop reason, or parked.
 //!
@@ -45,6 +46,14 @@ ftp = true
 address = "10.0.2.3"
 
 [[service]]
+name = "tun"
+vip = "10.0.1.102"
+ports = [80]
+forward = "tunnel"
+[[service.real_server]]
+address = "10.0.2.4"
+
+[[service]]
 name = "v6"
 vip = "fd00:1::100"
 protocol = "udp"
@@ -59,12 +68,13 @@ fuzz_target!(|data: &[u8]| {
 thread_local! {
     static ENGINE: RefCell<Option<Cores>> = const { RefCell::new(None) };
     /// The client's ARP request (so replies to it need no resolution) and a
-    /// SYN opening an FTP control connection, built once.
-    static PREFIX: [Vec<u8>; 2] = {
+    /// SYN opening an FTP control connection, and one opening a tunnel connection, built once.
+    static PREFIX: [Vec<u8>; 3] = {
         let (lb, c) = ([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]);
         [
             arp_request(c, [10, 0, 1, 2], [10, 0, 1, 1]),
             with_macs(tcp4([10, 0, 1, 2], 4000, [10, 0, 1, 100], 21, 0x02, 1, 0, b""), c, lb),
+            with_macs(tcp4([10, 0, 1, 2], 4001, [10, 0, 1, 102], 80, 0x02, 1, 0, b""), c, lb),
         ]
     };
 }
