@@ -68,6 +68,8 @@ pub const KEYS: &[Key] = &[
     k("engine", "kernel_rate", "integer 1..1000000000", Some("100000"), "Frames per worker and second the exception path (interface.kernel_port) passes to the kernel; beyond it they are dropped and counted (kernel_limited)."),
     k("engine", "icmp_rate", "integer 0..1000000000", Some("1000"), "ICMP errors the balancer originates (fragmentation needed / packet too big), per worker and second: a token bucket like Linux's net.ipv4.icmp_msgs_per_sec. 0: never send them (the packets are still counted as too_big drops)."),
     k("engine", "icmp_burst", "integer 1..1000000", Some("50"), "Burst of originated ICMP errors per worker (net.ipv4.icmp_msgs_burst)."),
+    k("engine", "icmp_host_rate", "integer 0..1000000000", Some("100"), "Originated ICMP errors per worker, second and destination host, within icmp_rate (Linux's per-peer net.ipv4.icmp_ratelimit): one host that keeps sending packets too big cannot use up the errors every other host needs for path MTU discovery. 0: no per-host limit."),
+    k("engine", "icmp_host_burst", "integer 1..1000000", Some("10"), "Burst of originated ICMP errors per worker and destination host."),
     k("engine", "control_socket", "path", Some("\"/run/ferrovs/ferrovs.sock\""), "Unix socket of ferrovsadm (mode 0660; root and the daemon's user only)."),
     k("engine", "metrics_listen", "\"ADDRESS:PORT\"", None, "Serve Prometheus metrics at /metrics and the status page at / on this address. Off when absent."),
     k("engine", "timeouts", "table", None, "The [engine.timeouts] table."),

@@ -55,6 +55,12 @@ pub struct Engine {
     pub icmp_rate: u32,
     /// Burst of originated ICMP errors per worker (default 50, `net.ipv4.icmp_msgs_burst`).
     pub icmp_burst: u32,
+    /// Originated ICMP errors per worker, second and destination host (default 100, as
+    /// Linux's per-peer `net.ipv4.icmp_ratelimit`): one host's flood cannot use up what
+    /// `icmp_rate` leaves for the others. 0: no per-host limit.
+    pub icmp_host_rate: u32,
+    /// Burst of originated ICMP errors per worker and destination host (default 10).
+    pub icmp_host_burst: u32,
     /// Frames per worker and second the exception path (`interface.kernel_port`) passes to
     /// the kernel (default 100000); beyond it they are dropped and counted (`kernel_limited`).
     pub kernel_rate: u32,

@@ -73,6 +73,8 @@ pub(crate) struct RawEngine {
     pub icmp_rate: Option<S<i64>>,
     pub kernel_rate: Option<S<i64>>,
     pub icmp_burst: Option<S<i64>>,
+    pub icmp_host_rate: Option<S<i64>>,
+    pub icmp_host_burst: Option<S<i64>>,
     pub control_socket: Option<S<String>>,
     pub metrics_listen: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,

@@ -90,6 +90,8 @@ pub(crate) fn config(c: &Config) -> String {
     let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
     let _ = writeln!(o, "kernel_rate = {}", e.kernel_rate);
     let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);
+    let _ = writeln!(o, "icmp_host_rate = {}", e.icmp_host_rate);
+    let _ = writeln!(o, "icmp_host_burst = {}", e.icmp_host_burst);
     let _ = writeln!(o, "control_socket = {}", q(&e.control_socket.to_string_lossy()));
     if let Some(m) = e.metrics_listen {
         let _ = writeln!(o, "metrics_listen = {}", q(&m.to_string()));

@@ -460,6 +460,8 @@ impl Validator<'_> {
         )? as u32;
         let icmp_rate = self.opt_int(&e.icmp_rate, 0, 1_000_000_000, "icmp_rate", 1000)? as u32;
         let icmp_burst = self.opt_int(&e.icmp_burst, 1, 1_000_000, "icmp_burst", 50)? as u32;
+        let icmp_host_rate = self.opt_int(&e.icmp_host_rate, 0, 1_000_000_000, "icmp_host_rate", 100)? as u32;
+        let icmp_host_burst = self.opt_int(&e.icmp_host_burst, 1, 1_000_000, "icmp_host_burst", 10)? as u32;
         let kernel_rate = self.opt_int(&e.kernel_rate, 1, 1_000_000_000, "kernel_rate", 100_000)? as u32;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
@@ -501,6 +503,8 @@ impl Validator<'_> {
                 icmp_rate,
                 kernel_rate,
                 icmp_burst,
+                icmp_host_rate,
+                icmp_host_burst,
                 control_socket,
                 metrics_listen,
                 timeouts,
@@ -1105,6 +1109,8 @@ pub(crate) fn default_engine() -> Engine {
         icmp_rate: 1000,
         kernel_rate: 100_000,
         icmp_burst: 50,
+        icmp_host_rate: 100,
+        icmp_host_burst: 10,
         control_socket: PathBuf::from(DEFAULT_SOCKET),
         metrics_listen: None,
         timeouts: Timeouts::default(),

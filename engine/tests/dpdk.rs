@@ -163,6 +163,8 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             syn_proxy_threshold: 64,
             icmp_rate: 1000,
             icmp_burst: 50,
+            icmp_host_rate: 100,
+            icmp_host_burst: 10,
             kernel_rate: 100_000,
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,

@@ -266,6 +266,40 @@ fn originated_errors_are_rate_limited() {
     assert_drops(&e, &[(DropReason::TooBig, 1)]);
 }
 
+/// A host that keeps sending packets too big gets its own share of errors
+/// (`icmp_host_rate` / `icmp_host_burst`), not the whole worker's: another host's
+/// packet too big is still answered, so its path MTU discovery works during the flood.
+#[test]
+fn one_host_cannot_use_up_the_errors_of_the_others() {
+    let mut e = engine();
+    nat_conn(&mut e);
+    let other = [10, 0, 1, 3];
+    assert_eq!(e.inject(EXT, &from_client(tcp4(other, 41000, VIP, 80, TCP_SYN, 1000, 0, b"")), S).len(), 1);
+    let sa = tcp4(RS1, 8080, other, 41000, TCP_SYN | TCP_ACK, 5000, 1001, b"");
+    assert_eq!(e.inject(INT, &from_rs(sa, RS1_MAC), S).len(), 1);
+    set_mtu(&mut e, INT, 1000);
+    let big = df(from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[b'x'; 1400])), true);
+    // More than the worker's whole burst (icmp_burst, 50) from one host: its own burst (10).
+    let sent: usize = (0..60).map(|_| e.inject(EXT, &big, S).len()).sum();
+    assert_eq!(sent, 10, "the host's burst, not the worker's");
+    assert_eq!(icmp_counts(&e), (10, 50));
+    let big2 = df(from_client(tcp4(other, 41000, VIP, 80, TCP_ACK, 1001, 5001, &[b'y'; 1400])), true);
+    let out = e.inject(EXT, &big2, S);
+    assert_eq!(out.len(), 1, "the other host is still answered");
+    verify_checksums(&out[0].1).unwrap();
+    assert_eq!(&out[0].1[30..34], &other, "to the other host");
+    assert_eq!(&out[0].1[34..36], &[3, 4], "fragmentation needed");
+    // 100 per second per host: a tenth of a second later, 10 more for the first host.
+    let sent: usize = (0..60).map(|_| e.inject(EXT, &big, S + S / 10).len()).sum();
+    assert_eq!(sent, 10);
+    // icmp_host_rate = 0: only the worker's bucket.
+    let mut e = engine_with("icmp_host_rate = 0");
+    nat_conn(&mut e);
+    set_mtu(&mut e, INT, 1000);
+    let sent: usize = (0..60).map(|_| e.inject(EXT, &big, S).len()).sum();
+    assert_eq!(sent, 50, "the worker's burst");
+}
+
 #[test]
 fn received_errors_are_translated_for_dr_and_ipv6_from_the_real_server() {
     let mut e = engine();

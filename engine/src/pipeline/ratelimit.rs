@@ -91,6 +91,64 @@ impl Default for RateLimit {
     }
 }
 
+/// One token bucket per address, for what one host may trigger (Linux's per-peer
+/// `icmp_ratelimit`, kept in its inetpeer cache): a host that floods cannot take what the
+/// worker's global bucket leaves for every other host.
+///
+/// Bounded: a direct-mapped table of [`HostLimit::SLOTS`] buckets, the slot chosen by a
+/// keyed hash of the address (a random key per table, so no one can aim at another host's
+/// slot). A host whose slot another host holds takes it over with a full bucket: a collision
+/// lets more through, never less, and the global bucket still bounds the total. The table is
+/// allocated on the first event, so a worker that never limits anything keeps no memory.
+#[derive(Clone, Debug)]
+pub struct HostLimit {
+    /// Nanoseconds per token; `u64::MAX`: off (every host allowed).
+    interval: u64,
+    /// Capacity in nanoseconds' worth of tokens.
+    cap: u64,
+    seed: u64,
+    /// (address, stored credit, `now` of the last refill); credit `u64::MAX`: an empty slot.
+    slots: Vec<(u128, u64, u64)>,
+}
+
+impl HostLimit {
+    /// Buckets in the table (4,096 hosts limited at once, 128 KiB).
+    pub const SLOTS: usize = 4096;
+
+    /// `per_sec` events per host and second, bursts of `burst` (at least 1); `per_sec` 0: no
+    /// per-host limit. `seed`: the hash key (nonzero).
+    pub fn new(per_sec: u32, burst: u32, seed: u64) -> Self {
+        let interval = if per_sec == 0 { u64::MAX } else { (NS / u64::from(per_sec)).max(1) };
+        let cap = interval.saturating_mul(u64::from(burst.max(1)));
+        HostLimit { interval, cap, seed: seed | 1, slots: Vec::new() }
+    }
+
+    /// May `host` trigger an event at `now`? Consumes one of its tokens if so.
+    pub fn allow(&mut self, now: u64, host: u128) -> bool {
+        if self.interval == u64::MAX {
+            return true;
+        }
+        if self.slots.is_empty() {
+            self.slots = vec![(0, u64::MAX, 0); Self::SLOTS];
+        }
+        let x = (host as u64 ^ (host >> 64) as u64 ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &mut self.slots[(x >> 52) as usize % Self::SLOTS];
+        if slot.1 == u64::MAX || slot.0 != host {
+            *slot = (host, self.cap, now);
+        }
+        // A clock going backwards refills nothing.
+        let elapsed = now.saturating_sub(slot.2);
+        slot.2 = slot.2.max(now);
+        slot.1 = slot.1.saturating_add(elapsed).min(self.cap);
+        if slot.1 >= self.interval {
+            slot.1 -= self.interval;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +190,29 @@ mod tests {
         assert!(!rl.allow(3 * NS), "no refill from the past");
         assert!(!rl.allow(10 * NS), "and the past does not move `last` back");
         assert!(rl.allow(11 * NS));
+    }
+
+    #[test]
+    fn one_host_cannot_take_another_hosts_tokens() {
+        let mut hl = HostLimit::new(2, 3, 0x1234);
+        let (a, b) = (0xffff_0a00_0102u128, 0xffff_0a00_0103u128);
+        assert_eq!((0..50).filter(|_| hl.allow(0, a)).count(), 3, "a's burst");
+        assert!(hl.allow(0, b), "b keeps its own");
+        assert_eq!((0..50).filter(|_| hl.allow(0, b)).count(), 2, "the rest of b's burst");
+        // Half a second later: one token each (2 per second).
+        assert_eq!((0..50).filter(|_| hl.allow(NS / 2, a)).count(), 1);
+        assert!(!hl.allow(NS / 4, a), "the past refills nothing");
+        // Many other hosts come and go: never fewer than a bucket each.
+        for h in 0..20_000u128 {
+            assert!(hl.allow(NS, 0x2000_0000 + h));
+        }
+    }
+
+    #[test]
+    fn host_limit_zero_is_off() {
+        let mut hl = HostLimit::new(0, 1, 7);
+        assert!((0..10_000).all(|i| hl.allow(0, i % 3)));
+        assert!(hl.slots.is_empty(), "nothing allocated");
     }
 
     #[test]

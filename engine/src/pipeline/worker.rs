@@ -471,6 +471,10 @@ pub struct Worker<Q: BufAlloc> {
     /// Token bucket of the ICMP errors this worker originates (`[engine] icmp_rate` /
     /// `icmp_burst`) and the (rate, burst) it was built for.
     icmp_rl: crate::pipeline::ratelimit::RateLimit,
+    /// The per-destination-host buckets within it (`icmp_host_rate` / `icmp_host_burst`) and
+    /// the (rate, burst) they were built for.
+    icmp_hosts: crate::pipeline::ratelimit::HostLimit,
+    icmp_host_cfg: (u32, u32),
     icmp_cfg: (u32, u32),
     /// Exception path (`interface.kernel_port`, DPDK): the queue of each interface's kernel
     /// port (fixed when the backend opened the ports; the driver passes the kernel's own
@@ -617,6 +621,8 @@ impl<Q: BufAlloc> Worker<Q> {
             sync_log: Default::default(),
             neigh_evict_rl: crate::pipeline::ratelimit::RateLimit::new(neigh::EVICT_PER_SEC, neigh::EVICT_BURST),
             icmp_rl: crate::pipeline::ratelimit::RateLimit::new(0, 1),
+            icmp_hosts: crate::pipeline::ratelimit::HostLimit::new(0, 1, 1),
+            icmp_host_cfg: (u32::MAX, 0),
             icmp_cfg: (u32::MAX, 0),
             kern_q,
             kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),

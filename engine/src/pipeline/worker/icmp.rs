@@ -6,6 +6,19 @@ use super::*;
 use crate::wire::view::{IpMut, Ipv4, Ports, Truncated};
 
 impl<Q: BufAlloc> Worker<Q> {
+    /// May the worker originate an ICMP error to `to` now? Within `to`'s own bucket
+    /// (`[engine] icmp_host_rate`, checked first, so that a host over its share takes
+    /// nothing from the others), then the worker's (`icmp_rate`); a refusal is counted
+    /// (`icmp_ratelimited`).
+    #[inline]
+    fn icmp_allow(&mut self, to: Addr) -> bool {
+        if self.icmp_cfg.0 != 0 && self.icmp_hosts.allow(self.now, to) && self.icmp_rl.allow(self.now) {
+            return true;
+        }
+        bump(&self.counters.icmp_ratelimited, 1);
+        false
+    }
+
     /// A packet of a connection that does not fit the egress MTU (`mtu`, what the next hop
     /// takes): turned into ICMP "fragmentation needed" / ICMPv6 "packet too big" back to its
     /// sender when [`icmpgen::may_answer`] allows and the worker's token bucket has a token;
@@ -38,8 +51,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let Some(src) = src else {
             return Next::Drop(DropReason::TooBig);
         };
-        if self.icmp_cfg.0 == 0 || !self.icmp_rl.allow(self.now) {
-            bump(&self.counters.icmp_ratelimited, 1);
+        if !self.icmp_allow(p.src) {
             return Next::Drop(DropReason::TooBig);
         }
         // Back to the neighbour the packet came from when the route's next hop is unknown.
@@ -156,8 +168,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let Some((out, nh)) = self.snap.route(inner.src) else {
             return self.drop_pkt(DropReason::NoRoute);
         };
-        if self.icmp_cfg.0 == 0 || !self.icmp_rl.allow(self.now) {
-            bump(&self.counters.icmp_ratelimited, 1);
+        if !self.icmp_allow(inner.src) {
             return self.drop_pkt(DropReason::TooBig);
         }
         let smac = self.if_macs.get(out).copied().unwrap_or([0; 6]);

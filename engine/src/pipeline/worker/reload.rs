@@ -30,6 +30,11 @@ impl<Q: BufAlloc> Worker<Q> {
             self.icmp_rl = crate::pipeline::ratelimit::RateLimit::new(icmp.0, icmp.1);
             self.icmp_cfg = icmp;
         }
+        let host = (snap.config.engine.icmp_host_rate, snap.config.engine.icmp_host_burst);
+        if host != self.icmp_host_cfg {
+            self.icmp_hosts = crate::pipeline::ratelimit::HostLimit::new(host.0, host.1, crate::flow::table::seed());
+            self.icmp_host_cfg = host;
+        }
         self.remap = if Arc::ptr_eq(&old, &snap) {
             crate::pipeline::remap::SnapshotMap::identity(&snap)
         } else {
