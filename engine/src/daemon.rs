@@ -294,6 +294,38 @@ pub fn worker_cores(allowed: &[usize], configured: Option<&[usize]>, workers: us
     (0..workers).map(|w| pool.get(w % pool.len().max(1)).copied()).collect()
 }
 
+/// A Linux CPU list (`/sys/devices/system/cpu/isolated`, `cpuset.cpus`: "0-3,8,10-11"; empty:
+/// none), or `None` if it is not one. At most 65,536 CPUs.
+pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut v = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let c = part.parse::<usize>().ok()?;
+                (c, c)
+            }
+        };
+        if lo > hi || hi >= 1 << 16 {
+            return None;
+        }
+        v.extend(lo..=hi);
+    }
+    Some(v)
+}
+
+/// The cores of `pinned` (the workers') that the kernel's scheduler may give other tasks:
+/// not in `isolated` (the `isolcpus=` list). A task scheduled on a poll-mode worker's core
+/// stops the worker while it runs, and the worker's receive rings fill meanwhile: a lab run
+/// lost a client's first SYN about every other connection that way during a SYN flood, each
+/// connection delayed a second (its retransmission).
+pub fn shared_cores(pinned: &[usize], isolated: &[usize]) -> Vec<usize> {
+    let mut v: Vec<usize> = pinned.iter().copied().filter(|c| !isolated.contains(c)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Start workers on `queues[w][i]` (worker w, interface i).
 pub fn start<Q: PortQueue + 'static>(
     config: Arc<Config>,
@@ -334,6 +366,18 @@ pub fn start<Q: PortQueue + 'static>(
     }
     let pinned: Vec<usize> = placement.iter().flatten().copied().collect();
     tracing::info!(configured = config.engine.cores.is_some(), "workers pinned to cores {pinned:?}");
+    let isolated = std::fs::read_to_string("/sys/devices/system/cpu/isolated").ok().and_then(|s| parse_cpu_list(&s));
+    if let Some(isolated) = isolated {
+        let shared = shared_cores(&pinned, &isolated);
+        if !shared.is_empty() {
+            tracing::warn!(
+                ?isolated,
+                "worker cores {shared:?} are not isolated (isolcpus=): a task the kernel schedules there stops its \
+                 worker while it runs, and the receive rings overflow meanwhile; on an appliance isolate them \
+                 (isolcpus=, nohz_full=) or keep other tasks off them with cpusets"
+            );
+        }
+    }
     let mut threads = Vec::new();
     for (w, qs) in queues.into_iter().enumerate() {
         let snap = snapshot.clone();
@@ -468,7 +512,25 @@ fn transpose<Q>(per_iface: Vec<Vec<Q>>, workers: usize) -> Vec<Vec<Q>> {
 
 #[cfg(test)]
 mod tests {
-    use super::worker_cores;
+    use super::{parse_cpu_list, shared_cores, worker_cores};
+
+    #[test]
+    fn cpu_lists_parse_as_linux_writes_them() {
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("\n"), Some(vec![]));
+        assert_eq!(parse_cpu_list("1\n"), Some(vec![1]));
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
+        for bad in ["x", "3-1", "1-", "-2", "1,,a", "0-99999999999", "0-70000"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cores_shared_with_the_scheduler_are_the_pinned_ones_not_isolated() {
+        assert_eq!(shared_cores(&[1], &[]), vec![1]);
+        assert_eq!(shared_cores(&[1, 1], &[1]), Vec::<usize>::new());
+        assert_eq!(shared_cores(&[3, 1, 2, 1], &[2, 5]), vec![1, 3]);
+    }
 
     #[test]
     fn default_placement_keeps_workers_off_core_0() {
