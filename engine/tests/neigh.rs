@@ -385,6 +385,17 @@ fn invalid_nd_messages_are_neither_answered_nor_learnt() {
             fix(with_macs(ns_with_opts(RS9, [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], &sll), MAC9, LB_INT)),
             false,
         ),
+        // The checksum is verified before anything is learnt from a message (whatever the
+        // worker does first to decide whether it acts on the message at all).
+        (
+            "a solicited advertisement with a bad ICMPv6 checksum",
+            {
+                let mut f = solicited_advert(MAC9, RS9, LB_INT, LB_INT6);
+                f[14 + 40 + 2] ^= 0x40;
+                f
+            },
+            false,
+        ),
         ("a solicited advertisement to all nodes", na(0x60), false),
         (
             "an advertisement with code 1",
@@ -418,6 +429,33 @@ fn invalid_nd_messages_are_neither_answered_nor_learnt() {
         let want = if valid { Out::Tcp(MAC9) } else { Out::Solicit };
         assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![want], "{what}: learnt?");
     }
+}
+
+/// An unsolicited advertisement is learnt while the worker resolves its target (a
+/// solicitation went out): with a bad checksum it is not, and the next packet still asks.
+/// An unsolicited advertisement for an address the worker neither holds nor resolves is
+/// ignored before its checksum is summed (a flood of them costs no sum): a counted drop.
+#[test]
+fn a_corrupted_advertisement_is_not_learnt_while_resolving() {
+    let mut e = MemEngine::new(config(SERVICES), 1);
+    let out = e.inject(EXT, &syn(80), S);
+    assert_eq!(out.iter().map(|(_, f)| kind(f)).collect::<Vec<_>>(), vec![Out::Solicit]);
+    let mut na = with_macs(neighbor_advert(MAC9, RS9, RS9, MAC9), MAC9, LB_INT);
+    na[14 + 40 + 2] ^= 0x40;
+    e.inject(INT, &na, S);
+    assert_eq!(common::seg::drops(&e), vec![("malformed", 1)]);
+    assert_eq!(e.workers[0].neighbor(ferrovs_engine::wire::parse::v6_to_addr(RS9)), None, "learnt");
+    // Ignored unverified: for fd00:2::8, neither held nor resolved.
+    let mut other = RS9;
+    other[15] = 8;
+    let mut na = with_macs(neighbor_advert(MAC9, other, other, MAC9), MAC9, LB_INT);
+    na[14 + 40 + 2] ^= 0x40;
+    e.inject(INT, &na, S);
+    assert_eq!(common::seg::drops(&e), vec![("malformed", 1), ("not_for_us", 1)]);
+    assert_eq!(e.workers[0].neighbor(ferrovs_engine::wire::parse::v6_to_addr(other)), None, "learnt");
+    // The advertisement intact is learnt (the control).
+    e.inject(INT, &with_macs(neighbor_advert(MAC9, RS9, RS9, MAC9), MAC9, LB_INT), S);
+    assert_eq!(e.workers[0].neighbor(ferrovs_engine::wire::parse::v6_to_addr(RS9)), Some(MAC9));
 }
 
 /// A UDP service whose real servers have no static neighbour entry: 10.0.2.9 and fd00:2::9
@@ -879,6 +917,14 @@ fn arp_and_nd_claiming_our_own_addresses_are_not_learnt_nor_answered() {
             let c = e.counters();
             assert_eq!((c.arp_replies, c.nd_replies), (0, 0), "{what}: answered");
         }
+    }
+    // With a bad checksum, the claims are malformed drops: not counted as claims either.
+    for (what, iface, mut frame, _) in cases.into_iter().filter(|c| c.2[12..14] == [0x86, 0xdd]) {
+        frame[14 + 40 + 2] ^= 0x40;
+        let mut e = MemEngine::new(config(OWN), 1);
+        e.inject(iface, &frame, S);
+        assert_eq!(e.counters().arp_own_addr, 0, "{what}, corrupted: counted");
+        assert_eq!(common::seg::drops(&e), vec![("malformed", 1)], "{what}, corrupted");
     }
     // The same from a stranger is learnt.
     let mut e = MemEngine::new(config(OWN), 1);

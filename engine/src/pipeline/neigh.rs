@@ -686,14 +686,17 @@ pub fn build_nd(
 
 /// The rest of RFC 4861's validity checks (sections 7.1.1 and 7.1.2, as Linux's
 /// `ndisc_rcv`, `ndisc_recv_ns` and `ndisc_recv_na` apply them) of a solicitation (135) or
-/// advertisement (136) `m` (the ICMPv6 message, at least 24 bytes) from `src` to `dst`: the
-/// ICMPv6 checksum is right, the code 0, the target not a multicast address; a solicitation
-/// from the unspecified address (duplicate address detection) goes to a solicited-node
-/// address and carries no source link-layer address; an advertisement to a multicast
-/// address is not "solicited". Anything else is silently discarded.
-pub fn nd_valid(ty: u8, m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
-    let pseudo = csum::pseudo_v6(src, dst, PROTO_ICMPV6, m.len() as u32);
-    if csum::finish(m, pseudo) != 0 || m[1] != 0 || m[8] == 0xff {
+/// advertisement (136) `m` (the ICMPv6 message, at least 24 bytes) from `src` to `dst`, but
+/// the checksum ([`nd_checksum_ok`]): the code 0, the target not a multicast address; a
+/// solicitation from the unspecified address (duplicate address detection) goes to a
+/// solicited-node address and carries no source link-layer address; an advertisement to a
+/// multicast address is not "solicited". Anything else is silently discarded.
+///
+/// Apart from the checksum because these checks cost a few compares and the checksum a sum
+/// over the whole message: the worker verifies it only for a message it acts on (learns
+/// from, answers, counts), so a flood of messages it ignores anyway does not pay for it.
+pub fn nd_form_ok(ty: u8, m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    if m.len() < 24 || m[1] != 0 || m[8] == 0xff {
         return false;
     }
     match ty {
@@ -704,6 +707,12 @@ pub fn nd_valid(ty: u8, m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
         136 => dst[0] != 0xff || m[4] & 0x40 == 0,
         _ => true,
     }
+}
+
+/// Is the ICMPv6 checksum of ND message `m` from `src` to `dst` right (RFC 4861 section
+/// 7.1.1's first check; see [`nd_form_ok`] for the others)?
+pub fn nd_checksum_ok(m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    csum::finish(m, csum::pseudo_v6(src, dst, PROTO_ICMPV6, m.len() as u32)) == 0
 }
 
 /// Are the ND options `opts` well formed: every option at least 8 bytes long (a length of 0

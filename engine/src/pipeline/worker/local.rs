@@ -258,58 +258,94 @@ impl<Q: BufAlloc> Worker<Q> {
         t.copy_from_slice(&m[8..24]);
         let target = parse::v6_to_addr(t);
         let opts = &m[24..];
-        if !neigh::nd_options_ok(opts) || !neigh::nd_valid(p.icmp_type, m, &src6, &dst6) {
+        // The checks of the message's form first: a few compares. Its checksum, a sum over
+        // the whole message, only once the message is one the worker acts on (learns from,
+        // answers, counts as a claim of our address): a message it ignores, checksum right or
+        // wrong, goes the way of any other it does not handle (the kernel's exception path,
+        // which verifies it, else a `not_for_us` drop), so a flood of them does not pay for
+        // the sum. Nothing is ever learnt from, answered or counted before the sum verifies.
+        if !neigh::nd_options_ok(opts) || !neigh::nd_form_ok(p.icmp_type, m, &src6, &dst6) {
             self.drop_pkt(DropReason::Malformed);
             return;
         }
+        let verified = |w: &mut Self| {
+            let ok = neigh::nd_checksum_ok(m, &src6, &dst6);
+            if !ok {
+                w.drop_pkt(DropReason::Malformed);
+            }
+            ok
+        };
         if p.icmp_type == 136 {
             // RFC 4861 section 7.2.5 (Linux's `ndisc_recv_na`): only a solicited advertisement
             // confirms reachability; an unsolicited one is STALE (a new MAC taken, the one the
             // entry holds changes nothing).
             let (solicited, over) = (m[4] & 0x40 != 0, m[4] & 0x20 != 0);
             let seen = if solicited { neigh::Seen::Reachable } else { neigh::Seen::Stale };
-            if !self.own_sender(target) && self.nd_may_learn(iface, target) {
+            enum Act {
+                Learn([u8; 6]),
+                Suspect,
+            }
+            // What the advertisement would do, decided without touching any state.
+            let claims_ours = self.is_own(target);
+            let act = if claims_ours || !self.nd_may_learn(iface, target) {
+                None
+            } else {
                 match (neigh::nd_lladdr(opts, 2), self.neigh.get(target)) {
                     // No entry: discarded, unless we are resolving the target (Linux's
                     // INCOMPLETE entry) or the advertisement is solicited, the answer to one
                     // of the workers' solicitations (no INCOMPLETE entry is shared, and RSS
                     // may hand the answer to another worker than the one that asked).
                     (Some(mac), None) => {
-                        if solicited || self.neigh.resolving(target, self.now) {
-                            self.learn_neighbor(target, mac, seen);
-                        }
+                        (solicited || self.neigh.resolving(target, self.now)).then_some(Act::Learn(mac))
                     }
                     // Without the Override flag (a proxy's or an anycast answer) another
                     // address does not replace the entry's; a REACHABLE entry becomes STALE.
-                    (Some(mac), Some(old)) if old != mac && !over => self.neigh.suspect(target, self.now),
-                    (Some(mac), Some(_)) => self.learn_neighbor(target, mac, seen),
+                    (Some(mac), Some(old)) if old != mac && !over => Some(Act::Suspect),
+                    (Some(mac), Some(_)) => Some(Act::Learn(mac)),
                     // A solicited advertisement without the target's link-layer address (how
                     // Linux answers a unicast solicitation, our probe) confirms the entry.
-                    (None, Some(old)) if solicited => self.learn_neighbor(target, old, seen),
-                    (None, _) => {}
+                    (None, Some(old)) if solicited => Some(Act::Learn(old)),
+                    (None, _) => None,
                 }
+            };
+            if (claims_ours || act.is_some()) && !verified(self) {
+                return;
+            }
+            if claims_ours {
+                // Not learnt: counted (see `own_sender`).
+                self.own_sender(target);
+            }
+            match act {
+                Some(Act::Learn(mac)) => self.learn_neighbor(target, mac, seen),
+                Some(Act::Suspect) => self.neigh.suspect(target, self.now),
+                None => {}
             }
             return self.punt(iface, pkt, DropReason::NotForUs);
         }
         // Solicitation.
         let for_us = self.is_own(target);
-        let smac = neigh::nd_lladdr(opts, 1);
         // A source claiming one of our own addresses is neither learnt nor answered (the
         // answer would go to our own address, at the claimant's MAC), as ARP (`handle_arp`).
-        let claims_ours = p.src != 0 && self.own_sender(p.src);
-        if p.src != 0 && !claims_ours {
+        let claims_ours = p.src != 0 && self.is_own(p.src);
+        // Neither for us nor a claim: nothing to learn, answer or count.
+        if !for_us && !claims_ours {
+            return self.punt(iface, pkt, DropReason::NotForUs);
+        }
+        if !verified(self) {
+            return;
+        }
+        if claims_ours {
+            self.own_sender(p.src);
+            return self.punt(iface, pkt, DropReason::NotForUs);
+        }
+        let smac = neigh::nd_lladdr(opts, 1);
+        if p.src != 0 {
             if let Some(mac) = smac {
                 // Created or updated STALE, never confirmed (RFC 4861 section 7.2.3).
-                if for_us && self.nd_may_learn(iface, p.src) {
+                if self.nd_may_learn(iface, p.src) {
                     self.learn_neighbor(p.src, mac, neigh::Seen::Stale);
                 }
             }
-        }
-        if claims_ours {
-            return self.punt(iface, pkt, DropReason::NotForUs);
-        }
-        if !for_us {
-            return self.punt(iface, pkt, DropReason::NotForUs);
         }
         let mac = self.snap.ifaces[iface].mac;
         let unspecified = p.src == 0;
