@@ -679,7 +679,7 @@ pub fn build_nd(
     m[24] = if ty == 135 { 1 } else { 2 };
     m[25] = 1;
     m[26..32].copy_from_slice(&src_mac);
-    let ck = csum::finish(m, csum::pseudo_v6(&src, &dst, PROTO_ICMPV6, ND_LEN as u32));
+    let ck = csum::finish_v6(&src, &dst, PROTO_ICMPV6, m);
     m[2..4].copy_from_slice(&ck.to_be_bytes());
     Ok(54 + ND_LEN)
 }
@@ -712,7 +712,7 @@ pub fn nd_form_ok(ty: u8, m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
 /// Is the ICMPv6 checksum of ND message `m` from `src` to `dst` right (RFC 4861 section
 /// 7.1.1's first check; see [`nd_form_ok`] for the others)?
 pub fn nd_checksum_ok(m: &[u8], src: &[u8; 16], dst: &[u8; 16]) -> bool {
-    csum::finish(m, csum::pseudo_v6(src, dst, PROTO_ICMPV6, m.len() as u32)) == 0
+    csum::finish_v6(src, dst, PROTO_ICMPV6, m) == 0
 }
 
 /// Are the ND options `opts` well formed: every option at least 8 bytes long (a length of 0
@@ -754,6 +754,27 @@ mod tests {
 
     fn mac(n: u8) -> [u8; 6] {
         [2, 0, 0, 0, 0, n]
+    }
+
+    #[test]
+    fn built_nd_messages_verify_with_the_full_checksum() {
+        // The advertisement answering a solicitation and a solicitation, with addresses whose
+        // words carry (0xffff) and not: the checksum build_nd writes is the one a full sum
+        // over pseudo-header and message verifies (as a receiver checks it).
+        let ours = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let peers = [[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], [0xff; 16], [0; 16]];
+        for peer in peers {
+            for (ty, flags) in [(136, 0x60), (136, 0x20), (135, 0)] {
+                let mut out = [0u8; 86];
+                let n = build_nd(&mut out, ty, [2, 0xff, 0xff, 0, 0, 1], mac(9), ours, peer, ours, flags)
+                    .expect("86 bytes");
+                assert_eq!(n, 86);
+                let m = &out[54..n];
+                assert_eq!(csum::finish(m, csum::pseudo_v6(&ours, &peer, PROTO_ICMPV6, 32)), 0, "{ty} to {peer:?}");
+                assert!(nd_checksum_ok(m, &ours, &peer));
+                crate::tools::testpkt::verify_checksums(&out).expect("valid");
+            }
+        }
     }
 
     #[test]
