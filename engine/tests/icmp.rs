@@ -559,10 +559,6 @@ fn a_routers_frag_needed_for_a_tunnel_packet_reaches_the_client() {
     assert_eq!(&quoted[12..20], &data[26..34], "client -> VIP");
     assert_eq!(icmp_counts(&e), (1, 0));
     assert_drops(&e, &[]);
-    // A tiny reported MTU: never below IPv4's 68.
-    let out = e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 70, &tun, n), S);
-    assert_eq!(out.len(), 1);
-    assert_eq!(u16::from_be_bytes([out[0].1[40], out[0].1[41]]), 68);
     // Time exceeded about the tunnel packet: relayed as it is, from the VIP.
     let out = e.inject(INT, &router_error(LB_INT_ADDR, 11, 0, 0, &tun, n), S);
     assert_eq!(out.len(), 1);
@@ -570,7 +566,7 @@ fn a_routers_frag_needed_for_a_tunnel_packet_reaches_the_client() {
     verify_checksums(f).unwrap();
     assert_eq!((&f[26..30], &f[30..34], f[34], f[35]), (&VIP_TUN[..], &CLIENT[..], 11, 0));
     assert_eq!(&f[42..], quoted);
-    assert_eq!(icmp_counts(&e), (3, 0));
+    assert_eq!(icmp_counts(&e), (2, 0));
     assert_drops(&e, &[]);
     // No token: nothing, counted.
     let mut e = engine_with("icmp_rate = 0");
@@ -578,6 +574,32 @@ fn a_routers_frag_needed_for_a_tunnel_packet_reaches_the_client() {
     assert!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, n), S).is_empty());
     assert_eq!(icmp_counts(&e), (0, 1));
     assert_drops(&e, &[(DropReason::TooBig, 1)]);
+}
+
+/// A router's frag-needed about a tunnel packet with MTU 0 (pre-RFC 1191 routers) or an
+/// implausibly small one: as Linux's `__ip_rt_update_pmtu` (`ip_rt_min_pmtu`), which IPVS's
+/// `ip_vs_in_icmp` reads back from the route, the path MTU is not taken below 552 (nor above
+/// the egress interface's MTU), so the client is told 552 less the outer header, not 68.
+#[test]
+fn a_routers_tiny_or_zero_mtu_for_a_tunnel_packet_is_taken_as_552() {
+    let mut e = engine();
+    let (_, tun) = tunnel_conn(&mut e, 40013);
+    let n = 576 - 20 - 8;
+    for (reported, told) in [(0, 532), (70, 532), (551, 532), (552, 532), (553, 533), (1000, 980)] {
+        let out = e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, reported, &tun, n), S);
+        assert_eq!(out.len(), 1, "reported {reported}");
+        let f = &out[0].1;
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[26..30], &f[30..34], f[34], f[35]), (&VIP_TUN[..], &CLIENT[..], 3, 4));
+        assert_eq!(u16::from_be_bytes([f[40], f[41]]), told, "reported {reported}");
+    }
+    // An egress interface towards the real server under 552: its MTU is the path's.
+    set_mtu(&mut e, INT, 500);
+    let out = e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 0, &tun, n), S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(u16::from_be_bytes([out[0].1[40], out[0].1[41]]), 480);
+    assert_eq!(icmp_counts(&e), (7, 0));
+    assert_drops(&e, &[]);
 }
 
 /// IPv6 in IPv6: "packet too big" from a router for the tunnel packet reaches the client as
@@ -593,7 +615,9 @@ fn a_routers_packet_too_big_for_a_tunnel_packet_reaches_the_client_v6() {
     assert_eq!((tun[20], &tun[22..38], &tun[38..54]), (41, &LB_INT6[..], &RS6[..]), "IPv6 in IPv6");
     let n = 1280 - 40 - 8;
     let err = |mtu: u32| from_rs(icmp6_error_whole(ROUTER6, LB_INT6, 2, 0, mtu, &tun[..14 + n]), RS1_MAC);
-    for (mtu, told) in [(1400, 1360), (1300, 1280)] {
+    // Under IPv6's minimum link MTU (RFC 8200: a node never takes a path MTU below 1280),
+    // 0 included: the client, IPv6 too, is never told less than 1280.
+    for (mtu, told) in [(1400, 1360), (1300, 1280), (1000, 1280), (0, 1280)] {
         let out = e.inject(INT, &err(mtu), S);
         assert_eq!(out.len(), 1, "reported {mtu}");
         let (iface, f) = &out[0];
@@ -607,7 +631,7 @@ fn a_routers_packet_too_big_for_a_tunnel_packet_reaches_the_client_v6() {
         assert_eq!(u32::from_be_bytes([f[58], f[59], f[60], f[61]]), told);
         assert_eq!(&f[62..], &tun[54..14 + n], "the client's packet as far as it was quoted");
     }
-    assert_eq!(icmp_counts(&e), (2, 0));
+    assert_eq!(icmp_counts(&e), (4, 0));
     assert_drops(&e, &[]);
 }
 

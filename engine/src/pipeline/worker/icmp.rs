@@ -70,9 +70,10 @@ impl<Q: BufAlloc> Worker<Q> {
     /// "fragmentation needed" / "packet too big" (or another error) for the outer packet. As
     /// IPVS's `ip_vs_in_icmp` does for IPIP, the client learns it: the error goes to the
     /// client, from the VIP, in the client's family, quoting the client's packet as far as the
-    /// router quoted it; a too-big report with the MTU less the outer header (never below the
-    /// family's minimum, 68 / 1280), other errors relayed with their type and code (RFC 7915's
-    /// mapping across families). Built as the balancer's own errors are ([`icmpgen`]) and
+    /// router quoted it; a too-big report with the MTU less the outer header (an IPv4 report
+    /// under 552 taken as 552, an IPv6 one under 1280 as 1280: [`reported_path_mtu`]; never
+    /// below the client's family's minimum, 68 / 1280), other errors relayed with their type
+    /// and code (RFC 7915's mapping across families). Built as the balancer's own errors are ([`icmpgen`]) and
     /// rate-limited by the same token bucket. Only for a tunnel connection whose key the quoted
     /// client packet names, whose real server is the quoted outer destination and whose
     /// outer source is the address the error came to: a forged error reaches no other
@@ -110,6 +111,7 @@ impl<Q: BufAlloc> Worker<Q> {
             return self.drop_pkt(DropReason::NoFlow);
         }
         let vip = self.flows.vip_of(c).0;
+        let egress = self.caps.get(self.flows.if_in(c) as usize).map_or(u16::MAX, |c| c.mtu) as u32;
         // Its checksums are not those of what goes out (built afresh), but a corrupted quote
         // (its addresses, its MTU) is not handed on as a valid error.
         if let Err(bad) = csum::verify(pkt.data(), p) {
@@ -123,7 +125,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let too_big = if p.v6 { p.icmp_type == 2 } else { p.icmp_type == 3 && p.icmp_code == 4 };
         let kind = if too_big {
             let reported = if p.v6 { u32::from_be_bytes(rest) } else { u16::from_be_bytes([rest[2], rest[3]]) as u32 };
-            let mtu = reported.saturating_sub(t.hdr as u32);
+            let mtu = reported_path_mtu(p.v6, reported, egress).saturating_sub(t.hdr as u32);
             if t.inner_v6 {
                 (2, 0, mtu.max(1280))
             } else {
@@ -451,5 +453,25 @@ impl QuotedL4 {
             new = 0xffff;
         }
         q[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    }
+}
+
+/// The least path MTU Linux takes from an IPv4 "fragmentation needed" (`ip_rt_min_pmtu`).
+pub(crate) const MIN_PMTU_V4: u32 = 552;
+
+/// The path MTU a router's "fragmentation needed" / "packet too big" about an outer tunnel
+/// packet (IPv6 or not: `v6`) gives, `egress` being the MTU of the balancer's interface towards
+/// the real server. IPv4: a report under 552 (0 from a router older than RFC 1191, or an
+/// implausibly small one) is taken as 552, or the egress MTU if lower, as Linux's
+/// `__ip_rt_update_pmtu` does (`ip_rt_min_pmtu`; IPVS `ip_vs_in_icmp` reads the route's MTU
+/// back), rather than making the client send tiny packets. IPv6: never below 1280, the
+/// minimum link MTU (RFC 8200).
+pub(crate) fn reported_path_mtu(v6: bool, reported: u32, egress: u32) -> u32 {
+    if v6 {
+        reported.max(1280)
+    } else if reported < MIN_PMTU_V4 {
+        MIN_PMTU_V4.min(egress)
+    } else {
+        reported
     }
 }
