@@ -676,3 +676,116 @@ fn forged_or_short_tunnel_errors_are_counted_drops() {
     assert_drops(&e, &[(DropReason::Malformed, 1), (DropReason::NoFlow, forged.len() as u64)]);
     assert_eq!(icmp_counts(&e), (0, 0));
 }
+
+fn learnt(e: &MemEngine) -> (u64, u64) {
+    let c = &e.fabric.counters[0];
+    (c.tunnel_mtu_learnt.load(Relaxed), c.tunnel_mtu_evicted.load(Relaxed))
+}
+
+/// A learnt path MTU towards a tunnel real server (IPVS `ip_vs_tunnel_xmit` checks the
+/// route's MTU, which the router's error lowered): after a router's validated frag-needed
+/// (1400) about a tunnel packet to 10.0.2.3, a client's DF packet that would outgrow it once
+/// encapsulated gets the balancer's own frag-needed from the VIP (1380, the outer header off)
+/// and nothing goes to the real server; one that fits is encapsulated, and one without DF goes
+/// as before. A forged error teaches nothing, and the path MTU is forgotten after 600 s.
+#[test]
+fn a_learnt_tunnel_path_mtu_answers_large_packets_before_encapsulating() {
+    let mut e = engine();
+    let (_, tun) = tunnel_conn(&mut e, 40014);
+    let n = 576 - 20 - 8;
+    let pkt =
+        |len: usize, on: bool| df(from_client(tcp4(CLIENT, 40014, VIP_TUN, 80, TCP_ACK, 2, 1, &vec![7; len - 40])), on);
+    let tunnelled = |out: &[(usize, Vec<u8>)], len: usize| {
+        assert_eq!(out.len(), 1);
+        let f = &out[0].1;
+        assert_eq!((out[0].0, f[23], &f[30..34]), (INT, 4, &RS2[..]), "IPIP to the real server");
+        assert_eq!(f.len(), 14 + 20 + len);
+    };
+    // Forged (the outer destination another real server): a counted drop, nothing learnt.
+    let mut forged = tun.clone();
+    forged[30..34].copy_from_slice(&RS1);
+    ferrovs_engine::wire::csum::fill_ipv4(&mut forged, 14).unwrap();
+    assert!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1000, &forged, n), S).is_empty());
+    tunnelled(&e.inject(EXT, &pkt(1450, true), S), 1450);
+    assert_eq!(learnt(&e), (0, 0));
+    // The router's report: relayed to the client, and learnt.
+    assert_eq!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, n), S).len(), 1);
+    assert_eq!(learnt(&e), (1, 0));
+    assert_eq!(icmp_counts(&e), (1, 0));
+    let big = pkt(1450, true);
+    let out = e.inject(EXT, &big, 2 * S);
+    assert_eq!(out.len(), 1, "the balancer's own error, nothing to the real server");
+    let (iface, f) = &out[0];
+    assert_eq!(*iface, EXT);
+    verify_checksums(f).unwrap();
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!((&f[26..30], &f[30..34], f[34], f[35]), (&VIP_TUN[..], &CLIENT[..], 3, 4));
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1380, "the learnt MTU less the outer header");
+    assert_eq!(&f[42..42 + 28], &big[14..14 + 28], "quoting the client's packet");
+    assert_eq!(icmp_counts(&e), (2, 0));
+    assert_drops(&e, &[(DropReason::NoFlow, 1)]);
+    // Fits once encapsulated (1380 + 20 = 1400 too): as before.
+    tunnelled(&e.inject(EXT, &pkt(1300, true), 2 * S), 1300);
+    tunnelled(&e.inject(EXT, &pkt(1380, true), 2 * S), 1380);
+    // No DF: the client does no path MTU discovery, the packet goes as before.
+    tunnelled(&e.inject(EXT, &pkt(1450, false), 2 * S), 1450);
+    // A higher report does not raise it, a lower one lowers it.
+    assert_eq!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1480, &tun, n), 3 * S).len(), 1);
+    assert_eq!(e.inject(EXT, &pkt(1450, true), 3 * S)[0].0, EXT);
+    assert_eq!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1300, &tun, n), 3 * S).len(), 1);
+    let out = e.inject(EXT, &pkt(1300, true), 3 * S);
+    assert_eq!((out.len(), out[0].0), (1, EXT));
+    assert_eq!(u16::from_be_bytes([out[0].1[40], out[0].1[41]]), 1280);
+    assert_eq!(learnt(&e), (2, 0));
+    assert_eq!(icmp_counts(&e), (6, 0));
+    // 600 s after the last report: forgotten, the large packet is encapsulated again.
+    assert_eq!(e.inject(EXT, &pkt(1450, true), 603 * S - 1)[0].0, EXT, "still learnt");
+    tunnelled(&e.inject(EXT, &pkt(1450, true), 603 * S), 1450);
+    assert_eq!(icmp_counts(&e), (7, 0));
+    assert_drops(&e, &[(DropReason::NoFlow, 1)]);
+}
+
+/// IPv6 in IPv6: a router's "packet too big" (1400) for the tunnel packet is learnt; a client
+/// packet that would outgrow it gets the balancer's own "packet too big" (1360) from the VIP
+/// and nothing goes to the real server. Learnt under 1280 (a report of 1000), an IPv6 client is
+/// never asked for less than 1280: a 1280-byte packet goes on, a larger one is told 1280.
+#[test]
+fn a_learnt_tunnel_path_mtu_answers_large_packets_before_encapsulating_v6() {
+    let mut e = engine();
+    assert_eq!(e.inject(EXT, &from_client(tcp6(C6, 40014, VIP6_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    let pkt = |len: usize| from_client(tcp6(C6, 40014, VIP6_TUN, 80, TCP_ACK, 2, 1, &vec![7; len - 60]));
+    let tun = e.inject(EXT, &pkt(1460), S)[0].1.clone();
+    let n = 1280 - 40 - 8;
+    let err = |mtu: u32| from_rs(icmp6_error_whole(ROUTER6, LB_INT6, 2, 0, mtu, &tun[..14 + n]), RS1_MAC);
+    let tunnelled = |out: &[(usize, Vec<u8>)], len: usize| {
+        assert_eq!(out.len(), 1);
+        let f = &out[0].1;
+        assert_eq!((out[0].0, f[20], &f[38..54]), (INT, 41, &RS6[..]), "IPv6 in IPv6 to the real server");
+        assert_eq!(f.len(), 14 + 40 + len);
+    };
+    let told = |out: &[(usize, Vec<u8>)]| {
+        assert_eq!(out.len(), 1, "the balancer's own error, nothing to the real server");
+        let f = &out[0].1;
+        assert_eq!(out[0].0, EXT);
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[22..38], &f[38..54], f[54], f[55]), (&VIP6_TUN[..], &C6[..], 2, 0));
+        u32::from_be_bytes([f[58], f[59], f[60], f[61]])
+    };
+    assert_eq!(e.inject(INT, &err(1400), S).len(), 1);
+    assert_eq!(learnt(&e), (1, 0));
+    assert_eq!(told(&e.inject(EXT, &pkt(1450), 2 * S)), 1360);
+    tunnelled(&e.inject(EXT, &pkt(1360), 2 * S), 1360);
+    assert_eq!(e.inject(INT, &err(1000), 2 * S).len(), 1);
+    tunnelled(&e.inject(EXT, &pkt(1280), 2 * S), 1280);
+    assert_eq!(told(&e.inject(EXT, &pkt(1281), 2 * S)), 1280);
+    assert_eq!(icmp_counts(&e), (4, 0));
+    assert_drops(&e, &[]);
+    tunnelled(&e.inject(EXT, &pkt(1450), 602 * S), 1450);
+    // No token: a counted drop, still nothing to the real server.
+    let mut e = engine_with("icmp_rate = 0");
+    assert_eq!(e.inject(EXT, &from_client(tcp6(C6, 40014, VIP6_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    assert_eq!(e.inject(INT, &err(1400), S).len(), 0);
+    assert!(e.inject(EXT, &pkt(1450), S).is_empty());
+    assert_eq!(icmp_counts(&e), (0, 2));
+    assert_drops(&e, &[(DropReason::TooBig, 2)]);
+}

@@ -200,6 +200,18 @@ pub fn render(f: &Figures) -> String {
             s.icmp_ratelimited
         }),
         (
+            "tunnel_mtu_learnt_total",
+            "counter",
+            "Tunnel mode: path MTUs towards a real server learnt from a router's validated error.",
+            |s| s.tunnel_mtu_learnt,
+        ),
+        (
+            "tunnel_mtu_evicted_total",
+            "counter",
+            "Tunnel mode: learnt path MTUs forgotten to make room in a worker's table.",
+            |s| s.tunnel_mtu_evicted,
+        ),
+        (
             "fnat_laddr_retired_total",
             "counter",
             "Full NAT connections removed when the grace period of a local address a reload removed ended.",

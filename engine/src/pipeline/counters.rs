@@ -197,6 +197,11 @@ worker_counters! {
     /// `[engine] icmp_rate` token bucket suppressed (the packet is then a `too_big` drop).
     icmp_sent,
     icmp_ratelimited,
+    /// Tunnel mode: path MTUs towards a real server learnt (lowered or refreshed) from a
+    /// router's validated "fragmentation needed" / "packet too big" about a tunnel packet, and
+    /// learnt ones forgotten to make room in the worker's table (`pipeline::pmtu`).
+    tunnel_mtu_learnt,
+    tunnel_mtu_evicted,
     /// Full NAT: connections still open on a local address a reload removed when its grace
     /// period (the longest timeout) ended, removed.
     fnat_laddr_retired,

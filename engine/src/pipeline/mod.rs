@@ -20,7 +20,8 @@
 //!   [`synproxy`]: the SYN proxy with SYN cookies.
 //! - [`neigh`]: ARP / neighbour discovery, the neighbour cache and packets
 //!   parked while a next hop resolves; [`icmpgen`]: ICMP errors the
-//!   balancer originates, rate-limited.
+//!   balancer originates, rate-limited; [`pmtu`]: path MTUs learnt towards tunnel real
+//!   servers from routers' errors.
 //! - [`snapshot`]: the configuration compiled for lookups, shared as an
 //!   immutable `Arc` and replaced wholesale on reload; [`remap`]: which
 //!   service and real server of the new snapshot each old one became.
@@ -34,6 +35,7 @@ pub mod icmpgen;
 pub mod nat;
 pub mod nat64;
 pub mod neigh;
+pub mod pmtu;
 pub mod proxyproto;
 pub mod ratelimit;
 pub mod remap;

@@ -476,6 +476,9 @@ pub struct Worker<Q: BufAlloc> {
     icmp_hosts: crate::pipeline::ratelimit::HostLimit,
     icmp_host_cfg: (u32, u32),
     icmp_cfg: (u32, u32),
+    /// Path MTUs towards tunnel real servers learnt from routers' errors (see
+    /// [`crate::pipeline::pmtu`]): `forward` answers a packet that would outgrow one.
+    pmtu: crate::pipeline::pmtu::PmtuTable,
     /// Exception path (`interface.kernel_port`, DPDK): the queue of each interface's kernel
     /// port (fixed when the backend opened the ports; the driver passes the kernel's own
     /// frames through), and the `[engine] kernel_rate` bucket.
@@ -624,6 +627,7 @@ impl<Q: BufAlloc> Worker<Q> {
             icmp_hosts: crate::pipeline::ratelimit::HostLimit::new(0, 1, 1),
             icmp_host_cfg: (u32::MAX, 0),
             icmp_cfg: (u32::MAX, 0),
+            pmtu: crate::pipeline::pmtu::PmtuTable::new(),
             kern_q,
             kern_rl: crate::pipeline::ratelimit::RateLimit::new(kern_rate, (kern_rate / 10).clamp(64, 100_000)),
             sweep_pos: 0,
@@ -1137,6 +1141,7 @@ impl<Q: BufAlloc> Worker<Q> {
         self.proxy_held.clear();
         self.proxy_release = None;
         self.verified.clear();
+        self.pmtu.clear();
         self.bounce_log = Default::default();
         self.neigh_log = Default::default();
         self.sync_log = Default::default();

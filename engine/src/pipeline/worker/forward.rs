@@ -115,12 +115,19 @@ impl<Q: BufAlloc> Worker<Q> {
             if p.end - p.l3 + over > mtu {
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
+            // A path MTU towards a tunnel real server learnt from a router (none learnt: one
+            // compare).
+            if over != 0 && !self.pmtu.is_empty() {
+                if let Some(next) = self.tunnel_path_too_big(idx, pkt, p, over) {
+                    return next;
+                }
+            }
         }
         // A SYN-proxied client segment waiting for the real server: held as it is, its
         // accounts done once, when it is released (this path again). A real server's
         // segment that does not answer our SYN acceptably, or any segment after the
         // client's reset: dropped (or reset) before any account too.
-        let flags = c.flags;
+        let flags = self.flows.get(idx).flags;
         if flags & F_SYNPROXY != 0 {
             if let Some(next) = self.proxy_pending(idx, dir, pkt, p) {
                 return next;

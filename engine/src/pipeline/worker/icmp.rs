@@ -3,7 +3,7 @@
 //! `ip_vs_out_icmp`).
 
 use super::*;
-use crate::wire::view::{IpMut, Ipv4, Ports, Truncated};
+use crate::wire::view::{IpMut, Ipv4, Ports, Truncated, IPV4_DF};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// May the worker originate an ICMP error to `to` now? Within `to`'s own bucket
@@ -73,11 +73,12 @@ impl<Q: BufAlloc> Worker<Q> {
     /// router quoted it; a too-big report with the MTU less the outer header (an IPv4 report
     /// under 552 taken as 552, an IPv6 one under 1280 as 1280: [`reported_path_mtu`]; never
     /// below the client's family's minimum, 68 / 1280), other errors relayed with their type
-    /// and code (RFC 7915's mapping across families). Built as the balancer's own errors are ([`icmpgen`]) and
-    /// rate-limited by the same token bucket. Only for a tunnel connection whose key the quoted
-    /// client packet names, whose real server is the quoted outer destination and whose
-    /// outer source is the address the error came to: a forged error reaches no other
-    /// connection's client (`no_flow`).
+    /// and code (RFC 7915's mapping across families). Built as the balancer's own errors are
+    /// ([`icmpgen`]) and rate-limited by the same token bucket. Only for a tunnel connection
+    /// whose key the quoted client packet names, whose real server is the quoted outer
+    /// destination and whose outer source is the address the error came to: a forged error
+    /// reaches no other connection's client (`no_flow`); a too-big report from such an error
+    /// also teaches the path MTU towards the real server ([`crate::pipeline::pmtu`]).
     ///
     /// [`icmpgen`]: crate::pipeline::icmpgen
     #[inline(never)]
@@ -125,7 +126,16 @@ impl<Q: BufAlloc> Worker<Q> {
         let too_big = if p.v6 { p.icmp_type == 2 } else { p.icmp_type == 3 && p.icmp_code == 4 };
         let kind = if too_big {
             let reported = if p.v6 { u32::from_be_bytes(rest) } else { u16::from_be_bytes([rest[2], rest[3]]) as u32 };
-            let mtu = reported_path_mtu(p.v6, reported, egress).saturating_sub(t.hdr as u32);
+            let path = reported_path_mtu(p.v6, reported, egress);
+            // Learnt for the connection's real server (only lower than the egress MTU: the
+            // check against that is there already), whatever the client is told.
+            if path < egress {
+                if self.pmtu.learn(t.dst, path, self.now) {
+                    bump(&self.counters.tunnel_mtu_learnt, 1);
+                }
+                bump(&self.counters.tunnel_mtu_evicted, std::mem::take(&mut self.pmtu.evicted));
+            }
+            let mtu = path.saturating_sub(t.hdr as u32);
             if t.inner_v6 {
                 (2, 0, mtu.max(1280))
             } else {
@@ -186,6 +196,32 @@ impl<Q: BufAlloc> Worker<Q> {
             Next::Park(out, nh)
         };
         self.finish(pkt, next);
+    }
+
+    /// A client's packet of tunnel connection `idx` checked against the path MTU learnt towards
+    /// its real server ([`crate::pipeline::pmtu`]), `over` the outer header's length, as
+    /// IPVS's `ip_vs_tunnel_xmit` checks it against the route's: one that would outgrow it
+    /// once encapsulated gets the balancer's own "fragmentation needed" / "packet too big"
+    /// ([`Self::too_big`]: rate-limited, else a `too_big` drop) with the learnt MTU less the
+    /// outer header, rather than going to a router that drops it again. An IPv4 packet without
+    /// DF goes on (`None`) as IPVS sends it (its sender does no path MTU discovery), and so
+    /// does an IPv6 packet within 1280 bytes (less cannot be asked of an IPv6 sender).
+    #[inline(never)]
+    pub(super) fn tunnel_path_too_big(&mut self, idx: u32, pkt: &mut Q::Buf, p: &Parsed, over: usize) -> Option<Next> {
+        let rs = self.flows.rs_of(self.flows.get(idx)).0;
+        let path = self.pmtu.get(rs, self.now)? as usize;
+        let len = p.end - p.l3;
+        let mut mtu = path.saturating_sub(over);
+        if p.v6 {
+            mtu = mtu.max(1280);
+        }
+        if len <= mtu {
+            return None;
+        }
+        if !p.v6 && Ipv4::at(pkt.data(), p.l3).map_or(true, |h| h.frag_word() & IPV4_DF == 0) {
+            return None;
+        }
+        Some(self.too_big(Dir::In, pkt, p, mtu))
     }
 
     /// Translate an ICMP error about a tracked connection.
