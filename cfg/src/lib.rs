@@ -45,30 +45,61 @@ impl Config {
     }
 
     /// The destinations the data plane serves: this configuration with each service's
-    /// sorry server added as its last real server, at weight 1 while none of its real servers
-    /// takes new connections (all at weight 0: down and quiesced, or set so; or none left),
-    /// as keepalived adds its `sorry_server` when a virtual server's alive weight falls below
-    /// its quorum (1), and at weight 0 otherwise (keepalived's `sorry_server_inhibit`), so the
-    /// connections it took finish there. `None`: no service has a sorry server.
+    /// sorry server added as its last real server, at weight 1 while the service's quorum is
+    /// down ([`Service::quorum_up`]: its live real servers' weights add up to less than its
+    /// `quorum`, by default 1: none takes new connections), as keepalived adds its
+    /// `sorry_server` when a virtual server's alive weight falls below its quorum, and at
+    /// weight 0 otherwise (keepalived's `sorry_server_inhibit`), so the connections it took
+    /// finish there. While the quorum is down the real servers are at weight 0 too (keepalived
+    /// takes them out of the pool): the sorry server takes every new connection, and those
+    /// the real servers have finish there. `None`: no service has a sorry server.
+    ///
+    /// Without a memory of the quorum states: as at the daemon's start, see
+    /// [`Config::serving_after`].
     pub fn serving(&self) -> Option<Config> {
-        if self.services.iter().all(|s| s.sorry_server.is_none()) {
+        self.serving_after(None)
+    }
+
+    /// [`Config::serving`] after `prev`, the configuration served before (what this returned
+    /// last time): a service's quorum state there (its sorry server at weight 1: down) is the
+    /// memory its `hysteresis` needs. A service new in `prev`, or whose sorry server changed,
+    /// has no memory. A configuration that is already served (each sorry server among its
+    /// service's real servers, which validation refuses in any other) is served as it is:
+    /// `None`.
+    pub fn serving_after(&self, prev: Option<&Config>) -> Option<Config> {
+        let pending =
+            |s: &Service| s.sorry_server.is_some_and(|ss| !s.real_servers.iter().any(|r| is_sorry(s, &ss, r)));
+        if !self.services.iter().any(pending) {
             return None;
         }
         let mut c = self.clone();
         for s in c.services.iter_mut() {
-            let weight = s.needs_sorry() as u32;
-            if let Some(ss) = s.sorry_server {
-                s.real_servers.push(RealServer {
-                    address: ss.address,
-                    port: ss.port,
-                    weight,
-                    upper: 0,
-                    lower: 0,
-                    forward: None,
-                    proxy_protocol: None,
-                });
+            let Some(ss) = s.sorry_server.filter(|_| pending(s)) else { continue };
+            let was_up = prev.and_then(|p| {
+                let ps = p.services.iter().find(|p| p.name == s.name && p.sorry_server == s.sorry_server)?;
+                ps.real_servers.iter().find(|r| is_sorry(ps, &ss, r)).map(|r| r.weight == 0)
+            });
+            let up = s.quorum_up(was_up);
+            if !up {
+                for r in s.real_servers.iter_mut() {
+                    r.weight = 0;
+                }
             }
+            s.real_servers.push(RealServer {
+                address: ss.address,
+                port: ss.port,
+                weight: u32::from(!up),
+                upper: 0,
+                lower: 0,
+                forward: None,
+                proxy_protocol: None,
+            });
         }
         Some(c)
     }
+}
+
+/// Is `r` the sorry server `ss` of `s` (the same destination)?
+fn is_sorry(s: &Service, ss: &SorryServer, r: &RealServer) -> bool {
+    r.address == ss.address && s.server_port(r.port) == s.server_port(ss.port)
 }

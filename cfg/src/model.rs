@@ -284,8 +284,15 @@ pub struct Service {
     /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
     pub local_addresses: Vec<IpAddr>,
     /// Where new connections go while no real server can take them (keepalived's
-    /// `sorry_server`): every real server down, quiesced or at weight 0, or none at all.
+    /// `sorry_server`): while the service's quorum is down, see [`Service::quorum_up`].
     pub sorry_server: Option<SorryServer>,
+    /// keepalived's `quorum` (default 1): the sum of the weights of the live real servers
+    /// the service needs to be up; below it the sorry server takes the new connections.
+    pub quorum: u32,
+    /// keepalived's `hysteresis` (default 0, less than `quorum`): an up service goes down
+    /// below `quorum - hysteresis`, a down one comes up at `quorum + hysteresis`, so a weight
+    /// moving around the quorum does not move the new connections back and forth.
+    pub hysteresis: u32,
 }
 
 /// A service's sorry server: a destination of the service's forwarding method, used only
@@ -318,10 +325,30 @@ impl Service {
     /// The destination port a real server with `port` gets: on a single-port service no
     /// port is that port (as ipvsadm's `-r ADDR` is `ADDR:service port`), so `ADDR` and
     /// `ADDR:80` of a port-80 service are one destination. `None`: the client's port.
-    /// Does the service send new connections to its sorry server (it has one, and no real
-    /// server takes new connections)? See [`Config::serving`].
+    /// Does the service send new connections to its sorry server (it has one, and its quorum
+    /// is down: [`Service::quorum_up`] without a memory)? See [`Config::serving`].
     pub fn needs_sorry(&self) -> bool {
-        self.sorry_server.is_some() && self.real_servers.iter().all(|r| r.weight == 0)
+        self.sorry_server.is_some() && !self.quorum_up(None)
+    }
+
+    /// The sum of the weights of the real servers that take new connections (keepalived's
+    /// `weigh_live_realservers`: down servers are at weight 0 or gone).
+    pub fn alive_weight(&self) -> u64 {
+        self.real_servers.iter().map(|r| u64::from(r.weight)).sum()
+    }
+
+    /// Is the service's quorum up, given whether it was (`was_up`; `None`: no memory, as at
+    /// the daemon's start)? As keepalived's `update_quorum_state`: an up service goes down
+    /// when its alive weight is 0 or below `quorum - hysteresis`; a down one comes up at
+    /// `quorum + hysteresis`; without a memory it is up from `quorum + hysteresis` on
+    /// (keepalived's `set_quorum_states`).
+    pub fn quorum_up(&self, was_up: Option<bool>) -> bool {
+        let w = self.alive_weight();
+        let (q, h) = (u64::from(self.quorum), u64::from(self.hysteresis));
+        match was_up {
+            Some(true) => w > 0 && w >= q.saturating_sub(h),
+            Some(false) | None => w >= q + h,
+        }
     }
 
     pub fn server_port(&self, port: Option<u16>) -> Option<u16> {
@@ -408,6 +435,10 @@ pub struct HealthCheck {
     pub fall: u32,
     /// On failure set weight 0 (true, default) or remove the server (false).
     pub quiesce: bool,
+    /// The real servers start down (weight 0, as a failed server) until their check has
+    /// passed `rise` times: at the daemon's start and when added later (keepalived's `alpha`).
+    /// Default false: they start up.
+    pub start_down: bool,
 }
 
 /// `[cluster]`: several ferrovs nodes with the same services behind routers that spread traffic

@@ -142,6 +142,8 @@ pub(crate) struct RawService {
     pub syn_proxy: Option<S<String>>,
     pub local_addresses: Option<S<Vec<S<String>>>>,
     pub sorry_server: Option<S<RawSorryServer>>,
+    pub quorum: Option<S<i64>>,
+    pub hysteresis: Option<S<i64>>,
     #[serde(default)]
     pub real_server: Vec<S<RawRealServer>>,
 }
@@ -207,6 +209,7 @@ pub(crate) struct RawHealthCheck {
     pub rise: Option<S<i64>>,
     pub fall: Option<S<i64>>,
     pub on_fail: Option<S<String>>,
+    pub start_down: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]

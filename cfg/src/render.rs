@@ -224,6 +224,12 @@ pub(crate) fn service(s: &Service) -> String {
             None => writeln!(o, "sorry_server = {{ address = {} }}", q(&ss.address.to_string())),
         };
     }
+    if s.quorum != 1 {
+        let _ = writeln!(o, "quorum = {}", s.quorum);
+    }
+    if s.hysteresis != 0 {
+        let _ = writeln!(o, "hysteresis = {}", s.hysteresis);
+    }
     if let Some(h) = &s.health_check {
         o.push_str("\n[service.health_check]\n");
         let kind = match h.kind {
@@ -267,6 +273,9 @@ pub(crate) fn service(s: &Service) -> String {
         let _ = writeln!(o, "rise = {}", h.rise);
         let _ = writeln!(o, "fall = {}", h.fall);
         let _ = writeln!(o, "on_fail = {}", q(if h.quiesce { "quiesce" } else { "remove" }));
+        if h.start_down {
+            o.push_str("start_down = true\n");
+        }
     }
     for r in &s.real_servers {
         o.push_str("\n[[service.real_server]]\n");

@@ -862,6 +862,19 @@ impl Validator<'_> {
             }
         };
 
+        let quorum = self.opt_int(&rs.quorum, 1, u32::MAX as i64, "quorum", 1)? as u32;
+        let hysteresis = match &rs.hysteresis {
+            None => 0,
+            Some(h) => {
+                let v = self.int(h, 0, u32::MAX as i64, "hysteresis")? as u32;
+                // Below quorum - hysteresis must be a weight a live service can have.
+                if v >= quorum {
+                    return Err(self.err(span_of(h), format!("hysteresis {v} must be less than the quorum {quorum}")));
+                }
+                v
+            }
+        };
+
         Ok(Service {
             name,
             vip,
@@ -877,6 +890,8 @@ impl Validator<'_> {
             syn_proxy,
             local_addresses,
             sorry_server,
+            quorum,
+            hysteresis,
         })
     }
 
@@ -975,6 +990,7 @@ impl Validator<'_> {
             rise,
             fall,
             quiesce,
+            start_down: r.start_down.unwrap_or(false),
         })
     }
 }

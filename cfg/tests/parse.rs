@@ -187,10 +187,13 @@ fn good_config_parses_into_expected_model() {
                 rise: 1,
                 fall: 2,
                 quiesce: false,
+                start_down: false,
             }),
             syn_proxy: SynProxy::Auto,
             local_addresses: Vec::new(),
             sorry_server: None,
+            quorum: 1,
+            hysteresis: 0,
         }
     );
     let d = &c.services[1];
@@ -660,4 +663,104 @@ fn sorry_server() {
         assert_eq!((e.file.as_str(), e.line), ("s.toml", Some(*line)), "{sorry}: {e}");
         assert!(e.to_string().contains(msg), "{sorry}: {e}");
     }
+}
+
+/// A service with a sorry server, `keys` on its `[[service]]` (from line 8) and one real server of
+/// each weight in `weights` (10.0.2.2, 10.0.2.3, ...).
+fn quorum_svc(keys: &str, weights: &[u32]) -> String {
+    let mut t = format!(
+        "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nports = [80]\n\
+         sorry_server = {{ address = \"10.0.2.9\" }}\n{keys}\n"
+    );
+    for (i, w) in weights.iter().enumerate() {
+        t += &format!("[[service.real_server]]\naddress = \"10.0.2.{}\"\nweight = {w}\n", i + 2);
+    }
+    t
+}
+
+/// The weights the data plane gets: the real servers', then the sorry server's.
+fn served_weights(c: &Config, prev: Option<&Config>) -> Vec<u32> {
+    let served = c.serving_after(prev).expect("a sorry server");
+    served.services[0].real_servers.iter().map(|r| r.weight).collect()
+}
+
+/// `quorum` and `hysteresis` (keepalived's): the sorry server takes the new connections
+/// while the live real servers' weights add up to less than the quorum; with a hysteresis H
+/// the service goes down below quorum - H and comes back at quorum + H.
+#[test]
+fn quorum_and_hysteresis() {
+    let parse = |keys: &str, w: &[u32]| Config::from_str(&quorum_svc(keys, w), "q.toml").unwrap();
+    let c = parse("quorum = 3\nhysteresis = 1", &[1, 1]);
+    assert_eq!((c.services[0].quorum, c.services[0].hysteresis), (3, 1));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
+    let d = parse("", &[1]);
+    assert_eq!((d.services[0].quorum, d.services[0].hysteresis), (1, 0), "keepalived's defaults");
+    assert!(!d.to_toml().contains("quorum"), "defaults not rendered");
+
+    // Quorum 3, two live servers of weight 1: the sorry server takes new connections, the
+    // real servers none (keepalived takes them out of the pool); weight 3 reaches it.
+    assert_eq!(served_weights(&parse("quorum = 3", &[1, 1]), None), [0, 0, 1]);
+    assert_eq!(served_weights(&parse("quorum = 3", &[1, 2]), None), [1, 2, 0]);
+    assert_eq!(served_weights(&parse("quorum = 3", &[1, 0, 1, 1]), None), [1, 0, 1, 1, 0]);
+    // Default quorum 1: as before, only when every weight is 0.
+    assert_eq!(served_weights(&parse("", &[0, 0]), None), [0, 0, 1]);
+    assert_eq!(served_weights(&parse("", &[0, 1]), None), [0, 1, 0]);
+    assert_eq!(c.serving(), c.serving_after(None));
+
+    // Hysteresis 1 on quorum 3: down below 2, up again at 4.
+    let mut prev: Option<Config> = None;
+    for (weights, want_sorry) in [
+        (&[1, 1, 1, 1][..], false), // 4 >= 3 + 1: up from the start
+        (&[1, 1, 1, 0], false),     // 3: still up
+        (&[1, 1, 0, 0], false),     // 2 = 3 - 1: still up
+        (&[1, 0, 0, 0], true),      // 1 < 2: down
+        (&[1, 1, 0, 0], true),      // 2: still down
+        (&[1, 1, 1, 0], true),      // 3 = quorum: still down (needs 4)
+        (&[1, 1, 1, 1], false),     // 4: up again
+        (&[0, 0, 0, 0], true),      // none left
+    ] {
+        let c = parse("quorum = 3\nhysteresis = 1", weights);
+        let served = c.serving_after(prev.as_ref()).expect("a sorry server");
+        let w: Vec<u32> = served.services[0].real_servers.iter().map(|r| r.weight).collect();
+        let want: Vec<u32> =
+            if want_sorry { vec![0, 0, 0, 0, 1] } else { weights.iter().copied().chain([0]).collect() };
+        assert_eq!(w, want, "alive {weights:?} after {:?}", prev.map(|p| served_weights(&p, None)));
+        assert_eq!(served.serving_after(prev.as_ref()), None, "a served config is served as it is");
+        prev = Some(served);
+    }
+    // Without a memory (the daemon's start) the service is up only at quorum + H.
+    assert_eq!(served_weights(&parse("quorum = 3\nhysteresis = 1", &[1, 1, 1]), None), [0, 0, 0, 1]);
+
+    let cases: &[(&str, usize, &str)] = &[
+        ("quorum = 0", 8, "quorum"),
+        ("quorum = -3", 8, "quorum"),
+        ("quorum = 4294967296", 8, "quorum"),
+        ("quorum = \"3\"", 8, "expected i64"),
+        ("quorum = 3\nhysteresis = 3", 9, "hysteresis 3 must be less than the quorum 3"),
+        ("hysteresis = 1", 8, "less than the quorum 1"),
+        ("quorum = 3\nhysteresis = -1", 9, "hysteresis"),
+    ];
+    for (keys, line, msg) in cases {
+        let e = Config::from_str(&quorum_svc(keys, &[1]), "q.toml").expect_err(keys);
+        assert_eq!((e.file.as_str(), e.line), ("q.toml", Some(*line)), "{keys}: {e}");
+        assert!(e.to_string().contains(msg), "{keys}: {e}");
+    }
+}
+
+/// `start_down` (keepalived's `alpha`): parsed, rendered back, false by default.
+#[test]
+fn health_check_start_down() {
+    let t = |extra: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nports = [80]\n\
+             [service.health_check]\ntype = \"tcp\"\n{extra}\n[[service.real_server]]\naddress = \"10.0.2.2\"\n"
+        )
+    };
+    let c = Config::from_str(&t("start_down = true"), "a.toml").unwrap();
+    assert!(c.services[0].health_check.as_ref().unwrap().start_down);
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
+    let d = Config::from_str(&t(""), "a.toml").unwrap();
+    assert!(!d.services[0].health_check.as_ref().unwrap().start_down);
+    let e = Config::from_str(&t("start_down = 1"), "a.toml").unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("a.toml", Some(9)), "{e}");
 }

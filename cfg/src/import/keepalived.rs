@@ -925,6 +925,7 @@ fn virtual_server(
                 rise: 1,
                 fall: c.fall,
                 quiesce: inhibit,
+                start_down: false,
             });
         }
         if mark.is_some() && svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {

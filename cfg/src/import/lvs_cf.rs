@@ -382,6 +382,7 @@ fn virtual_block(
         rise,
         fall,
         quiesce,
+        start_down: false,
     });
 
     for it in servers {

@@ -130,6 +130,8 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         syn_proxy: Default::default(),
         local_addresses: Vec::new(),
         sorry_server: None,
+        quorum: 1,
+        hysteresis: 0,
     }
 }
 

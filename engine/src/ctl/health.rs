@@ -544,6 +544,7 @@ mod tests {
             rise: 1,
             fall: 1,
             quiesce: true,
+            start_down: false,
         }
     }
 

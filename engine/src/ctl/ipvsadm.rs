@@ -958,6 +958,8 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 syn_proxy: Default::default(),
                 local_addresses: Vec::new(),
                 sorry_server: None,
+                quorum: 1,
+                hysteresis: 0,
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {
