@@ -517,9 +517,9 @@ fn keepalived_virtual_server_group() {
     }
     assert_eq!(imp.services[3].ports, vec![PortRange { lo: 443, hi: 443 }]);
     assert_eq!(imp.services[4].fwmark, Some(7));
-    // The body's warnings once, not once per entry.
-    assert_eq!(imp.warnings.iter().filter(|w| w.contains("option alpha")).count(), 1, "{:?}", imp.warnings);
-    assert!(warned(&imp, 13, "alpha"));
+    // alpha: every service of the group starts its checked servers down, without a warning.
+    assert!(imp.services.iter().all(|s| s.health_check.as_ref().unwrap().start_down));
+    assert!(!imp.warnings.iter().any(|w| w.contains("alpha")), "{:?}", imp.warnings);
     assert!(warned(&imp, 5, "firewall mark 7"));
     assert!(warned(&imp, 23, "spare is used by no virtual_server"));
 
@@ -847,4 +847,46 @@ fn keepalived_misc_check_as_an_exec_check() {
     assert_eq!(imp.services[0].health_check.as_ref().unwrap().kind, HealthCheckKind::Exec);
     assert!(warned(&imp, 3, "different checks (TCP_CHECK, HTTP_GET, MISC_CHECK)"), "{:?}", imp.warnings);
     roundtrip(&imp);
+}
+
+/// keepalived's `alpha`, `quorum` and `hysteresis` become `start_down`, `quorum` and
+/// `hysteresis`; `quorum_up`/`quorum_down` scripts are warned about; a hysteresis not below the
+/// quorum is set to quorum - 1 as keepalived does; alpha on a service without a check changes
+/// nothing (keepalived's unchecked servers are always up), with a warning.
+#[test]
+fn keepalived_alpha_quorum_hysteresis() {
+    let conf = |opts: &str, check: &str| {
+        format!(
+            "virtual_server 10.0.0.1 80 {{\n lb_kind DR\n sorry_server 10.0.2.9 80\n{opts}\n \
+             real_server 10.0.2.2 80 {{\n  weight 2\n{check}\n }}\n}}\n"
+        )
+    };
+    let tcp = "  TCP_CHECK {\n   connect_timeout 3\n  }";
+    let imp = from_keepalived(&conf(" alpha\n quorum 3\n hysteresis 1\n quorum_up /bin/true", tcp)).unwrap();
+    let c = roundtrip(&imp);
+    let s = &c.services[0];
+    assert!(s.health_check.as_ref().unwrap().start_down);
+    assert_eq!((s.quorum, s.hysteresis), (3, 1));
+    assert!(warned(&imp, 7, "quorum_up"), "{:?}", imp.warnings);
+    assert!(!imp.warnings.iter().any(|w| w.contains("alpha") || w.contains("option quorum ")), "{:?}", imp.warnings);
+
+    // Defaults: no alpha, quorum 1, no hysteresis.
+    let imp = from_keepalived(&conf("", tcp)).unwrap();
+    let s = &imp.services[0];
+    assert!(!s.health_check.as_ref().unwrap().start_down);
+    assert_eq!((s.quorum, s.hysteresis), (1, 0));
+
+    let imp = from_keepalived(&conf(" quorum 2\n hysteresis 5", tcp)).unwrap();
+    assert_eq!((imp.services[0].quorum, imp.services[0].hysteresis), (2, 1));
+    assert!(warned(&imp, 5, "hysteresis 5"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+
+    let imp = from_keepalived(&conf(" alpha", "")).unwrap();
+    assert!(imp.services[0].health_check.is_none());
+    assert!(warned(&imp, 4, "alpha"), "{:?}", imp.warnings);
+
+    for (opts, line) in [(" quorum 0", 4), (" quorum x", 4), (" quorum 4294967296", 4), (" hysteresis -1", 4)] {
+        let e = from_keepalived(&conf(opts, tcp)).expect_err(opts);
+        assert_eq!(e.line, Some(line), "{opts}: {e}");
+    }
 }

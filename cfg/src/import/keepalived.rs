@@ -630,6 +630,9 @@ fn virtual_server(
     let mut vs_retry = Retry::default();
     let mut reals: Vec<&Node> = Vec::new();
     let mut sorry: Option<&Node> = None;
+    let mut alpha: Option<&Node> = None;
+    let mut quorum: u32 = 1;
+    let mut hysteresis: Option<(u32, usize)> = None;
     for n in body {
         match n.key.as_str() {
             "real_server" => reals.push(n),
@@ -670,6 +673,15 @@ fn virtual_server(
             "virtualhost" => vhost = Some(arg(n)?),
             // ferrovs always keeps the sorry server quiesced while a real server serves.
             "sorry_server_inhibit" => {}
+            "alpha" => alpha = flag(n)?.then_some(n),
+            // keepalived: 1 to UINT_MAX; the hysteresis 0 to UINT_MAX, fixed below.
+            "quorum" => {
+                quorum = match num(n, u64::from(u32::MAX))? {
+                    0 => return Err(err(ORIGIN, n.line, "invalid quorum \"0\": must be at least 1")),
+                    q => q as u32,
+                }
+            }
+            "hysteresis" => hysteresis = Some((num(n, u64::from(u32::MAX))? as u32, n.line)),
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
@@ -708,6 +720,19 @@ fn virtual_server(
         };
         let mut svc = blank_service(name, vip, protocol, ports);
         svc.fwmark = mark;
+        svc.quorum = quorum;
+        // keepalived sets a hysteresis not below the quorum to quorum - 1, saying so.
+        svc.hysteresis = match hysteresis {
+            Some((h, hl)) if h >= quorum => {
+                warnings.push(format!(
+                    "line {hl}: hysteresis {h} is not less than the quorum {quorum}: hysteresis {} (as keepalived)",
+                    quorum - 1
+                ));
+                quorum - 1
+            }
+            Some((h, _)) => h,
+            None => 0,
+        };
         svc.forward = forward;
         if let Some(s) = &scheduler {
             svc.scheduler = s.clone();
@@ -925,8 +950,14 @@ fn virtual_server(
                 rise: 1,
                 fall: c.fall,
                 quiesce: inhibit,
-                start_down: false,
+                start_down: alpha.is_some(),
             });
+        } else if let Some(a) = alpha {
+            warnings.push(format!(
+                "line {}: alpha on {}, which has no health check: ignored (keepalived's unchecked real servers \
+                 are always up)",
+                a.line, svc.name
+            ));
         }
         if mark.is_some() && svc.ports.is_empty() && ftp_hint && protocol == Protocol::Tcp {
             svc.ftp = Some(FtpOptions::default());
