@@ -187,13 +187,14 @@ impl State {
         snap: Arc<Snapshot>,
     ) -> Arc<State> {
         let flow_capacity = config.engine.flow_table_size.max(16);
-        Arc::new(State {
+        let down: HashMap<ServerKey, ()> = Self::starting_down(None, &config).into_iter().map(|k| (k, ())).collect();
+        let st = Arc::new(State {
             flow_capacity,
             view,
             apply,
             config_path,
             inner: Mutex::new(Inner {
-                admin: config,
+                admin: config.clone(),
                 snap,
                 down: HashMap::new(),
                 zero: HashMap::new(),
@@ -203,7 +204,20 @@ impl State {
             started: Instant::now(),
             sync_stats: std::sync::OnceLock::new(),
             ports: std::sync::OnceLock::new(),
-        })
+        });
+        // Servers that start down are down in the first snapshot State makes, before the
+        // checker runs.
+        if !down.is_empty() {
+            let mut g = st.lock();
+            g.down = down;
+            st.commit(&mut g, (*config).clone());
+        }
+        st
+    }
+
+    /// Is the health checker holding `key` down?
+    pub fn is_down(&self, key: &ServerKey) -> bool {
+        self.lock().down.contains_key(key)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -248,7 +262,22 @@ impl State {
         c
     }
 
+    /// The real servers of `admin` that start down (`start_down`, keepalived's `alpha`): the
+    /// checked ones of those services that `old` (the configuration before; `None`: the
+    /// daemon's start) does not have, so a reload does not take a server that is up down.
+    fn starting_down(old: Option<&Config>, admin: &Config) -> Vec<ServerKey> {
+        let old = old.map(crate::ctl::health::checked_servers);
+        crate::ctl::health::checked_servers(admin)
+            .into_iter()
+            .filter(|(k, (hc, _))| hc.start_down && old.as_ref().is_none_or(|o| !o.contains_key(k)))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     fn commit(&self, g: &mut Inner, admin: Config) {
+        for k in Self::starting_down(Some(&g.admin), &admin) {
+            g.down.insert(k, ());
+        }
         let eff = Self::effective(&admin, &g.down);
         // Workers start a service or real server that was not in the last
         // snapshot with new counters at zero (as IPVS a new destination):
@@ -269,7 +298,10 @@ impl State {
         g.zero.retain(|k, _| kept(k));
         g.rates.retain(|k, _| kept(k));
         g.admin = Arc::new(admin);
-        g.snap = (self.apply)(Arc::new(eff));
+        // Sorry servers in here rather than in the snapshot's build: a service's quorum state
+        // in the snapshot before is the memory its hysteresis needs.
+        let served = eff.serving_after(Some(&g.snap.config)).unwrap_or(eff);
+        g.snap = (self.apply)(Arc::new(served));
     }
 
     /// Apply ipvsadm edits atomically. Returns the number of services.
@@ -664,6 +696,9 @@ impl HealthTarget for State {
     }
     fn forget(&self, key: &ServerKey) {
         State::forget_health(self, key)
+    }
+    fn is_down(&self, key: &ServerKey) -> bool {
+        State::is_down(self, key)
     }
 }
 
@@ -1161,6 +1196,81 @@ weight = 3
         wait("the health listing is empty", || st.health().is_empty());
         stop.store(true, Ordering::Relaxed);
         checker.join().unwrap();
+    }
+
+    /// `start_down` (keepalived's `alpha`): a checked server is at weight 0 from the first
+    /// snapshot State makes until its check has passed `rise` times; so is one added later.
+    #[test]
+    fn start_down_servers_wait_for_rise_successes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let text = config(port).replace("rise = 1, fall = 1", "rise = 3, fall = 1, start_down = true");
+        let st = state(&text);
+        assert_eq!(weight(&st), Some(0), "down before any check");
+        let stop = Arc::new(AtomicBool::new(false));
+        let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
+        wait("127.0.0.1 is up", || weight(&st) == Some(3));
+        let checks = st.health().first().map_or(0, |h| h.checks);
+        assert!(checks >= 3, "up after {checks} checks, rise is 3");
+
+        let _l2 = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
+        edit(&st, &format!("-a -t 10.0.0.1:{port} -r 127.0.0.2:{port} -m -w 4\n"));
+        let w2 = |st: &State| {
+            st.snapshot().config.services[0]
+                .real_servers
+                .iter()
+                .find(|r| r.address == ip("127.0.0.2"))
+                .map(|r| r.weight)
+        };
+        assert_eq!(w2(&st), Some(0), "an added server starts down too");
+        assert_eq!(weight(&st), Some(3), "the server already up stays up");
+        wait("127.0.0.2 is up", || w2(&st) == Some(4));
+        stop.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
+    }
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// quorum 3, hysteresis 1, four servers of weight 1 and a sorry server, taken down and
+    /// put back as the health checker does: the sorry server takes new connections below
+    /// quorum - 1 and until the live weight is back at quorum + 1.
+    #[test]
+    fn quorum_hysteresis_across_health_changes() {
+        let mut text = String::from(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nports = [80]\n\
+             quorum = 3\nhysteresis = 1\nsorry_server = { address = \"127.0.0.9\" }\n",
+        );
+        for i in 1..=4 {
+            text += &format!("[[service.real_server]]\naddress = \"127.0.0.{i}\"\nweight = 1\n");
+        }
+        let st = state(&text);
+        let key = |i: u8| ("web".to_string(), ip(&format!("127.0.0.{i}")), 80u16);
+        let weights = |st: &State| -> Vec<u32> {
+            st.snapshot().config.services[0].real_servers.iter().map(|r| r.weight).collect()
+        };
+        let up = [1, 1, 1, 1, 0];
+        assert_eq!(weights(&st), up, "4 = quorum + 1: up");
+        st.set_down(&key(1), true);
+        st.set_down(&key(2), true);
+        assert_eq!(weights(&st), [0, 0, 1, 1, 0], "2 = quorum - 1: still up");
+        st.set_down(&key(3), true);
+        assert_eq!(weights(&st), [0, 0, 0, 0, 1], "1: the sorry server takes the new connections");
+        st.set_down(&key(1), false);
+        st.set_down(&key(2), false);
+        assert_eq!(weights(&st), [0, 0, 0, 0, 1], "3 = quorum: still down");
+        st.set_down(&key(3), false);
+        assert_eq!(weights(&st), up, "4 = quorum + 1: up again");
+        // A reload keeps the state (the live weight 3 does not bring a down service back).
+        st.set_down(&key(4), true);
+        st.set_down(&key(3), true);
+        st.set_down(&key(2), true);
+        st.set_down(&key(2), false);
+        st.set_down(&key(3), false);
+        assert_eq!(weights(&st), [0, 0, 0, 0, 1], "3 after 1: still down");
+        st.replace(Config::from_str(&text, "t.toml").unwrap());
+        assert_eq!(weights(&st), [0, 0, 0, 0, 1], "still down after a reload");
     }
 }
 

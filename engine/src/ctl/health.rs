@@ -20,7 +20,10 @@
 //! or removed (`on_fail = "remove"`: its connections are dropped), and
 //! after `rise` successes in a row it is put back with its configured
 //! weight. Both go through the same path as `ferrovsadm` edits: a new
-//! snapshot posted to the workers. Servers start "up".
+//! snapshot posted to the workers. Servers start "up", except with `start_down`
+//! (keepalived's `alpha`): then the control state holds a server down from the
+//! moment it appears (the daemon's start, a reload or edit adding it) until its
+//! check has passed `rise` times.
 //!
 //! ## How checks reach real servers
 //! Checks use the kernel's TCP stack (ordinary sockets), not the
@@ -68,6 +71,9 @@ pub trait HealthTarget: Send + Sync {
     /// health check any more): drop its health state, and put it back if
     /// it was held down.
     fn forget(&self, key: &ServerKey);
+    /// Is the server held down (a server of a `start_down` service, before its first
+    /// checks)? A new target starts in that state.
+    fn is_down(&self, key: &ServerKey) -> bool;
 }
 
 struct Target {
@@ -393,7 +399,7 @@ pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Re
 /// connecting check needs a port (the check's, the server's, else the service's): a server
 /// of an all-ports service with none is not checked. An `exec` check connects to nothing
 /// and runs for every server (`FERROVS_PORT` is then 0).
-fn checked_servers(cfg: &Config) -> HashMap<ServerKey, (HealthCheck, SocketAddr)> {
+pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, (HealthCheck, SocketAddr)> {
     let mut want = HashMap::new();
     for s in &cfg.services {
         let Some(hc) = &s.health_check else { continue };
@@ -433,6 +439,9 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                         t.addr = addr;
                     }
                     None => {
+                        // Up, unless its service starts servers down (`start_down`) and the
+                        // control state holds it down until `rise` successes.
+                        let up = !state.is_down(&k);
                         targets.insert(
                             k,
                             Target {
@@ -442,7 +451,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                                 busy: false,
                                 ok_run: 0,
                                 fail_run: 0,
-                                up: true,
+                                up,
                                 checks: 0,
                                 failures: 0,
                                 last_error: None,
