@@ -365,13 +365,14 @@ impl NeighCache {
                 e.probes = 0;
                 e.shared = now.unwrap_or(0);
                 self.touch(i);
-                self.asked.remove(&a);
+                self.forget_asked(a);
                 self.invalidate();
                 Learnt::Changed
             }
             None => {
                 if self.dynamic >= self.max {
-                    if !self.asked.contains_key(&a) && !may_evict() {
+                    let asked = !self.asked.is_empty() && self.asked.contains_key(&a);
+                    if !asked && !may_evict() {
                         return Learnt::Limited;
                     }
                     self.evict_stalest();
@@ -392,7 +393,7 @@ impl NeighCache {
                 self.map.insert(a, i);
                 self.push_back(i);
                 self.dynamic += 1;
-                self.asked.remove(&a);
+                self.forget_asked(a);
                 // No flow holds a MAC for an address that had no entry (a flow whose next hop
                 // is unresolved looks it up again on its next packet): `gen` stays, so a
                 // flood of new neighbours does not make every flow look its MACs up again.
@@ -410,6 +411,15 @@ impl NeighCache {
         if !e.is_static && !e.stale && e.probes == 0 && reachable {
             e.stale = true;
             e.confirmed = Some(now);
+        }
+    }
+
+    /// `a` answered: no request of ours for it is pending any more. Most of the time none
+    /// is pending for any address, and the check spares a neighbour flood a hash of `a`.
+    #[inline]
+    fn forget_asked(&mut self, a: Addr) {
+        if !self.asked.is_empty() {
+            self.asked.remove(&a);
         }
     }
 

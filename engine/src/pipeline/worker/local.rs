@@ -157,7 +157,8 @@ impl<Q: BufAlloc> Worker<Q> {
             return;
         }
         self.count_neigh_evictions();
-        if learnt == neigh::Learnt::Changed {
+        // (Packets wait for few neighbours, and a flood of new ones should not call in.)
+        if learnt == neigh::Learnt::Changed && !self.pending.is_empty() {
             self.release_pending(a, mac);
         }
         // For the other workers' caches (a single worker has none to tell): a new MAC, and a
