@@ -677,6 +677,73 @@ fn forged_or_short_tunnel_errors_are_counted_drops() {
     assert_eq!(icmp_counts(&e), (0, 0));
 }
 
+/// A router's parameter problem about a tunnel packet: its pointer indexes the quoted outer
+/// packet, so the client, quoted its own packet, is told the pointer less the outer header's 20
+/// bytes (pointer 29, the client's protocol byte: 9), as code 2 (bad length) too. One pointing
+/// into the outer header (its protocol byte, 9) is about the header the balancer built, which
+/// the client cannot fix: not relayed (`unsupported`). Code 1 (a required option missing) has
+/// no pointer: relayed as it is.
+#[test]
+fn a_routers_parameter_problem_for_a_tunnel_packet_points_into_the_clients_packet() {
+    let mut e = engine();
+    let (data, tun) = tunnel_conn(&mut e, 40015);
+    let n = 576 - 20 - 8;
+    let quoted = &tun[34..14 + n];
+    for (code, at, told) in [(0u8, 29u8, 9u8), (2, 20, 0), (0, 20 + 19, 19), (1, 0, 0)] {
+        let out = e.inject(INT, &router_error(LB_INT_ADDR, 12, code, u32::from_be_bytes([at, 0, 0, 0]), &tun, n), S);
+        assert_eq!(out.len(), 1, "code {code} pointer {at}");
+        let (iface, f) = &out[0];
+        assert_eq!(*iface, EXT);
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[26..30], &f[30..34], f[34], f[35]), (&VIP_TUN[..], &CLIENT[..], 12, code));
+        assert_eq!(&f[38..42], &[told, 0, 0, 0], "code {code}: pointer {at} less the outer header");
+        assert_eq!(&f[42..], quoted);
+        assert_eq!(&quoted[..20], &data[14..34], "the client's own header");
+    }
+    assert_eq!(icmp_counts(&e), (4, 0));
+    assert_drops(&e, &[]);
+    // Into the outer header (its protocol byte, its first and last bytes).
+    for at in [9u8, 0, 19] {
+        let err = router_error(LB_INT_ADDR, 12, 0, u32::from_be_bytes([at, 0, 0, 0]), &tun, n);
+        assert!(e.inject(INT, &err, S).is_empty(), "pointer {at}");
+    }
+    assert_eq!(icmp_counts(&e), (4, 0));
+    assert_drops(&e, &[(DropReason::Unsupported, 3)]);
+}
+
+/// IPv6 in IPv6: a router's parameter problem's 32-bit pointer, into the client's packet
+/// (pointer 46, the client's next header field), reaches the client less the outer header's 40
+/// bytes (6); one into the outer header (an unrecognized next header at 6: the router does not
+/// take IPv6 in IPv6; a header field at 0) is not relayed (`unsupported`).
+#[test]
+fn a_routers_parameter_problem_for_a_tunnel_packet_points_into_the_clients_packet_v6() {
+    let mut e = engine();
+    assert_eq!(e.inject(EXT, &from_client(tcp6(C6, 40015, VIP6_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    let data = from_client(tcp6(C6, 40015, VIP6_TUN, 80, TCP_ACK, 2, 1, &[7; 1400]));
+    let tun = e.inject(EXT, &data, S)[0].1.clone();
+    assert_eq!((tun[20], &tun[38..54]), (41, &RS6[..]), "IPv6 in IPv6");
+    let n = 1280 - 40 - 8;
+    let err = |code: u8, at: u32| from_rs(icmp6_error_whole(ROUTER6, LB_INT6, 4, code, at, &tun[..14 + n]), RS1_MAC);
+    for (code, at, told) in [(0u8, 46u32, 6u32), (1, 46, 6), (0, 40, 0), (0, 40 + 60, 60)] {
+        let out = e.inject(INT, &err(code, at), S);
+        assert_eq!(out.len(), 1, "code {code} pointer {at}");
+        let (iface, f) = &out[0];
+        assert_eq!(*iface, EXT);
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[22..38], &f[38..54], f[54], f[55]), (&VIP6_TUN[..], &C6[..], 4, code));
+        assert_eq!(u32::from_be_bytes([f[58], f[59], f[60], f[61]]), told, "code {code}: pointer {at} less 40");
+        assert_eq!(&f[62..], &tun[54..14 + n]);
+        assert_eq!(&f[62..102], &data[14..54], "the client's own header");
+    }
+    assert_eq!(icmp_counts(&e), (4, 0));
+    assert_drops(&e, &[]);
+    for (code, at) in [(1u8, 6u32), (0, 0), (0, 39), (2, 39)] {
+        assert!(e.inject(INT, &err(code, at), S).is_empty(), "code {code} pointer {at}");
+    }
+    assert_eq!(icmp_counts(&e), (4, 0));
+    assert_drops(&e, &[(DropReason::Unsupported, 4)]);
+}
+
 fn learnt(e: &MemEngine) -> (u64, u64) {
     let c = &e.fabric.counters[0];
     (c.tunnel_mtu_learnt.load(Relaxed), c.tunnel_mtu_evicted.load(Relaxed))

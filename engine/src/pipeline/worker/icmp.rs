@@ -73,7 +73,8 @@ impl<Q: BufAlloc> Worker<Q> {
     /// router quoted it; a too-big report with the MTU less the outer header (an IPv4 report
     /// under 552 taken as 552, an IPv6 one under 1280 as 1280: [`reported_path_mtu`]; never
     /// below the client's family's minimum, 68 / 1280), other errors relayed with their type
-    /// and code (RFC 7915's mapping across families). Built as the balancer's own errors are
+    /// and code (RFC 7915's mapping across families), a parameter problem's pointer made the
+    /// client's ([`relayed_tunnel_error`]). Built as the balancer's own errors are
     /// ([`icmpgen`]) and rate-limited by the same token bucket. Only for a tunnel connection
     /// whose key the quoted client packet names, whose real server is the quoted outer
     /// destination and whose outer source is the address the error came to: a forged error
@@ -141,11 +142,9 @@ impl<Q: BufAlloc> Worker<Q> {
             } else {
                 (3, 4, mtu.clamp(68, u16::MAX as u32))
             }
-        } else if t.inner_v6 == p.v6 {
-            (p.icmp_type, p.icmp_code, u32::from_be_bytes(rest))
         } else {
-            match crate::pipeline::nat64::icmp_error_type(p.v6, p.icmp_type, p.icmp_code, rest) {
-                Some((ty, code, r)) => (ty, code, u32::from_be_bytes(r)),
+            match relayed_tunnel_error(p.v6, t.inner_v6, t.hdr, p.icmp_type, p.icmp_code, rest) {
+                Some(k) => k,
                 None => return self.drop_pkt(DropReason::Unsupported),
             }
         };
@@ -509,5 +508,100 @@ pub(crate) fn reported_path_mtu(v6: bool, reported: u32, egress: u32) -> u32 {
         MIN_PMTU_V4.min(egress)
     } else {
         reported
+    }
+}
+
+/// What the client is told of a router's error `ty`/`code` (its 4 bytes after the checksum
+/// `rest`; not a "fragmentation needed" / "packet too big") about a tunnel packet: the outer
+/// header IPv6 or not (`outer_v6`, the error's family), `hdr` bytes long, the client's packet
+/// inside IPv6 or not (`inner_v6`). The type, code and `rest` as they are (across families,
+/// RFC 7915's mapping: [`crate::pipeline::nat64::icmp_error_type`]), but for a parameter
+/// problem (ICMPv4 12, codes 0 and 2: a pointer in the first byte; ICMPv6 4: a 32-bit pointer):
+/// its pointer indexes the quoted outer packet, so the client, quoted its own packet, gets it
+/// less the outer header. One inside the outer header is about the header the balancer built,
+/// which the client cannot fix: `None` (not relayed; Linux's tunnels do not relay those
+/// either: `ipip_err` ignores parameter problems, `ip6_tnl_err` only reports a tunnel
+/// encapsulation limit reached). Across families the pointer stays an offset into the
+/// client's packet, which is quoted as it was sent (RFC 7915's pointer mapping is for a quoted
+/// header that was translated): ICMPv6's code 0 becomes ICMPv4's 12/0 (a pointer past 255:
+/// `None`), code 1 (unrecognized next header) protocol unreachable (RFC 7915 5.2); ICMPv4's
+/// codes 0 and 2 become ICMPv6's 4/0 (RFC 7915 4.2). Other parameter problems: `None`.
+pub(crate) fn relayed_tunnel_error(
+    outer_v6: bool,
+    inner_v6: bool,
+    hdr: usize,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+) -> Option<(u8, u8, u32)> {
+    let pointer = match (outer_v6, ty, code) {
+        (false, 12, 0 | 2) => Some(rest[0] as u32),
+        (false, 12, _) => None,
+        (true, 4, _) => Some(u32::from_be_bytes(rest)),
+        _ => {
+            if outer_v6 == inner_v6 {
+                return Some((ty, code, u32::from_be_bytes(rest)));
+            }
+            let (ty, code, r) = crate::pipeline::nat64::icmp_error_type(outer_v6, ty, code, rest)?;
+            return Some((ty, code, u32::from_be_bytes(r)));
+        }
+    };
+    let Some(pointer) = pointer else {
+        // ICMPv4's code 1, a required option missing: no pointer (and no ICMPv6 equivalent).
+        return (outer_v6 == inner_v6).then_some((ty, code, u32::from_be_bytes(rest)));
+    };
+    let at = pointer.checked_sub(hdr as u32)?;
+    match (outer_v6, inner_v6) {
+        (false, false) => Some((ty, code, u32::from_be_bytes([at as u8, rest[1], rest[2], rest[3]]))),
+        (true, true) => Some((ty, code, at)),
+        (true, false) => match code {
+            0 if at <= u8::MAX as u32 => Some((12, 0, at << 24)),
+            1 => Some((3, 2, 0)),
+            _ => None,
+        },
+        (false, true) => Some((4, 0, at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relayed_tunnel_error;
+
+    #[test]
+    fn a_parameter_problems_pointer_is_the_clients() {
+        let v4 = |p: u8| u32::from_be_bytes([p, 0, 0, 0]);
+        // IPv4 in IPv4: the first byte less the outer header (options included), the rest kept.
+        assert_eq!(relayed_tunnel_error(false, false, 20, 12, 0, [29, 0, 0, 0]), Some((12, 0, v4(9))));
+        assert_eq!(relayed_tunnel_error(false, false, 24, 12, 2, [24, 1, 2, 3]), Some((12, 2, 0x0001_0203)));
+        assert_eq!(relayed_tunnel_error(false, false, 20, 12, 0, [19, 0, 0, 0]), None);
+        assert_eq!(relayed_tunnel_error(false, false, 20, 12, 1, [0, 0, 0, 0]), Some((12, 1, 0)));
+        // IPv6 in IPv6: the 32-bit pointer, any code.
+        assert_eq!(relayed_tunnel_error(true, true, 40, 4, 0, 46u32.to_be_bytes()), Some((4, 0, 6)));
+        assert_eq!(relayed_tunnel_error(true, true, 40, 4, 2, 100_000u32.to_be_bytes()), Some((4, 2, 99_960)));
+        assert_eq!(relayed_tunnel_error(true, true, 40, 4, 1, 6u32.to_be_bytes()), None);
+        // Other errors as they are.
+        assert_eq!(relayed_tunnel_error(false, false, 20, 11, 0, [1, 2, 3, 4]), Some((11, 0, 0x0102_0304)));
+        assert_eq!(relayed_tunnel_error(true, true, 40, 3, 0, [0; 4]), Some((3, 0, 0)));
+    }
+
+    #[test]
+    fn across_families_the_pointer_stays_an_offset_into_the_clients_packet() {
+        // IPv4 client in IPv6: code 0 as ICMPv4's, its pointer in the first byte (the quoted
+        // IPv4 header is the client's, untranslated: no RFC 7915 field mapping).
+        assert_eq!(relayed_tunnel_error(true, false, 40, 4, 0, 49u32.to_be_bytes()), Some((12, 0, 9 << 24)));
+        assert_eq!(relayed_tunnel_error(true, false, 40, 4, 0, (40 + 255u32).to_be_bytes()), Some((12, 0, 255 << 24)));
+        assert_eq!(relayed_tunnel_error(true, false, 40, 4, 0, (40 + 256u32).to_be_bytes()), None);
+        // Unrecognized next header in the client's packet: protocol unreachable (RFC 7915 5.2).
+        assert_eq!(relayed_tunnel_error(true, false, 40, 4, 1, 49u32.to_be_bytes()), Some((3, 2, 0)));
+        assert_eq!(relayed_tunnel_error(true, false, 40, 4, 2, 49u32.to_be_bytes()), None);
+        assert_eq!(relayed_tunnel_error(true, false, 40, 4, 0, 6u32.to_be_bytes()), None);
+        // IPv6 client in IPv4: codes 0 and 2 as ICMPv6's 4/0, code 1 not at all (RFC 7915 4.2).
+        assert_eq!(relayed_tunnel_error(false, true, 20, 12, 0, [26, 0, 0, 0]), Some((4, 0, 6)));
+        assert_eq!(relayed_tunnel_error(false, true, 20, 12, 2, [24, 0, 0, 0]), Some((4, 0, 4)));
+        assert_eq!(relayed_tunnel_error(false, true, 20, 12, 0, [9, 0, 0, 0]), None);
+        assert_eq!(relayed_tunnel_error(false, true, 20, 12, 1, [0; 4]), None);
+        // Other errors: RFC 7915's mapping.
+        assert_eq!(relayed_tunnel_error(false, true, 20, 11, 0, [0; 4]), Some((3, 0, 0)));
+        assert_eq!(relayed_tunnel_error(true, false, 40, 1, 4, [0; 4]), Some((3, 3, 0)));
     }
 }
