@@ -856,3 +856,43 @@ fn a_learnt_tunnel_path_mtu_answers_large_packets_before_encapsulating_v6() {
     assert_eq!(icmp_counts(&e), (0, 2));
     assert_drops(&e, &[(DropReason::TooBig, 2)]);
 }
+
+/// An FTP control connection of a tunnel service: the gateway only reads its client's
+/// segments (in tunnel mode it rewrites none, and the real server's SYN-ACK, whose MSS it would
+/// clamp, does not come back through the balancer), so they are checked as any tunnel packet
+/// is: against the egress MTU less the outer header and against a path MTU learnt from a
+/// router. Before, the control connection was exempt: one too big to encapsulate was dropped
+/// without a word to the client, one over the learnt path MTU went to the router to be dropped.
+#[test]
+fn a_tunnel_ftp_control_connections_client_segments_are_checked_against_the_mtu() {
+    const VIP_FTP: [u8; 4] = [10, 0, 1, 103];
+    let ftp = "\n[[service]]\nname = \"ftp-tun\"\nvip = \"10.0.1.103\"\nprotocol = \"tcp\"\nports = [21]\n\
+               scheduler = \"rr\"\nforward = \"tunnel\"\nftp = true\n\n[[service.real_server]]\naddress = \"10.0.2.3\"\n";
+    let text = config_text(&format!("{SERVICES}{ftp}"));
+    let mut e = MemEngine::new(ferrovs_cfg::Config::from_str(&text, "icmp-test.toml").expect("parses"), 1);
+    assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, 40020, VIP_FTP, 21, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    // One command line of `len` bytes in all (IP and TCP headers included), DF set.
+    let seg = |len: usize, seq: u32| {
+        let mut line = vec![b' '; len - 40];
+        line[..4].copy_from_slice(b"NOOP");
+        line[len - 42..].copy_from_slice(b"\r\n");
+        df(from_client(tcp4(CLIENT, 40020, VIP_FTP, 21, TCP_ACK, seq, 1, &line)), true)
+    };
+    let frag_needed = |out: &[(usize, Vec<u8>)], mtu: u16| {
+        assert_eq!(out.len(), 1, "the balancer's own error");
+        let (iface, f) = &out[0];
+        assert_eq!(*iface, EXT);
+        verify_checksums(f).unwrap();
+        assert_eq!((&f[26..30], &f[30..34], f[34], f[35]), (&VIP_FTP[..], &CLIENT[..], 3, 4));
+        assert_eq!(u16::from_be_bytes([f[40], f[41]]), mtu);
+    };
+    let out = e.inject(EXT, &seg(1480, 2), S);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, out[0].1[23], &out[0].1[30..34]), (INT, 4, &RS2[..]), "1480 + 20 fits 1500: IPIP");
+    frag_needed(&e.inject(EXT, &seg(1481, 1442), S), 1480);
+    // A router's report about an earlier tunnel packet to the same real server is learnt.
+    let (_, tun) = tunnel_conn(&mut e, 40021);
+    assert_eq!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, 576 - 28), 2 * S).len(), 1);
+    frag_needed(&e.inject(EXT, &seg(1450, 1442), 2 * S), 1380);
+    assert_drops(&e, &[]);
+}

@@ -101,9 +101,11 @@ impl<Q: BufAlloc> Worker<Q> {
         // Egress MTU (IPVS `ensure_mtu_is_adequate`), before the packet changes any state: one
         // compare on the fast path; a packet too big becomes an ICMP error to its sender.
         let c = self.flows.get(idx);
-        // FTP control connections are exempt: the gateway cuts every segment it writes
-        // to the egress MTU (`ftp_replace`), and their handshake MSS is clamped to it.
-        if c.flags & F_ALG == 0 {
+        // FTP control connections of NAT and full NAT are exempt: the gateway cuts every
+        // segment it writes to the egress MTU (`ftp_replace`), and their handshake MSS is
+        // clamped to it. In DR and tunnel mode it only reads the client's segments, and the
+        // real server's SYN-ACK does not come back through the balancer to be clamped.
+        if c.flags & F_ALG == 0 || !c.fwd.two_way() {
             let (egress, over) = match (dir, c.fwd) {
                 (Dir::Out, _) => (self.flows.if_out(c), 0),
                 (Dir::In, Forward::Tunnel) => {
