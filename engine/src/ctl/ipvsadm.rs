@@ -18,11 +18,25 @@
 //!   edits it. `-A -f MARK` without such a service is an error.
 //! - `-S` prints ipvsadm-save lines; a service that ipvsadm's syntax
 //!   cannot fully describe (a name other than the default
-//!   `tcp-VIP-PORT`, several ports, a fwmark, FTP options) is preceded by
-//!   a comment `# ferrovs-service NAME proto=.. vip=.. ports=.. ...` that
-//!   `-R` reads back, so `-S`, `-C`, `-R` restores the same services.
-//!   To feed ferrovs rules to a kernel ipvsadm, strip the comments first
-//!   (`grep -v '^#'`).
+//!   `tcp-VIP-PORT`, several ports, a fwmark, FTP options, a forwarding
+//!   method its first `-a` line does not show, `syn_proxy`, full NAT
+//!   local addresses, a sorry server, quorum, hysteresis, a health check)
+//!   is preceded by a comment `# ferrovs-service name=.. proto=.. vip=..
+//!   ports=.. ...` that `-R` reads back, and a real server with a PROXY
+//!   protocol header by `# ferrovs-server proxy=v1|v2`, so `-S`, `-C`,
+//!   `-R` restores the same services (every field of `[[service]]` and
+//!   `[[service.real_server]]`; real servers in `-S` order, `ADDR` of a
+//!   single-port service as `ADDR:PORT`). The fields past `ftp*`:
+//!   `forward=nat|dr|tunnel|fnat`, `syn-proxy=on|off`, `local=A,B,..`,
+//!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
+//!   as `check=TYPE check-port= check-send= check-expect= check-path=
+//!   check-host= check-status= check-command=ARG,ARG,.. check-user=
+//!   check-interval= check-retry-interval= check-timeout= check-rise=
+//!   check-fall= check-remove check-start-down` (strings `%XX`-escaped:
+//!   `%`, quotes, `#`, `,`, `=`, spaces, control and non-ASCII bytes). A
+//!   bad value is an error naming the line; the restored configuration is
+//!   then validated as a config file is. To feed ferrovs rules to a kernel
+//!   ipvsadm, strip the comments first (`grep -v '^#'`).
 //!
 //! ## Deliberate differences from ipvsadm
 //! - `-e` changes only the options given (ipvsadm resets an omitted
@@ -35,7 +49,10 @@
 //!   kernel's ip_vs_ftp module loaded (its default `ports=21`).
 
 use ferrovs_cfg::import::{Import, MarkMap};
-use ferrovs_cfg::{Config, ConfigError, Forward, FtpOptions, Persistence, PortRange, Protocol, RealServer, Service};
+use ferrovs_cfg::{
+    Config, ConfigError, Forward, FtpOptions, HealthCheck, HealthCheckKind, Persistence, PortRange, Protocol,
+    ProxyProtocol, RealServer, Service, SorryServer, SynProxy,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -71,6 +88,7 @@ impl SvcKey {
 /// What ipvsadm cannot say about a service: carried by the
 /// `# ferrovs-service` comment of `-S` output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct ServiceExt {
     pub name: Option<String>,
     pub proto: Option<String>,
@@ -82,6 +100,58 @@ pub struct ServiceExt {
     pub ftp: Option<String>,
     pub ftp_pinhole: Option<u32>,
     pub ftp_foreign: bool,
+    /// FTP `max_expectations` (absent: 4) and `allow_low_data_ports`.
+    pub ftp_max_expectations: Option<u8>,
+    pub ftp_low_ports: bool,
+    /// The service's forwarding method (`nat`, `dr`, `tunnel`, `fnat`) when its first real
+    /// server does not show it (no real server, or one with a method of its own).
+    pub forward: Option<String>,
+    /// `on` or `off` (absent: `auto`).
+    pub syn_proxy: Option<String>,
+    /// Full NAT local addresses.
+    pub local: Vec<IpAddr>,
+    pub sorry: Option<IpAddr>,
+    pub sorry_port: Option<u16>,
+    pub quorum: Option<u32>,
+    pub hysteresis: Option<u32>,
+    pub check: Option<CheckExt>,
+}
+
+/// A service's `[service.health_check]`, as the `check*` fields of `# ferrovs-service`
+/// (seconds as text: the comment's, so that an edit is `Eq`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CheckExt {
+    /// `tcp`, `send_expect`, `ftp`, `http` or `exec`.
+    pub kind: String,
+    pub port: Option<u16>,
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<u16>,
+    pub command: Vec<String>,
+    pub user: Option<String>,
+    pub interval: Option<String>,
+    pub retry_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// `on_fail = "remove"`.
+    pub remove: bool,
+    pub start_down: bool,
+}
+
+/// What ipvsadm cannot say about a real server: carried by a `# ferrovs-server` comment
+/// before its `-a` line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ServerExt {
+    /// PROXY protocol version, `v1` or `v2`.
+    pub proxy: Option<String>,
+    /// The forwarding method the service declared (`# ferrovs-service forward=`): the first
+    /// server does not set the service's method then.
+    pub service_forward: Option<String>,
 }
 
 /// An edit of the running configuration.
@@ -94,7 +164,7 @@ pub enum Command {
         persistent: Option<u32>,
         netmask: Option<String>,
         #[serde(default)]
-        ext: Option<ServiceExt>,
+        ext: Option<Box<ServiceExt>>,
     },
     EditService {
         key: SvcKey,
@@ -114,6 +184,8 @@ pub enum Command {
         weight: Option<u32>,
         upper: Option<u32>,
         lower: Option<u32>,
+        #[serde(default)]
+        ext: Option<ServerExt>,
     },
     EditServer {
         key: SvcKey,
@@ -527,7 +599,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
                     return Err(format!("lower threshold {l} is above upper threshold {u}"));
                 }
                 Action::Edit(if c == 'a' {
-                    Command::AddServer { key, addr, port, forward: fwd, weight, upper, lower }
+                    Command::AddServer { key, addr, port, forward: fwd, weight, upper, lower, ext: None }
                 } else {
                     Command::EditServer { key, addr, port, forward: fwd, weight, upper, lower }
                 })
@@ -585,10 +657,17 @@ fn split_words(line: &str) -> Vec<String> {
 pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
     let mut out = Vec::new();
     let mut pending: Option<ServiceExt> = None;
+    let mut pending_server: Option<ServerExt> = None;
+    // Services whose `# ferrovs-service` declared the forwarding method.
+    let mut declared: Vec<(SvcKey, String)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("# ferrovs-service") {
             pending = Some(parse_ext(rest).map_err(|e| format!("line {}: {e}", n + 1))?);
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# ferrovs-server") {
+            pending_server = Some(parse_server_ext(rest).map_err(|e| format!("line {}: {e}", n + 1))?);
             continue;
         }
         if l.is_empty() || l.starts_with('#') {
@@ -602,9 +681,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
         let inv = parse_cmdline(&words, all_ports, true).map_err(|e| format!("line {}: {e}", n + 1))?;
         match inv.action {
             Action::Edit(mut c) => {
-                if let Command::AddService { ext, .. } = &mut c {
-                    *ext = pending.take();
-                }
+                attach_ext(&mut c, &mut pending, &mut pending_server, &mut declared);
                 out.push(c);
             }
             _ => {
@@ -693,7 +770,8 @@ pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
                 warnings.push(format!(
                     "line {n}: firewall mark {mark}: a mark may select TCP and UDP; imported as protocol tcp"
                 ));
-                *ext = Some(ServiceExt { vip: Some(vip), ports: Some(fmt_ports(&ports)), ..Default::default() });
+                *ext =
+                    Some(Box::new(ServiceExt { vip: Some(vip), ports: Some(fmt_ports(&ports)), ..Default::default() }));
             }
             _ => {}
         }
@@ -711,9 +789,85 @@ pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
     Ok(Import { services: cfg.services, warnings })
 }
 
+/// Attach the pending `# ferrovs-service` / `# ferrovs-server` fields to the `-A` / `-a`
+/// they precede; a server of a service that declared its forwarding method carries it.
+fn attach_ext(
+    c: &mut Command,
+    pending: &mut Option<ServiceExt>,
+    pending_server: &mut Option<ServerExt>,
+    declared: &mut Vec<(SvcKey, String)>,
+) {
+    match c {
+        Command::AddService { key, ext, .. } => {
+            *ext = pending.take().map(Box::new);
+            declared.retain(|(k, _)| k != key);
+            if let Some(f) = ext.as_ref().and_then(|e| e.forward.clone()) {
+                declared.push((key.clone(), f));
+            }
+        }
+        Command::AddServer { key, ext, .. } => {
+            let mut e = pending_server.take().unwrap_or_default();
+            e.service_forward = declared.iter().find(|(k, _)| k == key).map(|(_, f)| f.clone());
+            *ext = (e != ServerExt::default()).then_some(e);
+        }
+        _ => {}
+    }
+}
+
+/// `%XX`-encode what would end a comment field or a word (and every non-ASCII byte), so any
+/// string survives `-S` / `-R`.
+fn enc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && !b"%\"'#,=".contains(&b) {
+            o.push(b as char);
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+/// The inverse of [`enc`].
+fn dec(what: &str, s: &str) -> Result<String, String> {
+    let bad = || format!("bad {what} {s:?} (%XX escapes of UTF-8)");
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(h, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("bad {what} {v:?}"))
+}
+
+/// Seconds of a health check: a finite, non-negative number (the validator holds it to its
+/// range).
+fn seconds(what: &str, v: &str) -> Result<String, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(v.to_string()),
+        _ => Err(format!("bad {what} {v:?} (seconds)")),
+    }
+}
+
 fn parse_ext(s: &str) -> Result<ServiceExt, String> {
     let mut e = ServiceExt::default();
+    let mut check = CheckExt::default();
+    let mut any_check = false;
     for w in split_words(s) {
+        if w.starts_with("check") {
+            any_check = true;
+        }
         match w.split_once('=') {
             Some(("proto", v)) => e.proto = Some(v.to_string()),
             Some(("vip", v)) => e.vip = Some(v.parse().map_err(|_| format!("bad vip {v:?}"))?),
@@ -721,12 +875,123 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("fwmark", v)) => e.fwmark = Some(v.parse().map_err(|_| format!("bad fwmark {v:?}"))?),
             Some(("ftp", v)) => e.ftp = Some(v.to_string()),
             Some(("ftp-pinhole", v)) => e.ftp_pinhole = Some(v.parse().map_err(|_| format!("bad ftp-pinhole {v:?}"))?),
+            Some(("ftp-max-expectations", v)) => e.ftp_max_expectations = Some(num("ftp-max-expectations", v)?),
             Some(("name", v)) => e.name = Some(v.to_string()),
+            Some(("forward", v)) => {
+                forward_named(v)?;
+                e.forward = Some(v.to_string());
+            }
+            Some(("syn-proxy", v)) => match v {
+                "on" | "off" | "auto" => e.syn_proxy = Some(v.to_string()),
+                _ => return Err(format!("bad syn-proxy {v:?} (on, off or auto)")),
+            },
+            Some(("local", v)) => {
+                e.local = v.split(',').map(|a| num("local address", a)).collect::<Result<_, _>>()?;
+            }
+            Some(("sorry", v)) => {
+                let (a, p) = split_addr(v).ok_or_else(|| format!("bad sorry server {v:?} (ADDR, ADDR:PORT)"))?;
+                e.sorry = Some(a);
+                e.sorry_port = p;
+            }
+            Some(("quorum", v)) => e.quorum = Some(num("quorum", v)?),
+            Some(("hysteresis", v)) => e.hysteresis = Some(num("hysteresis", v)?),
+            Some(("check", v)) => match v {
+                "tcp" | "send_expect" | "ftp" | "http" | "exec" => check.kind = v.to_string(),
+                _ => return Err(format!("bad check {v:?} (tcp, send_expect, ftp, http or exec)")),
+            },
+            Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
+            Some(("check-send", v)) => check.send = Some(dec("check-send", v)?),
+            Some(("check-expect", v)) => check.expect = Some(dec("check-expect", v)?),
+            Some(("check-path", v)) => check.path = Some(dec("check-path", v)?),
+            Some(("check-host", v)) => check.host = Some(dec("check-host", v)?),
+            Some(("check-status", v)) => check.status = Some(num("check-status", v)?),
+            Some(("check-command", v)) => {
+                check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
+            }
+            Some(("check-user", v)) => check.user = Some(dec("check-user", v)?),
+            Some(("check-interval", v)) => check.interval = Some(seconds("check-interval", v)?),
+            Some(("check-retry-interval", v)) => check.retry_interval = Some(seconds("check-retry-interval", v)?),
+            Some(("check-timeout", v)) => check.timeout = Some(seconds("check-timeout", v)?),
+            Some(("check-rise", v)) => check.rise = Some(num("check-rise", v)?),
+            Some(("check-fall", v)) => check.fall = Some(num("check-fall", v)?),
             None if w == "ftp-foreign" => e.ftp_foreign = true,
+            None if w == "ftp-low-ports" => e.ftp_low_ports = true,
+            None if w == "check-remove" => check.remove = true,
+            None if w == "check-start-down" => check.start_down = true,
             _ => return Err(format!("unknown ferrovs-service field {w:?}")),
         }
     }
+    if any_check {
+        if check.kind.is_empty() {
+            return Err("check-* fields without check=TYPE".into());
+        }
+        e.check = Some(check);
+    }
     Ok(e)
+}
+
+fn parse_server_ext(s: &str) -> Result<ServerExt, String> {
+    let mut e = ServerExt::default();
+    for w in split_words(s) {
+        match w.split_once('=') {
+            Some(("proxy", v @ ("v1" | "v2"))) => e.proxy = Some(v.to_string()),
+            Some(("proxy", v)) => return Err(format!("bad proxy {v:?} (v1 or v2)")),
+            _ => return Err(format!("unknown ferrovs-server field {w:?}")),
+        }
+    }
+    Ok(e)
+}
+
+fn forward_named(v: &str) -> Result<Forward, String> {
+    match v {
+        "nat" => Ok(Forward::Nat),
+        "dr" => Ok(Forward::Dr),
+        "tunnel" => Ok(Forward::Tunnel),
+        "fnat" => Ok(Forward::Fnat),
+        _ => Err(format!("bad forward {v:?} (nat, dr, tunnel or fnat)")),
+    }
+}
+
+fn forward_word(f: Forward) -> &'static str {
+    match f {
+        Forward::Nat => "nat",
+        Forward::Dr => "dr",
+        Forward::Tunnel => "tunnel",
+        Forward::Fnat => "fnat",
+    }
+}
+
+/// The health check a [`CheckExt`] describes (defaults as the config file's).
+fn check_of(c: &CheckExt) -> Result<HealthCheck, String> {
+    let kind = match c.kind.as_str() {
+        "tcp" => HealthCheckKind::Tcp,
+        "send_expect" => HealthCheckKind::SendExpect,
+        "ftp" => HealthCheckKind::Ftp,
+        "http" => HealthCheckKind::Http,
+        "exec" => HealthCheckKind::Exec,
+        k => return Err(format!("bad check {k:?} (tcp, send_expect, ftp, http or exec)")),
+    };
+    let secs = |what: &str, v: &Option<String>| -> Result<Option<f64>, String> {
+        v.as_deref().map(|v| seconds(what, v).and_then(|v| num(what, &v))).transpose()
+    };
+    Ok(HealthCheck {
+        kind,
+        port: c.port,
+        send: c.send.clone(),
+        expect: c.expect.clone(),
+        path: c.path.clone(),
+        host: c.host.clone(),
+        status: c.status,
+        command: c.command.clone(),
+        user: c.user.clone(),
+        interval: secs("check-interval", &c.interval)?.unwrap_or(5.0),
+        retry_interval: secs("check-retry-interval", &c.retry_interval)?,
+        timeout: secs("check-timeout", &c.timeout)?.unwrap_or(3.0),
+        rise: c.rise.unwrap_or(2),
+        fall: c.fall.unwrap_or(3),
+        quiesce: !c.remove,
+        start_down: c.start_down,
+    })
 }
 
 fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
@@ -880,7 +1145,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
             }
         }
         Command::AddService { key, scheduler, persistent, netmask, ext } => {
-            let ext = ext.clone().unwrap_or_default();
+            let ext = ext.as_deref().cloned().unwrap_or_default();
             if let Some(i) = find_service(cfg, key) {
                 // A port-group declared by `# ferrovs-service` may only
                 // collide with itself.
@@ -935,7 +1200,8 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                         control_ports,
                         allow_foreign_port_address: ext.ftp_foreign,
                         pinhole_timeout: ext.ftp_pinhole.unwrap_or(60),
-                        ..FtpOptions::default()
+                        max_expectations: ext.ftp_max_expectations.unwrap_or(FtpOptions::default().max_expectations),
+                        allow_low_data_ports: ext.ftp_low_ports,
                     })
                 }
                 None => {
@@ -943,23 +1209,29 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                     (proto == Protocol::Tcp && covers21).then(FtpOptions::default)
                 }
             };
+            let syn_proxy = match ext.syn_proxy.as_deref() {
+                None | Some("auto") => SynProxy::Auto,
+                Some("on") => SynProxy::On,
+                Some("off") => SynProxy::Off,
+                Some(v) => return Err(format!("bad syn-proxy {v:?} (on, off or auto)")),
+            };
             cfg.services.push(Service {
                 name,
                 vip,
                 protocol: proto,
                 ports,
                 scheduler: scheduler.clone().unwrap_or_else(|| ferrovs_sched::DEFAULT.into()),
-                forward: Forward::Dr,
+                forward: ext.forward.as_deref().map(forward_named).transpose()?.unwrap_or(Forward::Dr),
                 persistence: persistence(vip, *persistent, netmask)?,
                 ftp,
                 fwmark,
                 real_servers: Vec::new(),
-                health_check: None,
-                syn_proxy: Default::default(),
-                local_addresses: Vec::new(),
-                sorry_server: None,
-                quorum: 1,
-                hysteresis: 0,
+                health_check: ext.check.as_ref().map(check_of).transpose()?,
+                syn_proxy,
+                local_addresses: ext.local.clone(),
+                sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
+                quorum: ext.quorum.unwrap_or(1),
+                hysteresis: ext.hysteresis.unwrap_or(0),
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {
@@ -974,18 +1246,30 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
             let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
             cfg.services.remove(i);
         }
-        Command::AddServer { key, addr, port, forward, weight, upper, lower } => {
+        Command::AddServer { key, addr, port, forward, weight, upper, lower, ext } => {
             let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
             let s = &mut cfg.services[i];
-            if addr.is_ipv4() != s.vip.is_ipv4() {
+            let ext = ext.clone().unwrap_or_default();
+            let fwd = forward_of(forward.unwrap_or('g'));
+            // Full NAT: the local addresses face the real server and carry its family, which
+            // may differ from the VIP's.
+            let family = s.local_addresses.first().filter(|_| fwd == Forward::Fnat).copied().unwrap_or(s.vip);
+            if addr.is_ipv4() != family.is_ipv4() {
                 return Err(format!("real server {addr} is not in the address family of the service"));
             }
             let p = shown_port(s, port.filter(|p| *p != 0));
             if s.real_servers.iter().any(|r| r.address == *addr && shown_port(s, r.port) == p) {
                 return Err(format!("destination {} already exists", addrport(*addr, p)));
             }
-            let fwd = forward_of(forward.unwrap_or('g'));
-            if s.real_servers.is_empty() {
+            let proxy_protocol = match ext.proxy.as_deref() {
+                None => None,
+                Some("v1") => Some(ProxyProtocol::V1),
+                Some("v2") => Some(ProxyProtocol::V2),
+                Some(v) => return Err(format!("bad proxy {v:?} (v1 or v2)")),
+            };
+            if let Some(f) = ext.service_forward.as_deref() {
+                s.forward = forward_named(f)?;
+            } else if s.real_servers.is_empty() {
                 s.forward = fwd;
             }
             let rs_forward = (fwd != s.forward).then_some(fwd);
@@ -996,7 +1280,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 upper: upper.unwrap_or(0),
                 lower: lower.unwrap_or(0),
                 forward: rs_forward,
-                proxy_protocol: None,
+                proxy_protocol,
             });
         }
         Command::EditServer { key, addr, port, forward, weight, upper, lower } => {
@@ -1421,7 +1705,101 @@ pub fn format_conns_ftp(conns: &[ConnRow]) -> String {
 fn needs_ext(s: &Service) -> bool {
     let single = matches!(s.ports.as_slice(), [r] if r.lo == r.hi);
     let default_ftp = (s.protocol == Protocol::Tcp && s.ports.iter().any(|r| r.contains(21))).then(FtpOptions::default);
-    s.fwmark.is_some() || !single || s.name != default_name(s.protocol, s.vip, service_port(s)) || s.ftp != default_ftp
+    s.fwmark.is_some()
+        || !single
+        || s.name != default_name(s.protocol, s.vip, service_port(s))
+        || s.ftp != default_ftp
+        || forward_not_shown(s)
+        || s.syn_proxy != SynProxy::Auto
+        || !s.local_addresses.is_empty()
+        || s.sorry_server.is_some()
+        || s.quorum != 1
+        || s.hysteresis != 0
+        || s.health_check.is_some()
+}
+
+/// The real servers in `-S` order.
+fn saved_servers(s: &Service) -> Vec<&RealServer> {
+    let mut rs: Vec<&RealServer> = s.real_servers.iter().collect();
+    rs.sort_by(|a, b| {
+        (ip_bytes(&a.address), shown_port(s, a.port)).cmp(&(ip_bytes(&b.address), shown_port(s, b.port)))
+    });
+    rs
+}
+
+/// Would `-R` get the service's forwarding method wrong from its `-a` lines (the first sets
+/// it; no real server: `-g`)?
+fn forward_not_shown(s: &Service) -> bool {
+    let first = saved_servers(s).first().map(|r| r.forward.unwrap_or(s.forward)).unwrap_or(Forward::Dr);
+    first != s.forward
+}
+
+/// The `# ferrovs-service` fields past the FTP ones.
+fn write_ext_options(out: &mut String, s: &Service) {
+    if forward_not_shown(s) {
+        let _ = write!(out, " forward={}", forward_word(s.forward));
+    }
+    match s.syn_proxy {
+        SynProxy::Auto => {}
+        SynProxy::On => out.push_str(" syn-proxy=on"),
+        SynProxy::Off => out.push_str(" syn-proxy=off"),
+    }
+    if !s.local_addresses.is_empty() {
+        let l: Vec<String> = s.local_addresses.iter().map(|a| a.to_string()).collect();
+        let _ = write!(out, " local={}", l.join(","));
+    }
+    if let Some(ss) = &s.sorry_server {
+        let _ = match ss.port {
+            Some(p) => write!(out, " sorry={}", addrport(ss.address, p)),
+            None if ss.address.is_ipv6() => write!(out, " sorry=[{}]", ss.address),
+            None => write!(out, " sorry={}", ss.address),
+        };
+    }
+    if s.quorum != 1 {
+        let _ = write!(out, " quorum={}", s.quorum);
+    }
+    if s.hysteresis != 0 {
+        let _ = write!(out, " hysteresis={}", s.hysteresis);
+    }
+    let Some(h) = &s.health_check else { return };
+    let kind = match h.kind {
+        HealthCheckKind::Tcp => "tcp",
+        HealthCheckKind::SendExpect => "send_expect",
+        HealthCheckKind::Ftp => "ftp",
+        HealthCheckKind::Http => "http",
+        HealthCheckKind::Exec => "exec",
+    };
+    let _ = write!(out, " check={kind}");
+    if let Some(p) = h.port {
+        let _ = write!(out, " check-port={p}");
+    }
+    for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
+        if let Some(v) = v {
+            let _ = write!(out, " check-{k}={}", enc(v));
+        }
+    }
+    if let Some(st) = h.status {
+        let _ = write!(out, " check-status={st}");
+    }
+    if !h.command.is_empty() {
+        let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
+        let _ = write!(out, " check-command={}", c.join(","));
+    }
+    if let Some(u) = &h.user {
+        let _ = write!(out, " check-user={}", enc(u));
+    }
+    // f64's Display is the shortest text that parses back to the same number.
+    let _ = write!(out, " check-interval={}", h.interval);
+    if let Some(r) = h.retry_interval {
+        let _ = write!(out, " check-retry-interval={r}");
+    }
+    let _ = write!(out, " check-timeout={} check-rise={} check-fall={}", h.timeout, h.rise, h.fall);
+    if !h.quiesce {
+        out.push_str(" check-remove");
+    }
+    if h.start_down {
+        out.push_str(" check-start-down");
+    }
 }
 
 /// `ipvsadm -S -n` output for `cfg` (with `# ferrovs-service` comments
@@ -1522,8 +1900,15 @@ pub fn format_save(cfg: &Config) -> String {
                     if f.allow_foreign_port_address {
                         out.push_str(" ftp-foreign");
                     }
+                    if f.max_expectations != FtpOptions::default().max_expectations {
+                        let _ = write!(out, " ftp-max-expectations={}", f.max_expectations);
+                    }
+                    if f.allow_low_data_ports {
+                        out.push_str(" ftp-low-ports");
+                    }
                 }
             }
+            write_ext_options(&mut out, s);
             out.push('\n');
         }
         let name = match s.fwmark {
@@ -1545,11 +1930,12 @@ pub fn format_save(cfg: &Config) -> String {
             }
         }
         out.push('\n');
-        let mut rs: Vec<&RealServer> = s.real_servers.iter().collect();
-        rs.sort_by(|a, b| {
-            (ip_bytes(&a.address), shown_port(s, a.port)).cmp(&(ip_bytes(&b.address), shown_port(s, b.port)))
-        });
-        for r in rs {
+        for r in saved_servers(s) {
+            match r.proxy_protocol {
+                None => {}
+                Some(ProxyProtocol::V1) => out.push_str("# ferrovs-server proxy=v1\n"),
+                Some(ProxyProtocol::V2) => out.push_str("# ferrovs-server proxy=v2\n"),
+            }
             let _ = write!(
                 out,
                 "-a {name} -r {} {} -w {}",
@@ -1995,6 +2381,199 @@ FWM  21 rr persistent 300\n\
             assert_eq!(a.fwmark, b.fwmark);
             assert_eq!(a.ftp, b.ftp);
         }
+    }
+
+    /// A config setting every service and real-server option ipvsadm's syntax has no word for.
+    const EVERY_OPTION: &str = r#"
+[engine]
+backend = "memory"
+
+[[service]]
+name = "tcp-10.0.0.1-80"
+vip = "10.0.0.1"
+ports = [80]
+scheduler = "wrr"
+forward = "nat"
+persistence = { timeout = 600, netmask = 24 }
+syn_proxy = "on"
+sorry_server = { address = "10.0.2.9", port = 8080 }
+quorum = 3
+hysteresis = 1
+
+[service.health_check]
+type = "http"
+port = 8081
+path = "/health?a=b&c=%41"
+host = "www.example.com"
+status = 204
+interval = 2.5
+retry_interval = 0.75
+timeout = 1.25
+rise = 3
+fall = 4
+on_fail = "remove"
+start_down = true
+
+[[service.real_server]]
+address = "10.0.2.3"
+weight = 2
+proxy_protocol = "v2"
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+upper = 10
+lower = 5
+proxy_protocol = "v1"
+
+[[service]]
+name = "ftp"
+vip = "10.0.0.2"
+ports = [21]
+forward = "nat"
+syn_proxy = "off"
+ftp = { control_ports = [21], allow_foreign_port_address = true, pinhole_timeout = 30, max_expectations = 8, allow_low_data_ports = true }
+
+[service.health_check]
+type = "send_expect"
+send = "HELP\r\n"
+expect = "214 \"ok\" #1, a=b 'x' \u00fc%"
+
+[[service.real_server]]
+address = "10.0.2.4"
+
+[[service]]
+name = "fnat"
+vip = "10.0.0.3"
+ports = [443]
+forward = "fnat"
+local_addresses = ["fd00:2::200", "fd00:2::201"]
+
+[service.health_check]
+type = "exec"
+command = ["/usr/local/bin/check", "--name=a b", "x,y", ""]
+user = "nobody"
+
+[[service.real_server]]
+address = "fd00:2::4"
+proxy_protocol = "v1"
+
+[[service]]
+name = "tcp-10.0.0.5-80"
+vip = "10.0.0.5"
+ports = [80]
+scheduler = "rr"
+forward = "nat"
+
+[[service.real_server]]
+address = "10.0.2.5"
+
+[[service.real_server]]
+address = "10.0.2.1"
+forward = "dr"
+
+[[service]]
+name = "udp-10.0.0.4-53"
+vip = "10.0.0.4"
+protocol = "udp"
+ports = [53]
+forward = "tunnel"
+"#;
+
+    /// What of `want`'s services `got` lost or changed, field by field (services by name, real
+    /// servers by address and destination port: -S lists them sorted).
+    fn lost_fields(want: &[Service], got: &[Service]) -> Vec<String> {
+        let mut lost = Vec::new();
+        for a in want {
+            let Some(b) = got.iter().find(|b| b.name == a.name) else {
+                lost.push(format!("service {:?}: missing", a.name));
+                continue;
+            };
+            macro_rules! cmp {
+                ($($f:ident),*) => {$(
+                    if a.$f != b.$f {
+                        lost.push(format!("service {:?}: {}: {:?} became {:?}", a.name, stringify!($f), a.$f, b.$f));
+                    }
+                )*};
+            }
+            cmp!(vip, protocol, ports, scheduler, forward, persistence, ftp, fwmark, health_check, syn_proxy);
+            cmp!(local_addresses, sorry_server, quorum, hysteresis);
+            // `ADDR` and `ADDR:80` of a port-80 service are one destination.
+            let sorted = |s: &Service| {
+                let mut r: Vec<RealServer> =
+                    s.real_servers.iter().map(|r| RealServer { port: s.server_port(r.port), ..r.clone() }).collect();
+                r.sort_by_key(|r| (ip_bytes(&r.address), r.port));
+                r
+            };
+            if sorted(a) != sorted(b) {
+                lost.push(format!("service {:?}: real_servers: {:?} became {:?}", a.name, sorted(a), sorted(b)));
+            }
+        }
+        lost
+    }
+
+    /// `-S`, `-C`, `-R` gives back every option of every service (before, quorum, hysteresis,
+    /// the health check, the sorry server, syn_proxy, local addresses, two FTP options, the
+    /// PROXY protocol and a service's method its servers do not show were lost, and the
+    /// full-NAT service did not restore at all).
+    #[test]
+    fn save_restore_keeps_every_service_option() {
+        let c = Config::from_str(EVERY_OPTION, "<t>").unwrap();
+        let save = format_save(&c);
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        let mut failed = Vec::new();
+        for cmd in parse_rules(&save).unwrap_or_else(|e| panic!("{e}\n{save}")) {
+            if let Err(e) = apply(&mut c2, &cmd) {
+                failed.push(e);
+            }
+        }
+        let mut lost = lost_fields(&c.services, &c2.services);
+        lost.extend(failed.into_iter().map(|e| format!("-R: {e}")));
+        if lost.is_empty() {
+            if let Err(e) = crate::ctl::control::validate(&c2) {
+                lost.push(format!("restored config does not validate: {e}"));
+            }
+        }
+        assert!(lost.is_empty(), "-S, -C, -R lost:\n{}\n-S printed:\n{save}", lost.join("\n"));
+        // And again: the restored services save the same text.
+        assert_eq!(format_save(&c2), save);
+    }
+
+    /// A bad `# ferrovs-service` / `# ferrovs-server` value is an error naming its line.
+    #[test]
+    fn bad_ferrovs_comment_values_name_the_line() {
+        for (t, part) in [
+            ("-A -t 10.0.0.9:80\n# ferrovs-service quorum=-1\n-A -t 10.0.0.1:80\n", "bad quorum"),
+            ("\n# ferrovs-service hysteresis=4294967296\n", "bad hysteresis"),
+            ("\n# ferrovs-service check=http check-interval=NaN\n", "check-interval"),
+            ("\n# ferrovs-service check=http check-timeout=-1\n", "check-timeout"),
+            ("\n# ferrovs-service check-rise=2\n", "without check=TYPE"),
+            ("\n# ferrovs-service check=ping\n", "bad check"),
+            ("\n# ferrovs-service sorry=10.0.0.1:99999\n", "sorry server"),
+            ("\n# ferrovs-service check=send_expect check-send=%G1\n", "check-send"),
+            ("\n# ferrovs-service check=send_expect check-send=%FF\n", "check-send"),
+            ("\n# ferrovs-service check=send_expect check-expect=ab%F\n", "check-expect"),
+            ("\n# ferrovs-service check=exec check-command=/bin/x,%\u{e9}\n", "check-command"),
+            ("\n# ferrovs-service local=10.0.0.1,x\n", "local address"),
+            ("\n# ferrovs-service forward=masq\n", "bad forward"),
+            ("\n# ferrovs-service syn-proxy=yes\n", "syn-proxy"),
+            ("\n# ferrovs-service ftp-max-expectations=300\n", "ftp-max-expectations"),
+            ("\n# ferrovs-server proxy=v3\n", "bad proxy"),
+            ("\n# ferrovs-server weight=3\n", "unknown ferrovs-server field"),
+        ] {
+            let e = parse_rules(t).expect_err(t);
+            assert!(e.starts_with("line 2: ") && e.contains(part), "{t:?}: {e}");
+        }
+        // What parses but the validator refuses is refused as a config file's would be.
+        let mut c = base();
+        let rules = "# ferrovs-service name=x proto=tcp vip=10.0.0.1 ports=80 quorum=2 hysteresis=2\n\
+                     -A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.0.2.2 -m\n";
+        for cmd in parse_rules(rules).unwrap() {
+            apply(&mut c, &cmd).unwrap();
+        }
+        let e = crate::ctl::control::validate(&c).unwrap_err();
+        assert!(e.contains("hysteresis"), "{e}");
     }
 
     #[test]
