@@ -717,16 +717,31 @@ const NOT_IMPORTED: &[(&str, bool)] = &[
 /// an empty configuration. What ferrovs does not implement is skipped with
 /// a warning; a firewall-mark service takes its VIP and ports from `marks`
 /// (the iptables/nftables rules that set marks are not part of the LVS
-/// configuration), else 0.0.0.0 and every port, with a warning. Errors
-/// name the line (file `ipvsadm`).
+/// configuration), else 0.0.0.0 and every port, with a warning. The
+/// `# ferrovs-service` / `# ferrovs-server` comments of `ferrovsadm -S` are
+/// read as `-R` reads them (so its services import whole). Errors name the
+/// line (file `ipvsadm`).
 pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
     const ORIGIN: &str = "ipvsadm";
     // A scratch configuration to apply the edits to; only its services are kept.
     let mut cfg = Config::from_str("[engine]\nbackend = \"memory\"\n", ORIGIN)?;
     let mut warnings = Vec::new();
+    // `# ferrovs-service` / `# ferrovs-server` lines (`ferrovsadm -S` output), as `-R` reads them.
+    let mut pending: Option<ServiceExt> = None;
+    let mut pending_server: Option<ServerExt> = None;
+    let mut declared: Vec<(SvcKey, String)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         let err = |message: String| ConfigError { file: ORIGIN.into(), line: Some(n), column: None, message };
+        let l = raw.trim();
+        if let Some(rest) = l.strip_prefix("# ferrovs-service") {
+            pending = Some(parse_ext(rest).map_err(err)?);
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# ferrovs-server") {
+            pending_server = Some(parse_server_ext(rest).map_err(err)?);
+            continue;
+        }
         let mut words = split_words(raw.split('#').next().unwrap_or(""));
         if words.first().is_some_and(|w| w == "ipvsadm") {
             words.remove(0);
@@ -745,15 +760,21 @@ pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
                 None => kept.push(w),
             }
         }
-        let mut cmd = match parse_args(&kept).map_err(err)?.action {
+        let all_ports = pending.as_ref().is_some_and(|e| e.ports.as_deref() == Some("*"));
+        let mut cmd = match parse_cmdline(&kept, all_ports, false).map_err(err)?.action {
             Action::Edit(c) => c,
             _ => return Err(err("not an ipvsadm-save line (-A, -a, -E, -e, -D, -d, -C or --set)".into())),
         };
+        attach_ext(&mut cmd, &mut pending, &mut pending_server, &mut declared);
+        let declared_ftp = matches!(&cmd, Command::AddService { ext: Some(e), .. } if e.ftp.is_some());
         match &mut cmd {
             Command::SetTimeouts { .. } => {
                 warnings.push(format!("line {n}: --set: timeouts are [engine.timeouts] settings, not imported"));
                 continue;
             }
+            // `ferrovsadm -S` said where the mark points.
+            Command::AddService { key: SvcKey::Fwmark { .. }, ext: Some(e), .. }
+                if e.vip.is_some() && e.ports.is_some() => {}
             Command::AddService { key: SvcKey::Fwmark { mark, v6 }, ext, .. } => {
                 let (vip, ports) = match marks.get(&(*mark, *v6)) {
                     Some((vip, ports)) => (*vip, ports.clone()),
@@ -770,15 +791,15 @@ pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
                 warnings.push(format!(
                     "line {n}: firewall mark {mark}: a mark may select TCP and UDP; imported as protocol tcp"
                 ));
-                *ext =
-                    Some(Box::new(ServiceExt { vip: Some(vip), ports: Some(fmt_ports(&ports)), ..Default::default() }));
+                let e = ext.get_or_insert_with(Default::default);
+                (e.vip, e.ports) = (Some(vip), Some(fmt_ports(&ports)));
             }
             _ => {}
         }
         apply(&mut cfg, &cmd).map_err(err)?;
         if let Command::AddService { .. } = cmd {
             let s = cfg.services.last().expect("apply added the service");
-            if s.ftp.is_some() {
+            if s.ftp.is_some() && !declared_ftp {
                 warnings.push(format!(
                     "line {n}: service {:?}: TCP port 21 (ip_vs_ftp): enabled the FTP helper (ftp = true)",
                     s.name
@@ -2574,6 +2595,25 @@ forward = "tunnel"
         }
         let e = crate::ctl::control::validate(&c).unwrap_err();
         assert!(e.contains("hysteresis"), "{e}");
+    }
+
+    /// `ferrovs config import --from ipvsadm` reads `ferrovsadm -S` output as `-R` does (before,
+    /// it dropped every `# ferrovs-...` comment: names, port groups and all the options of
+    /// `save_restore_keeps_every_service_option` were lost).
+    #[test]
+    fn import_reads_ferrovs_comments() {
+        let c = Config::from_str(EVERY_OPTION, "<t>").unwrap();
+        let save = format_save(&c);
+        let imp = import_save(&save, &MarkMap::new()).unwrap_or_else(|e| panic!("{e}\n{save}"));
+        let lost = lost_fields(&c.services, &imp.services);
+        assert!(lost.is_empty(), "import lost:\n{}\n-S printed:\n{save}", lost.join("\n"));
+        roundtrip(&imp);
+        let e =
+            import_save("-A -t 10.0.0.9:80\n# ferrovs-service check=http check-rise=x\n", &MarkMap::new()).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("bad check-rise"), "{e}");
+        let e = import_save("# ferrovs-server proxy=v9\n", &MarkMap::new()).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]
