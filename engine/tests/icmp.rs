@@ -896,3 +896,27 @@ fn a_tunnel_ftp_control_connections_client_segments_are_checked_against_the_mtu(
     frag_needed(&e.inject(EXT, &seg(1450, 1442), 2 * S), 1380);
     assert_drops(&e, &[]);
 }
+
+/// The later fragments of a datagram to a tunnel real server whose path MTU was learnt: one
+/// that would outgrow it once encapsulated is dropped (`too_big`, no error: RFC 1122 3.2.2;
+/// the first fragment's error told the sender), as one over the interface's MTU is, instead of
+/// going to the router that reported the path MTU to be dropped there. One that fits goes on.
+#[test]
+fn later_fragments_over_a_learnt_tunnel_path_mtu_are_dropped() {
+    let mut e = engine();
+    assert_eq!(e.inject(EXT, &from_client(tcp6(C6, 40016, VIP6_TUN, 80, TCP_SYN, 1, 0, b"")), S).len(), 1);
+    let tun = e.inject(EXT, &from_client(tcp6(C6, 40016, VIP6_TUN, 80, TCP_ACK, 2, 1, &[7; 1400])), S)[0].1.clone();
+    let err = from_rs(icmp6_error_whole(ROUTER6, LB_INT6, 2, 0, 1400, &tun[..14 + 1280 - 48]), RS1_MAC);
+    assert_eq!(e.inject(INT, &err, S).len(), 1);
+    assert_eq!(learnt(&e), (1, 0));
+    // Fragments of 1400 bytes (1360 fit once encapsulated), the last one of 164.
+    let dgram = from_client(tcp6(C6, 40016, VIP6_TUN, 80, TCP_ACK, 1402, 1, &[8; 2800]));
+    let frags = fragment6(&dgram, 1400, 93);
+    assert_eq!(frags.iter().map(|f| f.len() - 14).collect::<Vec<_>>(), [1400, 1400, 164]);
+    let out = e.inject(EXT, &frags[0], 2 * S);
+    assert_eq!((out.len(), out[0].0, out[0].1[54]), (1, EXT, 2), "the first: packet too big to the client");
+    assert!(e.inject(EXT, &frags[1], 2 * S).is_empty(), "over the learnt path MTU: nothing to the router");
+    let out = e.inject(EXT, &frags[2], 2 * S);
+    assert_eq!((out.len(), out[0].0, out[0].1[20]), (1, INT, 41), "fits: IPv6 in IPv6");
+    assert_drops(&e, &[(DropReason::TooBig, 1)]);
+}

@@ -223,6 +223,15 @@ impl<Q: BufAlloc> Worker<Q> {
             // Not the first fragment: no ICMP error (RFC 1122 3.2.2).
             return Next::Drop(DropReason::TooBig);
         }
+        // Nor one over a path MTU learnt towards the tunnel real server (the first fragment
+        // was told it): a router would drop it.
+        if over != 0 && inbound && !self.pmtu.is_empty() {
+            let rs = self.flows.rs_of(c).0;
+            if self.tunnel_path_limit(rs, pkt.data(), f.l3, f.end, f.v6, over).is_some() {
+                return Next::Drop(DropReason::TooBig);
+            }
+        }
+        let c = self.flows.get(fl.conn);
         match c.fwd {
             Forward::Nat => {
                 let (addr, l3d) =

@@ -208,19 +208,35 @@ impl<Q: BufAlloc> Worker<Q> {
     #[inline(never)]
     pub(super) fn tunnel_path_too_big(&mut self, idx: u32, pkt: &mut Q::Buf, p: &Parsed, over: usize) -> Option<Next> {
         let rs = self.flows.rs_of(self.flows.get(idx)).0;
+        let mtu = self.tunnel_path_limit(rs, pkt.data(), p.l3, p.end, p.v6, over)?;
+        Some(self.too_big(Dir::In, pkt, p, mtu))
+    }
+
+    /// The rule of [`Self::tunnel_path_too_big`] for the IP packet `d[l3..end]` of a tunnel
+    /// connection to real server `rs`: the largest packet the learnt path MTU lets through once
+    /// encapsulated (`over` the outer header), if this one is larger and its sender does path
+    /// MTU discovery (IPv4: DF set; IPv6: always, never asked below 1280); else `None`.
+    pub(super) fn tunnel_path_limit(
+        &mut self,
+        rs: Addr,
+        d: &[u8],
+        l3: usize,
+        end: usize,
+        v6: bool,
+        over: usize,
+    ) -> Option<usize> {
         let path = self.pmtu.get(rs, self.now)? as usize;
-        let len = p.end - p.l3;
         let mut mtu = path.saturating_sub(over);
-        if p.v6 {
+        if v6 {
             mtu = mtu.max(1280);
         }
-        if len <= mtu {
+        if end - l3 <= mtu {
             return None;
         }
-        if !p.v6 && Ipv4::at(pkt.data(), p.l3).map_or(true, |h| h.frag_word() & IPV4_DF == 0) {
+        if !v6 && Ipv4::at(d, l3).map_or(true, |h| h.frag_word() & IPV4_DF == 0) {
             return None;
         }
-        Some(self.too_big(Dir::In, pkt, p, mtu))
+        Some(mtu)
     }
 
     /// Translate an ICMP error about a tracked connection.
