@@ -920,3 +920,29 @@ fn later_fragments_over_a_learnt_tunnel_path_mtu_are_dropped() {
     assert_eq!((out.len(), out[0].0, out[0].1[20]), (1, INT, 41), "fits: IPv6 in IPv6");
     assert_drops(&e, &[(DropReason::TooBig, 1)]);
 }
+
+/// An ICMPv6 error whose quoted outer header is IPv6 to an IPv4-mapped address
+/// (`::ffff:10.0.2.3`, the IPv4 real server's address in the engine's form): the balancer
+/// never sends such a packet, so it is malformed, as an IPv4-mapped address in any IPv6
+/// header is. Before, it passed the checks of the IPv4 tunnel connection it named: relayed to
+/// the client, and its too-big report learnt as the IPv4 real server's path MTU.
+#[test]
+fn a_quoted_outer_ipv6_header_to_an_ipv4_mapped_address_is_malformed() {
+    let mut e = engine();
+    let (_, tun) = tunnel_conn(&mut e, 40017);
+    let client_pkt = &tun[14 + 20..14 + 20 + 60];
+    let mut outer = vec![0u8; 14 + 40];
+    outer[14] = 0x60;
+    outer[14 + 4..14 + 6].copy_from_slice(&(client_pkt.len() as u16).to_be_bytes());
+    outer[14 + 6] = 4; // IPv4 inside
+    outer[14 + 7] = 64;
+    outer[14 + 8..14 + 24].copy_from_slice(&LB_INT6);
+    outer[14 + 24 + 10..14 + 24 + 12].copy_from_slice(&[0xff, 0xff]);
+    outer[14 + 24 + 12..14 + 40].copy_from_slice(&RS2);
+    outer.extend_from_slice(client_pkt);
+    let err = from_rs(icmp6_error_whole(ROUTER6, LB_INT6, 2, 0, 1280, &outer), RS1_MAC);
+    assert!(e.inject(INT, &err, S).is_empty());
+    assert_eq!(learnt(&e), (0, 0));
+    assert_eq!(icmp_counts(&e), (0, 0));
+    assert_drops(&e, &[(DropReason::Malformed, 1)]);
+}

@@ -476,6 +476,11 @@ pub fn parse_tunnel_quote(frame: &[u8], p: &Parsed) -> Result<Option<TunnelQuote
         let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
         s.copy_from_slice(&h[8..24]);
         d.copy_from_slice(&h[24..40]);
+        if v4_mapped(&s) || v4_mapped(&d) {
+            // Never an outer header the balancer sent (as in `parse_ipv6`): it would name an
+            // IPv4 real server or address.
+            return Err(ParseError::Malformed);
+        }
         (40, h[6], v6_to_addr(s), v6_to_addr(d))
     };
     let inner_v6 = match proto {
