@@ -65,21 +65,15 @@ fn lane_key(d: &[u8]) -> Option<(u8, bool, FlowKey)> {
 /// The express parser of an IPv4 frame (see `lane_key`).
 #[inline(always)]
 fn express_key4(d: &[u8]) -> Option<(u8, FlowKey)> {
-    // The EtherType and the IP version and header length in one word each: 08 00 45 for an
-    // untagged frame, 81 00 _ _ 08 00 45 for a tagged one.
-    let eth: &[u8; 20] = d.get(..20)?.try_into().ok()?;
-    let word = |at: usize| u32::from_le_bytes([eth[at], eth[at + 1], eth[at + 2], eth[at + 3]]) & 0x00ff_ffff;
-    const V4_NO_OPTIONS: u32 = 0x0045_0008;
-    let l3 = if word(12) == V4_NO_OPTIONS {
-        14
-    } else if word(12) & 0xffff == 0x0081 && word(16) == V4_NO_OPTIONS {
-        18
-    } else {
-        return None;
+    let eth: &[u8; 18] = d.get(..18)?.try_into().ok()?;
+    let l3 = match [eth[12], eth[13]] {
+        [0x08, 0x00] => 14,
+        [0x81, 0x00] if eth[16] == 0x08 && eth[17] == 0x00 => 18,
+        _ => return None,
     };
     let ip: &[u8; LANE_V4] = d.get(l3..l3 + LANE_V4)?.try_into().ok()?;
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || l3 + total > d.len() {
+    if ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || l3 + total > d.len() {
         return None;
     }
     let l4len = total.checked_sub(20)?;
