@@ -244,13 +244,30 @@ pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.trim().parse::<IpAddr>().map_err(|_| format!("invalid IP address {s:?}"))
+    let a = s.trim().parse::<IpAddr>().map_err(|_| format!("invalid IP address {s:?}"))?;
+    not_v4_mapped(a)
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is refused wherever the config names an
+/// address: the engine keeps an IPv4 address in that form, so such a real server, VIP or
+/// interface address would be the IPv4 one in IPv6 clothing (an IPv6 service's real server
+/// `::ffff:10.0.2.2` a tunnel of IPv6 in IPv4 to 10.0.2.2), and on the wire no packet may
+/// carry one (RFC 4291 2.5.5.2; the parsers drop them).
+fn not_v4_mapped(a: IpAddr) -> Result<IpAddr, String> {
+    match a {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => Err(format!("{v6} is an IPv4-mapped IPv6 address: write the IPv4 address {v4}")),
+            None => Ok(a),
+        },
+        IpAddr::V4(_) => Ok(a),
+    }
 }
 
 pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
     let (a, p) =
         s.split_once('/').ok_or_else(|| format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 10.0.1.1/24"))?;
     let addr: IpAddr = a.parse().map_err(|_| format!("invalid CIDR {s:?}: bad address {a:?}"))?;
+    let addr = not_v4_mapped(addr).map_err(|m| format!("invalid CIDR {s:?}: {m}"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = match p.parse::<u32>() {
         Ok(v) if v <= max && !p.starts_with('+') => v as u8,

@@ -287,6 +287,20 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\n", 10, "missing field `vip`"),
     // addresses, MACs, CIDRs
     ("[[service]]\nname = \"a\"\nvip = \"10.0.0.300\"\n", 12, "invalid IP address \"10.0.0.300\""),
+    // IPv4-mapped IPv6 addresses: the IPv4 address in disguise, refused wherever named.
+    ("[[service]]\nname = \"a\"\nvip = \"::ffff:10.0.0.1\"\n", 12, "::ffff:10.0.0.1 is an IPv4-mapped IPv6 address: write the IPv4 address 10.0.0.1"),
+    (
+        "[[service]]\nname = \"a\"\nvip = \"fd00::100\"\nforward = \"tunnel\"\n[[service.real_server]]\naddress = \"::ffff:10.0.2.2\"\n",
+        15,
+        "IPv4-mapped IPv6 address: write the IPv4 address 10.0.2.2",
+    ),
+    (
+        "[[service]]\nname = \"a\"\nvip = \"fd00::100\"\nforward = \"fnat\"\nlocal_addresses = [\"::ffff:10.0.2.200\"]\n",
+        14,
+        "IPv4-mapped IPv6 address",
+    ),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"::ffff:10.0.3.1/120\"]\n", 13, "IPv4-mapped IPv6 address"),
+    ("[[neighbor]]\naddress = \"::ffff:10.0.1.9\"\nmac = \"02:00:00:00:01:09\"\n", 11, "IPv4-mapped IPv6 address"),
     ("[[interface]]\nname = \"b\"\ndevice = \"x\"\nmac = \"02:00:00:00:01\"\n", 13, "invalid MAC address"),
     ("[[interface]]\nname = \"b\"\ndevice = \"x\"\nmac = \"02:00:00:00:01:zz\"\n", 13, "invalid MAC address"),
     ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"10.0.2.1/33\"]\n", 13, "prefix length must be 0..=32"),

@@ -652,14 +652,16 @@ mod route_tests {
 
     #[test]
     fn ipv4_routes_in_32_bits_match_the_full_table() {
-        // Host, subnet, overlapping and default routes of both families, connected and via.
+        // Host, subnet, overlapping and default routes of both families, connected and via
+        // (`::/64` covers ::ffff:0:0/96, where IPv4 addresses are kept; the config refuses
+        // an IPv4-mapped prefix itself).
         let s = snap(
             "[[route]]\nprefix = \"0.0.0.0/0\"\nvia = \"10.0.1.254\"\n\n\
              [[route]]\nprefix = \"192.0.2.0/24\"\nvia = \"10.0.1.253\"\n\n\
              [[route]]\nprefix = \"192.0.2.128/25\"\nvia = \"10.0.1.252\"\n\n\
              [[route]]\nprefix = \"198.51.100.7/32\"\nvia = \"10.0.1.251\"\n\n\
              [[route]]\nprefix = \"::/0\"\nvia = \"fd00:1::fe\"\n\n\
-             [[route]]\nprefix = \"::ffff:0:0/96\"\nvia = \"fd00:1::fd\"\n",
+             [[route]]\nprefix = \"::/64\"\nvia = \"fd00:1::fd\"\n",
         );
         for d in [
             "10.0.1.9",
