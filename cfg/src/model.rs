@@ -293,6 +293,41 @@ pub struct Service {
     /// below `quorum - hysteresis`, a down one comes up at `quorum + hysteresis`, so a weight
     /// moving around the quorum does not move the new connections back and forth.
     pub hysteresis: u32,
+    /// `[service.notify]`: programs run on the service's events.
+    pub notify: Option<Notify>,
+}
+
+/// `[service.notify]`: programs run when a real server of the service goes up or down by
+/// its health check (keepalived's `notify_up` / `notify_down`) and when the service's quorum
+/// is reached or lost (`quorum_up` / `quorum_down`). Each is an absolute program path and its
+/// arguments, run without a shell, as `user`, with `FERROVS_EVENT`, `FERROVS_SERVICE` and,
+/// for a server's event, `FERROVS_SERVER` and `FERROVS_PORT` in its environment; one at a
+/// time in the order of the events, killed with its process group at `timeout`. An empty
+/// command: nothing runs for that event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notify {
+    pub up: Vec<String>,
+    pub down: Vec<String>,
+    pub quorum_up: Vec<String>,
+    pub quorum_down: Vec<String>,
+    /// The user the programs run as (with its primary group); `None`: the daemon's user.
+    pub user: Option<String>,
+    /// Seconds a program may run (default 10).
+    pub timeout: f64,
+}
+
+impl Notify {
+    /// The program of `event` (`up`, `down`, `quorum_up`, `quorum_down`), if one is set.
+    pub fn command(&self, event: &str) -> Option<&[String]> {
+        let c = match event {
+            "up" => &self.up,
+            "down" => &self.down,
+            "quorum_up" => &self.quorum_up,
+            "quorum_down" => &self.quorum_down,
+            _ => return None,
+        };
+        (!c.is_empty()).then_some(c.as_slice())
+    }
 }
 
 /// A service's sorry server: a destination of the service's forwarding method, used only

@@ -144,8 +144,20 @@ pub(crate) struct RawService {
     pub sorry_server: Option<S<RawSorryServer>>,
     pub quorum: Option<S<i64>>,
     pub hysteresis: Option<S<i64>>,
+    pub notify: Option<S<RawNotify>>,
     #[serde(default)]
     pub real_server: Vec<S<RawRealServer>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub up: Option<S<Vec<S<String>>>>,
+    pub down: Option<S<Vec<S<String>>>>,
+    pub quorum_up: Option<S<Vec<S<String>>>>,
+    pub quorum_down: Option<S<Vec<S<String>>>>,
+    pub user: Option<S<String>>,
+    pub timeout: Option<S<f64>>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -277,6 +277,20 @@ pub(crate) fn service(s: &Service) -> String {
             o.push_str("start_down = true\n");
         }
     }
+    if let Some(n) = &s.notify {
+        o.push_str("\n[service.notify]\n");
+        for (key, c) in [("up", &n.up), ("down", &n.down), ("quorum_up", &n.quorum_up), ("quorum_down", &n.quorum_down)]
+        {
+            if !c.is_empty() {
+                let args: Vec<String> = c.iter().map(|a| q(a)).collect();
+                let _ = writeln!(o, "{key} = [{}]", args.join(", "));
+            }
+        }
+        if let Some(u) = &n.user {
+            let _ = writeln!(o, "user = {}", q(u));
+        }
+        let _ = writeln!(o, "timeout = {}", float(n.timeout));
+    }
     for r in &s.real_servers {
         o.push_str("\n[[service.real_server]]\n");
         let _ = writeln!(o, "address = {}", q(&r.address.to_string()));

@@ -875,6 +875,11 @@ impl Validator<'_> {
             }
         };
 
+        let notify = match &rs.notify {
+            None => None,
+            Some(n) => Some(self.notify(n)?),
+        };
+
         Ok(Service {
             name,
             vip,
@@ -892,7 +897,66 @@ impl Validator<'_> {
             sorry_server,
             quorum,
             hysteresis,
+            notify,
         })
+    }
+
+    fn notify(&self, n: &Spanned<RawNotify>) -> R<Notify> {
+        let r = n.get_ref();
+        let cmd = |c: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| -> R<Vec<String>> {
+            c.as_ref().map_or(Ok(Vec::new()), |c| self.program(c, &format!("notify {what}")))
+        };
+        let timeout = match &r.timeout {
+            None => 10.0,
+            Some(t) => {
+                let v = *t.get_ref();
+                if !(0.01..=3600.0).contains(&v) {
+                    return Err(self.err(span_of(t), format!("notify timeout {v} must be 0.01..=3600 seconds")));
+                }
+                v
+            }
+        };
+        Ok(Notify {
+            up: cmd(&r.up, "up")?,
+            down: cmd(&r.down, "down")?,
+            quorum_up: cmd(&r.quorum_up, "quorum_up")?,
+            quorum_down: cmd(&r.quorum_down, "quorum_down")?,
+            user: r.user.as_ref().map(|u| self.user_name(u, "notify user")).transpose()?,
+            timeout,
+        })
+    }
+
+    /// A program to run (`what`: what names it in errors): its absolute path, then its
+    /// arguments, none with a NUL byte.
+    fn program(&self, c: &Spanned<Vec<Spanned<String>>>, what: &str) -> R<Vec<String>> {
+        let args = c.get_ref();
+        let Some(prog) = args.first() else {
+            return Err(self.err(
+                span_of(c),
+                format!("{what} must not be empty: the program's absolute path, then its arguments"),
+            ));
+        };
+        if !prog.get_ref().starts_with('/') {
+            return Err(self.err(
+                span_of(prog),
+                format!("{what} {:?} must be an absolute path (no shell, no PATH look-up)", prog.get_ref()),
+            ));
+        }
+        if let Some(a) = args.iter().find(|a| a.get_ref().contains('\0')) {
+            return Err(self.err(span_of(a), format!("{what} arguments must not contain a NUL byte")));
+        }
+        Ok(args.iter().map(|a| a.get_ref().clone()).collect())
+    }
+
+    /// A user name a program runs as (`what` names it in errors).
+    fn user_name(&self, u: &Spanned<String>, what: &str) -> R<String> {
+        let name = u.get_ref();
+        if name.is_empty() || name.len() > 256 || name.contains('\0') {
+            return Err(
+                self.err(span_of(u), format!("{what} {name:?} must be a user name of 1 to 256 bytes without NUL"))
+            );
+        }
+        Ok(name.clone())
     }
 
     fn health_check(&self, h: &Spanned<RawHealthCheck>) -> R<HealthCheck> {
@@ -1009,42 +1073,12 @@ impl Validator<'_> {
             }
             None => Vec::new(),
             Some(c) if !exec => return Err(only(span_of(c), "command")),
-            Some(c) => {
-                let args = c.get_ref();
-                let Some(prog) = args.first() else {
-                    return Err(self.err(
-                        span_of(c),
-                        "health check command must not be empty: the program's absolute path, then its arguments",
-                    ));
-                };
-                if !prog.get_ref().starts_with('/') {
-                    return Err(self.err(
-                        span_of(prog),
-                        format!(
-                            "health check command {:?} must be an absolute path (no shell, no PATH look-up)",
-                            prog.get_ref()
-                        ),
-                    ));
-                }
-                if let Some(a) = args.iter().find(|a| a.get_ref().contains('\0')) {
-                    return Err(self.err(span_of(a), "health check command arguments must not contain a NUL byte"));
-                }
-                args.iter().map(|a| a.get_ref().clone()).collect()
-            }
+            Some(c) => self.program(c, "health check command")?,
         };
         let user = match &r.user {
             None => None,
             Some(u) if !exec => return Err(only(span_of(u), "user")),
-            Some(u) => {
-                let name = u.get_ref();
-                if name.is_empty() || name.len() > 256 || name.contains('\0') {
-                    return Err(self.err(
-                        span_of(u),
-                        format!("health check user {name:?} must be a user name of 1 to 256 bytes without NUL"),
-                    ));
-                }
-                Some(name.clone())
-            }
+            Some(u) => Some(self.user_name(u, "health check user")?),
         };
         Ok((command, user))
     }

@@ -890,3 +890,53 @@ fn keepalived_alpha_quorum_hysteresis() {
         assert_eq!(e.line, Some(line), "{opts}: {e}");
     }
 }
+
+#[test]
+fn keepalived_notify_scripts() {
+    // notify_up / notify_down of the real servers and quorum_up / quorum_down of the
+    // virtual_server were warned about and dropped; they are the service's [service.notify]
+    // now, run as global_defs' script_user.
+    let conf = |rs2: &str| {
+        format!(
+            "global_defs {{\n  script_user lvs\n}}\n\
+             virtual_server 10.0.0.1 80 {{\n  quorum_up \"/usr/local/bin/q up\"\n  quorum_down /usr/local/bin/q down\n\
+             \x20 real_server 10.0.2.2 80 {{\n    notify_up \"/usr/local/bin/rs 'went up'\"\n    notify_down /usr/local/bin/rs down\n  }}\n\
+             \x20 real_server 10.0.2.3 80 {{\n{rs2}\n  }}\n}}\n"
+        )
+    };
+    let same = "    notify_up \"/usr/local/bin/rs 'went up'\"\n    notify_down /usr/local/bin/rs down";
+    let imp = from_keepalived(&conf(same)).unwrap();
+    roundtrip(&imp);
+    let n = imp.services[0].notify.as_ref().expect("notify imported");
+    assert_eq!(n.up, ["/usr/local/bin/rs", "went up"]);
+    assert_eq!(n.down, ["/usr/local/bin/rs", "down"]);
+    assert_eq!(n.quorum_up, ["/usr/local/bin/q", "up"]);
+    assert_eq!(n.quorum_down, ["/usr/local/bin/q", "down"]);
+    assert_eq!((n.user.as_deref(), n.timeout), (Some("lvs"), 10.0));
+    assert!(imp.warnings.iter().all(|w| !w.contains("notify") && !w.contains("quorum_")), "{:?}", imp.warnings);
+
+    // A script only some real servers have, or a different one: not imported, said so; the
+    // others are.
+    let imp = from_keepalived(&conf("    notify_down /usr/local/bin/other")).unwrap();
+    roundtrip(&imp);
+    let n = imp.services[0].notify.as_ref().expect("quorum scripts imported");
+    assert!(n.up.is_empty() && n.down.is_empty(), "{n:?}");
+    assert_eq!(n.quorum_down, ["/usr/local/bin/q", "down"]);
+    assert!(warned(&imp, 8, "notify_up is not the same script on every real server"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 9, "notify_down is not the same script"), "{:?}", imp.warnings);
+
+    // No script_user: imported to run as root, said so.
+    let imp =
+        from_keepalived("virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    notify_up /bin/up\n  }\n}\n")
+            .unwrap();
+    assert_eq!(
+        imp.services[0].notify.as_ref().map(|n| (n.up.clone(), n.user.clone())),
+        Some((vec!["/bin/up".to_string()], None))
+    );
+    assert!(imp.warnings.iter().any(|w| w.contains("imported to run as root")), "{:?}", imp.warnings);
+
+    // A relative script: an error on its line.
+    let e = from_keepalived("virtual_server 10.0.0.1 80 {\n  quorum_down q.sh\n}\n").unwrap_err();
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.to_string().contains("quorum_down \"q.sh\": the script must be an absolute path"), "{e}");
+}

@@ -194,6 +194,7 @@ fn good_config_parses_into_expected_model() {
             sorry_server: None,
             quorum: 1,
             hysteresis: 0,
+            notify: None,
         }
     );
     let d = &c.services[1];
@@ -777,4 +778,44 @@ fn health_check_start_down() {
     assert!(!d.services[0].health_check.as_ref().unwrap().start_down);
     let e = Config::from_str(&t("start_down = 1"), "a.toml").unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("a.toml", Some(9)), "{e}");
+}
+
+/// `[service.notify]` (keepalived's notify_up / notify_down / quorum_up / quorum_down):
+/// parsed, rendered back, and each program held to the exec check's rules.
+#[test]
+fn notify_programs() {
+    let svc = |table: &str| quorum_svc(&format!("[service.notify]\n{table}"), &[1]);
+    let c = Config::from_str(
+        &svc("up = [\"/usr/local/bin/rs\", \"up\"]\ndown = [\"/usr/local/bin/rs\", \"down\"]\n\
+              quorum_down = [\"/bin/logger\", \"quorum lost\"]\nuser = \"nobody\"\ntimeout = 2.5"),
+        "n.toml",
+    )
+    .unwrap();
+    let n = c.services[0].notify.as_ref().expect("notify");
+    assert_eq!(n.command("up"), Some(&["/usr/local/bin/rs".to_string(), "up".into()][..]));
+    assert_eq!(n.command("down").map(|c| c[1].as_str()), Some("down"));
+    assert_eq!(n.command("quorum_up"), None, "not set: nothing runs");
+    assert_eq!(n.command("quorum_down").map(|c| c.len()), Some(2));
+    assert_eq!((n.user.as_deref(), n.timeout), (Some("nobody"), 2.5));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
+    let d = Config::from_str(&svc("quorum_up = [\"/bin/true\"]"), "n.toml").unwrap();
+    assert_eq!(d.services[0].notify.as_ref().map(|n| (n.timeout, n.user.clone())), Some((10.0, None)));
+    assert_eq!(Config::from_str(&d.to_toml(), "r.toml").unwrap(), d);
+    assert_eq!(Config::from_str(&quorum_svc("", &[1]), "n.toml").unwrap().services[0].notify, None);
+
+    let cases: &[(&str, usize, &str)] = &[
+        ("up = [\"rs-up.sh\"]", 9, "notify up \"rs-up.sh\" must be an absolute path"),
+        ("down = []", 9, "notify down must not be empty"),
+        ("quorum_up = [\"/bin/x\", \"a\\u0000b\"]", 9, "must not contain a NUL byte"),
+        ("quorum_down = \"/bin/x\"", 9, "invalid type"),
+        ("user = \"\"", 9, "notify user \"\" must be a user name"),
+        ("timeout = 0", 9, "notify timeout 0 must be 0.01..=3600 seconds"),
+        ("timeout = 7200.0", 9, "0.01..=3600"),
+        ("bogus = 1", 9, "unknown field `bogus`"),
+    ];
+    for (table, line, msg) in cases {
+        let e = Config::from_str(&svc(table), "n.toml").expect_err(table);
+        assert_eq!((e.file.as_str(), e.line), ("n.toml", Some(*line)), "{table}: {e}");
+        assert!(e.to_string().contains(msg), "{table}: {e}");
+    }
 }

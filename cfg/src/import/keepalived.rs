@@ -517,11 +517,67 @@ fn script_argv(n: &Node) -> Result<Vec<String>, ConfigError> {
             .collect::<Vec<_>>()
             .join(" "),
     };
-    let argv = split_words(&text).map_err(|m| err(ORIGIN, n.line, format!("misc_path: {m}")))?;
+    let argv = split_words(&text).map_err(|m| err(ORIGIN, n.line, format!("{}: {m}", n.key)))?;
     if argv.is_empty() {
-        return Err(err(ORIGIN, n.line, "misc_path needs a script"));
+        return Err(err(ORIGIN, n.line, format!("{} needs a script", n.key)));
     }
     Ok(argv)
+}
+
+/// A notify script's argv (`notify_up`, `quorum_down`, ...): as [`script_argv`], and an
+/// absolute path (ferrovs runs it without a shell or PATH look-up).
+fn notify_argv(n: &Node) -> Result<Vec<String>, ConfigError> {
+    let argv = script_argv(n)?;
+    if !argv[0].starts_with('/') {
+        return Err(err(
+            ORIGIN,
+            n.line,
+            format!(
+                "{} {:?}: the script must be an absolute path (ferrovs runs it without a shell or PATH look-up)",
+                n.key, argv[0]
+            ),
+        ));
+    }
+    Ok(argv)
+}
+
+/// A service's `[service.notify]` from its real servers' `notify_up` / `notify_down` (`per`,
+/// in order) and its own `quorum_up` / `quorum_down`, run as global_defs' `script_user`.
+/// ferrovs has one program per event and service, told the server by `FERROVS_SERVER`: a
+/// script that is not the same on every real server is not imported (it would run for
+/// servers keepalived never ran it for), with a warning. `None`: no script at all.
+fn notify_of(
+    service: &str,
+    per: &[[Option<(Vec<String>, usize)>; 2]],
+    quorum_up: Vec<String>,
+    quorum_down: Vec<String>,
+    script_user: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Option<Notify> {
+    let mut ud: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for (i, key) in ["notify_up", "notify_down"].into_iter().enumerate() {
+        let Some((first, line)) = per.iter().find_map(|p| p[i].as_ref()) else { continue };
+        if per.iter().all(|p| p[i].as_ref().is_some_and(|(c, _)| c == first)) {
+            ud[i] = first.clone();
+        } else {
+            warnings.push(format!(
+                "line {line}: {key} is not the same script on every real server of {service} (ferrovs runs one \
+                 per service, FERROVS_SERVER naming the server): not imported"
+            ));
+        }
+    }
+    let [up, down] = ud;
+    if up.is_empty() && down.is_empty() && quorum_up.is_empty() && quorum_down.is_empty() {
+        return None;
+    }
+    if script_user.is_none() {
+        warnings.push(format!(
+            "{service}: notify scripts: global_defs names no script_user, so they are imported to run as root \
+             (keepalived runs them as keepalived_script if that user exists): set [service.notify] user unless \
+             they need root"
+        ));
+    }
+    Some(Notify { up, down, quorum_up, quorum_down, user: script_user.map(str::to_string), timeout: 10.0 })
 }
 
 /// Shell-like word splitting without expansions (see [`script_argv`]).
@@ -633,6 +689,7 @@ fn virtual_server(
     let mut alpha: Option<&Node> = None;
     let mut quorum: u32 = 1;
     let mut hysteresis: Option<(u32, usize)> = None;
+    let (mut quorum_up, mut quorum_down) = (Vec::new(), Vec::new());
     for n in body {
         match n.key.as_str() {
             "real_server" => reals.push(n),
@@ -682,6 +739,8 @@ fn virtual_server(
                 }
             }
             "hysteresis" => hysteresis = Some((num(n, u64::from(u32::MAX))? as u32, n.line)),
+            "quorum_up" => quorum_up = notify_argv(n)?,
+            "quorum_down" => quorum_down = notify_argv(n)?,
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
@@ -761,6 +820,8 @@ fn virtual_server(
         // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
         let mut ftp_hint = false;
+        // Each real server's notify_up and notify_down (ferrovs has one of each per service).
+        let mut notifies: Vec<[Option<(Vec<String>, usize)>; 2]> = Vec::new();
         for rs in &reals {
             let rl = rs.line;
             let (addr, rport) = match rs.args.as_slice() {
@@ -796,6 +857,7 @@ fn virtual_server(
             let mut thr_line = rl;
             let mut inhibit = vs_inhibit;
             let mut tcp_check = false;
+            let mut notify: [Option<(Vec<String>, usize)>; 2] = [None, None];
             let mut rs_retry = Retry::default();
             for n in rs.children.as_deref().unwrap_or(&[]) {
                 rs_retry.take(n)?;
@@ -808,6 +870,8 @@ fn virtual_server(
                     "uthreshold" => (r.upper, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
                     "lthreshold" => (r.lower, thr_line) = (num(n, MAX_THRESHOLD as u64)? as u32, n.line),
                     "inhibit_on_failure" => inhibit = flag(n)?,
+                    "notify_up" => notify[0] = Some((notify_argv(n)?, n.line)),
+                    "notify_down" => notify[1] = Some((notify_argv(n)?, n.line)),
                     "lvs_method" | "lb_kind" => {
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
@@ -870,7 +934,9 @@ fn virtual_server(
             }
             svc.real_servers.push(r);
             inhibits.push((inhibit, rl));
+            notifies.push(notify);
         }
+        svc.notify = notify_of(&svc.name, &notifies, quorum_up.clone(), quorum_down.clone(), script_user, warnings);
         if let Some(n) = sorry {
             let (addr, port) = match n.args.as_slice() {
                 [a, p] => (a, Some(p)),

@@ -132,6 +132,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         sorry_server: None,
         quorum: 1,
         hysteresis: 0,
+        notify: None,
     }
 }
 

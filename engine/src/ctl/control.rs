@@ -41,6 +41,7 @@
 use crate::ctl::clients::{Admit, Client, Clients, Limits, Paced};
 use crate::ctl::health::{HealthInfo, HealthTarget, ServerKey};
 use crate::ctl::ipvsadm::{self, Command, ConnRow, ListData, Stats, SvcKey};
+use crate::ctl::notify::{self, Job};
 use crate::ctl::overview::{FtpRow, Overview};
 use crate::daemon::{EngineView, Running};
 use crate::pipeline::counters::{DropReason, ServiceCounters};
@@ -135,6 +136,8 @@ struct Inner {
     zero: HashMap<CounterKey, Raw>,
     rates: HashMap<CounterKey, Rate>,
     health: HashMap<ServerKey, HealthInfo>,
+    /// Each service's quorum state in the snapshot served (see [`notify::quorum_events`]).
+    quorum: HashMap<String, bool>,
 }
 
 /// Everything the control server, health checker and exporter share.
@@ -150,6 +153,8 @@ pub struct State {
     pub sync_stats: std::sync::OnceLock<Arc<crate::cluster::syncd::SyncStats>>,
     /// The ports' own counters (set by [`spawn`] for a backend that has them).
     pub ports: std::sync::OnceLock<crate::port::PortSource>,
+    /// Runs the services' `[service.notify]` programs.
+    notifier: notify::Notifier,
 }
 
 /// An applier that builds snapshots for the MACs of `running` and posts
@@ -188,6 +193,9 @@ impl State {
     ) -> Arc<State> {
         let flow_capacity = config.engine.flow_table_size.max(16);
         let down: HashMap<ServerKey, ()> = Self::starting_down(None, &config).into_iter().map(|k| (k, ())).collect();
+        // The quorum states served at the start: what the first change is measured against.
+        let mut quorum = HashMap::new();
+        notify::quorum_events(&mut quorum, &snap.config);
         let st = Arc::new(State {
             flow_capacity,
             view,
@@ -200,10 +208,12 @@ impl State {
                 zero: HashMap::new(),
                 rates: HashMap::new(),
                 health: HashMap::new(),
+                quorum,
             }),
             started: Instant::now(),
             sync_stats: std::sync::OnceLock::new(),
             ports: std::sync::OnceLock::new(),
+            notifier: notify::Notifier::default(),
         });
         // Servers that start down are down in the first snapshot State makes, before the
         // checker runs.
@@ -301,6 +311,9 @@ impl State {
         // Sorry servers in here rather than in the snapshot's build: a service's quorum state
         // in the snapshot before is the memory its hysteresis needs.
         let served = eff.serving_after(Some(&g.snap.config)).unwrap_or(eff);
+        for job in notify::quorum_events(&mut g.quorum, &served) {
+            self.notifier.post(job);
+        }
         g.snap = (self.apply)(Arc::new(served));
     }
 
@@ -699,6 +712,15 @@ impl HealthTarget for State {
     }
     fn is_down(&self, key: &ServerKey) -> bool {
         State::is_down(self, key)
+    }
+    fn server_event(&self, key: &ServerKey, up: bool) {
+        let cfg = self.lock().admin.clone();
+        let event = if up { "up" } else { "down" };
+        if let Some(job) =
+            cfg.services.iter().find(|s| s.name == key.0).and_then(|s| Job::of(s, event, Some((key.1, key.2))))
+        {
+            self.notifier.post(job);
+        }
     }
 }
 
@@ -1271,6 +1293,45 @@ weight = 3
         assert_eq!(weights(&st), [0, 0, 0, 0, 1], "3 after 1: still down");
         st.replace(Config::from_str(&text, "t.toml").unwrap());
         assert_eq!(weights(&st), [0, 0, 0, 0, 1], "still down after a reload");
+    }
+
+    /// `[service.notify]`: the servers' up / down events from the checker and the quorum's
+    /// changes, from the checker or an edit, run their programs in order.
+    #[test]
+    fn notify_programs_run_on_server_and_quorum_events() {
+        let dir = std::env::temp_dir().join(format!("ferrovs-ctl-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (script, log) = (dir.join("n.sh"), dir.join("log"));
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$FERROVS_EVENT $FERROVS_SERVER\" >> {}\n", log.display()))
+            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let sh = script.display();
+        let mut text = format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nports = [80]\n\
+             quorum = 2\n[service.notify]\nup = [\"{sh}\"]\ndown = [\"{sh}\"]\nquorum_up = [\"{sh}\"]\n\
+             quorum_down = [\"{sh}\"]\n"
+        );
+        for i in 1..=2 {
+            text += &format!("[[service.real_server]]\naddress = \"127.0.0.{i}\"\nweight = 1\n");
+        }
+        let st = state(&text);
+        let key = |i: u8| ("web".to_string(), ip(&format!("127.0.0.{i}")), 80u16);
+        // As the checker does: the server down, then its event.
+        st.set_down(&key(1), true);
+        HealthTarget::server_event(&*st, &key(1), false);
+        st.set_down(&key(1), false);
+        HealthTarget::server_event(&*st, &key(1), true);
+        // An edit that takes the live weight under the quorum, and back.
+        edit(&st, "-e -t 10.0.0.1:80 -r 127.0.0.2:80 -w 0");
+        edit(&st, "-e -t 10.0.0.1:80 -r 127.0.0.2:80 -w 3");
+        let want = "quorum_down \ndown 127.0.0.1\nquorum_up \nup 127.0.0.1\nquorum_down \nquorum_up \n";
+        let t = Instant::now();
+        while std::fs::read_to_string(&log).map_or(0, |l| l.len()) < want.len() && t.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), want);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

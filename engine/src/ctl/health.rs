@@ -74,6 +74,9 @@ pub trait HealthTarget: Send + Sync {
     /// Is the server held down (a server of a `start_down` service, before its first
     /// checks)? A new target starts in that state.
     fn is_down(&self, key: &ServerKey) -> bool;
+    /// The checks took the server up (`true`) or down: run its service's `notify` program
+    /// for that ([`crate::ctl::notify`]), without waiting for it.
+    fn server_event(&self, key: &ServerKey, up: bool);
 }
 
 struct Target {
@@ -164,30 +167,45 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
     }
 }
 
-/// `exec`: run `hc.command` (no shell) for the real server at `addr`, as `hc.user` (its uid and
-/// primary group, looked up now: a user that does not exist fails the check) or the daemon's
-/// user. Its environment is the daemon's plus `FERROVS_SERVICE`, `FERROVS_SERVER` (the
-/// address) and `FERROVS_PORT`; stdin, stdout and stderr are /dev/null, so a chatty script
-/// never blocks on a pipe nobody reads. Exit status 0 is success. The program leads a process
-/// group of its own: at `timeout` the whole group (the script and what it started) gets
-/// SIGKILL, and the program is reaped. The group is killed before the reaping, while its
-/// number cannot belong to anybody else.
+/// `exec`: run `hc.command` for the real server at `addr` (see [`run_program`]), with
+/// `FERROVS_SERVICE`, `FERROVS_SERVER` (the address) and `FERROVS_PORT` in its environment.
 fn exec_check(hc: &HealthCheck, service: &str, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    if hc.command.is_empty() {
+        return Err("exec check without a command".into());
+    }
+    let env = [
+        ("FERROVS_SERVICE", service.to_string()),
+        ("FERROVS_SERVER", addr.ip().to_string()),
+        ("FERROVS_PORT", addr.port().to_string()),
+    ];
+    run_program(&hc.command, hc.user.as_deref(), &env, timeout)
+}
+
+/// Run `argv` (an absolute program path and its arguments; no shell), as `user` (its uid and
+/// primary group, looked up now: a user that does not exist is an error) or the daemon's
+/// user, with the daemon's environment plus `env`; stdin, stdout and stderr are /dev/null,
+/// so a chatty script never blocks on a pipe nobody reads. Exit status 0 is success. The
+/// program leads a process group of its own: at `timeout` the whole group (the script and
+/// what it started) gets SIGKILL, and the program is reaped. The group is killed before the
+/// reaping, while its number cannot belong to anybody else. Used by exec checks and by the
+/// notify programs ([`crate::ctl::notify`]).
+pub(crate) fn run_program(
+    argv: &[String],
+    user: Option<&str>,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let Some((prog, args)) = hc.command.split_first() else {
-        return Err("exec check without a command".into());
+    let Some((prog, args)) = argv.split_first() else {
+        return Err("no program to run".into());
     };
     let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .env("FERROVS_SERVICE", service)
-        .env("FERROVS_SERVER", addr.ip().to_string())
-        .env("FERROVS_PORT", addr.port().to_string())
-        .process_group(0);
-    let as_user = match &hc.user {
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let as_user = match user {
         Some(u) => {
             let (uid, gid) = user_ids(u)?;
             // std drops the supplementary groups when it changes the uid as root.
@@ -501,6 +519,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                         t.up = true;
                         tracing::info!(service = %k.0, server = %t.addr, "health check: real server is up");
                         state.set_down(&k, false);
+                        state.server_event(&k, true);
                     }
                 }
                 Err(e) => {
@@ -511,6 +530,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                         t.up = false;
                         tracing::warn!(service = %k.0, server = %t.addr, error = %e, "health check: real server is down");
                         state.set_down(&k, true);
+                        state.server_event(&k, false);
                     }
                     t.last_error = Some(e);
                 }

@@ -1253,6 +1253,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
                 quorum: ext.quorum.unwrap_or(1),
                 hysteresis: ext.hysteresis.unwrap_or(0),
+                notify: None,
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {

@@ -7,7 +7,9 @@
 //! - [`ipvsadm`]: the `ferrovsadm` command line, its edits and the ipvsadm
 //!   `-L` / `-S` / `-c` output; the one ipvsadm-save parser.
 //! - [`health`]: real-server health checks (through
-//!   [`health::HealthTarget`]); [`metrics`]: the Prometheus exporter
+//!   [`health::HealthTarget`]); [`notify`]: the services' notify programs
+//!   (keepalived's notify_up / notify_down / quorum_up / quorum_down);
+//!   [`metrics`]: the Prometheus exporter
 //!   (through [`metrics::Exported`]), [`statuspage`] beside it;
 //!   [`overview`]: everything an operator looks at, in one structure;
 //!   [`top`]: `ferrovsadm top`.
@@ -20,6 +22,7 @@ pub mod control;
 pub mod health;
 pub mod ipvsadm;
 pub mod metrics;
+pub mod notify;
 pub mod overview;
 pub mod statuspage;
 pub mod top;
