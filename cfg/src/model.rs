@@ -73,6 +73,9 @@ pub struct Engine {
     /// Source ports full-NAT connections use on each local address
     /// (default 1024-65535), split between the workers.
     pub local_port_range: PortRange,
+    /// Reverse-path filtering of a new connection's first packet to a VIP (Linux's
+    /// `rp_filter`, for both families). Default off.
+    pub rp_filter: RpFilter,
 }
 
 /// Protocol timeouts in seconds. Defaults are the IPVS defaults.
@@ -337,6 +340,20 @@ pub struct SorryServer {
     pub address: IpAddr,
     /// Destination port; `None`: as a real server without a port.
     pub port: Option<u16>,
+}
+
+/// Reverse-path filtering (Linux's `net.ipv4.conf.*.rp_filter`): is a new connection's source
+/// one the balancer routes back, and through the interface its first packet came in on?
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RpFilter {
+    /// No check (Linux's 0).
+    #[default]
+    Off,
+    /// The source has a route, through any interface (Linux's 2).
+    Loose,
+    /// The route to the source goes out through the interface the packet came in on
+    /// (Linux's 1, RFC 3704's strict reverse path forwarding).
+    Strict,
 }
 
 /// When a TCP service answers SYNs itself with SYN cookies.

@@ -87,6 +87,11 @@ pub(crate) fn config(c: &Config) -> String {
     if e.local_port_range != (PortRange { lo: 1024, hi: 65535 }) {
         let _ = writeln!(o, "local_port_range = \"{}-{}\"", e.local_port_range.lo, e.local_port_range.hi);
     }
+    match e.rp_filter {
+        RpFilter::Off => {}
+        RpFilter::Loose => o.push_str("rp_filter = \"loose\"\n"),
+        RpFilter::Strict => o.push_str("rp_filter = \"strict\"\n"),
+    }
     let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
     let _ = writeln!(o, "kernel_rate = {}", e.kernel_rate);
     let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);

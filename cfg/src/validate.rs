@@ -488,6 +488,14 @@ impl Validator<'_> {
                 r0
             }
         };
+        let rp_filter = match &e.rp_filter {
+            None => RpFilter::Off,
+            Some(v) => self.choice(
+                v,
+                "rp_filter",
+                &[("off", RpFilter::Off), ("loose", RpFilter::Loose), ("strict", RpFilter::Strict)],
+            )?,
+        };
         let backend_span = e.backend.as_ref().map(span_of);
         Ok((
             Engine {
@@ -509,6 +517,7 @@ impl Validator<'_> {
                 metrics_listen,
                 timeouts,
                 local_port_range,
+                rp_filter,
             },
             backend_span,
         ))
@@ -1165,6 +1174,7 @@ pub(crate) fn default_engine() -> Engine {
         metrics_listen: None,
         timeouts: Timeouts::default(),
         local_port_range: PortRange { lo: 1024, hi: 65535 },
+        rp_filter: RpFilter::Off,
     }
 }
 

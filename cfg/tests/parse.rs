@@ -425,6 +425,8 @@ fn bad_engine() {
         ("[engine]\nbackend = \"af_packet\"\n", 2, "at least one [[interface]] is required"),
         ("[engine]\nbackend = \"memory\"\nmetrics_listen = \"localhost\"\n", 3, "invalid metrics_listen"),
         ("[engine]\nbackend = \"memory\"\nmbufs = 0\n", 3, "mbufs must be between 1"),
+        ("[engine]\nbackend = \"memory\"\nrp_filter = \"on\"\n", 3, "invalid rp_filter \"on\""),
+        ("[engine]\nbackend = \"memory\"\nrp_filter = 1\n", 3, "invalid type"),
         (
             "[engine]\nbackend = \"memory\"\n\n[engine.timeouts]\ntcp = 0\n",
             5,
@@ -817,5 +819,16 @@ fn notify_programs() {
         let e = Config::from_str(&svc(table), "n.toml").expect_err(table);
         assert_eq!((e.file.as_str(), e.line), ("n.toml", Some(*line)), "{table}: {e}");
         assert!(e.to_string().contains(msg), "{table}: {e}");
+    }
+}
+
+#[test]
+fn rp_filter_modes() {
+    let c = |v: &str| Config::from_str(&format!("[engine]\nbackend = \"memory\"\n{v}"), "e.toml").unwrap();
+    assert_eq!(c("").engine.rp_filter, RpFilter::Off, "Linux's default 0");
+    for (v, want) in [("off", RpFilter::Off), ("loose", RpFilter::Loose), ("strict", RpFilter::Strict)] {
+        let cfg = c(&format!("rp_filter = \"{v}\"\n"));
+        assert_eq!(cfg.engine.rp_filter, want);
+        assert_eq!(Config::from_str(&cfg.to_toml(), "r.toml").unwrap(), cfg, "rendered back");
     }
 }

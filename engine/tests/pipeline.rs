@@ -676,3 +676,54 @@ fn full_flow_table_is_a_counted_drop() {
     assert_eq!(e.inject(EXT, &syn(41016, 80), 70 * S).len(), 1);
     assert_drops(&e, &[(DropReason::TableFull, 1)]);
 }
+
+#[test]
+fn rp_filter_checks_a_new_connections_source() {
+    // `[engine] rp_filter`: strict needs the route back to the source through the interface
+    // the first packet came in on, loose a route at all; off (the default) checks nothing.
+    // ext is 10.0.1.0/24 and fd00:1::/64, int 10.0.2.0/24 and fd00:2::/64; no default route.
+    let eng = |mode: &str| {
+        let t = config_text(SERVICES).replacen(
+            "flow_table_size = 4096",
+            &format!("flow_table_size = 4096\nrp_filter = \"{mode}\""),
+            1,
+        );
+        MemEngine::new(ferrovs_cfg::Config::from_str(&t, "rp.toml").expect("config"), 1)
+    };
+    let spoofed_int = [10, 0, 2, 77]; // int's subnet, arriving on ext
+    let unrouted = [192, 0, 2, 7];
+    let syn4 = |src: [u8; 4], vip: [u8; 4]| from_client(tcp4(src, 40000, vip, 80, TCP_SYN, 1, 0, b""));
+    let int6 = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x77];
+    // (mode, frame, forwarded, drops)
+    let cases: Vec<(&str, Vec<u8>, bool, &[(DropReason, u64)])> = vec![
+        ("strict", syn4(CLIENT, VIP), true, &[]),
+        ("strict", from_client(udp4(CLIENT, 40000, VIP, 53, b"q")), true, &[]),
+        ("strict", syn4(spoofed_int, VIP), false, &[(DropReason::RpFilter, 1)]),
+        ("strict", from_client(udp4(spoofed_int, 40000, VIP, 53, b"q")), false, &[(DropReason::RpFilter, 1)]),
+        ("strict", syn4(spoofed_int, VIP_DR), false, &[(DropReason::RpFilter, 1)]),
+        ("strict", syn4(unrouted, VIP_DR), false, &[(DropReason::RpFilter, 1)]),
+        ("strict", from_client(tcp6(C6, 40000, VIP6, 80, TCP_SYN, 1, 0, b"")), true, &[]),
+        ("strict", from_client(tcp6(int6, 40000, VIP6, 80, TCP_SYN, 1, 0, b"")), false, &[(DropReason::RpFilter, 1)]),
+        ("loose", syn4(spoofed_int, VIP), true, &[]),
+        ("loose", syn4(spoofed_int, VIP_DR), true, &[]),
+        ("loose", syn4(unrouted, VIP_DR), false, &[(DropReason::RpFilter, 1)]),
+        ("loose", from_client(tcp6(int6, 40000, VIP6, 80, TCP_SYN, 1, 0, b"")), true, &[]),
+        // Off: as before (DR needs no route back; NAT does, to send the replies).
+        ("off", syn4(spoofed_int, VIP_DR), true, &[]),
+        ("off", syn4(unrouted, VIP_DR), true, &[]),
+        ("off", syn4(unrouted, VIP), false, &[(DropReason::NoRoute, 1)]),
+    ];
+    for (i, (mode, f, forwarded, drops)) in cases.into_iter().enumerate() {
+        let mut e = eng(mode);
+        let out = e.inject(EXT, &f, S);
+        assert_eq!(out.len(), usize::from(forwarded), "case {i} ({mode}): {out:?}");
+        if forwarded {
+            assert_eq!(out[0].0, INT, "case {i} ({mode})");
+        }
+        if let Some(m) = drops_mismatch(&e, drops) {
+            panic!("case {i} ({mode}): {m}");
+        }
+        let flows: usize = e.workers.iter().map(|w| w.table_sizes().flows).sum();
+        assert_eq!(flows, usize::from(forwarded), "case {i} ({mode}): a refused source leaves no state");
+    }
+}

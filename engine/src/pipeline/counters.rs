@@ -45,6 +45,7 @@ drop_reasons! {
     ProxyUnacceptable => "proxy_unacceptable": "SYN proxy, while the real server's handshake is pending: a real server's segment that does not acknowledge our SYN (RFC 793 SYN-SENT: a SYN-ACK or reset with another acknowledgement, a reset without one) or carries neither SYN nor RST (the connection keeps waiting); a client reset outside the window offered; a segment after the client's reset.",
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long, or discarded by the client's reset).",
     MartianSource => "martian_source": "A new connection to a VIP from a source no packet may carry (Linux's martian sources): 0.0.0.0/8, loopback, multicast, a broadcast address, a VIP or one of the balancer's own addresses. Nothing is created and the SYN proxy does not answer it.",
+    RpFilter => "rp_filter": "A new connection to a VIP whose source fails `[engine] rp_filter`: no route back to it (loose), or the route leaves through another interface than the one the packet came in on (strict). Nothing is created and the SYN proxy does not answer it.",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
     FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",
@@ -66,6 +67,23 @@ drop_reasons! {
 
 pub const N_DROPS: usize = DropReason::ALL.len();
 
+/// A worker's drop counters, one per [`DropReason`] (an array longer than 32, which
+/// `Default` does not derive for).
+pub struct Drops(pub [AtomicU64; N_DROPS]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl std::ops::Deref for Drops {
+    type Target = [AtomicU64; N_DROPS];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// One list of a worker's event counters gives the shared block ([`WorkerCounters`], each
 /// counter an `AtomicU64`), its plain copy ([`CounterSnapshot`]), the copy, the reset and the
 /// sum over workers, so a new counter is written once.
@@ -75,7 +93,7 @@ macro_rules! worker_counters {
         #[derive(Default)]
         pub struct WorkerCounters {
             $($(#[$doc])* pub $name: AtomicU64,)*
-            pub drops: [AtomicU64; N_DROPS],
+            pub drops: Drops,
         }
 
         /// A plain copy of a worker's counters (or of their sum over workers,
@@ -97,7 +115,7 @@ macro_rules! worker_counters {
             /// Zero every counter (tests and fuzzing reuse an engine between runs).
             pub fn reset(&self) {
                 $(self.$name.store(0, Relaxed);)*
-                for d in &self.drops {
+                for d in self.drops.iter() {
                     d.store(0, Relaxed);
                 }
             }

@@ -410,6 +410,19 @@ impl Snapshot {
                 && (self.bcast4.contains(&a) || self.addr_info(a).kind & (ADDR_VIP | ADDR_LOCAL) != 0)
     }
 
+    /// May a new connection's first packet come from `src` on interface `iface`
+    /// (`[engine] rp_filter`, Linux's `fib_validate_source`)? Loose: there is a route back to
+    /// `src`; strict: it leaves through `iface`. Looked at for new connections only (their
+    /// packets after it go by the connection), so an established packet pays nothing.
+    #[inline]
+    pub fn reverse_path_ok(&self, iface: usize, src: Addr) -> bool {
+        match self.config.engine.rp_filter {
+            ferrovs_cfg::RpFilter::Off => true,
+            ferrovs_cfg::RpFilter::Loose => self.route(src).is_some(),
+            ferrovs_cfg::RpFilter::Strict => self.route(src).is_some_and(|(i, _)| i == iface),
+        }
+    }
+
     /// Is `a` a VIP or one of this node's own addresses (`local`: interface addresses, its
     /// full NAT local addresses)? One lookup, none for most addresses that are not.
     #[inline]

@@ -275,6 +275,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
             None if dst_vip && self.snap.martian_source(p.src) => Next::Drop(DropReason::MartianSource),
+            None if dst_vip && !self.snap.reverse_path_ok(iface, p.src) => Next::Drop(DropReason::RpFilter),
             None if dst_vip => {
                 // A connection's first SYN: its service is looked up once for the SYN proxy and
                 // the scheduler (other segments may not need it: looked up where they do).
