@@ -413,9 +413,15 @@ impl Snapshot {
     /// May a new connection's first packet come from `src` on interface `iface`
     /// (`[engine] rp_filter`, Linux's `fib_validate_source`)? Loose: there is a route back to
     /// `src`; strict: it leaves through `iface`. Looked at for new connections only (their
-    /// packets after it go by the connection), so an established packet pays nothing.
-    #[inline]
+    /// packets after it go by the connection), so an established packet pays nothing; off, a
+    /// new one pays a compare.
+    #[inline(always)]
     pub fn reverse_path_ok(&self, iface: usize, src: Addr) -> bool {
+        self.config.engine.rp_filter == ferrovs_cfg::RpFilter::Off || self.reverse_path_routed(iface, src)
+    }
+
+    #[inline(never)]
+    fn reverse_path_routed(&self, iface: usize, src: Addr) -> bool {
         match self.config.engine.rp_filter {
             ferrovs_cfg::RpFilter::Off => true,
             ferrovs_cfg::RpFilter::Loose => self.route(src).is_some(),
