@@ -257,6 +257,7 @@ mod tests {
             "service.ftp" => "[[service]]\nftp = { __probe = 1 }\n".into(),
             "service.sorry_server" => "[[service]]\nsorry_server = { __probe = 1 }\n".into(),
             "service.health_check" => "[[service]]\n[service.health_check]\n__probe = 1\n".into(),
+            "service.notify" => "[[service]]\n[service.notify]\n__probe = 1\n".into(),
             "service.real_server" => "[[service]]\n[[service.real_server]]\n__probe = 1\n".into(),
             "engine" | "engine.timeouts" | "cluster" => format!("[{section}]\n__probe = 1\n"),
             s => format!("[[{s}]]\n__probe = 1\n"),
