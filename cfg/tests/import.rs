@@ -850,7 +850,7 @@ fn keepalived_misc_check_as_an_exec_check() {
 }
 
 /// keepalived's `alpha`, `quorum` and `hysteresis` become `start_down`, `quorum` and
-/// `hysteresis`; `quorum_up`/`quorum_down` scripts are warned about; a hysteresis not below the
+/// `hysteresis`; `quorum_up`/`quorum_down` scripts become `[service.notify]`; a hysteresis not below the
 /// quorum is set to quorum - 1 as keepalived does; alpha on a service without a check changes
 /// nothing (keepalived's unchecked servers are always up), with a warning.
 #[test]
@@ -867,7 +867,9 @@ fn keepalived_alpha_quorum_hysteresis() {
     let s = &c.services[0];
     assert!(s.health_check.as_ref().unwrap().start_down);
     assert_eq!((s.quorum, s.hysteresis), (3, 1));
-    assert!(warned(&imp, 7, "quorum_up"), "{:?}", imp.warnings);
+    // quorum_up is the service's notify program now (run as root: no script_user, said).
+    assert_eq!(s.notify.as_ref().map(|n| n.quorum_up.clone()), Some(vec!["/bin/true".to_string()]));
+    assert!(imp.warnings.iter().any(|w| w.contains("imported to run as root")), "{:?}", imp.warnings);
     assert!(!imp.warnings.iter().any(|w| w.contains("alpha") || w.contains("option quorum ")), "{:?}", imp.warnings);
 
     // Defaults: no alpha, quorum 1, no hysteresis.
