@@ -2562,6 +2562,79 @@ forward = "tunnel"
         assert_eq!(format_save(&c2), save);
     }
 
+    /// The control socket carries a restored health check (`ferrovsadm -R`'s `add_service`)
+    /// in the form of the comment's `check*` fields: seconds as text, `remove` for
+    /// `on_fail = "remove"`, an absent or null field its default. A daemon and a `ferrovsadm`
+    /// of different versions read each other's edits.
+    #[test]
+    fn restored_checks_keep_the_socket_wire_format() {
+        let c = Config::from_str(EVERY_OPTION, "<t>").unwrap();
+        let sent: Vec<String> = parse_rules(&format_save(&c))
+            .unwrap()
+            .iter()
+            .filter_map(|c| match c {
+                Command::AddService { ext: Some(e), .. } => e.check.as_ref(),
+                _ => None,
+            })
+            .map(|h| serde_json::to_string(h).unwrap())
+            .collect();
+        let check = |kind: &str, fields: &str, command: &str, secs: [&str; 3], counts: &str, flags: &str| {
+            format!(
+                r#"{{"kind":"{kind}",{fields},"command":{command},"interval":{},"retry_interval":{},"timeout":{},{counts},{flags}}}"#,
+                secs[0], secs[1], secs[2]
+            )
+        };
+        let nulls = r#""port":null,"send":null,"expect":null,"path":null,"host":null,"status":null"#;
+        let want = [
+            check(
+                "http",
+                r#""port":8081,"send":null,"expect":null,"path":"/health?a=b&c=%41","host":"www.example.com","status":204"#,
+                r#"[],"user":null"#,
+                [r#""2.5""#, r#""0.75""#, r#""1.25""#],
+                r#""rise":3,"fall":4"#,
+                r#""remove":true,"start_down":true"#,
+            ),
+            check(
+                "send_expect",
+                r#""port":null,"send":"HELP\r\n","expect":"214 \"ok\" #1, a=b 'x' ü%","path":null,"host":null,"status":null"#,
+                r#"[],"user":null"#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            check(
+                "exec",
+                nulls,
+                r#"["/usr/local/bin/check","--name=a b","x,y",""],"user":"nobody""#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+        ];
+        assert_eq!(sent, want);
+        // An edit of an older `ferrovsadm`: what the comment did not set is null or absent, and
+        // takes its default.
+        let json = format!(
+            r#"{{"cmd":"add_service","key":{{"tcp":{{"vip":"10.0.0.1","port":80}}}},"scheduler":null,
+               "persistent":null,"netmask":null,"ext":{{"check":{}}}}}"#,
+            check(
+                "ftp",
+                nulls,
+                r#"[],"user":null"#,
+                ["null", r#""0.5""#, "null"],
+                r#""rise":null,"fall":7"#,
+                r#""remove":true"#
+            )
+        );
+        let mut c = base();
+        apply(&mut c, &serde_json::from_str::<Command>(&json).unwrap()).unwrap();
+        let h = c.services[0].health_check.clone().unwrap();
+        assert_eq!(
+            (h.kind, h.interval, h.retry_interval, h.timeout, h.rise, h.fall, h.quiesce, h.start_down),
+            (HealthCheckKind::Ftp, 5.0, Some(0.5), 3.0, 2, 7, false, false)
+        );
+    }
+
     /// A bad `# ferrovs-service` / `# ferrovs-server` value is an error naming its line.
     #[test]
     fn bad_ferrovs_comment_values_name_the_line() {
