@@ -3,6 +3,7 @@
 //! real server and route gateway is reachable through some interface.
 //! Workers receive it wrapped in an `Arc` as an immutable snapshot.
 
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -440,7 +441,10 @@ pub enum ProxyProtocol {
     V2,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A health check's type; its serde form is the config file's `type` word (the control
+/// socket carries it so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HealthCheckKind {
     /// TCP connect to the real server's port (or `port`).
     Tcp,
@@ -456,7 +460,12 @@ pub enum HealthCheckKind {
     Exec,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// `[service.health_check]`. Its serde form is what the control socket carries for
+/// `ferrovsadm -R` (an `add_service` edit), the `check*` fields of `-S`'s `# ferrovs-service`
+/// comment as JSON: seconds as their text, `remove` for `on_fail = "remove"`, and a field
+/// absent or null taking its default (but for `kind`), so a daemon and a `ferrovsadm` of
+/// different versions read each other's edits (see [`check_wire`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
     pub port: Option<u16>,
@@ -469,28 +478,184 @@ pub struct HealthCheck {
     pub status: Option<u16>,
     /// `exec`: the program (an absolute path) and its arguments, run without a shell; empty
     /// for the other types.
+    #[serde(default)]
     pub command: Vec<String>,
     /// `exec`: the user the program runs as (with its primary group), looked up when the
     /// check runs; `None`: the daemon's user.
     pub user: Option<String>,
     /// Seconds between checks (default 5).
+    #[serde(
+        default = "check_wire::default_interval",
+        serialize_with = "check_wire::write_secs",
+        deserialize_with = "check_wire::interval"
+    )]
     pub interval: f64,
     /// Seconds to the next check after a failure that has not yet taken the server down (the
     /// failure being confirmed), instead of `interval` (keepalived's `delay_before_retry`).
     /// Unset: `interval`.
+    #[serde(default, serialize_with = "check_wire::write_opt_secs", deserialize_with = "check_wire::opt_secs")]
     pub retry_interval: Option<f64>,
     /// Seconds a check may take (default 3).
+    #[serde(
+        default = "check_wire::default_timeout",
+        serialize_with = "check_wire::write_secs",
+        deserialize_with = "check_wire::timeout"
+    )]
     pub timeout: f64,
     /// Successes in a row to mark a server up (default 2).
+    #[serde(default = "check_wire::default_rise", deserialize_with = "check_wire::rise")]
     pub rise: u32,
     /// Failures in a row to mark it down (default 3).
+    #[serde(default = "check_wire::default_fall", deserialize_with = "check_wire::fall")]
     pub fall: u32,
     /// On failure set weight 0 (true, default) or remove the server (false).
+    #[serde(
+        rename = "remove",
+        default = "check_wire::default_quiesce",
+        serialize_with = "check_wire::write_not",
+        deserialize_with = "check_wire::not"
+    )]
     pub quiesce: bool,
     /// The real servers start down (weight 0, as a failed server) until their check has
     /// passed `rise` times: at the daemon's start and when added later (keepalived's `alpha`).
     /// Default false: they start up.
+    #[serde(default)]
     pub start_down: bool,
+}
+
+impl HealthCheckKind {
+    /// The config file's `type` word (and the `check=` of `ferrovsadm -S`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthCheckKind::Tcp => "tcp",
+            HealthCheckKind::SendExpect => "send_expect",
+            HealthCheckKind::Ftp => "ftp",
+            HealthCheckKind::Http => "http",
+            HealthCheckKind::Exec => "exec",
+        }
+    }
+
+    /// Every type, in the order the documentation lists them.
+    pub const ALL: [HealthCheckKind; 5] = [
+        HealthCheckKind::Tcp,
+        HealthCheckKind::SendExpect,
+        HealthCheckKind::Ftp,
+        HealthCheckKind::Http,
+        HealthCheckKind::Exec,
+    ];
+
+    /// The type a `type` word names.
+    pub fn named(word: &str) -> Option<HealthCheckKind> {
+        Self::ALL.into_iter().find(|k| k.name() == word)
+    }
+}
+
+impl HealthCheck {
+    /// The defaults of what `[service.health_check]` (or `ferrovsadm -R`'s comment) leaves
+    /// out: the only place that knows them.
+    pub const DEFAULT_INTERVAL: f64 = 5.0;
+    pub const DEFAULT_TIMEOUT: f64 = 3.0;
+    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_FALL: u32 = 3;
+    pub const DEFAULT_QUIESCE: bool = true;
+
+    /// A check of `kind` with every other setting at its default.
+    pub fn new(kind: HealthCheckKind) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port: None,
+            send: None,
+            expect: None,
+            path: None,
+            host: None,
+            status: None,
+            command: Vec::new(),
+            user: None,
+            interval: Self::DEFAULT_INTERVAL,
+            retry_interval: None,
+            timeout: Self::DEFAULT_TIMEOUT,
+            rise: Self::DEFAULT_RISE,
+            fall: Self::DEFAULT_FALL,
+            quiesce: Self::DEFAULT_QUIESCE,
+            start_down: false,
+        }
+    }
+
+    /// Seconds written as text (`ferrovsadm -S`'s comment, the control socket): a finite,
+    /// non-negative number; the validator holds it to its range. Written back with `{}`,
+    /// the shortest text that parses to the same `f64`, so `0.1` stays `0.1`.
+    pub fn parse_secs(text: &str) -> Option<f64> {
+        text.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0)
+    }
+}
+
+/// Serde helpers of [`HealthCheck`]'s control-socket form.
+mod check_wire {
+    use super::HealthCheck;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn write_secs<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn write_opt_secs<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| HealthCheck::parse_secs(&t).ok_or_else(|| D::Error::custom(format!("bad seconds {t:?}"))))
+            .transpose()
+    }
+
+    pub fn default_interval() -> f64 {
+        HealthCheck::DEFAULT_INTERVAL
+    }
+
+    pub fn default_timeout() -> f64 {
+        HealthCheck::DEFAULT_TIMEOUT
+    }
+
+    pub fn default_rise() -> u32 {
+        HealthCheck::DEFAULT_RISE
+    }
+
+    pub fn default_fall() -> u32 {
+        HealthCheck::DEFAULT_FALL
+    }
+
+    pub fn default_quiesce() -> bool {
+        HealthCheck::DEFAULT_QUIESCE
+    }
+
+    pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(opt_secs(d)?.unwrap_or(HealthCheck::DEFAULT_INTERVAL))
+    }
+
+    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(opt_secs(d)?.unwrap_or(HealthCheck::DEFAULT_TIMEOUT))
+    }
+
+    pub fn rise<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        Ok(Option::deserialize(d)?.unwrap_or(HealthCheck::DEFAULT_RISE))
+    }
+
+    pub fn fall<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        Ok(Option::deserialize(d)?.unwrap_or(HealthCheck::DEFAULT_FALL))
+    }
+
+    /// `quiesce` travels as its opposite, `remove`.
+    pub fn write_not<S: Serializer>(v: &bool, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(!v)
+    }
+
+    pub fn not<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        Ok(!bool::deserialize(d)?)
+    }
 }
 
 /// `[cluster]`: several ferrovs nodes with the same services behind routers that spread traffic

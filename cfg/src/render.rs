@@ -237,14 +237,7 @@ pub(crate) fn service(s: &Service) -> String {
     }
     if let Some(h) = &s.health_check {
         o.push_str("\n[service.health_check]\n");
-        let kind = match h.kind {
-            HealthCheckKind::Tcp => "tcp",
-            HealthCheckKind::SendExpect => "send_expect",
-            HealthCheckKind::Ftp => "ftp",
-            HealthCheckKind::Http => "http",
-            HealthCheckKind::Exec => "exec",
-        };
-        let _ = writeln!(o, "type = {}", q(kind));
+        let _ = writeln!(o, "type = {}", q(h.kind.name()));
         if let Some(p) = h.port {
             let _ = writeln!(o, "port = {p}");
         }

@@ -970,17 +970,7 @@ impl Validator<'_> {
 
     fn health_check(&self, h: &Spanned<RawHealthCheck>) -> R<HealthCheck> {
         let r = h.get_ref();
-        let kind = self.choice(
-            &r.kind,
-            "health check type",
-            &[
-                ("tcp", HealthCheckKind::Tcp),
-                ("send_expect", HealthCheckKind::SendExpect),
-                ("ftp", HealthCheckKind::Ftp),
-                ("http", HealthCheckKind::Http),
-                ("exec", HealthCheckKind::Exec),
-            ],
-        )?;
+        let kind = self.choice(&r.kind, "health check type", &HealthCheckKind::ALL.map(|k| (k.name(), k)))?;
         let port = match &r.port {
             Some(p) => Some(self.int(p, 1, 65535, "health check port")? as u16),
             None => None,
@@ -1000,17 +990,17 @@ impl Validator<'_> {
                 }
             }
         };
-        let interval = secs(&r.interval, "interval", 5.0)?;
+        let interval = secs(&r.interval, "interval", HealthCheck::DEFAULT_INTERVAL)?;
         let retry_interval = match &r.retry_interval {
             Some(_) => Some(secs(&r.retry_interval, "retry_interval", interval)?),
             None => None,
         };
-        let timeout = secs(&r.timeout, "timeout", 3.0)?;
-        let rise = self.opt_int(&r.rise, 1, 1000, "health check rise", 2)? as u32;
-        let fall = self.opt_int(&r.fall, 1, 1000, "health check fall", 3)? as u32;
+        let timeout = secs(&r.timeout, "timeout", HealthCheck::DEFAULT_TIMEOUT)?;
+        let rise = self.opt_int(&r.rise, 1, 1000, "health check rise", HealthCheck::DEFAULT_RISE.into())? as u32;
+        let fall = self.opt_int(&r.fall, 1, 1000, "health check fall", HealthCheck::DEFAULT_FALL.into())? as u32;
         let quiesce = match &r.on_fail {
             Some(s) => self.choice(s, "on_fail", &[("quiesce", true), ("remove", false)])?,
-            None => true,
+            None => HealthCheck::DEFAULT_QUIESCE,
         };
         let expect = r.expect.as_ref().map(|e| e.get_ref().clone());
         if kind == HealthCheckKind::SendExpect && !matches!(expect.as_deref(), Some(e) if !e.is_empty()) {

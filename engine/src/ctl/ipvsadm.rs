@@ -87,7 +87,7 @@ impl SvcKey {
 
 /// What ipvsadm cannot say about a service: carried by the
 /// `# ferrovs-service` comment of `-S` output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct ServiceExt {
     pub name: Option<String>,
@@ -114,32 +114,9 @@ pub struct ServiceExt {
     pub sorry_port: Option<u16>,
     pub quorum: Option<u32>,
     pub hysteresis: Option<u32>,
-    pub check: Option<CheckExt>,
-}
-
-/// A service's `[service.health_check]`, as the `check*` fields of `# ferrovs-service`
-/// (seconds as text: the comment's, so that an edit is `Eq`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct CheckExt {
-    /// `tcp`, `send_expect`, `ftp`, `http` or `exec`.
-    pub kind: String,
-    pub port: Option<u16>,
-    pub send: Option<String>,
-    pub expect: Option<String>,
-    pub path: Option<String>,
-    pub host: Option<String>,
-    pub status: Option<u16>,
-    pub command: Vec<String>,
-    pub user: Option<String>,
-    pub interval: Option<String>,
-    pub retry_interval: Option<String>,
-    pub timeout: Option<String>,
-    pub rise: Option<u32>,
-    pub fall: Option<u32>,
-    /// `on_fail = "remove"`.
-    pub remove: bool,
-    pub start_down: bool,
+    /// The `check*` fields, defaults filled in (on the control socket in their own form, see
+    /// [`HealthCheck`]).
+    pub check: Option<HealthCheck>,
 }
 
 /// What ipvsadm cannot say about a real server: carried by a `# ferrovs-server` comment
@@ -155,7 +132,7 @@ pub struct ServerExt {
 }
 
 /// An edit of the running configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     AddService {
@@ -226,7 +203,7 @@ pub struct ListOpts {
 }
 
 /// What a `ferrovsadm` command line asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     Edit(Command),
     List(ListOpts),
@@ -267,7 +244,7 @@ impl Default for TopOpts {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Invocation {
     pub action: Action,
     pub socket: Option<String>,
@@ -874,17 +851,15 @@ fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
 
 /// Seconds of a health check: a finite, non-negative number (the validator holds it to its
 /// range).
-fn seconds(what: &str, v: &str) -> Result<String, String> {
-    match v.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(v.to_string()),
-        _ => Err(format!("bad {what} {v:?} (seconds)")),
-    }
+fn seconds(what: &str, v: &str) -> Result<f64, String> {
+    HealthCheck::parse_secs(v).ok_or_else(|| format!("bad {what} {v:?} (seconds)"))
 }
 
 fn parse_ext(s: &str) -> Result<ServiceExt, String> {
     let mut e = ServiceExt::default();
-    let mut check = CheckExt::default();
-    let mut any_check = false;
+    // The kind is set by `check=`, wherever it stands among the `check-*` fields.
+    let mut check = HealthCheck::new(HealthCheckKind::Tcp);
+    let (mut any_check, mut kind_given) = (false, false);
     for w in split_words(s) {
         if w.starts_with("check") {
             any_check = true;
@@ -916,10 +891,11 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             }
             Some(("quorum", v)) => e.quorum = Some(num("quorum", v)?),
             Some(("hysteresis", v)) => e.hysteresis = Some(num("hysteresis", v)?),
-            Some(("check", v)) => match v {
-                "tcp" | "send_expect" | "ftp" | "http" | "exec" => check.kind = v.to_string(),
-                _ => return Err(format!("bad check {v:?} (tcp, send_expect, ftp, http or exec)")),
-            },
+            Some(("check", v)) => {
+                check.kind = HealthCheckKind::named(v)
+                    .ok_or_else(|| format!("bad check {v:?} (tcp, send_expect, ftp, http or exec)"))?;
+                kind_given = true;
+            }
             Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
             Some(("check-send", v)) => check.send = Some(dec("check-send", v)?),
             Some(("check-expect", v)) => check.expect = Some(dec("check-expect", v)?),
@@ -930,20 +906,20 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
                 check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
             }
             Some(("check-user", v)) => check.user = Some(dec("check-user", v)?),
-            Some(("check-interval", v)) => check.interval = Some(seconds("check-interval", v)?),
+            Some(("check-interval", v)) => check.interval = seconds("check-interval", v)?,
             Some(("check-retry-interval", v)) => check.retry_interval = Some(seconds("check-retry-interval", v)?),
-            Some(("check-timeout", v)) => check.timeout = Some(seconds("check-timeout", v)?),
-            Some(("check-rise", v)) => check.rise = Some(num("check-rise", v)?),
-            Some(("check-fall", v)) => check.fall = Some(num("check-fall", v)?),
+            Some(("check-timeout", v)) => check.timeout = seconds("check-timeout", v)?,
+            Some(("check-rise", v)) => check.rise = num("check-rise", v)?,
+            Some(("check-fall", v)) => check.fall = num("check-fall", v)?,
             None if w == "ftp-foreign" => e.ftp_foreign = true,
             None if w == "ftp-low-ports" => e.ftp_low_ports = true,
-            None if w == "check-remove" => check.remove = true,
+            None if w == "check-remove" => check.quiesce = false,
             None if w == "check-start-down" => check.start_down = true,
             _ => return Err(format!("unknown ferrovs-service field {w:?}")),
         }
     }
     if any_check {
-        if check.kind.is_empty() {
+        if !kind_given {
             return Err("check-* fields without check=TYPE".into());
         }
         e.check = Some(check);
@@ -980,39 +956,6 @@ fn forward_word(f: Forward) -> &'static str {
         Forward::Tunnel => "tunnel",
         Forward::Fnat => "fnat",
     }
-}
-
-/// The health check a [`CheckExt`] describes (defaults as the config file's).
-fn check_of(c: &CheckExt) -> Result<HealthCheck, String> {
-    let kind = match c.kind.as_str() {
-        "tcp" => HealthCheckKind::Tcp,
-        "send_expect" => HealthCheckKind::SendExpect,
-        "ftp" => HealthCheckKind::Ftp,
-        "http" => HealthCheckKind::Http,
-        "exec" => HealthCheckKind::Exec,
-        k => return Err(format!("bad check {k:?} (tcp, send_expect, ftp, http or exec)")),
-    };
-    let secs = |what: &str, v: &Option<String>| -> Result<Option<f64>, String> {
-        v.as_deref().map(|v| seconds(what, v).and_then(|v| num(what, &v))).transpose()
-    };
-    Ok(HealthCheck {
-        kind,
-        port: c.port,
-        send: c.send.clone(),
-        expect: c.expect.clone(),
-        path: c.path.clone(),
-        host: c.host.clone(),
-        status: c.status,
-        command: c.command.clone(),
-        user: c.user.clone(),
-        interval: secs("check-interval", &c.interval)?.unwrap_or(5.0),
-        retry_interval: secs("check-retry-interval", &c.retry_interval)?,
-        timeout: secs("check-timeout", &c.timeout)?.unwrap_or(3.0),
-        rise: c.rise.unwrap_or(2),
-        fall: c.fall.unwrap_or(3),
-        quiesce: !c.remove,
-        start_down: c.start_down,
-    })
 }
 
 fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
@@ -1247,7 +1190,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 ftp,
                 fwmark,
                 real_servers: Vec::new(),
-                health_check: ext.check.as_ref().map(check_of).transpose()?,
+                health_check: ext.check.clone(),
                 syn_proxy,
                 local_addresses: ext.local.clone(),
                 sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
@@ -1784,14 +1727,7 @@ fn write_ext_options(out: &mut String, s: &Service) {
         let _ = write!(out, " hysteresis={}", s.hysteresis);
     }
     let Some(h) = &s.health_check else { return };
-    let kind = match h.kind {
-        HealthCheckKind::Tcp => "tcp",
-        HealthCheckKind::SendExpect => "send_expect",
-        HealthCheckKind::Ftp => "ftp",
-        HealthCheckKind::Http => "http",
-        HealthCheckKind::Exec => "exec",
-    };
-    let _ = write!(out, " check={kind}");
+    let _ = write!(out, " check={}", h.kind.name());
     if let Some(p) = h.port {
         let _ = write!(out, " check-port={p}");
     }
@@ -2626,6 +2562,8 @@ forward = "tunnel"
                 r#""remove":true"#
             )
         );
+        let e = serde_json::from_str::<Command>(&json.replace(r#""kind":"ftp","#, "")).unwrap_err();
+        assert!(e.to_string().contains("missing field `kind`"), "{e}");
         let mut c = base();
         apply(&mut c, &serde_json::from_str::<Command>(&json).unwrap()).unwrap();
         let h = c.services[0].health_check.clone().unwrap();
@@ -2633,6 +2571,39 @@ forward = "tunnel"
             (h.kind, h.interval, h.retry_interval, h.timeout, h.rise, h.fall, h.quiesce, h.start_down),
             (HealthCheckKind::Ftp, 5.0, Some(0.5), 3.0, 2, 7, false, false)
         );
+    }
+
+    /// Seconds of a restored check print back as the number written (`{}` of an `f64` is the
+    /// shortest text that parses to it), through `-R` and the control socket alike.
+    #[test]
+    fn check_seconds_print_back_the_number_written() {
+        for (written, printed) in [
+            ("0.5", "0.5"),
+            ("0.1", "0.1"),
+            ("1e-3", "0.001"),
+            ("0.3", "0.3"),
+            ("2.675", "2.675"),
+            ("0.30000000000000004", "0.30000000000000004"),
+            ("1.5E1", "15"),
+            ("86400", "86400"),
+            ("7.", "7"),
+        ] {
+            let rules = format!(
+                "# ferrovs-service name=x proto=tcp vip=10.0.0.1 ports=80 check=tcp check-interval={written} \
+                 check-retry-interval={written} check-timeout={written}\n-A -t 10.0.0.1:80 -s wlc\n"
+            );
+            let mut c = base();
+            for cmd in parse_rules(&rules).unwrap() {
+                let json = serde_json::to_string(&cmd).unwrap();
+                apply(&mut c, &serde_json::from_str(&json).unwrap()).unwrap();
+            }
+            let h = c.services[0].health_check.as_ref().unwrap();
+            let x: f64 = written.parse().unwrap();
+            assert_eq!((h.interval, h.retry_interval, h.timeout), (x, Some(x), x), "{written}");
+            let save = format_save(&c);
+            let want = format!(" check-interval={printed} check-retry-interval={printed} check-timeout={printed} ");
+            assert!(save.contains(&want), "{written}: {save}");
+        }
     }
 
     /// A bad `# ferrovs-service` / `# ferrovs-server` value is an error naming its line.
