@@ -32,8 +32,9 @@
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
 //!   check-host= check-status= check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
-//!   check-fall= check-remove check-start-down` (strings `%XX`-escaped:
-//!   `%`, quotes, `#`, `,`, `=`, spaces, control and non-ASCII bytes). A
+//!   check-fall= check-remove check-start-down` (strings, the name too,
+//!   `%XX`-escaped: `%`, quotes, `#`, `,`, `=`, spaces, control and
+//!   non-ASCII bytes, so no string ends the comment's line). A
 //!   bad value is an error naming the line; the restored configuration is
 //!   then validated as a config file is. To feed ferrovs rules to a kernel
 //!   ipvsadm, strip the comments first (`grep -v '^#'`).
@@ -872,7 +873,7 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("ftp", v)) => e.ftp = Some(v.to_string()),
             Some(("ftp-pinhole", v)) => e.ftp_pinhole = Some(v.parse().map_err(|_| format!("bad ftp-pinhole {v:?}"))?),
             Some(("ftp-max-expectations", v)) => e.ftp_max_expectations = Some(num("ftp-max-expectations", v)?),
-            Some(("name", v)) => e.name = Some(v.to_string()),
+            Some(("name", v)) => e.name = Some(dec("name", v)?),
             Some(("forward", v)) => {
                 forward_named(v)?;
                 e.forward = Some(v.to_string());
@@ -1842,7 +1843,9 @@ pub fn format_save(cfg: &Config) -> String {
             let _ = write!(
                 out,
                 "# ferrovs-service name={} proto={} vip={} ports={}",
-                s.name,
+                // Escaped as the other strings: a config may name a service with anything,
+                // a line break too, which must not end the comment and start a rule.
+                enc(&s.name),
                 if s.protocol == Protocol::Tcp { "tcp" } else { "udp" },
                 s.vip,
                 fmt_ports(&s.ports)
@@ -2571,6 +2574,62 @@ forward = "tunnel"
             (h.kind, h.interval, h.retry_interval, h.timeout, h.rise, h.fall, h.quiesce, h.start_down),
             (HealthCheckKind::Ftp, 5.0, Some(0.5), 3.0, 2, 7, false, false)
         );
+    }
+
+    /// A service name is `%XX`-escaped in `-S`'s comment like the other strings: a space, `%`,
+    /// `=`, `,`, a quote or `#` in it restores, and a line break in it cannot end the comment
+    /// and add a line of its own to the saved rules (before, the name was printed as it is:
+    /// "web front %1" restored as "web", and a name holding "\n-A -t ..." added that service).
+    #[test]
+    fn service_names_are_escaped_in_saved_rules() {
+        let names = [
+            "web front %1",
+            "a=b,c d",
+            "say \"hi\" 'x' #2",
+            "tab\there",
+            "\u{fc}ber",
+            "x\n-A -t 10.6.6.6:80 -s rr\n-a -t 10.6.6.6:80 -r 10.0.2.66:80 -m",
+            "x\r\n# ferrovs-service name=evil\r",
+        ];
+        let mut text = String::from("[engine]\nbackend = \"memory\"\n");
+        for (i, n) in names.iter().enumerate() {
+            let _ = write!(
+                text,
+                "\n[[service]]\nname = {n:?}\nvip = \"10.0.0.{}\"\nports = [80]\nforward = \"nat\"\n\n\
+                 [[service.real_server]]\naddress = \"10.0.2.{}\"\n",
+                i + 1,
+                i + 1
+            );
+        }
+        let c = Config::from_str(&text, "<t>").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let save = format_save(&c);
+        // One comment and two rules a service, nothing else.
+        assert_eq!(save.lines().count(), 3 * names.len(), "{save}");
+        assert!(!save.contains("10.6.6.6:80 -s") && !save.contains("name=evil"), "{save}");
+        // A name of only plain characters is printed as before.
+        assert!(format_save(&base_named("web-front_1.a")).starts_with("# ferrovs-service name=web-front_1.a "));
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap_or_else(|e| panic!("{e}\n{save}")) {
+            apply(&mut c2, &cmd).unwrap_or_else(|e| panic!("{e}\n{save}"));
+        }
+        let imported = import_save(&save, &MarkMap::new()).unwrap_or_else(|e| panic!("{e}\n{save}"));
+        for got in [&c2.services, &imported.services] {
+            let lost = lost_fields(&c.services, got);
+            assert!(lost.is_empty(), "lost:\n{}\n-S printed:\n{save}", lost.join("\n"));
+            assert_eq!(got.len(), names.len(), "{got:?}");
+        }
+        assert_eq!(format_save(&c2), save);
+        let e = parse_rules("# ferrovs-service name=web%2\n").unwrap_err();
+        assert!(e.starts_with("line 1: bad name"), "{e}");
+    }
+
+    /// `base()` with a service named `name`.
+    fn base_named(name: &str) -> Config {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.1:80");
+        c.services[0].name = name.into();
+        c
     }
 
     /// Seconds of a restored check print back as the number written (`{}` of an `f64` is the
