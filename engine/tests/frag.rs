@@ -485,3 +485,259 @@ fn fragments_with_a_bad_header_checksum_are_dropped_before_the_datagram_sees_the
     assert_eq!(drops(&e), vec![("ip_bad_csum", 5)]);
     assert_eq!(e.counters().flows_created, 1);
 }
+
+// IPv4 output fragmentation: a packet with DF clear that does not fit the egress MTU once
+// rewritten or encapsulated goes out in fragments (IPVS's `ensure_mtu_is_adequate` refuses
+// only DF packets; Linux's output path cuts the others). Each test runs the traffic through
+// a twin engine whose interfaces keep MTU 1500: the fragments must reassemble to exactly what
+// the twin sends whole.
+
+const OUT_SERVICES: &str = r#"
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 5353
+
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+protocol = "tcp"
+ports = [80]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 8080
+
+[[service]]
+name = "dns-dr"
+vip = "10.0.1.101"
+protocol = "udp"
+ports = [53]
+forward = "dr"
+
+[[service.real_server]]
+address = "10.0.2.3"
+
+[[service]]
+name = "dns-tun"
+vip = "10.0.1.102"
+protocol = "udp"
+ports = [53]
+forward = "tunnel"
+
+[[service.real_server]]
+address = "10.0.2.3"
+"#;
+
+const VIP_TUN: [u8; 4] = [10, 0, 1, 102];
+const LB_INT_ADDR: [u8; 4] = [10, 0, 2, 1];
+const IPV4_DF: u16 = 0x4000;
+const IPV4_MF: u16 = 0x2000;
+
+/// The engine for output fragmentation and its twin, whose MTUs stay 1500.
+fn out_engines() -> (MemEngine, MemEngine) {
+    (MemEngine::new(config(OUT_SERVICES), 1), MemEngine::new(config(OUT_SERVICES), 1))
+}
+
+fn set_mtu(e: &mut MemEngine, iface: usize, mtu: u16) {
+    for w in e.workers.iter_mut() {
+        w.queues_mut()[iface].set_mtu(mtu);
+        w.refresh_caps();
+    }
+}
+
+/// IPv4 frame `f` (no VLAN) with IP ID `id` and DF set or clear, its header checksum fixed.
+fn with_df(mut f: Vec<u8>, id: u16, on: bool) -> Vec<u8> {
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[20] = if on { 0x40 } else { 0 };
+    ferrovs_engine::wire::csum::fill_ipv4(&mut f, 14).unwrap();
+    f
+}
+
+/// (offset in bytes, IP length, MF) of each IPv4 frame (no VLAN).
+fn layout(frames: &[Vec<u8>]) -> Vec<(usize, usize, bool)> {
+    frames
+        .iter()
+        .map(|f| {
+            let w = u16::from_be_bytes([f[20], f[21]]);
+            ((w & 0x1fff) as usize * 8, u16::from_be_bytes([f[16], f[17]]) as usize, w & IPV4_MF != 0)
+        })
+        .collect()
+}
+
+/// `frame` injected on `iface` into both engines: what the engine sends (every frame on
+/// `egress`, each with a valid header checksum and within `mtu`) and the twin's one frame.
+fn both(
+    e: &mut MemEngine,
+    twin: &mut MemEngine,
+    iface: usize,
+    frame: &[u8],
+    egress: usize,
+    mtu: usize,
+) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let w = twin.inject(iface, frame, S);
+    assert_eq!(w.len(), 1, "the twin sends it whole");
+    let out = e.inject(iface, frame, S);
+    for (i, f) in &out {
+        assert_eq!(*i, egress);
+        assert!(f.len() - 14 <= mtu, "a fragment over the MTU: {}", f.len() - 14);
+        assert!(ferrovs_engine::wire::csum::ip_header_ok(f, 14, false));
+    }
+    (out.into_iter().map(|(_, f)| f).collect(), w[0].1.clone())
+}
+
+#[test]
+fn nat_udp_over_the_mtu_without_df_goes_out_in_fragments_both_ways() {
+    let (mut e, mut twin) = out_engines();
+    set_mtu(&mut e, INT, 1000);
+    set_mtu(&mut e, EXT, 1000);
+    // 1408 bytes of UDP: 976 (the most a multiple of 8 under 1000 - 20) and 432.
+    let big = with_df(from_client(udp4(CLIENT, 5353, VIP, 53, &payload(1400))), 0x4242, false);
+    let (out, whole) = both(&mut e, &mut twin, EXT, &big, INT, 1000);
+    assert_eq!(layout(&out), [(0, 996, true), (976, 452, false)]);
+    assert!(out.iter().all(|f| f[0..6] == RS1_MAC && f[18..20] == [0x42, 0x42]), "to the real server, the client's ID");
+    assert_eq!(reassemble(&out).expect("complete"), whole, "the rewritten datagram");
+    assert_eq!(udp_of(&whole), (CLIENT, 5353, RS1, 5353, payload(1400)));
+    // The real server's reply over the client side's MTU: cut too.
+    let reply = with_df(from_rs(udp4(RS1, 5353, CLIENT, 5353, &payload(1300)), RS1_MAC), 7, false);
+    let (out, whole) = both(&mut e, &mut twin, INT, &reply, EXT, 1000);
+    assert_eq!(layout(&out), [(0, 996, true), (976, 352, false)]);
+    assert!(out.iter().all(|f| f[0..6] == CLIENT_MAC));
+    assert_eq!(reassemble(&out).expect("complete"), whole);
+    assert_eq!(udp_of(&whole), (VIP, 53, CLIENT, 5353, payload(1300)));
+    assert_eq!(e.counters().frags_made, 4);
+    assert_eq!(drops(&e), vec![]);
+    // DF set: "fragmentation needed" to the client, as before; nothing to the real server.
+    let out = e.inject(EXT, &with_df(big.clone(), 0x4242, true), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    assert_eq!((out[0].0, &f[26..30], &f[30..34], f[34], f[35]), (EXT, &VIP[..], &CLIENT[..], 3, 4));
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1000);
+    // A header checksum that fails: dropped (fragments would get fresh checksums).
+    assert!(e.inject(EXT, &bad_ip_csum(big), S).is_empty());
+    assert_eq!(drops(&e), vec![("ip_bad_csum", 1)]);
+    assert_eq!(e.counters().frags_made, 4);
+}
+
+/// An established TCP connection's DF-clear segment over the MTU: the express lane leaves it
+/// to the general path, which cuts it, the lane on or off.
+#[test]
+fn an_established_tcp_segment_without_df_over_the_mtu_goes_out_in_fragments() {
+    use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
+    for express in [true, false] {
+        let (mut e, mut twin) = out_engines();
+        for x in [&mut e, &mut twin] {
+            x.workers[0].set_express(express);
+            let syn = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_SYN, 1000, 0, b""));
+            assert_eq!(x.inject(EXT, &syn, S).len(), 1);
+            let sa = from_rs(tcp4(RS1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK, 5000, 1001, b""), RS1_MAC);
+            assert_eq!(x.inject(INT, &sa, S).len(), 1);
+            let ack = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, b""));
+            assert_eq!(x.inject(EXT, &ack, S).len(), 1);
+            // Packets that fit take the lane (its next hop cached).
+            let small = from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1001, 5001, &[1; 100]));
+            assert_eq!(x.inject(EXT, &small, S).len(), 1);
+        }
+        set_mtu(&mut e, INT, 1000);
+        let seg = with_df(from_client(tcp4(CLIENT, 40000, VIP, 80, TCP_ACK, 1101, 5001, &payload(1400))), 9, false);
+        let (out, whole) = both(&mut e, &mut twin, EXT, &seg, INT, 1000);
+        assert_eq!(layout(&out), [(0, 996, true), (976, 464, false)], "express {express}");
+        assert_eq!(reassemble(&out).expect("complete"), whole, "express {express}");
+        verify_checksums(&whole).unwrap();
+        assert_eq!(e.counters().frags_made, 2);
+        assert_eq!(drops(&e), vec![]);
+    }
+}
+
+#[test]
+fn dr_udp_over_the_mtu_without_df_goes_out_in_fragments() {
+    let (mut e, mut twin) = out_engines();
+    set_mtu(&mut e, INT, 600);
+    let big = with_df(from_client(udp4(CLIENT, 5353, VIP_DR, 53, &payload(1400))), 3, false);
+    let (out, whole) = both(&mut e, &mut twin, EXT, &big, INT, 600);
+    assert_eq!(layout(&out), [(0, 596, true), (576, 596, true), (1152, 276, false)]);
+    assert!(out.iter().all(|f| f[0..6] == RS2_MAC));
+    assert_eq!(reassemble(&out).expect("complete"), whole);
+    assert_eq!(whole[12..], big[12..], "DR changes MAC addresses only");
+    assert_eq!(drops(&e), vec![]);
+}
+
+/// Tunnel mode: the outer packet is cut, the client's packet inside left whole; the outer DF
+/// is the client's (clear here) and the outer ID comes from the worker's counter.
+#[test]
+fn tunnel_udp_over_the_mtu_without_df_goes_out_as_outer_fragments() {
+    let (mut e, mut twin) = out_engines();
+    set_mtu(&mut e, INT, 1000);
+    let big = with_df(from_client(udp4(CLIENT, 5353, VIP_TUN, 53, &payload(1400))), 0x4242, false);
+    let (out, whole) = both(&mut e, &mut twin, EXT, &big, INT, 1000);
+    assert_eq!(layout(&out), [(0, 996, true), (976, 472, false)], "1428 bytes inside");
+    for f in &out {
+        assert_eq!((f[23], &f[26..30], &f[30..34]), (4, &LB_INT_ADDR[..], &RS2[..]), "IPIP fragments");
+        assert_eq!(u16::from_be_bytes([f[20], f[21]]) & IPV4_DF, 0);
+    }
+    assert_eq!(out[0][18..20], out[1][18..20], "one outer ID");
+    let outer = reassemble(&out).expect("complete");
+    assert_eq!(outer, whole);
+    assert_eq!(outer[34..], big[14..], "the client's packet untouched inside");
+    // DF set: "fragmentation needed" with the outer header off the MTU.
+    let out = e.inject(EXT, &with_df(big, 0x4242, true), S);
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    assert_eq!((out[0].0, &f[26..30], &f[30..34], f[34], f[35]), (EXT, &VIP_TUN[..], &CLIENT[..], 3, 4));
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 980);
+    assert_eq!(e.counters().frags_made, 2);
+    assert_eq!(drops(&e), vec![]);
+}
+
+/// The outer IPv4 header's DF is the client's packet's (IPVS `ip_vs_tunnel_xmit`); before, it
+/// was always set, so a router with a smaller MTU towards the real server dropped the packets
+/// of a sender that allowed fragmentation. An outer header with DF clear takes a fresh ID for
+/// each packet (the real server must not mix the fragments of two), one with DF set gets 0.
+#[test]
+fn the_outer_df_is_the_clients() {
+    let mut e = MemEngine::new(config(OUT_SERVICES), 1);
+    let mut outer = |on: bool| {
+        let f = with_df(from_client(udp4(CLIENT, 5353, VIP_TUN, 53, &payload(100))), 0x4242, on);
+        let out = e.inject(EXT, &f, S);
+        assert_eq!(out.len(), 1);
+        let o = &out[0].1;
+        assert_eq!((o[23], &o[34..]), (4, &f[14..]));
+        (u16::from_be_bytes([o[20], o[21]]), u16::from_be_bytes([o[18], o[19]]))
+    };
+    assert_eq!(outer(true), (IPV4_DF, 0));
+    let (a, b) = (outer(false), outer(false));
+    assert_eq!((a.0, b.0), (0, 0), "DF clear, as the client's");
+    assert_ne!(a.1, b.1, "a fresh ID each");
+    assert_eq!(outer(true), (IPV4_DF, 0));
+}
+
+/// A datagram that arrives in fragments of 1500 bytes, forwarded over an MTU of 1000: the
+/// first fragment (the connection path) and the later ones (by datagram) are each cut again,
+/// the pieces of a middle fragment keeping MF; the whole reassembles to the rewritten
+/// datagram. An IPv6 one is not cut (packet too big for the first, drops for the others:
+/// `icmp::packet_too_big_v6_and_fragments`).
+#[test]
+fn forwarded_fragments_over_the_mtu_are_cut_again() {
+    let (mut e, mut twin) = out_engines();
+    set_mtu(&mut e, INT, 1000);
+    let d = from_client(udp4(CLIENT, 5353, VIP, 53, &payload(3000)));
+    let frags = fragment4(&d, 1500, 0x99);
+    assert_eq!(layout(&frags), [(0, 1500, true), (1480, 1500, true), (2960, 68, false)]);
+    let out = inject_all(&mut e, EXT, &frags, S);
+    let want = inject_all(&mut twin, EXT, &frags, S);
+    assert_eq!(
+        layout(&out),
+        [(0, 996, true), (976, 524, true), (1480, 996, true), (2456, 524, true), (2960, 68, false)]
+    );
+    assert!(out.iter().all(|f| f.len() - 14 <= 1000 && f[0..6] == RS1_MAC));
+    let whole = reassemble(&out).expect("complete");
+    assert_eq!(whole, reassemble(&want).unwrap());
+    assert_eq!(udp_of(&whole), (CLIENT, 5353, RS1, 5353, payload(3000)));
+    assert_eq!(e.counters().frags_made, 4);
+    assert_eq!(drops(&e), vec![]);
+}

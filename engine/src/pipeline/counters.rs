@@ -59,7 +59,7 @@ drop_reasons! {
     HandoffFull => "handoff_full": "The ring to the owning worker was full.",
     TxFull => "tx_full": "The port's transmit queue was full.",
     NoBuffer => "no_buffer": "No free buffer to build a packet.",
-    TooBig => "too_big": "A packet does not fit the egress MTU (and no ICMP error went back for it: DF clear, an ICMP error or later fragment, rate-limited; likewise a router's error about a tunnel packet not relayed to its client) or a rewrite outgrew the buffer.",
+    TooBig => "too_big": "A packet does not fit the egress MTU (and no ICMP error went back for it: an ICMP error or later fragment, rate-limited, IPv4 without DF that cannot be cut (an MTU under 28 bytes, full NAT across families); likewise a router's error about a tunnel packet not relayed to its client) or a rewrite outgrew the buffer.",
     AlgHold => "alg_hold": "An FTP segment held back by the gateway until its line completes.",
     XlatUnsupported => "xlat_unsupported": "Full NAT across families (IPv6 <-> IPv4): a packet that cannot be translated (IPv6 extension headers, an IP fragment, an ICMP error with no translation, a protocol other than TCP/UDP).",
     OutOfWindow => "out_of_window": "FTP control connection: data beyond the largest window TCP can announce (65535 << 14) past what the gateway expects.",
@@ -210,6 +210,10 @@ worker_counters! {
     /// segment that outgrew the MTU (one per piece beyond the first), for
     /// packet accounting: each then went out, was dropped or parked.
     split_segments,
+    /// IPv4 fragments the worker cut packets into (each fragment counted, the first
+    /// included): packets with DF clear over the egress MTU once rewritten or encapsulated,
+    /// sent as fragments as Linux's output path does instead of a `too_big` drop.
+    frags_made,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" the worker originated (each turned
     /// a packet too big for the egress MTU into the error back to its sender), and those the
     /// `[engine] icmp_rate` token bucket suppressed (the packet is then a `too_big` drop).

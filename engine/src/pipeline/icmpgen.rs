@@ -13,7 +13,7 @@
 //! than the first, about a packet whose source is unspecified, multicast or
 //! broadcast, or (IPv4) about a packet sent to a multicast/broadcast address.
 //! IPv4 packets without DF are not answered either: the sender allowed
-//! fragmentation, which the balancer does not do (they are `too_big` drops).
+//! fragmentation, and the worker sends them in fragments ([`crate::wire::ipfrag`]).
 
 use crate::port::Packet;
 use crate::wire::csum;

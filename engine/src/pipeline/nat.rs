@@ -153,16 +153,39 @@ pub fn rewrite_addrs(
 }
 
 /// Encapsulate the IP packet in an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6)
-/// header from `src` to `rs`. False if it would exceed the MTU.
+/// header from `src` to `rs`.
+///
+/// The outer IPv4 header's DF is the inner IPv4 packet's, and clear over an IPv6 packet, as
+/// IPVS's `ip_vs_tunnel_xmit` sets it: a sender that allowed fragmentation lets routers
+/// towards the real server fragment the outer packet (or the balancer itself, below), and one
+/// doing path MTU discovery still hears of a smaller MTU. An outer header with DF clear takes
+/// its ID from `ident` (then advanced): its fragments, wherever they are made, must not mix
+/// with another datagram's at the real server (Linux's `ip_select_ident`); one with DF set
+/// is never fragmented and gets 0 (RFC 6864).
+///
+/// False if the outer packet would exceed `mtu`, unless `split` and its DF is clear: it is
+/// then built whole (up to 65535 bytes) for the caller to cut into fragments
+/// ([`crate::wire::ipfrag`]).
 ///
 /// The inner header is not checked (`csum::ip_header_ok`): it goes as received, so a
 /// corrupted one keeps its bad checksum and the real server drops it once decapsulated; the
 /// outer header's checksum covers only what the balancer wrote.
-pub fn encap_ipip<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, rs: Addr, mtu: u16) -> bool {
+pub fn encap_ipip<B: Packet>(
+    pkt: &mut B,
+    p: &Parsed,
+    src: Addr,
+    rs: Addr,
+    mtu: u16,
+    split: bool,
+    ident: &mut u16,
+) -> bool {
     let inner_len = p.end - p.l3;
     let v4 = addr_is_v4(rs);
     let hdr = if v4 { 20 } else { 40 };
-    if inner_len + hdr > mtu as usize || p.l3 < 14 || !pkt.set_len(p.end) || !pkt.prepend(hdr) {
+    // The outer DF: the inner IPv4 packet's; none over IPv6.
+    let df = if p.v6 { 0 } else { Ipv4::at(pkt.data(), p.l3).map_or(IPV4_DF, |h| h.frag_word() & IPV4_DF) };
+    let limit = if split && v4 && df == 0 { u16::MAX } else { mtu } as usize;
+    if inner_len + hdr > limit || p.l3 < 14 || !pkt.set_len(p.end) || !pkt.prepend(hdr) {
         return false;
     }
     let d = pkt.data_mut();
@@ -177,7 +200,11 @@ pub fn encap_ipip<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, rs: Addr, mtu: 
         h.clear();
         h.set_version_ihl(0x45);
         h.set_total_len((inner_len + 20) as u16);
-        h.set_frag_word(IPV4_DF);
+        h.set_frag_word(df);
+        if df == 0 {
+            h.set_ident(*ident);
+            *ident = ident.wrapping_add(1);
+        }
         h.set_ttl(64);
         h.set_proto(inner);
         h.set_src(addr_v4_bytes(src));
@@ -200,7 +227,8 @@ pub fn encap_ipip<B: Packet>(pkt: &mut B, p: &Parsed, src: Addr, rs: Addr, mtu: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::testpkt::{set_ttl, tcp4};
+    use crate::port::memory::HeapBuf;
+    use crate::tools::testpkt::{set_ttl, tcp4, udp4, udp6};
     use crate::wire::parse::{self, TCP_SYN};
 
     #[test]
@@ -220,5 +248,61 @@ mod tests {
         assert_eq!(rewrite_nat(&mut tiny, &p, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
         let p6 = Parsed { v6: true, ..p };
         assert_eq!(rewrite_nat(&mut f[..p.l3 + 30].to_vec(), &p6, true, rs, 8080, 0, 0), Err(DropReason::Malformed));
+    }
+
+    /// `f` (IPv4, no VLAN) with DF set or clear and IP ID `id`, its header checksum fixed.
+    fn df(mut f: Vec<u8>, on: bool, id: u16) -> Vec<u8> {
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[20] = if on { 0x40 } else { 0 };
+        csum::fill_ipv4(&mut f, 14).unwrap();
+        f
+    }
+
+    /// The outer IPv4 header's DF is the inner IPv4 packet's and clear over IPv6 (IPVS
+    /// `ip_vs_tunnel_xmit`); one with DF clear takes its ID from the counter, which moves on,
+    /// one with DF set gets 0. Before, the outer DF was always set.
+    #[test]
+    fn the_outer_df_follows_the_inner_packet() {
+        let (src, rs) = (parse::v4_to_addr([10, 0, 2, 1]), parse::v4_to_addr([10, 0, 2, 3]));
+        let outer = |frame: &[u8], ident: &mut u16| {
+            let p = parse::parse(frame).unwrap();
+            let mut b = HeapBuf::from_slice(frame);
+            assert!(encap_ipip(&mut b, &p, src, rs, 1500, false, ident));
+            let d = b.data().to_vec();
+            assert!(csum::ip_header_ok(&d, 14, false));
+            let h = Ipv4::at(&d, 14).unwrap();
+            (h.frag_word(), h.ident(), h.proto(), d[34..] == frame[14..])
+        };
+        let mut ident = 7;
+        let v4 = |on| df(udp4([10, 0, 1, 2], 4000, [10, 0, 1, 102], 53, &[1; 100]), on, 0x5555);
+        assert_eq!(outer(&v4(true), &mut ident), (IPV4_DF, 0, PROTO_IPIP, true), "DF set: copied, ID 0");
+        assert_eq!(ident, 7);
+        assert_eq!(outer(&v4(false), &mut ident), (0, 7, PROTO_IPIP, true), "DF clear: copied, ID from the counter");
+        assert_eq!(outer(&v4(false), &mut ident), (0, 8, PROTO_IPIP, true));
+        let v6 = udp6([0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 4000, [0xfd; 16], 53, &[1; 100]);
+        assert_eq!(outer(&v6, &mut ident), (0, 9, PROTO_IPV6, true), "IPv6 inside: DF clear");
+        assert_eq!(ident, 10);
+    }
+
+    /// Over the MTU: refused, unless the caller cuts it (`split`) and the outer DF is clear;
+    /// then built whole. An IPv6 outer header is never cut.
+    #[test]
+    fn an_outer_packet_over_the_mtu_is_built_whole_only_to_be_cut() {
+        let (src, rs) = (parse::v4_to_addr([10, 0, 2, 1]), parse::v4_to_addr([10, 0, 2, 3]));
+        let v4 = |on| df(udp4([10, 0, 1, 2], 4000, [10, 0, 1, 102], 53, &[1; 1400]), on, 1);
+        let mut ident = 0;
+        let run = |f: &[u8], rs, split, ident: &mut u16| {
+            let p = parse::parse(f).unwrap();
+            let mut b = HeapBuf::from_slice(f);
+            encap_ipip(&mut b, &p, src, rs, 1000, split, ident).then(|| b.data().len())
+        };
+        assert_eq!(run(&v4(false), rs, false, &mut ident), None);
+        assert_eq!(run(&v4(true), rs, true, &mut ident), None, "DF set: the sender gets an error instead");
+        assert_eq!(run(&v4(false), rs, true, &mut ident), Some(14 + 20 + 1428));
+        let rs6 = parse::v6_to_addr([0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        let src6 = parse::v6_to_addr([0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let p = parse::parse(&v4(false)).unwrap();
+        let mut b = HeapBuf::from_slice(&v4(false));
+        assert!(!encap_ipip(&mut b, &p, src6, rs6, 1000, true, &mut ident), "IPv6 outer: never cut");
     }
 }

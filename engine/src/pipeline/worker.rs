@@ -457,6 +457,13 @@ pub struct Worker<Q: BufAlloc> {
     /// yields them one by one.
     tx: Vec<Vec<Q::Buf>>,
     pending: Vec<Held<Addr, Q::Buf>>,
+    /// IPv4 output fragmentation (`split_out`): the later fragments of the packet being cut,
+    /// built before any goes out (kept for its allocation), and the next ID of an IPIP
+    /// header with DF clear ([`encap_ipip`]), each worker starting at its own share of the
+    /// 16-bit space so that workers tunnelling to one real server do not reuse each other's
+    /// IDs soon.
+    frag_out: Vec<Q::Buf>,
+    ip_ident: u16,
     actions: alg::Actions,
     /// Rate limit (kernel `net_ratelimit` defaults) for the FTP bounce
     /// refusal warning, which a client can trigger at will.
@@ -532,6 +539,7 @@ enum Local {
 }
 
 /// What to do with a packet after classification.
+#[derive(Clone, Copy)]
 enum Next {
     Tx(usize),
     Drop(DropReason),
@@ -618,6 +626,8 @@ impl<Q: BufAlloc> Worker<Q> {
             timeouts: [0; crate::flow::tcpstate::N_STATES],
             tx: (0..ifaces).map(|_| Vec::with_capacity(crate::port::BURST * 4)).collect(),
             pending: Vec::with_capacity(MAX_PENDING),
+            frag_out: Vec::new(),
+            ip_ident: (id * 65536 / env.workers.max(1)) as u16,
             actions: alg::Actions::default(),
             bounce_log: Default::default(),
             neigh_log: Default::default(),

@@ -6,6 +6,7 @@
 //!   rest.
 //! - [`csum`]: full Internet checksums for frames the engine builds and
 //!   RFC 1624 incremental updates for frames it rewrites.
+//! - [`ipfrag`]: IPv4 output fragmentation, for a packet with DF clear over the egress MTU.
 //! - [`view`]: typed views over a frame's headers (Ethernet addresses, IPv4, IPv6,
 //!   TCP, UDP, ICMP, the port word), taken by checked constructors, so the pipeline
 //!   reads and writes named fields, not offsets.
@@ -13,6 +14,7 @@
 //!   edges, window scale, timestamps).
 
 pub mod csum;
+pub mod ipfrag;
 pub mod parse;
 pub mod tcpopt;
 pub mod view;

@@ -5,7 +5,7 @@
 //! and `account` keep the connection's state, expiry and counters.
 
 use super::*;
-use crate::wire::view::Tcp;
+use crate::wire::view::{Ipv4, Tcp, IPV4_DF};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// [`track`] a packet (frame `d`, parsed as `p`) of connection `idx` travelling in `dir`,
@@ -80,7 +80,11 @@ impl<Q: BufAlloc> Worker<Q> {
         let hop = self.flows.hop_mac(h);
         let mtu = self.caps.get(hop.iface as usize).map_or(usize::MAX, |c| c.mtu as usize);
         if p.end - p.l3 > mtu {
-            return Some(self.too_big(dir, pkt, p, mtu));
+            return Some(if may_fragment(pkt.data(), p) {
+                self.forward_fragmented(idx, dir, pkt, p)
+            } else {
+                self.too_big(dir, pkt, p, mtu)
+            });
         }
         let la = if c.fwd == Forward::Fnat { self.flows.laddr_of(c) } else { 0 };
         // The far end this direction rewrites to: the real server (in) or the VIP (out).
@@ -115,6 +119,11 @@ impl<Q: BufAlloc> Worker<Q> {
             };
             let mtu = self.caps.get(egress as usize).map_or(usize::MAX, |c| c.mtu as usize);
             if p.end - p.l3 + over > mtu {
+                // Its sender allows fragmentation: it goes out in fragments (not across
+                // families: the translation has its own check, and answers).
+                if c.flags & F_XLAT == 0 && may_fragment(pkt.data(), p) {
+                    return self.forward_fragmented(idx, dir, pkt, p);
+                }
                 return self.too_big(dir, pkt, p, mtu.saturating_sub(over));
             }
             // A path MTU towards a tunnel real server learnt from a router (none learnt: one
@@ -125,6 +134,28 @@ impl<Q: BufAlloc> Worker<Q> {
                 }
             }
         }
+        self.forward_body(idx, dir, pkt, p)
+    }
+
+    /// A packet of connection `idx` over the egress MTU whose sender allows fragmentation
+    /// (IPv4, DF clear): forwarded as any packet, then cut into fragments that fit
+    /// ([`Worker::split_out`]). IPVS's `ensure_mtu_is_adequate` lets such a packet through and
+    /// Linux's output path (`ip_fragment`) cuts it; in tunnel mode the outer packet is cut
+    /// (its DF is the inner packet's, [`encap_ipip`]), the inner one left whole. Not one whose
+    /// header checksum fails (Linux drops it in `ip_rcv`): each fragment's header checksum is
+    /// computed afresh, which would launder the corruption.
+    #[inline(never)]
+    pub(super) fn forward_fragmented(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
+        if !csum::ip_header_ok(pkt.data(), p.l3, false) {
+            return Next::Drop(DropReason::IpBadChecksum);
+        }
+        let next = self.forward_body(idx, dir, pkt, p);
+        self.split_out(pkt, p.l3, next)
+    }
+
+    /// [`Worker::forward`] after the egress MTU check.
+    #[inline(always)]
+    fn forward_body(&mut self, idx: u32, dir: Dir, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         // A SYN-proxied client segment waiting for the real server: held as it is, its
         // accounts done once, when it is released (this path again). A real server's
         // segment that does not answer our SYN acceptably, or any segment after the
@@ -262,10 +293,17 @@ impl<Q: BufAlloc> Worker<Q> {
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };
-                if !encap_ipip(pkt, p, src, rs, self.caps[iface].mtu) {
+                let mtu = self.caps[iface].mtu;
+                if !encap_ipip(pkt, p, src, rs, mtu, true, &mut self.ip_ident) {
                     return Next::Drop(DropReason::TooBig);
                 }
-                self.l2_out(idx, true, pkt)
+                let next = self.l2_out(idx, true, pkt);
+                // Over the MTU with DF clear (`forward` let it through): the outer packet is
+                // cut here, whatever path brought it.
+                if pkt.len() - p.l3 > mtu as usize {
+                    return self.split_out(pkt, p.l3, next);
+                }
+                next
             }
         }
     }
@@ -360,6 +398,69 @@ impl<Q: BufAlloc> Worker<Q> {
                 Next::Park(iface, nh)
             }
         }
+    }
+
+    /// Cut the IPv4 packet at `l3` of `pkt`, about to go out as `next` says (sent, or parked
+    /// for its next hop), into fragments that fit its interface's MTU ([`ipfrag`]); a packet
+    /// that fits, or another verdict, is left as it is. The first fragment is `pkt`'s buffer
+    /// cut short; the later ones are built in buffers from the interface's pool before any
+    /// goes out (no buffer for one: the packet is a `no_buffer` drop, no fragment sent), and
+    /// leave in order: the first and the middle ones here, the last in `pkt`, for the
+    /// caller's [`Worker::finish`] with the verdict returned. Counted in `frags_made`.
+    ///
+    /// [`ipfrag`]: crate::wire::ipfrag
+    #[inline(never)]
+    pub(super) fn split_out(&mut self, pkt: &mut Q::Buf, l3: usize, next: Next) -> Next {
+        use crate::wire::ipfrag::{self, Unfit};
+        let iface = match next {
+            Next::Tx(i) | Next::Park(i, _) => i,
+            _ => return next,
+        };
+        let mtu = self.caps.get(iface).map_or(usize::MAX, |c| c.mtu as usize);
+        let plan = match ipfrag::plan(pkt.data(), l3, mtu) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return next,
+            Err(Unfit::Malformed) => return Next::Drop(DropReason::Malformed),
+            // DF set, or an MTU under 28 bytes: the callers check DF first.
+            Err(Unfit::DontFragment | Unfit::MtuTooSmall) => return Next::Drop(DropReason::TooBig),
+        };
+        let mut later = std::mem::take(&mut self.frag_out);
+        let mut built = Ok(());
+        for k in 1..plan.count() {
+            let Some(mut b) = self.allocs.get_mut(iface).and_then(|a| a.alloc()) else {
+                built = Err(DropReason::NoBuffer);
+                break;
+            };
+            if !b.set_len(plan.frame_len(k)) || plan.write(pkt.data(), k, b.data_mut()).is_err() {
+                built = Err(DropReason::NoBuffer);
+                break;
+            }
+            later.push(b);
+        }
+        if built.is_ok() {
+            match plan.first_in_place(pkt.data_mut()) {
+                Ok(n) if pkt.set_len(n) => {}
+                _ => built = Err(DropReason::Malformed),
+            }
+        }
+        if let Err(r) = built {
+            later.clear();
+            self.frag_out = later;
+            return Next::Drop(r);
+        }
+        bump(&self.counters.frags_made, plan.count() as u64);
+        if let Some(last) = later.pop() {
+            let first = std::mem::replace(pkt, last);
+            for b in std::iter::once(first).chain(later.drain(..)) {
+                match next {
+                    Next::Tx(i) => self.tx[i].push(b),
+                    Next::Park(i, nh) => self.park(i, nh, b),
+                    _ => {}
+                }
+            }
+        }
+        self.frag_out = later;
+        next
     }
 
     #[inline(always)]
@@ -514,4 +615,12 @@ pub(super) fn rewrite_conn(
         (_, Dir::In) => rewrite_nat(d, p, true, fa, fp, c.l3_in, c.l4_in()),
         (_, Dir::Out) => rewrite_nat(d, p, false, fa, fp, c.l3_out(), c.l4_out()),
     }
+}
+
+/// May the packet `p` of frame `d` be sent in fragments? IPv4 with DF clear: its sender
+/// allows it (RFC 791), and Linux's output path does it. Never IPv6: only its source may
+/// fragment it (RFC 8200 section 5); it gets "packet too big".
+#[inline]
+fn may_fragment(d: &[u8], p: &Parsed) -> bool {
+    !p.v6 && Ipv4::at(d, p.l3).is_ok_and(|h| h.frag_word() & IPV4_DF == 0)
 }

@@ -2,6 +2,7 @@
 //! connection path, later ones follow it by datagram or wait for it.
 
 use super::*;
+use crate::wire::view::{Ipv4, IPV4_DF};
 
 impl<Q: BufAlloc> Worker<Q> {
     /// An IP fragment (see [`crate::flow::frag`]): the first one goes through the ordinary
@@ -219,8 +220,12 @@ impl<Q: BufAlloc> Worker<Q> {
             0
         };
         let mtu = self.caps.get(egress as usize).map_or(usize::MAX, |c| c.mtu as usize);
-        if f.end - f.l3 + over > mtu {
-            // Not the first fragment: no ICMP error (RFC 1122 3.2.2).
+        // Over the MTU: cut into smaller fragments once rewritten or encapsulated (`split_out`)
+        // if IPv4 with DF clear, as Linux's output path does; otherwise (IPv6: only its source
+        // fragments) a drop, without an ICMP error as it is not the first fragment (RFC 1122
+        // 3.2.2).
+        let over_mtu = f.end - f.l3 + over > mtu;
+        if over_mtu && (f.v6 || Ipv4::at(pkt.data(), f.l3).map_or(true, |h| h.frag_word() & IPV4_DF != 0)) {
             return Next::Drop(DropReason::TooBig);
         }
         // Nor one over a path MTU learnt towards the tunnel real server (the first fragment
@@ -257,11 +262,15 @@ impl<Q: BufAlloc> Worker<Q> {
                 let Some(src) = self.snap.ifaces[iface].source_for(rs) else {
                     return Next::Drop(DropReason::NoRoute);
                 };
-                if !encap_ipip(pkt, &f.as_parsed(), src, rs, self.caps[iface].mtu) {
+                if !encap_ipip(pkt, &f.as_parsed(), src, rs, self.caps[iface].mtu, true, &mut self.ip_ident) {
                     return Next::Drop(DropReason::TooBig);
                 }
             }
         }
-        self.l2_out(fl.conn, inbound, pkt)
+        let next = self.l2_out(fl.conn, inbound, pkt);
+        if over_mtu {
+            return self.split_out(pkt, f.l3, next);
+        }
+        next
     }
 }

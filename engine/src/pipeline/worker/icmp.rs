@@ -364,7 +364,7 @@ impl<Q: BufAlloc> Worker<Q> {
                 return;
             };
             let mtu = self.caps.get(iface).map_or(0, |c| c.mtu);
-            if !encap_ipip(&mut pkt, p, src, rs, mtu) {
+            if !encap_ipip(&mut pkt, p, src, rs, mtu, false, &mut self.ip_ident) {
                 self.drop_pkt(DropReason::TooBig);
                 return;
             }
