@@ -741,3 +741,47 @@ fn forwarded_fragments_over_the_mtu_are_cut_again() {
     assert_eq!(e.counters().frags_made, 4);
     assert_eq!(drops(&e), vec![]);
 }
+
+/// A datagram whose first fragment was answered with "fragmentation needed" / "packet too
+/// big" instead of going out: its later fragments are dropped (`too_big`) even where they fit,
+/// as Linux answers the reassembled datagram and forwards none of it. Before, the datagram
+/// stayed registered and the later fragments went to the real server, which could never
+/// reassemble them.
+#[test]
+fn later_fragments_of_an_answered_datagram_are_dropped() {
+    // IPv6: 1400-byte fragments over an MTU of 1280, the last one small.
+    let (mut e, _) = out_engines();
+    set_mtu(&mut e, INT, 1280);
+    let d = from_client(udp6(C6, 5353, VIP6, 53, &payload(2800)));
+    let out6 = r#"
+[[service]]
+name = "dns6"
+vip = "fd00:1::100"
+protocol = "udp"
+ports = [53]
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#;
+    let mut e6 = MemEngine::new(config(out6), 1);
+    set_mtu(&mut e6, INT, 1280);
+    let frags = fragment6(&d, 1400, 0x51);
+    assert_eq!(frags.iter().map(|f| f.len() - 14).collect::<Vec<_>>(), [1400, 1400, 152]);
+    let out = e6.inject(EXT, &frags[0], S);
+    assert_eq!((out.len(), out[0].0, out[0].1[54]), (1, EXT, 2), "packet too big to the client");
+    assert!(e6.inject(EXT, &frags[1], S).is_empty());
+    assert!(e6.inject(EXT, &frags[2], S).is_empty(), "fits, but its datagram was answered");
+    assert_eq!(drops(&e6), vec![("too_big", 2)]);
+    // IPv4: a first fragment with DF set answered; the later ones, DF clear, one of them small.
+    let d = from_client(udp4(CLIENT, 5353, VIP, 53, &payload(3000)));
+    let mut frags = fragment4(&d, 1500, 0x52);
+    frags[0] = with_df(frags[0].clone(), 0x52, true);
+    frags[0][20] |= 0x20; // MF kept
+    ferrovs_engine::wire::csum::fill_ipv4(&mut frags[0], 14).unwrap();
+    let out = e.inject(EXT, &frags[0], S);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, out[0].1[34], out[0].1[35]), (EXT, 3, 4), "fragmentation needed to the client");
+    assert!(inject_all(&mut e, EXT, &frags[1..], S).is_empty());
+    assert_eq!(drops(&e), vec![("too_big", 2)]);
+    assert_eq!(e.counters().frags_made, 0);
+}

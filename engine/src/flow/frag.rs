@@ -239,6 +239,8 @@ struct Entry {
     flow: FragFlow,
     expires: u64,
     poisoned: bool,
+    /// Its first fragment was not forwarded but answered with an ICMP error ([`FragTable::refuse`]).
+    refused: bool,
     /// The datagram's length once its last fragment came (0: not yet).
     total: u32,
     /// The byte ranges seen, merged where adjacent (unordered).
@@ -258,6 +260,9 @@ pub enum FragVerdict {
     /// Every byte it carries was seen before in its datagram (a copy the network made): it
     /// alone is dropped, the datagram goes on (Linux's `IPFRAG_DUP`).
     Duplicate,
+    /// Its datagram's first fragment was answered with an ICMP error instead of going out
+    /// ([`FragTable::refuse`]): the rest of the datagram is useless to its receiver.
+    Refused,
 }
 
 /// The source a datagram or held fragment is accounted to, for fairness between sources: an
@@ -508,8 +513,21 @@ impl FragTable {
         }
         let mut ranges = [(0, 0); RANGES];
         ranges[0] = range;
-        self.insert(key, Entry { flow, expires: now + FRAG_TIMEOUT, poisoned: false, total: 0, ranges, n: 1 });
+        self.insert(
+            key,
+            Entry { flow, expires: now + FRAG_TIMEOUT, poisoned: false, refused: false, total: 0, ranges, n: 1 },
+        );
         FragVerdict::Forward(flow)
+    }
+
+    /// The datagram `key`, whose first fragment was just recorded ([`FragTable::first`]), was
+    /// not forwarded after all: its first fragment was answered with an ICMP error (too big for
+    /// the egress MTU). Its later fragments are refused until it expires: Linux answers the
+    /// reassembled datagram and forwards none of it, and a receiver could not reassemble them.
+    pub fn refuse(&mut self, key: &FragKey) {
+        if let Some((_, e)) = self.entry_mut(key) {
+            e.refused = true;
+        }
     }
 
     /// A later fragment of `key` carrying `range`; `more`: not the datagram's last.
@@ -526,6 +544,9 @@ impl FragTable {
         }
         if e.poisoned {
             return FragVerdict::Overlap;
+        }
+        if e.refused {
+            return FragVerdict::Refused;
         }
         let (a, b) = range;
         let n = e.n as usize;
@@ -632,6 +653,25 @@ mod tests {
         for cut in 0..frags[1].len() {
             let _ = parse_fragment(&frags[1][..cut]);
         }
+    }
+
+    /// A refused datagram (its first fragment answered with an ICMP error) refuses every later
+    /// fragment until it expires, then is unknown.
+    #[test]
+    fn a_refused_datagram_forwards_no_later_fragment() {
+        let mut t = FragTable::new();
+        let k = FragKey { src: 1, dst: 2, proto: PROTO_UDP, id: 7 };
+        let fl = FragFlow { conn: 3, gen: 1, inbound: true };
+        assert_eq!(t.first(k, fl, (0, 1480), 0), FragVerdict::Forward(fl));
+        t.refuse(&k);
+        assert_eq!(t.later(&k, (1480, 2960), true, 1), FragVerdict::Refused);
+        assert_eq!(t.later(&k, (2960, 3008), false, 2), FragVerdict::Refused);
+        assert_eq!(t.later(&k, (2960, 3008), false, FRAG_TIMEOUT), FragVerdict::Unknown);
+        // Another datagram is not touched.
+        let k2 = FragKey { id: 8, ..k };
+        t.refuse(&k2);
+        assert_eq!(t.first(k2, fl, (0, 8), 0), FragVerdict::Forward(fl));
+        assert_eq!(t.later(&k2, (8, 16), false, 1), FragVerdict::Forward(fl));
     }
 
     #[test]

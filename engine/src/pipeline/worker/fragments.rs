@@ -107,6 +107,8 @@ impl<Q: BufAlloc> Worker<Q> {
                 None => {}
             }
             let fkey = flow_key(&p);
+            // Whether it is answered with an ICMP error (too big) rather than forwarded.
+            let errors = self.counters.icmp_sent.load(std::sync::atomic::Ordering::Relaxed);
             let next = match self.flows.lookup(&fkey) {
                 // The FTP gateway works on whole segments: a fragmented control segment
                 // (never seen from real stacks, which use path MTU discovery) is refused.
@@ -124,6 +126,10 @@ impl<Q: BufAlloc> Worker<Q> {
                     let flow = frag::FragFlow { conn: idx, gen: self.flows.get(idx).gen, inbound: dir == Dir::In };
                     let verdict = self.frags.first(key, flow, f.range(), self.now);
                     bump(&self.counters.frag_evicted, std::mem::take(&mut self.frags.evicted));
+                    // Answered instead of forwarded: the later fragments go nowhere either.
+                    if self.counters.icmp_sent.load(std::sync::atomic::Ordering::Relaxed) != errors {
+                        self.frags.refuse(&key);
+                    }
                     if verdict == FragVerdict::Overlap {
                         self.drop_pkt(DropReason::FragOverlap);
                         return;
@@ -171,6 +177,7 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             FragVerdict::Overlap => self.drop_pkt(DropReason::FragOverlap),
             FragVerdict::Duplicate => self.drop_pkt(DropReason::FragDuplicate),
+            FragVerdict::Refused => self.drop_pkt(DropReason::TooBig),
             FragVerdict::Unknown => {
                 // Full: fair between sources (as the datagrams in flight are): the oldest
                 // fragment of the source holding the most makes room, unless this one's
