@@ -308,7 +308,7 @@ pub struct Service {
 /// for a server's event, `FERROVS_SERVER` and `FERROVS_PORT` in its environment; one at a
 /// time in the order of the events, killed with its process group at `timeout`. An empty
 /// command: nothing runs for that event.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Notify {
     pub up: Vec<String>,
     pub down: Vec<String>,
@@ -321,6 +321,21 @@ pub struct Notify {
 }
 
 impl Notify {
+    /// Seconds a program may run when `timeout` is not given.
+    pub const DEFAULT_TIMEOUT: f64 = 10.0;
+
+    /// No program, the defaults.
+    pub fn new() -> Notify {
+        Notify {
+            up: Vec::new(),
+            down: Vec::new(),
+            quorum_up: Vec::new(),
+            quorum_down: Vec::new(),
+            user: None,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
     /// The program of `event` (`up`, `down`, `quorum_up`, `quorum_down`), if one is set.
     pub fn command(&self, event: &str) -> Option<&[String]> {
         let c = match event {

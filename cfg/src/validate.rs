@@ -916,7 +916,7 @@ impl Validator<'_> {
             c.as_ref().map_or(Ok(Vec::new()), |c| self.program(c, &format!("notify {what}")))
         };
         let timeout = match &r.timeout {
-            None => 10.0,
+            None => Notify::DEFAULT_TIMEOUT,
             Some(t) => {
                 let v = *t.get_ref();
                 if !(0.01..=3600.0).contains(&v) {

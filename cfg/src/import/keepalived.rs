@@ -577,7 +577,7 @@ fn notify_of(
              they need root"
         ));
     }
-    Some(Notify { up, down, quorum_up, quorum_down, user: script_user.map(str::to_string), timeout: 10.0 })
+    Some(Notify { up, down, quorum_up, quorum_down, user: script_user.map(str::to_string), ..Notify::new() })
 }
 
 /// Shell-like word splitting without expansions (see [`script_argv`]).

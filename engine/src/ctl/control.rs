@@ -535,7 +535,7 @@ impl State {
                        "cookies_failed": s.cookies_failed, "proxy_syn_retries": s.proxy_syn_retries, "flows_created": s.flows_created,
                        "flows_recreated": s.flows_recreated, "tcp_out_of_window": s.tcp_out_of_window, "sync_installed": s.sync_installed,
                        "sync_skipped": s.sync_skipped, "sync_capped": s.sync_capped, "sync_carried": s.sync_carried, "redirected": s.redirected, "redirect_loop": s.redirect_loop, "icmp_sent": s.icmp_sent,
-                       "icmp_ratelimited": s.icmp_ratelimited, "tunnel_mtu_learnt": s.tunnel_mtu_learnt, "tunnel_mtu_evicted": s.tunnel_mtu_evicted, "fnat_laddr_retired": s.fnat_laddr_retired,
+                       "icmp_ratelimited": s.icmp_ratelimited, "tunnel_mtu_learnt": s.tunnel_mtu_learnt, "tunnel_mtu_evicted": s.tunnel_mtu_evicted, "frags_made": s.frags_made, "fnat_laddr_retired": s.fnat_laddr_retired,
                        "to_kernel": s.to_kernel, "from_kernel": s.from_kernel, "kernel_limited": s.kernel_limited,
                        "drops": drops})
             })

@@ -20,7 +20,8 @@
 //!   cannot fully describe (a name other than the default
 //!   `tcp-VIP-PORT`, several ports, a fwmark, FTP options, a forwarding
 //!   method its first `-a` line does not show, `syn_proxy`, full NAT
-//!   local addresses, a sorry server, quorum, hysteresis, a health check)
+//!   local addresses, a sorry server, quorum, hysteresis, a health check,
+//!   notify programs)
 //!   is preceded by a comment `# ferrovs-service name=.. proto=.. vip=..
 //!   ports=.. ...` that `-R` reads back, and a real server with a PROXY
 //!   protocol header by `# ferrovs-server proxy=v1|v2`, so `-S`, `-C`,
@@ -32,7 +33,9 @@
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
 //!   check-host= check-status= check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
-//!   check-fall= check-remove check-start-down` (strings, the name too,
+//!   check-fall= check-remove check-start-down`, and the notify programs as
+//!   `notify-up=ARG,ARG,.. notify-down= notify-quorum-up= notify-quorum-down=
+//!   notify-user= notify-timeout=` (strings, the name too,
 //!   `%XX`-escaped: `%`, quotes, `#`, `,`, `=`, spaces, control and
 //!   non-ASCII bytes, so no string ends the comment's line). A
 //!   bad value is an error naming the line; the restored configuration is
@@ -51,7 +54,7 @@
 
 use ferrovs_cfg::import::{Import, MarkMap};
 use ferrovs_cfg::{
-    Config, ConfigError, Forward, FtpOptions, HealthCheck, HealthCheckKind, Persistence, PortRange, Protocol,
+    Config, ConfigError, Forward, FtpOptions, HealthCheck, HealthCheckKind, Notify, Persistence, PortRange, Protocol,
     ProxyProtocol, RealServer, Service, SorryServer, SynProxy,
 };
 use serde::{Deserialize, Serialize};
@@ -118,6 +121,9 @@ pub struct ServiceExt {
     /// The `check*` fields, defaults filled in (on the control socket in their own form, see
     /// [`HealthCheck`]).
     pub check: Option<HealthCheck>,
+    /// `[service.notify]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
 }
 
 /// What ipvsadm cannot say about a real server: carried by a `# ferrovs-server` comment
@@ -861,6 +867,8 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
     // The kind is set by `check=`, wherever it stands among the `check-*` fields.
     let mut check = HealthCheck::new(HealthCheckKind::Tcp);
     let (mut any_check, mut kind_given) = (false, false);
+    let mut notify: Option<Notify> = None;
+    let args = |what: &str, v: &str| v.split(',').map(|a| dec(what, a)).collect::<Result<Vec<_>, _>>();
     for w in split_words(s) {
         if w.starts_with("check") {
             any_check = true;
@@ -912,6 +920,18 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("check-timeout", v)) => check.timeout = seconds("check-timeout", v)?,
             Some(("check-rise", v)) => check.rise = num("check-rise", v)?,
             Some(("check-fall", v)) => check.fall = num("check-fall", v)?,
+            Some(("notify-up", v)) => notify.get_or_insert_with(Notify::new).up = args("notify-up", v)?,
+            Some(("notify-down", v)) => notify.get_or_insert_with(Notify::new).down = args("notify-down", v)?,
+            Some(("notify-quorum-up", v)) => {
+                notify.get_or_insert_with(Notify::new).quorum_up = args("notify-quorum-up", v)?;
+            }
+            Some(("notify-quorum-down", v)) => {
+                notify.get_or_insert_with(Notify::new).quorum_down = args("notify-quorum-down", v)?;
+            }
+            Some(("notify-user", v)) => notify.get_or_insert_with(Notify::new).user = Some(dec("notify-user", v)?),
+            Some(("notify-timeout", v)) => {
+                notify.get_or_insert_with(Notify::new).timeout = seconds("notify-timeout", v)?
+            }
             None if w == "ftp-foreign" => e.ftp_foreign = true,
             None if w == "ftp-low-ports" => e.ftp_low_ports = true,
             None if w == "check-remove" => check.quiesce = false,
@@ -925,6 +945,7 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
         }
         e.check = Some(check);
     }
+    e.notify = notify;
     Ok(e)
 }
 
@@ -1197,7 +1218,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
                 quorum: ext.quorum.unwrap_or(1),
                 hysteresis: ext.hysteresis.unwrap_or(0),
-                notify: None,
+                notify: ext.notify.clone(),
             });
         }
         Command::EditService { key, scheduler, persistent, netmask } => {
@@ -1682,6 +1703,7 @@ fn needs_ext(s: &Service) -> bool {
         || s.quorum != 1
         || s.hysteresis != 0
         || s.health_check.is_some()
+        || s.notify.is_some()
 }
 
 /// The real servers in `-S` order.
@@ -1726,6 +1748,18 @@ fn write_ext_options(out: &mut String, s: &Service) {
     }
     if s.hysteresis != 0 {
         let _ = write!(out, " hysteresis={}", s.hysteresis);
+    }
+    if let Some(n) = &s.notify {
+        for (k, c) in [("up", &n.up), ("down", &n.down), ("quorum-up", &n.quorum_up), ("quorum-down", &n.quorum_down)] {
+            if !c.is_empty() {
+                let c: Vec<String> = c.iter().map(|a| enc(a)).collect();
+                let _ = write!(out, " notify-{k}={}", c.join(","));
+            }
+        }
+        if let Some(u) = &n.user {
+            let _ = write!(out, " notify-user={}", enc(u));
+        }
+        let _ = write!(out, " notify-timeout={}", n.timeout);
     }
     let Some(h) = &s.health_check else { return };
     let _ = write!(out, " check={}", h.kind.name());
@@ -2375,6 +2409,14 @@ fall = 4
 on_fail = "remove"
 start_down = true
 
+[service.notify]
+up = ["/usr/local/bin/rs event", "up, or so", ""]
+down = ["/usr/local/bin/rs", "down"]
+quorum_up = ["/bin/q"]
+quorum_down = ["/bin/q", "%41=x"]
+user = "lvs admin"
+timeout = 2.5
+
 [[service.real_server]]
 address = "10.0.2.3"
 weight = 2
@@ -2458,7 +2500,7 @@ forward = "tunnel"
                 )*};
             }
             cmp!(vip, protocol, ports, scheduler, forward, persistence, ftp, fwmark, health_check, syn_proxy);
-            cmp!(local_addresses, sorry_server, quorum, hysteresis);
+            cmp!(local_addresses, sorry_server, quorum, hysteresis, notify);
             // `ADDR` and `ADDR:80` of a port-80 service are one destination.
             let sorted = |s: &Service| {
                 let mut r: Vec<RealServer> =
@@ -2671,6 +2713,8 @@ forward = "tunnel"
         for (t, part) in [
             ("-A -t 10.0.0.9:80\n# ferrovs-service quorum=-1\n-A -t 10.0.0.1:80\n", "bad quorum"),
             ("\n# ferrovs-service hysteresis=4294967296\n", "bad hysteresis"),
+            ("\n# ferrovs-service notify-timeout=soon\n", "bad notify-timeout"),
+            ("\n# ferrovs-service notify-up=/bin/x%zz\n", "notify-up"),
             ("\n# ferrovs-service check=http check-interval=NaN\n", "check-interval"),
             ("\n# ferrovs-service check=http check-timeout=-1\n", "check-timeout"),
             ("\n# ferrovs-service check-rise=2\n", "without check=TYPE"),

@@ -212,6 +212,12 @@ pub fn render(f: &Figures) -> String {
             |s| s.tunnel_mtu_evicted,
         ),
         (
+            "frags_made_total",
+            "counter",
+            "IPv4 fragments sent for packets with DF clear over the egress MTU (the first included).",
+            |s| s.frags_made,
+        ),
+        (
             "fnat_laddr_retired_total",
             "counter",
             "Full NAT connections removed when the grace period of a local address a reload removed ended.",
