@@ -320,12 +320,8 @@ pub struct Notify {
     pub timeout: f64,
 }
 
-impl Notify {
-    /// Seconds a program may run when `timeout` is not given.
-    pub const DEFAULT_TIMEOUT: f64 = 10.0;
-
-    /// No program, the defaults.
-    pub fn new() -> Notify {
+impl Default for Notify {
+    fn default() -> Notify {
         Notify {
             up: Vec::new(),
             down: Vec::new(),
@@ -334,6 +330,16 @@ impl Notify {
             user: None,
             timeout: Self::DEFAULT_TIMEOUT,
         }
+    }
+}
+
+impl Notify {
+    /// Seconds a program may run when `timeout` is not given.
+    pub const DEFAULT_TIMEOUT: f64 = 10.0;
+
+    /// No program, the defaults ([`Default`]).
+    pub fn new() -> Notify {
+        Notify::default()
     }
 
     /// The program of `event` (`up`, `down`, `quorum_up`, `quorum_down`), if one is set.

@@ -695,7 +695,8 @@ fn rp_filter_checks_a_new_connections_source() {
     let syn4 = |src: [u8; 4], vip: [u8; 4]| from_client(tcp4(src, 40000, vip, 80, TCP_SYN, 1, 0, b""));
     let int6 = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x77];
     // (mode, frame, forwarded, drops)
-    let cases: Vec<(&str, Vec<u8>, bool, &[(DropReason, u64)])> = vec![
+    type RpCase = (&'static str, Vec<u8>, bool, &'static [(DropReason, u64)]);
+    let cases: Vec<RpCase> = vec![
         ("strict", syn4(CLIENT, VIP), true, &[]),
         ("strict", from_client(udp4(CLIENT, 40000, VIP, 53, b"q")), true, &[]),
         ("strict", syn4(spoofed_int, VIP), false, &[(DropReason::RpFilter, 1)]),

@@ -546,9 +546,12 @@ fn notify_argv(n: &Node) -> Result<Vec<String>, ConfigError> {
 /// ferrovs has one program per event and service, told the server by `FERROVS_SERVER`: a
 /// script that is not the same on every real server is not imported (it would run for
 /// servers keepalived never ran it for), with a warning. `None`: no script at all.
+/// A real server's `notify_up` and `notify_down`, each with its line.
+type ServerNotify = [Option<(Vec<String>, usize)>; 2];
+
 fn notify_of(
     service: &str,
-    per: &[[Option<(Vec<String>, usize)>; 2]],
+    per: &[ServerNotify],
     quorum_up: Vec<String>,
     quorum_down: Vec<String>,
     script_user: Option<&str>,
@@ -821,7 +824,7 @@ fn virtual_server(
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
         let mut ftp_hint = false;
         // Each real server's notify_up and notify_down (ferrovs has one of each per service).
-        let mut notifies: Vec<[Option<(Vec<String>, usize)>; 2]> = Vec::new();
+        let mut notifies: Vec<ServerNotify> = Vec::new();
         for rs in &reals {
             let rl = rs.line;
             let (addr, rport) = match rs.args.as_slice() {
@@ -857,7 +860,7 @@ fn virtual_server(
             let mut thr_line = rl;
             let mut inhibit = vs_inhibit;
             let mut tcp_check = false;
-            let mut notify: [Option<(Vec<String>, usize)>; 2] = [None, None];
+            let mut notify: ServerNotify = [None, None];
             let mut rs_retry = Retry::default();
             for n in rs.children.as_deref().unwrap_or(&[]) {
                 rs_retry.take(n)?;
