@@ -437,4 +437,58 @@ mod tests {
         assert_eq!(plan.write(&f[..1000], 1, &mut out), Err(Truncated));
         assert_eq!(plan.write(&f, 1, &mut out), Ok(()));
     }
+
+    proptest::proptest! {
+        /// Any bytes, any header offset and MTU: [`plan`] and the writes it allows never panic,
+        /// and what it cuts fits the MTU (the header and one 8-byte piece at least).
+        #[test]
+        fn any_frame_is_planned_and_cut_without_panic(
+            frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600),
+            l3 in 0usize..40,
+            mtu in 0usize..1600,
+        ) {
+            if let Ok(Some(p)) = plan(&frame, l3, mtu) {
+                proptest::prop_assert!(p.count() >= 2);
+                for k in 1..p.count() {
+                    let mut out = vec![0; p.frame_len(k)];
+                    proptest::prop_assert_eq!(p.write(&frame, k, &mut out), Ok(()));
+                    proptest::prop_assert!(out.len() - l3 <= mtu, "fragment {} of {} bytes over {}", k, out.len() - l3, mtu);
+                }
+                let mut first = frame.clone();
+                let n = p.first_in_place(&mut first).unwrap();
+                proptest::prop_assert!(n - l3 <= mtu);
+            }
+        }
+
+        /// A datagram of any size (with or without options, itself a first fragment or not),
+        /// cut at any MTU that leaves room for data: every fragment fits, checksums hold, and
+        /// the fragments reassemble to the packet.
+        #[test]
+        fn datagrams_reassemble_from_their_fragments(
+            payload in 0usize..4000,
+            mtu in 68usize..1600,
+            opts in 0usize..3,
+            mf in proptest::prelude::any::<bool>(),
+        ) {
+            let opts: &[u8] = [&[][..], &[0x94, 4, 0, 0][..], &[0x07, 7, 4, 0, 0, 0, 0, 0x94, 4, 0, 0, 0][..]][opts];
+            let f = with_options(&dgram(payload), opts);
+            let f = if mf { frag_word(f, 14, IPV4_MF) } else { f };
+            match split(&f, 14, mtu).unwrap() {
+                None => proptest::prop_assert!(f.len() - 14 <= mtu),
+                Some(frags) => {
+                    for g in &frags {
+                        proptest::prop_assert!(g.len() - 14 <= mtu);
+                        proptest::prop_assert!(crate::wire::csum::ip_header_ok(g, 14, false));
+                    }
+                    let last = frags.last().unwrap();
+                    proptest::prop_assert_eq!(Ipv4::at(last, 14).unwrap().frag_word() & IPV4_MF != 0, mf);
+                    if opts.is_empty() && !mf {
+                        proptest::prop_assert_eq!(reassemble(&frags).expect("complete"), f.clone());
+                    }
+                    let data: usize = frags.iter().map(|g| g.len() - 14 - 20 - opts.len()).sum();
+                    proptest::prop_assert_eq!(data, f.len() - 14 - 20 - opts.len());
+                }
+            }
+        }
+    }
 }
