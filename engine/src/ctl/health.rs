@@ -557,24 +557,7 @@ mod tests {
     use std::net::TcpListener;
 
     fn hc(kind: HealthCheckKind, timeout: f64) -> HealthCheck {
-        HealthCheck {
-            kind,
-            port: None,
-            send: None,
-            expect: None,
-            path: None,
-            host: None,
-            status: None,
-            command: Vec::new(),
-            user: None,
-            interval: 1.0,
-            retry_interval: None,
-            timeout,
-            rise: 1,
-            fall: 1,
-            quiesce: true,
-            start_down: false,
-        }
+        HealthCheck { interval: 1.0, timeout, rise: 1, fall: 1, ..HealthCheck::new(kind) }
     }
 
     /// A loopback "real server": `serve` gets each accepted connection.
