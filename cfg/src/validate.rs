@@ -62,6 +62,21 @@ impl Validator<'_> {
         Ok(v.get_ref().clone())
     }
 
+    /// A name (of a service, an interface, a device): not empty and without control
+    /// characters, which would reach admins' terminals (`ferrovsadm -L`), logs and the
+    /// metrics as they are (a newline forges a log line, an escape sequence rewrites the
+    /// screen).
+    fn name(&self, v: &Spanned<String>, what: &str) -> R<String> {
+        let s = self.non_empty(v, what)?;
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(self.err(
+                span_of(v),
+                format!("{what} {s:?} holds the control character {:?}: names are printable text", c),
+            ));
+        }
+        Ok(s)
+    }
+
     fn config(&self, raw: RawConfig) -> R<Config> {
         let (engine, backend_span) = self.engine(raw.engine)?;
         let cluster = raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?;
@@ -72,11 +87,11 @@ impl Validator<'_> {
         let mut addrs: HashMap<IpAddr, ()> = HashMap::new();
         for ri in &raw.interface {
             let ri = ri.get_ref();
-            let name = self.non_empty(&ri.name, "interface name")?;
+            let name = self.name(&ri.name, "interface name")?;
             if names.insert(name.clone(), span_of(&ri.name)).is_some() {
                 return Err(self.err(span_of(&ri.name), format!("duplicate interface name {name:?}")));
             }
-            let device = self.non_empty(&ri.device, "interface device")?;
+            let device = self.name(&ri.device, "interface device")?;
             let mut addresses = Vec::new();
             for a in &ri.addresses {
                 let net = a.get_ref().0;
@@ -167,7 +182,7 @@ impl Validator<'_> {
         let mut port_spans: Vec<Option<Range<usize>>> = Vec::new();
         for rs in &raw.service {
             let rs_ref = rs.get_ref();
-            let name = self.non_empty(&rs_ref.name, "service name")?;
+            let name = self.name(&rs_ref.name, "service name")?;
             if !svc_names.insert(name.clone()) {
                 return Err(self.err(span_of(&rs_ref.name), format!("duplicate service name {name:?}")));
             }

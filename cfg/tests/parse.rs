@@ -310,6 +310,9 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[interface]]\nname = \"b\"\ndevice = \"x\"\naddresses = [\"10.0.1.1/16\"]\n", 13, "duplicate interface address 10.0.1.1"),
     ("[[interface]]\nname = \"ext\"\ndevice = \"x\"\n", 11, "duplicate interface name \"ext\""),
     ("[[interface]]\nname = \"\"\ndevice = \"x\"\n", 11, "interface name must not be empty"),
+    ("[[interface]]\nname = \"b\\u001b[2J\"\ndevice = \"x\"\n", 11, "interface name \"b\\u{1b}[2J\" holds the control character '\\u{1b}'"),
+    ("[[interface]]\nname = \"b\"\ndevice = \"x\\n\"\n", 12, "interface device \"x\\n\" holds the control character '\\n'"),
+    ("[[service]]\nname = \"web\\nINFO forged\"\nvip = \"10.0.1.100\"\n", 11, "service name \"web\\nINFO forged\" holds the control character '\\n': names are printable text"),
     ("[[interface]]\nname = \"b\"\ndevice = \"x\"\nkernel_port = \"net_tap0,iface=k0\"\n", 13, "kernel_port is DPDK's exception path"),
     // engine
     ("[engine.timeouts]\n", 10, ""), // redefining [engine] parts after it is fine for toml; keep as smoke

@@ -2619,20 +2619,29 @@ forward = "tunnel"
     }
 
     /// A service name is `%XX`-escaped in `-S`'s comment like the other strings: a space, `%`,
-    /// `=`, `,`, a quote or `#` in it restores, and a line break in it cannot end the comment
-    /// and add a line of its own to the saved rules (before, the name was printed as it is:
-    /// "web front %1" restored as "web", and a name holding "\n-A -t ..." added that service).
+    /// `=`, `,`, a quote or `#` in it restores (before, the name was printed as it is: "web
+    /// front %1" restored as "web"). A line break, which could end the comment and add a line
+    /// of its own to the saved rules ("x\n-A -t ..." added that service), is refused in a name
+    /// altogether, and so is every control character: in the config file, and in a name `-R`
+    /// decodes from `%0A` (the control socket validates the result as a config).
     #[test]
     fn service_names_are_escaped_in_saved_rules() {
-        let names = [
-            "web front %1",
-            "a=b,c d",
-            "say \"hi\" 'x' #2",
-            "tab\there",
-            "\u{fc}ber",
-            "x\n-A -t 10.6.6.6:80 -s rr\n-a -t 10.6.6.6:80 -r 10.0.2.66:80 -m",
-            "x\r\n# ferrovs-service name=evil\r",
-        ];
+        let names = ["web front %1", "a=b,c d", "say \"hi\" 'x' #2", "\u{fc}ber", "p\u{e9}ch\u{e9} 100%"];
+        // As TOML writes them.
+        for bad in [r"tab\there", r"x\n-A -t 10.6.6.6:80 -s rr", r"x\r\n# ferrovs-service name=evil\r", r"esc\u001b[2J"]
+        {
+            let text = format!(
+                "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"{bad}\"\nvip = \"10.0.0.1\"\nports = [80]\n"
+            );
+            let e = Config::from_str(&text, "<t>").unwrap_err().to_string();
+            assert!(e.contains("<t>:4") && e.contains("holds the control character"), "{bad:?}: {e}");
+        }
+        let mut c = base();
+        for cmd in parse_rules("# ferrovs-service name=x%0A-A\n-A -t 10.0.0.9:80 -s rr\n").unwrap() {
+            apply(&mut c, &cmd).unwrap();
+        }
+        let e = crate::ctl::control::validate(&c).unwrap_err();
+        assert!(e.contains("service name \"x\\n-A\" holds the control character '\\n'"), "{e}");
         let mut text = String::from("[engine]\nbackend = \"memory\"\n");
         for (i, n) in names.iter().enumerate() {
             let _ = write!(
