@@ -532,9 +532,23 @@ forward = "tunnel"
 
 [[service.real_server]]
 address = "10.0.2.3"
+
+[[service]]
+name = "dns-full"
+vip = "10.0.1.103"
+protocol = "udp"
+ports = [53]
+forward = "fnat"
+local_addresses = ["10.0.2.200"]
+
+[[service.real_server]]
+address = "10.0.2.2"
+port = 5454
 "#;
 
 const VIP_TUN: [u8; 4] = [10, 0, 1, 102];
+const VIP_FULL: [u8; 4] = [10, 0, 1, 103];
+const LOCAL: [u8; 4] = [10, 0, 2, 200];
 const LB_INT_ADDR: [u8; 4] = [10, 0, 2, 1];
 const IPV4_DF: u16 = 0x4000;
 const IPV4_MF: u16 = 0x2000;
@@ -664,6 +678,32 @@ fn dr_udp_over_the_mtu_without_df_goes_out_in_fragments() {
     assert!(out.iter().all(|f| f[0..6] == RS2_MAC));
     assert_eq!(reassemble(&out).expect("complete"), whole);
     assert_eq!(whole[12..], big[12..], "DR changes MAC addresses only");
+    assert_eq!(drops(&e), vec![]);
+}
+
+/// Full NAT: both addresses and ports rewritten, then cut, both ways; the fragments carry
+/// the rewritten datagram (the local address and port towards the real server, the VIP
+/// towards the client) and reassemble to what the twin sends whole.
+#[test]
+fn full_nat_udp_over_the_mtu_without_df_goes_out_in_fragments_both_ways() {
+    let (mut e, mut twin) = out_engines();
+    set_mtu(&mut e, INT, 700);
+    set_mtu(&mut e, EXT, 900);
+    let big = with_df(from_client(udp4(CLIENT, 5353, VIP_FULL, 53, &payload(1400))), 0x77, false);
+    let (out, whole) = both(&mut e, &mut twin, EXT, &big, INT, 700);
+    assert_eq!(layout(&out), [(0, 700, true), (680, 700, true), (1360, 68, false)]);
+    assert!(out.iter().all(|f| f[0..6] == RS1_MAC && f[18..20] == [0, 0x77]));
+    assert_eq!(reassemble(&out).expect("complete"), whole, "the rewritten datagram");
+    let (src, lport, dst, dport, data) = udp_of(&whole);
+    assert_eq!((src, dst, dport, data), (LOCAL, RS1, 5454, payload(1400)), "local address to the real server");
+    // The reply to the local address and port, over the client side's MTU.
+    let reply = with_df(from_rs(udp4(RS1, 5454, LOCAL, lport, &payload(1000)), RS1_MAC), 8, false);
+    let (out, whole) = both(&mut e, &mut twin, INT, &reply, EXT, 900);
+    assert_eq!(layout(&out), [(0, 900, true), (880, 148, false)]);
+    assert!(out.iter().all(|f| f[0..6] == CLIENT_MAC));
+    assert_eq!(reassemble(&out).expect("complete"), whole);
+    assert_eq!(udp_of(&whole), (VIP_FULL, 53, CLIENT, 5353, payload(1000)));
+    assert_eq!(e.counters().frags_made, 5);
     assert_eq!(drops(&e), vec![]);
 }
 
