@@ -797,8 +797,19 @@ fn a_learnt_tunnel_path_mtu_answers_large_packets_before_encapsulating() {
     // Fits once encapsulated (1380 + 20 = 1400 too): as before.
     tunnelled(&e.inject(EXT, &pkt(1300, true), 2 * S), 1300);
     tunnelled(&e.inject(EXT, &pkt(1380, true), 2 * S), 1380);
-    // No DF: the client does no path MTU discovery, the packet goes as before.
-    tunnelled(&e.inject(EXT, &pkt(1450, false), 2 * S), 1450);
+    // No DF: the client does no path MTU discovery; the outer packet (DF clear as the
+    // client's) is cut to the learnt path MTU, as Linux's output path cuts it to the route's
+    // MTU. Before, it went whole, for the router to cut (or lose). One that fits goes whole.
+    let out = e.inject(EXT, &pkt(1450, false), 2 * S);
+    let lens: Vec<usize> = out.iter().map(|(i, f)| if *i == INT { f.len() - 14 } else { 0 }).collect();
+    assert_eq!(lens, [1396, 94], "outer fragments within 1400 (1376 bytes of 1450 + 20, then 74)");
+    for (_, f) in &out {
+        assert_eq!((f[23], &f[30..34]), (4, &RS2[..]), "IPIP fragments to the real server");
+        assert!(ferrovs_engine::wire::csum::ip_header_ok(f, 14, false));
+    }
+    let outer = reassemble(&out.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()).expect("complete");
+    assert_eq!(&outer[34..], &pkt(1450, false)[14..], "the client's packet whole inside");
+    tunnelled(&e.inject(EXT, &pkt(1380, false), 2 * S), 1380);
     // A higher report does not raise it, a lower one lowers it.
     assert_eq!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1480, &tun, n), 3 * S).len(), 1);
     assert_eq!(e.inject(EXT, &pkt(1450, true), 3 * S)[0].0, EXT);
@@ -923,6 +934,32 @@ fn later_fragments_over_a_learnt_tunnel_path_mtu_are_dropped() {
     // (`frag::later_fragments_of_an_answered_datagram_are_dropped`).
     assert!(e.inject(EXT, &frags[2], 2 * S).is_empty());
     assert_drops(&e, &[(DropReason::TooBig, 2)]);
+}
+
+/// IPv4 fragments (DF clear) to a tunnel real server whose path MTU was learnt (1400): each,
+/// under the interface's MTU once encapsulated but over the learnt path MTU, goes out as outer
+/// fragments within 1400 (Linux cuts to the route's learnt MTU), the first (the connection's
+/// path) and the later ones (by datagram) alike; the outer fragments reassemble, datagram
+/// fragment by datagram fragment, to the client's fragments encapsulated. Before, they went
+/// whole, over the path MTU a router had reported.
+#[test]
+fn fragments_without_df_over_a_learnt_tunnel_path_mtu_are_cut_to_it() {
+    let mut e = engine();
+    let (_, tun) = tunnel_conn(&mut e, 40018);
+    assert_eq!(e.inject(INT, &router_error(LB_INT_ADDR, 3, 4, 1400, &tun, 548), S).len(), 1);
+    assert_eq!(learnt(&e), (1, 0));
+    let dgram = from_client(tcp4(CLIENT, 40018, VIP_TUN, 80, TCP_ACK, 1442, 1, &[9; 2800]));
+    let frags = fragment4(&dgram, 1456, 0x61);
+    assert_eq!(frags.iter().map(|f| f.len() - 14).collect::<Vec<_>>(), [1452, 1408]);
+    for (k, frag) in frags.iter().enumerate() {
+        let out = e.inject(EXT, frag, 2 * S);
+        assert!(out.iter().all(|(i, f)| *i == INT && f.len() - 14 <= 1400 && f[23] == 4), "fragment {k}");
+        let want = if frag.len() - 14 + 20 > 1400 { 2 } else { 1 };
+        assert_eq!(out.len(), want, "fragment {k}");
+        let outer = reassemble(&out.into_iter().map(|(_, f)| f).collect::<Vec<_>>()).expect("complete");
+        assert_eq!(&outer[34..], &frag[14..], "fragment {k} whole inside");
+    }
+    assert_drops(&e, &[]);
 }
 
 /// An ICMPv6 error whose quoted outer header is IPv6 to an IPv4-mapped address

@@ -5,6 +5,8 @@
 //! `mtu_expires`, 600 s); `ip_vs_tunnel_xmit` then checks each packet against it, less the
 //! tunnel header, and answers a packet too big itself, before encapsulating, instead of
 //! sending it for the router to drop again (a round trip lost per large packet, per client).
+//! A packet without DF is encapsulated and its IPv4 outer packet cut to the learnt path MTU
+//! (`Worker::tunnel_cut`), as Linux's output path cuts to the route's MTU.
 //!
 //! One table per worker (single writer, no locks), keyed by the real server's address, at
 //! most [`MAX_ENTRIES`] entries: only an error that names a live tunnel connection to that

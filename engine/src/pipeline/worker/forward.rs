@@ -150,7 +150,7 @@ impl<Q: BufAlloc> Worker<Q> {
             return Next::Drop(DropReason::IpBadChecksum);
         }
         let next = self.forward_body(idx, dir, pkt, p);
-        self.split_out(pkt, p.l3, next)
+        self.split_out(pkt, p.l3, next, usize::MAX)
     }
 
     /// [`Worker::forward`] after the egress MTU check.
@@ -298,10 +298,12 @@ impl<Q: BufAlloc> Worker<Q> {
                     return Next::Drop(DropReason::TooBig);
                 }
                 let next = self.l2_out(idx, true, pkt);
-                // Over the MTU with DF clear (`forward` let it through): the outer packet is
-                // cut here, whatever path brought it.
-                if pkt.len() - p.l3 > mtu as usize {
-                    return self.split_out(pkt, p.l3, next);
+                // Over the MTU, or over a path MTU learnt towards the real server, with DF
+                // clear (`forward` let it through): the outer packet is cut here to the
+                // smaller, whatever path brought it.
+                let cap = self.tunnel_cut(rs, mtu as usize);
+                if pkt.len() - p.l3 > cap {
+                    return self.split_out(pkt, p.l3, next, cap);
                 }
                 next
             }
@@ -400,8 +402,21 @@ impl<Q: BufAlloc> Worker<Q> {
         }
     }
 
+    /// The largest outer packet to send to tunnel real server `rs` over an interface of MTU
+    /// `mtu`: the MTU, or a smaller path MTU learnt towards the real server
+    /// ([`crate::pipeline::pmtu`]) for an IPv4 outer header. Linux's output path cuts a
+    /// DF-clear packet to the route's MTU, which a router's report lowered; sent whole, it
+    /// would be cut by that router, or lost where the router does not fragment. (The
+    /// balancer does not fragment an IPv6 outer packet.)
+    pub(super) fn tunnel_cut(&mut self, rs: Addr, mtu: usize) -> usize {
+        if self.pmtu.is_empty() || !addr_is_v4(rs) {
+            return mtu;
+        }
+        self.pmtu.get(rs, self.now).map_or(mtu, |path| mtu.min(path as usize))
+    }
+
     /// Cut the IPv4 packet at `l3` of `pkt`, about to go out as `next` says (sent, or parked
-    /// for its next hop), into fragments that fit its interface's MTU ([`ipfrag`]); a packet
+    /// for its next hop), into fragments that fit its interface's MTU and `cap` ([`ipfrag`]); a packet
     /// that fits, or another verdict, is left as it is. The first fragment is `pkt`'s buffer
     /// cut short; the later ones are built in buffers from the interface's pool before any
     /// goes out (no buffer for one: the packet is a `no_buffer` drop, no fragment sent), and
@@ -410,13 +425,13 @@ impl<Q: BufAlloc> Worker<Q> {
     ///
     /// [`ipfrag`]: crate::wire::ipfrag
     #[inline(never)]
-    pub(super) fn split_out(&mut self, pkt: &mut Q::Buf, l3: usize, next: Next) -> Next {
+    pub(super) fn split_out(&mut self, pkt: &mut Q::Buf, l3: usize, next: Next, cap: usize) -> Next {
         use crate::wire::ipfrag::{self, Unfit};
         let iface = match next {
             Next::Tx(i) | Next::Park(i, _) => i,
             _ => return next,
         };
-        let mtu = self.caps.get(iface).map_or(usize::MAX, |c| c.mtu as usize);
+        let mtu = self.caps.get(iface).map_or(usize::MAX, |c| c.mtu as usize).min(cap);
         let plan = match ipfrag::plan(pkt.data(), l3, mtu) {
             Ok(Some(plan)) => plan,
             Ok(None) => return next,

@@ -235,14 +235,17 @@ impl<Q: BufAlloc> Worker<Q> {
         if over_mtu && (f.v6 || Ipv4::at(pkt.data(), f.l3).map_or(true, |h| h.frag_word() & IPV4_DF != 0)) {
             return Next::Drop(DropReason::TooBig);
         }
-        // Nor one over a path MTU learnt towards the tunnel real server (the first fragment
-        // was told it): a router would drop it.
+        // Nor one with DF set over a path MTU learnt towards the tunnel real server (the first
+        // fragment was told it): a router would drop it. One with DF clear is cut to it below.
+        let mut cap = usize::MAX;
         if over != 0 && inbound && !self.pmtu.is_empty() {
             let rs = self.flows.rs_of(c).0;
             if self.tunnel_path_limit(rs, pkt.data(), f.l3, f.end, f.v6, over).is_some() {
                 return Next::Drop(DropReason::TooBig);
             }
+            cap = self.tunnel_cut(rs, mtu);
         }
+        let over_mtu = f.end - f.l3 + over > cap.min(mtu);
         let c = self.flows.get(fl.conn);
         match c.fwd {
             Forward::Nat => {
@@ -276,7 +279,7 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         let next = self.l2_out(fl.conn, inbound, pkt);
         if over_mtu {
-            return self.split_out(pkt, f.l3, next);
+            return self.split_out(pkt, f.l3, next, cap);
         }
         next
     }
