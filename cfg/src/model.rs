@@ -284,6 +284,9 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     /// SYN proxy with SYN cookies (TCP NAT services).
     pub syn_proxy: SynProxy,
+    /// One-packet scheduling (ipvsadm `--ops`, UDP services): each datagram is scheduled on
+    /// its own and leaves no connection behind.
+    pub one_packet: bool,
     /// Full NAT: the balancer's source addresses towards the real servers
     /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
     pub local_addresses: Vec<IpAddr>,

@@ -141,6 +141,7 @@ pub(crate) struct RawService {
     pub fwmark: Option<S<i64>>,
     pub health_check: Option<S<RawHealthCheck>>,
     pub syn_proxy: Option<S<String>>,
+    pub one_packet: Option<S<bool>>,
     pub local_addresses: Option<S<Vec<S<String>>>>,
     pub sorry_server: Option<S<RawSorryServer>>,
     pub quorum: Option<S<i64>>,

@@ -223,6 +223,9 @@ pub(crate) fn service(s: &Service) -> String {
         SynProxy::On => o.push_str("syn_proxy = \"on\"\n"),
         SynProxy::Off => o.push_str("syn_proxy = \"off\"\n"),
     }
+    if s.one_packet {
+        o.push_str("one_packet = true\n");
+    }
     if let Some(ss) = &s.sorry_server {
         let _ = match ss.port {
             Some(p) => writeln!(o, "sorry_server = {{ address = {}, port = {p} }}", q(&ss.address.to_string())),

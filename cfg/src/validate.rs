@@ -721,6 +721,20 @@ impl Validator<'_> {
             },
         };
 
+        let one_packet = match &rs.one_packet {
+            Some(v) if *v.get_ref() && protocol != Protocol::Udp => {
+                return Err(self.err(
+                    span_of(v),
+                    format!(
+                        "one_packet applies to UDP services (ipvsadm --ops): service {name:?} is {}",
+                        proto_name(protocol)
+                    ),
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => false,
+        };
+
         let health_check = match &rs.health_check {
             None => None,
             Some(h) => Some(self.health_check(h)?),
@@ -917,6 +931,7 @@ impl Validator<'_> {
             real_servers,
             health_check,
             syn_proxy,
+            one_packet,
             local_addresses,
             sorry_server,
             quorum,

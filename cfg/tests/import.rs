@@ -942,3 +942,18 @@ fn keepalived_notify_scripts() {
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.to_string().contains("quorum_down \"q.sh\": the script must be an absolute path"), "{e}");
 }
+
+/// keepalived's `ops` (one-packet scheduling): imported on a UDP virtual_server; on a TCP one
+/// (where IPVS keeps the flag without effect) warned and left out.
+#[test]
+fn keepalived_ops() {
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 514 {\n  protocol UDP\n  ops\n  real_server 10.0.2.2 514 {\n  }\n}\n\
+         virtual_server 10.0.0.1 80 {\n  protocol TCP\n  ops\n  real_server 10.0.2.2 80 {\n  }\n}\n",
+    )
+    .unwrap();
+    assert!(imp.services[0].one_packet);
+    assert!(!imp.services[1].one_packet);
+    assert!(warned(&imp, 9, "ops (one-packet scheduling) applies to UDP services"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

@@ -190,6 +190,7 @@ fn good_config_parses_into_expected_model() {
                 start_down: false,
             }),
             syn_proxy: SynProxy::Auto,
+            one_packet: false,
             local_addresses: Vec::new(),
             sorry_server: None,
             quorum: 1,
@@ -326,6 +327,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[route]]\nprefix = \"fd00::/8\"\nvia = \"10.0.1.254\"\n", 12, "address family"),
     // services
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"sctp\"\n", 13, "invalid protocol \"sctp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80]\none_packet = true\n", 14, "one_packet applies to UDP services (ipvsadm --ops): service \"a\" is tcp"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [80, 0]\n", 13, "port 0 out of range"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [\"90-80\"]\n", 13, "90 > 80"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [\"80-70000\"]\n", 13, "1..=65535"),
@@ -834,4 +836,18 @@ fn rp_filter_modes() {
         assert_eq!(cfg.engine.rp_filter, want);
         assert_eq!(Config::from_str(&cfg.to_toml(), "r.toml").unwrap(), cfg, "rendered back");
     }
+}
+
+/// `one_packet` (ipvsadm --ops): off by default, on for a UDP service, rendered back.
+#[test]
+fn one_packet_on_udp_services() {
+    let svc = |extra: &str| {
+        format!("[engine]\nbackend = \"memory\"\n[[service]]\nname = \"s\"\nvip = \"10.0.0.1\"\nprotocol = \"udp\"\nports = [514]\n{extra}")
+    };
+    assert!(!Config::from_str(&svc(""), "o.toml").unwrap().services[0].one_packet);
+    let c = Config::from_str(&svc("one_packet = true\n"), "o.toml").unwrap();
+    assert!(c.services[0].one_packet);
+    assert!(c.to_toml().contains("one_packet = true\n"));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "rendered back");
+    assert!(!Config::from_str(&svc("one_packet = false\n"), "o.toml").unwrap().services[0].one_packet);
 }

@@ -894,3 +894,29 @@ fn placement_is_the_same_on_every_node_and_follows_reloads() {
     assert!(before.differences(&after).unwrap().contains("[[cluster.node]] tables differ"));
     assert_eq!(Placement { nodes: before.nodes, ..after }, before);
 }
+
+/// One-packet scheduling (`one_packet`): a datagram's connection lives for that datagram and
+/// is never synced, neither its creation nor its removal (IPVS's `ip_vs_sync_conn` skips
+/// one-packet connections); a plain UDP service's connection is.
+#[test]
+fn one_packet_connections_are_not_synced() {
+    let mut t = String::from("[[neighbor]]\naddress = \"10.0.2.10\"\nmac = \"02:00:00:00:03:0a\"\n\n");
+    for (name, port, ops) in [("ops", 514, "one_packet = true\n"), ("plain", 53, "")] {
+        t += &format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\nports = [{port}]\nforward = \"nat\"\n{ops}\
+             [[service.real_server]]\naddress = \"10.0.2.10\"\n\n"
+        );
+    }
+    t += "[cluster]\nnode_id = 1\nsync_address = \"10.9.0.1\"\npeers = [\"10.9.0.250\"]\n";
+    let mut a = MemEngine::new(config(&t), 1);
+    let mut ba = Batcher::new(1, 1000);
+    for k in 0..3 {
+        let d = from_client(udp4(CLIENT, 5140, VIP, 514, b"<13>x"));
+        assert_eq!(a.inject(EXT, &d, S + k).len(), 1);
+    }
+    a.run(2 * S);
+    assert!(entries(&a.take_sync(&mut ba, 2 * S)).is_empty(), "nothing synced for one-packet connections");
+    assert_eq!((a.counters().flows_created, a.counters().flows_active), (3, 0));
+    assert_eq!(a.inject(EXT, &from_client(udp4(CLIENT, 5353, VIP, 53, b"q")), 3 * S).len(), 1);
+    assert_eq!(entries(&a.take_sync(&mut ba, 3 * S)).len(), 1, "the plain service's connection");
+}

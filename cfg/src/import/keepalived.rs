@@ -693,6 +693,7 @@ fn virtual_server(
     let mut quorum: u32 = 1;
     let mut hysteresis: Option<(u32, usize)> = None;
     let (mut quorum_up, mut quorum_down) = (Vec::new(), Vec::new());
+    let mut ops: Option<usize> = None;
     for n in body {
         match n.key.as_str() {
             "real_server" => reals.push(n),
@@ -744,6 +745,8 @@ fn virtual_server(
             "hysteresis" => hysteresis = Some((num(n, u64::from(u32::MAX))? as u32, n.line)),
             "quorum_up" => quorum_up = notify_argv(n)?,
             "quorum_down" => quorum_down = notify_argv(n)?,
+            // One-packet scheduling (IPVS's IP_VS_SVC_F_ONEPACKET).
+            "ops" => ops = flag(n)?.then_some(n.line),
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
@@ -814,6 +817,14 @@ fn virtual_server(
                 None => max_prefix(vip),
             };
             svc.persistence = Some(Persistence { timeout: t, netmask: nm });
+        }
+        if let Some(line) = ops {
+            if protocol == Protocol::Udp {
+                svc.one_packet = true;
+            } else {
+                // IPVS keeps the flag on a TCP service without effect; the config refuses it.
+                warnings.push(format!("line {line}: ops (one-packet scheduling) applies to UDP services, ignored"));
+            }
         }
 
         let mut check: Option<Check> = None;

@@ -128,6 +128,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         real_servers: Vec::new(),
         health_check: None,
         syn_proxy: Default::default(),
+        one_packet: false,
         local_addresses: Vec::new(),
         sorry_server: None,
         quorum: 1,

@@ -147,6 +147,9 @@ pub enum Command {
         scheduler: Option<String>,
         persistent: Option<u32>,
         netmask: Option<String>,
+        /// One-packet scheduling (`-o`, `--ops`; UDP services).
+        #[serde(default)]
+        ops: bool,
         #[serde(default)]
         ext: Option<Box<ServiceExt>>,
     },
@@ -155,6 +158,8 @@ pub enum Command {
         scheduler: Option<String>,
         persistent: Option<u32>,
         netmask: Option<String>,
+        #[serde(default)]
+        ops: bool,
     },
     DeleteService {
         key: SvcKey,
@@ -261,7 +266,7 @@ pub struct Invocation {
 pub const USAGE: &str = "\
 ferrovsadm: ipvsadm-compatible control of a running ferrovs
 
-  ferrovsadm -A|E -t|u|f service-address [-s scheduler] [-p [timeout]] [-M netmask]
+  ferrovsadm -A|E -t|u|f service-address [-s scheduler] [-p [timeout]] [-M netmask] [-o]
   ferrovsadm -D -t|u|f service-address
   ferrovsadm -C
   ferrovsadm -R            (ipvsadm-save lines on stdin)
@@ -324,6 +329,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
     let mut sched = None;
     let mut persistent = None;
     let mut netmask = None;
+    let mut ops = false;
     let mut real: Option<(IpAddr, Option<u16>)> = None;
     let mut fwd = None;
     let mut weight = None;
@@ -475,6 +481,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
                 });
             }
             "-M" | "--netmask" => netmask = Some(next(t)?),
+            "-o" | "--ops" => ops = true,
             "-r" | "--real-server" => {
                 let a = next(t)?;
                 real =
@@ -558,9 +565,9 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
                     }
                 }
                 Action::Edit(if c == 'A' {
-                    Command::AddService { key, scheduler: sched, persistent, netmask, ext: None }
+                    Command::AddService { key, scheduler: sched, persistent, netmask, ops, ext: None }
                 } else {
-                    Command::EditService { key, scheduler: sched, persistent, netmask }
+                    Command::EditService { key, scheduler: sched, persistent, netmask, ops }
                 })
             }
             'D' => Action::Edit(Command::DeleteService { key: need_key(&key)? }),
@@ -679,12 +686,19 @@ pub fn parse_rules(text: &str) -> Result<Vec<Command>, String> {
     Ok(out)
 }
 
+/// `one_packet` of a service of `proto` given `-o` (`ops`): UDP only (the config refuses it
+/// on a TCP service; IPVS would keep the flag without effect).
+fn one_packet(proto: Protocol, ops: bool) -> Result<bool, String> {
+    if ops && proto != Protocol::Udp {
+        return Err("one-packet scheduling (-o, --ops) applies to UDP services".into());
+    }
+    Ok(ops)
+}
+
 /// Options ipvsadm-save may print that ferrovs does not implement, and
 /// whether each takes an argument: [`import_save`] skips them with a warning
 /// (`ferrovsadm` itself refuses them).
 const NOT_IMPORTED: &[(&str, bool)] = &[
-    ("-o", false),
-    ("--ops", false),
     ("-b", true),
     ("--sched-flags", true),
     ("--pe", true),
@@ -1130,7 +1144,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 t.udp = *udp;
             }
         }
-        Command::AddService { key, scheduler, persistent, netmask, ext } => {
+        Command::AddService { key, scheduler, persistent, netmask, ops, ext } => {
             let ext = ext.as_deref().cloned().unwrap_or_default();
             if let Some(i) = find_service(cfg, key) {
                 // A port-group declared by `# ferrovs-service` may only
@@ -1214,6 +1228,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 real_servers: Vec::new(),
                 health_check: ext.check.clone(),
                 syn_proxy,
+                one_packet: one_packet(proto, *ops)?,
                 local_addresses: ext.local.clone(),
                 sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
                 quorum: ext.quorum.unwrap_or(1),
@@ -1221,13 +1236,15 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 notify: ext.notify.clone(),
             });
         }
-        Command::EditService { key, scheduler, persistent, netmask } => {
+        Command::EditService { key, scheduler, persistent, netmask, ops } => {
             let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
             let s = &mut cfg.services[i];
             if let Some(x) = scheduler {
                 s.scheduler = x.clone();
             }
             s.persistence = persistence(s.vip, *persistent, netmask)?;
+            // As ipvsadm -E: the flag is what this command says.
+            s.one_packet = one_packet(s.protocol, *ops)?;
         }
         Command::DeleteService { key } => {
             let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
@@ -1369,6 +1386,9 @@ pub struct ServiceView {
     pub scheduler: String,
     pub persistent: Option<u32>,
     pub netmask: u8,
+    /// One-packet scheduling.
+    #[serde(default)]
+    pub ops: bool,
     pub ftp: bool,
     pub dests: Vec<DestView>,
     pub stats: Stats,
@@ -1419,6 +1439,7 @@ pub fn list_of_config(cfg: &Config) -> ListData {
                 scheduler: s.scheduler.clone(),
                 persistent: s.persistence.map(|p| p.timeout),
                 netmask: s.persistence.map(|p| p.netmask).unwrap_or(if s.vip.is_ipv4() { 32 } else { 128 }),
+                ops: s.one_packet,
                 ftp: s.ftp.is_some(),
                 dests: s
                     .real_servers
@@ -1581,6 +1602,9 @@ pub fn format_list(d: &ListData, o: &ListOpts) -> String {
                 } else if !s.vip.is_ipv4() && s.netmask != 128 {
                     let _ = write!(out, " mask {}", s.netmask);
                 }
+            }
+            if s.ops {
+                out.push_str(" ops");
             }
         }
         out.push('\n');
@@ -1924,6 +1948,9 @@ pub fn format_save(cfg: &Config) -> String {
                 let _ = write!(out, " -M {}", p.netmask);
             }
         }
+        if s.one_packet {
+            out.push_str(" -o");
+        }
         out.push('\n');
         for r in saved_servers(s) {
             match r.proxy_protocol {
@@ -2103,14 +2130,14 @@ mod tests {
         // options ferrovs does not implement (warned, skipped).
         let imp = import_save(
             "ipvsadm --add-service --tcp-service 10.0.0.1:http --scheduler rr --persistent\n\
-             -a -t 10.0.0.1:http -r 10.0.2.2 -m\n-A -t 10.0.0.1:443 -s wlc -o\n",
+             -a -t 10.0.0.1:http -r 10.0.2.2 -m\n-A -t 10.0.0.1:443 -s wlc --pe sip\n",
             &MarkMap::new(),
         )
         .unwrap();
         assert_eq!(imp.services[0].ports, vec![PortRange { lo: 80, hi: 80 }]);
         assert_eq!(imp.services[0].persistence, Some(Persistence { timeout: 300, netmask: 32 }));
         assert_eq!(imp.services[0].real_servers[0].port, None);
-        assert!(warned(&imp, 3, "-o"));
+        assert!(warned(&imp, 3, "--pe"));
 
         let cases: &[(&str, usize, &str)] = &[
             ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.2:80 -r 10.0.2.2:80 -m\n", 2, "no such service"),
@@ -2351,6 +2378,7 @@ FWM  21 rr persistent 300\n\
                 scheduler: None,
                 persistent: None,
                 netmask: None,
+                ops: false,
                 ext: None,
             },
         )
@@ -2673,6 +2701,42 @@ forward = "tunnel"
         assert_eq!(format_save(&c2), save);
         let e = parse_rules("# ferrovs-service name=web%2\n").unwrap_err();
         assert!(e.starts_with("line 1: bad name"), "{e}");
+    }
+
+    /// One-packet scheduling: `-o` / `--ops` on -A and -E (which sets the flag to what it
+    /// says, as ipvsadm -E), shown by -L as ipvsadm shows it, saved as `-o` and restored, and
+    /// imported from ipvsadm-save (before, skipped with a warning). Refused on a TCP service.
+    #[test]
+    fn one_packet_scheduling() {
+        let mut c = base();
+        run(&mut c, "-A -u 10.0.0.7:514 -s rr -o");
+        run(&mut c, "-a -u 10.0.0.7:514 -r 10.0.2.2:514 -m");
+        let s = c.services.iter().find(|s| s.protocol == Protocol::Udp).unwrap();
+        assert!(s.one_packet);
+        let save = format_save(&c);
+        assert!(save.contains("-A -u 10.0.0.7:514 -s rr -o\n"), "{save}");
+        assert!(format_list(&list_of_config(&c), &ListOpts { numeric: true, ..Default::default() })
+            .contains("UDP  10.0.0.7:514 rr ops\n"));
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
+        let imp = import_save(&save, &MarkMap::new()).unwrap();
+        assert!(imp.services.iter().any(|s| s.one_packet), "imported");
+        assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+        assert!(crate::ctl::control::validate(&c).is_ok());
+        // -E without -o clears it; with -o sets it.
+        run(&mut c, "-E -u 10.0.0.7:514 -s rr");
+        assert!(!c.services.iter().any(|s| s.one_packet));
+        run(&mut c, "-E -u 10.0.0.7:514 -s rr --ops");
+        assert!(c.services.iter().any(|s| s.one_packet));
+        // TCP: refused.
+        let Action::Edit(cmd) = parse_args(&["-A", "-t", "10.0.0.8:80", "-o"]).unwrap().action else { panic!() };
+        assert!(apply(&mut c, &cmd).unwrap_err().contains("applies to UDP services"));
+        let e = import_save("-A -t 10.0.0.8:80 -s rr -o\n", &MarkMap::new()).unwrap_err();
+        assert!(e.to_string().starts_with("ipvsadm:1: one-packet scheduling"), "{e}");
     }
 
     /// `base()` with a service named `name`.

@@ -306,6 +306,7 @@ pub(crate) mod tests {
             scheduler: "rr".into(),
             persistent: None,
             netmask: 32,
+            ops: false,
             ftp: true,
             dests,
         };

@@ -37,6 +37,8 @@ pub struct Svc {
     /// Persistence timeout (ns) and client prefix (in the 128-bit space).
     pub persistence: Option<(u64, u8)>,
     pub syn_proxy: ferrovs_cfg::SynProxy,
+    /// One-packet scheduling (UDP): each datagram's connection is removed once it is sent.
+    pub one_packet: bool,
     /// Full NAT: the local (source) addresses towards the real servers.
     pub local: Vec<Addr>,
 }
@@ -319,6 +321,7 @@ impl Snapshot {
                 ftp: s.ftp.clone(),
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
+                one_packet: s.one_packet,
                 // In a cluster a node allocates on its own local addresses only.
                 local: s
                     .local_addresses

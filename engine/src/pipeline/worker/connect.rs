@@ -90,11 +90,36 @@ impl<Q: BufAlloc> Worker<Q> {
         }
         // An FTP control connection gets its gateway.
         let svc = &self.snap.services[si];
+        let svc_one_packet = svc.one_packet;
         if !data && p.proto == PROTO_TCP && svc.is_ftp_control(p.dport) {
             self.start_ftp_session(si, di, idx, None);
             bump(&self.svc_counters[si].ftp.control_sessions, 1);
         }
-        self.forward(idx, Dir::In, pkt, p)
+        // One-packet scheduling: whether the datagram comes in fragments, read before the
+        // frame is rewritten (or cut).
+        let one_packet = (svc_one_packet && p.proto == PROTO_UDP)
+            .then(|| frag::is_fragment(pkt.data(), p) && frag::parse_fragment(pkt.data()).is_ok_and(|f| f.more));
+        let next = self.forward(idx, Dir::In, pkt, p);
+        if let Some(more) = one_packet {
+            self.one_packet_done(idx, more);
+        }
+        next
+    }
+
+    /// One-packet scheduling (`one_packet`, ipvsadm `--ops`): a datagram went out (or waits
+    /// for its next hop, rewritten) on connection `idx`, which now goes, as IPVS frees an
+    /// `IP_VS_CONN_F_ONE_PACKET` connection once it is sent: the client's next datagram is
+    /// scheduled on its own. Never synced to cluster peers. The first fragment of a datagram
+    /// (`more` fragments follow) keeps it for the fragment hold time ([`frag::FRAG_HOLD_NS`]),
+    /// so the later fragments follow it (IPVS sees datagrams reassembled); it then expires.
+    #[inline(never)]
+    fn one_packet_done(&mut self, idx: u32, more: bool) {
+        if more {
+            let now = self.now;
+            self.flows.get_mut(idx).set_expires(now, now + frag::FRAG_HOLD_NS);
+        } else {
+            self.remove_conn(idx, true);
+        }
     }
 
     /// DR active FTP: the real server opened the data connection straight

@@ -172,7 +172,7 @@ impl<Q: BufAlloc> Worker<Q> {
         if state == crate::flow::tcpstate::TcpState::SynRecv && flags & F_SYNCED == 0 {
             self.half_open = self.half_open.saturating_sub(1);
         }
-        if self.sync_on && flags & F_SYNCED == 0 {
+        if self.sync_on && flags & F_SYNCED == 0 && !self.one_packet(&c) {
             let (client, cport, (vip, vport)) = (c.client(), c.cport, self.flows.vip_of(&c));
             let lport = (fwd == Forward::Fnat).then_some(lport);
             self.push_sync(SyncEntry::Delete { proto, client, cport, vip, vport, lport });

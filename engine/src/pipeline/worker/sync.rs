@@ -43,6 +43,12 @@ impl<Q: BufAlloc> Worker<Q> {
         }
     }
 
+    /// Is `c` a connection of a one-packet service (`one_packet`)? It lives for one datagram
+    /// and is not synced (IPVS's `ip_vs_sync_conn` skips `IP_VS_CONN_F_ONE_PACKET` ones).
+    pub(super) fn one_packet(&self, c: &flow::Conn) -> bool {
+        c.snap_gen == self.snap_gen && self.snap.services.get(c.svc as usize).is_some_and(|s| s.one_packet)
+    }
+
     /// The sync entry of connection `idx` as it is now.
     pub(super) fn conn_entry(&self, idx: u32) -> SyncEntry {
         let c = self.flows.get(idx);
@@ -72,7 +78,7 @@ impl<Q: BufAlloc> Worker<Q> {
     /// Queue connection `idx` for the peers (a creation, a state change or a refresh).
     pub(super) fn sync_conn(&mut self, idx: u32) {
         let c = self.flows.get(idx);
-        if !self.sync_on || c.flags & F_SYNCED != 0 {
+        if !self.sync_on || c.flags & F_SYNCED != 0 || self.one_packet(c) {
             return;
         }
         let e = self.conn_entry(idx);
