@@ -247,6 +247,13 @@ pub fn ferrovsadm_command() -> Command {
                 .help("Persistent service (timeout in seconds, default 300)."),
         )
         .arg(opt("netmask", Some('M'), "netmask", Some("NETMASK"), "Persistence granularity mask."))
+        .arg(opt(
+            "ops",
+            Some('o'),
+            "ops",
+            None,
+            "One-packet scheduling (UDP services): each datagram scheduled on its own, no connection kept.",
+        ))
         .arg(opt("real-server", Some('r'), "real-server", Some("SERVER-ADDRESS"), "Real server ADDR[:PORT]."))
         .arg(opt("gatewaying", Some('g'), "gatewaying", None, "Direct routing (DR)."))
         .arg(opt("masquerading", Some('m'), "masquerading", None, "NAT (masquerading)."))
