@@ -541,6 +541,33 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
     let need_real = || -> Result<(IpAddr, Option<u16>), String> {
         real.ok_or_else(|| "no real server specified: use -r".to_string())
     };
+    // As ipvsadm's option/command table: a service's options (scheduler, persistence,
+    // one-packet) belong to -A/-E, a real server's to -a/-e (-d names one with -r alone), so
+    // `-a ... -o` or `-A ... -w 3` is refused, not silently dropped.
+    if let Some(c) = cmd {
+        let svc_opts = [
+            (sched.is_some(), "--scheduler"),
+            (persistent.is_some(), "--persistent"),
+            (netmask.is_some(), "--netmask"),
+            (ops, "--ops"),
+        ];
+        let srv_opts = [
+            (real.is_some() && c != 'd', "--real-server"),
+            (fwd.is_some(), "-g/-m/-i/-b (forwarding method)"),
+            (weight.is_some(), "--weight"),
+            (upper.is_some(), "--u-threshold"),
+            (lower.is_some(), "--l-threshold"),
+        ];
+        let (svc_ok, srv_ok) = match c {
+            'A' | 'E' => (true, false),
+            'a' | 'e' => (false, true),
+            _ => (false, false),
+        };
+        let bad = svc_opts.iter().filter(|_| !svc_ok).chain(srv_opts.iter().filter(|_| !srv_ok)).find(|o| o.0);
+        if let Some((_, o)) = bad {
+            return Err(format!("option {o} cannot be used with -{c}"));
+        }
+    }
     let action = match (verb, cmd) {
         (Some(Action::Top(_)), None) => Action::Top(top),
         (Some(v), None) => v,
@@ -2737,6 +2764,37 @@ forward = "tunnel"
         assert!(apply(&mut c, &cmd).unwrap_err().contains("applies to UDP services"));
         let e = import_save("-A -t 10.0.0.8:80 -s rr -o\n", &MarkMap::new()).unwrap_err();
         assert!(e.to_string().starts_with("ipvsadm:1: one-packet scheduling"), "{e}");
+    }
+
+    /// Options of another command are refused, as ipvsadm's option table does ("Illegal
+    /// '--ops' option with the 'add-server' command"); before, `-a ... -o` or `-A ... -w 3`
+    /// was accepted and the option silently dropped.
+    #[test]
+    fn options_of_another_command_are_refused() {
+        for (line, opt) in [
+            ("-a -u 10.0.0.7:514 -r 10.0.2.2 -o", "--ops"),
+            ("-e -t 10.0.0.1:80 -r 10.0.2.2 -s rr", "--scheduler"),
+            ("-a -t 10.0.0.1:80 -r 10.0.2.2 -p 60", "--persistent"),
+            ("-A -t 10.0.0.1:80 -s rr -w 3", "--weight"),
+            ("-E -t 10.0.0.1:80 -m", "-g/-m/-i/-b"),
+            ("-A -t 10.0.0.1:80 -r 10.0.2.2", "--real-server"),
+            ("-D -t 10.0.0.1:80 -s rr", "--scheduler"),
+            ("-d -t 10.0.0.1:80 -r 10.0.2.2 -w 1", "--weight"),
+            ("-C -x 5", "--u-threshold"),
+        ] {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let e = parse_args(&words).unwrap_err();
+            assert!(e.starts_with(&format!("option {opt}")) && e.contains("cannot be used with"), "{line}: {e}");
+        }
+        for ok in [
+            "-A -t 10.0.0.1:80 -s rr -p 60 -M 255.255.255.0",
+            "-A -u 10.0.0.1:53 -o",
+            "-a -t 10.0.0.1:80 -r 10.0.2.2 -m -w 2 -x 10 -y 5",
+            "-d -t 10.0.0.1:80 -r 10.0.2.2",
+        ] {
+            let words: Vec<&str> = ok.split_whitespace().collect();
+            assert!(parse_args(&words).is_ok(), "{ok}");
+        }
     }
 
     /// `base()` with a service named `name`.
