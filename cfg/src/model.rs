@@ -287,6 +287,8 @@ pub struct Service {
     /// One-packet scheduling (ipvsadm `--ops`, UDP services): each datagram is scheduled on
     /// its own and leaves no connection behind.
     pub one_packet: bool,
+    /// Scheduler flags (ipvsadm `-b` / `--sched-flags`, `sh` and `mh` only).
+    pub sched_flags: SchedFlags,
     /// Full NAT: the balancer's source addresses towards the real servers
     /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
     pub local_addresses: Vec<IpAddr>,
@@ -392,6 +394,80 @@ pub enum SynProxy {
     On,
     /// Never.
     Off,
+}
+
+/// The flags of the `sh` and `mh` schedulers (ipvsadm `-b` / `--sched-flags`, IPVS's
+/// `IP_VS_SVC_F_SCHED1` and `IP_VS_SVC_F_SCHED2`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedFlags {
+    /// `sh-fallback` / `mh-fallback` (`flag-1`): when the hashed server is down, quiesced or
+    /// overloaded, the connection goes to another one instead of being refused.
+    pub fallback: bool,
+    /// `sh-port` / `mh-port` (`flag-2`): the client's port is hashed with its address, so one
+    /// client's connections spread over the servers.
+    pub port: bool,
+}
+
+impl SchedFlags {
+    /// The flags a list of ipvsadm flag names gives `scheduler`: `sh-fallback`, `sh-port`
+    /// (scheduler `sh`), `mh-fallback`, `mh-port` (`mh`), or `flag-1` and `flag-2` (either).
+    /// A name for another scheduler, `flag-3` (which no IPVS scheduler reads) and a flag on
+    /// a scheduler that has none are refused: IPVS would keep them without effect.
+    pub fn parse<'a>(scheduler: &str, names: impl IntoIterator<Item = &'a str>) -> Result<SchedFlags, String> {
+        let mut f = SchedFlags::default();
+        for n in names {
+            let (sched, fallback) = match n {
+                "sh-fallback" => (Some("sh"), true),
+                "sh-port" => (Some("sh"), false),
+                "mh-fallback" => (Some("mh"), true),
+                "mh-port" => (Some("mh"), false),
+                "flag-1" => (None, true),
+                "flag-2" => (None, false),
+                "flag-3" => return Err("scheduler flag \"flag-3\" is not used by any scheduler".into()),
+                _ => {
+                    return Err(format!(
+                        "unknown scheduler flag {n:?}: expected sh-fallback, sh-port, mh-fallback, mh-port, flag-1 or \
+                         flag-2"
+                    ))
+                }
+            };
+            match sched {
+                Some(s) if s != scheduler => {
+                    return Err(format!("scheduler flag {n:?} applies to scheduler {s:?}, not {scheduler:?}"))
+                }
+                None if !matches!(scheduler, "sh" | "mh") => {
+                    return Err(format!("scheduler flag {n:?}: scheduler {scheduler:?} has no flags (sh and mh have)"))
+                }
+                _ => {}
+            }
+            if fallback {
+                f.fallback = true;
+            } else {
+                f.port = true;
+            }
+        }
+        Ok(f)
+    }
+
+    /// The flags' names for `scheduler` (`sh-fallback`, `sh-port`, or the `mh-` ones), in
+    /// ipvsadm's order; none for a scheduler without flags.
+    pub fn names(&self, scheduler: &str) -> Vec<String> {
+        if !matches!(scheduler, "sh" | "mh") {
+            return Vec::new();
+        }
+        let mut v = Vec::new();
+        if self.fallback {
+            v.push(format!("{scheduler}-fallback"));
+        }
+        if self.port {
+            v.push(format!("{scheduler}-port"));
+        }
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.fallback && !self.port
+    }
 }
 
 impl Service {

@@ -226,6 +226,10 @@ pub(crate) fn service(s: &Service) -> String {
     if s.one_packet {
         o.push_str("one_packet = true\n");
     }
+    let flags = s.sched_flags.names(&s.scheduler);
+    if !flags.is_empty() {
+        let _ = writeln!(o, "sched_flags = [{}]", flags.iter().map(|f| q(f)).collect::<Vec<_>>().join(", "));
+    }
     if let Some(ss) = &s.sorry_server {
         let _ = match ss.port {
             Some(p) => writeln!(o, "sorry_server = {{ address = {}, port = {p} }}", q(&ss.address.to_string())),

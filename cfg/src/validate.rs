@@ -735,6 +735,15 @@ impl Validator<'_> {
             None => false,
         };
 
+        // Each flag checked on its own, so an error points at it.
+        let mut sched_flags = SchedFlags::default();
+        for f in rs.sched_flags.iter().flat_map(|v| v.get_ref()) {
+            let one = SchedFlags::parse(&scheduler, [f.get_ref().as_str()])
+                .map_err(|e| self.err(span_of(f), format!("service {name:?}: {e}")))?;
+            sched_flags.fallback |= one.fallback;
+            sched_flags.port |= one.port;
+        }
+
         let health_check = match &rs.health_check {
             None => None,
             Some(h) => Some(self.health_check(h)?),
@@ -932,6 +941,7 @@ impl Validator<'_> {
             health_check,
             syn_proxy,
             one_packet,
+            sched_flags,
             local_addresses,
             sorry_server,
             quorum,

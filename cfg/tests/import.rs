@@ -957,3 +957,26 @@ fn keepalived_ops() {
     assert!(warned(&imp, 9, "ops (one-packet scheduling) applies to UDP services"), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
+
+/// keepalived's scheduler flags (`sh-port`, `mh-fallback`, `flag-1`, ... as keywords of a
+/// virtual_server): imported against its scheduler wherever `lvs_sched` stands; one for
+/// another scheduler, or `flag-3`, is warned about and left out (keepalived ignores it too).
+#[test]
+fn keepalived_sched_flags() {
+    let imp = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  mh-port\n  lvs_sched mh\n  flag-1\n  real_server 10.0.2.2 80 {\n  }\n}\n\
+         virtual_server 10.0.0.2 80 {\n  lvs_sched rr\n  sh-port\n  real_server 10.0.2.2 80 {\n  }\n}\n\
+         virtual_server 10.0.0.3 80 {\n  lvs_sched sh\n  sh-fallback\n  flag-3\n  real_server 10.0.2.2 80 {\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(imp.services[0].sched_flags, SchedFlags { fallback: true, port: true });
+    assert!(imp.services[1].sched_flags.is_empty());
+    assert!(
+        warned(&imp, 10, "scheduler flag \"sh-port\" applies to scheduler \"sh\", not \"rr\""),
+        "{:?}",
+        imp.warnings
+    );
+    assert_eq!(imp.services[2].sched_flags, SchedFlags { fallback: true, port: false });
+    assert!(warned(&imp, 17, "\"flag-3\" is not used by any scheduler"), "{:?}", imp.warnings);
+    roundtrip(&imp);
+}

@@ -191,6 +191,7 @@ fn good_config_parses_into_expected_model() {
             }),
             syn_proxy: SynProxy::Auto,
             one_packet: false,
+            sched_flags: Default::default(),
             local_addresses: Vec::new(),
             sorry_server: None,
             quorum: 1,
@@ -850,4 +851,38 @@ fn one_packet_on_udp_services() {
     assert!(c.to_toml().contains("one_packet = true\n"));
     assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "rendered back");
     assert!(!Config::from_str(&svc("one_packet = false\n"), "o.toml").unwrap().services[0].one_packet);
+}
+
+/// Scheduler flags (ipvsadm -b): the sh and mh names, flag-1/flag-2 for either, each
+/// checked against the service's scheduler with the flag's line in the error.
+#[test]
+fn sched_flags_of_sh_and_mh() {
+    let svc = |sched: &str, flags: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"s\"\nvip = \"10.0.0.1\"\nports = [80]\n\
+             scheduler = \"{sched}\"\nsched_flags = [\n{flags}\n]\n"
+        )
+    };
+    let c = Config::from_str(&svc("sh", "\"sh-fallback\", \"sh-port\""), "f.toml").unwrap();
+    assert_eq!(c.services[0].sched_flags, SchedFlags { fallback: true, port: true });
+    assert!(c.to_toml().contains("sched_flags = [\"sh-fallback\", \"sh-port\"]\n"), "{}", c.to_toml());
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "rendered back");
+    let c = Config::from_str(&svc("mh", "\"flag-2\""), "f.toml").unwrap();
+    assert_eq!(c.services[0].sched_flags, SchedFlags { fallback: false, port: true });
+    assert!(c.to_toml().contains("sched_flags = [\"mh-port\"]\n"));
+    // None by default; an empty list is none.
+    let none = "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"s\"\nvip = \"10.0.0.1\"\nports = [80]\nscheduler = \"mh\"\n";
+    assert!(Config::from_str(none, "f.toml").unwrap().services[0].sched_flags.is_empty());
+    assert!(!Config::from_str(none, "f.toml").unwrap().to_toml().contains("sched_flags"));
+    for (sched, flags, want) in [
+        ("mh", "\"sh-port\"", "applies to scheduler \"sh\", not \"mh\""),
+        ("rr", "\"flag-1\"", "scheduler \"rr\" has no flags"),
+        ("sh", "\"flag-3\"", "not used by any scheduler"),
+        ("sh", "\"sh-fallback\",\n\"sh-prot\"", "unknown scheduler flag \"sh-prot\""),
+    ] {
+        let e = Config::from_str(&svc(sched, flags), "f.toml").unwrap_err();
+        assert!(e.message.contains(want), "{sched} {flags}: {e}");
+        assert_eq!(e.file, "f.toml");
+        assert_eq!(e.line, Some(8 + flags.lines().count()), "the flag's line: {e}");
+    }
 }

@@ -258,12 +258,24 @@ pub fn ferrovsadm_command() -> Command {
         .arg(opt("gatewaying", Some('g'), "gatewaying", None, "Direct routing (DR)."))
         .arg(opt("masquerading", Some('m'), "masquerading", None, "NAT (masquerading)."))
         .arg(opt("ipip", Some('i'), "ipip", None, "IPIP tunnelling."))
+        .arg(
+            opt(
+                "fullnat",
+                Some('b'),
+                "fullnat",
+                None,
+                "With -a/-e: full NAT (DPVS ipvsadm -b), source and destination rewritten; the service needs \
+                 local_addresses. With -A/-E, -b FLAGS is --sched-flags.",
+            )
+            .value_name("FLAGS")
+            .num_args(0..=1),
+        )
         .arg(opt(
-            "fullnat",
-            Some('b'),
-            "fullnat",
+            "sched-flags",
             None,
-            "Full NAT (DPVS ipvsadm -b): source and destination rewritten; the service needs local_addresses.",
+            "sched-flags",
+            Some("FLAGS"),
+            "Scheduler flags, comma-separated: sh-fallback, sh-port (sh), mh-fallback, mh-port (mh), flag-1, flag-2.",
         ))
         .arg(opt("weight", Some('w'), "weight", Some("WEIGHT"), "Weight of the real server (0..65535)."))
         .arg(opt("u-threshold", Some('x'), "u-threshold", Some("UTHRESHOLD"), "Upper connection threshold."))
@@ -353,6 +365,7 @@ mod tests {
             "set" => vec!["1", "2", "3"],
             "sort-by" => vec!["conns"],
             "persistent" => vec!["300"],
+            "sched-flags" => vec!["sh-port"],
             _ => vec![],
         }
     }

@@ -112,3 +112,88 @@ fn the_sorry_server_takes_new_connections_only_while_no_real_server_does() {
     let mut e = MemEngine::new(cfg(None), 1);
     assert_eq!(syn(&mut e, 41003), to_sorry);
 }
+
+/// A service with scheduler `sched`, `flags` (sched_flags), and real servers 10.0.2.2-4
+/// at `weights`.
+fn hashed_config(sched: &str, flags: &str, weights: [u32; 3]) -> ferrovs_cfg::Config {
+    let rs: String = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("[[service.real_server]]\naddress = \"10.0.2.{}\"\nweight = {w}\n\n", i + 2))
+        .collect();
+    config(&format!(
+        "[[service]]\nname = \"web\"\nvip = \"10.0.1.100\"\nports = [80]\nscheduler = \"{sched}\"\n\
+         forward = \"nat\"\nsched_flags = [{flags}]\n\n{rs}"
+    ))
+}
+
+/// Where a SYN from `client`:`sport` to port 80 went (the real server's last octet), or
+/// None if it was not forwarded.
+fn syn80(e: &mut MemEngine, client: [u8; 4], sport: u16, now: u64) -> Option<u8> {
+    let cmac = [2, 0, 0, 0, 1, client[3]];
+    let out = e.inject(0, &with_macs(tcp4(client, sport, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), now);
+    match out.as_slice() {
+        [] => None,
+        [(_, f)] => {
+            verify_checksums(f).unwrap();
+            Some(f[33])
+        }
+        _ => panic!("{out:?}"),
+    }
+}
+
+/// `sh-port` / `mh-port` (ipvsadm -b): one client's connections, from many ports, spread
+/// over the real servers, on every worker alike; without the flag they all reach one. A
+/// reload that changes only the flags takes effect.
+#[test]
+fn port_flag_hashes_the_client_port() {
+    for sched in ["sh", "mh"] {
+        for workers in [1, 2] {
+            let mut e = MemEngine::new(hashed_config(sched, "", [1, 1, 1]), workers);
+            let plain: Vec<u8> = (0..30).map(|i| syn80(&mut e, CLIENT, 20000 + i, S).unwrap()).collect();
+            assert!(plain.iter().all(|&s| s == plain[0]), "{sched}: one server per client address: {plain:?}");
+            let flag = format!("\"{sched}-port\"");
+            let mut e = MemEngine::new(hashed_config(sched, &flag, [1, 1, 1]), workers);
+            let spread: Vec<u8> = (0..30).map(|i| syn80(&mut e, CLIENT, 20000 + i, S).unwrap()).collect();
+            for s in 2..=4 {
+                assert!(spread.contains(&s), "{sched}-port, {workers} workers: 10.0.2.{s} gets some: {spread:?}");
+            }
+            // The same picks on another engine (and so on another node, or worker).
+            let mut again = MemEngine::new(hashed_config(sched, &flag, [1, 1, 1]), 3 - workers);
+            let same: Vec<u8> = (0..30).map(|i| syn80(&mut again, CLIENT, 20000 + i, S).unwrap()).collect();
+            assert_eq!(same, spread, "{sched}-port: deterministic");
+            // Flags taken away by a reload: new connections hash the address alone again.
+            e.reload(hashed_config(sched, "", [1, 1, 1]), 2 * S);
+            let back: Vec<u8> = (0..10).map(|i| syn80(&mut e, CLIENT, 30000 + i, 2 * S).unwrap()).collect();
+            assert_eq!(back, vec![plain[0]; 10], "{sched}: after the reload");
+        }
+    }
+}
+
+/// `sh-fallback` / `mh-fallback`: with a real server quiesced (weight 0; sh and mh keep its
+/// place in their tables), the clients that
+/// hash to it are refused without the flag (as IPVS's sh and mh return no server) and go to
+/// the others with it; the others' clients keep their server either way.
+#[test]
+fn fallback_flag_reschedules_around_an_unavailable_server() {
+    for sched in ["sh", "mh"] {
+        let clients: Vec<[u8; 4]> = (0..60).map(|i| [10, 0, 1, 10 + i]).collect();
+        let mut e = MemEngine::new(hashed_config(sched, "", [1, 1, 1]), 1);
+        let before: Vec<u8> = clients.iter().map(|&c| syn80(&mut e, c, 40000, S).unwrap()).collect();
+        let on3 = before.iter().filter(|&&s| s == 3).count();
+        assert!(on3 > 0 && on3 < clients.len(), "{sched}: 10.0.2.3 has some clients: {before:?}");
+        for (flag, fallback) in [("", false), (&*format!("\"{sched}-fallback\""), true)] {
+            // Quiesced by a reload (a fresh table would hash around it from the start).
+            let mut e = MemEngine::new(hashed_config(sched, flag, [1, 1, 1]), 1);
+            e.reload(hashed_config(sched, flag, [1, 0, 1]), S);
+            let after: Vec<Option<u8>> = clients.iter().map(|&c| syn80(&mut e, c, 40001, S)).collect();
+            for (b, a) in before.iter().zip(&after) {
+                match (*b, fallback) {
+                    (3, false) => assert_eq!(*a, None, "{sched}: refused without the flag"),
+                    (3, true) => assert!(matches!(a, Some(2 | 4)), "{sched}-fallback: rescheduled: {a:?}"),
+                    (s, _) => assert_eq!(*a, Some(s), "{sched}: another client keeps its server"),
+                }
+            }
+        }
+    }
+}

@@ -694,6 +694,8 @@ fn virtual_server(
     let mut hysteresis: Option<(u32, usize)> = None;
     let (mut quorum_up, mut quorum_down) = (Vec::new(), Vec::new());
     let mut ops: Option<usize> = None;
+    // Scheduler flags (`sh-port`, `mh-fallback`, `flag-1`, ...) with their lines.
+    let mut sched_flags: Vec<(String, usize)> = Vec::new();
     for n in body {
         match n.key.as_str() {
             "real_server" => reals.push(n),
@@ -747,6 +749,9 @@ fn virtual_server(
             "quorum_down" => quorum_down = notify_argv(n)?,
             // One-packet scheduling (IPVS's IP_VS_SVC_F_ONEPACKET).
             "ops" => ops = flag(n)?.then_some(n.line),
+            "sh-fallback" | "sh-port" | "mh-fallback" | "mh-port" | "flag-1" | "flag-2" | "flag-3" => {
+                sched_flags.push((n.key.clone(), n.line))
+            }
             k => warnings.push(format!("line {}: virtual_server option {k} is not supported, ignored", n.line)),
         }
     }
@@ -817,6 +822,18 @@ fn virtual_server(
                 None => max_prefix(vip),
             };
             svc.persistence = Some(Persistence { timeout: t, netmask: nm });
+        }
+        // Checked against the service's scheduler wherever lvs_sched stands (keepalived
+        // takes an sh- flag only after lvs_sched sh); one that does not apply is left out,
+        // as keepalived and IPVS leave it without effect.
+        for (f, line) in &sched_flags {
+            match SchedFlags::parse(&svc.scheduler, [f.as_str()]) {
+                Ok(one) => {
+                    svc.sched_flags.fallback |= one.fallback;
+                    svc.sched_flags.port |= one.port;
+                }
+                Err(e) => warnings.push(format!("line {line}: {e}, ignored")),
+            }
         }
         if let Some(line) = ops {
             if protocol == Protocol::Udp {

@@ -129,6 +129,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         health_check: None,
         syn_proxy: Default::default(),
         one_packet: false,
+        sched_flags: Default::default(),
         local_addresses: Vec::new(),
         sorry_server: None,
         quorum: 1,

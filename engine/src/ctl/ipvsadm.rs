@@ -55,7 +55,7 @@
 use ferrovs_cfg::import::{Import, MarkMap};
 use ferrovs_cfg::{
     Config, ConfigError, Forward, FtpOptions, HealthCheck, HealthCheckKind, Notify, Persistence, PortRange, Protocol,
-    ProxyProtocol, RealServer, Service, SorryServer, SynProxy,
+    ProxyProtocol, RealServer, SchedFlags, Service, SorryServer, SynProxy,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -150,6 +150,9 @@ pub enum Command {
         /// One-packet scheduling (`-o`, `--ops`; UDP services).
         #[serde(default)]
         ops: bool,
+        /// Scheduler flags (`-b`, `--sched-flags`: `sh-port`, `mh-fallback`, ...).
+        #[serde(default)]
+        sched_flags: Vec<String>,
         #[serde(default)]
         ext: Option<Box<ServiceExt>>,
     },
@@ -160,6 +163,8 @@ pub enum Command {
         netmask: Option<String>,
         #[serde(default)]
         ops: bool,
+        #[serde(default)]
+        sched_flags: Vec<String>,
     },
     DeleteService {
         key: SvcKey,
@@ -266,7 +271,7 @@ pub struct Invocation {
 pub const USAGE: &str = "\
 ferrovsadm: ipvsadm-compatible control of a running ferrovs
 
-  ferrovsadm -A|E -t|u|f service-address [-s scheduler] [-p [timeout]] [-M netmask] [-o]
+  ferrovsadm -A|E -t|u|f service-address [-s scheduler] [-p [timeout]] [-M netmask] [-o] [-b sched-flags]
   ferrovsadm -D -t|u|f service-address
   ferrovsadm -C
   ferrovsadm -R            (ipvsadm-save lines on stdin)
@@ -330,6 +335,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
     let mut persistent = None;
     let mut netmask = None;
     let mut ops = false;
+    let mut sched_flags: Option<Vec<String>> = None;
     let mut real: Option<(IpAddr, Option<u16>)> = None;
     let mut fwd = None;
     let mut weight = None;
@@ -362,7 +368,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             }
         } else if raw.starts_with('-')
             && raw.len() > 2
-            && raw.as_bytes().get(1).is_some_and(|b| b"tufsrwxyMp".contains(b))
+            && raw.as_bytes().get(1).is_some_and(|b| b"tufsrwxyMpb".contains(b))
         {
             (raw[..2].to_string(), Some(raw[2..].to_string()))
         } else {
@@ -482,6 +488,19 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             }
             "-M" | "--netmask" => netmask = Some(next(t)?),
             "-o" | "--ops" => ops = true,
+            "--sched-flags" => sched_flags = Some(flag_list(&next(t)?)?),
+            // ipvsadm's -b FLAGS (--sched-flags) on -A/-E; DPVS's -b (full NAT) on -a/-e
+            // takes no argument, so a word after it that is not an option is the flags.
+            "-b" => match inline.take().or_else(|| match args.get(i + 1) {
+                Some(v) if !v.starts_with('-') => {
+                    i += 1;
+                    Some(v.to_string())
+                }
+                _ => None,
+            }) {
+                Some(v) => sched_flags = Some(flag_list(&v)?),
+                None => fwd = Some('b'),
+            },
             "-r" | "--real-server" => {
                 let a = next(t)?;
                 real =
@@ -491,7 +510,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             "-m" | "--masquerading" => fwd = Some('m'),
             "-i" | "--ipip" => fwd = Some('i'),
             // DPVS's ipvsadm: full NAT (the service needs local_addresses).
-            "-b" | "--fullnat" => fwd = Some('b'),
+            "--fullnat" => fwd = Some('b'),
             "-w" | "--weight" => weight = Some(num(&next(t)?, "weight", 65535)?),
             // ipvsadm: 0..INT_MAX.
             "-x" | "--u-threshold" => {
@@ -550,6 +569,7 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
             (persistent.is_some(), "--persistent"),
             (netmask.is_some(), "--netmask"),
             (ops, "--ops"),
+            (sched_flags.is_some(), "--sched-flags"),
         ];
         let srv_opts = [
             (real.is_some() && c != 'd', "--real-server"),
@@ -591,10 +611,11 @@ fn parse_cmdline<S: AsRef<str>>(args: &[S], all_ports: bool, restore: bool) -> R
                         return Err(format!("-M {m} needs -p (persistence granularity)"));
                     }
                 }
+                let sched_flags = sched_flags.unwrap_or_default();
                 Action::Edit(if c == 'A' {
-                    Command::AddService { key, scheduler: sched, persistent, netmask, ops, ext: None }
+                    Command::AddService { key, scheduler: sched, persistent, netmask, ops, sched_flags, ext: None }
                 } else {
-                    Command::EditService { key, scheduler: sched, persistent, netmask, ops }
+                    Command::EditService { key, scheduler: sched, persistent, netmask, ops, sched_flags }
                 })
             }
             'D' => Action::Edit(Command::DeleteService { key: need_key(&key)? }),
@@ -722,12 +743,21 @@ fn one_packet(proto: Protocol, ops: bool) -> Result<bool, String> {
     Ok(ops)
 }
 
+/// The names of `-b` / `--sched-flags FLAGS` (comma-separated, as ipvsadm's
+/// `parse_sched_flags`); whether they apply to the scheduler is checked by [`apply`].
+fn flag_list(v: &str) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(|f| match f.trim() {
+            "" => Err(format!("invalid scheduler flag list {v:?}")),
+            f => Ok(f.to_string()),
+        })
+        .collect()
+}
+
 /// Options ipvsadm-save may print that ferrovs does not implement, and
 /// whether each takes an argument: [`import_save`] skips them with a warning
 /// (`ferrovsadm` itself refuses them).
 const NOT_IMPORTED: &[(&str, bool)] = &[
-    ("-b", true),
-    ("--sched-flags", true),
     ("--pe", true),
     ("--tun-type", true),
     ("--tun-port", true),
@@ -791,6 +821,17 @@ pub fn import_save(text: &str, marks: &MarkMap) -> Result<Import, ConfigError> {
             _ => return Err(err("not an ipvsadm-save line (-A, -a, -E, -e, -D, -d, -C or --set)".into())),
         };
         attach_ext(&mut cmd, &mut pending, &mut pending_server, &mut declared);
+        // A flag IPVS keeps without effect (one for another scheduler, flag-3) is left out.
+        if let Command::AddService { scheduler, sched_flags, .. } = &mut cmd {
+            let sched = scheduler.as_deref().unwrap_or(ferrovs_sched::DEFAULT);
+            sched_flags.retain(|f| match SchedFlags::parse(sched, [f.as_str()]) {
+                Ok(_) => true,
+                Err(e) => {
+                    warnings.push(format!("line {n}: {e}, ignored"));
+                    false
+                }
+            });
+        }
         let declared_ftp = matches!(&cmd, Command::AddService { ext: Some(e), .. } if e.ftp.is_some());
         match &mut cmd {
             Command::SetTimeouts { .. } => {
@@ -1171,7 +1212,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 t.udp = *udp;
             }
         }
-        Command::AddService { key, scheduler, persistent, netmask, ops, ext } => {
+        Command::AddService { key, scheduler, persistent, netmask, ops, sched_flags, ext } => {
             let ext = ext.as_deref().cloned().unwrap_or_default();
             if let Some(i) = find_service(cfg, key) {
                 // A port-group declared by `# ferrovs-service` may only
@@ -1242,12 +1283,15 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 Some("off") => SynProxy::Off,
                 Some(v) => return Err(format!("bad syn-proxy {v:?} (on, off or auto)")),
             };
+            let scheduler = scheduler.clone().unwrap_or_else(|| ferrovs_sched::DEFAULT.into());
+            let sched_flags = SchedFlags::parse(&scheduler, sched_flags.iter().map(String::as_str))?;
             cfg.services.push(Service {
                 name,
                 vip,
                 protocol: proto,
                 ports,
-                scheduler: scheduler.clone().unwrap_or_else(|| ferrovs_sched::DEFAULT.into()),
+                scheduler,
+                sched_flags,
                 forward: ext.forward.as_deref().map(forward_named).transpose()?.unwrap_or(Forward::Dr),
                 persistence: persistence(vip, *persistent, netmask)?,
                 ftp,
@@ -1263,12 +1307,14 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 notify: ext.notify.clone(),
             });
         }
-        Command::EditService { key, scheduler, persistent, netmask, ops } => {
+        Command::EditService { key, scheduler, persistent, netmask, ops, sched_flags } => {
             let i = find_service(cfg, key).ok_or_else(|| no_such_service(key))?;
             let s = &mut cfg.services[i];
             if let Some(x) = scheduler {
                 s.scheduler = x.clone();
             }
+            // As ipvsadm -E: the flags are what this command says.
+            s.sched_flags = SchedFlags::parse(&s.scheduler, sched_flags.iter().map(String::as_str))?;
             s.persistence = persistence(s.vip, *persistent, netmask)?;
             // As ipvsadm -E: the flag is what this command says.
             s.one_packet = one_packet(s.protocol, *ops)?;
@@ -1416,6 +1462,9 @@ pub struct ServiceView {
     /// One-packet scheduling.
     #[serde(default)]
     pub ops: bool,
+    /// Scheduler flags by name (`sh-fallback`, `mh-port`, ...).
+    #[serde(default)]
+    pub sched_flags: Vec<String>,
     pub ftp: bool,
     pub dests: Vec<DestView>,
     pub stats: Stats,
@@ -1443,8 +1492,8 @@ fn fwd_switch(f: Forward) -> &'static str {
         Forward::Nat => "-m",
         Forward::Dr => "-g",
         Forward::Tunnel => "-i",
-        // The long form: in ipvsadm-save text from LVS, `-b` is --sched-flags (with an
-        // argument), which `import_save` skips; DPVS's short `-b` is accepted on input.
+        // The long form: on a service line `-b` is ipvsadm's --sched-flags (with an
+        // argument); DPVS's short `-b` on a server line is accepted on input.
         Forward::Fnat => "--fullnat",
     }
 }
@@ -1467,6 +1516,7 @@ pub fn list_of_config(cfg: &Config) -> ListData {
                 persistent: s.persistence.map(|p| p.timeout),
                 netmask: s.persistence.map(|p| p.netmask).unwrap_or(if s.vip.is_ipv4() { 32 } else { 128 }),
                 ops: s.one_packet,
+                sched_flags: s.sched_flags.names(&s.scheduler),
                 ftp: s.ftp.is_some(),
                 dests: s
                     .real_servers
@@ -1622,6 +1672,9 @@ pub fn format_list(d: &ListData, o: &ListOpts) -> String {
             }
         } else {
             let _ = write!(out, "{name} {}", s.scheduler);
+            if !s.sched_flags.is_empty() {
+                let _ = write!(out, " ({})", s.sched_flags.join(","));
+            }
             if let Some(t) = s.persistent {
                 let _ = write!(out, " persistent {t}");
                 if s.vip.is_ipv4() && s.netmask != 32 {
@@ -1967,6 +2020,10 @@ pub fn format_save(cfg: &Config) -> String {
             ),
         };
         let _ = write!(out, "-A {name} -s {}", s.scheduler);
+        let flags = s.sched_flags.names(&s.scheduler);
+        if !flags.is_empty() {
+            let _ = write!(out, " -b {}", flags.join(","));
+        }
         if let Some(p) = s.persistence {
             let _ = write!(out, " -p {}", p.timeout);
             if s.vip.is_ipv4() && p.netmask != 32 {
@@ -2406,6 +2463,7 @@ FWM  21 rr persistent 300\n\
                 persistent: None,
                 netmask: None,
                 ops: false,
+                sched_flags: Vec::new(),
                 ext: None,
             },
         )
@@ -2764,6 +2822,72 @@ forward = "tunnel"
         assert!(apply(&mut c, &cmd).unwrap_err().contains("applies to UDP services"));
         let e = import_save("-A -t 10.0.0.8:80 -s rr -o\n", &MarkMap::new()).unwrap_err();
         assert!(e.to_string().starts_with("ipvsadm:1: one-packet scheduling"), "{e}");
+    }
+
+    /// Scheduler flags: `-b FLAGS` / `--sched-flags FLAGS` on -A and -E (-E sets them to what it
+    /// says, as ipvsadm -E), checked against the scheduler, shown by -L in brackets as ipvsadm
+    /// shows them, saved as `-b` and restored, and imported from ipvsadm-save (before,
+    /// skipped with a warning); `-b` without an argument on -a is still DPVS's full NAT.
+    #[test]
+    fn scheduler_flags() {
+        let mut c = base();
+        run(&mut c, "-A -t 10.0.0.7:80 -s mh -b mh-port,flag-1");
+        run(&mut c, "-a -t 10.0.0.7:80 -r 10.0.2.2:80 -m");
+        assert_eq!(c.services[0].sched_flags, SchedFlags { fallback: true, port: true });
+        let save = format_save(&c);
+        assert!(save.contains("-A -t 10.0.0.7:80 -s mh -b mh-fallback,mh-port\n"), "{save}");
+        let list = format_list(&list_of_config(&c), &ListOpts { numeric: true, ..Default::default() });
+        assert!(list.contains("TCP  10.0.0.7:80 mh (mh-fallback,mh-port)\n"), "{list}");
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
+        let imp = import_save(&save, &MarkMap::new()).unwrap();
+        assert_eq!(imp.services[0].sched_flags, SchedFlags { fallback: true, port: true }, "imported");
+        assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+        assert!(crate::ctl::control::validate(&c).is_ok());
+        // -E: the flags the command gives (none clears them); the long form and -bFLAGS.
+        run(&mut c, "-E -t 10.0.0.7:80 -s mh");
+        assert!(c.services[0].sched_flags.is_empty());
+        run(&mut c, "-E -t 10.0.0.7:80 -s sh --sched-flags sh-port");
+        assert_eq!(c.services[0].sched_flags, SchedFlags { fallback: false, port: true });
+        run(&mut c, "-E -t 10.0.0.7:80 -s sh -bsh-fallback");
+        assert_eq!(c.services[0].sched_flags, SchedFlags { fallback: true, port: false });
+        // A flag of another scheduler, or on one without flags, is refused.
+        for (line, want) in [
+            ("-E -t 10.0.0.7:80 -s mh -b sh-port", "applies to scheduler \"sh\""),
+            ("-E -t 10.0.0.7:80 -s rr -b flag-2", "scheduler \"rr\" has no flags"),
+            ("-A -t 10.0.0.8:80 -b flag-1", "scheduler \"wlc\" has no flags"),
+            ("-E -t 10.0.0.7:80 -s sh -b sh-port,nope", "unknown scheduler flag \"nope\""),
+        ] {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Action::Edit(cmd) = parse_args(&words).unwrap().action else { panic!("{line}") };
+            let e = apply(&mut c.clone(), &cmd).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        assert!(parse_args(&["-E", "-t", "10.0.0.7:80", "-b", "sh-port,,"]).unwrap_err().contains("invalid"));
+        // On a server line: refused with an argument, full NAT without.
+        let e = parse_args(&["-a", "-t", "10.0.0.7:80", "-r", "10.0.2.3", "-b", "sh-port"]).unwrap_err();
+        assert!(e.contains("--sched-flags cannot be used with -a"), "{e}");
+        let Action::Edit(Command::AddServer { forward, .. }) =
+            parse_args(&["-a", "-t", "10.0.0.7:80", "-r", "10.0.2.3", "-b", "-w", "2"]).unwrap().action
+        else {
+            panic!()
+        };
+        assert_eq!(forward, Some('b'));
+        // ipvsadm-save from a kernel: a flag IPVS keeps without effect is warned about and left out.
+        let imp = import_save(
+            "-A -t 10.0.0.9:80 -s rr -b flag-1\n-A -t 10.0.0.10:80 -s sh -b sh-fallback,flag-3\n",
+            &MarkMap::new(),
+        )
+        .unwrap();
+        assert!(imp.services[0].sched_flags.is_empty());
+        assert_eq!(imp.services[1].sched_flags, SchedFlags { fallback: true, port: false });
+        assert_eq!(imp.warnings.len(), 2, "{:?}", imp.warnings);
+        assert!(imp.warnings[0].starts_with("line 1: scheduler flag \"flag-1\""), "{:?}", imp.warnings);
+        assert!(imp.warnings[1].starts_with("line 2: scheduler flag \"flag-3\""), "{:?}", imp.warnings);
     }
 
     /// Options of another command are refused, as ipvsadm's option table does ("Illegal

@@ -307,6 +307,7 @@ pub(crate) mod tests {
             persistent: None,
             netmask: 32,
             ops: false,
+            sched_flags: Vec::new(),
             ftp: true,
             dests,
         };

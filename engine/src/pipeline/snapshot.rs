@@ -33,6 +33,8 @@ pub struct Svc {
     pub forward: Forward,
     pub dests: Vec<Dest>,
     pub scheduler: String,
+    /// The scheduler's flags (`sh`/`mh`: fallback, client port hashed).
+    pub sched_opts: ferrovs_sched::SchedOptions,
     pub ftp: Option<FtpOptions>,
     /// Persistence timeout (ns) and client prefix (in the 128-bit space).
     pub persistence: Option<(u64, u8)>,
@@ -318,6 +320,11 @@ impl Snapshot {
                     })
                     .collect(),
                 scheduler: s.scheduler.clone(),
+                sched_opts: ferrovs_sched::SchedOptions {
+                    fallback: s.sched_flags.fallback,
+                    port: s.sched_flags.port,
+                    ..Default::default()
+                },
                 ftp: s.ftp.clone(),
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,

@@ -572,6 +572,13 @@ fn sched_dests(s: &crate::pipeline::snapshot::Svc) -> Vec<sched::Dest> {
         .collect()
 }
 
+/// The scheduler of service `s` with its flags (round robin for a name the config's
+/// validation would have refused).
+fn new_sched(s: &crate::pipeline::snapshot::Svc, dests: &[sched::Dest], seed: u64) -> Box<dyn sched::Scheduler> {
+    sched::new_scheduler_with(&s.scheduler, dests, seed, &s.sched_opts)
+        .unwrap_or_else(|_| sched::new_scheduler("rr", dests, seed).expect("rr exists"))
+}
+
 impl<Q: BufAlloc> Worker<Q> {
     /// The core of worker `id` over ports with these allocators and capabilities (one each,
     /// in interface order; kernel ports after the configured interfaces).

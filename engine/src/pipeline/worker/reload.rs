@@ -58,9 +58,8 @@ impl<Q: BufAlloc> Worker<Q> {
                 };
                 match carried {
                     Some((mut st, os)) => {
-                        if st.sched.name() != s.scheduler {
-                            st.sched = sched::new_scheduler(&s.scheduler, &dests, seed)
-                                .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        if st.sched.name() != s.scheduler || os.sched_opts != s.sched_opts {
+                            st.sched = new_sched(s, &dests, seed);
                         } else if st.dests != dests {
                             st.sched.update(&dests);
                         }
@@ -73,8 +72,7 @@ impl<Q: BufAlloc> Worker<Q> {
                         st
                     }
                     None => {
-                        let sched = sched::new_scheduler(&s.scheduler, &dests, seed)
-                            .unwrap_or_else(|_| sched::new_scheduler("rr", &dests, seed).expect("rr exists"));
+                        let sched = new_sched(s, &dests, seed);
                         SvcState {
                             uses_key: sched.uses_key(),
                             sched,
