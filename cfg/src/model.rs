@@ -139,6 +139,20 @@ impl IpNet {
     }
 }
 
+/// `ADDRESS/PREFIX`, or an address alone (a host: /32, /128). Host bits are kept (the
+/// validator refuses them where a network is meant).
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let s = s.trim();
+        if s.contains('/') {
+            return crate::raw::parse_net(s);
+        }
+        let a = crate::raw::parse_ip(s)?;
+        Ok(IpNet { addr: a, prefix: if a.is_ipv4() { 32 } else { 128 } })
+    }
+}
+
 impl std::fmt::Display for IpNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -289,6 +303,10 @@ pub struct Service {
     pub one_packet: bool,
     /// Scheduler flags (ipvsadm `-b` / `--sched-flags`, `sh` and `mh` only).
     pub sched_flags: SchedFlags,
+    /// Sources that may open connections (empty: any not denied), of the VIP's family.
+    pub allow_from: Vec<IpNet>,
+    /// Sources that may not (checked first), of the VIP's family.
+    pub deny_from: Vec<IpNet>,
     /// Full NAT: the balancer's source addresses towards the real servers
     /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
     pub local_addresses: Vec<IpAddr>,

@@ -143,6 +143,8 @@ pub(crate) struct RawService {
     pub syn_proxy: Option<S<String>>,
     pub one_packet: Option<S<bool>>,
     pub sched_flags: Option<S<Vec<S<String>>>>,
+    pub allow_from: Option<S<Vec<S<String>>>>,
+    pub deny_from: Option<S<Vec<S<String>>>>,
     pub local_addresses: Option<S<Vec<S<String>>>>,
     pub sorry_server: Option<S<RawSorryServer>>,
     pub quorum: Option<S<i64>>,

@@ -226,6 +226,12 @@ pub(crate) fn service(s: &Service) -> String {
     if s.one_packet {
         o.push_str("one_packet = true\n");
     }
+    for (key, list) in [("allow_from", &s.allow_from), ("deny_from", &s.deny_from)] {
+        if !list.is_empty() {
+            let items: Vec<String> = list.iter().map(|n| q(&n.to_string())).collect();
+            let _ = writeln!(o, "{key} = [{}]", items.join(", "));
+        }
+    }
     let flags = s.sched_flags.names(&s.scheduler);
     if !flags.is_empty() {
         let _ = writeln!(o, "sched_flags = [{}]", flags.iter().map(|f| q(f)).collect::<Vec<_>>().join(", "));

@@ -559,6 +559,47 @@ impl Validator<'_> {
         })
     }
 
+    /// A service's `allow_from` / `deny_from`: addresses (a host each) and CIDRs without host
+    /// bits (`10.0.0.1/8` is refused: 10.0.0.0/8 or 10.0.0.1?), of the VIP's family (its
+    /// clients' family; another could never match).
+    fn source_list(
+        &self,
+        v: &Option<Spanned<Vec<Spanned<String>>>>,
+        key: &str,
+        name: &str,
+        vip: IpAddr,
+    ) -> R<Vec<IpNet>> {
+        let mut out = Vec::new();
+        for e in v.iter().flat_map(|l| l.get_ref()) {
+            let t = e.get_ref().trim();
+            let bad = |m: String| self.err(span_of(e), format!("service {name:?}: {key} entry {t:?}: {m}"));
+            let n = if t.contains('/') {
+                let n = parse_net(t).map_err(bad)?;
+                let bits = if n.addr.is_ipv4() { 32 } else { 128 };
+                let host = bits - u32::from(n.prefix);
+                let hostpart = match n.addr {
+                    IpAddr::V4(a) => u128::from(u32::from(a)) & ((1u128 << host) - 1),
+                    IpAddr::V6(a) => u128::from(a) & if host == 128 { u128::MAX } else { (1u128 << host) - 1 },
+                };
+                if hostpart != 0 {
+                    return Err(bad("host bits set (write the network's first address, or the address alone)".into()));
+                }
+                n
+            } else {
+                let a = parse_ip(t).map_err(bad)?;
+                IpNet { addr: a, prefix: if a.is_ipv4() { 32 } else { 128 } }
+            };
+            if n.addr.is_ipv4() != vip.is_ipv4() {
+                return Err(bad(format!(
+                    "the service's clients are {} (its VIP is {vip})",
+                    if vip.is_ipv4() { "IPv4" } else { "IPv6" }
+                )));
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+
     fn forward(&self, v: &Spanned<String>) -> R<Forward> {
         self.choice(
             v,
@@ -743,6 +784,9 @@ impl Validator<'_> {
             sched_flags.fallback |= one.fallback;
             sched_flags.port |= one.port;
         }
+
+        let allow_from = self.source_list(&rs.allow_from, "allow_from", &name, vip)?;
+        let deny_from = self.source_list(&rs.deny_from, "deny_from", &name, vip)?;
 
         let health_check = match &rs.health_check {
             None => None,
@@ -942,6 +986,8 @@ impl Validator<'_> {
             syn_proxy,
             one_packet,
             sched_flags,
+            allow_from,
+            deny_from,
             local_addresses,
             sorry_server,
             quorum,

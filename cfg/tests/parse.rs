@@ -192,6 +192,8 @@ fn good_config_parses_into_expected_model() {
             syn_proxy: SynProxy::Auto,
             one_packet: false,
             sched_flags: Default::default(),
+            allow_from: Vec::new(),
+            deny_from: Vec::new(),
             local_addresses: Vec::new(),
             sorry_server: None,
             quorum: 1,
@@ -884,5 +886,41 @@ fn sched_flags_of_sh_and_mh() {
         assert!(e.message.contains(want), "{sched} {flags}: {e}");
         assert_eq!(e.file, "f.toml");
         assert_eq!(e.line, Some(8 + flags.lines().count()), "the flag's line: {e}");
+    }
+}
+
+/// `allow_from` / `deny_from`: addresses and CIDRs of the VIP's family; a CIDR with host
+/// bits, another family or a bad entry is refused on its line.
+#[test]
+fn source_lists() {
+    let svc = |vip: &str, lists: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"s\"\nvip = \"{vip}\"\nports = [80]\n\
+             {lists}\n"
+        )
+    };
+    let c = Config::from_str(
+        &svc("10.0.0.1", "allow_from = [\"10.0.0.0/8\", \"192.0.2.7\"]\ndeny_from = [\"10.9.0.0/16\"]"),
+        "a.toml",
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.allow_from, vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7/32".parse().unwrap()]);
+    assert_eq!(s.deny_from, vec!["10.9.0.0/16".parse::<IpNet>().unwrap()]);
+    assert!(c.to_toml().contains("allow_from = [\"10.0.0.0/8\", \"192.0.2.7/32\"]\n"), "{}", c.to_toml());
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "rendered back");
+    let c = Config::from_str(&svc("fd00::1", "deny_from = [\"2001:db8::/32\", \"::/0\"]"), "a.toml").unwrap();
+    assert_eq!(c.services[0].deny_from.len(), 2);
+    for (vip, lists, want) in [
+        ("10.0.0.1", "allow_from = [\"10.0.0.1/8\"]", "host bits set"),
+        ("10.0.0.1", "deny_from = [\"2001:db8::/32\"]", "the service's clients are IPv4"),
+        ("fd00::1", "deny_from = [\"10.0.0.0/8\"]", "the service's clients are IPv6"),
+        ("10.0.0.1", "deny_from = [\"10.0.0.0/33\"]", "prefix length must be 0..=32"),
+        ("10.0.0.1", "allow_from = [\"nope\"]", "invalid IP address"),
+        ("fd00::1", "allow_from = [\"::ffff:10.0.0.1\"]", "IPv4-mapped"),
+    ] {
+        let e = Config::from_str(&svc(vip, lists), "a.toml").unwrap_err();
+        assert!(e.message.contains(want), "{lists}: {e}");
+        assert_eq!(e.line, Some(7), "{lists}: {e}");
     }
 }

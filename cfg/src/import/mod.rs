@@ -130,6 +130,8 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         syn_proxy: Default::default(),
         one_packet: false,
         sched_flags: Default::default(),
+        allow_from: Vec::new(),
+        deny_from: Vec::new(),
         local_addresses: Vec::new(),
         sorry_server: None,
         quorum: 1,

@@ -54,8 +54,8 @@
 
 use ferrovs_cfg::import::{Import, MarkMap};
 use ferrovs_cfg::{
-    Config, ConfigError, Forward, FtpOptions, HealthCheck, HealthCheckKind, Notify, Persistence, PortRange, Protocol,
-    ProxyProtocol, RealServer, SchedFlags, Service, SorryServer, SynProxy,
+    Config, ConfigError, Forward, FtpOptions, HealthCheck, HealthCheckKind, IpNet, Notify, Persistence, PortRange,
+    Protocol, ProxyProtocol, RealServer, SchedFlags, Service, SorryServer, SynProxy,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -124,6 +124,11 @@ pub struct ServiceExt {
     /// `[service.notify]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
+    /// `allow_from` and `deny_from` (addresses and CIDRs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny_from: Vec<String>,
 }
 
 /// What ipvsadm cannot say about a real server: carried by a `# ferrovs-server` comment
@@ -743,6 +748,12 @@ fn one_packet(proto: Protocol, ops: bool) -> Result<bool, String> {
     Ok(ops)
 }
 
+/// The `allow-from=` / `deny-from=` entries of a `# ferrovs-service` line or a control
+/// socket command (checked further when the edited configuration is validated).
+fn nets(what: &str, v: &[String]) -> Result<Vec<IpNet>, String> {
+    v.iter().map(|s| s.parse::<IpNet>().map_err(|e| format!("bad {what} entry {s:?}: {e}"))).collect()
+}
+
 /// The names of `-b` / `--sched-flags FLAGS` (comma-separated, as ipvsadm's
 /// `parse_sched_flags`); whether they apply to the scheduler is checked by [`apply`].
 fn flag_list(v: &str) -> Result<Vec<String>, String> {
@@ -982,6 +993,8 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             }
             Some(("quorum", v)) => e.quorum = Some(num("quorum", v)?),
             Some(("hysteresis", v)) => e.hysteresis = Some(num("hysteresis", v)?),
+            Some(("allow-from", v)) => e.allow_from = v.split(',').map(str::to_string).collect(),
+            Some(("deny-from", v)) => e.deny_from = v.split(',').map(str::to_string).collect(),
             Some(("check", v)) => {
                 check.kind = HealthCheckKind::named(v)
                     .ok_or_else(|| format!("bad check {v:?} (tcp, send_expect, ftp, http or exec)"))?;
@@ -1301,6 +1314,8 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 syn_proxy,
                 one_packet: one_packet(proto, *ops)?,
                 local_addresses: ext.local.clone(),
+                allow_from: nets("allow-from", &ext.allow_from)?,
+                deny_from: nets("deny-from", &ext.deny_from)?,
                 sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
                 quorum: ext.quorum.unwrap_or(1),
                 hysteresis: ext.hysteresis.unwrap_or(0),
@@ -1808,6 +1823,8 @@ fn needs_ext(s: &Service) -> bool {
         || s.hysteresis != 0
         || s.health_check.is_some()
         || s.notify.is_some()
+        || !s.allow_from.is_empty()
+        || !s.deny_from.is_empty()
 }
 
 /// The real servers in `-S` order.
@@ -1839,6 +1856,12 @@ fn write_ext_options(out: &mut String, s: &Service) {
     if !s.local_addresses.is_empty() {
         let l: Vec<String> = s.local_addresses.iter().map(|a| a.to_string()).collect();
         let _ = write!(out, " local={}", l.join(","));
+    }
+    for (key, list) in [("allow-from", &s.allow_from), ("deny-from", &s.deny_from)] {
+        if !list.is_empty() {
+            let l: Vec<String> = list.iter().map(|n| n.to_string()).collect();
+            let _ = write!(out, " {key}={}", l.join(","));
+        }
     }
     if let Some(ss) = &s.sorry_server {
         let _ = match ss.port {
@@ -2888,6 +2911,32 @@ forward = "tunnel"
         assert_eq!(imp.warnings.len(), 2, "{:?}", imp.warnings);
         assert!(imp.warnings[0].starts_with("line 1: scheduler flag \"flag-1\""), "{:?}", imp.warnings);
         assert!(imp.warnings[1].starts_with("line 2: scheduler flag \"flag-3\""), "{:?}", imp.warnings);
+    }
+
+    /// A service's `allow_from` / `deny_from` survive `-S` and `-R` (on the `# ferrovs-service`
+    /// line) and the import of that output, and a bad entry on that line is refused.
+    #[test]
+    fn source_lists_survive_save_and_restore() {
+        let mut c = Config::from_str(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"tcp-10.0.0.7-80\"\nvip = \"10.0.0.7\"\nports = [80]\n\
+             scheduler = \"rr\"\nallow_from = [\"10.0.0.0/8\"]\ndeny_from = [\"10.1.0.0/16\", \"10.2.3.4\"]\n",
+            "<test>",
+        )
+        .unwrap();
+        let save = format_save(&c);
+        assert!(save.contains(" allow-from=10.0.0.0/8 deny-from=10.1.0.0/16,10.2.3.4/32"), "{save}");
+        let want = (c.services[0].allow_from.clone(), c.services[0].deny_from.clone());
+        apply(&mut c, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c, &cmd).unwrap();
+        }
+        assert_eq!((c.services[0].allow_from.clone(), c.services[0].deny_from.clone()), want);
+        assert_eq!(format_save(&c), save);
+        let imp = import_save(&save, &MarkMap::new()).unwrap();
+        assert_eq!((imp.services[0].allow_from.clone(), imp.services[0].deny_from.clone()), want);
+        let bad = save.replace("deny-from=10.1.0.0/16", "deny-from=10.1.0.0/99");
+        let e = parse_rules(&bad).and_then(|cmds| cmds.iter().try_for_each(|cmd| apply(&mut base(), cmd)));
+        assert!(e.unwrap_err().contains("bad deny-from entry \"10.1.0.0/99\""));
     }
 
     /// Options of another command are refused, as ipvsadm's option table does ("Illegal

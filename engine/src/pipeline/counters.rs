@@ -46,6 +46,7 @@ drop_reasons! {
     ProxyWait => "proxy_wait": "SYN proxy: client data while the real server's handshake is pending, with no room to hold it (or held too long, or discarded by the client's reset).",
     MartianSource => "martian_source": "A new connection to a VIP from a source no packet may carry (Linux's martian sources): 0.0.0.0/8, loopback, multicast, a broadcast address, a VIP or one of the balancer's own addresses. Nothing is created and the SYN proxy does not answer it.",
     RpFilter => "rp_filter": "A new connection to a VIP whose source fails `[engine] rp_filter`: no route back to it (loose), or the route leaves through another interface than the one the packet came in on (strict). Nothing is created and the SYN proxy does not answer it.",
+    SourceDenied => "source_denied": "A new connection from a source the service's `allow_from` / `deny_from` refuses. Nothing is created and the SYN proxy does not answer it.",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
     FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",
@@ -227,6 +228,9 @@ worker_counters! {
     /// Full NAT: connections still open on a local address a reload removed when its grace
     /// period (the longest timeout) ended, removed.
     fnat_laddr_retired,
+    /// Connections a reload removed because the changed `allow_from` / `deny_from` of their
+    /// service now refuse their client.
+    acl_removed,
     /// Exception path (`interface.kernel_port`): frames passed to the kernel, frames the
     /// kernel sent out through the port, and frames for the kernel over `[engine] kernel_rate`
     /// (dropped).

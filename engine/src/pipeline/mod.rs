@@ -22,12 +22,14 @@
 //!   parked while a next hop resolves; [`icmpgen`]: ICMP errors the
 //!   balancer originates, rate-limited; [`pmtu`]: path MTUs learnt towards tunnel real
 //!   servers from routers' errors.
+//! - [`acl`]: the services' source access lists (`allow_from`, `deny_from`).
 //! - [`snapshot`]: the configuration compiled for lookups, shared as an
 //!   immutable `Arc` and replaced wholesale on reload; [`remap`]: which
 //!   service and real server of the new snapshot each old one became.
 //! - [`counters`]: per-worker counters, written by one worker, read by
 //!   anyone; [`ratelimit`]: a token bucket for packet-triggered log lines.
 
+pub mod acl;
 pub mod counters;
 pub mod driver;
 pub mod fnat;

@@ -41,6 +41,8 @@ pub struct Svc {
     pub syn_proxy: ferrovs_cfg::SynProxy,
     /// One-packet scheduling (UDP): each datagram's connection is removed once it is sent.
     pub one_packet: bool,
+    /// The sources that may open connections (`allow_from`, `deny_from`); `None`: any.
+    pub acl: Option<Box<crate::pipeline::acl::SourceAcl>>,
     /// Full NAT: the local (source) addresses towards the real servers.
     pub local: Vec<Addr>,
 }
@@ -51,6 +53,13 @@ impl Svc {
     #[inline]
     pub fn is_ftp_control(&self, port: u16) -> bool {
         self.ftp.as_ref().is_some_and(|f| f.control_ports.contains(&port))
+    }
+
+    /// May `src` open a connection to this service (`allow_from`, `deny_from`)? Inline: for a
+    /// service without lists it is one test.
+    #[inline]
+    pub fn admits(&self, src: Addr) -> bool {
+        self.acl.as_ref().is_none_or(|a| a.admits(src))
     }
 }
 
@@ -329,6 +338,7 @@ impl Snapshot {
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
                 one_packet: s.one_packet,
+                acl: crate::pipeline::acl::SourceAcl::new(&s.allow_from, &s.deny_from).map(Box::new),
                 // In a cluster a node allocates on its own local addresses only.
                 local: s
                     .local_addresses

@@ -282,6 +282,12 @@ impl<Q: BufAlloc> Worker<Q> {
                 let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
                 // (Not `syn.then(..)`: that closure stayed a call.)
                 let svc = if syn { Some(self.snap.service_at(&info, p.proto, p.dport)) } else { None };
+                // A source the service refuses: neither the SYN proxy nor the scheduler sees it.
+                if let Some(Some(si)) = svc {
+                    if self.snap.services.get(si).is_some_and(|s| !s.admits(p.src)) {
+                        return self.finish(pkt, Next::Drop(DropReason::SourceDenied));
+                    }
+                }
                 // A SYN to a service without the SYN proxy: nothing for it to look at.
                 let no_proxy = matches!(svc, Some(Some(si)) if self.snap.services.get(si)
                     .is_some_and(|s| s.syn_proxy == ferrovs_cfg::SynProxy::Off));

@@ -67,6 +67,9 @@ impl<Q: BufAlloc> Worker<Q> {
             let Some(si) = owned.or_else(|| self.cluster_service(p)) else {
                 return Next::Drop(DropReason::NoService);
             };
+            if !self.snap.services[si].admits(p.src) {
+                return Next::Drop(DropReason::SourceDenied);
+            }
             let Some(di) = self.schedule(si, p) else {
                 return Next::Drop(DropReason::NoRealServer);
             };
@@ -192,6 +195,9 @@ impl<Q: BufAlloc> Worker<Q> {
     #[inline(never)]
     pub(super) fn cluster_recreate_slow(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let Some(si) = self.cluster_service(p) else { return Next::Drop(DropReason::NoFlow) };
+        if !self.snap.services[si].admits(p.src) {
+            return Next::Drop(DropReason::SourceDenied);
+        }
         let Some(di) = self.schedule(si, p) else { return Next::Drop(DropReason::NoRealServer) };
         let d = &self.snap.services[si].dests[di];
         if matches!(d.forward, Forward::Nat | Forward::Fnat) {

@@ -143,6 +143,14 @@ impl<Q: BufAlloc> Worker<Q> {
                 continue;
             }
             match self.remap.map(svc, dest) {
+                // Its service's changed access lists refuse its client now.
+                Some((ni, _))
+                    if acl_changed(&old, svc, &snap, ni)
+                        && !snap.services[ni as usize].admits(self.flows.get(i).client()) =>
+                {
+                    bump(&self.counters.acl_removed, 1);
+                    self.remove_conn(i, false);
+                }
                 Some((ni, nd)) => {
                     let c = self.flows.get_mut(i);
                     c.svc = ni;
@@ -311,3 +319,12 @@ pub(super) struct Moved {
 
 /// At most this many earlier ranges are remembered (the oldest go first).
 pub(super) const MAX_MOVED: usize = 8;
+
+/// Did service `o` of `old`, now service `n` of `new`, change its access lists (so its
+/// connections are checked against them again)?
+fn acl_changed(old: &Snapshot, o: u16, new: &Snapshot, n: u16) -> bool {
+    fn acl(s: &Snapshot, i: u16) -> Option<Option<&crate::pipeline::acl::SourceAcl>> {
+        s.services.get(i as usize).map(|s| s.acl.as_deref())
+    }
+    acl(old, o) != acl(new, n)
+}

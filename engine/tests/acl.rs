@@ -1,0 +1,112 @@
+//! Source access lists (`allow_from`, `deny_from` on a service): a refused source's first
+//! packet is a counted `source_denied` drop (the SYN proxy does not answer it either); a
+//! reload that changes the lists removes the connections they now refuse.
+
+mod common;
+use common::seg::drops;
+use common::*;
+use ferrovs_engine::tools::replay::MemEngine;
+use ferrovs_engine::tools::testpkt::*;
+use ferrovs_engine::wire::parse::{TCP_ACK, TCP_SYN};
+
+/// A NAT web service (TCP 80, SYN proxy `proxy`), a UDP one (53) and an IPv6 one, each
+/// with `lists` (TOML lines; the IPv6 service gets `lists6`).
+fn services(lists: &str, lists6: &str, proxy: &str) -> ferrovs_cfg::Config {
+    config(&format!(
+        r#"
+[[service]]
+name = "web"
+vip = "10.0.1.100"
+ports = [80]
+scheduler = "rr"
+forward = "nat"
+syn_proxy = "{proxy}"
+{lists}
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "dns"
+vip = "10.0.1.100"
+protocol = "udp"
+ports = [53]
+scheduler = "rr"
+forward = "nat"
+{lists}
+
+[[service.real_server]]
+address = "10.0.2.2"
+
+[[service]]
+name = "web6"
+vip = "fd00:1::100"
+ports = [80]
+scheduler = "rr"
+forward = "nat"
+{lists6}
+
+[[service.real_server]]
+address = "fd00:2::2"
+"#
+    ))
+}
+
+const OTHER: [u8; 4] = [10, 0, 1, 7];
+
+fn syn(e: &mut MemEngine, src: [u8; 4], sport: u16, now: u64) -> Vec<(usize, Vec<u8>)> {
+    let cmac = [2, 0, 0, 0, 1, src[3]];
+    e.inject(EXT, &with_macs(tcp4(src, sport, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), now)
+}
+
+/// Deny first, then the allow list: TCP and UDP alike, IPv6 by its own list; nothing
+/// created for a refused source, and nothing answered.
+#[test]
+fn refused_sources_open_nothing() {
+    let lists = "allow_from = [\"10.0.1.0/24\"]\ndeny_from = [\"10.0.1.7\"]";
+    for proxy in ["off", "on"] {
+        let mut e = MemEngine::new(services(lists, "deny_from = [\"fd00:1::/64\"]", proxy), 1);
+        assert!(syn(&mut e, OTHER, 40000, S).is_empty(), "syn_proxy {proxy}: denied, not even a cookie");
+        assert_eq!(e.counters().cookies_sent, 0);
+        // Outside the allow list.
+        let cmac = [2, 0, 0, 0, 1, 9];
+        assert!(e
+            .inject(EXT, &with_macs(tcp4([10, 0, 9, 9], 40001, VIP, 80, TCP_SYN, 1, 0, b""), cmac, LB_EXT), S)
+            .is_empty());
+        // Allowed: forwarded (or answered with a cookie by the SYN proxy).
+        let out = syn(&mut e, CLIENT, 40002, S);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, if proxy == "on" { EXT } else { INT });
+        // UDP.
+        assert!(e.inject(EXT, &with_macs(udp4(OTHER, 5000, VIP, 53, b"q"), [2, 0, 0, 0, 1, 7], LB_EXT), S).is_empty());
+        assert_eq!(e.inject(EXT, &from_client(udp4(CLIENT, 5000, VIP, 53, b"q")), S).len(), 1);
+        // IPv6: its own list.
+        assert!(e.inject(EXT, &from_client(tcp6(C6, 40003, VIP6, 80, TCP_SYN, 1, 0, b"")), S).is_empty());
+        assert_eq!(drops(&e), vec![("source_denied", 4)], "syn_proxy {proxy}");
+        let c = e.counters();
+        assert_eq!(c.flows_created, if proxy == "on" { 1 } else { 2 }, "only the allowed ones");
+    }
+}
+
+/// A reload that changes the lists removes the connections they now refuse (counted),
+/// and keeps the others; one that leaves them alone keeps every connection.
+#[test]
+fn a_reload_applies_changed_lists_to_open_connections() {
+    let mut e = MemEngine::new(services("", "", "off"), 1);
+    assert_eq!(syn(&mut e, OTHER, 40000, S).len(), 1);
+    assert_eq!(syn(&mut e, CLIENT, 40001, S).len(), 1);
+    assert_eq!(e.inject(EXT, &from_client(udp4(CLIENT, 5000, VIP, 53, b"q")), S).len(), 1);
+    assert_eq!(e.counters().flows_active, 3);
+    // Unchanged lists (another weight): nothing removed.
+    let same = services("", "", "off");
+    e.reload(same, 2 * S);
+    assert_eq!((e.counters().flows_active, e.counters().acl_removed), (3, 0));
+    e.reload(services("deny_from = [\"10.0.1.7/32\"]", "", "off"), 3 * S);
+    let c = e.counters();
+    assert_eq!((c.flows_active, c.acl_removed), (2, 1), "the denied client's connection goes");
+    // Its next segment finds nothing; the allowed client's goes on.
+    let cmac = [2, 0, 0, 0, 1, 7];
+    assert!(e.inject(EXT, &with_macs(tcp4(OTHER, 40000, VIP, 80, TCP_ACK, 2, 1, b""), cmac, LB_EXT), 3 * S).is_empty());
+    assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP, 80, TCP_ACK, 2, 1, b"")), 3 * S).len(), 1);
+    assert_eq!(drops(&e), vec![("no_flow", 1)]);
+}
