@@ -77,6 +77,9 @@ pub struct Engine {
     /// Reverse-path filtering of a new connection's first packet to a VIP (Linux's
     /// `rp_filter`, for both families). Default off.
     pub rp_filter: RpFilter,
+    /// Sources refused by every service (`[engine] deny_from`, both families), as if in
+    /// each service's `deny_from`.
+    pub deny_from: Vec<IpNet>,
 }
 
 /// Protocol timeouts in seconds. Defaults are the IPVS defaults.

@@ -70,6 +70,7 @@ pub(crate) struct RawEngine {
     pub neighbor_table_size: Option<S<i64>>,
     pub syn_proxy_threshold: Option<S<i64>>,
     pub rp_filter: Option<S<String>>,
+    pub deny_from: Option<S<Vec<S<String>>>>,
     pub local_port_range: Option<S<PortDe>>,
     pub icmp_rate: Option<S<i64>>,
     pub kernel_rate: Option<S<i64>>,

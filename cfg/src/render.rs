@@ -92,6 +92,10 @@ pub(crate) fn config(c: &Config) -> String {
         RpFilter::Loose => o.push_str("rp_filter = \"loose\"\n"),
         RpFilter::Strict => o.push_str("rp_filter = \"strict\"\n"),
     }
+    if !e.deny_from.is_empty() {
+        let items: Vec<String> = e.deny_from.iter().map(|n| q(&n.to_string())).collect();
+        let _ = writeln!(o, "deny_from = [{}]", items.join(", "));
+    }
     let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
     let _ = writeln!(o, "kernel_rate = {}", e.kernel_rate);
     let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);

@@ -511,6 +511,7 @@ impl Validator<'_> {
                 &[("off", RpFilter::Off), ("loose", RpFilter::Loose), ("strict", RpFilter::Strict)],
             )?,
         };
+        let deny_from = self.source_list(&e.deny_from, "deny_from", "[engine]", None)?;
         let backend_span = e.backend.as_ref().map(span_of);
         Ok((
             Engine {
@@ -533,6 +534,7 @@ impl Validator<'_> {
                 timeouts,
                 local_port_range,
                 rp_filter,
+                deny_from,
             },
             backend_span,
         ))
@@ -566,13 +568,13 @@ impl Validator<'_> {
         &self,
         v: &Option<Spanned<Vec<Spanned<String>>>>,
         key: &str,
-        name: &str,
-        vip: IpAddr,
+        owner: &str,
+        vip: Option<IpAddr>,
     ) -> R<Vec<IpNet>> {
         let mut out = Vec::new();
         for e in v.iter().flat_map(|l| l.get_ref()) {
             let t = e.get_ref().trim();
-            let bad = |m: String| self.err(span_of(e), format!("service {name:?}: {key} entry {t:?}: {m}"));
+            let bad = |m: String| self.err(span_of(e), format!("{owner}: {key} entry {t:?}: {m}"));
             let n = if t.contains('/') {
                 let n = parse_net(t).map_err(bad)?;
                 let bits = if n.addr.is_ipv4() { 32 } else { 128 };
@@ -589,7 +591,7 @@ impl Validator<'_> {
                 let a = parse_ip(t).map_err(bad)?;
                 IpNet { addr: a, prefix: if a.is_ipv4() { 32 } else { 128 } }
             };
-            if n.addr.is_ipv4() != vip.is_ipv4() {
+            if let Some(vip) = vip.filter(|v| v.is_ipv4() != n.addr.is_ipv4()) {
                 return Err(bad(format!(
                     "the service's clients are {} (its VIP is {vip})",
                     if vip.is_ipv4() { "IPv4" } else { "IPv6" }
@@ -785,8 +787,9 @@ impl Validator<'_> {
             sched_flags.port |= one.port;
         }
 
-        let allow_from = self.source_list(&rs.allow_from, "allow_from", &name, vip)?;
-        let deny_from = self.source_list(&rs.deny_from, "deny_from", &name, vip)?;
+        let owner = format!("service {name:?}");
+        let allow_from = self.source_list(&rs.allow_from, "allow_from", &owner, Some(vip))?;
+        let deny_from = self.source_list(&rs.deny_from, "deny_from", &owner, Some(vip))?;
 
         let health_check = match &rs.health_check {
             None => None,
@@ -1251,6 +1254,7 @@ pub(crate) fn default_engine() -> Engine {
         timeouts: Timeouts::default(),
         local_port_range: PortRange { lo: 1024, hi: 65535 },
         rp_filter: RpFilter::Off,
+        deny_from: Vec::new(),
     }
 }
 

@@ -924,3 +924,18 @@ fn source_lists() {
         assert_eq!(e.line, Some(7), "{lists}: {e}");
     }
 }
+
+/// `[engine] deny_from`: both families; a bad entry is refused on its line.
+#[test]
+fn engine_deny_list() {
+    let c =
+        Config::from_str("[engine]\nbackend = \"memory\"\ndeny_from = [\"192.0.2.0/24\", \"2001:db8::1\"]\n", "e.toml")
+            .unwrap();
+    assert_eq!(c.engine.deny_from.len(), 2);
+    assert!(c.to_toml().contains("deny_from = [\"192.0.2.0/24\", \"2001:db8::1/128\"]\n"), "{}", c.to_toml());
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "rendered back");
+    let e =
+        Config::from_str("[engine]\nbackend = \"memory\"\ndeny_from = [\n\"192.0.2.1/24\"]\n", "e.toml").unwrap_err();
+    assert!(e.message.contains("[engine]: deny_from entry \"192.0.2.1/24\": host bits set"), "{e}");
+    assert_eq!(e.line, Some(4));
+}

@@ -110,3 +110,23 @@ fn a_reload_applies_changed_lists_to_open_connections() {
     assert_eq!(e.inject(EXT, &from_client(tcp4(CLIENT, 40001, VIP, 80, TCP_ACK, 2, 1, b"")), 3 * S).len(), 1);
     assert_eq!(drops(&e), vec![("no_flow", 1)]);
 }
+
+/// `[engine] deny_from` holds for every service, both families, as if in each service's
+/// `deny_from`; taking it away by a reload lets the source in again.
+#[test]
+fn the_engine_deny_list_holds_for_every_service() {
+    let with = |deny: &[&str]| {
+        let mut c = services("", "", "off");
+        c.engine.deny_from = deny.iter().map(|n| n.parse().unwrap()).collect();
+        c
+    };
+    let mut e = MemEngine::new(with(&["10.0.1.7", "fd00:1::/64"]), 1);
+    assert!(syn(&mut e, OTHER, 40000, S).is_empty());
+    assert!(e.inject(EXT, &with_macs(udp4(OTHER, 5000, VIP, 53, b"q"), [2, 0, 0, 0, 1, 7], LB_EXT), S).is_empty());
+    assert!(e.inject(EXT, &from_client(tcp6(C6, 40003, VIP6, 80, TCP_SYN, 1, 0, b"")), S).is_empty());
+    assert_eq!(syn(&mut e, CLIENT, 40001, S).len(), 1, "another source");
+    assert_eq!(drops(&e), vec![("source_denied", 3)]);
+    e.reload(with(&[]), 2 * S);
+    assert_eq!(syn(&mut e, OTHER, 40002, 2 * S).len(), 1, "let in again");
+    assert_eq!(e.counters().acl_removed, 0, "the allowed client's connection stayed");
+}

@@ -338,7 +338,12 @@ impl Snapshot {
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
                 one_packet: s.one_packet,
-                acl: crate::pipeline::acl::SourceAcl::new(&s.allow_from, &s.deny_from).map(Box::new),
+                // `[engine] deny_from` holds for every service.
+                acl: crate::pipeline::acl::SourceAcl::new(
+                    &s.allow_from,
+                    &[&s.deny_from[..], &config.engine.deny_from[..]].concat(),
+                )
+                .map(Box::new),
                 // In a cluster a node allocates on its own local addresses only.
                 local: s
                     .local_addresses
