@@ -310,6 +310,10 @@ pub struct Service {
     pub allow_from: Vec<IpNet>,
     /// Sources that may not (checked first), of the VIP's family.
     pub deny_from: Vec<IpNet>,
+    /// New connections a client address may open per second (0: no limit; iptables'
+    /// hashlimit by source in front of IPVS) and the burst it may save up (at least 1).
+    pub source_conn_rate: u32,
+    pub source_conn_burst: u32,
     /// Full NAT: the balancer's source addresses towards the real servers
     /// (`forward = "fnat"`), expanded from addresses, CIDRs and ranges.
     pub local_addresses: Vec<IpAddr>,

@@ -145,6 +145,8 @@ pub(crate) struct RawService {
     pub one_packet: Option<S<bool>>,
     pub sched_flags: Option<S<Vec<S<String>>>>,
     pub allow_from: Option<S<Vec<S<String>>>>,
+    pub source_conn_rate: Option<S<i64>>,
+    pub source_conn_burst: Option<S<i64>>,
     pub deny_from: Option<S<Vec<S<String>>>>,
     pub local_addresses: Option<S<Vec<S<String>>>>,
     pub sorry_server: Option<S<RawSorryServer>>,

@@ -246,6 +246,12 @@ pub(crate) fn service(s: &Service) -> String {
             None => writeln!(o, "sorry_server = {{ address = {} }}", q(&ss.address.to_string())),
         };
     }
+    if s.source_conn_rate != 0 {
+        let _ = writeln!(o, "source_conn_rate = {}", s.source_conn_rate);
+        if s.source_conn_burst != s.source_conn_rate {
+            let _ = writeln!(o, "source_conn_burst = {}", s.source_conn_burst);
+        }
+    }
     if s.quorum != 1 {
         let _ = writeln!(o, "quorum = {}", s.quorum);
     }

@@ -13,6 +13,9 @@ use crate::raw::*;
 
 type R<T> = Result<T, ConfigError>;
 
+/// The largest `source_conn_rate` / `source_conn_burst`.
+const MAX_SOURCE_CONN_RATE: i64 = 10_000_000;
+
 pub(crate) fn parse(text: &str, origin: &str) -> R<Config> {
     let cx = Ctx { text, origin };
     let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml(e))?;
@@ -974,6 +977,16 @@ impl Validator<'_> {
             Some(n) => Some(self.notify(n)?),
         };
 
+        let source_conn_rate =
+            self.opt_int(&rs.source_conn_rate, 0, MAX_SOURCE_CONN_RATE, "source_conn_rate", 0)? as u32;
+        let source_conn_burst = match &rs.source_conn_burst {
+            Some(b) if source_conn_rate == 0 => {
+                return Err(self.err(span_of(b), "source_conn_burst needs a source_conn_rate".to_string()))
+            }
+            Some(b) => self.int(b, 1, MAX_SOURCE_CONN_RATE, "source_conn_burst")? as u32,
+            None => source_conn_rate,
+        };
+
         Ok(Service {
             name,
             vip,
@@ -991,6 +1004,8 @@ impl Validator<'_> {
             sched_flags,
             allow_from,
             deny_from,
+            source_conn_rate,
+            source_conn_burst,
             local_addresses,
             sorry_server,
             quorum,

@@ -194,6 +194,8 @@ fn good_config_parses_into_expected_model() {
             sched_flags: Default::default(),
             allow_from: Vec::new(),
             deny_from: Vec::new(),
+            source_conn_rate: 0,
+            source_conn_burst: 0,
             local_addresses: Vec::new(),
             sorry_server: None,
             quorum: 1,
@@ -938,4 +940,30 @@ fn engine_deny_list() {
         Config::from_str("[engine]\nbackend = \"memory\"\ndeny_from = [\n\"192.0.2.1/24\"]\n", "e.toml").unwrap_err();
     assert!(e.message.contains("[engine]: deny_from entry \"192.0.2.1/24\": host bits set"), "{e}");
     assert_eq!(e.line, Some(4));
+}
+
+/// `source_conn_rate` / `source_conn_burst`: the burst defaults to the rate and needs one.
+#[test]
+fn source_conn_rate() {
+    let svc = |lines: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"s\"\nvip = \"10.0.0.1\"\nports = [80]\n{lines}\n"
+        )
+    };
+    let s = |lines: &str| Config::from_str(&svc(lines), "r.toml").map(|c| c.services[0].clone());
+    assert_eq!(s("").map(|s| (s.source_conn_rate, s.source_conn_burst)), Ok((0, 0)));
+    assert_eq!(s("source_conn_rate = 10").map(|s| (s.source_conn_rate, s.source_conn_burst)), Ok((10, 10)));
+    let c = Config::from_str(&svc("source_conn_rate = 10\nsource_conn_burst = 50"), "r.toml").unwrap();
+    assert!(c.to_toml().contains("source_conn_rate = 10\nsource_conn_burst = 50\n"));
+    assert_eq!(Config::from_str(&c.to_toml(), "x.toml").unwrap(), c, "rendered back");
+    for (lines, want) in [
+        ("source_conn_burst = 5", "source_conn_burst needs a source_conn_rate"),
+        ("source_conn_rate = 10\nsource_conn_burst = 0", "source_conn_burst"),
+        ("source_conn_rate = -1", "source_conn_rate"),
+        ("source_conn_rate = 10000001", "source_conn_rate"),
+    ] {
+        let e = s(lines).unwrap_err();
+        assert!(e.message.contains(want), "{lines}: {e}");
+        assert_eq!(e.line, Some(6 + lines.lines().count()), "{lines}: {e}");
+    }
 }

@@ -130,3 +130,57 @@ fn the_engine_deny_list_holds_for_every_service() {
     assert_eq!(syn(&mut e, OTHER, 40002, 2 * S).len(), 1, "let in again");
     assert_eq!(e.counters().acl_removed, 0, "the allowed client's connection stayed");
 }
+
+/// `source_conn_rate` / `source_conn_burst`: a client's burst, then its rate; another
+/// client keeps its own; over the workers each has its share.
+#[test]
+fn source_conn_rate_paces_each_client() {
+    let cfg = |lines: &str| services(lines, "", "off");
+    let mut e = MemEngine::new(cfg("source_conn_rate = 2\nsource_conn_burst = 3"), 1);
+    let passed = (0..6).filter(|i| syn(&mut e, OTHER, 40000 + i, S).len() == 1).count();
+    assert_eq!(passed, 3, "the burst");
+    assert_eq!(syn(&mut e, CLIENT, 40100, S).len(), 1, "another client");
+    // Half a second: one more token.
+    let passed = (0..4).filter(|i| syn(&mut e, OTHER, 40010 + i, S + S / 2).len() == 1).count();
+    assert_eq!(passed, 1, "the rate");
+    // UDP of the same service set-up has its own limit.
+    let cmac = [2, 0, 0, 0, 1, 7];
+    let udp =
+        (0..5).filter(|i| e.inject(EXT, &with_macs(udp4(OTHER, 5000 + i, VIP, 53, b"q"), cmac, LB_EXT), S).len() == 1);
+    assert_eq!(udp.count(), 3);
+    assert_eq!(drops(&e), vec![("source_rate", 3 + 3 + 2)]);
+    // A reload with another rate starts over; one with the same keeps the buckets.
+    e.reload(cfg("source_conn_rate = 2\nsource_conn_burst = 3"), 2 * S);
+    assert_eq!((0..4).filter(|i| syn(&mut e, OTHER, 40020 + i, S + S / 2).len() == 1).count(), 0, "kept");
+    e.reload(cfg("source_conn_rate = 1"), 2 * S);
+    assert_eq!((0..4).filter(|i| syn(&mut e, OTHER, 40030 + i, 2 * S).len() == 1).count(), 1, "burst = rate");
+    // Two workers: a client's connections are all its owner's, which holds the whole limit
+    // (whichever worker the NIC delivers them to).
+    let mut e = MemEngine::new(cfg("source_conn_rate = 2\nsource_conn_burst = 3"), 2);
+    let passed = (0..40).filter(|i| syn(&mut e, OTHER, 41000 + i, S).len() == 1).count();
+    assert_eq!(passed, 3);
+}
+
+/// With the SYN proxy a client's tokens are spent by completed handshakes only: SYNs (as a
+/// spoofer would send in its name) are answered with cookies and spend none.
+#[test]
+fn the_syn_proxy_spends_tokens_on_proven_clients_only() {
+    let mut e = MemEngine::new(services("source_conn_rate = 1\nsource_conn_burst = 1", "", "on"), 1);
+    let cmac = [2, 0, 0, 0, 1, 7];
+    let mut cookies = Vec::new();
+    for i in 0..10u16 {
+        let out = syn(&mut e, OTHER, 42000 + i, S);
+        assert_eq!(out.len(), 1, "a cookie");
+        let f = &out[0].1;
+        cookies.push(u32::from_be_bytes([f[38], f[39], f[40], f[41]]));
+    }
+    let ack = |e: &mut MemEngine, i: u16| {
+        let seg = tcp4(OTHER, 42000 + i, VIP, 80, TCP_ACK, 2, cookies[i as usize].wrapping_add(1), b"");
+        e.inject(EXT, &with_macs(seg, cmac, LB_EXT), S)
+    };
+    let out = ack(&mut e, 9);
+    assert_eq!(out.len(), 1, "the proven client's connection opens: {out:?}");
+    assert_eq!(out[0].0, INT);
+    assert!(ack(&mut e, 8).is_empty(), "its second, in the same second, is over the rate");
+    assert_eq!(drops(&e), vec![("source_rate", 1)]);
+}

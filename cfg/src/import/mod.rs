@@ -131,6 +131,8 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         one_packet: false,
         sched_flags: Default::default(),
         allow_from: Vec::new(),
+        source_conn_rate: 0,
+        source_conn_burst: 0,
         deny_from: Vec::new(),
         local_addresses: Vec::new(),
         sorry_server: None,

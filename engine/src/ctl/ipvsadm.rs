@@ -129,6 +129,11 @@ pub struct ServiceExt {
     pub allow_from: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny_from: Vec<String>,
+    /// `source_conn_rate` and `source_conn_burst` (absent: no limit; the burst: the rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_conn_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_conn_burst: Option<u32>,
 }
 
 /// What ipvsadm cannot say about a real server: carried by a `# ferrovs-server` comment
@@ -995,6 +1000,12 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("hysteresis", v)) => e.hysteresis = Some(num("hysteresis", v)?),
             Some(("allow-from", v)) => e.allow_from = v.split(',').map(str::to_string).collect(),
             Some(("deny-from", v)) => e.deny_from = v.split(',').map(str::to_string).collect(),
+            // RATE or RATE/BURST.
+            Some(("source-conn-rate", v)) => {
+                let (r, b) = v.split_once('/').map_or((v, None), |(r, b)| (r, Some(b)));
+                e.source_conn_rate = Some(num("source-conn-rate", r)?);
+                e.source_conn_burst = b.map(|b| num("source-conn-rate burst", b)).transpose()?;
+            }
             Some(("check", v)) => {
                 check.kind = HealthCheckKind::named(v)
                     .ok_or_else(|| format!("bad check {v:?} (tcp, send_expect, ftp, http or exec)"))?;
@@ -1316,6 +1327,8 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 local_addresses: ext.local.clone(),
                 allow_from: nets("allow-from", &ext.allow_from)?,
                 deny_from: nets("deny-from", &ext.deny_from)?,
+                source_conn_rate: ext.source_conn_rate.unwrap_or(0),
+                source_conn_burst: ext.source_conn_burst.or(ext.source_conn_rate).unwrap_or(0),
                 sorry_server: ext.sorry.map(|address| SorryServer { address, port: ext.sorry_port }),
                 quorum: ext.quorum.unwrap_or(1),
                 hysteresis: ext.hysteresis.unwrap_or(0),
@@ -1825,6 +1838,7 @@ fn needs_ext(s: &Service) -> bool {
         || s.notify.is_some()
         || !s.allow_from.is_empty()
         || !s.deny_from.is_empty()
+        || s.source_conn_rate != 0
 }
 
 /// The real servers in `-S` order.
@@ -1862,6 +1876,9 @@ fn write_ext_options(out: &mut String, s: &Service) {
             let l: Vec<String> = list.iter().map(|n| n.to_string()).collect();
             let _ = write!(out, " {key}={}", l.join(","));
         }
+    }
+    if s.source_conn_rate != 0 {
+        let _ = write!(out, " source-conn-rate={}/{}", s.source_conn_rate, s.source_conn_burst);
     }
     if let Some(ss) = &s.sorry_server {
         let _ = match ss.port {
@@ -2913,24 +2930,30 @@ forward = "tunnel"
         assert!(imp.warnings[1].starts_with("line 2: scheduler flag \"flag-3\""), "{:?}", imp.warnings);
     }
 
-    /// A service's `allow_from` / `deny_from` survive `-S` and `-R` (on the `# ferrovs-service`
-    /// line) and the import of that output, and a bad entry on that line is refused.
+    /// A service's `allow_from` / `deny_from` and `source_conn_rate` survive `-S` and `-R` (on
+    /// the `# ferrovs-service` line) and the import of that output, and a bad entry on that
+    /// line is refused.
     #[test]
     fn source_lists_survive_save_and_restore() {
         let mut c = Config::from_str(
             "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"tcp-10.0.0.7-80\"\nvip = \"10.0.0.7\"\nports = [80]\n\
-             scheduler = \"rr\"\nallow_from = [\"10.0.0.0/8\"]\ndeny_from = [\"10.1.0.0/16\", \"10.2.3.4\"]\n",
+             scheduler = \"rr\"\nallow_from = [\"10.0.0.0/8\"]\ndeny_from = [\"10.1.0.0/16\", \"10.2.3.4\"]\n\
+             source_conn_rate = 20\nsource_conn_burst = 40\n",
             "<test>",
         )
         .unwrap();
         let save = format_save(&c);
-        assert!(save.contains(" allow-from=10.0.0.0/8 deny-from=10.1.0.0/16,10.2.3.4/32"), "{save}");
+        assert!(
+            save.contains(" allow-from=10.0.0.0/8 deny-from=10.1.0.0/16,10.2.3.4/32 source-conn-rate=20/40"),
+            "{save}"
+        );
         let want = (c.services[0].allow_from.clone(), c.services[0].deny_from.clone());
         apply(&mut c, &Command::Clear).unwrap();
         for cmd in parse_rules(&save).unwrap() {
             apply(&mut c, &cmd).unwrap();
         }
         assert_eq!((c.services[0].allow_from.clone(), c.services[0].deny_from.clone()), want);
+        assert_eq!((c.services[0].source_conn_rate, c.services[0].source_conn_burst), (20, 40));
         assert_eq!(format_save(&c), save);
         let imp = import_save(&save, &MarkMap::new()).unwrap();
         assert_eq!((imp.services[0].allow_from.clone(), imp.services[0].deny_from.clone()), want);

@@ -47,6 +47,7 @@ drop_reasons! {
     MartianSource => "martian_source": "A new connection to a VIP from a source no packet may carry (Linux's martian sources): 0.0.0.0/8, loopback, multicast, a broadcast address, a VIP or one of the balancer's own addresses. Nothing is created and the SYN proxy does not answer it.",
     RpFilter => "rp_filter": "A new connection to a VIP whose source fails `[engine] rp_filter`: no route back to it (loose), or the route leaves through another interface than the one the packet came in on (strict). Nothing is created and the SYN proxy does not answer it.",
     SourceDenied => "source_denied": "A new connection from a source the service's `allow_from` / `deny_from` refuses. Nothing is created and the SYN proxy does not answer it.",
+    SourceRate => "source_rate": "A new connection over its client address's `source_conn_rate` for the service (each worker's share of it). Nothing is created.",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
     FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",

@@ -43,6 +43,9 @@ pub struct Svc {
     pub one_packet: bool,
     /// The sources that may open connections (`allow_from`, `deny_from`); `None`: any.
     pub acl: Option<Box<crate::pipeline::acl::SourceAcl>>,
+    /// New connections per second and burst per client address (`source_conn_rate`,
+    /// `source_conn_burst`); rate 0: no limit.
+    pub source_conn: (u32, u32),
     /// Full NAT: the local (source) addresses towards the real servers.
     pub local: Vec<Addr>,
 }
@@ -338,6 +341,7 @@ impl Snapshot {
                 persistence: s.persistence.map(|p| (p.timeout as u64 * 1_000_000_000, prefix128(s.vip, p.netmask))),
                 syn_proxy: s.syn_proxy,
                 one_packet: s.one_packet,
+                source_conn: (s.source_conn_rate, s.source_conn_burst),
                 // `[engine] deny_from` holds for every service.
                 acl: crate::pipeline::acl::SourceAcl::new(
                     &s.allow_from,

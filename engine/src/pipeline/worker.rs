@@ -309,6 +309,17 @@ struct SvcState {
     /// Per real server: what the last connection created to it computed that the next
     /// one may reuse ([`DestMemo`]).
     ids: Vec<DestMemo>,
+    /// `source_conn_rate`: this worker's buckets per client address, and the service's
+    /// (rate, burst) they were made for; `None`: no limit.
+    src_limit: Option<(crate::pipeline::ratelimit::HostLimit, (u32, u32))>,
+}
+
+/// This worker's buckets for a service's `source_conn` (rate, burst): the whole rate, as
+/// every connection of a client is its owner's ([`crate::pipeline::snapshot::owner_of`]),
+/// so one worker sees all of a client's new connections.
+fn source_limit(conf: (u32, u32), seed: u64) -> Option<(crate::pipeline::ratelimit::HostLimit, (u32, u32))> {
+    let (rate, burst) = conf;
+    (rate != 0).then(|| (crate::pipeline::ratelimit::HostLimit::new(rate, burst, seed), conf))
 }
 
 /// Per real server of a service, from the last connection created to it: the flow table's

@@ -70,6 +70,11 @@ impl<Q: BufAlloc> Worker<Q> {
             if !self.snap.services[si].admits(p.src) {
                 return Next::Drop(DropReason::SourceDenied);
             }
+            if let Some((limit, _)) = self.svcs.get_mut(si).and_then(|s| s.src_limit.as_mut()) {
+                if !limit.allow(self.now, p.src) {
+                    return Next::Drop(DropReason::SourceRate);
+                }
+            }
             let Some(di) = self.schedule(si, p) else {
                 return Next::Drop(DropReason::NoRealServer);
             };

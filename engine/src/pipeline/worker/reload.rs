@@ -66,6 +66,9 @@ impl<Q: BufAlloc> Worker<Q> {
                         if os.persistence != s.persistence {
                             st.persist = persist_new();
                         }
+                        if st.src_limit.as_ref().map(|l| l.1) != Some(s.source_conn).filter(|c| c.0 != 0) {
+                            st.src_limit = source_limit(s.source_conn, crate::flow::table::seed());
+                        }
                         st.uses_key = st.sched.uses_key();
                         st.ids = vec![super::DestMemo::EMPTY; dests.len()];
                         st.dests = dests;
@@ -74,6 +77,7 @@ impl<Q: BufAlloc> Worker<Q> {
                     None => {
                         let sched = new_sched(s, &dests, seed);
                         SvcState {
+                            src_limit: source_limit(s.source_conn, crate::flow::table::seed()),
                             uses_key: sched.uses_key(),
                             sched,
                             persist: persist_new(),
