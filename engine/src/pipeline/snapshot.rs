@@ -46,6 +46,8 @@ pub struct Svc {
     /// New connections per second and burst per client address (`source_conn_rate`,
     /// `source_conn_burst`); rate 0: no limit.
     pub source_conn: (u32, u32),
+    /// Either of the two above: a new connection's source is checked.
+    pub source_policy: bool,
     /// Full NAT: the local (source) addresses towards the real servers.
     pub local: Vec<Addr>,
 }
@@ -342,6 +344,10 @@ impl Snapshot {
                 syn_proxy: s.syn_proxy,
                 one_packet: s.one_packet,
                 source_conn: (s.source_conn_rate, s.source_conn_burst),
+                source_policy: s.source_conn_rate != 0
+                    || !s.allow_from.is_empty()
+                    || !s.deny_from.is_empty()
+                    || !config.engine.deny_from.is_empty(),
                 // `[engine] deny_from` holds for every service.
                 acl: crate::pipeline::acl::SourceAcl::new(
                     &s.allow_from,

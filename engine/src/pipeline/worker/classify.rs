@@ -282,15 +282,19 @@ impl<Q: BufAlloc> Worker<Q> {
                 let syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
                 // (Not `syn.then(..)`: that closure stayed a call.)
                 let svc = if syn { Some(self.snap.service_at(&info, p.proto, p.dport)) } else { None };
-                // A source the service refuses: neither the SYN proxy nor the scheduler sees it.
-                if let Some(Some(si)) = svc {
-                    if self.snap.services.get(si).is_some_and(|s| !s.admits(p.src)) {
-                        return self.finish(pkt, Next::Drop(DropReason::SourceDenied));
-                    }
-                }
-                // A SYN to a service without the SYN proxy: nothing for it to look at.
-                let no_proxy = matches!(svc, Some(Some(si)) if self.snap.services.get(si)
-                    .is_some_and(|s| s.syn_proxy == ferrovs_cfg::SynProxy::Off));
+                // A SYN to a service without the SYN proxy: nothing for it to look at (nor
+                // the scheduler's path checks its source first, `source_refused`). With it, a
+                // source the service's lists refuse: the SYN proxy does not answer either.
+                let no_proxy = match svc {
+                    Some(Some(si)) => match self.snap.services.get(si) {
+                        Some(s) if s.syn_proxy == ferrovs_cfg::SynProxy::Off => true,
+                        Some(s) if !s.admits(p.src) => {
+                            return self.finish(pkt, Next::Drop(DropReason::SourceDenied));
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                };
                 match if no_proxy { None } else { self.syn_proxy(iface, &mut pkt, p, svc, None) } {
                     Some(next) => next,
                     None => self.new_inbound_svc(&mut pkt, p, svc),

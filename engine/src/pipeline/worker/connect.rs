@@ -67,12 +67,9 @@ impl<Q: BufAlloc> Worker<Q> {
             let Some(si) = owned.or_else(|| self.cluster_service(p)) else {
                 return Next::Drop(DropReason::NoService);
             };
-            if !self.snap.services[si].admits(p.src) {
-                return Next::Drop(DropReason::SourceDenied);
-            }
-            if let Some((limit, _)) = self.svcs.get_mut(si).and_then(|s| s.src_limit.as_mut()) {
-                if !limit.allow(self.now, p.src) {
-                    return Next::Drop(DropReason::SourceRate);
+            if self.snap.services[si].source_policy {
+                if let Some(r) = self.source_refused(si, p.src) {
+                    return Next::Drop(r);
                 }
             }
             let Some(di) = self.schedule(si, p) else {
@@ -112,6 +109,18 @@ impl<Q: BufAlloc> Worker<Q> {
             self.one_packet_done(idx, more);
         }
         next
+    }
+
+    /// Why service `si` refuses a new connection from `src`, if it does: its access lists
+    /// (`allow_from`, `deny_from`, `[engine] deny_from`), then its `source_conn_rate` (a
+    /// token spent if not). Out of line: only services with either call it.
+    #[inline(never)]
+    fn source_refused(&mut self, si: usize, src: Addr) -> Option<DropReason> {
+        if !self.snap.services.get(si)?.admits(src) {
+            return Some(DropReason::SourceDenied);
+        }
+        let (limit, _) = self.svcs.get_mut(si)?.src_limit.as_mut()?;
+        (!limit.allow(self.now, src)).then_some(DropReason::SourceRate)
     }
 
     /// One-packet scheduling (`one_packet`, ipvsadm `--ops`): a datagram went out (or waits
