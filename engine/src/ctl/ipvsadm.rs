@@ -2285,6 +2285,19 @@ mod tests {
         Config::from_str("[engine]\nbackend = \"memory\"\n", "<test>").unwrap()
     }
 
+    /// `-S` of `c`, and what `-C` then `-R` of that text make of `c`: its `-S` is the same
+    /// text (as `ipvsadm-save | ipvsadm-restore`).
+    fn save_restored(c: &Config) -> (String, Config) {
+        let save = format_save(c);
+        let mut c2 = c.clone();
+        apply(&mut c2, &Command::Clear).unwrap();
+        for cmd in parse_rules(&save).unwrap() {
+            apply(&mut c2, &cmd).unwrap();
+        }
+        assert_eq!(format_save(&c2), save);
+        (save, c2)
+    }
+
     fn run(cfg: &mut Config, line: &str) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match parse_args(&words).unwrap().action {
@@ -2838,16 +2851,10 @@ forward = "tunnel"
         run(&mut c, "-a -u 10.0.0.7:514 -r 10.0.2.2:514 -m");
         let s = c.services.iter().find(|s| s.protocol == Protocol::Udp).unwrap();
         assert!(s.one_packet);
-        let save = format_save(&c);
+        let (save, _) = save_restored(&c);
         assert!(save.contains("-A -u 10.0.0.7:514 -s rr -o\n"), "{save}");
         assert!(format_list(&list_of_config(&c), &ListOpts { numeric: true, ..Default::default() })
             .contains("UDP  10.0.0.7:514 rr ops\n"));
-        let mut c2 = c.clone();
-        apply(&mut c2, &Command::Clear).unwrap();
-        for cmd in parse_rules(&save).unwrap() {
-            apply(&mut c2, &cmd).unwrap();
-        }
-        assert_eq!(format_save(&c2), save);
         let imp = import_save(&save, &MarkMap::new()).unwrap();
         assert!(imp.services.iter().any(|s| s.one_packet), "imported");
         assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
@@ -2874,16 +2881,10 @@ forward = "tunnel"
         run(&mut c, "-A -t 10.0.0.7:80 -s mh -b mh-port,flag-1");
         run(&mut c, "-a -t 10.0.0.7:80 -r 10.0.2.2:80 -m");
         assert_eq!(c.services[0].sched_flags, SchedFlags { fallback: true, port: true });
-        let save = format_save(&c);
+        let (save, _) = save_restored(&c);
         assert!(save.contains("-A -t 10.0.0.7:80 -s mh -b mh-fallback,mh-port\n"), "{save}");
         let list = format_list(&list_of_config(&c), &ListOpts { numeric: true, ..Default::default() });
         assert!(list.contains("TCP  10.0.0.7:80 mh (mh-fallback,mh-port)\n"), "{list}");
-        let mut c2 = c.clone();
-        apply(&mut c2, &Command::Clear).unwrap();
-        for cmd in parse_rules(&save).unwrap() {
-            apply(&mut c2, &cmd).unwrap();
-        }
-        assert_eq!(format_save(&c2), save);
         let imp = import_save(&save, &MarkMap::new()).unwrap();
         assert_eq!(imp.services[0].sched_flags, SchedFlags { fallback: true, port: true }, "imported");
         assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
@@ -2935,26 +2936,21 @@ forward = "tunnel"
     /// line is refused.
     #[test]
     fn source_lists_survive_save_and_restore() {
-        let mut c = Config::from_str(
+        let c = Config::from_str(
             "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"tcp-10.0.0.7-80\"\nvip = \"10.0.0.7\"\nports = [80]\n\
              scheduler = \"rr\"\nallow_from = [\"10.0.0.0/8\"]\ndeny_from = [\"10.1.0.0/16\", \"10.2.3.4\"]\n\
              source_conn_rate = 20\nsource_conn_burst = 40\n",
             "<test>",
         )
         .unwrap();
-        let save = format_save(&c);
+        let (save, r) = save_restored(&c);
         assert!(
             save.contains(" allow-from=10.0.0.0/8 deny-from=10.1.0.0/16,10.2.3.4/32 source-conn-rate=20/40"),
             "{save}"
         );
         let want = (c.services[0].allow_from.clone(), c.services[0].deny_from.clone());
-        apply(&mut c, &Command::Clear).unwrap();
-        for cmd in parse_rules(&save).unwrap() {
-            apply(&mut c, &cmd).unwrap();
-        }
-        assert_eq!((c.services[0].allow_from.clone(), c.services[0].deny_from.clone()), want);
-        assert_eq!((c.services[0].source_conn_rate, c.services[0].source_conn_burst), (20, 40));
-        assert_eq!(format_save(&c), save);
+        assert_eq!((r.services[0].allow_from.clone(), r.services[0].deny_from.clone()), want);
+        assert_eq!((r.services[0].source_conn_rate, r.services[0].source_conn_burst), (20, 40));
         let imp = import_save(&save, &MarkMap::new()).unwrap();
         assert_eq!((imp.services[0].allow_from.clone(), imp.services[0].deny_from.clone()), want);
         let bad = save.replace("deny-from=10.1.0.0/16", "deny-from=10.1.0.0/99");
