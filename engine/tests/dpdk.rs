@@ -171,6 +171,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             timeouts: Timeouts::default(),
             local_port_range: ferrovs_cfg::PortRange { lo: 1024, hi: 65535 },
             rp_filter: ferrovs_cfg::RpFilter::Off,
+            deny_from: Vec::new(),
         },
         interfaces: devices
             .iter()
