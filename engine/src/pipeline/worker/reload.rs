@@ -137,6 +137,16 @@ impl<Q: BufAlloc> Worker<Q> {
         let remap = &self.remap;
         self.expect.remap(|svc, dest| remap.map(svc, dest));
         self.release_unreserved();
+        // Per old service: did its access lists change (its connections are checked against
+        // them again)? Compared once per service here, not once per connection.
+        let mut acl_changed = vec![false; old.services.len()];
+        for (n, o) in from_old.iter().enumerate() {
+            if let (Some(o), Some(s)) = (o, snap.services.get(n)) {
+                if let Some(os) = old.services.get(*o as usize) {
+                    acl_changed[*o as usize] = os.acl != s.acl;
+                }
+            }
+        }
         // Remap live connections to the new service/dest indices.
         for i in 0..self.flows.slots() as u32 {
             let (live, svc, dest) = {
@@ -149,7 +159,7 @@ impl<Q: BufAlloc> Worker<Q> {
             match self.remap.map(svc, dest) {
                 // Its service's changed access lists refuse its client now.
                 Some((ni, _))
-                    if acl_changed(&old, svc, &snap, ni)
+                    if acl_changed.get(svc as usize).copied().unwrap_or(false)
                         && !snap.services[ni as usize].admits(self.flows.get(i).client()) =>
                 {
                     bump(&self.counters.acl_removed, 1);
@@ -323,12 +333,3 @@ pub(super) struct Moved {
 
 /// At most this many earlier ranges are remembered (the oldest go first).
 pub(super) const MAX_MOVED: usize = 8;
-
-/// Did service `o` of `old`, now service `n` of `new`, change its access lists (so its
-/// connections are checked against them again)?
-fn acl_changed(old: &Snapshot, o: u16, new: &Snapshot, n: u16) -> bool {
-    fn acl(s: &Snapshot, i: u16) -> Option<Option<&crate::pipeline::acl::SourceAcl>> {
-        s.services.get(i as usize).map(|s| s.acl.as_deref())
-    }
-    acl(old, o) != acl(new, n)
-}
