@@ -209,6 +209,16 @@ pub fn format_counters(view: &dyn EngineView, snap: &Snapshot) -> String {
                 ds(&|c| c.out_packets.load(Relaxed)),
             );
         }
+        let refused: Vec<String> = crate::pipeline::counters::REFUSALS
+            .iter()
+            .enumerate()
+            .map(|(k, r)| (r.label(), sum(&|c| c.refused.0[k].load(Relaxed))))
+            .filter(|&(_, n)| n > 0)
+            .map(|(l, n)| format!("{l} {n}"))
+            .collect();
+        if !refused.is_empty() {
+            let _ = writeln!(s, "  refused: {}", refused.join(", "));
+        }
         if svc.ftp.is_some() {
             let names = crate::pipeline::counters::FtpCounters::names();
             let parts: Vec<String> = names

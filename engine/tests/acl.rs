@@ -83,6 +83,10 @@ fn refused_sources_open_nothing() {
         // IPv6: its own list.
         assert!(e.inject(EXT, &from_client(tcp6(C6, 40003, VIP6, 80, TCP_SYN, 1, 0, b"")), S).is_empty());
         assert_eq!(drops(&e), vec![("source_denied", 4)], "syn_proxy {proxy}");
+        // And per service.
+        assert_eq!(e.refused(0), vec![("source_denied", 2)], "web");
+        assert_eq!(e.refused(1), vec![("source_denied", 1)], "dns");
+        assert_eq!(e.refused(2), vec![("source_denied", 1)], "web6");
         let c = e.counters();
         assert_eq!(c.flows_created, if proxy == "on" { 1 } else { 2 }, "only the allowed ones");
     }
@@ -149,9 +153,11 @@ fn source_conn_rate_paces_each_client() {
         (0..5).filter(|i| e.inject(EXT, &with_macs(udp4(OTHER, 5000 + i, VIP, 53, b"q"), cmac, LB_EXT), S).len() == 1);
     assert_eq!(udp.count(), 3);
     assert_eq!(drops(&e), vec![("source_rate", 3 + 3 + 2)]);
+    assert_eq!((e.refused(0), e.refused(1)), (vec![("source_rate", 6)], vec![("source_rate", 2)]));
     // A reload with another rate starts over; one with the same keeps the buckets.
     e.reload(cfg("source_conn_rate = 2\nsource_conn_burst = 3"), 2 * S);
     assert_eq!((0..4).filter(|i| syn(&mut e, OTHER, 40020 + i, S + S / 2).len() == 1).count(), 0, "kept");
+    assert_eq!(e.refused(0), vec![("source_rate", 10)], "the service's counts survive a reload");
     e.reload(cfg("source_conn_rate = 1"), 2 * S);
     assert_eq!((0..4).filter(|i| syn(&mut e, OTHER, 40030 + i, 2 * S).len() == 1).count(), 1, "burst = rate");
     // Two workers: a client's connections are all its owner's, which holds the whole limit
@@ -183,4 +189,21 @@ fn the_syn_proxy_spends_tokens_on_proven_clients_only() {
     assert_eq!(out[0].0, INT);
     assert!(ack(&mut e, 8).is_empty(), "its second, in the same second, is over the rate");
     assert_eq!(drops(&e), vec![("source_rate", 1)]);
+}
+
+/// Every refusal of a new connection is counted for its service as well as for the worker:
+/// here a service whose only real server is quiesced (weight 0) refuses with
+/// `no_real_server`, and a service that admits the client has nothing counted.
+#[test]
+fn refusals_are_counted_per_service() {
+    let mut cfg = services("", "", "off");
+    cfg.services[0].real_servers[0].weight = 0;
+    let mut e = MemEngine::new(cfg, 2);
+    for i in 0..3 {
+        assert!(syn(&mut e, OTHER, 40000 + i, S).is_empty());
+    }
+    assert_eq!(e.inject(EXT, &from_client(udp4(CLIENT, 5000, VIP, 53, b"q")), S).len(), 1);
+    assert_eq!(drops(&e), vec![("no_real_server", 3)]);
+    assert_eq!(e.refused(0), vec![("no_real_server", 3)]);
+    assert!(e.refused(1).is_empty() && e.refused(2).is_empty());
 }

@@ -186,6 +186,18 @@ fn run(inv: ipvsadm::Invocation) -> Result<(), String> {
                     }
                 }
             }
+            // New connections refused, per service (only those that refused any).
+            for sv in r.get("services").and_then(|v| v.as_array()).cloned().unwrap_or_default() {
+                let by: Vec<String> = sv["refused"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| format!("{k} {v}")).collect()
+                    })
+                    .unwrap_or_default();
+                if !by.is_empty() {
+                    println!("service {}: refused {}", sv["service"].as_str().unwrap_or("?"), by.join(", "));
+                }
+            }
             if let Some(s) = r.get("sync").and_then(|v| v.as_object()) {
                 println!("cluster sync:");
                 for (k, v) in s {

@@ -543,6 +543,28 @@ impl State {
         json!(workers)
     }
 
+    /// New connections each service refused, by reason (every service, every reason of
+    /// [`crate::pipeline::counters::REFUSALS`], summed over the workers).
+    fn refused(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.snapshot();
+        let per = self.view.service_counters();
+        let rows: Vec<Value> = snap
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut by = serde_json::Map::new();
+                for (k, r) in crate::pipeline::counters::REFUSALS.iter().enumerate() {
+                    let n: u64 = per.iter().filter_map(|v| v.get(i)).map(|c| c.refused.0[k].load(Relaxed)).sum();
+                    by.insert(r.label().into(), json!(n));
+                }
+                json!({"service": s.name, "refused": by})
+            })
+            .collect();
+        json!(rows)
+    }
+
     pub(crate) fn ftp(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.snapshot();
@@ -621,7 +643,7 @@ impl State {
                 Ok(json!({"draining": true, "timeout_s": c.drain_timeout}))
             }
             "drops" => {
-                let mut r = json!({"workers": self.drops()});
+                let mut r = json!({"workers": self.drops(), "services": self.refused()});
                 if let Some(s) = self.sync_stats.get() {
                     let m: serde_json::Map<String, Value> =
                         s.fields().iter().map(|(k, _, v)| (k.to_string(), json!(v.load(Ordering::Relaxed)))).collect();
@@ -1530,5 +1552,37 @@ address = "127.0.0.2"
         let l = st.list();
         assert_eq!(l.services[0].stats.conns, 2, "the re-created service's own connections");
         assert_eq!(conns_of(&l, "127.0.0.2"), Some(2));
+    }
+
+    /// The new connections a service refused, by reason: in the `drops` reply (every
+    /// reason, zeros too) and in the metrics.
+    #[test]
+    fn refusals_per_service_in_drops_and_metrics() {
+        use crate::pipeline::counters::DropReason;
+        let cfg = Arc::new(Config::from_str(CFG, "t.toml").expect("config"));
+        let view = Arc::new(OneWorker::default());
+        let apply: Applier = Arc::new(|c: Arc<Config>| Arc::new(Snapshot::build(c, &[[2, 0, 0, 0, 2, 1]])));
+        let snap = apply(cfg.clone());
+        let st = State::new(view.clone(), apply, None, cfg, snap);
+        let c = ServiceCounters::new(2);
+        for r in [DropReason::SourceDenied, DropReason::SourceDenied, DropReason::NoRealServer, DropReason::NoFlow] {
+            c.refused.count(r);
+        }
+        *view.0.lock().unwrap() = Arc::new(vec![c]);
+        let r = st.handle(&json!({"op": "drops"})).expect("drops");
+        let want = json!([{"service": "tcp-10.0.0.1-80", "refused": {
+            "source_denied": 2, "source_rate": 0, "no_real_server": 1, "fnat_ports_exhausted": 0, "table_full": 0
+        }}]);
+        assert_eq!(r["services"], want, "no_flow is not a service's refusal");
+        let m = crate::ctl::metrics::Exported::metrics(&*st);
+        assert!(m.contains("# TYPE ferrovs_service_refused_total counter"), "{m}");
+        assert!(
+            m.contains("\nferrovs_service_refused_total{service=\"tcp-10.0.0.1-80\",reason=\"source_denied\"} 2\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferrovs_service_refused_total{service=\"tcp-10.0.0.1-80\",reason=\"table_full\"} 0\n"),
+            "{m}"
+        );
     }
 }

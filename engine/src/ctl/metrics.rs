@@ -243,8 +243,26 @@ pub fn render(f: &Figures) -> String {
             let _ = writeln!(o, "{name}{{worker=\"{w}\"}} {}", f(s));
         }
     }
-    // FTP gateway counters per service.
     let (snap, per) = (f.snapshot, f.services);
+    // New connections refused per service, by reason.
+    family(
+        &mut o,
+        "ferrovs_service_refused_total",
+        "counter",
+        "New connections the service refused, by reason (also in ferrovs_worker_drops_total).",
+    );
+    for (i, s) in snap.services.iter().enumerate() {
+        for (k, r) in crate::pipeline::counters::REFUSALS.iter().enumerate() {
+            let v: u64 = per.iter().filter_map(|x| x.get(i)).map(|c| c.refused.0[k].load(Ordering::Relaxed)).sum();
+            let _ = writeln!(
+                o,
+                "ferrovs_service_refused_total{{service=\"{}\",reason=\"{}\"}} {v}",
+                esc(&s.name),
+                r.label()
+            );
+        }
+    }
+    // FTP gateway counters per service.
     let names = crate::pipeline::counters::FtpCounters::names();
     for (k, suffix) in names.into_iter().enumerate() {
         let f = |c: &crate::pipeline::counters::FtpCounters| c.fields()[k].1.load(std::sync::atomic::Ordering::Relaxed);

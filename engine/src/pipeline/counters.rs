@@ -47,7 +47,7 @@ drop_reasons! {
     MartianSource => "martian_source": "A new connection to a VIP from a source no packet may carry (Linux's martian sources): 0.0.0.0/8, loopback, multicast, a broadcast address, a VIP or one of the balancer's own addresses. Nothing is created and the SYN proxy does not answer it.",
     RpFilter => "rp_filter": "A new connection to a VIP whose source fails `[engine] rp_filter`: no route back to it (loose), or the route leaves through another interface than the one the packet came in on (strict). Nothing is created and the SYN proxy does not answer it.",
     SourceDenied => "source_denied": "A new connection from a source the service's `allow_from` / `deny_from` refuses. Nothing is created and the SYN proxy does not answer it.",
-    SourceRate => "source_rate": "A new connection over its client address's `source_conn_rate` for the service (each worker's share of it). Nothing is created.",
+    SourceRate => "source_rate": "A new connection over its client address's `source_conn_rate` for the service (exact per node: every connection of a client belongs to one worker). Nothing is created.",
     NoService => "no_service": "Addressed to a VIP/port with no service.",
     NoRealServer => "no_real_server": "The scheduler found no available real server.",
     FnatPortsExhausted => "fnat_ports_exhausted": "Full NAT: no free local port on any local address of the service (this worker's share).",
@@ -335,6 +335,35 @@ impl FtpCounters {
     }
 }
 
+/// The reasons a service refuses a new connection once its packet is known to be for it,
+/// counted per service as well as per worker ([`ServiceCounters::refused`]): which service
+/// turns clients away, and why.
+pub const REFUSALS: [DropReason; 5] = [
+    DropReason::SourceDenied,
+    DropReason::SourceRate,
+    DropReason::NoRealServer,
+    DropReason::FnatPortsExhausted,
+    DropReason::TableFull,
+];
+
+/// New connections one service refused on one worker, one counter per [`REFUSALS`] entry.
+#[derive(Default)]
+pub struct Refusals(pub [AtomicU64; REFUSALS.len()]);
+
+impl Refusals {
+    /// Count a refusal for `r` (nothing for a reason not in [`REFUSALS`]).
+    pub fn count(&self, r: DropReason) {
+        if let Some(i) = REFUSALS.iter().position(|&x| x == r) {
+            bump(&self.0[i], 1);
+        }
+    }
+
+    /// Every counter with its reason, in [`REFUSALS`] order.
+    pub fn fields(&self) -> impl Iterator<Item = (DropReason, &AtomicU64)> {
+        REFUSALS.iter().copied().zip(self.0.iter())
+    }
+}
+
 /// Per service counters of one worker. `conns` and the FTP counters are
 /// updated as events happen; the packet and byte counters (service and
 /// real server) are accumulated worker-locally per packet and folded in at
@@ -349,6 +378,8 @@ pub struct ServiceCounters {
     pub out_bytes: AtomicU64,
     pub dests: Vec<DestCounters>,
     pub ftp: FtpCounters,
+    /// New connections refused (see [`REFUSALS`]).
+    pub refused: Refusals,
 }
 
 impl ServiceCounters {

@@ -1246,6 +1246,9 @@ fn carry_counters(
     for ((_, a), (_, b)) in old.ftp.fields().iter().zip(new.ftp.fields().iter()) {
         mv(a, b);
     }
+    for ((_, a), (_, b)) in old.refused.fields().zip(new.refused.fields()) {
+        mv(a, b);
+    }
     for (i, d) in ns.dests.iter().enumerate() {
         if let Some(j) = os.dests.iter().position(|x| x.addr == d.addr && x.port == d.port) {
             let (a, b) = (&old.dests[j], &new.dests[i]);

@@ -183,6 +183,25 @@ impl MemEngine {
         self.workers.iter().map(|w| w.held_packets()).sum()
     }
 
+    /// The new connections service `svc` (its index in the config) refused, summed over the
+    /// workers: each reason of [`crate::pipeline::counters::REFUSALS`] with a count.
+    pub fn refused(&self, svc: usize) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::pipeline::counters::REFUSALS
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let n = self
+                    .workers
+                    .iter()
+                    .filter_map(|w| w.service_counters().get(svc))
+                    .map(|c| c.refused.0[k].load(Relaxed));
+                (r.label(), n.sum::<u64>())
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// Sum of all workers' counters.
     pub fn counters(&self) -> crate::pipeline::counters::CounterSnapshot {
         crate::daemon::sum_counters(&self.fabric.counters)

@@ -289,7 +289,8 @@ impl<Q: BufAlloc> Worker<Q> {
                     Some(Some(si)) => match self.snap.services.get(si) {
                         Some(s) if s.syn_proxy == ferrovs_cfg::SynProxy::Off => true,
                         Some(s) if !s.admits(p.src) => {
-                            return self.finish(pkt, Next::Drop(DropReason::SourceDenied));
+                            let next = self.refuse(si, DropReason::SourceDenied);
+                            return self.finish(pkt, next);
                         }
                         _ => false,
                     },

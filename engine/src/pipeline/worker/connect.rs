@@ -69,11 +69,11 @@ impl<Q: BufAlloc> Worker<Q> {
             };
             if self.snap.services[si].source_policy {
                 if let Some(r) = self.source_refused(si, p.src) {
-                    return Next::Drop(r);
+                    return self.refuse(si, r);
                 }
             }
             let Some(di) = self.schedule(si, p) else {
-                return Next::Drop(DropReason::NoRealServer);
+                return self.refuse(si, DropReason::NoRealServer);
             };
             let d = &self.snap.services[si].dests[di];
             let rport = if owned.is_some() { d.port.unwrap_or(p.dport) } else { p.dport };
@@ -88,7 +88,7 @@ impl<Q: BufAlloc> Worker<Q> {
         };
         let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport, local) {
             Ok(i) => i,
-            Err(r) => return Next::Drop(r),
+            Err(r) => return self.refuse(si, r),
         };
         if data {
             self.link_parent(idx, parent, parent_gen);
@@ -109,6 +109,17 @@ impl<Q: BufAlloc> Worker<Q> {
             self.one_packet_done(idx, more);
         }
         next
+    }
+
+    /// A new connection service `si` refuses for `r`: counted for the service too
+    /// ([`crate::pipeline::counters::REFUSALS`]), and dropped.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn refuse(&self, si: usize, r: DropReason) -> Next {
+        if let Some(sc) = self.svc_counters.get(si) {
+            sc.refused.count(r);
+        }
+        Next::Drop(r)
     }
 
     /// Why service `si` refuses a new connection from `src`, if it does: its access lists
@@ -162,7 +173,7 @@ impl<Q: BufAlloc> Worker<Q> {
             Local::Any,
         ) {
             Ok(i) => i,
-            Err(r) => return Next::Drop(r),
+            Err(r) => return self.refuse(v.svc as usize, r),
         };
         self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::In, pkt, p)
@@ -210,9 +221,9 @@ impl<Q: BufAlloc> Worker<Q> {
     pub(super) fn cluster_recreate_slow(&mut self, pkt: &mut Q::Buf, p: &Parsed) -> Next {
         let Some(si) = self.cluster_service(p) else { return Next::Drop(DropReason::NoFlow) };
         if !self.snap.services[si].admits(p.src) {
-            return Next::Drop(DropReason::SourceDenied);
+            return self.refuse(si, DropReason::SourceDenied);
         }
-        let Some(di) = self.schedule(si, p) else { return Next::Drop(DropReason::NoRealServer) };
+        let Some(di) = self.schedule(si, p) else { return self.refuse(si, DropReason::NoRealServer) };
         let d = &self.snap.services[si].dests[di];
         if matches!(d.forward, Forward::Nat | Forward::Fnat) {
             return Next::Drop(DropReason::NoFlow);
@@ -221,7 +232,7 @@ impl<Q: BufAlloc> Worker<Q> {
         let (rs, rport) = (d.addr, if owned { d.port.unwrap_or(p.dport) } else { p.dport });
         let idx = match self.create_conn(si, di, p.src, p.sport, p.dst, p.dport, rs, rport, Local::Any) {
             Ok(i) => i,
-            Err(r) => return Next::Drop(r),
+            Err(r) => return self.refuse(si, r),
         };
         bump(&self.counters.flows_recreated, 1);
         self.forward(idx, Dir::In, pkt, p)
@@ -256,7 +267,7 @@ impl<Q: BufAlloc> Worker<Q> {
             Local::Any,
         ) {
             Ok(i) => i,
-            Err(r) => return Next::Drop(r),
+            Err(r) => return self.refuse(v.svc as usize, r),
         };
         self.link_parent(idx, v.parent, v.parent_gen);
         self.forward(idx, Dir::Out, pkt, p)
@@ -285,7 +296,7 @@ impl<Q: BufAlloc> Worker<Q> {
             local,
         ) {
             Ok(i) => i,
-            Err(r) => return Next::Drop(r),
+            Err(r) => return self.refuse(v.svc as usize, r),
         };
         // The connection owns the port now (released when it ends).
         self.reserved.swap_remove(k);
