@@ -580,6 +580,9 @@ pub enum HealthCheckKind {
     /// HTTP: `GET path` (HTTP/1.0 with a Host header), expect the status `status` (any 2xx
     /// when unset) (keepalived's `HTTP_GET`).
     Http,
+    /// HTTPS: a TLS handshake, then `http`'s request and status over it (keepalived's
+    /// `SSL_GET`). The certificate is verified only with `tls_ca`.
+    Https,
     /// Run the program `command` (an argv, no shell); exit status 0 is up (keepalived's
     /// `MISC_CHECK`).
     Exec,
@@ -596,11 +599,19 @@ pub struct HealthCheck {
     pub port: Option<u16>,
     pub send: Option<String>,
     pub expect: Option<String>,
-    /// `http`: the request path (default `/`), the Host header (default: the real server's
-    /// address and port), and the status expected (default: any 2xx).
+    /// `http`, `https`: the request path (default `/`), the Host header (default: the real
+    /// server's address and port; `https`: also the name sent as SNI and verified with
+    /// `tls_ca`), and the status expected (default: any 2xx).
     pub path: Option<String>,
     pub host: Option<String>,
     pub status: Option<u16>,
+    /// `https`: a PEM file (absolute path) of the CA certificates the server's certificate
+    /// must chain to, for the name `host` (or the real server's address); read at each
+    /// check. `None`: the certificate is not verified (keepalived's `SSL_GET`), only the
+    /// handshake must complete. Left out of the control socket's form when unset, which
+    /// is then the form daemons and `ferrovsadm`s from before `https` read and write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
     /// `exec`: the program (an absolute path) and its arguments, run without a shell; empty
     /// for the other types.
     #[serde(default)]
@@ -656,18 +667,25 @@ impl HealthCheckKind {
             HealthCheckKind::SendExpect => "send_expect",
             HealthCheckKind::Ftp => "ftp",
             HealthCheckKind::Http => "http",
+            HealthCheckKind::Https => "https",
             HealthCheckKind::Exec => "exec",
         }
     }
 
     /// Every type, in the order the documentation lists them.
-    pub const ALL: [HealthCheckKind; 5] = [
+    pub const ALL: [HealthCheckKind; 6] = [
         HealthCheckKind::Tcp,
         HealthCheckKind::SendExpect,
         HealthCheckKind::Ftp,
         HealthCheckKind::Http,
+        HealthCheckKind::Https,
         HealthCheckKind::Exec,
     ];
+
+    /// `http` or `https`: a GET and its status.
+    pub fn is_http(self) -> bool {
+        matches!(self, HealthCheckKind::Http | HealthCheckKind::Https)
+    }
 
     /// The type a `type` word names.
     pub fn named(word: &str) -> Option<HealthCheckKind> {
@@ -694,6 +712,7 @@ impl HealthCheck {
             path: None,
             host: None,
             status: None,
+            tls_ca: None,
             command: Vec::new(),
             user: None,
             interval: Self::DEFAULT_INTERVAL,

@@ -221,6 +221,7 @@ pub(crate) struct RawHealthCheck {
     pub path: Option<S<String>>,
     pub host: Option<S<String>>,
     pub status: Option<S<i64>>,
+    pub tls_ca: Option<S<String>>,
     pub command: Option<S<Vec<S<String>>>>,
     pub user: Option<S<String>>,
     pub interval: Option<S<f64>>,

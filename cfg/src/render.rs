@@ -279,6 +279,9 @@ pub(crate) fn service(s: &Service) -> String {
         if let Some(s) = h.status {
             let _ = writeln!(o, "status = {s}");
         }
+        if let Some(s) = &h.tls_ca {
+            let _ = writeln!(o, "tls_ca = {}", q(s));
+        }
         if !h.command.is_empty() {
             let args: Vec<String> = h.command.iter().map(|a| q(a)).collect();
             let _ = writeln!(o, "command = [{}]", args.join(", "));

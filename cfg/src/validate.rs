@@ -1111,14 +1111,15 @@ impl Validator<'_> {
             let sp = r.expect.as_ref().map(span_of).unwrap_or(span_of(&r.kind));
             return Err(self.err(sp, "health check type \"send_expect\" needs a non-empty `expect`"));
         }
-        // `http` only: what goes into the request line and the Host header is one visible
-        // ASCII word each (no space, CR or LF: nothing a check could smuggle into the request).
-        let http = kind == HealthCheckKind::Http;
+        // `http` and `https` only: what goes into the request line and the Host header is one
+        // visible ASCII word each (no space, CR or LF: nothing a check could smuggle into the
+        // request).
+        let http = kind.is_http();
         let word = |v: &Option<Spanned<String>>, what: &str, first: Option<char>| -> R<Option<String>> {
             let Some(x) = v else { return Ok(None) };
             let s = x.get_ref();
             if !http {
-                return Err(self.err(span_of(x), format!("health check `{what}` is for type \"http\"")));
+                return Err(self.err(span_of(x), format!("health check `{what}` is for type \"http\" or \"https\"")));
             }
             let ok = !s.is_empty()
                 && s.len() <= 1024
@@ -1136,8 +1137,28 @@ impl Validator<'_> {
         let path = word(&r.path, "path", Some('/'))?;
         let host = word(&r.host, "host", None)?;
         let status = match &r.status {
-            Some(x) if !http => return Err(self.err(span_of(x), "health check `status` is for type \"http\"")),
+            Some(x) if !http => {
+                return Err(self.err(span_of(x), "health check `status` is for type \"http\" or \"https\""))
+            }
             Some(x) => Some(self.int(x, 100, 599, "health check status")? as u16),
+            None => None,
+        };
+        // `https` only: an absolute path (a relative one would depend on the daemon's working
+        // directory), read when the check runs.
+        let tls_ca = match &r.tls_ca {
+            Some(x) if kind != HealthCheckKind::Https => {
+                return Err(self.err(span_of(x), "health check `tls_ca` is for type \"https\""))
+            }
+            Some(x) if !x.get_ref().starts_with('/') || x.get_ref().contains('\0') => {
+                return Err(self.err(
+                    span_of(x),
+                    format!(
+                        "health check tls_ca {:?} must be an absolute path (a PEM file of CA certificates)",
+                        x.get_ref()
+                    ),
+                ))
+            }
+            Some(x) => Some(x.get_ref().clone()),
             None => None,
         };
         let (command, user) = self.exec_fields(r, kind)?;
@@ -1149,6 +1170,7 @@ impl Validator<'_> {
             path,
             host,
             status,
+            tls_ca,
             command,
             user,
             interval,

@@ -761,19 +761,23 @@ fn keepalived_retry_and_delay_before_retry_by_level() {
 }
 
 #[test]
-fn keepalived_ssl_get_as_a_connect_check() {
-    // An HTTPS real server's SSL_GET was dropped, leaving the server unchecked (always up); its
-    // port is now checked by connect, the TLS and HTTP parts said to be left out.
+fn keepalived_ssl_get_as_an_https_check() {
+    // SSL_GET was imported as a TCP connect check (the TLS handshake and the status left out);
+    // it is an `https` check now: its url's path and status, the virtualhost (also the SNI).
     let imp = from_keepalived(
         "virtual_server 10.0.0.1 443 {\n  delay_loop 10\n  real_server 10.0.2.2 443 {\n    SSL_GET {\n      \
-         url {\n        path /health\n        digest 0123\n      }\n      connect_timeout 2\n      enable_sni\n    }\n  }\n}\n",
+         url {\n        path /health\n        status_code 204\n        digest 0123\n      }\n      \
+         virtualhost www.example.com\n      connect_timeout 2\n      enable_sni\n    }\n  }\n}\n",
     )
     .unwrap();
     roundtrip(&imp);
     let h = imp.services[0].health_check.as_ref().unwrap();
-    assert_eq!((h.kind, h.port, h.path.as_deref(), h.timeout), (HealthCheckKind::Tcp, None, None, 2.0));
+    assert_eq!(
+        (h.kind, h.port, h.path.as_deref(), h.status, h.host.as_deref(), h.timeout, h.tls_ca.as_deref()),
+        (HealthCheckKind::Https, None, Some("/health"), Some(204), Some("www.example.com"), 2.0, None)
+    );
     assert_eq!((h.fall, h.retry_interval), (2, Some(3.0)), "keepalived's SSL_GET defaults");
-    assert!(warned(&imp, 4, "SSL_GET imported as a TCP connect check"), "{:?}", imp.warnings);
+    assert!(warned(&imp, 8, "url option digest is not supported"), "{:?}", imp.warnings);
     assert_eq!(imp.warnings.len(), 1, "{:?}", imp.warnings);
 }
 

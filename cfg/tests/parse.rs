@@ -179,6 +179,7 @@ fn good_config_parses_into_expected_model() {
                 path: None,
                 host: None,
                 status: None,
+                tls_ca: None,
                 command: Vec::new(),
                 user: None,
                 interval: 2.0,
@@ -370,6 +371,11 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\nhost = \"a b\"\n", 15, "visible ASCII"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\nstatus = 600\n", 15, "health check status"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\npath = \"/ok\"\nhost = \"www.example.com:8080\"\nstatus = 204\n", 0, ""),
+    // https: http's fields, and tls_ca (for https only, an absolute path)
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\npath = \"/ok\"\nhost = \"www.example.com\"\nstatus = 204\ntls_ca = \"/etc/ssl/certs/ca-certificates.crt\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\npath = \"x\"\n", 15, "starting with '/'"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\ntls_ca = \"/ca.pem\"\n", 15, "`tls_ca` is for type \"https\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\ntls_ca = \"ca.pem\"\n", 15, "must be an absolute path"),
     // exec: an argv whose program is an absolute path, for type exec only
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"check.sh\", \"x\"]\n", 15, "health check command \"check.sh\" must be an absolute path"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"../bin/check\"]\n", 15, "must be an absolute path"),

@@ -270,7 +270,7 @@ struct Check {
     fall: u32,
     /// Seconds to the check after a failure that has not yet taken the server down.
     retry_interval: f64,
-    /// HTTP_GET: the (first) url's path and status_code, and the virtualhost.
+    /// HTTP_GET, SSL_GET: the (first) url's path and status_code, and the virtualhost.
     path: Option<String>,
     status: Option<u16>,
     host: Option<String>,
@@ -329,18 +329,14 @@ impl Retry {
 /// `virtualhost`, the default Host of its HTTP checks; `outer`: the retry options of the
 /// real_server and virtual_server).
 fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
-    let http = n.key == "HTTP_GET";
-    // SSL_GET: HTTP_GET over TLS, which ferrovs' checks do not speak: its server's port is
-    // checked by TCP connect, which still takes a dead or unreachable server down.
+    // SSL_GET: HTTP_GET over TLS (`https`; keepalived verifies no certificate either).
     let ssl = n.key == "SSL_GET";
-    if ssl {
-        warnings.push(format!(
-            "line {}: SSL_GET imported as a TCP connect check (type = \"tcp\") to the same port: \
-             the TLS handshake and the HTTP status are not checked",
-            n.line
-        ));
-    }
-    let kind = if http { HealthCheckKind::Http } else { HealthCheckKind::Tcp };
+    let http = n.key == "HTTP_GET" || ssl;
+    let kind = match n.key.as_str() {
+        "HTTP_GET" => HealthCheckKind::Http,
+        "SSL_GET" => HealthCheckKind::Https,
+        _ => HealthCheckKind::Tcp,
+    };
     let mut own = Retry::default();
     let mut c = Check { host: vhost.filter(|_| http).map(str::to_string), ..Check::new(kind, n.line) };
     let mut urls = 0;
@@ -359,7 +355,7 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
                 urls += 1;
                 if urls > 1 {
                     warnings
-                        .push(format!("line {}: HTTP_GET: only the first url is checked, this one ignored", o.line));
+                        .push(format!("line {}: {}: only the first url is checked, this one ignored", o.line, n.key));
                     continue;
                 }
                 for u in o.children.as_deref().unwrap_or(&[]) {
@@ -383,8 +379,8 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
                     }
                 }
             }
-            // What an SSL_GET asks of the server beyond the connect: said once above.
-            "url" | "virtualhost" | "enable_sni" if ssl => {}
+            // The virtualhost goes as SNI whenever it is a DNS name.
+            "enable_sni" if ssl => {}
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
         }
     }
@@ -394,7 +390,7 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
     // `queue_checker`): 1 retry, 1 s before it; HTTP_GET and SSL_GET 3 s (check_http.c).
     let r = own.or(outer);
     c.fall = r.retry.unwrap_or(1) + 1;
-    c.retry_interval = r.delay.unwrap_or(if http || ssl { 3.0 } else { 1.0 });
+    c.retry_interval = r.delay.unwrap_or(if http { 3.0 } else { 1.0 });
     Ok(c)
 }
 
@@ -1037,6 +1033,7 @@ fn virtual_server(
                 path: c.path,
                 host: c.host,
                 status: c.status,
+                tls_ca: None,
                 command: c.command,
                 user: c.user,
                 interval,

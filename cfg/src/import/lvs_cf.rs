@@ -371,6 +371,7 @@ fn virtual_block(
         path: None,
         host: None,
         status: None,
+        tls_ca: None,
         command: Vec::new(),
         user: None,
         port: None,

@@ -11,6 +11,8 @@
 //! - `http`: `GET path HTTP/1.0` with a `Host` header (the check's `host`, else the real
 //!   server's address and port) and `Connection: close`; the status line must carry `status`
 //!   (any 2xx without one), as keepalived's `HTTP_GET` (the body is not read);
+//! - `https`: the same over TLS (keepalived's `SSL_GET`): the certificate verified against
+//!   `tls_ca` for the `host` name (or the server's address) when given, else not verified;
 //! - `exec`: run `command` (an argv, no shell), exit status 0 is success, as keepalived's
 //!   `MISC_CHECK` ([`exec_check`]).
 //!
@@ -145,24 +147,177 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
                 Err(format!("FTP USER reply {code}, expected 331 or 230"))
             }
         }
-        HealthCheckKind::Http => {
-            let host = match &hc.host {
-                Some(h) => h.clone(),
-                None => addr.to_string(),
-            };
-            let req = format!(
-                "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ferrovs-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-                hc.path.as_deref().unwrap_or("/")
-            );
-            s.set_write_timeout(Some(left())).ok();
-            s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
-            let code = http_status(&mut s, deadline)?;
-            match hc.status {
-                Some(want) if code == want => Ok(()),
-                None if (200..300).contains(&code) => Ok(()),
-                Some(want) => Err(format!("HTTP status {code}, expected {want}")),
-                None => Err(format!("HTTP status {code}, expected 2xx")),
+        HealthCheckKind::Http => http_get(&mut s, hc, addr, deadline),
+        HealthCheckKind::Https => {
+            let mut tls = tls::connect(hc, addr, s, deadline)?;
+            let r = http_get(&mut tls, hc, addr, deadline);
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            r
+        }
+    }
+}
+
+/// A connection an HTTP check talks over: plain TCP, or TLS over it (`https`). The socket
+/// is there to bound each read and write by the check's deadline.
+trait Stream: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+/// `http` and `https` once connected: `GET path` with the Host header, and the status line's
+/// code checked against `status` (any 2xx without one).
+fn http_get<S: Stream>(s: &mut S, hc: &HealthCheck, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
+    let host = match &hc.host {
+        Some(h) => h.clone(),
+        None => addr.to_string(),
+    };
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ferrovs-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        hc.path.as_deref().unwrap_or("/")
+    );
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    s.tcp().set_write_timeout(Some(left)).ok();
+    s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    s.flush().map_err(|e| format!("send: {e}"))?;
+    let code = http_status(s, deadline)?;
+    match hc.status {
+        Some(want) if code == want => Ok(()),
+        None if (200..300).contains(&code) => Ok(()),
+        Some(want) => Err(format!("HTTP status {code}, expected {want}")),
+        None => Err(format!("HTTP status {code}, expected 2xx")),
+    }
+}
+
+/// The TLS side of the `https` check (rustls, TLS 1.2 and 1.3).
+mod tls {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned};
+
+    /// The TLS handshake with the real server over `s`, before `deadline`. With `tls_ca` the
+    /// server's certificate must chain to one of its CAs and be valid for the name the check
+    /// sends ([`server_name`]); without, any certificate is taken (keepalived's `SSL_GET`
+    /// verifies none: real servers mostly carry the VIP's certificate, not one for their own
+    /// address), but the handshake's signatures are still checked.
+    pub(super) fn connect(
+        hc: &HealthCheck,
+        addr: SocketAddr,
+        mut s: TcpStream,
+        deadline: Instant,
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+        // ring's provider is deprecated for want of post-quantum key exchange, which a
+        // liveness probe of the balancer's own real servers has no use for; ring builds with
+        // a C compiler alone (aws-lc-rs, the alternative, needs cmake).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let config = match &hc.tls_ca {
+            Some(path) => builder.with_root_certificates(roots(path)?).with_no_client_auth(),
+            None => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCert(provider))).with_no_client_auth()
             }
+        };
+        let mut conn =
+            ClientConnection::new(Arc::new(config), server_name(hc, addr)?).map_err(|e| format!("TLS: {e}"))?;
+        while conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("TLS handshake timed out".into());
+            }
+            s.set_read_timeout(Some(left)).ok();
+            s.set_write_timeout(Some(left)).ok();
+            conn.complete_io(&mut s).map_err(|e| format!("TLS handshake: {e}"))?;
+        }
+        Ok(StreamOwned::new(conn, s))
+    }
+
+    /// The CA certificates of the PEM file `path` (read at each check, so a renewed bundle
+    /// needs no reload).
+    fn roots(path: &str) -> Result<RootCertStore, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("tls_ca {path}: {e}"))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("tls_ca {path}: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("tls_ca {path}: no usable CA certificate"));
+        }
+        Ok(roots)
+    }
+
+    /// The name the check gives the server: `host` without a port (a DNS name also goes as
+    /// SNI; an address literal does not), else the real server's address.
+    pub(super) fn server_name(hc: &HealthCheck, addr: SocketAddr) -> Result<ServerName<'static>, String> {
+        let Some(host) = hc.host.as_deref() else { return Ok(ServerName::IpAddress(addr.ip().into())) };
+        let name = if let Ok(sa) = host.parse::<SocketAddr>() {
+            return Ok(ServerName::IpAddress(sa.ip().into()));
+        } else if let Some(v6) = host.strip_prefix('[').and_then(|h| h.split_once(']')).map(|(a, _)| a) {
+            v6
+        } else {
+            match host.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => host,
+            }
+        };
+        ServerName::try_from(name.to_string())
+            .map_err(|_| format!("host {name:?} is neither a DNS name nor an address"))
+    }
+
+    /// No certificate verification (see [`connect`]); the handshake's signatures are checked
+    /// with the provider's algorithms all the same.
+    #[derive(Debug)]
+    struct AnyCert(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
         }
     }
 }
@@ -304,7 +459,7 @@ fn user_ids(name: &str) -> Result<(u32, u32), String> {
 /// The status code of an HTTP response's status line (`HTTP/1.x NNN ...`), read from `s`
 /// before `deadline` (the line at most 1 KiB: a server that sends more without a line end
 /// fails).
-fn http_status(s: &mut TcpStream, deadline: Instant) -> Result<u16, String> {
+fn http_status<S: Stream>(s: &mut S, deadline: Instant) -> Result<u16, String> {
     let mut got: Vec<u8> = Vec::new();
     let mut b = [0u8; 1024];
     let line = loop {
@@ -318,7 +473,7 @@ fn http_status(s: &mut TcpStream, deadline: Instant) -> Result<u16, String> {
         if left.is_zero() {
             return Err("timed out reading the HTTP status line".into());
         }
-        s.set_read_timeout(Some(left)).ok();
+        s.tcp().set_read_timeout(Some(left)).ok();
         match s.read(&mut b) {
             Ok(0) => return Err("connection closed before the HTTP status line".into()),
             Ok(n) => got.extend_from_slice(&b[..n]),
@@ -724,52 +879,184 @@ mod tests {
         }
     }
 
+    /// A real nginx on loopback (the lab's HTTP server) serving `healthz` ("ok") from a
+    /// directory of its own, with the `server` blocks `servers` gives for that directory;
+    /// stopped and its directory removed when dropped. `None` (outside CI) without nginx.
+    struct Nginx {
+        child: std::process::Child,
+        dir: std::path::PathBuf,
+    }
+
+    impl Nginx {
+        fn start(tag: &str, servers: impl Fn(&str) -> String, ports: &[u16]) -> Option<Nginx> {
+            let Some(nginx) =
+                ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())
+            else {
+                assert!(std::env::var_os("CI").is_none(), "nginx missing (scripts/install-deps installs it)");
+                eprintln!("nginx not installed: skipped (scripts/install-deps installs it)");
+                return None;
+            };
+            let dir = std::env::temp_dir().join(format!("ferrovs-health-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(dir.join("www")).unwrap();
+            std::fs::write(dir.join("www/healthz"), "ok\n").unwrap();
+            let d = dir.display().to_string();
+            let conf = format!(
+                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n \
+                 client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n \
+                 uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{}\n}}\n",
+                servers(&d)
+            );
+            std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+            let child = std::process::Command::new(nginx)
+                .args(["-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start nginx");
+            let t0 = Instant::now();
+            for &port in ports {
+                while TcpStream::connect(("127.0.0.1", port)).is_err() && t0.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Some(Nginx { child, dir })
+        }
+    }
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
     /// The check against a real nginx on loopback (the lab's HTTP server): its default
     /// answers, a 404 for a path it does not have, and a status set to match.
     #[test]
     fn http_check_against_nginx() {
-        let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())
-        else {
-            assert!(std::env::var_os("CI").is_none(), "nginx missing (scripts/install-deps installs it)");
-            eprintln!("nginx not installed: skipped (scripts/install-deps installs it)");
-            return;
-        };
-        let dir = std::env::temp_dir().join(format!("ferrovs-health-nginx-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        std::fs::write(dir.join("www/healthz"), "ok\n").unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n \
-             client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n \
-             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n server {{\n  listen 127.0.0.1:{port};\n  \
-             root {d}/www;\n }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut child = std::process::Command::new(nginx)
-            .args(["-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nginx");
+        let port = free_port();
+        let servers = |d: &str| format!(" server {{\n  listen 127.0.0.1:{port};\n  root {d}/www;\n }}");
+        let Some(_nginx) = Nginx::start("http", servers, &[port]) else { return };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let t0 = Instant::now();
-        while TcpStream::connect(addr).is_err() && t0.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         let mut h = hc(HealthCheckKind::Http, 2.0);
         h.path = Some("/healthz".into());
-        let ok = check(&h, "svc", addr);
+        assert_eq!(check(&h, "svc", addr), Ok(()));
         h.path = Some("/missing".into());
-        let missing = check(&h, "svc", addr);
+        assert_eq!(check(&h, "svc", addr), Err("HTTP status 404, expected 2xx".into()));
         h.status = Some(404);
-        let want_404 = check(&h, "svc", addr);
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(ok, Ok(()));
-        assert_eq!(missing, Err("HTTP status 404, expected 2xx".into()));
-        assert_eq!(want_404, Ok(()));
+        assert_eq!(check(&h, "svc", addr), Ok(()));
+    }
+
+    /// `openssl` with `args` in `dir`.
+    fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (scripts/install-deps installs it)");
+        assert!(st.success(), "openssl {args:?}");
+    }
+
+    /// A CA `NAME.pem` (key `NAME.key`) made by openssl in `dir`.
+    fn test_ca(dir: &std::path::Path, name: &str) {
+        let (key, pem, cn) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN=ferrovs test {name}"));
+        openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
+        openssl(dir, &["req", "-x509", "-new", "-key", &key, "-out", &pem, "-days", "2", "-subj", &cn]);
+    }
+
+    /// `https` against a real nginx with a certificate from a test CA for www.example.test and
+    /// 127.0.0.1: unverified (keepalived's SSL_GET), verified with `tls_ca` for `host` or the
+    /// server's address, refused for another name or another CA, and against a plain HTTP
+    /// port (no handshake).
+    #[test]
+    fn https_check_against_nginx() {
+        let (tls_port, plain_port) = (free_port(), free_port());
+        let pki = std::env::temp_dir().join(format!("ferrovs-health-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pki);
+        std::fs::create_dir_all(&pki).unwrap();
+        test_ca(&pki, "ca");
+        test_ca(&pki, "other");
+        openssl(&pki, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "srv.key"]);
+        openssl(&pki, &["req", "-new", "-key", "srv.key", "-out", "srv.csr", "-subj", "/CN=www.example.test"]);
+        std::fs::write(pki.join("ext.cnf"), "subjectAltName=DNS:www.example.test,IP:127.0.0.1\n").unwrap();
+        openssl(
+            &pki,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "srv.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "srv.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+        let p = pki.display().to_string();
+        let servers = |d: &str| {
+            format!(
+                " server {{\n  listen 127.0.0.1:{tls_port} ssl;\n  ssl_certificate {p}/srv.pem;\n  \
+                 ssl_certificate_key {p}/srv.key;\n  root {d}/www;\n }}\n \
+                 server {{\n  listen 127.0.0.1:{plain_port};\n  root {d}/www;\n }}"
+            )
+        };
+        let nginx = Nginx::start("https", servers, &[tls_port, plain_port]);
+        let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+        let mut h = hc(HealthCheckKind::Https, 2.0);
+        h.path = Some("/healthz".into());
+        let mut got = Vec::new();
+        if nginx.is_some() {
+            got.push(check(&h, "svc", addr));
+            h.path = Some("/missing".into());
+            got.push(check(&h, "svc", addr));
+            h.path = Some("/healthz".into());
+            h.tls_ca = Some(format!("{p}/ca.pem"));
+            got.push(check(&h, "svc", addr));
+            h.host = Some("www.example.test".into());
+            got.push(check(&h, "svc", addr));
+            h.host = Some("other.example.test".into());
+            got.push(check(&h, "svc", addr));
+            h.host = Some("www.example.test".into());
+            h.tls_ca = Some(format!("{p}/other.pem"));
+            got.push(check(&h, "svc", addr));
+            h.tls_ca = Some(format!("{p}/missing.pem"));
+            got.push(check(&h, "svc", addr));
+            h.tls_ca = None;
+            got.push(check(&h, "svc", format!("127.0.0.1:{plain_port}").parse().unwrap()));
+        }
+        drop(nginx);
+        let _ = std::fs::remove_dir_all(&pki);
+        if got.is_empty() {
+            return;
+        }
+        assert_eq!(got[0], Ok(()), "not verified: any certificate");
+        assert_eq!(got[1], Err("HTTP status 404, expected 2xx".into()));
+        assert_eq!(got[2], Ok(()), "verified for the server's address (IP SAN)");
+        assert_eq!(got[3], Ok(()), "verified for host (DNS SAN, sent as SNI)");
+        let err = |i: usize| got[i].clone().expect_err("fails");
+        assert!(
+            err(4).starts_with("TLS handshake: ")
+                && err(4).contains("certificate not valid for name \"other.example.test\""),
+            "{}",
+            err(4)
+        );
+        assert!(err(5).starts_with("TLS handshake: ") && err(5).contains("UnknownIssuer"), "{}", err(5));
+        assert!(err(6).starts_with(&format!("tls_ca {p}/missing.pem: ")), "{}", err(6));
+        assert!(err(7).starts_with("TLS handshake: "), "a plain HTTP port: {}", err(7));
     }
 
     /// An `exec` check of `body` (a `/bin/sh` script written to a new directory of its own,

@@ -31,7 +31,7 @@
 //!   `forward=nat|dr|tunnel|fnat`, `syn-proxy=on|off`, `local=A,B,..`,
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
-//!   check-host= check-status= check-command=ARG,ARG,.. check-user=
+//!   check-host= check-status= check-tls-ca= check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
 //!   check-fall= check-remove check-start-down`, and the notify programs as
 //!   `notify-up=ARG,ARG,.. notify-down= notify-quorum-up= notify-quorum-down=
@@ -1017,6 +1017,7 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("check-path", v)) => check.path = Some(dec("check-path", v)?),
             Some(("check-host", v)) => check.host = Some(dec("check-host", v)?),
             Some(("check-status", v)) => check.status = Some(num("check-status", v)?),
+            Some(("check-tls-ca", v)) => check.tls_ca = Some(dec("check-tls-ca", v)?),
             Some(("check-command", v)) => {
                 check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
             }
@@ -1918,6 +1919,9 @@ fn write_ext_options(out: &mut String, s: &Service) {
     if let Some(st) = h.status {
         let _ = write!(out, " check-status={st}");
     }
+    if let Some(ca) = &h.tls_ca {
+        let _ = write!(out, " check-tls-ca={}", enc(ca));
+    }
     if !h.command.is_empty() {
         let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
         let _ = write!(out, " check-command={}", c.join(","));
@@ -2634,6 +2638,12 @@ ports = [80]
 scheduler = "rr"
 forward = "nat"
 
+[service.health_check]
+type = "https"
+port = 443
+host = "www.example.com"
+tls_ca = "/etc/ferrovs/ca, 1 %.pem"
+
 [[service.real_server]]
 address = "10.0.2.5"
 
@@ -2753,6 +2763,15 @@ forward = "tunnel"
                 "exec",
                 nulls,
                 r#"["/usr/local/bin/check","--name=a b","x,y",""],"user":"nobody""#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            // `tls_ca` only where it is set.
+            check(
+                "https",
+                r#""port":443,"send":null,"expect":null,"path":null,"host":"www.example.com","status":null,"tls_ca":"/etc/ferrovs/ca, 1 %.pem""#,
+                r#"[],"user":null"#,
                 [r#""5""#, "null", r#""3""#],
                 r#""rise":2,"fall":3"#,
                 r#""remove":false,"start_down":false"#,
