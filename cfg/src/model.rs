@@ -583,6 +583,9 @@ pub enum HealthCheckKind {
     /// HTTPS: a TLS handshake, then `http`'s request and status over it (keepalived's
     /// `SSL_GET`). The certificate is verified only with `tls_ca`.
     Https,
+    /// DNS over UDP: a query for `query_name` / `query_type`, answered without an error code
+    /// (keepalived's `DNS_CHECK`).
+    Dns,
     /// Run the program `command` (an argv, no shell); exit status 0 is up (keepalived's
     /// `MISC_CHECK`).
     Exec,
@@ -612,6 +615,13 @@ pub struct HealthCheck {
     /// is then the form daemons and `ferrovsadm`s from before `https` read and write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<String>,
+    /// `dns`: the name queried (default `.`, the root, as keepalived) and its type, one of
+    /// [`HealthCheck::DNS_TYPES`] (default `SOA`). Left out of the control socket's form when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_type: Option<String>,
     /// `exec`: the program (an absolute path) and its arguments, run without a shell; empty
     /// for the other types.
     #[serde(default)]
@@ -668,17 +678,19 @@ impl HealthCheckKind {
             HealthCheckKind::Ftp => "ftp",
             HealthCheckKind::Http => "http",
             HealthCheckKind::Https => "https",
+            HealthCheckKind::Dns => "dns",
             HealthCheckKind::Exec => "exec",
         }
     }
 
     /// Every type, in the order the documentation lists them.
-    pub const ALL: [HealthCheckKind; 6] = [
+    pub const ALL: [HealthCheckKind; 7] = [
         HealthCheckKind::Tcp,
         HealthCheckKind::SendExpect,
         HealthCheckKind::Ftp,
         HealthCheckKind::Http,
         HealthCheckKind::Https,
+        HealthCheckKind::Dns,
         HealthCheckKind::Exec,
     ];
 
@@ -701,6 +713,30 @@ impl HealthCheck {
     pub const DEFAULT_RISE: u32 = 2;
     pub const DEFAULT_FALL: u32 = 3;
     pub const DEFAULT_QUIESCE: bool = true;
+    /// The record types a `dns` check may ask for (keepalived's list) and their codes.
+    pub const DNS_TYPES: [(&'static str, u16); 7] =
+        [("A", 1), ("NS", 2), ("CNAME", 5), ("SOA", 6), ("MX", 15), ("TXT", 16), ("AAAA", 28)];
+    pub const DEFAULT_QUERY_NAME: &'static str = ".";
+    pub const DEFAULT_QUERY_TYPE: &'static str = "SOA";
+
+    /// A `dns` check's query name as valid: `.` (the root) or dot-separated labels of 1 to
+    /// 63 letters, digits, `-` or `_`, a final dot optional, at most 253 bytes in all.
+    pub fn valid_query_name(name: &str) -> bool {
+        if name == "." {
+            return true;
+        }
+        let n = name.strip_suffix('.').unwrap_or(name);
+        !n.is_empty()
+            && n.len() <= 253
+            && n.split('.').all(|l| {
+                (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    }
+
+    /// The code of a `dns` check's record type (any case), if it is one of [`Self::DNS_TYPES`].
+    pub fn dns_type_code(name: &str) -> Option<u16> {
+        Self::DNS_TYPES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, c)| c)
+    }
 
     /// A check of `kind` with every other setting at its default.
     pub fn new(kind: HealthCheckKind) -> HealthCheck {
@@ -713,6 +749,8 @@ impl HealthCheck {
             host: None,
             status: None,
             tls_ca: None,
+            query_name: None,
+            query_type: None,
             command: Vec::new(),
             user: None,
             interval: Self::DEFAULT_INTERVAL,

@@ -282,6 +282,12 @@ pub(crate) fn service(s: &Service) -> String {
         if let Some(s) = &h.tls_ca {
             let _ = writeln!(o, "tls_ca = {}", q(s));
         }
+        if let Some(s) = &h.query_name {
+            let _ = writeln!(o, "query_name = {}", q(s));
+        }
+        if let Some(s) = &h.query_type {
+            let _ = writeln!(o, "query_type = {}", q(s));
+        }
         if !h.command.is_empty() {
             let args: Vec<String> = h.command.iter().map(|a| q(a)).collect();
             let _ = writeln!(o, "command = [{}]", args.join(", "));

@@ -1161,6 +1161,7 @@ impl Validator<'_> {
             Some(x) => Some(x.get_ref().clone()),
             None => None,
         };
+        let (query_name, query_type) = self.dns_fields(r, kind)?;
         let (command, user) = self.exec_fields(r, kind)?;
         Ok(HealthCheck {
             kind,
@@ -1171,6 +1172,8 @@ impl Validator<'_> {
             host,
             status,
             tls_ca,
+            query_name,
+            query_type,
             command,
             user,
             interval,
@@ -1185,6 +1188,41 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `dns`'s `query_name` and `query_type` (for type `dns` only): a valid name, a known
+    /// type (kept in upper case).
+    fn dns_fields(&self, r: &RawHealthCheck, kind: HealthCheckKind) -> R<(Option<String>, Option<String>)> {
+        let dns = kind == HealthCheckKind::Dns;
+        let only = |sp: Range<usize>, what: &str| self.err(sp, format!("health check `{what}` is for type \"dns\""));
+        let name = match &r.query_name {
+            Some(x) if !dns => return Err(only(span_of(x), "query_name")),
+            Some(x) if !HealthCheck::valid_query_name(x.get_ref()) => {
+                return Err(self.err(
+                    span_of(x),
+                    format!(
+                        "health check query_name {:?} must be \".\" or a DNS name (labels of 1 to 63 letters, digits, \
+                         '-' or '_', at most 253 bytes)",
+                        x.get_ref()
+                    ),
+                ))
+            }
+            Some(x) => Some(x.get_ref().clone()),
+            None => None,
+        };
+        let ty = match &r.query_type {
+            Some(x) if !dns => return Err(only(span_of(x), "query_type")),
+            Some(x) if HealthCheck::dns_type_code(x.get_ref()).is_none() => {
+                let names: Vec<&str> = HealthCheck::DNS_TYPES.iter().map(|(n, _)| *n).collect();
+                return Err(self.err(
+                    span_of(x),
+                    format!("health check query_type {:?} must be one of {}", x.get_ref(), names.join(", ")),
+                ));
+            }
+            Some(x) => Some(x.get_ref().to_ascii_uppercase()),
+            None => None,
+        };
+        Ok((name, ty))
+    }
+
     /// `exec`'s `command` and `user`: for type `exec` only, `command` required there. The
     /// program is an absolute path (a relative one would be looked up in the daemon's `PATH`
     /// and working directory, which the config does not show); no string holds a NUL byte,

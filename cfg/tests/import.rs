@@ -782,6 +782,32 @@ fn keepalived_ssl_get_as_an_https_check() {
 }
 
 #[test]
+fn keepalived_dns_check_as_a_dns_check() {
+    // DNS_CHECK was not imported (its real servers were never taken down); it is a `dns`
+    // check now, with keepalived's defaults (3 retries 1 s apart; name "." and type SOA).
+    let conf = |body: &str| {
+        format!(
+            "virtual_server 10.0.0.1 53 {{\n  protocol UDP\n  real_server 10.0.2.2 53 {{\n    DNS_CHECK {{\n{body}    }}\n  }}\n}}\n"
+        )
+    };
+    let imp = from_keepalived(&conf("      name www.example.com\n      type aaaa\n      connect_port 5353\n")).unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (h.kind, h.port, h.query_name.as_deref(), h.query_type.as_deref()),
+        (HealthCheckKind::Dns, Some(5353), Some("www.example.com"), Some("AAAA"))
+    );
+    assert_eq!((h.fall, h.retry_interval, h.timeout), (4, Some(1.0), 5.0), "keepalived's DNS_CHECK defaults");
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let imp = from_keepalived(&conf("      type PTR\n      retry 0\n")).unwrap();
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.query_name.as_deref(), h.query_type.as_deref(), h.fall), (None, None, 1));
+    assert!(warned(&imp, 5, "DNS_CHECK type PTR"), "{:?}", imp.warnings);
+    let e = from_keepalived(&conf("      name a..b\n")).unwrap_err();
+    assert_eq!(e.line, Some(5), "{e}");
+}
+
+#[test]
 fn keepalived_misc_check_as_an_exec_check() {
     // MISC_CHECK was warned about and dropped, leaving its real servers never taken down; it is
     // an exec check now, misc_path split as keepalived splits a script (quotes kept together).

@@ -180,6 +180,8 @@ fn good_config_parses_into_expected_model() {
                 host: None,
                 status: None,
                 tls_ca: None,
+                query_name: None,
+                query_type: None,
                 command: Vec::new(),
                 user: None,
                 interval: 2.0,
@@ -376,6 +378,13 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\npath = \"x\"\n", 15, "starting with '/'"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\ntls_ca = \"/ca.pem\"\n", 15, "`tls_ca` is for type \"https\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\ntls_ca = \"ca.pem\"\n", 15, "must be an absolute path"),
+    // dns: query_name and query_type, for type dns only
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \"www.example.com.\"\nquery_type = \"aaaa\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \".\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nquery_name = \"a.b\"\n", 15, "`query_name` is for type \"dns\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \"a..b\"\n", 15, "must be \".\" or a DNS name"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \"a b\"\n", 15, "must be \".\" or a DNS name"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_type = \"PTR\"\n", 15, "query_type \"PTR\" must be one of A, NS, CNAME, SOA, MX, TXT, AAAA"),
     // exec: an argv whose program is an absolute path, for type exec only
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"check.sh\", \"x\"]\n", 15, "health check command \"check.sh\" must be an absolute path"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"../bin/check\"]\n", 15, "must be an absolute path"),

@@ -274,6 +274,9 @@ struct Check {
     path: Option<String>,
     status: Option<u16>,
     host: Option<String>,
+    /// DNS_CHECK: the name and type queried.
+    query_name: Option<String>,
+    query_type: Option<String>,
     /// MISC_CHECK: the script's argv and the user it runs as.
     command: Vec<String>,
     user: Option<String>,
@@ -292,6 +295,8 @@ impl Check {
             path: None,
             status: None,
             host: None,
+            query_name: None,
+            query_type: None,
             command: Vec::new(),
             user: None,
             line,
@@ -391,6 +396,48 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
     let r = own.or(outer);
     c.fall = r.retry.unwrap_or(1) + 1;
     c.retry_interval = r.delay.unwrap_or(if http { 3.0 } else { 1.0 });
+    Ok(c)
+}
+
+/// A `DNS_CHECK` block: a `dns` check of its `name` and `type` (keepalived's defaults, `.` and
+/// `SOA`, are ferrovs' too, so they are left unset when not given), to `connect_port` (else
+/// the real server's), within `connect_timeout`.
+fn dns_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
+    let mut own = Retry::default();
+    let mut c = Check::new(HealthCheckKind::Dns, n.line);
+    for o in n.children.as_deref().unwrap_or(&[]) {
+        match o.key.as_str() {
+            "connect_timeout" => c.timeout = Some(secs(o)?),
+            "connect_port" => {
+                let p = num(o, 65535)? as u16;
+                c.port = (p != 0).then_some(p);
+            }
+            "retry" | "nb_get_retry" | "delay_before_retry" => {
+                own.take(o)?;
+            }
+            "name" => {
+                let name = arg(o)?;
+                if !HealthCheck::valid_query_name(name) {
+                    return Err(err(ORIGIN, o.line, format!("DNS_CHECK name {name:?} is not a DNS name")));
+                }
+                c.query_name = Some(name.to_string());
+            }
+            // keepalived logs an unknown type and keeps its default (SOA); so does the import.
+            "type" => match HealthCheck::dns_type_code(arg(o)?) {
+                Some(_) => c.query_type = Some(arg(o)?.to_ascii_uppercase()),
+                None => warnings.push(format!(
+                    "line {}: DNS_CHECK type {}: not a type keepalived knows, SOA is queried (as keepalived does)",
+                    o.line,
+                    arg(o)?
+                )),
+            },
+            k => warnings.push(format!("line {}: DNS_CHECK option {k} is not supported, ignored", o.line)),
+        }
+    }
+    // keepalived's DNS_CHECK: 3 retries by default (check_dns.c), 1 s before each.
+    let r = own.or(outer);
+    c.fall = r.retry.unwrap_or(3) + 1;
+    c.retry_interval = r.delay.unwrap_or(1.0);
     Ok(c)
 }
 
@@ -903,11 +950,11 @@ fn virtual_server(
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
                     }
-                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" => {
-                        let c = if n.key == "MISC_CHECK" {
-                            misc_block(n, outer, script_user, warnings)?
-                        } else {
-                            Some(check_block(n, vhost, outer, warnings)?)
+                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "DNS_CHECK" => {
+                        let c = match n.key.as_str() {
+                            "MISC_CHECK" => misc_block(n, outer, script_user, warnings)?,
+                            "DNS_CHECK" => Some(dns_block(n, outer, warnings)?),
+                            _ => Some(check_block(n, vhost, outer, warnings)?),
                         };
                         let Some(mut c) = c else { continue };
                         tcp_check = true;
@@ -923,7 +970,8 @@ fn virtual_server(
                         }
                     }
                     k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
-                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET and MISC_CHECK are imported), ignored",
+                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET, DNS_CHECK and MISC_CHECK are \
+                         imported), ignored",
                         n.line
                     )),
                     k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
@@ -1034,6 +1082,8 @@ fn virtual_server(
                 host: c.host,
                 status: c.status,
                 tls_ca: None,
+                query_name: c.query_name,
+                query_type: c.query_type,
                 command: c.command,
                 user: c.user,
                 interval,

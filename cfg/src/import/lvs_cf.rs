@@ -372,6 +372,8 @@ fn virtual_block(
         host: None,
         status: None,
         tls_ca: None,
+        query_name: None,
+        query_type: None,
         command: Vec::new(),
         user: None,
         port: None,

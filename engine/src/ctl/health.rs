@@ -13,6 +13,9 @@
 //!   (any 2xx without one), as keepalived's `HTTP_GET` (the body is not read);
 //! - `https`: the same over TLS (keepalived's `SSL_GET`): the certificate verified against
 //!   `tls_ca` for the `host` name (or the server's address) when given, else not verified;
+//! - `dns`: a query (`query_name`, default `.`; `query_type`, default `SOA`) over UDP, with
+//!   recursion desired; up when the answer (same id, the question echoed) carries no error
+//!   code, as keepalived's `DNS_CHECK` ([`dns::check`]);
 //! - `exec`: run `command` (an argv, no shell), exit status 0 is success, as keepalived's
 //!   `MISC_CHECK` ([`exec_check`]).
 //!
@@ -97,15 +100,17 @@ struct Target {
 /// Run one check of a real server of `service`. `Err` says why it failed.
 pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), String> {
     let timeout = Duration::from_secs_f64(hc.timeout.max(0.01));
-    if hc.kind == HealthCheckKind::Exec {
-        return exec_check(hc, service, addr, timeout);
+    match hc.kind {
+        HealthCheckKind::Exec => return exec_check(hc, service, addr, timeout),
+        HealthCheckKind::Dns => return dns::check(hc, addr, timeout),
+        _ => {}
     }
     let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     match hc.kind {
         HealthCheckKind::Tcp => Ok(()),
-        HealthCheckKind::Exec => unreachable!("run above, without a connection"),
+        HealthCheckKind::Exec | HealthCheckKind::Dns => unreachable!("run above, without a connection"),
         HealthCheckKind::SendExpect => {
             if let Some(send) = &hc.send {
                 s.set_write_timeout(Some(left())).ok();
@@ -154,6 +159,105 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
             tls.conn.send_close_notify();
             let _ = tls.flush();
             r
+        }
+    }
+}
+
+/// The `dns` check.
+pub(crate) mod dns {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// One query to the DNS server at `addr`, answered before `timeout`: its answer (the
+    /// query's id, the response bit, the question echoed; anything else that arrives is
+    /// ignored, as a stray or late datagram) must carry the error code 0 (NOERROR; an
+    /// answer with no records is up too, as with keepalived). No answer at all is a failure,
+    /// and so is an ICMP port unreachable (`connection refused`).
+    pub(crate) fn check(hc: &HealthCheck, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let s = UdpSocket::bind(local).map_err(|e| format!("UDP socket: {e}"))?;
+        s.connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        let id = random_id();
+        let q = query(
+            id,
+            hc.query_name.as_deref().unwrap_or(HealthCheck::DEFAULT_QUERY_NAME),
+            HealthCheck::dns_type_code(hc.query_type.as_deref().unwrap_or(HealthCheck::DEFAULT_QUERY_TYPE))
+                .ok_or("unknown query type")?,
+        );
+        s.send(&q).map_err(|e| format!("send: {e}"))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("no DNS answer".into());
+            }
+            s.set_read_timeout(Some(left)).ok();
+            let n = match s.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err("no DNS answer".into())
+                }
+                Err(e) => return Err(format!("receive: {e}")),
+            };
+            if let Some(rcode) = answer_code(&buf[..n], &q) {
+                return match rcode {
+                    0 => Ok(()),
+                    c => Err(format!("DNS answer {}", rcode_name(c))),
+                };
+            }
+        }
+    }
+
+    /// A query with id `id` for `name` (`.` or dot-separated labels, validated by the config)
+    /// of type `qtype`, class IN, recursion desired.
+    pub(crate) fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+        let mut q = Vec::with_capacity(12 + name.len() + 6);
+        q.extend_from_slice(&id.to_be_bytes());
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&1u16.to_be_bytes());
+        q
+    }
+
+    /// The error code of `r` if it answers `q`: the same id, the response bit set, one
+    /// question, the same as `q`'s (names compared without regard to case, RFC 4343); `None`
+    /// for anything else.
+    pub(crate) fn answer_code(r: &[u8], q: &[u8]) -> Option<u8> {
+        let (qh, question) = q.split_at(12);
+        let (rh, rest) = (r.get(..12)?, r.get(12..)?);
+        let one_question = rh[4..6] == [0, 1];
+        let echoed = rest.get(..question.len()).is_some_and(|e| e.eq_ignore_ascii_case(question));
+        (rh[..2] == qh[..2] && rh[2] & 0x80 != 0 && one_question && echoed).then_some(rh[3] & 0x0f)
+    }
+
+    /// An RCODE's name (RFC 1035, 6895).
+    fn rcode_name(c: u8) -> String {
+        let name = match c {
+            1 => "FORMERR",
+            2 => "SERVFAIL",
+            3 => "NXDOMAIN",
+            4 => "NOTIMP",
+            5 => "REFUSED",
+            _ => return format!("rcode {c}"),
+        };
+        format!("rcode {c} ({name})")
+    }
+
+    /// A query id nobody on the path can guess (getrandom(2); the clock if that fails).
+    fn random_id() -> u16 {
+        let mut b = [0u8; 2];
+        // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n == 2 {
+            u16::from_ne_bytes(b)
+        } else {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u16)
         }
     }
 }
@@ -1057,6 +1161,127 @@ mod tests {
         assert!(err(5).starts_with("TLS handshake: ") && err(5).contains("UnknownIssuer"), "{}", err(5));
         assert!(err(6).starts_with(&format!("tls_ca {p}/missing.pem: ")), "{}", err(6));
         assert!(err(7).starts_with("TLS handshake: "), "a plain HTTP port: {}", err(7));
+    }
+
+    /// The DNS query and the answers taken as its answer (fixture table): the same id, the
+    /// response bit, the question echoed (any case); anything else is not the answer.
+    #[test]
+    fn dns_query_and_answers() {
+        let q = dns::query(0xbeef, "www.Example.com.", 28);
+        let want_q: &[u8] =
+            b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x07Example\x03com\x00\x00\x1c\x00\x01";
+        assert_eq!(q, want_q);
+        assert_eq!(dns::query(1, ".", 6)[12..], [0, 0, 6, 0, 1]);
+        let answer = |id: u16, flags: [u8; 2], qd: u8, question: &[u8]| {
+            let mut r = id.to_be_bytes().to_vec();
+            r.extend_from_slice(&flags);
+            r.extend_from_slice(&[0, qd, 0, 1, 0, 0, 0, 0]);
+            r.extend_from_slice(question);
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+            r.extend_from_slice(&[0u8; 16]);
+            r
+        };
+        let question = &q[12..];
+        let upper: Vec<u8> = question.to_ascii_uppercase();
+        let cases: &[(&str, Vec<u8>, Option<u8>)] = &[
+            ("NOERROR", answer(0xbeef, [0x81, 0x80], 1, question), Some(0)),
+            ("the name in another case", answer(0xbeef, [0x85, 0x80], 1, &upper), Some(0)),
+            ("REFUSED", answer(0xbeef, [0x81, 0x85], 1, question), Some(5)),
+            ("NXDOMAIN", answer(0xbeef, [0x81, 0x83], 1, question), Some(3)),
+            ("another id", answer(0xbeee, [0x81, 0x80], 1, question), None),
+            ("a query, not an answer", answer(0xbeef, [0x01, 0x80], 1, question), None),
+            ("no question", answer(0xbeef, [0x81, 0x80], 0, &[]), None),
+            ("another question", answer(0xbeef, [0x81, 0x80], 1, &dns::query(0, "www.example.org", 28)[12..]), None),
+            ("cut in the header", answer(0xbeef, [0x81, 0x80], 1, question)[..11].to_vec(), None),
+            ("cut in the question", answer(0xbeef, [0x81, 0x80], 1, question)[..20].to_vec(), None),
+        ];
+        for (what, r, want) in cases {
+            assert_eq!(dns::answer_code(r, &q), *want, "{what}");
+        }
+    }
+
+    /// A server that answers with a stray datagram first (another id), then the answer: the
+    /// stray one is passed over; and a port nobody listens on fails at once (ICMP port
+    /// unreachable), a server that never answers at the timeout.
+    #[test]
+    fn dns_check_strays_refusals_and_silence() {
+        let srv = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = srv.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 512];
+            for _ in 0..2 {
+                let Ok((n, from)) = srv.recv_from(&mut b) else { return };
+                let mut r = b[..n].to_vec();
+                r[2] |= 0x80;
+                let mut stray = r.clone();
+                stray[1] ^= 1;
+                srv.send_to(&stray, from).unwrap();
+                srv.send_to(&r, from).unwrap();
+            }
+        });
+        let mut h = hc(HealthCheckKind::Dns, 2.0);
+        assert_eq!(check(&h, "svc", addr), Ok(()));
+        h.query_name = Some("www.example.com".into());
+        h.query_type = Some("MX".into());
+        assert_eq!(check(&h, "svc", addr), Ok(()));
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let t0 = Instant::now();
+        let r = check(&hc(HealthCheckKind::Dns, 2.0), "svc", closed);
+        assert!(r.as_ref().is_err_and(|e| e.contains("refused")), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let r = check(&hc(HealthCheckKind::Dns, 0.3), "svc", silent.local_addr().unwrap());
+        assert_eq!(r, Err("no DNS answer".into()));
+    }
+
+    /// The `dns` check against a real dnsmasq on loopback: a name it holds (NOERROR), a name
+    /// it cannot answer without upstream servers (REFUSED), keepalived's default query (the
+    /// root's SOA: REFUSED too), over IPv4.
+    #[test]
+    fn dns_check_against_dnsmasq() {
+        let Some(dnsmasq) =
+            ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| std::path::Path::new(p).exists())
+        else {
+            assert!(std::env::var_os("CI").is_none(), "dnsmasq missing (scripts/install-deps installs it)");
+            eprintln!("dnsmasq not installed: skipped (scripts/install-deps installs it)");
+            return;
+        };
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = std::process::Command::new(dnsmasq)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                "--pid-file=",
+                "--address=/www.example.test/10.0.0.7",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut h = hc(HealthCheckKind::Dns, 1.0);
+        h.query_name = Some("www.example.test".into());
+        h.query_type = Some("A".into());
+        // Until dnsmasq listens (a refusal until then).
+        let t0 = Instant::now();
+        let mut up = check(&h, "svc", addr);
+        while up.is_err() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+            up = check(&h, "svc", addr);
+        }
+        h.query_name = Some("other.test".into());
+        let other = check(&h, "svc", addr);
+        let root = check(&hc(HealthCheckKind::Dns, 1.0), "svc", addr);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(up, Ok(()));
+        assert_eq!(other, Err("DNS answer rcode 5 (REFUSED)".into()));
+        assert_eq!(root, Err("DNS answer rcode 5 (REFUSED)".into()));
     }
 
     /// An `exec` check of `body` (a `/bin/sh` script written to a new directory of its own,

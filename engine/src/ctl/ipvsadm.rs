@@ -31,7 +31,8 @@
 //!   `forward=nat|dr|tunnel|fnat`, `syn-proxy=on|off`, `local=A,B,..`,
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
-//!   check-host= check-status= check-tls-ca= check-command=ARG,ARG,.. check-user=
+//!   check-host= check-status= check-tls-ca= check-query-name= check-query-type=
+//!   check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
 //!   check-fall= check-remove check-start-down`, and the notify programs as
 //!   `notify-up=ARG,ARG,.. notify-down= notify-quorum-up= notify-quorum-down=
@@ -1018,6 +1019,8 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("check-host", v)) => check.host = Some(dec("check-host", v)?),
             Some(("check-status", v)) => check.status = Some(num("check-status", v)?),
             Some(("check-tls-ca", v)) => check.tls_ca = Some(dec("check-tls-ca", v)?),
+            Some(("check-query-name", v)) => check.query_name = Some(dec("check-query-name", v)?),
+            Some(("check-query-type", v)) => check.query_type = Some(dec("check-query-type", v)?),
             Some(("check-command", v)) => {
                 check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
             }
@@ -1919,8 +1922,10 @@ fn write_ext_options(out: &mut String, s: &Service) {
     if let Some(st) = h.status {
         let _ = write!(out, " check-status={st}");
     }
-    if let Some(ca) = &h.tls_ca {
-        let _ = write!(out, " check-tls-ca={}", enc(ca));
+    for (k, v) in [("tls-ca", &h.tls_ca), ("query-name", &h.query_name), ("query-type", &h.query_type)] {
+        if let Some(v) = v {
+            let _ = write!(out, " check-{k}={}", enc(v));
+        }
     }
     if !h.command.is_empty() {
         let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
@@ -2657,6 +2662,11 @@ vip = "10.0.0.4"
 protocol = "udp"
 ports = [53]
 forward = "tunnel"
+
+[service.health_check]
+type = "dns"
+query_name = "www.example.com."
+query_type = "AAAA"
 "#;
 
     /// What of `want`'s services `got` lost or changed, field by field (services by name, real
@@ -2771,6 +2781,14 @@ forward = "tunnel"
             check(
                 "https",
                 r#""port":443,"send":null,"expect":null,"path":null,"host":"www.example.com","status":null,"tls_ca":"/etc/ferrovs/ca, 1 %.pem""#,
+                r#"[],"user":null"#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            check(
+                "dns",
+                &format!(r#"{nulls},"query_name":"www.example.com.","query_type":"AAAA""#),
                 r#"[],"user":null"#,
                 [r#""5""#, "null", r#""3""#],
                 r#""rise":2,"fall":3"#,
