@@ -543,26 +543,46 @@ impl State {
         json!(workers)
     }
 
-    /// New connections each service refused, by reason (every service, every reason of
-    /// [`crate::pipeline::counters::REFUSALS`], summed over the workers).
-    fn refused(&self) -> Value {
+    /// New connections each service refused, by reason: every service, every reason of
+    /// [`crate::pipeline::counters::REFUSALS`] in its order, summed over the workers.
+    fn refusal_counts(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.snapshot();
         let per = self.view.service_counters();
-        let rows: Vec<Value> = snap
-            .services
+        let count = |i: usize, k: usize| -> u64 {
+            per.iter().filter_map(|v| v.get(i)).map(|c| c.refused.0[k].load(Relaxed)).sum()
+        };
+        snap.services
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut by = serde_json::Map::new();
-                for (k, r) in crate::pipeline::counters::REFUSALS.iter().enumerate() {
-                    let n: u64 = per.iter().filter_map(|v| v.get(i)).map(|c| c.refused.0[k].load(Relaxed)).sum();
-                    by.insert(r.label().into(), json!(n));
-                }
-                json!({"service": s.name, "refused": by})
+                let by = crate::pipeline::counters::REFUSALS.iter().enumerate().map(|(k, r)| (r.label(), count(i, k)));
+                (s.name.clone(), by.collect())
+            })
+            .collect()
+    }
+
+    /// [`State::refusal_counts`] as the `drops` reply's `services`.
+    fn refused(&self) -> Value {
+        let rows: Vec<Value> = self
+            .refusal_counts()
+            .into_iter()
+            .map(|(name, by)| {
+                let by: serde_json::Map<String, Value> =
+                    by.into_iter().map(|(r, n)| (r.to_string(), json!(n))).collect();
+                json!({"service": name, "refused": by})
             })
             .collect();
         json!(rows)
+    }
+
+    /// The non-zero counts of [`State::refusal_counts`]: (service, reason, count).
+    fn refused_rows(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        for (name, by) in self.refusal_counts() {
+            out.extend(by.into_iter().filter(|&(_, n)| n > 0).map(|(r, n)| (name.clone(), r.to_string(), n)));
+        }
+        out
     }
 
     pub(crate) fn ftp(&self) -> Value {
@@ -713,6 +733,7 @@ impl State {
             rx_packets: total.rx_packets,
             tx_packets: total.tx_packets,
             drops,
+            refused: self.refused_rows(),
             ftp: self.ftp().as_array().map(|a| a.iter().map(FtpRow::from_json).collect()).unwrap_or_default(),
             health: self.health(),
         }
@@ -1584,5 +1605,9 @@ address = "127.0.0.2"
             m.contains("\nferrovs_service_refused_total{service=\"tcp-10.0.0.1-80\",reason=\"table_full\"} 0\n"),
             "{m}"
         );
+        // The status page's and `ferrovsadm top`'s: the non-zero counts in the reasons' order.
+        let ov = st.overview();
+        let row = |r: &str, n: u64| ("tcp-10.0.0.1-80".to_string(), r.to_string(), n);
+        assert_eq!(ov.refused, vec![row("source_denied", 2), row("no_real_server", 1)]);
     }
 }

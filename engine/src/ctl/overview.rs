@@ -59,6 +59,11 @@ pub struct Overview {
     /// Drops summed over workers, every reason (zeros included), in
     /// [`crate::pipeline::counters::DropReason::ALL`] order.
     pub drops: Vec<(String, u64)>,
+    /// New connections refused per service: (service, reason, count) for each non-zero
+    /// count, by service then in [`crate::pipeline::counters::REFUSALS`] order. Absent (empty)
+    /// from a daemon that predates it.
+    #[serde(default)]
+    pub refused: Vec<(String, String, u64)>,
     pub ftp: Vec<FtpRow>,
     pub health: Vec<HealthInfo>,
 }
@@ -263,6 +268,9 @@ pub fn text(ov: &Overview, col: &str, reverse: bool) -> String {
     }
     let nz: Vec<String> = ov.drops.iter().filter(|d| d.1 > 0).map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(s, "drops: {}", if nz.is_empty() { "none".into() } else { nz.join(" ") });
+    for (svc, reason, n) in &ov.refused {
+        let _ = writeln!(s, "refused {svc}: {reason}={n}");
+    }
     for f in &ov.ftp {
         let parts: Vec<String> = f.counters.iter().filter(|c| c.1 > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ =
@@ -332,7 +340,8 @@ pub(crate) mod tests {
             flow_capacity: 1000,
             rx_packets: 10,
             tx_packets: 9,
-            drops: vec![("no_service".into(), 3), ("no_flow".into(), 0)],
+            drops: vec![("no_service".into(), 3), ("no_flow".into(), 0), ("source_denied".into(), 2)],
+            refused: vec![("<web&>".into(), "source_denied".into(), 2)],
             ftp: vec![FtpRow {
                 service: "ftp".into(),
                 counters: crate::pipeline::counters::FtpCounters::names()
@@ -384,7 +393,8 @@ pub(crate) mod tests {
         assert!(t.starts_with("ferrovs 0.1.0 up 01:02:05, 2 workers, flows 250 of 1000 (25.0%)"), "{t}");
         assert!(t.contains("  -> 10.0.2.3:21"), "{t}");
         assert!(t.contains("0/1"), "quiesced weight shown as in-use/configured: {t}");
-        assert!(t.contains("drops: no_service=3\n"), "{t}");
+        assert!(t.contains("drops: no_service=3 source_denied=2\n"), "{t}");
+        assert!(t.contains("refused <web&>: source_denied=2\n"), "{t}");
         assert!(t.contains("ftp ftp: control_sessions=7 rewrites=4\n"), "{t}");
     }
 
@@ -400,8 +410,12 @@ pub(crate) mod tests {
     #[test]
     fn overview_survives_json() {
         let ov = sample();
-        let v = serde_json::to_value(&ov).unwrap();
-        let back: Overview = serde_json::from_value(v).unwrap();
+        let mut v = serde_json::to_value(&ov).unwrap();
+        let back: Overview = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(back, ov);
+        // From a daemon without per-service refusals.
+        v.as_object_mut().unwrap().remove("refused");
+        let back: Overview = serde_json::from_value(v).unwrap();
+        assert!(back.refused.is_empty());
     }
 }

@@ -173,6 +173,15 @@ pub fn render(ov: &Overview) -> String {
         let _ = writeln!(s, "<tr><td>{}</td><td>{v}</td></tr>", esc(k));
     }
     s.push_str("</tbody></table></div>\n");
+    if !ov.refused.is_empty() {
+        s.push_str(
+            "<h2>New connections refused</h2><div class=\"scroll\"><table id=\"refused\"><thead><tr><th>service</th><th>reason</th><th>connections</th></tr></thead><tbody>\n",
+        );
+        for (svc, reason, n) in &ov.refused {
+            let _ = writeln!(s, "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>", esc(svc), esc(reason));
+        }
+        s.push_str("</tbody></table></div>\n");
+    }
 
     if !ov.ftp.is_empty() {
         // One row per counter, one column per FTP service: narrow enough for a phone.
@@ -232,6 +241,10 @@ mod tests {
         assert!(p.contains("<td class=\"down\">down</td>"));
         assert!(p.contains("<span class=\"quiesced\">0</span> (1)"), "quiesced weight");
         assert!(p.contains("<td>no_service</td><td>3</td>"));
+        assert!(
+            p.contains("<tr><td>&lt;web&amp;&gt;</td><td>source_denied</td><td>2</td></tr>"),
+            "refusals per service"
+        );
         assert!(!p.contains("no_flow"), "zero drop reasons are left out");
         assert!(
             p.contains("<th>counter</th><th>ftp</th>") && p.contains("<tr><td>control sessions</td><td>7</td></tr>")

@@ -156,7 +156,8 @@ fn draw(f: &mut ratatui::Frame, ov: &Overview, sort: &SortState, err: Option<&st
     use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 
     let area = f.area();
-    let bottom_h = (ov.ftp.len().max(ov.drops.iter().filter(|d| d.1 > 0).count()) as u16 + 3).clamp(4, 12);
+    let drop_lines = ov.drops.iter().filter(|d| d.1 > 0).count() + ov.refused.len();
+    let bottom_h = (ov.ftp.len().max(drop_lines) as u16 + 3).clamp(4, 12);
     let [head, main, bottom] =
         Layout::vertical([Constraint::Length(3), Constraint::Min(5), Constraint::Length(bottom_h)]).areas(area);
 
@@ -240,6 +241,12 @@ fn draw(f: &mut ratatui::Frame, ov: &Overview, sort: &SortState, err: Option<&st
         .iter()
         .filter(|d| d.1 > 0)
         .map(|(k, v)| Row::new(vec![Cell::from(k.clone()), Cell::from(v.to_string())]))
+        // Then the new connections each service refused (counted in the reasons above too).
+        .chain(
+            ov.refused
+                .iter()
+                .map(|(svc, r, n)| Row::new(vec![Cell::from(format!(" {svc}: {r}")), Cell::from(n.to_string())])),
+        )
         .collect();
     let drops = if drops.is_empty() { vec![Row::new(vec![Cell::from("no drops")])] } else { drops };
     f.render_widget(
@@ -301,8 +308,15 @@ mod tests {
         let text: String = (0..buf.area.height)
             .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n")
             .collect();
-        for want in ["ferrovs", "10.0.2.2:21", "<web&> (TCP 10.0.1.100:21)", "no_service", "FTP gateway", "sort: conns"]
-        {
+        for want in [
+            "ferrovs",
+            "10.0.2.2:21",
+            "<web&> (TCP 10.0.1.100:21)",
+            "no_service",
+            " <web&>: source_denied",
+            "FTP gateway",
+            "sort: conns",
+        ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         let web = text.find("<web&>").unwrap();
