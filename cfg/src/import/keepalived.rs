@@ -304,6 +304,23 @@ impl Check {
     }
 }
 
+impl Check {
+    /// Takes `o` if it is one of the options every connecting check has (true): its
+    /// `connect_timeout`, `connect_port` (0: the real server's), and its retry options into
+    /// `own`.
+    fn connection_option(&mut self, o: &Node, own: &mut Retry) -> Result<bool, ConfigError> {
+        match o.key.as_str() {
+            "connect_timeout" => self.timeout = Some(secs(o)?),
+            "connect_port" => {
+                let p = num(o, 65535)? as u16;
+                self.port = (p != 0).then_some(p);
+            }
+            _ => return own.take(o),
+        }
+        Ok(true)
+    }
+}
+
 /// `retry` and `delay_before_retry` given at a level above a check (its real_server, its
 /// virtual_server), for the checks that give none; keepalived >= 2.0 takes the check's, else
 /// the real_server's, else the virtual_server's, else the checker's default.
@@ -346,15 +363,10 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
     let mut c = Check { host: vhost.filter(|_| http).map(str::to_string), ..Check::new(kind, n.line) };
     let mut urls = 0;
     for o in n.children.as_deref().unwrap_or(&[]) {
+        if c.connection_option(o, &mut own)? {
+            continue;
+        }
         match o.key.as_str() {
-            "connect_timeout" => c.timeout = Some(secs(o)?),
-            "connect_port" => {
-                let p = num(o, 65535)? as u16;
-                c.port = (p != 0).then_some(p);
-            }
-            "retry" | "nb_get_retry" | "delay_before_retry" => {
-                own.take(o)?;
-            }
             "virtualhost" if http => c.host = Some(arg(o)?.to_string()),
             "url" if http => {
                 urls += 1;
@@ -406,15 +418,10 @@ fn dns_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check
     let mut own = Retry::default();
     let mut c = Check::new(HealthCheckKind::Dns, n.line);
     for o in n.children.as_deref().unwrap_or(&[]) {
+        if c.connection_option(o, &mut own)? {
+            continue;
+        }
         match o.key.as_str() {
-            "connect_timeout" => c.timeout = Some(secs(o)?),
-            "connect_port" => {
-                let p = num(o, 65535)? as u16;
-                c.port = (p != 0).then_some(p);
-            }
-            "retry" | "nb_get_retry" | "delay_before_retry" => {
-                own.take(o)?;
-            }
             "name" => {
                 let name = arg(o)?;
                 if !HealthCheck::valid_query_name(name) {

@@ -962,6 +962,28 @@ mod tests {
             let line = format!("HTTP/{major}.{minor} {code} {reason}\r");
             proptest::prop_assert_eq!(status_line(line.as_bytes()), Ok(code));
         }
+        /// Any datagram a server sends back to a DNS query: never a panic, and taken as the
+        /// answer only with the query's id and question.
+        #[test]
+        fn dns_datagrams_never_panic(
+            r in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            id in proptest::prelude::any::<u16>(),
+            echo in proptest::prelude::any::<bool>(),
+        ) {
+            let q = dns::query(id, "a.example", 1);
+            let mut r = r;
+            if echo && r.len() >= 12 {
+                // Most of the time the header's id and question count and the question match,
+                // so the flags and the rest are what varies.
+                r[..2].copy_from_slice(&id.to_be_bytes());
+                r[4..6].copy_from_slice(&[0, 1]);
+                r.splice(12.., q[12..].iter().copied());
+            }
+            if let Some(code) = dns::answer_code(&r, &q) {
+                proptest::prop_assert!(r[..2] == q[..2] && r[2] & 0x80 != 0 && code == r[3] & 0x0f);
+                proptest::prop_assert!(r.get(12..q.len()).is_some_and(|x| x.eq_ignore_ascii_case(&q[12..])));
+            }
+        }
     }
 
     /// A server that sends an endless status line, or nothing: the check ends at its timeout.
