@@ -146,6 +146,7 @@ pub const KEYS: &[Key] = &[
     k("service.health_check", "path", "string", Some("\"/\""), "What http and https request (GET, HTTP/1.0)."),
     k("service.health_check", "host", "string", None, "The Host header http and https send; https also sends it as SNI (a DNS name) and verifies the certificate for it with tls_ca. Default: the real server's address and port."),
     k("service.health_check", "status", "integer 100..599", None, "The status http and https expect. Default: any 2xx."),
+    k("service.health_check", "digest", "string", None, "http, https: the MD5 of the response's body, 32 hex digits (keepalived's digest, as its genhash prints it), checked besides the status. Default: the body is not read."),
     k("service.health_check", "tls_ca", "string", None, "https: a PEM file (absolute path) of the CA certificates the server's certificate must chain to, for host or the server's address; read at each check. Default: the certificate is not verified (as keepalived's SSL_GET), only the TLS handshake must complete."),
     k("service.health_check", "query_name", "string", Some("\".\""), "The name dns queries (keepalived's DNS_CHECK name)."),
     k("service.health_check", "query_type", "\"A\" | \"NS\" | \"CNAME\" | \"SOA\" | \"MX\" | \"TXT\" | \"AAAA\"", Some("\"SOA\""), "The record type dns queries (keepalived's DNS_CHECK type)."),

@@ -608,6 +608,11 @@ pub struct HealthCheck {
     pub path: Option<String>,
     pub host: Option<String>,
     pub status: Option<u16>,
+    /// `http`, `https`: the MD5 of the response's body (32 lower-case hex digits, as
+    /// keepalived's `digest` and its `genhash` write it), checked besides the status. Left
+    /// out of the control socket's form when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// `https`: a PEM file (absolute path) of the CA certificates the server's certificate
     /// must chain to, for the name `host` (or the real server's address); read at each
     /// check. `None`: the certificate is not verified (keepalived's `SSL_GET`), only the
@@ -748,6 +753,7 @@ impl HealthCheck {
             path: None,
             host: None,
             status: None,
+            digest: None,
             tls_ca: None,
             query_name: None,
             query_type: None,

@@ -222,6 +222,7 @@ pub(crate) struct RawHealthCheck {
     pub host: Option<S<String>>,
     pub status: Option<S<i64>>,
     pub tls_ca: Option<S<String>>,
+    pub digest: Option<S<String>>,
     pub query_name: Option<S<String>>,
     pub query_type: Option<S<String>>,
     pub command: Option<S<Vec<S<String>>>>,

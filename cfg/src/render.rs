@@ -279,6 +279,9 @@ pub(crate) fn service(s: &Service) -> String {
         if let Some(s) = h.status {
             let _ = writeln!(o, "status = {s}");
         }
+        if let Some(s) = &h.digest {
+            let _ = writeln!(o, "digest = {}", q(s));
+        }
         if let Some(s) = &h.tls_ca {
             let _ = writeln!(o, "tls_ca = {}", q(s));
         }

@@ -1143,6 +1143,20 @@ impl Validator<'_> {
             Some(x) => Some(self.int(x, 100, 599, "health check status")? as u16),
             None => None,
         };
+        // `http` and `https`: an MD5 in hex, kept in lower case.
+        let digest = match &r.digest {
+            Some(x) if !http => {
+                return Err(self.err(span_of(x), "health check `digest` is for type \"http\" or \"https\""))
+            }
+            Some(x) if x.get_ref().len() != 32 || !x.get_ref().bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Err(self.err(
+                    span_of(x),
+                    format!("health check digest {:?} must be an MD5 in hex (32 hex digits)", x.get_ref()),
+                ))
+            }
+            Some(x) => Some(x.get_ref().to_ascii_lowercase()),
+            None => None,
+        };
         // `https` only: an absolute path (a relative one would depend on the daemon's working
         // directory), read when the check runs.
         let tls_ca = match &r.tls_ca {
@@ -1171,6 +1185,7 @@ impl Validator<'_> {
             path,
             host,
             status,
+            digest,
             tls_ca,
             query_name,
             query_type,

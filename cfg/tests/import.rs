@@ -694,7 +694,7 @@ fn keepalived_http_get() {
         )
     };
     let imp = from_keepalived(&conf(
-        "    HTTP_GET {\n      url {\n        path /healthz?full=1\n        status_code 204\n        digest 9b3a0c85\n      }\n      \
+        "    HTTP_GET {\n      url {\n        path /healthz?full=1\n        status_code 204\n        digest 9b3a0c85a887a256d6939da88aabd8cd\n      }\n      \
          url {\n        path /other\n      }\n      connect_port 8081\n      connect_timeout 2\n      retry 2\n      \
          delay_before_retry 1\n    }",
     ))
@@ -707,7 +707,7 @@ fn keepalived_http_get() {
         (Some("/healthz?full=1"), Some(204), Some("www.example.com"))
     );
     assert_eq!((h.port, h.timeout, h.interval, h.fall), (Some(8081), 2.0, 4.0, 3));
-    assert!(warned(&imp, 9, "digest"), "{:?}", imp.warnings);
+    assert_eq!(h.digest.as_deref(), Some("9b3a0c85a887a256d6939da88aabd8cd"), "the url's digest");
     assert!(warned(&imp, 11, "only the first url"), "{:?}", imp.warnings);
     assert_eq!(h.retry_interval, Some(1.0), "delay_before_retry 1");
     assert!(!imp.warnings.iter().any(|w| w.contains("delay_before_retry")), "{:?}", imp.warnings);
@@ -766,7 +766,7 @@ fn keepalived_ssl_get_as_an_https_check() {
     // it is an `https` check now: its url's path and status, the virtualhost (also the SNI).
     let imp = from_keepalived(
         "virtual_server 10.0.0.1 443 {\n  delay_loop 10\n  real_server 10.0.2.2 443 {\n    SSL_GET {\n      \
-         url {\n        path /health\n        status_code 204\n        digest 0123\n      }\n      \
+         url {\n        path /health\n        status_code 204\n        digest EFF5BC1EF8EC9D03E640FC4370F5EACD\n      }\n      \
          virtualhost www.example.com\n      connect_timeout 2\n      enable_sni\n    }\n  }\n}\n",
     )
     .unwrap();
@@ -776,9 +776,16 @@ fn keepalived_ssl_get_as_an_https_check() {
         (h.kind, h.port, h.path.as_deref(), h.status, h.host.as_deref(), h.timeout, h.tls_ca.as_deref()),
         (HealthCheckKind::Https, None, Some("/health"), Some(204), Some("www.example.com"), 2.0, None)
     );
+    assert_eq!(h.digest.as_deref(), Some("eff5bc1ef8ec9d03e640fc4370f5eacd"), "the url's digest, in lower case");
     assert_eq!((h.fall, h.retry_interval), (2, Some(3.0)), "keepalived's SSL_GET defaults");
-    assert!(warned(&imp, 8, "url option digest is not supported"), "{:?}", imp.warnings);
-    assert_eq!(imp.warnings.len(), 1, "{:?}", imp.warnings);
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    // A digest that is not an MD5 in hex: keepalived refuses it, so does the import.
+    let e = from_keepalived(
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    HTTP_GET {\n      url {\n        \
+         path /\n        digest 0123\n      }\n    }\n  }\n}\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(6), "{e}");
 }
 
 #[test]

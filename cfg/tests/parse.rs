@@ -179,6 +179,7 @@ fn good_config_parses_into_expected_model() {
                 path: None,
                 host: None,
                 status: None,
+                digest: None,
                 tls_ca: None,
                 query_name: None,
                 query_type: None,
@@ -378,6 +379,10 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\npath = \"x\"\n", 15, "starting with '/'"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\ntls_ca = \"/ca.pem\"\n", 15, "`tls_ca` is for type \"https\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\ntls_ca = \"ca.pem\"\n", 15, "must be an absolute path"),
+    // digest: http and https, an MD5 in hex
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"http\"\ndigest = \"EFF5BC1EF8EC9D03E640FC4370F5EACD\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\ndigest = \"eff5bc1ef8ec9d03e640fc4370f5eacd\"\n", 15, "`digest` is for type \"http\" or \"https\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"https\"\ndigest = \"eff5bc1ef8\"\n", 15, "must be an MD5 in hex"),
     // dns: query_name and query_type, for type dns only
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \"www.example.com.\"\nquery_type = \"aaaa\"\n", 0, ""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \".\"\n", 0, ""),

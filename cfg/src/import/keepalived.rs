@@ -270,8 +270,9 @@ struct Check {
     fall: u32,
     /// Seconds to the check after a failure that has not yet taken the server down.
     retry_interval: f64,
-    /// HTTP_GET, SSL_GET: the (first) url's path and status_code, and the virtualhost.
+    /// HTTP_GET, SSL_GET: the (first) url's path, status_code and digest, and the virtualhost.
     path: Option<String>,
+    digest: Option<String>,
     status: Option<u16>,
     host: Option<String>,
     /// DNS_CHECK: the name and type queried.
@@ -293,6 +294,7 @@ impl Check {
             fall: 0,
             retry_interval: 0.0,
             path: None,
+            digest: None,
             status: None,
             host: None,
             query_name: None,
@@ -378,6 +380,13 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
                 for u in o.children.as_deref().unwrap_or(&[]) {
                     match u.key.as_str() {
                         "path" => c.path = Some(arg(u)?.to_string()),
+                        "digest" => {
+                            let d = arg(u)?;
+                            if d.len() != 32 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                                return Err(err(ORIGIN, u.line, format!("digest {d:?} is not an MD5 in hex")));
+                            }
+                            c.digest = Some(d.to_ascii_lowercase());
+                        }
                         "virtualhost" => c.host = Some(arg(u)?.to_string()),
                         // One code, or keepalived's 2xx default written as a range.
                         "status_code" => match u.args.as_slice() {
@@ -1088,6 +1097,7 @@ fn virtual_server(
                 path: c.path,
                 host: c.host,
                 status: c.status,
+                digest: c.digest,
                 tls_ca: None,
                 query_name: c.query_name,
                 query_type: c.query_type,

@@ -371,6 +371,7 @@ fn virtual_block(
         path: None,
         host: None,
         status: None,
+        digest: None,
         tls_ca: None,
         query_name: None,
         query_type: None,

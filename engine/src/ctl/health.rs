@@ -281,7 +281,8 @@ impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
 }
 
 /// `http` and `https` once connected: `GET path` with the Host header, and the status line's
-/// code checked against `status` (any 2xx without one).
+/// code checked against `status` (any 2xx without one); with `digest`, the MD5 of the body
+/// too ([`body_md5`]).
 fn http_get<S: Stream>(s: &mut S, hc: &HealthCheck, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
     let host = match &hc.host {
         Some(h) => h.clone(),
@@ -295,13 +296,86 @@ fn http_get<S: Stream>(s: &mut S, hc: &HealthCheck, addr: SocketAddr, deadline: 
     s.tcp().set_write_timeout(Some(left)).ok();
     s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
     s.flush().map_err(|e| format!("send: {e}"))?;
-    let code = http_status(s, deadline)?;
+    let (code, rest) = http_status(s, deadline)?;
     match hc.status {
-        Some(want) if code == want => Ok(()),
-        None if (200..300).contains(&code) => Ok(()),
-        Some(want) => Err(format!("HTTP status {code}, expected {want}")),
-        None => Err(format!("HTTP status {code}, expected 2xx")),
+        Some(want) if code == want => {}
+        None if (200..300).contains(&code) => {}
+        Some(want) => return Err(format!("HTTP status {code}, expected {want}")),
+        None => return Err(format!("HTTP status {code}, expected 2xx")),
     }
+    let Some(want) = &hc.digest else { return Ok(()) };
+    let got = body_md5(s, rest, deadline)?;
+    if got.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(format!("body MD5 {got}, expected {want}"))
+    }
+}
+
+/// The largest body a `digest` check reads (a bigger one fails the check).
+const MAX_BODY: usize = 4 << 20;
+
+/// The MD5, in lower-case hex, of the body of the response whose bytes after the status
+/// line are `rest` and then whatever `s` delivers until the server closes (the request
+/// asked for HTTP/1.0 and `Connection: close`, so the body is not chunked): the bytes after
+/// the header's empty line, as keepalived's `digest` takes them. Before `deadline`, at most
+/// [`MAX_BODY`] bytes.
+fn body_md5<S: Stream>(s: &mut S, rest: Vec<u8>, deadline: Instant) -> Result<String, String> {
+    use md5::Digest;
+    let mut head = rest;
+    let mut b = [0u8; 16384];
+    let mut md5 = md5::Md5::new();
+    let mut body = 0usize;
+    // The header's end: after its first empty line (CRLF, or a bare LF). `line` is where the
+    // header's next line starts (`head` starts right after the status line).
+    let mut in_head = true;
+    let mut line = 0usize;
+    loop {
+        if in_head {
+            let mut end = None;
+            while let Some(nl) = head[line..].iter().position(|&c| c == b'\n').map(|p| line + p) {
+                if matches!(&head[line..nl], b"" | b"\r") {
+                    end = Some(nl + 1);
+                    break;
+                }
+                line = nl + 1;
+            }
+            if let Some(e) = end {
+                md5.update(&head[e..]);
+                body += head.len() - e;
+                in_head = false;
+            } else if head.len() > 64 << 10 {
+                return Err("HTTP header over 64 KiB".into());
+            }
+        }
+        if body > MAX_BODY {
+            return Err(format!("HTTP body over {} MiB", MAX_BODY >> 20));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out reading the HTTP body".into());
+        }
+        s.tcp().set_read_timeout(Some(left)).ok();
+        let n = match s.read(&mut b) {
+            Ok(n) => n,
+            // A TLS server that closes without close_notify: the body ends there too.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        if n == 0 {
+            if in_head {
+                return Err("connection closed in the HTTP header".into());
+            }
+            break;
+        }
+        if in_head {
+            head.extend_from_slice(&b[..n]);
+        } else {
+            md5.update(&b[..n]);
+            body += n;
+        }
+    }
+    Ok(md5.finalize().iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// The TLS side of the `https` check (rustls, TLS 1.2 and 1.3).
@@ -562,13 +636,13 @@ fn user_ids(name: &str) -> Result<(u32, u32), String> {
 
 /// The status code of an HTTP response's status line (`HTTP/1.x NNN ...`), read from `s`
 /// before `deadline` (the line at most 1 KiB: a server that sends more without a line end
-/// fails).
-fn http_status<S: Stream>(s: &mut S, deadline: Instant) -> Result<u16, String> {
+/// fails), and the bytes read past the line.
+fn http_status<S: Stream>(s: &mut S, deadline: Instant) -> Result<(u16, Vec<u8>), String> {
     let mut got: Vec<u8> = Vec::new();
     let mut b = [0u8; 1024];
-    let line = loop {
+    let end = loop {
         if let Some(p) = got.iter().position(|&c| c == b'\n') {
-            break &got[..p];
+            break p;
         }
         if got.len() > 1024 {
             return Err("HTTP status line too long".into());
@@ -584,7 +658,8 @@ fn http_status<S: Stream>(s: &mut S, deadline: Instant) -> Result<u16, String> {
             Err(e) => return Err(format!("read: {e}")),
         }
     };
-    status_line(line)
+    let code = status_line(&got[..end])?;
+    Ok((code, got.split_off(end + 1)))
 }
 
 /// The status code of an HTTP status line (`HTTP/1.x NNN [reason]`, its line end cut off or
@@ -913,6 +988,41 @@ mod tests {
         (addr, rx)
     }
 
+    /// `digest`: the MD5 of the bytes after the header's empty line (CRLF or bare LF), in any
+    /// case; checked only once the status is right; a wrong one names what came.
+    #[test]
+    fn http_digest_of_the_body() {
+        // printf 'ok\n' | md5sum
+        const OK: &str = "eff5bc1ef8ec9d03e640fc4370f5eacd";
+        let mut h = hc(HealthCheckKind::Http, 2.0);
+        let run = |h: &HealthCheck, reply: &'static [u8]| {
+            let (addr, _rx) = http_server(reply);
+            check_within(h, addr, Duration::from_secs(5)).expect("finished")
+        };
+        h.digest = Some(OK.into());
+        assert_eq!(run(&h, b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n"), Ok(()));
+        assert_eq!(run(&h, b"HTTP/1.1 200 OK\nServer: x\n\nok\n"), Ok(()), "bare LF header");
+        h.digest = Some(OK.to_ascii_uppercase());
+        assert_eq!(run(&h, b"HTTP/1.0 200 OK\r\n\r\nok\n"), Ok(()), "the digest in any case");
+        assert_eq!(run(&h, b"HTTP/1.0 200 OK\r\n\r\nok!\n"), Err(md5_mismatch(b"ok!\n", &OK.to_ascii_uppercase())));
+        assert_eq!(run(&h, b"HTTP/1.0 500 Oops\r\n\r\nok\n"), Err("HTTP status 500, expected 2xx".into()));
+        assert_eq!(run(&h, b"HTTP/1.0 200 OK\r\nX: y\r\n"), Err("connection closed in the HTTP header".into()));
+    }
+
+    /// What a digest check says of a body `body` against `want`, with the MD5 from coreutils'
+    /// md5sum (a tool independent of the check's code).
+    fn md5_mismatch(body: &[u8], want: &str) -> String {
+        use std::io::Write as _;
+        let mut p = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("md5sum");
+        p.stdin.take().unwrap().write_all(body).unwrap();
+        let out = String::from_utf8(p.wait_with_output().unwrap().stdout).unwrap();
+        format!("body MD5 {}, expected {want}", out.split_whitespace().next().unwrap())
+    }
+
     #[test]
     fn http_status_and_request() {
         let mut h = hc(HealthCheckKind::Http, 2.0);
@@ -1076,6 +1186,16 @@ mod tests {
         assert_eq!(check(&h, "svc", addr), Err("HTTP status 404, expected 2xx".into()));
         h.status = Some(404);
         assert_eq!(check(&h, "svc", addr), Ok(()));
+        // keepalived's digest of the page (printf 'ok\n' | md5sum).
+        h.status = None;
+        h.path = Some("/healthz".into());
+        h.digest = Some("eff5bc1ef8ec9d03e640fc4370f5eacd".into());
+        assert_eq!(check(&h, "svc", addr), Ok(()));
+        h.digest = Some("00000000000000000000000000000000".into());
+        assert_eq!(
+            check(&h, "svc", addr),
+            Err("body MD5 eff5bc1ef8ec9d03e640fc4370f5eacd, expected 00000000000000000000000000000000".into())
+        );
     }
 
     /// `openssl` with `args` in `dir`.
@@ -1163,6 +1283,9 @@ mod tests {
             got.push(check(&h, "svc", addr));
             h.tls_ca = None;
             got.push(check(&h, "svc", format!("127.0.0.1:{plain_port}").parse().unwrap()));
+            // The page's digest over TLS.
+            h.digest = Some("eff5bc1ef8ec9d03e640fc4370f5eacd".into());
+            got.push(check(&h, "svc", addr));
         }
         drop(nginx);
         let _ = std::fs::remove_dir_all(&pki);
@@ -1183,6 +1306,7 @@ mod tests {
         assert!(err(5).starts_with("TLS handshake: ") && err(5).contains("UnknownIssuer"), "{}", err(5));
         assert!(err(6).starts_with(&format!("tls_ca {p}/missing.pem: ")), "{}", err(6));
         assert!(err(7).starts_with("TLS handshake: "), "a plain HTTP port: {}", err(7));
+        assert_eq!(got[8], Ok(()), "the body's digest over TLS");
     }
 
     /// The DNS query and the answers taken as its answer (fixture table): the same id, the

@@ -31,7 +31,7 @@
 //!   `forward=nat|dr|tunnel|fnat`, `syn-proxy=on|off`, `local=A,B,..`,
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
-//!   check-host= check-status= check-tls-ca= check-query-name= check-query-type=
+//!   check-host= check-status= check-digest= check-tls-ca= check-query-name= check-query-type=
 //!   check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
 //!   check-fall= check-remove check-start-down`, and the notify programs as
@@ -1019,6 +1019,7 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("check-host", v)) => check.host = Some(dec("check-host", v)?),
             Some(("check-status", v)) => check.status = Some(num("check-status", v)?),
             Some(("check-tls-ca", v)) => check.tls_ca = Some(dec("check-tls-ca", v)?),
+            Some(("check-digest", v)) => check.digest = Some(dec("check-digest", v)?),
             Some(("check-query-name", v)) => check.query_name = Some(dec("check-query-name", v)?),
             Some(("check-query-type", v)) => check.query_type = Some(dec("check-query-type", v)?),
             Some(("check-command", v)) => {
@@ -1922,7 +1923,9 @@ fn write_ext_options(out: &mut String, s: &Service) {
     if let Some(st) = h.status {
         let _ = write!(out, " check-status={st}");
     }
-    for (k, v) in [("tls-ca", &h.tls_ca), ("query-name", &h.query_name), ("query-type", &h.query_type)] {
+    for (k, v) in
+        [("digest", &h.digest), ("tls-ca", &h.tls_ca), ("query-name", &h.query_name), ("query-type", &h.query_type)]
+    {
         if let Some(v) = v {
             let _ = write!(out, " check-{k}={}", enc(v));
         }
@@ -2576,6 +2579,7 @@ port = 8081
 path = "/health?a=b&c=%41"
 host = "www.example.com"
 status = 204
+digest = "eff5bc1ef8ec9d03e640fc4370f5eacd"
 interval = 2.5
 retry_interval = 0.75
 timeout = 1.25
@@ -2755,7 +2759,7 @@ query_type = "AAAA"
         let want = [
             check(
                 "http",
-                r#""port":8081,"send":null,"expect":null,"path":"/health?a=b&c=%41","host":"www.example.com","status":204"#,
+                r#""port":8081,"send":null,"expect":null,"path":"/health?a=b&c=%41","host":"www.example.com","status":204,"digest":"eff5bc1ef8ec9d03e640fc4370f5eacd""#,
                 r#"[],"user":null"#,
                 [r#""2.5""#, r#""0.75""#, r#""1.25""#],
                 r#""rise":3,"fall":4"#,
