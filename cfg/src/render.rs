@@ -264,32 +264,24 @@ pub(crate) fn service(s: &Service) -> String {
         if let Some(p) = h.port {
             let _ = writeln!(o, "port = {p}");
         }
-        if let Some(s) = &h.send {
-            let _ = writeln!(o, "send = {}", q(s));
-        }
-        if let Some(s) = &h.expect {
-            let _ = writeln!(o, "expect = {}", q(s));
-        }
-        if let Some(s) = &h.path {
-            let _ = writeln!(o, "path = {}", q(s));
-        }
-        if let Some(s) = &h.host {
-            let _ = writeln!(o, "host = {}", q(s));
+        for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
+            if let Some(v) = v {
+                let _ = writeln!(o, "{k} = {}", q(v));
+            }
         }
         if let Some(s) = h.status {
             let _ = writeln!(o, "status = {s}");
         }
-        if let Some(s) = &h.digest {
-            let _ = writeln!(o, "digest = {}", q(s));
-        }
-        if let Some(s) = &h.tls_ca {
-            let _ = writeln!(o, "tls_ca = {}", q(s));
-        }
-        if let Some(s) = &h.query_name {
-            let _ = writeln!(o, "query_name = {}", q(s));
-        }
-        if let Some(s) = &h.query_type {
-            let _ = writeln!(o, "query_type = {}", q(s));
+        let more = [
+            ("digest", &h.digest),
+            ("tls_ca", &h.tls_ca),
+            ("query_name", &h.query_name),
+            ("query_type", &h.query_type),
+        ];
+        for (k, v) in more {
+            if let Some(v) = v {
+                let _ = writeln!(o, "{k} = {}", q(v));
+            }
         }
         if !h.command.is_empty() {
             let args: Vec<String> = h.command.iter().map(|a| q(a)).collect();
