@@ -586,6 +586,12 @@ pub enum HealthCheckKind {
     /// DNS over UDP: a query for `query_name` / `query_type`, answered without an error code
     /// (keepalived's `DNS_CHECK`).
     Dns,
+    /// UDP: a datagram (`payload`, else an empty one) to the port; up when no ICMP error
+    /// (port unreachable) comes back within the timeout, or, with `require_reply` or
+    /// `reply`, when an answer (starting with `reply`) does (keepalived's `UDP_CHECK`).
+    Udp,
+    /// ICMP (ICMPv6) echo: up on the echo reply (keepalived's `PING_CHECK`). No port.
+    Ping,
     /// Run the program `command` (an argv, no shell); exit status 0 is up (keepalived's
     /// `MISC_CHECK`).
     Exec,
@@ -627,6 +633,18 @@ pub struct HealthCheck {
     pub query_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_type: Option<String>,
+    /// `udp`: the datagram sent, as hex octets (keepalived's `payload`: pairs of hex digits,
+    /// spaces between octets allowed, a lone digit before a space being one octet); `None`:
+    /// an empty datagram. Left out of the control socket's form when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// `udp`: an answer is required (keepalived's `require_reply`); implied by `reply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_reply: bool,
+    /// `udp`: what the answer must start with, as hex octets as `payload`, an `x` digit
+    /// matching any (keepalived's `require_reply` data). Left out when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
     /// `exec`: the program (an absolute path) and its arguments, run without a shell; empty
     /// for the other types.
     #[serde(default)]
@@ -684,22 +702,32 @@ impl HealthCheckKind {
             HealthCheckKind::Http => "http",
             HealthCheckKind::Https => "https",
             HealthCheckKind::Dns => "dns",
+            HealthCheckKind::Udp => "udp",
+            HealthCheckKind::Ping => "ping",
             HealthCheckKind::Exec => "exec",
         }
     }
 
     /// Every type, in the order the documentation lists them.
-    pub const ALL: [HealthCheckKind; 7] = [
+    pub const ALL: [HealthCheckKind; 9] = [
         HealthCheckKind::Tcp,
         HealthCheckKind::SendExpect,
         HealthCheckKind::Ftp,
         HealthCheckKind::Http,
         HealthCheckKind::Https,
         HealthCheckKind::Dns,
+        HealthCheckKind::Udp,
+        HealthCheckKind::Ping,
         HealthCheckKind::Exec,
     ];
 
     /// `http` or `https`: a GET and its status.
+    /// Does a check of this type go to a port? `exec` runs a program and `ping` sends ICMP
+    /// echoes: they run for a server with no port too (an all-ports service's).
+    pub fn needs_port(self) -> bool {
+        !matches!(self, HealthCheckKind::Exec | HealthCheckKind::Ping)
+    }
+
     pub fn is_http(self) -> bool {
         matches!(self, HealthCheckKind::Http | HealthCheckKind::Https)
     }
@@ -738,6 +766,42 @@ impl HealthCheck {
             })
     }
 
+    /// The octets of a `udp` check's `payload` or `reply` (`wild`: an `x` or `X` digit is
+    /// allowed, matching any nibble) and the mask of the nibbles that must match (all ones
+    /// without `wild`): keepalived's hex form, pairs of hex digits with spaces or tabs
+    /// between octets, a lone digit before a space or the end being one octet. `None` when
+    /// it is not that form, or holds no octet or more than [`Self::MAX_UDP_OCTETS`].
+    pub fn hex_octets(s: &str, wild: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some((c - b'0', 0xf)),
+            b'a'..=b'f' => Some((c - b'a' + 10, 0xf)),
+            b'A'..=b'F' => Some((c - b'A' + 10, 0xf)),
+            b'x' | b'X' if wild => Some((0, 0)),
+            _ => None,
+        };
+        let (mut data, mut mask) = (Vec::new(), Vec::new());
+        for word in s.split([' ', '\t']).filter(|w| !w.is_empty()) {
+            for pair in word.as_bytes().chunks(2) {
+                // A lone digit is the octet's low nibble, its high nibble zero (and matched).
+                let (mut v, mut m) = nibble(pair[0])?;
+                match pair.get(1) {
+                    Some(&lo) => {
+                        let (lv, lm) = nibble(lo)?;
+                        (v, m) = (v << 4 | lv, m << 4 | lm);
+                    }
+                    None => m |= 0xf0,
+                }
+                data.push(v);
+                mask.push(m);
+            }
+        }
+        (!data.is_empty() && data.len() <= Self::MAX_UDP_OCTETS).then_some((data, mask))
+    }
+
+    /// The most octets a `udp` check's `payload` or `reply` may hold (a datagram that fits
+    /// any path's MTU).
+    pub const MAX_UDP_OCTETS: usize = 1232;
+
     /// The code of a `dns` check's record type (any case), if it is one of [`Self::DNS_TYPES`].
     pub fn dns_type_code(name: &str) -> Option<u16> {
         Self::DNS_TYPES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, c)| c)
@@ -757,6 +821,9 @@ impl HealthCheck {
             tls_ca: None,
             query_name: None,
             query_type: None,
+            payload: None,
+            require_reply: false,
+            reply: None,
             command: Vec::new(),
             user: None,
             interval: Self::DEFAULT_INTERVAL,

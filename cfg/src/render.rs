@@ -277,11 +277,18 @@ pub(crate) fn service(s: &Service) -> String {
             ("tls_ca", &h.tls_ca),
             ("query_name", &h.query_name),
             ("query_type", &h.query_type),
+            ("payload", &h.payload),
         ];
         for (k, v) in more {
             if let Some(v) = v {
                 let _ = writeln!(o, "{k} = {}", q(v));
             }
+        }
+        if h.require_reply {
+            let _ = writeln!(o, "require_reply = true");
+        }
+        if let Some(v) = &h.reply {
+            let _ = writeln!(o, "reply = {}", q(v));
         }
         if !h.command.is_empty() {
             let args: Vec<String> = h.command.iter().map(|a| q(a)).collect();

@@ -1076,6 +1076,9 @@ impl Validator<'_> {
         let r = h.get_ref();
         let kind = self.choice(&r.kind, "health check type", &HealthCheckKind::ALL.map(|k| (k.name(), k)))?;
         let port = match &r.port {
+            Some(p) if kind == HealthCheckKind::Ping => {
+                return Err(self.err(span_of(p), "health check type \"ping\" has no `port` (ICMP echo)"))
+            }
             Some(p) => Some(self.int(p, 1, 65535, "health check port")? as u16),
             None => None,
         };
@@ -1176,6 +1179,7 @@ impl Validator<'_> {
             None => None,
         };
         let (query_name, query_type) = self.dns_fields(r, kind)?;
+        let (payload, require_reply, reply) = self.udp_fields(r, kind)?;
         let (command, user) = self.exec_fields(r, kind)?;
         Ok(HealthCheck {
             kind,
@@ -1189,6 +1193,9 @@ impl Validator<'_> {
             tls_ca,
             query_name,
             query_type,
+            payload,
+            require_reply,
+            reply,
             command,
             user,
             interval,
@@ -1203,6 +1210,41 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `udp`'s `payload`, `require_reply` and `reply` (for type `udp` only): hex octets
+    /// ([`HealthCheck::hex_octets`], `x` digits in `reply` only), kept as written; `reply`
+    /// implies `require_reply`.
+    fn udp_fields(&self, r: &RawHealthCheck, kind: HealthCheckKind) -> R<(Option<String>, bool, Option<String>)> {
+        let udp = kind == HealthCheckKind::Udp;
+        let only = |sp: Range<usize>, what: &str| self.err(sp, format!("health check `{what}` is for type \"udp\""));
+        let hex = |v: &Option<Spanned<String>>, what: &str, wild: bool| -> R<Option<String>> {
+            let Some(x) = v else { return Ok(None) };
+            if !udp {
+                return Err(only(span_of(x), what));
+            }
+            if HealthCheck::hex_octets(x.get_ref(), wild).is_none() {
+                let w = if wild { ", an x digit matching any" } else { "" };
+                return Err(self.err(
+                    span_of(x),
+                    format!(
+                        "health check {what} {:?} must be 1 to {} octets in hex (pairs of hex digits, spaces between \
+                         octets allowed{w})",
+                        x.get_ref(),
+                        HealthCheck::MAX_UDP_OCTETS
+                    ),
+                ));
+            }
+            Ok(Some(x.get_ref().clone()))
+        };
+        let payload = hex(&r.payload, "payload", false)?;
+        let reply = hex(&r.reply, "reply", true)?;
+        let require = match &r.require_reply {
+            Some(x) if !udp => return Err(only(span_of(x), "require_reply")),
+            Some(x) => *x.get_ref(),
+            None => false,
+        };
+        Ok((payload, require || reply.is_some(), reply))
+    }
+
     /// `dns`'s `query_name` and `query_type` (for type `dns` only): a valid name, a known
     /// type (kept in upper case).
     fn dns_fields(&self, r: &RawHealthCheck, kind: HealthCheckKind) -> R<(Option<String>, Option<String>)> {

@@ -815,6 +815,43 @@ fn keepalived_dns_check_as_a_dns_check() {
 }
 
 #[test]
+fn keepalived_udp_and_ping_checks() {
+    // UDP_CHECK and PING_CHECK were warned about and dropped (their real servers never taken
+    // down); they are `udp` and `ping` checks now, with keepalived's defaults (1 retry, 1 s).
+    let conf = |check: &str, body: &str| {
+        format!(
+            "virtual_server 10.0.0.1 514 {{\n  protocol UDP\n  real_server 10.0.2.2 514 {{\n    {check} {{\n{body}    }}\n  }}\n}}\n"
+        )
+    };
+    let imp = from_keepalived(&conf(
+        "UDP_CHECK",
+        "      payload 0a 1b2c\n      require_reply 0a xx\n      connect_port 5514\n      connect_timeout 2\n",
+    ))
+    .unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (h.kind, h.port, h.payload.as_deref(), h.require_reply, h.reply.as_deref()),
+        (HealthCheckKind::Udp, Some(5514), Some("0a 1b2c"), true, Some("0a xx"))
+    );
+    assert_eq!((h.fall, h.retry_interval, h.timeout), (2, Some(1.0), 2.0));
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    // require_reply alone: any answer; min/max_reply_length are not imported.
+    let imp = from_keepalived(&conf("UDP_CHECK", "      require_reply\n      max_reply_length 64\n")).unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.payload.as_deref(), h.require_reply, h.reply.as_deref()), (None, true, None));
+    assert!(warned(&imp, 6, "UDP_CHECK option max_reply_length"), "{:?}", imp.warnings);
+    let e = from_keepalived(&conf("UDP_CHECK", "      payload 0x\n")).unwrap_err();
+    assert_eq!(e.line, Some(5), "{e}");
+    let imp = from_keepalived(&conf("PING_CHECK", "      retry 3\n      connect_port 7\n")).unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.kind, h.port, h.fall), (HealthCheckKind::Ping, None, 4));
+    assert!(warned(&imp, 6, "PING_CHECK connect_port"), "{:?}", imp.warnings);
+}
+
+#[test]
 fn keepalived_misc_check_as_an_exec_check() {
     // MISC_CHECK was warned about and dropped, leaving its real servers never taken down; it is
     // an exec check now, misc_path split as keepalived splits a script (quotes kept together).

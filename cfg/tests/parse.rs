@@ -183,6 +183,9 @@ fn good_config_parses_into_expected_model() {
                 tls_ca: None,
                 query_name: None,
                 query_type: None,
+                payload: None,
+                require_reply: false,
+                reply: None,
                 command: Vec::new(),
                 user: None,
                 interval: 2.0,
@@ -390,6 +393,17 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \"a..b\"\n", 15, "must be \".\" or a DNS name"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_name = \"a b\"\n", 15, "must be \".\" or a DNS name"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nquery_type = \"PTR\"\n", 15, "query_type \"PTR\" must be one of A, NS, CNAME, SOA, MX, TXT, AAAA"),
+    // udp: payload and reply in hex (x digits in reply only), for type udp only; ping: no port
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\n[service.health_check]\ntype = \"udp\"\npayload = \"0a 1b2c\"\nreply = \"0a xX\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nprotocol = \"udp\"\n[service.health_check]\ntype = \"udp\"\nrequire_reply = true\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"ping\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"udp\"\npayload = \"0g\"\n", 15, "health check payload \"0g\" must be 1 to 1232 octets in hex"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"udp\"\npayload = \"0x\"\n", 15, "health check payload \"0x\" must be"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"udp\"\npayload = \" \"\n", 15, "must be 1 to 1232 octets"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"udp\"\nreply = \"zz\"\n", 15, "an x digit matching any"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\npayload = \"00\"\n", 15, "`payload` is for type \"udp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nrequire_reply = true\n", 15, "`require_reply` is for type \"udp\""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"ping\"\nport = 7\n", 15, "type \"ping\" has no `port`"),
     // exec: an argv whose program is an absolute path, for type exec only
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"check.sh\", \"x\"]\n", 15, "health check command \"check.sh\" must be an absolute path"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"../bin/check\"]\n", 15, "must be an absolute path"),
@@ -986,4 +1000,22 @@ fn source_conn_rate() {
         assert!(e.message.contains(want), "{lines}: {e}");
         assert_eq!(e.line, Some(6 + lines.lines().count()), "{lines}: {e}");
     }
+}
+
+#[test]
+fn udp_check_hex_octets() {
+    use ferrovs_cfg::HealthCheck;
+    let h = |s: &str, wild: bool| HealthCheck::hex_octets(s, wild);
+    // keepalived's form: pairs of digits, spaces or tabs between octets, a lone digit an octet.
+    assert_eq!(h("0a1B", false), Some((vec![0x0a, 0x1b], vec![0xff, 0xff])));
+    assert_eq!(h(" 0a \t1b ", false), Some((vec![0x0a, 0x1b], vec![0xff, 0xff])));
+    assert_eq!(h("a b", false), Some((vec![0x0a, 0x0b], vec![0xff, 0xff])));
+    assert_eq!(h("abc", false), Some((vec![0xab, 0x0c], vec![0xff, 0xff])));
+    assert_eq!(h("1x X2 xx x", true), Some((vec![0x10, 0x02, 0, 0], vec![0xf0, 0x0f, 0, 0xf0])));
+    for bad in ["", " ", "1x", "0g", "0a-1b", "é"] {
+        assert_eq!(h(bad, false), None, "{bad:?}");
+    }
+    assert_eq!(h("zz", true), None);
+    assert!(h(&"00".repeat(HealthCheck::MAX_UDP_OCTETS), false).is_some());
+    assert!(h(&"00".repeat(HealthCheck::MAX_UDP_OCTETS + 1), false).is_none());
 }

@@ -278,6 +278,10 @@ struct Check {
     /// DNS_CHECK: the name and type queried.
     query_name: Option<String>,
     query_type: Option<String>,
+    /// UDP_CHECK: the payload, require_reply and its data (hex, as keepalived writes them).
+    payload: Option<String>,
+    require_reply: bool,
+    reply: Option<String>,
     /// MISC_CHECK: the script's argv and the user it runs as.
     command: Vec<String>,
     user: Option<String>,
@@ -299,6 +303,9 @@ impl Check {
             host: None,
             query_name: None,
             query_type: None,
+            payload: None,
+            require_reply: false,
+            reply: None,
             command: Vec::new(),
             user: None,
             line,
@@ -453,6 +460,45 @@ fn dns_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check
     // keepalived's DNS_CHECK: 3 retries by default (check_dns.c), 1 s before each.
     let r = own.or(outer);
     c.fall = r.retry.unwrap_or(3) + 1;
+    c.retry_interval = r.delay.unwrap_or(1.0);
+    Ok(c)
+}
+
+/// A `UDP_CHECK` block: a `udp` check of its `payload` and `require_reply` (with its data),
+/// or a `PING_CHECK` block: a `ping` check; to `connect_port` (else the real server's),
+/// within `connect_timeout`, with keepalived's retry defaults (1 retry, 1 s before it).
+fn udp_ping_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
+    let udp = n.key == "UDP_CHECK";
+    let mut own = Retry::default();
+    let mut c = Check::new(if udp { HealthCheckKind::Udp } else { HealthCheckKind::Ping }, n.line);
+    let hex = |o: &Node, wild: bool| -> Result<String, ConfigError> {
+        let h = o.args.join(" ");
+        match HealthCheck::hex_octets(&h, wild) {
+            Some(_) => Ok(h),
+            None => Err(err(ORIGIN, o.line, format!("UDP_CHECK {} {h:?} is not a hex string", o.key))),
+        }
+    };
+    for o in n.children.as_deref().unwrap_or(&[]) {
+        if !udp && o.key == "connect_port" {
+            warnings.push(format!("line {}: PING_CHECK connect_port: ICMP echo has no port, ignored", o.line));
+            continue;
+        }
+        if c.connection_option(o, &mut own)? {
+            continue;
+        }
+        match o.key.as_str() {
+            "payload" if udp => c.payload = Some(hex(o, false)?),
+            "require_reply" if udp => {
+                c.require_reply = true;
+                if !o.args.is_empty() {
+                    c.reply = Some(hex(o, true)?);
+                }
+            }
+            k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
+        }
+    }
+    let r = own.or(outer);
+    c.fall = r.retry.unwrap_or(1) + 1;
     c.retry_interval = r.delay.unwrap_or(1.0);
     Ok(c)
 }
@@ -966,10 +1012,11 @@ fn virtual_server(
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
                     }
-                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "DNS_CHECK" => {
+                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "DNS_CHECK" | "UDP_CHECK" | "PING_CHECK" => {
                         let c = match n.key.as_str() {
                             "MISC_CHECK" => misc_block(n, outer, script_user, warnings)?,
                             "DNS_CHECK" => Some(dns_block(n, outer, warnings)?),
+                            "UDP_CHECK" | "PING_CHECK" => Some(udp_ping_block(n, outer, warnings)?),
                             _ => Some(check_block(n, vhost, outer, warnings)?),
                         };
                         let Some(mut c) = c else { continue };
@@ -986,8 +1033,8 @@ fn virtual_server(
                         }
                     }
                     k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
-                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET, DNS_CHECK and MISC_CHECK are \
-                         imported), ignored",
+                        "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET, DNS_CHECK, UDP_CHECK, \
+                         PING_CHECK and MISC_CHECK are imported), ignored",
                         n.line
                     )),
                     k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
@@ -1101,6 +1148,9 @@ fn virtual_server(
                 tls_ca: None,
                 query_name: c.query_name,
                 query_type: c.query_type,
+                payload: c.payload,
+                require_reply: c.require_reply,
+                reply: c.reply,
                 command: c.command,
                 user: c.user,
                 interval,

@@ -16,6 +16,10 @@
 //! - `dns`: a query (`query_name`, default `.`; `query_type`, default `SOA`) over UDP, with
 //!   recursion desired; up when the answer (same id, the question echoed) carries no error
 //!   code, as keepalived's `DNS_CHECK` ([`dns::check`]);
+//! - `udp`: a datagram (`payload`) to the port; up unless it is refused (ICMP port
+//!   unreachable) within the timeout, or, with `require_reply` / `reply`, on an answer
+//!   (starting with `reply`), as keepalived's `UDP_CHECK` ([`udp`]);
+//! - `ping`: an ICMP or ICMPv6 echo, up on its reply, as keepalived's `PING_CHECK` ([`ping`]);
 //! - `exec`: run `command` (an argv, no shell), exit status 0 is success, as keepalived's
 //!   `MISC_CHECK` ([`exec_check`]).
 //!
@@ -31,7 +35,7 @@
 //! check has passed `rise` times.
 //!
 //! ## How checks reach real servers
-//! Checks use the kernel's TCP stack (ordinary sockets), not the
+//! Checks use the kernel's network stack (ordinary sockets), not the
 //! kernel-bypassed data ports: the balancer host needs a management
 //! interface owned by the kernel with a route to the real servers, as
 //! keepalived on an LVS director does. In the lab this is a separate veth
@@ -103,6 +107,8 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
     match hc.kind {
         HealthCheckKind::Exec => return exec_check(hc, service, addr, timeout),
         HealthCheckKind::Dns => return dns::check(hc, addr, timeout),
+        HealthCheckKind::Udp => return udp::check(hc, addr, timeout),
+        HealthCheckKind::Ping => return ping::check(addr.ip(), timeout),
         _ => {}
     }
     let deadline = Instant::now() + timeout;
@@ -110,7 +116,9 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     match hc.kind {
         HealthCheckKind::Tcp => Ok(()),
-        HealthCheckKind::Exec | HealthCheckKind::Dns => unreachable!("run above, without a connection"),
+        HealthCheckKind::Exec | HealthCheckKind::Dns | HealthCheckKind::Udp | HealthCheckKind::Ping => {
+            unreachable!("run above, without a connection")
+        }
         HealthCheckKind::SendExpect => {
             if let Some(send) = &hc.send {
                 s.set_write_timeout(Some(left())).ok();
@@ -249,16 +257,31 @@ pub(crate) mod dns {
         format!("rcode {c} ({name})")
     }
 
-    /// A query id nobody on the path can guess (getrandom(2); the clock if that fails).
+    /// A query id nobody on the path can guess.
     fn random_id() -> u16 {
         let mut b = [0u8; 2];
-        // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        if n == 2 {
-            u16::from_ne_bytes(b)
-        } else {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u16)
-        }
+        random_bytes(&mut b);
+        u16::from_ne_bytes(b)
+    }
+}
+
+mod ping;
+mod udp;
+
+/// Fill `b` with bytes nobody on the path can guess (getrandom(2); if that fails, the clock
+/// mixed with a counter: still unequal from one check to the next).
+fn random_bytes(b: &mut [u8]) {
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == b.len() as isize {
+        return;
+    }
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut x = t ^ N.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    for c in b.chunks_mut(8) {
+        x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(29) ^ t;
+        c.copy_from_slice(&x.to_ne_bytes()[..c.len()]);
     }
 }
 
@@ -750,7 +773,7 @@ pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Re
 /// The real servers `cfg` has checked, with their check and the address it goes to. A
 /// connecting check needs a port (the check's, the server's, else the service's): a server
 /// of an all-ports service with none is not checked. An `exec` check connects to nothing
-/// and runs for every server (`FERROVS_PORT` is then 0).
+/// and a `ping` to no port: they run for every server (`FERROVS_PORT` is then 0).
 pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, (HealthCheck, SocketAddr)> {
     let mut want = HashMap::new();
     for s in &cfg.services {
@@ -758,7 +781,7 @@ pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, (HealthCheck, 
         for r in &s.real_servers {
             let shown = crate::ctl::ipvsadm::shown_port(s, r.port);
             let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
-            if port == 0 && hc.kind != HealthCheckKind::Exec {
+            if port == 0 && hc.kind.needs_port() {
                 continue;
             }
             want.insert((s.name.clone(), r.address, shown), (hc.clone(), SocketAddr::new(r.address, port)));
@@ -1380,20 +1403,19 @@ mod tests {
         assert_eq!(r, Err("no DNS answer".into()));
     }
 
-    /// The `dns` check against a real dnsmasq on loopback: a name it holds (NOERROR), a name
-    /// it cannot answer without upstream servers (REFUSED), keepalived's default query (the
-    /// root's SOA: REFUSED too), over IPv4.
-    #[test]
-    fn dns_check_against_dnsmasq() {
+    /// A dnsmasq on a free loopback port that answers `www.example.test` (A 10.0.0.7) and
+    /// refuses the rest (no upstream servers); `None` (the test skipped) where it is not
+    /// installed, outside CI.
+    fn dnsmasq() -> Option<(std::process::Child, SocketAddr)> {
         let Some(dnsmasq) =
             ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| std::path::Path::new(p).exists())
         else {
             assert!(std::env::var_os("CI").is_none(), "dnsmasq missing (scripts/install-deps installs it)");
             eprintln!("dnsmasq not installed: skipped (scripts/install-deps installs it)");
-            return;
+            return None;
         };
         let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = std::process::Command::new(dnsmasq)
+        let child = std::process::Command::new(dnsmasq)
             .args([
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
@@ -1409,7 +1431,202 @@ mod tests {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start dnsmasq");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Some((child, format!("127.0.0.1:{port}").parse().unwrap()))
+    }
+
+    /// A `udp` check of `payload` (hex) requiring `reply` (hex, `Some("")`: any answer).
+    fn udp_hc(payload: Option<&str>, reply: Option<&str>, timeout: f64) -> HealthCheck {
+        let mut h = hc(HealthCheckKind::Udp, timeout);
+        h.payload = payload.map(str::to_string);
+        h.require_reply = reply.is_some();
+        h.reply = reply.filter(|r| !r.is_empty()).map(str::to_string);
+        h
+    }
+
+    /// The `udp` check against a real dnsmasq on loopback, its payload a DNS query in hex (as
+    /// keepalived users write one): an answer that starts as `reply` says (the id and flags
+    /// wildcards, one question, one answer) is up, another is down naming what came; any
+    /// answer passes `require_reply`; an empty datagram (which dnsmasq ignores) is up without
+    /// `require_reply` (nothing refused it) and down with it; a closed port is down at once
+    /// (port unreachable), with and without `require_reply`.
+    #[test]
+    fn udp_check_against_dnsmasq() {
+        let Some((mut child, addr)) = dnsmasq() else { return };
+        let q = dns::query(0x1234, "www.example.test", 1);
+        let query: String = q.iter().map(|b| format!("{b:02x}")).collect();
+        // Until dnsmasq listens (refused until then).
+        let t0 = Instant::now();
+        while check(&udp_hc(Some(&query), Some(""), 1.0), "svc", addr).is_err()
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let run = |h: HealthCheck| check(&h, "svc", addr);
+        let answered = run(udp_hc(Some(&query), Some("1234 xxxx 0001 0001"), 1.0));
+        let any = run(udp_hc(Some(&query), Some(""), 1.0));
+        let spaced = query.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(" ");
+        let wrong = run(udp_hc(Some(&spaced), Some("1234 xxxx 0001 0002"), 1.0));
+        let t0 = Instant::now();
+        let quiet = run(udp_hc(None, None, 0.3));
+        let quiet_took = t0.elapsed();
+        let unanswered = run(udp_hc(None, Some(""), 0.3));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(answered, Ok(()));
+        assert_eq!(any, Ok(()));
+        let e = wrong.unwrap_err();
+        assert!(e.starts_with("answer 12 34 ") && e.ends_with("does not start with 1234 xxxx 0001 0002"), "{e}");
+        assert_eq!(quiet, Ok(()), "nothing refused the datagram within the timeout");
+        assert!(quiet_took >= Duration::from_millis(300), "waited the timeout out: {quiet_took:?}");
+        assert_eq!(unanswered, Err("no UDP answer".into()));
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        for reply in [None, Some("")] {
+            let t0 = Instant::now();
+            assert_eq!(check(&udp_hc(Some("00"), reply, 2.0), "svc", closed), Err("port unreachable".into()));
+            assert!(t0.elapsed() < Duration::from_secs(1), "refused at once: {:?}", t0.elapsed());
+        }
+    }
+
+    /// `reply` matching: a prefix, `x` nibbles matching any, a shorter answer failing.
+    #[test]
+    fn udp_reply_matching() {
+        let m = |got: &[u8], reply: &str| {
+            let (want, mask) = HealthCheck::hex_octets(reply, true).expect("hex");
+            udp::answer_matches(got, &want, &mask)
+        };
+        assert!(m(&[0x12, 0x34, 0x56], "1234"));
+        assert!(m(&[0x12, 0x34], "12 34"));
+        assert!(m(&[0x1f, 0x34], "1x 34"));
+        assert!(m(&[0xf2, 0x34], "x2 3x"));
+        assert!(m(&[0xab, 0xcd], "xxXX"));
+        assert!(!m(&[0x12], "1234"), "shorter than reply");
+        assert!(!m(&[0x13, 0x34], "1234"));
+        assert!(!m(&[0x2f, 0x34], "1x34"));
+        assert!(m(&[0x0c], "c"), "a lone digit is an octet");
+        assert!(!m(&[0x1c], "c"), "its high nibble zero");
+        assert!(m(&[0x0c], "x") && !m(&[0x1c], "x"), "a lone x: the low nibble any, the high zero");
+    }
+
+    /// Run `f` on a thread of its own in a new network namespace (freed when the thread
+    /// ends), set up first by the shell `script` run in it; `None` (skipped) when not root,
+    /// outside CI.
+    fn in_netns<T: Send + 'static>(script: &str, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+            eprintln!("not root: no network namespace, skipped");
+            return None;
+        }
+        let script = script.to_string();
+        std::thread::spawn(move || {
+            // SAFETY: unshare(2) of this thread's network namespace alone.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
+            // A child runs in its parent thread's namespace.
+            let o = std::process::Command::new("sh").args(["-ec", &script]).output().expect("sh");
+            assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+            f()
+        })
+        .join()
+        .ok()
+    }
+
+    fn has_ipv6() -> bool {
+        std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|s| !s.trim().is_empty())
+    }
+
+    /// `ping` on the host's loopback (a raw socket as root, unless ping_group_range lets a
+    /// ping socket be made), IPv4 and, where the host has it, IPv6.
+    #[test]
+    fn ping_loopback() {
+        assert_eq!(check(&hc(HealthCheckKind::Ping, 2.0), "svc", "127.0.0.1:0".parse().unwrap()), Ok(()));
+        if has_ipv6() {
+            assert_eq!(check(&hc(HealthCheckKind::Ping, 2.0), "svc", "[::1]:0".parse().unwrap()), Ok(()));
+        }
+    }
+
+    /// `ping` in a namespace of its own: over a ping socket (its ping_group_range opened to
+    /// root) and over a raw one (closed again), the loopback answers; an address on a dummy
+    /// link answers nothing (down at the timeout); one behind an `unreachable` route is down
+    /// at once, naming why.
+    #[test]
+    fn ping_up_silent_and_unreachable() {
+        let script = "ip link set lo up
+            ip link add d0 type dummy
+            ip link set d0 up
+            ip addr add 10.200.0.1/24 dev d0
+            ip route add unreachable 10.201.0.0/24
+            echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range";
+        let r = in_netns(script, || {
+            let ping = |a: &str, t: f64| check(&hc(HealthCheckKind::Ping, t), "svc", format!("{a}:0").parse().unwrap());
+            let dgram = ping::socket(false).map(|s| s.1);
+            let lo = ping("127.0.0.1", 2.0);
+            let lo6 = has_ipv6().then(|| ping("[::1]", 2.0));
+            let t0 = Instant::now();
+            let silent = ping("10.200.0.2", 0.4);
+            let silent_took = t0.elapsed();
+            let t0 = Instant::now();
+            let unreachable = ping("10.201.0.1", 2.0);
+            let unreachable_took = t0.elapsed();
+            std::fs::write("/proc/sys/net/ipv4/ping_group_range", "1 0").expect("close ping_group_range");
+            let raw = ping::socket(false).map(|s| s.1);
+            let lo_raw = ping("127.0.0.1", 2.0);
+            (dgram, lo, lo6, silent, silent_took, unreachable, unreachable_took, raw, lo_raw)
+        });
+        let Some((dgram, lo, lo6, silent, silent_took, unreachable, unreachable_took, raw, lo_raw)) = r else { return };
+        assert_eq!(dgram, Ok(false), "a ping socket");
+        assert_eq!(lo, Ok(()));
+        assert!(lo6.as_ref().is_none_or(|r| r.is_ok()), "{lo6:?}");
+        assert_eq!(silent, Err("no ICMP echo reply".into()));
+        assert!(silent_took >= Duration::from_millis(400), "{silent_took:?}");
+        let e = unreachable.unwrap_err();
+        assert!(e.contains("10.201.0.1") && e.contains("No route to host"), "{e}");
+        assert!(unreachable_took < Duration::from_secs(1), "{unreachable_took:?}");
+        assert_eq!(raw, Ok(true), "a raw socket");
+        assert_eq!(lo_raw, Ok(()));
+    }
+
+    /// What a received datagram says about the echo: its reply (identifier, sequence number
+    /// and token all ours; the identifier not compared on a ping socket, whose kernel sets
+    /// it), another echo's reply (passed over), an error quoting our echo (down) or another's
+    /// (passed over), over a raw socket (IPv4: after the IP header) and a ping socket.
+    #[test]
+    fn ping_answers() {
+        let (id, seq, token) = ([1, 2], [3, 4], [7u8; 16]);
+        let reply = |v6: bool, id: [u8; 2], seq: [u8; 2], token: &[u8]| {
+            let mut m = ping::request(v6, id, seq, token);
+            m[0] = if v6 { 129 } else { 0 };
+            m
+        };
+        let ip4 = |m: &[u8]| [&[0x45u8; 1][..], &[0; 19], m].concat();
+        let a = |d: &[u8], v6: bool, raw: bool| ping::answer(d, v6, raw, id, seq, &token);
+        assert_eq!(a(&ip4(&reply(false, id, seq, &token)), false, true), Some(Ok(())));
+        assert_eq!(a(&reply(false, [9, 9], seq, &token), false, false), Some(Ok(())), "ping socket: any id");
+        assert_eq!(a(&ip4(&reply(false, [9, 9], seq, &token)), false, true), None, "raw: another's id");
+        assert_eq!(a(&ip4(&reply(false, id, [3, 5], &token)), false, true), None, "another sequence number");
+        assert_eq!(a(&ip4(&reply(false, id, seq, &[7; 15])), false, true), None, "another token");
+        assert_eq!(a(&reply(true, id, seq, &token), true, true), Some(Ok(())));
+        assert_eq!(a(&ping::request(false, id, seq, &token), false, false), None, "our own request");
+        // Host unreachable quoting the echo's IP header and its first 8 bytes (RFC 792).
+        let req = ping::request(false, id, seq, &token);
+        let err4 = |code: u8, quoted: &[u8]| [&[3, code, 0, 0, 0, 0, 0, 0][..], &ip4(quoted)].concat();
+        let e = a(&ip4(&err4(1, &req[..8])), false, true);
+        assert_eq!(e, Some(Err("ICMP host unreachable (type 3, code 1)".into())));
+        assert_eq!(a(&ip4(&err4(1, &ping::request(false, id, [0, 0], &token)[..8])), false, true), None);
+        let req6 = ping::request(true, id, seq, &token);
+        let err6 = [&[1u8, 4, 0, 0, 0, 0, 0, 0][..], &[0x60; 40], &req6].concat();
+        assert_eq!(a(&err6, true, false), Some(Err("ICMP destination unreachable (type 1, code 4)".into())));
+        for d in [&[][..], &[0], &[0x4f], &[3, 1, 0, 0, 0, 0, 0, 0, 0x4f]] {
+            assert_eq!(a(d, false, true), None, "{d:?}");
+            assert_eq!(a(d, true, false), None, "{d:?}");
+        }
+    }
+
+    /// The `dns` check against a real dnsmasq on loopback: a name it holds (NOERROR), a name
+    /// it cannot answer without upstream servers (REFUSED), keepalived's default query (the
+    /// root's SOA: REFUSED too), over IPv4.
+    #[test]
+    fn dns_check_against_dnsmasq() {
+        let Some((mut child, addr)) = dnsmasq() else { return };
         let mut h = hc(HealthCheckKind::Dns, 1.0);
         h.query_name = Some("www.example.test".into());
         h.query_type = Some("A".into());
@@ -1509,8 +1726,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A server of an all-ports (firewall mark) service without a port: an exec check runs
-    /// for it (port 0), a connecting check has nowhere to connect.
+    /// A server of an all-ports (firewall mark) service without a port: an exec or ping check
+    /// runs for it (port 0), a connecting check (or a udp one) has nowhere to go.
     #[test]
     fn exec_checks_need_no_port() {
         let text = |check: &str| {
@@ -1524,7 +1741,10 @@ mod tests {
         let exec = checked_servers(&cfg("type = \"exec\"\ncommand = [\"/bin/true\"]"));
         let got: Vec<SocketAddr> = exec.values().map(|v| v.1).collect();
         assert_eq!(got, vec!["10.0.1.7:0".parse::<SocketAddr>().unwrap()]);
+        let ping = checked_servers(&cfg("type = \"ping\""));
+        assert_eq!(ping.values().map(|v| v.1).collect::<Vec<_>>(), got, "ping: no port either");
         assert!(checked_servers(&cfg("type = \"tcp\"")).is_empty());
+        assert!(checked_servers(&cfg("type = \"udp\"")).is_empty());
         assert_eq!(checked_servers(&cfg("type = \"tcp\"\nport = 22")).len(), 1);
     }
 

@@ -32,6 +32,7 @@
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
 //!   check-host= check-status= check-digest= check-tls-ca= check-query-name= check-query-type=
+//!   check-payload= check-reply= check-require-reply
 //!   check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
 //!   check-fall= check-remove check-start-down`, and the notify programs as
@@ -1008,8 +1009,9 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
                 e.source_conn_burst = b.map(|b| num("source-conn-rate burst", b)).transpose()?;
             }
             Some(("check", v)) => {
-                check.kind = HealthCheckKind::named(v)
-                    .ok_or_else(|| format!("bad check {v:?} (tcp, send_expect, ftp, http or exec)"))?;
+                check.kind = HealthCheckKind::named(v).ok_or_else(|| {
+                    format!("bad check {v:?} ({})", HealthCheckKind::ALL.map(|k| k.name()).join(", "))
+                })?;
                 kind_given = true;
             }
             Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
@@ -1022,6 +1024,11 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("check-digest", v)) => check.digest = Some(dec("check-digest", v)?),
             Some(("check-query-name", v)) => check.query_name = Some(dec("check-query-name", v)?),
             Some(("check-query-type", v)) => check.query_type = Some(dec("check-query-type", v)?),
+            Some(("check-payload", v)) => check.payload = Some(dec("check-payload", v)?),
+            Some(("check-reply", v)) => {
+                check.reply = Some(dec("check-reply", v)?);
+                check.require_reply = true;
+            }
             Some(("check-command", v)) => {
                 check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
             }
@@ -1047,6 +1054,7 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             None if w == "ftp-low-ports" => e.ftp_low_ports = true,
             None if w == "check-remove" => check.quiesce = false,
             None if w == "check-start-down" => check.start_down = true,
+            None if w == "check-require-reply" => check.require_reply = true,
             _ => return Err(format!("unknown ferrovs-service field {w:?}")),
         }
     }
@@ -1923,12 +1931,22 @@ fn write_ext_options(out: &mut String, s: &Service) {
     if let Some(st) = h.status {
         let _ = write!(out, " check-status={st}");
     }
-    for (k, v) in
-        [("digest", &h.digest), ("tls-ca", &h.tls_ca), ("query-name", &h.query_name), ("query-type", &h.query_type)]
-    {
+    let more = [
+        ("digest", &h.digest),
+        ("tls-ca", &h.tls_ca),
+        ("query-name", &h.query_name),
+        ("query-type", &h.query_type),
+        ("payload", &h.payload),
+        ("reply", &h.reply),
+    ];
+    for (k, v) in more {
         if let Some(v) = v {
             let _ = write!(out, " check-{k}={}", enc(v));
         }
+    }
+    // `reply` implies it (and the config's validation sets it then).
+    if h.require_reply && h.reply.is_none() {
+        out.push_str(" check-require-reply");
     }
     if !h.command.is_empty() {
         let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
@@ -2671,6 +2689,36 @@ forward = "tunnel"
 type = "dns"
 query_name = "www.example.com."
 query_type = "AAAA"
+
+[[service]]
+name = "udp-10.0.0.4-514"
+vip = "10.0.0.4"
+protocol = "udp"
+ports = [514]
+
+[service.health_check]
+type = "udp"
+payload = "0a 1b2c"
+reply = "0a xX"
+
+[[service]]
+name = "udp-10.0.0.4-123"
+vip = "10.0.0.4"
+protocol = "udp"
+ports = [123]
+
+[service.health_check]
+type = "udp"
+require_reply = true
+
+[[service]]
+name = "udp-10.0.0.4-161"
+vip = "10.0.0.4"
+protocol = "udp"
+ports = [161]
+
+[service.health_check]
+type = "ping"
 "#;
 
     /// What of `want`'s services `got` lost or changed, field by field (services by name, real
@@ -2793,6 +2841,30 @@ query_type = "AAAA"
             check(
                 "dns",
                 &format!(r#"{nulls},"query_name":"www.example.com.","query_type":"AAAA""#),
+                r#"[],"user":null"#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            check(
+                "udp",
+                &format!(r#"{nulls},"require_reply":true"#),
+                r#"[],"user":null"#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            check(
+                "ping",
+                nulls,
+                r#"[],"user":null"#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            check(
+                "udp",
+                &format!(r#"{nulls},"payload":"0a 1b2c","require_reply":true,"reply":"0a xX""#),
                 r#"[],"user":null"#,
                 [r#""5""#, "null", r#""3""#],
                 r#""rise":2,"fall":3"#,
@@ -3082,7 +3154,7 @@ query_type = "AAAA"
             ("\n# ferrovs-service check=http check-interval=NaN\n", "check-interval"),
             ("\n# ferrovs-service check=http check-timeout=-1\n", "check-timeout"),
             ("\n# ferrovs-service check-rise=2\n", "without check=TYPE"),
-            ("\n# ferrovs-service check=ping\n", "bad check"),
+            ("\n# ferrovs-service check=smtp\n", "bad check"),
             ("\n# ferrovs-service sorry=10.0.0.1:99999\n", "sorry server"),
             ("\n# ferrovs-service check=send_expect check-send=%G1\n", "check-send"),
             ("\n# ferrovs-service check=send_expect check-send=%FF\n", "check-send"),
