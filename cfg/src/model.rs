@@ -592,6 +592,9 @@ pub enum HealthCheckKind {
     Udp,
     /// ICMP (ICMPv6) echo: up on the echo reply (keepalived's `PING_CHECK`). No port.
     Ping,
+    /// SMTP: the `220` greeting, `HELO helo_name` answered `250`, then `QUIT` (keepalived's
+    /// `SMTP_CHECK`).
+    Smtp,
     /// Run the program `command` (an argv, no shell); exit status 0 is up (keepalived's
     /// `MISC_CHECK`).
     Exec,
@@ -645,6 +648,10 @@ pub struct HealthCheck {
     /// matching any (keepalived's `require_reply` data). Left out when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// `smtp`: the name `HELO` gives (keepalived's `helo_name`); `None`: this host's name.
+    /// Left out of the control socket's form when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
     /// `exec`: the program (an absolute path) and its arguments, run without a shell; empty
     /// for the other types.
     #[serde(default)]
@@ -704,12 +711,13 @@ impl HealthCheckKind {
             HealthCheckKind::Dns => "dns",
             HealthCheckKind::Udp => "udp",
             HealthCheckKind::Ping => "ping",
+            HealthCheckKind::Smtp => "smtp",
             HealthCheckKind::Exec => "exec",
         }
     }
 
     /// Every type, in the order the documentation lists them.
-    pub const ALL: [HealthCheckKind; 9] = [
+    pub const ALL: [HealthCheckKind; 10] = [
         HealthCheckKind::Tcp,
         HealthCheckKind::SendExpect,
         HealthCheckKind::Ftp,
@@ -718,6 +726,7 @@ impl HealthCheckKind {
         HealthCheckKind::Dns,
         HealthCheckKind::Udp,
         HealthCheckKind::Ping,
+        HealthCheckKind::Smtp,
         HealthCheckKind::Exec,
     ];
 
@@ -824,6 +833,7 @@ impl HealthCheck {
             payload: None,
             require_reply: false,
             reply: None,
+            helo_name: None,
             command: Vec::new(),
             user: None,
             interval: Self::DEFAULT_INTERVAL,

@@ -228,6 +228,7 @@ pub(crate) struct RawHealthCheck {
     pub payload: Option<S<String>>,
     pub require_reply: Option<S<bool>>,
     pub reply: Option<S<String>>,
+    pub helo_name: Option<S<String>>,
     pub command: Option<S<Vec<S<String>>>>,
     pub user: Option<S<String>>,
     pub interval: Option<S<f64>>,

@@ -278,6 +278,7 @@ pub(crate) fn service(s: &Service) -> String {
             ("query_name", &h.query_name),
             ("query_type", &h.query_type),
             ("payload", &h.payload),
+            ("helo_name", &h.helo_name),
         ];
         for (k, v) in more {
             if let Some(v) = v {

@@ -1180,6 +1180,28 @@ impl Validator<'_> {
         };
         let (query_name, query_type) = self.dns_fields(r, kind)?;
         let (payload, require_reply, reply) = self.udp_fields(r, kind)?;
+        // `smtp` only: one visible ASCII word (nothing a check could smuggle into the
+        // command line), as a host name.
+        let helo_name = match &r.helo_name {
+            Some(x) if kind != HealthCheckKind::Smtp => {
+                return Err(self.err(span_of(x), "health check `helo_name` is for type \"smtp\""))
+            }
+            Some(x)
+                if x.get_ref().is_empty()
+                    || x.get_ref().len() > 255
+                    || !x.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                return Err(self.err(
+                    span_of(x),
+                    format!(
+                        "health check helo_name {:?} must be visible ASCII without spaces, 1 to 255 bytes",
+                        x.get_ref()
+                    ),
+                ))
+            }
+            Some(x) => Some(x.get_ref().clone()),
+            None => None,
+        };
         let (command, user) = self.exec_fields(r, kind)?;
         Ok(HealthCheck {
             kind,
@@ -1196,6 +1218,7 @@ impl Validator<'_> {
             payload,
             require_reply,
             reply,
+            helo_name,
             command,
             user,
             interval,

@@ -852,6 +852,27 @@ fn keepalived_udp_and_ping_checks() {
 }
 
 #[test]
+fn keepalived_smtp_check() {
+    // SMTP_CHECK was warned about and dropped; it is an `smtp` check now, with its helo_name
+    // and keepalived's defaults (1 retry, 1 s). Its deprecated `host` blocks are warned about.
+    let conf = |body: &str| {
+        format!(
+            "virtual_server 10.0.0.1 25 {{\n  protocol TCP\n  real_server 10.0.2.2 25 {{\n    SMTP_CHECK {{\n{body}    }}\n  }}\n}}\n"
+        )
+    };
+    let imp = from_keepalived(&conf("      helo_name lb1.example.net\n      connect_timeout 4\n")).unwrap();
+    roundtrip(&imp);
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.kind, h.port, h.helo_name.as_deref()), (HealthCheckKind::Smtp, None, Some("lb1.example.net")));
+    assert_eq!((h.fall, h.retry_interval, h.timeout), (2, Some(1.0), 4.0));
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let imp = from_keepalived(&conf("      host {\n        connect_ip 10.0.2.9\n      }\n")).unwrap();
+    let h = imp.services[0].health_check.as_ref().unwrap();
+    assert_eq!((h.kind, h.helo_name.as_deref()), (HealthCheckKind::Smtp, None));
+    assert!(warned(&imp, 5, "SMTP_CHECK host"), "{:?}", imp.warnings);
+}
+
+#[test]
 fn keepalived_misc_check_as_an_exec_check() {
     // MISC_CHECK was warned about and dropped, leaving its real servers never taken down; it is
     // an exec check now, misc_path split as keepalived splits a script (quotes kept together).

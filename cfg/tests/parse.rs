@@ -186,6 +186,7 @@ fn good_config_parses_into_expected_model() {
                 payload: None,
                 require_reply: false,
                 reply: None,
+                helo_name: None,
                 command: Vec::new(),
                 user: None,
                 interval: 2.0,
@@ -404,6 +405,10 @@ const BAD: &[(&str, usize, &str)] = &[
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\npayload = \"00\"\n", 15, "`payload` is for type \"udp\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"dns\"\nrequire_reply = true\n", 15, "`require_reply` is for type \"udp\""),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"ping\"\nport = 7\n", 15, "type \"ping\" has no `port`"),
+    // smtp: helo_name one word, for type smtp only
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\nports = [25]\n[service.health_check]\ntype = \"smtp\"\nhelo_name = \"lb1.example.net\"\n", 0, ""),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"smtp\"\nhelo_name = \"lb1\\r\\nMAIL FROM:<x>\"\n", 15, "helo_name \"lb1\\r\\nMAIL FROM:<x>\" must be visible ASCII without spaces"),
+    ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"tcp\"\nhelo_name = \"a\"\n", 15, "`helo_name` is for type \"smtp\""),
     // exec: an argv whose program is an absolute path, for type exec only
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"check.sh\", \"x\"]\n", 15, "health check command \"check.sh\" must be an absolute path"),
     ("[[service]]\nname = \"a\"\nvip = \"10.0.1.100\"\n[service.health_check]\ntype = \"exec\"\ncommand = [\"../bin/check\"]\n", 15, "must be an absolute path"),

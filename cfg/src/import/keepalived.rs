@@ -282,6 +282,8 @@ struct Check {
     payload: Option<String>,
     require_reply: bool,
     reply: Option<String>,
+    /// SMTP_CHECK: the HELO name.
+    helo_name: Option<String>,
     /// MISC_CHECK: the script's argv and the user it runs as.
     command: Vec<String>,
     user: Option<String>,
@@ -306,6 +308,7 @@ impl Check {
             payload: None,
             require_reply: false,
             reply: None,
+            helo_name: None,
             command: Vec::new(),
             user: None,
             line,
@@ -495,6 +498,38 @@ fn udp_ping_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<
                 }
             }
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
+        }
+    }
+    let r = own.or(outer);
+    c.fall = r.retry.unwrap_or(1) + 1;
+    c.retry_interval = r.delay.unwrap_or(1.0);
+    Ok(c)
+}
+
+/// An `SMTP_CHECK` block: an `smtp` check with its `helo_name`, to `connect_port` (else the
+/// real server's), within `connect_timeout`, with keepalived's retry defaults (1 retry, 1 s
+/// before it). Its deprecated `host` sub-blocks (more servers to check) are not imported.
+fn smtp_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check, ConfigError> {
+    let mut own = Retry::default();
+    let mut c = Check::new(HealthCheckKind::Smtp, n.line);
+    for o in n.children.as_deref().unwrap_or(&[]) {
+        if c.connection_option(o, &mut own)? {
+            continue;
+        }
+        match o.key.as_str() {
+            "helo_name" => {
+                let h = arg(o)?;
+                if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(err(ORIGIN, o.line, format!("SMTP_CHECK helo_name {h:?} is not one word")));
+                }
+                c.helo_name = Some(h.to_string());
+            }
+            "host" => warnings.push(format!(
+                "line {}: SMTP_CHECK host (deprecated by keepalived: more servers checked by one checker) is not \
+                 supported, ignored: the real server itself is checked",
+                o.line
+            )),
+            k => warnings.push(format!("line {}: SMTP_CHECK option {k} is not supported, ignored", o.line)),
         }
     }
     let r = own.or(outer);
@@ -1012,11 +1047,13 @@ fn virtual_server(
                         let f = method(n)?;
                         r.forward = (f != svc.forward).then_some(f);
                     }
-                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "DNS_CHECK" | "UDP_CHECK" | "PING_CHECK" => {
+                    "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "DNS_CHECK" | "UDP_CHECK" | "PING_CHECK"
+                    | "SMTP_CHECK" => {
                         let c = match n.key.as_str() {
                             "MISC_CHECK" => misc_block(n, outer, script_user, warnings)?,
                             "DNS_CHECK" => Some(dns_block(n, outer, warnings)?),
                             "UDP_CHECK" | "PING_CHECK" => Some(udp_ping_block(n, outer, warnings)?),
+                            "SMTP_CHECK" => Some(smtp_block(n, outer, warnings)?),
                             _ => Some(check_block(n, vhost, outer, warnings)?),
                         };
                         let Some(mut c) = c else { continue };
@@ -1034,7 +1071,7 @@ fn virtual_server(
                     }
                     k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
                         "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET, DNS_CHECK, UDP_CHECK, \
-                         PING_CHECK and MISC_CHECK are imported), ignored",
+                         PING_CHECK, SMTP_CHECK and MISC_CHECK are imported), ignored",
                         n.line
                     )),
                     k => warnings.push(format!("line {}: real_server option {k} is not supported, ignored", n.line)),
@@ -1151,6 +1188,7 @@ fn virtual_server(
                 payload: c.payload,
                 require_reply: c.require_reply,
                 reply: c.reply,
+                helo_name: c.helo_name,
                 command: c.command,
                 user: c.user,
                 interval,

@@ -378,6 +378,7 @@ fn virtual_block(
         payload: None,
         require_reply: false,
         reply: None,
+        helo_name: None,
         command: Vec::new(),
         user: None,
         port: None,

@@ -20,6 +20,8 @@
 //!   unreachable) within the timeout, or, with `require_reply` / `reply`, on an answer
 //!   (starting with `reply`), as keepalived's `UDP_CHECK` ([`udp`]);
 //! - `ping`: an ICMP or ICMPv6 echo, up on its reply, as keepalived's `PING_CHECK` ([`ping`]);
+//! - `smtp`: expect a `220` greeting, send `HELO helo_name` (else this host's name), expect
+//!   `250`, send `QUIT`, as keepalived's `SMTP_CHECK`;
 //! - `exec`: run `command` (an argv, no shell), exit status 0 is success, as keepalived's
 //!   `MISC_CHECK` ([`exec_check`]).
 //!
@@ -145,7 +147,7 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
             }
         }
         HealthCheckKind::Ftp => {
-            let mut line_reader = LineReader { buf: Vec::new() };
+            let mut line_reader = LineReader::new("FTP");
             let code = line_reader.reply(&mut s, deadline)?;
             if code != 220 {
                 return Err(format!("FTP banner {code}, expected 220"));
@@ -158,6 +160,26 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
                 Ok(())
             } else {
                 Err(format!("FTP USER reply {code}, expected 331 or 230"))
+            }
+        }
+        HealthCheckKind::Smtp => {
+            let mut r = LineReader::new("SMTP");
+            let code = r.reply(&mut s, deadline)?;
+            if code != 220 {
+                return Err(format!("SMTP greeting {code}, expected 220"));
+            }
+            let helo = hc.helo_name.clone().unwrap_or_else(host_name);
+            s.set_write_timeout(Some(left())).ok();
+            s.write_all(format!("HELO {helo}\r\n").as_bytes()).map_err(|e| format!("send HELO: {e}"))?;
+            let code = r.reply(&mut s, deadline)?;
+            // Said goodbye to, its answer read, so the server logs no lost connection.
+            if s.write_all(b"QUIT\r\n").is_ok() {
+                let _ = r.reply(&mut s, deadline);
+            }
+            if code == 250 {
+                Ok(())
+            } else {
+                Err(format!("SMTP HELO reply {code}, expected 250"))
             }
         }
         HealthCheckKind::Http => http_get(&mut s, hc, addr, deadline),
@@ -267,6 +289,19 @@ pub(crate) mod dns {
 
 mod ping;
 mod udp;
+
+/// This host's name (gethostname(2)) as an SMTP `HELO` gives it: `localhost` if it is not
+/// one visible ASCII word.
+fn host_name() -> String {
+    let mut b = [0u8; 256];
+    // SAFETY: gethostname writes at most `b.len()` bytes into `b`.
+    let ok = unsafe { libc::gethostname(b.as_mut_ptr().cast(), b.len()) } == 0;
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    match std::str::from_utf8(&b[..n]) {
+        Ok(h) if ok && !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic()) => h.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
 
 /// Fill `b` with bytes nobody on the path can guess (getrandom(2); if that fails, the clock
 /// mixed with a counter: still unequal from one check to the next).
@@ -711,13 +746,21 @@ fn status_line(line: &[u8]) -> Result<u16, String> {
 
 struct LineReader {
     buf: Vec<u8>,
+    /// The protocol whose replies these are ("FTP", "SMTP"), for the errors.
+    proto: &'static str,
 }
 
 impl LineReader {
-    /// Read one (possibly multi-line) FTP reply; return its code. The whole
-    /// reply must arrive before `deadline`: a server that keeps sending
+    fn new(proto: &'static str) -> LineReader {
+        LineReader { buf: Vec::new(), proto }
+    }
+
+    /// Read one (possibly multi-line) reply: a code, and for more lines a `-` after it until
+    /// a line with the same code and a space (FTP, RFC 959; SMTP, RFC 5321); return its code.
+    /// The whole reply must arrive before `deadline`: a server that keeps sending
     /// continuation lines never lets a read timeout fire.
     fn reply(&mut self, s: &mut TcpStream, deadline: Instant) -> Result<u32, String> {
+        let proto = self.proto;
         let mut first: Option<u32> = None;
         loop {
             while let Some(p) = self.buf.iter().position(|b| *b == b'\n') {
@@ -731,22 +774,22 @@ impl LineReader {
                         }
                         first = Some(c);
                     }
-                    (None, None) => return Err(format!("bad FTP reply {:?}", l.trim_end())),
+                    (None, None) => return Err(format!("bad {proto} reply {:?}", l.trim_end())),
                     (Some(f), Some(c)) if c == f && l.as_bytes().get(3) == Some(&b' ') => return Ok(c),
                     _ => {}
                 }
             }
             if self.buf.len() > 16384 {
-                return Err("FTP reply too long".into());
+                return Err(format!("{proto} reply too long"));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err("timed out reading the FTP reply".into());
+                return Err(format!("timed out reading the {proto} reply"));
             }
             let mut b = [0u8; 1024];
             s.set_read_timeout(Some(left)).ok();
             match s.read(&mut b) {
-                Ok(0) => return Err("connection closed before the FTP reply".into()),
+                Ok(0) => return Err(format!("connection closed before the {proto} reply")),
                 Ok(n) => self.buf.extend_from_slice(&b[..n]),
                 Err(e) => return Err(format!("read: {e}")),
             }
@@ -754,7 +797,6 @@ impl LineReader {
     }
 }
 
-/// Start the health checker thread.
 /// Seconds to a server's next check, after the one that left it `up` with `fail_run`
 /// failures in a row: `retry_interval` while failures are being confirmed (the server up,
 /// failing, not yet `fall` times), else `interval` (keepalived's `delay_before_retry` and
@@ -766,6 +808,7 @@ fn next_check_in(hc: &HealthCheck, up: bool, fail_run: u32) -> f64 {
     }
 }
 
+/// Start the health checker thread.
 pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("fvs-health".into()).spawn(move || run(state, stop))
 }
@@ -989,6 +1032,96 @@ mod tests {
             let r = check_within(&hc(HealthCheckKind::Ftp, 2.0), addr, Duration::from_secs(5)).expect("finished");
             assert_eq!(r, Ok(()), "{}", String::from_utf8_lossy(banner));
         }
+    }
+
+    /// An SMTP server on loopback that greets with `greeting`, answers the first command line
+    /// with `helo_reply` and QUIT with 221; the command lines it got come out of the receiver.
+    fn smtp_server(greeting: &'static [u8], helo_reply: &'static [u8]) -> (SocketAddr, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let addr = server(move |mut s| {
+            let _ = s.write_all(greeting);
+            let mut got = Vec::new();
+            let mut b = [0u8; 512];
+            for reply in [helo_reply, &b"221 bye\r\n"[..]] {
+                let start = got.len();
+                while !got[start..].ends_with(b"\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = tx.lock().unwrap().send(String::from_utf8_lossy(&got[start..]).into_owned());
+                let _ = s.write_all(reply);
+            }
+        });
+        (addr, rx)
+    }
+
+    /// `smtp`: a 220 greeting (one line or several, RFC 5321), `HELO` with `helo_name` (else
+    /// this host's name) answered 250, then QUIT; another greeting or HELO reply fails naming
+    /// it, a non-reply fails, and nothing is sent after a wrong greeting.
+    #[test]
+    fn smtp_greeting_helo_and_quit() {
+        let mut h = hc(HealthCheckKind::Smtp, 2.0);
+        h.helo_name = Some("lb1.example.net".into());
+        let run = |h: &HealthCheck, greeting: &'static [u8], helo: &'static [u8]| {
+            let (addr, rx) = smtp_server(greeting, helo);
+            let r = check_within(h, addr, Duration::from_secs(5)).expect("finished");
+            (r, rx.recv_timeout(Duration::from_millis(500)).ok(), rx.recv_timeout(Duration::from_millis(500)).ok())
+        };
+        let (r, helo, quit) = run(&h, b"220 mx.example.com ESMTP Postfix\r\n", b"250 mx.example.com\r\n");
+        assert_eq!(r, Ok(()));
+        assert_eq!(helo.as_deref(), Some("HELO lb1.example.net\r\n"));
+        assert_eq!(quit.as_deref(), Some("QUIT\r\n"));
+        let multi = b"220-mx.example.com ESMTP\r\n220-no UCE\r\n220 ready\r\n";
+        assert_eq!(run(&h, multi, b"250 hi\r\n").0, Ok(()));
+        let (r, helo, _) = run(&h, b"554 no service for you\r\n", b"250 x\r\n");
+        assert_eq!(r, Err("SMTP greeting 554, expected 220".into()));
+        assert_eq!(helo, None, "nothing sent after a refusal");
+        assert_eq!(run(&h, b"220 ok\r\n", b"501 bad name\r\n").0, Err("SMTP HELO reply 501, expected 250".into()));
+        assert_eq!(run(&h, b"SSH-2.0-OpenSSH_9.2\r\n", b"").0, Err("bad SMTP reply \"SSH-2.0-OpenSSH_9.2\"".into()));
+        let (r, helo, _) = run(&hc(HealthCheckKind::Smtp, 2.0), b"220 ok\r\n", b"250 ok\r\n");
+        assert_eq!(r, Ok(()));
+        assert_eq!(helo, Some(format!("HELO {}\r\n", host_name())), "this host's name by default");
+        assert!(!host_name().is_empty() && !host_name().contains(' '));
+    }
+
+    /// `smtp` against a real SMTP server: Python's `smtpd` (its stdlib up to 3.11, the
+    /// Debian python3 the lab uses), on loopback.
+    #[test]
+    fn smtp_check_against_python_smtpd() {
+        let py = "/usr/bin/python3";
+        let has = std::process::Command::new(py)
+            .args(["-W", "ignore", "-c", "import smtpd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has {
+            assert!(std::env::var_os("CI").is_none(), "/usr/bin/python3 with smtpd missing (scripts/install-deps)");
+            eprintln!("no /usr/bin/python3 with smtpd: skipped");
+            return;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = std::process::Command::new(py)
+            .args(["-W", "ignore", "-m", "smtpd", "-n", "-c", "DebuggingServer", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start smtpd");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut h = hc(HealthCheckKind::Smtp, 2.0);
+        h.helo_name = Some("lb1.example.net".into());
+        let t0 = Instant::now();
+        let mut r = check(&h, "svc", addr);
+        while r.is_err() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+            r = check(&h, "svc", addr);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(r, Ok(()));
+        let e = check(&h, "svc", addr).unwrap_err();
+        assert!(e.starts_with("connect 127.0.0.1:"), "stopped: {e}");
     }
 
     /// An HTTP server on loopback answering every request with `reply`; the requests it got

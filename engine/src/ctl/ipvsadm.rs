@@ -32,7 +32,7 @@
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
 //!   as `check=TYPE check-port= check-send= check-expect= check-path=
 //!   check-host= check-status= check-digest= check-tls-ca= check-query-name= check-query-type=
-//!   check-payload= check-reply= check-require-reply
+//!   check-payload= check-reply= check-require-reply check-helo-name=
 //!   check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
 //!   check-fall= check-remove check-start-down`, and the notify programs as
@@ -1025,6 +1025,7 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             Some(("check-query-name", v)) => check.query_name = Some(dec("check-query-name", v)?),
             Some(("check-query-type", v)) => check.query_type = Some(dec("check-query-type", v)?),
             Some(("check-payload", v)) => check.payload = Some(dec("check-payload", v)?),
+            Some(("check-helo-name", v)) => check.helo_name = Some(dec("check-helo-name", v)?),
             Some(("check-reply", v)) => {
                 check.reply = Some(dec("check-reply", v)?);
                 check.require_reply = true;
@@ -1938,6 +1939,7 @@ fn write_ext_options(out: &mut String, s: &Service) {
         ("query-type", &h.query_type),
         ("payload", &h.payload),
         ("reply", &h.reply),
+        ("helo-name", &h.helo_name),
     ];
     for (k, v) in more {
         if let Some(v) = v {
@@ -2719,6 +2721,15 @@ ports = [161]
 
 [service.health_check]
 type = "ping"
+
+[[service]]
+name = "tcp-10.0.0.4-25"
+vip = "10.0.0.4"
+ports = [25]
+
+[service.health_check]
+type = "smtp"
+helo_name = "lb1.example.net"
 "#;
 
     /// What of `want`'s services `got` lost or changed, field by field (services by name, real
@@ -2825,6 +2836,14 @@ type = "ping"
                 "exec",
                 nulls,
                 r#"["/usr/local/bin/check","--name=a b","x,y",""],"user":"nobody""#,
+                [r#""5""#, "null", r#""3""#],
+                r#""rise":2,"fall":3"#,
+                r#""remove":false,"start_down":false"#,
+            ),
+            check(
+                "smtp",
+                &format!(r#"{nulls},"helo_name":"lb1.example.net""#),
+                r#"[],"user":null"#,
                 [r#""5""#, "null", r#""3""#],
                 r#""rise":2,"fall":3"#,
                 r#""remove":false,"start_down":false"#,
@@ -3154,7 +3173,7 @@ type = "ping"
             ("\n# ferrovs-service check=http check-interval=NaN\n", "check-interval"),
             ("\n# ferrovs-service check=http check-timeout=-1\n", "check-timeout"),
             ("\n# ferrovs-service check-rise=2\n", "without check=TYPE"),
-            ("\n# ferrovs-service check=smtp\n", "bad check"),
+            ("\n# ferrovs-service check=bfd\n", "bad check"),
             ("\n# ferrovs-service sorry=10.0.0.1:99999\n", "sorry server"),
             ("\n# ferrovs-service check=send_expect check-send=%G1\n", "check-send"),
             ("\n# ferrovs-service check=send_expect check-send=%FF\n", "check-send"),
