@@ -92,14 +92,19 @@ impl Default for RateLimit {
 }
 
 /// One token bucket per address, for what one host may trigger (Linux's per-peer
-/// `icmp_ratelimit`, kept in its inetpeer cache): a host that floods cannot take what the
-/// worker's global bucket leaves for every other host.
+/// `icmp_ratelimit`, kept in its inetpeer cache; a service's `source_conn_rate`): a host
+/// that floods cannot take what the worker's global bucket leaves for every other host.
 ///
-/// Bounded: a direct-mapped table of [`HostLimit::SLOTS`] buckets, the slot chosen by a
-/// keyed hash of the address (a random key per table, so no one can aim at another host's
-/// slot). A host whose slot another host holds takes it over with a full bucket: a collision
-/// lets more through, never less, and the global bucket still bounds the total. The table is
-/// allocated on the first event, so a worker that never limits anything keeps no memory.
+/// Bounded: a table of [`HostLimit::SLOTS`] buckets in sets of [`HostLimit::WAYS`], the set
+/// chosen by a keyed hash of the address (a random key per table, so no one can aim at
+/// another host's set). A host new to its set takes the slot whose bucket holds the most
+/// credit once refilled: an empty one, else a full bucket (which forgets nothing: a host
+/// coming back gets a full one anyway), else the least limited. So a host over its limit
+/// keeps its debt while any number of other hosts come and go, unless every slot of its
+/// set is in debt too (more than `SLOTS` hosts limited at once); then the newcomer gets a
+/// full bucket and the evicted host one when it comes back: more let through, never less,
+/// and the global bucket still bounds the total. The table is allocated on the first event,
+/// so a worker that never limits anything keeps no memory.
 #[derive(Clone, Debug)]
 pub struct HostLimit {
     /// Nanoseconds per token; `u64::MAX`: off (every host allowed).
@@ -114,6 +119,8 @@ pub struct HostLimit {
 impl HostLimit {
     /// Buckets in the table (4,096 hosts limited at once, 128 KiB).
     pub const SLOTS: usize = 4096;
+    /// Buckets per set.
+    pub const WAYS: usize = 4;
 
     /// `per_sec` events per host and second, bursts of `burst` (at least 1); `per_sec` 0: no
     /// per-host limit. `seed`: the hash key (nonzero).
@@ -121,6 +128,14 @@ impl HostLimit {
         let interval = if per_sec == 0 { u64::MAX } else { (NS / u64::from(per_sec)).max(1) };
         let cap = interval.saturating_mul(u64::from(burst.max(1)));
         HostLimit { interval, cap, seed: seed | 1, slots: Vec::new() }
+    }
+
+    /// The credit of a slot's bucket refilled to `now` (an empty slot: `u64::MAX`, the most).
+    fn credit_at(&self, slot: &(u128, u64, u64), now: u64) -> u64 {
+        if slot.1 == u64::MAX {
+            return u64::MAX;
+        }
+        slot.1.saturating_add(now.saturating_sub(slot.2)).min(self.cap)
     }
 
     /// May `host` trigger an event at `now`? Consumes one of its tokens if so.
@@ -132,10 +147,25 @@ impl HostLimit {
             self.slots = vec![(0, u64::MAX, 0); Self::SLOTS];
         }
         let x = (host as u64 ^ (host >> 64) as u64 ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let slot = &mut self.slots[(x >> 52) as usize % Self::SLOTS];
-        if slot.1 == u64::MAX || slot.0 != host {
-            *slot = (host, self.cap, now);
-        }
+        let set = (x >> 52) as usize % (Self::SLOTS / Self::WAYS) * Self::WAYS;
+        let ways = set..set + Self::WAYS;
+        let i = match self.slots[ways.clone()].iter().position(|s| s.1 != u64::MAX && s.0 == host) {
+            Some(w) => set + w,
+            None => {
+                // The victim: the most credit (the first of equals).
+                let mut v = set;
+                let mut most = self.credit_at(&self.slots[set], now);
+                for j in ways.skip(1) {
+                    let c = self.credit_at(&self.slots[j], now);
+                    if c > most {
+                        (v, most) = (j, c);
+                    }
+                }
+                self.slots[v] = (host, self.cap, now);
+                v
+            }
+        };
+        let slot = &mut self.slots[i];
         // A clock going backwards refills nothing.
         let elapsed = now.saturating_sub(slot.2);
         slot.2 = slot.2.max(now);
@@ -206,6 +236,32 @@ mod tests {
         for h in 0..20_000u128 {
             assert!(hl.allow(NS, 0x2000_0000 + h));
         }
+    }
+
+    /// A host over its limit stays limited while many other hosts come and go (a busy
+    /// service's clients, a spoofing flood): they take the table's slots of hosts whose
+    /// buckets are full (which forget nothing) before the slot of one in debt. One host
+    /// trying 100 times a millisecond for 2 s, between 40 other hosts a millisecond (80,000
+    /// in all, 20 times the table): no more than its burst and rate.
+    #[test]
+    fn a_limited_host_stays_limited_among_many_others() {
+        let (rate, burst) = (10u32, 5u32);
+        let mut hl = HostLimit::new(rate, burst, 0x5eed);
+        let abuser = 0xffff_c633_6401u128;
+        let mut allowed = 0;
+        let mut others = 0u128;
+        for ms in 0..2000u64 {
+            let now = ms * (NS / 1000);
+            for _ in 0..40 {
+                others += 1;
+                assert!(hl.allow(now, 0xffff_0a00_0000 + others), "a new host has its bucket");
+            }
+            allowed += (0..100).filter(|_| hl.allow(now, abuser)).count();
+        }
+        // The burst, then 10 a second for 2 s (the first token at 100 ms).
+        let most = burst as usize + 2 * rate as usize;
+        assert!(allowed <= most, "{allowed} allowed, at most {most}");
+        assert!(allowed >= most - 1, "{allowed} allowed, at least {}", most - 1);
     }
 
     #[test]
