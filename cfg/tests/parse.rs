@@ -1024,3 +1024,33 @@ fn udp_check_hex_octets() {
     assert!(h(&"00".repeat(HealthCheck::MAX_UDP_OCTETS), false).is_some());
     assert!(h(&"00".repeat(HealthCheck::MAX_UDP_OCTETS + 1), false).is_none());
 }
+
+proptest::proptest! {
+    /// Any text as a `payload` or `reply`: octets or `None`, never a panic; the hex of any
+    /// octets, split by spaces anywhere between octets, reads back as them, all nibbles to match.
+    #[test]
+    fn hex_octets_never_panic(t in "[0-9a-fA-FxX \t]{0,40}|\\PC{0,20}", wild in proptest::prelude::any::<bool>()) {
+        if let Some((d, m)) = ferrovs_cfg::HealthCheck::hex_octets(&t, wild) {
+            proptest::prop_assert_eq!(d.len(), m.len());
+            proptest::prop_assert!(!d.is_empty() && d.len() <= ferrovs_cfg::HealthCheck::MAX_UDP_OCTETS);
+        }
+    }
+    #[test]
+    fn hex_octets_read_back(
+        octets in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 1..64),
+        upper in proptest::prelude::any::<bool>(),
+    ) {
+        let mut t = String::new();
+        for (o, space) in &octets {
+            t.push_str(&if upper { format!("{o:02X}") } else { format!("{o:02x}") });
+            if *space {
+                t.push(' ');
+            }
+        }
+        let want: Vec<u8> = octets.iter().map(|(o, _)| *o).collect();
+        proptest::prop_assert_eq!(
+            ferrovs_cfg::HealthCheck::hex_octets(&t, false),
+            Some((want.clone(), vec![0xff; want.len()]))
+        );
+    }
+}

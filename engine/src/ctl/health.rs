@@ -1250,6 +1250,43 @@ mod tests {
                 proptest::prop_assert!(r.get(12..q.len()).is_some_and(|x| x.eq_ignore_ascii_case(&q[12..])));
             }
         }
+        /// Any datagram an ICMP socket delivers (raw or ping, IPv4 or IPv6): never a panic;
+        /// taken as the echo's reply only with its sequence number and token (and, raw, its
+        /// identifier).
+        #[test]
+        fn icmp_datagrams_never_panic(
+            d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            v6 in proptest::prelude::any::<bool>(),
+            raw in proptest::prelude::any::<bool>(),
+            mostly_ours in proptest::prelude::any::<bool>(),
+        ) {
+            let (id, seq, token) = ([0x12, 0x34], [0x56, 0x78], [0xabu8; 16]);
+            let mut d = d;
+            let off = if raw && !v6 { 20 } else { 0 };
+            if mostly_ours && d.len() >= off + 8 {
+                // An echo reply's header with our numbers, the rest (and the type) varying.
+                if off > 0 {
+                    d[0] = 0x45;
+                }
+                d[off + 4..off + 8].copy_from_slice(&[id[0], id[1], seq[0], seq[1]]);
+            }
+            if let Some(Ok(())) = ping::answer(&d, v6, raw, id, seq, &token) {
+                let m = &d[off..];
+                proptest::prop_assert_eq!(m[0], if v6 { 129 } else { 0 });
+                proptest::prop_assert!(m[6..8] == seq && (!raw || m[4..6] == id) && m[8..] == token);
+            }
+        }
+        /// The udp check's reply matching, against a byte-by-byte model: every octet's bits
+        /// under the mask equal, the answer at least as long.
+        #[test]
+        fn udp_reply_matching_is_the_masked_compare(
+            got in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            want in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>()), 1..8),
+        ) {
+            let (w, m): (Vec<u8>, Vec<u8>) = want.into_iter().unzip();
+            let model = got.len() >= w.len() && (0..w.len()).all(|i| got[i] & m[i] == w[i] & m[i]);
+            proptest::prop_assert_eq!(udp::answer_matches(&got, &w, &m), model);
+        }
     }
 
     /// A server that sends an endless status line, or nothing: the check ends at its timeout.
