@@ -12,7 +12,7 @@
 use super::*;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// ICMP types: echo request and reply, and the errors that name an echo (v4, v6).
+/// ICMP types of the echo request and reply (IPv4, IPv6).
 const ECHO: [u8; 2] = [8, 128];
 const ECHO_REPLY: [u8; 2] = [0, 129];
 
