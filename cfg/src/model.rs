@@ -811,6 +811,12 @@ impl HealthCheck {
     /// any path's MTU).
     pub const MAX_UDP_OCTETS: usize = 1232;
 
+    /// An `smtp` check's `helo_name` as valid: one word of 1 to 255 visible ASCII bytes
+    /// (nothing a check could smuggle into the command line).
+    pub fn valid_helo_name(name: &str) -> bool {
+        (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
+    }
+
     /// The code of a `dns` check's record type (any case), if it is one of [`Self::DNS_TYPES`].
     pub fn dns_type_code(name: &str) -> Option<u16> {
         Self::DNS_TYPES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, c)| c)

@@ -1186,11 +1186,7 @@ impl Validator<'_> {
             Some(x) if kind != HealthCheckKind::Smtp => {
                 return Err(self.err(span_of(x), "health check `helo_name` is for type \"smtp\""))
             }
-            Some(x)
-                if x.get_ref().is_empty()
-                    || x.get_ref().len() > 255
-                    || !x.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
-            {
+            Some(x) if !HealthCheck::valid_helo_name(x.get_ref()) => {
                 return Err(self.err(
                     span_of(x),
                     format!(

@@ -317,6 +317,15 @@ impl Check {
 }
 
 impl Check {
+    /// keepalived's failure confirmation from the retry options `r` (the check's, else its
+    /// real_server's or virtual_server's), else the checker's defaults `retry` and `delay`
+    /// (seconds): a server goes down after `retry` + 1 failures in a row, ferrovs' `fall`,
+    /// each retry `delay_before_retry` after the failure.
+    fn retries(&mut self, r: Retry, retry: u32, delay: f64) {
+        self.fall = r.retry.unwrap_or(retry) + 1;
+        self.retry_interval = r.delay.unwrap_or(delay);
+    }
+
     /// Takes `o` if it is one of the options every connecting check has (true): its
     /// `connect_timeout`, `connect_port` (0: the real server's), and its retry options into
     /// `own`.
@@ -424,9 +433,7 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
     // retries already spent: retry N is N + 1 failures in a row, ferrovs' fall; each retry
     // comes `delay_before_retry` after the failure. keepalived >= 2.0's defaults (check_api.c
     // `queue_checker`): 1 retry, 1 s before it; HTTP_GET and SSL_GET 3 s (check_http.c).
-    let r = own.or(outer);
-    c.fall = r.retry.unwrap_or(1) + 1;
-    c.retry_interval = r.delay.unwrap_or(if http { 3.0 } else { 1.0 });
+    c.retries(own.or(outer), 1, if http { 3.0 } else { 1.0 });
     Ok(c)
 }
 
@@ -461,9 +468,7 @@ fn dns_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check
         }
     }
     // keepalived's DNS_CHECK: 3 retries by default (check_dns.c), 1 s before each.
-    let r = own.or(outer);
-    c.fall = r.retry.unwrap_or(3) + 1;
-    c.retry_interval = r.delay.unwrap_or(1.0);
+    c.retries(own.or(outer), 3, 1.0);
     Ok(c)
 }
 
@@ -500,9 +505,7 @@ fn udp_ping_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
         }
     }
-    let r = own.or(outer);
-    c.fall = r.retry.unwrap_or(1) + 1;
-    c.retry_interval = r.delay.unwrap_or(1.0);
+    c.retries(own.or(outer), 1, 1.0);
     Ok(c)
 }
 
@@ -519,7 +522,7 @@ fn smtp_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Chec
         match o.key.as_str() {
             "helo_name" => {
                 let h = arg(o)?;
-                if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| b.is_ascii_graphic()) {
+                if !HealthCheck::valid_helo_name(h) {
                     return Err(err(ORIGIN, o.line, format!("SMTP_CHECK helo_name {h:?} is not one word")));
                 }
                 c.helo_name = Some(h.to_string());
@@ -532,9 +535,7 @@ fn smtp_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Chec
             k => warnings.push(format!("line {}: SMTP_CHECK option {k} is not supported, ignored", o.line)),
         }
     }
-    let r = own.or(outer);
-    c.fall = r.retry.unwrap_or(1) + 1;
-    c.retry_interval = r.delay.unwrap_or(1.0);
+    c.retries(own.or(outer), 1, 1.0);
     Ok(c)
 }
 
@@ -606,9 +607,7 @@ fn misc_block(
     }
     // keepalived's MISC_CHECK: no retry by default (check_misc.c sets default_retry 0), 1 s
     // before one when given.
-    let r = own.or(outer);
-    c.fall = r.retry.unwrap_or(0) + 1;
-    c.retry_interval = r.delay.unwrap_or(1.0);
+    c.retries(own.or(outer), 0, 1.0);
     Ok(Some(c))
 }
 
