@@ -262,57 +262,23 @@ fn address_range(s: &str) -> Result<Vec<IpAddr>, String> {
         .collect())
 }
 
+/// A check block being imported: the health check it becomes (its `interval`, `rise`,
+/// `quiesce` and `start_down` set by the virtual_server, its `timeout` and `retry_interval`
+/// from the fields beside it), and the block's line.
 #[derive(PartialEq)]
 struct Check {
-    kind: HealthCheckKind,
-    port: Option<u16>,
+    hc: HealthCheck,
+    /// `connect_timeout` / `misc_timeout`, if given.
     timeout: Option<f64>,
-    fall: u32,
     /// Seconds to the check after a failure that has not yet taken the server down.
     retry_interval: f64,
-    /// HTTP_GET, SSL_GET: the (first) url's path, status_code and digest, and the virtualhost.
-    path: Option<String>,
-    digest: Option<String>,
-    status: Option<u16>,
-    host: Option<String>,
-    /// DNS_CHECK: the name and type queried.
-    query_name: Option<String>,
-    query_type: Option<String>,
-    /// UDP_CHECK: the payload, require_reply and its data (hex, as keepalived writes them).
-    payload: Option<String>,
-    require_reply: bool,
-    reply: Option<String>,
-    /// SMTP_CHECK: the HELO name.
-    helo_name: Option<String>,
-    /// MISC_CHECK: the script's argv and the user it runs as.
-    command: Vec<String>,
-    user: Option<String>,
     line: usize,
 }
 
 impl Check {
     /// A check of `kind` from the block at `line`, every option at its default.
     fn new(kind: HealthCheckKind, line: usize) -> Check {
-        Check {
-            kind,
-            port: None,
-            timeout: None,
-            fall: 0,
-            retry_interval: 0.0,
-            path: None,
-            digest: None,
-            status: None,
-            host: None,
-            query_name: None,
-            query_type: None,
-            payload: None,
-            require_reply: false,
-            reply: None,
-            helo_name: None,
-            command: Vec::new(),
-            user: None,
-            line,
-        }
+        Check { hc: HealthCheck::new(kind), timeout: None, retry_interval: 0.0, line }
     }
 }
 
@@ -322,7 +288,7 @@ impl Check {
     /// (seconds): a server goes down after `retry` + 1 failures in a row, ferrovs' `fall`,
     /// each retry `delay_before_retry` after the failure.
     fn retries(&mut self, r: Retry, retry: u32, delay: f64) {
-        self.fall = r.retry.unwrap_or(retry) + 1;
+        self.hc.fall = r.retry.unwrap_or(retry) + 1;
         self.retry_interval = r.delay.unwrap_or(delay);
     }
 
@@ -334,7 +300,7 @@ impl Check {
             "connect_timeout" => self.timeout = Some(secs(o)?),
             "connect_port" => {
                 let p = num(o, 65535)? as u16;
-                self.port = (p != 0).then_some(p);
+                self.hc.port = (p != 0).then_some(p);
             }
             _ => return own.take(o),
         }
@@ -381,14 +347,15 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
         _ => HealthCheckKind::Tcp,
     };
     let mut own = Retry::default();
-    let mut c = Check { host: vhost.filter(|_| http).map(str::to_string), ..Check::new(kind, n.line) };
+    let mut c = Check::new(kind, n.line);
+    c.hc.host = vhost.filter(|_| http).map(str::to_string);
     let mut urls = 0;
     for o in n.children.as_deref().unwrap_or(&[]) {
         if c.connection_option(o, &mut own)? {
             continue;
         }
         match o.key.as_str() {
-            "virtualhost" if http => c.host = Some(arg(o)?.to_string()),
+            "virtualhost" if http => c.hc.host = Some(arg(o)?.to_string()),
             "url" if http => {
                 urls += 1;
                 if urls > 1 {
@@ -398,20 +365,20 @@ fn check_block(n: &Node, vhost: Option<&str>, outer: Retry, warnings: &mut Vec<S
                 }
                 for u in o.children.as_deref().unwrap_or(&[]) {
                     match u.key.as_str() {
-                        "path" => c.path = Some(arg(u)?.to_string()),
+                        "path" => c.hc.path = Some(arg(u)?.to_string()),
                         "digest" => {
                             let d = arg(u)?;
                             if d.len() != 32 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
                                 return Err(err(ORIGIN, u.line, format!("digest {d:?} is not an MD5 in hex")));
                             }
-                            c.digest = Some(d.to_ascii_lowercase());
+                            c.hc.digest = Some(d.to_ascii_lowercase());
                         }
-                        "virtualhost" => c.host = Some(arg(u)?.to_string()),
+                        "virtualhost" => c.hc.host = Some(arg(u)?.to_string()),
                         // One code, or keepalived's 2xx default written as a range.
                         "status_code" => match u.args.as_slice() {
-                            [r] if r == "200-299" => c.status = None,
+                            [r] if r == "200-299" => c.hc.status = None,
                             [v] => match v.parse::<u16>() {
-                                Ok(x) if (100..=599).contains(&x) => c.status = Some(x),
+                                Ok(x) if (100..=599).contains(&x) => c.hc.status = Some(x),
                                 _ => return Err(err(ORIGIN, u.line, format!("invalid status_code {v:?}"))),
                             },
                             _ => warnings.push(format!(
@@ -453,11 +420,11 @@ fn dns_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Check
                 if !HealthCheck::valid_query_name(name) {
                     return Err(err(ORIGIN, o.line, format!("DNS_CHECK name {name:?} is not a DNS name")));
                 }
-                c.query_name = Some(name.to_string());
+                c.hc.query_name = Some(name.to_string());
             }
             // keepalived logs an unknown type and keeps its default (SOA); so does the import.
             "type" => match HealthCheck::dns_type_code(arg(o)?) {
-                Some(_) => c.query_type = Some(arg(o)?.to_ascii_uppercase()),
+                Some(_) => c.hc.query_type = Some(arg(o)?.to_ascii_uppercase()),
                 None => warnings.push(format!(
                     "line {}: DNS_CHECK type {}: not a type keepalived knows, SOA is queried (as keepalived does)",
                     o.line,
@@ -495,11 +462,11 @@ fn udp_ping_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<
             continue;
         }
         match o.key.as_str() {
-            "payload" if udp => c.payload = Some(hex(o, false)?),
+            "payload" if udp => c.hc.payload = Some(hex(o, false)?),
             "require_reply" if udp => {
-                c.require_reply = true;
+                c.hc.require_reply = true;
                 if !o.args.is_empty() {
-                    c.reply = Some(hex(o, true)?);
+                    c.hc.reply = Some(hex(o, true)?);
                 }
             }
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
@@ -525,7 +492,7 @@ fn smtp_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<Chec
                 if !HealthCheck::valid_helo_name(h) {
                     return Err(err(ORIGIN, o.line, format!("SMTP_CHECK helo_name {h:?} is not one word")));
                 }
-                c.helo_name = Some(h.to_string());
+                c.hc.helo_name = Some(h.to_string());
             }
             "host" => warnings.push(format!(
                 "line {}: SMTP_CHECK host (deprecated by keepalived: more servers checked by one checker) is not \
@@ -564,7 +531,7 @@ fn misc_block(
                         ),
                     ));
                 }
-                c.command = argv;
+                c.hc.command = argv;
             }
             "misc_timeout" => c.timeout = Some(secs(o)?),
             "misc_dynamic" => warnings.push(format!(
@@ -573,7 +540,7 @@ fn misc_block(
                 o.line
             )),
             "user" => {
-                c.user = Some(arg(o)?.to_string());
+                c.hc.user = Some(arg(o)?.to_string());
                 if let Some(g) = o.args.get(1) {
                     warnings.push(format!(
                         "line {}: MISC_CHECK user {} {g}: a group is not supported, the script runs with the \
@@ -588,14 +555,14 @@ fn misc_block(
             k => warnings.push(format!("line {}: MISC_CHECK option {k} is not supported, ignored", o.line)),
         }
     }
-    if c.command.is_empty() {
+    if c.hc.command.is_empty() {
         warnings.push(format!("line {}: MISC_CHECK without misc_path: ignored (as keepalived does)", n.line));
         return Ok(None);
     }
-    if c.user.is_none() {
-        c.user = script_user.map(str::to_string);
+    if c.hc.user.is_none() {
+        c.hc.user = script_user.map(str::to_string);
     }
-    if c.user.is_none() {
+    if c.hc.user.is_none() {
         // keepalived runs it as `keepalived_script` when that user exists, else as root; an
         // import cannot know which the checked machine has, and root must not be a surprise.
         warnings.push(format!(
@@ -1057,7 +1024,7 @@ fn virtual_server(
                         };
                         let Some(mut c) = c else { continue };
                         tcp_check = true;
-                        ftp_hint |= c.port == Some(21);
+                        ftp_hint |= c.hc.port == Some(21);
                         match &check {
                             None => check = Some(c),
                             Some(p) => {
@@ -1172,33 +1139,18 @@ fn virtual_server(
                     unchecked.join(", ")
                 ));
             }
+            // Only while a failure is being confirmed; none when it is the interval.
+            let retry_interval = Some(c.retry_interval).filter(|&r| c.hc.fall > 1 && r != interval);
+            // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
+            let timeout = c.timeout.unwrap_or(if c.hc.kind == HealthCheckKind::Exec { interval } else { 5.0 });
             svc.health_check = Some(HealthCheck {
-                kind: c.kind,
-                port: c.port,
-                send: None,
-                expect: None,
-                path: c.path,
-                host: c.host,
-                status: c.status,
-                digest: c.digest,
-                tls_ca: None,
-                query_name: c.query_name,
-                query_type: c.query_type,
-                payload: c.payload,
-                require_reply: c.require_reply,
-                reply: c.reply,
-                helo_name: c.helo_name,
-                command: c.command,
-                user: c.user,
                 interval,
-                // Only while a failure is being confirmed; none when it is the interval.
-                retry_interval: Some(c.retry_interval).filter(|&r| c.fall > 1 && r != interval),
-                // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
-                timeout: c.timeout.unwrap_or(if c.kind == HealthCheckKind::Exec { interval } else { 5.0 }),
+                retry_interval,
+                timeout,
                 rise: 1,
-                fall: c.fall,
                 quiesce: inhibit,
                 start_down: alpha.is_some(),
+                ..c.hc
             });
         } else if let Some(a) = alpha {
             warnings.push(format!(

@@ -367,30 +367,14 @@ fn virtual_block(
         ));
     }
     svc.health_check = Some(HealthCheck {
-        kind,
-        path: None,
-        host: None,
-        status: None,
-        digest: None,
-        tls_ca: None,
-        query_name: None,
-        query_type: None,
-        payload: None,
-        require_reply: false,
-        reply: None,
-        helo_name: None,
-        command: Vec::new(),
-        user: None,
-        port: None,
         send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,
         interval,
-        retry_interval: None,
         timeout: check_timeout,
         rise,
         fall,
         quiesce,
-        start_down: false,
+        ..HealthCheck::new(kind)
     });
 
     for it in servers {
