@@ -297,8 +297,10 @@ pub struct Service {
     /// Firewall mark this service was imported from (ipvsadm -f), if any.
     pub fwmark: Option<u32>,
     pub real_servers: Vec<RealServer>,
-    /// Health check for the real servers of this service.
-    pub health_check: Option<HealthCheck>,
+    /// Health checks of the real servers of this service (`[service.health_check]`, or
+    /// several as `[[service.health_check]]`): a server is up while every check passes
+    /// (keepalived's checkers of one real server). Empty: not checked.
+    pub health_checks: Vec<HealthCheck>,
     /// SYN proxy with SYN cookies (TCP NAT services).
     pub syn_proxy: SynProxy,
     /// One-packet scheduling (ipvsadm `--ops`, UDP services): each datagram is scheduled on
@@ -810,6 +812,9 @@ impl HealthCheck {
     /// The most octets a `udp` check's `payload` or `reply` may hold (a datagram that fits
     /// any path's MTU).
     pub const MAX_UDP_OCTETS: usize = 1232;
+
+    /// The most health checks a service may have (each runs for every real server).
+    pub const MAX_PER_SERVICE: usize = 16;
 
     /// An `smtp` check's `helo_name` as valid: one word of 1 to 255 visible ASCII bytes
     /// (nothing a check could smuggle into the command line).

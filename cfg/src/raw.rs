@@ -140,7 +140,7 @@ pub(crate) struct RawService {
     pub persistence: Option<S<RawPersistence>>,
     pub ftp: Option<S<RawFtp>>,
     pub fwmark: Option<S<i64>>,
-    pub health_check: Option<S<RawHealthCheck>>,
+    pub health_check: Option<S<RawChecks>>,
     pub syn_proxy: Option<S<String>>,
     pub one_packet: Option<S<bool>>,
     pub sched_flags: Option<S<Vec<S<String>>>>,
@@ -208,6 +208,40 @@ pub(crate) struct RawFtpTable {
     pub pinhole_timeout: Option<S<i64>>,
     pub max_expectations: Option<S<i64>>,
     pub allow_low_data_ports: Option<bool>,
+}
+
+/// `health_check`: one table (`[service.health_check]`, or an inline table) or an array of
+/// them (`[[service.health_check]]`): a real server is up while every one of its checks is.
+#[derive(Debug)]
+pub(crate) enum RawChecks {
+    /// One table; its span is the field's.
+    One(Box<RawHealthCheck>),
+    Many(Vec<S<RawHealthCheck>>),
+}
+
+impl<'de> de::Deserialize<'de> for RawChecks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawChecks;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a health check table or an array of them")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawChecks, A::Error> {
+                // The table's own keys, with their spans and unknown-key errors.
+                RawHealthCheck::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(|c| RawChecks::One(Box::new(c)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawChecks, A::Error> {
+                let mut v = Vec::new();
+                while let Some(c) = seq.next_element()? {
+                    v.push(c);
+                }
+                Ok(RawChecks::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Debug)]

@@ -258,8 +258,11 @@ pub(crate) fn service(s: &Service) -> String {
     if s.hysteresis != 0 {
         let _ = writeln!(o, "hysteresis = {}", s.hysteresis);
     }
-    if let Some(h) = &s.health_check {
-        o.push_str("\n[service.health_check]\n");
+    // One check as the table, several as an array of tables.
+    let check_hdr =
+        if s.health_checks.len() == 1 { "\n[service.health_check]\n" } else { "\n[[service.health_check]]\n" };
+    for h in &s.health_checks {
+        o.push_str(check_hdr);
         let _ = writeln!(o, "type = {}", q(h.kind.name()));
         if let Some(p) = h.port {
             let _ = writeln!(o, "port = {p}");

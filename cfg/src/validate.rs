@@ -794,9 +794,9 @@ impl Validator<'_> {
         let allow_from = self.source_list(&rs.allow_from, "allow_from", &owner, Some(vip))?;
         let deny_from = self.source_list(&rs.deny_from, "deny_from", &owner, Some(vip))?;
 
-        let health_check = match &rs.health_check {
-            None => None,
-            Some(h) => Some(self.health_check(h)?),
+        let health_checks = match &rs.health_check {
+            None => Vec::new(),
+            Some(h) => self.health_checks(h)?,
         };
 
         let mut local_addresses: Vec<IpAddr> = Vec::new();
@@ -998,7 +998,7 @@ impl Validator<'_> {
             ftp,
             fwmark,
             real_servers,
-            health_check,
+            health_checks,
             syn_proxy,
             one_packet,
             sched_flags,
@@ -1072,8 +1072,41 @@ impl Validator<'_> {
         Ok(name.clone())
     }
 
-    fn health_check(&self, h: &Spanned<RawHealthCheck>) -> R<HealthCheck> {
-        let r = h.get_ref();
+    /// A service's `health_check`: one table or an array of them. What becomes of a failed
+    /// server (`on_fail`) and whether servers start down (`start_down`) belong to the
+    /// service: its checks must agree on them.
+    fn health_checks(&self, h: &Spanned<RawChecks>) -> R<Vec<HealthCheck>> {
+        let raw: Vec<(&RawHealthCheck, Range<usize>)> = match h.get_ref() {
+            RawChecks::One(r) => vec![(r, span_of(h))],
+            RawChecks::Many(v) => v.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
+        };
+        if raw.len() > HealthCheck::MAX_PER_SERVICE {
+            return Err(self.err(
+                span_of(h),
+                format!("a service has at most {} health checks, got {}", HealthCheck::MAX_PER_SERVICE, raw.len()),
+            ));
+        }
+        let mut out: Vec<HealthCheck> = Vec::with_capacity(raw.len());
+        for (r, span) in raw {
+            let c = self.health_check(r)?;
+            if let Some(first) = out.first() {
+                let at = |f: Option<Range<usize>>| f.unwrap_or_else(|| span.clone());
+                if c.quiesce != first.quiesce {
+                    return Err(self.err(
+                        at(r.on_fail.as_ref().map(span_of)),
+                        "every health check of a service has the same on_fail (it says what becomes of the server)",
+                    ));
+                }
+                if c.start_down != first.start_down {
+                    return Err(self.err(span, "every health check of a service has the same start_down"));
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn health_check(&self, r: &RawHealthCheck) -> R<HealthCheck> {
         let kind = self.choice(&r.kind, "health check type", &HealthCheckKind::ALL.map(|k| (k.name(), k)))?;
         let port = match &r.port {
             Some(p) if kind == HealthCheckKind::Ping => {

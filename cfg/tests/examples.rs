@@ -58,7 +58,7 @@ fn exec_health_check_round_trips() {
              [service.health_check]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/check web\", \"--url\", \"a 'b' \\\"c\\\" \\\\ é\", \"\"]\n\
              user = \"nobody\"\ntimeout = 2.5\nrise = 1\nfall = 2\n";
     let c = Config::from_str(t, "x").unwrap();
-    let h = c.services[0].health_check.as_ref().unwrap();
+    let h = c.services[0].health_checks.first().unwrap();
     assert_eq!(h.kind, HealthCheckKind::Exec);
     assert_eq!(h.command, ["/usr/local/bin/check web", "--url", "a 'b' \"c\" \\ é", ""]);
     assert_eq!((h.user.as_deref(), h.timeout, h.rise, h.fall), (Some("nobody"), 2.5, 1, 2));
@@ -66,6 +66,6 @@ fn exec_health_check_round_trips() {
     assert!(c.to_toml().contains("type = \"exec\"\ncommand = [\"/usr/local/bin/check web\", "), "{}", c.to_toml());
     // Without user: the daemon's; the other types carry no command.
     let c = Config::from_str(&t.replace("user = \"nobody\"\n", ""), "x").unwrap();
-    assert_eq!(c.services[0].health_check.as_ref().unwrap().user, None);
+    assert_eq!(c.services[0].health_checks.first().unwrap().user, None);
     roundtrip(&c);
 }

@@ -41,7 +41,7 @@ fn redhat_ftp_lvs_cf() {
     assert_eq!(ftp.forward, Forward::Nat);
     assert_eq!(ftp.scheduler, "wlc");
     assert_eq!(ftp.persistence, Some(Persistence { timeout: 300, netmask: 32 }));
-    let h = ftp.health_check.as_ref().unwrap();
+    let h = ftp.health_checks.first().unwrap();
     assert_eq!(h.kind, HealthCheckKind::SendExpect);
     assert_eq!(h.send.as_deref(), Some("quit\r\n"));
     assert_eq!(h.expect.as_deref(), Some("220"));
@@ -64,7 +64,7 @@ fn redhat_ftp_lvs_cf() {
     );
     let http = &imp.services[1];
     assert_eq!(http.ftp, None);
-    assert!(!http.health_check.as_ref().unwrap().quiesce);
+    assert!(!http.health_checks.first().unwrap().quiesce);
 
     assert!(warned(&imp, 20, "fwmark 21 with port 21"), "{:#?}", imp.warnings);
     assert!(warned(&imp, 47, "server ftp3 is inactive"));
@@ -100,7 +100,7 @@ fn lvs_cf_direct_routing_and_errors() {
     // A reentry time longer than the 1000 checks a rise may count: cut, and said.
     let imp =
         from_lvs_cf("virtual web {\n  address = 10.0.0.1\n  port = 80\n  timeout = 6\n  reentry = 86400\n}\n").unwrap();
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.interval, h.fall, h.rise), (3.0, 2, 1000));
     assert!(warned(&imp, 1, "reentry = 86400 is more than 1000 checks 3 s apart"), "{:#?}", imp.warnings);
     roundtrip(&imp);
@@ -118,7 +118,7 @@ fn keepalived_ftp_fwmark() {
     assert_eq!(s.forward, Forward::Dr);
     assert_eq!(s.persistence, Some(Persistence { timeout: 300, netmask: 24 }));
     assert!(s.ftp.is_some());
-    let h = s.health_check.as_ref().unwrap();
+    let h = s.health_checks.first().unwrap();
     assert_eq!((h.kind, h.port, h.timeout, h.interval, h.fall), (HealthCheckKind::Tcp, Some(21), 3.0, 6.0, 4));
     assert_eq!(h.retry_interval, Some(3.0), "retry 3 each delay_before_retry 3 after a failure");
     assert!(!h.quiesce);
@@ -151,11 +151,11 @@ fn keepalived_nat() {
     assert_eq!(names, ["tcp-10.0.0.100-21", "tcp-10.0.0.100-80", "udp-10.0.0.100-53"]);
     let ftp = &imp.services[0];
     assert!(ftp.ftp.is_some());
-    assert!(ftp.health_check.as_ref().unwrap().quiesce, "inhibit_on_failure");
+    assert!(ftp.health_checks.first().unwrap().quiesce, "inhibit_on_failure");
     assert_eq!(ftp.real_servers[1].weight, 2);
     let web = &imp.services[1];
     assert_eq!(web.scheduler, "rr");
-    let h = web.health_check.as_ref().expect("HTTP_GET imported");
+    let h = web.health_checks.first().expect("HTTP_GET imported");
     assert_eq!((h.kind, h.path.as_deref(), h.status, h.timeout), (HealthCheckKind::Http, Some("/"), Some(200), 3.0));
     assert_eq!((web.real_servers[0].upper, web.real_servers[0].lower), (1000, 800));
     assert!(!imp.warnings.iter().any(|w| w.contains("HTTP_GET")), "{:?}", imp.warnings);
@@ -332,7 +332,7 @@ fn keepalived_tcp_check_retry_counts_after_the_first_failure() {
     };
     for (retry, fall) in [(0, 1), (1, 2), (3, 4), (999, 1000)] {
         let imp = from_keepalived(&conf(retry)).unwrap();
-        assert_eq!(imp.services[0].health_check.as_ref().unwrap().fall, fall, "retry {retry}");
+        assert_eq!(imp.services[0].health_checks.first().unwrap().fall, fall, "retry {retry}");
         roundtrip(&imp);
     }
     // fall is at most 1000 in ferrovs: retry 1000 is refused at its line, not rendered.
@@ -352,7 +352,7 @@ fn keepalived_inhibit_on_failure_as_keepalived_reads_it() {
              real_server 10.0.2.3 80 {{\n    {rs2}\n    TCP_CHECK {{\n    }}\n  }}\n}}\n"
         )
     };
-    let quiesce = |imp: &Import| imp.services[0].health_check.as_ref().unwrap().quiesce;
+    let quiesce = |imp: &Import| imp.services[0].health_checks.first().unwrap().quiesce;
     let imp = from_keepalived(&conf("inhibit_on_failure", "", "")).unwrap();
     assert!(quiesce(&imp), "{:?}", imp.warnings);
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
@@ -422,7 +422,7 @@ fn lvs_cf_empty_expect_is_a_connect_check() {
         "virtual w {\n  address = 10.0.0.1\n  port = 80\n  send = \"GET / HTTP/1.0\\r\\n\\r\\n\"\n  expect = \"\"\n}\n",
     )
     .unwrap();
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.kind, h.send.as_deref(), h.expect.as_deref()), (HealthCheckKind::Tcp, None, None));
     assert!(warned(&imp, 1, "expect is empty"), "{:?}", imp.warnings);
     roundtrip(&imp);
@@ -488,7 +488,7 @@ fn keepalived_check_on_some_real_servers_only() {
         "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    TCP_CHECK {\n    }\n  }\n  real_server 10.0.2.3 80 {\n    weight 2\n  }\n}\n",
     )
     .unwrap();
-    assert!(imp.services[0].health_check.is_some());
+    assert!(!imp.services[0].health_checks.is_empty());
     assert!(warned(&imp, 3, "10.0.2.3"), "{:?}", imp.warnings);
     assert!(imp.warnings.iter().any(|w| w.contains("line 6: 10.0.2.3")), "{:?}", imp.warnings);
     // Every server checked alike: nothing to say.
@@ -512,13 +512,13 @@ fn keepalived_virtual_server_group() {
         assert_eq!((s.scheduler.as_str(), s.forward, s.protocol), ("rr", Forward::Nat, Protocol::Tcp), "{}", s.name);
         assert_eq!(s.real_servers.len(), 1);
         assert_eq!((s.real_servers[0].address, s.real_servers[0].weight), (ip("10.0.2.2"), 2));
-        let h = s.health_check.as_ref().unwrap();
+        let h = s.health_checks.first().unwrap();
         assert_eq!((h.timeout, h.interval), (3.0, 6.0));
     }
     assert_eq!(imp.services[3].ports, vec![PortRange { lo: 443, hi: 443 }]);
     assert_eq!(imp.services[4].fwmark, Some(7));
     // alpha: every service of the group starts its checked servers down, without a warning.
-    assert!(imp.services.iter().all(|s| s.health_check.as_ref().unwrap().start_down));
+    assert!(imp.services.iter().all(|s| s.health_checks.first().unwrap().start_down));
     assert!(!imp.warnings.iter().any(|w| w.contains("alpha")), "{:?}", imp.warnings);
     assert!(warned(&imp, 5, "firewall mark 7"));
     assert!(warned(&imp, 23, "spare is used by no virtual_server"));
@@ -700,7 +700,7 @@ fn keepalived_http_get() {
     ))
     .unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!(h.kind, HealthCheckKind::Http);
     assert_eq!(
         (h.path.as_deref(), h.status, h.host.as_deref()),
@@ -716,7 +716,7 @@ fn keepalived_http_get() {
         "    HTTP_GET {\n      url {\n        path /\n        virtualhost a.example\n        status_code 200-299\n      }\n    }",
     ))
     .unwrap();
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.host.as_deref(), h.status), (Some("a.example"), None));
     roundtrip(&imp);
     // A path the request line could not carry is refused by the validator (here: a space).
@@ -744,7 +744,7 @@ fn keepalived_retry_and_delay_before_retry_by_level() {
         let imp = from_keepalived(&conf(vs, rs, kind)).unwrap();
         roundtrip(&imp);
         assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
-        let h = imp.services[0].health_check.clone().unwrap();
+        let h = imp.services[0].health_checks[0].clone();
         (h.interval, h.fall, h.retry_interval)
     };
     assert_eq!(check("", "", "TCP_CHECK"), (30.0, 2, Some(1.0)), "defaults: one retry, 1 s later");
@@ -771,7 +771,7 @@ fn keepalived_ssl_get_as_an_https_check() {
     )
     .unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!(
         (h.kind, h.port, h.path.as_deref(), h.status, h.host.as_deref(), h.timeout, h.tls_ca.as_deref()),
         (HealthCheckKind::Https, None, Some("/health"), Some(204), Some("www.example.com"), 2.0, None)
@@ -799,7 +799,7 @@ fn keepalived_dns_check_as_a_dns_check() {
     };
     let imp = from_keepalived(&conf("      name www.example.com\n      type aaaa\n      connect_port 5353\n")).unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!(
         (h.kind, h.port, h.query_name.as_deref(), h.query_type.as_deref()),
         (HealthCheckKind::Dns, Some(5353), Some("www.example.com"), Some("AAAA"))
@@ -807,7 +807,7 @@ fn keepalived_dns_check_as_a_dns_check() {
     assert_eq!((h.fall, h.retry_interval, h.timeout), (4, Some(1.0), 5.0), "keepalived's DNS_CHECK defaults");
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
     let imp = from_keepalived(&conf("      type PTR\n      retry 0\n")).unwrap();
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.query_name.as_deref(), h.query_type.as_deref(), h.fall), (None, None, 1));
     assert!(warned(&imp, 5, "DNS_CHECK type PTR"), "{:?}", imp.warnings);
     let e = from_keepalived(&conf("      name a..b\n")).unwrap_err();
@@ -829,7 +829,7 @@ fn keepalived_udp_and_ping_checks() {
     ))
     .unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!(
         (h.kind, h.port, h.payload.as_deref(), h.require_reply, h.reply.as_deref()),
         (HealthCheckKind::Udp, Some(5514), Some("0a 1b2c"), true, Some("0a xx"))
@@ -839,16 +839,44 @@ fn keepalived_udp_and_ping_checks() {
     // require_reply alone: any answer; min/max_reply_length are not imported.
     let imp = from_keepalived(&conf("UDP_CHECK", "      require_reply\n      max_reply_length 64\n")).unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.payload.as_deref(), h.require_reply, h.reply.as_deref()), (None, true, None));
     assert!(warned(&imp, 6, "UDP_CHECK option max_reply_length"), "{:?}", imp.warnings);
     let e = from_keepalived(&conf("UDP_CHECK", "      payload 0x\n")).unwrap_err();
     assert_eq!(e.line, Some(5), "{e}");
     let imp = from_keepalived(&conf("PING_CHECK", "      retry 3\n      connect_port 7\n")).unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.kind, h.port, h.fall), (HealthCheckKind::Ping, None, 4));
     assert!(warned(&imp, 6, "PING_CHECK connect_port"), "{:?}", imp.warnings);
+}
+
+#[test]
+fn keepalived_several_checkers_of_a_real_server() {
+    // keepalived takes a real server down when any of its checkers fails: they became one
+    // check (the first) with the others warned about as differing; now each is a check.
+    let rs = |addr: &str| {
+        format!(
+            "  real_server {addr} 80 {{\n    HTTP_GET {{\n      url {{\n        path /health\n        status_code 200\n      }}\n    }}\n\
+                 TCP_CHECK {{\n      connect_port 8080\n      connect_timeout 2\n    }}\n  }}\n"
+        )
+    };
+    let conf = format!("virtual_server 10.0.0.1 80 {{\n  delay_loop 4\n{}{}}}\n", rs("10.0.2.2"), rs("10.0.2.3"));
+    let imp = from_keepalived(&conf).unwrap();
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let c = roundtrip(&imp);
+    let h = &c.services[0].health_checks;
+    assert_eq!(h.iter().map(|h| h.kind).collect::<Vec<_>>(), [HealthCheckKind::Http, HealthCheckKind::Tcp]);
+    assert_eq!((h[0].path.as_deref(), h[0].status, h[0].timeout), (Some("/health"), Some(200), 5.0));
+    assert_eq!((h[1].port, h[1].timeout, h[1].interval), (Some(8080), 2.0, 4.0));
+    // Servers with different checkers: those of the first checked one are used, and said so.
+    let conf = format!(
+        "virtual_server 10.0.0.1 80 {{\n{}  real_server 10.0.2.3 80 {{\n    TCP_CHECK {{\n    }}\n  }}\n}}\n",
+        rs("10.0.2.2")
+    );
+    let imp = from_keepalived(&conf).unwrap();
+    assert_eq!(imp.services[0].health_checks.len(), 2);
+    assert!(warned(&imp, 3, "have different checks"), "{:?}", imp.warnings);
 }
 
 #[test]
@@ -862,12 +890,12 @@ fn keepalived_smtp_check() {
     };
     let imp = from_keepalived(&conf("      helo_name lb1.example.net\n      connect_timeout 4\n")).unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.kind, h.port, h.helo_name.as_deref()), (HealthCheckKind::Smtp, None, Some("lb1.example.net")));
     assert_eq!((h.fall, h.retry_interval, h.timeout), (2, Some(1.0), 4.0));
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
     let imp = from_keepalived(&conf("      host {\n        connect_ip 10.0.2.9\n      }\n")).unwrap();
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.kind, h.helo_name.as_deref()), (HealthCheckKind::Smtp, None));
     assert!(warned(&imp, 5, "SMTP_CHECK host"), "{:?}", imp.warnings);
 }
@@ -887,7 +915,7 @@ fn keepalived_misc_check_as_an_exec_check() {
     ))
     .unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().expect("MISC_CHECK imported");
+    let h = imp.services[0].health_checks.first().expect("MISC_CHECK imported");
     assert_eq!(h.kind, HealthCheckKind::Exec);
     assert_eq!(h.command, ["/usr/local/bin/check", "web", "arg two", "three 3", "x y"]);
     assert_eq!((h.user.as_deref(), h.timeout, h.interval), (Some("nobody"), 4.0, 6.0));
@@ -901,7 +929,7 @@ fn keepalived_misc_check_as_an_exec_check() {
     // a command unquoted on the line, with a double-quoted argument of its own.
     let imp = from_keepalived(&conf("      misc_path /bin/check \"a b\" 'c d'")).unwrap();
     roundtrip(&imp);
-    let h = imp.services[0].health_check.as_ref().unwrap();
+    let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!(h.command, ["/bin/check", "a b", "c d"]);
     assert_eq!((h.user.as_deref(), h.timeout, h.fall, h.retry_interval), (None, 6.0, 1, None));
     // No user: keepalived's keepalived_script or root; the import says it runs as root.
@@ -914,7 +942,7 @@ fn keepalived_misc_check_as_an_exec_check() {
     let imp = from_keepalived(&format!("global_defs {{\n  router_id lb1\n  script_user checker checkers\n}}\n{two}"))
         .unwrap();
     roundtrip(&imp);
-    let users: Vec<_> = imp.services.iter().map(|s| s.health_check.as_ref().unwrap().user.as_deref()).collect();
+    let users: Vec<_> = imp.services.iter().map(|s| s.health_checks.first().unwrap().user.as_deref()).collect();
     assert_eq!(users, [Some("checker"), Some("www")]);
     assert!(warned(&imp, 3, "a group is not supported"), "{:?}", imp.warnings);
     assert!(warned(&imp, 1, "global_defs is not part of load balancing"), "{:?}", imp.warnings);
@@ -930,7 +958,7 @@ fn keepalived_misc_check_as_an_exec_check() {
     assert!(e.message.contains("unterminated"), "{e}");
     // No misc_path: keepalived skips the checker; the server is unchecked, as before.
     let imp = from_keepalived(&conf("      misc_timeout 3")).unwrap();
-    assert!(imp.services[0].health_check.is_none());
+    assert!(imp.services[0].health_checks.is_empty());
     assert!(warned(&imp, 4, "without misc_path"), "{:?}", imp.warnings);
 
     // Real servers with a MISC_CHECK and a TCP_CHECK: the first is used for all, said.
@@ -939,8 +967,8 @@ fn keepalived_misc_check_as_an_exec_check() {
          real_server 10.0.2.3 80 {\n    TCP_CHECK {\n    }\n  }\n}\n",
     )
     .unwrap();
-    assert_eq!(imp.services[0].health_check.as_ref().unwrap().kind, HealthCheckKind::Exec);
-    assert!(warned(&imp, 3, "different checks (TCP_CHECK, HTTP_GET, MISC_CHECK)"), "{:?}", imp.warnings);
+    assert_eq!(imp.services[0].health_checks.first().unwrap().kind, HealthCheckKind::Exec);
+    assert!(warned(&imp, 3, "different checks (TCP_CHECK, HTTP_GET, MISC_CHECK, ...)"), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
 
@@ -960,7 +988,7 @@ fn keepalived_alpha_quorum_hysteresis() {
     let imp = from_keepalived(&conf(" alpha\n quorum 3\n hysteresis 1\n quorum_up /bin/true", tcp)).unwrap();
     let c = roundtrip(&imp);
     let s = &c.services[0];
-    assert!(s.health_check.as_ref().unwrap().start_down);
+    assert!(s.health_checks.first().unwrap().start_down);
     assert_eq!((s.quorum, s.hysteresis), (3, 1));
     // quorum_up is the service's notify program now (run as root: no script_user, said).
     assert_eq!(s.notify.as_ref().map(|n| n.quorum_up.clone()), Some(vec!["/bin/true".to_string()]));
@@ -970,7 +998,7 @@ fn keepalived_alpha_quorum_hysteresis() {
     // Defaults: no alpha, quorum 1, no hysteresis.
     let imp = from_keepalived(&conf("", tcp)).unwrap();
     let s = &imp.services[0];
-    assert!(!s.health_check.as_ref().unwrap().start_down);
+    assert!(!s.health_checks.first().unwrap().start_down);
     assert_eq!((s.quorum, s.hysteresis), (1, 0));
 
     let imp = from_keepalived(&conf(" quorum 2\n hysteresis 5", tcp)).unwrap();
@@ -979,7 +1007,7 @@ fn keepalived_alpha_quorum_hysteresis() {
     roundtrip(&imp);
 
     let imp = from_keepalived(&conf(" alpha", "")).unwrap();
-    assert!(imp.services[0].health_check.is_none());
+    assert!(imp.services[0].health_checks.is_empty());
     assert!(warned(&imp, 4, "alpha"), "{:?}", imp.warnings);
 
     for (opts, line) in [(" quorum 0", 4), (" quorum x", 4), (" quorum 4294967296", 4), (" hysteresis -1", 4)] {

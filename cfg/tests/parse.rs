@@ -171,7 +171,7 @@ fn good_config_parses_into_expected_model() {
                     proxy_protocol: None
                 },
             ],
-            health_check: Some(HealthCheck {
+            health_checks: vec![HealthCheck {
                 kind: HealthCheckKind::SendExpect,
                 port: Some(21),
                 send: Some("QUIT\r\n".into()),
@@ -184,7 +184,7 @@ fn good_config_parses_into_expected_model() {
                 quiesce: false,
                 // The rest (http, dns, udp, smtp, exec fields) unset.
                 ..HealthCheck::new(HealthCheckKind::SendExpect)
-            }),
+            }],
             syn_proxy: SynProxy::Auto,
             one_packet: false,
             sched_flags: Default::default(),
@@ -230,7 +230,7 @@ fn defaults() {
     assert!(s.ports.is_empty() && s.has_port(1) && s.has_port(65535));
     assert_eq!(s.persistence, Some(Persistence { timeout: 5, netmask: 128 }));
     assert_eq!(s.ftp, Some(FtpOptions::default()));
-    let h = s.health_check.as_ref().unwrap();
+    let h = s.health_checks.first().unwrap();
     assert_eq!((h.interval, h.timeout, h.rise, h.fall, h.quiesce), (5.0, 3.0, 2, 3, true));
 
     // `ftp = false` is the same as no ftp key.
@@ -811,10 +811,10 @@ fn health_check_start_down() {
         )
     };
     let c = Config::from_str(&t("start_down = true"), "a.toml").unwrap();
-    assert!(c.services[0].health_check.as_ref().unwrap().start_down);
+    assert!(c.services[0].health_checks.first().unwrap().start_down);
     assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
     let d = Config::from_str(&t(""), "a.toml").unwrap();
-    assert!(!d.services[0].health_check.as_ref().unwrap().start_down);
+    assert!(!d.services[0].health_checks.first().unwrap().start_down);
     let e = Config::from_str(&t("start_down = 1"), "a.toml").unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("a.toml", Some(9)), "{e}");
 }
@@ -1041,4 +1041,68 @@ proptest::proptest! {
             Some((want.clone(), vec![0xff; want.len()]))
         );
     }
+}
+
+/// Several health checks: `[[service.health_check]]` tables or an inline array; each
+/// validated (errors at their line), parsed in order, rendered back; they must agree on
+/// `on_fail` and `start_down`, and a service has at most `HealthCheck::MAX_PER_SERVICE`.
+#[test]
+fn several_health_checks() {
+    let t = |checks: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nports = [80]\n\
+             {checks}\n[[service.real_server]]\naddress = \"10.0.2.2\"\n"
+        )
+    };
+    let two = "[[service.health_check]]\ntype = \"http\"\npath = \"/health\"\nfall = 2\n\
+               [[service.health_check]]\ntype = \"tcp\"\nport = 8080\non_fail = \"quiesce\"\n";
+    let c = Config::from_str(&t(two), "a.toml").unwrap();
+    let h = &c.services[0].health_checks;
+    assert_eq!(h.iter().map(|h| h.kind).collect::<Vec<_>>(), [HealthCheckKind::Http, HealthCheckKind::Tcp]);
+    assert_eq!((h[0].path.as_deref(), h[0].fall, h[1].port), (Some("/health"), 2, Some(8080)));
+    let text = c.to_toml();
+    assert_eq!(text.matches("[[service.health_check]]").count(), 2, "{text}");
+    assert_eq!(Config::from_str(&text, "r.toml").unwrap(), c, "{text}");
+
+    // The inline forms; one check renders as the table it always was.
+    let inline = Config::from_str(
+        &t("health_check = [{ type = \"http\", path = \"/health\", fall = 2 }, { type = \"tcp\", port = 8080 }]"),
+        "i.toml",
+    )
+    .unwrap();
+    assert_eq!(inline, c);
+    let one = Config::from_str(&t("health_check = { type = \"tcp\" }"), "o.toml").unwrap();
+    assert_eq!(one.services[0].health_checks.len(), 1);
+    assert!(one.to_toml().contains("\n[service.health_check]\n"), "{}", one.to_toml());
+    let none = Config::from_str(&t("health_check = []"), "n.toml").unwrap();
+    assert!(none.services[0].health_checks.is_empty());
+
+    // Errors name the line of the check at fault.
+    let bad = |checks: &str| Config::from_str(&t(checks), "b.toml").unwrap_err();
+    let e = bad("[[service.health_check]]\ntype = \"tcp\"\n[[service.health_check]]\ntype = \"tcp\"\nbogus = 1\n");
+    assert_eq!(e.line, Some(11), "{e}");
+    assert!(e.to_string().contains("bogus"), "{e}");
+    let e = bad("[[service.health_check]]\ntype = \"tcp\"\n[[service.health_check]]\ntype = \"sctp\"\n");
+    assert_eq!(e.line, Some(10), "{e}");
+    let e = bad(
+        "[[service.health_check]]\ntype = \"tcp\"\n[[service.health_check]]\ntype = \"tcp\"\non_fail = \"remove\"\n",
+    );
+    assert_eq!(e.line, Some(11), "{e}");
+    assert!(e.to_string().contains("same on_fail"), "{e}");
+    let e =
+        bad("[[service.health_check]]\ntype = \"tcp\"\nstart_down = true\n[[service.health_check]]\ntype = \"ping\"\n");
+    assert!(e.to_string().contains("same start_down"), "{e}");
+    assert_eq!(e.line, Some(10), "{e}");
+    let many = "[[service.health_check]]\ntype = \"tcp\"\n".repeat(HealthCheck::MAX_PER_SERVICE + 1);
+    let e = bad(&many);
+    assert!(e.to_string().contains("at most 16"), "{e}");
+    assert_eq!(
+        Config::from_str(&t(&many[many.find("\n[[").unwrap() + 1..]), "m.toml").unwrap().services[0]
+            .health_checks
+            .len(),
+        16
+    );
+    // Neither a table nor an array of tables.
+    let e = bad("health_check = \"tcp\"");
+    assert_eq!(e.line, Some(7), "{e}");
 }

@@ -276,6 +276,15 @@ struct Check {
 }
 
 impl Check {
+    /// Two real servers' checks are alike: the same checks in the same order (wherever
+    /// their blocks stand).
+    fn same_list(a: &[Check], b: &[Check]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (&x.hc, x.timeout, x.retry_interval) == (&y.hc, y.timeout, y.retry_interval))
+    }
+
     /// A check of `kind` from the block at `line`, every option at its default.
     fn new(kind: HealthCheckKind, line: usize) -> Check {
         Check { hc: HealthCheck::new(kind), timeout: None, retry_interval: 0.0, line }
@@ -950,7 +959,9 @@ fn virtual_server(
             }
         }
 
-        let mut check: Option<Check> = None;
+        // The checks of the first checked real server, for every one (ferrovs checks a
+        // service's servers alike); all of a server's checks must pass, as keepalived's.
+        let mut checks: Option<Vec<Check>> = None;
         let mut check_differs = false;
         // Real servers without a TCP_CHECK, HTTP_GET, SSL_GET or MISC_CHECK, which keepalived never takes down.
         let mut unchecked: Vec<String> = Vec::new();
@@ -993,7 +1004,7 @@ fn virtual_server(
                 RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
             let mut thr_line = rl;
             let mut inhibit = vs_inhibit;
-            let mut tcp_check = false;
+            let mut mine: Vec<Check> = Vec::new();
             let mut notify: ServerNotify = [None, None];
             let mut rs_retry = Retry::default();
             for n in rs.children.as_deref().unwrap_or(&[]) {
@@ -1022,18 +1033,9 @@ fn virtual_server(
                             "SMTP_CHECK" => Some(smtp_block(n, outer, warnings)?),
                             _ => Some(check_block(n, vhost, outer, warnings)?),
                         };
-                        let Some(mut c) = c else { continue };
-                        tcp_check = true;
+                        let Some(c) = c else { continue };
                         ftp_hint |= c.hc.port == Some(21);
-                        match &check {
-                            None => check = Some(c),
-                            Some(p) => {
-                                c.line = p.line;
-                                if *p != c {
-                                    check_differs = true;
-                                }
-                            }
-                        }
+                        mine.push(c);
                     }
                     k if k.ends_with("_CHECK") || k.ends_with("_GET") => warnings.push(format!(
                         "line {}: {k} is not supported (TCP_CHECK, HTTP_GET, SSL_GET, DNS_CHECK, UDP_CHECK, \
@@ -1070,8 +1072,13 @@ fn virtual_server(
                     ),
                 ));
             }
-            if !tcp_check {
+            if mine.is_empty() {
                 unchecked.push(format!("line {rl}: {address}"));
+            } else {
+                match &checks {
+                    None => checks = Some(mine),
+                    Some(first) => check_differs |= !Check::same_list(first, &mine),
+                }
             }
             svc.real_servers.push(r);
             inhibits.push((inhibit, rl));
@@ -1116,42 +1123,46 @@ fn virtual_server(
         }
 
         let inhibit = inhibits.iter().any(|(i, _)| *i);
-        if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && check.is_some()) {
+        if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && checks.is_some()) {
             warnings.push(format!(
                 "line {rl}: real servers of {} differ in inhibit_on_failure: every failed server is quiesced \
                  (on_fail = \"quiesce\"), not removed",
                 svc.name
             ));
         }
-        if let Some(c) = check {
+        if let Some(list) = checks {
+            let line = list[0].line;
             if check_differs {
                 warnings.push(format!(
-                    "line {}: real servers of {} have different checks (TCP_CHECK, HTTP_GET, MISC_CHECK): the first one is used for all",
-                    c.line, svc.name
+                    "line {line}: real servers of {} have different checks (TCP_CHECK, HTTP_GET, MISC_CHECK, ...): \
+                     those of the first checked one are used for all",
+                    svc.name
                 ));
             }
             if !unchecked.is_empty() {
                 warnings.push(format!(
-                    "line {}: service {}: the check is applied to every real server, also to those keepalived \
+                    "line {}: service {}: the checks are applied to every real server, also to those keepalived \
                      does not check (always up): {}",
-                    c.line,
+                    line,
                     svc.name,
                     unchecked.join(", ")
                 ));
             }
-            // Only while a failure is being confirmed; none when it is the interval.
-            let retry_interval = Some(c.retry_interval).filter(|&r| c.hc.fall > 1 && r != interval);
-            // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
-            let timeout = c.timeout.unwrap_or(if c.hc.kind == HealthCheckKind::Exec { interval } else { 5.0 });
-            svc.health_check = Some(HealthCheck {
-                interval,
-                retry_interval,
-                timeout,
-                rise: 1,
-                quiesce: inhibit,
-                start_down: alpha.is_some(),
-                ..c.hc
-            });
+            for c in list {
+                // Only while a failure is being confirmed; none when it is the interval.
+                let retry_interval = Some(c.retry_interval).filter(|&r| c.hc.fall > 1 && r != interval);
+                // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
+                let timeout = c.timeout.unwrap_or(if c.hc.kind == HealthCheckKind::Exec { interval } else { 5.0 });
+                svc.health_checks.push(HealthCheck {
+                    interval,
+                    retry_interval,
+                    timeout,
+                    rise: 1,
+                    quiesce: inhibit,
+                    start_down: alpha.is_some(),
+                    ..c.hc
+                });
+            }
         } else if let Some(a) = alpha {
             warnings.push(format!(
                 "line {}: alpha on {}, which has no health check: ignored (keepalived's unchecked real servers \

@@ -366,7 +366,7 @@ fn virtual_block(
             f64::from(rise) * interval
         ));
     }
-    svc.health_check = Some(HealthCheck {
+    svc.health_checks = vec![HealthCheck {
         send: if kind == HealthCheckKind::SendExpect { send } else { None },
         expect,
         interval,
@@ -375,7 +375,7 @@ fn virtual_block(
         fall,
         quiesce,
         ..HealthCheck::new(kind)
-    });
+    }];
 
     for it in servers {
         let (sname, body) = it.block.as_ref().unwrap();

@@ -126,7 +126,7 @@ pub(crate) fn blank_service(name: String, vip: IpAddr, protocol: Protocol, ports
         ftp: None,
         fwmark: None,
         real_servers: Vec::new(),
-        health_check: None,
+        health_checks: Vec::new(),
         syn_proxy: Default::default(),
         one_packet: false,
         sched_flags: Default::default(),

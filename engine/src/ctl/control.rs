@@ -252,7 +252,7 @@ impl State {
             return c;
         }
         for s in &mut c.services {
-            let quiesce = s.health_check.as_ref().map(|h| h.quiesce).unwrap_or(true);
+            let quiesce = s.health_checks.first().is_none_or(|h| h.quiesce);
             let name = s.name.clone();
             let svc = s.clone();
             s.real_servers.retain_mut(|r| {
@@ -279,7 +279,10 @@ impl State {
         let old = old.map(crate::ctl::health::checked_servers);
         crate::ctl::health::checked_servers(admin)
             .into_iter()
-            .filter(|(k, (hc, _))| hc.start_down && old.as_ref().is_none_or(|o| !o.contains_key(k)))
+            // A service's checks agree on `start_down` (the configuration's rule).
+            .filter(|(k, checks)| {
+                checks.iter().any(|(hc, _)| hc.start_down) && old.as_ref().is_none_or(|o| !o.contains_key(k))
+            })
             .map(|(k, _)| k)
             .collect()
     }
@@ -476,7 +479,7 @@ impl State {
             sv.stats = stats(&(sv.name.clone(), None));
             let counts = snap.conn_counts.get(i);
             let svc_cfg = &cfg.services[i];
-            let hc = svc_cfg.health_check.is_some();
+            let hc = !svc_cfg.health_checks.is_empty();
             for (j, dv) in sv.dests.iter_mut().enumerate() {
                 let key = (sv.name.clone(), Some((dv.addr, dv.port)));
                 dv.stats = stats(&key);
@@ -1296,6 +1299,51 @@ weight = 3
 
     fn ip(s: &str) -> std::net::IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Several checks (`[[service.health_check]]`): the server is down while any one fails
+    /// (keepalived's checkers of a real server), and up again once every one passes; the
+    /// health listing names the failing check.
+    #[test]
+    fn a_server_is_up_while_every_check_passes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let other = closed_port();
+        let text = config(port)
+            .replace("health_check = { type = \"tcp\", interval = 0.05, timeout = 0.2, rise = 1, fall = 1 }", "")
+            + &format!(
+                "[[service.health_check]]\ntype = \"tcp\"\ninterval = 0.05\ntimeout = 0.2\nrise = 1\nfall = 1\n\
+             [[service.health_check]]\ntype = \"send_expect\"\nport = {other}\nexpect = \"OK\"\n\
+             interval = 0.05\ntimeout = 0.2\nrise = 2\nfall = 1\n"
+            );
+        let st = state(&text);
+        assert_eq!(st.snapshot().config.services[0].health_checks.len(), 2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
+        wait("quiesced: the second check fails", || weight(&st) == Some(0));
+        let h = st.health();
+        assert_eq!(h.len(), 1, "one server, however many checks: {h:?}");
+        let e = h[0].last_error.clone().unwrap_or_default();
+        assert!(e.starts_with("send_expect: "), "the failing check is named: {e:?}");
+        assert!(!h[0].up);
+
+        // The second check's server answers: after its rise (2) the server is back.
+        let l2 = std::net::TcpListener::bind(("127.0.0.1", other)).unwrap();
+        std::thread::spawn(move || {
+            for c in l2.incoming().flatten() {
+                let _ = (&c).write_all(b"OK\r\n");
+            }
+        });
+        wait("back at weight 3", || weight(&st) == Some(3));
+        assert!(st.health()[0].up);
+
+        // The first check fails: down again, although the second passes.
+        drop(l);
+        wait("quiesced: the first check fails", || weight(&st) == Some(0));
+        let e = st.health()[0].last_error.clone().unwrap_or_default();
+        assert!(e.starts_with("tcp: "), "{e:?}");
+        stop.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
     }
 
     /// quorum 3, hysteresis 1, four servers of weight 1 and a sorry server, taken down and

@@ -1,8 +1,9 @@
 //! Real-server health checks, run by the daemon outside the workers (like
 //! keepalived's checkers and Piranha's nanny).
 //!
-//! For every service with a `[service.health_check]`, every real server is
-//! checked every `interval` seconds, each check bounded by `timeout`:
+//! For every service with a `[service.health_check]` (or several, as
+//! `[[service.health_check]]`), every real server is checked every `interval`
+//! seconds, each check bounded by `timeout`:
 //! - `tcp`: a TCP connect;
 //! - `send_expect`: connect, send `send` (if any), and expect a reply
 //!   starting with `expect` (nanny's send/expect);
@@ -26,7 +27,9 @@
 //!   `MISC_CHECK` ([`exec_check`]).
 //!
 //! The port is the check's `port`, else the real server's, else the
-//! service's first port. After `fall` failures in a row a server is taken
+//! service's first port. With several checks a server is up while every
+//! check is (keepalived's checkers of one real server); each counts its own
+//! `rise` and `fall`. After `fall` failures in a row a server is taken
 //! out: quiesced (weight 0, no new connections; established ones continue)
 //! or removed (`on_fail = "remove"`: its connections are dropped), and
 //! after `rise` successes in a row it is put back with its configured
@@ -813,29 +816,100 @@ pub fn spawn(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) -> std::io::Re
     std::thread::Builder::new().name("fvs-health".into()).spawn(move || run(state, stop))
 }
 
-/// The real servers `cfg` has checked, with their check and the address it goes to. A
-/// connecting check needs a port (the check's, the server's, else the service's): a server
-/// of an all-ports service with none is not checked. An `exec` check connects to nothing
-/// and a `ping` to no port: they run for every server (`FERROVS_PORT` is then 0).
-pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, (HealthCheck, SocketAddr)> {
+/// The real servers `cfg` has checked, with their checks and the address each goes to. A
+/// connecting check needs a port (the check's, the server's, else the service's): without
+/// one that check does not run for the server (a server of an all-ports service), and a
+/// server left with none is not checked. An `exec` check connects to nothing and a `ping`
+/// to no port: they run for every server (`FERROVS_PORT` is then 0).
+pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, Vec<(HealthCheck, SocketAddr)>> {
     let mut want = HashMap::new();
     for s in &cfg.services {
-        let Some(hc) = &s.health_check else { continue };
         for r in &s.real_servers {
             let shown = crate::ctl::ipvsadm::shown_port(s, r.port);
-            let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
-            if port == 0 && hc.kind.needs_port() {
-                continue;
+            let mut checks = Vec::new();
+            for hc in &s.health_checks {
+                let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
+                if port == 0 && hc.kind.needs_port() {
+                    continue;
+                }
+                checks.push((hc.clone(), SocketAddr::new(r.address, port)));
             }
-            want.insert((s.name.clone(), r.address, shown), (hc.clone(), SocketAddr::new(r.address, port)));
+            if !checks.is_empty() {
+                want.insert((s.name.clone(), r.address, shown), checks);
+            }
         }
     }
     want
 }
 
+/// A checked real server: its checks and whether it is up (every check is).
+struct Server {
+    checks: Vec<Target>,
+    up: bool,
+}
+
+impl Target {
+    fn new(check: HealthCheck, addr: SocketAddr, up: bool) -> Target {
+        Target {
+            check,
+            addr,
+            next: Instant::now(),
+            busy: false,
+            ok_run: 0,
+            fail_run: 0,
+            up,
+            checks: 0,
+            failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+impl Server {
+    /// The server as `ferrovsadm health` shows it: up while every check is; its checks
+    /// and failures summed; the last error of its first failing check, else of its first
+    /// check that had one (named by the check's type when the server has several).
+    fn info(&self, k: &ServerKey) -> HealthInfo {
+        let named = self.checks.len() > 1;
+        let last_error =
+            self.checks.iter().filter(|t| !t.up || t.fail_run > 0).chain(self.checks.iter()).find_map(|t| {
+                let e = t.last_error.as_ref()?;
+                Some(if named { format!("{}: {e}", t.check.kind.name()) } else { e.clone() })
+            });
+        HealthInfo {
+            service: k.0.clone(),
+            server: self.checks.first().map_or_else(|| k.1.to_string(), |t| t.addr.to_string()),
+            up: self.up,
+            last_error,
+            checks: self.checks.iter().map(|t| t.checks).sum(),
+            failures: self.checks.iter().map(|t| t.failures).sum(),
+        }
+    }
+
+    /// Take the server up or down when its checks say so (every check up, or not),
+    /// reporting the change to `state`.
+    fn settle(&mut self, k: &ServerKey, state: &dyn HealthTarget) {
+        let up = self.checks.iter().all(|t| t.up);
+        if up == self.up {
+            return;
+        }
+        self.up = up;
+        if up {
+            tracing::info!(service = %k.0, server = %k.1, "health check: real server is up");
+        } else {
+            let failed = self.checks.iter().find(|t| !t.up);
+            let kind = failed.map_or("", |t| t.check.kind.name());
+            let error = failed.and_then(|t| t.last_error.as_deref()).unwrap_or("");
+            tracing::warn!(service = %k.0, server = %k.1, check = kind, error, "health check: real server is down");
+        }
+        state.set_down(k, !up);
+        state.server_event(k, up);
+    }
+}
+
 fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
-    let mut targets: HashMap<ServerKey, Target> = HashMap::new();
-    let (tx, rx) = mpsc::channel::<(ServerKey, Result<(), String>)>();
+    let mut servers: HashMap<ServerKey, Server> = HashMap::new();
+    let (tx, rx) = mpsc::channel::<(ServerKey, usize, Result<(), String>)>();
     let mut cfg_seen = None;
     while !stop.load(Ordering::Relaxed) {
         // Targets follow the administered configuration.
@@ -845,36 +919,32 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
             // A server no longer checked leaves no state behind: were it held
             // down, a server added back later under the same key (started
             // "up" here) would never be put back.
-            let gone: Vec<ServerKey> = targets.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+            let gone: Vec<ServerKey> = servers.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
             for k in &gone {
-                targets.remove(k);
+                servers.remove(k);
                 state.forget(k);
             }
-            for (k, (hc, addr)) in want {
-                match targets.get_mut(&k) {
-                    Some(t) => {
-                        t.check = hc;
-                        t.addr = addr;
+            for (k, list) in want {
+                match servers.get_mut(&k) {
+                    Some(sv) => {
+                        // A check kept at its place keeps its runs; one added starts as
+                        // the server is; one removed no longer holds the server down.
+                        sv.checks.truncate(list.len());
+                        let n = sv.checks.len();
+                        for (t, (hc, addr)) in sv.checks.iter_mut().zip(&list) {
+                            t.check = hc.clone();
+                            t.addr = *addr;
+                        }
+                        let up = sv.up;
+                        sv.checks.extend(list.into_iter().skip(n).map(|(hc, addr)| Target::new(hc, addr, up)));
+                        sv.settle(&k, &*state);
                     }
                     None => {
                         // Up, unless its service starts servers down (`start_down`) and the
-                        // control state holds it down until `rise` successes.
+                        // control state holds it down until `rise` successes of every check.
                         let up = !state.is_down(&k);
-                        targets.insert(
-                            k,
-                            Target {
-                                check: hc,
-                                addr,
-                                next: Instant::now(),
-                                busy: false,
-                                ok_run: 0,
-                                fail_run: 0,
-                                up,
-                                checks: 0,
-                                failures: 0,
-                                last_error: None,
-                            },
-                        );
+                        let checks = list.into_iter().map(|(hc, addr)| Target::new(hc, addr, up)).collect();
+                        servers.insert(k, Server { checks, up });
                     }
                 }
             }
@@ -882,7 +952,7 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
             for s in &cfg.services {
                 for r in &s.real_servers {
                     let k = (s.name.clone(), r.address, crate::ctl::ipvsadm::shown_port(s, r.port));
-                    if !targets.contains_key(&k) {
+                    if !servers.contains_key(&k) {
                         state.set_down(&k, false);
                     }
                 }
@@ -891,24 +961,28 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
         }
 
         let now = Instant::now();
-        for (k, t) in targets.iter_mut() {
-            if t.busy || t.next > now {
-                continue;
-            }
-            t.busy = true;
-            let (hc, addr, key, tx) = (t.check.clone(), t.addr, k.clone(), tx.clone());
-            let spawned = std::thread::Builder::new().name("fvs-check".into()).spawn(move || {
-                let r = check(&hc, &key.0, addr);
-                let _ = tx.send((key, r));
-            });
-            if spawned.is_err() {
-                t.busy = false;
-                t.next = now + Duration::from_secs(1);
+        for (k, sv) in servers.iter_mut() {
+            for (i, t) in sv.checks.iter_mut().enumerate() {
+                if t.busy || t.next > now {
+                    continue;
+                }
+                t.busy = true;
+                let (hc, addr, key, tx) = (t.check.clone(), t.addr, k.clone(), tx.clone());
+                let spawned = std::thread::Builder::new().name("fvs-check".into()).spawn(move || {
+                    let r = check(&hc, &key.0, addr);
+                    let _ = tx.send((key, i, r));
+                });
+                if spawned.is_err() {
+                    t.busy = false;
+                    t.next = now + Duration::from_secs(1);
+                }
             }
         }
 
-        while let Ok((k, r)) = rx.recv_timeout(Duration::from_millis(50)) {
-            let Some(t) = targets.get_mut(&k) else { continue };
+        while let Ok((k, i, r)) = rx.recv_timeout(Duration::from_millis(50)) {
+            // A result for a check since removed (the configuration changed) is dropped.
+            let Some(sv) = servers.get_mut(&k) else { continue };
+            let Some(t) = sv.checks.get_mut(i) else { continue };
             t.busy = false;
             t.checks += 1;
             match r {
@@ -917,9 +991,6 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                     t.fail_run = 0;
                     if !t.up && t.ok_run >= t.check.rise {
                         t.up = true;
-                        tracing::info!(service = %k.0, server = %t.addr, "health check: real server is up");
-                        state.set_down(&k, false);
-                        state.server_event(&k, true);
                     }
                 }
                 Err(e) => {
@@ -928,25 +999,13 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                     t.ok_run = 0;
                     if t.up && t.fail_run >= t.check.fall {
                         t.up = false;
-                        tracing::warn!(service = %k.0, server = %t.addr, error = %e, "health check: real server is down");
-                        state.set_down(&k, true);
-                        state.server_event(&k, false);
                     }
                     t.last_error = Some(e);
                 }
             }
             t.next = Instant::now() + Duration::from_secs_f64(next_check_in(&t.check, t.up, t.fail_run).max(0.05));
-            state.set_health(
-                &k,
-                HealthInfo {
-                    service: k.0.clone(),
-                    server: t.addr.to_string(),
-                    up: t.up,
-                    last_error: t.last_error.clone(),
-                    checks: t.checks,
-                    failures: t.failures,
-                },
-            );
+            sv.settle(&k, &*state);
+            state.set_health(&k, sv.info(&k));
         }
     }
 }
@@ -1909,13 +1968,25 @@ mod tests {
         };
         let cfg = |check: &str| Config::from_str(&text(check), "t.toml").expect("config");
         let exec = checked_servers(&cfg("type = \"exec\"\ncommand = [\"/bin/true\"]"));
-        let got: Vec<SocketAddr> = exec.values().map(|v| v.1).collect();
+        let got: Vec<SocketAddr> = exec.values().map(|v| v[0].1).collect();
         assert_eq!(got, vec!["10.0.1.7:0".parse::<SocketAddr>().unwrap()]);
         let ping = checked_servers(&cfg("type = \"ping\""));
-        assert_eq!(ping.values().map(|v| v.1).collect::<Vec<_>>(), got, "ping: no port either");
+        assert_eq!(ping.values().map(|v| v[0].1).collect::<Vec<_>>(), got, "ping: no port either");
         assert!(checked_servers(&cfg("type = \"tcp\"")).is_empty());
         assert!(checked_servers(&cfg("type = \"udp\"")).is_empty());
         assert_eq!(checked_servers(&cfg("type = \"tcp\"\nport = 22")).len(), 1);
+        // Of several checks, those with somewhere to go run.
+        let two = Config::from_str(
+            &text("type = \"tcp\"").replace("[service.health_check]", "[[service.health_check]]").replace(
+                "\n\n[[service.real_server]]",
+                "\n[[service.health_check]]\ntype = \"ping\"\n\n[[service.real_server]]",
+            ),
+            "t.toml",
+        )
+        .expect("config");
+        assert_eq!(two.services[0].health_checks.len(), 2);
+        let kinds: Vec<_> = checked_servers(&two).values().flatten().map(|(h, a)| (h.kind, *a)).collect();
+        assert_eq!(kinds, vec![(HealthCheckKind::Ping, "10.0.1.7:0".parse().unwrap())]);
     }
 
     /// Whether process `pid` is gone (or a zombie: dead, waiting for whoever inherited it).

@@ -35,7 +35,8 @@
 //!   check-payload= check-reply= check-require-reply check-helo-name=
 //!   check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
-//!   check-fall= check-remove check-start-down`, and the notify programs as
+//!   check-fall= check-remove check-start-down` (several checks: each from its
+//!   own `check=` on), and the notify programs as
 //!   `notify-up=ARG,ARG,.. notify-down= notify-quorum-up= notify-quorum-down=
 //!   notify-user= notify-timeout=` (strings, the name too,
 //!   `%XX`-escaped: `%`, quotes, `#`, `,`, `=`, spaces, control and
@@ -121,8 +122,10 @@ pub struct ServiceExt {
     pub quorum: Option<u32>,
     pub hysteresis: Option<u32>,
     /// The `check*` fields, defaults filled in (on the control socket in their own form, see
-    /// [`HealthCheck`]).
+    /// [`HealthCheck`]): the first check, then the others (each begun by its `check=`).
     pub check: Option<HealthCheck>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_checks: Vec<HealthCheck>,
     /// `[service.notify]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
@@ -964,8 +967,12 @@ fn seconds(what: &str, v: &str) -> Result<f64, String> {
 
 fn parse_ext(s: &str) -> Result<ServiceExt, String> {
     let mut e = ServiceExt::default();
-    // The kind is set by `check=`, wherever it stands among the `check-*` fields.
+    // The checks, each with whether its `check=` was given. A `check-*` field belongs to the
+    // last check; a `check=` gives the last check its kind, or begins the next one if it
+    // has its kind: so a single check's `check=` may stand anywhere among its fields.
+    // `check` is the last one (`kind_given`: its `check=` seen), `done` those before it.
     let mut check = HealthCheck::new(HealthCheckKind::Tcp);
+    let mut done: Vec<HealthCheck> = Vec::new();
     let (mut any_check, mut kind_given) = (false, false);
     let mut notify: Option<Notify> = None;
     let args = |what: &str, v: &str| v.split(',').map(|a| dec(what, a)).collect::<Result<Vec<_>, _>>();
@@ -1009,10 +1016,18 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
                 e.source_conn_burst = b.map(|b| num("source-conn-rate burst", b)).transpose()?;
             }
             Some(("check", v)) => {
-                check.kind = HealthCheckKind::named(v).ok_or_else(|| {
+                let kind = HealthCheckKind::named(v).ok_or_else(|| {
                     format!("bad check {v:?} ({})", HealthCheckKind::ALL.map(|k| k.name()).join(", "))
                 })?;
-                kind_given = true;
+                if kind_given {
+                    if done.len() + 1 >= HealthCheck::MAX_PER_SERVICE {
+                        return Err(format!("more than {} checks", HealthCheck::MAX_PER_SERVICE));
+                    }
+                    done.push(std::mem::replace(&mut check, HealthCheck::new(kind)));
+                } else {
+                    check.kind = kind;
+                    kind_given = true;
+                }
             }
             Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
             Some(("check-send", v)) => check.send = Some(dec("check-send", v)?),
@@ -1063,7 +1078,10 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
         if !kind_given {
             return Err("check-* fields without check=TYPE".into());
         }
-        e.check = Some(check);
+        done.push(check);
+        let mut all = done.into_iter();
+        e.check = all.next();
+        e.more_checks = all.collect();
     }
     e.notify = notify;
     Ok(e)
@@ -1335,7 +1353,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 ftp,
                 fwmark,
                 real_servers: Vec::new(),
-                health_check: ext.check.clone(),
+                health_checks: ext.check.iter().chain(&ext.more_checks).cloned().collect(),
                 syn_proxy,
                 one_packet: one_packet(proto, *ops)?,
                 local_addresses: ext.local.clone(),
@@ -1848,7 +1866,7 @@ fn needs_ext(s: &Service) -> bool {
         || s.sorry_server.is_some()
         || s.quorum != 1
         || s.hysteresis != 0
-        || s.health_check.is_some()
+        || !s.health_checks.is_empty()
         || s.notify.is_some()
         || !s.allow_from.is_empty()
         || !s.deny_from.is_empty()
@@ -1919,55 +1937,57 @@ fn write_ext_options(out: &mut String, s: &Service) {
         }
         let _ = write!(out, " notify-timeout={}", n.timeout);
     }
-    let Some(h) = &s.health_check else { return };
-    let _ = write!(out, " check={}", h.kind.name());
-    if let Some(p) = h.port {
-        let _ = write!(out, " check-port={p}");
-    }
-    for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
-        if let Some(v) = v {
-            let _ = write!(out, " check-{k}={}", enc(v));
+    // Each check from its `check=` on (see `parse_ext`).
+    for h in &s.health_checks {
+        let _ = write!(out, " check={}", h.kind.name());
+        if let Some(p) = h.port {
+            let _ = write!(out, " check-port={p}");
         }
-    }
-    if let Some(st) = h.status {
-        let _ = write!(out, " check-status={st}");
-    }
-    let more = [
-        ("digest", &h.digest),
-        ("tls-ca", &h.tls_ca),
-        ("query-name", &h.query_name),
-        ("query-type", &h.query_type),
-        ("payload", &h.payload),
-        ("reply", &h.reply),
-        ("helo-name", &h.helo_name),
-    ];
-    for (k, v) in more {
-        if let Some(v) = v {
-            let _ = write!(out, " check-{k}={}", enc(v));
+        for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
+            if let Some(v) = v {
+                let _ = write!(out, " check-{k}={}", enc(v));
+            }
         }
-    }
-    // `reply` implies it (and the config's validation sets it then).
-    if h.require_reply && h.reply.is_none() {
-        out.push_str(" check-require-reply");
-    }
-    if !h.command.is_empty() {
-        let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
-        let _ = write!(out, " check-command={}", c.join(","));
-    }
-    if let Some(u) = &h.user {
-        let _ = write!(out, " check-user={}", enc(u));
-    }
-    // f64's Display is the shortest text that parses back to the same number.
-    let _ = write!(out, " check-interval={}", h.interval);
-    if let Some(r) = h.retry_interval {
-        let _ = write!(out, " check-retry-interval={r}");
-    }
-    let _ = write!(out, " check-timeout={} check-rise={} check-fall={}", h.timeout, h.rise, h.fall);
-    if !h.quiesce {
-        out.push_str(" check-remove");
-    }
-    if h.start_down {
-        out.push_str(" check-start-down");
+        if let Some(st) = h.status {
+            let _ = write!(out, " check-status={st}");
+        }
+        let more = [
+            ("digest", &h.digest),
+            ("tls-ca", &h.tls_ca),
+            ("query-name", &h.query_name),
+            ("query-type", &h.query_type),
+            ("payload", &h.payload),
+            ("reply", &h.reply),
+            ("helo-name", &h.helo_name),
+        ];
+        for (k, v) in more {
+            if let Some(v) = v {
+                let _ = write!(out, " check-{k}={}", enc(v));
+            }
+        }
+        // `reply` implies it (and the config's validation sets it then).
+        if h.require_reply && h.reply.is_none() {
+            out.push_str(" check-require-reply");
+        }
+        if !h.command.is_empty() {
+            let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
+            let _ = write!(out, " check-command={}", c.join(","));
+        }
+        if let Some(u) = &h.user {
+            let _ = write!(out, " check-user={}", enc(u));
+        }
+        // f64's Display is the shortest text that parses back to the same number.
+        let _ = write!(out, " check-interval={}", h.interval);
+        if let Some(r) = h.retry_interval {
+            let _ = write!(out, " check-retry-interval={r}");
+        }
+        let _ = write!(out, " check-timeout={} check-rise={} check-fall={}", h.timeout, h.rise, h.fall);
+        if !h.quiesce {
+            out.push_str(" check-remove");
+        }
+        if h.start_down {
+            out.push_str(" check-start-down");
+        }
     }
 }
 
@@ -2748,7 +2768,7 @@ helo_name = "lb1.example.net"
                     }
                 )*};
             }
-            cmp!(vip, protocol, ports, scheduler, forward, persistence, ftp, fwmark, health_check, syn_proxy);
+            cmp!(vip, protocol, ports, scheduler, forward, persistence, ftp, fwmark, health_checks, syn_proxy);
             cmp!(local_addresses, sorry_server, quorum, hysteresis, notify);
             // `ADDR` and `ADDR:80` of a port-80 service are one destination.
             let sorted = |s: &Service| {
@@ -2909,7 +2929,7 @@ helo_name = "lb1.example.net"
         assert!(e.to_string().contains("missing field `kind`"), "{e}");
         let mut c = base();
         apply(&mut c, &serde_json::from_str::<Command>(&json).unwrap()).unwrap();
-        let h = c.services[0].health_check.clone().unwrap();
+        let h = c.services[0].health_checks[0].clone();
         assert_eq!(
             (h.kind, h.interval, h.retry_interval, h.timeout, h.rise, h.fall, h.quiesce, h.start_down),
             (HealthCheckKind::Ftp, 5.0, Some(0.5), 3.0, 2, 7, false, false)
@@ -3153,13 +3173,56 @@ helo_name = "lb1.example.net"
                 let json = serde_json::to_string(&cmd).unwrap();
                 apply(&mut c, &serde_json::from_str(&json).unwrap()).unwrap();
             }
-            let h = c.services[0].health_check.as_ref().unwrap();
+            let h = c.services[0].health_checks.first().unwrap();
             let x: f64 = written.parse().unwrap();
             assert_eq!((h.interval, h.retry_interval, h.timeout), (x, Some(x), x), "{written}");
             let save = format_save(&c);
             let want = format!(" check-interval={printed} check-retry-interval={printed} check-timeout={printed} ");
             assert!(save.contains(&want), "{written}: {save}");
         }
+    }
+
+    /// A service's several checks: `-S` writes each from its `check=` on, `-R` reads them
+    /// back in order, through the control socket's JSON too (where the first stays in
+    /// `check`, the form every `ferrovsadm` and daemon reads, and the others follow in
+    /// `more_checks`, absent when there are none).
+    #[test]
+    fn several_checks_survive_save_and_restore() {
+        let text = "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nports = [80]\n\
+                    [[service.health_check]]\ntype = \"http\"\npath = \"/h\"\nrise = 1\n\
+                    [[service.health_check]]\ntype = \"tcp\"\nport = 8080\ninterval = 0.5\n\
+                    [[service.health_check]]\ntype = \"exec\"\ncommand = [\"/bin/true\", \"a,b\"]\n\
+                    [[service.real_server]]\naddress = \"10.0.2.2\"\n";
+        let c = Config::from_str(text, "<t>").unwrap();
+        let save = format_save(&c);
+        assert_eq!(save.matches(" check=").count(), 3, "{save}");
+        let mut c2 = base();
+        for cmd in parse_rules(&save).unwrap() {
+            let json = serde_json::to_string(&cmd).unwrap();
+            if let Command::AddService { ext: Some(e), .. } = &cmd {
+                assert_eq!(e.more_checks.len(), 2);
+                assert!(json.contains("\"more_checks\":[{\"kind\":\"tcp\""), "{json}");
+            }
+            apply(&mut c2, &serde_json::from_str(&json).unwrap()).unwrap();
+        }
+        assert_eq!(c2.services[0].health_checks, c.services[0].health_checks, "{save}");
+        assert_eq!(format_save(&c2), save);
+
+        // One check: no `more_checks` on the socket (the form from before several).
+        let one = parse_ext("check=tcp check-port=22").unwrap();
+        assert!(!serde_json::to_string(&one).unwrap().contains("more_checks"));
+        // A check's fields follow its `check=`; the first one's may also come before it.
+        let e = parse_ext("check-port=1 check=tcp check-interval=2 check=http check-path=/x check=ping").unwrap();
+        let all: Vec<HealthCheck> = e.check.into_iter().chain(e.more_checks).collect();
+        assert_eq!(
+            all.iter().map(|h| h.kind).collect::<Vec<_>>(),
+            [HealthCheckKind::Tcp, HealthCheckKind::Http, HealthCheckKind::Ping]
+        );
+        assert_eq!((all[0].port, all[0].interval, all[0].path.as_deref()), (Some(1), 2.0, None));
+        assert_eq!((all[1].port, all[1].path.as_deref()), (None, Some("/x")));
+        let many = "check=tcp ".repeat(HealthCheck::MAX_PER_SERVICE);
+        assert_eq!(parse_ext(&many).unwrap().more_checks.len(), HealthCheck::MAX_PER_SERVICE - 1);
+        assert!(parse_ext(&format!("{many}check=ping")).unwrap_err().contains("more than 16"));
     }
 
     /// A bad `# ferrovs-service` / `# ferrovs-server` value is an error naming its line.
