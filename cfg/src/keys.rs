@@ -170,6 +170,7 @@ pub const KEYS: &[Key] = &[
     k("service.real_server", "lower", "integer", Some("0 (none)"), "Lower connection threshold (ipvsadm -y)."),
     k("service.real_server", "forward", "\"nat\" | \"dr\" | \"tunnel\" | \"fnat\"", None, "Forwarding method of this server. Default: the service's."),
     k("service.real_server", "proxy_protocol", "\"v1\" | \"v2\"", None, "Send the client's address and the VIP in a PROXY protocol header (HAProxy v1 text or v2 binary) at the start of every TCP connection to this server (NAT and full NAT; not with ftp). The SYN proxy does not engage for such a service."),
+    k("service.real_server", "health_check", "table or array of tables (at most 16)", None, "This server's own health checks, the keys of [service.health_check], instead of the service's ([service.real_server.health_check], or [[service.real_server.health_check]] for several); health_check = [] leaves the server unchecked (always up). on_fail and start_down are the service's: every check of the service has the same."),
     k("cluster", "node_id", "integer 1..255", None, "This node's id, unique in the cluster (required); carried in every sync message."),
     k("cluster", "peers", "array of addresses", Some("[]"), "sync_address of every other node: connection state is sent to each by UDP unicast. peers or multicast_group is required."),
     k("cluster", "multicast_group", "address", None, "Send connection state to this multicast group (and receive it there) instead of, or besides, unicast peers."),

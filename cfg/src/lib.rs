@@ -93,6 +93,7 @@ impl Config {
                 lower: 0,
                 forward: None,
                 proxy_protocol: None,
+                health_checks: None,
             });
         }
         Some(c)

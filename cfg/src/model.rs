@@ -559,6 +559,27 @@ pub struct RealServer {
     /// Send the client's address to this server in a PROXY protocol header at the start of
     /// each TCP connection (NAT and full NAT).
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// This server's own health checks, instead of its service's (keepalived checks each
+    /// real server with its own checkers): `None`, the service's; `Some` of none, not
+    /// checked (always up).
+    pub health_checks: Option<Vec<HealthCheck>>,
+}
+
+impl Service {
+    /// Whether a server its health checks take down is quiesced (`on_fail = "quiesce"`, the
+    /// default) rather than removed: the same for every check of the service, its own and
+    /// its servers' (the configuration's rule).
+    pub fn quiesces(&self) -> bool {
+        let mut all = self.health_checks.iter().chain(self.real_servers.iter().flat_map(|r| r.checks(&[])));
+        all.next().is_none_or(|h| h.quiesce)
+    }
+}
+
+impl RealServer {
+    /// The checks this server gets: its own, else its service's `service`.
+    pub fn checks<'a>(&'a self, service: &'a [HealthCheck]) -> &'a [HealthCheck] {
+        self.health_checks.as_deref().unwrap_or(service)
+    }
 }
 
 /// PROXY protocol version (HAProxy's spec): v1 is a text line, v2 a binary header.

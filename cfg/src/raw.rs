@@ -284,6 +284,7 @@ pub(crate) struct RawRealServer {
     pub lower: Option<S<i64>>,
     pub forward: Option<S<String>>,
     pub proxy_protocol: Option<S<String>>,
+    pub health_check: Option<S<RawChecks>>,
 }
 
 // ---------------------------------------------------------------------------

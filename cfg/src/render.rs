@@ -258,11 +258,61 @@ pub(crate) fn service(s: &Service) -> String {
     if s.hysteresis != 0 {
         let _ = writeln!(o, "hysteresis = {}", s.hysteresis);
     }
-    // One check as the table, several as an array of tables.
-    let check_hdr =
-        if s.health_checks.len() == 1 { "\n[service.health_check]\n" } else { "\n[[service.health_check]]\n" };
-    for h in &s.health_checks {
-        o.push_str(check_hdr);
+    checks(&mut o, "service", &s.health_checks);
+    if let Some(n) = &s.notify {
+        o.push_str("\n[service.notify]\n");
+        for (key, c) in [("up", &n.up), ("down", &n.down), ("quorum_up", &n.quorum_up), ("quorum_down", &n.quorum_down)]
+        {
+            if !c.is_empty() {
+                let args: Vec<String> = c.iter().map(|a| q(a)).collect();
+                let _ = writeln!(o, "{key} = [{}]", args.join(", "));
+            }
+        }
+        if let Some(u) = &n.user {
+            let _ = writeln!(o, "user = {}", q(u));
+        }
+        let _ = writeln!(o, "timeout = {}", float(n.timeout));
+    }
+    for r in &s.real_servers {
+        o.push_str("\n[[service.real_server]]\n");
+        let _ = writeln!(o, "address = {}", q(&r.address.to_string()));
+        if let Some(p) = r.port {
+            let _ = writeln!(o, "port = {p}");
+        }
+        let _ = writeln!(o, "weight = {}", r.weight);
+        if r.upper != 0 {
+            let _ = writeln!(o, "upper = {}", r.upper);
+        }
+        if r.lower != 0 {
+            let _ = writeln!(o, "lower = {}", r.lower);
+        }
+        if let Some(f) = r.forward {
+            let _ = writeln!(o, "forward = {}", q(forward(f)));
+        }
+        match r.proxy_protocol {
+            Some(ProxyProtocol::V1) => o.push_str("proxy_protocol = \"v1\"\n"),
+            Some(ProxyProtocol::V2) => o.push_str("proxy_protocol = \"v2\"\n"),
+            None => {}
+        }
+        match &r.health_checks {
+            None => {}
+            // Not checked: an empty array (the tables below would say nothing).
+            Some(c) if c.is_empty() => o.push_str("health_check = []\n"),
+            Some(c) => checks(&mut o, "service.real_server", c),
+        }
+    }
+    o
+}
+
+/// The health checks of `[[owner]]`: one as the `[owner.health_check]` table, several as
+/// `[[owner.health_check]]` tables.
+fn checks(o: &mut String, owner: &str, list: &[HealthCheck]) {
+    for h in list {
+        if list.len() == 1 {
+            let _ = write!(o, "\n[{owner}.health_check]\n");
+        } else {
+            let _ = write!(o, "\n[[{owner}.health_check]]\n");
+        }
         let _ = writeln!(o, "type = {}", q(h.kind.name()));
         if let Some(p) = h.port {
             let _ = writeln!(o, "port = {p}");
@@ -313,41 +363,4 @@ pub(crate) fn service(s: &Service) -> String {
             o.push_str("start_down = true\n");
         }
     }
-    if let Some(n) = &s.notify {
-        o.push_str("\n[service.notify]\n");
-        for (key, c) in [("up", &n.up), ("down", &n.down), ("quorum_up", &n.quorum_up), ("quorum_down", &n.quorum_down)]
-        {
-            if !c.is_empty() {
-                let args: Vec<String> = c.iter().map(|a| q(a)).collect();
-                let _ = writeln!(o, "{key} = [{}]", args.join(", "));
-            }
-        }
-        if let Some(u) = &n.user {
-            let _ = writeln!(o, "user = {}", q(u));
-        }
-        let _ = writeln!(o, "timeout = {}", float(n.timeout));
-    }
-    for r in &s.real_servers {
-        o.push_str("\n[[service.real_server]]\n");
-        let _ = writeln!(o, "address = {}", q(&r.address.to_string()));
-        if let Some(p) = r.port {
-            let _ = writeln!(o, "port = {p}");
-        }
-        let _ = writeln!(o, "weight = {}", r.weight);
-        if r.upper != 0 {
-            let _ = writeln!(o, "upper = {}", r.upper);
-        }
-        if r.lower != 0 {
-            let _ = writeln!(o, "lower = {}", r.lower);
-        }
-        if let Some(f) = r.forward {
-            let _ = writeln!(o, "forward = {}", q(forward(f)));
-        }
-        match r.proxy_protocol {
-            Some(ProxyProtocol::V1) => o.push_str("proxy_protocol = \"v1\"\n"),
-            Some(ProxyProtocol::V2) => o.push_str("proxy_protocol = \"v2\"\n"),
-            None => {}
-        }
-    }
-    o
 }

@@ -794,9 +794,11 @@ impl Validator<'_> {
         let allow_from = self.source_list(&rs.allow_from, "allow_from", &owner, Some(vip))?;
         let deny_from = self.source_list(&rs.deny_from, "deny_from", &owner, Some(vip))?;
 
+        // The service's `on_fail` and `start_down`, from its first check (see `health_checks`).
+        let mut shared = None;
         let health_checks = match &rs.health_check {
             None => Vec::new(),
-            Some(h) => self.health_checks(h)?,
+            Some(h) => self.health_checks(h, &mut shared)?,
         };
 
         let mut local_addresses: Vec<IpAddr> = Vec::new();
@@ -923,7 +925,20 @@ impl Validator<'_> {
                     Some(pp)
                 }
             };
-            real_servers.push(RealServer { address, port, weight, upper, lower, forward: rforward, proxy_protocol });
+            let health_checks = match &r.health_check {
+                None => None,
+                Some(h) => Some(self.health_checks(h, &mut shared)?),
+            };
+            real_servers.push(RealServer {
+                address,
+                port,
+                weight,
+                upper,
+                lower,
+                forward: rforward,
+                proxy_protocol,
+                health_checks,
+            });
         }
 
         let sorry_server = match &rs.sorry_server {
@@ -1072,10 +1087,11 @@ impl Validator<'_> {
         Ok(name.clone())
     }
 
-    /// A service's `health_check`: one table or an array of them. What becomes of a failed
-    /// server (`on_fail`) and whether servers start down (`start_down`) belong to the
-    /// service: its checks must agree on them.
-    fn health_checks(&self, h: &Spanned<RawChecks>) -> R<Vec<HealthCheck>> {
+    /// A `health_check` of a service or of a real server: one table or an array of them.
+    /// What becomes of a failed server (`on_fail`) and whether servers start down
+    /// (`start_down`) belong to the service: every check of it, its own and its servers',
+    /// must agree on them with the first (`shared`).
+    fn health_checks(&self, h: &Spanned<RawChecks>, shared: &mut Option<(bool, bool)>) -> R<Vec<HealthCheck>> {
         let raw: Vec<(&RawHealthCheck, Range<usize>)> = match h.get_ref() {
             RawChecks::One(r) => vec![(r, span_of(h))],
             RawChecks::Many(v) => v.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
@@ -1089,18 +1105,19 @@ impl Validator<'_> {
         let mut out: Vec<HealthCheck> = Vec::with_capacity(raw.len());
         for (r, span) in raw {
             let c = self.health_check(r)?;
-            if let Some(first) = out.first() {
+            if let Some(&(quiesce, start_down)) = shared.as_ref() {
                 let at = |f: Option<Range<usize>>| f.unwrap_or_else(|| span.clone());
-                if c.quiesce != first.quiesce {
+                if c.quiesce != quiesce {
                     return Err(self.err(
                         at(r.on_fail.as_ref().map(span_of)),
                         "every health check of a service has the same on_fail (it says what becomes of the server)",
                     ));
                 }
-                if c.start_down != first.start_down {
+                if c.start_down != start_down {
                     return Err(self.err(span, "every health check of a service has the same start_down"));
                 }
             }
+            *shared = Some((c.quiesce, c.start_down));
             out.push(c);
         }
         Ok(out)

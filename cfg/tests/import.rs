@@ -59,7 +59,8 @@ fn redhat_ftp_lvs_cf() {
             upper: 0,
             lower: 0,
             forward: None,
-            proxy_protocol: None
+            proxy_protocol: None,
+            health_checks: None
         }
     );
     let http = &imp.services[1];
@@ -482,15 +483,19 @@ fn lvs_cf_virtual_without_a_name() {
 #[test]
 fn keepalived_check_on_some_real_servers_only() {
     // keepalived checks each real server with its own checkers; one without any is never taken
-    // down. ferrovs has one health check per service, so the imported TCP_CHECK of one server
-    // applies to all: this changes what happens to the others and must be said.
+    // down. The imported TCP_CHECK of one server was applied to all, with a warning; now the
+    // unchecked server has no check of its own (`health_check = []`).
     let imp = from_keepalived(
         "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    TCP_CHECK {\n    }\n  }\n  real_server 10.0.2.3 80 {\n    weight 2\n  }\n}\n",
     )
     .unwrap();
-    assert!(!imp.services[0].health_checks.is_empty());
-    assert!(warned(&imp, 3, "10.0.2.3"), "{:?}", imp.warnings);
-    assert!(imp.warnings.iter().any(|w| w.contains("line 6: 10.0.2.3")), "{:?}", imp.warnings);
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let c = roundtrip(&imp);
+    let s = &c.services[0];
+    assert_eq!(s.health_checks.len(), 1);
+    assert_eq!(s.real_servers[0].health_checks, None, "the service's check");
+    assert_eq!(s.real_servers[1].health_checks, Some(Vec::new()), "not checked");
+    assert!(c.to_toml().contains("health_check = []"), "{}", c.to_toml());
     // Every server checked alike: nothing to say.
     let imp = from_keepalived(
         "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    TCP_CHECK {\n    }\n  }\n  real_server 10.0.2.3 80 {\n    TCP_CHECK {\n    }\n  }\n}\n",
@@ -869,14 +874,20 @@ fn keepalived_several_checkers_of_a_real_server() {
     assert_eq!(h.iter().map(|h| h.kind).collect::<Vec<_>>(), [HealthCheckKind::Http, HealthCheckKind::Tcp]);
     assert_eq!((h[0].path.as_deref(), h[0].status, h[0].timeout), (Some("/health"), Some(200), 5.0));
     assert_eq!((h[1].port, h[1].timeout, h[1].interval), (Some(8080), 2.0, 4.0));
-    // Servers with different checkers: those of the first checked one are used, and said so.
+    // Servers with different checkers: each keeps its own (the first one's are the
+    // service's), connect_port and all.
     let conf = format!(
-        "virtual_server 10.0.0.1 80 {{\n{}  real_server 10.0.2.3 80 {{\n    TCP_CHECK {{\n    }}\n  }}\n}}\n",
+        "virtual_server 10.0.0.1 80 {{\n{}  real_server 10.0.2.3 80 {{\n    TCP_CHECK {{\n      connect_port 81\n    }}\n  }}\n}}\n",
         rs("10.0.2.2")
     );
     let imp = from_keepalived(&conf).unwrap();
-    assert_eq!(imp.services[0].health_checks.len(), 2);
-    assert!(warned(&imp, 3, "have different checks"), "{:?}", imp.warnings);
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let c = roundtrip(&imp);
+    let s = &c.services[0];
+    assert_eq!(s.health_checks.len(), 2);
+    assert_eq!(s.real_servers[0].health_checks, None);
+    let own = s.real_servers[1].health_checks.as_deref().unwrap();
+    assert_eq!(own.iter().map(|h| (h.kind, h.port)).collect::<Vec<_>>(), [(HealthCheckKind::Tcp, Some(81))]);
 }
 
 #[test]
@@ -961,14 +972,19 @@ fn keepalived_misc_check_as_an_exec_check() {
     assert!(imp.services[0].health_checks.is_empty());
     assert!(warned(&imp, 4, "without misc_path"), "{:?}", imp.warnings);
 
-    // Real servers with a MISC_CHECK and a TCP_CHECK: the first is used for all, said.
+    // Real servers with a MISC_CHECK and a TCP_CHECK: the first one's is the service's, the
+    // other server has its own.
     let imp = from_keepalived(
         "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    MISC_CHECK {\n      misc_path /bin/true\n    }\n  }\n  \
          real_server 10.0.2.3 80 {\n    TCP_CHECK {\n    }\n  }\n}\n",
     )
     .unwrap();
-    assert_eq!(imp.services[0].health_checks.first().unwrap().kind, HealthCheckKind::Exec);
-    assert!(warned(&imp, 3, "different checks (TCP_CHECK, HTTP_GET, MISC_CHECK, ...)"), "{:?}", imp.warnings);
+    let s = &imp.services[0];
+    assert_eq!(s.health_checks.first().unwrap().kind, HealthCheckKind::Exec);
+    assert_eq!(s.real_servers[0].health_checks, None);
+    let own = s.real_servers[1].health_checks.as_deref().unwrap();
+    assert_eq!(own.iter().map(|h| (h.kind, h.fall)).collect::<Vec<_>>(), [(HealthCheckKind::Tcp, 2)]);
+    assert!(!imp.warnings.iter().any(|w| w.contains("different")), "{:?}", imp.warnings);
     roundtrip(&imp);
 }
 

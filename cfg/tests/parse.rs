@@ -160,6 +160,7 @@ fn good_config_parses_into_expected_model() {
                     lower: 50,
                     forward: Some(Forward::Nat),
                     proxy_protocol: None,
+                    health_checks: None,
                 },
                 RealServer {
                     address: ip("192.168.7.7"),
@@ -168,7 +169,8 @@ fn good_config_parses_into_expected_model() {
                     upper: 0,
                     lower: 0,
                     forward: None,
-                    proxy_protocol: None
+                    proxy_protocol: None,
+                    health_checks: None
                 },
             ],
             health_checks: vec![HealthCheck {
@@ -1105,4 +1107,60 @@ fn several_health_checks() {
     // Neither a table nor an array of tables.
     let e = bad("health_check = \"tcp\"");
     assert_eq!(e.line, Some(7), "{e}");
+}
+
+/// A real server's own checks (`[service.real_server.health_check]`, an array of them, or
+/// `health_check = []` for none) replace its service's; they agree with the service's
+/// checks on `on_fail` and `start_down`; they render back.
+#[test]
+fn real_server_health_checks() {
+    let t = |svc: &str, rs: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"w\"\nvip = \"10.0.0.100\"\nports = [80]\n\
+             {svc}\n[[service.real_server]]\naddress = \"10.0.2.2\"\n[[service.real_server]]\naddress = \"10.0.2.3\"\n{rs}\n\
+             [[service.real_server]]\naddress = \"10.0.2.4\"\nhealth_check = []\n"
+        )
+    };
+    let c = Config::from_str(
+        &t(
+            "[service.health_check]\ntype = \"http\"\non_fail = \"remove\"",
+            "[[service.real_server.health_check]]\ntype = \"tcp\"\nport = 8080\non_fail = \"remove\"\n\
+             [[service.real_server.health_check]]\ntype = \"ping\"\non_fail = \"remove\"",
+        ),
+        "a.toml",
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert!(!s.quiesces());
+    let kinds = |r: &RealServer| r.checks(&s.health_checks).iter().map(|h| h.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(&s.real_servers[0]), [HealthCheckKind::Http]);
+    assert_eq!(kinds(&s.real_servers[1]), [HealthCheckKind::Tcp, HealthCheckKind::Ping]);
+    assert_eq!(kinds(&s.real_servers[2]), []);
+    assert_eq!(s.real_servers[2].health_checks, Some(Vec::new()));
+    let text = c.to_toml();
+    assert_eq!(Config::from_str(&text, "r.toml").unwrap(), c, "{text}");
+    assert!(text.contains("[[service.real_server.health_check]]") && text.contains("health_check = []"), "{text}");
+
+    // A server's check alone (the service has none) sets the service's on_fail.
+    let one =
+        Config::from_str(&t("", "[service.real_server.health_check]\ntype = \"tcp\"\non_fail = \"remove\""), "o.toml")
+            .unwrap();
+    assert!(!one.services[0].quiesces());
+    assert!(Config::from_str(&t("", ""), "d.toml").unwrap().services[0].quiesces());
+    assert!(one.to_toml().contains("\n[service.real_server.health_check]\n"), "{}", one.to_toml());
+
+    // A server's check that disagrees with the service's on on_fail: an error at its line.
+    let e = Config::from_str(
+        &t(
+            "[service.health_check]\ntype = \"http\"",
+            "[service.real_server.health_check]\ntype = \"tcp\"\non_fail = \"remove\"",
+        ),
+        "b.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(15), "{e}");
+    assert!(e.to_string().contains("same on_fail"), "{e}");
+    let e = Config::from_str(&t("", "[service.real_server.health_check]\ntype = \"tcp\"\nbogus = 2"), "b.toml")
+        .unwrap_err();
+    assert_eq!(e.line, Some(14), "{e}");
 }

@@ -959,12 +959,10 @@ fn virtual_server(
             }
         }
 
-        // The checks of the first checked real server, for every one (ferrovs checks a
-        // service's servers alike); all of a server's checks must pass, as keepalived's.
-        let mut checks: Option<Vec<Check>> = None;
-        let mut check_differs = false;
-        // Real servers without a TCP_CHECK, HTTP_GET, SSL_GET or MISC_CHECK, which keepalived never takes down.
-        let mut unchecked: Vec<String> = Vec::new();
+        // The checks of the first checked real server become the service's; a server with
+        // others gets its own (none for an unchecked one, which keepalived never takes
+        // down). All of a server's checks must pass, as keepalived's checkers.
+        let mut rs_checks: Vec<Vec<Check>> = Vec::new();
         // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
         let mut ftp_hint = false;
@@ -1000,8 +998,16 @@ fn virtual_server(
                 continue;
             }
             ftp_hint |= rport == Some(21);
-            let mut r =
-                RealServer { address, port: rport, weight: 1, upper: 0, lower: 0, forward: None, proxy_protocol: None };
+            let mut r = RealServer {
+                address,
+                port: rport,
+                weight: 1,
+                upper: 0,
+                lower: 0,
+                forward: None,
+                proxy_protocol: None,
+                health_checks: None,
+            };
             let mut thr_line = rl;
             let mut inhibit = vs_inhibit;
             let mut mine: Vec<Check> = Vec::new();
@@ -1072,14 +1078,7 @@ fn virtual_server(
                     ),
                 ));
             }
-            if mine.is_empty() {
-                unchecked.push(format!("line {rl}: {address}"));
-            } else {
-                match &checks {
-                    None => checks = Some(mine),
-                    Some(first) => check_differs |= !Check::same_list(first, &mine),
-                }
-            }
+            rs_checks.push(mine);
             svc.real_servers.push(r);
             inhibits.push((inhibit, rl));
             notifies.push(notify);
@@ -1123,46 +1122,43 @@ fn virtual_server(
         }
 
         let inhibit = inhibits.iter().any(|(i, _)| *i);
-        if let Some((_, rl)) = inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && checks.is_some()) {
+        if let Some((_, rl)) =
+            inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && rs_checks.iter().any(|m| !m.is_empty()))
+        {
             warnings.push(format!(
                 "line {rl}: real servers of {} differ in inhibit_on_failure: every failed server is quiesced \
                  (on_fail = \"quiesce\"), not removed",
                 svc.name
             ));
         }
+        let checks = rs_checks.iter().find(|m| !m.is_empty());
         if let Some(list) = checks {
-            let line = list[0].line;
-            if check_differs {
-                warnings.push(format!(
-                    "line {line}: real servers of {} have different checks (TCP_CHECK, HTTP_GET, MISC_CHECK, ...): \
-                     those of the first checked one are used for all",
-                    svc.name
-                ));
+            let finish = |list: &[Check]| -> Vec<HealthCheck> {
+                list.iter()
+                    .map(|c| {
+                        // Only while a failure is being confirmed; none when it is the interval.
+                        let retry_interval = Some(c.retry_interval).filter(|&r| c.hc.fall > 1 && r != interval);
+                        // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
+                        let timeout =
+                            c.timeout.unwrap_or(if c.hc.kind == HealthCheckKind::Exec { interval } else { 5.0 });
+                        HealthCheck {
+                            interval,
+                            retry_interval,
+                            timeout,
+                            rise: 1,
+                            quiesce: inhibit,
+                            start_down: alpha.is_some(),
+                            ..c.hc.clone()
+                        }
+                    })
+                    .collect()
+            };
+            for (r, mine) in svc.real_servers.iter_mut().zip(&rs_checks) {
+                if !Check::same_list(list, mine) {
+                    r.health_checks = Some(finish(mine));
+                }
             }
-            if !unchecked.is_empty() {
-                warnings.push(format!(
-                    "line {}: service {}: the checks are applied to every real server, also to those keepalived \
-                     does not check (always up): {}",
-                    line,
-                    svc.name,
-                    unchecked.join(", ")
-                ));
-            }
-            for c in list {
-                // Only while a failure is being confirmed; none when it is the interval.
-                let retry_interval = Some(c.retry_interval).filter(|&r| c.hc.fall > 1 && r != interval);
-                // keepalived's default: connect_timeout 5 s; misc_timeout the delay_loop.
-                let timeout = c.timeout.unwrap_or(if c.hc.kind == HealthCheckKind::Exec { interval } else { 5.0 });
-                svc.health_checks.push(HealthCheck {
-                    interval,
-                    retry_interval,
-                    timeout,
-                    rise: 1,
-                    quiesce: inhibit,
-                    start_down: alpha.is_some(),
-                    ..c.hc
-                });
-            }
+            svc.health_checks = finish(list);
         } else if let Some(a) = alpha {
             warnings.push(format!(
                 "line {}: alpha on {}, which has no health check: ignored (keepalived's unchecked real servers \

@@ -430,6 +430,7 @@ fn virtual_block(
             lower: 0,
             forward: None,
             proxy_protocol: None,
+            health_checks: None,
         });
     }
     Ok(Some(svc))

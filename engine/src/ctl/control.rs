@@ -252,7 +252,7 @@ impl State {
             return c;
         }
         for s in &mut c.services {
-            let quiesce = s.health_checks.first().is_none_or(|h| h.quiesce);
+            let quiesce = s.quiesces();
             let name = s.name.clone();
             let svc = s.clone();
             s.real_servers.retain_mut(|r| {
@@ -479,7 +479,13 @@ impl State {
             sv.stats = stats(&(sv.name.clone(), None));
             let counts = snap.conn_counts.get(i);
             let svc_cfg = &cfg.services[i];
-            let hc = !svc_cfg.health_checks.is_empty();
+            // The checked servers (not the sorry server, which is never checked).
+            let checked: std::collections::HashSet<(IpAddr, u16)> = svc_cfg
+                .real_servers
+                .iter()
+                .filter(|r| !r.checks(&svc_cfg.health_checks).is_empty())
+                .map(|r| (r.address, ipvsadm::shown_port(svc_cfg, r.port)))
+                .collect();
             for (j, dv) in sv.dests.iter_mut().enumerate() {
                 let key = (sv.name.clone(), Some((dv.addr, dv.port)));
                 dv.stats = stats(&key);
@@ -490,7 +496,7 @@ impl State {
                     }
                 }
                 dv.config_weight = admin_weight(&sv.name, dv.addr, dv.port).unwrap_or(dv.weight);
-                if hc {
+                if checked.contains(&(dv.addr, dv.port)) {
                     let down = g.down.contains_key(&(sv.name.clone(), dv.addr, dv.port));
                     dv.health = Some(if down { "down" } else { "up" }.into());
                 }
@@ -1299,6 +1305,38 @@ weight = 3
 
     fn ip(s: &str) -> std::net::IpAddr {
         s.parse().unwrap()
+    }
+
+    /// A real server's own checks replace the service's; one with none is never taken down
+    /// (keepalived's real server without a checker) and not listed by `ferrovsadm health`.
+    #[test]
+    fn real_servers_with_checks_of_their_own() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let text = config(port)
+            + "[[service.real_server]]\naddress = \"127.0.0.2\"\n\
+               [service.real_server.health_check]\ntype = \"tcp\"\ninterval = 0.05\ntimeout = 0.2\nrise = 1\nfall = 1\n\
+               [[service.real_server]]\naddress = \"127.0.0.3\"\nweight = 2\nhealth_check = []\n";
+        let text = text.replace(
+            "[service.real_server.health_check]\ntype = \"tcp\"",
+            &format!("[service.real_server.health_check]\ntype = \"tcp\"\nport = {}", closed_port()),
+        );
+        let st = state(&text);
+        let weights = |st: &State| -> Vec<u32> {
+            st.snapshot().config.services[0].real_servers.iter().map(|r| r.weight).collect()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
+        wait("127.0.0.2 quiesced by its own check", || weights(&st) == [3, 0, 2]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(weights(&st), [3, 0, 2], "the service's check passes for 127.0.0.1; 127.0.0.3 is not checked");
+        let mut listed: Vec<String> = st.health().into_iter().map(|h| h.server).collect();
+        listed.sort();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.iter().all(|s| !s.starts_with("127.0.0.3")), "{listed:?}");
+        stop.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
+        drop(l);
     }
 
     /// Several checks (`[[service.health_check]]`): the server is down while any one fails

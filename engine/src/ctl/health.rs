@@ -827,7 +827,7 @@ pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, Vec<(HealthChe
         for r in &s.real_servers {
             let shown = crate::ctl::ipvsadm::shown_port(s, r.port);
             let mut checks = Vec::new();
-            for hc in &s.health_checks {
+            for hc in r.checks(&s.health_checks) {
                 let port = hc.port.or(r.port).unwrap_or(crate::ctl::ipvsadm::service_port(s));
                 if port == 0 && hc.kind.needs_port() {
                     continue;

@@ -24,7 +24,9 @@
 //!   notify programs)
 //!   is preceded by a comment `# ferrovs-service name=.. proto=.. vip=..
 //!   ports=.. ...` that `-R` reads back, and a real server with a PROXY
-//!   protocol header by `# ferrovs-server proxy=v1|v2`, so `-S`, `-C`,
+//!   protocol header or health checks of its own by `# ferrovs-server
+//!   proxy=v1|v2 check=..` (the `check*` fields as below; `check=none`: not
+//!   checked), so `-S`, `-C`,
 //!   `-R` restores the same services (every field of `[[service]]` and
 //!   `[[service.real_server]]`; real servers in `-S` order, `ADDR` of a
 //!   single-port service as `ADDR:PORT`). The fields past `ftp*`:
@@ -143,7 +145,7 @@ pub struct ServiceExt {
 
 /// What ipvsadm cannot say about a real server: carried by a `# ferrovs-server` comment
 /// before its `-a` line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct ServerExt {
     /// PROXY protocol version, `v1` or `v2`.
@@ -151,6 +153,10 @@ pub struct ServerExt {
     /// The forwarding method the service declared (`# ferrovs-service forward=`): the first
     /// server does not set the service's method then.
     pub service_forward: Option<String>,
+    /// The server's own health checks (`check*` words, as a service's), `Some` of none for
+    /// `check=none` (not checked); absent: the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<HealthCheck>>,
 }
 
 /// An edit of the running configuration.
@@ -965,20 +971,158 @@ fn seconds(what: &str, v: &str) -> Result<f64, String> {
     HealthCheck::parse_secs(v).ok_or_else(|| format!("bad {what} {v:?} (seconds)"))
 }
 
+/// The `check*` words of a `# ferrovs-service` or `# ferrovs-server` comment: a server's or
+/// service's health checks. A `check-*` field belongs to the last check; a `check=` gives
+/// the last check its kind, or begins the next one if it has its kind: so a single check's
+/// `check=` may stand anywhere among its fields. `check=none` (a server's only): no check.
+#[derive(Default)]
+struct CheckWords {
+    /// The last check (`kind_given`: its `check=` seen), and those before it.
+    check: Option<HealthCheck>,
+    kind_given: bool,
+    done: Vec<HealthCheck>,
+    none: bool,
+}
+
+impl CheckWords {
+    /// Takes `w` if it is a `check*` word (true).
+    fn take(&mut self, w: &str) -> Result<bool, String> {
+        if !w.starts_with("check") {
+            return Ok(false);
+        }
+        if w == "check=none" {
+            self.none = true;
+            return Ok(true);
+        }
+        let check = self.check.get_or_insert_with(|| HealthCheck::new(HealthCheckKind::Tcp));
+        match w.split_once('=') {
+            Some(("check", v)) => {
+                let kind = HealthCheckKind::named(v).ok_or_else(|| {
+                    format!("bad check {v:?} ({})", HealthCheckKind::ALL.map(|k| k.name()).join(", "))
+                })?;
+                if self.kind_given {
+                    if self.done.len() + 1 >= HealthCheck::MAX_PER_SERVICE {
+                        return Err(format!("more than {} checks", HealthCheck::MAX_PER_SERVICE));
+                    }
+                    self.done.push(std::mem::replace(check, HealthCheck::new(kind)));
+                } else {
+                    check.kind = kind;
+                    self.kind_given = true;
+                }
+            }
+            Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
+            Some(("check-send", v)) => check.send = Some(dec("check-send", v)?),
+            Some(("check-expect", v)) => check.expect = Some(dec("check-expect", v)?),
+            Some(("check-path", v)) => check.path = Some(dec("check-path", v)?),
+            Some(("check-host", v)) => check.host = Some(dec("check-host", v)?),
+            Some(("check-status", v)) => check.status = Some(num("check-status", v)?),
+            Some(("check-tls-ca", v)) => check.tls_ca = Some(dec("check-tls-ca", v)?),
+            Some(("check-digest", v)) => check.digest = Some(dec("check-digest", v)?),
+            Some(("check-query-name", v)) => check.query_name = Some(dec("check-query-name", v)?),
+            Some(("check-query-type", v)) => check.query_type = Some(dec("check-query-type", v)?),
+            Some(("check-payload", v)) => check.payload = Some(dec("check-payload", v)?),
+            Some(("check-helo-name", v)) => check.helo_name = Some(dec("check-helo-name", v)?),
+            Some(("check-reply", v)) => {
+                check.reply = Some(dec("check-reply", v)?);
+                check.require_reply = true;
+            }
+            Some(("check-command", v)) => {
+                check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
+            }
+            Some(("check-user", v)) => check.user = Some(dec("check-user", v)?),
+            Some(("check-interval", v)) => check.interval = seconds("check-interval", v)?,
+            Some(("check-retry-interval", v)) => check.retry_interval = Some(seconds("check-retry-interval", v)?),
+            Some(("check-timeout", v)) => check.timeout = seconds("check-timeout", v)?,
+            Some(("check-rise", v)) => check.rise = num("check-rise", v)?,
+            Some(("check-fall", v)) => check.fall = num("check-fall", v)?,
+            None if w == "check-remove" => check.quiesce = false,
+            None if w == "check-start-down" => check.start_down = true,
+            None if w == "check-require-reply" => check.require_reply = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The checks the words gave: `None` without any `check*` word, `Some` of none for
+    /// `check=none`.
+    fn finish(self) -> Result<Option<Vec<HealthCheck>>, String> {
+        match self.check {
+            Some(_) if self.none => Err("check=none with other check fields".into()),
+            None if self.none => Ok(Some(Vec::new())),
+            None => Ok(None),
+            Some(_) if !self.kind_given => Err("check-* fields without check=TYPE".into()),
+            Some(c) => {
+                let mut all = self.done;
+                all.push(c);
+                Ok(Some(all))
+            }
+        }
+    }
+}
+
+/// Write `checks` as `check*` words (see [`CheckWords`]): each from its `check=` on.
+fn write_checks(out: &mut String, checks: &[HealthCheck]) {
+    for h in checks {
+        let _ = write!(out, " check={}", h.kind.name());
+        if let Some(p) = h.port {
+            let _ = write!(out, " check-port={p}");
+        }
+        for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
+            if let Some(v) = v {
+                let _ = write!(out, " check-{k}={}", enc(v));
+            }
+        }
+        if let Some(st) = h.status {
+            let _ = write!(out, " check-status={st}");
+        }
+        let more = [
+            ("digest", &h.digest),
+            ("tls-ca", &h.tls_ca),
+            ("query-name", &h.query_name),
+            ("query-type", &h.query_type),
+            ("payload", &h.payload),
+            ("reply", &h.reply),
+            ("helo-name", &h.helo_name),
+        ];
+        for (k, v) in more {
+            if let Some(v) = v {
+                let _ = write!(out, " check-{k}={}", enc(v));
+            }
+        }
+        // `reply` implies it (and the config's validation sets it then).
+        if h.require_reply && h.reply.is_none() {
+            out.push_str(" check-require-reply");
+        }
+        if !h.command.is_empty() {
+            let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
+            let _ = write!(out, " check-command={}", c.join(","));
+        }
+        if let Some(u) = &h.user {
+            let _ = write!(out, " check-user={}", enc(u));
+        }
+        // f64's Display is the shortest text that parses back to the same number.
+        let _ = write!(out, " check-interval={}", h.interval);
+        if let Some(r) = h.retry_interval {
+            let _ = write!(out, " check-retry-interval={r}");
+        }
+        let _ = write!(out, " check-timeout={} check-rise={} check-fall={}", h.timeout, h.rise, h.fall);
+        if !h.quiesce {
+            out.push_str(" check-remove");
+        }
+        if h.start_down {
+            out.push_str(" check-start-down");
+        }
+    }
+}
+
 fn parse_ext(s: &str) -> Result<ServiceExt, String> {
     let mut e = ServiceExt::default();
-    // The checks, each with whether its `check=` was given. A `check-*` field belongs to the
-    // last check; a `check=` gives the last check its kind, or begins the next one if it
-    // has its kind: so a single check's `check=` may stand anywhere among its fields.
-    // `check` is the last one (`kind_given`: its `check=` seen), `done` those before it.
-    let mut check = HealthCheck::new(HealthCheckKind::Tcp);
-    let mut done: Vec<HealthCheck> = Vec::new();
-    let (mut any_check, mut kind_given) = (false, false);
+    let mut checks = CheckWords::default();
     let mut notify: Option<Notify> = None;
     let args = |what: &str, v: &str| v.split(',').map(|a| dec(what, a)).collect::<Result<Vec<_>, _>>();
     for w in split_words(s) {
-        if w.starts_with("check") {
-            any_check = true;
+        if checks.take(&w)? {
+            continue;
         }
         match w.split_once('=') {
             Some(("proto", v)) => e.proto = Some(v.to_string()),
@@ -1015,45 +1159,6 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
                 e.source_conn_rate = Some(num("source-conn-rate", r)?);
                 e.source_conn_burst = b.map(|b| num("source-conn-rate burst", b)).transpose()?;
             }
-            Some(("check", v)) => {
-                let kind = HealthCheckKind::named(v).ok_or_else(|| {
-                    format!("bad check {v:?} ({})", HealthCheckKind::ALL.map(|k| k.name()).join(", "))
-                })?;
-                if kind_given {
-                    if done.len() + 1 >= HealthCheck::MAX_PER_SERVICE {
-                        return Err(format!("more than {} checks", HealthCheck::MAX_PER_SERVICE));
-                    }
-                    done.push(std::mem::replace(&mut check, HealthCheck::new(kind)));
-                } else {
-                    check.kind = kind;
-                    kind_given = true;
-                }
-            }
-            Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
-            Some(("check-send", v)) => check.send = Some(dec("check-send", v)?),
-            Some(("check-expect", v)) => check.expect = Some(dec("check-expect", v)?),
-            Some(("check-path", v)) => check.path = Some(dec("check-path", v)?),
-            Some(("check-host", v)) => check.host = Some(dec("check-host", v)?),
-            Some(("check-status", v)) => check.status = Some(num("check-status", v)?),
-            Some(("check-tls-ca", v)) => check.tls_ca = Some(dec("check-tls-ca", v)?),
-            Some(("check-digest", v)) => check.digest = Some(dec("check-digest", v)?),
-            Some(("check-query-name", v)) => check.query_name = Some(dec("check-query-name", v)?),
-            Some(("check-query-type", v)) => check.query_type = Some(dec("check-query-type", v)?),
-            Some(("check-payload", v)) => check.payload = Some(dec("check-payload", v)?),
-            Some(("check-helo-name", v)) => check.helo_name = Some(dec("check-helo-name", v)?),
-            Some(("check-reply", v)) => {
-                check.reply = Some(dec("check-reply", v)?);
-                check.require_reply = true;
-            }
-            Some(("check-command", v)) => {
-                check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
-            }
-            Some(("check-user", v)) => check.user = Some(dec("check-user", v)?),
-            Some(("check-interval", v)) => check.interval = seconds("check-interval", v)?,
-            Some(("check-retry-interval", v)) => check.retry_interval = Some(seconds("check-retry-interval", v)?),
-            Some(("check-timeout", v)) => check.timeout = seconds("check-timeout", v)?,
-            Some(("check-rise", v)) => check.rise = num("check-rise", v)?,
-            Some(("check-fall", v)) => check.fall = num("check-fall", v)?,
             Some(("notify-up", v)) => notify.get_or_insert_with(Notify::new).up = args("notify-up", v)?,
             Some(("notify-down", v)) => notify.get_or_insert_with(Notify::new).down = args("notify-down", v)?,
             Some(("notify-quorum-up", v)) => {
@@ -1068,18 +1173,11 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
             }
             None if w == "ftp-foreign" => e.ftp_foreign = true,
             None if w == "ftp-low-ports" => e.ftp_low_ports = true,
-            None if w == "check-remove" => check.quiesce = false,
-            None if w == "check-start-down" => check.start_down = true,
-            None if w == "check-require-reply" => check.require_reply = true,
             _ => return Err(format!("unknown ferrovs-service field {w:?}")),
         }
     }
-    if any_check {
-        if !kind_given {
-            return Err("check-* fields without check=TYPE".into());
-        }
-        done.push(check);
-        let mut all = done.into_iter();
+    if let Some(all) = checks.finish()? {
+        let mut all = all.into_iter();
         e.check = all.next();
         e.more_checks = all.collect();
     }
@@ -1089,13 +1187,18 @@ fn parse_ext(s: &str) -> Result<ServiceExt, String> {
 
 fn parse_server_ext(s: &str) -> Result<ServerExt, String> {
     let mut e = ServerExt::default();
+    let mut checks = CheckWords::default();
     for w in split_words(s) {
+        if checks.take(&w)? {
+            continue;
+        }
         match w.split_once('=') {
             Some(("proxy", v @ ("v1" | "v2"))) => e.proxy = Some(v.to_string()),
             Some(("proxy", v)) => return Err(format!("bad proxy {v:?} (v1 or v2)")),
             _ => return Err(format!("unknown ferrovs-server field {w:?}")),
         }
     }
+    e.checks = checks.finish()?;
     Ok(e)
 }
 
@@ -1418,6 +1521,7 @@ pub fn apply(cfg: &mut Config, cmd: &Command) -> Result<(), String> {
                 lower: lower.unwrap_or(0),
                 forward: rs_forward,
                 proxy_protocol,
+                health_checks: ext.checks.clone(),
             });
         }
         Command::EditServer { key, addr, port, forward, weight, upper, lower } => {
@@ -1937,58 +2041,7 @@ fn write_ext_options(out: &mut String, s: &Service) {
         }
         let _ = write!(out, " notify-timeout={}", n.timeout);
     }
-    // Each check from its `check=` on (see `parse_ext`).
-    for h in &s.health_checks {
-        let _ = write!(out, " check={}", h.kind.name());
-        if let Some(p) = h.port {
-            let _ = write!(out, " check-port={p}");
-        }
-        for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
-            if let Some(v) = v {
-                let _ = write!(out, " check-{k}={}", enc(v));
-            }
-        }
-        if let Some(st) = h.status {
-            let _ = write!(out, " check-status={st}");
-        }
-        let more = [
-            ("digest", &h.digest),
-            ("tls-ca", &h.tls_ca),
-            ("query-name", &h.query_name),
-            ("query-type", &h.query_type),
-            ("payload", &h.payload),
-            ("reply", &h.reply),
-            ("helo-name", &h.helo_name),
-        ];
-        for (k, v) in more {
-            if let Some(v) = v {
-                let _ = write!(out, " check-{k}={}", enc(v));
-            }
-        }
-        // `reply` implies it (and the config's validation sets it then).
-        if h.require_reply && h.reply.is_none() {
-            out.push_str(" check-require-reply");
-        }
-        if !h.command.is_empty() {
-            let c: Vec<String> = h.command.iter().map(|a| enc(a)).collect();
-            let _ = write!(out, " check-command={}", c.join(","));
-        }
-        if let Some(u) = &h.user {
-            let _ = write!(out, " check-user={}", enc(u));
-        }
-        // f64's Display is the shortest text that parses back to the same number.
-        let _ = write!(out, " check-interval={}", h.interval);
-        if let Some(r) = h.retry_interval {
-            let _ = write!(out, " check-retry-interval={r}");
-        }
-        let _ = write!(out, " check-timeout={} check-rise={} check-fall={}", h.timeout, h.rise, h.fall);
-        if !h.quiesce {
-            out.push_str(" check-remove");
-        }
-        if h.start_down {
-            out.push_str(" check-start-down");
-        }
-    }
+    write_checks(out, &s.health_checks);
 }
 
 /// `ipvsadm -S -n` output for `cfg` (with `# ferrovs-service` comments
@@ -2129,10 +2182,19 @@ pub fn format_save(cfg: &Config) -> String {
         }
         out.push('\n');
         for r in saved_servers(s) {
+            let mut ext = String::new();
             match r.proxy_protocol {
                 None => {}
-                Some(ProxyProtocol::V1) => out.push_str("# ferrovs-server proxy=v1\n"),
-                Some(ProxyProtocol::V2) => out.push_str("# ferrovs-server proxy=v2\n"),
+                Some(ProxyProtocol::V1) => ext.push_str(" proxy=v1"),
+                Some(ProxyProtocol::V2) => ext.push_str(" proxy=v2"),
+            }
+            match &r.health_checks {
+                None => {}
+                Some(c) if c.is_empty() => ext.push_str(" check=none"),
+                Some(c) => write_checks(&mut ext, c),
+            }
+            if !ext.is_empty() {
+                let _ = writeln!(out, "# ferrovs-server{ext}");
             }
             let _ = write!(
                 out,
@@ -2259,7 +2321,8 @@ mod tests {
                 upper: 0,
                 lower: 0,
                 forward: None,
-                proxy_protocol: None
+                proxy_protocol: None,
+                health_checks: None
             }
         );
         let web = &imp.services[1];
@@ -3192,10 +3255,16 @@ helo_name = "lb1.example.net"
                     [[service.health_check]]\ntype = \"http\"\npath = \"/h\"\nrise = 1\n\
                     [[service.health_check]]\ntype = \"tcp\"\nport = 8080\ninterval = 0.5\n\
                     [[service.health_check]]\ntype = \"exec\"\ncommand = [\"/bin/true\", \"a,b\"]\n\
-                    [[service.real_server]]\naddress = \"10.0.2.2\"\n";
+                    [[service.real_server]]\naddress = \"10.0.2.2\"\n\
+                    [[service.real_server]]\naddress = \"10.0.2.3\"\nproxy_protocol = \"v2\"\n\
+                    [[service.real_server.health_check]]\ntype = \"tcp\"\nport = 81\n\
+                    [[service.real_server.health_check]]\ntype = \"ping\"\n\
+                    [[service.real_server]]\naddress = \"10.0.2.4\"\nhealth_check = []\n";
         let c = Config::from_str(text, "<t>").unwrap();
         let save = format_save(&c);
-        assert_eq!(save.matches(" check=").count(), 3, "{save}");
+        assert_eq!(save.matches(" check=").count(), 6, "{save}");
+        assert!(save.contains("# ferrovs-server proxy=v2 check=tcp check-port=81 "), "{save}");
+        assert!(save.contains("# ferrovs-server check=none\n"), "{save}");
         let mut c2 = base();
         for cmd in parse_rules(&save).unwrap() {
             let json = serde_json::to_string(&cmd).unwrap();
@@ -3206,6 +3275,8 @@ helo_name = "lb1.example.net"
             apply(&mut c2, &serde_json::from_str(&json).unwrap()).unwrap();
         }
         assert_eq!(c2.services[0].health_checks, c.services[0].health_checks, "{save}");
+        let own = |c: &Config| c.services[0].real_servers.iter().map(|r| r.health_checks.clone()).collect::<Vec<_>>();
+        assert_eq!(own(&c2), own(&c), "{save}");
         assert_eq!(format_save(&c2), save);
 
         // One check: no `more_checks` on the socket (the form from before several).
@@ -3223,6 +3294,9 @@ helo_name = "lb1.example.net"
         let many = "check=tcp ".repeat(HealthCheck::MAX_PER_SERVICE);
         assert_eq!(parse_ext(&many).unwrap().more_checks.len(), HealthCheck::MAX_PER_SERVICE - 1);
         assert!(parse_ext(&format!("{many}check=ping")).unwrap_err().contains("more than 16"));
+        assert!(parse_server_ext(&format!("{many}check=ping")).unwrap_err().contains("more than 16"));
+        assert!(parse_server_ext("check=none check-port=1").unwrap_err().contains("check=none with"));
+        assert_eq!(parse_server_ext("proxy=v1").unwrap().checks, None);
     }
 
     /// A bad `# ferrovs-service` / `# ferrovs-server` value is an error naming its line.
