@@ -632,6 +632,11 @@ pub enum HealthCheckKind {
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
     pub port: Option<u16>,
+    /// Where the check goes instead of the real server's address (keepalived's
+    /// `connect_ip`: a management address, say); in a real server's own checks only. Left
+    /// out of the control socket's form when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
     pub send: Option<String>,
     pub expect: Option<String>,
     /// `http`, `https`: the request path (default `/`), the Host header (default: the real
@@ -853,6 +858,7 @@ impl HealthCheck {
         HealthCheck {
             kind,
             port: None,
+            address: None,
             send: None,
             expect: None,
             path: None,

@@ -250,6 +250,7 @@ pub(crate) struct RawHealthCheck {
     #[serde(rename = "type")]
     pub kind: S<String>,
     pub port: Option<S<i64>>,
+    pub address: Option<S<IpDe>>,
     pub send: Option<String>,
     pub expect: Option<S<String>>,
     pub path: Option<S<String>>,

@@ -317,6 +317,9 @@ fn checks(o: &mut String, owner: &str, list: &[HealthCheck]) {
         if let Some(p) = h.port {
             let _ = writeln!(o, "port = {p}");
         }
+        if let Some(a) = h.address {
+            let _ = writeln!(o, "address = {}", q(&a.to_string()));
+        }
         for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
             if let Some(v) = v {
                 let _ = writeln!(o, "{k} = {}", q(v));

@@ -798,7 +798,7 @@ impl Validator<'_> {
         let mut shared = None;
         let health_checks = match &rs.health_check {
             None => Vec::new(),
-            Some(h) => self.health_checks(h, &mut shared)?,
+            Some(h) => self.health_checks(h, false, &mut shared)?,
         };
 
         let mut local_addresses: Vec<IpAddr> = Vec::new();
@@ -927,7 +927,7 @@ impl Validator<'_> {
             };
             let health_checks = match &r.health_check {
                 None => None,
-                Some(h) => Some(self.health_checks(h, &mut shared)?),
+                Some(h) => Some(self.health_checks(h, true, &mut shared)?),
             };
             real_servers.push(RealServer {
                 address,
@@ -1091,7 +1091,14 @@ impl Validator<'_> {
     /// What becomes of a failed server (`on_fail`) and whether servers start down
     /// (`start_down`) belong to the service: every check of it, its own and its servers',
     /// must agree on them with the first (`shared`).
-    fn health_checks(&self, h: &Spanned<RawChecks>, shared: &mut Option<(bool, bool)>) -> R<Vec<HealthCheck>> {
+    ///
+    /// `server`: a real server's own checks, the only ones that may name an `address`.
+    fn health_checks(
+        &self,
+        h: &Spanned<RawChecks>,
+        server: bool,
+        shared: &mut Option<(bool, bool)>,
+    ) -> R<Vec<HealthCheck>> {
         let raw: Vec<(&RawHealthCheck, Range<usize>)> = match h.get_ref() {
             RawChecks::One(r) => vec![(r, span_of(h))],
             RawChecks::Many(v) => v.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
@@ -1105,6 +1112,12 @@ impl Validator<'_> {
         let mut out: Vec<HealthCheck> = Vec::with_capacity(raw.len());
         for (r, span) in raw {
             let c = self.health_check(r)?;
+            if let (Some(a), false) = (&r.address, server) {
+                return Err(self.err(
+                    span_of(a),
+                    "health check `address` belongs in a real server's own health_check (it replaces that server's address)",
+                ));
+            }
             if let Some(&(quiesce, start_down)) = shared.as_ref() {
                 let at = |f: Option<Range<usize>>| f.unwrap_or_else(|| span.clone());
                 if c.quiesce != quiesce {
@@ -1131,6 +1144,15 @@ impl Validator<'_> {
             }
             Some(p) => Some(self.int(p, 1, 65535, "health check port")? as u16),
             None => None,
+        };
+        let address = match &r.address {
+            Some(a) if kind == HealthCheckKind::Exec => {
+                return Err(self.err(span_of(a), "health check type \"exec\" has no `address` (it connects nowhere)"))
+            }
+            Some(a) if a.get_ref().0.is_unspecified() || a.get_ref().0.is_multicast() => {
+                return Err(self.err(span_of(a), format!("health check address {} is not a host's", a.get_ref().0)))
+            }
+            a => a.as_ref().map(|a| a.get_ref().0),
         };
         let secs = |v: &Option<Spanned<f64>>, what: &str, def: f64| -> R<f64> {
             match v {
@@ -1252,6 +1274,7 @@ impl Validator<'_> {
         Ok(HealthCheck {
             kind,
             port,
+            address,
             send: r.send.clone(),
             expect,
             path,

@@ -891,6 +891,39 @@ fn keepalived_several_checkers_of_a_real_server() {
 }
 
 #[test]
+fn keepalived_connect_ip_is_a_server_s_own_check() {
+    // connect_ip sends a checker to another address (a management one): it was warned about
+    // and the real server's address checked instead. Now it is the check's `address`; such
+    // a check is its server's own, so each server keeps its own checks.
+    let rs = |addr: &str, mgmt: &str| {
+        format!(
+            "  real_server {addr} 80 {{\n    TCP_CHECK {{\n      connect_ip {mgmt}\n      connect_port 9100\n    }}\n  }}\n"
+        )
+    };
+    let conf = format!(
+        "virtual_server 10.0.0.1 80 {{\n{}{}  real_server 10.0.2.4 80 {{\n    weight 1\n  }}\n}}\n",
+        rs("10.0.2.2", "192.168.0.2"),
+        rs("10.0.2.3", "fd00::3")
+    );
+    let imp = from_keepalived(&conf).unwrap();
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let c = roundtrip(&imp);
+    let s = &c.services[0];
+    assert!(s.health_checks.is_empty());
+    let own: Vec<_> = s
+        .real_servers
+        .iter()
+        .map(|r| r.health_checks.as_deref().unwrap().iter().map(|h| (h.address, h.port)).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(own, [vec![(Some(ip("192.168.0.2")), Some(9100))], vec![(Some(ip("fd00::3")), Some(9100))], vec![]]);
+    let e = from_keepalived(
+        &rs("10.0.2.2", "not-an-ip").replace("  real_server", "virtual_server 10.0.0.1 80 {\n  real_server") + "}\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+}
+
+#[test]
 fn keepalived_smtp_check() {
     // SMTP_CHECK was warned about and dropped; it is an `smtp` check now, with its helo_name
     // and keepalived's defaults (1 retry, 1 s). Its deprecated `host` blocks are warned about.

@@ -1160,6 +1160,28 @@ fn real_server_health_checks() {
     .unwrap_err();
     assert_eq!(e.line, Some(15), "{e}");
     assert!(e.to_string().contains("same on_fail"), "{e}");
+    // `address` (keepalived's connect_ip): a server's own check only, a host's address, not exec.
+    let c =
+        Config::from_str(&t("", "health_check = { type = \"tcp\", address = \"192.168.9.3\", port = 22 }"), "a.toml")
+            .unwrap();
+    let own = c.services[0].real_servers[1].health_checks.as_deref().unwrap();
+    assert_eq!(own[0].address, Some(ip("192.168.9.3")));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
+    for (svc, rs, part) in [
+        ("health_check = { type = \"tcp\", address = \"192.168.9.3\" }", "", "belongs in a real server's own"),
+        (
+            "",
+            "health_check = { type = \"exec\", command = [\"/bin/true\"], address = \"192.168.9.3\" }",
+            "has no `address`",
+        ),
+        ("", "health_check = { type = \"tcp\", address = \"0.0.0.0\" }", "not a host's"),
+        ("", "health_check = { type = \"tcp\", address = \"ff02::1\" }", "not a host's"),
+        ("", "health_check = { type = \"tcp\", address = \"10.0.0.300\" }", "IP address"),
+    ] {
+        let e = Config::from_str(&t(svc, rs), "b.toml").unwrap_err();
+        assert!(e.to_string().contains(part), "{svc}{rs}: {e}");
+        assert!(e.line.is_some(), "{e}");
+    }
     let e = Config::from_str(&t("", "[service.real_server.health_check]\ntype = \"tcp\"\nbogus = 2"), "b.toml")
         .unwrap_err();
     assert_eq!(e.line, Some(14), "{e}");

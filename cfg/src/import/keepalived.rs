@@ -311,6 +311,14 @@ impl Check {
                 let p = num(o, 65535)? as u16;
                 self.hc.port = (p != 0).then_some(p);
             }
+            "connect_ip" => {
+                let a = arg(o)?;
+                let ip: IpAddr = a.parse().map_err(|_| err(ORIGIN, o.line, format!("invalid connect_ip {a:?}")))?;
+                if self.hc.kind == HealthCheckKind::Exec || ip.is_unspecified() || ip.is_multicast() {
+                    return Err(err(ORIGIN, o.line, format!("connect_ip {ip} cannot be checked")));
+                }
+                self.hc.address = Some(ip);
+            }
             _ => return own.take(o),
         }
         Ok(true)
@@ -1153,12 +1161,16 @@ fn virtual_server(
                     })
                     .collect()
             };
+            // A check with a connect_ip is its server's alone: then every server has its own.
+            let hoist = !list.iter().any(|c| c.hc.address.is_some());
             for (r, mine) in svc.real_servers.iter_mut().zip(&rs_checks) {
-                if !Check::same_list(list, mine) {
+                if !hoist || !Check::same_list(list, mine) {
                     r.health_checks = Some(finish(mine));
                 }
             }
-            svc.health_checks = finish(list);
+            if hoist {
+                svc.health_checks = finish(list);
+            }
         } else if let Some(a) = alpha {
             warnings.push(format!(
                 "line {}: alpha on {}, which has no health check: ignored (keepalived's unchecked real servers \

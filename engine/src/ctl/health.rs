@@ -27,7 +27,8 @@
 //!   `MISC_CHECK` ([`exec_check`]).
 //!
 //! The port is the check's `port`, else the real server's, else the
-//! service's first port. With several checks a server is up while every
+//! service's first port; the address the check's `address` (a real server's
+//! own check, keepalived's `connect_ip`), else the real server's. With several checks a server is up while every
 //! check is (keepalived's checkers of one real server); each counts its own
 //! `rise` and `fall`. After `fall` failures in a row a server is taken
 //! out: quiesced (weight 0, no new connections; established ones continue)
@@ -832,7 +833,7 @@ pub(crate) fn checked_servers(cfg: &Config) -> HashMap<ServerKey, Vec<(HealthChe
                 if port == 0 && hc.kind.needs_port() {
                     continue;
                 }
-                checks.push((hc.clone(), SocketAddr::new(r.address, port)));
+                checks.push((hc.clone(), SocketAddr::new(hc.address.unwrap_or(r.address), port)));
             }
             if !checks.is_empty() {
                 want.insert((s.name.clone(), r.address, shown), checks);
@@ -1953,6 +1954,29 @@ mod tests {
             assert_eq!(got.trim_end(), format!("tcp-10.0.0.1-80|{want}|{path}|2|two words"));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A real server's check with an `address` (keepalived's `connect_ip`) goes there, to
+    /// the check's port; the service's checks go to the server's own address.
+    #[test]
+    fn a_check_address_replaces_the_server_s() {
+        let text = "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nports = [80]\n\
+                    health_check = { type = \"tcp\" }\n\
+                    [[service.real_server]]\naddress = \"10.0.2.2\"\n\
+                    [[service.real_server]]\naddress = \"10.0.2.3\"\n\
+                    health_check = [{ type = \"tcp\", address = \"fd00::3\", port = 9100 }, { type = \"ping\", address = \"192.168.0.3\" }]\n";
+        let cfg = Config::from_str(text, "t.toml").expect("config");
+        let mut got: Vec<(IpAddr, Vec<SocketAddr>)> =
+            checked_servers(&cfg).into_iter().map(|(k, v)| (k.1, v.into_iter().map(|(_, a)| a).collect())).collect();
+        got.sort();
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            got,
+            [
+                ("10.0.2.2".parse().unwrap(), vec![sa("10.0.2.2:80")]),
+                ("10.0.2.3".parse().unwrap(), vec![sa("[fd00::3]:9100"), sa("192.168.0.3:80")]),
+            ]
+        );
     }
 
     /// A server of an all-ports (firewall mark) service without a port: an exec or ping check
