@@ -916,10 +916,8 @@ fn keepalived_connect_ip_is_a_server_s_own_check() {
         .map(|r| r.health_checks.as_deref().unwrap().iter().map(|h| (h.address, h.port)).collect::<Vec<_>>())
         .collect();
     assert_eq!(own, [vec![(Some(ip("192.168.0.2")), Some(9100))], vec![(Some(ip("fd00::3")), Some(9100))], vec![]]);
-    let e = from_keepalived(
-        &rs("10.0.2.2", "not-an-ip").replace("  real_server", "virtual_server 10.0.0.1 80 {\n  real_server") + "}\n",
-    )
-    .unwrap_err();
+    let e =
+        from_keepalived(&format!("virtual_server 10.0.0.1 80 {{\n{}}}\n", rs("10.0.2.2", "not-an-ip"))).unwrap_err();
     assert_eq!(e.line, Some(4), "{e}");
 }
 
