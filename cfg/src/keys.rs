@@ -154,6 +154,8 @@ pub const KEYS: &[Key] = &[
     k("service.health_check", "payload", "hex string", None, "The datagram udp sends, as hex octets (keepalived's payload: \"0a 1b2c\"). Default: an empty datagram."),
     k("service.health_check", "require_reply", "boolean", Some("false"), "udp: up only on an answer (else: up unless an ICMP port unreachable comes back within the timeout, as keepalived's UDP_CHECK)."),
     k("service.health_check", "reply", "hex string", None, "udp: what the answer must start with, as hex octets, an x digit matching any nibble (keepalived's require_reply data); implies require_reply."),
+    k("service.health_check", "min_reply_length", "integer 0..65535", None, "udp: the fewest octets the answer may have (keepalived's min_reply_length); implies require_reply."),
+    k("service.health_check", "max_reply_length", "integer 0..65535", None, "udp: the most octets the answer may have (keepalived's max_reply_length), at least min_reply_length; implies require_reply."),
     k("service.health_check", "helo_name", "string", None, "The name smtp gives in HELO (keepalived's helo_name). Default: this host's name."),
     k("service.health_check", "command", "array of strings", None, "What exec runs: an absolute program path and its arguments, without a shell (required for exec). Environment: the daemon's plus FERROVS_SERVICE, FERROVS_SERVER, FERROVS_PORT; killed with its process group at the timeout."),
     k("service.health_check", "user", "string", None, "The user exec runs its program as, with that user's primary group. Default: the daemon's user (root)."),

@@ -676,6 +676,13 @@ pub struct HealthCheck {
     /// matching any (keepalived's `require_reply` data). Left out when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// `udp`: the fewest and most octets the answer may have (keepalived's
+    /// `min_reply_length`, `max_reply_length`); either implies `require_reply`. Left out when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_reply_length: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reply_length: Option<u16>,
     /// `smtp`: the name `HELO` gives (keepalived's `helo_name`); `None`: this host's name.
     /// Left out of the control socket's form when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -871,6 +878,8 @@ impl HealthCheck {
             payload: None,
             require_reply: false,
             reply: None,
+            min_reply_length: None,
+            max_reply_length: None,
             helo_name: None,
             command: Vec::new(),
             user: None,

@@ -263,6 +263,8 @@ pub(crate) struct RawHealthCheck {
     pub payload: Option<S<String>>,
     pub require_reply: Option<S<bool>>,
     pub reply: Option<S<String>>,
+    pub min_reply_length: Option<S<i64>>,
+    pub max_reply_length: Option<S<i64>>,
     pub helo_name: Option<S<String>>,
     pub command: Option<S<Vec<S<String>>>>,
     pub user: Option<S<String>>,

@@ -347,6 +347,12 @@ fn checks(o: &mut String, owner: &str, list: &[HealthCheck]) {
         if let Some(v) = &h.reply {
             let _ = writeln!(o, "reply = {}", q(v));
         }
+        if let Some(n) = h.min_reply_length {
+            let _ = writeln!(o, "min_reply_length = {n}");
+        }
+        if let Some(n) = h.max_reply_length {
+            let _ = writeln!(o, "max_reply_length = {n}");
+        }
         if !h.command.is_empty() {
             let args: Vec<String> = h.command.iter().map(|a| q(a)).collect();
             let _ = writeln!(o, "command = [{}]", args.join(", "));

@@ -1252,6 +1252,8 @@ impl Validator<'_> {
         };
         let (query_name, query_type) = self.dns_fields(r, kind)?;
         let (payload, require_reply, reply) = self.udp_fields(r, kind)?;
+        let (min_reply_length, max_reply_length) = self.reply_lengths(r, kind)?;
+        let require_reply = require_reply || min_reply_length.is_some() || max_reply_length.is_some();
         // `smtp` only: one visible ASCII word (nothing a check could smuggle into the
         // command line), as a host name.
         let helo_name = match &r.helo_name {
@@ -1287,6 +1289,8 @@ impl Validator<'_> {
             payload,
             require_reply,
             reply,
+            min_reply_length,
+            max_reply_length,
             helo_name,
             command,
             user,
@@ -1335,6 +1339,31 @@ impl Validator<'_> {
             None => false,
         };
         Ok((payload, require || reply.is_some(), reply))
+    }
+
+    /// `udp`'s `min_reply_length` and `max_reply_length` (for type `udp` only): 0 to 65535
+    /// octets, the least no more than the most.
+    fn reply_lengths(&self, r: &RawHealthCheck, kind: HealthCheckKind) -> R<(Option<u16>, Option<u16>)> {
+        let len = |v: &Option<Spanned<i64>>, what: &str| -> R<Option<u16>> {
+            let Some(x) = v else { return Ok(None) };
+            if kind != HealthCheckKind::Udp {
+                return Err(self.err(span_of(x), format!("health check `{what}` is for type \"udp\"")));
+            }
+            Ok(Some(self.int(x, 0, 65535, &format!("health check {what}"))? as u16))
+        };
+        let min = len(&r.min_reply_length, "min_reply_length")?;
+        let max = len(&r.max_reply_length, "max_reply_length")?;
+        if let (Some(lo), Some(hi), Some(x)) = (min, max, &r.max_reply_length) {
+            if lo > hi {
+                return Err(self.err(
+                    span_of(x),
+                    format!(
+                        "health check max_reply_length {hi} is below min_reply_length {lo}: every answer would fail"
+                    ),
+                ));
+            }
+        }
+        Ok((min, max))
     }
 
     /// `dns`'s `query_name` and `query_type` (for type `dns` only): a valid name, a known

@@ -841,12 +841,24 @@ fn keepalived_udp_and_ping_checks() {
     );
     assert_eq!((h.fall, h.retry_interval, h.timeout), (2, Some(1.0), 2.0));
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
-    // require_reply alone: any answer; min/max_reply_length are not imported.
+    // require_reply alone: any answer; keepalived holds an answer to min/max_reply_length
+    // only with require_reply data, so they are ignored here, said.
     let imp = from_keepalived(&conf("UDP_CHECK", "      require_reply\n      max_reply_length 64\n")).unwrap();
     roundtrip(&imp);
     let h = imp.services[0].health_checks.first().unwrap();
     assert_eq!((h.payload.as_deref(), h.require_reply, h.reply.as_deref()), (None, true, None));
-    assert!(warned(&imp, 6, "UDP_CHECK option max_reply_length"), "{:?}", imp.warnings);
+    assert_eq!((h.min_reply_length, h.max_reply_length), (None, None));
+    assert!(warned(&imp, 6, "reply length 64 without require_reply data"), "{:?}", imp.warnings);
+    // With data they are imported; a maximum below the minimum is an error at its line.
+    let lens = "      require_reply 0a\n      min_reply_length 4\n      max_reply_length 64\n";
+    let imp = from_keepalived(&conf("UDP_CHECK", lens)).unwrap();
+    let c = roundtrip(&imp);
+    let h = c.services[0].health_checks.first().unwrap();
+    assert_eq!((h.min_reply_length, h.max_reply_length, h.require_reply), (Some(4), Some(64), true));
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let e =
+        from_keepalived(&conf("UDP_CHECK", &lens.replace("min_reply_length 4", "min_reply_length 65"))).unwrap_err();
+    assert_eq!(e.line, Some(7), "{e}");
     let e = from_keepalived(&conf("UDP_CHECK", "      payload 0x\n")).unwrap_err();
     assert_eq!(e.line, Some(5), "{e}");
     let imp = from_keepalived(&conf("PING_CHECK", "      retry 3\n      connect_port 7\n")).unwrap();

@@ -1015,6 +1015,32 @@ fn udp_check_hex_octets() {
     assert!(h(&"00".repeat(HealthCheck::MAX_UDP_OCTETS + 1), false).is_none());
 }
 
+/// `udp`'s `min_reply_length` / `max_reply_length`: parsed, implying `require_reply`,
+/// rendered back; out of range, the wrong way round or on another type, an error at the line.
+#[test]
+fn udp_reply_lengths() {
+    let t = |check: &str| {
+        format!(
+            "[engine]\nbackend = \"memory\"\n[[service]]\nname = \"u\"\nvip = \"10.0.0.100\"\nprotocol = \"udp\"\n\
+             ports = [53]\n[service.health_check]\n{check}\n[[service.real_server]]\naddress = \"10.0.2.2\"\n"
+        )
+    };
+    let c = Config::from_str(&t("type = \"udp\"\nmin_reply_length = 12\nmax_reply_length = 512"), "a.toml").unwrap();
+    let h = &c.services[0].health_checks[0];
+    assert_eq!((h.min_reply_length, h.max_reply_length, h.require_reply), (Some(12), Some(512), true));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
+    for (check, line, part) in [
+        ("type = \"udp\"\nmin_reply_length = 13\nmax_reply_length = 12", 11, "below min_reply_length"),
+        ("type = \"udp\"\nmax_reply_length = 65536", 10, "between 0 and 65535"),
+        ("type = \"udp\"\nmin_reply_length = -1", 10, "between 0 and 65535"),
+        ("type = \"dns\"\nmin_reply_length = 1", 10, "for type \"udp\""),
+    ] {
+        let e = Config::from_str(&t(check), "b.toml").unwrap_err();
+        assert_eq!(e.line, Some(line), "{check}: {e}");
+        assert!(e.to_string().contains(part), "{check}: {e}");
+    }
+}
+
 proptest::proptest! {
     /// Any text as a `payload` or `reply`: octets or `None`, never a panic; the hex of any
     /// octets, split by spaces anywhere between octets, reads back as them, all nibbles to match.

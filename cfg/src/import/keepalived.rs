@@ -463,6 +463,8 @@ fn udp_ping_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<
     let udp = n.key == "UDP_CHECK";
     let mut own = Retry::default();
     let mut c = Check::new(if udp { HealthCheckKind::Udp } else { HealthCheckKind::Ping }, n.line);
+    // min_reply_length and max_reply_length, with their lines.
+    let mut lengths: [Option<(u16, usize)>; 2] = [None, None];
     let hex = |o: &Node, wild: bool| -> Result<String, ConfigError> {
         let h = o.args.join(" ");
         match HealthCheck::hex_octets(&h, wild) {
@@ -486,7 +488,29 @@ fn udp_ping_block(n: &Node, outer: Retry, warnings: &mut Vec<String>) -> Result<
                     c.hc.reply = Some(hex(o, true)?);
                 }
             }
+            "min_reply_length" if udp => lengths[0] = Some((num(o, 65535)? as u16, o.line)),
+            "max_reply_length" if udp => lengths[1] = Some((num(o, 65535)? as u16, o.line)),
             k => warnings.push(format!("line {}: {} option {k} is not supported, ignored", o.line, n.key)),
+        }
+    }
+    // keepalived holds an answer to the lengths only when require_reply gives data.
+    if c.hc.reply.is_some() {
+        if let (Some((lo, _)), Some((hi, line))) = (lengths[0], lengths[1]) {
+            if lo > hi {
+                return Err(err(
+                    ORIGIN,
+                    line,
+                    format!("UDP_CHECK max_reply_length {hi} is below min_reply_length {lo}: the check always fails"),
+                ));
+            }
+        }
+        c.hc.min_reply_length = lengths[0].map(|l| l.0);
+        c.hc.max_reply_length = lengths[1].map(|l| l.0);
+    } else {
+        for (l, line) in lengths.iter().flatten() {
+            warnings.push(format!(
+                "line {line}: UDP_CHECK reply length {l} without require_reply data: ignored, as keepalived does"
+            ));
         }
     }
     c.retries(own.or(outer), 1, 1.0);

@@ -879,7 +879,8 @@ impl Server {
             });
         HealthInfo {
             service: k.0.clone(),
-            server: self.checks.first().map_or_else(|| k.1.to_string(), |t| t.addr.to_string()),
+            // The real server's address (a check may go to another), the first check's port.
+            server: SocketAddr::new(k.1, self.checks.first().map_or(k.2, |t| t.addr.port())).to_string(),
             up: self.up,
             last_error,
             checks: self.checks.iter().map(|t| t.checks).sum(),
@@ -1715,6 +1716,32 @@ mod tests {
             assert_eq!(check(&udp_hc(Some("00"), reply, 2.0), "svc", closed), Err("port unreachable".into()));
             assert!(t0.elapsed() < Duration::from_secs(1), "refused at once: {:?}", t0.elapsed());
         }
+    }
+
+    /// `min_reply_length` / `max_reply_length`: an echo server's answer (the payload, 4
+    /// octets) passes bounds that hold 4 and fails others, naming its size.
+    #[test]
+    fn udp_reply_lengths() {
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut b) {
+                let _ = echo.send_to(&b[..n], from);
+            }
+        });
+        let run = |min: Option<u16>, max: Option<u16>| {
+            let mut h = udp_hc(Some("0a 0b 0c 0d"), None, 1.0);
+            (h.min_reply_length, h.max_reply_length) = (min, max);
+            check(&h, "svc", addr)
+        };
+        assert_eq!(run(Some(4), Some(4)), Ok(()));
+        assert_eq!(run(None, Some(100)), Ok(()));
+        assert_eq!(run(Some(0), None), Ok(()));
+        let e = run(Some(5), None).unwrap_err();
+        assert_eq!(e, "answer of 4 octets, not 5..65535 (min_reply_length..max_reply_length)");
+        let e = run(None, Some(3)).unwrap_err();
+        assert!(e.starts_with("answer of 4 octets, not 0..3"), "{e}");
     }
 
     /// `reply` matching: a prefix, `x` nibbles matching any, a shorter answer failing.

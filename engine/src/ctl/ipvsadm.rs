@@ -34,7 +34,8 @@
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
 //!   as `check=TYPE check-port= check-address= check-send= check-expect= check-path=
 //!   check-host= check-status= check-digest= check-tls-ca= check-query-name= check-query-type=
-//!   check-payload= check-reply= check-require-reply check-helo-name=
+//!   check-payload= check-reply= check-min-reply-length= check-max-reply-length=
+//!   check-require-reply check-helo-name=
 //!   check-command=ARG,ARG,.. check-user=
 //!   check-interval= check-retry-interval= check-timeout= check-rise=
 //!   check-fall= check-remove check-start-down` (several checks: each from its
@@ -1027,6 +1028,14 @@ impl CheckWords {
                 check.reply = Some(dec("check-reply", v)?);
                 check.require_reply = true;
             }
+            Some(("check-min-reply-length", v)) => {
+                check.min_reply_length = Some(num("check-min-reply-length", v)?);
+                check.require_reply = true;
+            }
+            Some(("check-max-reply-length", v)) => {
+                check.max_reply_length = Some(num("check-max-reply-length", v)?);
+                check.require_reply = true;
+            }
             Some(("check-command", v)) => {
                 check.command = v.split(',').map(|a| dec("check-command", a)).collect::<Result<_, _>>()?;
             }
@@ -1093,8 +1102,14 @@ fn write_checks(out: &mut String, checks: &[HealthCheck]) {
                 let _ = write!(out, " check-{k}={}", enc(v));
             }
         }
-        // `reply` implies it (and the config's validation sets it then).
-        if h.require_reply && h.reply.is_none() {
+        if let Some(n) = h.min_reply_length {
+            let _ = write!(out, " check-min-reply-length={n}");
+        }
+        if let Some(n) = h.max_reply_length {
+            let _ = write!(out, " check-max-reply-length={n}");
+        }
+        // `reply` and the lengths imply it (and the config's validation sets it then).
+        if h.require_reply && h.reply.is_none() && h.min_reply_length.is_none() && h.max_reply_length.is_none() {
             out.push_str(" check-require-reply");
         }
         if !h.command.is_empty() {

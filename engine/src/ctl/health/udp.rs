@@ -4,7 +4,9 @@
 //! - with it: up on an answer within the timeout that starts with `reply` (its `x` digits
 //!   matching any nibble), if given. The socket is connected, so only the server's own
 //!   datagrams count; the first one decides, as with keepalived. keepalived compares only as
-//!   many octets as the answer has; a shorter answer than `reply` fails here.
+//!   many octets as the answer has; a shorter answer than `reply` fails here. With
+//!   `min_reply_length` / `max_reply_length` the answer's size must be within them
+//!   (keepalived applies them only with `reply` data, ferrovs to any required answer).
 
 use super::*;
 use std::net::UdpSocket;
@@ -29,6 +31,16 @@ pub(crate) fn check(hc: &HealthCheck, addr: SocketAddr, timeout: Duration) -> Re
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     s.set_read_timeout(Some(left)).ok();
     match s.recv(&mut buf) {
+        Ok(n)
+            if hc.min_reply_length.is_some_and(|m| n < m as usize)
+                || hc.max_reply_length.is_some_and(|m| n > m as usize) =>
+        {
+            Err(format!(
+                "answer of {n} octets, not {}..{} (min_reply_length..max_reply_length)",
+                hc.min_reply_length.unwrap_or(0),
+                hc.max_reply_length.unwrap_or(u16::MAX)
+            ))
+        }
         Ok(n) => match &reply {
             Some((want, mask)) if !answer_matches(&buf[..n], want, mask) => Err(format!(
                 "answer {} does not start with {}",
