@@ -141,6 +141,7 @@ pub const KEYS: &[Key] = &[
     k("service.ftp", "pinhole_timeout", "seconds", Some("60"), "How long an expected data connection may take to arrive."),
     k("service.health_check", "type", "\"tcp\" | \"send_expect\" | \"ftp\" | \"http\" | \"https\" | \"dns\" | \"udp\" | \"ping\" | \"smtp\" | \"exec\"", None, "TCP connect; send a string and expect a reply prefix; an FTP banner and login; an HTTP GET and its status; the same over TLS; a DNS query over UDP answered without an error code; a UDP datagram not refused (or answered); an ICMP echo answered; an SMTP greeting and HELO; or a program run, exit status 0 for up (required)."),
     k("service.health_check", "port", "port", None, "Port to check (none for ping). Default: the real server's."),
+    k("service.health_check", "source", "IP address", None, "The address the check leaves from (keepalived's bindto), one of this host's, of the family of the address checked; not for exec. Default: the kernel's choice."),
     k("service.health_check", "address", "IP address", None, "In a real server's own health_check only: the address checked instead of the server's (keepalived's connect_ip), e.g. a management address; not for exec. Default: the real server's."),
     k("service.health_check", "send", "string", None, "What send_expect sends."),
     k("service.health_check", "expect", "string", None, "Reply prefix send_expect expects (required for send_expect)."),

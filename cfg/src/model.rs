@@ -637,6 +637,10 @@ pub struct HealthCheck {
     /// out of the control socket's form when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
+    /// The address the check leaves from (keepalived's `bindto`), of the checked address's
+    /// family; `None`: the kernel's choice. Left out of the control socket's form when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<IpAddr>,
     pub send: Option<String>,
     pub expect: Option<String>,
     /// `http`, `https`: the request path (default `/`), the Host header (default: the real
@@ -866,6 +870,7 @@ impl HealthCheck {
             kind,
             port: None,
             address: None,
+            source: None,
             send: None,
             expect: None,
             path: None,

@@ -251,6 +251,7 @@ pub(crate) struct RawHealthCheck {
     pub kind: S<String>,
     pub port: Option<S<i64>>,
     pub address: Option<S<IpDe>>,
+    pub source: Option<S<IpDe>>,
     pub send: Option<String>,
     pub expect: Option<S<String>>,
     pub path: Option<S<String>>,

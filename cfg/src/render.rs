@@ -320,6 +320,9 @@ fn checks(o: &mut String, owner: &str, list: &[HealthCheck]) {
         if let Some(a) = h.address {
             let _ = writeln!(o, "address = {}", q(&a.to_string()));
         }
+        if let Some(a) = h.source {
+            let _ = writeln!(o, "source = {}", q(&a.to_string()));
+        }
         for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
             if let Some(v) = v {
                 let _ = writeln!(o, "{k} = {}", q(v));

@@ -927,7 +927,11 @@ impl Validator<'_> {
             };
             let health_checks = match &r.health_check {
                 None => None,
-                Some(h) => Some(self.health_checks(h, true, &mut shared)?),
+                Some(h) => {
+                    let c = self.health_checks(h, true, &mut shared)?;
+                    self.check_sources(&c, address, span_of(h))?;
+                    Some(c)
+                }
             };
             real_servers.push(RealServer {
                 address,
@@ -1001,6 +1005,11 @@ impl Validator<'_> {
             Some(b) => self.int(b, 1, MAX_SOURCE_CONN_RATE, "source_conn_burst")? as u32,
             None => source_conn_rate,
         };
+        if let Some(h) = &rs.health_check {
+            for r in real_servers.iter().filter(|r| r.health_checks.is_none()) {
+                self.check_sources(&health_checks, r.address, span_of(h))?;
+            }
+        }
 
         Ok(Service {
             name,
@@ -1136,6 +1145,22 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    /// A check's `source` is of the family of the address it checks (its `address`, else the
+    /// real server's, `server`); an error at `span` (the checks) otherwise.
+    fn check_sources(&self, checks: &[HealthCheck], server: IpAddr, span: Range<usize>) -> R<()> {
+        for c in checks {
+            if let Some(s) = c.source {
+                let to = c.address.unwrap_or(server);
+                if s.is_ipv4() != to.is_ipv4() {
+                    return Err(
+                        self.err(span, format!("health check source {s} cannot reach {to}: not of its address family"))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn health_check(&self, r: &RawHealthCheck) -> R<HealthCheck> {
         let kind = self.choice(&r.kind, "health check type", &HealthCheckKind::ALL.map(|k| (k.name(), k)))?;
         let port = match &r.port {
@@ -1154,6 +1179,22 @@ impl Validator<'_> {
             }
             a => a.as_ref().map(|a| a.get_ref().0),
         };
+        let source = match &r.source {
+            Some(a) if kind == HealthCheckKind::Exec => {
+                return Err(self.err(span_of(a), "health check type \"exec\" has no `source` (it connects nowhere)"))
+            }
+            Some(a) if a.get_ref().0.is_unspecified() || a.get_ref().0.is_multicast() => {
+                return Err(self.err(span_of(a), format!("health check source {} is not a host's", a.get_ref().0)))
+            }
+            a => a.as_ref().map(|a| a.get_ref().0),
+        };
+        if let (Some(s), Some(a), Some(sp)) = (source, address, &r.source) {
+            if s.is_ipv4() != a.is_ipv4() {
+                return Err(
+                    self.err(span_of(sp), format!("health check source {s} is not in the family of address {a}"))
+                );
+            }
+        }
         let secs = |v: &Option<Spanned<f64>>, what: &str, def: f64| -> R<f64> {
             match v {
                 None => Ok(def),
@@ -1277,6 +1318,7 @@ impl Validator<'_> {
             kind,
             port,
             address,
+            source,
             send: r.send.clone(),
             expect,
             path,

@@ -931,6 +931,18 @@ fn keepalived_connect_ip_is_a_server_s_own_check() {
     let e =
         from_keepalived(&format!("virtual_server 10.0.0.1 80 {{\n{}}}\n", rs("10.0.2.2", "not-an-ip"))).unwrap_err();
     assert_eq!(e.line, Some(4), "{e}");
+    // bindto: where the check leaves from (`source`).
+    let conf = "virtual_server 10.0.0.1 80 {\n  real_server 10.0.2.2 80 {\n    HTTP_GET {\n      bindto 10.0.2.254\n      url {\n        path /\n      }\n    }\n  }\n}\n";
+    let imp = from_keepalived(conf).unwrap();
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let c = roundtrip(&imp);
+    assert_eq!(c.services[0].health_checks[0].source, Some(ip("10.0.2.254")));
+    let e = from_keepalived(&conf.replace("10.0.2.254", "0.0.0.0")).unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    // Of another family than the server: the config's error, at the check.
+    let e = from_keepalived(&conf.replace("10.0.2.254", "fd00::1")).unwrap_err();
+    assert!(e.message.contains("cannot reach 10.0.2.2"), "{e}");
+    assert_eq!(e.line, Some(3), "{e}");
 }
 
 #[test]

@@ -1192,6 +1192,16 @@ fn real_server_health_checks() {
             .unwrap();
     let own = c.services[0].real_servers[1].health_checks.as_deref().unwrap();
     assert_eq!(own[0].address, Some(ip("192.168.9.3")));
+    let c = Config::from_str(
+        &t(
+            "health_check = { type = \"tcp\", source = \"10.0.2.1\" }",
+            "health_check = { type = \"ping\", address = \"fd00::3\", source = \"fd00::1\" }",
+        ),
+        "s.toml",
+    )
+    .unwrap();
+    assert_eq!(c.services[0].health_checks[0].source, Some(ip("10.0.2.1")));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
     assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
     for (svc, rs, part) in [
         ("health_check = { type = \"tcp\", address = \"192.168.9.3\" }", "", "belongs in a real server's own"),
@@ -1203,6 +1213,12 @@ fn real_server_health_checks() {
         ("", "health_check = { type = \"tcp\", address = \"0.0.0.0\" }", "not a host's"),
         ("", "health_check = { type = \"tcp\", address = \"ff02::1\" }", "not a host's"),
         ("", "health_check = { type = \"tcp\", address = \"10.0.0.300\" }", "IP address"),
+        // `source` (keepalived's bindto): a host's address of the family checked.
+        ("health_check = { type = \"tcp\", source = \"fd00::1\" }", "", "cannot reach 10.0.2.2"),
+        ("", "health_check = { type = \"tcp\", source = \"fd00::1\" }", "cannot reach 10.0.2.3"),
+        ("", "health_check = { type = \"tcp\", address = \"fd00::9\", source = \"10.0.2.1\" }", "not in the family"),
+        ("", "health_check = { type = \"exec\", command = [\"/bin/true\"], source = \"10.0.2.1\" }", "has no `source`"),
+        ("", "health_check = { type = \"ping\", source = \"224.0.0.1\" }", "not a host's"),
     ] {
         let e = Config::from_str(&t(svc, rs), "b.toml").unwrap_err();
         assert!(e.to_string().contains(part), "{svc}{rs}: {e}");

@@ -319,6 +319,14 @@ impl Check {
                 }
                 self.hc.address = Some(ip);
             }
+            "bindto" => {
+                let a = arg(o)?;
+                let ip: IpAddr = a.parse().map_err(|_| err(ORIGIN, o.line, format!("invalid bindto {a:?}")))?;
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(err(ORIGIN, o.line, format!("bindto {ip} is not a host's address")));
+                }
+                self.hc.source = Some(ip);
+            }
             _ => return own.take(o),
         }
         Ok(true)
@@ -1109,6 +1117,16 @@ fn virtual_server(
                         vs.args.join(" ")
                     ),
                 ));
+            }
+            for c in &mine {
+                let to = c.hc.address.unwrap_or(address);
+                if let Some(src) = c.hc.source.filter(|s| s.is_ipv4() != to.is_ipv4()) {
+                    return Err(err(
+                        ORIGIN,
+                        c.line,
+                        format!("bindto {src} cannot reach {to}: not of its address family"),
+                    ));
+                }
             }
             rs_checks.push(mine);
             svc.real_servers.push(r);

@@ -114,11 +114,11 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
         HealthCheckKind::Exec => return exec_check(hc, service, addr, timeout),
         HealthCheckKind::Dns => return dns::check(hc, addr, timeout),
         HealthCheckKind::Udp => return udp::check(hc, addr, timeout),
-        HealthCheckKind::Ping => return ping::check(addr.ip(), timeout),
+        HealthCheckKind::Ping => return ping::check(addr.ip(), hc.source, timeout),
         _ => {}
     }
     let deadline = Instant::now() + timeout;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s = sock::tcp(addr, hc.source, timeout)?;
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     match hc.kind {
         HealthCheckKind::Tcp => Ok(()),
@@ -200,7 +200,6 @@ pub fn check(hc: &HealthCheck, service: &str, addr: SocketAddr) -> Result<(), St
 /// The `dns` check.
 pub(crate) mod dns {
     use super::*;
-    use std::net::UdpSocket;
 
     /// One query to the DNS server at `addr`, answered before `timeout`: its answer (the
     /// query's id, the response bit, the question echoed; anything else that arrives is
@@ -209,9 +208,7 @@ pub(crate) mod dns {
     /// and so is an ICMP port unreachable (`connection refused`).
     pub(crate) fn check(hc: &HealthCheck, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-        let s = UdpSocket::bind(local).map_err(|e| format!("UDP socket: {e}"))?;
-        s.connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        let s = super::sock::udp(addr, hc.source)?;
         let id = random_id();
         let q = query(
             id,
@@ -292,6 +289,7 @@ pub(crate) mod dns {
 }
 
 mod ping;
+mod sock;
 mod udp;
 
 /// This host's name (gethostname(2)) as an SMTP `HELO` gives it: `localhost` if it is not
@@ -1981,6 +1979,64 @@ mod tests {
             assert_eq!(got.trim_end(), format!("tcp-10.0.0.1-80|{want}|{path}|2|two words"));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `source` (keepalived's `bindto`): tcp, send_expect, udp and dns checks leave from it
+    /// (the server sees it as the peer), ping too; a source not of this host fails the
+    /// check naming it; a refused connection from a source is refused as without one.
+    #[test]
+    fn checks_leave_from_their_source() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peers = std::thread::spawn(move || {
+            let mut p = Vec::new();
+            for c in l.incoming().take(2) {
+                let mut c = c.unwrap();
+                p.push(c.peer_addr().unwrap().ip());
+                let _ = c.write_all(b"OK\r\n");
+            }
+            p
+        });
+        let mut h = hc(HealthCheckKind::Tcp, 2.0);
+        h.source = Some("127.0.0.2".parse().unwrap());
+        assert_eq!(check(&h, "svc", addr), Ok(()));
+        h.kind = HealthCheckKind::SendExpect;
+        h.expect = Some("OK".into());
+        assert_eq!(check(&h, "svc", addr), Ok(()));
+        let want: Vec<IpAddr> = vec!["127.0.0.2".parse().unwrap(); 2];
+        assert_eq!(peers.join().unwrap(), want);
+
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let uaddr = echo.local_addr().unwrap();
+        let from = std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            let (n, f) = echo.recv_from(&mut b).unwrap();
+            echo.send_to(&b[..n], f).unwrap();
+            f.ip()
+        });
+        let mut u = udp_hc(Some("01"), Some("01"), 2.0);
+        u.source = Some("127.0.0.3".parse().unwrap());
+        assert_eq!(check(&u, "svc", uaddr), Ok(()));
+        assert_eq!(from.join().unwrap(), "127.0.0.3".parse::<IpAddr>().unwrap());
+
+        let mut p = hc(HealthCheckKind::Ping, 2.0);
+        p.source = Some("127.0.0.4".parse().unwrap());
+        if ping::socket(false).is_ok() {
+            assert_eq!(check(&p, "svc", "127.0.0.1:0".parse().unwrap()), Ok(()));
+        }
+
+        // Not an address of this host (TEST-NET-1): bind fails, nothing is sent.
+        h.kind = HealthCheckKind::Tcp;
+        h.source = Some("192.0.2.1".parse().unwrap());
+        let e = check(&h, "svc", addr).unwrap_err();
+        assert!(e.starts_with("bind 192.0.2.1: "), "{e}");
+        u.source = h.source;
+        assert!(check(&u, "svc", uaddr).unwrap_err().starts_with("bind 192.0.2.1: "));
+        // A closed port from a source: refused, named.
+        h.source = Some("127.0.0.2".parse().unwrap());
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let e = check(&h, "svc", closed).unwrap_err();
+        assert!(e.starts_with(&format!("connect {closed}: ")) && e.contains("refused"), "{e}");
     }
 
     /// A real server's check with an `address` (keepalived's `connect_ip`) goes there, to

@@ -32,7 +32,7 @@
 //!   single-port service as `ADDR:PORT`). The fields past `ftp*`:
 //!   `forward=nat|dr|tunnel|fnat`, `syn-proxy=on|off`, `local=A,B,..`,
 //!   `sorry=ADDR[:PORT]`, `quorum=N`, `hysteresis=N`, and the health check
-//!   as `check=TYPE check-port= check-address= check-send= check-expect= check-path=
+//!   as `check=TYPE check-port= check-address= check-source= check-send= check-expect= check-path=
 //!   check-host= check-status= check-digest= check-tls-ca= check-query-name= check-query-type=
 //!   check-payload= check-reply= check-min-reply-length= check-max-reply-length=
 //!   check-require-reply check-helo-name=
@@ -1013,6 +1013,7 @@ impl CheckWords {
             }
             Some(("check-port", v)) => check.port = Some(num("check-port", v)?),
             Some(("check-address", v)) => check.address = Some(num("check-address", v)?),
+            Some(("check-source", v)) => check.source = Some(num("check-source", v)?),
             Some(("check-send", v)) => check.send = Some(dec("check-send", v)?),
             Some(("check-expect", v)) => check.expect = Some(dec("check-expect", v)?),
             Some(("check-path", v)) => check.path = Some(dec("check-path", v)?),
@@ -1079,6 +1080,9 @@ fn write_checks(out: &mut String, checks: &[HealthCheck]) {
         }
         if let Some(a) = h.address {
             let _ = write!(out, " check-address={a}");
+        }
+        if let Some(a) = h.source {
+            let _ = write!(out, " check-source={a}");
         }
         for (k, v) in [("send", &h.send), ("expect", &h.expect), ("path", &h.path), ("host", &h.host)] {
             if let Some(v) = v {
@@ -3276,13 +3280,18 @@ helo_name = "lb1.example.net"
                     [[service.health_check]]\ntype = \"exec\"\ncommand = [\"/bin/true\", \"a,b\"]\n\
                     [[service.real_server]]\naddress = \"10.0.2.2\"\n\
                     [[service.real_server]]\naddress = \"10.0.2.3\"\nproxy_protocol = \"v2\"\n\
-                    [[service.real_server.health_check]]\ntype = \"tcp\"\nport = 81\naddress = \"fd00::3\"\n\
+                    [[service.real_server.health_check]]\ntype = \"tcp\"\nport = 81\naddress = \"fd00::3\"\nsource = \"fd00::1\"\n\
                     [[service.real_server.health_check]]\ntype = \"ping\"\n\
                     [[service.real_server]]\naddress = \"10.0.2.4\"\nhealth_check = []\n";
         let c = Config::from_str(text, "<t>").unwrap();
         let save = format_save(&c);
         assert_eq!(save.matches(" check=").count(), 6, "{save}");
-        assert!(save.contains("# ferrovs-server proxy=v2 check=tcp check-port=81 check-address=fd00::3 "), "{save}");
+        assert!(
+            save.contains(
+                "# ferrovs-server proxy=v2 check=tcp check-port=81 check-address=fd00::3 check-source=fd00::1 "
+            ),
+            "{save}"
+        );
         assert!(save.contains("# ferrovs-server check=none\n"), "{save}");
         let mut c2 = base();
         for cmd in parse_rules(&save).unwrap() {

@@ -16,12 +16,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const ECHO: [u8; 2] = [8, 128];
 const ECHO_REPLY: [u8; 2] = [0, 129];
 
-pub(crate) fn check(addr: IpAddr, timeout: Duration) -> Result<(), String> {
+pub(crate) fn check(addr: IpAddr, source: Option<IpAddr>, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let v6 = addr.is_ipv6();
     let (sock, raw) = socket(v6)?;
     let fd = sock.as_raw_fd();
-    connect(fd, addr)?;
+    if let Some(src) = source {
+        super::sock::bind(fd, src)?;
+    }
+    // Where `send` goes, and (a raw socket) only its datagrams received.
+    super::sock::connect(fd, SocketAddr::new(addr, 0)).map_err(|e| format!("connect {addr}: {e}"))?;
     let mut r = [0u8; 20];
     random_bytes(&mut r);
     let (id, seq, token) = ([r[0], r[1]], [r[2], r[3]], &r[4..20]);
@@ -131,30 +135,4 @@ pub(super) fn socket(v6: bool) -> Result<(OwnedFd, bool), String> {
         "ICMP socket: {} (a ping socket needs the group in net.ipv4.ping_group_range, a raw one root)",
         last.expect("tried")
     ))
-}
-
-/// connect(2) to `addr`: where `send` goes, and (a raw socket) only its datagrams received.
-fn connect(fd: i32, addr: IpAddr) -> Result<(), String> {
-    let r = match addr {
-        IpAddr::V4(a) => {
-            // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            sa.sin_family = libc::AF_INET as libc::sa_family_t;
-            sa.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-            // SAFETY: `sa` is a valid sockaddr_in of the size given.
-            unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32) }
-        }
-        IpAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sa.sin6_addr.s6_addr = a.octets();
-            // SAFETY: `sa` is a valid sockaddr_in6 of the size given.
-            unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in6).cast(), std::mem::size_of_val(&sa) as u32) }
-        }
-    };
-    if r < 0 {
-        return Err(format!("connect {addr}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
 }

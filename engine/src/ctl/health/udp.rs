@@ -9,7 +9,6 @@
 //!   (keepalived applies them only with `reply` data, ferrovs to any required answer).
 
 use super::*;
-use std::net::UdpSocket;
 
 pub(crate) fn check(hc: &HealthCheck, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -23,9 +22,7 @@ pub(crate) fn check(hc: &HealthCheck, addr: SocketAddr, timeout: Duration) -> Re
         None => None,
     };
     let require = hc.require_reply || reply.is_some();
-    let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-    let s = UdpSocket::bind(local).map_err(|e| format!("UDP socket: {e}"))?;
-    s.connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let s = super::sock::udp(addr, hc.source)?;
     s.send(&payload).map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; 65536];
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
