@@ -1170,24 +1170,22 @@ impl Validator<'_> {
             Some(p) => Some(self.int(p, 1, 65535, "health check port")? as u16),
             None => None,
         };
-        let address = match &r.address {
-            Some(a) if kind == HealthCheckKind::Exec => {
-                return Err(self.err(span_of(a), "health check type \"exec\" has no `address` (it connects nowhere)"))
+        // `address` and `source`: a host's address, for a check that connects somewhere.
+        let host = |v: &Option<Spanned<IpDe>>, what: &str| -> R<Option<IpAddr>> {
+            let Some(a) = v else { return Ok(None) };
+            let ip = a.get_ref().0;
+            if kind == HealthCheckKind::Exec {
+                return Err(
+                    self.err(span_of(a), format!("health check type \"exec\" has no `{what}` (it connects nowhere)"))
+                );
             }
-            Some(a) if a.get_ref().0.is_unspecified() || a.get_ref().0.is_multicast() => {
-                return Err(self.err(span_of(a), format!("health check address {} is not a host's", a.get_ref().0)))
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(self.err(span_of(a), format!("health check {what} {ip} is not a host's")));
             }
-            a => a.as_ref().map(|a| a.get_ref().0),
+            Ok(Some(ip))
         };
-        let source = match &r.source {
-            Some(a) if kind == HealthCheckKind::Exec => {
-                return Err(self.err(span_of(a), "health check type \"exec\" has no `source` (it connects nowhere)"))
-            }
-            Some(a) if a.get_ref().0.is_unspecified() || a.get_ref().0.is_multicast() => {
-                return Err(self.err(span_of(a), format!("health check source {} is not a host's", a.get_ref().0)))
-            }
-            a => a.as_ref().map(|a| a.get_ref().0),
-        };
+        let address = host(&r.address, "address")?;
+        let source = host(&r.source, "source")?;
         if let (Some(s), Some(a), Some(sp)) = (source, address, &r.source) {
             if s.is_ipv4() != a.is_ipv4() {
                 return Err(
