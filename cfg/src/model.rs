@@ -561,21 +561,18 @@ pub struct RealServer {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// This server's own health checks, instead of its service's (keepalived checks each
     /// real server with its own checkers): `None`, the service's; `Some` of none, not
-    /// checked (always up).
+    /// checked (always up). Their `on_fail` is this server's.
     pub health_checks: Option<Vec<HealthCheck>>,
 }
 
-impl Service {
-    /// Whether a server its health checks take down is quiesced (`on_fail = "quiesce"`, the
-    /// default) rather than removed: the same for every check of the service, its own and
-    /// its servers' (the configuration's rule).
-    pub fn quiesces(&self) -> bool {
-        let mut all = self.health_checks.iter().chain(self.real_servers.iter().flat_map(|r| r.checks(&[])));
-        all.next().is_none_or(|h| h.quiesce)
-    }
-}
-
 impl RealServer {
+    /// Whether this server, when its checks take it down, is quiesced (`on_fail =
+    /// "quiesce"`, the default) rather than removed: the same for all its checks (the
+    /// configuration's rule); `service`: its service's checks.
+    pub fn quiesces(&self, service: &[HealthCheck]) -> bool {
+        self.checks(service).first().is_none_or(|h| h.quiesce)
+    }
+
     /// The checks this server gets: its own, else its service's `service`.
     pub fn checks<'a>(&'a self, service: &'a [HealthCheck]) -> &'a [HealthCheck] {
         self.health_checks.as_deref().unwrap_or(service)

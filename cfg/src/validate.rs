@@ -794,7 +794,7 @@ impl Validator<'_> {
         let allow_from = self.source_list(&rs.allow_from, "allow_from", &owner, Some(vip))?;
         let deny_from = self.source_list(&rs.deny_from, "deny_from", &owner, Some(vip))?;
 
-        // The service's `on_fail` and `start_down`, from its first check (see `health_checks`).
+        // The service's `start_down`, from its first check (see `health_checks`).
         let mut shared = None;
         let health_checks = match &rs.health_check {
             None => Vec::new(),
@@ -1097,17 +1097,14 @@ impl Validator<'_> {
     }
 
     /// A `health_check` of a service or of a real server: one table or an array of them.
-    /// What becomes of a failed server (`on_fail`) and whether servers start down
-    /// (`start_down`) belong to the service: every check of it, its own and its servers',
-    /// must agree on them with the first (`shared`).
+    /// What becomes of a failed server (`on_fail`) belongs to the server: the checks of one
+    /// list (the service's, or a server's own) agree on it (keepalived's
+    /// `inhibit_on_failure` is per real server). Whether servers start down (`start_down`)
+    /// belongs to the service: every check of it, its own and its servers', agrees with the
+    /// first (`shared`).
     ///
     /// `server`: a real server's own checks, the only ones that may name an `address`.
-    fn health_checks(
-        &self,
-        h: &Spanned<RawChecks>,
-        server: bool,
-        shared: &mut Option<(bool, bool)>,
-    ) -> R<Vec<HealthCheck>> {
+    fn health_checks(&self, h: &Spanned<RawChecks>, server: bool, shared: &mut Option<bool>) -> R<Vec<HealthCheck>> {
         let raw: Vec<(&RawHealthCheck, Range<usize>)> = match h.get_ref() {
             RawChecks::One(r) => vec![(r, span_of(h))],
             RawChecks::Many(v) => v.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
@@ -1127,19 +1124,20 @@ impl Validator<'_> {
                     "health check `address` belongs in a real server's own health_check (it replaces that server's address)",
                 ));
             }
-            if let Some(&(quiesce, start_down)) = shared.as_ref() {
-                let at = |f: Option<Range<usize>>| f.unwrap_or_else(|| span.clone());
-                if c.quiesce != quiesce {
-                    return Err(self.err(
-                        at(r.on_fail.as_ref().map(span_of)),
-                        "every health check of a service has the same on_fail (it says what becomes of the server)",
-                    ));
-                }
-                if c.start_down != start_down {
-                    return Err(self.err(span, "every health check of a service has the same start_down"));
-                }
+            if let Some(first) = out.first().filter(|f| f.quiesce != c.quiesce) {
+                let what = if first.quiesce { "quiesce" } else { "remove" };
+                return Err(self.err(
+                    r.on_fail.as_ref().map_or(span.clone(), span_of),
+                    format!(
+                        "the checks of one server have the same on_fail (it says what becomes of the server): \
+                         the first says {what:?}"
+                    ),
+                ));
             }
-            *shared = Some((c.quiesce, c.start_down));
+            if shared.is_some_and(|s| s != c.start_down) {
+                return Err(self.err(span, "every health check of a service has the same start_down"));
+            }
+            *shared = Some(c.start_down);
             out.push(c);
         }
         Ok(out)

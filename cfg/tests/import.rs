@@ -363,10 +363,15 @@ fn keepalived_inhibit_on_failure_as_keepalived_reads_it() {
     assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
     let imp = from_keepalived(&conf("inhibit_on_failure", "inhibit_on_failure no", "inhibit_on_failure no")).unwrap();
     assert!(!quiesce(&imp), "the real servers' own setting wins");
-    // Mixed: imported as quiesce, and said so at the server that differs.
+    // Mixed: each server's own (it was imported as quiesce for all, with a warning): the
+    // second server gets its checks with on_fail = "remove".
     let imp = from_keepalived(&conf("", "inhibit_on_failure", "")).unwrap();
-    assert!(quiesce(&imp));
-    assert!(warned(&imp, 8, "inhibit_on_failure"), "{:?}", imp.warnings);
+    assert!(imp.warnings.is_empty(), "{:?}", imp.warnings);
+    let c = roundtrip(&imp);
+    let s = &c.services[0];
+    let q: Vec<bool> = s.real_servers.iter().map(|r| r.quiesces(&s.health_checks)).collect();
+    assert_eq!(q, [true, false]);
+    assert_eq!(s.real_servers[0].health_checks, None);
     let e = from_keepalived(&conf("", "inhibit_on_failure maybe", "")).unwrap_err();
     assert_eq!((e.file.as_str(), e.line), ("keepalived.conf", Some(4)), "{e}");
 }

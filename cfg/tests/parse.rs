@@ -1157,7 +1157,7 @@ fn real_server_health_checks() {
     )
     .unwrap();
     let s = &c.services[0];
-    assert!(!s.quiesces());
+    assert!(s.real_servers.iter().take(2).all(|r| !r.quiesces(&s.health_checks)));
     let kinds = |r: &RealServer| r.checks(&s.health_checks).iter().map(|h| h.kind).collect::<Vec<_>>();
     assert_eq!(kinds(&s.real_servers[0]), [HealthCheckKind::Http]);
     assert_eq!(kinds(&s.real_servers[1]), [HealthCheckKind::Tcp, HealthCheckKind::Ping]);
@@ -1167,31 +1167,44 @@ fn real_server_health_checks() {
     assert_eq!(Config::from_str(&text, "r.toml").unwrap(), c, "{text}");
     assert!(text.contains("[[service.real_server.health_check]]") && text.contains("health_check = []"), "{text}");
 
-    // A server's check alone (the service has none) sets the service's on_fail.
-    let one =
-        Config::from_str(&t("", "[service.real_server.health_check]\ntype = \"tcp\"\non_fail = \"remove\""), "o.toml")
-            .unwrap();
-    assert!(!one.services[0].quiesces());
-    assert!(Config::from_str(&t("", ""), "d.toml").unwrap().services[0].quiesces());
-    assert!(one.to_toml().contains("\n[service.real_server.health_check]\n"), "{}", one.to_toml());
-
-    // A server's check that disagrees with the service's on on_fail: an error at its line.
-    let e = Config::from_str(
+    // on_fail is the server's (keepalived's inhibit_on_failure): its own checks may say
+    // another than the service's; the checks of one server agree (an error at the line).
+    let one = Config::from_str(
         &t(
             "[service.health_check]\ntype = \"http\"",
             "[service.real_server.health_check]\ntype = \"tcp\"\non_fail = \"remove\"",
         ),
+        "o.toml",
+    )
+    .unwrap();
+    let s = &one.services[0];
+    let q: Vec<bool> = s.real_servers.iter().map(|r| r.quiesces(&s.health_checks)).collect();
+    assert_eq!(q, [true, false, true]);
+    assert!(one.to_toml().contains("\n[service.real_server.health_check]\n"), "{}", one.to_toml());
+    let e = Config::from_str(
+        &t(
+            "",
+            "[[service.real_server.health_check]]\ntype = \"tcp\"\n[[service.real_server.health_check]]\ntype = \"ping\"\non_fail = \"remove\"",
+        ),
         "b.toml",
     )
     .unwrap_err();
-    assert_eq!(e.line, Some(15), "{e}");
+    assert_eq!(e.line, Some(16), "{e}");
     assert!(e.to_string().contains("same on_fail"), "{e}");
+    // start_down is the service's: every check agrees.
+    let e = Config::from_str(
+        &t("[service.health_check]\ntype = \"http\"", "health_check = { type = \"tcp\", start_down = true }"),
+        "b.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("same start_down"), "{e}");
     // `address` (keepalived's connect_ip): a server's own check only, a host's address, not exec.
     let c =
         Config::from_str(&t("", "health_check = { type = \"tcp\", address = \"192.168.9.3\", port = 22 }"), "a.toml")
             .unwrap();
     let own = c.services[0].real_servers[1].health_checks.as_deref().unwrap();
     assert_eq!(own[0].address, Some(ip("192.168.9.3")));
+    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
     let c = Config::from_str(
         &t(
             "health_check = { type = \"tcp\", source = \"10.0.2.1\" }",
@@ -1201,7 +1214,6 @@ fn real_server_health_checks() {
     )
     .unwrap();
     assert_eq!(c.services[0].health_checks[0].source, Some(ip("10.0.2.1")));
-    assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
     assert_eq!(Config::from_str(&c.to_toml(), "r.toml").unwrap(), c, "{}", c.to_toml());
     for (svc, rs, part) in [
         ("health_check = { type = \"tcp\", address = \"192.168.9.3\" }", "", "belongs in a real server's own"),

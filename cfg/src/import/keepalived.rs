@@ -1003,7 +1003,7 @@ fn virtual_server(
         // others gets its own (none for an unchecked one, which keepalived never takes
         // down). All of a server's checks must pass, as keepalived's checkers.
         let mut rs_checks: Vec<Vec<Check>> = Vec::new();
-        // inhibit_on_failure of each real server (ferrovs has one on_fail per service).
+        // inhibit_on_failure of each real server (its checks' on_fail).
         let mut inhibits: Vec<(bool, usize)> = Vec::new();
         let mut ftp_hint = false;
         // Each real server's notify_up and notify_down (ferrovs has one of each per service).
@@ -1171,19 +1171,12 @@ fn virtual_server(
             }
         }
 
-        let inhibit = inhibits.iter().any(|(i, _)| *i);
-        if let Some((_, rl)) =
-            inhibits.iter().find(|(i, _)| !*i).filter(|_| inhibit && rs_checks.iter().any(|m| !m.is_empty()))
-        {
-            warnings.push(format!(
-                "line {rl}: real servers of {} differ in inhibit_on_failure: every failed server is quiesced \
-                 (on_fail = \"quiesce\"), not removed",
-                svc.name
-            ));
-        }
-        let checks = rs_checks.iter().find(|m| !m.is_empty());
-        if let Some(list) = checks {
-            let finish = |list: &[Check]| -> Vec<HealthCheck> {
+        // The first checked server's checks and inhibit_on_failure become the service's.
+        let first = rs_checks.iter().position(|m| !m.is_empty());
+        if let Some(f) = first {
+            let (list, inhibit) = (&rs_checks[f], inhibits[f].0);
+            // A server's checks, failing it as its inhibit_on_failure says (quiesced, else removed).
+            let finish = |list: &[Check], inhibit: bool| -> Vec<HealthCheck> {
                 list.iter()
                     .map(|c| {
                         // Only while a failure is being confirmed; none when it is the interval.
@@ -1205,13 +1198,13 @@ fn virtual_server(
             };
             // A check with a connect_ip is its server's alone: then every server has its own.
             let hoist = !list.iter().any(|c| c.hc.address.is_some());
-            for (r, mine) in svc.real_servers.iter_mut().zip(&rs_checks) {
-                if !hoist || !Check::same_list(list, mine) {
-                    r.health_checks = Some(finish(mine));
+            for ((r, mine), (own, _)) in svc.real_servers.iter_mut().zip(&rs_checks).zip(&inhibits) {
+                if !hoist || !Check::same_list(list, mine) || (*own != inhibit && !mine.is_empty()) {
+                    r.health_checks = Some(finish(mine, *own));
                 }
             }
             if hoist {
-                svc.health_checks = finish(list);
+                svc.health_checks = finish(list, inhibit);
             }
         } else if let Some(a) = alpha {
             warnings.push(format!(

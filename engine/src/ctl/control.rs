@@ -245,20 +245,20 @@ impl State {
     }
 
     /// `admin` with health-check overrides: down servers quiesced
-    /// (weight 0) or removed, per the service's health check.
+    /// (weight 0) or removed, per the server's health checks.
     fn effective(admin: &Config, down: &HashMap<ServerKey, ()>) -> Config {
         let mut c = admin.clone();
         if down.is_empty() {
             return c;
         }
         for s in &mut c.services {
-            let quiesce = s.quiesces();
             let name = s.name.clone();
             let svc = s.clone();
             s.real_servers.retain_mut(|r| {
                 let key = (name.clone(), r.address, ipvsadm::shown_port(&svc, r.port));
                 if down.contains_key(&key) {
-                    if quiesce {
+                    // As its checks say (keepalived's inhibit_on_failure is per real server).
+                    if r.quiesces(&svc.health_checks) {
                         r.weight = 0;
                         true
                     } else {
@@ -1307,8 +1307,10 @@ weight = 3
         s.parse().unwrap()
     }
 
-    /// A real server's own checks replace the service's; one with none is never taken down
-    /// (keepalived's real server without a checker) and not listed by `ferrovsadm health`.
+    /// A real server's own checks replace the service's, with their own on_fail (here
+    /// remove, the service's quiesce: keepalived's inhibit_on_failure per real server); one
+    /// with none is never taken down (keepalived's real server without a checker) and not
+    /// listed by `ferrovsadm health`.
     #[test]
     fn real_servers_with_checks_of_their_own() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1316,6 +1318,7 @@ weight = 3
         let text = config(port)
             + "[[service.real_server]]\naddress = \"127.0.0.2\"\n\
                [service.real_server.health_check]\ntype = \"tcp\"\ninterval = 0.05\ntimeout = 0.2\nrise = 1\nfall = 1\n\
+               on_fail = \"remove\"\n\
                [[service.real_server]]\naddress = \"127.0.0.3\"\nweight = 2\nhealth_check = []\n";
         let text = text.replace(
             "[service.real_server.health_check]\ntype = \"tcp\"",
@@ -1327,9 +1330,9 @@ weight = 3
         };
         let stop = Arc::new(AtomicBool::new(false));
         let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
-        wait("127.0.0.2 quiesced by its own check", || weights(&st) == [3, 0, 2]);
+        wait("127.0.0.2 removed by its own check", || weights(&st) == [3, 2]);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(weights(&st), [3, 0, 2], "the service's check passes for 127.0.0.1; 127.0.0.3 is not checked");
+        assert_eq!(weights(&st), [3, 2], "the service's check passes for 127.0.0.1; 127.0.0.3 is not checked");
         let mut listed: Vec<String> = st.health().into_iter().map(|h| h.server).collect();
         listed.sort();
         assert_eq!(listed.len(), 2, "{listed:?}");
