@@ -28,10 +28,13 @@
 //!
 //! The port is the check's `port`, else the real server's, else the
 //! service's first port; the address the check's `address` (a real server's
-//! own check, keepalived's `connect_ip`), else the real server's. With several checks a server is up while every
-//! check is (keepalived's checkers of one real server); each counts its own
-//! `rise` and `fall`. After `fall` failures in a row a server is taken
-//! out: quiesced (weight 0, no new connections; established ones continue)
+//! own check, keepalived's `connect_ip`), else the real server's; a check
+//! with a `source` leaves from that address (keepalived's `bindto`, [`sock`]).
+//! With several checks a server is up while every check is (keepalived's
+//! checkers of one real server); each counts its own `rise` and `fall`. A
+//! real server's own checks replace the service's. After `fall` failures in
+//! a row a server is taken out, as its checks' `on_fail` says: quiesced
+//! (weight 0, no new connections; established ones continue)
 //! or removed (`on_fail = "remove"`: its connections are dropped), and
 //! after `rise` successes in a row it is put back with its configured
 //! weight. Both go through the same path as `ferrovsadm` edits: a new
