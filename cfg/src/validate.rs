@@ -1290,7 +1290,9 @@ impl Validator<'_> {
         let (query_name, query_type) = self.dns_fields(r, kind)?;
         let (payload, require_reply, reply) = self.udp_fields(r, kind)?;
         let (min_reply_length, max_reply_length) = self.reply_lengths(r, kind)?;
-        let require_reply = require_reply || min_reply_length.is_some() || max_reply_length.is_some();
+        // `reply` and the lengths say what an answer must be: they imply one is required.
+        let require_reply =
+            require_reply || reply.is_some() || min_reply_length.is_some() || max_reply_length.is_some();
         // `smtp` only: one visible ASCII word (nothing a check could smuggle into the
         // command line), as a host name.
         let helo_name = match &r.helo_name {
@@ -1345,8 +1347,7 @@ impl Validator<'_> {
 
 impl Validator<'_> {
     /// `udp`'s `payload`, `require_reply` and `reply` (for type `udp` only): hex octets
-    /// ([`HealthCheck::hex_octets`], `x` digits in `reply` only), kept as written; `reply`
-    /// implies `require_reply`.
+    /// ([`HealthCheck::hex_octets`], `x` digits in `reply` only), kept as written.
     fn udp_fields(&self, r: &RawHealthCheck, kind: HealthCheckKind) -> R<(Option<String>, bool, Option<String>)> {
         let udp = kind == HealthCheckKind::Udp;
         let only = |sp: Range<usize>, what: &str| self.err(sp, format!("health check `{what}` is for type \"udp\""));
@@ -1376,7 +1377,7 @@ impl Validator<'_> {
             Some(x) => *x.get_ref(),
             None => false,
         };
-        Ok((payload, require || reply.is_some(), reply))
+        Ok((payload, require, reply))
     }
 
     /// `udp`'s `min_reply_length` and `max_reply_length` (for type `udp` only): 0 to 65535
