@@ -65,6 +65,10 @@ pub struct Engine {
     /// Frames per worker and second the exception path (`interface.kernel_port`) passes to
     /// the kernel (default 100000); beyond it they are dropped and counted (`kernel_limited`).
     pub kernel_rate: u32,
+    /// Health checks in progress at once, at most (default 128): each runs on a thread of the
+    /// checker's pool, so a director with many real servers and checks has a bounded number
+    /// of threads; checks due beyond it wait their turn (counted when late).
+    pub health_check_threads: u32,
     /// Control socket path (default /run/ferrovs/ferrovs.sock).
     pub control_socket: PathBuf,
     /// Optional Prometheus listener.

@@ -74,6 +74,7 @@ pub(crate) struct RawEngine {
     pub local_port_range: Option<S<PortDe>>,
     pub icmp_rate: Option<S<i64>>,
     pub kernel_rate: Option<S<i64>>,
+    pub health_check_threads: Option<S<i64>>,
     pub icmp_burst: Option<S<i64>>,
     pub icmp_host_rate: Option<S<i64>>,
     pub icmp_host_burst: Option<S<i64>>,

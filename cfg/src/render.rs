@@ -98,6 +98,7 @@ pub(crate) fn config(c: &Config) -> String {
     }
     let _ = writeln!(o, "icmp_rate = {}", e.icmp_rate);
     let _ = writeln!(o, "kernel_rate = {}", e.kernel_rate);
+    let _ = writeln!(o, "health_check_threads = {}", e.health_check_threads);
     let _ = writeln!(o, "icmp_burst = {}", e.icmp_burst);
     let _ = writeln!(o, "icmp_host_rate = {}", e.icmp_host_rate);
     let _ = writeln!(o, "icmp_host_burst = {}", e.icmp_host_burst);

@@ -481,6 +481,8 @@ impl Validator<'_> {
         let icmp_host_rate = self.opt_int(&e.icmp_host_rate, 0, 1_000_000_000, "icmp_host_rate", 100)? as u32;
         let icmp_host_burst = self.opt_int(&e.icmp_host_burst, 1, 1_000_000, "icmp_host_burst", 10)? as u32;
         let kernel_rate = self.opt_int(&e.kernel_rate, 1, 1_000_000_000, "kernel_rate", 100_000)? as u32;
+        let health_check_threads =
+            self.opt_int(&e.health_check_threads, 1, 65_536, "health_check_threads", 128)? as u32;
         let control_socket = match &e.control_socket {
             Some(s) => PathBuf::from(self.non_empty(s, "control_socket")?),
             None => PathBuf::from(DEFAULT_SOCKET),
@@ -529,6 +531,7 @@ impl Validator<'_> {
                 syn_proxy_threshold,
                 icmp_rate,
                 kernel_rate,
+                health_check_threads,
                 icmp_burst,
                 icmp_host_rate,
                 icmp_host_burst,
@@ -1538,6 +1541,7 @@ pub(crate) fn default_engine() -> Engine {
         syn_proxy_threshold: 65_536,
         icmp_rate: 1000,
         kernel_rate: 100_000,
+        health_check_threads: 128,
         icmp_burst: 50,
         icmp_host_rate: 100,
         icmp_host_burst: 10,

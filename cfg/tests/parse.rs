@@ -1240,3 +1240,21 @@ fn real_server_health_checks() {
         .unwrap_err();
     assert_eq!(e.line, Some(14), "{e}");
 }
+
+/// `[engine] health_check_threads`: 128 by default, rendered back, bounded (the error names
+/// the file and line).
+#[test]
+fn health_check_threads() {
+    let c = Config::from_str("[engine]\nbackend = \"memory\"\n", "h.toml").unwrap();
+    assert_eq!(c.engine.health_check_threads, 128);
+    let c = Config::from_str("[engine]\nbackend = \"memory\"\nhealth_check_threads = 4\n", "h.toml").unwrap();
+    assert_eq!(c.engine.health_check_threads, 4);
+    assert_eq!(Config::from_str(&c.to_toml(), "h2.toml").unwrap().engine.health_check_threads, 4);
+    for bad in ["0", "65537", "-1", "\"8\""] {
+        let text = format!("[engine]\nbackend = \"memory\"\nhealth_check_threads = {bad}\n");
+        let e = Config::from_str(&text, "h.toml").expect_err(&text);
+        assert_eq!(e.line, Some(3), "{text}: {e}");
+        assert!(e.to_string().starts_with("h.toml:3"), "{text}: {e}");
+        assert!(bad.starts_with('"') || e.message.contains("health_check_threads"), "{text}: {e}");
+    }
+}

@@ -166,6 +166,7 @@ fn config(devices: &[(&str, Option<[u8; 6]>)], workers: usize, extra_eal: &[&str
             icmp_host_rate: 100,
             icmp_host_burst: 10,
             kernel_rate: 100_000,
+            health_check_threads: 128,
             control_socket: "/tmp/fvs-dpdk-test.sock".into(),
             metrics_listen: None,
             timeouts: Timeouts::default(),

@@ -153,6 +153,8 @@ pub struct State {
     pub sync_stats: std::sync::OnceLock<Arc<crate::cluster::syncd::SyncStats>>,
     /// The ports' own counters (set by [`spawn`] for a backend that has them).
     pub ports: std::sync::OnceLock<crate::port::PortSource>,
+    /// The health checker's threads and checks.
+    pub health_pool: Arc<crate::ctl::health::pool::PoolStats>,
     /// Runs the services' `[service.notify]` programs.
     notifier: notify::Notifier,
 }
@@ -213,6 +215,7 @@ impl State {
             started: Instant::now(),
             sync_stats: std::sync::OnceLock::new(),
             ports: std::sync::OnceLock::new(),
+            health_pool: Arc::default(),
             notifier: notify::Notifier::default(),
         });
         // Servers that start down are down in the first snapshot State makes, before the
@@ -765,6 +768,9 @@ impl HealthTarget for State {
     fn is_down(&self, key: &ServerKey) -> bool {
         State::is_down(self, key)
     }
+    fn pool_stats(&self) -> Option<Arc<crate::ctl::health::pool::PoolStats>> {
+        Some(self.health_pool.clone())
+    }
     fn server_event(&self, key: &ServerKey, up: bool) {
         let cfg = self.lock().admin.clone();
         let event = if up { "up" } else { "down" };
@@ -787,6 +793,7 @@ impl crate::ctl::metrics::Exported for State {
             services: &self.view.service_counters(),
             sync: self.sync_stats.get().map(|s| &**s),
             ports: &self.ports.get().map(|p| p()).unwrap_or_default(),
+            health: &self.health_pool,
         })
     }
     fn status_page(&self) -> String {
@@ -1340,6 +1347,62 @@ weight = 3
         stop.store(true, Ordering::Relaxed);
         checker.join().unwrap();
         drop(l);
+    }
+
+    /// `[engine] health_check_threads`: eight servers whose checks each take 400 ms are
+    /// checked two at a time (before, each check had a thread of its own: eight at once),
+    /// every one still gets its checks, and the checks that waited for a thread a second or
+    /// more are counted late in the metrics.
+    #[test]
+    fn checks_run_on_a_bounded_pool() {
+        use crate::ctl::metrics::Exported;
+        use std::sync::atomic::AtomicUsize;
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n2, m2) = (now.clone(), most.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let (now, most) = (n2.clone(), m2.clone());
+                std::thread::spawn(move || {
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(400));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let _ = (&c).write_all(b"OK\r\n");
+                });
+            }
+        });
+        let mut text = config(port)
+            .replace("backend = \"memory\"", "backend = \"memory\"\nhealth_check_threads = 2")
+            .replace(
+                "health_check = { type = \"tcp\", interval = 0.05, timeout = 0.2, rise = 1, fall = 1 }",
+                "health_check = { type = \"send_expect\", expect = \"OK\", interval = 0.05, timeout = 2, rise = 1, fall = 1 }",
+            );
+        for i in 2..=8 {
+            text += &format!("[[service.real_server]]\naddress = \"127.0.0.{i}\"\n");
+        }
+        let st = state(&text);
+        let stop = Arc::new(AtomicBool::new(false));
+        let checker = crate::ctl::health::spawn(st.clone(), stop.clone()).unwrap();
+        let metric = |st: &State, name: &str| -> u64 {
+            let m = st.metrics();
+            let line =
+                m.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {m}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let t = Instant::now();
+        while metric(&st, "ferrovs_health_checks_late_total") == 0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "no check counted late");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        wait("every server checked", || st.health().len() == 8 && st.health().iter().all(|h| h.checks >= 1 && h.up));
+        assert_eq!(most.load(Ordering::SeqCst), 2, "two checks at a time, at most");
+        assert_eq!(metric(&st, "ferrovs_health_check_threads"), 2);
+        assert!(metric(&st, "ferrovs_health_checks_total") >= 8);
+        assert!(metric(&st, "ferrovs_health_checks_queued") <= 6, "one per check at most");
+        stop.store(true, Ordering::Relaxed);
+        checker.join().unwrap();
     }
 
     /// Several checks (`[[service.health_check]]`): the server is down while any one fails

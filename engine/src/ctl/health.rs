@@ -43,6 +43,9 @@
 //! moment it appears (the daemon's start, a reload or edit adding it) until its
 //! check has passed `rise` times.
 //!
+//! Each check runs on a thread of a bounded pool ([`pool`], `[engine]
+//! health_check_threads`); a check due while every thread is busy waits its turn.
+//!
 //! ## How checks reach real servers
 //! Checks use the kernel's network stack (ordinary sockets), not the
 //! kernel-bypassed data ports: the balancer host needs a management
@@ -95,6 +98,11 @@ pub trait HealthTarget: Send + Sync {
     /// The checks took the server up (`true`) or down: run its service's `notify` program
     /// for that ([`crate::ctl::notify`]), without waiting for it.
     fn server_event(&self, key: &ServerKey, up: bool);
+    /// Where the checker's pool counts its threads and checks (for the metrics); none:
+    /// its own.
+    fn pool_stats(&self) -> Option<Arc<pool::PoolStats>> {
+        None
+    }
 }
 
 struct Target {
@@ -292,6 +300,7 @@ pub(crate) mod dns {
 }
 
 mod ping;
+pub mod pool;
 mod sock;
 mod udp;
 
@@ -910,14 +919,26 @@ impl Server {
     }
 }
 
+/// How long an idle thread of the checker's pool waits for a check before it leaves.
+const POOL_LINGER: Duration = Duration::from_secs(30);
+/// The longest the checker waits for results before it looks for checks due again.
+const ROUND: Duration = Duration::from_millis(50);
+/// Late checks are logged at most this often.
+const LATE_LOG_EVERY: Duration = Duration::from_secs(60);
+
 fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
     let mut servers: HashMap<ServerKey, Server> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(ServerKey, usize, Result<(), String>)>();
     let mut cfg_seen = None;
+    let stats = state.pool_stats().unwrap_or_default();
+    let pool = pool::Pool::new(state.config().engine.health_check_threads as usize, stats.clone(), POOL_LINGER);
+    let (mut late_seen, mut late_logged) = (0u64, None::<Instant>);
+    let mut spawn_failed = false;
     while !stop.load(Ordering::Relaxed) {
         // Targets follow the administered configuration.
         let cfg = state.config();
         if cfg_seen.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &cfg)) {
+            pool.set_cap(cfg.engine.health_check_threads as usize);
             let want = checked_servers(&cfg);
             // A server no longer checked leaves no state behind: were it held
             // down, a server added back later under the same key (started
@@ -963,6 +984,8 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
             cfg_seen = Some(cfg);
         }
 
+        // Checks due go to the pool, each at most once at a time (`busy`); those that find
+        // every thread busy wait their turn there.
         let now = Instant::now();
         for (k, sv) in servers.iter_mut() {
             for (i, t) in sv.checks.iter_mut().enumerate() {
@@ -971,18 +994,38 @@ fn run(state: Arc<dyn HealthTarget>, stop: Arc<AtomicBool>) {
                 }
                 t.busy = true;
                 let (hc, addr, key, tx) = (t.check.clone(), t.addr, k.clone(), tx.clone());
-                let spawned = std::thread::Builder::new().name("fvs-check".into()).spawn(move || {
+                pool.submit(t.next, move || {
                     let r = check(&hc, &key.0, addr);
                     let _ = tx.send((key, i, r));
                 });
-                if spawned.is_err() {
-                    t.busy = false;
-                    t.next = now + Duration::from_secs(1);
-                }
             }
         }
+        // A check left waiting (a thread that could not be started, or one that left idle as
+        // the check came) gets its thread now.
+        match pool.grow() {
+            Err(e) if !spawn_failed => {
+                tracing::warn!(error = %e, "health check: cannot start a checker thread; checks wait");
+                spawn_failed = true;
+            }
+            Err(_) => {}
+            Ok(()) => spawn_failed = false,
+        }
+        let late = stats.late.load(Ordering::Relaxed);
+        if late > late_seen && late_logged.is_none_or(|t: Instant| t.elapsed() >= LATE_LOG_EVERY) {
+            tracing::warn!(
+                late = late - late_seen,
+                threads = stats.threads.load(Ordering::Relaxed),
+                queued = stats.queued.load(Ordering::Relaxed),
+                "health checks started a second or more late: every checker thread was busy \
+                 (raise [engine] health_check_threads, or shorten the checks' timeouts)"
+            );
+            (late_seen, late_logged) = (late, Some(Instant::now()));
+        }
 
-        while let Ok((k, i, r)) = rx.recv_timeout(Duration::from_millis(50)) {
+        // Results until the round is over: with many checks they keep coming, and checks due
+        // meanwhile must not wait for a lull.
+        let round_end = Instant::now() + ROUND;
+        while let Ok((k, i, r)) = rx.recv_timeout(round_end.saturating_duration_since(Instant::now())) {
             // A result for a check since removed (the configuration changed) is dropped.
             let Some(sv) = servers.get_mut(&k) else { continue };
             let Some(t) = sv.checks.get_mut(i) else { continue };

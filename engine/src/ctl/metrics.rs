@@ -40,6 +40,8 @@ pub struct Figures<'a> {
     pub sync: Option<&'a crate::cluster::syncd::SyncStats>,
     /// The ports' own counters (none for the in-memory backend).
     pub ports: &'a [crate::port::PortReport],
+    /// The health checker's pool.
+    pub health: &'a crate::ctl::health::pool::PoolStats,
 }
 
 /// The exposition text.
@@ -283,6 +285,35 @@ pub fn render(f: &Figures) -> String {
             family(&mut o, &name, "counter", help);
             let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
         }
+    }
+    // The health checker's pool (`[engine] health_check_threads`).
+    let h = f.health;
+    let pool: [(&str, &str, &str, u64); 5] = [
+        (
+            "health_check_threads",
+            "gauge",
+            "Threads of the health checker's pool.",
+            h.threads.load(Ordering::Relaxed) as u64,
+        ),
+        ("health_checks_running", "gauge", "Health checks in progress.", h.running.load(Ordering::Relaxed) as u64),
+        (
+            "health_checks_queued",
+            "gauge",
+            "Health checks due, waiting for a thread (every one busy).",
+            h.queued.load(Ordering::Relaxed) as u64,
+        ),
+        ("health_checks_total", "counter", "Health checks run.", h.started.load(Ordering::Relaxed)),
+        (
+            "health_checks_late_total",
+            "counter",
+            "Health checks that started a second or more after they were due, for want of a thread.",
+            h.late.load(Ordering::Relaxed),
+        ),
+    ];
+    for (suffix, kind, help, v) in pool {
+        let name = format!("ferrovs_{suffix}");
+        family(&mut o, &name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
     }
     // The ports' own counters: what never reached a worker.
     if !f.ports.is_empty() {
