@@ -920,3 +920,34 @@ fn one_packet_connections_are_not_synced() {
     assert_eq!(a.inject(EXT, &from_client(udp4(CLIENT, 5353, VIP, 53, b"q")), 3 * S).len(), 1);
     assert_eq!(entries(&a.take_sync(&mut ba, 3 * S)).len(), 1, "the plain service's connection");
 }
+
+/// A peer's backup connection is invisible to the schedulers until adopted, across a reload
+/// that remaps every connection too: before, the remap counted it, and its adoption counted
+/// it again (two connections for one, and the second never taken off).
+#[test]
+fn a_backup_connection_is_counted_once_across_a_remapping_reload() {
+    use ferrovs_sched::ConnStats;
+    let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
+    let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
+    let mut ba = Batcher::new(1, 1000);
+    let rs = nat_syn(&mut a, 40000, TCP_SYN, S);
+    assert_eq!(rs_reply(&mut a, rs, 8080, 40000, TCP_SYN | TCP_ACK, S).len(), 1);
+    nat_syn(&mut a, 40000, TCP_ACK, S);
+    let msgs = a.take_sync(&mut ba, S);
+    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(2));
+    // Services reordered: every connection's service index changes (a remap).
+    let mut cfg = node(2, RS_COUNT, true);
+    cfg.services.swap(0, 1);
+    b.reload(cfg, S + 1);
+    assert_eq!(b.counters().snapshots_remapped, 1);
+    let nat = b.snapshot.services.iter().position(|s| s.name == "nat").unwrap();
+    let d = (rs - 10) as usize;
+    let count = |b: &MemEngine| {
+        let c = &b.snapshot.conn_counts[nat];
+        c.active(d) + c.inactive(d)
+    };
+    assert_eq!(count(&b), 0, "backup state counts nothing");
+    assert_eq!(rs_reply(&mut b, rs, 8080, 40000, TCP_ACK | TCP_PSH, 2 * S).len(), 1);
+    assert_eq!(count(&b), 1, "adopted: one connection");
+    assert_eq!(b.snapshot.conn_counts[nat].active(d), 1);
+}

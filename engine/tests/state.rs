@@ -218,3 +218,58 @@ fn connection_counts_follow_into_the_new_snapshot() {
     assert_eq!((counts.inactive(0), counts.inactive(1)), (1, 1));
     assert_eq!(e.workers[0].remap().map(0, 1), Some((0, 0)));
 }
+
+/// A weight change (a health-check flap, `ferrovsadm -e -w`) is installed in place: the
+/// connections are not walked (`snapshots_in_place`), the counts of every worker carry into
+/// the new snapshot, and the connections' expiry still takes them off (their generation is
+/// still the worker's). A change that moves a server remaps them (`snapshots_remapped`), with
+/// the counts as exact.
+#[test]
+fn a_weight_change_is_installed_in_place() {
+    use ferrovs_sched::ConnStats;
+    let mut e = MemEngine::new(config(&services(1, false, true)), 2);
+    let mut n = 0;
+    for c in 2..10u8 {
+        for port in [80, 81] {
+            let f = with_macs(tcp4([10, 0, 1, c], 40000, VIP, port, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT);
+            assert_eq!(e.inject(EXT, &f, S).len(), 1);
+            n += 1;
+        }
+    }
+    let total = |e: &MemEngine| -> u32 {
+        e.snapshot.conn_counts.iter().map(|c| (0..c.dests()).map(|d| c.active(d) + c.inactive(d)).sum::<u32>()).sum()
+    };
+    assert_eq!(total(&e), n);
+    let before: Vec<Vec<u32>> =
+        e.snapshot.conn_counts.iter().map(|c| (0..c.dests()).map(|d| c.inactive(d)).collect()).collect();
+    // rs2 quiesced in "web": in place on both workers.
+    e.reload(config(&services(0, false, true)), 2 * S);
+    let k = e.counters();
+    assert_eq!((k.snapshots_in_place, k.snapshots_remapped), (2, 0));
+    let after: Vec<Vec<u32>> =
+        e.snapshot.conn_counts.iter().map(|c| (0..c.dests()).map(|d| c.inactive(d)).collect()).collect();
+    assert_eq!(after, before, "every worker's counts carried");
+    // Back to weight 1, then "web" swapped: the connections are remapped.
+    e.reload(config(&services(1, false, true)), 3 * S);
+    e.reload(config(&services(1, true, true)), 4 * S);
+    let k = e.counters();
+    assert_eq!((k.snapshots_in_place, k.snapshots_remapped), (4, 2));
+    assert_eq!(total(&e), n);
+    let web = &e.snapshot.conn_counts[0];
+    assert_eq!((web.inactive(0), web.inactive(1)), (before[0][1], before[0][0]), "swapped with the servers");
+    // Their SYN_RECV timeout over: expired, and the counts back to 0 (no stale generation).
+    let _ = e.run(200 * S);
+    assert_eq!(e.counters().flows_active, 0);
+    assert_eq!(total(&e), 0);
+    // And once more after an in-place change only.
+    for c in 2..6u8 {
+        let f = with_macs(tcp4([10, 0, 1, c], 40001, VIP, 81, TCP_SYN, 1, 0, b""), CLIENT_MAC, LB_EXT);
+        assert_eq!(e.inject(EXT, &f, 201 * S).len(), 1);
+    }
+    assert_eq!(total(&e), 4);
+    e.reload(config(&services(0, true, true)), 202 * S);
+    assert_eq!(e.counters().snapshots_in_place, 6);
+    assert_eq!(total(&e), 4);
+    let _ = e.run(400 * S);
+    assert_eq!(total(&e), 0, "expired after an in-place change: counted off");
+}

@@ -232,6 +232,12 @@ worker_counters! {
     /// Connections a reload removed because the changed `allow_from` / `deny_from` of their
     /// service now refuse their client.
     acl_removed,
+    /// Configuration snapshots installed in place (every service and real server kept its
+    /// index: a health-check flap, a weight edit, something added at the end), and those that
+    /// remapped every connection of the table (a real server or service removed or moved, an
+    /// access list changed).
+    snapshots_in_place,
+    snapshots_remapped,
     /// Exception path (`interface.kernel_port`): frames passed to the kernel, frames the
     /// kernel sent out through the port, and frames for the kernel over `[engine] kernel_rate`
     /// (dropped).

@@ -90,6 +90,17 @@ impl SnapshotMap {
         v
     }
 
+    /// Does every old service and real server keep its index (none gone, none moved)? Then
+    /// the connections' indices stay right as they are: a weight change, a real server or a
+    /// service added at the end, the same configuration again.
+    pub fn keeps_indices(&self) -> bool {
+        self.svcs.iter().enumerate().all(|(i, m)| {
+            m.as_ref().is_some_and(|(s, dests)| {
+                *s as usize == i && dests.iter().enumerate().all(|(d, n)| *n == Some(d as u16))
+            })
+        })
+    }
+
     /// Number of old services.
     pub fn len(&self) -> usize {
         self.svcs.len()
@@ -135,6 +146,29 @@ address = "10.0.1.4"
         assert_eq!(SnapshotMap::build(&s, &snap(A)), SnapshotMap::identity(&s));
         assert_eq!(SnapshotMap::identity(&s).map(0, 1), Some((0, 1)));
         assert_eq!(SnapshotMap::identity(&s).map(2, 0), None);
+    }
+
+    /// Indices kept: the same configuration, a weight changed, a server or a service added
+    /// at the end; not kept: a server removed or moved, a service gone.
+    #[test]
+    fn keeps_indices() {
+        let s = snap(A);
+        assert!(SnapshotMap::build(&s, &snap(A)).keeps_indices());
+        assert!(SnapshotMap::build(&s, &snap(&A.replace("port = 8080", "port = 8080\nweight = 9"))).keeps_indices());
+        let more = A.replace("port = 8080", "port = 8080\n[[service.real_server]]\naddress = \"10.0.1.9\"");
+        assert!(SnapshotMap::build(&s, &snap(&more)).keeps_indices(), "a server added after the others");
+        let svc = format!("{A}\n[[service]]\nname = \"c\"\nvip = \"10.0.1.101\"\nports = [80]\n");
+        assert!(SnapshotMap::build(&s, &snap(&svc)).keeps_indices(), "a service added at the end");
+        let first = A.replace("[[service.real_server]]\naddress = \"10.0.1.2\"\n", "");
+        assert!(!SnapshotMap::build(&s, &snap(&first)).keeps_indices(), "10.0.1.3 moved to index 0");
+        let ahead = A.replacen(
+            "[[service.real_server]]\naddress = \"10.0.1.2\"",
+            "[[service.real_server]]\naddress = \"10.0.1.9\"\n[[service.real_server]]\naddress = \"10.0.1.2\"",
+            1,
+        );
+        assert!(!SnapshotMap::build(&s, &snap(&ahead)).keeps_indices(), "a server added before the others");
+        let no_b = &A[..A.find("[[service]]\nname = \"b\"").unwrap()];
+        assert!(!SnapshotMap::build(&s, &snap(no_b)).keeps_indices(), "b is gone");
     }
 
     #[test]

@@ -202,6 +202,34 @@ pub struct WorkerFigures {
     pub cookies_per_sec: f64,
     /// The flood scenarios' figures.
     pub flood: Option<FloodFigures>,
+    /// Microseconds the worker took to install a configuration snapshot that changes one
+    /// real server's weight (what a health-check flap or `ferrovsadm -e -w` posts), with its
+    /// connections in the table: the median of [`SNAPSHOT_ROUNDS`] (established scenarios).
+    pub weight_change_us: Option<f64>,
+}
+
+/// Snapshot changes measured after the traffic (`WorkerFigures::weight_change_us`).
+const SNAPSHOT_ROUNDS: usize = 9;
+
+/// The median time, in microseconds, `rig`'s worker takes to install a snapshot that changes
+/// the weight of the first service's first real server (back and forth), its connections in
+/// its table. The worker stops forwarding while it does (the NIC's ring fills meanwhile).
+fn weight_change_us(rig: &mut Rig) -> f64 {
+    let base = rig.w.core().snapshot().clone();
+    let macs: Vec<[u8; 6]> = base.ifaces.iter().map(|i| i.mac).collect();
+    let mut us: Vec<f64> = (0..SNAPSHOT_ROUNDS)
+        .map(|k| {
+            let mut cfg = (*base.config).clone();
+            let w = &mut cfg.services[0].real_servers[0].weight;
+            *w = if k % 2 == 0 { *w + 1 } else { *w };
+            let snap = Arc::new(Snapshot::build(Arc::new(cfg), &macs));
+            let t = Instant::now();
+            rig.w.core_mut().handle_ctrl(rig.now, crate::pipeline::worker::Ctrl::Snapshot(snap));
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    us.sort_by(f64::total_cmp);
+    us[us.len() / 2]
 }
 
 /// What a flood scenario measures on one worker (see [`FLOOD_MODEL`]).
@@ -1372,6 +1400,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                         setup_seconds,
                         ..Default::default()
                     };
+                    if matches!(sc, Scenario::Established | Scenario::Established6) {
+                        f.weight_change_us = Some(weight_change_us(&mut rig));
+                    }
                     if sc.is_flood() {
                         let cookie_secs = if flood_only { fl.seconds } else { mixed.seconds };
                         f.cookies_per_sec = (c1.cookies_sent - c0.cookies_sent) as f64 / cookie_secs;
@@ -1493,6 +1524,13 @@ pub fn format(r: &BenchReport) -> String {
             f.flows_in_table,
             f.setup_seconds
         );
+        if let Some(us) = f.weight_change_us {
+            let _ = writeln!(
+                s,
+                "    a weight change (health-check flap) installed in {us:.1} us with {} flows in the table",
+                f.flows_in_table
+            );
+        }
         if let Some(fl) = &f.flood {
             if r.scenario == Scenario::Synflood {
                 let _ = writeln!(s, "    {:.2} M SYN cookies/s", f.cookies_per_sec / 1e6);
