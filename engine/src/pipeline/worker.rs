@@ -390,6 +390,9 @@ pub struct Worker<Q: BufAlloc> {
     /// owners' handoff rings (`poll_handoff`).
     handoff_out: Vec<(usize, u8, Q::Buf)>,
     snap: Arc<Snapshot>,
+    /// The generation of the connections' snapshot indices and counts (`Conn::snap_gen`):
+    /// it moves on when a snapshot remaps every connection, not when one is installed in
+    /// place (`apply_snapshot`).
     snap_gen: u16,
     /// The last destination `process_slow` classified and what the snapshot says it is (a
     /// burst of new connections goes to one VIP): cleared with every snapshot.

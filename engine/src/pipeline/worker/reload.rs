@@ -129,8 +129,9 @@ impl<Q: BufAlloc> Worker<Q> {
             }
             self.reshare_lports();
         }
+        // The same snapshot again: the connections' indices and counters stay right (the
+        // generation moves on only when the connections are remapped, below).
         if Arc::ptr_eq(&old, &snap) {
-            self.snap_gen = self.snap_gen.wrapping_add(1);
             return;
         }
         // FTP expectations and TLS pins follow their service and real server.
