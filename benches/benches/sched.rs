@@ -1,5 +1,7 @@
 //! `pick()` cost per scheduler with 2, 16 and 256 real servers, with varied connection counts
-//! (so least-connection schedulers do real comparisons) and a new client per call.
+//! (so least-connection schedulers do real comparisons) and a new client per call; and
+//! `update()` cost (what every worker pays with each configuration snapshot) for a health-check
+//! flap (a server quiesced to weight 0 and back) and for a weight edit.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,5 +50,29 @@ fn sched(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sched);
+fn update(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sched_update");
+    g.throughput(Throughput::Elements(1));
+    for &n in &[16usize, 256] {
+        let (dests, _) = setup(n);
+        for &name in NAMES {
+            for (what, w) in [("quiesce", 0u32), ("weight", dests[0].weight + 1)] {
+                let mut s = new_scheduler(name, &dests, 1).unwrap();
+                let (mut a, mut b) = (dests.clone(), dests.clone());
+                a[0].weight = w;
+                b[0].weight = dests[0].weight;
+                let mut flip = false;
+                g.bench_with_input(BenchmarkId::new(format!("{name}/{what}"), n), &n, |bn, _| {
+                    bn.iter(|| {
+                        flip = !flip;
+                        s.update(black_box(if flip { &a } else { &b }));
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, sched, update);
 criterion_main!(benches);

@@ -73,6 +73,14 @@ pub struct Mh {
     opts: SchedOptions,
     last: LastWeights,
     lookup: Vec<u32>,
+    /// What the table was last populated from: each server's identity and effective weight,
+    /// in the servers' order. An update that leaves it as it is (a server quiesced, weight 0,
+    /// keeps its last weight; a threshold changed) keeps the table without populating it
+    /// again: about a millisecond at 65537 slots, which a worker spends with every
+    /// configuration snapshot.
+    built: Vec<(crate::DestId, u32)>,
+    /// Times the table was populated (tests).
+    builds: u64,
 }
 
 impl Mh {
@@ -84,7 +92,14 @@ impl Mh {
     /// A scheduler for `dests`; uses `mh_table_size`, `fallback` and `port`.
     pub fn with_options(dests: &[Dest], opts: &SchedOptions) -> Self {
         let m = opts.mh_table_size.get() as usize;
-        let mut s = Mh { ov: Overload::new(dests), opts: *opts, last: LastWeights::default(), lookup: vec![NONE; m] };
+        let mut s = Mh {
+            ov: Overload::new(dests),
+            opts: *opts,
+            last: LastWeights::default(),
+            lookup: vec![NONE; m],
+            built: Vec::new(),
+            builds: 0,
+        };
         s.update(dests);
         s
     }
@@ -94,10 +109,15 @@ impl Mh {
         &self.lookup
     }
 
-    fn populate(&mut self, dests: &[Dest]) {
+    /// Times the table was populated.
+    pub fn builds(&self) -> u64 {
+        self.builds
+    }
+
+    fn populate(&mut self, dests: &[Dest], ws: &[u32]) {
+        self.builds += 1;
         let m = self.lookup.len() as u64;
         self.lookup.fill(NONE);
-        let ws = self.last.effective(dests);
         let g = ws.iter().fold(0, |g, &w| gcd(g, w));
         if g == 0 {
             return;
@@ -191,7 +211,13 @@ impl Scheduler for Mh {
 
     fn update(&mut self, dests: &[Dest]) {
         self.ov.update(dests);
-        self.populate(dests);
+        let ws = self.last.effective(dests);
+        let built: Vec<(crate::DestId, u32)> = dests.iter().map(Dest::id).zip(ws.iter().copied()).collect();
+        if self.builds > 0 && built == self.built {
+            return;
+        }
+        self.populate(dests, &ws);
+        self.built = built;
     }
 }
 
@@ -202,6 +228,31 @@ mod tests {
 
     fn small(n: u64) -> SchedOptions {
         SchedOptions { mh_table_size: MhTableSize::new(n).unwrap(), ..Default::default() }
+    }
+
+    /// The table is populated again only when a server's identity, place or effective weight
+    /// changed, and then it is the table a new scheduler builds.
+    #[test]
+    fn populated_again_only_on_a_change() {
+        let mut ds = dests(&[1, 2, 1]);
+        let mut s = Mh::with_options(&ds, &small(251));
+        assert_eq!(s.builds(), 1);
+        s.update(&ds);
+        ds[1].upper = 10;
+        s.update(&ds);
+        assert_eq!(s.builds(), 1, "the same servers and weights; a threshold");
+        ds[1].weight = 3;
+        s.update(&ds);
+        assert_eq!(s.builds(), 2);
+        assert_eq!(s.table(), Mh::with_options(&ds, &small(251)).table());
+        ds.swap(0, 2);
+        s.update(&ds);
+        assert_eq!(s.builds(), 3, "the servers' places changed (the table holds indices)");
+        assert_eq!(s.table(), Mh::with_options(&ds, &small(251)).table());
+        ds.pop();
+        s.update(&ds);
+        assert_eq!(s.builds(), 4);
+        assert_eq!(s.table(), Mh::with_options(&ds, &small(251)).table());
     }
 
     #[test]
@@ -246,6 +297,7 @@ mod tests {
         ds[0].weight = 0;
         s.update(&ds);
         assert_eq!(s.table(), &before[..], "draining does not reshuffle");
+        assert_eq!(s.builds(), 1, "nor populate the table again");
         for c in 0..300 {
             let p = s.pick(&key(c), &ds, &NoConns);
             assert!(matches!(p, Some(1) | Some(2)));
