@@ -195,8 +195,9 @@ fn maglev_placed_ftp_data_connections_are_installed_by_peers() {
     assert_eq!((k.flows_created, k.flows_recreated), (1, 0), "adopted, not recreated");
 }
 
-#[test]
-fn synced_nat_connection_carries_replies_on_the_peer_and_counts_only_then() {
+/// Node 1 opens a NAT connection (client port 40000) and syncs it to node 2 as backup state:
+/// nodes 1 and 2 and the real server it went to.
+fn nat_connection_synced() -> (MemEngine, MemEngine, u8) {
     let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
     let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
     let mut ba = Batcher::new(1, 1000);
@@ -207,6 +208,12 @@ fn synced_nat_connection_carries_replies_on_the_peer_and_counts_only_then() {
     let msgs = a.take_sync(&mut ba, S);
     assert_eq!(msgs.len(), 1);
     assert_eq!(b.deliver_sync(&msgs[0], S), Ok(2));
+    (a, b, rs)
+}
+
+#[test]
+fn synced_nat_connection_carries_replies_on_the_peer_and_counts_only_then() {
+    let (_a, mut b, rs) = nat_connection_synced();
     let c = b.counters();
     assert_eq!((c.sync_installed, c.flows_created, c.sync_skipped), (2, 0, 0), "backup state is not a created flow");
     assert_eq!(c.flows_active, 0, "nor an active one (a drain does not wait for it)");
@@ -927,14 +934,7 @@ fn one_packet_connections_are_not_synced() {
 #[test]
 fn a_backup_connection_is_counted_once_across_a_remapping_reload() {
     use ferrovs_sched::ConnStats;
-    let mut a = MemEngine::new(node(1, RS_COUNT, true), 1);
-    let mut b = MemEngine::new(node(2, RS_COUNT, true), 1);
-    let mut ba = Batcher::new(1, 1000);
-    let rs = nat_syn(&mut a, 40000, TCP_SYN, S);
-    assert_eq!(rs_reply(&mut a, rs, 8080, 40000, TCP_SYN | TCP_ACK, S).len(), 1);
-    nat_syn(&mut a, 40000, TCP_ACK, S);
-    let msgs = a.take_sync(&mut ba, S);
-    assert_eq!(b.deliver_sync(&msgs[0], S), Ok(2));
+    let (_a, mut b, rs) = nat_connection_synced();
     // Services reordered: every connection's service index changes (a remap).
     let mut cfg = node(2, RS_COUNT, true);
     cfg.services.swap(0, 1);

@@ -229,20 +229,27 @@ mod tests {
         assert_eq!(stats.late.load(Ordering::Relaxed), 1);
     }
 
-    /// A lowered cap: threads over it leave as they finish; a raised one lets more start.
-    #[test]
-    fn the_cap_follows_a_reload() {
-        let stats = Arc::new(PoolStats::default());
-        let pool = Pool::new(4, stats.clone(), Duration::from_secs(30));
-        let gate = Arc::new(std::sync::Barrier::new(5));
+    /// `n` jobs that each hold their thread until the returned gate is passed (by the test
+    /// too), then report on the returned channel.
+    fn held(pool: &Pool, n: usize) -> (Arc<std::sync::Barrier>, mpsc::Receiver<()>) {
+        let gate = Arc::new(std::sync::Barrier::new(n + 1));
         let (tx, rx) = mpsc::channel();
-        for _ in 0..4 {
+        for _ in 0..n {
             let (gate, tx) = (gate.clone(), tx.clone());
             pool.submit(Instant::now(), move || {
                 gate.wait();
                 tx.send(()).unwrap();
             });
         }
+        (gate, rx)
+    }
+
+    /// A lowered cap: threads over it leave as they finish; a raised one lets more start.
+    #[test]
+    fn the_cap_follows_a_reload() {
+        let stats = Arc::new(PoolStats::default());
+        let pool = Pool::new(4, stats.clone(), Duration::from_secs(30));
+        let (gate, rx) = held(&pool, 4);
         wait("four busy", || stats.running.load(Ordering::Relaxed) == 4);
         pool.set_cap(1);
         gate.wait();
@@ -251,16 +258,12 @@ mod tests {
         }
         wait("down to one thread", || stats.threads.load(Ordering::Relaxed) == 1);
         pool.set_cap(2);
-        let gate = Arc::new(std::sync::Barrier::new(3));
-        for _ in 0..2 {
-            let (gate, tx) = (gate.clone(), tx.clone());
-            pool.submit(Instant::now(), move || {
-                gate.wait();
-                tx.send(()).unwrap();
-            });
-        }
+        let (gate, rx) = held(&pool, 2);
         wait("two busy", || stats.running.load(Ordering::Relaxed) == 2);
         gate.wait();
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
         assert_eq!(stats.threads.load(Ordering::Relaxed), 2);
     }
 }
